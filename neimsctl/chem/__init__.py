@@ -1,0 +1,1 @@
+"""L1: RDKit molecules -> numpy features; imports no torch."""

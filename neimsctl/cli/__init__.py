@@ -1,0 +1,1 @@
+"""L4: the command-line interface (typer); nothing imports this package."""

@@ -1,0 +1,114 @@
+"""What every subcommand shares: the app, option aliases, the error printer, exit codes.
+
+Exit status (repeated in every man page):
+
+0  success; help on request prints to stdout
+1  runtime failure, or some input records were rejected (see the command's page)
+2  usage error: bad option, or no input while stdin is a terminal
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Iterator, NoReturn
+
+import typer
+
+from neimsctl.errors import NeimsError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+app = typer.Typer(
+    name="neimsctl",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Predict electron-ionization mass spectra from molecular structure. "
+         "Data goes to stdout, logs to stderr; '-' means stdin. See neimsctl(1).",
+)
+
+log = logging.getLogger("neimsctl")
+
+# Shared option aliases (defined once, like samtools' sam_opts.h).
+InPaths = Annotated[list[Path] | None, typer.Argument(
+    help="Input files ('-' or none: stdin). gzip/zstd are decoded transparently.",
+    allow_dash=True, show_default=False)]
+OutPath = Annotated[Path, typer.Option("--output", "-o", allow_dash=True,
+                                       help="Output file ('-': stdout). Written atomically.")]
+RejectsPath = Annotated[Path | None, typer.Option(
+    "--rejects", help="Write one JSONL line per rejected record (file, line, record, reason).")]
+Jobs = Annotated[int, typer.Option("--jobs", "-j", min=1, help="Worker processes.")]
+Strict = Annotated[bool, typer.Option("--strict", help="Stop at the first rejected record (exit 1).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging on stderr.")]
+NoProvenance = Annotated[bool, typer.Option(
+    "--no-provenance", help="Leave out argv/date/version from outputs (byte-stable test output).")]
+Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Log to stderr as ``neimsctl: message``; never to stdout."""
+    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    root = logging.getLogger("neimsctl")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def eprint(cmd: str, what: str, why: str | None = None) -> None:
+    """The one error printer: ``neimsctl <cmd>: <what>: <why>`` on stderr (stdout flushed first)."""
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    msg = f"neimsctl {cmd}: {what}" + (f": {why}" if why else "")
+    print(msg, file=sys.stderr, flush=True)
+
+
+def fail(cmd: str, what: str, why: str | None = None, code: int = EXIT_FAIL) -> NoReturn:
+    eprint(cmd, what, why)
+    raise typer.Exit(code)
+
+
+def usage_error(cmd: str, what: str) -> NoReturn:
+    fail(cmd, what, code=EXIT_USAGE)
+
+
+def require_input_or_usage(cmd: str, inputs: list[Path] | None) -> list[Path]:
+    """Default to stdin; with no input while stdin is a terminal, print usage and exit 2."""
+    paths = list(inputs) if inputs else [Path("-")]
+    if any(str(p) == "-" for p in paths):
+        try:
+            tty = os.isatty(sys.stdin.fileno())
+        except (OSError, ValueError, AttributeError):
+            tty = False
+        if tty:
+            usage_error(cmd, f"no input: give a file or pipe data in (see neimsctl {cmd} --help)")
+    return paths
+
+
+@contextlib.contextmanager
+def command(cmd: str) -> Iterator[None]:
+    """Error boundary of a subcommand: typed errors -> message + exit 1; quiet on broken pipe."""
+    try:
+        yield
+        sys.stdout.flush()
+    except typer.Exit:
+        raise
+    except BrokenPipeError:
+        # `neimsctl ... | head`: point stdout at devnull and leave quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(EXIT_OK) from None
+    except NeimsError as exc:
+        fail(cmd, str(exc))
+    except KeyboardInterrupt:
+        eprint(cmd, "interrupted")
+        raise typer.Exit(130) from None

@@ -1,0 +1,44 @@
+"""The ``neimsctl`` console script: one shared typer app, one module per subcommand.
+
+Command modules import only light libraries at module level, so ``neimsctl --help`` and
+``neimsctl <cmd> --help`` never import torch or RDKit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from neimsctl.cli._common import app
+
+# A command is listed here only once it really works (no placeholders in --help).
+COMMAND_MODULES: tuple[str, ...] = (
+    "msp2jsonl",
+)
+
+
+def load_commands() -> None:
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"neimsctl.cli.{name}")
+
+
+@app.callback()
+def _root() -> None:
+    """Predict electron-ionization mass spectra from molecular structure.
+
+    Data goes to stdout; logs, progress and warnings go to stderr; '-' means stdin.
+    Exit 0 success, 1 some input rejected or a runtime failure, 2 usage error. See neimsctl(1).
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point; ``neimsctl help CMD`` is the same as ``neimsctl CMD --help``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["help"]:
+        args = args[1:2] + ["--help"] if len(args) > 1 else ["--help"]
+    load_commands()
+    app(args=args, prog_name="neimsctl")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""L2: torch datasets over feature shards, splits and augmentations."""

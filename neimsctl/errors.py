@@ -1,0 +1,43 @@
+"""Typed exceptions raised by the library; only ``neimsctl.cli`` turns them into exit codes."""
+
+from __future__ import annotations
+
+
+class NeimsError(Exception):
+    """Base class of every error the library raises on purpose."""
+
+
+class InputError(NeimsError):
+    """Input that cannot be read at all (missing file, unreadable stream)."""
+
+
+class FormatError(NeimsError):
+    """Input that violates a file format; carries where it happened when known.
+
+    Parameters
+    ----------
+    message
+        What is wrong.
+    file, line, record
+        Where: source file name, 1-based line number and record name/ID, each optional.
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 record: str | None = None) -> None:
+        self.message, self.file, self.line, self.record = message, file, line, record
+        where = []
+        if file is not None:
+            where.append(str(file))
+        if line is not None:
+            where.append(f"line {line}")
+        if record is not None:
+            where.append(f"record {record!r}")
+        super().__init__(f"{': '.join(where)}: {message}" if where else message)
+
+
+class ConfigError(NeimsError):
+    """Invalid configuration: unknown key, wrong type, bad override."""
+
+
+class CheckpointError(NeimsError):
+    """A checkpoint that cannot be loaded safely or does not match the features."""

@@ -1,0 +1,1 @@
+"""L0: streams and file formats (implements the specs in formats/)."""

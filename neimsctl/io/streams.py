@@ -1,0 +1,164 @@
+"""Byte streams: ``-`` for stdin/stdout, transparent gzip/zstd input, atomic output files.
+
+Every command reads through :func:`open_in` and writes through :func:`open_out`, so the
+conventions (``-`` is stdin/stdout, compressed input is sniffed by magic bytes, outputs are
+written under a temporary name and renamed only when complete) hold everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import IO, BinaryIO, Iterator
+
+from neimsctl.errors import InputError
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def is_dash(path: str | os.PathLike | None) -> bool:
+    """True when ``path`` names stdin/stdout (``-`` or ``None``)."""
+    return path is None or str(path) == "-"
+
+
+def display_name(path: str | os.PathLike | None) -> str:
+    """The name used in messages: ``<stdin>`` for ``-``."""
+    return "<stdin>" if is_dash(path) else str(path)
+
+
+def _peek(raw: BinaryIO, n: int = 8) -> tuple[bytes, BinaryIO]:
+    """Return the first ``n`` bytes without consuming them (wraps unseekable streams)."""
+    if not isinstance(raw, io.BufferedReader):
+        raw = io.BufferedReader(raw)  # type: ignore[arg-type]
+    return raw.peek(n)[:n], raw
+
+
+@contextlib.contextmanager
+def open_in(path: str | os.PathLike | None) -> Iterator[BinaryIO]:
+    """Open an input for binary reading; ``-`` is stdin; gzip and zstd are decoded on the fly.
+
+    Compression is recognised by its magic bytes, not the file suffix, so piped
+    ``.gz``/``.zst`` data works too.
+
+    Raises
+    ------
+    InputError
+        The file does not exist or cannot be opened.
+    """
+    if is_dash(path):
+        raw: BinaryIO = sys.stdin.buffer
+        owned = False
+    else:
+        try:
+            raw = open(path, "rb", buffering=1 << 20)  # noqa: SIM115
+        except OSError as exc:
+            raise InputError(f"{path}: cannot open: {exc.strerror or exc}") from exc
+        owned = True
+    try:
+        head, buf = _peek(raw)
+        if head.startswith(GZIP_MAGIC):
+            stream: BinaryIO = gzip.GzipFile(fileobj=buf, mode="rb")  # type: ignore[assignment]
+        elif head.startswith(ZSTD_MAGIC):
+            import zstandard
+
+            stream = io.BufferedReader(
+                zstandard.ZstdDecompressor().stream_reader(buf, read_across_frames=True),
+                buffer_size=1 << 20)
+        else:
+            stream = buf
+        yield stream
+    finally:
+        if owned:
+            raw.close()
+
+
+def sniff(path: str | os.PathLike) -> str:
+    """Guess a real file's container from its magic bytes: ``h5``, ``gz``, ``zst`` or ``text``."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if head.startswith(HDF5_MAGIC):
+        return "h5"
+    if head.startswith(GZIP_MAGIC):
+        return "gz"
+    if head.startswith(ZSTD_MAGIC):
+        return "zst"
+    return "text"
+
+
+def stdout_is_regular_file() -> bool:
+    """True when stdout was redirected to a regular (seekable) file, e.g. ``> feats.h5``."""
+    try:
+        import stat
+
+        return stat.S_ISREG(os.fstat(sys.stdout.fileno()).st_mode)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return False
+
+
+def stdout_is_tty() -> bool:
+    try:
+        return os.isatty(sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return False
+
+
+def temp_path_for(path: str | os.PathLike) -> Path:
+    """The temporary name an output is written under before it is renamed into place."""
+    p = Path(path)
+    return p.with_name(f".{p.name}.part-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    On an exception (including ``KeyboardInterrupt``) the temporary file is removed and
+    ``path`` is left untouched, so an interrupted run never leaves a file that looks complete.
+    """
+    final = Path(path)
+    tmp = temp_path_for(final)
+    try:
+        yield tmp
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    os.replace(tmp, final)
+
+
+@contextlib.contextmanager
+def open_out(path: str | os.PathLike | None) -> Iterator[BinaryIO]:
+    """Open an output for binary writing: ``-`` is stdout; a file is written atomically."""
+    if is_dash(path):
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    with atomic_path(path) as tmp, open(tmp, "wb", buffering=1 << 20) as fh:
+        yield fh
+
+
+def copy_file_to(src: str | os.PathLike, dst: IO[bytes]) -> None:
+    """Copy a finished file (e.g. a spooled HDF5) to a binary stream."""
+    with open(src, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            dst.write(chunk)
+    dst.flush()
+
+
+@contextlib.contextmanager
+def spool_path(suffix: str = ".h5") -> Iterator[Path]:
+    """A temporary file path that is removed afterwards (for formats that need seek)."""
+    fd, name = tempfile.mkstemp(suffix=suffix, prefix="neimsctl-")
+    os.close(fd)
+    try:
+        yield Path(name)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(name)

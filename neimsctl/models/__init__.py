@@ -1,0 +1,1 @@
+"""L2: teacher / student / baseline model assemblies, save and load."""

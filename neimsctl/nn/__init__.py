@@ -1,0 +1,1 @@
+"""L2: neural-network layers, one concept per module."""
