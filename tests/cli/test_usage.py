@@ -1,0 +1,75 @@
+"""Usage meta-tests: help for every command, man pages complete and fresh, light start-up, layers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import click
+import pytest
+import typer
+
+from neimsctl.cli import main as cli_main
+
+cli_main.load_commands()
+COMMANDS = dict(typer.main.get_command(cli_main.app).commands)  # type: ignore[attr-defined]
+HEAVY = ("torch", "torch_geometric", "rdkit", "h5py", "matplotlib")
+
+
+def run(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([*args], capture_output=True, text=True, timeout=120, **kw)
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_help_exits_0_on_stdout(neimsctl_exe, name):
+    proc = run(neimsctl_exe, name, "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert f"neimsctl {name}" in proc.stdout and proc.stderr == ""
+    assert run(neimsctl_exe, "help", name).stdout == proc.stdout
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_man_page_mentions_every_option(repo_root, name):
+    page = repo_root / "man" / f"neimsctl-{name}.1"
+    assert page.is_file(), f"missing {page}: run python tools/build_man.py"
+    text = page.read_text().replace("\\-", "-")
+    for param in COMMANDS[name].params:
+        if isinstance(param, click.Option):
+            for opt in param.opts:
+                assert opt in text, f"{page.name} does not mention {opt}"
+    assert "EXIT STATUS" in text and "EXAMPLES" in text
+
+
+def test_man_pages_are_fresh(repo_root):
+    proc = run(sys.executable, str(repo_root / "tools" / "build_man.py"), "--check")
+    assert proc.returncode == 0, proc.stderr
+    umbrella = (repo_root / "man" / "neimsctl.1").read_text()
+    for name in COMMANDS:
+        assert f"neimsctl\\-{name}" in umbrella
+
+
+@pytest.mark.parametrize("args", [["--help"], *[[n, "--help"] for n in sorted(COMMANDS)]])
+def test_help_does_not_import_heavy_libraries(args):
+    code = ("import sys, atexit\n"
+            f"atexit.register(lambda: print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules),"
+            " file=sys.stderr))\n"
+            "from neimsctl.cli.main import main\nmain(sys.argv[1:])\n")
+    proc = run(sys.executable, "-c", code, *args)
+    assert proc.returncode == 0
+    assert "HEAVY=\n" in proc.stderr, proc.stderr
+
+
+def test_no_args_prints_usage(neimsctl_exe):
+    proc = run(neimsctl_exe)
+    assert proc.returncode in (0, 2)
+    assert "Usage" in proc.stdout + proc.stderr
+
+
+def test_unknown_command_is_usage_error(neimsctl_exe):
+    assert run(neimsctl_exe, "no-such-command").returncode == 2
+
+
+def test_layers(repo_root):
+    proc = run(sys.executable, str(repo_root / "tools" / "check_layers.py"))
+    assert proc.returncode == 0, proc.stderr
