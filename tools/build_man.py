@@ -15,7 +15,6 @@ import re
 import sys
 from pathlib import Path
 
-import click
 import typer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,15 +78,16 @@ def sections(md: str) -> dict[str, str]:
     return {parts[i].strip().upper(): parts[i + 1].strip() for i in range(1, len(parts), 2)}
 
 
-def option_lines(cmd: click.Command) -> list[str]:
+def option_lines(cmd) -> list[str]:
     lines = []
     for p in cmd.params:
-        if isinstance(p, click.Argument):
+        if p.param_type_name != "option":
             continue
         names = ", ".join(f"\\fB{esc(n)}\\fR" for n in p.opts + p.secondary_opts)
-        metavar = "" if p.is_flag else f" \\fI{esc(p.make_metavar(click.Context(cmd)))}\\fR"
+        flag = getattr(p, "is_flag", False)
+        metavar = "" if flag else f" \\fI{esc(p.metavar or p.name.upper())}\\fR"
         help_text = inline(p.help or "")
-        if p.default not in (None, False, ()) and not p.is_flag and p.show_default is not False:
+        if p.default not in (None, False, ()) and not flag and p.show_default is not False:
             help_text += f" Default: {esc(str(p.default))}."
         lines.append(f".TP\n{names}{metavar}\n{help_text}")
     lines.append(".TP\n\\fB\\-h\\fR, \\fB\\-\\-help\\fR\nShow the usage and exit 0.")
@@ -106,12 +106,12 @@ def exit_status() -> list[str]:
     return rows
 
 
-def render_command(name: str, cmd: click.Command) -> str:
+def render_command(name: str, cmd) -> str:
     src = SRC / f"{name}.md"
     secs = sections(src.read_text()) if src.exists() else {}
     short = (cmd.help or "").strip().splitlines()[0].rstrip(".") if cmd.help else name
     args = " ".join(f"[{esc(p.name.upper())}...]" if p.nargs == -1 else esc(p.name.upper())
-                    for p in cmd.params if isinstance(p, click.Argument))
+                    for p in cmd.params if p.param_type_name == "argument")
     page = header(name, f"NEIMSCTL-{name.upper()}")
     page += [".SH NAME", f"neimsctl\\-{esc(name)} \\- {esc(short)}",
              ".SH SYNOPSIS", f"\\fBneimsctl {esc(name)}\\fR [\\fIOPTIONS\\fR] {args}".rstrip(),
@@ -126,7 +126,7 @@ def render_command(name: str, cmd: click.Command) -> str:
     return "\n".join(page) + "\n"
 
 
-def render_umbrella(commands: dict[str, click.Command]) -> str:
+def render_umbrella(commands: dict) -> str:
     secs = sections((SRC / "neimsctl.md").read_text())
     page = header("neimsctl", "NEIMSCTL")
     page += [".SH NAME", "neimsctl \\- predict electron\\-ionization mass spectra from molecular structure",
@@ -145,7 +145,7 @@ def render_umbrella(commands: dict[str, click.Command]) -> str:
     return "\n".join(page) + "\n"
 
 
-def registered_commands() -> dict[str, click.Command]:
+def registered_commands() -> dict:
     cli_main.load_commands()
     group = typer.main.get_command(cli_main.app)
     return dict(sorted(group.commands.items()))  # type: ignore[attr-defined]

@@ -14,6 +14,9 @@ from neimsctl.cli._common import app
 # A command is listed here only once it really works (no placeholders in --help).
 COMMAND_MODULES: tuple[str, ...] = (
     "msp2jsonl",
+    "membench",
+    "featurize",
+    "shards",
 )
 
 

@@ -1,0 +1,197 @@
+"""MSP records -> ``neimsctl.record/1`` JSONL lines, in one process or a pool of workers.
+
+:func:`convert_record` turns one :class:`~neimsctl.io.msp.MspRecord` into a record dict or a
+reject ``(reason, detail)``; :func:`convert_msp` streams whole inputs through it (chunks of
+records, in input order, with a bounded number of chunks in flight when ``jobs > 1``), writes
+the JSONL lines and counts everything in a :class:`~neimsctl.io.rejects.Tally`.
+"""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+import os
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+import orjson
+
+from neimsctl.io.msp import MspRecord, parse_comments, parse_number, read_msp
+from neimsctl.io.rejects import Reject, Tally
+from neimsctl.io.streams import display_name, open_in
+
+SCHEMA = "neimsctl.record/1"
+_NOT_IN_MSP_OBJ = frozenset({"name", "comments", "num peaks", "id"})
+_DUMPS_OPT = orjson.OPT_APPEND_NEWLINE
+Result = bytes | tuple[str, str]
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Settings of :func:`convert_record` (see ``neimsctl msp2jsonl --help``)."""
+
+    mol_dir: str | None = None
+    min_mw: float = 50.0
+    max_mw: float = 1000.0
+    max_mz: float = 500.0
+    structure: bool = True
+
+
+def _structure(rec: MspRecord, opts: ConvertOptions) -> tuple[object, str]:
+    """Describe the record's structure: inline SMILES, else InChI, else its MOL file."""
+    from neimsctl.chem import structure as st
+
+    f = rec.fields
+    if f.get("smiles"):
+        return st.describe(st.mol_from_smiles(f["smiles"])), "smiles"
+    if f.get("inchi"):
+        return st.describe(st.mol_from_inchi(f["inchi"])), "inchi"
+    if opts.mol_dir is not None:
+        if not (f.get("id") or f.get("db") or f.get("nist")):
+            raise st.StructureError("missing_mol_file", "record has no ID to join a MOL file on")
+        return st.describe(st.read_mol_file(opts.mol_dir, rec.record_id)), "mol"
+    raise st.StructureError("no_structure", "no SMILES or InChI line and no --mol-dir")
+
+
+def convert_record(rec: MspRecord, opts: ConvertOptions) -> dict | tuple[str, str]:
+    """One MSP record -> a ``neimsctl.record/1`` dict, or ``(reason, detail)`` when rejected."""
+    if rec.reason:
+        return rec.reason, rec.detail
+    f = rec.fields
+    flags: list[str] = []
+    smiles = inchikey = formula = structure_from = exact_mass = None
+    mw: int | None = None
+    if opts.structure:
+        from neimsctl.chem.structure import StructureError, compare_with_msp
+
+        try:
+            st, structure_from = _structure(rec, opts)
+        except StructureError as exc:
+            return exc.reason, exc.message
+        smiles, inchikey, formula, mw, exact_mass = st  # type: ignore[misc]
+        inchikey = inchikey or None
+        flags = compare_with_msp(st, f)  # type: ignore[arg-type]
+        check_mw: float | None = mw
+    else:
+        check_mw = parse_number(f["mw"]) if f.get("mw") else None
+    if check_mw is not None and not opts.min_mw <= check_mw <= opts.max_mw:
+        return "mw_out_of_range", f"MW {check_mw:g} outside [{opts.min_mw:g}, {opts.max_mw:g}]"
+    mz, intensity = rec.mz, rec.intensity
+    if max(mz) > opts.max_mz:
+        keep = [i for i, m in enumerate(mz) if m <= opts.max_mz]
+        if not keep:
+            return "no_peaks", f"all {len(mz)} peaks above --max-mz {opts.max_mz:g}"
+        mz, intensity = [mz[i] for i in keep], [intensity[i] for i in keep]
+        flags.append("peaks_above_max_mz")
+    return {
+        "schema": SCHEMA, "id": rec.record_id, "name": rec.name, "synonyms": rec.synonyms,
+        "source": {"file": rec.file, "line": rec.line, "ordinal": rec.ordinal},
+        "smiles": smiles, "inchikey": inchikey, "formula": formula, "mw": mw,
+        "exact_mass": exact_mass, "structure_from": structure_from,
+        "msp": {k: v for k, v in f.items() if k not in _NOT_IN_MSP_OBJ},
+        "comments": parse_comments(f["comments"]) if "comments" in f else {},
+        "flags": flags, "mz": mz, "intensity": intensity,
+    }
+
+
+def convert_chunk(recs: list[MspRecord], opts: ConvertOptions) -> list[Result]:
+    """Convert a chunk: one JSONL line (bytes) or one ``(reason, detail)`` per record."""
+    dumps = orjson.dumps
+    out: list[Result] = []
+    for rec in recs:
+        res = convert_record(rec, opts)
+        out.append(dumps(res, option=_DUMPS_OPT) if isinstance(res, dict) else res)
+    return out
+
+
+_WORKER_OPTS: ConvertOptions | None = None
+
+
+def _init_worker(opts: ConvertOptions) -> None:
+    global _WORKER_OPTS
+    _WORKER_OPTS = opts
+
+
+def _worker_chunk(recs: list[MspRecord]) -> list[Result]:
+    assert _WORKER_OPTS is not None
+    return convert_chunk(recs, _WORKER_OPTS)
+
+
+def _chunks(paths: Iterable[str | os.PathLike], size: int) -> Iterator[list[MspRecord]]:
+    chunk: list[MspRecord] = []
+    for path in paths:
+        with open_in(path) as stream:
+            for rec in read_msp(stream, display_name(path)):
+                chunk.append(rec)
+                if len(chunk) >= size:
+                    yield chunk
+                    chunk = []
+    if chunk:
+        yield chunk
+
+
+def _converted(paths: Iterable[str | os.PathLike], opts: ConvertOptions, jobs: int,
+               chunk_size: int) -> Iterator[tuple[list[MspRecord], list[Result]]]:
+    """(chunk, results) pairs in input order; at most ``2 * jobs`` chunks in flight."""
+    if jobs <= 1:
+        for chunk in _chunks(paths, chunk_size):
+            yield chunk, convert_chunk(chunk, opts)
+        return
+    with multiprocessing.get_context("fork").Pool(jobs, _init_worker, (opts,)) as pool:
+        pending: collections.deque = collections.deque()
+        for chunk in _chunks(paths, chunk_size):
+            pending.append((chunk, pool.apply_async(_worker_chunk, (chunk,))))
+            if len(pending) >= 2 * jobs:
+                done, res = pending.popleft()
+                yield done, res.get()
+        while pending:
+            done, res = pending.popleft()
+            yield done, res.get()
+
+
+def convert_msp(paths: Iterable[str | os.PathLike], out: BinaryIO, tally: Tally,
+                opts: ConvertOptions, *, jobs: int = 1, strict: bool = False,
+                chunk_size: int = 256, on_reject: Callable[[Reject], None] | None = None,
+                ) -> Reject | None:
+    """Convert MSP inputs to JSONL records on ``out``; count and report every record.
+
+    Parameters
+    ----------
+    paths
+        Input paths (``-`` is stdin; gzip/zstd decoded transparently).
+    out
+        Binary stream for the JSONL lines.
+    tally
+        Receives read/written counts and every reject (and writes the rejects report).
+    opts
+        Structure and filter settings.
+    jobs
+        Worker processes; output order does not depend on it.
+    strict
+        Stop at the first rejected record and return it.
+    chunk_size
+        Records per task handed to a worker.
+    on_reject
+        Called with every reject after it was counted (e.g. to log it).
+
+    Returns
+    -------
+    Reject or None
+        The rejected record that stopped a ``strict`` run, else ``None``.
+    """
+    write = out.write
+    for chunk, results in _converted(paths, opts, jobs, chunk_size):
+        for rec, res in zip(chunk, results):
+            tally.read += 1
+            if isinstance(res, bytes):
+                write(res)
+                tally.written += 1
+                continue
+            rej = Reject(reason=res[0], detail=res[1], file=rec.file, line=rec.line,
+                         record=rec.name or None, id=rec.record_id)
+            tally.reject(rej)
+            if on_reject is not None:
+                on_reject(rej)
+            if strict:
+                return rej
+    return None

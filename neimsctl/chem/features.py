@@ -1,0 +1,205 @@
+"""Molecule featurizers: RDKit ``Mol`` -> numpy NamedTuples (formats/features.v1.md is normative).
+
+- :class:`StudentFeaturizer`: ECFP4 bits (Morgan radius 2, 4096 bits, bit-packed) + atom-pair
+  counts folded to 2048 (uint8, saturating at 255). :func:`student_vector` turns them into the
+  6144-float student input.
+- :class:`TeacherFeaturizer`: a molecular graph (48 atom features, 6 bond features, both edge
+  directions) + the same ECFP4 bits.
+
+``--mode`` is a registry lookup (:data:`FEATURIZERS`), so the CLI's choices come from here.
+Every featurizer exposes ``settings`` (a JSON-able dict) and ``settings_hash`` (16 hex chars of
+the sha256 of the canonical settings JSON), which key caches and guard shard merges.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+from rdkit import Chem, rdBase
+from rdkit.Chem import rdFingerprintGenerator
+
+from neimsctl.chem.graph import ATOM_FDIM, BOND_FDIM, atom_features, bond_graph
+
+ECFP_RADIUS, ECFP_BITS, COUNT_BITS = 2, 4096, 2048
+ECFP_BYTES = ECFP_BITS // 8
+STUDENT_DIM = ECFP_BITS + COUNT_BITS
+_LOG1P_U8 = np.log1p(np.arange(256, dtype=np.float32)).astype(np.float32)
+
+
+class StudentFeatures(NamedTuple):
+    """Student features of one molecule.
+
+    Attributes
+    ----------
+    ecfp : numpy.ndarray
+        uint8, shape ``(512,)``: ECFP4 4096 bits, ``np.packbits`` (bitorder big).
+    counts : numpy.ndarray
+        uint8, shape ``(2048,)``: atom-pair counts folded to 2048, saturating at 255.
+    """
+
+    ecfp: np.ndarray
+    counts: np.ndarray
+
+
+class TeacherFeatures(NamedTuple):
+    """Teacher features of one molecule with ``A`` atoms and ``B`` bonds.
+
+    Attributes
+    ----------
+    atom_x : numpy.ndarray
+        float32, shape ``(A, 48)``: atom features (formats/features.v1.md).
+    edge_index : numpy.ndarray
+        int32, shape ``(2B, 2)``: (source, target) local atom indices, bond ``k`` gives rows
+        ``2k`` (begin -> end) and ``2k + 1`` (end -> begin).
+    edge_attr : numpy.ndarray
+        float32, shape ``(2B, 6)``: bond features, the same for both directions.
+    ecfp : numpy.ndarray
+        uint8, shape ``(512,)``: ECFP4 bits, packed as in :class:`StudentFeatures`.
+    """
+
+    atom_x: np.ndarray
+    edge_index: np.ndarray
+    edge_attr: np.ndarray
+    ecfp: np.ndarray
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    """First 16 hex chars of sha256 over the canonical JSON (sorted keys, no spaces)."""
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+class _Base:
+    """Shared ECFP4 generator and settings plumbing."""
+
+    mode: str = ""
+
+    def __init__(self) -> None:
+        self._ecfp = rdFingerprintGenerator.GetMorganGenerator(radius=ECFP_RADIUS, fpSize=ECFP_BITS)
+
+    def ecfp_packed(self, mol: Chem.Mol) -> np.ndarray:
+        """ECFP4 bits of ``mol``, packed: uint8 ``(512,)``."""
+        return np.packbits(self._ecfp.GetFingerprintAsNumPy(mol))
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {"schema": "neimsctl.features/1", "mode": self.mode, "rdkit": rdBase.rdkitVersion,
+                "ecfp": {"kind": "morgan", "radius": ECFP_RADIUS, "fp_size": ECFP_BITS,
+                         "chirality": False, "packed": "packbits-big"}}
+
+    @property
+    def settings_hash(self) -> str:
+        return settings_hash(self.settings)
+
+
+FEATURIZERS: dict[str, type[_Base]] = {}
+
+
+def register(name: str) -> Callable[[type[_Base]], type[_Base]]:
+    """Class decorator adding a featurizer to :data:`FEATURIZERS` under ``name``."""
+
+    def deco(cls: type[_Base]) -> type[_Base]:
+        cls.mode = name
+        FEATURIZERS[name] = cls
+        return cls
+
+    return deco
+
+
+def get_featurizer(mode: str) -> _Base:
+    """A featurizer instance for ``mode`` (``student`` or ``teacher``).
+
+    Raises
+    ------
+    KeyError
+        ``mode`` is not registered; the message lists the known modes.
+    """
+    try:
+        return FEATURIZERS[mode]()
+    except KeyError:
+        raise KeyError(f"unknown featurizer mode {mode!r}; known: {', '.join(sorted(FEATURIZERS))}") \
+            from None
+
+
+@register("student")
+class StudentFeaturizer(_Base):
+    """ECFP4 4096 bits + atom-pair counts 2048 (see :class:`StudentFeatures`).
+
+    Examples
+    --------
+    >>> f = StudentFeaturizer()(Chem.MolFromSmiles("CCO"))
+    >>> f.ecfp.shape, f.counts.shape
+    ((512,), (2048,))
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pairs = rdFingerprintGenerator.GetAtomPairGenerator(fpSize=COUNT_BITS)
+
+    def __call__(self, mol: Chem.Mol) -> StudentFeatures:
+        counts = self._pairs.GetCountFingerprintAsNumPy(mol)
+        return StudentFeatures(self.ecfp_packed(mol), np.minimum(counts, 255).astype(np.uint8))
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        s = super().settings
+        s["counts"] = {"kind": "atom_pair", "fp_size": COUNT_BITS, "min_distance": 1,
+                       "max_distance": 30, "chirality": False, "saturate": 255}
+        return s
+
+
+@register("teacher")
+class TeacherFeaturizer(_Base):
+    """Molecular graph (48 atom / 6 bond features) + ECFP4 bits (see :class:`TeacherFeatures`).
+
+    Examples
+    --------
+    >>> f = TeacherFeaturizer()(Chem.MolFromSmiles("CC=O"))
+    >>> f.atom_x.shape, f.edge_index.shape, f.edge_attr.shape
+    ((3, 48), (4, 2), (4, 6))
+    """
+
+    def __call__(self, mol: Chem.Mol) -> TeacherFeatures:
+        edge_index, edge_attr = bond_graph(mol)
+        return TeacherFeatures(atom_features(mol), edge_index, edge_attr, self.ecfp_packed(mol))
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        s = super().settings
+        s["graph"] = {"atom_fdim": ATOM_FDIM, "bond_fdim": BOND_FDIM, "layout": "features.v1",
+                      "hydrogens": "implicit"}
+        return s
+
+
+def student_vector(ecfp_packed: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The student input of one molecule: ``concat(unpackbits(ecfp), log1p(counts))``.
+
+    Parameters
+    ----------
+    ecfp_packed
+        uint8 ``(512,)``.
+    counts
+        uint8 ``(2048,)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(6144,)``: slots 0..4095 are the ECFP4 bits (0/1), 4096..6143 ``log1p(count)``.
+    """
+    return student_vectors(ecfp_packed[None, :], counts[None, :])[0]
+
+
+def student_vectors(ecfp_packed: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Batched :func:`student_vector`: ``(B, 512)`` + ``(B, 2048)`` uint8 -> float32 ``(B, 6144)``."""
+    ecfp_packed = np.asarray(ecfp_packed, dtype=np.uint8)
+    counts = np.asarray(counts, dtype=np.uint8)
+    if ecfp_packed.shape[-1] != ECFP_BYTES or counts.shape[-1] != COUNT_BITS:
+        raise ValueError(f"expected (B, {ECFP_BYTES}) and (B, {COUNT_BITS}) uint8, got "
+                         f"{ecfp_packed.shape} and {counts.shape}")
+    out = np.empty((ecfp_packed.shape[0], STUDENT_DIM), dtype=np.float32)
+    out[:, :ECFP_BITS] = np.unpackbits(ecfp_packed, axis=1)
+    out[:, ECFP_BITS:] = _LOG1P_U8[counts]
+    return out

@@ -1,0 +1,219 @@
+"""The ``featurize`` pipeline: input lines -> chunks -> (parallel) rows -> HDF5 shard / zblock stream.
+
+- Inputs: JSONL records (contract 1) or ``SMILES [name]`` lines, per file auto-detected from
+  the first non-blank line (``{`` -> JSONL) unless ``input_format`` is given. Blank lines and
+  ``#`` comment lines of SMILES files are not records.
+- Ordinals: records are numbered 0, 1, 2 ... across all inputs in order; ``shard=(K, N)`` keeps
+  records with ``ordinal % N == K - 1`` (round robin, so shards are balanced without knowing the
+  input length). Rows carry their ordinal, which lets ``shards merge`` restore input order.
+- Parallelism: chunks of :data:`CHUNK` records go to ``jobs`` worker processes; at most
+  ``2 * jobs + 2`` chunks are in flight and results are written in submission order, so the
+  output is identical for any ``jobs`` and memory stays bounded on endless stdin.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import multiprocessing as mp
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import IO, Any, Callable, Iterable, Iterator, Protocol
+
+import numpy as np
+
+from neimsctl.chem.rowbuild import Item, Rejected, RowBuilder, RowOptions
+from neimsctl.errors import InputError
+from neimsctl.io.featblock import block_rows
+from neimsctl.io.h5shard import ShardWriter
+from neimsctl.io.rejects import Reject, Tally
+from neimsctl.io.streams import (atomic_path, copy_file_to, display_name, is_dash, open_in,
+                                 spool_path)
+from neimsctl.io.zblock import ZBlockWriter
+
+CHUNK = 256
+_BUILDER: RowBuilder | None = None
+
+
+class StrictStop(InputError):
+    """``--strict``: the first rejected record stops the run."""
+
+
+class Sink(Protocol):
+    def append(self, block: dict[str, np.ndarray]) -> None: ...
+
+
+def iter_items(paths: Iterable[str | os.PathLike], input_format: str | None = None,
+               shard: tuple[int, int] | None = None) -> Iterator[Item]:
+    """Input records as :class:`Item` (raw line bytes), numbered across files, shard-filtered."""
+    ordinal = 0
+    for path in paths:
+        name = display_name(path)
+        with open_in(path) as fh:
+            kind = input_format
+            for lineno, raw in enumerate(fh, start=1):
+                text = raw.strip()
+                if not text:
+                    continue
+                if kind is None:
+                    kind = "jsonl" if text.startswith(b"{") else "smi"
+                if kind == "smi" and text.startswith(b"#"):
+                    continue
+                if shard is None or ordinal % shard[1] == shard[0] - 1:
+                    yield Item(ordinal, name, lineno, kind, text)
+                ordinal += 1
+
+
+def _chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
+    buf: list[Item] = []
+    for it in items:
+        buf.append(it)
+        if len(buf) >= size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def _init_worker(opts: RowOptions, child: bool = False) -> None:
+    global _BUILDER
+    if child:  # the parent handles Ctrl-C and terminates the pool; workers die quietly
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _BUILDER = RowBuilder(opts)
+
+
+def _work(items: list[Item]) -> tuple[dict[str, np.ndarray], list[Rejected], int]:
+    assert _BUILDER is not None
+    block, rejects = _BUILDER.build(items)
+    return block, rejects, len(items)
+
+
+def _results(chunks: Iterator[list[Item]], opts: RowOptions,
+             jobs: int) -> Iterator[tuple[dict[str, np.ndarray], list[Rejected], int]]:
+    if jobs <= 1:
+        _init_worker(opts)
+        for c in chunks:
+            yield _work(c)
+        return
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
+    pool = ctx.Pool(jobs, initializer=_init_worker, initargs=(opts, True))
+    try:
+        pending: collections.deque = collections.deque()
+        for c in chunks:
+            pending.append(pool.apply_async(_work, (c,)))
+            if len(pending) >= 2 * jobs + 2:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+
+
+def run_featurize(items: Iterator[Item], sink: Sink, tally: Tally, *, opts: RowOptions,
+                  jobs: int = 1, strict: bool = False, chunk: int = CHUNK,
+                  show: Callable[[str], None] | None = None, show_limit: int | None = 10) -> None:
+    """Featurize ``items`` into ``sink``, counting and reporting every record in ``tally``.
+
+    ``show`` receives a one-line message for each of the first ``show_limit`` rejects
+    (all when ``None``), e.g. to print them on stderr.
+
+    Raises
+    ------
+    StrictStop
+        ``strict`` and a record was rejected (rows before it are written, the output is not
+        finished by the caller).
+    """
+    for block, rejects, n_items in _results(_chunks(items, chunk), opts, jobs):
+        if strict and rejects:
+            r = rejects[0]
+            tally.read += int(np.count_nonzero(block["ordinal"] < r.item.ordinal)) + 1
+            tally.reject(Reject(r.reason, r.detail, file=r.item.file, line=r.item.line,
+                                record=str(r.item.ordinal + 1), id=r.id))
+            raise StrictStop(f"{r.item.file}: line {r.item.line}: {r.reason}: {r.detail}")
+        tally.read += n_items
+        for r in rejects:
+            if show is not None and (show_limit is None or tally.rejected < show_limit):
+                show(f"{r.item.file}: line {r.item.line}: {r.reason}: {r.detail}")
+            tally.reject(Reject(r.reason, r.detail, file=r.item.file, line=r.item.line,
+                                record=str(r.item.ordinal + 1), id=r.id))
+        sink.append(block)
+        tally.written += block_rows(block)
+
+
+class _ZSink:
+    def __init__(self, w: ZBlockWriter) -> None:
+        self.w = w
+
+    def append(self, block: dict[str, np.ndarray]) -> None:
+        self.w.write(block)
+
+
+@contextlib.contextmanager
+def open_sink(out: str | os.PathLike, fmt: str, mode: str, settings: dict[str, Any],
+              settings_hash: str, attrs: dict[str, Any] | None = None,
+              stdout: IO[bytes] | None = None) -> Iterator[Sink]:
+    """Where rows go: ``fmt`` ``h5`` or ``zst``; ``out`` a file (atomic) or ``-`` (stdout).
+
+    HDF5 to stdout is written to a spool file and copied out once complete; zblocks stream.
+    On an exception nothing complete-looking is left: files stay under their temporary name
+    (removed), and a zblock stream lacks its end frame.
+    """
+    stdout = stdout if stdout is not None else sys.stdout.buffer
+    if fmt == "zst":
+        with contextlib.ExitStack() as stack:
+            if is_dash(out):
+                fh: IO[bytes] = stdout
+            else:
+                tmp = stack.enter_context(atomic_path(out))
+                fh = stack.enter_context(open(tmp, "wb", buffering=1 << 20))
+            w = ZBlockWriter(fh, mode, settings, settings_hash, attrs)
+            yield _ZSink(w)
+            w.close()
+        return
+    if not is_dash(out):
+        with ShardWriter(out, mode, settings, settings_hash, attrs) as sw:
+            yield sw
+        return
+    with spool_path(".h5") as spool:
+        with ShardWriter(spool, mode, settings, settings_hash, attrs) as sw:
+            yield sw
+        copy_file_to(spool, stdout)
+
+
+def run_settings(opts: RowOptions) -> tuple[dict[str, Any], str]:
+    """Featurizer settings plus the row filters of ``opts``, and their hash.
+
+    The InChIKey switch is left out: it changes no feature, only a metadata column.
+    """
+    from neimsctl.chem.features import get_featurizer, settings_hash
+
+    settings = get_featurizer(opts.mode).settings
+    settings["rows"] = {"min_mw": opts.min_mw, "max_mw": opts.max_mw,
+                        "spectrum": {"bins": 501, "norm": "max", "noise": 0.001, "dtype": "float16"}}
+    return settings, settings_hash(settings)
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"K/N"`` -> ``(K, N)`` with ``1 <= K <= N``; ``None`` passes through."""
+    if text is None:
+        return None
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected K/N, e.g. 1/4") from None
+    if not 1 <= k <= n:
+        raise ValueError(f"--shard {text!r}: need 1 <= K <= N")
+    return k, n
+
+
+def guess_format(out: str | os.PathLike) -> str | None:
+    """``h5``/``zst`` from an output file suffix; ``None`` when it says nothing."""
+    suffix = Path(str(out)).suffix.lower()
+    return {".h5": "h5", ".hdf5": "h5", ".zst": "zst", ".zblk": "zst"}.get(suffix)

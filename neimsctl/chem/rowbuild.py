@@ -1,0 +1,169 @@
+"""One input record -> one feature row (or a reject reason); rows -> a feature block.
+
+Runs inside ``featurize`` workers, so it takes raw input lines (JSONL record or
+``SMILES [name]``) and does all parsing here, off the parent process (this is why it does not
+use :func:`neimsctl.io.jsonl.read_jsonl`, which parses in the reading process and stops at
+a bad line, where featurize reports the line as a ``bad_json`` reject and goes on).
+
+JSONL records (contract 1) are trusted for ``smiles`` (already RDKit-canonical), ``inchikey``,
+``formula`` and ``mw``; missing values are computed. SMILES lines are canonicalized here.
+
+Reject reasons: ``bad_json`` (not a JSON object), ``no_structure`` (record without SMILES),
+``unparsable_smiles`` (RDKit cannot read it), ``mw_out_of_range`` (nominal mass outside
+``[min_mw, max_mw]``, SPEC.md: 50..1000 Da), ``featurize_failed`` (RDKit raised while
+computing features), ``bad_peaks`` (``mz`` and ``intensity`` unusable, e.g. of different
+lengths).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import orjson
+from rdkit import Chem, RDLogger
+from rdkit.Chem import rdMolDescriptors
+
+from neimsctl.chem.features import get_featurizer
+from neimsctl.chem.spectrum import N_BINS, preprocess_spectrum
+from neimsctl.chem.structure import formula_nominal_mass
+from neimsctl.io.featblock import empty_block
+
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+
+
+
+@dataclass(frozen=True)
+class RowOptions:
+    """Per-row settings shared by all workers."""
+
+    mode: str = "student"
+    min_mw: int = 50
+    max_mw: int = 1000
+    inchikey: bool = True   # compute InChIKeys for SMILES input (records carry their own)
+
+
+class Item(NamedTuple):
+    """One input record as read: global ordinal, source file and line, kind and raw bytes."""
+
+    ordinal: int
+    file: str
+    line: int
+    kind: str          # "jsonl" or "smi"
+    raw: bytes
+
+
+class Rejected(NamedTuple):
+    item: Item
+    id: str | None
+    reason: str
+    detail: str
+
+
+def ionization_energy(rec: dict[str, Any]) -> float:
+    """eV from ``comments.ionization_energy`` (``"70 eV"``); NaN when absent or unspecified."""
+    return _energy(str((rec.get("comments") or {}).get("ionization_energy")))
+
+
+@functools.lru_cache(maxsize=256)
+def _energy(text: str) -> float:
+    m = _NUMBER.search(text)
+    return float(m.group()) if m else math.nan
+
+
+class RowBuilder:
+    """Featurize items into rows of one block (see :mod:`neimsctl.io.featblock`)."""
+
+    def __init__(self, opts: RowOptions) -> None:
+        RDLogger.DisableLog("rdApp.*")  # parse failures are reported as rejects instead
+        self.opts, self.feat = opts, get_featurizer(opts.mode)
+
+    def build(self, items: list[Item]) -> tuple[dict[str, np.ndarray], list[Rejected]]:
+        """Featurize ``items``; returns the block of accepted rows and the rejects, in order."""
+        rows: list[tuple] = []
+        rejects: list[Rejected] = []
+        for it in items:
+            got = self._one(it)
+            (rejects if isinstance(got, Rejected) else rows).append(got)
+        return self._assemble(rows), rejects
+
+    def _one(self, it: Item) -> tuple | Rejected:
+        o = self.opts
+        if it.kind == "jsonl":
+            try:
+                rec = orjson.loads(it.raw)
+                if not isinstance(rec, dict):
+                    raise ValueError("not a JSON object")
+            except (orjson.JSONDecodeError, ValueError) as exc:
+                return Rejected(it, None, "bad_json", str(exc))
+            rid = str(rec.get("id") or f"{_stem(it.file)}:{it.ordinal}")
+            smiles = rec.get("smiles")
+            if not smiles:
+                return Rejected(it, rid, "no_structure", "record has no SMILES")
+        else:
+            parts = it.raw.decode("utf-8", "replace").strip().split(None, 1)
+            smiles, rec = parts[0], {"name": parts[1] if len(parts) > 1 else ""}
+            rid = rec["name"] or f"{_stem(it.file)}:{it.line}"
+        mol = Chem.MolFromSmiles(smiles)
+        if mol is None or mol.GetNumAtoms() == 0:
+            return Rejected(it, rid, "unparsable_smiles", f"RDKit cannot parse {smiles!r}")
+        formula = rec.get("formula") or rdMolDescriptors.CalcMolFormula(mol, True, True)
+        mw = rec.get("mw") if isinstance(rec.get("mw"), int) else formula_nominal_mass(formula)
+        if not o.min_mw <= mw <= o.max_mw:
+            return Rejected(it, rid, "mw_out_of_range", f"nominal mass {mw} not in {o.min_mw}..{o.max_mw}")
+        try:
+            feats = self.feat(mol)
+        except (RuntimeError, ValueError) as exc:
+            return Rejected(it, rid, "featurize_failed", str(exc))
+        if it.kind == "smi":
+            smiles = Chem.MolToSmiles(mol)
+        inchikey = rec.get("inchikey") or (Chem.MolToInchiKey(mol) if o.inchikey else "")
+        mz = rec.get("mz") or []
+        try:
+            spec = preprocess_spectrum(mz, rec.get("intensity") or []) if mz else None
+        except (ValueError, TypeError) as exc:
+            return Rejected(it, rid, "bad_peaks", str(exc))
+        return (it.ordinal, rid, smiles, str(rec.get("name") or ""), formula, inchikey or "", mw,
+                ionization_energy(rec), spec, feats)
+
+    def _assemble(self, rows: list[tuple]) -> dict[str, np.ndarray]:
+        mode = self.opts.mode
+        if not rows:
+            return empty_block(mode)
+        n = len(rows)
+        cols = list(zip(*rows))
+        out: dict[str, np.ndarray] = {"ordinal": np.asarray(cols[0], dtype=np.int64)}
+        for i, name in enumerate(("id", "smiles", "name", "formula", "inchikey"), start=1):
+            arr = np.empty(n, dtype=object)
+            arr[:] = cols[i]
+            out[name] = arr
+        out["mw"] = np.asarray(cols[6], dtype=np.int32)
+        out["ionization_energy"] = np.asarray(cols[7], dtype=np.float32)
+        spectrum = np.zeros((n, N_BINS), dtype=np.float16)
+        has = np.zeros(n, dtype=bool)
+        for i, s in enumerate(cols[8]):
+            if s is not None and s.max() > 0:
+                spectrum[i], has[i] = s, True
+        out["spectrum"], out["has_spectrum"] = spectrum, has
+        feats = cols[9]
+        out["ecfp"] = np.stack([f.ecfp for f in feats])
+        if mode == "student":
+            out["counts"] = np.stack([f.counts for f in feats])
+        else:
+            out["n_atoms"] = np.asarray([f.atom_x.shape[0] for f in feats], dtype=np.int64)
+            out["n_edges"] = np.asarray([f.edge_index.shape[0] for f in feats], dtype=np.int64)
+            out["atom_x"] = np.concatenate([f.atom_x for f in feats]).astype(np.float16)
+            out["edge_index"] = np.concatenate([f.edge_index for f in feats])
+            out["edge_attr"] = np.concatenate([f.edge_attr for f in feats]).astype(np.float16)
+        return out
+
+
+def _stem(file: str) -> str:
+    if file in ("-", "<stdin>"):
+        return "stdin"
+    name = file.rsplit("/", 1)[-1]
+    return name.split(".", 1)[0] or name

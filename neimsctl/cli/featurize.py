@@ -1,0 +1,142 @@
+"""``neimsctl featurize``: JSONL records or SMILES -> student/teacher features (HDF5 or zblocks)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import signal
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from neimsctl.cli._common import (EXIT_FAIL, InPaths, Jobs, NoProvenance, OutPath, Quiet,
+                                  RejectsPath, Strict, Verbose, app, command, eprint,
+                                  require_input_or_usage, setup_logging, usage_error)
+
+CMD = "featurize"
+
+
+class Mode(str, Enum):
+    """--mode choices: the keys of neimsctl.chem.features.FEATURIZERS, spelled out here so that
+    --help does not import RDKit; tests/unit/chem/test_features.py checks they agree."""
+
+    student = "student"
+    teacher = "teacher"
+
+
+class OutFmt(str, Enum):
+    h5 = "h5"
+    zst = "zst"
+
+
+class InFmt(str, Enum):
+    jsonl = "jsonl"
+    smi = "smi"
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # unwind so temporary outputs are removed
+
+
+@app.command(CMD)
+def featurize_cli(
+    inputs: InPaths = None,
+    mode: Annotated[Mode, typer.Option("--mode", "-m", help="Feature set.")] = Mode.student,
+    out: OutPath = Path("-"),
+    fmt: Annotated[Optional[OutFmt], typer.Option(
+        "--format", "-O", help="h5 (HDF5 shard) or zst (zblock stream). Default: from the -o "
+        "suffix; h5 for files and a redirected stdout, zst for a pipe.")] = None,
+    in_fmt: Annotated[Optional[InFmt], typer.Option(
+        "--input-format", "-I", help="jsonl or smi ('SMILES [name]' lines). Default: detected "
+        "per file from the first line.")] = None,
+    jobs: Jobs = 1,
+    shard: Annotated[Optional[str], typer.Option(
+        "--shard", help="K/N: featurize only records with ordinal % N == K-1 (round robin); "
+        "merge the N outputs with 'neimsctl shards merge'.")] = None,
+    min_mw: Annotated[int, typer.Option("--min-mw", help="Reject nominal mass below.")] = 50,
+    max_mw: Annotated[int, typer.Option("--max-mw", help="Reject nominal mass above.")] = 1000,
+    inchikey: Annotated[bool, typer.Option(
+        "--inchikey/--no-inchikey", help="Compute InChIKeys for SMILES input (JSONL records "
+        "carry theirs). --no-inchikey is faster and leaves them empty.")] = True,
+    rejects: RejectsPath = None,
+    strict: Strict = False,
+    no_provenance: NoProvenance = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Featurize molecules for the student or teacher model.
+
+    Reads JSONL records (from msp2jsonl) or SMILES lines, and writes one row per molecule:
+    fingerprints (and the graph for the teacher), metadata and the binned target spectrum.
+    Every record is written or rejected with a reason. See neimsctl-featurize(1).
+    """
+    setup_logging(verbose, quiet)
+    from neimsctl.io import streams
+
+    paths = require_input_or_usage(CMD, inputs)
+    try:
+        shard_kn = _parse_shard(shard)
+    except ValueError as exc:
+        usage_error(CMD, str(exc))
+    from neimsctl.chem.featurize_run import guess_format
+
+    to_stdout = streams.is_dash(out)
+    chosen = fmt.value if fmt else None
+    if chosen is None:
+        chosen = (guess_format(out) or "h5") if not to_stdout else \
+            ("h5" if streams.stdout_is_regular_file() else "zst")
+    if to_stdout and streams.stdout_is_tty():
+        usage_error(CMD, "refusing to write binary features to a terminal: use -o FILE or a pipe")
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    with command(CMD):
+        _run(paths, mode.value, out, chosen, in_fmt.value if in_fmt else None, jobs, shard_kn,
+             min_mw, max_mw, inchikey, rejects, strict, no_provenance, quiet, verbose)
+
+
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    from neimsctl.chem.featurize_run import parse_shard
+
+    return parse_shard(text)
+
+
+def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, jobs: int,
+         shard: tuple[int, int] | None, min_mw: int, max_mw: int, inchikey: bool,
+         rejects: Path | None, strict: bool, no_provenance: bool, quiet: bool,
+         verbose: bool) -> None:
+    from neimsctl import __version__
+    from neimsctl.chem.featurize_run import iter_items, open_sink, run_featurize, run_settings
+    from neimsctl.chem.rowbuild import RowOptions
+    from neimsctl.io.rejects import Tally
+    from neimsctl.io.streams import open_out
+
+    opts = RowOptions(mode=mode, min_mw=min_mw, max_mw=max_mw, inchikey=inchikey)
+    settings, digest = run_settings(opts)
+    attrs = {"shard": f"{shard[0]}/{shard[1]}" if shard else None}
+    if not no_provenance:
+        attrs.update(neimsctl_version=__version__, argv=json.dumps(sys.argv),
+                     created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    items = iter_items(paths, in_fmt, shard)
+    with open_out(rejects) if rejects else _nullsink() as rej_fh:
+        tally = Tally(sink=rej_fh)
+        try:
+            with open_sink(out, fmt, mode, settings, digest, attrs) as sink:
+                run_featurize(items, sink, tally, opts=opts, jobs=jobs, strict=strict,
+                              show=None if quiet else (lambda m: eprint(CMD, m)),
+                              show_limit=None if verbose else 10)
+        finally:
+            if not quiet:
+                eprint(CMD, tally.summary())
+    if tally.rejected:
+        raise typer.Exit(EXIT_FAIL)
+
+
+class _nullsink:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

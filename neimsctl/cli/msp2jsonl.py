@@ -1,0 +1,95 @@
+"""``neimsctl msp2jsonl``: NIST-style MSP spectra -> JSONL records (parameters and glue only)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from neimsctl.cli._common import (EXIT_FAIL, InPaths, Jobs, OutPath, Quiet, RejectsPath, Strict,
+                                  Verbose, app, command, fail, require_input_or_usage,
+                                  setup_logging, usage_error)
+
+CMD = "msp2jsonl"
+log = logging.getLogger("neimsctl")
+
+
+@app.command(CMD)
+def msp2jsonl_cli(
+    inputs: InPaths = None,
+    mol_dir: Annotated[Path | None, typer.Option(
+        "--mol-dir", help="Directory of ID<id>.MOL files joined on the record's ID "
+                          "(used when a record has no SMILES or InChI line).")] = None,
+    min_mw: Annotated[float, typer.Option("--min-mw", help="Reject records with a nominal MW below this.")] = 50.0,
+    max_mw: Annotated[float, typer.Option("--max-mw", help="Reject records with a nominal MW above this.")] = 1000.0,
+    max_mz: Annotated[float, typer.Option(
+        "--max-mz", help="Drop peaks above this m/z (the record is flagged peaks_above_max_mz).")] = 500.0,
+    rejects: RejectsPath = None,
+    strict: Strict = False,
+    jobs: Jobs = 1,
+    no_structure: Annotated[bool, typer.Option(
+        "--no-structure", help="Skip RDKit: MSP parsing only (smiles/inchikey/formula/mw null; "
+                               "the MW filter uses the MSP's MW line).")] = False,
+    output: OutPath = Path("-"),
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Convert NIST-style MSP spectra to JSONL records (neimsctl.record/1).
+
+    Every record read is either written to the output or reported in the rejects file with a
+    reason, and counted in the one-line summary on stderr. Structures come from SMILES/InChI
+    lines or from --mol-dir; RDKit computes canonical SMILES, InChIKey, formula and nominal
+    MW and flags disagreements with the MSP's own lines. See neimsctl-msp2jsonl(1).
+    """
+    with command(CMD):
+        setup_logging(verbose, quiet)
+        paths = require_input_or_usage(CMD, inputs)
+        if min_mw > max_mw:
+            usage_error(CMD, f"--min-mw {min_mw:g} is above --max-mw {max_mw:g}")
+        if mol_dir is not None and not mol_dir.is_dir():
+            usage_error(CMD, f"--mol-dir {mol_dir}: not a directory")
+        if no_structure and mol_dir is not None:
+            usage_error(CMD, "--mol-dir and --no-structure exclude each other")
+        for p in paths:
+            if str(p) != "-" and not p.is_file():
+                usage_error(CMD, f"{p}: no such file")
+        from neimsctl.chem.convert import ConvertOptions, convert_msp
+        from neimsctl.errors import FormatError
+        from neimsctl.io.rejects import Tally
+        from neimsctl.io.streams import open_out
+
+        opts = ConvertOptions(mol_dir=str(mol_dir) if mol_dir else None, min_mw=min_mw,
+                              max_mw=max_mw, max_mz=max_mz, structure=not no_structure)
+        with open_out(output) as fout:
+            with open_out(rejects) if rejects else contextlib.nullcontext() as sink:
+                tally = Tally(sink=sink)
+                stop = convert_msp(paths, fout, tally, opts, jobs=jobs, strict=strict,
+                                   on_reject=_reject_logger())
+            if stop is not None:
+                where = FormatError(f"{stop.reason}: {stop.detail}", file=stop.file,
+                                    line=stop.line, record=stop.record or stop.id)
+                fail(CMD, f"{where} (id {stop.id})", "rejected under --strict")
+        if not quiet:
+            print(f"neimsctl {CMD}: {tally.summary()}", file=sys.stderr, flush=True)
+        if tally.rejected:
+            raise typer.Exit(EXIT_FAIL)
+
+
+def _reject_logger(limit: int = 10):  # type: ignore[no-untyped-def]
+    """A callback that shows the first ``limit`` rejects on stderr (all of them with -v)."""
+    seen = 0
+
+    def show(rej) -> None:  # type: ignore[no-untyped-def]
+        nonlocal seen
+        seen += 1
+        debug = log.isEnabledFor(logging.DEBUG)
+        if seen <= limit or debug:
+            log.info("%s: line %s: record %r (id %s): %s: %s", rej.file, rej.line, rej.record,
+                     rej.id, rej.reason, rej.detail)
+        if seen == limit and not debug:
+            log.info("further rejects not shown (see --rejects FILE, or -v)")
+    return show

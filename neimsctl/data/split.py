@@ -1,0 +1,113 @@
+"""Compound-grouped, deterministic train/val/test split (8:1:1, seed 42).
+
+A compound is its InChIKey connectivity block (the first 14 characters), so stereoisomers and
+isotopologues of one skeleton, and every spectrum of one compound, land on the same side. The side
+is a pure function of ``(seed, block)``: a keyed BLAKE2b hash of the block mapped to ``[0, 1)`` and
+cut at the cumulative fractions. It therefore does not depend on record order, on how the records
+are spread over shard files, or on which other compounds are present.
+
+Records without an InChIKey are grouped by their record id instead (each is its own compound).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Iterable, NamedTuple
+
+import numpy as np
+
+from neimsctl.errors import ConfigError
+
+BLOCK_LEN = 14
+DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+SPLIT_NAMES = ("train", "val", "test")
+
+
+class Split(NamedTuple):
+    """Index arrays (int64, ascending) into the sequence that was split."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def connectivity_block(inchikey: str | bytes) -> bytes:
+    """The first 14 characters of an InChIKey as bytes (``b""`` for a missing key)."""
+    key = inchikey.encode() if isinstance(inchikey, str) else bytes(inchikey)
+    return key.strip()[:BLOCK_LEN]
+
+
+def block_unit(block: bytes, seed: int = 42) -> float:
+    """Map ``(seed, block)`` to a number in ``[0, 1)``, stable across runs and platforms."""
+    digest = hashlib.blake2b(block, digest_size=8, key=str(int(seed)).encode()).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def assign_blocks(blocks: Iterable[bytes], *, seed: int = 42,
+                  fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> np.ndarray:
+    """Split code per element: 0 train, 1 val, 2 test.
+
+    Parameters
+    ----------
+    blocks
+        Group keys (connectivity blocks) as bytes or str; one hash per distinct key.
+    seed
+        Split seed; the same seed always gives the same assignment of a given key.
+    fractions
+        Train, val and test shares of *compounds*; must be non-negative and sum to 1.
+
+    Returns
+    -------
+    numpy.ndarray
+        int8 codes, one per element of ``blocks``.
+
+    Raises
+    ------
+    ConfigError
+        Fractions that are negative or do not sum to 1.
+    """
+    frac = np.asarray(fractions, dtype=float)
+    if frac.shape != (3,) or (frac < 0).any() or abs(frac.sum() - 1.0) > 1e-6:
+        raise ConfigError(f"split fractions must be 3 non-negative numbers summing to 1, got {fractions}")
+    arr = np.asarray([b.encode() if isinstance(b, str) else bytes(b) for b in blocks], dtype=object)
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int8)
+    uniq, inverse = np.unique(arr.astype(bytes), return_inverse=True)
+    units = np.fromiter((block_unit(bytes(b), seed) for b in uniq), dtype=float, count=len(uniq))
+    cuts = np.cumsum(frac)[:2]
+    codes = np.searchsorted(cuts, units, side="right").astype(np.int8)
+    return codes[inverse.reshape(-1)]
+
+
+def split_indices(blocks: Iterable[bytes], *, ids: Iterable[bytes] | None = None, seed: int = 42,
+                  fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> Split:
+    """Train/val/test index arrays grouped by connectivity block.
+
+    Parameters
+    ----------
+    blocks
+        Connectivity blocks (or full InChIKeys; only the first 14 characters are used), one per
+        record, e.g. ``StudentDataset.blocks``.
+    ids
+        Record ids, used as the group key of records whose block is empty.
+    seed, fractions
+        See :func:`assign_blocks`.
+
+    Returns
+    -------
+    Split
+        ``(train, val, test)`` ascending int64 index arrays that together cover every record once.
+
+    Examples
+    --------
+    >>> s = split_indices([b"AAAAAAAAAAAAAA", b"AAAAAAAAAAAAAA", b"BBBBBBBBBBBBBB"])
+    >>> sorted(np.concatenate(s).tolist())
+    [0, 1, 2]
+    """
+    keys = [connectivity_block(b) for b in blocks]
+    if ids is not None:
+        ids = list(ids)
+        keys = [k if k else b"id:" + (i.encode() if isinstance(i, str) else bytes(i))
+                for k, i in zip(keys, ids)]
+    codes = assign_blocks(keys, seed=seed, fractions=fractions)
+    return Split(*(np.flatnonzero(codes == c).astype(np.int64) for c in range(3)))

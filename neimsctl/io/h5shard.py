@@ -1,0 +1,295 @@
+"""HDF5 feature shards ``neimsctl.h5shard/1`` (formats/h5-shard.v1.md is normative).
+
+:class:`ShardWriter` appends feature blocks (see :mod:`neimsctl.io.featblock`) under a
+temporary name and renames the file into place on a clean close, so an interrupted run never
+leaves a file that looks complete. :class:`ShardReader` gives lazy random access by row, slice
+and index list; it reopens its HDF5 handle in each process (safe with DataLoader workers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import h5py
+import numpy as np
+
+from neimsctl.errors import FormatError, InputError
+from neimsctl.io.featblock import (STR_COLUMNS, block_rows, check_mode, ragged_columns,
+                                   row_columns, validate_block)
+from neimsctl.io.streams import atomic_path
+
+SCHEMA = "neimsctl.h5shard/1"
+ROW_CHUNK = 64          # rows per chunk of every per-molecule dataset
+RAGGED_CHUNK = 1024     # rows per chunk of atom_x / edge_index / edge_attr (~20-40 molecules)
+COMPRESSION: dict[str, Any] = {"compression": "gzip", "compression_opts": 4}
+_STR = h5py.string_dtype("utf-8")
+_PTRS = {"n_atoms": "atom_ptr", "n_edges": "edge_ptr"}
+_SMALL = ("ordinal", "mw", "ionization_energy", "has_spectrum")
+
+
+class ShardWriter:
+    """Write one shard; use as a context manager.
+
+    Parameters
+    ----------
+    path
+        Final file name; rows go to a temporary name beside it until :meth:`close`.
+    mode
+        ``student`` or ``teacher``.
+    settings
+        Featurizer settings (stored as JSON in the ``featurizer`` attribute).
+    settings_hash
+        Hash of ``settings`` (``neimsctl.chem.features.settings_hash``).
+    attrs
+        Further root attributes, e.g. provenance (``neimsctl_version``, ``argv``, ``created``)
+        or ``shard`` (``"K/N"``); ``None`` values are skipped.
+    """
+
+    def __init__(self, path: str | os.PathLike, mode: str, settings: dict[str, Any],
+                 settings_hash: str, attrs: dict[str, Any] | None = None) -> None:
+        self.path, self.mode = Path(path), check_mode(mode)
+        self._atomic = atomic_path(self.path)
+        tmp = self._atomic.__enter__()
+        self.n_rows = 0
+        self._f = h5py.File(tmp, "w", libver=("earliest", "v110"), track_order=True)
+        a = self._f.attrs
+        a["schema"], a["mode"], a["n_rows"] = SCHEMA, mode, 0
+        a["featurizer"] = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+        a["settings_hash"] = settings_hash
+        for k, v in (attrs or {}).items():
+            if v is not None:
+                a[k] = v
+        for c in STR_COLUMNS:
+            self._make(c, _STR, (), ROW_CHUNK)
+        for name, (dt, shape) in row_columns(mode).items():
+            if name in _PTRS:
+                ds = self._f.create_dataset(_PTRS[name], shape=(1,), maxshape=(None,), dtype="<i8",
+                                            chunks=(RAGGED_CHUNK,), **COMPRESSION)
+                ds[0] = 0
+            else:
+                self._make(name, np.dtype(dt), shape, ROW_CHUNK)
+        for name, (dt, shape, _) in ragged_columns(mode).items():
+            self._make(name, np.dtype(dt), shape, RAGGED_CHUNK)
+
+    def _make(self, name: str, dtype: Any, shape: tuple[int, ...], chunk: int) -> None:
+        self._f.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
+                               chunks=(chunk, *shape), **COMPRESSION)
+
+    def append(self, block: dict[str, np.ndarray]) -> None:
+        """Append the rows of ``block`` (validated and cast to the stored dtypes)."""
+        block = validate_block(block, self.mode)
+        n = block_rows(block)
+        if n == 0:
+            return
+        for name, arr in block.items():
+            if name in _PTRS:
+                ds = self._f[_PTRS[name]]
+                start = ds.shape[0]
+                ds.resize(start + n, axis=0)
+                ds[start:] = ds[start - 1] + np.cumsum(arr)
+                continue
+            ds = self._f[name]
+            start = ds.shape[0]
+            ds.resize(start + arr.shape[0], axis=0)
+            ds[start:] = arr
+        self.n_rows += n
+        self._f.attrs["n_rows"] = self.n_rows
+
+    def close(self) -> None:
+        """Finish the file and rename it into place."""
+        self._f.close()
+        self._atomic.__exit__(None, None, None)
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        """Close and delete the temporary file; the final name is never created."""
+        self._f.close()
+        err = exc or RuntimeError("aborted")
+        try:
+            self._atomic.__exit__(type(err), err, err.__traceback__)
+        except BaseException as again:  # atomic_path re-raises what it is given
+            if again is not err:
+                raise
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, et: Any, ev: BaseException | None, tb: Any) -> None:
+        if ev is None:
+            self.close()
+        else:
+            self.abort(ev)
+
+
+class ShardReader:
+    """Lazy reader of one shard: attributes at once, rows on demand.
+
+    The HDF5 handle is opened on first use and reopened after a ``fork`` (the process id is
+    checked), so one reader can be handed to DataLoader workers.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._f: h5py.File | None = None
+        self._pid = -1
+        self._ptr: dict[str, np.ndarray] = {}
+        self._cache: dict[str, np.ndarray] = {}
+        f = self.file
+        if f.attrs.get("schema") != SCHEMA:
+            raise FormatError(f"not a {SCHEMA} file (schema={f.attrs.get('schema')!r})",
+                              file=str(path))
+        self.mode: str = str(f.attrs["mode"])
+        self.n_rows = int(f.attrs["n_rows"])
+        self.settings_hash = str(f.attrs["settings_hash"])
+        self.settings: dict[str, Any] = json.loads(f.attrs["featurizer"])
+        self.attrs: dict[str, Any] = {k: (v.item() if isinstance(v, np.generic) else v)
+                                      for k, v in f.attrs.items()}
+
+    @property
+    def file(self) -> h5py.File:
+        if self._f is None or self._pid != os.getpid():
+            try:
+                self._f = h5py.File(self.path, "r")
+            except OSError as exc:
+                raise InputError(f"{self.path}: cannot open as HDF5: {exc}") from exc
+            self._pid, self._ptr = os.getpid(), {}
+        return self._f
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    def close(self) -> None:
+        if self._f is not None and self._pid == os.getpid():
+            self._f.close()
+        self._f = None
+
+    def column(self, name: str) -> np.ndarray:
+        """A whole per-row column (cheap for metadata: ``id``, ``inchikey``, ``mw`` ...)."""
+        ds = self.file[name]
+        return np.asarray(ds.asstr()[:], dtype=object) if name in STR_COLUMNS else ds[:]
+
+    def ptr(self, length: str) -> np.ndarray:
+        """CSR offsets (``n_atoms`` -> ``atom_ptr``), cached in memory after the first call."""
+        if length not in self._ptr:
+            self._ptr[length] = self.file[_PTRS[length]][:]
+        return self._ptr[length]
+
+    def rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Rows ``start:stop`` as a block."""
+        start, stop = max(0, start), min(stop, self.n_rows)
+        f = self.file
+        out: dict[str, np.ndarray] = {c: np.asarray(f[c].asstr()[start:stop], dtype=object)
+                                      for c in STR_COLUMNS}
+        for name in row_columns(self.mode):
+            if name in _PTRS:
+                out[name] = np.diff(self.ptr(name)[start:stop + 1])
+            else:
+                out[name] = f[name][start:stop]
+        for name, (_, _, length) in ragged_columns(self.mode).items():
+            p = self.ptr(length)
+            out[name] = f[name][p[start]:p[stop]]
+        return out
+
+    def take(self, idx: Sequence[int] | np.ndarray,
+             columns: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Rows ``idx`` (any order, repeats allowed) as a block, reading each chunk once.
+
+        Parameters
+        ----------
+        idx
+            Row numbers.
+        columns
+            Columns to read (default: all). Training loops ask only for what they use, e.g.
+            ``("ecfp", "counts", "spectrum")``; string columns are the slowest to read.
+
+        Notes
+        -----
+        Small numeric per-row columns (``mw``, ``ordinal``, ``ionization_energy``,
+        ``has_spectrum``) and the CSR offsets are cached in memory on first use
+        (~17 bytes per row), so only the wide arrays and strings are read from disk.
+        """
+        from neimsctl.io.featblock import take_rows
+
+        idx = np.asarray(idx, dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.n_rows):
+            raise IndexError(f"row index out of range 0..{self.n_rows - 1}")
+        uniq, inv = np.unique(idx, return_inverse=True)
+        ragged = ragged_columns(self.mode)
+        names = list(columns) if columns is not None else [
+            *STR_COLUMNS, *row_columns(self.mode), *ragged]
+        for name in [n for n in names if n in ragged]:
+            if ragged[name][2] not in names:
+                names.append(ragged[name][2])
+        chunk = uniq // ROW_CHUNK
+        groups = [(int(c) * ROW_CHUNK, uniq[chunk == c]) for c in np.unique(chunk)]
+        f, out = self.file, {}
+        for name in names:
+            if name in _PTRS:
+                out[name] = np.diff(self.ptr(name))[uniq]
+            elif name in _SMALL:
+                out[name] = self._small(name)[uniq]
+            elif name in ragged:
+                p, ds = self.ptr(ragged[name][2]), f[name]
+                parts = [ds[p[i]:p[i + 1]] for i in uniq]
+                out[name] = np.concatenate(parts) if parts else ds[0:0]
+            else:
+                ds = f[name].asstr() if name in STR_COLUMNS else f[name]
+                parts = [np.asarray(ds[lo:lo + ROW_CHUNK])[sel - lo] for lo, sel in groups]
+                out[name] = np.concatenate(parts) if parts else np.asarray(ds[0:0])
+                if name in STR_COLUMNS:
+                    out[name] = out[name].astype(object)
+        if any(n in ragged for n in names):
+            return take_rows(out, inv, self.mode)
+        return {k: v[inv] for k, v in out.items()}
+
+    def _small(self, name: str) -> np.ndarray:
+        if name not in self._cache:
+            self._cache[name] = self.file[name][:]
+        return self._cache[name]
+
+    def row(self, i: int) -> dict[str, np.ndarray]:
+        """Row ``i`` as a one-row block."""
+        return self.take([i])
+
+    def iter_blocks(self, size: int = 4096) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, self.n_rows, size):
+            yield self.rows(start, start + size)
+
+    def __enter__(self) -> "ShardReader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+@dataclass
+class ShardInfo:
+    """What ``neimsctl shards list`` prints about one file."""
+
+    path: str
+    format: str
+    mode: str
+    rows: int
+    settings_hash: str
+    size: int
+    shard: str | None = None
+
+
+def iter_shards(paths: Iterable[str | os.PathLike], size: int = 4096) -> Iterator[dict[str, np.ndarray]]:
+    """Blocks of up to ``size`` rows from each shard in turn."""
+    for p in paths:
+        with ShardReader(p) as r:
+            yield from r.iter_blocks(size)
+
+
+def list_shards(paths: Iterable[str | os.PathLike]) -> list[ShardInfo]:
+    """Header facts of each shard (HDF5 only; see ``neimsctl.io.featsource`` for both formats)."""
+    out = []
+    for p in paths:
+        with ShardReader(p) as r:
+            out.append(ShardInfo(str(p), "h5", r.mode, r.n_rows, r.settings_hash,
+                                 os.path.getsize(p), r.attrs.get("shard")))
+    return out

@@ -1,0 +1,205 @@
+"""Checkpoints: atomic save, safe load (``weights_only=True``), exact RNG capture.
+
+A checkpoint is a plain dict of tensors / str / int / float / bool / None / lists / dicts, so
+it loads with ``torch.load(path, weights_only=True)`` and never runs pickled code:
+
+=================  ==============================================================
+``format``         ``"neimsctl.ckpt/1"``
+``model``          ``model.state_dict()`` (unwrapped from DDP)
+``optimizer``      optimizer state dict (or None); ``scheduler``, ``scaler`` likewise
+``loss_state``     ``loss_fn.state_dict()`` when the loss is stateful (GradNorm weights)
+``rng``            python / numpy / torch / cuda generator states (:func:`capture_rng`)
+``epoch``          epochs fully done; ``batch`` = batches consumed in epoch ``epoch``
+                   (0 at an epoch boundary, > 0 for a mid-epoch ``interrupted.pt``)
+``step``           optimizer steps done
+``config``         resolved config as a plain dict; ``featurizer_hash`` (str or None)
+``best_metric``    best validation value so far; ``history`` per-epoch summaries
+``versions``       ``{"neimsctl": ..., "torch": ...}``; ``extra`` free plain dict
+=================  ==============================================================
+
+Examples
+--------
+>>> save_checkpoint(run / "last.pt", model=model, optimizer=opt, epoch=3, step=300,
+...                 config=cfg.to_dict(), featurizer_hash=h)             # doctest: +SKIP
+>>> ckpt = load_checkpoint(run / "last.pt", featurizer_hash=h)          # doctest: +SKIP
+>>> model.load_state_dict(ckpt["model"])                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from neimsctl import __version__
+from neimsctl.errors import CheckpointError
+from neimsctl.io.streams import atomic_path
+
+FORMAT = "neimsctl.ckpt/1"
+
+
+def capture_rng() -> dict[str, Any]:
+    """All generator states as weights-only-loadable values."""
+    version, state, gauss = random.getstate()
+    npst = np.random.get_state(legacy=False)
+    return {
+        "python": {"version": int(version), "state": list(state), "gauss": gauss},
+        "numpy": {"key": torch.from_numpy(np.asarray(npst["state"]["key"], dtype=np.int64)),
+                  "pos": int(npst["state"]["pos"]), "has_gauss": int(npst["has_gauss"]),
+                  "gauss": float(npst["gauss"])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng`."""
+    py = rng["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npst = rng["numpy"]
+    np.random.set_state({"bit_generator": "MT19937",
+                         "state": {"key": npst["key"].numpy().astype(np.uint32), "pos": npst["pos"]},
+                         "has_gauss": npst["has_gauss"], "gauss": npst["gauss"]})
+    torch.set_rng_state(rng["torch"].cpu())
+    if rng.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DDP/DataParallel (or ``model`` itself)."""
+    return getattr(model, "module", model)
+
+
+def _state(obj: Any) -> Any:
+    return None if obj is None else obj.state_dict()
+
+
+def plain(obj: Any, where: str = "checkpoint") -> Any:
+    """``obj`` as types ``torch.load(weights_only=True)`` accepts, or a CheckpointError.
+
+    str/int/float subclasses (``torch.__version__``, numpy scalars, enums) become plain values,
+    ``Path`` becomes str; anything else that is not a tensor/container is refused here, at save
+    time, rather than producing a checkpoint that cannot be loaded.
+    """
+    if obj is None or type(obj) in (bool, int, float, str, torch.Tensor, torch.device,
+                                    torch.dtype, torch.Size):
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, dict):
+        return {plain(k, where): plain(v, f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        out = [plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return out if isinstance(obj, list) else tuple(out)
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return obj.item() if isinstance(obj, np.generic) else torch.from_numpy(np.array(obj))
+    for cls in (bool, int, float, str):
+        if isinstance(obj, cls):
+            return cls(obj)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise CheckpointError(f"{where}: {type(obj).__name__} cannot be stored in a weights-only "
+                          "checkpoint; use plain dict/list/str/int/float/tensor values")
+
+
+def build_checkpoint(*, model: torch.nn.Module, optimizer: Any = None, scheduler: Any = None,
+                     scaler: Any = None, loss_state: Any = None, epoch: int = 0, batch: int = 0,
+                     step: int = 0, config: dict | None = None, featurizer_hash: str | None = None,
+                     best_metric: float | None = None, history: list | None = None,
+                     extra: dict | None = None, rng: dict | None = None) -> dict[str, Any]:
+    """The checkpoint dict (see the module docstring for the fields)."""
+    return plain({
+        "format": FORMAT, "model": unwrap(model).state_dict(), "optimizer": _state(optimizer),
+        "scheduler": _state(scheduler), "scaler": _state(scaler), "loss_state": loss_state,
+        "rng": capture_rng() if rng is None else rng, "epoch": int(epoch), "batch": int(batch),
+        "step": int(step), "config": config or {}, "featurizer_hash": featurizer_hash,
+        "best_metric": None if best_metric is None else float(best_metric),
+        "history": history or [], "extra": extra or {},
+        "versions": {"neimsctl": __version__, "torch": str(torch.__version__)},
+    })
+
+
+def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any] | None = None,
+                    **fields: Any) -> Path:
+    """Write ``ckpt`` (or ``build_checkpoint(**fields)``) atomically: temp file + ``os.replace``.
+
+    A crash while writing leaves the previous file intact and no partial file behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = build_checkpoint(**fields) if ckpt is None else ckpt
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+    return path
+
+
+def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Atomically copy a finished checkpoint (``last.pt`` -> ``best.pt``)."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return Path(dst)
+
+
+def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu",
+                    featurizer_hash: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint with ``torch.load(weights_only=True)`` and check what it is.
+
+    Parameters
+    ----------
+    path
+        The ``.pt`` file.
+    map_location
+        Passed to :func:`torch.load`.
+    featurizer_hash
+        When given, the checkpoint's ``featurizer_hash`` must equal it.
+
+    Raises
+    ------
+    CheckpointError
+        Missing/unreadable file, a pickle payload or other non-weights content (refused without
+        running it), not a neimsctl checkpoint, or a featurizer hash mismatch.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        first = next((ln for ln in lines if "GLOBAL" in ln or "nsupported" in ln),
+                     type(exc).__name__)
+        raise CheckpointError(f"{path}: refused: contains non-weights (pickled) objects that "
+                              f"weights_only loading does not allow ({first})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint: {exc}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a {FORMAT} checkpoint")
+    have = ckpt.get("featurizer_hash")
+    if featurizer_hash is not None and have != featurizer_hash:
+        raise CheckpointError(f"{path}: featurizer mismatch: checkpoint was trained on features "
+                              f"with settings hash {have}, these features have {featurizer_hash}; "
+                              "re-featurize with the checkpoint's settings or train anew")
+    return ckpt
+
+
+def restore(ckpt: dict[str, Any], *, model: torch.nn.Module, optimizer: Any = None,
+            scheduler: Any = None, scaler: Any = None, loss_fn: Any = None,
+            rng: bool = True) -> None:
+    """Load the states of a checkpoint into live objects (and the RNGs when ``rng``)."""
+    try:
+        unwrap(model).load_state_dict(ckpt["model"])
+        for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
+            if obj is not None and ckpt.get(key) is not None:
+                obj.load_state_dict(ckpt[key])
+        if loss_fn is not None and ckpt.get("loss_state") is not None:
+            loss_fn.load_state_dict(ckpt["loss_state"])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint does not fit this model/optimizer: {exc}") from None
+    if rng:
+        restore_rng(ckpt["rng"])

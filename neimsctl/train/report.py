@@ -1,0 +1,103 @@
+"""The end-of-training report: ``report.md`` and PNG curves from ``train_log.jsonl``.
+
+:func:`write_report` reads the JSONL log the trainer wrote (``kind=step`` and ``kind=epoch``
+records), draws ``loss.png``, ``grad_norm.png`` and ``lr.png`` against the optimizer step
+(matplotlib, Agg backend, so no display is needed) and writes ``report.md`` with the run's
+final numbers and the per-epoch table ``epoch | loss | <val metric> | grad norm | lr``.
+
+Examples
+--------
+>>> write_report(Path("runs/finetune-1"))          # doctest: +SKIP
+PosixPath('runs/finetune-1/report.md')
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from neimsctl.errors import InputError
+from neimsctl.io.streams import atomic_path
+
+CURVES = (("loss", "training loss"), ("grad_norm", "gradient norm (before clipping)"),
+          ("lr", "learning rate"))
+
+
+def read_log(path: str | os.PathLike) -> tuple[list[dict], list[dict]]:
+    """Split a training log into (step records, epoch records)."""
+    try:
+        lines = Path(path).read_bytes().splitlines()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the training log: {exc.strerror or exc}") from exc
+    recs = [orjson.loads(ln) for ln in lines if ln.strip()]
+    return [r for r in recs if r.get("kind") == "step"], [r for r in recs if r.get("kind") == "epoch"]
+
+
+def _plot(steps: list[dict], epochs: list[dict], key: str, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    xs = [r["step"] for r in steps if r.get(key) is not None]
+    ax.plot(xs, [r[key] for r in steps if r.get(key) is not None], lw=1, label=f"{key} (steps)")
+    ep = [r for r in epochs if r.get(key) is not None]
+    if key != "lr" and ep:
+        ax.plot([r["step"] for r in ep], [r[key] for r in ep], "o-", lw=1.5, label=f"{key} (epoch mean)")
+    if key in ("lr", "grad_norm") and xs and min(r[key] for r in steps if r.get(key)) > 0:
+        ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_title(title)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else ""
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def write_report(out_dir: str | os.PathLike, log_path: str | os.PathLike | None = None,
+                 metric: str | None = None) -> Path:
+    """Write ``report.md`` and the three PNG curves into ``out_dir``; returns the report path.
+
+    Parameters
+    ----------
+    out_dir
+        The run directory (holds ``train_log.jsonl`` unless ``log_path`` is given).
+    metric
+        Validation column of the table; default: every key of the epoch records' ``val``.
+    """
+    out = Path(out_dir)
+    steps, epochs = read_log(log_path or out / "train_log.jsonl")
+    for key, title in CURVES:
+        _plot(steps, epochs, key, title, out / f"{key}.png")
+    vals = [metric] if metric else sorted({k for r in epochs for k in r.get("val", {})})
+    head = ["epoch", "loss", *vals, "grad norm", "lr", "best"]
+    rows = [[r.get("epoch"), r.get("loss"), *(r.get("val", {}).get(v) for v in vals),
+             r.get("grad_norm"),
+             r.get("lr"), r.get("best", False)] for r in epochs]
+    sps = [r["samples_per_s"] for r in steps if r.get("samples_per_s")]
+    lines = ["# Training report", "",
+             f"- epochs: {len(epochs)}; optimizer steps: {steps[-1]['step'] if steps else 0}",
+             f"- median throughput: {sorted(sps)[len(sps) // 2]:.1f} samples/s" if sps else
+             "- throughput: not logged",
+             f"- final training loss: {_fmt(epochs[-1].get('loss'))}" if epochs else "", "",
+             "## Curves", "", "![loss](loss.png)", "![grad norm](grad_norm.png)",
+             "![learning rate](lr.png)", "", "## Per epoch", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    path = out / "report.md"
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

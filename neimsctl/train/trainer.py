@@ -1,0 +1,361 @@
+"""The generic training loop shared by ``pretrain``, ``finetune`` and ``distill``.
+
+A CLI command builds the model, the loss and the datasets, then calls :func:`run_training`::
+
+    seed_everything(cfg.train.seed)                  # before building the model
+    model = build_model(cfg.model)
+    result = run_training(cfg, model, loss_fn, train_ds, val_ds, validate=validate,
+                          out_dir=out, resume=resume, log=sys.stderr,
+                          collate_fn=collate, featurizer_hash=shard_hash)
+    raise typer.Exit(130 if result.interrupted else 0)
+
+Contracts
+---------
+``loss_fn(model, batch) -> (loss, {name: float})``
+    ``batch`` is already on the device; the loss runs under autocast. A stateful loss (GradNorm
+    weights, temperature) may define ``state_dict``/``load_state_dict`` (checkpointed) and
+    ``set_epoch(epoch)`` (called before each epoch, 0-based).
+``train_data``
+    a map-style ``Dataset`` (ordered by :class:`SeededSampler`: the order depends only on
+    ``(train.seed, epoch)``, so resume is exact, mid-epoch too), an ``IterableDataset``
+    (``set_epoch(epoch)`` called when present; resume skips batches by reading them), or a
+    factory ``train_data(epoch, skip_batches, dist_info) -> iterable of batches``.
+``validate(model) -> {metric: float}``
+    run on rank 0 with the unwrapped model in ``eval()`` mode; ``train.best_metric`` and
+    ``train.best_mode`` select ``best.pt``. Without it the mean ``loss_fn`` over ``val_data``
+    is reported as ``val_loss``.
+
+Outputs in ``out_dir`` (rank 0 only): ``config.yaml`` (resolved), ``train_log.jsonl`` (one
+record per ``log_every`` optimizer steps: kind=step, epoch, step, batch, loss + components
+(means over the window), grad_norm (before clipping), lr (the rate the step used), samples_per_s;
+one kind=epoch record per epoch: epoch means, lr, samples, seconds, ``val`` metrics, best),
+``checkpoints/last.pt``, ``best.pt``, ``interrupted.pt`` (SIGINT/SIGTERM: saved at the next
+optimizer-step boundary, then :func:`run_training` returns with ``interrupted=True``; a second
+signal aborts at once), and the report (:mod:`neimsctl.train.report`). Human-readable lines go to
+``log`` (stderr by default), the progress bar to stderr on a TTY only; nothing to stdout.
+
+Exact resume holds in one process (model, optimizer, scheduler, scaler, loss state, RNGs, data
+order, epoch/step). Under DDP the order and all states resume; ranks > 0 restart their RNG from
+rank 0's saved state. With ``num_workers > 0`` augmentation RNGs are exact at epoch boundaries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import random
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, TextIO
+
+import numpy as np
+import orjson
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from neimsctl.errors import ConfigError
+from neimsctl.train import checkpoint as ck
+from neimsctl.train import distributed as dd
+from neimsctl.train.config import Config, resolve, resolve_device, save_config
+
+__all__ = ["Trainer", "TrainResult", "run_training", "resolve_device", "seed_everything",
+           "build_optimizer", "build_scheduler", "move_to"]
+
+LossFn = Callable[[torch.nn.Module, Any], "tuple[torch.Tensor, dict[str, float]]"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW/Adam/SGD over the trainable parameters, from ``cfg.optim``."""
+    o, params = cfg.optim, [p for p in model.parameters() if p.requires_grad]
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+    return cls(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+
+
+def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer,
+                    steps_per_epoch: int | None) -> Any:
+    """The ``cfg.schedule`` scheduler (None for ``none``); stepped per ``schedule.interval``."""
+    s, epochs = cfg.schedule, cfg.train.epochs
+    sched = torch.optim.lr_scheduler
+    if s.name == "none":
+        return None
+    if s.name == "cosine_warm_restarts":
+        return sched.CosineAnnealingWarmRestarts(optimizer, T_0=s.t0, T_mult=s.t_mult,
+                                                 eta_min=s.eta_min)
+    total = s.total_steps
+    if total is None:
+        if s.interval == "step" and steps_per_epoch is None:
+            raise ConfigError(f"schedule.total_steps: needed by {s.name} when the training "
+                              "data have no length")
+        total = epochs * (steps_per_epoch if s.interval == "step" else 1)
+    if s.name == "cosine":
+        return sched.CosineAnnealingLR(optimizer, T_max=max(total, 1), eta_min=s.eta_min)
+    return sched.OneCycleLR(optimizer, max_lr=s.max_lr or cfg.optim.lr, total_steps=max(total, 2),
+                            pct_start=s.pct_start, div_factor=s.div_factor,
+                            final_div_factor=s.final_div_factor)
+
+
+def move_to(batch: Any, device: torch.device) -> Any:
+    """Move tensors (nested in dicts/lists/tuples, or objects with ``.to``) to ``device``."""
+    if isinstance(batch, dict):
+        return {k: move_to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
+        return type(batch)(move_to(v, device) for v in batch)
+    if hasattr(batch, "_fields"):
+        return type(batch)(*(move_to(v, device) for v in batch))
+    return batch.to(device, non_blocking=True) if hasattr(batch, "to") else batch
+
+
+def batch_size_of(batch: Any, default: int) -> int:
+    """Number of samples in a batch (PyG ``num_graphs``, first tensor dim, else ``default``)."""
+    if hasattr(batch, "num_graphs"):
+        return int(batch.num_graphs)
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else default
+    items = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else []
+    return next((batch_size_of(v, default) for v in items if isinstance(v, torch.Tensor)), default)
+
+
+@dataclass
+class TrainResult:
+    """What a run ended with (``epochs_done`` counts completed epochs)."""
+    out_dir: Path
+    epochs_done: int
+    step: int
+    best_metric: float | None
+    interrupted: bool
+    history: list[dict] = field(default_factory=list)
+    checkpoint: Path | None = None
+
+
+class Trainer:
+    """One training run; see the module docstring for the contracts. Use :meth:`fit`."""
+
+    def __init__(self, config: Config, model: torch.nn.Module, loss_fn: LossFn,
+                 train_data: Any, val_data: Dataset | None = None, *,
+                 validate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+                 out_dir: str | Path, collate_fn: Callable | None = None,
+                 log: TextIO | None = None, featurizer_hash: str | None = None,
+                 optimizer_factory: Callable | None = None,
+                 scheduler_factory: Callable | None = None,
+                 on_epoch_end: Callable[[int, dict], None] | None = None) -> None:
+        self.cfg = resolve(config)
+        self.t = self.cfg.train
+        self.model, self.loss_fn, self.validate = model, loss_fn, validate
+        self.train_data, self.val_data, self.collate_fn = train_data, val_data, collate_fn
+        self.out_dir = Path(out_dir)
+        self.ckpt_dir = Path(self.t.ckpt_dir) if self.t.ckpt_dir else self.out_dir / "checkpoints"
+        self.log = sys.stderr if log is None else log
+        self.featurizer_hash = featurizer_hash
+        self.optimizer_factory = optimizer_factory or build_optimizer
+        self.scheduler_factory = scheduler_factory or build_scheduler
+        self.on_epoch_end = on_epoch_end
+        self._signals = 0
+        self._jsonl: Any = None
+
+    # -- data -------------------------------------------------------------------------------
+    def _loader(self, epoch: int, skip: int) -> Iterable[Any]:
+        data, t = self.train_data, self.t
+        if callable(data) and not isinstance(data, Dataset):
+            return data(epoch, skip, self.info)
+        gen = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
+        common = dict(batch_size=t.batch_size, collate_fn=self.collate_fn, generator=gen,
+                      num_workers=t.num_workers, pin_memory=self.device.type == "cuda")
+        if isinstance(data, IterableDataset):
+            if hasattr(data, "set_epoch"):
+                data.set_epoch(epoch)
+            return itertools.islice(DataLoader(data, drop_last=t.drop_last, **common), skip, None)
+        self.sampler.set_epoch(epoch, start=skip * t.batch_size)
+        return DataLoader(data, sampler=self.sampler, drop_last=t.drop_last, **common)
+
+    def _n_batches(self) -> int | None:
+        data = self.train_data
+        if isinstance(data, IterableDataset) or callable(data) and not isinstance(data, Dataset):
+            try:
+                return len(data)  # type: ignore[arg-type]
+            except TypeError:
+                return None
+        n = len(self.sampler.order())
+        return n // self.t.batch_size if self.t.drop_last else -(-n // self.t.batch_size)
+
+    # -- signals and logging ----------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            raise KeyboardInterrupt
+        print(f"neimsctl: {signal.Signals(signum).name}: saving a checkpoint at the next step "
+              "(send again to abort)", file=self.log, flush=True)
+
+    def _emit(self, rec: dict[str, Any]) -> None:
+        if self.info.is_main:
+            self._jsonl.write(orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE
+                                           | orjson.OPT_SERIALIZE_NUMPY))
+            self._jsonl.flush()
+
+    def _open_log(self, keep_step: int, keep_epochs: int) -> None:
+        path = self.out_dir / "train_log.jsonl"
+        if self.info.is_main and path.exists():  # drop what a killed run logged after its checkpoint
+            kept = [ln for ln in path.read_bytes().splitlines() if ln.strip()]
+            kept = [ln for ln in kept if (lambda r: r["step"] <= keep_step if r["kind"] == "step"
+                                          else r["epoch"] <= keep_epochs)(orjson.loads(ln))]
+            path.write_bytes(b"".join(ln + b"\n" for ln in kept))
+        self._jsonl = open(path, "ab") if self.info.is_main else None  # noqa: SIM115
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def _save(self, name: str, epoch: int, batch: int, acc: dict) -> Path:
+        path = self.ckpt_dir / name
+        if self.info.is_main:
+            ls = self.loss_fn.state_dict() if hasattr(self.loss_fn, "state_dict") else None
+            ck.save_checkpoint(path, model=self.model, optimizer=self.opt, scheduler=self.sched,
+                               scaler=self.scaler, loss_state=ls, epoch=epoch, batch=batch,
+                               step=self.step, config=self.cfg.to_dict(),
+                               featurizer_hash=self.featurizer_hash, best_metric=self.best,
+                               history=self.history, extra={"epoch_acc": acc})
+        return path
+
+    def _resume(self, resume: str | Path | bool) -> tuple[int, int, dict]:
+        if resume is True or str(resume) == "auto":
+            path = self.ckpt_dir / "interrupted.pt"
+            path = path if path.exists() else self.ckpt_dir / "last.pt"
+        else:
+            path = Path(resume)
+        ckpt = ck.load_checkpoint(path, featurizer_hash=self.featurizer_hash)
+        old = ckpt["config"].get("train", {})
+        changed = [k for k in ("seed", "batch_size", "grad_accum") if old.get(k) != getattr(self.t, k)]
+        if changed:
+            print(f"neimsctl: resume: train.{', train.'.join(changed)} differ from the checkpoint; "
+                  "the run will not replay exactly", file=self.log)
+        ck.restore(ckpt, model=self.model, optimizer=self.opt, scheduler=self.sched,
+                   scaler=self.scaler, loss_fn=self.loss_fn)
+        self.step, self.best, self.history = ckpt["step"], ckpt["best_metric"], ckpt["history"]
+        print(f"neimsctl: resumed from {path} (epoch {ckpt['epoch']}, batch {ckpt['batch']}, "
+              f"step {self.step})", file=self.log)
+        return ckpt["epoch"], ckpt["batch"], ckpt["extra"].get("epoch_acc") or {}
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self, resume: str | Path | bool | None = None) -> TrainResult:
+        """Train ``train.epochs`` epochs (from ``resume``: a path, or True/"auto" = latest)."""
+        from neimsctl.train.epoch import run_epoch, run_validation
+
+        t = self.t
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.device = resolve_device(t.device)
+        self.info = dd.init_distributed(self.device)
+        self.device = dd.local_device(self.device, self.info)
+        self.model.to(self.device)
+        self.opt = self.optimizer_factory(self.cfg, self.model)
+        if isinstance(self.train_data, Dataset) and not isinstance(self.train_data, IterableDataset):
+            self.sampler = dd.SeededSampler(len(self.train_data), t.seed, True, self.info.rank,
+                                            self.info.world_size)
+        nb = self._n_batches()
+        self.steps_per_epoch = None if nb is None else max(1, -(-nb // t.grad_accum))
+        self.sched = self.scheduler_factory(self.cfg, self.opt, self.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler("cuda") if t.precision == "fp16" else None
+        self.step, self.best, self.history = 0, None, []
+        epoch0, skip, acc = 0, 0, {}
+        if resume:
+            epoch0, skip, acc = self._resume(resume)
+        else:
+            seed_everything(t.seed + self.info.rank)
+        self.ddp_model = dd.wrap_model(self.model, self.device, self.info)
+        if self.info.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.out_dir / "config.yaml")
+        self._open_log(self.step, epoch0)
+        main_thread = threading.current_thread() is threading.main_thread()
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} \
+            if main_thread else {}
+        last: Path | None = None
+        try:
+            for epoch in range(epoch0, t.epochs):
+                if hasattr(self.loss_fn, "set_epoch"):
+                    self.loss_fn.set_epoch(epoch)
+                stopped, acc = run_epoch(self, epoch, skip if epoch == epoch0 else 0,
+                                         acc if epoch == epoch0 else {})
+                if stopped:
+                    last = self._save("interrupted.pt", epoch, acc["batches"], acc)
+                    return self._result(epoch, True, last)
+                summary = run_validation(self, epoch, acc)
+                last = self._finish_epoch(epoch, summary, acc)
+                if dd.any_rank(self._signals > 0, self.info):
+                    return self._result(epoch + 1, True, last)
+            return self._result(t.epochs if epoch0 < t.epochs else epoch0, False, last)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            if self._jsonl is not None:
+                self._jsonl.close()
+
+    def _finish_epoch(self, epoch: int, summary: dict, acc: dict) -> Path:
+        t = self.t
+        metric = summary.get("val", {}).get(t.best_metric, summary.get(t.best_metric))
+        better = metric is not None and math.isfinite(metric) and (
+            self.best is None or (metric < self.best if t.best_mode == "min" else metric > self.best))
+        if better:
+            self.best = float(metric)
+        summary["best"] = better
+        self.history.append(summary)
+        last = self._save("last.pt", epoch + 1, 0, {})
+        if self.info.is_main:
+            if better:
+                ck.copy_checkpoint(last, self.ckpt_dir / "best.pt")
+            if t.keep_every and (epoch + 1) % t.keep_every == 0:
+                ck.copy_checkpoint(last, self.ckpt_dir / f"epoch_{epoch + 1:04d}.pt")
+            with contextlib.suppress(FileNotFoundError):
+                (self.ckpt_dir / "interrupted.pt").unlink()
+            self._emit({"kind": "epoch", **summary})
+            vals = " ".join(f"{k} {v:.4g}" for k, v in [*summary.items(),
+                                                          *summary.get("val", {}).items()]
+                            if isinstance(v, float) and k not in ("lr", "seconds"))
+            print(f"neimsctl: epoch {epoch + 1}/{t.epochs} step {self.step} {vals} "
+                  f"lr {summary['lr']:.3g}{' *best*' if better else ''}", file=self.log, flush=True)
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(epoch, summary)
+        dd.barrier(self.info)
+        return last
+
+    def _result(self, epochs_done: int, interrupted: bool, last: Path | None) -> TrainResult:
+        return TrainResult(self.out_dir, epochs_done, self.step, self.best, interrupted,
+                           list(self.history), last)
+
+
+def run_training(config: Config, model: torch.nn.Module, loss_fn: LossFn, train_data: Any,
+                 val_data: Dataset | None = None, *, validate: Callable | None = None,
+                 out_dir: str | Path, resume: str | Path | bool | None = None,
+                 log: TextIO | None = None, report: bool = True, **kwargs: Any) -> TrainResult:
+    """Train, checkpoint and (rank 0) write the report; see the module docstring.
+
+    Extra keyword arguments go to :class:`Trainer` (``collate_fn``, ``featurizer_hash``,
+    ``optimizer_factory``, ``scheduler_factory``, ``on_epoch_end``).
+
+    Raises
+    ------
+    ConfigError, CheckpointError, NeimsError
+        Bad config, unusable checkpoint, non-finite loss.
+    """
+    trainer = Trainer(config, model, loss_fn, train_data, val_data, validate=validate,
+                      out_dir=out_dir, log=log, **kwargs)
+    try:
+        result = trainer.fit(resume)
+        if report and trainer.info.is_main:
+            from neimsctl.train.report import write_report
+
+            write_report(trainer.out_dir)
+        return result
+    finally:
+        if hasattr(trainer, "info"):
+            dd.cleanup(trainer.info)
+

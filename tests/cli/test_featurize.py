@@ -1,0 +1,164 @@
+"""featurize and shards through the installed CLI and real pipes."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from neimsctl.io.featblock import concat_blocks
+from neimsctl.io.h5shard import ShardReader
+from neimsctl.io.zblock import ZBlockReader
+
+pytestmark = pytest.mark.cli
+SMI = b"CCCCO butanol\nc1ccccc1 benzene\nnot_a_smiles junk\n\nCC(=O)OCC ethyl acetate\nC\n"
+
+
+def sh(cmd: str, cwd: Path, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=cwd, input=stdin,
+                          capture_output=True, timeout=120)
+
+
+def rows(path: Path) -> dict[str, np.ndarray]:
+    with ShardReader(path) as r:
+        return r.rows(0, len(r))
+
+
+def same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return set(a) == set(b) and all(
+        np.array_equal(a[k], b[k], equal_nan=a[k].dtype.kind == "f") for k in a)
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory: pytest.TempPathFactory, sample_msp: Path, neimsctl_exe: str) -> Path:
+    """The bundled sample as JSONL records, made by msp2jsonl."""
+    out = tmp_path_factory.mktemp("rec") / "sample.jsonl"
+    proc = subprocess.run([neimsctl_exe, "msp2jsonl", str(sample_msp), "-o", str(out)],
+                          capture_output=True, timeout=120)
+    if not out.exists() or out.stat().st_size == 0:
+        pytest.skip(f"msp2jsonl did not produce records: {proc.stderr.decode()[-300:]}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def small(records: Path) -> Path:
+    """The first 120 records (keeps the multi-run tests quick)."""
+    out = records.with_name("small.jsonl")
+    out.write_bytes(b"".join(records.read_bytes().splitlines(keepends=True)[:120]))
+    return out
+
+
+def test_msp2jsonl_pipe_to_h5_on_stdout(tmp_path: Path, sample_msp: Path, records: Path) -> None:
+    p = sh(f"neimsctl msp2jsonl {sample_msp} | neimsctl featurize --mode student > out.h5", tmp_path)
+    assert p.returncode == 0, p.stderr
+    n = sum(1 for line in records.read_bytes().splitlines() if line.strip())
+    assert f"read {n}, written {n}, rejected 0" in p.stderr.decode()
+    b = rows(tmp_path / "out.h5")
+    assert len(b["id"]) == n and b["has_spectrum"].all() and b["counts"].shape == (n, 2048)
+    assert np.allclose(b["spectrum"].max(axis=1), 1.0)
+    first = orjson.loads(records.read_bytes().split(b"\n", 1)[0])
+    assert (b["id"][0], b["smiles"][0], b["inchikey"][0]) == \
+        (first["id"], first["smiles"], first["inchikey"])
+
+
+def test_smiles_pipe_gives_zst_stream_and_rejects(tmp_path: Path) -> None:
+    p = sh("neimsctl featurize --rejects rej.jsonl --no-provenance | cat > out.zst", tmp_path, SMI)
+    assert p.returncode == 1                                      # a record was rejected
+    assert "read 5, written 3, rejected 2 (mw_out_of_range: 1, unparsable_smiles: 1)" in \
+        p.stderr.decode()
+    with open(tmp_path / "out.zst", "rb") as fh:
+        r = ZBlockReader(fh)
+        block = concat_blocks(list(r), "student")
+        assert "argv" not in r.header
+    assert block["name"].tolist() == ["butanol", "benzene", "ethyl acetate"]
+    assert block["smiles"].tolist() == ["CCCCO", "c1ccccc1", "CCOC(C)=O"]
+    assert block["inchikey"][0] == "LRHPLDYGYMQRHN-UHFFFAOYSA-N" and not block["has_spectrum"].any()
+    assert block["mw"].tolist() == [74, 78, 88]
+    rej = [orjson.loads(x) for x in (tmp_path / "rej.jsonl").read_bytes().splitlines()]
+    assert [(x["line"], x["reason"]) for x in rej] == [(3, "unparsable_smiles"), (6, "mw_out_of_range")]
+
+
+def test_jobs_2_equals_jobs_1(tmp_path: Path, records: Path) -> None:
+    for j in (1, 2):
+        p = sh(f"neimsctl featurize -m teacher -j {j} --no-provenance {records} -o j{j}.h5", tmp_path)
+        assert p.returncode == 0, p.stderr
+    assert same(rows(tmp_path / "j1.h5"), rows(tmp_path / "j2.h5"))
+
+
+def test_shards_merge_equals_whole(tmp_path: Path, small: Path) -> None:
+    p = sh(f"neimsctl featurize --no-provenance {small} -o whole.h5 && "
+           f"neimsctl featurize --shard 2/2 -j 2 {small} -o s2.h5 && "
+           f"cat {small} | neimsctl featurize --shard 1/2 | cat > s1.zst && "
+           "neimsctl shards merge -o merged.h5 s2.h5 s1.zst && "
+           "neimsctl shards list whole.h5 s1.zst s2.h5 merged.h5", tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert same(rows(tmp_path / "whole.h5"), rows(tmp_path / "merged.h5"))
+    table = [line.split("\t") for line in p.stdout.decode().splitlines()]
+    assert table[0][:4] == ["path", "format", "mode", "rows"]
+    assert [t[5] for t in table[1:]] == ["-", "1/2", "2/2", "-"]
+    assert len({t[4] for t in table[1:]}) == 1                    # one settings hash
+    assert int(table[2][3]) + int(table[3][3]) == int(table[1][3])
+
+
+def test_merge_refuses_mismatched_settings(tmp_path: Path) -> None:
+    (tmp_path / "in.smi").write_bytes(SMI)
+    p = sh("neimsctl featurize -o a.h5 in.smi; neimsctl featurize --min-mw 10 -o b.h5 in.smi; "
+           "neimsctl shards merge -o m.h5 a.h5 b.h5", tmp_path, SMI)
+    assert p.returncode == 1 and "refusing to merge" in p.stderr.decode()
+    assert not (tmp_path / "m.h5").exists()
+
+
+def test_usage_errors_and_strict(tmp_path: Path) -> None:
+    p = sh("neimsctl featurize --shard 3/2 -o x.h5", tmp_path, SMI)
+    assert p.returncode == 2 and "K <= N" in p.stderr.decode()
+    p = sh("neimsctl featurize --strict -o x.h5", tmp_path, SMI)
+    assert p.returncode == 1 and "line 3: unparsable_smiles" in p.stderr.decode()
+    assert list(tmp_path.iterdir()) == []                         # nothing left behind
+    p = sh("neimsctl featurize --mode nope", tmp_path, SMI)
+    assert p.returncode == 2
+
+
+def test_refuses_binary_to_a_terminal(tmp_path: Path) -> None:
+    master, slave = os.openpty()
+    try:
+        p = subprocess.run(["neimsctl", "featurize"], input=SMI, stdout=slave,
+                           stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert p.returncode == 2 and b"terminal" in p.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_run_leaves_no_complete_looking_file(tmp_path: Path, sig: int) -> None:
+    src = tmp_path / "many.smi"
+    src.write_bytes(b"CC(=O)Oc1ccccc1C(=O)O\n" * 200_000)
+    jobs = ["-j", "2"] if sig == signal.SIGINT else []             # also tears down the pool
+    proc = subprocess.Popen(["neimsctl", "featurize", *jobs, str(src), "-o", "out.h5"],
+                            cwd=tmp_path, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(p.name.startswith(".out.h5.part")
+                                             for p in tmp_path.iterdir()):
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert "out.h5" not in names
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and names == ["many.smi"]   # temp file removed too
+        assert b"interrupted" in proc.stderr.read()
+
+
+def test_truncated_zst_stream_is_reported(tmp_path: Path) -> None:
+    p = sh("neimsctl featurize -O zst -o s.zst; head -c 300 s.zst > t.zst && "
+           "neimsctl shards merge -o m.h5 t.zst", tmp_path, SMI)
+    assert p.returncode == 1 and "truncated" in p.stderr.decode()
+    assert not (tmp_path / "m.h5").exists()

@@ -1,0 +1,132 @@
+"""End to end: the installed ``neimsctl msp2jsonl`` through real pipes (subprocess)."""
+
+from __future__ import annotations
+
+import gzip
+import shlex
+import subprocess
+
+import orjson
+import pytest
+import zstandard
+
+pytestmark = pytest.mark.cli
+
+BAD = (b"Name: good one\nSMILES: Oc1ccccc1\nNum Peaks: 2\n66 300\n94 999\n\n"
+       b"Name: bad peak\nSMILES: CCCO\nNum Peaks: 2\n31 999\n60 x\n\n"
+       b"Name: bad smiles\nSMILES: C1CC((\nNum Peaks: 1\n31 999\n\n"
+       b"Name: no structure\nNum Peaks: 1\n31 999\n\n"
+       b"Name: too light\nSMILES: C\nNum Peaks: 1\n16 999\n\n"
+       b"Name: truncated\nSMILES: CCCCO\nNum Peaks: 3\n31 999\n")
+BAD_REASONS = {"non_numeric_peak": 1, "unparsable_structure": 1, "no_structure": 1,
+               "mw_out_of_range": 1, "truncated_record": 1}
+
+
+def sh(cmd: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, timeout=300, **kw)
+
+
+def jsonl(data: bytes) -> list[dict]:
+    return [orjson.loads(line) for line in data.splitlines()]
+
+
+def test_pipe_in_and_out_on_the_sample(neimsctl_exe, sample_msp):
+    q = shlex.quote
+    proc = sh(f"cat {q(str(sample_msp))} | {q(neimsctl_exe)} msp2jsonl - | head -n 5")
+    assert proc.returncode == 0, proc.stderr
+    recs = jsonl(proc.stdout)
+    assert len(recs) == 5 and all(r["schema"] == "neimsctl.record/1" for r in recs)
+    assert recs[0]["source"] == {"file": "<stdin>", "line": 1, "ordinal": 1}
+    full = sh(f"{q(neimsctl_exe)} msp2jsonl {q(str(sample_msp))}")
+    assert full.returncode == 0
+    assert full.stderr.decode().strip().endswith("read 300, written 300, rejected 0")
+    assert jsonl(full.stdout)[0]["smiles"] == recs[0]["smiles"]
+
+
+def test_compressed_input_gz_file_and_zst_pipe(neimsctl_exe, sample_msp, tmp_path):
+    raw = sample_msp.read_bytes()
+    gz, zst = tmp_path / "s.msp.gz", tmp_path / "s.msp.zst"
+    gz.write_bytes(gzip.compress(raw))
+    zst.write_bytes(zstandard.ZstdCompressor().compress(raw))
+    by_file = sh(f"{neimsctl_exe} msp2jsonl --no-structure {gz}")
+    by_pipe = sh(f"cat {zst} | {neimsctl_exe} msp2jsonl --no-structure - {sample_msp}")
+    assert by_file.returncode == by_pipe.returncode == 0
+    strip = lambda out: [{**r, "source": r["source"]["line"]} for r in jsonl(out)]  # noqa: E731
+    piped = strip(by_pipe.stdout)
+    assert len(piped) == 600 and strip(by_file.stdout) == piped[:300] == piped[300:]
+    assert jsonl(by_pipe.stdout)[0]["source"]["file"] == "<stdin>"
+
+
+def test_rejects_exit_1_and_rejects_file(neimsctl_exe, tmp_path):
+    src, rej = tmp_path / "bad.msp", tmp_path / "rej.jsonl"
+    src.write_bytes(BAD)
+    proc = sh(f"{neimsctl_exe} msp2jsonl {src} --rejects {rej}")
+    assert proc.returncode == 1
+    assert [r["name"] for r in jsonl(proc.stdout)] == ["good one"]
+    lines = jsonl(rej.read_bytes())
+    assert {r["reason"]: 1 for r in lines} == BAD_REASONS
+    assert [r["record"] for r in lines] == ["bad peak", "bad smiles", "no structure", "too light", "truncated"]
+    assert lines[0]["file"] == str(src) and lines[0]["line"] == 7 and lines[0]["id"] == "bad:2"
+    assert set(lines[0]) == {"file", "line", "record", "id", "reason", "detail"}
+    summary = proc.stderr.decode().strip().splitlines()[-1]
+    assert summary.startswith("neimsctl msp2jsonl: read 6, written 1, rejected 5 (")
+
+
+def test_usage_errors_exit_2(neimsctl_exe, sample_msp, tmp_path):
+    for args in ("--min-mw 100 --max-mw 50", "--no-such-option", f"--mol-dir {tmp_path / 'nope'}",
+                 "--jobs 0", str(tmp_path / "missing.msp")):
+        proc = sh(f"{neimsctl_exe} msp2jsonl {args} {sample_msp} < /dev/null")
+        assert proc.returncode == 2, (args, proc.stderr)
+
+
+def test_strict_stops_at_first_reject_and_leaves_no_output(neimsctl_exe, tmp_path):
+    src, out = tmp_path / "bad.msp", tmp_path / "out.jsonl"
+    src.write_bytes(BAD)
+    proc = sh(f"{neimsctl_exe} msp2jsonl --strict {src} -o {out}")
+    assert proc.returncode == 1
+    err = proc.stderr.decode()
+    assert f"{src}: line 7: record 'bad peak'" in err and "non_numeric_peak" in err
+    assert not out.exists() and list(tmp_path.iterdir()) == [src]
+
+
+def test_atomic_output_file(neimsctl_exe, sample_msp, tmp_path):
+    out = tmp_path / "out.jsonl"
+    proc = sh(f"{neimsctl_exe} msp2jsonl -q {sample_msp} -o {out}")
+    assert proc.returncode == 0 and proc.stdout == b"" and proc.stderr == b""
+    assert len(out.read_bytes().splitlines()) == 300
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
+
+
+def test_jobs_2_output_identical_to_jobs_1(neimsctl_exe, sample_msp):
+    one = sh(f"{neimsctl_exe} msp2jsonl -j 1 {sample_msp} {sample_msp}")
+    two = sh(f"{neimsctl_exe} msp2jsonl -j 2 {sample_msp} {sample_msp}")
+    assert one.returncode == two.returncode == 0
+    assert one.stdout == two.stdout and len(one.stdout.splitlines()) == 600
+
+
+def test_nist_style_missing_mol_files_reported_by_id(neimsctl_exe, shared_data, tmp_path):
+    nist, rej = shared_data / "nist_style", tmp_path / "rej.jsonl"
+    proc = sh(f"{neimsctl_exe} msp2jsonl {nist / 'massbank_ei_nostruct.msp'} "
+              f"--mol-dir {nist / 'mol_files'} --rejects {rej} -j 2")
+    assert proc.returncode == 1
+    lines = jsonl(rej.read_bytes())
+    assert [(r["id"], r["reason"]) for r in lines] == [(i, "missing_mol_file") for i in ("350", "370", "432")]
+    recs = jsonl(proc.stdout)
+    assert len(recs) == 497 and all(r["structure_from"] == "mol" for r in recs)
+    assert not any(f.endswith("_mismatch") for r in recs for f in r["flags"])
+    assert "read 500, written 497, rejected 3 (missing_mol_file: 3)" in proc.stderr.decode()
+
+
+def test_dev_file_parse_only_rejects_exactly_the_13_light_compounds(neimsctl_exe, shared_data):
+    proc = sh(f"{neimsctl_exe} msp2jsonl --no-structure {shared_data / 'massbank_ei.msp'} | wc -l")
+    assert proc.returncode == 1  # pipefail: msp2jsonl exits 1 because of the MW filter
+    assert int(proc.stdout) == 8183
+    assert "read 8196, written 8183, rejected 13 (mw_out_of_range: 13)" in proc.stderr.decode()
+
+
+@pytest.mark.slow
+def test_dev_file_full_conversion_agrees_with_msp_lines(neimsctl_exe, shared_data):
+    proc = sh(f"{neimsctl_exe} msp2jsonl -j 2 {shared_data / 'massbank_ei.msp'}")
+    assert "read 8196, written 8183, rejected 13 (mw_out_of_range: 13)" in proc.stderr.decode()
+    flags = {f for r in jsonl(proc.stdout) for f in r["flags"]}
+    assert flags <= {"peaks_above_max_mz"}

@@ -1,0 +1,126 @@
+"""HDF5 shards: write -> read -> equal, random access, split + merge, interrupted writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from neimsctl.chem.featurize_run import run_settings
+from neimsctl.chem.rowbuild import Item, RowBuilder, RowOptions
+from neimsctl.errors import FormatError
+from neimsctl.io.featblock import concat_blocks, take_rows
+from neimsctl.io.featsource import list_features, merge_shards
+from neimsctl.io.h5shard import SCHEMA, ShardReader, ShardWriter
+
+SMILES = ["CCO", "c1ccccc1", "CC(=O)O", "C1CCCCC1", "CCN(CC)CC", "Clc1ccc(Cl)cc1", "CCCCCCCCCC",
+          "O=C1CCCCC1", "c1ccc2ccccc2c1", "CC(C)(C)O", "CCOC(=O)C", "N#Cc1ccccc1", "CCS", "CCBr"]
+
+
+def make_block(mode: str, start: int = 0, n: int = len(SMILES)) -> dict[str, np.ndarray]:
+    items = []
+    for i in range(start, start + n):
+        rec = {"id": f"r{i}", "name": f"mol {i}", "smiles": SMILES[i % len(SMILES)],
+               "comments": {"ionization_energy": "70 eV" if i % 3 else "unspecified"},
+               "mz": [15.0, 29.0 + i % 5, 45.5] if i % 4 else [],
+               "intensity": [100.0, 999.0, 0.5] if i % 4 else []}
+        items.append(Item(i, "t.jsonl", i + 1, "jsonl", orjson.dumps(rec)))
+    block, rejects = RowBuilder(RowOptions(mode=mode, min_mw=0, inchikey=False)).build(items)
+    assert not rejects
+    return block
+
+
+def assert_blocks_equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert set(a) == set(b)
+    for k in a:
+        assert np.array_equal(a[k], b[k], equal_nan=a[k].dtype.kind == "f"), k
+
+
+def write(path: Path, mode: str, blocks: list[dict[str, np.ndarray]], **attrs: object) -> Path:
+    settings, digest = run_settings(RowOptions(mode=mode))
+    with ShardWriter(path, mode, settings, digest, attrs) as w:
+        for b in blocks:
+            w.append(b)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["student", "teacher"])
+def test_write_read_round_trip(tmp_path: Path, mode: str) -> None:
+    blocks = [make_block(mode, 0, 9), make_block(mode, 9, 30)]
+    path = write(tmp_path / "a.h5", mode, blocks, shard=None, argv="x")
+    whole = concat_blocks(blocks, mode)
+    with ShardReader(path) as r:
+        assert (r.mode, len(r), r.attrs["schema"], r.attrs["argv"]) == (mode, 39, SCHEMA, "x")
+        assert "shard" not in r.attrs
+        assert r.settings == json.loads(json.dumps(run_settings(RowOptions(mode=mode))[0]))
+        assert_blocks_equal(r.rows(0, 39), whole)
+        idx = [38, 0, 5, 5, 17]
+        assert_blocks_equal(r.take(idx), take_rows(whole, idx, mode))
+        assert r.take([3], columns=["mw"])["mw"].tolist() == [whole["mw"][3]]
+        assert r.column("id").tolist() == [f"r{i}" for i in range(39)]
+        with pytest.raises(IndexError):
+            r.take([39])
+    f = __import__("h5py").File(path, "r")
+    assert f["ecfp"].chunks == (64, 512) and f["ecfp"].compression == "gzip"
+    assert f["spectrum"].dtype == np.float16 and f["has_spectrum"].dtype == bool
+    if mode == "teacher":
+        assert f["atom_ptr"].shape == (40,) and f["atom_ptr"][-1] == f["atom_x"].shape[0]
+
+
+def test_spectrum_and_metadata_values(tmp_path: Path) -> None:
+    path = write(tmp_path / "s.h5", "student", [make_block("student", 0, 4)])
+    with ShardReader(path) as r:
+        b = r.rows(0, 4)
+    assert b["has_spectrum"].tolist() == [False, True, True, True]
+    assert not b["spectrum"][0].any() and b["spectrum"][1].max() == 1.0
+    assert b["spectrum"][1][15] == pytest.approx(100 / 999, rel=1e-3) and b["spectrum"][1][46] == 0
+    assert np.isnan(b["ionization_energy"][0]) and b["ionization_energy"][1] == 70.0
+    assert b["mw"].tolist() == [46, 78, 60, 84]
+
+
+def test_interrupted_write_leaves_no_final_file(tmp_path: Path) -> None:
+    out = tmp_path / "x.h5"
+    settings, digest = run_settings(RowOptions())
+    with pytest.raises(KeyboardInterrupt):
+        with ShardWriter(out, "student", settings, digest) as w:
+            w.append(make_block("student"))
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_split_and_merge_equals_whole(tmp_path: Path) -> None:
+    whole = make_block("teacher", 0, 40)
+    parts = [tmp_path / f"p{k}.h5" for k in (1, 2, 3)]
+    for k, p in enumerate(parts):
+        sel = np.flatnonzero(whole["ordinal"] % 3 == k)
+        write(p, "teacher", [take_rows(whole, sel, "teacher")], shard=f"{k + 1}/3")
+    out = tmp_path / "m.h5"
+    assert merge_shards(list(reversed(parts)), out, size=5) == 40
+    with ShardReader(out) as r:
+        assert_blocks_equal(r.rows(0, 40), whole)
+    infos = list_features(parts)
+    assert [i.rows for i in infos] == [14, 13, 13] and infos[0].shard == "1/3"
+
+
+def test_merge_concatenates_non_shard_sets_and_refuses_mismatch(tmp_path: Path) -> None:
+    a = write(tmp_path / "a.h5", "student", [make_block("student", 0, 5)])
+    b = write(tmp_path / "b.h5", "student", [make_block("student", 5, 5)])
+    assert merge_shards([b, a], tmp_path / "ba.h5") == 10
+    with ShardReader(tmp_path / "ba.h5") as r:
+        assert r.column("ordinal").tolist() == [5, 6, 7, 8, 9, 0, 1, 2, 3, 4]
+    t = write(tmp_path / "t.h5", "teacher", [make_block("teacher", 0, 3)])
+    with pytest.raises(FormatError, match="refusing"):
+        merge_shards([a, t], tmp_path / "bad.h5")
+    assert not (tmp_path / "bad.h5").exists()
+
+
+def test_reader_rejects_foreign_hdf5(tmp_path: Path) -> None:
+    import h5py
+
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f.attrs["schema"] = "other"
+    with pytest.raises(FormatError, match="not a neimsctl.h5shard/1"):
+        ShardReader(tmp_path / "f.h5")

@@ -1,0 +1,208 @@
+"""read_msp: one tiny fixture per MSP dialect and one per reject reason."""
+
+from __future__ import annotations
+
+import gzip
+import io
+
+import pytest
+
+from neimsctl.io.msp import parse_comments, parse_number, read_msp
+from neimsctl.io.streams import open_in
+
+GOOD = b"Name: Benzene\nFormula: C6H6\nMW: 78\nID: 7\nNum Peaks: 3\n51 120\n77 180\n78 999\n"
+
+
+def read(text: bytes | str, chunk_size: int = 1 << 20) -> list:
+    data = text.encode() if isinstance(text, str) else text
+    return list(read_msp(io.BytesIO(data), "t.msp", chunk_size=chunk_size))
+
+
+def one(text: bytes | str):
+    recs = read(text)
+    assert len(recs) == 1, recs
+    return recs[0]
+
+
+def test_plain_record():
+    rec = one(GOOD)
+    assert rec.reason is None
+    assert (rec.name, rec.record_id, rec.line, rec.ordinal) == ("Benzene", "7", 1, 1)
+    assert rec.mz == [51, 77, 78] and rec.intensity == [120, 180, 999]
+    assert rec.fields["formula"] == "C6H6" and rec.num_peaks == 3
+
+
+def test_line_numbers_and_ordinals_across_records_and_blank_runs():
+    recs = read(b"\n\n" + GOOD + b"\n \n\t\n" + GOOD.replace(b"Benzene", b"B2") + b"\n" + GOOD)
+    assert [r.line for r in recs] == [3, 14, 23]
+    assert [r.ordinal for r in recs] == [1, 2, 3]
+    assert all(r.reason is None for r in recs)
+
+
+def test_small_chunks_give_the_same_records():
+    text = (GOOD + b"\n\n\n") * 20
+    big, small = read(text), read(text, chunk_size=7)
+    assert [(r.line, r.name, r.mz) for r in big] == [(r.line, r.name, r.mz) for r in small]
+    assert len(small) == 20
+
+
+@pytest.mark.parametrize("key", ["Num Peaks", "Num peaks", "NUM PEAKS", "num_peaks", "NumPeaks"])
+def test_num_peaks_key_variants(key):
+    rec = one(GOOD.replace(b"Num Peaks", key.encode()))
+    assert rec.reason is None and rec.num_peaks == 3
+
+
+def test_key_case_variants():
+    rec = one(b"NAME: x\nFORMULA: CH4\nmw: 16\ninchikey: VNWKTOKETHGBQD-UHFFFAOYSA-N\nNum Peaks: 1\n16 999\n")
+    assert rec.reason is None and rec.name == "x"
+    assert rec.fields["formula"] == "CH4" and rec.fields["mw"] == "16" and "inchikey" in rec.fields
+
+
+def test_crlf_line_ends():
+    rec = one(GOOD.replace(b"\n", b"\r\n") + b"\r\n")
+    assert rec.reason is None and rec.name == "Benzene" and rec.mz == [51, 77, 78]
+    recs = read((GOOD + b"\n").replace(b"\n", b"\r\n") * 2)
+    assert [r.line for r in recs] == [1, 10]
+
+
+@pytest.mark.parametrize("peaks", [
+    b"51 120; 77 180; 78 999;",          # NIST: several pairs, ';'
+    b"51 120 77 180\n78 999",            # blanks between pairs
+    b"51\t120\n77\t180\n78\t999",        # tabs
+    b"51:120 77:180 78:999",             # ':' inside a pair
+    b"(51 120) (77 180) (78 999)",       # parentheses
+    b"(51,120) (77,180)\n(78,999)",      # parentheses and commas
+])
+def test_peak_separators(peaks):
+    rec = one(b"Name: x\nNum Peaks: 3\n" + peaks + b"\n")
+    assert rec.reason is None, rec.detail
+    assert rec.mz == [51, 77, 78] and rec.intensity == [120, 180, 999]
+
+
+def test_quoted_peak_annotations():
+    rec = one(b'Name: x\nNum Peaks: 3\n51 120 "C4H3+"\n77 180 "C6H5+ 2/3"\n78.05 999 "M+; p=1"\n')
+    assert rec.reason is None, rec.detail
+    assert rec.mz == [51.0, 77.0, 78.05] and rec.intensity == [120.0, 180.0, 999.0]
+
+
+def test_float_peaks_and_base_peak_9999():
+    rec = one(b"Name: x\nNum Peaks: 2\n51.25 1234.5\n78 9999\n")
+    assert rec.reason is None and rec.mz == [51.25, 78.0] and rec.intensity == [1234.5, 9999.0]
+
+
+def test_decimal_comma_in_mw():
+    rec = one(GOOD.replace(b"MW: 78", b"MW: 78,11"))
+    assert rec.reason is None and rec.fields["mw"] == "78,11"
+    assert parse_number(rec.fields["mw"]) == pytest.approx(78.11)
+    assert parse_number("n/a") is None
+
+
+def test_cas_and_nist_on_one_line():
+    rec = one(GOOD.replace(b"ID: 7\n", b"CAS#: 71-43-2;  NIST#: 291514\n"))
+    assert rec.fields["cas"] == "71-43-2" and rec.fields["nist"] == "291514"
+    assert rec.record_id == "291514"  # no ID line: NIST# is the id
+
+
+def test_db_number_is_the_id_without_id_line_and_fallback():
+    assert one(GOOD.replace(b"ID: 7", b"DB#: JP000001")).record_id == "JP000001"
+    assert one(GOOD.replace(b"ID: 7\n", b"")).record_id == "t:1"
+
+
+def test_repeated_synon():
+    rec = one(GOOD.replace(b"Formula", b"Synon: Benzol\nSynon: $:00in-source\nSynon: Cyclohexatriene\nFormula"))
+    assert rec.synonyms == ["Benzol", "$:00in-source", "Cyclohexatriene"]
+
+
+def test_comments_massbank_quoted_pairs_with_semicolon_in_authors():
+    value = ('"MassBank accession=MSBNK-X-1; instrument_type=EI-B; ionization_energy=70 eV; '
+             'license=CC BY; authors=Ara T, Shibata D; Kazusa DNA Research Institute"')
+    rec = one(GOOD.replace(b"ID: 7", b"Comments: " + value.encode()))
+    c = parse_comments(rec.fields["comments"])
+    assert c == {"MassBank accession": "MSBNK-X-1", "instrument_type": "EI-B",
+                 "ionization_energy": "70 eV", "license": "CC BY",
+                 "authors": "Ara T, Shibata D; Kazusa DNA Research Institute"}
+
+
+def test_comments_nist_several_quoted_pairs():
+    assert parse_comments('"SMILES=CCO" "computed MW=46" "EI"') == {
+        "SMILES": "CCO", "computed MW": "46", "comment": "EI"}
+
+
+def test_name_line_starts_a_record_without_blank_line():
+    recs = read(GOOD + GOOD.replace(b"Benzene", b"Toluene"))
+    assert [(r.name, r.line, r.reason) for r in recs] == [("Benzene", 1, None), ("Toluene", 9, None)]
+
+
+def test_utf8_bom_and_latin1_name():
+    rec = one(b"\xef\xbb\xbf" + GOOD.replace(b"Benzene", "Benzène".encode("latin-1")))
+    assert rec.reason is None and rec.name == "Benzène"
+
+
+def test_peaks_without_num_peaks_line_are_read():
+    rec = one(b"Name: x\n51 120\n78 999\n")
+    assert rec.reason is None and rec.mz == [51, 78] and rec.num_peaks is None
+
+
+# ---- one test per reject reason -------------------------------------------------------------
+
+def test_truncated_last_record():
+    recs = read(GOOD + b"\n" + GOOD[: GOOD.index(b"77 180")])
+    assert recs[0].reason is None
+    assert recs[1].reason == "truncated_record" and "1 of 3" in recs[1].detail
+
+
+def test_truncated_before_num_peaks():
+    assert one(b"Name: x\nFormula: C6H6\nMW: 7").reason == "truncated_record"
+
+
+def test_non_numeric_peak_names_the_line():
+    rec = one(GOOD.replace(b"77 180", b"77 abc"))
+    assert rec.reason == "non_numeric_peak" and "line 7" in rec.detail
+
+
+def test_odd_number_of_peak_values():
+    assert one(GOOD.replace(b"77 180", b"77")).reason == "non_numeric_peak"
+
+
+def test_invalid_peak():
+    assert one(GOOD.replace(b"77 180", b"77 -5")).reason == "invalid_peak"
+    assert one(GOOD.replace(b"77 180", b"77 nan")).reason == "invalid_peak"
+
+
+def test_no_peaks():
+    assert one(b"Name: x\nNum Peaks: 0\n").reason == "no_peaks"
+    recs = read(b"Name: x\nMW: 5\n\n" + GOOD)
+    assert recs[0].reason == "no_peaks" and recs[1].reason is None
+
+
+def test_num_peaks_mismatch():
+    rec = read(GOOD.replace(b"Num Peaks: 3", b"Num Peaks: 4") + b"\n" + GOOD)[0]
+    assert rec.reason == "num_peaks_mismatch" and "4" in rec.detail
+    assert one(GOOD.replace(b"Num Peaks: 3", b"Num Peaks: 2")).reason == "num_peaks_mismatch"
+
+
+def test_binary_garbage():
+    recs = read(GOOD + b"\n\x00\x01\x02\xff\xfe garbage \x07\n\n" + GOOD)
+    assert [r.reason for r in recs] == [None, "binary_garbage", None]
+    assert one(GOOD.replace(b"78 999", b"78 9\x0099")).reason == "binary_garbage"
+
+
+def test_malformed_line_and_record():
+    assert one(GOOD.replace(b"MW: 78", b"just text")).reason == "malformed_line"
+    assert one(GOOD.replace(b"Num Peaks: 3", b"Num Peaks: three")).reason == "malformed_line"
+    assert one(b"Formula: C6H6\nNum Peaks: 1\n78 999\n").reason == "malformed_record"
+
+
+def test_gzip_input_through_open_in(tmp_path):
+    path = tmp_path / "x.msp.gz"
+    path.write_bytes(gzip.compress(GOOD * 2))
+    with open_in(path) as fh:
+        assert [r.name for r in read_msp(fh, str(path))] == ["Benzene", "Benzene"]
+
+
+def test_real_dev_file_reads_without_rejects(shared_data):
+    with open_in(shared_data / "massbank_ei.msp") as fh:
+        recs = list(read_msp(fh, "massbank_ei.msp"))
+    assert len(recs) == 8196 and all(r.reason is None for r in recs)
+    assert sum(len(r.synonyms) for r in recs) == 2081
+    assert all(len(r.mz) == r.num_peaks for r in recs)

@@ -1,0 +1,169 @@
+"""The training loop on a toy MLP: exact resume after SIGKILL and after SIGINT, logs, clipping.
+
+The reference run happens in-process; the interrupted runs are real subprocesses of
+``_toy_fit.py`` killed at a known point, then resumed in-process. One torch thread everywhere
+so the arithmetic is bit-identical across processes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import torch
+
+from neimsctl.errors import NeimsError
+from neimsctl.train.checkpoint import load_checkpoint
+from neimsctl.train.config import load_config
+from neimsctl.train.trainer import resolve_device, run_training
+
+TOY = Path(__file__).with_name("_toy_fit.py")
+_spec = importlib.util.spec_from_file_location("_toy_fit", TOY)
+toy = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(toy)
+
+
+@pytest.fixture()
+def one_thread():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _last(run: Path) -> dict:
+    return load_checkpoint(run / "checkpoints" / "last.pt")
+
+
+def _same_run(a: Path, b: Path) -> None:
+    ca, cb = _last(a), _last(b)
+    assert (ca["epoch"], ca["step"]) == (cb["epoch"], cb["step"]) == (4, 12)  # 6 batches / accum 2
+    for k in ca["model"]:
+        assert torch.equal(ca["model"][k], cb["model"][k]), k
+    strip = [[{k: v for k, v in r.items() if k != "seconds"} for r in c["history"]] for c in (ca, cb)]
+    assert strip[0] == strip[1]
+    assert ca["optimizer"]["state"][0]["step"] == cb["optimizer"]["state"][0]["step"]
+    assert ca["scheduler"]["last_epoch"] == cb["scheduler"]["last_epoch"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref")
+    n = torch.get_num_threads()
+    try:
+        assert toy.main([str(out)]) == 0
+    finally:
+        torch.set_num_threads(n)
+    return out
+
+
+def _start(out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(TOY), str(out), "--step-sleep", "0.05",
+                             "--no-report"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(proc: subprocess.Popen, line: str) -> None:
+    for got in proc.stdout:
+        if got.startswith(line):
+            return
+    proc.wait()
+    pytest.fail(f"toy run ended before {line!r}: rc {proc.returncode}: {proc.stderr.read()[-2000:]}")
+
+
+def test_sigkill_then_resume_is_exact(reference: Path, tmp_path: Path, one_thread) -> None:
+    proc = _start(tmp_path)
+    _wait_for(proc, "EPOCH 2")
+    proc.kill()  # SIGKILL: no handler runs
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert _last(tmp_path)["epoch"] >= 2
+    assert toy.main([str(tmp_path), "--resume", "auto", "--no-report"]) == 0
+    _same_run(reference, tmp_path)
+    ref_steps = [r for r in map(orjson.loads, (reference / "train_log.jsonl").read_bytes().splitlines())]
+    got_steps = [r for r in map(orjson.loads, (tmp_path / "train_log.jsonl").read_bytes().splitlines())]
+    drop = ("samples_per_s", "seconds")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in ref_steps] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in got_steps]
+
+
+def test_sigint_writes_checkpoint_and_resumes_mid_epoch(reference: Path, tmp_path: Path,
+                                                        one_thread) -> None:
+    proc = _start(tmp_path)
+    _wait_for(proc, "EPOCH 1")
+    time.sleep(0.12)  # land inside epoch 2
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "INTERRUPTED" in out, err
+    assert "SIGINT: saving a checkpoint" in err
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "interrupted.pt", featurizer_hash="toyhash")
+    assert ckpt["epoch"] >= 1 and ckpt["step"] >= 3
+    assert toy.main([str(tmp_path), "--resume", "auto", "--no-report"]) == 0
+    assert not (tmp_path / "checkpoints" / "interrupted.pt").exists()
+    _same_run(reference, tmp_path)
+
+
+def test_outputs_and_jsonl_fields(reference: Path) -> None:
+    recs = [orjson.loads(ln) for ln in (reference / "train_log.jsonl").read_bytes().splitlines()]
+    steps = [r for r in recs if r["kind"] == "step"]
+    epochs = [r for r in recs if r["kind"] == "epoch"]
+    assert len(steps) == 12 and len(epochs) == 4
+    for r in steps:
+        assert {"epoch", "step", "batch", "loss", "mse", "l1", "grad_norm", "lr",
+                "samples_per_s"} <= r.keys()
+        assert r["grad_norm"] > 0 and r["samples_per_s"] > 0
+    assert {"val_mse", "val_score"} <= epochs[0]["val"].keys()
+    assert [r["step"] for r in steps] == list(range(1, 13))
+    best = [r for r in epochs if r["best"]][-1]
+    assert load_checkpoint(reference / "checkpoints" / "best.pt")["best_metric"] == \
+        pytest.approx(best["val"]["val_score"])
+    for name in ("config.yaml", "report.md", "loss.png", "grad_norm.png", "lr.png"):
+        assert (reference / name).stat().st_size > 0
+    assert load_config(reference / "config.yaml", env={}).train.precision == "fp32"
+
+
+def _tiny(tmp_path: Path, *sets: str, loss=None, log=None):
+    cfg = load_config(None, ["train.epochs=1", "train.batch_size=8", "train.device=cpu",
+                             "optim.name=sgd", "optim.lr=1.0", "optim.momentum=0",
+                             "optim.weight_decay=0", "train.best_metric=loss", *sets], env={})
+    model = toy.toy_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    res = run_training(cfg, model, loss or toy.toy_loss(), toy.NoisyData(16, 1, noise=False),
+                       out_dir=tmp_path, log=log, report=False)
+    delta = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    return res, delta
+
+
+def test_clipping_bounds_the_update_and_logs_stay_off_stdout(tmp_path: Path, capsys) -> None:
+    log = io.StringIO()
+    res, delta = _tiny(tmp_path, "train.clip_norm=0.001", "train.grad_accum=2", log=log)
+    assert res.step == 1 and not res.interrupted  # 2 batches, accumulated into 1 step
+    assert float(delta.norm()) <= 0.001 * 1.0001  # SGD lr 1: update = clipped gradient
+    rec = orjson.loads((tmp_path / "train_log.jsonl").read_bytes().splitlines()[0])
+    assert rec["grad_norm"] > 0.001  # the norm before clipping is recorded
+    assert "epoch 1/1" in log.getvalue()
+    assert capsys.readouterr().out == ""
+
+
+def test_bf16_autocast_on_cpu_runs(tmp_path: Path) -> None:
+    res, delta = _tiny(tmp_path, "train.precision=bf16")
+    assert res.epochs_done == 1 and torch.isfinite(delta).all()
+
+
+def test_non_finite_loss_is_an_error(tmp_path: Path) -> None:
+    def bad_loss(model, batch):
+        return model(batch[0]).sum() * float("nan"), {}
+
+    with pytest.raises(NeimsError, match="loss is nan"):
+        _tiny(tmp_path, loss=bad_loss)
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Benchmark ``neimsctl msp2jsonl`` side by side with matchms and with bare RDKit (one run).
+
+    python tools/bench/bench_msp2jsonl.py [--msp ../shared/data/massbank_ei.msp] [--reps 3]
+        [--matchms-python /path/to/venv/bin/python] [--copies 37] [--skip-300k]
+
+(a) records/s of ``msp2jsonl --no-structure`` (the command, start-up included, and the library
+    loop in-process) vs ``matchms.importing.load_from_msp`` on the same file;
+(b) records/s of the full command (RDKit canonical SMILES + InChIKey + formula + MW) with
+    ``--jobs 1`` and ``--jobs 2`` vs the bare RDKit loop MolFromSmiles + MolToSmiles +
+    MolToInchiKey over the same SMILES, measured in the same run;
+(c) peak RSS of ``--no-structure`` on a file of the input concatenated ``--copies`` times
+    (~300k records) vs on one copy.
+Medians of ``--reps`` repetitions. matchms is not a project dependency: give a Python that has
+it (``--matchms-python``), e.g. a venv with ``pip install matchms``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MSP = ROOT.parent / "shared" / "data" / "massbank_ei.msp"
+MATCHMS = ("import sys, time\nfrom matchms.importing import load_from_msp\n"
+           "t = time.perf_counter(); n = sum(1 for _ in load_from_msp(sys.argv[1]))\n"
+           "print('RESULT', n, time.perf_counter() - t)\n")
+RSS = ("import resource, subprocess, sys\n"
+       "subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+       "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+
+
+CPU: dict[str, list[float]] = {}
+
+
+def wall(cmd: list[str], tag: str = "") -> float:
+    """Wall seconds of a command; its CPU seconds (user + sys, children incl.) go to CPU[tag]."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    elapsed = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU.setdefault(tag, []).append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return elapsed
+
+
+def median_of(reps: int, fn) -> float:  # type: ignore[no-untyped-def]
+    return statistics.median(fn() for _ in range(reps))
+
+
+def library_parse_only(msp: Path) -> float:
+    """Seconds for read + convert (no structure) + JSON of the whole file, in-process."""
+    from neimsctl.chem.convert import ConvertOptions, convert_msp
+    from neimsctl.io.rejects import Tally
+
+    t = time.perf_counter()
+    convert_msp([msp], io.BytesIO(), Tally(), ConvertOptions(structure=False))
+    return time.perf_counter() - t
+
+
+def bare_rdkit(smiles: list[str]) -> float:
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    t = time.process_time()  # CPU time: comparable with the command's CPU on a busy machine
+    for s in smiles:
+        mol = Chem.MolFromSmiles(s)
+        Chem.MolToSmiles(mol)
+        Chem.MolToInchiKey(mol)
+    return time.process_time() - t
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--msp", type=Path, default=DEFAULT_MSP)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--matchms-python", default=None, help="a python with matchms installed")
+    ap.add_argument("--copies", type=int, default=37)
+    ap.add_argument("--skip-300k", action="store_true")
+    args = ap.parse_args()
+    exe = shutil.which("neimsctl") or sys.exit("neimsctl is not on PATH (pip install -e .)")
+    from neimsctl.io.msp import read_msp
+
+    with open(args.msp, "rb") as fh:
+        recs = list(read_msp(fh, str(args.msp)))
+    n, smiles = len(recs), [r.fields["smiles"] for r in recs if r.fields.get("smiles")]
+    rows: list[tuple[str, str]] = []
+    cmd = [exe, "msp2jsonl", "-q", str(args.msp)]
+
+    t_cmd = median_of(args.reps, lambda: wall([*cmd, "--no-structure"]))
+    t_lib = median_of(args.reps, lambda: library_parse_only(args.msp))
+    rows += [("(a) msp2jsonl --no-structure, command incl. start-up", f"{n / t_cmd:,.0f} rec/s"),
+             ("(a) msp2jsonl --no-structure, library loop in-process", f"{n / t_lib:,.0f} rec/s")]
+    if args.matchms_python:
+        def mm() -> float:
+            out = subprocess.run([args.matchms_python, "-c", MATCHMS, str(args.msp)],
+                                 capture_output=True, text=True, check=True).stdout
+            return float([ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1].split()[2])
+        t_mm = median_of(args.reps, mm)
+        rows += [("(a) matchms.importing.load_from_msp (in-process loop)", f"{n / t_mm:,.0f} rec/s"),
+                 ("(a) ratio command / matchms; library / matchms",
+                  f"{t_mm / t_cmd:.1f}x; {t_mm / t_lib:.1f}x")]
+    else:
+        rows.append(("(a) matchms", "not measured (no --matchms-python)"))
+
+    t_bare = median_of(args.reps, lambda: bare_rdkit(smiles))
+    t_j1 = median_of(args.reps, lambda: wall([*cmd, "--jobs", "1"], "j1"))
+    t_j2 = median_of(args.reps, lambda: wall([*cmd, "--jobs", "2"], "j2"))
+    c_j1 = statistics.median(CPU["j1"])
+    rows += [("(b) bare RDKit MolFromSmiles+MolToSmiles+MolToInchiKey (CPU s)",
+              f"{len(smiles) / t_bare:,.0f} mol/s per core"),
+             ("(b) msp2jsonl --jobs 1 (full), wall", f"{n / t_j1:,.0f} rec/s = {t_bare / t_j1:.0%} of bare RDKit"),
+             ("(b) msp2jsonl --jobs 1 (full), CPU s incl. start-up", f"{n / c_j1:,.0f} rec/s per core "
+              f"= {t_bare / c_j1:.0%} of bare RDKit"),
+             ("(b) msp2jsonl --jobs 2 (full), wall", f"{n / t_j2:,.0f} rec/s = {t_j1 / t_j2:.2f}x --jobs 1")]
+
+    if not args.skip_300k:
+        with tempfile.TemporaryDirectory() as tmp:
+            big = Path(tmp) / "big.msp"
+            data = args.msp.read_bytes().rstrip(b"\n") + b"\n\n"
+            with open(big, "wb") as fh:
+                for _ in range(args.copies):
+                    fh.write(data)
+
+            def rss(path: Path) -> int:
+                out = subprocess.run([sys.executable, "-c", RSS, exe, "msp2jsonl", "-q",
+                                      "--no-structure", str(path)], capture_output=True, text=True)
+                return int(out.stdout.strip())
+            r1 = median_of(args.reps, lambda: rss(args.msp))
+            rb = median_of(args.reps, lambda: rss(big))
+            rows += [(f"(c) peak RSS --no-structure, 1 copy ({n} records)", f"{r1 / 1024:.1f} MiB"),
+                     (f"(c) peak RSS --no-structure, {args.copies} copies ({n * args.copies} records)",
+                      f"{rb / 1024:.1f} MiB ({rb / r1 - 1:+.1%})")]
+
+    print(f"command: {' '.join(sys.argv)}   (medians of {args.reps}; input {args.msp}, {n} records)\n")
+    print("| measure | result |\n|---|---|")
+    for what, result in rows:
+        print(f"| {what} | {result} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
