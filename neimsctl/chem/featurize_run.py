@@ -135,14 +135,14 @@ def run_featurize(items: Iterator[Item], sink: Sink, tally: Tally, *, opts: RowO
             r = rejects[0]
             tally.read += int(np.count_nonzero(block["ordinal"] < r.item.ordinal)) + 1
             tally.reject(Reject(r.reason, r.detail, file=r.item.file, line=r.item.line,
-                                record=str(r.item.ordinal + 1), id=r.id))
+                                record=r.name, id=r.id))
             raise StrictStop(f"{r.item.file}: line {r.item.line}: {r.reason}: {r.detail}")
         tally.read += n_items
         for r in rejects:
             if show is not None and (show_limit is None or tally.rejected < show_limit):
                 show(f"{r.item.file}: line {r.item.line}: {r.reason}: {r.detail}")
             tally.reject(Reject(r.reason, r.detail, file=r.item.file, line=r.item.line,
-                                record=str(r.item.ordinal + 1), id=r.id))
+                                record=r.name, id=r.id))
         sink.append(block)
         tally.written += block_rows(block)
 

@@ -84,14 +84,20 @@ def atom_features(mol: Chem.Mol) -> np.ndarray:
         float32, shape ``(A, 48)``, rows in RDKit atom order.
     """
     n = mol.GetNumAtoms()
-    ints = np.empty((n, 6), dtype=np.int64)     # element, degree, charge, hs, hyb slot, flags
-    mass = np.empty(n, dtype=np.float32)
-    for i, a in enumerate(mol.GetAtoms()):
-        flags = (a.GetIsAromatic() | (a.IsInRing() << 1) | ((a.GetNumRadicalElectrons() > 0) << 2)
-                 | ((a.GetIsotope() != 0) << 3))
-        ints[i] = (_ELEM_SLOT[min(a.GetAtomicNum(), 127)], a.GetDegree(), a.GetFormalCharge(),
-                   a.GetTotalNumHs(), _HYB_SLOT.get(a.GetHybridization(), _HYB_OTHER), flags)
-        mass[i] = a.GetMass()
+    atom = mol.GetAtomWithIdx  # much faster than iterating mol.GetAtoms()
+    hyb, other = _HYB_SLOT.get, _HYB_OTHER
+    rows_i, mass_l = [], []
+    for i in range(n):
+        a = atom(i)
+        rows_i.append((a.GetAtomicNum(), a.GetDegree(), a.GetFormalCharge(), a.GetTotalNumHs(),
+                       hyb(a.GetHybridization(), other),
+                       a.GetIsAromatic() | (a.IsInRing() << 1)
+                       | ((a.GetNumRadicalElectrons() > 0) << 2) | ((a.GetIsotope() != 0) << 3)))
+        mass_l.append(a.GetMass())
+    # element, degree, charge, hs, hyb slot, flags
+    ints = np.array(rows_i, dtype=np.int64).reshape(n, 6)
+    ints[:, 0] = _ELEM_SLOT[np.minimum(ints[:, 0], 127)]
+    mass = np.array(mass_l, dtype=np.float32)
     x = np.zeros((n, ATOM_FDIM), dtype=np.float32)
     rows = np.arange(n)
     x[rows, O_ELEM + ints[:, 0]] = 1.0
@@ -121,11 +127,14 @@ def bond_graph(mol: Chem.Mol) -> tuple[np.ndarray, np.ndarray]:
         float32 ``(2B, 6)``; both rows of a bond are equal.
     """
     nb = mol.GetNumBonds()
-    ends = np.empty((nb, 2), dtype=np.int32)
-    ints = np.empty((nb, 3), dtype=np.int64)
-    for k, b in enumerate(mol.GetBonds()):
-        ends[k] = (b.GetBeginAtomIdx(), b.GetEndAtomIdx())
-        ints[k] = (_BOND_SLOT.get(b.GetBondType(), -1), b.GetIsConjugated(), b.IsInRing())
+    bond, slot = mol.GetBondWithIdx, _BOND_SLOT.get
+    rows_b = []
+    for k in range(nb):
+        b = bond(k)
+        rows_b.append((b.GetBeginAtomIdx(), b.GetEndAtomIdx(), slot(b.GetBondType(), -1),
+                       b.GetIsConjugated(), b.IsInRing()))
+    both = np.array(rows_b, dtype=np.int64).reshape(nb, 5)
+    ends, ints = both[:, :2].astype(np.int32), both[:, 2:]
     attr = np.zeros((nb, BOND_FDIM), dtype=np.float32)
     typed = ints[:, 0] >= 0
     attr[np.flatnonzero(typed), ints[typed, 0]] = 1.0

@@ -58,10 +58,13 @@ class Item(NamedTuple):
 
 
 class Rejected(NamedTuple):
+    """Why ``item`` was not featurized (``name``: the record's name, if it has one)."""
+
     item: Item
     id: str | None
     reason: str
     detail: str
+    name: str | None = None
 
 
 def ionization_energy(rec: dict[str, Any]) -> float:
@@ -103,22 +106,24 @@ class RowBuilder:
             rid = str(rec.get("id") or f"{_stem(it.file)}:{it.ordinal}")
             smiles = rec.get("smiles")
             if not smiles:
-                return Rejected(it, rid, "no_structure", "record has no SMILES")
+                return Rejected(it, rid, "no_structure", "record has no SMILES", rec.get("name"))
         else:
             parts = it.raw.decode("utf-8", "replace").strip().split(None, 1)
             smiles, rec = parts[0], {"name": parts[1] if len(parts) > 1 else ""}
             rid = rec["name"] or f"{_stem(it.file)}:{it.line}"
         mol = Chem.MolFromSmiles(smiles)
         if mol is None or mol.GetNumAtoms() == 0:
-            return Rejected(it, rid, "unparsable_smiles", f"RDKit cannot parse {smiles!r}")
+            return Rejected(it, rid, "unparsable_smiles", f"RDKit cannot parse {smiles!r}",
+                            rec.get("name") or None)
         formula = rec.get("formula") or rdMolDescriptors.CalcMolFormula(mol, True, True)
         mw = rec.get("mw") if isinstance(rec.get("mw"), int) else formula_nominal_mass(formula)
         if not o.min_mw <= mw <= o.max_mw:
-            return Rejected(it, rid, "mw_out_of_range", f"nominal mass {mw} not in {o.min_mw}..{o.max_mw}")
+            return Rejected(it, rid, "mw_out_of_range",
+                            f"nominal mass {mw} not in {o.min_mw}..{o.max_mw}", rec.get("name") or None)
         try:
             feats = self.feat(mol)
         except (RuntimeError, ValueError) as exc:
-            return Rejected(it, rid, "featurize_failed", str(exc))
+            return Rejected(it, rid, "featurize_failed", str(exc), rec.get("name") or None)
         if it.kind == "smi":
             smiles = Chem.MolToSmiles(mol)
         inchikey = rec.get("inchikey") or (Chem.MolToInchiKey(mol) if o.inchikey else "")
@@ -126,7 +131,7 @@ class RowBuilder:
         try:
             spec = preprocess_spectrum(mz, rec.get("intensity") or []) if mz else None
         except (ValueError, TypeError) as exc:
-            return Rejected(it, rid, "bad_peaks", str(exc))
+            return Rejected(it, rid, "bad_peaks", str(exc), rec.get("name") or None)
         return (it.ordinal, rid, smiles, str(rec.get("name") or ""), formula, inchikey or "", mw,
                 ionization_energy(rec), spec, feats)
 

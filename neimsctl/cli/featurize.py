@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from neimsctl.cli._common import (EXIT_FAIL, InPaths, Jobs, NoProvenance, OutPath, Quiet,
+from neimsctl.cli._common import (EXIT_FAIL, InPaths, fail, Jobs, NoProvenance, OutPath, Quiet,
                                   RejectsPath, Strict, Verbose, app, command, eprint,
                                   require_input_or_usage, setup_logging, usage_error)
 
@@ -93,8 +93,13 @@ def featurize_cli(
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     with command(CMD):
-        _run(paths, mode.value, out, chosen, in_fmt.value if in_fmt else None, jobs, shard_kn,
-             min_mw, max_mw, inchikey, rejects, strict, no_provenance, quiet, verbose)
+        try:
+            _run(paths, mode.value, out, chosen, in_fmt.value if in_fmt else None, jobs, shard_kn,
+                 min_mw, max_mw, inchikey, rejects, strict, no_provenance, quiet, verbose)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            fail(CMD, str(exc.filename or out), exc.strerror or str(exc))
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:

@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "membench",
     "featurize",
     "shards",
+    "finetune",
 )
 
 

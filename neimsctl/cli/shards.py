@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from neimsctl.cli._common import (NoProvenance, Quiet, Verbose, app, command, eprint,
+from neimsctl.cli._common import (NoProvenance, fail, Quiet, Verbose, app, command, eprint,
                                   setup_logging, usage_error)
 
 CMD = "shards"
@@ -34,7 +34,10 @@ def list_cli(
     with command(f"{CMD} list"):
         from neimsctl.io.featsource import list_features
 
-        infos = list_features(files)
+        try:
+            infos = list_features(files)
+        except OSError as exc:
+            fail(f"{CMD} list", str(exc.filename), exc.strerror or str(exc))
         out = sys.stdout
         if not as_json:
             out.write("path\tformat\tmode\trows\tsettings_hash\tshard\tbytes\n")
@@ -72,6 +75,9 @@ def merge_cli(
         attrs = None if no_provenance else {
             "neimsctl_version": __version__, "argv": json.dumps(sys.argv),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-        n = merge_shards(files, out, attrs=attrs)
+        try:
+            n = merge_shards(files, out, attrs=attrs)
+        except OSError as exc:
+            fail(f"{CMD} merge", str(exc.filename or out), exc.strerror or str(exc))
         if not quiet:
             eprint(f"{CMD} merge", f"{len(files)} inputs, {n} rows -> {out}")

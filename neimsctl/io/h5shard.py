@@ -158,6 +158,12 @@ class ShardReader:
             self._pid, self._ptr = os.getpid(), {}
         return self._f
 
+    def open(self) -> "ShardReader":
+        """(Re)open the HDF5 handle in this process, e.g. in a DataLoader ``worker_init_fn``."""
+        self.close()
+        _ = self.file
+        return self
+
     def __len__(self) -> int:
         return self.n_rows
 
@@ -223,9 +229,8 @@ class ShardReader:
         for name in [n for n in names if n in ragged]:
             if ragged[name][2] not in names:
                 names.append(ragged[name][2])
-        chunk = uniq // ROW_CHUNK
-        groups = [(int(c) * ROW_CHUNK, uniq[chunk == c]) for c in np.unique(chunk)]
         f, out = self.file, {}
+        groups_by: dict[int, list[tuple[int, np.ndarray]]] = {}
         for name in names:
             if name in _PTRS:
                 out[name] = np.diff(self.ptr(name))[uniq]
@@ -236,8 +241,13 @@ class ShardReader:
                 parts = [ds[p[i]:p[i + 1]] for i in uniq]
                 out[name] = np.concatenate(parts) if parts else ds[0:0]
             else:
-                ds = f[name].asstr() if name in STR_COLUMNS else f[name]
-                parts = [np.asarray(ds[lo:lo + ROW_CHUNK])[sel - lo] for lo, sel in groups]
+                raw = f[name]
+                step = raw.chunks[0] if raw.chunks else ROW_CHUNK  # the file's own chunking
+                if step not in groups_by:
+                    chunk = uniq // step
+                    groups_by[step] = [(int(c) * step, uniq[chunk == c]) for c in np.unique(chunk)]
+                ds = raw.asstr() if name in STR_COLUMNS else raw
+                parts = [np.asarray(ds[lo:lo + step])[sel - lo] for lo, sel in groups_by[step]]
                 out[name] = np.concatenate(parts) if parts else np.asarray(ds[0:0])
                 if name in STR_COLUMNS:
                     out[name] = out[name].astype(object)
@@ -293,3 +303,11 @@ def list_shards(paths: Iterable[str | os.PathLike]) -> list[ShardInfo]:
             out.append(ShardInfo(str(p), "h5", r.mode, r.n_rows, r.settings_hash,
                                  os.path.getsize(p), r.attrs.get("shard")))
     return out
+
+
+def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *,
+                 attrs: dict[str, Any] | None = None) -> int:
+    """Merge shards and/or zblock streams into one shard (see :func:`neimsctl.io.featsource.merge_shards`)."""
+    from neimsctl.io.featsource import merge_shards as _merge
+
+    return _merge(paths, out, attrs=attrs)

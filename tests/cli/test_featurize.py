@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
@@ -82,7 +81,8 @@ def test_smiles_pipe_gives_zst_stream_and_rejects(tmp_path: Path) -> None:
     assert block["inchikey"][0] == "LRHPLDYGYMQRHN-UHFFFAOYSA-N" and not block["has_spectrum"].any()
     assert block["mw"].tolist() == [74, 78, 88]
     rej = [orjson.loads(x) for x in (tmp_path / "rej.jsonl").read_bytes().splitlines()]
-    assert [(x["line"], x["reason"]) for x in rej] == [(3, "unparsable_smiles"), (6, "mw_out_of_range")]
+    assert [(x["line"], x["reason"], x["record"], x["id"]) for x in rej] == [
+        (3, "unparsable_smiles", "junk", "junk"), (6, "mw_out_of_range", None, "stdin:6")]
 
 
 def test_jobs_2_equals_jobs_1(tmp_path: Path, records: Path) -> None:

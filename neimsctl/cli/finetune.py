@@ -1,0 +1,74 @@
+"""``neimsctl finetune``: train the teacher on teacher-mode feature shards of a spectral library."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from neimsctl.cli._common import Quiet, Verbose, app, command, fail, setup_logging, usage_error
+
+CMD = "finetune"
+
+
+@app.command(CMD)
+def finetune_cli(
+    config: Annotated[Path, typer.Option(
+        "--config", "-c", help="YAML config, e.g. configs/finetune/teacher-cpu-small.yaml.",
+        show_default=False)],
+    shards: Annotated[Optional[list[Path]], typer.Argument(
+        help="Teacher-mode HDF5 shards (neimsctl featurize --mode teacher); default: data.train "
+        "of the config.", show_default=False)] = None,
+    overrides: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Config override section.key=value (repeatable), e.g. train.epochs=3.",
+        show_default=False)] = None,
+    out_dir: Annotated[Path, typer.Option(
+        "--out-dir", "-o", help="Run directory: checkpoints/, train_log.jsonl, config.yaml, "
+        "report.")] = Path("finetune-run"),
+    init: Annotated[Optional[Path], typer.Option(
+        "--init", help="Start from the weights of a pretrained (or finetuned) teacher "
+        "checkpoint; default: from scratch.", show_default=False)] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the run in --out-dir from its latest checkpoint "
+        "(interrupted.pt, else last.pt).")] = False,
+    device: Annotated[Optional[str], typer.Option(
+        "--device", help="auto | cpu | cuda | cuda:N (overrides train.device).",
+        show_default=False)] = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Finetune the GNN+ECFP teacher on a spectral library (MSE in sqrt space, MC dropout).
+
+    Trains on the train part of the compound-grouped 8:1:1 split (seed 42) of the shards,
+    validates every epoch by library matching on the val part (mean cosine, Recall@K) and
+    keeps the best checkpoint; the test part is never used. Exit 130 when interrupted (a
+    checkpoint is written first). See neimsctl-finetune(1).
+    """
+    setup_logging(verbose, quiet)
+    sets = list(overrides or [])
+    if device is not None:
+        sets.append(f"train.device={device}")
+    with command(CMD):
+        from neimsctl.train.config import load_config
+
+        cfg = load_config(config, sets)
+        paths = list(shards or ([Path(cfg.data.train)] if cfg.data.train else []))
+        if not paths:
+            usage_error(CMD, "no shards: give FEATS.h5 arguments or set data.train in the config")
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            fail(CMD, ", ".join(missing), "no such file")
+        from neimsctl.train.finetune import run_finetune
+
+        result = run_finetune(cfg, paths, out_dir, init=init, resume=resume or None,
+                              log=sys.stderr)
+        if result.interrupted:
+            print(f"neimsctl {CMD}: interrupted; continue with --resume --out-dir {out_dir}",
+                  file=sys.stderr)
+            raise typer.Exit(130)
+        best = "n/a" if result.best_metric is None else f"{result.best_metric:.4f}"
+        print(f"neimsctl {CMD}: {result.epochs_done} epochs, {result.step} steps, best "
+              f"{cfg.train.best_metric} {best}; checkpoints in {Path(out_dir) / 'checkpoints'}",
+              file=sys.stderr)

@@ -1,0 +1,153 @@
+"""Evaluate a teacher on one part of the compound-grouped split (NEIMS library matching).
+
+:func:`evaluate_split` is what ``finetune`` runs on the validation part after every epoch and
+what ``eval`` runs once on the test part of a finished model:
+
+- the dataset (teacher-mode shards, **no** augmentation) is split by compound with
+  :func:`neimsctl.data.split.split_indices` (8:1:1, seed 42 by default);
+- queries = every measured spectrum of the chosen part (``val`` or ``test``);
+- library = one predicted spectrum per compound of that part (the first row of each
+  connectivity block) + every measured spectrum of the ``train`` part;
+- Recall@1/5/10/20 with and without a +-5 Da nominal-mass filter (weighted cosine
+  ``m/z^1 * I^0.5``) and the plain mean cosine, all from :mod:`neimsctl.train.metrics`.
+
+The measured spectra of the training part are read once into a :class:`Reference` (float16,
+``N x 501``) that can be reused across epochs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from neimsctl.data.dataset import TeacherDataset
+from neimsctl.data.split import SPLIT_NAMES, Split, split_indices
+from neimsctl.errors import ConfigError, InputError
+from neimsctl.train.metrics import DEFAULT_KS, build_library_eval, evaluate_predictions
+
+__all__ = ["Reference", "dataset_split", "first_per_compound", "read_reference",
+           "predict_spectra", "evaluate_split"]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Measured spectra of the reference (training) compounds: ``spectra (N, 501)`` float16,
+    ``keys`` connectivity blocks and nominal ``mw`` (N,)."""
+
+    spectra: np.ndarray
+    keys: np.ndarray
+    mw: np.ndarray
+
+
+def dataset_split(dataset: TeacherDataset, *, seed: int = 42,
+                  fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> Split:
+    """Compound-grouped train/val/test indices of ``dataset`` (positions, not shard rows)."""
+    return split_indices(dataset.blocks, ids=dataset.ids, seed=seed, fractions=tuple(fractions))
+
+
+def first_per_compound(dataset: TeacherDataset, indices: np.ndarray) -> np.ndarray:
+    """The first of ``indices`` (ascending) for each connectivity block among them."""
+    indices = np.asarray(indices, dtype=np.int64)
+    _, first = np.unique(dataset.blocks[indices], return_index=True)
+    return indices[np.sort(first)]
+
+
+def _batches(n: int, batch_size: int) -> list[slice]:
+    return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
+def read_reference(dataset: TeacherDataset, indices: np.ndarray, *,
+                   batch_size: int = 1024) -> Reference:
+    """Measured spectra, blocks and MWs of ``indices`` (read once; the dataset's augmentation
+    must be off, so the spectra are the library's own)."""
+    if dataset.augment is not None:
+        raise ConfigError("reference spectra must come from a dataset without augmentation")
+    indices = np.asarray(indices, dtype=np.int64)
+    out = np.zeros((len(indices), 501), dtype=np.float16)
+    for sl in _batches(len(indices), batch_size):
+        out[sl] = dataset.get_batch(indices[sl]).y.numpy().astype(np.float16)
+    return Reference(out, dataset.blocks[indices].astype(str), dataset.mw[indices].copy())
+
+
+@torch.no_grad()
+def predict_spectra(model: torch.nn.Module, dataset: TeacherDataset, indices: np.ndarray, *,
+                    batch_size: int = 256, device: Any = "cpu", mc_samples: int = 0) -> np.ndarray:
+    """Linear, base-peak-1 predicted spectra ``(len(indices), 501)`` float32.
+
+    ``mc_samples = 0`` predicts deterministically (eval mode: no dropout, no DropEdge);
+    ``mc_samples >= 2`` returns the MC-dropout mean (:meth:`TeacherModel.mc_predict`).
+    The model's train/eval state is left as it was.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    model = getattr(model, "module", model)
+    out = np.zeros((len(indices), 501), dtype=np.float32)
+    for sl in _batches(len(indices), batch_size):
+        batch = dataset.get_batch(indices[sl]).to(device)
+        if mc_samples >= 2:
+            pred = model.mc_predict(batch, n_samples=mc_samples)[0]
+        else:
+            pred = model.predict_spectrum(batch)
+        out[sl] = pred.float().cpu().numpy()
+    return out
+
+
+def evaluate_split(model: torch.nn.Module, dataset: TeacherDataset, split: str = "test", *,
+                   reference: Reference | None = None, seed: int = 42,
+                   fractions: Sequence[float] = (0.8, 0.1, 0.1), ks: Sequence[int] = DEFAULT_KS,
+                   mass_filter: float | None = 5.0, batch_size: int = 256, device: Any = "cpu",
+                   mc_samples: int = 0) -> dict[str, float]:
+    """Library-matching metrics of ``model`` on one part of the compound-grouped split.
+
+    Parameters
+    ----------
+    model
+        A teacher (``predict_spectrum``/``mc_predict``), already on ``device``.
+    dataset
+        All rows with spectra, as a :class:`TeacherDataset` without augmentation.
+    split
+        ``"val"`` or ``"test"`` (``"train"`` is refused: it is the library).
+    reference
+        Pre-read training spectra (:func:`read_reference`); read here when ``None``.
+    seed, fractions
+        The split (must be the one the model was trained with: seed 42, 8:1:1).
+    ks, mass_filter
+        Recall@K cut-offs and the half-width (Da) of the nominal-mass filter (``None``: off).
+    batch_size, device, mc_samples
+        Prediction settings (see :func:`predict_spectra`).
+
+    Returns
+    -------
+    dict
+        ``recall@K`` and ``recall@K_mass5`` per K, ``mean_cosine``, ``mae``, ``rmse``,
+        ``n_queries``, ``n_compounds``, ``n_library``.
+
+    Raises
+    ------
+    ConfigError
+        Unknown split name, or an augmented dataset.
+    InputError
+        The chosen part or the training part is empty.
+    """
+    if split not in SPLIT_NAMES[1:]:
+        raise ConfigError(f"split must be 'val' or 'test', got {split!r}")
+    if dataset.augment is not None:
+        raise ConfigError("evaluate_split needs a dataset without augmentation")
+    parts = dataset_split(dataset, seed=seed, fractions=fractions)
+    query = getattr(parts, split)
+    if len(query) == 0:
+        raise InputError(f"the {split} part of the split is empty ({len(dataset)} rows)")
+    if reference is None:
+        if len(parts.train) == 0:
+            raise InputError("the train part of the split is empty: no reference library")
+        reference = read_reference(dataset, parts.train)
+    firsts = first_per_compound(dataset, query)
+    pred = predict_spectra(model, dataset, firsts, batch_size=batch_size, device=device,
+                           mc_samples=mc_samples)
+    measured = read_reference(dataset, query)
+    task = build_library_eval(measured.spectra.astype(np.float32), measured.keys, measured.mw,
+                              pred, dataset.blocks[firsts].astype(str), dataset.mw[firsts],
+                              reference.spectra, reference.keys, reference.mw)
+    return evaluate_predictions(task, ks=ks, mass_filter=mass_filter)

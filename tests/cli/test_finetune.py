@@ -1,0 +1,86 @@
+"""finetune through the installed CLI: msp2jsonl | featurize --mode teacher, then tiny runs."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import orjson
+import pytest
+import torch
+
+from neimsctl.train.checkpoint import load_checkpoint, save_checkpoint
+
+pytestmark = pytest.mark.cli
+TINY = ("--set model.hidden=16 --set model.num_layers=2 --set model.attention_hidden=8 "
+        "--set model.pool_gate_hidden=8 --set 'model.ecfp_hidden=[32]' --set model.ecfp_out=16 "
+        "--set 'model.head_hidden=[32,16]' --set train.batch_size=64 --set train.num_workers=0 "
+        "--set train.threads=1 --set schedule.name=none")
+
+
+def sh(cmd: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=cwd, capture_output=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory, sample_msp: Path, repo_root: Path,
+         neimsctl_exe: str) -> Path:
+    d = tmp_path_factory.mktemp("ftcli")
+    p = sh(f"neimsctl msp2jsonl {sample_msp} | neimsctl featurize --mode teacher -o f.h5", d)
+    assert p.returncode == 0, p.stderr.decode()
+    (d / "cfg.yaml").write_bytes((repo_root / "configs/finetune/teacher-cpu-small.yaml").read_bytes())
+    return d
+
+
+def finetune(work: Path, out: str, epochs: int, extra: str = "") -> subprocess.CompletedProcess:
+    return sh(f"neimsctl finetune f.h5 --config cfg.yaml {TINY} --set train.epochs={epochs} "
+              f"--device cpu --out-dir {out} {extra}", work)
+
+
+def epochs_logged(run: Path) -> list[dict]:
+    recs = [orjson.loads(x) for x in (run / "train_log.jsonl").read_bytes().splitlines() if x]
+    return [r for r in recs if r["kind"] == "epoch"]
+
+
+@pytest.fixture(scope="module")
+def full(work: Path) -> Path:
+    p = finetune(work, "full", 2)
+    assert p.returncode == 0, p.stderr.decode()
+    assert b"best val_score" in p.stderr and p.stdout == b""
+    return work / "full"
+
+
+def test_two_epochs_write_checkpoints_log_and_report(full: Path) -> None:
+    for name in ("checkpoints/last.pt", "checkpoints/best.pt", "report.md", "config.yaml"):
+        assert (full / name).is_file(), name
+    eps = epochs_logged(full)
+    assert [e["epoch"] for e in eps] == [1, 2]
+    assert all({"val_recall_at_10", "val_mean_cosine"} <= set(e["val"]) for e in eps)
+    ck = load_checkpoint(full / "checkpoints/last.pt")
+    assert ck["epoch"] == 2 and len(ck["featurizer_hash"]) == 16
+
+
+def test_resume_continues_to_the_same_weights(work: Path, full: Path) -> None:
+    p = finetune(work, "half", 1)
+    assert p.returncode == 0, p.stderr.decode()
+    p = finetune(work, "half", 2, "--resume")
+    assert p.returncode == 0, p.stderr.decode()
+    assert b"resumed from" in p.stderr
+    assert [e["epoch"] for e in epochs_logged(work / "half")] == [1, 2]
+    a = load_checkpoint(full / "checkpoints/last.pt")["model"]
+    b = load_checkpoint(work / "half/checkpoints/last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_init_from_checkpoint_and_hash_mismatch(work: Path, full: Path) -> None:
+    p = finetune(work, "init", 1, f"--init {full}/checkpoints/best.pt")
+    assert p.returncode == 0, p.stderr.decode()
+    assert b"init: " in p.stderr
+    ck = load_checkpoint(full / "checkpoints/best.pt")
+    ck["featurizer_hash"] = "0123456789abcdef"
+    save_checkpoint(work / "other.pt", ck)
+    p = finetune(work, "bad", 1, "--init other.pt")
+    assert p.returncode == 1
+    assert b"neimsctl finetune:" in p.stderr and b"featurizer mismatch" in p.stderr
+    assert not (work / "bad").exists()

@@ -1,0 +1,152 @@
+"""finetune library: loss, shard checks, --init loading, and a tiny run that never reads test rows.
+
+Shards are real: the bundled MassBank sample featurized in teacher mode by the project's writer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+import torch
+
+from neimsctl.data.dataset import TeacherDataset
+from neimsctl.data.membench import build_sample_shard
+from neimsctl.errors import CheckpointError, ConfigError, FormatError
+from neimsctl.train.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
+from neimsctl.train.config import dataclass_from_dict, load_config
+from neimsctl.train.evaluate import dataset_split
+from neimsctl.train.finetune import (TeacherLossConfig, TeacherSpectrumLoss, build_teacher,
+                                     load_init, run_finetune, shard_hash)
+
+TINY = {"name": "teacher", "hidden": 16, "num_layers": 2, "attention_hidden": 8,
+        "pool_gate_hidden": 8, "ecfp_hidden": [32], "ecfp_out": 16, "head_hidden": [32, 16],
+        "dropout": 0.1}
+TINY_SETS = [f"model.{k}={orjson.dumps(v).decode()}" for k, v in TINY.items() if k != "name"]
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_sample_shard(tmp_path_factory.mktemp("ft") / "teacher.h5", mode="teacher")
+
+
+@pytest.fixture(scope="module")
+def batch(shard: Path):
+    return TeacherDataset(shard).get_batch(np.arange(8))
+
+
+def tiny_config(repo_root: Path, *extra: str):
+    return load_config(repo_root / "configs/finetune/teacher-cpu-small.yaml",
+                       [*TINY_SETS, "train.epochs=1", "train.batch_size=64", "train.num_workers=0",
+                        "train.threads=1", *extra], env={})
+
+
+def test_loss_config_is_strict() -> None:
+    with pytest.raises(ConfigError, match="loss.weight"):
+        dataclass_from_dict(TeacherLossConfig, {"weight": 1.0}, "loss")
+    with pytest.raises(ConfigError, match="lambda_bond"):
+        TeacherLossConfig(lambda_bond=0.5)
+    with pytest.raises(ConfigError, match="not both 0"):
+        TeacherLossConfig(mse=0.0, cosine=0.0)
+
+
+def test_loss_is_mse_in_sqrt_space_plus_optional_cosine(batch) -> None:
+    torch.manual_seed(0)
+    model = build_teacher(TINY).eval()
+    loss, parts = TeacherSpectrumLoss(TeacherLossConfig())(model, batch)
+    with torch.no_grad():
+        expected = (model(batch) - batch.y.sqrt()).square().mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert set(parts) == {"mse"}
+    both, parts2 = TeacherSpectrumLoss(TeacherLossConfig(cosine=0.5))(model, batch)
+    assert set(parts2) == {"mse", "cos_loss"} and 0.0 < parts2["cos_loss"] <= 1.0
+    assert both.item() == pytest.approx(loss.item() + 0.5 * parts2["cos_loss"], rel=1e-5)
+
+
+def test_loss_step_lowers_loss(batch) -> None:
+    torch.manual_seed(0)
+    model = build_teacher({**TINY, "dropout": 0.0, "drop_edge": 0.0})
+    fn = TeacherSpectrumLoss(TeacherLossConfig(cosine=1.0))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    before = fn(model, batch)[0].item()
+    for _ in range(5):
+        opt.zero_grad()
+        fn(model, batch)[0].backward()
+        opt.step()
+    assert fn(model, batch)[0].item() < before
+
+
+def test_shard_hash_refuses_student_shards(shard: Path, tmp_path: Path) -> None:
+    assert len(shard_hash([shard])) == 16
+    student = build_sample_shard(tmp_path / "s.h5", mode="student", limit=5)
+    with pytest.raises(FormatError, match="--mode teacher"):
+        shard_hash([student])
+
+
+def _ckpt(path: Path, model: torch.nn.Module, fhash: str | None, prefix: str = "") -> Path:
+    ck = build_checkpoint(model=model, config={"model": TINY}, featurizer_hash=fhash)
+    ck["model"] = {prefix + k: v for k, v in ck["model"].items()}
+    return save_checkpoint(path, ck)
+
+
+def test_load_init_copies_weights_and_strips_a_prefix(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    src = build_teacher(TINY)
+    path = _ckpt(tmp_path / "pre.pt", src, "abc", prefix="encoder.")
+    dst = build_teacher(TINY)
+    info = load_init(dst, path, featurizer_hash="abc", log=open(tmp_path / "log", "w"))
+    assert info["loaded"] == info["total"]
+    for (k, a), b in zip(src.state_dict().items(), dst.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_load_init_errors_are_clear(tmp_path: Path) -> None:
+    src = build_teacher(TINY)
+    path = _ckpt(tmp_path / "pre.pt", src, "abc")
+    with pytest.raises(CheckpointError, match="featurizer mismatch.*abc.*def"):
+        load_init(build_teacher(TINY), path, featurizer_hash="def")
+    with pytest.raises(CheckpointError, match="architecture mismatch.*hidden"):
+        load_init(build_teacher({**TINY, "hidden": 24}), path, featurizer_hash="abc")
+    ecfp_only = tmp_path / "ecfp.pt"
+    _ckpt(ecfp_only, src, "abc")
+    ck = load_checkpoint(ecfp_only)
+    ck["model"] = {k: v for k, v in ck["model"].items() if k.startswith("ecfp_mlp")}
+    save_checkpoint(ecfp_only, ck)
+    with pytest.raises(CheckpointError, match="no teacher GNN weights"):
+        load_init(build_teacher(TINY), ecfp_only, featurizer_hash="abc")
+
+
+def test_run_finetune_trains_validates_and_never_reads_test_rows(
+        shard: Path, tmp_path: Path, repo_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[np.ndarray] = []
+    orig = TeacherDataset._data_list
+
+    def spy(self, idx):
+        seen.append(self.rows[np.asarray(idx)])
+        return orig(self, idx)
+
+    monkeypatch.setattr(TeacherDataset, "_data_list", spy)
+    cfg = tiny_config(repo_root, "loss.cosine=0.5")
+    log = tmp_path / "log.txt"
+    with open(log, "w") as fh:
+        res = run_finetune(cfg, [shard], tmp_path / "run", log=fh)
+    assert not res.interrupted and res.epochs_done == 1
+    val = res.history[0]["val"]
+    assert {"val_mean_cosine", "val_recall_at_10", "val_recall_at_10_mass5", "val_score"} <= set(val)
+    assert 0.0 <= val["val_recall_at_10"] <= val["val_recall_at_20"] <= 1.0
+    ck = load_checkpoint(tmp_path / "run/checkpoints/best.pt")
+    assert ck["featurizer_hash"] == shard_hash([shard])
+    assert ck["config"]["loss"]["cosine"] == 0.5
+    ds = TeacherDataset(shard)
+    test_rows = ds.rows[dataset_split(ds).test]
+    assert len(test_rows) > 0
+    assert not np.isin(np.concatenate(seen), test_rows).any()
+
+
+def test_run_finetune_rejects_unknown_best_metric(shard: Path, tmp_path: Path,
+                                                 repo_root: Path) -> None:
+    cfg = tiny_config(repo_root, "train.best_metric=val_recall@10")
+    with pytest.raises(ConfigError, match="best_metric"):
+        run_finetune(cfg, [shard], tmp_path / "run")
