@@ -5,3 +5,14 @@ Layers (lower never imports higher; nothing imports ``cli``):
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["SpectrumPredictor", "__version__"]
+
+
+def __getattr__(name: str) -> object:
+    """Lazy exports: ``from neimsctl import SpectrumPredictor`` imports torch only when asked."""
+    if name == "SpectrumPredictor":
+        from neimsctl.api import SpectrumPredictor
+
+        return SpectrumPredictor
+    raise AttributeError(f"module 'neimsctl' has no attribute {name!r}")

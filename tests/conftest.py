@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,12 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("NEIMSCTL_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 SAMPLE_DIR = REPO_ROOT / "neimsctl" / "resources" / "sample"
+
+# Tests run with --import-mode=importlib (test files in different folders share basenames);
+# shared test helpers (tests/unit/*/_*.py) are importable by their module name.
+for _helper_dir in sorted({p.parent for p in (REPO_ROOT / "tests").rglob("_*.py")}):
+    if str(_helper_dir) not in sys.path:
+        sys.path.insert(0, str(_helper_dir))
 
 
 @pytest.fixture(scope="session")

@@ -9,14 +9,13 @@ the JSONL lines and counts everything in a :class:`~neimsctl.io.rejects.Tally`.
 from __future__ import annotations
 
 import collections
-import multiprocessing
 import os
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 import orjson
 
-from neimsctl.io.msp import MspRecord, parse_comments, parse_number, read_msp
+from neimsctl.io.msp import MspRecord, iter_blocks, parse_block, parse_comments, parse_number
 from neimsctl.io.rejects import Reject, Tally
 from neimsctl.io.streams import display_name, open_in
 
@@ -37,10 +36,22 @@ class ConvertOptions:
     structure: bool = True
 
 
+_ST = None
+
+
+def _st():  # type: ignore[no-untyped-def]
+    """``neimsctl.chem.structure``, imported on first use (``--no-structure`` needs no RDKit)."""
+    global _ST
+    if _ST is None:
+        from neimsctl.chem import structure
+
+        _ST = structure
+    return _ST
+
+
 def _structure(rec: MspRecord, opts: ConvertOptions) -> tuple[object, str]:
     """Describe the record's structure: inline SMILES, else InChI, else its MOL file."""
-    from neimsctl.chem import structure as st
-
+    st = _ST or _st()
     f = rec.fields
     if f.get("smiles"):
         return st.describe(st.mol_from_smiles(f["smiles"])), "smiles"
@@ -62,15 +73,14 @@ def convert_record(rec: MspRecord, opts: ConvertOptions) -> dict | tuple[str, st
     smiles = inchikey = formula = structure_from = exact_mass = None
     mw: int | None = None
     if opts.structure:
-        from neimsctl.chem.structure import StructureError, compare_with_msp
-
+        stm = _ST or _st()
         try:
             st, structure_from = _structure(rec, opts)
-        except StructureError as exc:
+        except stm.StructureError as exc:
             return exc.reason, exc.message
         smiles, inchikey, formula, mw, exact_mass = st  # type: ignore[misc]
         inchikey = inchikey or None
-        flags = compare_with_msp(st, f)  # type: ignore[arg-type]
+        flags = stm.compare_with_msp(st, f)  # type: ignore[arg-type]
         check_mw: float | None = mw
     else:
         check_mw = parse_number(f["mw"]) if f.get("mw") else None
@@ -104,6 +114,37 @@ def convert_chunk(recs: list[MspRecord], opts: ConvertOptions) -> list[Result]:
     return out
 
 
+#: One raw record as split by :func:`neimsctl.io.msp.iter_blocks`, plus its file name.
+RawRecord = tuple[bytes, int, int, bool]
+#: What a chunk turns into: the JSONL bytes of its written records (concatenated) when
+#: nothing was rejected, else one ``bytes`` or :class:`Reject` per record.
+ChunkResult = tuple[int, bytes | list[bytes | Reject]]
+
+
+def convert_raw(file: str, raws: list[RawRecord], opts: ConvertOptions) -> ChunkResult:
+    """Parse and convert raw records of one file (runs in the workers under ``--jobs N``).
+
+    Returns
+    -------
+    tuple
+        ``(n_records, payload)``: ``payload`` is the concatenated JSONL lines when every record
+        was written, else the per-record list of JSONL lines and :class:`Reject` objects.
+    """
+    dumps = orjson.dumps
+    out: list[bytes | Reject] = []
+    clean = True
+    for block, line, ordinal, at_eof in raws:
+        rec = parse_block(block, file, line, ordinal, at_eof)
+        res = convert_record(rec, opts)
+        if isinstance(res, dict):
+            out.append(dumps(res, option=_DUMPS_OPT))
+        else:
+            clean = False
+            out.append(Reject(reason=res[0], detail=res[1], file=rec.file, line=rec.line,
+                              record=rec.name or None, id=rec.record_id))
+    return len(raws), (b"".join(out) if clean else out)  # type: ignore[arg-type]
+
+
 _WORKER_OPTS: ConvertOptions | None = None
 
 
@@ -112,46 +153,52 @@ def _init_worker(opts: ConvertOptions) -> None:
     _WORKER_OPTS = opts
 
 
-def _worker_chunk(recs: list[MspRecord]) -> list[Result]:
+def _worker_chunk(task: tuple[str, list[RawRecord]]) -> ChunkResult:
     assert _WORKER_OPTS is not None
-    return convert_chunk(recs, _WORKER_OPTS)
+    return convert_raw(task[0], task[1], _WORKER_OPTS)
 
 
-def _chunks(paths: Iterable[str | os.PathLike], size: int) -> Iterator[list[MspRecord]]:
-    chunk: list[MspRecord] = []
+def _raw_chunks(paths: Iterable[str | os.PathLike], size: int) -> Iterator[tuple[str, list[RawRecord]]]:
+    """``(file name, raw records)`` chunks of at most ``size`` records, never across files."""
     for path in paths:
+        name = display_name(path)
+        chunk: list[RawRecord] = []
         with open_in(path) as stream:
-            for rec in read_msp(stream, display_name(path)):
-                chunk.append(rec)
+            for raw in iter_blocks(stream):
+                chunk.append(raw)
                 if len(chunk) >= size:
-                    yield chunk
+                    yield name, chunk
                     chunk = []
-    if chunk:
-        yield chunk
+        if chunk:
+            yield name, chunk
 
 
 def _converted(paths: Iterable[str | os.PathLike], opts: ConvertOptions, jobs: int,
-               chunk_size: int) -> Iterator[tuple[list[MspRecord], list[Result]]]:
-    """(chunk, results) pairs in input order; at most ``2 * jobs`` chunks in flight."""
+               chunk_size: int) -> Iterator[ChunkResult]:
+    """Chunk results in input order; at most ``2 * jobs`` chunks in flight.
+
+    The main process only splits the input into raw records and writes bytes; parsing,
+    RDKit and JSON happen in the workers.
+    """
     if jobs <= 1:
-        for chunk in _chunks(paths, chunk_size):
-            yield chunk, convert_chunk(chunk, opts)
+        for name, raws in _raw_chunks(paths, chunk_size):
+            yield convert_raw(name, raws, opts)
         return
+    import multiprocessing
+
     with multiprocessing.get_context("fork").Pool(jobs, _init_worker, (opts,)) as pool:
         pending: collections.deque = collections.deque()
-        for chunk in _chunks(paths, chunk_size):
-            pending.append((chunk, pool.apply_async(_worker_chunk, (chunk,))))
+        for task in _raw_chunks(paths, chunk_size):
+            pending.append(pool.apply_async(_worker_chunk, (task,)))
             if len(pending) >= 2 * jobs:
-                done, res = pending.popleft()
-                yield done, res.get()
+                yield pending.popleft().get()
         while pending:
-            done, res = pending.popleft()
-            yield done, res.get()
+            yield pending.popleft().get()
 
 
 def convert_msp(paths: Iterable[str | os.PathLike], out: BinaryIO, tally: Tally,
                 opts: ConvertOptions, *, jobs: int = 1, strict: bool = False,
-                chunk_size: int = 256, on_reject: Callable[[Reject], None] | None = None,
+                chunk_size: int = 512, on_reject: Callable[[Reject], None] | None = None,
                 ) -> Reject | None:
     """Convert MSP inputs to JSONL records on ``out``; count and report every record.
 
@@ -180,18 +227,21 @@ def convert_msp(paths: Iterable[str | os.PathLike], out: BinaryIO, tally: Tally,
         The rejected record that stopped a ``strict`` run, else ``None``.
     """
     write = out.write
-    for chunk, results in _converted(paths, opts, jobs, chunk_size):
-        for rec, res in zip(chunk, results):
+    for n, payload in _converted(paths, opts, jobs, chunk_size):
+        if isinstance(payload, bytes):
+            write(payload)
+            tally.read += n
+            tally.written += n
+            continue
+        for res in payload:
             tally.read += 1
             if isinstance(res, bytes):
                 write(res)
                 tally.written += 1
                 continue
-            rej = Reject(reason=res[0], detail=res[1], file=rec.file, line=rec.line,
-                         record=rec.name or None, id=rec.record_id)
-            tally.reject(rej)
+            tally.reject(res)
             if on_reject is not None:
-                on_reject(rej)
+                on_reject(res)
             if strict:
-                return rej
+                return res
     return None

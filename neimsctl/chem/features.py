@@ -203,3 +203,7 @@ def student_vectors(ecfp_packed: np.ndarray, counts: np.ndarray) -> np.ndarray:
     out[:, :ECFP_BITS] = np.unpackbits(ecfp_packed, axis=1)
     out[:, ECFP_BITS:] = _LOG1P_U8[counts]
     return out
+
+
+# Further modes live in their own modules and register themselves on import.
+from neimsctl.chem import features_v1 as _features_v1  # noqa: E402,F401  (mode "v1")

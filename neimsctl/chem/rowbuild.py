@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+from itertools import chain
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -29,7 +30,7 @@ from rdkit import Chem, RDLogger
 from rdkit.Chem import rdMolDescriptors
 
 from neimsctl.chem.features import get_featurizer
-from neimsctl.chem.spectrum import N_BINS, preprocess_spectrum
+from neimsctl.chem.spectrum import N_BINS, NOISE_LEVEL, preprocess_spectrum
 from neimsctl.chem.structure import formula_nominal_mass
 from neimsctl.io.featblock import empty_block
 
@@ -92,7 +93,62 @@ class RowBuilder:
         for it in items:
             got = self._one(it)
             (rejects if isinstance(got, Rejected) else rows).append(got)
-        return self._assemble(rows), rejects
+        spectrum, has, late = self._spectra(rows)
+        if late:  # peaks that numpy could not read: reject those rows, keep input order
+            bad = {r.item.ordinal for r in late}
+            keep = [i for i, row in enumerate(rows) if row[0] not in bad]
+            rows, spectrum, has = [rows[i] for i in keep], spectrum[keep], has[keep]
+            rejects = sorted(rejects + late, key=lambda r: r.item.ordinal)
+        return self._assemble(rows, spectrum, has), rejects
+
+    @staticmethod
+    def _spectra(rows: list[tuple]) -> tuple[np.ndarray, np.ndarray, list[Rejected]]:
+        """Target spectra of ``rows`` (float16 ``(n, 501)``, ``has_spectrum``) in one pass.
+
+        All peak lists of the chunk are binned by one ``np.bincount`` over
+        ``row * 501 + bin``; summation order, noise removal and normalization are those of
+        :func:`neimsctl.chem.spectrum.preprocess_spectrum`, so results are identical. When
+        the chunk's peaks cannot be read as numbers, rows fall back to that function one by
+        one and the unreadable ones become ``bad_peaks`` rejects.
+        """
+        n = len(rows)
+        out = np.zeros((n, N_BINS), dtype=np.float32)
+        late: list[Rejected] = []
+        where = [i for i, row in enumerate(rows) if type(row[8]) is tuple]
+        try:
+            mz_a = np.asarray([m for i in where for m in rows[i][8][0]], dtype=np.float64)
+            it_a = np.asarray([v for i in where for v in rows[i][8][1]], dtype=np.float64)
+        except (ValueError, TypeError):
+            for i in where:
+                row = rows[i]
+                try:
+                    out[i] = preprocess_spectrum(*row[8])
+                except (ValueError, TypeError) as exc:
+                    late.append(Rejected(row[10], row[1], "bad_peaks", str(exc), row[3] or None))
+            where = []
+        if where:
+            k = len(where)
+            lens = np.fromiter((len(rows[i][8][0]) for i in where), dtype=np.int64, count=k)
+            owner = np.repeat(np.arange(k, dtype=np.int64), lens)
+            with np.errstate(invalid="ignore"):
+                idx = np.floor(mz_a + 0.5).astype(np.int64)  # round half up
+            keep = (idx >= 0) & (idx < N_BINS)
+            binned = np.bincount(owner[keep] * N_BINS + idx[keep], weights=it_a[keep],
+                                 minlength=k * N_BINS).reshape(k, N_BINS).astype(np.float32)
+            top = binned.max(axis=1)
+            pos = top > 0
+            thr = (NOISE_LEVEL * top.astype(np.float64)).astype(np.float32)[:, None]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                binned = np.where(pos[:, None] & (binned < thr), np.float32(0), binned)
+                binned = np.where(pos[:, None], binned / np.where(pos, top, 1)[:, None], binned)
+            out[where] = binned
+        for i, row in enumerate(rows):
+            if type(row[8]) is np.ndarray:
+                out[i] = row[8]
+        with np.errstate(invalid="ignore"):
+            has = out.max(axis=1) > 0 if n else np.zeros(0, dtype=bool)
+        out[~has] = 0
+        return out.astype(np.float16), has, late
 
     def _one(self, it: Item) -> tuple | Rejected:
         o = self.opts
@@ -128,14 +184,22 @@ class RowBuilder:
             smiles = Chem.MolToSmiles(mol)
         inchikey = rec.get("inchikey") or (Chem.MolToInchiKey(mol) if o.inchikey else "")
         mz = rec.get("mz") or []
-        try:
-            spec = preprocess_spectrum(mz, rec.get("intensity") or []) if mz else None
-        except (ValueError, TypeError) as exc:
-            return Rejected(it, rid, "bad_peaks", str(exc), rec.get("name") or None)
+        peaks = None
+        if mz:
+            inten = rec.get("intensity") or []
+            if type(mz) is list and type(inten) is list and len(mz) == len(inten):
+                peaks = (mz, inten)  # binned for the whole chunk in _spectra
+            else:  # let the one-record function decide (it raises on unusable peaks)
+                try:
+                    spec = preprocess_spectrum(mz, inten)
+                except (ValueError, TypeError) as exc:
+                    return Rejected(it, rid, "bad_peaks", str(exc), rec.get("name") or None)
+                peaks = spec
         return (it.ordinal, rid, smiles, str(rec.get("name") or ""), formula, inchikey or "", mw,
-                ionization_energy(rec), spec, feats)
+                ionization_energy(rec), peaks, feats, it)
 
-    def _assemble(self, rows: list[tuple]) -> dict[str, np.ndarray]:
+    def _assemble(self, rows: list[tuple], spectrum: np.ndarray,
+                  has: np.ndarray) -> dict[str, np.ndarray]:
         mode = self.opts.mode
         if not rows:
             return empty_block(mode)
@@ -148,16 +212,12 @@ class RowBuilder:
             out[name] = arr
         out["mw"] = np.asarray(cols[6], dtype=np.int32)
         out["ionization_energy"] = np.asarray(cols[7], dtype=np.float32)
-        spectrum = np.zeros((n, N_BINS), dtype=np.float16)
-        has = np.zeros(n, dtype=bool)
-        for i, s in enumerate(cols[8]):
-            if s is not None and s.max() > 0:
-                spectrum[i], has[i] = s, True
         out["spectrum"], out["has_spectrum"] = spectrum, has
         feats = cols[9]
         out["ecfp"] = np.stack([f.ecfp for f in feats])
-        if mode == "student":
-            out["counts"] = np.stack([f.counts for f in feats])
+        if mode != "teacher":  # student, v1: every fixed-width field of the features tuple
+            for field in feats[0]._fields[1:]:
+                out[field] = np.stack([getattr(f, field) for f in feats])
         else:
             out["n_atoms"] = np.asarray([f.atom_x.shape[0] for f in feats], dtype=np.int64)
             out["n_edges"] = np.asarray([f.edge_index.shape[0] for f in feats], dtype=np.int64)

@@ -25,6 +25,7 @@ class Mode(str, Enum):
 
     student = "student"
     teacher = "teacher"
+    v1 = "v1"
 
 
 class OutFmt(str, Enum):

@@ -17,7 +17,12 @@ COMMAND_MODULES: tuple[str, ...] = (
     "membench",
     "featurize",
     "shards",
+    "pretrain",
     "finetune",
+    "softlabel",
+    "distill",
+    "eval",
+    "predict",
 )
 
 

@@ -326,6 +326,51 @@ class StudentDataset(ShardDataset):
                 for j in range(len(batch["id"]))]
 
 
+class V1Dataset(StudentDataset):
+    """Mode-``v1`` shards for the NEIMS v1 baseline: ``x`` = the 4096 Morgan counts.
+
+    ``x_scale="raw"`` (default) gives the raw counts the paper feeds its MLP
+    (:mod:`neimsctl.models.neims_v1`); ``"log1p"`` is the student's scaling. Batches also carry
+    ``mw`` (B,) long, which the v1 reverse head needs; other keys as :class:`StudentDataset`.
+    """
+
+    mode = "v1"
+    row_keys = ("morgan_counts", "spectrum")
+
+    def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike], *,
+                 x_scale: str = "raw", **kwargs: Any) -> None:
+        if x_scale not in ("raw", "log1p"):
+            raise ValueError(f"x_scale must be 'raw' or 'log1p', got {x_scale!r}")
+        self.x_scale = x_scale
+        super().__init__(paths, **kwargs)
+
+    def get_batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, Any]:
+        """Read a batch: ``x (B, 4096)``, ``y (B, 501)``, ``mw`` (B,) long, ``idx``, ``row``, ``id``, ``aug13c``."""
+        from neimsctl.chem.features_v1 import v1_vectors
+
+        idx = self._norm_indices(indices)
+        cols: dict[str, list[np.ndarray]] = {k: [] for k in self.row_keys}
+        pos = []
+        for s, local, sel in self._locate(idx):
+            src = self._source(s)
+            for k in self.row_keys:
+                cols[k].append(self._read_rows(src, k, local))
+            pos.append(sel)
+        order = np.argsort(np.concatenate(pos)) if pos else np.zeros(0, np.int64)
+        arr = {k: (np.concatenate(v)[order] if v else np.zeros((0,), np.uint8)) for k, v in cols.items()}
+        rows = self.rows[idx]
+        y, aug = self._targets(arr["spectrum"].reshape(len(idx), N_BINS), rows)
+        x = v1_vectors(arr["morgan_counts"].reshape(len(idx), -1), self.x_scale)
+        return {"x": torch.from_numpy(x), "y": torch.from_numpy(y),
+                "mw": torch.from_numpy(self._mw[rows].astype(np.int64)),
+                "idx": torch.from_numpy(idx), "row": torch.from_numpy(rows),
+                "id": [i.decode() for i in self._ids[rows]], "aug13c": torch.from_numpy(aug)}
+
+    def split_batch(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        items = super().split_batch(batch)
+        for j, item in enumerate(items):
+            item["mw"] = int(batch["mw"][j])
+        return items
 
 
 class TeacherDataset(ShardDataset):

@@ -19,7 +19,7 @@ import numpy as np
 
 from neimsctl.errors import FormatError
 
-MODES = ("student", "teacher")
+MODES = ("student", "teacher", "v1")
 STR_COLUMNS = ("id", "smiles", "name", "formula", "inchikey")
 N_BINS, ECFP_BYTES, COUNT_BITS, ATOM_FDIM, BOND_FDIM = 501, 512, 2048, 48, 6
 COMMON: dict[str, tuple[str, tuple[int, ...]]] = {
@@ -31,6 +31,7 @@ COMMON: dict[str, tuple[str, tuple[int, ...]]] = {
     "has_spectrum": ("|b1", ()),
 }
 STUDENT_ONLY = {"counts": ("|u1", (COUNT_BITS,))}
+V1_ONLY = {**STUDENT_ONLY, "morgan_counts": ("|u1", (4096,))}  # NEIMS v1 baseline input
 TEACHER_ONLY = {"n_atoms": ("<i8", ()), "n_edges": ("<i8", ())}
 RAGGED: dict[str, tuple[str, tuple[int, ...], str]] = {
     "atom_x": ("<f2", (ATOM_FDIM,), "n_atoms"),
@@ -47,7 +48,7 @@ def check_mode(mode: str) -> str:
 
 def row_columns(mode: str) -> dict[str, tuple[str, tuple[int, ...]]]:
     """Numeric per-row columns of ``mode``: name -> (dtype string, shape of one row)."""
-    extra = STUDENT_ONLY if check_mode(mode) == "student" else TEACHER_ONLY
+    extra = {"student": STUDENT_ONLY, "teacher": TEACHER_ONLY, "v1": V1_ONLY}[check_mode(mode)]
     return {**COMMON, **extra}
 
 

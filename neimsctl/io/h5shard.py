@@ -18,14 +18,15 @@ import h5py
 import numpy as np
 
 from neimsctl.errors import FormatError, InputError
-from neimsctl.io.featblock import (STR_COLUMNS, block_rows, check_mode, ragged_columns,
-                                   row_columns, validate_block)
+from neimsctl.io.featblock import (STR_COLUMNS, block_rows, check_mode, concat_blocks,
+                                   ragged_columns, row_columns, take_rows, validate_block)
 from neimsctl.io.streams import atomic_path
 
 SCHEMA = "neimsctl.h5shard/1"
 ROW_CHUNK = 64          # rows per chunk of every per-molecule dataset
 RAGGED_CHUNK = 1024     # rows per chunk of atom_x / edge_index / edge_attr (~20-40 molecules)
-COMPRESSION: dict[str, Any] = {"compression": "gzip", "compression_opts": 4}
+FLUSH_ROWS = 4096       # rows buffered before a write (a multiple of ROW_CHUNK)
+COMPRESSION: dict[str, Any] = {"compression": "gzip", "compression_opts": 1}
 _STR = h5py.string_dtype("utf-8")
 _PTRS = {"n_atoms": "atom_ptr", "n_edges": "edge_ptr"}
 _SMALL = ("ordinal", "mw", "ionization_energy", "has_spectrum")
@@ -47,6 +48,12 @@ class ShardWriter:
     attrs
         Further root attributes, e.g. provenance (``neimsctl_version``, ``argv``, ``created``)
         or ``shard`` (``"K/N"``); ``None`` values are skipped.
+
+    Notes
+    -----
+    Appended rows are buffered and written :data:`FLUSH_ROWS` at a time, so every write
+    fills whole 64-row chunks (no chunk is compressed twice) and each dataset is resized
+    once per flush instead of once per small block.
     """
 
     def __init__(self, path: str | os.PathLike, mode: str, settings: dict[str, Any],
@@ -54,7 +61,9 @@ class ShardWriter:
         self.path, self.mode = Path(path), check_mode(mode)
         self._atomic = atomic_path(self.path)
         tmp = self._atomic.__enter__()
-        self.n_rows = 0
+        self._written = 0
+        self._pending: list[dict[str, np.ndarray]] = []
+        self._pending_rows = 0
         self._f = h5py.File(tmp, "w", libver=("earliest", "v110"), track_order=True)
         a = self._f.attrs
         a["schema"], a["mode"], a["n_rows"] = SCHEMA, mode, 0
@@ -75,6 +84,11 @@ class ShardWriter:
         for name, (dt, shape, _) in ragged_columns(mode).items():
             self._make(name, np.dtype(dt), shape, RAGGED_CHUNK)
 
+    @property
+    def n_rows(self) -> int:
+        """Rows appended so far (written or still buffered)."""
+        return self._written + self._pending_rows
+
     def _make(self, name: str, dtype: Any, shape: tuple[int, ...], chunk: int) -> None:
         self._f.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
                                chunks=(chunk, *shape), **COMPRESSION)
@@ -85,6 +99,27 @@ class ShardWriter:
         n = block_rows(block)
         if n == 0:
             return
+        self._pending.append(block)
+        self._pending_rows += n
+        if self._pending_rows >= FLUSH_ROWS:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        """Write the buffered rows; unless ``final``, keep a tail that does not fill a chunk."""
+        if not self._pending_rows:
+            return
+        block = (self._pending[0] if len(self._pending) == 1
+                 else concat_blocks(self._pending, self.mode))
+        n = self._pending_rows if final else self._pending_rows // ROW_CHUNK * ROW_CHUNK
+        if n < self._pending_rows:
+            rest = take_rows(block, np.arange(n, self._pending_rows), self.mode)
+            block = take_rows(block, np.arange(n), self.mode)
+            self._pending, self._pending_rows = [rest], self._pending_rows - n
+        else:
+            self._pending, self._pending_rows = [], 0
+        self._write(block, n)
+
+    def _write(self, block: dict[str, np.ndarray], n: int) -> None:
         for name, arr in block.items():
             if name in _PTRS:
                 ds = self._f[_PTRS[name]]
@@ -96,17 +131,24 @@ class ShardWriter:
             start = ds.shape[0]
             ds.resize(start + arr.shape[0], axis=0)
             ds[start:] = arr
-        self.n_rows += n
-        self._f.attrs["n_rows"] = self.n_rows
+        self._written += n
+        self._f.attrs["n_rows"] = self._written
 
     def close(self) -> None:
-        """Finish the file and rename it into place."""
+        """Write what is buffered, finish the file and rename it into place."""
+        try:
+            self._flush(final=True)
+        except BaseException as exc:
+            self.abort(exc)
+            raise
         self._f.close()
         self._atomic.__exit__(None, None, None)
 
     def abort(self, exc: BaseException | None = None) -> None:
         """Close and delete the temporary file; the final name is never created."""
-        self._f.close()
+        self._pending, self._pending_rows = [], 0
+        if self._f.id.valid:
+            self._f.close()
         err = exc or RuntimeError("aborted")
         try:
             self._atomic.__exit__(type(err), err, err.__traceback__)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from typing import BinaryIO, Iterator
 
-__all__ = ["MspRecord", "read_msp", "parse_block", "parse_comments", "parse_number", "KEY_ALIASES"]
+__all__ = ["MspRecord", "read_msp", "iter_blocks", "parse_block", "parse_comments", "parse_number", "KEY_ALIASES"]
 
 #: MSP key (lower-cased, blanks squeezed) -> the key used in :attr:`MspRecord.fields`.
 KEY_ALIASES: dict[str, str] = {
@@ -300,10 +300,54 @@ def _blocks(buf: bytes, line: int) -> Iterator[tuple[bytes, int, bytes]]:
     pos = 0
     while i != -1:
         if _NAME_AT.match(low, i + 1):
-            yield stripped[pos:i], line + stripped.count(b"\n", 0, pos), low[pos:i]
+            yield stripped[pos:i], line, low[pos:i]
+            line += stripped.count(b"\n", pos, i + 1)
             pos = i + 1
         i = low.find(b"\nname", i + 1)
-    yield stripped[pos:], line + stripped.count(b"\n", 0, pos), low[pos:]
+    yield stripped[pos:], line, low[pos:]
+
+
+def iter_blocks(stream: BinaryIO, chunk_size: int = 1 << 20) -> Iterator[tuple[bytes, int, int, bool]]:
+    """Split an MSP stream into the raw text of its records, without parsing them.
+
+    Yields ``(block, line, ordinal, at_eof)``: the record's bytes, its 1-based first line,
+    its 1-based position and whether it is the last one of a stream that ends inside it.
+    :func:`parse_block` turns each into an :class:`MspRecord`; splitting is several times
+    cheaper than parsing, so ``msp2jsonl --jobs N`` splits in the main process and parses in
+    the workers.
+    """
+    for block, line, ordinal, at_eof, _low in _iter_blocks(stream, chunk_size):
+        yield block, line, ordinal, at_eof
+
+
+def _iter_blocks(stream: BinaryIO, chunk_size: int) -> Iterator[tuple[bytes, int, int, bool, bytes]]:
+    carry, line, ordinal, first = b"", 1, 0, True
+    while True:
+        chunk = stream.read(chunk_size)
+        if first and chunk.startswith(b"\xef\xbb\xbf"):
+            chunk = chunk[3:]
+        first = False
+        buf = carry + chunk if carry else chunk
+        eof = not chunk
+        pos = 0
+        seps = list(_SEPARATOR.finditer(buf))
+        if not eof and seps:
+            seps.pop()  # the last blank-line run may go on in the next chunk
+        for m in seps:
+            if buf[pos:m.start()].strip():
+                for block, at, low in _blocks(buf[pos:m.start()], line):
+                    ordinal += 1
+                    yield block, at, ordinal, False, low
+            line += buf.count(b"\n", pos, m.end())
+            pos = m.end()
+        carry = buf[pos:]
+        if eof:
+            if carry.strip():
+                blocks = list(_blocks(carry, line))
+                for i, (block, at, low) in enumerate(blocks):
+                    ordinal += 1
+                    yield block, at, ordinal, i == len(blocks) - 1, low
+            return
 
 
 def read_msp(stream: BinaryIO, file: str = "<stdin>", chunk_size: int = 1 << 20) -> Iterator[MspRecord]:
@@ -327,32 +371,7 @@ def read_msp(stream: BinaryIO, file: str = "<stdin>", chunk_size: int = 1 << 20)
     >>> import io
     >>> recs = list(read_msp(io.BytesIO(b"Name: x\\nNum Peaks: 1\\n15 999\\n"), "t.msp"))
     >>> recs[0].name, recs[0].mz, recs[0].reason
-    ('x', [15.0], None)
+    ('x', [15], None)
     """
-    carry, line, ordinal, first = b"", 1, 0, True
-    while True:
-        chunk = stream.read(chunk_size)
-        if first and chunk.startswith(b"\xef\xbb\xbf"):
-            chunk = chunk[3:]
-        first = False
-        buf = carry + chunk if carry else chunk
-        eof = not chunk
-        pos = 0
-        seps = list(_SEPARATOR.finditer(buf))
-        if not eof and seps:
-            seps.pop()  # the last blank-line run may go on in the next chunk
-        for m in seps:
-            if buf[pos:m.start()].strip():
-                for block, at, low in _blocks(buf[pos:m.start()], line):
-                    ordinal += 1
-                    yield parse_block(block, file, at, ordinal, False, low)
-            line += buf.count(b"\n", pos, m.end())
-            pos = m.end()
-        carry = buf[pos:]
-        if eof:
-            if carry.strip():
-                blocks = list(_blocks(carry, line))
-                for i, (block, at, low) in enumerate(blocks):
-                    ordinal += 1
-                    yield parse_block(block, file, at, ordinal, i == len(blocks) - 1, low)
-            return
+    for block, line, ordinal, at_eof, low in _iter_blocks(stream, chunk_size):
+        yield parse_block(block, file, line, ordinal, at_eof, low)

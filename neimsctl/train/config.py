@@ -54,6 +54,7 @@ class DataConfig:
     split_seed: int = 42
     lazy: bool = True                 # memory-efficient mode (spec default)
     max_records: int | None = None    # cap for quick runs
+    max_val_records: int | None = None  # pretrain: cap on validation molecules (None = all)
     mask_ratio: float = 0.15          # pretrain bond masking
     smoothing_sigma: float = 0.0      # Gaussian label smoothing over m/z (spec: 1.5)
     isotope_prob: float = 0.0         # 12C->13C substitution share (spec: 0.05)
@@ -102,6 +103,7 @@ class TrainConfig:
     best_mode: Literal["min", "max"] = "min"
     drop_last: bool = False
     threads: int | None = None        # torch.set_num_threads; None = leave as is
+    steps_per_epoch: int | None = None  # streamed data (pretrain): an epoch = this many steps
 
 
 @dataclass

@@ -4,7 +4,11 @@
 Measured in one run, on the same molecules:
 
 - ``raw``: a bare loop ``MolFromSmiles`` + ECFP4 bits (``GetFingerprintAsNumPy``) + atom-pair
-  counts 2048 (``GetCountFingerprintAsNumPy``): the floor any featurizer pays;
+  counts 2048 (``GetCountFingerprintAsNumPy``): the floor any featurizer pays. Like with like:
+  for JSONL records (which carry RDKit-canonical SMILES and InChIKey from msp2jsonl, reused by
+  featurize) that is all; for plain SMILES input, where featurize must canonicalize the SMILES
+  and (unless ``--no-inchikey``) compute the InChIKey for the compound split, the bare loop
+  also calls ``MolToSmiles`` and ``MolToInchiKey``;
 - ``rows-only``: the pipeline with ``--jobs 1`` but rows discarded (no HDF5 writing);
 - ``featurize --jobs 1`` and ``--jobs 2`` through the library pipeline
   (``neimsctl.chem.featurize_run``: parsing, fingerprints, metadata, spectrum binning, HDF5
@@ -16,14 +20,17 @@ else a minimal MSP reader below) and the first N SMILES of pretrain/moses_train_
 
     python tools/bench/bench_featurize.py [--smiles 100000] [--repeat 3]
 
-Each case runs raw, --jobs 1 and --jobs 2 alternately ``--repeat`` times and reports the best
-rate of each (the machine is shared; best-of-N is the least disturbed measurement).
+Each case runs raw, --jobs 1 and --jobs 2 alternately ``--repeat`` times and reports medians.
+Per-core efficiency (``j1/raw``) is given from CPU time (user + sys of this process and its
+reaped workers; meaningful on a loaded machine) and from wall time; the ``--jobs 2`` speed-up
+needs an idle second core, so the load average is printed at start and end.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -81,21 +88,32 @@ def smiles_of(path: Path) -> list[str]:
     return out
 
 
-def raw_rate(smiles: list[str]) -> float:
-    """Molecules/s of the bare RDKit loop (parse + the same two fingerprints)."""
+def cpu_now() -> float:
+    """CPU seconds (user + sys) of this process and of its reaped children."""
+    me, ch = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + ch.ru_utime + ch.ru_stime
+
+
+def raw_rate(smiles: list[str], canon: bool, inchikey: bool) -> tuple[float, float]:
+    """(mol/s wall, mol/s CPU) of the bare RDKit loop: parse + the same two fingerprints
+    (+ canonical SMILES and InChIKey when featurize computes them for this input)."""
     from rdkit import Chem, RDLogger
     from rdkit.Chem import rdFingerprintGenerator as G
 
     RDLogger.DisableLog("rdApp.*")
     ecfp = G.GetMorganGenerator(radius=2, fpSize=4096)
     pairs = G.GetAtomPairGenerator(fpSize=2048)
-    t0 = time.perf_counter()
+    c0, t0 = cpu_now(), time.perf_counter()
     for s in smiles:
         m = Chem.MolFromSmiles(s)
         if m is not None:
             ecfp.GetFingerprintAsNumPy(m)
             pairs.GetCountFingerprintAsNumPy(m)
-    return len(smiles) / (time.perf_counter() - t0)
+            if canon:
+                Chem.MolToSmiles(m)
+            if inchikey:
+                Chem.MolToInchiKey(m)
+    return len(smiles) / (time.perf_counter() - t0), len(smiles) / (cpu_now() - c0)
 
 
 class NullSink:
@@ -105,18 +123,20 @@ class NullSink:
         pass
 
 
-def pipeline_rate(src: Path, out: Path | None, jobs: int, inchikey: bool) -> tuple[float, int]:
-    """Records/s through the pipeline into an HDF5 shard at ``out`` (None: rows discarded)."""
+def pipeline_rate(src: Path, out: Path | None, jobs: int,
+                  inchikey: bool) -> tuple[float, float, int]:
+    """(records/s wall, records/s CPU, rows written) through the pipeline into an HDF5 shard
+    at ``out`` (None: rows discarded). CPU includes the workers (reaped when the pool ends)."""
     opts = RowOptions(mode="student", inchikey=inchikey)
     settings, digest = run_settings(opts)
     tally = Tally()
-    t0 = time.perf_counter()
+    c0, t0 = cpu_now(), time.perf_counter()
     if out is None:
         run_featurize(iter_items([src]), NullSink(), tally, opts=opts, jobs=jobs)
     else:
         with open_sink(out, "h5", "student", settings, digest) as sink:
             run_featurize(iter_items([src]), sink, tally, opts=opts, jobs=jobs)
-    return tally.read / (time.perf_counter() - t0), tally.written
+    return tally.read / (time.perf_counter() - t0), tally.read / (cpu_now() - c0), tally.written
 
 
 def random_read_us(path: Path, columns: tuple[str, ...] | None, batches: int = 200,
@@ -148,27 +168,40 @@ def main() -> None:
             if i >= args.smiles:
                 break
             fo.write(line)
-    print(f"# {os.cpu_count()} CPUs, load average {os.getloadavg()}; records via {how}")
-    print(f"{'input':<28}{'n':>8}{'raw mol/s':>12}{'rows-only':>10}{'j1 mol/s':>11}{'j1/raw':>8}"
-          f"{'j2 mol/s':>11}{'j2/j1':>7}")
-    cases = [("massbank_ei (JSONL)", jsonl, True), ("moses SMILES +InChIKey", smi, True),
-             ("moses SMILES --no-inchikey", smi, False)]
-    for label, src, ik in cases:
+    print(f"# {os.cpu_count()} CPUs, load average at start {os.getloadavg()}; records via {how}")
+    print(f"# command: {' '.join(sys.argv)}; medians of {args.repeat} alternating repeats")
+    print("| input | n | raw mol/s wall | raw mol/s CPU | rows-only CPU | j1 wall | j1 CPU "
+          "| j1/raw CPU | j1/raw wall | j2 wall | j2/j1 wall | j2/j1 CPU per rec |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    med = statistics.median
+    cases = [("massbank_ei (JSONL records)", jsonl, True, False),
+             ("moses SMILES +InChIKey", smi, True, True),
+             ("moses SMILES --no-inchikey", smi, False, True)]
+    for label, src, ik, is_smi in cases:
         smiles = smiles_of(src)
-        raw = j0 = j1 = j2 = 0.0
+        r: dict[str, list[float]] = {k: [] for k in ("rw", "rc", "j0c", "j1w", "j1c", "j2w", "j2c")}
+        n = 0
         for _ in range(args.repeat):
-            raw = max(raw, raw_rate(smiles))
-            j0 = max(j0, pipeline_rate(src, None, 1, ik)[0])
-            r1, n = pipeline_rate(src, tmp / "j1.h5", 1, ik)
-            r2, _ = pipeline_rate(src, tmp / "j2.h5", 2, ik)
-            j1, j2 = max(j1, r1), max(j2, r2)
-        print(f"{label:<28}{len(smiles):>8}{raw:>12.0f}{j0:>10.0f}{j1:>11.0f}{j1 / raw:>8.2f}"
-              f"{j2:>11.0f}{j2 / j1:>7.2f}", flush=True)
+            rw, rc = raw_rate(smiles, canon=is_smi, inchikey=is_smi and ik)
+            r["rw"].append(rw)
+            r["rc"].append(rc)
+            r["j0c"].append(pipeline_rate(src, None, 1, ik)[1])
+            w1, c1, n = pipeline_rate(src, tmp / "j1.h5", 1, ik)
+            w2, c2, _ = pipeline_rate(src, tmp / "j2.h5", 2, ik)
+            r["j1w"].append(w1)
+            r["j1c"].append(c1)
+            r["j2w"].append(w2)
+            r["j2c"].append(c2)
+        m = {k: med(v) for k, v in r.items()}
+        print(f"| {label} | {len(smiles)} | {m['rw']:.0f} | {m['rc']:.0f} | {m['j0c']:.0f} "
+              f"| {m['j1w']:.0f} | {m['j1c']:.0f} | {m['j1c'] / m['rc']:.2f} | {m['j1w'] / m['rw']:.2f} "
+              f"| {m['j2w']:.0f} | {m['j2w'] / m['j1w']:.2f} | {m['j1c'] / m['j2c']:.2f} |", flush=True)
         if src == jsonl:
             train = random_read_us(tmp / "j1.h5", ("ecfp", "counts", "spectrum"))
             every = random_read_us(tmp / "j1.h5", None)
             print(f"# random read of 32 rows from the {n}-row shard, median µs/batch: "
                   f"{train:.0f} (ecfp+counts+spectrum), {every:.0f} (all columns)")
+    print(f"# load average at end {os.getloadavg()}")
     for p in tmp.iterdir():
         p.unlink()
     tmp.rmdir()

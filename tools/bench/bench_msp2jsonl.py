@@ -11,7 +11,12 @@
     MolToInchiKey over the same SMILES, measured in the same run;
 (c) peak RSS of ``--no-structure`` on a file of the input concatenated ``--copies`` times
     (~300k records) vs on one copy.
-Medians of ``--reps`` repetitions. matchms is not a project dependency: give a Python that has
+Medians of ``--reps`` repetitions; in (b) bare / --jobs 1 / --jobs 2 alternate. Per-core
+efficiency is given from CPU time (user + sys, children included: the meaningful figure on a
+loaded machine) and from wall time, both with start-up included (the command is run as
+``python -m neimsctl.cli.main``, not through a pyenv shim) and for the library loop in-process
+(start-up excluded). The --jobs 2 speed-up needs an idle second core: the load average is
+printed at start and end. matchms is not a project dependency: give a Python that has
 it (``--matchms-python``), e.g. a venv with ``pip install matchms``.
 """
 
@@ -19,8 +24,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -66,16 +71,27 @@ def library_parse_only(msp: Path) -> float:
     return time.perf_counter() - t
 
 
-def bare_rdkit(smiles: list[str]) -> float:
+def bare_rdkit(smiles: list[str]) -> tuple[float, float]:
+    """(CPU s, wall s) of the bare loop MolFromSmiles + MolToSmiles + MolToInchiKey."""
     from rdkit import Chem, RDLogger
 
     RDLogger.DisableLog("rdApp.*")
-    t = time.process_time()  # CPU time: comparable with the command's CPU on a busy machine
+    c, t = time.process_time(), time.perf_counter()
     for s in smiles:
         mol = Chem.MolFromSmiles(s)
         Chem.MolToSmiles(mol)
         Chem.MolToInchiKey(mol)
-    return time.process_time() - t
+    return time.process_time() - c, time.perf_counter() - t
+
+
+def library_full(msp: Path) -> tuple[float, float]:
+    """(CPU s, wall s) of the full conversion in-process (start-up excluded)."""
+    from neimsctl.chem.convert import ConvertOptions, convert_msp
+    from neimsctl.io.rejects import Tally
+
+    c, t = time.process_time(), time.perf_counter()
+    convert_msp([msp], io.BytesIO(), Tally(), ConvertOptions())
+    return time.process_time() - c, time.perf_counter() - t
 
 
 def main() -> int:
@@ -86,14 +102,15 @@ def main() -> int:
     ap.add_argument("--copies", type=int, default=37)
     ap.add_argument("--skip-300k", action="store_true")
     args = ap.parse_args()
-    exe = shutil.which("neimsctl") or sys.exit("neimsctl is not on PATH (pip install -e .)")
+    load0 = os.getloadavg()
+    exe_cmd = [sys.executable, "-m", "neimsctl.cli.main"]
     from neimsctl.io.msp import read_msp
 
     with open(args.msp, "rb") as fh:
         recs = list(read_msp(fh, str(args.msp)))
     n, smiles = len(recs), [r.fields["smiles"] for r in recs if r.fields.get("smiles")]
     rows: list[tuple[str, str]] = []
-    cmd = [exe, "msp2jsonl", "-q", str(args.msp)]
+    cmd = [*exe_cmd, "msp2jsonl", "-q", str(args.msp)]
 
     t_cmd = median_of(args.reps, lambda: wall([*cmd, "--no-structure"]))
     t_lib = median_of(args.reps, lambda: library_parse_only(args.msp))
@@ -111,16 +128,26 @@ def main() -> int:
     else:
         rows.append(("(a) matchms", "not measured (no --matchms-python)"))
 
-    t_bare = median_of(args.reps, lambda: bare_rdkit(smiles))
-    t_j1 = median_of(args.reps, lambda: wall([*cmd, "--jobs", "1"], "j1"))
-    t_j2 = median_of(args.reps, lambda: wall([*cmd, "--jobs", "2"], "j2"))
-    c_j1 = statistics.median(CPU["j1"])
-    rows += [("(b) bare RDKit MolFromSmiles+MolToSmiles+MolToInchiKey (CPU s)",
-              f"{len(smiles) / t_bare:,.0f} mol/s per core"),
-             ("(b) msp2jsonl --jobs 1 (full), wall", f"{n / t_j1:,.0f} rec/s = {t_bare / t_j1:.0%} of bare RDKit"),
-             ("(b) msp2jsonl --jobs 1 (full), CPU s incl. start-up", f"{n / c_j1:,.0f} rec/s per core "
-              f"= {t_bare / c_j1:.0%} of bare RDKit"),
-             ("(b) msp2jsonl --jobs 2 (full), wall", f"{n / t_j2:,.0f} rec/s = {t_j1 / t_j2:.2f}x --jobs 1")]
+    runs: dict[str, list[tuple[float, float]]] = {"bare": [], "lib": [], "j1": [], "j2": []}
+    for _ in range(args.reps):  # alternate, so load changes hit every variant alike
+        runs["bare"].append(bare_rdkit(smiles))
+        runs["lib"].append(library_full(args.msp))
+        for j in (1, 2):
+            w = wall([*cmd, "--jobs", str(j)], f"j{j}")
+            runs[f"j{j}"].append((CPU[f"j{j}"][-1], w))
+    med = {k: (statistics.median(c for c, _ in v), statistics.median(w for _, w in v))
+           for k, v in runs.items()}
+    (bc, bw), (lc, lw), (c1, w1), (c2, w2) = med["bare"], med["lib"], med["j1"], med["j2"]
+    m = len(smiles)
+    rows += [("(b) bare RDKit MolFromSmiles+MolToSmiles+MolToInchiKey, in-process",
+              f"{m / bc:,.0f} mol/s per CPU-s; {m / bw:,.0f} mol/s wall"),
+             ("(b) full conversion, library in-process (start-up excluded)",
+              f"{n / lc:,.0f} rec/s per CPU-s = {bc / lc:.0%} of bare (CPU); {bw / lw:.0%} (wall)"),
+             ("(b) msp2jsonl --jobs 1, command incl. start-up",
+              f"{n / c1:,.0f} rec/s per CPU-s = {bc / c1:.0%} of bare (CPU); "
+              f"{n / w1:,.0f} rec/s wall = {bw / w1:.0%} (wall)"),
+             ("(b) msp2jsonl --jobs 2, command incl. start-up",
+              f"{n / w2:,.0f} rec/s wall = {w1 / w2:.2f}x --jobs 1; CPU {c2:.2f} s vs {c1:.2f} s")]
 
     if not args.skip_300k:
         with tempfile.TemporaryDirectory() as tmp:
@@ -131,7 +158,7 @@ def main() -> int:
                     fh.write(data)
 
             def rss(path: Path) -> int:
-                out = subprocess.run([sys.executable, "-c", RSS, exe, "msp2jsonl", "-q",
+                out = subprocess.run([sys.executable, "-c", RSS, *exe_cmd, "msp2jsonl", "-q",
                                       "--no-structure", str(path)], capture_output=True, text=True)
                 return int(out.stdout.strip())
             r1 = median_of(args.reps, lambda: rss(args.msp))
@@ -140,7 +167,8 @@ def main() -> int:
                      (f"(c) peak RSS --no-structure, {args.copies} copies ({n * args.copies} records)",
                       f"{rb / 1024:.1f} MiB ({rb / r1 - 1:+.1%})")]
 
-    print(f"command: {' '.join(sys.argv)}   (medians of {args.reps}; input {args.msp}, {n} records)\n")
+    print(f"command: {' '.join(sys.argv)}   (medians of {args.reps}; input {args.msp}, {n} records)")
+    print(f"load average at start {load0}, at end {os.getloadavg()} ({os.cpu_count()} CPUs)\n")
     print("| measure | result |\n|---|---|")
     for what, result in rows:
         print(f"| {what} | {result} |")

@@ -120,7 +120,7 @@ def test_student_vectors_layout() -> None:
 
 
 def test_registry_and_settings_hash() -> None:
-    assert set(FEATURIZERS) == {"student", "teacher"}
+    assert set(FEATURIZERS) == {"student", "teacher", "v1"}
     assert isinstance(get_featurizer("teacher"), TeacherFeaturizer)
     with pytest.raises(KeyError, match="student"):
         get_featurizer("nope")

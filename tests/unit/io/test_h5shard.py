@@ -124,3 +124,26 @@ def test_reader_rejects_foreign_hdf5(tmp_path: Path) -> None:
         f.attrs["schema"] = "other"
     with pytest.raises(FormatError, match="not a neimsctl.h5shard/1"):
         ShardReader(tmp_path / "f.h5")
+
+
+@pytest.mark.parametrize("mode", ["student", "teacher"])
+def test_buffered_writes_cross_flush_and_chunk_boundaries(tmp_path: Path, mode: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of odd sizes around a (small) flush size: rows, CSR offsets and n_rows exact."""
+    import neimsctl.io.h5shard as h5shard
+
+    monkeypatch.setattr(h5shard, "FLUSH_ROWS", 128)
+    sizes = [70, 1, 63, 100, 5, 64]
+    blocks, start = [], 0
+    for n in sizes:
+        blocks.append(make_block(mode, start, n))
+        start += n
+    settings, digest = run_settings(RowOptions(mode=mode))
+    with ShardWriter(tmp_path / "b.h5", mode, settings, digest) as w:
+        for k, b in enumerate(blocks):
+            w.append(b)
+            assert w.n_rows == sum(sizes[:k + 1])
+    with ShardReader(tmp_path / "b.h5") as r:
+        assert len(r) == start
+        assert_blocks_equal(r.rows(0, start), concat_blocks(blocks, mode))
+        assert r.file["ecfp"].compression == "gzip"

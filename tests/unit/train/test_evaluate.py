@@ -7,8 +7,6 @@ for everything; the metrics must tell them apart and follow the protocol's defin
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch

@@ -1,0 +1,135 @@
+"""``neimsctl distill``: train the MoE student from teacher soft labels (or the baselines)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from neimsctl.cli._common import Quiet, Verbose, app, command, fail, setup_logging, usage_error
+
+CMD = "distill"
+#: Bundled profiles used when --config is not given (repo checkout / editable install).
+DEFAULT_CONFIGS = {"student": "student-cpu-small.yaml", "neims-v1": "neims-v1-cpu-small.yaml"}
+
+
+@app.command(CMD)
+def distill_cli(
+    shards: Annotated[Optional[list[Path]], typer.Argument(
+        help="Student- or v1-mode HDF5 shards (neimsctl featurize --mode student|v1); default: data.train "
+        "of the config.", show_default=False)] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", "-c", help="YAML config; default: configs/distill/student-cpu-small.yaml "
+        "(neims-v1-cpu-small.yaml with --arch neims-v1).", show_default=False)] = None,
+    teacher: Annotated[Optional[Path], typer.Option(
+        "--teacher", "-t", help="Finetuned teacher checkpoint: soft labels are computed first "
+        "into OUT_DIR/soft_labels.h5 (needs --teacher-feats).", show_default=False)] = None,
+    teacher_feats: Annotated[Optional[list[Path]], typer.Option(
+        "--teacher-feats", help="Teacher-mode shards of the same records (with --teacher).",
+        show_default=False)] = None,
+    soft_labels: Annotated[Optional[Path], typer.Option(
+        "--soft-labels", "-s", help="Precomputed soft labels (neimsctl softlabel); default: "
+        "data.soft_labels of the config.", show_default=False)] = None,
+    no_kd: Annotated[bool, typer.Option(
+        "--no-kd", help="Train on library spectra only (the student-without-KD baseline).")] = False,
+    arch: Annotated[Optional[str], typer.Option(
+        "--arch", help="student | neims-v1 (must match model.name of the config).",
+        show_default=False)] = None,
+    samples: Annotated[int, typer.Option(
+        "--samples", min=2, help="MC-dropout samples when computing soft labels.")] = 30,
+    overrides: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Config override section.key=value (repeatable), e.g. train.epochs=3.",
+        show_default=False)] = None,
+    out_dir: Annotated[Path, typer.Option(
+        "--out-dir", "-o", help="Run directory: checkpoints/, train_log.jsonl, config.yaml, "
+        "report.md.")] = Path("distill-run"),
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the run in --out-dir from its latest checkpoint "
+        "(interrupted.pt, else last.pt).")] = False,
+    device: Annotated[Optional[str], typer.Option(
+        "--device", help="auto | cpu | cuda | cuda:N (overrides train.device).",
+        show_default=False)] = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Distill the teacher into the MoE student; also trains the no-KD and NEIMS v1 baselines.
+
+    Trains on the train part of the compound-grouped 8:1:1 split (seed 42), validates every
+    epoch on the val part (mean cosine, Recall@K by library matching; expert usage by compound
+    class) and keeps the best checkpoint by val Recall@10; the test part is never used. Exit
+    130 when interrupted (a checkpoint is written first). See neimsctl-distill(1).
+    """
+    setup_logging(verbose, quiet)
+    if arch is not None and arch not in DEFAULT_CONFIGS:
+        usage_error(CMD, f"--arch: one of {', '.join(DEFAULT_CONFIGS)}, got {arch!r}")
+    kd = [o for o, v in (("--teacher", teacher), ("--soft-labels", soft_labels)) if v is not None]
+    if len(kd) > 1 or (kd and no_kd):
+        got = ", ".join(kd + ["--no-kd"] * no_kd)
+        usage_error(CMD, f"give one of --teacher, --soft-labels, --no-kd (got {got})")
+    if teacher is not None and not teacher_feats:
+        usage_error(CMD, "--teacher needs --teacher-feats (teacher-mode shards of the records)")
+    sets = list(overrides or [])
+    if device is not None:
+        sets.append(f"train.device={device}")
+    if config is None:
+        config = Path(__file__).resolve().parents[2] / "configs/distill" / DEFAULT_CONFIGS[arch or "student"]
+        if not config.is_file():
+            usage_error(CMD, "--config: no bundled config found; give a configs/distill/*.yaml")
+    with command(CMD):
+        from neimsctl.errors import ConfigError
+        from neimsctl.train.config import load_config
+
+        cfg = load_config(config, sets)
+        name = cfg.model.get("name", "student")
+        if arch is not None and name != arch:
+            raise ConfigError(f"{config}: model.name is {name!r}, not --arch {arch}; use "
+                              f"configs/distill/{DEFAULT_CONFIGS[arch]}")
+        paths = list(shards or ([Path(cfg.data.train)] if cfg.data.train else []))
+        if not paths:
+            usage_error(CMD, "no shards: give FEATS.h5 arguments or set data.train in the config")
+        soft = soft_labels or (Path(cfg.data.soft_labels) if cfg.data.soft_labels and
+                               teacher is None and not no_kd else None)
+        if name == "student" and soft is None and teacher is None and not no_kd:
+            usage_error(CMD, "the student needs --teacher, --soft-labels or --no-kd")
+        if name != "student" and (soft or teacher):
+            usage_error(CMD, f"{name} is trained without KD: drop --teacher/--soft-labels")
+        missing = [str(p) for p in [*paths, *(teacher_feats or []), *[x for x in (teacher, soft)
+                                                                      if x]] if not p.is_file()]
+        if missing:
+            fail(CMD, ", ".join(missing), "no such file")
+        from neimsctl.train.distill import run_distill
+
+        if teacher is not None:
+            soft = _soft_labels_first(teacher, teacher_feats or [], out_dir, samples, device,
+                                      cfg.data.split_seed, cfg.data.split, resume)
+        result = run_distill(cfg, paths, out_dir, soft_labels=soft, resume=resume or None,
+                             log=sys.stderr)
+        if result.interrupted:
+            print(f"neimsctl {CMD}: interrupted; continue with --resume --out-dir {out_dir}",
+                  file=sys.stderr)
+            raise typer.Exit(130)
+        best = "n/a" if result.best_metric is None else f"{result.best_metric:.4f}"
+        print(f"neimsctl {CMD}: {result.epochs_done} epochs, {result.step} steps, best "
+              f"{cfg.train.best_metric} {best}; checkpoints in {Path(out_dir) / 'checkpoints'}",
+              file=sys.stderr)
+
+
+def _soft_labels_first(teacher: Path, feats: list[Path], out_dir: Path, samples: int,
+                       device: str | None, split_seed: int, split: list[float],
+                       resume: bool) -> Path:
+    """Compute the train part's soft labels into OUT_DIR/soft_labels.h5 (reused when present)."""
+    from neimsctl.train.softlabel import SoftLabelSettings, run_softlabel
+
+    out = Path(out_dir) / "soft_labels.h5"
+    if out.is_file():
+        print(f"neimsctl {CMD}: using the soft labels in {out}", file=sys.stderr)
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = SoftLabelSettings(samples=samples, part="train", split_seed=split_seed,
+                                 split=tuple(split))  # type: ignore[arg-type]
+    tally = run_softlabel(teacher, feats, out, settings=settings, device=device or "auto",
+                          resume=resume)
+    print(f"neimsctl {CMD}: soft labels: {tally.summary()} -> {out}", file=sys.stderr)
+    return out

@@ -1,0 +1,87 @@
+"""``neimsctl eval``: predicted spectra vs measured ones -> JSON metrics (parameters and glue only)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from neimsctl.cli._common import Quiet, Verbose, app, command, setup_logging, usage_error
+
+CMD = "eval"
+
+
+def parse_ks(text: str) -> list[int]:
+    """``"1,5,10,20"`` -> ``[1, 5, 10, 20]`` (positive, ascending, unique)."""
+    try:
+        ks = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise ValueError(f"--ks {text!r}: expected comma-separated integers, e.g. 1,5,10,20") from None
+    if not ks or ks[0] < 1:
+        raise ValueError(f"--ks {text!r}: expected positive integers")
+    return ks
+
+
+@app.command(CMD)
+def eval_cli(
+    predicted: Annotated[Path, typer.Argument(
+        help="Predicted spectra: JSONL (neimsctl.prediction/1 or record/1), MSP or an HDF5 shard; "
+             "'-' for stdin.", allow_dash=True, show_default=False, metavar="PREDICTED")],
+    measured: Annotated[Path, typer.Argument(
+        help="Measured spectra of the query compounds (same formats).", allow_dash=True,
+        show_default=False, metavar="MEASURED")],
+    library: Annotated[Optional[list[Path]], typer.Option(
+        "--library", "-l", help="Measured spectra of other compounds to add to the library "
+        "(repeatable). Spectra of query compounds in it are left out.", metavar="LIB")] = None,
+    mass_filter: Annotated[Optional[float], typer.Option(
+        "--mass-filter", min=0, help="Also report Recall@K with only candidates within +-DA Da "
+        "of the query's nominal mass.", metavar="DA")] = None,
+    mz_power: Annotated[float, typer.Option(
+        "--mz-power", help="Exponent a of the m/z weight of the matching cosine.")] = 1.0,
+    intensity_power: Annotated[float, typer.Option(
+        "--intensity-power", help="Exponent b of the intensity in the matching cosine.")] = 0.5,
+    ks: Annotated[str, typer.Option(
+        "--ks", help="The K of Recall@K, comma-separated.", metavar="K,K,...")] = "1,5,10,20",
+    report: Annotated[Optional[Path], typer.Option(
+        "--report", help="Write report.md and PNG plots into this directory.", metavar="DIR")] = None,
+    json_line: Annotated[bool, typer.Option(
+        "--json", help="Print the metrics as one compact JSON line (default: indented JSON).")] = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Compare predicted spectra with measured ones: Recall@K by library matching, cosine, MAE/RMSE.
+
+    Predictions and measured spectra are paired by the first block of the InChIKey. The library
+    holds one predicted spectrum per query compound plus every --library spectrum of other
+    compounds. Metrics go to stdout as JSON. See neimsctl-eval(1).
+    """
+    setup_logging(verbose, quiet)
+    try:
+        k_list = parse_ks(ks)
+    except ValueError as exc:
+        usage_error(CMD, str(exc))
+    if str(predicted) == "-" and str(measured) == "-":
+        usage_error(CMD, "only one of PREDICTED and MEASURED can be '-' (stdin)")
+    with command(CMD):
+        import orjson
+
+        from neimsctl.train.eval_inputs import load_spectra
+        from neimsctl.train.eval_report import run_eval, write_report
+
+        pred, meas = load_spectra(predicted), load_spectra(measured)
+        libs = [load_spectra(p) for p in (library or [])]
+        result = run_eval(pred, meas, libs, ks=k_list, mass_filter=mass_filter, mz_power=mz_power,
+                          intensity_power=intensity_power)
+        if report is not None:
+            files = write_report(result, report)
+            result.metrics["report"] = [str(f) for f in files]
+        opt = orjson.OPT_SERIALIZE_NUMPY | (0 if json_line else orjson.OPT_INDENT_2)
+        sys.stdout.buffer.write(orjson.dumps(result.metrics, option=opt) + b"\n")
+        if not quiet:
+            m, c = result.metrics, result.metrics["counts"]
+            recall = ", ".join(f"R@{k} {m[f'recall@{k}']:.3f}" for k in k_list)
+            print(f"neimsctl {CMD}: {c['n_queries']} queries, {c['n_compounds']} compounds, "
+                  f"{c['n_library']} library entries; {recall}; mean cosine {m['mean_cosine']:.3f}",
+                  file=sys.stderr, flush=True)

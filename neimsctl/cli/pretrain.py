@@ -1,0 +1,100 @@
+"""``neimsctl pretrain``: bond-masking pretraining of the teacher on a stream of SMILES."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from neimsctl.cli._common import (EXIT_FAIL, InPaths, Quiet, Verbose, app, command, eprint, fail,
+                                  require_input_or_usage, setup_logging, usage_error)
+
+CMD = "pretrain"
+
+
+class InFmt(str, Enum):
+    """--input-format choices (neimsctl.data.smiles_stream.FORMATS)."""
+
+    auto = "auto"
+    smi = "smi"
+    csv = "csv"
+    jsonl = "jsonl"
+
+
+@app.command(CMD)
+def pretrain_cli(
+    inputs: InPaths = None,
+    config: Annotated[Path, typer.Option(
+        "--config", "-c", help="YAML config, e.g. configs/pretrain/teacher-cpu-small.yaml.",
+        show_default=False)] = ...,  # type: ignore[assignment]
+    overrides: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Config override section.key=value (repeatable), e.g. train.epochs=3.",
+        show_default=False)] = None,
+    out_dir: Annotated[Path, typer.Option(
+        "--out-dir", "-o", help="Run directory: checkpoints/, train_log.jsonl, config.yaml, "
+        "report.md, rejects.jsonl.")] = Path("pretrain-run"),
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the run in --out-dir from its latest checkpoint "
+        "(interrupted.pt, else last.pt).")] = False,
+    device: Annotated[Optional[str], typer.Option(
+        "--device", help="auto | cpu | cuda | cuda:N (overrides train.device).",
+        show_default=False)] = None,
+    max_molecules: Annotated[Optional[int], typer.Option(
+        "--max-molecules", min=1, help="Read only the first N molecules of the input "
+        "(data.max_records).", show_default=False)] = None,
+    steps_per_epoch: Annotated[Optional[int], typer.Option(
+        "--steps-per-epoch", min=1, help="An epoch is N optimizer steps instead of one pass "
+        "over the input (train.steps_per_epoch).", show_default=False)] = None,
+    in_fmt: Annotated[InFmt, typer.Option(
+        "--input-format", "-I", help="smi ('SMILES [name]' lines), csv (header + SMILES "
+        "column), jsonl (records with a smiles field); auto: from each file's first line.")
+    ] = InFmt.auto,
+    smiles_column: Annotated[Optional[str], typer.Option(
+        "--smiles-column", help="CSV/JSONL field holding the SMILES (default: smiles), e.g. "
+        "for PCQM4Mv2's data.csv.gz.", show_default=False)] = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Pretrain the teacher's graph encoder by bond masking on a stream of SMILES.
+
+    Masks 15% of the bonds, predicts their type and flags, and validates masked-bond accuracy
+    every epoch on a hash-split 10% of the molecules; memory stays flat for any input size.
+    Exit 130 when interrupted (a checkpoint is written first). See neimsctl-pretrain(1).
+    """
+    setup_logging(verbose, quiet)
+    paths = require_input_or_usage(CMD, inputs)
+    sets = list(overrides or [])
+    for key, value in (("train.device", device), ("data.max_records", max_molecules),
+                       ("train.steps_per_epoch", steps_per_epoch)):
+        if value is not None:
+            sets.append(f"{key}={value}")
+    if not config.is_file():
+        usage_error(CMD, f"--config {config}: no such file")
+    missing = [str(p) for p in paths if str(p) != "-" and not p.is_file()]
+    with command(CMD):
+        if missing:
+            fail(CMD, ", ".join(missing), "no such file")
+        if resume and not (out_dir / "checkpoints").is_dir():
+            fail(CMD, f"--resume: {out_dir / 'checkpoints'}", "no checkpoints to resume from")
+        from neimsctl.train.config import load_config
+        from neimsctl.train.pretrain import run_pretrain
+
+        cfg = load_config(config, sets)
+        result, tally = run_pretrain(cfg, paths, out_dir, input_format=in_fmt.value,
+                                     smiles_column=smiles_column, resume=resume or None,
+                                     log=sys.stderr)
+        if not quiet:
+            eprint(CMD, f"SMILES rejected: {tally.rejected}"
+                   + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(tally.reasons.items()))}; "
+                      f"see {out_dir / 'rejects.jsonl'})" if tally.rejected else ""))
+        if result.interrupted:
+            eprint(CMD, f"interrupted; continue with --resume --out-dir {out_dir}")
+            raise typer.Exit(130)
+        best = "n/a" if result.best_metric is None else f"{result.best_metric:.4f}"
+        eprint(CMD, f"{result.epochs_done} epochs, {result.step} steps, best "
+               f"{cfg.train.best_metric} {best}; checkpoints in {out_dir / 'checkpoints'}")
+    if tally.rejected:
+        raise typer.Exit(EXIT_FAIL)

@@ -1,0 +1,82 @@
+"""``neimsctl softlabel``: MC-dropout teacher soft labels for distillation."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from neimsctl.cli._common import (EXIT_FAIL, NoProvenance, Quiet, RejectsPath, Verbose, app,
+                                  command, eprint, fail, setup_logging, usage_error)
+
+CMD = "softlabel"
+
+
+@app.command(CMD)
+def softlabel_cli(
+    shards: Annotated[list[Path], typer.Argument(
+        help="Teacher-mode HDF5 shards (neimsctl featurize --mode teacher).", show_default=False)],
+    teacher: Annotated[Path, typer.Option(
+        "--teacher", "-t", help="Finetuned teacher checkpoint (neimsctl finetune).",
+        show_default=False)],
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Soft-label HDF5 file (written as OUT.partial, renamed when "
+        "complete).", show_default=False)],
+    samples: Annotated[int, typer.Option("--samples", "-n", min=2,
+                                         help="MC-dropout samples per molecule.")] = 30,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1,
+                                            help="Molecules per forward pass.")] = 64,
+    part: Annotated[str, typer.Option(
+        "--part", help="all: every row; train: only the train part of the compound-grouped "
+        "8:1:1 split (seed 42), all distill needs.")] = "all",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the dropout masks.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")] = "auto",
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue OUT.partial of an interrupted run with the same settings.")] = False,
+    rejects: RejectsPath = None,
+    no_provenance: NoProvenance = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Run a finetuned teacher with MC dropout and write mean spectra, variances, features.
+
+    For every row of the teacher-mode shards: the MC-dropout mean spectrum and per-bin
+    variance (linear, base peak 1) and the teacher's penultimate representation, aligned by id
+    with the student shards of the same records. See neimsctl-softlabel(1).
+    """
+    setup_logging(verbose, quiet)
+    if str(output) == "-":
+        usage_error(CMD, "-o -: HDF5 needs a seekable file; give a file name")
+    if part not in ("all", "train"):
+        usage_error(CMD, f"--part: 'all' or 'train', got {part!r}")
+    with command(CMD):
+        missing = [str(p) for p in [teacher, *shards] if not p.is_file()]
+        if missing:
+            fail(CMD, ", ".join(missing), "no such file")
+        from neimsctl import __version__
+        from neimsctl.io.streams import open_out
+        from neimsctl.train.softlabel import SoftLabelSettings, run_softlabel
+
+        attrs = {} if no_provenance else {
+            "neimsctl_version": __version__, "argv": json.dumps(sys.argv),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        settings = SoftLabelSettings(samples=samples, seed=seed, batch_size=batch_size, part=part)
+        with open_out(rejects) if rejects else _Null() as rej:
+            tally = run_softlabel(teacher, shards, output, settings=settings, device=device,
+                                  resume=resume, rejects=rej, attrs=attrs)
+        if not quiet:
+            eprint(CMD, tally.summary())
+        if tally.rejected:
+            raise typer.Exit(EXIT_FAIL)
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

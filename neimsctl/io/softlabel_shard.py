@@ -1,0 +1,198 @@
+"""HDF5 teacher soft-label shards ``neimsctl.softlabel/1`` (formats/softlabel-shard.v1.md).
+
+:class:`SoftLabelWriter` appends blocks of rows to ``<out>.partial`` and records after every
+block how many *input* positions are done (``positions_done``), so an interrupted run can be
+continued (``resume=True``: rows written after the last recorded block are cut off, the run goes
+on from ``positions_done``). :meth:`SoftLabelWriter.close` marks the file complete and renames
+it onto the final name, so a file under the final name is always complete.
+:class:`SoftLabelReader` gives lazy row access and the id -> row map used to align soft labels
+with student shards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import h5py
+import numpy as np
+
+from neimsctl.errors import FormatError, InputError
+
+__all__ = ["SCHEMA", "SoftLabelWriter", "SoftLabelReader", "partial_path"]
+
+SCHEMA = "neimsctl.softlabel/1"
+ROW_CHUNK = 64
+_STR = h5py.string_dtype("utf-8")
+_COMP: dict[str, Any] = {"compression": "gzip", "compression_opts": 4}
+#: dataset -> (dtype, width attribute or None)
+COLUMNS = {"mean": ("<f2", "n_bins"), "var": ("<f4", "n_bins"), "hidden": ("<f2", "hidden_dim")}
+
+
+def partial_path(path: str | os.PathLike) -> Path:
+    """Where an unfinished output lives (beside the final name)."""
+    p = Path(path)
+    return p.with_name(p.name + ".partial")
+
+
+class SoftLabelWriter:
+    """Write (or continue) one soft-label shard; use as a context manager.
+
+    Parameters
+    ----------
+    path
+        Final file name.
+    settings
+        Everything that determines the content (teacher, samples, seed, batch size, input
+        shards' hash, ...); stored as JSON in the ``settings`` attribute. A resumed file must
+        carry the same settings.
+    n_bins, hidden_dim
+        Widths of ``mean``/``var`` and ``hidden``.
+    attrs
+        Further root attributes (provenance, ``featurizer_hash``); ``None`` values skipped.
+    resume
+        Continue ``<path>.partial`` if it exists (else start afresh).
+
+    Raises
+    ------
+    FormatError
+        ``resume`` with a partial file written with other settings.
+    """
+
+    def __init__(self, path: str | os.PathLike, settings: dict[str, Any], *, n_bins: int,
+                 hidden_dim: int, attrs: dict[str, Any] | None = None,
+                 resume: bool = False) -> None:
+        self.path, self.tmp = Path(path), partial_path(path)
+        text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+        if resume and self.tmp.exists():
+            self._f = h5py.File(self.tmp, "a")
+            old = self._f.attrs.get("settings")
+            if self._f.attrs.get("schema") != SCHEMA or old != text:
+                self._f.close()
+                raise FormatError(f"{self.tmp}: written with other settings ({old}); rerun "
+                                  "without --resume to start afresh", file=str(self.tmp))
+            self.positions_done = int(self._f.attrs["positions_done"])
+            self.n_rows = int(self._f.attrs["n_rows"])
+            for name in ("id", *COLUMNS):
+                self._f[name].resize(self.n_rows, axis=0)   # drop rows of an unfinished block
+            return
+        self._f = h5py.File(self.tmp, "w", libver=("earliest", "v110"), track_order=True)
+        a = self._f.attrs
+        a["schema"], a["settings"], a["complete"] = SCHEMA, text, False
+        a["n_rows"], a["positions_done"], a["n_bins"], a["hidden_dim"] = 0, 0, n_bins, hidden_dim
+        for k, v in (attrs or {}).items():
+            if v is not None:
+                a[k] = v
+        self._f.create_dataset("id", shape=(0,), maxshape=(None,), dtype=_STR,
+                               chunks=(ROW_CHUNK,), **_COMP)
+        for name, (dt, width) in COLUMNS.items():
+            w = n_bins if width == "n_bins" else hidden_dim
+            self._f.create_dataset(name, shape=(0, w), maxshape=(None, w), dtype=dt,
+                                   chunks=(ROW_CHUNK, w), **_COMP)
+        self.positions_done = self.n_rows = 0
+
+    def append(self, ids: Sequence[str], mean: np.ndarray, var: np.ndarray, hidden: np.ndarray,
+               positions_done: int) -> None:
+        """Append rows, then record that input positions ``< positions_done`` are finished."""
+        n = len(ids)
+        if n:
+            start = self.n_rows
+            for name, arr in (("id", np.asarray(ids, dtype=object)), ("mean", mean),
+                              ("var", var), ("hidden", hidden)):
+                ds = self._f[name]
+                ds.resize(start + n, axis=0)
+                ds[start:] = arr
+            self.n_rows += n
+        self._f.flush()
+        self._f.attrs["n_rows"], self._f.attrs["positions_done"] = self.n_rows, positions_done
+        self._f.flush()
+        self.positions_done = positions_done
+
+    def close(self) -> None:
+        """Mark complete and rename onto the final name."""
+        self._f.attrs["complete"] = True
+        self._f.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        """Close, keeping ``<path>.partial`` for a later ``resume``."""
+        self._f.close()
+
+    def __enter__(self) -> "SoftLabelWriter":
+        return self
+
+    def __exit__(self, et: Any, ev: BaseException | None, tb: Any) -> None:
+        if ev is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class SoftLabelReader:
+    """Lazy reader: attributes and ids at once, rows on demand (reopened after a fork).
+
+    Raises
+    ------
+    InputError
+        The file cannot be opened.
+    FormatError
+        Not a complete ``neimsctl.softlabel/1`` file.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._f: h5py.File | None = None
+        self._pid = -1
+        f = self.file
+        if f.attrs.get("schema") != SCHEMA:
+            raise FormatError(f"not a {SCHEMA} file (schema={f.attrs.get('schema')!r}); make it "
+                              "with neimsctl softlabel", file=str(self.path))
+        if not bool(f.attrs.get("complete", False)):
+            raise FormatError("incomplete soft-label file", file=str(self.path))
+        self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+        self.settings: dict[str, Any] = json.loads(self.attrs["settings"])
+        self.n_rows = int(self.attrs["n_rows"])
+        self.ids = np.array(f["id"][:], dtype=bytes)
+
+    @property
+    def file(self) -> h5py.File:
+        if self._f is None or self._pid != os.getpid():
+            try:
+                self._f = h5py.File(self.path, "r")
+            except OSError as exc:
+                raise InputError(f"{self.path}: cannot open: {exc}") from exc
+            self._pid = os.getpid()
+        return self._f
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_f"], state["_pid"] = None, -1
+        return state
+
+    def row_of(self, ids: Sequence[bytes]) -> np.ndarray:
+        """Row of each id in this file (``-1`` where absent), int64."""
+        index = {k: i for i, k in enumerate(self.ids.tolist())}
+        return np.array([index.get(bytes(k), -1) for k in ids], dtype=np.int64)
+
+    def take(self, rows: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+        """``mean``, ``var``, ``hidden`` of ``rows`` (any order, repeats allowed) as float32."""
+        rows = np.asarray(rows, dtype=np.int64)
+        uniq, inv = np.unique(rows, return_inverse=True)
+        f = self.file
+        return {k: f[k][uniq].astype(np.float32)[inv.reshape(-1)] for k in COLUMNS}
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def __enter__(self) -> "SoftLabelReader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

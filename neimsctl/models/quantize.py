@@ -1,0 +1,101 @@
+"""Inference precision of a loaded model: ``fp32``, ``bf16`` (weights cast) or ``int8``.
+
+- ``fp32``: the model as trained.
+- ``bf16``: every floating-point parameter and buffer cast to bfloat16 (the student casts its
+  input to the LayerNorm's dtype, so the whole forward pass runs in bf16; outputs are
+  converted back to float32 by ``to_linear``).
+- ``int8``: dynamic quantization of the ``nn.Linear`` layers (weights int8 per tensor,
+  activations quantized per batch on the fly; :func:`torch.ao.quantization.quantize_dynamic`);
+  the rest (LayerNorm, gate softmax, embeddings) stays fp32. CPU only. Layers named in
+  :data:`INT8_SKIP` stay fp32: the student's expert ``down`` projections read
+  ``LayerNorm(sparse fingerprint)``, i.e. thousands of values near -0.2 and a few outliers of
+  +10..+50, and 8-bit per-tensor activation quantization rounds the bulk to a biased value
+  (quantizing them too dropped the mean cosine to fp32 from 0.999 to 0.86 on held-out MassBank
+  molecules; tools/bench/bench_predict.py).
+- ``auto``: :func:`resolve_precision` picks; see its docstring for the rule.
+
+Examples
+--------
+>>> model = apply_precision(model, "int8")      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from neimsctl.errors import ConfigError
+
+__all__ = ["PRECISIONS", "apply_precision", "resolve_precision"]
+
+PRECISIONS = ("fp32", "bf16", "int8", "auto")
+#: What ``auto`` means per architecture on a CPU when the model card says nothing. Measured with
+#: tools/bench/bench_predict.py on a full-size student (shared 2-core machine): int8 was the
+#: fastest at batch 1 (1 thread) and batch 1024 (2 threads) and kept mean cosine 0.999 to fp32;
+#: bf16 kept 0.9997 but was not faster at batch 1. The teacher is not quantized (fp32).
+AUTO_CPU = {"student": "int8", "teacher": "fp32"}
+#: Linear layers (by name suffix) that int8 leaves in fp32, per architecture (see above).
+INT8_SKIP = {"student": (".down",)}
+#: ``auto`` accepts a faster precision only when its predictions keep this mean cosine to fp32.
+MIN_COSINE = 0.995
+
+
+def resolve_precision(precision: str, *, arch: str, device: torch.device,
+                      card: dict | None = None) -> str:
+    """Turn ``auto`` into a concrete precision; check the others.
+
+    Rule for ``auto``: the model card's ``precision`` when it names one (the shipping pipeline
+    writes it after checking that the faster precision keeps mean cosine >= :data:`MIN_COSINE`
+    to fp32 on the test split), else :data:`AUTO_CPU` for the architecture on a CPU, else
+    ``fp32`` (GPU: fp32; int8 dynamic quantization is CPU only).
+
+    Raises
+    ------
+    ConfigError
+        An unknown precision, or ``int8`` on a non-CPU device.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        chosen = (card or {}).get("precision")
+        if chosen in ("fp32", "bf16", "int8"):
+            precision = chosen
+        else:
+            precision = AUTO_CPU.get(arch, "fp32") if device.type == "cpu" else "fp32"
+        if precision == "int8" and device.type != "cpu":
+            precision = "fp32"
+    if precision == "int8" and device.type != "cpu":
+        raise ConfigError("precision int8 (dynamic quantization) runs on the CPU only; "
+                          "use --device cpu or --precision fp32/bf16")
+    return precision
+
+
+def apply_precision(model: nn.Module, precision: str, *, arch: str | None = None) -> nn.Module:
+    """The eval-mode model converted to ``precision`` (``fp32``, ``bf16`` or ``int8``).
+
+    Every precision converts ``model`` in place (``int8`` swaps its Linear layers for
+    quantized ones) and returns it.
+    ``arch`` (default: ``model.arch``) selects the layers int8 skips (:data:`INT8_SKIP`).
+
+    Raises
+    ------
+    ConfigError
+        ``precision`` is not one of the concrete choices (resolve ``auto`` first).
+    """
+    model = model.eval()
+    if precision == "fp32":
+        return model.float()
+    if precision == "bf16":
+        return model.to(torch.bfloat16)
+    if precision == "int8":
+        from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+
+        skip = INT8_SKIP.get(arch or getattr(model, "arch", ""), ())
+        spec = {name: default_dynamic_qconfig for name, mod in model.named_modules()
+                if isinstance(mod, nn.Linear) and not name.endswith(skip)}
+        with warnings.catch_warnings():  # torch 2.x marks eager-mode quantization deprecated
+            warnings.simplefilter("ignore")
+            return quantize_dynamic(model.float(), spec, dtype=torch.qint8, inplace=True)
+    raise ConfigError(f"precision {precision!r}: expected fp32, bf16 or int8")

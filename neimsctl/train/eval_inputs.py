@@ -1,0 +1,251 @@
+"""Spectra for ``neimsctl eval``: MSP, JSONL (records or predictions) or HDF5 shards -> dense arrays.
+
+:func:`load_spectra` reads any of
+
+- NIST-style MSP (the ``InChIKey`` and ``MW`` lines are used; a record without ``InChIKey`` but
+  with ``SMILES``/``InChI`` gets one from RDKit);
+- JSONL ``neimsctl.record/1`` (formats/jsonl-record.v1.md) or ``neimsctl.prediction/1``
+  (formats/prediction.v1.md, with its optional ``neimsctl.prediction-run/1`` header line);
+- HDF5 feature shards ``neimsctl.h5shard/1`` (the ``spectrum`` dataset, rows with spectra only);
+
+into one :class:`SpectraSet`: 501-bin spectra (m/z 0..500, base peak 1, noise < 0.001 removed,
+as :func:`neimsctl.chem.spectrum.preprocess_spectrum`), the InChIKey, nominal MW, id and name of
+each row, and the optional per-prediction ``experts``, ``uncertainty`` and ``latency_ms``.
+Rows without an InChIKey or without peaks cannot be matched; they are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from neimsctl.chem.spectrum import N_BINS, preprocess_spectrum
+from neimsctl.errors import FormatError, InputError
+from neimsctl.io.jsonl import read_jsonl
+from neimsctl.io.msp import parse_number, read_msp
+from neimsctl.io.streams import display_name, is_dash, open_in, sniff
+
+__all__ = ["SpectraSet", "load_spectra", "PREDICTION_SCHEMA", "RUN_SCHEMA"]
+
+PREDICTION_SCHEMA = "neimsctl.prediction/1"
+RUN_SCHEMA = "neimsctl.prediction-run/1"
+RECORD_SCHEMA = "neimsctl.record/1"
+
+
+@dataclass
+class SpectraSet:
+    """Spectra of one input, row-aligned.
+
+    Attributes
+    ----------
+    spectra : float32 ``(N, 501)``, base peak 1.
+    keys : full InChIKeys (str array ``(N,)``).
+    mw : nominal MW, int64 ``(N,)`` (-1 when unknown).
+    ids, names : str arrays ``(N,)``.
+    uncertainty : float32 ``(N, 501)`` per-bin std on the same scale, NaN where not given; or None.
+    experts : list of ``(index list, weight list)`` per row (None for a row without it); or None.
+    latency_ms : float64 ``(N,)`` (NaN where not given); or None.
+    header : the ``neimsctl.prediction-run/1`` header line, if any.
+    skipped : reason -> number of input records that were not used.
+    source : display name of the input.
+    """
+
+    spectra: np.ndarray
+    keys: np.ndarray
+    mw: np.ndarray
+    ids: np.ndarray
+    names: np.ndarray
+    uncertainty: np.ndarray | None = None
+    experts: list[Any] | None = None
+    latency_ms: np.ndarray | None = None
+    header: dict[str, Any] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class _Rows:
+    """Accumulates rows while reading."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.spectra: list[np.ndarray] = []
+        self.keys: list[str] = []
+        self.mw: list[int] = []
+        self.ids: list[str] = []
+        self.names: list[str] = []
+        self.unc: list[np.ndarray | None] = []
+        self.experts: list[Any] = []
+        self.latency: list[float] = []
+        self.header: dict[str, Any] = {}
+        self.skipped: dict[str, int] = {}
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    def add(self, *, mz: Any, intensity: Any, key: str | None, mw: Any, rid: str, name: str,
+            unc: Any = None, experts: Any = None, latency: Any = None) -> None:
+        if not key:
+            self.skip("no_inchikey")
+            return
+        try:
+            spec = preprocess_spectrum([] if mz is None else mz, [] if intensity is None else intensity)
+        except (ValueError, TypeError):
+            self.skip("bad_peaks")
+            return
+        if not spec.max() > 0:
+            self.skip("no_peaks")
+            return
+        self.spectra.append(spec)
+        self.keys.append(str(key).strip().upper())
+        self.mw.append(int(mw) if isinstance(mw, (int, float)) and math.isfinite(mw) else -1)
+        self.ids.append(rid)
+        self.names.append(name)
+        self.unc.append(_dense_uncertainty(mz, intensity, unc) if unc is not None else None)
+        self.experts.append(_experts(experts))
+        self.latency.append(float(latency) if isinstance(latency, (int, float)) else math.nan)
+
+    def finish(self) -> SpectraSet:
+        n = len(self.keys)
+        spectra = np.stack(self.spectra) if n else np.zeros((0, N_BINS), np.float32)
+        unc = None
+        if any(u is not None for u in self.unc):
+            unc = np.full((n, N_BINS), np.nan, dtype=np.float32)
+            for i, u in enumerate(self.unc):
+                if u is not None:
+                    unc[i] = u
+        experts = self.experts if any(e is not None for e in self.experts) else None
+        lat = np.asarray(self.latency, dtype=np.float64)
+        return SpectraSet(spectra, np.asarray(self.keys, dtype=str), np.asarray(self.mw, np.int64),
+                          np.asarray(self.ids, dtype=str), np.asarray(self.names, dtype=str), unc,
+                          experts, lat if np.isfinite(lat).any() else None, self.header,
+                          self.skipped, self.source)
+
+
+def _dense_uncertainty(mz: Any, intensity: Any, unc: Any) -> np.ndarray:
+    """Per-peak std -> per-bin std on the base-peak-1 scale (variances of a shared bin add)."""
+    mz_a, it_a, sd = (np.asarray(v, dtype=np.float64) for v in (mz, intensity, unc))
+    if sd.shape != mz_a.shape:
+        raise FormatError(f"uncertainty has {sd.size} values for {mz_a.size} peaks")
+    idx = np.floor(mz_a + 0.5).astype(np.int64)
+    keep = (idx >= 0) & (idx < N_BINS)
+    summed = np.bincount(idx[keep], weights=it_a[keep], minlength=N_BINS)
+    top = summed.max()
+    var = np.bincount(idx[keep], weights=np.square(sd[keep]), minlength=N_BINS)
+    out = np.full(N_BINS, np.nan, dtype=np.float32)
+    listed = np.bincount(idx[keep], minlength=N_BINS) > 0
+    out[listed] = np.sqrt(var[listed]) / (top if top > 0 else 1.0)
+    return out
+
+
+def _experts(obj: Any) -> tuple[list[int], list[float]] | None:
+    if not isinstance(obj, dict) or "index" not in obj:
+        return None
+    idx = [int(i) for i in obj["index"]]
+    w = [float(x) for x in obj.get("weight", [1.0 / max(len(idx), 1)] * len(idx))]
+    if len(w) != len(idx):
+        raise FormatError("experts: 'index' and 'weight' differ in length")
+    return idx, w
+
+
+def _read_jsonl(fh: BinaryIO, rows: _Rows) -> None:
+    for n, rec in enumerate(read_jsonl(fh, rows.source)):
+        schema = rec.get("schema")
+        if schema == RUN_SCHEMA:
+            if n == 0:
+                rows.header = {k: v for k, v in rec.items() if k != "schema"}
+            continue
+        if schema not in (PREDICTION_SCHEMA, RECORD_SCHEMA, None):
+            raise FormatError(f"unknown schema {schema!r}", file=rows.source, line=n + 1)
+        rows.add(mz=rec.get("mz"), intensity=rec.get("intensity"), key=rec.get("inchikey"),
+                 mw=rec.get("mw"), rid=str(rec.get("id") or f"{rows.source}:{n + 1}"),
+                 name=str(rec.get("name") or ""), unc=rec.get("uncertainty"),
+                 experts=rec.get("experts"), latency=rec.get("latency_ms"))
+
+
+def _msp_key(fields: dict[str, str]) -> str | None:
+    if fields.get("inchikey"):
+        return fields["inchikey"]
+    if not (fields.get("smiles") or fields.get("inchi")):
+        return None
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    mol = Chem.MolFromSmiles(fields["smiles"]) if fields.get("smiles") else \
+        Chem.MolFromInchi(fields["inchi"])
+    return Chem.MolToInchiKey(mol) or None if mol is not None else None
+
+
+def _read_msp(fh: BinaryIO, rows: _Rows) -> None:
+    for rec in read_msp(fh, rows.source):
+        if rec.reason:
+            rows.skip(rec.reason)
+            continue
+        mw = parse_number(rec.fields["mw"]) if rec.fields.get("mw") else None
+        rows.add(mz=rec.mz, intensity=rec.intensity, key=_msp_key(rec.fields),
+                 mw=round(mw) if mw is not None else None, rid=rec.record_id, name=rec.name)
+
+
+def _read_h5(path: str | os.PathLike, rows: _Rows) -> None:
+    from neimsctl.io.h5shard import ShardReader
+
+    r = ShardReader(path)
+    try:
+        has = r.column("has_spectrum").astype(bool)
+        keys, ids, names = r.column("inchikey"), r.column("id"), r.column("name")
+        mw = r.column("mw").astype(np.int64)
+        spectra = r.file["spectrum"]
+        if (~has).any():
+            rows.skipped["no_peaks"] = int((~has).sum())
+        for lo in range(0, len(has), 4096):
+            block = spectra[lo:lo + 4096].astype(np.float32)
+            for j in np.flatnonzero(has[lo:lo + 4096]):
+                i = lo + int(j)
+                mz = np.flatnonzero(block[j])
+                rows.add(mz=mz, intensity=block[j][mz], key=keys[i], mw=int(mw[i]), rid=ids[i],
+                         name=names[i])
+    finally:
+        r.close()
+
+
+def load_spectra(path: str | os.PathLike) -> SpectraSet:
+    """Read one input (MSP, JSONL or an HDF5 shard; ``-`` is stdin, MSP or JSONL).
+
+    The format is recognised by content: HDF5 by its magic bytes, JSONL by a first non-blank
+    character ``{``, anything else is read as MSP.
+
+    Raises
+    ------
+    InputError
+        The file cannot be opened.
+    FormatError
+        The content violates its format.
+    """
+    source = display_name(path)
+    rows = _Rows(source)
+    if not is_dash(path):
+        if not Path(path).is_file():
+            raise InputError(f"{path}: no such file")
+        if sniff(path) == "h5":
+            _read_h5(path, rows)
+            return rows.finish()
+    if is_dash(path):
+        with open_in(path) as fh:
+            data = fh.read()
+        reader = _read_jsonl if data.lstrip().startswith(b"{") else _read_msp
+        reader(io.BytesIO(data), rows)
+        return rows.finish()
+    with open_in(path) as fh:
+        head = fh.read(4096)
+    reader = _read_jsonl if head.lstrip().startswith(b"{") else _read_msp
+    with open_in(path) as fh:
+        reader(fh, rows)
+    return rows.finish()

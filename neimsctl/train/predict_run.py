@@ -1,0 +1,239 @@
+"""The ``predict`` stream: input records -> featurized blocks (worker pool) -> spectra -> writer.
+
+Inputs, per file auto-detected unless ``input_format`` is given:
+
+- ``sdf``: SDF / MOL (a ``V2000``/``V3000`` counts line within the first 4 lines); records
+  split at ``$$$$``; the name is the MOL block's first line.
+- ``jsonl``: ``neimsctl.record/1`` lines (first non-blank line starts with ``{``).
+- ``smi``: ``SMILES [name]`` per line; blank and ``#`` lines are not records.
+
+Memory stays constant: at most ``2 * jobs + 2`` blocks of ``chunk`` records are in flight, and
+each block is predicted and written before the next one is taken. Output order = input order.
+"""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing as mp
+import signal
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, BinaryIO
+
+import numpy as np
+import orjson
+
+from neimsctl.chem.rowbuild import Item, Rejected, RowBuilder, RowOptions
+from neimsctl.errors import InputError
+from neimsctl.io.rejects import Reject, Tally
+from neimsctl.io.streams import display_name, open_in
+from neimsctl.train.predictor import LoadedModel, predict_block
+
+__all__ = ["INPUT_FORMATS", "iter_inputs", "Featurizer", "run_predict", "reject_message",
+           "StrictStop"]
+
+INPUT_FORMATS = ("smi", "jsonl", "sdf")
+CHUNK = 1024
+#: Predict any molecule: no molecular-weight filter (spectra are cut at m/z 500 anyway).
+NO_MW_FILTER = {"min_mw": 0, "max_mw": 10**9}
+_FEAT: Featurizer | None = None
+
+
+class StrictStop(InputError):
+    """``--strict``: the first rejected record stops the run."""
+
+
+def _sniff(head: list[bytes]) -> str:
+    if any(b"V2000" in ln or b"V3000" in ln for ln in head[:4]):
+        return "sdf"
+    first = next((ln.strip() for ln in head if ln.strip()), b"")
+    return "jsonl" if first.startswith(b"{") else "smi"
+
+
+def _lines(fh: BinaryIO, kind: str | None) -> tuple[str, Iterator[bytes]]:
+    head = []
+    for ln in fh:
+        head.append(ln)
+        if len(head) >= 4:
+            break
+    it = iter(fh)
+
+    def chained() -> Iterator[bytes]:
+        yield from head
+        yield from it
+    return kind or _sniff(head), chained()
+
+
+def iter_inputs(paths: Iterable[Any], input_format: str | None = None) -> Iterator[Item]:
+    """Input records as :class:`Item` (raw bytes; ``kind`` smi, jsonl or sdf), numbered across files."""
+    ordinal = 0
+    for path in paths:
+        name = display_name(path)
+        with open_in(path) as fh:
+            kind, lines = _lines(fh, input_format)
+            if kind == "sdf":
+                buf: list[bytes] = []
+                start = 1
+                for lineno, raw in enumerate(lines, start=1):
+                    if raw.startswith(b"$$$$"):
+                        yield Item(ordinal, name, start, "sdf", b"".join(buf))
+                        ordinal, buf, start = ordinal + 1, [], lineno + 1
+                    else:
+                        buf.append(raw)
+                if b"".join(buf).strip():
+                    yield Item(ordinal, name, start, "sdf", b"".join(buf))
+                    ordinal += 1
+                continue
+            for lineno, raw in enumerate(lines, start=1):
+                text = raw.strip()
+                if not text or (kind == "smi" and text.startswith(b"#")):
+                    continue
+                yield Item(ordinal, name, lineno, kind, text)
+                ordinal += 1
+
+
+class Featurizer:
+    """Items -> (feature block, rejects) for one model architecture (runs in workers)."""
+
+    def __init__(self, mode: str, *, inchikey: bool = True) -> None:
+        self.builder = RowBuilder(RowOptions(mode=mode, inchikey=inchikey, **NO_MW_FILTER))
+
+    def __call__(self, items: list[Item]) -> tuple[dict[str, np.ndarray], list[Rejected]]:
+        from neimsctl.chem.structure import StructureError, mol_from_molblock
+
+        ready, early = [], []
+        for it in items:
+            if it.kind != "sdf":
+                ready.append(it)
+                continue
+            text = it.raw.decode("utf-8", "replace")
+            title = text.split("\n", 1)[0].strip()
+            try:
+                mol = mol_from_molblock(text, where=f"MOL block {title!r}")
+            except StructureError as exc:
+                early.append(Rejected(it, title or None, "unparsable_structure", str(exc), title))
+                continue
+            from rdkit import Chem
+
+            smi = Chem.MolToSmiles(mol)
+            ready.append(Item(it.ordinal, it.file, it.line, "smi",
+                              f"{smi} {title}".strip().encode("utf-8")))
+        block, rejects = self.builder.build(ready)
+        return block, sorted(early + rejects, key=lambda r: r.item.ordinal)
+
+
+def reject_message(r: Rejected) -> str:
+    """``<file>:<line>: cannot parse SMILES 'xyz'`` (or the reason and detail of other rejects)."""
+    where = f"{r.item.file}:{r.item.line}"
+    if r.reason == "unparsable_smiles":
+        smiles: Any = None
+        if r.item.kind == "jsonl":
+            try:
+                smiles = orjson.loads(r.item.raw).get("smiles")
+            except (orjson.JSONDecodeError, AttributeError):
+                smiles = None
+        else:
+            parts = r.item.raw.decode("utf-8", "replace").split(None, 1)
+            smiles = parts[0] if parts else ""
+        return f"{where}: cannot parse SMILES {smiles!r}"
+    if r.reason == "unparsable_structure":
+        return f"{where}: {r.detail}"
+    return f"{where}: {r.reason}: {r.detail}"
+
+
+def _init(mode: str, child: bool) -> None:
+    global _FEAT
+    if child:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _FEAT = Featurizer(mode)
+
+
+def _work(items: list[Item]) -> tuple[dict[str, np.ndarray], list[Rejected], int]:
+    assert _FEAT is not None
+    block, rejects = _FEAT(items)
+    return block, rejects, len(items)
+
+
+def _chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
+    buf: list[Item] = []
+    for it in items:
+        buf.append(it)
+        if len(buf) >= size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def featurized(items: Iterator[Item], mode: str, *, jobs: int = 1, chunk: int = CHUNK
+               ) -> Iterator[tuple[dict[str, np.ndarray], list[Rejected], int]]:
+    """Feature blocks in input order; ``jobs > 1`` featurizes in forked worker processes."""
+    if jobs <= 1:
+        _init(mode, False)
+        for c in _chunks(items, chunk):
+            yield _work(c)
+        return
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
+    pool = ctx.Pool(jobs, initializer=_init, initargs=(mode, True))
+    try:
+        pending: collections.deque = collections.deque()
+        for c in _chunks(items, chunk):
+            pending.append(pool.apply_async(_work, (c,)))
+            if len(pending) >= 2 * jobs + 2:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+
+
+def run_predict(blocks: Iterable[tuple[dict[str, np.ndarray], list[Rejected], int]],
+                lm: LoadedModel, write: Callable[..., int], tally: Tally, *,
+                strict: bool = False, batch_size: int = 1024, uncertainty: bool = False,
+                mc_samples: int = 30, show: Callable[[str], None] | None = None) -> None:
+    """Predict every block and hand it to ``write(block, spectra, std, experts) -> n_written``.
+
+    Every rejected record is counted in ``tally`` and shown through ``show``.
+
+    Raises
+    ------
+    StrictStop
+        ``strict`` and a record was rejected; rows before it are written first.
+    """
+    for block, rejects, n_items in blocks:
+        if strict and rejects:
+            first = rejects[0]
+            keep = block["ordinal"] < first.item.ordinal
+            block = {k: v[keep] if len(v) == len(keep) else v for k, v in block.items()} \
+                if "n_atoms" not in block else _teacher_prefix(block, int(keep.sum()))
+            rejects, n_items = [first], int(keep.sum()) + 1
+        tally.read += n_items
+        if len(block["ordinal"]):
+            spectra, std, experts = predict_block(lm, block, batch_size=batch_size,
+                                                  uncertainty=uncertainty, mc_samples=mc_samples)
+            tally.written += write(block, spectra, std, experts)
+        for r in rejects:
+            if show is not None:
+                show(reject_message(r))
+            tally.reject(Reject(r.reason, r.detail, file=r.item.file, line=r.item.line,
+                                record=r.name, id=r.id))
+        if strict and rejects:
+            raise StrictStop(reject_message(rejects[0]))
+
+
+def _teacher_prefix(block: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """The first ``n`` rows of a teacher block (per-atom / per-edge tables cut to match)."""
+    na, ne = int(block["n_atoms"][:n].sum()), int(block["n_edges"][:n].sum())
+    out = {}
+    for k, v in block.items():
+        if k == "atom_x":
+            out[k] = v[:na]
+        elif k in ("edge_index", "edge_attr"):
+            out[k] = v[:ne]
+        else:
+            out[k] = v[:n]
+    return out

@@ -1,0 +1,108 @@
+"""Predicted spectra -> MSP, JSONL (``neimsctl.prediction/1``) or top-N peak lists.
+
+- ``msp``: :func:`neimsctl.io.msp_write.write_msp`; integer m/z, base peak 999, peaks below
+  0.001 of the base peak dropped; ``Comments`` names the model.
+- ``jsonl``: formats/prediction.v1.md: ``schema``, ``id``, ``name``, ``smiles``, ``inchikey``,
+  ``mw``, ``mz``, ``intensity`` (base peak 999, same peak threshold as MSP), plus
+  ``uncertainty`` (per-peak MC-dropout standard deviation, same scale) with ``--uncertainty``
+  and ``experts`` (the student's top-k routing).
+- ``top``: one block per molecule: a header line ``# <name>  <smiles>  (<id>)`` then the
+  ``top`` largest peaks as ``m/z 180: 0.9876`` (relative to the base peak, descending), then
+  a blank line.
+"""
+
+from __future__ import annotations
+
+from typing import Any, BinaryIO
+
+import numpy as np
+import orjson
+
+from neimsctl import __version__
+from neimsctl.io.msp_write import BASE_PEAK, MIN_RELATIVE, format_msp_record, spectrum_peaks
+
+__all__ = ["OUTPUT_FORMATS", "PredictionWriter", "top_peaks", "format_top"]
+
+OUTPUT_FORMATS = ("msp", "jsonl")
+SCHEMA = "neimsctl.prediction/1"
+
+
+def top_peaks(spectrum: np.ndarray, top_n: int = 10, threshold: float = 0.01) -> list[tuple[int, float]]:
+    """The ``top_n`` largest peaks of a dense spectrum as ``(m/z, intensity relative to base)``.
+
+    Peaks below ``threshold`` of the base peak are left out; sorted by intensity, descending
+    (ties: lower m/z first).
+
+    Examples
+    --------
+    >>> top_peaks(np.array([0, 0.2, 1.0, 0.005]), top_n=5)
+    [(2, 1.0), (1, 0.2)]
+    """
+    s = np.asarray(spectrum, dtype=np.float64)
+    top = float(s.max()) if s.size else 0.0
+    if not top > 0:
+        return []
+    rel = s / top
+    idx = np.flatnonzero(rel >= threshold)
+    order = idx[np.lexsort((idx, -rel[idx]))][:top_n]
+    return [(int(i), float(rel[i])) for i in order]
+
+
+def format_top(header: str, peaks: list[tuple[int, float]]) -> str:
+    """A ``--top`` block: ``# header`` then ``m/z 180: 0.9876`` lines, then a blank line."""
+    return "\n".join([f"# {header}", *(f"m/z {mz}: {v:.4f}" for mz, v in peaks)]) + "\n\n"
+
+
+class PredictionWriter:
+    """Writes predicted blocks to a binary stream in one output format.
+
+    Parameters
+    ----------
+    stream
+        Binary output.
+    fmt
+        ``msp`` or ``jsonl`` (ignored when ``top`` is given).
+    model_desc
+        Model identification for MSP comments (``LoadedModel.describe()``).
+    top
+        Write ``--top N`` peak lists instead.
+    min_relative
+        Peak threshold for MSP/JSONL, relative to the base peak.
+    """
+
+    def __init__(self, stream: BinaryIO, fmt: str = "msp", *, model_desc: str = "",
+                 top: int | None = None, min_relative: float = MIN_RELATIVE) -> None:
+        self.stream, self.fmt, self.top, self.min_relative = stream, fmt, top, min_relative
+        self.comments = {"predicted": f"neimsctl {__version__}", "model": model_desc}
+
+    def __call__(self, block: dict[str, np.ndarray], spectra: np.ndarray,
+                 std: np.ndarray | None = None, experts: dict[str, np.ndarray] | None = None) -> int:
+        """Write one block's predictions; returns how many records were written."""
+        parts = [self._one(block, j, spectra[j], None if std is None else std[j],
+                           None if experts is None else (experts["index"][j], experts["weight"][j]))
+                 for j in range(len(spectra))]
+        self.stream.write("".join(parts).encode("utf-8") if self.top or self.fmt == "msp"
+                          else b"".join(parts))  # type: ignore[arg-type]
+        return len(parts)
+
+    def _one(self, block: dict[str, np.ndarray], j: int, spec: np.ndarray,
+             std: np.ndarray | None, exp: tuple[np.ndarray, np.ndarray] | None) -> Any:
+        rid, name, smiles = str(block["id"][j]), str(block["name"][j]), str(block["smiles"][j])
+        if self.top is not None:
+            return format_top(f"{name or rid}  {smiles}  ({rid})", top_peaks(spec, self.top, 0.0))
+        mz, inten = spectrum_peaks(spec, min_relative=self.min_relative)
+        if self.fmt == "msp":
+            return format_msp_record({
+                "name": name or rid, "inchikey": str(block["inchikey"][j]),
+                "formula": str(block["formula"][j]), "mw": int(block["mw"][j]), "smiles": smiles,
+                "id": rid, "comments": self.comments, "mz": mz, "intensity": inten})
+        top = float(spec.max()) or 1.0
+        rec: dict[str, Any] = {
+            "schema": SCHEMA, "id": rid, "name": name, "smiles": smiles,
+            "inchikey": str(block["inchikey"][j]) or None, "mw": int(block["mw"][j]),
+            "mz": mz.tolist(), "intensity": np.round(spec[mz] / top * BASE_PEAK, 3).tolist()}
+        if std is not None:
+            rec["uncertainty"] = np.round(std[mz] / top * BASE_PEAK, 3).tolist()
+        if exp is not None:
+            rec["experts"] = {"index": exp[0].tolist(), "weight": np.round(exp[1], 4).tolist()}
+        return orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE)

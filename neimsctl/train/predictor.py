@@ -1,0 +1,305 @@
+"""Prediction: load a checkpoint for inference, featurize input blocks, predict spectra.
+
+- :func:`resolve_model` maps ``student`` / ``teacher`` to the model shipped in
+  ``neimsctl/resources/models/<arch>-default.pt`` (with a ``.json`` model card) and anything
+  else to a checkpoint path.
+- :func:`load_model` reads a ``neimsctl.ckpt/1`` checkpoint with ``weights_only=True``, builds
+  the architecture named by its ``config.model.name`` (registry), loads the weights (fp16
+  shipped weights are widened), and applies the inference precision
+  (:mod:`neimsctl.models.quantize`).
+- :func:`predict_block` turns one feature block (:class:`neimsctl.chem.rowbuild.RowBuilder`
+  rows) into linear, base-peak-1 spectra, with MC-dropout standard deviations for the teacher
+  on request. The student path never imports ``torch_geometric``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+
+from neimsctl.errors import CheckpointError, ConfigError
+from neimsctl.models import registry
+from neimsctl.models.quantize import apply_precision, resolve_precision
+from neimsctl.train.checkpoint import load_checkpoint
+
+__all__ = ["MODELS_DIR", "LoadedModel", "resolve_model", "load_model", "predict_block",
+           "resolve_device"]
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "resources" / "models"
+ARCHS = ("student", "teacher")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference and what identifies it.
+
+    Attributes
+    ----------
+    model
+        The ``torch.nn.Module`` in eval mode, at ``precision``.
+    arch
+        ``student`` or ``teacher`` (also the featurizer mode).
+    label
+        What ``--model`` said (``student``, ``teacher`` or the path).
+    path
+        The checkpoint file.
+    sha
+        First 12 hex digits of the file's sha256 (the model card's when it records one).
+    precision, device
+        The inference precision and device.
+    n_parameters, file_bytes
+        Parameter count and checkpoint size on disk.
+    featurizer_hash
+        The checkpoint's featurizer settings hash (``None`` when not recorded).
+    card
+        The model card (``<checkpoint>.json``) when there is one, else ``{}``.
+    """
+
+    model: torch.nn.Module
+    arch: str
+    label: str
+    path: Path
+    sha: str
+    precision: str
+    device: torch.device
+    n_parameters: int
+    file_bytes: int
+    featurizer_hash: str | None = None
+    card: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """One line for MSP comments and logs: ``student sha256:0123abcd4567 int8``."""
+        version = self.card.get("version")
+        return " ".join(x for x in (self.label if self.label in ARCHS else self.path.name,
+                                    f"v{version}" if version else "", f"sha256:{self.sha}",
+                                    self.precision) if x)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> ``cuda`` when available else ``cpu``; other strings as torch reads them."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"--device {device!r}: {exc}") from None
+
+
+def resolve_model(spec: str | Path) -> Path:
+    """The checkpoint file that ``--model spec`` means.
+
+    Raises
+    ------
+    CheckpointError
+        ``student``/``teacher`` without a shipped model, or a path that is not a file.
+    """
+    text = str(spec)
+    if text in ARCHS:
+        path = MODELS_DIR / f"{text}-default.pt"
+        if not path.is_file():
+            raise CheckpointError(
+                f"no shipped default {text} model ({path} is missing); train one with the "
+                f"project's pipeline (neimsctl featurize, then finetune/distill) and pass its "
+                f"checkpoint with --model PATH, or install a release that ships {path.name}")
+        return path
+    path = Path(text)
+    if not path.is_file():
+        raise CheckpointError(f"--model {text}: no such checkpoint file (or use student/teacher)")
+    return path
+
+
+def _file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+def _read_card(path: Path) -> dict[str, Any]:
+    card = path.with_suffix(".json")
+    if not card.is_file():
+        return {}
+    try:
+        data = json.loads(card.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{card}: unreadable model card: {exc}") from None
+    return data if isinstance(data, dict) else {}
+
+
+def build_model(model_cfg: dict[str, Any]) -> tuple[torch.nn.Module, str]:
+    """The architecture a checkpoint's ``config.model`` names, and its ``arch``.
+
+    Raises
+    ------
+    CheckpointError
+        No ``model.name``, or an architecture ``predict`` cannot featurize for.
+    """
+    cfg = dict(model_cfg or {})
+    name = cfg.pop("name", None)
+    if not name:
+        raise CheckpointError("checkpoint config has no model.name; cannot rebuild the model")
+    try:  # import just this model's module: registry.get() alone imports every built-in
+        importlib.import_module(f"neimsctl.models.{name}")  # model (the teacher: torch_geometric)
+    except ModuleNotFoundError:
+        pass
+    cls = registry.get(name)
+    arch = getattr(cls, "arch", name)
+    if arch not in ARCHS:
+        raise CheckpointError(f"model {name!r} (arch {arch!r}) is not supported by predict; "
+                              f"supported: {', '.join(ARCHS)}")
+    try:
+        return cls(cls.config_class.from_dict(cfg)), arch
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint model config: {exc}") from None
+
+
+def load_model(spec: str | Path = "student", *, device: str = "auto", precision: str = "auto",
+               log: TextIO | None = None) -> LoadedModel:
+    """Load ``--model spec`` for inference (see the module docstring).
+
+    Raises
+    ------
+    CheckpointError
+        Missing/unsafe/unreadable checkpoint, unknown architecture, or weights that do not fit.
+    ConfigError
+        Unknown device or precision.
+    """
+    log = sys.stderr if log is None else log
+    path = resolve_model(spec)
+    dev = resolve_device(device)
+    ckpt = load_checkpoint(path, map_location="cpu")
+    card = _read_card(path)
+    model, arch = _model_with_weights(ckpt, path)
+    n_params = sum(p.numel() for p in model.parameters())
+    fhash = ckpt.get("featurizer_hash")
+    _check_featurizer(arch, fhash, path, log)
+    prec = resolve_precision(precision, arch=arch, device=dev, card=card)
+    model = apply_precision(model.to(dev), prec, arch=arch)
+    return LoadedModel(model=model, arch=arch, label=str(spec), path=path,
+                       sha=str(card.get("sha256", ""))[:12] or _file_sha(path), precision=prec,
+                       device=dev, n_parameters=n_params, file_bytes=path.stat().st_size,
+                       featurizer_hash=fhash, card=card)
+
+
+def _model_with_weights(ckpt: dict[str, Any], path: Path) -> tuple[torch.nn.Module, str]:
+    """Build the checkpoint's model and load its weights (fp16 widened to fp32).
+
+    The module is first built on the ``meta`` device and the checkpoint's tensors are assigned
+    to it, which skips the random initialisation of ~50M parameters (about a second); if any
+    parameter or buffer is left on ``meta`` (not in the checkpoint), it is built normally.
+    """
+    cfg = (ckpt.get("config") or {}).get("model") or {}
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    try:
+        with torch.device("meta"):
+            model, arch = build_model(cfg)
+        model.load_state_dict(state, assign=True)
+        if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+            raise RuntimeError("tensors not in the checkpoint")
+        return model, arch
+    except (RuntimeError, TypeError, NotImplementedError):
+        pass
+    model, arch = build_model(cfg)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the model its config describes: "
+                              f"{str(exc).splitlines()[0]}") from None
+    return model, arch
+
+
+def _check_featurizer(arch: str, have: str | None, path: Path, log: TextIO) -> None:
+    """Warn when the checkpoint's features were made with other settings (e.g. another RDKit)."""
+    if have is None:
+        return
+    from neimsctl.chem.featurize_run import run_settings
+    from neimsctl.chem.features import get_featurizer
+    from neimsctl.chem.rowbuild import RowOptions
+
+    ours = {get_featurizer(arch).settings_hash, run_settings(RowOptions(mode=arch))[1]}
+    if have not in ours:
+        print(f"neimsctl: warning: {path.name} was trained on features with settings hash "
+              f"{have}; this installation makes {sorted(ours)[0]} (another RDKit or featurizer "
+              "version?): predictions may be off", file=log, flush=True)
+
+
+@torch.inference_mode()
+def predict_block(lm: LoadedModel, block: dict[str, np.ndarray], *, batch_size: int = 1024,
+                  uncertainty: bool = False, mc_samples: int = 30
+                  ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray] | None]:
+    """Spectra of one feature block.
+
+    Returns
+    -------
+    (spectra, std, experts)
+        ``spectra`` float32 ``(n, n_bins)`` linear, base peak 1; ``std`` the MC-dropout
+        standard deviations on the same scale (teacher with ``uncertainty``) or ``None``;
+        ``experts`` ``{"index": (n, k) int, "weight": (n, k) float}`` for the student, else None.
+
+    Raises
+    ------
+    ConfigError
+        ``uncertainty`` with a student model.
+    """
+    if uncertainty and lm.arch != "teacher":
+        raise ConfigError("--uncertainty needs the teacher (MC dropout): use --model teacher "
+                          "or a teacher checkpoint")
+    n = len(block["ordinal"])
+    if lm.arch == "student":
+        return _student(lm, block, n, batch_size)
+    return _teacher(lm, block, n, batch_size, uncertainty, mc_samples)
+
+
+def _student(lm: LoadedModel, block: dict[str, np.ndarray], n: int, bs: int):  # type: ignore[no-untyped-def]
+    from neimsctl.chem.features import student_vectors
+
+    model, outs, idx, wts = lm.model, [], [], []
+    for a in range(0, n, bs):
+        x = torch.from_numpy(student_vectors(block["ecfp"][a:a + bs], block["counts"][a:a + bs]))
+        o = model(x.to(lm.device))
+        lin = model.to_linear(o.pred)
+        outs.append((lin / lin.amax(dim=1, keepdim=True).clamp_min(1e-12)).cpu().numpy())
+        idx.append(o.topk_idx.cpu().numpy())
+        wts.append(o.topk_weight.float().cpu().numpy())
+    if not outs:
+        return np.zeros((0, model.config.n_bins), np.float32), None, None
+    return (np.concatenate(outs), None,
+            {"index": np.concatenate(idx), "weight": np.concatenate(wts)})
+
+
+def _teacher(lm: LoadedModel, block: dict[str, np.ndarray], n: int, bs: int, unc: bool,
+             samples: int):  # type: ignore[no-untyped-def]
+    from torch_geometric.data import Batch, Data
+
+    atoms = np.concatenate([[0], np.cumsum(block["n_atoms"])])
+    edges = np.concatenate([[0], np.cumsum(block["n_edges"])])
+    ecfp = np.unpackbits(block["ecfp"], axis=1).astype(np.float32)
+    outs, stds = [], []
+    for a in range(0, n, bs):
+        data = []
+        for j in range(a, min(n, a + bs)):
+            ei = block["edge_index"][edges[j]:edges[j + 1]].astype(np.int64).T.copy()
+            data.append(Data(x=torch.from_numpy(block["atom_x"][atoms[j]:atoms[j + 1]].astype(np.float32)),
+                             edge_index=torch.from_numpy(ei).reshape(2, -1),
+                             edge_attr=torch.from_numpy(block["edge_attr"][edges[j]:edges[j + 1]].astype(np.float32)),
+                             ecfp=torch.from_numpy(ecfp[j:j + 1]),
+                             mw=torch.tensor([int(block["mw"][j])])))
+        batch = Batch.from_data_list(data).to(lm.device)
+        if unc:
+            mean, var = lm.model.mc_predict(batch, n_samples=samples)
+            outs.append(mean.float().cpu().numpy())
+            stds.append(var.clamp_min(0).sqrt().float().cpu().numpy())
+        else:
+            outs.append(lm.model.predict_spectrum(batch).float().cpu().numpy())
+    if not outs:
+        return np.zeros((0, lm.model.config.n_bins), np.float32), None, None
+    return np.concatenate(outs), (np.concatenate(stds) if unc else None), None

@@ -1,0 +1,211 @@
+"""Teacher soft labels for distillation (SPEC.md "Training", step 3).
+
+:func:`run_softlabel` runs a finetuned teacher with MC dropout over teacher-mode feature shards
+and writes, per row, the id, the MC-dropout mean spectrum and per-bin variance (linear, base
+peak 1: the normalisation of :meth:`TeacherModel.mc_predict`) and the teacher's penultimate
+representation (512) into a ``neimsctl.softlabel/1`` shard (formats/softlabel-shard.v1.md),
+aligned with student shards by ``id``.
+
+Choices:
+
+- **Representation** ``hidden`` = the mean over the same MC samples as the spectrum (no extra
+  pass; it is the expectation the MC mean spectrum also estimates).
+- **Determinism and resume.** Before batch ``b`` (rows ``b*batch_size ...``) the torch RNG is
+  seeded with ``seed * 1_000_003 + b``, so every batch's dropout masks depend only on the
+  settings; a resumed run (``resume=True``: keep the rows of the finished batches in
+  ``OUT.partial``, continue after them) writes exactly what an uninterrupted run writes.
+- **Rejects**: a row whose id was seen before (alignment needs unique ids) or whose prediction
+  is not finite is not written and is reported (``duplicate_id``, ``nonfinite_prediction``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence, TextIO
+
+import numpy as np
+import torch
+
+from neimsctl.data.dataset import TeacherDataset
+from neimsctl.errors import CheckpointError, ConfigError, FormatError
+from neimsctl.io.h5shard import ShardReader
+from neimsctl.io.rejects import Reject, Tally
+from neimsctl.io.softlabel_shard import SoftLabelWriter
+from neimsctl.train.checkpoint import load_checkpoint
+from neimsctl.train.config import resolve_device
+
+__all__ = ["SoftLabelSettings", "mc_soft_labels", "load_teacher", "run_softlabel"]
+
+
+@dataclass
+class SoftLabelSettings:
+    """What determines a soft-label file's content (stored in its ``settings`` attribute)."""
+
+    samples: int = 30
+    seed: int = 0
+    batch_size: int = 64
+    hidden: str = "mc_mean"
+    part: str = "all"                 # all | train (the compound-grouped split's train part)
+    split_seed: int = 42
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+
+    def __post_init__(self) -> None:
+        if self.samples < 2:
+            raise ConfigError(f"--samples: MC dropout needs >= 2 samples for a variance, got {self.samples}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size: must be >= 1, got {self.batch_size}")
+        if self.part not in ("all", "train"):
+            raise ConfigError(f"part: 'all' or 'train', got {self.part!r}")
+
+
+@torch.no_grad()
+def mc_soft_labels(model: torch.nn.Module, batch: Any, n_samples: int = 30
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MC-dropout mean spectrum, per-bin variance and mean hidden representation.
+
+    Each sample is made linear and max-normalised; the mean is max-normalised again (base peak
+    1) and the variance rescaled by the same factor squared (as :meth:`TeacherModel.mc_predict`).
+
+    Returns
+    -------
+    tuple of Tensor
+        ``mean (B, n_bins)``, ``var (B, n_bins)`` (unbiased, ``n_samples - 1``), ``hidden
+        (B, D)``, all float32.
+    """
+    specs, hiddens = [], []
+    with model.mc_dropout(True):
+        for _ in range(n_samples):
+            pred, hidden = model(batch, return_hidden=True)
+            lin = model.to_linear(pred)
+            specs.append(lin / lin.amax(dim=-1, keepdim=True).clamp_min(1e-12))
+            hiddens.append(hidden.float())
+    s = torch.stack(specs)
+    mean, var = s.mean(0), s.var(0, unbiased=True)
+    scale = 1.0 / mean.amax(dim=-1, keepdim=True).clamp_min(1e-12)
+    return mean * scale, var * scale.square(), torch.stack(hiddens).mean(0)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_teacher(path: str | Path, *, featurizer_hash: str | None = None
+                 ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A teacher with the weights of checkpoint ``path`` (eval mode) and the checkpoint dict.
+
+    Raises
+    ------
+    CheckpointError
+        Unreadable file, not a teacher, or trained on features with another settings hash.
+    """
+    from neimsctl.train.finetune import build_teacher
+
+    ckpt = load_checkpoint(path)
+    have = ckpt.get("featurizer_hash")
+    if featurizer_hash is not None and have is not None and have != featurizer_hash:
+        raise CheckpointError(f"{path}: featurizer mismatch: the teacher was trained on features "
+                              f"with settings hash {have}, these shards have {featurizer_hash}")
+    model_cfg = (ckpt.get("config") or {}).get("model") or {}
+    try:
+        model = build_teacher(model_cfg)
+        model.load_state_dict(ckpt["model"])
+    except (ConfigError, RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"{path}: not a usable teacher checkpoint: {exc}") from exc
+    return model.eval(), ckpt
+
+
+def run_softlabel(teacher: str | Path, shards: Sequence[str | Path], out: str | Path, *,
+                  settings: SoftLabelSettings | None = None, device: str = "auto",
+                  resume: bool = False, rejects: Any = None, attrs: dict[str, Any] | None = None,
+                  log: TextIO | None = None) -> Tally:
+    """Write the soft labels of every row (or every train-part row) of ``shards`` to ``out``.
+
+    Parameters
+    ----------
+    teacher
+        Finetuned teacher checkpoint (``neimsctl finetune``).
+    shards
+        Teacher-mode feature shards (rows with and without spectra are labelled).
+    out
+        Output file; written as ``out.partial`` and renamed when complete.
+    settings
+        :class:`SoftLabelSettings` (samples, seed, batch size, part).
+    resume
+        Continue ``out.partial`` of an interrupted run with the same settings.
+    rejects
+        Binary stream for the rejects report (JSONL), or ``None``.
+    attrs
+        Extra root attributes (provenance).
+
+    Returns
+    -------
+    Tally
+        Rows read / written / rejected.
+    """
+    from neimsctl.train.evaluate import dataset_split
+    from neimsctl.train.finetune import shard_hash
+
+    log = sys.stderr if log is None else log
+    s = settings or SoftLabelSettings()
+    for p in shards:
+        with ShardReader(p) as r:
+            if r.mode != "teacher":
+                raise FormatError(f"shard mode is {r.mode!r}; softlabel needs `neimsctl featurize "
+                                  "--mode teacher` shards", file=str(p))
+    fhash = shard_hash(shards)
+    model, ckpt = load_teacher(teacher, featurizer_hash=fhash)
+    dev = resolve_device(device)
+    model.to(dev)
+    ds = TeacherDataset(list(shards), require_spectrum=False)
+    positions = np.arange(len(ds), dtype=np.int64)
+    if s.part == "train":
+        positions = dataset_split(ds, seed=s.split_seed, fractions=s.split).train
+    cfg_model = model.config.to_dict()
+    with torch.no_grad():  # eval mode: draws no random numbers
+        probe = model(ds.get_batch([0]).to(dev), return_hidden=True)
+    n_bins, hidden_dim = int(probe[0].shape[1]), int(probe[1].shape[1])
+    full = {**asdict(s), "split": list(s.split), "teacher_sha256": _sha256(Path(teacher)),
+            "featurizer_hash": fhash, "n_positions": int(len(positions))}
+    head = {"featurizer_hash": fhash, "teacher": str(teacher),
+            "teacher_model": str(cfg_model), **(attrs or {})}
+    tally = Tally(sink=rejects)
+    seen: set[bytes] = set()
+    with SoftLabelWriter(out, full, n_bins=n_bins, hidden_dim=hidden_dim, attrs=head,
+                         resume=resume) as w:
+        start = w.positions_done
+        if start:
+            print(f"neimsctl: softlabel: resuming after {start} of {len(positions)} rows",
+                  file=log, flush=True)
+            seen.update(bytes(i) for i in ds.ids[positions[:start]])
+            tally.read, tally.written = start, w.n_rows
+        bs = s.batch_size
+        for b in range(start // bs, -(-len(positions) // bs)):
+            pos = positions[b * bs:(b + 1) * bs]
+            torch.manual_seed(s.seed * 1_000_003 + b)
+            batch = ds.get_batch(pos).to(dev)
+            mean, var, hid = (t.cpu().numpy() for t in mc_soft_labels(model, batch, s.samples))
+            ids = [i.decode() for i in ds.ids[pos]]
+            keep = []
+            for j, rid in enumerate(ids):
+                tally.read += 1
+                key = rid.encode()
+                if key in seen:
+                    tally.reject(Reject("duplicate_id", "id seen before; soft labels align by id",
+                                        id=rid))
+                elif not (np.isfinite(mean[j]).all() and np.isfinite(var[j]).all()
+                          and np.isfinite(hid[j]).all()):
+                    tally.reject(Reject("nonfinite_prediction", "teacher output is NaN/inf", id=rid))
+                else:
+                    keep.append(j)
+                seen.add(key)
+            w.append([ids[j] for j in keep], mean[keep], var[keep], hid[keep],
+                     positions_done=min((b + 1) * bs, len(positions)))
+            tally.written += len(keep)
+    return tally

@@ -1,0 +1,123 @@
+"""softlabel and distill through the installed CLI and real pipes, with a tiny finetuned teacher."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from neimsctl.cli.main import app, load_commands
+from neimsctl.io.softlabel_shard import SoftLabelReader
+
+pytestmark = pytest.mark.cli
+slow = pytest.mark.slow
+load_commands()
+TEACHER = ("--set model.hidden=16 --set model.num_layers=2 --set model.attention_hidden=8 "
+           "--set model.pool_gate_hidden=8 --set 'model.ecfp_hidden=[32]' --set model.ecfp_out=16 "
+           "--set 'model.head_hidden=[32,16]' --set train.batch_size=64 --set train.num_workers=0 "
+           "--set train.threads=1 --set schedule.name=none --set train.epochs=1")
+STUDENT = ("--set 'model.gate_hidden=[16]' --set model.expert_depth=1 --set model.expert_bottleneck=4 "
+           "--set 'model.head_hidden=[32]' --set model.hidden_dim=16 --set train.batch_size=64 "
+           "--set train.num_workers=0 --set train.threads=1 --set loss.warmup_epochs=1 "
+           "--set train.epochs=2 --device cpu")
+
+
+def sh(cmd: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=cwd, capture_output=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory, sample_msp: Path, neimsctl_exe: str) -> Path:
+    d = tmp_path_factory.mktemp("kdcli")
+    p = sh(f"neimsctl msp2jsonl {sample_msp} | tee r.jsonl | neimsctl featurize --mode teacher "
+           "-o t.h5 && neimsctl featurize --mode student -o s.h5 < r.jsonl", d)
+    assert p.returncode == 0, p.stderr.decode()
+    return d
+
+
+@pytest.fixture(scope="module")
+def work(shards: Path, repo_root: Path) -> Path:
+    d = shards
+    p = sh(f"neimsctl finetune t.h5 --config {repo_root}/configs/finetune/teacher-cpu-small.yaml "
+           f"{TEACHER} --device cpu --out-dir ft", d)
+    assert p.returncode == 0, p.stderr.decode()
+    return d
+
+
+@slow
+def test_softlabel_then_distill_two_epochs(work: Path, repo_root: Path) -> None:
+    p = sh("neimsctl softlabel t.h5 --teacher ft/checkpoints/last.pt -o soft.h5 --samples 3 "
+           "--batch-size 50 --device cpu --no-provenance", work)
+    assert p.returncode == 0, p.stderr.decode()
+    assert p.stdout == b"" and b"rejected 0" in p.stderr
+    with SoftLabelReader(work / "soft.h5") as r:
+        assert r.n_rows == 300 and r.settings["samples"] == 3 and "argv" not in r.attrs
+    p = sh(f"neimsctl distill s.h5 --soft-labels soft.h5 "
+           f"--config {repo_root}/configs/distill/student-cpu-small.yaml {STUDENT} --out-dir kd", work)
+    assert p.returncode == 0, p.stderr.decode()
+    assert b"student + KD" in p.stderr and b"expert usage" in p.stderr and p.stdout == b""
+    for name in ("checkpoints/last.pt", "checkpoints/best.pt", "report.md", "config.yaml"):
+        assert (work / "kd" / name).is_file(), name
+    recs = [orjson.loads(x) for x in (work / "kd/train_log.jsonl").read_bytes().splitlines()]
+    assert [r["epoch"] for r in recs if r["kind"] == "epoch"] == [1, 2]
+
+
+@slow
+def test_distill_with_teacher_computes_soft_labels_first(work: Path) -> None:
+    p = sh(f"neimsctl distill s.h5 --teacher ft/checkpoints/last.pt --teacher-feats t.h5 "
+           f"--samples 2 {STUDENT} --set train.epochs=1 --out-dir kd2", work)
+    assert p.returncode == 0, p.stderr.decode()
+    with SoftLabelReader(work / "kd2/soft_labels.h5") as r:
+        assert r.settings["part"] == "train" and 0 < r.n_rows < 300
+
+
+@slow
+def test_baselines_run(work: Path) -> None:
+    p = sh(f"neimsctl distill s.h5 --no-kd {STUDENT} --set train.epochs=1 --out-dir nokd", work)
+    assert p.returncode == 0, p.stderr.decode()
+    assert b"student, no KD" in p.stderr
+    p = sh("neimsctl distill s.h5 --arch neims-v1 --set model.hidden_dim=32 --set model.n_blocks=1 "
+           "--set train.epochs=1 --set train.num_workers=0 --device cpu --out-dir v1", work)
+    assert p.returncode == 0, p.stderr.decode()
+    assert (work / "v1/checkpoints/best.pt").is_file()
+
+
+@pytest.mark.parametrize("args, code, text", [
+    ("s.h5", 2, "--teacher, --soft-labels or --no-kd"),
+    ("s.h5 --no-kd --soft-labels soft.h5", 2, "give one of"),
+    ("s.h5 --teacher ft/checkpoints/last.pt", 2, "--teacher-feats"),
+    ("s.h5 --arch neims-v1 --soft-labels soft.h5", 2, "without KD"),
+    ("s.h5 --arch nope --no-kd", 2, "--arch"),
+    ("missing.h5 --no-kd", 1, "no such file"),
+    ("t.h5 --no-kd", 1, "distill needs `neimsctl featurize --mode student`"),
+    ("s.h5 --no-kd --set train.bogus=1", 1, "train.bogus"),
+    ("s.h5 --arch neims-v1 -c {repo}/configs/distill/student-cpu-small.yaml", 1, "not --arch"),
+])
+def test_distill_exit_codes(shards: Path, repo_root: Path, args: str, code: int, text: str,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(shards)
+    r = CliRunner().invoke(app, ["distill", *shlex.split(args.format(repo=repo_root)),
+                                 "--out-dir", "bad"])
+    assert r.exit_code == code, r.output
+    assert text in r.stderr
+    assert not (shards / "bad" / "checkpoints").exists()
+
+
+def test_softlabel_exit_codes(shards: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(shards)
+    r = CliRunner().invoke(app, ["softlabel", "t.h5", "--teacher", "none.pt", "-o", "-"])
+    assert r.exit_code == 2 and "seekable" in r.stderr
+    r = CliRunner().invoke(app, ["softlabel", "t.h5", "--teacher", "none.pt", "-o", "x.h5"])
+    assert r.exit_code == 1 and "none.pt" in r.stderr and "no such file" in r.stderr
+
+
+@slow
+def test_softlabel_refuses_student_shards(work: Path) -> None:
+    p = sh("neimsctl softlabel s.h5 --teacher ft/checkpoints/last.pt -o x.h5", work)
+    assert p.returncode == 1 and b"softlabel needs `neimsctl featurize --mode teacher`" in p.stderr
+    assert not (work / "x.h5").exists()

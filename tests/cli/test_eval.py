@@ -1,0 +1,116 @@
+"""neimsctl eval through the installed CLI: JSON on stdout, report files, exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import orjson
+import pytest
+from _eval_fixtures import RECALL, RECALL_MASS5, write_case
+
+pytestmark = pytest.mark.cli
+
+
+def run(exe: str, *args: str, cwd: Path | None = None, stdin: bytes | None = None):
+    return subprocess.run([exe, "eval", *map(str, args)], capture_output=True, timeout=120,
+                          cwd=cwd, input=stdin)
+
+
+def test_msp_vs_itself_is_perfect(neimsctl_exe, tmp_path):
+    case = write_case(tmp_path)
+    proc = run(neimsctl_exe, case["queries_msp"], case["queries_msp"])
+    assert proc.returncode == 0, proc.stderr
+    m = orjson.loads(proc.stdout)
+    assert m["schema"] == "neimsctl.eval/1"
+    assert m["recall@1"] == 1.0 and m["mean_cosine"] == pytest.approx(1.0)
+    assert m["mae"] == 0.0 and m["counts"]["n_queries"] == 3
+    assert b"R@1 1.000" in proc.stderr
+
+
+def test_sample_msp_vs_its_jsonl(neimsctl_exe, tmp_path, sample_msp):
+    """The bundled sample against itself through two formats: every compound ranks first
+    except where two compounds share a spectrum shape; id pairing makes every cosine 1."""
+    jsonl = tmp_path / "s.jsonl"
+    conv = subprocess.run([neimsctl_exe, "msp2jsonl", "-q", str(sample_msp), "-o", str(jsonl)],
+                          capture_output=True, timeout=120)
+    assert conv.returncode == 0, conv.stderr
+    proc = run(neimsctl_exe, jsonl, sample_msp, "--json", "-q")
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
+    assert proc.stdout.count(b"\n") == 1
+    m = orjson.loads(proc.stdout)
+    assert m["counts"]["n_queries"] == 300 and m["mean_cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert m["recall@10"] >= 0.99
+
+
+def test_jsonl_predictions_with_library_and_mass_filter(neimsctl_exe, tmp_path):
+    case = write_case(tmp_path)
+    proc = run(neimsctl_exe, case["pred_jsonl"], case["queries"], "--library", case["library"],
+               "--mass-filter", "5", "--ks", "1,2,3")
+    assert proc.returncode == 0, proc.stderr
+    m = orjson.loads(proc.stdout)
+    for k in (1, 2, 3):
+        assert m[f"recall@{k}"] == pytest.approx(RECALL[k])
+        assert m[f"recall@{k}_mass5"] == pytest.approx(RECALL_MASS5[k])
+    assert m["settings"]["mass_filter"] == 5.0
+    assert m["experts"]["n_experts"] == 3 and m["uncertainty"]["spearman_compound"] == pytest.approx(1.0)
+    # m/z^0 * I^1 weighting changes nothing here but is accepted and echoed
+    proc = run(neimsctl_exe, case["pred_jsonl"], case["queries"], "-l", case["library"],
+               "--mz-power", "0", "--intensity-power", "1", "--ks", "1,2,3")
+    assert orjson.loads(proc.stdout)["settings"]["mz_power"] == 0.0
+
+
+def test_report_and_stdin(neimsctl_exe, tmp_path):
+    case = write_case(tmp_path)
+    rep = tmp_path / "rep"
+    proc = run(neimsctl_exe, "-", case["queries"], "-l", case["library"], "--report", rep,
+               stdin=case["pred_jsonl"].read_bytes())
+    assert proc.returncode == 0, proc.stderr
+    m = orjson.loads(proc.stdout)
+    assert (rep / "report.md").stat().st_size > 0
+    for name in ("mirror_best", "mirror_median", "mirror_worst", "recall_at_k", "cosine_hist"):
+        png = (rep / f"{name}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+    assert str(rep / "report.md") in m["report"]
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["{queries}", "{library}"], 1, b"no measured spectrum"),
+    (["{queries}", "{missing}"], 1, b"no such file"),
+    (["{bad}", "{queries}"], 1, b"not valid JSON"),
+    (["{queries}", "{queries}", "--ks", "a,b"], 2, b"--ks"),
+    (["{queries}", "{queries}", "--mass-filter", "-1"], 2, b"mass-filter"),
+    (["{queries}"], 2, b"MEASURED"),
+    (["-", "-"], 2, b"only one"),
+])
+def test_exit_codes(neimsctl_exe, tmp_path, args, code, message):
+    case = write_case(tmp_path)
+    (tmp_path / "bad.jsonl").write_bytes(b"{not json\n")
+    names = {"queries": case["queries"], "library": case["library"],
+             "missing": tmp_path / "missing.msp", "bad": tmp_path / "bad.jsonl"}
+    proc = run(neimsctl_exe, *[a.format(**names) for a in args], stdin=b"")
+    assert proc.returncode == code, proc.stderr
+    assert message in proc.stderr and proc.stdout == b""
+
+
+def test_nn_baseline_tool_agrees_with_eval(neimsctl_exe, tmp_path, sample_msp, repo_root):
+    """tools/bench/nn_baseline.py on the bundled sample; `neimsctl eval` on its exported
+    predictions reproduces its figures exactly."""
+    feats = tmp_path / "s.h5"
+    proc = subprocess.run(f"{neimsctl_exe} msp2jsonl -q {sample_msp} | {neimsctl_exe} featurize -q "
+                          f"--no-provenance -o {feats} -", shell=True, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    import sys
+
+    tool = subprocess.run([sys.executable, str(repo_root / "tools" / "bench" / "nn_baseline.py"),
+                           str(feats), "--export", str(tmp_path / "nn")], capture_output=True, timeout=120)
+    assert tool.returncode == 0, tool.stderr
+    nn = orjson.loads(tool.stdout)
+    assert nn["n_compounds"] > 10 and 0 < nn["mean_tanimoto"] <= 1
+    proc = run(neimsctl_exe, tmp_path / "nn" / "pred.jsonl", tmp_path / "nn" / "query.jsonl",
+               "-l", tmp_path / "nn" / "train.jsonl", "--mass-filter", "5", "-q")
+    assert proc.returncode == 0, proc.stderr
+    ev = orjson.loads(proc.stdout)
+    for key in ("recall@1", "recall@10", "recall@20_mass5", "mean_cosine", "mae", "rmse"):
+        assert ev[key] == pytest.approx(nn[key], abs=1e-6), key
+    assert ev["counts"]["n_library"] == nn["n_library"] and ev["counts"]["n_queries"] == nn["n_queries"]

@@ -1,0 +1,168 @@
+"""neimsctl predict: formats, inputs, bad SMILES and exit codes, with tiny checkpoints built here."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import neimsctl.cli.predict  # noqa: F401  (registers the command)
+from neimsctl.chem.featurize_run import run_settings
+from neimsctl.chem.rowbuild import RowOptions
+from neimsctl.cli import main as cli_main
+from neimsctl.io.msp import read_msp
+from neimsctl.models.student import StudentConfig, StudentModel
+from neimsctl.train.checkpoint import save_checkpoint
+
+pytestmark = pytest.mark.cli
+runner = CliRunner()
+TINY = StudentConfig(gate_hidden=(16,), expert_depth=1, expert_bottleneck=8, head_hidden=(32,),
+                     hidden_dim=16)
+SMI = b"CC(=O)Oc1ccccc1C(=O)O aspirin\nxyz\n\n# a comment\nc1ccccc1 benzene ring\nC1CC\n"
+SDF = (b"ethanol\n  RDKit          2D\n\n  3  2  0  0  0  0  0  0  0  0999 V2000\n"
+       b"    0.0000    0.0000    0.0000 C   0  0\n    1.2990    0.7500    0.0000 C   0  0\n"
+       b"    2.5981   -0.0000    0.0000 O   0  0\n  1  2  1  0\n  2  3  1  0\nM  END\n$$$$\n"
+       b"broken\n  x\n\n  1  0  0  0  0  0  0  0  0  0999 V2000\nM  END\n$$$$\n")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("predict") / "tiny.pt"
+    torch.manual_seed(0)
+    save_checkpoint(path, model=StudentModel(TINY), config={"model": {"name": "student", **TINY.to_dict()}},
+                    featurizer_hash=run_settings(RowOptions(mode="student"))[1])
+    return path
+
+
+def invoke(*args: str, stdin: bytes = b""):
+    return runner.invoke(cli_main.app, ["predict", *args], input=stdin)
+
+
+def test_msp_output_round_trips_and_bad_smiles_continue(ckpt):
+    res = invoke("-m", str(ckpt), "--precision", "fp32", stdin=SMI)
+    assert res.exit_code == 1
+    assert "neimsctl predict: <stdin>:2: cannot parse SMILES 'xyz'" in res.stderr
+    assert "neimsctl predict: <stdin>:6: cannot parse SMILES 'C1CC'" in res.stderr
+    assert "read 4, written 2, rejected 2 (unparsable_smiles: 2)" in res.stderr
+    recs = list(read_msp(io.BytesIO(res.stdout_bytes), "out.msp"))
+    assert [r.reason for r in recs] == [None, None]
+    assert [r.name for r in recs] == ["aspirin", "benzene ring"]
+    a = recs[0]
+    assert a.fields["inchikey"] == "BSYNRYMUTXBXSQ-UHFFFAOYSA-N" and a.fields["formula"] == "C9H8O4"
+    assert a.fields["mw"] == "180" and a.fields["smiles"] == "CC(=O)Oc1ccccc1C(=O)O"
+    assert "model=tiny.pt sha256:" in a.fields["comments"] and "fp32" in a.fields["comments"]
+    assert max(a.intensity) == 999 and min(a.intensity) >= 1 and a.num_peaks == len(a.mz)
+    assert all(float(m).is_integer() and 0 <= m <= 500 for m in a.mz)
+
+
+def test_matchms_reads_our_msp(ckpt, tmp_path):
+    importing = pytest.importorskip("matchms.importing", reason="matchms not installed")
+    out = tmp_path / "p.msp"
+    assert invoke("-m", str(ckpt), "-o", str(out), stdin=b"CCO ethanol\nc1ccccc1\n").exit_code == 0
+    spectra = list(importing.load_from_msp(str(out)))
+    assert len(spectra) == 2 and spectra[0].get("inchikey") == "LFQSCWFLJHTTHZ-UHFFFAOYSA-N"
+
+
+def test_strict_stops_at_first_bad_line(ckpt):
+    res = invoke("-m", str(ckpt), "--strict", stdin=SMI)
+    assert res.exit_code == 1
+    assert "<stdin>:2: cannot parse SMILES 'xyz': stopped under --strict" in res.stderr
+    recs = list(read_msp(io.BytesIO(res.stdout_bytes), "out.msp"))
+    assert [r.name for r in recs] == ["aspirin"]  # rows before the bad one are written
+
+
+def test_top_format(ckpt):
+    res = invoke("-m", str(ckpt), "--top", "3", stdin=b"CCO ethanol\nc1ccccc1\n")
+    assert res.exit_code == 0, res.stderr
+    blocks = res.stdout.split("\n\n")
+    assert blocks[0].startswith("# ethanol  CCO  (ethanol)\n")
+    assert blocks[1].startswith("# <stdin>:2  c1ccccc1  (<stdin>:2)\n") or \
+        blocks[1].startswith("# stdin:2  c1ccccc1  (stdin:2)\n")
+    lines = blocks[0].splitlines()[1:]
+    assert len(lines) == 3 and lines[0].endswith(": 1.0000")
+    vals = []
+    for ln in lines:
+        head, val = ln.split(": ")
+        assert head.startswith("m/z ") and head[4:].isdigit() and len(val) == 6
+        vals.append(float(val))
+    assert vals == sorted(vals, reverse=True)
+
+
+def test_jsonl_shape_and_rejects_file(ckpt, tmp_path):
+    rej = tmp_path / "rej.jsonl"
+    res = invoke("-m", str(ckpt), "-O", "jsonl", "--rejects", str(rej), stdin=SMI)
+    assert res.exit_code == 1
+    lines = [orjson.loads(x) for x in res.stdout_bytes.splitlines()]
+    assert len(lines) == 2
+    rec = lines[0]
+    assert set(rec) == {"schema", "id", "name", "smiles", "inchikey", "mw", "mz", "intensity", "experts"}
+    assert rec["schema"] == "neimsctl.prediction/1" and rec["id"] == "aspirin" and rec["mw"] == 180
+    assert len(rec["mz"]) == len(rec["intensity"]) and max(rec["intensity"]) == 999
+    assert rec["mz"] == sorted(rec["mz"]) and len(rec["experts"]["index"]) == 2
+    bad = [orjson.loads(x) for x in rej.read_bytes().splitlines()]
+    assert [(b["line"], b["reason"]) for b in bad] == [(2, "unparsable_smiles"), (6, "unparsable_smiles")]
+
+
+def test_sdf_input(ckpt, tmp_path):
+    path = tmp_path / "m.sdf"
+    path.write_bytes(SDF)
+    res = invoke("-m", str(ckpt), "-O", "jsonl", str(path))
+    assert res.exit_code == 1
+    assert f"{path}:12: MOL block 'broken': RDKit cannot parse the MOL block" in res.stderr
+    recs = [orjson.loads(x) for x in res.stdout_bytes.splitlines()]
+    assert [(r["name"], r["smiles"], r["mw"]) for r in recs] == [("ethanol", "CCO", 46)]
+
+
+def test_model_errors(ckpt, tmp_path, monkeypatch):
+    from neimsctl.train import predictor
+
+    monkeypatch.setattr(predictor, "MODELS_DIR", tmp_path)
+    res = invoke(stdin=b"CCO\n")
+    assert res.exit_code == 1 and "no shipped default student model" in res.stderr
+    assert "--model PATH" in res.stderr
+    res = invoke("-m", str(tmp_path / "nope.pt"), stdin=b"CCO\n")
+    assert res.exit_code == 1 and "no such checkpoint" in res.stderr
+    res = invoke("-m", str(ckpt), "--uncertainty", "-O", "jsonl", stdin=b"CCO\n")
+    assert res.exit_code == 1 and "needs the teacher" in res.stderr
+    assert invoke("-m", str(ckpt), "--uncertainty", stdin=b"CCO\n").exit_code == 2
+    assert invoke("-m", str(ckpt), "--precision", "fp8", stdin=b"CCO\n").exit_code == 2
+
+
+def test_teacher_uncertainty(tmp_path):
+    from neimsctl.models.teacher import TeacherConfig, TeacherModel
+
+    cfg = TeacherConfig.from_dict({"hidden": 16, "num_layers": 2, "attention_hidden": 8,
+                                   "pool_gate_hidden": 8, "ecfp_hidden": [32], "ecfp_out": 16,
+                                   "head_hidden": [32, 16]})
+    torch.manual_seed(0)
+    path = tmp_path / "teacher.pt"
+    save_checkpoint(path, model=TeacherModel(cfg), config={"model": {"name": "teacher", **cfg.to_dict()}},
+                    featurizer_hash=run_settings(RowOptions(mode="teacher"))[1])
+    res = invoke("-m", str(path), "--uncertainty", "--mc-samples", "4", "-O", "jsonl",
+                 stdin=b"CCO ethanol\nxyz\nc1ccccc1O phenol\n")
+    assert res.exit_code == 1 and "<stdin>:2: cannot parse SMILES 'xyz'" in res.stderr
+    recs = [orjson.loads(x) for x in res.stdout_bytes.splitlines()]
+    assert [r["name"] for r in recs] == ["ethanol", "phenol"]
+    for r in recs:
+        assert len(r["uncertainty"]) == len(r["mz"]) and min(r["uncertainty"]) >= 0
+        assert max(r["intensity"]) == pytest.approx(999)
+
+
+def test_real_pipe_from_sample(ckpt, sample_msp, neimsctl_exe, tmp_path):
+    """msp2jsonl on the bundled MassBank sample, then predict -O jsonl through the installed CLI."""
+    cmd = (f"neimsctl msp2jsonl -q {sample_msp} | head -n 50 > recs.jsonl && "
+           f"neimsctl predict -q -m {ckpt} -O jsonl --jobs 2 --batch-size 16 recs.jsonl")
+    p = subprocess.run(["bash", "-c", cmd], capture_output=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr.decode()
+    recs = [orjson.loads(x) for x in p.stdout.splitlines()]
+    src = [orjson.loads(x) for x in (tmp_path / "recs.jsonl").read_bytes().splitlines()]
+    assert len(recs) == len(src) == 50 and all(r["inchikey"] and r["mz"] for r in recs)
+    assert [r["id"] for r in recs] == [s["id"] for s in src]  # input order kept with 2 workers
+    assert [r["smiles"] for r in recs] == [s["smiles"] for s in src]
+    assert np.all([max(r["intensity"]) == 999 for r in recs])

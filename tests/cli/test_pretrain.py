@@ -1,0 +1,104 @@
+"""``neimsctl pretrain`` end to end: the installed CLI on real SMILES, resume, rejects, exit codes."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+from pathlib import Path
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from neimsctl.cli import main as cli_main
+
+REPO = Path(__file__).resolve().parents[2]
+CFG = str(REPO / "configs" / "pretrain" / "teacher-cpu-small.yaml")
+TINY = [f"--set={kv}" for kv in (
+    "model.hidden=16", "model.num_layers=1", "model.ecfp_hidden=[32]", "model.ecfp_out=16",
+    "model.head_hidden=[32,16]", "train.batch_size=16", "train.num_workers=1",
+    "data.max_val_records=30", "schedule.t0=2", "train.log_every=1",
+    "train.steps_per_epoch=null")]  # an epoch = one pass over the (small) input
+# real MOSES molecules (first lines of ../shared/data/pretrain/moses_train.smi.zst)
+MOSES = ["CCCS(=O)c1ccc2[nH]c(=NC(=O)OC)[nH]c2c1", "CC(C)(C)C(=O)C(Oc1ccc(Cl)cc1)n1ccnc1",
+         "Cc1c(Cl)cccc1Nc1ncccc1C(=O)OCC(O)CO", "Cn1cnc2c1c(=O)n(CC(O)CO)c(=O)n2C",
+         "CC1Oc2ccc(Cl)cc2N(CC(O)CO)C1=O", "CCOC(=O)c1cncn1C1CCCc2ccccc21"]
+
+pytestmark = pytest.mark.cli
+
+
+def _tiny(tmp_path: Path) -> Path:
+    lines = [f"{'C' * k}{s} m{k}" for k in range(1, 11) for s in MOSES]  # 60 molecules
+    lines[3], lines[50] = "C1CC not_closed", "Xx bad_atom"
+    path = tmp_path / "tiny.smi"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _run(exe: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([exe, "pretrain", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_tiny_file_two_epochs_rejects_then_resume(neimsctl_exe, tmp_path):
+    out = tmp_path / "run"
+    args = [str(_tiny(tmp_path)), "-c", CFG, *TINY, "-o", str(out)]
+    proc = _run(neimsctl_exe, *args, "--set", "train.epochs=2")
+    assert proc.returncode == 1, proc.stderr  # rejected SMILES: exit 1 after a complete run
+    assert proc.stdout == ""
+    assert "SMILES rejected: 2 (unparsable_structure: 2" in proc.stderr
+    rejects = [orjson.loads(ln) for ln in (out / "rejects.jsonl").read_bytes().splitlines()]
+    assert sorted(r["line"] for r in rejects) == [4, 51]
+    for name in ("checkpoints/last.pt", "checkpoints/best.pt", "report.md", "config.yaml",
+                 "train_log.jsonl"):
+        assert (out / name).is_file(), name
+    epochs = [r for r in map(orjson.loads, (out / "train_log.jsonl").read_bytes().splitlines())
+              if r["kind"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2] and "val_bond_acc" in epochs[0]["val"]
+    proc = _run(neimsctl_exe, *args, "--set", "train.epochs=3", "--resume")
+    assert "resumed from" in proc.stderr and "3 epochs, " in proc.stderr, proc.stderr
+    assert len((out / "rejects.jsonl").read_bytes().splitlines()) == 2  # not reported twice
+
+
+def test_real_moses_zstd_stream(neimsctl_exe, shared_data, tmp_path):
+    src = shared_data / "pretrain" / "moses_train.smi.zst"
+    proc = _run(neimsctl_exe, str(src), "-c", CFG, *TINY, "--max-molecules", "300",
+                "--set", "train.epochs=2", "-o", str(tmp_path / "m"))
+    assert proc.returncode == 0, proc.stderr
+    assert "SMILES rejected: 0" in proc.stderr and "2 epochs" in proc.stderr
+    log = (tmp_path / "m" / "train_log.jsonl").read_bytes().splitlines()
+    epoch = [r for r in map(orjson.loads, log) if r["kind"] == "epoch"]
+    assert 200 < epoch[0]["samples"] < 300  # one pass over the train part of 300 molecules
+
+
+def test_stdin_and_pcqm_style_csv(tmp_path):
+    runner = CliRunner()
+    cli_main.load_commands()
+    csv = tmp_path / "data.csv.gz"
+    body = "idx,smiles,homolumogap\n" + "".join(
+        f"{i},{'C' * k}{s},1.0\n" for i, (k, s) in enumerate((k, s) for k in range(1, 12)
+                                                            for s in MOSES))
+    csv.write_bytes(gzip.compress(body.encode()))
+    res = runner.invoke(cli_main.app, ["pretrain", str(csv), "--smiles-column", "smiles", "-c", CFG,
+                                       *TINY, "--steps-per-epoch", "1", "--set", "train.epochs=1",
+                                       "--set", "train.num_workers=0", "-o", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "c" / "checkpoints" / "best.pt").is_file()
+    res = runner.invoke(cli_main.app, ["pretrain", "-", "-c", CFG, *TINY,
+                                       "--set", "train.epochs=1", "--set", "train.num_workers=0",
+                                       "-o", str(tmp_path / "s")],
+                        input=_tiny(tmp_path).read_text())
+    assert res.exit_code == 1 and "SMILES rejected: 2" in res.output  # stdin: same as the file
+
+
+@pytest.mark.parametrize("args, code, text", [
+    (["x.smi"], 2, "Missing option '--config'"),
+    (["missing.smi", "-c", CFG], 1, "missing.smi: no such file"),
+    (["{tiny}", "-c", CFG, "--resume", "-o", "{tmp}/none"], 1, "no checkpoints to resume"),
+    (["{tiny}", "-c", CFG, "--set", "train.bogus=1"], 1, "train.bogus: unknown key"),
+])
+def test_exit_codes(tmp_path, args, code, text):
+    cli_main.load_commands()
+    tiny = _tiny(tmp_path)
+    args = [a.format(tiny=tiny, tmp=tmp_path) for a in args]
+    res = CliRunner().invoke(cli_main.app, ["pretrain", *args])
+    assert res.exit_code == code and text in res.output, res.output

@@ -1,0 +1,53 @@
+"""RowBuilder: chunk-wise spectrum binning equals the one-record function, bad peaks rejected."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from neimsctl.chem.rowbuild import Item, RowBuilder, RowOptions
+from neimsctl.chem.spectrum import preprocess_spectrum
+
+PEAKS = [
+    ([15.0, 29.0, 45.5], [100.0, 999.0, 0.5]),      # half rounds up, a noise peak
+    ([77.5, 78.2, 501.0, -3.0], [1.0, 2.0, 5.0, 7.0]),  # summed bin, out-of-range peaks
+    ([600.0], [10.0]),                              # nothing in range -> no spectrum
+    ([50.0, 51.0], [0.0, 0.0]),                     # all zero -> no spectrum
+    ([50.0, 51.0], [float("nan"), 3.0]),            # NaN -> no spectrum (as before)
+    ([50.0, 51.0], [float("inf"), 3.0]),            # inf -> no spectrum (as before)
+    ([41, 43, 57], [12, 999, 300]),                 # integers as msp2jsonl writes them
+    ([], []),                                       # no peaks
+]
+
+
+def _expected(mz: list, it: list) -> tuple[np.ndarray, bool]:
+    with np.errstate(invalid="ignore"):
+        vec = preprocess_spectrum(mz, it) if mz else np.zeros(501, np.float32)
+    has = bool(vec.max() > 0)
+    return (vec if has else np.zeros(501, np.float32)).astype(np.float16), has
+
+
+def test_chunk_spectra_equal_per_record_function() -> None:
+    rows = [(i, f"r{i}", "CCO", "", "C2H6O", "", 46, 70.0,
+             (mz, it) if mz else None, None, None) for i, (mz, it) in enumerate(PEAKS)]
+    spectrum, has, late = RowBuilder._spectra(rows)
+    assert not late
+    for i, (mz, it) in enumerate(PEAKS):
+        want, want_has = _expected(mz, it)
+        assert has[i] == want_has, i
+        assert np.array_equal(spectrum[i].view(np.uint16), want.view(np.uint16)), i
+
+
+@pytest.mark.parametrize("bad", [{"mz": [1.0, 2.0], "intensity": [1.0]},
+                                 {"mz": [1.0, "x"], "intensity": [1.0, 2.0]},
+                                 {"mz": "15 999", "intensity": [1.0]}])
+def test_bad_peaks_rejected_in_order(bad: dict) -> None:
+    recs = [{"id": "a", "smiles": "CCCO", "mz": [15.0], "intensity": [1.0]},
+            {"id": "b", "smiles": "CCCO", **bad},
+            {"id": "c", "smiles": "CCCO", "mz": [29.0], "intensity": [5.0]}]
+    items = [Item(i, "t.jsonl", i + 1, "jsonl", orjson.dumps(r)) for i, r in enumerate(recs)]
+    block, rejects = RowBuilder(RowOptions(mode="student", min_mw=0, inchikey=False)).build(items)
+    assert block["id"].tolist() == ["a", "c"]
+    assert [(r.id, r.reason) for r in rejects] == [("b", "bad_peaks")]
+    assert block["spectrum"][0, 15] == 1.0 and block["spectrum"][1, 29] == 1.0

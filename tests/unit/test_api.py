@@ -1,0 +1,130 @@
+"""SpectrumPredictor (neimsctl.api) with a tiny student saved through neimsctl.train.checkpoint."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from neimsctl.chem.featurize_run import run_settings
+from neimsctl.chem.rowbuild import RowOptions
+from neimsctl.errors import CheckpointError, ConfigError, FormatError
+from neimsctl.io.msp import read_msp
+from neimsctl.models.student import StudentConfig, StudentModel
+from neimsctl.train.checkpoint import save_checkpoint
+
+TINY = StudentConfig(gate_hidden=(16,), expert_depth=1, expert_bottleneck=8, head_hidden=(32,),
+                     hidden_dim=16)
+SMILES = ["CC(=O)Oc1ccccc1C(=O)O", "c1ccccc1", "CCO", "CN1C=NC2=C1C(=O)N(C(=O)N2C)C"]
+
+
+def tiny_student(path: Path) -> Path:
+    torch.manual_seed(0)
+    save_checkpoint(path, model=StudentModel(TINY), config={"model": {"name": "student", **TINY.to_dict()}},
+                    featurizer_hash=run_settings(RowOptions(mode="student"))[1])
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_student(tmp_path_factory.mktemp("api") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def predictor(ckpt: Path):
+    from neimsctl import SpectrumPredictor
+
+    return SpectrumPredictor({"precision": "fp32"}, checkpoint=ckpt, device="cpu")
+
+
+def test_single_prediction_is_linear_base_peak_one(predictor):
+    spec = predictor.predict_from_smiles(SMILES[0])
+    assert spec.shape == (501,) and spec.dtype == np.float32
+    assert spec.min() >= 0 and spec.max() == pytest.approx(1.0)
+    assert predictor.model_type == "student"
+
+
+def test_batch_matches_single_and_list_input(predictor):
+    batch = predictor.predict_batch(SMILES, batch_size=3)
+    assert batch.shape == (4, 501)
+    for i, s in enumerate(SMILES):
+        assert np.allclose(batch[i], predictor.predict_from_smiles(s), atol=1e-5)
+    assert np.allclose(predictor.predict_from_smiles(SMILES), batch, atol=1e-5)
+
+
+def test_invalid_smiles(predictor):
+    with pytest.raises(FormatError, match="cannot parse SMILES 'xyz'"):
+        predictor.predict_from_smiles("xyz")
+    with pytest.raises(FormatError, match="line 2"):
+        predictor.predict_batch(["CCO", "xyz"])
+    out = predictor.predict_batch(["CCO", "xyz", "c1ccccc1"], errors="nan")
+    assert np.isnan(out[1]).all() and not np.isnan(out[[0, 2]]).any()
+
+
+def test_find_top_peaks(predictor):
+    spec = np.zeros(501, np.float32)
+    spec[[43, 120, 180, 200]] = [1.0, 0.5, 0.25, 0.005]
+    assert predictor.find_top_peaks(spec, top_n=2) == [(43, 1.0), (120, 0.5)]
+    assert predictor.find_top_peaks(spec, top_n=10) == [(43, 1.0), (120, 0.5), (180, 0.25)]
+    assert [mz for mz, _ in predictor.find_top_peaks(spec, 10, threshold=0.001)] == [43, 120, 180, 200]
+
+
+def test_export_msp_round_trip(predictor, tmp_path):
+    path = tmp_path / "p.msp"
+    assert predictor.export_msp(SMILES[:2], path, name=["aspirin", "benzene"]) == 2
+    with open(path, "rb") as fh:
+        recs = list(read_msp(fh, str(path)))
+    assert [r.name for r in recs] == ["aspirin", "benzene"] and all(r.reason is None for r in recs)
+    assert recs[0].fields["inchikey"] == "BSYNRYMUTXBXSQ-UHFFFAOYSA-N" and recs[0].fields["mw"] == "180"
+    assert max(recs[0].intensity) == 999 and "model=tiny.pt" in recs[0].fields["comments"]
+    spec = predictor.predict_from_smiles(SMILES[0])
+    kept = np.flatnonzero(spec >= 0.001)
+    assert recs[0].mz == kept.tolist()
+    assert np.allclose(np.asarray(recs[0].intensity) / 999, spec[kept], atol=0.6 / 999 + 1e-6)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_precisions_stay_close_to_fp32(ckpt, predictor, precision):
+    from neimsctl import SpectrumPredictor
+
+    other = SpectrumPredictor({"precision": precision}, checkpoint=ckpt, device="cpu")
+    assert other.loaded.precision == precision
+    a, b = predictor.predict_batch(SMILES), other.predict_batch(SMILES)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.98
+
+
+def test_auto_precision_and_bad_options(ckpt):
+    from neimsctl import SpectrumPredictor
+
+    assert SpectrumPredictor(checkpoint=ckpt, device="cpu").loaded.precision == "int8"
+    with pytest.raises(ConfigError, match="unknown precision"):
+        SpectrumPredictor({"precision": "fp8"}, checkpoint=ckpt)
+    with pytest.raises(ConfigError, match="unknown key"):
+        SpectrumPredictor({"batchsize": 3}, checkpoint=ckpt)
+    with pytest.raises(ConfigError, match="teacher"):
+        SpectrumPredictor({"precision": "fp32"}, checkpoint=ckpt).predict_from_smiles(
+            "CCO", return_uncertainty=True)
+
+
+def test_missing_models(tmp_path, monkeypatch):
+    from neimsctl import SpectrumPredictor
+    from neimsctl.train import predictor as pred
+
+    monkeypatch.setattr(pred, "MODELS_DIR", tmp_path)
+    with pytest.raises(CheckpointError, match="no shipped default student model"):
+        SpectrumPredictor()
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        SpectrumPredictor(checkpoint=tmp_path / "nope.pt")
+
+
+def test_import_stays_light_and_student_needs_no_pyg(ckpt):
+    code = ("import sys, neimsctl; assert 'torch' not in sys.modules; "
+            f"p = neimsctl.SpectrumPredictor(checkpoint={str(ckpt)!r}, device='cpu'); "
+            "p.predict_from_smiles('CCO'); p.export_msp('CCO', '-'); "
+            "assert 'torch_geometric' not in sys.modules, 'student path imported torch_geometric'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True)

@@ -1,0 +1,158 @@
+"""distill library: loss config, expert usage by class, exact resume with KD, the v1 path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+import torch
+
+from neimsctl.chem.compound_class import compound_classes
+from neimsctl.data.dataset import StudentDataset
+from neimsctl.data.membench import build_sample_shard
+from neimsctl.errors import ConfigError, InputError
+from neimsctl.train import trainer as trainer_mod
+from neimsctl.train.checkpoint import load_checkpoint, save_checkpoint
+from neimsctl.train.config import load_config
+from neimsctl.train.distill import loss_config, run_distill
+from neimsctl.train.distill_report import collapse_flags, usage_table
+from neimsctl.train.evaluate import dataset_split
+from neimsctl.train.finetune import build_teacher, shard_hash
+from neimsctl.train.softlabel import SoftLabelSettings, run_softlabel
+
+TINY_STUDENT = ["model.gate_hidden=[16]", "model.expert_depth=1", "model.expert_bottleneck=4",
+                "model.head_hidden=[32]", "model.hidden_dim=16", "train.batch_size=64",
+                "train.num_workers=0", "train.threads=1", "loss.warmup_epochs=1"]
+TINY_TEACHER = {"name": "teacher", "hidden": 16, "num_layers": 2, "attention_hidden": 8,
+                "pool_gate_hidden": 8, "ecfp_hidden": [32], "ecfp_out": 16,
+                "head_hidden": [32, 24], "dropout": 0.2}
+
+
+def test_loss_config_maps_the_spec_names_and_is_strict() -> None:
+    c = loss_config({"name": "distill", "delta_load": 0.02, "temperature_start": 3.0}, epochs=7)
+    assert (c.load_weight, c.t0, c.epochs, c.alpha) == (0.02, 3.0, 7, 0.3)
+    with pytest.raises(ConfigError, match="loss.bogus"):
+        loss_config({"bogus": 1}, epochs=1)
+    with pytest.raises(ConfigError, match="same setting"):
+        loss_config({"delta_load": 0.1, "load_weight": 0.1}, epochs=1)
+
+
+def test_expert_usage_by_class_on_known_molecules() -> None:
+    smiles = ["c1ccccc1C", "c1ccc(O)cc1", "CCCCCC", "c1ccncc1", "C[Si](C)(C)C"]
+    classes = compound_classes(smiles)            # aromatic x2, aliphatic, heterocyclic, general
+    routes = np.array([[0, 1], [0, 2], [1, 3], [2, 3], [3, 0]])
+    u = usage_table(routes, classes, 4)
+    assert u["n_by_class"] == {"aromatic": 2, "aliphatic": 1, "heterocyclic": 1, "general": 1}
+    assert u["by_class"]["aromatic"] == [0.5, 0.25, 0.25, 0.0]
+    assert u["by_class"]["aliphatic"] == [0.0, 0.5, 0.0, 0.5]
+    assert u["by_class"]["general"] == [0.5, 0.0, 0.0, 0.5]
+    assert u["overall"] == [0.3, 0.2, 0.2, 0.3]
+    assert collapse_flags(u["overall"], 2) == []
+    flags = collapse_flags([0.5, 0.46, 0.04, 0.0], 2)
+    assert len(flags) == 4 and "0.0%" in flags[3] and "100%" in flags[0]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("distill")
+    s = build_sample_shard(d / "student.h5", mode="student", limit=150)
+    t = build_sample_shard(d / "teacher.h5", mode="teacher", limit=150)
+    torch.manual_seed(0)
+    model = build_teacher(TINY_TEACHER)
+    ck = save_checkpoint(d / "t.pt", model=model, config={"model": model.config.to_dict()
+                                                          | {"name": "teacher"}},
+                         featurizer_hash=shard_hash([t]))
+    run_softlabel(ck, [t], d / "soft.h5", device="cpu",
+                  settings=SoftLabelSettings(samples=3, part="train"))
+    return {"student": s, "teacher": t, "soft": d / "soft.h5", "dir": d}
+
+
+def cfg(repo_root: Path, *extra: str):
+    return load_config(repo_root / "configs/distill/student-cpu-small.yaml",
+                       [*TINY_STUDENT, *extra], env={})
+
+
+def test_kd_resume_round_trip_gives_the_same_weights(data: dict, repo_root: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    c = cfg(repo_root, "train.epochs=2")
+    full = run_distill(c, [data["student"]], data["dir"] / "full", soft_labels=data["soft"])
+    assert full.epochs_done == 2 and not full.interrupted
+    # "kill" after epoch 1: the trainer sees a signal at the end of the epoch and stops
+    real = trainer_mod.Trainer._finish_epoch
+
+    def stop_after_first(self, epoch, summary, acc):
+        out = real(self, epoch, summary, acc)
+        self._signals = 1
+        return out
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_finish_epoch", stop_after_first)
+    half = run_distill(c, [data["student"]], data["dir"] / "half", soft_labels=data["soft"])
+    assert half.interrupted and half.epochs_done == 1
+    monkeypatch.setattr(trainer_mod.Trainer, "_finish_epoch", real)
+    again = run_distill(c, [data["student"]], data["dir"] / "half", soft_labels=data["soft"],
+                        resume=True)
+    assert again.epochs_done == 2
+    a = load_checkpoint(data["dir"] / "full/checkpoints/last.pt")
+    b = load_checkpoint(data["dir"] / "half/checkpoints/last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    # GradNorm ran after the 1-epoch warm-up, and its state resumed too
+    ga, gb = a["loss_state"]["_extra_state"]["gradnorm"], b["loss_state"]["_extra_state"]["gradnorm"]
+    assert ga["updates"] > 0 and torch.equal(torch.as_tensor(ga["weights"]),
+                                             torch.as_tensor(gb["weights"]))
+    recs = [orjson.loads(x) for x in (data["dir"] / "half/train_log.jsonl").read_bytes().splitlines()]
+    assert [r["epoch"] for r in recs if r["kind"] == "experts"] == [1, 2]
+    assert [r["epoch"] for r in recs if r["kind"] == "epoch"] == [1, 2]
+    e = [r for r in recs if r["kind"] == "epoch"][-1]
+    assert e["soft"] > 0 and e["feature"] > 0 and {"val_recall_at_10", "val_mean_cosine"} <= set(e["val"])
+    report = (data["dir"] / "half/report.md").read_text()
+    assert "## Expert usage" in report and "heterocyclic" in report
+
+
+def test_training_never_reads_test_rows(data: dict, repo_root: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = StudentDataset(data["student"])
+    parts = dataset_split(ds)
+    forbidden = set(ds.rows[parts.test].tolist())
+    seen: set[int] = set()
+    real = StudentDataset.get_batch
+
+    def spy(self, indices):
+        b = real(self, indices)
+        seen.update(b["row"].tolist())
+        return b
+
+    monkeypatch.setattr(StudentDataset, "get_batch", spy)
+    run_distill(cfg(repo_root, "train.epochs=1"), [data["student"]], data["dir"] / "nokd")
+    assert seen and not (seen & forbidden)
+
+
+def first_layer_width(ckpt: Path) -> int:
+    state = load_checkpoint(ckpt)["model"]
+    return next(v.shape[1] for v in state.values() if v.dim() == 2)
+
+
+def test_neims_v1_path_and_missing_soft_labels(data: dict, repo_root: Path) -> None:
+    c = load_config(repo_root / "configs/distill/neims-v1-cpu-small.yaml",
+                    ["model.hidden_dim=32", "model.n_blocks=1", "train.epochs=1",
+                     "train.num_workers=0", "train.threads=1"], env={})
+    # on student shards: the 6144 student vector (documented deviation)
+    r = run_distill(c, [data["student"]], data["dir"] / "v1")
+    assert r.epochs_done == 1 and (data["dir"] / "v1/checkpoints/best.pt").is_file()
+    assert load_checkpoint(data["dir"] / "v1/checkpoints/last.pt")["config"]["model"]["name"] == "neims-v1"
+    assert first_layer_width(data["dir"] / "v1/checkpoints/last.pt") == 6144
+    # on v1 shards: the published 4096 raw Morgan counts
+    v1 = build_sample_shard(data["dir"] / "v1.h5", mode="v1", limit=150)
+    run_distill(c, [v1], data["dir"] / "v1m")
+    assert first_layer_width(data["dir"] / "v1m/checkpoints/last.pt") == 4096
+    with pytest.raises(ConfigError, match="input_dim=4096"):
+        run_distill(load_config(repo_root / "configs/distill/neims-v1-cpu-small.yaml",
+                                ["model.input_dim=6144"], env={}), [v1], data["dir"] / "v1x")
+    with pytest.raises(ConfigError, match="no-KD baseline"):
+        run_distill(c, [data["student"]], data["dir"] / "v1b", soft_labels=data["soft"])
+    # soft labels of only some rows: refused with the id that is missing
+    other = build_sample_shard(data["dir"] / "other.h5", mode="student")
+    with pytest.raises(InputError, match="no soft labels"):
+        run_distill(cfg(repo_root, "train.epochs=1"), [other], data["dir"] / "x",
+                    soft_labels=data["soft"])

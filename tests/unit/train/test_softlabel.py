@@ -1,0 +1,168 @@
+"""softlabel: MC mean/variance against a hand computation, and a resumable, aligned shard."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from neimsctl.data.dataset import TeacherDataset
+from neimsctl.data.membench import build_sample_shard
+from neimsctl.errors import CheckpointError, FormatError
+from neimsctl.io.softlabel_shard import SoftLabelReader, partial_path
+from neimsctl.train import softlabel as sl
+from neimsctl.train.checkpoint import save_checkpoint
+from neimsctl.train.finetune import build_teacher, shard_hash
+
+TINY = {"name": "teacher", "hidden": 16, "num_layers": 2, "attention_hidden": 8,
+        "pool_gate_hidden": 8, "ecfp_hidden": [32], "ecfp_out": 16, "head_hidden": [32, 16],
+        "dropout": 0.2}
+
+
+class ScriptedTeacher(torch.nn.Module):
+    """Returns fixed (pred, hidden) samples in turn: MC dropout with known masks."""
+
+    def __init__(self, preds: list[torch.Tensor], hiddens: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.preds, self.hiddens, self.calls, self.stochastic = preds, hiddens, 0, []
+
+    @contextlib.contextmanager
+    def mc_dropout(self, enabled: bool = True):
+        self.stochastic.append(enabled)
+        yield self
+
+    def to_linear(self, pred: torch.Tensor) -> torch.Tensor:
+        return pred.clamp_min(0).square()          # sqrt output space
+
+    def forward(self, batch, return_hidden: bool = False):
+        k = self.calls
+        self.calls += 1
+        return self.preds[k], self.hiddens[k]
+
+
+def test_mean_and_variance_match_a_hand_computation() -> None:
+    # 3 MC samples of 2 molecules x 4 bins in sqrt space; base peaks differ per sample
+    preds = [torch.tensor([[1.0, 0.5, 0.0, 0.2], [0.3, 0.6, 0.0, 0.0]]),
+             torch.tensor([[2.0, 0.0, 1.0, 0.4], [0.3, 0.3, 0.3, 0.0]]),
+             torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.6, 0.6, 0.6]])]
+    hiddens = [torch.full((2, 3), float(v)) for v in (1.0, 2.0, 6.0)]
+    model = ScriptedTeacher(preds, hiddens)
+    mean, var, hidden = sl.mc_soft_labels(model, None, n_samples=3)
+    assert model.calls == 3 and model.stochastic == [True]
+    # by hand: linear = pred^2, each divided by its max; molecule 0:
+    s = np.array([[1, .25, 0, .04], [1, 0, .25, .04], [1, 1, 0, 0]], float)   # /1, /4, /1
+    m = s.mean(0)                                  # [1, .41667, .08333, .02667], max 1
+    v = s.var(0, ddof=1)
+    np.testing.assert_allclose(mean[0].numpy(), m, rtol=1e-6)
+    np.testing.assert_allclose(var[0].numpy(), v, rtol=1e-5, atol=1e-7)
+    # molecule 1: samples [.25,1,0,0], [1,1,1,0], [0,1,1,1]; mean max 1 -> no rescale
+    s1 = np.array([[.25, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 1]], float)
+    np.testing.assert_allclose(mean[1].numpy(), s1.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(var[1].numpy(), s1.var(0, ddof=1), rtol=1e-5)
+    np.testing.assert_allclose(hidden.numpy(), np.full((2, 3), 3.0))
+
+
+def test_rescaling_when_the_mean_has_no_unit_peak() -> None:
+    preds = [torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])]
+    mean, var, _ = sl.mc_soft_labels(ScriptedTeacher(preds, [torch.zeros(1, 2)] * 2), None, 2)
+    # samples [1,0], [0,1]: mean [.5,.5] -> x2 = [1,1]; var [.5,.5] -> x4 = [2,2]
+    np.testing.assert_allclose(mean.numpy(), [[1.0, 1.0]])
+    np.testing.assert_allclose(var.numpy(), [[2.0, 2.0]])
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_sample_shard(tmp_path_factory.mktemp("sl") / "teacher.h5", mode="teacher",
+                              limit=40)
+
+
+@pytest.fixture(scope="module")
+def teacher(shard: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = build_teacher(TINY)
+    return save_checkpoint(tmp_path_factory.mktemp("slt") / "t.pt", model=model,
+                           config={"model": model.config.to_dict() | {"name": "teacher"}},
+                           featurizer_hash=shard_hash([shard]))
+
+
+def test_agrees_with_the_teachers_own_mc_predict(shard: Path, teacher: Path) -> None:
+    model, _ = sl.load_teacher(teacher)
+    batch = TeacherDataset(shard).get_batch(np.arange(6))
+    torch.manual_seed(3)
+    mean_a, var_a = model.mc_predict(batch, n_samples=5)
+    torch.manual_seed(3)
+    mean_b, var_b, hid = sl.mc_soft_labels(model, batch, 5)
+    torch.testing.assert_close(mean_a, mean_b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(var_a, var_b, rtol=1e-4, atol=1e-7)
+    assert hid.shape == (6, 16) and float(var_b.max()) > 0
+
+
+def test_run_writes_an_aligned_shard_and_resume_gives_the_same_file(
+        shard: Path, teacher: Path, tmp_path: Path) -> None:
+    settings = sl.SoftLabelSettings(samples=4, batch_size=16, seed=1)
+    full = sl.run_softlabel(teacher, [shard], tmp_path / "a.h5", settings=settings, device="cpu")
+    n = len(TeacherDataset(shard, require_spectrum=False))
+    assert full.read == n and full.written == n and full.balanced
+    with SoftLabelReader(tmp_path / "a.h5") as r:
+        assert r.ids.tolist() == TeacherDataset(shard, require_spectrum=False).ids.tolist()
+        a = r.take(np.arange(n))
+        assert r.attrs["featurizer_hash"] == shard_hash([shard])
+        assert r.settings["samples"] == 4 and len(r.settings["teacher_sha256"]) == 64
+    assert a["mean"].shape == (n, 501) and a["hidden"].shape == (n, 16)
+    np.testing.assert_allclose(a["mean"].max(1), 1.0, atol=1e-3)
+    assert (a["var"] >= 0).all()
+
+    # an interrupted run: stop in the second batch, then resume
+    real = sl.mc_soft_labels
+    calls = {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    sl.mc_soft_labels = dying
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sl.run_softlabel(teacher, [shard], tmp_path / "b.h5", settings=settings, device="cpu")
+    finally:
+        sl.mc_soft_labels = real
+    assert not (tmp_path / "b.h5").exists() and partial_path(tmp_path / "b.h5").exists()
+    with pytest.raises(FormatError, match="other settings"):
+        sl.run_softlabel(teacher, [shard], tmp_path / "b.h5", device="cpu", resume=True,
+                         settings=sl.SoftLabelSettings(samples=5, batch_size=16, seed=1))
+    again = sl.run_softlabel(teacher, [shard], tmp_path / "b.h5", settings=settings,
+                             device="cpu", resume=True)
+    assert again.read == n and again.written == n
+    with SoftLabelReader(tmp_path / "b.h5") as r:
+        b = r.take(np.arange(n))
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_teacher_trained_on_other_features_is_refused(shard: Path, tmp_path: Path) -> None:
+    model = build_teacher(TINY)
+    bad = save_checkpoint(tmp_path / "bad.pt", model=model, featurizer_hash="0" * 16,
+                          config={"model": TINY})
+    with pytest.raises(CheckpointError, match="featurizer mismatch"):
+        sl.run_softlabel(bad, [shard], tmp_path / "x.h5", device="cpu")
+
+
+def test_duplicate_ids_are_rejected_and_reported(shard: Path, teacher: Path, tmp_path: Path) -> None:
+    import io
+
+    import orjson
+
+    sink = io.BytesIO()
+    tally = sl.run_softlabel(teacher, [shard, shard], tmp_path / "d.h5", device="cpu", rejects=sink,
+                             settings=sl.SoftLabelSettings(samples=2, batch_size=32))
+    n = len(TeacherDataset(shard, require_spectrum=False))
+    assert (tally.read, tally.written, tally.rejected) == (2 * n, n, n)
+    recs = [orjson.loads(x) for x in sink.getvalue().splitlines()]
+    assert len(recs) == n and {r["reason"] for r in recs} == {"duplicate_id"}
+    with SoftLabelReader(tmp_path / "d.h5") as r:
+        assert r.n_rows == n and len(set(r.ids.tolist())) == n

@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""Benchmark ``neimsctl predict`` and the ``SpectrumPredictor`` API (issue 6, "Performance").
+
+Two steps::
+
+    # 1. a student trained for a few minutes on real spectra (plain MSE in sqrt space; for
+    #    benchmarking precision only, not a shippable model)
+    python tools/bench/bench_predict.py train --msp ../shared/data/massbank_ei.msp \\
+        --seconds 240 -o /tmp/bench-student.pt
+    # 2. the measurements, as one JSON object on stdout
+    python tools/bench/bench_predict.py run --model /tmp/bench-student.pt \\
+        --smiles ../shared/data/pretrain/moses_train_100k.smi --n 100000
+
+``run`` measures, for each precision (fp32, bf16, int8): API latency p50/p90 at batch 1 with
+1 thread (featurization included), model-only throughput at batch 1024 with 2 threads, and
+cosine vs fp32 on held-out real molecules (``--msp``); then the CLI: ``neimsctl --help`` time,
+``predict`` of one molecule end to end, and batched throughput SMILES in -> MSP out on ``--n``
+MOSES SMILES (with peak RSS), next to the raw RDKit fingerprint cost measured in the same run,
+and the model's size on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+MSP = ROOT.parent / "shared" / "data" / "massbank_ei.msp"
+MOSES = ROOT.parent / "shared" / "data" / "pretrain" / "moses_train_100k.smi"
+
+
+def _blocks_from_msp(msp: Path) -> dict[str, np.ndarray]:
+    """Student features + spectra of every structure-bearing record of an MSP file."""
+    from neimsctl.train.predict_run import featurized, iter_inputs
+
+    with tempfile.NamedTemporaryFile(suffix=".jsonl") as tmp:
+        subprocess.run(["neimsctl", "msp2jsonl", "-q", str(msp), "-o", tmp.name], check=False)
+        blocks = [b for b, _, _ in featurized(iter_inputs([tmp.name]), "student")]
+    keys = ("ecfp", "counts", "spectrum", "has_spectrum", "smiles", "inchikey")
+    out = {k: np.concatenate([b[k] for b in blocks]) for k in keys}
+    keep = out["has_spectrum"]
+    return {k: v[keep] for k, v in out.items()}
+
+
+def _split(n: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(0).permutation(n)
+    cut = int(0.9 * n)
+    return order[:cut], order[cut:]
+
+
+def train(args: argparse.Namespace) -> None:
+    import torch
+
+    from neimsctl.chem.featurize_run import run_settings
+    from neimsctl.chem.features import student_vectors
+    from neimsctl.chem.rowbuild import RowOptions
+    from neimsctl.models.student import StudentConfig, StudentModel
+    from neimsctl.train.checkpoint import save_checkpoint
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    data = _blocks_from_msp(args.msp)
+    tr, _ = _split(len(data["ecfp"]))
+    cfg = StudentConfig()
+    model = StudentModel(cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    rng = np.random.default_rng(0)
+    t0, step = time.perf_counter(), 0
+    while time.perf_counter() - t0 < args.seconds:
+        idx = rng.choice(tr, size=min(args.batch_size, len(tr)), replace=False)
+        x = torch.from_numpy(student_vectors(data["ecfp"][idx], data["counts"][idx]))
+        y = model.from_linear(torch.from_numpy(data["spectrum"][idx].astype(np.float32)))
+        loss = torch.nn.functional.mse_loss(model(x).pred, y)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 20 == 0:
+            print(f"step {step} loss {loss.item():.5f} {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    save_checkpoint(args.output, model=model, step=step,
+                    config={"model": {"name": "student", **cfg.to_dict()}},
+                    featurizer_hash=run_settings(RowOptions(mode="student"))[1],
+                    extra={"note": f"bench_predict.py train: {step} steps, {args.seconds}s"})
+    print(f"saved {args.output} after {step} steps", file=sys.stderr)
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
+def _precisions(args: argparse.Namespace, smiles: list[str], held: dict[str, np.ndarray]) -> dict:
+    import torch
+
+    from neimsctl.api import SpectrumPredictor
+    from neimsctl.train.predictor import predict_block
+
+    out, ref = {}, None
+    block = {"ordinal": np.arange(len(held["ecfp"])), "ecfp": held["ecfp"], "counts": held["counts"]}
+    cyc = np.arange(1024) % len(held["ecfp"])
+    xbig = {"ordinal": np.arange(1024), "ecfp": held["ecfp"][cyc], "counts": held["counts"][cyc]}
+    for prec in ("fp32", "bf16", "int8"):
+        torch.set_num_threads(1)
+        p = SpectrumPredictor({"precision": prec}, checkpoint=args.model)
+        for s in smiles[:20]:
+            p.predict_from_smiles(s)
+        lat = []
+        for s in smiles[:args.latency_n]:
+            t = time.perf_counter()
+            p.predict_from_smiles(s)
+            lat.append(time.perf_counter() - t)
+        torch.set_num_threads(2)
+        predict_block(p.loaded, xbig)
+        t = time.perf_counter()
+        for _ in range(args.reps):
+            predict_block(p.loaded, xbig)
+        thr = 1024 * args.reps / (time.perf_counter() - t)
+        spec, _, _ = predict_block(p.loaded, block)
+        if ref is None:
+            ref = spec
+        true = held["spectrum"].astype(np.float32)
+        out[prec] = {"latency_ms_p50": round(float(np.percentile(lat, 50)) * 1e3, 3),
+                     "latency_ms_p90": round(float(np.percentile(lat, 90)) * 1e3, 3),
+                     "model_mol_per_s_b1024_2threads": round(thr, 1),
+                     "cosine_vs_fp32_mean": round(float(_cos(spec, ref).mean()), 5),
+                     "cosine_vs_fp32_min": round(float(_cos(spec, ref).min()), 5),
+                     "cosine_vs_measured_mean": round(float(_cos(spec, true).mean()), 4),
+                     "cosine_sqrt_vs_measured_mean": round(float(_cos(np.sqrt(spec), np.sqrt(true)).mean()), 4)}
+        print(prec, out[prec], file=sys.stderr)
+    return out
+
+
+def _timed(cmd: list[str], stdin: Path | bytes | None = None) -> tuple[float, int, int]:
+    """Wall seconds, exit code and peak RSS (MiB, the command plus its worker processes)."""
+    import psutil
+
+    fh = open(stdin, "rb") if isinstance(stdin, Path) else subprocess.PIPE  # noqa: SIM115
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdin=fh, stdout=subprocess.DEVNULL)
+    if isinstance(stdin, bytes):
+        proc.stdin.write(stdin)
+        proc.stdin.close()
+    ps, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, sum(p.memory_info().rss for p in [ps, *ps.children(recursive=True)]))
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    wall = time.perf_counter() - t
+    if fh is not subprocess.PIPE:
+        fh.close()
+    return wall, proc.returncode, peak >> 20
+
+
+def _rdkit_fp_rate(smiles: list[str]) -> float:
+    from rdkit import Chem
+    from rdkit.Chem import rdFingerprintGenerator
+
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=4096)
+    t = time.perf_counter()
+    for s in smiles:
+        m = Chem.MolFromSmiles(s)
+        if m is not None:
+            gen.GetFingerprintAsNumPy(m)
+    return len(smiles) / (time.perf_counter() - t)
+
+
+def run(args: argparse.Namespace) -> None:
+    smiles = [ln.split()[0] for ln in args.smiles.read_text().splitlines()[:args.n] if ln.strip()]
+    res: dict = {"machine": f"{os.cpu_count()} cpus, shared (numbers are indicative)",
+                 "model_bytes": args.model.stat().st_size}
+    held = _blocks_from_msp(args.msp)
+    _, te = _split(len(held["ecfp"]))
+    res["precision"] = _precisions(args, smiles, {k: v[te] for k, v in held.items()})
+    res["help_s"] = round(min(_timed(["neimsctl", "--help"])[0] for _ in range(3)), 3)
+    one = b"CC(=O)Oc1ccccc1C(=O)O aspirin\n"
+    res["predict_one_s"] = round(min(_timed(["neimsctl", "predict", "-q", "-m", str(args.model),
+                                             "--threads", "1"], one)[0] for _ in range(2)), 3)
+    with tempfile.NamedTemporaryFile("w", suffix=".smi", delete=False) as fh:
+        fh.write("\n".join(smiles) + "\n")
+    for prec in args.throughput_precisions.split(","):
+        wall, rc, rss = _timed(["neimsctl", "predict", "-q", "-m", str(args.model), "--threads", "2",
+                                "--jobs", str(args.jobs), "--precision", prec, fh.name])
+        res[f"cli_msp_mol_per_s_{prec}"] = round(len(smiles) / wall, 1)
+        res[f"cli_peak_rss_mib_{prec}"] = rss
+        print(prec, wall, rc, rss, file=sys.stderr)
+    os.unlink(fh.name)
+    res["n_smiles"] = len(smiles)
+    res["rdkit_morgan_fp_mol_per_s_1thread"] = round(_rdkit_fp_rate(smiles[:20000]), 1)
+    print(json.dumps(res, indent=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train a benchmark student for a few minutes")
+    t.add_argument("--msp", type=Path, default=MSP)
+    t.add_argument("--seconds", type=float, default=240)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=5e-4)
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("-o", "--output", type=Path, required=True)
+    r = sub.add_parser("run", help="measure")
+    r.add_argument("--model", type=Path, required=True)
+    r.add_argument("--msp", type=Path, default=MSP, help="held-out real spectra for cosines")
+    r.add_argument("--smiles", type=Path, default=MOSES)
+    r.add_argument("--n", type=int, default=100_000)
+    r.add_argument("--latency-n", type=int, default=200)
+    r.add_argument("--reps", type=int, default=3)
+    r.add_argument("--jobs", type=int, default=2)
+    r.add_argument("--throughput-precisions", default="int8")
+    args = ap.parse_args()
+    (train if args.cmd == "train" else run)(args)
+
+
+if __name__ == "__main__":
+    main()
