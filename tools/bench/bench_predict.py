@@ -217,7 +217,7 @@ def main() -> None:
     r.add_argument("--latency-n", type=int, default=200)
     r.add_argument("--reps", type=int, default=3)
     r.add_argument("--jobs", type=int, default=2)
-    r.add_argument("--throughput-precisions", default="int8")
+    r.add_argument("--throughput-precisions", default="auto,int8,fp32")
     args = ap.parse_args()
     (train if args.cmd == "train" else run)(args)
 

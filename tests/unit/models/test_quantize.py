@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from neimsctl.errors import ConfigError
-from neimsctl.models.quantize import apply_precision, resolve_precision
+from neimsctl.models.quantize import apply_precision, cpu_has_bf16, resolve_precision
 from neimsctl.models.student import StudentConfig, StudentModel
 
 TINY = StudentConfig(gate_hidden=(16,), expert_depth=2, expert_bottleneck=8, head_hidden=(32,),
@@ -41,6 +41,8 @@ def test_bf16_and_fp32():
 
 def test_resolve_auto_rule():
     assert resolve_precision("auto", arch="student", device=CPU) == "int8"
+    assert resolve_precision("auto", arch="student", device=CPU, batch_size=1024) == \
+        ("bf16" if cpu_has_bf16() else "int8")
     assert resolve_precision("auto", arch="teacher", device=CPU) == "fp32"
     assert resolve_precision("auto", arch="student", device=CPU, card={"precision": "bf16"}) == "bf16"
     assert resolve_precision("auto", arch="student", device=torch.device("cuda")) == "fp32"
