@@ -8,7 +8,6 @@ the JSONL lines and counts everything in a :class:`~neimsctl.io.rejects.Tally`.
 
 from __future__ import annotations
 
-import collections
 import os
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable, Iterator
@@ -16,6 +15,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 import orjson
 
 from neimsctl.io.msp import MspRecord, iter_blocks, parse_block, parse_comments, parse_number
+from neimsctl.io.parallel import ordered_map
 from neimsctl.io.rejects import Reject, Tally
 from neimsctl.io.streams import display_name, open_in
 
@@ -180,20 +180,8 @@ def _converted(paths: Iterable[str | os.PathLike], opts: ConvertOptions, jobs: i
     The main process only splits the input into raw records and writes bytes; parsing,
     RDKit and JSON happen in the workers.
     """
-    if jobs <= 1:
-        for name, raws in _raw_chunks(paths, chunk_size):
-            yield convert_raw(name, raws, opts)
-        return
-    import multiprocessing
-
-    with multiprocessing.get_context("fork").Pool(jobs, _init_worker, (opts,)) as pool:
-        pending: collections.deque = collections.deque()
-        for task in _raw_chunks(paths, chunk_size):
-            pending.append(pool.apply_async(_worker_chunk, (task,)))
-            if len(pending) >= 2 * jobs:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+    return ordered_map(_worker_chunk, _raw_chunks(paths, chunk_size), jobs, _init_worker, (opts,),
+                       max_in_flight=2 * jobs, quiet_workers=False)
 
 
 def convert_msp(paths: Iterable[str | os.PathLike], out: BinaryIO, tally: Tally,

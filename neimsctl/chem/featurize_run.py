@@ -13,11 +13,8 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import multiprocessing as mp
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator, Protocol
@@ -28,6 +25,7 @@ from neimsctl.chem.rowbuild import Item, Rejected, RowBuilder, RowOptions
 from neimsctl.errors import InputError
 from neimsctl.io.featblock import block_rows
 from neimsctl.io.h5shard import ShardWriter
+from neimsctl.io.parallel import chunked, ordered_map
 from neimsctl.io.rejects import Reject, Tally
 from neimsctl.io.streams import (atomic_path, copy_file_to, display_name, is_dash, open_in,
                                  spool_path)
@@ -66,22 +64,8 @@ def iter_items(paths: Iterable[str | os.PathLike], input_format: str | None = No
                 ordinal += 1
 
 
-def _chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
-    buf: list[Item] = []
-    for it in items:
-        buf.append(it)
-        if len(buf) >= size:
-            yield buf
-            buf = []
-    if buf:
-        yield buf
-
-
-def _init_worker(opts: RowOptions, child: bool = False) -> None:
+def _init_worker(opts: RowOptions) -> None:
     global _BUILDER
-    if child:  # the parent handles Ctrl-C and terminates the pool; workers die quietly
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _BUILDER = RowBuilder(opts)
 
 
@@ -93,27 +77,8 @@ def _work(items: list[Item]) -> tuple[dict[str, np.ndarray], list[Rejected], int
 
 def _results(chunks: Iterator[list[Item]], opts: RowOptions,
              jobs: int) -> Iterator[tuple[dict[str, np.ndarray], list[Rejected], int]]:
-    if jobs <= 1:
-        _init_worker(opts)
-        for c in chunks:
-            yield _work(c)
-        return
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
-    pool = ctx.Pool(jobs, initializer=_init_worker, initargs=(opts, True))
-    try:
-        pending: collections.deque = collections.deque()
-        for c in chunks:
-            pending.append(pool.apply_async(_work, (c,)))
-            if len(pending) >= 2 * jobs + 2:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
-        pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
+    """Feature blocks in input order; at most ``2 * jobs + 2`` chunks in flight."""
+    return ordered_map(_work, chunks, jobs, _init_worker, (opts,), max_in_flight=2 * jobs + 2)
 
 
 def run_featurize(items: Iterator[Item], sink: Sink, tally: Tally, *, opts: RowOptions,
@@ -130,7 +95,7 @@ def run_featurize(items: Iterator[Item], sink: Sink, tally: Tally, *, opts: RowO
         ``strict`` and a record was rejected (rows before it are written, the output is not
         finished by the caller).
     """
-    for block, rejects, n_items in _results(_chunks(items, chunk), opts, jobs):
+    for block, rejects, n_items in _results(chunked(items, chunk), opts, jobs):
         if strict and rejects:
             r = rejects[0]
             tally.read += int(np.count_nonzero(block["ordinal"] < r.item.ordinal)) + 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Iterator, NoReturn
@@ -96,7 +97,12 @@ def require_input_or_usage(cmd: str, inputs: list[Path] | None) -> list[Path]:
 
 @contextlib.contextmanager
 def command(cmd: str) -> Iterator[None]:
-    """Error boundary of a subcommand: typed errors -> message + exit 1; quiet on broken pipe."""
+    """Error boundary of a subcommand: typed errors -> message + exit 1; quiet on broken pipe.
+
+    Ctrl-C (SIGINT) always unwinds as ``KeyboardInterrupt`` (temporary outputs removed, exit
+    130), also when a non-interactive shell started the command with SIGINT ignored (``cmd &``).
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
         sys.stdout.flush()

@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from neimsctl.cli._common import Quiet, Verbose, app, command, fail, setup_logging, usage_error
+from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, config_option,
+                                        config_sets, finish_run, run_dir_option)
 
 CMD = "distill"
 #: Bundled profiles used when --config is not given (repo checkout / editable install).
@@ -20,9 +22,9 @@ def distill_cli(
     shards: Annotated[Optional[list[Path]], typer.Argument(
         help="Student- or v1-mode HDF5 shards (neimsctl featurize --mode student|v1); default: data.train "
         "of the config.", show_default=False)] = None,
-    config: Annotated[Optional[Path], typer.Option(
-        "--config", "-c", help="YAML config; default: configs/distill/student-cpu-small.yaml "
-        "(neims-v1-cpu-small.yaml with --arch neims-v1).", show_default=False)] = None,
+    config: Annotated[Optional[Path], config_option(
+        "YAML config; default: configs/distill/student-cpu-small.yaml "
+        "(neims-v1-cpu-small.yaml with --arch neims-v1).")] = None,
     teacher: Annotated[Optional[Path], typer.Option(
         "--teacher", "-t", help="Finetuned teacher checkpoint: soft labels are computed first "
         "into OUT_DIR/soft_labels.h5 (needs --teacher-feats).", show_default=False)] = None,
@@ -39,18 +41,10 @@ def distill_cli(
         show_default=False)] = None,
     samples: Annotated[int, typer.Option(
         "--samples", min=2, help="MC-dropout samples when computing soft labels.")] = 30,
-    overrides: Annotated[Optional[list[str]], typer.Option(
-        "--set", help="Config override section.key=value (repeatable), e.g. train.epochs=3.",
-        show_default=False)] = None,
-    out_dir: Annotated[Path, typer.Option(
-        "--out-dir", "-o", help="Run directory: checkpoints/, train_log.jsonl, config.yaml, "
-        "report.md.")] = Path("distill-run"),
-    resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue the run in --out-dir from its latest checkpoint "
-        "(interrupted.pt, else last.pt).")] = False,
-    device: Annotated[Optional[str], typer.Option(
-        "--device", help="auto | cpu | cuda | cuda:N (overrides train.device).",
-        show_default=False)] = None,
+    overrides: Overrides = None,
+    out_dir: Annotated[Path, run_dir_option("report.md.")] = Path("distill-run"),
+    resume: Resume = False,
+    device: TrainDevice = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -70,9 +64,7 @@ def distill_cli(
         usage_error(CMD, f"give one of --teacher, --soft-labels, --no-kd (got {got})")
     if teacher is not None and not teacher_feats:
         usage_error(CMD, "--teacher needs --teacher-feats (teacher-mode shards of the records)")
-    sets = list(overrides or [])
-    if device is not None:
-        sets.append(f"train.device={device}")
+    sets = config_sets(overrides, {"train.device": device})
     if config is None:
         config = Path(__file__).resolve().parents[2] / "configs/distill" / DEFAULT_CONFIGS[arch or "student"]
         if not config.is_file():
@@ -106,14 +98,7 @@ def distill_cli(
                                       cfg.data.split_seed, cfg.data.split, resume)
         result = run_distill(cfg, paths, out_dir, soft_labels=soft, resume=resume or None,
                              log=sys.stderr)
-        if result.interrupted:
-            print(f"neimsctl {CMD}: interrupted; continue with --resume --out-dir {out_dir}",
-                  file=sys.stderr)
-            raise typer.Exit(130)
-        best = "n/a" if result.best_metric is None else f"{result.best_metric:.4f}"
-        print(f"neimsctl {CMD}: {result.epochs_done} epochs, {result.step} steps, best "
-              f"{cfg.train.best_metric} {best}; checkpoints in {Path(out_dir) / 'checkpoints'}",
-              file=sys.stderr)
+        finish_run(CMD, result, cfg, out_dir)
 
 
 def _soft_labels_first(teacher: Path, feats: list[Path], out_dir: Path, samples: int,

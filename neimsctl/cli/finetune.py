@@ -9,33 +9,26 @@ from typing import Annotated, Optional
 import typer
 
 from neimsctl.cli._common import Quiet, Verbose, app, command, fail, setup_logging, usage_error
+from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, config_option,
+                                        config_sets, finish_run, run_dir_option)
 
 CMD = "finetune"
 
 
 @app.command(CMD)
 def finetune_cli(
-    config: Annotated[Path, typer.Option(
-        "--config", "-c", help="YAML config, e.g. configs/finetune/teacher-cpu-small.yaml.",
-        show_default=False)],
+    config: Annotated[Path, config_option(
+        "YAML config, e.g. configs/finetune/teacher-cpu-small.yaml.")],
     shards: Annotated[Optional[list[Path]], typer.Argument(
         help="Teacher-mode HDF5 shards (neimsctl featurize --mode teacher); default: data.train "
         "of the config.", show_default=False)] = None,
-    overrides: Annotated[Optional[list[str]], typer.Option(
-        "--set", help="Config override section.key=value (repeatable), e.g. train.epochs=3.",
-        show_default=False)] = None,
-    out_dir: Annotated[Path, typer.Option(
-        "--out-dir", "-o", help="Run directory: checkpoints/, train_log.jsonl, config.yaml, "
-        "report.")] = Path("finetune-run"),
+    overrides: Overrides = None,
+    out_dir: Annotated[Path, run_dir_option("report.")] = Path("finetune-run"),
     init: Annotated[Optional[Path], typer.Option(
         "--init", help="Start from the weights of a pretrained (or finetuned) teacher "
         "checkpoint; default: from scratch.", show_default=False)] = None,
-    resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue the run in --out-dir from its latest checkpoint "
-        "(interrupted.pt, else last.pt).")] = False,
-    device: Annotated[Optional[str], typer.Option(
-        "--device", help="auto | cpu | cuda | cuda:N (overrides train.device).",
-        show_default=False)] = None,
+    resume: Resume = False,
+    device: TrainDevice = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -47,9 +40,7 @@ def finetune_cli(
     checkpoint is written first). See neimsctl-finetune(1).
     """
     setup_logging(verbose, quiet)
-    sets = list(overrides or [])
-    if device is not None:
-        sets.append(f"train.device={device}")
+    sets = config_sets(overrides, {"train.device": device})
     with command(CMD):
         from neimsctl.train.config import load_config
 
@@ -64,11 +55,4 @@ def finetune_cli(
 
         result = run_finetune(cfg, paths, out_dir, init=init, resume=resume or None,
                               log=sys.stderr)
-        if result.interrupted:
-            print(f"neimsctl {CMD}: interrupted; continue with --resume --out-dir {out_dir}",
-                  file=sys.stderr)
-            raise typer.Exit(130)
-        best = "n/a" if result.best_metric is None else f"{result.best_metric:.4f}"
-        print(f"neimsctl {CMD}: {result.epochs_done} epochs, {result.step} steps, best "
-              f"{cfg.train.best_metric} {best}; checkpoints in {Path(out_dir) / 'checkpoints'}",
-              file=sys.stderr)
+        finish_run(CMD, result, cfg, out_dir)

@@ -13,16 +13,17 @@ from neimsctl.cli._common import app
 
 # A command is listed here only once it really works (no placeholders in --help).
 COMMAND_MODULES: tuple[str, ...] = (
+    # in pipeline order
     "msp2jsonl",
-    "membench",
     "featurize",
     "shards",
+    "membench",
     "pretrain",
     "finetune",
     "softlabel",
     "distill",
-    "eval",
     "predict",
+    "eval",
 )
 
 

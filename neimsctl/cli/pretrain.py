@@ -11,6 +11,8 @@ import typer
 
 from neimsctl.cli._common import (EXIT_FAIL, InPaths, Quiet, Verbose, app, command, eprint, fail,
                                   require_input_or_usage, setup_logging, usage_error)
+from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, config_option,
+                                        config_sets, finish_run, run_dir_option)
 
 CMD = "pretrain"
 
@@ -27,21 +29,13 @@ class InFmt(str, Enum):
 @app.command(CMD)
 def pretrain_cli(
     inputs: InPaths = None,
-    config: Annotated[Path, typer.Option(
-        "--config", "-c", help="YAML config, e.g. configs/pretrain/teacher-cpu-small.yaml.",
-        show_default=False)] = ...,  # type: ignore[assignment]
-    overrides: Annotated[Optional[list[str]], typer.Option(
-        "--set", help="Config override section.key=value (repeatable), e.g. train.epochs=3.",
-        show_default=False)] = None,
-    out_dir: Annotated[Path, typer.Option(
-        "--out-dir", "-o", help="Run directory: checkpoints/, train_log.jsonl, config.yaml, "
-        "report.md, rejects.jsonl.")] = Path("pretrain-run"),
-    resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue the run in --out-dir from its latest checkpoint "
-        "(interrupted.pt, else last.pt).")] = False,
-    device: Annotated[Optional[str], typer.Option(
-        "--device", help="auto | cpu | cuda | cuda:N (overrides train.device).",
-        show_default=False)] = None,
+    config: Annotated[Path, config_option(
+        "YAML config, e.g. configs/pretrain/teacher-cpu-small.yaml.")
+    ] = ...,  # type: ignore[assignment]
+    overrides: Overrides = None,
+    out_dir: Annotated[Path, run_dir_option("report.md, rejects.jsonl.")] = Path("pretrain-run"),
+    resume: Resume = False,
+    device: TrainDevice = None,
     max_molecules: Annotated[Optional[int], typer.Option(
         "--max-molecules", min=1, help="Read only the first N molecules of the input "
         "(data.max_records).", show_default=False)] = None,
@@ -66,11 +60,8 @@ def pretrain_cli(
     """
     setup_logging(verbose, quiet)
     paths = require_input_or_usage(CMD, inputs)
-    sets = list(overrides or [])
-    for key, value in (("train.device", device), ("data.max_records", max_molecules),
-                       ("train.steps_per_epoch", steps_per_epoch)):
-        if value is not None:
-            sets.append(f"{key}={value}")
+    sets = config_sets(overrides, {"train.device": device, "data.max_records": max_molecules,
+                                   "train.steps_per_epoch": steps_per_epoch})
     if not config.is_file():
         usage_error(CMD, f"--config {config}: no such file")
     missing = [str(p) for p in paths if str(p) != "-" and not p.is_file()]
@@ -90,11 +81,6 @@ def pretrain_cli(
             eprint(CMD, f"SMILES rejected: {tally.rejected}"
                    + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(tally.reasons.items()))}; "
                       f"see {out_dir / 'rejects.jsonl'})" if tally.rejected else ""))
-        if result.interrupted:
-            eprint(CMD, f"interrupted; continue with --resume --out-dir {out_dir}")
-            raise typer.Exit(130)
-        best = "n/a" if result.best_metric is None else f"{result.best_metric:.4f}"
-        eprint(CMD, f"{result.epochs_done} epochs, {result.step} steps, best "
-               f"{cfg.train.best_metric} {best}; checkpoints in {out_dir / 'checkpoints'}")
+        finish_run(CMD, result, cfg, out_dir)
     if tally.rejected:
         raise typer.Exit(EXIT_FAIL)

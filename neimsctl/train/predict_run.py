@@ -13,9 +13,6 @@ each block is predicted and written before the next one is taken. Output order =
 
 from __future__ import annotations
 
-import collections
-import multiprocessing as mp
-import signal
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
@@ -24,6 +21,7 @@ import orjson
 
 from neimsctl.chem.rowbuild import Item, Rejected, RowBuilder, RowOptions
 from neimsctl.errors import InputError
+from neimsctl.io.parallel import chunked, ordered_map
 from neimsctl.io.rejects import Reject, Tally
 from neimsctl.io.streams import display_name, open_in
 from neimsctl.train.predictor import LoadedModel, predict_block
@@ -140,11 +138,8 @@ def reject_message(r: Rejected) -> str:
     return f"{where}: {r.reason}: {r.detail}"
 
 
-def _init(mode: str, child: bool) -> None:
+def _init(mode: str) -> None:
     global _FEAT
-    if child:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _FEAT = Featurizer(mode)
 
 
@@ -154,41 +149,11 @@ def _work(items: list[Item]) -> tuple[dict[str, np.ndarray], list[Rejected], int
     return block, rejects, len(items)
 
 
-def _chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
-    buf: list[Item] = []
-    for it in items:
-        buf.append(it)
-        if len(buf) >= size:
-            yield buf
-            buf = []
-    if buf:
-        yield buf
-
-
 def featurized(items: Iterator[Item], mode: str, *, jobs: int = 1, chunk: int = CHUNK
                ) -> Iterator[tuple[dict[str, np.ndarray], list[Rejected], int]]:
     """Feature blocks in input order; ``jobs > 1`` featurizes in forked worker processes."""
-    if jobs <= 1:
-        _init(mode, False)
-        for c in _chunks(items, chunk):
-            yield _work(c)
-        return
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
-    pool = ctx.Pool(jobs, initializer=_init, initargs=(mode, True))
-    try:
-        pending: collections.deque = collections.deque()
-        for c in _chunks(items, chunk):
-            pending.append(pool.apply_async(_work, (c,)))
-            if len(pending) >= 2 * jobs + 2:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
-        pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
+    return ordered_map(_work, chunked(items, chunk), jobs, _init, (mode,),
+                       max_in_flight=2 * jobs + 2)
 
 
 def run_predict(blocks: Iterable[tuple[dict[str, np.ndarray], list[Rejected], int]],

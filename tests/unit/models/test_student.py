@@ -8,21 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _student_fixtures import _one_thread  # noqa: F401  (autouse: one torch thread)
 
 from neimsctl.errors import ConfigError
 from neimsctl.models import registry
 from neimsctl.models.student import (StudentConfig, StudentModel, StudentOutput, spectrum_from_space,
                                      spectrum_to_space)
-
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tiny models only lose to thread start-up on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 TINY = StudentConfig(input_dim=32, gate_hidden=(16, 8), expert_depth=2, expert_bottleneck=4,

@@ -5,18 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from _student_fixtures import _one_thread  # noqa: F401  (autouse: one torch thread)
 
 from neimsctl.nn.moe import BottleneckResidualBlock, Expert, TopKGate, dispatch
 
 D = 24
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _gate(noisy: bool = True, k: int = 2, n: int = 4) -> TopKGate:

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from _student_fixtures import _one_thread  # noqa: F401  (autouse: one torch thread)
 
 from neimsctl.errors import ConfigError
 from neimsctl.models.student import StudentConfig, StudentModel
@@ -18,14 +19,6 @@ from neimsctl.train.losses import (DistillLoss, DistillLossConfig, confidence_we
 
 TINY = StudentConfig(input_dim=32, gate_hidden=(16,), expert_depth=2, expert_bottleneck=4,
                      head_hidden=(24,), hidden_dim=12, n_bins=30, dropout=0.0)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _spectra(b: int = 6, n: int = 30, seed: int = 0) -> torch.Tensor:

@@ -1,0 +1,57 @@
+"""Options and run-end handling shared by the training commands (pretrain, finetune, distill)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from neimsctl.cli._common import eprint
+
+__all__ = ["Overrides", "Resume", "TrainDevice", "config_option", "run_dir_option",
+           "config_sets", "finish_run"]
+
+Overrides = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Config override section.key=value (repeatable), e.g. train.epochs=3.",
+    show_default=False)]
+Resume = Annotated[bool, typer.Option(
+    "--resume", help="Continue the run in --out-dir from its latest checkpoint "
+    "(interrupted.pt, else last.pt).")]
+TrainDevice = Annotated[Optional[str], typer.Option(
+    "--device", help="auto | cpu | cuda | cuda:N (overrides train.device).",
+    show_default=False)]
+
+
+def config_option(help: str) -> Any:
+    """The ``--config/-c`` option with a command's own help text."""
+    return typer.Option("--config", "-c", help=help, show_default=False)
+
+
+def run_dir_option(contents: str) -> Any:
+    """The ``--out-dir/-o`` run-directory option; ``contents`` ends the list of what it holds."""
+    return typer.Option("--out-dir", "-o", help="Run directory: checkpoints/, train_log.jsonl, "
+                        f"config.yaml, {contents}")
+
+
+def config_sets(overrides: list[str] | None, extra: dict[str, object]) -> list[str]:
+    """``--set`` overrides followed by ``key=value`` for every option given in ``extra``."""
+    sets = list(overrides or [])
+    sets += [f"{key}={value}" for key, value in extra.items() if value is not None]
+    return sets
+
+
+def finish_run(cmd: str, result: Any, cfg: Any, out_dir: Path) -> None:
+    """Report a finished training run, or exit 130 with how to continue an interrupted one.
+
+    Raises
+    ------
+    typer.Exit
+        Code 130 when ``result.interrupted``.
+    """
+    if result.interrupted:
+        eprint(cmd, f"interrupted; continue with --resume --out-dir {out_dir}")
+        raise typer.Exit(130)
+    best = "n/a" if result.best_metric is None else f"{result.best_metric:.4f}"
+    eprint(cmd, f"{result.epochs_done} epochs, {result.step} steps, best "
+           f"{cfg.train.best_metric} {best}; checkpoints in {Path(out_dir) / 'checkpoints'}")

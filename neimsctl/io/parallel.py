@@ -1,0 +1,91 @@
+"""Ordered, bounded-in-flight parallel map over chunks (fork worker pool).
+
+Shared by ``msp2jsonl`` (:mod:`neimsctl.chem.convert`), ``featurize``
+(:mod:`neimsctl.chem.featurize_run`) and ``predict`` (:mod:`neimsctl.train.predict_run`):
+results come back in input order and at most ``max_in_flight`` chunks are pending at any
+time, so memory stays constant however long the input is.
+"""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing as mp
+import signal
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+__all__ = ["chunked", "ordered_map"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of ``size`` items (the last one may be shorter), read lazily."""
+    buf: list[T] = []
+    for it in items:
+        buf.append(it)
+        if len(buf) >= size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def _child_init(quiet: bool, initializer: Callable[..., Any] | None, initargs: tuple) -> None:
+    """Worker start-up: optionally leave Ctrl-C to the parent, then run ``initializer``."""
+    if quiet:  # the parent handles Ctrl-C and terminates the pool; workers die quietly
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def ordered_map(fn: Callable[[T], R], chunks: Iterable[T], jobs: int,
+                initializer: Callable[..., Any] | None = None, initargs: tuple = (), *,
+                max_in_flight: int, quiet_workers: bool = True) -> Iterator[R]:
+    """Yield ``fn(chunk)`` for every chunk, in input order.
+
+    Parameters
+    ----------
+    fn
+        Module-level function applied to each chunk (in a worker when ``jobs > 1``).
+    chunks
+        The inputs; consumed lazily, never more than ``max_in_flight`` ahead of the caller.
+    jobs
+        Worker processes; ``jobs <= 1`` runs everything in this process.
+    initializer, initargs
+        Called once per worker (or once in this process when ``jobs <= 1``).
+    max_in_flight
+        Most chunks submitted but not yet yielded.
+    quiet_workers
+        Workers ignore SIGINT (and take the default SIGTERM action) so only the parent
+        reacts to Ctrl-C.
+
+    Notes
+    -----
+    The pool uses the ``fork`` start method where available. Any exception, including the
+    generator being closed early, terminates the pool; otherwise it is closed and joined.
+    """
+    if jobs <= 1:
+        if initializer is not None:
+            initializer(*initargs)
+        for c in chunks:
+            yield fn(c)
+        return
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
+    pool = ctx.Pool(jobs, initializer=_child_init, initargs=(quiet_workers, initializer, initargs))
+    try:
+        pending: collections.deque = collections.deque()
+        for c in chunks:
+            pending.append(pool.apply_async(fn, (c,)))
+            if len(pending) >= max_in_flight:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
