@@ -255,7 +255,8 @@ def run_pretrain(cfg: Config, sources: Sequence[str | Path], out_dir: str | Path
                                bond_dim=teacher.config.bond_dim)
         model = BondMaskingModel(teacher, head, d.mask_ratio, loss_cfg.flag_weight)
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        print(f"neimsctl: pretrain: teacher {teacher.n_parameters():,} parameters, "
+        n_all = sum(p.numel() for p in teacher.parameters())
+        print(f"neimsctl: pretrain: teacher {n_all:,} parameters, "
               f"{n_train:,} trained by bond masking (GNN branch + head); val {n_val} molecules; "
               f"epoch = {f'{t.steps_per_epoch} steps' if t.steps_per_epoch else 'one pass'}",
               file=log, flush=True)
