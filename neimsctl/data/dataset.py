@@ -301,10 +301,9 @@ class StudentDataset(ShardDataset):
     mode = "student"
     row_keys = ("ecfp", "counts", "spectrum")
 
-    def get_batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, Any]:
-        """Read a batch: ``x (B, 6144)``, ``y (B, 501)``, ``idx``, ``row`` (B,) long, ``id``, ``aug13c``."""
-        idx = self._norm_indices(indices)
-        cols = {k: [] for k in self.row_keys}
+    def _read_columns(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """The ``row_keys`` columns of dataset rows ``idx``, read shard by shard, in ``idx`` order."""
+        cols: dict[str, list[np.ndarray]] = {k: [] for k in self.row_keys}
         pos = []
         for s, local, sel in self._locate(idx):
             src = self._source(s)
@@ -312,7 +311,13 @@ class StudentDataset(ShardDataset):
                 cols[k].append(self._read_rows(src, k, local))
             pos.append(sel)
         order = np.argsort(np.concatenate(pos)) if pos else np.zeros(0, np.int64)
-        arr = {k: (np.concatenate(v)[order] if v else np.zeros((0,), np.uint8)) for k, v in cols.items()}
+        return {k: (np.concatenate(v)[order] if v else np.zeros((0,), np.uint8))
+                for k, v in cols.items()}
+
+    def get_batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, Any]:
+        """Read a batch: ``x (B, 6144)``, ``y (B, 501)``, ``idx``, ``row`` (B,) long, ``id``, ``aug13c``."""
+        idx = self._norm_indices(indices)
+        arr = self._read_columns(idx)
         rows = self.rows[idx]
         y, aug = self._targets(arr["spectrum"].reshape(len(idx), N_BINS), rows)
         x = student_vectors(arr["ecfp"].reshape(len(idx), -1), arr["counts"].reshape(len(idx), -1))
@@ -349,15 +354,7 @@ class V1Dataset(StudentDataset):
         from neimsctl.chem.features_v1 import v1_vectors
 
         idx = self._norm_indices(indices)
-        cols: dict[str, list[np.ndarray]] = {k: [] for k in self.row_keys}
-        pos = []
-        for s, local, sel in self._locate(idx):
-            src = self._source(s)
-            for k in self.row_keys:
-                cols[k].append(self._read_rows(src, k, local))
-            pos.append(sel)
-        order = np.argsort(np.concatenate(pos)) if pos else np.zeros(0, np.int64)
-        arr = {k: (np.concatenate(v)[order] if v else np.zeros((0,), np.uint8)) for k, v in cols.items()}
+        arr = self._read_columns(idx)
         rows = self.rows[idx]
         y, aug = self._targets(arr["spectrum"].reshape(len(idx), N_BINS), rows)
         x = v1_vectors(arr["morgan_counts"].reshape(len(idx), -1), self.x_scale)
