@@ -104,10 +104,11 @@ class SpectrumPredictor:
         from rdkit import Chem
 
         from neimsctl.chem.features import StudentFeaturizer
+        from neimsctl.chem.structure import nominal_mass
 
         if self._student_feat is None:
             self._student_feat = StudentFeaturizer()
-        ecfp, counts, rows = [], [], []
+        ecfp, counts, mws, rows = [], [], [], []
         for i, smi in enumerate(smiles):
             mol = Chem.MolFromSmiles(smi) if isinstance(smi, str) and smi.strip() else None
             if mol is None or mol.GetNumAtoms() == 0:
@@ -117,10 +118,12 @@ class SpectrumPredictor:
             f = self._student_feat(mol)
             ecfp.append(f.ecfp)
             counts.append(f.counts)
+            mws.append(nominal_mass(mol))
             rows.append(i)
         if not rows:
             return {"ordinal": np.zeros(0, np.int64)}, []
-        return {"ordinal": np.asarray(rows), "ecfp": np.stack(ecfp), "counts": np.stack(counts)}, rows
+        return {"ordinal": np.asarray(rows), "ecfp": np.stack(ecfp), "counts": np.stack(counts),
+                "mw": np.asarray(mws, np.int32)}, rows
 
     def predict_from_smiles(self, smiles: str | Sequence[str], return_uncertainty: bool = False
                             ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from neimsctl.errors import ConfigError
 from neimsctl.models.registry import register
+from neimsctl.nn.mass_head import mask_above_mw, reverse_by_mw
 
 PREDICTIONS = ("bidirectional", "forward", "reverse")
 BN_EPS = 1e-3  # TensorFlow's default, as in the reference (running-stat momentum stays torch's 0.1)
@@ -118,28 +119,6 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.net(x)
-
-
-def reverse_by_mw(raw: Tensor, mw: Tensor, shift: int) -> Tensor:
-    """Read ``raw`` backwards from each molecule's weight: ``out[b, j] = raw[b, mw[b] + shift - j]``.
-
-    Positions whose source index falls outside ``0 .. n_bins - 1`` are zero, so nothing lands above
-    ``mw + shift``.
-
-    Shapes
-    ------
-    raw: ``(B, n_bins)``; mw: ``(B,)`` integer; returns ``(B, n_bins)``.
-    """
-    n_bins = raw.shape[1]
-    src = mw.long().unsqueeze(1) + shift - torch.arange(n_bins, device=raw.device).unsqueeze(0)
-    valid = (src >= 0) & (src < n_bins)
-    return torch.gather(raw, 1, src.clamp(0, n_bins - 1)) * valid.to(raw.dtype)
-
-
-def mask_above_mw(raw: Tensor, mw: Tensor, shift: int) -> Tensor:
-    """Zero every bin above ``mw + shift`` (``raw``: ``(B, n_bins)``, ``mw``: ``(B,)``)."""
-    idx = torch.arange(raw.shape[1], device=raw.device).unsqueeze(0)
-    return raw * (idx <= mw.long().unsqueeze(1) + shift).to(raw.dtype)
 
 
 @register("neims-v1")

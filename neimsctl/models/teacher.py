@@ -25,9 +25,9 @@ Choices the spec leaves open, documented here:
 - **Width of the ECFP MLP** (4096 -> 2048 -> 1024 -> 512) is what brings the total to the
   spec's ~15M parameters (14,616,582 with the defaults); the GNN branch is ~1.5M.
 - **MC dropout** samples every ``nn.Dropout`` *and* DropEdge (:meth:`TeacherModel.mc_dropout`).
-- **Mass-aware head** (``mass_aware=True``, off by default): NEIMS v1's bidirectional output,
-  a gated mix of a forward prediction and a reverse one anchored at the nominal mass
-  ``batch.mw`` (needs ``mw`` in the batch).
+- **Mass-aware head** (``mass_aware=True``): NEIMS v1's bidirectional output
+  (:class:`neimsctl.nn.mass_head.MassAnchoredHead`), a gated mix of a forward prediction and a
+  reverse one anchored at the nominal mass ``batch.mw``, nothing above ``mw + max_above_mw``.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from neimsctl.models.registry import register
 from neimsctl.models.teacher_config import SPACES, TeacherConfig
 from neimsctl.nn.bond_attention import GINEBlock
 from neimsctl.nn.drop_edge import DropEdge
+from neimsctl.nn.mass_head import MassAnchoredHead
 from neimsctl.nn.mlp import MLP
 from neimsctl.nn.pooling import GraphPooling
 
@@ -85,8 +86,10 @@ class TeacherModel(nn.Module):
         self.fusion_norm = nn.LayerNorm(cfg.fusion_dim)
         self.trunk = MLP(cfg.fusion_dim, cfg.head_hidden[:-1], cfg.head_hidden[-1],
                          dropout=cfg.dropout, final_activation=True)
-        n_out = 3 if cfg.mass_aware else 1
-        self.out = nn.Linear(cfg.hidden_dim, n_out * cfg.n_bins)
+        self.out: nn.Module = (
+            MassAnchoredHead(cfg.hidden_dim, cfg.n_bins, shift=cfg.max_above_mw,
+                             activation="softplus", bias_init=OUT_BIAS_INIT)
+            if cfg.mass_aware else nn.Linear(cfg.hidden_dim, cfg.n_bins))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -98,12 +101,11 @@ class TeacherModel(nn.Module):
         self.ecfp_mlp.reset_parameters()
         self.fusion_norm.reset_parameters()
         self.trunk.reset_parameters()
-        self.out.reset_parameters()
-        # softplus(-3) ~ 0.05: start near an almost empty spectrum, as real EI spectra are sparse
-        with torch.no_grad():
-            self.out.bias.fill_(OUT_BIAS_INIT)
-            if self.config.mass_aware:
-                self.out.bias[2 * self.config.n_bins:] = 0.0  # the forward/reverse gate starts at 0.5
+        self.out.reset_parameters()  # the mass-anchored head sets its own biases
+        if isinstance(self.out, nn.Linear):
+            # softplus(-3) ~ 0.05: start near an almost empty spectrum, as real EI spectra are sparse
+            with torch.no_grad():
+                self.out.bias.fill_(OUT_BIAS_INIT)
 
     # -- encoders ---------------------------------------------------------------------------
     def _graph_inputs(self, batch: Any) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
@@ -158,25 +160,15 @@ class TeacherModel(nn.Module):
     def forward(self, batch: Any, return_hidden: bool = False
                 ) -> Union[Tensor, tuple[Tensor, Tensor]]:
         hidden = self.trunk(self.encode(batch))
-        z = self.out(hidden)
         if self.config.mass_aware:
-            pred = self._bidirectional(z, batch)
+            mw = getattr(batch, "mw", None)
+            if mw is None:
+                raise ValueError("mass_aware teacher needs batch.mw (nominal mass, (B,)); "
+                                 "set mass_aware: false or use teacher shards that carry mw")
+            pred = self.out(hidden, mw)
         else:
-            pred = F.softplus(z)
+            pred = F.softplus(self.out(hidden))
         return (pred, hidden) if return_hidden else pred
-
-    def _bidirectional(self, z: Tensor, batch: Any) -> Tensor:
-        n = self.config.n_bins
-        mw = getattr(batch, "mw", None)
-        if mw is None:
-            raise ValueError("mass_aware teacher needs batch.mw (nominal mass, (B,)); "
-                             "set mass_aware: false or use teacher shards that carry mw")
-        fwd, rev, gate = F.softplus(z[:, :n]), F.softplus(z[:, n:2 * n]), torch.sigmoid(z[:, 2 * n:])
-        # reverse bin k is m/z = mw - k: out[b, m] = rev[b, mw_b - m] where 0 <= mw_b - m < n
-        src = mw.to(z.device).long().view(-1, 1) - torch.arange(n, device=z.device).view(1, -1)
-        valid = (src >= 0) & (src < n)
-        shifted = torch.gather(rev, 1, src.clamp(0, n - 1)) * valid
-        return gate * fwd + (1 - gate) * shifted
 
     def to_linear(self, pred: Tensor) -> Tensor:
         """Output-space values -> linear intensities (not normalised)."""

@@ -47,6 +47,8 @@ class TeacherConfig:
         ``"sqrt"`` or ``"linear"``: what ``forward`` predicts.
     mass_aware
         NEIMS v1-style bidirectional head anchored at ``batch.mw``.
+    max_above_mw
+        With ``mass_aware``: bins above the nominal mass still allowed a peak (5, as NEIMS v1).
     """
 
     atom_dim: int = 48
@@ -65,6 +67,7 @@ class TeacherConfig:
     dropout: float = 0.1
     output_space: str = "sqrt"
     mass_aware: bool = False
+    max_above_mw: int = 5
 
     def __post_init__(self) -> None:
         for name in _POSITIVE:
@@ -84,6 +87,9 @@ class TeacherConfig:
         for name in ("pair_norm", "mass_aware"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"teacher.{name}: expected true or false, got {getattr(self, name)!r}")
+        if isinstance(self.max_above_mw, bool) or not isinstance(self.max_above_mw, int) \
+                or self.max_above_mw < 0:
+            raise ConfigError(f"teacher.max_above_mw: expected an integer >= 0, got {self.max_above_mw!r}")
         if self.output_space not in SPACES:
             raise ConfigError(f"teacher.output_space must be one of {SPACES}, got {self.output_space!r}")
 

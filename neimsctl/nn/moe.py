@@ -83,8 +83,7 @@ class Expert(nn.Sequential):
 class GateOutput(NamedTuple):
     """What :class:`TopKGate` returns.
 
-    Fields: ``logits`` (B, E) the logits routing used (noisy in training when enabled);
-    ``probs`` (B, E) their softmax; ``topk_idx`` (B, k) long, chosen experts by descending
+    Fields: ``logits`` (B, E) the gate's clean logits; ``probs`` (B, E) their softmax; ``topk_idx`` (B, k) long, chosen experts by descending
     weight; ``topk_weight`` (B, k) the chosen probabilities renormalised to sum to 1.
     """
 
@@ -101,10 +100,12 @@ class TopKGate(nn.Module):
     6144 -> 512 -> 128 -> ``n_experts`` with GELU between layers.
 
     .. math::
-        p = \mathrm{softmax}(h + \epsilon \odot \mathrm{softplus}(W_n z)),\quad
-        S = \mathrm{topk}(p + b),\quad w_i = p_i / \textstyle\sum_{j \in S} p_j
+        p = \mathrm{softmax}(h),\quad
+        S = \mathrm{topk}(\mathrm{softmax}(h + \epsilon \odot \mathrm{softplus}(W_n z)) + b),\quad
+        w_i = p_i / \textstyle\sum_{j \in S} p_j
 
-    The noise term (Shazeer et al. 2017) is used only in training and only when ``noisy`` is set.
+    The noise term (Shazeer et al. 2017) is used only in training, only when ``noisy`` is set, and
+    only for the choice of ``S``.
     The bias ``b`` (a buffer, not trained by gradients) only changes *which* experts are chosen,
     never their weights; :meth:`update_bias` nudges it toward equal load.
 
@@ -145,10 +146,15 @@ class TopKGate(nn.Module):
     def forward(self, x: Tensor) -> GateOutput:
         z = self.body(x)
         logits = self.logit(z)
-        if self.noise is not None and self.training:
-            logits = logits + torch.randn_like(logits) * F.softplus(self.noise(z))
         probs = torch.softmax(logits.float(), dim=-1)
-        topk_idx = torch.topk(probs + self.expert_bias, self.k, dim=-1).indices
+        select = probs
+        if self.noise is not None and self.training:
+            # noise only decides *which* experts are tried: weights and balance losses use the
+            # clean softmax, so training and inference route alike (noisy probabilities in the
+            # balance loss let the clean gate drift to one expert, seen as collapse in eval)
+            noisy = logits + torch.randn_like(logits) * F.softplus(self.noise(z))
+            select = torch.softmax(noisy.float(), dim=-1)
+        topk_idx = torch.topk(select + self.expert_bias, self.k, dim=-1).indices
         chosen = probs.gather(1, topk_idx)
         topk_weight = chosen / chosen.sum(dim=-1, keepdim=True).clamp_min(1e-12)
         return GateOutput(logits, probs, topk_idx, topk_weight)

@@ -101,6 +101,8 @@ class StudentKDLoss:
 
     Logged parts: the components of :meth:`DistillLoss.log_parts` and ``route_e<i>``, the
     share of this batch's routing slots that went to expert ``i`` (training routing, noisy gate).
+    In training it also nudges the gate's selection bias toward equal load
+    (``loss.expert_bias_rate``; :meth:`StudentModel.update_expert_bias`).
     """
 
     def __init__(self, loss: DistillLoss, train_data: Any = None) -> None:
@@ -119,7 +121,9 @@ class StudentKDLoss:
 
     def __call__(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         core = getattr(model, "module", model)
-        out = model(batch["x"])
+        out = model(batch["x"], batch["mw"])
+        if model.training and self.loss.config.expert_bias_rate > 0:
+            core.update_expert_bias(out.topk_idx, self.loss.config.expert_bias_rate)
         res = self.loss(out, batch["y"], batch.get("t_mean"), batch.get("t_var"),
                         batch.get("t_hidden"),
                         shared=core.shared_parameters() if model.training else None)
@@ -217,13 +221,13 @@ def _predict(model: torch.nn.Module, ds: StudentDataset, idx: np.ndarray, batch_
     for i in range(0, len(idx), batch_size):
         b = ds.get_batch(idx[i:i + batch_size])
         x = b["x"].to(device)
+        mw = torch.from_numpy(ds.mw[idx[i:i + batch_size]].astype(np.int64)).to(device)
         if getattr(core, "arch", "") == "student":
-            out = core(x)
+            out = core(x, mw)
             lin = core.to_linear(out.pred)
             routes.append(out.topk_idx.cpu().numpy())
             preds.append((lin / lin.amax(1, keepdim=True).clamp_min(1e-12)).cpu().numpy())
         else:
-            mw = torch.from_numpy(ds.mw[idx[i:i + batch_size]].astype(np.int64)).to(device)
             preds.append(core.predict_spectrum(x, mw).float().cpu().numpy())
     return np.concatenate(preds), (np.concatenate(routes) if routes else None)
 

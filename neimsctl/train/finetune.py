@@ -38,7 +38,7 @@ from neimsctl.models import registry
 from neimsctl.train.checkpoint import load_checkpoint
 from neimsctl.train.config import Config, dataclass_from_dict
 from neimsctl.train.evaluate import Reference, dataset_split, evaluate_split, read_reference
-from neimsctl.train.losses import spectral_cosine_loss
+from neimsctl.train.losses import hard_loss, spectral_cosine_loss
 from neimsctl.train.trainer import TrainResult, run_training, seed_everything
 
 __all__ = ["TeacherLossConfig", "TeacherSpectrumLoss", "shard_hash", "build_teacher",
@@ -57,6 +57,7 @@ class TeacherLossConfig:
 
     name: str = "teacher_spectrum"
     mse: float = 1.0                 # weight of the output-space (sqrt) MSE
+    mse_mz_power: float = 0.0        # weigh MSE bin m/z by (m/z+1)^a (mean 1); NEIMS v1 uses 1
     cosine: float = 0.0              # weight of 1 - weighted cosine (0 = off)
     cosine_mz_power: float = 1.0     # cosine weighting m/z^a ...
     cosine_intensity_power: float = 0.5  # ... * I^b (the library-matching weighting)
@@ -90,7 +91,7 @@ class TeacherSpectrumLoss:
         cfg, core = self.config, getattr(model, "module", model)
         pred = model(batch).float()
         target = batch.y.float()
-        mse = (pred - core.from_linear(target)).square().mean()
+        mse = hard_loss(pred, target, core.config.output_space, mz_power=cfg.mse_mz_power)
         loss = cfg.mse * mse
         parts = {"mse": float(mse.detach())}
         if cfg.cosine > 0:

@@ -25,6 +25,12 @@ student's output space (``sqrt`` by default) and the losses move targets there t
   grows with intensity, so it would distrust every large peak, whereas :math:`s^2` is small for
   a large, stable peak (0.8 +- 0.05) and large for a faint, flickering one (0.02 +- 0.05).
   ``confidence="exp"`` uses :math:`\\exp(-s^2/\\bar{s^2})`, ``"none"`` plain MSE.
+- ``cosine > 0`` adds ``cosine * (1 - cos)`` to ``L_hard`` (against the library spectrum) and to
+  ``L_soft`` (against the teacher's mean, untempered), with the library-matching weights
+  ``m/z^1 * I^0.5``: the MSE alone under-weights what matching looks at (measured on the teacher:
+  val Recall@10 0.41 -> 0.47 with the term).
+- ``expert_bias_rate`` (used by ``distill``, not here): step of the gate's load-balancing
+  selection bias after each training batch.
 - ``L_feature``: student ``hidden`` vs teacher penultimate features (both 512): MSE after a
   parameter-free LayerNorm of each (``normalized_mse``, scale-free, default), plain ``mse``, or
   ``cosine`` (1 - cos); optionally through a learned ``Linear`` projection (its parameters live
@@ -163,7 +169,8 @@ def spectral_cosine_loss(pred: Tensor, target: Tensor, *, mz_power: float = 0.0,
                          intensity_power: float = 1.0) -> Tensor:
     """Mean ``1 - cosine`` of weighted spectra ``m/z**mz_power * I**intensity_power`` (linear I)."""
     def weigh(x: Tensor) -> Tensor:
-        x = x.float().clamp_min(0)
+        # a floor for powers < 1: d(x^p)/dx is infinite at exactly 0 (masked bins of a mass-anchored head)
+        x = x.float().clamp_min(1e-8 if intensity_power < 1 else 0.0)
         x = x.pow(intensity_power) if intensity_power != 1 else x
         if mz_power:
             x = x * torch.arange(x.shape[1], device=x.device, dtype=x.dtype).pow(mz_power)
@@ -201,6 +208,10 @@ class DistillLossConfig:
     feature: Literal["normalized_mse", "mse", "cosine"] = "normalized_mse"
     feature_proj: bool = False
     mz_power: float = 0.0
+    cosine: float = 0.0
+    cosine_mz_power: float = 1.0
+    cosine_intensity_power: float = 0.5
+    expert_bias_rate: float = 0.0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> DistillLossConfig:
@@ -273,10 +284,14 @@ class DistillLoss(nn.Module):
         if target is not None:
             parts["hard"] = hard_loss(out.pred, target, self.space, mz_power=c.mz_power,
                                       mask=target_mask)
+            if c.cosine > 0:
+                parts["hard"] = parts["hard"] + c.cosine * self._cosine(out.pred, target, target_mask)
         if teacher_mean is not None:
             parts["soft"] = soft_loss(out.pred, teacher_mean, teacher_var, temperature=self.temperature,
                                       space=self.space, eps=c.soft_eps, confidence=c.confidence,
                                       mz_power=c.mz_power)
+            if c.cosine > 0:
+                parts["soft"] = parts["soft"] + c.cosine * self._cosine(out.pred, teacher_mean)
         if teacher_hidden is not None:
             h = self.proj(out.hidden.float()) if self.proj is not None else out.hidden
             parts["feature"] = feature_loss(h, teacher_hidden, c.feature)
@@ -298,6 +313,17 @@ class DistillLoss(nn.Module):
         res.update(total=total, load=load, entropy=ent, w_hard=w[0], w_soft=w[1], w_feature=w[2],
                    temperature=torch.tensor(self.temperature))
         return res
+
+    def _cosine(self, pred: Tensor, spectrum: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``1 - cosine`` of ``pred`` (output space) and a linear spectrum, library-matching weights."""
+        c = self.config
+        if mask is not None:
+            if not bool(mask.any()):
+                return pred.sum() * 0.0
+            pred, spectrum = pred[mask], spectrum[mask]
+        return spectral_cosine_loss(spectrum_from_space(pred.float(), self.space), spectrum,
+                                    mz_power=c.cosine_mz_power,
+                                    intensity_power=c.cosine_intensity_power)
 
     @staticmethod
     def log_parts(res: dict[str, Tensor]) -> dict[str, float]:

@@ -269,7 +269,8 @@ def _student(lm: LoadedModel, block: dict[str, np.ndarray], n: int, bs: int):  #
     model, outs, idx, wts = lm.model, [], [], []
     for a in range(0, n, bs):
         x = torch.from_numpy(student_vectors(block["ecfp"][a:a + bs], block["counts"][a:a + bs]))
-        o = model(x.to(lm.device))
+        mw = torch.from_numpy(block["mw"][a:a + bs].astype(np.int64))
+        o = model(x.to(lm.device), mw.to(lm.device))
         lin = model.to_linear(o.pred)
         outs.append((lin / lin.amax(dim=1, keepdim=True).clamp_min(1e-12)).cpu().numpy())
         idx.append(o.topk_idx.cpu().numpy())
