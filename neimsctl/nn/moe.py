@@ -93,6 +93,10 @@ class GateOutput(NamedTuple):
     topk_weight: Tensor
 
 
+#: Initial noise scale softplus(-2) = 0.13: exploration without drowning the logits.
+NOISE_BIAS_INIT = -2.0
+
+
 class TopKGate(nn.Module):
     r"""MLP gate with noisy top-k routing and an optional load-balancing selection bias.
 
@@ -135,12 +139,15 @@ class TopKGate(nn.Module):
         for m in self.body:
             if isinstance(m, nn.Linear):
                 m.reset_parameters()
-        # Small logits: routing starts close to uniform.
-        nn.init.normal_(self.logit.weight, std=1e-3)
+        # Default (not tiny) logit weights: routing depends on the input from the first step, so
+        # experts see different molecules and can specialise. With near-zero logits and noise of
+        # std softplus(0) = 0.69, training routed at random, the gate never learned (entropy
+        # stayed log 4) and inference sent every molecule to the same two experts.
+        self.logit.reset_parameters()
         nn.init.zeros_(self.logit.bias)
         if self.noise is not None:
             nn.init.zeros_(self.noise.weight)
-            nn.init.zeros_(self.noise.bias)
+            nn.init.constant_(self.noise.bias, NOISE_BIAS_INIT)
         self.expert_bias.zero_()
 
     def forward(self, x: Tensor) -> GateOutput:
