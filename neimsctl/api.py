@@ -86,7 +86,7 @@ class SpectrumPredictor:
         if self.loaded.arch == "student" and names is None and not inchikey:
             return self._student_block(smiles, errors)
         if inchikey not in self._feat:
-            self._feat[inchikey] = Featurizer(self.loaded.arch, inchikey=inchikey)
+            self._feat[inchikey] = Featurizer(self.loaded.mode, inchikey=inchikey)
         items = []
         for i, smi in enumerate(smiles):
             if not isinstance(smi, str) or not smi.strip() or len(smi.split()) != 1:

@@ -102,7 +102,7 @@ def predict_cli(
             fail(CMD, f"--uncertainty: --model {model} is a {lm.arch}",
                  "MC dropout needs the teacher: use --model teacher or a teacher checkpoint")
         items = iter_inputs(paths, in_fmt.value if in_fmt else None)
-        blocks = featurized(items, lm.arch, jobs=jobs)
+        blocks = featurized(items, lm.mode, jobs=jobs)
         with open_out(output) as fout:
             with open_out(rejects) if rejects else contextlib.nullcontext() as sink:
                 tally = Tally(sink=sink)

@@ -34,7 +34,9 @@ __all__ = ["MODELS_DIR", "LoadedModel", "resolve_model", "load_model", "predict_
            "resolve_device"]
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "resources" / "models"
-ARCHS = ("student", "teacher")
+ARCHS = ("student", "teacher", "neims-v1")
+#: The featurizer mode (``neimsctl featurize --mode``) each architecture reads.
+MODE_OF = {"student": "student", "teacher": "teacher", "neims-v1": "v1"}
 
 
 @dataclass
@@ -46,7 +48,7 @@ class LoadedModel:
     model
         The ``torch.nn.Module`` in eval mode, at ``precision``.
     arch
-        ``student`` or ``teacher`` (also the featurizer mode).
+        ``student``, ``teacher`` or ``neims-v1`` (the baseline); :attr:`mode` is its featurizer.
     label
         What ``--model`` said (``student``, ``teacher`` or the path).
     path
@@ -81,6 +83,11 @@ class LoadedModel:
         return " ".join(x for x in (self.label if self.label in ARCHS else self.path.name,
                                     f"v{version}" if version else "", f"sha256:{self.sha}",
                                     self.precision) if x)
+
+    @property
+    def mode(self) -> str:
+        """Featurizer mode of the architecture (``student``, ``teacher`` or ``v1``)."""
+        return MODE_OF[self.arch]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -229,7 +236,8 @@ def _check_featurizer(arch: str, have: str | None, path: Path, log: TextIO) -> N
     from neimsctl.chem.features import get_featurizer
     from neimsctl.chem.rowbuild import RowOptions
 
-    ours = {get_featurizer(arch).settings_hash, run_settings(RowOptions(mode=arch))[1]}
+    mode = MODE_OF[arch]
+    ours = {get_featurizer(mode).settings_hash, run_settings(RowOptions(mode=mode))[1]}
     if have not in ours:
         print(f"neimsctl: warning: {path.name} was trained on features with settings hash "
               f"{have}; this installation makes {sorted(ours)[0]} (another RDKit or featurizer "
@@ -260,6 +268,8 @@ def predict_block(lm: LoadedModel, block: dict[str, np.ndarray], *, batch_size: 
     n = len(block["ordinal"])
     if lm.arch == "student":
         return _student(lm, block, n, batch_size)
+    if lm.arch == "neims-v1":
+        return _v1(lm, block, n, batch_size)
     return _teacher(lm, block, n, batch_size, uncertainty, mc_samples)
 
 
@@ -279,6 +289,24 @@ def _student(lm: LoadedModel, block: dict[str, np.ndarray], n: int, bs: int):  #
         return np.zeros((0, model.config.n_bins), np.float32), None, None
     return (np.concatenate(outs), None,
             {"index": np.concatenate(idx), "weight": np.concatenate(wts)})
+
+
+def _v1(lm: LoadedModel, block: dict[str, np.ndarray], n: int, bs: int):  # type: ignore[no-untyped-def]
+    """NEIMS v1 on raw Morgan counts (``featurize --mode v1`` blocks), or on the student vector
+    when the checkpoint was trained on student shards (``input_dim`` 6144)."""
+    from neimsctl.chem.features import student_vectors
+    from neimsctl.chem.features_v1 import v1_vectors
+
+    model, outs = lm.model, []
+    for a in range(0, n, bs):
+        if model.config.input_dim == 4096:
+            x = v1_vectors(block["morgan_counts"][a:a + bs])
+        else:
+            x = student_vectors(block["ecfp"][a:a + bs], block["counts"][a:a + bs])
+        mw = torch.from_numpy(block["mw"][a:a + bs].astype(np.int64)).to(lm.device)
+        outs.append(model.predict_spectrum(torch.from_numpy(x).to(lm.device), mw).float().cpu().numpy())
+    out = np.concatenate(outs) if outs else np.zeros((0, model.config.n_bins), np.float32)
+    return out, None, None
 
 
 def _teacher(lm: LoadedModel, block: dict[str, np.ndarray], n: int, bs: int, unc: bool,

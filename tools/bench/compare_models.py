@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Issue-5 comparison table: every model judged on the same test compounds through the real CLI.
+
+For the compound-grouped test split (8:1:1, seed 42, the split training used) of a student-mode
+shard this script writes, into ``--out``:
+
+- ``query.jsonl``: every measured test spectrum; ``train.jsonl``: every training spectrum (the
+  rest of the library); ``test.smi``: one SMILES per test compound;
+- per model ``NAME.pred.jsonl`` from ``neimsctl predict --model CKPT -O jsonl --threads 1``
+  and ``NAME.eval.json`` from ``neimsctl eval NAME.pred.jsonl query.jsonl -l train.jsonl
+  --mass-filter 5`` (library matching exactly as SPEC.md defines it);
+- the nearest-neighbour baseline (``tools/bench/nn_baseline.py``) through the same ``eval``;
+
+then prints a Markdown table: mean cosine, Recall@1/5/10/20 with and without the +-5 Da filter,
+parameters, model-only CPU ms per molecule (batch 1, 1 thread, median of ``--latency-calls``),
+batched molecules/s (1 thread, batch 256, model only) and the CLI's end-to-end wall time.
+
+    python tools/bench/compare_models.py /tmp/s2/student.h5 --out /tmp/cmp \\
+        teacher=/tmp/s2/tma/checkpoints/best.pt student-kd=/tmp/s2/kd/checkpoints/best.pt \\
+        student-nokd=/tmp/s2/nokd2/checkpoints/best.pt neims-v1=/tmp/s2/v1/checkpoints/best.pt
+
+Run it once, after every model was selected on the validation split: it reads the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import nn_baseline  # noqa: E402  (tools/bench/nn_baseline.py)
+
+from neimsctl.data.split import connectivity_block, split_indices  # noqa: E402
+from neimsctl.io.h5shard import ShardReader  # noqa: E402
+
+
+def export_split(shard: Path, out: Path) -> int:
+    """query.jsonl, train.jsonl, test.smi (+ the NN baseline's nn.pred.jsonl); returns #compounds."""
+    d = nn_baseline.read_shards([shard])
+    with ShardReader(shard) as r:
+        has = r.column("has_spectrum").astype(bool)
+        d["smiles"] = r.column("smiles")[has]
+    blocks = np.array([connectivity_block(k) for k in d["inchikey"]], dtype="S14")
+    parts = split_indices(blocks, ids=[str(i).encode() for i in d["id"]], seed=42)
+    _, first = np.unique(blocks[parts.test], return_index=True)
+    firsts = parts.test[np.sort(first)]
+    pred, _, _ = nn_baseline.nearest_neighbour_predict(d["ecfp"][firsts], d["ecfp"][parts.train],
+                                                       d["spectrum"][parts.train])
+    nn_baseline.export(out, d, firsts, pred, parts.test, parts.train)
+    (out / "nn.pred.jsonl").write_bytes((out / "pred.jsonl").read_bytes())
+    (out / "pred.jsonl").unlink()
+    smi = [f"{_text(d['smiles'][r])} {_text(d['id'][r])}" for r in firsts]
+    (out / "test.smi").write_text("\n".join(smi) + "\n")
+    return len(firsts)
+
+
+def _text(v: object) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def evaluate(out: Path, name: str) -> dict:
+    cmd = ["neimsctl", "eval", str(out / f"{name}.pred.jsonl"), str(out / "query.jsonl"),
+           "-l", str(out / "train.jsonl"), "--mass-filter", "5", "--json", "-q"]
+    res = json.loads(subprocess.run(cmd, check=True, capture_output=True).stdout)
+    (out / f"{name}.eval.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
+def predict_cli(out: Path, name: str, ckpt: str) -> float:
+    """Wall seconds of ``neimsctl predict`` over test.smi (start-up and featurization included)."""
+    t0 = time.perf_counter()
+    with open(out / "test.smi", "rb") as fin:
+        subprocess.run(["neimsctl", "predict", "--model", ckpt, "-O", "jsonl", "--threads", "1",
+                        "--precision", "fp32", "-q", "-o", str(out / f"{name}.pred.jsonl")],
+                       stdin=fin, check=True)
+    return time.perf_counter() - t0
+
+
+def model_speed(ckpt: str, smiles: list[str], calls: int) -> dict:
+    """Parameters, batch-1 latency (median ms) and batched throughput, model only, 1 thread."""
+    from neimsctl.train.predict_run import Featurizer, Item
+    from neimsctl.train.predictor import load_model, predict_block
+
+    torch.set_num_threads(1)
+    lm = load_model(ckpt, device="cpu", precision="fp32", log=open("/dev/null", "w"))
+    items = [Item(i, "<bench>", i + 1, "smi", s.encode()) for i, s in enumerate(smiles)]
+    block, _ = Featurizer(lm.mode, inchikey=False)(items)
+
+    singles = [Featurizer(lm.mode, inchikey=False)([it])[0] for it in items[:calls]]
+    n = len(block["ordinal"])
+    for one in singles[:3]:  # warm-up: the first calls pay for allocation and page faults
+        predict_block(lm, one, batch_size=1)
+    lat = []
+    for one in singles:
+        t = time.perf_counter()
+        predict_block(lm, one, batch_size=1)
+        lat.append(1000 * (time.perf_counter() - t))
+    t = time.perf_counter()
+    predict_block(lm, block, batch_size=256)
+    batched = n / (time.perf_counter() - t)
+    return {"params": lm.n_parameters, "ms_batch1": statistics.median(lat),
+            "mol_per_s_batched": batched}
+
+
+def row(name: str, ev: dict, speed: dict | None, cli_s: float | None, n: int) -> str:
+    rec = " | ".join(f"{ev[f'recall@{k}']:.3f}" for k in (1, 5, 10, 20))
+    recm = " | ".join(f"{ev[f'recall@{k}_mass5']:.3f}" for k in (1, 5, 10, 20))
+    if speed is None:
+        sp = "– | – | –"
+    else:
+        sp = f"{speed['params']:,} | {speed['ms_batch1']:.2f} | {speed['mol_per_s_batched']:,.0f}"
+    cli = f"{cli_s:.1f} s ({1000 * cli_s / n:.1f} ms/mol)" if cli_s else "–"
+    return f"| {name} | {ev['mean_cosine']:.3f} | {rec} | {recm} | {sp} | {cli} |"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("shard", type=Path, help="student-mode shard of the whole library")
+    ap.add_argument("models", nargs="*", metavar="NAME=CKPT")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--latency-calls", type=int, default=100)
+    args = ap.parse_intermixed_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    n = export_split(args.shard, args.out)
+    smiles = [line.split()[0] for line in (args.out / "test.smi").read_text().splitlines()]
+    lines = ["| model | mean cosine | R@1 | R@5 | R@10 | R@20 | R@1 ±5 Da | R@5 ±5 Da | R@10 ±5 Da "
+             "| R@20 ±5 Da | parameters | ms/mol batch 1 | mol/s batch 256 | CLI predict (test set) |",
+             "|" + "---|" * 14]
+    results = {"n_test_compounds": n}
+    ev = evaluate(args.out, "nn")
+    results["nearest-neighbour"] = ev
+    lines.append(row("nearest neighbour (ECFP4 Tanimoto)", ev, None, None, n))
+    for spec in args.models:
+        name, ckpt = spec.split("=", 1)
+        cli_s = predict_cli(args.out, name, ckpt)
+        ev = evaluate(args.out, name)
+        speed = model_speed(ckpt, smiles, args.latency_calls)
+        results[name] = {**ev, **speed, "cli_seconds": cli_s}
+        lines.append(row(name, ev, speed, cli_s, n))
+        print(lines[-1], file=sys.stderr, flush=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    print(f"test split: {n} compounds; queries and library as SPEC.md (library = one prediction "
+          "per test compound + every training spectrum)")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
