@@ -1,4 +1,4 @@
-"""``neimsctl shards list|merge``: inspect feature files and merge shards (or zblock streams)."""
+"""``neimsctl shards list|merge|split``: inspect, merge (shards or zblock streams) and split by compound."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from neimsctl.cli._common import (NoProvenance, fail, Quiet, Verbose, app, comma
 
 CMD = "shards"
 shards_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
-                         help="List and merge feature shards. See neimsctl-shards(1).")
+                         help="List, merge and split feature shards. See neimsctl-shards(1).")
 app.add_typer(shards_app, name=CMD)
 
 Files = Annotated[list[Path], typer.Argument(help="HDF5 shards or zblock streams.",
@@ -81,3 +81,44 @@ def merge_cli(
             fail(f"{CMD} merge", str(exc.filename or out), exc.strerror or str(exc))
         if not quiet:
             eprint(f"{CMD} merge", f"{len(files)} inputs, {n} rows -> {out}")
+
+
+@shards_app.command("split")
+def split_cli(
+    files: Annotated[list[Path], typer.Argument(help="HDF5 shards (any mode).", show_default=False)],
+    part: Annotated[str, typer.Option("--part", "-p", help="train | val | test.")] = "test",
+    fmt: Annotated[str, typer.Option("--format", "-O", help="jsonl: records with the measured "
+                                     "spectra; smi: 'SMILES id', one per compound.")] = "jsonl",
+    seed: Annotated[int, typer.Option("--seed", help="Split seed (training uses 42).")] = 42,
+    out: Annotated[str, typer.Option("--output", "-o", help="Output file ('-': stdout; a file "
+                                     "is written atomically).")] = "-",
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Write one part of the compound-grouped 8:1:1 split that training uses.
+
+    The rows with a spectrum are split by InChIKey connectivity block exactly as pretrain,
+    finetune and distill split them, so 'neimsctl shards split F.h5 --part test' gives the
+    held-out compounds to predict and their measured spectra to evaluate against.
+    See neimsctl-shards(1).
+    """
+    setup_logging(verbose, quiet)
+    from neimsctl.data.split_export import FORMATS, PARTS
+
+    if part not in PARTS:
+        usage_error(f"{CMD} split", f"--part must be one of {', '.join(PARTS)}, got {part!r}")
+    if fmt not in FORMATS:
+        usage_error(f"{CMD} split", f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    with command(f"{CMD} split"):
+        from neimsctl.data.split_export import read_split, write_split
+        from neimsctl.io.streams import open_out
+
+        try:
+            d = read_split(files, part, seed=seed)
+        except OSError as exc:
+            fail(f"{CMD} split", str(exc.filename), exc.strerror or str(exc))
+        with open_out(out) as fh:
+            n = write_split(d, fh, fmt, source=",".join(str(f) for f in files))
+        if not quiet:
+            what = "compounds" if fmt == "smi" else "spectra"
+            eprint(f"{CMD} split", f"{part}: {n} {what}")

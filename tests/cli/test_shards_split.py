@@ -1,0 +1,69 @@
+"""neimsctl shards split: the held-out parts of the training split, as records or SMILES."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from neimsctl.data.dataset import StudentDataset
+from neimsctl.train.evaluate import dataset_split
+
+pytestmark = pytest.mark.cli
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory: pytest.TempPathFactory, sample_msp: Path) -> Path:
+    d = tmp_path_factory.mktemp("split")
+    proc = subprocess.run(f"neimsctl msp2jsonl -q {sample_msp} | neimsctl featurize -q --mode student "
+                          f"-o {d / 's.h5'}", shell=True, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return d / "s.h5"
+
+
+def split(shard: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["neimsctl", "shards", "split", str(shard), *args], capture_output=True,
+                          timeout=120)
+
+
+def test_parts_are_disjoint_cover_everything_and_match_training(shard: Path, repo_root: Path) -> None:
+    ids = {}
+    for part in ("train", "val", "test"):
+        proc = split(shard, "--part", part)
+        assert proc.returncode == 0, proc.stderr
+        recs = [orjson.loads(x) for x in proc.stdout.splitlines()]
+        ids[part] = [r["id"] for r in recs]
+        assert f"{part}: {len(recs)} spectra".encode() in proc.stderr
+    assert sum(map(len, ids.values())) == 300
+    assert not set(ids["test"]) & set(ids["train"]) and not set(ids["val"]) & set(ids["train"])
+    # exactly the rows the training commands hold out
+    ds = StudentDataset([shard])
+    parts = dataset_split(ds, seed=42, fractions=(0.8, 0.1, 0.1))
+    assert sorted(ids["test"]) == sorted(i.decode() for i in ds.ids[parts.test])
+    # the records are valid neimsctl.record/1 with the spectrum at base peak 999
+    schema = json.loads((repo_root / "formats/jsonl-record.v1.schema.json").read_text())
+    jsonschema = pytest.importorskip("jsonschema")
+    proc = split(shard, "--part", "test")
+    for line in proc.stdout.splitlines():
+        rec = orjson.loads(line)
+        jsonschema.validate(rec, schema)
+        assert max(rec["intensity"]) == pytest.approx(999.0)
+
+
+def test_smi_has_one_line_per_compound_and_feeds_predict(shard: Path, tmp_path: Path) -> None:
+    proc = split(shard, "--part", "test", "--format", "smi", "-o", str(tmp_path / "t.smi"))
+    assert proc.returncode == 0 and proc.stdout == b"", proc.stderr
+    lines = (tmp_path / "t.smi").read_text().splitlines()
+    recs = [orjson.loads(x) for x in split(shard, "--part", "test").stdout.splitlines()]
+    assert len(lines) == len({r["inchikey"][:14] for r in recs}) <= len(recs)
+    assert all(len(x.split()) == 2 for x in lines)
+    assert np.all([x.split()[1] in {r["id"] for r in recs} for x in lines])
+
+
+def test_bad_part_is_a_usage_error(shard: Path) -> None:
+    proc = split(shard, "--part", "holdout")
+    assert proc.returncode == 2 and b"--part" in proc.stderr
