@@ -58,12 +58,16 @@ class TeacherFeatures(NamedTuple):
         float32, shape ``(2B, 6)``: bond features, the same for both directions.
     ecfp : numpy.ndarray
         uint8, shape ``(512,)``: ECFP4 bits, packed as in :class:`StudentFeatures`.
+    counts : numpy.ndarray
+        uint8, shape ``(2048,)``: the student's atom-pair counts (the teacher's fingerprint
+        branch reads ECFP4 + these, the same 6144-d vector as the student).
     """
 
     atom_x: np.ndarray
     edge_index: np.ndarray
     edge_attr: np.ndarray
     ecfp: np.ndarray
+    counts: np.ndarray
 
 
 def settings_hash(settings: dict[str, Any]) -> str:
@@ -139,9 +143,12 @@ class StudentFeaturizer(_Base):
         super().__init__()
         self._pairs = rdFingerprintGenerator.GetAtomPairGenerator(fpSize=COUNT_BITS)
 
+    def pair_counts(self, mol: Chem.Mol) -> np.ndarray:
+        """Atom-pair counts folded to 2048, uint8 saturating at 255."""
+        return np.minimum(self._pairs.GetCountFingerprintAsNumPy(mol), 255).astype(np.uint8)
+
     def __call__(self, mol: Chem.Mol) -> StudentFeatures:
-        counts = self._pairs.GetCountFingerprintAsNumPy(mol)
-        return StudentFeatures(self.ecfp_packed(mol), np.minimum(counts, 255).astype(np.uint8))
+        return StudentFeatures(self.ecfp_packed(mol), self.pair_counts(mol))
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -152,8 +159,9 @@ class StudentFeaturizer(_Base):
 
 
 @register("teacher")
-class TeacherFeaturizer(_Base):
-    """Molecular graph (48 atom / 6 bond features) + ECFP4 bits (see :class:`TeacherFeatures`).
+class TeacherFeaturizer(StudentFeaturizer):
+    """Molecular graph (48 atom / 6 bond features) + the student's ECFP4 bits and atom-pair
+    counts (see :class:`TeacherFeatures`).
 
     Examples
     --------
@@ -164,7 +172,8 @@ class TeacherFeaturizer(_Base):
 
     def __call__(self, mol: Chem.Mol) -> TeacherFeatures:
         edge_index, edge_attr = bond_graph(mol)
-        return TeacherFeatures(atom_features(mol), edge_index, edge_attr, self.ecfp_packed(mol))
+        return TeacherFeatures(atom_features(mol), edge_index, edge_attr, self.ecfp_packed(mol),
+                               self.pair_counts(mol))
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -172,6 +181,11 @@ class TeacherFeaturizer(_Base):
         s["graph"] = {"atom_fdim": ATOM_FDIM, "bond_fdim": BOND_FDIM, "layout": "features.v1",
                       "hydrogens": "implicit"}
         return s
+
+
+def log1p_counts(counts: np.ndarray) -> np.ndarray:
+    """uint8 counts -> float32 ``log1p(count)`` (the scaling the student and teacher read)."""
+    return _LOG1P_U8[np.asarray(counts, dtype=np.uint8)]
 
 
 def student_vector(ecfp_packed: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -219,6 +219,7 @@ class RowBuilder:
             for field in feats[0]._fields[1:]:
                 out[field] = np.stack([getattr(f, field) for f in feats])
         else:
+            out["counts"] = np.stack([f.counts for f in feats])
             out["n_atoms"] = np.asarray([f.atom_x.shape[0] for f in feats], dtype=np.int64)
             out["n_edges"] = np.asarray([f.edge_index.shape[0] for f in feats], dtype=np.int64)
             out["atom_x"] = np.concatenate([f.atom_x for f in feats]).astype(np.float16)

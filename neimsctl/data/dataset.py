@@ -15,7 +15,8 @@ Items
 Student: ``{"x": (6144,) float32, "y": (501,) float32, "idx": int, "row": int, "id": str,
 "aug13c": bool}``; ``get_batch``/``ds[list]`` give the same keys stacked.
 Teacher: a ``torch_geometric.data.Data`` with ``x (n, 48)``, ``edge_index (2, E)`` long,
-``edge_attr (E, 6)``, ``ecfp (1, 4096)``, ``y (1, 501)``, ``mw``, ``idx``, ``row``, ``id``
+``edge_attr (E, 6)``, ``ecfp (1, 4096)``, ``counts (1, 2048)`` (log1p of the atom-pair
+counts, as in the student vector), ``y (1, 501)``, ``mw``, ``idx``, ``row``, ``id``
 (``idx``, not ``index``: PyG offsets keys containing "index"); ``get_batch`` gives a ``Batch``
 (contract 3). The student ``x`` is ``neimsctl.chem.features.student_vectors``.
 """
@@ -32,7 +33,7 @@ import h5py
 import numpy as np
 import torch
 
-from neimsctl.chem.features import student_vectors
+from neimsctl.chem.features import log1p_counts, student_vectors
 from neimsctl.data.augment import Augment
 from neimsctl.errors import FormatError, InputError
 
@@ -374,7 +375,7 @@ class TeacherDataset(ShardDataset):
     """Teacher-mode shards as PyG ``Data`` graphs (CSR rows read by slice); batches are ``Batch``."""
 
     mode = "teacher"
-    row_keys = ("ecfp", "spectrum")
+    row_keys = ("ecfp", "counts", "spectrum")
     csr_keys = {"atom_x": "atom_ptr", "edge_index": "edge_ptr", "edge_attr": "edge_ptr"}
 
     def _all_keys(self) -> tuple[str, ...]:
@@ -427,6 +428,7 @@ class TeacherDataset(ShardDataset):
         order = np.argsort(np.concatenate(pos)) if pos else np.zeros(0, np.int64)
         rows = self.rows[idx]
         ecfp = np.unpackbits(np.concatenate(cols["ecfp"])[order].reshape(len(idx), -1), axis=-1)
+        counts = np.concatenate(cols["counts"])[order].reshape(len(idx), -1)
         y, aug = self._targets(np.concatenate(cols["spectrum"])[order].reshape(len(idx), N_BINS), rows)
         out = []
         for j, g in enumerate(graphs):
@@ -435,6 +437,7 @@ class TeacherDataset(ShardDataset):
                 edge_index=torch.from_numpy(g["edge_index"].astype(np.int64).T.copy()).reshape(2, -1),
                 edge_attr=torch.from_numpy(g["edge_attr"].astype(np.float32)),
                 ecfp=torch.from_numpy(ecfp[j:j + 1].astype(np.float32)),
+                counts=torch.from_numpy(log1p_counts(counts[j:j + 1])),
                 y=torch.from_numpy(y[j:j + 1]),
                 mw=torch.tensor([int(self._mw[rows[j]])]),
                 idx=torch.tensor([int(idx[j])]), row=torch.tensor([int(rows[j])]),

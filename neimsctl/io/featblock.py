@@ -32,7 +32,7 @@ COMMON: dict[str, tuple[str, tuple[int, ...]]] = {
 }
 STUDENT_ONLY = {"counts": ("|u1", (COUNT_BITS,))}
 V1_ONLY = {**STUDENT_ONLY, "morgan_counts": ("|u1", (4096,))}  # NEIMS v1 baseline input
-TEACHER_ONLY = {"n_atoms": ("<i8", ()), "n_edges": ("<i8", ())}
+TEACHER_ONLY = {**STUDENT_ONLY, "n_atoms": ("<i8", ()), "n_edges": ("<i8", ())}
 RAGGED: dict[str, tuple[str, tuple[int, ...], str]] = {
     "atom_x": ("<f2", (ATOM_FDIM,), "n_atoms"),
     "edge_index": ("<i4", (2,), "n_edges"),

@@ -14,6 +14,9 @@ Choices the spec leaves open, documented here:
   block squeezes through a 100-wide bottleneck (zero-initialised output: every expert starts as
   the identity). Defaults total 48,626,141 parameters; at batch 1 a call reads the gate, 2 of
   the 4 experts and the head (~34M weights).
+- **Expert width** (``expert_width``, default: the input width). Set, a shared
+  ``Linear(6144, expert_width) + GELU`` feeds narrower experts (the spec's other way to fit the
+  size budget); the compact profile that ships with the package uses it.
 - **``hidden``.** The head gets one extra 1024 -> 512 layer so that its penultimate
   representation has the teacher's width (512) for feature distillation; 512 -> 501 follows.
 - **Mass-anchored output** (``mass_aware``, on in the shipped configs): the last layer is NEIMS
@@ -89,6 +92,7 @@ class StudentConfig:
     output_activation: str = "relu"
     mass_aware: bool = False
     max_above_mw: int = 5
+    expert_width: int | None = None
 
     def __post_init__(self) -> None:
         ints = ("input_dim", "n_experts", "top_k", "expert_depth", "expert_bottleneck",
@@ -107,6 +111,11 @@ class StudentConfig:
             raise ConfigError(f"student.dropout must be in [0, 1), got {self.dropout!r}")
         if self.output_space not in SPACES:
             raise ConfigError(f"student.output_space must be one of {SPACES}, got {self.output_space!r}")
+        if self.expert_width is not None and (isinstance(self.expert_width, bool)
+                                              or not isinstance(self.expert_width, int)
+                                              or self.expert_width < 1):
+            raise ConfigError(f"student.expert_width: expected a positive integer or null, "
+                              f"got {self.expert_width!r}")
         if not isinstance(self.mass_aware, bool):
             raise ConfigError(f"student.mass_aware: expected true or false, got {self.mass_aware!r}")
         if isinstance(self.max_above_mw, bool) or not isinstance(self.max_above_mw, int) \
@@ -191,11 +200,14 @@ class StudentModel(nn.Module):
         d = cfg.input_dim
         self.gate = TopKGate((d, *cfg.gate_hidden), cfg.n_experts, cfg.top_k,
                              noisy=cfg.gate_noise, dropout=cfg.dropout)
+        w = cfg.expert_width or d
+        # reduced-width experts (SPEC.md allows it): one shared projection in front of them
+        self.proj = nn.Sequential(nn.Linear(d, w), nn.GELU()) if cfg.expert_width else None
         self.experts = nn.ModuleList(
-            Expert(d, cfg.expert_bottleneck, cfg.expert_depth, cfg.dropout)
+            Expert(w, cfg.expert_bottleneck, cfg.expert_depth, cfg.dropout)
             for _ in range(cfg.n_experts))
-        layers: list[nn.Module] = [nn.LayerNorm(d)]
-        for a, b in zip((d, *cfg.head_hidden), (*cfg.head_hidden, cfg.hidden_dim)):
+        layers: list[nn.Module] = [nn.LayerNorm(w)]
+        for a, b in zip((w, *cfg.head_hidden), (*cfg.head_hidden, cfg.hidden_dim)):
             layers += [nn.Linear(a, b), nn.GELU(), nn.Dropout(cfg.dropout)]
         self.trunk = nn.Sequential(*layers[:-1])  # no dropout on ``hidden`` itself
         self.out: nn.Module = (
@@ -210,7 +222,8 @@ class StudentModel(nn.Module):
                              f"got {tuple(x.shape)}; featurize with --mode student")
         x = x.to(self.trunk[0].weight.dtype)  # LayerNorm: stays float under int8 quantization
         g = self.gate(x)
-        fused = dispatch(x, self.experts, g.topk_idx, g.topk_weight)
+        h = self.proj(x) if self.proj is not None else x
+        fused = dispatch(h, self.experts, g.topk_idx, g.topk_weight)
         hidden = self.trunk(fused)
         if cfg.mass_aware:
             if mw is None:

@@ -6,7 +6,7 @@ Architecture (defaults = SPEC.md "Models"; every width comes from :class:`Teache
     GNN      DropEdge(p=0.2, whole bonds), then 8 x GINEBlock:
              h + Dropout(ReLU(PairNorm(BondGatedGINEConv(h, bonds (E, 6)))))
     readout  [mean || max || attention] pooling -> 768
-    ECFP     (B, 4096) -> 2048 -> 1024 -> 512 (ReLU, dropout)
+    ECFP     (B, 4096 bits + 2048 log1p atom-pair counts) -> 2048 -> 1024 -> 512 (ReLU, dropout)
     fusion   concat 768 + 512 = 1280 -> LayerNorm
     head     1280 -> 1024 -> 512 (``hidden``) -> 501, softplus (non-negative)
 
@@ -43,7 +43,7 @@ from neimsctl.models.registry import register
 from neimsctl.models.teacher_config import SPACES, TeacherConfig
 from neimsctl.nn.bond_attention import GINEBlock
 from neimsctl.nn.drop_edge import DropEdge
-from neimsctl.nn.mass_head import MassAnchoredHead
+from neimsctl.nn.mass_head import MassAnchoredHead, activate
 from neimsctl.nn.mlp import MLP
 from neimsctl.nn.pooling import GraphPooling
 
@@ -81,14 +81,15 @@ class TeacherModel(nn.Module):
             GINEBlock(h, cfg.bond_dim, attention_hidden=cfg.attention_hidden, dropout=cfg.dropout,
                       pair_norm=cfg.pair_norm) for _ in range(cfg.num_layers))
         self.pool = GraphPooling(h, cfg.pool_gate_hidden)
-        self.ecfp_mlp = MLP(cfg.ecfp_dim, cfg.ecfp_hidden, cfg.ecfp_out, dropout=cfg.dropout,
+        self.ecfp_mlp = MLP(cfg.ecfp_dim + cfg.counts_dim, cfg.ecfp_hidden, cfg.ecfp_out, dropout=cfg.dropout,
                             final_activation=True)
         self.fusion_norm = nn.LayerNorm(cfg.fusion_dim)
         self.trunk = MLP(cfg.fusion_dim, cfg.head_hidden[:-1], cfg.head_hidden[-1],
                          dropout=cfg.dropout, final_activation=True)
         self.out: nn.Module = (
             MassAnchoredHead(cfg.hidden_dim, cfg.n_bins, shift=cfg.max_above_mw,
-                             activation="softplus", bias_init=OUT_BIAS_INIT)
+                             activation=cfg.output_activation,
+                             bias_init=OUT_BIAS_INIT if cfg.output_activation == "softplus" else 0.0)
             if cfg.mass_aware else nn.Linear(cfg.hidden_dim, cfg.n_bins))
         self.reset_parameters()
 
@@ -102,7 +103,7 @@ class TeacherModel(nn.Module):
         self.fusion_norm.reset_parameters()
         self.trunk.reset_parameters()
         self.out.reset_parameters()  # the mass-anchored head sets its own biases
-        if isinstance(self.out, nn.Linear):
+        if isinstance(self.out, nn.Linear) and self.config.output_activation == "softplus":
             # softplus(-3) ~ 0.05: start near an almost empty spectrum, as real EI spectra are sparse
             with torch.no_grad():
                 self.out.bias.fill_(OUT_BIAS_INIT)
@@ -153,6 +154,13 @@ class TeacherModel(nn.Module):
             ecfp = ecfp.view(n_graphs, cfg.ecfp_dim)  # Data items that stored ecfp as (4096,)
         if ecfp.shape != (n_graphs, cfg.ecfp_dim):
             raise ValueError(f"batch.ecfp must be ({n_graphs}, {cfg.ecfp_dim}), got {tuple(ecfp.shape)}")
+        if cfg.counts_dim:
+            counts = getattr(batch, "counts", None)
+            if counts is None or counts.shape != (n_graphs, cfg.counts_dim):
+                raise ValueError(f"batch.counts must be ({n_graphs}, {cfg.counts_dim}) log1p atom-pair "
+                                 f"counts, got {None if counts is None else tuple(counts.shape)}; "
+                                 "re-featurize with this version (--mode teacher) or set counts_dim: 0")
+            ecfp = torch.cat([ecfp, counts.to(ecfp.dtype)], dim=-1)
         f = self.ecfp_mlp(ecfp.to(g.dtype))
         return self.fusion_norm(torch.cat([g, f], dim=-1))
 
@@ -167,7 +175,7 @@ class TeacherModel(nn.Module):
                                  "set mass_aware: false or use teacher shards that carry mw")
             pred = self.out(hidden, mw)
         else:
-            pred = F.softplus(self.out(hidden))
+            pred = activate(self.out(hidden), self.config.output_activation)
         return (pred, hidden) if return_hidden else pred
 
     def to_linear(self, pred: Tensor) -> Tensor:

@@ -45,6 +45,11 @@ class TeacherConfig:
         Dropout probability everywhere (also the MC-dropout rate).
     output_space
         ``"sqrt"`` or ``"linear"``: what ``forward`` predicts.
+    counts_dim
+        Width of the atom-pair count fingerprint (log1p) read next to the ECFP bits by the
+        fingerprint branch (``batch.counts``); 0 reads the ECFP bits only.
+    output_activation
+        ``softplus`` (default: no m/z bin can die) or ``relu`` (exact zeros, like NEIMS v1).
     mass_aware
         NEIMS v1-style bidirectional head anchored at ``batch.mw``.
     max_above_mw
@@ -54,6 +59,7 @@ class TeacherConfig:
     atom_dim: int = 48
     bond_dim: int = 6
     ecfp_dim: int = 4096
+    counts_dim: int = 0
     hidden: int = 256
     num_layers: int = 8
     attention_hidden: int = 64
@@ -66,6 +72,7 @@ class TeacherConfig:
     n_bins: int = 501
     dropout: float = 0.1
     output_space: str = "sqrt"
+    output_activation: str = "softplus"
     mass_aware: bool = False
     max_above_mw: int = 5
 
@@ -87,9 +94,14 @@ class TeacherConfig:
         for name in ("pair_norm", "mass_aware"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"teacher.{name}: expected true or false, got {getattr(self, name)!r}")
+        if isinstance(self.counts_dim, bool) or not isinstance(self.counts_dim, int) or self.counts_dim < 0:
+            raise ConfigError(f"teacher.counts_dim: expected an integer >= 0, got {self.counts_dim!r}")
         if isinstance(self.max_above_mw, bool) or not isinstance(self.max_above_mw, int) \
                 or self.max_above_mw < 0:
             raise ConfigError(f"teacher.max_above_mw: expected an integer >= 0, got {self.max_above_mw!r}")
+        if self.output_activation not in ("softplus", "relu"):
+            raise ConfigError(f"teacher.output_activation must be softplus or relu, "
+                              f"got {self.output_activation!r}")
         if self.output_space not in SPACES:
             raise ConfigError(f"teacher.output_space must be one of {SPACES}, got {self.output_space!r}")
 

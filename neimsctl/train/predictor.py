@@ -315,7 +315,10 @@ def _teacher(lm: LoadedModel, block: dict[str, np.ndarray], n: int, bs: int, unc
 
     atoms = np.concatenate([[0], np.cumsum(block["n_atoms"])])
     edges = np.concatenate([[0], np.cumsum(block["n_edges"])])
+    from neimsctl.chem.features import log1p_counts
+
     ecfp = np.unpackbits(block["ecfp"], axis=1).astype(np.float32)
+    counts = log1p_counts(block["counts"])
     outs, stds = [], []
     for a in range(0, n, bs):
         data = []
@@ -325,6 +328,7 @@ def _teacher(lm: LoadedModel, block: dict[str, np.ndarray], n: int, bs: int, unc
                              edge_index=torch.from_numpy(ei).reshape(2, -1),
                              edge_attr=torch.from_numpy(block["edge_attr"][edges[j]:edges[j + 1]].astype(np.float32)),
                              ecfp=torch.from_numpy(ecfp[j:j + 1]),
+                             counts=torch.from_numpy(counts[j:j + 1]),
                              mw=torch.tensor([int(block["mw"][j])])))
         batch = Batch.from_data_list(data).to(lm.device)
         if unc:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from rdkit import Chem
 from torch_geometric.data import Batch, Data
 
-from neimsctl.chem.features import TeacherFeaturizer
+from neimsctl.chem.features import TeacherFeaturizer, log1p_counts
 from neimsctl.chem.spectrum import preprocess_spectrum
 from neimsctl.io.msp import read_msp
 from neimsctl.models.teacher import TeacherConfig, TeacherModel
@@ -47,6 +47,7 @@ def load_batches(path: Path, n_mols: int, batch_size: int, lo: int, hi: int) -> 
                               edge_index=torch.from_numpy(f.edge_index.T.astype(np.int64).copy()),
                               edge_attr=torch.from_numpy(f.edge_attr),
                               ecfp=torch.from_numpy(np.unpackbits(f.ecfp)[None].astype(np.float32)),
+                              counts=torch.from_numpy(log1p_counts(f.counts)[None]),
                               y=torch.from_numpy(preprocess_spectrum(rec.mz, rec.intensity)[None])))
             if len(items) == n_mols:
                 break

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from rdkit import Chem
 from torch_geometric.data import Batch, Data
 
-from neimsctl.chem.features import TeacherFeaturizer
+from neimsctl.chem.features import TeacherFeaturizer, log1p_counts
 from neimsctl.chem.spectrum import preprocess_spectrum
 from neimsctl.errors import ConfigError
 from neimsctl.io.msp import read_msp
@@ -36,7 +36,8 @@ def to_data(smiles: str, spectrum: np.ndarray | None = None, perm: np.ndarray | 
         x, ei = x[perm], np.argsort(perm)[ei]
     d = Data(x=torch.from_numpy(x), edge_index=torch.from_numpy(ei.T.copy()),
              edge_attr=torch.from_numpy(f.edge_attr),
-             ecfp=torch.from_numpy(np.unpackbits(f.ecfp, bitorder="big")[None].astype(np.float32)))
+             ecfp=torch.from_numpy(np.unpackbits(f.ecfp, bitorder="big")[None].astype(np.float32)),
+             counts=torch.from_numpy(log1p_counts(f.counts)[None]))
     if spectrum is not None:
         d.y = torch.from_numpy(spectrum[None])
     return d
@@ -72,12 +73,13 @@ def expected_parameters(c: TeacherConfig) -> int:
     h, a, n_out = c.hidden, c.attention_hidden, (3 if c.mass_aware else 1)
     layer = mlp(h, h, h) + mlp(c.bond_dim, h) + 1 + mlp(3 * h, a, 1)
     return (mlp(c.atom_dim, h) + c.num_layers * layer + mlp(h, c.pool_gate_hidden, 1)
-            + mlp(c.ecfp_dim, *c.ecfp_hidden, c.ecfp_out) + 2 * c.fusion_dim
+            + mlp(c.ecfp_dim + c.counts_dim, *c.ecfp_hidden, c.ecfp_out) + 2 * c.fusion_dim
             + mlp(c.fusion_dim, *c.head_hidden) + mlp(c.hidden_dim, n_out * c.n_bins))
 
 
-@pytest.mark.parametrize("cfg", [TeacherConfig(), TINY, TeacherConfig(mass_aware=True, num_layers=3)],
-                         ids=["defaults", "tiny", "mass-aware"])
+@pytest.mark.parametrize("cfg", [TeacherConfig(), TINY, TeacherConfig(mass_aware=True, num_layers=3),
+                                 TeacherConfig(counts_dim=2048, num_layers=2)],
+                         ids=["defaults", "tiny", "mass-aware", "with-counts"])
 def test_parameter_count_per_config(cfg):
     assert TeacherModel(cfg).n_parameters() == expected_parameters(cfg)
 
@@ -270,3 +272,18 @@ def test_trains_on_shared_massbank_subset(shared_data):
         opt.step()
         losses.append(loss.item())
     assert len(mols) == 16 and losses[-1] < losses[0]
+
+
+def test_counts_branch_reads_the_atom_pair_counts_and_needs_them():
+    torch.manual_seed(0)
+    cfg = TeacherConfig(**{**TINY.to_dict(), "counts_dim": 2048})
+    model = TeacherModel(cfg).eval()
+    batch = Batch.from_data_list([to_data("CCCCCCCCCC"), to_data("CCCCCCCCCCCC")])
+    out = model(batch)
+    assert out.shape == (2, 501) and torch.isfinite(out).all()
+    zeroed = batch.clone()
+    zeroed.counts = torch.zeros_like(batch.counts)
+    assert not torch.allclose(model(zeroed), out)      # the counts change the prediction
+    del batch.counts
+    with pytest.raises(ValueError, match="counts"):
+        model(batch)
