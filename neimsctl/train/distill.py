@@ -123,7 +123,11 @@ class StudentKDLoss:
         core = getattr(model, "module", model)
         out = model(batch["x"], batch["mw"])
         if model.training and self.loss.config.expert_bias_rate > 0:
-            core.update_expert_bias(out.topk_idx, self.loss.config.expert_bias_rate)
+            # balance the routing inference will use (clean probabilities + bias), not the
+            # noisy training routing, which the noise keeps balanced anyway
+            clean = torch.topk(out.gate_probs.detach() + core.gate.expert_bias,
+                               core.config.top_k, dim=-1).indices
+            core.update_expert_bias(clean, self.loss.config.expert_bias_rate)
         res = self.loss(out, batch["y"], batch.get("t_mean"), batch.get("t_var"),
                         batch.get("t_hidden"),
                         shared=core.shared_parameters() if model.training else None)

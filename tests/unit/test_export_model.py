@@ -1,0 +1,49 @@
+"""tools/export_model.py: fp16 shipped weights + model card that predict loads unchanged."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neimsctl.models.student import StudentConfig, StudentModel
+from neimsctl.train.checkpoint import save_checkpoint
+from neimsctl.train.predictor import load_model, predict_block
+
+
+def _tool(repo_root: Path):
+    spec = importlib.util.spec_from_file_location("export_model", repo_root / "tools/export_model.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_export_halves_the_weights_and_predicts_like_the_original(repo_root: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    cfg = StudentConfig(gate_hidden=(16,), expert_width=32, expert_depth=2, expert_bottleneck=8,
+                        head_hidden=(64,), hidden_dim=16, mass_aware=True)
+    model = StudentModel(cfg)
+    opt = torch.optim.AdamW(model.parameters())
+    src = save_checkpoint(tmp_path / "best.pt", model=model, optimizer=opt,
+                          config={"model": {"name": "student", **cfg.to_dict()}}, epoch=3)
+    ev = tmp_path / "eval.json"
+    ev.write_text(json.dumps({"recall@10": 0.9, "mean_cosine": 0.7, "counts": {"n_queries": 5},
+                              "schema": "neimsctl.eval/1"}))
+    dst = tmp_path / "models/student-default.pt"
+    card = _tool(repo_root).export(src, dst, eval_json=ev, train_log=None, command="cmd", notes="")
+    assert dst.stat().st_size < 0.6 * src.stat().st_size           # no optimizer, half precision
+    assert card["test_metrics"] == {"recall@10": 0.9, "mean_cosine": 0.7, "counts": {"n_queries": 5}}
+    assert "NON-COMMERCIAL" in card["license"] and card["n_parameters"] == model.n_parameters()
+    assert json.loads(dst.with_suffix(".json").read_text())["sha256"] == card["sha256"]
+    state = torch.load(dst, weights_only=True)["model"]
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    rng = np.random.default_rng(0)
+    block = {"ordinal": np.arange(4), "ecfp": rng.integers(0, 256, (4, 512), dtype=np.uint8),
+             "counts": rng.integers(0, 4, (4, 2048), dtype=np.uint8), "mw": np.array([78, 120, 200, 300])}
+    a = predict_block(load_model(src, device="cpu", precision="fp32"), block)[0]
+    b = predict_block(load_model(dst, device="cpu", precision="fp32"), block)[0]
+    assert np.abs(a - b).max() < 2e-2                                # fp16 rounding only
+    assert all((b[i, m + 6:] == 0).all() for i, m in enumerate(block["mw"]))

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Export a trained checkpoint as a shipped model: fp16 weights + a JSON model card.
+
+    python tools/export_model.py RUN/checkpoints/best.pt neimsctl/resources/models/student-default.pt \\
+        --eval RUN-split/test.eval.json --train-log RUN/train_log.jsonl --command "tools/train_default_model.sh"
+
+The output keeps only what inference needs (``format``, ``model`` as float16, ``config.model``,
+``featurizer_hash``, ``versions``): no optimizer state, no pickled objects; ``neimsctl predict``
+widens the weights back to float32 when it loads them. The card (``OUT.json``) records the
+sha256 of the weights file, the parameter count, the data and its licences, the test-split
+metrics (``--eval``: a ``neimsctl eval --json`` output), the training run and the command that
+retrains it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from neimsctl import __version__
+from neimsctl.train.checkpoint import load_checkpoint
+
+LICENSE_NOTE = ("Trained on MassBank EI records (../shared/data/massbank_ei.msp). Most of them are "
+                "licensed CC BY-NC-SA (others CC BY / CC BY-SA): the weights are a derived work for "
+                "NON-COMMERCIAL use only, under CC BY-NC-SA 4.0 terms, with attribution to the "
+                "MassBank contributors (see the record accessions in the library). The code is MIT.")
+
+
+def export(src: Path, dst: Path, *, eval_json: Path | None, train_log: Path | None, command: str,
+           notes: str) -> dict:
+    ck = load_checkpoint(src, map_location="cpu")
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in ck["model"].items()}
+    slim = {"format": ck["format"], "model": state, "config": {"model": ck["config"]["model"]},
+            "featurizer_hash": ck.get("featurizer_hash"), "versions": ck.get("versions", {}),
+            "epoch": ck.get("epoch"), "best_metric": ck.get("best_metric")}
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_suffix(".pt.partial")
+    torch.save(slim, tmp)
+    tmp.replace(dst)
+    sha = hashlib.sha256(dst.read_bytes()).hexdigest()
+    card: dict = {
+        "name": dst.stem, "arch": ck["config"]["model"].get("name"),
+        "sha256": sha, "file_bytes": dst.stat().st_size, "weights_dtype": "float16",
+        "n_parameters": int(sum(v.numel() for k, v in state.items() if v.is_floating_point()
+                                and not k.endswith("expert_bias"))),
+        "model_config": ck["config"]["model"], "featurizer_hash": ck.get("featurizer_hash"),
+        "trained_from": str(src), "epoch_kept": ck.get("epoch"), "best_metric": ck.get("best_metric"),
+        "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "neimsctl_version": __version__, "versions": ck.get("versions", {}),
+        "license": LICENSE_NOTE, "retrain_command": command, "notes": notes,
+    }
+    if eval_json is not None:
+        m = json.loads(eval_json.read_text())
+        card["test_metrics"] = {k: m[k] for k in m if k.startswith("recall@") or k in (
+            "mean_cosine", "median_cosine", "mean_weighted_cosine", "mae", "rmse", "counts")}
+        card["test_metrics_source"] = str(eval_json)
+    if train_log is not None:
+        recs = [json.loads(x) for x in train_log.read_text().splitlines() if x.strip()]
+        ep = [r for r in recs if r.get("kind") == "epoch"]
+        if ep:
+            card["training"] = {"epochs": len(ep), "seconds": round(sum(r.get("seconds", 0) for r in ep), 1),
+                                "last_val": ep[-1].get("val", {})}
+    dst.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
+    return card
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("output", type=Path)
+    ap.add_argument("--eval", type=Path, help="neimsctl eval --json output on the test split")
+    ap.add_argument("--train-log", type=Path)
+    ap.add_argument("--command", default="tools/train_default_model.sh")
+    ap.add_argument("--notes", default="")
+    args = ap.parse_args()
+    card = export(args.checkpoint, args.output, eval_json=args.eval, train_log=args.train_log,
+                  command=args.command, notes=args.notes)
+    print(json.dumps({k: card[k] for k in ("name", "sha256", "file_bytes", "n_parameters")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
