@@ -48,6 +48,7 @@ from neimsctl.errors import ConfigError
 from neimsctl.models.registry import register
 from neimsctl.nn.mass_head import MassAnchoredHead, activate
 from neimsctl.nn.moe import Expert, TopKGate, dispatch
+from neimsctl.nn.sparse_input import SparseInputLinear
 
 SPACES = ("linear", "sqrt")
 
@@ -202,7 +203,7 @@ class StudentModel(nn.Module):
                              noisy=cfg.gate_noise, dropout=cfg.dropout)
         w = cfg.expert_width or d
         # reduced-width experts (SPEC.md allows it): one shared projection in front of them
-        self.proj = nn.Sequential(nn.Linear(d, w), nn.GELU()) if cfg.expert_width else None
+        self.proj = nn.Sequential(SparseInputLinear(d, w), nn.GELU()) if cfg.expert_width else None
         self.experts = nn.ModuleList(
             Expert(w, cfg.expert_bottleneck, cfg.expert_depth, cfg.dropout)
             for _ in range(cfg.n_experts))

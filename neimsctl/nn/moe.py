@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from neimsctl.nn.sparse_input import SparseInputLinear
+
 
 class BottleneckResidualBlock(nn.Module):
     r"""Pre-norm residual block that passes through a narrow bottleneck.
@@ -127,8 +129,10 @@ class TopKGate(nn.Module):
             raise ValueError("gate needs at least the input width in `hidden`")
         self.n_experts, self.k, self.noisy = n_experts, k, noisy
         layers: list[nn.Module] = []
-        for a, b in zip(hidden[:-1], hidden[1:]):
-            layers += [nn.Linear(a, b), nn.GELU(), nn.Dropout(dropout)]
+        for i, (a, b) in enumerate(zip(hidden[:-1], hidden[1:])):
+            # the first layer reads the fingerprint: sparse-input path at inference
+            lin = SparseInputLinear(a, b) if i == 0 else nn.Linear(a, b)
+            layers += [lin, nn.GELU(), nn.Dropout(dropout)]
         self.body = nn.Sequential(*layers)
         self.logit = nn.Linear(hidden[-1], n_experts)
         self.noise = nn.Linear(hidden[-1], n_experts) if noisy else None
