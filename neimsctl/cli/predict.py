@@ -63,6 +63,9 @@ def predict_cli(
     threads: Annotated[int, typer.Option("--threads", "-t", min=0,
                                          help="Torch threads (0: torch's default).")] = 0,
     jobs: Jobs = 1,
+    no_inchikey: Annotated[bool, typer.Option(
+        "--no-inchikey", help="Leave the InChIKey out of the output (it costs about a third of "
+                              "the time per molecule; for very large libraries).")] = False,
     strict: Strict = False,
     rejects: RejectsPath = None,
     output: OutPath = Path("-"),
@@ -102,7 +105,7 @@ def predict_cli(
             fail(CMD, f"--uncertainty: --model {model} is a {lm.arch}",
                  "MC dropout needs the teacher: use --model teacher or a teacher checkpoint")
         items = iter_inputs(paths, in_fmt.value if in_fmt else None)
-        blocks = featurized(items, lm.mode, jobs=jobs)
+        blocks = featurized(items, lm.mode, jobs=jobs, inchikey=not no_inchikey)
         with open_out(output) as fout:
             with open_out(rejects) if rejects else contextlib.nullcontext() as sink:
                 tally = Tally(sink=sink)

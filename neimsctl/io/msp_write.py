@@ -94,7 +94,10 @@ def format_msp_record(rec: Mapping[str, Any]) -> str:
     ValueError
         ``mz`` and ``intensity`` differ in length, or a header value contains a line break.
     """
-    mz, inten = list(rec.get("mz", ())), list(rec.get("intensity", ()))
+    mz_in, int_in = rec.get("mz", ()), rec.get("intensity", ())
+    integer = all(isinstance(a, np.ndarray) and a.dtype.kind in "iu" for a in (mz_in, int_in))
+    mz = mz_in.tolist() if isinstance(mz_in, np.ndarray) else list(mz_in)
+    inten = int_in.tolist() if isinstance(int_in, np.ndarray) else list(int_in)
     if len(mz) != len(inten):
         raise ValueError(f"mz has {len(mz)} values but intensity has {len(inten)}")
     lines = []
@@ -109,7 +112,10 @@ def format_msp_record(rec: Mapping[str, Any]) -> str:
     if rec.get("comments"):
         lines.append(f"Comments: {_comments(rec['comments'])}")
     lines.append(f"Num Peaks: {len(mz)}")
-    lines += [f"{_num(m)} {_num(i)}" for m, i in zip(mz, inten)]
+    if integer:  # the common case (spectrum_peaks): plain ints, no per-value type checks
+        lines += [f"{m} {i}" for m, i in zip(mz, inten)]
+    else:
+        lines += [f"{_num(m)} {_num(i)}" for m, i in zip(mz, inten)]
     return "\n".join(lines) + "\n\n"
 
 

@@ -138,9 +138,9 @@ def reject_message(r: Rejected) -> str:
     return f"{where}: {r.reason}: {r.detail}"
 
 
-def _init(mode: str) -> None:
+def _init(mode: str, inchikey: bool = True) -> None:
     global _FEAT
-    _FEAT = Featurizer(mode)
+    _FEAT = Featurizer(mode, inchikey=inchikey)
 
 
 def _work(items: list[Item]) -> tuple[dict[str, np.ndarray], list[Rejected], int]:
@@ -149,10 +149,13 @@ def _work(items: list[Item]) -> tuple[dict[str, np.ndarray], list[Rejected], int
     return block, rejects, len(items)
 
 
-def featurized(items: Iterator[Item], mode: str, *, jobs: int = 1, chunk: int = CHUNK
-               ) -> Iterator[tuple[dict[str, np.ndarray], list[Rejected], int]]:
-    """Feature blocks in input order; ``jobs > 1`` featurizes in forked worker processes."""
-    return ordered_map(_work, chunked(items, chunk), jobs, _init, (mode,),
+def featurized(items: Iterator[Item], mode: str, *, jobs: int = 1, chunk: int = CHUNK,
+               inchikey: bool = True) -> Iterator[tuple[dict[str, np.ndarray], list[Rejected], int]]:
+    """Feature blocks in input order; ``jobs > 1`` featurizes in forked worker processes.
+
+    ``inchikey=False`` skips the InChIKey (the costliest part of featurizing a SMILES).
+    """
+    return ordered_map(_work, chunked(items, chunk), jobs, _init, (mode, inchikey),
                        max_in_flight=2 * jobs + 2)
 
 
