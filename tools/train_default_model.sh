@@ -7,7 +7,7 @@
 # defaults: ../shared/data/massbank_ei.msp and default-model-run. Steps (each resumable: an
 # interrupted run continues when started again):
 #   1. msp2jsonl, featurize --mode student / teacher
-#   2. finetune the teacher (configs/finetune/teacher-cpu-small.yaml, ReLU output, dropout 0.1)
+#   2. finetune the teacher (configs/finetune/teacher-cpu-small.yaml)
 #   3. softlabel: MC-dropout soft labels for every compound
 #   4. distill the compact student (configs/distill/student-compact.yaml) with KD
 #   5. export: fp16 weights + model card -> neimsctl/resources/models/student-default.{pt,json}
@@ -40,8 +40,7 @@ for mode in student teacher; do
 done
 if [ ! -e "$out/teacher/checkpoints/best.pt" ] || [ -e "$out/teacher/checkpoints/interrupted.pt" ]; then
     step "finetune teacher"
-    neimsctl finetune "$out/teacher.h5" -c "$here/configs/finetune/teacher-cpu-small.yaml" \
-        --set model.output_activation=relu --set model.dropout=0.1 "${sets[@]}" \
+    neimsctl finetune "$out/teacher.h5" -c "$here/configs/finetune/teacher-cpu-small.yaml" "${sets[@]}" \
         -o "$out/teacher" $(resume "$out/teacher")
 fi
 if [ ! -e "$out/soft_labels.h5" ]; then
