@@ -44,7 +44,7 @@ def _blocks_from_msp(msp: Path) -> dict[str, np.ndarray]:
     with tempfile.NamedTemporaryFile(suffix=".jsonl") as tmp:
         subprocess.run(["neimsctl", "msp2jsonl", "-q", str(msp), "-o", tmp.name], check=False)
         blocks = [b for b, _, _ in featurized(iter_inputs([tmp.name]), "student")]
-    keys = ("ecfp", "counts", "spectrum", "has_spectrum", "smiles", "inchikey")
+    keys = ("ecfp", "counts", "mw", "spectrum", "has_spectrum", "smiles", "inchikey")
     out = {k: np.concatenate([b[k] for b in blocks]) for k in keys}
     keep = out["has_spectrum"]
     return {k: v[keep] for k, v in out.items()}
@@ -104,9 +104,11 @@ def _precisions(args: argparse.Namespace, smiles: list[str], held: dict[str, np.
     from neimsctl.train.predictor import predict_block
 
     out, ref = {}, None
-    block = {"ordinal": np.arange(len(held["ecfp"])), "ecfp": held["ecfp"], "counts": held["counts"]}
+    block = {"ordinal": np.arange(len(held["ecfp"])), "ecfp": held["ecfp"], "counts": held["counts"],
+             "mw": held["mw"]}
     cyc = np.arange(1024) % len(held["ecfp"])
-    xbig = {"ordinal": np.arange(1024), "ecfp": held["ecfp"][cyc], "counts": held["counts"][cyc]}
+    xbig = {"ordinal": np.arange(1024), "ecfp": held["ecfp"][cyc], "counts": held["counts"][cyc],
+            "mw": held["mw"][cyc]}
     for prec in ("fp32", "bf16", "int8"):
         torch.set_num_threads(1)
         p = SpectrumPredictor({"precision": prec}, checkpoint=args.model)
@@ -188,11 +190,13 @@ def run(args: argparse.Namespace) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".smi", delete=False) as fh:
         fh.write("\n".join(smiles) + "\n")
     for prec in args.throughput_precisions.split(","):
-        wall, rc, rss = _timed(["neimsctl", "predict", "-q", "-m", str(args.model), "--threads", "2",
-                                "--jobs", str(args.jobs), "--precision", prec, fh.name])
-        res[f"cli_msp_mol_per_s_{prec}"] = round(len(smiles) / wall, 1)
-        res[f"cli_peak_rss_mib_{prec}"] = rss
-        print(prec, wall, rc, rss, file=sys.stderr)
+        for extra in ([], ["--no-inchikey"]):
+            tag = prec + ("_no_inchikey" if extra else "")
+            wall, rc, rss = _timed(["neimsctl", "predict", "-q", "-m", str(args.model), "--threads", "2",
+                                    "--jobs", str(args.jobs), "--precision", prec, *extra, fh.name])
+            res[f"cli_msp_mol_per_s_{tag}"] = round(len(smiles) / wall, 1)
+            res[f"cli_peak_rss_mib_{tag}"] = rss
+            print(tag, wall, rc, rss, file=sys.stderr)
     os.unlink(fh.name)
     res["n_smiles"] = len(smiles)
     res["rdkit_morgan_fp_mol_per_s_1thread"] = round(_rdkit_fp_rate(smiles[:20000]), 1)
