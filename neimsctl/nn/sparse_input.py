@@ -5,14 +5,16 @@ The student's input is a fingerprint: of its 6144 slots a molecule sets ~50-300.
 molecule inference memory-bound; gathering the rows of the active slots reads ~2 % of that.
 
 :class:`SparseInputLinear` is a drop-in :class:`torch.nn.Linear` (same parameters, same state
-dict): in training, with autograd on, for large batches or for inputs that are not sparse enough it
-is the dense layer; otherwise it computes ``x[:, active] @ W.T[active] + b`` from a cached,
-contiguous ``W.T`` (rebuilt whenever the weight changes).
+dict): in training, with autograd on, or for inputs that are not sparse enough it is the dense
+layer; otherwise it sums, per row, the rows of a cached contiguous ``W.T`` (rebuilt whenever the
+weight changes) selected by the non-zero inputs and scaled by their values
+(``torch.nn.functional.embedding_bag``): ~2 % of the dense work for fingerprints, at any batch size.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -23,9 +25,6 @@ class SparseInputLinear(nn.Linear):
     ----------
     in_features, out_features, bias
         As :class:`torch.nn.Linear`.
-    max_batch
-        Largest batch that takes the sparse path (bigger batches share most active slots and
-        are compute-bound: dense is faster).
     max_density
         Largest share of active input columns (over the batch) that takes the sparse path.
 
@@ -39,9 +38,9 @@ class SparseInputLinear(nn.Linear):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 max_batch: int = 16, max_density: float = 0.15) -> None:
+                 max_density: float = 0.15) -> None:
         super().__init__(in_features, out_features, bias)
-        self.max_batch, self.max_density = max_batch, max_density
+        self.max_density = max_density
         self._wt: Tensor | None = None
         self._wt_key: tuple | None = None
 
@@ -53,14 +52,14 @@ class SparseInputLinear(nn.Linear):
         return self._wt
 
     def forward(self, x: Tensor) -> Tensor:
-        if (self.training or torch.is_grad_enabled() or x.dim() != 2
-                or x.shape[0] > self.max_batch):
+        if self.training or torch.is_grad_enabled() or x.dim() != 2 or x.shape[0] == 0:
             return super().forward(x)
-        active = (x != 0).any(0).nonzero().squeeze(1)
-        if active.numel() > self.max_density * x.shape[1]:
+        nz = x.nonzero()
+        if nz.shape[0] > self.max_density * x.numel():
             return super().forward(x)
-        wt = self._transposed().index_select(0, active)
-        xs = x.index_select(1, active).to(wt.dtype)
-        if self.bias is None:
-            return xs @ wt
-        return torch.addmm(self.bias.to(wt.dtype), xs, wt)
+        wt = self._transposed()
+        rows, cols = nz[:, 0], nz[:, 1]
+        offsets = torch.searchsorted(rows, torch.arange(x.shape[0], device=x.device))
+        out = F.embedding_bag(cols, wt, offsets, mode="sum",
+                              per_sample_weights=x[rows, cols].to(wt.dtype))
+        return out if self.bias is None else out + self.bias.to(out.dtype)

@@ -24,14 +24,16 @@ def test_sparse_path_equals_dense_and_follows_weight_updates() -> None:
         assert torch.allclose(lin(torch.zeros(2, 300)), lin.bias.expand(2, 7))
 
 
-def test_dense_inputs_training_and_big_batches_take_the_dense_path() -> None:
+def test_dense_inputs_and_training_take_the_dense_path_big_batches_stay_exact() -> None:
     torch.manual_seed(1)
-    lin = SparseInputLinear(50, 3, max_batch=4)
+    lin = SparseInputLinear(50, 3)
     x = torch.rand(2, 50)                    # not sparse
     with torch.no_grad():
         assert torch.allclose(lin(x), dense(lin, x))
-        big = (torch.rand(8, 50) < 0.05).float()
+        big = (torch.rand(300, 50) < 0.05).float()
+        big[7] = 0.0                          # an all-zero row gets the bias only
         assert torch.allclose(lin(big), dense(lin, big), atol=1e-6)
+        assert torch.allclose(lin(big)[7], lin.bias)
     y = lin((torch.rand(2, 50) < 0.1).float()).sum()   # autograd on: dense, gradients flow
     y.backward()
     assert lin.weight.grad is not None
