@@ -108,10 +108,12 @@ def test_config_from_dict_is_strict() -> None:
     assert c.gate_hidden == (256, 64) and c.expert_bottleneck == 64
     assert StudentConfig.from_dict(c.to_dict()) == c
     assert StudentConfig.from_dict(None) == StudentConfig()
-    with pytest.raises(ConfigError, match="unknown key.*expert_width"):
-        StudentConfig.from_dict({"expert_width": 3})
+    with pytest.raises(ConfigError, match="unknown key.*expert_size"):
+        StudentConfig.from_dict({"expert_size": 3})
+    assert StudentConfig.from_dict({"expert_width": 512, "mass_aware": True}).expert_width == 512
     for bad in ({"top_k": 5}, {"n_experts": 0}, {"dropout": 1.5}, {"output_space": "log"},
-                {"gate_hidden": "512"}, {"head_hidden": [0]}, {"expert_depth": True}):
+                {"gate_hidden": "512"}, {"head_hidden": [0]}, {"expert_depth": True},
+                {"expert_width": 0}, {"mass_aware": "yes"}, {"max_above_mw": -1}):
         with pytest.raises(ConfigError):
             StudentConfig.from_dict(bad)
 
