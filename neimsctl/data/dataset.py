@@ -189,7 +189,9 @@ class ShardDataset(torch.utils.data.Dataset):
             raise FormatError(f"shard mode is {mode!r}, this dataset reads {self.mode!r}", file=str(path))
         missing = [k for k in ("id", "inchikey", "mw", "has_spectrum", *self._all_keys()) if k not in f]
         if missing:
-            raise FormatError(f"missing datasets {missing}", file=str(path))
+            raise FormatError(f"missing datasets {missing}: written by an older neimsctl? re-run "
+                              f"`neimsctl featurize --mode {self.mode}` on the records",
+                              file=str(path))
 
     def _all_keys(self) -> tuple[str, ...]:
         return self.row_keys
