@@ -41,8 +41,7 @@ def test_bf16_and_fp32():
 
 def test_resolve_auto_rule():
     assert resolve_precision("auto", arch="student", device=CPU) == "int8"
-    assert resolve_precision("auto", arch="student", device=CPU, batch_size=1024) == \
-        ("bf16" if cpu_has_bf16() else "int8")
+    assert resolve_precision("auto", arch="student", device=CPU, batch_size=1024) == "fp32"
     assert resolve_precision("auto", arch="teacher", device=CPU) == "fp32"
     assert resolve_precision("auto", arch="student", device=CPU, card={"precision": "bf16"}) == "bf16"
     assert resolve_precision("auto", arch="student", device=torch.device("cuda")) == "fp32"
