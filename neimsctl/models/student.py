@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from neimsctl.errors import ConfigError
+from neimsctl.models.checks import check_int
 from neimsctl.models.registry import register
 from neimsctl.nn.mass_head import MassAnchoredHead, activate
 from neimsctl.nn.moe import Expert, TopKGate, dispatch
@@ -99,9 +100,7 @@ class StudentConfig:
         ints = ("input_dim", "n_experts", "top_k", "expert_depth", "expert_bottleneck",
                 "hidden_dim", "n_bins")
         for name in ints:
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"student.{name}: expected a positive integer, got {v!r}")
+            check_int(f"student.{name}", getattr(self, name))
         for name in ("gate_hidden", "head_hidden"):
             v = getattr(self, name)
             if not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in v):
@@ -112,16 +111,10 @@ class StudentConfig:
             raise ConfigError(f"student.dropout must be in [0, 1), got {self.dropout!r}")
         if self.output_space not in SPACES:
             raise ConfigError(f"student.output_space must be one of {SPACES}, got {self.output_space!r}")
-        if self.expert_width is not None and (isinstance(self.expert_width, bool)
-                                              or not isinstance(self.expert_width, int)
-                                              or self.expert_width < 1):
-            raise ConfigError(f"student.expert_width: expected a positive integer or null, "
-                              f"got {self.expert_width!r}")
+        check_int("student.expert_width", self.expert_width, optional=True)
         if not isinstance(self.mass_aware, bool):
             raise ConfigError(f"student.mass_aware: expected true or false, got {self.mass_aware!r}")
-        if isinstance(self.max_above_mw, bool) or not isinstance(self.max_above_mw, int) \
-                or self.max_above_mw < 0:
-            raise ConfigError(f"student.max_above_mw: expected an integer >= 0, got {self.max_above_mw!r}")
+        check_int("student.max_above_mw", self.max_above_mw, minimum=0)
         if self.output_activation not in ("relu", "softplus"):
             raise ConfigError(f"student.output_activation must be relu or softplus, "
                               f"got {self.output_activation!r}")

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 from neimsctl.errors import ConfigError
+from neimsctl.models.checks import check_int
 
 __all__ = ["SPACES", "TeacherConfig"]
 
@@ -78,9 +79,7 @@ class TeacherConfig:
 
     def __post_init__(self) -> None:
         for name in _POSITIVE:
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"teacher.{name}: expected a positive integer, got {v!r}")
+            check_int(f"teacher.{name}", getattr(self, name))
         for name in _TUPLES:
             v = getattr(self, name)
             if not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in v):
@@ -94,11 +93,8 @@ class TeacherConfig:
         for name in ("pair_norm", "mass_aware"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"teacher.{name}: expected true or false, got {getattr(self, name)!r}")
-        if isinstance(self.counts_dim, bool) or not isinstance(self.counts_dim, int) or self.counts_dim < 0:
-            raise ConfigError(f"teacher.counts_dim: expected an integer >= 0, got {self.counts_dim!r}")
-        if isinstance(self.max_above_mw, bool) or not isinstance(self.max_above_mw, int) \
-                or self.max_above_mw < 0:
-            raise ConfigError(f"teacher.max_above_mw: expected an integer >= 0, got {self.max_above_mw!r}")
+        for name in ("counts_dim", "max_above_mw"):
+            check_int(f"teacher.{name}", getattr(self, name), minimum=0)
         if self.output_activation not in ("softplus", "relu"):
             raise ConfigError(f"teacher.output_activation must be softplus or relu, "
                               f"got {self.output_activation!r}")
