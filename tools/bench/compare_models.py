@@ -39,15 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nn_baseline  # noqa: E402  (tools/bench/nn_baseline.py)
 
 from neimsctl.data.split import connectivity_block, split_indices  # noqa: E402
-from neimsctl.io.h5shard import ShardReader  # noqa: E402
+from neimsctl.data.split_export import read_split, write_split  # noqa: E402
 
 
 def export_split(shard: Path, out: Path) -> int:
-    """query.jsonl, train.jsonl, test.smi (+ the NN baseline's nn.pred.jsonl); returns #compounds."""
+    """query.jsonl, train.jsonl, nn.pred.jsonl (the NN baseline) and test.smi; returns #compounds."""
     d = nn_baseline.read_shards([shard])
-    with ShardReader(shard) as r:
-        has = r.column("has_spectrum").astype(bool)
-        d["smiles"] = r.column("smiles")[has]
     blocks = np.array([connectivity_block(k) for k in d["inchikey"]], dtype="S14")
     parts = split_indices(blocks, ids=[str(i).encode() for i in d["id"]], seed=42)
     _, first = np.unique(blocks[parts.test], return_index=True)
@@ -55,15 +52,9 @@ def export_split(shard: Path, out: Path) -> int:
     pred, _, _ = nn_baseline.nearest_neighbour_predict(d["ecfp"][firsts], d["ecfp"][parts.train],
                                                        d["spectrum"][parts.train])
     nn_baseline.export(out, d, firsts, pred, parts.test, parts.train)
-    (out / "nn.pred.jsonl").write_bytes((out / "pred.jsonl").read_bytes())
-    (out / "pred.jsonl").unlink()
-    smi = [f"{_text(d['smiles'][r])} {_text(d['id'][r])}" for r in firsts]
-    (out / "test.smi").write_text("\n".join(smi) + "\n")
-    return len(firsts)
-
-
-def _text(v: object) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+    (out / "pred.jsonl").replace(out / "nn.pred.jsonl")
+    with open(out / "test.smi", "wb") as fh:  # what `neimsctl shards split --part test -O smi` writes
+        return write_split(read_split([shard], "test"), fh, "smi")
 
 
 def evaluate(out: Path, name: str) -> dict:
