@@ -54,9 +54,9 @@ def _structure(rec: MspRecord, opts: ConvertOptions) -> tuple[object, str]:
     st = _ST or _st()
     f = rec.fields
     if f.get("smiles"):
-        return st.describe(st.mol_from_smiles(f["smiles"])), "smiles"
+        return st.describe_smiles(f["smiles"]), "smiles"
     if f.get("inchi"):
-        return st.describe(st.mol_from_inchi(f["inchi"])), "inchi"
+        return st.describe_inchi(f["inchi"]), "inchi"
     if opts.mol_dir is not None:
         if not (f.get("id") or f.get("db") or f.get("nist")):
             raise st.StructureError("missing_mol_file", "record has no ID to join a MOL file on")

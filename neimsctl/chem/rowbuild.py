@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections import OrderedDict
 from itertools import chain
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -79,12 +80,70 @@ def _energy(text: str) -> float:
     return float(m.group()) if m else math.nan
 
 
-class RowBuilder:
-    """Featurize items into rows of one block (see :mod:`neimsctl.io.featblock`)."""
+class _Structure:
+    """What featurize derives from one SMILES text, kept for the next record with the same text.
 
-    def __init__(self, opts: RowOptions) -> None:
+    ``feats`` are the features (``None`` when the featurizer raised: ``error`` says why). The
+    formula, canonical SMILES and InChIKey are computed on first use: JSONL records carry
+    their own.
+    """
+
+    __slots__ = ("mol", "feats", "error", "_formula", "_canonical", "_key")
+
+    def __init__(self, mol: Chem.Mol, feat: Any) -> None:
+        self.mol, self.error, self.feats = mol, None, None
+        self._formula = self._canonical = self._key = None
+        try:
+            self.feats = feat(mol)
+        except (RuntimeError, ValueError) as exc:
+            self.error = str(exc)
+
+    def formula(self) -> str:
+        if self._formula is None:
+            self._formula = rdMolDescriptors.CalcMolFormula(self.mol, True, True)
+        return self._formula
+
+    def canonical(self) -> str:
+        if self._canonical is None:
+            self._canonical = Chem.MolToSmiles(self.mol)
+        return self._canonical
+
+    def key(self) -> str:
+        if self._key is None:
+            self._key = Chem.MolToInchiKey(self.mol) or ""
+        return self._key
+
+
+class RowBuilder:
+    """Featurize items into rows of one block (see :mod:`neimsctl.io.featblock`).
+
+    Structures are remembered by SMILES text (the last ``cache_size``, per process): a spectral
+    library holds several spectra of many compounds (MassBank EI: 8,183 records, 6,520
+    structures), and their features are the same arrays, computed once.
+    """
+
+    def __init__(self, opts: RowOptions, cache_size: int = 8192) -> None:
         RDLogger.DisableLog("rdApp.*")  # parse failures are reported as rejects instead
         self.opts, self.feat = opts, get_featurizer(opts.mode)
+        self._cache: OrderedDict[str, _Structure | tuple[str, str]] = OrderedDict()
+        self._cache_size = cache_size
+
+    def _structure(self, smiles: str) -> _Structure | tuple[str, str]:
+        """The cached structure of ``smiles``, or ``(reason, detail)`` when RDKit cannot read it."""
+        cache = self._cache
+        st = cache.get(smiles)
+        if st is not None:
+            cache.move_to_end(smiles)
+            return st
+        mol = Chem.MolFromSmiles(smiles)
+        if mol is None or mol.GetNumAtoms() == 0:
+            st = ("unparsable_smiles", f"RDKit cannot parse {smiles!r}")
+        else:
+            st = _Structure(mol, self.feat)
+        cache[smiles] = st
+        if len(cache) > self._cache_size:
+            cache.popitem(last=False)
+        return st
 
     def build(self, items: list[Item]) -> tuple[dict[str, np.ndarray], list[Rejected]]:
         """Featurize ``items``; returns the block of accepted rows and the rejects, in order."""
@@ -167,22 +226,20 @@ class RowBuilder:
             parts = it.raw.decode("utf-8", "replace").strip().split(None, 1)
             smiles, rec = parts[0], {"name": parts[1] if len(parts) > 1 else ""}
             rid = rec["name"] or f"{_stem(it.file)}:{it.line}"
-        mol = Chem.MolFromSmiles(smiles)
-        if mol is None or mol.GetNumAtoms() == 0:
-            return Rejected(it, rid, "unparsable_smiles", f"RDKit cannot parse {smiles!r}",
-                            rec.get("name") or None)
-        formula = rec.get("formula") or rdMolDescriptors.CalcMolFormula(mol, True, True)
+        st = self._structure(smiles)
+        if type(st) is tuple:
+            return Rejected(it, rid, st[0], st[1], rec.get("name") or None)
+        formula = rec.get("formula") or st.formula()
         mw = rec.get("mw") if isinstance(rec.get("mw"), int) else formula_nominal_mass(formula)
         if not o.min_mw <= mw <= o.max_mw:
             return Rejected(it, rid, "mw_out_of_range",
                             f"nominal mass {mw} not in {o.min_mw}..{o.max_mw}", rec.get("name") or None)
-        try:
-            feats = self.feat(mol)
-        except (RuntimeError, ValueError) as exc:
-            return Rejected(it, rid, "featurize_failed", str(exc), rec.get("name") or None)
+        if st.error is not None:
+            return Rejected(it, rid, "featurize_failed", st.error, rec.get("name") or None)
         if it.kind == "smi":
-            smiles = Chem.MolToSmiles(mol)
-        inchikey = rec.get("inchikey") or (Chem.MolToInchiKey(mol) if o.inchikey else "")
+            smiles = st.canonical()
+        inchikey = rec.get("inchikey") or (st.key() if o.inchikey else "")
+        feats = st.feats
         mz = rec.get("mz") or []
         peaks = None
         if mz:

@@ -20,9 +20,10 @@ CMD = "softlabel"
 def softlabel_cli(
     shards: Annotated[list[Path], typer.Argument(
         help="Teacher-mode HDF5 shards (neimsctl featurize --mode teacher).", show_default=False)],
-    teacher: Annotated[Path, typer.Option(
-        "--teacher", "-t", help="Finetuned teacher checkpoint (neimsctl finetune).",
-        show_default=False)],
+    teacher: Annotated[list[Path], typer.Option(
+        "--teacher", "-t", help="Finetuned teacher checkpoint (neimsctl finetune). Repeat for an "
+        "ensemble: soft labels pool every teacher's MC samples; the hidden representation is "
+        "the first teacher's.", show_default=False)],
     output: Annotated[Path, typer.Option(
         "--output", "-o", help="Soft-label HDF5 file (written as OUT.partial, renamed when "
         "complete).", show_default=False)],
@@ -54,7 +55,7 @@ def softlabel_cli(
     if part not in ("all", "train"):
         usage_error(CMD, f"--part: 'all' or 'train', got {part!r}")
     with command(CMD):
-        missing = [str(p) for p in [teacher, *shards] if not p.is_file()]
+        missing = [str(p) for p in [*teacher, *shards] if not p.is_file()]
         if missing:
             fail(CMD, ", ".join(missing), "no such file")
         from neimsctl import __version__

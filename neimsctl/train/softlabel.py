@@ -39,6 +39,8 @@ from neimsctl.train.config import resolve_device
 
 __all__ = ["SoftLabelSettings", "mc_soft_labels", "load_teacher", "run_softlabel"]
 
+Teachers = str | Path | Sequence[str | Path]
+
 
 @dataclass
 class SoftLabelSettings:
@@ -62,12 +64,16 @@ class SoftLabelSettings:
 
 
 @torch.no_grad()
-def mc_soft_labels(model: torch.nn.Module, batch: Any, n_samples: int = 30
+def mc_soft_labels(model: torch.nn.Module | Sequence[torch.nn.Module], batch: Any, n_samples: int = 30
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """MC-dropout mean spectrum, per-bin variance and mean hidden representation.
 
     Each sample is made linear and max-normalised; the mean is max-normalised again (base peak
     1) and the variance rescaled by the same factor squared (as :meth:`TeacherModel.mc_predict`).
+    ``model`` may be several teachers (an ensemble): each draws ``n_samples``, the mean and
+    variance are over all of them (so the variance includes the teachers' disagreement), and
+    the hidden representation is the first teacher's (representations of separately trained
+    networks live in different bases; averaging them would mean nothing).
 
     Returns
     -------
@@ -75,13 +81,16 @@ def mc_soft_labels(model: torch.nn.Module, batch: Any, n_samples: int = 30
         ``mean (B, n_bins)``, ``var (B, n_bins)`` (unbiased, ``n_samples - 1``), ``hidden
         (B, D)``, all float32.
     """
+    models = [model] if isinstance(model, torch.nn.Module) else list(model)
     specs, hiddens = [], []
-    with model.mc_dropout(True):
-        for _ in range(n_samples):
-            pred, hidden = model(batch, return_hidden=True)
-            lin = model.to_linear(pred)
-            specs.append(lin / lin.amax(dim=-1, keepdim=True).clamp_min(1e-12))
-            hiddens.append(hidden.float())
+    for k, m in enumerate(models):
+        with m.mc_dropout(True):
+            for _ in range(n_samples):
+                pred, hidden = m(batch, return_hidden=True)
+                lin = m.to_linear(pred)
+                specs.append(lin / lin.amax(dim=-1, keepdim=True).clamp_min(1e-12))
+                if k == 0:
+                    hiddens.append(hidden.float())
     s = torch.stack(specs)
     mean, var = s.mean(0), s.var(0, unbiased=True)
     scale = 1.0 / mean.amax(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -121,7 +130,7 @@ def load_teacher(path: str | Path, *, featurizer_hash: str | None = None
     return model.eval(), ckpt
 
 
-def run_softlabel(teacher: str | Path, shards: Sequence[str | Path], out: str | Path, *,
+def run_softlabel(teacher: Teachers, shards: Sequence[str | Path], out: str | Path, *,
                   settings: SoftLabelSettings | None = None, device: str = "auto",
                   resume: bool = False, rejects: Any = None, attrs: dict[str, Any] | None = None,
                   log: TextIO | None = None) -> Tally:
@@ -130,7 +139,8 @@ def run_softlabel(teacher: str | Path, shards: Sequence[str | Path], out: str | 
     Parameters
     ----------
     teacher
-        Finetuned teacher checkpoint (``neimsctl finetune``).
+        Finetuned teacher checkpoint (``neimsctl finetune``), or several: an ensemble whose
+        soft labels pool every teacher's MC samples (:func:`mc_soft_labels`).
     shards
         Teacher-mode feature shards (rows with and without spectra are labelled).
     out
@@ -160,20 +170,27 @@ def run_softlabel(teacher: str | Path, shards: Sequence[str | Path], out: str | 
                 raise FormatError(f"shard mode is {r.mode!r}; softlabel needs `neimsctl featurize "
                                   "--mode teacher` shards", file=str(p))
     fhash = shard_hash(shards)
-    model, ckpt = load_teacher(teacher, featurizer_hash=fhash)
+    paths = [Path(teacher)] if isinstance(teacher, (str, Path)) else [Path(t) for t in teacher]
+    if not paths:
+        raise ConfigError("softlabel needs at least one teacher checkpoint")
     dev = resolve_device(device)
-    model.to(dev)
+    models = [load_teacher(p, featurizer_hash=fhash)[0].to(dev) for p in paths]
+    model = models[0]
     ds = TeacherDataset(list(shards), require_spectrum=False)
     positions = np.arange(len(ds), dtype=np.int64)
     if s.part == "train":
         positions = dataset_split(ds, seed=s.split_seed, fractions=s.split).train
     cfg_model = model.config.to_dict()
     with torch.no_grad():  # eval mode: draws no random numbers
-        probe = model(ds.get_batch([0]).to(dev), return_hidden=True)
-    n_bins, hidden_dim = int(probe[0].shape[1]), int(probe[1].shape[1])
-    full = {**asdict(s), "split": list(s.split), "teacher_sha256": _sha256(Path(teacher)),
+        probes = [m(ds.get_batch([0]).to(dev), return_hidden=True) for m in models]
+    n_bins, hidden_dim = int(probes[0][0].shape[1]), int(probes[0][1].shape[1])
+    if len({(int(p[0].shape[1]), int(p[1].shape[1])) for p in probes}) != 1:
+        raise ConfigError("ensemble teachers must agree on the number of bins and the hidden width "
+                          f"(feature distillation): {', '.join(str(p) for p in paths)}")
+    sha = [_sha256(p) for p in paths]
+    full = {**asdict(s), "split": list(s.split), "teacher_sha256": sha[0] if len(sha) == 1 else sha,
             "featurizer_hash": fhash, "n_positions": int(len(positions))}
-    head = {"featurizer_hash": fhash, "teacher": str(teacher),
+    head = {"featurizer_hash": fhash, "teacher": " ".join(str(p) for p in paths),
             "teacher_model": str(cfg_model), **(attrs or {})}
     tally = Tally(sink=rejects)
     seen: set[bytes] = set()
@@ -190,7 +207,7 @@ def run_softlabel(teacher: str | Path, shards: Sequence[str | Path], out: str | 
             pos = positions[b * bs:(b + 1) * bs]
             torch.manual_seed(s.seed * 1_000_003 + b)
             batch = ds.get_batch(pos).to(dev)
-            mean, var, hid = (t.cpu().numpy() for t in mc_soft_labels(model, batch, s.samples))
+            mean, var, hid = (t.cpu().numpy() for t in mc_soft_labels(models, batch, s.samples))
             ids = [i.decode() for i in ds.ids[pos]]
             keep = []
             for j, rid in enumerate(ids):

@@ -51,3 +51,28 @@ def test_bad_peaks_rejected_in_order(bad: dict) -> None:
     assert block["id"].tolist() == ["a", "c"]
     assert [(r.id, r.reason) for r in rejects] == [("b", "bad_peaks")]
     assert block["spectrum"][0, 15] == 1.0 and block["spectrum"][1, 29] == 1.0
+
+
+def test_repeated_structures_reuse_their_features_and_match_a_fresh_builder() -> None:
+    recs = [{"id": f"r{i}", "smiles": s, "mz": [15.0 + i], "intensity": [1.0]}
+            for i, s in enumerate(["CCCO", "c1ccccc1O", "CCCO", "C1CC((", "C1CC((", "c1ccccc1O"])]
+    items = [Item(i, "t.jsonl", i + 1, "jsonl", orjson.dumps(r)) for i, r in enumerate(recs)]
+    cached = RowBuilder(RowOptions(mode="student", min_mw=0, inchikey=False), cache_size=1)
+    block, rejects = cached.build(items)
+    assert len(cached._cache) == 1  # bounded
+    assert [r.id for r in rejects] == ["r3", "r4"]
+    assert {r.reason for r in rejects} == {"unparsable_smiles"}
+    fresh = [RowBuilder(RowOptions(mode="student", min_mw=0, inchikey=False)).build([it])[0]
+             for k, it in enumerate(items) if k not in (3, 4)]
+    for col in ("ecfp", "counts", "spectrum", "mw", "formula", "smiles"):
+        want = np.concatenate([f[col] for f in fresh])
+        assert np.array_equal(block[col], want), col
+    assert block["ecfp"][0].tobytes() == block["ecfp"][2].tobytes() != block["ecfp"][1].tobytes()
+
+
+def test_smiles_lines_canonicalized_and_keyed_once_per_text() -> None:
+    items = [Item(i, "t.smi", i + 1, "smi", s) for i, s in enumerate([b"OCC a", b"OCC b", b"C(O)C c"])]
+    block, _ = RowBuilder(RowOptions(mode="student", min_mw=0)).build(items)
+    assert block["smiles"].tolist() == ["CCO"] * 3
+    assert block["inchikey"].tolist() == ["LFQSCWFLJHTTHZ-UHFFFAOYSA-N"] * 3
+    assert block["id"].tolist() == ["a", "b", "c"]

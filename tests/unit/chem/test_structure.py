@@ -119,3 +119,18 @@ def test_real_mol_files_give_the_msp_inchikey(shared_data):
                 continue
             st = describe(read_mol_file(nist / "mol_files", rec.record_id))
             assert compare_with_msp(st, rec.fields) == [], rec.record_id
+
+
+def test_describe_by_text_is_remembered_and_equal_to_describe():
+    from neimsctl.chem.structure import describe_inchi, describe_smiles
+
+    describe_smiles.cache_clear()
+    a = describe_smiles("OC(=O)c1ccccc1OC(C)=O")
+    assert a is describe_smiles("OC(=O)c1ccccc1OC(C)=O")  # second record: no RDKit work
+    assert describe_smiles.cache_info().hits == 1
+    assert a == describe(mol_from_smiles("OC(=O)c1ccccc1OC(C)=O"))
+    assert describe_inchi("InChI=1S/C6H6/c1-2-4-6-5-3-1/h1-6H").smiles == "c1ccccc1"
+    with pytest.raises(StructureError):  # failures are not remembered, they raise every time
+        describe_smiles("C1CC((")
+    with pytest.raises(StructureError):
+        describe_smiles("C1CC((")

@@ -166,3 +166,42 @@ def test_duplicate_ids_are_rejected_and_reported(shard: Path, teacher: Path, tmp
     assert len(recs) == n and {r["reason"] for r in recs} == {"duplicate_id"}
     with SoftLabelReader(tmp_path / "d.h5") as r:
         assert r.n_rows == n and len(set(r.ids.tolist())) == n
+
+
+def test_ensemble_pools_every_teachers_samples_and_keeps_the_first_hidden() -> None:
+    a = ScriptedTeacher([torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.5]])],
+                        [torch.full((1, 2), 1.0), torch.full((1, 2), 3.0)])
+    b = ScriptedTeacher([torch.tensor([[0.0, 1.0]]), torch.tensor([[0.5, 1.0]])],
+                        [torch.full((1, 2), 50.0)] * 2)
+    mean, var, hidden = sl.mc_soft_labels([a, b], None, n_samples=2)
+    assert a.calls == 2 and b.calls == 2 and a.stochastic == b.stochastic == [True]
+    s = np.array([[1, 0], [1, .25], [0, 1], [.25, 1]], float)  # linear = pred^2, max 1 each
+    np.testing.assert_allclose(mean.numpy()[0], s.mean(0) / s.mean(0).max(), rtol=1e-6)
+    np.testing.assert_allclose(var.numpy()[0], s.var(0, ddof=1) / s.mean(0).max() ** 2, rtol=1e-5)
+    np.testing.assert_allclose(hidden.numpy(), [[2.0, 2.0]])  # teacher a's samples only
+
+
+def test_run_with_two_teachers_records_both_and_differs_from_one(
+        shard: Path, teacher: Path, tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    model = build_teacher(TINY)
+    other = save_checkpoint(tmp_path / "t2.pt", model=model,
+                            config={"model": model.config.to_dict() | {"name": "teacher"}},
+                            featurizer_hash=shard_hash([shard]))
+    settings = sl.SoftLabelSettings(samples=3, batch_size=16, seed=1)
+    sl.run_softlabel(teacher, [shard], tmp_path / "one.h5", settings=settings, device="cpu")
+    t = sl.run_softlabel([teacher, other], [shard], tmp_path / "two.h5", settings=settings,
+                         device="cpu")
+    assert t.balanced and t.rejected == 0
+    with SoftLabelReader(tmp_path / "one.h5") as r1, SoftLabelReader(tmp_path / "two.h5") as r2:
+        assert len(r2.settings["teacher_sha256"]) == 2
+        one, two = r1.take(np.arange(len(r1))), r2.take(np.arange(len(r2)))
+    assert not np.allclose(one["mean"], two["mean"])
+    np.testing.assert_allclose(two["mean"].max(1), 1.0, atol=1e-3)
+    wide = build_teacher(TINY | {"head_hidden": [32, 24]})
+    bad = save_checkpoint(tmp_path / "t3.pt", model=wide,
+                          config={"model": wide.config.to_dict() | {"name": "teacher"}},
+                          featurizer_hash=shard_hash([shard]))
+    with pytest.raises(Exception, match="hidden width"):
+        sl.run_softlabel([teacher, bad], [shard], tmp_path / "bad.h5", settings=settings,
+                         device="cpu")
