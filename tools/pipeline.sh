@@ -96,7 +96,7 @@ fi
 for mode in student teacher; do
     if [ -e "$out/$mode.h5" ]; then log "featurize --mode $mode: done before, skipped"; continue; fi
     log "featurize --mode $mode"
-    neimsctl featurize --mode "$mode" --jobs "$jobs" "$out/records.jsonl" -o "$out/$mode.h5"
+    neimsctl featurize --mode "$mode" --jobs "$jobs" "$out/records.jsonl" -o "$out/$mode.h5" --resume   # continues an interrupted run, else starts afresh
 done
 
 # 3-4. teacher: bond-masking pretraining, then finetuning on the spectra ----------------------

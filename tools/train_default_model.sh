@@ -36,7 +36,7 @@ if [ ! -e "$out/records.jsonl" ]; then
     neimsctl msp2jsonl "$lib" --rejects "$out/rejects.jsonl" -o "$out/records.jsonl" || [ $? -eq 1 ]
 fi
 for mode in student teacher; do
-    [ -e "$out/$mode.h5" ] || { step "featurize $mode"; neimsctl featurize --mode "$mode" "$out/records.jsonl" -o "$out/$mode.h5"; }
+    [ -e "$out/$mode.h5" ] || { step "featurize $mode"; neimsctl featurize --mode "$mode" "$out/records.jsonl" -o "$out/$mode.h5" --resume; }
 done
 if [ ! -e "$out/teacher/checkpoints/best.pt" ] || [ -e "$out/teacher/checkpoints/interrupted.pt" ]; then
     step "finetune teacher"

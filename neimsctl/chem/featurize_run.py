@@ -24,7 +24,7 @@ import numpy as np
 from neimsctl.chem.rowbuild import Item, Rejected, RowBuilder, RowOptions
 from neimsctl.errors import InputError
 from neimsctl.io.featblock import block_rows
-from neimsctl.io.h5shard import ShardWriter
+from neimsctl.io.h5shard import ResumableShardWriter, ShardWriter
 from neimsctl.io.parallel import chunked, ordered_map
 from neimsctl.io.rejects import Reject, Tally
 from neimsctl.io.streams import (atomic_path, copy_file_to, display_name, is_dash, open_in,
@@ -32,6 +32,7 @@ from neimsctl.io.streams import (atomic_path, copy_file_to, display_name, is_das
 from neimsctl.io.zblock import ZBlockWriter
 
 CHUNK = 256
+COMMIT_ROWS = 4096   # input records between two resume points of a resumable HDF5 output
 _BUILDER: RowBuilder | None = None
 
 
@@ -83,11 +84,15 @@ def _results(chunks: Iterator[list[Item]], opts: RowOptions,
 
 def run_featurize(items: Iterator[Item], sink: Sink, tally: Tally, *, opts: RowOptions,
                   jobs: int = 1, strict: bool = False, chunk: int = CHUNK,
-                  show: Callable[[str], None] | None = None, show_limit: int | None = 10) -> None:
+                  show: Callable[[str], None] | None = None, show_limit: int | None = 10,
+                  commit: Callable[[int], None] | None = None, commit_every: int = COMMIT_ROWS,
+                  ) -> None:
     """Featurize ``items`` into ``sink``, counting and reporting every record in ``tally``.
 
     ``show`` receives a one-line message for each of the first ``show_limit`` rejects
-    (all when ``None``), e.g. to print them on stderr.
+    (all when ``None``), e.g. to print them on stderr. ``commit`` is called about every
+    ``commit_every`` input records, after the rows and rejects of all records before ordinal
+    ``n`` were handed on, with that ``n`` (a resume point).
 
     Raises
     ------
@@ -95,6 +100,7 @@ def run_featurize(items: Iterator[Item], sink: Sink, tally: Tally, *, opts: RowO
         ``strict`` and a record was rejected (rows before it are written, the output is not
         finished by the caller).
     """
+    since = 0
     for block, rejects, n_items in _results(chunked(items, chunk), opts, jobs):
         if strict and rejects:
             r = rejects[0]
@@ -110,6 +116,12 @@ def run_featurize(items: Iterator[Item], sink: Sink, tally: Tally, *, opts: RowO
                                 record=r.name, id=r.id))
         sink.append(block)
         tally.written += block_rows(block)
+        if commit is not None:
+            since += n_items
+            if since >= commit_every:
+                ords = [int(block["ordinal"].max())] if block_rows(block) else []
+                commit(max(ords + [r.item.ordinal for r in rejects]) + 1)
+                since = 0
 
 
 class _ZSink:
@@ -123,12 +135,13 @@ class _ZSink:
 @contextlib.contextmanager
 def open_sink(out: str | os.PathLike, fmt: str, mode: str, settings: dict[str, Any],
               settings_hash: str, attrs: dict[str, Any] | None = None,
-              stdout: IO[bytes] | None = None) -> Iterator[Sink]:
+              stdout: IO[bytes] | None = None, resume: bool = False) -> Iterator[Sink]:
     """Where rows go: ``fmt`` ``h5`` or ``zst``; ``out`` a file (atomic) or ``-`` (stdout).
 
     HDF5 to stdout is written to a spool file and copied out once complete; zblocks stream.
     On an exception nothing complete-looking is left: files stay under their temporary name
-    (removed), and a zblock stream lacks its end frame.
+    (removed; an HDF5 file output keeps ``OUT.partial`` for ``resume``), and a zblock stream
+    lacks its end frame.
     """
     stdout = stdout if stdout is not None else sys.stdout.buffer
     if fmt == "zst":
@@ -143,13 +156,38 @@ def open_sink(out: str | os.PathLike, fmt: str, mode: str, settings: dict[str, A
             w.close()
         return
     if not is_dash(out):
-        with ShardWriter(out, mode, settings, settings_hash, attrs) as sw:
+        with ResumableShardWriter(out, mode, settings, settings_hash, attrs, resume=resume) as sw:
             yield sw
         return
     with spool_path(".h5") as spool:
         with ShardWriter(spool, mode, settings, settings_hash, attrs) as sw:
             yield sw
         copy_file_to(spool, stdout)
+
+
+def resume_point(paths: Iterable[str | os.PathLike], input_format: str | None,
+                 shard: tuple[int, int] | None, state: dict[str, Any] | None) -> dict[str, Any]:
+    """What identifies this run's input (files with size and mtime, format, shard).
+
+    Stored with every resume point; a resumed run (``state`` from the partial output) must
+    read the same input, else :class:`InputError`. Standard input cannot be checked: give
+    the same stream again.
+    """
+    inputs = []
+    for p in paths:
+        if is_dash(p):
+            inputs.append(["-"])
+        else:
+            st = os.stat(p)
+            inputs.append([str(p), st.st_size, st.st_mtime_ns])
+    point = {"inputs": inputs, "input_format": input_format,
+             "shard": list(shard) if shard else None}
+    if state is not None:
+        old = {k: state.get(k) for k in point}
+        if old != point:
+            raise InputError(f"cannot resume: the partial output was made from other input "
+                             f"({old}) than this run's ({point}); run again without --resume")
+    return point
 
 
 def run_settings(opts: RowOptions) -> tuple[dict[str, Any], str]:

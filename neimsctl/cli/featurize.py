@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import shutil
 import signal
 import sys
 from enum import Enum
@@ -64,6 +65,9 @@ def featurize_cli(
         "carry theirs). --no-inchikey is faster and leaves them empty.")] = True,
     rejects: RejectsPath = None,
     strict: Strict = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue OUT.partial (and the rejects report's .partial) left by an "
+        "interrupted run with the same inputs and settings; needs -o FILE with HDF5 output.")] = False,
     no_provenance: NoProvenance = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -91,12 +95,14 @@ def featurize_cli(
             ("h5" if streams.stdout_is_regular_file() else "zst")
     if to_stdout and streams.stdout_is_tty():
         usage_error(CMD, "refusing to write binary features to a terminal: use -o FILE or a pipe")
+    if resume and (to_stdout or chosen != "h5"):
+        usage_error(CMD, "--resume needs an HDF5 file output (-o FILE.h5)")
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     with command(CMD):
         try:
             _run(paths, mode.value, out, chosen, in_fmt.value if in_fmt else None, jobs, shard_kn,
-                 min_mw, max_mw, inchikey, rejects, strict, no_provenance, quiet, verbose)
+                 min_mw, max_mw, inchikey, rejects, strict, no_provenance, quiet, verbose, resume)
         except BrokenPipeError:
             raise
         except OSError as exc:
@@ -112,12 +118,13 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
 def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, jobs: int,
          shard: tuple[int, int] | None, min_mw: int, max_mw: int, inchikey: bool,
          rejects: Path | None, strict: bool, no_provenance: bool, quiet: bool,
-         verbose: bool) -> None:
+         verbose: bool, resume: bool) -> None:
     from neimsctl import __version__
-    from neimsctl.chem.featurize_run import iter_items, open_sink, run_featurize, run_settings
+    from neimsctl.chem.featurize_run import (StrictStop, iter_items, open_sink, resume_point,
+                                             run_featurize, run_settings)
     from neimsctl.chem.rowbuild import RowOptions
     from neimsctl.io.rejects import Tally
-    from neimsctl.io.streams import open_out
+    from neimsctl.io.streams import is_dash, open_out, partial_path, resumable_out
 
     opts = RowOptions(mode=mode, min_mw=min_mw, max_mw=max_mw, inchikey=inchikey)
     settings, digest = run_settings(opts)
@@ -126,16 +133,48 @@ def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, 
         attrs.update(neimsctl_version=__version__, argv=json.dumps(sys.argv),
                      created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     items = iter_items(paths, in_fmt, shard)
-    with open_out(rejects) if rejects else _nullsink() as rej_fh:
-        tally = Tally(sink=rej_fh)
-        try:
-            with open_sink(out, fmt, mode, settings, digest, attrs) as sink:
+    file_h5 = fmt == "h5" and not is_dash(out)
+    tally = Tally()
+    try:
+        with open_sink(out, fmt, mode, settings, digest, attrs, resume=resume) as sink:
+            state = getattr(sink, "resume_state", None)
+            point = resume_point(paths, in_fmt, shard, state)  # checks a resumed run's inputs
+            if rejects is None:
+                rej_cm = _nullsink()
+            elif file_h5:  # kept as REJECTS.partial beside OUT.partial when interrupted
+                rej_cm = resumable_out(rejects, keep_bytes=state["rejects_bytes"] if state else None)
+            else:
+                rej_cm = open_out(rejects)
+            with rej_cm as rej_fh:
+                tally.sink = rej_fh
+                if state:
+                    tally.read, tally.written = state["read"], state["written"]
+                    tally.reasons.update(state["reasons"])
+                    items = (it for it in items if it.ordinal >= state["next_ordinal"])
+                    if not quiet:
+                        eprint(CMD, f"resuming {out} after {state['read']} records "
+                                    f"({state['written']} rows)")
+
+                def commit(next_ordinal: int) -> None:
+                    if rej_fh is not None:
+                        rej_fh.flush()
+                    sink.commit({**point, "next_ordinal": next_ordinal, "read": tally.read,
+                                 "written": tally.written, "reasons": dict(tally.reasons),
+                                 "rejects_bytes": rej_fh.tell() if rej_fh is not None else 0})
+
                 run_featurize(items, sink, tally, opts=opts, jobs=jobs, strict=strict,
                               show=None if quiet else (lambda m: eprint(CMD, m)),
-                              show_limit=None if verbose else 10)
-        finally:
-            if not quiet:
-                eprint(CMD, tally.summary())
+                              show_limit=None if verbose else 10,
+                              commit=commit if file_h5 else None)
+    except StrictStop:  # not an interruption: nothing to resume, leave nothing behind
+        if file_h5:
+            shutil.rmtree(partial_path(out), ignore_errors=True)
+            if rejects is not None:
+                partial_path(rejects).unlink(missing_ok=True)
+        raise
+    finally:
+        if not quiet:
+            eprint(CMD, tally.summary())
     if tally.rejected:
         raise typer.Exit(EXIT_FAIL)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -20,7 +21,7 @@ import numpy as np
 from neimsctl.errors import FormatError, InputError
 from neimsctl.io.featblock import (STR_COLUMNS, block_rows, check_mode, concat_blocks,
                                    ragged_columns, row_columns, take_rows, validate_block)
-from neimsctl.io.streams import atomic_path
+from neimsctl.io.streams import atomic_path, partial_path
 
 SCHEMA = "neimsctl.h5shard/1"
 ROW_CHUNK = 64          # rows per chunk of every per-molecule dataset
@@ -157,6 +158,106 @@ class ShardWriter:
                 raise
 
     def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, et: Any, ev: BaseException | None, tb: Any) -> None:
+        if ev is None:
+            self.close()
+        else:
+            self.abort(ev)
+
+
+class ResumableShardWriter:
+    """Write one shard so that an interrupted run can be continued; a context manager.
+
+    HDF5 is not crash-safe: a process killed half-way through a write can leave a file that
+    the library cannot open again (or that crashes it). So the rows go, one *segment* per
+    :meth:`commit`, into complete shards ``<path>.partial/seg-NNNNNN.h5``, each written by a
+    :class:`ShardWriter` (temporary name, renamed when complete) and carrying the caller's
+    resume state; :meth:`close` concatenates them into ``path`` and removes the directory.
+    Whatever kills the process, the segments already renamed are intact.
+
+    Parameters
+    ----------
+    path, mode, settings, settings_hash, attrs
+        As :class:`ShardWriter` (``attrs`` go to the final file).
+    resume
+        Continue the segments of ``<path>.partial``: :attr:`resume_state` is the state of the
+        last complete segment (``None`` when there is none: the run starts afresh).
+
+    Raises
+    ------
+    FormatError
+        ``resume`` with segments of another mode or featurizer settings hash.
+    """
+
+    def __init__(self, path: str | os.PathLike, mode: str, settings: dict[str, Any],
+                 settings_hash: str, attrs: dict[str, Any] | None = None, *,
+                 resume: bool = False) -> None:
+        self.path, self.mode = Path(path), check_mode(mode)
+        self._settings, self._hash, self._attrs = settings, settings_hash, attrs
+        self.dir = partial_path(self.path)
+        self.resume_state: dict[str, Any] | None = None
+        self._pending: list[dict[str, np.ndarray]] = []
+        self._written = self._pending_rows = 0
+        segs = self._segments() if resume else []
+        if not resume and self.dir.exists():
+            for old in self.dir.iterdir():  # a new run replaces an old partial output
+                old.unlink()
+        self.dir.mkdir(exist_ok=True)
+        if segs:
+            with ShardReader(segs[-1]) as r:
+                if (r.mode, r.settings_hash) != (self.mode, settings_hash):
+                    raise FormatError(f"{self.dir}: segments of another run (mode {r.mode}, "
+                                      f"settings hash {r.settings_hash}); run again without "
+                                      "--resume to start afresh", file=str(self.dir))
+                self.resume_state = json.loads(r.attrs["resume_state"])
+            self._written = int(self.resume_state["n_rows"])
+        self._next = len(segs)
+
+    def _segments(self) -> list[Path]:
+        return sorted(self.dir.glob("seg-*.h5")) if self.dir.is_dir() else []
+
+    @property
+    def n_rows(self) -> int:
+        """Rows appended so far (committed or not)."""
+        return self._written + self._pending_rows
+
+    def append(self, block: dict[str, np.ndarray]) -> None:
+        """Buffer the rows of ``block`` until the next :meth:`commit`."""
+        block = validate_block(block, self.mode)
+        if block_rows(block):
+            self._pending.append(block)
+            self._pending_rows += block_rows(block)
+
+    def commit(self, state: dict[str, Any]) -> None:
+        """Write the buffered rows as the next segment, with ``state`` (+ the row count)."""
+        self._written += self._pending_rows
+        full = {**state, "n_rows": self._written}
+        seg = self.dir / f"seg-{self._next:06d}.h5"
+        with ShardWriter(seg, self.mode, self._settings, self._hash,
+                         {"resume_state": json.dumps(full, sort_keys=True)}) as w:
+            for b in self._pending:
+                w.append(b)
+        self._pending, self._pending_rows, self._next = [], 0, self._next + 1
+
+    def close(self) -> None:
+        """Concatenate the segments and the buffered rows into ``path``; remove the segments."""
+        segs = self._segments()
+        with ShardWriter(self.path, self.mode, self._settings, self._hash, self._attrs) as w:
+            for seg in segs:
+                with ShardReader(seg) as r:
+                    for b in r.iter_blocks():
+                        w.append(b)
+            for b in self._pending:
+                w.append(b)
+        shutil.rmtree(self.dir)  # segments, and temporary files of a run killed mid-segment
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        """Drop the uncommitted rows; keep the segments for a resume."""
+        self._pending, self._pending_rows = [], 0
+
+    def __enter__(self) -> "ResumableShardWriter":
         return self
 
     def __exit__(self, et: Any, ev: BaseException | None, tb: Any) -> None:

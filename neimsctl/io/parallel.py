@@ -11,10 +11,14 @@ from __future__ import annotations
 import collections
 import multiprocessing as mp
 import signal
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 __all__ = ["chunked", "ordered_map"]
+
+#: Seconds an interrupted map waits for the chunks in flight before terminating the workers.
+DRAIN_SECONDS = 30.0
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -64,8 +68,12 @@ def ordered_map(fn: Callable[[T], R], chunks: Iterable[T], jobs: int,
 
     Notes
     -----
-    The pool uses the ``fork`` start method where available. Any exception, including the
-    generator being closed early, terminates the pool; otherwise it is closed and joined.
+    The pool uses the ``fork`` start method where available. On any exception, including
+    the generator being closed early, the pool is closed and the (at most ``max_in_flight``)
+    chunks already handed out are let finish, for up to :data:`DRAIN_SECONDS`, before the
+    workers are terminated: ``Pool.terminate`` kills workers that may be half-way through
+    sending a result, and the pool's result thread then waits forever for the rest of that
+    message (seen with Ctrl-C during ``featurize -j 2``).
     """
     if jobs <= 1:
         if initializer is not None:
@@ -85,7 +93,12 @@ def ordered_map(fn: Callable[[T], R], chunks: Iterable[T], jobs: int,
             yield pending.popleft().get()
         pool.close()
     except BaseException:
-        pool.terminate()
+        pool.close()
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while time.monotonic() < deadline and any(p.is_alive() for p in pool._pool):
+            time.sleep(0.05)
+        if any(p.is_alive() for p in pool._pool):
+            pool.terminate()
         raise
     finally:
         pool.join()

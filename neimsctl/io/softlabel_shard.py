@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 
 from neimsctl.errors import FormatError, InputError
+from neimsctl.io.streams import partial_path
 
 __all__ = ["SCHEMA", "SoftLabelWriter", "SoftLabelReader", "partial_path"]
 
@@ -29,12 +30,6 @@ _STR = h5py.string_dtype("utf-8")
 _COMP: dict[str, Any] = {"compression": "gzip", "compression_opts": 4}
 #: dataset -> (dtype, width attribute or None)
 COLUMNS = {"mean": ("<f2", "n_bins"), "var": ("<f4", "n_bins"), "hidden": ("<f2", "hidden_dim")}
-
-
-def partial_path(path: str | os.PathLike) -> Path:
-    """Where an unfinished output lives (beside the final name)."""
-    p = Path(path)
-    return p.with_name(p.name + ".partial")
 
 
 class SoftLabelWriter:

@@ -109,6 +109,12 @@ def stdout_is_tty() -> bool:
         return False
 
 
+def partial_path(path: str | os.PathLike) -> Path:
+    """Where an unfinished, resumable output lives (beside the final name): ``NAME.partial``."""
+    p = Path(path)
+    return p.with_name(p.name + ".partial")
+
+
 def temp_path_for(path: str | os.PathLike) -> Path:
     """The temporary name an output is written under before it is renamed into place."""
     p = Path(path)
@@ -142,6 +148,38 @@ def open_out(path: str | os.PathLike | None) -> Iterator[BinaryIO]:
         return
     with atomic_path(path) as tmp, open(tmp, "wb", buffering=1 << 20) as fh:
         yield fh
+
+
+@contextlib.contextmanager
+def resumable_out(path: str | os.PathLike, keep_bytes: int | None = None) -> Iterator[BinaryIO]:
+    """Open ``PATH.partial`` for binary writing; rename it onto ``path`` on success only.
+
+    On an exception the partial file is kept (an interrupted run can be resumed).
+    ``keep_bytes`` continues an existing partial file, cut back to its first ``keep_bytes``
+    bytes (what a resume point recorded); ``None`` starts afresh.
+
+    Raises
+    ------
+    InputError
+        ``keep_bytes`` is given but the partial file is missing or shorter.
+    """
+    tmp = partial_path(path)
+    if keep_bytes is None:
+        fh = open(tmp, "wb", buffering=1 << 20)
+    else:
+        size = tmp.stat().st_size if tmp.exists() else -1
+        if size < keep_bytes:
+            raise InputError(f"{tmp}: cannot resume: the partial report is "
+                             f"{'missing' if size < 0 else 'shorter than recorded'}; "
+                             "run again without --resume")
+        fh = open(tmp, "r+b", buffering=1 << 20)
+        fh.truncate(keep_bytes)
+        fh.seek(keep_bytes)
+    try:
+        yield fh
+    finally:
+        fh.close()
+    os.replace(tmp, path)
 
 
 def copy_file_to(src: str | os.PathLike, dst: IO[bytes]) -> None:

@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import orjson
 import pytest
@@ -137,24 +138,51 @@ def test_refuses_binary_to_a_terminal(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
-def test_interrupted_run_leaves_no_complete_looking_file(tmp_path: Path, sig: int) -> None:
+def test_interrupted_run_leaves_no_complete_looking_file_and_resumes(tmp_path: Path, sig: int) -> None:
     src = tmp_path / "many.smi"
-    src.write_bytes(b"CC(=O)Oc1ccccc1C(=O)O\n" * 200_000)
+    src.write_bytes(b"CC(=O)Oc1ccccc1C(=O)O\nCCO\nC1CC((\n" * 70_000)
     jobs = ["-j", "2"] if sig == signal.SIGINT else []             # also tears down the pool
-    proc = subprocess.Popen(["neimsctl", "featurize", *jobs, str(src), "-o", "out.h5"],
-                            cwd=tmp_path, stderr=subprocess.PIPE)
+    cmd = ["neimsctl", "featurize", *jobs, "many.smi", "-o", "out.h5", "--rejects", "rej.jsonl"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stderr=subprocess.PIPE)
     deadline = time.time() + 60
-    while time.time() < deadline and not any(p.name.startswith(".out.h5.part")
-                                             for p in tmp_path.iterdir()):
-        time.sleep(0.1)
-    time.sleep(0.5)
+    while time.time() < deadline and not list(tmp_path.glob("out.h5.partial/seg-*.h5")):
+        time.sleep(0.05)                                          # a first resume point
+    time.sleep(0.2)
     proc.send_signal(sig)
     proc.wait(timeout=60)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert "out.h5" not in names
+    assert "out.h5" not in names and "rej.jsonl" not in names and "out.h5.partial" in names
     if sig == signal.SIGINT:
-        assert proc.returncode == 130 and names == ["many.smi"]   # temp file removed too
+        assert proc.returncode == 130 and names == ["many.smi", "out.h5.partial", "rej.jsonl.partial"]
         assert b"interrupted" in proc.stderr.read()
+    again = subprocess.run([*cmd, "--resume"], cwd=tmp_path, capture_output=True)
+    assert again.returncode == 1, again.stderr                       # the bad SMILES lines
+    assert b"read 210000, written 70000, rejected 140000" in again.stderr  # CCO: below 50 Da
+    ref = subprocess.run(["neimsctl", "featurize", "many.smi", "-o", "ref.h5", "--rejects",
+                          "ref.jsonl"], cwd=tmp_path, capture_output=True)
+    assert ref.returncode == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["many.smi", "out.h5", "ref.h5",
+                                                          "ref.jsonl", "rej.jsonl"]
+    assert (tmp_path / "rej.jsonl").read_bytes() == (tmp_path / "ref.jsonl").read_bytes()
+    with h5py.File(tmp_path / "out.h5") as a, h5py.File(tmp_path / "ref.h5") as b:
+        assert sorted(a) == sorted(b) and "resume_state" not in a.attrs
+        for name in b:
+            x, y = a[name][()], b[name][()]
+            assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), name
+
+
+def test_resume_refuses_other_input(tmp_path: Path) -> None:
+    from neimsctl.chem.featurize_run import resume_point
+    from neimsctl.errors import InputError
+
+    src = tmp_path / "a.smi"
+    src.write_bytes(b"CCO\n")
+    point = resume_point([src], None, None, None)
+    assert resume_point([src], None, None, {**point, "next_ordinal": 5}) == point
+    with pytest.raises(InputError, match="other input"):
+        resume_point([src], None, (1, 2), point)
+    p = sh("neimsctl featurize --resume -O zst", tmp_path, b"CCO\n")
+    assert p.returncode == 2 and b"--resume needs" in p.stderr
 
 
 def test_truncated_zst_stream_is_reported(tmp_path: Path) -> None:

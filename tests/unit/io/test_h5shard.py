@@ -147,3 +147,37 @@ def test_buffered_writes_cross_flush_and_chunk_boundaries(tmp_path: Path, mode: 
         assert len(r) == start
         assert_blocks_equal(r.rows(0, start), concat_blocks(blocks, mode))
         assert r.file["ecfp"].compression == "gzip"
+
+
+@pytest.mark.parametrize("mode", ["student", "teacher"])
+def test_resumable_writer_survives_a_crash_and_equals_one_run(tmp_path: Path, mode: str) -> None:
+    from neimsctl.io.h5shard import ResumableShardWriter
+
+    settings, digest = run_settings(RowOptions(mode=mode))
+    blocks = [make_block(mode, 14 * k) for k in range(5)]
+    w = ResumableShardWriter(tmp_path / "out.h5", mode, settings, digest, {"shard": "1/1"})
+    for k, b in enumerate(blocks[:3]):
+        w.append(b)
+        if k < 2:
+            w.commit({"next_ordinal": 14 * (k + 1)})
+    # killed mid-segment: an unfinished temporary file, block 2 never committed
+    (tmp_path / "out.h5.partial" / ".seg-000002.h5.part-999").write_bytes(b"half")
+    assert not (tmp_path / "out.h5").exists()
+
+    fresh = ResumableShardWriter(tmp_path / "other.h5", mode, settings, digest, resume=True)
+    assert fresh.resume_state is None  # nothing to resume: starts afresh
+    with pytest.raises(FormatError, match="another run"):
+        ResumableShardWriter(tmp_path / "out.h5", "v1", *run_settings(RowOptions(mode="v1")),
+                             resume=True)
+    r = ResumableShardWriter(tmp_path / "out.h5", mode, settings, digest, {"shard": "1/1"},
+                             resume=True)
+    assert r.resume_state == {"next_ordinal": 28, "n_rows": 28} and r.n_rows == 28
+    with r:
+        for b in blocks[2:]:
+            r.append(b)
+    assert not (tmp_path / "out.h5.partial").exists()
+    ref = write(tmp_path / "ref.h5", mode, blocks)
+    with ShardReader(tmp_path / "out.h5") as a, ShardReader(ref) as b:
+        assert len(a) == len(b) == 70 and a.attrs["shard"] == "1/1"
+        assert "resume_state" not in a.attrs
+        assert_blocks_equal(a.rows(0, 70), b.rows(0, 70))
