@@ -135,13 +135,15 @@ class _ZSink:
 @contextlib.contextmanager
 def open_sink(out: str | os.PathLike, fmt: str, mode: str, settings: dict[str, Any],
               settings_hash: str, attrs: dict[str, Any] | None = None,
-              stdout: IO[bytes] | None = None, resume: bool = False) -> Iterator[Sink]:
+              stdout: IO[bytes] | None = None, resumable: bool = False,
+              resume: bool = False) -> Iterator[Sink]:
     """Where rows go: ``fmt`` ``h5`` or ``zst``; ``out`` a file (atomic) or ``-`` (stdout).
 
     HDF5 to stdout is written to a spool file and copied out once complete; zblocks stream.
     On an exception nothing complete-looking is left: files stay under their temporary name
-    (removed; an HDF5 file output keeps ``OUT.partial`` for ``resume``), and a zblock stream
-    lacks its end frame.
+    (removed), and a zblock stream lacks its end frame. ``resumable`` HDF5 file outputs are
+    written in segments (:class:`ResumableShardWriter`; the caller must ``commit``) kept for
+    ``resume``.
     """
     stdout = stdout if stdout is not None else sys.stdout.buffer
     if fmt == "zst":
@@ -156,8 +158,12 @@ def open_sink(out: str | os.PathLike, fmt: str, mode: str, settings: dict[str, A
             w.close()
         return
     if not is_dash(out):
-        with ResumableShardWriter(out, mode, settings, settings_hash, attrs, resume=resume) as sw:
-            yield sw
+        if resumable or resume:
+            with ResumableShardWriter(out, mode, settings, settings_hash, attrs, resume=resume) as rw:
+                yield rw
+        else:
+            with ShardWriter(out, mode, settings, settings_hash, attrs) as sw:
+                yield sw
         return
     with spool_path(".h5") as spool:
         with ShardWriter(spool, mode, settings, settings_hash, attrs) as sw:

@@ -136,7 +136,8 @@ def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, 
     file_h5 = fmt == "h5" and not is_dash(out)
     tally = Tally()
     try:
-        with open_sink(out, fmt, mode, settings, digest, attrs, resume=resume) as sink:
+        with open_sink(out, fmt, mode, settings, digest, attrs, resumable=file_h5,
+                       resume=resume) as sink:
             state = getattr(sink, "resume_state", None)
             point = resume_point(paths, in_fmt, shard, state)  # checks a resumed run's inputs
             if rejects is None:

@@ -134,8 +134,9 @@ def pipeline_rate(src: Path, out: Path | None, jobs: int,
     if out is None:
         run_featurize(iter_items([src]), NullSink(), tally, opts=opts, jobs=jobs)
     else:
-        with open_sink(out, "h5", "student", settings, digest) as sink:
-            run_featurize(iter_items([src]), sink, tally, opts=opts, jobs=jobs)
+        with open_sink(out, "h5", "student", settings, digest, resumable=True) as sink:  # as the CLI
+            run_featurize(iter_items([src]), sink, tally, opts=opts, jobs=jobs,
+                          commit=lambda n: sink.commit({"next_ordinal": n}))
     return tally.read / (time.perf_counter() - t0), tally.read / (cpu_now() - c0), tally.written
 
 
