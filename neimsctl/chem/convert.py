@@ -64,8 +64,25 @@ def _structure(rec: MspRecord, opts: ConvertOptions) -> tuple[object, str]:
     raise st.StructureError("no_structure", "no SMILES or InChI line and no --mol-dir")
 
 
-def convert_record(rec: MspRecord, opts: ConvertOptions) -> dict | tuple[str, str]:
-    """One MSP record -> a ``neimsctl.record/1`` dict, or ``(reason, detail)`` when rejected."""
+def structure_of(rec: MspRecord, opts: ConvertOptions) -> tuple[object, str] | Exception | None:
+    """The structure work of one record (``None`` when rejected already or switched off; the
+    :class:`StructureError` when it fails), for :func:`convert_record`'s ``structure``."""
+    if rec.reason or not opts.structure:
+        return None
+    stm = _ST or _st()
+    try:
+        return _structure(rec, opts)
+    except stm.StructureError as exc:
+        return exc
+
+
+def convert_record(rec: MspRecord, opts: ConvertOptions,
+                   structure: tuple[object, str] | Exception | None = None) -> dict | tuple[str, str]:
+    """One MSP record -> a ``neimsctl.record/1`` dict, or ``(reason, detail)`` when rejected.
+
+    ``structure`` is :func:`structure_of` of the record when the caller did the RDKit work
+    already (:func:`convert_raw` does it for a whole chunk in one tight loop); else it is done here.
+    """
     if rec.reason:
         return rec.reason, rec.detail
     f = rec.fields
@@ -74,10 +91,10 @@ def convert_record(rec: MspRecord, opts: ConvertOptions) -> dict | tuple[str, st
     mw: int | None = None
     if opts.structure:
         stm = _ST or _st()
-        try:
-            st, structure_from = _structure(rec, opts)
-        except stm.StructureError as exc:
-            return exc.reason, exc.message
+        got = structure if structure is not None else structure_of(rec, opts)
+        if isinstance(got, Exception):
+            return got.reason, got.message  # type: ignore[attr-defined]
+        st, structure_from = got  # type: ignore[misc]
         smiles, inchikey, formula, mw, exact_mass = st  # type: ignore[misc]
         inchikey = inchikey or None
         flags = stm.compare_with_msp(st, f)  # type: ignore[arg-type]
@@ -133,9 +150,12 @@ def convert_raw(file: str, raws: list[RawRecord], opts: ConvertOptions) -> Chunk
     dumps = orjson.dumps
     out: list[bytes | Reject] = []
     clean = True
-    for block, line, ordinal, at_eof in raws:
-        rec = parse_block(block, file, line, ordinal, at_eof)
-        res = convert_record(rec, opts)
+    # three passes (parse; RDKit; records + JSON) instead of one per record: the RDKit calls
+    # run back to back, which measured ~5 % faster than interleaving them with Python work
+    recs = [parse_block(block, file, line, ordinal, at_eof) for block, line, ordinal, at_eof in raws]
+    structures = [structure_of(rec, opts) for rec in recs]
+    for rec, got in zip(recs, structures):
+        res = convert_record(rec, opts, got)
         if isinstance(res, dict):
             out.append(dumps(res, option=_DUMPS_OPT))
         else:
