@@ -128,8 +128,12 @@ class RowBuilder:
         self._cache: OrderedDict[str, _Structure | tuple[str, str]] = OrderedDict()
         self._cache_size = cache_size
 
-    def _structure(self, smiles: str) -> _Structure | tuple[str, str]:
-        """The cached structure of ``smiles``, or ``(reason, detail)`` when RDKit cannot read it."""
+    def _structure(self, smiles: str, bare: bool = False) -> _Structure | tuple[str, str]:
+        """The cached structure of ``smiles``, or ``(reason, detail)`` when RDKit cannot read it.
+
+        ``bare``: a SMILES line, whose canonical SMILES, formula and (unless switched off)
+        InChIKey are computed now, with the rest of the RDKit work.
+        """
         cache = self._cache
         st = cache.get(smiles)
         if st is not None:
@@ -140,6 +144,10 @@ class RowBuilder:
             st = ("unparsable_smiles", f"RDKit cannot parse {smiles!r}")
         else:
             st = _Structure(mol, self.feat)
+            if bare:
+                st.formula(), st.canonical()
+                if self.opts.inchikey:
+                    st.key()
         cache[smiles] = st
         if len(cache) > self._cache_size:
             cache.popitem(last=False)
@@ -149,8 +157,14 @@ class RowBuilder:
         """Featurize ``items``; returns the block of accepted rows and the rejects, in order."""
         rows: list[tuple] = []
         rejects: list[Rejected] = []
-        for it in items:
-            got = self._one(it)
+        # three passes (parse; RDKit; rows) rather than one per item: the RDKit calls run back
+        # to back, which keeps the CPU caches warm for them (msp2jsonl measured 74% -> 86% of
+        # the bare RDKit loop the same way)
+        parsed = [self._parse(it) for it in items]
+        structures = [None if isinstance(p, Rejected) else self._structure(p[1], it.kind == "smi")
+                      for it, p in zip(items, parsed)]
+        for it, p, st in zip(items, parsed, structures):
+            got = p if isinstance(p, Rejected) else self._row(it, *p, st)
             (rejects if isinstance(got, Rejected) else rows).append(got)
         spectrum, has, late = self._spectra(rows)
         if late:  # peaks that numpy could not read: reject those rows, keep input order
@@ -209,8 +223,8 @@ class RowBuilder:
         out[~has] = 0
         return out.astype(np.float16), has, late
 
-    def _one(self, it: Item) -> tuple | Rejected:
-        o = self.opts
+    def _parse(self, it: Item) -> tuple[str, str, dict[str, Any]] | Rejected:
+        """``(id, SMILES, record)`` of one input line, or why it is rejected."""
         if it.kind == "jsonl":
             try:
                 rec = orjson.loads(it.raw)
@@ -222,11 +236,15 @@ class RowBuilder:
             smiles = rec.get("smiles")
             if not smiles:
                 return Rejected(it, rid, "no_structure", "record has no SMILES", rec.get("name"))
-        else:
-            parts = it.raw.decode("utf-8", "replace").strip().split(None, 1)
-            smiles, rec = parts[0], {"name": parts[1] if len(parts) > 1 else ""}
-            rid = rec["name"] or f"{_stem(it.file)}:{it.line}"
-        st = self._structure(smiles)
+            return rid, smiles, rec
+        parts = it.raw.decode("utf-8", "replace").strip().split(None, 1)
+        rec = {"name": parts[1] if len(parts) > 1 else ""}
+        return rec["name"] or f"{_stem(it.file)}:{it.line}", parts[0], rec
+
+    def _row(self, it: Item, rid: str, smiles: str, rec: dict[str, Any],
+             st: _Structure | tuple[str, str]) -> tuple | Rejected:
+        """The row of one parsed item whose structure work is ``st``."""
+        o = self.opts
         if type(st) is tuple:
             return Rejected(it, rid, st[0], st[1], rec.get("name") or None)
         formula = rec.get("formula") or st.formula()

@@ -49,6 +49,9 @@ class ShardWriter:
     attrs
         Further root attributes, e.g. provenance (``neimsctl_version``, ``argv``, ``created``)
         or ``shard`` (``"K/N"``); ``None`` values are skipped.
+    compress
+        gzip level 1 (:data:`COMPRESSION`); off for the short-lived segments of
+        :class:`ResumableShardWriter`.
 
     Notes
     -----
@@ -58,8 +61,10 @@ class ShardWriter:
     """
 
     def __init__(self, path: str | os.PathLike, mode: str, settings: dict[str, Any],
-                 settings_hash: str, attrs: dict[str, Any] | None = None) -> None:
+                 settings_hash: str, attrs: dict[str, Any] | None = None, *,
+                 compress: bool = True) -> None:
         self.path, self.mode = Path(path), check_mode(mode)
+        self._compression = COMPRESSION if compress else {}
         self._atomic = atomic_path(self.path)
         tmp = self._atomic.__enter__()
         self._written = 0
@@ -78,7 +83,7 @@ class ShardWriter:
         for name, (dt, shape) in row_columns(mode).items():
             if name in _PTRS:
                 ds = self._f.create_dataset(_PTRS[name], shape=(1,), maxshape=(None,), dtype="<i8",
-                                            chunks=(RAGGED_CHUNK,), **COMPRESSION)
+                                            chunks=(RAGGED_CHUNK,), **self._compression)
                 ds[0] = 0
             else:
                 self._make(name, np.dtype(dt), shape, ROW_CHUNK)
@@ -92,7 +97,7 @@ class ShardWriter:
 
     def _make(self, name: str, dtype: Any, shape: tuple[int, ...], chunk: int) -> None:
         self._f.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
-                               chunks=(chunk, *shape), **COMPRESSION)
+                               chunks=(chunk, *shape), **self._compression)
 
     def append(self, block: dict[str, np.ndarray]) -> None:
         """Append the rows of ``block`` (validated and cast to the stored dtypes)."""
@@ -235,8 +240,8 @@ class ResumableShardWriter:
         self._written += self._pending_rows
         full = {**state, "n_rows": self._written}
         seg = self.dir / f"seg-{self._next:06d}.h5"
-        with ShardWriter(seg, self.mode, self._settings, self._hash,
-                         {"resume_state": json.dumps(full, sort_keys=True)}) as w:
+        with ShardWriter(seg, self.mode, self._settings, self._hash,  # compressed once, at close
+                         {"resume_state": json.dumps(full, sort_keys=True)}, compress=False) as w:
             for b in self._pending:
                 w.append(b)
         self._pending, self._pending_rows, self._next = [], 0, self._next + 1
