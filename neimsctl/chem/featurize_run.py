@@ -27,8 +27,8 @@ from neimsctl.io.featblock import block_rows
 from neimsctl.io.h5shard import ResumableShardWriter, ShardWriter
 from neimsctl.io.parallel import chunked, ordered_map
 from neimsctl.io.rejects import Reject, Tally
-from neimsctl.io.streams import (atomic_path, copy_file_to, display_name, is_dash, open_in,
-                                 spool_path)
+from neimsctl.io.streams import (atomic_path, copy_file_to, display_name, is_dash,
+                                 is_special_file, open_in, spool_path)
 from neimsctl.io.zblock import ZBlockWriter
 
 CHUNK = 256
@@ -157,7 +157,8 @@ def open_sink(out: str | os.PathLike, fmt: str, mode: str, settings: dict[str, A
             yield _ZSink(w)
             w.close()
         return
-    if not is_dash(out):
+    special = not is_dash(out) and is_special_file(out)  # -o /dev/null, a named pipe
+    if not is_dash(out) and not special:
         if resumable or resume:
             with ResumableShardWriter(out, mode, settings, settings_hash, attrs, resume=resume) as rw:
                 yield rw
@@ -168,7 +169,11 @@ def open_sink(out: str | os.PathLike, fmt: str, mode: str, settings: dict[str, A
     with spool_path(".h5") as spool:
         with ShardWriter(spool, mode, settings, settings_hash, attrs) as sw:
             yield sw
-        copy_file_to(spool, stdout)
+        if special:
+            with open(out, "wb") as fh:
+                copy_file_to(spool, fh)
+        else:
+            copy_file_to(spool, stdout)
 
 
 def resume_point(paths: Iterable[str | os.PathLike], input_format: str | None,

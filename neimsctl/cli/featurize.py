@@ -124,7 +124,8 @@ def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, 
                                              run_featurize, run_settings)
     from neimsctl.chem.rowbuild import RowOptions
     from neimsctl.io.rejects import Tally
-    from neimsctl.io.streams import is_dash, open_out, partial_path, resumable_out
+    from neimsctl.io.streams import (is_dash, is_special_file, open_out, partial_path,
+                                     resumable_out)
 
     opts = RowOptions(mode=mode, min_mw=min_mw, max_mw=max_mw, inchikey=inchikey)
     settings, digest = run_settings(opts)
@@ -133,7 +134,7 @@ def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, 
         attrs.update(neimsctl_version=__version__, argv=json.dumps(sys.argv),
                      created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     items = iter_items(paths, in_fmt, shard)
-    file_h5 = fmt == "h5" and not is_dash(out)
+    file_h5 = fmt == "h5" and not is_dash(out) and not is_special_file(out)
     tally = Tally()
     try:
         with open_sink(out, fmt, mode, settings, digest, attrs, resumable=file_h5,

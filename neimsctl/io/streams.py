@@ -11,6 +11,7 @@ import contextlib
 import gzip
 import io
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -121,14 +122,28 @@ def temp_path_for(path: str | os.PathLike) -> Path:
     return p.with_name(f".{p.name}.part-{os.getpid()}")
 
 
+def is_special_file(path: str | os.PathLike) -> bool:
+    """``path`` exists and is not a regular file or directory (``/dev/null``, a FIFO, a tty)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
 
     On an exception (including ``KeyboardInterrupt``) the temporary file is removed and
     ``path`` is left untouched, so an interrupted run never leaves a file that looks complete.
+    A special file (``-o /dev/null``, a named pipe) is yielded as it is: renaming a temporary
+    file onto it would replace the device or pipe itself.
     """
     final = Path(path)
+    if is_special_file(final):
+        yield final
+        return
     tmp = temp_path_for(final)
     try:
         yield tmp
@@ -163,6 +178,10 @@ def resumable_out(path: str | os.PathLike, keep_bytes: int | None = None) -> Ite
     InputError
         ``keep_bytes`` is given but the partial file is missing or shorter.
     """
+    if is_special_file(path):  # /dev/null, a pipe: nothing to resume, write straight to it
+        with open(path, "wb") as fh:
+            yield fh
+        return
     tmp = partial_path(path)
     if keep_bytes is None:
         fh = open(tmp, "wb", buffering=1 << 20)

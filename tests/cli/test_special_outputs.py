@@ -1,0 +1,55 @@
+"""-o onto a special file (/dev/null, a named pipe) writes into it and never replaces it.
+
+Outputs are normally written under a temporary name and renamed into place; renaming onto a
+device or a FIFO would replace the device node or the pipe itself (as root, even /dev/null).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from neimsctl.io.streams import atomic_path, is_special_file, resumable_out
+
+
+def test_atomic_and_resumable_outputs_leave_dev_null_alone() -> None:
+    with atomic_path("/dev/null") as p:
+        assert str(p) == "/dev/null"
+        p.write_bytes(b"x")
+    with resumable_out("/dev/null") as fh:
+        fh.write(b"y")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert is_special_file("/dev/null") and not is_special_file(__file__)
+    assert not any(n.startswith((".null.part", "null.partial")) for n in os.listdir("/dev"))
+
+
+@pytest.mark.parametrize("cmd", [
+    "msp2jsonl -q {sample} -o {out} --rejects {out2}",
+    "featurize -q --mode student -O h5 {jsonl} -o {out} --rejects {out2}",
+])
+def test_commands_write_into_a_named_pipe(tmp_path: Path, sample_msp: Path, cmd: str) -> None:
+    jsonl = tmp_path / "r.jsonl"
+    subprocess.run(["neimsctl", "msp2jsonl", "-q", str(sample_msp), "-o", str(jsonl)], check=False)
+    fifo, fifo2 = tmp_path / "out.fifo", tmp_path / "rej.fifo"
+    os.mkfifo(fifo)
+    os.mkfifo(fifo2)
+    sinks = [open(tmp_path / n, "wb") for n in ("got", "got2")]  # cat must never block
+    readers = [subprocess.Popen(["cat", str(f)], stdout=o) for f, o in zip((fifo, fifo2), sinks)]
+    args = cmd.format(sample=sample_msp, jsonl=jsonl, out=fifo, out2=fifo2).split()
+    p = subprocess.run(["neimsctl", *args], capture_output=True, timeout=120)
+    for r, o in zip(readers, sinks):
+        r.wait(timeout=60)
+        o.close()
+    data = (tmp_path / "got").read_bytes()
+    assert p.returncode in (0, 1), p.stderr
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and stat.S_ISFIFO(os.stat(fifo2).st_mode)
+    if cmd.startswith("msp2jsonl"):
+        assert data.count(b"\n") == jsonl.read_bytes().count(b"\n") > 0
+    else:
+        assert data.startswith(b"\x89HDF")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["got", "got2", "out.fifo", "r.jsonl",
+                                                          "rej.fifo"]
