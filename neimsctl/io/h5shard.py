@@ -21,7 +21,7 @@ import numpy as np
 from neimsctl.errors import FormatError, InputError
 from neimsctl.io.featblock import (STR_COLUMNS, block_rows, check_mode, concat_blocks,
                                    ragged_columns, row_columns, take_rows, validate_block)
-from neimsctl.io.streams import atomic_path, partial_path
+from neimsctl.io.streams import Writer, atomic_path, partial_path
 
 SCHEMA = "neimsctl.h5shard/1"
 ROW_CHUNK = 64          # rows per chunk of every per-molecule dataset
@@ -33,7 +33,7 @@ _PTRS = {"n_atoms": "atom_ptr", "n_edges": "edge_ptr"}
 _SMALL = ("ordinal", "mw", "ionization_energy", "has_spectrum")
 
 
-class ShardWriter:
+class ShardWriter(Writer):
     """Write one shard; use as a context manager.
 
     Parameters
@@ -162,17 +162,8 @@ class ShardWriter:
             if again is not err:
                 raise
 
-    def __enter__(self) -> "ShardWriter":
-        return self
 
-    def __exit__(self, et: Any, ev: BaseException | None, tb: Any) -> None:
-        if ev is None:
-            self.close()
-        else:
-            self.abort(ev)
-
-
-class ResumableShardWriter:
+class ResumableShardWriter(Writer):
     """Write one shard so that an interrupted run can be continued; a context manager.
 
     HDF5 is not crash-safe: a process killed half-way through a write can leave a file that
@@ -206,9 +197,8 @@ class ResumableShardWriter:
         self._pending: list[dict[str, np.ndarray]] = []
         self._written = self._pending_rows = 0
         segs = self._segments() if resume else []
-        if not resume and self.dir.exists():
-            for old in self.dir.iterdir():  # a new run replaces an old partial output
-                old.unlink()
+        if not resume:  # a new run replaces an old partial output
+            shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(exist_ok=True)
         if segs:
             with ShardReader(segs[-1]) as r:
@@ -261,15 +251,6 @@ class ResumableShardWriter:
     def abort(self, exc: BaseException | None = None) -> None:
         """Drop the uncommitted rows; keep the segments for a resume."""
         self._pending, self._pending_rows = [], 0
-
-    def __enter__(self) -> "ResumableShardWriter":
-        return self
-
-    def __exit__(self, et: Any, ev: BaseException | None, tb: Any) -> None:
-        if ev is None:
-            self.close()
-        else:
-            self.abort(ev)
 
 
 class ShardReader:

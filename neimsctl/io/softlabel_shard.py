@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 
 from neimsctl.errors import FormatError, InputError
-from neimsctl.io.streams import partial_path
+from neimsctl.io.streams import Writer, partial_path
 
 __all__ = ["SCHEMA", "SoftLabelWriter", "SoftLabelReader", "partial_path"]
 
@@ -32,7 +32,7 @@ _COMP: dict[str, Any] = {"compression": "gzip", "compression_opts": 4}
 COLUMNS = {"mean": ("<f2", "n_bins"), "var": ("<f4", "n_bins"), "hidden": ("<f2", "hidden_dim")}
 
 
-class SoftLabelWriter:
+class SoftLabelWriter(Writer):
     """Write (or continue) one soft-label shard; use as a context manager.
 
     Parameters
@@ -111,18 +111,9 @@ class SoftLabelWriter:
         self._f.close()
         os.replace(self.tmp, self.path)
 
-    def abort(self) -> None:
+    def abort(self, exc: BaseException | None = None) -> None:
         """Close, keeping ``<path>.partial`` for a later ``resume``."""
         self._f.close()
-
-    def __enter__(self) -> "SoftLabelWriter":
-        return self
-
-    def __exit__(self, et: Any, ev: BaseException | None, tb: Any) -> None:
-        if ev is None:
-            self.close()
-        else:
-            self.abort()
 
 
 class SoftLabelReader:

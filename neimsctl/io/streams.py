@@ -96,8 +96,6 @@ def sniff(path: str | os.PathLike) -> str:
 def stdout_is_regular_file() -> bool:
     """True when stdout was redirected to a regular (seekable) file, e.g. ``> feats.h5``."""
     try:
-        import stat
-
         return stat.S_ISREG(os.fstat(sys.stdout.fileno()).st_mode)
     except (OSError, ValueError, io.UnsupportedOperation):
         return False
@@ -108,6 +106,27 @@ def stdout_is_tty() -> bool:
         return os.isatty(sys.stdout.fileno())
     except (OSError, ValueError, io.UnsupportedOperation):
         return False
+
+
+class Writer:
+    """Context-manager protocol shared by the file writers (shards, soft labels): the ``with``
+    block ending cleanly calls ``close()`` (finish and put in place), an exception calls
+    ``abort(exc)`` (drop or keep the unfinished output, as the writer documents)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        return self
+
+    def __exit__(self, et: object, ev: BaseException | None, tb: object) -> None:
+        if ev is None:
+            self.close()
+        else:
+            self.abort(ev)
 
 
 def partial_path(path: str | os.PathLike) -> Path:
