@@ -85,7 +85,8 @@ class _Structure:
 
     ``feats`` are the features (``None`` when the featurizer raised: ``error`` says why). The
     formula, canonical SMILES and InChIKey are computed on first use: JSONL records carry
-    their own.
+    their own. Once all of them are made the ``Mol`` is dropped (``mol = None``): a cached
+    RDKit molecule costs tens of KB, the cache holds thousands.
     """
 
     __slots__ = ("mol", "feats", "error", "_formula", "_canonical", "_key")
@@ -148,6 +149,7 @@ class RowBuilder:
                 st.formula(), st.canonical()
                 if self.opts.inchikey:
                     st.key()
+                st.mol = None  # every string a row can ask for is made: do not cache the Mol
         cache[smiles] = st
         if len(cache) > self._cache_size:
             cache.popitem(last=False)

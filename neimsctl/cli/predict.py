@@ -61,8 +61,8 @@ def predict_cli(
                             "quantization of Linear layers, CPU), auto (see neimsctl-predict(1)).")
     ] = Precision.auto,
     threads: Annotated[int, typer.Option("--threads", "-t", min=0,
-                                         help="Torch threads (0: torch's default, or the cores left "
-                                              "free by --jobs workers).")] = 0,
+                                         help="Torch threads per process (0: torch's default; with "
+                                              "--jobs N, cores / N in each worker).")] = 0,
     jobs: Jobs = 1,
     no_inchikey: Annotated[bool, typer.Option(
         "--no-inchikey", help="Leave the InChIKey out of the output (it costs about a third of "
@@ -90,35 +90,34 @@ def predict_cli(
             usage_error(CMD, "--uncertainty needs -O jsonl (--top lists carry no uncertainty)")
         if uncertainty and fmt is OutFmt.msp:
             usage_error(CMD, "--uncertainty needs -O jsonl (MSP has no place for it)")
+        import os
+
         from neimsctl.io.rejects import Tally
         from neimsctl.io.streams import open_out
-        from neimsctl.train.predict_run import StrictStop, featurized, iter_inputs, run_predict
-        from neimsctl.train.predict_write import PredictionWriter
+        from neimsctl.train.predict_run import (ChunkPredictor, PredictOptions, StrictStop,
+                                                iter_inputs, predicted, run_predict)
         from neimsctl.train.predictor import load_model
 
-        if threads or jobs > 1:
-            import os
-
+        cores = os.cpu_count() or 1
+        if threads:
             import torch
 
-            # with featurizing workers, torch threads in this process compete with them for the
-            # same cores: by default leave the workers their cores (measured on 2 cores, --jobs 2:
-            # 1 torch thread 10.4 s, 2 threads 13.8 s for 20k molecules)
-            torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) - jobs))
+            torch.set_num_threads(threads)
         lm = load_model(model, device=device, precision=precision.value, batch_size=batch_size,
                         log=sys.stderr)
         if uncertainty and lm.arch != "teacher":
             fail(CMD, f"--uncertainty: --model {model} is a {lm.arch}",
                  "MC dropout needs the teacher: use --model teacher or a teacher checkpoint")
-        items = iter_inputs(paths, in_fmt.value if in_fmt else None)
-        blocks = featurized(items, lm.mode, jobs=jobs, inchikey=not no_inchikey)
+        stage = ChunkPredictor(lm, PredictOptions(
+            fmt=fmt.value, top=top, strict=strict, batch_size=batch_size, uncertainty=uncertainty,
+            mc_samples=mc_samples, inchikey=not no_inchikey))
+        results = predicted(iter_inputs(paths, in_fmt.value if in_fmt else None), stage,
+                            jobs=jobs, worker_threads=threads or max(1, cores // jobs))
         with open_out(output) as fout:
             with open_out(rejects) if rejects else contextlib.nullcontext() as sink:
                 tally = Tally(sink=sink)
-                writer = PredictionWriter(fout, fmt.value, model_desc=lm.describe(), top=top)
                 try:
-                    run_predict(blocks, lm, writer, tally, strict=strict, batch_size=batch_size,
-                                uncertainty=uncertainty, mc_samples=mc_samples,
+                    run_predict(results, fout, tally, strict=strict,
                                 show=lambda msg: print(f"neimsctl {CMD}: {msg}", file=sys.stderr))
                 except StrictStop as exc:
                     fout.flush()

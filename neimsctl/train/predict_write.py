@@ -59,7 +59,7 @@ class PredictionWriter:
     Parameters
     ----------
     stream
-        Binary output.
+        Binary output (``None`` when only :meth:`format` is used).
     fmt
         ``msp`` or ``jsonl`` (ignored when ``top`` is given).
     model_desc
@@ -70,7 +70,7 @@ class PredictionWriter:
         Peak threshold for MSP/JSONL, relative to the base peak.
     """
 
-    def __init__(self, stream: BinaryIO, fmt: str = "msp", *, model_desc: str = "",
+    def __init__(self, stream: BinaryIO | None, fmt: str = "msp", *, model_desc: str = "",
                  top: int | None = None, min_relative: float = MIN_RELATIVE) -> None:
         self.stream, self.fmt, self.top, self.min_relative = stream, fmt, top, min_relative
         self.comments = {"predicted": f"neimsctl {__version__}", "model": model_desc}
@@ -78,12 +78,19 @@ class PredictionWriter:
     def __call__(self, block: dict[str, np.ndarray], spectra: np.ndarray,
                  std: np.ndarray | None = None, experts: dict[str, np.ndarray] | None = None) -> int:
         """Write one block's predictions; returns how many records were written."""
+        if self.stream is None:
+            raise ValueError("PredictionWriter without a stream: use format()")
+        self.stream.write(self.format(block, spectra, std, experts))
+        return len(spectra)
+
+    def format(self, block: dict[str, np.ndarray], spectra: np.ndarray,
+               std: np.ndarray | None = None, experts: dict[str, np.ndarray] | None = None) -> bytes:
+        """One block's predictions as the bytes :meth:`__call__` would write."""
         parts = [self._one(block, j, spectra[j], None if std is None else std[j],
                            None if experts is None else (experts["index"][j], experts["weight"][j]))
                  for j in range(len(spectra))]
-        self.stream.write("".join(parts).encode("utf-8") if self.top or self.fmt == "msp"
-                          else b"".join(parts))  # type: ignore[arg-type]
-        return len(parts)
+        return ("".join(parts).encode("utf-8") if self.top is not None or self.fmt == "msp"
+                else b"".join(parts))
 
     def _one(self, block: dict[str, np.ndarray], j: int, spec: np.ndarray,
              std: np.ndarray | None, exp: tuple[np.ndarray, np.ndarray] | None) -> Any:

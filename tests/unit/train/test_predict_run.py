@@ -1,0 +1,74 @@
+"""predict_run: workers that featurize, predict and format give the same bytes as one process."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+
+from neimsctl.chem.featurize_run import run_settings
+from neimsctl.chem.rowbuild import RowOptions
+from neimsctl.io.rejects import Tally
+from neimsctl.models.student import StudentConfig, StudentModel
+from neimsctl.train.checkpoint import save_checkpoint
+from neimsctl.train.predict_run import (ChunkPredictor, PredictOptions, StrictStop, iter_inputs,
+                                        predicted, run_predict)
+from neimsctl.train.predictor import load_model
+
+TINY = StudentConfig(gate_hidden=(16,), expert_depth=1, expert_bottleneck=8, head_hidden=(32,),
+                     hidden_dim=16)
+LINES = ["CCO ethanol", "c1ccccc1 benzene", "xyz", "CC(=O)O acetic", "CCN", "C1CC",
+         "c1ccccc1O phenol", "CCCCCC hexane", "O=C=O", "CC(C)O", "ClCCl"]
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory: pytest.TempPathFactory):
+    path = tmp_path_factory.mktemp("pr") / "tiny.pt"
+    torch.manual_seed(0)
+    save_checkpoint(path, model=StudentModel(TINY),
+                    config={"model": {"name": "student", **TINY.to_dict()}},
+                    featurizer_hash=run_settings(RowOptions(mode="student"))[1])
+    return load_model(path, precision="fp32")
+
+
+@pytest.fixture()
+def smi(tmp_path: Path) -> Path:
+    p = tmp_path / "in.smi"
+    p.write_text("\n".join(LINES) + "\n")
+    return p
+
+
+def _run(lm, smi: Path, jobs: int, fmt: str = "msp", strict: bool = False):
+    stage = ChunkPredictor(lm, PredictOptions(fmt=fmt, strict=strict))
+    out, tally = io.BytesIO(), Tally()
+    shown: list[str] = []
+    stopped = None
+    try:
+        run_predict(predicted(iter_inputs([smi]), stage, jobs=jobs, chunk=3), out, tally,
+                    strict=strict, show=shown.append)
+    except StrictStop as exc:
+        stopped = str(exc)
+    return out.getvalue(), (tally.read, tally.written, tally.rejected), shown, stopped
+
+
+@pytest.mark.parametrize("fmt", ["msp", "jsonl"])
+def test_workers_match_one_process(lm, smi, fmt):
+    one = _run(lm, smi, 1, fmt)
+    two = _run(lm, smi, 2, fmt)
+    assert one == two
+    data, counts, shown, _ = one
+    assert counts == (11, 9, 2)
+    assert shown == [f"{smi}:3: cannot parse SMILES 'xyz'", f"{smi}:6: cannot parse SMILES 'C1CC'"]
+    assert data.count(b"Name: " if fmt == "msp" else b'"schema"') == 9
+
+
+def test_strict_in_workers_writes_rows_before_the_first_reject(lm, smi):
+    one = _run(lm, smi, 1, strict=True)
+    two = _run(lm, smi, 2, strict=True)
+    assert one == two
+    data, counts, _, stopped = two
+    assert counts == (3, 2, 1) and stopped == f"{smi}:3: cannot parse SMILES 'xyz'"
+    assert [ln for ln in data.splitlines() if ln.startswith(b"Name: ")] == \
+        [b"Name: ethanol", b"Name: benzene"]
