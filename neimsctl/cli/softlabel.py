@@ -22,8 +22,9 @@ def softlabel_cli(
         help="Teacher-mode HDF5 shards (neimsctl featurize --mode teacher).", show_default=False)],
     teacher: Annotated[list[Path], typer.Option(
         "--teacher", "-t", help="Finetuned teacher checkpoint (neimsctl finetune). Repeat for an "
-        "ensemble: soft labels pool every teacher's MC samples; the hidden representation is "
-        "the first teacher's.", show_default=False)],
+        "ensemble: soft labels pool every member's MC samples; the hidden representation is "
+        "the first one's, which must be a GNN teacher; later ones may be student checkpoints "
+        "(neimsctl distill).", show_default=False)],
     output: Annotated[Path, typer.Option(
         "--output", "-o", help="Soft-label HDF5 file (written as OUT.partial, renamed when "
         "complete).", show_default=False)],

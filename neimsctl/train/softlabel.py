@@ -20,11 +20,12 @@ Choices:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import Any, Iterator, Sequence, TextIO
 
 import numpy as np
 import torch
@@ -105,23 +106,75 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_teacher(path: str | Path, *, featurizer_hash: str | None = None
-                 ) -> tuple[torch.nn.Module, dict[str, Any]]:
+class FingerprintMember(torch.nn.Module):
+    """A student checkpoint as an ensemble member over teacher batches.
+
+    Teacher batches carry the student's inputs (``ecfp`` bits and ``log1p`` atom-pair
+    ``counts``, :mod:`neimsctl.data.dataset`), so a fingerprint student predicts the same
+    compounds as the GNN teachers it is pooled with. :meth:`mc_dropout` switches on only its
+    dropout layers (the gate's training noise stays off).
+    """
+
+    def __init__(self, student: torch.nn.Module) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, batch: Any, return_hidden: bool = False) -> Any:
+        out = self.student(torch.cat([batch.ecfp, batch.counts], dim=1), batch.mw)
+        return (out.pred, out.hidden) if return_hidden else out.pred
+
+    def to_linear(self, pred: torch.Tensor) -> torch.Tensor:
+        return self.student.to_linear(pred)
+
+    @contextlib.contextmanager
+    def mc_dropout(self, enabled: bool = True) -> Iterator["FingerprintMember"]:
+        saved = {m: m.training for m in self.modules()}
+        self.eval()
+        if enabled:
+            for m in self.modules():
+                if isinstance(m, torch.nn.Dropout):
+                    m.train()
+        try:
+            yield self
+        finally:
+            for m, mode in saved.items():
+                m.training = mode
+
+
+def load_teacher(path: str | Path, *, featurizer_hash: str | None = None,
+                 allow_student: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A teacher with the weights of checkpoint ``path`` (eval mode) and the checkpoint dict.
+
+    ``allow_student``: a student checkpoint is accepted too and returned as a
+    :class:`FingerprintMember` (for ensembles; its features are the student's, so the teacher
+    shards' featurizer hash is not compared).
 
     Raises
     ------
     CheckpointError
-        Unreadable file, not a teacher, or trained on features with another settings hash.
+        Unreadable file, not a teacher (nor an allowed student), or trained on features with
+        another settings hash.
     """
     from neimsctl.train.finetune import build_teacher
 
     ckpt = load_checkpoint(path)
+    model_cfg = (ckpt.get("config") or {}).get("model") or {}
+    if allow_student and model_cfg.get("name") == "student":
+        from neimsctl.train.predictor import build_model
+
+        try:
+            student, _ = build_model(model_cfg)
+            student.load_state_dict(ckpt["model"])
+        except (ConfigError, RuntimeError, KeyError) as exc:
+            raise CheckpointError(f"{path}: not a usable student checkpoint: {exc}") from exc
+        return FingerprintMember(student).eval(), ckpt
+    if model_cfg.get("name") == "student":
+        raise CheckpointError(f"{path}: a student checkpoint where a GNN teacher is needed (the "
+                              "first --teacher; students may follow it in an ensemble)")
     have = ckpt.get("featurizer_hash")
     if featurizer_hash is not None and have is not None and have != featurizer_hash:
         raise CheckpointError(f"{path}: featurizer mismatch: the teacher was trained on features "
                               f"with settings hash {have}, these shards have {featurizer_hash}")
-    model_cfg = (ckpt.get("config") or {}).get("model") or {}
     try:
         model = build_teacher(model_cfg)
         model.load_state_dict(ckpt["model"])
@@ -174,7 +227,8 @@ def run_softlabel(teacher: Teachers, shards: Sequence[str | Path], out: str | Pa
     if not paths:
         raise ConfigError("softlabel needs at least one teacher checkpoint")
     dev = resolve_device(device)
-    models = [load_teacher(p, featurizer_hash=fhash)[0].to(dev) for p in paths]
+    models = [load_teacher(p, featurizer_hash=fhash, allow_student=k > 0)[0].to(dev)
+              for k, p in enumerate(paths)]
     model = models[0]
     ds = TeacherDataset(list(shards), require_spectrum=False)
     positions = np.arange(len(ds), dtype=np.int64)
@@ -184,9 +238,9 @@ def run_softlabel(teacher: Teachers, shards: Sequence[str | Path], out: str | Pa
     with torch.no_grad():  # eval mode: draws no random numbers
         probes = [m(ds.get_batch([0]).to(dev), return_hidden=True) for m in models]
     n_bins, hidden_dim = int(probes[0][0].shape[1]), int(probes[0][1].shape[1])
-    if len({(int(p[0].shape[1]), int(p[1].shape[1])) for p in probes}) != 1:
-        raise ConfigError("ensemble teachers must agree on the number of bins and the hidden width "
-                          f"(feature distillation): {', '.join(str(p) for p in paths)}")
+    if len({int(p[0].shape[1]) for p in probes}) != 1:
+        raise ConfigError("ensemble members must agree on the number of bins: "
+                          f"{', '.join(str(p) for p in paths)}")
     sha = [_sha256(p) for p in paths]
     full = {**asdict(s), "split": list(s.split), "teacher_sha256": sha[0] if len(sha) == 1 else sha,
             "featurizer_hash": fhash, "n_positions": int(len(positions))}

@@ -198,10 +198,64 @@ def test_run_with_two_teachers_records_both_and_differs_from_one(
         one, two = r1.take(np.arange(len(r1))), r2.take(np.arange(len(r2)))
     assert not np.allclose(one["mean"], two["mean"])
     np.testing.assert_allclose(two["mean"].max(1), 1.0, atol=1e-3)
-    wide = build_teacher(TINY | {"head_hidden": [32, 24]})
-    bad = save_checkpoint(tmp_path / "t3.pt", model=wide,
-                          config={"model": wide.config.to_dict() | {"name": "teacher"}},
+    wide = build_teacher(TINY | {"head_hidden": [32, 24]})  # hidden width: only the first's counts
+    ok = save_checkpoint(tmp_path / "t3.pt", model=wide,
+                         config={"model": wide.config.to_dict() | {"name": "teacher"}},
+                         featurizer_hash=shard_hash([shard]))
+    assert sl.run_softlabel([teacher, ok], [shard], tmp_path / "w.h5", settings=settings,
+                            device="cpu").balanced
+    narrow = build_teacher(TINY | {"n_bins": 400})
+    bad = save_checkpoint(tmp_path / "t4.pt", model=narrow,
+                          config={"model": narrow.config.to_dict() | {"name": "teacher"}},
                           featurizer_hash=shard_hash([shard]))
-    with pytest.raises(Exception, match="hidden width"):
+    with pytest.raises(Exception, match="number of bins"):
         sl.run_softlabel([teacher, bad], [shard], tmp_path / "bad.h5", settings=settings,
+                         device="cpu")
+
+
+def _tiny_student(path: Path, seed: int = 2) -> tuple[Path, torch.nn.Module]:
+    from neimsctl.models.student import StudentConfig, StudentModel
+
+    cfg = StudentConfig(gate_hidden=(16,), expert_depth=1, expert_bottleneck=8, head_hidden=(32,),
+                        hidden_dim=16)
+    torch.manual_seed(seed)
+    model = StudentModel(cfg).eval()
+    return save_checkpoint(path, model=model, config={"model": {"name": "student", **cfg.to_dict()}},
+                           featurizer_hash="0" * 16), model
+
+
+def test_a_student_member_reads_the_teacher_batch_as_the_student_vector(
+        shard: Path, tmp_path: Path) -> None:
+    from neimsctl.data.dataset import StudentDataset
+
+    path, student = _tiny_student(tmp_path / "s.pt")
+    with pytest.raises(CheckpointError, match="a student checkpoint where a GNN teacher"):
+        sl.load_teacher(path)
+    member, _ = sl.load_teacher(path, allow_student=True)
+    sshard = build_sample_shard(tmp_path / "student.h5", mode="student", limit=40)
+    tb = TeacherDataset(shard).get_batch(np.arange(5))
+    sds = StudentDataset(sshard)
+    sb = sds.get_batch(np.arange(5))
+    assert list(tb.id) == list(sb["id"])
+    with torch.no_grad():
+        want = student(sb["x"], torch.from_numpy(sds.mw[:5].astype(np.int64))).pred
+        got = member(tb)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    with member.mc_dropout():  # dropout on, gate noise off, modes restored afterwards
+        assert any(m.training for m in member.modules() if isinstance(m, torch.nn.Dropout))
+        assert not member.student.gate.training
+    assert not any(m.training for m in member.modules())
+
+
+def test_run_with_a_teacher_and_a_student(shard: Path, teacher: Path, tmp_path: Path) -> None:
+    path, _ = _tiny_student(tmp_path / "s.pt")
+    settings = sl.SoftLabelSettings(samples=2, batch_size=16)
+    t = sl.run_softlabel([teacher, path], [shard], tmp_path / "ts.h5", settings=settings,
+                         device="cpu")
+    assert t.balanced and t.rejected == 0
+    with SoftLabelReader(tmp_path / "ts.h5") as r:
+        got = r.take(np.arange(len(r)))
+    assert got["hidden"].shape[1] == 16 and np.isfinite(got["mean"]).all()
+    with pytest.raises(CheckpointError, match="GNN teacher is needed"):  # the first must be a GNN
+        sl.run_softlabel([path, teacher], [shard], tmp_path / "st.h5", settings=settings,
                          device="cpu")
