@@ -41,7 +41,8 @@ def test_bf16_and_fp32():
 
 def test_resolve_auto_rule():
     assert resolve_precision("auto", arch="student", device=CPU) == "int8"
-    assert resolve_precision("auto", arch="student", device=CPU, batch_size=1024) == "fp32"
+    assert resolve_precision("auto", arch="student", device=CPU, batch_size=1024) == \
+        ("bf16" if cpu_has_bf16() else "fp32")
     assert resolve_precision("auto", arch="teacher", device=CPU) == "fp32"
     assert resolve_precision("auto", arch="student", device=CPU, card={"precision": "bf16"}) == "bf16"
     assert resolve_precision("auto", arch="student", device=torch.device("cuda")) == "fp32"
@@ -50,3 +51,23 @@ def test_resolve_auto_rule():
         resolve_precision("int8", arch="student", device=torch.device("cuda"))
     with pytest.raises(ConfigError, match="unknown precision"):
         resolve_precision("fp16", arch="student", device=CPU)
+
+
+def test_bf16_dispatch_pads_expert_rows_and_predicts_the_same():
+    from neimsctl.nn import moe
+
+    torch.manual_seed(0)
+    model = apply_precision(StudentModel(TINY).eval(), "bf16")
+    x = (torch.rand(70, 64) < 0.2).float()
+    seen = []
+    hooks = [e.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[0]))
+             for e in model.experts]
+    with torch.inference_mode():
+        batch = model.predict_spectrum(x)
+        padded = list(seen)
+        one_by_one = torch.cat([model.predict_spectrum(x[i:i + 1]) for i in range(5)])
+    for h in hooks:
+        h.remove()
+    # 70 molecules x top-2 = 140 routing slots over the experts, each call padded up to 64s
+    assert padded and all(n % moe.PAD_ROWS == 0 for n in padded) and sum(padded) >= 140
+    torch.testing.assert_close(batch[:5], one_by_one, rtol=2e-2, atol=2e-2)
