@@ -19,6 +19,9 @@ batched molecules/s (1 thread, batch 256, model only) and the CLI's end-to-end w
         teacher=/tmp/s2/tma/checkpoints/best.pt student-kd=/tmp/s2/kd/checkpoints/best.pt \\
         student-nokd=/tmp/s2/nokd2/checkpoints/best.pt neims-v1=/tmp/s2/v1/checkpoints/best.pt
 
+``--soft NAME=SOFT.h5`` adds a row for the MC means of a soft-label file (``neimsctl softlabel
+--part all``), e.g. of a teacher ensemble, which no single checkpoint represents.
+
 Run it once, after every model was selected on the validation split: it reads the test split.
 """
 
@@ -42,8 +45,11 @@ from neimsctl.data.split import connectivity_block, split_indices  # noqa: E402
 from neimsctl.data.split_export import read_split, write_split  # noqa: E402
 
 
-def export_split(shard: Path, out: Path) -> int:
-    """query.jsonl, train.jsonl, nn.pred.jsonl (the NN baseline) and test.smi; returns #compounds."""
+def export_split(shard: Path, out: Path) -> tuple[int, dict, np.ndarray]:
+    """query.jsonl, train.jsonl, nn.pred.jsonl (the NN baseline) and test.smi.
+
+    Returns the number of test compounds, the shard's rows and the first row of each test
+    compound (whose prediction stands for the compound)."""
     d = nn_baseline.read_shards([shard])
     blocks = np.array([connectivity_block(k) for k in d["inchikey"]], dtype="S14")
     parts = split_indices(blocks, ids=[str(i).encode() for i in d["id"]], seed=42)
@@ -54,7 +60,22 @@ def export_split(shard: Path, out: Path) -> int:
     nn_baseline.export(out, d, firsts, pred, parts.test, parts.train)
     (out / "pred.jsonl").replace(out / "nn.pred.jsonl")
     with open(out / "test.smi", "wb") as fh:  # what `neimsctl shards split --part test -O smi` writes
-        return write_split(read_split([shard], "test"), fh, "smi")
+        return write_split(read_split([shard], "test"), fh, "smi"), d, firsts
+
+
+def export_soft(out: Path, name: str, soft: Path, d: dict, firsts: np.ndarray) -> None:
+    """NAME.pred.jsonl from a soft-label file's MC means (``neimsctl softlabel --part all``):
+    how good a teacher ensemble, which is no single checkpoint, is on the test compounds."""
+    from neimsctl.io.softlabel_shard import SoftLabelReader
+
+    with SoftLabelReader(soft) as r:
+        pos = r.row_of([str(d["id"][k]).encode() for k in firsts])
+        if (pos < 0).any():
+            raise SystemExit(f"{soft}: no soft labels for {int((pos < 0).sum())} test compounds "
+                             "(run neimsctl softlabel with --part all)")
+        mean = r.take(pos)["mean"]
+    (out / f"{name}.pred.jsonl").write_bytes(
+        nn_baseline._lines(d, firsts, mean, "neimsctl.prediction/1"))
 
 
 def evaluate(out: Path, name: str) -> dict:
@@ -118,10 +139,12 @@ def main() -> int:
     ap.add_argument("shard", type=Path, help="student-mode shard of the whole library")
     ap.add_argument("models", nargs="*", metavar="NAME=CKPT")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--soft", action="append", default=[], metavar="NAME=SOFT.h5",
+                    help="also judge a soft-label file's means (e.g. a teacher ensemble)")
     ap.add_argument("--latency-calls", type=int, default=100)
     args = ap.parse_intermixed_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    n = export_split(args.shard, args.out)
+    n, d, firsts = export_split(args.shard, args.out)
     smiles = [line.split()[0] for line in (args.out / "test.smi").read_text().splitlines()]
     lines = ["| model | mean cosine | R@1 | R@5 | R@10 | R@20 | R@1 ±5 Da | R@5 ±5 Da | R@10 ±5 Da "
              "| R@20 ±5 Da | parameters | ms/mol batch 1 | mol/s batch 256 | CLI predict (test set) |",
@@ -130,6 +153,12 @@ def main() -> int:
     ev = evaluate(args.out, "nn")
     results["nearest-neighbour"] = ev
     lines.append(row("nearest neighbour (ECFP4 Tanimoto)", ev, None, None, n))
+    for spec in args.soft:
+        name, soft = spec.split("=", 1)
+        export_soft(args.out, name, Path(soft), d, firsts)
+        ev = evaluate(args.out, name)
+        results[name] = ev
+        lines.append(row(f"{name} (soft-label means)", ev, None, None, n))
     for spec in args.models:
         name, ckpt = spec.split("=", 1)
         cli_s = predict_cli(args.out, name, ckpt)
