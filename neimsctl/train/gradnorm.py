@@ -51,8 +51,9 @@ class GradNorm:
     def __init__(self, initial: Sequence[float] = (0.3, 0.5, 0.2), *, alpha: float = 1.5,
                  warmup_epochs: int = 15, lr: float = 0.025, min_weight: float = 1e-3,
                  init_steps: int = 10) -> None:
-        if len(initial) < 1 or min(initial) <= 0:
-            raise ValueError(f"GradNorm needs positive initial weights, got {tuple(initial)}")
+        if len(initial) < 1 or min(initial) < 0 or sum(initial) <= 0:
+            raise ValueError(f"GradNorm needs non-negative initial weights with a positive sum, "
+                             f"got {tuple(initial)}")
         self.initial = torch.tensor([float(v) for v in initial])
         self.alpha, self.warmup_epochs, self.min_weight = float(alpha), int(warmup_epochs), min_weight
         self.init_steps, self.lr = int(init_steps), float(lr)

@@ -286,13 +286,13 @@ class DistillLoss(nn.Module):
                                       mask=target_mask)
             if c.cosine > 0:
                 parts["hard"] = parts["hard"] + c.cosine * self._cosine(out.pred, target, target_mask)
-        if teacher_mean is not None:
+        if teacher_mean is not None and c.beta > 0:  # a zero weight switches a term off
             parts["soft"] = soft_loss(out.pred, teacher_mean, teacher_var, temperature=self.temperature,
                                       space=self.space, eps=c.soft_eps, confidence=c.confidence,
                                       mz_power=c.mz_power)
             if c.cosine > 0:
                 parts["soft"] = parts["soft"] + c.cosine * self._cosine(out.pred, teacher_mean)
-        if teacher_hidden is not None:
+        if teacher_hidden is not None and c.gamma > 0:
             h = self.proj(out.hidden.float()) if self.proj is not None else out.hidden
             parts["feature"] = feature_loss(h, teacher_hidden, c.feature)
         main = [parts[k] for k in self.MAIN]

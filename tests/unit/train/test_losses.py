@@ -270,6 +270,23 @@ def test_distill_loss_gradnorm_after_warmup_and_state_round_trip() -> None:
     assert other.temperature == loss.temperature == temperature_schedule(2, 4)
 
 
+def test_a_zero_weight_switches_a_term_off_and_gradnorm_leaves_it_at_zero() -> None:
+    torch.manual_seed(2)
+    m = StudentModel(TINY)
+    loss = DistillLoss(DistillLossConfig(warmup_epochs=0, epochs=4, gamma=0.0),
+                       student_dim=12, teacher_dim=12)
+    x, y, teacher, var, hidden = _batch()
+    for epoch in range(2):
+        loss.set_epoch(epoch)
+        res = loss(m(x), y, teacher, var, hidden, shared=m.shared_parameters())
+        res["total"].backward()
+    assert float(res["feature"]) == 0 and float(res["w_feature"]) == 0
+    assert float(res["w_hard"]) > 0 and float(res["w_soft"]) > 0
+    assert float(res["w_hard"] + res["w_soft"]) == pytest.approx(0.3 + 0.5, rel=1e-5)  # alpha + beta
+    with pytest.raises(ValueError, match="non-negative"):
+        GradNorm((0.5, -0.1))
+
+
 def test_distill_loss_config_is_strict() -> None:
     assert DistillLossConfig.from_dict({"beta": 0.4}).beta == 0.4
     with pytest.raises(ConfigError, match="loss.betta"):
