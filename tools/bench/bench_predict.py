@@ -192,7 +192,8 @@ def run(args: argparse.Namespace) -> None:
     for prec in args.throughput_precisions.split(","):
         for extra in ([], ["--no-inchikey"]):
             tag = prec + ("_no_inchikey" if extra else "")
-            wall, rc, rss = _timed(["neimsctl", "predict", "-q", "-m", str(args.model), "--threads", "2",
+            # no --threads: each of the --jobs workers gets cores / jobs torch threads
+            wall, rc, rss = _timed(["neimsctl", "predict", "-q", "-m", str(args.model),
                                     "--jobs", str(args.jobs), "--precision", prec, *extra, fh.name])
             res[f"cli_msp_mol_per_s_{tag}"] = round(len(smiles) / wall, 1)
             res[f"cli_peak_rss_mib_{tag}"] = rss
