@@ -85,33 +85,40 @@ class _Structure:
 
     ``feats`` are the features (``None`` when the featurizer raised: ``error`` says why). The
     formula, canonical SMILES and InChIKey are computed on first use: JSONL records carry
-    their own. Once all of them are made the ``Mol`` is dropped (``mol = None``): a cached
-    RDKit molecule costs tens of KB, the cache holds thousands.
+    their own. The ``Mol`` is dropped (``mol = None``) once the chunk that parsed it is built:
+    a cached RDKit molecule costs tens of KB and the cache holds thousands, which evicted what
+    RDKit needs from the CPU caches (MOSES featurize j1/raw 0.77 -> 0.82); a later record that
+    needs a string not yet made parses ``smiles`` again.
     """
 
-    __slots__ = ("mol", "feats", "error", "_formula", "_canonical", "_key")
+    __slots__ = ("smiles", "mol", "feats", "error", "_formula", "_canonical", "_key")
 
-    def __init__(self, mol: Chem.Mol, feat: Any) -> None:
-        self.mol, self.error, self.feats = mol, None, None
+    def __init__(self, smiles: str, mol: Chem.Mol, feat: Any) -> None:
+        self.smiles, self.mol, self.error, self.feats = smiles, mol, None, None
         self._formula = self._canonical = self._key = None
         try:
             self.feats = feat(mol)
         except (RuntimeError, ValueError) as exc:
             self.error = str(exc)
 
+    def _get_mol(self) -> Chem.Mol:
+        if self.mol is None:
+            self.mol = Chem.MolFromSmiles(self.smiles)
+        return self.mol
+
     def formula(self) -> str:
         if self._formula is None:
-            self._formula = rdMolDescriptors.CalcMolFormula(self.mol, True, True)
+            self._formula = rdMolDescriptors.CalcMolFormula(self._get_mol(), True, True)
         return self._formula
 
     def canonical(self) -> str:
         if self._canonical is None:
-            self._canonical = Chem.MolToSmiles(self.mol)
+            self._canonical = Chem.MolToSmiles(self._get_mol())
         return self._canonical
 
     def key(self) -> str:
         if self._key is None:
-            self._key = Chem.MolToInchiKey(self.mol) or ""
+            self._key = Chem.MolToInchiKey(self._get_mol()) or ""
         return self._key
 
 
@@ -144,12 +151,11 @@ class RowBuilder:
         if mol is None or mol.GetNumAtoms() == 0:
             st = ("unparsable_smiles", f"RDKit cannot parse {smiles!r}")
         else:
-            st = _Structure(mol, self.feat)
+            st = _Structure(smiles, mol, self.feat)
             if bare:
                 st.formula(), st.canonical()
                 if self.opts.inchikey:
                     st.key()
-                st.mol = None  # every string a row can ask for is made: do not cache the Mol
         cache[smiles] = st
         if len(cache) > self._cache_size:
             cache.popitem(last=False)
@@ -168,6 +174,9 @@ class RowBuilder:
         for it, p, st in zip(items, parsed, structures):
             got = p if isinstance(p, Rejected) else self._row(it, *p, st)
             (rejects if isinstance(got, Rejected) else rows).append(got)
+        for st in structures:  # the cache keeps features and strings, not molecules
+            if isinstance(st, _Structure):
+                st.mol = None
         spectrum, has, late = self._spectra(rows)
         if late:  # peaks that numpy could not read: reject those rows, keep input order
             bad = {r.item.ordinal for r in late}
