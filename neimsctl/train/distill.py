@@ -344,7 +344,7 @@ def run_distill(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path, 
     else:
         lc = loss_config(cfg.loss, t.epochs)
         t_dim = int(soft.attrs["hidden_dim"]) if soft else model.config.hidden_dim
-        if soft and t_dim != model.config.hidden_dim and not lc.feature_proj:
+        if soft and lc.gamma > 0 and t_dim != model.config.hidden_dim and not lc.feature_proj:
             print(f"neimsctl: distill: teacher representation {t_dim} != student hidden "
                   f"{model.config.hidden_dim}: learning a projection (loss.feature_proj)", file=log)
             lc.feature_proj = True

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -245,7 +246,10 @@ def run_softlabel(teacher: Teachers, shards: Sequence[str | Path], out: str | Pa
     full = {**asdict(s), "split": list(s.split), "teacher_sha256": sha[0] if len(sha) == 1 else sha,
             "featurizer_hash": fhash, "n_positions": int(len(positions))}
     head = {"featurizer_hash": fhash, "teacher": " ".join(str(p) for p in paths),
-            "teacher_model": str(cfg_model), **(attrs or {})}
+            "teacher_model": str(cfg_model), "members": json.dumps(
+                [{"path": str(p), "arch": "student" if isinstance(m, FingerprintMember) else "teacher",
+                  "model": (m.student if isinstance(m, FingerprintMember) else m).config.to_dict()}
+                 for p, m in zip(paths, models)], default=list), **(attrs or {})}
     tally = Tally(sink=rejects)
     seen: set[bytes] = set()
     with SoftLabelWriter(out, full, n_bins=n_bins, hidden_dim=hidden_dim, attrs=head,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -256,6 +257,10 @@ def test_run_with_a_teacher_and_a_student(shard: Path, teacher: Path, tmp_path: 
     with SoftLabelReader(tmp_path / "ts.h5") as r:
         got = r.take(np.arange(len(r)))
     assert got["hidden"].shape[1] == 16 and np.isfinite(got["mean"]).all()
+    with SoftLabelReader(tmp_path / "ts.h5") as r:
+        members = json.loads(r.attrs["members"])
+    assert [m["arch"] for m in members] == ["teacher", "student"]
+    assert members[1]["path"] == str(path) and members[1]["model"]["hidden_dim"] == 16
     with pytest.raises(CheckpointError, match="GNN teacher is needed"):  # the first must be a GNN
         sl.run_softlabel([path, teacher], [shard], tmp_path / "st.h5", settings=settings,
                          device="cpu")
