@@ -240,20 +240,21 @@ def _work_stage(items: list[Item]) -> Predicted:
 
 
 def predicted(items: Iterable[Item], stage: ChunkPredictor, *, jobs: int = 1,
-              chunk: int = CHUNK, worker_threads: int = 1) -> Iterator[Predicted]:
+              chunk: int = CHUNK, worker_threads: int = 1,
+              model_in_workers: bool | None = None) -> Iterator[Predicted]:
     """Every chunk of ``items`` through ``stage``, in input order.
 
     With ``jobs > 1`` on the CPU, each forked worker featurizes, predicts (``worker_threads``
     torch threads; the model's weights are shared copy-on-write) and formats whole chunks, and
     this process only reads input and writes bytes: measured on 2 cores, a main process that ran
     the model itself kept the two featurizing workers ~74 % busy. On a GPU the workers only
-    featurize and the model runs here.
+    featurize and the model runs here (``model_in_workers`` overrides the choice by device).
     """
     chunks = chunked(items, chunk)
     if jobs <= 1:
         for c in chunks:
             yield stage(c)
-    elif stage.lm.device.type == "cpu":
+    elif stage.lm.device.type == "cpu" if model_in_workers is None else model_in_workers:
         yield from ordered_map(_work_stage, chunks, jobs, _init_stage, (stage, worker_threads),
                                max_in_flight=2 * jobs + 2)
     else:

@@ -40,13 +40,15 @@ def smi(tmp_path: Path) -> Path:
     return p
 
 
-def _run(lm, smi: Path, jobs: int, fmt: str = "msp", strict: bool = False):
+def _run(lm, smi: Path, jobs: int, fmt: str = "msp", strict: bool = False,
+         model_in_workers: bool | None = None):
     stage = ChunkPredictor(lm, PredictOptions(fmt=fmt, strict=strict))
     out, tally = io.BytesIO(), Tally()
     shown: list[str] = []
     stopped = None
     try:
-        run_predict(predicted(iter_inputs([smi]), stage, jobs=jobs, chunk=3), out, tally,
+        run_predict(predicted(iter_inputs([smi]), stage, jobs=jobs, chunk=3,
+                              model_in_workers=model_in_workers), out, tally,
                     strict=strict, show=shown.append)
     except StrictStop as exc:
         stopped = str(exc)
@@ -57,7 +59,8 @@ def _run(lm, smi: Path, jobs: int, fmt: str = "msp", strict: bool = False):
 def test_workers_match_one_process(lm, smi, fmt):
     one = _run(lm, smi, 1, fmt)
     two = _run(lm, smi, 2, fmt)
-    assert one == two
+    gpu_way = _run(lm, smi, 2, fmt, model_in_workers=False)  # workers featurize, model here
+    assert one == two == gpu_way
     data, counts, shown, _ = one
     assert counts == (11, 9, 2)
     assert shown == [f"{smi}:3: cannot parse SMILES 'xyz'", f"{smi}:6: cannot parse SMILES 'C1CC'"]
@@ -67,7 +70,7 @@ def test_workers_match_one_process(lm, smi, fmt):
 def test_strict_in_workers_writes_rows_before_the_first_reject(lm, smi):
     one = _run(lm, smi, 1, strict=True)
     two = _run(lm, smi, 2, strict=True)
-    assert one == two
+    assert one == two == _run(lm, smi, 2, strict=True, model_in_workers=False)
     data, counts, _, stopped = two
     assert counts == (3, 2, 1) and stopped == f"{smi}:3: cannot parse SMILES 'xyz'"
     assert [ln for ln in data.splitlines() if ln.startswith(b"Name: ")] == \
