@@ -33,7 +33,7 @@ Choices the spec leaves open, documented here:
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,7 @@ from neimsctl.nn.bond_attention import GINEBlock
 from neimsctl.nn.drop_edge import DropEdge
 from neimsctl.nn.mass_head import MassAnchoredHead, activate
 from neimsctl.nn.mlp import MLP
+from neimsctl.nn.modes import only_training
 from neimsctl.nn.pooling import GraphPooling
 
 __all__ = ["TeacherConfig", "TeacherModel", "SPACES"]
@@ -206,18 +207,8 @@ class TeacherModel(nn.Module):
         """The modules MC dropout samples: every ``nn.Dropout`` and the ``DropEdge``."""
         return [m for m in self.modules() if isinstance(m, (nn.Dropout, DropEdge))]
 
-    @contextlib.contextmanager
-    def _modes(self, stochastic: bool) -> Iterator["TeacherModel"]:
-        saved = {m: m.training for m in self.modules()}
-        self.eval()
-        if stochastic:
-            for m in self.stochastic_modules():
-                m.train()
-        try:
-            yield self
-        finally:
-            for m, mode in saved.items():
-                m.training = mode
+    def _modes(self, stochastic: bool) -> contextlib.AbstractContextManager[Any]:
+        return only_training(self, self.stochastic_modules() if stochastic else ())
 
     def mc_dropout(self, enabled: bool = True) -> contextlib.AbstractContextManager["TeacherModel"]:
         """Context manager: everything in eval mode except dropout and DropEdge (if ``enabled``).

@@ -26,7 +26,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence, TextIO
+from typing import Any, Sequence, TextIO
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from neimsctl.errors import CheckpointError, ConfigError, FormatError
 from neimsctl.io.h5shard import ShardReader
 from neimsctl.io.rejects import Reject, Tally
 from neimsctl.io.softlabel_shard import SoftLabelWriter
+from neimsctl.nn.modes import only_training
 from neimsctl.train.checkpoint import load_checkpoint
 from neimsctl.train.config import resolve_device
 
@@ -127,19 +128,9 @@ class FingerprintMember(torch.nn.Module):
     def to_linear(self, pred: torch.Tensor) -> torch.Tensor:
         return self.student.to_linear(pred)
 
-    @contextlib.contextmanager
-    def mc_dropout(self, enabled: bool = True) -> Iterator["FingerprintMember"]:
-        saved = {m: m.training for m in self.modules()}
-        self.eval()
-        if enabled:
-            for m in self.modules():
-                if isinstance(m, torch.nn.Dropout):
-                    m.train()
-        try:
-            yield self
-        finally:
-            for m, mode in saved.items():
-                m.training = mode
+    def mc_dropout(self, enabled: bool = True) -> contextlib.AbstractContextManager[torch.nn.Module]:
+        dropout = [m for m in self.modules() if isinstance(m, torch.nn.Dropout)]
+        return only_training(self, dropout if enabled else ())
 
 
 def load_teacher(path: str | Path, *, featurizer_hash: str | None = None,
