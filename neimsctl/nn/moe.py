@@ -250,12 +250,9 @@ def dispatch(x: Tensor, experts: nn.ModuleList, topk_idx: Tensor, topk_weight: T
         start += n
         r = rows.index_select(0, sel)
         xe = x.index_select(0, r)
-        if pad:  # repeat row 0 up to a multiple of PAD_ROWS, run, drop the copies
-            extra = -n % PAD_ROWS
-            xe = torch.cat([xe, xe[:1].expand(extra, -1)]) if extra else xe
-            y = experts[e](xe)[:n] * flat_w.index_select(0, sel).unsqueeze(1)
-        else:
-            y = experts[e](xe) * flat_w.index_select(0, sel).unsqueeze(1)
+        if pad and n % PAD_ROWS:  # repeat row 0 up to a multiple of PAD_ROWS; copies dropped below
+            xe = torch.cat([xe, xe[:1].expand(-n % PAD_ROWS, -1)])
+        y = experts[e](xe)[:n] * flat_w.index_select(0, sel).unsqueeze(1)
         if out is None:
             out = x.new_zeros(b, y.shape[1])
         out.index_add_(0, r, y)

@@ -250,17 +250,17 @@ def predicted(items: Iterable[Item], stage: ChunkPredictor, *, jobs: int = 1,
     the model itself kept the two featurizing workers ~74 % busy. On a GPU the workers only
     featurize and the model runs here (``model_in_workers`` overrides the choice by device).
     """
-    chunks = chunked(items, chunk)
+    if model_in_workers is None:
+        model_in_workers = stage.lm.device.type == "cpu"
     if jobs <= 1:
-        for c in chunks:
+        for c in chunked(items, chunk):
             yield stage(c)
-    elif stage.lm.device.type == "cpu" if model_in_workers is None else model_in_workers:
-        yield from ordered_map(_work_stage, chunks, jobs, _init_stage, (stage, worker_threads),
-                               max_in_flight=2 * jobs + 2)
+    elif model_in_workers:
+        yield from ordered_map(_work_stage, chunked(items, chunk), jobs, _init_stage,
+                               (stage, worker_threads), max_in_flight=2 * jobs + 2)
     else:
-        opts = stage.opts
         for block, rejects, n in featurized(iter(items), stage.lm.mode, jobs=jobs, chunk=chunk,
-                                            inchikey=opts.inchikey):
+                                            inchikey=stage.opts.inchikey):
             yield stage.finish(block, rejects, n)
 
 
