@@ -34,6 +34,11 @@ def distill_cli(
     soft_labels: Annotated[Optional[Path], typer.Option(
         "--soft-labels", "-s", help="Precomputed soft labels (neimsctl softlabel); default: "
         "data.soft_labels of the config.", show_default=False)] = None,
+    transfer: Annotated[Optional[list[Path]], typer.Option(
+        "--transfer", help="Student shards of molecules without spectra (a KD transfer set), "
+        "soft-labelled in the --soft-labels file: trained on the soft labels only; library "
+        "compounds among them are left out. Repeatable; default: data.transfer.",
+        show_default=False)] = None,
     no_kd: Annotated[bool, typer.Option(
         "--no-kd", help="Train on library spectra only (the student-without-KD baseline).")] = False,
     arch: Annotated[Optional[str], typer.Option(
@@ -78,6 +83,10 @@ def distill_cli(
         if arch is not None and name != arch:
             raise ConfigError(f"{config}: model.name is {name!r}, not --arch {arch}; use "
                               f"configs/distill/{DEFAULT_CONFIGS[arch]}")
+        if transfer:
+            cfg.data.transfer = [str(p) for p in transfer]
+        if cfg.data.transfer and (soft_labels is None and not cfg.data.soft_labels or no_kd):
+            usage_error(CMD, "--transfer rows have no spectra: they need --soft-labels")
         paths = list(shards or ([Path(cfg.data.train)] if cfg.data.train else []))
         if not paths:
             usage_error(CMD, "no shards: give FEATS.h5 arguments or set data.train in the config")
@@ -87,8 +96,8 @@ def distill_cli(
             usage_error(CMD, "the student needs --teacher, --soft-labels or --no-kd")
         if name != "student" and (soft or teacher):
             usage_error(CMD, f"{name} is trained without KD: drop --teacher/--soft-labels")
-        missing = [str(p) for p in [*paths, *(teacher_feats or []), *[x for x in (teacher, soft)
-                                                                      if x]] if not p.is_file()]
+        missing = [str(p) for p in [*paths, *(teacher_feats or []), *map(Path, cfg.data.transfer),
+                                    *[x for x in (teacher, soft) if x]] if not p.is_file()]
         if missing:
             fail(CMD, ", ".join(missing), "no such file")
         from neimsctl.train.distill import run_distill

@@ -287,23 +287,26 @@ SAMPLE_MSP = Path(__file__).resolve().parents[1] / "resources" / "sample" / "sam
 
 
 def build_sample_shard(dst: Path, *, mode: str = "student", msp: Path = SAMPLE_MSP,
-                       limit: int | None = None) -> Path:
+                       limit: int | None = None, inchikey: bool = False) -> Path:
     """Featurize an MSP with inline SMILES into a shard, with the real featurizer and writer.
 
     Records go through :mod:`neimsctl.io.msp`, :class:`neimsctl.chem.rowbuild.RowBuilder` and
     :class:`neimsctl.io.h5shard.ShardWriter` (what ``msp2jsonl | featurize`` does, minus the
     structure checks), so the shard has the exact layout, chunking and compression of
-    ``featurize`` output. Records that do not featurize are skipped.
+    ``featurize`` output. Records that do not featurize are skipped. ``inchikey``: compute it
+    from the structure (the settings of a plain ``featurize``) instead of taking the record's.
     """
     import orjson
 
+    from neimsctl.chem.featurize_run import run_settings
     from neimsctl.chem.rowbuild import Item, RowBuilder, RowOptions
     from neimsctl.io.h5shard import ShardWriter
     from neimsctl.io.msp import parse_comments, read_msp
 
-    builder = RowBuilder(RowOptions(mode=mode, inchikey=False))
-    feat = builder.feat
-    with open(msp, "rb") as fh, ShardWriter(dst, mode, feat.settings, feat.settings_hash) as sw:
+    opts = RowOptions(mode=mode, inchikey=inchikey)
+    builder = RowBuilder(opts)
+    settings, shash = run_settings(opts)
+    with open(msp, "rb") as fh, ShardWriter(dst, mode, settings, shash) as sw:
         items = []
         for i, rec in enumerate(read_msp(fh, file=str(msp))):
             if limit is not None and i >= limit:

@@ -59,6 +59,8 @@ class DataConfig:
     smoothing_sigma: float = 0.0      # Gaussian label smoothing over m/z (spec: 1.5)
     isotope_prob: float = 0.0         # 12C->13C substitution share (spec: 0.05)
     soft_labels: str | None = None    # distill: precomputed teacher soft labels
+    transfer: list[str] = field(default_factory=list)  # distill: student shards without spectra
+    transfer_fraction: float = 1.0    # distill: share of the transfer rows drawn each epoch
 
 
 @dataclass

@@ -60,30 +60,65 @@ VAL_METRICS = ("val_score", "val_mean_cosine",
 
 
 class DistillData(torch.utils.data.Dataset):
-    """Student rows (``x``, ``y``, ``mw``, ``row``) plus, when given, their soft labels.
+    """Student rows (``x``, ``y``, ``mw``, ``row``, ``has_y``) plus, when given, their soft labels.
 
     ``soft_rows[i]`` is the soft-label row of dataset position ``i`` (all must exist). Batches
     are read whole (``__getitems__`` returns one batch dict; use :func:`collate_distill`).
+
+    ``transfer`` adds rows without a library spectrum (a KD transfer set: molecules the teacher
+    labelled, ``transfer_soft_rows`` their soft-label rows); their ``has_y`` is False, so the loss
+    learns only the soft labels there. Each epoch draws ``round(transfer_fraction * n)`` of them
+    (seeded by ``seed`` and the epoch); they follow the library rows in position.
     """
 
     def __init__(self, base: StudentDataset, soft: SoftLabelReader | None = None,
-                 soft_rows: np.ndarray | None = None) -> None:
+                 soft_rows: np.ndarray | None = None, *, transfer: StudentDataset | None = None,
+                 transfer_soft_rows: np.ndarray | None = None, transfer_fraction: float = 1.0,
+                 seed: int = 42) -> None:
+        if transfer is not None and (soft is None or transfer_soft_rows is None):
+            raise ConfigError("transfer rows need soft labels (they have no library spectrum)")
+        if not 0.0 < transfer_fraction <= 1.0:
+            raise ConfigError(f"data.transfer_fraction must be in (0, 1], got {transfer_fraction}")
         self.base, self.soft, self.soft_rows = base, soft, soft_rows
+        self.transfer, self.transfer_soft_rows = transfer, transfer_soft_rows
+        self.transfer_fraction, self.seed = transfer_fraction, seed
+        n_t = len(transfer) if transfer is not None else 0
+        self.n_transfer = int(round(transfer_fraction * n_t)) if n_t else 0
+        self._tsel = np.arange(self.n_transfer, dtype=np.int64)
+        self.set_epoch(0)
 
     def __len__(self) -> int:
-        return len(self.base)
+        return len(self.base) + self.n_transfer
 
     def set_epoch(self, epoch: int) -> None:
         self.base.set_epoch(epoch)
+        if self.transfer is not None:
+            self.transfer.set_epoch(epoch)
+            n_t = len(self.transfer)
+            if self.n_transfer < n_t:
+                rng = np.random.default_rng([self.seed, 7919, epoch])
+                self._tsel = np.sort(rng.choice(n_t, self.n_transfer, replace=False))
 
-    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        b = self.base.get_batch(np.asarray(indices, dtype=np.int64))
+    def _read(self, ds: StudentDataset, idx: np.ndarray, soft_rows: np.ndarray | None,
+              has_y: bool) -> dict[str, torch.Tensor]:
+        b = ds.get_batch(idx)
         out = {"x": b["x"], "y": b["y"], "row": b["row"],
-               "mw": torch.from_numpy(self.base._mw[b["row"].numpy()].astype(np.int64))}
-        if self.soft is not None:
-            t = self.soft.take(self.soft_rows[np.asarray(indices, dtype=np.int64)])
+               "mw": torch.from_numpy(ds._mw[b["row"].numpy()].astype(np.int64)),
+               "has_y": torch.full((len(idx),), has_y, dtype=torch.bool)}
+        if self.soft is not None and soft_rows is not None:
+            t = self.soft.take(soft_rows[idx])
             out.update({f"t_{k}": torch.from_numpy(v) for k, v in t.items()})
         return out
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        idx = np.asarray(indices, dtype=np.int64)
+        n = len(self.base)
+        lib = idx[idx < n]
+        parts = [self._read(self.base, lib, self.soft_rows, True)] if len(lib) else []
+        if self.transfer is not None and (idx >= n).any():
+            tr = self._tsel[idx[idx >= n] - n]
+            parts.append(self._read(self.transfer, tr, self.transfer_soft_rows, False))
+        return collate_distill(parts)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return self.__getitems__([index])
@@ -128,9 +163,11 @@ class StudentKDLoss:
             clean = torch.topk(out.gate_probs.detach() + core.gate.expert_bias,
                                core.config.top_k, dim=-1).indices
             core.update_expert_bias(clean, self.loss.config.expert_bias_rate)
+        has_y = batch.get("has_y")
         res = self.loss(out, batch["y"], batch.get("t_mean"), batch.get("t_var"),
                         batch.get("t_hidden"),
-                        shared=core.shared_parameters() if model.training else None)
+                        shared=core.shared_parameters() if model.training else None,
+                        target_mask=None if has_y is None or bool(has_y.all()) else has_y)
         parts = DistillLoss.log_parts(res)
         load = expert_load(out.topk_idx, core.config.n_experts).tolist()
         parts.update({f"route_e{i}": v for i, v in enumerate(load)})
@@ -280,10 +317,35 @@ def _soft_rows(soft: SoftLabelReader, ds: StudentDataset) -> np.ndarray:
     return rows
 
 
+def transfer_rows(paths: Sequence[Path], library: StudentDataset, *, in_memory: bool = False,
+                  log: TextIO | None = None) -> StudentDataset:
+    """The transfer set: rows of ``paths`` (spectra or not) whose compound is not in ``library``.
+
+    Every compound of the library, whatever its part of the split, is left out by InChIKey
+    connectivity block, so a val or test compound never comes back as a soft-labelled row.
+    """
+    ds = StudentDataset(list(paths), in_memory=in_memory, require_spectrum=False)
+    blank = np.flatnonzero(ds.blocks == b"")
+    if len(blank):
+        raise InputError(f"{paths[0]}: {len(blank)} transfer rows have no InChIKey (e.g. id "
+                         f"{ds.ids[blank[0]].decode()!r}), so library compounds cannot "
+                         "be left out; featurize the transfer set without --no-inchikey")
+    keep = np.flatnonzero(~np.isin(ds.blocks, library.blocks))
+    if log is not None:
+        print(f"neimsctl: distill: transfer set: {len(keep)} of {len(ds)} rows "
+              f"({len(ds) - len(keep)} are library compounds, left out)", file=log, flush=True)
+    if len(keep) == 0:
+        raise InputError(f"{paths[0]}: no transfer rows left (all are library compounds)")
+    return ds.subset(keep)
+
+
 def run_distill(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path, *,
                 soft_labels: str | Path | None = None, resume: bool | str | Path | None = None,
                 log: TextIO | None = None) -> TrainResult:
     """Train the student (KD from ``soft_labels``, or hard labels only) or NEIMS v1.
+
+    ``data.transfer`` (student shards of molecules without spectra, soft-labelled in the same
+    ``soft_labels`` file) adds KD-only rows to the train part (:class:`DistillData`).
 
     Raises
     ------
@@ -303,7 +365,12 @@ def run_distill(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path, 
     is_v1 = cls.arch == "neims-v1"
     if is_v1 and soft_labels is not None:
         raise ConfigError("neims-v1 is the no-KD baseline: it takes no soft labels")
-    smode, fhash = student_shard_hash(shards)
+    tpaths = [Path(p) for p in d.transfer]
+    if tpaths and soft_labels is None:
+        raise ConfigError("data.transfer: transfer rows have no spectra; they need --soft-labels")
+    if tpaths and is_v1:
+        raise ConfigError("data.transfer: neims-v1 is trained without KD")
+    smode, fhash = student_shard_hash([*shards, *tpaths])
     base = make_dataset(shards, smode, cls.arch, in_memory=not d.lazy)
     aug = Augment(lds_sigma=d.smoothing_sigma or None, isotope_fraction=d.isotope_prob, seed=t.seed)
     train_base = make_dataset(shards, smode, cls.arch, in_memory=not d.lazy,
@@ -314,7 +381,11 @@ def run_distill(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path, 
     parts = dataset_split(base, seed=d.split_seed, fractions=d.split)
     train_view = train_base.subset(parts.train)
     soft = SoftLabelReader(soft_labels) if soft_labels is not None else None
-    train_ds = DistillData(train_view, soft, _soft_rows(soft, train_view) if soft else None)
+    transfer = transfer_rows(tpaths, base, in_memory=not d.lazy, log=log) if tpaths else None
+    train_ds = DistillData(train_view, soft, _soft_rows(soft, train_view) if soft else None,
+                           transfer=transfer, seed=t.seed, transfer_fraction=d.transfer_fraction,
+                           transfer_soft_rows=(_soft_rows(soft, transfer)
+                                               if transfer is not None else None))
     mode = "neims-v1" if is_v1 else ("student + KD" if soft else "student, no KD")
     print(f"neimsctl: distill ({mode}, {smode} shards): {len(base)} spectra, train "
           f"{len(parts.train)} / val {len(parts.val)} / test {len(parts.test)} (test unused); "

@@ -158,3 +158,108 @@ def test_neims_v1_path_and_missing_soft_labels(data: dict, repo_root: Path) -> N
     with pytest.raises(InputError, match="no soft labels"):
         run_distill(cfg(repo_root, "train.epochs=1"), [other], data["dir"] / "x",
                     soft_labels=data["soft"])
+
+
+TRANSFER_SMILES = ["CCCCCCCCO", "CC(=O)Oc1ccccc1C(=O)O", "CCN(CC)CC", "ClC(Cl)Cl", "O=C1CCCCC1",
+                   "c1ccsc1", "CCOC(=O)C=C", "Nc1ccccc1Cl", "CC(C)CC(C)(C)C", "OCC(O)CO"]
+
+
+@pytest.fixture(scope="module")
+def transfer(data: dict, neimsctl_exe: str) -> dict[str, Path]:
+    """A transfer set (molecules without spectra, one of them a library compound) and soft
+    labels of the library and the transfer set in one file."""
+    import subprocess
+
+    import h5py
+
+    d = data["dir"]
+    out = {m: build_sample_shard(d / f"lib_{m}.h5", mode=m, limit=150, inchikey=True)
+           for m in ("student", "teacher")}
+    with h5py.File(out["student"], "r") as f:
+        lib_smiles = f["smiles"][0].decode()
+    (d / "tr.smi").write_text("".join(f"{s} tr:{i}\n" for i, s in
+                                      enumerate([*TRANSFER_SMILES, lib_smiles])))
+    for mode in ("student", "teacher"):
+        out[f"tr_{mode}"] = d / f"tr_{mode}.h5"
+        subprocess.run([neimsctl_exe, "featurize", "-q", "--mode", mode, "--no-provenance",
+                        str(d / "tr.smi"), "-o", str(out[f"tr_{mode}"])], check=True)
+    torch.manual_seed(0)
+    model = build_teacher(TINY_TEACHER)
+    ck = save_checkpoint(d / "t_ik.pt", model=model, config={"model": model.config.to_dict()
+                                                             | {"name": "teacher"}},
+                         featurizer_hash=shard_hash([out["teacher"]]))
+    run_softlabel(ck, [out["teacher"], out["tr_teacher"]], d / "soft_tr.h5", device="cpu",
+                  settings=SoftLabelSettings(samples=3, part="all"))
+    out["soft"] = d / "soft_tr.h5"
+    return out
+
+
+def test_transfer_rows_learn_only_the_soft_labels(data: dict, transfer: dict, repo_root: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from neimsctl.train.losses import DistillLoss
+
+    lib = StudentDataset(transfer["student"])
+    tr = StudentDataset(transfer["tr_student"], require_spectrum=False)
+    in_lib = int(np.isin(tr.blocks, lib.blocks).sum())
+    assert in_lib >= 1                               # the library compound planted in tr.smi
+    masks: list[torch.Tensor] = []
+    real = DistillLoss.forward
+
+    def spy(self, out, target, *args, target_mask=None, **kwargs):
+        if self.training:
+            masks.append(torch.ones(len(target), dtype=torch.bool) if target_mask is None
+                         else target_mask.clone())
+        return real(self, out, target, *args, target_mask=target_mask, **kwargs)
+
+    monkeypatch.setattr(DistillLoss, "forward", spy)
+    c = cfg(repo_root, "train.epochs=1")
+    c.data.transfer = [str(transfer["tr_student"])]
+    log = io.StringIO()
+    r = run_distill(c, [transfer["student"]], data["dir"] / "tr", soft_labels=transfer["soft"],
+                    log=log)
+    assert r.epochs_done == 1
+    assert f"transfer set: {len(tr) - in_lib} of {len(tr)} rows ({in_lib} are library" in log.getvalue()
+    seen = torch.cat(masks)
+    n_train = len(dataset_split(lib).train)
+    # one epoch: every train row once with its spectrum, every transfer row once without
+    assert int(seen.sum()) == n_train and int((~seen).sum()) == len(tr) - in_lib
+    with pytest.raises(ConfigError, match="need --soft-labels"):
+        run_distill(c, [transfer["student"]], data["dir"] / "tr2")
+
+
+def test_transfer_fraction_draws_a_seeded_share_per_epoch(data: dict, transfer: dict,
+                                                          neimsctl_exe: str) -> None:
+    from neimsctl.io.softlabel_shard import SoftLabelReader
+    from neimsctl.train.distill import DistillData, transfer_rows
+
+    lib = StudentDataset(transfer["student"])
+    tr = transfer_rows([transfer["tr_student"]], lib)
+    soft = SoftLabelReader(transfer["soft"])
+    rows = soft.row_of(lib.ids), soft.row_of(tr.ids)
+
+    def draws(seed: int) -> list[list[int]]:
+        dd = DistillData(lib, soft, rows[0], transfer=tr, transfer_soft_rows=rows[1],
+                         transfer_fraction=0.5, seed=seed)
+        assert len(dd) == len(lib) + round(0.5 * len(tr))
+        out = []
+        for epoch in range(4):
+            dd.set_epoch(epoch)
+            b = dd.__getitems__(list(range(len(lib), len(dd))))
+            assert not b["has_y"].any() and b["t_mean"].shape == (len(dd) - len(lib), 501)
+            out.append(sorted(b["row"].tolist()))
+        return out
+
+    a = draws(1)
+    assert a == draws(1) and len({tuple(x) for x in a}) > 1
+    # without InChIKeys the library compounds could not be left out: refused
+    import subprocess
+
+    noik = data["dir"] / "tr_noik.h5"
+    subprocess.run([neimsctl_exe, "featurize", "-q", "--mode", "student", "--no-inchikey",
+                    str(data["dir"] / "tr.smi"), "-o", str(noik)], check=True)
+    with pytest.raises(InputError, match="no InChIKey"):
+        transfer_rows([noik], lib)
+    with pytest.raises(ConfigError, match="transfer_fraction"):
+        DistillData(lib, soft, rows[0], transfer=tr, transfer_soft_rows=rows[1], transfer_fraction=0)
