@@ -29,6 +29,8 @@ student's output space (``sqrt`` by default) and the losses move targets there t
   ``L_soft`` (against the teacher's mean, untempered), with the library-matching weights
   ``m/z^1 * I^0.5``: the MSE alone under-weights what matching looks at (measured on the teacher:
   val Recall@10 0.41 -> 0.47 with the term).
+- ``plain_cosine > 0`` adds ``plain_cosine * (1 - cos)`` of the plain linear spectra (``I^1``, no
+  m/z weight: the space of the reported mean cosine) to ``L_hard`` and ``L_soft`` likewise.
 - ``expert_bias_rate`` (used by ``distill``, not here): step of the gate's load-balancing
   selection bias after each training batch.
 - ``L_feature``: student ``hidden`` vs teacher penultimate features (both 512): MSE after a
@@ -211,6 +213,7 @@ class DistillLossConfig:
     cosine: float = 0.0
     cosine_mz_power: float = 1.0
     cosine_intensity_power: float = 0.5
+    plain_cosine: float = 0.0
     expert_bias_rate: float = 0.0
 
     @classmethod
@@ -286,12 +289,18 @@ class DistillLoss(nn.Module):
                                       mask=target_mask)
             if c.cosine > 0:
                 parts["hard"] = parts["hard"] + c.cosine * self._cosine(out.pred, target, target_mask)
+            if c.plain_cosine > 0:
+                parts["hard"] = parts["hard"] + c.plain_cosine * self._cosine(
+                    out.pred, target, target_mask, plain=True)
         if teacher_mean is not None and c.beta > 0:  # a zero weight switches a term off
             parts["soft"] = soft_loss(out.pred, teacher_mean, teacher_var, temperature=self.temperature,
                                       space=self.space, eps=c.soft_eps, confidence=c.confidence,
                                       mz_power=c.mz_power)
             if c.cosine > 0:
                 parts["soft"] = parts["soft"] + c.cosine * self._cosine(out.pred, teacher_mean)
+            if c.plain_cosine > 0:
+                parts["soft"] = parts["soft"] + c.plain_cosine * self._cosine(out.pred, teacher_mean,
+                                                                              plain=True)
         if teacher_hidden is not None and c.gamma > 0:
             h = self.proj(out.hidden.float()) if self.proj is not None else out.hidden
             parts["feature"] = feature_loss(h, teacher_hidden, c.feature)
@@ -314,16 +323,18 @@ class DistillLoss(nn.Module):
                    temperature=torch.tensor(self.temperature))
         return res
 
-    def _cosine(self, pred: Tensor, spectrum: Tensor, mask: Tensor | None = None) -> Tensor:
-        """``1 - cosine`` of ``pred`` (output space) and a linear spectrum, library-matching weights."""
+    def _cosine(self, pred: Tensor, spectrum: Tensor, mask: Tensor | None = None, *,
+                plain: bool = False) -> Tensor:
+        """``1 - cosine`` of ``pred`` (output space) and a linear spectrum, library-matching
+        weights (``plain``: unweighted linear intensities)."""
         c = self.config
         if mask is not None:
             if not bool(mask.any()):
                 return pred.sum() * 0.0
             pred, spectrum = pred[mask], spectrum[mask]
         return spectral_cosine_loss(spectrum_from_space(pred.float(), self.space), spectrum,
-                                    mz_power=c.cosine_mz_power,
-                                    intensity_power=c.cosine_intensity_power)
+                                    mz_power=0.0 if plain else c.cosine_mz_power,
+                                    intensity_power=1.0 if plain else c.cosine_intensity_power)
 
     @staticmethod
     def log_parts(res: dict[str, Tensor]) -> dict[str, float]:

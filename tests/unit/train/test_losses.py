@@ -246,6 +246,20 @@ def test_distill_loss_without_teacher_is_hard_loss_plus_gate_terms() -> None:
         loss(m(x), None)
 
 
+def test_plain_cosine_adds_the_unweighted_linear_cosine_term() -> None:
+    from neimsctl.models.student import spectrum_from_space
+
+    m = StudentModel(TINY).eval()
+    x, y, *_ = _batch()
+    out = m(x)
+    base = DistillLoss(DistillLossConfig(load_weight=0.0, entropy_weight=0.0))(out, y)
+    plain = DistillLoss(DistillLossConfig(load_weight=0.0, entropy_weight=0.0, plain_cosine=0.7))
+    res = plain(out, y, y)           # the teacher mean = the library spectrum: same term in both
+    cos = spectral_cosine_loss(spectrum_from_space(out.pred.float(), "sqrt"), y)
+    assert float(res["hard"]) == pytest.approx(float(base["hard"]) + 0.7 * float(cos), rel=1e-5)
+    assert float(res["soft"]) > 0.7 * float(cos) - 1e-6
+
+
 def test_distill_loss_gradnorm_after_warmup_and_state_round_trip() -> None:
     torch.manual_seed(1)
     m = StudentModel(TINY)
