@@ -93,6 +93,8 @@ def test_baselines_run(work: Path) -> None:
     ("s.h5 --teacher ft/checkpoints/last.pt", 2, "--teacher-feats"),
     ("s.h5 --arch neims-v1 --soft-labels soft.h5", 2, "without KD"),
     ("s.h5 --arch nope --no-kd", 2, "--arch"),
+    ("s.h5 --no-kd --transfer s.h5", 2, "--transfer rows have no spectra"),
+    ("s.h5 --soft-labels soft.h5 --transfer gone.h5", 1, "gone.h5"),
     ("missing.h5 --no-kd", 1, "no such file"),
     ("t.h5 --no-kd", 1, "distill needs `neimsctl featurize --mode student`"),
     ("s.h5 --no-kd --set train.bogus=1", 1, "train.bogus"),
