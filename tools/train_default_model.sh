@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Retrain the model shipped in neimsctl/resources/models/ from scratch, with the project's own
-# commands, on the MassBank EI library (about 40 minutes on 2 CPU cores):
+# commands, on the MassBank EI library (about 75 minutes on 2 CPU cores):
 #
 #   tools/train_default_model.sh [LIBRARY.msp] [RUN_DIR]
 #
@@ -8,9 +8,10 @@
 # interrupted run continues when started again):
 #   1. msp2jsonl, featurize --mode student / teacher
 #   2. finetune the teacher (configs/finetune/teacher-cpu-small.yaml)
-#   3. softlabel: MC-dropout soft labels for every compound
-#   4. distill the compact student (configs/distill/student-compact.yaml) with KD
-#   5. export: fp16 weights + model card -> neimsctl/resources/models/student-default.{pt,json}
+#   3. the rest of the teacher ensemble: three spec-size students without KD (seeds 42, 1, 2)
+#   4. softlabel: MC-dropout soft labels of the ensemble (10 samples per member)
+#   5. distill the compact student (configs/distill/student-compact.yaml) from them
+#   6. export: fp16 weights + model card -> neimsctl/resources/models/student-default.{pt,json}
 #
 # The shipped model is trained on ALL compounds (split 0.9 train / 0.1 validation for model
 # selection, no test part): the test-split figures in its card come from the same recipe run on
@@ -24,9 +25,9 @@ split="${SPLIT:-all}"
 [ -r "$lib" ] || { echo "train_default_model.sh: cannot read $lib" >&2; exit 2; }
 mkdir -p "$out"
 if [ "$split" = test ]; then
-    sets=() soft_part=train
+    sets=()
 else
-    sets=(--set "data.split=[0.9,0.1,0.0]") soft_part=all
+    sets=(--set "data.split=[0.9,0.1,0.0]")
 fi
 resume() { [ -e "$1/checkpoints/interrupted.pt" ] || [ -e "$1/checkpoints/last.pt" ] && echo --resume || true; }
 step() { printf '\n== train_default_model.sh [%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -38,15 +39,29 @@ fi
 for mode in student teacher; do
     [ -e "$out/$mode.h5" ] || { step "featurize $mode"; neimsctl featurize --mode "$mode" "$out/records.jsonl" -o "$out/$mode.h5" --resume; }
 done
-if [ ! -e "$out/teacher/checkpoints/best.pt" ] || [ -e "$out/teacher/checkpoints/interrupted.pt" ]; then
-    step "finetune teacher"
+teacher() {
+    [ -e "$out/teacher/checkpoints/best.pt" ] && [ ! -e "$out/teacher/checkpoints/interrupted.pt" ] && return 0
     neimsctl finetune "$out/teacher.h5" -c "$here/configs/finetune/teacher-cpu-small.yaml" "${sets[@]}" \
         -o "$out/teacher" $(resume "$out/teacher")
-fi
+}
+member() {  # seed: a spec-size student without KD, one thread (two train side by side)
+    local dir="$out/member_s$1"
+    [ -e "$dir/report.md" ] && [ ! -e "$dir/checkpoints/interrupted.pt" ] && return 0
+    neimsctl distill "$out/student.h5" --no-kd -c "$here/configs/distill/student-cpu-small.yaml" \
+        "${sets[@]}" --set train.threads=1 --set train.seed="$1" -o "$dir" $(resume "$dir") \
+        2> "$dir.log"
+}
+step "finetune the GNN teacher, and the first student of the ensemble beside it"
+# two at a time on the 2 cores; `wait PID` returns each job's status, so set -e stops on a failure
+teacher & a=$!; member 42 & b=$!; wait "$a"; wait "$b"
+step "the rest of the teacher ensemble: students without KD, seeds 1 and 2 (logs in $out/member_s*.log)"
+member 1 & a=$!; member 2 & b=$!; wait "$a"; wait "$b"
 if [ ! -e "$out/soft_labels.h5" ]; then
-    step "softlabel ($soft_part)"
+    step "softlabel: the GNN teacher + 3 students, 10 MC samples each"
     r=(); [ -e "$out/soft_labels.h5.partial" ] && r=(--resume)
-    neimsctl softlabel "$out/teacher.h5" -t "$out/teacher/checkpoints/best.pt" --part "$soft_part" \
+    neimsctl softlabel "$out/teacher.h5" -t "$out/teacher/checkpoints/best.pt" \
+        -t "$out/member_s42/checkpoints/best.pt" -t "$out/member_s1/checkpoints/best.pt" \
+        -t "$out/member_s2/checkpoints/best.pt" --samples 10 --batch-size 128 --part all \
         -o "$out/soft_labels.h5" "${r[@]}"
 fi
 if [ ! -e "$out/student/report.md" ]; then
