@@ -85,8 +85,6 @@ def distill_cli(
                               f"configs/distill/{DEFAULT_CONFIGS[arch]}")
         if transfer:
             cfg.data.transfer = [str(p) for p in transfer]
-        if cfg.data.transfer and (soft_labels is None and not cfg.data.soft_labels or no_kd):
-            usage_error(CMD, "--transfer rows have no spectra: they need --soft-labels")
         paths = list(shards or ([Path(cfg.data.train)] if cfg.data.train else []))
         if not paths:
             usage_error(CMD, "no shards: give FEATS.h5 arguments or set data.train in the config")
@@ -94,6 +92,8 @@ def distill_cli(
                                teacher is None and not no_kd else None)
         if name == "student" and soft is None and teacher is None and not no_kd:
             usage_error(CMD, "the student needs --teacher, --soft-labels or --no-kd")
+        if cfg.data.transfer and soft is None:
+            usage_error(CMD, "--transfer rows have no spectra: they need --soft-labels")
         if name != "student" and (soft or teacher):
             usage_error(CMD, f"{name} is trained without KD: drop --teacher/--soft-labels")
         missing = [str(p) for p in [*paths, *(teacher_feats or []), *map(Path, cfg.data.transfer),

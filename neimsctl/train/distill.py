@@ -81,7 +81,7 @@ class DistillData(torch.utils.data.Dataset):
             raise ConfigError(f"data.transfer_fraction must be in (0, 1], got {transfer_fraction}")
         self.base, self.soft, self.soft_rows = base, soft, soft_rows
         self.transfer, self.transfer_soft_rows = transfer, transfer_soft_rows
-        self.transfer_fraction, self.seed = transfer_fraction, seed
+        self.seed = seed
         n_t = len(transfer) if transfer is not None else 0
         self.n_transfer = int(round(transfer_fraction * n_t)) if n_t else 0
         self._tsel = np.arange(self.n_transfer, dtype=np.int64)

@@ -287,20 +287,12 @@ class DistillLoss(nn.Module):
         if target is not None:
             parts["hard"] = hard_loss(out.pred, target, self.space, mz_power=c.mz_power,
                                       mask=target_mask)
-            if c.cosine > 0:
-                parts["hard"] = parts["hard"] + c.cosine * self._cosine(out.pred, target, target_mask)
-            if c.plain_cosine > 0:
-                parts["hard"] = parts["hard"] + c.plain_cosine * self._cosine(
-                    out.pred, target, target_mask, plain=True)
+            parts["hard"] = self._plus_cosines(parts["hard"], out.pred, target, target_mask)
         if teacher_mean is not None and c.beta > 0:  # a zero weight switches a term off
             parts["soft"] = soft_loss(out.pred, teacher_mean, teacher_var, temperature=self.temperature,
                                       space=self.space, eps=c.soft_eps, confidence=c.confidence,
                                       mz_power=c.mz_power)
-            if c.cosine > 0:
-                parts["soft"] = parts["soft"] + c.cosine * self._cosine(out.pred, teacher_mean)
-            if c.plain_cosine > 0:
-                parts["soft"] = parts["soft"] + c.plain_cosine * self._cosine(out.pred, teacher_mean,
-                                                                              plain=True)
+            parts["soft"] = self._plus_cosines(parts["soft"], out.pred, teacher_mean)
         if teacher_hidden is not None and c.gamma > 0:
             h = self.proj(out.hidden.float()) if self.proj is not None else out.hidden
             parts["feature"] = feature_loss(h, teacher_hidden, c.feature)
@@ -322,6 +314,16 @@ class DistillLoss(nn.Module):
         res.update(total=total, load=load, entropy=ent, w_hard=w[0], w_soft=w[1], w_feature=w[2],
                    temperature=torch.tensor(self.temperature))
         return res
+
+    def _plus_cosines(self, loss: Tensor, pred: Tensor, spectrum: Tensor,
+                      mask: Tensor | None = None) -> Tensor:
+        """``loss`` + the configured ``cosine`` and ``plain_cosine`` terms against ``spectrum``."""
+        c = self.config
+        if c.cosine > 0:
+            loss = loss + c.cosine * self._cosine(pred, spectrum, mask)
+        if c.plain_cosine > 0:
+            loss = loss + c.plain_cosine * self._cosine(pred, spectrum, mask, plain=True)
+        return loss
 
     def _cosine(self, pred: Tensor, spectrum: Tensor, mask: Tensor | None = None, *,
                 plain: bool = False) -> Tensor:

@@ -25,20 +25,26 @@ from pathlib import Path
 import numpy as np
 
 
-def _train_part(library: Path, seed: int, fractions: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """(packed ECFP rows of the library's train compounds, every library InChIKey block)."""
-    import h5py
-
+def _train_rows(library: Path, seed: int, fractions: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(shard rows of the library's train part, every library InChIKey block)."""
     from neimsctl.data.dataset import StudentDataset
     from neimsctl.train.evaluate import dataset_split
 
     ds = StudentDataset([library])
     parts = dataset_split(ds, seed=seed, fractions=fractions)
+    return ds.rows[parts.train], np.unique(ds.blocks)
+
+
+def _train_part(library: Path, seed: int, fractions: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(packed ECFP rows of the library's train compounds, every library InChIKey block)."""
+    import h5py
+
+    rows, blocks = _train_rows(library, seed, fractions)
     with h5py.File(library, "r") as f:
         ecfp = f["ecfp"][:]
-    rows = ds.rows[parts.train]
-    _, first = np.unique(ds.blocks[parts.train], return_index=True)
-    return ecfp[rows[np.sort(first)]], np.unique(ds.blocks)
+        keys = np.array([k[:14] for k in f["inchikey"][:]], dtype="S14")
+    _, first = np.unique(keys[rows], return_index=True)
+    return ecfp[rows[np.sort(first)]], blocks
 
 
 def fragments(args: argparse.Namespace) -> None:
@@ -56,14 +62,10 @@ def fragments(args: argparse.Namespace) -> None:
                     sources.append((line.split()[0], f"{Path(path).stem}:{i}"))
     lib: list[str] = []
     if args.library:
-        from neimsctl.data.dataset import StudentDataset
-        from neimsctl.train.evaluate import dataset_split
-
-        ds = StudentDataset([args.library])
-        parts = dataset_split(ds, seed=args.split_seed, fractions=tuple(args.split))
+        rows, _ = _train_rows(args.library, args.split_seed, tuple(args.split))
         with h5py.File(args.library, "r") as f:
             smiles = f["smiles"][:]
-        lib = sorted({s.decode() for s in smiles[ds.rows[parts.train]]})
+        lib = sorted({s.decode() for s in smiles[rows]})
     seen: set[str] = set()
     out = sys.stdout
     for smi, name in sources:

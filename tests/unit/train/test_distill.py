@@ -54,16 +54,21 @@ def test_expert_usage_by_class_on_known_molecules() -> None:
     assert len(flags) == 4 and "0.0%" in flags[3] and "100%" in flags[0]
 
 
+def tiny_teacher(path: Path, shard: Path) -> Path:
+    """An untrained TINY_TEACHER checkpoint (seed 0) for the featurizer settings of ``shard``."""
+    torch.manual_seed(0)
+    model = build_teacher(TINY_TEACHER)
+    return save_checkpoint(path, model=model, config={"model": model.config.to_dict()
+                                                      | {"name": "teacher"}},
+                           featurizer_hash=shard_hash([shard]))
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("distill")
     s = build_sample_shard(d / "student.h5", mode="student", limit=150)
     t = build_sample_shard(d / "teacher.h5", mode="teacher", limit=150)
-    torch.manual_seed(0)
-    model = build_teacher(TINY_TEACHER)
-    ck = save_checkpoint(d / "t.pt", model=model, config={"model": model.config.to_dict()
-                                                          | {"name": "teacher"}},
-                         featurizer_hash=shard_hash([t]))
+    ck = tiny_teacher(d / "t.pt", t)
     run_softlabel(ck, [t], d / "soft.h5", device="cpu",
                   settings=SoftLabelSettings(samples=3, part="train"))
     return {"student": s, "teacher": t, "soft": d / "soft.h5", "dir": d}
@@ -183,11 +188,7 @@ def transfer(data: dict, neimsctl_exe: str) -> dict[str, Path]:
         out[f"tr_{mode}"] = d / f"tr_{mode}.h5"
         subprocess.run([neimsctl_exe, "featurize", "-q", "--mode", mode, "--no-provenance",
                         str(d / "tr.smi"), "-o", str(out[f"tr_{mode}"])], check=True)
-    torch.manual_seed(0)
-    model = build_teacher(TINY_TEACHER)
-    ck = save_checkpoint(d / "t_ik.pt", model=model, config={"model": model.config.to_dict()
-                                                             | {"name": "teacher"}},
-                         featurizer_hash=shard_hash([out["teacher"]]))
+    ck = tiny_teacher(d / "t_ik.pt", out["teacher"])
     run_softlabel(ck, [out["teacher"], out["tr_teacher"]], d / "soft_tr.h5", device="cpu",
                   settings=SoftLabelSettings(samples=3, part="all"))
     out["soft"] = d / "soft_tr.h5"
