@@ -79,7 +79,8 @@ def fragments(args: argparse.Namespace) -> None:
         mol = Chem.MolFromSmiles(smi)
         if mol is None or mol.GetNumHeavyAtoms() > 60:
             continue
-        for frag in BRICS.BRICSDecompose(mol, minFragmentSize=args.min_atoms):
+        # BRICSDecompose returns a set: sorted, so the output does not depend on PYTHONHASHSEED
+        for frag in sorted(BRICS.BRICSDecompose(mol, minFragmentSize=args.min_atoms)):
             m = Chem.MolFromSmiles(frag)
             if m is None:
                 continue
