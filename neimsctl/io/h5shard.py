@@ -140,6 +140,56 @@ class ShardWriter(Writer):
         self._written += n
         self._f.attrs["n_rows"] = self._written
 
+    def append_shard_rows(self, src: h5py.File, n: int) -> None:
+        """Append rows ``0:n`` of the open shard ``src`` (same mode), chunks copied as stored.
+
+        Every wide per-row column whose chunks sit on the same grid in both files, with the
+        same chunk shape and filters, is copied chunk by chunk without decompressing or
+        compressing it again; strings, CSR offsets and ragged tables are copied as values.
+        That needs nothing buffered here and this file's row count a multiple of
+        :data:`ROW_CHUNK`; otherwise the rows are appended as values.
+        """
+        start = self.n_rows
+        if n == 0:
+            return
+        if self._pending_rows or start % ROW_CHUNK:
+            with ShardReader(src.filename) as r:
+                self.append(r.rows(0, n))
+            return
+        f = self._f
+        for c in STR_COLUMNS:
+            ds = f[c]
+            ds.resize(start + n, axis=0)
+            ds[start:] = src[c].asstr()[:n]
+        for name in row_columns(self.mode):
+            if name in _PTRS:
+                continue
+            sds, ds = src[name], f[name]
+            ds.resize(start + n, axis=0)
+            if (sds.chunks, sds.compression, sds.compression_opts, sds.shuffle) != (
+                    ds.chunks, ds.compression, ds.compression_opts, ds.shuffle):
+                ds[start:] = sds[:n]
+                continue
+            tail = (0,) * (ds.ndim - 1)
+            for lo in range(0, n, ROW_CHUNK):
+                mask, data = sds.id.read_direct_chunk((lo, *tail))
+                ds.id.write_direct_chunk((start + lo, *tail), data, mask)
+        for length, ptr in _PTRS.items():
+            if length not in row_columns(self.mode):
+                continue
+            sp, ds = src[ptr][:n + 1], f[ptr]
+            last = ds[start]
+            ds.resize(start + n + 1, axis=0)
+            ds[start + 1:] = last + sp[1:]
+            for name, (_, _, rlen) in ragged_columns(self.mode).items():
+                if rlen == length:
+                    rds, total = f[name], int(sp[-1])
+                    at = rds.shape[0]
+                    rds.resize(at + total, axis=0)
+                    rds[at:] = src[name][:total]
+        self._written += n
+        self._f.attrs["n_rows"] = self._written
+
     def close(self) -> None:
         """Write what is buffered, finish the file and rename it into place."""
         try:
@@ -173,6 +223,13 @@ class ResumableShardWriter(Writer):
     resume state; :meth:`close` concatenates them into ``path`` and removes the directory.
     Whatever kills the process, the segments already renamed are intact.
 
+    Segments are compressed like the final file, and a segment owns only its first
+    ``aligned_rows`` rows (a multiple of :data:`ROW_CHUNK`): the rows after them (fewer than
+    one chunk) are written again at the start of the next segment. So every segment starts
+    on a chunk boundary of the final file, and :meth:`close` copies its compressed chunks as
+    they are: the compression happens while the rows come in (under ``featurize --jobs N``,
+    while the workers featurize) instead of in one serial pass at the end.
+
     Parameters
     ----------
     path, mode, settings, settings_hash, attrs
@@ -195,7 +252,8 @@ class ResumableShardWriter(Writer):
         self.dir = partial_path(self.path)
         self.resume_state: dict[str, Any] | None = None
         self._pending: list[dict[str, np.ndarray]] = []
-        self._written = self._pending_rows = 0
+        # rows committed; the first ``_carry`` pending rows are the last segment's tail
+        self._written = self._pending_rows = self._carry = 0
         segs = self._segments() if resume else []
         if not resume:  # a new run replaces an old partial output
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -207,6 +265,10 @@ class ResumableShardWriter(Writer):
                                       f"settings hash {r.settings_hash}); run again without "
                                       "--resume to start afresh", file=str(self.dir))
                 self.resume_state = json.loads(r.attrs["resume_state"])
+                own = _owned_rows(r)
+                if own < len(r):
+                    self._pending = [r.rows(own, len(r))]
+                    self._pending_rows = self._carry = len(r) - own
             self._written = int(self.resume_state["n_rows"])
         self._next = len(segs)
 
@@ -216,7 +278,7 @@ class ResumableShardWriter(Writer):
     @property
     def n_rows(self) -> int:
         """Rows appended so far (committed or not)."""
-        return self._written + self._pending_rows
+        return self._written + self._pending_rows - self._carry
 
     def append(self, block: dict[str, np.ndarray]) -> None:
         """Buffer the rows of ``block`` until the next :meth:`commit`."""
@@ -227,14 +289,23 @@ class ResumableShardWriter(Writer):
 
     def commit(self, state: dict[str, Any]) -> None:
         """Write the buffered rows as the next segment, with ``state`` (+ the row count)."""
-        self._written += self._pending_rows
+        self._written += self._pending_rows - self._carry
         full = {**state, "n_rows": self._written}
+        n = self._pending_rows
+        own = n // ROW_CHUNK * ROW_CHUNK
         seg = self.dir / f"seg-{self._next:06d}.h5"
-        with ShardWriter(seg, self.mode, self._settings, self._hash,  # compressed once, at close
-                         {"resume_state": json.dumps(full, sort_keys=True)}, compress=False) as w:
+        with ShardWriter(seg, self.mode, self._settings, self._hash,
+                         {"resume_state": json.dumps(full, sort_keys=True),
+                          "aligned_rows": own}) as w:
             for b in self._pending:
                 w.append(b)
-        self._pending, self._pending_rows, self._next = [], 0, self._next + 1
+        if own < n:  # the tail goes again into the next segment
+            block = concat_blocks(self._pending, self.mode)
+            self._pending = [take_rows(block, np.arange(own, n), self.mode)]
+        else:
+            self._pending = []
+        self._pending_rows = self._carry = n - own
+        self._next += 1
 
     def close(self) -> None:
         """Concatenate the segments and the buffered rows into ``path``; remove the segments."""
@@ -242,15 +313,20 @@ class ResumableShardWriter(Writer):
         with ShardWriter(self.path, self.mode, self._settings, self._hash, self._attrs) as w:
             for seg in segs:
                 with ShardReader(seg) as r:
-                    for b in r.iter_blocks():
-                        w.append(b)
+                    w.append_shard_rows(r.file, _owned_rows(r))
             for b in self._pending:
                 w.append(b)
         shutil.rmtree(self.dir)  # segments, and temporary files of a run killed mid-segment
 
     def abort(self, exc: BaseException | None = None) -> None:
         """Drop the uncommitted rows; keep the segments for a resume."""
-        self._pending, self._pending_rows = [], 0
+        self._pending, self._pending_rows, self._carry = [], 0, 0
+
+
+def _owned_rows(seg: "ShardReader") -> int:
+    """Rows of a segment that no later segment repeats (all its rows in segments written
+    before ``aligned_rows`` existed)."""
+    return int(seg.attrs.get("aligned_rows", len(seg)))
 
 
 class ShardReader:

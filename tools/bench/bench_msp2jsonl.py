@@ -3,6 +3,7 @@
 
     python tools/bench/bench_msp2jsonl.py [--msp ../shared/data/massbank_ei.msp] [--reps 3]
         [--matchms-python /path/to/venv/bin/python] [--copies 37] [--skip-300k]
+        [--scale 100000] [--skip-scale]
 
 (a) records/s of ``msp2jsonl --no-structure`` (the command, start-up included, and the library
     loop in-process) vs ``matchms.importing.load_from_msp`` on the same file;
@@ -10,7 +11,12 @@
     ``--jobs 1`` and ``--jobs 2`` vs the bare RDKit loop MolFromSmiles + MolToSmiles +
     MolToInchiKey over the same SMILES, measured in the same run;
 (c) peak RSS of ``--no-structure`` on a file of the input concatenated ``--copies`` times
-    (~300k records) vs on one copy.
+    (~300k records) vs on one copy;
+(d) what bounds the ``--jobs 2`` speed-up: the bare RDKit loop of (b) split over two forked
+    processes (no start-up, no hand-over: this machine's own ceiling), and ``--jobs 1`` vs
+    ``--jobs 2`` on a library-size file of ``--scale`` records: the input's records in turn,
+    each with its SMILES replaced by the next molecule of pretrain/moses_train_100k.smi (and
+    its InChIKey/InChI/formula/MW lines dropped), so every record is a new structure.
 Medians of ``--reps`` repetitions; in (b) bare / --jobs 1 / --jobs 2 alternate. Per-core
 efficiency is given from CPU time (user + sys, children included: the meaningful figure on a
 loaded machine) and from wall time, both with start-up included (the command is run as
@@ -84,6 +90,44 @@ def bare_rdkit(smiles: list[str]) -> tuple[float, float]:
     return time.process_time() - c, time.perf_counter() - t
 
 
+def _bare_part(smiles: list[str]) -> None:
+    bare_rdkit(smiles)
+
+
+def bare_rdkit_two(smiles: list[str]) -> float:
+    """Wall s of the bare loop with the SMILES split over two forked processes."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    t = time.perf_counter()
+    procs = [ctx.Process(target=_bare_part, args=(smiles[i::2],)) for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    return time.perf_counter() - t
+
+
+def scale_file(msp: Path, moses: Path, n: int, out: Path) -> int:
+    """Write ``n`` records: ``msp``'s records with SMILES in turn, each given a new structure."""
+    import re
+
+    blocks = [b for b in re.split(rb"\r?\n\s*\n", msp.read_bytes()) if re.search(rb"(?im)^smiles:", b)]
+    drop = re.compile(rb"(?i)^\s*(inchikey|inchi|formula|mw|exactmass)\s*:")
+    smiles_line = re.compile(rb"(?i)^\s*smiles\s*:")
+    written = 0
+    with open(moses, "rb") as src, open(out, "wb") as fo:
+        for i, line in enumerate(src):
+            if written >= n or not line.split():
+                break
+            new = b"SMILES: " + line.split()[0]
+            lines = blocks[i % len(blocks)].splitlines()
+            fo.write(b"\n".join(new if smiles_line.match(ln) else ln for ln in lines
+                                 if not drop.match(ln)) + b"\n\n")
+            written += 1
+    return written
+
+
 def library_full(msp: Path) -> tuple[float, float]:
     """(CPU s, wall s) of the full conversion in-process (start-up excluded)."""
     from neimsctl.chem import structure
@@ -104,6 +148,8 @@ def main() -> int:
     ap.add_argument("--matchms-python", default=None, help="a python with matchms installed")
     ap.add_argument("--copies", type=int, default=37)
     ap.add_argument("--skip-300k", action="store_true")
+    ap.add_argument("--scale", type=int, default=100_000, help="records of the (d) file")
+    ap.add_argument("--skip-scale", action="store_true")
     args = ap.parse_args()
     load0 = os.getloadavg()
     exe_cmd = [sys.executable, "-m", "neimsctl.cli.main"]
@@ -131,9 +177,11 @@ def main() -> int:
     else:
         rows.append(("(a) matchms", "not measured (no --matchms-python)"))
 
-    runs: dict[str, list[tuple[float, float]]] = {"bare": [], "lib": [], "j1": [], "j2": []}
+    runs: dict[str, list[tuple[float, float]]] = {"bare": [], "lib": [], "j1": [], "j2": [],
+                                                  "bare2": []}
     for _ in range(args.reps):  # alternate, so load changes hit every variant alike
         runs["bare"].append(bare_rdkit(smiles))
+        runs["bare2"].append((0.0, bare_rdkit_two(smiles)))
         runs["lib"].append(library_full(args.msp))
         for j in (1, 2):
             w = wall([*cmd, "--jobs", str(j)], f"j{j}")
@@ -151,6 +199,22 @@ def main() -> int:
               f"{n / w1:,.0f} rec/s wall = {bw / w1:.0%} (wall)"),
              ("(b) msp2jsonl --jobs 2, command incl. start-up",
               f"{n / w2:,.0f} rec/s wall = {w1 / w2:.2f}x --jobs 1; CPU {c2:.2f} s vs {c1:.2f} s")]
+    rows.append(("(d) bare RDKit loop of (b) in two forked processes (no start-up)",
+                 f"{bw / med['bare2'][1]:.2f}x one process"))
+
+    if not args.skip_scale:
+        with tempfile.TemporaryDirectory() as tmp:
+            big = Path(tmp) / "scale.msp"
+            k = scale_file(args.msp, args.msp.parent / "pretrain" / "moses_train_100k.smi",
+                           args.scale, big)
+            big_cmd = [*exe_cmd, "msp2jsonl", "-q", str(big)]
+            sj: dict[int, list[float]] = {1: [], 2: []}
+            for _ in range(args.reps):
+                for j in (1, 2):
+                    sj[j].append(wall([*big_cmd, "--jobs", str(j)], f"s{j}"))
+            s1, s2 = statistics.median(sj[1]), statistics.median(sj[2])
+            rows += [(f"(d) msp2jsonl --jobs 1 / --jobs 2, {k:,} records of new structures",
+                      f"{k / s1:,.0f} / {k / s2:,.0f} rec/s wall = {s1 / s2:.2f}x")]
 
     if not args.skip_300k:
         with tempfile.TemporaryDirectory() as tmp:

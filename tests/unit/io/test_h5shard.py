@@ -181,3 +181,67 @@ def test_resumable_writer_survives_a_crash_and_equals_one_run(tmp_path: Path, mo
         assert len(a) == len(b) == 70 and a.attrs["shard"] == "1/1"
         assert "resume_state" not in a.attrs
         assert_blocks_equal(a.rows(0, 70), b.rows(0, 70))
+
+
+@pytest.mark.parametrize("mode", ["student", "teacher"])
+def test_resumable_segments_join_by_chunk_copy_and_equal_one_run(tmp_path: Path, mode: str,
+                                                                  monkeypatch) -> None:
+    """Segments own their whole chunks and carry the tail to the next one (also across a
+    resume); the join copies their chunks as stored and equals a one-shot write."""
+    import h5py
+
+    from neimsctl.io import h5shard
+    from neimsctl.io.h5shard import ROW_CHUNK, ResumableShardWriter
+
+    settings, digest = run_settings(RowOptions(mode=mode))
+    sizes = [50, 150, 70, 64, 3, 90]
+    starts = np.cumsum([0, *sizes])
+    blocks = [make_block(mode, int(s), n) for s, n in zip(starts, sizes)]
+    w = ResumableShardWriter(tmp_path / "out.h5", mode, settings, digest)
+    for k, b in enumerate(blocks[:4]):
+        w.append(b)
+        w.commit({"next_ordinal": int(starts[k + 1])})
+    owned = []
+    for seg in sorted((tmp_path / "out.h5.partial").glob("seg-*.h5")):
+        with h5py.File(seg, "r") as f:
+            owned.append(int(f.attrs["aligned_rows"]))
+            assert f["ecfp"].compression == "gzip"
+    # 50 -> 0 owned (50 carried); 50+150 -> 192 (8); 8+70 -> 64 (14); 14+64 -> 64 (14)
+    assert owned == [0, 192, 64, 64] and all(o % ROW_CHUNK == 0 for o in owned)
+    w.abort()  # killed after the 4th commit: its 14-row tail lives in the last segment only
+
+    copied = []
+    real = h5shard.ShardWriter.append_shard_rows
+
+    def spy(self, src, n):  # type: ignore[no-untyped-def]
+        copied.append((self.n_rows, n))
+        return real(self, src, n)
+
+    monkeypatch.setattr(h5shard.ShardWriter, "append_shard_rows", spy)
+    r = ResumableShardWriter(tmp_path / "out.h5", mode, settings, digest, resume=True)
+    assert r.resume_state == {"next_ordinal": 334, "n_rows": 334} and r.n_rows == 334
+    with r:
+        for b in blocks[4:]:
+            r.append(b)
+    assert copied == [(0, 0), (0, 192), (192, 64), (256, 64)]  # every copy starts on a chunk
+    ref = write(tmp_path / "ref.h5", mode, blocks)
+    total = int(starts[-1])
+    with ShardReader(tmp_path / "out.h5") as a, ShardReader(ref) as b:
+        assert len(a) == len(b) == total
+        assert_blocks_equal(a.rows(0, total), b.rows(0, total))
+        assert a.file["ecfp"].compression == "gzip" and "resume_state" not in a.attrs
+        rows = [5, 200, 383, 0, 255, 256, total - 1]
+        assert_blocks_equal(a.take(rows), b.take(rows))
+
+
+def test_chunk_copy_falls_back_to_values_off_the_chunk_grid(tmp_path: Path) -> None:
+    settings, digest = run_settings(RowOptions(mode="student"))
+    src = write(tmp_path / "src.h5", "student", [make_block("student", 0, 70)])
+    with ShardWriter(tmp_path / "dst.h5", "student", settings, digest) as w:
+        w.append(make_block("student", 100, 5))  # buffered, 5 rows: off the grid
+        with ShardReader(src) as r:
+            w.append_shard_rows(r.file, 70)
+    ref = write(tmp_path / "ref.h5", "student", [make_block("student", 100, 5),
+                                                  make_block("student", 0, 70)])
+    with ShardReader(tmp_path / "dst.h5") as a, ShardReader(ref) as b:
+        assert_blocks_equal(a.rows(0, 75), b.rows(0, 75))
