@@ -100,9 +100,13 @@ def command(cmd: str) -> Iterator[None]:
     """Error boundary of a subcommand: typed errors -> message + exit 1; quiet on broken pipe.
 
     Ctrl-C (SIGINT) always unwinds as ``KeyboardInterrupt`` (temporary outputs removed, exit
-    130), also when a non-interactive shell started the command with SIGINT ignored (``cmd &``).
+    130), also when a non-interactive shell started the command with SIGINT ignored (``cmd &``),
+    and also when the first ``KeyboardInterrupt`` is swallowed by a callback
+    (:mod:`neimsctl.interrupts`).
     """
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    from neimsctl import interrupts
+
+    interrupts.install(signal.SIGINT)
     try:
         yield
         sys.stdout.flush()

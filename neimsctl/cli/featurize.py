@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from neimsctl import interrupts
 from neimsctl.cli._common import (EXIT_FAIL, InPaths, fail, Jobs, NoProvenance, OutPath, Quiet,
                                   RejectsPath, Strict, Verbose, app, command, eprint,
                                   require_input_or_usage, setup_logging, usage_error)
@@ -37,10 +38,6 @@ class OutFmt(str, Enum):
 class InFmt(str, Enum):
     jsonl = "jsonl"
     smi = "smi"
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # unwind so temporary outputs are removed
 
 
 @app.command(CMD)
@@ -98,8 +95,8 @@ def featurize_cli(
     if resume and (to_stdout or chosen != "h5"):
         usage_error(CMD, "--resume needs an HDF5 file output (-o FILE.h5)")
 
-    signal.signal(signal.SIGTERM, _on_sigterm)
     with command(CMD):
+        interrupts.install(signal.SIGINT, signal.SIGTERM)  # unwind so temporary outputs are removed
         try:
             _run(paths, mode.value, out, chosen, in_fmt.value if in_fmt else None, jobs, shard_kn,
                  min_mw, max_mw, inchikey, rejects, strict, no_provenance, quiet, verbose, resume)

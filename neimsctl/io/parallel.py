@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
+from neimsctl.interrupts import check as check_interrupt
+
 __all__ = ["chunked", "ordered_map"]
 
 #: Seconds an interrupted map waits for the chunks in flight before terminating the workers.
@@ -79,6 +81,7 @@ def ordered_map(fn: Callable[[T], R], chunks: Iterable[T], jobs: int,
         if initializer is not None:
             initializer(*initargs)
         for c in chunks:
+            check_interrupt()
             yield fn(c)
         return
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
@@ -86,10 +89,12 @@ def ordered_map(fn: Callable[[T], R], chunks: Iterable[T], jobs: int,
     try:
         pending: collections.deque = collections.deque()
         for c in chunks:
+            check_interrupt()
             pending.append(pool.apply_async(fn, (c,)))
             if len(pending) >= max_in_flight:
                 yield pending.popleft().get()
         while pending:
+            check_interrupt()
             yield pending.popleft().get()
         pool.close()
     except BaseException:

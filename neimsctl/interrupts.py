@@ -1,0 +1,54 @@
+"""Ctrl-C and SIGTERM that cannot be lost.
+
+Python raises ``KeyboardInterrupt`` wherever the main thread happens to be when the signal
+arrives. If that is inside a weakref or ``__del__`` callback (h5py and the multiprocessing
+pool run many), the interpreter prints "Exception ignored in ..." and goes on: the
+interrupt is lost and the command runs to the end (seen with ``featurize -j 2 -o FILE.h5``
+about one Ctrl-C in two). :func:`install` makes the signal also leave a mark that
+:func:`check` turns into ``KeyboardInterrupt`` again at a safe point; the streaming loops
+(:func:`neimsctl.io.parallel.ordered_map`) call it for every chunk.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+__all__ = ["install", "check", "pending"]
+
+_PENDING: int | None = None
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    global _PENDING
+    _PENDING = signum
+    raise KeyboardInterrupt
+
+
+def _unraisable(hook):  # type: ignore[no-untyped-def]
+    def quiet(args) -> None:  # type: ignore[no-untyped-def]
+        if not (_PENDING is not None and isinstance(args.exc_value, KeyboardInterrupt)):
+            hook(args)  # the swallowed interrupt is raised again by check(): no traceback
+    quiet.neimsctl = True  # type: ignore[attr-defined]
+    return quiet
+
+
+def install(*signums: int) -> None:
+    """Handle ``signums`` (default SIGINT) by raising ``KeyboardInterrupt`` and marking it."""
+    global _PENDING
+    _PENDING = None
+    if not getattr(sys.unraisablehook, "neimsctl", False):
+        sys.unraisablehook = _unraisable(sys.unraisablehook)
+    for s in signums or (signal.SIGINT,):
+        signal.signal(s, _on_signal)
+
+
+def pending() -> int | None:
+    """The signal that arrived since :func:`install`, if any."""
+    return _PENDING
+
+
+def check() -> None:
+    """Raise ``KeyboardInterrupt`` when a signal arrived (its first exception may be lost)."""
+    if _PENDING is not None:
+        raise KeyboardInterrupt
