@@ -99,14 +99,15 @@ def require_input_or_usage(cmd: str, inputs: list[Path] | None) -> list[Path]:
 def command(cmd: str) -> Iterator[None]:
     """Error boundary of a subcommand: typed errors -> message + exit 1; quiet on broken pipe.
 
-    Ctrl-C (SIGINT) always unwinds as ``KeyboardInterrupt`` (temporary outputs removed, exit
-    130), also when a non-interactive shell started the command with SIGINT ignored (``cmd &``),
-    and also when the first ``KeyboardInterrupt`` is swallowed by a callback
-    (:mod:`neimsctl.interrupts`).
+    Ctrl-C (SIGINT) and SIGTERM always unwind as ``KeyboardInterrupt`` (temporary outputs
+    removed, exit 128 + the signal number: 130, 143), also when a non-interactive shell started
+    the command with SIGINT ignored (``cmd &``), and also when the first ``KeyboardInterrupt``
+    is swallowed by a callback (:mod:`neimsctl.interrupts`). Training commands replace these
+    handlers with their own while they train (a checkpoint at the next step).
     """
     from neimsctl import interrupts
 
-    interrupts.install(signal.SIGINT)
+    interrupts.install(signal.SIGINT, signal.SIGTERM)
     try:
         yield
         sys.stdout.flush()
@@ -121,4 +122,4 @@ def command(cmd: str) -> Iterator[None]:
         fail(cmd, str(exc))
     except KeyboardInterrupt:
         eprint(cmd, "interrupted")
-        raise typer.Exit(130) from None
+        raise typer.Exit(128 + (interrupts.pending() or signal.SIGINT)) from None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import json
 import shutil
-import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -13,7 +12,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from neimsctl import interrupts
 from neimsctl.cli._common import (EXIT_FAIL, InPaths, fail, Jobs, NoProvenance, OutPath, Quiet,
                                   RejectsPath, Strict, Verbose, app, command, eprint,
                                   require_input_or_usage, setup_logging, usage_error)
@@ -96,7 +94,6 @@ def featurize_cli(
         usage_error(CMD, "--resume needs an HDF5 file output (-o FILE.h5)")
 
     with command(CMD):
-        interrupts.install(signal.SIGINT, signal.SIGTERM)  # unwind so temporary outputs are removed
         try:
             _run(paths, mode.value, out, chosen, in_fmt.value if in_fmt else None, jobs, shard_kn,
                  min_mw, max_mw, inchikey, rejects, strict, no_provenance, quiet, verbose, resume)

@@ -97,6 +97,25 @@ def test_atomic_output_file(neimsctl_exe, sample_msp, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
 
 
+@pytest.mark.parametrize("sig", ["INT", "TERM"])
+def test_signal_leaves_no_output_and_exits_128_plus_signal(neimsctl_exe, sample_msp, tmp_path, sig):
+    import signal
+    import time
+
+    big = tmp_path / "big.msp"
+    big.write_bytes((sample_msp.read_bytes().rstrip(b"\n") + b"\n\n") * 400)  # 120,000 records
+    proc = subprocess.Popen([neimsctl_exe, "msp2jsonl", "-q", "-j", "2", str(big), "-o", "out.jsonl"],
+                            cwd=tmp_path, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tmp_path.glob(".out.jsonl.part-*")):
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(getattr(signal, f"SIG{sig}"))
+    assert proc.wait(timeout=60) == 128 + getattr(signal, f"SIG{sig}")
+    assert b"interrupted" in proc.stderr.read()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.msp"]  # no output, no temporary
+
+
 def test_jobs_2_output_identical_to_jobs_1(neimsctl_exe, sample_msp):
     one = sh(f"{neimsctl_exe} msp2jsonl -j 1 {sample_msp} {sample_msp}")
     two = sh(f"{neimsctl_exe} msp2jsonl -j 2 {sample_msp} {sample_msp}")
