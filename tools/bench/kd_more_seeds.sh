@@ -28,10 +28,13 @@ done
     student-kd-pc-s3=kd_pc_a5_s3/checkpoints/best.pt student-kd-pc-s4=kd_pc_a5_s4/checkpoints/best.pt \
     student-kd-pc-s5=kd_pc_a5_s5/checkpoints/best.pt student-nokd-pc-s3=nokd_pc_s3/checkpoints/best.pt \
     student-nokd-pc-s4=nokd_pc_s4/checkpoints/best.pt student-nokd-pc-s5=nokd_pc_s5/checkpoints/best.pt
-for m in student-kd-pc student-kd-pc-s1 student-kd-pc-s2 student-nokd-pc student-nokd-pc-s1 student-nokd-pc-s2; do
+for m in student-kd-pc student-kd-pc-s1 student-kd-pc-s2 student-nokd-pc student-nokd-pc-s1 student-nokd-pc-s2 neims-v1; do
     ln -sf "../cmp6/$m.pred.jsonl" "cmp8/$m.pred.jsonl"  # same split, same queries
 done
 python "$here/tools/bench/kd_paired.py" cmp8 \
     --a student-kd-pc student-kd-pc-s1 student-kd-pc-s2 student-kd-pc-s3 student-kd-pc-s4 student-kd-pc-s5 \
     --b student-nokd-pc student-nokd-pc-s1 student-nokd-pc-s2 student-nokd-pc-s3 student-nokd-pc-s4 student-nokd-pc-s5 \
     | tee cmp8/paired.md
+python "$here/tools/bench/kd_paired.py" cmp8 \
+    --a student-kd-pc student-kd-pc-s1 student-kd-pc-s2 student-kd-pc-s3 student-kd-pc-s4 student-kd-pc-s5 \
+    --b neims-v1 neims-v1 neims-v1 neims-v1 neims-v1 neims-v1 | tee cmp8/paired_v1.md
