@@ -110,21 +110,21 @@ class _Structure:
 
     def formula(self, mol: Chem.Mol | None = None) -> str:
         if self._formula is None:
-            self._formula = rdMolDescriptors.CalcMolFormula(mol or self._mol(), True, True)
+            self._formula = rdMolDescriptors.CalcMolFormula(self._mol(mol), True, True)
         return self._formula
 
     def canonical(self, mol: Chem.Mol | None = None) -> str:
         if self._canonical is None:
-            self._canonical = Chem.MolToSmiles(mol or self._mol())
+            self._canonical = Chem.MolToSmiles(self._mol(mol))
         return self._canonical
 
     def key(self, mol: Chem.Mol | None = None) -> str:
         if self._key is None:
-            self._key = Chem.MolToInchiKey(mol or self._mol()) or ""
+            self._key = Chem.MolToInchiKey(self._mol(mol)) or ""
         return self._key
 
-    def _mol(self) -> Chem.Mol:
-        return Chem.MolFromSmiles(self.smiles)
+    def _mol(self, mol: Chem.Mol | None) -> Chem.Mol:
+        return mol if mol is not None else Chem.MolFromSmiles(self.smiles)
 
 
 class RowBuilder:
