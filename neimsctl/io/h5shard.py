@@ -49,9 +49,6 @@ class ShardWriter(Writer):
     attrs
         Further root attributes, e.g. provenance (``neimsctl_version``, ``argv``, ``created``)
         or ``shard`` (``"K/N"``); ``None`` values are skipped.
-    compress
-        gzip level 1 (:data:`COMPRESSION`); off for the short-lived segments of
-        :class:`ResumableShardWriter`.
 
     Notes
     -----
@@ -61,10 +58,8 @@ class ShardWriter(Writer):
     """
 
     def __init__(self, path: str | os.PathLike, mode: str, settings: dict[str, Any],
-                 settings_hash: str, attrs: dict[str, Any] | None = None, *,
-                 compress: bool = True) -> None:
+                 settings_hash: str, attrs: dict[str, Any] | None = None) -> None:
         self.path, self.mode = Path(path), check_mode(mode)
-        self._compression = COMPRESSION if compress else {}
         self._atomic = atomic_path(self.path)
         tmp = self._atomic.__enter__()
         self._written = 0
@@ -83,7 +78,7 @@ class ShardWriter(Writer):
         for name, (dt, shape) in row_columns(mode).items():
             if name in _PTRS:
                 ds = self._f.create_dataset(_PTRS[name], shape=(1,), maxshape=(None,), dtype="<i8",
-                                            chunks=(RAGGED_CHUNK,), **self._compression)
+                                            chunks=(RAGGED_CHUNK,), **COMPRESSION)
                 ds[0] = 0
             else:
                 self._make(name, np.dtype(dt), shape, ROW_CHUNK)
@@ -97,7 +92,7 @@ class ShardWriter(Writer):
 
     def _make(self, name: str, dtype: Any, shape: tuple[int, ...], chunk: int) -> None:
         self._f.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
-                               chunks=(chunk, *shape), **self._compression)
+                               chunks=(chunk, *shape), **COMPRESSION)
 
     def append(self, block: dict[str, np.ndarray]) -> None:
         """Append the rows of ``block`` (validated and cast to the stored dtypes)."""
@@ -140,8 +135,8 @@ class ShardWriter(Writer):
         self._written += n
         self._f.attrs["n_rows"] = self._written
 
-    def append_shard_rows(self, src: h5py.File, n: int) -> None:
-        """Append rows ``0:n`` of the open shard ``src`` (same mode), chunks copied as stored.
+    def append_shard_rows(self, src: "ShardReader", n: int) -> None:
+        """Append rows ``0:n`` of the shard ``src`` (same mode), chunks copied as stored.
 
         Every wide per-row column whose chunks sit on the same grid in both files, with the
         same chunk shape and filters, is copied chunk by chunk without decompressing or
@@ -153,42 +148,27 @@ class ShardWriter(Writer):
         if n == 0:
             return
         if self._pending_rows or start % ROW_CHUNK:
-            with ShardReader(src.filename) as r:
-                self.append(r.rows(0, n))
+            self.append(src.rows(0, n))
             return
-        f = self._f
-        for c in STR_COLUMNS:
-            ds = f[c]
-            ds.resize(start + n, axis=0)
-            ds[start:] = src[c].asstr()[:n]
+        f, sf = self._f, src.file
+        values: dict[str, np.ndarray] = {c: sf[c].asstr()[:n] for c in STR_COLUMNS}
         for name in row_columns(self.mode):
-            if name in _PTRS:
+            if name in _PTRS:  # CSR lengths: _write turns them into offsets again
+                values[name] = np.diff(src.ptr(name)[:n + 1])
                 continue
-            sds, ds = src[name], f[name]
-            ds.resize(start + n, axis=0)
+            sds, ds = sf[name], f[name]
             if (sds.chunks, sds.compression, sds.compression_opts, sds.shuffle) != (
                     ds.chunks, ds.compression, ds.compression_opts, ds.shuffle):
-                ds[start:] = sds[:n]
+                values[name] = sds[:n]
                 continue
+            ds.resize(start + n, axis=0)
             tail = (0,) * (ds.ndim - 1)
             for lo in range(0, n, ROW_CHUNK):
                 mask, data = sds.id.read_direct_chunk((lo, *tail))
                 ds.id.write_direct_chunk((start + lo, *tail), data, mask)
-        for length, ptr in _PTRS.items():
-            if length not in row_columns(self.mode):
-                continue
-            sp, ds = src[ptr][:n + 1], f[ptr]
-            last = ds[start]
-            ds.resize(start + n + 1, axis=0)
-            ds[start + 1:] = last + sp[1:]
-            for name, (_, _, rlen) in ragged_columns(self.mode).items():
-                if rlen == length:
-                    rds, total = f[name], int(sp[-1])
-                    at = rds.shape[0]
-                    rds.resize(at + total, axis=0)
-                    rds[at:] = src[name][:total]
-        self._written += n
-        self._f.attrs["n_rows"] = self._written
+        for name, (_, _, length) in ragged_columns(self.mode).items():
+            values[name] = sf[name][:int(src.ptr(length)[n])]
+        self._write(values, n)
 
     def close(self) -> None:
         """Write what is buffered, finish the file and rename it into place."""
@@ -313,7 +293,7 @@ class ResumableShardWriter(Writer):
         with ShardWriter(self.path, self.mode, self._settings, self._hash, self._attrs) as w:
             for seg in segs:
                 with ShardReader(seg) as r:
-                    w.append_shard_rows(r.file, _owned_rows(r))
+                    w.append_shard_rows(r, _owned_rows(r))
             for b in self._pending:
                 w.append(b)
         shutil.rmtree(self.dir)  # segments, and temporary files of a run killed mid-segment

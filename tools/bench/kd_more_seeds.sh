@@ -11,16 +11,8 @@
 set -euo pipefail
 run="${1:?run directory of tools/bench/kd_ensemble.sh}"
 here="$(cd "$(dirname "$0")/../.." && pwd)"
-cfg="$here/configs/distill/student-cpu-small.yaml"
 cd "$run"
-pc=(--set loss.plain_cosine=1.0 --set train.threads=1)
-kd=(--set loss.temperature_start=1.0 --set loss.gamma=0 --set loss.gradnorm=false
-    --set loss.alpha=0.5 --set loss.beta=0.5)
-train() {  # name, seed, then distill arguments
-    local name="$1" seed="$2"; shift 2
-    [ -e "$name/report.md" ] || neimsctl distill student.h5 -c "$cfg" "${pc[@]}" \
-        --set train.seed="$seed" "$@" -o "$name" > "$name.log" 2>&1
-}
+. "$here/tools/bench/kd_recipes.sh"
 for s in 3 4 5; do  # the pair of one seed side by side
     train "kd_pc_a5_s$s" "$s" -s soft_ens.h5 "${kd[@]}" & train "nokd_pc_s$s" "$s" --no-kd & wait
 done

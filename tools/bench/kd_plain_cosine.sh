@@ -12,16 +12,8 @@
 set -euo pipefail
 run="${1:?run directory of tools/bench/kd_ensemble.sh}"
 here="$(cd "$(dirname "$0")/../.." && pwd)"
-cfg="$here/configs/distill/student-cpu-small.yaml"
 cd "$run"
-pc=(--set loss.plain_cosine=1.0 --set train.threads=1)
-kd=(--set loss.temperature_start=1.0 --set loss.gamma=0 --set loss.gradnorm=false
-    --set loss.alpha=0.5 --set loss.beta=0.5)
-train() {  # name, seed, then distill arguments
-    local name="$1" seed="$2"; shift 2
-    [ -e "$name/report.md" ] || neimsctl distill student.h5 -c "$cfg" "${pc[@]}" \
-        --set train.seed="$seed" "$@" -o "$name" > "$name.log" 2>&1
-}
+. "$here/tools/bench/kd_recipes.sh"
 train kd_pc_a5 42 -s soft_ens.h5 "${kd[@]}" & train nokd_pc 42 --no-kd & wait
 train kd_pc_a5_s1 1 -s soft_ens.h5 "${kd[@]}" & train kd_pc_a5_s2 2 -s soft_ens.h5 "${kd[@]}" & wait
 train nokd_pc_s1 1 --no-kd & train nokd_pc_s2 2 --no-kd & wait

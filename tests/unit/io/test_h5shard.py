@@ -240,7 +240,7 @@ def test_chunk_copy_falls_back_to_values_off_the_chunk_grid(tmp_path: Path) -> N
     with ShardWriter(tmp_path / "dst.h5", "student", settings, digest) as w:
         w.append(make_block("student", 100, 5))  # buffered, 5 rows: off the grid
         with ShardReader(src) as r:
-            w.append_shard_rows(r.file, 70)
+            w.append_shard_rows(r, 70)
     ref = write(tmp_path / "ref.h5", "student", [make_block("student", 100, 5),
                                                   make_block("student", 0, 70)])
     with ShardReader(tmp_path / "dst.h5") as a, ShardReader(ref) as b:
