@@ -32,7 +32,9 @@ from neimsctl.io.streams import (atomic_path, copy_file_to, display_name, is_das
 from neimsctl.io.zblock import ZBlockWriter
 
 CHUNK = 256
-COMMIT_ROWS = 4096   # input records between two resume points of a resumable HDF5 output
+# input records between two resume points of a resumable HDF5 output: a crash loses at most a few
+# seconds of work, and runs of fewer records need no join at the end (BENCHMARKS.md, session 7)
+COMMIT_ROWS = 16384
 _BUILDER: RowBuilder | None = None
 
 

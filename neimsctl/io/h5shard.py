@@ -13,7 +13,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -95,6 +95,20 @@ class ShardWriter(Writer):
         """Rows appended so far (written or still buffered)."""
         return self._written + self._pending_rows
 
+    @property
+    def attrs(self) -> h5py.AttributeManager:
+        """The file's root attributes (set more before :meth:`close`)."""
+        return self._f.attrs
+
+    def last_rows(self, k: int) -> dict[str, np.ndarray]:
+        """The last ``k`` rows appended, while they are still buffered (``k`` at most the
+        rows after the last full chunk written)."""
+        if not 0 < k <= self._pending_rows:
+            raise ValueError(f"last_rows({k}): {self._pending_rows} rows buffered")
+        block = (self._pending[0] if len(self._pending) == 1
+                 else concat_blocks(self._pending, self.mode))
+        return take_rows(block, np.arange(self._pending_rows - k, self._pending_rows), self.mode)
+
     def _make(self, name: str, dtype: Any, shape: tuple[int, ...], chunk: int) -> None:
         self._f.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
                                chunks=(chunk, *shape), **COMPRESSION)
@@ -159,7 +173,7 @@ class ShardWriter(Writer):
             self.append(src.rows(0, n))
             return
         f, sf = self._f, src.file
-        values: dict[str, np.ndarray] = {c: sf[c].asstr()[:n] for c in STR_COLUMNS}
+        values: dict[str, np.ndarray] = {c: sf[c][:n] for c in STR_COLUMNS}  # UTF-8 bytes as stored
         for name in row_columns(self.mode):
             if name in _PTRS:  # CSR lengths: _write turns them into offsets again
                 values[name] = np.diff(src.ptr(name)[:n + 1])
@@ -207,16 +221,18 @@ class ResumableShardWriter(Writer):
     HDF5 is not crash-safe: a process killed half-way through a write can leave a file that
     the library cannot open again (or that crashes it). So the rows go, one *segment* per
     :meth:`commit`, into complete shards ``<path>.partial/seg-NNNNNN.h5``, each written by a
-    :class:`ShardWriter` (temporary name, renamed when complete) and carrying the caller's
-    resume state; :meth:`close` concatenates them into ``path`` and removes the directory.
-    Whatever kills the process, the segments already renamed are intact.
+    :class:`ShardWriter` (temporary name, renamed when the segment is committed) and carrying
+    the caller's resume state; :meth:`close` joins them into ``path`` and removes the
+    directory. Whatever kills the process, the segments already renamed are intact.
 
-    Segments are compressed like the final file, and a segment owns only its first
-    ``aligned_rows`` rows (a multiple of :data:`ROW_CHUNK`): the rows after them (fewer than
-    one chunk) are written again at the start of the next segment. So every segment starts
-    on a chunk boundary of the final file, and :meth:`close` copies its compressed chunks as
-    they are: the compression happens while the rows come in (under ``featurize --jobs N``,
-    while the workers featurize) instead of in one serial pass at the end.
+    Rows stream into the open segment as they come (memory stays that of one
+    :class:`ShardWriter`, at most :data:`FLUSH_ROWS` rows, however far apart the commits). A
+    segment owns only its first ``aligned_rows`` rows (a multiple of :data:`ROW_CHUNK`): the
+    rows after them (fewer than one chunk) are written again at the start of the next
+    segment. So every segment starts on a chunk boundary of the final file, and :meth:`close`
+    copies its compressed chunks as they are. When nothing was committed (a run shorter than
+    one commit interval), the open segment already is the whole output and is renamed into
+    place without a copy.
 
     Parameters
     ----------
@@ -239,9 +255,10 @@ class ResumableShardWriter(Writer):
         self._settings, self._hash, self._attrs = settings, settings_hash, attrs
         self.dir = partial_path(self.path)
         self.resume_state: dict[str, Any] | None = None
-        self._pending: list[dict[str, np.ndarray]] = []
-        # rows committed; the first ``_carry`` pending rows are the last segment's tail
-        self._written = self._pending_rows = self._carry = 0
+        self._seg: ShardWriter | None = None  # the open segment
+        self._tail: dict[str, np.ndarray] | None = None  # the last segment's unowned rows
+        # rows committed (the tail's included); the tail has ``_carry`` rows
+        self._written = self._carry = 0
         segs = self._segments() if resume else []
         if not resume:  # a new run replaces an old partial output
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -255,60 +272,68 @@ class ResumableShardWriter(Writer):
                 self.resume_state = json.loads(r.attrs["resume_state"])
                 own = _owned_rows(r)
                 if own < len(r):
-                    self._pending = [r.rows(own, len(r))]
-                    self._pending_rows = self._carry = len(r) - own
+                    self._tail, self._carry = r.rows(own, len(r)), len(r) - own
             self._written = int(self.resume_state["n_rows"])
         self._next = len(segs)
 
     def _segments(self) -> list[Path]:
         return sorted(self.dir.glob("seg-*.h5")) if self.dir.is_dir() else []
 
+    def _open(self) -> ShardWriter:
+        """The open segment (made with the final file's attributes, and the last tail)."""
+        if self._seg is None:
+            self._seg = ShardWriter(self.dir / f"seg-{self._next:06d}.h5", self.mode,
+                                    self._settings, self._hash, self._attrs)
+            if self._tail is not None:
+                self._seg.append(self._tail)
+        return self._seg
+
     @property
     def n_rows(self) -> int:
         """Rows appended so far (committed or not)."""
-        return self._written + self._pending_rows - self._carry
+        return self._written + (self._seg.n_rows - self._carry if self._seg is not None else 0)
 
     def append(self, block: dict[str, np.ndarray]) -> None:
-        """Buffer the rows of ``block`` until the next :meth:`commit`."""
-        block = validate_block(block, self.mode)
+        """Write the rows of ``block`` into the open segment (committed by :meth:`commit`)."""
         if block_rows(block):
-            self._pending.append(block)
-            self._pending_rows += block_rows(block)
+            self._open().append(block)
 
     def commit(self, state: dict[str, Any]) -> None:
-        """Write the buffered rows as the next segment, with ``state`` (+ the row count)."""
-        self._written += self._pending_rows - self._carry
-        full = {**state, "n_rows": self._written}
-        n = self._pending_rows
+        """Finish the open segment with ``state`` (+ the row count): a resume point."""
+        w = self._open()
+        n = w.n_rows
+        self._written += n - self._carry
         own = n // ROW_CHUNK * ROW_CHUNK
-        seg = self.dir / f"seg-{self._next:06d}.h5"
-        with ShardWriter(seg, self.mode, self._settings, self._hash,
-                         {"resume_state": json.dumps(full, sort_keys=True),
-                          "aligned_rows": own}) as w:
-            for b in self._pending:
-                w.append(b)
-        if own < n:  # the tail goes again into the next segment
-            block = concat_blocks(self._pending, self.mode)
-            self._pending = [take_rows(block, np.arange(own, n), self.mode)]
-        else:
-            self._pending = []
-        self._pending_rows = self._carry = n - own
+        w.attrs["resume_state"] = json.dumps({**state, "n_rows": self._written}, sort_keys=True)
+        w.attrs["aligned_rows"] = own
+        self._tail = w.last_rows(n - own) if own < n else None
+        self._carry = n - own
+        self._seg = None
+        w.close()
         self._next += 1
 
     def close(self) -> None:
-        """Concatenate the segments and the buffered rows into ``path``; remove the segments."""
+        """Join the segments and the open one into ``path``; remove the segments."""
         segs = self._segments()
-        with ShardWriter(self.path, self.mode, self._settings, self._hash, self._attrs) as w:
-            for seg in segs:
-                with ShardReader(seg) as r:
-                    w.append_shard_rows(r, _owned_rows(r))
-            for b in self._pending:
-                w.append(b)
+        last = self._open()
+        if not segs:  # nothing committed: the open segment is the output, attributes and all
+            last.close()
+            os.replace(last.path, self.path)
+        else:
+            last.attrs["aligned_rows"] = last.n_rows  # it owns all its rows
+            last.close()
+            with ShardWriter(self.path, self.mode, self._settings, self._hash, self._attrs) as w:
+                for seg in [*segs, last.path]:
+                    with ShardReader(seg) as r:
+                        w.append_shard_rows(r, _owned_rows(r))
+        self._seg = None
         shutil.rmtree(self.dir)  # segments, and temporary files of a run killed mid-segment
 
     def abort(self, exc: BaseException | None = None) -> None:
-        """Drop the uncommitted rows; keep the segments for a resume."""
-        self._pending, self._pending_rows, self._carry = [], 0, 0
+        """Drop the open segment; keep the committed ones for a resume."""
+        if self._seg is not None:
+            self._seg.abort(exc)
+            self._seg = None
 
 
 def _deflate_chunks(ds: h5py.Dataset, start: int, arr: np.ndarray) -> None:
@@ -330,6 +355,34 @@ def _deflate_chunks(ds: h5py.Dataset, start: int, arr: np.ndarray) -> None:
         if len(part) < c:
             part = np.concatenate([part, np.zeros((c - len(part), *arr.shape[1:]), arr.dtype)])
         ds.id.write_direct_chunk((start + lo, *tail), _deflate.compress(part, level))
+
+
+def _strings(raw: np.ndarray) -> np.ndarray:
+    """UTF-8 bytes read from a string dataset, as an object array of ``str`` (h5py's
+    ``asstr()`` takes twice as long)."""
+    out = np.empty(len(raw), dtype=object)
+    out[:] = [b.decode("utf-8") for b in raw]
+    return out
+
+
+def _chunk_reader(ds: h5py.Dataset) -> Callable[[int], np.ndarray]:
+    """``read(lo)``: the rows of ``ds`` in its chunk starting at row ``lo``.
+
+    A wide gzip column's chunk is read as stored and inflated by :data:`_deflate` (ISA-L's
+    inflate is ~2x zlib's, which HDF5 uses); anything else through h5py.
+    """
+    step, n = (ds.chunks or (ROW_CHUNK,))[0], ds.shape[0]
+    if ds.ndim < 2 or (ds.compression, ds.shuffle, ds.fletcher32, ds.scaleoffset) != (
+            "gzip", False, False, None):
+        return lambda lo: np.asarray(ds[lo:lo + step])
+    dsid, dtype, shape, tail = ds.id, ds.dtype, ds.chunks, (0,) * (ds.ndim - 1)
+
+    def read(lo: int) -> np.ndarray:
+        mask, data = dsid.read_direct_chunk((lo, *tail))
+        raw = data if mask & 1 else _deflate.decompress(data)  # bit 0: deflate was skipped
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)[:n - lo]
+
+    return read
 
 
 def _owned_rows(seg: "ShardReader") -> int:
@@ -389,7 +442,7 @@ class ShardReader:
     def column(self, name: str) -> np.ndarray:
         """A whole per-row column (cheap for metadata: ``id``, ``inchikey``, ``mw`` ...)."""
         ds = self.file[name]
-        return np.asarray(ds.asstr()[:], dtype=object) if name in STR_COLUMNS else ds[:]
+        return _strings(ds[:]) if name in STR_COLUMNS else ds[:]
 
     def ptr(self, length: str) -> np.ndarray:
         """CSR offsets (``n_atoms`` -> ``atom_ptr``), cached in memory after the first call."""
@@ -401,8 +454,7 @@ class ShardReader:
         """Rows ``start:stop`` as a block."""
         start, stop = max(0, start), min(stop, self.n_rows)
         f = self.file
-        out: dict[str, np.ndarray] = {c: np.asarray(f[c].asstr()[start:stop], dtype=object)
-                                      for c in STR_COLUMNS}
+        out: dict[str, np.ndarray] = {c: _strings(f[c][start:stop]) for c in STR_COLUMNS}
         for name in row_columns(self.mode):
             if name in _PTRS:
                 out[name] = np.diff(self.ptr(name)[start:stop + 1])
@@ -460,11 +512,11 @@ class ShardReader:
                 if step not in groups_by:
                     chunk = uniq // step
                     groups_by[step] = [(int(c) * step, uniq[chunk == c]) for c in np.unique(chunk)]
-                ds = raw.asstr() if name in STR_COLUMNS else raw
-                parts = [np.asarray(ds[lo:lo + step])[sel - lo] for lo, sel in groups_by[step]]
-                out[name] = np.concatenate(parts) if parts else np.asarray(ds[0:0])
+                read = _chunk_reader(raw)
+                parts = [read(lo)[sel - lo] for lo, sel in groups_by[step]]
+                out[name] = np.concatenate(parts) if parts else raw[0:0]
                 if name in STR_COLUMNS:
-                    out[name] = out[name].astype(object)
+                    out[name] = _strings(out[name])
         if any(n in ragged for n in names):
             return take_rows(out, inv, self.mode)
         return {k: v[inv] for k, v in out.items()}

@@ -161,6 +161,7 @@ def test_resumable_writer_survives_a_crash_and_equals_one_run(tmp_path: Path, mo
         if k < 2:
             w.commit({"next_ordinal": 14 * (k + 1)})
     # killed mid-segment: an unfinished temporary file, block 2 never committed
+    w.abort()  # (this process lives on: let go of the open segment)
     (tmp_path / "out.h5.partial" / ".seg-000002.h5.part-999").write_bytes(b"half")
     assert not (tmp_path / "out.h5").exists()
 
@@ -223,7 +224,8 @@ def test_resumable_segments_join_by_chunk_copy_and_equal_one_run(tmp_path: Path,
     with r:
         for b in blocks[4:]:
             r.append(b)
-    assert copied == [(0, 0), (0, 192), (192, 64), (256, 64)]  # every copy starts on a chunk
+    # every copy starts on a chunk; the last one is the open segment: the 14 carried + 93 new
+    assert copied == [(0, 0), (0, 192), (192, 64), (256, 64), (320, 107)]
     ref = write(tmp_path / "ref.h5", mode, blocks)
     total = int(starts[-1])
     with ShardReader(tmp_path / "out.h5") as a, ShardReader(ref) as b:
@@ -278,3 +280,49 @@ def test_chunks_deflated_here_read_back_through_hdf5s_gzip_filter(
                                compression_opts=1)
         assert np.array_equal(ref[:], ds[:])
         g.close()
+
+
+def test_resumable_output_without_a_commit_is_the_open_segment_renamed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run shorter than one commit interval: nothing is copied, and the file is exactly
+    a one-shot write with the final attributes (no resume state)."""
+    from neimsctl.io import h5shard
+    from neimsctl.io.h5shard import ResumableShardWriter
+
+    monkeypatch.setattr(h5shard.ShardWriter, "append_shard_rows",
+                        lambda *a: pytest.fail("copied rows"))
+    settings, digest = run_settings(RowOptions(mode="student"))
+    blocks = [make_block("student", 0, 70), make_block("student", 70, 9)]
+    with ResumableShardWriter(tmp_path / "out.h5", "student", settings, digest,
+                              {"shard": "2/3"}) as w:
+        for b in blocks:
+            w.append(b)
+        assert w.n_rows == 79
+    assert not (tmp_path / "out.h5.partial").exists()
+    ref = write(tmp_path / "ref.h5", "student", blocks, shard="2/3")
+    with ShardReader(tmp_path / "out.h5") as a, ShardReader(ref) as b:
+        assert dict(a.attrs) == dict(b.attrs)
+        assert_blocks_equal(a.rows(0, 79), b.rows(0, 79))
+
+
+def test_take_inflates_chunks_itself_and_reads_what_hdf5_wrote(tmp_path: Path) -> None:
+    """take() reads wide gzip chunks as stored and inflates them: chunks that HDF5 deflated
+    (level 4, as older neimsctl wrote), a chunk stored with the deflate filter skipped
+    (filter mask 1), and a partial last chunk all read back exactly."""
+    import h5py
+
+    blocks = [make_block("student", 0, 100)]
+    path = write(tmp_path / "t.h5", "student", blocks)
+    whole = blocks[0]
+    with h5py.File(path, "r+") as f:
+        del f["counts"]
+        f.create_dataset("counts", data=whole["counts"], maxshape=(None, 2048), chunks=(64, 2048),
+                         compression="gzip", compression_opts=4)
+        f["ecfp"].id.write_direct_chunk((0, 0), np.ascontiguousarray(whole["ecfp"][:64]).tobytes(),
+                                        filter_mask=1)
+    idx = [99, 3, 64, 3, 0, 63]
+    with ShardReader(path) as r:
+        got = r.take(idx, ["counts", "ecfp", "spectrum", "smiles"])
+        for k in ("counts", "ecfp", "spectrum", "smiles"):
+            assert np.array_equal(got[k], whole[k][idx]), k
+        assert got["smiles"].dtype == object and isinstance(got["smiles"][0], str)
