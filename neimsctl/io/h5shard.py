@@ -31,7 +31,7 @@ from neimsctl.io.streams import Writer, atomic_path, partial_path
 SCHEMA = "neimsctl.h5shard/1"
 ROW_CHUNK = 64          # rows per chunk of every per-molecule dataset
 RAGGED_CHUNK = 1024     # rows per chunk of atom_x / edge_index / edge_attr (~20-40 molecules)
-FLUSH_ROWS = 4096       # rows buffered before a write (a multiple of ROW_CHUNK)
+FLUSH_ROWS = 1024       # rows buffered before a write (a multiple of ROW_CHUNK)
 COMPRESSION: dict[str, Any] = {"compression": "gzip", "compression_opts": 1}
 _STR = h5py.string_dtype("utf-8")
 _PTRS = {"n_atoms": "atom_ptr", "n_edges": "edge_ptr"}
@@ -229,10 +229,12 @@ class ResumableShardWriter(Writer):
     :class:`ShardWriter`, at most :data:`FLUSH_ROWS` rows, however far apart the commits). A
     segment owns only its first ``aligned_rows`` rows (a multiple of :data:`ROW_CHUNK`): the
     rows after them (fewer than one chunk) are written again at the start of the next
-    segment. So every segment starts on a chunk boundary of the final file, and :meth:`close`
-    copies its compressed chunks as they are. When nothing was committed (a run shorter than
-    one commit interval), the open segment already is the whole output and is renamed into
-    place without a copy.
+    segment. So every segment starts on a chunk boundary of the final file, and its compressed
+    chunks are copied as they are into the final file (``<path>.partial/joined.h5`` until the
+    end) right after the segment is committed: the copying happens while the rows come in
+    (under ``featurize --jobs N``, while the workers featurize), and :meth:`close` only copies
+    the last segment. When nothing was committed (a run shorter than one commit interval), the
+    open segment already is the whole output and is renamed into place without a copy.
 
     Parameters
     ----------
@@ -256,6 +258,8 @@ class ResumableShardWriter(Writer):
         self.dir = partial_path(self.path)
         self.resume_state: dict[str, Any] | None = None
         self._seg: ShardWriter | None = None  # the open segment
+        self._out: ShardWriter | None = None  # the final file, once a segment is committed
+        self._unjoined: list[Path] = []  # committed segments not yet copied into it
         self._tail: dict[str, np.ndarray] | None = None  # the last segment's unowned rows
         # rows committed (the tail's included); the tail has ``_carry`` rows
         self._written = self._carry = 0
@@ -274,7 +278,7 @@ class ResumableShardWriter(Writer):
                 if own < len(r):
                     self._tail, self._carry = r.rows(own, len(r)), len(r) - own
             self._written = int(self.resume_state["n_rows"])
-        self._next = len(segs)
+        self._next, self._unjoined = len(segs), segs
 
     def _segments(self) -> list[Path]:
         return sorted(self.dir.glob("seg-*.h5")) if self.dir.is_dir() else []
@@ -311,29 +315,43 @@ class ResumableShardWriter(Writer):
         self._seg = None
         w.close()
         self._next += 1
+        self._unjoined.append(w.path)
+        self._join()
+
+    def _join(self) -> None:
+        """Copy the owned rows of the committed segments not yet copied into the final file."""
+        if self._out is None:  # in the directory: a killed run leaves nothing beside ``path``
+            self._out = ShardWriter(self.dir / "joined.h5", self.mode, self._settings, self._hash,
+                                    self._attrs)
+        for seg in self._unjoined:
+            with ShardReader(seg) as r:
+                self._out.append_shard_rows(r, _owned_rows(r))
+        self._unjoined = []
 
     def close(self) -> None:
-        """Join the segments and the open one into ``path``; remove the segments."""
-        segs = self._segments()
+        """Finish ``path`` with the open segment's rows; remove the segments."""
         last = self._open()
-        if not segs:  # nothing committed: the open segment is the output, attributes and all
-            last.close()
+        if self._out is None and not self._unjoined:  # nothing committed: the open segment
+            last.close()                                # is the output, attributes and all
             os.replace(last.path, self.path)
         else:
             last.attrs["aligned_rows"] = last.n_rows  # it owns all its rows
             last.close()
-            with ShardWriter(self.path, self.mode, self._settings, self._hash, self._attrs) as w:
-                for seg in [*segs, last.path]:
-                    with ShardReader(seg) as r:
-                        w.append_shard_rows(r, _owned_rows(r))
-        self._seg = None
+            self._unjoined.append(last.path)
+            self._join()
+            assert self._out is not None
+            self._out.close()
+            os.replace(self._out.path, self.path)
+        self._seg = self._out = None
         shutil.rmtree(self.dir)  # segments, and temporary files of a run killed mid-segment
 
     def abort(self, exc: BaseException | None = None) -> None:
-        """Drop the open segment; keep the committed ones for a resume."""
-        if self._seg is not None:
-            self._seg.abort(exc)
-            self._seg = None
+        """Drop the open segment and the unfinished final file; keep the committed segments
+        for a resume."""
+        for w in (self._seg, self._out):
+            if w is not None:
+                w.abort(exc)
+        self._seg = self._out = None
 
 
 def _deflate_chunks(ds: h5py.Dataset, start: int, arr: np.ndarray) -> None:
