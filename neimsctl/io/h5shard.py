@@ -383,17 +383,14 @@ def _strings(raw: np.ndarray) -> np.ndarray:
     return out
 
 
-def _chunk_reader(ds: h5py.Dataset) -> Callable[[int], np.ndarray]:
-    """``read(lo)``: the rows of ``ds`` in its chunk starting at row ``lo``.
-
-    A wide gzip column's chunk is read as stored and inflated by :data:`_deflate` (ISA-L's
-    inflate is ~2x zlib's, which HDF5 uses); anything else through h5py.
-    """
-    step, n = (ds.chunks or (ROW_CHUNK,))[0], ds.shape[0]
-    if ds.ndim < 2 or (ds.compression, ds.shuffle, ds.fletcher32, ds.scaleoffset) != (
-            "gzip", False, False, None):
-        return lambda lo: np.asarray(ds[lo:lo + step])
-    dsid, dtype, shape, tail = ds.id, ds.dtype, ds.chunks, (0,) * (ds.ndim - 1)
+def _chunk_reader(ds: h5py.Dataset) -> Callable[[int], np.ndarray] | None:
+    """``read(lo)``: the rows of a wide gzip column ``ds`` in its chunk starting at row ``lo``,
+    read as stored and inflated by :data:`_deflate` (ISA-L's inflate is ~2x zlib's, which
+    HDF5 uses); ``None`` for any other dataset (read those through h5py)."""
+    if ds.ndim < 2 or not ds.chunks or (ds.compression, ds.shuffle, ds.fletcher32,
+                                        ds.scaleoffset) != ("gzip", False, False, None):
+        return None
+    n, dsid, dtype, shape, tail = ds.shape[0], ds.id, ds.dtype, ds.chunks, (0,) * (ds.ndim - 1)
 
     def read(lo: int) -> np.ndarray:
         mask, data = dsid.read_direct_chunk((lo, *tail))
@@ -401,6 +398,16 @@ def _chunk_reader(ds: h5py.Dataset) -> Callable[[int], np.ndarray]:
         return np.frombuffer(raw, dtype=dtype).reshape(shape)[:n - lo]
 
     return read
+
+
+def _read_rows(ds: h5py.Dataset, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of a per-row dataset (wide gzip columns by :func:`_chunk_reader`)."""
+    read = _chunk_reader(ds)
+    if read is None or stop <= start:
+        return ds[start:stop]
+    step = ds.chunks[0]
+    return np.concatenate([read(lo)[max(start - lo, 0):stop - lo]
+                           for lo in range(start - start % step, stop, step)])
 
 
 def _owned_rows(seg: "ShardReader") -> int:
@@ -477,7 +484,7 @@ class ShardReader:
             if name in _PTRS:
                 out[name] = np.diff(self.ptr(name)[start:stop + 1])
             else:
-                out[name] = f[name][start:stop]
+                out[name] = _read_rows(f[name], start, stop)
         for name, (_, _, length) in ragged_columns(self.mode).items():
             p = self.ptr(length)
             out[name] = f[name][p[start]:p[stop]]
@@ -530,7 +537,7 @@ class ShardReader:
                 if step not in groups_by:
                     chunk = uniq // step
                     groups_by[step] = [(int(c) * step, uniq[chunk == c]) for c in np.unique(chunk)]
-                read = _chunk_reader(raw)
+                read = _chunk_reader(raw) or (lambda lo, ds=raw, k=step: ds[lo:lo + k])
                 parts = [read(lo)[sel - lo] for lo, sel in groups_by[step]]
                 out[name] = np.concatenate(parts) if parts else raw[0:0]
                 if name in STR_COLUMNS:

@@ -326,3 +326,16 @@ def test_take_inflates_chunks_itself_and_reads_what_hdf5_wrote(tmp_path: Path) -
         for k in ("counts", "ecfp", "spectrum", "smiles"):
             assert np.array_equal(got[k], whole[k][idx]), k
         assert got["smiles"].dtype == object and isinstance(got["smiles"][0], str)
+
+
+@pytest.mark.parametrize("mode", ["student", "teacher"])
+def test_rows_read_by_chunk_across_boundaries(tmp_path: Path, mode: str) -> None:
+    """rows(start, stop) inflates whole chunks and cuts them: any window equals the block's."""
+    blocks = [make_block(mode, 0, 150)]
+    path = write(tmp_path / "w.h5", mode, blocks)
+    whole = blocks[0]
+    with ShardReader(path) as r:
+        for start, stop in [(0, 150), (0, 64), (63, 65), (64, 128), (5, 149), (130, 150),
+                            (149, 150), (70, 70), (140, 999)]:
+            assert_blocks_equal(r.rows(start, stop),
+                                take_rows(whole, np.arange(start, min(stop, 150)), mode))
