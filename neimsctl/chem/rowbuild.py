@@ -194,13 +194,18 @@ class RowBuilder:
         one and the unreadable ones become ``bad_peaks`` rejects.
         """
         n = len(rows)
-        out = np.zeros((n, N_BINS), dtype=np.float32)
+        out = None
+        has = np.zeros(n, dtype=bool)
         late: list[Rejected] = []
         where = [i for i, row in enumerate(rows) if type(row[8]) is tuple]
+        # rows whose spectrum was made alone (by preprocess_spectrum): ``has`` is read from it
+        alone = [i for i, row in enumerate(rows) if type(row[8]) is np.ndarray]
         try:
-            mz_a = np.asarray([m for i in where for m in rows[i][8][0]], dtype=np.float64)
-            it_a = np.asarray([v for i in where for v in rows[i][8][1]], dtype=np.float64)
+            mz_a = np.fromiter(chain.from_iterable([rows[i][8][0] for i in where]), np.float64)
+            it_a = np.fromiter(chain.from_iterable([rows[i][8][1] for i in where]), np.float64)
         except (ValueError, TypeError):
+            out = np.zeros((n, N_BINS), dtype=np.float32)
+            alone += where
             for i in where:
                 row = rows[i]
                 try:
@@ -216,19 +221,31 @@ class RowBuilder:
                 idx = np.floor(mz_a + 0.5).astype(np.int64)  # round half up
             keep = (idx >= 0) & (idx < N_BINS)
             binned = np.bincount(owner[keep] * N_BINS + idx[keep], weights=it_a[keep],
-                                 minlength=k * N_BINS).reshape(k, N_BINS).astype(np.float32)
+                                 minlength=k * N_BINS).astype(np.float32).reshape(k, N_BINS)
             top = binned.max(axis=1)
             pos = top > 0
-            thr = (NOISE_LEVEL * top.astype(np.float64)).astype(np.float32)[:, None]
+            # in place, one pass each: below the noise level -> 0, then / base peak (rows
+            # without a positive peak: threshold -inf and divisor 1 leave them as they are)
+            thr = np.where(pos, (NOISE_LEVEL * top.astype(np.float64)).astype(np.float32),
+                           np.float32(-np.inf))
             with np.errstate(invalid="ignore", divide="ignore"):
-                binned = np.where(pos[:, None] & (binned < thr), np.float32(0), binned)
-                binned = np.where(pos[:, None], binned / np.where(pos, top, 1)[:, None], binned)
-            out[where] = binned
-        for i, row in enumerate(rows):
-            if type(row[8]) is np.ndarray:
-                out[i] = row[8]
-        with np.errstate(invalid="ignore"):
-            has = out.max(axis=1) > 0 if n else np.zeros(0, dtype=bool)
+                binned[binned < thr[:, None]] = 0
+                binned /= np.where(pos, top, np.float32(1))[:, None]
+            if k == n:
+                out = binned
+            else:
+                if out is None:
+                    out = np.zeros((n, N_BINS), dtype=np.float32)
+                out[where] = binned
+            has[where] = pos & np.isfinite(top)  # an infinite base peak leaves NaN: no spectrum
+        if out is None:
+            out = np.zeros((n, N_BINS), dtype=np.float32)
+        for i in alone:
+            if type(rows[i][8]) is np.ndarray:
+                out[i] = rows[i][8]
+        if alone:
+            with np.errstate(invalid="ignore"):
+                has[alone] = out[alone].max(axis=1) > 0
         out[~has] = 0
         return out.astype(np.float16), has, late
 
