@@ -25,6 +25,8 @@ repeat a structure that featurize has already seen (its cache), and the whole jo
     python tools/bench/bench_featurize.py [--smiles 100000] [--library 30000] [--repeat 3]
 
 Each case runs raw, --jobs 1 and --jobs 2 alternately ``--repeat`` times and reports medians.
+The last column is the bare loop's own speed-up from a second (forked) process over the same
+molecules: the ceiling of ``--jobs 2`` on this machine, before any reading, transfer or writing.
 Per-core efficiency (``j1/raw``) is given from CPU time (user + sys of this process and its
 reaped workers; meaningful on a loaded machine) and from wall time; the ``--jobs 2`` speed-up
 needs an idle second core, so the load average is printed at start and end.
@@ -120,6 +122,29 @@ def raw_rate(smiles: list[str], canon: bool, inchikey: bool) -> tuple[float, flo
     return len(smiles) / (time.perf_counter() - t0), len(smiles) / (cpu_now() - c0)
 
 
+def _raw_part(smiles: list[str], canon: bool, inchikey: bool) -> None:
+    raw_rate(smiles, canon, inchikey)
+
+
+def raw_two_speedup(smiles: list[str], canon: bool, inchikey: bool) -> float:
+    """What a second process can give here: wall of the bare loop over all ``smiles`` in this
+    process over the wall of the same loop with the SMILES split between two forked processes
+    (no pool, no transfer of results: the machine's ceiling for ``--jobs 2``)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    t = time.perf_counter()
+    raw_rate(smiles, canon, inchikey)
+    one = time.perf_counter() - t
+    t = time.perf_counter()
+    procs = [ctx.Process(target=_raw_part, args=(smiles[i::2], canon, inchikey)) for i in range(2)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+    return one / (time.perf_counter() - t)
+
+
 class NullSink:
     """Discards rows: isolates featurization from HDF5 writing."""
 
@@ -187,8 +212,9 @@ def main() -> None:
     print(f"# {os.cpu_count()} CPUs, load average at start {os.getloadavg()}; records via {how}")
     print(f"# command: {' '.join(sys.argv)}; medians of {args.repeat} alternating repeats")
     print("| input | n | raw mol/s wall | raw mol/s CPU | rows-only CPU | j1 wall | j1 CPU "
-          "| j1/raw CPU | j1/raw wall | j2 wall | j2/j1 wall | j2/j1 CPU per rec |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| j1/raw CPU | j1/raw wall | j2 wall | j2/j1 wall | j2/j1 CPU per rec "
+          "| raw in 2 processes / raw |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     med = statistics.median
     cases = [("massbank_ei (JSONL records)", jsonl, True, False),
              *([("library-size JSONL records, new structures", library, True, False)]
@@ -197,12 +223,14 @@ def main() -> None:
              ("moses SMILES --no-inchikey", smi, False, True)]
     for label, src, ik, is_smi in cases:
         smiles = smiles_of(src)
-        r: dict[str, list[float]] = {k: [] for k in ("rw", "rc", "j0c", "j1w", "j1c", "j2w", "j2c")}
+        r: dict[str, list[float]] = {k: [] for k in ("rw", "rc", "r2", "j0c", "j1w", "j1c", "j2w",
+                                                     "j2c")}
         n = 0
         for _ in range(args.repeat):
             rw, rc = raw_rate(smiles, canon=is_smi, inchikey=is_smi and ik)
             r["rw"].append(rw)
             r["rc"].append(rc)
+            r["r2"].append(raw_two_speedup(smiles, canon=is_smi, inchikey=is_smi and ik))
             r["j0c"].append(pipeline_rate(src, None, 1, ik)[1])
             w1, c1, n = pipeline_rate(src, tmp / "j1.h5", 1, ik)
             w2, c2, _ = pipeline_rate(src, tmp / "j2.h5", 2, ik)
@@ -213,7 +241,8 @@ def main() -> None:
         m = {k: med(v) for k, v in r.items()}
         print(f"| {label} | {len(smiles)} | {m['rw']:.0f} | {m['rc']:.0f} | {m['j0c']:.0f} "
               f"| {m['j1w']:.0f} | {m['j1c']:.0f} | {m['j1c'] / m['rc']:.2f} | {m['j1w'] / m['rw']:.2f} "
-              f"| {m['j2w']:.0f} | {m['j2w'] / m['j1w']:.2f} | {m['j1c'] / m['j2c']:.2f} |", flush=True)
+              f"| {m['j2w']:.0f} | {m['j2w'] / m['j1w']:.2f} | {m['j1c'] / m['j2c']:.2f} "
+              f"| {m['r2']:.2f} |", flush=True)
         if src == jsonl:
             train = random_read_us(tmp / "j1.h5", ("ecfp", "counts", "spectrum"))
             every = random_read_us(tmp / "j1.h5", None)
