@@ -363,7 +363,8 @@ def _deflate_chunks(ds: h5py.Dataset, start: int, arr: np.ndarray) -> None:
     beyond the dataset's extent are never read).
     """
     c, level = ds.chunks[0], ds.compression_opts
-    if (ds.compression, ds.shuffle, ds.fletcher32, ds.scaleoffset) != ("gzip", False, False, None):
+    if ds.chunks[1:] != ds.shape[1:] or (ds.compression, ds.shuffle, ds.fletcher32,
+                                         ds.scaleoffset) != ("gzip", False, False, None):
         ds[start:start + len(arr)] = arr
         return
     arr = np.ascontiguousarray(arr, dtype=ds.dtype)
@@ -387,9 +388,10 @@ def _chunk_reader(ds: h5py.Dataset) -> Callable[[int], np.ndarray] | None:
     """``read(lo)``: the rows of a wide gzip column ``ds`` in its chunk starting at row ``lo``,
     read as stored and inflated by :data:`_deflate` (ISA-L's inflate is ~2x zlib's, which
     HDF5 uses); ``None`` for any other dataset (read those through h5py)."""
-    if ds.ndim < 2 or not ds.chunks or (ds.compression, ds.shuffle, ds.fletcher32,
-                                        ds.scaleoffset) != ("gzip", False, False, None):
-        return None
+    if ds.ndim < 2 or not ds.chunks or ds.chunks[1:] != ds.shape[1:] or (
+            ds.compression, ds.shuffle, ds.fletcher32, ds.scaleoffset) != ("gzip", False, False,
+                                                                           None):
+        return None  # (e.g. a file rechunked by h5repack: chunks not whole rows)
     n, dsid, dtype, shape, tail = ds.shape[0], ds.id, ds.dtype, ds.chunks, (0,) * (ds.ndim - 1)
 
     def read(lo: int) -> np.ndarray:
