@@ -395,7 +395,10 @@ def _chunk_reader(ds: h5py.Dataset) -> Callable[[int], np.ndarray] | None:
     n, dsid, dtype, shape, tail = ds.shape[0], ds.id, ds.dtype, ds.chunks, (0,) * (ds.ndim - 1)
 
     def read(lo: int) -> np.ndarray:
-        mask, data = dsid.read_direct_chunk((lo, *tail))
+        try:
+            mask, data = dsid.read_direct_chunk((lo, *tail))
+        except RuntimeError:  # a chunk never written (fill values): HDF5 makes it up
+            return np.asarray(ds[lo:lo + shape[0]])
         raw = data if mask & 1 else _deflate.decompress(data)  # bit 0: deflate was skipped
         return np.frombuffer(raw, dtype=dtype).reshape(shape)[:n - lo]
 

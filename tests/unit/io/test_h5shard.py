@@ -305,6 +305,14 @@ def test_resumable_output_without_a_commit_is_the_open_segment_renamed(
         assert_blocks_equal(a.rows(0, 79), b.rows(0, 79))
 
 
+def _chunk_rows(r: ShardReader, name: str, row: int) -> np.ndarray:
+    from neimsctl.io.h5shard import _chunk_reader
+
+    read = _chunk_reader(r.file[name])
+    assert read is not None
+    return read(row - row % 64)
+
+
 def test_take_inflates_chunks_itself_and_reads_what_hdf5_wrote(tmp_path: Path) -> None:
     """take() reads wide gzip chunks as stored and inflates them: chunks that HDF5 deflated
     (level 4, as older neimsctl wrote), a chunk stored with the deflate filter skipped
@@ -330,6 +338,11 @@ def test_take_inflates_chunks_itself_and_reads_what_hdf5_wrote(tmp_path: Path) -
             assert np.array_equal(got[k], whole[k][idx]), k
         assert got["smiles"].dtype == object and isinstance(got["smiles"][0], str)
         assert np.array_equal(r.rows(10, 90)["spectrum"], whole["spectrum"][10:90])
+    with h5py.File(path, "r+") as f:  # a chunk never written reads as HDF5's fill value
+        f["counts"].resize(192, axis=0)
+    with ShardReader(path) as r:
+        assert not r.file["counts"].id.get_chunk_info_by_coord((128, 0)).size
+        assert not _chunk_rows(r, "counts", 130).any()
 
 
 @pytest.mark.parametrize("mode", ["student", "teacher"])
