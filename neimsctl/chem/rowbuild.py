@@ -233,9 +233,8 @@ class RowBuilder:
                 binned /= np.where(pos, top, np.float32(1))[:, None]
             if k == n:
                 out = binned
-            else:
-                if out is None:
-                    out = np.zeros((n, N_BINS), dtype=np.float32)
+            else:  # (``out`` is only made above when the peaks could not be read: no ``where``)
+                out = np.zeros((n, N_BINS), dtype=np.float32)
                 out[where] = binned
             has[where] = pos & np.isfinite(top)  # an infinite base peak leaves NaN: no spectrum
         if out is None:

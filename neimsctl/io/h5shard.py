@@ -105,9 +105,13 @@ class ShardWriter(Writer):
         rows after the last full chunk written)."""
         if not 0 < k <= self._pending_rows:
             raise ValueError(f"last_rows({k}): {self._pending_rows} rows buffered")
-        block = (self._pending[0] if len(self._pending) == 1
-                 else concat_blocks(self._pending, self.mode))
-        return take_rows(block, np.arange(self._pending_rows - k, self._pending_rows), self.mode)
+        rows = np.arange(self._pending_rows - k, self._pending_rows)
+        return take_rows(self._pending_block(), rows, self.mode)
+
+    def _pending_block(self) -> dict[str, np.ndarray]:
+        """The buffered rows as one block."""
+        return (self._pending[0] if len(self._pending) == 1
+                else concat_blocks(self._pending, self.mode))
 
     def _make(self, name: str, dtype: Any, shape: tuple[int, ...], chunk: int) -> None:
         self._f.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
@@ -128,8 +132,7 @@ class ShardWriter(Writer):
         """Write the buffered rows; unless ``final``, keep a tail that does not fill a chunk."""
         if not self._pending_rows:
             return
-        block = (self._pending[0] if len(self._pending) == 1
-                 else concat_blocks(self._pending, self.mode))
+        block = self._pending_block()
         n = self._pending_rows if final else self._pending_rows // ROW_CHUNK * ROW_CHUNK
         if n < self._pending_rows:
             rest = take_rows(block, np.arange(n, self._pending_rows), self.mode)
@@ -150,7 +153,7 @@ class ShardWriter(Writer):
             ds = self._f[name]
             start = ds.shape[0]
             ds.resize(start + arr.shape[0], axis=0)
-            if arr.ndim > 1 and start % ds.chunks[0] == 0:
+            if arr.ndim > 1 and start % ds.chunks[0] == 0 and _whole_row_gzip(ds):
                 _deflate_chunks(ds, start, arr)
             else:
                 ds[start:] = arr
@@ -354,8 +357,18 @@ class ResumableShardWriter(Writer):
         self._seg = self._out = None
 
 
+def _whole_row_gzip(ds: h5py.Dataset) -> bool:
+    """Whether ``ds`` is a wide column whose chunks hold whole rows behind the gzip filter
+    alone: those chunks are deflated and inflated here (a file rechunked by h5repack, or
+    with other filters, goes through h5py)."""
+    return (ds.ndim > 1 and ds.chunks is not None and ds.chunks[1:] == ds.shape[1:]
+            and (ds.compression, ds.shuffle, ds.fletcher32, ds.scaleoffset)
+            == ("gzip", False, False, None))
+
+
 def _deflate_chunks(ds: h5py.Dataset, start: int, arr: np.ndarray) -> None:
-    """Write ``arr`` at row ``start`` (a chunk boundary) of ``ds``, deflating its chunks here.
+    """Write ``arr`` at row ``start`` (a chunk boundary) of ``ds`` (:func:`_whole_row_gzip`),
+    deflating its chunks here.
 
     The chunks are compressed by :data:`_deflate` (ISA-L when installed) and stored with
     ``write_direct_chunk``, as HDF5's own gzip filter would store them: any HDF5 reader
@@ -363,10 +376,6 @@ def _deflate_chunks(ds: h5py.Dataset, start: int, arr: np.ndarray) -> None:
     beyond the dataset's extent are never read).
     """
     c, level = ds.chunks[0], ds.compression_opts
-    if ds.chunks[1:] != ds.shape[1:] or (ds.compression, ds.shuffle, ds.fletcher32,
-                                         ds.scaleoffset) != ("gzip", False, False, None):
-        ds[start:start + len(arr)] = arr
-        return
     arr = np.ascontiguousarray(arr, dtype=ds.dtype)
     tail = (0,) * (arr.ndim - 1)
     for lo in range(0, len(arr), c):
@@ -385,13 +394,11 @@ def _strings(raw: np.ndarray) -> np.ndarray:
 
 
 def _chunk_reader(ds: h5py.Dataset) -> Callable[[int], np.ndarray] | None:
-    """``read(lo)``: the rows of a wide gzip column ``ds`` in its chunk starting at row ``lo``,
-    read as stored and inflated by :data:`_deflate` (ISA-L's inflate is ~2x zlib's, which
-    HDF5 uses); ``None`` for any other dataset (read those through h5py)."""
-    if ds.ndim < 2 or not ds.chunks or ds.chunks[1:] != ds.shape[1:] or (
-            ds.compression, ds.shuffle, ds.fletcher32, ds.scaleoffset) != ("gzip", False, False,
-                                                                           None):
-        return None  # (e.g. a file rechunked by h5repack: chunks not whole rows)
+    """``read(lo)``: the rows of ``ds`` (:func:`_whole_row_gzip`) in its chunk starting at row
+    ``lo``, read as stored and inflated by :data:`_deflate` (ISA-L's inflate is ~2x zlib's,
+    which HDF5 uses); ``None`` for any other dataset (read those through h5py)."""
+    if not _whole_row_gzip(ds):
+        return None
     n, dsid, dtype, shape, tail = ds.shape[0], ds.id, ds.dtype, ds.chunks, (0,) * (ds.ndim - 1)
 
     def read(lo: int) -> np.ndarray:
