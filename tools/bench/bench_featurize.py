@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -92,6 +93,12 @@ def smiles_of(path: Path) -> list[str]:
                 rec = orjson.loads(line) if line.startswith(b"{") else None
                 out.append(rec["smiles"] if rec else line.split()[0].decode())
     return out
+
+
+def finish(tmp: Path) -> None:
+    """End of a benchmark run: the load average (was the machine quiet?), the work dir removed."""
+    print(f"# load average at end {os.getloadavg()}")
+    shutil.rmtree(tmp)
 
 
 def cpu_now() -> float:
@@ -248,10 +255,7 @@ def main() -> None:
             every = random_read_us(tmp / "j1.h5", None)
             print(f"# random read of 32 rows from the {n}-row shard, median µs/batch: "
                   f"{train:.0f} (ecfp+counts+spectrum), {every:.0f} (all columns)")
-    print(f"# load average at end {os.getloadavg()}")
-    for p in tmp.iterdir():
-        p.unlink()
-    tmp.rmdir()
+    finish(tmp)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 DATA = Path(os.environ.get("NEIMSCTL_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
-from bench_featurize import msp_to_jsonl  # noqa: E402
+from bench_featurize import finish, msp_to_jsonl  # noqa: E402
 
 from neimsctl.chem.featurize_run import iter_items, run_featurize, run_settings  # noqa: E402
 from neimsctl.chem.rowbuild import RowOptions  # noqa: E402
@@ -137,10 +137,7 @@ def main() -> None:
             cells = " | ".join("–" if np.isnan(v) else f"{v:.1f}" for v in m[:3])
             what = "h5py (HDF5's gzip filter) for reading" if name == "HDF5" else name
             print(f"| {label} ({n:,}) | {what} | {cells} | {m[3]:.0f} |", flush=True)
-    print(f"# load average at end {os.getloadavg()}")
-    for p in tmp.iterdir():
-        p.unlink()
-    tmp.rmdir()
+    finish(tmp)
 
 
 if __name__ == "__main__":
