@@ -50,12 +50,15 @@ import orjson
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 DATA = Path(os.environ.get("NEIMSCTL_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 from neimsctl.chem.featurize_run import iter_items, open_sink, run_featurize, run_settings  # noqa: E402
 from neimsctl.chem.rowbuild import RowOptions  # noqa: E402
 from neimsctl.io.h5shard import ShardReader  # noqa: E402
 from neimsctl.io.rejects import Tally  # noqa: E402
+
+from bench_msp2jsonl import scale_file, two_processes_wall  # noqa: E402
 
 
 def msp_to_jsonl(msp: Path, out: Path) -> str:
@@ -129,27 +132,13 @@ def raw_rate(smiles: list[str], canon: bool, inchikey: bool) -> tuple[float, flo
     return len(smiles) / (time.perf_counter() - t0), len(smiles) / (cpu_now() - c0)
 
 
-def _raw_part(smiles: list[str], canon: bool, inchikey: bool) -> None:
-    raw_rate(smiles, canon, inchikey)
-
-
 def raw_two_speedup(smiles: list[str], canon: bool, inchikey: bool) -> float:
     """What a second process can give here: wall of the bare loop over all ``smiles`` in this
     process over the wall of the same loop with the SMILES split between two forked processes
     (no pool, no transfer of results: the machine's ceiling for ``--jobs 2``)."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("fork")
     t = time.perf_counter()
     raw_rate(smiles, canon, inchikey)
-    one = time.perf_counter() - t
-    t = time.perf_counter()
-    procs = [ctx.Process(target=_raw_part, args=(smiles[i::2], canon, inchikey)) for i in range(2)]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join()
-    return one / (time.perf_counter() - t)
+    return (time.perf_counter() - t) / two_processes_wall(raw_rate, smiles, canon, inchikey)
 
 
 class NullSink:
@@ -203,9 +192,6 @@ def main() -> None:
     how = msp_to_jsonl(DATA / "massbank_ei.msp", jsonl)
     library = tmp / "library.jsonl"
     if args.library:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from bench_msp2jsonl import scale_file
-
         scale_file(DATA / "massbank_ei.msp", DATA / "pretrain" / "moses_train_100k.smi",
                    args.library, tmp / "library.msp")
         msp_to_jsonl(tmp / "library.msp", library)

@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MSP = ROOT.parent / "shared" / "data" / "massbank_ei.msp"
@@ -90,17 +91,14 @@ def bare_rdkit(smiles: list[str]) -> tuple[float, float]:
     return time.process_time() - c, time.perf_counter() - t
 
 
-def _bare_part(smiles: list[str]) -> None:
-    bare_rdkit(smiles)
-
-
-def bare_rdkit_two(smiles: list[str]) -> float:
-    """Wall s of the bare loop with the SMILES split over two forked processes."""
+def two_processes_wall(loop: Callable[..., object], smiles: list[str], *args: object) -> float:
+    """Wall s of ``loop(smiles, *args)`` with the SMILES split between two forked processes
+    (no pool, no hand-over of results: what a second core can give this machine's RDKit)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
     t = time.perf_counter()
-    procs = [ctx.Process(target=_bare_part, args=(smiles[i::2],)) for i in range(2)]
+    procs = [ctx.Process(target=loop, args=(smiles[i::2], *args)) for i in range(2)]
     for p in procs:
         p.start()
     for p in procs:
@@ -181,7 +179,7 @@ def main() -> int:
                                                   "bare2": []}
     for _ in range(args.reps):  # alternate, so load changes hit every variant alike
         runs["bare"].append(bare_rdkit(smiles))
-        runs["bare2"].append((0.0, bare_rdkit_two(smiles)))
+        runs["bare2"].append((0.0, two_processes_wall(bare_rdkit, smiles)))
         runs["lib"].append(library_full(args.msp))
         for j in (1, 2):
             w = wall([*cmd, "--jobs", str(j)], f"j{j}")

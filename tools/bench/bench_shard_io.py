@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 DATA = Path(os.environ.get("NEIMSCTL_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 from bench_featurize import finish, msp_to_jsonl  # noqa: E402
+from bench_msp2jsonl import scale_file  # noqa: E402
 
 from neimsctl.chem.featurize_run import iter_items, run_featurize, run_settings  # noqa: E402
 from neimsctl.chem.rowbuild import RowOptions  # noqa: E402
@@ -101,8 +102,6 @@ def main() -> None:
     cases = [("DEV JSONL records", tmp / "dev.jsonl")]
     msp_to_jsonl(DATA / "massbank_ei.msp", cases[0][1])
     if args.library:
-        from bench_msp2jsonl import scale_file
-
         scale_file(DATA / "massbank_ei.msp", DATA / "pretrain" / "moses_train_100k.smi",
                    args.library, tmp / "library.msp")
         cases.append((f"{args.library:,} library-size records", tmp / "library.jsonl"))
