@@ -1,7 +1,8 @@
 """neimsctl: predict electron-ionization mass spectra from molecular structure.
 
-Layers (lower never imports higher; nothing imports ``cli``):
-``io`` -> ``chem`` -> ``nn``/``models``/``data`` -> ``train`` -> ``cli``.
+Layers (lower never imports higher; nothing imports ``cli`` or ``api``; tools/check_layers.py):
+``io`` -> ``chem`` -> ``nn``/``models``/``data`` -> ``predict``/``evaluate`` -> ``train`` ->
+``cli``/``api``.
 """
 
 __version__ = "0.1.0"

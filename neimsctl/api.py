@@ -23,9 +23,9 @@ import numpy as np
 from neimsctl.chem.rowbuild import Item
 from neimsctl.errors import ConfigError, FormatError
 from neimsctl.io.streams import open_out
-from neimsctl.train.predict_run import Featurizer, reject_message
-from neimsctl.train.predict_write import PredictionWriter, top_peaks
-from neimsctl.train.predictor import LoadedModel, load_model, predict_block
+from neimsctl.predict.run import Featurizer, reject_message
+from neimsctl.io.prediction_write import PredictionWriter, top_peaks
+from neimsctl.predict.model import LoadedModel, load_model, predict_block
 
 __all__ = ["SpectrumPredictor"]
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from neimsctl import __version__
-from neimsctl.train.checkpoint import load_checkpoint
+from neimsctl.models.checkpoint import load_checkpoint
 
 LICENSE_NOTE = ("Trained on MassBank EI records (../shared/data/massbank_ei.msp). Most of them are "
                 "licensed CC BY-NC-SA (others CC BY / CC BY-SA): the weights are a derived work for "

@@ -31,7 +31,7 @@ from rdkit import Chem, RDLogger
 from rdkit.Chem import rdMolDescriptors
 
 from neimsctl.chem.features import get_featurizer
-from neimsctl.chem.spectrum import N_BINS, NOISE_LEVEL, preprocess_spectrum
+from neimsctl.io.spectrum import N_BINS, NOISE_LEVEL, preprocess_spectrum
 from neimsctl.chem.structure import formula_nominal_mass
 from neimsctl.io.featblock import empty_block
 
@@ -189,7 +189,7 @@ class RowBuilder:
 
         All peak lists of the chunk are binned by one ``np.bincount`` over
         ``row * 501 + bin``; summation order, noise removal and normalization are those of
-        :func:`neimsctl.chem.spectrum.preprocess_spectrum`, so results are identical. When
+        :func:`neimsctl.io.spectrum.preprocess_spectrum`, so results are identical. When
         the chunk's peaks cannot be read as numbers, rows fall back to that function one by
         one and the unreadable ones become ``bad_peaks`` rejects.
         """

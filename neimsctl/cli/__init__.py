@@ -1,1 +1,1 @@
-"""L4: the command-line interface (typer); nothing imports this package."""
+"""L5: the command-line interface (typer); nothing imports this package."""

@@ -67,8 +67,8 @@ def eval_cli(
     with command(CMD):
         import orjson
 
-        from neimsctl.train.eval_inputs import load_spectra
-        from neimsctl.train.eval_report import run_eval, write_report
+        from neimsctl.io.spectra import load_spectra
+        from neimsctl.evaluate.report import run_eval, write_report
 
         pred, meas = load_spectra(predicted), load_spectra(measured)
         libs = [load_spectra(p) for p in (library or [])]

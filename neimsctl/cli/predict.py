@@ -94,9 +94,9 @@ def predict_cli(
 
         from neimsctl.io.rejects import Tally
         from neimsctl.io.streams import open_out
-        from neimsctl.train.predict_run import (ChunkPredictor, PredictOptions, StrictStop,
+        from neimsctl.predict.run import (ChunkPredictor, PredictOptions, StrictStop,
                                                 iter_inputs, predicted, run_predict)
-        from neimsctl.train.predictor import load_model
+        from neimsctl.predict.model import load_model
 
         cores = os.cpu_count() or 1
         if threads:

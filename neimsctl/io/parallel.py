@@ -1,7 +1,7 @@
 """Ordered, bounded-in-flight parallel map over chunks (fork worker pool).
 
 Shared by ``msp2jsonl`` (:mod:`neimsctl.chem.convert`), ``featurize``
-(:mod:`neimsctl.chem.featurize_run`) and ``predict`` (:mod:`neimsctl.train.predict_run`):
+(:mod:`neimsctl.chem.featurize_run`) and ``predict`` (:mod:`neimsctl.predict.run`):
 results come back in input order and at most ``max_in_flight`` chunks are pending at any
 time, so memory stays constant however long the input is.
 """

@@ -1,1 +1,1 @@
-"""L2: teacher / student / baseline model assemblies, save and load."""
+"""L2: teacher / student / baseline model assemblies, checkpoint files, save and load."""

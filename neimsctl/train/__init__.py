@@ -1,1 +1,1 @@
-"""L3: training loops, losses and metrics."""
+"""L4: training loops, losses, schedules, checkpoints of runs, training reports."""

@@ -19,7 +19,7 @@ and ``counts`` too), so one shard serves the student, the no-KD student and NEIM
 Rows are split by compound (InChIKey connectivity block, ``data.split``/``data.split_seed``,
 8:1:1 seed 42): only **train** rows are trained on, **val** selects the best epoch
 (``val_recall_at_10``), **test** is never read. Validation after every epoch is NEIMS library
-matching (:mod:`neimsctl.train.metrics`; queries = measured val spectra, library = one
+matching (:mod:`neimsctl.evaluate.metrics`; queries = measured val spectra, library = one
 prediction per val compound + measured train spectra), and, for the student, the expert usage
 on the val compounds (eval-mode routing) overall and per compound class
 (:mod:`neimsctl.chem.compound_class`), written as ``kind=experts`` records into
@@ -43,10 +43,10 @@ from neimsctl.io.softlabel_shard import SoftLabelReader
 from neimsctl.models import registry
 from neimsctl.train.config import Config, dataclass_from_dict
 from neimsctl.train.distill_report import collapse_flags, usage_table, write_distill_report
-from neimsctl.train.evaluate import Reference, dataset_split, first_per_compound
+from neimsctl.evaluate.validation import Reference, dataset_split, first_per_compound
 from neimsctl.train.losses import DistillLoss, DistillLossConfig, expert_load
 from neimsctl.train.losses_v1 import NeimsV1Loss
-from neimsctl.train.metrics import build_library_eval, evaluate_predictions
+from neimsctl.evaluate.metrics import build_library_eval, evaluate_predictions
 from neimsctl.train.trainer import TrainResult, build_optimizer, run_training, seed_everything
 
 __all__ = ["DistillData", "collate_distill", "StudentKDLoss", "V1Loss", "loss_config",

@@ -35,9 +35,9 @@ from neimsctl.data.augment import Augment
 from neimsctl.data.dataset import TeacherDataset, collate_teacher
 from neimsctl.errors import CheckpointError, ConfigError, FormatError
 from neimsctl.models import registry
-from neimsctl.train.checkpoint import load_checkpoint
+from neimsctl.models.checkpoint import load_checkpoint
 from neimsctl.train.config import Config, dataclass_from_dict
-from neimsctl.train.evaluate import Reference, dataset_split, evaluate_split, read_reference
+from neimsctl.evaluate.validation import Reference, dataset_split, evaluate_split, read_reference
 from neimsctl.train.losses import hard_loss, spectral_cosine_loss
 from neimsctl.train.trainer import TrainResult, run_training, seed_everything
 

@@ -37,7 +37,7 @@ from neimsctl.io.h5shard import ShardReader
 from neimsctl.io.rejects import Reject, Tally
 from neimsctl.io.softlabel_shard import SoftLabelWriter
 from neimsctl.nn.modes import only_training
-from neimsctl.train.checkpoint import load_checkpoint
+from neimsctl.models.checkpoint import load_checkpoint
 from neimsctl.train.config import resolve_device
 
 __all__ = ["SoftLabelSettings", "mc_soft_labels", "load_teacher", "run_softlabel"]
@@ -152,7 +152,7 @@ def load_teacher(path: str | Path, *, featurizer_hash: str | None = None,
     ckpt = load_checkpoint(path)
     model_cfg = (ckpt.get("config") or {}).get("model") or {}
     if allow_student and model_cfg.get("name") == "student":
-        from neimsctl.train.predictor import build_model
+        from neimsctl.predict.model import build_model
 
         try:
             student, _ = build_model(model_cfg)
@@ -204,7 +204,7 @@ def run_softlabel(teacher: Teachers, shards: Sequence[str | Path], out: str | Pa
     Tally
         Rows read / written / rejected.
     """
-    from neimsctl.train.evaluate import dataset_split
+    from neimsctl.evaluate.validation import dataset_split
     from neimsctl.train.finetune import shard_hash
 
     log = sys.stderr if log is None else log

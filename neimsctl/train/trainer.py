@@ -58,7 +58,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from neimsctl.errors import ConfigError
-from neimsctl.train import checkpoint as ck
+from neimsctl.models import checkpoint as ck
 from neimsctl.train import distributed as dd
 from neimsctl.train.config import Config, resolve, resolve_device, save_config
 

@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from neimsctl.train.predictor import MODELS_DIR
+from neimsctl.predict.model import MODELS_DIR
 
 pytestmark = pytest.mark.cli
 

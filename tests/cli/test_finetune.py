@@ -9,7 +9,7 @@ import orjson
 import pytest
 import torch
 
-from neimsctl.train.checkpoint import load_checkpoint, save_checkpoint
+from neimsctl.models.checkpoint import load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.cli
 TINY = ("--set model.hidden=16 --set model.num_layers=2 --set model.attention_hidden=8 "

@@ -18,7 +18,7 @@ from neimsctl.chem.rowbuild import RowOptions
 from neimsctl.cli import main as cli_main
 from neimsctl.io.msp import read_msp
 from neimsctl.models.student import StudentConfig, StudentModel
-from neimsctl.train.checkpoint import save_checkpoint
+from neimsctl.models.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.cli
 runner = CliRunner()

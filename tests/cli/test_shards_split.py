@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from neimsctl.data.dataset import StudentDataset
-from neimsctl.train.evaluate import dataset_split
+from neimsctl.evaluate.validation import dataset_split
 
 pytestmark = pytest.mark.cli
 

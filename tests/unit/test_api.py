@@ -1,4 +1,4 @@
-"""SpectrumPredictor (neimsctl.api) with a tiny student saved through neimsctl.train.checkpoint."""
+"""SpectrumPredictor (neimsctl.api) with a tiny student saved through neimsctl.models.checkpoint."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from neimsctl.chem.rowbuild import RowOptions
 from neimsctl.errors import CheckpointError, ConfigError, FormatError
 from neimsctl.io.msp import read_msp
 from neimsctl.models.student import StudentConfig, StudentModel
-from neimsctl.train.checkpoint import save_checkpoint
+from neimsctl.models.checkpoint import save_checkpoint
 
 TINY = StudentConfig(gate_hidden=(16,), expert_depth=1, expert_bottleneck=8, head_hidden=(32,),
                      hidden_dim=16)

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from neimsctl.models.student import StudentConfig, StudentModel
-from neimsctl.train.checkpoint import save_checkpoint
-from neimsctl.train.predictor import load_model, predict_block
+from neimsctl.models.checkpoint import save_checkpoint
+from neimsctl.predict.model import load_model, predict_block
 
 
 def _tool(repo_root: Path):

@@ -39,7 +39,7 @@ MOSES = ROOT.parent / "shared" / "data" / "pretrain" / "moses_train_100k.smi"
 
 def _blocks_from_msp(msp: Path) -> dict[str, np.ndarray]:
     """Student features + spectra of every structure-bearing record of an MSP file."""
-    from neimsctl.train.predict_run import featurized, iter_inputs
+    from neimsctl.predict.run import featurized, iter_inputs
 
     with tempfile.NamedTemporaryFile(suffix=".jsonl") as tmp:
         subprocess.run(["neimsctl", "msp2jsonl", "-q", str(msp), "-o", tmp.name], check=False)
@@ -63,7 +63,7 @@ def train(args: argparse.Namespace) -> None:
     from neimsctl.chem.features import student_vectors
     from neimsctl.chem.rowbuild import RowOptions
     from neimsctl.models.student import StudentConfig, StudentModel
-    from neimsctl.train.checkpoint import save_checkpoint
+    from neimsctl.models.checkpoint import save_checkpoint
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -101,7 +101,7 @@ def _precisions(args: argparse.Namespace, smiles: list[str], held: dict[str, np.
     import torch
 
     from neimsctl.api import SpectrumPredictor
-    from neimsctl.train.predictor import predict_block
+    from neimsctl.predict.model import predict_block
 
     out, ref = {}, None
     block = {"ordinal": np.arange(len(held["ecfp"])), "ecfp": held["ecfp"], "counts": held["counts"],

@@ -27,7 +27,7 @@ from rdkit import Chem
 from torch_geometric.data import Batch, Data
 
 from neimsctl.chem.features import TeacherFeaturizer, log1p_counts
-from neimsctl.chem.spectrum import preprocess_spectrum
+from neimsctl.io.spectrum import preprocess_spectrum
 from neimsctl.io.msp import read_msp
 from neimsctl.models.teacher import TeacherConfig, TeacherModel
 

@@ -25,12 +25,12 @@ import torch
 from rdkit import Chem, RDLogger
 from rdkit.Chem import rdFingerprintGenerator
 
-from neimsctl.chem.spectrum import preprocess_spectrum
+from neimsctl.io.spectrum import preprocess_spectrum
 from neimsctl.data.split import split_indices
 from neimsctl.io.msp import read_msp
 from neimsctl.models.neims_v1 import NeimsV1, NeimsV1Config
 from neimsctl.train.losses_v1 import NeimsV1Loss
-from neimsctl.train.metrics import build_library_eval, evaluate_predictions, nearest_neighbour_predict
+from neimsctl.evaluate.metrics import build_library_eval, evaluate_predictions, nearest_neighbour_predict
 
 DEFAULT_MSP = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "massbank_ei.msp"
 

@@ -98,8 +98,8 @@ def predict_cli(out: Path, name: str, ckpt: str) -> float:
 
 def model_speed(ckpt: str, smiles: list[str], calls: int) -> dict:
     """Parameters, batch-1 latency (median ms) and batched throughput, model only, 1 thread."""
-    from neimsctl.train.predict_run import Featurizer, Item
-    from neimsctl.train.predictor import load_model, predict_block
+    from neimsctl.predict.run import Featurizer, Item
+    from neimsctl.predict.model import load_model, predict_block
 
     torch.set_num_threads(1)
     lm = load_model(ckpt, device="cpu", precision="fp32", log=open("/dev/null", "w"))

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from neimsctl.train.eval_inputs import load_spectra
-from neimsctl.train.metrics import build_library_eval, connectivity_blocks, cosine_rows, library_match
+from neimsctl.io.spectra import load_spectra
+from neimsctl.evaluate.metrics import build_library_eval, connectivity_blocks, cosine_rows, library_match
 
 KS = (1, 5, 10, 20)
 

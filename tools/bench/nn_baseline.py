@@ -6,8 +6,8 @@ Reads HDF5 shards of any mode (student, teacher or v1: all carry ``ecfp``, ``spe
 ``inchikey`` and ``mw``), keeps the rows with a spectrum, splits them by compound exactly as
 training does (:func:`neimsctl.data.split.split_indices`, 8:1:1, seed 42), predicts each test
 compound (the first row of its connectivity block) with
-:func:`neimsctl.train.metrics.nearest_neighbour_predict` from every training row, and prints the
-eval figures of :func:`neimsctl.train.metrics.evaluate_predictions` as JSON (library = one
+:func:`neimsctl.evaluate.metrics.nearest_neighbour_predict` from every training row, and prints the
+eval figures of :func:`neimsctl.evaluate.metrics.evaluate_predictions` as JSON (library = one
 prediction per test compound + every training spectrum; Recall@K with and without the +-5 Da
 filter, mean cosine, MAE/RMSE) plus timing and the mean Tanimoto similarity of the neighbours.
 
@@ -30,7 +30,7 @@ import numpy as np
 
 from neimsctl.data.split import SPLIT_NAMES, connectivity_block, split_indices
 from neimsctl.io.h5shard import ShardReader
-from neimsctl.train.metrics import build_library_eval, evaluate_predictions, nearest_neighbour_predict
+from neimsctl.evaluate.metrics import build_library_eval, evaluate_predictions, nearest_neighbour_predict
 
 
 def read_shards(paths: list[Path]) -> dict[str, np.ndarray]:

@@ -3,7 +3,7 @@
 
     python tools/bench/predict_cost.py SMILES_FILE [--n 100000] [--precision auto|fp32|bf16|int8]
 
-Runs what one ``predict --jobs N`` worker runs (:class:`neimsctl.train.predict_run.ChunkPredictor`
+Runs what one ``predict --jobs N`` worker runs (:class:`neimsctl.predict.run.ChunkPredictor`
 on chunks of 1,024 molecules, 1 torch thread, the shipped student) in this process and prints,
 every 20,480 molecules, the CPU time per molecule of featurization and of prediction + MSP
 formatting, and the maximum RSS so far: a process whose memory grows with the input shows it
@@ -31,8 +31,8 @@ def main() -> None:
     import torch
 
     from neimsctl.io.parallel import chunked
-    from neimsctl.train.predict_run import CHUNK, ChunkPredictor, PredictOptions, iter_inputs
-    from neimsctl.train.predictor import load_model
+    from neimsctl.predict.run import CHUNK, ChunkPredictor, PredictOptions, iter_inputs
+    from neimsctl.predict.model import load_model
 
     torch.set_num_threads(1)
     lm = load_model(args.model, precision=args.precision, batch_size=1024)

@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from neimsctl.data.dataset import TeacherDataset  # noqa: E402
 from neimsctl.io.softlabel_shard import SoftLabelReader  # noqa: E402
-from neimsctl.train.evaluate import dataset_split, first_per_compound, read_reference  # noqa: E402
-from neimsctl.train.metrics import build_library_eval, cosine_rows, evaluate_predictions  # noqa: E402
+from neimsctl.evaluate.validation import dataset_split, first_per_compound, read_reference  # noqa: E402
+from neimsctl.evaluate.metrics import build_library_eval, cosine_rows, evaluate_predictions  # noqa: E402
 
 
 def soft_rows(soft: SoftLabelReader, ids: np.ndarray) -> np.ndarray:

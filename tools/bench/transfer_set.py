@@ -28,7 +28,7 @@ import numpy as np
 def _train_rows(library: Path, seed: int, fractions: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     """(shard rows of the library's train part, every library InChIKey block)."""
     from neimsctl.data.dataset import StudentDataset
-    from neimsctl.train.evaluate import dataset_split
+    from neimsctl.evaluate.validation import dataset_split
 
     ds = StudentDataset([library])
     parts = dataset_split(ds, seed=seed, fractions=fractions)

@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from neimsctl.chem.rowbuild import Item, RowBuilder, RowOptions
-from neimsctl.chem.spectrum import preprocess_spectrum
+from neimsctl.io.spectrum import preprocess_spectrum
 
 PEAKS = [
     ([15.0, 29.0, 45.5], [100.0, 999.0, 0.5]),      # half rounds up, a noise peak

@@ -144,7 +144,7 @@ def _real_batch(msp: Path, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     from rdkit import Chem
 
     from neimsctl.chem.features import StudentFeaturizer, student_vectors
-    from neimsctl.chem.spectrum import preprocess_spectrum
+    from neimsctl.io.spectrum import preprocess_spectrum
     from neimsctl.io.msp import read_msp
 
     feat, xs, ys = StudentFeaturizer(), [], []

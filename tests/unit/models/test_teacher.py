@@ -16,7 +16,7 @@ from rdkit import Chem
 from torch_geometric.data import Batch, Data
 
 from neimsctl.chem.features import TeacherFeaturizer, log1p_counts
-from neimsctl.chem.spectrum import preprocess_spectrum
+from neimsctl.io.spectrum import preprocess_spectrum
 from neimsctl.errors import ConfigError
 from neimsctl.io.msp import read_msp
 from neimsctl.models import registry

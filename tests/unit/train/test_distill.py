@@ -14,11 +14,11 @@ from neimsctl.data.dataset import StudentDataset
 from neimsctl.data.membench import build_sample_shard
 from neimsctl.errors import ConfigError, InputError
 from neimsctl.train import trainer as trainer_mod
-from neimsctl.train.checkpoint import load_checkpoint, save_checkpoint
+from neimsctl.models.checkpoint import load_checkpoint, save_checkpoint
 from neimsctl.train.config import load_config
 from neimsctl.train.distill import loss_config, run_distill
 from neimsctl.train.distill_report import collapse_flags, usage_table
-from neimsctl.train.evaluate import dataset_split
+from neimsctl.evaluate.validation import dataset_split
 from neimsctl.train.finetune import build_teacher, shard_hash
 from neimsctl.train.softlabel import SoftLabelSettings, run_softlabel
 

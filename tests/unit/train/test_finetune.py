@@ -15,9 +15,9 @@ import torch
 from neimsctl.data.dataset import TeacherDataset
 from neimsctl.data.membench import build_sample_shard
 from neimsctl.errors import CheckpointError, ConfigError, FormatError
-from neimsctl.train.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
+from neimsctl.models.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
 from neimsctl.train.config import dataclass_from_dict, load_config
-from neimsctl.train.evaluate import dataset_split
+from neimsctl.evaluate.validation import dataset_split
 from neimsctl.train.finetune import (TeacherLossConfig, TeacherSpectrumLoss, build_teacher,
                                      load_init, run_finetune, shard_hash)
 

@@ -12,7 +12,7 @@ from neimsctl.data.smiles_stream import StreamSpec, featurize_batch
 from neimsctl.errors import ConfigError, InputError
 from neimsctl.models.teacher import TeacherConfig, TeacherModel
 from neimsctl.nn.bond_masking import BondMaskingHead
-from neimsctl.train.checkpoint import load_checkpoint
+from neimsctl.models.checkpoint import load_checkpoint
 from neimsctl.train.config import load_config
 from neimsctl.train.pretrain import (BondMaskingModel, BondMaskingObjective, make_validator,
                                      pretrain_optimizer, run_pretrain, teacher_featurizer_hash)

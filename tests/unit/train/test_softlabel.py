@@ -15,7 +15,7 @@ from neimsctl.data.membench import build_sample_shard
 from neimsctl.errors import CheckpointError, FormatError
 from neimsctl.io.softlabel_shard import SoftLabelReader, partial_path
 from neimsctl.train import softlabel as sl
-from neimsctl.train.checkpoint import save_checkpoint
+from neimsctl.models.checkpoint import save_checkpoint
 from neimsctl.train.finetune import build_teacher, shard_hash
 
 TINY = {"name": "teacher", "hidden": 16, "num_layers": 2, "attention_hidden": 8,

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from neimsctl.errors import NeimsError
-from neimsctl.train.checkpoint import load_checkpoint
+from neimsctl.models.checkpoint import load_checkpoint
 from neimsctl.train.config import load_config
 from neimsctl.train.trainer import resolve_device, run_training
 

@@ -10,8 +10,8 @@ import pytest
 from _eval_fixtures import RECALL, RECALL_MASS5, write_case
 
 from neimsctl.errors import FormatError, InputError
-from neimsctl.train.eval_inputs import load_spectra
-from neimsctl.train.eval_report import run_eval, spearman, write_report
+from neimsctl.io.spectra import load_spectra
+from neimsctl.evaluate.report import run_eval, spearman, write_report
 
 KS = (1, 2, 3)
 

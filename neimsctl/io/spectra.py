@@ -9,7 +9,7 @@
 - HDF5 feature shards ``neimsctl.h5shard/1`` (the ``spectrum`` dataset, rows with spectra only);
 
 into one :class:`SpectraSet`: 501-bin spectra (m/z 0..500, base peak 1, noise < 0.001 removed,
-as :func:`neimsctl.chem.spectrum.preprocess_spectrum`), the InChIKey, nominal MW, id and name of
+as :func:`neimsctl.io.spectrum.preprocess_spectrum`), the InChIKey, nominal MW, id and name of
 each row, and the optional per-prediction ``experts``, ``uncertainty`` and ``latency_ms``.
 Rows without an InChIKey or without peaks cannot be matched; they are skipped and counted.
 """
@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from neimsctl.chem.spectrum import N_BINS, preprocess_spectrum
+from neimsctl.io.spectrum import N_BINS, preprocess_spectrum
 from neimsctl.errors import FormatError, InputError
 from neimsctl.io.jsonl import read_jsonl
 from neimsctl.io.msp import parse_number, read_msp

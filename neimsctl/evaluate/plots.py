@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from neimsctl.train.eval_report import EvalResult
+    from neimsctl.evaluate.report import EvalResult
 
 __all__ = ["write_plots", "mirror_plot"]
 

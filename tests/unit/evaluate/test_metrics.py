@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from neimsctl.errors import InputError
-from neimsctl.train.metrics import (build_library_eval, connectivity_blocks, cosine_matrix, evaluate_predictions,
+from neimsctl.evaluate.metrics import (build_library_eval, connectivity_blocks, cosine_matrix, evaluate_predictions,
                                     library_match, mae, mean_cosine, nearest_neighbour_predict, rmse,
                                     weighted_vectors)
 
@@ -196,7 +196,7 @@ def test_library_match_is_fast_at_eval_size():
 
 
 def test_query_blocking_does_not_change_ranks(monkeypatch):
-    import neimsctl.train.metrics as metrics
+    import neimsctl.evaluate.metrics as metrics
 
     rng = np.random.default_rng(1)
     lib = (rng.random((40, N), dtype=np.float32) ** 8).astype(np.float32)

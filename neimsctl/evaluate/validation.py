@@ -9,7 +9,7 @@ what ``eval`` runs once on the test part of a finished model:
 - library = one predicted spectrum per compound of that part (the first row of each
   connectivity block) + every measured spectrum of the ``train`` part;
 - Recall@1/5/10/20 with and without a +-5 Da nominal-mass filter (weighted cosine
-  ``m/z^1 * I^0.5``) and the plain mean cosine, all from :mod:`neimsctl.train.metrics`.
+  ``m/z^1 * I^0.5``) and the plain mean cosine, all from :mod:`neimsctl.evaluate.metrics`.
 
 The measured spectra of the training part are read once into a :class:`Reference` (float16,
 ``N x 501``) that can be reused across epochs.
@@ -26,7 +26,7 @@ import torch
 from neimsctl.data.dataset import TeacherDataset
 from neimsctl.data.split import SPLIT_NAMES, Split, split_indices
 from neimsctl.errors import ConfigError, InputError
-from neimsctl.train.metrics import DEFAULT_KS, build_library_eval, evaluate_predictions
+from neimsctl.evaluate.metrics import DEFAULT_KS, build_library_eval, evaluate_predictions
 
 __all__ = ["Reference", "dataset_split", "first_per_compound", "read_reference",
            "predict_spectra", "evaluate_split"]

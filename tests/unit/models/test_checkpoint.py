@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from neimsctl.errors import CheckpointError
-from neimsctl.train import checkpoint as ck
+from neimsctl.models import checkpoint as ck
 
 
 def _objects():

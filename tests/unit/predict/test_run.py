@@ -12,10 +12,10 @@ from neimsctl.chem.featurize_run import run_settings
 from neimsctl.chem.rowbuild import RowOptions
 from neimsctl.io.rejects import Tally
 from neimsctl.models.student import StudentConfig, StudentModel
-from neimsctl.train.checkpoint import save_checkpoint
-from neimsctl.train.predict_run import (ChunkPredictor, PredictOptions, StrictStop, iter_inputs,
+from neimsctl.models.checkpoint import save_checkpoint
+from neimsctl.predict.run import (ChunkPredictor, PredictOptions, StrictStop, iter_inputs,
                                         predicted, run_predict)
-from neimsctl.train.predictor import load_model
+from neimsctl.predict.model import load_model
 
 TINY = StudentConfig(gate_hidden=(16,), expert_depth=1, expert_bottleneck=8, head_hidden=(32,),
                      hidden_dim=16)

@@ -1,8 +1,8 @@
 """``neimsctl eval``: predicted spectra against measured ones (NEIMS library matching and more).
 
-:func:`run_eval` pairs a :class:`~neimsctl.train.eval_inputs.SpectraSet` of predictions with one
+:func:`run_eval` pairs a :class:`~neimsctl.io.spectra.SpectraSet` of predictions with one
 of measured spectra by InChIKey connectivity block and computes, with
-:mod:`neimsctl.train.metrics` (SPEC.md "Evaluation"):
+:mod:`neimsctl.evaluate.metrics` (SPEC.md "Evaluation"):
 
 - Recall@K by library matching: queries = every measured spectrum whose compound has a
   prediction; library = one predicted spectrum per query compound (a prediction whose ``id``
@@ -13,7 +13,7 @@ of measured spectra by InChIKey connectivity block and computes, with
 - when the predictions carry them: expert usage (``experts``), uncertainty calibration
   (``uncertainty``), and model size / latency / throughput (header line, ``latency_ms``).
 
-:func:`write_report` renders a markdown report with PNG plots (:mod:`neimsctl.train.eval_plots`).
+:func:`write_report` renders a markdown report with PNG plots (:mod:`neimsctl.evaluate.plots`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from neimsctl.errors import InputError
-from neimsctl.train.eval_inputs import SpectraSet
-from neimsctl.train.metrics import (DEFAULT_KS, LibraryEval, build_library_eval, connectivity_blocks,
+from neimsctl.io.spectra import SpectraSet
+from neimsctl.evaluate.metrics import (DEFAULT_KS, LibraryEval, build_library_eval, connectivity_blocks,
                                     cosine_rows, library_match, mae, rmse)
 
 __all__ = ["EvalResult", "run_eval", "expert_usage", "uncertainty_calibration", "spearman",
@@ -250,7 +250,7 @@ def _pair_rows(pred: SpectraSet, q_ids: np.ndarray, q_blocks: np.ndarray,
 
 def write_report(result: EvalResult, out_dir: str | os.PathLike) -> list[Path]:
     """Write ``report.md`` and its PNG plots into ``out_dir`` (created); returns the files written."""
-    from neimsctl.train.eval_plots import write_plots
+    from neimsctl.evaluate.plots import write_plots
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from neimsctl.chem.spectrum import (bin_spectrum, normalize_l2, normalize_max,
+from neimsctl.io.spectrum import (bin_spectrum, normalize_l2, normalize_max,
                                     preprocess_spectrum, select_above_noise)
 
 

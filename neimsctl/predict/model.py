@@ -28,7 +28,7 @@ import torch
 from neimsctl.errors import CheckpointError, ConfigError
 from neimsctl.models import registry
 from neimsctl.models.quantize import apply_precision, resolve_precision
-from neimsctl.train.checkpoint import load_checkpoint
+from neimsctl.models.checkpoint import load_checkpoint
 
 __all__ = ["MODELS_DIR", "LoadedModel", "resolve_model", "load_model", "predict_block",
            "resolve_device"]

@@ -15,10 +15,10 @@ from neimsctl.data.augment import Augment
 from neimsctl.data.dataset import TeacherDataset
 from neimsctl.data.membench import build_sample_shard
 from neimsctl.errors import ConfigError
-from neimsctl.train.evaluate import (dataset_split, evaluate_split, first_per_compound,
+from neimsctl.evaluate.validation import (dataset_split, evaluate_split, first_per_compound,
                                      predict_spectra, read_reference)
 from neimsctl.train.finetune import build_teacher
-from neimsctl.train.metrics import build_library_eval, library_match
+from neimsctl.evaluate.metrics import build_library_eval, library_match
 
 
 class Oracle(torch.nn.Module):

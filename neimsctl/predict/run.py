@@ -26,8 +26,8 @@ from neimsctl.errors import InputError
 from neimsctl.io.parallel import chunked, ordered_map
 from neimsctl.io.rejects import Reject, Tally
 from neimsctl.io.streams import display_name, open_in
-from neimsctl.train.predict_write import PredictionWriter
-from neimsctl.train.predictor import LoadedModel, predict_block
+from neimsctl.io.prediction_write import PredictionWriter
+from neimsctl.predict.model import LoadedModel, predict_block
 
 __all__ = ["INPUT_FORMATS", "iter_inputs", "Featurizer", "featurized", "PredictOptions",
            "Predicted", "ChunkPredictor", "predicted", "run_predict", "reject_message",

@@ -1,0 +1,1 @@
+"""L3: prediction: model loading, chunked prediction of many molecules, the predict pipeline."""
