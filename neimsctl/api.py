@@ -20,29 +20,67 @@ from typing import Any
 
 import numpy as np
 
-from neimsctl.chem.rowbuild import Item
+from neimsctl.chem.rowbuild import Item, Rejected
 from neimsctl.errors import ConfigError, FormatError
+from neimsctl.io.prediction_write import top_peaks
 from neimsctl.io.streams import open_out
-from neimsctl.predict.run import Featurizer, reject_message
-from neimsctl.io.prediction_write import PredictionWriter, top_peaks
-from neimsctl.predict.model import LoadedModel, load_model, predict_block
+from neimsctl.predict.model import LoadedModel, load_model
+from neimsctl.predict.run import (CHUNK, ChunkPredictor, PredictOptions, predicted,
+                                  reject_message, run_predict)
 
 __all__ = ["SpectrumPredictor"]
 
-_OPTIONS = {"batch_size": 1024, "precision": "auto", "mc_samples": 30, "threads": None}
+_DEFAULTS = PredictOptions()
+#: The settings a ``SpectrumPredictor`` takes; the defaults are ``neimsctl predict``'s own.
+_OPTIONS = {"batch_size": _DEFAULTS.batch_size, "precision": "auto",
+            "mc_samples": _DEFAULTS.mc_samples, "threads": None}
+_API_FILE = "<input>"
+
+
+def _items(smiles: Sequence[Any], names: Sequence[str] | None = None, *,
+           skip_invalid: bool = False) -> list[Item]:
+    """SMILES (and names) as the ``SMILES [name]`` lines ``neimsctl predict`` reads.
+
+    Items keep their position in ``smiles`` as ordinal (``line`` = position + 1).
+
+    Raises
+    ------
+    FormatError
+        An entry that is not one SMILES string (the message names its position), unless
+        ``skip_invalid`` leaves it out.
+    """
+    items = []
+    for i, smi in enumerate(smiles):
+        if not isinstance(smi, str) or len(smi.split()) != 1:
+            if skip_invalid:
+                continue
+            raise FormatError(f"not a single SMILES: {smi!r}", line=i + 1, file=_API_FILE)
+        name = names[i] if names is not None else ""
+        items.append(Item(i, _API_FILE, i + 1, "smi", f"{smi.strip()} {name}".strip().encode("utf-8")))
+    return items
+
+
+def _raise(rejects: list[Rejected]) -> None:
+    if rejects:
+        first = rejects[0]
+        raise FormatError(reject_message(first).split(": ", 1)[1], file=_API_FILE,
+                          line=first.item.line)
 
 
 class SpectrumPredictor:
     """Predict EI mass spectra (m/z 0..500, linear intensity, base peak 1) from SMILES.
+
+    Every method runs the pipeline of ``neimsctl predict`` (the same featurizer, model call,
+    chunking and defaults), so the same molecules give the same spectra through both.
 
     Parameters
     ----------
     config
         Optional settings: ``batch_size`` (1024), ``precision`` (``auto``; ``fp32``, ``bf16``,
         ``int8``), ``mc_samples`` (30, teacher uncertainty), ``threads`` (torch threads).
-        ``auto`` resolves for single-molecule latency (student on a CPU: ``int8``); for large
-        :meth:`predict_batch` jobs on a CPU with native bf16, ``{"precision": "bf16"}`` is
-        ~2.5x faster (see :func:`neimsctl.models.quantize.resolve_precision`).
+        ``auto`` resolves as in ``neimsctl predict`` (student on a CPU with native bf16:
+        ``bf16``); ``{"precision": "int8"}`` trades identical-to-the-CLI spectra for ~0.3 ms
+        less single-molecule latency (see :func:`neimsctl.models.quantize.resolve_precision`).
     checkpoint
         A neimsctl checkpoint file; ``None`` = the model shipped for ``model_type``.
     model_type
@@ -73,57 +111,21 @@ class SpectrumPredictor:
             torch.set_num_threads(int(self.options["threads"]))
         self.loaded: LoadedModel = load_model(checkpoint if checkpoint is not None else model_type,
                                               device=device, precision=str(self.options["precision"]))
-        self._feat: dict[bool, Featurizer] = {}
-        self._student_feat: Any = None
+        self._stages: dict[tuple[str, bool, bool], ChunkPredictor] = {}
 
     @property
     def model_type(self) -> str:
         """``student`` or ``teacher``: the loaded architecture."""
         return self.loaded.arch
 
-    def _featurize(self, smiles: Sequence[str], names: Sequence[str] | None = None,
-                   inchikey: bool = False, errors: str = "raise") -> tuple[dict, list[int]]:
-        if self.loaded.arch == "student" and names is None and not inchikey:
-            return self._student_block(smiles, errors)
-        if inchikey not in self._feat:
-            self._feat[inchikey] = Featurizer(self.loaded.mode, inchikey=inchikey)
-        items = []
-        for i, smi in enumerate(smiles):
-            if not isinstance(smi, str) or not smi.strip() or len(smi.split()) != 1:
-                raise FormatError(f"not a single SMILES: {smi!r}", line=i + 1, file="<input>")
-            name = names[i] if names is not None else ""
-            items.append(Item(i, "<input>", i + 1, "smi", f"{smi} {name}".strip().encode("utf-8")))
-        block, rejects = self._feat[inchikey](items)
-        if rejects and errors == "raise":
-            raise FormatError(reject_message(rejects[0]).split(": ", 1)[1],
-                              file="<input>", line=rejects[0].item.line)
-        return block, [int(o) for o in block["ordinal"]]
-
-    def _student_block(self, smiles: Sequence[str], errors: str) -> tuple[dict, list[int]]:
-        """Fast path (no canonical SMILES/formula/InChIKey): just the student's fingerprints."""
-        from rdkit import Chem
-
-        from neimsctl.chem.features import StudentFeaturizer
-        from neimsctl.chem.structure import nominal_mass
-
-        if self._student_feat is None:
-            self._student_feat = StudentFeaturizer()
-        ecfp, counts, mws, rows = [], [], [], []
-        for i, smi in enumerate(smiles):
-            mol = Chem.MolFromSmiles(smi) if isinstance(smi, str) and smi.strip() else None
-            if mol is None or mol.GetNumAtoms() == 0:
-                if errors == "raise":
-                    raise FormatError(f"cannot parse SMILES {smi!r}", file="<input>", line=i + 1)
-                continue
-            f = self._student_feat(mol)
-            ecfp.append(f.ecfp)
-            counts.append(f.counts)
-            mws.append(nominal_mass(mol))
-            rows.append(i)
-        if not rows:
-            return {"ordinal": np.zeros(0, np.int64)}, []
-        return {"ordinal": np.asarray(rows), "ecfp": np.stack(ecfp), "counts": np.stack(counts),
-                "mw": np.asarray(mws, np.int32)}, rows
+    def _stage(self, fmt: str = "msp", *, inchikey: bool = False,
+               uncertainty: bool = False) -> ChunkPredictor:
+        key = (fmt, inchikey, uncertainty)
+        if key not in self._stages:
+            self._stages[key] = ChunkPredictor(self.loaded, PredictOptions(
+                fmt=fmt, batch_size=int(self.options["batch_size"]), uncertainty=uncertainty,
+                mc_samples=int(self.options["mc_samples"]), inchikey=inchikey))
+        return self._stages[key]
 
     def predict_from_smiles(self, smiles: str | Sequence[str], return_uncertainty: bool = False
                             ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
@@ -140,13 +142,29 @@ class SpectrumPredictor:
             ``return_uncertainty`` with a student model.
         """
         one = isinstance(smiles, str)
-        block, _ = self._featurize([smiles] if one else list(smiles))
-        spec, std, _ = predict_block(self.loaded, block, batch_size=int(self.options["batch_size"]),
-                                     uncertainty=return_uncertainty,
-                                     mc_samples=int(self.options["mc_samples"]))
+        items = _items([smiles] if one else list(smiles))
+        if return_uncertainty and self.loaded.arch != "teacher":
+            self._stage(uncertainty=True)        # raises the ConfigError of predict_block
+        spec, std, rejects = self._spectra(items, uncertainty=return_uncertainty)
+        _raise(rejects)
         if return_uncertainty:
             return (spec[0], std[0]) if one else (spec, std)  # type: ignore[index]
         return spec[0] if one else spec
+
+    def _spectra(self, items: list[Item], *, uncertainty: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray | None, list[Rejected]]:
+        """Spectra of the accepted items, chunk by chunk as ``neimsctl predict`` reads them."""
+        stage = self._stage(uncertainty=uncertainty)
+        specs, stds, rejects = [], [], []
+        for a in range(0, len(items), CHUNK):
+            block, spec, std, _, rej = stage.predict(items[a:a + CHUNK])
+            specs.append(spec)
+            stds.append(std)
+            rejects += rej
+        n_bins = self.loaded.model.config.n_bins
+        spec = np.concatenate(specs) if specs else np.zeros((0, n_bins), np.float32)
+        std = np.concatenate(stds) if uncertainty and stds else None
+        return spec, std, rejects
 
     def predict_batch(self, smiles: Sequence[str], batch_size: int | None = None,
                       errors: str = "raise") -> np.ndarray:
@@ -163,15 +181,22 @@ class SpectrumPredictor:
         if errors not in ("raise", "nan"):
             raise ValueError(f"errors must be 'raise' or 'nan', got {errors!r}")
         smiles = list(smiles)
-        out = np.full((len(smiles), 501), np.nan, dtype=np.float32)
-        bs = int(batch_size or self.options["batch_size"])
-        for a in range(0, len(smiles), max(bs, 1024)):
-            block, rows = self._featurize(smiles[a:a + max(bs, 1024)], errors=errors)
-            if rows:
-                spec, _, _ = predict_block(self.loaded, block, batch_size=bs)
-                out = out if out.shape[1] == spec.shape[1] else \
-                    np.full((len(smiles), spec.shape[1]), np.nan, dtype=np.float32)
-                out[a + np.asarray(rows)] = spec
+        items = _items(smiles, skip_invalid=errors == "nan")
+        if batch_size is not None and int(batch_size) != int(self.options["batch_size"]):
+            saved = self.options["batch_size"]
+            self.options["batch_size"], self._stages = int(batch_size), {}
+            try:
+                spec, _, rejects = self._spectra(items)
+            finally:
+                self.options["batch_size"], self._stages = saved, {}
+        else:
+            spec, _, rejects = self._spectra(items)
+        if errors == "raise":
+            _raise(rejects)
+        out = np.full((len(smiles), spec.shape[1]), np.nan, dtype=np.float32)
+        bad = {r.item.ordinal for r in rejects}
+        rows = [it.ordinal for it in items if it.ordinal not in bad]
+        out[np.asarray(rows, dtype=np.int64)] = spec
         return out
 
     @staticmethod
@@ -186,6 +211,7 @@ class SpectrumPredictor:
         """Predict and write MSP (base peak 999; InChIKey, formula, MW, model comment) to ``path``.
 
         Returns the number of records written. ``path`` ``-`` writes to stdout.
+        The records are those ``neimsctl predict`` writes for the same ``SMILES name`` lines.
         """
         one = isinstance(smiles, str)
         smi = [smiles] if one else list(smiles)
@@ -194,7 +220,13 @@ class SpectrumPredictor:
             raise ValueError(f"{len(smi)} SMILES but {len(names)} names")
         if names is not None:
             names = [" ".join(str(n).split()) for n in names]
-        block, _ = self._featurize(smi, names, inchikey=True)
-        spec, _, experts = predict_block(self.loaded, block, batch_size=int(self.options["batch_size"]))
+        items = _items(smi, names)
+        stage = self._stage("msp", inchikey=True)
+        results = list(predicted(items, stage))
+        _raise([r for p in results for r in p.rejects])
+        from neimsctl.io.rejects import Tally
+
+        tally = Tally()
         with open_out(Path(path) if str(path) != "-" else "-") as fh:
-            return PredictionWriter(fh, "msp", model_desc=self.loaded.describe())(block, spec)
+            run_predict(results, fh, tally)
+        return tally.written

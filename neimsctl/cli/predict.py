@@ -103,8 +103,7 @@ def predict_cli(
             import torch
 
             torch.set_num_threads(threads)
-        lm = load_model(model, device=device, precision=precision.value, batch_size=batch_size,
-                        log=sys.stderr)
+        lm = load_model(model, device=device, precision=precision.value, log=sys.stderr)
         if uncertainty and lm.arch != "teacher":
             fail(CMD, f"--uncertainty: --model {model} is a {lm.arch}",
                  "MC dropout needs the teacher: use --model teacher or a teacher checkpoint")

@@ -43,9 +43,10 @@ PRECISIONS = ("fp32", "bf16", "int8", "auto")
 #: to multiples of 64 in CPU bf16 inference; memory is then flat (0.47 GB after 100k molecules,
 #: 1 thread, vs 1.56 GB unpadded) and prediction + MSP formatting take 0.082 ms/molecule vs
 #: 0.125 ms in fp32: batches run in bf16 where the CPU has native bf16, else fp32.
-AUTO_STUDENT = {"latency": "int8", "batch": "bf16"}
-#: Batches at least this large count as the ``batch`` workload.
-BATCH_WORKLOAD = 64
+#: Session 8: ``auto`` no longer depends on the batch size, so ``neimsctl predict`` and the
+#: Python API give the same spectra for the same input (issue 15); int8's single-molecule
+#: latency gain (API p50 1.50 vs 1.82 ms for bf16, BENCHMARKS.md) stays one option away.
+AUTO_STUDENT = "bf16"
 #: Linear layers (by name suffix) that int8 leaves in fp32, per architecture (see above).
 INT8_SKIP = {"student": (".down",)}
 #: ``auto`` accepts a faster precision only when its predictions keep this mean cosine to fp32.
@@ -63,7 +64,7 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_precision(precision: str, *, arch: str, device: torch.device,
-                      card: dict | None = None, batch_size: int = 1) -> str:
+                      card: dict | None = None) -> str:
     """Turn ``auto`` into a concrete precision; check the others.
 
     Rule for ``auto`` (pick the fastest precision whose predictions hold, i.e. keep a mean
@@ -72,9 +73,10 @@ def resolve_precision(precision: str, *, arch: str, device: torch.device,
     1. the model card's ``precision`` when it names one (the shipping pipeline re-checks the
        rule on the test split of the shipped model and records the result);
     2. GPU, or not the student: ``fp32``;
-    3. student on a CPU: ``batch_size >= BATCH_WORKLOAD`` (streaming ``predict``) -> ``bf16``
-       when the CPU computes bf16 natively (:func:`cpu_has_bf16`), else ``fp32``; smaller
-       batches (single-molecule latency, the API) -> ``int8`` (:data:`AUTO_STUDENT`).
+    3. student on a CPU: ``bf16`` (:data:`AUTO_STUDENT`) when the CPU computes bf16 natively
+       (:func:`cpu_has_bf16`), else ``fp32``.
+
+    The rule does not look at the batch size or the caller: the CLI and the API resolve alike.
 
     Raises
     ------
@@ -89,10 +91,8 @@ def resolve_precision(precision: str, *, arch: str, device: torch.device,
             precision = chosen
         elif device.type != "cpu" or arch != "student":
             precision = "fp32"
-        elif batch_size >= BATCH_WORKLOAD:
-            precision = AUTO_STUDENT["batch"] if cpu_has_bf16() else "fp32"
         else:
-            precision = AUTO_STUDENT["latency"]
+            precision = AUTO_STUDENT if cpu_has_bf16() else "fp32"
         if precision == "int8" and device.type != "cpu":
             precision = "fp32"
     if precision == "int8" and device.type != "cpu":

@@ -170,11 +170,10 @@ def build_model(model_cfg: dict[str, Any]) -> tuple[torch.nn.Module, str]:
 
 
 def load_model(spec: str | Path = "student", *, device: str = "auto", precision: str = "auto",
-               batch_size: int = 1, log: TextIO | None = None) -> LoadedModel:
+               log: TextIO | None = None) -> LoadedModel:
     """Load ``--model spec`` for inference (see the module docstring).
 
-    ``batch_size`` (the expected batch) only steers ``precision="auto"``
-    (:func:`neimsctl.models.quantize.resolve_precision`).
+    ``precision="auto"`` resolves by :func:`neimsctl.models.quantize.resolve_precision`.
 
     Raises
     ------
@@ -192,8 +191,7 @@ def load_model(spec: str | Path = "student", *, device: str = "auto", precision:
     n_params = sum(p.numel() for p in model.parameters())
     fhash = ckpt.get("featurizer_hash")
     _check_featurizer(arch, fhash, path, log)
-    prec = resolve_precision(precision, arch=arch, device=dev, card=card,
-                             batch_size=batch_size)
+    prec = resolve_precision(precision, arch=arch, device=dev, card=card)
     model = apply_precision(model.to(dev), prec, arch=arch)
     return LoadedModel(model=model, arch=arch, label=str(spec), path=path,
                        sha=str(card.get("sha256", ""))[:12] or _file_sha(path), precision=prec,

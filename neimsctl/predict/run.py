@@ -202,6 +202,22 @@ class ChunkPredictor:
         block, rejects = self.featurizer(items)
         return block, rejects, len(items)
 
+    def spectra(self, block: dict[str, np.ndarray]
+                ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray] | None]:
+        """The model's ``(spectra, std, experts)`` of a featurized block (see ``predict_block``)."""
+        if not len(block["ordinal"]):
+            return np.zeros((0, self.lm.model.config.n_bins), np.float32), None, None
+        return predict_block(self.lm, block, batch_size=self.opts.batch_size,
+                             uncertainty=self.opts.uncertainty, mc_samples=self.opts.mc_samples)
+
+    def predict(self, items: list[Item]) -> tuple[dict[str, np.ndarray], np.ndarray,
+                                                  np.ndarray | None, dict[str, np.ndarray] | None,
+                                                  list[Rejected]]:
+        """Featurize and predict a chunk, unformatted: ``(block, spectra, std, experts, rejects)``
+        (the Python API's path; :meth:`__call__` formats the same arrays)."""
+        block, rejects = self.featurizer(items)
+        return (block, *self.spectra(block), rejects)
+
     def finish(self, block: dict[str, np.ndarray], rejects: list[Rejected], n_items: int
                ) -> Predicted:
         """Predict and format a featurized chunk."""
@@ -213,9 +229,7 @@ class ChunkPredictor:
             rejects, n_items = [first], int(keep.sum()) + 1
         if not len(block["ordinal"]):
             return Predicted(b"", rejects, n_items, 0)
-        spectra, std, experts = predict_block(self.lm, block, batch_size=self.opts.batch_size,
-                                              uncertainty=self.opts.uncertainty,
-                                              mc_samples=self.opts.mc_samples)
+        spectra, std, experts = self.spectra(block)
         return Predicted(self.writer.format(block, spectra, std, experts), rejects, n_items,
                          len(spectra))
 

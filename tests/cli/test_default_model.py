@@ -6,6 +6,7 @@ import json
 import subprocess
 
 import numpy as np
+import orjson
 import pytest
 
 from neimsctl.predict.model import MODELS_DIR
@@ -45,3 +46,37 @@ def test_api_default_model_spectrum_shape() -> None:
     s = p.predict_from_smiles("CCO")
     assert s.shape == (501,) and s.max() == pytest.approx(1.0)
     assert np.all(s[46 + 6:] == 0)              # nothing above M + 5 (ethanol, M = 46)
+
+
+def test_cli_and_api_give_identical_spectra(tmp_path, neimsctl_exe):
+    """The same molecules through ``neimsctl predict`` and ``neimsctl.api`` with the defaults:
+    byte-identical JSONL spectra and MSP records (one prediction path, one set of defaults)."""
+    from neimsctl import SpectrumPredictor
+    from neimsctl.io.msp_write import BASE_PEAK, spectrum_peaks
+
+    smiles = ["CC(=O)Oc1ccccc1C(=O)O", "c1ccccc1", "CCO", "not-a-smiles", "CCN(CC)CC",
+              "CN1C=NC2=C1C(=O)N(C(=O)N2C)C", "O=C(O)c1ccccc1O", "ClC(Cl)(Cl)Cl"]
+    names = [f"mol{i}" for i in range(len(smiles))]
+    src = tmp_path / "in.smi"
+    src.write_text("".join(f"{s} {n}\n" for s, n in zip(smiles, names)))
+    run = subprocess.run([neimsctl_exe, "predict", "-q", "-O", "jsonl", str(src)],
+                         capture_output=True, check=False)
+    assert run.returncode == 1                       # the one bad SMILES is rejected
+    cli = [orjson.loads(x) for x in run.stdout.splitlines()]
+    api = SpectrumPredictor()
+    spectra = api.predict_batch(smiles, errors="nan")
+    assert np.isnan(spectra[3]).all() and len(cli) == len(smiles) - 1
+    for rec, spec in zip(cli, [s for i, s in enumerate(spectra) if i != 3]):
+        mz, _ = spectrum_peaks(spec)
+        assert rec["mz"] == mz.tolist()
+        assert rec["intensity"] == np.round(spec[mz] / spec.max() * BASE_PEAK, 3).tolist()
+
+    good = [(s, n) for i, (s, n) in enumerate(zip(smiles, names)) if i != 3]
+    src.write_text("".join(f"{s} {n}\n" for s, n in good))
+    run = subprocess.run([neimsctl_exe, "predict", "-q", str(src)], capture_output=True, check=True)
+    out = tmp_path / "api.msp"
+    assert api.export_msp([s for s, _ in good], out, name=[n for _, n in good]) == len(good)
+
+    def without_ids(b: bytes) -> list[bytes]:   # ids name the input file (in.smi:1 vs <input>:1)
+        return [ln for ln in b.splitlines() if not ln.startswith(b"ID:")]
+    assert without_ids(out.read_bytes()) == without_ids(run.stdout)

@@ -120,7 +120,7 @@ def test_sdf_input(ckpt, tmp_path):
 
 
 def test_model_errors(ckpt, tmp_path, monkeypatch):
-    from neimsctl.train import predictor
+    from neimsctl.predict import model as predictor
 
     monkeypatch.setattr(predictor, "MODELS_DIR", tmp_path)
     res = invoke(stdin=b"CCO\n")

@@ -101,7 +101,11 @@ def test_precisions_stay_close_to_fp32(ckpt, predictor, precision):
 def test_auto_precision_and_bad_options(ckpt):
     from neimsctl import SpectrumPredictor
 
-    assert SpectrumPredictor(checkpoint=ckpt, device="cpu").loaded.precision == "int8"
+    from neimsctl.models.quantize import resolve_precision
+
+    # the CLI's rule, whatever the batch size: neimsctl predict and the API resolve alike
+    assert SpectrumPredictor(checkpoint=ckpt, device="cpu").loaded.precision == \
+        resolve_precision("auto", arch="student", device=torch.device("cpu"))
     with pytest.raises(ConfigError, match="unknown precision"):
         SpectrumPredictor({"precision": "fp8"}, checkpoint=ckpt)
     with pytest.raises(ConfigError, match="unknown key"):
@@ -113,7 +117,7 @@ def test_auto_precision_and_bad_options(ckpt):
 
 def test_missing_models(tmp_path, monkeypatch):
     from neimsctl import SpectrumPredictor
-    from neimsctl.train import predictor as pred
+    from neimsctl.predict import model as pred
 
     monkeypatch.setattr(pred, "MODELS_DIR", tmp_path)
     with pytest.raises(CheckpointError, match="no shipped default student model"):

@@ -35,7 +35,7 @@ def main() -> None:
     from neimsctl.predict.model import load_model
 
     torch.set_num_threads(1)
-    lm = load_model(args.model, precision=args.precision, batch_size=1024)
+    lm = load_model(args.model, precision=args.precision)
     stage = ChunkPredictor(lm, PredictOptions())
     print(f"model {lm.describe()}", flush=True)
     n, since, t_feat, t_pred = 0, 0, 0.0, 0.0
