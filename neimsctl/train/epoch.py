@@ -21,10 +21,30 @@ from tqdm import tqdm
 
 from neimsctl.errors import NeimsError
 from neimsctl.train import distributed as dd
-from neimsctl.train.trainer import batch_size_of, move_to
 
 if TYPE_CHECKING:
     from neimsctl.train.trainer import Trainer
+
+
+def move_to(batch: Any, device: torch.device) -> Any:
+    """Move tensors (nested in dicts/lists/tuples, or objects with ``.to``) to ``device``."""
+    if isinstance(batch, dict):
+        return {k: move_to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
+        return type(batch)(move_to(v, device) for v in batch)
+    if hasattr(batch, "_fields"):
+        return type(batch)(*(move_to(v, device) for v in batch))
+    return batch.to(device, non_blocking=True) if hasattr(batch, "to") else batch
+
+
+def batch_size_of(batch: Any, default: int) -> int:
+    """Number of samples in a batch (PyG ``num_graphs``, first tensor dim, else ``default``)."""
+    if hasattr(batch, "num_graphs"):
+        return int(batch.num_graphs)
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else default
+    items = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else []
+    return next((batch_size_of(v, default) for v in items if isinstance(v, torch.Tensor)), default)
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -61,6 +61,7 @@ from neimsctl.errors import ConfigError
 from neimsctl.models import checkpoint as ck
 from neimsctl.train import distributed as dd
 from neimsctl.train.config import Config, resolve, resolve_device, save_config
+from neimsctl.train.epoch import move_to, run_epoch, run_validation
 
 __all__ = ["Trainer", "TrainResult", "run_training", "resolve_device", "seed_everything",
            "build_optimizer", "build_scheduler", "move_to"]
@@ -105,27 +106,6 @@ def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer,
     return sched.OneCycleLR(optimizer, max_lr=s.max_lr or cfg.optim.lr, total_steps=max(total, 2),
                             pct_start=s.pct_start, div_factor=s.div_factor,
                             final_div_factor=s.final_div_factor)
-
-
-def move_to(batch: Any, device: torch.device) -> Any:
-    """Move tensors (nested in dicts/lists/tuples, or objects with ``.to``) to ``device``."""
-    if isinstance(batch, dict):
-        return {k: move_to(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
-        return type(batch)(move_to(v, device) for v in batch)
-    if hasattr(batch, "_fields"):
-        return type(batch)(*(move_to(v, device) for v in batch))
-    return batch.to(device, non_blocking=True) if hasattr(batch, "to") else batch
-
-
-def batch_size_of(batch: Any, default: int) -> int:
-    """Number of samples in a batch (PyG ``num_graphs``, first tensor dim, else ``default``)."""
-    if hasattr(batch, "num_graphs"):
-        return int(batch.num_graphs)
-    if isinstance(batch, torch.Tensor):
-        return int(batch.shape[0]) if batch.dim() else default
-    items = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else []
-    return next((batch_size_of(v, default) for v in items if isinstance(v, torch.Tensor)), default)
 
 
 @dataclass
@@ -247,8 +227,6 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, resume: str | Path | bool | None = None) -> TrainResult:
         """Train ``train.epochs`` epochs (from ``resume``: a path, or True/"auto" = latest)."""
-        from neimsctl.train.epoch import run_epoch, run_validation
-
         t = self.t
         if t.threads:
             torch.set_num_threads(t.threads)
