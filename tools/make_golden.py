@@ -204,7 +204,8 @@ def dump_h5(path: Path) -> dict[str, Any]:
         for name in sorted(names):
             ds = f[name]
             if not isinstance(ds, h5py.Dataset):
-                out["datasets"][name] = {"group": True, "attrs": {k: attr(ds.attrs, k) for k in sorted(ds.attrs)}}
+                out["datasets"][name] = {"group": True,
+                                         "attrs": {k: attr(ds.attrs, k) for k in sorted(ds.attrs)}}
                 continue
             info = h5py.check_string_dtype(ds.dtype)
             d: dict[str, Any] = {
@@ -305,8 +306,8 @@ def compare(golden: dict[str, bytes], fresh: dict[str, bytes]) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--check", action="store_true",
-                    help="regenerate into a temporary directory and compare with tests/golden/ (exit 1 on a difference)")
+    ap.add_argument("--check", action="store_true", help="regenerate into a temporary directory and "
+                    "compare with tests/golden/ (exit 1 on a difference)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="neimsctl-golden-") as tmp:
         fresh = generate(Path(tmp))
