@@ -169,7 +169,17 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu",
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint: {exc.strerror}") from None
+    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
+        raise CheckpointError(f"{path}: not a checkpoint file (neither a torch zip archive "
+                              "nor a pickle)")
+    try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except KeyError:        # torch.load of a damaged pickle: "invalid load key"
+        raise CheckpointError(f"{path}: not a readable checkpoint (damaged)") from None
     except pickle.UnpicklingError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         first = next((ln for ln in lines if "GLOBAL" in ln or "nsupported" in ln),
@@ -180,12 +190,62 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu",
         raise CheckpointError(f"{path}: not a readable checkpoint: {exc}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} checkpoint")
+    check_fields(ckpt, path)
     have = ckpt.get("featurizer_hash")
     if featurizer_hash is not None and have != featurizer_hash:
         raise CheckpointError(f"{path}: featurizer mismatch: checkpoint was trained on features "
                               f"with settings hash {have}, these features have {featurizer_hash}; "
                               "re-featurize with the checkpoint's settings or train anew")
     return ckpt
+
+
+#: The fields a checkpoint must or may hold, and the types each may have (None = may be absent).
+FIELDS: dict[str, tuple[type, ...]] = {
+    "model": (dict,), "config": (dict, type(None)), "featurizer_hash": (str, type(None)),
+    "optimizer": (dict, type(None)), "scheduler": (dict, type(None)), "scaler": (dict, type(None)),
+    "loss_state": (dict, type(None)), "rng": (dict, type(None)), "epoch": (int, type(None)),
+    "batch": (int, type(None)), "step": (int, type(None)), "history": (list, type(None)),
+    "versions": (dict, type(None)), "extra": (dict, type(None)),
+    "best_metric": (float, int, type(None))}
+REQUIRED = ("model",)
+
+
+def check_fields(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
+    """Check a loaded checkpoint's schema and weights before anything reads them.
+
+    Every required field present; every known field of its type; ``config.model`` a dict;
+    ``model`` a non-empty mapping of names to tensors whose floating-point values are all
+    finite (a checkpoint of a run that diverged predicts NaN for every molecule).
+
+    Raises
+    ------
+    CheckpointError
+        Naming the file and the first field that is missing, mistyped or not finite.
+    """
+    for key in REQUIRED:
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: damaged checkpoint: no {key!r} field")
+    for key, types in FIELDS.items():
+        if key in ckpt and not isinstance(ckpt[key], types) or \
+                (key in ckpt and isinstance(ckpt[key], bool) and bool not in types):
+            raise CheckpointError(f"{path}: damaged checkpoint: field {key!r} is a "
+                                  f"{type(ckpt[key]).__name__}, expected "
+                                  f"{' or '.join(t.__name__ for t in types)}")
+    model_cfg = (ckpt.get("config") or {}).get("model")
+    if model_cfg is not None and not isinstance(model_cfg, dict):
+        raise CheckpointError(f"{path}: damaged checkpoint: config.model is a "
+                              f"{type(model_cfg).__name__}, expected dict")
+    state = ckpt["model"]
+    if not state:
+        raise CheckpointError(f"{path}: damaged checkpoint: no weights in 'model'")
+    for name, value in state.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: damaged checkpoint: model entry {name!r} is a "
+                                  f"{type(value).__name__}, expected a tensor")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(f"{path}: refused: weight {name!r} holds {bad} non-finite "
+                                  f"value(s) (NaN/inf: a training run that diverged?)")
 
 
 def restore(ckpt: dict[str, Any], *, model: torch.nn.Module, optimizer: Any = None,

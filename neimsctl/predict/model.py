@@ -205,6 +205,11 @@ def _model_with_weights(ckpt: dict[str, Any], path: Path) -> tuple[torch.nn.Modu
     The module is first built on the ``meta`` device and the checkpoint's tensors are assigned
     to it, which skips the random initialisation of ~50M parameters (about a second); if any
     parameter or buffer is left on ``meta`` (not in the checkpoint), it is built normally.
+
+    Raises
+    ------
+    CheckpointError
+        Naming ``path``: a config that builds no model, or weights that do not fit it.
     """
     cfg = (ckpt.get("config") or {}).get("model") or {}
     state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
@@ -215,12 +220,16 @@ def _model_with_weights(ckpt: dict[str, Any], path: Path) -> tuple[torch.nn.Modu
         if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
             raise RuntimeError("tensors not in the checkpoint")
         return model, arch
-    except (RuntimeError, TypeError, NotImplementedError):
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    except (RuntimeError, TypeError, ValueError, NotImplementedError):
         pass
-    model, arch = build_model(cfg)
     try:
+        model, arch = build_model(cfg)
         model.load_state_dict(state)
-    except RuntimeError as exc:
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    except (RuntimeError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: weights do not fit the model its config describes: "
                               f"{str(exc).splitlines()[0]}") from None
     return model, arch

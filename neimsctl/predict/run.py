@@ -14,6 +14,7 @@ writes its bytes. Output order = input order.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -216,25 +217,81 @@ class ChunkPredictor:
         """Featurize and predict a chunk, unformatted: ``(block, spectra, std, experts, rejects)``
         (the Python API's path; :meth:`__call__` formats the same arrays)."""
         block, rejects = self.featurizer(items)
-        return (block, *self.spectra(block), rejects)
+        block, spectra, std, experts, refused = _refuse_non_finite(block, *self.spectra(block),
+                                                                   items)
+        return block, spectra, std, experts, sorted(rejects + refused, key=lambda r: r.item.ordinal)
 
-    def finish(self, block: dict[str, np.ndarray], rejects: list[Rejected], n_items: int
-               ) -> Predicted:
-        """Predict and format a featurized chunk."""
+    def finish(self, block: dict[str, np.ndarray], rejects: list[Rejected], n_items: int,
+               items: list[Item] | None = None) -> Predicted:
+        """Predict and format a featurized chunk (``items``: the chunk as read, to name the
+        molecules whose prediction is refused)."""
         if self.opts.strict and rejects:
-            first = rejects[0]
-            keep = block["ordinal"] < first.item.ordinal
-            block = {k: v[keep] if len(v) == len(keep) else v for k, v in block.items()} \
-                if "n_atoms" not in block else _teacher_prefix(block, int(keep.sum()))
-            rejects, n_items = [first], int(keep.sum()) + 1
+            block, rejects, n_items = _strict_prefix(block, rejects)
         if not len(block["ordinal"]):
             return Predicted(b"", rejects, n_items, 0)
         spectra, std, experts = self.spectra(block)
+        block, spectra, std, experts, refused = _refuse_non_finite(block, spectra, std, experts,
+                                                                   items)
+        if refused:
+            if self.opts.strict:       # nothing after the first refused molecule
+                keep = block["ordinal"] < refused[0].item.ordinal
+                block = {k: v[keep] for k, v in block.items()}
+                spectra, std = spectra[keep], None if std is None else std[keep]
+                experts = None if experts is None else {k: v[keep] for k, v in experts.items()}
+                # the chunk's first featurize reject, if any, comes after the rows kept
+                rejects, n_items = refused[:1], int(keep.sum()) + 1
+            else:
+                rejects = sorted(rejects + refused, key=lambda r: r.item.ordinal)
+            if not len(spectra):
+                return Predicted(b"", rejects, n_items, 0)
         return Predicted(self.writer.format(block, spectra, std, experts), rejects, n_items,
                          len(spectra))
 
     def __call__(self, items: list[Item]) -> Predicted:
-        return self.finish(*self.featurize(items))
+        return self.finish(*self.featurize(items), items)
+
+
+#: Reject reason of a molecule whose predicted spectrum is not finite.
+NON_FINITE = "non_finite_prediction"
+#: The block columns the writers read.
+_WRITTEN = ("ordinal", "id", "name", "smiles", "inchikey", "formula", "mw")
+
+
+def _item(items: list[Item] | None, ordinal: int) -> Item:
+    found = next((it for it in items or () if it.ordinal == ordinal), None)
+    return found if found is not None else Item(ordinal, "<input>", 0, "smi", b"")
+
+
+def _refuse_non_finite(block: dict[str, np.ndarray], spectra: np.ndarray, std: np.ndarray | None,
+                       experts: dict[str, np.ndarray] | None, items: list[Item] | None
+                       ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None,
+                                  dict[str, np.ndarray] | None, list[Rejected]]:
+    """Leave out the rows whose spectrum holds NaN/inf; they come back as rejects.
+
+    The block returned holds only the columns the writers read (:data:`_WRITTEN`) when rows
+    were left out.
+    """
+    bad = ~np.isfinite(spectra).all(axis=1)
+    if not bad.any():
+        return block, spectra, std, experts, []
+    refused = [Rejected(_item(items, int(o)), str(block["id"][j]), NON_FINITE,
+                        "the model predicted NaN or inf intensities for this molecule",
+                        str(block["name"][j]) or None)
+               for j, o in enumerate(block["ordinal"]) if bad[j]]
+    keep = ~bad
+    return ({k: block[k][keep] for k in _WRITTEN}, spectra[keep],
+            None if std is None else std[keep],
+            None if experts is None else {k: v[keep] for k, v in experts.items()}, refused)
+
+
+def _strict_prefix(block: dict[str, np.ndarray], rejects: list[Rejected]
+                   ) -> tuple[dict[str, np.ndarray], list[Rejected], int]:
+    """``--strict``: the rows before the chunk's first reject, that reject, and the count read."""
+    first = rejects[0]
+    keep = block["ordinal"] < first.item.ordinal
+    block = {k: v[keep] if len(v) == len(keep) else v for k, v in block.items()} \
+        if "n_atoms" not in block else _teacher_prefix(block, int(keep.sum()))
+    return block, [first], int(keep.sum()) + 1
 
 
 _STAGE: ChunkPredictor | None = None
@@ -273,9 +330,16 @@ def predicted(items: Iterable[Item], stage: ChunkPredictor, *, jobs: int = 1,
         yield from ordered_map(_work_stage, chunked(items, chunk), jobs, _init_stage,
                                (stage, worker_threads), max_in_flight=2 * jobs + 2)
     else:
-        for block, rejects, n in featurized(iter(items), stage.lm.mode, jobs=jobs, chunk=chunk,
-                                            inchikey=stage.opts.inchikey):
-            yield stage.finish(block, rejects, n)
+        held: collections.deque = collections.deque()
+
+        def remember(chunks: Iterable[list[Item]]) -> Iterator[list[Item]]:
+            for c in chunks:
+                held.append(c)
+                yield c
+        for block, rejects, n in ordered_map(_work, remember(chunked(items, chunk)), jobs, _init,
+                                             (stage.lm.mode, stage.opts.inchikey),
+                                             max_in_flight=2 * jobs + 2):
+            yield stage.finish(block, rejects, n, held.popleft())
 
 
 def run_predict(results: Iterable[Predicted], out: BinaryIO, tally: Tally, *,

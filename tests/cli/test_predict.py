@@ -166,3 +166,20 @@ def test_real_pipe_from_sample(ckpt, sample_msp, neimsctl_exe, tmp_path):
     assert [r["id"] for r in recs] == [s["id"] for s in src]  # input order kept with 2 workers
     assert [r["smiles"] for r in recs] == [s["smiles"] for s in src]
     assert np.all([max(r["intensity"]) == 999 for r in recs])
+
+
+def test_bad_checkpoints_are_one_line_errors(ckpt, tmp_path):
+    """A text file, a dict without weights and NaN weights: one line naming the file, exit 1."""
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model\n")
+    state = torch.load(ckpt, weights_only=True)
+    empty = tmp_path / "empty.pt"
+    torch.save({k: v for k, v in state.items() if k != "model"}, empty)
+    nan = tmp_path / "nan.pt"
+    torch.save({**state, "model": {k: v.clone().fill_(float("nan")) if v.is_floating_point() else v
+                                   for k, v in state["model"].items()}}, nan)
+    for path, why in ((text, "not a checkpoint file"), (empty, "no 'model' field"),
+                      (nan, "non-finite value")):
+        res = invoke("-m", str(path), stdin=b"CCO\n")
+        assert res.exit_code == 1 and why in res.stderr and str(path) in res.stderr
+        assert "Traceback" not in res.stderr and res.stdout == ""

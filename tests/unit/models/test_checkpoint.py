@@ -124,3 +124,34 @@ def test_restore_into_wrong_model_is_checkpoint_error(tmp_path: Path) -> None:
     ckpt = ck.load_checkpoint(ck.save_checkpoint(tmp_path / "m.pt", model=model))
     with pytest.raises(CheckpointError, match="does not fit"):
         ck.restore(ckpt, model=torch.nn.Linear(2, 2), rng=False)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.pop("model"), "no 'model' field"),
+    (lambda c: c.update(config="student"), "field 'config' is a str"),
+    (lambda c: c.update(config={"model": ["student"]}), "config.model is a list"),
+    (lambda c: c.update(featurizer_hash=5), "field 'featurizer_hash' is a int"),
+    (lambda c: c.update(epoch=True), "field 'epoch' is a bool"),
+    (lambda c: c.update(model={}), "no weights in 'model'"),
+    (lambda c: c["model"].update({"0.weight": "w"}), "model entry '0.weight' is a str"),
+    (lambda c: c["model"]["2.bias"].fill_(float("nan")), "weight '2.bias' holds 2 non-finite"),
+    (lambda c: c["model"]["0.weight"].__setitem__((0, 0), float("inf")),
+     "weight '0.weight' holds 1 non-finite"),
+])
+def test_damaged_checkpoints_are_refused_naming_the_field(tmp_path: Path, change, message) -> None:
+    model, _, _ = _objects()
+    path = tmp_path / "c.pt"
+    ck.save_checkpoint(path, model=model, config={"model": {"name": "x"}}, epoch=1)
+    ckpt = torch.load(path, weights_only=True)
+    change(ckpt)
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=message) as info:
+        ck.load_checkpoint(path)
+    assert str(path) in str(info.value)
+
+
+def test_a_text_file_is_not_a_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "notes.pt"
+    path.write_text("hello\n")
+    with pytest.raises(CheckpointError, match="not a checkpoint file"):
+        ck.load_checkpoint(path)

@@ -10,6 +10,7 @@ import torch
 
 from neimsctl.chem.featurize_run import run_settings
 from neimsctl.chem.rowbuild import RowOptions
+from neimsctl.errors import FormatError
 from neimsctl.io.rejects import Tally
 from neimsctl.models.student import StudentConfig, StudentModel
 from neimsctl.models.checkpoint import save_checkpoint
@@ -75,3 +76,35 @@ def test_strict_in_workers_writes_rows_before_the_first_reject(lm, smi):
     assert counts == (3, 2, 1) and stopped == f"{smi}:3: cannot parse SMILES 'xyz'"
     assert [ln for ln in data.splitlines() if ln.startswith(b"Name: ")] == \
         [b"Name: ethanol", b"Name: benzene"]
+
+
+def test_non_finite_predictions_are_rejects_with_file_and_line(lm, smi, monkeypatch):
+    """A molecule whose predicted spectrum holds NaN is refused (a reject naming it), never
+    written as an empty spectrum; the other molecules are written, in every worker layout."""
+    import numpy as np
+
+    from neimsctl.predict import run
+
+    real = run.predict_block
+
+    def nan_for_benzene(lm_, block, **kw):
+        spectra, std, experts = real(lm_, block, **kw)
+        spectra[np.asarray([s == "c1ccccc1" for s in block["smiles"]])] = np.nan
+        return spectra, std, experts
+
+    monkeypatch.setattr(run, "predict_block", nan_for_benzene)
+    one = _run(lm, smi, 1, "jsonl")
+    assert one == _run(lm, smi, 2, "jsonl") == _run(lm, smi, 2, "jsonl", model_in_workers=False)
+    data, counts, shown, _ = one
+    assert counts == (11, 8, 3) and b"benzene" not in data
+    assert f"{smi}:2: non_finite_prediction: the model predicted NaN or inf intensities " \
+           "for this molecule" in shown
+    data, counts, _, stopped = _run(lm, smi, 1, strict=True)
+    assert counts == (2, 1, 1) and stopped.startswith(f"{smi}:2: non_finite_prediction")
+    from neimsctl.api import SpectrumPredictor
+
+    api = SpectrumPredictor({"precision": "fp32"}, checkpoint=lm.path)
+    out = api.predict_batch(["CCO", "c1ccccc1"], errors="nan")
+    assert np.isfinite(out[0]).all() and np.isnan(out[1]).all()
+    with pytest.raises(FormatError, match="non_finite_prediction"):
+        api.predict_from_smiles("c1ccccc1")
