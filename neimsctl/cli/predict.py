@@ -28,6 +28,11 @@ class InFmt(str, Enum):
     sdf = "sdf"
 
 
+class Domain(str, Enum):
+    flag = "flag"
+    reject = "reject"
+
+
 class Precision(str, Enum):
     auto = "auto"
     fp32 = "fp32"
@@ -67,6 +72,12 @@ def predict_cli(
     no_inchikey: Annotated[bool, typer.Option(
         "--no-inchikey", help="Leave the InChIKey out of the output (it costs about a third of "
                               "the time per molecule; for very large libraries).")] = False,
+    out_of_domain: Annotated[Domain, typer.Option(
+        "--out-of-domain", help="Molecules outside the model's domain (mixtures, ions, '*', "
+                                "labelled isotopes, elements such as metals, mass > 500): flag "
+                                "(write the spectrum, marked: JSONL 'flags', MSP comment "
+                                "out_of_domain, a count in the summary) or reject.")
+    ] = Domain.flag,
     strict: Strict = False,
     rejects: RejectsPath = None,
     output: OutPath = Path("-"),
@@ -109,7 +120,7 @@ def predict_cli(
                  "MC dropout needs the teacher: use --model teacher or a teacher checkpoint")
         stage = ChunkPredictor(lm, PredictOptions(
             fmt=fmt.value, top=top, strict=strict, batch_size=batch_size, uncertainty=uncertainty,
-            mc_samples=mc_samples, inchikey=not no_inchikey))
+            mc_samples=mc_samples, inchikey=not no_inchikey, out_of_domain=out_of_domain.value))
         results = predicted(iter_inputs(paths, in_fmt.value if in_fmt else None), stage,
                             jobs=jobs, worker_threads=threads or max(1, cores // jobs))
         with open_out(output) as fout:

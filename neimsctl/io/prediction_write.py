@@ -76,24 +76,33 @@ class PredictionWriter:
         self.comments = {"predicted": f"neimsctl {__version__}", "model": model_desc}
 
     def __call__(self, block: dict[str, np.ndarray], spectra: np.ndarray,
-                 std: np.ndarray | None = None, experts: dict[str, np.ndarray] | None = None) -> int:
+                 std: np.ndarray | None = None, experts: dict[str, np.ndarray] | None = None,
+                 flags: list[list[str]] | None = None) -> int:
         """Write one block's predictions; returns how many records were written."""
         if self.stream is None:
             raise ValueError("PredictionWriter without a stream: use format()")
-        self.stream.write(self.format(block, spectra, std, experts))
+        self.stream.write(self.format(block, spectra, std, experts, flags))
         return len(spectra)
 
     def format(self, block: dict[str, np.ndarray], spectra: np.ndarray,
-               std: np.ndarray | None = None, experts: dict[str, np.ndarray] | None = None) -> bytes:
-        """One block's predictions as the bytes :meth:`__call__` would write."""
+               std: np.ndarray | None = None, experts: dict[str, np.ndarray] | None = None,
+               flags: list[list[str]] | None = None) -> bytes:
+        """One block's predictions as the bytes :meth:`__call__` would write.
+
+        ``flags``: per row, the reasons it lies outside the model's domain
+        (:func:`neimsctl.chem.domain.domain_flags`; JSONL ``flags``, MSP comment
+        ``out_of_domain``); rows without flags are written as before.
+        """
         parts = [self._one(block, j, spectra[j], None if std is None else std[j],
-                           None if experts is None else (experts["index"][j], experts["weight"][j]))
+                           None if experts is None else (experts["index"][j], experts["weight"][j]),
+                           flags[j] if flags else None)
                  for j in range(len(spectra))]
         return ("".join(parts).encode("utf-8") if self.top is not None or self.fmt == "msp"
                 else b"".join(parts))
 
     def _one(self, block: dict[str, np.ndarray], j: int, spec: np.ndarray,
-             std: np.ndarray | None, exp: tuple[np.ndarray, np.ndarray] | None) -> Any:
+             std: np.ndarray | None, exp: tuple[np.ndarray, np.ndarray] | None,
+             flags: list[str] | None = None) -> Any:
         rid, name, smiles = str(block["id"][j]), str(block["name"][j]), str(block["smiles"][j])
         if self.top is not None:
             return format_top(f"{name or rid}  {smiles}  ({rid})", top_peaks(spec, self.top, 0.0))
@@ -102,7 +111,9 @@ class PredictionWriter:
             return format_msp_record({
                 "name": name or rid, "inchikey": str(block["inchikey"][j]),
                 "formula": str(block["formula"][j]), "mw": int(block["mw"][j]), "smiles": smiles,
-                "id": rid, "comments": self.comments, "mz": mz, "intensity": inten})
+                "id": rid, "mz": mz, "intensity": inten,
+                "comments": {**self.comments, "out_of_domain": ",".join(flags)} if flags
+                else self.comments})
         top = float(spec.max()) or 1.0
         rec: dict[str, Any] = {
             "schema": SCHEMA, "id": rid, "name": name, "smiles": smiles,
@@ -112,4 +123,6 @@ class PredictionWriter:
             rec["uncertainty"] = np.round(std[mz] / top * BASE_PEAK, 3).tolist()
         if exp is not None:
             rec["experts"] = {"index": exp[0].tolist(), "weight": np.round(exp[1], 4).tolist()}
+        if flags:
+            rec["flags"] = flags
         return orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE)

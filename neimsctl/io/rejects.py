@@ -39,6 +39,10 @@ class Tally:
     read: int = 0
     written: int = 0
     reasons: collections.Counter = field(default_factory=collections.Counter)
+    #: Records written but marked (``predict``: outside the model's domain): how many, and the
+    #: marks by kind (a record may carry several).
+    n_flagged: int = 0
+    flagged: collections.Counter = field(default_factory=collections.Counter)
 
     @property
     def rejected(self) -> int:
@@ -53,6 +57,9 @@ class Tally:
         text = f"read {self.read}, written {self.written}, rejected {self.rejected}"
         if self.reasons:
             text += " (" + ", ".join(f"{k}: {v}" for k, v in sorted(self.reasons.items())) + ")"
+        if self.flagged:
+            text += (f"; {self.n_flagged} flagged outside the model's domain ("
+                     + ", ".join(f"{k}: {v}" for k, v in sorted(self.flagged.items())) + ")")
         return text
 
     @property

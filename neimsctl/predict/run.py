@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Iterable, Iterator
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
 import orjson
 
+from neimsctl.chem.domain import domain_flags, flag_kind
 from neimsctl.chem.rowbuild import Item, Rejected, RowBuilder, RowOptions
 from neimsctl.errors import InputError
 from neimsctl.io.parallel import chunked, ordered_map
@@ -175,6 +177,9 @@ class PredictOptions:
     uncertainty: bool = False
     mc_samples: int = 30
     inchikey: bool = True
+    #: ``flag`` (write the spectrum, marked) or ``reject`` molecules outside the model's domain
+    #: (:mod:`neimsctl.chem.domain`).
+    out_of_domain: str = "flag"
 
 
 @dataclass
@@ -185,6 +190,9 @@ class Predicted:
     rejects: list[Rejected]
     n_read: int
     n_written: int
+    #: Written molecules outside the model's domain: how many, and their flags by kind.
+    n_flagged: int = 0
+    flagged: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
 
 class ChunkPredictor:
@@ -232,6 +240,15 @@ class ChunkPredictor:
         spectra, std, experts = self.spectra(block)
         block, spectra, std, experts, refused = _refuse_non_finite(block, spectra, std, experts,
                                                                    items)
+        flags = [domain_flags(str(s), str(f), int(m))
+                 for s, f, m in zip(block["smiles"], block["formula"], block["mw"])]
+        if self.opts.out_of_domain == "reject" and any(flags):
+            bad = np.asarray([bool(f) for f in flags])
+            block, spectra, std, experts, more = _refuse(
+                block, spectra, std, experts, items, bad, OUT_OF_DOMAIN,
+                [", ".join(f) for f in flags if f])
+            refused = sorted(refused + more, key=lambda r: r.item.ordinal)
+            flags = [f for f in flags if not f]
         if refused:
             if self.opts.strict:       # nothing after the first refused molecule
                 keep = block["ordinal"] < refused[0].item.ordinal
@@ -244,8 +261,10 @@ class ChunkPredictor:
                 rejects = sorted(rejects + refused, key=lambda r: r.item.ordinal)
             if not len(spectra):
                 return Predicted(b"", rejects, n_items, 0)
-        return Predicted(self.writer.format(block, spectra, std, experts), rejects, n_items,
-                         len(spectra))
+            flags = flags[:len(spectra)]
+        flagged = collections.Counter(flag_kind(f) for row in flags for f in row)
+        return Predicted(self.writer.format(block, spectra, std, experts, flags), rejects,
+                         n_items, len(spectra), sum(1 for f in flags if f), flagged)
 
     def __call__(self, items: list[Item]) -> Predicted:
         return self.finish(*self.featurize(items), items)
@@ -253,6 +272,8 @@ class ChunkPredictor:
 
 #: Reject reason of a molecule whose predicted spectrum is not finite.
 NON_FINITE = "non_finite_prediction"
+#: Reject reason of a molecule outside the model's domain under ``--out-of-domain reject``.
+OUT_OF_DOMAIN = "out_of_domain"
 #: The block columns the writers read.
 _WRITTEN = ("ordinal", "id", "name", "smiles", "inchikey", "formula", "mw")
 
@@ -266,18 +287,27 @@ def _refuse_non_finite(block: dict[str, np.ndarray], spectra: np.ndarray, std: n
                        experts: dict[str, np.ndarray] | None, items: list[Item] | None
                        ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None,
                                   dict[str, np.ndarray] | None, list[Rejected]]:
-    """Leave out the rows whose spectrum holds NaN/inf; they come back as rejects.
+    """Leave out the rows whose spectrum holds NaN/inf; they come back as rejects."""
+    bad = ~np.isfinite(spectra).all(axis=1)
+    return _refuse(block, spectra, std, experts, items, bad, NON_FINITE,
+                   ["the model predicted NaN or inf intensities for this molecule"] * int(bad.sum()))
+
+
+def _refuse(block: dict[str, np.ndarray], spectra: np.ndarray, std: np.ndarray | None,
+            experts: dict[str, np.ndarray] | None, items: list[Item] | None, bad: np.ndarray,
+            reason: str, details: list[str]
+            ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None,
+                       dict[str, np.ndarray] | None, list[Rejected]]:
+    """Leave out the rows ``bad`` marks; they come back as rejects (``details``: one per row).
 
     The block returned holds only the columns the writers read (:data:`_WRITTEN`) when rows
     were left out.
     """
-    bad = ~np.isfinite(spectra).all(axis=1)
     if not bad.any():
         return block, spectra, std, experts, []
-    refused = [Rejected(_item(items, int(o)), str(block["id"][j]), NON_FINITE,
-                        "the model predicted NaN or inf intensities for this molecule",
-                        str(block["name"][j]) or None)
-               for j, o in enumerate(block["ordinal"]) if bad[j]]
+    rows = np.flatnonzero(bad)
+    refused = [Rejected(_item(items, int(block["ordinal"][j])), str(block["id"][j]), reason,
+                        detail, str(block["name"][j]) or None) for j, detail in zip(rows, details)]
     keep = ~bad
     return ({k: block[k][keep] for k in _WRITTEN}, spectra[keep],
             None if std is None else std[keep],
@@ -356,6 +386,8 @@ def run_predict(results: Iterable[Predicted], out: BinaryIO, tally: Tally, *,
         if p.data:
             out.write(p.data)
         tally.written += p.n_written
+        tally.n_flagged += p.n_flagged
+        tally.flagged.update(p.flagged)
         for r in p.rejects:
             if show is not None:
                 show(reject_message(r))

@@ -183,3 +183,27 @@ def test_bad_checkpoints_are_one_line_errors(ckpt, tmp_path):
         res = invoke("-m", str(path), stdin=b"CCO\n")
         assert res.exit_code == 1 and why in res.stderr and str(path) in res.stderr
         assert "Traceback" not in res.stderr and res.stdout == ""
+
+
+def test_out_of_domain_molecules_are_flagged_or_rejected(ckpt, tmp_path):
+    smi = (b"CCO ethanol\n[Na+].[Cl-] salt\n*CC star\n[2H]C([2H])([2H])O d3\nCC[Fe]CC ferro\n"
+           b"C[N+](=O)[O-] nitromethane\n")
+    res = invoke("-m", str(ckpt), "-O", "jsonl", stdin=smi)
+    assert res.exit_code == 0
+    flags = {r["name"]: r.get("flags") for r in map(orjson.loads, res.stdout_bytes.splitlines())}
+    assert flags == {"ethanol": None, "salt": ["mixture", "charged", "element:Na"],
+                     "star": ["dummy_atom"], "d3": ["isotope"], "ferro": ["element:Fe"],
+                     "nitromethane": None}
+    assert ("read 6, written 6, rejected 0; 4 flagged outside the model's domain (charged: 1, "
+            "dummy_atom: 1, element: 2, isotope: 1, mixture: 1)") in res.stderr
+    res = invoke("-m", str(ckpt), stdin=smi)
+    recs = list(read_msp(io.BytesIO(res.stdout_bytes), "out.msp"))
+    assert [r.fields["comments"].count("out_of_domain=") for r in recs] == [0, 1, 1, 1, 1, 0]
+    assert '"out_of_domain=mixture,charged,element:Na"' in recs[1].fields["comments"]
+    rej = tmp_path / "rej.jsonl"
+    res = invoke("-m", str(ckpt), "--out-of-domain", "reject", "--rejects", str(rej), stdin=smi)
+    assert res.exit_code == 1 and "read 6, written 2, rejected 4 (out_of_domain: 4)" in res.stderr
+    got = [orjson.loads(x) for x in rej.read_bytes().splitlines()]
+    assert [(r["line"], r["reason"], r["detail"]) for r in got] == [
+        (2, "out_of_domain", "mixture, charged, element:Na"), (3, "out_of_domain", "dummy_atom"),
+        (4, "out_of_domain", "isotope"), (5, "out_of_domain", "element:Fe")]

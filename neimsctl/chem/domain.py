@@ -1,0 +1,95 @@
+"""Is a molecule inside the domain of a spectrum predictor trained on an EI library?
+
+The models learn from organic and organo-element compounds measured as one neutral molecule,
+with spectra cut at m/z 500. ``predict`` writes a spectrum for any structure it can read, so
+molecules outside that domain are marked (``flags`` in JSONL, an ``out_of_domain`` comment in
+MSP, a count in the summary) or rejected (``--out-of-domain reject``). The test reads only the
+canonical SMILES, the formula and the nominal mass that every predicted row already carries
+(no second RDKit pass; a few microseconds per molecule).
+
+Flags (in this order):
+
+- ``mixture``: more than one component (``.`` in the SMILES: salts, solvates, mixtures);
+- ``charged``: an atom with a formal charge (ions; zwitterions such as nitro groups written
+  as ``[N+](=O)[O-]`` with no net charge are not flagged);
+- ``dummy_atom``: ``*`` (attachment points, polymers, Markush);
+- ``isotope``: an explicitly labelled isotope (``[2H]``, ``[13C]``);
+- ``element:X``: an element outside :data:`DOMAIN_ELEMENTS` (metals, noble gases, ...);
+- ``mass_above_500``: nominal mass above the last m/z bin (the molecular ion is not predicted).
+"""
+
+from __future__ import annotations
+
+import re
+
+from neimsctl.io.spectrum import N_BINS
+
+__all__ = ["DOMAIN_ELEMENTS", "MAX_MASS", "domain_flags", "flag_kind"]
+
+#: Elements of the organic and organo-element compounds of EI libraries (NIST, MassBank: in the
+#: MassBank DEV set, every other element occurs in fewer than 20 of 8,196 spectra).
+DOMAIN_ELEMENTS = frozenset("H D T B C N O F Si P S Cl Se Br I Ge Sn As".split())
+#: Heaviest nominal mass whose molecular ion lies within the predicted m/z range.
+MAX_MASS = N_BINS - 1
+_ELEMENT = re.compile(r"[A-Z][a-z]?")
+_CHARGED_ATOM = re.compile(r"\[[^\]]*[+-][^\]]*\]")
+_ISOTOPE = re.compile(r"\[\d")
+
+
+def domain_flags(smiles: str, formula: str, mw: int) -> list[str]:
+    """The reasons a molecule lies outside the predictor's domain (empty: inside).
+
+    Parameters
+    ----------
+    smiles
+        Canonical SMILES (RDKit).
+    formula
+        Molecular formula (Hill order, as RDKit writes it; charges such as ``+`` are ignored).
+    mw
+        Nominal mass.
+
+    Examples
+    --------
+    >>> domain_flags("CCO", "C2H6O", 46)
+    []
+    >>> domain_flags("[Na+].[Cl-]", "ClNa", 58)
+    ['mixture', 'charged', 'element:Na']
+    >>> domain_flags("C[N+](=O)[O-]", "CH3NO2", 61)
+    []
+    """
+    flags = []
+    if "." in smiles:
+        flags.append("mixture")
+    if "[" in smiles and _net_charged(smiles):
+        flags.append("charged")
+    if "*" in smiles:
+        flags.append("dummy_atom")
+    if "[" in smiles and _ISOTOPE.search(smiles):
+        flags.append("isotope")
+    flags += [f"element:{e}" for e in dict.fromkeys(_ELEMENT.findall(formula))
+              if e not in DOMAIN_ELEMENTS]
+    if mw > MAX_MASS:
+        flags.append("mass_above_500")
+    return flags
+
+
+def _net_charged(smiles: str) -> bool:
+    """True when the bracket atoms' formal charges do not sum to zero, or any component of a
+    mixture carries a charge (a salt: each ion is charged though the whole is neutral)."""
+    total = 0
+    for atom in _CHARGED_ATOM.findall(smiles):
+        sign = atom.rfind("+"), atom.rfind("-")
+        at = max(sign)
+        tail = atom[at + 1:-1]
+        sym = atom[at]
+        run = len(atom[:at + 1]) - len(atom[:at + 1].rstrip(sym))   # "++" = +2
+        n = int(tail) if tail.isdigit() else run
+        total += n if sym == "+" else -n
+        if "." in smiles:
+            return True
+    return total != 0
+
+
+def flag_kind(flag: str) -> str:
+    """The summary's name of a flag: ``element:Fe`` -> ``element``."""
+    return flag.split(":", 1)[0]
