@@ -114,15 +114,22 @@ class PredictionWriter:
                 "id": rid, "mz": mz, "intensity": inten,
                 "comments": {**self.comments, "out_of_domain": ",".join(flags)} if flags
                 else self.comments})
+        # rounded in float64, so the JSON holds the short decimal (20.683, not the float32
+        # value's 20.683000564575195: the file was twice as large)
         top = float(spec.max()) or 1.0
         rec: dict[str, Any] = {
             "schema": SCHEMA, "id": rid, "name": name, "smiles": smiles,
             "inchikey": str(block["inchikey"][j]) or None, "mw": int(block["mw"][j]),
-            "mz": mz.tolist(), "intensity": np.round(spec[mz] / top * BASE_PEAK, 3).tolist()}
+            "mz": mz.tolist(), "intensity": _rounded(spec[mz] / top * BASE_PEAK, 3)}
         if std is not None:
-            rec["uncertainty"] = np.round(std[mz] / top * BASE_PEAK, 3).tolist()
+            rec["uncertainty"] = _rounded(std[mz] / top * BASE_PEAK, 3)
         if exp is not None:
-            rec["experts"] = {"index": exp[0].tolist(), "weight": np.round(exp[1], 4).tolist()}
+            rec["experts"] = {"index": exp[0].tolist(), "weight": _rounded(exp[1], 4)}
         if flags:
             rec["flags"] = flags
         return orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def _rounded(values: np.ndarray, decimals: int) -> list[float]:
+    """``values`` rounded to ``decimals`` in float64, as Python floats (short JSON reprs)."""
+    return np.round(np.asarray(values, dtype=np.float64), decimals).tolist()

@@ -69,7 +69,8 @@ def test_cli_and_api_give_identical_spectra(tmp_path, neimsctl_exe):
     for rec, spec in zip(cli, [s for i, s in enumerate(spectra) if i != 3]):
         mz, _ = spectrum_peaks(spec)
         assert rec["mz"] == mz.tolist()
-        assert rec["intensity"] == np.round(spec[mz] / spec.max() * BASE_PEAK, 3).tolist()
+        assert rec["intensity"] == np.round((spec[mz] / spec.max() * BASE_PEAK).astype(np.float64),
+                                            3).tolist()
 
     good = [(s, n) for i, (s, n) in enumerate(zip(smiles, names)) if i != 3]
     src.write_text("".join(f"{s} {n}\n" for s, n in good))
