@@ -28,7 +28,7 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,         # --install-completion / --show-completion (bash, zsh, fish)
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Predict electron-ionization mass spectra from molecular structure. "
          "Data goes to stdout, logs to stderr; '-' means stdin. See neimsctl(1).",

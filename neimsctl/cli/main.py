@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import Annotated
+
+import typer
 
 from neimsctl.cli._common import app
 
@@ -32,8 +35,18 @@ def load_commands() -> None:
         importlib.import_module(f"neimsctl.cli.{name}")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from neimsctl import __version__
+
+        print(f"neimsctl {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(version: Annotated[bool, typer.Option(
+        "--version", "-V", callback=_version, is_eager=True,
+        help="Print the version and exit.")] = False) -> None:
     """Predict electron-ionization mass spectra from molecular structure.
 
     Data goes to stdout; logs, progress and warnings go to stderr; '-' means stdin.

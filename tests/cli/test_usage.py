@@ -72,3 +72,21 @@ def test_unknown_command_is_usage_error(neimsctl_exe):
 def test_layers(repo_root):
     proc = run(sys.executable, str(repo_root / "tools" / "check_layers.py"))
     assert proc.returncode == 0, proc.stderr
+
+
+def test_version_and_shell_completion(neimsctl_exe):
+    from neimsctl import __version__
+
+    for flag in ("--version", "-V"):
+        res = subprocess.run([neimsctl_exe, flag], capture_output=True, text=True, check=False)
+        assert res.returncode == 0 and res.stdout == f"neimsctl {__version__}\n"
+    env = {**__import__("os").environ, "_NEIMSCTL_COMPLETE": "complete_bash",
+           "COMP_WORDS": "neimsctl pred", "COMP_CWORD": "1"}
+    res = subprocess.run([neimsctl_exe], capture_output=True, text=True, env=env, check=False)
+    assert res.stdout.split() == ["predict"]
+    env.update(COMP_WORDS="neimsctl predict --out-of", COMP_CWORD="2")
+    res = subprocess.run([neimsctl_exe], capture_output=True, text=True, env=env, check=False)
+    assert res.stdout.split() == ["--out-of-domain"]
+    res = subprocess.run([neimsctl_exe, "--show-completion", "bash"], capture_output=True,
+                         text=True, check=False)
+    assert res.returncode == 0 and "_NEIMSCTL_COMPLETE" in res.stdout
