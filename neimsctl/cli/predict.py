@@ -17,6 +17,13 @@ from neimsctl.cli._common import (EXIT_FAIL, Device, InPaths, Jobs, OutPath, Qui
 CMD = "predict"
 
 
+def _shipped() -> str:
+    """The default models this installation holds (file names only: --help stays light)."""
+    models = Path(__file__).resolve().parents[1] / "resources" / "models"
+    have = [a for a in ("student", "teacher") if (models / f"{a}-default.pt").is_file()]
+    return ", ".join(have) or "none"
+
+
 class OutFmt(str, Enum):
     msp = "msp"
     jsonl = "jsonl"
@@ -44,8 +51,9 @@ class Precision(str, Enum):
 def predict_cli(
     inputs: InPaths = None,
     model: Annotated[str, typer.Option(
-        "--model", "-m", help="student | teacher (the models shipped with neimsctl) | PATH "
-                              "to a neimsctl checkpoint.")] = "student",
+        "--model", "-m", help="student | teacher: a model shipped with neimsctl (this "
+                              f"installation ships: {_shipped()}) | PATH to a neimsctl "
+                              "checkpoint.")] = "student",
     fmt: Annotated[OutFmt, typer.Option("--format", "-O", help="Output format.")] = OutFmt.msp,
     in_fmt: Annotated[InFmt | None, typer.Option(
         "--input-format", "-I", help="Input format (default: detected per file: SDF/MOL, "
