@@ -111,6 +111,7 @@ def predict_cli(
             usage_error(CMD, "--uncertainty needs -O jsonl (MSP has no place for it)")
         import os
 
+        from neimsctl.cli._progress import Progress
         from neimsctl.io.rejects import Tally
         from neimsctl.io.streams import open_out
         from neimsctl.predict.run import (ChunkPredictor, PredictOptions, StrictStop,
@@ -131,11 +132,11 @@ def predict_cli(
             mc_samples=mc_samples, inchikey=not no_inchikey, out_of_domain=out_of_domain.value))
         results = predicted(iter_inputs(paths, in_fmt.value if in_fmt else None), stage,
                             jobs=jobs, worker_threads=threads or max(1, cores // jobs))
-        with open_out(output) as fout:
+        with open_out(output) as fout, Progress(CMD, paths, quiet=quiet) as bar:
             with open_out(rejects) if rejects else contextlib.nullcontext() as sink:
                 tally = Tally(sink=sink)
                 try:
-                    run_predict(results, fout, tally, strict=strict,
+                    run_predict(results, fout, tally, strict=strict, progress=bar.update,
                                 show=lambda msg: print(f"neimsctl {CMD}: {msg}", file=sys.stderr))
                 except StrictStop as exc:
                     fout.flush()

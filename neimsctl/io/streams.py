@@ -62,6 +62,8 @@ def open_in(path: str | os.PathLike | None) -> Iterator[BinaryIO]:
         except OSError as exc:
             raise InputError(f"{path}: cannot open: {exc.strerror or exc}") from exc
         owned = True
+    if owned:
+        _READING.append(raw)
     try:
         head, buf = _peek(raw)
         if head.startswith(GZIP_MAGIC):
@@ -77,7 +79,26 @@ def open_in(path: str | os.PathLike | None) -> Iterator[BinaryIO]:
         yield stream
     finally:
         if owned:
+            global _BYTES_DONE
+            with contextlib.suppress(OSError, ValueError):
+                _BYTES_DONE += raw.tell()
+            _READING.remove(raw)
             raw.close()
+
+
+#: Input files open in :func:`open_in` now, and the bytes of those already closed.
+_READING: list[BinaryIO] = []
+_BYTES_DONE = 0
+
+
+def input_bytes_read() -> int:
+    """Bytes of input files consumed so far in this process (compressed bytes for gzip/zstd
+    inputs; what a progress bar compares with the files' sizes). Stdin is not counted."""
+    pos = _BYTES_DONE
+    for raw in _READING:
+        with contextlib.suppress(OSError, ValueError):
+            pos += raw.tell()
+    return pos
 
 
 def sniff(path: str | os.PathLike) -> str:

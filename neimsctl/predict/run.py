@@ -373,8 +373,11 @@ def predicted(items: Iterable[Item], stage: ChunkPredictor, *, jobs: int = 1,
 
 
 def run_predict(results: Iterable[Predicted], out: BinaryIO, tally: Tally, *,
-                strict: bool = False, show: Callable[[str], None] | None = None) -> None:
+                strict: bool = False, show: Callable[[str], None] | None = None,
+                progress: Callable[[Tally], None] | None = None) -> None:
     """Write every chunk's bytes to ``out``; count and show every rejected record.
+
+    ``progress`` is called with the tally after each chunk (a progress bar).
 
     Raises
     ------
@@ -393,6 +396,8 @@ def run_predict(results: Iterable[Predicted], out: BinaryIO, tally: Tally, *,
                 show(reject_message(r))
             tally.reject(Reject(r.reason, r.detail, file=r.item.file, line=r.item.line,
                                 record=r.name, id=r.id))
+        if progress is not None:
+            progress(tally)
         if strict and p.rejects:
             raise StrictStop(reject_message(p.rejects[0]))
 

@@ -207,3 +207,23 @@ def test_out_of_domain_molecules_are_flagged_or_rejected(ckpt, tmp_path):
     assert [(r["line"], r["reason"], r["detail"]) for r in got] == [
         (2, "out_of_domain", "mixture, charged, element:Na"), (3, "out_of_domain", "dummy_atom"),
         (4, "out_of_domain", "isotope"), (5, "out_of_domain", "element:Fe")]
+
+
+def test_progress_bar_only_on_a_terminal(ckpt, tmp_path, neimsctl_exe):
+    """On a terminal: a bar with bytes, rate and the read/written/rejected counts, erased at the
+    end; with -q or with stderr not a terminal: nothing but the summary."""
+    from _pty import run_on_tty
+
+    smi = tmp_path / "in.smi"
+    smi.write_text("".join(f"{'C' * (1 + i % 30)}O mol{i}\n" for i in range(2500)) + "xyz\n")
+    cmd = [neimsctl_exe, "predict", "-m", str(ckpt), "--precision", "fp32", str(smi),
+           "-o", str(tmp_path / "out.msp")]
+    code, tty = run_on_tty(cmd)
+    text = tty.decode("utf-8", "replace")
+    assert code == 1 and "neimsctl predict: " in text and "%|" in text and "rec/s" in text
+    assert "read 2,048 written 2,048 rejected 0" in text
+    assert text.rstrip().endswith("read 2501, written 2500, rejected 1 (unparsable_smiles: 1)")
+    code, tty = run_on_tty(cmd + ["-q"])
+    assert code == 1 and b"%|" not in tty and b"read 2501" not in tty
+    res = subprocess.run(cmd, capture_output=True, check=False)
+    assert res.returncode == 1 and b"%|" not in res.stderr and b"\r" not in res.stderr
