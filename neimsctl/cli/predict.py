@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from neimsctl.cli._common import (EXIT_FAIL, Device, InPaths, Jobs, OutPath, Quiet, RejectsPath,
+from neimsctl.cli._common import (EXIT_FAIL, Device, InPaths, JobsAuto, OutPath, Quiet, RejectsPath,
                                   Strict, Verbose, app, command, fail, require_input_or_usage,
                                   setup_logging, usage_error)
 
@@ -76,7 +76,7 @@ def predict_cli(
     threads: Annotated[int, typer.Option("--threads", "-t", min=0,
                                          help="Torch threads per process (0: torch's default; with "
                                               "--jobs N, cores / N in each worker).")] = 0,
-    jobs: Jobs = 1,
+    jobs: JobsAuto = "auto",
     no_inchikey: Annotated[bool, typer.Option(
         "--no-inchikey", help="Leave the InChIKey out of the output (it costs about a third of "
                               "the time per molecule; for very large libraries).")] = False,
@@ -109,8 +109,12 @@ def predict_cli(
             usage_error(CMD, "--uncertainty needs -O jsonl (--top lists carry no uncertainty)")
         if uncertainty and fmt is OutFmt.msp:
             usage_error(CMD, "--uncertainty needs -O jsonl (MSP has no place for it)")
-        import os
+        from neimsctl.io.parallel import available_cores, parse_jobs, resolve_jobs
 
+        try:
+            jobs_n = parse_jobs(jobs)
+        except ValueError as exc:
+            usage_error(CMD, str(exc))
         from neimsctl.cli._progress import Progress
         from neimsctl.io.rejects import Tally
         from neimsctl.io.streams import open_out
@@ -118,7 +122,7 @@ def predict_cli(
                                                 iter_inputs, predicted, run_predict)
         from neimsctl.predict.model import load_model
 
-        cores = os.cpu_count() or 1
+        cores = available_cores()
         if threads:
             import torch
 
@@ -130,8 +134,9 @@ def predict_cli(
         stage = ChunkPredictor(lm, PredictOptions(
             fmt=fmt.value, top=top, strict=strict, batch_size=batch_size, uncertainty=uncertainty,
             mc_samples=mc_samples, inchikey=not no_inchikey, out_of_domain=out_of_domain.value))
-        results = predicted(iter_inputs(paths, in_fmt.value if in_fmt else None), stage,
-                            jobs=jobs, worker_threads=threads or max(1, cores // jobs))
+        n_jobs, items = resolve_jobs(jobs_n, iter_inputs(paths, in_fmt.value if in_fmt else None))
+        results = predicted(items, stage, jobs=n_jobs,
+                            worker_threads=threads or max(1, cores // n_jobs))
         with open_out(output) as fout, Progress(CMD, paths, quiet=quiet) as bar:
             with open_out(rejects) if rejects else contextlib.nullcontext() as sink:
                 tally = Tally(sink=sink)
@@ -142,6 +147,7 @@ def predict_cli(
                     fout.flush()
                     fail(CMD, str(exc), "stopped under --strict")
         if not quiet:
-            print(f"neimsctl {CMD}: {tally.summary()}", file=sys.stderr, flush=True)
+            used = f"{n_jobs} workers" if n_jobs > 1 else "1 process"
+            print(f"neimsctl {CMD}: {tally.summary()}; {used}", file=sys.stderr, flush=True)
         if tally.rejected:
             raise typer.Exit(EXIT_FAIL)

@@ -227,3 +227,22 @@ def test_progress_bar_only_on_a_terminal(ckpt, tmp_path, neimsctl_exe):
     assert code == 1 and b"%|" not in tty and b"read 2501" not in tty
     res = subprocess.run(cmd, capture_output=True, check=False)
     assert res.returncode == 1 and b"%|" not in res.stderr and b"\r" not in res.stderr
+
+
+def test_jobs_auto_uses_the_cores_for_large_inputs_and_says_so(ckpt, neimsctl_exe, tmp_path):
+    from neimsctl.io.parallel import AUTO_MIN_RECORDS, available_cores
+
+    small = subprocess.run([neimsctl_exe, "predict", "-m", str(ckpt)], input=b"CCO\nCCN\n",
+                           capture_output=True, check=True)
+    assert small.stderr.decode().rstrip().endswith("read 2, written 2, rejected 0; 1 process")
+    lines = b"".join(b"C" * (1 + i % 20) + b"O\n" for i in range(AUTO_MIN_RECORDS + 1))
+    big = subprocess.run([neimsctl_exe, "predict", "-m", str(ckpt), "-O", "jsonl"], input=lines,
+                         capture_output=True, check=True)
+    used = f"{available_cores()} workers" if available_cores() > 1 else "1 process"
+    assert big.stderr.decode().rstrip().endswith(f"rejected 0; {used}")
+    one = subprocess.run([neimsctl_exe, "predict", "-m", str(ckpt), "-O", "jsonl", "-j", "1"],
+                         input=lines, capture_output=True, check=True)
+    assert one.stdout == big.stdout and one.stderr.decode().rstrip().endswith("; 1 process")
+    bad = subprocess.run([neimsctl_exe, "predict", "-m", str(ckpt), "-j", "0"], input=b"CCO\n",
+                         capture_output=True, check=False)
+    assert bad.returncode == 2 and b"--jobs '0'" in bad.stderr

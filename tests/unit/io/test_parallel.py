@@ -57,3 +57,19 @@ def test_chunked_splits_lazily_and_keeps_the_tail() -> None:
 
     assert list(chunked(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
     assert list(chunked([], 3)) == []
+
+
+def test_parse_and_resolve_jobs():
+    from neimsctl.io.parallel import available_cores, parse_jobs, resolve_jobs
+
+    assert parse_jobs("auto") is None and parse_jobs("AUTO") is None
+    assert parse_jobs("3") == 3 and parse_jobs(2) == 2
+    for bad in ("0", "-1", "two", ""):
+        with pytest.raises(ValueError, match="--jobs"):
+            parse_jobs(bad)
+    n, it = resolve_jobs(3, iter(range(10)))
+    assert n == 3 and list(it) == list(range(10))
+    n, it = resolve_jobs(None, iter(range(10)), min_records=10)          # small: one process
+    assert n == 1 and list(it) == list(range(10))
+    n, it = resolve_jobs(None, (i for i in range(25)), min_records=10)   # large: every core
+    assert n == available_cores() and list(it) == list(range(25))
