@@ -25,6 +25,7 @@ from neimsctl.errors import ConfigError, FormatError
 from neimsctl.io.streams import open_out
 from neimsctl.predict.run import Featurizer, reject_message
 from neimsctl.io.prediction_write import PredictionWriter, top_peaks
+from neimsctl.io.spectrum import N_BINS
 from neimsctl.predict.model import LoadedModel, load_model, predict_block
 
 __all__ = ["SpectrumPredictor"]
@@ -163,7 +164,7 @@ class SpectrumPredictor:
         if errors not in ("raise", "nan"):
             raise ValueError(f"errors must be 'raise' or 'nan', got {errors!r}")
         smiles = list(smiles)
-        out = np.full((len(smiles), 501), np.nan, dtype=np.float32)
+        out = np.full((len(smiles), N_BINS), np.nan, dtype=np.float32)
         bs = int(batch_size or self.options["batch_size"])
         for a in range(0, len(smiles), max(bs, 1024)):
             block, rows = self._featurize(smiles[a:a + max(bs, 1024)], errors=errors)

@@ -27,6 +27,7 @@ from neimsctl.io.featblock import block_rows
 from neimsctl.io.h5shard import ResumableShardWriter, ShardWriter
 from neimsctl.io.parallel import chunked, ordered_map
 from neimsctl.io.rejects import Reject, Tally
+from neimsctl.io.spectrum import N_BINS, NOISE_LEVEL
 from neimsctl.io.streams import (atomic_path, copy_file_to, display_name, is_dash,
                                  is_special_file, open_in, spool_path)
 from neimsctl.io.zblock import ZBlockWriter
@@ -212,7 +213,8 @@ def run_settings(opts: RowOptions) -> tuple[dict[str, Any], str]:
 
     settings = get_featurizer(opts.mode).settings
     settings["rows"] = {"min_mw": opts.min_mw, "max_mw": opts.max_mw,
-                        "spectrum": {"bins": 501, "norm": "max", "noise": 0.001, "dtype": "float16"}}
+                        "spectrum": {"bins": N_BINS, "norm": "max", "noise": NOISE_LEVEL,
+                                     "dtype": "float16"}}
     return settings, settings_hash(settings)
 
 

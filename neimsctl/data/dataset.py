@@ -36,10 +36,9 @@ import torch
 from neimsctl.chem.features import log1p_counts, student_vectors
 from neimsctl.data.augment import Augment
 from neimsctl.errors import FormatError, InputError
+from neimsctl.io.spectrum import N_BINS
 
 SCHEMA = "neimsctl.h5shard/1"
-N_BINS, ECFP_BITS, COUNT_DIM = 501, 4096, 2048
-STUDENT_DIM = ECFP_BITS + COUNT_DIM
 _META_BLOCK = 8192                       # rows per read when loading metadata (whole chunks)
 CHUNK_CACHE = 1 << 20                    # bytes of HDF5 chunk cache per dataset for row reads
 _CARBON = re.compile(rb"C(?![a-z])")

@@ -20,6 +20,7 @@ from neimsctl.errors import ConfigError
 
 BLOCK_LEN = 14
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+SPLIT_SEED = 42                         #: the seed every training stage splits with
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -37,13 +38,13 @@ def connectivity_block(inchikey: str | bytes) -> bytes:
     return key.strip()[:BLOCK_LEN]
 
 
-def block_unit(block: bytes, seed: int = 42) -> float:
+def block_unit(block: bytes, seed: int = SPLIT_SEED) -> float:
     """Map ``(seed, block)`` to a number in ``[0, 1)``, stable across runs and platforms."""
     digest = hashlib.blake2b(block, digest_size=8, key=str(int(seed)).encode()).digest()
     return int.from_bytes(digest, "big") / 2.0**64
 
 
-def assign_blocks(blocks: Iterable[bytes], *, seed: int = 42,
+def assign_blocks(blocks: Iterable[bytes], *, seed: int = SPLIT_SEED,
                   fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> np.ndarray:
     """Split code per element: 0 train, 1 val, 2 test.
 
@@ -79,7 +80,8 @@ def assign_blocks(blocks: Iterable[bytes], *, seed: int = 42,
     return codes[inverse.reshape(-1)]
 
 
-def split_indices(blocks: Iterable[bytes], *, ids: Iterable[bytes] | None = None, seed: int = 42,
+def split_indices(blocks: Iterable[bytes], *, ids: Iterable[bytes] | None = None,
+                  seed: int = SPLIT_SEED,
                   fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> Split:
     """Train/val/test index arrays grouped by connectivity block.
 

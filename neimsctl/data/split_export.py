@@ -23,7 +23,7 @@ from typing import BinaryIO, Sequence
 import numpy as np
 import orjson
 
-from neimsctl.data.split import DEFAULT_FRACTIONS, connectivity_block, split_indices
+from neimsctl.data.split import DEFAULT_FRACTIONS, SPLIT_SEED, connectivity_block, split_indices
 from neimsctl.io.h5shard import ShardReader
 
 PARTS = ("train", "val", "test")
@@ -36,7 +36,7 @@ def _text(v: object) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
-def read_split(paths: Sequence[str | Path], part: str, *, seed: int = 42,
+def read_split(paths: Sequence[str | Path], part: str, *, seed: int = SPLIT_SEED,
                fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> dict[str, np.ndarray]:
     """Columns of the rows (with a spectrum) in ``part``, in shard order.
 

@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from neimsctl.data.dataset import TeacherDataset
-from neimsctl.data.split import SPLIT_NAMES, Split, split_indices
+from neimsctl.data.split import DEFAULT_FRACTIONS, SPLIT_NAMES, SPLIT_SEED, Split, split_indices
 from neimsctl.errors import ConfigError, InputError
 from neimsctl.evaluate.metrics import DEFAULT_KS, build_library_eval, evaluate_predictions
+from neimsctl.io.spectrum import N_BINS
 
 __all__ = ["Reference", "dataset_split", "first_per_compound", "read_reference",
            "predict_spectra", "evaluate_split"]
@@ -42,8 +43,8 @@ class Reference:
     mw: np.ndarray
 
 
-def dataset_split(dataset: TeacherDataset, *, seed: int = 42,
-                  fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> Split:
+def dataset_split(dataset: TeacherDataset, *, seed: int = SPLIT_SEED,
+                  fractions: Sequence[float] = DEFAULT_FRACTIONS) -> Split:
     """Compound-grouped train/val/test indices of ``dataset`` (positions, not shard rows)."""
     return split_indices(dataset.blocks, ids=dataset.ids, seed=seed, fractions=tuple(fractions))
 
@@ -66,7 +67,7 @@ def read_reference(dataset: TeacherDataset, indices: np.ndarray, *,
     if dataset.augment is not None:
         raise ConfigError("reference spectra must come from a dataset without augmentation")
     indices = np.asarray(indices, dtype=np.int64)
-    out = np.zeros((len(indices), 501), dtype=np.float16)
+    out = np.zeros((len(indices), N_BINS), dtype=np.float16)
     for sl in _batches(len(indices), batch_size):
         out[sl] = dataset.get_batch(indices[sl]).y.numpy().astype(np.float16)
     return Reference(out, dataset.blocks[indices].astype(str), dataset.mw[indices].copy())
@@ -83,7 +84,7 @@ def predict_spectra(model: torch.nn.Module, dataset: TeacherDataset, indices: np
     """
     indices = np.asarray(indices, dtype=np.int64)
     model = getattr(model, "module", model)
-    out = np.zeros((len(indices), 501), dtype=np.float32)
+    out = np.zeros((len(indices), N_BINS), dtype=np.float32)
     for sl in _batches(len(indices), batch_size):
         batch = dataset.get_batch(indices[sl]).to(device)
         if mc_samples >= 2:
@@ -95,8 +96,8 @@ def predict_spectra(model: torch.nn.Module, dataset: TeacherDataset, indices: np
 
 
 def evaluate_split(model: torch.nn.Module, dataset: TeacherDataset, split: str = "test", *,
-                   reference: Reference | None = None, seed: int = 42,
-                   fractions: Sequence[float] = (0.8, 0.1, 0.1), ks: Sequence[int] = DEFAULT_KS,
+                   reference: Reference | None = None, seed: int = SPLIT_SEED,
+                   fractions: Sequence[float] = DEFAULT_FRACTIONS, ks: Sequence[int] = DEFAULT_KS,
                    mass_filter: float | None = 5.0, batch_size: int = 256, device: Any = "cpu",
                    mc_samples: int = 0) -> dict[str, float]:
     """Library-matching metrics of ``model`` on one part of the compound-grouped split.

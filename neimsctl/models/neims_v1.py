@@ -34,6 +34,8 @@ import torch
 from torch import Tensor, nn
 
 from neimsctl.errors import ConfigError
+from neimsctl.io.featblock import MORGAN_COUNT_BITS
+from neimsctl.io.spectrum import N_BINS
 from neimsctl.models.registry import register
 from neimsctl.nn.mass_head import mask_above_mw, reverse_by_mw
 
@@ -61,12 +63,12 @@ class NeimsV1Config:
     mz_power : Exponent of the m/z weight of the loss (1).
     """
 
-    input_dim: int = 4096
+    input_dim: int = MORGAN_COUNT_BITS
     hidden_dim: int = 2000
     n_blocks: int = 7
     bottleneck_factor: float = 0.5
     dropout: float = 0.25
-    n_bins: int = 501
+    n_bins: int = N_BINS
     max_above_mw: int = 5
     prediction: str = "bidirectional"
     gate: bool = True

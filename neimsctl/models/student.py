@@ -45,6 +45,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from neimsctl.errors import ConfigError
+from neimsctl.io.featblock import STUDENT_DIM
+from neimsctl.io.spectrum import N_BINS
 from neimsctl.models.checks import check_int
 from neimsctl.models.registry import register
 from neimsctl.nn.mass_head import MassAnchoredHead, activate
@@ -79,7 +81,7 @@ class StudentConfig:
     Build one from YAML with :meth:`from_dict`, which rejects unknown keys.
     """
 
-    input_dim: int = 6144
+    input_dim: int = STUDENT_DIM
     gate_hidden: tuple[int, ...] = (512, 128)
     n_experts: int = 4
     top_k: int = 2
@@ -87,7 +89,7 @@ class StudentConfig:
     expert_bottleneck: int = 100
     head_hidden: tuple[int, ...] = (2048, 1024)
     hidden_dim: int = 512
-    n_bins: int = 501
+    n_bins: int = N_BINS
     dropout: float = 0.1
     gate_noise: bool = True
     output_space: str = "sqrt"

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 from neimsctl.errors import ConfigError
+from neimsctl.io.featblock import ATOM_FDIM, BOND_FDIM, ECFP_BITS
+from neimsctl.io.spectrum import N_BINS
 from neimsctl.models.checks import check_int
 
 __all__ = ["SPACES", "TeacherConfig"]
@@ -57,9 +59,9 @@ class TeacherConfig:
         With ``mass_aware``: bins above the nominal mass still allowed a peak (5, as NEIMS v1).
     """
 
-    atom_dim: int = 48
-    bond_dim: int = 6
-    ecfp_dim: int = 4096
+    atom_dim: int = ATOM_FDIM
+    bond_dim: int = BOND_FDIM
+    ecfp_dim: int = ECFP_BITS
     counts_dim: int = 0
     hidden: int = 256
     num_layers: int = 8
@@ -70,7 +72,7 @@ class TeacherConfig:
     ecfp_hidden: tuple[int, ...] = (2048, 1024)
     ecfp_out: int = 512
     head_hidden: tuple[int, ...] = (1024, 512)
-    n_bins: int = 501
+    n_bins: int = N_BINS
     dropout: float = 0.1
     output_space: str = "sqrt"
     output_activation: str = "softplus"

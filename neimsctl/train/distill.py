@@ -39,6 +39,7 @@ from neimsctl.chem.compound_class import CLASSES, compound_classes
 from neimsctl.data.augment import Augment
 from neimsctl.data.dataset import StudentDataset
 from neimsctl.errors import ConfigError, FormatError, InputError
+from neimsctl.io.featblock import MORGAN_COUNT_BITS
 from neimsctl.io.softlabel_shard import SoftLabelReader
 from neimsctl.models import registry
 from neimsctl.train.config import Config, dataclass_from_dict
@@ -401,7 +402,7 @@ def run_distill(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path, 
     model = cls(cls.config_class.from_dict(model_cfg))
     if is_v1:
         print(f"neimsctl: distill: neims-v1 input: {width}-d "
-              + ("raw Morgan counts (as published)" if width == 4096 and smode == "v1" else
+              + ("raw Morgan counts (as published)" if width == MORGAN_COUNT_BITS and smode == "v1" else
                  "student vector (ECFP4 bits + log1p atom-pair counts; featurize --mode v1 for "
                  "the published Morgan-count input)"), file=log)
     usage: dict = {}

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from neimsctl.data.dataset import TeacherDataset
+from neimsctl.data.split import DEFAULT_FRACTIONS, SPLIT_SEED
 from neimsctl.errors import CheckpointError, ConfigError, FormatError
 from neimsctl.io.h5shard import ShardReader
 from neimsctl.io.rejects import Reject, Tally
@@ -54,8 +55,8 @@ class SoftLabelSettings:
     batch_size: int = 64
     hidden: str = "mc_mean"
     part: str = "all"                 # all | train (the compound-grouped split's train part)
-    split_seed: int = 42
-    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_seed: int = SPLIT_SEED
+    split: tuple[float, float, float] = DEFAULT_FRACTIONS
 
     def __post_init__(self) -> None:
         if self.samples < 2:
