@@ -36,6 +36,7 @@ import torch
 from neimsctl.chem.features import log1p_counts, student_vectors
 from neimsctl.data.augment import Augment
 from neimsctl.errors import FormatError, InputError
+from neimsctl.io.inchikey import connectivity_blocks
 from neimsctl.io.spectrum import N_BINS
 
 SCHEMA = "neimsctl.h5shard/1"
@@ -148,7 +149,7 @@ class ShardDataset(torch.utils.data.Dataset):
                 n = int(f.attrs["n_rows"])
                 sizes.append(n)
                 ids.append(_str_column(f["id"]))
-                blocks.append(np.array([k[:14] for k in _str_column(f["inchikey"])], dtype="S14"))
+                blocks.append(connectivity_blocks(_str_column(f["inchikey"]), as_bytes=True))
                 mw.append(_column(f["mw"]).astype(np.int32))
                 has.append(_column(f["has_spectrum"]).astype(bool))
                 if augment is not None and augment.isotope_fraction > 0:
