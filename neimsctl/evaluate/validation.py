@@ -13,6 +13,10 @@ what ``eval`` runs once on the test part of a finished model:
 
 The measured spectra of the training part are read once into a :class:`Reference` (float16,
 ``N x 501``) that can be reused across epochs.
+
+:func:`val_metrics` turns those metrics into what the validators of ``finetune`` and ``distill``
+report after every epoch (:data:`VAL_METRICS`, the names ``train.best_metric`` may use), including
+``val_score`` (:func:`val_score`).
 """
 
 from __future__ import annotations
@@ -30,7 +34,16 @@ from neimsctl.evaluate.metrics import DEFAULT_KS, build_library_eval, evaluate_p
 from neimsctl.io.spectrum import N_BINS
 
 __all__ = ["Reference", "dataset_split", "first_per_compound", "read_reference",
-           "predict_spectra", "evaluate_split"]
+           "predict_spectra", "evaluate_split", "VAL_MASS_FILTER", "VAL_METRICS", "val_score",
+           "val_metrics"]
+
+#: Half-width (Da) of the nominal-mass filter of the per-epoch validation (``..._mass5``).
+VAL_MASS_FILTER = 5.0
+#: What the per-epoch validators report (:func:`val_metrics`): the names ``train.best_metric``
+#: may use in finetune and distill.
+VAL_METRICS = ("val_score", "val_mean_cosine",
+               *(f"val_recall_at_{k}{m}" for k in DEFAULT_KS
+                 for m in ("", f"_mass{VAL_MASS_FILTER:g}")))
 
 
 @dataclass(frozen=True)
@@ -152,3 +165,28 @@ def evaluate_split(model: torch.nn.Module, dataset: TeacherDataset, split: str =
                               pred, dataset.blocks[firsts].astype(str), dataset.mw[firsts],
                               reference.spectra, reference.keys, reference.mw)
     return evaluate_predictions(task, ks=ks, mass_filter=mass_filter)
+
+
+def val_score(metrics: dict[str, Any]) -> float:
+    """Recall@10 with a mean-cosine tie-break: ``R@10 + cos / (n_queries + 1)``.
+
+    A Recall@10 step (``1 / n_queries``) always outweighs the cosine term (< ``1 / (n + 1)``),
+    so the score ranks by Recall@10 first and by mean cosine among equal recalls.
+
+    Examples
+    --------
+    >>> val_score({"recall@10": 0.5, "mean_cosine": 0.9, "n_queries": 9})
+    0.59
+    """
+    return metrics["recall@10"] + metrics["mean_cosine"] / (metrics["n_queries"] + 1)
+
+
+def val_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The per-epoch validation metrics (:data:`VAL_METRICS`) from :func:`evaluate_split` /
+    :func:`neimsctl.evaluate.metrics.evaluate_predictions` output: ``val_mean_cosine``,
+    ``val_recall_at_K[_mass5]`` for each ``recall@K[_mass5]``, and ``val_score``."""
+    out = {"val_mean_cosine": metrics["mean_cosine"]}
+    out.update({"val_recall_at_" + k[len("recall@"):]: v for k, v in metrics.items()
+                if k.startswith("recall@")})
+    out["val_score"] = val_score(metrics)
+    return out

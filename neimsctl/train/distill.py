@@ -44,7 +44,8 @@ from neimsctl.io.softlabel_shard import SoftLabelReader
 from neimsctl.models import registry
 from neimsctl.train.config import Config, dataclass_from_dict
 from neimsctl.train.distill_report import collapse_flags, usage_table, write_distill_report
-from neimsctl.evaluate.validation import Reference, dataset_split, first_per_compound
+from neimsctl.evaluate.validation import (VAL_MASS_FILTER, VAL_METRICS, Reference, dataset_split,
+                                          first_per_compound, val_metrics)
 from neimsctl.train.losses import DistillLoss, DistillLossConfig, expert_load
 from neimsctl.train.losses_v1 import NeimsV1Loss
 from neimsctl.evaluate.metrics import build_library_eval, evaluate_predictions
@@ -56,8 +57,6 @@ __all__ = ["DistillData", "collate_distill", "StudentKDLoss", "V1Loss", "loss_co
 #: Spec-style names the distill configs use -> :class:`DistillLossConfig` fields.
 LOSS_ALIASES = {"delta_load": "load_weight", "delta_entropy": "entropy_weight",
                 "temperature_start": "t0", "temperature_end": "t1"}
-VAL_METRICS = ("val_score", "val_mean_cosine",
-               *(f"val_recall_at_{k}{m}" for k in (1, 5, 10, 20) for m in ("", "_mass5")))
 
 
 class DistillData(torch.utils.data.Dataset):
@@ -295,11 +294,7 @@ def make_validator(ds: StudentDataset, paths: Sequence[Path], *, seed: int,
         task = build_library_eval(meas, ds.blocks[parts.val].astype(str), ds.mw[parts.val], pred,
                                   ds.blocks[firsts].astype(str), ds.mw[firsts], ref.spectra,
                                   ref.keys, ref.mw)
-        m = evaluate_predictions(task, mass_filter=5.0)
-        out = {"val_mean_cosine": m["mean_cosine"]}
-        out.update({"val_recall_at_" + k[len("recall@"):]: v for k, v in m.items()
-                    if k.startswith("recall@")})
-        out["val_score"] = m["recall@10"] + m["mean_cosine"] / (m["n_queries"] + 1)
+        out = val_metrics(evaluate_predictions(task, mass_filter=VAL_MASS_FILTER))
         if routes is not None and usage is not None:
             usage.clear()
             usage.update(usage_table(routes, classes, n_experts))

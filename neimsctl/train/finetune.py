@@ -37,7 +37,8 @@ from neimsctl.errors import CheckpointError, ConfigError, FormatError
 from neimsctl.models import registry
 from neimsctl.models.checkpoint import load_checkpoint
 from neimsctl.train.config import Config, dataclass_from_dict
-from neimsctl.evaluate.validation import Reference, dataset_split, evaluate_split, read_reference
+from neimsctl.evaluate.validation import (VAL_MASS_FILTER, VAL_METRICS, Reference, dataset_split,
+                                          evaluate_split, read_reference, val_metrics)
 from neimsctl.train.losses import hard_loss, spectral_cosine_loss
 from neimsctl.train.trainer import TrainResult, run_training, seed_everything
 
@@ -46,9 +47,6 @@ __all__ = ["TeacherLossConfig", "TeacherSpectrumLoss", "shard_hash", "build_teac
 
 #: Model-config keys that must agree between a pretrained checkpoint and the model to finetune.
 ARCH_KEYS = ("atom_dim", "bond_dim", "hidden", "num_layers", "attention_hidden", "pair_norm")
-#: What the validator reports, i.e. the names ``train.best_metric`` may use.
-VAL_METRICS = ("val_score", "val_mean_cosine",
-               *(f"val_recall_at_{k}{m}" for k in (1, 5, 10, 20) for m in ("", "_mass5")))
 
 
 @dataclass
@@ -198,14 +196,9 @@ def make_validator(dataset: TeacherDataset, *, reference: Reference, seed: int,
 
     def validate(model: torch.nn.Module) -> dict[str, float]:
         device = next(model.parameters()).device
-        m = evaluate_split(model, dataset, split, reference=reference, seed=seed,
-                           fractions=fractions, batch_size=batch_size, device=device)
-        out = {"val_mean_cosine": m["mean_cosine"]}
-        for key, value in m.items():
-            if key.startswith("recall@"):
-                out["val_recall_at_" + key[len("recall@"):]] = value
-        out["val_score"] = m["recall@10"] + m["mean_cosine"] / (m["n_queries"] + 1)
-        return out
+        return val_metrics(evaluate_split(model, dataset, split, reference=reference, seed=seed,
+                                          fractions=fractions, mass_filter=VAL_MASS_FILTER,
+                                          batch_size=batch_size, device=device))
 
     return validate
 
