@@ -38,7 +38,8 @@ import torch
 from neimsctl.chem.compound_class import CLASSES, compound_classes
 from neimsctl.data.augment import Augment
 from neimsctl.data.dataset import StudentDataset
-from neimsctl.errors import ConfigError, FormatError, InputError
+from neimsctl.data.shards import shard_settings
+from neimsctl.errors import ConfigError, InputError
 from neimsctl.io.featblock import MORGAN_COUNT_BITS
 from neimsctl.io.softlabel_shard import SoftLabelReader
 from neimsctl.models import registry
@@ -52,7 +53,7 @@ from neimsctl.evaluate.metrics import build_library_eval, evaluate_predictions
 from neimsctl.train.trainer import TrainResult, build_optimizer, run_training, seed_everything
 
 __all__ = ["DistillData", "collate_distill", "StudentKDLoss", "V1Loss", "loss_config",
-           "student_shard_hash", "make_validator", "run_distill"]
+           "make_validator", "run_distill"]
 
 #: Spec-style names the distill configs use -> :class:`DistillLossConfig` fields.
 LOSS_ALIASES = {"delta_load": "load_weight", "delta_entropy": "entropy_weight",
@@ -206,22 +207,6 @@ def loss_config(section: dict[str, Any], epochs: int) -> DistillLossConfig:
     return dataclass_from_dict(DistillLossConfig, data, "loss")
 
 
-def student_shard_hash(paths: Sequence[str | Path]) -> tuple[str, str]:
-    """``(mode, settings hash)`` common to student- or v1-mode shards (FormatError otherwise)."""
-    from neimsctl.io.h5shard import ShardReader
-
-    found = {}
-    for p in paths:
-        with ShardReader(p) as r:
-            if r.mode not in ("student", "v1"):
-                raise FormatError(f"shard mode is {r.mode!r}; distill needs `neimsctl featurize "
-                                  "--mode student` (or `--mode v1`) shards", file=str(p))
-            found[str(p)] = (r.mode, r.settings_hash)
-    if len(set(found.values())) > 1:
-        raise FormatError(f"shards differ in mode or featurizer settings: {found}")
-    return next(iter(found.values()))
-
-
 class StudentOnV1Dataset(StudentDataset):
     """The student's 6144-d input read from mode-``v1`` shards (they hold ``ecfp`` + ``counts``)."""
 
@@ -366,7 +351,7 @@ def run_distill(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path, 
         raise ConfigError("data.transfer: transfer rows have no spectra; they need --soft-labels")
     if tpaths and is_v1:
         raise ConfigError("data.transfer: neims-v1 is trained without KD")
-    smode, fhash = student_shard_hash([*shards, *tpaths])
+    smode, fhash = shard_settings([*shards, *tpaths], ("student", "v1"), stage="distill")
     base = make_dataset(shards, smode, cls.arch, in_memory=not d.lazy)
     aug = Augment(lds_sigma=d.smoothing_sigma or None, isotope_fraction=d.isotope_prob, seed=t.seed)
     train_base = make_dataset(shards, smode, cls.arch, in_memory=not d.lazy,

@@ -19,7 +19,8 @@ from neimsctl.train.config import load_config
 from neimsctl.train.distill import loss_config, run_distill
 from neimsctl.train.distill_report import collapse_flags, usage_table
 from neimsctl.evaluate.validation import dataset_split
-from neimsctl.train.finetune import build_teacher, shard_hash
+from neimsctl.data.shards import shard_settings
+from neimsctl.train.finetune import build_teacher
 from neimsctl.train.softlabel import SoftLabelSettings, run_softlabel
 
 TINY_STUDENT = ["model.gate_hidden=[16]", "model.expert_depth=1", "model.expert_bottleneck=4",
@@ -60,7 +61,7 @@ def tiny_teacher(path: Path, shard: Path) -> Path:
     model = build_teacher(TINY_TEACHER)
     return save_checkpoint(path, model=model, config={"model": model.config.to_dict()
                                                       | {"name": "teacher"}},
-                           featurizer_hash=shard_hash([shard]))
+                           featurizer_hash=shard_settings([shard], ("teacher",), stage="distill").settings_hash)
 
 
 @pytest.fixture(scope="module")
