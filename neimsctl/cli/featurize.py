@@ -114,9 +114,11 @@ def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, 
          rejects: Path | None, strict: bool, no_provenance: bool, quiet: bool,
          verbose: bool, resume: bool) -> None:
     from neimsctl import __version__
-    from neimsctl.chem.featurize_run import (StrictStop, iter_items, open_sink, resume_point,
+    from neimsctl.chem.featurize_run import (FEATURIZE_FORMATS, open_sink, resume_point,
                                              run_featurize, run_settings)
     from neimsctl.chem.rowbuild import RowOptions
+    from neimsctl.errors import StrictStop
+    from neimsctl.io.inputs import iter_items
     from neimsctl.io.rejects import Tally
     from neimsctl.io.streams import (is_dash, is_special_file, open_out, partial_path,
                                      resumable_out)
@@ -127,7 +129,7 @@ def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, 
     if not no_provenance:
         attrs.update(neimsctl_version=__version__, argv=json.dumps(sys.argv),
                      created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    items = iter_items(paths, in_fmt, shard)
+    items = iter_items(paths, in_fmt, shard, formats=FEATURIZE_FORMATS)
     file_h5 = fmt == "h5" and not is_dash(out) and not is_special_file(out)
     tally = Tally()
     try:

@@ -92,10 +92,11 @@ def predict_cli(
             usage_error(CMD, "--uncertainty needs -O jsonl (MSP has no place for it)")
         import os
 
+        from neimsctl.errors import StrictStop
+        from neimsctl.io.inputs import iter_items
         from neimsctl.io.rejects import Tally
         from neimsctl.io.streams import open_out
-        from neimsctl.predict.run import (ChunkPredictor, PredictOptions, StrictStop,
-                                                iter_inputs, predicted, run_predict)
+        from neimsctl.predict.run import ChunkPredictor, PredictOptions, predicted, run_predict
         from neimsctl.predict.model import load_model
 
         cores = os.cpu_count() or 1
@@ -111,7 +112,7 @@ def predict_cli(
         stage = ChunkPredictor(lm, PredictOptions(
             fmt=fmt.value, top=top, strict=strict, batch_size=batch_size, uncertainty=uncertainty,
             mc_samples=mc_samples, inchikey=not no_inchikey))
-        results = predicted(iter_inputs(paths, in_fmt.value if in_fmt else None), stage,
+        results = predicted(iter_items(paths, in_fmt.value if in_fmt else None), stage,
                             jobs=jobs, worker_threads=threads or max(1, cores // jobs))
         with open_out(output) as fout:
             with open_out(rejects) if rejects else contextlib.nullcontext() as sink:
