@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-import json
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -59,13 +56,11 @@ def softlabel_cli(
         missing = [str(p) for p in [*teacher, *shards] if not p.is_file()]
         if missing:
             fail(CMD, ", ".join(missing), "no such file")
-        from neimsctl import __version__
+        from neimsctl.io.provenance import provenance
         from neimsctl.io.streams import open_out
         from neimsctl.train.softlabel import SoftLabelSettings, run_softlabel
 
-        attrs = {} if no_provenance else {
-            "neimsctl_version": __version__, "argv": json.dumps(sys.argv),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        attrs = provenance(not no_provenance)
         settings = SoftLabelSettings(samples=samples, seed=seed, batch_size=batch_size, part=part)
         with open_out(rejects) if rejects else _Null() as rej:
             tally = run_softlabel(teacher, shards, output, settings=settings, device=device,
