@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from enum import Enum
 from pathlib import Path
@@ -132,7 +133,7 @@ def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, 
             state = getattr(sink, "resume_state", None)
             point = resume_point(paths, in_fmt, shard, state)  # checks a resumed run's inputs
             if rejects is None:
-                rej_cm = _nullsink()
+                rej_cm = contextlib.nullcontext()
             elif file_h5:  # kept as REJECTS.partial beside OUT.partial when interrupted
                 rej_cm = resumable_out(rejects, keep_bytes=state["rejects_bytes"] if state else None)
             else:
@@ -169,11 +170,3 @@ def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, 
             eprint(CMD, tally.summary())
     if tally.rejected:
         raise typer.Exit(EXIT_FAIL)
-
-
-class _nullsink:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -62,18 +63,10 @@ def softlabel_cli(
 
         attrs = provenance(not no_provenance)
         settings = SoftLabelSettings(samples=samples, seed=seed, batch_size=batch_size, part=part)
-        with open_out(rejects) if rejects else _Null() as rej:
+        with open_out(rejects) if rejects else contextlib.nullcontext() as rej:
             tally = run_softlabel(teacher, shards, output, settings=settings, device=device,
                                   resume=resume, rejects=rej, attrs=attrs)
         if not quiet:
             eprint(CMD, tally.summary())
         if tally.rejected:
             raise typer.Exit(EXIT_FAIL)
-
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
