@@ -37,7 +37,7 @@ Choices the spec leaves open, documented here:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from neimsctl.errors import ConfigError
 from neimsctl.io.featblock import STUDENT_DIM
 from neimsctl.io.spectrum import N_BINS
-from neimsctl.models.checks import check_int
+from neimsctl.models.checks import check_int, config_from_dict, config_to_dict
 from neimsctl.models.registry import register
 from neimsctl.nn.mass_head import MassAnchoredHead, activate
 from neimsctl.nn.moe import Expert, TopKGate, dispatch
@@ -130,23 +130,11 @@ class StudentConfig:
         ConfigError
             On an unknown key, a wrong type or an impossible value.
         """
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"student: unknown key(s) {', '.join(unknown)}; "
-                              f"known keys: {', '.join(sorted(known))}")
-        for name in ("gate_hidden", "head_hidden"):
-            if name in data:
-                if not isinstance(data[name], (list, tuple)):
-                    raise ConfigError(f"student.{name}: expected a list of integers, got {data[name]!r}")
-                data[name] = tuple(data[name])
-        return cls(**data)
+        return config_from_dict(cls, data, "student", tuples=("gate_hidden", "head_hidden"))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (lists instead of tuples) for YAML and checkpoints."""
-        d = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        return config_to_dict(self)
 
 
 class StudentOutput(NamedTuple):
