@@ -91,3 +91,13 @@ def test_one_strict_stop_for_featurize_and_predict() -> None:
 
     assert not hasattr(fr, "StrictStop") or fr.StrictStop is StrictStop
     assert pr.StrictStop is StrictStop
+
+
+def test_cli_choices_are_the_formats_the_reader_knows() -> None:
+    """The -I choices are spelled out in cli/ (so --help imports nothing heavy); they must be
+    the formats iter_items reads (featurize: FEATURIZE_FORMATS)."""
+    from neimsctl.chem.featurize_run import FEATURIZE_FORMATS
+    from neimsctl.cli import featurize, predict
+
+    assert {m.value for m in predict.InFmt} == set(INPUT_FORMATS)
+    assert {m.value for m in featurize.InFmt} == set(FEATURIZE_FORMATS) < set(INPUT_FORMATS)
