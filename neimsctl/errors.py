@@ -11,6 +11,10 @@ class InputError(NeimsError):
     """Input that cannot be read at all (missing file, unreadable stream)."""
 
 
+class StrictStop(InputError):
+    """``--strict``: the first rejected record stops the run (records before it are written)."""
+
+
 class FormatError(NeimsError):
     """Input that violates a file format; carries where it happened when known.
 

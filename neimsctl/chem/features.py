@@ -22,10 +22,9 @@ from rdkit import Chem, rdBase
 from rdkit.Chem import rdFingerprintGenerator
 
 from neimsctl.chem.graph import ATOM_FDIM, BOND_FDIM, atom_features, bond_graph
+from neimsctl.io.featblock import COUNT_BITS, ECFP_BITS, ECFP_BYTES, STUDENT_DIM
 
-ECFP_RADIUS, ECFP_BITS, COUNT_BITS = 2, 4096, 2048
-ECFP_BYTES = ECFP_BITS // 8
-STUDENT_DIM = ECFP_BITS + COUNT_BITS
+ECFP_RADIUS = 2
 _LOG1P_U8 = np.log1p(np.arange(256, dtype=np.float32)).astype(np.float32)
 
 

@@ -17,11 +17,10 @@ from typing import Any, NamedTuple
 import numpy as np
 from rdkit import Chem
 
-from neimsctl.chem.features import ECFP_BITS, ECFP_RADIUS, StudentFeaturizer, register
+from neimsctl.chem.features import ECFP_RADIUS, StudentFeaturizer, register
+from neimsctl.io.featblock import MORGAN_COUNT_BITS
 
 __all__ = ["V1Features", "V1Featurizer", "MORGAN_COUNT_BITS", "v1_vectors"]
-
-MORGAN_COUNT_BITS = ECFP_BITS  # 4096, as the paper
 
 
 class V1Features(NamedTuple):

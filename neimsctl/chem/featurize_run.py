@@ -1,8 +1,9 @@
 """The ``featurize`` pipeline: input lines -> chunks -> (parallel) rows -> HDF5 shard / zblock stream.
 
-- Inputs: JSONL records (contract 1) or ``SMILES [name]`` lines, per file auto-detected from
-  the first non-blank line (``{`` -> JSONL) unless ``input_format`` is given. Blank lines and
-  ``#`` comment lines of SMILES files are not records.
+- Inputs (:func:`neimsctl.io.inputs.iter_items` with :data:`FEATURIZE_FORMATS`): JSONL records
+  (contract 1) or ``SMILES [name]`` lines, per file auto-detected from the first non-blank line
+  (``{`` -> JSONL) unless ``input_format`` is given. Blank lines and ``#`` comment lines of
+  SMILES files are not records.
 - Ordinals: records are numbered 0, 1, 2 ... across all inputs in order; ``shard=(K, N)`` keeps
   records with ``ordinal % N == K - 1`` (round robin, so shards are balanced without knowing the
   input length). Rows carry their ordinal, which lets ``shards merge`` restore input order.
@@ -21,50 +22,28 @@ from typing import IO, Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
-from neimsctl.chem.rowbuild import Item, Rejected, RowBuilder, RowOptions
-from neimsctl.errors import InputError
+from neimsctl.chem.rowbuild import Rejected, RowBuilder, RowOptions
+from neimsctl.errors import InputError, StrictStop
 from neimsctl.io.featblock import block_rows
 from neimsctl.io.h5shard import ResumableShardWriter, ShardWriter
+from neimsctl.io.inputs import Item
 from neimsctl.io.parallel import chunked, ordered_map
 from neimsctl.io.rejects import Reject, Tally
-from neimsctl.io.streams import (atomic_path, copy_file_to, display_name, is_dash,
-                                 is_special_file, open_in, spool_path)
+from neimsctl.io.spectrum import N_BINS, NOISE_LEVEL
+from neimsctl.io.streams import atomic_path, copy_file_to, is_dash, is_special_file, spool_path
 from neimsctl.io.zblock import ZBlockWriter
 
 CHUNK = 256
+#: What featurize reads (:func:`neimsctl.io.inputs.iter_items` detects among these; no SDF).
+FEATURIZE_FORMATS = ("jsonl", "smi")
 # input records between two resume points of a resumable HDF5 output: a crash loses at most a few
 # seconds of work, and runs of fewer records need no join at the end (BENCHMARKS.md, session 7)
 COMMIT_ROWS = 16384
 _BUILDER: RowBuilder | None = None
 
 
-class StrictStop(InputError):
-    """``--strict``: the first rejected record stops the run."""
-
-
 class Sink(Protocol):
     def append(self, block: dict[str, np.ndarray]) -> None: ...
-
-
-def iter_items(paths: Iterable[str | os.PathLike], input_format: str | None = None,
-               shard: tuple[int, int] | None = None) -> Iterator[Item]:
-    """Input records as :class:`Item` (raw line bytes), numbered across files, shard-filtered."""
-    ordinal = 0
-    for path in paths:
-        name = display_name(path)
-        with open_in(path) as fh:
-            kind = input_format
-            for lineno, raw in enumerate(fh, start=1):
-                text = raw.strip()
-                if not text:
-                    continue
-                if kind is None:
-                    kind = "jsonl" if text.startswith(b"{") else "smi"
-                if kind == "smi" and text.startswith(b"#"):
-                    continue
-                if shard is None or ordinal % shard[1] == shard[0] - 1:
-                    yield Item(ordinal, name, lineno, kind, text)
-                ordinal += 1
 
 
 def _init_worker(opts: RowOptions) -> None:
@@ -212,7 +191,8 @@ def run_settings(opts: RowOptions) -> tuple[dict[str, Any], str]:
 
     settings = get_featurizer(opts.mode).settings
     settings["rows"] = {"min_mw": opts.min_mw, "max_mw": opts.max_mw,
-                        "spectrum": {"bins": 501, "norm": "max", "noise": 0.001, "dtype": "float16"}}
+                        "spectrum": {"bins": N_BINS, "norm": "max", "noise": NOISE_LEVEL,
+                                     "dtype": "float16"}}
     return settings, settings_hash(settings)
 
 

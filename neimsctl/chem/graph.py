@@ -1,7 +1,8 @@
 """Atom and bond features of the teacher's molecular graph (formats/features.v1.md).
 
 The layout is built from the vocabularies below, so tests compute the expected lengths from
-them (``ATOM_FDIM == 48``, ``BOND_FDIM == 6``). Hydrogens stay implicit (they appear in the
+them; they must fill exactly the widths a shard stores (``ATOM_FDIM == 48``, ``BOND_FDIM == 6``,
+defined in :mod:`neimsctl.io.featblock`). Hydrogens stay implicit (they appear in the
 ``num_hs`` slots); explicit hydrogen atoms (e.g. ``[2H]``) are nodes of element ``H``.
 
 Atom slots, in order (one-hots have exactly one 1; "other" catches the rest):
@@ -31,6 +32,8 @@ from __future__ import annotations
 import numpy as np
 from rdkit import Chem
 
+from neimsctl.io.featblock import ATOM_FDIM, BOND_FDIM
+
 ELEMENTS: tuple[int, ...] = (6, 7, 8, 9, 15, 16, 17, 35, 53, 14, 5, 34, 50, 33, 1)
 DEGREES = 6          # 0..4, 5+
 CHARGES = 5          # <=-2, -1, 0, +1, >=+2
@@ -52,12 +55,10 @@ O_RING = O_AROM + 1
 O_RSIZE = O_RING + 1
 O_MASS = O_RSIZE + len(RING_SIZES)
 O_RAD, O_ISO = O_MASS + 1, O_MASS + 2
-ATOM_FDIM = O_ISO + 1
 
 BOND_TYPES: tuple[Chem.BondType, ...] = (Chem.BondType.SINGLE, Chem.BondType.DOUBLE,
                                          Chem.BondType.TRIPLE, Chem.BondType.AROMATIC)
 B_CONJ, B_RING = len(BOND_TYPES), len(BOND_TYPES) + 1
-BOND_FDIM = B_RING + 1
 
 _ELEM_SLOT = np.full(128, len(ELEMENTS), dtype=np.int64)
 _ELEM_SLOT[list(ELEMENTS)] = np.arange(len(ELEMENTS))
@@ -67,7 +68,7 @@ for _h in (Chem.HybridizationType.SP3D, Chem.HybridizationType.SP3D2, Chem.Hybri
 _HYB_OTHER = len(HYBRIDIZATIONS) + 1
 _BOND_SLOT = {b: i for i, b in enumerate(BOND_TYPES)}
 
-assert ATOM_FDIM == 48 and BOND_FDIM == 6, (ATOM_FDIM, BOND_FDIM)
+assert O_ISO + 1 == ATOM_FDIM and B_RING + 1 == BOND_FDIM, (O_ISO + 1, B_RING + 1)
 
 
 def atom_features(mol: Chem.Mol) -> np.ndarray:

@@ -34,6 +34,7 @@ from neimsctl.chem.features import get_featurizer
 from neimsctl.io.spectrum import N_BINS, NOISE_LEVEL, preprocess_spectrum
 from neimsctl.chem.structure import formula_nominal_mass
 from neimsctl.io.featblock import empty_block
+from neimsctl.io.inputs import Item
 
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 
@@ -47,16 +48,6 @@ class RowOptions:
     min_mw: int = 50
     max_mw: int = 1000
     inchikey: bool = True   # compute InChIKeys for SMILES input (records carry their own)
-
-
-class Item(NamedTuple):
-    """One input record as read: global ordinal, source file and line, kind and raw bytes."""
-
-    ordinal: int
-    file: str
-    line: int
-    kind: str          # "jsonl" or "smi"
-    raw: bytes
 
 
 class Rejected(NamedTuple):

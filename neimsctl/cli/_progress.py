@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +39,16 @@ class Progress:
         if enabled is None:
             enabled = not quiet and _isatty(sys.stderr)
         self.bar: Any = None
+        self._shown = 0.0
         if not enabled:
             return
         from tqdm import tqdm
 
         sizes = [_size(p) for p in paths]
         self.bytes = all(s is not None for s in sizes) and sum(sizes) > 0  # type: ignore[misc]
+        # mininterval / miniters are left to tqdm (TQDM_MININTERVAL and friends override them)
         common = {"desc": f"neimsctl {cmd}", "file": sys.stderr, "dynamic_ncols": True,
-                  "leave": False, "mininterval": 0.5, "smoothing": 0.1}
+                  "leave": False, "smoothing": 0.1}
         if self.bytes:
             self.bar = tqdm(total=sum(sizes), unit="B", unit_scale=True,  # type: ignore[arg-type]
                             unit_divisor=1024, **common)
@@ -63,7 +66,11 @@ class Progress:
         rate = f"{tally.read / elapsed:,.0f} rec/s, " if elapsed > 0 else ""
         self.bar.set_postfix_str(f"{rate}read {tally.read:,} written {tally.written:,} "
                                  f"rejected {tally.rejected:,}", refresh=False)
-        self.bar.update(done - self.bar.n)
+        if done > self.bar.n:
+            self.bar.update(done - self.bar.n)
+        elif time.monotonic() - self._shown >= self.bar.mininterval:
+            self.bar.refresh()  # the input was read ahead: new counts, same position
+        self._shown = time.monotonic()
 
     def close(self) -> None:
         if self.bar is not None:

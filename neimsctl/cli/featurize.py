@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import datetime
-import json
+import contextlib
 import shutil
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -113,21 +111,20 @@ def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, 
          shard: tuple[int, int] | None, min_mw: int, max_mw: int, inchikey: bool,
          rejects: Path | None, strict: bool, no_provenance: bool, quiet: bool,
          verbose: bool, resume: bool) -> None:
-    from neimsctl import __version__
-    from neimsctl.chem.featurize_run import (StrictStop, iter_items, open_sink, resume_point,
+    from neimsctl.chem.featurize_run import (FEATURIZE_FORMATS, open_sink, resume_point,
                                              run_featurize, run_settings)
     from neimsctl.chem.rowbuild import RowOptions
+    from neimsctl.errors import StrictStop
+    from neimsctl.io.inputs import iter_items
+    from neimsctl.io.provenance import provenance
     from neimsctl.io.rejects import Tally
     from neimsctl.io.streams import (is_dash, is_special_file, open_out, partial_path,
                                      resumable_out)
 
     opts = RowOptions(mode=mode, min_mw=min_mw, max_mw=max_mw, inchikey=inchikey)
     settings, digest = run_settings(opts)
-    attrs = {"shard": f"{shard[0]}/{shard[1]}" if shard else None}
-    if not no_provenance:
-        attrs.update(neimsctl_version=__version__, argv=json.dumps(sys.argv),
-                     created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    items = iter_items(paths, in_fmt, shard)
+    attrs = {"shard": f"{shard[0]}/{shard[1]}" if shard else None, **provenance(not no_provenance)}
+    items = iter_items(paths, in_fmt, shard, formats=FEATURIZE_FORMATS)
     file_h5 = fmt == "h5" and not is_dash(out) and not is_special_file(out)
     tally = Tally()
     try:
@@ -136,7 +133,7 @@ def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, 
             state = getattr(sink, "resume_state", None)
             point = resume_point(paths, in_fmt, shard, state)  # checks a resumed run's inputs
             if rejects is None:
-                rej_cm = _nullsink()
+                rej_cm = contextlib.nullcontext()
             elif file_h5:  # kept as REJECTS.partial beside OUT.partial when interrupted
                 rej_cm = resumable_out(rejects, keep_bytes=state["rejects_bytes"] if state else None)
             else:
@@ -173,11 +170,3 @@ def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, 
             eprint(CMD, tally.summary())
     if tally.rejected:
         raise typer.Exit(EXIT_FAIL)
-
-
-class _nullsink:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

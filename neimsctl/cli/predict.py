@@ -116,10 +116,11 @@ def predict_cli(
         except ValueError as exc:
             usage_error(CMD, str(exc))
         from neimsctl.cli._progress import Progress
+        from neimsctl.errors import StrictStop
+        from neimsctl.io.inputs import iter_items
         from neimsctl.io.rejects import Tally
         from neimsctl.io.streams import open_out
-        from neimsctl.predict.run import (ChunkPredictor, PredictOptions, StrictStop,
-                                                iter_inputs, predicted, run_predict)
+        from neimsctl.predict.run import ChunkPredictor, PredictOptions, predicted, run_predict
         from neimsctl.predict.model import load_model
 
         cores = available_cores()
@@ -134,7 +135,7 @@ def predict_cli(
         stage = ChunkPredictor(lm, PredictOptions(
             fmt=fmt.value, top=top, strict=strict, batch_size=batch_size, uncertainty=uncertainty,
             mc_samples=mc_samples, inchikey=not no_inchikey, out_of_domain=out_of_domain.value))
-        n_jobs, items = resolve_jobs(jobs_n, iter_inputs(paths, in_fmt.value if in_fmt else None))
+        n_jobs, items = resolve_jobs(jobs_n, iter_items(paths, in_fmt.value if in_fmt else None))
         results = predicted(items, stage, jobs=n_jobs,
                             worker_threads=threads or max(1, cores // n_jobs))
         with open_out(output) as fout, Progress(CMD, paths, quiet=quiet) as bar:

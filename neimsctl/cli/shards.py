@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import sys
 from pathlib import Path
@@ -69,14 +68,11 @@ def merge_cli(
     if str(out) == "-":
         usage_error(f"{CMD} merge", "-o must name a file (HDF5 needs seek)")
     with command(f"{CMD} merge"):
-        from neimsctl import __version__
         from neimsctl.io.featsource import merge_shards
+        from neimsctl.io.provenance import provenance
 
-        attrs = None if no_provenance else {
-            "neimsctl_version": __version__, "argv": json.dumps(sys.argv),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         try:
-            n = merge_shards(files, out, attrs=attrs)
+            n = merge_shards(files, out, attrs=provenance(not no_provenance))
         except OSError as exc:
             fail(f"{CMD} merge", str(exc.filename or out), exc.strerror or str(exc))
         if not quiet:

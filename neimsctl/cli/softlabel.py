@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import datetime
-import json
-import sys
+import contextlib
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -59,26 +57,16 @@ def softlabel_cli(
         missing = [str(p) for p in [*teacher, *shards] if not p.is_file()]
         if missing:
             fail(CMD, ", ".join(missing), "no such file")
-        from neimsctl import __version__
+        from neimsctl.io.provenance import provenance
         from neimsctl.io.streams import open_out
         from neimsctl.train.softlabel import SoftLabelSettings, run_softlabel
 
-        attrs = {} if no_provenance else {
-            "neimsctl_version": __version__, "argv": json.dumps(sys.argv),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        attrs = provenance(not no_provenance)
         settings = SoftLabelSettings(samples=samples, seed=seed, batch_size=batch_size, part=part)
-        with open_out(rejects) if rejects else _Null() as rej:
+        with open_out(rejects) if rejects else contextlib.nullcontext() as rej:
             tally = run_softlabel(teacher, shards, output, settings=settings, device=device,
                                   resume=resume, rejects=rej, attrs=attrs)
         if not quiet:
             eprint(CMD, tally.summary())
         if tally.rejected:
             raise typer.Exit(EXIT_FAIL)
-
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

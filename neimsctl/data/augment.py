@@ -32,7 +32,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-N_BINS = 501
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 

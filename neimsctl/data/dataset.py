@@ -36,10 +36,10 @@ import torch
 from neimsctl.chem.features import log1p_counts, student_vectors
 from neimsctl.data.augment import Augment
 from neimsctl.errors import FormatError, InputError
+from neimsctl.io.inchikey import connectivity_blocks
+from neimsctl.io.spectrum import N_BINS
 
 SCHEMA = "neimsctl.h5shard/1"
-N_BINS, ECFP_BITS, COUNT_DIM = 501, 4096, 2048
-STUDENT_DIM = ECFP_BITS + COUNT_DIM
 _META_BLOCK = 8192                       # rows per read when loading metadata (whole chunks)
 CHUNK_CACHE = 1 << 20                    # bytes of HDF5 chunk cache per dataset for row reads
 _CARBON = re.compile(rb"C(?![a-z])")
@@ -149,7 +149,7 @@ class ShardDataset(torch.utils.data.Dataset):
                 n = int(f.attrs["n_rows"])
                 sizes.append(n)
                 ids.append(_str_column(f["id"]))
-                blocks.append(np.array([k[:14] for k in _str_column(f["inchikey"])], dtype="S14"))
+                blocks.append(connectivity_blocks(_str_column(f["inchikey"]), as_bytes=True))
                 mw.append(_column(f["mw"]).astype(np.int32))
                 has.append(_column(f["has_spectrum"]).astype(bool))
                 if augment is not None and augment.isotope_fraction > 0:

@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from neimsctl.chem.graph import atom_features, bond_graph
 from neimsctl.chem.structure import StructureError, mol_from_smiles
-from neimsctl.data.split import block_unit
+from neimsctl.data.split import SPLIT_SEED, block_unit
 from neimsctl.errors import ConfigError, FormatError
 from neimsctl.io.streams import display_name, open_in
 
@@ -190,7 +190,7 @@ class StreamSpec:
     smiles_column: str | None = None
     max_records: int | None = None
     fractions: tuple[float, ...] | None = (0.9, 0.1, 0.0)  # None: no split, all is one part
-    split_seed: int = 42
+    split_seed: int = SPLIT_SEED
 
     def items(self, part: int | None = 0) -> Iterator[SmilesItem]:
         """Molecules of ``part`` (0 train, 1 val, 2 test; None = all) in file order."""

@@ -1,6 +1,7 @@
 """Compound-grouped, deterministic train/val/test split (8:1:1, seed 42).
 
-A compound is its InChIKey connectivity block (the first 14 characters), so stereoisomers and
+A compound is its InChIKey connectivity block (the first 14 characters,
+:func:`neimsctl.io.inchikey.connectivity_blocks`), so stereoisomers and
 isotopologues of one skeleton, and every spectrum of one compound, land on the same side. The side
 is a pure function of ``(seed, block)``: a keyed BLAKE2b hash of the block mapped to ``[0, 1)`` and
 cut at the cumulative fractions. It therefore does not depend on record order, on how the records
@@ -17,9 +18,10 @@ from typing import Iterable, NamedTuple
 import numpy as np
 
 from neimsctl.errors import ConfigError
+from neimsctl.io.inchikey import connectivity_blocks
 
-BLOCK_LEN = 14
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+SPLIT_SEED = 42                         #: the seed every training stage splits with
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -31,19 +33,13 @@ class Split(NamedTuple):
     test: np.ndarray
 
 
-def connectivity_block(inchikey: str | bytes) -> bytes:
-    """The first 14 characters of an InChIKey as bytes (``b""`` for a missing key)."""
-    key = inchikey.encode() if isinstance(inchikey, str) else bytes(inchikey)
-    return key.strip()[:BLOCK_LEN]
-
-
-def block_unit(block: bytes, seed: int = 42) -> float:
+def block_unit(block: bytes, seed: int = SPLIT_SEED) -> float:
     """Map ``(seed, block)`` to a number in ``[0, 1)``, stable across runs and platforms."""
     digest = hashlib.blake2b(block, digest_size=8, key=str(int(seed)).encode()).digest()
     return int.from_bytes(digest, "big") / 2.0**64
 
 
-def assign_blocks(blocks: Iterable[bytes], *, seed: int = 42,
+def assign_blocks(blocks: Iterable[bytes], *, seed: int = SPLIT_SEED,
                   fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> np.ndarray:
     """Split code per element: 0 train, 1 val, 2 test.
 
@@ -79,7 +75,8 @@ def assign_blocks(blocks: Iterable[bytes], *, seed: int = 42,
     return codes[inverse.reshape(-1)]
 
 
-def split_indices(blocks: Iterable[bytes], *, ids: Iterable[bytes] | None = None, seed: int = 42,
+def split_indices(blocks: Iterable[bytes], *, ids: Iterable[bytes] | None = None,
+                  seed: int = SPLIT_SEED,
                   fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> Split:
     """Train/val/test index arrays grouped by connectivity block.
 
@@ -104,7 +101,7 @@ def split_indices(blocks: Iterable[bytes], *, ids: Iterable[bytes] | None = None
     >>> sorted(np.concatenate(s).tolist())
     [0, 1, 2]
     """
-    keys = [connectivity_block(b) for b in blocks]
+    keys = connectivity_blocks(blocks, as_bytes=True).tolist()
     if ids is not None:
         ids = list(ids)
         keys = [k if k else b"id:" + (i.encode() if isinstance(i, str) else bytes(i))

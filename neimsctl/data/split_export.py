@@ -23,8 +23,9 @@ from typing import BinaryIO, Sequence
 import numpy as np
 import orjson
 
-from neimsctl.data.split import DEFAULT_FRACTIONS, connectivity_block, split_indices
+from neimsctl.data.split import DEFAULT_FRACTIONS, SPLIT_SEED, split_indices
 from neimsctl.io.h5shard import ShardReader
+from neimsctl.io.inchikey import connectivity_blocks
 
 PARTS = ("train", "val", "test")
 FORMATS = ("jsonl", "smi")
@@ -36,7 +37,7 @@ def _text(v: object) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
-def read_split(paths: Sequence[str | Path], part: str, *, seed: int = 42,
+def read_split(paths: Sequence[str | Path], part: str, *, seed: int = SPLIT_SEED,
                fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> dict[str, np.ndarray]:
     """Columns of the rows (with a spectrum) in ``part``, in shard order.
 
@@ -55,7 +56,7 @@ def read_split(paths: Sequence[str | Path], part: str, *, seed: int = 42,
                 cols[k].append(r.column(k)[has])
             cols["spectrum"].append(r.column("spectrum")[has])
     d = {k: np.concatenate(v) for k, v in cols.items()}
-    blocks = [connectivity_block(_text(k)) for k in d["inchikey"]]
+    blocks = connectivity_blocks(d["inchikey"], as_bytes=True)
     parts = split_indices(blocks, ids=[_text(i).encode() for i in d["id"]], seed=seed,
                           fractions=fractions)
     rows = getattr(parts, part)
@@ -64,14 +65,8 @@ def read_split(paths: Sequence[str | Path], part: str, *, seed: int = 42,
 
 def first_per_compound(inchikeys: np.ndarray) -> np.ndarray:
     """Positions of the first row of each connectivity block, in order."""
-    seen: set[str] = set()
-    keep = []
-    for i, k in enumerate(inchikeys):
-        b = connectivity_block(_text(k))
-        if b not in seen:
-            seen.add(b)
-            keep.append(i)
-    return np.asarray(keep, dtype=np.int64)
+    _, first = np.unique(connectivity_blocks(inchikeys, as_bytes=True), return_index=True)
+    return np.sort(first).astype(np.int64)
 
 
 def write_split(d: dict[str, np.ndarray], out: BinaryIO, fmt: str = "jsonl", *,

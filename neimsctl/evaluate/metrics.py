@@ -7,7 +7,8 @@ Library matching follows SPEC.md "Evaluation" exactly, so numbers compare with N
 
 - similarity = cosine of the weighted vectors ``w_j = j**mz_power * I_j**intensity_power``
   (default ``m/z^1 * I^0.5``), computed as one matrix product of L2-normalised float32 rows;
-- compounds are identified by the InChIKey connectivity block (first 14 characters);
+- compounds are identified by the InChIKey connectivity block (first 14 characters,
+  :mod:`neimsctl.io.inchikey`);
 - rank of a query = 1 + the number of distinct *other* compounds that have some library entry
   scoring strictly higher than the best entry of the right compound (ties go to the query);
 - Recall@K = share of queries with rank <= K;
@@ -21,21 +22,15 @@ reference (training) compounds. :func:`evaluate_predictions` runs all of it in o
 
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
 from neimsctl.errors import InputError
+from neimsctl.io.inchikey import connectivity_blocks
 
-BLOCK_LEN = 14
 DEFAULT_KS = (1, 5, 10, 20)
 _SCORE_BUDGET = 1 << 25  # score-matrix elements per query block (~128 MB float32)
-
-
-def connectivity_blocks(keys: Iterable[str | bytes]) -> np.ndarray:
-    """First 14 characters of each InChIKey (full keys or blocks accepted) as a str array."""
-    out = [(k.decode() if isinstance(k, bytes) else str(k)).strip()[:BLOCK_LEN].upper() for k in keys]
-    return np.asarray(out, dtype=f"<U{BLOCK_LEN}")
 
 
 def weighted_vectors(spectra: np.ndarray, mz_power: float = 1.0,

@@ -31,6 +31,16 @@ def _plt() -> Any:
     return plt
 
 
+def _save(fig: Any, path: Path) -> Path:
+    """Lay out, write and close ``fig``; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def mirror_plot(pred: np.ndarray, measured: np.ndarray, title: str, path: Path) -> Path:
     """Predicted (up, blue) vs measured (down, red) stick spectra of one compound, base peak 100."""
     plt = _plt()
@@ -49,10 +59,7 @@ def mirror_plot(pred: np.ndarray, measured: np.ndarray, title: str, path: Path) 
     ax.set_ylabel("relative intensity (%)")
     ax.set_title(title, fontsize=10)
     ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _recall_curve(result: "EvalResult", path: Path) -> Path:
@@ -71,10 +78,7 @@ def _recall_curve(result: "EvalResult", path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"Library matching, {len(result.ranks)} queries", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _cosine_hist(result: "EvalResult", path: Path) -> Path:
@@ -86,10 +90,7 @@ def _cosine_hist(result: "EvalResult", path: Path) -> Path:
     ax.set_xlabel("cosine (predicted vs measured)")
     ax.set_ylabel("queries")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _calibration(cal: dict[str, Any], path: Path) -> Path:
@@ -104,10 +105,7 @@ def _calibration(cal: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("mean |error|")
     ax.set_title(f"Spearman (compound) {cal['spearman_compound']:.3f}", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_plots(result: "EvalResult", out: Path) -> list[Path]:

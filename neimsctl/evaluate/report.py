@@ -27,8 +27,10 @@ import numpy as np
 
 from neimsctl.errors import InputError
 from neimsctl.io.spectra import SpectraSet
-from neimsctl.evaluate.metrics import (DEFAULT_KS, LibraryEval, build_library_eval, connectivity_blocks,
-                                    cosine_rows, library_match, mae, rmse)
+from neimsctl.io.spectrum import N_BINS
+from neimsctl.evaluate.metrics import (DEFAULT_KS, LibraryEval, build_library_eval, cosine_rows,
+                                    library_match, mae, rmse)
+from neimsctl.io.inchikey import BLOCK_LEN, connectivity_blocks
 
 __all__ = ["EvalResult", "run_eval", "expert_usage", "uncertainty_calibration", "spearman",
            "write_report"]
@@ -57,7 +59,7 @@ def _first_preferring_ids(pred: SpectraSet, measured_ids: np.ndarray) -> np.ndar
 
 def _concat(sets: Sequence[SpectraSet]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not sets:
-        return np.zeros((0, 501), np.float32), np.zeros(0, dtype="<U14"), np.zeros(0, np.int64)
+        return np.zeros((0, N_BINS), np.float32), np.zeros(0, dtype=f"<U{BLOCK_LEN}"), np.zeros(0, np.int64)
     return (np.concatenate([s.spectra for s in sets]), np.concatenate([s.keys for s in sets]),
             np.concatenate([s.mw for s in sets]))
 

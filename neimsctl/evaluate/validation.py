@@ -13,6 +13,10 @@ what ``eval`` runs once on the test part of a finished model:
 
 The measured spectra of the training part are read once into a :class:`Reference` (float16,
 ``N x 501``) that can be reused across epochs.
+
+:func:`val_metrics` turns those metrics into what the validators of ``finetune`` and ``distill``
+report after every epoch (:data:`VAL_METRICS`, the names ``train.best_metric`` may use), including
+``val_score`` (:func:`val_score`).
 """
 
 from __future__ import annotations
@@ -24,12 +28,22 @@ import numpy as np
 import torch
 
 from neimsctl.data.dataset import TeacherDataset
-from neimsctl.data.split import SPLIT_NAMES, Split, split_indices
+from neimsctl.data.split import DEFAULT_FRACTIONS, SPLIT_NAMES, SPLIT_SEED, Split, split_indices
 from neimsctl.errors import ConfigError, InputError
 from neimsctl.evaluate.metrics import DEFAULT_KS, build_library_eval, evaluate_predictions
+from neimsctl.io.spectrum import N_BINS
 
 __all__ = ["Reference", "dataset_split", "first_per_compound", "read_reference",
-           "predict_spectra", "evaluate_split"]
+           "predict_spectra", "evaluate_split", "VAL_MASS_FILTER", "VAL_METRICS", "val_score",
+           "val_metrics"]
+
+#: Half-width (Da) of the nominal-mass filter of the per-epoch validation (``..._mass5``).
+VAL_MASS_FILTER = 5.0
+#: What the per-epoch validators report (:func:`val_metrics`): the names ``train.best_metric``
+#: may use in finetune and distill.
+VAL_METRICS = ("val_score", "val_mean_cosine",
+               *(f"val_recall_at_{k}{m}" for k in DEFAULT_KS
+                 for m in ("", f"_mass{VAL_MASS_FILTER:g}")))
 
 
 @dataclass(frozen=True)
@@ -42,8 +56,8 @@ class Reference:
     mw: np.ndarray
 
 
-def dataset_split(dataset: TeacherDataset, *, seed: int = 42,
-                  fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> Split:
+def dataset_split(dataset: TeacherDataset, *, seed: int = SPLIT_SEED,
+                  fractions: Sequence[float] = DEFAULT_FRACTIONS) -> Split:
     """Compound-grouped train/val/test indices of ``dataset`` (positions, not shard rows)."""
     return split_indices(dataset.blocks, ids=dataset.ids, seed=seed, fractions=tuple(fractions))
 
@@ -66,7 +80,7 @@ def read_reference(dataset: TeacherDataset, indices: np.ndarray, *,
     if dataset.augment is not None:
         raise ConfigError("reference spectra must come from a dataset without augmentation")
     indices = np.asarray(indices, dtype=np.int64)
-    out = np.zeros((len(indices), 501), dtype=np.float16)
+    out = np.zeros((len(indices), N_BINS), dtype=np.float16)
     for sl in _batches(len(indices), batch_size):
         out[sl] = dataset.get_batch(indices[sl]).y.numpy().astype(np.float16)
     return Reference(out, dataset.blocks[indices].astype(str), dataset.mw[indices].copy())
@@ -83,7 +97,7 @@ def predict_spectra(model: torch.nn.Module, dataset: TeacherDataset, indices: np
     """
     indices = np.asarray(indices, dtype=np.int64)
     model = getattr(model, "module", model)
-    out = np.zeros((len(indices), 501), dtype=np.float32)
+    out = np.zeros((len(indices), N_BINS), dtype=np.float32)
     for sl in _batches(len(indices), batch_size):
         batch = dataset.get_batch(indices[sl]).to(device)
         if mc_samples >= 2:
@@ -95,8 +109,8 @@ def predict_spectra(model: torch.nn.Module, dataset: TeacherDataset, indices: np
 
 
 def evaluate_split(model: torch.nn.Module, dataset: TeacherDataset, split: str = "test", *,
-                   reference: Reference | None = None, seed: int = 42,
-                   fractions: Sequence[float] = (0.8, 0.1, 0.1), ks: Sequence[int] = DEFAULT_KS,
+                   reference: Reference | None = None, seed: int = SPLIT_SEED,
+                   fractions: Sequence[float] = DEFAULT_FRACTIONS, ks: Sequence[int] = DEFAULT_KS,
                    mass_filter: float | None = 5.0, batch_size: int = 256, device: Any = "cpu",
                    mc_samples: int = 0) -> dict[str, float]:
     """Library-matching metrics of ``model`` on one part of the compound-grouped split.
@@ -151,3 +165,28 @@ def evaluate_split(model: torch.nn.Module, dataset: TeacherDataset, split: str =
                               pred, dataset.blocks[firsts].astype(str), dataset.mw[firsts],
                               reference.spectra, reference.keys, reference.mw)
     return evaluate_predictions(task, ks=ks, mass_filter=mass_filter)
+
+
+def val_score(metrics: dict[str, Any]) -> float:
+    """Recall@10 with a mean-cosine tie-break: ``R@10 + cos / (n_queries + 1)``.
+
+    A Recall@10 step (``1 / n_queries``) always outweighs the cosine term (< ``1 / (n + 1)``),
+    so the score ranks by Recall@10 first and by mean cosine among equal recalls.
+
+    Examples
+    --------
+    >>> val_score({"recall@10": 0.5, "mean_cosine": 0.9, "n_queries": 9})
+    0.59
+    """
+    return metrics["recall@10"] + metrics["mean_cosine"] / (metrics["n_queries"] + 1)
+
+
+def val_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The per-epoch validation metrics (:data:`VAL_METRICS`) from :func:`evaluate_split` /
+    :func:`neimsctl.evaluate.metrics.evaluate_predictions` output: ``val_mean_cosine``,
+    ``val_recall_at_K[_mass5]`` for each ``recall@K[_mass5]``, and ``val_score``."""
+    out = {"val_mean_cosine": metrics["mean_cosine"]}
+    out.update({"val_recall_at_" + k[len("recall@"):]: v for k, v in metrics.items()
+                if k.startswith("recall@")})
+    out["val_score"] = val_score(metrics)
+    return out

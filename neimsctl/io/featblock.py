@@ -18,10 +18,20 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from neimsctl.errors import FormatError
+from neimsctl.io.spectrum import N_BINS
 
 MODES = ("student", "teacher", "v1")
 STR_COLUMNS = ("id", "smiles", "name", "formula", "inchikey")
-N_BINS, ECFP_BYTES, COUNT_BITS, ATOM_FDIM, BOND_FDIM = 501, 512, 2048, 48, 6
+
+# Feature widths (formats/features.v1.md), defined here once: the shard layout below, the
+# featurizers of neimsctl.chem, the datasets and the models' default input widths read them.
+ECFP_BITS = 4096                      #: ECFP4 bits (Morgan radius 2), stored bit-packed
+ECFP_BYTES = ECFP_BITS // 8           #: width of the packed ``ecfp`` column
+COUNT_BITS = 2048                     #: atom-pair count slots (``counts``)
+STUDENT_DIM = ECFP_BITS + COUNT_BITS  #: the student input: unpacked ECFP bits + log1p counts
+MORGAN_COUNT_BITS = 4096              #: NEIMS v1 input: Morgan radius-2 count slots, as the paper
+ATOM_FDIM, BOND_FDIM = 48, 6          #: graph features per atom and per bond (teacher)
+
 COMMON: dict[str, tuple[str, tuple[int, ...]]] = {
     "ordinal": ("<i8", ()),
     "mw": ("<i4", ()),
@@ -31,7 +41,7 @@ COMMON: dict[str, tuple[str, tuple[int, ...]]] = {
     "has_spectrum": ("|b1", ()),
 }
 STUDENT_ONLY = {"counts": ("|u1", (COUNT_BITS,))}
-V1_ONLY = {**STUDENT_ONLY, "morgan_counts": ("|u1", (4096,))}  # NEIMS v1 baseline input
+V1_ONLY = {**STUDENT_ONLY, "morgan_counts": ("|u1", (MORGAN_COUNT_BITS,))}  # NEIMS v1 baseline input
 TEACHER_ONLY = {**STUDENT_ONLY, "n_atoms": ("<i8", ()), "n_edges": ("<i8", ())}
 RAGGED: dict[str, tuple[str, tuple[int, ...], str]] = {
     "atom_x": ("<f2", (ATOM_FDIM,), "n_atoms"),

@@ -26,7 +26,6 @@ initialises dense layers Glorot-uniform with zero biases (TensorFlow defaults, r
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple
 
@@ -34,6 +33,9 @@ import torch
 from torch import Tensor, nn
 
 from neimsctl.errors import ConfigError
+from neimsctl.io.featblock import MORGAN_COUNT_BITS
+from neimsctl.io.spectrum import N_BINS
+from neimsctl.models.checks import config_from_dict, config_to_dict
 from neimsctl.models.registry import register
 from neimsctl.nn.mass_head import mask_above_mw, reverse_by_mw
 
@@ -61,12 +63,12 @@ class NeimsV1Config:
     mz_power : Exponent of the m/z weight of the loss (1).
     """
 
-    input_dim: int = 4096
+    input_dim: int = MORGAN_COUNT_BITS
     hidden_dim: int = 2000
     n_blocks: int = 7
     bottleneck_factor: float = 0.5
     dropout: float = 0.25
-    n_bins: int = 501
+    n_bins: int = N_BINS
     max_above_mw: int = 5
     prediction: str = "bidirectional"
     gate: bool = True
@@ -86,16 +88,10 @@ class NeimsV1Config:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "NeimsV1Config":
         """Build from a mapping, rejecting unknown keys (:class:`~neimsctl.errors.ConfigError`)."""
-        data = dict(data or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"neims-v1: unknown config key(s) {', '.join(unknown)}; "
-                              f"known: {', '.join(sorted(known))}")
-        return cls(**data)
+        return config_from_dict(cls, data, "neims-v1")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return config_to_dict(self)
 
 
 class NeimsV1Output(NamedTuple):

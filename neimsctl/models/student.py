@@ -37,7 +37,7 @@ Choices the spec leaves open, documented here:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -45,7 +45,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from neimsctl.errors import ConfigError
-from neimsctl.models.checks import check_int
+from neimsctl.io.featblock import STUDENT_DIM
+from neimsctl.io.spectrum import N_BINS
+from neimsctl.models.checks import check_int, config_from_dict, config_to_dict
 from neimsctl.models.registry import register
 from neimsctl.nn.mass_head import MassAnchoredHead, activate
 from neimsctl.nn.moe import Expert, TopKGate, dispatch
@@ -79,7 +81,7 @@ class StudentConfig:
     Build one from YAML with :meth:`from_dict`, which rejects unknown keys.
     """
 
-    input_dim: int = 6144
+    input_dim: int = STUDENT_DIM
     gate_hidden: tuple[int, ...] = (512, 128)
     n_experts: int = 4
     top_k: int = 2
@@ -87,7 +89,7 @@ class StudentConfig:
     expert_bottleneck: int = 100
     head_hidden: tuple[int, ...] = (2048, 1024)
     hidden_dim: int = 512
-    n_bins: int = 501
+    n_bins: int = N_BINS
     dropout: float = 0.1
     gate_noise: bool = True
     output_space: str = "sqrt"
@@ -128,23 +130,11 @@ class StudentConfig:
         ConfigError
             On an unknown key, a wrong type or an impossible value.
         """
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"student: unknown key(s) {', '.join(unknown)}; "
-                              f"known keys: {', '.join(sorted(known))}")
-        for name in ("gate_hidden", "head_hidden"):
-            if name in data:
-                if not isinstance(data[name], (list, tuple)):
-                    raise ConfigError(f"student.{name}: expected a list of integers, got {data[name]!r}")
-                data[name] = tuple(data[name])
-        return cls(**data)
+        return config_from_dict(cls, data, "student", tuples=("gate_hidden", "head_hidden"))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (lists instead of tuples) for YAML and checkpoints."""
-        d = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        return config_to_dict(self)
 
 
 class StudentOutput(NamedTuple):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from neimsctl.errors import ConfigError
-from neimsctl.models.checks import check_int
+from neimsctl.io.featblock import ATOM_FDIM, BOND_FDIM, ECFP_BITS
+from neimsctl.io.spectrum import N_BINS
+from neimsctl.models.checks import check_int, config_from_dict, config_to_dict
 
 __all__ = ["SPACES", "TeacherConfig"]
 
@@ -57,9 +59,9 @@ class TeacherConfig:
         With ``mass_aware``: bins above the nominal mass still allowed a peak (5, as NEIMS v1).
     """
 
-    atom_dim: int = 48
-    bond_dim: int = 6
-    ecfp_dim: int = 4096
+    atom_dim: int = ATOM_FDIM
+    bond_dim: int = BOND_FDIM
+    ecfp_dim: int = ECFP_BITS
     counts_dim: int = 0
     hidden: int = 256
     num_layers: int = 8
@@ -70,7 +72,7 @@ class TeacherConfig:
     ecfp_hidden: tuple[int, ...] = (2048, 1024)
     ecfp_out: int = 512
     head_hidden: tuple[int, ...] = (1024, 512)
-    n_bins: int = 501
+    n_bins: int = N_BINS
     dropout: float = 0.1
     output_space: str = "sqrt"
     output_activation: str = "softplus"
@@ -131,18 +133,8 @@ class TeacherConfig:
         name = data.pop("name", "teacher")
         if name != "teacher":
             raise ConfigError(f"teacher: model name {name!r} given to the teacher's config")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"teacher: unknown key(s) {', '.join(unknown)}; "
-                              f"known keys: {', '.join(sorted(known))}")
-        for name in _TUPLES:
-            if name in data:
-                if not isinstance(data[name], (list, tuple)):
-                    raise ConfigError(f"teacher.{name}: expected a list of integers, got {data[name]!r}")
-                data[name] = tuple(data[name])
-        return cls(**data)
+        return config_from_dict(cls, data, "teacher", tuples=_TUPLES)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (lists instead of tuples) for YAML and checkpoints."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return config_to_dict(self)

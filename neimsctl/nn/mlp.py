@@ -1,4 +1,6 @@
-"""Plain-torch MLP and residual-block helpers shared by the teacher and the student.
+"""Plain-torch MLP and activation helpers shared by the teacher and the student.
+
+The residual block of the student's experts is :mod:`neimsctl.nn.residual`.
 
 Pure ``torch`` on purpose: the student (and ``predict`` with the student) must not pay the
 ``import torch_geometric`` start-up cost, so these helpers do not use ``torch_geometric.nn.MLP``.
@@ -11,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MLP", "ResidualBlock", "make_activation"]
+__all__ = ["MLP", "make_activation"]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "elu": nn.ELU}
 
@@ -103,61 +105,3 @@ class MLP(nn.Module):
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.in_dim}, {list(self.hidden)}, {self.out_dim})"
-
-
-class ResidualBlock(nn.Module):
-    r"""Pre-norm bottleneck residual block: ``x + Dropout(W_2 σ(W_1 LayerNorm(x)))``.
-
-    .. math::
-        \mathbf{y} = \mathbf{x} + \mathrm{Dropout}\big(\mathbf{W}_2\,
-        \sigma(\mathbf{W}_1 \mathrm{LN}(\mathbf{x}) + \mathbf{b}_1) + \mathbf{b}_2\big)
-
-    With ``bottleneck`` much smaller than ``dim`` (e.g. 6144 -> 100 -> 6144) this is the cheap
-    expert block the spec asks the student to use. The second ``Linear`` is zero-initialised so
-    a fresh block is the identity (a common trick that keeps deep residual stacks stable).
-    See He et al., "Deep Residual Learning" (https://arxiv.org/abs/1512.03385).
-
-    Parameters
-    ----------
-    dim
-        Width of the residual stream.
-    bottleneck
-        Width of the inner layer.
-    dropout
-        Dropout on the residual branch.
-    activation
-        Activation name, see :func:`make_activation`.
-
-    Shapes
-    ------
-    - input: ``(*, dim)``
-    - output: ``(*, dim)``
-    """
-
-    def __init__(self, dim: int, bottleneck: int, *, dropout: float = 0.0,
-                 activation: str = "relu") -> None:
-        super().__init__()
-        if dim <= 0 or bottleneck <= 0:
-            raise ValueError(f"dim and bottleneck must be positive, got {dim}, {bottleneck}")
-        self.dim, self.bottleneck = int(dim), int(bottleneck)
-        self.norm = nn.LayerNorm(dim)
-        self.fc1 = nn.Linear(dim, bottleneck)
-        self.act = make_activation(activation)
-        self.fc2 = nn.Linear(bottleneck, dim)
-        self.dropout = nn.Dropout(dropout)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Default init for the norm and first layer; zeros for the last (identity at start)."""
-        self.norm.reset_parameters()
-        self.fc1.reset_parameters()
-        nn.init.zeros_(self.fc2.weight)
-        nn.init.zeros_(self.fc2.bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.size(-1) != self.dim:
-            raise ValueError(f"ResidualBlock expects width {self.dim}, got {x.size(-1)}")
-        return x + self.dropout(self.fc2(self.act(self.fc1(self.norm(x)))))
-
-    def __repr__(self) -> str:
-        return f"{self.__class__.__name__}({self.dim}, bottleneck={self.bottleneck})"

@@ -19,53 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from neimsctl.nn.residual import BottleneckResidualBlock
 from neimsctl.nn.sparse_input import SparseInputLinear
-
-
-class BottleneckResidualBlock(nn.Module):
-    r"""Pre-norm residual block that passes through a narrow bottleneck.
-
-    .. math::
-        \mathbf{x}' = \mathbf{x} + W_2\, \mathrm{Dropout}(\mathrm{GELU}(W_1\, \mathrm{LN}(\mathbf{x})))
-
-    ``W_2`` starts at zero, so a freshly built block is the identity (stable deep stacks).
-
-    Parameters
-    ----------
-    dim
-        Width of the residual stream.
-    bottleneck
-        Width of the inner layer.
-    dropout
-        Dropout probability after the activation.
-
-    Shapes
-    ------
-    x: (B, dim) -> (B, dim)
-    """
-
-    def __init__(self, dim: int, bottleneck: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        if dim < 1 or bottleneck < 1:
-            raise ValueError(f"dim and bottleneck must be positive, got {dim} and {bottleneck}")
-        self.norm = nn.LayerNorm(dim)
-        self.down = nn.Linear(dim, bottleneck)
-        self.up = nn.Linear(bottleneck, dim)
-        self.dropout = nn.Dropout(dropout)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        self.norm.reset_parameters()
-        self.down.reset_parameters()
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        # In-place add on the fresh linear output: one allocation less per block (autograd-safe).
-        return self.up(self.dropout(F.gelu(self.down(self.norm(x))))).add_(x)
-
-    def __repr__(self) -> str:
-        return f"{self.__class__.__name__}({self.down.in_features}, bottleneck={self.down.out_features})"
 
 
 class Expert(nn.Sequential):

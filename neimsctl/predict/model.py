@@ -302,11 +302,11 @@ def _v1(lm: LoadedModel, block: dict[str, np.ndarray], n: int, bs: int):  # type
     """NEIMS v1 on raw Morgan counts (``featurize --mode v1`` blocks), or on the student vector
     when the checkpoint was trained on student shards (``input_dim`` 6144)."""
     from neimsctl.chem.features import student_vectors
-    from neimsctl.chem.features_v1 import v1_vectors
+    from neimsctl.chem.features_v1 import MORGAN_COUNT_BITS, v1_vectors
 
     model, outs = lm.model, []
     for a in range(0, n, bs):
-        if model.config.input_dim == 4096:
+        if model.config.input_dim == MORGAN_COUNT_BITS:
             x = v1_vectors(block["morgan_counts"][a:a + bs])
         else:
             x = student_vectors(block["ecfp"][a:a + bs], block["counts"][a:a + bs])

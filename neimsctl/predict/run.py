@@ -1,11 +1,8 @@
 """The ``predict`` stream: input records -> featurized blocks (worker pool) -> spectra -> writer.
 
-Inputs, per file auto-detected unless ``input_format`` is given:
-
-- ``sdf``: SDF / MOL (a ``V2000``/``V3000`` counts line within the first 4 lines); records
-  split at ``$$$$``; the name is the MOL block's first line.
-- ``jsonl``: ``neimsctl.record/1`` lines (first non-blank line starts with ``{``).
-- ``smi``: ``SMILES [name]`` per line; blank and ``#`` lines are not records.
+Inputs: SMILES lines, JSONL records or SDF, read by :func:`neimsctl.io.inputs.iter_items` (per
+file auto-detected unless ``input_format`` is given); an SDF record's name is the MOL block's
+first line.
 
 Memory stays constant: at most ``2 * jobs + 2`` chunks of ``chunk`` records are in flight, and
 each is featurized, predicted and formatted (by a worker with ``jobs > 1``) before this process
@@ -24,76 +21,21 @@ import numpy as np
 import orjson
 
 from neimsctl.chem.domain import domain_flags, flag_kind
-from neimsctl.chem.rowbuild import Item, Rejected, RowBuilder, RowOptions
-from neimsctl.errors import InputError
+from neimsctl.chem.rowbuild import Rejected, RowBuilder, RowOptions
+from neimsctl.errors import StrictStop
+from neimsctl.io.inputs import Item
 from neimsctl.io.parallel import chunked, ordered_map
 from neimsctl.io.rejects import Reject, Tally
-from neimsctl.io.streams import display_name, open_in
 from neimsctl.io.prediction_write import PredictionWriter
 from neimsctl.predict.model import LoadedModel, predict_block
 
-__all__ = ["INPUT_FORMATS", "iter_inputs", "Featurizer", "featurized", "PredictOptions",
-           "Predicted", "ChunkPredictor", "predicted", "run_predict", "reject_message",
-           "StrictStop"]
+__all__ = ["Featurizer", "featurized", "PredictOptions", "Predicted", "ChunkPredictor",
+           "predicted", "run_predict", "reject_message"]
 
-INPUT_FORMATS = ("smi", "jsonl", "sdf")
 CHUNK = 1024
 #: Predict any molecule: no molecular-weight filter (spectra are cut at m/z 500 anyway).
 NO_MW_FILTER = {"min_mw": 0, "max_mw": 10**9}
 _FEAT: Featurizer | None = None
-
-
-class StrictStop(InputError):
-    """``--strict``: the first rejected record stops the run."""
-
-
-def _sniff(head: list[bytes]) -> str:
-    if any(b"V2000" in ln or b"V3000" in ln for ln in head[:4]):
-        return "sdf"
-    first = next((ln.strip() for ln in head if ln.strip()), b"")
-    return "jsonl" if first.startswith(b"{") else "smi"
-
-
-def _lines(fh: BinaryIO, kind: str | None) -> tuple[str, Iterator[bytes]]:
-    head = []
-    for ln in fh:
-        head.append(ln)
-        if len(head) >= 4:
-            break
-    it = iter(fh)
-
-    def chained() -> Iterator[bytes]:
-        yield from head
-        yield from it
-    return kind or _sniff(head), chained()
-
-
-def iter_inputs(paths: Iterable[Any], input_format: str | None = None) -> Iterator[Item]:
-    """Input records as :class:`Item` (raw bytes; ``kind`` smi, jsonl or sdf), numbered across files."""
-    ordinal = 0
-    for path in paths:
-        name = display_name(path)
-        with open_in(path) as fh:
-            kind, lines = _lines(fh, input_format)
-            if kind == "sdf":
-                buf: list[bytes] = []
-                start = 1
-                for lineno, raw in enumerate(lines, start=1):
-                    if raw.startswith(b"$$$$"):
-                        yield Item(ordinal, name, start, "sdf", b"".join(buf))
-                        ordinal, buf, start = ordinal + 1, [], lineno + 1
-                    else:
-                        buf.append(raw)
-                if b"".join(buf).strip():
-                    yield Item(ordinal, name, start, "sdf", b"".join(buf))
-                    ordinal += 1
-                continue
-            for lineno, raw in enumerate(lines, start=1):
-                text = raw.strip()
-                if not text or (kind == "smi" and text.startswith(b"#")):
-                    continue
-                yield Item(ordinal, name, lineno, kind, text)
-                ordinal += 1
 
 
 class Featurizer:

@@ -34,6 +34,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
+from neimsctl.data.split import DEFAULT_FRACTIONS, SPLIT_SEED
 from neimsctl.errors import ConfigError
 from neimsctl.io.streams import atomic_path
 
@@ -50,8 +51,8 @@ class DataConfig:
     """Where the training data are and how they are split/augmented."""
     train: str | None = None          # features (HDF5 shard) / SMILES stream for pretrain
     val: str | None = None            # separate validation file; None = split ``train``
-    split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
-    split_seed: int = 42
+    split: list[float] = field(default_factory=lambda: list(DEFAULT_FRACTIONS))
+    split_seed: int = SPLIT_SEED
     lazy: bool = True                 # memory-efficient mode (spec default)
     max_records: int | None = None    # cap for quick runs
     max_val_records: int | None = None  # pretrain: cap on validation molecules (None = all)

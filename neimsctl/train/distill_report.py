@@ -17,6 +17,8 @@ import numpy as np
 import orjson
 
 from neimsctl.chem.compound_class import CLASSES
+from neimsctl.evaluate.metrics import DEFAULT_KS
+from neimsctl.evaluate.validation import VAL_MASS_FILTER
 from neimsctl.io.streams import atomic_path
 from neimsctl.train.report import read_log, write_report
 
@@ -75,11 +77,12 @@ def write_distill_report(out_dir: Path, *, mode: str = "") -> Path:
     _, epochs = read_log(out_dir / "train_log.jsonl")
     experts = [orjson.loads(ln) for ln in (out_dir / "train_log.jsonl").read_bytes().splitlines()
                if ln.strip() and b'"kind":"experts"' in ln]
-    keys = ["val_mean_cosine", *(f"val_recall_at_{k}" for k in (1, 5, 10, 20)),
-            "val_recall_at_10_mass5"]
+    keys = ["val_mean_cosine", *(f"val_recall_at_{k}" for k in DEFAULT_KS),
+            f"val_recall_at_10_mass{VAL_MASS_FILTER:g}"]
     lines = ["", f"## Validation (distill: {mode})" if mode else "## Validation", "",
-             _row(["epoch", "mean cos", "R@1", "R@5", "R@10", "R@20", "R@10 +-5 Da", "best"]),
-             "|" + "---|" * 8]
+             _row(["epoch", "mean cos", *(f"R@{k}" for k in DEFAULT_KS),
+                   f"R@10 +-{VAL_MASS_FILTER:g} Da", "best"]),
+             "|" + "---|" * (len(keys) + 2)]
     for e in epochs:
         v = e.get("val", {})
         lines.append(_row([e.get("epoch"), *(v.get(k, "-") for k in keys),

@@ -33,22 +33,21 @@ import torch
 
 from neimsctl.data.augment import Augment
 from neimsctl.data.dataset import TeacherDataset, collate_teacher
-from neimsctl.errors import CheckpointError, ConfigError, FormatError
+from neimsctl.data.shards import shard_settings
+from neimsctl.errors import CheckpointError, ConfigError
 from neimsctl.models import registry
 from neimsctl.models.checkpoint import load_checkpoint
 from neimsctl.train.config import Config, dataclass_from_dict
-from neimsctl.evaluate.validation import Reference, dataset_split, evaluate_split, read_reference
+from neimsctl.evaluate.validation import (VAL_MASS_FILTER, VAL_METRICS, Reference, dataset_split,
+                                          evaluate_split, read_reference, val_metrics)
 from neimsctl.train.losses import hard_loss, spectral_cosine_loss
 from neimsctl.train.trainer import TrainResult, run_training, seed_everything
 
-__all__ = ["TeacherLossConfig", "TeacherSpectrumLoss", "shard_hash", "build_teacher",
+__all__ = ["TeacherLossConfig", "TeacherSpectrumLoss", "build_teacher",
            "load_init", "make_validator", "run_finetune"]
 
 #: Model-config keys that must agree between a pretrained checkpoint and the model to finetune.
 ARCH_KEYS = ("atom_dim", "bond_dim", "hidden", "num_layers", "attention_hidden", "pair_norm")
-#: What the validator reports, i.e. the names ``train.best_metric`` may use.
-VAL_METRICS = ("val_score", "val_mean_cosine",
-               *(f"val_recall_at_{k}{m}" for k in (1, 5, 10, 20) for m in ("", "_mass5")))
 
 
 @dataclass
@@ -100,22 +99,6 @@ class TeacherSpectrumLoss:
             loss = loss + cfg.cosine * cos
             parts["cos_loss"] = float(cos.detach())
         return loss, parts
-
-
-def shard_hash(paths: Sequence[str | Path]) -> str:
-    """The common featurizer settings hash of teacher-mode shards (FormatError otherwise)."""
-    from neimsctl.io.h5shard import ShardReader
-
-    hashes = {}
-    for p in paths:
-        with ShardReader(p) as r:
-            if r.mode != "teacher":
-                raise FormatError(f"shard mode is {r.mode!r}; finetune needs "
-                                  "`neimsctl featurize --mode teacher` shards", file=str(p))
-            hashes[str(p)] = r.settings_hash
-    if len(set(hashes.values())) > 1:
-        raise FormatError(f"shards were made with different featurizer settings: {hashes}")
-    return next(iter(hashes.values()))
 
 
 def build_teacher(model_cfg: dict[str, Any]) -> torch.nn.Module:
@@ -198,14 +181,9 @@ def make_validator(dataset: TeacherDataset, *, reference: Reference, seed: int,
 
     def validate(model: torch.nn.Module) -> dict[str, float]:
         device = next(model.parameters()).device
-        m = evaluate_split(model, dataset, split, reference=reference, seed=seed,
-                           fractions=fractions, batch_size=batch_size, device=device)
-        out = {"val_mean_cosine": m["mean_cosine"]}
-        for key, value in m.items():
-            if key.startswith("recall@"):
-                out["val_recall_at_" + key[len("recall@"):]] = value
-        out["val_score"] = m["recall@10"] + m["mean_cosine"] / (m["n_queries"] + 1)
-        return out
+        return val_metrics(evaluate_split(model, dataset, split, reference=reference, seed=seed,
+                                          fractions=fractions, mass_filter=VAL_MASS_FILTER,
+                                          batch_size=batch_size, device=device))
 
     return validate
 
@@ -229,7 +207,7 @@ def run_finetune(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path,
         raise ConfigError(f"train.best_metric: {t.best_metric!r} is not reported by finetune; "
                           f"use one of {', '.join(VAL_METRICS)}")
     loss_cfg = dataclass_from_dict(TeacherLossConfig, cfg.loss, "loss")
-    fhash = shard_hash(shards)
+    fhash = shard_settings(shards, ("teacher",), stage="finetune").settings_hash
     base = TeacherDataset(list(shards), in_memory=not d.lazy)
     aug = Augment(lds_sigma=d.smoothing_sigma or None, isotope_fraction=d.isotope_prob, seed=t.seed)
     augmented = TeacherDataset(list(shards), in_memory=not d.lazy,

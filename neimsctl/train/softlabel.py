@@ -32,8 +32,9 @@ import numpy as np
 import torch
 
 from neimsctl.data.dataset import TeacherDataset
-from neimsctl.errors import CheckpointError, ConfigError, FormatError
-from neimsctl.io.h5shard import ShardReader
+from neimsctl.data.shards import shard_settings
+from neimsctl.data.split import DEFAULT_FRACTIONS, SPLIT_SEED
+from neimsctl.errors import CheckpointError, ConfigError
 from neimsctl.io.rejects import Reject, Tally
 from neimsctl.io.softlabel_shard import SoftLabelWriter
 from neimsctl.nn.modes import only_training
@@ -54,8 +55,8 @@ class SoftLabelSettings:
     batch_size: int = 64
     hidden: str = "mc_mean"
     part: str = "all"                 # all | train (the compound-grouped split's train part)
-    split_seed: int = 42
-    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_seed: int = SPLIT_SEED
+    split: tuple[float, float, float] = DEFAULT_FRACTIONS
 
     def __post_init__(self) -> None:
         if self.samples < 2:
@@ -205,16 +206,10 @@ def run_softlabel(teacher: Teachers, shards: Sequence[str | Path], out: str | Pa
         Rows read / written / rejected.
     """
     from neimsctl.evaluate.validation import dataset_split
-    from neimsctl.train.finetune import shard_hash
 
     log = sys.stderr if log is None else log
     s = settings or SoftLabelSettings()
-    for p in shards:
-        with ShardReader(p) as r:
-            if r.mode != "teacher":
-                raise FormatError(f"shard mode is {r.mode!r}; softlabel needs `neimsctl featurize "
-                                  "--mode teacher` shards", file=str(p))
-    fhash = shard_hash(shards)
+    fhash = shard_settings(shards, ("teacher",), stage="softlabel").settings_hash
     paths = [Path(teacher)] if isinstance(teacher, (str, Path)) else [Path(t) for t in teacher]
     if not paths:
         raise ConfigError("softlabel needs at least one teacher checkpoint")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 from pathlib import Path
 
@@ -218,11 +219,12 @@ def test_progress_bar_only_on_a_terminal(ckpt, tmp_path, neimsctl_exe):
     smi.write_text("".join(f"{'C' * (1 + i % 30)}O mol{i}\n" for i in range(2500)) + "xyz\n")
     cmd = [neimsctl_exe, "predict", "-m", str(ckpt), "--precision", "fp32", str(smi),
            "-o", str(tmp_path / "out.msp")]
-    code, tty = run_on_tty(cmd)
+    every_chunk = {**os.environ, "TQDM_MININTERVAL": "0", "TQDM_MINITERS": "1"}
+    code, tty = run_on_tty(cmd, env=every_chunk)
     text = tty.decode("utf-8", "replace")
     assert code == 1 and "neimsctl predict: " in text and "%|" in text and "rec/s" in text
     assert "read 2,048 written 2,048 rejected 0" in text
-    assert text.rstrip().endswith("read 2501, written 2500, rejected 1 (unparsable_smiles: 1)")
+    assert text.rstrip().endswith("read 2501, written 2500, rejected 1 (unparsable_smiles: 1); 1 process")
     code, tty = run_on_tty(cmd + ["-q"])
     assert code == 1 and b"%|" not in tty and b"read 2501" not in tty
     res = subprocess.run(cmd, capture_output=True, check=False)

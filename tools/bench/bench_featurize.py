@@ -53,7 +53,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 DATA = Path(os.environ.get("NEIMSCTL_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
-from neimsctl.chem.featurize_run import iter_items, open_sink, run_featurize, run_settings  # noqa: E402
+from neimsctl.chem.featurize_run import FEATURIZE_FORMATS, open_sink, run_featurize, run_settings  # noqa: E402
+from neimsctl.io.inputs import iter_items  # noqa: E402
 from neimsctl.chem.rowbuild import RowOptions  # noqa: E402
 from neimsctl.io.h5shard import ShardReader  # noqa: E402
 from neimsctl.io.rejects import Tally  # noqa: E402
@@ -157,10 +158,10 @@ def pipeline_rate(src: Path, out: Path | None, jobs: int,
     tally = Tally()
     c0, t0 = cpu_now(), time.perf_counter()
     if out is None:
-        run_featurize(iter_items([src]), NullSink(), tally, opts=opts, jobs=jobs)
+        run_featurize(iter_items([src], formats=FEATURIZE_FORMATS), NullSink(), tally, opts=opts, jobs=jobs)
     else:
         with open_sink(out, "h5", "student", settings, digest, resumable=True) as sink:  # as the CLI
-            run_featurize(iter_items([src]), sink, tally, opts=opts, jobs=jobs,
+            run_featurize(iter_items([src], formats=FEATURIZE_FORMATS), sink, tally, opts=opts, jobs=jobs,
                           commit=lambda n: sink.commit({"next_ordinal": n}))
     return tally.read / (time.perf_counter() - t0), tally.read / (cpu_now() - c0), tally.written
 

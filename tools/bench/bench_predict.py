@@ -39,11 +39,12 @@ MOSES = ROOT.parent / "shared" / "data" / "pretrain" / "moses_train_100k.smi"
 
 def _blocks_from_msp(msp: Path) -> dict[str, np.ndarray]:
     """Student features + spectra of every structure-bearing record of an MSP file."""
-    from neimsctl.predict.run import featurized, iter_inputs
+    from neimsctl.io.inputs import iter_items
+    from neimsctl.predict.run import featurized
 
     with tempfile.NamedTemporaryFile(suffix=".jsonl") as tmp:
         subprocess.run(["neimsctl", "msp2jsonl", "-q", str(msp), "-o", tmp.name], check=False)
-        blocks = [b for b, _, _ in featurized(iter_inputs([tmp.name]), "student")]
+        blocks = [b for b, _, _ in featurized(iter_items([tmp.name]), "student")]
     keys = ("ecfp", "counts", "mw", "spectrum", "has_spectrum", "smiles", "inchikey")
     out = {k: np.concatenate([b[k] for b in blocks]) for k in keys}
     keep = out["has_spectrum"]

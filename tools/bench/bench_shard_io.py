@@ -36,7 +36,8 @@ DATA = Path(os.environ.get("NEIMSCTL_SHARED_DATA", ROOT.parent / "shared" / "dat
 from bench_featurize import finish, msp_to_jsonl  # noqa: E402
 from bench_msp2jsonl import scale_file  # noqa: E402
 
-from neimsctl.chem.featurize_run import iter_items, run_featurize, run_settings  # noqa: E402
+from neimsctl.chem.featurize_run import FEATURIZE_FORMATS, run_featurize, run_settings  # noqa: E402
+from neimsctl.io.inputs import iter_items  # noqa: E402
 from neimsctl.chem.rowbuild import RowOptions  # noqa: E402
 from neimsctl.io import h5shard  # noqa: E402
 from neimsctl.io.rejects import Tally  # noqa: E402
@@ -52,7 +53,7 @@ class ListSink:
 
 def blocks_of(src: Path) -> list[dict[str, np.ndarray]]:
     sink = ListSink()
-    run_featurize(iter_items([src]), sink, Tally(), opts=RowOptions(mode="student"), jobs=1)
+    run_featurize(iter_items([src], formats=FEATURIZE_FORMATS), sink, Tally(), opts=RowOptions(mode="student"), jobs=1)
     return sink.blocks
 
 

@@ -27,6 +27,7 @@ from rdkit.Chem import rdFingerprintGenerator
 
 from neimsctl.io.spectrum import preprocess_spectrum
 from neimsctl.data.split import split_indices
+from neimsctl.io.inchikey import connectivity_blocks
 from neimsctl.io.msp import read_msp
 from neimsctl.models.neims_v1 import NeimsV1, NeimsV1Config
 from neimsctl.train.losses_v1 import NeimsV1Loss
@@ -59,7 +60,7 @@ def load(path: Path, features: str) -> dict[str, np.ndarray]:
 
 def first_per_compound(keys: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """Rows of ``idx`` holding the first record of each connectivity block."""
-    _, first = np.unique(np.asarray([k[:14] for k in keys[idx]]), return_index=True)
+    _, first = np.unique(connectivity_blocks(keys[idx]), return_index=True)
     return idx[np.sort(first)]
 
 

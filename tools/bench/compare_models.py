@@ -41,8 +41,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nn_baseline  # noqa: E402  (tools/bench/nn_baseline.py)
 
-from neimsctl.data.split import connectivity_block, split_indices  # noqa: E402
+from neimsctl.data.split import split_indices  # noqa: E402
 from neimsctl.data.split_export import read_split, write_split  # noqa: E402
+from neimsctl.io.inchikey import connectivity_blocks  # noqa: E402
 
 
 def export_split(shard: Path, out: Path) -> tuple[int, dict, np.ndarray]:
@@ -51,7 +52,7 @@ def export_split(shard: Path, out: Path) -> tuple[int, dict, np.ndarray]:
     Returns the number of test compounds, the shard's rows and the first row of each test
     compound (whose prediction stands for the compound)."""
     d = nn_baseline.read_shards([shard])
-    blocks = np.array([connectivity_block(k) for k in d["inchikey"]], dtype="S14")
+    blocks = connectivity_blocks(d["inchikey"], as_bytes=True)
     parts = split_indices(blocks, ids=[str(i).encode() for i in d["id"]], seed=42)
     _, first = np.unique(blocks[parts.test], return_index=True)
     firsts = parts.test[np.sort(first)]

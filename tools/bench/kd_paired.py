@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from neimsctl.io.spectra import load_spectra
-from neimsctl.evaluate.metrics import build_library_eval, connectivity_blocks, cosine_rows, library_match
+from neimsctl.evaluate.metrics import build_library_eval, cosine_rows, library_match
+from neimsctl.io.inchikey import connectivity_blocks
 
 KS = (1, 5, 10, 20)
 

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from neimsctl.data.split import SPLIT_NAMES, connectivity_block, split_indices
+from neimsctl.data.split import SPLIT_NAMES, split_indices
 from neimsctl.io.h5shard import ShardReader
+from neimsctl.io.inchikey import connectivity_blocks
 from neimsctl.evaluate.metrics import build_library_eval, evaluate_predictions, nearest_neighbour_predict
 
 
@@ -73,7 +74,7 @@ def run(paths: list[Path], split: str = "test", seed: int = 42, mass_filter: flo
         ks: tuple[int, ...] = (1, 5, 10, 20), export_dir: Path | None = None) -> dict:
     t0 = time.perf_counter()
     d = read_shards(paths)
-    blocks = np.array([connectivity_block(k) for k in d["inchikey"]], dtype="S14")
+    blocks = connectivity_blocks(d["inchikey"], as_bytes=True)
     parts = split_indices(blocks, ids=[str(i).encode() for i in d["id"]], seed=seed)
     train, query = parts.train, getattr(parts, split)
     _, first = np.unique(blocks[query], return_index=True)

@@ -31,7 +31,8 @@ def main() -> None:
     import torch
 
     from neimsctl.io.parallel import chunked
-    from neimsctl.predict.run import CHUNK, ChunkPredictor, PredictOptions, iter_inputs
+    from neimsctl.io.inputs import iter_items
+    from neimsctl.predict.run import CHUNK, ChunkPredictor, PredictOptions
     from neimsctl.predict.model import load_model
 
     torch.set_num_threads(1)
@@ -39,7 +40,7 @@ def main() -> None:
     stage = ChunkPredictor(lm, PredictOptions())
     print(f"model {lm.describe()}", flush=True)
     n, since, t_feat, t_pred = 0, 0, 0.0, 0.0
-    for chunk in chunked(iter_inputs([args.smiles]), CHUNK):
+    for chunk in chunked(iter_items([args.smiles]), CHUNK):
         a = time.process_time()
         block, rejects, k = stage.featurize(chunk)
         b = time.process_time()

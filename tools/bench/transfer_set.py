@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from neimsctl.io.inchikey import connectivity_blocks
+
 
 def _train_rows(library: Path, seed: int, fractions: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     """(shard rows of the library's train part, every library InChIKey block)."""
@@ -42,7 +44,7 @@ def _train_part(library: Path, seed: int, fractions: tuple[float, ...]) -> tuple
     rows, blocks = _train_rows(library, seed, fractions)
     with h5py.File(library, "r") as f:
         ecfp = f["ecfp"][:]
-        keys = np.array([k[:14] for k in f["inchikey"][:]], dtype="S14")
+        keys = connectivity_blocks(f["inchikey"][:], as_bytes=True)
     _, first = np.unique(keys[rows], return_index=True)
     return ecfp[rows[np.sort(first)]], blocks
 
@@ -106,7 +108,7 @@ def select(args: argparse.Namespace) -> None:
     train, lib_blocks = _train_part(args.library, args.split_seed, tuple(args.split))
     with h5py.File(args.candidates, "r") as f:
         cand = f["ecfp"][:]
-        keys = np.array([k[:14] for k in f["inchikey"][:]], dtype="S14")
+        keys = connectivity_blocks(f["inchikey"][:], as_bytes=True)
         smiles = f["smiles"][:]
         ids = f["id"][:]
     keep = ~np.isin(keys, lib_blocks)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from neimsctl.data.split import assign_blocks, block_unit, connectivity_block, split_indices
+from neimsctl.data.split import assign_blocks, block_unit, split_indices
+from neimsctl.io.inchikey import connectivity_block
 from neimsctl.errors import ConfigError
 
 

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 from neimsctl.errors import InputError
-from neimsctl.evaluate.metrics import (build_library_eval, connectivity_blocks, cosine_matrix, evaluate_predictions,
-                                    library_match, mae, mean_cosine, nearest_neighbour_predict, rmse,
-                                    weighted_vectors)
+from neimsctl.evaluate.metrics import (build_library_eval, cosine_matrix, evaluate_predictions, library_match,
+                                    mae, mean_cosine, nearest_neighbour_predict, rmse, weighted_vectors)
 
 N = 501
 
@@ -108,11 +107,6 @@ def test_recall_is_share_of_queries_within_k():
 def test_query_compound_missing_from_library_is_an_error():
     with pytest.raises(InputError, match="no entry of their compound"):
         match([A, B], [key("A"), key("B")])
-
-
-def test_connectivity_blocks_cut_full_keys():
-    assert connectivity_blocks(["BSYNRYMUTXBXSQ-UHFFFAOYSA-N", b"BSYNRYMUTXBXSQ"]).tolist() == \
-        ["BSYNRYMUTXBXSQ"] * 2
 
 
 def test_cosine_identical_orthogonal_and_weighting_by_hand():

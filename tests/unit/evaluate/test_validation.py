@@ -15,8 +15,9 @@ from neimsctl.data.augment import Augment
 from neimsctl.data.dataset import TeacherDataset
 from neimsctl.data.membench import build_sample_shard
 from neimsctl.errors import ConfigError
-from neimsctl.evaluate.validation import (dataset_split, evaluate_split, first_per_compound,
-                                     predict_spectra, read_reference)
+from neimsctl.evaluate.validation import (VAL_MASS_FILTER, VAL_METRICS, dataset_split, evaluate_split,
+                                          first_per_compound, predict_spectra, read_reference,
+                                          val_metrics, val_score)
 from neimsctl.train.finetune import build_teacher
 from neimsctl.evaluate.metrics import build_library_eval, library_match
 
@@ -102,3 +103,26 @@ def test_refuses_train_split_and_augmented_data(ds: TeacherDataset) -> None:
     aug = TeacherDataset(ds.paths, augment=Augment())
     with pytest.raises(ConfigError, match="without augmentation"):
         evaluate_split(Oracle(), aug, "test")
+
+
+def test_val_metrics_are_what_training_may_select_on(ds: TeacherDataset) -> None:
+    """finetune and distill report val_metrics(...) of the same protocol; their names are the
+    VAL_METRICS that train.best_metric is checked against."""
+    m = evaluate_split(Oracle(), ds, "val", mass_filter=VAL_MASS_FILTER)
+    val = val_metrics(m)
+    assert list(val) == ["val_mean_cosine", *(f"val_recall_at_{k}" for k in (1, 5, 10, 20)),
+                         *(f"val_recall_at_{k}_mass5" for k in (1, 5, 10, 20)), "val_score"]
+    assert set(val) == set(VAL_METRICS)
+    assert val["val_recall_at_10_mass5"] == m["recall@10_mass5"]
+    assert val["val_score"] == val_score(m)
+
+
+def test_val_score_ranks_by_recall_then_by_cosine() -> None:
+    n = 50
+    step = 1 / n
+    worse_recall_best_cosine = val_score({"recall@10": 0.5, "mean_cosine": 1.0, "n_queries": n})
+    better_recall_worst_cosine = val_score({"recall@10": 0.5 + step, "mean_cosine": 0.0, "n_queries": n})
+    assert better_recall_worst_cosine > worse_recall_best_cosine
+    assert val_score({"recall@10": 0.5, "mean_cosine": 0.8, "n_queries": n}) > \
+        val_score({"recall@10": 0.5, "mean_cosine": 0.7, "n_queries": n})
+    assert val_score({"recall@10": 0.5, "mean_cosine": 0.9, "n_queries": 9}) == pytest.approx(0.59)

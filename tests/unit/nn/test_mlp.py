@@ -1,4 +1,4 @@
-"""MLP and ResidualBlock: shapes, repr, parameter counts, identity at init, helpful errors."""
+"""MLP: shapes, repr, parameter counts, helpful errors."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from neimsctl.nn.mlp import MLP, ResidualBlock, make_activation
+from neimsctl.nn.mlp import MLP, make_activation
 
 
 def test_mlp_shapes_params_and_repr():
@@ -34,23 +34,3 @@ def test_mlp_errors_name_the_fix():
         MLP(16, [8], 3, dropout=1.0)
     with pytest.raises(ValueError, match="choose one of"):
         make_activation("tanhh")
-
-
-def test_residual_block_is_identity_at_init_and_trains():
-    blk = ResidualBlock(12, 3, dropout=0.0)
-    x = torch.randn(4, 12)
-    assert torch.equal(blk(x), x)
-    assert sum(p.numel() for p in blk.parameters()) == 2 * 12 + 12 * 3 + 3 + 3 * 12 + 12
-    assert repr(blk) == "ResidualBlock(12, bottleneck=3)"
-    opt = torch.optim.SGD(blk.parameters(), lr=0.1)
-    target = torch.randn(4, 12)
-    losses = []
-    for _ in range(3):
-        loss = (blk(x) - target).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0]
-    with pytest.raises(ValueError, match="width 12"):
-        blk(torch.randn(2, 11))

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from _student_fixtures import _one_thread  # noqa: F401  (autouse: one torch thread)
 
-from neimsctl.nn.moe import BottleneckResidualBlock, Expert, TopKGate, dispatch
+from neimsctl.nn.moe import Expert, TopKGate, dispatch
+from neimsctl.nn.residual import BottleneckResidualBlock
 
 D = 24
 

@@ -14,8 +14,9 @@ from neimsctl.errors import FormatError
 from neimsctl.io.rejects import Tally
 from neimsctl.models.student import StudentConfig, StudentModel
 from neimsctl.models.checkpoint import save_checkpoint
-from neimsctl.predict.run import (ChunkPredictor, PredictOptions, StrictStop, iter_inputs,
-                                        predicted, run_predict)
+from neimsctl.errors import StrictStop
+from neimsctl.io.inputs import iter_items
+from neimsctl.predict.run import ChunkPredictor, PredictOptions, predicted, run_predict
 from neimsctl.predict.model import load_model
 
 TINY = StudentConfig(gate_hidden=(16,), expert_depth=1, expert_bottleneck=8, head_hidden=(32,),
@@ -48,7 +49,7 @@ def _run(lm, smi: Path, jobs: int, fmt: str = "msp", strict: bool = False,
     shown: list[str] = []
     stopped = None
     try:
-        run_predict(predicted(iter_inputs([smi]), stage, jobs=jobs, chunk=3,
+        run_predict(predicted(iter_items([smi]), stage, jobs=jobs, chunk=3,
                               model_in_workers=model_in_workers), out, tally,
                     strict=strict, show=shown.append)
     except StrictStop as exc:

@@ -16,10 +16,12 @@ from neimsctl.errors import ConfigError, InputError
 from neimsctl.train import trainer as trainer_mod
 from neimsctl.models.checkpoint import load_checkpoint, save_checkpoint
 from neimsctl.train.config import load_config
-from neimsctl.train.distill import loss_config, run_distill
+from neimsctl.train.distill import run_distill
+from neimsctl.train.distill_loss import loss_config
 from neimsctl.train.distill_report import collapse_flags, usage_table
 from neimsctl.evaluate.validation import dataset_split
-from neimsctl.train.finetune import build_teacher, shard_hash
+from neimsctl.data.shards import shard_settings
+from neimsctl.train.finetune import build_teacher
 from neimsctl.train.softlabel import SoftLabelSettings, run_softlabel
 
 TINY_STUDENT = ["model.gate_hidden=[16]", "model.expert_depth=1", "model.expert_bottleneck=4",
@@ -60,7 +62,7 @@ def tiny_teacher(path: Path, shard: Path) -> Path:
     model = build_teacher(TINY_TEACHER)
     return save_checkpoint(path, model=model, config={"model": model.config.to_dict()
                                                       | {"name": "teacher"}},
-                           featurizer_hash=shard_hash([shard]))
+                           featurizer_hash=shard_settings([shard], ("teacher",), stage="distill").settings_hash)
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +235,8 @@ def test_transfer_rows_learn_only_the_soft_labels(data: dict, transfer: dict, re
 def test_transfer_fraction_draws_a_seeded_share_per_epoch(data: dict, transfer: dict,
                                                           neimsctl_exe: str) -> None:
     from neimsctl.io.softlabel_shard import SoftLabelReader
-    from neimsctl.train.distill import DistillData, transfer_rows
+    from neimsctl.train.distill_data import DistillData
+    from neimsctl.train.distill_transfer import transfer_rows
 
     lib = StudentDataset(transfer["student"])
     tr = transfer_rows([transfer["tr_student"]], lib)

@@ -14,12 +14,13 @@ import torch
 
 from neimsctl.data.dataset import TeacherDataset
 from neimsctl.data.membench import build_sample_shard
-from neimsctl.errors import CheckpointError, ConfigError, FormatError
+from neimsctl.errors import CheckpointError, ConfigError
 from neimsctl.models.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
 from neimsctl.train.config import dataclass_from_dict, load_config
 from neimsctl.evaluate.validation import dataset_split
+from neimsctl.data.shards import shard_settings
 from neimsctl.train.finetune import (TeacherLossConfig, TeacherSpectrumLoss, build_teacher,
-                                     load_init, run_finetune, shard_hash)
+                                     load_init, run_finetune)
 
 TINY = {"name": "teacher", "hidden": 16, "num_layers": 2, "attention_hidden": 8,
         "pool_gate_hidden": 8, "ecfp_hidden": [32], "ecfp_out": 16, "head_hidden": [32, 16],
@@ -78,13 +79,6 @@ def test_loss_step_lowers_loss(batch) -> None:
     assert fn(model, batch)[0].item() < before
 
 
-def test_shard_hash_refuses_student_shards(shard: Path, tmp_path: Path) -> None:
-    assert len(shard_hash([shard])) == 16
-    student = build_sample_shard(tmp_path / "s.h5", mode="student", limit=5)
-    with pytest.raises(FormatError, match="--mode teacher"):
-        shard_hash([student])
-
-
 def _ckpt(path: Path, model: torch.nn.Module, fhash: str | None, prefix: str = "") -> Path:
     ck = build_checkpoint(model=model, config={"model": TINY}, featurizer_hash=fhash)
     ck["model"] = {prefix + k: v for k, v in ck["model"].items()}
@@ -137,7 +131,7 @@ def test_run_finetune_trains_validates_and_never_reads_test_rows(
     assert {"val_mean_cosine", "val_recall_at_10", "val_recall_at_10_mass5", "val_score"} <= set(val)
     assert 0.0 <= val["val_recall_at_10"] <= val["val_recall_at_20"] <= 1.0
     ck = load_checkpoint(tmp_path / "run/checkpoints/best.pt")
-    assert ck["featurizer_hash"] == shard_hash([shard])
+    assert ck["featurizer_hash"] == shard_settings([shard], ("teacher",), stage="finetune").settings_hash
     assert ck["config"]["loss"]["cosine"] == 0.5
     ds = TeacherDataset(shard)
     test_rows = ds.rows[dataset_split(ds).test]

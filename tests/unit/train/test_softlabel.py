@@ -16,7 +16,8 @@ from neimsctl.errors import CheckpointError, FormatError
 from neimsctl.io.softlabel_shard import SoftLabelReader, partial_path
 from neimsctl.train import softlabel as sl
 from neimsctl.models.checkpoint import save_checkpoint
-from neimsctl.train.finetune import build_teacher, shard_hash
+from neimsctl.data.shards import shard_settings
+from neimsctl.train.finetune import build_teacher
 
 TINY = {"name": "teacher", "hidden": 16, "num_layers": 2, "attention_hidden": 8,
         "pool_gate_hidden": 8, "ecfp_hidden": [32], "ecfp_out": 16, "head_hidden": [32, 16],
@@ -86,7 +87,7 @@ def teacher(shard: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = build_teacher(TINY)
     return save_checkpoint(tmp_path_factory.mktemp("slt") / "t.pt", model=model,
                            config={"model": model.config.to_dict() | {"name": "teacher"}},
-                           featurizer_hash=shard_hash([shard]))
+                           featurizer_hash=shard_settings([shard], ("teacher",), stage="softlabel").settings_hash)
 
 
 def test_agrees_with_the_teachers_own_mc_predict(shard: Path, teacher: Path) -> None:
@@ -110,7 +111,7 @@ def test_run_writes_an_aligned_shard_and_resume_gives_the_same_file(
     with SoftLabelReader(tmp_path / "a.h5") as r:
         assert r.ids.tolist() == TeacherDataset(shard, require_spectrum=False).ids.tolist()
         a = r.take(np.arange(n))
-        assert r.attrs["featurizer_hash"] == shard_hash([shard])
+        assert r.attrs["featurizer_hash"] == shard_settings([shard], ("teacher",), stage="softlabel").settings_hash
         assert r.settings["samples"] == 4 and len(r.settings["teacher_sha256"]) == 64
     assert a["mean"].shape == (n, 501) and a["hidden"].shape == (n, 16)
     np.testing.assert_allclose(a["mean"].max(1), 1.0, atol=1e-3)
@@ -188,7 +189,7 @@ def test_run_with_two_teachers_records_both_and_differs_from_one(
     model = build_teacher(TINY)
     other = save_checkpoint(tmp_path / "t2.pt", model=model,
                             config={"model": model.config.to_dict() | {"name": "teacher"}},
-                            featurizer_hash=shard_hash([shard]))
+                            featurizer_hash=shard_settings([shard], ("teacher",), stage="softlabel").settings_hash)
     settings = sl.SoftLabelSettings(samples=3, batch_size=16, seed=1)
     sl.run_softlabel(teacher, [shard], tmp_path / "one.h5", settings=settings, device="cpu")
     t = sl.run_softlabel([teacher, other], [shard], tmp_path / "two.h5", settings=settings,
@@ -202,13 +203,13 @@ def test_run_with_two_teachers_records_both_and_differs_from_one(
     wide = build_teacher(TINY | {"head_hidden": [32, 24]})  # hidden width: only the first's counts
     ok = save_checkpoint(tmp_path / "t3.pt", model=wide,
                          config={"model": wide.config.to_dict() | {"name": "teacher"}},
-                         featurizer_hash=shard_hash([shard]))
+                         featurizer_hash=shard_settings([shard], ("teacher",), stage="softlabel").settings_hash)
     assert sl.run_softlabel([teacher, ok], [shard], tmp_path / "w.h5", settings=settings,
                             device="cpu").balanced
     narrow = build_teacher(TINY | {"n_bins": 400})
     bad = save_checkpoint(tmp_path / "t4.pt", model=narrow,
                           config={"model": narrow.config.to_dict() | {"name": "teacher"}},
-                          featurizer_hash=shard_hash([shard]))
+                          featurizer_hash=shard_settings([shard], ("teacher",), stage="softlabel").settings_hash)
     with pytest.raises(Exception, match="number of bins"):
         sl.run_softlabel([teacher, bad], [shard], tmp_path / "bad.h5", settings=settings,
                          device="cpu")

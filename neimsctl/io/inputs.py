@@ -1,0 +1,121 @@
+"""Molecule inputs of ``featurize`` and ``predict``: files -> numbered raw records (:class:`Item`).
+
+Formats, per file detected from its first lines unless ``input_format`` is given:
+
+- ``sdf``: SDF / MOL (a ``V2000``/``V3000`` counts line within the first 4 lines); records
+  split at ``$$$$``; an item's line is the first line of its MOL block;
+- ``jsonl``: ``neimsctl.record/1`` lines (the first non-blank line starts with ``{``);
+- ``smi``: ``SMILES [name]`` per line.
+
+Blank lines, and ``#`` comment lines of SMILES files, are not records. Records are numbered
+(``ordinal``) 0, 1, 2 ... across all inputs in order; with ``shard=(K, N)`` only records with
+``ordinal % N == K - 1`` are yielded (round robin; ordinals stay those of the whole input).
+Items carry the raw bytes: parsing happens in the workers that featurize them
+(:mod:`neimsctl.chem.rowbuild`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import BinaryIO, Iterable, Iterator, NamedTuple, Sequence
+
+from neimsctl.io.streams import display_name, open_in
+
+__all__ = ["INPUT_FORMATS", "Item", "sniff_format", "iter_items"]
+
+INPUT_FORMATS = ("smi", "jsonl", "sdf")
+_HEAD = 4  # lines that may hold an SDF counts line
+
+
+class Item(NamedTuple):
+    """One input record as read: global ordinal, source file and line, kind and raw bytes."""
+
+    ordinal: int
+    file: str
+    line: int
+    kind: str          # "jsonl", "smi" or "sdf"
+    raw: bytes
+
+
+def sniff_format(head: Sequence[bytes], formats: Sequence[str] = INPUT_FORMATS) -> str:
+    """The format of a file starting with the lines ``head`` (see the module docstring).
+
+    ``head`` should reach the first non-blank line (and hold at least 4 lines when there are);
+    ``sdf`` is considered only when it is among ``formats``.
+
+    Examples
+    --------
+    >>> sniff_format([b"\\n", b'{"id": "a"}\\n'])
+    'jsonl'
+    >>> sniff_format([b"CCO ethanol\\n"])
+    'smi'
+    """
+    if "sdf" in formats and any(b"V2000" in ln or b"V3000" in ln for ln in head[:_HEAD]):
+        return "sdf"
+    first = next((ln.strip() for ln in head if ln.strip()), b"")
+    return "jsonl" if first.startswith(b"{") else "smi"
+
+
+def _sniffed(fh: BinaryIO, input_format: str | None,
+             formats: Sequence[str]) -> tuple[str, Iterator[bytes]]:
+    """``(format, every line of fh)``: reads ahead just far enough to detect the format."""
+    head: list[bytes] = []
+    if input_format is None:
+        for ln in fh:
+            head.append(ln)
+            if len(head) >= _HEAD and any(h.strip() for h in head):
+                break
+
+    def lines() -> Iterator[bytes]:
+        yield from head
+        yield from fh
+    return input_format or sniff_format(head, formats), lines()
+
+
+def iter_items(paths: Iterable[str | os.PathLike], input_format: str | None = None,
+               shard: tuple[int, int] | None = None, *,
+               formats: Sequence[str] = INPUT_FORMATS) -> Iterator[Item]:
+    """Input records of ``paths`` as :class:`Item`, numbered across files, shard-filtered.
+
+    Parameters
+    ----------
+    paths
+        Input files (``-`` = stdin; gzip/zstd are decoded, :func:`neimsctl.io.streams.open_in`).
+    input_format
+        ``smi``, ``jsonl`` or ``sdf`` for every file; ``None`` detects it per file.
+    shard
+        ``(K, N)``: yield only records with ``ordinal % N == K - 1``.
+    formats
+        What detection may choose (``featurize`` reads no SDF: ``("smi", "jsonl")``).
+    """
+    ordinal = 0
+
+    def keep() -> bool:
+        return shard is None or ordinal % shard[1] == shard[0] - 1
+
+    for path in paths:
+        name = display_name(path)
+        with open_in(path) as fh:
+            kind, lines = _sniffed(fh, input_format, formats)
+            if kind == "sdf":
+                buf: list[bytes] = []
+                start = 1
+                for lineno, raw in enumerate(lines, start=1):
+                    if raw.startswith(b"$$$$"):
+                        if keep():
+                            yield Item(ordinal, name, start, "sdf", b"".join(buf))
+                        ordinal, buf, start = ordinal + 1, [], lineno + 1
+                    else:
+                        buf.append(raw)
+                if b"".join(buf).strip():
+                    if keep():
+                        yield Item(ordinal, name, start, "sdf", b"".join(buf))
+                    ordinal += 1
+                continue
+            for lineno, raw in enumerate(lines, start=1):
+                text = raw.strip()
+                if not text or (kind == "smi" and text.startswith(b"#")):
+                    continue
+                if keep():
+                    yield Item(ordinal, name, lineno, kind, text)
+                ordinal += 1
