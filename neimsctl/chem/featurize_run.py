@@ -196,19 +196,6 @@ def run_settings(opts: RowOptions) -> tuple[dict[str, Any], str]:
     return settings, settings_hash(settings)
 
 
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """``"K/N"`` -> ``(K, N)`` with ``1 <= K <= N``; ``None`` passes through."""
-    if text is None:
-        return None
-    try:
-        k, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard {text!r}: expected K/N, e.g. 1/4") from None
-    if not 1 <= k <= n:
-        raise ValueError(f"--shard {text!r}: need 1 <= K <= N")
-    return k, n
-
-
 def guess_format(out: str | os.PathLike) -> str | None:
     """``h5``/``zst`` from an output file suffix; ``None`` when it says nothing."""
     suffix = Path(str(out)).suffix.lower()

@@ -102,7 +102,7 @@ def featurize_cli(
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
-    from neimsctl.chem.featurize_run import parse_shard
+    from neimsctl.io.inputs import parse_shard
 
     return parse_shard(text)
 

@@ -6,7 +6,7 @@ import contextlib
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -80,6 +80,10 @@ def predict_cli(
     no_inchikey: Annotated[bool, typer.Option(
         "--no-inchikey", help="Leave the InChIKey out of the output (it costs about a third of "
                               "the time per molecule; for very large libraries).")] = False,
+    shard: Annotated[Optional[str], typer.Option(
+        "--shard", help="K/N: predict only the records with ordinal % N == K-1 (round robin, "
+                        "the split of featurize --shard): N machines or array jobs each run one "
+                        "K; their outputs together are the library of one run.")] = None,
     out_of_domain: Annotated[Domain, typer.Option(
         "--out-of-domain", help="Molecules outside the model's domain (mixtures, ions, '*', "
                                 "labelled isotopes, elements such as metals, mass > 500): flag "
@@ -111,8 +115,11 @@ def predict_cli(
             usage_error(CMD, "--uncertainty needs -O jsonl (MSP has no place for it)")
         from neimsctl.io.parallel import available_cores, parse_jobs, resolve_jobs
 
+        from neimsctl.io.inputs import parse_shard
+
         try:
             jobs_n = parse_jobs(jobs)
+            shard_kn = parse_shard(shard)
         except ValueError as exc:
             usage_error(CMD, str(exc))
         from neimsctl.cli._progress import Progress
@@ -135,7 +142,8 @@ def predict_cli(
         stage = ChunkPredictor(lm, PredictOptions(
             fmt=fmt.value, top=top, strict=strict, batch_size=batch_size, uncertainty=uncertainty,
             mc_samples=mc_samples, inchikey=not no_inchikey, out_of_domain=out_of_domain.value))
-        n_jobs, items = resolve_jobs(jobs_n, iter_items(paths, in_fmt.value if in_fmt else None))
+        n_jobs, items = resolve_jobs(jobs_n, iter_items(paths, in_fmt.value if in_fmt else None,
+                                                          shard_kn))
         results = predicted(items, stage, jobs=n_jobs,
                             worker_threads=threads or max(1, cores // n_jobs))
         with open_out(output) as fout, Progress(CMD, paths, quiet=quiet) as bar:

@@ -21,7 +21,7 @@ from typing import BinaryIO, Iterable, Iterator, NamedTuple, Sequence
 
 from neimsctl.io.streams import display_name, open_in
 
-__all__ = ["INPUT_FORMATS", "Item", "sniff_format", "iter_items"]
+__all__ = ["INPUT_FORMATS", "Item", "sniff_format", "iter_items", "parse_shard"]
 
 INPUT_FORMATS = ("smi", "jsonl", "sdf")
 _HEAD = 4  # lines that may hold an SDF counts line
@@ -119,3 +119,25 @@ def iter_items(paths: Iterable[str | os.PathLike], input_format: str | None = No
                 if keep():
                     yield Item(ordinal, name, lineno, kind, text)
                 ordinal += 1
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``--shard K/N`` -> ``(K, N)`` with ``1 <= K <= N``; ``None`` passes through.
+
+    The shard holds the records with ``ordinal % N == K - 1`` (:func:`iter_items`), the same
+    split for ``featurize --shard`` and ``predict --shard``.
+
+    Raises
+    ------
+    ValueError
+        Not ``K/N`` with ``1 <= K <= N``.
+    """
+    if text is None:
+        return None
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected K/N, e.g. 1/4") from None
+    if not 1 <= k <= n:
+        raise ValueError(f"--shard {text!r}: need 1 <= K <= N")
+    return k, n

@@ -248,3 +248,19 @@ def test_jobs_auto_uses_the_cores_for_large_inputs_and_says_so(ckpt, neimsctl_ex
     bad = subprocess.run([neimsctl_exe, "predict", "-m", str(ckpt), "-j", "0"], input=b"CCO\n",
                          capture_output=True, check=False)
     assert bad.returncode == 2 and b"--jobs '0'" in bad.stderr
+
+
+def test_shards_together_are_the_library_of_one_run(ckpt, tmp_path):
+    """--shard K/N for K = 1..N: every molecule in exactly one part, predicted as in one run;
+    the parts concatenated hold the records of the single run (in another order)."""
+    smi = b"".join(b"C" * (1 + i % 9) + b"O mol%d\n" % i for i in range(23)) + b"xyz\n"
+
+    def records(stdout: bytes) -> list[bytes]:
+        return [r for r in stdout.split(b"\n\n") if r.strip()]
+    one = invoke("-m", str(ckpt), stdin=smi)
+    parts = [invoke("-m", str(ckpt), "--shard", f"{k}/3", stdin=smi) for k in (1, 2, 3)]
+    assert sorted(sum((records(p.stdout_bytes) for p in parts), [])) == \
+        sorted(records(one.stdout_bytes))
+    assert [len(records(p.stdout_bytes)) for p in parts] == [8, 8, 7]
+    assert [p.exit_code for p in parts] == [0, 0, 1]          # xyz (ordinal 23) is in part 3
+    assert invoke("-m", str(ckpt), "--shard", "0/3", stdin=smi).exit_code == 2
