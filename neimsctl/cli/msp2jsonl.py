@@ -11,8 +11,9 @@ from typing import Annotated
 import typer
 
 from neimsctl.cli._common import (EXIT_FAIL, InPaths, Jobs, OutPath, Quiet, RejectsPath, Strict,
-                                  Verbose, app, command, fail, require_input_or_usage,
-                                  setup_logging, usage_error)
+                                  Verbose, app, command, fail, input_pairs, output_pair,
+                                  refuse_clobber, require_input_or_usage, setup_logging,
+                                  usage_error)
 
 CMD = "msp2jsonl"
 log = logging.getLogger("neimsctl")
@@ -57,6 +58,8 @@ def msp2jsonl_cli(
         for p in paths:
             if str(p) != "-" and not p.is_file():
                 usage_error(CMD, f"{p}: no such file")
+        refuse_clobber(CMD, input_pairs(paths), [output_pair("-o", output)]
+                       + ([output_pair("--rejects", rejects)] if rejects else []))
         from neimsctl.chem.convert import ConvertOptions, convert_msp
         from neimsctl.errors import FormatError
         from neimsctl.io.rejects import Tally
