@@ -53,7 +53,7 @@ def test_crash_while_writing_leaves_no_partial_file(tmp_path: Path, monkeypatch)
     before = path.read_bytes()
 
     def crashing_save(obj, f, *a, **k):
-        Path(f).write_bytes(b"PK\x03\x04 half a zip")
+        f.write(b"PK\x03\x04 half a zip")  # save_checkpoint hands torch an open file
         raise KeyboardInterrupt  # e.g. Ctrl-C in the middle of torch.save
 
     monkeypatch.setattr(torch, "save", crashing_save)
