@@ -90,7 +90,9 @@ def _reject_logger(limit: int = 10):  # type: ignore[no-untyped-def]
         nonlocal seen
         seen += 1
         debug = log.isEnabledFor(logging.DEBUG)
-        if seen <= limit or debug:
+        if (seen <= limit or debug) and rej.id is None and rej.record is None:
+            log.info("%s: line %s: %s: %s", rej.file, rej.line, rej.reason, rej.detail)
+        elif seen <= limit or debug:
             log.info("%s: line %s: record %r (id %s): %s: %s", rej.file, rej.line, rej.record,
                      rej.id, rej.reason, rej.detail)
         if seen == limit and not debug:
