@@ -2,7 +2,7 @@
 
 - Inputs: JSONL records (contract 1) or ``SMILES [name]`` lines, per file auto-detected from
   the first non-blank line (``{`` -> JSONL) unless ``input_format`` is given. Blank lines and
-  ``#`` comment lines of SMILES files are not records.
+  ``#`` comment lines of SMILES files are not records. LF, CRLF and CR line ends are read.
 - Ordinals: records are numbered 0, 1, 2 ... across all inputs in order; ``shard=(K, N)`` keeps
   records with ``ordinal % N == K - 1`` (round robin, so shards are balanced without knowing the
   input length). Rows carry their ordinal, which lets ``shards merge`` restore input order.
@@ -28,7 +28,7 @@ from neimsctl.io.h5shard import ResumableShardWriter, ShardWriter
 from neimsctl.io.parallel import chunked, ordered_map
 from neimsctl.io.rejects import Reject, Tally
 from neimsctl.io.streams import (atomic_path, copy_file_to, display_name, is_dash,
-                                 is_special_file, open_in, spool_path)
+                                 is_special_file, iter_lines, open_in, spool_path)
 from neimsctl.io.zblock import ZBlockWriter
 
 CHUNK = 256
@@ -54,7 +54,7 @@ def iter_items(paths: Iterable[str | os.PathLike], input_format: str | None = No
         name = display_name(path)
         with open_in(path) as fh:
             kind = input_format
-            for lineno, raw in enumerate(fh, start=1):
+            for lineno, raw in enumerate(iter_lines(fh), start=1):
                 text = raw.strip()
                 if not text:
                     continue

@@ -25,7 +25,7 @@ from neimsctl.chem.rowbuild import Item, Rejected, RowBuilder, RowOptions
 from neimsctl.errors import InputError
 from neimsctl.io.parallel import chunked, ordered_map
 from neimsctl.io.rejects import Reject, Tally
-from neimsctl.io.streams import display_name, open_in
+from neimsctl.io.streams import display_name, iter_lines, open_in
 from neimsctl.train.predict_write import PredictionWriter
 from neimsctl.train.predictor import LoadedModel, predict_block
 
@@ -53,11 +53,11 @@ def _sniff(head: list[bytes]) -> str:
 
 def _lines(fh: BinaryIO, kind: str | None) -> tuple[str, Iterator[bytes]]:
     head = []
-    for ln in fh:
+    it = iter_lines(fh)  # LF, CRLF and CR line ends
+    for ln in it:
         head.append(ln)
         if len(head) >= 4:
             break
-    it = iter(fh)
 
     def chained() -> Iterator[bytes]:
         yield from head
