@@ -4,7 +4,8 @@ Exit status (repeated in every man page):
 
 0  success; help on request prints to stdout
 1  runtime failure, or some input records were rejected (see the command's page)
-2  usage error: bad option, or no input while stdin is a terminal
+2  usage error: bad option, no input while stdin is a terminal, or an output that is the same
+   file as an input or another output (:func:`refuse_clobber`)
 """
 
 from __future__ import annotations
