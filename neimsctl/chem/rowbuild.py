@@ -44,6 +44,8 @@ from neimsctl.io.featblock import empty_block
 
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Largest ionization energy (eV) taken as given; EI sources run at 10..100 eV.
+MAX_ENERGY = 10_000.0
 #: JSONL record fields that must be strings when present (else the record is ``bad_field``).
 TEXT_FIELDS = ("smiles", "id", "name", "formula", "inchikey")
 
@@ -81,7 +83,7 @@ class Rejected(NamedTuple):
 
 def ionization_energy(rec: dict[str, Any]) -> float:
     """eV from ``comments.ionization_energy`` (``"70 eV"``); NaN when absent, unspecified or
-    not a finite number."""
+    not a plausible energy (``0 < eV <= MAX_ENERGY``: ``1e400`` or 500 digits are no energy)."""
     comments = rec.get("comments")
     if not isinstance(comments, dict):
         return math.nan
@@ -92,7 +94,7 @@ def ionization_energy(rec: dict[str, Any]) -> float:
 def _energy(text: str) -> float:
     m = _NUMBER.search(text)
     value = float(m.group()) if m else math.nan
-    return value if math.isfinite(value) else math.nan
+    return value if 0 < value <= MAX_ENERGY else math.nan
 
 
 def clean_text(value: str) -> str:
@@ -299,7 +301,7 @@ class RowBuilder:
                 return Rejected(it, rid, "no_structure", "record has no SMILES", name or None)
             return rid, smiles, rec
         parts = it.raw.decode("utf-8", "replace").strip().split(None, 1)
-        rec = {"name": clean_text(parts[1]) if len(parts) > 1 else ""}
+        rec = {"name": clean_text(parts[1]).strip() if len(parts) > 1 else ""}
         return rec["name"] or f"{_stem(it.file)}:{it.line}", parts[0], rec
 
     def _row(self, it: Item, rid: str, smiles: str, rec: dict[str, Any],

@@ -124,3 +124,15 @@ def test_restore_into_wrong_model_is_checkpoint_error(tmp_path: Path) -> None:
     ckpt = ck.load_checkpoint(ck.save_checkpoint(tmp_path / "m.pt", model=model))
     with pytest.raises(CheckpointError, match="does not fit"):
         ck.restore(ckpt, model=torch.nn.Linear(2, 2), rng=False)
+
+
+def test_full_disk_is_an_output_error_naming_the_checkpoint(tmp_path: Path) -> None:
+    from neimsctl.errors import OutputError
+
+    model, _, _ = _objects()
+    with pytest.raises(OutputError, match="^/dev/full: cannot write: No space left on device"):
+        ck.save_checkpoint("/dev/full", model=model)  # not torch's 'unexpected pos' RuntimeError
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputError, match="cannot create the directory"):
+        ck.save_checkpoint(tmp_path / "file" / "last.pt", model=model)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
