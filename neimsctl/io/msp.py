@@ -182,7 +182,9 @@ def _norm_key(raw: str) -> str:
 def _parse_headers(rec: MspRecord, text: str, first: int) -> None:
     """Store the ``key: value`` lines of ``text`` (the header part of one record)."""
     fields = rec.fields
-    for i, line in enumerate(text.splitlines()):
+    # split at LF only: str.splitlines() also breaks at U+0085 (cp1252's '...' read as latin-1),
+    # U+2028 and U+2029, which a name may hold
+    for i, line in enumerate(text.split("\n")):
         raw_key, colon, value = line.partition(":")
         if not colon or not raw_key.strip():
             if not line.strip():

@@ -274,3 +274,12 @@ def test_peaks_that_are_not_finite_numbers(peaks, reason):
 def test_absurd_num_peaks(value, reason):
     recs = read(GOOD.replace(b"Num Peaks: 3", b"Num Peaks: " + value) + b"\n" + GOOD)
     assert [r.reason for r in recs] == [reason, None]  # (not last: else it looks truncated)
+
+
+@pytest.mark.parametrize("char", ["\u0085", "\u2028", "\u2029"])
+def test_unicode_line_separators_in_a_name_are_no_line_end(char):
+    """Found by the fuzz suite: predict wrote 'Name: x\\u0085y', the reader split it in two."""
+    for data in (f"Name: x{char}y\nNum Peaks: 1\n15 999\n".encode(),
+                 b"Name: Bis(2-ethylhexyl)\x85 phthalate\nNum Peaks: 1\n15 999\n"):  # cp1252 '...'
+        rec = one(data)
+        assert rec.reason is None and rec.name.startswith(("x", "Bis")), rec.detail
