@@ -102,15 +102,16 @@ def sniff(path: str | os.PathLike) -> str:
     return "text"
 
 
-def lf_chunks(stream: BinaryIO, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+def lf_chunks(stream: BinaryIO, chunk_size: int = 1 << 20, *, partial: bool = False) -> Iterator[bytes]:
     """Chunks of ``stream`` with every CRLF and lone CR line end turned into LF.
 
     A chunk without any CR (the common case) is passed on as it is, found by one ``in``
     scan; a CR at the very end of a chunk is held back until the next one shows whether it
     starts a CRLF pair, so a pair split by the chunking still counts as one line end.
-    Empty chunks are never yielded.
+    Empty chunks are never yielded. ``partial``: pass on what a pipe has (``read1``) instead
+    of waiting for ``chunk_size`` bytes, so lines arrive as they are written.
     """
-    read = stream.read
+    read = getattr(stream, "read1", stream.read) if partial else stream.read
     hold = b""
     while True:
         chunk = read(chunk_size)
@@ -130,7 +131,7 @@ def lf_chunks(stream: BinaryIO, chunk_size: int = 1 << 20) -> Iterator[bytes]:
 
 def _line_runs(stream: BinaryIO, chunk_size: int) -> Iterator[Iterable[bytes]]:
     parts: list[bytes] = []  # the pieces of a line not ended yet (joined once, never re-copied)
-    for chunk in lf_chunks(stream, chunk_size):
+    for chunk in lf_chunks(stream, chunk_size, partial=True):
         cut = chunk.rfind(b"\n") + 1
         if not cut:
             parts.append(chunk)

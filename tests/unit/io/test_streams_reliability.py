@@ -152,3 +152,21 @@ def test_symlinked_output_keeps_the_link_and_fd_names_are_written_through(tmp_pa
     with atomic_path("/dev/stderr") as p:  # never a temp file renamed onto /dev/stderr
         assert str(p) == "/dev/stderr"
     assert os.path.islink("/dev/stderr") == was_link
+
+
+def test_iter_lines_passes_on_lines_as_a_pipe_delivers_them() -> None:
+    import threading
+    import time
+
+    r, w = os.pipe()
+    got: list[tuple[bytes, float]] = []
+    writer = threading.Thread(target=lambda: (os.write(w, b"first\n"), time.sleep(1.0),
+                                              os.write(w, b"second\n"), os.close(w)))
+    with os.fdopen(r, "rb", buffering=1 << 20) as fh:
+        start = time.monotonic()
+        writer.start()
+        for line in iter_lines(fh):
+            got.append((line, time.monotonic() - start))
+    writer.join()
+    assert [g[0] for g in got] == [b"first\n", b"second\n"]
+    assert got[0][1] < 0.8 <= got[1][1]  # the first line did not wait for 64 KB or the end
