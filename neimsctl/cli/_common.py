@@ -157,6 +157,9 @@ def output_pair(label: str, path: Path | str | None) -> tuple[str, Path | str | 
 def command(cmd: str) -> Iterator[None]:
     """Error boundary of a subcommand: typed errors -> message + exit 1; quiet on broken pipe.
 
+    An ``OSError`` no library code turned into a typed error is one line too (its file name and
+    reason), exit 1: never a traceback.
+
     Ctrl-C (SIGINT) and SIGTERM always unwind as ``KeyboardInterrupt`` (temporary outputs
     removed, exit 128 + the signal number: 130, 143), also when a non-interactive shell started
     the command with SIGINT ignored (``cmd &``), and also when the first ``KeyboardInterrupt``
