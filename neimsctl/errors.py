@@ -39,6 +39,13 @@ class FormatError(NeimsError):
         super().__init__(f"{': '.join(where)}: {message}" if where else message)
 
 
+class OutputError(NeimsError):
+    """An output that cannot be written: missing directory, read-only file system, full disk.
+
+    The message is ``<path>: <why>`` naming the path the user gave (never a temporary name).
+    """
+
+
 class ConfigError(NeimsError):
     """Invalid configuration: unknown key, wrong type, bad override."""
 

@@ -99,8 +99,10 @@ def convert_record(rec: MspRecord, opts: ConvertOptions,
         inchikey = inchikey or None
         flags = stm.compare_with_msp(st, f)  # type: ignore[arg-type]
         check_mw: float | None = mw
-    else:
+    else:  # the MSP's MW line is the filter's input: one that is not a finite number is a reject
         check_mw = parse_number(f["mw"]) if f.get("mw") else None
+        if check_mw is None and f.get("mw"):
+            return "bad_mw", f"MW {f['mw'][:40]!r} is not a finite number (--no-structure filters on it)"
     if check_mw is not None and not opts.min_mw <= check_mw <= opts.max_mw:
         return "mw_out_of_range", f"MW {check_mw:g} outside [{opts.min_mw:g}, {opts.max_mw:g}]"
     mz, intensity = rec.mz, rec.intensity
@@ -162,7 +164,8 @@ def convert_raw(file: str, raws: list[RawRecord], opts: ConvertOptions) -> Chunk
         else:
             clean = False
             out.append(Reject(reason=res[0], detail=res[1], file=rec.file, line=rec.line,
-                              record=rec.name or None, id=rec.record_id))
+                              record=rec.name or None,
+                              id=rec.record_id if rec.is_record else None))
     return len(raws), (b"".join(out) if clean else out)  # type: ignore[arg-type]
 
 

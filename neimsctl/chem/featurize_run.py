@@ -3,7 +3,7 @@
 - Inputs (:func:`neimsctl.io.inputs.iter_items` with :data:`FEATURIZE_FORMATS`): JSONL records
   (contract 1) or ``SMILES [name]`` lines, per file auto-detected from the first non-blank line
   (``{`` -> JSONL) unless ``input_format`` is given. Blank lines and ``#`` comment lines of
-  SMILES files are not records.
+  SMILES files are not records. LF, CRLF and CR line ends are read.
 - Ordinals: records are numbered 0, 1, 2 ... across all inputs in order; ``shard=(K, N)`` keeps
   records with ``ordinal % N == K - 1`` (round robin, so shards are balanced without knowing the
   input length). Rows carry their ordinal, which lets ``shards merge`` restore input order.

@@ -8,7 +8,14 @@ a bad line, where featurize reports the line as a ``bad_json`` reject and goes o
 JSONL records (contract 1) are trusted for ``smiles`` (already RDKit-canonical), ``inchikey``,
 ``formula`` and ``mw``; missing values are computed. SMILES lines are canonicalized here.
 
-Reject reasons: ``bad_json`` (not a JSON object), ``no_structure`` (record without SMILES),
+Fields of JSONL records are checked before use: ``smiles``, ``id`` (a number is taken as
+text), ``name``, ``formula`` and ``inchikey`` must be strings (or null), a ``formula`` that cannot be read is replaced by the
+structure's own, a non-integer ``mw`` is recomputed, ``comments`` other than an object are
+ignored. Control characters in text fields become blanks, so that no name or id can break the
+line structure of an MSP or JSONL output.
+
+Reject reasons: ``bad_json`` (not a JSON object), ``bad_field`` (a field above of the wrong
+type), ``no_structure`` (record without SMILES),
 ``unparsable_smiles`` (RDKit cannot read it), ``mw_out_of_range`` (nominal mass outside
 ``[min_mw, max_mw]``, SPEC.md: 50..1000 Da), ``featurize_failed`` (RDKit raised while
 computing features), ``bad_peaks`` (``mz`` and ``intensity`` unusable, e.g. of different
@@ -37,6 +44,11 @@ from neimsctl.io.featblock import empty_block
 from neimsctl.io.inputs import Item
 
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Largest ionization energy (eV) taken as given; EI sources run at 10..100 eV.
+MAX_ENERGY = 10_000.0
+#: JSONL record fields that must be strings when present (else the record is ``bad_field``).
+TEXT_FIELDS = ("smiles", "id", "name", "formula", "inchikey")
 
 
 
@@ -61,14 +73,32 @@ class Rejected(NamedTuple):
 
 
 def ionization_energy(rec: dict[str, Any]) -> float:
-    """eV from ``comments.ionization_energy`` (``"70 eV"``); NaN when absent or unspecified."""
-    return _energy(str((rec.get("comments") or {}).get("ionization_energy")))
+    """eV from ``comments.ionization_energy`` (``"70 eV"``); NaN when absent, unspecified or
+    not a plausible energy (``0 < eV <= MAX_ENERGY``: ``1e400`` or 500 digits are no energy)."""
+    comments = rec.get("comments")
+    if not isinstance(comments, dict):
+        return math.nan
+    return _energy(str(comments.get("ionization_energy"))[:100])
 
 
 @functools.lru_cache(maxsize=256)
 def _energy(text: str) -> float:
     m = _NUMBER.search(text)
-    return float(m.group()) if m else math.nan
+    value = float(m.group()) if m else math.nan
+    return value if 0 < value <= MAX_ENERGY else math.nan
+
+
+def clean_text(value: str) -> str:
+    """``value`` with control characters (line breaks, NUL, ...) turned into blanks."""
+    return _CONTROL.sub(" ", value) if _CONTROL.search(value) else value
+
+
+def _formula_mass(formula: str) -> int | None:
+    """Nominal mass of a record's formula text, ``None`` when it cannot be read."""
+    try:
+        return formula_nominal_mass(formula)
+    except (RuntimeError, ValueError, IndexError, KeyError):  # unknown element, huge count
+        return None
 
 
 class _Structure:
@@ -248,13 +278,21 @@ class RowBuilder:
                     raise ValueError("not a JSON object")
             except (orjson.JSONDecodeError, ValueError) as exc:
                 return Rejected(it, None, "bad_json", str(exc))
-            rid = str(rec.get("id") or f"{_stem(it.file)}:{it.ordinal}")
+            if type(rec.get("id")) is int:  # a NIST number written as a number
+                rec["id"] = str(rec["id"])
+            bad = [k for k in TEXT_FIELDS if rec.get(k) is not None and type(rec[k]) is not str]
+            rid = rec.get("id") if type(rec.get("id")) is str else None
+            rid = clean_text(rid) if rid else f"{_stem(it.file)}:{it.ordinal}"
+            name = clean_text(rec["name"]) if type(rec.get("name")) is str else None
+            if bad:
+                return Rejected(it, rid, "bad_field", "; ".join(
+                    f"{k} is a JSON {_json_type(rec[k])}, not a string" for k in bad), name or None)
             smiles = rec.get("smiles")
             if not smiles:
-                return Rejected(it, rid, "no_structure", "record has no SMILES", rec.get("name"))
+                return Rejected(it, rid, "no_structure", "record has no SMILES", name or None)
             return rid, smiles, rec
         parts = it.raw.decode("utf-8", "replace").strip().split(None, 1)
-        rec = {"name": parts[1] if len(parts) > 1 else ""}
+        rec = {"name": clean_text(parts[1]).strip() if len(parts) > 1 else ""}
         return rec["name"] or f"{_stem(it.file)}:{it.line}", parts[0], rec
 
     def _row(self, it: Item, rid: str, smiles: str, rec: dict[str, Any],
@@ -264,7 +302,13 @@ class RowBuilder:
         if type(st) is tuple:
             return Rejected(it, rid, st[0], st[1], rec.get("name") or None)
         formula = rec.get("formula") or st.formula()
-        mw = rec.get("mw") if isinstance(rec.get("mw"), int) else formula_nominal_mass(formula)
+        mw = rec.get("mw")
+        if type(mw) is not int:  # absent, null, a float or text: computed (bool is no mass)
+            mw = _formula_mass(formula)
+            if mw is None:  # the record's formula cannot be read: the structure's own
+                formula = st.formula()
+                mw = formula_nominal_mass(formula)
+        formula = clean_text(formula)
         if not o.min_mw <= mw <= o.max_mw:
             return Rejected(it, rid, "mw_out_of_range",
                             f"nominal mass {mw} not in {o.min_mw}..{o.max_mw}", rec.get("name") or None)
@@ -272,7 +316,7 @@ class RowBuilder:
             return Rejected(it, rid, "featurize_failed", st.error, rec.get("name") or None)
         if it.kind == "smi":
             smiles = st.canonical()
-        inchikey = rec.get("inchikey") or (st.key() if o.inchikey else "")
+        inchikey = clean_text(rec.get("inchikey") or (st.key() if o.inchikey else ""))
         feats = st.feats
         mz = rec.get("mz") or []
         peaks = None
@@ -286,7 +330,7 @@ class RowBuilder:
                 except (ValueError, TypeError) as exc:
                     return Rejected(it, rid, "bad_peaks", str(exc), rec.get("name") or None)
                 peaks = spec
-        return (it.ordinal, rid, smiles, str(rec.get("name") or ""), formula, inchikey or "", mw,
+        return (it.ordinal, rid, smiles, clean_text(rec.get("name") or ""), formula, inchikey or "", mw,
                 ionization_energy(rec), peaks, feats, it)
 
     def _assemble(self, rows: list[tuple], spectrum: np.ndarray,
@@ -317,6 +361,11 @@ class RowBuilder:
             out["edge_index"] = np.concatenate([f.edge_index for f in feats])
             out["edge_attr"] = np.concatenate([f.edge_attr for f in feats]).astype(np.float16)
         return out
+
+
+def _json_type(value: Any) -> str:
+    return {bool: "boolean", int: "number", float: "number", list: "array",
+            dict: "object"}.get(type(value), type(value).__name__)
 
 
 def _stem(file: str) -> str:

@@ -31,6 +31,7 @@ _COMMON_ISOTOPE = [0] + [_PT.GetMostCommonIsotope(z) for z in range(1, 119)]
 _FORMULA_TOKEN = re.compile(r"(\[\d+[A-Z][a-z]?\]|[A-Z][a-z]?)(\d*)")
 _SYMBOL_MASS: dict[str, int] = {"D": 2, "T": 3}
 _M_END = re.compile(r"^M  END[ \t]*\r?$", re.M)
+_UNSAFE_IN_NAME = frozenset({"/", "\\", "\x00", os.sep, os.altsep or "/"})
 
 
 class StructureError(FormatError):
@@ -113,12 +114,19 @@ def mol_from_molblock(text: str, where: str = "MOL block") -> Chem.Mol:
 def read_mol_file(mol_dir: str | os.PathLike, record_id: str) -> Chem.Mol:
     """Read ``<mol_dir>/ID<record_id>.MOL`` (or ``.mol``).
 
+    Only plain file names directly inside ``mol_dir`` are opened: an ID holding a path
+    separator (``../outside/secret``, ``/etc/passwd``) or a NUL byte is refused, so an MSP file
+    cannot make the converter read files elsewhere.
+
     Raises
     ------
     StructureError
-        ``missing_mol_file`` when no such file exists, ``unparsable_structure`` when it
-        cannot be parsed.
+        ``unsafe_mol_path`` when the ID is not a plain file name, ``missing_mol_file`` when no
+        such file exists, ``unparsable_structure`` when it cannot be parsed.
     """
+    if any(c in record_id for c in _UNSAFE_IN_NAME):
+        raise StructureError("unsafe_mol_path", f"record ID {record_id[:80]!r} is not a plain file "
+                             f"name; only files directly in {mol_dir} are read")
     base = Path(mol_dir)
     for name in (f"ID{record_id}.MOL", f"ID{record_id}.mol", f"{record_id}.MOL", f"{record_id}.mol"):
         path = base / name
@@ -203,15 +211,34 @@ def describe_inchi(inchi: str) -> Structure:
 
 
 def formula_counts(formula: str) -> dict[str, int]:
-    """Element (or ``[13C]``-style isotope) counts of a formula; order and blanks ignored."""
+    """Element (or ``[13C]``-style isotope) counts of a formula; order and blanks ignored.
+
+    Raises
+    ------
+    ValueError
+        A count too long to be a number (more than 4300 digits).
+    """
     counts: dict[str, int] = {}
     for sym, num in _FORMULA_TOKEN.findall(formula.replace(" ", "")):
         counts[sym] = counts.get(sym, 0) + (int(num) if num else 1)
     return counts
 
 
+def _msp_number(text: str) -> float | None:
+    """A finite number from an MSP header value (decimal comma accepted), else ``None``."""
+    try:
+        value = float(text.replace(",", "."))
+    except ValueError:
+        return None
+    return value if value - value == 0 else None
+
+
 def compare_with_msp(st: Structure, fields: dict[str, str]) -> list[str]:
     """Flags for the MSP's own Formula / MW / InChIKey / ExactMass that disagree with ``st``.
+
+    These MSP lines are informational once the structure is known (RDKit computes formula,
+    masses and key from it), so a value that cannot even be read (``MW: inf``, ``MW: 1e400``,
+    a count of thousands of digits) is a disagreement like any other: flagged, never an error.
 
     Returns
     -------
@@ -221,23 +248,24 @@ def compare_with_msp(st: Structure, fields: dict[str, str]) -> list[str]:
     """
     flags = []
     formula = fields.get("formula")
-    if formula and formula.replace(" ", "") != st.formula and formula_counts(formula) != formula_counts(st.formula):
-        flags.append("formula_mismatch")
+    if formula and formula.replace(" ", "") != st.formula:
+        try:
+            same = formula_counts(formula) == formula_counts(st.formula)
+        except ValueError:
+            same = False
+        if not same:
+            flags.append("formula_mismatch")
     mw = fields.get("mw")
     if mw:
-        try:
-            if round(float(mw.replace(",", "."))) != st.mw:
-                flags.append("mw_mismatch")
-        except ValueError:
+        value = _msp_number(mw)
+        if value is None or round(value) != st.mw:
             flags.append("mw_mismatch")
     key = fields.get("inchikey")
     if key and st.inchikey and key.strip().upper() != st.inchikey:
         flags.append("inchikey_mismatch")
     exact = fields.get("exactmass")
     if exact:
-        try:
-            if abs(float(exact.replace(",", ".")) - st.exact_mass) > 2e-3:
-                flags.append("exact_mass_mismatch")
-        except ValueError:
+        value = _msp_number(exact)
+        if value is None or abs(value - st.exact_mass) > 2e-3:
             flags.append("exact_mass_mismatch")
     return flags

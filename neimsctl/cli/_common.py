@@ -4,7 +4,8 @@ Exit status (repeated in every man page):
 
 0  success; help on request prints to stdout
 1  runtime failure, or some input records were rejected (see the command's page)
-2  usage error: bad option, or no input while stdin is a terminal
+2  usage error: bad option, no input while stdin is a terminal, or an output that is the same
+   file as an input or another output (:func:`refuse_clobber`)
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Iterator, NoReturn
+from typing import Annotated, Iterable, Iterator, NoReturn
 
 import typer
 
@@ -68,10 +69,21 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     root.propagate = False
 
 
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null: what it still holds cannot be written (broken pipe, disk
+    full), and Python's flush at exit must not print a traceback about it."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def eprint(cmd: str, what: str, why: str | None = None) -> None:
     """The one error printer: ``neimsctl <cmd>: <what>: <why>`` on stderr (stdout flushed first)."""
-    with contextlib.suppress(Exception):
+    try:
         sys.stdout.flush()
+    except Exception:  # noqa: BLE001 - stdout is gone (full disk, closed pipe): say so on stderr
+        _stdout_to_devnull()
     msg = f"neimsctl {cmd}: {what}" + (f": {why}" if why else "")
     print(msg, file=sys.stderr, flush=True)
 
@@ -98,9 +110,58 @@ def require_input_or_usage(cmd: str, inputs: list[Path] | None) -> list[Path]:
     return paths
 
 
+def refuse_clobber(cmd: str, inputs: Iterable[tuple[str, Path | str | None]],
+                   outputs: Iterable[tuple[str, Path | str | None]]) -> None:
+    """Exit 2 (usage) when an output is the same file as an input or another output.
+
+    ``inputs`` and ``outputs`` are ``(label, path)`` pairs (``-``: stdin / stdout, compared by
+    what they are open on, so ``>> x.msp`` and ``< x.msp`` count); see
+    :func:`neimsctl.io.streams.find_clash`. Call it before anything is written.
+    """
+    from neimsctl.io.streams import find_clash
+
+    clash = find_clash(inputs, outputs)
+    if clash is None:
+        return
+    if clash.other_is_input:
+        note = ""
+        if clash.output == "stdout" and not _stdout_appends():
+            note = " (the shell's '>' has emptied it already)"
+        usage_error(cmd, f"{clash.output} is the same file as {clash.other}: refusing to "
+                         f"write into an input{note}")
+    usage_error(cmd, f"{clash.output} is the same file as {clash.other}: give each output "
+                     "its own file")
+
+
+def _stdout_appends() -> bool:
+    """stdout was opened for appending (``>>``), which leaves the file's content in place."""
+    try:
+        import fcntl
+
+        return bool(fcntl.fcntl(sys.stdout.fileno(), fcntl.F_GETFL) & os.O_APPEND)
+    except (ImportError, OSError, ValueError):
+        return False
+
+
+def input_pairs(paths: Iterable[Path | str | None], label: str = "input") -> list[tuple[str, Path | str | None]]:
+    """``(label, path)`` pairs for :func:`refuse_clobber` (``-`` is labelled ``stdin``)."""
+    return [("stdin" if p is None or str(p) == "-" else f"{label} {p}", p) for p in paths]
+
+
+def output_pair(label: str, path: Path | str | None) -> tuple[str, Path | str | None]:
+    """``(label, path)`` of one output for :func:`refuse_clobber`: ``-o -`` is labelled
+    ``stdout``, another option's ``-`` e.g. ``--rejects - (stdout)``."""
+    if path is None or str(path) == "-":
+        return ("stdout" if label == "-o" else f"{label} - (stdout)", path)
+    return (f"{label} {path}", path)
+
+
 @contextlib.contextmanager
 def command(cmd: str) -> Iterator[None]:
     """Error boundary of a subcommand: typed errors -> message + exit 1; quiet on broken pipe.
+
+    An ``OSError`` no library code turned into a typed error is one line too (its file name and
+    reason), exit 1: never a traceback.
 
     Ctrl-C (SIGINT) and SIGTERM always unwind as ``KeyboardInterrupt`` (temporary outputs
     removed, exit 128 + the signal number: 130, 143), also when a non-interactive shell started
@@ -118,11 +179,12 @@ def command(cmd: str) -> Iterator[None]:
         raise
     except BrokenPipeError:
         # `neimsctl ... | head`: point stdout at devnull and leave quietly.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _stdout_to_devnull()
         raise typer.Exit(EXIT_OK) from None
     except NeimsError as exc:
         fail(cmd, str(exc))
+    except OSError as exc:  # an I/O failure no library code named: still one line, exit 1
+        fail(cmd, str(exc.filename) if exc.filename else "I/O error", exc.strerror or str(exc))
     except KeyboardInterrupt:
         eprint(cmd, "interrupted")
         raise typer.Exit(128 + (interrupts.pending() or signal.SIGINT)) from None

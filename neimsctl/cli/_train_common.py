@@ -10,7 +10,11 @@ import typer
 from neimsctl.cli._common import eprint
 
 __all__ = ["Overrides", "Resume", "TrainDevice", "config_option", "run_dir_option",
-           "config_sets", "finish_run"]
+           "config_sets", "finish_run", "run_dir_outputs"]
+
+#: The files a training run writes into its run directory (besides ``epoch_NNNN.pt``).
+RUN_DIR_FILES = ("config.yaml", "train_log.jsonl", "report.md", "checkpoints/last.pt",
+                 "checkpoints/best.pt", "checkpoints/interrupted.pt")
 
 Overrides = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Config override section.key=value (repeatable), e.g. train.epochs=3.",
@@ -39,6 +43,13 @@ def config_sets(overrides: list[str] | None, extra: dict[str, object]) -> list[s
     sets = list(overrides or [])
     sets += [f"{key}={value}" for key, value in extra.items() if value is not None]
     return sets
+
+
+def run_dir_outputs(out_dir: Path, extra: tuple[str, ...] = ()) -> list[tuple[str, Path]]:
+    """``(label, path)`` of every file a run writes into ``out_dir``, for ``refuse_clobber``:
+    a data input or checkpoint given as one of them would be overwritten during the run."""
+    return [(f"--out-dir {out_dir} (writes {name})", Path(out_dir) / name)
+            for name in (*RUN_DIR_FILES, *extra)]
 
 
 def finish_run(cmd: str, result: Any, cfg: Any, out_dir: Path) -> None:

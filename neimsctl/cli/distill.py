@@ -8,9 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from neimsctl.cli._common import Quiet, Verbose, app, command, fail, setup_logging, usage_error
+from neimsctl.cli._common import (Quiet, Verbose, app, command, fail, input_pairs, refuse_clobber,
+                                  setup_logging, usage_error)
 from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, config_option,
-                                        config_sets, finish_run, run_dir_option)
+                                        config_sets, finish_run, run_dir_option, run_dir_outputs)
 
 CMD = "distill"
 #: Bundled profiles used when --config is not given (repo checkout / editable install).
@@ -100,6 +101,10 @@ def distill_cli(
                                     *[x for x in (teacher, soft) if x]] if not p.is_file()]
         if missing:
             fail(CMD, ", ".join(missing), "no such file")
+        refuse_clobber(CMD, input_pairs(paths) + input_pairs(teacher_feats or [], "--teacher-feats")
+                       + input_pairs(map(Path, cfg.data.transfer), "--transfer")
+                       + input_pairs([x for x in (teacher, soft) if x], "input"),
+                       run_dir_outputs(out_dir))
         from neimsctl.train.distill import run_distill
 
         if teacher is not None:

@@ -8,7 +8,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from neimsctl.cli._common import Quiet, Verbose, app, command, setup_logging, usage_error
+from neimsctl.cli._common import (Quiet, Verbose, app, command, input_pairs, output_pair,
+                                  refuse_clobber, setup_logging, usage_error)
+
+#: The files ``--report DIR`` writes (neimsctl.evaluate.plots, evaluate.report).
+REPORT_FILES = ("report.md", "mirror_best.png", "mirror_median.png", "mirror_worst.png",
+                "recall_at_k.png", "cosine_hist.png", "calibration.png")
 
 CMD = "eval"
 
@@ -64,6 +69,9 @@ def eval_cli(
         usage_error(CMD, str(exc))
     if str(predicted) == "-" and str(measured) == "-":
         usage_error(CMD, "only one of PREDICTED and MEASURED can be '-' (stdin)")
+    refuse_clobber(CMD, input_pairs([predicted, measured]) + input_pairs(library or [], "--library"),
+                   [output_pair("-o", "-")] + [output_pair("--report", report / name)
+                                               for name in (REPORT_FILES if report else ())])
     with command(CMD):
         import orjson
 

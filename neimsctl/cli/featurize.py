@@ -11,8 +11,9 @@ from typing import Annotated, Optional
 import typer
 
 from neimsctl.cli._common import (EXIT_FAIL, InPaths, fail, Jobs, NoProvenance, OutPath, Quiet,
-                                  RejectsPath, Strict, Verbose, app, command, eprint,
-                                  require_input_or_usage, setup_logging, usage_error)
+                                  RejectsPath, Strict, Verbose, app, command, eprint, input_pairs,
+                                  output_pair, refuse_clobber, require_input_or_usage,
+                                  setup_logging, usage_error)
 
 CMD = "featurize"
 
@@ -90,6 +91,8 @@ def featurize_cli(
         usage_error(CMD, "refusing to write binary features to a terminal: use -o FILE or a pipe")
     if resume and (to_stdout or chosen != "h5"):
         usage_error(CMD, "--resume needs an HDF5 file output (-o FILE.h5)")
+    refuse_clobber(CMD, input_pairs(paths), [output_pair("-o", out)]
+                   + ([output_pair("--rejects", rejects)] if rejects else []))
 
     with command(CMD):
         try:
@@ -98,7 +101,8 @@ def featurize_cli(
         except BrokenPipeError:
             raise
         except OSError as exc:
-            fail(CMD, str(exc.filename or out), exc.strerror or str(exc))
+            fail(CMD, str(exc.filename or ("<stdout>" if to_stdout else out)),
+                 exc.strerror or str(exc))
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:

@@ -8,9 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from neimsctl.cli._common import Quiet, Verbose, app, command, fail, setup_logging, usage_error
+from neimsctl.cli._common import (Quiet, Verbose, app, command, fail, input_pairs, refuse_clobber,
+                                  setup_logging, usage_error)
 from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, config_option,
-                                        config_sets, finish_run, run_dir_option)
+                                        config_sets, finish_run, run_dir_option, run_dir_outputs)
 
 CMD = "finetune"
 
@@ -51,6 +52,8 @@ def finetune_cli(
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             fail(CMD, ", ".join(missing), "no such file")
+        refuse_clobber(CMD, input_pairs(paths) + input_pairs([init] if init else [], "--init"),
+                       run_dir_outputs(out_dir))
         from neimsctl.train.finetune import run_finetune
 
         result = run_finetune(cfg, paths, out_dir, init=init, resume=resume or None,

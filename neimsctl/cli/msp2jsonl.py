@@ -11,8 +11,9 @@ from typing import Annotated
 import typer
 
 from neimsctl.cli._common import (EXIT_FAIL, InPaths, Jobs, OutPath, Quiet, RejectsPath, Strict,
-                                  Verbose, app, command, fail, require_input_or_usage,
-                                  setup_logging, usage_error)
+                                  Verbose, app, command, fail, input_pairs, output_pair,
+                                  refuse_clobber, require_input_or_usage, setup_logging,
+                                  usage_error)
 
 CMD = "msp2jsonl"
 log = logging.getLogger("neimsctl")
@@ -57,6 +58,8 @@ def msp2jsonl_cli(
         for p in paths:
             if str(p) != "-" and not p.is_file():
                 usage_error(CMD, f"{p}: no such file")
+        refuse_clobber(CMD, input_pairs(paths), [output_pair("-o", output)]
+                       + ([output_pair("--rejects", rejects)] if rejects else []))
         from neimsctl.chem.convert import ConvertOptions, convert_msp
         from neimsctl.errors import FormatError
         from neimsctl.io.rejects import Tally
@@ -87,7 +90,9 @@ def _reject_logger(limit: int = 10):  # type: ignore[no-untyped-def]
         nonlocal seen
         seen += 1
         debug = log.isEnabledFor(logging.DEBUG)
-        if seen <= limit or debug:
+        if (seen <= limit or debug) and rej.id is None and rej.record is None:
+            log.info("%s: line %s: %s: %s", rej.file, rej.line, rej.reason, rej.detail)
+        elif seen <= limit or debug:
             log.info("%s: line %s: record %r (id %s): %s: %s", rej.file, rej.line, rej.record,
                      rej.id, rej.reason, rej.detail)
         if seen == limit and not debug:

@@ -10,8 +10,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from neimsctl.cli._common import (EXIT_FAIL, Device, InPaths, JobsAuto, OutPath, Quiet, RejectsPath,
-                                  Strict, Verbose, app, command, fail, require_input_or_usage,
+from neimsctl.cli._common import (EXIT_FAIL, Device, InPaths, JobsAuto, OutPath, Quiet,
+                                  RejectsPath, Strict, Verbose, app, command, fail, input_pairs,
+                                  output_pair, refuse_clobber, require_input_or_usage,
                                   setup_logging, usage_error)
 
 CMD = "predict"
@@ -113,6 +114,9 @@ def predict_cli(
             usage_error(CMD, "--uncertainty needs -O jsonl (--top lists carry no uncertainty)")
         if uncertainty and fmt is OutFmt.msp:
             usage_error(CMD, "--uncertainty needs -O jsonl (MSP has no place for it)")
+        refuse_clobber(CMD, input_pairs(paths) + input_pairs([model], "--model"),
+                       [output_pair("-o", output)]
+                       + ([output_pair("--rejects", rejects)] if rejects else []))
         from neimsctl.io.parallel import available_cores, parse_jobs, resolve_jobs
 
         from neimsctl.io.inputs import parse_shard

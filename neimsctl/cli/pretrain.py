@@ -10,9 +10,10 @@ from typing import Annotated, Optional
 import typer
 
 from neimsctl.cli._common import (EXIT_FAIL, InPaths, Quiet, Verbose, app, command, eprint, fail,
-                                  require_input_or_usage, setup_logging, usage_error)
+                                  input_pairs, refuse_clobber, require_input_or_usage,
+                                  setup_logging, usage_error)
 from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, config_option,
-                                        config_sets, finish_run, run_dir_option)
+                                        config_sets, finish_run, run_dir_option, run_dir_outputs)
 
 CMD = "pretrain"
 
@@ -65,6 +66,7 @@ def pretrain_cli(
     if not config.is_file():
         usage_error(CMD, f"--config {config}: no such file")
     missing = [str(p) for p in paths if str(p) != "-" and not p.is_file()]
+    refuse_clobber(CMD, input_pairs(paths), run_dir_outputs(out_dir, ("rejects.jsonl",)))
     with command(CMD):
         if missing:
             fail(CMD, ", ".join(missing), "no such file")

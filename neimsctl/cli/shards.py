@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 
 from neimsctl.cli._common import (NoProvenance, fail, Quiet, Verbose, app, command, eprint,
-                                  setup_logging, usage_error)
+                                  input_pairs, output_pair, refuse_clobber, setup_logging,
+                                  usage_error)
 
 CMD = "shards"
 shards_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
@@ -30,6 +31,7 @@ def list_cli(
 
     zblock streams are read to the end to count their rows. See neimsctl-shards(1).
     """
+    refuse_clobber(f"{CMD} list", input_pairs(files), [output_pair("-o", "-")])
     with command(f"{CMD} list"):
         from neimsctl.io.featsource import list_features
 
@@ -67,6 +69,7 @@ def merge_cli(
     setup_logging(verbose, quiet)
     if str(out) == "-":
         usage_error(f"{CMD} merge", "-o must name a file (HDF5 needs seek)")
+    refuse_clobber(f"{CMD} merge", input_pairs(files), [output_pair("-o", out)])
     with command(f"{CMD} merge"):
         from neimsctl.io.featsource import merge_shards
         from neimsctl.io.provenance import provenance
@@ -105,6 +108,7 @@ def split_cli(
         usage_error(f"{CMD} split", f"--part must be one of {', '.join(PARTS)}, got {part!r}")
     if fmt not in FORMATS:
         usage_error(f"{CMD} split", f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    refuse_clobber(f"{CMD} split", input_pairs(files), [output_pair("-o", out)])
     with command(f"{CMD} split"):
         from neimsctl.data.split_export import read_split, write_split
         from neimsctl.io.streams import open_out

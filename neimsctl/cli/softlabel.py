@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from neimsctl.cli._common import (EXIT_FAIL, NoProvenance, Quiet, RejectsPath, Verbose, app,
-                                  command, eprint, fail, setup_logging, usage_error)
+                                  command, eprint, fail, input_pairs, output_pair, refuse_clobber,
+                                  setup_logging, usage_error)
 
 CMD = "softlabel"
 
@@ -53,6 +54,9 @@ def softlabel_cli(
         usage_error(CMD, "-o -: HDF5 needs a seekable file; give a file name")
     if part not in ("all", "train"):
         usage_error(CMD, f"--part: 'all' or 'train', got {part!r}")
+    refuse_clobber(CMD, input_pairs(shards) + input_pairs(teacher, "--teacher"),
+                   [output_pair("-o", output)]
+                   + ([output_pair("--rejects", rejects)] if rejects else []))
     with command(CMD):
         missing = [str(p) for p in [*teacher, *shards] if not p.is_file()]
         if missing:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from typing import BinaryIO, Iterable, Iterator, NamedTuple, Sequence
 
-from neimsctl.io.streams import display_name, open_in
+from neimsctl.io.streams import display_name, iter_lines, open_in
 
 __all__ = ["INPUT_FORMATS", "Item", "sniff_format", "iter_items", "parse_shard"]
 
@@ -60,15 +60,16 @@ def _sniffed(fh: BinaryIO, input_format: str | None,
              formats: Sequence[str]) -> tuple[str, Iterator[bytes]]:
     """``(format, every line of fh)``: reads ahead just far enough to detect the format."""
     head: list[bytes] = []
+    it = iter_lines(fh)            # LF, CRLF and CR line ends
     if input_format is None:
-        for ln in fh:
+        for ln in it:
             head.append(ln)
             if len(head) >= _HEAD and any(h.strip() for h in head):
                 break
 
     def lines() -> Iterator[bytes]:
         yield from head
-        yield from fh
+        yield from it
     return input_format or sniff_format(head, formats), lines()
 
 

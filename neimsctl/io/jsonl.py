@@ -7,12 +7,13 @@ from typing import Any, BinaryIO, Iterable, Iterator
 import orjson
 
 from neimsctl.errors import FormatError
+from neimsctl.io.streams import iter_lines
 
 __all__ = ["read_jsonl", "write_jsonl"]
 
 
 def read_jsonl(stream: BinaryIO, file: str = "<stdin>") -> Iterator[dict[str, Any]]:
-    """Yield one dict per non-blank line of a binary JSONL stream.
+    """Yield one dict per non-blank line of a binary JSONL stream (LF, CRLF or CR line ends).
 
     Parameters
     ----------
@@ -38,7 +39,7 @@ def read_jsonl(stream: BinaryIO, file: str = "<stdin>") -> Iterator[dict[str, An
     [{'a': 1}, {'a': 2}]
     """
     loads = orjson.loads
-    for lineno, line in enumerate(stream, 1):
+    for lineno, line in enumerate(iter_lines(stream), 1):
         if not line.strip():
             continue
         try:

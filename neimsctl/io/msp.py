@@ -5,8 +5,8 @@ input order, holding only the current record in memory. A record that cannot be 
 still yielded, with :attr:`MspRecord.reason` set (one code per kind of defect), so that the
 caller can report it: nothing is ever dropped silently.
 
-Dialects accepted: case variants of keys (``Num Peaks``/``Num peaks``/``NUM PEAKS``), CRLF
-line ends, several ``key: value`` pairs on one line (``CAS#: 50-00-0; NIST#: 12``), repeated
+Dialects accepted: case variants of keys (``Num Peaks``/``Num peaks``/``NUM PEAKS``), LF,
+CRLF and CR line ends (old Mac exports), also mixed in one file, several ``key: value`` pairs on one line (``CAS#: 50-00-0; NIST#: 12``), repeated
 ``Synon``, several peaks per line separated by ``;``, blanks, tabs, ``:`` or parentheses,
 quoted peak annotations, base peak 999 or 9999, a ``Name:`` line starting a new record
 without a blank line before it, a UTF-8 byte order mark, and latin-1 text.
@@ -14,12 +14,19 @@ without a blank line before it, a UTF-8 byte order mark, and latin-1 text.
 Reject reasons set by the reader: ``truncated_record``, ``non_numeric_peak``,
 ``invalid_peak``, ``no_peaks``, ``num_peaks_mismatch``, ``binary_garbage``,
 ``malformed_line``, ``malformed_record``.
+
+A record starts at a ``Name:`` line. Text between records that has none (binary garbage, a
+stray comment) is still yielded, as a reject at its line (``binary_garbage`` or
+``malformed_record``) with ordinal 0: it is not a record, so it does not shift the ordinals
+(and the ``<file stem>:<ordinal>`` fallback IDs) of the records after it.
 """
 
 from __future__ import annotations
 
 import re
 from typing import BinaryIO, Iterator
+
+from neimsctl.io.streams import lf_chunks
 
 __all__ = ["MspRecord", "read_msp", "iter_blocks", "parse_block", "parse_comments", "parse_number", "KEY_ALIASES"]
 
@@ -42,6 +49,7 @@ _MORE_PAIRS = re.compile(r";\s*(?=[A-Za-z][\w# ]*:)")
 _QUOTED_PAIRS = re.compile(r'"([^"]*)"')
 _COMMENT_SPLIT = re.compile(r";\s*(?=[^;=\s][^;=]*=)")
 _INF = float("inf")
+_INT_LIMIT = 2 ** 63
 _SEPARATOR = re.compile(rb"\n(?:[ \t\r\f\v]*\n)+")
 _NUM_PEAKS = re.compile(rb"[ \t]*num[ _]?peaks[ \t]*:[ \t]*([^\n]*)\n?", re.I)
 _FIRST_PEAK = re.compile(rb"^[ \t]*[\d(]", re.M)
@@ -56,7 +64,8 @@ class MspRecord:
     Attributes
     ----------
     file, line, ordinal
-        Source file name, 1-based first line of the record, 1-based position in the file.
+        Source file name, 1-based first line of the record, 1-based position among the
+        records of the file (0 for text outside any record: see :attr:`is_record`).
     fields
         ``key -> value`` of the header lines; keys lower-cased and aliased by
         :data:`KEY_ALIASES` (``CAS#`` -> ``cas``); the first occurrence wins.
@@ -95,6 +104,11 @@ class MspRecord:
         return self.fields.get("name", "")
 
     @property
+    def is_record(self) -> bool:
+        """False for text between records that has no ``Name`` line (always a reject)."""
+        return self.ordinal > 0
+
+    @property
     def record_id(self) -> str:
         """``ID``, else ``DB#``, else ``NIST#``, else ``<file stem>:<ordinal>``."""
         f = self.fields
@@ -115,11 +129,16 @@ class MspRecord:
 
 
 def parse_number(text: str) -> float | None:
-    """A float from MSP text, accepting a decimal comma (``180,16``); ``None`` if not a number."""
+    """A finite float from MSP text, accepting a decimal comma (``180,16``).
+
+    ``None`` when the text is not a number, or not a finite one (``inf``, ``nan``, ``1e400``):
+    no mass or energy in a spectral library is infinite.
+    """
     try:
-        return float(text.strip().replace(",", "."))
+        value = float(text.strip().replace(",", "."))
     except ValueError:
         return None
+    return value if value - value == 0 else None
 
 
 def parse_comments(value: str) -> dict[str, str]:
@@ -163,7 +182,9 @@ def _norm_key(raw: str) -> str:
 def _parse_headers(rec: MspRecord, text: str, first: int) -> None:
     """Store the ``key: value`` lines of ``text`` (the header part of one record)."""
     fields = rec.fields
-    for i, line in enumerate(text.splitlines()):
+    # split at LF only: str.splitlines() also breaks at U+0085 (cp1252's '...' read as latin-1),
+    # U+2028 and U+2029, which a name may hold
+    for i, line in enumerate(text.split("\n")):
         raw_key, colon, value = line.partition(":")
         if not colon or not raw_key.strip():
             if not line.strip():
@@ -227,6 +248,8 @@ def _parse_peaks(rec: MspRecord, data: bytes, first: int) -> None:
         total = sum(rec.mz) + sum(rec.intensity)
         if total != total or total == _INF or min(rec.mz) < 0 or min(rec.intensity) < 0:
             rec.reject("invalid_peak", "negative, infinite or NaN m/z or intensity")
+        elif type(total) is int and total >= _INT_LIMIT:  # 400 digits parse as an int
+            rec.reject("invalid_peak", "m/z or intensity too large (not a 64-bit number)")
 
 
 def _find_num_peaks(block: bytes, low: bytes) -> re.Match | None:
@@ -247,12 +270,20 @@ def parse_block(block: bytes, file: str, line: int, ordinal: int, at_eof: bool =
     ``low`` is ``block.lower()`` when the caller has it already.
     """
     rec = MspRecord(file, line, ordinal)
+    if low is None:
+        low = block.lower()
+    if not _is_record(low):
+        rec.ordinal = 0
+        if len(block.translate(None, _CONTROL_BYTES)) != len(block):
+            return rec.reject("binary_garbage", "binary data (control bytes) outside any record")
+        first = _text(block.split(b"\n", 1)[0]).strip()[:60]
+        return rec.reject("malformed_record", f"text outside any record (no Name line): {first!r}")
     if len(block.translate(None, _CONTROL_BYTES)) != len(block):
         name = _NAME_VALUE.match(block)
         if name and not _CONTROL.search(name.group(1)):
             rec.fields["name"] = _text(name.group(1)).strip()
         return rec.reject("binary_garbage", "control bytes in the record (binary data?)")
-    m = _find_num_peaks(block, low if low is not None else block.lower())
+    m = _find_num_peaks(block, low)
     if m is not None:
         head, peaks = block[:m.start()], block[m.end():]
         try:
@@ -288,6 +319,11 @@ def parse_block(block: bytes, file: str, line: int, ordinal: int, at_eof: bool =
     return rec
 
 
+def _is_record(low: bytes) -> bool:
+    """A block (lower-cased, no leading blanks) is a record when it starts with ``Name:``."""
+    return _NAME_AT.match(low) is not None
+
+
 def _blocks(buf: bytes, line: int) -> Iterator[tuple[bytes, int, bytes]]:
     """Split the text of one or more records (no blank line inside) at ``Name:`` lines."""
     stripped = buf.lstrip()
@@ -310,8 +346,9 @@ def _blocks(buf: bytes, line: int) -> Iterator[tuple[bytes, int, bytes]]:
 def iter_blocks(stream: BinaryIO, chunk_size: int = 1 << 20) -> Iterator[tuple[bytes, int, int, bool]]:
     """Split an MSP stream into the raw text of its records, without parsing them.
 
-    Yields ``(block, line, ordinal, at_eof)``: the record's bytes, its 1-based first line,
-    its 1-based position and whether it is the last one of a stream that ends inside it.
+    Yields ``(block, line, ordinal, at_eof)``: the record's bytes (line ends as LF), its
+    1-based first line, its 1-based position among the records (0 for text outside any
+    record) and whether it is the last one of a stream that ends inside it.
     :func:`parse_block` turns each into an :class:`MspRecord`; splitting is several times
     cheaper than parsing, so ``msp2jsonl --jobs N`` splits in the main process and parses in
     the workers.
@@ -322,8 +359,9 @@ def iter_blocks(stream: BinaryIO, chunk_size: int = 1 << 20) -> Iterator[tuple[b
 
 def _iter_blocks(stream: BinaryIO, chunk_size: int) -> Iterator[tuple[bytes, int, int, bool, bytes]]:
     carry, line, ordinal, first = b"", 1, 0, True
+    chunks = lf_chunks(stream, chunk_size)  # CRLF and CR line ends arrive as LF
     while True:
-        chunk = stream.read(chunk_size)
+        chunk = next(chunks, b"")
         if first and chunk.startswith(b"\xef\xbb\xbf"):
             chunk = chunk[3:]
         first = False
@@ -336,8 +374,11 @@ def _iter_blocks(stream: BinaryIO, chunk_size: int) -> Iterator[tuple[bytes, int
         for m in seps:
             if buf[pos:m.start()].strip():
                 for block, at, low in _blocks(buf[pos:m.start()], line):
-                    ordinal += 1
-                    yield block, at, ordinal, False, low
+                    if _is_record(low):
+                        ordinal += 1
+                        yield block, at, ordinal, False, low
+                    else:
+                        yield block, at, 0, False, low
             line += buf.count(b"\n", pos, m.end())
             pos = m.end()
         carry = buf[pos:]
@@ -345,8 +386,9 @@ def _iter_blocks(stream: BinaryIO, chunk_size: int) -> Iterator[tuple[bytes, int
             if carry.strip():
                 blocks = list(_blocks(carry, line))
                 for i, (block, at, low) in enumerate(blocks):
-                    ordinal += 1
-                    yield block, at, ordinal, i == len(blocks) - 1, low
+                    record = _is_record(low)
+                    ordinal += record
+                    yield block, at, ordinal if record else 0, i == len(blocks) - 1, low
             return
 
 

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 
 from neimsctl import __version__
-from neimsctl.errors import CheckpointError
-from neimsctl.io.streams import atomic_path
+from neimsctl.errors import CheckpointError, OutputError
+from neimsctl.io.streams import make_dirs, open_out
 
 FORMAT = "neimsctl.ckpt/1"
 
@@ -130,19 +130,29 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any] | None = None,
     """Write ``ckpt`` (or ``build_checkpoint(**fields)``) atomically: temp file + ``os.replace``.
 
     A crash while writing leaves the previous file intact and no partial file behind.
+
+    Raises
+    ------
+    OutputError
+        The file cannot be written (no such directory, read-only file system, disk full).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     ckpt = build_checkpoint(**fields) if ckpt is None else ckpt
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+    with open_out(path) as fh:  # a full disk: OutputError naming the path, temp file removed
+        try:
+            torch.save(ckpt, fh)
+        except RuntimeError as exc:  # torch's zip writer hides the failed write behind its own
+            if isinstance(exc.__context__, OutputError):
+                raise exc.__context__ from None
+            raise
     return path
 
 
 def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Atomically copy a finished checkpoint (``last.pt`` -> ``best.pt``)."""
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
+    with open(src, "rb") as fin, open_out(dst) as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
     return Path(dst)
 
 

@@ -36,7 +36,7 @@ import yaml
 
 from neimsctl.data.split import DEFAULT_FRACTIONS, SPLIT_SEED
 from neimsctl.errors import ConfigError
-from neimsctl.io.streams import atomic_path
+from neimsctl.io.streams import make_dirs, open_out
 
 ENV_PREFIX = "NEIMSCTL_CFG__"
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -350,7 +350,7 @@ def resolve(cfg: Config, cpu_bf16: bool | None = None) -> Config:
 def save_config(cfg: Config, path: str | os.PathLike) -> Path:
     """Write the (resolved) config as YAML, atomically; returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    make_dirs(path.parent)
+    with open_out(path) as fh:
+        fh.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode("utf-8"))
     return path

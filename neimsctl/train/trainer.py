@@ -57,7 +57,8 @@ import orjson
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from neimsctl.errors import ConfigError
+from neimsctl.errors import ConfigError, OutputError
+from neimsctl.io.streams import make_dirs, output_error
 from neimsctl.models import checkpoint as ck
 from neimsctl.train import distributed as dd
 from neimsctl.train.config import Config, resolve, resolve_device, save_config
@@ -143,6 +144,7 @@ class Trainer:
         self.scheduler_factory = scheduler_factory or build_scheduler
         self.on_epoch_end = on_epoch_end
         self._signals = 0
+        self._saved = 0  # checkpoints written by this run
         self._jsonl: Any = None
 
     # -- data -------------------------------------------------------------------------------
@@ -180,9 +182,12 @@ class Trainer:
 
     def _emit(self, rec: dict[str, Any]) -> None:
         if self.info.is_main:
-            self._jsonl.write(orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE
-                                           | orjson.OPT_SERIALIZE_NUMPY))
-            self._jsonl.flush()
+            try:
+                self._jsonl.write(orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE
+                                               | orjson.OPT_SERIALIZE_NUMPY))
+                self._jsonl.flush()
+            except OSError as exc:
+                raise output_error(self.out_dir / "train_log.jsonl", exc) from None
 
     def _open_log(self, keep_step: int, keep_epochs: int) -> None:
         path = self.out_dir / "train_log.jsonl"
@@ -191,7 +196,10 @@ class Trainer:
             kept = [ln for ln in kept if (lambda r: r["step"] <= keep_step if r["kind"] == "step"
                                           else r["epoch"] <= keep_epochs)(orjson.loads(ln))]
             path.write_bytes(b"".join(ln + b"\n" for ln in kept))
-        self._jsonl = open(path, "ab") if self.info.is_main else None  # noqa: SIM115
+        try:
+            self._jsonl = open(path, "ab") if self.info.is_main else None  # noqa: SIM115
+        except OSError as exc:
+            raise output_error(path, exc) from None
 
     # -- checkpoints ------------------------------------------------------------------------
     def _save(self, name: str, epoch: int, batch: int, acc: dict) -> Path:
@@ -203,6 +211,7 @@ class Trainer:
                                step=self.step, config=self.cfg.to_dict(),
                                featurizer_hash=self.featurizer_hash, best_metric=self.best,
                                history=self.history, extra={"epoch_acc": acc})
+            self._saved += 1
         return path
 
     def _resume(self, resume: str | Path | bool) -> tuple[int, int, dict]:
@@ -226,7 +235,14 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, resume: str | Path | bool | None = None) -> TrainResult:
-        """Train ``train.epochs`` epochs (from ``resume``: a path, or True/"auto" = latest)."""
+        """Train ``train.epochs`` epochs (from ``resume``: a path, or True/"auto" = latest).
+
+        Raises
+        ------
+        OutputError
+            The run directory cannot be written; a run directory made by this run is removed
+            again when no checkpoint could be written into it.
+        """
         t = self.t
         if t.threads:
             torch.set_num_threads(t.threads)
@@ -249,8 +265,31 @@ class Trainer:
         else:
             seed_everything(t.seed + self.info.rank)
         self.ddp_model = dd.wrap_model(self.model, self.device, self.info)
+        fresh_dir = not self.out_dir.exists()
+        try:
+            return self._fit(epoch0, skip, acc)
+        except OutputError:
+            if fresh_dir and not resume and not self._saved:
+                self._remove_run_files()
+            raise
+
+    def _remove_run_files(self) -> None:
+        """Undo a run that could not write its first checkpoint into a run directory it made:
+        no ``config.yaml`` and empty log are left to look like a run."""
+        if self._jsonl is not None:
+            with contextlib.suppress(OSError):
+                self._jsonl.close()
+        for name in ("config.yaml", "train_log.jsonl"):
+            with contextlib.suppress(OSError):
+                (self.out_dir / name).unlink()
+        for d in (self.ckpt_dir, self.out_dir):
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only when empty
+
+    def _fit(self, epoch0: int, skip: int, acc: dict) -> TrainResult:
+        t = self.t
         if self.info.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.out_dir)
             save_config(self.cfg, self.out_dir / "config.yaml")
         self._open_log(self.step, epoch0)
         main_thread = threading.current_thread() is threading.main_thread()

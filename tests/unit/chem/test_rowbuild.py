@@ -90,3 +90,42 @@ def test_cached_structures_keep_no_mol_and_make_late_strings_from_the_smiles() -
     assert not rejects
     assert block["formula"].tolist() == ["C2H6O"]
     assert block["inchikey"].tolist() == ["LFQSCWFLJHTTHZ-UHFFFAOYSA-N"]
+
+
+# -- issue 16: fields of the wrong type, unreadable values, control characters ---------------------
+
+def _build(*recs: dict | bytes, mode: str = "student"):
+    items = [Item(i, "r.jsonl", i + 1, "jsonl", r if isinstance(r, bytes) else orjson.dumps(r))
+             for i, r in enumerate(recs)]
+    block, rejects = RowBuilder(RowOptions(mode=mode)).build(items)
+    assert len(block["ordinal"]) + len(rejects) == len(items)
+    return block, rejects
+
+
+@pytest.mark.parametrize("field,value", [
+    ("smiles", True), ("smiles", ["CCO"]), ("smiles", {"a": 1}), ("smiles", 5), ("name", ["x"]),
+    ("formula", True), ("inchikey", 5), ("id", {"x": 1}), ("id", [1]),
+])
+def test_fields_of_the_wrong_type_are_bad_field(field, value):
+    block, rejects = _build({"smiles": "CCCO", field: value}, {"smiles": "CCCCO", "name": "ok"})
+    assert [r.reason for r in rejects] == ["bad_field"] and f"{field} is a JSON" in rejects[0].detail
+    assert list(block["name"]) == ["ok"]
+
+
+def test_unreadable_values_fall_back_and_control_characters_become_blanks():
+    block, rejects = _build(
+        {"smiles": "CCCO", "formula": "Xx2", "id": 17, "comments": True},   # RDKit: unknown element
+        {"smiles": "CCCO", "formula": "C" + "9" * 5000, "mw": True},        # int() refuses the count
+        {"smiles": "CCCO", "name": "a\nb\rc\x00d", "comments": {"ionization_energy": "1" * 500}},
+        {"smiles": "CCCO", "comments": ["70 eV"], "mw": 60.5, "inchikey": "K\nX"})
+    assert rejects == []
+    assert list(block["formula"]) == ["C3H8O"] * 4 and list(block["mw"]) == [60] * 4
+    assert list(block["id"])[0] == "17" and list(block["name"])[2] == "a b c d"
+    assert list(block["inchikey"])[3] == "K X"
+    assert np.isnan(block["ionization_energy"]).all()
+
+
+def test_smiles_line_names_lose_control_characters():
+    items = [Item(0, "s.smi", 1, "smi", b"CCCO pro\x0cpanol\x00")]
+    block, rejects = RowBuilder(RowOptions()).build(items)
+    assert rejects == [] and list(block["name"]) == ["pro panol"]

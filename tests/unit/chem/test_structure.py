@@ -134,3 +134,29 @@ def test_describe_by_text_is_remembered_and_equal_to_describe():
         describe_smiles("C1CC((")
     with pytest.raises(StructureError):
         describe_smiles("C1CC((")
+
+
+@pytest.mark.parametrize("field,value,flag", [
+    ("mw", "inf", "mw_mismatch"), ("mw", "1e400", "mw_mismatch"), ("mw", "nan", "mw_mismatch"),
+    ("mw", "-inf", "mw_mismatch"), ("exactmass", "inf", "exact_mass_mismatch"),
+    ("exactmass", "1e400", "exact_mass_mismatch"), ("formula", "C" + "9" * 5000, "formula_mismatch"),
+    ("formula", "C6H" + "6" * 4400, "formula_mismatch"),
+])
+def test_unreadable_msp_values_are_flags_not_errors(field, value, flag):
+    st = describe(mol_from_smiles("c1ccccc1"))
+    assert compare_with_msp(st, {field: value}) == [flag]
+
+
+@pytest.mark.parametrize("record_id", ["../outside/secret", "/etc/passwd", "a/b", "..\\x", "7\x00"])
+def test_mol_file_ids_that_are_paths_are_refused(tmp_path, record_id):
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.MOL").write_text(BENZENE_MOL)
+    (tmp_path / "mols").mkdir()
+    with pytest.raises(StructureError) as exc:
+        read_mol_file(tmp_path / "mols", record_id)
+    assert exc.value.reason == "unsafe_mol_path" and "not a plain file name" in str(exc.value)
+
+
+def test_mol_file_plain_names_with_dots_are_fine(tmp_path):
+    (tmp_path / "ID..5.MOL").write_text(BENZENE_MOL)
+    assert describe(read_mol_file(tmp_path, "..5")).formula == "C6H6"

@@ -206,3 +206,80 @@ def test_real_dev_file_reads_without_rejects(shared_data):
     assert len(recs) == 8196 and all(r.reason is None for r in recs)
     assert sum(len(r.synonyms) for r in recs) == 2081
     assert all(len(r.mz) == r.num_peaks for r in recs)
+
+
+# -- issue 16: line ends, non-record text, numbers ------------------------------------------------
+
+THREE = GOOD + b"\n" + GOOD.replace(b"Benzene", b"B2") + b"\n" + GOOD.replace(b"Benzene", b"B3")
+
+
+@pytest.mark.parametrize("eol", [b"\r", b"\r\n"])
+@pytest.mark.parametrize("chunk_size", [1 << 20, 1, 5, 64])
+def test_cr_and_crlf_files_read_like_lf(eol, chunk_size):
+    want = [(r.name, r.line, r.ordinal, r.mz, r.reason) for r in read(THREE)]
+    got = read(THREE.replace(b"\n", eol), chunk_size=chunk_size)
+    assert [(r.name, r.line, r.ordinal, r.mz, r.reason) for r in got] == want
+    assert [r.name for r in got] == ["Benzene", "B2", "B3"]
+
+
+def test_mixed_line_ends_lose_no_record():
+    recs = THREE.split(b"\n\n")
+    mixed = recs[0].replace(b"\n", b"\r") + b"\r\r" + recs[1].replace(b"\n", b"\r\n") + b"\r\n\n" + recs[2]
+    assert [(r.name, r.reason) for r in read(mixed)] == [("Benzene", None), ("B2", None), ("B3", None)]
+    assert [r.line for r in read(mixed)] == [r.line for r in read(THREE)]
+
+
+def test_garbage_between_records_keeps_the_record_numbering():
+    clean = read(THREE)
+    dirty = THREE.replace(b"\n\nName: B2", b"\n\n\x00\x01\x02\xff\xfe garbage \x07\n\x00\n\nName: B2")
+    recs = read(dirty)
+    assert [r.reason for r in recs] == [None, "binary_garbage", None, None]
+    garbage = recs[1]
+    assert (garbage.is_record, garbage.ordinal, garbage.name, garbage.line) == (False, 0, "", 10)
+    kept = [r for r in recs if r.is_record]
+    assert [(r.name, r.ordinal, r.record_id) for r in kept] == [(r.name, r.ordinal, r.record_id) for r in clean]
+
+
+def test_stray_text_between_records_is_no_record():
+    recs = read(THREE.replace(b"\n\nName: B2", b"\n\n# exported by X\n\nName: B2"))
+    assert [r.reason for r in recs] == [None, "malformed_record", None, None]
+    assert "no Name line" in recs[1].detail and "exported by X" in recs[1].detail
+    assert [r.ordinal for r in recs] == [1, 0, 2, 3]
+
+
+def test_numbers_that_are_not_finite():
+    for text in ("inf", "-inf", "nan", "1e400", "Infinity"):
+        assert parse_number(text) is None, text
+    assert parse_number("1e300") == 1e300 and parse_number(" 180,5 ") == 180.5
+
+
+@pytest.mark.parametrize("peaks,reason", [
+    (b"51 120\n77 nan\n78 999", "invalid_peak"),
+    (b"51 120\n77 inf\n78 999", "invalid_peak"),
+    (b"51 120\n77 1e400\n78 999", "invalid_peak"),
+    (b"51 120\n77 " + b"9" * 400 + b"\n78 999", "invalid_peak"),   # an int beyond 64 bits
+    (b"51 120\n77 " + b"9" * 5000 + b"\n78 999", "invalid_peak"),  # beyond int() (4300 digits)
+    (b"51 120\n-77 180\n78 999", "invalid_peak"),
+])
+def test_peaks_that_are_not_finite_numbers(peaks, reason):
+    assert one(b"Name: x\nNum Peaks: 3\n" + peaks + b"\n").reason == reason
+
+
+@pytest.mark.parametrize("value,reason", [
+    (b"99999999999999999999999", "num_peaks_mismatch"),
+    (b"9" * 5000, "malformed_line"),
+    (b"-3", "num_peaks_mismatch"),
+    (b"1e3", "malformed_line"),
+])
+def test_absurd_num_peaks(value, reason):
+    recs = read(GOOD.replace(b"Num Peaks: 3", b"Num Peaks: " + value) + b"\n" + GOOD)
+    assert [r.reason for r in recs] == [reason, None]  # (not last: else it looks truncated)
+
+
+@pytest.mark.parametrize("char", ["\u0085", "\u2028", "\u2029"])
+def test_unicode_line_separators_in_a_name_are_no_line_end(char):
+    """Found by the fuzz suite: predict wrote 'Name: x\\u0085y', the reader split it in two."""
+    for data in (f"Name: x{char}y\nNum Peaks: 1\n15 999\n".encode(),
+                 b"Name: Bis(2-ethylhexyl)\x85 phthalate\nNum Peaks: 1\n15 999\n"):  # cp1252 '...'
+        rec = one(data)
+        assert rec.reason is None and rec.name.startswith(("x", "Bis")), rec.detail

@@ -53,7 +53,7 @@ def test_crash_while_writing_leaves_no_partial_file(tmp_path: Path, monkeypatch)
     before = path.read_bytes()
 
     def crashing_save(obj, f, *a, **k):
-        Path(f).write_bytes(b"PK\x03\x04 half a zip")
+        f.write(b"PK\x03\x04 half a zip")  # save_checkpoint hands torch an open file
         raise KeyboardInterrupt  # e.g. Ctrl-C in the middle of torch.save
 
     monkeypatch.setattr(torch, "save", crashing_save)
@@ -155,3 +155,15 @@ def test_a_text_file_is_not_a_checkpoint(tmp_path: Path) -> None:
     path.write_text("hello\n")
     with pytest.raises(CheckpointError, match="not a checkpoint file"):
         ck.load_checkpoint(path)
+
+
+def test_full_disk_is_an_output_error_naming_the_checkpoint(tmp_path: Path) -> None:
+    from neimsctl.errors import OutputError
+
+    model, _, _ = _objects()
+    with pytest.raises(OutputError, match="^/dev/full: cannot write: No space left on device"):
+        ck.save_checkpoint("/dev/full", model=model)  # not torch's 'unexpected pos' RuntimeError
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputError, match="cannot create the directory"):
+        ck.save_checkpoint(tmp_path / "file" / "last.pt", model=model)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

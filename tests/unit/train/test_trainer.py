@@ -167,3 +167,45 @@ def test_non_finite_loss_is_an_error(tmp_path: Path) -> None:
 def test_resolve_device() -> None:
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _full_disk_checkpoints(monkeypatch) -> None:
+    """Checkpoints go to a disk that is full: the real write path, onto /dev/full."""
+    import contextlib
+
+    from neimsctl.io import streams
+    from neimsctl.models import checkpoint as ck
+
+    @contextlib.contextmanager
+    def full_open_out(path):
+        with open("/dev/full", "wb", buffering=0) as fh:  # every write fails at once
+            yield streams.OutStream(fh, path)
+
+    monkeypatch.setattr(ck, "open_out", full_open_out)
+
+
+def test_full_disk_run_dir_made_by_the_run_is_removed(tmp_path: Path, monkeypatch) -> None:
+    from neimsctl.errors import OutputError
+
+    _full_disk_checkpoints(monkeypatch)
+    with pytest.raises(OutputError, match=r"checkpoints/last.pt: cannot write: No space left"):
+        _tiny(tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # no config.yaml and empty log posing as a run
+
+
+def test_full_disk_in_an_existing_run_dir_leaves_it_alone(tmp_path: Path, monkeypatch) -> None:
+    from neimsctl.errors import OutputError
+
+    (tmp_path / "notes.txt").write_text("mine")
+    _full_disk_checkpoints(monkeypatch)
+    with pytest.raises(OutputError):
+        _tiny(tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_run_dir_under_a_file_is_one_output_error(tmp_path: Path) -> None:
+    from neimsctl.errors import OutputError
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputError, match="file/run: cannot create the directory"):
+        _tiny(tmp_path / "file" / "run")

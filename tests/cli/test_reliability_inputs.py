@@ -1,0 +1,319 @@
+"""Issue 16 end to end, through the installed CLI and real shell redirections and pipes.
+
+Outputs that are inputs are refused (exit 2, input untouched); CR and mixed line ends lose no
+record; an unreadable header value is one record's business; outputs that cannot be written are
+one line and exit 1 with no temporary file left; --mol-dir reads only its own files; garbage
+between records keeps the record numbering.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import orjson
+import pytest
+
+from _tiny_ckpt import tiny_student_checkpoint
+
+pytestmark = pytest.mark.cli
+
+PHENOL = b"Name: phenol\nSMILES: Oc1ccccc1\nMW: 94\nNum Peaks: 2\n66 300\n94 999\n"
+THREE = (PHENOL + b"\n" + PHENOL.replace(b"phenol", b"anisole").replace(b"Oc1", b"COc1")
+         .replace(b"MW: 94", b"MW: 108") + b"\n" + PHENOL.replace(b"phenol", b"cresol")
+         .replace(b"Oc1ccccc1", b"Cc1ccc(O)cc1").replace(b"MW: 94", b"MW: 108"))
+SMI = b"CCCO propanol\nc1ccccc1 benzene\nCC(=O)Oc1ccccc1C(=O)O aspirin\n"
+SDF = (b"ethanol\n  RDKit          2D\n\n  3  2  0  0  0  0  0  0  0  0999 V2000\n"
+       b"    0.0000    0.0000    0.0000 C   0  0\n    1.2990    0.7500    0.0000 C   0  0\n"
+       b"    2.5981   -0.0000    0.0000 O   0  0\n  1  2  1  0\n  2  3  1  0\nM  END\n$$$$\n")
+SUMMARY = re.compile(rb"read (\d+), written (\d+), rejected (\d+)")
+
+
+def sh(cmd: str, cwd: Path, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=cwd, input=stdin,
+                          capture_output=True, timeout=300)
+
+
+def counts(stderr: bytes) -> tuple[int, int, int]:
+    m = SUMMARY.findall(stderr)
+    assert m, stderr.decode()
+    return tuple(int(x) for x in m[-1])  # type: ignore[return-value]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_student_checkpoint(tmp_path_factory.mktemp("rel") / "tiny.pt")
+
+
+# -- item 1: an output that is an input --------------------------------------------------------
+
+CLOBBER = [
+    ("msp2jsonl x.msp -o x.msp", "-o x.msp is the same file as input x.msp"),
+    ("msp2jsonl x.msp --rejects x.msp", "--rejects x.msp is the same file as input x.msp"),
+    ("msp2jsonl x.msp -o out.jsonl --rejects $PWD/out.jsonl", "out.jsonl is the same file as -o out.jsonl"),
+    ("msp2jsonl x.msp >> x.msp", "stdout is the same file as input x.msp"),
+    ("msp2jsonl - -o x.msp < x.msp", "-o x.msp is the same file as stdin"),
+    ("msp2jsonl link.msp -o x.msp", "-o x.msp is the same file as input link.msp"),
+    ("msp2jsonl hard.msp -o x.msp", "-o x.msp is the same file as input hard.msp"),
+    ("msp2jsonl x.msp --rejects -", "--rejects - (stdout) is the same file as stdout"),
+    ("featurize r.jsonl -o r.jsonl", "-o r.jsonl is the same file as input r.jsonl"),
+    ("featurize r.jsonl -o f.h5 --rejects r.jsonl", "--rejects r.jsonl is the same file as input r.jsonl"),
+    ("featurize - -O zst < r.jsonl >> r.jsonl", "stdout is the same file as stdin"),
+    ("predict -m {ckpt} s.smi -o s.smi", "-o s.smi is the same file as input s.smi"),
+    ("predict -m {ckpt} s.smi --rejects s.smi", "--rejects s.smi is the same file as input s.smi"),
+    ("predict -m {ckpt} s.smi -o {ckpt}", "is the same file as --model"),
+    ("shards merge a.h5 b.h5 -o a.h5", "-o a.h5 is the same file as input a.h5"),
+    ("shards split a.h5 -o a.h5", "-o a.h5 is the same file as input a.h5"),
+    ("shards list a.h5 >> a.h5", "stdout is the same file as input a.h5"),
+    ("eval r.jsonl x.msp >> r.jsonl", "stdout is the same file as input r.jsonl"),
+    ("softlabel a.h5 -t t.pt -o t.pt", "-o t.pt is the same file as --teacher t.pt"),
+    ("distill a.h5 --soft-labels run/checkpoints/best.pt --out-dir run",
+     "--out-dir run (writes checkpoints/best.pt) is the same file as input run/checkpoints/best.pt"),
+    ("finetune -c {repo}/configs/finetune/teacher-cpu-small.yaml a.h5 "
+     "--init run/checkpoints/last.pt --out-dir run",
+     "(writes checkpoints/last.pt) is the same file as --init run/checkpoints/last.pt"),
+]
+
+
+@pytest.mark.parametrize("cmd,message", CLOBBER, ids=[c for c, _ in CLOBBER])
+def test_output_that_is_an_input_is_refused(cmd, message, tmp_path, ckpt, repo_root):
+    (tmp_path / "x.msp").write_bytes(THREE)
+    (tmp_path / "link.msp").symlink_to("x.msp")
+    (tmp_path / "hard.msp").hardlink_to(tmp_path / "x.msp")
+    (tmp_path / "r.jsonl").write_bytes(b'{"smiles": "CCO"}\n')
+    (tmp_path / "s.smi").write_bytes(SMI)
+    for name in ("a.h5", "b.h5", "t.pt", "run/checkpoints/best.pt", "run/checkpoints/last.pt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(name.encode())
+    before = {p: digest(p) for p in tmp_path.rglob("*") if p.is_file()} | {ckpt: digest(ckpt)}
+    names = sorted(str(p) for p in tmp_path.rglob("*"))
+    proc = sh("neimsctl " + cmd.format(ckpt=ckpt, repo=repo_root), tmp_path)
+    assert proc.returncode == 2, proc.stderr.decode()
+    err = proc.stderr.decode()
+    assert f"neimsctl {cmd.split()[0]}" in err and message in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert {p: digest(p) for p in before} == before  # every input untouched
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == names  # nothing written
+
+
+def test_shell_truncation_is_named(tmp_path):
+    (tmp_path / "x.msp").write_bytes(THREE)
+    proc = sh("neimsctl msp2jsonl x.msp > x.msp", tmp_path)
+    assert proc.returncode == 2
+    assert b"the shell's '>' has emptied it already" in proc.stderr
+
+
+def test_dev_null_twice_and_distinct_outputs_are_fine(tmp_path):
+    (tmp_path / "x.msp").write_bytes(THREE)
+    proc = sh("neimsctl msp2jsonl x.msp -o /dev/null --rejects /dev/null", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = sh("neimsctl msp2jsonl x.msp -o out.jsonl --rejects rej.jsonl < x.msp", tmp_path)
+    assert proc.returncode == 0 and len((tmp_path / "out.jsonl").read_bytes().splitlines()) == 3
+
+
+# -- item 2: CR and mixed line ends ------------------------------------------------------------
+
+def _eol(data: bytes, style: str) -> bytes:
+    lines = data.split(b"\n")
+    if style == "mixed":  # CRLF, CR and LF in turn; a CR before an empty LF line would be a CRLF
+        out, prev = [], b""
+        for i, ln in enumerate(lines[:-1]):
+            eol = [b"\r\n", b"\r", b"\n"][i % 3]
+            eol = b"\r" if prev == b"\r" and not ln else eol
+            out.append(ln + eol)
+            prev = eol
+        return b"".join(out) + lines[-1]
+    return data.replace(b"\n", {"cr": b"\r", "crlf": b"\r\n"}[style])
+
+
+@pytest.mark.parametrize("style", ["cr", "crlf", "mixed"])
+def test_line_ends_msp_jsonl_smiles_sdf(style, tmp_path, ckpt):
+    (tmp_path / "x.msp").write_bytes(_eol(THREE + b"\n", style))
+    proc = sh("neimsctl msp2jsonl x.msp -o r.jsonl", tmp_path)
+    assert proc.returncode == 0 and counts(proc.stderr) == (3, 3, 0), proc.stderr
+    recs = [orjson.loads(x) for x in (tmp_path / "r.jsonl").read_bytes().splitlines()]
+    assert [r["name"] for r in recs] == ["phenol", "anisole", "cresol"]
+    assert [r["source"]["line"] for r in recs] == [1, 8, 15]
+    (tmp_path / "r2.jsonl").write_bytes(_eol((tmp_path / "r.jsonl").read_bytes(), style))
+    (tmp_path / "s.smi").write_bytes(_eol(SMI, style))
+    (tmp_path / "m.sdf").write_bytes(_eol(SDF * 2, style))
+    proc = sh("neimsctl featurize r2.jsonl -o f.h5 && neimsctl featurize s.smi -o g.h5", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [counts(x.encode()) for x in proc.stderr.decode().splitlines()] == [(3, 3, 0), (3, 3, 0)]
+    for src, n in (("s.smi", 3), ("r2.jsonl", 3), ("m.sdf", 2)):
+        proc = sh(f"neimsctl predict -m {ckpt} -O jsonl {src}", tmp_path)
+        assert proc.returncode == 0 and counts(proc.stderr) == (n, n, 0), (src, proc.stderr)
+
+
+# -- item 3: one bad header value among 300 good records -----------------------------------------
+
+BAD_VALUES = (b"Name: mw inf\nSMILES: Oc1ccccc1\nMW: inf\nNum Peaks: 1\n94 999\n\n"
+              b"Name: mw 1e400\nSMILES: Oc1ccccc1\nMW: 1e400\nNum Peaks: 1\n94 999\n\n"
+              b"Name: huge formula\nSMILES: Oc1ccccc1\nFormula: C" + b"9" * 5000 + b"\nNum Peaks: 1\n94 999\n\n"
+              b"Name: nan peak\nSMILES: Oc1ccccc1\nNum Peaks: 1\n94 nan\n\n"
+              b"Name: huge peak\nSMILES: Oc1ccccc1\nNum Peaks: 1\n94 " + b"9" * 400 + b"\n\n")
+
+
+def test_bad_header_values_do_not_abort_the_conversion(tmp_path, sample_msp):
+    (tmp_path / "lib.msp").write_bytes(sample_msp.read_bytes().rstrip(b"\n") + b"\n\n" + BAD_VALUES
+                                       + sample_msp.read_bytes())
+    proc = sh("neimsctl msp2jsonl lib.msp --rejects rej.jsonl -o out.jsonl", tmp_path)
+    assert proc.returncode == 1 and b"Traceback" not in proc.stderr
+    assert counts(proc.stderr) == (605, 603, 2)
+    recs = {r["name"]: r for r in map(orjson.loads, (tmp_path / "out.jsonl").read_bytes().splitlines())}
+    assert recs["mw inf"]["flags"] == ["mw_mismatch"] and recs["mw inf"]["msp"]["mw"] == "inf"
+    assert recs["mw 1e400"]["flags"] == ["mw_mismatch"] and recs["mw 1e400"]["mw"] == 94
+    assert recs["huge formula"]["flags"] == ["formula_mismatch"]
+    rej = [orjson.loads(x) for x in (tmp_path / "rej.jsonl").read_bytes().splitlines()]
+    assert [(r["record"], r["reason"]) for r in rej] == [("nan peak", "invalid_peak"),
+                                                         ("huge peak", "invalid_peak")]
+    proc = sh("neimsctl msp2jsonl --no-structure -q lib.msp --rejects rej2.jsonl > /dev/null", tmp_path)
+    rej = [orjson.loads(x) for x in (tmp_path / "rej2.jsonl").read_bytes().splitlines()]
+    assert proc.returncode == 1 and [r["reason"] for r in rej] == ["bad_mw", "bad_mw", "invalid_peak",
+                                                                  "invalid_peak"]
+
+
+# -- item 6: outputs that cannot be written ------------------------------------------------------
+
+WRITE_ERRORS = [
+    ("nodir/out", "nodir/out: cannot write: No such file or directory (no directory nodir)"),
+    ("file/out", "file/out: cannot write: Not a directory"),
+    ("/dev/full", "/dev/full: cannot write: No space left on device"),
+]
+
+
+CASES = ([("msp2jsonl -q x.msp -o {t}", *w) for w in WRITE_ERRORS]
+         + [("predict -q -m {ckpt} s.smi -o {t}", *w) for w in WRITE_ERRORS]
+         + [("msp2jsonl -q x.msp --rejects {t} -o /dev/null", *WRITE_ERRORS[1]),
+            ("predict -q -m {ckpt} s.smi --rejects {t}", *WRITE_ERRORS[2]),
+            ("featurize -q s.smi -O zst -o {t}", *WRITE_ERRORS[0]),
+            ("featurize -q s.smi -O zst -o {t}", *WRITE_ERRORS[2])])
+
+
+@pytest.mark.parametrize("cmd,target,message", CASES, ids=[c.format(t=t, ckpt="M") for c, t, _ in CASES])
+def test_output_that_cannot_be_written_is_one_line_exit_1(cmd, target, message, tmp_path, ckpt):
+    (tmp_path / "x.msp").write_bytes(THREE + b"\nName: bad\nNum Peaks: 1\n1 x\n")
+    (tmp_path / "s.smi").write_bytes(SMI + b"xyz bad\n")
+    (tmp_path / "file").write_bytes(b"")
+    name = cmd.split()[0]
+    proc = sh(f"neimsctl {cmd.format(t=target, ckpt=ckpt)} > /dev/null", tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    if name == "featurize":  # featurize names the path its own way (it was clean before)
+        assert err.strip().startswith(f"neimsctl featurize: {target}") and len(err.splitlines()) == 1
+    else:
+        assert err.strip().splitlines()[-1] == f"neimsctl {name}: {message}", err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "s.smi", "x.msp"]  # no temp
+
+
+@pytest.mark.parametrize("cmd", ["msp2jsonl -q x.msp", "predict -q -m {ckpt} s.smi",
+                                 "featurize -q s.smi -O zst"])
+def test_stdout_on_a_full_disk(cmd, tmp_path, ckpt):
+    (tmp_path / "x.msp").write_bytes(THREE * 50)
+    (tmp_path / "s.smi").write_bytes(SMI * 50)
+    proc = sh(f"neimsctl {cmd.format(ckpt=ckpt)} > /dev/full", tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in err and "Exception ignored" not in err, err
+    assert len(err.strip().splitlines()) == 1 and "No space left on device" in err, err
+
+
+STUDENT = ["--set", "model.gate_hidden=[16]", "--set", "model.expert_depth=1", "--set",
+           "model.expert_bottleneck=4", "--set", "model.head_hidden=[32]", "--set", "model.hidden_dim=16",
+           "--set", "train.batch_size=64", "--set", "train.num_workers=0", "--set", "train.threads=1",
+           "--set", "loss.warmup_epochs=1", "--set", "train.epochs=1", "--device", "cpu", "--no-kd"]
+
+
+@pytest.fixture(scope="module")
+def student_h5(tmp_path_factory: pytest.TempPathFactory, sample_msp: Path) -> Path:
+    d = tmp_path_factory.mktemp("distill")
+    p = sh(f"neimsctl msp2jsonl -q {sample_msp} | head -n 120 | neimsctl featurize -q -o s.h5", d)
+    assert p.returncode == 0, p.stderr
+    return d / "s.h5"
+
+
+def test_distill_run_dir_under_a_file_is_one_line(tmp_path, student_h5):
+    (tmp_path / "file").write_bytes(b"")
+    proc = sh(f"neimsctl distill {student_h5} {shlex.join(STUDENT)} --out-dir file/run", tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == ("neimsctl distill: file/run: cannot create the directory: "
+                                            "Not a directory (a parent is a file)")
+
+
+def test_distill_on_a_full_disk_leaves_no_run_behind(tmp_path, student_h5, monkeypatch):
+    """The checkpoint write path is pointed at /dev/full (in-process: the CLI's own handling)."""
+    import contextlib
+
+    from typer.testing import CliRunner
+
+    from neimsctl.cli.main import app, load_commands
+    from neimsctl.io import streams
+    from neimsctl.models import checkpoint as ck
+
+    @contextlib.contextmanager
+    def full_open_out(path):
+        with open("/dev/full", "wb", buffering=0) as fh:
+            yield streams.OutStream(fh, path)
+
+    monkeypatch.setattr(ck, "open_out", full_open_out)
+    load_commands()
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["distill", str(student_h5), *STUDENT, "--out-dir", str(out)])
+    assert res.exit_code == 1, res.output
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"neimsctl distill: {out}/checkpoints/last.pt: cannot write: No space left on device")
+    assert not out.exists()  # no config.yaml and empty train_log.jsonl posing as a run
+
+
+# -- item 9: --mol-dir reads only its own files ---------------------------------------------------
+
+def test_mol_dir_does_not_follow_path_ids(tmp_path, sample_dir):
+    mols = tmp_path / "mols"
+    mols.mkdir()
+    secret = tmp_path / "outside" / "secret.MOL"
+    secret.parent.mkdir()
+    secret.write_bytes((sample_dir / "nist_style/mol_files/ID7720.MOL").read_bytes())
+    (tmp_path / "e.msp").write_bytes(
+        f"Name: evil\nID: ../outside/secret\nNum Peaks: 1\n84 999\n\n"
+        f"Name: evil2\nID: {secret.with_suffix('')}\nNum Peaks: 1\n84 999\n".encode())
+    proc = sh("neimsctl msp2jsonl e.msp --mol-dir mols --rejects rej.jsonl", tmp_path)
+    assert proc.returncode == 1 and proc.stdout == b""
+    rej = [orjson.loads(x) for x in (tmp_path / "rej.jsonl").read_bytes().splitlines()]
+    assert [r["reason"] for r in rej] == ["unsafe_mol_path"] * 2
+
+
+# -- item 10: binary garbage between records ------------------------------------------------------
+
+def test_garbage_between_records_keeps_ordinals_and_is_reported_at_its_line(tmp_path):
+    clean = THREE  # no IDs: the fallback ids are <stem>:<ordinal>
+    (tmp_path / "lib.msp").write_bytes(clean)
+    garbage = clean.replace(b"\n\nName: anisole", b"\n\n\x00\x01\x02\x89PNG\r\n\x1a\n\xff\xfe\n\n"
+                            b"Name: anisole")
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "lib.msp").write_bytes(garbage)
+    a = sh("neimsctl msp2jsonl -q lib.msp", tmp_path)
+    b = sh("neimsctl msp2jsonl g/lib.msp --rejects rej.jsonl", tmp_path)
+    assert a.returncode == 0 and b.returncode == 1 and counts(b.stderr) == (4, 3, 1)
+    strip = lambda out: [{**r, "source": {**r["source"], "line": 0, "file": ""}}  # noqa: E731
+                         for r in map(orjson.loads, out.splitlines())]
+    assert strip(b.stdout) == strip(a.stdout)  # same ids and ordinals as without the garbage
+    rej = [orjson.loads(x) for x in (tmp_path / "rej.jsonl").read_bytes().splitlines()]
+    assert [(r["line"], r["record"], r["id"], r["reason"]) for r in rej] == [
+        (8, None, None, "binary_garbage")]
+    assert b"g/lib.msp: line 8: binary_garbage" in b.stderr and b"record None" not in b.stderr
+
+
+def test_quoted(tmp_path):
+    """Paths with blanks are compared as files too (no name games)."""
+    (tmp_path / "a b.msp").write_bytes(THREE)
+    q = shlex.quote("a b.msp")
+    proc = sh(f"neimsctl msp2jsonl {q} -o ./{q}", tmp_path)
+    assert proc.returncode == 2 and digest(tmp_path / "a b.msp") == hashlib.sha256(THREE).hexdigest()

@@ -1,0 +1,62 @@
+"""convert_msp: one unreadable header value or a path-like ID is one record's business, not the run's."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import orjson
+import pytest
+
+from neimsctl.chem.convert import ConvertOptions, convert_msp
+from neimsctl.io.rejects import Tally
+
+GOOD = b"Name: phenol\nSMILES: Oc1ccccc1\nMW: 94\nNum Peaks: 2\n66 300\n94 999\n\n"
+
+
+def run(tmp_path: Path, data: bytes, **opts) -> tuple[list[dict], list[dict], Tally]:
+    src = tmp_path / "in.msp"
+    src.write_bytes(data)
+    out, rej = io.BytesIO(), io.BytesIO()
+    tally = Tally(sink=rej)
+    convert_msp([src], out, tally, ConvertOptions(**opts))
+    assert tally.balanced
+    return ([orjson.loads(x) for x in out.getvalue().splitlines()],
+            [orjson.loads(x) for x in rej.getvalue().splitlines()], tally)
+
+
+@pytest.mark.parametrize("line,flag", [
+    (b"MW: inf", "mw_mismatch"), (b"MW: 1e400", "mw_mismatch"), (b"MW: nan", "mw_mismatch"),
+    (b"ExactMass: 1e400", "exact_mass_mismatch"), (b"Formula: C" + b"9" * 5000, "formula_mismatch"),
+])
+def test_unreadable_msp_value_flags_the_record_and_the_run_goes_on(tmp_path, line, flag):
+    bad = GOOD.replace(b"MW: 94", line).replace(b"phenol", b"bad")
+    recs, rejects, tally = run(tmp_path, GOOD * 3 + bad + GOOD * 3)
+    assert (tally.read, tally.written, tally.rejected) == (7, 7, 0) and rejects == []
+    assert [r["flags"] for r in recs] == [[]] * 3 + [[flag]] + [[]] * 3
+
+
+def test_no_structure_mw_that_is_not_a_finite_number_is_bad_mw(tmp_path):
+    bad = GOOD.replace(b"MW: 94", b"MW: 1e400").replace(b"phenol", b"bad")
+    recs, rejects, tally = run(tmp_path, GOOD + bad + GOOD, structure=False)
+    assert (tally.read, tally.written) == (3, 2)
+    assert [(r["record"], r["reason"], r["line"]) for r in rejects] == [("bad", "bad_mw", 8)]
+    assert "'1e400' is not a finite number" in rejects[0]["detail"]
+
+
+def test_mol_dir_ids_that_leave_the_directory_are_rejected(tmp_path):
+    (tmp_path / "mols").mkdir()
+    (tmp_path / "secret.MOL").write_text("not for you")
+    data = b"Name: evil\nID: ../secret\nNum Peaks: 1\n94 999\n\n"
+    recs, rejects, tally = run(tmp_path, data, mol_dir=str(tmp_path / "mols"))
+    assert recs == [] and [(r["reason"], r["id"]) for r in rejects] == [("unsafe_mol_path", "../secret")]
+
+
+def test_garbage_block_is_reported_with_its_line_and_no_id(tmp_path):
+    data = GOOD + b"\x00\x01binary\xff\n\x02\n\n" + GOOD.replace(b"MW: 94\n", b"")
+    recs, rejects, tally = run(tmp_path, data)
+    assert [r["source"]["ordinal"] for r in recs] == [1, 2]
+    assert [r["id"] for r in recs] == ["in:1", "in:2"]  # the fallback ids do not shift
+    assert rejects == [{"file": str(tmp_path / "in.msp"), "line": 8, "record": None, "id": None,
+                        "reason": "binary_garbage",
+                        "detail": "binary data (control bytes) outside any record"}]

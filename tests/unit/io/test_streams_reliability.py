@@ -1,0 +1,172 @@
+"""streams: every line-end convention, outputs that clash with inputs, outputs that cannot be written."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from neimsctl.errors import OutputError
+from neimsctl.io.jsonl import read_jsonl
+from neimsctl.io.streams import (atomic_path, find_clash, iter_lines, lf_chunks, make_dirs,
+                                 names_open_fd, open_out, resumable_out)
+
+TEXTS = [b"a\nb\nc\n", b"a\r\nb\r\nc\r\n", b"a\rb\rc\r", b"a\r\nb\rc\n", b"a\rb\r\n\r\nc",
+         b"", b"\r", b"\r\n", b"x", b"\n\n\r\r\r\n", b"long" * 5000 + b"\rend"]
+
+
+def reference(data: bytes) -> list[bytes]:
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").splitlines(keepends=True)
+
+
+@pytest.mark.parametrize("data", TEXTS)
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 1 << 16])
+def test_iter_lines_reads_every_line_end_convention_at_any_chunking(data: bytes, chunk: int) -> None:
+    assert list(iter_lines(io.BytesIO(data), chunk)) == reference(data)
+    assert b"".join(lf_chunks(io.BytesIO(data), chunk)) == data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+
+
+def test_crlf_split_between_two_chunks_is_one_line_end() -> None:
+    # 'a\r' | '\nb': the CR is held back until the next chunk shows the LF
+    assert list(lf_chunks(io.BytesIO(b"a\r\nb"), 2)) == [b"a", b"\nb"]
+    assert list(iter_lines(io.BytesIO(b"a\r\nb"), 2)) == [b"a\n", b"b"]
+
+
+def test_read_jsonl_with_cr_and_mixed_line_ends() -> None:
+    lines = [b'{"a": 1}', b'{"a": 2}', b'{"a": 3}']
+    for eol in (b"\r", b"\r\n", b"\n"):
+        assert [r["a"] for r in read_jsonl(io.BytesIO(eol.join(lines) + eol))] == [1, 2, 3]
+    assert [r["a"] for r in read_jsonl(io.BytesIO(b'{"a": 1}\r{"a": 2}\r\n{"a": 3}'))] == [1, 2, 3]
+
+
+# -- outputs that are inputs --------------------------------------------------------------------
+
+def test_find_clash_same_file_by_inode_link_and_spelling(tmp_path: Path) -> None:
+    src = tmp_path / "x.msp"
+    src.write_bytes(b"data")
+    os.link(src, tmp_path / "hard.msp")
+    (tmp_path / "soft.msp").symlink_to(src)
+    for out in (src, tmp_path / "hard.msp", tmp_path / "soft.msp", tmp_path / "." / "x.msp"):
+        clash = find_clash([("input x.msp", src)], [("-o", out)])
+        assert clash is not None and clash.other == "input x.msp" and clash.other_is_input
+    assert find_clash([("input x.msp", src)], [("-o", tmp_path / "y.jsonl")]) is None
+
+
+def test_find_clash_between_outputs_not_yet_there(tmp_path: Path) -> None:
+    a = tmp_path / "out.jsonl"
+    clash = find_clash([], [("-o", a), ("--rejects", tmp_path / "sub" / ".." / "out.jsonl")])
+    assert clash is not None and (clash.output, clash.other, clash.other_is_input) == (
+        "--rejects", "-o", False)
+    assert find_clash([], [("-o", a), ("--rejects", tmp_path / "rej.jsonl")]) is None
+
+
+def test_find_clash_ignores_devices_and_compares_stdin_stdout_by_what_they_are(tmp_path: Path) -> None:
+    assert find_clash([("input", "/dev/null")], [("-o", "/dev/null"), ("--rejects", "/dev/null")]) is None
+    src = tmp_path / "x.smi"
+    src.write_bytes(b"CCO\n")
+    saved = os.dup(1)
+    try:
+        with open(src, "ab") as fh:  # `>> x.smi`
+            os.dup2(fh.fileno(), 1)
+        clash = find_clash([("input x.smi", src)], [("stdout", "-")])
+        assert clash is not None and clash.other == "input x.smi"
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    assert src.read_bytes() == b"CCO\n"
+
+
+# -- outputs that cannot be written ---------------------------------------------------------------
+
+def test_open_out_missing_directory_and_path_under_a_file(tmp_path: Path) -> None:
+    plain = tmp_path / "file"
+    plain.write_bytes(b"")
+    for bad, why in ((tmp_path / "nodir" / "x.jsonl", "No such file or directory"),
+                     (plain / "sub.jsonl", "Not a directory")):
+        with pytest.raises(OutputError, match=f"^{bad}: cannot write: {why}"):
+            with open_out(bad) as fh:
+                fh.write(b"x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_open_out_full_disk_names_the_output() -> None:
+    with pytest.raises(OutputError, match="^/dev/full: cannot write: No space left on device"):
+        with open_out("/dev/full") as fh:
+            fh.write(b"x" * (2 << 20))  # more than the buffer: the write itself fails
+
+
+def test_open_out_full_disk_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_open = open
+
+    def full_disk_open(path, mode="r", *a, **k):  # a temp file on a disk that is full
+        if "w" in mode and ".part-" in str(path):
+            real_open(path, mode).close()
+            return real_open("/dev/full", mode, *a, **k)
+        return real_open(path, mode, *a, **k)
+
+    monkeypatch.setattr("builtins.open", full_disk_open)
+    out = tmp_path / "x.jsonl"
+    with pytest.raises(OutputError, match="x.jsonl: cannot write: No space left"):
+        with open_out(out) as fh:
+            fh.write(b"{}\n")  # buffered: the failure comes when the file is closed
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stdout_that_fails_is_named_stdout(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Full(io.BytesIO):
+        def write(self, data):  # type: ignore[no-untyped-def]
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(Full()))
+    with pytest.raises(OutputError, match="^<stdout>: cannot write: No space left on device"):
+        with open_out("-") as fh:
+            fh.write(b"x")
+
+
+def test_resumable_out_and_make_dirs_name_their_path(tmp_path: Path) -> None:
+    plain = tmp_path / "file"
+    plain.write_bytes(b"")
+    with pytest.raises(OutputError, match="cannot write: Not a directory"):
+        with resumable_out(plain / "r.jsonl"):
+            pass
+    with pytest.raises(OutputError, match=f"^{plain}/run: cannot create the directory"):
+        make_dirs(plain / "run")
+    with pytest.raises(OutputError, match="not a directory"):
+        make_dirs(plain)
+    assert make_dirs(tmp_path / "a" / "b").is_dir()
+
+
+def test_symlinked_output_keeps_the_link_and_fd_names_are_written_through(tmp_path: Path) -> None:
+    link = tmp_path / "link.jsonl"
+    link.symlink_to("real.jsonl")
+    with open_out(link) as fh:
+        fh.write(b"x\n")
+    assert link.is_symlink() and (tmp_path / "real.jsonl").read_bytes() == b"x\n"
+    assert names_open_fd("/dev/stderr") and names_open_fd("/dev/fd/1") and names_open_fd("/proc/self/fd/2")
+    assert not names_open_fd(link) and not names_open_fd("/dev/null")
+    was_link = os.path.islink("/dev/stderr")
+    with atomic_path("/dev/stderr") as p:  # never a temp file renamed onto /dev/stderr
+        assert str(p) == "/dev/stderr"
+    assert os.path.islink("/dev/stderr") == was_link
+
+
+def test_iter_lines_passes_on_lines_as_a_pipe_delivers_them() -> None:
+    import threading
+    import time
+
+    r, w = os.pipe()
+    got: list[tuple[bytes, float]] = []
+    writer = threading.Thread(target=lambda: (os.write(w, b"first\n"), time.sleep(1.0),
+                                              os.write(w, b"second\n"), os.close(w)))
+    with os.fdopen(r, "rb", buffering=1 << 20) as fh:
+        start = time.monotonic()
+        writer.start()
+        for line in iter_lines(fh):
+            got.append((line, time.monotonic() - start))
+    writer.join()
+    assert [g[0] for g in got] == [b"first\n", b"second\n"]
+    assert got[0][1] < 0.8 <= got[1][1]  # the first line did not wait for 64 KB or the end
