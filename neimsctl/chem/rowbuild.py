@@ -292,6 +292,9 @@ class RowBuilder:
                 return Rejected(it, rid, "no_structure", "record has no SMILES", name or None)
             return rid, smiles, rec
         parts = it.raw.decode("utf-8", "replace").strip().split(None, 1)
+        if not parts:  # only characters str.split() takes for blanks (\x1c..\x1f, U+2028, ...)
+            return Rejected(it, f"{_stem(it.file)}:{it.line}", "unparsable_smiles",
+                            f"no SMILES on the line: {it.raw[:40]!r}")
         rec = {"name": clean_text(parts[1]).strip() if len(parts) > 1 else ""}
         return rec["name"] or f"{_stem(it.file)}:{it.line}", parts[0], rec
 

@@ -129,3 +129,12 @@ def test_smiles_line_names_lose_control_characters():
     items = [Item(0, "s.smi", 1, "smi", b"CCCO pro\x0cpanol\x00")]
     block, rejects = RowBuilder(RowOptions()).build(items)
     assert rejects == [] and list(block["name"]) == ["pro panol"]
+
+
+@pytest.mark.parametrize("raw", [b"\x1c", b"\x1d\x1e", "\u2028".encode(), b"\x1f \x1c"])
+def test_smiles_line_of_separator_characters_is_a_reject(raw):
+    """Found by tools/fuzz.py: bytes.strip() keeps \\x1c, str.split() drops it: IndexError."""
+    items = [Item(0, "s.smi", 1, "smi", raw), Item(1, "s.smi", 2, "smi", b"CCCO x")]
+    block, rejects = RowBuilder(RowOptions()).build(items)
+    assert [(r.reason, r.item.line) for r in rejects] == [("unparsable_smiles", 1)]
+    assert list(block["name"]) == ["x"]
