@@ -33,10 +33,16 @@ MEAN_ATOMS, MEAN_EDGES = 14.8, 29.9   # heavy atoms / directed edges per molecul
 #                                       massbank_ei.msp (DEV, 8196 records) with RDKit; replaced
 #                                       by the real means when --shards are given
 ID_BYTES = 16                  # fixed-width id per row (NIST17 IDs <= 6 digits; accessions ~20)
-H5_CHUNK_CACHE = 1 * MIB       # HDF5 chunk cache per open dataset (ShardReader's CHUNK_CACHE)
 PREFETCH = 2                   # batches in flight (DataLoader prefetch_factor default)
 FITS, TIGHT = 0.70, 0.90       # share of --ram-gb: <= 70% fits, <= 90% tight, else does not fit
 STUDENT_BOTTLENECK = 100       # expert residual block 6144 -> 100 -> 6144 (SPEC.md suggestion)
+
+
+def _chunk_cache() -> int:
+    """HDF5 chunk cache per open dataset of the shard reader."""
+    from neimsctl.io.h5shard.read import CHUNK_CACHE
+
+    return CHUNK_CACHE
 
 
 def student_activation_floats() -> int:
@@ -77,7 +83,7 @@ def dataset_bytes(model: str, n: int, *, atoms: float = MEAN_ATOMS, edges: float
     else:
         expanded = 6144 * 4 + 501 * 4
         keys = 3
-    meta = n * (id_bytes + 14 + 4 + 8 + (16 if model == "teacher" else 0)) + keys * H5_CHUNK_CACHE
+    meta = n * (id_bytes + 14 + 4 + 8 + (16 if model == "teacher" else 0)) + keys * _chunk_cache()
     strings = n * (id_bytes + 27 + 60)       # id, inchikey, smiles held as fixed-width bytes
     return {"lazy": meta, "in-memory": meta + n * row + strings,
             "in-memory-f32": meta + n * expanded + strings}
@@ -158,7 +164,7 @@ def estimate(*, ram_gb: float, dataset_size: int, models: list[str], batch_sizes
     constants = {
         **{f"params_{m}": src for m, src in sources.items()}, "train_bytes_per_param": f"{TRAIN_BYTES_PER_PARAM} (fp32 w+grad+AdamW 2 states)",
         "mean_atoms": atoms, "mean_edges": edges, "id_bytes": id_bytes, "graph_stats_from": measured_from,
-        "h5_chunk_cache": f"{H5_CHUNK_CACHE} B per open dataset (the shard reader's)",
+        "h5_chunk_cache": f"{_chunk_cache()} B per open dataset (the shard reader's)",
         "prefetch_batches": PREFETCH, "runtime_rss": f"{runtime} B measured (python+torch+h5py)",
         "verdict": f"fits <= {FITS:.0%} of RAM, tight <= {TIGHT:.0%}, else does-not-fit",
         "student_activations": f"{student_activation_floats()} floats/sample (4 experts dense, bottleneck {STUDENT_BOTTLENECK})",

@@ -24,9 +24,10 @@ from neimsctl.io.h5handle import H5Handle
 from neimsctl.io.h5shard import codec
 from neimsctl.io.h5shard.layout import PTRS, SCHEMA, SMALL
 
-CHUNK_CACHE = 1 << 20   # bytes of HDF5 chunk cache per dataset (h5py's default, 8 MiB, would
-#                         grow every DataLoader worker's RSS with the chunks touched)
-_STRING_BLOCK = 8192    # rows per read of a whole string column (whole chunks)
+CHUNK_CACHE = 0         # bytes of HDF5 chunk cache per dataset: none, since every read here
+#                         takes whole chunks (the wide columns and atom/edge tables inflated by
+#                         the codec, the rest in chunk-sized slices); with h5py's 8 MiB (or 1 MiB)
+#                         a dataset over 300k rows kept ~2 MiB more RSS after reading its metadata
 
 
 def check_shard(f: h5py.File, path: str | os.PathLike, *, mode: str | None = None,
@@ -65,8 +66,8 @@ def strings(raw: np.ndarray) -> np.ndarray:
 def fixed_strings(ds: h5py.Dataset) -> np.ndarray:
     """A whole string dataset as compact fixed-width UTF-8 bytes (``S<width>``), read in
     blocks: for 300k rows a few MB, where Python ``str`` objects would take tens."""
-    parts = [np.array(ds[i:i + _STRING_BLOCK], dtype=bytes)
-             for i in range(0, ds.shape[0], _STRING_BLOCK)]
+    step = codec.COLUMN_BLOCK
+    parts = [np.array(ds[i:i + step], dtype=bytes) for i in range(0, ds.shape[0], step)]
     return np.concatenate(parts) if parts else np.zeros(0, dtype="S1")
 
 
@@ -129,8 +130,8 @@ class ShardReader:
 
     def column(self, name: str) -> np.ndarray:
         """A whole per-row column (cheap for metadata: ``id``, ``inchikey``, ``mw`` ...)."""
-        ds = self.handle[name]
-        return strings(ds[:]) if name in STR_COLUMNS else ds[:]
+        raw = codec.read_column(self.handle[name])
+        return strings(raw) if name in STR_COLUMNS else raw
 
     def column_bytes(self, name: str) -> np.ndarray:
         """A whole string column as compact fixed-width UTF-8 bytes (:func:`fixed_strings`)."""
@@ -139,7 +140,7 @@ class ShardReader:
     def ptr(self, length: str) -> np.ndarray:
         """CSR offsets (``n_atoms`` -> ``atom_ptr``), cached in memory after the first call."""
         if length not in self._ptr:
-            self._ptr[length] = self.handle[PTRS[length]][:]
+            self._ptr[length] = codec.read_column(self.handle[PTRS[length]])
         return self._ptr[length]
 
     def load(self, names: Sequence[str]) -> None:
@@ -149,11 +150,7 @@ class ShardReader:
             if name in lengths:
                 self.ptr(lengths[name])
             elif name not in self._loaded:
-                self._loaded[name] = self.handle[name][:]
-
-    def cache_nbytes(self) -> int:
-        """Bytes of the columns cached in memory (small columns, CSR offsets, :meth:`load`)."""
-        return int(sum(a.nbytes for d in (self._ptr, self._cache, self._loaded) for a in d.values()))
+                self._loaded[name] = codec.read_column(self.handle[name])
 
     def rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Rows ``start:stop`` as a block."""
@@ -234,7 +231,7 @@ class ShardReader:
     def _small(self, name: str) -> np.ndarray:
         if name not in self._cache:
             loaded = self._loaded.get(name)
-            self._cache[name] = loaded if loaded is not None else self.handle[name][:]
+            self._cache[name] = loaded if loaded is not None else codec.read_column(self.handle[name])
         return self._cache[name]
 
     def row(self, i: int) -> dict[str, np.ndarray]:
