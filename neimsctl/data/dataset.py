@@ -1,14 +1,17 @@
 """Torch datasets over HDF5 feature shards (DEVELOPERS.md contract 2), lazy by default.
 
-Memory-efficient mode (the default) keeps only compact columnar metadata in RAM: the record id
-(fixed-width bytes), the InChIKey connectivity block (``S14``), the nominal MW (int32), the
-selected row numbers (int64) and, for teacher shards, the CSR offsets. Features and spectra are
-read on demand, a whole batch at a time: indices are sorted, mapped to (shard, row) and read one
-slice per contiguous run, so a random batch of 32 costs one chunk read per row and dataset.
+Every shard is read through its :class:`neimsctl.io.h5shard.ShardReader` (the schema check,
+the fork-safe HDF5 handle, the reads). Memory-efficient mode (the default) keeps only compact
+columnar metadata in RAM: the record id (fixed-width bytes), the InChIKey connectivity block
+(``S14``), the nominal MW (int32), the selected row numbers (int64) and, for teacher shards, the
+CSR offsets (cached by the reader). Features and spectra are read on demand, a whole batch at a
+time: indices are mapped to (shard, row) and each shard's rows read by
+:meth:`~neimsctl.io.h5shard.ShardReader.take`, which reads every touched chunk once and inflates
+the wide columns (and the per-atom/per-edge tables) itself with ISA-L.
 
-HDF5 handles are opened lazily in the process that reads and are never pickled; a process that
-finds handles opened by another pid (a forked DataLoader worker) drops them and opens its own.
-``in_memory=True`` loads every array (in its compact stored dtype) instead.
+HDF5 handles are opened lazily in the process that reads and are never pickled; a forked
+DataLoader worker opens its own (:class:`neimsctl.io.h5handle.H5Handle`). ``in_memory=True``
+loads every array (in its compact stored dtype) into the readers instead.
 
 Items
 -----
@@ -29,26 +32,19 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Sequence
 
-import h5py
 import numpy as np
 import torch
 
 from neimsctl.chem.features import log1p_counts, student_vectors
 from neimsctl.data.augment import Augment
-from neimsctl.errors import FormatError, InputError
+from neimsctl.errors import InputError
+from neimsctl.io.featblock import concat_blocks, take_rows
+from neimsctl.io.h5shard import ShardReader
+from neimsctl.io.h5shard.read import fixed_strings as _str_column
 from neimsctl.io.inchikey import connectivity_blocks
 from neimsctl.io.spectrum import N_BINS
 
-SCHEMA = "neimsctl.h5shard/1"
-_META_BLOCK = 8192                       # rows per read when loading metadata (whole chunks)
-CHUNK_CACHE = 1 << 20                    # bytes of HDF5 chunk cache per dataset for row reads
 _CARBON = re.compile(rb"C(?![a-z])")
-
-
-def _str_column(ds: h5py.Dataset) -> np.ndarray:
-    """Read a vlen-string dataset into a compact fixed-width bytes array, blockwise."""
-    parts = [np.array(ds[i:i + _META_BLOCK], dtype=bytes) for i in range(0, ds.shape[0], _META_BLOCK)]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype="S1")
 
 
 def _trim_heap() -> None:
@@ -62,53 +58,6 @@ def _trim_heap() -> None:
         pass
 
 
-def _column(ds: h5py.Dataset) -> np.ndarray:
-    """Read a numeric column blockwise (no chunk cache needed)."""
-    out = np.empty(ds.shape, dtype=ds.dtype)
-    for i in range(0, ds.shape[0], _META_BLOCK):
-        out[i:i + _META_BLOCK] = ds[i:i + _META_BLOCK]
-    return out
-
-
-def _runs(rows: np.ndarray) -> list[tuple[int, int, int]]:
-    """Contiguous runs of sorted unique ``rows`` as ``(position, start, stop)``."""
-    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    starts = np.concatenate([[0], breaks])
-    stops = np.concatenate([breaks, [len(rows)]])
-    return [(int(a), int(rows[a]), int(rows[b - 1]) + 1) for a, b in zip(starts, stops)]
-
-
-def _read_runs(dset: h5py.Dataset, runs: list[tuple[int, int, int]], n: int) -> np.ndarray:
-    """Read row runs of ``dset`` with one H5Dread over a union of hyperslabs."""
-    tail = dset.shape[1:]
-    out = np.empty((n, *tail), dtype=dset.dtype)
-    if n == 0:
-        return out
-    if len(runs) == 1:
-        dset.read_direct(out, np.s_[runs[0][1]:runs[0][2]])
-        return out
-    fspace = dset.id.get_space()
-    fspace.select_none()
-    for _, a, b in runs:
-        fspace.select_hyperslab((a,) + (0,) * len(tail), (b - a,) + tail, op=h5py.h5s.SELECT_OR)
-    mspace = h5py.h5s.create_simple(out.shape)
-    dset.id.read(mspace, fspace, out)
-    return out
-
-
-class _H5Source:
-    """One process's open shard: the h5py file and its dataset objects, looked up once."""
-
-    def __init__(self, f: h5py.File) -> None:
-        self.file, self._dsets = f, {}
-
-    def __getitem__(self, key: str) -> h5py.Dataset:
-        d = self._dsets.get(key)
-        if d is None:
-            d = self._dsets[key] = self.file[key]
-        return d
-
-
 class ShardDataset(torch.utils.data.Dataset):
     """Base of the student and teacher datasets: shard metadata, selection, batched reads.
 
@@ -117,7 +66,7 @@ class ShardDataset(torch.utils.data.Dataset):
     paths
         One shard or a sequence of shards of the same mode; rows are numbered across them in order.
     in_memory
-        Load all arrays into RAM (small data); default lazy reads through h5py.
+        Load all arrays into RAM (small data); default lazy reads from the shards.
     require_spectrum
         Keep only rows with ``has_spectrum`` (supervised training); ``False`` keeps every row.
     augment
@@ -142,59 +91,54 @@ class ShardDataset(torch.utils.data.Dataset):
         if not self.paths:
             raise InputError("no shard files given")
         self.in_memory, self.augment, self.epoch = in_memory, augment, 0
-        ids, blocks, mw, has, carbon, ptrs, sizes, mem = [], [], [], [], [], [], [], []
-        for path in self.paths:
-            with self._open(path, cache=0) as f:
-                self._check(f, path)
-                n = int(f.attrs["n_rows"])
-                sizes.append(n)
-                ids.append(_str_column(f["id"]))
-                blocks.append(connectivity_blocks(_str_column(f["inchikey"]), as_bytes=True))
-                mw.append(_column(f["mw"]).astype(np.int32))
-                has.append(_column(f["has_spectrum"]).astype(bool))
-                if augment is not None and augment.isotope_fraction > 0:
-                    carbon.append(np.array([bool(_CARBON.search(s)) for s in _str_column(f["formula"])]))
-                ptrs.append({k: _column(f[k]) for k in ("atom_ptr", "edge_ptr") if k in f})
-                if in_memory:
-                    mem.append({k: f[k][:] for k in self._all_keys()})
+        needed = ["id", "inchikey", "mw", "has_spectrum", *self._all_keys()]
+        isotopes = augment is not None and augment.isotope_fraction > 0
+        if isotopes:
+            needed.append("formula")
+        self._readers: list[ShardReader] = []
+        try:
+            for path in self.paths:
+                self._readers.append(ShardReader(path, mode=self.mode, require=needed))
+        except BaseException:
+            for r in self._readers:
+                r.close()
+            raise
+        ids, blocks, mw, has, carbon, sizes = [], [], [], [], [], []
+        for r in self._readers:
+            f = r.file
+            sizes.append(r.n_rows)
+            ids.append(r.column_bytes("id"))
+            blocks.append(connectivity_blocks(_str_column(f["inchikey"]), as_bytes=True))
+            mw.append(r.column("mw").astype(np.int32))
+            has.append(r.column("has_spectrum").astype(bool))
+            if isotopes:
+                carbon.append(np.array([bool(_CARBON.search(s)) for s in r.column_bytes("formula")]))
+            for length in self._lengths():
+                r.ptr(length)
+            if in_memory:
+                r.load(self._all_keys())
+            # Closed until the first batch (in this process or a worker): an open file keeps
+            # HDF5's metadata cache, grown by the string columns just read (8 MiB at 300k rows).
+            r.close()
         self._offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         width = max((a.dtype.itemsize for a in ids), default=1)
         self._ids = np.concatenate(ids).astype(f"S{max(width, 1)}")
         self._blocks = np.concatenate(blocks)
         self._mw = np.concatenate(mw)
         self._has_carbon = np.concatenate(carbon) if carbon else None
-        self._ptrs, self._mem = ptrs, mem
         has_all = np.concatenate(has)
         self.rows = np.flatnonzero(has_all) if require_spectrum else np.arange(len(has_all))
         self.rows = self.rows.astype(np.int64)
-        self._files: dict[int, _H5Source] = {}
-        self._pid = os.getpid()
         _trim_heap()
 
     # -- metadata -----------------------------------------------------------------------------
-    @staticmethod
-    def _open(path: Path, cache: int = CHUNK_CACHE) -> h5py.File:
-        # A small chunk cache: random batches rarely hit it, and h5py's default (8 MiB per
-        # dataset) would grow the RSS of every worker with the number of chunks touched.
-        try:
-            return h5py.File(path, "r", rdcc_nbytes=cache)
-        except (OSError, FileNotFoundError) as exc:
-            raise InputError(f"{path}: cannot open shard: {exc}") from None
-
-    def _check(self, f: h5py.File, path: Path) -> None:
-        schema, mode = f.attrs.get("schema"), f.attrs.get("mode")
-        if schema != SCHEMA:
-            raise FormatError(f"not a {SCHEMA} shard (schema={schema!r})", file=str(path))
-        if mode != self.mode:
-            raise FormatError(f"shard mode is {mode!r}, this dataset reads {self.mode!r}", file=str(path))
-        missing = [k for k in ("id", "inchikey", "mw", "has_spectrum", *self._all_keys()) if k not in f]
-        if missing:
-            raise FormatError(f"missing datasets {missing}: written by an older neimsctl? re-run "
-                              f"`neimsctl featurize --mode {self.mode}` on the records",
-                              file=str(path))
-
     def _all_keys(self) -> tuple[str, ...]:
+        """Datasets a batch reads (all loaded with ``in_memory``)."""
         return self.row_keys
+
+    def _lengths(self) -> tuple[str, ...]:
+        """Length columns of the ragged tables read (their CSR offsets stay in memory)."""
+        return ()
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -217,7 +161,6 @@ class ShardDataset(torch.utils.data.Dataset):
         """A view on ``indices`` (positions in this dataset), sharing metadata and data."""
         view = copy.copy(self)
         view.rows = self.rows[np.asarray(indices, dtype=np.int64)]
-        view._files = {}
         return view
 
     def set_epoch(self, epoch: int) -> None:
@@ -227,36 +170,28 @@ class ShardDataset(torch.utils.data.Dataset):
     def metadata_nbytes(self) -> int:
         """Bytes held by the in-RAM metadata arrays (not counting in-memory data)."""
         arrays = [self._offsets, self._ids, self._blocks, self._mw, self.rows]
-        arrays += [a for p in self._ptrs for a in p.values()]
+        arrays += [r.ptr(length) for r in self._readers for length in self._lengths()]
         if self._has_carbon is not None:
             arrays.append(self._has_carbon)
         return int(sum(a.nbytes for a in arrays))
 
     # -- reading ------------------------------------------------------------------------------
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_files"] = {}              # h5py handles never cross a process boundary
-        return state
-
-    def _source(self, shard: int) -> Any:
-        """Arrays of one shard: the loaded dict (in memory) or this process's h5py file."""
-        if self.in_memory:
-            return self._mem[shard]
-        if self._pid != os.getpid():      # forked: the parent's handles are not ours
-            self._files, self._pid = {}, os.getpid()
-        src = self._files.get(shard)
-        if src is None:
-            src = self._files[shard] = _H5Source(self._open(self.paths[shard]))
-        return src
-
-    def _locate(self, indices: Sequence[int] | np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """Yield ``(shard, local rows sorted, positions in the batch)`` for dataset indices."""
-        rows = self.rows[np.asarray(indices, dtype=np.int64)]
-        order = np.argsort(rows, kind="stable")
-        shards = np.searchsorted(self._offsets, rows[order], side="right") - 1
-        for s in np.unique(shards):
-            sel = order[shards == s]
-            yield int(s), rows[sel] - self._offsets[s], sel
+    def _read(self, idx: np.ndarray, columns: Sequence[str]) -> dict[str, np.ndarray]:
+        """``columns`` of dataset positions ``idx`` as one block in ``idx`` order (a ragged table
+        with its length column), each shard's rows read by :meth:`ShardReader.take`."""
+        rows = self.rows[idx]
+        if len(self._readers) == 1:
+            return self._readers[0].take(rows, columns)
+        shard = np.searchsorted(self._offsets, rows, side="right") - 1
+        parts, where = [], []
+        for s in np.unique(shard):
+            sel = np.flatnonzero(shard == s)
+            parts.append(self._readers[s].take(rows[sel] - self._offsets[s], columns))
+            where.append(sel)
+        if len(parts) == 1:
+            return parts[0]
+        return take_rows(concat_blocks(parts, self.mode), np.argsort(np.concatenate(where)),
+                         self.mode)
 
     def _norm_indices(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Indices as a flat int64 array in ``0..len-1`` (negatives count from the end)."""
@@ -264,13 +199,6 @@ class ShardDataset(torch.utils.data.Dataset):
         if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError(f"index out of range for a dataset of {len(self)} rows")
         return idx % max(len(self), 1)
-
-    def _read_rows(self, src: Any, key: str, local: np.ndarray) -> np.ndarray:
-        """Rows ``local`` (sorted, may repeat) of one per-row dataset, one read per run."""
-        uniq, inv = np.unique(local, return_inverse=True)
-        arr = src[key]
-        out = arr[uniq] if isinstance(arr, np.ndarray) else _read_runs(arr, _runs(uniq), len(uniq))
-        return out[inv.reshape(-1)]
 
     def _targets(self, y: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         y = y.astype(np.float32)
@@ -304,23 +232,10 @@ class StudentDataset(ShardDataset):
     mode = "student"
     row_keys = ("ecfp", "counts", "spectrum")
 
-    def _read_columns(self, idx: np.ndarray) -> dict[str, np.ndarray]:
-        """The ``row_keys`` columns of dataset rows ``idx``, read shard by shard, in ``idx`` order."""
-        cols: dict[str, list[np.ndarray]] = {k: [] for k in self.row_keys}
-        pos = []
-        for s, local, sel in self._locate(idx):
-            src = self._source(s)
-            for k in self.row_keys:
-                cols[k].append(self._read_rows(src, k, local))
-            pos.append(sel)
-        order = np.argsort(np.concatenate(pos)) if pos else np.zeros(0, np.int64)
-        return {k: (np.concatenate(v)[order] if v else np.zeros((0,), np.uint8))
-                for k, v in cols.items()}
-
     def get_batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, Any]:
         """Read a batch: ``x (B, 6144)``, ``y (B, 501)``, ``idx``, ``row`` (B,) long, ``id``, ``aug13c``."""
         idx = self._norm_indices(indices)
-        arr = self._read_columns(idx)
+        arr = self._read(idx, self.row_keys)
         rows = self.rows[idx]
         y, aug = self._targets(arr["spectrum"].reshape(len(idx), N_BINS), rows)
         x = student_vectors(arr["ecfp"].reshape(len(idx), -1), arr["counts"].reshape(len(idx), -1))
@@ -357,7 +272,7 @@ class V1Dataset(StudentDataset):
         from neimsctl.chem.features_v1 import v1_vectors
 
         idx = self._norm_indices(indices)
-        arr = self._read_columns(idx)
+        arr = self._read(idx, self.row_keys)
         rows = self.rows[idx]
         y, aug = self._targets(arr["spectrum"].reshape(len(idx), N_BINS), rows)
         x = v1_vectors(arr["morgan_counts"].reshape(len(idx), -1), self.x_scale)
@@ -374,7 +289,7 @@ class V1Dataset(StudentDataset):
 
 
 class TeacherDataset(ShardDataset):
-    """Teacher-mode shards as PyG ``Data`` graphs (CSR rows read by slice); batches are ``Batch``."""
+    """Teacher-mode shards as PyG ``Data`` graphs (each row's atoms and edges); batches are ``Batch``."""
 
     mode = "teacher"
     row_keys = ("ecfp", "counts", "spectrum")
@@ -383,23 +298,8 @@ class TeacherDataset(ShardDataset):
     def _all_keys(self) -> tuple[str, ...]:
         return (*self.row_keys, *self.csr_keys, "atom_ptr", "edge_ptr")
 
-    def _graphs(self, s: int, local: np.ndarray) -> list[dict[str, np.ndarray]]:
-        """Per-row CSR slices (atom_x, edge_index, edge_attr) of sorted ``local`` rows."""
-        src, ptr = self._source(s), self._ptrs[s]
-        uniq, inv = np.unique(local, return_inverse=True)
-        runs = _runs(uniq)
-        per_row: dict[str, list[np.ndarray]] = {}
-        for key, p in self.csr_keys.items():
-            lo, hi = ptr[p][uniq], ptr[p][uniq + 1]
-            ranges = [(0, int(ptr[p][a]), int(ptr[p][b])) for _, a, b in runs if ptr[p][b] > ptr[p][a]]
-            arr = src[key]
-            if isinstance(arr, np.ndarray):
-                block = np.concatenate([arr[a:b] for _, a, b in ranges] or [arr[:0]])
-            else:
-                block = _read_runs(arr, ranges, int((hi - lo).sum()))
-            per_row[key] = np.split(block, np.cumsum(hi - lo)[:-1])
-        rows = [{k: per_row[k][i] for k in self.csr_keys} for i in range(len(uniq))]
-        return [rows[j] for j in inv.reshape(-1)]
+    def _lengths(self) -> tuple[str, ...]:
+        return ("n_atoms", "n_edges")
 
     def get_batch(self, indices: Sequence[int] | np.ndarray) -> Any:
         """Read a batch as a ``torch_geometric.data.Batch`` (contract 3)."""
@@ -417,27 +317,21 @@ class TeacherDataset(ShardDataset):
     def _data_list(self, idx: np.ndarray) -> list[Any]:
         from torch_geometric.data import Data
 
-        graphs: list[Any] = [None] * len(idx)
-        cols: dict[str, list[np.ndarray]] = {k: [] for k in self.row_keys}
-        pos = []
-        for s, local, sel in self._locate(idx):
-            src = self._source(s)
-            for k in self.row_keys:
-                cols[k].append(self._read_rows(src, k, local))
-            for j, g in zip(sel, self._graphs(s, local)):
-                graphs[j] = g
-            pos.append(sel)
-        order = np.argsort(np.concatenate(pos)) if pos else np.zeros(0, np.int64)
+        arr = self._read(idx, (*self.row_keys, *self.csr_keys))
         rows = self.rows[idx]
-        ecfp = np.unpackbits(np.concatenate(cols["ecfp"])[order].reshape(len(idx), -1), axis=-1)
-        counts = np.concatenate(cols["counts"])[order].reshape(len(idx), -1)
-        y, aug = self._targets(np.concatenate(cols["spectrum"])[order].reshape(len(idx), N_BINS), rows)
+        ecfp = np.unpackbits(arr["ecfp"].reshape(len(idx), -1), axis=-1)
+        counts = arr["counts"].reshape(len(idx), -1)
+        y, aug = self._targets(arr["spectrum"].reshape(len(idx), N_BINS), rows)
+        atom_cut, edge_cut = np.cumsum(arr["n_atoms"])[:-1], np.cumsum(arr["n_edges"])[:-1]
+        atom_x = np.split(arr["atom_x"].astype(np.float32), atom_cut)
+        edge_index = np.split(arr["edge_index"].astype(np.int64), edge_cut)
+        edge_attr = np.split(arr["edge_attr"].astype(np.float32), edge_cut)
         out = []
-        for j, g in enumerate(graphs):
+        for j in range(len(idx)):
             out.append(Data(
-                x=torch.from_numpy(g["atom_x"].astype(np.float32)),
-                edge_index=torch.from_numpy(g["edge_index"].astype(np.int64).T.copy()).reshape(2, -1),
-                edge_attr=torch.from_numpy(g["edge_attr"].astype(np.float32)),
+                x=torch.from_numpy(atom_x[j]),
+                edge_index=torch.from_numpy(edge_index[j].T.copy()).reshape(2, -1),
+                edge_attr=torch.from_numpy(edge_attr[j]),
                 ecfp=torch.from_numpy(ecfp[j:j + 1].astype(np.float32)),
                 counts=torch.from_numpy(log1p_counts(counts[j:j + 1])),
                 y=torch.from_numpy(y[j:j + 1]),

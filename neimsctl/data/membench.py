@@ -33,19 +33,16 @@ MEAN_ATOMS, MEAN_EDGES = 14.8, 29.9   # heavy atoms / directed edges per molecul
 #                                       massbank_ei.msp (DEV, 8196 records) with RDKit; replaced
 #                                       by the real means when --shards are given
 ID_BYTES = 16                  # fixed-width id per row (NIST17 IDs <= 6 digits; accessions ~20)
-H5_CHUNK_CACHE = 1 * MIB       # h5py default rdcc_nbytes, one cache per open dataset
 PREFETCH = 2                   # batches in flight (DataLoader prefetch_factor default)
 FITS, TIGHT = 0.70, 0.90       # share of --ram-gb: <= 70% fits, <= 90% tight, else does not fit
 STUDENT_BOTTLENECK = 100       # expert residual block 6144 -> 100 -> 6144 (SPEC.md suggestion)
 
-# Bytes per row of each stored dataset (contract 2), strings excluded.
-ROW_BYTES = {
-    "student": {"ecfp": 512, "counts": 2048, "spectrum": 501 * 2, "mw": 4,
-                "ionization_energy": 4, "has_spectrum": 1},
-    "teacher": {"ecfp": 512, "spectrum": 501 * 2, "mw": 4, "ionization_energy": 4,
-                "has_spectrum": 1, "atom_ptr": 8, "edge_ptr": 8},
-}
-ATOM_BYTES, EDGE_BYTES = 48 * 2, 2 * 4 + 6 * 2      # atom_x float16; edge_index int32 + edge_attr
+
+def _chunk_cache() -> int:
+    """HDF5 chunk cache per open dataset of the shard reader."""
+    from neimsctl.io.h5shard.read import CHUNK_CACHE
+
+    return CHUNK_CACHE
 
 
 def student_activation_floats() -> int:
@@ -70,16 +67,23 @@ def teacher_activation_floats(atoms: float = MEAN_ATOMS, edges: float = MEAN_EDG
 
 def dataset_bytes(model: str, n: int, *, atoms: float = MEAN_ATOMS, edges: float = MEAN_EDGES,
                   id_bytes: int = ID_BYTES) -> dict[str, float]:
-    """Dataset RAM for ``n`` rows: lazy metadata, in-memory (stored dtypes) and float32 expanded."""
-    row = sum(ROW_BYTES[model].values())
+    """Dataset RAM for ``n`` rows: lazy metadata, in-memory (stored dtypes) and float32 expanded.
+
+    The stored bytes per row come from the shard layout the writer creates
+    (:func:`neimsctl.io.h5shard.layout.row_bytes` and, per atom and edge, ``entry_bytes``).
+    """
+    from neimsctl.io.h5shard.layout import entry_bytes, row_bytes
+
+    graph = entry_bytes(model)
+    row = (sum(row_bytes(model).values()) + atoms * graph.get("n_atoms", 0)
+           + edges * graph.get("n_edges", 0))
     if model == "teacher":
-        row += atoms * ATOM_BYTES + edges * EDGE_BYTES
         expanded = atoms * 48 * 4 + edges * (2 * 8 + 6 * 4) + 4096 * 4 + 501 * 4
         keys = 7
     else:
         expanded = 6144 * 4 + 501 * 4
         keys = 3
-    meta = n * (id_bytes + 14 + 4 + 8 + (16 if model == "teacher" else 0)) + keys * H5_CHUNK_CACHE
+    meta = n * (id_bytes + 14 + 4 + 8 + (16 if model == "teacher" else 0)) + keys * _chunk_cache()
     strings = n * (id_bytes + 27 + 60)       # id, inchikey, smiles held as fixed-width bytes
     return {"lazy": meta, "in-memory": meta + n * row + strings,
             "in-memory-f32": meta + n * expanded + strings}
@@ -160,7 +164,7 @@ def estimate(*, ram_gb: float, dataset_size: int, models: list[str], batch_sizes
     constants = {
         **{f"params_{m}": src for m, src in sources.items()}, "train_bytes_per_param": f"{TRAIN_BYTES_PER_PARAM} (fp32 w+grad+AdamW 2 states)",
         "mean_atoms": atoms, "mean_edges": edges, "id_bytes": id_bytes, "graph_stats_from": measured_from,
-        "h5_chunk_cache": f"{H5_CHUNK_CACHE} B per open dataset (h5py default)",
+        "h5_chunk_cache": f"{_chunk_cache()} B per open dataset (the shard reader's)",
         "prefetch_batches": PREFETCH, "runtime_rss": f"{runtime} B measured (python+torch+h5py)",
         "verdict": f"fits <= {FITS:.0%} of RAM, tight <= {TIGHT:.0%}, else does-not-fit",
         "student_activations": f"{student_activation_floats()} floats/sample (4 experts dense, bottleneck {STUDENT_BOTTLENECK})",

@@ -17,11 +17,24 @@ import numpy as np
 
 from neimsctl.errors import FormatError
 from neimsctl.io.featblock import block_rows, concat_blocks, take_rows
-from neimsctl.io.h5shard import ShardInfo, ShardReader, ShardWriter
+from neimsctl.io.h5shard import ShardReader, ShardWriter
 from neimsctl.io.streams import display_name, is_dash, open_in, sniff
 from neimsctl.io.zblock import ZBlockReader
 
 PROVENANCE_KEYS = ("neimsctl_version", "argv", "created")
+
+
+@dataclass
+class ShardInfo:
+    """What ``neimsctl shards list`` prints about one file."""
+
+    path: str
+    format: str
+    mode: str
+    rows: int
+    settings_hash: str
+    size: int
+    shard: str | None = None
 
 
 @dataclass

@@ -19,7 +19,8 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
-from neimsctl.errors import FormatError, InputError
+from neimsctl.errors import FormatError
+from neimsctl.io.h5handle import H5Handle
 from neimsctl.io.streams import Writer, partial_path
 
 __all__ = ["SCHEMA", "SoftLabelWriter", "SoftLabelReader", "partial_path"]
@@ -117,7 +118,8 @@ class SoftLabelWriter(Writer):
 
 
 class SoftLabelReader:
-    """Lazy reader: attributes and ids at once, rows on demand (reopened after a fork).
+    """Lazy reader: attributes and ids at once, rows on demand (reopened after a fork, see
+    :class:`neimsctl.io.h5handle.H5Handle`).
 
     Raises
     ------
@@ -129,8 +131,7 @@ class SoftLabelReader:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self._f: h5py.File | None = None
-        self._pid = -1
+        self.handle = H5Handle(self.path)
         f = self.file
         if f.attrs.get("schema") != SCHEMA:
             raise FormatError(f"not a {SCHEMA} file (schema={f.attrs.get('schema')!r}); make it "
@@ -144,21 +145,11 @@ class SoftLabelReader:
 
     @property
     def file(self) -> h5py.File:
-        if self._f is None or self._pid != os.getpid():
-            try:
-                self._f = h5py.File(self.path, "r")
-            except OSError as exc:
-                raise InputError(f"{self.path}: cannot open: {exc}") from exc
-            self._pid = os.getpid()
-        return self._f
+        """This process's open h5py file (:class:`neimsctl.io.h5handle.H5Handle`)."""
+        return self.handle.file
 
     def __len__(self) -> int:
         return self.n_rows
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_f"], state["_pid"] = None, -1
-        return state
 
     def row_of(self, ids: Sequence[bytes]) -> np.ndarray:
         """Row of each id in this file (``-1`` where absent), int64."""
@@ -173,9 +164,7 @@ class SoftLabelReader:
         return {k: f[k][uniq].astype(np.float32)[inv.reshape(-1)] for k in COLUMNS}
 
     def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        self.handle.close()
 
     def __enter__(self) -> "SoftLabelReader":
         return self

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -70,3 +71,36 @@ def test_compare_lazy_below_in_memory():
     assert (lazy["mode"], mem["mode"]) == ("lazy", "in-memory") and lazy["rows"] == mem["rows"] == 3000
     assert lazy["dataset_delta"] < mem["dataset_delta"]
     assert mem["dataset_delta"] > 5 * 2**20                         # 3000 x 3.5 kB loaded
+
+
+@pytest.mark.parametrize("mode", ["student", "teacher", "v1"])
+def test_row_sizes_come_from_the_shard_layout(tmp_path, mode):
+    """The estimate's stored bytes per row are those of a real shard's datasets, every numeric
+    one (the teacher's ``counts`` and every mode's ``ordinal`` included), and per atom / edge."""
+    import h5py
+
+    from neimsctl.io.h5shard.layout import entry_bytes, row_bytes
+
+    shard = sample_shard(tmp_path / f"{mode}.h5", mode, limit=30)
+    per_row: dict[str, int] = {}
+    per_entry: dict[str, int] = {}
+    with h5py.File(shard, "r") as f:
+        n = int(f.attrs["n_rows"])
+        for name, ds in f.items():
+            if ds.dtype.kind in "OS":
+                continue
+            size = ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64))
+            if ds.shape[0] in (n, n + 1):
+                per_row[name] = size
+            else:
+                key = "n_atoms" if name == "atom_x" else "n_edges"
+                per_entry[key] = per_entry.get(key, 0) + size
+    assert row_bytes(mode) == per_row and entry_bytes(mode) == per_entry
+    assert per_row["counts"] == 2048 and per_row["ordinal"] == 8
+    if mode == "teacher":
+        assert per_entry == {"n_atoms": 48 * 2, "n_edges": 2 * 4 + 6 * 2}
+    sizes = mb.dataset_bytes(mode, 1000, atoms=10.0, edges=20.0, id_bytes=16)
+    strings = 1000 * (16 + 27 + 60)
+    row = sum(per_row.values()) + 10.0 * per_entry.get("n_atoms", 0) + 20.0 * per_entry.get("n_edges", 0)
+    assert sizes["in-memory"] - sizes["lazy"] - strings == pytest.approx(1000 * row)
+

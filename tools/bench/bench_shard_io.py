@@ -40,6 +40,7 @@ from neimsctl.chem.featurize_run import FEATURIZE_FORMATS, run_featurize, run_se
 from neimsctl.io.inputs import iter_items  # noqa: E402
 from neimsctl.chem.rowbuild import RowOptions  # noqa: E402
 from neimsctl.io import h5shard  # noqa: E402
+from neimsctl.io.h5shard import codec  # noqa: E402
 from neimsctl.io.rejects import Tally  # noqa: E402
 
 
@@ -107,31 +108,31 @@ def main() -> None:
                    args.library, tmp / "library.msp")
         cases.append((f"{args.library:,} library-size records", tmp / "library.jsonl"))
         msp_to_jsonl(tmp / "library.msp", cases[1][1])
-    isal = h5shard._deflate
+    isal = codec.DEFLATE
     libs = {"ISA-L": isal, "zlib": zlib} if isal is not zlib else {"zlib": zlib}
     print(f"# {os.cpu_count()} CPUs, load average at start {os.getloadavg()}")
     print(f"# command: {' '.join(sys.argv)}; medians of {args.repeat} alternating repeats")
     print("| rows | deflate | plain writer µs/row | resumable, every 16,384 | resumable, every 4,096 "
           "| random 32-row batch µs |")
     print("|---|---|---|---|---|---|")
-    real_reader = h5shard._chunk_reader
+    real_reader = codec.chunk_reader
     for label, src in cases:
         blocks = blocks_of(src)
         n = sum(len(b["ordinal"]) for b in blocks)
         res: dict[str, list[list[float]]] = {k: [] for k in [*libs, "HDF5"]}
         for _ in range(args.repeat):
             for name, lib in libs.items():
-                h5shard._deflate = lib
+                codec.DEFLATE = lib
                 res[name].append([write_us(blocks, tmp / "p.h5", None),
                                   write_us(blocks, tmp / "r16.h5", 16_384),
                                   write_us(blocks, tmp / "r4.h5", 4_096),
                                   read_us(tmp / "p.h5")])
-            h5shard._deflate = isal
-            h5shard._chunk_reader = lambda ds: None  # every chunk through h5py
+            codec.DEFLATE = isal
+            codec.chunk_reader = lambda ds: None  # every chunk through h5py
             try:
                 res["HDF5"].append([float("nan")] * 3 + [read_us(tmp / "p.h5")])
             finally:
-                h5shard._chunk_reader = real_reader
+                codec.chunk_reader = real_reader
         for name, runs in res.items():
             m = [statistics.median(col) for col in zip(*runs)]
             cells = " | ".join("–" if np.isnan(v) else f"{v:.1f}" for v in m[:3])

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -104,9 +110,50 @@ def test_plain_dataloader_uses_getitems(shards):
 
 
 def test_handles_stay_out_of_pickled_state(shards):
-    ds = StudentDataset(shards["s1"])
-    ds.get_batch([1, 2])
-    assert ds._files and ds.__getstate__()["_files"] == {}
+    """An open h5py file cannot be pickled: a dataset reading through open handles still
+    pickles (a spawned worker's copy), and the copy opens its own handle when it reads."""
+    ds = TeacherDataset([shards["t1"], shards["t2"]])
+    want = ds.get_batch([1, 80])
+    assert all(r.handle.is_open for r in ds._readers)
+    copy = pickle.loads(pickle.dumps(ds))
+    assert not any(r.handle.is_open for r in copy._readers)
+    got = copy.get_batch([1, 80])
+    for k in TEACHER_KEYS:
+        assert torch.equal(getattr(got, k), getattr(want, k)), k
+    assert copy._readers[0].handle.is_open and ds._readers[0].handle.is_open
+
+
+def _read_in_worker(batch):
+    """collate_fn run in the DataLoader worker: the batch and who read it."""
+    info = torch.utils.data.get_worker_info()
+    handle = info.dataset._readers[0].handle
+    return batch, os.getpid(), handle._pid, handle.is_open
+
+
+@pytest.mark.parametrize("cls,key", [(StudentDataset, "s1"), (TeacherDataset, "t1")])
+def test_forked_workers_open_their_own_handle(shards, cls, key):
+    """The parent reads first (its handle is open when the workers fork); each forked worker
+    reopens the shard itself, reads the same rows, and the parent's handle stays usable."""
+    ds = cls(shards[key])
+    parent_handle = ds._readers[0].handle
+    ds.get_batch([0, 1])
+    assert parent_handle.is_open and parent_handle._pid == os.getpid()
+    sampler = ShardBatchSampler(len(ds), 16, shuffle=True, seed=5)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, sampler=sampler, num_workers=2,
+                                         collate_fn=_read_in_worker,
+                                         multiprocessing_context="fork")
+    got = list(loader)
+    assert len(got) == len(sampler)
+    for (batch, pid, handle_pid, is_open), idx in zip(got, sampler):
+        assert pid != os.getpid() and handle_pid == pid and is_open
+        want = ds.get_batch(idx)
+        if cls is StudentDataset:
+            _same_student(batch, want)
+        else:
+            for k in TEACHER_KEYS:
+                assert torch.equal(getattr(batch, k), getattr(want, k)), k
+    assert len({pid for _, pid, _, _ in got}) == 2
+    assert parent_handle.is_open and parent_handle._pid == os.getpid()
 
 
 def test_require_spectrum_flag_and_subset(tmp_path):
@@ -133,12 +180,34 @@ def test_augmentation_is_applied_and_deterministic(shards):
 
 
 def test_errors(shards, tmp_path):
-    with pytest.raises(FormatError, match="mode"):
-        StudentDataset(shards["t1"])
-    with pytest.raises(InputError):
+    with pytest.raises(FormatError, match="mode is 'teacher', expected 'student'") as e:
+        StudentDataset([shards["s1"], shards["t1"]])
+    assert e.value.file == str(shards["t1"])
+    with pytest.raises(InputError, match="missing.h5"):
         StudentDataset(tmp_path / "missing.h5")
     with pytest.raises(IndexError):
         StudentDataset(shards["s1"]).get_batch([70])
+
+
+def test_schema_check_names_the_file_and_what_is_missing(shards, tmp_path):
+    """The datasets refuse, through the reader's one schema check, a file of another schema
+    and a shard without a dataset they read (here the student's ``counts``)."""
+    wrong = Path(__file__).resolve().parents[3] / "formats/conformance/failed/h5shard-wrong-schema.h5"
+    with pytest.raises(FormatError, match="not a neimsctl.h5shard/1 file") as e:
+        StudentDataset(wrong)
+    assert e.value.file == str(wrong)
+    old = tmp_path / "old.h5"
+    shutil.copy(shards["s1"], old)
+    with h5py.File(old, "r+") as f:
+        del f["counts"]
+    with pytest.raises(FormatError, match=r"missing datasets \['counts'\]") as e:
+        StudentDataset(old)
+    assert e.value.file == str(old)
+    with pytest.raises(FormatError, match=r"missing datasets \['formula'\]"):
+        with h5py.File(old, "r+") as f:
+            del f["formula"]
+            f.create_dataset("counts", data=np.zeros((70, 2048), np.uint8))
+        StudentDataset(old, augment=Augment(isotope_fraction=0.5))
 
 
 def test_batch_sampler_epochs():

@@ -130,9 +130,9 @@ def test_reader_rejects_foreign_hdf5(tmp_path: Path) -> None:
 def test_buffered_writes_cross_flush_and_chunk_boundaries(tmp_path: Path, mode: str,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Blocks of odd sizes around a (small) flush size: rows, CSR offsets and n_rows exact."""
-    import neimsctl.io.h5shard as h5shard
+    from neimsctl.io.h5shard import write as shard_write
 
-    monkeypatch.setattr(h5shard, "FLUSH_ROWS", 128)
+    monkeypatch.setattr(shard_write, "FLUSH_ROWS", 128)
     sizes = [70, 1, 63, 100, 5, 64]
     blocks, start = [], 0
     for n in sizes:
@@ -259,10 +259,10 @@ def test_chunks_deflated_here_read_back_through_hdf5s_gzip_filter(
 
     import h5py
 
-    import neimsctl.io.h5shard as h5shard
+    from neimsctl.io.h5shard import codec
 
     if lib == "zlib":
-        monkeypatch.setattr(h5shard, "_deflate", zlib)
+        monkeypatch.setattr(codec, "DEFLATE", zlib)
     blocks = [make_block("student", 0, 64), make_block("student", 64, 37)]  # 101 rows
     path = write(tmp_path / "d.h5", "student", blocks)
     whole = concat_blocks(blocks, "student")
@@ -306,9 +306,9 @@ def test_resumable_output_without_a_commit_is_the_open_segment_renamed(
 
 
 def _chunk_rows(r: ShardReader, name: str, row: int) -> np.ndarray:
-    from neimsctl.io.h5shard import _chunk_reader
+    from neimsctl.io.h5shard.codec import chunk_reader
 
-    read = _chunk_reader(r.file[name])
+    read = chunk_reader(r.file[name])
     assert read is not None
     return read(row - row % 64)
 

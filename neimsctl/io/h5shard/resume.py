@@ -1,0 +1,171 @@
+"""Resumable shard output: :class:`ResumableShardWriter`, the writer of ``featurize -o FILE.h5``.
+
+Rows go into segments, complete shards ``FILE.h5.partial/seg-NNNNNN.h5`` (one per resume point,
+each with the caller's resume state), which are joined into ``FILE.h5`` chunk by chunk as stored
+(formats/h5-shard.v1.md, "Writing"). Each segment is written by a
+:class:`neimsctl.io.h5shard.write.ShardWriter` and read back by a
+:class:`neimsctl.io.h5shard.read.ShardReader`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neimsctl.errors import FormatError
+from neimsctl.io.featblock import block_rows, check_mode
+from neimsctl.io.h5shard.layout import ROW_CHUNK
+from neimsctl.io.h5shard.read import ShardReader
+from neimsctl.io.h5shard.write import ShardWriter
+from neimsctl.io.streams import Writer, partial_path
+
+
+class ResumableShardWriter(Writer):
+    """Write one shard so that an interrupted run can be continued; a context manager.
+
+    HDF5 is not crash-safe: a process killed half-way through a write can leave a file that
+    the library cannot open again (or that crashes it). So the rows go, one *segment* per
+    :meth:`commit`, into complete shards ``<path>.partial/seg-NNNNNN.h5``, each written by a
+    :class:`ShardWriter` (temporary name, renamed when the segment is committed) and carrying
+    the caller's resume state; :meth:`close` joins them into ``path`` and removes the
+    directory. Whatever kills the process, the segments already renamed are intact.
+
+    Rows stream into the open segment as they come (memory stays that of one
+    :class:`ShardWriter`, at most :data:`~neimsctl.io.h5shard.write.FLUSH_ROWS` rows, however
+    far apart the commits). A segment owns only its first ``aligned_rows`` rows (a multiple of
+    :data:`ROW_CHUNK`): the rows after them (fewer than one chunk) are written again at the
+    start of the next segment. So every segment starts on a chunk boundary of the final file, and its compressed
+    chunks are copied as they are into the final file (``<path>.partial/joined.h5`` until the
+    end) right after the segment is committed: the copying happens while the rows come in
+    (under ``featurize --jobs N``, while the workers featurize), and :meth:`close` only copies
+    the last segment. When nothing was committed (a run shorter than one commit interval), the
+    open segment already is the whole output and is renamed into place without a copy.
+
+    Parameters
+    ----------
+    path, mode, settings, settings_hash, attrs
+        As :class:`ShardWriter` (``attrs`` go to the final file).
+    resume
+        Continue the segments of ``<path>.partial``: :attr:`resume_state` is the state of the
+        last complete segment (``None`` when there is none: the run starts afresh).
+
+    Raises
+    ------
+    FormatError
+        ``resume`` with segments of another mode or featurizer settings hash.
+    """
+
+    def __init__(self, path: str | os.PathLike, mode: str, settings: dict[str, Any],
+                 settings_hash: str, attrs: dict[str, Any] | None = None, *,
+                 resume: bool = False) -> None:
+        self.path, self.mode = Path(path), check_mode(mode)
+        self._settings, self._hash, self._attrs = settings, settings_hash, attrs
+        self.dir = partial_path(self.path)
+        self.resume_state: dict[str, Any] | None = None
+        self._seg: ShardWriter | None = None  # the open segment
+        self._out: ShardWriter | None = None  # the final file, once a segment is committed
+        self._unjoined: list[Path] = []  # committed segments not yet copied into it
+        self._tail: dict[str, np.ndarray] | None = None  # the last segment's unowned rows
+        # rows committed (the tail's included); the tail has ``_carry`` rows
+        self._written = self._carry = 0
+        segs = self._segments() if resume else []
+        if not resume:  # a new run replaces an old partial output
+            shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(exist_ok=True)
+        if segs:
+            with ShardReader(segs[-1]) as r:
+                if (r.mode, r.settings_hash) != (self.mode, settings_hash):
+                    raise FormatError(f"{self.dir}: segments of another run (mode {r.mode}, "
+                                      f"settings hash {r.settings_hash}); run again without "
+                                      "--resume to start afresh", file=str(self.dir))
+                self.resume_state = json.loads(r.attrs["resume_state"])
+                own = _owned_rows(r)
+                if own < len(r):
+                    self._tail, self._carry = r.rows(own, len(r)), len(r) - own
+            self._written = int(self.resume_state["n_rows"])
+        self._next, self._unjoined = len(segs), segs
+
+    def _segments(self) -> list[Path]:
+        return sorted(self.dir.glob("seg-*.h5")) if self.dir.is_dir() else []
+
+    def _open(self) -> ShardWriter:
+        """The open segment (made with the final file's attributes, and the last tail)."""
+        if self._seg is None:
+            self._seg = ShardWriter(self.dir / f"seg-{self._next:06d}.h5", self.mode,
+                                    self._settings, self._hash, self._attrs)
+            if self._tail is not None:
+                self._seg.append(self._tail)
+        return self._seg
+
+    @property
+    def n_rows(self) -> int:
+        """Rows appended so far (committed or not)."""
+        return self._written + (self._seg.n_rows - self._carry if self._seg is not None else 0)
+
+    def append(self, block: dict[str, np.ndarray]) -> None:
+        """Write the rows of ``block`` into the open segment (committed by :meth:`commit`)."""
+        if block_rows(block):
+            self._open().append(block)
+
+    def commit(self, state: dict[str, Any]) -> None:
+        """Finish the open segment with ``state`` (+ the row count): a resume point."""
+        w = self._open()
+        n = w.n_rows
+        self._written += n - self._carry
+        own = n // ROW_CHUNK * ROW_CHUNK
+        w.attrs["resume_state"] = json.dumps({**state, "n_rows": self._written}, sort_keys=True)
+        w.attrs["aligned_rows"] = own
+        self._tail = w.last_rows(n - own) if own < n else None
+        self._carry = n - own
+        self._seg = None
+        w.close()
+        self._next += 1
+        self._unjoined.append(w.path)
+        self._join()
+
+    def _join(self) -> None:
+        """Copy the owned rows of the committed segments not yet copied into the final file."""
+        if self._out is None:  # in the directory: a killed run leaves nothing beside ``path``
+            self._out = ShardWriter(self.dir / "joined.h5", self.mode, self._settings, self._hash,
+                                    self._attrs)
+        for seg in self._unjoined:
+            with ShardReader(seg) as r:
+                self._out.append_shard_rows(r, _owned_rows(r))
+        self._unjoined = []
+
+    def close(self) -> None:
+        """Finish ``path`` with the open segment's rows; remove the segments."""
+        last = self._open()
+        if self._out is None and not self._unjoined:  # nothing committed: the open segment
+            last.close()                                # is the output, attributes and all
+            os.replace(last.path, self.path)
+        else:
+            last.attrs["aligned_rows"] = last.n_rows  # it owns all its rows
+            last.close()
+            self._unjoined.append(last.path)
+            self._join()
+            assert self._out is not None
+            self._out.close()
+            os.replace(self._out.path, self.path)
+        self._seg = self._out = None
+        shutil.rmtree(self.dir)  # segments, and temporary files of a run killed mid-segment
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        """Drop the open segment and the unfinished final file; keep the committed segments
+        for a resume."""
+        for w in (self._seg, self._out):
+            if w is not None:
+                w.abort(exc)
+        self._seg = self._out = None
+
+
+
+def _owned_rows(seg: ShardReader) -> int:
+    """Rows of a segment that no later segment repeats (all its rows in segments written
+    before ``aligned_rows`` existed)."""
+    return int(seg.attrs.get("aligned_rows", len(seg)))
