@@ -58,6 +58,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 import numpy as np
 
 from neimsctl.errors import InputError
+from neimsctl.io.peak_block import PeakBlock
 from neimsctl.io.spectrum import N_BINS
 
 __all__ = ["SCORES", "DEFAULT_SCORE", "Score", "PeakBlock", "TopK", "score_all", "search_blocks",
@@ -103,50 +104,6 @@ class Score:
     def bounded(self) -> bool:
         """True when the engine prunes with an upper bound before exact scoring."""
         return self.name != "cosine"
-
-
-class PeakBlock(NamedTuple):
-    """Spectra as peak lists in CSR form.
-
-    Attributes
-    ----------
-    ptr : int64 ``(n + 1,)``, ``ptr[0] == 0``; the peaks of spectrum ``i`` are ``ptr[i]:ptr[i+1]``.
-    mz : integer m/z ``(nnz,)``, ``0 <= mz < n_bins``, one peak per m/z within a spectrum.
-    intensity : float32 ``(nnz,)``, linear, > 0 (any scale per spectrum; base peak 1 by convention).
-    """
-
-    ptr: np.ndarray
-    mz: np.ndarray
-    intensity: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.ptr) - 1
-
-    @classmethod
-    def from_dense(cls, spectra: np.ndarray) -> PeakBlock:
-        """CSR of the positive bins of ``(n, n_bins)`` dense spectra (row-major order)."""
-        x = np.asarray(spectra, dtype=np.float32)
-        if x.ndim != 2:
-            raise ValueError(f"spectra must be 2-D (N, bins), got shape {x.shape}")
-        rows, cols = np.nonzero(x > 0)
-        ptr = np.zeros(len(x) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(rows, minlength=len(x)), out=ptr[1:])
-        return cls(ptr, cols.astype(np.uint16), x[rows, cols])
-
-    def row_of_peak(self) -> np.ndarray:
-        """The spectrum index of every peak, int64 ``(nnz,)``."""
-        return np.repeat(np.arange(len(self), dtype=np.int64), np.diff(self.ptr))
-
-    def slice(self, lo: int, hi: int) -> PeakBlock:
-        """Spectra ``lo:hi`` as a new block (views of the peak arrays)."""
-        a, b = int(self.ptr[lo]), int(self.ptr[hi])
-        return PeakBlock(self.ptr[lo:hi + 1] - a, self.mz[a:b], self.intensity[a:b])
-
-    def to_dense(self, n_bins: int = N_BINS) -> np.ndarray:
-        """float32 ``(n, n_bins)``."""
-        out = np.zeros((len(self), n_bins), dtype=np.float32)
-        out[self.row_of_peak(), self.mz.astype(np.int64)] = self.intensity
-        return out
 
 
 class TopK(NamedTuple):

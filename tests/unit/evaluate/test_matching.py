@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from neimsctl.errors import InputError
-from neimsctl.evaluate.matching import PeakBlock, Score, iter_chunks, score_all, search_blocks
+from neimsctl.evaluate.matching import Score, iter_chunks, score_all, search_blocks
+from neimsctl.io.peak_block import PeakBlock
 
 N = 501
 
