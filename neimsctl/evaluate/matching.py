@@ -306,7 +306,8 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
     Returns
     -------
     TopK
-        Best first; ties in score go to the lower entry index.
+        Best first; ties in score go to the lower entry index. Only entries that score above 0
+        (share at least one peak with the query) are hits.
     """
     if k < 1:
         raise InputError(f"k must be >= 1, got {k}")
@@ -347,6 +348,8 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
         for j in live:
             qi = sel[j]
             _prune_exact(best_s, best_i, qi, qv[j], q.n_peaks[qi], bound[j], chunk, score, start)
+    none = ~(best_s > 0)        # a hit shares at least one peak: score 0 is no hit
+    best_s[none], best_i[none] = -np.inf, -1
     return TopK(best_s, best_i)
 
 

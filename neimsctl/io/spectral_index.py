@@ -135,7 +135,8 @@ class IndexWriter:
 
     def _pending(self) -> tuple[PeakBlock, dict[str, np.ndarray]]:
         block = PeakBlock.concat(self._blocks)
-        entry = {k: np.concatenate([e[k] for e in self._entries]) for k in _ENTRY}
+        entry = {k: np.concatenate([e[k] for e in self._entries]) if self._entries
+                 else np.zeros(0, dtype=dt) for k, dt in _ENTRY.items()}
         self._blocks, self._entries, self._buffered = [], [], 0
         return block, entry
 
