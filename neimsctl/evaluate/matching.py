@@ -136,13 +136,24 @@ def _weighted_values(block: PeakBlock, score: Score, rows: np.ndarray) -> np.nda
         v = np.power(p, w)
         return v / _per_row_sum(block, v, rows)[rows]
     if score.name == "composite":
-        v = mz ** 3 * inten ** 0.6
+        v = mz * mz * mz * inten ** 0.6
     else:
-        v = inten if score.intensity_power == 1.0 else inten ** score.intensity_power
+        v = _power(inten, score.intensity_power)
         if score.mz_power != 0.0:
-            v = v * mz ** score.mz_power
+            v = v * _power(mz, score.mz_power)
     norm = np.sqrt(_per_row_sum(block, v * v, rows))
     return np.divide(v, norm[rows], out=np.zeros_like(v), where=norm[rows] > 0)
+
+
+def _power(x: np.ndarray, p: float) -> np.ndarray:
+    """``x ** p`` with the common exponents as cheap operations."""
+    if p == 1.0:
+        return x
+    if p == 0.5:
+        return np.sqrt(x)
+    if p == 2.0:
+        return x * x
+    return x ** p
 
 
 def _dense(block: PeakBlock, values: np.ndarray, rows: np.ndarray, colmap: np.ndarray,
