@@ -366,14 +366,42 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
 
 def _take_topk(best_s: np.ndarray, best_i: np.ndarray, sel: np.ndarray, s: np.ndarray, start: int,
                k: int) -> None:
-    if s.shape[1] > k:
-        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-    else:
-        part = np.broadcast_to(np.arange(s.shape[1]), (len(sel), s.shape[1]))
-    vals = np.take_along_axis(s, part, axis=1).astype(np.float64)
-    bs, bi = best_s[sel], best_i[sel]
-    _merge_rows(bs, bi, vals, np.where(np.isfinite(vals), part + start, -1))
-    best_s[sel], best_i[sel] = bs, bi
+    """Merge the exact scores ``s`` ``(len(sel), n)`` of a chunk into the running top-k.
+
+    Only entries at or above each query's current k-th score (and above 0) are candidates, so
+    the cost is one comparison per score plus a sort of the few candidates; before ``k`` hits
+    are known the threshold is the k-th best of a sample of the chunk (a lower bound of the
+    chunk's k-th best, so no true top-k entry is left out).
+    """
+    theta = best_s[sel, -1].astype(np.float32)
+    n = s.shape[1]
+    fresh = ~np.isfinite(theta)
+    if fresh.any():
+        m = min(n, max(8 * k, 2048))
+        sample = s[np.ix_(np.flatnonzero(fresh), np.arange(0, n, max(1, n // m)))]
+        kk = min(k, sample.shape[1])
+        theta[fresh] = np.partition(sample, sample.shape[1] - kk, axis=1)[:, sample.shape[1] - kk]
+    cand = (s >= theta[:, None]) & (s > 0)
+    rows, cols = np.nonzero(cand)
+    if len(rows) == 0:
+        return
+    vals = s[rows, cols].astype(np.float64)
+    order = np.lexsort((cols, -vals, rows))
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    first = np.searchsorted(rows, rows, "left")
+    keep = (np.arange(len(rows)) - first) < k
+    rows, cols, vals = rows[keep], cols[keep], vals[keep]
+    uniq, pos = np.unique(rows, return_index=True)
+    slot = np.arange(len(rows)) - np.repeat(pos, np.diff(np.append(pos, len(rows))))
+    cand_s = np.full((len(uniq), k), -np.inf)
+    cand_i = np.full((len(uniq), k), -1, dtype=np.int64)
+    r = np.searchsorted(uniq, rows)
+    cand_s[r, slot] = vals
+    cand_i[r, slot] = cols + start
+    target = sel[uniq]
+    bs, bi = best_s[target], best_i[target]
+    _merge_rows(bs, bi, cand_s, cand_i)
+    best_s[target], best_i[target] = bs, bi
 
 
 def _prune_exact(best_s: np.ndarray, best_i: np.ndarray, qi: int, qv: np.ndarray, qn: float,

@@ -3,8 +3,9 @@
 One HDF5 file. The spectra are sorted by nominal mass (unknown mass, ``-1``, first; input
 order within a mass), so a mass window is one contiguous slice, and stored as CSR peak lists
 (:class:`neimsctl.io.peak_block.PeakBlock`) that :meth:`SpectralIndex.chunks` streams. The
-text of each entry (id, name, SMILES, formula) stays in input order under ``meta/`` and is read
-only for the hits (``row`` maps a sorted entry to its input row).
+text of each entry (id, name, SMILES, formula) stays in input order as one JSON object per entry
+in the byte array ``meta`` (``meta_ptr`` offsets) and is read only for the hits (``row`` maps a
+sorted entry to its input row).
 
 :class:`IndexWriter` streams: metadata is appended as it comes; peaks are buffered up to
 ``run_peaks`` peaks, sorted by mass and spilled to a temporary run file; :meth:`IndexWriter.close`
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+import orjson
 
 from neimsctl.errors import FormatError, InputError
 from neimsctl.io.peak_block import PeakBlock
@@ -99,10 +101,10 @@ class IndexWriter:
         self._entries: list[dict[str, np.ndarray]] = []
         self._buffered = 0
         self.n = 0
-        str_t = h5py.string_dtype("utf-8")
-        meta = self.file.create_group("meta")
-        for key in _META:
-            meta.create_dataset(key, shape=(0,), maxshape=(None,), dtype=str_t, chunks=(4096,))
+        self._meta = tempfile.TemporaryFile(dir=self.path.parent if not in_memory and self.path.parent.exists()
+                                            else None)
+        self._meta_ptr: list[np.ndarray] = [np.zeros(1, np.int64)]
+        self._meta_size = 0
 
     def add_source(self, file: str, kind: str) -> int:
         """Register an input file; returns its ``source`` number."""
@@ -118,11 +120,12 @@ class IndexWriter:
         n = len(block)
         if n == 0:
             return
-        meta = self.file["meta"]
-        for key, values in zip(_META, (ids, names, smiles, formula)):
-            ds = meta[key]
-            ds.resize((self.n + n,))
-            ds[self.n:] = np.asarray([str(v) for v in values], dtype=object)
+        dumps = orjson.dumps
+        lines = [dumps({"id": str(a), "name": str(b), "smiles": str(c), "formula": str(d)})
+                 for a, b, c, d in zip(ids, names, smiles, formula)]
+        self._meta.write(b"".join(lines))
+        self._meta_ptr.append(self._meta_size + np.cumsum([len(x) for x in lines], dtype=np.int64))
+        self._meta_size += sum(len(x) for x in lines)
         keys = np.asarray([str(k or "")[:KEY_LEN].encode("ascii", "replace") for k in inchikey], dtype=f"S{KEY_LEN}")
         self._entries.append({"mw": np.asarray(mw, np.int32), "row": np.arange(self.n, self.n + n),
                               "predicted": np.asarray(predicted, np.uint8),
@@ -153,11 +156,23 @@ class IndexWriter:
             if self._runs and self._blocks:
                 self._spill()
             f = self.file
+            n_peaks = sum(int(r.ptr[-1]) for r in self._runs) if self._runs else \
+                sum(len(b.mz) for b in self._blocks)
+            # fixed sizes are known now: contiguous datasets, which readers map straight from disk
             for key, dt in _ENTRY.items():
-                f.create_dataset(key, shape=(0,), maxshape=(None,), dtype=dt, chunks=(65536,))
-            f.create_dataset("peak_ptr", data=np.zeros(1, np.int64), maxshape=(None,), chunks=(65536,))
-            f.create_dataset("mz", shape=(0,), maxshape=(None,), dtype=np.uint16, chunks=(_PEAK_CHUNK,))
-            f.create_dataset("intensity", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(_PEAK_CHUNK,))
+                f.create_dataset(key, shape=(self.n,), dtype=dt)
+            f.create_dataset("peak_ptr", shape=(self.n + 1,), dtype=np.int64)
+            f["peak_ptr"][0] = 0
+            f.create_dataset("mz", shape=(n_peaks,), dtype=np.uint16)
+            f.create_dataset("intensity", shape=(n_peaks,), dtype=np.float32)
+            f.create_dataset("meta_ptr", data=np.concatenate(self._meta_ptr))
+            blob = f.create_dataset("meta", shape=(self._meta_size,), dtype=np.uint8)
+            self._meta.seek(0)
+            pos = 0
+            while data := self._meta.read(1 << 26):
+                blob[pos:pos + len(data)] = np.frombuffer(data, np.uint8)
+                pos += len(data)
+            self._pos_e = self._pos_p = 0
             if not self._runs:
                 block, entry = self._pending()
                 run = _MemRun(block, entry)
@@ -168,6 +183,7 @@ class IndexWriter:
                             "n_bins": N_BINS, "sources": json.dumps(self.sources), **self.attrs})
             f.attrs["complete"] = True
         finally:
+            self._meta.close()
             if self._tmp is not None:
                 shutil.rmtree(self._tmp, ignore_errors=True)
 
@@ -199,15 +215,21 @@ class IndexWriter:
             sizes.append(np.diff(run.ptr[lo:hi + 1]))
             for k in _ENTRY:
                 entry[k].append(run.entry[k][lo:hi])
+        e0, p0 = self._pos_e, self._pos_p
+        cols = {k: np.concatenate(entry[k]) for k in _ENTRY}
+        e1 = e0 + len(cols["mw"])
         for k in _ENTRY:
-            _extend(f[k], np.concatenate(entry[k]))
-        base = int(f["peak_ptr"][-1])
-        _extend(f["peak_ptr"], base + np.cumsum(np.concatenate(sizes)))
-        _extend(f["mz"], np.concatenate(mzs))
-        _extend(f["intensity"], np.concatenate(ints))
+            f[k][e0:e1] = cols[k]
+        f["peak_ptr"][e0 + 1:e1 + 1] = p0 + np.cumsum(np.concatenate(sizes))
+        mz = np.concatenate(mzs)
+        p1 = p0 + len(mz)
+        f["mz"][p0:p1] = mz
+        f["intensity"][p0:p1] = np.concatenate(ints)
+        self._pos_e, self._pos_p = e1, p1
 
     def abort(self) -> None:
         """Close without finishing (the caller removes the file)."""
+        self._meta.close()
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
         self.file.close()
@@ -243,12 +265,6 @@ def _take_large(block: PeakBlock, order: np.ndarray) -> PeakBlock:
     ptr = np.zeros(len(order) + 1, dtype=np.int64)
     np.cumsum(sizes, out=ptr[1:])
     return PeakBlock(ptr, block.mz[idx], block.intensity[idx])
-
-
-def _extend(ds: Any, values: np.ndarray) -> None:
-    n = ds.shape[0]
-    ds.resize((n + len(values),))
-    ds[n:] = values
 
 
 class SpectralIndex:
@@ -290,6 +306,38 @@ class SpectralIndex:
         self.source = f["source"][:]
         self.ptr = f["peak_ptr"][:]
         self._keys: np.ndarray | None = None
+        self._raw = self._raw_offsets()
+        self.row = f["row"][:]
+        self.meta_ptr = f["meta_ptr"][:]
+        self._meta_raw = self._raw_offset("meta", np.uint8)
+        self._fd = os.open(self.path, os.O_RDONLY) if self._meta_raw is not None else None
+
+    def _meta_row(self, row: int) -> dict[str, str]:
+        a, b = int(self.meta_ptr[row]), int(self.meta_ptr[row + 1])
+        if self._fd is not None:
+            data = os.pread(self._fd, b - a, self._meta_raw + a)
+        else:
+            data = self.file["meta"][a:b].tobytes()
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise FormatError(f"damaged index: entry text of row {row} is not JSON", file=self.path) from None
+
+    def _raw_offset(self, key: str, dt: Any) -> int | None:
+        """File offset of a contiguous, uncompressed native-order dataset (else None)."""
+        if self.file.driver != "sec2" or not os.path.isfile(self.path):
+            return None
+        ds = self.file[key]
+        off = ds.id.get_offset()
+        if ds.chunks is not None or ds.compression is not None or ds.dtype != np.dtype(dt) or off is None:
+            return None
+        if ds.dtype.byteorder not in ("=", "|", "<" if np.little_endian else ">"):
+            return None
+        return int(off)
+
+    def _raw_offsets(self) -> tuple[int, int] | None:
+        mz, inten = self._raw_offset("mz", np.uint16), self._raw_offset("intensity", np.float32)
+        return None if mz is None or inten is None else (mz, inten)
 
     def _check(self) -> None:
         f = self.file
@@ -304,14 +352,14 @@ class SpectralIndex:
         if not f.attrs.get("complete", False):
             raise FormatError("damaged index: it was not finished (interrupted write?)", file=self.path)
         need = ("mw", "row", "predicted", "source", "inchikey", "peak_ptr", "mz", "intensity",
-                "meta/id", "meta/name", "meta/smiles", "meta/formula")
+                "meta", "meta_ptr")
         missing = [k for k in need if k not in f]
         if missing:
             raise FormatError(f"damaged index: missing datasets {', '.join(missing)}", file=self.path)
         n = int(f.attrs.get("n_entries", -1))
         lengths = {k: f[k].shape[0] for k in ("mw", "row", "predicted", "source", "inchikey")}
         if any(v != n for v in lengths.values()) or f["peak_ptr"].shape[0] != n + 1 \
-                or f["meta/id"].shape[0] != n:
+                or f["meta_ptr"].shape[0] != n + 1 or int(f["meta_ptr"][-1]) != f["meta"].shape[0]:
             raise FormatError(f"damaged index: dataset lengths disagree with n_entries={n}", file=self.path)
         nnz = f["mz"].shape[0]
         if f["intensity"].shape[0] != nnz or int(f["peak_ptr"][-1]) != nnz \
@@ -322,6 +370,9 @@ class SpectralIndex:
         return self.n
 
     def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         self.file.close()
 
     def __enter__(self) -> SpectralIndex:
@@ -334,8 +385,14 @@ class SpectralIndex:
         """Entries ``lo:hi`` as a :class:`PeakBlock` (read from disk)."""
         a, b = int(self.ptr[lo]), int(self.ptr[hi])
         try:
-            mz = self.file["mz"][a:b]
-            inten = self.file["intensity"][a:b]
+            if self._raw is not None:
+                mz = np.fromfile(self.path, dtype=np.uint16, count=b - a, offset=self._raw[0] + 2 * a)
+                inten = np.fromfile(self.path, dtype=np.float32, count=b - a, offset=self._raw[1] + 4 * a)
+            else:
+                mz = self.file["mz"][a:b]
+                inten = self.file["intensity"][a:b]
+            if len(mz) != b - a or len(inten) != b - a:
+                raise OSError("file shorter than its peak arrays (truncated?)")
         except OSError as exc:
             raise FormatError(f"damaged index: cannot read peaks {a}..{b}: {exc}", file=self.path) from None
         return PeakBlock(self.ptr[lo:hi + 1] - a, mz, inten)
@@ -368,14 +425,11 @@ class SpectralIndex:
         out: dict[str, list] = {}
         if len(uniq) == 0:
             return {k: [] for k in (*_META, "inchikey", "mw", "kind", "file")}
-        rows = self.file["row"][uniq] if len(uniq) < 4096 else self.file["row"][:][uniq]
-        order = np.argsort(rows)
-        meta = self.file["meta"]
+        rows = self.row[uniq]
+        texts = [self._meta_row(int(r)) for r in rows]
         for key in _META:
-            got = np.empty(len(uniq), dtype=object)
-            vals = meta[key][rows[order]] if len(uniq) < 4096 else meta[key][:][rows[order]]
-            got[order] = [v.decode() if isinstance(v, bytes) else str(v) for v in vals]
-            out[key] = list(got[inv])
+            got = [t.get(key, "") for t in texts]
+            out[key] = [got[i] for i in inv]
         keys = self.file["inchikey"][uniq]
         out["inchikey"] = [keys[i].decode() for i in inv]
         out["mw"] = [int(self.mw[i]) for i in idx]

@@ -246,6 +246,10 @@ def search_library(lib: SpectralIndex, batch: QueryBatch, opts: SearchOptions) -
     mask = _allowed_mask(lib, opts)
     ranges = _ranges(lib.n, windows, mask)
     size = int(max(1024, min(65536, _SCORE_BUDGET // max(1, len(batch.records)))))
+    if windows is not None:
+        # narrow chunks: a chunk then meets only the queries whose mass window reaches it
+        widths = windows[1] - windows[0]
+        size = int(min(size, max(1024, np.median(widths) if len(widths) else size)))
     allowed = (lambda a, b: mask[a:b]) if mask is not None else None
     return search_blocks(batch.block, _chunks(lib, ranges, size), opts.score, opts.top, windows=windows,
                          allowed=allowed)
