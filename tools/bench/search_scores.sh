@@ -7,18 +7,25 @@
 # measured val (or test) spectra. Each score is run through `neimsctl eval --score`, which ranks
 # with the same engine as `neimsctl search`. Select on val; report test once.
 #
-# usage: tools/bench/search_scores.sh [MSP] [WORKDIR]    (prints a TSV table on stdout)
+# The shipped model was trained on every DEV compound, so its predictions of val/test compounds
+# are in-sample: give MODEL=<checkpoint> of a model trained on the train part only, e.g.
+#   neimsctl distill WORKDIR/dev.h5 --no-kd -c configs/distill/student-compact.yaml -o RUN
+#   MODEL=RUN/checkpoints/best.pt tools/bench/search_scores.sh
+#
+# usage: [MODEL=ckpt] [PARTS="val test"] tools/bench/search_scores.sh [MSP] [WORKDIR]   (TSV on stdout)
 set -euo pipefail
 MSP=${1:-../shared/data/massbank_ei.msp}
 W=${2:-/tmp/search/scores}
 mkdir -p "$W"
-[ -s "$W/dev.h5" ] || neimsctl msp2jsonl -q "$MSP" | neimsctl featurize -q --mode student -o "$W/dev.h5"
+# msp2jsonl exits 1 when it rejects records (reported on stderr); the shard is what counts
+[ -s "$W/dev.h5" ] || { neimsctl msp2jsonl -q "$MSP" | neimsctl featurize -q --mode student -o "$W/dev.h5" || [ -s "$W/dev.h5" ]; }
 for part in train val test; do
   [ -s "$W/$part.jsonl" ] || neimsctl shards split -q "$W/dev.h5" --part $part -o "$W/$part.jsonl"
 done
 for part in val test; do
   [ -s "$W/$part.smi" ] || neimsctl shards split -q "$W/dev.h5" --part $part -O smi -o "$W/$part.smi"
-  [ -s "$W/pred_$part.jsonl" ] || neimsctl predict -q -O jsonl "$W/$part.smi" -o "$W/pred_$part.jsonl"
+  [ -s "$W/pred_$part.jsonl" ] || neimsctl predict -q -O jsonl ${MODEL:+--model "$MODEL"} "$W/$part.smi" -o "$W/pred_$part.jsonl" \
+    || [ -s "$W/pred_$part.jsonl" ]
 done
 printf 'split\tscore\tR@1\tR@5\tR@10\tR@1_mass5\tR@5_mass5\tR@10_mass5\tseconds\n'
 for part in ${PARTS:-val test}; do
