@@ -93,6 +93,10 @@ def check_peaks(mz: Any, intensity: Any, n_bins: int = N_BINS,
         return "no_peaks", "no peaks"
     if len(mz) != len(intensity):
         return "invalid_peak", f"{len(mz)} m/z values but {len(intensity)} intensities"
+    if isinstance(mz, list) and isinstance(intensity, list):
+        fast = _check_lists(mz, intensity, n_bins, above_range)
+        if fast is not False:
+            return fast
     try:
         m = np.asarray(mz, dtype=np.float64)
         i = np.asarray(intensity, dtype=np.float64)
@@ -110,6 +114,30 @@ def check_peaks(mz: Any, intensity: Any, n_bins: int = N_BINS,
             return "mz_above_range", f"peak at m/z {top:g} is above the range m/z 0..{n_bins - 1}"
         i = i[np.floor(m + 0.5) < n_bins]
     if not (i > 0).any():
+        return "no_peaks", "every intensity is 0"
+    return None
+
+
+def _check_lists(mz: list, intensity: list, n_bins: int, above_range: bool) -> tuple[str, str] | None | bool:
+    """:func:`check_peaks` on plain lists of numbers with built-ins (the common case, several
+    times faster than converting to arrays); ``False`` when the lists hold other types."""
+    try:
+        if not (math.isfinite(sum(mz)) and math.isfinite(sum(intensity))):
+            return "invalid_peak", "a peak is not finite"
+        if min(mz) < 0 or min(intensity) < 0:
+            return "invalid_peak", "a negative m/z or intensity"
+        top = max(mz)
+    except TypeError:
+        return False
+    if isinstance(top, bool) or any(isinstance(v, bool) for v in (mz[0], intensity[0])):
+        return False
+    if math.floor(top + 0.5) >= n_bins:
+        if not above_range:
+            return "mz_above_range", f"peak at m/z {top:g} is above the range m/z 0..{n_bins - 1}"
+        if not any(i > 0 for m, i in zip(mz, intensity) if math.floor(m + 0.5) < n_bins):
+            return "no_peaks", "every intensity is 0"
+        return None
+    if not max(intensity) > 0:
         return "no_peaks", "every intensity is 0"
     return None
 

@@ -218,6 +218,26 @@ def external(npz: Path, matchms_entries: int, matchms_queries: int) -> dict:
     return out
 
 
+def replicate(index: Path, out: Path, times: int) -> None:
+    """An index holding every entry of ``index`` ``times`` times (ids ``copyK:id``): a library of
+    the target size from real predicted spectra, for timing search at scale."""
+    from neimsctl.io.spectral_index import IndexWriter, open_index
+
+    with open_index(index) as ix:
+        w = IndexWriter(out)
+        src = w.add_source(f"{index.name} x{times}", "mixed")
+        for k in range(times):
+            for start in range(0, ix.n, 65536):
+                stop = min(start + 65536, ix.n)
+                e = ix.entries(np.arange(start, stop))
+                w.add(ix.block(start, stop), mw=ix.mw[start:stop], predicted=ix.predicted[start:stop],
+                      source=[src] * (stop - start), inchikey=e["inchikey"],
+                      ids=[f"copy{k}:{i}" for i in e["id"]], names=e["name"], smiles=e["smiles"],
+                      formula=e["formula"])
+        w.close()
+        w.file.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--library", type=Path, help="predicted library (MSP/JSONL)")
@@ -233,6 +253,8 @@ def main() -> None:
     ap.add_argument("--matchms-entries", type=int, default=10000)
     ap.add_argument("--matchms-queries", type=int, default=100)
     ap.add_argument("--skip", default="", help="comma-separated: index,search,exact,external")
+    ap.add_argument("--replicate", type=int, default=1,
+                    help="search an index holding the library N times (timing at scale)")
     ap.add_argument("--external", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.external:
@@ -251,6 +273,12 @@ def main() -> None:
         wall, rss, rc = timed(["neimsctl", "index", str(a.library), str(a.dev), "-o", str(index), "-q"])
         res["index"] = {"wall_s": round(wall, 1), "peak_rss_mb": rss, "exit": rc}
         print(json.dumps(res["index"]), file=sys.stderr, flush=True)
+    if a.replicate > 1:
+        big = a.work / f"lib_x{a.replicate}.h5"
+        if not big.exists():
+            replicate(index, big, a.replicate)
+        res["replicated"] = {"times": a.replicate, "file_mb": big.stat().st_size >> 20}
+        index = big
     res["search"] = []
     if "search" not in skip:
         for score in a.scores.split(","):
