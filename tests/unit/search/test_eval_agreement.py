@@ -36,21 +36,25 @@ def ranks_from_hits(lib: SpectralIndex, topk, query_blocks: np.ndarray) -> np.nd
     return np.asarray(out)
 
 
-@pytest.mark.parametrize("score", [Score("cosine"), Score("composite"), Score("entropy"),
-                                   Score("cosine", reverse=True)])
-@pytest.mark.parametrize("mass_filter", [None, 5.0])
-def test_eval_ranks_equal_search_ranks(sample_msp, score: Score, mass_filter) -> None:
-    data = load_spectra(sample_msp)
+@pytest.fixture(scope="module")
+def data(sample_msp):
+    return load_spectra(sample_msp)
+
+
+@pytest.mark.parametrize("score, mass_filter", [
+    (Score("cosine"), None), (Score("cosine"), 5.0), (Score("composite"), 5.0), (Score("entropy"), None),
+    (Score("composite", reverse=True), None), (Score("entropy", reverse=True), 5.0)])
+def test_eval_ranks_equal_search_ranks(data, score: Score, mass_filter) -> None:
     keep = data.mw > 0
     spectra, keys, mw = data.spectra[keep], data.keys[keep], data.mw[keep]
     rng = np.random.default_rng(1)
-    qrows = rng.choice(len(spectra), size=60, replace=False)
-    queries = spectra[qrows] * rng.uniform(0.5, 1.5, size=(60, spectra.shape[1])).astype(np.float32)
+    qrows = rng.choice(len(spectra), size=30, replace=False)
+    queries = spectra[qrows] * rng.uniform(0.5, 1.5, size=(30, spectra.shape[1])).astype(np.float32)
     queries /= queries.max(axis=1, keepdims=True)
     ev = library_match(queries, keys[qrows], mw[qrows], spectra, keys, mw, ks=(1, 5, 10),
                        mass_filter=mass_filter, score=score)
     lib = memory_index(spectra, keys, mw)
-    recs = [SpectrumRecord("q", 0, i, str(i)) for i in range(60)]
+    recs = [SpectrumRecord("q", 0, i, str(i)) for i in range(30)]
     batch = QueryBatch(recs, PeakBlock.from_dense(queries), mw[qrows].astype(np.float64))
     top = search_library(lib, batch, SearchOptions(score, top=len(spectra), mass_filter=mass_filter))
     ranks = ranks_from_hits(lib, top, connectivity_blocks(keys[qrows]))
