@@ -406,21 +406,24 @@ def _take_topk(best_s: np.ndarray, best_i: np.ndarray, sel: np.ndarray, s: np.nd
 
 def _prune_exact(best_s: np.ndarray, best_i: np.ndarray, qi: int, qv: np.ndarray, qn: float,
                  bound: np.ndarray, chunk: _Chunk, score: Score, start: int) -> None:
-    """Exact scores of one query's entries in decreasing bound order, while the bound can win."""
-    theta = best_s[qi, -1]
-    cand = np.flatnonzero(bound > theta)
-    cand = cand[np.argsort(-bound[cand], kind="stable")]
-    pos = 0
+    """Exact scores of one query's entries in decreasing bound order, while the bound can win.
+
+    Each step scores the ``step`` candidates of highest bound exactly, raises the threshold (the
+    k-th best exact score) and drops the candidates whose bound no longer exceeds it.
+    """
+    supp = np.flatnonzero(qv > 0)      # only the query's own peaks can be shared: exact on those
+    cand = np.flatnonzero(bound > best_s[qi, -1])
     step = max(_EXACT_BATCH, best_s.shape[1])
-    while pos < len(cand):
-        if bound[cand[pos]] <= best_s[qi, -1]:
-            break
-        rows = cand[pos:pos + step]
-        rows = rows[bound[rows] > best_s[qi, -1]]
-        exact = _exact(qv, qn, chunk.values[rows], score)
+    while len(cand):
+        if len(cand) > step:
+            top = np.argpartition(-bound[cand], step - 1)[:step]
+            rows, rest = cand[top], np.delete(cand, top)
+        else:
+            rows, rest = cand, cand[:0]
+        exact = _exact(qv[supp], qn, chunk.values[np.ix_(rows, supp)], score)
         bs, bi = best_s[qi:qi + 1], best_i[qi:qi + 1]
         _merge_rows(bs, bi, exact[None, :], (rows + start)[None, :])
-        pos += step
+        cand = rest[bound[rest] > best_s[qi, -1]]
         step *= 2
 
 
@@ -452,5 +455,6 @@ def score_all(queries: PeakBlock, library: PeakBlock, score: Score, n_bins: int 
             out[:, start:start + len(block)] = _bounds(qv, q.n_peaks, ch, score)
             continue
         for i in range(q.n):
-            out[i, start:start + len(block)] = _exact(qv[i], q.n_peaks[i], ch.values, score)
+            supp = np.flatnonzero(qv[i] > 0)
+            out[i, start:start + len(block)] = _exact(qv[i][supp], q.n_peaks[i], ch.values[:, supp], score)
     return out
