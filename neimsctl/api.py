@@ -9,6 +9,15 @@ Examples
 [(43, 1.0), (120, 0.61), (138, 0.38)]
 >>> p.export_msp(["CCO", "c1ccccc1"], "out.msp", name=["ethanol", "benzene"])  # doctest: +SKIP
 2
+
+Library search (``neimsctl search``), ``SpectralLibrary`` / ``open_index``:
+
+>>> from neimsctl.api import open_index                         # doctest: +SKIP
+>>> lib = open_index("library.h5")                               # doctest: +SKIP
+>>> hits = lib.search([{"mz": [77, 105, 182], "intensity": [40, 999, 300], "mw": 182}],
+...                   top=5, score="cosine", mass_filter=5)      # doctest: +SKIP
+>>> hits[0][0]["hit_name"], hits[0][0]["score"]                  # doctest: +SKIP
+('Benzophenone', 0.9731)
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from neimsctl.predict.model import LoadedModel, load_model
 from neimsctl.predict.run import (CHUNK, ChunkPredictor, PredictOptions, predicted,
                                   reject_message, run_predict)
 
-__all__ = ["SpectrumPredictor"]
+__all__ = ["SpectrumPredictor", "SpectralLibrary", "open_index"]
 
 _DEFAULTS = PredictOptions()
 #: The settings a ``SpectrumPredictor`` takes; the defaults are ``neimsctl predict``'s own.
@@ -230,3 +239,127 @@ class SpectrumPredictor:
         with open_out(Path(path) if str(path) != "-" else "-") as fh:
             run_predict(results, fh, tally)
         return tally.written
+
+
+class SpectralLibrary:
+    """One or more search libraries, searched together as ``neimsctl search --library`` does.
+
+    Parameters
+    ----------
+    paths
+        Index files (``neimsctl index``) and/or small MSP / JSONL libraries (indexed in memory).
+
+    Raises
+    ------
+    InputError, FormatError
+        A library that is missing, truncated, of another index version, or without spectra.
+    """
+
+    def __init__(self, *paths: str | os.PathLike) -> None:
+        from neimsctl.io.rejects import Tally
+        from neimsctl.search.run import open_libraries
+
+        if not paths:
+            raise ConfigError("SpectralLibrary needs at least one library path")
+        self.rejects = Tally()
+        self.libraries = open_libraries([str(p) for p in paths], self.rejects)
+
+    def __len__(self) -> int:
+        return sum(len(lib) for lib in self.libraries)
+
+    def close(self) -> None:
+        for lib in self.libraries:
+            lib.close()
+
+    def __enter__(self) -> SpectralLibrary:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def search(self, spectra: Any, *, top: int = 10, score: str | None = None, reverse: bool = False,
+               mass_filter: float | None = None, candidates: Sequence[str] | None = None,
+               source: str | None = None, mz_power: float = 1.0,
+               intensity_power: float = 0.5) -> list[list[dict[str, Any]]]:
+        """The ``top`` hits of each query spectrum, best first (the CLI's columns as dict keys).
+
+        Parameters
+        ----------
+        spectra
+            A path to an MSP / JSONL file of queries; or a sequence of queries, each a dict
+            with ``mz`` and ``intensity`` (optional ``mw``, ``id``, ``name``, ``smiles``,
+            ``formula``) or a ``(mz, intensity)`` pair; or a dense array ``(n, 501)``.
+        top, score, reverse, mass_filter, source, mz_power, intensity_power
+            As ``neimsctl search`` (``score`` None: the default score).
+        candidates
+            InChIKeys (or their first blocks) or SMILES: only these compounds are hits.
+
+        Returns
+        -------
+        list of list of dict
+            Per query, its hits: ``query_id``, ``query_name``, ``rank``, ``score``, ``hit_id``,
+            ``hit_name``, ``inchikey``, ``smiles``, ``formula``, ``mw``, ``mass_diff``,
+            ``source`` (measured/predicted), ``library``.
+
+        Raises
+        ------
+        FormatError
+            A query without peaks, with non-numeric peaks or m/z above 500 (its position named).
+        """
+        from neimsctl.evaluate.matching import DEFAULT_SCORE, Score
+        from neimsctl.io.rejects import Tally
+        from neimsctl.search.run import SearchOptions, read_queries, search_batch
+
+        spec = Score(score or DEFAULT_SCORE, mz_power, intensity_power, reverse)
+        opts = SearchOptions(spec, top, mass_filter, None, source)
+        if candidates is not None:
+            from neimsctl.search.run import _candidate_block
+
+            opts.candidates = {b for b in (_candidate_block(str(c)) for c in candidates) if b}
+        tally = Tally()
+        bad: list[str] = []
+        if isinstance(spectra, (str, os.PathLike)):
+            batches = read_queries([spectra], tally, warn=lambda r: bad.append(
+                f"{r.file}: line {r.line}: {r.reason}: {r.detail}"))
+        else:
+            batches = iter([_query_batch(spectra)])
+        out: list[list[dict[str, Any]]] = []
+        for qb in batches:
+            for hits in search_batch(self.libraries, qb, opts):
+                out.append([h.row(self.libraries, spec) for h in hits])
+        if bad:
+            raise FormatError(f"{len(bad)} queries cannot be searched, e.g. {bad[0]}")
+        return out
+
+
+def open_index(*paths: str | os.PathLike) -> SpectralLibrary:
+    """Open search libraries (see :class:`SpectralLibrary`)."""
+    return SpectralLibrary(*paths)
+
+
+def _query_batch(spectra: Any):  # type: ignore[no-untyped-def]
+    """Queries given as Python objects -> a ``QueryBatch`` (every one checked)."""
+    from neimsctl.io.peak_block import check_peaks
+    from neimsctl.io.spectrum_records import SpectrumRecord
+    from neimsctl.search.build import complete_record
+    from neimsctl.search.run import _batch
+
+    if isinstance(spectra, np.ndarray) and spectra.ndim == 2:
+        spectra = [(np.flatnonzero(row > 0), row[row > 0]) for row in spectra]
+    recs = []
+    for i, q in enumerate(spectra):
+        if isinstance(q, Mapping):
+            rec = SpectrumRecord(_API_FILE, i + 1, i + 1, str(q.get("id", i + 1)), str(q.get("name", "")),
+                                 str(q.get("inchikey", "") or ""), str(q.get("smiles", "") or ""),
+                                 str(q.get("formula", "") or ""),
+                                 int(round(q["mw"])) if q.get("mw") is not None else None,
+                                 mz=q.get("mz"), intensity=q.get("intensity"))
+        else:
+            mz, inten = q
+            rec = SpectrumRecord(_API_FILE, i + 1, i + 1, str(i + 1), mz=mz, intensity=inten)
+        problem = check_peaks(rec.mz, rec.intensity)
+        if problem is not None:
+            raise FormatError(f"{problem[0]}: {problem[1]}", file=_API_FILE, line=i + 1)
+        complete_record(rec)
+        recs.append(rec)
+    return _batch(recs)

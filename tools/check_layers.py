@@ -2,7 +2,7 @@
 """Check the package's layering: a module imports only its own layer or lower ones.
 
     base (neimsctl/__init__, errors, interrupts)
-      -> io (0) -> chem (1) -> nn, models, data (2) -> predict, evaluate (3) -> train (4)
+      -> io (0) -> chem (1) -> nn, models, data (2) -> predict, evaluate (3) -> train, search (4)
       -> cli, api (5)
 
 Every module is checked, top-level ones included. Nothing imports `cli` or `api`; `predict` and
@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "neimsctl"
 BASE = {"__init__", "errors", "interrupts"}
 LAYER = {"io": 0, "chem": 1, "nn": 2, "models": 2, "data": 2, "predict": 3, "evaluate": 3,
-         "train": 4, "cli": 5, "api": 5}
+         "train": 4, "search": 4, "cli": 5, "api": 5}
 TOP = {"cli", "api"}            # the user-facing surfaces: nothing imports them
 APART = {frozenset({"predict", "evaluate"})}   # same layer, but neither imports the other
 NO_TORCH = {"io", "chem"}

@@ -47,6 +47,11 @@ def eval_cli(
         "--mz-power", help="Exponent a of the m/z weight of the matching cosine.")] = 1.0,
     intensity_power: Annotated[float, typer.Option(
         "--intensity-power", help="Exponent b of the intensity in the matching cosine.")] = 0.5,
+    score: Annotated[str, typer.Option(
+        "--score", help="Matching similarity: cosine (the default, weighted as above), composite "
+        "(NIST-style match factor) or entropy; the engine of neimsctl search.")] = "cosine",
+    reverse: Annotated[bool, typer.Option(
+        "--reverse", help="Reverse matching: only query peaks present in the library spectrum count.")] = False,
     ks: Annotated[str, typer.Option(
         "--ks", help="The K of Recall@K, comma-separated.", metavar="K,K,...")] = "1,5,10,20",
     report: Annotated[Optional[Path], typer.Option(
@@ -67,6 +72,8 @@ def eval_cli(
         k_list = parse_ks(ks)
     except ValueError as exc:
         usage_error(CMD, str(exc))
+    if score not in ("cosine", "composite", "entropy"):
+        usage_error(CMD, f"--score {score!r}: use cosine, composite or entropy")
     if str(predicted) == "-" and str(measured) == "-":
         usage_error(CMD, "only one of PREDICTED and MEASURED can be '-' (stdin)")
     refuse_clobber(CMD, input_pairs([predicted, measured]) + input_pairs(library or [], "--library"),
@@ -80,8 +87,11 @@ def eval_cli(
 
         pred, meas = load_spectra(predicted), load_spectra(measured)
         libs = [load_spectra(p) for p in (library or [])]
+        from neimsctl.evaluate.matching import Score
+
         result = run_eval(pred, meas, libs, ks=k_list, mass_filter=mass_filter, mz_power=mz_power,
-                          intensity_power=intensity_power)
+                          intensity_power=intensity_power,
+                          score=Score(score, mz_power, intensity_power, reverse))
         if report is not None:
             files = write_report(result, report)
             result.metrics["report"] = [str(f) for f in files]

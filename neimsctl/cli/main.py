@@ -27,6 +27,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "distill",
     "predict",
     "eval",
+    "index",
+    "search",
 )
 
 

@@ -6,7 +6,8 @@ Everything here works on dense spectra: rows of ``B`` bins where column ``j`` is
 Library matching follows SPEC.md "Evaluation" exactly, so numbers compare with NEIMS:
 
 - similarity = cosine of the weighted vectors ``w_j = j**mz_power * I_j**intensity_power``
-  (default ``m/z^1 * I^0.5``), computed as one matrix product of L2-normalised float32 rows;
+  (default ``m/z^1 * I^0.5``), computed by the matching engine of ``neimsctl search``
+  (:mod:`neimsctl.evaluate.matching`; any of its scores may be chosen);
 - compounds are identified by the InChIKey connectivity block (first 14 characters,
   :mod:`neimsctl.io.inchikey`);
 - rank of a query = 1 + the number of distinct *other* compounds that have some library entry
@@ -27,7 +28,9 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from neimsctl.errors import InputError
+from neimsctl.evaluate.matching import Score, score_all
 from neimsctl.io.inchikey import connectivity_blocks
+from neimsctl.io.peak_block import PeakBlock
 
 DEFAULT_KS = (1, 5, 10, 20)
 _SCORE_BUDGET = 1 << 25  # score-matrix elements per query block (~128 MB float32)
@@ -101,8 +104,11 @@ def library_match(query_spectra: np.ndarray, query_keys: Sequence[str], query_mw
                   library_spectra: np.ndarray, library_keys: Sequence[str],
                   library_mw: Sequence[int] | None, ks: Sequence[int] = DEFAULT_KS,
                   mass_filter: float | None = None, mz_power: float = 1.0,
-                  intensity_power: float = 0.5) -> dict:
+                  intensity_power: float = 0.5, score: Score | None = None) -> dict:
     """Rank each query's right compound in a library (NEIMS protocol; see the module docstring).
+
+    The scores come from the matching engine that ``neimsctl search`` uses
+    (:func:`neimsctl.evaluate.matching.score_all`), so a search's hits and these ranks agree.
 
     Parameters
     ----------
@@ -118,6 +124,8 @@ def library_match(query_spectra: np.ndarray, query_keys: Sequence[str], query_mw
         Half-width in Da of the nominal-mass window on candidates, or ``None`` for no filter.
     mz_power, intensity_power
         Weighting of the cosine.
+    score
+        Another similarity of the engine (composite, entropy, reverse); overrides the two above.
 
     Returns
     -------
@@ -154,14 +162,16 @@ def library_match(query_spectra: np.ndarray, query_keys: Sequence[str], query_mw
     if mass_filter is not None:
         lmw = lmw[order]
     starts = np.searchsorted(lib_comp[order], np.arange(len(comps)))
-    lib_vec = weighted_vectors(library_spectra, mz_power, intensity_power)[order]
+    spec = score if score is not None else Score("cosine", mz_power, intensity_power)
+    lib_block = PeakBlock.from_dense(np.clip(np.asarray(library_spectra, np.float32), 0, None)[order])
     lib_comp_sorted = lib_comp[order]
     ranks = np.empty(len(qb), dtype=np.int64)
     top_hit = np.empty(len(qb), dtype=np.int64)
     step = max(1, min(4096, _SCORE_BUDGET // len(lb)))
     for lo in range(0, len(qb), step):
         hi = min(lo + step, len(qb))
-        scores = weighted_vectors(query_spectra[lo:hi], mz_power, intensity_power) @ lib_vec.T
+        q_block = PeakBlock.from_dense(np.clip(np.asarray(query_spectra[lo:hi], np.float32), 0, None))
+        scores = score_all(q_block, lib_block, spec, n_bins=np.shape(query_spectra)[1])
         if mass_filter is not None:
             far = np.abs(qmw[lo:hi, None] - lmw[None, :]) > mass_filter
             far &= lib_comp_sorted[None, :] != q_comp[lo:hi, None]

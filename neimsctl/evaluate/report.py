@@ -27,10 +27,11 @@ import numpy as np
 
 from neimsctl.errors import InputError
 from neimsctl.io.spectra import SpectraSet
-from neimsctl.io.spectrum import N_BINS
+from neimsctl.evaluate.matching import Score
 from neimsctl.evaluate.metrics import (DEFAULT_KS, LibraryEval, build_library_eval, cosine_rows,
                                     library_match, mae, rmse)
 from neimsctl.io.inchikey import BLOCK_LEN, connectivity_blocks
+from neimsctl.io.spectrum import N_BINS
 
 __all__ = ["EvalResult", "run_eval", "expert_usage", "uncertainty_calibration", "spearman",
            "write_report"]
@@ -168,8 +169,12 @@ def _efficiency(pred: SpectraSet) -> dict[str, Any] | None:
 
 def run_eval(pred: SpectraSet, measured: SpectraSet, libraries: Sequence[SpectraSet] = (), *,
              ks: Sequence[int] = DEFAULT_KS, mass_filter: float | None = None,
-             mz_power: float = 1.0, intensity_power: float = 0.5) -> EvalResult:
+             mz_power: float = 1.0, intensity_power: float = 0.5,
+             score: Score | None = None) -> EvalResult:
     """Evaluate predictions against measured spectra (see the module docstring).
+
+    ``score`` ranks with another similarity of the matching engine (as ``search --score``);
+    by default the weighted cosine ``m/z^mz_power * I^intensity_power``.
 
     Raises
     ------
@@ -192,17 +197,19 @@ def run_eval(pred: SpectraSet, measured: SpectraSet, libraries: Sequence[Spectra
                               p_blocks, pred.mw[order], ref_spec, ref_keys, ref_mw)
     args = (task.query_spectra, task.query_keys, task.query_mw, task.library_spectra,
             task.library_keys, task.library_mw)
-    res = library_match(*args, ks=ks, mz_power=mz_power, intensity_power=intensity_power)
+    res = library_match(*args, ks=ks, mz_power=mz_power, intensity_power=intensity_power, score=score)
     out: dict[str, Any] = {"schema": EVAL_SCHEMA,
                            "inputs": {"predicted": pred.source, "measured": measured.source,
                                       "library": [s.source for s in libraries]},
                            "settings": {"ks": list(ks), "mass_filter": mass_filter,
-                                        "mz_power": mz_power, "intensity_power": intensity_power}}
+                                        "mz_power": mz_power, "intensity_power": intensity_power,
+                                        "score": score.name if score else "cosine",
+                                        "reverse": bool(score and score.reverse)}}
     out.update({f"recall@{k}": res[f"recall@{k}"] for k in ks})
     ranks_mass = None
     if mass_filter is not None:
         resm = library_match(*args, ks=ks, mass_filter=mass_filter, mz_power=mz_power,
-                             intensity_power=intensity_power)
+                             intensity_power=intensity_power, score=score)
         out.update({f"recall@{k}_mass{mass_filter:g}": resm[f"recall@{k}"] for k in ks})
         ranks_mass = resm["ranks"]
     # prediction row (in `pred`) of each library compound, and the one paired with each query:

@@ -1,0 +1,77 @@
+"""``neimsctl index``: measured and predicted spectra -> one search index (parameters and glue only)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from neimsctl.cli._common import (NoProvenance, Quiet, RejectsPath, Strict, Verbose, app, command, eprint,
+                                  fail, setup_logging, usage_error)
+
+CMD = "index"
+
+
+@app.command(CMD)
+def index_cli(
+    inputs: Annotated[list[Path], typer.Argument(
+        help="Library spectra: MSP (any dialect), JSONL records or predictions, HDF5 feature "
+             "shards; '-' reads MSP/JSONL from stdin. gzip/zstd are decoded transparently.",
+        allow_dash=True, show_default=False, metavar="LIB...")],
+    out: Annotated[Path, typer.Option("--output", "-o", help="The index file (HDF5, written "
+                                      "atomically).", show_default=False)] = Path("-"),
+    rejects: RejectsPath = None,
+    strict: Strict = False,
+    no_provenance: NoProvenance = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Build a spectral search index from measured and predicted spectra.
+
+    Every input record with usable peaks becomes one entry (id, name, InChIKey, SMILES,
+    formula, nominal mass, source file, measured or predicted), sorted by nominal mass; a
+    record that cannot be indexed (no peaks, bad peaks, m/z above 500) is reported with its
+    reason and the exit status is 1. Search it with neimsctl search. See neimsctl-index(1).
+    """
+    setup_logging(verbose, quiet)
+    if str(out) == "-":
+        usage_error(CMD, "-o must name a file (an index is HDF5, which needs seek)")
+    if sum(str(p) == "-" for p in inputs) > 1:
+        usage_error(CMD, "stdin ('-') can be given only once")
+    if any(str(p) != "-" and Path(p).resolve() == out.resolve() for p in inputs):
+        usage_error(CMD, f"the output {out} is also an input")
+    with command(CMD):
+        from neimsctl import __version__
+        from neimsctl.io.rejects import Tally
+        from neimsctl.io.streams import atomic_path, open_out
+        from neimsctl.search.build import StrictStop, build_index
+
+        attrs = None if no_provenance else {
+            "neimsctl_version": __version__, "argv": json.dumps(sys.argv),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        tally = Tally()
+        try:
+            with open_out(rejects) if rejects is not None else _null() as sink:
+                tally.sink = sink
+                with atomic_path(out) as tmp:
+                    build_index(inputs, tmp, tally, strict=strict, attrs=attrs)
+        except StrictStop as exc:
+            fail(CMD, str(exc))
+        except OSError as exc:
+            fail(CMD, str(exc.filename or out), exc.strerror or str(exc))
+        if not quiet:
+            eprint(CMD, f"{tally.summary()} -> {out}")
+        if tally.rejected:
+            raise typer.Exit(1)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

@@ -1,0 +1,145 @@
+"""``neimsctl search``: unknown spectra -> ranked library hits (parameters and glue only)."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from neimsctl.cli._common import (InPaths, OutPath, Quiet, RejectsPath, Verbose, app, command, eprint,
+                                  require_input_or_usage, setup_logging, usage_error)
+
+CMD = "search"
+
+
+class ScoreName(str, Enum):
+    cosine = "cosine"
+    composite = "composite"
+    entropy = "entropy"
+
+
+class SourceKind(str, Enum):
+    measured = "measured"
+    predicted = "predicted"
+
+
+class OutFormat(str, Enum):
+    tsv = "tsv"
+    jsonl = "jsonl"
+
+
+@app.command(CMD)
+def search_cli(
+    queries: InPaths = None,
+    library: Annotated[list[Path], typer.Option(
+        "--library", "-l", help="A search index (neimsctl index), or a small library as MSP/JSONL "
+        "(indexed in memory). Repeatable: hits of all libraries are ranked together.",
+        metavar="LIB", show_default=False)] = [],  # noqa: B006
+    top: Annotated[int, typer.Option("--top", "-k", min=1, help="Hits per query.")] = 10,
+    score: Annotated[Optional[ScoreName], typer.Option(
+        "--score", "-s", help="Similarity: cosine (m/z^a I^b, eval's), composite (NIST-style match "
+        "factor 0-999, Stein & Scott 1994) or entropy (Li et al. 2021). Default: cosine.",
+        show_default=False)] = None,
+    reverse: Annotated[bool, typer.Option(
+        "--reverse", help="Reverse search: only query peaks present in the library spectrum count "
+        "(co-eluting peaks).")] = False,
+    mz_power: Annotated[float, typer.Option("--mz-power", help="Exponent a of the cosine's m/z weight.")] = 1.0,
+    intensity_power: Annotated[float, typer.Option(
+        "--intensity-power", help="Exponent b of the cosine's intensity weight.")] = 0.5,
+    mass_filter: Annotated[Optional[float], typer.Option(
+        "--mass-filter", min=0, help="Only entries within +-DA Da of the query's nominal mass (its MW, "
+        "else from its SMILES/formula; queries without one are searched unfiltered).", metavar="DA")] = None,
+    candidates: Annotated[Optional[Path], typer.Option(
+        "--candidates", help="Search only these compounds: one InChIKey (or its first block) or SMILES "
+        "per line; entries that match no library entry are reported.", metavar="FILE")] = None,
+    source: Annotated[Optional[SourceKind], typer.Option(
+        "--source", help="Only measured or only predicted library entries.")] = None,
+    fmt: Annotated[OutFormat, typer.Option("--format", "-O", help="tsv (with a header) or jsonl "
+                                           "(one object per hit).")] = OutFormat.tsv,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Queries searched together (memory "
+                                       "grows with it).")] = 1024,
+    rejects: RejectsPath = None,
+    out: OutPath = Path("-"),
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Identify unknown spectra: the top hits of each query in measured and predicted libraries.
+
+    Queries are MSP (any dialect: NIST, AMDIS, MS-DIAL, ChemStation exports) or JSONL records;
+    each gets its --top best library entries, best first, as TSV or JSONL. Results are exact
+    (the same hits as comparing every entry). A query without peaks, with non-numeric peaks or
+    with m/z above 500 is reported with its file and line and skipped (exit 1). See
+    neimsctl-search(1).
+    """
+    setup_logging(verbose, quiet)
+    if not library:
+        usage_error(CMD, "give at least one --library (an index from neimsctl index, or MSP/JSONL)")
+    paths = require_input_or_usage(CMD, queries)
+    if sum(str(p) == "-" for p in [*paths, *library]) > 1:
+        usage_error(CMD, "stdin ('-') can be given only once")
+    if mz_power != 1.0 or intensity_power != 0.5:
+        if score not in (None, ScoreName.cosine):
+            usage_error(CMD, "--mz-power/--intensity-power apply to --score cosine only")
+    with command(CMD):
+        import orjson
+
+        from neimsctl.evaluate.matching import DEFAULT_SCORE, Score
+        from neimsctl.io.rejects import Tally
+        from neimsctl.io.streams import open_out
+        from neimsctl.search.run import (HIT_FIELDS, SearchOptions, open_libraries, read_candidates,
+                                         read_queries, search_batch)
+
+        spec = Score(score.value if score else DEFAULT_SCORE, mz_power, intensity_power, reverse)
+        lib_tally = Tally()
+        libs = open_libraries([str(p) for p in library], lib_tally)
+        if lib_tally.rejected and not quiet:
+            eprint(CMD, "in-memory libraries", lib_tally.summary())
+        opts = SearchOptions(spec, top, mass_filter, None, source.value if source else None)
+        failed = False
+        if candidates is not None:
+            opts.candidates, problems = read_candidates(candidates, libs)
+            for p in problems:
+                eprint(CMD, p)
+            failed = bool(problems)
+        tally = Tally()
+        warn = (lambda r: eprint(CMD, f"{r.file}: line {r.line}" + (f": record {r.record!r}" if r.record
+                                 else ""), f"{r.reason}: {r.detail}; skipped")) if not quiet else None
+        n_hits = n_without = 0
+        with open_out(rejects) if rejects is not None else _Null() as sink, open_out(out) as fout:
+            tally.sink = sink
+            if fmt == OutFormat.tsv:
+                fout.write(("\t".join(HIT_FIELDS) + "\n").encode())
+            for qb in read_queries(paths, tally, batch=batch, warn=warn):
+                for hits in search_batch(libs, qb, opts):
+                    tally.written += 1
+                    n_without += not hits
+                    for h in hits:
+                        n_hits += 1
+                        row = h.row(libs, spec)
+                        if fmt == OutFormat.jsonl:
+                            fout.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+                        else:
+                            fout.write(("\t".join(_cell(row[k]) for k in HIT_FIELDS) + "\n").encode())
+        if not quiet:
+            eprint(CMD, f"queries {tally.summary()}; {n_hits} hits"
+                   + (f"; {n_without} queries without a hit" if n_without else "")
+                   + f"; {sum(len(x) for x in libs)} library entries")
+        if tally.rejected or failed:
+            raise typer.Exit(1)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    return str(value).replace("\t", " ").replace("\n", " ").replace("\r", " ")
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

@@ -1,0 +1,460 @@
+"""The library-matching engine: spectral similarity scores and exact top-k search.
+
+One implementation serves ``neimsctl search`` (top hits per query over an index streamed in
+chunks) and ``neimsctl eval`` (Recall@K: :func:`score_all` gives every query-entry score).
+
+Spectra are nominal-mass peak lists held as a :class:`PeakBlock` (CSR: ``ptr``, integer m/z,
+linear intensity with base peak 1). Bin ``j`` is m/z ``j``; ``n_bins`` (501) covers m/z 0..500.
+
+Scores (:class:`Score`)
+-----------------------
+``cosine``
+    The cosine of the weighted vectors ``w_j = j**a * I_j**b`` (defaults ``a = 1``, ``b = 0.5``;
+    the NEIMS / ``eval`` similarity). Range 0..1.
+``composite``
+    The NIST-style composite match factor of Stein & Scott (1994), "Optimization and testing of
+    mass spectral library search algorithms for compound identification", J Am Soc Mass
+    Spectrom 5:859-866, on the 0..999 scale::
+
+        MF = 999 * (N_U * F_D + N_LU * F_R) / (N_U + N_LU)
+
+    with ``W_j = j**3 * I_j**0.6`` (their mass weighting 3 and intensity exponent 0.6),
+    ``F_D = (sum W_U W_L)**2 / (sum W_U**2 * sum W_L**2)`` (the squared weighted cosine),
+    ``F_R = 1/(N_LU - 1) * sum_i min(r_i, 1/r_i)`` over adjacent peaks ``i-1, i`` of the
+    ``N_LU`` peaks the query and the library spectrum share (m/z order),
+    ``r_i = (W_L,i / W_L,i-1) * (W_U,i-1 / W_U,i)`` (``F_R = 0`` when ``N_LU < 2``), and
+    ``N_U`` the number of query peaks.
+``entropy``
+    The spectral entropy similarity of Li et al. (2021), "Spectral entropy outperforms MS/MS
+    dot product similarity for small-molecule compound identification", Nat Methods 18:1524,
+    with integer m/z as the bins: intensities normalised to sum 1, weighted
+    ``p**(0.25 + 0.25 S)`` when the spectral entropy ``S < 3`` (then renormalised), and
+    ``1 - (2 S_AB - S_A - S_B) / ln 4`` = ``sum_shared [f(a+b) - f(a) - f(b)] / ln 4`` with
+    ``f(x) = x ln x``. Range 0..1.
+
+``reverse=True`` (reverse search, for co-eluting peaks) counts only the query peaks present in
+the library spectrum: the query is restricted to the library spectrum's peaks before the score
+(cosine: the query norm over the shared peaks; composite: ``N_U`` becomes ``N_LU`` and
+``F_D`` uses the restricted query; entropy: the restricted query is renormalised to sum 1).
+
+Exactness
+---------
+Cosine and reverse cosine are computed exactly for every entry (matrix products over dense
+chunks). The composite and entropy scores are not sums of per-peak products, so the engine
+first computes a rigorous upper bound for every entry by a matrix product, then computes the
+exact score, in decreasing order of the bound, only while the bound can still beat the k-th
+best exact score: the result is the exact top-k (no approximate pre-selection). The bounds:
+``F_R <= 1`` (composite) and ``x ln x`` convexity, ``f(a+b) - f(a) - f(b) <= 2 ln 2 sqrt(ab)``
+(entropy; so the entropy similarity is at most the Bhattacharyya coefficient
+``sum sqrt(a_j b_j)``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, NamedTuple
+
+import numpy as np
+
+from neimsctl.errors import InputError
+from neimsctl.io.peak_block import PeakBlock
+from neimsctl.io.spectrum import N_BINS
+
+__all__ = ["SCORES", "DEFAULT_SCORE", "Score", "PeakBlock", "TopK", "score_all", "search_blocks",
+           "iter_chunks"]
+
+SCORES = ("cosine", "composite", "entropy")
+#: The default score of ``search`` (selected on the validation split; see BENCHMARKS.md).
+DEFAULT_SCORE = "cosine"
+_LN4 = math.log(4.0)
+_EPS = 1e-5           # slack on float32 upper bounds (relative to the 0..1 scale)
+_EXACT_BATCH = 64     # candidates scored exactly per step while pruning
+
+
+@dataclass(frozen=True)
+class Score:
+    """Which similarity to compute.
+
+    Parameters
+    ----------
+    name
+        ``cosine``, ``composite`` or ``entropy`` (see the module docstring).
+    mz_power, intensity_power
+        Weights ``m/z**a * I**b`` of the cosine (ignored by the other scores).
+    reverse
+        Reverse search: only the query peaks present in the library spectrum count.
+    """
+
+    name: str = DEFAULT_SCORE
+    mz_power: float = 1.0
+    intensity_power: float = 0.5
+    reverse: bool = False
+
+    def __post_init__(self) -> None:
+        if self.name not in SCORES:
+            raise InputError(f"unknown score {self.name!r}: use one of {', '.join(SCORES)}")
+
+    @property
+    def scale(self) -> float:
+        """The top of the score's range: 999 for the composite match factor, else 1."""
+        return 999.0 if self.name == "composite" else 1.0
+
+    @property
+    def bounded(self) -> bool:
+        """True when the engine prunes with an upper bound before exact scoring."""
+        return self.name != "cosine"
+
+
+class TopK(NamedTuple):
+    """The best ``k`` library entries per query, best first.
+
+    Attributes
+    ----------
+    scores : float64 ``(nq, k)``; ``-inf`` where fewer than ``k`` entries were admissible.
+    index : int64 ``(nq, k)``; library entry index, ``-1`` where there is no hit.
+    """
+
+    scores: np.ndarray
+    index: np.ndarray
+
+
+# --- per-peak transforms (computed on the full peak list, before any column restriction) ---
+
+def _per_row_sum(block: PeakBlock, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    return np.bincount(rows, weights=values, minlength=len(block))
+
+
+def _weighted_values(block: PeakBlock, score: Score, rows: np.ndarray) -> np.ndarray:
+    """The per-peak values the score works on, float64 ``(nnz,)``, normalised per spectrum."""
+    inten = np.asarray(block.intensity, dtype=np.float64)
+    mz = np.asarray(block.mz, dtype=np.float64)
+    if score.name == "entropy":
+        p = inten / _per_row_sum(block, inten, rows)[rows]
+        ent = -_per_row_sum(block, p * np.log(p), rows)
+        w = np.where(ent < 3.0, 0.25 + 0.25 * ent, 1.0)[rows]
+        v = np.power(p, w)
+        return v / _per_row_sum(block, v, rows)[rows]
+    if score.name == "composite":
+        v = mz * mz * mz * inten ** 0.6
+    else:
+        v = _power(inten, score.intensity_power)
+        if score.mz_power != 0.0:
+            v = v * _power(mz, score.mz_power)
+    norm = np.sqrt(_per_row_sum(block, v * v, rows))
+    return np.divide(v, norm[rows], out=np.zeros_like(v), where=norm[rows] > 0)
+
+
+def _power(x: np.ndarray, p: float) -> np.ndarray:
+    """``x ** p`` with the common exponents as cheap operations."""
+    if p == 1.0:
+        return x
+    if p == 0.5:
+        return np.sqrt(x)
+    if p == 2.0:
+        return x * x
+    return x ** p
+
+
+def _dense(block: PeakBlock, values: np.ndarray, rows: np.ndarray, colmap: np.ndarray,
+           ncols: int) -> np.ndarray:
+    """float32 ``(n, ncols)`` with ``values`` at the columns ``colmap[mz]`` (``-1``: left out)."""
+    col = colmap[block.mz]
+    keep = col >= 0
+    out = np.zeros((len(block), ncols), dtype=np.float32)
+    out[rows[keep], col[keep]] = values[keep]
+    return out
+
+
+class _Queries:
+    """Query spectra prepared for one score: dense full-width weighted vectors and supports."""
+
+    def __init__(self, block: PeakBlock, score: Score, n_bins: int) -> None:
+        rows = block.row_of_peak()
+        self.n = len(block)
+        self.values = _dense(block, _weighted_values(block, score, rows), rows,
+                             np.arange(n_bins, dtype=np.int64), n_bins)
+        self.support = self.values > 0
+        self.n_peaks = self.support.sum(axis=1).astype(np.float64)
+        has = self.support.any(axis=0)
+        self.top_mz = np.where(self.support, np.arange(n_bins)[None, :], -1).max(axis=1)
+        self.union = has
+
+
+class _Chunk:
+    """A library chunk prepared for one score on a set of columns."""
+
+    def __init__(self, block: PeakBlock, score: Score, cols: np.ndarray, n_bins: int) -> None:
+        rows = block.row_of_peak()
+        colmap = np.full(n_bins, -1, dtype=np.int64)
+        colmap[cols] = np.arange(len(cols))
+        self.values = _dense(block, _weighted_values(block, score, rows), rows, colmap, len(cols))
+        self.mask = (self.values > 0).astype(np.float32) if (score.reverse or score.name == "composite") \
+            else None
+        self.sqrt = np.sqrt(self.values) if score.name == "entropy" else None
+
+
+# --- bounds (exact for cosine) over a chunk: (nq_sel, n) ---
+
+def _bounds(q: np.ndarray, qn: np.ndarray, chunk: _Chunk, score: Score) -> np.ndarray:
+    """``q``: the selected queries' values on the chunk's columns; ``qn``: their peak counts."""
+    if score.name == "cosine":
+        num = q @ chunk.values.T
+        if not score.reverse:
+            return num
+        den = np.sqrt((q * q) @ chunk.mask.T)
+        return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+    if score.name == "entropy":
+        bc = np.sqrt(q) @ chunk.sqrt.T
+        if score.reverse:
+            mass = q @ chunk.mask.T
+            bc = np.divide(bc, np.sqrt(mass), out=np.zeros_like(bc), where=mass > 0)
+        return bc + _EPS
+    num = q @ chunk.values.T
+    n_common = (q > 0).astype(np.float32) @ chunk.mask.T
+    if score.reverse:
+        den = (q * q) @ chunk.mask.T
+        fd = np.divide(num * num, den, out=np.zeros_like(num), where=den > 0)
+        return 999.0 * (fd + (n_common >= 2)) / 2 + 999.0 * _EPS
+    nu = qn[:, None]
+    tot = nu + n_common
+    return 999.0 * np.divide(nu * num * num + n_common, tot, out=np.zeros_like(num), where=tot > 0) \
+        + 999.0 * _EPS
+
+
+# --- exact scores of one query against some rows (float64) ---
+
+def _xlogx(x: np.ndarray) -> np.ndarray:
+    return x * np.log(np.where(x > 0, x, 1.0))
+
+
+def _exact(qv: np.ndarray, qn: float, lib: np.ndarray, score: Score) -> np.ndarray:
+    """``qv``: one query's values on the chunk's columns; ``lib``: ``(r, C)`` library rows."""
+    q = qv.astype(np.float64)
+    b = lib.astype(np.float64)
+    common = (b > 0) & (q > 0)[None, :]
+    if score.name == "cosine":
+        num = b @ q
+        if not score.reverse:
+            return num
+        den = np.sqrt((common * (q * q)[None, :]).sum(axis=1))
+        return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+    if score.name == "entropy":
+        a = np.broadcast_to(q, b.shape)
+        if score.reverse:
+            mass = (common * q[None, :]).sum(axis=1, keepdims=True)
+            a = np.divide(a, mass, out=np.zeros_like(b), where=mass > 0)
+        f = _xlogx(a + b) - _xlogx(a) - _xlogx(b)
+        return np.where(common, f, 0.0).sum(axis=1) / _LN4
+    n_common = common.sum(axis=1).astype(np.float64)
+    num = b @ q
+    if score.reverse:
+        den = (common * (q * q)[None, :]).sum(axis=1)
+        fd = np.divide(num * num, den, out=np.zeros_like(num), where=den > 0)
+    else:
+        fd = num * num
+    # F_R: adjacent shared peaks; log of the library/query ratio at each shared m/z
+    lr = np.where(common, np.log(np.where(common, b, 1.0)) - np.log(np.where(q > 0, q, 1.0))[None, :], 0.0)
+    pos = np.where(common, np.arange(b.shape[1])[None, :], -1)
+    prev = np.maximum.accumulate(pos, axis=1)
+    prev = np.concatenate([np.full((len(b), 1), -1), prev[:, :-1]], axis=1)
+    pair = common & (prev >= 0)
+    d = np.abs(lr - np.take_along_axis(lr, np.maximum(prev, 0), axis=1))
+    terms = np.where(pair, np.exp(-d), 0.0).sum(axis=1)
+    fr = np.divide(terms, n_common - 1, out=np.zeros_like(terms), where=n_common >= 2)
+    if score.reverse:
+        return np.where(n_common > 0, 999.0 * (fd + fr) / 2, 0.0)
+    tot = qn + n_common
+    return 999.0 * np.divide(qn * fd + n_common * fr, tot, out=np.zeros_like(fd), where=tot > 0)
+
+
+# --- top-k bookkeeping ---
+
+def _merge_rows(best_s: np.ndarray, best_i: np.ndarray, s: np.ndarray, i: np.ndarray) -> None:
+    """Merge candidate scores ``s`` / indices ``i`` ``(m, c)`` into ``best_*`` ``(m, k)`` in place."""
+    k = best_s.shape[1]
+    all_s = np.concatenate([best_s, s], axis=1)
+    all_i = np.concatenate([best_i, i], axis=1)
+    order = np.lexsort((all_i, -all_s), axis=1)[:, :k]
+    best_s[...] = np.take_along_axis(all_s, order, axis=1)
+    best_i[...] = np.take_along_axis(all_i, order, axis=1)
+
+
+def _columns(queries: _Queries, sel: np.ndarray, block: PeakBlock, n_bins: int) -> np.ndarray:
+    """The m/z columns a chunk needs for the selected queries: their peaks, up to the chunk's top."""
+    union = queries.support[sel].any(axis=0)
+    top = int(block.mz.max()) if len(block.mz) else -1
+    union[top + 1:] = False
+    return np.flatnonzero(union)
+
+
+def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], score: Score, k: int,
+                  windows: tuple[np.ndarray, np.ndarray] | None = None,
+                  allowed: Callable[[int, int], np.ndarray | None] | None = None,
+                  n_bins: int = N_BINS) -> TopK:
+    """Exact top-``k`` library entries of every query, the library streamed chunk by chunk.
+
+    Parameters
+    ----------
+    queries
+        The query spectra.
+    chunks
+        ``(start, block)`` pairs: library entries ``start .. start + len(block) - 1`` in
+        increasing order of ``start`` (e.g. :func:`iter_chunks` or an index reader).
+    score
+        The similarity.
+    k
+        Hits per query.
+    windows
+        Optional ``(lo, hi)`` int arrays ``(nq,)``: query ``i`` only sees entries
+        ``lo[i] <= index < hi[i]`` (a nominal-mass window over a mass-sorted library).
+    allowed
+        Optional ``allowed(start, stop)`` -> bool ``(stop - start,)`` (or ``None`` = all): entries
+        that may be hits (candidate lists, source filters).
+    n_bins
+        Width of the m/z axis.
+
+    Returns
+    -------
+    TopK
+        Best first; ties in score go to the lower entry index. Only entries that score above 0
+        (share at least one peak with the query) are hits.
+    """
+    if k < 1:
+        raise InputError(f"k must be >= 1, got {k}")
+    q = _Queries(queries, score, n_bins)
+    best_s = np.full((q.n, k), -np.inf)
+    best_i = np.full((q.n, k), -1, dtype=np.int64)
+    for start, block in chunks:
+        n = len(block)
+        if n == 0 or q.n == 0:
+            continue
+        stop = start + n
+        if windows is not None:
+            sel = np.flatnonzero((windows[0] < stop) & (windows[1] > start))
+        else:
+            sel = np.arange(q.n)
+        if len(sel) == 0:
+            continue
+        ok = allowed(start, stop) if allowed is not None else None
+        if ok is not None and not ok.any():
+            continue
+        cols = _columns(q, sel, block, n_bins)
+        if len(cols) == 0:
+            continue
+        chunk = _Chunk(block, score, cols, n_bins)
+        qv = q.values[np.ix_(sel, cols)]
+        bound = _bounds(qv, q.n_peaks[sel], chunk, score)
+        idx = np.arange(start, stop)
+        if windows is not None:
+            out = (idx[None, :] < windows[0][sel, None]) | (idx[None, :] >= windows[1][sel, None])
+            bound[out] = -np.inf
+        if ok is not None:
+            bound[:, ~ok] = -np.inf
+        if not score.bounded:
+            _take_topk(best_s, best_i, sel, bound, start, k)
+            continue
+        theta = best_s[sel, -1]
+        live = np.flatnonzero((bound > theta[:, None]).any(axis=1))
+        for j in live:
+            qi = sel[j]
+            _prune_exact(best_s, best_i, qi, qv[j], q.n_peaks[qi], bound[j], chunk, score, start)
+    none = ~(best_s > 0)        # a hit shares at least one peak: score 0 is no hit
+    best_s[none], best_i[none] = -np.inf, -1
+    return TopK(best_s, best_i)
+
+
+def _take_topk(best_s: np.ndarray, best_i: np.ndarray, sel: np.ndarray, s: np.ndarray, start: int,
+               k: int) -> None:
+    """Merge the exact scores ``s`` ``(len(sel), n)`` of a chunk into the running top-k.
+
+    Only entries at or above each query's current k-th score (and above 0) are candidates, so
+    the cost is one comparison per score plus a sort of the few candidates; before ``k`` hits
+    are known the threshold is the k-th best of a sample of the chunk (a lower bound of the
+    chunk's k-th best, so no true top-k entry is left out).
+    """
+    theta = best_s[sel, -1].astype(np.float32)
+    n = s.shape[1]
+    fresh = ~np.isfinite(theta)
+    if fresh.any():
+        m = min(n, max(8 * k, 2048))
+        sample = s[np.ix_(np.flatnonzero(fresh), np.arange(0, n, max(1, n // m)))]
+        kk = min(k, sample.shape[1])
+        theta[fresh] = np.partition(sample, sample.shape[1] - kk, axis=1)[:, sample.shape[1] - kk]
+    cand = (s >= theta[:, None]) & (s > 0)
+    rows, cols = np.nonzero(cand)
+    if len(rows) == 0:
+        return
+    vals = s[rows, cols].astype(np.float64)
+    order = np.lexsort((cols, -vals, rows))
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    first = np.searchsorted(rows, rows, "left")
+    keep = (np.arange(len(rows)) - first) < k
+    rows, cols, vals = rows[keep], cols[keep], vals[keep]
+    uniq, pos = np.unique(rows, return_index=True)
+    slot = np.arange(len(rows)) - np.repeat(pos, np.diff(np.append(pos, len(rows))))
+    cand_s = np.full((len(uniq), k), -np.inf)
+    cand_i = np.full((len(uniq), k), -1, dtype=np.int64)
+    r = np.searchsorted(uniq, rows)
+    cand_s[r, slot] = vals
+    cand_i[r, slot] = cols + start
+    target = sel[uniq]
+    bs, bi = best_s[target], best_i[target]
+    _merge_rows(bs, bi, cand_s, cand_i)
+    best_s[target], best_i[target] = bs, bi
+
+
+def _prune_exact(best_s: np.ndarray, best_i: np.ndarray, qi: int, qv: np.ndarray, qn: float,
+                 bound: np.ndarray, chunk: _Chunk, score: Score, start: int) -> None:
+    """Exact scores of one query's entries in decreasing bound order, while the bound can win.
+
+    Each step scores the ``step`` candidates of highest bound exactly, raises the threshold (the
+    k-th best exact score) and drops the candidates whose bound no longer exceeds it.
+    """
+    supp = np.flatnonzero(qv > 0)      # only the query's own peaks can be shared: exact on those
+    cand = np.flatnonzero(bound > best_s[qi, -1])
+    step = max(_EXACT_BATCH, best_s.shape[1])
+    while len(cand):
+        if len(cand) > step:
+            top = np.argpartition(-bound[cand], step - 1)[:step]
+            rows, rest = cand[top], np.delete(cand, top)
+        else:
+            rows, rest = cand, cand[:0]
+        exact = _exact(qv[supp], qn, chunk.values[np.ix_(rows, supp)], score)
+        bs, bi = best_s[qi:qi + 1], best_i[qi:qi + 1]
+        _merge_rows(bs, bi, exact[None, :], (rows + start)[None, :])
+        cand = rest[bound[rest] > best_s[qi, -1]]
+        step *= 2
+
+
+def iter_chunks(block: PeakBlock, size: int = 16384) -> Iterator[tuple[int, PeakBlock]]:
+    """``(start, block)`` pieces of an in-memory library, ``size`` entries each."""
+    for lo in range(0, len(block), size):
+        yield lo, block.slice(lo, min(lo + size, len(block)))
+
+
+def score_all(queries: PeakBlock, library: PeakBlock, score: Score, n_bins: int = N_BINS,
+              chunk: int = 8192) -> np.ndarray:
+    """Every exact query-entry score, float64 ``(nq, n_library)`` (for ``eval``'s ranks).
+
+    The same per-pair arithmetic as :func:`search_blocks` (cosine in float32 matrix products,
+    the other scores exactly in float64), so ranks from here and hits from a search agree.
+    """
+    q = _Queries(queries, score, n_bins)
+    out = np.zeros((q.n, len(library)), dtype=np.float64)
+    if q.n == 0:
+        return out
+    sel = np.arange(q.n)
+    for start, block in iter_chunks(library, chunk):
+        cols = _columns(q, sel, block, n_bins)
+        if len(cols) == 0:
+            continue
+        ch = _Chunk(block, score, cols, n_bins)
+        qv = q.values[:, cols]
+        if not score.bounded:
+            out[:, start:start + len(block)] = _bounds(qv, q.n_peaks, ch, score)
+            continue
+        for i in range(q.n):
+            supp = np.flatnonzero(qv[i] > 0)
+            out[i, start:start + len(block)] = _exact(qv[i][supp], q.n_peaks[i], ch.values[:, supp], score)
+    return out

@@ -1,0 +1,172 @@
+"""Nominal-mass spectra as peak lists in CSR form, and the batch binning that makes them.
+
+:class:`PeakBlock` is how the search index stores spectra and how the matching engine
+(:mod:`neimsctl.evaluate.matching`) reads them: per spectrum, the integer m/z of its peaks
+(ascending, one per m/z) and their linear intensities (base peak 1, peaks below 0.001 of the
+base peak removed), exactly the non-zero bins of :func:`neimsctl.io.spectrum.preprocess_spectrum`.
+
+:func:`check_peaks` says why a peak list cannot be indexed or searched (one reason code);
+:func:`bin_batch` bins many valid peak lists at once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+
+from neimsctl.io.spectrum import N_BINS, NOISE_LEVEL
+
+__all__ = ["PeakBlock", "check_peaks", "bin_batch"]
+
+
+class PeakBlock(NamedTuple):
+    """Spectra as peak lists in CSR form.
+
+    Attributes
+    ----------
+    ptr : int64 ``(n + 1,)``, ``ptr[0] == 0``; the peaks of spectrum ``i`` are ``ptr[i]:ptr[i+1]``.
+    mz : integer m/z ``(nnz,)`` (uint16 when stored), ``0 <= mz < n_bins``, one peak per m/z.
+    intensity : float32 ``(nnz,)``, linear, > 0 (base peak 1 by convention).
+    """
+
+    ptr: np.ndarray
+    mz: np.ndarray
+    intensity: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ptr) - 1
+
+    @classmethod
+    def from_dense(cls, spectra: np.ndarray) -> PeakBlock:
+        """CSR of the positive bins of ``(n, n_bins)`` dense spectra."""
+        x = np.asarray(spectra, dtype=np.float32)
+        if x.ndim != 2:
+            raise ValueError(f"spectra must be 2-D (N, bins), got shape {x.shape}")
+        rows, cols = np.nonzero(x > 0)
+        ptr = np.zeros(len(x) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=len(x)), out=ptr[1:])
+        return cls(ptr, cols.astype(np.uint16), x[rows, cols])
+
+    @classmethod
+    def concat(cls, blocks: Sequence[PeakBlock]) -> PeakBlock:
+        """One block holding the spectra of ``blocks`` in order."""
+        if not blocks:
+            return cls(np.zeros(1, np.int64), np.zeros(0, np.uint16), np.zeros(0, np.float32))
+        sizes = np.concatenate([np.diff(b.ptr) for b in blocks])
+        ptr = np.zeros(len(sizes) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=ptr[1:])
+        return cls(ptr, np.concatenate([b.mz for b in blocks]).astype(np.uint16),
+                   np.concatenate([b.intensity for b in blocks]).astype(np.float32))
+
+    def row_of_peak(self) -> np.ndarray:
+        """The spectrum index of every peak, int64 ``(nnz,)``."""
+        return np.repeat(np.arange(len(self), dtype=np.int64), np.diff(self.ptr))
+
+    def slice(self, lo: int, hi: int) -> PeakBlock:
+        """Spectra ``lo:hi`` as a new block (views of the peak arrays)."""
+        a, b = int(self.ptr[lo]), int(self.ptr[hi])
+        return PeakBlock(self.ptr[lo:hi + 1] - a, self.mz[a:b], self.intensity[a:b])
+
+    def take(self, rows: np.ndarray) -> PeakBlock:
+        """Spectra ``rows`` (any order) as a new block."""
+        return PeakBlock.concat([self.slice(int(r), int(r) + 1) for r in rows])
+
+    def to_dense(self, n_bins: int = N_BINS) -> np.ndarray:
+        """float32 ``(n, n_bins)``."""
+        out = np.zeros((len(self), n_bins), dtype=np.float32)
+        out[self.row_of_peak(), self.mz.astype(np.int64)] = self.intensity
+        return out
+
+
+def check_peaks(mz: Any, intensity: Any, n_bins: int = N_BINS,
+                above_range: bool = False) -> tuple[str, str] | None:
+    """Why a peak list cannot be used, as ``(reason, detail)``, or ``None`` when it can.
+
+    Reasons: ``no_peaks`` (empty, or no positive intensity), ``non_numeric_peak``,
+    ``invalid_peak`` (lengths differ, negative or non-finite values), ``mz_above_range``
+    (a peak whose rounded m/z is beyond the last bin, ``n_bins - 1``; only a reason when
+    ``above_range`` is False, else such peaks are left for :func:`bin_batch` to drop).
+    """
+    if mz is None or intensity is None or len(mz) == 0:
+        return "no_peaks", "no peaks"
+    if len(mz) != len(intensity):
+        return "invalid_peak", f"{len(mz)} m/z values but {len(intensity)} intensities"
+    if isinstance(mz, list) and isinstance(intensity, list):
+        fast = _check_lists(mz, intensity, n_bins, above_range)
+        if fast is not False:
+            return fast
+    try:
+        m = np.asarray(mz, dtype=np.float64)
+        i = np.asarray(intensity, dtype=np.float64)
+    except (TypeError, ValueError):
+        return "non_numeric_peak", "a peak is not a number"
+    if m.ndim != 1 or i.ndim != 1:
+        return "invalid_peak", "peaks are not flat lists of numbers"
+    if not (np.isfinite(m).all() and np.isfinite(i).all()):
+        return "invalid_peak", "a peak is not finite"
+    if (m < 0).any() or (i < 0).any():
+        return "invalid_peak", "a negative m/z or intensity"
+    top = float(m.max())
+    if math.floor(top + 0.5) >= n_bins:
+        if not above_range:
+            return "mz_above_range", f"peak at m/z {top:g} is above the range m/z 0..{n_bins - 1}"
+        i = i[np.floor(m + 0.5) < n_bins]
+    if not (i > 0).any():
+        return "no_peaks", "every intensity is 0"
+    return None
+
+
+def _check_lists(mz: list, intensity: list, n_bins: int, above_range: bool) -> tuple[str, str] | None | bool:
+    """:func:`check_peaks` on plain lists of numbers with built-ins (the common case, several
+    times faster than converting to arrays); ``False`` when the lists hold other types."""
+    try:
+        if not (math.isfinite(sum(mz)) and math.isfinite(sum(intensity))):
+            return "invalid_peak", "a peak is not finite"
+        if min(mz) < 0 or min(intensity) < 0:
+            return "invalid_peak", "a negative m/z or intensity"
+        top = max(mz)
+    except TypeError:
+        return False
+    if isinstance(top, bool) or any(isinstance(v, bool) for v in (mz[0], intensity[0])):
+        return False
+    if math.floor(top + 0.5) >= n_bins:
+        if not above_range:
+            return "mz_above_range", f"peak at m/z {top:g} is above the range m/z 0..{n_bins - 1}"
+        if not any(i > 0 for m, i in zip(mz, intensity) if math.floor(m + 0.5) < n_bins):
+            return "no_peaks", "every intensity is 0"
+        return None
+    if not max(intensity) > 0:
+        return "no_peaks", "every intensity is 0"
+    return None
+
+
+def bin_batch(mz: Sequence[Any], intensity: Sequence[Any], n_bins: int = N_BINS,
+              noise: float = NOISE_LEVEL) -> PeakBlock:
+    """Bin valid peak lists (see :func:`check_peaks`) into one :class:`PeakBlock`.
+
+    The same rules as :func:`neimsctl.io.spectrum.preprocess_spectrum`: m/z rounded half up,
+    intensities of a bin summed, peaks above the last bin dropped, peaks below ``noise`` of the
+    base peak removed, base peak 1.
+    """
+    n = len(mz)
+    sizes = np.fromiter((len(m) for m in mz), dtype=np.int64, count=n)
+    rows = np.repeat(np.arange(n, dtype=np.int64), sizes)
+    m = np.concatenate([np.asarray(x, dtype=np.float64) for x in mz]) if n else np.zeros(0)
+    i = np.concatenate([np.asarray(x, dtype=np.float64) for x in intensity]) if n else np.zeros(0)
+    b = np.floor(m + 0.5).astype(np.int64)
+    inside = b < n_bins
+    if not inside.all():
+        rows, b, i = rows[inside], b[inside], i[inside]
+    key = rows * n_bins + b
+    uniq, inv = np.unique(key, return_inverse=True)
+    summed = np.bincount(inv, weights=i, minlength=len(uniq))
+    urow = uniq // n_bins
+    top = np.zeros(n)
+    np.maximum.at(top, urow, summed)
+    keep = (summed > 0) & (summed >= noise * top[urow])
+    urow, umz, val = urow[keep], (uniq % n_bins)[keep], summed[keep] / top[urow[keep]]
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(urow, minlength=n), out=ptr[1:])
+    return PeakBlock(ptr, umz.astype(np.uint16), val.astype(np.float32))

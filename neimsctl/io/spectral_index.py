@@ -1,0 +1,456 @@
+"""The spectral search index ``neimsctl.index/1`` (formats/spectral-index.v1.md is normative).
+
+One HDF5 file. The spectra are sorted by nominal mass (unknown mass, ``-1``, first; input
+order within a mass), so a mass window is one contiguous slice, and stored as CSR peak lists
+(:class:`neimsctl.io.peak_block.PeakBlock`) that :meth:`SpectralIndex.chunks` streams. The
+text of each entry (id, name, SMILES, formula) stays in input order as one JSON object per entry
+in the byte array ``meta`` (``meta_ptr`` offsets) and is read only for the hits (``row`` maps a
+sorted entry to its input row).
+
+:class:`IndexWriter` streams: metadata is appended as it comes; peaks are buffered up to
+``run_peaks`` peaks, sorted by mass and spilled to a temporary run file; :meth:`IndexWriter.close`
+merges the runs mass by mass (a counting merge: one contiguous read per run and mass). Memory
+is bounded by the run size plus ~60 bytes per entry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import orjson
+
+from neimsctl.errors import FormatError, InputError
+from neimsctl.io.peak_block import PeakBlock
+from neimsctl.io.spectrum import N_BINS
+
+__all__ = ["SCHEMA", "IndexWriter", "SpectralIndex", "open_index", "is_index"]
+
+SCHEMA = "neimsctl.index/1"
+KEY_LEN = 27
+_META = ("id", "name", "smiles", "formula")
+_ENTRY = {"mw": np.int32, "row": np.int64, "predicted": np.uint8, "source": np.uint16,
+          "inchikey": f"S{KEY_LEN}"}
+_PEAK_CHUNK = 1 << 18
+
+
+def _h5():  # type: ignore[no-untyped-def]
+    import h5py
+
+    return h5py
+
+
+class _Run:
+    """One sorted run spilled to disk: peaks in files, per-entry arrays in memory."""
+
+    def __init__(self, folder: Path, k: int, block: PeakBlock, entry: dict[str, np.ndarray]) -> None:
+        order = np.argsort(entry["mw"], kind="stable")
+        srt = _take_large(block, order)
+        self.mz_path, self.int_path = folder / f"run{k}.mz", folder / f"run{k}.int"
+        srt.mz.astype(np.uint16).tofile(self.mz_path)
+        srt.intensity.astype(np.float32).tofile(self.int_path)
+        self.entry = {key: v[order] for key, v in entry.items()}
+        self.ptr = srt.ptr
+
+    def span(self, mw: int) -> tuple[int, int]:
+        m = self.entry["mw"]
+        return int(np.searchsorted(m, mw, "left")), int(np.searchsorted(m, mw, "right"))
+
+    def read(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = int(self.ptr[lo]), int(self.ptr[hi])
+        mz = np.fromfile(self.mz_path, dtype=np.uint16, count=b - a, offset=2 * a)
+        inten = np.fromfile(self.int_path, dtype=np.float32, count=b - a, offset=4 * a)
+        return mz, inten
+
+
+class IndexWriter:
+    """Write an index entry batch by batch; :meth:`close` sorts and finishes the file.
+
+    Parameters
+    ----------
+    path
+        The HDF5 file to write (the caller makes it atomic, e.g. with ``atomic_path``).
+    sources
+        ``[{"file": str, "kind": "measured" | "predicted" | "mixed"}, ...]``; an entry's
+        ``source`` is an index into it.
+    attrs
+        Extra root attributes (provenance: ``neimsctl_version``, ``argv``, ``created``).
+    run_peaks
+        Peaks buffered in memory before a sorted run is spilled to a temporary file.
+    in_memory
+        Build the file in memory (HDF5 core driver, never written): for small libraries.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, attrs: dict[str, Any] | None = None,
+                 run_peaks: int = 1 << 24, in_memory: bool = False) -> None:
+        h5py = _h5()
+        self.path = Path(path)
+        self.file = h5py.File(path, "w", driver="core", backing_store=False) if in_memory \
+            else h5py.File(path, "w")
+        self.attrs = dict(attrs or {})
+        self.run_peaks = run_peaks
+        self.sources: list[dict[str, str]] = []
+        self._tmp: Path | None = None
+        self._runs: list[_Run] = []
+        self._blocks: list[PeakBlock] = []
+        self._entries: list[dict[str, np.ndarray]] = []
+        self._buffered = 0
+        self.n = 0
+        self._meta = tempfile.TemporaryFile(dir=self.path.parent if not in_memory and self.path.parent.exists()
+                                            else None)
+        self._meta_ptr: list[np.ndarray] = [np.zeros(1, np.int64)]
+        self._meta_size = 0
+
+    def add_source(self, file: str, kind: str) -> int:
+        """Register an input file; returns its ``source`` number."""
+        self.sources.append({"file": file, "kind": kind})
+        if len(self.sources) > np.iinfo(np.uint16).max:
+            raise InputError("an index holds at most 65535 input files")
+        return len(self.sources) - 1
+
+    def add(self, block: PeakBlock, *, mw: Sequence[int], predicted: Sequence[bool], source: Sequence[int],
+            inchikey: Sequence[str], ids: Sequence[str], names: Sequence[str], smiles: Sequence[str],
+            formula: Sequence[str]) -> None:
+        """Append a batch of entries (``mw`` -1 when unknown)."""
+        n = len(block)
+        if n == 0:
+            return
+        dumps = orjson.dumps
+        lines = [dumps({"id": str(a), "name": str(b), "smiles": str(c), "formula": str(d)})
+                 for a, b, c, d in zip(ids, names, smiles, formula)]
+        self._meta.write(b"".join(lines))
+        self._meta_ptr.append(self._meta_size + np.cumsum([len(x) for x in lines], dtype=np.int64))
+        self._meta_size += sum(len(x) for x in lines)
+        keys = np.asarray([str(k or "")[:KEY_LEN].encode("ascii", "replace") for k in inchikey], dtype=f"S{KEY_LEN}")
+        self._entries.append({"mw": np.asarray(mw, np.int32), "row": np.arange(self.n, self.n + n),
+                              "predicted": np.asarray(predicted, np.uint8),
+                              "source": np.asarray(source, np.uint16), "inchikey": keys})
+        self._blocks.append(block)
+        self.n += n
+        self._buffered += len(block.mz)
+        if self._buffered >= self.run_peaks:
+            self._spill()
+
+    def _pending(self) -> tuple[PeakBlock, dict[str, np.ndarray]]:
+        block = PeakBlock.concat(self._blocks)
+        entry = {k: np.concatenate([e[k] for e in self._entries]) if self._entries
+                 else np.zeros(0, dtype=dt) for k, dt in _ENTRY.items()}
+        self._blocks, self._entries, self._buffered = [], [], 0
+        return block, entry
+
+    def _spill(self) -> None:
+        if self._tmp is None:
+            self._tmp = Path(tempfile.mkdtemp(prefix=".neimsctl-index-", dir=self.path.parent
+                                              if self.path.parent.exists() else None))
+        block, entry = self._pending()
+        self._runs.append(_Run(self._tmp, len(self._runs), block, entry))
+
+    def close(self) -> None:
+        """Merge the runs by mass, write the sorted datasets and the attributes."""
+        try:
+            if self._runs and self._blocks:
+                self._spill()
+            f = self.file
+            n_peaks = sum(int(r.ptr[-1]) for r in self._runs) if self._runs else \
+                sum(len(b.mz) for b in self._blocks)
+            # fixed sizes are known now: contiguous datasets, which readers map straight from disk
+            for key, dt in _ENTRY.items():
+                f.create_dataset(key, shape=(self.n,), dtype=dt)
+            f.create_dataset("peak_ptr", shape=(self.n + 1,), dtype=np.int64)
+            f["peak_ptr"][0] = 0
+            f.create_dataset("mz", shape=(n_peaks,), dtype=np.uint16)
+            f.create_dataset("intensity", shape=(n_peaks,), dtype=np.float32)
+            f.create_dataset("meta_ptr", data=np.concatenate(self._meta_ptr))
+            blob = f.create_dataset("meta", shape=(self._meta_size,), dtype=np.uint8)
+            self._meta.seek(0)
+            pos = 0
+            while data := self._meta.read(1 << 26):
+                blob[pos:pos + len(data)] = np.frombuffer(data, np.uint8)
+                pos += len(data)
+            self._pos_e = self._pos_p = 0
+            if not self._runs:
+                block, entry = self._pending()
+                run = _MemRun(block, entry)
+                self._append([(run, 0, len(run.entry["mw"]))])
+            else:
+                self._merge()
+            f.attrs.update({"schema": SCHEMA, "n_entries": self.n, "n_peaks": int(f["mz"].shape[0]),
+                            "n_bins": N_BINS, "sources": json.dumps(self.sources), **self.attrs})
+            f.attrs["complete"] = True
+        finally:
+            self._meta.close()
+            if self._tmp is not None:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def _merge(self) -> None:
+        values = np.unique(np.concatenate([r.entry["mw"] for r in self._runs]))
+        pieces: list[tuple[Any, int, int]] = []
+        buffered = 0
+        for v in values:
+            for run in self._runs:
+                lo, hi = run.span(int(v))
+                if hi > lo:
+                    pieces.append((run, lo, hi))
+                    buffered += int(run.ptr[hi] - run.ptr[lo])
+            if buffered >= self.run_peaks // 2:
+                self._append(pieces)
+                pieces, buffered = [], 0
+        self._append(pieces)
+
+    def _append(self, pieces: list[tuple[Any, int, int]]) -> None:
+        if not pieces:
+            return
+        f = self.file
+        mzs, ints, sizes = [], [], []
+        entry = {k: [] for k in _ENTRY}
+        for run, lo, hi in pieces:
+            mz, inten = run.read(lo, hi)
+            mzs.append(mz)
+            ints.append(inten)
+            sizes.append(np.diff(run.ptr[lo:hi + 1]))
+            for k in _ENTRY:
+                entry[k].append(run.entry[k][lo:hi])
+        e0, p0 = self._pos_e, self._pos_p
+        cols = {k: np.concatenate(entry[k]) for k in _ENTRY}
+        e1 = e0 + len(cols["mw"])
+        for k in _ENTRY:
+            f[k][e0:e1] = cols[k]
+        f["peak_ptr"][e0 + 1:e1 + 1] = p0 + np.cumsum(np.concatenate(sizes))
+        mz = np.concatenate(mzs)
+        p1 = p0 + len(mz)
+        f["mz"][p0:p1] = mz
+        f["intensity"][p0:p1] = np.concatenate(ints)
+        self._pos_e, self._pos_p = e1, p1
+
+    def abort(self) -> None:
+        """Close without finishing (the caller removes the file)."""
+        self._meta.close()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        self.file.close()
+
+    def __enter__(self) -> IndexWriter:
+        return self
+
+    def __exit__(self, et: object, ev: object, tb: object) -> None:
+        if et is None:
+            self.close()
+        elif self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+class _MemRun:
+    """The single in-memory run of a small index (nothing spilled)."""
+
+    def __init__(self, block: PeakBlock, entry: dict[str, np.ndarray]) -> None:
+        order = np.argsort(entry["mw"], kind="stable")
+        sorted_block = _take_large(block, order)
+        self.mz, self.intensity, self.ptr = sorted_block.mz, sorted_block.intensity, sorted_block.ptr
+        self.entry = {k: v[order] for k, v in entry.items()}
+
+    def read(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = int(self.ptr[lo]), int(self.ptr[hi])
+        return self.mz[a:b], self.intensity[a:b]
+
+
+def _take_large(block: PeakBlock, order: np.ndarray) -> PeakBlock:
+    sizes = np.diff(block.ptr)[order]
+    starts = block.ptr[:-1][order]
+    idx = np.repeat(starts - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes) + np.arange(sizes.sum())
+    ptr = np.zeros(len(order) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=ptr[1:])
+    return PeakBlock(ptr, block.mz[idx], block.intensity[idx])
+
+
+class SpectralIndex:
+    """A ``neimsctl.index/1`` file opened for searching.
+
+    Attributes
+    ----------
+    path, n, n_bins, sources : where it is, its number of entries, m/z bins and input files.
+    mw : int32 ``(n,)`` ascending nominal masses (-1 unknown).
+    predicted : bool ``(n,)``; source : uint16 ``(n,)``.
+
+    Raises
+    ------
+    InputError
+        The file does not exist.
+    FormatError
+        Not an HDF5 file, truncated, not an index, another version, or inconsistent.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, h5file: Any = None) -> None:
+        self.path = str(path)
+        if h5file is None:
+            if not Path(path).exists():
+                raise InputError(f"{path}: no such file")
+            h5py = _h5()
+            try:
+                h5file = h5py.File(path, "r")
+            except OSError as exc:
+                raise FormatError(f"not a neimsctl index (not a readable HDF5 file; truncated or "
+                                  f"another format?): {exc}", file=self.path) from None
+        self.file = h5file
+        self._check()
+        f = self.file
+        self.n = int(f.attrs["n_entries"])
+        self.n_bins = int(f.attrs["n_bins"])
+        self.sources = json.loads(f.attrs["sources"])
+        self.mw = f["mw"][:]
+        self.predicted = f["predicted"][:].astype(bool)
+        self.source = f["source"][:]
+        self.ptr = f["peak_ptr"][:]
+        self._keys: np.ndarray | None = None
+        self._raw = self._raw_offsets()
+        self.row = f["row"][:]
+        self.meta_ptr = f["meta_ptr"][:]
+        self._meta_raw = self._raw_offset("meta", np.uint8)
+        self._fd = os.open(self.path, os.O_RDONLY) if self._meta_raw is not None else None
+
+    def _meta_row(self, row: int) -> dict[str, str]:
+        a, b = int(self.meta_ptr[row]), int(self.meta_ptr[row + 1])
+        if self._fd is not None:
+            data = os.pread(self._fd, b - a, self._meta_raw + a)
+        else:
+            data = self.file["meta"][a:b].tobytes()
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise FormatError(f"damaged index: entry text of row {row} is not JSON", file=self.path) from None
+
+    def _raw_offset(self, key: str, dt: Any) -> int | None:
+        """File offset of a contiguous, uncompressed native-order dataset (else None)."""
+        if self.file.driver != "sec2" or not os.path.isfile(self.path):
+            return None
+        ds = self.file[key]
+        off = ds.id.get_offset()
+        if ds.chunks is not None or ds.compression is not None or ds.dtype != np.dtype(dt) or off is None:
+            return None
+        if ds.dtype.byteorder not in ("=", "|", "<" if np.little_endian else ">"):
+            return None
+        return int(off)
+
+    def _raw_offsets(self) -> tuple[int, int] | None:
+        mz, inten = self._raw_offset("mz", np.uint16), self._raw_offset("intensity", np.float32)
+        return None if mz is None or inten is None else (mz, inten)
+
+    def _check(self) -> None:
+        f = self.file
+        schema = f.attrs.get("schema")
+        if isinstance(schema, bytes):
+            schema = schema.decode()
+        if schema is None:
+            raise FormatError("not a neimsctl index (no 'schema' attribute; a feature shard?)", file=self.path)
+        if schema != SCHEMA:
+            raise FormatError(f"index format {schema!r} is not supported: this neimsctl reads {SCHEMA} "
+                              "(rebuild the index with this version's `neimsctl index`)", file=self.path)
+        if not f.attrs.get("complete", False):
+            raise FormatError("damaged index: it was not finished (interrupted write?)", file=self.path)
+        need = ("mw", "row", "predicted", "source", "inchikey", "peak_ptr", "mz", "intensity",
+                "meta", "meta_ptr")
+        missing = [k for k in need if k not in f]
+        if missing:
+            raise FormatError(f"damaged index: missing datasets {', '.join(missing)}", file=self.path)
+        n = int(f.attrs.get("n_entries", -1))
+        lengths = {k: f[k].shape[0] for k in ("mw", "row", "predicted", "source", "inchikey")}
+        if any(v != n for v in lengths.values()) or f["peak_ptr"].shape[0] != n + 1 \
+                or f["meta_ptr"].shape[0] != n + 1 or int(f["meta_ptr"][-1]) != f["meta"].shape[0]:
+            raise FormatError(f"damaged index: dataset lengths disagree with n_entries={n}", file=self.path)
+        nnz = f["mz"].shape[0]
+        if f["intensity"].shape[0] != nnz or int(f["peak_ptr"][-1]) != nnz \
+                or int(f.attrs.get("n_peaks", -1)) != nnz:
+            raise FormatError("damaged index: peak arrays disagree with peak_ptr", file=self.path)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self.file.close()
+
+    def __enter__(self) -> SpectralIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def block(self, lo: int, hi: int) -> PeakBlock:
+        """Entries ``lo:hi`` as a :class:`PeakBlock` (read from disk)."""
+        a, b = int(self.ptr[lo]), int(self.ptr[hi])
+        try:
+            if self._raw is not None:
+                mz = np.fromfile(self.path, dtype=np.uint16, count=b - a, offset=self._raw[0] + 2 * a)
+                inten = np.fromfile(self.path, dtype=np.float32, count=b - a, offset=self._raw[1] + 4 * a)
+            else:
+                mz = self.file["mz"][a:b]
+                inten = self.file["intensity"][a:b]
+            if len(mz) != b - a or len(inten) != b - a:
+                raise OSError("file shorter than its peak arrays (truncated?)")
+        except OSError as exc:
+            raise FormatError(f"damaged index: cannot read peaks {a}..{b}: {exc}", file=self.path) from None
+        return PeakBlock(self.ptr[lo:hi + 1] - a, mz, inten)
+
+    def chunks(self, size: int = 65536, lo: int = 0, hi: int | None = None) -> Iterator[tuple[int, PeakBlock]]:
+        """``(start, block)`` for entries ``lo:hi`` in pieces of ``size`` entries."""
+        hi = self.n if hi is None else hi
+        for start in range(lo, hi, size):
+            yield start, self.block(start, min(start + size, hi))
+
+    def window(self, mw: np.ndarray, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
+        """Entry ranges ``[lo, hi)`` with ``|mw_entry - mw| <= tolerance`` for each mass."""
+        m = np.asarray(mw, dtype=np.float64)
+        lo = np.searchsorted(self.mw, m - tolerance - 1e-9, "left")
+        hi = np.searchsorted(self.mw, m + tolerance + 1e-9, "right")
+        return lo.astype(np.int64), hi.astype(np.int64)
+
+    @property
+    def inchikeys(self) -> np.ndarray:
+        """``S27`` InChIKeys of the sorted entries (empty when unknown), read once."""
+        if self._keys is None:
+            self._keys = self.file["inchikey"][:]
+        return self._keys
+
+    def entries(self, index: np.ndarray) -> dict[str, list]:
+        """Text and numbers of the sorted entries ``index``: id, name, inchikey, smiles, formula,
+        mw, kind (measured/predicted), file."""
+        idx = np.asarray(index, dtype=np.int64)
+        uniq, inv = np.unique(idx, return_inverse=True)
+        out: dict[str, list] = {}
+        if len(uniq) == 0:
+            return {k: [] for k in (*_META, "inchikey", "mw", "kind", "file")}
+        rows = self.row[uniq]
+        texts = [self._meta_row(int(r)) for r in rows]
+        for key in _META:
+            got = [t.get(key, "") for t in texts]
+            out[key] = [got[i] for i in inv]
+        keys = self.file["inchikey"][uniq]
+        out["inchikey"] = [keys[i].decode() for i in inv]
+        out["mw"] = [int(self.mw[i]) for i in idx]
+        out["kind"] = ["predicted" if self.predicted[i] else "measured" for i in idx]
+        out["file"] = [self.sources[int(self.source[i])]["file"] for i in idx]
+        return out
+
+
+def open_index(path: str | os.PathLike) -> SpectralIndex:
+    """Open an index file for searching (see :class:`SpectralIndex`)."""
+    return SpectralIndex(path)
+
+
+def is_index(path: str | os.PathLike) -> bool:
+    """True when ``path`` is an HDF5 file with the root attribute ``schema`` of an index."""
+    try:
+        h5py = _h5()
+        with h5py.File(path, "r") as f:
+            schema = f.attrs.get("schema")
+    except OSError:
+        return False
+    if isinstance(schema, bytes):
+        schema = schema.decode()
+    return isinstance(schema, str) and schema.startswith("neimsctl.index/")

@@ -1,0 +1,164 @@
+"""Streaming reader of spectra of any kind for ``index`` and ``search``.
+
+:func:`read_spectrum_records` yields one :class:`SpectrumRecord` per input record, in input
+order, holding only the current record (or one HDF5 block) in memory, from
+
+- MSP of every dialect :func:`neimsctl.io.msp.read_msp` reads (NIST, MassBank, MoNA, AMDIS,
+  MS-DIAL, ChemStation / MassHunter exports); a ``Comments`` with ``predicted=`` (what
+  ``neimsctl predict`` writes) marks the record as predicted;
+- JSONL ``neimsctl.record/1`` and ``neimsctl.prediction/1`` (predicted), with the optional
+  ``neimsctl.prediction-run/1`` header line;
+- HDF5 feature shards ``neimsctl.h5shard/1`` (the measured ``spectrum`` of each row).
+
+No chemistry happens here: a record without an ``MW`` keeps ``mw = None`` and the caller may
+derive it from the SMILES or formula. A record the reader cannot use carries ``reason``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+import numpy as np
+
+from neimsctl.errors import FormatError, InputError
+from neimsctl.io.jsonl import read_jsonl
+from neimsctl.io.msp import parse_comments, parse_number, read_msp
+from neimsctl.io.streams import display_name, is_dash, open_in, sniff
+
+__all__ = ["SpectrumRecord", "read_spectrum_records"]
+
+_PREDICTION = "neimsctl.prediction/1"
+_RUN = "neimsctl.prediction-run/1"
+_RECORD = "neimsctl.record/1"
+
+
+@dataclass
+class SpectrumRecord:
+    """One input spectrum and what is known of its compound.
+
+    ``line`` is the 1-based first line of the record (0 for HDF5 rows), ``ordinal`` its
+    1-based position in the file. ``mw`` is the nominal mass when the record states one.
+    """
+
+    file: str
+    line: int
+    ordinal: int
+    id: str
+    name: str = ""
+    inchikey: str = ""
+    smiles: str = ""
+    formula: str = ""
+    mw: int | None = None
+    predicted: bool = False
+    mz: Any = None
+    intensity: Any = None
+    reason: str | None = None
+    detail: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _int_mass(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)) and np.isfinite(value) and value > 0:
+        return int(round(value))
+    if isinstance(value, str):
+        num = parse_number(value)
+        return int(round(num)) if num is not None and np.isfinite(num) and num > 0 else None
+    return None
+
+
+def _msp_records(fh: BinaryIO, source: str) -> Iterator[SpectrumRecord]:
+    for rec in read_msp(fh, source):
+        f = rec.fields
+        comments = f.get("comments", "")
+        out = SpectrumRecord(source, rec.line, rec.ordinal, rec.record_id, rec.name,
+                             f.get("inchikey", "").strip().upper(), f.get("smiles", "").strip(),
+                             f.get("formula", "").strip(), _int_mass(f.get("mw")),
+                             "predicted=" in comments, rec.mz, rec.intensity, rec.reason, rec.detail)
+        if not out.smiles and comments:
+            out.smiles = parse_comments(comments).get("SMILES", "").strip()
+        if f.get("inchi"):
+            out.extra["inchi"] = f["inchi"]
+        yield out
+
+
+def _jsonl_records(fh: BinaryIO, source: str) -> Iterator[SpectrumRecord]:
+    stem = source.rsplit("/", 1)[-1].split(".", 1)[0]
+    ordinal = 0
+    for lineno, rec in enumerate(read_jsonl(fh, source), 1):
+        schema = rec.get("schema")
+        if schema == _RUN:
+            continue
+        ordinal += 1
+        if schema not in (_PREDICTION, _RECORD, None):
+            yield SpectrumRecord(source, lineno, ordinal, f"{stem}:{ordinal}", reason="unknown_schema",
+                                 detail=f"schema {schema!r} is neither {_RECORD} nor {_PREDICTION}")
+            continue
+        yield SpectrumRecord(source, lineno, ordinal, str(rec.get("id") or f"{stem}:{ordinal}"),
+                             str(rec.get("name") or ""), str(rec.get("inchikey") or "").strip().upper(),
+                             str(rec.get("smiles") or ""), str(rec.get("formula") or ""),
+                             _int_mass(rec.get("mw")), schema == _PREDICTION, rec.get("mz"),
+                             rec.get("intensity"))
+
+
+def _shard_records(path: str | os.PathLike, source: str, block: int = 4096) -> Iterator[SpectrumRecord]:
+    from neimsctl.io.h5shard import ShardReader
+
+    r = ShardReader(path)
+    try:
+        has = r.column("has_spectrum").astype(bool)
+        cols = {c: r.column(c) for c in ("id", "name", "inchikey", "smiles", "formula")}
+        mw = r.column("mw").astype(np.int64)
+        spectra = r.file["spectrum"]
+        for lo in range(0, len(has), block):
+            dense = spectra[lo:lo + block].astype(np.float32)
+            for j in range(len(dense)):
+                i = lo + j
+                rec = SpectrumRecord(source, 0, i + 1, str(cols["id"][i]), str(cols["name"][i]),
+                                     str(cols["inchikey"][i]).upper(), str(cols["smiles"][i]),
+                                     str(cols["formula"][i]), int(mw[i]) if mw[i] > 0 else None)
+                if has[i]:
+                    rec.mz = np.flatnonzero(dense[j])
+                    rec.intensity = dense[j][rec.mz]
+                else:
+                    rec.reason, rec.detail = "no_peaks", "shard row without a spectrum"
+                yield rec
+    finally:
+        r.close()
+
+
+def read_spectrum_records(path: str | os.PathLike) -> Iterator[SpectrumRecord]:
+    """Yield every record of one input (``-`` is stdin: MSP or JSONL), rejects included.
+
+    The format is recognised by content: HDF5 by its magic bytes, JSONL by a first non-blank
+    character ``{``, anything else is read as MSP.
+
+    Raises
+    ------
+    InputError
+        The file does not exist or cannot be opened.
+    FormatError
+        The content violates its format (e.g. a JSONL line that is not JSON).
+    """
+    source = display_name(path)
+    if not is_dash(path):
+        if not Path(path).is_file():
+            raise InputError(f"{path}: no such file")
+        if sniff(path) == "h5":
+            yield from _shard_records(path, source)
+            return
+    with open_in(path) as fh:
+        if not hasattr(fh, "peek"):
+            fh = io.BufferedReader(fh)  # type: ignore[arg-type]
+        head = fh.peek(4096)[:4096]
+        reader = _jsonl_records if head.lstrip().startswith(b"{") else _msp_records
+        try:
+            yield from reader(fh, source)
+        except UnicodeDecodeError as exc:
+            raise FormatError(f"not text: {exc}", file=source) from None
+

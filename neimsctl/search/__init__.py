@@ -1,0 +1,1 @@
+"""Spectral search: build an index (``build.py``) and search it (``run.py``)."""

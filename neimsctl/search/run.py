@@ -1,0 +1,279 @@
+"""The ``search`` pipeline: query spectra -> the top hits of one or more libraries.
+
+Queries are read in batches (:func:`read_queries`), bad ones reported and skipped. For each
+batch every library (:class:`neimsctl.io.spectral_index.SpectralIndex`, on disk or built in
+memory from MSP/JSONL) is streamed in chunks through the one matching engine,
+:func:`neimsctl.evaluate.matching.search_blocks`; only the chunks that a query's mass window or
+the candidate list can reach are read. Hits of several libraries are merged by score (ties:
+library order, then entry order).
+
+Filters
+-------
+- ``mass_filter=D``: only entries whose nominal mass is within ``D`` Da of the query's (its
+  ``MW``, else weighed from its SMILES or formula); a query without a mass is searched unfiltered.
+- ``candidates``: InChIKey connectivity blocks (first 14 characters); only entries of those
+  compounds are hits.
+- ``source``: ``measured`` or ``predicted`` entries only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from neimsctl.errors import FormatError, InputError
+from neimsctl.evaluate.matching import Score, TopK, search_blocks
+from neimsctl.io.peak_block import PeakBlock, bin_batch, check_peaks
+from neimsctl.io.rejects import Reject, Tally
+from neimsctl.io.spectral_index import SpectralIndex, is_index, open_index
+from neimsctl.io.spectrum import N_BINS
+from neimsctl.io.spectrum_records import SpectrumRecord, read_spectrum_records
+from neimsctl.io.streams import is_dash, sniff
+from neimsctl.search.build import build_memory_index, complete_record
+
+__all__ = ["SearchOptions", "Hit", "QueryBatch", "open_libraries", "read_queries", "search_batch",
+           "read_candidates", "HIT_FIELDS"]
+
+_SCORE_BUDGET = 1 << 25     # score-matrix elements per chunk (queries x entries)
+
+#: Columns of a hit, in output order.
+HIT_FIELDS = ("query_id", "query_name", "rank", "score", "hit_id", "hit_name", "inchikey", "smiles",
+              "formula", "mw", "mass_diff", "source", "library")
+
+
+@dataclass
+class SearchOptions:
+    """How to search (see the module docstring)."""
+
+    score: Score = field(default_factory=Score)
+    top: int = 10
+    mass_filter: float | None = None
+    candidates: set[str] | None = None
+    source: str | None = None
+
+
+@dataclass
+class QueryBatch:
+    """Valid query spectra of one batch: records, their peaks and nominal masses (NaN unknown)."""
+
+    records: list[SpectrumRecord]
+    block: PeakBlock
+    mw: np.ndarray
+
+
+@dataclass
+class Hit:
+    """One hit of one query."""
+
+    query: SpectrumRecord
+    rank: int
+    score: float
+    library: int
+    entry: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def row(self, libraries: Sequence[SpectralIndex], score: Score) -> dict[str, Any]:
+        q, i = self.query, self.info
+        qmw = q.mw
+        return {"query_id": q.id, "query_name": q.name, "rank": self.rank,
+                "score": round(self.score, 1 if score.name == "composite" else 4),
+                "hit_id": i["id"], "hit_name": i["name"], "inchikey": i["inchikey"], "smiles": i["smiles"],
+                "formula": i["formula"], "mw": i["mw"] if i["mw"] >= 0 else None,
+                "mass_diff": (i["mw"] - qmw) if (qmw is not None and i["mw"] >= 0) else None,
+                "source": i["kind"], "library": i["file"]}
+
+
+def open_libraries(paths: Sequence[str | os.PathLike], tally: Tally) -> list[SpectralIndex]:
+    """Open index files; MSP/JSONL/shard libraries are indexed in memory (their rejects go to
+    ``tally``)."""
+    libs = []
+    for path in paths:
+        if not is_dash(path) and os.path.isfile(path) and sniff(path) == "h5" and not _is_shard(path):
+            libs.append(open_index(path))
+        elif not is_dash(path) and not os.path.exists(path):
+            raise InputError(f"{path}: no such file")
+        else:
+            lib = build_memory_index([path], tally, name=str(path))
+            if lib.n == 0:
+                raise FormatError("no usable spectra: not an index, nor an MSP/JSONL library with peaks",
+                                  file=str(path))
+            libs.append(lib)
+    return libs
+
+
+def _is_shard(path: str | os.PathLike) -> bool:
+    if is_index(path):
+        return False
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return str(f.attrs.get("schema", "")).startswith("neimsctl.h5shard/")
+    except OSError:
+        return False
+
+
+def read_queries(paths: Iterable[str | os.PathLike], tally: Tally, batch: int = 1024,
+                 warn: Any = None) -> Iterator[QueryBatch]:
+    """Batches of valid queries; a bad one is reported to ``tally`` (and ``warn(reject)``)."""
+    recs: list[SpectrumRecord] = []
+    for path in paths:
+        for rec in read_spectrum_records(path):
+            tally.read += 1
+            problem = (rec.reason, rec.detail) if rec.reason else check_peaks(rec.mz, rec.intensity, N_BINS)
+            if problem is not None:
+                rej = Reject(problem[0], problem[1], rec.file, rec.line or None, rec.name or None, rec.id)
+                tally.reject(rej)
+                if warn is not None:
+                    warn(rej)
+                continue
+            complete_record(rec)
+            recs.append(rec)
+            if len(recs) >= batch:
+                yield _batch(recs)
+                recs = []
+    if recs:
+        yield _batch(recs)
+
+
+def _batch(recs: list[SpectrumRecord]) -> QueryBatch:
+    block = bin_batch([r.mz for r in recs], [r.intensity for r in recs], N_BINS)
+    mw = np.array([r.mw if r.mw is not None else np.nan for r in recs], dtype=np.float64)
+    return QueryBatch(recs, block, mw)
+
+
+def read_candidates(path: str | os.PathLike, libraries: Sequence[SpectralIndex]) -> tuple[set[str], list[str]]:
+    """Connectivity blocks of a candidate list (one InChIKey, block or SMILES per line, first
+    field; ``#`` comments), and the entries that match nothing (``file:line: text: why``)."""
+    from neimsctl.io.streams import open_in
+
+    blocks: set[str] = set()
+    wanted: list[tuple[int, str, str]] = []
+    problems: list[str] = []
+    with open_in(path) as fh:
+        for lineno, raw in enumerate(fh, 1):
+            text = raw.decode("utf-8", "replace").split("#", 1)[0].strip()
+            if not text:
+                continue
+            token = text.split()[0]
+            block = _candidate_block(token)
+            if block is None:
+                problems.append(f"{path}: line {lineno}: {token}: neither an InChIKey nor a parsable SMILES")
+                continue
+            blocks.add(block)
+            wanted.append((lineno, token, block))
+    present: set[str] = set()
+    for lib in libraries:
+        present.update(k[:14].decode() for k in np.unique(lib.inchikeys) if k)
+    for lineno, token, block in wanted:
+        if block not in present:
+            problems.append(f"{path}: line {lineno}: {token}: matches no library entry")
+    if not wanted and not problems:
+        raise FormatError("the candidate list is empty", file=str(path))
+    return blocks, problems
+
+
+def _candidate_block(token: str) -> str | None:
+    import re
+
+    if re.fullmatch(r"[A-Z]{14}(-[A-Z]{10}-[A-Z])?", token.upper()) and (len(token) in (14, 27)):
+        return token.upper()[:14]
+    from neimsctl.chem import structure
+    from rdkit import Chem
+
+    try:
+        key = Chem.MolToInchiKey(structure.mol_from_smiles(token))
+    except FormatError:
+        return None
+    return key[:14] if key else None
+
+
+def _allowed_mask(lib: SpectralIndex, opts: SearchOptions) -> np.ndarray | None:
+    mask = None
+    if opts.source is not None:
+        mask = lib.predicted if opts.source == "predicted" else ~lib.predicted
+    if opts.candidates is not None:
+        want = np.array(sorted(opts.candidates), dtype="S14")
+        cand = np.isin(lib.inchikeys.astype("S14"), want)
+        mask = cand if mask is None else mask & cand
+    return mask
+
+
+def _ranges(n: int, windows: tuple[np.ndarray, np.ndarray] | None, mask: np.ndarray | None) -> list[tuple[int, int]]:
+    """Merged entry ranges that some query may reach."""
+    if windows is None:
+        spans = [(0, n)]
+    else:
+        order = np.argsort(windows[0])
+        spans = []
+        for lo, hi in zip(windows[0][order], windows[1][order]):
+            if hi <= lo:
+                continue
+            if spans and lo <= spans[-1][1]:
+                spans[-1] = (spans[-1][0], max(spans[-1][1], int(hi)))
+            else:
+                spans.append((int(lo), int(hi)))
+    if mask is None:
+        return spans
+    out = []
+    for lo, hi in spans:
+        idx = np.flatnonzero(mask[lo:hi])
+        if len(idx) == 0:
+            continue
+        breaks = np.flatnonzero(np.diff(idx) > 1)
+        starts = np.concatenate([[idx[0]], idx[breaks + 1]]) + lo
+        stops = np.concatenate([idx[breaks], [idx[-1]]]) + lo + 1
+        out.extend(zip(starts.tolist(), stops.tolist()))
+    return out
+
+
+def _chunks(lib: SpectralIndex, ranges: list[tuple[int, int]], size: int) -> Iterator[tuple[int, PeakBlock]]:
+    for lo, hi in ranges:
+        yield from lib.chunks(size, lo, hi)
+
+
+def search_library(lib: SpectralIndex, batch: QueryBatch, opts: SearchOptions) -> TopK:
+    """Top hits of one library for one batch of queries (engine: :func:`search_blocks`)."""
+    windows = None
+    if opts.mass_filter is not None:
+        lo, hi = lib.window(np.nan_to_num(batch.mw, nan=0.0), opts.mass_filter)
+        unknown = np.isnan(batch.mw)
+        lo[unknown], hi[unknown] = 0, lib.n
+        windows = (lo, hi)
+    mask = _allowed_mask(lib, opts)
+    ranges = _ranges(lib.n, windows, mask)
+    size = int(max(1024, min(65536, _SCORE_BUDGET // max(1, len(batch.records)))))
+    if windows is not None:
+        # narrow chunks: a chunk then meets only the queries whose mass window reaches it
+        widths = windows[1] - windows[0]
+        size = int(min(size, max(1024, np.median(widths) if len(widths) else size)))
+    allowed = (lambda a, b: mask[a:b]) if mask is not None else None
+    return search_blocks(batch.block, _chunks(lib, ranges, size), opts.score, opts.top, windows=windows,
+                         allowed=allowed)
+
+
+def search_batch(libraries: Sequence[SpectralIndex], batch: QueryBatch, opts: SearchOptions) -> list[list[Hit]]:
+    """The hits of every query of a batch, best first, over all libraries."""
+    results = [search_library(lib, batch, opts) for lib in libraries]
+    nq = len(batch.records)
+    scores = np.concatenate([r.scores for r in results], axis=1)
+    index = np.concatenate([r.index for r in results], axis=1)
+    libno = np.concatenate([np.full(r.index.shape, j) for j, r in enumerate(results)], axis=1)
+    order = np.lexsort((index, libno, -scores), axis=1)[:, :opts.top]
+    hits: list[list[Hit]] = [[] for _ in range(nq)]
+    wanted: dict[int, list[tuple[int, int, int]]] = {}
+    for qi in range(nq):
+        for rank, col in enumerate(order[qi], 1):
+            if index[qi, col] < 0 or not np.isfinite(scores[qi, col]):
+                break
+            h = Hit(batch.records[qi], rank, float(scores[qi, col]), int(libno[qi, col]), int(index[qi, col]))
+            hits[qi].append(h)
+            wanted.setdefault(h.library, []).append((qi, len(hits[qi]) - 1, h.entry))
+    for j, items in wanted.items():
+        info = libraries[j].entries(np.array([e for _, _, e in items], dtype=np.int64))
+        for n, (qi, pos, _) in enumerate(items):
+            hits[qi][pos].info = {k: v[n] for k, v in info.items()}
+    return hits

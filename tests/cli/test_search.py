@@ -1,0 +1,155 @@
+"""neimsctl index + search through the installed CLI: pipes, filters, bad input, exit codes."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import NamedTuple
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from neimsctl.cli import main as cli_main
+
+pytestmark = pytest.mark.cli
+
+
+class Result(NamedTuple):
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+def run(exe: str | None, *args: object, stdin: bytes | None = None) -> Result:
+    """The real console script through a pipe when ``exe`` is given, else in-process (faster)."""
+    if exe is not None:
+        p = subprocess.run([exe, *map(str, args)], capture_output=True, timeout=120, input=stdin)
+        return Result(p.returncode, p.stdout, p.stderr)
+    cli_main.load_commands()
+    res = CliRunner().invoke(cli_main.app, [str(a) for a in args], input=stdin)
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    return Result(res.exit_code, res.stdout_bytes, res.stderr_bytes)
+
+
+def first_records(msp: Path, n: int) -> bytes:
+    """The first ``n`` records of an MSP file whose MW is at most 480 (every peak in m/z 0..500)."""
+    text = msp.read_bytes().replace(b"\r\n", b"\n")
+    light = [r for r in text.split(b"\n\n") if (m := re.search(rb"^MW: (\d+)", r, re.M)) and int(m.group(1)) <= 480]
+    return b"\n\n".join(light[:n]) + b"\n"
+
+
+@pytest.fixture(scope="module")
+def index(sample_msp, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ix") / "sample.h5"
+    proc = run(None, "index", sample_msp, "-o", out, "--no-provenance")
+    assert proc.returncode == 0, proc.stderr
+    assert b"read 300, written 300, rejected 0" in proc.stderr
+    return out
+
+
+def test_each_query_finds_itself_through_a_pipe(neimsctl_exe, index, sample_msp):
+    proc = run(neimsctl_exe, "search", "-", "-l", index, "-k", "2", stdin=first_records(sample_msp, 12))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.decode().splitlines()
+    assert lines[0].split("\t")[:5] == ["query_id", "query_name", "rank", "score", "hit_id"]
+    rows = [ln.split("\t") for ln in lines[1:]]
+    assert len(rows) == 24
+    firsts = [r for r in rows if r[2] == "1"]
+    assert all(r[0] == r[4] and float(r[3]) == pytest.approx(1.0, abs=1e-4) for r in firsts)
+    assert all(r[11] == "measured" and r[10] == "0" for r in firsts)
+
+
+@pytest.mark.parametrize("score", ["composite", "entropy"])
+def test_jsonl_output_other_scores_and_mass_filter(index, sample_msp, score):
+    proc = run(None, "search", "-", "-l", index, "-s", score, "-O", "jsonl", "--mass-filter", "5",
+               "-q", stdin=first_records(sample_msp, 6))
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
+    hits = [orjson.loads(x) for x in proc.stdout.splitlines()]
+    assert hits and all(abs(h["mass_diff"]) <= 5 for h in hits)
+    top = [h for h in hits if h["rank"] == 1]
+    assert all(h["hit_id"] == h["query_id"] for h in top)
+    assert all(h["score"] == pytest.approx(999.0 if score == "composite" else 1.0, abs=0.01) for h in top)
+
+
+def test_candidates_and_source_filters(index, sample_msp, tmp_path):
+    queries = first_records(sample_msp, 3)
+    q = tmp_path / "q.msp"
+    q.write_bytes(queries)
+    ref = run(None, "search", q, "-l", index, "-k", "1", "-O", "jsonl", "-q")
+    keys = [orjson.loads(x)["inchikey"] for x in ref.stdout.splitlines()]
+    cand = tmp_path / "cand.txt"
+    cand.write_text(f"# suspects\n{keys[0]}\n{keys[1][:14]}\nc1ccccc1 benzene?\nNOTAKEYNOTASMILES((\n")
+    proc = run(None, "search", q, "-l", index, "--candidates", cand, "-O", "jsonl")
+    assert proc.returncode == 1
+    hits = [orjson.loads(x) for x in proc.stdout.splitlines()]
+    assert {h["inchikey"][:14] for h in hits} <= {keys[0][:14], keys[1][:14]} and len(hits) >= 3
+    err = proc.stderr.decode()
+    assert "line 4: c1ccccc1: matches no library entry" in err
+    assert "line 5: NOTAKEYNOTASMILES((: neither an InChIKey nor a parsable SMILES" in err
+    pred = tmp_path / "pred.jsonl"
+    pred.write_bytes(orjson.dumps({"schema": "neimsctl.prediction/1", "id": "p1", "name": "guess",
+                                   "smiles": "CCO", "inchikey": "LFQSCWFLJHTTHZ-UHFFFAOYSA-N", "mw": 46,
+                                   "mz": list(range(40, 300)), "intensity": [100.0] * 260}) + b"\n")
+    proc = run(None, "search", q, "-l", index, "-l", pred, "--source", "predicted", "-O", "jsonl", "-q")
+    assert proc.returncode == 0, proc.stderr
+    hits = [orjson.loads(x) for x in proc.stdout.splitlines()]
+    assert hits and all(h["source"] == "predicted" and h["hit_id"] == "p1" for h in hits)
+
+
+def test_bad_queries_are_reported_and_skipped(index, sample_msp, tmp_path):
+    bad = (b"Name: empty\nNum Peaks: 0\n\n"
+           b"Name: words\nNum Peaks: 2\n41 abc\n43 100\n\n"
+           b"Name: heavy\nMW: 600\nNum Peaks: 2\n41 10\n612 100\n\n") + first_records(sample_msp, 1)
+    q = tmp_path / "bad.msp"
+    q.write_bytes(bad)
+    rej = tmp_path / "rej.jsonl"
+    proc = run(None, "search", q, "-l", index, "-k", "1", "--rejects", rej)
+    assert proc.returncode == 1
+    err = proc.stderr.decode()
+    assert f"{q}: line 1: record 'empty': no_peaks" in err
+    assert f"{q}: line 4: record 'words': non_numeric_peak" in err
+    assert f"{q}: line 9: record 'heavy': mz_above_range" in err and "Traceback" not in err
+    assert len(proc.stdout.splitlines()) == 2            # header + the one good query
+    assert [orjson.loads(x)["reason"] for x in rej.read_bytes().splitlines()] == \
+        ["no_peaks", "non_numeric_peak", "mz_above_range"]
+
+
+def test_bad_libraries_fail_with_one_line(index, sample_msp, tmp_path):
+    q = tmp_path / "q.msp"
+    q.write_bytes(first_records(sample_msp, 1))
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(index.read_bytes()[:5000])
+    junk = tmp_path / "junk.txt"
+    junk.write_text("hello\nworld\n")
+    for lib, msg in ((tmp_path / "missing.h5", "no such file"), (cut, "not a neimsctl index"),
+                     (junk, "no usable spectra")):
+        proc = run(None, "search", q, "-l", lib)
+        assert proc.returncode == 1, proc.stderr
+        err = proc.stderr.decode().strip().splitlines()
+        assert len(err) == 1 and msg in err[0] and err[0].startswith("neimsctl search: "), err
+    proc = run(None, "search", q)
+    assert proc.returncode == 2 and b"--library" in proc.stderr
+    proc = run(None, "index", sample_msp)
+    assert proc.returncode == 2 and b"-o must name a file" in proc.stderr
+
+
+def test_index_rejects_and_mixed_inputs(sample_msp, tmp_path):
+    lib = tmp_path / "lib.msp"
+    lib.write_bytes(first_records(sample_msp, 5) + b"\nName: nothing\nNum Peaks: 0\n")
+    pred = tmp_path / "pred.jsonl"
+    pred.write_bytes(orjson.dumps({"schema": "neimsctl.prediction/1", "id": "p1", "name": "", "smiles": "CCO",
+                                   "inchikey": None, "mw": None, "mz": [31, 45], "intensity": [999, 300]}) + b"\n")
+    out, rej = tmp_path / "ix.h5", tmp_path / "rej.jsonl"
+    proc = run(None, "index", lib, pred, "-o", out, "--rejects", rej)
+    assert proc.returncode == 1 and b"read 7, written 6, rejected 1 (no_peaks: 1)" in proc.stderr
+    assert orjson.loads(rej.read_bytes())["reason"] == "no_peaks"
+    from neimsctl.io.spectral_index import open_index
+
+    with open_index(out) as ix:
+        assert ix.n == 6 and ix.mw[0] == 46          # mass and InChIKey weighed from the SMILES
+        e = ix.entries([0])
+        assert e["kind"] == ["predicted"] and e["inchikey"] == ["LFQSCWFLJHTTHZ-UHFFFAOYSA-N"]
+        assert [s["kind"] for s in ix.sources] == ["measured", "predicted"]

@@ -1,0 +1,217 @@
+"""The matching engine: each score against hand-computed values, and exact top-k vs an fp64 brute force."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from neimsctl.errors import InputError
+from neimsctl.evaluate.matching import Score, iter_chunks, score_all, search_blocks
+from neimsctl.io.peak_block import PeakBlock
+
+N = 501
+
+
+def block(*spectra: dict[int, float]) -> PeakBlock:
+    dense = np.zeros((len(spectra), N), dtype=np.float32)
+    for i, peaks in enumerate(spectra):
+        for mz, val in peaks.items():
+            dense[i, mz] = val
+    return PeakBlock.from_dense(dense)
+
+
+def reference(q: dict[int, float], lib: dict[int, float], name: str, reverse: bool = False,
+              a: float = 1.0, b: float = 0.5) -> float:
+    """Plain fp64 definitions, one pair at a time (the module docstring's formulas)."""
+    if reverse:
+        q = {m: v for m, v in q.items() if m in lib}
+        if not q:
+            return 0.0
+    shared = sorted(set(q) & set(lib))
+    if name == "cosine":
+        wq = {m: m ** a * v ** b for m, v in q.items()}
+        wl = {m: m ** a * v ** b for m, v in lib.items()}
+        nq = math.sqrt(sum(x * x for x in wq.values()))
+        nl = math.sqrt(sum(x * x for x in wl.values()))
+        return sum(wq[m] * wl[m] for m in shared) / (nq * nl) if nq and nl else 0.0
+    if name == "entropy":
+        def weigh(s: dict[int, float]) -> dict[int, float]:
+            tot = sum(s.values())
+            p = {m: v / tot for m, v in s.items()}
+            ent = -sum(x * math.log(x) for x in p.values())
+            w = 0.25 + 0.25 * ent if ent < 3 else 1.0
+            p = {m: x ** w for m, x in p.items()}
+            tot = sum(p.values())
+            return {m: x / tot for m, x in p.items()}
+        pq, pl = weigh(q) if not reverse else None, weigh(lib)
+        if reverse:  # weigh the full query, then restrict and renormalise
+            return math.nan
+        f = lambda x: x * math.log(x) if x > 0 else 0.0  # noqa: E731
+        return sum(f(pq[m] + pl[m]) - f(pq[m]) - f(pl[m]) for m in shared) / math.log(4)
+    wq = {m: m ** 3 * v ** 0.6 for m, v in q.items()}
+    wl = {m: m ** 3 * v ** 0.6 for m, v in lib.items()}
+    fd = sum(wq[m] * wl[m] for m in shared) ** 2 / (sum(x * x for x in wq.values()) * sum(x * x for x in wl.values()))
+    n = len(shared)
+    fr = 0.0
+    for i in range(1, n):
+        r = (wl[shared[i]] / wl[shared[i - 1]]) * (wq[shared[i - 1]] / wq[shared[i]])
+        fr += min(r, 1 / r)
+    fr = fr / (n - 1) if n >= 2 else 0.0
+    nu = len(q)
+    return 999 * (nu * fd + n * fr) / (nu + n)
+
+
+# query {50: 1, 60: 0.5, 70: 0.25}; library {50: 0.5, 60: 1, 80: 1}
+Q = {50: 1.0, 60: 0.5, 70: 0.25}
+L = {50: 0.5, 60: 1.0, 80: 1.0}
+
+
+def one(name: str, reverse: bool = False) -> float:
+    return float(score_all(block(Q), block(L), Score(name, reverse=reverse))[0, 0])
+
+
+def test_cosine_by_hand() -> None:
+    # w = m/z * sqrt(I): query (50, 60*0.7071, 70*0.5), library (50*0.7071, 60, 80)
+    wq = np.array([50, 60 * 0.5 ** 0.5, 35.0])
+    wl = np.array([50 * 0.5 ** 0.5, 60.0, 80.0])
+    expect = (wq[0] * wl[0] + wq[1] * wl[1]) / (np.linalg.norm(wq) * np.linalg.norm(wl))
+    assert one("cosine") == pytest.approx(expect, abs=1e-6)
+    assert one("cosine") == pytest.approx(0.5471, abs=1e-4)  # 4313.4 / (74.33 * 106.07)
+
+
+def test_reverse_cosine_ignores_query_peaks_missing_from_the_library() -> None:
+    wq = np.array([50, 60 * 0.5 ** 0.5])          # m/z 70 is not in the library spectrum
+    wl = np.array([50 * 0.5 ** 0.5, 60.0, 80.0])
+    expect = (wq @ wl[:2]) / (np.linalg.norm(wq) * np.linalg.norm(wl))
+    assert one("cosine", reverse=True) == pytest.approx(expect, abs=1e-6)
+
+
+def test_composite_by_hand() -> None:
+    w = lambda m, i: m ** 3 * i ** 0.6  # noqa: E731
+    wq = {50: w(50, 1), 60: w(60, 0.5), 70: w(70, 0.25)}
+    wl = {50: w(50, 0.5), 60: w(60, 1), 80: w(80, 1)}
+    fd = (wq[50] * wl[50] + wq[60] * wl[60]) ** 2 / (sum(v * v for v in wq.values()) * sum(v * v for v in wl.values()))
+    r = (wl[60] / wl[50]) * (wq[50] / wq[60])      # = (2 * 2) ** 0.6 = 2.297 -> take 1/r
+    fr = min(r, 1 / r) / 1                           # one adjacent pair, N_LU - 1 = 1
+    expect = 999 * (3 * fd + 2 * fr) / (3 + 2)
+    assert one("composite") == pytest.approx(expect, abs=1e-3)
+    assert one("composite") == pytest.approx(reference(Q, L, "composite"), abs=1e-3)
+    # reverse: N_U = N_LU = 2, F_D on the restricted query
+    fd_r = (wq[50] * wl[50] + wq[60] * wl[60]) ** 2 / ((wq[50] ** 2 + wq[60] ** 2) * sum(v * v for v in wl.values()))
+    assert one("composite", reverse=True) == pytest.approx(999 * (fd_r + fr) / 2, abs=1e-3)
+
+
+def test_entropy_by_hand() -> None:
+    # query p = (4, 2, 1)/7, entropy 0.956 < 3: weight 0.25 + 0.25 * S; library likewise
+    def weigh(v: np.ndarray) -> np.ndarray:
+        p = v / v.sum()
+        s = -(p * np.log(p)).sum()
+        p = p ** (0.25 + 0.25 * s)
+        return p / p.sum()
+    pq = dict(zip((50, 60, 70), weigh(np.array([1.0, 0.5, 0.25]))))
+    pl = dict(zip((50, 60, 80), weigh(np.array([0.5, 1.0, 1.0]))))
+    f = lambda x: x * math.log(x)  # noqa: E731
+    expect = sum(f(pq[m] + pl[m]) - f(pq[m]) - f(pl[m]) for m in (50, 60)) / math.log(4)
+    assert one("entropy") == pytest.approx(expect, abs=1e-6)
+    # identical spectra score 1, disjoint ones 0
+    same = score_all(block(Q), block(Q), Score("entropy"))[0, 0]
+    assert same == pytest.approx(1.0, abs=1e-6)
+    assert score_all(block(Q), block({90: 1.0}), Score("entropy"))[0, 0] == 0.0
+    # reverse: the query restricted to m/z 50, 60 and renormalised
+    a = np.array([pq[50], pq[60]])
+    a = a / a.sum()
+    expect_r = sum(f(x + pl[m]) - f(x) - f(pl[m]) for x, m in zip(a, (50, 60))) / math.log(4)
+    assert one("entropy", reverse=True) == pytest.approx(expect_r, abs=1e-6)
+
+
+def test_entropy_bound_is_an_upper_bound() -> None:
+    t = np.linspace(1e-6, 1.0, 100001)
+    f = (1 + t) * np.log(1 + t) - t * np.log(t)
+    assert (f <= 2 * math.log(2) * np.sqrt(t) + 1e-12).all()
+
+
+def test_unknown_score_and_bad_k() -> None:
+    with pytest.raises(InputError, match="unknown score"):
+        Score("dot")
+    with pytest.raises(InputError):
+        search_blocks(block(Q), iter_chunks(block(L)), Score(), k=0)
+
+
+def random_library(rng: np.random.Generator, n: int, peaks: int = 40) -> PeakBlock:
+    dense = np.zeros((n, N), dtype=np.float32)
+    for i in range(n):
+        top = int(rng.integers(60, N))
+        mz = rng.choice(np.arange(1, top), size=min(peaks, top - 1), replace=False)
+        dense[i, mz] = rng.random(len(mz)).astype(np.float32) ** 3
+        dense[i, mz[0]] = 1.0
+    return PeakBlock.from_dense(dense)
+
+
+def brute(queries: PeakBlock, lib: PeakBlock, name: str, reverse: bool, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """fp64 brute force over every entry, ranking by (score desc, index asc)."""
+    qd, ld = queries.to_dense().astype(np.float64), lib.to_dense().astype(np.float64)
+    out_s, out_i = [], []
+    for q in qd:
+        qm = {int(m): q[m] for m in np.flatnonzero(q)}
+        s = np.array([reference(qm, {int(m): row[m] for m in np.flatnonzero(row)}, name, reverse) for row in ld])
+        order = np.lexsort((np.arange(len(s)), -s))[:k]
+        out_s.append(s[order])
+        out_i.append(order)
+    return np.array(out_s), np.array(out_i)
+
+
+def assert_same_hits(got_s: np.ndarray, got_i: np.ndarray, ref_s: np.ndarray, ref_i: np.ndarray, tol: float) -> None:
+    np.testing.assert_allclose(got_s, ref_s, atol=tol)
+    for gs, gi, rs, ri in zip(got_s, got_i, ref_s, ref_i):
+        # ids equal, except that entries whose reference scores tie may swap places
+        for j in np.flatnonzero(gi != ri):
+            assert abs(rs[j] - rs[list(ri).index(gi[j])] if gi[j] in ri else 1.0) < 1e-9 or \
+                abs(gs[j] - rs[j]) < 1e-9, (gi, ri)
+
+
+@pytest.mark.parametrize("name", ["cosine", "composite", "entropy"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_exact_top10_equals_fp64_brute_force(name: str, reverse: bool) -> None:
+    rng = np.random.default_rng(7)
+    lib = random_library(rng, 250)
+    # queries: noisy copies of library entries plus random spectra
+    qd = lib.to_dense()[[3, 100, 249]] * rng.uniform(0.7, 1.3, size=(3, N)).astype(np.float32)
+    queries = PeakBlock.from_dense(np.concatenate([qd, random_library(rng, 2).to_dense()]))
+    if name == "entropy" and reverse:
+        ref_s = score_all(queries, lib, Score(name, reverse=True))  # no scalar reference: compare engines
+        order = np.lexsort((np.broadcast_to(np.arange(len(lib)), ref_s.shape), -ref_s), axis=1)[:, :10]
+        ref_i, ref_s = order, np.take_along_axis(ref_s, order, axis=1)
+    else:
+        ref_s, ref_i = brute(queries, lib, name, reverse, 10)
+    res = search_blocks(queries, iter_chunks(lib, 97), Score(name, reverse=reverse), 10)
+    tol = 1e-3 if name == "composite" else 1e-5
+    assert_same_hits(res.scores, res.index, ref_s, ref_i, tol)
+
+
+def test_chunk_size_does_not_change_the_hits() -> None:
+    rng = np.random.default_rng(3)
+    lib = random_library(rng, 500)
+    queries = PeakBlock.from_dense(lib.to_dense()[:20])
+    for name in ("cosine", "entropy", "composite"):
+        a = search_blocks(queries, iter_chunks(lib, 500), Score(name), 5)
+        b = search_blocks(queries, iter_chunks(lib, 33), Score(name), 5)
+        np.testing.assert_array_equal(a.index, b.index)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+        assert (a.index[:, 0] == np.arange(20)).all()   # each spectrum finds itself first
+
+
+def test_windows_and_allowed_restrict_the_entries() -> None:
+    rng = np.random.default_rng(5)
+    lib = random_library(rng, 200)
+    queries = PeakBlock.from_dense(lib.to_dense()[[10, 150]])
+    lo, hi = np.array([100, 0]), np.array([200, 120])
+    res = search_blocks(queries, iter_chunks(lib, 64), Score(), 5, windows=(lo, hi))
+    assert ((res.index[0] >= 100) & (res.index[0] < 200)).all()
+    assert (res.index[1] < 120).all()
+    even = lambda a, b: (np.arange(a, b) % 2) == 0  # noqa: E731
+    res = search_blocks(queries, iter_chunks(lib, 64), Score("entropy"), 5, allowed=even)
+    assert (res.index % 2 == 0).all() and res.index[0, 0] == 10
+    few = search_blocks(queries, iter_chunks(lib, 64), Score(), 5, windows=(np.array([0, 0]), np.array([2, 0])))
+    assert list(few.index[0][:2]) != [-1, -1] and (few.index[0][2:] == -1).all() and (few.index[1] == -1).all()

@@ -1,0 +1,111 @@
+"""The index format: write/read round trip (spilled runs and in memory alike), refusal of other
+versions and damaged files, and the batch binning against the 501-bin preprocessing."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from neimsctl.errors import FormatError, InputError
+from neimsctl.io.peak_block import PeakBlock, bin_batch, check_peaks
+from neimsctl.io.spectral_index import SCHEMA, IndexWriter, SpectralIndex, open_index
+from neimsctl.io.spectrum import preprocess_spectrum
+
+
+def entries(n: int, seed: int = 0) -> tuple[PeakBlock, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    mz = [rng.choice(np.arange(10, 300), size=int(rng.integers(1, 30)), replace=False) for _ in range(n)]
+    it = [rng.random(len(m)) + 0.01 for m in mz]
+    return bin_batch(mz, it), rng.integers(-1, 40, size=n)
+
+
+def write(path, block: PeakBlock, mw: np.ndarray, run_peaks: int) -> None:
+    w = IndexWriter(path, run_peaks=run_peaks)
+    src = w.add_source("lib.msp", "measured")
+    for lo in range(0, len(block), 37):
+        hi = min(lo + 37, len(block))
+        part = block.slice(lo, hi)
+        w.add(part, mw=mw[lo:hi], predicted=[i % 2 == 0 for i in range(lo, hi)], source=[src] * (hi - lo),
+              inchikey=[f"KEY{i:011d}-UHFFFAOYSA-N" for i in range(lo, hi)], ids=[f"id{i}" for i in range(lo, hi)],
+              names=[f"name {i}" for i in range(lo, hi)], smiles=["C"] * (hi - lo), formula=["CH4"] * (hi - lo))
+    w.close()
+    w.file.close()
+
+
+@pytest.mark.parametrize("run_peaks", [50, 1 << 30])   # many spilled runs / one run in memory
+def test_round_trip_sorted_by_mass(tmp_path, run_peaks: int) -> None:
+    block, mw = entries(300)
+    write(tmp_path / "ix.h5", block, mw, run_peaks)
+    with open_index(tmp_path / "ix.h5") as ix:
+        assert ix.n == 300 and (np.diff(ix.mw) >= 0).all()
+        got = ix.block(0, ix.n)
+        meta = ix.entries(np.arange(ix.n))
+        rows = [int(s[2:]) for s in meta["id"]]
+        # stable: input order within one mass
+        for m in np.unique(ix.mw):
+            r = np.asarray(rows)[ix.mw == m]
+            assert (np.diff(r) > 0).all()
+        np.testing.assert_array_equal(np.asarray(rows), np.argsort(mw, kind="stable"))
+        np.testing.assert_array_equal(got.to_dense(), block.to_dense()[rows])
+        assert meta["name"][5] == f"name {rows[5]}" and meta["inchikey"][0].startswith("KEY")
+        assert meta["kind"][0] == ("predicted" if rows[0] % 2 == 0 else "measured")
+        assert ix.predicted.sum() == 150 and meta["file"][0] == "lib.msp"
+        lo, hi = ix.window(np.array([10.0]), 2)
+        assert set(ix.mw[lo[0]:hi[0]]) <= {8, 9, 10, 11, 12} and ((ix.mw >= 8) & (ix.mw <= 12)).sum() == hi[0] - lo[0]
+        chunks = list(ix.chunks(64))
+        assert [s for s, _ in chunks] == [0, 64, 128, 192, 256]
+        assert PeakBlock.concat([b for _, b in chunks]).to_dense().tolist() == got.to_dense().tolist()
+
+
+def test_other_versions_and_damaged_files_are_refused(tmp_path) -> None:
+    block, mw = entries(20)
+    path = tmp_path / "ix.h5"
+    write(path, block, mw, 1 << 30)
+    with h5py.File(path, "a") as f:
+        f.attrs["schema"] = "neimsctl.index/2"
+    with pytest.raises(FormatError, match="neimsctl.index/2.*not supported"):
+        SpectralIndex(path)
+    with h5py.File(path, "a") as f:
+        f.attrs["schema"] = SCHEMA
+        del f["intensity"]
+    with pytest.raises(FormatError, match="damaged index: missing datasets intensity"):
+        SpectralIndex(path)
+    write(path, block, mw, 1 << 30)
+    with h5py.File(path, "a") as f:
+        f.attrs["complete"] = False
+    with pytest.raises(FormatError, match="not finished"):
+        SpectralIndex(path)
+    write(path, block, mw, 1 << 30)
+    data = path.read_bytes()
+    (tmp_path / "cut.h5").write_bytes(data[: len(data) // 2])
+    with pytest.raises(FormatError, match="not a neimsctl index"):
+        SpectralIndex(tmp_path / "cut.h5")
+    (tmp_path / "text.msp").write_text("Name: x\nNum Peaks: 1\n10 10\n")
+    with pytest.raises(FormatError, match="not a neimsctl index"):
+        SpectralIndex(tmp_path / "text.msp")
+    with h5py.File(tmp_path / "shard.h5", "w") as f:
+        f.create_dataset("x", data=[1])
+    with pytest.raises(FormatError, match="no 'schema' attribute"):
+        SpectralIndex(tmp_path / "shard.h5")
+    with pytest.raises(InputError, match="no such file"):
+        SpectralIndex(tmp_path / "missing.h5")
+
+
+def test_bin_batch_equals_preprocess_spectrum() -> None:
+    mz = [[77.5, 78.2, 12.0, 500.4], [10, 10, 11, 11.4], [300.0]]
+    it = [[1.0, 2.0, 0.0005, 4.0], [1.0, 1.0, 0.001, 0.5], [7.0]]
+    got = bin_batch(mz, it).to_dense()
+    for row, (m, i) in zip(got, zip(mz, it)):
+        np.testing.assert_allclose(row, preprocess_spectrum(m, i), rtol=1e-6)
+
+
+@pytest.mark.parametrize("mz, it, reason", [
+    ([], [], "no_peaks"), ([10], [0.0], "no_peaks"), (["a"], [1], "non_numeric_peak"),
+    ([10, 11], [1], "invalid_peak"), ([10], [-1], "invalid_peak"), ([float("nan")], [1], "invalid_peak"),
+    ([10, 600], [1, 1], "mz_above_range")])
+def test_check_peaks_reasons(mz, it, reason) -> None:
+    assert check_peaks(mz, it)[0] == reason
+    assert check_peaks([10, 500.4], [1, 2]) is None
+    assert check_peaks([10, 600], [1, 1], above_range=True) is None
+    assert check_peaks([600], [1], above_range=True)[0] == "no_peaks"
