@@ -14,6 +14,7 @@ writes its bytes. Output order = input order.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -21,7 +22,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import orjson
 
-from neimsctl.chem.rowbuild import Item, Rejected, RowBuilder, RowOptions
+from neimsctl.chem.rowbuild import (Item, Rejected, RowBuilder, RowOptions, crashed, crashed_block,
+                                    one_by_one)
 from neimsctl.errors import InputError
 from neimsctl.io.parallel import chunked, ordered_map
 from neimsctl.io.rejects import Reject, Tally
@@ -112,7 +114,7 @@ class Featurizer:
             try:
                 mol = mol_from_molblock(text, where=f"MOL block {title!r}")
             except StructureError as exc:
-                early.append(Rejected(it, title or None, "unparsable_structure", str(exc), title))
+                early.append(Rejected(it, title or None, exc.reason, str(exc), title))
                 continue
             from rdkit import Chem
 
@@ -157,10 +159,12 @@ def featurized(items: Iterator[Item], mode: str, *, jobs: int = 1, chunk: int = 
                inchikey: bool = True) -> Iterator[tuple[dict[str, np.ndarray], list[Rejected], int]]:
     """Feature blocks in input order; ``jobs > 1`` featurizes in forked worker processes.
 
-    ``inchikey=False`` skips the InChIKey (the costliest part of featurizing a SMILES).
+    ``inchikey=False`` skips the InChIKey (the costliest part of featurizing a SMILES). A record
+    on which a worker dies is a ``worker_crashed`` reject.
     """
     return ordered_map(_work, chunked(items, chunk), jobs, _init, (mode, inchikey),
-                       max_in_flight=2 * jobs + 2)
+                       max_in_flight=2 * jobs + 2, split=one_by_one,
+                       crashed=functools.partial(crashed_block, mode))
 
 
 @dataclass
@@ -253,6 +257,10 @@ def _work_stage(items: list[Item]) -> Predicted:
     return _STAGE(items)
 
 
+def _crashed_stage(items: list[Item], why: str) -> Predicted:
+    return Predicted(b"", [crashed(it, why) for it in items], len(items), 0)
+
+
 def predicted(items: Iterable[Item], stage: ChunkPredictor, *, jobs: int = 1,
               chunk: int = CHUNK, worker_threads: int = 1,
               model_in_workers: bool | None = None) -> Iterator[Predicted]:
@@ -271,7 +279,8 @@ def predicted(items: Iterable[Item], stage: ChunkPredictor, *, jobs: int = 1,
             yield stage(c)
     elif model_in_workers:
         yield from ordered_map(_work_stage, chunked(items, chunk), jobs, _init_stage,
-                               (stage, worker_threads), max_in_flight=2 * jobs + 2)
+                               (stage, worker_threads), max_in_flight=2 * jobs + 2,
+                               split=one_by_one, crashed=_crashed_stage)
     else:
         for block, rejects, n in featurized(iter(items), stage.lm.mode, jobs=jobs, chunk=chunk,
                                             inchikey=stage.opts.inchikey):

@@ -75,3 +75,32 @@ def test_strict_in_workers_writes_rows_before_the_first_reject(lm, smi):
     assert counts == (3, 2, 1) and stopped == f"{smi}:3: cannot parse SMILES 'xyz'"
     assert [ln for ln in data.splitlines() if ln.startswith(b"Name: ")] == \
         [b"Name: ethanol", b"Name: benzene"]
+
+
+@pytest.mark.parametrize("model_in_workers", [True, False])
+def test_a_worker_that_dies_on_a_record_rejects_it_and_loses_nothing(lm, smi, monkeypatch,
+                                                                    model_in_workers):
+    import faulthandler
+    import os
+    import signal
+
+    from neimsctl.chem.rowbuild import RowBuilder
+
+    build = RowBuilder.build
+
+    def crashing_build(self, items):  # RDKit segfaulting on one record, in a worker
+        if any(b"CRASH" in it.raw for it in items):
+            faulthandler.disable()
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return build(self, items)
+
+    monkeypatch.setattr(RowBuilder, "build", crashing_build)
+    lines = LINES[:4] + ["CCCCO CRASH"] + LINES[4:]
+    smi.write_text("\n".join(lines) + "\n")
+    data, counts, shown, _ = _run(lm, smi, 2, model_in_workers=model_in_workers)
+    assert counts == (12, 9, 3)                        # read = written + rejected
+    assert f"{smi}:5: worker_crashed: the worker process was killed by SIGSEGV while working " \
+           "on this record" in shown
+    names = [ln[6:].decode() for ln in data.splitlines() if ln.startswith(b"Name: ")]
+    assert names == ["ethanol", "benzene", "acetic", "in:6", "phenol", "hexane", "in:10", "in:11",
+                     "in:12"]
