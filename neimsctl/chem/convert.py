@@ -182,6 +182,18 @@ def _worker_chunk(task: tuple[str, list[RawRecord]]) -> ChunkResult:
     return convert_raw(task[0], task[1], _WORKER_OPTS)
 
 
+def _one_by_one(task: tuple[str, list[RawRecord]]) -> list[tuple[str, list[RawRecord]]]:
+    return [(task[0], [raw]) for raw in task[1]]
+
+
+def _crashed(task: tuple[str, list[RawRecord]], why: str) -> ChunkResult:
+    """The ``worker_crashed`` reject of the one record of ``task`` (named from its MSP text)."""
+    block, line, ordinal, at_eof = task[1][0]
+    rec = parse_block(block, task[0], line, ordinal, at_eof)  # no RDKit: safe in this process
+    return 1, [Reject(reason="worker_crashed", detail=f"{why} while working on this record",
+                      file=task[0], line=line, record=rec.name or None, id=rec.record_id)]
+
+
 def _raw_chunks(paths: Iterable[str | os.PathLike], size: int) -> Iterator[tuple[str, list[RawRecord]]]:
     """``(file name, raw records)`` chunks of at most ``size`` records, never across files."""
     for path in paths:
@@ -202,10 +214,11 @@ def _converted(paths: Iterable[str | os.PathLike], opts: ConvertOptions, jobs: i
     """Chunk results in input order; at most ``2 * jobs`` chunks in flight.
 
     The main process only splits the input into raw records and writes bytes; parsing,
-    RDKit and JSON happen in the workers.
+    RDKit and JSON happen in the workers. A record on which a worker dies (RDKit crashed) is
+    a ``worker_crashed`` reject (:func:`neimsctl.io.parallel.ordered_map`).
     """
     return ordered_map(_worker_chunk, _raw_chunks(paths, chunk_size), jobs, _init_worker, (opts,),
-                       max_in_flight=2 * jobs, quiet_workers=False)
+                       max_in_flight=2 * jobs, split=_one_by_one, crashed=_crashed)
 
 
 def convert_msp(paths: Iterable[str | os.PathLike], out: BinaryIO, tally: Tally,

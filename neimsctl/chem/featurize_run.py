@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import IO, Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
-from neimsctl.chem.rowbuild import Rejected, RowBuilder, RowOptions
+from neimsctl.chem.rowbuild import Rejected, RowBuilder, RowOptions, crashed_block, one_by_one
 from neimsctl.errors import InputError, StrictStop
 from neimsctl.io.featblock import block_rows
 from neimsctl.io.h5shard import ResumableShardWriter, ShardWriter
@@ -59,8 +60,10 @@ def _work(items: list[Item]) -> tuple[dict[str, np.ndarray], list[Rejected], int
 
 def _results(chunks: Iterator[list[Item]], opts: RowOptions,
              jobs: int) -> Iterator[tuple[dict[str, np.ndarray], list[Rejected], int]]:
-    """Feature blocks in input order; at most ``2 * jobs + 2`` chunks in flight."""
-    return ordered_map(_work, chunks, jobs, _init_worker, (opts,), max_in_flight=2 * jobs + 2)
+    """Feature blocks in input order; at most ``2 * jobs + 2`` chunks in flight; a record on
+    which a worker dies is a ``worker_crashed`` reject."""
+    return ordered_map(_work, chunks, jobs, _init_worker, (opts,), max_in_flight=2 * jobs + 2,
+                       split=one_by_one, crashed=functools.partial(crashed_block, opts.mode))
 
 
 def run_featurize(items: Iterator[Item], sink: Sink, tally: Tally, *, opts: RowOptions,

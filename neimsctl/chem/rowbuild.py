@@ -16,7 +16,11 @@ line structure of an MSP or JSONL output.
 
 Reject reasons: ``bad_json`` (not a JSON object), ``bad_field`` (a field above of the wrong
 type), ``no_structure`` (record without SMILES),
-``unparsable_smiles`` (RDKit cannot read it), ``mw_out_of_range`` (nominal mass outside
+``unparsable_smiles`` (RDKit cannot read it), ``too_large`` (more than
+:data:`~neimsctl.chem.structure.MAX_HEAVY_ATOMS` heavy atoms or
+:data:`~neimsctl.chem.structure.MAX_STRUCTURE_CHARS` characters, refused before RDKit parses
+it), ``worker_crashed`` (the worker process died on the record, see :func:`crashed`),
+``mw_out_of_range`` (nominal mass outside
 ``[min_mw, max_mw]``, SPEC.md: 50..1000 Da), ``featurize_failed`` (RDKit raised while
 computing features), ``bad_peaks`` (``mz`` and ``intensity`` unusable, e.g. of different
 lengths).
@@ -39,7 +43,7 @@ from rdkit.Chem import rdMolDescriptors
 
 from neimsctl.chem.features import get_featurizer
 from neimsctl.io.spectrum import N_BINS, NOISE_LEVEL, preprocess_spectrum
-from neimsctl.chem.structure import formula_nominal_mass
+from neimsctl.chem.structure import MAX_HEAVY_ATOMS, formula_nominal_mass, smiles_too_large
 from neimsctl.io.featblock import empty_block
 from neimsctl.io.inputs import Item
 
@@ -173,6 +177,10 @@ class RowBuilder:
         if st is not None:
             cache.move_to_end(smiles)
             return st
+        if len(smiles) > MAX_HEAVY_ATOMS:
+            big = smiles_too_large(smiles)
+            if big is not None:  # not remembered: the key alone may be 10 kB
+                return ("too_large", big)
         mol = Chem.MolFromSmiles(smiles)
         if mol is None or mol.GetNumAtoms() == 0:
             st = ("unparsable_smiles", f"RDKit cannot parse {smiles!r}")
@@ -369,6 +377,40 @@ class RowBuilder:
 def _json_type(value: Any) -> str:
     return {bool: "boolean", int: "number", float: "number", list: "array",
             dict: "object"}.get(type(value), type(value).__name__)
+
+
+def crashed(it: Item, why: str) -> Rejected:
+    """The ``worker_crashed`` reject of an item whose worker process died on it (``why``: how,
+    from :func:`neimsctl.io.parallel.exit_reason`); id and name are read from the raw line
+    (or the MOL block's title) without RDKit."""
+    rid = name = None
+    if it.kind == "jsonl":
+        try:
+            rec = orjson.loads(it.raw)
+        except orjson.JSONDecodeError:
+            rec = None
+        if isinstance(rec, dict):
+            rid = str(rec.get("id") or f"{_stem(it.file)}:{it.ordinal}")
+            name = str(rec.get("name") or "") or None
+    elif it.kind == "sdf":
+        name = it.raw.decode("utf-8", "replace").split("\n", 1)[0].strip() or None
+        rid = name
+    else:
+        parts = it.raw.decode("utf-8", "replace").strip().split(None, 1)
+        name = parts[1] if len(parts) > 1 else None
+        rid = name or f"{_stem(it.file)}:{it.line}"
+    return Rejected(it, rid, "worker_crashed", f"{why} while working on this record", name)
+
+
+def one_by_one(items: list[Item]) -> list[list[Item]]:
+    """A chunk as single-item chunks (:func:`neimsctl.io.parallel.ordered_map`'s ``split``)."""
+    return [[it] for it in items]
+
+
+def crashed_block(mode: str, items: list[Item],
+                  why: str) -> tuple[dict[str, np.ndarray], list[Rejected], int]:
+    """What a worker that died on ``items`` yields: no rows, ``worker_crashed`` rejects."""
+    return empty_block(mode), [crashed(it, why) for it in items], len(items)
 
 
 def _stem(file: str) -> str:

@@ -6,6 +6,15 @@ InChIKey, Hill formula, nominal mass and monoisotopic mass; :func:`compare_with_
 the names of the MSP's own fields (Formula, MW, InChIKey, ExactMass) that disagree with them.
 Failures raise :class:`StructureError` carrying a reject reason; RDKit's own stderr chatter
 is switched off.
+
+Size limits: structures larger than :data:`MAX_HEAVY_ATOMS` heavy atoms, or written in more
+than :data:`MAX_STRUCTURE_CHARS` characters, are refused (``too_large``) *before* RDKit parses
+them (:func:`smiles_too_large`, :func:`inchi_too_large`, :func:`molblock_too_large` count from
+the text). Far beyond any EI-MS molecule (the largest MassBank EI structure has 58 heavy
+atoms; NIST's reach ~150), they keep RDKit from what it cannot do safely: a 20,000-atom
+SMILES makes it crash the process, and the atom-pair fingerprint of the features costs
+O(n^3) in the atom count (RDKit's distance matrix: 0.5 s at 500 atoms, 8 s at 1,000,
+25 s at 1,500).
 """
 
 from __future__ import annotations
@@ -24,7 +33,15 @@ from neimsctl.errors import FormatError
 RDLogger.DisableLog("rdApp.*")
 
 __all__ = ["Structure", "StructureError", "mol_from_smiles", "mol_from_inchi", "mol_from_molblock",
-           "read_mol_file", "describe", "describe_smiles", "describe_inchi", "nominal_mass", "formula_nominal_mass", "compare_with_msp", "formula_counts"]
+           "read_mol_file", "describe", "describe_smiles", "describe_inchi", "nominal_mass",
+           "formula_nominal_mass", "compare_with_msp", "formula_counts",
+           "MAX_HEAVY_ATOMS", "MAX_STRUCTURE_CHARS", "smiles_heavy_atoms", "smiles_too_large",
+           "inchi_too_large", "molblock_too_large"]
+
+#: Most heavy (non-hydrogen) atoms of a structure neimsctl works on (reject reason ``too_large``).
+MAX_HEAVY_ATOMS = 500
+#: Longest SMILES or InChI text handed to RDKit (``too_large``): 20 characters per heavy atom.
+MAX_STRUCTURE_CHARS = 10_000
 
 _PT = Chem.GetPeriodicTable()
 _COMMON_ISOTOPE = [0] + [_PT.GetMostCommonIsotope(z) for z in range(1, 119)]
@@ -32,6 +49,11 @@ _FORMULA_TOKEN = re.compile(r"(\[\d+[A-Z][a-z]?\]|[A-Z][a-z]?)(\d*)")
 _SYMBOL_MASS: dict[str, int] = {"D": 2, "T": 3}
 _M_END = re.compile(r"^M  END[ \t]*\r?$", re.M)
 _UNSAFE_IN_NAME = frozenset({"/", "\\", "\x00", os.sep, os.altsep or "/"})
+_BRACKET = re.compile(r"\[[^\]]*\]")
+_BRACKET_H = re.compile(r"\[\d*H(?![a-z])")  # [H], [2H], [H+]: hydrogen (not He, Hg, ...)
+_ORGANIC_ATOM = re.compile(r"Cl|Br|[BCNOPSFIbcnops*]")
+_INCHI_ATOM = re.compile(r"([A-Z][a-z]?)(\d*)")
+_TOO_LARGE_HINT = "larger than any EI-MS molecule"
 
 
 class StructureError(FormatError):
@@ -67,8 +89,88 @@ class Structure(NamedTuple):
     exact_mass: float
 
 
+def smiles_heavy_atoms(smiles: str) -> int:
+    """Heavy atoms of a SMILES, counted from the text (bracket atoms other than hydrogen,
+    organic-subset atoms and ``*``), without parsing it."""
+    bare = _BRACKET.sub("", smiles)
+    brackets = _BRACKET.findall(smiles)
+    return len(_ORGANIC_ATOM.findall(bare)) + sum(1 for b in brackets if not _BRACKET_H.match(b))
+
+
+def _too_many(n: int) -> str | None:
+    return f"{n:,} heavy atoms (limit {MAX_HEAVY_ATOMS}: {_TOO_LARGE_HINT})" \
+        if n > MAX_HEAVY_ATOMS else None
+
+
+def smiles_too_large(smiles: str) -> str | None:
+    """Why ``smiles`` is too large to hand to RDKit, or ``None`` (O(1) for ordinary SMILES).
+
+    Examples
+    --------
+    >>> smiles_too_large("CCO") is None, smiles_too_large("C" * 501)
+    (True, '501 heavy atoms (limit 500: larger than any EI-MS molecule)')
+    """
+    if len(smiles) <= MAX_HEAVY_ATOMS:  # every atom takes at least one character
+        return None
+    if len(smiles) > MAX_STRUCTURE_CHARS:
+        return (f"SMILES of {len(smiles):,} characters (limit {MAX_STRUCTURE_CHARS:,}: "
+                f"{_TOO_LARGE_HINT})")
+    return _too_many(smiles_heavy_atoms(smiles))
+
+
+def inchi_too_large(inchi: str) -> str | None:
+    """Why ``inchi`` is too large to hand to RDKit, or ``None``; heavy atoms are read from its
+    formula layer (``InChI=1S/C6H6/...``; components like ``2C2H4O2.Na`` are multiplied)."""
+    if len(inchi) > MAX_STRUCTURE_CHARS:
+        return (f"InChI of {len(inchi):,} characters (limit {MAX_STRUCTURE_CHARS:,}: "
+                f"{_TOO_LARGE_HINT})")
+    layers = inchi.strip().split("/")
+    if len(layers) < 2:
+        return None
+    heavy = 0
+    for part in layers[1].split("."):
+        digits = len(part) - len(part.lstrip("0123456789"))
+        times = int(part[:digits]) if digits else 1
+        heavy += times * sum(int(n) if n else 1 for sym, n in _INCHI_ATOM.findall(part[digits:])
+                             if sym not in ("H", "D", "T"))
+    return _too_many(heavy)
+
+
+def molblock_too_large(text: str) -> str | None:
+    """Why a V2000/V3000 MOL block is too large to hand to RDKit, or ``None``.
+
+    The counts line gives the number of atoms; only when it is above the limit are the atom
+    lines read to leave out explicit hydrogens. A block whose counts cannot be read is left to
+    RDKit (which rejects it).
+    """
+    lines = text.splitlines()
+    if len(lines) < 4:
+        return None
+    counts = lines[3]
+    try:
+        if "V3000" in counts:
+            start = next(i for i, ln in enumerate(lines) if ln.startswith("M  V30 COUNTS"))
+            n = int(lines[start].split()[3])
+            if n <= MAX_HEAVY_ATOMS:
+                return None
+            begin = next(i for i, ln in enumerate(lines) if ln.startswith("M  V30 BEGIN ATOM"))
+            atoms = [ln.split()[3] for ln in lines[begin + 1:begin + 1 + n]]
+        else:
+            n = int(counts[:3])
+            if n <= MAX_HEAVY_ATOMS:
+                return None
+            atoms = [ln[31:34].strip() for ln in lines[4:4 + n]]
+    except (ValueError, IndexError, StopIteration):
+        return None
+    return _too_many(sum(1 for a in atoms if a not in ("H", "D", "T")))
+
+
 def mol_from_smiles(smiles: str) -> Chem.Mol:
-    """Parse and sanitize a SMILES; :class:`StructureError` ``unparsable_structure`` on failure."""
+    """Parse and sanitize a SMILES; :class:`StructureError` ``unparsable_structure`` on failure,
+    ``too_large`` when :func:`smiles_too_large` refuses it."""
+    big = smiles_too_large(smiles)
+    if big is not None:
+        raise StructureError("too_large", big)
     mol = Chem.MolFromSmiles(smiles)
     if mol is None or mol.GetNumAtoms() == 0:
         raise StructureError("unparsable_structure", f"RDKit cannot parse SMILES {smiles[:80]!r}")
@@ -76,7 +178,11 @@ def mol_from_smiles(smiles: str) -> Chem.Mol:
 
 
 def mol_from_inchi(inchi: str) -> Chem.Mol:
-    """Parse an InChI; :class:`StructureError` ``unparsable_structure`` on failure."""
+    """Parse an InChI; :class:`StructureError` ``unparsable_structure`` on failure, ``too_large``
+    when :func:`inchi_too_large` refuses it."""
+    big = inchi_too_large(inchi)
+    if big is not None:
+        raise StructureError("too_large", big)
     text = inchi.strip()
     if not text.startswith("InChI="):
         text = "InChI=" + text
@@ -101,7 +207,11 @@ def repair_molblock(text: str) -> str:
 
 
 def mol_from_molblock(text: str, where: str = "MOL block") -> Chem.Mol:
-    """Parse a V2000/V3000 MOL block (repaired by :func:`repair_molblock`)."""
+    """Parse a V2000/V3000 MOL block (repaired by :func:`repair_molblock`); ``too_large`` when
+    :func:`molblock_too_large` refuses it."""
+    big = molblock_too_large(text)
+    if big is not None:
+        raise StructureError("too_large", f"{where}: {big}")
     try:
         mol = Chem.MolFromMolBlock(repair_molblock(text), sanitize=True, removeHs=True)
     except Exception as exc:  # RDKit raises plain RuntimeErrors on some broken CTABs

@@ -12,6 +12,7 @@ writes its bytes. Output order = input order.
 from __future__ import annotations
 
 import collections
+import functools
 from collections.abc import Callable, Iterable, Iterator
 import dataclasses
 from dataclasses import dataclass
@@ -21,8 +22,9 @@ import numpy as np
 import orjson
 
 from neimsctl.chem.domain import domain_flags, flag_kind
-from neimsctl.chem.rowbuild import Rejected, RowBuilder, RowOptions
-from neimsctl.errors import StrictStop
+from neimsctl.chem.rowbuild import (Rejected, RowBuilder, RowOptions, crashed, crashed_block,
+                                    one_by_one)
+from neimsctl.errors import InputError, StrictStop
 from neimsctl.io.inputs import Item
 from neimsctl.io.parallel import chunked, ordered_map
 from neimsctl.io.rejects import Reject, Tally
@@ -57,7 +59,7 @@ class Featurizer:
             try:
                 mol = mol_from_molblock(text, where=f"MOL block {title!r}")
             except StructureError as exc:
-                early.append(Rejected(it, title or None, "unparsable_structure", str(exc), title))
+                early.append(Rejected(it, title or None, exc.reason, str(exc), title))
                 continue
             from rdkit import Chem
 
@@ -102,10 +104,12 @@ def featurized(items: Iterator[Item], mode: str, *, jobs: int = 1, chunk: int = 
                inchikey: bool = True) -> Iterator[tuple[dict[str, np.ndarray], list[Rejected], int]]:
     """Feature blocks in input order; ``jobs > 1`` featurizes in forked worker processes.
 
-    ``inchikey=False`` skips the InChIKey (the costliest part of featurizing a SMILES).
+    ``inchikey=False`` skips the InChIKey (the costliest part of featurizing a SMILES). A record
+    on which a worker dies is a ``worker_crashed`` reject.
     """
     return ordered_map(_work, chunked(items, chunk), jobs, _init, (mode, inchikey),
-                       max_in_flight=2 * jobs + 2)
+                       max_in_flight=2 * jobs + 2, split=one_by_one,
+                       crashed=functools.partial(crashed_block, mode))
 
 
 @dataclass
@@ -282,6 +286,10 @@ def _work_stage(items: list[Item]) -> Predicted:
     return _STAGE(items)
 
 
+def _crashed_stage(items: list[Item], why: str) -> Predicted:
+    return Predicted(b"", [crashed(it, why) for it in items], len(items), 0)
+
+
 def predicted(items: Iterable[Item], stage: ChunkPredictor, *, jobs: int = 1,
               chunk: int = CHUNK, worker_threads: int = 1,
               model_in_workers: bool | None = None) -> Iterator[Predicted]:
@@ -300,18 +308,23 @@ def predicted(items: Iterable[Item], stage: ChunkPredictor, *, jobs: int = 1,
             yield stage(c)
     elif model_in_workers:
         yield from ordered_map(_work_stage, chunked(items, chunk), jobs, _init_stage,
-                               (stage, worker_threads), max_in_flight=2 * jobs + 2)
+                               (stage, worker_threads), max_in_flight=2 * jobs + 2,
+                               split=one_by_one, crashed=_crashed_stage)
     else:
-        held: collections.deque = collections.deque()
+        pending: dict[int, Item] = {}     # items in flight, to name refused molecules
 
         def remember(chunks: Iterable[list[Item]]) -> Iterator[list[Item]]:
             for c in chunks:
-                held.append(c)
+                pending.update((it.ordinal, it) for it in c)
                 yield c
         for block, rejects, n in ordered_map(_work, remember(chunked(items, chunk)), jobs, _init,
                                              (stage.lm.mode, stage.opts.inchikey),
-                                             max_in_flight=2 * jobs + 2):
-            yield stage.finish(block, rejects, n, held.popleft())
+                                             max_in_flight=2 * jobs + 2, split=one_by_one,
+                                             crashed=functools.partial(crashed_block,
+                                                                       stage.lm.mode)):
+            for r in rejects:
+                pending.pop(r.item.ordinal, None)
+            yield stage.finish(block, rejects, n, [pending.pop(int(o)) for o in block["ordinal"]])
 
 
 def run_predict(results: Iterable[Predicted], out: BinaryIO, tally: Tally, *,

@@ -138,3 +138,50 @@ def test_smiles_line_of_separator_characters_is_a_reject(raw):
     block, rejects = RowBuilder(RowOptions()).build(items)
     assert [(r.reason, r.item.line) for r in rejects] == [("unparsable_smiles", 1)]
     assert list(block["name"]) == ["x"]
+
+
+def test_too_large_structures_are_rejected_before_rdkit_parses_them(monkeypatch) -> None:
+    from rdkit import Chem
+
+    from neimsctl.chem.structure import MAX_HEAVY_ATOMS
+
+    parse = Chem.MolFromSmiles
+
+    def guarded(smiles, *args, **kwargs):
+        assert len(smiles) < 1000, "RDKit was asked to parse a too large SMILES"
+        return parse(smiles, *args, **kwargs)
+    monkeypatch.setattr(Chem, "MolFromSmiles", guarded)
+    big = "C" * (MAX_HEAVY_ATOMS + 1)
+    lines = [b"CCCO propanol", f"{big} chain".encode(),
+             orjson.dumps({"id": "j", "smiles": "C" * 20000}),
+             ("[CH2]" * 150 + " fine").encode()]  # 750 characters, 150 heavy atoms: kept
+    items = [Item(i, "t.smi", i + 1, "jsonl" if ln.startswith(b"{") else "smi", ln)
+             for i, ln in enumerate(lines)]
+    builder = RowBuilder(RowOptions(mode="student", min_mw=0, max_mw=10**9, inchikey=False))
+    block, rejects = builder.build(items)
+    assert block["name"].tolist() == ["propanol", "fine"]
+    assert [(r.item.line, r.id, r.reason) for r in rejects] == [(2, "chain", "too_large"),
+                                                                 (3, "j", "too_large")]
+    assert rejects[0].detail.startswith(f"{MAX_HEAVY_ATOMS + 1} heavy atoms (limit 500")
+    assert rejects[1].detail.startswith("SMILES of 20,000 characters (limit 10,000")
+    assert big not in builder._cache  # a refused text is not remembered
+
+
+def test_crashed_names_the_record_without_rdkit() -> None:
+    from neimsctl.chem.rowbuild import crashed, crashed_block
+
+    why = "the worker process was killed by SIGSEGV"
+    smi = crashed(Item(4, "x.smi", 7, "smi", b"CCO ethanol"), why)
+    assert (smi.id, smi.name, smi.reason, smi.item.line) == \
+        ("ethanol", "ethanol", "worker_crashed", 7)
+    assert smi.detail == f"{why} while working on this record"
+    anon = crashed(Item(4, "dir/x.smi", 7, "smi", b"CCO"), why)
+    assert (anon.id, anon.name) == ("x:7", None)
+    rec = crashed(Item(0, "r.jsonl", 1, "jsonl", b'{"id": "MB1", "name": "caffeine"}'), why)
+    assert (rec.id, rec.name) == ("MB1", "caffeine")
+    bad = crashed(Item(0, "r.jsonl", 1, "jsonl", b'{"id": '), why)
+    assert (bad.id, bad.reason) == (None, "worker_crashed")
+    sdf = crashed(Item(2, "m.sdf", 30, "sdf", b"aspirin\n  RDKit\n\n"), why)
+    assert (sdf.id, sdf.name) == ("aspirin", "aspirin")
+    block, rejects, n = crashed_block("teacher", [Item(0, "x.smi", 1, "smi", b"C a")], why)
+    assert n == 1 and len(block["ordinal"]) == 0 and "atom_x" in block and rejects[0].id == "a"

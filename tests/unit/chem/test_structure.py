@@ -160,3 +160,95 @@ def test_mol_file_ids_that_are_paths_are_refused(tmp_path, record_id):
 def test_mol_file_plain_names_with_dots_are_fine(tmp_path):
     (tmp_path / "ID..5.MOL").write_text(BENZENE_MOL)
     assert describe(read_mol_file(tmp_path, "..5")).formula == "C6H6"
+
+
+# -- size limits (too_large), decided from the text before RDKit parses it --------------------
+
+from rdkit import Chem  # noqa: E402
+
+from neimsctl.chem.structure import (MAX_HEAVY_ATOMS, MAX_STRUCTURE_CHARS,  # noqa: E402
+                                     inchi_too_large, molblock_too_large, smiles_heavy_atoms,
+                                     smiles_too_large)
+
+COUNTED = ["CCO", "c1ccccc1Cl", "BrC(Br)Br", "[2H]C([2H])([2H])Cl", "[H][H]", "[H+].[Cl-]",
+           "[Hg]", "[He]", "[Hf]", "[Ho]", "C[Se]C", "c1cc[nH]c1", "c1cc[se]c1", "[13CH4]",
+           "*CC*", "[Na+].[O-]C(=O)C", "C%10CCCCC%10", "[C@@H](F)(Cl)Br", "OP(=O)(O)O", "IC#N",
+           "[CH3:1][OH:2]", "CS(=O)(=O)c1ccc(cc1)B(O)O", "[SiH4]", "c1ccc2c(c1)oc1ccccc12"]
+
+
+@pytest.mark.parametrize("smiles", COUNTED)
+def test_heavy_atoms_counted_from_the_text_equal_rdkits(smiles):
+    mol = Chem.MolFromSmiles(smiles)
+    star = smiles.count("*")  # a dummy atom counts towards the limit, not for RDKit
+    assert smiles_heavy_atoms(smiles) == mol.GetNumHeavyAtoms() + star
+
+
+def test_heavy_atoms_of_real_smiles_equal_rdkits(shared_data):
+    with open(shared_data / "pretrain" / "moses_train_100k.smi") as fh:
+        lines = [next(fh).split()[0] for _ in range(3000)]
+    for smi in lines:
+        assert smiles_heavy_atoms(smi) == Chem.MolFromSmiles(smi).GetNumHeavyAtoms(), smi
+
+
+def test_smiles_size_limits():
+    assert smiles_too_large("C" * MAX_HEAVY_ATOMS) is None
+    assert smiles_too_large("C" * (MAX_HEAVY_ATOMS + 1)).startswith(
+        f"{MAX_HEAVY_ATOMS + 1} heavy atoms (limit {MAX_HEAVY_ATOMS}")
+    assert smiles_too_large("[CH2]" * 120) is None               # 600 characters, 120 atoms
+    assert smiles_too_large("[2H]" * 2000) is None                # hydrogens are not heavy
+    long = "C" * (MAX_STRUCTURE_CHARS + 1)
+    assert smiles_too_large(long).startswith(f"SMILES of {MAX_STRUCTURE_CHARS + 1:,} characters")
+
+
+def test_too_large_smiles_never_reaches_rdkit(monkeypatch):
+    def parse(*args, **kwargs):
+        raise AssertionError("RDKit was asked to parse it")
+    monkeypatch.setattr(Chem, "MolFromSmiles", parse)
+    for smiles in ("C" * 20000, "C(" * 600 + "C" + ")" * 600):
+        with pytest.raises(StructureError) as exc:
+            mol_from_smiles(smiles)
+        assert exc.value.reason == "too_large"
+
+
+def test_inchi_size_limits():
+    assert inchi_too_large("InChI=1S/C6H6/c1-2-4-6-5-3-1/h1-6H") is None
+    assert inchi_too_large(f"InChI=1S/C{MAX_HEAVY_ATOMS}H{2 * MAX_HEAVY_ATOMS + 2}/c") is None
+    assert "501 heavy atoms" in inchi_too_large("InChI=1S/C500H1002O/c")
+    assert "501 heavy atoms" in inchi_too_large("InChI=1S/2C250H502.Na/c")   # 2 x 250 + 1
+    assert inchi_too_large("1S/C9000/c") is not None                         # without 'InChI='
+    assert inchi_too_large("InChI=1S/" + "C" * MAX_STRUCTURE_CHARS).startswith("InChI of")
+    with pytest.raises(StructureError) as exc:
+        mol_from_inchi("InChI=1S/C20000H40002/c1-3-5")
+    assert exc.value.reason == "too_large"
+
+
+@pytest.mark.parametrize("smiles", ["CCO", "c1ccccc1Cl", "BrC(Br)Br", "[2H]C([2H])([2H])Cl",
+                                    "C[Se]C", "[13CH4]", "OP(=O)(O)O", "CS(=O)(=O)c1ccc(cc1)B(O)O",
+                                    "c1ccc2c(c1)oc1ccccc12", "[C@@H](F)(Cl)Br"])
+def test_inchi_heavy_atoms_agree_with_rdkit(smiles):
+    mol = Chem.MolFromSmiles(smiles)
+    inchi = Chem.MolToInchi(mol)
+    assert inchi_too_large(inchi) is None
+    n = mol.GetNumHeavyAtoms()
+    head, formula, rest = inchi.split("/", 2)
+    many = f"{head}/{MAX_HEAVY_ATOMS // n + 1}{formula}/{rest}"   # k copies: one too many
+    assert f"{(MAX_HEAVY_ATOMS // n + 1) * n} heavy atoms" in inchi_too_large(many)
+    assert inchi_too_large(f"{head}/{MAX_HEAVY_ATOMS // n}{formula}/{rest}") is None
+
+
+@pytest.mark.parametrize("v3000", [False, True])
+def test_molblock_size_limits(v3000):
+    chain = Chem.MolFromSmiles("C" * (MAX_HEAVY_ATOMS + 1))
+    block = Chem.MolToMolBlock(chain, forceV3000=v3000)
+    assert f"{MAX_HEAVY_ATOMS + 1} heavy atoms" in molblock_too_large(block)
+    with pytest.raises(StructureError) as exc:
+        mol_from_molblock(block, where="ID7.MOL")
+    assert exc.value.reason == "too_large" and "ID7.MOL" in str(exc.value)
+    # explicit hydrogens do not count: 300 carbons with their 602 hydrogens pass
+    with_h = Chem.AddHs(Chem.MolFromSmiles("C" * 300))
+    block = Chem.MolToMolBlock(with_h, forceV3000=True) if v3000 else None
+    if block is not None:  # V2000 cannot hold more than 999 atoms
+        assert molblock_too_large(block) is None
+        assert mol_from_molblock(block).GetNumHeavyAtoms() == 300
+    assert molblock_too_large(BENZENE_MOL) is None
+    assert molblock_too_large("not a mol block") is None          # left to RDKit to reject

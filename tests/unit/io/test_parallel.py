@@ -73,3 +73,143 @@ def test_parse_and_resolve_jobs():
     assert n == 1 and list(it) == list(range(10))
     n, it = resolve_jobs(None, (i for i in range(25)), min_records=10)   # large: every core
     assert n == available_cores() and list(it) == list(range(25))
+
+
+# -- dead workers ---------------------------------------------------------------------------
+
+import contextlib
+import faulthandler
+import signal
+import subprocess
+import sys
+import time
+
+from neimsctl.io.parallel import WorkerCrashed, die_with_parent, exit_reason
+
+_CRASH = {13: signal.SIGSEGV, 14: signal.SIGKILL}
+
+
+def _double_or_die(chunk: list[int]) -> list[int]:
+    """Twice each value; 13 segfaults the worker, 14 is SIGKILLed, 15 exits with status 3."""
+    for x in chunk:
+        if x in _CRASH:
+            faulthandler.disable()  # pytest's dump of the segfault is noise here
+            os.kill(os.getpid(), _CRASH[x])
+        if x == 15:
+            os._exit(3)
+        if x < 0:
+            raise ValueError(f"negative {x}")
+    return [2 * x for x in chunk]
+
+
+def _split(chunk: list[int]) -> list[list[int]]:
+    return [[x] for x in chunk]
+
+
+def _crashed(chunk: list[int], why: str) -> tuple[str, int, str]:
+    return ("crashed", chunk[0], why)
+
+
+@contextlib.contextmanager
+def _deadline(seconds: int):
+    """Fail instead of hanging: SIGALRM raises in the main thread after ``seconds``."""
+    def ring(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s (a hang)")
+    old = signal.signal(signal.SIGALRM, ring)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_a_segfaulting_record_is_found_rejected_and_the_map_goes_on() -> None:
+    chunks = [[1, 2], [3, 13, 4], [5, 6], [7, 8], [9]]
+    with _deadline(60):
+        out = list(ordered_map(_double_or_die, chunks, 2, max_in_flight=3, split=_split,
+                               crashed=_crashed))
+    # the crashed chunk comes back record by record, in place; every other chunk whole
+    assert out[:2] == [[2, 4], [6]]
+    assert out[2][:2] == ("crashed", 13) and "SIGSEGV" in out[2][2]
+    assert out[3:] == [[8], [10, 12], [14, 16], [18]]
+
+
+def test_several_dead_workers_in_one_run_and_a_single_record_chunk() -> None:
+    chunks = [[14], [1], [15, 2], [3], [13, 13], [4]]
+    with _deadline(60):
+        out = list(ordered_map(_double_or_die, chunks, 2, max_in_flight=2, split=_split,
+                               crashed=_crashed))
+    assert [o if isinstance(o, list) else o[:2] for o in out] == [
+        ("crashed", 14), [2], ("crashed", 15), [4], [6], ("crashed", 13), ("crashed", 13), [8]]
+    assert "SIGKILL (out of memory?)" in out[0][2] and "exited with status 3" in out[2][2]
+
+
+def test_a_dead_worker_without_split_raises_instead_of_hanging() -> None:
+    with _deadline(60), pytest.raises(WorkerCrashed, match="killed by SIGSEGV"):
+        list(ordered_map(_double_or_die, [[1], [13], [2]], 2, max_in_flight=2))
+
+
+def test_an_error_of_a_record_run_alone_still_propagates() -> None:
+    with _deadline(60), pytest.raises(ValueError, match="negative -1"):
+        list(ordered_map(_double_or_die, [[1], [13, -1]], 2, max_in_flight=2, split=_split,
+                         crashed=_crashed))
+
+
+def test_exit_reason_names_the_signal_or_the_status() -> None:
+    assert exit_reason(-signal.SIGSEGV) == "the worker process was killed by SIGSEGV"
+    assert exit_reason(-signal.SIGKILL).endswith("SIGKILL (out of memory?)")
+    assert exit_reason(2) == "the worker process exited with status 2"
+    assert exit_reason(None) == "the worker process died"
+
+
+_ORPHANS = """
+import os, signal, sys, time
+from neimsctl.io.parallel import ordered_map
+def pid(chunk):
+    time.sleep(0.3)
+    return os.getpid()
+pids = set()
+for p in ordered_map(pid, range(50), 2, max_in_flight=4):
+    pids.add(p)
+    if len(pids) == 2:
+        break
+print(*pids, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):  # a zombie (not yet reaped by init) counts as dead
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_workers_die_with_a_killed_parent(tmp_path) -> None:
+    out = tmp_path / "pids"
+    with open(out, "w") as fh:  # a file, not a pipe: surviving workers would keep a pipe open
+        p = subprocess.run([sys.executable, "-c", _ORPHANS], stdout=fh, timeout=60)
+    assert p.returncode == -signal.SIGKILL
+    pids = [int(x) for x in out.read_text().split()]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 10
+    while any(_alive(x) for x in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [x for x in pids if _alive(x)]
+    for x in left:
+        os.kill(x, signal.SIGKILL)
+    assert not left, f"workers {left} outlived their killed parent"
+
+
+def test_die_with_parent_exits_when_the_parent_is_gone_already() -> None:
+    code = ("import os; from neimsctl.io.parallel import die_with_parent; "
+            "die_with_parent(os.getppid() + 1000000); print('still here')")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert p.returncode == 0 and p.stdout == b""
+    die_with_parent()  # in this process: sets the signal, returns

@@ -109,3 +109,32 @@ def test_non_finite_predictions_are_rejects_with_file_and_line(lm, smi, monkeypa
     assert np.isfinite(out[0]).all() and np.isnan(out[1]).all()
     with pytest.raises(FormatError, match="non_finite_prediction"):
         api.predict_from_smiles("c1ccccc1")
+
+
+@pytest.mark.parametrize("model_in_workers", [True, False])
+def test_a_worker_that_dies_on_a_record_rejects_it_and_loses_nothing(lm, smi, monkeypatch,
+                                                                    model_in_workers):
+    import faulthandler
+    import os
+    import signal
+
+    from neimsctl.chem.rowbuild import RowBuilder
+
+    build = RowBuilder.build
+
+    def crashing_build(self, items):  # RDKit segfaulting on one record, in a worker
+        if any(b"CRASH" in it.raw for it in items):
+            faulthandler.disable()
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return build(self, items)
+
+    monkeypatch.setattr(RowBuilder, "build", crashing_build)
+    lines = LINES[:4] + ["CCCCO CRASH"] + LINES[4:]
+    smi.write_text("\n".join(lines) + "\n")
+    data, counts, shown, _ = _run(lm, smi, 2, model_in_workers=model_in_workers)
+    assert counts == (12, 9, 3)                        # read = written + rejected
+    assert f"{smi}:5: worker_crashed: the worker process was killed by SIGSEGV while working " \
+           "on this record" in shown
+    names = [ln[6:].decode() for ln in data.splitlines() if ln.startswith(b"Name: ")]
+    assert names == ["ethanol", "benzene", "acetic", "in:6", "phenol", "hexane", "in:10", "in:11",
+                     "in:12"]
