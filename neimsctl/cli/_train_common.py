@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, TextIO
 
 import typer
 
 from neimsctl.cli._common import eprint
 
 __all__ = ["Overrides", "Resume", "TrainDevice", "config_option", "run_dir_option",
-           "config_sets", "finish_run"]
+           "config_sets", "finish_run", "train_log"]
 
 Overrides = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Config override section.key=value (repeatable), e.g. train.epochs=3.",
@@ -41,17 +43,27 @@ def config_sets(overrides: list[str] | None, extra: dict[str, object]) -> list[s
     return sets
 
 
+def train_log(quiet: bool) -> TextIO:
+    """The ``log`` stream of a training run: stderr, or only its warnings and errors with -q."""
+    from neimsctl.train.trainer import QuietLog
+
+    return QuietLog(sys.stderr) if quiet else sys.stderr
+
+
 def finish_run(cmd: str, result: Any, cfg: Any, out_dir: Path) -> None:
-    """Report a finished training run, or exit 130 with how to continue an interrupted one.
+    """Report a finished training run (the one line also shown with -q), or exit 128 + the
+    signal (130 Ctrl-C, 143 SIGTERM) with how to continue an interrupted one.
 
     Raises
     ------
     typer.Exit
-        Code 130 when ``result.interrupted``.
+        Code 128 + the signal when ``result.interrupted``.
     """
     if result.interrupted:
-        eprint(cmd, f"interrupted; continue with --resume --out-dir {out_dir}")
-        raise typer.Exit(130)
+        signum = getattr(result, "signal", None) or signal.SIGINT
+        eprint(cmd, f"interrupted ({signal.Signals(signum).name}); continue with --resume "
+               f"--out-dir {out_dir}")
+        raise typer.Exit(128 + signum)
     best = "n/a" if result.best_metric is None else f"{result.best_metric:.4f}"
     eprint(cmd, f"{result.epochs_done} epochs, {result.step} steps, best "
            f"{cfg.train.best_metric} {best}; checkpoints in {Path(out_dir) / 'checkpoints'}")
