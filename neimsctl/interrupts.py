@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import signal
 import sys
+from typing import NoReturn
 
-__all__ = ["install", "check", "pending"]
+__all__ = ["install", "check", "pending", "interrupt"]
 
 _PENDING: int | None = None
 
@@ -41,6 +42,13 @@ def install(*signums: int) -> None:
         sys.unraisablehook = _unraisable(sys.unraisablehook)
     for s in signums or (signal.SIGINT,):
         signal.signal(s, _on_signal)
+
+
+def interrupt(signum: int) -> NoReturn:
+    """Mark ``signum`` as arrived and raise ``KeyboardInterrupt``: for a signal handler that
+    replaced :func:`install`'s (the trainer's), so the command still exits 128 + ``signum``."""
+    _on_signal(signum, None)
+    raise AssertionError("unreachable")  # _on_signal raised
 
 
 def pending() -> int | None:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, TextIO
 
 import typer
 
 from neimsctl.cli._common import eprint
 
 __all__ = ["Overrides", "Resume", "TrainDevice", "config_option", "run_dir_option",
-           "config_sets", "finish_run", "run_dir_outputs"]
+           "config_sets", "finish_run", "run_dir_outputs", "train_log"]
 
 #: The files a training run writes into its run directory (besides ``epoch_NNNN.pt``).
 RUN_DIR_FILES = ("config.yaml", "train_log.jsonl", "report.md", "checkpoints/last.pt",
@@ -52,17 +54,27 @@ def run_dir_outputs(out_dir: Path, extra: tuple[str, ...] = ()) -> list[tuple[st
             for name in (*RUN_DIR_FILES, *extra)]
 
 
+def train_log(quiet: bool) -> TextIO:
+    """The ``log`` stream of a training run: stderr, or only its warnings and errors with -q."""
+    from neimsctl.train.trainer import QuietLog
+
+    return QuietLog(sys.stderr) if quiet else sys.stderr
+
+
 def finish_run(cmd: str, result: Any, cfg: Any, out_dir: Path) -> None:
-    """Report a finished training run, or exit 130 with how to continue an interrupted one.
+    """Report a finished training run (the one line also shown with -q), or exit 128 + the
+    signal (130 Ctrl-C, 143 SIGTERM) with how to continue an interrupted one.
 
     Raises
     ------
     typer.Exit
-        Code 130 when ``result.interrupted``.
+        Code 128 + the signal when ``result.interrupted``.
     """
     if result.interrupted:
-        eprint(cmd, f"interrupted; continue with --resume --out-dir {out_dir}")
-        raise typer.Exit(130)
+        signum = getattr(result, "signal", None) or signal.SIGINT
+        eprint(cmd, f"interrupted ({signal.Signals(signum).name}); continue with --resume "
+               f"--out-dir {out_dir}")
+        raise typer.Exit(128 + signum)
     best = "n/a" if result.best_metric is None else f"{result.best_metric:.4f}"
     eprint(cmd, f"{result.epochs_done} epochs, {result.step} steps, best "
            f"{cfg.train.best_metric} {best}; checkpoints in {Path(out_dir) / 'checkpoints'}")

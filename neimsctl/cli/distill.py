@@ -11,7 +11,8 @@ import typer
 from neimsctl.cli._common import (Quiet, Verbose, app, command, fail, input_pairs, refuse_clobber,
                                   setup_logging, usage_error)
 from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, config_option,
-                                        config_sets, finish_run, run_dir_option, run_dir_outputs)
+                                        config_sets, finish_run, run_dir_option, run_dir_outputs,
+                                        train_log)
 
 CMD = "distill"
 #: Bundled profiles used when --config is not given (repo checkout / editable install).
@@ -59,7 +60,8 @@ def distill_cli(
     Trains on the train part of the compound-grouped 8:1:1 split (seed 42), validates every
     epoch on the val part (mean cosine, Recall@K by library matching; expert usage by compound
     class) and keeps the best checkpoint by val Recall@10; the test part is never used. Exit
-    130 when interrupted (a checkpoint is written first). See neimsctl-distill(1).
+    130 (Ctrl-C) or 143 (SIGTERM) when interrupted (a checkpoint is written first); -q shows
+    only warnings, errors and the final line. See neimsctl-distill(1).
     """
     setup_logging(verbose, quiet)
     if arch is not None and arch not in DEFAULT_CONFIGS:
@@ -109,26 +111,28 @@ def distill_cli(
 
         if teacher is not None:
             soft = _soft_labels_first(teacher, teacher_feats or [], out_dir, samples, device,
-                                      cfg.data.split_seed, cfg.data.split, resume)
+                                      cfg.data.split_seed, cfg.data.split, resume, quiet)
         result = run_distill(cfg, paths, out_dir, soft_labels=soft, resume=resume or None,
-                             log=sys.stderr)
+                             log=train_log(quiet))
         finish_run(CMD, result, cfg, out_dir)
 
 
 def _soft_labels_first(teacher: Path, feats: list[Path], out_dir: Path, samples: int,
                        device: str | None, split_seed: int, split: list[float],
-                       resume: bool) -> Path:
+                       resume: bool, quiet: bool = False) -> Path:
     """Compute the train part's soft labels into OUT_DIR/soft_labels.h5 (reused when present)."""
     from neimsctl.train.softlabel import SoftLabelSettings, run_softlabel
 
     out = Path(out_dir) / "soft_labels.h5"
     if out.is_file():
-        print(f"neimsctl {CMD}: using the soft labels in {out}", file=sys.stderr)
+        if not quiet:
+            print(f"neimsctl {CMD}: using the soft labels in {out}", file=sys.stderr)
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = SoftLabelSettings(samples=samples, part="train", split_seed=split_seed,
                                  split=tuple(split))  # type: ignore[arg-type]
     tally = run_softlabel(teacher, feats, out, settings=settings, device=device or "auto",
-                          resume=resume)
-    print(f"neimsctl {CMD}: soft labels: {tally.summary()} -> {out}", file=sys.stderr)
+                          resume=resume, log=train_log(quiet))
+    if not quiet:
+        print(f"neimsctl {CMD}: soft labels: {tally.summary()} -> {out}", file=sys.stderr)
     return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,7 +10,8 @@ import typer
 from neimsctl.cli._common import (Quiet, Verbose, app, command, fail, input_pairs, refuse_clobber,
                                   setup_logging, usage_error)
 from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, config_option,
-                                        config_sets, finish_run, run_dir_option, run_dir_outputs)
+                                        config_sets, finish_run, run_dir_option, run_dir_outputs,
+                                        train_log)
 
 CMD = "finetune"
 
@@ -37,8 +37,8 @@ def finetune_cli(
 
     Trains on the train part of the compound-grouped 8:1:1 split (seed 42) of the shards,
     validates every epoch by library matching on the val part (mean cosine, Recall@K) and
-    keeps the best checkpoint; the test part is never used. Exit 130 when interrupted (a
-    checkpoint is written first). See neimsctl-finetune(1).
+    keeps the best checkpoint; the test part is never used. Exit 130 (Ctrl-C) or 143 (SIGTERM)
+    when interrupted (a checkpoint is written first). See neimsctl-finetune(1).
     """
     setup_logging(verbose, quiet)
     sets = config_sets(overrides, {"train.device": device})
@@ -57,5 +57,5 @@ def finetune_cli(
         from neimsctl.train.finetune import run_finetune
 
         result = run_finetune(cfg, paths, out_dir, init=init, resume=resume or None,
-                              log=sys.stderr)
+                              log=train_log(quiet))
         finish_run(CMD, result, cfg, out_dir)

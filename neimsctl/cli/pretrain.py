@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,7 +12,8 @@ from neimsctl.cli._common import (EXIT_FAIL, InPaths, Quiet, Verbose, app, comma
                                   input_pairs, refuse_clobber, require_input_or_usage,
                                   setup_logging, usage_error)
 from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, config_option,
-                                        config_sets, finish_run, run_dir_option, run_dir_outputs)
+                                        config_sets, finish_run, run_dir_option, run_dir_outputs,
+                                        train_log)
 
 CMD = "pretrain"
 
@@ -57,7 +57,8 @@ def pretrain_cli(
 
     Masks 15% of the bonds, predicts their type and flags, and validates masked-bond accuracy
     every epoch on a hash-split 10% of the molecules; memory stays flat for any input size.
-    Exit 130 when interrupted (a checkpoint is written first). See neimsctl-pretrain(1).
+    Exit 130 (Ctrl-C) or 143 (SIGTERM) when interrupted (a checkpoint is written first).
+    See neimsctl-pretrain(1).
     """
     setup_logging(verbose, quiet)
     paths = require_input_or_usage(CMD, inputs)
@@ -78,7 +79,7 @@ def pretrain_cli(
         cfg = load_config(config, sets)
         result, tally = run_pretrain(cfg, paths, out_dir, input_format=in_fmt.value,
                                      smiles_column=smiles_column, resume=resume or None,
-                                     log=sys.stderr)
+                                     log=train_log(quiet))
         if not quiet:
             eprint(CMD, f"SMILES rejected: {tally.rejected}"
                    + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(tally.reasons.items()))}; "

@@ -46,6 +46,7 @@ from neimsctl.chem.graph import atom_features, bond_graph
 from neimsctl.chem.structure import StructureError, mol_from_smiles
 from neimsctl.data.split import SPLIT_SEED, block_unit
 from neimsctl.errors import ConfigError, FormatError
+from neimsctl.io.parallel import dies_with_this_process
 from neimsctl.io.streams import display_name, open_in
 
 __all__ = ["SmilesItem", "StreamSpec", "SmilesStream", "read_smiles", "split_part",
@@ -315,7 +316,8 @@ class SmilesStream:
         else:
             ds = _BatchStream(self, epoch, skip, None, rank, world_size)
         loader = DataLoader(ds, batch_size=None, collate_fn=_identity,
-                            num_workers=self.num_workers)
+                            num_workers=self.num_workers,
+                            worker_init_fn=dies_with_this_process() if self.num_workers else None)
         for batch, rejects in loader:
             if rejects and self.on_rejects is not None:
                 first = [(it, why) for it, why in rejects if it.pass_no == 0]

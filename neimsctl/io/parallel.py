@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import functools
 import itertools
 import multiprocessing as mp
 import os
@@ -38,8 +39,8 @@ from typing import Any, TypeVar
 from neimsctl.errors import NeimsError
 from neimsctl.interrupts import check as check_interrupt
 
-__all__ = ["chunked", "ordered_map", "die_with_parent", "exit_reason", "WorkerCrashed",
-           "parse_jobs", "resolve_jobs", "available_cores"]
+__all__ = ["chunked", "ordered_map", "die_with_parent", "dies_with_this_process", "exit_reason",
+           "WorkerCrashed", "parse_jobs", "resolve_jobs", "available_cores"]
 
 #: Seconds an interrupted map waits for the chunks in flight before killing the workers.
 DRAIN_SECONDS = 30.0
@@ -81,6 +82,38 @@ def die_with_parent(parent: int | None = None, sig: int = signal.SIGKILL) -> Non
             pass
     if parent is not None and os.getppid() != parent:
         os._exit(0)
+
+
+def _orphan_is_quiet(parent: int, hook: Callable[..., Any]) -> Callable[..., None]:
+    """A ``sys.excepthook`` that drops the connection errors of a worker whose parent died.
+
+    A ``kill -9``-ed parent closes its sockets before the kernel reparents (and, with
+    :func:`die_with_parent`, kills) its workers, so a worker thread may see the reset first:
+    the hook waits up to a second for the parent to be gone before it calls it an error.
+    """
+    def quiet(exc_type: type, exc: BaseException, tb: Any) -> None:
+        if issubclass(exc_type, (ConnectionError, EOFError)):
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                if os.getppid() != parent:
+                    return
+                time.sleep(0.01)
+        hook(exc_type, exc, tb)
+    return quiet
+
+
+def _loader_worker_init(parent: int, worker_id: int) -> None:
+    die_with_parent(parent)
+    # multiprocessing's resource sharer (it hands tensors' file descriptors to the parent)
+    # reports the parent's dead connection through sys.excepthook: a traceback
+    sys.excepthook = _orphan_is_quiet(parent, sys.excepthook)
+
+
+def dies_with_this_process() -> Callable[[int], None]:
+    """A ``DataLoader`` ``worker_init_fn``: its workers die with this process (the one that
+    calls this, i.e. the loader's owner), quietly, instead of printing
+    ``ConnectionResetError`` tracebacks after a ``kill -9`` of it."""
+    return functools.partial(_loader_worker_init, os.getpid())
 
 
 def exit_reason(exitcode: int | None) -> str:

@@ -157,7 +157,7 @@ def run_distill(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path, 
     result = run_training(cfg, model, loss_fn, train_ds, validate=validate, out_dir=out_dir,
                           resume=resume, log=log, collate_fn=collate_distill,
                           featurizer_hash=fhash, report=False, **kwargs)
-    write_distill_report(Path(out_dir), mode=mode)
+    write_distill_report(Path(out_dir), mode=mode, n_steps=result.step)
     return result
 
 

@@ -70,10 +70,11 @@ def _row(cells: list[Any]) -> str:
     return "| " + " | ".join(f"{c:.3f}" if isinstance(c, float) else str(c) for c in cells) + " |"
 
 
-def write_distill_report(out_dir: Path, *, mode: str = "") -> Path:
-    """The shared report (curves, per-epoch table with val Recall@10) plus validation and
-    expert-usage sections from ``train_log.jsonl``; returns the report path."""
-    path = write_report(out_dir, metric="val_recall_at_10")
+def write_distill_report(out_dir: Path, *, mode: str = "", n_steps: int | None = None) -> Path:
+    """The shared report (curves, per-epoch table with val Recall@10; ``n_steps`` optimizer
+    steps, see :func:`~neimsctl.train.report.write_report`) plus validation and expert-usage
+    sections from ``train_log.jsonl``; returns the report path."""
+    path = write_report(out_dir, metric="val_recall_at_10", n_steps=n_steps)
     _, epochs = read_log(out_dir / "train_log.jsonl")
     experts = [orjson.loads(ln) for ln in (out_dir / "train_log.jsonl").read_bytes().splitlines()
                if ln.strip() and b'"kind":"experts"' in ln]

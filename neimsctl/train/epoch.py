@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from neimsctl.errors import NeimsError
+from neimsctl.io.parallel import dies_with_this_process
 from neimsctl.train import distributed as dd
 
 if TYPE_CHECKING:
@@ -114,7 +115,8 @@ def run_epoch(tr: "Trainer", epoch: int, skip: int, acc: dict[str, Any]) -> tupl
     params = [p for g in opt.param_groups for p in g["params"]]
     win, t_start, t_win = _new_acc(), time.perf_counter(), time.perf_counter()
     n_total = tr._n_batches()
-    bar = tqdm(total=n_total, initial=skip, disable=None if info.is_main else True,
+    quiet = getattr(tr.log, "quiet", False) or not info.is_main
+    bar = tqdm(total=n_total, initial=skip, disable=True if quiet else None,
                file=sys.stderr, leave=False, desc=f"epoch {epoch + 1}", dynamic_ncols=True)
     group, stopped = 0, False
     for batch in tr._loader(epoch, skip):
@@ -166,7 +168,8 @@ def run_epoch(tr: "Trainer", epoch: int, skip: int, acc: dict[str, Any]) -> tupl
 def _val_loss(tr: "Trainer", model: torch.nn.Module) -> dict[str, float]:
     loader = DataLoader(tr.val_data, batch_size=tr.t.batch_size, shuffle=False,
                         collate_fn=tr.collate_fn, num_workers=tr.t.num_workers,
-                        generator=torch.Generator().manual_seed(tr.t.seed))
+                        generator=torch.Generator().manual_seed(tr.t.seed),
+                        worker_init_fn=dies_with_this_process() if tr.t.num_workers else None)
     acc = _new_acc()
     with torch.no_grad():
         for batch in loader:

@@ -67,8 +67,17 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def optimizer_steps(steps: list[dict], epochs: list[dict]) -> int:
+    """The optimizer steps a log shows: the highest ``step`` of its step and epoch records.
+
+    Step records come every ``train.log_every`` steps only; the epoch records carry the step
+    count at the end of each epoch, so a finished run is counted exactly.
+    """
+    return max((int(r["step"]) for r in (*steps, *epochs) if r.get("step") is not None), default=0)
+
+
 def write_report(out_dir: str | os.PathLike, log_path: str | os.PathLike | None = None,
-                 metric: str | None = None) -> Path:
+                 metric: str | None = None, n_steps: int | None = None) -> Path:
     """Write ``report.md`` and the three PNG curves into ``out_dir``; returns the report path.
 
     Parameters
@@ -77,9 +86,14 @@ def write_report(out_dir: str | os.PathLike, log_path: str | os.PathLike | None 
         The run directory (holds ``train_log.jsonl`` unless ``log_path`` is given).
     metric
         Validation column of the table; default: every key of the epoch records' ``val``.
+    n_steps
+        Optimizer steps of the run (the trainer's count, exact also for a run interrupted
+        mid-epoch); default: :func:`optimizer_steps` of the log.
     """
     out = Path(out_dir)
     steps, epochs = read_log(log_path or out / "train_log.jsonl")
+    if n_steps is None:
+        n_steps = optimizer_steps(steps, epochs)
     for key, title in CURVES:
         _plot(steps, epochs, key, title, out / f"{key}.png")
     vals = [metric] if metric else sorted({k for r in epochs for k in r.get("val", {})})
@@ -89,7 +103,7 @@ def write_report(out_dir: str | os.PathLike, log_path: str | os.PathLike | None 
              r.get("lr"), r.get("best", False)] for r in epochs]
     sps = [r["samples_per_s"] for r in steps if r.get("samples_per_s")]
     lines = ["# Training report", "",
-             f"- epochs: {len(epochs)}; optimizer steps: {steps[-1]['step'] if steps else 0}",
+             f"- epochs: {len(epochs)}; optimizer steps: {n_steps}",
              f"- median throughput: {sorted(sps)[len(sps) // 2]:.1f} samples/s" if sps else
              "- throughput: not logged",
              f"- final training loss: {_fmt(epochs[-1].get('loss'))}" if epochs else "", "",

@@ -30,9 +30,12 @@ record per ``log_every`` optimizer steps: kind=step, epoch, step, batch, loss + 
 (means over the window), grad_norm (before clipping), lr (the rate the step used), samples_per_s;
 one kind=epoch record per epoch: epoch means, lr, samples, seconds, ``val`` metrics, best),
 ``checkpoints/last.pt``, ``best.pt``, ``interrupted.pt`` (SIGINT/SIGTERM: saved at the next
-optimizer-step boundary, then :func:`run_training` returns with ``interrupted=True``; a second
-signal aborts at once), and the report (:mod:`neimsctl.train.report`). Human-readable lines go to
-``log`` (stderr by default), the progress bar to stderr on a TTY only; nothing to stdout.
+optimizer-step boundary, then :func:`run_training` returns with ``interrupted=True`` and the
+``signal``; a second signal aborts at once), and the report (:mod:`neimsctl.train.report`).
+Human-readable lines go to ``log`` (stderr by default; :class:`QuietLog` keeps only warnings
+and errors, and no progress bar), the progress bar to stderr on a TTY only; nothing to stdout.
+``DataLoader`` workers die with the training process (a ``kill -9`` leaves no worker behind
+and no traceback).
 
 Exact resume holds in one process (model, optimizer, scheduler, scaler, loss state, RNGs, data
 order, epoch/step). Under DDP the order and all states resume; ranks > 0 restart their RNG from
@@ -42,6 +45,7 @@ rank 0's saved state. With ``num_workers > 0`` augmentation RNGs are exact at ep
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import math
 import random
@@ -57,15 +61,17 @@ import orjson
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from neimsctl import interrupts
 from neimsctl.errors import ConfigError, OutputError
+from neimsctl.io.parallel import dies_with_this_process
 from neimsctl.io.streams import make_dirs, output_error
 from neimsctl.models import checkpoint as ck
 from neimsctl.train import distributed as dd
 from neimsctl.train.config import Config, resolve, resolve_device, save_config
 from neimsctl.train.epoch import move_to, run_epoch, run_validation
 
-__all__ = ["Trainer", "TrainResult", "run_training", "resolve_device", "seed_everything",
-           "build_optimizer", "build_scheduler", "move_to"]
+__all__ = ["Trainer", "TrainResult", "QuietLog", "run_training", "resolve_device",
+           "seed_everything", "build_optimizer", "build_scheduler", "move_to"]
 
 LossFn = Callable[[torch.nn.Module, Any], "tuple[torch.Tensor, dict[str, float]]"]
 
@@ -109,9 +115,41 @@ def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer,
                             final_div_factor=s.final_div_factor)
 
 
+class QuietLog(io.TextIOBase):
+    """A ``log`` stream for ``-q``: passes on only the lines that are warnings or errors
+    (``neimsctl: warning: ...``, ``...: error: ...``); the trainer also shows no progress bar.
+
+    Examples
+    --------
+    >>> q = QuietLog(sys.stdout)
+    >>> print("neimsctl: epoch 1/3 loss 0.5", file=q); print("neimsctl: warning: collapse", file=q)
+    neimsctl: warning: collapse
+    """
+
+    quiet = True
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream, self._part = stream, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self._part = (self._part + text).split("\n")
+        for line in lines:
+            low = line.lower()
+            if "warning:" in low or "error:" in low:
+                self.stream.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 @dataclass
 class TrainResult:
-    """What a run ended with (``epochs_done`` counts completed epochs)."""
+    """What a run ended with (``epochs_done`` counts completed epochs; ``signal``: the one
+    that interrupted it)."""
     out_dir: Path
     epochs_done: int
     step: int
@@ -119,6 +157,7 @@ class TrainResult:
     interrupted: bool
     history: list[dict] = field(default_factory=list)
     checkpoint: Path | None = None
+    signal: int | None = None
 
 
 class Trainer:
@@ -145,6 +184,7 @@ class Trainer:
         self.on_epoch_end = on_epoch_end
         self._signals = 0
         self._saved = 0  # checkpoints written by this run
+        self._signum: int | None = None
         self._jsonl: Any = None
 
     # -- data -------------------------------------------------------------------------------
@@ -154,7 +194,8 @@ class Trainer:
             return data(epoch, skip, self.info)
         gen = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
         common = dict(batch_size=t.batch_size, collate_fn=self.collate_fn, generator=gen,
-                      num_workers=t.num_workers, pin_memory=self.device.type == "cuda")
+                      num_workers=t.num_workers, pin_memory=self.device.type == "cuda",
+                      worker_init_fn=dies_with_this_process() if t.num_workers else None)
         if isinstance(data, IterableDataset):
             if hasattr(data, "set_epoch"):
                 data.set_epoch(epoch)
@@ -176,7 +217,8 @@ class Trainer:
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signals += 1
         if self._signals > 1:
-            raise KeyboardInterrupt
+            interrupts.interrupt(signum)  # the command exits 128 + signum
+        self._signum = signum
         print(f"neimsctl: {signal.Signals(signum).name}: saving a checkpoint at the next step "
               "(send again to abort)", file=self.log, flush=True)
 
@@ -224,8 +266,8 @@ class Trainer:
         old = ckpt["config"].get("train", {})
         changed = [k for k in ("seed", "batch_size", "grad_accum") if old.get(k) != getattr(self.t, k)]
         if changed:
-            print(f"neimsctl: resume: train.{', train.'.join(changed)} differ from the checkpoint; "
-                  "the run will not replay exactly", file=self.log)
+            print(f"neimsctl: warning: resume: train.{', train.'.join(changed)} differ from the "
+                  "checkpoint; the run will not replay exactly", file=self.log)
         ck.restore(ckpt, model=self.model, optimizer=self.opt, scheduler=self.sched,
                    scaler=self.scaler, loss_fn=self.loss_fn)
         self.step, self.best, self.history = ckpt["step"], ckpt["best_metric"], ckpt["history"]
@@ -346,7 +388,7 @@ class Trainer:
 
     def _result(self, epochs_done: int, interrupted: bool, last: Path | None) -> TrainResult:
         return TrainResult(self.out_dir, epochs_done, self.step, self.best, interrupted,
-                           list(self.history), last)
+                           list(self.history), last, self._signum if interrupted else None)
 
 
 def run_training(config: Config, model: torch.nn.Module, loss_fn: LossFn, train_data: Any,
@@ -370,7 +412,7 @@ def run_training(config: Config, model: torch.nn.Module, loss_fn: LossFn, train_
         if report and trainer.info.is_main:
             from neimsctl.train.report import write_report
 
-            write_report(trainer.out_dir)
+            write_report(trainer.out_dir, n_steps=result.step)
         return result
     finally:
         if hasattr(trainer, "info"):

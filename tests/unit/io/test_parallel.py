@@ -213,3 +213,57 @@ def test_die_with_parent_exits_when_the_parent_is_gone_already() -> None:
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert p.returncode == 0 and p.stdout == b""
     die_with_parent()  # in this process: sets the signal, returns
+
+
+def test_orphan_hook_drops_connection_errors_only_once_the_parent_is_gone() -> None:
+    from neimsctl.io.parallel import _orphan_is_quiet
+
+    seen: list[type] = []
+    gone = _orphan_is_quiet(-1, lambda t, e, tb: seen.append(t))        # parent already gone
+    gone(ConnectionResetError, ConnectionResetError(104, "reset"), None)
+    gone(EOFError, EOFError(), None)
+    gone(ValueError, ValueError("a real error"), None)
+    assert seen == [ValueError]
+    alive = _orphan_is_quiet(os.getppid(), lambda t, e, tb: seen.append(t))
+    t0 = time.monotonic()
+    alive(ConnectionResetError, ConnectionResetError(104, "reset"), None)  # a real reset
+    assert seen == [ValueError, ConnectionResetError] and time.monotonic() - t0 >= 0.9
+
+
+_LOADER = """
+import os, signal, sys, threading, torch
+from torch.utils.data import DataLoader, Dataset
+from neimsctl.io.parallel import dies_with_this_process
+
+class Zeros(Dataset):
+    def __len__(self):
+        return 10**9
+    def __getitem__(self, i):
+        return torch.zeros(2000)
+
+init = dies_with_this_process()
+def worker_init(worker_id):
+    init(worker_id)
+    print(os.getpid(), flush=True)
+threading.Timer(float(sys.argv[1]), os.kill, (os.getpid(), signal.SIGKILL)).start()
+for batch in DataLoader(Zeros(), batch_size=64, num_workers=1, worker_init_fn=worker_init):
+    pass
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_data_loader_workers_of_a_killed_process_die_quietly(tmp_path) -> None:
+    """A kill -9 lands while the worker hands a batch over (about every second run without
+    the worker_init_fn): no ConnectionResetError traceback, no worker left."""
+    for delay in ("1.3", "1.55", "1.8"):
+        with open(tmp_path / "pid", "w") as out, open(tmp_path / "err", "w") as err:
+            p = subprocess.run([sys.executable, "-c", _LOADER, delay], stdout=out, stderr=err,
+                               timeout=120)
+        assert p.returncode == -signal.SIGKILL
+        worker = int((tmp_path / "pid").read_text().split()[0])
+        deadline = time.monotonic() + 10
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(worker)
+        time.sleep(1.2)  # the orphan hook's grace period: anything printed is printed by now
+        assert (tmp_path / "err").read_text() == ""

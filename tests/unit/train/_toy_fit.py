@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                           featurizer_hash="toyhash", report=not a.no_report)
     if a.dump_weights:
         torch.save(model.state_dict(), f"{a.dump_weights}.rank{os.environ.get('RANK', '0')}.pt")
-    print("INTERRUPTED" if result.interrupted else "DONE", flush=True)
-    return 130 if result.interrupted else 0
+    print(f"INTERRUPTED {result.signal}" if result.interrupted else "DONE", flush=True)
+    return 128 + result.signal if result.interrupted else 0
 
 
 if __name__ == "__main__":

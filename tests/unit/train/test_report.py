@@ -56,3 +56,16 @@ def test_report_metric_choice_and_empty_log(tmp_path: Path) -> None:
 def test_missing_log_is_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="cannot read the training log"):
         read_log(tmp_path / "nope.jsonl")
+
+
+def test_report_states_the_real_number_of_optimizer_steps(tmp_path: Path) -> None:
+    """Step records come every train.log_every steps; the last one is not the step count."""
+    _log(tmp_path / "full.jsonl")                      # 3 epochs of 4 steps
+    recs = [orjson.loads(x) for x in (tmp_path / "full.jsonl").read_bytes().splitlines()]
+    kept = [r for r in recs if r["kind"] == "epoch" or r["step"] % 5 == 0]  # log_every 5
+    assert max(r["step"] for r in kept if r["kind"] == "step") == 10
+    (tmp_path / "train_log.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in kept))
+    text = write_report(tmp_path).read_text()
+    assert "optimizer steps: 12" in text               # from the last epoch record
+    # a run interrupted mid-epoch: the trainer's own count
+    assert "optimizer steps: 14" in write_report(tmp_path, n_steps=14).read_text()

@@ -209,3 +209,55 @@ def test_run_dir_under_a_file_is_one_output_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(OutputError, match="file/run: cannot create the directory"):
         _tiny(tmp_path / "file" / "run")
+
+
+def test_sigterm_is_reported_as_sigterm(tmp_path: Path) -> None:
+    """The run returns the signal, so the commands exit 143 on SIGTERM (130 on Ctrl-C)."""
+    proc = _start(tmp_path)
+    _wait_for(proc, "EPOCH 1")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert f"INTERRUPTED {int(signal.SIGTERM)}" in out and "SIGTERM: saving a checkpoint" in err
+    assert (tmp_path / "checkpoints" / "interrupted.pt").is_file()
+
+
+def test_quiet_log_passes_only_warnings_and_errors() -> None:
+    from neimsctl.train.trainer import QuietLog
+
+    sink = io.StringIO()
+    q = QuietLog(sink)
+    print("neimsctl: epoch 1/3 step 15 loss 0.7", file=q, flush=True)
+    q.write("neimsctl: warning: expert collapse: ")   # a line written in pieces
+    q.write("expert 0 gets 1% of routing slots\nneimsctl: resumed from x\n")
+    print("neimsctl pretrain: error: something", file=q)
+    assert sink.getvalue() == ("neimsctl: warning: expert collapse: expert 0 gets 1% of routing "
+                               "slots\nneimsctl pretrain: error: something\n")
+    assert q.quiet and q.writable()
+
+
+def test_quiet_run_prints_nothing_but_warnings(tmp_path: Path, capsys) -> None:
+    from neimsctl.train.trainer import QuietLog
+
+    cfg = load_config(None, toy.BASE + ["train.epochs=2"])
+    err = io.StringIO()
+    res = run_training(cfg, toy.toy_model(), toy.toy_loss(), toy.NoisyData(64, 3, noise=False),
+                       validate=toy.toy_validate(toy.NoisyData(16, 7, noise=False)),
+                       out_dir=tmp_path, log=QuietLog(err), report=False)
+    assert res.epochs_done == 2 and err.getvalue() == ""
+    assert capsys.readouterr().err == ""            # no progress bar either
+
+
+def test_a_second_signal_marks_itself_for_the_exit_status() -> None:
+    from neimsctl import interrupts
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        interrupts.install(signal.SIGINT, signal.SIGTERM)
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.interrupt(signal.SIGTERM)
+        assert interrupts.pending() == signal.SIGTERM   # -> exit 143, not 130
+    finally:
+        interrupts.install(signal.SIGINT)
+        for s, h in old.items():
+            signal.signal(s, h)

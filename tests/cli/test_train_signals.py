@@ -1,0 +1,101 @@
+"""End to end: ``neimsctl distill`` under signals and ``-q``, on a tiny student shard.
+
+SIGTERM exits 143 (Ctrl-C 130) with a checkpoint to resume from; a ``kill -9`` leaves no
+data-loader worker and no traceback behind; ``-q`` prints only warnings, errors and the final
+line; ``report.md`` states the optimizer steps the run made.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import orjson
+import psutil
+import pytest
+
+pytestmark = pytest.mark.cli
+
+TINY = ["--no-kd", "--device", "cpu", "--set", "model.gate_hidden=[16]", "--set",
+        "model.expert_depth=1", "--set", "model.expert_bottleneck=4", "--set",
+        "model.head_hidden=[32]", "--set", "model.hidden_dim=16", "--set", "train.threads=1",
+        "--set", "train.batch_size=16", "--set", "loss.warmup_epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory: pytest.TempPathFactory, sample_msp: Path) -> Path:
+    d = tmp_path_factory.mktemp("sig")
+    p = subprocess.run(["bash", "-o", "pipefail", "-c", f"neimsctl msp2jsonl -q {sample_msp} | "
+                        "neimsctl featurize -q --mode student -o s.h5"], cwd=d, capture_output=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    return d
+
+
+def start(d: Path, out: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(["neimsctl", "distill", "s.h5", *TINY, "--set", "train.epochs=200",
+                             *extra, "--out-dir", out], cwd=d, stderr=subprocess.PIPE)
+
+
+def wait_for_epoch(proc: subprocess.Popen) -> list[bytes]:
+    """stderr lines up to the first epoch line (training is under way, loader workers live)."""
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if line.startswith(b"neimsctl: epoch 1/"):
+            return seen
+    pytest.fail(f"distill ended early ({proc.wait()}): {b''.join(seen).decode()}")
+
+
+def test_quiet_shows_the_final_line_only_and_report_counts_every_step(shard: Path) -> None:
+    # 236 train rows / 16 = 15 steps per epoch; step records every 7 steps -> the last is 28
+    p = subprocess.run(["neimsctl", "distill", "-q", "s.h5", *TINY, "--set", "train.epochs=2",
+                        "--set", "train.log_every=7", "--out-dir", "q"], cwd=shard,
+                       capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    lines = p.stderr.decode().splitlines()
+    assert lines[-1].startswith("neimsctl distill: 2 epochs, 30 steps, best val_recall_at_10 ")
+    assert all("warning:" in ln for ln in lines[:-1]), lines     # e.g. expert collapse
+    log = [orjson.loads(x) for x in (shard / "q/train_log.jsonl").read_bytes().splitlines()]
+    assert max(r["step"] for r in log if r["kind"] == "step") == 28
+    assert "- epochs: 2; optimizer steps: 30" in (shard / "q/report.md").read_text()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_checkpoints_and_exits_128_plus_the_signal(shard: Path, sig: int) -> None:
+    out = f"run-{sig}"
+    proc = start(shard, out)
+    wait_for_epoch(proc)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=120) == 128 + sig
+    err = proc.stderr.read().decode()
+    assert "Traceback" not in err
+    name = signal.Signals(sig).name
+    assert f"neimsctl distill: interrupted ({name}); continue with --resume --out-dir {out}" in err
+    ckpts = {p.name for p in (shard / out / "checkpoints").iterdir()}
+    assert "interrupted.pt" in ckpts or "last.pt" in ckpts   # mid-epoch, or at its end
+    assert f"interrupted ({name})" in err.splitlines()[-1]
+
+
+def test_kill_9_leaves_no_loader_worker_and_no_traceback(shard: Path) -> None:
+    proc = start(shard, "killed", "--set", "train.num_workers=1")
+    wait_for_epoch(proc)
+    time.sleep(0.3)
+    workers = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    proc.kill()
+    assert workers, "expected a data-loader worker (train.num_workers=1)"
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(psutil.pid_exists(w) and psutil.Process(w).status()
+                                              != psutil.STATUS_ZOMBIE for w in workers):
+        time.sleep(0.1)
+    left = [w for w in workers if psutil.pid_exists(w)
+            and psutil.Process(w).status() != psutil.STATUS_ZOMBIE]
+    for w in left:
+        os.kill(w, signal.SIGKILL)
+    assert not left, f"loader workers {left} outlived the killed distill"
+    time.sleep(1.5)  # a worker's dying words would be written by now
+    assert b"Traceback" not in proc.stderr.read()
