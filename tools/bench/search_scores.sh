@@ -12,7 +12,8 @@
 #   neimsctl distill WORKDIR/dev.h5 --no-kd -c configs/distill/student-compact.yaml -o RUN
 #   MODEL=RUN/checkpoints/best.pt tools/bench/search_scores.sh
 #
-# usage: [MODEL=ckpt] [PARTS="val test"] tools/bench/search_scores.sh [MSP] [WORKDIR]   (TSV on stdout)
+# usage: [MODEL=ckpt] [PARTS="val test"] [SCORES="cosine entropy composite,--reverse"] \
+#        tools/bench/search_scores.sh [MSP] [WORKDIR]   (TSV on stdout)
 set -euo pipefail
 MSP=${1:-../shared/data/massbank_ei.msp}
 W=${2:-/tmp/search/scores}
@@ -29,7 +30,8 @@ for part in val test; do
 done
 printf 'split\tscore\tR@1\tR@5\tR@10\tR@1_mass5\tR@5_mass5\tR@10_mass5\tseconds\n'
 for part in ${PARTS:-val test}; do
-  for score in cosine composite entropy "cosine --reverse" "composite --reverse" "entropy --reverse"; do
+  for score in ${SCORES:-cosine composite entropy cosine,--reverse composite,--reverse entropy,--reverse}; do
+    score=${score//,/ }
     t0=$(date +%s.%N)
     # shellcheck disable=SC2086
     neimsctl eval "$W/pred_$part.jsonl" "$W/$part.jsonl" -l "$W/train.jsonl" --mass-filter 5 --ks 1,5,10 \
