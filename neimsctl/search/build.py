@@ -117,24 +117,23 @@ def build_index(paths: Iterable[str | os.PathLike], out: str | os.PathLike, tall
                 strict: bool = False, attrs: dict[str, Any] | None = None,
                 run_peaks: int = 1 << 24) -> None:
     """Index ``paths`` into the HDF5 file ``out`` (the caller makes the write atomic)."""
-    writer = IndexWriter(out, attrs=attrs, run_peaks=run_peaks)
-    try:
-        add_inputs(writer, paths, tally, strict=strict)
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    writer.file.close()
+    _fill(IndexWriter(out, attrs=attrs, run_peaks=run_peaks), paths, tally, strict).file.close()
 
 
 def build_memory_index(paths: Iterable[str | os.PathLike], tally: Tally, *, strict: bool = False,
                        name: str = "<memory>") -> SpectralIndex:
     """Index small libraries (MSP/JSONL/shards) in memory and open the result for searching."""
-    writer = IndexWriter(name, in_memory=True, run_peaks=1 << 62)
+    writer = _fill(IndexWriter(name, in_memory=True, run_peaks=1 << 62), paths, tally, strict)
+    return SpectralIndex(name, h5file=writer.file)
+
+
+def _fill(writer: IndexWriter, paths: Iterable[str | os.PathLike], tally: Tally,
+          strict: bool) -> IndexWriter:
+    """Add every input to ``writer`` and close it (sorted, complete); abort it on any error."""
     try:
         add_inputs(writer, paths, tally, strict=strict)
         writer.close()
     except BaseException:
         writer.abort()
         raise
-    return SpectralIndex(name, h5file=writer.file)
+    return writer

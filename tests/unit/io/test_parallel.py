@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from _fuzz_props import time_limit
+
 from neimsctl.io.parallel import ordered_map
 
 _STATE: dict[str, int] = {}
@@ -110,18 +112,7 @@ def _crashed(chunk: list[int], why: str) -> tuple[str, int, str]:
     return ("crashed", chunk[0], why)
 
 
-@contextlib.contextmanager
-def _deadline(seconds: int):
-    """Fail instead of hanging: SIGALRM raises in the main thread after ``seconds``."""
-    def ring(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s (a hang)")
-    old = signal.signal(signal.SIGALRM, ring)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
+_deadline = time_limit   # fail instead of hanging (SIGALRM in the main thread)
 
 
 def test_a_segfaulting_record_is_found_rejected_and_the_map_goes_on() -> None:
