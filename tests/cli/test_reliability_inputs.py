@@ -76,6 +76,8 @@ CLOBBER = [
     ("softlabel a.h5 -t t.pt -o t.pt", "-o t.pt is the same file as --teacher t.pt"),
     ("distill a.h5 --soft-labels run/checkpoints/best.pt --out-dir run",
      "--out-dir run (writes checkpoints/best.pt) is the same file as input run/checkpoints/best.pt"),
+    ("pretrain run/rejects.jsonl -c {repo}/configs/pretrain/teacher-cpu-small.yaml --out-dir run",
+     "--out-dir run (writes rejects.jsonl) is the same file as input run/rejects.jsonl"),
     ("finetune -c {repo}/configs/finetune/teacher-cpu-small.yaml a.h5 "
      "--init run/checkpoints/last.pt --out-dir run",
      "(writes checkpoints/last.pt) is the same file as --init run/checkpoints/last.pt"),
@@ -89,7 +91,8 @@ def test_output_that_is_an_input_is_refused(cmd, message, tmp_path, ckpt, repo_r
     (tmp_path / "hard.msp").hardlink_to(tmp_path / "x.msp")
     (tmp_path / "r.jsonl").write_bytes(b'{"smiles": "CCO"}\n')
     (tmp_path / "s.smi").write_bytes(SMI)
-    for name in ("a.h5", "b.h5", "t.pt", "run/checkpoints/best.pt", "run/checkpoints/last.pt"):
+    for name in ("a.h5", "b.h5", "t.pt", "run/checkpoints/best.pt", "run/checkpoints/last.pt",
+                 "run/rejects.jsonl"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(name.encode())
     before = {p: digest(p) for p in tmp_path.rglob("*") if p.is_file()} | {ckpt: digest(ckpt)}
