@@ -23,6 +23,7 @@ import re
 import stat
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Iterable, Iterator, NamedTuple, Sequence
 
@@ -50,17 +51,95 @@ def _peek(raw: BinaryIO, n: int = 8) -> tuple[bytes, BinaryIO]:
     return raw.peek(n)[:n], raw
 
 
+class _GzipRaw(io.RawIOBase):
+    """gzip members decoded; corrupt or truncated data is an :class:`InputError`.
+
+    (``GzipFile`` raises ``EOFError`` for a truncated member, which click would print as
+    ``Aborted!``.)
+    """
+
+    def __init__(self, src: BinaryIO, name: str) -> None:
+        self._gz, self._name = gzip.GzipFile(fileobj=src, mode="rb"), name
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        try:
+            return self._gz.readinto(b)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise InputError(f"{self._name}: corrupt or truncated gzip data: {exc}") from None
+
+    def close(self) -> None:
+        self._gz.close()
+        super().close()
+
+
+class _ZstdRaw(io.RawIOBase):
+    """zstd frames one after another, decoded; a stream that ends inside a frame or holds
+    corrupt data is an :class:`InputError`.
+
+    (``ZstdDecompressor.stream_reader`` ends quietly at a truncated frame: the records of its
+    last blocks would be lost without a word.)
+    """
+
+    def __init__(self, src: BinaryIO, name: str) -> None:
+        import zstandard
+
+        self._src, self._name, self._zstd = src, name, zstandard
+        self._dctx = zstandard.ZstdDecompressor()
+        self._dobj = self._dctx.decompressobj()
+        self._in_frame = False
+        self._buf, self._pos = b"", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self) -> bool:
+        """Decode more data into the buffer; False at a clean end of the stream."""
+        read = getattr(self._src, "read1", self._src.read)
+        while self._pos >= len(self._buf):
+            data = read(1 << 17)
+            if not data:
+                if self._in_frame:
+                    raise InputError(f"{self._name}: truncated zstd data: the input ends inside a frame")
+                return False
+            out = []
+            try:
+                while data:
+                    self._in_frame = True
+                    out.append(self._dobj.decompress(data))
+                    if not self._dobj.eof:
+                        break
+                    data = self._dobj.unused_data  # the frame ended; another may follow
+                    self._dobj, self._in_frame = self._dctx.decompressobj(), False
+            except self._zstd.ZstdError as exc:
+                raise InputError(f"{self._name}: corrupt zstd data: {exc}") from None
+            self._buf, self._pos = b"".join(out), 0
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self._pos >= len(self._buf) and not self._fill():
+            return 0
+        n = min(len(b), len(self._buf) - self._pos)
+        b[:n] = self._buf[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+
 @contextlib.contextmanager
 def open_in(path: str | os.PathLike | None) -> Iterator[BinaryIO]:
     """Open an input for binary reading; ``-`` is stdin; gzip and zstd are decoded on the fly.
 
     Compression is recognised by its magic bytes, not the file suffix, so piped
-    ``.gz``/``.zst`` data works too.
+    ``.gz``/``.zst`` data works too. Compressed data that is corrupt or ends inside a frame
+    (a truncated download) raises :class:`InputError` when it is read: never a silent end.
 
     Raises
     ------
     InputError
-        The file does not exist or cannot be opened.
+        The file does not exist or cannot be opened; (on reading) corrupt or truncated
+        compressed data.
     """
     if is_dash(path):
         raw: BinaryIO = sys.stdin.buffer
@@ -75,14 +154,11 @@ def open_in(path: str | os.PathLike | None) -> Iterator[BinaryIO]:
         _READING.append(raw)
     try:
         head, buf = _peek(raw)
+        name = display_name(path)
         if head.startswith(GZIP_MAGIC):
-            stream: BinaryIO = gzip.GzipFile(fileobj=buf, mode="rb")  # type: ignore[assignment]
+            stream: BinaryIO = io.BufferedReader(_GzipRaw(buf, name), buffer_size=1 << 20)  # type: ignore[assignment]
         elif head.startswith(ZSTD_MAGIC):
-            import zstandard
-
-            stream = io.BufferedReader(
-                zstandard.ZstdDecompressor().stream_reader(buf, read_across_frames=True),
-                buffer_size=1 << 20)
+            stream = io.BufferedReader(_ZstdRaw(buf, name), buffer_size=1 << 20)  # type: ignore[assignment]
         else:
             stream = buf
         yield stream

@@ -76,6 +76,8 @@ CLOBBER = [
     ("softlabel a.h5 -t t.pt -o t.pt", "-o t.pt is the same file as --teacher t.pt"),
     ("distill a.h5 --soft-labels run/checkpoints/best.pt --out-dir run",
      "--out-dir run (writes checkpoints/best.pt) is the same file as input run/checkpoints/best.pt"),
+    ("pretrain run/rejects.jsonl -c {repo}/configs/pretrain/teacher-cpu-small.yaml --out-dir run",
+     "--out-dir run (writes rejects.jsonl) is the same file as input run/rejects.jsonl"),
     ("finetune -c {repo}/configs/finetune/teacher-cpu-small.yaml a.h5 "
      "--init run/checkpoints/last.pt --out-dir run",
      "(writes checkpoints/last.pt) is the same file as --init run/checkpoints/last.pt"),
@@ -89,7 +91,8 @@ def test_output_that_is_an_input_is_refused(cmd, message, tmp_path, ckpt, repo_r
     (tmp_path / "hard.msp").hardlink_to(tmp_path / "x.msp")
     (tmp_path / "r.jsonl").write_bytes(b'{"smiles": "CCO"}\n')
     (tmp_path / "s.smi").write_bytes(SMI)
-    for name in ("a.h5", "b.h5", "t.pt", "run/checkpoints/best.pt", "run/checkpoints/last.pt"):
+    for name in ("a.h5", "b.h5", "t.pt", "run/checkpoints/best.pt", "run/checkpoints/last.pt",
+                 "run/rejects.jsonl"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(name.encode())
     before = {p: digest(p) for p in tmp_path.rglob("*") if p.is_file()} | {ckpt: digest(ckpt)}
@@ -317,3 +320,44 @@ def test_quoted(tmp_path):
     q = shlex.quote("a b.msp")
     proc = sh(f"neimsctl msp2jsonl {q} -o ./{q}", tmp_path)
     assert proc.returncode == 2 and digest(tmp_path / "a b.msp") == hashlib.sha256(THREE).hexdigest()
+
+
+# -- found by tools/fuzz.py ------------------------------------------------------------------------
+
+def test_truncated_compressed_input_is_one_line_exit_1(tmp_path, sample_msp):
+    import gzip
+
+    import zstandard
+
+    data = sample_msp.read_bytes()
+    (tmp_path / "cut.msp.gz").write_bytes(gzip.compress(data)[:20000])  # was 'Aborted!'
+    (tmp_path / "cut.msp.zst").write_bytes(zstandard.ZstdCompressor().compress(data)[:-1])  # was exit 0
+    for name, why in (("cut.msp.gz", "corrupt or truncated gzip data"),
+                      ("cut.msp.zst", "truncated zstd data")):
+        proc = sh(f"neimsctl msp2jsonl --no-structure {name} -o out.jsonl", tmp_path)
+        err = proc.stderr.decode()
+        assert proc.returncode == 1 and "Traceback" not in err and "Aborted" not in err, err
+        assert err.strip().splitlines()[-1].startswith(f"neimsctl msp2jsonl: {name}: {why}"), err
+        assert not (tmp_path / "out.jsonl").exists()
+    proc = sh("cat cut.msp.zst | neimsctl featurize -q -I smi - -O zst > /dev/null", tmp_path)
+    assert proc.returncode == 1 and b"<stdin>: truncated zstd data" in proc.stderr, proc.stderr
+
+
+def test_smiles_line_of_separator_characters(tmp_path, ckpt):
+    (tmp_path / "s.smi").write_bytes(b"CCCO a\n\x1c\nCCCCO b\n")  # was an IndexError traceback
+    for cmd in ("featurize s.smi -o f.h5", f"predict -m {ckpt} s.smi -o p.msp"):
+        proc = sh(f"neimsctl {cmd}", tmp_path)
+        assert proc.returncode == 1 and b"Traceback" not in proc.stderr, proc.stderr
+        assert counts(proc.stderr) == (3, 2, 1)
+
+
+def test_predicted_msp_with_unusual_names_reads_back(tmp_path, ckpt):
+    """Names with U+0085 / U+2028 (fuzz suite) or line breaks (JSONL) keep the MSP readable."""
+    (tmp_path / "r.jsonl").write_bytes(
+        b'{"smiles": "CCCO", "name": "a\\u0085b"}\n{"smiles": "CCCO", "name": "c\\u2028d"}\n'
+        b'{"smiles": "CCCO", "name": "x\\nNum Peaks: 0\\n\\nName: evil", "id": "i\\rd"}\n')
+    proc = sh(f"neimsctl predict -m {ckpt} r.jsonl -o p.msp && neimsctl msp2jsonl --no-structure p.msp",
+              tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    recs = [orjson.loads(x) for x in proc.stdout.splitlines()]
+    assert [r["name"] for r in recs] == ["a\u0085b", "c\u2028d", "x Num Peaks: 0  Name: evil"]

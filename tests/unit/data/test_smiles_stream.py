@@ -140,3 +140,13 @@ def test_rejects_reported_once_in_the_first_pass(tmp_path):
     assert len(batches) == 6 and 24 <= sum(b.num_graphs for b in batches) <= 26
     assert sorted((it.line, why) for it, why in seen) == [(11, "unparsable_structure"),
                                                           (12, "unparsable_structure")]
+
+
+def test_read_smiles_every_line_end_convention(tmp_path):
+    """pretrain's reader (a universal-newline TextIOWrapper): CR, CRLF, LF, mixed (issue 16)."""
+    from neimsctl.data.smiles_stream import read_smiles
+
+    path = tmp_path / "m.smi"
+    path.write_bytes(b"CCO a\rc1ccccc1 b\r\nCCN c\nCCCl d\r")
+    assert [(i.line, i.smiles, i.name) for i in read_smiles(path)] == [
+        (1, "CCO", "a"), (2, "c1ccccc1", "b"), (3, "CCN", "c"), (4, "CCCl", "d")]

@@ -170,3 +170,35 @@ def test_iter_lines_passes_on_lines_as_a_pipe_delivers_them() -> None:
     writer.join()
     assert [g[0] for g in got] == [b"first\n", b"second\n"]
     assert got[0][1] < 0.8 <= got[1][1]  # the first line did not wait for 64 KB or the end
+
+
+# -- compressed input that ends early (found by tools/fuzz.py) -------------------------------------
+
+def _read_all(path: Path) -> bytes:
+    from neimsctl.io.streams import open_in
+
+    with open_in(path) as fh:
+        return fh.read()
+
+
+def test_truncated_or_corrupt_compressed_input_is_an_input_error(tmp_path: Path) -> None:
+    import gzip
+
+    import zstandard
+
+    from neimsctl.errors import InputError
+
+    data = b"".join(b"Name: r%d\nNum Peaks: 1\n15 999\n\n" % i for i in range(20000))
+    zc = zstandard.ZstdCompressor()
+    cases = {"cut.gz": gzip.compress(data)[:-10], "cut.zst": zc.compress(data)[:-1],
+             "cut2.zst": zc.compress(data) + zc.compress(data)[:100],
+             "bad.gz": b"\x1f\x8b\nc1ccccc1 ", "bad.zst": zstandard.FRAME_HEADER + b"\xff" * 40}
+    for name, blob in cases.items():
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(InputError, match=f"{name}: (corrupt|truncated)"):
+            _read_all(tmp_path / name)
+    (tmp_path / "two.gz").write_bytes(gzip.compress(data) + gzip.compress(data))
+    (tmp_path / "two.zst").write_bytes(zc.compress(data) + zc.compress(data))
+    (tmp_path / "empty.zst").write_bytes(zc.compress(b""))
+    assert _read_all(tmp_path / "two.gz") == _read_all(tmp_path / "two.zst") == data * 2
+    assert _read_all(tmp_path / "empty.zst") == b""
