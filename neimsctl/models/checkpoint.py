@@ -198,6 +198,9 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu",
                               f"weights_only loading does not allow ({first})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable checkpoint: {exc}") from None
+    except Exception as exc:  # noqa: BLE001  (torch on damaged bytes: IndexError, struct.error, ...)
+        raise CheckpointError(f"{path}: not a readable checkpoint (damaged: "
+                              f"{type(exc).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} checkpoint")
     check_fields(ckpt, path)
