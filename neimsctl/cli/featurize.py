@@ -118,7 +118,7 @@ def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, 
     from neimsctl.chem.featurize_run import (FEATURIZE_FORMATS, open_sink, resume_point,
                                              run_featurize, run_settings)
     from neimsctl.chem.rowbuild import RowOptions
-    from neimsctl.errors import StrictStop
+    from neimsctl.errors import InputError, StrictStop
     from neimsctl.io.inputs import iter_items
     from neimsctl.io.provenance import provenance
     from neimsctl.io.rejects import Tally
@@ -163,8 +163,11 @@ def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, 
                               show=None if quiet else (lambda m: eprint(CMD, m)),
                               show_limit=None if verbose else 10,
                               commit=commit if file_h5 else None)
-    except StrictStop:  # not an interruption: nothing to resume, leave nothing behind
-        if file_h5:
+    except InputError as exc:
+        # --strict, or input that cannot be read (corrupt compressed data): not an interruption;
+        # a fresh run's partial output could only be resumed from the same (unreadable) input,
+        # so leave nothing behind (a --resume run keeps the partial work it was given)
+        if file_h5 and (isinstance(exc, StrictStop) or not resume):
             shutil.rmtree(partial_path(out), ignore_errors=True)
             if rejects is not None:
                 partial_path(rejects).unlink(missing_ok=True)

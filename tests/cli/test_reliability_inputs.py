@@ -341,6 +341,9 @@ def test_truncated_compressed_input_is_one_line_exit_1(tmp_path, sample_msp):
         assert not (tmp_path / "out.jsonl").exists()
     proc = sh("cat cut.msp.zst | neimsctl featurize -q -I smi - -O zst > /dev/null", tmp_path)
     assert proc.returncode == 1 and b"<stdin>: truncated zstd data" in proc.stderr, proc.stderr
+    proc = sh("neimsctl featurize -q -I smi cut.msp.gz -o f.h5 --rejects rej.jsonl", tmp_path)
+    assert proc.returncode == 1 and b"cut.msp.gz: corrupt or truncated gzip" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.msp.gz", "cut.msp.zst"]  # no .partial
 
 
 def test_smiles_line_of_separator_characters(tmp_path, ckpt):

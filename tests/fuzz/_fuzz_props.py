@@ -220,12 +220,31 @@ def tiny_checkpoint() -> Path:
     return _CKPT
 
 
+def compressed(data: bytes) -> bool:
+    """``data`` starts with gzip or zstd magic: it is decoded, and corrupt or truncated data
+    is one :class:`~neimsctl.errors.InputError` for the whole input (not a record reject)."""
+    return data.startswith((b"\x1f\x8b", b"\x28\xb5\x2f\xfd"))
+
+
+@contextlib.contextmanager
+def whole_input_error_if_compressed(data: bytes) -> Iterator[list]:
+    """Let a corrupt-compressed-data :class:`InputError` through (and say so), nothing else."""
+    from neimsctl.errors import InputError
+
+    failed: list = []
+    try:
+        yield failed
+    except InputError as exc:
+        assert compressed(data) and ("corrupt" in str(exc) or "truncated" in str(exc)), exc
+        failed.append(exc)
+
+
 # -- in-process properties -------------------------------------------------------------------------
 
 def prop_msp_reader(data: bytes, chunk_size: int = 1 << 20) -> None:
     from neimsctl.io.msp import read_msp
 
-    with time_limit(INPROC_TIMEOUT):
+    with time_limit(INPROC_TIMEOUT):  # (read_msp takes a decoded stream: no decompression)
         recs = list(read_msp(io.BytesIO(data), "f.msp", chunk_size=chunk_size))
     records = [r for r in recs if r.is_record]
     assert [r.ordinal for r in records] == list(range(1, len(records) + 1))
@@ -259,8 +278,10 @@ def prop_convert_msp(data: bytes, structure: bool) -> None:
         src.write_bytes(data)
         out, rej = io.BytesIO(), io.BytesIO()
         tally = Tally(sink=rej)
-        with time_limit(INPROC_TIMEOUT):
+        with time_limit(INPROC_TIMEOUT), whole_input_error_if_compressed(data) as failed:
             convert_msp([src], out, tally, ConvertOptions(structure=structure, min_mw=0))
+    if failed:
+        return
     assert tally.balanced and out.getvalue().count(b"\n") == tally.written
     assert rej.getvalue().count(b"\n") == tally.rejected
     for line in out.getvalue().splitlines():
@@ -287,7 +308,10 @@ def prop_featurize_rows(data: bytes, mode: str, in_fmt: str | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "in.txt", Path(tmp) / "out.h5"
         src.write_bytes(data)
-        n_items = sum(1 for _ in iter_items([src], in_fmt, formats=FEATURIZE_FORMATS))
+        with whole_input_error_if_compressed(data) as failed:
+            n_items = sum(1 for _ in iter_items([src], in_fmt, formats=FEATURIZE_FORMATS))
+        if failed:
+            return
         tally = Tally(sink=io.BytesIO())
         with time_limit(INPROC_TIMEOUT), ShardWriter(out, mode, settings, digest) as sink:
             run_featurize(iter_items([src], in_fmt, formats=FEATURIZE_FORMATS), sink, tally, opts=opts, chunk=3)
@@ -305,8 +329,11 @@ def prop_predict_inputs(data: bytes, in_fmt: str | None, out_fmt: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in.txt"
         src.write_bytes(data)
-        with time_limit(INPROC_TIMEOUT):
+        with whole_input_error_if_compressed(data) as failed:
             items = list(iter_inputs([src], in_fmt))
+        if failed:
+            return
+        with time_limit(INPROC_TIMEOUT):
             block, rejects = Featurizer("student")(items)
             n = len(block["ordinal"])
             spectra = np.random.default_rng(0).random((n, 501)).astype(np.float32)
@@ -369,6 +396,10 @@ def run_cli(case: CliCase, data: bytes, in_name: str = "in.txt") -> None:
         left = sorted(p.name for p in outdir.iterdir())
         assert set(left) <= {case.out_name, "rej.jsonl"}, f"left behind: {left}: {where}"
         if proc.returncode == 2:
+            return
+        if compressed(data) and proc.returncode == 1 and re.search(
+                rb": (corrupt|truncated)[a-z ]* (gzip|zstd) data", proc.stderr):
+            assert not (outdir / case.out_name).exists(), where  # the whole input failed
             return
         m = SUMMARY.findall(proc.stderr)
         assert m, "no summary: " + where
