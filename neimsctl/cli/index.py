@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import datetime
 import json
 import sys
@@ -55,7 +57,7 @@ def index_cli(
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         tally = Tally()
         try:
-            with open_out(rejects) if rejects is not None else _null() as sink:
+            with open_out(rejects) if rejects is not None else contextlib.nullcontext() as sink:
                 tally.sink = sink
                 with atomic_path(out) as tmp:
                     build_index(inputs, tmp, tally, strict=strict, attrs=attrs)
@@ -67,11 +69,3 @@ def index_cli(
             eprint(CMD, f"{tally.summary()} -> {out}")
         if tally.rejected:
             raise typer.Exit(1)
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

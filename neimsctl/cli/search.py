@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import sys
 from enum import Enum
 from pathlib import Path
@@ -108,7 +110,7 @@ def search_cli(
         warn = (lambda r: eprint(CMD, f"{r.file}: line {r.line}" + (f": record {r.record!r}" if r.record
                                  else ""), f"{r.reason}: {r.detail}; skipped")) if not quiet else None
         n_hits = n_without = 0
-        with open_out(rejects) if rejects is not None else _Null() as sink, open_out(out) as fout:
+        with open_out(rejects) if rejects is not None else contextlib.nullcontext() as sink, open_out(out) as fout:
             tally.sink = sink
             if fmt == OutFormat.tsv:
                 fout.write(("\t".join(HIT_FIELDS) + "\n").encode())
@@ -135,11 +137,3 @@ def _cell(value: object) -> str:
     if value is None:
         return ""
     return str(value).replace("\t", " ").replace("\n", " ").replace("\r", " ")
-
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
