@@ -39,8 +39,11 @@ the library spectrum: the query is restricted to the library spectrum's peaks be
 
 Exactness
 ---------
-Cosine and reverse cosine are computed exactly for every entry (matrix products over dense
-chunks). The composite and entropy scores are not sums of per-peak products, so the engine
+Cosine: a matrix product over dense chunks gives every entry's score to within a proven margin
+``eps`` (float32: ``1e-4``; bfloat16 on CPUs that compute it natively, for large searches:
+``0.012``, see :data:`_BF16_EPS`); every entry that can still reach the top-k by that margin is
+then scored exactly in float64, so the hits and their scores are those of a float64 brute
+force whatever the precision of the first pass. Reverse cosine is a float32 product. The composite and entropy scores are not sums of per-peak products, so the engine
 first computes a rigorous upper bound for every entry by a matrix product, then computes the
 exact score, in decreasing order of the bound, only while the bound can still beat the k-th
 best exact score: the result is the exact top-k (no approximate pre-selection). The bounds:
@@ -52,6 +55,7 @@ best exact score: the result is the exact top-k (no approximate pre-selection). 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, NamedTuple
 
@@ -62,7 +66,7 @@ from neimsctl.io.peak_block import PeakBlock
 from neimsctl.io.spectrum import N_BINS
 
 __all__ = ["SCORES", "DEFAULT_SCORE", "Score", "PeakBlock", "TopK", "score_all", "search_blocks",
-           "iter_chunks"]
+           "iter_chunks", "use_bf16"]
 
 SCORES = ("cosine", "composite", "entropy")
 #: The default score of ``search`` (selected on the validation split; see BENCHMARKS.md).
@@ -70,6 +74,16 @@ DEFAULT_SCORE = "cosine"
 _LN4 = math.log(4.0)
 _EPS = 1e-5           # slack on float32 upper bounds (relative to the 0..1 scale)
 _EXACT_BATCH = 64     # candidates scored exactly per step while pruning
+#: |float32 product - exact| for the cosine of two unit non-negative vectors of <= 501 terms:
+#: inputs rounded to float32 and 501 float32 additions, <= 502 * 2**-24 ~ 3e-5 (margin 1e-4).
+_FP32_EPS = 1e-4
+#: |bfloat16 product - exact| for the same: each input rounded to bf16 (relative 2**-8, so a
+#: product within (2 * 2**-8 + 2**-16) of the exact one, times sum(q l) <= 1), float32 sums
+#: (<= 501 * 2**-24) and the result rounded to bf16 (2**-8 of a value <= 1.008): <= 0.01180.
+_BF16_EPS = 0.012
+#: Work (multiply-adds of the first pass) above which the bfloat16 pass pays for importing torch
+#: (about 2 s) on a CPU with native bf16 (3x the float32 rate there; tools/bench/bench_search.py).
+_BF16_MIN_WORK = 2e11
 
 
 @dataclass(frozen=True)
@@ -291,7 +305,7 @@ def _columns(queries: _Queries, sel: np.ndarray, block: PeakBlock, n_bins: int) 
 def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], score: Score, k: int,
                   windows: tuple[np.ndarray, np.ndarray] | None = None,
                   allowed: Callable[[int, int], np.ndarray | None] | None = None,
-                  n_bins: int = N_BINS) -> TopK:
+                  n_bins: int = N_BINS, bf16: bool = False) -> TopK:
     """Exact top-``k`` library entries of every query, the library streamed chunk by chunk.
 
     Parameters
@@ -313,6 +327,9 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
         that may be hits (candidate lists, source filters).
     n_bins
         Width of the m/z axis.
+    bf16
+        Cosine only: take the bfloat16 first pass (see Exactness; :func:`use_bf16` decides);
+        the hits and scores are the same either way.
 
     Returns
     -------
@@ -344,13 +361,22 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
             continue
         chunk = _Chunk(block, score, cols, n_bins)
         qv = q.values[np.ix_(sel, cols)]
-        bound = _bounds(qv, q.n_peaks[sel], chunk, score)
+        plain = score.name == "cosine" and not score.reverse
+        if plain:
+            bound, eps = _approx_cosine(qv, chunk.values, bf16)
+        else:
+            bound, eps = _bounds(qv, q.n_peaks[sel], chunk, score), 0.0
         idx = np.arange(start, stop)
         if windows is not None:
             out = (idx[None, :] < windows[0][sel, None]) | (idx[None, :] >= windows[1][sel, None])
             bound[out] = -np.inf
         if ok is not None:
             bound[:, ~ok] = -np.inf
+        if plain:
+            lib = chunk.values
+            _take_topk(best_s, best_i, sel, bound, start, k, eps,
+                       lambda r, c, qv=qv, lib=lib: _exact_pairs(qv, lib, r, c))
+            continue
         if not score.bounded:
             _take_topk(best_s, best_i, sel, bound, start, k)
             continue
@@ -365,27 +391,32 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
 
 
 def _take_topk(best_s: np.ndarray, best_i: np.ndarray, sel: np.ndarray, s: np.ndarray, start: int,
-               k: int) -> None:
-    """Merge the exact scores ``s`` ``(len(sel), n)`` of a chunk into the running top-k.
+               k: int, eps: float = 0.0, exact: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+               ) -> None:
+    """Merge a chunk's scores ``s`` ``(len(sel), n)`` into the running top-k.
 
-    Only entries at or above each query's current k-th score (and above 0) are candidates, so
-    the cost is one comparison per score plus a sort of the few candidates; before ``k`` hits
-    are known the threshold is the k-th best of a sample of the chunk (a lower bound of the
-    chunk's k-th best, so no true top-k entry is left out).
+    ``s`` is exact when ``exact`` is ``None``; else it is within ``eps`` of the exact score, and
+    ``exact(rows, cols)`` gives the exact (float64) score of the pairs ``(sel[rows], cols)``.
+    Only entries whose score can reach each query's current k-th score (and are above 0) are
+    candidates, so the cost is one comparison per score plus a sort of the few candidates;
+    before ``k`` hits are known the threshold is the k-th best of a sample of the chunk less
+    ``eps`` (a lower bound of the chunk's exact k-th best, so no true top-k entry is left out).
     """
-    theta = best_s[sel, -1].astype(np.float32)
+    theta = best_s[sel, -1].astype(np.float32) - np.float32(eps)
     n = s.shape[1]
     fresh = ~np.isfinite(theta)
     if fresh.any():
         m = min(n, max(8 * k, 2048))
         sample = s[np.ix_(np.flatnonzero(fresh), np.arange(0, n, max(1, n // m)))]
         kk = min(k, sample.shape[1])
-        theta[fresh] = np.partition(sample, sample.shape[1] - kk, axis=1)[:, sample.shape[1] - kk]
-    cand = (s >= theta[:, None]) & (s > 0)
-    rows, cols = np.nonzero(cand)
+        theta[fresh] = np.partition(sample, sample.shape[1] - kk, axis=1)[:, sample.shape[1] - kk] \
+            - np.float32(2 * eps)
+    # s > 0 and s >= theta in one comparison (1e-45: the smallest positive float32)
+    flat = np.flatnonzero(s >= np.maximum(theta, np.float32(1e-45))[:, None])
+    rows, cols = np.divmod(flat, n)
     if len(rows) == 0:
         return
-    vals = s[rows, cols].astype(np.float64)
+    vals = s[rows, cols].astype(np.float64) if exact is None else exact(rows, cols)
     order = np.lexsort((cols, -vals, rows))
     rows, cols, vals = rows[order], cols[order], vals[order]
     first = np.searchsorted(rows, rows, "left")
@@ -402,6 +433,45 @@ def _take_topk(best_s: np.ndarray, best_i: np.ndarray, sel: np.ndarray, s: np.nd
     bs, bi = best_s[target], best_i[target]
     _merge_rows(bs, bi, cand_s, cand_i)
     best_s[target], best_i[target] = bs, bi
+
+
+def _approx_cosine(q: np.ndarray, lib: np.ndarray, bf16: bool) -> tuple[np.ndarray, float]:
+    """First pass of the cosine: float32 ``(len(q), len(lib))`` scores and their error margin."""
+    if bf16:
+        import torch
+
+        s = torch.from_numpy(q).bfloat16() @ torch.from_numpy(lib).bfloat16().T
+        return s.float().numpy(), _BF16_EPS
+    return q @ lib.T, _FP32_EPS
+
+
+def _exact_pairs(q: np.ndarray, lib: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Float64 dot products ``q[rows[p]] . lib[cols[p]]`` (float32 inputs; ``rows`` sorted).
+
+    Each query is multiplied on its own peaks only (the other columns are zero in the query), so
+    the cost is candidates x query peaks, not candidates x columns. Row sums (not a BLAS product,
+    whose rounding depends on how many rows it is given): a pair's score never depends on
+    which other pairs are scored with it.
+    """
+    out = np.empty(len(rows), dtype=np.float64)
+    bounds = np.flatnonzero(np.diff(rows)) + 1
+    for a, b in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [len(rows)]])):
+        r = rows[a]
+        supp = np.flatnonzero(q[r])
+        out[a:b] = (lib[np.ix_(cols[a:b], supp)].astype(np.float64) * q[r, supp].astype(np.float64)).sum(axis=1)
+    return out
+
+
+def use_bf16(work: float) -> bool:
+    """Whether a cosine search of ``work`` multiply-adds should take the bfloat16 first pass:
+    large enough to pay for importing torch, on a CPU that computes bf16 natively."""
+    if work < _BF16_MIN_WORK and "torch" not in sys.modules:
+        return False
+    if work < _BF16_MIN_WORK / 20:
+        return False
+    from neimsctl.models.quantize import cpu_has_bf16
+
+    return cpu_has_bf16()
 
 
 def _prune_exact(best_s: np.ndarray, best_i: np.ndarray, qi: int, qv: np.ndarray, qn: float,
@@ -437,8 +507,9 @@ def score_all(queries: PeakBlock, library: PeakBlock, score: Score, n_bins: int 
               chunk: int = 8192) -> np.ndarray:
     """Every exact query-entry score, float64 ``(nq, n_library)`` (for ``eval``'s ranks).
 
-    The same per-pair arithmetic as :func:`search_blocks` (cosine in float32 matrix products,
-    the other scores exactly in float64), so ranks from here and hits from a search agree.
+    The same per-pair arithmetic as :func:`search_blocks` (the cosine in float64, the same sums
+    in another order, so equal to ~1e-16; composite and entropy exactly in float64, reverse
+    cosine in float32 matrix products), so ranks from here and hits from a search agree.
     """
     q = _Queries(queries, score, n_bins)
     out = np.zeros((q.n, len(library)), dtype=np.float64)
@@ -451,6 +522,9 @@ def score_all(queries: PeakBlock, library: PeakBlock, score: Score, n_bins: int 
             continue
         ch = _Chunk(block, score, cols, n_bins)
         qv = q.values[:, cols]
+        if score.name == "cosine" and not score.reverse:
+            out[:, start:start + len(block)] = qv.astype(np.float64) @ ch.values.T.astype(np.float64)
+            continue
         if not score.bounded:
             out[:, start:start + len(block)] = _bounds(qv, q.n_peaks, ch, score)
             continue

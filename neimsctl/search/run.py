@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from neimsctl.errors import FormatError, InputError
-from neimsctl.evaluate.matching import Score, TopK, search_blocks
+from neimsctl.evaluate.matching import Score, TopK, search_blocks, use_bf16
 from neimsctl.io.peak_block import PeakBlock, bin_batch, check_peaks
 from neimsctl.io.rejects import Reject, Tally
 from neimsctl.io.spectral_index import SpectralIndex, is_index, open_index
@@ -251,8 +251,10 @@ def search_library(lib: SpectralIndex, batch: QueryBatch, opts: SearchOptions) -
         widths = windows[1] - windows[0]
         size = int(min(size, max(1024, np.median(widths) if len(widths) else size)))
     allowed = (lambda a, b: mask[a:b]) if mask is not None else None
+    reach = float(np.sum(windows[1] - windows[0])) if windows is not None else float(lib.n) * len(batch.records)
+    bf16 = opts.score.name == "cosine" and not opts.score.reverse and use_bf16(reach * N_BINS)
     return search_blocks(batch.block, _chunks(lib, ranges, size), opts.score, opts.top, windows=windows,
-                         allowed=allowed)
+                         allowed=allowed, bf16=bf16)
 
 
 def search_batch(libraries: Sequence[SpectralIndex], batch: QueryBatch, opts: SearchOptions) -> list[list[Hit]]:

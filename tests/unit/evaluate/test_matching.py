@@ -215,3 +215,37 @@ def test_windows_and_allowed_restrict_the_entries() -> None:
     assert (res.index % 2 == 0).all() and res.index[0, 0] == 10
     few = search_blocks(queries, iter_chunks(lib, 64), Score(), 5, windows=(np.array([0, 0]), np.array([2, 0])))
     assert list(few.index[0][:2]) != [-1, -1] and (few.index[0][2:] == -1).all() and (few.index[1] == -1).all()
+
+
+def test_bf16_first_pass_gives_the_same_exact_hits() -> None:
+    """The bfloat16 first pass only chooses which entries are scored exactly: same hits, same scores."""
+    rng = np.random.default_rng(11)
+    lib = random_library(rng, 600)
+    qd = lib.to_dense()[::40] * rng.uniform(0.8, 1.2, size=(15, N)).astype(np.float32)
+    queries = PeakBlock.from_dense(qd)
+    a = search_blocks(queries, iter_chunks(lib, 128), Score(), 10, bf16=False)
+    b = search_blocks(queries, iter_chunks(lib, 128), Score(), 10, bf16=True)
+    np.testing.assert_array_equal(a.index, b.index)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    ref_s, ref_i = brute(queries, lib, "cosine", False, 10)
+    assert_same_hits(b.scores, b.index, ref_s, ref_i, 1e-9)
+
+
+def test_first_pass_margins_hold() -> None:
+    """The error margins the exact re-scoring relies on, measured on realistic and extreme vectors."""
+    from neimsctl.evaluate import matching as m
+
+    rng = np.random.default_rng(2)
+    lib = random_library(rng, 400)
+    dense = lib.to_dense()
+    # worst cases for relative rounding: identical vectors (score 1) and one-peak spectra
+    ones = np.zeros((3, N), dtype=np.float32)
+    ones[0, 77] = ones[1, 77] = 1.0
+    ones[2, 300:330] = 1.0
+    both = PeakBlock.from_dense(np.concatenate([dense, ones]))
+    q = m._Queries(both, Score(), N).values
+    exact = q.astype(np.float64) @ q.T.astype(np.float64)
+    for bf16, eps in ((False, m._FP32_EPS), (True, m._BF16_EPS)):
+        approx, margin = m._approx_cosine(q, q, bf16)
+        assert margin == eps
+        assert np.abs(approx - exact).max() <= eps
