@@ -133,7 +133,10 @@ def search_cli(
             raise typer.Exit(1)
 
 
+_CLEAN = str.maketrans({"\t": " ", "\n": " ", "\r": " "})
+
+
 def _cell(value: object) -> str:
     if value is None:
         return ""
-    return str(value).replace("\t", " ").replace("\n", " ").replace("\r", " ")
+    return value.translate(_CLEAN) if isinstance(value, str) else str(value)
