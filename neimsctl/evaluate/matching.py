@@ -135,28 +135,36 @@ class TopK(NamedTuple):
 
 # --- per-peak transforms (computed on the full peak list, before any column restriction) ---
 
-def _per_row_sum(block: PeakBlock, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    return np.bincount(rows, weights=values, minlength=len(block))
+def _per_row_sum(block: PeakBlock, values: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """Float64 sum of ``values`` over each spectrum's peaks (peaks are contiguous per spectrum)."""
+    counts = np.diff(block.ptr)
+    out = np.zeros(len(block), dtype=np.float64)
+    some = counts > 0
+    if some.any():
+        out[some] = np.add.reduceat(values, (block.ptr[:-1] - block.ptr[0])[some], dtype=np.float64)
+    return out
 
 
-def _weighted_values(block: PeakBlock, score: Score, rows: np.ndarray) -> np.ndarray:
-    """The per-peak values the score works on, float64 ``(nnz,)``, normalised per spectrum."""
+def _weighted_values(block: PeakBlock, score: Score, rows: np.ndarray | None = None) -> np.ndarray:
+    """The per-peak values the score works on, ``(nnz,)``, normalised per spectrum (float32 for
+    the cosine, else float64)."""
+    counts = np.diff(block.ptr)
+    if score.name == "cosine":
+        v = _power(np.asarray(block.intensity, dtype=np.float32), score.intensity_power)
+        if score.mz_power != 0.0:
+            v = v * _power(np.asarray(block.mz, dtype=np.float32), score.mz_power)
+        norm = np.repeat(np.sqrt(_per_row_sum(block, v * v)).astype(np.float32), counts)
+        return np.divide(v, norm, out=np.zeros_like(v), where=norm > 0)
     inten = np.asarray(block.intensity, dtype=np.float64)
     mz = np.asarray(block.mz, dtype=np.float64)
     if score.name == "entropy":
-        p = inten / _per_row_sum(block, inten, rows)[rows]
-        ent = -_per_row_sum(block, p * np.log(p), rows)
-        w = np.where(ent < 3.0, 0.25 + 0.25 * ent, 1.0)[rows]
-        v = np.power(p, w)
-        return v / _per_row_sum(block, v, rows)[rows]
-    if score.name == "composite":
-        v = mz * mz * mz * inten ** 0.6
-    else:
-        v = _power(inten, score.intensity_power)
-        if score.mz_power != 0.0:
-            v = v * _power(mz, score.mz_power)
-    norm = np.sqrt(_per_row_sum(block, v * v, rows))
-    return np.divide(v, norm[rows], out=np.zeros_like(v), where=norm[rows] > 0)
+        p = inten / np.repeat(_per_row_sum(block, inten), counts)
+        ent = -_per_row_sum(block, p * np.log(p))
+        v = np.power(p, np.repeat(np.where(ent < 3.0, 0.25 + 0.25 * ent, 1.0), counts))
+        return v / np.repeat(_per_row_sum(block, v), counts)
+    v = mz * mz * mz * inten ** 0.6
+    norm = np.repeat(np.sqrt(_per_row_sum(block, v * v)), counts)
+    return np.divide(v, norm, out=np.zeros_like(v), where=norm > 0)
 
 
 def _power(x: np.ndarray, p: float) -> np.ndarray:
@@ -170,24 +178,37 @@ def _power(x: np.ndarray, p: float) -> np.ndarray:
     return x ** p
 
 
-def _dense(block: PeakBlock, values: np.ndarray, rows: np.ndarray, colmap: np.ndarray,
-           ncols: int) -> np.ndarray:
-    """float32 ``(n, ncols)`` with ``values`` at the columns ``colmap[mz]`` (``-1``: left out)."""
+def _dense(block: PeakBlock, values: np.ndarray, colmap: np.ndarray, ncols: int,
+           work: list[np.ndarray] | None = None) -> np.ndarray:
+    """float32 ``(n, ncols)`` with ``values`` at the columns ``colmap[mz]`` (``-1``: left out).
+
+    ``work``: a one-item list holding a buffer to reuse from chunk to chunk (a fresh array of
+    tens of MB costs its page faults on every chunk); the result is a view of it.
+    """
     col = colmap[block.mz]
+    flat = np.repeat(np.arange(len(block), dtype=np.int64) * ncols, np.diff(block.ptr)) + col
     keep = col >= 0
-    out = np.zeros((len(block), ncols), dtype=np.float32)
-    out[rows[keep], col[keep]] = values[keep]
-    return out
+    size = len(block) * ncols
+    if work is None:
+        out = np.zeros(size, dtype=np.float32)
+    else:
+        if len(work[0]) < size:
+            work[0] = np.empty(size, dtype=np.float32)
+        out = work[0][:size]
+        out.fill(0.0)
+    if keep.all():
+        out[flat] = values
+    else:
+        out[flat[keep]] = values[keep]
+    return out.reshape(len(block), ncols)
 
 
 class _Queries:
     """Query spectra prepared for one score: dense full-width weighted vectors and supports."""
 
     def __init__(self, block: PeakBlock, score: Score, n_bins: int) -> None:
-        rows = block.row_of_peak()
         self.n = len(block)
-        self.values = _dense(block, _weighted_values(block, score, rows), rows,
-                             np.arange(n_bins, dtype=np.int64), n_bins)
+        self.values = _dense(block, _weighted_values(block, score), np.arange(n_bins, dtype=np.int64), n_bins)
         self.support = self.values > 0
         self.n_peaks = self.support.sum(axis=1).astype(np.float64)
         has = self.support.any(axis=0)
@@ -198,11 +219,11 @@ class _Queries:
 class _Chunk:
     """A library chunk prepared for one score on a set of columns."""
 
-    def __init__(self, block: PeakBlock, score: Score, cols: np.ndarray, n_bins: int) -> None:
-        rows = block.row_of_peak()
+    def __init__(self, block: PeakBlock, score: Score, cols: np.ndarray, n_bins: int,
+                 work: list[np.ndarray] | None = None) -> None:
         colmap = np.full(n_bins, -1, dtype=np.int64)
         colmap[cols] = np.arange(len(cols))
-        self.values = _dense(block, _weighted_values(block, score, rows), rows, colmap, len(cols))
+        self.values = _dense(block, _weighted_values(block, score), colmap, len(cols), work)
         self.mask = (self.values > 0).astype(np.float32) if (score.reverse or score.name == "composite") \
             else None
         self.sqrt = np.sqrt(self.values) if score.name == "entropy" else None
@@ -340,6 +361,7 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
     if k < 1:
         raise InputError(f"k must be >= 1, got {k}")
     q = _Queries(queries, score, n_bins)
+    work = [np.empty(0, dtype=np.float32)]
     best_s = np.full((q.n, k), -np.inf)
     best_i = np.full((q.n, k), -1, dtype=np.int64)
     for start, block in chunks:
@@ -359,7 +381,7 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
         cols = _columns(q, sel, block, n_bins)
         if len(cols) == 0:
             continue
-        chunk = _Chunk(block, score, cols, n_bins)
+        chunk = _Chunk(block, score, cols, n_bins, work)
         qv = q.values[np.ix_(sel, cols)]
         plain = score.name == "cosine" and not score.reverse
         if plain:
