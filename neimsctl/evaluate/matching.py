@@ -180,7 +180,8 @@ def _power(x: np.ndarray, p: float) -> np.ndarray:
 
 def _dense(block: PeakBlock, values: np.ndarray, colmap: np.ndarray, ncols: int,
            work: list[np.ndarray] | None = None) -> np.ndarray:
-    """float32 ``(n, ncols)`` with ``values`` at the columns ``colmap[mz]`` (``-1``: left out).
+    """``(n, ncols)`` of ``values``' dtype with ``values`` at the columns ``colmap[mz]`` (``-1``:
+    left out), zeros elsewhere.
 
     ``work``: a one-item list holding a buffer to reuse from chunk to chunk (a fresh array of
     tens of MB costs its page faults on every chunk); the result is a view of it.
@@ -190,12 +191,12 @@ def _dense(block: PeakBlock, values: np.ndarray, colmap: np.ndarray, ncols: int,
     keep = col >= 0
     size = len(block) * ncols
     if work is None:
-        out = np.zeros(size, dtype=np.float32)
+        out = np.zeros(size, dtype=values.dtype)
     else:
-        if len(work[0]) < size:
-            work[0] = np.empty(size, dtype=np.float32)
-        out = work[0][:size]
-        out.fill(0.0)
+        if len(work[0]) * work[0].itemsize < size * values.itemsize:
+            work[0] = np.empty(size * values.itemsize, dtype=np.uint8)
+        out = work[0][:size * values.itemsize].view(values.dtype)
+        out.fill(0)
     if keep.all():
         out[flat] = values
     else:
@@ -220,10 +221,13 @@ class _Chunk:
     """A library chunk prepared for one score on a set of columns."""
 
     def __init__(self, block: PeakBlock, score: Score, cols: np.ndarray, n_bins: int,
-                 work: list[np.ndarray] | None = None) -> None:
+                 work: list[np.ndarray] | None = None, bf16: bool = False) -> None:
         colmap = np.full(n_bins, -1, dtype=np.int64)
         colmap[cols] = np.arange(len(cols))
-        self.values = _dense(block, _weighted_values(block, score), colmap, len(cols), work)
+        self.block = block
+        self.weights = _weighted_values(block, score)
+        #: float32, or (bf16 first pass of the cosine) the bfloat16 bit patterns as uint16
+        self.values = _dense(block, _bf16_bits(self.weights) if bf16 else self.weights, colmap, len(cols), work)
         self.mask = (self.values > 0).astype(np.float32) if (score.reverse or score.name == "composite") \
             else None
         self.sqrt = np.sqrt(self.values) if score.name == "entropy" else None
@@ -381,23 +385,17 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
         cols = _columns(q, sel, block, n_bins)
         if len(cols) == 0:
             continue
-        chunk = _Chunk(block, score, cols, n_bins, work)
-        qv = q.values[np.ix_(sel, cols)]
         plain = score.name == "cosine" and not score.reverse
+        chunk = _Chunk(block, score, cols, n_bins, work, bf16=plain and bf16)
+        qv = q.values[np.ix_(sel, cols)]
         if plain:
-            bound, eps = _approx_cosine(qv, chunk.values, bf16)
+            bound, eps = _approx_cosine(qv, chunk.values)
         else:
             bound, eps = _bounds(qv, q.n_peaks[sel], chunk, score), 0.0
-        idx = np.arange(start, stop)
-        if windows is not None:
-            out = (idx[None, :] < windows[0][sel, None]) | (idx[None, :] >= windows[1][sel, None])
-            bound[out] = -np.inf
-        if ok is not None:
-            bound[:, ~ok] = -np.inf
+        _exclude(bound, sel, start, windows, ok)
         if plain:
-            lib = chunk.values
             _take_topk(best_s, best_i, sel, bound, start, k, eps,
-                       lambda r, c, qv=qv, lib=lib: _exact_pairs(qv, lib, r, c))
+                       lambda r, c, ch=chunk: _exact_pairs(q.values, sel, ch, r, c))
             continue
         if not score.bounded:
             _take_topk(best_s, best_i, sel, bound, start, k)
@@ -424,21 +422,27 @@ def _take_topk(best_s: np.ndarray, best_i: np.ndarray, sel: np.ndarray, s: np.nd
     before ``k`` hits are known the threshold is the k-th best of a sample of the chunk less
     ``eps`` (a lower bound of the chunk's exact k-th best, so no true top-k entry is left out).
     """
+    bits = s.dtype == np.uint16          # bfloat16 bit patterns (non-negative: ordered as integers)
+    value = _bf16_value if bits else (lambda a: a)
     theta = best_s[sel, -1].astype(np.float32) - np.float32(eps)
     n = s.shape[1]
     fresh = ~np.isfinite(theta)
     if fresh.any():
         m = min(n, max(8 * k, 2048))
-        sample = s[np.ix_(np.flatnonzero(fresh), np.arange(0, n, max(1, n // m)))]
+        sample = value(s[np.ix_(np.flatnonzero(fresh), np.arange(0, n, max(1, n // m)))])
         kk = min(k, sample.shape[1])
         theta[fresh] = np.partition(sample, sample.shape[1] - kk, axis=1)[:, sample.shape[1] - kk] \
             - np.float32(2 * eps)
-    # s > 0 and s >= theta in one comparison (1e-45: the smallest positive float32)
-    flat = np.flatnonzero(s >= np.maximum(theta, np.float32(1e-45))[:, None])
+    # s > 0 and s >= theta in one comparison (1e-45: the smallest positive float32); bf16: the
+    # threshold truncated to bf16 (never above it), at least the smallest positive bf16 (bits 1)
+    thr = np.maximum(theta, np.float32(1e-45))
+    if bits:
+        thr = np.maximum(thr.view(np.uint32) >> 16, 1).astype(np.uint16)
+    flat = np.flatnonzero(s >= thr[:, None])
     rows, cols = np.divmod(flat, n)
     if len(rows) == 0:
         return
-    vals = s[rows, cols].astype(np.float64) if exact is None else exact(rows, cols)
+    vals = value(s[rows, cols]).astype(np.float64) if exact is None else exact(rows, cols)
     order = np.lexsort((cols, -vals, rows))
     rows, cols, vals = rows[order], cols[order], vals[order]
     first = np.searchsorted(rows, rows, "left")
@@ -457,30 +461,77 @@ def _take_topk(best_s: np.ndarray, best_i: np.ndarray, sel: np.ndarray, s: np.nd
     best_s[target], best_i[target] = bs, bi
 
 
-def _approx_cosine(q: np.ndarray, lib: np.ndarray, bf16: bool) -> tuple[np.ndarray, float]:
-    """First pass of the cosine: float32 ``(len(q), len(lib))`` scores and their error margin."""
-    if bf16:
+def _bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 (round to nearest even) as uint16 bit patterns; finite inputs."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    return ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint16)
+
+
+def _bf16_value(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) -> float32 values."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def _approx_cosine(q: np.ndarray, lib: np.ndarray) -> tuple[np.ndarray, float]:
+    """First pass of the cosine, ``(len(q), len(lib))``, and its error margin.
+
+    ``lib`` float32: a float32 product. ``lib`` uint16 (bfloat16 bits): a bfloat16 product whose
+    result stays bfloat16 bits (uint16; ordered like the values, as every score is >= 0), so no
+    pass over the result converts it.
+    """
+    if lib.dtype == np.uint16:
         import torch
 
-        s = torch.from_numpy(q).bfloat16() @ torch.from_numpy(lib).bfloat16().T
-        return s.float().numpy(), _BF16_EPS
+        qb = torch.from_numpy(_bf16_bits(q)).view(torch.bfloat16)
+        s = qb @ torch.from_numpy(lib).view(torch.bfloat16).T
+        return s.view(torch.int16).numpy().view(np.uint16), _BF16_EPS
     return q @ lib.T, _FP32_EPS
 
 
-def _exact_pairs(q: np.ndarray, lib: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Float64 dot products ``q[rows[p]] . lib[cols[p]]`` (float32 inputs; ``rows`` sorted).
+def _exclude(bound: np.ndarray, sel: np.ndarray, start: int,
+             windows: tuple[np.ndarray, np.ndarray] | None, ok: np.ndarray | None) -> None:
+    """Set the scores of entries outside each query's window, or not ``ok``, to the lowest value."""
+    low = 0 if bound.dtype == np.uint16 else -np.inf
+    n = bound.shape[1]
+    if windows is not None:
+        lo = np.clip(windows[0][sel] - start, 0, n)
+        hi = np.clip(windows[1][sel] - start, 0, n)
+        for j in np.flatnonzero((lo > 0) | (hi < n)):
+            bound[j, :lo[j]] = low
+            bound[j, max(hi[j], lo[j]):] = low
+    if ok is not None:
+        bound[:, ~ok] = low
 
-    Each query is multiplied on its own peaks only (the other columns are zero in the query), so
-    the cost is candidates x query peaks, not candidates x columns. Row sums (not a BLAS product,
-    whose rounding depends on how many rows it is given): a pair's score never depends on
+
+_PAIR_PEAKS = 1 << 23     # peaks gathered at once when scoring candidate pairs exactly
+
+
+def _exact_pairs(qvalues: np.ndarray, sel: np.ndarray, chunk: _Chunk, rows: np.ndarray,
+                 cols: np.ndarray) -> np.ndarray:
+    """Exact float64 cosines of the pairs (query ``sel[rows[p]]``, chunk entry ``cols[p]``).
+
+    Sums over the library entry's own peaks (its float32 weights times the query's float32
+    weights at those m/z, in float64), in the entry's peak order: a pair's score never depends on
     which other pairs are scored with it.
     """
-    out = np.empty(len(rows), dtype=np.float64)
-    bounds = np.flatnonzero(np.diff(rows)) + 1
-    for a, b in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [len(rows)]])):
-        r = rows[a]
-        supp = np.flatnonzero(q[r])
-        out[a:b] = (lib[np.ix_(cols[a:b], supp)].astype(np.float64) * q[r, supp].astype(np.float64)).sum(axis=1)
+    ptr = chunk.block.ptr - chunk.block.ptr[0]
+    out = np.zeros(len(rows), dtype=np.float64)
+    counts = ptr[cols + 1] - ptr[cols]
+    ends = np.cumsum(counts)
+    a = 0
+    while a < len(rows):
+        b = int(np.searchsorted(ends, (ends[a - 1] if a else 0) + _PAIR_PEAKS, "right"))
+        b = max(b, a + 1)
+        cnt = counts[a:b]
+        total = int(cnt.sum())
+        if total:
+            first = np.repeat(ptr[cols[a:b]] - (np.cumsum(cnt) - cnt), cnt) + np.arange(total)
+            qrow = np.repeat(sel[rows[a:b]], cnt)
+            prod = qvalues[qrow, chunk.block.mz[first]].astype(np.float64) * chunk.weights[first].astype(np.float64)
+            some = cnt > 0
+            seg = (np.cumsum(cnt) - cnt)[some]
+            out[a:b][some] = np.add.reduceat(prod, seg)
+        a = b
     return out
 
 

@@ -246,6 +246,22 @@ def test_first_pass_margins_hold() -> None:
     q = m._Queries(both, Score(), N).values
     exact = q.astype(np.float64) @ q.T.astype(np.float64)
     for bf16, eps in ((False, m._FP32_EPS), (True, m._BF16_EPS)):
-        approx, margin = m._approx_cosine(q, q, bf16)
+        approx, margin = m._approx_cosine(q, m._bf16_bits(q) if bf16 else q)
+        if bf16:
+            assert approx.dtype == np.uint16
+            approx = m._bf16_value(approx)
         assert margin == eps
         assert np.abs(approx - exact).max() <= eps
+
+
+def test_bf16_bits_round_to_nearest_even_like_torch() -> None:
+    import torch
+
+    from neimsctl.evaluate import matching as m
+
+    x = np.random.default_rng(4).random(100_000, dtype=np.float32) ** 4
+    x[:3] = [0.0, 1.0, np.float32(1 + 2 ** -8)]          # 1 + 2**-8 is a tie: rounds to even (1.0)
+    ours = m._bf16_bits(x)
+    theirs = torch.from_numpy(x).bfloat16().view(torch.int16).numpy().view(np.uint16)
+    np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(m._bf16_value(ours), torch.from_numpy(x).bfloat16().float().numpy())
