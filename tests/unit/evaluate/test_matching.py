@@ -202,18 +202,20 @@ def test_chunk_size_does_not_change_the_hits() -> None:
         assert (a.index[:, 0] == np.arange(20)).all()   # each spectrum finds itself first
 
 
-def test_windows_and_allowed_restrict_the_entries() -> None:
+@pytest.mark.parametrize("bf16", [False, True])
+def test_windows_and_allowed_restrict_the_entries(bf16: bool) -> None:
     rng = np.random.default_rng(5)
     lib = random_library(rng, 200)
     queries = PeakBlock.from_dense(lib.to_dense()[[10, 150]])
     lo, hi = np.array([100, 0]), np.array([200, 120])
-    res = search_blocks(queries, iter_chunks(lib, 64), Score(), 5, windows=(lo, hi))
+    res = search_blocks(queries, iter_chunks(lib, 64), Score(), 5, windows=(lo, hi), bf16=bf16)
     assert ((res.index[0] >= 100) & (res.index[0] < 200)).all()
     assert (res.index[1] < 120).all()
     even = lambda a, b: (np.arange(a, b) % 2) == 0  # noqa: E731
     res = search_blocks(queries, iter_chunks(lib, 64), Score("entropy"), 5, allowed=even)
     assert (res.index % 2 == 0).all() and res.index[0, 0] == 10
-    few = search_blocks(queries, iter_chunks(lib, 64), Score(), 5, windows=(np.array([0, 0]), np.array([2, 0])))
+    few = search_blocks(queries, iter_chunks(lib, 64), Score(), 5, windows=(np.array([0, 0]), np.array([2, 0])),
+                        bf16=bf16)
     assert list(few.index[0][:2]) != [-1, -1] and (few.index[0][2:] == -1).all() and (few.index[1] == -1).all()
 
 
