@@ -5,10 +5,15 @@ carry nothing extra. With input files of known size the bar runs over their byte
 bytes for gzip/zstd files: what is left of the file is what is left of the work) with rate and
 ETA; reading stdin, it counts records. The postfix always says records read / written /
 rejected. One library for all commands: tqdm.
+
+While the bar is shown, whatever else goes to stderr (reject messages, warnings, the
+``neimsctl`` logger) is written above it, whole lines at a time, instead of through it.
 """
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import stat
 import sys
@@ -40,6 +45,8 @@ class Progress:
             enabled = not quiet and _isatty(sys.stderr)
         self.bar: Any = None
         self._shown = 0.0
+        self._stderr: Any = None
+        self._handlers: list[logging.StreamHandler] = []
         if not enabled:
             return
         from tqdm import tqdm
@@ -54,6 +61,12 @@ class Progress:
                             unit_divisor=1024, **common)
         else:
             self.bar = tqdm(unit=" rec", unit_scale=True, **common)
+        self._stderr = sys.stderr
+        sys.stderr = _AboveBar(self._stderr)  # type: ignore[assignment]
+        for h in logging.getLogger("neimsctl").handlers:
+            if isinstance(h, logging.StreamHandler) and h.stream is self._stderr:
+                h.setStream(sys.stderr)
+                self._handlers.append(h)
 
     def update(self, tally: Any) -> None:
         """Show the progress of a :class:`neimsctl.io.rejects.Tally`."""
@@ -73,15 +86,58 @@ class Progress:
         self._shown = time.monotonic()
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        if self.bar is None:
+            return
+        rest = ""
+        if isinstance(sys.stderr, _AboveBar):
+            rest, sys.stderr = sys.stderr._part, self._stderr
+        for h in self._handlers:
+            h.setStream(self._stderr)
+        self.bar.close()
+        self.bar = None
+        if rest:  # an unfinished line: after the bar is gone
+            self._stderr.write(rest)
+            self._stderr.flush()
 
     def __enter__(self) -> "Progress":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class _AboveBar(io.TextIOBase):
+    """``sys.stderr`` while a bar is shown: complete lines are written above the bar (tqdm
+    clears it, the lines go out, the bar is drawn again below them)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self._part = stream, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._part += text
+        if "\n" in self._part:
+            lines, _, self._part = self._part.rpartition("\n")
+            self._out(lines + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def _out(self, text: str) -> None:
+        from tqdm import tqdm
+
+        with tqdm.external_write_mode(file=self.stream):
+            self.stream.write(text)
+            self.stream.flush()
 
 
 def _isatty(stream: Any) -> bool:
