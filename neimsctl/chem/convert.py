@@ -14,7 +14,8 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 
 import orjson
 
-from neimsctl.io.msp import MspRecord, iter_blocks, parse_block, parse_comments, parse_number
+from neimsctl.io.msp import (MspRecord, iter_blocks, parse_block, parse_comments, parse_number,
+                             record_inchikey, record_structure)
 from neimsctl.io.parallel import ordered_map, resolve_jobs
 from neimsctl.io.rejects import Reject, Tally
 from neimsctl.io.streams import display_name, open_in
@@ -50,18 +51,21 @@ def _st():  # type: ignore[no-untyped-def]
 
 
 def _structure(rec: MspRecord, opts: ConvertOptions) -> tuple[object, str]:
-    """Describe the record's structure: inline SMILES, else InChI, else its MOL file."""
+    """Describe the record's structure: the one it states (SMILES line, InChI line, then the
+    ``Comments`` pairs of MoNA exports: :func:`neimsctl.io.msp.record_structure`), else its MOL
+    file; with the source taken (``structure_from``)."""
     st = _ST or _st()
     f = rec.fields
-    if f.get("smiles"):
-        return st.describe_smiles(f["smiles"]), "smiles"
-    if f.get("inchi"):
-        return st.describe_inchi(f["inchi"]), "inchi"
+    stated = record_structure(f)
+    if stated is not None:
+        source, kind, text = stated
+        return (st.describe_smiles(text) if kind == "smiles" else st.describe_inchi(text)), source
     if opts.mol_dir is not None:
         if not (f.get("id") or f.get("db") or f.get("nist")):
             raise st.StructureError("missing_mol_file", "record has no ID to join a MOL file on")
         return st.describe(st.read_mol_file(opts.mol_dir, rec.record_id)), "mol"
-    raise st.StructureError("no_structure", "no SMILES or InChI line and no --mol-dir")
+    raise st.StructureError("no_structure", "no SMILES or InChI line or Comments pair, and no "
+                                            "--mol-dir")
 
 
 def structure_of(rec: MspRecord, opts: ConvertOptions) -> tuple[object, str] | Exception | None:
@@ -97,7 +101,8 @@ def convert_record(rec: MspRecord, opts: ConvertOptions,
         st, structure_from = got  # type: ignore[misc]
         smiles, inchikey, formula, mw, exact_mass = st  # type: ignore[misc]
         inchikey = inchikey or None
-        flags = stm.compare_with_msp(st, f)  # type: ignore[arg-type]
+        key = None if "inchikey" in f else record_inchikey(f)  # MoNA: "InChIKey=" in Comments
+        flags = stm.compare_with_msp(st, {**f, "inchikey": key} if key else f)  # type: ignore[arg-type]
         check_mw: float | None = mw
     else:  # the MSP's MW line is the filter's input: one that is not a finite number is a reject
         check_mw = parse_number(f["mw"]) if f.get("mw") else None

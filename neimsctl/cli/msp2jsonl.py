@@ -24,7 +24,8 @@ def msp2jsonl_cli(
     inputs: InPaths = None,
     mol_dir: Annotated[Path | None, typer.Option(
         "--mol-dir", help="Directory of ID<id>.MOL files joined on the record's ID "
-                          "(used when a record has no SMILES or InChI line).")] = None,
+                          "(used when a record has no SMILES or InChI line, nor such a Comments "
+                          "pair as MoNA writes).")] = None,
     min_mw: Annotated[float, typer.Option("--min-mw", help="Reject records with a nominal MW below this.")] = 50.0,
     max_mw: Annotated[float, typer.Option("--max-mw", help="Reject records with a nominal MW above this.")] = 1000.0,
     max_mz: Annotated[float, typer.Option(
