@@ -1,7 +1,7 @@
 """A progress bar on stderr for the streaming commands (``predict``, ``featurize``, ``msp2jsonl``).
 
 Shown only when stderr is a terminal and ``-q`` was not given, so pipes, log files and CI output
-carry nothing extra. With input files of known size the bar runs over their bytes (compressed
+carry nothing extra; nor when the data output is that terminal too (its lines are the progress). With input files of known size the bar runs over their bytes (compressed
 bytes for gzip/zstd files: what is left of the file is what is left of the work) with rate and
 ETA; reading stdin, it counts records. The postfix always says records read / written /
 rejected. One library for all commands: tqdm.
@@ -35,14 +35,17 @@ class Progress:
         The inputs (``-`` = stdin).
     quiet
         ``-q``: no bar.
+    output
+        The command's data output (``-`` = stdout): no bar when it is a terminal.
     enabled
-        Force on/off (default: stderr is a terminal and not ``quiet``).
+        Force on/off (default: stderr is a terminal, ``output`` is not, and not ``quiet``).
     """
 
     def __init__(self, cmd: str, paths: list[Path], *, quiet: bool = False,
-                 enabled: bool | None = None) -> None:
+                 output: Path | None = None, enabled: bool | None = None) -> None:
         if enabled is None:
-            enabled = not quiet and _isatty(sys.stderr)
+            enabled = not quiet and _isatty(sys.stderr) and not (
+                output is not None and str(output) == "-" and _isatty(sys.stdout))
         self.bar: Any = None
         self._shown = 0.0
         self._stderr: Any = None

@@ -168,7 +168,7 @@ def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, 
                                  "written": tally.written, "reasons": dict(tally.reasons),
                                  "rejects_bytes": rej_fh.tell() if rej_fh is not None else 0})
 
-                with Progress(CMD, paths, quiet=quiet) as bar:
+                with Progress(CMD, paths, quiet=quiet, output=out) as bar:
                     tally.workers, items = resolve_jobs(jobs, items)
                     run_featurize(items, sink, tally, opts=opts, jobs=tally.workers, strict=strict,
                                   show=None if quiet else (lambda m: eprint(CMD, m)),

@@ -75,7 +75,7 @@ def msp2jsonl_cli(
 
         opts = ConvertOptions(mol_dir=str(mol_dir) if mol_dir else None, min_mw=min_mw,
                               max_mw=max_mw, max_mz=max_mz, structure=not no_structure)
-        with open_out(output) as fout, Progress(CMD, paths, quiet=quiet) as bar:
+        with open_out(output) as fout, Progress(CMD, paths, quiet=quiet, output=output) as bar:
             with open_out(rejects) if rejects else contextlib.nullcontext() as sink:
                 tally = Tally(sink=sink)
                 stop = convert_msp(paths, fout, tally, opts, jobs=jobs_n, strict=strict,

@@ -150,7 +150,7 @@ def predict_cli(
                                                           shard_kn))
         results = predicted(items, stage, jobs=n_jobs,
                             worker_threads=threads or max(1, cores // n_jobs))
-        with open_out(output) as fout, Progress(CMD, paths, quiet=quiet) as bar:
+        with open_out(output) as fout, Progress(CMD, paths, quiet=quiet, output=output) as bar:
             with open_out(rejects) if rejects else contextlib.nullcontext() as sink:
                 tally = Tally(sink=sink, workers=n_jobs)
                 try:

@@ -180,3 +180,6 @@ def test_jobs_auto_on_the_dev_file_same_output_as_one_process_and_a_bar_on_a_ter
     assert (tmp_path / "one.rej").read_bytes() == (tmp_path / "auto.rej").read_bytes()
     code, tty = run_on_tty(cmd[:3] + ["-q", "--no-structure", "-o", os.devnull])
     assert code == 1 and tty == b""
+    # the records themselves going to the terminal: they are the progress, no bar among them
+    code, tty = run_on_tty(cmd[:3] + ["--no-structure"], stdout_too=True)
+    assert code == 1 and b"%|" not in tty and tty.count(b'"schema":"neimsctl.record/1"') == 8183
