@@ -318,3 +318,18 @@ def test_record_inchikey_line_wins_over_the_comments_pair():
     assert record_inchikey({"inchikey": "LFQSCWFLJHTTHZ-UHFFFAOYSA-N",
                             "comments": MONA_COMMENTS}) == "LFQSCWFLJHTTHZ-UHFFFAOYSA-N"
     assert record_inchikey({"comments": '"SMILES=C"'}) == "" and record_inchikey({}) == ""
+
+
+def test_eval_reader_pairs_mona_records_by_their_comment_structures():
+    """eval's reader (io.spectra) takes the InChIKey a MoNA record states in Comments, else
+    computes it from the structure there; a record with neither is skipped as before."""
+    from pathlib import Path
+
+    from neimsctl.io.spectra import load_spectra
+
+    got = load_spectra(Path(__file__).resolve().parents[2] / "data" / "mona_export.msp")
+    assert dict(zip(got.ids.tolist(), got.keys.tolist())) == {
+        "TST000001": "QTBSBXVTEAMEQO-UHFFFAOYSA-N", "TST000002": "UHOVQNZJYSORNB-UHFFFAOYSA-N",
+        "TST000003": "YXFVVABEGXRONW-UHFFFAOYSA-N", "TST000004": "LRHPLDYGYMQRHN-UHFFFAOYSA-N",
+        "TST000006": "XEKOWRVHYACXOJ-UHFFFAOYSA-N"}
+    assert sum(got.skipped.values()) == 1
