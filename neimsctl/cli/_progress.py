@@ -114,7 +114,11 @@ class _AboveBar(io.TextIOBase):
     clears it, the lines go out, the bar is drawn again below them)."""
 
     def __init__(self, stream: Any) -> None:
-        self.stream, self._part = stream, ""
+        self.stream, self._part, self._pid = stream, "", os.getpid()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.stream, "encoding", "utf-8")
 
     def writable(self) -> bool:
         return True
@@ -138,6 +142,10 @@ class _AboveBar(io.TextIOBase):
     def _out(self, text: str) -> None:
         from tqdm import tqdm
 
+        if os.getpid() != self._pid:  # a forked worker: the bar is not its to redraw
+            self.stream.write(text)
+            self.stream.flush()
+            return
         with tqdm.external_write_mode(file=self.stream):
             self.stream.write(text)
             self.stream.flush()
