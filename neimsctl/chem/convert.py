@@ -102,7 +102,8 @@ def convert_record(rec: MspRecord, opts: ConvertOptions,
         smiles, inchikey, formula, mw, exact_mass = st  # type: ignore[misc]
         inchikey = inchikey or None
         key = None if "inchikey" in f else record_inchikey(f)  # MoNA: "InChIKey=" in Comments
-        flags = stm.compare_with_msp(st, {**f, "inchikey": key} if key else f)  # type: ignore[arg-type]
+        flags = stm.compare_with_msp(st,  # type: ignore[arg-type]
+                                     {**f, "inchikey": key} if key else f)
         check_mw: float | None = mw
     else:  # the MSP's MW line is the filter's input: one that is not a finite number is a reject
         check_mw = parse_number(f["mw"]) if f.get("mw") else None

@@ -1,10 +1,11 @@
 """A progress bar on stderr for the streaming commands (``predict``, ``featurize``, ``msp2jsonl``).
 
 Shown only when stderr is a terminal and ``-q`` was not given, so pipes, log files and CI output
-carry nothing extra; nor when the data output is that terminal too (its lines are the progress). With input files of known size the bar runs over their bytes (compressed
-bytes for gzip/zstd files: what is left of the file is what is left of the work) with rate and
-ETA; reading stdin, it counts records. The postfix always says records read / written /
-rejected. One library for all commands: tqdm.
+carry nothing extra; nor when the data output is that terminal too (its lines are the
+progress). With input files of known size the bar runs over their bytes (compressed bytes for
+gzip/zstd files: what is left of the file is what is left of the work) with rate and ETA;
+reading stdin, it counts records. The postfix always says records read / written / rejected.
+One library for all commands: tqdm.
 
 While the bar is shown, whatever else goes to stderr (reject messages, warnings, the
 ``neimsctl`` logger) is written above it, whole lines at a time, instead of through it.

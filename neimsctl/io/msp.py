@@ -195,7 +195,7 @@ def record_structure(fields: dict[str, str]) -> tuple[str, str, str] | None:
 
     Examples
     --------
-    >>> record_structure({"comments": '"accession=X" "InChI=InChI=1S/CH4/h1H4" "computed SMILES=C"'})
+    >>> record_structure({"comments": '"InChI=InChI=1S/CH4/h1H4" "computed SMILES=C"'})
     ('comments_computed_smiles', 'smiles', 'C')
     >>> record_structure({"smiles": "CCO", "comments": '"SMILES=C"'})
     ('smiles', 'smiles', 'CCO')
