@@ -14,8 +14,9 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 
 import orjson
 
-from neimsctl.io.msp import MspRecord, iter_blocks, parse_block, parse_comments, parse_number
-from neimsctl.io.parallel import ordered_map
+from neimsctl.io.msp import (MspRecord, iter_blocks, parse_block, parse_comments, parse_number,
+                             record_inchikey, record_structure)
+from neimsctl.io.parallel import ordered_map, resolve_jobs
 from neimsctl.io.rejects import Reject, Tally
 from neimsctl.io.streams import display_name, open_in
 
@@ -50,18 +51,21 @@ def _st():  # type: ignore[no-untyped-def]
 
 
 def _structure(rec: MspRecord, opts: ConvertOptions) -> tuple[object, str]:
-    """Describe the record's structure: inline SMILES, else InChI, else its MOL file."""
+    """Describe the record's structure: the one it states (SMILES line, InChI line, then the
+    ``Comments`` pairs of MoNA exports: :func:`neimsctl.io.msp.record_structure`), else its MOL
+    file; with the source taken (``structure_from``)."""
     st = _ST or _st()
     f = rec.fields
-    if f.get("smiles"):
-        return st.describe_smiles(f["smiles"]), "smiles"
-    if f.get("inchi"):
-        return st.describe_inchi(f["inchi"]), "inchi"
+    stated = record_structure(f)
+    if stated is not None:
+        source, kind, text = stated
+        return (st.describe_smiles(text) if kind == "smiles" else st.describe_inchi(text)), source
     if opts.mol_dir is not None:
         if not (f.get("id") or f.get("db") or f.get("nist")):
             raise st.StructureError("missing_mol_file", "record has no ID to join a MOL file on")
         return st.describe(st.read_mol_file(opts.mol_dir, rec.record_id)), "mol"
-    raise st.StructureError("no_structure", "no SMILES or InChI line and no --mol-dir")
+    raise st.StructureError("no_structure", "no SMILES or InChI line or Comments pair, and no "
+                                            "--mol-dir")
 
 
 def structure_of(rec: MspRecord, opts: ConvertOptions) -> tuple[object, str] | Exception | None:
@@ -97,7 +101,9 @@ def convert_record(rec: MspRecord, opts: ConvertOptions,
         st, structure_from = got  # type: ignore[misc]
         smiles, inchikey, formula, mw, exact_mass = st  # type: ignore[misc]
         inchikey = inchikey or None
-        flags = stm.compare_with_msp(st, f)  # type: ignore[arg-type]
+        key = None if "inchikey" in f else record_inchikey(f)  # MoNA: "InChIKey=" in Comments
+        flags = stm.compare_with_msp(st,  # type: ignore[arg-type]
+                                     {**f, "inchikey": key} if key else f)
         check_mw: float | None = mw
     else:  # the MSP's MW line is the filter's input: one that is not a finite number is a reject
         check_mw = parse_number(f["mw"]) if f.get("mw") else None
@@ -194,22 +200,33 @@ def _crashed(task: tuple[str, list[RawRecord]], why: str) -> ChunkResult:
                       file=task[0], line=line, record=rec.name or None, id=rec.record_id)]
 
 
-def _raw_chunks(paths: Iterable[str | os.PathLike], size: int) -> Iterator[tuple[str, list[RawRecord]]]:
-    """``(file name, raw records)`` chunks of at most ``size`` records, never across files."""
+def raw_records(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[str, RawRecord]]:
+    """``(file name, raw record)`` of every input in turn, split but not parsed (cheap)."""
     for path in paths:
         name = display_name(path)
-        chunk: list[RawRecord] = []
         with open_in(path) as stream:
             for raw in iter_blocks(stream):
-                chunk.append(raw)
-                if len(chunk) >= size:
-                    yield name, chunk
-                    chunk = []
-        if chunk:
+                yield name, raw
+
+
+def _raw_chunks(records: Iterable[tuple[str, RawRecord]],
+                size: int) -> Iterator[tuple[str, list[RawRecord]]]:
+    """``(file name, raw records)`` chunks of at most ``size`` records, never across files."""
+    name, chunk = "", []
+    for file, raw in records:
+        if chunk and file != name:
             yield name, chunk
+            chunk = []
+        name = file
+        chunk.append(raw)
+        if len(chunk) >= size:
+            yield name, chunk
+            chunk = []
+    if chunk:
+        yield name, chunk
 
 
-def _converted(paths: Iterable[str | os.PathLike], opts: ConvertOptions, jobs: int,
+def _converted(records: Iterable[tuple[str, RawRecord]], opts: ConvertOptions, jobs: int,
                chunk_size: int) -> Iterator[ChunkResult]:
     """Chunk results in input order; at most ``2 * jobs`` chunks in flight.
 
@@ -217,14 +234,14 @@ def _converted(paths: Iterable[str | os.PathLike], opts: ConvertOptions, jobs: i
     RDKit and JSON happen in the workers. A record on which a worker dies (RDKit crashed) is
     a ``worker_crashed`` reject (:func:`neimsctl.io.parallel.ordered_map`).
     """
-    return ordered_map(_worker_chunk, _raw_chunks(paths, chunk_size), jobs, _init_worker, (opts,),
+    return ordered_map(_worker_chunk, _raw_chunks(records, chunk_size), jobs, _init_worker, (opts,),
                        max_in_flight=2 * jobs, split=_one_by_one, crashed=_crashed)
 
 
 def convert_msp(paths: Iterable[str | os.PathLike], out: BinaryIO, tally: Tally,
-                opts: ConvertOptions, *, jobs: int = 1, strict: bool = False,
+                opts: ConvertOptions, *, jobs: int | None = 1, strict: bool = False,
                 chunk_size: int = 512, on_reject: Callable[[Reject], None] | None = None,
-                ) -> Reject | None:
+                progress: Callable[[Tally], None] | None = None) -> Reject | None:
     """Convert MSP inputs to JSONL records on ``out``; count and report every record.
 
     Parameters
@@ -234,17 +251,23 @@ def convert_msp(paths: Iterable[str | os.PathLike], out: BinaryIO, tally: Tally,
     out
         Binary stream for the JSONL lines.
     tally
-        Receives read/written counts and every reject (and writes the rejects report).
+        Receives read/written counts and every reject (and writes the rejects report), and
+        the number of worker processes used (``tally.workers``).
     opts
         Structure and filter settings.
     jobs
-        Worker processes; output order does not depend on it.
+        Worker processes, or ``None`` for the ``--jobs auto`` rule
+        (:func:`neimsctl.io.parallel.resolve_jobs`: one process for inputs of up to
+        :data:`~neimsctl.io.parallel.AUTO_MIN_RECORDS` records, else one per core); the output
+        does not depend on it.
     strict
         Stop at the first rejected record and return it.
     chunk_size
         Records per task handed to a worker.
     on_reject
         Called with every reject after it was counted (e.g. to log it).
+    progress
+        Called with ``tally`` after each chunk (a progress bar).
 
     Returns
     -------
@@ -252,11 +275,14 @@ def convert_msp(paths: Iterable[str | os.PathLike], out: BinaryIO, tally: Tally,
         The rejected record that stopped a ``strict`` run, else ``None``.
     """
     write = out.write
-    for n, payload in _converted(paths, opts, jobs, chunk_size):
+    tally.workers, records = resolve_jobs(jobs, raw_records(paths))
+    for n, payload in _converted(records, opts, tally.workers, chunk_size):
         if isinstance(payload, bytes):
             write(payload)
             tally.read += n
             tally.written += n
+            if progress is not None:
+                progress(tally)
             continue
         for res in payload:
             tally.read += 1
@@ -269,4 +295,6 @@ def convert_msp(paths: Iterable[str | os.PathLike], out: BinaryIO, tally: Tally,
                 on_reject(res)
             if strict:
                 return res
+        if progress is not None:
+            progress(tally)
     return None

@@ -70,13 +70,14 @@ def run_featurize(items: Iterator[Item], sink: Sink, tally: Tally, *, opts: RowO
                   jobs: int = 1, strict: bool = False, chunk: int = CHUNK,
                   show: Callable[[str], None] | None = None, show_limit: int | None = 10,
                   commit: Callable[[int], None] | None = None, commit_every: int = COMMIT_ROWS,
-                  ) -> None:
+                  progress: Callable[[Tally], None] | None = None) -> None:
     """Featurize ``items`` into ``sink``, counting and reporting every record in ``tally``.
 
     ``show`` receives a one-line message for each of the first ``show_limit`` rejects
     (all when ``None``), e.g. to print them on stderr. ``commit`` is called about every
     ``commit_every`` input records, after the rows and rejects of all records before ordinal
-    ``n`` were handed on, with that ``n`` (a resume point).
+    ``n`` were handed on, with that ``n`` (a resume point). ``progress`` is called with the
+    tally after each chunk (a progress bar).
 
     Raises
     ------
@@ -100,6 +101,8 @@ def run_featurize(items: Iterator[Item], sink: Sink, tally: Tally, *, opts: RowO
                                 record=r.name, id=r.id))
         sink.append(block)
         tally.written += block_rows(block)
+        if progress is not None:
+            progress(tally)
         if commit is not None:
             since += n_items
             if since >= commit_every:

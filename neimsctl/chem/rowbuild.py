@@ -77,12 +77,14 @@ class Rejected(NamedTuple):
 
 
 def ionization_energy(rec: dict[str, Any]) -> float:
-    """eV from ``comments.ionization_energy`` (``"70 eV"``); NaN when absent, unspecified or
-    not a plausible energy (``0 < eV <= MAX_ENERGY``: ``1e400`` or 500 digits are no energy)."""
+    """eV from ``comments.ionization_energy`` (``"70 eV"``; MassBank) or ``comments["ionization
+    energy"]`` (MoNA); NaN when absent, unspecified or not a plausible energy
+    (``0 < eV <= MAX_ENERGY``: ``1e400`` or 500 digits are no energy)."""
     comments = rec.get("comments")
     if not isinstance(comments, dict):
         return math.nan
-    return _energy(str(comments.get("ionization_energy"))[:100])
+    value = comments.get("ionization_energy", comments.get("ionization energy"))
+    return _energy(str(value)[:100])
 
 
 @functools.lru_cache(maxsize=256)

@@ -45,7 +45,6 @@ OutPath = Annotated[Path, typer.Option("--output", "-o", allow_dash=True,
                                        help="Output file ('-': stdout). Written atomically.")]
 RejectsPath = Annotated[Path | None, typer.Option(
     "--rejects", help="Write one JSONL line per rejected record (file, line, record, reason).")]
-Jobs = Annotated[int, typer.Option("--jobs", "-j", min=1, help="Worker processes.")]
 JobsAuto = Annotated[str, typer.Option(
     "--jobs", "-j", help="Worker processes: a number, or auto (one process for inputs of up to "
                          "4,096 records, else one worker per available core).")]

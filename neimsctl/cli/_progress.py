@@ -1,14 +1,20 @@
 """A progress bar on stderr for the streaming commands (``predict``, ``featurize``, ``msp2jsonl``).
 
 Shown only when stderr is a terminal and ``-q`` was not given, so pipes, log files and CI output
-carry nothing extra. With input files of known size the bar runs over their bytes (compressed
-bytes for gzip/zstd files: what is left of the file is what is left of the work) with rate and
-ETA; reading stdin, it counts records. The postfix always says records read / written /
-rejected. One library for all commands: tqdm.
+carry nothing extra; nor when the data output is that terminal too (its lines are the
+progress). With input files of known size the bar runs over their bytes (compressed bytes for
+gzip/zstd files: what is left of the file is what is left of the work) with rate and ETA;
+reading stdin, it counts records. The postfix always says records read / written / rejected.
+One library for all commands: tqdm.
+
+While the bar is shown, whatever else goes to stderr (reject messages, warnings, the
+``neimsctl`` logger) is written above it, whole lines at a time, instead of through it.
 """
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import stat
 import sys
@@ -30,16 +36,21 @@ class Progress:
         The inputs (``-`` = stdin).
     quiet
         ``-q``: no bar.
+    output
+        The command's data output (``-`` = stdout): no bar when it is a terminal.
     enabled
-        Force on/off (default: stderr is a terminal and not ``quiet``).
+        Force on/off (default: stderr is a terminal, ``output`` is not, and not ``quiet``).
     """
 
     def __init__(self, cmd: str, paths: list[Path], *, quiet: bool = False,
-                 enabled: bool | None = None) -> None:
+                 output: Path | None = None, enabled: bool | None = None) -> None:
         if enabled is None:
-            enabled = not quiet and _isatty(sys.stderr)
+            enabled = not quiet and _isatty(sys.stderr) and not (
+                output is not None and str(output) == "-" and _isatty(sys.stdout))
         self.bar: Any = None
         self._shown = 0.0
+        self._stderr: Any = None
+        self._handlers: list[logging.StreamHandler] = []
         if not enabled:
             return
         from tqdm import tqdm
@@ -54,6 +65,12 @@ class Progress:
                             unit_divisor=1024, **common)
         else:
             self.bar = tqdm(unit=" rec", unit_scale=True, **common)
+        self._stderr = sys.stderr
+        sys.stderr = _AboveBar(self._stderr)  # type: ignore[assignment]
+        for h in logging.getLogger("neimsctl").handlers:
+            if isinstance(h, logging.StreamHandler) and h.stream is self._stderr:
+                h.setStream(sys.stderr)
+                self._handlers.append(h)
 
     def update(self, tally: Any) -> None:
         """Show the progress of a :class:`neimsctl.io.rejects.Tally`."""
@@ -73,15 +90,66 @@ class Progress:
         self._shown = time.monotonic()
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        if self.bar is None:
+            return
+        rest = ""
+        if isinstance(sys.stderr, _AboveBar):
+            rest, sys.stderr = sys.stderr._part, self._stderr
+        for h in self._handlers:
+            h.setStream(self._stderr)
+        self.bar.close()
+        self.bar = None
+        if rest:  # an unfinished line: after the bar is gone
+            self._stderr.write(rest)
+            self._stderr.flush()
 
     def __enter__(self) -> "Progress":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class _AboveBar(io.TextIOBase):
+    """``sys.stderr`` while a bar is shown: complete lines are written above the bar (tqdm
+    clears it, the lines go out, the bar is drawn again below them)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self._part, self._pid = stream, "", os.getpid()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.stream, "encoding", "utf-8")
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._part += text
+        if "\n" in self._part:
+            lines, _, self._part = self._part.rpartition("\n")
+            self._out(lines + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def _out(self, text: str) -> None:
+        from tqdm import tqdm
+
+        if os.getpid() != self._pid:  # a forked worker: the bar is not its to redraw
+            self.stream.write(text)
+            self.stream.flush()
+            return
+        with tqdm.external_write_mode(file=self.stream):
+            self.stream.write(text)
+            self.stream.flush()
 
 
 def _isatty(stream: Any) -> bool:

@@ -11,7 +11,7 @@ import typer
 
 from neimsctl.cli._common import eprint
 
-__all__ = ["Overrides", "Resume", "TrainDevice", "config_option", "run_dir_option",
+__all__ = ["Overrides", "Resume", "TrainDevice", "TrainVerbose", "config_option", "run_dir_option",
            "config_sets", "finish_run", "run_dir_outputs", "train_log"]
 
 #: The files a training run writes into its run directory (besides ``epoch_NNNN.pt``).
@@ -24,6 +24,10 @@ Overrides = Annotated[Optional[list[str]], typer.Option(
 Resume = Annotated[bool, typer.Option(
     "--resume", help="Continue the run in --out-dir from its latest checkpoint "
     "(interrupted.pt, else last.pt).")]
+TrainVerbose = Annotated[bool, typer.Option(
+    "--verbose", "-v", help="Every metric of each epoch on stderr (losses, weights, recalls, "
+    "expert usage) instead of the compact line (epoch, loss, selection metric, best, time); "
+    "and debug logging. train_log.jsonl and the report always hold them all.")]
 TrainDevice = Annotated[Optional[str], typer.Option(
     "--device", help="auto | cpu | cuda | cuda:N (overrides train.device).",
     show_default=False)]

@@ -8,11 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from neimsctl.cli._common import (Quiet, Verbose, app, command, fail, input_pairs, refuse_clobber,
+from neimsctl.cli._common import (Quiet, app, command, fail, input_pairs, refuse_clobber,
                                   setup_logging, usage_error)
-from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, config_option,
-                                        config_sets, finish_run, run_dir_option, run_dir_outputs,
-                                        train_log)
+from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainVerbose,
+                                        config_option, config_sets, finish_run, run_dir_option,
+                                        run_dir_outputs, train_log)
 
 CMD = "distill"
 #: Bundled profiles used when --config is not given (repo checkout / editable install).
@@ -53,7 +53,7 @@ def distill_cli(
     resume: Resume = False,
     device: TrainDevice = None,
     quiet: Quiet = False,
-    verbose: Verbose = False,
+    verbose: TrainVerbose = False,
 ) -> None:
     """Distill the teacher into the MoE student; also trains the no-KD and NEIMS v1 baselines.
 

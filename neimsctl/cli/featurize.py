@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from neimsctl.cli._common import (EXIT_FAIL, InPaths, fail, Jobs, NoProvenance, OutPath, Quiet,
+from neimsctl.cli._common import (EXIT_FAIL, InPaths, fail, JobsAuto, NoProvenance, OutPath, Quiet,
                                   RejectsPath, Strict, Verbose, app, command, eprint, input_pairs,
                                   output_pair, refuse_clobber, require_input_or_usage,
                                   setup_logging, usage_error)
@@ -48,7 +48,7 @@ def featurize_cli(
     in_fmt: Annotated[Optional[InFmt], typer.Option(
         "--input-format", "-I", help="jsonl or smi ('SMILES [name]' lines). Default: detected "
         "per file from the first line.")] = None,
-    jobs: Jobs = 1,
+    jobs: JobsAuto = "auto",
     shard: Annotated[Optional[str], typer.Option(
         "--shard", help="K/N: featurize only records with ordinal % N == K-1 (round robin); "
         "merge the N outputs with 'neimsctl shards merge'.")] = None,
@@ -78,6 +78,7 @@ def featurize_cli(
     paths = require_input_or_usage(CMD, inputs)
     try:
         shard_kn = _parse_shard(shard)
+        jobs_n = _parse_jobs(jobs)
     except ValueError as exc:
         usage_error(CMD, str(exc))
     from neimsctl.chem.featurize_run import guess_format
@@ -96,7 +97,7 @@ def featurize_cli(
 
     with command(CMD):
         try:
-            _run(paths, mode.value, out, chosen, in_fmt.value if in_fmt else None, jobs, shard_kn,
+            _run(paths, mode.value, out, chosen, in_fmt.value if in_fmt else None, jobs_n, shard_kn,
                  min_mw, max_mw, inchikey, rejects, strict, no_provenance, quiet, verbose, resume)
         except BrokenPipeError:
             raise
@@ -111,15 +112,23 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
     return parse_shard(text)
 
 
-def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, jobs: int,
+def _parse_jobs(text: str) -> int | None:
+    from neimsctl.io.parallel import parse_jobs
+
+    return parse_jobs(text)
+
+
+def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, jobs: int | None,
          shard: tuple[int, int] | None, min_mw: int, max_mw: int, inchikey: bool,
          rejects: Path | None, strict: bool, no_provenance: bool, quiet: bool,
          verbose: bool, resume: bool) -> None:
     from neimsctl.chem.featurize_run import (FEATURIZE_FORMATS, open_sink, resume_point,
                                              run_featurize, run_settings)
     from neimsctl.chem.rowbuild import RowOptions
+    from neimsctl.cli._progress import Progress
     from neimsctl.errors import InputError, StrictStop
     from neimsctl.io.inputs import iter_items
+    from neimsctl.io.parallel import resolve_jobs
     from neimsctl.io.provenance import provenance
     from neimsctl.io.rejects import Tally
     from neimsctl.io.streams import (is_dash, is_special_file, open_out, partial_path,
@@ -159,10 +168,12 @@ def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, 
                                  "written": tally.written, "reasons": dict(tally.reasons),
                                  "rejects_bytes": rej_fh.tell() if rej_fh is not None else 0})
 
-                run_featurize(items, sink, tally, opts=opts, jobs=jobs, strict=strict,
-                              show=None if quiet else (lambda m: eprint(CMD, m)),
-                              show_limit=None if verbose else 10,
-                              commit=commit if file_h5 else None)
+                with Progress(CMD, paths, quiet=quiet, output=out) as bar:
+                    tally.workers, items = resolve_jobs(jobs, items)
+                    run_featurize(items, sink, tally, opts=opts, jobs=tally.workers, strict=strict,
+                                  show=None if quiet else (lambda m: eprint(CMD, m)),
+                                  show_limit=None if verbose else 10,
+                                  commit=commit if file_h5 else None, progress=bar.update)
     except InputError as exc:
         # --strict, or input that cannot be read (corrupt compressed data): not an interruption;
         # a fresh run's partial output could only be resumed from the same (unreadable) input,

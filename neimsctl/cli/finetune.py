@@ -7,11 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from neimsctl.cli._common import (Quiet, Verbose, app, command, fail, input_pairs, refuse_clobber,
+from neimsctl.cli._common import (Quiet, app, command, fail, input_pairs, refuse_clobber,
                                   setup_logging, usage_error)
-from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, config_option,
-                                        config_sets, finish_run, run_dir_option, run_dir_outputs,
-                                        train_log)
+from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainVerbose,
+                                        config_option, config_sets, finish_run, run_dir_option,
+                                        run_dir_outputs, train_log)
 
 CMD = "finetune"
 
@@ -31,7 +31,7 @@ def finetune_cli(
     resume: Resume = False,
     device: TrainDevice = None,
     quiet: Quiet = False,
-    verbose: Verbose = False,
+    verbose: TrainVerbose = False,
 ) -> None:
     """Finetune the GNN+ECFP teacher on a spectral library (MSE in sqrt space, MC dropout).
 

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from neimsctl.cli._common import (EXIT_FAIL, InPaths, Jobs, OutPath, Quiet, RejectsPath, Strict,
+from neimsctl.cli._common import (EXIT_FAIL, InPaths, JobsAuto, OutPath, Quiet, RejectsPath, Strict,
                                   Verbose, app, command, fail, input_pairs, output_pair,
                                   refuse_clobber, require_input_or_usage, setup_logging,
                                   usage_error)
@@ -24,14 +24,15 @@ def msp2jsonl_cli(
     inputs: InPaths = None,
     mol_dir: Annotated[Path | None, typer.Option(
         "--mol-dir", help="Directory of ID<id>.MOL files joined on the record's ID "
-                          "(used when a record has no SMILES or InChI line).")] = None,
+                          "(used when a record has no SMILES or InChI line, nor such a Comments "
+                          "pair as MoNA writes).")] = None,
     min_mw: Annotated[float, typer.Option("--min-mw", help="Reject records with a nominal MW below this.")] = 50.0,
     max_mw: Annotated[float, typer.Option("--max-mw", help="Reject records with a nominal MW above this.")] = 1000.0,
     max_mz: Annotated[float, typer.Option(
         "--max-mz", help="Drop peaks above this m/z (the record is flagged peaks_above_max_mz).")] = 500.0,
     rejects: RejectsPath = None,
     strict: Strict = False,
-    jobs: Jobs = 1,
+    jobs: JobsAuto = "auto",
     no_structure: Annotated[bool, typer.Option(
         "--no-structure", help="Skip RDKit: MSP parsing only (smiles/inchikey/formula/mw null; "
                                "the MW filter uses the MSP's MW line).")] = False,
@@ -58,20 +59,27 @@ def msp2jsonl_cli(
         for p in paths:
             if str(p) != "-" and not p.is_file():
                 usage_error(CMD, f"{p}: no such file")
+        from neimsctl.io.parallel import parse_jobs
+
+        try:
+            jobs_n = parse_jobs(jobs)
+        except ValueError as exc:
+            usage_error(CMD, str(exc))
         refuse_clobber(CMD, input_pairs(paths), [output_pair("-o", output)]
                        + ([output_pair("--rejects", rejects)] if rejects else []))
         from neimsctl.chem.convert import ConvertOptions, convert_msp
+        from neimsctl.cli._progress import Progress
         from neimsctl.errors import FormatError
         from neimsctl.io.rejects import Tally
         from neimsctl.io.streams import open_out
 
         opts = ConvertOptions(mol_dir=str(mol_dir) if mol_dir else None, min_mw=min_mw,
                               max_mw=max_mw, max_mz=max_mz, structure=not no_structure)
-        with open_out(output) as fout:
+        with open_out(output) as fout, Progress(CMD, paths, quiet=quiet, output=output) as bar:
             with open_out(rejects) if rejects else contextlib.nullcontext() as sink:
                 tally = Tally(sink=sink)
-                stop = convert_msp(paths, fout, tally, opts, jobs=jobs, strict=strict,
-                                   on_reject=_reject_logger())
+                stop = convert_msp(paths, fout, tally, opts, jobs=jobs_n, strict=strict,
+                                   on_reject=_reject_logger(), progress=bar.update)
             if stop is not None:
                 where = FormatError(f"{stop.reason}: {stop.detail}", file=stop.file,
                                     line=stop.line, record=stop.record or stop.id)

@@ -150,9 +150,9 @@ def predict_cli(
                                                           shard_kn))
         results = predicted(items, stage, jobs=n_jobs,
                             worker_threads=threads or max(1, cores // n_jobs))
-        with open_out(output) as fout, Progress(CMD, paths, quiet=quiet) as bar:
+        with open_out(output) as fout, Progress(CMD, paths, quiet=quiet, output=output) as bar:
             with open_out(rejects) if rejects else contextlib.nullcontext() as sink:
-                tally = Tally(sink=sink)
+                tally = Tally(sink=sink, workers=n_jobs)
                 try:
                     run_predict(results, fout, tally, strict=strict, progress=bar.update,
                                 show=lambda msg: print(f"neimsctl {CMD}: {msg}", file=sys.stderr))
@@ -160,7 +160,6 @@ def predict_cli(
                     fout.flush()
                     fail(CMD, str(exc), "stopped under --strict")
         if not quiet:
-            used = f"{n_jobs} workers" if n_jobs > 1 else "1 process"
-            print(f"neimsctl {CMD}: {tally.summary()}; {used}", file=sys.stderr, flush=True)
+            print(f"neimsctl {CMD}: {tally.summary()}", file=sys.stderr, flush=True)
         if tally.rejected:
             raise typer.Exit(EXIT_FAIL)

@@ -8,12 +8,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from neimsctl.cli._common import (EXIT_FAIL, InPaths, Quiet, Verbose, app, command, eprint, fail,
+from neimsctl.cli._common import (EXIT_FAIL, InPaths, Quiet, app, command, eprint, fail,
                                   input_pairs, refuse_clobber, require_input_or_usage,
                                   setup_logging, usage_error)
-from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, config_option,
-                                        config_sets, finish_run, run_dir_option, run_dir_outputs,
-                                        train_log)
+from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainVerbose,
+                                        config_option, config_sets, finish_run, run_dir_option,
+                                        run_dir_outputs, train_log)
 
 CMD = "pretrain"
 
@@ -51,7 +51,7 @@ def pretrain_cli(
         "--smiles-column", help="CSV/JSONL field holding the SMILES (default: smiles), e.g. "
         "for PCQM4Mv2's data.csv.gz.", show_default=False)] = None,
     quiet: Quiet = False,
-    verbose: Verbose = False,
+    verbose: TrainVerbose = False,
 ) -> None:
     """Pretrain the teacher's graph encoder by bond masking on a stream of SMILES.
 

@@ -28,7 +28,8 @@ from typing import BinaryIO, Iterator
 
 from neimsctl.io.streams import lf_chunks
 
-__all__ = ["MspRecord", "read_msp", "iter_blocks", "parse_block", "parse_comments", "parse_number", "KEY_ALIASES"]
+__all__ = ["MspRecord", "read_msp", "iter_blocks", "parse_block", "parse_comments", "parse_number",
+           "KEY_ALIASES", "STRUCTURE_SOURCES", "record_structure", "record_inchikey"]
 
 #: MSP key (lower-cased, blanks squeezed) -> the key used in :attr:`MspRecord.fields`.
 KEY_ALIASES: dict[str, str] = {
@@ -160,6 +161,67 @@ def parse_comments(value: str) -> dict[str, str]:
         elif part.strip():
             out["comment"] = (out["comment"] + "; " if "comment" in out else "") + part.strip()
     return out
+
+
+#: Where a record's structure is looked for, in this order: ``(source, kind, where)`` with
+#: ``kind`` ``smiles`` or ``inchi`` and ``where`` the header field, or the key of a ``Comments``
+#: pair (``comments:KEY``, key compared without case). MoNA's MSP exports carry the structure only
+#: in ``Comments`` (``"SMILES=..." "InChI=InChI=1S/..." "computed SMILES=..." "InChIKey=..."``).
+STRUCTURE_SOURCES: tuple[tuple[str, str, str], ...] = (
+    ("smiles", "smiles", "smiles"),
+    ("inchi", "inchi", "inchi"),
+    ("comments_smiles", "smiles", "comments:smiles"),
+    ("comments_computed_smiles", "smiles", "comments:computed smiles"),
+    ("comments_inchi", "inchi", "comments:inchi"),
+    ("comments_computed_inchi", "inchi", "comments:computed inchi"),
+)
+
+
+def _comment_pairs(fields: dict[str, str]) -> dict[str, str]:
+    """The ``Comments`` pairs of ``fields`` with lower-cased keys (first occurrence wins)."""
+    out: dict[str, str] = {}
+    for key, value in parse_comments(fields.get("comments", "")).items():
+        out.setdefault(key.lower(), value)
+    return out
+
+
+def record_structure(fields: dict[str, str]) -> tuple[str, str, str] | None:
+    """``(source, kind, text)`` of the structure a record states, or ``None``.
+
+    The first non-empty one of :data:`STRUCTURE_SOURCES` wins: the record's own ``SMILES`` and
+    ``InChI`` lines, then (MoNA) the ``Comments`` pairs ``SMILES=``, ``computed SMILES=``,
+    ``InChI=``, ``computed InChI=``. ``source`` names the one taken (``smiles``, ``inchi``,
+    ``comments_smiles`` ...); ``kind`` is ``smiles`` or ``inchi``.
+
+    Examples
+    --------
+    >>> record_structure({"comments": '"InChI=InChI=1S/CH4/h1H4" "computed SMILES=C"'})
+    ('comments_computed_smiles', 'smiles', 'C')
+    >>> record_structure({"smiles": "CCO", "comments": '"SMILES=C"'})
+    ('smiles', 'smiles', 'CCO')
+    """
+    pairs: dict[str, str] | None = None
+    for source, kind, where in STRUCTURE_SOURCES:
+        if where.startswith("comments:"):
+            if "comments" not in fields:
+                return None
+            if pairs is None:
+                pairs = _comment_pairs(fields)
+            text = pairs.get(where[9:], "").strip()
+        else:
+            text = fields.get(where, "").strip()
+        if text:
+            return source, kind, text
+    return None
+
+
+def record_inchikey(fields: dict[str, str]) -> str:
+    """The InChIKey a record states: its ``InChIKey`` line, else (MoNA) the ``Comments`` pair
+    ``InChIKey=``; ``""`` when neither is there."""
+    key = fields.get("inchikey", "").strip()
+    if key or "comments" not in fields:
+        return key
+    return _comment_pairs(fields).get("inchikey", "").strip()
 
 
 def _text(raw: bytes) -> str:

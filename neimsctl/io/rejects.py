@@ -43,6 +43,9 @@ class Tally:
     #: marks by kind (a record may carry several).
     n_flagged: int = 0
     flagged: collections.Counter = field(default_factory=collections.Counter)
+    #: Worker processes the run used (``--jobs``; 1 = everything in one process); the summary
+    #: line ends with it when set.
+    workers: int | None = None
 
     @property
     def rejected(self) -> int:
@@ -60,6 +63,8 @@ class Tally:
         if self.flagged:
             text += (f"; {self.n_flagged} flagged outside the model's domain ("
                      + ", ".join(f"{k}: {v}" for k, v in sorted(self.flagged.items())) + ")")
+        if self.workers is not None:
+            text += f"; {self.workers} workers" if self.workers > 1 else "; 1 process"
         return text
 
     @property

@@ -28,7 +28,7 @@ import numpy as np
 from neimsctl.io.spectrum import N_BINS, preprocess_spectrum
 from neimsctl.errors import FormatError, InputError
 from neimsctl.io.jsonl import read_jsonl
-from neimsctl.io.msp import parse_number, read_msp
+from neimsctl.io.msp import parse_number, read_msp, record_inchikey, record_structure
 from neimsctl.io.streams import display_name, is_dash, open_in, sniff
 
 __all__ = ["SpectraSet", "load_spectra", "PREDICTION_SCHEMA", "RUN_SCHEMA"]
@@ -172,15 +172,19 @@ def _read_jsonl(fh: BinaryIO, rows: _Rows) -> None:
 
 
 def _msp_key(fields: dict[str, str]) -> str | None:
-    if fields.get("inchikey"):
-        return fields["inchikey"]
-    if not (fields.get("smiles") or fields.get("inchi")):
+    """The record's InChIKey: as stated (the line, else MoNA's ``InChIKey=`` comment pair), else
+    from the structure it states (:func:`neimsctl.io.msp.record_structure`)."""
+    key = record_inchikey(fields)
+    if key:
+        return key
+    stated = record_structure(fields)
+    if stated is None:
         return None
     from rdkit import Chem, RDLogger
 
     RDLogger.DisableLog("rdApp.*")
-    mol = Chem.MolFromSmiles(fields["smiles"]) if fields.get("smiles") else \
-        Chem.MolFromInchi(fields["inchi"])
+    _, kind, text = stated
+    mol = Chem.MolFromSmiles(text) if kind == "smiles" else Chem.MolFromInchi(text)
     return Chem.MolToInchiKey(mol) or None if mol is not None else None
 
 

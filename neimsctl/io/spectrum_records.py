@@ -26,7 +26,7 @@ import numpy as np
 
 from neimsctl.errors import FormatError, InputError
 from neimsctl.io.jsonl import read_jsonl
-from neimsctl.io.msp import parse_comments, parse_number, read_msp
+from neimsctl.io.msp import parse_number, read_msp, record_inchikey, record_structure
 from neimsctl.io.streams import display_name, is_dash, open_in, sniff
 
 __all__ = ["SpectrumRecord", "read_spectrum_records"]
@@ -75,14 +75,18 @@ def _int_mass(value: Any) -> int | None:
 def _msp_records(fh: BinaryIO, source: str) -> Iterator[SpectrumRecord]:
     for rec in read_msp(fh, source):
         f = rec.fields
-        comments = f.get("comments", "")
+        # the structure and InChIKey the record states, by msp2jsonl's rule (the SMILES / InChI /
+        # InChIKey lines, else the Comments pairs of MoNA exports)
+        stated = record_structure(f)
+        kind, text = stated[1:] if stated is not None else ("", "")
         out = SpectrumRecord(source, rec.line, rec.ordinal, rec.record_id, rec.name,
-                             f.get("inchikey", "").strip().upper(), f.get("smiles", "").strip(),
+                             record_inchikey(f).upper(), text if kind == "smiles" else "",
                              f.get("formula", "").strip(), _int_mass(f.get("mw")),
-                             "predicted=" in comments, rec.mz, rec.intensity, rec.reason, rec.detail)
-        if not out.smiles and comments:
-            out.smiles = parse_comments(comments).get("SMILES", "").strip()
-        if f.get("inchi"):
+                             "predicted=" in f.get("comments", ""), rec.mz, rec.intensity,
+                             rec.reason, rec.detail)
+        if kind == "inchi":
+            out.extra["inchi"] = text
+        elif f.get("inchi"):
             out.extra["inchi"] = f["inchi"]
         yield out
 

@@ -56,7 +56,8 @@ from neimsctl.train.distill_report import collapse_flags, write_distill_report
 from neimsctl.train.distill_transfer import transfer_rows
 from neimsctl.train.distill_validation import make_validator
 from neimsctl.train.losses import DistillLoss
-from neimsctl.train.trainer import TrainResult, build_optimizer, run_training, seed_everything
+from neimsctl.train.trainer import (TrainResult, build_optimizer, full_console_default,
+                                    run_training, seed_everything)
 
 __all__ = ["run_distill"]
 
@@ -161,9 +162,15 @@ def run_distill(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path, 
     return result
 
 
-def _usage_logger(out_dir: Path, usage: dict, top_k: int, log: TextIO) -> Callable[[int, dict], None]:
-    """on_epoch_end: append a ``kind=experts`` record; print usage and collapse warnings."""
+def _usage_logger(out_dir: Path, usage: dict, top_k: int, log: TextIO,
+                  full: bool | None = None) -> Callable[[int, dict], None]:
+    """on_epoch_end: append a ``kind=experts`` record; print collapse warnings when they first
+    appear (again when they change), and with ``full`` (``-v``) the usage and every warning of
+    every epoch."""
     import orjson
+
+    full = full_console_default() if full is None else full
+    warned: list[str] = []
 
     def on_epoch_end(epoch: int, summary: dict) -> None:
         if not usage:
@@ -173,10 +180,14 @@ def _usage_logger(out_dir: Path, usage: dict, top_k: int, log: TextIO) -> Callab
                "collapse": flags}
         with open(out_dir / "train_log.jsonl", "ab") as fh:
             fh.write(orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE))
-        shares = " ".join(f"{v:.2f}" for v in usage["overall"])
-        print(f"neimsctl: epoch {epoch + 1} expert usage (val, share of routing slots) {shares}",
-              file=log, flush=True)
-        for f in flags:
-            print(f"neimsctl: warning: expert collapse: {f}", file=log, flush=True)
+        if full:
+            shares = " ".join(f"{v:.2f}" for v in usage["overall"])
+            print(f"neimsctl: epoch {epoch + 1} expert usage (val, share of routing slots) "
+                  f"{shares}", file=log, flush=True)
+        if full or flags != warned:
+            for f in flags:
+                print(f"neimsctl: warning: epoch {epoch + 1}: expert collapse: {f}", file=log,
+                      flush=True)
+        warned[:] = flags
 
     return on_epoch_end

@@ -3,7 +3,9 @@
 :func:`write_report` reads the JSONL log the trainer wrote (``kind=step`` and ``kind=epoch``
 records), draws ``loss.png``, ``grad_norm.png`` and ``lr.png`` against the optimizer step
 (matplotlib, Agg backend, so no display is needed) and writes ``report.md`` with the run's
-final numbers and the per-epoch table ``epoch | loss | <val metric> | grad norm | lr``.
+final numbers, the per-epoch table ``epoch | loss | <val metric> | grad norm | lr`` and every
+other number of the epoch records (loss components, loss weights, temperature, routing shares,
+the remaining validation metrics: what the console shows only with ``-v``).
 
 Examples
 --------
@@ -76,6 +78,26 @@ def optimizer_steps(steps: list[dict], epochs: list[dict]) -> int:
     return max((int(r["step"]) for r in (*steps, *epochs) if r.get("step") is not None), default=0)
 
 
+#: Epoch-record fields of the "Per epoch" table or not metrics.
+_SHOWN = frozenset({"kind", "epoch", "step", "loss", "grad_norm", "lr", "samples", "seconds",
+                    "best", "val"})
+
+
+def _other_metrics(epochs: list[dict], shown: set[str]) -> list[str]:
+    """The "Every other metric" table: the numbers of the epoch records not in "Per epoch"."""
+    train = [k for k in dict.fromkeys(k for r in epochs for k in r)
+             if k not in _SHOWN and isinstance(next(r[k] for r in epochs if k in r), (int, float))]
+    val = [k for k in dict.fromkeys(k for r in epochs for k in r.get("val", {})) if k not in shown]
+    if not train and not val:
+        return []
+    head = ["epoch", *train, *val]
+    rows = [[r.get("epoch"), *(r.get(k) for k in train), *(r.get("val", {}).get(k) for k in val)]
+            for r in epochs]
+    return ["", "## Every other metric per epoch", "",
+            "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+            *("| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows)]
+
+
 def write_report(out_dir: str | os.PathLike, log_path: str | os.PathLike | None = None,
                  metric: str | None = None, n_steps: int | None = None) -> Path:
     """Write ``report.md`` and the three PNG curves into ``out_dir``; returns the report path.
@@ -111,6 +133,7 @@ def write_report(out_dir: str | os.PathLike, log_path: str | os.PathLike | None 
              "![learning rate](lr.png)", "", "## Per epoch", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    lines += _other_metrics(epochs, shown=set(vals))
     path = out / "report.md"
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -34,6 +34,10 @@ optimizer-step boundary, then :func:`run_training` returns with ``interrupted=Tr
 ``signal``; a second signal aborts at once), and the report (:mod:`neimsctl.train.report`).
 Human-readable lines go to ``log`` (stderr by default; :class:`QuietLog` keeps only warnings
 and errors, and no progress bar), the progress bar to stderr on a TTY only; nothing to stdout.
+Each epoch ends with one compact line (:func:`epoch_line`: epoch, train loss, the selection
+metric ``train.best_metric``, the best value so far and its epoch, wall time); ``full_console``
+(default: the ``neimsctl`` logger is at DEBUG, i.e. the commands' ``-v``) prints every metric
+of the epoch instead. The full set is always in ``train_log.jsonl`` and the report.
 ``DataLoader`` workers die with the training process (a ``kill -9`` leaves no worker behind
 and no traceback).
 
@@ -47,11 +51,13 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import logging
 import math
 import random
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, TextIO
@@ -71,7 +77,8 @@ from neimsctl.train.config import Config, resolve, resolve_device, save_config
 from neimsctl.train.epoch import move_to, run_epoch, run_validation
 
 __all__ = ["Trainer", "TrainResult", "QuietLog", "run_training", "resolve_device",
-           "seed_everything", "build_optimizer", "build_scheduler", "move_to"]
+           "seed_everything", "build_optimizer", "build_scheduler", "move_to", "epoch_line",
+           "full_epoch_line", "full_console_default"]
 
 LossFn = Callable[[torch.nn.Module, Any], "tuple[torch.Tensor, dict[str, float]]"]
 
@@ -170,7 +177,8 @@ class Trainer:
                  log: TextIO | None = None, featurizer_hash: str | None = None,
                  optimizer_factory: Callable | None = None,
                  scheduler_factory: Callable | None = None,
-                 on_epoch_end: Callable[[int, dict], None] | None = None) -> None:
+                 on_epoch_end: Callable[[int, dict], None] | None = None,
+                 full_console: bool | None = None) -> None:
         self.cfg = resolve(config)
         self.t = self.cfg.train
         self.model, self.loss_fn, self.validate = model, loss_fn, validate
@@ -182,6 +190,9 @@ class Trainer:
         self.optimizer_factory = optimizer_factory or build_optimizer
         self.scheduler_factory = scheduler_factory or build_scheduler
         self.on_epoch_end = on_epoch_end
+        #: Every metric on the console each epoch (``-v``) instead of the compact line.
+        self.full_console = full_console_default() if full_console is None else full_console
+        self._epoch_t0 = time.perf_counter()
         self._signals = 0
         self._saved = 0  # checkpoints written by this run
         self._signum: int | None = None
@@ -342,6 +353,7 @@ class Trainer:
             for epoch in range(epoch0, t.epochs):
                 if hasattr(self.loss_fn, "set_epoch"):
                     self.loss_fn.set_epoch(epoch)
+                self._epoch_t0 = time.perf_counter()
                 stopped, acc = run_epoch(self, epoch, skip if epoch == epoch0 else 0,
                                          acc if epoch == epoch0 else {})
                 if stopped:
@@ -376,11 +388,14 @@ class Trainer:
             with contextlib.suppress(FileNotFoundError):
                 (self.ckpt_dir / "interrupted.pt").unlink()
             self._emit({"kind": "epoch", **summary})
-            vals = " ".join(f"{k} {v:.4g}" for k, v in [*summary.items(),
-                                                          *summary.get("val", {}).items()]
-                            if isinstance(v, float) and k not in ("lr", "seconds"))
-            print(f"neimsctl: epoch {epoch + 1}/{t.epochs} step {self.step} {vals} "
-                  f"lr {summary['lr']:.3g}{' *best*' if better else ''}", file=self.log, flush=True)
+            if self.full_console:
+                line = full_epoch_line(summary, t.epochs)
+            else:
+                best_epoch = next((h["epoch"] for h in reversed(self.history) if h.get("best")),
+                                  None)
+                line = epoch_line(summary, t.epochs, t.best_metric, self.best, best_epoch,
+                                  time.perf_counter() - self._epoch_t0)
+            print(line, file=self.log, flush=True)
             if self.on_epoch_end is not None:
                 self.on_epoch_end(epoch, summary)
         dd.barrier(self.info)
@@ -391,6 +406,44 @@ class Trainer:
                            list(self.history), last, self._signum if interrupted else None)
 
 
+def full_console_default() -> bool:
+    """Whether training prints every metric of each epoch: the ``neimsctl`` logger is at DEBUG
+    (the commands' ``-v``)."""
+    return logging.getLogger("neimsctl").isEnabledFor(logging.DEBUG)
+
+
+def epoch_line(summary: dict, epochs: int, metric: str, best: float | None,
+               best_epoch: int | None, seconds: float) -> str:
+    """The compact console line of an epoch: epoch, train loss, the selection metric, the best
+    value so far (and its epoch) and the epoch's wall time (training and validation).
+
+    Examples
+    --------
+    >>> s = {"epoch": 3, "loss": 0.041234, "val": {"val_recall_at_10": 0.51, "val_loss": 0.2}}
+    >>> epoch_line(s, 10, "val_recall_at_10", 0.53, 2, 41.23)
+    'neimsctl: epoch 3/10  loss 0.04123  val_recall_at_10 0.5100  best 0.5300 (epoch 2)  41.2 s'
+    """
+    parts = [f"neimsctl: epoch {summary['epoch']}/{epochs}", f"loss {summary['loss']:.4g}"]
+    value = summary.get("val", {}).get(metric, summary.get(metric))
+    if isinstance(value, (int, float)):
+        parts.append(f"{metric} {value:.4f}")
+    if best is not None:
+        when = "" if best_epoch is None else \
+            " (new)" if best_epoch == summary["epoch"] else f" (epoch {best_epoch})"
+        parts.append(f"best {best:.4f}{when}")
+    parts.append(f"{seconds:.1f} s")
+    return "  ".join(parts)
+
+
+def full_epoch_line(summary: dict, epochs: int) -> str:
+    """Every number of an epoch's summary on one line (``-v``): step, the train loss and its
+    components, grad norm, every validation metric, lr, and ``*best*`` on a new best."""
+    vals = " ".join(f"{k} {v:.4g}" for k, v in [*summary.items(), *summary.get("val", {}).items()]
+                    if isinstance(v, float) and k not in ("lr", "seconds"))
+    return (f"neimsctl: epoch {summary['epoch']}/{epochs} step {summary['step']} {vals} "
+            f"lr {summary['lr']:.3g}{' *best*' if summary.get('best') else ''}")
+
+
 def run_training(config: Config, model: torch.nn.Module, loss_fn: LossFn, train_data: Any,
                  val_data: Dataset | None = None, *, validate: Callable | None = None,
                  out_dir: str | Path, resume: str | Path | bool | None = None,
@@ -398,7 +451,7 @@ def run_training(config: Config, model: torch.nn.Module, loss_fn: LossFn, train_
     """Train, checkpoint and (rank 0) write the report; see the module docstring.
 
     Extra keyword arguments go to :class:`Trainer` (``collate_fn``, ``featurizer_hash``,
-    ``optimizer_factory``, ``scheduler_factory``, ``on_epoch_end``).
+    ``optimizer_factory``, ``scheduler_factory``, ``on_epoch_end``, ``full_console``).
 
     Raises
     ------

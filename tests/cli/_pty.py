@@ -12,12 +12,13 @@ import termios
 import time
 
 
-def run_on_tty(cmd: list[str], timeout: float = 120.0, **kwargs) -> tuple[int, bytes]:
+def run_on_tty(cmd: list[str], timeout: float = 120.0, *, stdout_too: bool = False,
+               **kwargs) -> tuple[int, bytes]:
     """``(exit status, bytes written to the terminal)``; stdout goes to ``kwargs['stdout']``
-    (default: discarded)."""
+    (default: discarded), or to the terminal too with ``stdout_too``."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
-    kwargs.setdefault("stdout", subprocess.DEVNULL)
+    kwargs.setdefault("stdout", slave if stdout_too else subprocess.DEVNULL)
     proc = subprocess.Popen(cmd, stderr=slave, **kwargs)
     os.close(slave)
     out, deadline = b"", time.monotonic() + timeout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -60,11 +61,39 @@ def test_softlabel_then_distill_two_epochs(work: Path, repo_root: Path) -> None:
     p = sh(f"neimsctl distill s.h5 --soft-labels soft.h5 "
            f"--config {repo_root}/configs/distill/student-cpu-small.yaml {STUDENT} --out-dir kd", work)
     assert p.returncode == 0, p.stderr.decode()
-    assert b"student + KD" in p.stderr and b"expert usage" in p.stderr and p.stdout == b""
+    assert b"student + KD" in p.stderr and p.stdout == b""
     for name in ("checkpoints/last.pt", "checkpoints/best.pt", "report.md", "config.yaml"):
         assert (work / "kd" / name).is_file(), name
     recs = [orjson.loads(x) for x in (work / "kd/train_log.jsonl").read_bytes().splitlines()]
     assert [r["epoch"] for r in recs if r["kind"] == "epoch"] == [1, 2]
+
+
+def test_console_is_one_compact_line_per_epoch_and_v_shows_every_metric(shards: Path) -> None:
+    """Real student training on the sample: per epoch one line (epoch, loss, val Recall@10,
+    best so far, time), no expert-usage lines; train_log.jsonl and the report keep every
+    metric; -v prints them all, with expert usage."""
+    p = sh(f"neimsctl distill s.h5 --no-kd {STUDENT} --out-dir compact", shards)
+    assert p.returncode == 0, p.stderr.decode()
+    err = p.stderr.decode()
+    lines = [ln for ln in err.splitlines() if ln.startswith("neimsctl: epoch")]
+    assert len(lines) == 2 and "expert usage" not in err, err
+    assert all(re.fullmatch(r"neimsctl: epoch [12]/2  loss \S+  val_recall_at_10 \S+  best \S+ "
+                            r"\((new|epoch 1)\)  \d+\.\d s", ln) for ln in lines), lines
+    recs = [orjson.loads(x) for x in (shards / "compact/train_log.jsonl").read_bytes().splitlines()]
+    epoch = [r for r in recs if r["kind"] == "epoch"][-1]
+    assert {"val_mean_cosine", "val_recall_at_1", "val_recall_at_20_mass5"} <= set(epoch["val"])
+    assert {"hard", "load", "entropy", "w_hard", "temperature", "grad_norm"} <= set(epoch)
+    assert [r["epoch"] for r in recs if r["kind"] == "experts"] == [1, 2]
+    report = (shards / "compact/report.md").read_text()
+    assert all(f" {k} " in report for k in ("w_hard", "temperature", "route_e0", "val_mean_cosine"))
+    p = sh(f"neimsctl distill s.h5 --no-kd {STUDENT} --set train.epochs=1 -v --out-dir full", shards)
+    assert p.returncode == 0, p.stderr.decode()
+    err = p.stderr.decode()
+    line = next(ln for ln in err.splitlines() if ln.startswith("neimsctl: epoch 1/1"))
+    for name in ("step", "grad_norm", "w_hard", "temperature", "val_mean_cosine",
+                 "val_recall_at_20_mass5", "lr"):
+        assert f" {name} " in line, (name, line)
+    assert "neimsctl: epoch 1 expert usage" in err
 
 
 @slow

@@ -193,3 +193,60 @@ def test_truncated_zst_stream_is_reported(tmp_path: Path) -> None:
            "neimsctl shards merge -o m.h5 t.zst", tmp_path, SMI)
     assert p.returncode == 1 and "truncated" in p.stderr.decode()
     assert not (tmp_path / "m.h5").exists()
+
+
+@pytest.fixture(scope="module")
+def moses_5k(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    """5,000 real MOSES SMILES: past the --jobs auto threshold (4,096 records)."""
+    src = shared_data / "pretrain" / "moses_train_100k.smi"
+    out = tmp_path_factory.mktemp("moses") / "moses5k.smi"
+    with open(src, "rb") as fh:
+        out.write_bytes(b"".join(fh.readline() for _ in range(5000)))
+    return out
+
+
+def test_jobs_auto_uses_the_cores_on_large_inputs_and_output_is_identical(
+        tmp_path: Path, moses_5k: Path, records: Path) -> None:
+    """Default --jobs auto on 5,000 real SMILES: one worker per core, said in the summary, the
+    same shard as -j 1; on the 300-record sample: one process."""
+    from neimsctl.io.parallel import available_cores
+
+    auto = sh(f"neimsctl featurize --no-provenance {moses_5k} -o auto.h5 --rejects auto.jsonl",
+              tmp_path)
+    one = sh(f"neimsctl featurize -j 1 --no-provenance {moses_5k} -o one.h5 --rejects one.jsonl",
+             tmp_path)
+    used = f"{available_cores()} workers" if available_cores() > 1 else "1 process"
+    assert auto.stderr.decode().rstrip().endswith(f"; {used}"), auto.stderr
+    assert one.stderr.decode().rstrip().endswith("; 1 process"), one.stderr
+    assert auto.returncode == one.returncode
+    assert same(rows(tmp_path / "auto.h5"), rows(tmp_path / "one.h5"))
+    assert (tmp_path / "auto.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
+    small_run = sh(f"neimsctl featurize {records} -o s.h5", tmp_path)
+    assert small_run.stderr.decode().rstrip().endswith("rejected 0; 1 process")
+    bad = sh(f"neimsctl featurize -j none {records} -o s.h5", tmp_path)
+    assert bad.returncode == 2 and b"--jobs 'none'" in bad.stderr
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path: Path, moses_5k: Path) -> None:
+    """On a terminal: a bar over the input's bytes with rate and read/written/rejected counts,
+    reject messages above it, erased at the end; -q or stderr not a terminal: no bar."""
+    from _pty import run_on_tty
+
+    src = tmp_path / "in.smi"
+    src.write_bytes(b"not_a_smiles junk\n" + b"".join(moses_5k.read_bytes().splitlines(True)[:1500]))
+    n = src.read_bytes().count(b"\n")
+    cmd = ["neimsctl", "featurize", "-j", "1", str(src), "-o", str(tmp_path / "out.h5")]
+    every_chunk = {**os.environ, "TQDM_MININTERVAL": "0", "TQDM_MINITERS": "1"}
+    code, tty = run_on_tty(cmd, env=every_chunk)
+    text = tty.decode("utf-8", "replace")
+    assert code == 1 and "neimsctl featurize: " in text and "%|" in text and "rec/s" in text
+    assert "B/s" in text and "read 256 written 255 rejected 1" in text
+    # the reject message is a whole line of its own, not written into the bar
+    assert any(line.startswith("neimsctl featurize: ") and "line 1: unparsable_smiles" in line
+               and "%|" not in line for line in text.replace("\r", "\n").split("\n"))
+    assert text.rstrip().endswith(f"read {n}, written {n - 1}, rejected 1 "
+                                  "(unparsable_smiles: 1); 1 process")
+    code, tty = run_on_tty(cmd + ["-q"])
+    assert code == 1 and tty == b""
+    res = subprocess.run(cmd, capture_output=True, check=False)
+    assert res.returncode == 1 and b"%|" not in res.stderr and b"\r" not in res.stderr

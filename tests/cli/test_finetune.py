@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -48,6 +49,11 @@ def full(work: Path) -> Path:
     p = finetune(work, "full", 2)
     assert p.returncode == 0, p.stderr.decode()
     assert b"best val_score" in p.stderr and p.stdout == b""
+    # one compact line per epoch: epoch, loss, the selection metric, best so far, time
+    lines = [ln for ln in p.stderr.decode().splitlines() if ln.startswith("neimsctl: epoch")]
+    assert len(lines) == 2, p.stderr.decode()
+    assert all(re.fullmatch(r"neimsctl: epoch [12]/2  loss \S+  val_score \S+  best \S+ "
+                            r"\((new|epoch 1)\)  \d+\.\d s", ln) for ln in lines), lines
     return work / "full"
 
 

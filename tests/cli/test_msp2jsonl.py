@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shlex
 import subprocess
 
@@ -39,7 +40,7 @@ def test_pipe_in_and_out_on_the_sample(neimsctl_exe, sample_msp):
     assert recs[0]["source"] == {"file": "<stdin>", "line": 1, "ordinal": 1}
     full = sh(f"{q(neimsctl_exe)} msp2jsonl {q(str(sample_msp))}")
     assert full.returncode == 0
-    assert full.stderr.decode().strip().endswith("read 300, written 300, rejected 0")
+    assert full.stderr.decode().strip().endswith("read 300, written 300, rejected 0; 1 process")
     assert jsonl(full.stdout)[0]["smiles"] == recs[0]["smiles"]
 
 
@@ -149,3 +150,36 @@ def test_dev_file_full_conversion_agrees_with_msp_lines(neimsctl_exe, shared_dat
     assert "read 8196, written 8183, rejected 13 (mw_out_of_range: 13)" in proc.stderr.decode()
     flags = {f for r in jsonl(proc.stdout) for f in r["flags"]}
     assert flags <= {"peaks_above_max_mz"}
+
+
+def test_jobs_auto_on_the_dev_file_same_output_as_one_process_and_a_bar_on_a_terminal(
+        neimsctl_exe, shared_data, tmp_path):
+    """massbank_ei.msp (8,196 records, past the 4,096 of --jobs auto): the default runs one
+    worker per core and says so; records and rejects are byte for byte those of -j 1. On a
+    terminal the bar runs over the file's bytes with the counts, the reject messages are lines
+    above it; -q, or stderr not a terminal: no bar."""
+    from _pty import run_on_tty
+    from neimsctl.io.parallel import available_cores
+
+    src = shared_data / "massbank_ei.msp"
+    cmd = [neimsctl_exe, "msp2jsonl", str(src), "-o", str(tmp_path / "auto.jsonl"),
+           "--rejects", str(tmp_path / "auto.rej")]
+    code, tty = run_on_tty(cmd, env={**os.environ, "TQDM_MININTERVAL": "0", "TQDM_MINITERS": "1"})
+    text = tty.decode("utf-8", "replace")
+    used = f"{available_cores()} workers" if available_cores() > 1 else "1 process"
+    assert code == 1 and "%|" in text and "rec/s" in text and "5.40M" in text
+    assert "read 8,196 written 8,183 rejected 13" in text
+    assert text.rstrip().endswith(f"read 8196, written 8183, rejected 13 (mw_out_of_range: 13); {used}")
+    lines = text.replace("\r", "\n").split("\n")
+    assert sum(ln.startswith("neimsctl: ") and "mw_out_of_range" in ln for ln in lines) == 10
+    one = sh(f"{neimsctl_exe} msp2jsonl -j 1 {src} -o {tmp_path / 'one.jsonl'} "
+             f"--rejects {tmp_path / 'one.rej'}")
+    assert one.returncode == 1 and b"%|" not in one.stderr and b"\r" not in one.stderr
+    assert one.stderr.decode().rstrip().endswith("rejected 13 (mw_out_of_range: 13); 1 process")
+    assert (tmp_path / "one.jsonl").read_bytes() == (tmp_path / "auto.jsonl").read_bytes()
+    assert (tmp_path / "one.rej").read_bytes() == (tmp_path / "auto.rej").read_bytes()
+    code, tty = run_on_tty(cmd[:3] + ["-q", "--no-structure", "-o", os.devnull])
+    assert code == 1 and tty == b""
+    # the records themselves going to the terminal: they are the progress, no bar among them
+    code, tty = run_on_tty(cmd[:3] + ["--no-structure"], stdout_too=True)
+    assert code == 1 and b"%|" not in tty and tty.count(b'"schema":"neimsctl.record/1"') == 8183

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import subprocess
 from pathlib import Path
 
@@ -54,6 +55,10 @@ def test_tiny_file_two_epochs_rejects_then_resume(neimsctl_exe, tmp_path):
     epochs = [r for r in map(orjson.loads, (out / "train_log.jsonl").read_bytes().splitlines())
               if r["kind"] == "epoch"]
     assert [e["epoch"] for e in epochs] == [1, 2] and "val_bond_acc" in epochs[0]["val"]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("neimsctl: epoch")]
+    assert len(lines) == 2 and all(re.fullmatch(r"neimsctl: epoch [12]/2  loss \S+  val_bond_acc "
+                                                r"\S+  best \S+ \((new|epoch 1)\)  \d+\.\d s", ln)
+                                   for ln in lines), proc.stderr
     proc = _run(neimsctl_exe, *args, "--set", "train.epochs=3", "--resume")
     assert "resumed from" in proc.stderr and "3 epochs, " in proc.stderr, proc.stderr
     assert len((out / "rejects.jsonl").read_bytes().splitlines()) == 2  # not reported twice

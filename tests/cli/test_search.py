@@ -153,3 +153,24 @@ def test_index_rejects_and_mixed_inputs(sample_msp, tmp_path):
         e = ix.entries([0])
         assert e["kind"] == ["predicted"] and e["inchikey"] == ["LFQSCWFLJHTTHZ-UHFFFAOYSA-N"]
         assert [s["kind"] for s in ix.sources] == ["measured", "predicted"]
+
+
+def test_index_reads_mona_structures_from_comments(tmp_path):
+    """A MoNA export's structures and InChIKeys are only in Comments pairs: the index takes
+    them (msp2jsonl's rule), so its entries carry InChIKeys and SMILES."""
+    mona = Path(__file__).resolve().parents[1] / "data" / "mona_export.msp"
+    out = tmp_path / "mona.h5"
+    proc = run(None, "index", mona, "-o", out, "--no-provenance")
+    assert proc.returncode == 0 and b"read 6, written 6, rejected 0" in proc.stderr, proc.stderr
+    proc = run(None, "search", mona, "-l", out, "-k", "1")
+    head, *rows = [ln.split("\t") for ln in proc.stdout.decode().splitlines()]
+    hits = {r[head.index("hit_id")]: (r[head.index("inchikey")], r[head.index("smiles")])
+            for r in rows}
+    assert hits == {
+        "TST000001": ("QTBSBXVTEAMEQO-UHFFFAOYSA-N", "CC(O)=O"),      # the first SMILES= pair
+        "TST000002": ("UHOVQNZJYSORNB-UHFFFAOYSA-N", "Oc1ccccc1"),    # InChIKey= as stated
+        "TST000003": ("YXFVVABEGXRONW-UHFFFAOYSA-N", ""),             # from InChI=
+        "TST000004": ("LRHPLDYGYMQRHN-UHFFFAOYSA-N", "CCCCO"),        # SMILES line wins
+        "TST000005": ("", ""),                                        # no structure anywhere
+        "TST000006": ("XEKOWRVHYACXOJ-UHFFFAOYSA-N", ""),             # from computed InChI=
+    }

@@ -89,7 +89,7 @@ def test_msp2jsonl_rejects_the_record_a_worker_died_on_and_goes_on(sample_record
     assert p.returncode == 1, p.stderr
     assert b"Traceback" not in p.stderr
     assert p.stderr.decode().strip().endswith(
-        "read 300, written 298, rejected 2 (too_large: 1, worker_crashed: 1)")
+        "read 300, written 298, rejected 2 (too_large: 1, worker_crashed: 1); 2 workers")
     rej = [orjson.loads(x) for x in (d / "rej.jsonl").read_bytes().splitlines()]
     assert [r["reason"] for r in rej] == ["worker_crashed", "too_large"]
     crash, big = rej

@@ -60,3 +60,25 @@ def test_garbage_block_is_reported_with_its_line_and_no_id(tmp_path):
     assert rejects == [{"file": str(tmp_path / "in.msp"), "line": 8, "record": None, "id": None,
                         "reason": "binary_garbage",
                         "detail": "binary data (control bytes) outside any record"}]
+
+
+MONA = Path(__file__).resolve().parents[2] / "data" / "mona_export.msp"
+
+
+def test_mona_export_structures_from_comments(tmp_path):
+    """Records laid out as MoNA's MSP export writes them: the structure only in Comments pairs
+    (SMILES=, computed SMILES=, InChI=, computed InChI=); the record's own SMILES line wins; the
+    InChIKey= pair is checked like an InChIKey line; a record with no structure anywhere is
+    still a no_structure reject."""
+    recs, rejects, tally = run(tmp_path, MONA.read_bytes())
+    assert (tally.read, tally.written) == (6, 5)
+    got = [(r["id"], r["smiles"], r["structure_from"], r["flags"]) for r in recs]
+    assert got == [
+        ("TST000001", "CC(=O)O", "comments_smiles", []),
+        ("TST000002", "Oc1ccccc1", "comments_computed_smiles", ["inchikey_mismatch"]),
+        ("TST000003", "Cc1ccccc1", "comments_inchi", []),
+        ("TST000004", "CCCCO", "smiles", []),                  # SMILES line, not "SMILES=CCC"
+        ("TST000006", "CCOC(C)=O", "comments_computed_inchi", []),
+    ]
+    assert recs[2]["inchikey"] == "YXFVVABEGXRONW-UHFFFAOYSA-N" and recs[0]["mw"] == 60
+    assert [(r["id"], r["reason"]) for r in rejects] == [("TST000005", "no_structure")]

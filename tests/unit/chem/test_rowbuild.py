@@ -185,3 +185,11 @@ def test_crashed_names_the_record_without_rdkit() -> None:
     assert (sdf.id, sdf.name) == ("aspirin", "aspirin")
     block, rejects, n = crashed_block("teacher", [Item(0, "x.smi", 1, "smi", b"C a")], why)
     assert n == 1 and len(block["ordinal"]) == 0 and "atom_x" in block and rejects[0].id == "a"
+
+
+def test_ionization_energy_from_massbank_and_mona_comments():
+    from neimsctl.chem.rowbuild import ionization_energy
+
+    assert ionization_energy({"comments": {"ionization_energy": "70 eV"}}) == 70.0   # MassBank
+    assert ionization_energy({"comments": {"ionization energy": "70 eV"}}) == 70.0   # MoNA
+    assert np.isnan(ionization_energy({"comments": {"ionization_energy": "unspecified"}}))

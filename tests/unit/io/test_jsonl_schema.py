@@ -74,6 +74,14 @@ def test_real_output_validates(validator, shared_data):
         validator.validate(rec)
 
 
+def test_mona_output_validates(validator):
+    """Records whose structure came from MoNA's Comments pairs (every comments_* source)."""
+    recs, tally = _convert([Path(__file__).resolve().parents[2] / "data" / "mona_export.msp"])
+    assert tally.written == 5 and len({r["structure_from"] for r in recs}) == 5
+    for rec in recs:
+        validator.validate(rec)
+
+
 def test_read_jsonl_names_the_bad_line():
     with pytest.raises(FormatError, match=r"x.jsonl: line 3: not valid JSON"):
         list(read_jsonl(io.BytesIO(b'{"a": 1}\n\n{"a": \n'), "x.jsonl"))

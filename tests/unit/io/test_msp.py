@@ -283,3 +283,53 @@ def test_unicode_line_separators_in_a_name_are_no_line_end(char):
                  b"Name: Bis(2-ethylhexyl)\x85 phthalate\nNum Peaks: 1\n15 999\n"):  # cp1252 '...'
         rec = one(data)
         assert rec.reason is None and rec.name.startswith(("x", "Bis")), rec.detail
+
+
+MONA_COMMENTS = ('"accession=TST000001" "license=CC0" "SMILES=CC(O)=O" '
+                 '"InChI=InChI=1S/C2H4O2/c1-2(3)4/h1H3,(H,3,4)" "computed SMILES=CC(=O)O" '
+                 '"SMILES=[H]OC(=O)C([H])([H])[H]" "InChIKey=QTBSBXVTEAMEQO-UHFFFAOYSA-N"')
+
+
+@pytest.mark.parametrize("fields,expected", [
+    ({"comments": MONA_COMMENTS}, ("comments_smiles", "smiles", "CC(O)=O")),   # first SMILES= wins
+    ({"comments": MONA_COMMENTS.replace('"SMILES=', '"X=')},
+     ("comments_computed_smiles", "smiles", "CC(=O)O")),
+    ({"comments": '"InChI=InChI=1S/CH4/h1H4" "computed InChI=InChI=1S/H2O/h1H2"'},
+     ("comments_inchi", "inchi", "InChI=1S/CH4/h1H4")),
+    ({"comments": '"computed InChI=InChI=1S/H2O/h1H2"'},
+     ("comments_computed_inchi", "inchi", "InChI=1S/H2O/h1H2")),
+    ({"comments": '"smiles=CCO"'}, ("comments_smiles", "smiles", "CCO")),      # keys without case
+    ({"smiles": "CCCCO", "comments": MONA_COMMENTS}, ("smiles", "smiles", "CCCCO")),
+    ({"inchi": "InChI=1S/CH4/h1H4", "comments": MONA_COMMENTS}, ("inchi", "inchi", "InChI=1S/CH4/h1H4")),
+    ({"smiles": " ", "comments": '"SMILES= "'}, None),
+    ({"comments": '"accession=X" "license=CC0"'}, None),
+    ({}, None),
+])
+def test_record_structure_explicit_lines_then_mona_comment_pairs(fields, expected):
+    from neimsctl.io.msp import record_structure
+
+    assert record_structure(fields) == expected
+
+
+def test_record_inchikey_line_wins_over_the_comments_pair():
+    from neimsctl.io.msp import record_inchikey
+
+    assert record_inchikey({"comments": MONA_COMMENTS}) == "QTBSBXVTEAMEQO-UHFFFAOYSA-N"
+    assert record_inchikey({"inchikey": "LFQSCWFLJHTTHZ-UHFFFAOYSA-N",
+                            "comments": MONA_COMMENTS}) == "LFQSCWFLJHTTHZ-UHFFFAOYSA-N"
+    assert record_inchikey({"comments": '"SMILES=C"'}) == "" and record_inchikey({}) == ""
+
+
+def test_eval_reader_pairs_mona_records_by_their_comment_structures():
+    """eval's reader (io.spectra) takes the InChIKey a MoNA record states in Comments, else
+    computes it from the structure there; a record with neither is skipped as before."""
+    from pathlib import Path
+
+    from neimsctl.io.spectra import load_spectra
+
+    got = load_spectra(Path(__file__).resolve().parents[2] / "data" / "mona_export.msp")
+    assert dict(zip(got.ids.tolist(), got.keys.tolist())) == {
+        "TST000001": "QTBSBXVTEAMEQO-UHFFFAOYSA-N", "TST000002": "UHOVQNZJYSORNB-UHFFFAOYSA-N",
+        "TST000003": "YXFVVABEGXRONW-UHFFFAOYSA-N", "TST000004": "LRHPLDYGYMQRHN-UHFFFAOYSA-N",
+        "TST000006": "XEKOWRVHYACXOJ-UHFFFAOYSA-N"}
+    assert sum(got.skipped.values()) == 1

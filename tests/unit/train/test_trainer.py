@@ -261,3 +261,37 @@ def test_a_second_signal_marks_itself_for_the_exit_status() -> None:
         interrupts.install(signal.SIGINT)
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def test_console_one_compact_line_per_epoch_full_line_on_request(tmp_path: Path) -> None:
+    """Default: per epoch 'epoch, loss, selection metric, best so far (its epoch), time'; the
+    full set of numbers stays in train_log.jsonl; full_console (-v) prints them all."""
+    import re
+
+    from neimsctl.train.trainer import full_epoch_line
+
+    cfg = load_config(None, toy.BASE + ["train.epochs=3"])
+    for full in (False, True):
+        err = io.StringIO()
+        run_training(cfg, toy.toy_model(), toy.toy_loss(), toy.NoisyData(64, 3, noise=False),
+                     validate=toy.toy_validate(toy.NoisyData(16, 7, noise=False)),
+                     out_dir=tmp_path / str(full), log=err, report=False, full_console=full)
+        lines = [ln for ln in err.getvalue().splitlines() if ln.startswith("neimsctl: epoch")]
+        epochs = [r for r in map(orjson.loads, (tmp_path / str(full) / "train_log.jsonl")
+                                 .read_bytes().splitlines()) if r["kind"] == "epoch"]
+        assert len(lines) == len(epochs) == 3
+        if full:
+            assert lines == [full_epoch_line(e, 3) for e in epochs]
+            assert all("val_mse" in ln and "grad_norm" in ln for ln in lines)
+            continue
+        best_so_far = None
+        for ln, e in zip(lines, epochs):
+            m = re.fullmatch(r"neimsctl: epoch (\d)/3  loss (\S+)  val_score (\S+)  "
+                             r"best (\S+) \((new|epoch \d)\)  \d+\.\d s", ln)
+            assert m, ln
+            assert int(m[1]) == e["epoch"] and float(m[2]) == pytest.approx(e["loss"], rel=1e-3)
+            assert float(m[3]) == pytest.approx(e["val"]["val_score"], abs=1e-4)
+            if e["best"]:
+                best_so_far = e["epoch"]
+            assert m[5] == ("new" if e["best"] else f"epoch {best_so_far}")
+            assert "grad_norm" not in ln and "lr" not in ln.split()
