@@ -88,6 +88,10 @@ def search_cli(
     with command(CMD):
         import orjson
 
+        from neimsctl.io.heap import reuse_freed_memory
+
+        reuse_freed_memory()
+
         from neimsctl.evaluate.matching import DEFAULT_SCORE, Score
         from neimsctl.io.rejects import Tally
         from neimsctl.io.streams import open_out

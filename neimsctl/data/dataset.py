@@ -42,20 +42,10 @@ from neimsctl.io.featblock import concat_blocks, take_rows
 from neimsctl.io.h5shard import ShardReader
 from neimsctl.io.h5shard.read import fixed_strings as _str_column
 from neimsctl.io.inchikey import connectivity_blocks
+from neimsctl.io.heap import trim_heap
 from neimsctl.io.spectrum import N_BINS
 
 _CARBON = re.compile(rb"C(?![a-z])")
-
-
-def _trim_heap() -> None:
-    """Give freed heap back to the OS (glibc only): reading 300k vlen strings through HDF5
-    leaves MBs of free but fragmented heap behind that would otherwise stay in the RSS."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 class ShardDataset(torch.utils.data.Dataset):
@@ -129,7 +119,7 @@ class ShardDataset(torch.utils.data.Dataset):
         has_all = np.concatenate(has)
         self.rows = np.flatnonzero(has_all) if require_spectrum else np.arange(len(has_all))
         self.rows = self.rows.astype(np.int64)
-        _trim_heap()
+        trim_heap()
 
     # -- metadata -----------------------------------------------------------------------------
     def _all_keys(self) -> tuple[str, ...]:

@@ -39,11 +39,13 @@ the library spectrum: the query is restricted to the library spectrum's peaks be
 
 Exactness
 ---------
-Cosine: a matrix product over dense chunks gives every entry's score to within a proven margin
-``eps`` (float32: ``1e-4``; bfloat16 on CPUs that compute it natively, for large searches:
-``0.012``, see :data:`_BF16_EPS`); every entry that can still reach the top-k by that margin is
-then scored exactly in float64, so the hits and their scores are those of a float64 brute
-force whatever the precision of the first pass. Reverse cosine is a float32 product. The composite and entropy scores are not sums of per-peak products, so the engine
+Cosine: a matrix product over dense chunks gives every entry's score ``S`` to within a proven
+relative margin, ``S (1 - d) <= s <= S (1 + d)`` (float32: ``d = 1e-4``; bfloat16 on CPUs that
+compute it natively, for large searches: ``d = 0.012``, see :data:`_BF16_REL`); every entry
+that can still reach the top-k by that margin is then scored exactly in float64, so the hits
+and their scores are those of a float64 brute force whatever the precision of the first pass.
+Reverse cosine is a float32 product. The composite and entropy scores are not sums of per-peak
+products, so the engine
 first computes a rigorous upper bound for every entry by a matrix product, then computes the
 exact score, in decreasing order of the bound, only while the bound can still beat the k-th
 best exact score: the result is the exact top-k (no approximate pre-selection). The bounds:
@@ -75,13 +77,14 @@ DEFAULT_SCORE = "cosine"
 _LN4 = math.log(4.0)
 _EPS = 1e-5           # slack on float32 upper bounds (relative to the 0..1 scale)
 _EXACT_BATCH = 64     # candidates scored exactly per step while pruning
-#: |float32 product - exact| for the cosine of two unit non-negative vectors of <= 501 terms:
-#: inputs rounded to float32 and 501 float32 additions, <= 502 * 2**-24 ~ 3e-5 (margin 1e-4).
-_FP32_EPS = 1e-4
-#: |bfloat16 product - exact| for the same: each input rounded to bf16 (relative 2**-8, so a
-#: product within (2 * 2**-8 + 2**-16) of the exact one, times sum(q l) <= 1), float32 sums
-#: (<= 501 * 2**-24) and the result rounded to bf16 (2**-8 of a value <= 1.008): <= 0.01180.
-_BF16_EPS = 0.012
+#: Relative error of a float32 product for the cosine of non-negative vectors of <= 501 terms
+#: (every term >= 0, so every rounding error is relative to the exact sum S): inputs rounded to
+#: float32 (2 * 2**-24 per product) and 501 float32 additions (501 * 2**-24): ~3.0e-5 (margin 1e-4).
+_FP32_REL = 1e-4
+#: The same for the bfloat16 product: each input rounded to bf16 (a product within
+#: 2 * 2**-8 + 2**-16 of the exact one, relative), float32 sums (501 * 2**-24) and the result
+#: rounded to bf16 (2**-8): (1 + 0.00783)(1 + 3.0e-5)(1 + 0.00391) - 1 = 0.01177.
+_BF16_REL = 0.012
 #: Work (multiply-adds of the first pass) above which the bfloat16 pass pays for importing torch
 #: (about 2 s) on a CPU with native bf16 (3x the float32 rate there; tools/bench/bench_search.py).
 _BF16_MIN_WORK = 2e11
@@ -413,12 +416,12 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
         chunk = _Chunk(block, score, cols, n_bins, work, bf16=plain and bf16)
         qv = q.values[np.ix_(sel, cols)]
         if plain:
-            bound, eps = _approx_cosine(qv, chunk.values)
+            bound, rel = _approx_cosine(qv, chunk.values)
         else:
-            bound, eps = _bounds(qv, q.n_peaks[sel], chunk, score), 0.0
+            bound, rel = _bounds(qv, q.n_peaks[sel], chunk, score), 0.0
         _exclude(bound, sel, start, windows, ok)
         if plain:
-            _take_topk(best_s, best_i, sel, bound, start, k, eps,
+            _take_topk(best_s, best_i, sel, bound, start, k, rel,
                        lambda r, c, ch=chunk: _exact_pairs(q.values, sel, ch, r, c))
             continue
         if not score.bounded:
@@ -435,20 +438,22 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
 
 
 def _take_topk(best_s: np.ndarray, best_i: np.ndarray, sel: np.ndarray, s: np.ndarray, start: int,
-               k: int, eps: float = 0.0, exact: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+               k: int, rel: float = 0.0, exact: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
                ) -> None:
     """Merge a chunk's scores ``s`` ``(len(sel), n)`` into the running top-k.
 
-    ``s`` is exact when ``exact`` is ``None``; else it is within ``eps`` of the exact score, and
-    ``exact(rows, cols)`` gives the exact (float64) score of the pairs ``(sel[rows], cols)``.
-    Only entries whose score can reach each query's current k-th score (and are above 0) are
-    candidates, so the cost is one comparison per score plus a sort of the few candidates;
-    before ``k`` hits are known the threshold is the k-th best of a sample of the chunk less
-    ``eps`` (a lower bound of the chunk's exact k-th best, so no true top-k entry is left out).
+    ``s`` is exact when ``exact`` is ``None``; else ``S (1 - rel) <= s <= S (1 + rel)`` for the
+    exact score ``S``, and ``exact(rows, cols)`` gives the exact (float64) score of the pairs
+    ``(sel[rows], cols)``. Only entries whose score can reach each query's current k-th score
+    ``t`` (``s >= t (1 - rel)``, and above 0) are candidates, so the cost is one comparison per
+    score plus a sort of the few candidates; before ``k`` hits are known, ``t`` is the k-th best
+    ``a`` of a sample of the chunk made a lower bound of the chunk's exact k-th best,
+    ``a / (1 + rel)``, so no true top-k entry is left out.
     """
     bits = s.dtype == np.uint16          # bfloat16 bit patterns (non-negative: ordered as integers)
     value = _bf16_value if bits else (lambda a: a)
-    theta = best_s[sel, -1].astype(np.float32) - np.float32(eps)
+    lower = np.float32(1.0 - rel)
+    theta = best_s[sel, -1].astype(np.float32) * lower
     n = s.shape[1]
     fresh = ~np.isfinite(theta)
     if fresh.any():
@@ -456,7 +461,7 @@ def _take_topk(best_s: np.ndarray, best_i: np.ndarray, sel: np.ndarray, s: np.nd
         sample = value(s[np.ix_(np.flatnonzero(fresh), np.arange(0, n, max(1, n // m)))])
         kk = min(k, sample.shape[1])
         theta[fresh] = np.partition(sample, sample.shape[1] - kk, axis=1)[:, sample.shape[1] - kk] \
-            - np.float32(2 * eps)
+            * lower / np.float32(1.0 + rel)
     # s > 0 and s >= theta in one comparison (1e-45: the smallest positive float32); bf16: the
     # threshold truncated to bf16 (never above it), at least the smallest positive bf16 (bits 1)
     thr = np.maximum(theta, np.float32(1e-45))
@@ -497,7 +502,7 @@ def _bf16_value(bits: np.ndarray) -> np.ndarray:
 
 
 def _approx_cosine(q: np.ndarray, lib: np.ndarray) -> tuple[np.ndarray, float]:
-    """First pass of the cosine, ``(len(q), len(lib))``, and its error margin.
+    """First pass of the cosine, ``(len(q), len(lib))``, and its relative error margin.
 
     ``lib`` float32: a float32 product. ``lib`` uint16 (bfloat16 bits): a bfloat16 product whose
     result stays bfloat16 bits (uint16; ordered like the values, as every score is >= 0), so no
@@ -508,8 +513,8 @@ def _approx_cosine(q: np.ndarray, lib: np.ndarray) -> tuple[np.ndarray, float]:
 
         qb = torch.from_numpy(_bf16_bits(q)).view(torch.bfloat16)
         s = qb @ torch.from_numpy(lib).view(torch.bfloat16).T
-        return s.view(torch.int16).numpy().view(np.uint16), _BF16_EPS
-    return _mm(q, lib.T), _FP32_EPS
+        return s.view(torch.int16).numpy().view(np.uint16), _BF16_REL
+    return _mm(q, lib.T), _FP32_REL
 
 
 def _exclude(bound: np.ndarray, sel: np.ndarray, start: int,

@@ -37,7 +37,7 @@ from neimsctl.search.build import build_memory_index, complete_record
 __all__ = ["SearchOptions", "Hit", "QueryBatch", "open_libraries", "read_queries", "search_batch",
            "read_candidates", "HIT_FIELDS"]
 
-_SCORE_BUDGET = 1 << 25     # score-matrix elements per chunk (queries x entries)
+_SCORE_BUDGET = 1 << 24     # score-matrix elements per chunk (queries x entries)
 
 #: Columns of a hit, in output order.
 HIT_FIELDS = ("query_id", "query_name", "rank", "score", "hit_id", "hit_name", "inchikey", "smiles",

@@ -247,13 +247,13 @@ def test_first_pass_margins_hold() -> None:
     both = PeakBlock.from_dense(np.concatenate([dense, ones]))
     q = m._Queries(both, Score(), N).values
     exact = q.astype(np.float64) @ q.T.astype(np.float64)
-    for bf16, eps in ((False, m._FP32_EPS), (True, m._BF16_EPS)):
+    for bf16, rel in ((False, m._FP32_REL), (True, m._BF16_REL)):
         approx, margin = m._approx_cosine(q, m._bf16_bits(q) if bf16 else q)
         if bf16:
             assert approx.dtype == np.uint16
             approx = m._bf16_value(approx)
-        assert margin == eps
-        assert np.abs(approx - exact).max() <= eps
+        assert margin == rel
+        assert (np.abs(approx - exact) <= rel * exact).all()
 
 
 def test_bf16_bits_round_to_nearest_even_like_torch() -> None:
