@@ -230,9 +230,23 @@ def _ranges(n: int, windows: tuple[np.ndarray, np.ndarray] | None, mask: np.ndar
     return out
 
 
-def _chunks(lib: SpectralIndex, ranges: list[tuple[int, int]], size: int) -> Iterator[tuple[int, PeakBlock]]:
+def _chunks(lib: SpectralIndex, ranges: list[tuple[int, int]], size: int,
+            windows: tuple[np.ndarray, np.ndarray] | None = None) -> Iterator[tuple[int, PeakBlock]]:
+    """Library chunks of at most ``size`` entries over ``ranges``. With mass windows, a chunk spans
+    about half the median width of the windows that reach its start (at least 1,024 entries):
+    narrow where windows are narrow (a chunk then meets only the queries whose window reaches it),
+    wide where the library is dense in masses (fewer, larger products)."""
     for lo, hi in ranges:
-        yield from lib.chunks(size, lo, hi)
+        pos = lo
+        while pos < hi:
+            step = size
+            if windows is not None:
+                inside = (windows[0] <= pos) & (windows[1] > pos)
+                if inside.any():
+                    step = int(np.clip(np.median(windows[1][inside] - windows[0][inside]) // 2, 1024, size))
+            stop = min(pos + step, hi)
+            yield pos, lib.block(pos, stop)
+            pos = stop
 
 
 def search_library(lib: SpectralIndex, batch: QueryBatch, opts: SearchOptions) -> TopK:
@@ -246,14 +260,10 @@ def search_library(lib: SpectralIndex, batch: QueryBatch, opts: SearchOptions) -
     mask = _allowed_mask(lib, opts)
     ranges = _ranges(lib.n, windows, mask)
     size = int(max(1024, min(65536, _SCORE_BUDGET // max(1, len(batch.records)))))
-    if windows is not None:
-        # narrow chunks: a chunk then meets only the queries whose mass window reaches it
-        widths = windows[1] - windows[0]
-        size = int(min(size, max(1024, np.median(widths) if len(widths) else size)))
     allowed = (lambda a, b: mask[a:b]) if mask is not None else None
     reach = float(np.sum(windows[1] - windows[0])) if windows is not None else float(lib.n) * len(batch.records)
     bf16 = opts.score.name == "cosine" and not opts.score.reverse and use_bf16(reach * N_BINS)
-    return search_blocks(batch.block, _chunks(lib, ranges, size), opts.score, opts.top, windows=windows,
+    return search_blocks(batch.block, _chunks(lib, ranges, size, windows), opts.score, opts.top, windows=windows,
                          allowed=allowed, bf16=bf16)
 
 
