@@ -166,7 +166,8 @@ def export_npz(index: Path, queries: Path, out: Path) -> None:
 
 def external(npz: Path, matchms_entries: int, matchms_queries: int) -> dict:
     """Runs inside the benchmark virtualenv: ms-entropy and matchms on the exported data."""
-    d = np.load(npz)
+    with np.load(npz) as f:
+        d = {k: f[k] for k in f.files}      # each NpzFile[key] reads the array again from disk
     peaks = lambda p, m, i, k: np.stack([m[p[k]:p[k + 1]].astype(np.float32),  # noqa: E731
                                          i[p[k]:p[k + 1]].astype(np.float32)], axis=1)
     n, nq = len(d["ptr"]) - 1, len(d["qptr"]) - 1
