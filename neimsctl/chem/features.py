@@ -218,5 +218,34 @@ def student_vectors(ecfp_packed: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return out
 
 
+def student_nonzero(ecfp_packed: np.ndarray, counts: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The non-zero entries of :func:`student_vectors`, row by row, without the dense matrix.
+
+    Returns
+    -------
+    (offsets, cols, values)
+        int64 ``(B + 1,)``, int64 ``(nnz,)`` and float32 ``(nnz,)``: row ``i`` holds
+        ``values[offsets[i]:offsets[i + 1]]`` at the ascending columns
+        ``cols[offsets[i]:offsets[i + 1]]``; the same entries in the same order as
+        ``np.nonzero(student_vectors(ecfp_packed, counts))``, with the same float32 values.
+    """
+    ecfp_packed = np.asarray(ecfp_packed, dtype=np.uint8)
+    counts = np.asarray(counts, dtype=np.uint8)
+    if ecfp_packed.shape[-1] != ECFP_BYTES or counts.shape[-1] != COUNT_BITS:
+        raise ValueError(f"expected (B, {ECFP_BYTES}) and (B, {COUNT_BITS}) uint8, got "
+                         f"{ecfp_packed.shape} and {counts.shape}")
+    b = ecfp_packed.shape[0]
+    u = np.empty((b, STUDENT_DIM), dtype=np.uint8)
+    u[:, :ECFP_BITS] = np.unpackbits(ecfp_packed, axis=1)
+    u[:, ECFP_BITS:] = counts
+    flat = np.flatnonzero(u)
+    rows, cols = np.divmod(flat, STUDENT_DIM)
+    values = np.where(cols < ECFP_BITS, np.float32(1), _LOG1P_U8[u.ravel()[flat]])
+    offsets = np.zeros(b + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=b), out=offsets[1:])
+    return offsets, cols, values
+
+
 # Further modes live in their own modules and register themselves on import.
 from neimsctl.chem import features_v1 as _features_v1  # noqa: E402,F401  (mode "v1")
