@@ -41,7 +41,7 @@ import orjson
 from rdkit import Chem, RDLogger
 from rdkit.Chem import rdMolDescriptors
 
-from neimsctl.chem.features import get_featurizer
+from neimsctl.chem.features import assemble_ecfp, get_featurizer
 from neimsctl.io.spectrum import N_BINS, NOISE_LEVEL, preprocess_spectrum
 from neimsctl.chem.structure import MAX_HEAVY_ATOMS, formula_nominal_mass, smiles_too_large
 from neimsctl.io.featblock import empty_block
@@ -163,6 +163,7 @@ class RowBuilder:
     def __init__(self, opts: RowOptions, cache_size: int = 8192) -> None:
         RDLogger.DisableLog("rdApp.*")  # parse failures are reported as rejects instead
         self.opts, self.feat = opts, get_featurizer(opts.mode)
+        self._feat_row = self.feat.block_features  # the row form: _assemble completes the block
         self._cache: OrderedDict[str, _Structure | tuple[str, str]] = OrderedDict()
         self._cache_size = cache_size
 
@@ -185,7 +186,7 @@ class RowBuilder:
         if mol is None or mol.GetNumAtoms() == 0:
             st = ("unparsable_smiles", f"RDKit cannot parse {smiles!r}")
         else:
-            st = _Structure(smiles, mol, self.feat, bare, self.opts.inchikey)
+            st = _Structure(smiles, mol, self._feat_row, bare, self.opts.inchikey)
         cache[smiles] = st
         if len(cache) > self._cache_size:
             cache.popitem(last=False)
@@ -360,7 +361,7 @@ class RowBuilder:
         out["ionization_energy"] = np.asarray(cols[7], dtype=np.float32)
         out["spectrum"], out["has_spectrum"] = spectrum, has
         feats = cols[9]
-        out["ecfp"] = np.stack([f.ecfp for f in feats])
+        out["ecfp"] = assemble_ecfp([f.ecfp for f in feats])
         if mode != "teacher":  # student, v1: every fixed-width field of the features tuple
             for field in feats[0]._fields[1:]:
                 out[field] = np.stack([getattr(f, field) for f in feats])

@@ -7,7 +7,8 @@ import pytest
 from rdkit import Chem
 
 from neimsctl.chem import graph
-from neimsctl.chem.features import (COUNT_BITS, ECFP_BITS, FEATURIZERS, STUDENT_DIM,
+from neimsctl.chem.features import (COUNT_BITS, ECFP_BITS, FEATURIZERS, STUDENT_DIM, OnBits,
+                                    assemble_ecfp,
                                     StudentFeaturizer, TeacherFeaturizer, get_featurizer,
                                     settings_hash, student_nonzero, student_vector,
                                     student_vectors)
@@ -135,6 +136,20 @@ def test_student_nonzero_is_the_nonzero_of_student_vectors() -> None:
     assert [len(a) for a in empty] == [1, 0, 0]
     with pytest.raises(ValueError):
         student_nonzero(np.zeros((1, 10), np.uint8), np.zeros((1, 2048), np.uint8))
+
+
+def test_block_features_pack_to_the_bytes_of_call() -> None:
+    s = StudentFeaturizer()
+    mols = [Chem.MolFromSmiles(x) for x in ("CCO", "C", "c1ccccc1C(=O)O", "C" * 60, "[Na+].[Cl-]")]
+    rows = [s.block_features(m) for m in mols]
+    assert all(type(r.ecfp) is OnBits for r in rows)
+    whole = [s(m) for m in mols]
+    assert np.array_equal(assemble_ecfp([r.ecfp for r in rows]), np.stack([w.ecfp for w in whole]))
+    assert all(np.array_equal(r.counts, w.counts) for r, w in zip(rows, whole))
+    assert np.array_equal(assemble_ecfp([w.ecfp for w in whole]), np.stack([w.ecfp for w in whole]))
+    assert assemble_ecfp([]).shape == (0, 512)
+    for other in (TeacherFeaturizer(), get_featurizer("v1")):   # more fields: their own __call__
+        assert type(other.block_features(mols[2])) is type(other(mols[2]))
 
 
 def test_registry_and_settings_hash() -> None:
