@@ -275,7 +275,12 @@ def student_nonzero(ecfp_packed: np.ndarray, counts: np.ndarray
     u = np.empty((b, STUDENT_DIM), dtype=np.uint8)
     u[:, :ECFP_BITS] = np.unpackbits(ecfp_packed, axis=1)
     u[:, ECFP_BITS:] = counts
-    flat = np.flatnonzero(u)
+    # the non-zero 8-byte words first (~110 of 768 per molecule), then their non-zero bytes:
+    # np.flatnonzero over every byte took ~60 % longer (it tests them one by one)
+    w = u.view(np.uint64).ravel()
+    words = np.flatnonzero(w)
+    sub = np.flatnonzero(np.take(w, words).view(np.uint8))
+    flat = words[sub >> 3] * 8 + (sub & 7)
     rows, cols = np.divmod(flat, STUDENT_DIM)
     values = np.where(cols < ECFP_BITS, np.float32(1), _LOG1P_U8[u.ravel()[flat]])
     offsets = np.zeros(b + 1, dtype=np.int64)
