@@ -28,7 +28,9 @@ For each repetition, in turn: the bare RDKit work per molecule in ``--jobs`` for
 definition), then ``neimsctl predict -q --jobs N`` of the same molecules to MSP (with
 InChIKeys) for each source tree (this one, then every ``--tree``; the order alternates between
 repetitions). Each is a fresh command timed by its wall clock, start-up included. Printed: the
-medians as molecules/s and ``ratio = predict / bare``. ``--own`` adds a second bare reference,
+medians as molecules/s and ``ratio = predict / bare``, and the same ratio by CPU time (user +
+system of the command and its workers: less sensitive to other users' load than wall time on a
+shared machine, but blind to time lost waiting, e.g. a main process starting up alone). ``--own`` adds a second bare reference,
 the RDKit work ``predict``'s own output needs (atom-pair counts instead of Morgan counts, plus
 canonical SMILES and formula): the ceiling of the ratio with no overhead at all. ``--latency``
 adds the API's single-molecule latency (p50/p90, 1 thread, featurization included) per tree.
@@ -276,14 +278,20 @@ print(np.percentile(lat, 50) * 1e3, np.percentile(lat, 90) * 1e3)
 """
 
 
-def _wall(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
-    """Wall seconds and stdout of a command (which must succeed)."""
+def _wall(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, str, float]:
+    """Wall seconds, stdout and CPU seconds (user + system of the command and every process it
+    waited for, e.g. its workers) of a command (which must succeed)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd[:8])}\n{p.stderr[-2000:]}")
-    return wall, p.stdout
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, p.stdout, cpu
 
 
 def ratio(args: argparse.Namespace) -> None:
@@ -300,44 +308,55 @@ def ratio(args: argparse.Namespace) -> None:
     bares = ["issue", *(["own"] if args.own else [])]
     walls: dict[str, list[float]] = {f"bare_{b}": [] for b in bares}
     walls.update({f"predict {name}": [] for name in names})
+    cpus: dict[str, list[float]] = {k: [] for k in walls}
     loads = [os.getloadavg()[0]]
     for rep in range(args.reps):
         order = list(zip(trees, names)) if rep % 2 == 0 else list(zip(trees, names))[::-1]
         for b in bares:
-            secs, out = _wall([sys.executable, "-c", BARE, str(src), str(n), str(args.jobs), b])
+            secs, out, cpu = _wall([sys.executable, "-c", BARE, str(src), str(n), str(args.jobs), b])
             walls[f"bare_{b}"].append(secs)
+            cpus[f"bare_{b}"].append(cpu)
             print(f"rep {rep} bare ({b}): {secs:.2f} s wall ({out.split()[1][:5]} s in the forked "
-                  f"processes), load {os.getloadavg()[0]:.2f}", file=sys.stderr, flush=True)
+                  f"processes), {cpu:.1f} CPU s, load {os.getloadavg()[0]:.2f}", file=sys.stderr,
+                  flush=True)
         for tree, name in order:
             env = {**os.environ, "PYTHONPATH": str(tree)}
-            secs, _ = _wall([sys.executable, "-c", "from neimsctl.cli.main import main; main()",
-                             "predict", "-q", "--jobs", str(args.jobs), str(src),
-                             "-o", str(work / "out.msp")], env)
+            secs, _, cpu = _wall([sys.executable, "-c", "from neimsctl.cli.main import main; main()",
+                                  "predict", "-q", "--jobs", str(args.jobs), str(src),
+                                  "-o", str(work / "out.msp")], env)
             walls[f"predict {name}"].append(secs)
-            print(f"rep {rep} predict {name}: {secs:.2f} s, load {os.getloadavg()[0]:.2f}",
-                  file=sys.stderr, flush=True)
+            cpus[f"predict {name}"].append(cpu)
+            print(f"rep {rep} predict {name}: {secs:.2f} s, {cpu:.1f} CPU s, load "
+                  f"{os.getloadavg()[0]:.2f}", file=sys.stderr, flush=True)
         loads.append(os.getloadavg()[0])
     res: dict = {"n_molecules": n, "jobs": args.jobs, "reps": args.reps,
                  "load_1min_each_rep": [round(x, 2) for x in loads], "walls_s": walls}
+    res["cpu_s"] = cpus
     rate = {k: n / statistics.median(v) for k, v in walls.items()}
+    cpu_ms = {k: 1e3 * statistics.median(v) / n for k, v in cpus.items()}
     res["mol_per_s_median"] = {k: round(v, 1) for k, v in rate.items()}
+    res["cpu_ms_per_mol_median"] = {k: round(v, 4) for k, v in cpu_ms.items()}
     for b in bares:
         res[f"ratio_vs_bare_{b}"] = {name: round(rate[f"predict {name}"] / rate[f"bare_{b}"], 3)
                                      for name in names}
+        res[f"cpu_ratio_vs_bare_{b}"] = {name: round(cpu_ms[f"bare_{b}"] / cpu_ms[f"predict {name}"], 3)
+                                         for name in names}
     print(f"{n:,} molecules, --jobs {args.jobs}, {args.reps} repetitions (medians); load "
           f"{', '.join(f'{x:.2f}' for x in loads)}", file=sys.stderr)
     for b in bares:
-        print(f"bare ({b}): {rate[f'bare_{b}']:,.0f} mol/s", file=sys.stderr)
+        print(f"bare ({b}): {rate[f'bare_{b}']:,.0f} mol/s, {cpu_ms[f'bare_{b}']:.3f} CPU ms/mol",
+              file=sys.stderr)
     for name in names:
-        line = f"predict {name}: {rate[f'predict {name}']:,.0f} mol/s"
+        line = (f"predict {name}: {rate[f'predict {name}']:,.0f} mol/s, "
+                f"{cpu_ms[f'predict {name}']:.3f} CPU ms/mol")
         line += "".join(f"; ratio = predict / bare ({b}) = {res[f'ratio_vs_bare_{b}'][name]:.3f}"
-                        for b in bares)
+                        f" (by CPU time {res[f'cpu_ratio_vs_bare_{b}'][name]:.3f})" for b in bares)
         print(line, file=sys.stderr)
     if args.latency:
         res["api_latency_ms_p50_p90"] = {}
         for tree, name in zip(trees, names):
-            _, out = _wall([sys.executable, "-c", LATENCY, str(src), str(args.latency)],
-                           {**os.environ, "PYTHONPATH": str(tree)})
+            _, out, _ = _wall([sys.executable, "-c", LATENCY, str(src), str(args.latency)],
+                              {**os.environ, "PYTHONPATH": str(tree)})
             p50, p90 = map(float, out.split())
             res["api_latency_ms_p50_p90"][name] = [round(p50, 3), round(p90, 3)]
             print(f"API latency {name}: p50 {p50:.2f} ms, p90 {p90:.2f} ms", file=sys.stderr)
