@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
+from itertools import chain
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -87,6 +89,11 @@ class _Base:
         """ECFP4 bits of ``mol``, packed: uint8 ``(512,)``."""
         return np.packbits(self._ecfp.GetFingerprintAsNumPy(mol))
 
+    def block_features(self, mol: Chem.Mol) -> Any:
+        """The features of ``mol`` as a row of a block (``RowBuilder``): :meth:`__call__`, except
+        where a featurizer has a cheaper form that :func:`assemble_ecfp` completes per block."""
+        return self(mol)
+
     @property
     def settings(self) -> dict[str, Any]:
         return {"schema": "neimsctl.features/1", "mode": self.mode, "rdkit": rdBase.rdkitVersion,
@@ -149,6 +156,14 @@ class StudentFeaturizer(_Base):
     def __call__(self, mol: Chem.Mol) -> StudentFeatures:
         return StudentFeatures(self.ecfp_packed(mol), self.pair_counts(mol))
 
+    def block_features(self, mol: Chem.Mol) -> StudentFeatures:
+        """:meth:`__call__` with ``ecfp`` as its set bits (:class:`OnBits`): the block packs
+        them all at once (:func:`assemble_ecfp`). ``GetFingerprintAsNumPy`` (4,096 bytes made
+        bit by bit) and ``np.packbits`` per molecule cost ~0.015 ms more than
+        ``GetFingerprint(...).GetOnBits()``, ~3 % of a molecule's featurization."""
+        return StudentFeatures(OnBits(self._ecfp.GetFingerprint(mol).GetOnBits()),
+                               self.pair_counts(mol))
+
     @property
     def settings(self) -> dict[str, Any]:
         s = super().settings
@@ -169,6 +184,9 @@ class TeacherFeaturizer(StudentFeaturizer):
     ((3, 48), (4, 2), (4, 6))
     """
 
+    def block_features(self, mol: Chem.Mol) -> TeacherFeatures:
+        return self(mol)  # more fields than the student's: no on-bits form
+
     def __call__(self, mol: Chem.Mol) -> TeacherFeatures:
         edge_index, edge_attr = bond_graph(mol)
         return TeacherFeatures(atom_features(mol), edge_index, edge_attr, self.ecfp_packed(mol),
@@ -180,6 +198,24 @@ class TeacherFeaturizer(StudentFeaturizer):
         s["graph"] = {"atom_fdim": ATOM_FDIM, "bond_fdim": BOND_FDIM, "layout": "features.v1",
                       "hydrogens": "implicit"}
         return s
+
+
+class OnBits(tuple):
+    """The set bits of one molecule's ECFP4, ascending (a row of a block before packing)."""
+
+    __slots__ = ()
+
+
+def assemble_ecfp(rows: Sequence[np.ndarray | OnBits]) -> np.ndarray:
+    """The block's ``ecfp`` column, uint8 ``(n, 512)``: packed rows stacked, or :class:`OnBits`
+    rows packed all at once (``np.packbits``, bitorder big: the bytes of :meth:`ecfp_packed`)."""
+    if not rows or type(rows[0]) is not OnBits:
+        return np.stack(rows) if rows else np.zeros((0, ECFP_BYTES), dtype=np.uint8)
+    lens = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    on = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(lens.sum()))
+    bits = np.zeros((len(rows), ECFP_BITS), dtype=np.uint8)
+    bits[np.repeat(np.arange(len(rows)), lens), on] = 1
+    return np.packbits(bits, axis=1)
 
 
 def log1p_counts(counts: np.ndarray) -> np.ndarray:
@@ -216,6 +252,40 @@ def student_vectors(ecfp_packed: np.ndarray, counts: np.ndarray) -> np.ndarray:
     out[:, :ECFP_BITS] = np.unpackbits(ecfp_packed, axis=1)
     out[:, ECFP_BITS:] = _LOG1P_U8[counts]
     return out
+
+
+def student_nonzero(ecfp_packed: np.ndarray, counts: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The non-zero entries of :func:`student_vectors`, row by row, without the dense matrix.
+
+    Returns
+    -------
+    (offsets, cols, values)
+        int64 ``(B + 1,)``, int64 ``(nnz,)`` and float32 ``(nnz,)``: row ``i`` holds
+        ``values[offsets[i]:offsets[i + 1]]`` at the ascending columns
+        ``cols[offsets[i]:offsets[i + 1]]``; the same entries in the same order as
+        ``np.nonzero(student_vectors(ecfp_packed, counts))``, with the same float32 values.
+    """
+    ecfp_packed = np.asarray(ecfp_packed, dtype=np.uint8)
+    counts = np.asarray(counts, dtype=np.uint8)
+    if ecfp_packed.shape[-1] != ECFP_BYTES or counts.shape[-1] != COUNT_BITS:
+        raise ValueError(f"expected (B, {ECFP_BYTES}) and (B, {COUNT_BITS}) uint8, got "
+                         f"{ecfp_packed.shape} and {counts.shape}")
+    b = ecfp_packed.shape[0]
+    u = np.empty((b, STUDENT_DIM), dtype=np.uint8)
+    u[:, :ECFP_BITS] = np.unpackbits(ecfp_packed, axis=1)
+    u[:, ECFP_BITS:] = counts
+    # the non-zero 8-byte words first (~110 of 768 per molecule), then their non-zero bytes:
+    # np.flatnonzero over every byte took ~60 % longer (it tests them one by one)
+    w = u.view(np.uint64).ravel()
+    words = np.flatnonzero(w)
+    sub = np.flatnonzero(np.take(w, words).view(np.uint8))
+    flat = words[sub >> 3] * 8 + (sub & 7)
+    rows, cols = np.divmod(flat, STUDENT_DIM)
+    values = np.where(cols < ECFP_BITS, np.float32(1), _LOG1P_U8[u.ravel()[flat]])
+    offsets = np.zeros(b + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=b), out=offsets[1:])
+    return offsets, cols, values
 
 
 # Further modes live in their own modules and register themselves on import.

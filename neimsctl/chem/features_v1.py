@@ -52,6 +52,9 @@ class V1Featurizer(StudentFeaturizer):
     ((512,), (2048,), (4096,), 6)
     """
 
+    def block_features(self, mol: Chem.Mol) -> V1Features:
+        return self(mol)  # more fields than the student's: no on-bits form
+
     def __call__(self, mol: Chem.Mol) -> V1Features:
         morgan = self._ecfp.GetCountFingerprintAsNumPy(mol)
         pairs = self._pairs.GetCountFingerprintAsNumPy(mol)

@@ -19,7 +19,8 @@ import numpy as np
 import orjson
 
 from neimsctl import __version__
-from neimsctl.io.msp_write import BASE_PEAK, MIN_RELATIVE, format_msp_record, spectrum_peaks
+from neimsctl.io.msp_write import (BASE_PEAK, MIN_RELATIVE, format_msp_block, format_msp_record,
+                                   spectra_peaks, spectrum_peaks)
 
 __all__ = ["OUTPUT_FORMATS", "PredictionWriter", "top_peaks", "format_top"]
 
@@ -93,12 +94,30 @@ class PredictionWriter:
         (:func:`neimsctl.chem.domain.domain_flags`; JSONL ``flags``, MSP comment
         ``out_of_domain``); rows without flags are written as before.
         """
+        if self.top is None and self.fmt == "msp":
+            return self._msp(block, spectra, flags)
         parts = [self._one(block, j, spectra[j], None if std is None else std[j],
                            None if experts is None else (experts["index"][j], experts["weight"][j]),
                            flags[j] if flags else None)
                  for j in range(len(spectra))]
         return ("".join(parts).encode("utf-8") if self.top is not None or self.fmt == "msp"
                 else b"".join(parts))
+
+    def _msp(self, block: dict[str, np.ndarray], spectra: np.ndarray,
+             flags: list[list[str]] | None) -> bytes:
+        """The MSP records of a block, all peaks at once (:func:`format_msp_block`)."""
+        offsets, mz, inten = spectra_peaks(spectra, min_relative=self.min_relative)
+        n = len(spectra)
+        ids, names, smiles, keys, formulas, mws = (
+            block[k][:n].tolist() for k in ("id", "name", "smiles", "inchikey", "formula", "mw"))
+        comments, flags = self.comments, flags or [None] * n
+        headers = [{"name": str(names[j]) or str(ids[j]), "inchikey": str(keys[j]),
+                    "formula": str(formulas[j]), "mw": int(mws[j]), "smiles": str(smiles[j]),
+                    "id": str(ids[j]),
+                    "comments": {**comments, "out_of_domain": ",".join(flags[j])} if flags[j]
+                    else comments}
+                   for j in range(n)]
+        return format_msp_block(headers, offsets, mz, inten)
 
     def _one(self, block: dict[str, np.ndarray], j: int, spec: np.ndarray,
              std: np.ndarray | None, exp: tuple[np.ndarray, np.ndarray] | None,

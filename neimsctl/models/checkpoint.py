@@ -255,10 +255,23 @@ def check_fields(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
         if not isinstance(name, str) or not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{path}: damaged checkpoint: model entry {name!r} is a "
                                   f"{type(value).__name__}, expected a tensor")
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        if value.is_floating_point() and not _all_finite(value):
             bad = int((~torch.isfinite(value)).sum())
             raise CheckpointError(f"{path}: refused: weight {name!r} holds {bad} non-finite "
                                   f"value(s) (NaN/inf: a training run that diverged?)")
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """True when every value of a floating-point tensor is finite.
+
+    NaN and infinities propagate through a sum, so a finite float64 sum proves every value
+    finite (no fp16/bf16/fp32 tensor can overflow it); only a sum that is not finite is looked
+    at value by value. ``torch.isfinite(t).all()`` on the shipped model's 9.7M fp16 weights
+    took 0.75-1.9 s of every ``predict`` start-up; the sum takes ~0.01 s.
+    """
+    if bool(torch.isfinite(t.sum(dtype=torch.float64))):
+        return True
+    return bool(torch.isfinite(t).all())
 
 
 def restore(ckpt: dict[str, Any], *, model: torch.nn.Module, optimizer: Any = None,

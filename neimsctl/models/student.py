@@ -51,7 +51,7 @@ from neimsctl.models.checks import check_int, config_from_dict, config_to_dict
 from neimsctl.models.registry import register
 from neimsctl.nn.mass_head import MassAnchoredHead, activate
 from neimsctl.nn.moe import Expert, TopKGate, dispatch
-from neimsctl.nn.sparse_input import SparseInputLinear
+from neimsctl.nn.sparse_input import SparseInputLinear, SparseRows
 
 SPACES = ("linear", "sqrt")
 
@@ -199,8 +199,10 @@ class StudentModel(nn.Module):
                              activation=cfg.output_activation)
             if cfg.mass_aware else nn.Linear(cfg.hidden_dim, cfg.n_bins))
 
-    def forward(self, x: Tensor, mw: Tensor | None = None) -> StudentOutput:
+    def forward(self, x: Tensor | SparseRows, mw: Tensor | None = None) -> StudentOutput:
         cfg = self.config
+        if isinstance(x, SparseRows) and not self.reads_sparse():
+            x = x.dense()
         if x.dim() != 2 or x.shape[1] != cfg.input_dim:
             raise ValueError(f"student expects input of shape (B, {cfg.input_dim}), "
                              f"got {tuple(x.shape)}; featurize with --mode student")
@@ -216,6 +218,13 @@ class StudentModel(nn.Module):
         else:
             pred = activate(self.out(hidden), cfg.output_activation)
         return StudentOutput(pred, hidden, g.probs, g.topk_idx, g.topk_weight, g.logits)
+
+    def reads_sparse(self) -> bool:
+        """True when the input reaches only :class:`SparseInputLinear` layers (the gate's first
+        and the shared projection), so that a :class:`SparseRows` input needs no dense copy."""
+        body = self.gate.body
+        return (self.proj is not None and isinstance(self.proj[0], SparseInputLinear)
+                and len(body) > 0 and isinstance(body[0], SparseInputLinear))
 
     def to_linear(self, pred: Tensor) -> Tensor:
         """Output-space values -> linear intensities (float32, not normalised)."""

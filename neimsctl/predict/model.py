@@ -281,11 +281,17 @@ def predict_block(lm: LoadedModel, block: dict[str, np.ndarray], *, batch_size: 
 
 
 def _student(lm: LoadedModel, block: dict[str, np.ndarray], n: int, bs: int):  # type: ignore[no-untyped-def]
-    from neimsctl.chem.features import student_vectors
+    from neimsctl.chem.features import student_nonzero
+    from neimsctl.io.featblock import STUDENT_DIM
+    from neimsctl.nn.sparse_input import SparseRows
 
     model, outs, idx, wts = lm.model, [], [], []
     for a in range(0, n, bs):
-        x = torch.from_numpy(student_vectors(block["ecfp"][a:a + bs], block["counts"][a:a + bs]))
+        # the input by its non-zero entries (no dense (B, 6144) matrix, no nonzero() pass in
+        # the model): the same spectra, bit for bit
+        x = SparseRows(*map(torch.from_numpy, student_nonzero(block["ecfp"][a:a + bs],
+                                                              block["counts"][a:a + bs])),
+                       STUDENT_DIM)
         mw = torch.from_numpy(block["mw"][a:a + bs].astype(np.int64))
         o = model(x.to(lm.device), mw.to(lm.device))
         lin = model.to_linear(o.pred)

@@ -17,6 +17,23 @@ cosine vs fp32 on held-out real molecules (``--msp``); then the CLI: ``neimsctl 
 ``predict`` of one molecule end to end, and batched throughput SMILES in -> MSP out on ``--n``
 MOSES SMILES (with peak RSS), next to the raw RDKit fingerprint cost measured in the same run,
 and the model's size on disk.
+
+``ratio`` (issue 20) measures ``predict`` against the chemistry it cannot avoid, side by side in
+one run, so that the figure compares machines::
+
+    python tools/bench/bench_predict.py ratio --n 100000 --reps 3 [--tree OTHER_TREE ...]
+
+For each repetition, in turn: the bare RDKit work per molecule in ``--jobs`` forked processes
+(``MolFromSmiles`` + Morgan 4096 bits + Morgan counts 2048 + ``MolToInchiKey``: the issue's
+definition), then ``neimsctl predict -q --jobs N`` of the same molecules to MSP (with
+InChIKeys) for each source tree (this one, then every ``--tree``; the order alternates between
+repetitions). Each is a fresh command timed by its wall clock, start-up included. Printed: the
+medians as molecules/s and ``ratio = predict / bare``, and the same ratio by CPU time (user +
+system of the command and its workers: less sensitive to other users' load than wall time on a
+shared machine, but blind to time lost waiting, e.g. a main process starting up alone). ``--own`` adds a second bare reference,
+the RDKit work ``predict``'s own output needs (atom-pair counts instead of Morgan counts, plus
+canonical SMILES and formula): the ceiling of the ratio with no overhead at all. ``--latency``
+adds the API's single-molecule latency (p50/p90, 1 thread, featurization included) per tree.
 """
 
 from __future__ import annotations
@@ -205,6 +222,150 @@ def run(args: argparse.Namespace) -> None:
     print(json.dumps(res, indent=1))
 
 
+#: The bare work per molecule in N forked processes (chunks of 1,024 molecules dealt round robin,
+#: like predict's workers), timed from the first fork to the last exit; prints molecules, seconds.
+BARE = r"""
+import os, sys, time
+from rdkit import Chem, RDLogger
+from rdkit.Chem import rdFingerprintGenerator, rdMolDescriptors
+RDLogger.DisableLog("rdApp.*")
+path, n, jobs, kind = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+with open(path) as fh:
+    smiles = [ln.split()[0] for ln in fh.read().splitlines()[:n] if ln.strip()]
+bits = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=4096)
+counts = (rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=2048) if kind == "issue"
+          else rdFingerprintGenerator.GetAtomPairGenerator(fpSize=2048))
+def work(part):
+    for s in part:
+        m = Chem.MolFromSmiles(s)
+        if m is None:
+            continue
+        bits.GetFingerprintAsNumPy(m)
+        counts.GetCountFingerprintAsNumPy(m)
+        Chem.MolToInchiKey(m)
+        if kind == "own":
+            Chem.MolToSmiles(m)
+            rdMolDescriptors.CalcMolFormula(m, True, True)
+t = time.perf_counter()
+kids = []
+for k in range(jobs):
+    pid = os.fork()
+    if pid == 0:
+        work([s for i, s in enumerate(smiles) if (i // 1024) % jobs == k])
+        os._exit(0)
+    kids.append(pid)
+for pid in kids:
+    os.waitpid(pid, 0)
+print(len(smiles), time.perf_counter() - t)
+"""
+
+LATENCY = r"""
+import sys, time
+import numpy as np
+import torch
+torch.set_num_threads(1)
+from neimsctl.api import SpectrumPredictor
+smiles = [ln.split()[0] for ln in open(sys.argv[1]).read().splitlines()[:int(sys.argv[2]) + 20]]
+p = SpectrumPredictor()
+for s in smiles[:20]:
+    p.predict_from_smiles(s)
+lat = []
+for s in smiles[20:]:
+    t = time.perf_counter()
+    p.predict_from_smiles(s)
+    lat.append(time.perf_counter() - t)
+print(np.percentile(lat, 50) * 1e3, np.percentile(lat, 90) * 1e3)
+"""
+
+
+def _wall(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, str, float]:
+    """Wall seconds, stdout and CPU seconds (user + system of the command and every process it
+    waited for, e.g. its workers) of a command (which must succeed)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if p.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd[:8])}\n{p.stderr[-2000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, p.stdout, cpu
+
+
+def ratio(args: argparse.Namespace) -> None:
+    import statistics
+
+    trees = [ROOT, *[t.resolve() for t in args.tree]]
+    names = [t.name if t != ROOT else f"{t.name} (this tree)" for t in trees]
+    with open(args.smiles) as fh:
+        lines = [ln for ln in fh.read().splitlines() if ln.strip()][:args.n]
+    work = Path(tempfile.mkdtemp(prefix="bench-ratio-"))
+    src = work / "molecules.smi"
+    src.write_text("\n".join(lines) + "\n")
+    n = len(lines)
+    bares = ["issue", *(["own"] if args.own else [])]
+    walls: dict[str, list[float]] = {f"bare_{b}": [] for b in bares}
+    walls.update({f"predict {name}": [] for name in names})
+    cpus: dict[str, list[float]] = {k: [] for k in walls}
+    loads = [os.getloadavg()[0]]
+    for rep in range(args.reps):
+        order = list(zip(trees, names)) if rep % 2 == 0 else list(zip(trees, names))[::-1]
+        for b in bares:
+            secs, out, cpu = _wall([sys.executable, "-c", BARE, str(src), str(n), str(args.jobs), b])
+            walls[f"bare_{b}"].append(secs)
+            cpus[f"bare_{b}"].append(cpu)
+            print(f"rep {rep} bare ({b}): {secs:.2f} s wall ({out.split()[1][:5]} s in the forked "
+                  f"processes), {cpu:.1f} CPU s, load {os.getloadavg()[0]:.2f}", file=sys.stderr,
+                  flush=True)
+        for tree, name in order:
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            secs, _, cpu = _wall([sys.executable, "-c", "from neimsctl.cli.main import main; main()",
+                                  "predict", "-q", "--jobs", str(args.jobs), str(src),
+                                  "-o", str(work / "out.msp")], env)
+            walls[f"predict {name}"].append(secs)
+            cpus[f"predict {name}"].append(cpu)
+            print(f"rep {rep} predict {name}: {secs:.2f} s, {cpu:.1f} CPU s, load "
+                  f"{os.getloadavg()[0]:.2f}", file=sys.stderr, flush=True)
+        loads.append(os.getloadavg()[0])
+    res: dict = {"n_molecules": n, "jobs": args.jobs, "reps": args.reps,
+                 "load_1min_each_rep": [round(x, 2) for x in loads], "walls_s": walls}
+    res["cpu_s"] = cpus
+    rate = {k: n / statistics.median(v) for k, v in walls.items()}
+    cpu_ms = {k: 1e3 * statistics.median(v) / n for k, v in cpus.items()}
+    res["mol_per_s_median"] = {k: round(v, 1) for k, v in rate.items()}
+    res["cpu_ms_per_mol_median"] = {k: round(v, 4) for k, v in cpu_ms.items()}
+    for b in bares:
+        res[f"ratio_vs_bare_{b}"] = {name: round(rate[f"predict {name}"] / rate[f"bare_{b}"], 3)
+                                     for name in names}
+        res[f"cpu_ratio_vs_bare_{b}"] = {name: round(cpu_ms[f"bare_{b}"] / cpu_ms[f"predict {name}"], 3)
+                                         for name in names}
+    print(f"{n:,} molecules, --jobs {args.jobs}, {args.reps} repetitions (medians); load "
+          f"{', '.join(f'{x:.2f}' for x in loads)}", file=sys.stderr)
+    for b in bares:
+        print(f"bare ({b}): {rate[f'bare_{b}']:,.0f} mol/s, {cpu_ms[f'bare_{b}']:.3f} CPU ms/mol",
+              file=sys.stderr)
+    for name in names:
+        line = (f"predict {name}: {rate[f'predict {name}']:,.0f} mol/s, "
+                f"{cpu_ms[f'predict {name}']:.3f} CPU ms/mol")
+        line += "".join(f"; ratio = predict / bare ({b}) = {res[f'ratio_vs_bare_{b}'][name]:.3f}"
+                        f" (by CPU time {res[f'cpu_ratio_vs_bare_{b}'][name]:.3f})" for b in bares)
+        print(line, file=sys.stderr)
+    if args.latency:
+        res["api_latency_ms_p50_p90"] = {}
+        for tree, name in zip(trees, names):
+            _, out, _ = _wall([sys.executable, "-c", LATENCY, str(src), str(args.latency)],
+                              {**os.environ, "PYTHONPATH": str(tree)})
+            p50, p90 = map(float, out.split())
+            res["api_latency_ms_p50_p90"][name] = [round(p50, 3), round(p90, 3)]
+            print(f"API latency {name}: p50 {p50:.2f} ms, p90 {p90:.2f} ms", file=sys.stderr)
+    for f in work.iterdir():
+        f.unlink()
+    work.rmdir()
+    print(json.dumps(res, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -224,8 +385,20 @@ def main() -> None:
     r.add_argument("--reps", type=int, default=3)
     r.add_argument("--jobs", type=int, default=2)
     r.add_argument("--throughput-precisions", default="auto,int8,fp32")
+    q = sub.add_parser("ratio", help="predict --jobs N against the bare RDKit work, side by side")
+    q.add_argument("--smiles", type=Path, default=MOSES)
+    q.add_argument("--n", type=int, default=100_000)
+    q.add_argument("--reps", type=int, default=3)
+    q.add_argument("--jobs", type=int, default=2)
+    q.add_argument("--tree", type=Path, action="append", default=[],
+                   help="another source tree to time the same way (e.g. a worktree of the "
+                        "previous commit); repeatable")
+    q.add_argument("--own", action="store_true",
+                   help="also time the RDKit work predict's output needs (the ratio's ceiling)")
+    q.add_argument("--latency", type=int, default=0, metavar="N",
+                   help="also the API's single-molecule latency over N molecules per tree")
     args = ap.parse_args()
-    (train if args.cmd == "train" else run)(args)
+    {"train": train, "run": run, "ratio": ratio}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ import pytest
 from rdkit import Chem
 
 from neimsctl.chem import graph
-from neimsctl.chem.features import (COUNT_BITS, ECFP_BITS, FEATURIZERS, STUDENT_DIM,
+from neimsctl.chem.features import (COUNT_BITS, ECFP_BITS, FEATURIZERS, STUDENT_DIM, OnBits,
+                                    assemble_ecfp,
                                     StudentFeaturizer, TeacherFeaturizer, get_featurizer,
-                                    settings_hash, student_vector, student_vectors)
+                                    settings_hash, student_nonzero, student_vector,
+                                    student_vectors)
 
 
 def test_dimensions_follow_the_vocabularies() -> None:
@@ -117,6 +119,37 @@ def test_student_vectors_layout() -> None:
     assert np.array_equal(v[1], student_vector(feats[1].ecfp, feats[1].counts))
     with pytest.raises(ValueError):
         student_vectors(np.zeros((1, 10), np.uint8), np.zeros((1, 2048), np.uint8))
+
+
+def test_student_nonzero_is_the_nonzero_of_student_vectors() -> None:
+    s = StudentFeaturizer()
+    feats = [s(Chem.MolFromSmiles(x)) for x in ("CCO", "C", "c1ccccc1C(=O)O", "C" * 60)]
+    ecfp, counts = np.stack([f.ecfp for f in feats]), np.stack([f.counts for f in feats])
+    counts[1] = 0                                   # a row with bits only
+    v = student_vectors(ecfp, counts)
+    offsets, cols, values = student_nonzero(ecfp, counts)
+    rows, want = np.nonzero(v)
+    assert np.array_equal(cols, want) and values.dtype == np.float32
+    assert np.array_equal(values, v[rows, want])   # the same float32 values, bit for bit
+    assert np.array_equal(offsets, np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=4))]))
+    empty = student_nonzero(np.zeros((0, 512), np.uint8), np.zeros((0, 2048), np.uint8))
+    assert [len(a) for a in empty] == [1, 0, 0]
+    with pytest.raises(ValueError):
+        student_nonzero(np.zeros((1, 10), np.uint8), np.zeros((1, 2048), np.uint8))
+
+
+def test_block_features_pack_to_the_bytes_of_call() -> None:
+    s = StudentFeaturizer()
+    mols = [Chem.MolFromSmiles(x) for x in ("CCO", "C", "c1ccccc1C(=O)O", "C" * 60, "[Na+].[Cl-]")]
+    rows = [s.block_features(m) for m in mols]
+    assert all(type(r.ecfp) is OnBits for r in rows)
+    whole = [s(m) for m in mols]
+    assert np.array_equal(assemble_ecfp([r.ecfp for r in rows]), np.stack([w.ecfp for w in whole]))
+    assert all(np.array_equal(r.counts, w.counts) for r, w in zip(rows, whole))
+    assert np.array_equal(assemble_ecfp([w.ecfp for w in whole]), np.stack([w.ecfp for w in whole]))
+    assert assemble_ecfp([]).shape == (0, 512)
+    for other in (TeacherFeaturizer(), get_featurizer("v1")):   # more fields: their own __call__
+        assert type(other.block_features(mols[2])) is type(other(mols[2]))
 
 
 def test_registry_and_settings_hash() -> None:

@@ -70,6 +70,26 @@ def test_repeated_structures_reuse_their_features_and_match_a_fresh_builder() ->
     assert block["ecfp"][0].tobytes() == block["ecfp"][2].tobytes() != block["ecfp"][1].tobytes()
 
 
+def test_structures_are_remembered_only_while_they_repeat() -> None:
+    def lines(texts: list[str], start: int) -> list[Item]:
+        return [Item(start + i, "t.smi", start + i + 1, "smi", t.encode()) for i, t in enumerate(texts)]
+
+    unique = ["C" * k for k in range(1, 17)] + ["O" + "C" * k for k in range(1, 17)]
+    builder = RowBuilder(RowOptions(mode="student", min_mw=0, inchikey=False))
+    builder.WINDOW = 8
+    fresh = RowBuilder(RowOptions(mode="student", min_mw=0, inchikey=False), cache_size=0)
+    block = builder.build(lines(unique[:16], 0))[0]       # two windows without a repeat
+    assert not builder._remember and not builder._cache
+    assert np.array_equal(block["counts"], fresh.build(lines(unique[:16], 0))[0]["counts"])
+    again = ["CCO", "CCO", "CCN", "CCN", "CCO", "CCC", "CCC", "CCO"]   # repeats: remember again
+    block = builder.build(lines(again, 16))[0]
+    assert builder._remember
+    builder.build(lines(again, 24))
+    assert set(builder._cache) == {"CCO", "CCN", "CCC"}
+    assert np.array_equal(block["ecfp"], fresh.build(lines(again, 16))[0]["ecfp"])
+    assert not fresh._remember
+
+
 def test_smiles_lines_canonicalized_and_keyed_once_per_text() -> None:
     items = [Item(i, "t.smi", i + 1, "smi", s) for i, s in enumerate([b"OCC a", b"OCC b", b"C(O)C c"])]
     block, _ = RowBuilder(RowOptions(mode="student", min_mw=0)).build(items)

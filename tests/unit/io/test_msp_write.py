@@ -1,4 +1,4 @@
-"""write_msp / spectrum_peaks: format details and write-then-read round trips."""
+"""write_msp / spectrum_peaks / the block forms: format details, round trips, the same bytes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from neimsctl.io.msp import read_msp
-from neimsctl.io.msp_write import format_msp_record, spectrum_peaks, write_msp
+from neimsctl.io.msp_write import (format_msp_block, format_msp_record, spectra_peaks,
+                                   spectrum_peaks, write_msp)
 
 REC = {"name": "aspirin", "inchikey": "BSYNRYMUTXBXSQ-UHFFFAOYSA-N", "formula": "C9H8O4",
        "mw": 180, "smiles": "CC(=O)Oc1ccccc1C(=O)O", "id": "stdin:1",
@@ -51,6 +52,37 @@ def test_bad_records_raise():
         format_msp_record({"name": "x", "mz": [1, 2], "intensity": [1]})
     with pytest.raises(ValueError, match="line break"):
         format_msp_record({"name": "x\nMW: 3", "mz": [], "intensity": []})
+
+
+def test_block_forms_give_the_bytes_of_the_one_record_forms():
+    rng = np.random.default_rng(0)
+    spectra = (rng.random((300, 501)) ** 8).astype(np.float32)
+    spectra[rng.random(spectra.shape) < 0.7] = 0
+    spectra[3] = 0                                   # no peaks
+    spectra[4, 0] = 1e-30                            # one tiny peak at m/z 0
+    spectra[5] = np.float32(1e-45)                   # denormals: every bin the base peak
+    spectra[6] = np.nan                              # not a spectrum: no peaks
+    offsets, mz, inten = spectra_peaks(spectra)
+    headers = []
+    for j, spec in enumerate(spectra):
+        one = spectrum_peaks(spec)
+        assert np.array_equal(one[0], mz[offsets[j]:offsets[j + 1]])
+        assert np.array_equal(one[1], inten[offsets[j]:offsets[j + 1]])
+        headers.append({**REC, "name": f"m{j}", "inchikey": "" if j % 3 else REC["inchikey"],
+                        "comments": REC["comments"] if j % 2 else {}})
+    want = "".join(format_msp_record({**h, "mz": mz[a:b], "intensity": inten[a:b]})
+                   for h, a, b in zip(headers, offsets[:-1], offsets[1:])).encode()
+    assert format_msp_block(headers, offsets, mz, inten) == want
+    # values beyond the digit tables, and no peaks at all
+    two = [{"name": "a"}, {"name": "b"}]
+    assert format_msp_block(two, [0, 2, 3], np.array([1, 70000, 5]), np.array([3, 4, 999])) == (
+        format_msp_record({"name": "a", "mz": np.array([1, 70000]), "intensity": np.array([3, 4])})
+        + format_msp_record({"name": "b", "mz": np.array([5]), "intensity": np.array([999])})
+    ).encode()
+    assert format_msp_block(two, [0, 0, 0], np.zeros(0, np.int64), np.zeros(0, np.int64)) == \
+        b"Name: a\nNum Peaks: 0\n\nName: b\nNum Peaks: 0\n\n"
+    with pytest.raises(ValueError, match="line break"):
+        format_msp_block([{"name": "x\rMW: 3"}], [0, 1], np.array([1]), np.array([999]))
 
 
 def test_round_trip_through_our_reader():

@@ -63,6 +63,27 @@ def test_forward_contract_shapes_routing_and_non_negative_output() -> None:
         m(torch.rand(7, 31))
 
 
+def test_sparse_rows_input_gives_the_same_bits_as_the_dense_input() -> None:
+    from neimsctl.nn.sparse_input import SparseRows
+
+    torch.manual_seed(3)
+    x = (torch.rand(9, 32) < 0.2).float() * torch.rand(9, 32)
+    x[4] = 0.0
+    nz = x.nonzero()
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long),
+                         torch.bincount(nz[:, 0], minlength=9).cumsum(0)])
+    sx = SparseRows(offsets, nz[:, 1], x[nz[:, 0], nz[:, 1]], 32)
+    narrow = StudentConfig(**{**TINY.to_dict(), "expert_width": 16})
+    for cfg, reads in ((narrow, True), (TINY, False)):   # TINY: no projection, densified
+        m = StudentModel(cfg).eval()
+        assert m.reads_sparse() is reads
+        with torch.inference_mode():
+            for dt in (torch.float32, torch.bfloat16):
+                m = m.to(dt)
+                a, b = m(x), m(sx)
+                assert torch.equal(a.pred, b.pred) and torch.equal(a.topk_idx, b.topk_idx)
+
+
 def test_predict_spectrum_is_linear_and_max_normalised() -> None:
     torch.manual_seed(1)
     m = StudentModel(TINY).eval()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from neimsctl.nn.sparse_input import SparseInputLinear
+from neimsctl.nn.sparse_input import SparseInputLinear, SparseRows
 
 
 def dense(lin: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -38,3 +38,30 @@ def test_dense_inputs_and_training_take_the_dense_path_big_batches_stay_exact() 
     y.backward()
     assert lin.weight.grad is not None
     assert set(lin.state_dict()) == set(torch.nn.Linear(50, 3).state_dict())
+
+
+def rows_of(x: torch.Tensor) -> SparseRows:
+    nz = x.nonzero()
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long),
+                         torch.bincount(nz[:, 0], minlength=x.shape[0]).cumsum(0)])
+    return SparseRows(offsets, nz[:, 1], x[nz[:, 0], nz[:, 1]], x.shape[1])
+
+
+def test_sparse_rows_input_gives_the_same_bits_as_the_dense_input() -> None:
+    torch.manual_seed(2)
+    lin = SparseInputLinear(300, 7).eval()
+    x = (torch.rand(5, 300) < 0.05).float() * torch.rand(5, 300)
+    x[3] = 0.0                                        # an empty row
+    sx = rows_of(x)
+    assert sx.shape == x.shape and sx.dim() == 2 and torch.equal(sx.dense(), x)
+    others = [SparseInputLinear(300, 7).eval().to(dt) for dt in (torch.bfloat16, torch.float64)]
+    for other in others:
+        other.load_state_dict(lin.state_dict())
+    with torch.inference_mode():
+        assert torch.equal(lin(sx), lin(x))
+        for other in others:
+            dt = other.weight.dtype
+            assert torch.equal(other(sx.to(dt)), other(x.to(dt)))
+        full = torch.rand(4, 300) + 0.1               # too dense: the dense path, same result
+        assert torch.equal(lin(rows_of(full)), lin(full))
+    assert torch.allclose(lin(sx), dense(lin, x), atol=1e-5)   # autograd on: dense path
