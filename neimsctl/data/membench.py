@@ -218,10 +218,10 @@ def benchmark(*, shards: list[Path] | None, samples: int, batch_size: int = 32, 
             shards = [_bench_shard(Path(tmp), model, samples)]
         import gc
 
-        from neimsctl.data.dataset import _trim_heap
+        from neimsctl.io.heap import trim_heap
 
         gc.collect()
-        _trim_heap()              # building the shard here must not pre-pay the dataset's RSS
+        trim_heap()               # building the shard here must not pre-pay the dataset's RSS
         rss_start = proc.memory_info().rss
         t0 = time.perf_counter()
         cls = StudentDataset if model == "student" else TeacherDataset
