@@ -123,6 +123,12 @@ class Score:
         """True when the engine prunes with an upper bound before exact scoring."""
         return self.name != "cosine"
 
+    @property
+    def dot(self) -> bool:
+        """True for a plain dot product of weighted vectors (the forward cosine): the engine's
+        first pass within a relative margin, then exact re-scoring (see Exactness)."""
+        return self.name == "cosine" and not self.reverse
+
 
 class TopK(NamedTuple):
     """The best ``k`` library entries per query, best first.
@@ -139,7 +145,7 @@ class TopK(NamedTuple):
 
 # --- per-peak transforms (computed on the full peak list, before any column restriction) ---
 
-def _per_row_sum(block: PeakBlock, values: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+def _per_row_sum(block: PeakBlock, values: np.ndarray) -> np.ndarray:
     """Float64 sum of ``values`` over each spectrum's peaks (peaks are contiguous per spectrum)."""
     counts = np.diff(block.ptr)
     out = np.zeros(len(block), dtype=np.float64)
@@ -149,7 +155,7 @@ def _per_row_sum(block: PeakBlock, values: np.ndarray, rows: np.ndarray | None =
     return out
 
 
-def _weighted_values(block: PeakBlock, score: Score, rows: np.ndarray | None = None) -> np.ndarray:
+def _weighted_values(block: PeakBlock, score: Score) -> np.ndarray:
     """The per-peak values the score works on, ``(nnz,)``, normalised per spectrum (float32 for
     the cosine, else float64)."""
     counts = np.diff(block.ptr)
@@ -381,7 +387,7 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
     n_bins
         Width of the m/z axis.
     bf16
-        Cosine only: take the bfloat16 first pass (see Exactness; :func:`use_bf16` decides);
+        :attr:`Score.dot` scores only: take the bfloat16 first pass (see Exactness; :func:`use_bf16` decides);
         the hits and scores are the same either way.
 
     Returns
@@ -393,7 +399,7 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
     if k < 1:
         raise InputError(f"k must be >= 1, got {k}")
     q = _Queries(queries, score, n_bins)
-    work = [np.empty(0, dtype=np.float32)]
+    work = [np.empty(0, dtype=np.uint8)]
     best_s = np.full((q.n, k), -np.inf)
     best_i = np.full((q.n, k), -1, dtype=np.int64)
     for start, block in chunks:
@@ -413,15 +419,14 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
         cols = _columns(q, sel, block, n_bins)
         if len(cols) == 0:
             continue
-        plain = score.name == "cosine" and not score.reverse
-        chunk = _Chunk(block, score, cols, n_bins, work, bf16=plain and bf16)
+        chunk = _Chunk(block, score, cols, n_bins, work, bf16=score.dot and bf16)
         qv = q.values[np.ix_(sel, cols)]
-        if plain:
+        if score.dot:
             bound, rel = _approx_cosine(qv, chunk.values)
         else:
             bound, rel = _bounds(qv, q.n_peaks[sel], chunk, score), 0.0
         _exclude(bound, sel, start, windows, ok)
-        if plain:
+        if score.dot:
             _take_topk(best_s, best_i, sel, bound, start, k, rel,
                        lambda r, c, ch=chunk: _exact_pairs(q.values, sel, ch, r, c))
             continue
@@ -565,9 +570,12 @@ def _exact_pairs(qvalues: np.ndarray, sel: np.ndarray, chunk: _Chunk, rows: np.n
     return out
 
 
-def use_bf16(work: float) -> bool:
-    """Whether a cosine search of ``work`` multiply-adds should take the bfloat16 first pass:
-    large enough to pay for importing torch, on a CPU that computes bf16 natively."""
+def use_bf16(score: Score, work: float) -> bool:
+    """Whether a search of ``work`` multiply-adds should take the bfloat16 first pass: a
+    :attr:`Score.dot` score, large enough to pay for importing torch, on a CPU that computes
+    bf16 natively."""
+    if not score.dot:
+        return False
     if work < _BF16_MIN_WORK and "torch" not in sys.modules:
         return False
     if work < _BF16_MIN_WORK / 20:
@@ -625,7 +633,7 @@ def score_all(queries: PeakBlock, library: PeakBlock, score: Score, n_bins: int 
             continue
         ch = _Chunk(block, score, cols, n_bins)
         qv = q.values[:, cols]
-        if score.name == "cosine" and not score.reverse:
+        if score.dot:
             out[:, start:start + len(block)] = qv.astype(np.float64) @ ch.values.T.astype(np.float64)
             continue
         if not score.bounded:

@@ -237,13 +237,15 @@ def _chunks(lib: SpectralIndex, ranges: list[tuple[int, int]], size: int,
     narrow where windows are narrow (a chunk then meets only the queries whose window reaches it),
     wide where the library is dense in masses (fewer, larger products)."""
     for lo, hi in ranges:
+        if windows is None:
+            yield from lib.chunks(size, lo, hi)
+            continue
         pos = lo
         while pos < hi:
             step = size
-            if windows is not None:
-                inside = (windows[0] <= pos) & (windows[1] > pos)
-                if inside.any():
-                    step = int(np.clip(np.median(windows[1][inside] - windows[0][inside]) // 2, 1024, size))
+            inside = (windows[0] <= pos) & (windows[1] > pos)
+            if inside.any():
+                step = int(np.clip(np.median(windows[1][inside] - windows[0][inside]) // 2, 1024, size))
             stop = min(pos + step, hi)
             yield pos, lib.block(pos, stop)
             pos = stop
@@ -262,7 +264,7 @@ def search_library(lib: SpectralIndex, batch: QueryBatch, opts: SearchOptions) -
     size = int(max(1024, min(65536, _SCORE_BUDGET // max(1, len(batch.records)))))
     allowed = (lambda a, b: mask[a:b]) if mask is not None else None
     reach = float(np.sum(windows[1] - windows[0])) if windows is not None else float(lib.n) * len(batch.records)
-    bf16 = opts.score.name == "cosine" and not opts.score.reverse and use_bf16(reach * N_BINS)
+    bf16 = use_bf16(opts.score, reach * N_BINS)
     return search_blocks(batch.block, _chunks(lib, ranges, size, windows), opts.score, opts.top, windows=windows,
                          allowed=allowed, bf16=bf16)
 
