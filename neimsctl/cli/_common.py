@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Iterable, Iterator, NoReturn
 
@@ -55,6 +56,15 @@ NoProvenance = Annotated[bool, typer.Option(
     "--no-provenance", help="Leave out argv/date/version from outputs (byte-stable test output).")]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
+
+
+class ScoreName(str, Enum):
+    """--score choices of search and eval: neimsctl.evaluate.matching.SCORES, spelled out here so
+    that --help does not import the engine; tests/unit/evaluate/test_matching.py checks they agree."""
+
+    cosine = "cosine"
+    composite = "composite"
+    entropy = "entropy"
 
 
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from neimsctl.cli._common import (Quiet, Verbose, app, command, input_pairs, output_pair,
+from neimsctl.cli._common import (Quiet, ScoreName, Verbose, app, command, input_pairs, output_pair,
                                   refuse_clobber, setup_logging, usage_error)
 
 #: The files ``--report DIR`` writes (neimsctl.evaluate.plots, evaluate.report).
@@ -72,8 +72,9 @@ def eval_cli(
         k_list = parse_ks(ks)
     except ValueError as exc:
         usage_error(CMD, str(exc))
-    if score not in ("cosine", "composite", "entropy"):
-        usage_error(CMD, f"--score {score!r}: use cosine, composite or entropy")
+    if score not in ScoreName.__members__:
+        *first, last = ScoreName.__members__
+        usage_error(CMD, f"--score {score!r}: use {', '.join(first)} or {last}")
     if str(predicted) == "-" and str(measured) == "-":
         usage_error(CMD, "only one of PREDICTED and MEASURED can be '-' (stdin)")
     refuse_clobber(CMD, input_pairs([predicted, measured]) + input_pairs(library or [], "--library"),

@@ -11,16 +11,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from neimsctl.cli._common import (InPaths, OutPath, Quiet, RejectsPath, Verbose, app, command, eprint,
-                                  require_input_or_usage, setup_logging, usage_error)
+from neimsctl.cli._common import (InPaths, OutPath, Quiet, RejectsPath, ScoreName, Verbose, app, command,
+                                  eprint, require_input_or_usage, setup_logging, usage_error)
 
 CMD = "search"
-
-
-class ScoreName(str, Enum):
-    cosine = "cosine"
-    composite = "composite"
-    entropy = "entropy"
 
 
 class SourceKind(str, Enum):

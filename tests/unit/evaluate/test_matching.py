@@ -267,3 +267,10 @@ def test_bf16_bits_round_to_nearest_even_like_torch() -> None:
     theirs = torch.from_numpy(x).bfloat16().view(torch.int16).numpy().view(np.uint16)
     np.testing.assert_array_equal(ours, theirs)
     np.testing.assert_array_equal(m._bf16_value(ours), torch.from_numpy(x).bfloat16().float().numpy())
+
+
+def test_cli_score_choices_are_the_engines() -> None:
+    from neimsctl.cli._common import ScoreName
+    from neimsctl.evaluate.matching import SCORES
+
+    assert tuple(m.value for m in ScoreName) == SCORES
