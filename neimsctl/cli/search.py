@@ -12,7 +12,8 @@ from typing import Annotated, Optional
 import typer
 
 from neimsctl.cli._common import (InPaths, OutPath, Quiet, RejectsPath, ScoreName, Verbose, app, command,
-                                  eprint, require_input_or_usage, setup_logging, usage_error)
+                                  eprint, input_pairs, output_pair, refuse_clobber, require_input_or_usage,
+                                  setup_logging, usage_error)
 
 CMD = "search"
 
@@ -79,6 +80,9 @@ def search_cli(
     if mz_power != 1.0 or intensity_power != 0.5:
         if score not in (None, ScoreName.cosine):
             usage_error(CMD, "--mz-power/--intensity-power apply to --score cosine only")
+    refuse_clobber(CMD, input_pairs(paths) + input_pairs(library, "--library")
+                   + input_pairs([candidates] if candidates else [], "--candidates"),
+                   [output_pair("-o", out)] + ([output_pair("--rejects", rejects)] if rejects else []))
     with command(CMD):
         import orjson
 

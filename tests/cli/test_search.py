@@ -174,3 +174,18 @@ def test_index_reads_mona_structures_from_comments(tmp_path):
         "TST000005": ("", ""),                                        # no structure anywhere
         "TST000006": ("XEKOWRVHYACXOJ-UHFFFAOYSA-N", ""),             # from computed InChI=
     }
+
+
+def test_outputs_never_overwrite_an_input(index, sample_msp, tmp_path):
+    lib = tmp_path / "lib.h5"
+    lib.write_bytes(index.read_bytes())
+    q = tmp_path / "q.msp"
+    q.write_bytes(first_records(sample_msp, 2))
+    cand = tmp_path / "cand.txt"
+    cand.write_text("CCO\n")
+    before = {p: p.read_bytes() for p in (lib, q, cand)}
+    for args in (("-o", lib), ("-o", q), ("--rejects", lib), ("--candidates", cand, "-o", cand)):
+        proc = run(None, "search", q, "-l", lib, *args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert b"refusing to write into an input" in proc.stderr
+    assert {p: p.read_bytes() for p in before} == before
