@@ -33,6 +33,7 @@ from neimsctl.chem.rowbuild import Item, Rejected
 from neimsctl.errors import ConfigError, FormatError
 from neimsctl.io.prediction_write import top_peaks
 from neimsctl.io.streams import open_out
+from neimsctl.predict.ensemble import LoadedEnsemble
 from neimsctl.predict.model import LoadedModel, load_model
 from neimsctl.predict.run import (CHUNK, ChunkPredictor, PredictOptions, predicted,
                                   reject_message, run_predict)
@@ -42,7 +43,7 @@ __all__ = ["SpectrumPredictor", "SpectralLibrary", "open_index"]
 _DEFAULTS = PredictOptions()
 #: The settings a ``SpectrumPredictor`` takes; the defaults are ``neimsctl predict``'s own.
 _OPTIONS = {"batch_size": _DEFAULTS.batch_size, "precision": "auto",
-            "mc_samples": _DEFAULTS.mc_samples, "threads": None}
+            "mc_samples": _DEFAULTS.mc_samples, "threads": None, "average": None}
 _API_FILE = "<input>"
 
 
@@ -86,12 +87,16 @@ class SpectrumPredictor:
     ----------
     config
         Optional settings: ``batch_size`` (1024), ``precision`` (``auto``; ``fp32``, ``bf16``,
-        ``int8``), ``mc_samples`` (30, teacher uncertainty), ``threads`` (torch threads).
+        ``int8``), ``mc_samples`` (30, teacher uncertainty), ``threads`` (torch threads),
+        ``average`` (an ensemble's averaging space: ``sqrt`` or ``linear``; default: the
+        ensemble file's own, else ``sqrt``).
         ``auto`` resolves as in ``neimsctl predict`` (student on a CPU with native bf16:
         ``bf16``); ``{"precision": "int8"}`` trades identical-to-the-CLI spectra for ~0.3 ms
         less single-molecule latency (see :func:`neimsctl.models.quantize.resolve_precision`).
     checkpoint
-        A neimsctl checkpoint file; ``None`` = the model shipped for ``model_type``.
+        A neimsctl checkpoint file or ensemble file (``neimsctl ensemble``), or a list of
+        them (an ensemble: their spectra are averaged); ``None`` = the model shipped for
+        ``model_type``.
     model_type
         ``student`` (fast, default) or ``teacher`` (needed for uncertainty); with a checkpoint
         the checkpoint's own architecture is used.
@@ -106,7 +111,8 @@ class SpectrumPredictor:
         Unknown config key, device or precision.
     """
 
-    def __init__(self, config: Mapping[str, Any] | None = None, checkpoint: str | os.PathLike | None = None,
+    def __init__(self, config: Mapping[str, Any] | None = None,
+                 checkpoint: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
                  model_type: str = "student", device: str = "auto") -> None:
         cfg = dict(config or {})
         unknown = sorted(set(cfg) - set(_OPTIONS))
@@ -118,13 +124,16 @@ class SpectrumPredictor:
             import torch
 
             torch.set_num_threads(int(self.options["threads"]))
-        self.loaded: LoadedModel = load_model(checkpoint if checkpoint is not None else model_type,
-                                              device=device, precision=str(self.options["precision"]))
+        spec: Any = model_type if checkpoint is None else \
+            checkpoint if isinstance(checkpoint, (str, os.PathLike)) else list(checkpoint)
+        self.loaded: LoadedModel | LoadedEnsemble = load_model(
+            spec, device=device, precision=str(self.options["precision"]),
+            average=self.options["average"])
         self._stages: dict[tuple[str, bool, bool], ChunkPredictor] = {}
 
     @property
     def model_type(self) -> str:
-        """``student`` or ``teacher``: the loaded architecture."""
+        """``student``, ``teacher``, ``neims-v1`` or ``ensemble``: the loaded architecture."""
         return self.loaded.arch
 
     def _stage(self, fmt: str = "msp", *, inchikey: bool = False,
@@ -140,8 +149,9 @@ class SpectrumPredictor:
                             ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Spectrum ``(501,)`` of one SMILES (``(n, 501)`` for a list), float32, base peak 1.
 
-        With ``return_uncertainty`` (teacher only) returns ``(mean, std)``: MC-dropout mean
-        and per-bin standard deviation on the same scale.
+        With ``return_uncertainty`` (teacher or ensemble) returns ``(mean, std)``: the mean
+        and per-bin standard deviation on the same scale (MC dropout; an ensemble's member
+        disagreement).
 
         Raises
         ------
@@ -152,7 +162,7 @@ class SpectrumPredictor:
         """
         one = isinstance(smiles, str)
         items = _items([smiles] if one else list(smiles))
-        if return_uncertainty and self.loaded.arch != "teacher":
+        if return_uncertainty and not self.loaded.supports_uncertainty:
             self._stage(uncertainty=True)        # raises the ConfigError of predict_block
         spec, std, rejects = self._spectra(items, uncertainty=return_uncertainty)
         _raise(rejects)
@@ -170,7 +180,7 @@ class SpectrumPredictor:
             specs.append(spec)
             stds.append(std)
             rejects += rej
-        n_bins = self.loaded.model.config.n_bins
+        n_bins = self.loaded.n_bins
         spec = np.concatenate(specs) if specs else np.zeros((0, n_bins), np.float32)
         std = np.concatenate(stds) if uncertainty and stds else None
         return spec, std, rejects

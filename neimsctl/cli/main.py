@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "softlabel",
     "distill",
     "predict",
+    "ensemble",
     "eval",
     "index",
     "search",

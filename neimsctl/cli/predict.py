@@ -41,6 +41,11 @@ class Domain(str, Enum):
     reject = "reject"
 
 
+class Average(str, Enum):
+    sqrt = "sqrt"
+    linear = "linear"
+
+
 class Precision(str, Enum):
     auto = "auto"
     fp32 = "fp32"
@@ -51,10 +56,17 @@ class Precision(str, Enum):
 @app.command(CMD)
 def predict_cli(
     inputs: InPaths = None,
-    model: Annotated[str, typer.Option(
+    model: Annotated[Optional[list[str]], typer.Option(
         "--model", "-m", help="student | teacher: a model shipped with neimsctl (this "
                               f"installation ships: {_shipped()}) | PATH to a neimsctl "
-                              "checkpoint.")] = "student",
+                              "checkpoint or ensemble file. Repeat it for an ensemble: the "
+                              "models' spectra are averaged (--average). Default: student.")
+    ] = None,
+    average: Annotated[Optional[Average], typer.Option(
+        "--average", help="How an ensemble averages its members' spectra: sqrt (mean of the "
+                          "square roots, squared) or linear (mean intensity). Default: the "
+                          "ensemble file's own, else sqrt (measured best on the validation "
+                          "split).")] = None,
     fmt: Annotated[OutFmt, typer.Option("--format", "-O", help="Output format.")] = OutFmt.msp,
     in_fmt: Annotated[InFmt | None, typer.Option(
         "--input-format", "-I", help="Input format (default: detected per file: SDF/MOL, "
@@ -63,8 +75,9 @@ def predict_cli(
         "--top", min=1, help="Print the N largest peaks per molecule ('m/z 180: 0.9876') "
                              "instead of MSP/JSONL.")] = None,
     uncertainty: Annotated[bool, typer.Option(
-        "--uncertainty", help="Teacher MC dropout: add per-peak standard deviations "
-                              "(JSONL 'uncertainty'); needs a teacher model.")] = False,
+        "--uncertainty", help="Add per-peak standard deviations (JSONL 'uncertainty'): the "
+                              "teacher's MC dropout, or an ensemble's member disagreement (plus "
+                              "its teachers' MC dropout).")] = False,
     mc_samples: Annotated[int, typer.Option(
         "--mc-samples", min=2, help="MC-dropout samples for --uncertainty.")] = 30,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1,
@@ -114,7 +127,8 @@ def predict_cli(
             usage_error(CMD, "--uncertainty needs -O jsonl (--top lists carry no uncertainty)")
         if uncertainty and fmt is OutFmt.msp:
             usage_error(CMD, "--uncertainty needs -O jsonl (MSP has no place for it)")
-        refuse_clobber(CMD, input_pairs(paths) + input_pairs([model], "--model"),
+        models = model or ["student"]
+        refuse_clobber(CMD, input_pairs(paths) + input_pairs(models, "--model"),
                        [output_pair("-o", output)]
                        + ([output_pair("--rejects", rejects)] if rejects else []))
         from neimsctl.io.parallel import available_cores, parse_jobs, resolve_jobs
@@ -139,10 +153,15 @@ def predict_cli(
             import torch
 
             torch.set_num_threads(threads)
-        lm = load_model(model, device=device, precision=precision.value, log=sys.stderr)
-        if uncertainty and lm.arch != "teacher":
-            fail(CMD, f"--uncertainty: --model {model} is a {lm.arch}",
-                 "MC dropout needs the teacher: use --model teacher or a teacher checkpoint")
+        lm = load_model(models if len(models) > 1 else models[0], device=device,
+                        precision=precision.value, average=average.value if average else None,
+                        log=sys.stderr)
+        if average and lm.arch != "ensemble":
+            usage_error(CMD, "--average needs an ensemble (several --model, or an ensemble file)")
+        if uncertainty and not lm.supports_uncertainty:
+            fail(CMD, f"--uncertainty: --model {models[0]} is a {lm.arch}",
+                 "the spread needs the teacher (MC dropout) or an ensemble (member "
+                 "disagreement): use --model teacher, or several --model")
         stage = ChunkPredictor(lm, PredictOptions(
             fmt=fmt.value, top=top, strict=strict, batch_size=batch_size, uncertainty=uncertainty,
             mc_samples=mc_samples, inchikey=not no_inchikey, out_of_domain=out_of_domain.value))

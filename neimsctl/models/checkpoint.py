@@ -17,6 +17,13 @@ it loads with ``torch.load(path, weights_only=True)`` and never runs pickled cod
 ``versions``       ``{"neimsctl": ..., "torch": ...}``; ``extra`` free plain dict
 =================  ==============================================================
 
+An ensemble file (``neimsctl.ensemble/1``, written by ``neimsctl ensemble``; formats/ensemble.v1.md)
+is a plain dict too: ``format``, ``average`` (``linear`` or ``sqrt``: the space the members'
+spectra are averaged in), ``members`` (a list of slim checkpoints: ``format``, ``model``,
+``config.model``, ``featurizer_hash``, ``versions``, plus ``label`` and ``sha256`` of the file
+each came from) and ``versions``. :func:`load_checkpoint` reads it with ``ensemble=True`` and
+checks every member as it checks a checkpoint.
+
 Examples
 --------
 >>> save_checkpoint(run / "last.pt", model=model, optimizer=opt, epoch=3, step=300,
@@ -42,6 +49,10 @@ from neimsctl.errors import CheckpointError, OutputError
 from neimsctl.io.streams import make_dirs, open_out
 
 FORMAT = "neimsctl.ckpt/1"
+ENSEMBLE_FORMAT = "neimsctl.ensemble/1"
+#: The spaces an ensemble averages its members' spectra in: linear intensity, or square roots
+#: (the mean of sqrt(I), squared).
+AVERAGES = ("linear", "sqrt")
 
 
 def capture_rng() -> dict[str, Any]:
@@ -157,7 +168,7 @@ def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu",
-                    featurizer_hash: str | None = None) -> dict[str, Any]:
+                    featurizer_hash: str | None = None, ensemble: bool = False) -> dict[str, Any]:
     """Load a checkpoint with ``torch.load(weights_only=True)`` and check what it is.
 
     Parameters
@@ -168,6 +179,10 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu",
         Passed to :func:`torch.load`.
     featurizer_hash
         When given, the checkpoint's ``featurizer_hash`` must equal it.
+    ensemble
+        Accept an ensemble file too (``neimsctl.ensemble/1``: returned as read, every member
+        checked by :func:`check_fields`); otherwise an ensemble file is refused with a message
+        that says what it is.
 
     Raises
     ------
@@ -201,6 +216,12 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu",
     except Exception as exc:  # noqa: BLE001  (torch on damaged bytes: IndexError, struct.error, ...)
         raise CheckpointError(f"{path}: not a readable checkpoint (damaged: "
                               f"{type(exc).__name__})") from None
+    if isinstance(ckpt, dict) and ckpt.get("format") == ENSEMBLE_FORMAT:
+        check_ensemble(ckpt, path)
+        if not ensemble:
+            raise CheckpointError(f"{path}: an ensemble of {len(ckpt['members'])} models where "
+                                  "one checkpoint is needed here")
+        return ckpt
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} checkpoint")
     check_fields(ckpt, path)
@@ -259,6 +280,59 @@ def check_fields(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
             bad = int((~torch.isfinite(value)).sum())
             raise CheckpointError(f"{path}: refused: weight {name!r} holds {bad} non-finite "
                                   f"value(s) (NaN/inf: a training run that diverged?)")
+
+
+def check_ensemble(ens: dict[str, Any], path: str | os.PathLike) -> None:
+    """Check an ensemble file's fields and every member (as :func:`check_fields`).
+
+    Raises
+    ------
+    CheckpointError
+        Naming the file (and the member, 1-based) of the first field that is wrong.
+    """
+    members = ens.get("members")
+    if not isinstance(members, list) or not members:
+        raise CheckpointError(f"{path}: damaged ensemble file: 'members' is not a non-empty list")
+    if ens.get("average") not in AVERAGES:
+        raise CheckpointError(f"{path}: damaged ensemble file: 'average' is "
+                              f"{ens.get('average')!r}, expected one of {', '.join(AVERAGES)}")
+    for i, member in enumerate(members, 1):
+        where = f"{path} member {i}"
+        if not isinstance(member, dict) or member.get("format") != FORMAT:
+            raise CheckpointError(f"{where}: not a {FORMAT} checkpoint")
+        check_fields(member, where)
+        if not isinstance(member.get("label", ""), str):
+            raise CheckpointError(f"{where}: damaged ensemble file: 'label' is not a string")
+
+
+def slim_member(ckpt: dict[str, Any], *, label: str, sha256: str, half: bool = False
+                ) -> dict[str, Any]:
+    """What an ensemble file keeps of one checkpoint: the inference fields only (no optimizer
+    or RNG state), the weights in float16 when ``half``, and where it came from."""
+    state = {k: (v.half() if half and v.is_floating_point() else v)
+             for k, v in ckpt["model"].items()}
+    return {"format": FORMAT, "model": state,
+            "config": {"model": dict((ckpt.get("config") or {}).get("model") or {})},
+            "featurizer_hash": ckpt.get("featurizer_hash"), "versions": ckpt.get("versions") or {},
+            "label": str(label), "sha256": str(sha256)}
+
+
+def build_ensemble(members: list[dict[str, Any]], *, average: str,
+                   extra: dict | None = None) -> dict[str, Any]:
+    """An ensemble file's dict from slim members (:func:`slim_member`).
+
+    Raises
+    ------
+    CheckpointError
+        No members, or an unknown ``average``.
+    """
+    if not members:
+        raise CheckpointError("an ensemble needs at least one member")
+    if average not in AVERAGES:
+        raise CheckpointError(f"average {average!r}: choose one of {', '.join(AVERAGES)}")
+    return plain({"format": ENSEMBLE_FORMAT, "average": average, "members": members,
+                  "versions": {"neimsctl": __version__, "torch": str(torch.__version__)},
+                  "extra": extra or {}})
 
 
 def _all_finite(t: torch.Tensor) -> bool:

@@ -6,7 +6,8 @@
 - :func:`load_model` reads a ``neimsctl.ckpt/1`` checkpoint with ``weights_only=True``, builds
   the architecture named by its ``config.model.name`` (registry), loads the weights (fp16
   shipped weights are widened), and applies the inference precision
-  (:mod:`neimsctl.models.quantize`).
+  (:mod:`neimsctl.models.quantize`). Several models, or an ensemble file, load as a
+  :class:`neimsctl.predict.ensemble.LoadedEnsemble`.
 - :func:`predict_block` turns one feature block (:class:`neimsctl.chem.rowbuild.RowBuilder`
   rows) into linear, base-peak-1 spectra, with MC-dropout standard deviations for the teacher
   on request. The student path never imports ``torch_geometric``.
@@ -20,7 +21,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, Sequence, TextIO
 
 import numpy as np
 import torch
@@ -28,7 +29,10 @@ import torch
 from neimsctl.errors import CheckpointError, ConfigError
 from neimsctl.models import registry
 from neimsctl.models.quantize import apply_precision, resolve_precision
-from neimsctl.models.checkpoint import load_checkpoint
+from neimsctl.models.checkpoint import ENSEMBLE_FORMAT, load_checkpoint
+
+if TYPE_CHECKING:
+    from neimsctl.predict.ensemble import LoadedEnsemble
 
 __all__ = ["MODELS_DIR", "LoadedModel", "resolve_model", "load_model", "predict_block",
            "resolve_device"]
@@ -88,6 +92,32 @@ class LoadedModel:
     def mode(self) -> str:
         """Featurizer mode of the architecture (``student``, ``teacher`` or ``v1``)."""
         return MODE_OF[self.arch]
+
+    @property
+    def needs(self) -> str:
+        """The featurizer mode whose blocks hold this model's inputs: :attr:`mode`, except a
+        NEIMS v1 model trained on student vectors (``input_dim`` 6144), which reads a
+        ``student`` block."""
+        if self.arch == "neims-v1":
+            from neimsctl.chem.features_v1 import MORGAN_COUNT_BITS
+
+            if self.model.config.input_dim != MORGAN_COUNT_BITS:
+                return "student"
+        return self.mode
+
+    #: A single model adds no features beyond :attr:`mode`'s (an ensemble may: see
+    #: :attr:`neimsctl.predict.ensemble.LoadedEnsemble.extra_v1`).
+    extra_v1 = False
+
+    @property
+    def n_bins(self) -> int:
+        """Spectrum bins the model predicts (m/z 0 .. n_bins - 1)."""
+        return int(self.model.config.n_bins)
+
+    @property
+    def supports_uncertainty(self) -> bool:
+        """``--uncertainty`` works: MC dropout of the teacher."""
+        return self.arch == "teacher"
 
 
 def resolve_device(device: str) -> torch.device:
@@ -169,34 +199,77 @@ def build_model(model_cfg: dict[str, Any]) -> tuple[torch.nn.Module, str]:
         raise CheckpointError(f"checkpoint model config: {exc}") from None
 
 
-def load_model(spec: str | Path = "student", *, device: str = "auto", precision: str = "auto",
-               log: TextIO | None = None) -> LoadedModel:
+def load_model(spec: str | Path | Sequence[str | Path] = "student", *, device: str = "auto",
+               precision: str = "auto", average: str | None = None,
+               log: TextIO | None = None) -> "LoadedModel | LoadedEnsemble":
     """Load ``--model spec`` for inference (see the module docstring).
 
-    ``precision="auto"`` resolves by :func:`neimsctl.models.quantize.resolve_precision`.
+    ``spec`` may name several models (a list: ``predict --model A --model B``), or one ensemble
+    file (``neimsctl ensemble``): the result is then a
+    :class:`~neimsctl.predict.ensemble.LoadedEnsemble` of every member (ensemble files given
+    among several models are flattened into their members), averaged in ``average``
+    (``linear`` or ``sqrt``; default: the ensemble file's own, else
+    :data:`~neimsctl.predict.ensemble.DEFAULT_AVERAGE`).
+    ``precision="auto"`` resolves by :func:`neimsctl.models.quantize.resolve_precision`, for
+    each member by its architecture.
 
     Raises
     ------
     CheckpointError
         Missing/unsafe/unreadable checkpoint, unknown architecture, or weights that do not fit.
     ConfigError
-        Unknown device or precision.
+        Unknown device, precision or average; no model.
     """
     log = sys.stderr if log is None else log
-    path = resolve_model(spec)
+    specs = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    if not specs:
+        raise ConfigError("no model given")
     dev = resolve_device(device)
-    ckpt = load_checkpoint(path, map_location="cpu")
-    card = _read_card(path)
+    members: list[LoadedModel] = []
+    files: list[tuple[Path, dict[str, Any], dict[str, Any]]] = []   # ensemble files read
+    for one in specs:
+        path = resolve_model(one)
+        ckpt = load_checkpoint(path, map_location="cpu", ensemble=True)
+        card = _read_card(path)
+        if ckpt.get("format") == ENSEMBLE_FORMAT:
+            files.append((path, ckpt, card))
+            for i, member in enumerate(ckpt["members"], 1):
+                members.append(_loaded(member, Path(f"{path}#{i}"), str(member.get("label") or
+                                                                       f"{path.name}#{i}"),
+                                       dev, precision, card, log,
+                                       sha=str(member.get("sha256") or "")[:12] or
+                                       _file_sha(path)))
+        else:
+            members.append(_loaded(ckpt, path, str(one), dev, precision, card, log))
+    if len(specs) == 1 and not files:
+        return members[0]
+    from neimsctl.predict.ensemble import LoadedEnsemble, ensemble_average
+
+    whole = files[0] if len(specs) == 1 else None
+    return LoadedEnsemble(
+        members=members, average=ensemble_average(average, [f[1] for f in files]),
+        label=str(specs[0]) if whole else "+".join(str(s) for s in specs),
+        path=whole[0] if whole else None,
+        sha=(str(whole[2].get("sha256", ""))[:12] or _file_sha(whole[0])) if whole else "",
+        device=dev, card=whole[2] if whole else {},
+        file_bytes=sum(resolve_model(s).stat().st_size for s in specs))
+
+
+def _loaded(ckpt: dict[str, Any], path: Path, label: str, dev: torch.device, precision: str,
+            card: dict[str, Any], log: TextIO, *, sha: str | None = None) -> LoadedModel:
+    """One checkpoint dict as a :class:`LoadedModel` (``path``: where it was read, for messages;
+    an ensemble member's is ``FILE#k``)."""
     model, arch = _model_with_weights(ckpt, path)
     n_params = sum(p.numel() for p in model.parameters())
     fhash = ckpt.get("featurizer_hash")
     _check_featurizer(arch, fhash, path, log)
     prec = resolve_precision(precision, arch=arch, device=dev, card=card)
     model = apply_precision(model.to(dev), prec, arch=arch)
-    return LoadedModel(model=model, arch=arch, label=str(spec), path=path,
-                       sha=str(card.get("sha256", ""))[:12] or _file_sha(path), precision=prec,
-                       device=dev, n_parameters=n_params, file_bytes=path.stat().st_size,
-                       featurizer_hash=fhash, card=card)
+    real = Path(str(path).split("#")[0])
+    return LoadedModel(model=model, arch=arch, label=label, path=path,
+                       sha=sha or str(card.get("sha256", ""))[:12] or _file_sha(real),
+                       precision=prec, device=dev, n_parameters=n_params,
+                       file_bytes=real.stat().st_size, featurizer_hash=fhash, card=card)
 
 
 def _model_with_weights(ckpt: dict[str, Any], path: Path) -> tuple[torch.nn.Module, str]:
@@ -252,7 +325,7 @@ def _check_featurizer(arch: str, have: str | None, path: Path, log: TextIO) -> N
 
 
 @torch.inference_mode()
-def predict_block(lm: LoadedModel, block: dict[str, np.ndarray], *, batch_size: int = 1024,
+def predict_block(lm: "LoadedModel | LoadedEnsemble", block: dict[str, np.ndarray], *, batch_size: int = 1024,
                   uncertainty: bool = False, mc_samples: int = 30
                   ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray] | None]:
     """Spectra of one feature block.
@@ -261,18 +334,23 @@ def predict_block(lm: LoadedModel, block: dict[str, np.ndarray], *, batch_size: 
     -------
     (spectra, std, experts)
         ``spectra`` float32 ``(n, n_bins)`` linear, base peak 1; ``std`` the MC-dropout
-        standard deviations on the same scale (teacher with ``uncertainty``) or ``None``;
+        standard deviations on the same scale (teacher with ``uncertainty``; an ensemble's:
+        member disagreement and its teachers' MC dropout) or ``None``;
         ``experts`` ``{"index": (n, k) int, "weight": (n, k) float}`` for the student, else None.
 
     Raises
     ------
     ConfigError
-        ``uncertainty`` with a student model.
+        ``uncertainty`` with a student or NEIMS v1 model alone.
     """
-    if uncertainty and lm.arch != "teacher":
-        raise ConfigError("--uncertainty needs the teacher (MC dropout): use --model teacher "
-                          "or a teacher checkpoint")
+    if uncertainty and not lm.supports_uncertainty:
+        raise ConfigError("--uncertainty needs the teacher (MC dropout) or an ensemble (member "
+                          "disagreement): use --model teacher, a teacher checkpoint or several "
+                          "--model")
     n = len(block["ordinal"])
+    if lm.arch == "ensemble":
+        return lm.predict(block, batch_size=batch_size, uncertainty=uncertainty,
+                          mc_samples=mc_samples)
     if lm.arch == "student":
         return _student(lm, block, n, batch_size)
     if lm.arch == "neims-v1":

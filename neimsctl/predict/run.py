@@ -16,7 +16,7 @@ import functools
 from collections.abc import Callable, Iterable, Iterator
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import orjson
@@ -31,6 +31,9 @@ from neimsctl.io.rejects import Reject, Tally
 from neimsctl.io.prediction_write import PredictionWriter
 from neimsctl.predict.model import LoadedModel, predict_block
 
+if TYPE_CHECKING:
+    from neimsctl.predict.ensemble import LoadedEnsemble
+
 __all__ = ["Featurizer", "featurized", "PredictOptions", "Predicted", "ChunkPredictor",
            "predicted", "run_predict", "reject_message"]
 
@@ -43,8 +46,10 @@ _FEAT: Featurizer | None = None
 class Featurizer:
     """Items -> (feature block, rejects) for one model architecture (runs in workers)."""
 
-    def __init__(self, mode: str, *, inchikey: bool = True) -> None:
+    def __init__(self, mode: str, *, inchikey: bool = True, extra_v1: bool = False) -> None:
         self.builder = RowBuilder(RowOptions(mode=mode, inchikey=inchikey, **NO_MW_FILTER))
+        #: Add the NEIMS v1 Morgan counts to teacher blocks (an ensemble of both needs them).
+        self.extra_v1 = extra_v1
 
     def __call__(self, items: list[Item]) -> tuple[dict[str, np.ndarray], list[Rejected]]:
         from neimsctl.chem.structure import StructureError, mol_from_molblock
@@ -67,7 +72,23 @@ class Featurizer:
             ready.append(Item(it.ordinal, it.file, it.line, "smi",
                               f"{smi} {title}".strip().encode("utf-8")))
         block, rejects = self.builder.build(ready)
+        if self.extra_v1:
+            block["morgan_counts"] = _morgan_counts(block["smiles"])
         return block, sorted(early + rejects, key=lambda r: r.item.ordinal)
+
+
+def _morgan_counts(smiles: np.ndarray) -> np.ndarray:
+    """NEIMS v1's Morgan counts ``(n, 4096)`` uint8 of the block's canonical SMILES (parsed
+    again: only an ensemble of a GNN teacher and a Morgan-count NEIMS v1 model needs both)."""
+    from rdkit import Chem
+
+    from neimsctl.chem.features_v1 import MORGAN_COUNT_BITS, V1Featurizer
+
+    feat = V1Featurizer()
+    out = np.zeros((len(smiles), MORGAN_COUNT_BITS), np.uint8)
+    for j, smi in enumerate(smiles):
+        out[j] = feat(Chem.MolFromSmiles(str(smi))).morgan_counts
+    return out
 
 
 def reject_message(r: Rejected) -> str:
@@ -89,9 +110,9 @@ def reject_message(r: Rejected) -> str:
     return f"{where}: {r.reason}: {r.detail}"
 
 
-def _init(mode: str, inchikey: bool = True) -> None:
+def _init(mode: str, inchikey: bool = True, extra_v1: bool = False) -> None:
     global _FEAT
-    _FEAT = Featurizer(mode, inchikey=inchikey)
+    _FEAT = Featurizer(mode, inchikey=inchikey, extra_v1=extra_v1)
 
 
 def _work(items: list[Item]) -> tuple[dict[str, np.ndarray], list[Rejected], int]:
@@ -148,9 +169,9 @@ class ChunkPredictor:
     that record is the only reject returned.
     """
 
-    def __init__(self, lm: LoadedModel, opts: PredictOptions) -> None:
+    def __init__(self, lm: LoadedModel | LoadedEnsemble, opts: PredictOptions) -> None:
         self.lm, self.opts = lm, opts
-        self.featurizer = Featurizer(lm.mode, inchikey=opts.inchikey)
+        self.featurizer = Featurizer(lm.mode, inchikey=opts.inchikey, extra_v1=lm.extra_v1)
         self.writer = PredictionWriter(None, opts.fmt, model_desc=lm.describe(), top=opts.top)
 
     def featurize(self, items: list[Item]) -> tuple[dict[str, np.ndarray], list[Rejected], int]:
@@ -161,7 +182,7 @@ class ChunkPredictor:
                 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray] | None]:
         """The model's ``(spectra, std, experts)`` of a featurized block (see ``predict_block``)."""
         if not len(block["ordinal"]):
-            return np.zeros((0, self.lm.model.config.n_bins), np.float32), None, None
+            return np.zeros((0, self.lm.n_bins), np.float32), None, None
         return predict_block(self.lm, block, batch_size=self.opts.batch_size,
                              uncertainty=self.opts.uncertainty, mc_samples=self.opts.mc_samples)
 
@@ -318,7 +339,8 @@ def predicted(items: Iterable[Item], stage: ChunkPredictor, *, jobs: int = 1,
                 pending.update((it.ordinal, it) for it in c)
                 yield c
         for block, rejects, n in ordered_map(_work, remember(chunked(items, chunk)), jobs, _init,
-                                             (stage.lm.mode, stage.opts.inchikey),
+                                             (stage.lm.mode, stage.opts.inchikey,
+                                              stage.lm.extra_v1),
                                              max_in_flight=2 * jobs + 2, split=one_by_one,
                                              crashed=functools.partial(crashed_block,
                                                                        stage.lm.mode)):

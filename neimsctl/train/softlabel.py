@@ -148,19 +148,28 @@ def load_teacher(path: str | Path, *, featurizer_hash: str | None = None,
         Unreadable file, not a teacher (nor an allowed student), or trained on features with
         another settings hash.
     """
+    ckpt = load_checkpoint(path)
+    return teacher_from(ckpt, path, featurizer_hash=featurizer_hash,
+                        allow_student=allow_student), ckpt
+
+
+def teacher_from(ckpt: dict[str, Any], path: str | Path, *, featurizer_hash: str | None = None,
+                 allow_student: bool = False) -> torch.nn.Module:
+    """The model of a loaded checkpoint dict (see :func:`load_teacher`; ``path`` names it in
+    messages, ``FILE#k`` for the k-th member of an ensemble file)."""
     from neimsctl.train.finetune import build_teacher
 
-    ckpt = load_checkpoint(path)
     model_cfg = (ckpt.get("config") or {}).get("model") or {}
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
     if allow_student and model_cfg.get("name") == "student":
         from neimsctl.predict.model import build_model
 
         try:
             student, _ = build_model(model_cfg)
-            student.load_state_dict(ckpt["model"])
-        except (ConfigError, RuntimeError, KeyError) as exc:
+            student.load_state_dict(state)
+        except (ConfigError, CheckpointError, RuntimeError, KeyError) as exc:
             raise CheckpointError(f"{path}: not a usable student checkpoint: {exc}") from exc
-        return FingerprintMember(student).eval(), ckpt
+        return FingerprintMember(student).eval()
     if model_cfg.get("name") == "student":
         raise CheckpointError(f"{path}: a student checkpoint where a GNN teacher is needed (the "
                               "first --teacher; students may follow it in an ensemble)")
@@ -170,10 +179,32 @@ def load_teacher(path: str | Path, *, featurizer_hash: str | None = None,
                               f"with settings hash {have}, these shards have {featurizer_hash}")
     try:
         model = build_teacher(model_cfg)
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(state)
     except (ConfigError, RuntimeError, KeyError) as exc:
         raise CheckpointError(f"{path}: not a usable teacher checkpoint: {exc}") from exc
-    return model.eval(), ckpt
+    return model.eval()
+
+
+def teacher_sources(paths: Sequence[Path]) -> list[tuple[str, dict[str, Any], str]]:
+    """``(where, checkpoint, sha256)`` of every model the ``--teacher`` files hold.
+
+    An ensemble file (``neimsctl ensemble``) stands for its members (``where`` =
+    ``FILE#k``). The first GNN teacher is put first: its hidden representation is the one
+    the soft labels carry (:func:`mc_soft_labels`); the others keep their order.
+    """
+    from neimsctl.models.checkpoint import ENSEMBLE_FORMAT
+
+    out = []
+    for p in paths:
+        ckpt = load_checkpoint(p, ensemble=True)
+        sha = _sha256(p)
+        if ckpt.get("format") == ENSEMBLE_FORMAT:
+            out += [(f"{p}#{i}", m, f"{sha}#{i}") for i, m in enumerate(ckpt["members"], 1)]
+        else:
+            out.append((str(p), ckpt, sha))
+    first = next((k for k, (_, c, _) in enumerate(out)
+                  if ((c.get("config") or {}).get("model") or {}).get("name") == "teacher"), 0)
+    return [out[first]] + out[:first] + out[first + 1:]
 
 
 def run_softlabel(teacher: Teachers, shards: Sequence[str | Path], out: str | Path, *,
@@ -214,8 +245,9 @@ def run_softlabel(teacher: Teachers, shards: Sequence[str | Path], out: str | Pa
     if not paths:
         raise ConfigError("softlabel needs at least one teacher checkpoint")
     dev = resolve_device(device)
-    models = [load_teacher(p, featurizer_hash=fhash, allow_student=k > 0)[0].to(dev)
-              for k, p in enumerate(paths)]
+    sources = teacher_sources(paths)
+    models = [teacher_from(c, where, featurizer_hash=fhash, allow_student=k > 0).to(dev)
+              for k, (where, c, _) in enumerate(sources)]
     model = models[0]
     ds = TeacherDataset(list(shards), require_spectrum=False)
     positions = np.arange(len(ds), dtype=np.int64)
@@ -228,14 +260,14 @@ def run_softlabel(teacher: Teachers, shards: Sequence[str | Path], out: str | Pa
     if len({int(p[0].shape[1]) for p in probes}) != 1:
         raise ConfigError("ensemble members must agree on the number of bins: "
                           f"{', '.join(str(p) for p in paths)}")
-    sha = [_sha256(p) for p in paths]
+    sha = [x[2] for x in sources]
     full = {**asdict(s), "split": list(s.split), "teacher_sha256": sha[0] if len(sha) == 1 else sha,
             "featurizer_hash": fhash, "n_positions": int(len(positions))}
     head = {"featurizer_hash": fhash, "teacher": " ".join(str(p) for p in paths),
             "teacher_model": str(cfg_model), "members": json.dumps(
-                [{"path": str(p), "arch": "student" if isinstance(m, FingerprintMember) else "teacher",
+                [{"path": where, "arch": "student" if isinstance(m, FingerprintMember) else "teacher",
                   "model": (m.student if isinstance(m, FingerprintMember) else m).config.to_dict()}
-                 for p, m in zip(paths, models)], default=list), **(attrs or {})}
+                 for (where, _, _), m in zip(sources, models)], default=list), **(attrs or {})}
     tally = Tally(sink=rejects)
     seen: set[bytes] = set()
     with SoftLabelWriter(out, full, n_bins=n_bins, hidden_dim=hidden_dim, attrs=head,

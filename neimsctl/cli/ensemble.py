@@ -1,0 +1,56 @@
+"""``neimsctl ensemble``: several models -> one ensemble file (parameters and glue only)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from neimsctl.cli._common import (Quiet, Verbose, app, command, input_pairs, output_pair,
+                                  refuse_clobber, setup_logging, usage_error)
+from neimsctl.cli.predict import Average
+
+CMD = "ensemble"
+
+
+@app.command(CMD)
+def ensemble_cli(
+    models: Annotated[list[str], typer.Argument(
+        help="Members: student | teacher (the shipped models), checkpoint files, or ensemble "
+             "files (their members are taken over).", show_default=False)],
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="The ensemble file to write (neimsctl.ensemble/1).",
+        show_default=False)],
+    average: Annotated[Average, typer.Option(
+        "--average", help="How predict averages the members' spectra: sqrt (mean of the square "
+                          "roots, squared) or linear (mean intensity).")] = Average.sqrt,
+    fp32: Annotated[bool, typer.Option(
+        "--fp32", help="Keep the weights in float32 (default: float16, half the size; predict "
+                       "widens them to float32 when it loads them).")] = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Bundle models into one ensemble file that predict, eval, softlabel and the API load as one.
+
+    The members may be any mix of students, NEIMS v1 models and GNN teachers. The file keeps
+    only what inference needs (no optimizer state). predict --model ENSEMBLE.pt averages the
+    members' spectra; --uncertainty adds the members' disagreement per peak. See
+    neimsctl-ensemble(1).
+    """
+    with command(CMD):
+        setup_logging(verbose, quiet)
+        if str(output) == "-":
+            usage_error(CMD, "-o -: an ensemble file is binary; give a file name")
+        refuse_clobber(CMD, input_pairs(models, "model"), [output_pair("-o", output)])
+        from neimsctl.predict.ensemble import write_ensemble
+
+        info = write_ensemble(models, output, average=average.value, half=not fp32)
+        if not quiet:
+            for m in info["members"]:
+                print(f"neimsctl {CMD}: {m['label']}: {m['arch']}, {m['n_parameters']:,} "
+                      f"parameters, sha256:{m['sha256']}", file=sys.stderr)
+            print(f"neimsctl {CMD}: wrote {output}: {len(info['members'])} members, "
+                  f"{info['average']} average, {info['bytes'] / 1e6:.1f} MB", file=sys.stderr,
+                  flush=True)

@@ -1,0 +1,220 @@
+"""Ensembles: several models whose predicted spectra are averaged.
+
+An ensemble is given as several ``--model`` options (``predict --model A --model B``) or as
+one ensemble file (``neimsctl.ensemble/1``, written by ``neimsctl ensemble``;
+formats/ensemble.v1.md). Its members may be any mix of students, NEIMS v1 models and GNN
+teachers: the molecules are featurized once, in the mode that holds every member's inputs
+(:attr:`LoadedEnsemble.mode`), and each member predicts from the same block.
+
+The members' spectra (linear, base peak 1) are averaged in one of two spaces
+(:func:`average_spectra`): ``linear`` (the mean intensity) or ``sqrt`` (the mean of the square
+roots, squared: a geometric-like mean that keeps a peak only a few members predict smaller);
+the result is scaled to base peak 1 again. With ``uncertainty`` the per-peak spread is the
+members' disagreement (their standard deviation) plus, for teacher members, their MC-dropout
+variance (the law of total variance), on the scale of the averaged spectrum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from neimsctl.errors import ConfigError
+from neimsctl.models.checkpoint import AVERAGES
+from neimsctl.predict.model import LoadedModel, predict_block
+
+__all__ = ["LoadedEnsemble", "average_spectra", "ensemble_average", "DEFAULT_AVERAGE"]
+
+#: The averaging space of an ensemble given as several ``--model`` (or an ensemble file that
+#: does not say): measured on the validation split, BENCHMARKS.md "Issue 18: ensembles".
+DEFAULT_AVERAGE = "sqrt"
+
+
+def ensemble_average(average: str | None, files: Sequence[dict[str, Any]] = ()) -> str:
+    """The averaging space: ``average`` when given, else the ensemble files' own (when they
+    agree), else :data:`DEFAULT_AVERAGE`.
+
+    Raises
+    ------
+    ConfigError
+        An unknown ``average``.
+    """
+    if average is not None:
+        if average not in AVERAGES:
+            raise ConfigError(f"--average {average!r}: choose one of {', '.join(AVERAGES)}")
+        return average
+    own = {str(f.get("average")) for f in files}
+    return own.pop() if len(own) == 1 else DEFAULT_AVERAGE
+
+
+def average_spectra(spectra: np.ndarray, average: str) -> np.ndarray:
+    """The mean of ``spectra`` ``(k, n, bins)`` (linear intensities >= 0) over its first axis,
+    in ``average`` space, unnormalised: ``(n, bins)`` float64."""
+    s = np.asarray(spectra, dtype=np.float64)
+    if average == "linear":
+        return s.mean(axis=0)
+    if average == "sqrt":
+        return np.square(np.sqrt(np.clip(s, 0.0, None)).mean(axis=0))
+    raise ConfigError(f"average {average!r}: choose one of {', '.join(AVERAGES)}")
+
+
+@dataclass
+class LoadedEnsemble:
+    """Several :class:`~neimsctl.predict.model.LoadedModel` that predict as one.
+
+    It answers what ``predict``, ``eval`` and the API ask of a loaded model (``arch``,
+    ``mode``, ``describe()``, ``device``, ``n_bins``...) and predicts with :meth:`predict`
+    (``predict_block`` calls it).
+
+    Attributes
+    ----------
+    members
+        The loaded members, in the order given (ensemble files flattened).
+    average
+        ``linear`` or ``sqrt`` (:func:`average_spectra`).
+    label
+        What ``--model`` said (``A+B`` for several).
+    path, sha, card
+        The ensemble file, its sha256 (12 digits) and model card, when one file was given.
+    """
+
+    members: list[LoadedModel]
+    average: str
+    label: str
+    device: torch.device
+    path: Path | None = None
+    sha: str = ""
+    card: dict[str, Any] = field(default_factory=dict)
+    file_bytes: int = 0
+
+    arch = "ensemble"
+
+    def __post_init__(self) -> None:
+        bins = {m.n_bins for m in self.members}
+        if len(bins) != 1:
+            raise ConfigError("ensemble members must predict the same bins: "
+                              + ", ".join(f"{m.label}: {m.n_bins}" for m in self.members))
+
+    @property
+    def needs(self) -> set[str]:
+        return {m.needs for m in self.members}
+
+    @property
+    def mode(self) -> str:
+        """The featurizer mode whose blocks hold every member's inputs: ``teacher`` when a
+        member is a GNN teacher (its blocks hold the fingerprints too), else ``v1`` when a
+        NEIMS v1 member reads Morgan counts, else ``student``."""
+        needs = self.needs
+        return "teacher" if "teacher" in needs else "v1" if "v1" in needs else "student"
+
+    @property
+    def extra_v1(self) -> bool:
+        """Teacher blocks need the Morgan counts too (a teacher and a Morgan NEIMS v1 member)."""
+        return self.mode == "teacher" and "v1" in self.needs
+
+    @property
+    def n_bins(self) -> int:
+        return self.members[0].n_bins
+
+    @property
+    def n_parameters(self) -> int:
+        return sum(m.n_parameters for m in self.members)
+
+    @property
+    def precision(self) -> str:
+        return "+".join(dict.fromkeys(m.precision for m in self.members))
+
+    @property
+    def featurizer_hash(self) -> str | None:
+        return self.members[0].featurizer_hash
+
+    @property
+    def supports_uncertainty(self) -> bool:
+        """Member disagreement needs two members; one teacher has its MC dropout."""
+        return len(self.members) > 1 or self.members[0].arch == "teacher"
+
+    def describe(self) -> str:
+        """One line for MSP comments and logs, e.g. ``ensemble.pt sha256:0123abcd4567 sqrt of 4``
+        or ``ensemble sqrt of a.pt sha256:... fp32 + b.pt sha256:... bf16``."""
+        if self.path is not None:
+            version = self.card.get("version")
+            return " ".join(x for x in (self.path.name, f"v{version}" if version else "",
+                                        f"sha256:{self.sha}", f"{self.average} of "
+                                        f"{len(self.members)}") if x)
+        return f"ensemble {self.average} of " + " + ".join(m.describe() for m in self.members)
+
+    def predict(self, block: dict[str, np.ndarray], *, batch_size: int = 1024,
+                uncertainty: bool = False, mc_samples: int = 30
+                ) -> tuple[np.ndarray, np.ndarray | None, None]:
+        """``(spectra, std, None)`` of one feature block (see ``predict_block``): every
+        member's spectra averaged, base peak 1; ``std`` with ``uncertainty``."""
+        specs, mc_var = [], []
+        for m in self.members:
+            mc = uncertainty and m.arch == "teacher"
+            s, std, _ = predict_block(m, block, batch_size=batch_size, uncertainty=mc,
+                                      mc_samples=mc_samples)
+            specs.append(s)
+            if std is not None:
+                mc_var.append(np.square(std.astype(np.float64)))
+        stack = np.stack(specs) if specs else np.zeros((0, 0, self.n_bins))
+        mean = average_spectra(stack, self.average)
+        scale = 1.0 / np.maximum(mean.max(axis=1, keepdims=True), 1e-12)
+        out = (mean * scale).astype(np.float32)
+        if not uncertainty:
+            return out, None, None
+        k = len(specs)
+        var = stack.astype(np.float64).var(axis=0, ddof=1) if k > 1 else np.zeros_like(mean)
+        if mc_var:
+            var = var + np.sum(mc_var, axis=0) / k
+        return out, (np.sqrt(var) * scale).astype(np.float32), None
+
+
+def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str = DEFAULT_AVERAGE,
+                   half: bool = True, log: Any = None) -> dict[str, Any]:
+    """Write one ensemble file (``neimsctl.ensemble/1``) of the models ``specs`` names.
+
+    Each spec is what ``--model`` takes (``student``/``teacher``, a checkpoint, or an ensemble
+    file, whose members are taken over). Every member is built and its weights loaded before
+    anything is written (a member that would not load is refused here, not at predict time);
+    the file is written to a temporary name and renamed.
+
+    Returns
+    -------
+    dict
+        ``{"members": [{"label", "arch", "n_parameters", "sha256"}...], "average", "bytes"}``.
+
+    Raises
+    ------
+    CheckpointError
+        A member that cannot be read or built.
+    ConfigError
+        An unknown ``average``; no member.
+    """
+    from neimsctl.models.checkpoint import (ENSEMBLE_FORMAT, build_ensemble, load_checkpoint,
+                                            save_checkpoint, slim_member)
+    from neimsctl.predict.model import _file_sha, _model_with_weights, resolve_model
+
+    average = ensemble_average(average)
+    if not specs:
+        raise ConfigError("an ensemble needs at least one --model")
+    members, summary = [], []
+    for spec in specs:
+        path = resolve_model(spec)
+        ckpt = load_checkpoint(path, map_location="cpu", ensemble=True)
+        sha = _file_sha(path)
+        given = ckpt["members"] if ckpt.get("format") == ENSEMBLE_FORMAT else [ckpt]
+        for i, one in enumerate(given, 1):
+            where = Path(f"{path}#{i}") if len(given) > 1 or one is not ckpt else path
+            model, arch = _model_with_weights(one, where)     # refuses what would not load
+            label = str(one.get("label") or (spec if str(spec) in ("student", "teacher")
+                                             else path.name))
+            member_sha = str(one.get("sha256") or sha)
+            members.append(slim_member(one, label=label, sha256=member_sha, half=half))
+            summary.append({"label": label, "arch": arch, "sha256": member_sha[:12],
+                            "n_parameters": sum(p.numel() for p in model.parameters())})
+    save_checkpoint(out, build_ensemble(members, average=average))
+    return {"members": summary, "average": average, "bytes": Path(out).stat().st_size}

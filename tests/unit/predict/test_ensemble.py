@@ -1,0 +1,216 @@
+"""Ensembles: averaging spaces by hand, ensemble files, mixed members, uncertainty, softlabel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from neimsctl.chem.featurize_run import run_settings
+from neimsctl.chem.rowbuild import Item, RowOptions
+from neimsctl.errors import CheckpointError, ConfigError
+from neimsctl.models.checkpoint import (ENSEMBLE_FORMAT, build_ensemble, load_checkpoint,
+                                        save_checkpoint, slim_member)
+from neimsctl.models.neims_v1 import NeimsV1, NeimsV1Config
+from neimsctl.models.student import StudentConfig, StudentModel
+from neimsctl.predict.ensemble import LoadedEnsemble, average_spectra, write_ensemble
+from neimsctl.predict.model import load_model, predict_block
+from neimsctl.predict.run import Featurizer
+
+TINY = StudentConfig(gate_hidden=(16,), expert_depth=1, expert_bottleneck=8, head_hidden=(32,),
+                     hidden_dim=16)
+TEACHER = {"name": "teacher", "hidden": 16, "num_layers": 2, "ecfp_hidden": [32], "ecfp_out": 16,
+           "head_hidden": [32, 16], "dropout": 0.2}
+SMILES = ["CCO", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O", "CCN(CC)CC", "ClC(Cl)Cl"]
+
+
+def _student(path: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    return save_checkpoint(path, model=StudentModel(TINY),
+                           config={"model": {"name": "student", **TINY.to_dict()}},
+                           featurizer_hash=run_settings(RowOptions(mode="student"))[1])
+
+
+def _teacher(path: Path) -> Path:
+    from neimsctl.train.finetune import build_teacher
+
+    torch.manual_seed(5)
+    model = build_teacher(TEACHER)
+    return save_checkpoint(path, model=model,
+                           config={"model": model.config.to_dict() | {"name": "teacher"}},
+                           featurizer_hash=run_settings(RowOptions(mode="teacher"))[1])
+
+
+def _v1(path: Path) -> Path:
+    torch.manual_seed(7)
+    cfg = NeimsV1Config(hidden_dim=32, n_blocks=1)     # 4096 Morgan counts
+    return save_checkpoint(path, model=NeimsV1(cfg),
+                           config={"model": {"name": "neims-v1", **cfg.to_dict()}})
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("ens")
+    return {"a": _student(d / "a.pt", 0), "b": _student(d / "b.pt", 1),
+            "t": _teacher(d / "t.pt"), "v1": _v1(d / "v1.pt"), "dir": d}
+
+
+def _block(mode: str, extra_v1: bool = False) -> dict[str, np.ndarray]:
+    items = [Item(i, "<t>", i + 1, "smi", s.encode()) for i, s in enumerate(SMILES)]
+    block, rejects = Featurizer(mode, extra_v1=extra_v1)(items)
+    assert not rejects
+    return block
+
+
+def test_average_spectra_by_hand() -> None:
+    s = np.array([[[1.0, 0.0, 0.25]], [[0.25, 1.0, 0.25]]])
+    np.testing.assert_allclose(average_spectra(s, "linear"), [[0.625, 0.5, 0.25]])
+    # sqrt: mean of (1, .5) = .75 -> .5625; (0, 1) -> .25; (.5, .5) -> .25
+    np.testing.assert_allclose(average_spectra(s, "sqrt"), [[0.5625, 0.25, 0.25]])
+    with pytest.raises(ConfigError, match="average 'log'"):
+        average_spectra(s, "log")
+
+
+@pytest.mark.parametrize("average", ["linear", "sqrt"])
+def test_an_ensemble_predicts_the_average_of_its_members(ckpts: dict[str, Path],
+                                                         average: str) -> None:
+    a, b = (load_model(ckpts[k], device="cpu", precision="fp32") for k in "ab")
+    ens = load_model([ckpts["a"], ckpts["b"]], device="cpu", precision="fp32", average=average)
+    assert isinstance(ens, LoadedEnsemble) and ens.arch == "ensemble" and ens.mode == "student"
+    assert ens.n_parameters == a.n_parameters + b.n_parameters
+    block = _block("student")
+    sa, sb = (predict_block(m, block)[0] for m in (a, b))
+    want = average_spectra(np.stack([sa, sb]), average)
+    want /= want.max(axis=1, keepdims=True)
+    got, std, experts = predict_block(ens, block)
+    assert std is None and experts is None
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert np.allclose(got.max(axis=1), 1.0)
+    # uncertainty = the members' standard deviation, on the scale of the averaged spectrum
+    got2, std = predict_block(ens, block, uncertainty=True)[:2]
+    np.testing.assert_array_equal(got2, got)
+    scale = 1 / average_spectra(np.stack([sa, sb]), average).max(axis=1, keepdims=True)
+    np.testing.assert_allclose(std, np.stack([sa, sb]).std(axis=0, ddof=1) * scale,
+                               rtol=1e-5, atol=1e-7)
+    assert (std > 0).any()
+
+
+def test_an_ensemble_file_predicts_as_its_members_given_one_by_one(ckpts: dict[str, Path]) -> None:
+    out = ckpts["dir"] / "ab.pt"
+    info = write_ensemble([ckpts["a"], ckpts["b"]], out, average="linear", half=False)
+    assert [m["arch"] for m in info["members"]] == ["student", "student"]
+    raw = load_checkpoint(out, ensemble=True)
+    assert raw["format"] == ENSEMBLE_FORMAT and raw["average"] == "linear"
+    assert "optimizer" not in raw["members"][0] and raw["members"][0]["label"] == "a.pt"
+    from_file = load_model(out, device="cpu", precision="fp32")
+    given = load_model([ckpts["a"], ckpts["b"]], device="cpu", precision="fp32", average="linear")
+    assert from_file.average == "linear" and "ab.pt" in from_file.describe()
+    block = _block("student")
+    np.testing.assert_array_equal(predict_block(from_file, block)[0],
+                                  predict_block(given, block)[0])
+    # an ensemble file among other models is flattened into its members
+    three = load_model([out, ckpts["a"]], device="cpu", precision="fp32")
+    assert len(three.members) == 3 and three.average == "linear"
+    # fp16 weights (the default): half the size, spectra within fp16 rounding
+    half = ckpts["dir"] / "ab16.pt"
+    write_ensemble([ckpts["a"], ckpts["b"]], half, average="linear")
+    assert half.stat().st_size < 0.7 * out.stat().st_size
+    np.testing.assert_allclose(predict_block(load_model(half, device="cpu", precision="fp32"),
+                                             block)[0], predict_block(given, block)[0], atol=2e-3)
+
+
+def test_a_single_checkpoint_refuses_an_ensemble_file_where_one_model_is_needed(
+        ckpts: dict[str, Path]) -> None:
+    out = ckpts["dir"] / "refuse.pt"
+    write_ensemble([ckpts["a"], ckpts["b"]], out)
+    with pytest.raises(CheckpointError, match="an ensemble of 2 models where one checkpoint"):
+        load_checkpoint(out)
+
+
+def _damaged(path: Path, members: list, average: str = "sqrt") -> Path:
+    torch.save({"format": ENSEMBLE_FORMAT, "average": average, "members": members}, path)
+    return path
+
+
+def test_damaged_ensemble_files_are_refused_naming_the_member(ckpts: dict[str, Path]) -> None:
+    good = slim_member(load_checkpoint(ckpts["a"]), label="a", sha256="0" * 64)
+    bad = slim_member(load_checkpoint(ckpts["b"]), label="b", sha256="1" * 64)
+    bad["model"] = dict(bad["model"])
+    key = next(iter(bad["model"]))
+    bad["model"][key] = torch.full_like(bad["model"][key], float("nan"))
+    d = ckpts["dir"]
+    with pytest.raises(CheckpointError, match=r"member 2: refused: weight .* non-finite"):
+        load_model(_damaged(d / "nan.pt", [good, bad]), device="cpu")
+    with pytest.raises(CheckpointError, match="'members' is not a non-empty list"):
+        load_model(_damaged(d / "empty.pt", []), device="cpu")
+    with pytest.raises(CheckpointError, match="'average' is 'mean'"):
+        load_model(_damaged(d / "avg.pt", [good], "mean"), device="cpu")
+    with pytest.raises(CheckpointError, match="member 1: not a neimsctl.ckpt/1"):
+        load_model(_damaged(d / "fmt.pt", [{"model": {}}]), device="cpu")
+    with pytest.raises(CheckpointError, match="at least one member"):
+        build_ensemble([], average="sqrt")
+    with pytest.raises(ConfigError, match="--average 'mean'"):
+        load_model([ckpts["a"], ckpts["b"]], device="cpu", average="mean")
+
+
+def test_mixed_members_share_one_featurization(ckpts: dict[str, Path]) -> None:
+    """A student, a GNN teacher and a Morgan-count NEIMS v1 model: one teacher block with the
+    Morgan counts added; each member predicts what it predicts alone."""
+    ens = load_model([ckpts["a"], ckpts["t"], ckpts["v1"]], device="cpu", precision="fp32",
+                     average="linear")
+    assert ens.mode == "teacher" and ens.extra_v1
+    block = _block("teacher", extra_v1=True)
+    np.testing.assert_array_equal(block["morgan_counts"], _block("v1")["morgan_counts"])
+    alone = []
+    for key, mode in (("a", "student"), ("t", "teacher"), ("v1", "v1")):
+        m = load_model(ckpts[key], device="cpu", precision="fp32")
+        alone.append(predict_block(m, _block(mode))[0])
+    want = np.mean(alone, axis=0)
+    want /= want.max(axis=1, keepdims=True)
+    np.testing.assert_allclose(predict_block(ens, block)[0], want, rtol=1e-5, atol=1e-6)
+    # --uncertainty: the members' spread (the teacher's spectrum is its MC mean) + the
+    # teacher's MC-dropout variance / 3, on the averaged spectrum's scale
+    torch.manual_seed(0)
+    got, std = predict_block(ens, block, uncertainty=True, mc_samples=4)[:2]
+    torch.manual_seed(0)
+    teacher = load_model(ckpts["t"], device="cpu", precision="fp32")
+    t_mean, t_std = predict_block(teacher, _block("teacher"), uncertainty=True, mc_samples=4)[:2]
+    members = np.stack([alone[0], t_mean, alone[2]]).astype(np.float64)
+    scale = 1 / members.mean(axis=0).max(axis=1, keepdims=True)
+    np.testing.assert_allclose(got, members.mean(axis=0) * scale, rtol=1e-5, atol=1e-6)
+    want_std = np.sqrt(members.var(axis=0, ddof=1) + np.square(t_std) / 3) * scale
+    np.testing.assert_allclose(std, want_std, rtol=1e-4, atol=1e-6)
+    assert (std > members.std(axis=0, ddof=1) * scale).any()
+
+
+def test_uncertainty_needs_a_teacher_or_two_members(ckpts: dict[str, Path]) -> None:
+    one = load_model(ckpts["a"], device="cpu")
+    with pytest.raises(ConfigError, match="member disagreement"):
+        predict_block(one, _block("student"), uncertainty=True)
+    solo = ckpts["dir"] / "solo.pt"
+    write_ensemble([ckpts["a"]], solo)
+    assert not load_model(solo, device="cpu").supports_uncertainty
+    assert load_model([ckpts["a"], ckpts["a"]], device="cpu").supports_uncertainty
+
+
+def test_softlabel_takes_an_ensemble_file_as_its_members(ckpts: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    from neimsctl.data.membench import build_sample_shard
+    from neimsctl.io.softlabel_shard import SoftLabelReader
+    from neimsctl.train import softlabel as sl
+
+    shard = build_sample_shard(tmp_path / "teacher.h5", mode="teacher", limit=12)
+    ens = tmp_path / "st.pt"
+    write_ensemble([ckpts["a"], ckpts["t"]], ens, half=False)   # student first: reordered
+    sources = sl.teacher_sources([ens])
+    assert [w for w, _, _ in sources] == [f"{ens}#2", f"{ens}#1"]
+    settings = sl.SoftLabelSettings(samples=2, batch_size=8)
+    sl.run_softlabel([ens], [shard], tmp_path / "e.h5", settings=settings, device="cpu")
+    sl.run_softlabel([ckpts["t"], ckpts["a"]], [shard], tmp_path / "p.h5", settings=settings,
+                     device="cpu")
+    with SoftLabelReader(tmp_path / "e.h5") as r1, SoftLabelReader(tmp_path / "p.h5") as r2:
+        a, b = r1.take(np.arange(len(r1))), r2.take(np.arange(len(r2)))
+    np.testing.assert_allclose(a["mean"], b["mean"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a["var"], b["var"], rtol=1e-4, atol=1e-7)
