@@ -1,6 +1,11 @@
 #!/usr/bin/env python3
 """Issue-5 comparison table: every model judged on the same test compounds through the real CLI.
 
+Issue 18 adds the measured-replicate reference (:func:`export_replicates`): on the compounds
+with two or more measured spectra, one measured spectrum as the "prediction" of the others; a
+second table judges every model on those same queries. ``NAME=A.pt+B.pt`` judges an ensemble
+(several ``--model``); ``--part val`` runs the same protocol on the validation compounds.
+
 For the compound-grouped test split (8:1:1, seed 42, the split training used) of a student-mode
 shard this script writes, into ``--out``:
 
@@ -46,22 +51,49 @@ from neimsctl.data.split_export import read_split, write_split  # noqa: E402
 from neimsctl.io.inchikey import connectivity_blocks  # noqa: E402
 
 
-def export_split(shard: Path, out: Path) -> tuple[int, dict, np.ndarray]:
-    """query.jsonl, train.jsonl, nn.pred.jsonl (the NN baseline) and test.smi.
+def export_split(shard: Path, out: Path, part: str = "test") -> tuple[int, dict, np.ndarray]:
+    """query.jsonl, train.jsonl, nn.pred.jsonl (the NN baseline), PART.smi and the measured
+    replicate files (:func:`export_replicates`).
 
-    Returns the number of test compounds, the shard's rows and the first row of each test
+    Returns the number of compounds of the part, the shard's rows and the first row of each
     compound (whose prediction stands for the compound)."""
     d = nn_baseline.read_shards([shard])
     blocks = connectivity_blocks(d["inchikey"], as_bytes=True)
     parts = split_indices(blocks, ids=[str(i).encode() for i in d["id"]], seed=42)
-    _, first = np.unique(blocks[parts.test], return_index=True)
-    firsts = parts.test[np.sort(first)]
+    query = getattr(parts, part)
+    _, first = np.unique(blocks[query], return_index=True)
+    firsts = query[np.sort(first)]
     pred, _, _ = nn_baseline.nearest_neighbour_predict(d["ecfp"][firsts], d["ecfp"][parts.train],
                                                        d["spectrum"][parts.train])
-    nn_baseline.export(out, d, firsts, pred, parts.test, parts.train)
+    nn_baseline.export(out, d, firsts, pred, query, parts.train)
     (out / "pred.jsonl").replace(out / "nn.pred.jsonl")
-    with open(out / "test.smi", "wb") as fh:  # what `neimsctl shards split --part test -O smi` writes
-        return write_split(read_split([shard], "test"), fh, "smi"), d, firsts
+    export_replicates(out, d, blocks, firsts, query)
+    with open(out / f"{part}.smi", "wb") as fh:  # = `neimsctl shards split --part PART -O smi`
+        return write_split(read_split([shard], part), fh, "smi"), d, firsts
+
+
+def export_replicates(out: Path, d: dict, blocks: np.ndarray, firsts: np.ndarray,
+                      query: np.ndarray) -> int:
+    """The measured-replicate reference: what a model that predicts like another measurement
+    reaches.
+
+    For every compound of the part with two or more measured spectra, its first spectrum (the
+    row whose compound the models predict) is its "prediction" and the others are the queries
+    (``query_rep.jsonl``); a compound with one spectrum keeps it as its library entry (it is
+    no query here), so every library entry of the part is a measured spectrum
+    (``replicate.pred.jsonl``). The library's training spectra are the same as for the models,
+    and every model is judged on ``query_rep.jsonl`` too (the same queries). Returns the
+    number of queries.
+    """
+    counts = dict(zip(*np.unique(blocks[query], return_counts=True)))
+    first_rows = set(firsts.tolist())
+    rep = np.asarray([r for r in query if counts[blocks[r]] > 1 and r not in first_rows],
+                     dtype=np.int64)
+    (out / "replicate.pred.jsonl").write_bytes(
+        nn_baseline._lines(d, firsts, d["spectrum"][firsts], "neimsctl.prediction/1"))
+    (out / "query_rep.jsonl").write_bytes(
+        nn_baseline._lines(d, rep, d["spectrum"][rep], "neimsctl.record/1"))
+    return len(rep)
 
 
 def export_soft(out: Path, name: str, soft: Path, d: dict, firsts: np.ndarray) -> None:
@@ -79,19 +111,24 @@ def export_soft(out: Path, name: str, soft: Path, d: dict, firsts: np.ndarray) -
         nn_baseline._lines(d, firsts, mean, "neimsctl.prediction/1"))
 
 
-def evaluate(out: Path, name: str) -> dict:
-    cmd = ["neimsctl", "eval", str(out / f"{name}.pred.jsonl"), str(out / "query.jsonl"),
+def evaluate(out: Path, name: str, queries: str = "query") -> dict:
+    """``neimsctl eval`` of NAME.pred.jsonl against QUERIES.jsonl, library = the predictions +
+    train.jsonl, with and without +-5 Da (written to NAME[.QUERIES].eval.json)."""
+    cmd = ["neimsctl", "eval", str(out / f"{name}.pred.jsonl"), str(out / f"{queries}.jsonl"),
            "-l", str(out / "train.jsonl"), "--mass-filter", "5", "--json", "-q"]
     res = json.loads(subprocess.run(cmd, check=True, capture_output=True).stdout)
-    (out / f"{name}.eval.json").write_text(json.dumps(res, indent=1))
+    tag = "" if queries == "query" else f".{queries}"
+    (out / f"{name}{tag}.eval.json").write_text(json.dumps(res, indent=1))
     return res
 
 
-def predict_cli(out: Path, name: str, ckpt: str) -> float:
-    """Wall seconds of ``neimsctl predict`` over test.smi (start-up and featurization included)."""
+def predict_cli(out: Path, name: str, ckpt: str, part: str = "test") -> float:
+    """Wall seconds of ``neimsctl predict`` over PART.smi (start-up and featurization included).
+    ``ckpt`` may be several checkpoints joined by ``+`` (an ensemble: one ``--model`` each)."""
+    models = [a for c in ckpt.split("+") for a in ("--model", c)]
     t0 = time.perf_counter()
-    with open(out / "test.smi", "rb") as fin:
-        subprocess.run(["neimsctl", "predict", "--model", ckpt, "-O", "jsonl", "--threads", "1",
+    with open(out / f"{part}.smi", "rb") as fin:
+        subprocess.run(["neimsctl", "predict", *models, "-O", "jsonl", "--threads", "1",
                         "--precision", "fp32", "-q", "-o", str(out / f"{name}.pred.jsonl")],
                        stdin=fin, check=True)
     return time.perf_counter() - t0
@@ -103,11 +140,13 @@ def model_speed(ckpt: str, smiles: list[str], calls: int) -> dict:
     from neimsctl.predict.model import load_model, predict_block
 
     torch.set_num_threads(1)
-    lm = load_model(ckpt, device="cpu", precision="fp32", log=open("/dev/null", "w"))
+    lm = load_model(ckpt.split("+") if "+" in ckpt else ckpt, device="cpu", precision="fp32",
+                    log=open("/dev/null", "w"))
     items = [Item(i, "<bench>", i + 1, "smi", s.encode()) for i, s in enumerate(smiles)]
-    block, _ = Featurizer(lm.mode, inchikey=False)(items)
+    feat = Featurizer(lm.mode, inchikey=False, extra_v1=lm.extra_v1)
+    block, _ = feat(items)
 
-    singles = [Featurizer(lm.mode, inchikey=False)([it])[0] for it in items[:calls]]
+    singles = [feat([it])[0] for it in items[:calls]]
     n = len(block["ordinal"])
     for one in singles[:3]:  # warm-up: the first calls pay for allocation and page faults
         predict_block(lm, one, batch_size=1)
@@ -121,6 +160,13 @@ def model_speed(ckpt: str, smiles: list[str], calls: int) -> dict:
     batched = n / (time.perf_counter() - t)
     return {"params": lm.n_parameters, "ms_batch1": statistics.median(lat),
             "mol_per_s_batched": batched}
+
+
+def recall_row(name: str, ev: dict) -> str:
+    """Mean cosine and Recall@K with and without +-5 Da (the replicate-subset table)."""
+    rec = " | ".join(f"{ev[f'recall@{k}']:.3f}" for k in (1, 5, 10, 20))
+    recm = " | ".join(f"{ev[f'recall@{k}_mass5']:.3f}" for k in (1, 5, 10, 20))
+    return f"| {name} | {ev['mean_cosine']:.3f} | {rec} | {recm} |"
 
 
 def row(name: str, ev: dict, speed: dict | None, cli_s: float | None, n: int) -> str:
@@ -143,35 +189,55 @@ def main() -> int:
     ap.add_argument("--soft", action="append", default=[], metavar="NAME=SOFT.h5",
                     help="also judge a soft-label file's means (e.g. a teacher ensemble)")
     ap.add_argument("--latency-calls", type=int, default=100)
+    ap.add_argument("--part", choices=("val", "test"), default="test",
+                    help="the compounds judged: select on val, report test once (default test)")
+    ap.add_argument("--no-speed", action="store_true", help="skip the model-only timings")
     args = ap.parse_intermixed_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    n, d, firsts = export_split(args.shard, args.out)
-    smiles = [line.split()[0] for line in (args.out / "test.smi").read_text().splitlines()]
+    n, d, firsts = export_split(args.shard, args.out, args.part)
+    smiles = [line.split()[0] for line in (args.out / f"{args.part}.smi").read_text().splitlines()]
     lines = ["| model | mean cosine | R@1 | R@5 | R@10 | R@20 | R@1 ±5 Da | R@5 ±5 Da | R@10 ±5 Da "
              "| R@20 ±5 Da | parameters | ms/mol batch 1 | mol/s batch 256 | CLI predict (test set) |",
              "|" + "---|" * 14]
-    results = {"n_test_compounds": n}
+    results: dict = {"part": args.part, "n_compounds": n}
     ev = evaluate(args.out, "nn")
     results["nearest-neighbour"] = ev
     lines.append(row("nearest neighbour (ECFP4 Tanimoto)", ev, None, None, n))
+    rep_lines = ["| model | mean cosine | R@1 | R@5 | R@10 | R@20 | R@1 ±5 Da | R@5 ±5 Da "
+                 "| R@10 ±5 Da | R@20 ±5 Da |", "|" + "---|" * 10]
+    subset = {"replicate": evaluate(args.out, "replicate", "query_rep"),
+              "nearest-neighbour": evaluate(args.out, "nn", "query_rep")}
+    rep_lines.append(recall_row("measured replicate (another measured spectrum as the "
+                                "prediction)", subset["replicate"]))
+    rep_lines.append(recall_row("nearest neighbour (ECFP4 Tanimoto)", subset["nearest-neighbour"]))
     for spec in args.soft:
         name, soft = spec.split("=", 1)
         export_soft(args.out, name, Path(soft), d, firsts)
         ev = evaluate(args.out, name)
         results[name] = ev
         lines.append(row(f"{name} (soft-label means)", ev, None, None, n))
+        subset[name] = evaluate(args.out, name, "query_rep")
+        rep_lines.append(recall_row(f"{name} (soft-label means)", subset[name]))
     for spec in args.models:
         name, ckpt = spec.split("=", 1)
-        cli_s = predict_cli(args.out, name, ckpt)
+        cli_s = predict_cli(args.out, name, ckpt, args.part)
         ev = evaluate(args.out, name)
-        speed = model_speed(ckpt, smiles, args.latency_calls)
-        results[name] = {**ev, **speed, "cli_seconds": cli_s}
+        speed = None if args.no_speed else model_speed(ckpt, smiles, args.latency_calls)
+        results[name] = {**ev, **(speed or {}), "cli_seconds": cli_s}
         lines.append(row(name, ev, speed, cli_s, n))
         print(lines[-1], file=sys.stderr, flush=True)
+        subset[name] = evaluate(args.out, name, "query_rep")
+        rep_lines.append(recall_row(name, subset[name]))
+    results["replicate_subset"] = subset
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    print(f"test split: {n} compounds; queries and library as SPEC.md (library = one prediction "
-          "per test compound + every training spectrum)")
+    print(f"{args.part} split: {n} compounds; queries and library as SPEC.md (library = one "
+          f"prediction per {args.part} compound + every training spectrum)")
     print("\n".join(lines))
+    q = subset["replicate"]["counts"]
+    print(f"\nReplicate subset: the {q['n_queries']} measured spectra of the {args.part} compounds "
+          "with two or more spectra, other than the first (which is the replicate row's "
+          "'prediction'); same library protocol, every model on the same queries")
+    print("\n".join(rep_lines))
     return 0
 
 
