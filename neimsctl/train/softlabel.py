@@ -189,22 +189,26 @@ def teacher_sources(paths: Sequence[Path]) -> list[tuple[str, dict[str, Any], st
     """``(where, checkpoint, sha256)`` of every model the ``--teacher`` files hold.
 
     An ensemble file (``neimsctl ensemble``) stands for its members (``where`` =
-    ``FILE#k``). The first GNN teacher is put first: its hidden representation is the one
-    the soft labels carry (:func:`mc_soft_labels`); the others keep their order.
+    ``FILE#k``). The first model must be a GNN teacher (its hidden representation is the one
+    the soft labels carry, :func:`mc_soft_labels`): when the first file is an ensemble, its
+    first teacher member is put in front of its other members.
     """
     from neimsctl.models.checkpoint import ENSEMBLE_FORMAT
 
-    out = []
+    out: list[tuple[str, dict[str, Any], str]] = []
     for p in paths:
         ckpt = load_checkpoint(p, ensemble=True)
         sha = _sha256(p)
-        if ckpt.get("format") == ENSEMBLE_FORMAT:
-            out += [(f"{p}#{i}", m, f"{sha}#{i}") for i, m in enumerate(ckpt["members"], 1)]
-        else:
+        if ckpt.get("format") != ENSEMBLE_FORMAT:
             out.append((str(p), ckpt, sha))
-    first = next((k for k, (_, c, _) in enumerate(out)
-                  if ((c.get("config") or {}).get("model") or {}).get("name") == "teacher"), 0)
-    return [out[first]] + out[:first] + out[first + 1:]
+            continue
+        members = [(f"{p}#{i}", m, f"{sha}#{i}") for i, m in enumerate(ckpt["members"], 1)]
+        if not out:
+            t = next((k for k, (_, c, _) in enumerate(members)
+                      if ((c.get("config") or {}).get("model") or {}).get("name") == "teacher"), 0)
+            members = [members[t]] + members[:t] + members[t + 1:]
+        out += members
+    return out
 
 
 def run_softlabel(teacher: Teachers, shards: Sequence[str | Path], out: str | Path, *,

@@ -1,0 +1,134 @@
+"""Ensembles through the real CLI: neimsctl ensemble, predict --model A --model B, --average,
+--uncertainty piped into eval, and bad input (exit codes, nothing overwritten)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from tests.cli._tiny_ckpt import tiny_student_checkpoint
+
+pytestmark = pytest.mark.cli
+SMI = b"CC(=O)Oc1ccccc1C(=O)O aspirin\nc1ccccc1 benzene\nCCO ethanol\nxyz\nCCN(CC)CC triethylamine\n"
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    import torch
+
+    d = tmp_path_factory.mktemp("ens_cli")
+    a = tiny_student_checkpoint(d / "a.pt")
+    torch.manual_seed(1)                      # a second, differently initialised student
+    from neimsctl.chem.featurize_run import run_settings
+    from neimsctl.chem.rowbuild import RowOptions
+    from neimsctl.models.checkpoint import load_checkpoint, save_checkpoint
+    from neimsctl.models.student import StudentConfig, StudentModel
+
+    cfg = load_checkpoint(a)["config"]
+    model = StudentModel(StudentConfig.from_dict({k: v for k, v in cfg["model"].items()
+                                                  if k != "name"}))
+    b = save_checkpoint(d / "b.pt", model=model, config=cfg,
+                        featurizer_hash=run_settings(RowOptions(mode="student"))[1])
+    return a, b
+
+
+def run(exe: str, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
+    return subprocess.run([exe, *args], input=stdin, capture_output=True, timeout=300)
+
+
+def spectra(jsonl: bytes) -> list[dict]:
+    return [orjson.loads(line) for line in jsonl.splitlines() if line.strip()]
+
+
+def test_an_ensemble_file_predicts_as_its_members_given_as_several_models(
+        neimsctl_exe: str, members: tuple[Path, Path], tmp_path: Path) -> None:
+    a, b = members
+    ens = tmp_path / "ens.pt"
+    made = run(neimsctl_exe, "ensemble", str(a), str(b), "-o", str(ens), "--fp32",
+               "--average", "linear")
+    assert made.returncode == 0, made.stderr
+    assert b"2 members, linear average" in made.stderr and ens.is_file()
+    common = ("-O", "jsonl", "--precision", "fp32", "--threads", "1", "-q")
+    by_file = run(neimsctl_exe, "predict", "-m", str(ens), *common, stdin=SMI)
+    by_list = run(neimsctl_exe, "predict", "-m", str(a), "-m", str(b), "--average", "linear",
+                  *common, stdin=SMI)
+    assert by_file.returncode == by_list.returncode == 1          # 'xyz' is rejected
+    assert b"<stdin>:4: cannot parse SMILES 'xyz'" in by_file.stderr
+    got, want = spectra(by_file.stdout), spectra(by_list.stdout)
+    assert [r["name"] for r in got] == ["aspirin", "benzene", "ethanol", "triethylamine"]
+    assert [(r["mz"], r["intensity"]) for r in got] == [(r["mz"], r["intensity"]) for r in want]
+    single = spectra(run(neimsctl_exe, "predict", "-m", str(a), *common, stdin=SMI).stdout)
+    assert [r["intensity"] for r in got] != [r["intensity"] for r in single]
+    sqrt = spectra(run(neimsctl_exe, "predict", "-m", str(a), "-m", str(b), *common,
+                       stdin=SMI).stdout)          # default average: sqrt
+    assert [r["intensity"] for r in sqrt] != [r["intensity"] for r in want]
+    msp = run(neimsctl_exe, "predict", "-m", str(ens), "-q", stdin=b"CCO ethanol\n")
+    assert b"model=ens.pt sha256:" in msp.stdout and b"linear of 2" in msp.stdout
+
+
+def test_ensemble_uncertainty_is_read_by_eval(neimsctl_exe: str, members: tuple[Path, Path],
+                                              sample_msp: Path, tmp_path: Path) -> None:
+    """predict --uncertainty (member spread) | eval: the calibration section is filled."""
+    a, b = members
+    recs = tmp_path / "recs.jsonl"
+    assert run(neimsctl_exe, "msp2jsonl", str(sample_msp), "-q", "-o", str(recs)).returncode in (0, 1)
+    smi = b"".join(f"{r['smiles']} {r['id']}\n".encode() for r in map(orjson.loads, recs.read_bytes().splitlines())
+                   if r.get("smiles"))[:4000]
+    pred = run(neimsctl_exe, "predict", "-m", str(a), "-m", str(b), "-O", "jsonl",
+               "--uncertainty", "-q", stdin=smi)
+    assert pred.returncode == 0, pred.stderr
+    rows = spectra(pred.stdout)
+    assert rows and all(len(r["uncertainty"]) == len(r["intensity"]) for r in rows)
+    assert any(u > 0 for r in rows for u in r["uncertainty"])
+    p = tmp_path / "pred.jsonl"
+    p.write_bytes(pred.stdout)
+    ev = run(neimsctl_exe, "eval", str(p), str(recs), "--json", "-q")
+    assert ev.returncode == 0, ev.stderr
+    metrics = orjson.loads(ev.stdout)
+    cal = metrics["uncertainty"]
+    assert cal["n_queries"] > 0 and np.isfinite(cal["spearman_bin"]) and cal["bins"]
+
+
+def test_bad_ensemble_usage(neimsctl_exe: str, members: tuple[Path, Path], tmp_path: Path) -> None:
+    a, b = members
+    before = a.read_bytes()
+    clobber = run(neimsctl_exe, "ensemble", str(a), str(b), "-o", str(a))
+    assert clobber.returncode == 2 and a.read_bytes() == before
+    assert run(neimsctl_exe, "ensemble", str(a), "-o", "-").returncode == 2
+    missing = run(neimsctl_exe, "ensemble", str(a), str(tmp_path / "nope.pt"), "-o",
+                  str(tmp_path / "e.pt"))
+    assert missing.returncode == 1 and b"nope.pt: no such checkpoint file" in missing.stderr
+    assert not (tmp_path / "e.pt").exists()
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"PK\x03\x04 not a zip")
+    bad = run(neimsctl_exe, "ensemble", str(a), str(junk), "-o", str(tmp_path / "e.pt"))
+    assert bad.returncode == 1 and b"junk.pt" in bad.stderr and b"Traceback" not in bad.stderr
+    assert not (tmp_path / "e.pt").exists()
+    avg = run(neimsctl_exe, "predict", "-m", str(a), "--average", "linear", stdin=b"CCO\n")
+    assert avg.returncode == 2 and b"--average needs an ensemble" in avg.stderr
+    unc = run(neimsctl_exe, "predict", "-m", str(a), "-O", "jsonl", "--uncertainty", stdin=b"CCO\n")
+    assert unc.returncode == 1 and b"member disagreement" in unc.stderr
+    # an ensemble file where one checkpoint is needed (a training --init) is named as such
+    ens = tmp_path / "ab.pt"
+    assert run(neimsctl_exe, "ensemble", str(a), str(b), "-o", str(ens), "-q").returncode == 0
+    from neimsctl.errors import CheckpointError
+    from neimsctl.models.checkpoint import load_checkpoint
+
+    with pytest.raises(CheckpointError, match="an ensemble of 2 models"):
+        load_checkpoint(ens)
+
+
+def test_api_takes_a_list_of_checkpoints(members: tuple[Path, Path]) -> None:
+    from neimsctl.api import SpectrumPredictor
+
+    a, b = members
+    p = SpectrumPredictor({"precision": "fp32", "average": "linear"}, checkpoint=[a, b],
+                          device="cpu")
+    assert p.model_type == "ensemble"
+    mean, std = p.predict_from_smiles(["CCO", "c1ccccc1"], return_uncertainty=True)
+    assert mean.shape == std.shape == (2, 501) and np.allclose(mean.max(axis=1), 1.0)
+    assert (std > 0).any()
