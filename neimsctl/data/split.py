@@ -8,6 +8,11 @@ cut at the cumulative fractions. It therefore does not depend on record order, o
 are spread over shard files, or on which other compounds are present.
 
 Records without an InChIKey are grouped by their record id instead (each is its own compound).
+
+Cross-fitting (K-fold out-of-fold soft labels, issue 18): :func:`fold_codes` assigns every
+compound one of K folds, by another keyed hash of its block, so a model trained with
+``data.fold = "k/K"`` never sees the training compounds of fold k, and ``softlabel`` lets it
+label exactly those (:func:`parse_fold`, :func:`train_positions`).
 """
 
 from __future__ import annotations
@@ -108,3 +113,53 @@ def split_indices(blocks: Iterable[bytes], *, ids: Iterable[bytes] | None = None
                 for k, i in zip(keys, ids)]
     codes = assign_blocks(keys, seed=seed, fractions=fractions)
     return Split(*(np.flatnonzero(codes == c).astype(np.int64) for c in range(3)))
+
+
+#: Added to the split seed for the fold hash: folds are independent of the train/val/test cut.
+FOLD_SALT = 1_000_003
+
+
+def parse_fold(text: str | None) -> tuple[int, int] | None:
+    """``"k/K"`` (1 <= k <= K, K >= 2) -> ``(k, K)``; ``None``/empty -> ``None``.
+
+    Raises
+    ------
+    ConfigError
+        Anything else.
+    """
+    if text is None or str(text).strip() == "":
+        return None
+    try:
+        k, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise ConfigError(f"data.fold {text!r}: expected k/K, e.g. 2/5") from None
+    if n < 2 or not 1 <= k <= n:
+        raise ConfigError(f"data.fold {text!r}: need K >= 2 and 1 <= k <= K")
+    return k, n
+
+
+def fold_codes(blocks: Iterable[bytes], n_folds: int, *, seed: int = SPLIT_SEED,
+               ids: Iterable[bytes] | None = None) -> np.ndarray:
+    """Fold (0 .. K-1) of each record's compound: a pure function of ``(seed, block)``, like
+    the split itself (records without a block are grouped by id, as :func:`split_indices`)."""
+    keys = connectivity_blocks(blocks, as_bytes=True).tolist()
+    if ids is not None:
+        keys = [k if k else b"id:" + (i.encode() if isinstance(i, str) else bytes(i))
+                for k, i in zip(keys, ids)]
+    if not keys:
+        return np.zeros(0, dtype=np.int64)
+    uniq, inverse = np.unique(np.asarray(keys, dtype=object).astype(bytes), return_inverse=True)
+    units = np.fromiter((block_unit(bytes(b), seed + FOLD_SALT) for b in uniq), dtype=float,
+                        count=len(uniq))
+    return np.minimum((units * n_folds).astype(np.int64), n_folds - 1)[inverse.reshape(-1)]
+
+
+def train_positions(train: np.ndarray, blocks: np.ndarray, fold: tuple[int, int] | None, *,
+                    seed: int = SPLIT_SEED, ids: np.ndarray | None = None) -> np.ndarray:
+    """The training positions of a run with ``data.fold = (k, K)``: ``train`` without the
+    compounds of fold k (all of ``train`` when ``fold`` is None)."""
+    if fold is None:
+        return train
+    k, n = fold
+    codes = fold_codes(blocks[train], n, seed=seed, ids=None if ids is None else ids[train])
+    return train[codes != k - 1]

@@ -308,11 +308,14 @@ def check_ensemble(ens: dict[str, Any], path: str | os.PathLike) -> None:
 def slim_member(ckpt: dict[str, Any], *, label: str, sha256: str, half: bool = False
                 ) -> dict[str, Any]:
     """What an ensemble file keeps of one checkpoint: the inference fields only (no optimizer
-    or RNG state), the weights in float16 when ``half``, and where it came from."""
+    or RNG state), the weights in float16 when ``half``, and where it came from; of the data
+    config, the split and fold it was trained on (``softlabel`` labels out of fold with it)."""
     state = {k: (v.half() if half and v.is_floating_point() else v)
              for k, v in ckpt["model"].items()}
+    cfg = ckpt.get("config") or {}
+    data = {k: v for k, v in (cfg.get("data") or {}).items() if k in ("split", "split_seed", "fold")}
     return {"format": FORMAT, "model": state,
-            "config": {"model": dict((ckpt.get("config") or {}).get("model") or {})},
+            "config": {"model": dict(cfg.get("model") or {}), **({"data": data} if data else {})},
             "featurizer_hash": ckpt.get("featurizer_hash"), "versions": ckpt.get("versions") or {},
             "label": str(label), "sha256": str(sha256)}
 

@@ -53,6 +53,7 @@ class DataConfig:
     val: str | None = None            # separate validation file; None = split ``train``
     split: list[float] = field(default_factory=lambda: list(DEFAULT_FRACTIONS))
     split_seed: int = SPLIT_SEED
+    fold: str | None = None           # "k/K": train without the training compounds of fold k
     lazy: bool = True                 # memory-efficient mode (spec default)
     max_records: int | None = None    # cap for quick runs
     max_val_records: int | None = None  # pretrain: cap on validation molecules (None = all)

@@ -68,7 +68,8 @@ class SoftLabelSettings:
 
 
 @torch.no_grad()
-def mc_soft_labels(model: torch.nn.Module | Sequence[torch.nn.Module], batch: Any, n_samples: int = 30
+def mc_soft_labels(model: torch.nn.Module | Sequence[torch.nn.Module], batch: Any, n_samples: int = 30,
+                   eligible: np.ndarray | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """MC-dropout mean spectrum, per-bin variance and mean hidden representation.
 
@@ -79,6 +80,10 @@ def mc_soft_labels(model: torch.nn.Module | Sequence[torch.nn.Module], batch: An
     the hidden representation is the first teacher's (representations of separately trained
     networks live in different bases; averaging them would mean nothing).
 
+    ``eligible`` (``(n_models, B)`` bool; out-of-fold labelling, :func:`eligible_members`)
+    restricts each row's mean and variance to the samples of the models marked for it; a model
+    marked for no row of the batch is not run (except the first, for the hidden vectors).
+
     Returns
     -------
     tuple of Tensor
@@ -86,19 +91,68 @@ def mc_soft_labels(model: torch.nn.Module | Sequence[torch.nn.Module], batch: An
         (B, D)``, all float32.
     """
     models = [model] if isinstance(model, torch.nn.Module) else list(model)
-    specs, hiddens = [], []
+    hiddens: list[torch.Tensor] = []
+    sum1 = sum2 = None
+    count = None
     for k, m in enumerate(models):
+        use = None if eligible is None else torch.as_tensor(eligible[k])
+        if use is not None and k > 0 and not bool(use.any()):
+            continue
         with m.mc_dropout(True):
             for _ in range(n_samples):
                 pred, hidden = m(batch, return_hidden=True)
                 lin = m.to_linear(pred)
-                specs.append(lin / lin.amax(dim=-1, keepdim=True).clamp_min(1e-12))
+                x = (lin / lin.amax(dim=-1, keepdim=True).clamp_min(1e-12)).double()
                 if k == 0:
                     hiddens.append(hidden.float())
-    s = torch.stack(specs)
-    mean, var = s.mean(0), s.var(0, unbiased=True)
+                w = torch.ones(x.shape[0], 1, dtype=torch.float64, device=x.device) if use is None \
+                    else use.to(x.device, torch.float64).unsqueeze(1)
+                sum1 = x * w if sum1 is None else sum1 + x * w
+                sum2 = x * x * w if sum2 is None else sum2 + x * x * w
+                count = w if count is None else count + w
+    assert sum1 is not None and sum2 is not None and count is not None
+    mean = sum1 / count.clamp_min(1)
+    var = (sum2 - count * mean * mean).clamp_min(0) / (count - 1).clamp_min(1)
     scale = 1.0 / mean.amax(dim=-1, keepdim=True).clamp_min(1e-12)
-    return mean * scale, var * scale.square(), torch.stack(hiddens).mean(0)
+    return ((mean * scale).float(), (var * scale.square()).float(),
+            torch.stack(hiddens).mean(0))
+
+
+def member_fold(ckpt: dict[str, Any]) -> tuple[tuple[int, int] | None, tuple[float, ...], int]:
+    """``(fold, split fractions, split seed)`` a member was trained with (its config's
+    ``data.fold``, ``data.split``, ``data.split_seed``; defaults when not recorded)."""
+    from neimsctl.data.split import parse_fold
+
+    data = (ckpt.get("config") or {}).get("data") or {}
+    return (parse_fold(data.get("fold")), tuple(data.get("split") or DEFAULT_FRACTIONS),
+            int(data.get("split_seed", SPLIT_SEED)))
+
+
+def eligible_members(ds: TeacherDataset, positions: np.ndarray,
+                     folds: Sequence[tuple[tuple[int, int] | None, tuple[float, ...], int]]
+                     ) -> np.ndarray | None:
+    """Which members may label each row out of fold: ``(n_models, len(positions))`` bool, or
+    ``None`` when no member was trained on a fold (every member labels every row).
+
+    A member trained with ``data.fold = k/K`` saw the training-part compounds of every fold
+    but k; one without a fold saw the whole training part. A row is labelled only by the
+    members that never trained on it (the compounds of the val and test parts, and molecules
+    outside the library, by all). A row no member held out is labelled by all members
+    (in fold): :func:`run_softlabel` reports how many.
+    """
+    from neimsctl.data.split import assign_blocks, fold_codes
+
+    if all(f[0] is None for f in folds):
+        return None
+    blocks, ids = ds.blocks[positions], ds.ids[positions]
+    keys = [b if b else b"id:" + bytes(i) for b, i in zip(blocks.tolist(), ids.tolist())]
+    out = np.ones((len(folds), len(positions)), dtype=bool)
+    for k, (fold, split, seed) in enumerate(folds):
+        trained = assign_blocks(keys, seed=seed, fractions=split) == 0
+        if fold is not None:
+            trained &= fold_codes(blocks, fold[1], seed=seed, ids=ids) != fold[0] - 1
+        out[k] = ~trained
+    return out
 
 
 def _sha256(path: Path) -> str:
@@ -257,6 +311,14 @@ def run_softlabel(teacher: Teachers, shards: Sequence[str | Path], out: str | Pa
     positions = np.arange(len(ds), dtype=np.int64)
     if s.part == "train":
         positions = dataset_split(ds, seed=s.split_seed, fractions=s.split).train
+    folds = [member_fold(c) for _, c, _ in sources]
+    eligible = eligible_members(ds, positions, folds)
+    if eligible is not None:
+        none = int((~eligible.any(axis=0)).sum())
+        eligible[:, ~eligible.any(axis=0)] = True
+        print(f"neimsctl: softlabel: out of fold: each row labelled by the members that never "
+              f"trained on it ({', '.join(f'{f[0][0]}/{f[0][1]}' if f[0] else 'all' for f in folds)});"
+              f" {none} rows held out by no member are labelled by all", file=log, flush=True)
     cfg_model = model.config.to_dict()
     with torch.no_grad():  # eval mode: draws no random numbers
         probes = [m(ds.get_batch([0]).to(dev), return_hidden=True) for m in models]
@@ -266,7 +328,9 @@ def run_softlabel(teacher: Teachers, shards: Sequence[str | Path], out: str | Pa
                           f"{', '.join(str(p) for p in paths)}")
     sha = [x[2] for x in sources]
     full = {**asdict(s), "split": list(s.split), "teacher_sha256": sha[0] if len(sha) == 1 else sha,
-            "featurizer_hash": fhash, "n_positions": int(len(positions))}
+            "featurizer_hash": fhash, "n_positions": int(len(positions)),
+            **({"folds": [f"{f[0][0]}/{f[0][1]}" if f[0] else "all" for f in folds]}
+               if eligible is not None else {})}
     head = {"featurizer_hash": fhash, "teacher": " ".join(str(p) for p in paths),
             "teacher_model": str(cfg_model), "members": json.dumps(
                 [{"path": where, "arch": "student" if isinstance(m, FingerprintMember) else "teacher",
@@ -287,7 +351,9 @@ def run_softlabel(teacher: Teachers, shards: Sequence[str | Path], out: str | Pa
             pos = positions[b * bs:(b + 1) * bs]
             torch.manual_seed(s.seed * 1_000_003 + b)
             batch = ds.get_batch(pos).to(dev)
-            mean, var, hid = (t.cpu().numpy() for t in mc_soft_labels(models, batch, s.samples))
+            use = None if eligible is None else eligible[:, b * bs:(b + 1) * bs]
+            mean, var, hid = (t.cpu().numpy()
+                              for t in mc_soft_labels(models, batch, s.samples, use))
             ids = [i.decode() for i in ds.ids[pos]]
             keep = []
             for j, rid in enumerate(ids):

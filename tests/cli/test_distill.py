@@ -152,3 +152,22 @@ def test_softlabel_refuses_student_shards(work: Path) -> None:
     p = sh("neimsctl softlabel s.h5 --teacher ft/checkpoints/last.pt -o x.h5", work)
     assert p.returncode == 1 and b"softlabel needs `neimsctl featurize --mode teacher`" in p.stderr
     assert not (work / "x.h5").exists()
+
+
+def test_cross_fitted_teachers_label_out_of_fold(shards: Path, repo_root: Path) -> None:
+    """finetune --set data.fold=k/2 twice, then softlabel with both: each training compound
+    labelled by the teacher that never saw it (issue 18)."""
+    for k in (1, 2):
+        p = sh(f"neimsctl finetune t.h5 --config {repo_root}/configs/finetune/teacher-cpu-small.yaml "
+               f"{TEACHER} --set data.fold={k}/2 --device cpu --out-dir fold{k}", shards)
+        assert p.returncode == 0, p.stderr.decode()
+        assert f"data.fold {k}/2:".encode() in p.stderr and b"left out" in p.stderr
+    p = sh("neimsctl softlabel t.h5 -t fold1/checkpoints/last.pt -t fold2/checkpoints/last.pt "
+           "-o oof.h5 --samples 2 --batch-size 64 --device cpu", shards)
+    assert p.returncode == 0, p.stderr.decode()
+    assert b"out of fold" in p.stderr and b"(1/2, 2/2); 0 rows held out by no member" in p.stderr
+    with SoftLabelReader(shards / "oof.h5") as r:
+        assert r.n_rows == 300 and r.settings["folds"] == ["1/2", "2/2"]
+    bad = sh(f"neimsctl finetune t.h5 --config {repo_root}/configs/finetune/teacher-cpu-small.yaml "
+             f"{TEACHER} --set data.fold=3/2 --device cpu --out-dir foldbad", shards)
+    assert bad.returncode == 1 and b"data.fold '3/2'" in bad.stderr

@@ -76,3 +76,23 @@ def test_split_of_a_dataset(tmp_path):
     assert len(train) + len(val) + len(test) == len(ds) and len(train) > len(test)
     part = ds.subset(val)
     assert set(part.blocks.tolist()).isdisjoint(ds.subset(train).blocks.tolist())
+
+
+def test_folds_partition_the_training_part_by_compound() -> None:
+    from neimsctl.data.split import fold_codes, parse_fold, train_positions
+
+    blocks = np.array([f"{i % 97:014d}".encode() for i in range(1000)], dtype="S14")
+    codes = fold_codes(blocks, 5)
+    assert codes.min() == 0 and codes.max() == 4
+    assert (fold_codes(blocks[::-1], 5) == codes[::-1]).all()          # order-free
+    for b in np.unique(blocks):                                        # one fold per compound
+        assert len(set(codes[blocks == b])) == 1
+    train = np.arange(0, 1000, 2)
+    kept = [train_positions(train, blocks, (k, 5)) for k in range(1, 6)]
+    left_out = [np.setdiff1d(train, x) for x in kept]
+    assert sorted(np.concatenate(left_out).tolist()) == train.tolist()  # each row left out once
+    assert train_positions(train, blocks, None) is train
+    assert parse_fold("2/5") == (2, 5) and parse_fold(None) is None and parse_fold("") is None
+    for bad in ("0/5", "6/5", "1/1", "a/b", "3"):
+        with pytest.raises(ConfigError, match="data.fold"):
+            parse_fold(bad)

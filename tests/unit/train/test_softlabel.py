@@ -265,3 +265,44 @@ def test_run_with_a_teacher_and_a_student(shard: Path, teacher: Path, tmp_path: 
     with pytest.raises(CheckpointError, match="GNN teacher is needed"):  # the first must be a GNN
         sl.run_softlabel([path, teacher], [shard], tmp_path / "st.h5", settings=settings,
                          device="cpu")
+
+
+def test_out_of_fold_rows_take_only_their_eligible_members_samples() -> None:
+    """Two scripted members; row 0 may use member 0 only, row 1 member 1 only, row 2 both."""
+    a = ScriptedTeacher([torch.tensor([[1.0, 0.0]] * 3), torch.tensor([[1.0, 0.5]] * 3)],
+                        [torch.zeros(3, 2)] * 2)
+    b = ScriptedTeacher([torch.tensor([[0.0, 1.0]] * 3), torch.tensor([[0.5, 1.0]] * 3)],
+                        [torch.ones(3, 2)] * 2)
+    eligible = np.array([[True, False, True], [False, True, True]])
+    mean, var, hidden = sl.mc_soft_labels([a, b], None, 2, eligible)
+    # linear = pred^2 per sample, max-normalised: a -> [1,0], [1,.25]; b -> [0,1], [.25,1]
+    np.testing.assert_allclose(mean[0].numpy(), [1.0, 0.125])
+    np.testing.assert_allclose(mean[1].numpy(), [0.125, 1.0])
+    pooled = np.array([[1, 0], [1, .25], [0, 1], [.25, 1]])
+    np.testing.assert_allclose(mean[2].numpy(), pooled.mean(0) / pooled.mean(0).max(), rtol=1e-6)
+    np.testing.assert_allclose(var[0].numpy(), [0.0, np.var([0, .25], ddof=1)], atol=1e-7)
+    np.testing.assert_allclose(hidden.numpy(), np.zeros((3, 2)))   # the first member's
+    # a member no row of the batch may use is not run at all
+    c = ScriptedTeacher([torch.ones(3, 2)] * 2, [torch.zeros(3, 2)] * 2)
+    a.calls = 0
+    sl.mc_soft_labels([a, c], None, 2, np.array([[True] * 3, [False] * 3]))
+    assert c.calls == 0
+
+
+def test_eligible_members_follow_the_folds(shard: Path) -> None:
+    from neimsctl.data.split import assign_blocks, fold_codes
+
+    ds = TeacherDataset(shard, require_spectrum=False)
+    pos = np.arange(len(ds))
+    split = (0.5, 0.25, 0.25)
+    folds = [((1, 2), split, 42), ((2, 2), split, 42), (None, split, 42)]
+    e = sl.eligible_members(ds, pos, folds)
+    part = assign_blocks(ds.blocks, fractions=split)
+    fold = fold_codes(ds.blocks, 2)
+    train = part == 0
+    assert train.any() and (~train).any() and len(set(fold[train])) == 2
+    np.testing.assert_array_equal(e[0], ~train | (fold == 0))   # fold-1 member: its fold + held out
+    np.testing.assert_array_equal(e[1], ~train | (fold == 1))
+    np.testing.assert_array_equal(e[2], ~train)                 # trained on every train row
+    assert (e[:2, train].sum(axis=0) == 1).all()                # one fold member per train row
+    assert sl.eligible_members(ds, pos, [(None, split, 42)]) is None
