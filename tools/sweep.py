@@ -1,0 +1,316 @@
+#!/usr/bin/env python3
+"""A tracked, resumable sweep of training recipes, judged on the validation split (issue 18).
+
+    python tools/sweep.py run SPEC.yaml OUT_DIR        # train what is missing, then tabulate
+    python tools/sweep.py table SPEC.yaml OUT_DIR      # tabulate what is there (no training)
+
+The spec (YAML, read with ``yaml.safe_load``; paths relative to the spec's directory)::
+
+    command: distill                     # distill | finetune
+    shards: [student.h5]                 # the training shards
+    config: configs/distill/student-compact.yaml
+    args: [--soft-labels, soft.h5]       # further fixed arguments of the command
+    set: {train.threads: 1}              # fixed --set overrides
+    grid:                                # every combination (the full product) ...
+      model.expert_width: [256, 512]
+      optim.lr: [5.0e-4, 1.0e-3]
+    random:                              # ... and/or trials drawn from ranges (seeded)
+      trials: 4
+      seed: 0
+      space: {model.dropout: {uniform: [0.0, 0.3]}, optim.lr: {log_uniform: [3.0e-4, 3.0e-3]}}
+    seeds: [42, 1, 2]                    # every recipe once per train.seed
+    ensembles: [2, 3]                    # also judge each recipe's first n seeds averaged
+    parallel: 2                          # trainings at a time (give each train.threads: 1)
+    metric: val_recall_at_10             # the column the table is sorted by
+
+Each trial (one recipe, one seed) trains into ``OUT_DIR/trials/<id>`` (``id`` = a hash of its
+overrides, so the same recipe always lands in the same place) with its log beside it; a trial
+whose ``report.md`` exists is done and skipped; one that was interrupted (Ctrl-C, a killed
+session) is continued with ``--resume`` from its own checkpoint. The table is rebuilt from the
+trial directories every time: ``results.csv``, ``results.md`` (recipes sorted by the metric:
+the mean over seeds, min/max, each seed's best epoch) and ``results.png`` (metric per recipe,
+each seed a dot). An ensemble row averages the spectra of the recipe's first n seeds with
+``neimsctl predict --model A --model B ...`` (sqrt and linear) and judges them with ``neimsctl
+eval`` on the validation compounds exactly as ``tools/bench/compare_models.py --part val`` does.
+Nothing here reads the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import itertools
+import json
+import math
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+VAL_KEYS = ("val_recall_at_1", "val_recall_at_5", "val_recall_at_10", "val_recall_at_1_mass5",
+            "val_recall_at_10_mass5", "val_mean_cosine")
+
+
+def load_spec(path: Path) -> dict[str, Any]:
+    spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if spec.get("command") not in ("distill", "finetune"):
+        raise SystemExit(f"{path}: command must be distill or finetune")
+    if not spec.get("shards") or not spec.get("config"):
+        raise SystemExit(f"{path}: shards and config are required")
+    base = path.resolve().parent
+    spec["shards"] = [str((base / s).resolve()) for s in spec["shards"]]
+    spec["config"] = str((base / spec["config"]).resolve())
+    spec["args"] = [str((base / a).resolve()) if (base / a).exists() else str(a)
+                    for a in spec.get("args") or []]
+    spec.setdefault("seeds", [42])
+    spec.setdefault("parallel", 1)
+    spec.setdefault("metric", "val_recall_at_10")
+    return spec
+
+
+def recipes(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The grid's combinations, then the random trials (a seeded draw: the same every run)."""
+    grid = spec.get("grid") or {}
+    keys = sorted(grid)
+    out = [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+    rnd = spec.get("random") or {}
+    rng = random.Random(int(rnd.get("seed", 0)))
+    for _ in range(int(rnd.get("trials", 0))):
+        one = {}
+        for key, dist in sorted((rnd.get("space") or {}).items()):
+            if "choice" in dist:
+                one[key] = rng.choice(dist["choice"])
+            elif "uniform" in dist:
+                lo, hi = dist["uniform"]
+                one[key] = round(rng.uniform(lo, hi), 4)
+            elif "log_uniform" in dist:
+                lo, hi = dist["log_uniform"]
+                one[key] = float(f"{math.exp(rng.uniform(math.log(lo), math.log(hi))):.3g}")
+            else:
+                raise SystemExit(f"random.space.{key}: give choice, uniform or log_uniform")
+        out.append(one)
+    return out or [{}]
+
+
+def trial_id(overrides: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def value_text(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+
+
+def trial_state(d: Path) -> str:
+    if (d / "report.md").is_file() and not (d / "checkpoints" / "interrupted.pt").exists():
+        return "done"
+    if (d / "checkpoints" / "interrupted.pt").exists() or (d / "checkpoints" / "last.pt").exists():
+        return "partial"
+    return "new"
+
+
+def command(spec: dict[str, Any], overrides: dict[str, Any], d: Path) -> list[str]:
+    cmd = ["neimsctl", spec["command"], *spec["shards"], "-c", spec["config"], *spec["args"]]
+    for k, v in {**(spec.get("set") or {}), **overrides}.items():
+        cmd += ["--set", f"{k}={value_text(v)}"]
+    cmd += ["-o", str(d)]
+    if trial_state(d) == "partial":
+        cmd.append("--resume")
+    return cmd
+
+
+def train_all(spec: dict[str, Any], out: Path) -> None:
+    """Run every trial that is not done, ``parallel`` at a time; a failed trial is reported
+    and the others go on."""
+    todo = []
+    for r in recipes(spec):
+        for seed in spec["seeds"]:
+            ov = {**r, "train.seed": seed}
+            d = out / "trials" / trial_id(ov)
+            d.mkdir(parents=True, exist_ok=True)
+            (d.parent / f"{d.name}.json").write_text(json.dumps(
+                {"recipe": r, "seed": seed, "overrides": ov}, indent=1))
+            if trial_state(d) != "done":
+                todo.append((ov, d))
+    print(f"sweep: {len(todo)} trials to train", file=sys.stderr, flush=True)
+    running: list[tuple[subprocess.Popen, Path, float, Any]] = []
+    while todo or running:
+        while todo and len(running) < int(spec["parallel"]):
+            ov, d = todo.pop(0)
+            log = open(d.parent / f"{d.name}.log", "ab")
+            cmd = command(spec, ov, d)
+            print(f"sweep: start {d.name}: {' '.join(cmd[1:2] + [f'{k}={v}' for k, v in ov.items()])}",
+                  file=sys.stderr, flush=True)
+            running.append((subprocess.Popen(cmd, stdout=log, stderr=log), d, time.time(), log))
+        time.sleep(2)
+        for item in list(running):
+            proc, d, t0, log = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            log.close()
+            status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}; {d}.log)"
+            print(f"sweep: {d.name} {status} after {time.time() - t0:.0f} s", file=sys.stderr,
+                  flush=True)
+
+
+def best_epoch(d: Path, metric: str) -> dict[str, Any] | None:
+    """The val metrics of the trial's best epoch (by ``metric``) from its train_log.jsonl."""
+    log = d / "train_log.jsonl"
+    if not log.is_file():
+        return None
+    best = None
+    for line in log.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue          # a line cut by an interruption
+        if rec.get("kind") != "epoch" or not rec.get("val"):
+            continue
+        if best is None or rec["val"].get(metric, -1) > best["val"].get(metric, -1):
+            best = rec
+    if best is None:
+        return None
+    return {"epoch": best["epoch"], "seconds": best.get("seconds"), **best["val"]}
+
+
+def ensemble_rows(spec: dict[str, Any], out: Path, rows: list[dict[str, Any]]) -> list[dict]:
+    """Each recipe's first n seeds averaged (``predict --model ... --average``), judged on val."""
+    sizes = [int(n) for n in spec.get("ensembles") or [] if int(n) > 1]
+    if not sizes:
+        return []
+    here = Path(__file__).resolve().parent
+    val = out / "val"
+    if not (val / "query.jsonl").is_file():
+        subprocess.run([sys.executable, str(here / "bench" / "compare_models.py"),
+                        spec["shards"][0], "--out", str(val), "--part", "val", "--no-speed"],
+                       check=True, stdout=subprocess.DEVNULL)
+    sys.path.insert(0, str(here / "bench"))
+    from compare_models import evaluate  # noqa: E402  (tools/bench/compare_models.py)
+
+    out_rows = []
+    by_recipe: dict[str, list[dict]] = {}
+    for r in rows:
+        by_recipe.setdefault(r["recipe"], []).append(r)
+    for recipe, trials in by_recipe.items():
+        done = [t for t in trials if t["state"] == "done"]
+        for n in sizes:
+            if len(done) < n:
+                continue
+            members = done[:n]
+            for average in ("sqrt", "linear"):
+                name = f"ens_{trial_id({'recipe': recipe, 'n': n})}_{average}"
+                pred = val / f"{name}.pred.jsonl"
+                if not (val / f"{name}.eval.json").is_file():
+                    models = [a for t in members
+                              for a in ("--model", str(out / "trials" / t["id"] / "checkpoints" / "best.pt"))]
+                    with open(val / "val.smi", "rb") as fin:
+                        subprocess.run(["neimsctl", "predict", *models, "--average", average,
+                                        "-O", "jsonl", "-q", "-o", str(pred)], stdin=fin,
+                                       check=True)
+                    ev = evaluate(val, name)
+                else:
+                    ev = json.loads((val / f"{name}.eval.json").read_text())
+                out_rows.append({"recipe": recipe, "members": n, "average": average,
+                                 **{f"val_{k}": ev[k] for k in ("recall@1", "recall@5",
+                                                                "recall@10", "mean_cosine")}})
+    return out_rows
+
+
+def tabulate(spec: dict[str, Any], out: Path) -> None:
+    metric = spec["metric"]
+    rows = []
+    for r in recipes(spec):
+        label = ", ".join(f"{k}={value_text(v)}" for k, v in r.items()) or "(base config)"
+        for seed in spec["seeds"]:
+            ov = {**r, "train.seed": seed}
+            tid = trial_id(ov)
+            d = out / "trials" / tid
+            best = best_epoch(d, metric) or {}
+            rows.append({"recipe": label, "seed": seed, "id": tid, "state": trial_state(d),
+                         "best_epoch": best.get("epoch"),
+                         **{k: best.get(k) for k in VAL_KEYS}})
+    with open(out / "results.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["recipe"], []).append(r)
+
+    def mean(vals: list) -> float:
+        vals = [v for v in vals if v is not None]
+        return statistics.fmean(vals) if vals else float("nan")
+
+    order = sorted(groups, key=lambda g: -mean([r[metric] for r in groups[g]])
+                   if not math.isnan(mean([r[metric] for r in groups[g]])) else 0)
+    lines = [f"| recipe | seeds done | {metric} mean | min | max | val R@1 | val R@1 ±5 Da "
+             "| val cosine | best epochs |", "|---|---|---|---|---|---|---|---|---|"]
+    for g in order:
+        rs = groups[g]
+        done = [r for r in rs if r[metric] is not None]
+        vals = [r[metric] for r in done]
+        lines.append(
+            f"| {g} | {sum(r['state'] == 'done' for r in rs)}/{len(rs)} | "
+            f"{mean(vals):.4f} | {min(vals, default=float('nan')):.4f} | "
+            f"{max(vals, default=float('nan')):.4f} | "
+            f"{mean([r['val_recall_at_1'] for r in done]):.4f} | "
+            f"{mean([r['val_recall_at_1_mass5'] for r in done]):.4f} | "
+            f"{mean([r['val_mean_cosine'] for r in done]):.4f} | "
+            f"{' '.join(str(r['best_epoch']) for r in done)} |")
+    ens = ensemble_rows(spec, out, rows)
+    if ens:
+        lines += ["", "Ensembles of each recipe's first n seeds (`predict --model ... --average`, "
+                  "val compounds, `compare_models.py --part val` protocol):", "",
+                  "| recipe | members | average | val R@1 | val R@5 | val R@10 | val mean cosine |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {e['recipe']} | {e['members']} | {e['average']} | {e['val_recall@1']:.4f} | "
+                  f"{e['val_recall@5']:.4f} | {e['val_recall@10']:.4f} | "
+                  f"{e['val_mean_cosine']:.4f} |" for e in ens]
+        (out / "ensembles.json").write_text(json.dumps(ens, indent=1))
+    (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    plot(groups, order, metric, out / "results.png")
+    print("\n".join(lines))
+
+
+def plot(groups: dict[str, list[dict]], order: list[str], metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(order) + 1.5))
+    for y, g in enumerate(reversed(order)):
+        vals = [r[metric] for r in groups[g] if r[metric] is not None]
+        ax.scatter(vals, [y] * len(vals), color="tab:blue", s=18)
+        if vals:
+            ax.plot([statistics.fmean(vals)] * 2, [y - 0.3, y + 0.3], color="tab:red")
+    ax.set_yticks(range(len(order)))
+    ax.set_yticklabels([g[:70] for g in reversed(order)], fontsize=7)
+    ax.set_xlabel(f"{metric} (best epoch; dots: seeds, bar: mean)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("action", choices=("run", "table"))
+    ap.add_argument("spec", type=Path)
+    ap.add_argument("out", type=Path)
+    args = ap.parse_args()
+    spec = load_spec(args.spec)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.action == "run":
+        train_all(spec, args.out)
+    tabulate(spec, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
