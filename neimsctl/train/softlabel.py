@@ -316,6 +316,12 @@ def run_softlabel(teacher: Teachers, shards: Sequence[str | Path], out: str | Pa
     if eligible is not None:
         none = int((~eligible.any(axis=0)).sum())
         eligible[:, ~eligible.any(axis=0)] = True
+        # rows with the same members next to each other: a batch runs only its rows' members
+        # (and the first, for the hidden vectors) instead of all of them. The output's row
+        # order changes, not its content: soft labels are aligned by id.
+        pattern = np.packbits(eligible, axis=0, bitorder="little")
+        order = np.lexsort(pattern[::-1])
+        positions, eligible = positions[order], eligible[:, order]
         print(f"neimsctl: softlabel: out of fold: each row labelled by the members that never "
               f"trained on it ({', '.join(f'{f[0][0]}/{f[0][1]}' if f[0] else 'all' for f in folds)});"
               f" {none} rows held out by no member are labelled by all", file=log, flush=True)
