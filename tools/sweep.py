@@ -4,7 +4,8 @@
     python tools/sweep.py run SPEC.yaml OUT_DIR        # train what is missing, then tabulate
     python tools/sweep.py table SPEC.yaml OUT_DIR      # tabulate what is there (no training)
 
-The spec (YAML, read with ``yaml.safe_load``; paths relative to the spec's directory)::
+The spec (YAML, read with ``yaml.safe_load``; ``config`` relative to the spec's directory,
+``shards`` and file arguments relative to the directory the sweep is run from)::
 
     command: distill                     # distill | finetune
     shards: [student.h5]                 # the training shards
@@ -64,9 +65,9 @@ def load_spec(path: Path) -> dict[str, Any]:
     if not spec.get("shards") or not spec.get("config"):
         raise SystemExit(f"{path}: shards and config are required")
     base = path.resolve().parent
-    spec["shards"] = [str((base / s).resolve()) for s in spec["shards"]]
+    spec["shards"] = [str(Path(s).resolve()) for s in spec["shards"]]
     spec["config"] = str((base / spec["config"]).resolve())
-    spec["args"] = [str((base / a).resolve()) if (base / a).exists() else str(a)
+    spec["args"] = [str(Path(a).resolve()) if Path(a).exists() else str(a)
                     for a in spec.get("args") or []]
     spec.setdefault("seeds", [42])
     spec.setdefault("parallel", 1)
