@@ -129,6 +129,9 @@ class SpectrumPredictor:
         self.loaded: LoadedModel | LoadedEnsemble = load_model(
             spec, device=device, precision=str(self.options["precision"]),
             average=self.options["average"])
+        if self.options["average"] is not None and self.loaded.arch != "ensemble":
+            raise ConfigError("SpectrumPredictor config: 'average' needs an ensemble (several "
+                              "checkpoints, or an ensemble file)")
         self._stages: dict[tuple[str, bool, bool], ChunkPredictor] = {}
 
     @property

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from neimsctl.cli._common import (Quiet, Verbose, app, command, input_pairs, output_pair,
                                   refuse_clobber, setup_logging, usage_error)
-from neimsctl.cli.predict import Average
+from neimsctl.cli.predict import Average, shipped_paths
 
 CMD = "ensemble"
 
@@ -23,9 +23,11 @@ def ensemble_cli(
     output: Annotated[Path, typer.Option(
         "--output", "-o", help="The ensemble file to write (neimsctl.ensemble/1).",
         show_default=False)],
-    average: Annotated[Average, typer.Option(
+    average: Annotated[Optional[Average], typer.Option(
         "--average", help="How predict averages the members' spectra: sqrt (mean of the square "
-                          "roots, squared) or linear (mean intensity).")] = Average.sqrt,
+                          "roots, squared) or linear (mean intensity). Default: the members' "
+                          "ensemble files' own when all are ensemble files that agree, else "
+                          "sqrt.")] = None,
     fp32: Annotated[bool, typer.Option(
         "--fp32", help="Keep the weights in float32 (default: float16, half the size; predict "
                        "widens them to float32 when it loads them).")] = False,
@@ -43,10 +45,12 @@ def ensemble_cli(
         setup_logging(verbose, quiet)
         if str(output) == "-":
             usage_error(CMD, "-o -: an ensemble file is binary; give a file name")
-        refuse_clobber(CMD, input_pairs(models, "model"), [output_pair("-o", output)])
+        refuse_clobber(CMD, input_pairs(shipped_paths(models), "model"),
+                       [output_pair("-o", output)])
         from neimsctl.predict.ensemble import write_ensemble
 
-        info = write_ensemble(models, output, average=average.value, half=not fp32)
+        info = write_ensemble(models, output, average=average.value if average else None,
+                              half=not fp32)
         if not quiet:
             for m in info["members"]:
                 print(f"neimsctl {CMD}: {m['label']}: {m['arch']}, {m['n_parameters']:,} "

@@ -25,6 +25,14 @@ def _shipped() -> str:
     return ", ".join(have) or "none"
 
 
+def shipped_paths(models: list[str]) -> list[str]:
+    """``--model`` values with ``student``/``teacher`` replaced by the shipped files they load
+    (so that an output naming a shipped model is refused like any other input)."""
+    models_dir = Path(__file__).resolve().parents[1] / "resources" / "models"
+    return [str(models_dir / f"{m}-default.pt") if m in ("student", "teacher", "neims-v1")
+            else m for m in models]
+
+
 class OutFmt(str, Enum):
     msp = "msp"
     jsonl = "jsonl"
@@ -128,7 +136,7 @@ def predict_cli(
         if uncertainty and fmt is OutFmt.msp:
             usage_error(CMD, "--uncertainty needs -O jsonl (MSP has no place for it)")
         models = model or ["student"]
-        refuse_clobber(CMD, input_pairs(paths) + input_pairs(models, "--model"),
+        refuse_clobber(CMD, input_pairs(paths) + input_pairs(shipped_paths(models), "--model"),
                        [output_pair("-o", output)]
                        + ([output_pair("--rejects", rejects)] if rejects else []))
         from neimsctl.io.parallel import available_cores, parse_jobs, resolve_jobs

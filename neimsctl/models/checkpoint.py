@@ -219,9 +219,14 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu",
     if isinstance(ckpt, dict) and ckpt.get("format") == ENSEMBLE_FORMAT:
         check_ensemble(ckpt, path)
         if not ensemble:
-            raise CheckpointError(f"{path}: an ensemble of {len(ckpt['members'])} models where "
-                                  "one checkpoint is needed here")
+            n = len(ckpt["members"])
+            raise CheckpointError(f"{path}: an ensemble of {n} model{'s' * (n != 1)} where one "
+                                  "checkpoint is needed here")
         return ckpt
+    fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if isinstance(fmt, str) and fmt.startswith("neimsctl.") and fmt not in (FORMAT, ENSEMBLE_FORMAT):
+        raise CheckpointError(f"{path}: format {fmt!r} is not supported by this neimsctl "
+                              f"(it reads {FORMAT} and {ENSEMBLE_FORMAT}): a newer version wrote it?")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} checkpoint")
     check_fields(ckpt, path)
@@ -265,10 +270,22 @@ def check_fields(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
             raise CheckpointError(f"{path}: damaged checkpoint: field {key!r} is a "
                                   f"{type(ckpt[key]).__name__}, expected "
                                   f"{' or '.join(t.__name__ for t in types)}")
-    model_cfg = (ckpt.get("config") or {}).get("model")
-    if model_cfg is not None and not isinstance(model_cfg, dict):
-        raise CheckpointError(f"{path}: damaged checkpoint: config.model is a "
-                              f"{type(model_cfg).__name__}, expected dict")
+    for part in ("model", "data"):
+        sub = (ckpt.get("config") or {}).get(part)
+        if sub is not None and not isinstance(sub, dict):
+            raise CheckpointError(f"{path}: damaged checkpoint: config.{part} is a "
+                                  f"{type(sub).__name__}, expected dict")
+    data = (ckpt.get("config") or {}).get("data") or {}
+    if not isinstance(data.get("split_seed", 0), int) or isinstance(data.get("split_seed"), bool):
+        raise CheckpointError(f"{path}: damaged checkpoint: config.data.split_seed is not an "
+                              "integer")
+    if data.get("fold") is not None:
+        from neimsctl.data.split import parse_fold
+
+        try:
+            parse_fold(data["fold"])
+        except Exception as exc:  # noqa: BLE001  (ConfigError, or a non-string value)
+            raise CheckpointError(f"{path}: damaged checkpoint: config.{exc}") from None
     state = ckpt["model"]
     if not state:
         raise CheckpointError(f"{path}: damaged checkpoint: no weights in 'model'")

@@ -173,14 +173,16 @@ class LoadedEnsemble:
         return out, (np.sqrt(var) * scale).astype(np.float32), None
 
 
-def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str = DEFAULT_AVERAGE,
+def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str | None = None,
                    half: bool = True, log: Any = None) -> dict[str, Any]:
     """Write one ensemble file (``neimsctl.ensemble/1``) of the models ``specs`` names.
 
     Each spec is what ``--model`` takes (``student``/``teacher``, a checkpoint, or an ensemble
     file, whose members are taken over). Every member is built and its weights loaded before
-    anything is written (a member that would not load is refused here, not at predict time);
-    the file is written to a temporary name and renamed.
+    anything is written (a member that would not load, or members that predict different
+    bins, are refused here, not at predict time); the file is written to a temporary name and
+    renamed. ``average`` None: the ensemble files' own when the members come from ensemble
+    files that agree, else :data:`DEFAULT_AVERAGE`.
 
     Returns
     -------
@@ -198,14 +200,17 @@ def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str
                                             save_checkpoint, slim_member)
     from neimsctl.predict.model import _file_sha, _model_with_weights, resolve_model
 
-    average = ensemble_average(average)
+    from neimsctl.errors import CheckpointError
+
     if not specs:
         raise ConfigError("an ensemble needs at least one --model")
-    members, summary = [], []
+    members, summary, files, bins = [], [], [], {}
     for spec in specs:
         path = resolve_model(spec)
         ckpt = load_checkpoint(path, map_location="cpu", ensemble=True)
-        sha = _file_sha(path)
+        sha = _file_sha(path, full=True)
+        if ckpt.get("format") == ENSEMBLE_FORMAT:
+            files.append(ckpt)
         given = ckpt["members"] if ckpt.get("format") == ENSEMBLE_FORMAT else [ckpt]
         for i, one in enumerate(given, 1):
             where = Path(f"{path}#{i}") if len(given) > 1 or one is not ckpt else path
@@ -216,5 +221,10 @@ def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str
             members.append(slim_member(one, label=label, sha256=member_sha, half=half))
             summary.append({"label": label, "arch": arch, "sha256": member_sha[:12],
                             "n_parameters": sum(p.numel() for p in model.parameters())})
+            bins[str(where)] = int(model.config.n_bins)
+    if len(set(bins.values())) > 1:
+        raise CheckpointError("ensemble members must predict the same bins: "
+                              + ", ".join(f"{w}: {n}" for w, n in bins.items()))
+    average = ensemble_average(average, files if len(files) == len(specs) else ())
     save_checkpoint(out, build_ensemble(members, average=average))
     return {"members": summary, "average": average, "bytes": Path(out).stat().st_size}

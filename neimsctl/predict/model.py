@@ -153,12 +153,14 @@ def resolve_model(spec: str | Path) -> Path:
     return path
 
 
-def _file_sha(path: Path) -> str:
+def _file_sha(path: Path, *, full: bool = False) -> str:
+    """The file's sha256: its first 12 hex digits (how models are named in outputs), or all
+    64 with ``full``."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()[:12]
+    return h.hexdigest() if full else h.hexdigest()[:12]
 
 
 def _read_card(path: Path) -> dict[str, Any]:
@@ -188,7 +190,10 @@ def build_model(model_cfg: dict[str, Any]) -> tuple[torch.nn.Module, str]:
         importlib.import_module(f"neimsctl.models.{name}")  # model (the teacher: torch_geometric)
     except ModuleNotFoundError:
         pass
-    cls = registry.get(name)
+    try:
+        cls = registry.get(name)
+    except (ConfigError, KeyError) as exc:
+        raise CheckpointError(f"config.model.name: {exc}") from None
     arch = getattr(cls, "arch", name)
     if arch not in ARCHS:
         raise CheckpointError(f"model {name!r} (arch {arch!r}) is not supported by predict; "

@@ -227,6 +227,9 @@ def teacher_from(ckpt: dict[str, Any], path: str | Path, *, featurizer_hash: str
     if model_cfg.get("name") == "student":
         raise CheckpointError(f"{path}: a student checkpoint where a GNN teacher is needed (the "
                               "first --teacher; students may follow it in an ensemble)")
+    if model_cfg.get("name") not in (None, "teacher"):
+        raise CheckpointError(f"{path}: a {model_cfg.get('name')!r} model cannot label: soft "
+                              "labels come from GNN teachers and fingerprint students")
     have = ckpt.get("featurizer_hash")
     if featurizer_hash is not None and have is not None and have != featurizer_hash:
         raise CheckpointError(f"{path}: featurizer mismatch: the teacher was trained on features "
@@ -311,7 +314,12 @@ def run_softlabel(teacher: Teachers, shards: Sequence[str | Path], out: str | Pa
     positions = np.arange(len(ds), dtype=np.int64)
     if s.part == "train":
         positions = dataset_split(ds, seed=s.split_seed, fractions=s.split).train
-    folds = [member_fold(c) for _, c, _ in sources]
+    folds = []
+    for where, c, _ in sources:
+        try:
+            folds.append(member_fold(c))
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{where}: the split it was trained on: {exc}") from None
     eligible = eligible_members(ds, positions, folds)
     if eligible is not None:
         none = int((~eligible.any(axis=0)).sum())

@@ -132,3 +132,15 @@ def test_api_takes_a_list_of_checkpoints(members: tuple[Path, Path]) -> None:
     mean, std = p.predict_from_smiles(["CCO", "c1ccccc1"], return_uncertainty=True)
     assert mean.shape == std.shape == (2, 501) and np.allclose(mean.max(axis=1), 1.0)
     assert (std > 0).any()
+
+
+def test_an_output_naming_a_shipped_model_is_refused(neimsctl_exe: str, members: tuple[Path, Path],
+                                                     repo_root: Path) -> None:
+    shipped = repo_root / "neimsctl/resources/models/student-default.pt"
+    before = shipped.stat().st_mtime_ns
+    a, _ = members
+    for args in (["ensemble", "student", str(a), "-o", str(shipped)],
+                 ["predict", "-m", "student", "-m", str(a), "-o", str(shipped)]):
+        res = run(neimsctl_exe, *args, stdin=b"CCO\n")
+        assert res.returncode == 2, (args, res.stderr)
+    assert shipped.stat().st_mtime_ns == before

@@ -214,3 +214,45 @@ def test_softlabel_takes_an_ensemble_file_as_its_members(ckpts: dict[str, Path],
         a, b = r1.take(np.arange(len(r1))), r2.take(np.arange(len(r2)))
     np.testing.assert_allclose(a["mean"], b["mean"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(a["var"], b["var"], rtol=1e-4, atol=1e-7)
+
+
+def test_ensemble_writing_refuses_what_would_not_predict_and_keeps_provenance(
+        ckpts: dict[str, Path]) -> None:
+    import hashlib
+
+    d = ckpts["dir"]
+    cfg = StudentConfig(**{**TINY.to_dict(), "n_bins": 300})
+    torch.manual_seed(3)
+    b300 = save_checkpoint(d / "b300.pt", model=StudentModel(cfg),
+                           config={"model": {"name": "student", **cfg.to_dict()}})
+    with pytest.raises(CheckpointError, match="same bins: .*a.pt: 501, .*b300.pt: 300"):
+        write_ensemble([ckpts["a"], b300], d / "never.pt")
+    assert not (d / "never.pt").exists()
+    # the members' full sha256; a lone ensemble file re-bundled keeps its averaging space
+    lin = d / "lin.pt"
+    write_ensemble([ckpts["a"], ckpts["b"]], lin, average="linear")
+    raw = load_checkpoint(lin, ensemble=True)
+    assert raw["members"][0]["sha256"] == hashlib.sha256(ckpts["a"].read_bytes()).hexdigest()
+    again = d / "again.pt"
+    write_ensemble([lin], again)
+    assert load_checkpoint(again, ensemble=True)["average"] == "linear"
+    write_ensemble([lin, ckpts["a"]], again)      # not only ensemble files: the default
+    assert load_checkpoint(again, ensemble=True)["average"] == "sqrt"
+
+
+def test_damaged_configs_and_future_formats_are_named(ckpts: dict[str, Path]) -> None:
+    d = ckpts["dir"]
+    good = load_checkpoint(ckpts["a"])
+    for data, match in (("oops", r"config.data is a str"), ({"split_seed": "x"}, "split_seed"),
+                        ({"fold": "7/3"}, r"data.fold '7/3'")):
+        bad = {**good, "config": {**good["config"], "data": data}}
+        torch.save(bad, d / "bad.pt")
+        with pytest.raises(CheckpointError, match=match):
+            write_ensemble([d / "bad.pt"], d / "never.pt")
+    torch.save({"format": "neimsctl.ensemble/2", "members": []}, d / "v2.pt")
+    with pytest.raises(CheckpointError, match="'neimsctl.ensemble/2' is not supported"):
+        load_model(d / "v2.pt", device="cpu")
+    odd = {**good, "config": {"model": {**good["config"]["model"], "name": "gpt"}}}
+    torch.save(odd, d / "gpt.pt")
+    with pytest.raises(CheckpointError, match=r"gpt.pt: config.model.name: .*gpt"):
+        load_model(d / "gpt.pt", device="cpu")
