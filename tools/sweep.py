@@ -59,11 +59,33 @@ VAL_KEYS = ("val_recall_at_1", "val_recall_at_5", "val_recall_at_10", "val_recal
 
 
 def load_spec(path: Path) -> dict[str, Any]:
-    spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    """The spec, checked: one clear message (``SystemExit``) for anything malformed."""
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SystemExit(f"sweep: {path}: {exc}") from None
+
+    def bad(what: str) -> SystemExit:
+        return SystemExit(f"sweep: {path}: {what}")
+    if not isinstance(spec, dict):
+        raise bad("the spec must be a mapping (command:, shards:, config:, ...)")
     if spec.get("command") not in ("distill", "finetune"):
-        raise SystemExit(f"{path}: command must be distill or finetune")
-    if not spec.get("shards") or not spec.get("config"):
-        raise SystemExit(f"{path}: shards and config are required")
+        raise bad("command must be distill or finetune")
+    if not isinstance(spec.get("shards"), list) or not spec["shards"] or not spec.get("config"):
+        raise bad("shards (a list) and config are required")
+    for key, kind in (("args", list), ("set", dict), ("grid", dict), ("random", dict),
+                      ("seeds", list), ("ensembles", list)):
+        if spec.get(key) is not None and not isinstance(spec[key], kind):
+            raise bad(f"{key} must be a {kind.__name__}")
+    if "seeds" in spec and not spec["seeds"]:
+        raise bad("seeds must list at least one train.seed")
+    for key, values in (spec.get("grid") or {}).items():
+        if not isinstance(values, list) or not values:
+            raise bad(f"grid.{key} must be a non-empty list of values")
+    for key, dist in ((spec.get("random") or {}).get("space") or {}).items():
+        if not isinstance(dist, dict):
+            raise bad(f"random.space.{key}: give {{choice: [...]}}, {{uniform: [lo, hi]}} or "
+                      "{log_uniform: [lo, hi]}")
     base = path.resolve().parent
     spec["shards"] = [str(Path(s).resolve()) for s in spec["shards"]]
     spec["config"] = str((base / spec["config"]).resolve())
@@ -72,6 +94,9 @@ def load_spec(path: Path) -> dict[str, Any]:
     spec.setdefault("seeds", [42])
     spec.setdefault("parallel", 1)
     spec.setdefault("metric", "val_recall_at_10")
+    for f in (spec["config"], *spec["shards"]):
+        if not Path(f).is_file():
+            raise bad(f"{f}: no such file")
     return spec
 
 
@@ -99,8 +124,14 @@ def recipes(spec: dict[str, Any]) -> list[dict[str, Any]]:
     return out or [{}]
 
 
-def trial_id(overrides: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:10]
+def trial_id(overrides: dict[str, Any], spec: dict[str, Any] | None = None) -> str:
+    """A trial's directory name: a hash of everything that makes it (the command, config,
+    shards, fixed arguments and overrides, and its own overrides), so a changed spec trains
+    anew instead of reporting old results."""
+    what = {"overrides": overrides}
+    if spec is not None:
+        what.update({k: spec.get(k) for k in ("command", "config", "shards", "args", "set")})
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def value_text(v: Any) -> str:
@@ -125,14 +156,14 @@ def command(spec: dict[str, Any], overrides: dict[str, Any], d: Path) -> list[st
     return cmd
 
 
-def train_all(spec: dict[str, Any], out: Path) -> None:
+def train_all(spec: dict[str, Any], out: Path) -> int:
     """Run every trial that is not done, ``parallel`` at a time; a failed trial is reported
-    and the others go on."""
+    and the others go on. Returns the number of trials that failed."""
     todo = []
     for r in recipes(spec):
         for seed in spec["seeds"]:
             ov = {**r, "train.seed": seed}
-            d = out / "trials" / trial_id(ov)
+            d = out / "trials" / trial_id(ov, spec)
             d.mkdir(parents=True, exist_ok=True)
             (d.parent / f"{d.name}.json").write_text(json.dumps(
                 {"recipe": r, "seed": seed, "overrides": ov}, indent=1))
@@ -140,6 +171,7 @@ def train_all(spec: dict[str, Any], out: Path) -> None:
                 todo.append((ov, d))
     print(f"sweep: {len(todo)} trials to train", file=sys.stderr, flush=True)
     running: list[tuple[subprocess.Popen, Path, float, Any]] = []
+    failed = 0
     while todo or running:
         while todo and len(running) < int(spec["parallel"]):
             ov, d = todo.pop(0)
@@ -156,8 +188,10 @@ def train_all(spec: dict[str, Any], out: Path) -> None:
             running.remove(item)
             log.close()
             status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}; {d}.log)"
+            failed += proc.returncode != 0
             print(f"sweep: {d.name} {status} after {time.time() - t0:.0f} s", file=sys.stderr,
                   flush=True)
+    return failed
 
 
 def best_epoch(d: Path, metric: str) -> dict[str, Any] | None:
@@ -205,15 +239,19 @@ def ensemble_rows(spec: dict[str, Any], out: Path, rows: list[dict[str, Any]]) -
                 continue
             members = done[:n]
             for average in ("sqrt", "linear"):
-                name = f"ens_{trial_id({'recipe': recipe, 'n': n})}_{average}"
+                name = f"ens_{trial_id({'members': [t['id'] for t in members]})}_{average}"
                 pred = val / f"{name}.pred.jsonl"
                 if not (val / f"{name}.eval.json").is_file():
                     models = [a for t in members
                               for a in ("--model", str(out / "trials" / t["id"] / "checkpoints" / "best.pt"))]
                     with open(val / "val.smi", "rb") as fin:
-                        subprocess.run(["neimsctl", "predict", *models, "--average", average,
-                                        "-O", "jsonl", "-q", "-o", str(pred)], stdin=fin,
-                                       check=True)
+                        res = subprocess.run(["neimsctl", "predict", *models, "--average",
+                                              average, "-O", "jsonl", "-q", "-o", str(pred)],
+                                             stdin=fin, stderr=subprocess.PIPE)
+                    if res.returncode != 0:
+                        print(f"sweep: ensemble {name} of {recipe}: predict failed: "
+                              f"{res.stderr.decode(errors='replace').strip()}", file=sys.stderr)
+                        continue
                     ev = evaluate(val, name)
                 else:
                     ev = json.loads((val / f"{name}.eval.json").read_text())
@@ -230,7 +268,7 @@ def tabulate(spec: dict[str, Any], out: Path) -> None:
         label = ", ".join(f"{k}={value_text(v)}" for k, v in r.items()) or "(base config)"
         for seed in spec["seeds"]:
             ov = {**r, "train.seed": seed}
-            tid = trial_id(ov)
+            tid = trial_id(ov, spec)
             d = out / "trials" / tid
             best = best_epoch(d, metric) or {}
             rows.append({"recipe": label, "seed": seed, "id": tid, "state": trial_state(d),
@@ -307,10 +345,12 @@ def main() -> int:
     args = ap.parse_args()
     spec = load_spec(args.spec)
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.action == "run":
-        train_all(spec, args.out)
+    failed = train_all(spec, args.out) if args.action == "run" else 0
     tabulate(spec, args.out)
-    return 0
+    if failed:
+        print(f"sweep: {failed} trial(s) failed (their logs are named above); the table holds "
+              "the others", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -67,3 +67,22 @@ def test_sweep_trains_tabulates_and_resumes(tmp_path: Path, sample_msp: Path, re
     assert (one / "report.md").is_file()
     assert b"--resume" in (one.parent / f"{one.name}.log").read_bytes() or \
         b"resum" in (one.parent / f"{one.name}.log").read_bytes().lower()
+
+
+def test_failing_trials_and_malformed_specs_are_reported(tmp_path: Path, repo_root: Path) -> None:
+    (tmp_path / "s.h5").write_bytes(b"not a shard")      # every trial fails on it
+    tool = f"{sys.executable} {repo_root}/tools/sweep.py"
+    (tmp_path / "spec.yaml").write_text(SPEC.format(repo=repo_root).replace(
+        "seeds: [42, 1]", "seeds: [42]").replace("ensembles: [2]", "ensembles: []"))
+    p = sh(f"{tool} run spec.yaml out", tmp_path)
+    assert p.returncode == 1 and b"FAILED (exit" in p.stderr and b"2 trial(s) failed" in p.stderr
+    for text, msg in (("- a list\n", b"must be a mapping"),
+                      (SPEC.format(repo=repo_root).replace("seeds: [42, 1]", "seeds: 42"),
+                       b"seeds must be a list"),
+                      (SPEC.format(repo=repo_root).replace("[0.0, 0.2]", "0.1"),
+                       b"grid.model.dropout must be a non-empty list"),
+                      (SPEC.format(repo=repo_root).replace("[s.h5]", "[nope.h5]"),
+                       b"nope.h5: no such file")):
+        (tmp_path / "bad.yaml").write_text(text)
+        p = sh(f"{tool} table bad.yaml outb", tmp_path)
+        assert p.returncode == 1 and msg in p.stderr and b"Traceback" not in p.stderr, p.stderr
