@@ -24,10 +24,10 @@ def ensemble_cli(
         "--output", "-o", help="The ensemble file to write (neimsctl.ensemble/1).",
         show_default=False)],
     average: Annotated[Optional[Average], typer.Option(
-        "--average", help="How predict averages the members' spectra: sqrt (mean of the square "
-                          "roots, squared) or linear (mean intensity). Default: the members' "
+        "--average", help="How predict averages the members' spectra: linear (mean intensity) "
+                          "or sqrt (mean of the square roots, squared). Default: the members' "
                           "ensemble files' own when all are ensemble files that agree, else "
-                          "sqrt.")] = None,
+                          "linear.")] = None,
     fp32: Annotated[bool, typer.Option(
         "--fp32", help="Keep the weights in float32 (default: float16, half the size; predict "
                        "widens them to float32 when it loads them).")] = False,

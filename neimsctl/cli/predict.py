@@ -50,8 +50,8 @@ class Domain(str, Enum):
 
 
 class Average(str, Enum):
-    sqrt = "sqrt"
     linear = "linear"
+    sqrt = "sqrt"
 
 
 class Precision(str, Enum):
@@ -71,9 +71,9 @@ def predict_cli(
                               "models' spectra are averaged (--average). Default: student.")
     ] = None,
     average: Annotated[Optional[Average], typer.Option(
-        "--average", help="How an ensemble averages its members' spectra: sqrt (mean of the "
-                          "square roots, squared) or linear (mean intensity). Default: the "
-                          "ensemble file's own, else sqrt (measured best on the validation "
+        "--average", help="How an ensemble averages its members' spectra: linear (mean "
+                          "intensity) or sqrt (mean of the square roots, squared). Default: the "
+                          "ensemble file's own, else linear (measured best on the validation "
                           "split).")] = None,
     fmt: Annotated[OutFmt, typer.Option("--format", "-O", help="Output format.")] = OutFmt.msp,
     in_fmt: Annotated[InFmt | None, typer.Option(

@@ -63,8 +63,11 @@ def test_an_ensemble_file_predicts_as_its_members_given_as_several_models(
     assert [(r["mz"], r["intensity"]) for r in got] == [(r["mz"], r["intensity"]) for r in want]
     single = spectra(run(neimsctl_exe, "predict", "-m", str(a), *common, stdin=SMI).stdout)
     assert [r["intensity"] for r in got] != [r["intensity"] for r in single]
-    sqrt = spectra(run(neimsctl_exe, "predict", "-m", str(a), "-m", str(b), *common,
-                       stdin=SMI).stdout)          # default average: sqrt
+    default = spectra(run(neimsctl_exe, "predict", "-m", str(a), "-m", str(b), *common,
+                          stdin=SMI).stdout)       # default average: linear
+    assert [r["intensity"] for r in default] == [r["intensity"] for r in want]
+    sqrt = spectra(run(neimsctl_exe, "predict", "-m", str(a), "-m", str(b), "--average", "sqrt",
+                       *common, stdin=SMI).stdout)
     assert [r["intensity"] for r in sqrt] != [r["intensity"] for r in want]
     msp = run(neimsctl_exe, "predict", "-m", str(ens), "-q", stdin=b"CCO ethanol\n")
     assert b"model=ens.pt sha256:" in msp.stdout and b"linear of 2" in msp.stdout

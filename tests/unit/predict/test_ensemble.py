@@ -234,10 +234,12 @@ def test_ensemble_writing_refuses_what_would_not_predict_and_keeps_provenance(
     raw = load_checkpoint(lin, ensemble=True)
     assert raw["members"][0]["sha256"] == hashlib.sha256(ckpts["a"].read_bytes()).hexdigest()
     again = d / "again.pt"
-    write_ensemble([lin], again)
-    assert load_checkpoint(again, ensemble=True)["average"] == "linear"
-    write_ensemble([lin, ckpts["a"]], again)      # not only ensemble files: the default
+    sq = d / "sq.pt"
+    write_ensemble([ckpts["a"], ckpts["b"]], sq, average="sqrt")
+    write_ensemble([sq], again)
     assert load_checkpoint(again, ensemble=True)["average"] == "sqrt"
+    write_ensemble([sq, ckpts["a"]], again)      # not only ensemble files: the default
+    assert load_checkpoint(again, ensemble=True)["average"] == "linear"
 
 
 def test_damaged_configs_and_future_formats_are_named(ckpts: dict[str, Path]) -> None:
