@@ -15,6 +15,7 @@ The spec (YAML, read with ``yaml.safe_load``; ``config`` relative to the spec's 
     grid:                                # every combination (the full product) ...
       model.expert_width: [256, 512]
       optim.lr: [5.0e-4, 1.0e-3]
+      args: [[--no-kd], [--soft-labels, soft.h5]]   # 'args': a recipe's own arguments
     random:                              # ... and/or trials drawn from ranges (seeded)
       trials: 4
       seed: 0
@@ -149,7 +150,10 @@ def trial_state(d: Path) -> str:
 def command(spec: dict[str, Any], overrides: dict[str, Any], d: Path) -> list[str]:
     cmd = ["neimsctl", spec["command"], *spec["shards"], "-c", spec["config"], *spec["args"]]
     for k, v in {**(spec.get("set") or {}), **overrides}.items():
-        cmd += ["--set", f"{k}={value_text(v)}"]
+        if k == "args":          # a recipe's own command-line arguments (e.g. KD on or off)
+            cmd += [str(Path(a).resolve()) if Path(a).exists() else str(a) for a in v]
+        else:
+            cmd += ["--set", f"{k}={value_text(v)}"]
     cmd += ["-o", str(d)]
     if trial_state(d) == "partial":
         cmd.append("--resume")

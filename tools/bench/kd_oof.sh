@@ -8,7 +8,8 @@
 #   2. neimsctl softlabel with all 2K members: every training compound is labelled only by the
 #      two members that never saw it, val/test compounds by all (the teacher ensemble);
 #   3. compact students with KD from those labels and without KD, seeds S (same seed = same
-#      initialisation and batch order: pairs);
+#      initialisation and batch order: pairs), as a tracked sweep (tools/sweep.py: resumable,
+#      results table + plot, the ensemble of each arm's seeds judged too);
 #   4. val: the teacher (soft-label means) against the students (softlabel_quality.py), then the
 #      test split once (compare_models.py, kd_paired.py for the paired interval).
 #
@@ -53,34 +54,30 @@ if [ ! -e "$out/soft_oof.h5" ]; then
     neimsctl softlabel teacher.h5 "${members[@]}" --samples 10 --batch-size 128 --part all \
         -o "$out/soft_oof.h5" "${r[@]}"
 fi
-kd() {  # name, seed, then arguments
-    local d="$out/$1" seed="$2"; shift 2; done_ "$d" && return 0
-    neimsctl distill student.h5 "$@" -c "$cs" --set train.threads=1 --set train.num_workers=0 \
-        --set train.seed="$seed" -o "$d" $(resume "$d") > "$d.log" 2>&1
-}
-step "3. compact students with and without KD, seeds $SEEDS"
-for s in $SEEDS; do
-    kd "kd_s$s" "$s" -s "$out/soft_oof.h5" & a=$!; kd "nokd_s$s" "$s" --no-kd & b=$!
-    wait "$a"; wait "$b"
-done
+step "3. compact students with and without KD, seeds $SEEDS: a tracked sweep (tools/sweep.py)"
+cat > "$out/sweep.yaml" <<YAML
+command: distill
+shards: [student.h5]
+config: $cs
+set: {train.threads: 1, train.num_workers: 0}
+grid:
+  args: [[--no-kd], [--soft-labels, $out/soft_oof.h5]]
+seeds: [$(echo $SEEDS | sed 's/ /, /g')]
+ensembles: [$(echo $SEEDS | wc -w)]
+parallel: 2
+YAML
+python "$here/tools/sweep.py" run "$out/sweep.yaml" "$out/sweep" | tee "$out/val_sweep.md"
 step "4. val: the teacher ensemble's soft labels against the students"
 python "$here/tools/bench/softlabel_quality.py" teacher.h5 "$out/soft_oof.h5" | tee "$out/val_teacher.txt"
-for s in $SEEDS; do
-    for n in kd nokd; do
-        python - "$out/${n}_s$s/train_log.jsonl" "${n}_s$s" <<'PY' | tee -a "$out/val_students.txt"
-import json, sys
-best = max((json.loads(l) for l in open(sys.argv[1]) if '"kind":"epoch"' in l.replace(" ", "")),
-           key=lambda r: r["val"]["val_recall_at_10"])
-v = best["val"]
-print(f"{sys.argv[2]}\tepoch {best['epoch']}\tval R@1 {v['val_recall_at_1']:.4f}\tR@10 "
-      f"{v['val_recall_at_10']:.4f}\tcosine {v['val_mean_cosine']:.4f}")
-PY
-    done
-done
 [ "${TEST:-0}" = 1 ] || { step "val only (TEST=1 runs the test split once)"; exit 0; }
 step "5. test split, once"
-models=()
-for s in $SEEDS; do models+=("kd-oof-s$s=$out/kd_s$s/checkpoints/best.pt" "nokd-s$s=$out/nokd_s$s/checkpoints/best.pt"); done
+mapfile -t models < <(python - "$out/sweep" <<'PY'
+import csv, sys
+for r in csv.DictReader(open(f"{sys.argv[1]}/results.csv")):
+    arm = "nokd" if "--no-kd" in r["recipe"] else "kd-oof"
+    print(f"{arm}-s{r['seed']}={sys.argv[1]}/trials/{r['id']}/checkpoints/best.pt")
+PY
+)
 python "$here/tools/bench/compare_models.py" student.h5 --out "$out/cmp" --no-speed \
     --soft teacher-oof="$out/soft_oof.h5" "${models[@]}" | tee "$out/test_table.md"
 a=(); b=(); for s in $SEEDS; do a+=("kd-oof-s$s"); b+=("nokd-s$s"); done
