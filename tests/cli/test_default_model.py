@@ -26,6 +26,24 @@ def test_shipped_files_card_and_size() -> None:
     assert card["test_metrics"]["recall@10"] > 0.5
 
 
+def test_shipped_teacher_card_total_size_and_uncertainty_out_of_the_box() -> None:
+    import hashlib
+
+    pt, card_path = MODELS_DIR / "teacher-default.pt", MODELS_DIR / "teacher-default.json"
+    card = json.loads(card_path.read_text())
+    assert card["arch"] == "teacher" and hashlib.sha256(pt.read_bytes()).hexdigest() == card["sha256"]
+    assert "NON-COMMERCIAL" in card["license"] and card["test_metrics"]["recall@10"] > 0.5
+    shipped = sum(f.stat().st_size for f in MODELS_DIR.iterdir())
+    assert shipped <= 60 * 10 ** 6                # issue 18: every shipped file, <= 60 MB
+    proc = subprocess.run(["neimsctl", "predict", "-m", "teacher", "--uncertainty", "-O", "jsonl",
+                           "--mc-samples", "4", "-q"], input=b"CCO ethanol\n",
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rec = orjson.loads(proc.stdout)
+    assert len(rec["uncertainty"]) == len(rec["intensity"]) and max(rec["intensity"]) == 999
+    assert 31 in rec["mz"]                        # ethanol's base peak, CH2OH+
+
+
 def test_aspirin_from_the_readme_and_benzene_molecular_ion() -> None:
     proc = subprocess.run(["neimsctl", "predict"], input=b"CC(=O)Oc1ccccc1C(=O)O aspirin\n",
                           capture_output=True, timeout=120)
