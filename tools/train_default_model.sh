@@ -11,7 +11,8 @@
 #   3. the rest of the teacher ensemble: three spec-size students without KD (seeds 42, 1, 2)
 #   4. softlabel: MC-dropout soft labels of the ensemble (10 samples per member)
 #   5. distill the compact student (configs/distill/student-compact.yaml) from them
-#   6. export: fp16 weights + model card -> neimsctl/resources/models/student-default.{pt,json}
+#   6. export: fp16 weights + model cards -> neimsctl/resources/models/student-default.{pt,json}
+#      and teacher-default.{pt,json} (the GNN teacher: predict --model teacher, --uncertainty)
 #
 # The shipped model is trained on ALL compounds (split 0.9 train / 0.1 validation for model
 # selection, no test part): the test-split figures in its card come from the same recipe run on
@@ -75,12 +76,17 @@ if [ "$split" = test ]; then
     neimsctl shards split "$out/student.h5" --part test -O smi -o "$out/test.smi"
     neimsctl shards split "$out/student.h5" --part test -o "$out/test.jsonl"
     neimsctl shards split "$out/student.h5" --part train -o "$out/train.jsonl"
-    neimsctl predict --model "$out/student/checkpoints/best.pt" -O jsonl -o "$out/test.pred.jsonl" < "$out/test.smi"
-    neimsctl eval "$out/test.pred.jsonl" "$out/test.jsonl" -l "$out/train.jsonl" --mass-filter 5 --json > "$out/test.eval.json"
-    cat "$out/test.eval.json"
+    for m in student teacher; do
+        neimsctl predict --model "$out/$m/checkpoints/best.pt" -O jsonl -o "$out/$m.test.pred.jsonl" < "$out/test.smi"
+        neimsctl eval "$out/$m.test.pred.jsonl" "$out/test.jsonl" -l "$out/train.jsonl" --mass-filter 5 --json > "$out/$m.test.eval.json"
+    done
+    cat "$out/student.test.eval.json"
 else
-    step "export fp16 weights + model card"
+    step "export fp16 weights + model cards: the student (default) and the GNN teacher (--model teacher)"
     python "$here/tools/export_model.py" "$out/student/checkpoints/best.pt" \
         "$here/neimsctl/resources/models/student-default.pt" --train-log "$out/student/train_log.jsonl" \
         ${TEST_EVAL:+--eval "$TEST_EVAL"} --command "tools/train_default_model.sh $lib"
+    python "$here/tools/export_model.py" "$out/teacher/checkpoints/best.pt" \
+        "$here/neimsctl/resources/models/teacher-default.pt" --train-log "$out/teacher/train_log.jsonl" \
+        ${TEACHER_TEST_EVAL:+--eval "$TEACHER_TEST_EVAL"} --command "tools/train_default_model.sh $lib"
 fi
