@@ -122,10 +122,15 @@ def evaluate(out: Path, name: str, queries: str = "query") -> dict:
     return res
 
 
+def _members(ckpt: str) -> list[str]:
+    """``A.pt+B.pt`` -> its members (unless a file of that name exists)."""
+    return [ckpt] if Path(ckpt).exists() else ckpt.split("+")
+
+
 def predict_cli(out: Path, name: str, ckpt: str, part: str = "test") -> float:
     """Wall seconds of ``neimsctl predict`` over PART.smi (start-up and featurization included).
     ``ckpt`` may be several checkpoints joined by ``+`` (an ensemble: one ``--model`` each)."""
-    models = [a for c in ckpt.split("+") for a in ("--model", c)]
+    models = [a for c in _members(ckpt) for a in ("--model", c)]
     t0 = time.perf_counter()
     with open(out / f"{part}.smi", "rb") as fin:
         subprocess.run(["neimsctl", "predict", *models, "-O", "jsonl", "--threads", "1",
@@ -140,7 +145,8 @@ def model_speed(ckpt: str, smiles: list[str], calls: int) -> dict:
     from neimsctl.predict.model import load_model, predict_block
 
     torch.set_num_threads(1)
-    lm = load_model(ckpt.split("+") if "+" in ckpt else ckpt, device="cpu", precision="fp32",
+    members = _members(ckpt)
+    lm = load_model(members if len(members) > 1 else ckpt, device="cpu", precision="fp32",
                     log=open("/dev/null", "w"))
     items = [Item(i, "<bench>", i + 1, "smi", s.encode()) for i, s in enumerate(smiles)]
     feat = Featurizer(lm.mode, inchikey=False, extra_v1=lm.extra_v1)

@@ -19,7 +19,7 @@ declare -A sets=(
     [ens3]="$(ck member_s42) $(ck member_s1) $(ck member_s2)"
     [ens4]="$(ck teacher) $(ck member_s42) $(ck member_s1) $(ck member_s2)"
     [ens5]="$(ck teacher) $(ck member_s42) $(ck member_s1) $(ck member_s2) $(ck student)"
-    [compact+teacher]="$(ck student) $(ck teacher)"
+    [compact_teacher]="$(ck student) $(ck teacher)"
 )
 mkdir -p ens
 models=(teacher="$(ck teacher)" student-s42="$(ck member_s42)" compact-kd="$(ck student)")
