@@ -83,8 +83,14 @@ def test_signal_checkpoints_and_exits_128_plus_the_signal(shard: Path, sig: int)
 def test_kill_9_leaves_no_loader_worker_and_no_traceback(shard: Path) -> None:
     proc = start(shard, "killed", "--set", "train.num_workers=1")
     wait_for_epoch(proc)
-    time.sleep(0.3)
-    workers = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    # an epoch of this tiny run takes ~0.4 s on a quiet machine and its loader worker lives
+    # only while the epoch's batches are read: look until one is there, then kill
+    workers: list[int] = []
+    deadline = time.monotonic() + 30
+    while not workers and time.monotonic() < deadline:
+        workers = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        if not workers:
+            time.sleep(0.01)
     proc.kill()
     assert workers, "expected a data-loader worker (train.num_workers=1)"
     assert proc.wait(timeout=60) == -signal.SIGKILL
