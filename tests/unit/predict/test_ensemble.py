@@ -258,3 +258,19 @@ def test_damaged_configs_and_future_formats_are_named(ckpts: dict[str, Path]) ->
     torch.save(odd, d / "gpt.pt")
     with pytest.raises(CheckpointError, match=r"gpt.pt: config.model.name: .*gpt"):
         load_model(d / "gpt.pt", device="cpu")
+
+
+def test_members_keep_the_split_and_fold_they_were_trained_on(ckpts: dict[str, Path]) -> None:
+    """softlabel labels out of fold from an ensemble file: the members' folds travel with them."""
+    from neimsctl.train.softlabel import member_fold
+
+    d = ckpts["dir"]
+    raw = load_checkpoint(ckpts["a"])
+    folded = {**raw, "config": {**raw["config"], "data": {"fold": "2/3", "split": [0.7, 0.2, 0.1],
+                                                          "split_seed": 7, "lazy": True}}}
+    torch.save(folded, d / "fold2.pt")
+    write_ensemble([d / "fold2.pt", ckpts["b"]], d / "folds.pt")
+    members = load_checkpoint(d / "folds.pt", ensemble=True)["members"]
+    assert members[0]["config"]["data"] == {"fold": "2/3", "split": [0.7, 0.2, 0.1], "split_seed": 7}
+    assert member_fold(members[0]) == ((2, 3), (0.7, 0.2, 0.1), 7)
+    assert member_fold(members[1])[0] is None
