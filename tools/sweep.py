@@ -290,8 +290,8 @@ def tabulate(spec: dict[str, Any], out: Path) -> None:
         vals = [v for v in vals if v is not None]
         return statistics.fmean(vals) if vals else float("nan")
 
-    order = sorted(groups, key=lambda g: -mean([r[metric] for r in groups[g]])
-                   if not math.isnan(mean([r[metric] for r in groups[g]])) else 0)
+    score = {g: mean([r[metric] for r in rs]) for g, rs in groups.items()}
+    order = sorted(groups, key=lambda g: 0 if math.isnan(score[g]) else -score[g])
     lines = [f"| recipe | seeds done | {metric} mean | min | max | val R@1 | val R@1 ±5 Da "
              "| val cosine | best epochs |", "|---|---|---|---|---|---|---|---|---|"]
     for g in order:

@@ -18,19 +18,23 @@ from neimsctl.cli._common import (EXIT_FAIL, Device, InPaths, JobsAuto, OutPath,
 CMD = "predict"
 
 
+#: Where the shipped models are (``neimsctl.predict.model.MODELS_DIR``, without importing torch:
+#: --help stays light).
+_MODELS_DIR = Path(__file__).resolve().parents[1] / "resources" / "models"
+#: The names ``--model`` takes for a shipped model (``neimsctl.predict.model.ARCHS``).
+_SHIPPED_NAMES = ("student", "teacher", "neims-v1")
+
+
 def _shipped() -> str:
     """The default models this installation holds (file names only: --help stays light)."""
-    models = Path(__file__).resolve().parents[1] / "resources" / "models"
-    have = [a for a in ("student", "teacher") if (models / f"{a}-default.pt").is_file()]
+    have = [a for a in ("student", "teacher") if (_MODELS_DIR / f"{a}-default.pt").is_file()]
     return ", ".join(have) or "none"
 
 
 def shipped_paths(models: list[str]) -> list[str]:
     """``--model`` values with ``student``/``teacher`` replaced by the shipped files they load
     (so that an output naming a shipped model is refused like any other input)."""
-    models_dir = Path(__file__).resolve().parents[1] / "resources" / "models"
-    return [str(models_dir / f"{m}-default.pt") if m in ("student", "teacher", "neims-v1")
-            else m for m in models]
+    return [str(_MODELS_DIR / f"{m}-default.pt") if m in _SHIPPED_NAMES else m for m in models]
 
 
 class OutFmt(str, Enum):

@@ -22,13 +22,14 @@ report after every epoch (:data:`VAL_METRICS`, the names ``train.best_metric`` m
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Sequence, TextIO
 
 import numpy as np
 import torch
 
 from neimsctl.data.dataset import TeacherDataset
-from neimsctl.data.split import DEFAULT_FRACTIONS, SPLIT_NAMES, SPLIT_SEED, Split, split_indices
+from neimsctl.data.split import (DEFAULT_FRACTIONS, SPLIT_NAMES, SPLIT_SEED, Split, parse_fold,
+                                 split_indices, train_positions)
 from neimsctl.errors import ConfigError, InputError
 from neimsctl.evaluate.metrics import DEFAULT_KS, build_library_eval, evaluate_predictions
 from neimsctl.io.spectrum import N_BINS
@@ -57,9 +58,23 @@ class Reference:
 
 
 def dataset_split(dataset: TeacherDataset, *, seed: int = SPLIT_SEED,
-                  fractions: Sequence[float] = DEFAULT_FRACTIONS) -> Split:
-    """Compound-grouped train/val/test indices of ``dataset`` (positions, not shard rows)."""
-    return split_indices(dataset.blocks, ids=dataset.ids, seed=seed, fractions=tuple(fractions))
+                  fractions: Sequence[float] = DEFAULT_FRACTIONS, fold: str | None = None,
+                  log: TextIO | None = None) -> Split:
+    """Compound-grouped train/val/test indices of ``dataset`` (positions, not shard rows).
+
+    ``fold`` (``data.fold``, ``"k/K"``): K-fold cross-fitting, the training compounds of fold k
+    are left out of ``train`` (:func:`neimsctl.data.split.train_positions`); said on ``log``.
+    """
+    parts = split_indices(dataset.blocks, ids=dataset.ids, seed=seed, fractions=tuple(fractions))
+    k_of = parse_fold(fold)
+    if k_of is None:
+        return parts
+    parts = parts._replace(train=train_positions(parts.train, dataset.blocks, k_of, seed=seed,
+                                                 ids=dataset.ids))
+    if log is not None:
+        print(f"neimsctl: data.fold {k_of[0]}/{k_of[1]}: {len(parts.train)} training spectra "
+              f"(the compounds of fold {k_of[0]} left out)", file=log, flush=True)
+    return parts
 
 
 def first_per_compound(dataset: TeacherDataset, indices: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from neimsctl.errors import ConfigError
+from neimsctl.errors import CheckpointError, ConfigError
 from neimsctl.models.checkpoint import AVERAGES
 from neimsctl.predict.model import LoadedModel, predict_block
 
@@ -161,21 +161,21 @@ class LoadedEnsemble:
             specs.append(s)
             if std is not None:
                 mc_var.append(np.square(std.astype(np.float64)))
-        stack = np.stack(specs) if specs else np.zeros((0, 0, self.n_bins))
+        stack = np.stack(specs).astype(np.float64)
         mean = average_spectra(stack, self.average)
         scale = 1.0 / np.maximum(mean.max(axis=1, keepdims=True), 1e-12)
         out = (mean * scale).astype(np.float32)
         if not uncertainty:
             return out, None, None
         k = len(specs)
-        var = stack.astype(np.float64).var(axis=0, ddof=1) if k > 1 else np.zeros_like(mean)
+        var = stack.var(axis=0, ddof=1) if k > 1 else np.zeros_like(mean)
         if mc_var:
             var = var + np.sum(mc_var, axis=0) / k
         return out, (np.sqrt(var) * scale).astype(np.float32), None
 
 
 def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str | None = None,
-                   half: bool = True, log: Any = None) -> dict[str, Any]:
+                   half: bool = True) -> dict[str, Any]:
     """Write one ensemble file (``neimsctl.ensemble/1``) of the models ``specs`` names.
 
     Each spec is what ``--model`` takes (``student``/``teacher``, a checkpoint, or an ensemble
@@ -199,9 +199,7 @@ def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str
     """
     from neimsctl.models.checkpoint import (ENSEMBLE_FORMAT, build_ensemble, load_checkpoint,
                                             save_checkpoint, slim_member)
-    from neimsctl.predict.model import _file_sha, _model_with_weights, resolve_model
-
-    from neimsctl.errors import CheckpointError
+    from neimsctl.predict.model import _model_with_weights, file_sha, resolve_model
 
     if not specs:
         raise ConfigError("an ensemble needs at least one --model")
@@ -209,7 +207,7 @@ def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str
     for spec in specs:
         path = resolve_model(spec)
         ckpt = load_checkpoint(path, map_location="cpu", ensemble=True)
-        sha = _file_sha(path, full=True)
+        sha = file_sha(path, full=True)
         if ckpt.get("format") == ENSEMBLE_FORMAT:
             files.append(ckpt)
         given = ckpt["members"] if ckpt.get("format") == ENSEMBLE_FORMAT else [ckpt]

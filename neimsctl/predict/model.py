@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from neimsctl.predict.ensemble import LoadedEnsemble
 
 __all__ = ["MODELS_DIR", "LoadedModel", "resolve_model", "load_model", "predict_block",
-           "resolve_device"]
+           "resolve_device", "file_sha"]
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "resources" / "models"
 ARCHS = ("student", "teacher", "neims-v1")
@@ -153,7 +153,7 @@ def resolve_model(spec: str | Path) -> Path:
     return path
 
 
-def _file_sha(path: Path, *, full: bool = False) -> str:
+def file_sha(path: Path, *, full: bool = False) -> str:
     """The file's sha256: its first 12 hex digits (how models are named in outputs), or all
     64 with ``full``."""
     h = hashlib.sha256()
@@ -232,18 +232,18 @@ def load_model(spec: str | Path | Sequence[str | Path] = "student", *, device: s
     dev = resolve_device(device)
     members: list[LoadedModel] = []
     files: list[tuple[Path, dict[str, Any], dict[str, Any]]] = []   # ensemble files read
-    for one in specs:
-        path = resolve_model(one)
+    paths = [resolve_model(one) for one in specs]
+    for one, path in zip(specs, paths):
         ckpt = load_checkpoint(path, map_location="cpu", ensemble=True)
         card = _read_card(path)
         if ckpt.get("format") == ENSEMBLE_FORMAT:
             files.append((path, ckpt, card))
             for i, member in enumerate(ckpt["members"], 1):
-                members.append(_loaded(member, Path(f"{path}#{i}"), str(member.get("label") or
-                                                                       f"{path.name}#{i}"),
-                                       dev, precision, card, log,
+                members.append(_loaded(member, path, str(member.get("label") or
+                                                         f"{path.name}#{i}"),
+                                       dev, precision, card, log, where=Path(f"{path}#{i}"),
                                        sha=str(member.get("sha256") or "")[:12] or
-                                       _file_sha(path)))
+                                       file_sha(path)))
         else:
             members.append(_loaded(ckpt, path, str(one), dev, precision, card, log))
     if len(specs) == 1 and not files:
@@ -255,26 +255,27 @@ def load_model(spec: str | Path | Sequence[str | Path] = "student", *, device: s
         members=members, average=ensemble_average(average, [f[1] for f in files]),
         label=str(specs[0]) if whole else "+".join(str(s) for s in specs),
         path=whole[0] if whole else None,
-        sha=(str(whole[2].get("sha256", ""))[:12] or _file_sha(whole[0])) if whole else "",
+        sha=(str(whole[2].get("sha256", ""))[:12] or file_sha(whole[0])) if whole else "",
         device=dev, card=whole[2] if whole else {},
-        file_bytes=sum(resolve_model(s).stat().st_size for s in specs))
+        file_bytes=sum(p.stat().st_size for p in paths))
 
 
 def _loaded(ckpt: dict[str, Any], path: Path, label: str, dev: torch.device, precision: str,
-            card: dict[str, Any], log: TextIO, *, sha: str | None = None) -> LoadedModel:
-    """One checkpoint dict as a :class:`LoadedModel` (``path``: where it was read, for messages;
-    an ensemble member's is ``FILE#k``)."""
-    model, arch = _model_with_weights(ckpt, path)
+            card: dict[str, Any], log: TextIO, *, where: Path | None = None,
+            sha: str | None = None) -> LoadedModel:
+    """One checkpoint dict read from the file ``path`` as a :class:`LoadedModel` (``where``
+    names it in messages: an ensemble member's is ``FILE#k``)."""
+    where = path if where is None else where
+    model, arch = _model_with_weights(ckpt, where)
     n_params = sum(p.numel() for p in model.parameters())
     fhash = ckpt.get("featurizer_hash")
-    _check_featurizer(arch, fhash, path, log)
+    _check_featurizer(arch, fhash, where, log)
     prec = resolve_precision(precision, arch=arch, device=dev, card=card)
     model = apply_precision(model.to(dev), prec, arch=arch)
-    real = Path(str(path).split("#")[0])
-    return LoadedModel(model=model, arch=arch, label=label, path=path,
-                       sha=sha or str(card.get("sha256", ""))[:12] or _file_sha(real),
+    return LoadedModel(model=model, arch=arch, label=label, path=where,
+                       sha=sha or str(card.get("sha256", ""))[:12] or file_sha(path),
                        precision=prec, device=dev, n_parameters=n_params,
-                       file_bytes=real.stat().st_size, featurizer_hash=fhash, card=card)
+                       file_bytes=path.stat().st_size, featurizer_hash=fhash, card=card)
 
 
 def _model_with_weights(ckpt: dict[str, Any], path: Path) -> tuple[torch.nn.Module, str]:

@@ -44,7 +44,6 @@ import torch
 from neimsctl.chem.compound_class import CLASSES
 from neimsctl.data.augment import Augment
 from neimsctl.data.shards import shard_settings
-from neimsctl.data.split import parse_fold, train_positions
 from neimsctl.errors import ConfigError
 from neimsctl.evaluate.validation import VAL_METRICS, dataset_split
 from neimsctl.io.featblock import MORGAN_COUNT_BITS
@@ -102,13 +101,7 @@ def run_distill(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path, 
     if d.max_records is not None:
         base = base.subset(np.arange(min(d.max_records, len(base))))
         train_base = train_base.subset(np.arange(len(base)))
-    parts = dataset_split(base, seed=d.split_seed, fractions=d.split)
-    fold = parse_fold(d.fold)
-    if fold is not None:   # K-fold cross-fitting: leave the training compounds of fold k out
-        parts = parts._replace(train=train_positions(parts.train, base.blocks, fold,
-                                                     seed=d.split_seed, ids=base.ids))
-        print(f"neimsctl: data.fold {fold[0]}/{fold[1]}: {len(parts.train)} training spectra "
-              f"(the compounds of fold {fold[0]} left out)", file=log, flush=True)
+    parts = dataset_split(base, seed=d.split_seed, fractions=d.split, fold=d.fold, log=log)
     train_view = train_base.subset(parts.train)
     soft = SoftLabelReader(soft_labels) if soft_labels is not None else None
     transfer = transfer_rows(tpaths, base, in_memory=not d.lazy, log=log) if tpaths else None

@@ -34,7 +34,6 @@ import torch
 from neimsctl.data.augment import Augment
 from neimsctl.data.dataset import TeacherDataset, collate_teacher
 from neimsctl.data.shards import shard_settings
-from neimsctl.data.split import parse_fold, train_positions
 from neimsctl.errors import CheckpointError, ConfigError
 from neimsctl.models import registry
 from neimsctl.models.checkpoint import load_checkpoint
@@ -216,13 +215,7 @@ def run_finetune(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path,
     if d.max_records is not None:
         base = base.subset(np.arange(min(d.max_records, len(base))))
         augmented = augmented.subset(np.arange(len(base)))
-    parts = dataset_split(base, seed=d.split_seed, fractions=d.split)
-    fold = parse_fold(d.fold)
-    if fold is not None:   # K-fold cross-fitting: leave the training compounds of fold k out
-        parts = parts._replace(train=train_positions(parts.train, base.blocks, fold,
-                                                     seed=d.split_seed, ids=base.ids))
-        print(f"neimsctl: data.fold {fold[0]}/{fold[1]}: {len(parts.train)} training spectra "
-              f"(the compounds of fold {fold[0]} left out)", file=log, flush=True)
+    parts = dataset_split(base, seed=d.split_seed, fractions=d.split, fold=d.fold, log=log)
     if min(len(parts.train), len(parts.val)) == 0:
         raise ConfigError(f"data.split: train or val part is empty ({len(base)} spectra); "
                           "more data or other fractions needed")

@@ -21,7 +21,6 @@ Choices:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -140,27 +139,16 @@ def eligible_members(ds: TeacherDataset, positions: np.ndarray,
     outside the library, by all). A row no member held out is labelled by all members
     (in fold): :func:`run_softlabel` reports how many.
     """
-    from neimsctl.data.split import assign_blocks, fold_codes
+    from neimsctl.data.split import split_indices, train_positions
 
     if all(f[0] is None for f in folds):
         return None
     blocks, ids = ds.blocks[positions], ds.ids[positions]
-    keys = [b if b else b"id:" + bytes(i) for b, i in zip(blocks.tolist(), ids.tolist())]
     out = np.ones((len(folds), len(positions)), dtype=bool)
     for k, (fold, split, seed) in enumerate(folds):
-        trained = assign_blocks(keys, seed=seed, fractions=split) == 0
-        if fold is not None:
-            trained &= fold_codes(blocks, fold[1], seed=seed, ids=ids) != fold[0] - 1
-        out[k] = ~trained
+        train = split_indices(blocks, ids=ids, seed=seed, fractions=split).train
+        out[k, train_positions(train, blocks, fold, seed=seed, ids=ids)] = False
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class FingerprintMember(torch.nn.Module):
@@ -251,11 +239,12 @@ def teacher_sources(paths: Sequence[Path]) -> list[tuple[str, dict[str, Any], st
     first teacher member is put in front of its other members.
     """
     from neimsctl.models.checkpoint import ENSEMBLE_FORMAT
+    from neimsctl.predict.model import file_sha
 
     out: list[tuple[str, dict[str, Any], str]] = []
     for p in paths:
         ckpt = load_checkpoint(p, ensemble=True)
-        sha = _sha256(p)
+        sha = file_sha(Path(p), full=True)
         if ckpt.get("format") != ENSEMBLE_FORMAT:
             out.append((str(p), ckpt, sha))
             continue
@@ -322,8 +311,9 @@ def run_softlabel(teacher: Teachers, shards: Sequence[str | Path], out: str | Pa
             raise CheckpointError(f"{where}: the split it was trained on: {exc}") from None
     eligible = eligible_members(ds, positions, folds)
     if eligible is not None:
-        none = int((~eligible.any(axis=0)).sum())
-        eligible[:, ~eligible.any(axis=0)] = True
+        nobody = ~eligible.any(axis=0)
+        none = int(nobody.sum())
+        eligible[:, nobody] = True
         # rows with the same members next to each other: a batch runs only its rows' members
         # (and the first, for the hidden vectors) instead of all of them. The output's row
         # order changes, not its content: soft labels are aligned by id.

@@ -147,3 +147,10 @@ def test_an_output_naming_a_shipped_model_is_refused(neimsctl_exe: str, members:
         res = run(neimsctl_exe, *args, stdin=b"CCO\n")
         assert res.returncode == 2, (args, res.stderr)
     assert shipped.stat().st_mtime_ns == before
+
+
+def test_the_cli_knows_the_shipped_models_where_predict_loads_them() -> None:
+    from neimsctl.cli import predict as cli_predict
+    from neimsctl.predict.model import ARCHS, MODELS_DIR
+
+    assert cli_predict._MODELS_DIR == MODELS_DIR and cli_predict._SHIPPED_NAMES == ARCHS

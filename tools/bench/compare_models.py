@@ -176,14 +176,13 @@ def recall_row(name: str, ev: dict) -> str:
 
 
 def row(name: str, ev: dict, speed: dict | None, cli_s: float | None, n: int) -> str:
-    rec = " | ".join(f"{ev[f'recall@{k}']:.3f}" for k in (1, 5, 10, 20))
-    recm = " | ".join(f"{ev[f'recall@{k}_mass5']:.3f}" for k in (1, 5, 10, 20))
+    """:func:`recall_row` + parameters, model-only speed and the CLI's wall time."""
     if speed is None:
         sp = "– | – | –"
     else:
         sp = f"{speed['params']:,} | {speed['ms_batch1']:.2f} | {speed['mol_per_s_batched']:,.0f}"
     cli = f"{cli_s:.1f} s ({1000 * cli_s / n:.1f} ms/mol)" if cli_s else "–"
-    return f"| {name} | {ev['mean_cosine']:.3f} | {rec} | {recm} | {sp} | {cli} |"
+    return f"{recall_row(name, ev)} {sp} | {cli} |"
 
 
 def main() -> int:
