@@ -25,6 +25,9 @@ The spec (YAML, read with ``yaml.safe_load``; ``config`` relative to the spec's 
     parallel: 2                          # trainings at a time (give each train.threads: 1)
     metric: val_recall_at_10             # the column the table is sorted by
 
+SIGINT / SIGTERM stop the sweep: its running trainings are sent the same signal (they save
+``interrupted.pt``), the sweep waits for them and exits 130 / 143; the next ``run`` resumes them.
+
 Each trial (one recipe, one seed) trains into ``OUT_DIR/trials/<id>`` (``id`` = a hash of its
 overrides, so the same recipe always lands in the same place) with its log beside it; a trial
 whose ``report.md`` exists is done and skipped; one that was interrupted (Ctrl-C, a killed
@@ -140,11 +143,38 @@ def value_text(v: Any) -> str:
 
 
 def trial_state(d: Path) -> str:
-    if (d / "report.md").is_file() and not (d / "checkpoints" / "interrupted.pt").exists():
+    """``done`` (every epoch of its config trained), ``partial`` (a checkpoint to resume from)
+    or ``new``. A training stopped by a signal at an epoch's end writes its report and keeps
+    only ``last.pt``: the epochs in ``train_log.jsonl`` tell it from a finished one."""
+    ckpts = d / "checkpoints"
+    if (d / "report.md").is_file() and not (ckpts / "interrupted.pt").exists() \
+            and _epochs_done(d) >= _epochs_planned(d):
         return "done"
-    if (d / "checkpoints" / "interrupted.pt").exists() or (d / "checkpoints" / "last.pt").exists():
+    if (ckpts / "interrupted.pt").exists() or (ckpts / "last.pt").exists():
         return "partial"
     return "new"
+
+
+def _epochs_planned(d: Path) -> int:
+    try:
+        cfg = yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {}
+        return int((cfg.get("train") or {}).get("epochs", 0))
+    except (OSError, yaml.YAMLError, TypeError, ValueError, AttributeError):
+        return 1 << 30            # unreadable: not known to be done
+
+
+def _epochs_done(d: Path) -> int:
+    done = 0
+    try:
+        for line in (d / "train_log.jsonl").read_text(encoding="utf-8").splitlines():
+            if '"kind":"epoch"' in line.replace(" ", ""):
+                try:
+                    done = max(done, int(json.loads(line).get("epoch", 0)))
+                except ValueError:
+                    continue          # a line cut by an interruption
+    except OSError:
+        return 0
+    return done
 
 
 def command(spec: dict[str, Any], overrides: dict[str, Any], d: Path) -> list[str]:
@@ -176,6 +206,35 @@ def train_all(spec: dict[str, Any], out: Path) -> int:
     print(f"sweep: {len(todo)} trials to train", file=sys.stderr, flush=True)
     running: list[tuple[subprocess.Popen, Path, float, Any]] = []
     failed = 0
+    try:
+        failed = _run(spec, todo, running)
+    except _Stop as stop:          # SIGINT / SIGTERM: the trainings checkpoint, then we stop
+        for proc, d, _, _ in running:
+            proc.send_signal(stop.signum)
+            print(f"sweep: {d.name}: interrupted, resumes on the next run", file=sys.stderr)
+        for proc, *_ in running:
+            proc.wait()
+        raise SystemExit(128 + stop.signum) from None
+    return failed
+
+
+class _Stop(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum: int, _frame: Any) -> None:
+    raise _Stop(signum)
+
+
+def _run(spec: dict[str, Any], todo: list, running: list) -> int:
+    """Start and reap the trainings (:func:`train_all`); returns how many failed."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    failed = 0
     while todo or running:
         while todo and len(running) < int(spec["parallel"]):
             ov, d = todo.pop(0)
@@ -183,7 +242,10 @@ def train_all(spec: dict[str, Any], out: Path) -> int:
             cmd = command(spec, ov, d)
             print(f"sweep: start {d.name}: {' '.join(cmd[1:2] + [f'{k}={v}' for k, v in ov.items()])}",
                   file=sys.stderr, flush=True)
-            running.append((subprocess.Popen(cmd, stdout=log, stderr=log), d, time.time(), log))
+            # a session of its own: a Ctrl-C on the terminal reaches the sweep only, which
+            # passes it on once (a second signal would cut the training's checkpointing short)
+            running.append((subprocess.Popen(cmd, stdout=log, stderr=log,
+                                             start_new_session=True), d, time.time(), log))
         time.sleep(2)
         for item in list(running):
             proc, d, t0, log = item

@@ -86,3 +86,35 @@ def test_failing_trials_and_malformed_specs_are_reported(tmp_path: Path, repo_ro
         (tmp_path / "bad.yaml").write_text(text)
         p = sh(f"{tool} table bad.yaml outb", tmp_path)
         assert p.returncode == 1 and msg in p.stderr and b"Traceback" not in p.stderr, p.stderr
+
+
+def test_sigterm_stops_the_trainings_and_the_next_run_resumes(tmp_path: Path, sample_msp: Path,
+                                                               repo_root: Path) -> None:
+    import signal
+    import time
+
+    p = sh(f"neimsctl msp2jsonl -q {sample_msp} | neimsctl featurize -q --mode student -o s.h5",
+           tmp_path)
+    assert p.returncode == 0, p.stderr.decode()
+    (tmp_path / "spec.yaml").write_text(SPEC.format(repo=repo_root).replace(
+        "train.epochs: 1", "train.epochs: 400").replace("[0.0, 0.2]", "[0.0]").replace(
+        "seeds: [42, 1]", "seeds: [42]").replace("ensembles: [2]", "ensembles: []"))
+    proc = subprocess.Popen([sys.executable, f"{repo_root}/tools/sweep.py", "run", "spec.yaml",
+                             "out"], cwd=tmp_path, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    logs: list[Path] = []
+    while time.monotonic() < deadline:
+        logs = list((tmp_path / "out/trials").glob("*.log")) if (tmp_path / "out/trials").exists() else []
+        if logs and b"epoch 2/400" in logs[0].read_bytes():
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    assert b"interrupted, resumes on the next run" in proc.stderr.read()
+    trial = logs[0].with_suffix("")
+    assert b"interrupted (SIGTERM)" in logs[0].read_bytes()
+    assert {"interrupted.pt", "last.pt"} & {f.name for f in (trial / "checkpoints").iterdir()}
+    table = sh(f"{sys.executable} {repo_root}/tools/sweep.py table spec.yaml out", tmp_path)
+    assert table.returncode == 0 and b"| 0/1 |" in table.stdout   # not done: it resumes
+    rows = list(csv.DictReader(open(tmp_path / "out/results.csv")))
+    assert [r["state"] for r in rows] == ["partial"]
