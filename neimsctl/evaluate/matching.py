@@ -44,7 +44,10 @@ relative margin, ``S (1 - d) <= s <= S (1 + d)`` (float32: ``d = 1e-4``; bfloat1
 compute it natively, for large searches: ``d = 0.012``, see :data:`_BF16_REL`); every entry
 that can still reach the top-k by that margin is then scored exactly in float64, so the hits
 and their scores are those of a float64 brute force whatever the precision of the first pass.
-Reverse cosine is a float32 product. The composite and entropy scores are not sums of per-peak
+An index's stored weights (bfloat16, :class:`~neimsctl.io.spectral_index.DenseChunk`) give
+the first pass directly: a bfloat16 product (``d = 0.012``), or a float32 product of their
+float32 values (``d = 0.005``: :data:`_STORED_REL`); the exact scores come from the entries'
+peak lists as above. Reverse cosine is a float32 product. The composite and entropy scores are not sums of per-peak
 products, so the engine
 first computes a rigorous upper bound for every entry by a matrix product, then computes the
 exact score, in decreasing order of the bound, only while the bound can still beat the k-th
@@ -65,7 +68,8 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple
 import numpy as np
 
 from neimsctl.errors import InputError
-from neimsctl.io.peak_block import PeakBlock
+from neimsctl.io.peak_block import PeakBlock, bf16_bits, bf16_values, cosine_weights, row_sums
+from neimsctl.io.spectral_index import DenseChunk
 from neimsctl.io.spectrum import N_BINS
 
 __all__ = ["SCORES", "DEFAULT_SCORE", "Score", "PeakBlock", "TopK", "score_all", "search_blocks",
@@ -85,6 +89,10 @@ _FP32_REL = 1e-4
 #: 2 * 2**-8 + 2**-16 of the exact one, relative), float32 sums (501 * 2**-24) and the result
 #: rounded to bf16 (2**-8): (1 + 0.00783)(1 + 3.0e-5)(1 + 0.00391) - 1 = 0.01177.
 _BF16_REL = 0.012
+#: The float32 product over stored bfloat16 weights (exact in float32) and float32 queries: the
+#: weights' rounding to bf16 (relative 2**-8, 8 significant bits) and float32 products and sums
+#: (502 * 2**-24): (1 + 2**-8)(1 + 3.0e-5) - 1 = 0.00394 (margin 0.005).
+_STORED_REL = 0.005
 #: Work (multiply-adds of the first pass) above which the bfloat16 pass pays for importing torch
 #: (about 2 s) on a CPU with native bf16 (3x the float32 rate there; tools/bench/bench_search.py).
 _BF16_MIN_WORK = 2e11
@@ -145,47 +153,22 @@ class TopK(NamedTuple):
 
 # --- per-peak transforms (computed on the full peak list, before any column restriction) ---
 
-def _per_row_sum(block: PeakBlock, values: np.ndarray) -> np.ndarray:
-    """Float64 sum of ``values`` over each spectrum's peaks (peaks are contiguous per spectrum)."""
-    counts = np.diff(block.ptr)
-    out = np.zeros(len(block), dtype=np.float64)
-    some = counts > 0
-    if some.any():
-        out[some] = np.add.reduceat(values, (block.ptr[:-1] - block.ptr[0])[some], dtype=np.float64)
-    return out
-
-
 def _weighted_values(block: PeakBlock, score: Score) -> np.ndarray:
     """The per-peak values the score works on, ``(nnz,)``, normalised per spectrum (float32 for
     the cosine, else float64)."""
     counts = np.diff(block.ptr)
     if score.name == "cosine":
-        v = _power(np.asarray(block.intensity, dtype=np.float32), score.intensity_power)
-        if score.mz_power != 0.0:
-            v = v * _power(np.asarray(block.mz, dtype=np.float32), score.mz_power)
-        norm = np.repeat(np.sqrt(_per_row_sum(block, v * v)).astype(np.float32), counts)
-        return np.divide(v, norm, out=np.zeros_like(v), where=norm > 0)
+        return cosine_weights(block, score.mz_power, score.intensity_power)
     inten = np.asarray(block.intensity, dtype=np.float64)
     mz = np.asarray(block.mz, dtype=np.float64)
     if score.name == "entropy":
-        p = inten / np.repeat(_per_row_sum(block, inten), counts)
-        ent = -_per_row_sum(block, p * np.log(p))
+        p = inten / np.repeat(row_sums(block, inten), counts)
+        ent = -row_sums(block, p * np.log(p))
         v = np.power(p, np.repeat(np.where(ent < 3.0, 0.25 + 0.25 * ent, 1.0), counts))
-        return v / np.repeat(_per_row_sum(block, v), counts)
+        return v / np.repeat(row_sums(block, v), counts)
     v = mz * mz * mz * inten ** 0.6
-    norm = np.repeat(np.sqrt(_per_row_sum(block, v * v)), counts)
+    norm = np.repeat(np.sqrt(row_sums(block, v * v)), counts)
     return np.divide(v, norm, out=np.zeros_like(v), where=norm > 0)
-
-
-def _power(x: np.ndarray, p: float) -> np.ndarray:
-    """``x ** p`` with the common exponents as cheap operations."""
-    if p == 1.0:
-        return x
-    if p == 0.5:
-        return np.sqrt(x)
-    if p == 2.0:
-        return x * x
-    return x ** p
 
 
 def _dense(block: PeakBlock, values: np.ndarray, colmap: np.ndarray, ncols: int,
@@ -237,7 +220,7 @@ class _Chunk:
         self.block = block
         self.weights = _weighted_values(block, score)
         #: float32, or (bf16 first pass of the cosine) the bfloat16 bit patterns as uint16
-        self.values = _dense(block, _bf16_bits(self.weights) if bf16 else self.weights, colmap, len(cols), work)
+        self.values = _dense(block, bf16_bits(self.weights) if bf16 else self.weights, colmap, len(cols), work)
         self.mask = (self.values > 0).astype(np.float32) if (score.reverse or score.name == "composite") \
             else None
         self.sqrt = np.sqrt(self.values) if score.name == "entropy" else None
@@ -373,7 +356,9 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
         The query spectra.
     chunks
         ``(start, block)`` pairs: library entries ``start .. start + len(block) - 1`` in
-        increasing order of ``start`` (e.g. :func:`iter_chunks` or an index reader).
+        increasing order of ``start`` (e.g. :func:`iter_chunks` or an index reader); ``block``
+        a :class:`PeakBlock`, or a :class:`~neimsctl.io.spectral_index.DenseChunk` of an
+        index's stored cosine weights (read as they are by the cosine with the same powers).
     score
         The similarity.
     k
@@ -416,6 +401,12 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
         ok = allowed(start, stop) if allowed is not None else None
         if ok is not None and not ok.any():
             continue
+        if isinstance(block, DenseChunk) and not (score.dot and block.powers == (score.mz_power,
+                                                                                score.intensity_power)):
+            block = block.peaks(np.arange(n))       # other weights: from the peak lists
+        if isinstance(block, DenseChunk):
+            _dense_pass(q, sel, block, start, k, best_s, best_i, windows, ok, bf16, work)
+            continue
         cols = _columns(q, sel, block, n_bins)
         if len(cols) == 0:
             continue
@@ -428,7 +419,7 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
         _exclude(bound, sel, start, windows, ok)
         if score.dot:
             _take_topk(best_s, best_i, sel, bound, start, k, rel,
-                       lambda r, c, ch=chunk: _exact_pairs(q.values, sel, ch, r, c))
+                       lambda r, c, ch=chunk: _exact_pairs(q.values, sel, ch.block, ch.weights, r, c))
             continue
         if not score.bounded:
             _take_topk(best_s, best_i, sel, bound, start, k)
@@ -441,6 +432,36 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
     none = ~(best_s > 0)        # a hit shares at least one peak: score 0 is no hit
     best_s[none], best_i[none] = -np.inf, -1
     return TopK(best_s, best_i)
+
+
+def _dense_pass(q: _Queries, sel: np.ndarray, chunk: DenseChunk, start: int, k: int, best_s: np.ndarray,
+                best_i: np.ndarray, windows: tuple[np.ndarray, np.ndarray] | None, ok: np.ndarray | None,
+                bf16: bool, work: list[np.ndarray]) -> None:
+    """The cosine over stored weights (:class:`DenseChunk`): a first pass over the bfloat16
+    weights as they are (bfloat16 product, or float32 product of their exact float32 values),
+    then the exact float64 score of every entry that can still reach the top-k."""
+    width = chunk.bits.shape[1]
+    qv = np.ascontiguousarray(q.values[sel, :width])
+    if bf16:
+        bound, rel = _approx_cosine(qv, chunk.bits)
+    else:
+        size = chunk.bits.size
+        if len(work[0]) < 4 * size:
+            work[0] = np.empty(4 * size, dtype=np.uint8)
+        lib = bf16_values(chunk.bits, work[0][:4 * size].view(np.uint32).reshape(chunk.bits.shape))
+        bound, rel = _mm(qv, lib.T), _STORED_REL
+    _exclude(bound, sel, start, windows, ok)
+    _take_topk(best_s, best_i, sel, bound, start, k, rel,
+               lambda r, c: _exact_stored(q.values, sel, chunk, r, c))
+
+
+def _exact_stored(qvalues: np.ndarray, sel: np.ndarray, chunk: DenseChunk, rows: np.ndarray,
+                  cols: np.ndarray) -> np.ndarray:
+    """:func:`_exact_pairs` for a :class:`DenseChunk`: the peaks of only the entries asked for
+    (their weights are per entry, so the same as over the whole chunk)."""
+    entries, pos = np.unique(cols, return_inverse=True)
+    block = chunk.peaks(entries)
+    return _exact_pairs(qvalues, sel, block, cosine_weights(block, *chunk.powers), rows, pos)
 
 
 def _take_topk(best_s: np.ndarray, best_i: np.ndarray, sel: np.ndarray, s: np.ndarray, start: int,
@@ -457,7 +478,7 @@ def _take_topk(best_s: np.ndarray, best_i: np.ndarray, sel: np.ndarray, s: np.nd
     ``a / (1 + rel)``, so no true top-k entry is left out.
     """
     bits = s.dtype == np.uint16          # bfloat16 bit patterns (non-negative: ordered as integers)
-    value = _bf16_value if bits else (lambda a: a)
+    value = bf16_values if bits else (lambda a: a)
     lower = np.float32(1.0 - rel)
     theta = best_s[sel, -1].astype(np.float32) * lower
     n = s.shape[1]
@@ -496,17 +517,6 @@ def _take_topk(best_s: np.ndarray, best_i: np.ndarray, sel: np.ndarray, s: np.nd
     best_s[target], best_i[target] = bs, bi
 
 
-def _bf16_bits(x: np.ndarray) -> np.ndarray:
-    """float32 -> bfloat16 (round to nearest even) as uint16 bit patterns; finite inputs."""
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    return ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint16)
-
-
-def _bf16_value(bits: np.ndarray) -> np.ndarray:
-    """bfloat16 bit patterns (uint16) -> float32 values."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
-
-
 def _approx_cosine(q: np.ndarray, lib: np.ndarray) -> tuple[np.ndarray, float]:
     """First pass of the cosine, ``(len(q), len(lib))``, and its relative error margin.
 
@@ -517,7 +527,7 @@ def _approx_cosine(q: np.ndarray, lib: np.ndarray) -> tuple[np.ndarray, float]:
     if lib.dtype == np.uint16:
         import torch
 
-        qb = torch.from_numpy(_bf16_bits(q)).view(torch.bfloat16)
+        qb = torch.from_numpy(bf16_bits(q)).view(torch.bfloat16)
         s = qb @ torch.from_numpy(lib).view(torch.bfloat16).T
         return s.view(torch.int16).numpy().view(np.uint16), _BF16_REL
     return _mm(q, lib.T), _FP32_REL
@@ -541,15 +551,16 @@ def _exclude(bound: np.ndarray, sel: np.ndarray, start: int,
 _PAIR_PEAKS = 1 << 23     # peaks gathered at once when scoring candidate pairs exactly
 
 
-def _exact_pairs(qvalues: np.ndarray, sel: np.ndarray, chunk: _Chunk, rows: np.ndarray,
-                 cols: np.ndarray) -> np.ndarray:
-    """Exact float64 cosines of the pairs (query ``sel[rows[p]]``, chunk entry ``cols[p]``).
+def _exact_pairs(qvalues: np.ndarray, sel: np.ndarray, block: PeakBlock, weights: np.ndarray,
+                 rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Exact float64 cosines of the pairs (query ``sel[rows[p]]``, entry ``cols[p]`` of ``block``;
+    ``weights``: the block's per-peak cosine weights).
 
     Sums over the library entry's own peaks (its float32 weights times the query's float32
     weights at those m/z, in float64), in the entry's peak order: a pair's score never depends on
     which other pairs are scored with it.
     """
-    ptr = chunk.block.ptr - chunk.block.ptr[0]
+    ptr = block.ptr - block.ptr[0]
     out = np.zeros(len(rows), dtype=np.float64)
     counts = ptr[cols + 1] - ptr[cols]
     ends = np.cumsum(counts)
@@ -562,7 +573,7 @@ def _exact_pairs(qvalues: np.ndarray, sel: np.ndarray, chunk: _Chunk, rows: np.n
         if total:
             first = np.repeat(ptr[cols[a:b]] - (np.cumsum(cnt) - cnt), cnt) + np.arange(total)
             qrow = np.repeat(sel[rows[a:b]], cnt)
-            prod = qvalues[qrow, chunk.block.mz[first]].astype(np.float64) * chunk.weights[first].astype(np.float64)
+            prod = qvalues[qrow, block.mz[first]].astype(np.float64) * weights[first].astype(np.float64)
             some = cnt > 0
             seg = (np.cumsum(cnt) - cnt)[some]
             out[a:b][some] = np.add.reduceat(prod, seg)

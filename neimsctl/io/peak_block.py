@@ -18,7 +18,7 @@ import numpy as np
 
 from neimsctl.io.spectrum import N_BINS, NOISE_LEVEL
 
-__all__ = ["PeakBlock", "check_peaks", "bin_batch"]
+__all__ = ["PeakBlock", "check_peaks", "bin_batch", "row_sums", "cosine_weights", "bf16_bits", "bf16_values"]
 
 
 class PeakBlock(NamedTuple):
@@ -78,6 +78,55 @@ class PeakBlock(NamedTuple):
         out = np.zeros((len(self), n_bins), dtype=np.float32)
         out[self.row_of_peak(), self.mz.astype(np.int64)] = self.intensity
         return out
+
+
+def row_sums(block: PeakBlock, values: np.ndarray) -> np.ndarray:
+    """Float64 sum of ``values`` over each spectrum's peaks (peaks are contiguous per spectrum).
+
+    A spectrum's sum depends only on its own peaks, in their order: the same whichever other
+    spectra share the block (the search index's stored weights rely on it)."""
+    counts = np.diff(block.ptr)
+    out = np.zeros(len(block), dtype=np.float64)
+    some = counts > 0
+    if some.any():
+        out[some] = np.add.reduceat(values, (block.ptr[:-1] - block.ptr[0])[some], dtype=np.float64)
+    return out
+
+
+def cosine_weights(block: PeakBlock, mz_power: float = 1.0, intensity_power: float = 0.5) -> np.ndarray:
+    """The cosine's per-peak weights ``mz**a * I**b`` normalised to unit length per spectrum,
+    float32 ``(nnz,)`` (see :mod:`neimsctl.evaluate.matching`; the search index stores them)."""
+    v = _power(np.asarray(block.intensity, dtype=np.float32), intensity_power)
+    if mz_power != 0.0:
+        v = v * _power(np.asarray(block.mz, dtype=np.float32), mz_power)
+    norm = np.repeat(np.sqrt(row_sums(block, v * v)).astype(np.float32), np.diff(block.ptr))
+    return np.divide(v, norm, out=np.zeros_like(v), where=norm > 0)
+
+
+def _power(x: np.ndarray, p: float) -> np.ndarray:
+    """``x ** p`` with the common exponents as cheap operations."""
+    if p == 1.0:
+        return x
+    if p == 0.5:
+        return np.sqrt(x)
+    if p == 2.0:
+        return x * x
+    return x ** p
+
+
+def bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 (round to nearest even) as uint16 bit patterns; finite inputs."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    return ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint16)
+
+
+def bf16_values(bits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) -> float32 values (exact); ``out``: a uint32 array of the
+    same shape to write into (no allocation)."""
+    if out is None:
+        return (bits.astype(np.uint32) << 16).view(np.float32)
+    np.left_shift(bits, 16, out=out, dtype=np.uint32)
+    return out.view(np.float32)
 
 
 def check_peaks(mz: Any, intensity: Any, n_bins: int = N_BINS,

@@ -1,4 +1,5 @@
-"""The spectral search index ``neimsctl.index/1`` (formats/spectral-index.v1.md is normative).
+"""The spectral search index ``neimsctl.index/2`` (formats/spectral-index.v2.md is normative;
+``neimsctl.index/1`` files, which lack the stored cosine weights, are still read).
 
 One HDF5 file. The spectra are sorted by nominal mass (unknown mass, ``-1``, first; input
 order within a mass), so a mass window is one contiguous slice, and stored as CSR peak lists
@@ -9,8 +10,10 @@ sorted entry to its input row).
 
 :class:`IndexWriter` streams: metadata is appended as it comes; peaks are buffered up to
 ``run_peaks`` peaks, sorted by mass and spilled to a temporary run file; :meth:`IndexWriter.close`
-merges the runs mass by mass (a counting merge: one contiguous read per run and mass). Memory
-is bounded by the run size plus ~60 bytes per entry.
+merges the runs mass by mass (a counting merge: one contiguous read per run and mass), then
+stores the cosine weights of every block of :data:`DENSE_BLOCK` entries as a dense bfloat16
+matrix (:meth:`SpectralIndex.dense_chunk`: the search's first pass reads them as they are).
+Memory is bounded by the run size plus ~60 bytes per entry.
 """
 
 from __future__ import annotations
@@ -20,18 +23,25 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import orjson
 
 from neimsctl.errors import FormatError, InputError
-from neimsctl.io.peak_block import PeakBlock
+from neimsctl.io.peak_block import PeakBlock, bf16_bits, cosine_weights
 from neimsctl.io.spectrum import N_BINS
 
-__all__ = ["SCHEMA", "IndexWriter", "SpectralIndex", "open_index", "is_index"]
+__all__ = ["SCHEMA", "READS", "DENSE_BLOCK", "DenseChunk", "IndexWriter", "SpectralIndex", "open_index",
+           "is_index"]
 
-SCHEMA = "neimsctl.index/1"
+SCHEMA = "neimsctl.index/2"
+#: Versions this reader opens (``/1``: no stored weights; searched from the peak lists).
+READS = ("neimsctl.index/1", SCHEMA)
+#: Entries per block of stored weights.
+DENSE_BLOCK = 4096
+#: The weights stored: the cosine's ``m/z**a * I**b`` (see :func:`cosine_weights`).
+DENSE_POWERS = (1.0, 0.5)
 KEY_LEN = 27
 _META = ("id", "name", "smiles", "formula")
 _ENTRY = {"mw": np.int32, "row": np.int64, "predicted": np.uint8, "source": np.uint16,
@@ -179,6 +189,7 @@ class IndexWriter:
                 self._append([(run, 0, len(run.entry["mw"]))])
             else:
                 self._merge()
+            _write_dense(f, self.n)
             f.attrs.update({"schema": SCHEMA, "n_entries": self.n, "n_peaks": int(f["mz"].shape[0]),
                             "n_bins": N_BINS, "sources": json.dumps(self.sources), **self.attrs})
             f.attrs["complete"] = True
@@ -244,6 +255,58 @@ class IndexWriter:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
 
+def _write_dense(f: Any, n: int, block: int = DENSE_BLOCK) -> None:
+    """The ``dense`` section: per block of ``block`` sorted entries, their unit-length cosine
+    weights (:data:`DENSE_POWERS`) as a row-major bfloat16 matrix ``(entries, width)``, width =
+    the block's highest m/z + 1. Read back from the finished peak datasets."""
+    ptr = f["peak_ptr"][:]
+    starts = np.arange(0, n, block, dtype=np.int64)
+    stops = np.minimum(starts + block, n)
+    widths = np.zeros(len(starts), dtype=np.int64)
+    mz_ds = f["mz"]
+    for b, (lo, hi) in enumerate(zip(starts, stops)):
+        a, z = int(ptr[lo]), int(ptr[hi])
+        if z > a:
+            widths[b] = int(mz_ds[a:z].max()) + 1
+    offsets = np.zeros(len(starts) + 1, dtype=np.int64)
+    np.cumsum((stops - starts) * widths, out=offsets[1:])
+    dense = f.create_dataset("dense", shape=(int(offsets[-1]),), dtype=np.uint16)
+    f.create_dataset("dense_ptr", data=offsets)
+    f.create_dataset("dense_width", data=widths.astype(np.uint16))
+    for b, (lo, hi) in enumerate(zip(starts, stops)):
+        a, z = int(ptr[lo]), int(ptr[hi])
+        if z == a:
+            continue
+        peaks = PeakBlock(ptr[lo:hi + 1] - a, f["mz"][a:z], f["intensity"][a:z])
+        w = int(widths[b])
+        out = np.zeros((hi - lo, w), dtype=np.uint16)
+        out[peaks.row_of_peak(), peaks.mz.astype(np.int64)] = bf16_bits(cosine_weights(peaks, *DENSE_POWERS))
+        dense[int(offsets[b]):int(offsets[b + 1])] = out.reshape(-1)
+    f.attrs["dense_block"] = block
+    f.attrs["dense_weights"] = json.dumps({"score": "cosine", "mz_power": DENSE_POWERS[0],
+                                           "intensity_power": DENSE_POWERS[1], "dtype": "bfloat16"})
+
+
+class DenseChunk(NamedTuple):
+    """A block of index entries as stored cosine weights (the search's first pass).
+
+    Attributes
+    ----------
+    bits : uint16 ``(n, width)``, the bfloat16 bit patterns of the entries' unit-length weights
+        ``m/z**a * I**b`` (:data:`DENSE_POWERS`), column ``j`` = m/z ``j``.
+    peaks : ``peaks(rows)`` -> the :class:`PeakBlock` of the chunk's entries ``rows`` (for
+        exact scores of the few entries the first pass keeps).
+    powers : ``(a, b)``.
+    """
+
+    bits: np.ndarray
+    peaks: Callable[[np.ndarray], PeakBlock]
+    powers: tuple[float, float]
+
+    def __len__(self) -> int:
+        return len(self.bits)
+
+
 class _MemRun:
     """The single in-memory run of a small index (nothing spilled)."""
 
@@ -268,13 +331,15 @@ def _take_large(block: PeakBlock, order: np.ndarray) -> PeakBlock:
 
 
 class SpectralIndex:
-    """A ``neimsctl.index/1`` file opened for searching.
+    """A ``neimsctl.index/2`` (or ``/1``) file opened for searching.
 
     Attributes
     ----------
     path, n, n_bins, sources : where it is, its number of entries, m/z bins and input files.
     mw : int32 ``(n,)`` ascending nominal masses (-1 unknown).
     predicted : bool ``(n,)``; source : uint16 ``(n,)``.
+    dense_block : entries per block of stored cosine weights (:meth:`dense_chunk`); ``None``
+        for a ``neimsctl.index/1`` file, which has none.
 
     Raises
     ------
@@ -311,6 +376,15 @@ class SpectralIndex:
         self.meta_ptr = f["meta_ptr"][:]
         self._meta_raw = self._raw_offset("meta", np.uint8)
         self._fd = os.open(self.path, os.O_RDONLY) if self._meta_raw is not None else None
+        self.dense_block: int | None = None
+        if "dense_block" in f.attrs:
+            self.dense_block = int(f.attrs["dense_block"])
+            self.dense_ptr = f["dense_ptr"][:]
+            self.dense_width = f["dense_width"][:].astype(np.int64)
+            self._dense_raw = self._raw_offset("dense", np.uint16)
+            weights = json.loads(f.attrs["dense_weights"])
+            self.dense_powers = (float(weights["mz_power"]), float(weights["intensity_power"]))
+        self._peaks_map: tuple[np.ndarray, np.ndarray] | None = None
 
     def _meta_row(self, row: int) -> dict[str, str]:
         a, b = int(self.meta_ptr[row]), int(self.meta_ptr[row + 1])
@@ -346,9 +420,10 @@ class SpectralIndex:
             schema = schema.decode()
         if schema is None:
             raise FormatError("not a neimsctl index (no 'schema' attribute; a feature shard?)", file=self.path)
-        if schema != SCHEMA:
-            raise FormatError(f"index format {schema!r} is not supported: this neimsctl reads {SCHEMA} "
-                              "(rebuild the index with this version's `neimsctl index`)", file=self.path)
+        if schema not in READS:
+            raise FormatError(f"index format {schema!r} is not supported: this neimsctl reads "
+                              f"{' and '.join(READS)} (rebuild the index with this version's `neimsctl index`)",
+                              file=self.path)
         if not f.attrs.get("complete", False):
             raise FormatError("damaged index: it was not finished (interrupted write?)", file=self.path)
         need = ("mw", "row", "predicted", "source", "inchikey", "peak_ptr", "mz", "intensity",
@@ -365,6 +440,35 @@ class SpectralIndex:
         if f["intensity"].shape[0] != nnz or int(f["peak_ptr"][-1]) != nnz \
                 or int(f.attrs.get("n_peaks", -1)) != nnz:
             raise FormatError("damaged index: peak arrays disagree with peak_ptr", file=self.path)
+        if schema != "neimsctl.index/1":
+            self._check_dense(n)
+
+    def _check_dense(self, n: int) -> None:
+        f = self.file
+        missing = [k for k in ("dense", "dense_ptr", "dense_width") if k not in f]
+        if missing or "dense_block" not in f.attrs or "dense_weights" not in f.attrs:
+            raise FormatError(f"damaged index: missing the stored weights ({', '.join(missing) or 'attributes'})",
+                              file=self.path)
+        try:
+            block = int(f.attrs["dense_block"])
+            weights = json.loads(f.attrs["dense_weights"])
+            float(weights["mz_power"]), float(weights["intensity_power"])
+        except (TypeError, ValueError, KeyError) as exc:
+            raise FormatError(f"damaged index: bad dense_block/dense_weights attribute ({exc})", file=self.path) \
+                from None
+        if block < 1:
+            raise FormatError(f"damaged index: dense_block={block}", file=self.path)
+        nb = -(-n // block)
+        ptr, width = f["dense_ptr"], f["dense_width"]
+        if ptr.shape != (nb + 1,) or width.shape != (nb,):
+            raise FormatError("damaged index: dense_ptr/dense_width lengths disagree with n_entries",
+                              file=self.path)
+        rows = np.minimum(np.arange(nb, dtype=np.int64) * block + block, n) - np.arange(nb, dtype=np.int64) * block
+        ptr, width = ptr[:], width[:].astype(np.int64)
+        if ptr[0] != 0 or not np.array_equal(np.diff(ptr), rows * width) \
+                or int(ptr[-1]) != f["dense"].shape[0] or (width > int(f.attrs["n_bins"])).any():
+            raise FormatError("damaged index: the stored weights disagree with dense_ptr/dense_width",
+                              file=self.path)
 
     def __len__(self) -> int:
         return self.n
@@ -402,6 +506,52 @@ class SpectralIndex:
         hi = self.n if hi is None else hi
         for start in range(lo, hi, size):
             yield start, self.block(start, min(start + size, hi))
+
+    def dense_chunk(self, b: int) -> tuple[int, DenseChunk]:
+        """Block ``b`` of stored weights: ``(first entry, chunk)`` (``neimsctl.index/2`` only)."""
+        assert self.dense_block is not None
+        lo = b * self.dense_block
+        hi = min(lo + self.dense_block, self.n)
+        a, z = int(self.dense_ptr[b]), int(self.dense_ptr[b + 1])
+        width = int(self.dense_width[b])
+        try:
+            if self._dense_raw is not None:
+                bits = np.fromfile(self.path, dtype=np.uint16, count=z - a, offset=self._dense_raw + 2 * a)
+            else:
+                bits = self.file["dense"][a:z]
+            if len(bits) != z - a:
+                raise OSError("file shorter than its stored weights (truncated?)")
+        except OSError as exc:
+            raise FormatError(f"damaged index: cannot read stored weights of block {b}: {exc}",
+                              file=self.path) from None
+        return lo, DenseChunk(bits.reshape(hi - lo, width), lambda rows, lo=lo: self.take(rows + lo),
+                              self.dense_powers)
+
+    def take(self, entries: np.ndarray) -> PeakBlock:
+        """The peaks of the sorted entries ``entries`` (any order), as one block."""
+        idx = np.asarray(entries, dtype=np.int64)
+        starts, sizes = self.ptr[idx], self.ptr[idx + 1] - self.ptr[idx]
+        ptr = np.zeros(len(idx) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=ptr[1:])
+        flat = np.repeat(starts - ptr[:-1], sizes) + np.arange(int(ptr[-1]))
+        try:
+            mz, inten = self._peak_arrays()
+            return PeakBlock(ptr, np.asarray(mz[flat]), np.asarray(inten[flat]))
+        except (OSError, ValueError) as exc:
+            raise FormatError(f"damaged index: cannot read the peaks of {len(idx)} entries: {exc}",
+                              file=self.path) from None
+
+    def _peak_arrays(self) -> tuple[Any, Any]:
+        """``mz`` and ``intensity`` for gathers: memory maps of the file (pages read when
+        touched), else the HDF5 datasets read whole (in-memory indexes)."""
+        if self._peaks_map is None:
+            nnz = int(self.ptr[-1])
+            if self._raw is not None and nnz:
+                self._peaks_map = (np.memmap(self.path, np.uint16, "r", self._raw[0], (nnz,)),
+                                   np.memmap(self.path, np.float32, "r", self._raw[1], (nnz,)))
+            else:
+                self._peaks_map = (self.file["mz"][:], self.file["intensity"][:])
+        return self._peaks_map
 
     def window(self, mw: np.ndarray, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
         """Entry ranges ``[lo, hi)`` with ``|mw_entry - mw| <= tolerance`` for each mass."""

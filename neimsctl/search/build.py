@@ -1,4 +1,4 @@
-"""The ``index`` pipeline: spectra of any kind -> one ``neimsctl.index/1`` file.
+"""The ``index`` pipeline: spectra of any kind -> one ``neimsctl.index/2`` file.
 
 Inputs are read one record at a time (:func:`neimsctl.io.spectrum_records.read_spectrum_records`),
 checked (:func:`neimsctl.io.peak_block.check_peaks`), completed where a record lacks them (the

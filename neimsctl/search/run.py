@@ -251,6 +251,29 @@ def _chunks(lib: SpectralIndex, ranges: list[tuple[int, int]], size: int,
             pos = stop
 
 
+def _dense_chunks(lib: SpectralIndex, ranges: list[tuple[int, int]]) -> Iterator[tuple[int, Any]]:
+    """The index's blocks of stored weights that ``ranges`` reach, each once, in order."""
+    block = lib.dense_block
+    assert block is not None
+    reached = np.unique(np.concatenate([np.arange(lo // block, (hi - 1) // block + 1) for lo, hi in ranges]
+                                       or [np.zeros(0, np.int64)]))
+    for b in reached.tolist():
+        yield lib.dense_chunk(b)
+
+
+def _use_dense(lib: SpectralIndex, ranges: list[tuple[int, int]], score: Score) -> bool:
+    """Read the stored weights (whole blocks) rather than the peak lists: for the cosine they were
+    made for, unless the ranges are a small part of the blocks they reach (a short candidate list)."""
+    if lib.dense_block is None or not score.dot or lib.dense_powers != (score.mz_power, score.intensity_power):
+        return False
+    if not ranges:
+        return False
+    block = lib.dense_block
+    wanted = sum(hi - lo for lo, hi in ranges)
+    blocks = len({b for lo, hi in ranges for b in range(lo // block, (hi - 1) // block + 1)})
+    return wanted * 8 >= blocks * block
+
+
 def search_library(lib: SpectralIndex, batch: QueryBatch, opts: SearchOptions) -> TopK:
     """Top hits of one library for one batch of queries (engine: :func:`search_blocks`)."""
     windows = None
@@ -265,8 +288,8 @@ def search_library(lib: SpectralIndex, batch: QueryBatch, opts: SearchOptions) -
     allowed = (lambda a, b: mask[a:b]) if mask is not None else None
     reach = float(np.sum(windows[1] - windows[0])) if windows is not None else float(lib.n) * len(batch.records)
     bf16 = use_bf16(opts.score, reach * N_BINS)
-    return search_blocks(batch.block, _chunks(lib, ranges, size, windows), opts.score, opts.top, windows=windows,
-                         allowed=allowed, bf16=bf16)
+    chunks = _dense_chunks(lib, ranges) if _use_dense(lib, ranges, opts.score) else _chunks(lib, ranges, size, windows)
+    return search_blocks(batch.block, chunks, opts.score, opts.top, windows=windows, allowed=allowed, bf16=bf16)
 
 
 def search_batch(libraries: Sequence[SpectralIndex], batch: QueryBatch, opts: SearchOptions) -> list[list[Hit]]:

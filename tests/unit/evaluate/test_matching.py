@@ -233,6 +233,69 @@ def test_bf16_first_pass_gives_the_same_exact_hits() -> None:
     assert_same_hits(b.scores, b.index, ref_s, ref_i, 1e-6)
 
 
+def stored_index(tmp_path, lib: PeakBlock, block_size: int):
+    """An index of ``lib`` (all one mass: the entry order is kept) with stored weights in blocks
+    of ``block_size`` entries."""
+    import h5py
+
+    from neimsctl.io.spectral_index import IndexWriter, _write_dense, open_index
+
+    w = IndexWriter(tmp_path / "ix.h5")
+    n = len(lib)
+    w.add(lib, mw=[100] * n, predicted=[True] * n, source=[w.add_source("lib", "predicted")] * n,
+          inchikey=[""] * n, ids=[str(i) for i in range(n)], names=[""] * n, smiles=[""] * n, formula=[""] * n)
+    w.close()
+    w.file.close()
+    with h5py.File(tmp_path / "ix.h5", "a") as f:
+        for key in ("dense", "dense_ptr", "dense_width"):
+            del f[key]
+        _write_dense(f, n, block_size)
+    return open_index(tmp_path / "ix.h5")
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_stored_weights_give_the_exact_hits(tmp_path, bf16: bool) -> None:
+    """The first pass over an index's stored bfloat16 weights only chooses which entries are
+    scored exactly: the hits and scores equal those of the peak lists, with windows and allowed
+    entries; a cosine of other powers reads the peak lists of the same chunks."""
+    rng = np.random.default_rng(13)
+    lib = random_library(rng, 700)
+    qd = lib.to_dense()[::35] * rng.uniform(0.8, 1.2, size=(20, N)).astype(np.float32)
+    queries = PeakBlock.from_dense(qd)
+    ix = stored_index(tmp_path, lib, 128)
+    dense = [ix.dense_chunk(b) for b in range(-(-len(lib) // 128))]
+    lo = rng.integers(0, 600, size=20)
+    windows = (lo, lo + rng.integers(1, 300, size=20))
+    odd = lambda a, b: (np.arange(a, b) % 3) != 0  # noqa: E731
+    for score in (Score(), Score(mz_power=0.5)):
+        for kw in ({}, {"windows": windows}, {"allowed": odd}):
+            a = search_blocks(queries, iter_chunks(lib, 128), score, 10, **kw)
+            b = search_blocks(queries, iter(dense), score, 10, bf16=bf16, **kw)
+            np.testing.assert_array_equal(a.index, b.index)
+            np.testing.assert_array_equal(a.scores, b.scores)
+            if score == Score() and not kw:
+                plain = b
+    ref_s, ref_i = brute(queries, lib, "cosine", False, 10)
+    assert_same_hits(plain.scores, plain.index, ref_s, ref_i, 1e-6)
+    ix.close()
+
+
+def test_stored_weight_margin_holds() -> None:
+    """The float32 product over bfloat16-rounded weights stays within ``_STORED_REL`` of the
+    float64 score of the float32 weights (identical vectors, one-peak spectra, random ones)."""
+    from neimsctl.evaluate import matching as m
+
+    rng = np.random.default_rng(2)
+    ones = np.zeros((3, N), dtype=np.float32)
+    ones[0, 77] = ones[1, 77] = 1.0
+    ones[2, 300:330] = 1.0
+    both = PeakBlock.from_dense(np.concatenate([random_library(rng, 400).to_dense(), ones]))
+    q = m._Queries(both, Score(), N).values
+    exact = q.astype(np.float64) @ q.T.astype(np.float64)
+    approx = q @ m.bf16_values(m.bf16_bits(q)).T
+    assert (np.abs(approx - exact) <= m._STORED_REL * exact).all()
+
+
 def test_first_pass_margins_hold() -> None:
     """The error margins the exact re-scoring relies on, measured on realistic and extreme vectors."""
     from neimsctl.evaluate import matching as m
@@ -248,10 +311,10 @@ def test_first_pass_margins_hold() -> None:
     q = m._Queries(both, Score(), N).values
     exact = q.astype(np.float64) @ q.T.astype(np.float64)
     for bf16, rel in ((False, m._FP32_REL), (True, m._BF16_REL)):
-        approx, margin = m._approx_cosine(q, m._bf16_bits(q) if bf16 else q)
+        approx, margin = m._approx_cosine(q, m.bf16_bits(q) if bf16 else q)
         if bf16:
             assert approx.dtype == np.uint16
-            approx = m._bf16_value(approx)
+            approx = m.bf16_values(approx)
         assert margin == rel
         assert (np.abs(approx - exact) <= rel * exact).all()
 
@@ -263,10 +326,10 @@ def test_bf16_bits_round_to_nearest_even_like_torch() -> None:
 
     x = np.random.default_rng(4).random(100_000, dtype=np.float32) ** 4
     x[:3] = [0.0, 1.0, np.float32(1 + 2 ** -8)]          # 1 + 2**-8 is a tie: rounds to even (1.0)
-    ours = m._bf16_bits(x)
+    ours = m.bf16_bits(x)
     theirs = torch.from_numpy(x).bfloat16().view(torch.int16).numpy().view(np.uint16)
     np.testing.assert_array_equal(ours, theirs)
-    np.testing.assert_array_equal(m._bf16_value(ours), torch.from_numpy(x).bfloat16().float().numpy())
+    np.testing.assert_array_equal(m.bf16_values(ours), torch.from_numpy(x).bfloat16().float().numpy())
 
 
 def test_cli_score_choices_are_the_engines() -> None:

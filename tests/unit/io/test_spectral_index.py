@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from neimsctl.errors import FormatError, InputError
-from neimsctl.io.peak_block import PeakBlock, bin_batch, check_peaks
-from neimsctl.io.spectral_index import SCHEMA, IndexWriter, SpectralIndex, open_index
+from neimsctl.io.peak_block import PeakBlock, bf16_bits, bin_batch, check_peaks, cosine_weights
+from neimsctl.io.spectral_index import SCHEMA, IndexWriter, SpectralIndex, _write_dense, open_index
 from neimsctl.io.spectrum import preprocess_spectrum
 
 
@@ -63,8 +63,8 @@ def test_other_versions_and_damaged_files_are_refused(tmp_path) -> None:
     path = tmp_path / "ix.h5"
     write(path, block, mw, 1 << 30)
     with h5py.File(path, "a") as f:
-        f.attrs["schema"] = "neimsctl.index/2"
-    with pytest.raises(FormatError, match="neimsctl.index/2.*not supported"):
+        f.attrs["schema"] = "neimsctl.index/3"
+    with pytest.raises(FormatError, match="neimsctl.index/3.*not supported"):
         SpectralIndex(path)
     with h5py.File(path, "a") as f:
         f.attrs["schema"] = SCHEMA
@@ -90,6 +90,58 @@ def test_other_versions_and_damaged_files_are_refused(tmp_path) -> None:
         SpectralIndex(tmp_path / "shard.h5")
     with pytest.raises(InputError, match="no such file"):
         SpectralIndex(tmp_path / "missing.h5")
+
+
+@pytest.mark.parametrize("block_size", [7, 4096])
+def test_stored_weights_are_the_cosine_weights_in_bfloat16(tmp_path, block_size: int) -> None:
+    """Every block of stored weights equals the bf16 rounding of the cosine weights of its
+    entries' peaks; ``take`` gathers any entries' peaks; blocks of entries without peaks are empty."""
+    block, mw = entries(60)
+    path = tmp_path / "ix.h5"
+    write(path, block, mw, 1 << 30)
+    if block_size != 4096:
+        with h5py.File(path, "a") as f:
+            for key in ("dense", "dense_ptr", "dense_width"):
+                del f[key]
+            _write_dense(f, 60, block_size)
+    with open_index(path) as ix:
+        assert ix.dense_block == block_size and ix.dense_powers == (1.0, 0.5)
+        stored = []
+        for b in range(-(-ix.n // block_size)):
+            start, chunk = ix.dense_chunk(b)
+            assert start == b * block_size and chunk.bits.dtype == np.uint16
+            assert chunk.bits.shape[1] == int(ix.block(start, start + len(chunk)).mz.max()) + 1
+            full = np.zeros((len(chunk), 501), dtype=np.uint16)
+            full[:, :chunk.bits.shape[1]] = chunk.bits
+            stored.append(full)
+            rows = np.array([len(chunk) - 1, 0])
+            got = chunk.peaks(rows)
+            want = ix.block(start, start + len(chunk))
+            assert got.to_dense().tolist() == want.take(rows).to_dense().tolist()
+        peaks = ix.block(0, ix.n)
+        want = np.zeros((ix.n, 501), dtype=np.uint16)
+        want[peaks.row_of_peak(), peaks.mz.astype(int)] = bf16_bits(cosine_weights(peaks))
+        np.testing.assert_array_equal(np.concatenate(stored), want)
+        assert ix.take(np.array([5, 2, 5])).to_dense().tolist() == peaks.take([5, 2, 5]).to_dense().tolist()
+
+
+def test_version_1_files_read_and_damaged_weights_refused(tmp_path) -> None:
+    block, mw = entries(30)
+    path = tmp_path / "ix.h5"
+    write(path, block, mw, 1 << 30)
+    with h5py.File(path, "a") as f:
+        f["dense_ptr"][1] = 5
+    with pytest.raises(FormatError, match="damaged index: the stored weights disagree"):
+        SpectralIndex(path)
+    with h5py.File(path, "a") as f:
+        del f["dense_width"]
+    with pytest.raises(FormatError, match="damaged index: missing the stored weights"):
+        SpectralIndex(path)
+    with h5py.File(path, "a") as f:
+        f.attrs["schema"] = "neimsctl.index/1"      # a version-1 file: peak lists only
+        del f.attrs["dense_block"]
+    with open_index(path) as ix:
+        assert ix.dense_block is None and ix.n == 30
 
 
 def test_bin_batch_equals_preprocess_spectrum() -> None:
