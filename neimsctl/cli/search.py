@@ -117,16 +117,16 @@ def search_cli(
             if fmt == OutFormat.tsv:
                 fout.write(("\t".join(HIT_FIELDS) + "\n").encode())
             for qb in read_queries(paths, tally, batch=batch, warn=warn):
+                lines: list[bytes] = []
                 for hits in search_batch(libs, qb, opts):
                     tally.written += 1
                     n_without += not hits
+                    n_hits += len(hits)
                     for h in hits:
-                        n_hits += 1
                         row = h.row(libs, spec)
-                        if fmt == OutFormat.jsonl:
-                            fout.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
-                        else:
-                            fout.write(("\t".join(_cell(row[k]) for k in HIT_FIELDS) + "\n").encode())
+                        lines.append(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) if fmt == OutFormat.jsonl
+                                     else _tsv_line(row, HIT_FIELDS))
+                fout.write(b"".join(lines))
         if not quiet:
             eprint(CMD, f"queries {tally.summary()}; {n_hits} hits"
                    + (f"; {n_without} queries without a hit" if n_without else "")
@@ -136,6 +136,14 @@ def search_cli(
 
 
 _CLEAN = str.maketrans({"\t": " ", "\n": " ", "\r": " "})
+
+
+def _tsv_line(row: dict, fields: tuple[str, ...]) -> bytes:
+    """One hit as a TSV line; tabs and line breaks inside a value become spaces."""
+    line = "\t".join(["" if v is None else v if isinstance(v, str) else str(v) for v in map(row.get, fields)])
+    if line.count("\t") != len(fields) - 1 or "\n" in line or "\r" in line:
+        line = "\t".join(_cell(row[k]) for k in fields)
+    return (line + "\n").encode()
 
 
 def _cell(value: object) -> str:

@@ -403,7 +403,7 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
             continue
         if isinstance(block, DenseChunk) and not (score.dot and block.powers == (score.mz_power,
                                                                                 score.intensity_power)):
-            block = block.peaks(np.arange(n))       # other weights: from the peak lists
+            block = block.block                      # other weights: from the peak lists
         if isinstance(block, DenseChunk):
             _dense_pass(q, sel, block, start, k, best_s, best_i, windows, ok, bf16, work)
             continue
@@ -439,16 +439,16 @@ def _dense_pass(q: _Queries, sel: np.ndarray, chunk: DenseChunk, start: int, k: 
                 bf16: bool, work: list[np.ndarray]) -> None:
     """The cosine over stored weights (:class:`DenseChunk`): a first pass over the bfloat16
     weights as they are (bfloat16 product, or float32 product of their exact float32 values),
-    then the exact float64 score of every entry that can still reach the top-k."""
-    width = chunk.bits.shape[1]
-    qv = np.ascontiguousarray(q.values[sel, :width])
-    if bf16:
-        bound, rel = _approx_cosine(qv, chunk.bits)
+    then the exact float64 score, from the peaks, of every entry that can still reach the top-k."""
+    lib = chunk.weights
+    qv = np.ascontiguousarray(q.values[sel, :lib.shape[1]])
+    if bf16 and lib.dtype == np.uint16:
+        bound, rel = _approx_cosine(qv, lib)
     else:
-        size = chunk.bits.size
-        if len(work[0]) < 4 * size:
-            work[0] = np.empty(4 * size, dtype=np.uint8)
-        lib = bf16_values(chunk.bits, work[0][:4 * size].view(np.uint32).reshape(chunk.bits.shape))
+        if lib.dtype == np.uint16:
+            if len(work[0]) < 4 * lib.size:
+                work[0] = np.empty(4 * lib.size, dtype=np.uint8)
+            lib = bf16_values(lib, work[0][:4 * lib.size].view(np.uint32).reshape(lib.shape))
         bound, rel = _mm(qv, lib.T), _STORED_REL
     _exclude(bound, sel, start, windows, ok)
     _take_topk(best_s, best_i, sel, bound, start, k, rel,
@@ -457,10 +457,10 @@ def _dense_pass(q: _Queries, sel: np.ndarray, chunk: DenseChunk, start: int, k: 
 
 def _exact_stored(qvalues: np.ndarray, sel: np.ndarray, chunk: DenseChunk, rows: np.ndarray,
                   cols: np.ndarray) -> np.ndarray:
-    """:func:`_exact_pairs` for a :class:`DenseChunk`: the peaks of only the entries asked for
-    (their weights are per entry, so the same as over the whole chunk)."""
+    """:func:`_exact_pairs` for a :class:`DenseChunk`: the weights of only the entries asked for
+    (per entry, so the same as over the whole chunk)."""
     entries, pos = np.unique(cols, return_inverse=True)
-    block = chunk.peaks(entries)
+    block = chunk.block.take(entries)
     return _exact_pairs(qvalues, sel, block, cosine_weights(block, *chunk.powers), rows, pos)
 
 

@@ -69,9 +69,15 @@ class PeakBlock(NamedTuple):
         a, b = int(self.ptr[lo]), int(self.ptr[hi])
         return PeakBlock(self.ptr[lo:hi + 1] - a, self.mz[a:b], self.intensity[a:b])
 
-    def take(self, rows: np.ndarray) -> PeakBlock:
-        """Spectra ``rows`` (any order) as a new block."""
-        return PeakBlock.concat([self.slice(int(r), int(r) + 1) for r in rows])
+    def take(self, rows: Any) -> PeakBlock:
+        """Spectra ``rows`` (any order, repeats allowed) as a new block."""
+        idx = np.asarray(rows, dtype=np.int64).reshape(-1)
+        starts, sizes = self.ptr[idx] - self.ptr[0], self.ptr[idx + 1] - self.ptr[idx]
+        ptr = np.zeros(len(idx) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=ptr[1:])
+        flat = np.repeat(starts - ptr[:-1], sizes) + np.arange(int(ptr[-1]))
+        return PeakBlock(ptr, np.asarray(self.mz)[flat].astype(np.uint16),
+                         np.asarray(self.intensity)[flat].astype(np.float32))
 
     def to_dense(self, n_bins: int = N_BINS) -> np.ndarray:
         """float32 ``(n, n_bins)``."""

@@ -23,13 +23,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import orjson
 
 from neimsctl.errors import FormatError, InputError
-from neimsctl.io.peak_block import PeakBlock, bf16_bits, cosine_weights
+from neimsctl.io.peak_block import PeakBlock, bf16_bits, bf16_values, cosine_weights
 from neimsctl.io.spectrum import N_BINS
 
 __all__ = ["SCHEMA", "READS", "DENSE_BLOCK", "DenseChunk", "IndexWriter", "SpectralIndex", "open_index",
@@ -287,24 +287,33 @@ def _write_dense(f: Any, n: int, block: int = DENSE_BLOCK) -> None:
                                            "intensity_power": DENSE_POWERS[1], "dtype": "bfloat16"})
 
 
-class DenseChunk(NamedTuple):
+class DenseChunk:
     """A block of index entries as stored cosine weights (the search's first pass).
 
     Attributes
     ----------
-    bits : uint16 ``(n, width)``, the bfloat16 bit patterns of the entries' unit-length weights
-        ``m/z**a * I**b`` (:data:`DENSE_POWERS`), column ``j`` = m/z ``j``.
-    peaks : ``peaks(rows)`` -> the :class:`PeakBlock` of the chunk's entries ``rows`` (for
-        exact scores of the few entries the first pass keeps).
+    weights : ``(n, width)``, column ``j`` = m/z ``j``: the entries' unit-length weights
+        ``m/z**a * I**b`` (``powers``) rounded to bfloat16, as their bit patterns (uint16) or
+        as the float32 values of those bit patterns (exact).
     powers : ``(a, b)``.
+    block : the entries' peaks, read when first asked for (the exact scores of the few entries
+        the first pass keeps need them).
     """
 
-    bits: np.ndarray
-    peaks: Callable[[np.ndarray], PeakBlock]
-    powers: tuple[float, float]
+    def __init__(self, weights: np.ndarray, read: Any, powers: tuple[float, float]) -> None:
+        self.weights = weights
+        self.powers = powers
+        self._read = read
+        self._block: PeakBlock | None = None
+
+    @property
+    def block(self) -> PeakBlock:
+        if self._block is None:
+            self._block = self._read()
+        return self._block
 
     def __len__(self) -> int:
-        return len(self.bits)
+        return len(self.weights)
 
 
 class _MemRun:
@@ -384,7 +393,6 @@ class SpectralIndex:
             self._dense_raw = self._raw_offset("dense", np.uint16)
             weights = json.loads(f.attrs["dense_weights"])
             self.dense_powers = (float(weights["mz_power"]), float(weights["intensity_power"]))
-        self._peaks_map: tuple[np.ndarray, np.ndarray] | None = None
 
     def _meta_row(self, row: int) -> dict[str, str]:
         a, b = int(self.meta_ptr[row]), int(self.meta_ptr[row + 1])
@@ -507,8 +515,9 @@ class SpectralIndex:
         for start in range(lo, hi, size):
             yield start, self.block(start, min(start + size, hi))
 
-    def dense_chunk(self, b: int) -> tuple[int, DenseChunk]:
-        """Block ``b`` of stored weights: ``(first entry, chunk)`` (``neimsctl.index/2`` only)."""
+    def dense_chunk(self, b: int, float32: bool = False) -> tuple[int, DenseChunk]:
+        """Block ``b`` of stored weights and its peaks: ``(first entry, chunk)``; the weights
+        as bfloat16 bits, or (``float32``) as their float32 values (``neimsctl.index/2`` only)."""
         assert self.dense_block is not None
         lo = b * self.dense_block
         hi = min(lo + self.dense_block, self.n)
@@ -524,34 +533,8 @@ class SpectralIndex:
         except OSError as exc:
             raise FormatError(f"damaged index: cannot read stored weights of block {b}: {exc}",
                               file=self.path) from None
-        return lo, DenseChunk(bits.reshape(hi - lo, width), lambda rows, lo=lo: self.take(rows + lo),
-                              self.dense_powers)
-
-    def take(self, entries: np.ndarray) -> PeakBlock:
-        """The peaks of the sorted entries ``entries`` (any order), as one block."""
-        idx = np.asarray(entries, dtype=np.int64)
-        starts, sizes = self.ptr[idx], self.ptr[idx + 1] - self.ptr[idx]
-        ptr = np.zeros(len(idx) + 1, dtype=np.int64)
-        np.cumsum(sizes, out=ptr[1:])
-        flat = np.repeat(starts - ptr[:-1], sizes) + np.arange(int(ptr[-1]))
-        try:
-            mz, inten = self._peak_arrays()
-            return PeakBlock(ptr, np.asarray(mz[flat]), np.asarray(inten[flat]))
-        except (OSError, ValueError) as exc:
-            raise FormatError(f"damaged index: cannot read the peaks of {len(idx)} entries: {exc}",
-                              file=self.path) from None
-
-    def _peak_arrays(self) -> tuple[Any, Any]:
-        """``mz`` and ``intensity`` for gathers: memory maps of the file (pages read when
-        touched), else the HDF5 datasets read whole (in-memory indexes)."""
-        if self._peaks_map is None:
-            nnz = int(self.ptr[-1])
-            if self._raw is not None and nnz:
-                self._peaks_map = (np.memmap(self.path, np.uint16, "r", self._raw[0], (nnz,)),
-                                   np.memmap(self.path, np.float32, "r", self._raw[1], (nnz,)))
-            else:
-                self._peaks_map = (self.file["mz"][:], self.file["intensity"][:])
-        return self._peaks_map
+        bits = bits.reshape(hi - lo, width)
+        return lo, DenseChunk(bf16_values(bits) if float32 else bits, lambda: self.block(lo, hi), self.dense_powers)
 
     def window(self, mw: np.ndarray, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
         """Entry ranges ``[lo, hi)`` with ``|mw_entry - mw| <= tolerance`` for each mass."""

@@ -251,14 +251,24 @@ def _chunks(lib: SpectralIndex, ranges: list[tuple[int, int]], size: int,
             pos = stop
 
 
-def _dense_chunks(lib: SpectralIndex, ranges: list[tuple[int, int]]) -> Iterator[tuple[int, Any]]:
-    """The index's blocks of stored weights that ``ranges`` reach, each once, in order."""
+def _dense_chunks(lib: SpectralIndex, ranges: list[tuple[int, int]], float32: bool) -> Iterator[tuple[int, Any]]:
+    """The index's blocks of stored weights that ``ranges`` reach, each once, in order; read (and
+    converted to float32 for a float32 first pass) one block ahead in a thread, so that the read
+    overlaps the products (and waits on the disk when the file is not in the page cache)."""
     block = lib.dense_block
     assert block is not None
     reached = np.unique(np.concatenate([np.arange(lo // block, (hi - 1) // block + 1) for lo, hi in ranges]
                                        or [np.zeros(0, np.int64)]))
-    for b in reached.tolist():
-        yield lib.dense_chunk(b)
+    if len(reached) == 0:
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="neimsctl-read") as pool:
+        ahead = pool.submit(lib.dense_chunk, int(reached[0]), float32)
+        for b in reached[1:].tolist():
+            current, ahead = ahead, pool.submit(lib.dense_chunk, b, float32)
+            yield current.result()
+        yield ahead.result()
 
 
 def _use_dense(lib: SpectralIndex, ranges: list[tuple[int, int]], score: Score) -> bool:
@@ -288,7 +298,8 @@ def search_library(lib: SpectralIndex, batch: QueryBatch, opts: SearchOptions) -
     allowed = (lambda a, b: mask[a:b]) if mask is not None else None
     reach = float(np.sum(windows[1] - windows[0])) if windows is not None else float(lib.n) * len(batch.records)
     bf16 = use_bf16(opts.score, reach * N_BINS)
-    chunks = _dense_chunks(lib, ranges) if _use_dense(lib, ranges, opts.score) else _chunks(lib, ranges, size, windows)
+    chunks = _dense_chunks(lib, ranges, not bf16) if _use_dense(lib, ranges, opts.score) \
+        else _chunks(lib, ranges, size, windows)
     return search_blocks(batch.block, chunks, opts.score, opts.top, windows=windows, allowed=allowed, bf16=bf16)
 
 

@@ -263,7 +263,8 @@ def test_stored_weights_give_the_exact_hits(tmp_path, bf16: bool) -> None:
     qd = lib.to_dense()[::35] * rng.uniform(0.8, 1.2, size=(20, N)).astype(np.float32)
     queries = PeakBlock.from_dense(qd)
     ix = stored_index(tmp_path, lib, 128)
-    dense = [ix.dense_chunk(b) for b in range(-(-len(lib) // 128))]
+    dense = [ix.dense_chunk(b, float32=not bf16) for b in range(-(-len(lib) // 128))]
+    bits = [ix.dense_chunk(b) for b in range(-(-len(lib) // 128))]
     lo = rng.integers(0, 600, size=20)
     windows = (lo, lo + rng.integers(1, 300, size=20))
     odd = lambda a, b: (np.arange(a, b) % 3) != 0  # noqa: E731
@@ -271,6 +272,8 @@ def test_stored_weights_give_the_exact_hits(tmp_path, bf16: bool) -> None:
         for kw in ({}, {"windows": windows}, {"allowed": odd}):
             a = search_blocks(queries, iter_chunks(lib, 128), score, 10, **kw)
             b = search_blocks(queries, iter(dense), score, 10, bf16=bf16, **kw)
+            c = search_blocks(queries, iter(bits), score, 10, **kw)       # bits, float32 pass
+            np.testing.assert_array_equal(c.scores, b.scores)
             np.testing.assert_array_equal(a.index, b.index)
             np.testing.assert_array_equal(a.scores, b.scores)
             if score == Score() and not kw:
