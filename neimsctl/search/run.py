@@ -280,8 +280,8 @@ def _use_dense(lib: SpectralIndex, ranges: list[tuple[int, int]], score: Score) 
         return False
     block = lib.dense_block
     wanted = sum(hi - lo for lo, hi in ranges)
-    blocks = len({b for lo, hi in ranges for b in range(lo // block, (hi - 1) // block + 1)})
-    return wanted * 8 >= blocks * block
+    blocks = {b for lo, hi in ranges for b in range(lo // block, (hi - 1) // block + 1)}
+    return wanted * 8 >= sum(min(block, lib.n - b * block) for b in blocks)
 
 
 def search_library(lib: SpectralIndex, batch: QueryBatch, opts: SearchOptions) -> TopK:

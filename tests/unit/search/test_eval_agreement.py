@@ -61,4 +61,3 @@ def test_eval_ranks_equal_search_ranks(data, score: Score, mass_filter) -> None:
     np.testing.assert_array_equal(ranks, ev["ranks"])
     for k in (1, 5, 10):
         assert ev[f"recall@{k}"] == pytest.approx(float((ranks <= k).mean()))
-

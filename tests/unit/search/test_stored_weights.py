@@ -1,0 +1,78 @@
+"""search over an index's stored weights (format 2) gives the hits of its peak lists (format 1)."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from neimsctl.evaluate.matching import Score
+from neimsctl.io.peak_block import PeakBlock
+from neimsctl.io.spectra import load_spectra
+from neimsctl.io.spectral_index import IndexWriter, SpectralIndex, _write_dense
+from neimsctl.io.spectrum_records import SpectrumRecord
+from neimsctl.search import run
+from neimsctl.search.run import QueryBatch, SearchOptions, search_library
+
+
+def write_index(path, spectra: np.ndarray, keys: np.ndarray, mw: np.ndarray, block: int | None) -> SpectralIndex:
+    """``block``: entries per block of stored weights; ``None``: a version-1 file (peaks only)."""
+    w = IndexWriter(path)
+    src = w.add_source("lib", "measured")
+    n = len(spectra)
+    w.add(PeakBlock.from_dense(spectra), mw=mw, predicted=[False] * n, source=[src] * n, inchikey=keys,
+          ids=[str(i) for i in range(n)], names=[""] * n, smiles=[""] * n, formula=[""] * n)
+    w.close()
+    w.file.close()
+    with h5py.File(path, "a") as f:
+        for key in ("dense", "dense_ptr", "dense_width"):
+            del f[key]
+        if block is None:
+            f.attrs["schema"] = "neimsctl.index/1"
+            del f.attrs["dense_block"], f.attrs["dense_weights"]
+        else:
+            _write_dense(f, n, block)
+    return SpectralIndex(path)
+
+
+@pytest.fixture(scope="module")
+def libs(sample_msp, tmp_path_factory):
+    data = load_spectra(sample_msp)
+    keep = data.mw > 0
+    spectra, keys, mw = data.spectra[keep], data.keys[keep], data.mw[keep]
+    d = tmp_path_factory.mktemp("stored")
+    return (spectra, keys, mw, write_index(d / "v2.h5", spectra, keys, mw, 64),
+            write_index(d / "v1.h5", spectra, keys, mw, None))
+
+
+@pytest.mark.parametrize("mass_filter", [None, 5.0])
+@pytest.mark.parametrize("candidates", [False, True])
+def test_stored_weights_give_the_hits_of_the_peak_lists(libs, mass_filter, candidates, monkeypatch) -> None:
+    spectra, keys, mw, v2, v1 = libs
+    rng = np.random.default_rng(3)
+    rows = rng.choice(len(spectra), size=25, replace=False)
+    queries = spectra[rows] * rng.uniform(0.6, 1.4, size=(25, spectra.shape[1])).astype(np.float32)
+    queries /= queries.max(axis=1, keepdims=True)
+    batch = QueryBatch([SpectrumRecord("q", 0, i, str(i)) for i in range(25)], PeakBlock.from_dense(queries),
+                       mw[rows].astype(np.float64))
+    opts = SearchOptions(Score(), top=10, mass_filter=mass_filter,
+                         candidates={k.decode()[:14] for k in v2.inchikeys[::3] if k} if candidates else None)
+    used = []
+    real = run._dense_chunks
+    monkeypatch.setattr(run, "_dense_chunks", lambda *a: used.append(1) or real(*a))
+    a = search_library(v2, batch, opts)
+    assert bool(used)                         # the stored weights were read (a third of the entries: enough)
+    b = search_library(v1, batch, opts)
+    np.testing.assert_array_equal(a.index, b.index)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=0, atol=1e-12)
+    assert (a.index[:, 0] >= 0).all() or candidates
+
+
+def test_peak_lists_are_read_for_few_entries_and_other_scores(libs) -> None:
+    *_, v2, _ = libs
+    n = v2.n
+    assert run._use_dense(v2, [(0, n)], Score())
+    assert not run._use_dense(v2, [(0, 1), (100, 101)], Score())        # a short candidate list
+    assert not run._use_dense(v2, [(0, n)], Score(mz_power=0.5))      # weights of other powers
+    assert not run._use_dense(v2, [(0, n)], Score("entropy"))
+    assert not run._use_dense(v2, [(0, n)], Score(reverse=True))
