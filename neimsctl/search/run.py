@@ -251,22 +251,26 @@ def _chunks(lib: SpectralIndex, ranges: list[tuple[int, int]], size: int,
             pos = stop
 
 
-def _dense_chunks(lib: SpectralIndex, ranges: list[tuple[int, int]], float32: bool) -> Iterator[tuple[int, Any]]:
-    """The index's blocks of stored weights that ``ranges`` reach, each once, in order; read (and
-    converted to float32 for a float32 first pass) one block ahead in a thread, so that the read
-    overlaps the products (and waits on the disk when the file is not in the page cache)."""
+def _dense_blocks(lib: SpectralIndex, ranges: list[tuple[int, int]]) -> np.ndarray:
+    """The numbers of the index's blocks of stored weights that ``ranges`` reach, ascending."""
     block = lib.dense_block
     assert block is not None
-    reached = np.unique(np.concatenate([np.arange(lo // block, (hi - 1) // block + 1) for lo, hi in ranges]
-                                       or [np.zeros(0, np.int64)]))
-    if len(reached) == 0:
+    return np.unique(np.concatenate([np.arange(lo // block, (hi - 1) // block + 1) for lo, hi in ranges]
+                                    or [np.zeros(0, np.int64)]))
+
+
+def _dense_chunks(lib: SpectralIndex, blocks: Sequence[int], float32: bool) -> Iterator[tuple[int, Any]]:
+    """The index's blocks of stored weights ``blocks`` (ascending), read (and converted to float32
+    for a float32 first pass) one block ahead in a thread, so that the read overlaps the products
+    (and waits on the disk when the file is not in the page cache)."""
+    if len(blocks) == 0:
         return
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1, thread_name_prefix="neimsctl-read") as pool:
-        ahead = pool.submit(lib.dense_chunk, int(reached[0]), float32)
-        for b in reached[1:].tolist():
-            current, ahead = ahead, pool.submit(lib.dense_chunk, b, float32)
+        ahead = pool.submit(lib.dense_chunk, int(blocks[0]), float32)
+        for b in blocks[1:]:
+            current, ahead = ahead, pool.submit(lib.dense_chunk, int(b), float32)
             yield current.result()
         yield ahead.result()
 
@@ -298,9 +302,39 @@ def search_library(lib: SpectralIndex, batch: QueryBatch, opts: SearchOptions) -
     allowed = (lambda a, b: mask[a:b]) if mask is not None else None
     reach = float(np.sum(windows[1] - windows[0])) if windows is not None else float(lib.n) * len(batch.records)
     bf16 = use_bf16(opts.score, reach * N_BINS)
-    chunks = _dense_chunks(lib, ranges, not bf16) if _use_dense(lib, ranges, opts.score) \
-        else _chunks(lib, ranges, size, windows)
-    return search_blocks(batch.block, chunks, opts.score, opts.top, windows=windows, allowed=allowed, bf16=bf16)
+    if not _use_dense(lib, ranges, opts.score):
+        return search_blocks(batch.block, _chunks(lib, ranges, size, windows), opts.score, opts.top,
+                             windows=windows, allowed=allowed, bf16=bf16)
+    blocks = _dense_blocks(lib, ranges).tolist()
+    parts = _threads() if not bf16 and len(blocks) >= _SPLIT_BLOCKS else 1
+
+    def part(i: int) -> TopK:
+        return search_blocks(batch.block, _dense_chunks(lib, blocks[i::parts], not bf16), opts.score, opts.top,
+                             windows=windows, allowed=allowed, bf16=bf16)
+
+    if parts == 1:
+        return part(0)
+    # float32 products run on one BLAS thread each: one search per core over every other block
+    # (interleaved, so both meet every mass range), then the two top-k lists merged
+    from concurrent.futures import ThreadPoolExecutor
+
+    from neimsctl.evaluate.matching import merge_topk, one_blas_thread
+
+    with one_blas_thread(), ThreadPoolExecutor(parts, thread_name_prefix="neimsctl-search") as pool:
+        return merge_topk(list(pool.map(part, range(parts))), opts.top)
+
+
+#: Blocks of stored weights from which a float32 search is split over the cores.
+_SPLIT_BLOCKS = 8
+
+
+def _threads() -> int:
+    """Cores this process may run on, at most 2 (the search's threads)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:          # not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(2, n))
 
 
 def search_batch(libraries: Sequence[SpectralIndex], batch: QueryBatch, opts: SearchOptions) -> list[list[Hit]]:

@@ -76,3 +76,32 @@ def test_peak_lists_are_read_for_few_entries_and_other_scores(libs) -> None:
     assert not run._use_dense(v2, [(0, n)], Score(mz_power=0.5))      # weights of other powers
     assert not run._use_dense(v2, [(0, n)], Score("entropy"))
     assert not run._use_dense(v2, [(0, n)], Score(reverse=True))
+
+
+@pytest.mark.parametrize("mass_filter", [None, 5.0])
+def test_search_split_over_two_threads_gives_the_same_hits(libs, mass_filter, monkeypatch) -> None:
+    """Every other block in a second thread, the two top-k lists merged: the hits of one pass,
+    ties included (duplicated spectra tie exactly)."""
+    spectra, keys, mw, v2, _ = libs
+    rows = np.arange(0, len(spectra), 12)
+    batch = QueryBatch([SpectrumRecord("q", 0, i, str(i)) for i in range(len(rows))],
+                       PeakBlock.from_dense(spectra[rows]), mw[rows].astype(np.float64))
+    opts = SearchOptions(Score(), top=7, mass_filter=mass_filter)
+    monkeypatch.setattr(run, "_threads", lambda: 1)
+    one = search_library(v2, batch, opts)
+    monkeypatch.setattr(run, "_threads", lambda: 2)
+    monkeypatch.setattr(run, "_SPLIT_BLOCKS", 2)
+    two = search_library(v2, batch, opts)
+    np.testing.assert_array_equal(one.index, two.index)
+    np.testing.assert_array_equal(one.scores, two.scores)
+
+
+def test_merge_topk_orders_by_score_then_entry() -> None:
+    from neimsctl.evaluate.matching import TopK, merge_topk
+
+    a = TopK(np.array([[0.9, 0.5, -np.inf]]), np.array([[4, 8, -1]]))
+    b = TopK(np.array([[0.9, 0.7, 0.5]]), np.array([[1, 3, 2]]))
+    m = merge_topk([a, b], 4)
+    assert m.index.tolist() == [[1, 4, 3, 2]] and m.scores.tolist() == [[0.9, 0.9, 0.7, 0.5]]
+    m = merge_topk([TopK(np.full((1, 2), -np.inf), np.full((1, 2), -1))] * 2, 3)
+    assert m.index.tolist() == [[-1, -1, -1]]
