@@ -251,18 +251,12 @@ def _chunks(lib: SpectralIndex, ranges: list[tuple[int, int]], size: int,
             pos = stop
 
 
-def _dense_blocks(lib: SpectralIndex, ranges: list[tuple[int, int]]) -> np.ndarray:
-    """The numbers of the index's blocks of stored weights that ``ranges`` reach, ascending."""
-    block = lib.dense_block
-    assert block is not None
-    return np.unique(np.concatenate([np.arange(lo // block, (hi - 1) // block + 1) for lo, hi in ranges]
-                                    or [np.zeros(0, np.int64)]))
-
-
-def _dense_chunks(lib: SpectralIndex, blocks: Sequence[int], float32: bool) -> Iterator[tuple[int, Any]]:
+def _dense_chunks(lib: SpectralIndex, blocks: Sequence[int], float32: bool,
+                  stop: Any = None) -> Iterator[tuple[int, Any]]:
     """The index's blocks of stored weights ``blocks`` (ascending), read (and converted to float32
     for a float32 first pass) one block ahead in a thread, so that the read overlaps the products
-    (and waits on the disk when the file is not in the page cache)."""
+    (and waits on the disk when the file is not in the page cache). Ends early once the
+    ``threading.Event`` ``stop`` is set."""
     if len(blocks) == 0:
         return
     from concurrent.futures import ThreadPoolExecutor
@@ -272,20 +266,23 @@ def _dense_chunks(lib: SpectralIndex, blocks: Sequence[int], float32: bool) -> I
         for b in blocks[1:]:
             current, ahead = ahead, pool.submit(lib.dense_chunk, int(b), float32)
             yield current.result()
+            if stop is not None and stop.is_set():
+                return
         yield ahead.result()
 
 
-def _use_dense(lib: SpectralIndex, ranges: list[tuple[int, int]], score: Score) -> bool:
-    """Read the stored weights (whole blocks) rather than the peak lists: for the cosine they were
-    made for, unless the ranges are a small part of the blocks they reach (a short candidate list)."""
+def _dense_blocks(lib: SpectralIndex, ranges: list[tuple[int, int]], score: Score) -> list[int] | None:
+    """The blocks of stored weights to read (ascending), or ``None`` to read the peak lists: the
+    stored weights serve the cosine they were made for, unless the ranges are a small part of the
+    blocks they reach (a short candidate list)."""
     if lib.dense_block is None or not score.dot or lib.dense_powers != (score.mz_power, score.intensity_power):
-        return False
+        return None
     if not ranges:
-        return False
+        return None
     block = lib.dense_block
+    blocks = sorted({b for lo, hi in ranges for b in range(lo // block, (hi - 1) // block + 1)})
     wanted = sum(hi - lo for lo, hi in ranges)
-    blocks = {b for lo, hi in ranges for b in range(lo // block, (hi - 1) // block + 1)}
-    return wanted * 8 >= sum(min(block, lib.n - b * block) for b in blocks)
+    return blocks if wanted * 8 >= sum(min(block, lib.n - b * block) for b in blocks) else None
 
 
 def search_library(lib: SpectralIndex, batch: QueryBatch, opts: SearchOptions) -> TopK:
@@ -302,26 +299,33 @@ def search_library(lib: SpectralIndex, batch: QueryBatch, opts: SearchOptions) -
     allowed = (lambda a, b: mask[a:b]) if mask is not None else None
     reach = float(np.sum(windows[1] - windows[0])) if windows is not None else float(lib.n) * len(batch.records)
     bf16 = use_bf16(opts.score, reach * N_BINS)
-    if not _use_dense(lib, ranges, opts.score):
+    blocks = _dense_blocks(lib, ranges, opts.score)
+    if blocks is None:
         return search_blocks(batch.block, _chunks(lib, ranges, size, windows), opts.score, opts.top,
                              windows=windows, allowed=allowed, bf16=bf16)
-    blocks = _dense_blocks(lib, ranges).tolist()
     parts = _threads() if not bf16 and len(blocks) >= _SPLIT_BLOCKS else 1
-
-    def part(i: int) -> TopK:
-        return search_blocks(batch.block, _dense_chunks(lib, blocks[i::parts], not bf16), opts.score, opts.top,
-                             windows=windows, allowed=allowed, bf16=bf16)
-
     if parts == 1:
-        return part(0)
+        return search_blocks(batch.block, _dense_chunks(lib, blocks, not bf16), opts.score, opts.top,
+                             windows=windows, allowed=allowed, bf16=bf16)
     # float32 products run on one BLAS thread each: one search per core over every other block
     # (interleaved, so both meet every mass range), then the two top-k lists merged
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     from neimsctl.evaluate.matching import merge_topk, one_blas_thread
 
+    stop = threading.Event()
+
+    def part(i: int) -> TopK:
+        return search_blocks(batch.block, _dense_chunks(lib, blocks[i::parts], True, stop), opts.score,
+                             opts.top, windows=windows, allowed=allowed)
+
     with one_blas_thread(), ThreadPoolExecutor(parts, thread_name_prefix="neimsctl-search") as pool:
-        return merge_topk(list(pool.map(part, range(parts))), opts.top)
+        try:
+            return merge_topk(list(pool.map(part, range(parts))), opts.top)
+        except BaseException:       # Ctrl-C: the threads stop after their current block
+            stop.set()
+            raise
 
 
 #: Blocks of stored weights from which a float32 search is split over the cores.

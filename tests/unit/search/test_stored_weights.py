@@ -71,11 +71,12 @@ def test_stored_weights_give_the_hits_of_the_peak_lists(libs, mass_filter, candi
 def test_peak_lists_are_read_for_few_entries_and_other_scores(libs) -> None:
     *_, v2, _ = libs
     n = v2.n
-    assert run._use_dense(v2, [(0, n)], Score())
-    assert not run._use_dense(v2, [(0, 1), (100, 101)], Score())        # a short candidate list
-    assert not run._use_dense(v2, [(0, n)], Score(mz_power=0.5))      # weights of other powers
-    assert not run._use_dense(v2, [(0, n)], Score("entropy"))
-    assert not run._use_dense(v2, [(0, n)], Score(reverse=True))
+    assert run._dense_blocks(v2, [(0, n)], Score()) == [0, 1, 2, 3, 4]
+    assert run._dense_blocks(v2, [(10, 20), (130, 200)], Score()) == [0, 2, 3]
+    assert run._dense_blocks(v2, [(0, 1), (100, 101)], Score()) is None        # a short candidate list
+    assert run._dense_blocks(v2, [(0, n)], Score(mz_power=0.5)) is None      # weights of other powers
+    assert run._dense_blocks(v2, [(0, n)], Score("entropy")) is None
+    assert run._dense_blocks(v2, [(0, n)], Score(reverse=True)) is None
 
 
 @pytest.mark.parametrize("mass_filter", [None, 5.0])
@@ -105,3 +106,16 @@ def test_merge_topk_orders_by_score_then_entry() -> None:
     assert m.index.tolist() == [[1, 4, 3, 2]] and m.scores.tolist() == [[0.9, 0.9, 0.7, 0.5]]
     m = merge_topk([TopK(np.full((1, 2), -np.inf), np.full((1, 2), -1))] * 2, 3)
     assert m.index.tolist() == [[-1, -1, -1]]
+
+
+def test_block_reader_stops_when_asked(libs) -> None:
+    import threading
+
+    *_, v2, _ = libs
+    assert [s for s, _ in run._dense_chunks(v2, [0, 1, 2, 3, 4], False)] == [0, 64, 128, 192, 256]
+    stop = threading.Event()
+    got = []
+    for start, _ in run._dense_chunks(v2, [0, 1, 2, 3, 4], True, stop):
+        got.append(start)
+        stop.set()
+    assert got == [0]
