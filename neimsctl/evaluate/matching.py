@@ -59,7 +59,6 @@ best exact score: the result is the exact top-k (no approximate pre-selection). 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import sys
@@ -74,7 +73,7 @@ from neimsctl.io.spectral_index import DenseChunk
 from neimsctl.io.spectrum import N_BINS
 
 __all__ = ["SCORES", "DEFAULT_SCORE", "Score", "PeakBlock", "TopK", "score_all", "search_blocks",
-           "iter_chunks", "use_bf16", "merge_topk", "one_blas_thread"]
+           "iter_chunks", "use_bf16"]
 
 SCORES = ("cosine", "composite", "entropy")
 #: The default score of ``search`` (selected on the validation split; see BENCHMARKS.md).
@@ -243,36 +242,12 @@ def _blas() -> Any:
     return ThreadpoolController()
 
 
-_pinned = [0]       # > 0 inside one_blas_thread (of any thread)
-
-
-@contextlib.contextmanager
-def one_blas_thread() -> Iterator[None]:
-    """BLAS on one thread for the block (set once, for threads that each run products: a per
-    product limit would race between them)."""
-    with _blas().limit(limits=1, user_api="blas"):
-        _pinned[0] += 1
-        try:
-            yield
-        finally:
-            _pinned[0] -= 1
-
-
 def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b``; small products on one BLAS thread."""
-    if a.shape[0] * a.shape[1] * b.shape[1] < _SMALL_PRODUCT and not _pinned[0]:
+    if a.shape[0] * a.shape[1] * b.shape[1] < _SMALL_PRODUCT:
         with _blas().limit(limits=1, user_api="blas"):
             return a @ b
     return a @ b
-
-
-def merge_topk(parts: list[TopK], k: int) -> TopK:
-    """One top-``k`` from the top-``k`` lists of disjoint sets of entries (same queries): best
-    first, ties in score to the lower entry index, as one search over all of them gives."""
-    scores = np.concatenate([p.scores for p in parts], axis=1)
-    index = np.concatenate([p.index for p in parts], axis=1)
-    order = np.lexsort((np.where(index < 0, np.iinfo(np.int64).max, index), -scores), axis=1)[:, :k]
-    return TopK(np.take_along_axis(scores, order, axis=1), np.take_along_axis(index, order, axis=1))
 
 
 # --- bounds (exact for cosine) over a chunk: (nq_sel, n) ---

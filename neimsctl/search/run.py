@@ -251,12 +251,10 @@ def _chunks(lib: SpectralIndex, ranges: list[tuple[int, int]], size: int,
             pos = stop
 
 
-def _dense_chunks(lib: SpectralIndex, blocks: Sequence[int], float32: bool,
-                  stop: Any = None) -> Iterator[tuple[int, Any]]:
+def _dense_chunks(lib: SpectralIndex, blocks: Sequence[int], float32: bool) -> Iterator[tuple[int, Any]]:
     """The index's blocks of stored weights ``blocks`` (ascending), read (and converted to float32
     for a float32 first pass) one block ahead in a thread, so that the read overlaps the products
-    (and waits on the disk when the file is not in the page cache). Ends early once the
-    ``threading.Event`` ``stop`` is set."""
+    (and waits on the disk when the file is not in the page cache)."""
     if len(blocks) == 0:
         return
     from concurrent.futures import ThreadPoolExecutor
@@ -266,8 +264,6 @@ def _dense_chunks(lib: SpectralIndex, blocks: Sequence[int], float32: bool,
         for b in blocks[1:]:
             current, ahead = ahead, pool.submit(lib.dense_chunk, int(b), float32)
             yield current.result()
-            if stop is not None and stop.is_set():
-                return
         yield ahead.result()
 
 
@@ -303,42 +299,8 @@ def search_library(lib: SpectralIndex, batch: QueryBatch, opts: SearchOptions) -
     if blocks is None:
         return search_blocks(batch.block, _chunks(lib, ranges, size, windows), opts.score, opts.top,
                              windows=windows, allowed=allowed, bf16=bf16)
-    parts = _threads() if not bf16 and len(blocks) >= _SPLIT_BLOCKS else 1
-    if parts == 1:
-        return search_blocks(batch.block, _dense_chunks(lib, blocks, not bf16), opts.score, opts.top,
-                             windows=windows, allowed=allowed, bf16=bf16)
-    # float32 products run on one BLAS thread each: one search per core over every other block
-    # (interleaved, so both meet every mass range), then the two top-k lists merged
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    from neimsctl.evaluate.matching import merge_topk, one_blas_thread
-
-    stop = threading.Event()
-
-    def part(i: int) -> TopK:
-        return search_blocks(batch.block, _dense_chunks(lib, blocks[i::parts], True, stop), opts.score,
-                             opts.top, windows=windows, allowed=allowed)
-
-    with one_blas_thread(), ThreadPoolExecutor(parts, thread_name_prefix="neimsctl-search") as pool:
-        try:
-            return merge_topk(list(pool.map(part, range(parts))), opts.top)
-        except BaseException:       # Ctrl-C: the threads stop after their current block
-            stop.set()
-            raise
-
-
-#: Blocks of stored weights from which a float32 search is split over the cores.
-_SPLIT_BLOCKS = 8
-
-
-def _threads() -> int:
-    """Cores this process may run on, at most 2 (the search's threads)."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:          # not Linux
-        n = os.cpu_count() or 1
-    return max(1, min(2, n))
+    return search_blocks(batch.block, _dense_chunks(lib, blocks, not bf16), opts.score, opts.top, windows=windows,
+                         allowed=allowed, bf16=bf16)
 
 
 def search_batch(libraries: Sequence[SpectralIndex], batch: QueryBatch, opts: SearchOptions) -> list[list[Hit]]:
