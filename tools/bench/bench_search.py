@@ -6,7 +6,9 @@ One run measures, on one library (predicted spectra + the DEV MassBank spectra) 
 
 1. ``neimsctl index``: wall time and peak RSS (``/usr/bin/time``);
 2. ``neimsctl search`` per score, without and with ``--mass-filter 5``: wall time of the whole
-   command (start-up counted), queries/s, peak RSS; ``--repeat`` runs, medians quoted;
+   command (start-up counted), queries/s, peak RSS; ``--repeat`` runs, medians quoted; and the
+   cosine search alone in this process (``engine``: index open and queries read before the clock
+   starts, as the external tools' figures are taken);
 3. exactness: on the first ``--exact-entries`` entries of the index, the engine's top-10 against an
    independent dense fp64 brute force, for every score and reverse mode (max |score difference|,
    queries whose top-10 ids differ beyond exact ties);
@@ -173,6 +175,29 @@ def _stored_search(lib, qb):
     return search_library(ix, qb, SearchOptions(Score(), top=10))
 
 
+def engine_qps(index: Path, queries: Path, mass_filter: float | None, repeat: int) -> dict:
+    """Queries/s of the search alone, in this process (index open, queries read, then timed: the
+    same footing as the external tools' figures, which time their search calls only)."""
+    from neimsctl.evaluate.matching import Score
+    from neimsctl.io.rejects import Tally
+    from neimsctl.io.spectral_index import open_index
+    from neimsctl.search.run import SearchOptions, read_queries, search_batch
+
+    with open_index(index) as ix:
+        batches = list(read_queries([queries], Tally()))
+        opts = SearchOptions(Score(), top=10, mass_filter=mass_filter)
+        walls = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            for b in batches:
+                search_batch([ix], b, opts)
+            walls.append(time.perf_counter() - t0)
+    nq = sum(len(b.records) for b in batches)
+    wall = statistics.median(walls)
+    return {"mass_filter": mass_filter, "queries": nq, "walls": [round(w, 3) for w in walls],
+            "qps": round(nq / wall, 1)}
+
+
 def export_npz(index: Path, queries: Path, out: Path) -> None:
     """Library + queries as peak lists (for the benchmark-only environment)."""
     from neimsctl.io.rejects import Tally
@@ -281,7 +306,7 @@ def main() -> None:
     ap.add_argument("--benchenv", default="/tmp/benchenv/bin/python")
     ap.add_argument("--matchms-entries", type=int, default=10000)
     ap.add_argument("--matchms-queries", type=int, default=100)
-    ap.add_argument("--skip", default="", help="comma-separated: index,search,exact,external")
+    ap.add_argument("--skip", default="", help="comma-separated: index,search,engine,exact,external")
     ap.add_argument("--replicate", type=int, default=1,
                     help="search an index holding the library N times (timing at scale)")
     ap.add_argument("--external", type=Path, help=argparse.SUPPRESS)
@@ -327,6 +352,10 @@ def main() -> None:
                        "peak_rss_mb": max(r[1] for r in runs), "load": os.getloadavg()[0]}
                 res["search"].append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
+    if "engine" not in skip:
+        res["engine"] = [engine_qps(index, queries, mf, a.repeat) for mf in (None, 5.0)]
+        for row in res["engine"]:
+            print(json.dumps(row), file=sys.stderr, flush=True)
     if "exact" not in skip:
         res["exact"] = exactness(index, queries, a.exact_entries, a.exact_queries)
     if "external" not in skip and Path(a.benchenv).exists():
