@@ -58,6 +58,9 @@ from typing import Any
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_state import run_state  # noqa: E402  (tools/run_state.py)
+
 VAL_KEYS = ("val_recall_at_1", "val_recall_at_5", "val_recall_at_10", "val_recall_at_1_mass5",
             "val_recall_at_10_mass5", "val_mean_cosine")
 
@@ -143,38 +146,8 @@ def value_text(v: Any) -> str:
 
 
 def trial_state(d: Path) -> str:
-    """``done`` (every epoch of its config trained), ``partial`` (a checkpoint to resume from)
-    or ``new``. A training stopped by a signal at an epoch's end writes its report and keeps
-    only ``last.pt``: the epochs in ``train_log.jsonl`` tell it from a finished one."""
-    ckpts = d / "checkpoints"
-    if (d / "report.md").is_file() and not (ckpts / "interrupted.pt").exists() \
-            and _epochs_done(d) >= _epochs_planned(d):
-        return "done"
-    if (ckpts / "interrupted.pt").exists() or (ckpts / "last.pt").exists():
-        return "partial"
-    return "new"
-
-
-def _epochs_planned(d: Path) -> int:
-    try:
-        cfg = yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {}
-        return int((cfg.get("train") or {}).get("epochs", 0))
-    except (OSError, yaml.YAMLError, TypeError, ValueError, AttributeError):
-        return 1 << 30            # unreadable: not known to be done
-
-
-def _epochs_done(d: Path) -> int:
-    done = 0
-    try:
-        for line in (d / "train_log.jsonl").read_text(encoding="utf-8").splitlines():
-            if '"kind":"epoch"' in line.replace(" ", ""):
-                try:
-                    done = max(done, int(json.loads(line).get("epoch", 0)))
-                except ValueError:
-                    continue          # a line cut by an interruption
-    except OSError:
-        return 0
-    return done
+    """``done``, ``partial`` or ``new``: :func:`run_state.run_state`."""
+    return run_state(d)
 
 
 def command(spec: dict[str, Any], overrides: dict[str, Any], d: Path) -> list[str]:

@@ -31,6 +31,7 @@ else
     sets=(--set "data.split=[0.9,0.1,0.0]")
 fi
 resume() { [ -e "$1/checkpoints/interrupted.pt" ] || [ -e "$1/checkpoints/last.pt" ] && echo --resume || true; }
+done_() { [ "$(python3 "$here/tools/run_state.py" "$1")" = done ]; }   # every epoch of its config trained
 step() { printf '\n== train_default_model.sh [%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 if [ ! -e "$out/records.jsonl" ]; then
@@ -41,13 +42,13 @@ for mode in student teacher; do
     [ -e "$out/$mode.h5" ] || { step "featurize $mode"; neimsctl featurize --mode "$mode" "$out/records.jsonl" -o "$out/$mode.h5" --resume; }
 done
 teacher() {
-    [ -e "$out/teacher/checkpoints/best.pt" ] && [ ! -e "$out/teacher/checkpoints/interrupted.pt" ] && return 0
+    done_ "$out/teacher" && return 0
     neimsctl finetune "$out/teacher.h5" -c "$here/configs/finetune/teacher-cpu-small.yaml" "${sets[@]}" \
         -o "$out/teacher" $(resume "$out/teacher")
 }
 member() {  # seed: a spec-size student without KD, one thread (two train side by side)
     local dir="$out/member_s$1"
-    [ -e "$dir/report.md" ] && [ ! -e "$dir/checkpoints/interrupted.pt" ] && return 0
+    done_ "$dir" && return 0
     neimsctl distill "$out/student.h5" --no-kd -c "$here/configs/distill/student-cpu-small.yaml" \
         "${sets[@]}" --set train.threads=1 --set train.seed="$1" -o "$dir" $(resume "$dir") \
         2> "$dir.log"
@@ -65,7 +66,7 @@ if [ ! -e "$out/soft_labels.h5" ]; then
         -t "$out/member_s2/checkpoints/best.pt" --samples 10 --batch-size 128 --part all \
         -o "$out/soft_labels.h5" "${r[@]}"
 fi
-if [ ! -e "$out/student/report.md" ]; then
+if ! done_ "$out/student"; then
     step "distill compact student"
     neimsctl distill "$out/student.h5" -s "$out/soft_labels.h5" \
         -c "$here/configs/distill/student-compact.yaml" "${sets[@]}" \

@@ -30,7 +30,7 @@ out="$run/oof$K"
 mkdir -p "$out"
 cd "$run"
 resume() { [ -e "$1/checkpoints/interrupted.pt" ] || [ -e "$1/checkpoints/last.pt" ] && echo --resume || true; }
-done_() { [ -e "$1/report.md" ] && [ ! -e "$1/checkpoints/interrupted.pt" ]; }
+done_() { [ "$(python3 "$here/tools/run_state.py" "$1")" = done ]; }   # every epoch of its config
 step() { printf '\n== kd_oof.sh [%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 teacher() {  # fold
     local d="$out/t$1"; done_ "$d" && return 0
