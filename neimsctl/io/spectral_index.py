@@ -42,6 +42,7 @@ READS = ("neimsctl.index/1", SCHEMA)
 DENSE_BLOCK = 4096
 #: The weights stored: the cosine's ``m/z**a * I**b`` (see :func:`cosine_weights`).
 DENSE_POWERS = (1.0, 0.5)
+_BF16_ONE = 0x3F80      # bfloat16 bits of 1.0: every stored weight's bits are <= this
 KEY_LEN = 27
 _META = ("id", "name", "smiles", "formula")
 _ENTRY = {"mw": np.int32, "row": np.int64, "predicted": np.uint8, "source": np.uint16,
@@ -533,6 +534,10 @@ class SpectralIndex:
         except OSError as exc:
             raise FormatError(f"damaged index: cannot read stored weights of block {b}: {exc}",
                               file=self.path) from None
+        if len(bits) and int(bits.max()) > _BF16_ONE:
+            # weights of unit vectors lie in 0..1; anything else (NaN, inf, a negative sign) would
+            # make the first pass drop entries silently
+            raise FormatError(f"damaged index: stored weights of block {b} outside 0..1", file=self.path)
         bits = bits.reshape(hi - lo, width)
         return lo, DenseChunk(bf16_values(bits) if float32 else bits, lambda: self.block(lo, hi), self.dense_powers)
 

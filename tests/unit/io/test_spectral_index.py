@@ -131,6 +131,10 @@ def test_version_1_files_read_and_damaged_weights_refused(tmp_path) -> None:
     path = tmp_path / "ix.h5"
     write(path, block, mw, 1 << 30)
     with h5py.File(path, "a") as f:
+        f["dense"][3] = 0x7FC0                      # a NaN among the stored weights
+    with open_index(path) as ix, pytest.raises(FormatError, match="stored weights of block 0 outside 0..1"):
+        ix.dense_chunk(0)
+    with h5py.File(path, "a") as f:
         f["dense_ptr"][1] = 5
     with pytest.raises(FormatError, match="damaged index: the stored weights disagree"):
         SpectralIndex(path)
