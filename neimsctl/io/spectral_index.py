@@ -43,6 +43,9 @@ DENSE_BLOCK = 4096
 #: The weights stored: the cosine's ``m/z**a * I**b`` (see :func:`cosine_weights`).
 DENSE_POWERS = (1.0, 0.5)
 _BF16_ONE = 0x3F80      # bfloat16 bits of 1.0: every stored weight's bits are <= this
+#: |sum of a stored row's squares - 1|: each weight within 2**-8 of its unit vector's (relative),
+#: so the squares within 2**-7 + 2**-16: 0.0079 (and float32 sums); a larger gap is damage
+_NORM_TOL = 0.01
 KEY_LEN = 27
 _META = ("id", "name", "smiles", "formula")
 _ENTRY = {"mw": np.int32, "row": np.int64, "predicted": np.uint8, "source": np.uint16,
@@ -385,15 +388,16 @@ class SpectralIndex:
         self.row = f["row"][:]
         self.meta_ptr = f["meta_ptr"][:]
         self._meta_raw = self._raw_offset("meta", np.uint8)
-        self._fd = os.open(self.path, os.O_RDONLY) if self._meta_raw is not None else None
+        # every raw read goes through this descriptor: the file opened, even if the path is
+        # replaced meanwhile (an index rebuilt in place)
+        self._fd = os.open(self.path, os.O_RDONLY) if (self._meta_raw is not None or self._raw is not None) \
+            else None
+        #: version 2 only (a version-1 file is read from its peaks, whatever else it holds)
         self.dense_block: int | None = None
-        if "dense_block" in f.attrs:
-            self.dense_block = int(f.attrs["dense_block"])
-            self.dense_ptr = f["dense_ptr"][:]
-            self.dense_width = f["dense_width"][:].astype(np.int64)
+        if self._dense is not None:
+            self.dense_block, self.dense_ptr, self.dense_width = self._dense
             self._dense_raw = self._raw_offset("dense", np.uint16)
-            weights = json.loads(f.attrs["dense_weights"])
-            self.dense_powers = (float(weights["mz_power"]), float(weights["intensity_power"]))
+            self.dense_powers = DENSE_POWERS
 
     def _meta_row(self, row: int) -> dict[str, str]:
         a, b = int(self.meta_ptr[row]), int(self.meta_ptr[row + 1])
@@ -423,7 +427,17 @@ class SpectralIndex:
         return None if mz is None or inten is None else (mz, inten)
 
     def _check(self) -> None:
+        try:
+            self._check_layout()
+        except FormatError:
+            raise
+        except (KeyError, OSError, ValueError, TypeError, AttributeError, IndexError, OverflowError,
+                RecursionError) as exc:
+            raise FormatError(f"damaged index: {type(exc).__name__}: {exc}", file=self.path) from None
+
+    def _check_layout(self) -> None:
         f = self.file
+        self._dense: tuple[int, np.ndarray, np.ndarray] | None = None
         schema = f.attrs.get("schema")
         if isinstance(schema, bytes):
             schema = schema.decode()
@@ -449,35 +463,50 @@ class SpectralIndex:
         if f["intensity"].shape[0] != nnz or int(f["peak_ptr"][-1]) != nnz \
                 or int(f.attrs.get("n_peaks", -1)) != nnz:
             raise FormatError("damaged index: peak arrays disagree with peak_ptr", file=self.path)
+        if int(f.attrs["n_bins"]) != N_BINS:
+            raise FormatError(f"damaged index: n_bins={f.attrs['n_bins']}; this neimsctl reads {N_BINS} "
+                              "(m/z 0..500)", file=self.path)
         if schema != "neimsctl.index/1":
-            self._check_dense(n)
+            self._dense = self._check_dense(n)
 
-    def _check_dense(self, n: int) -> None:
+    def _check_dense(self, n: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """The validated ``(dense_block, dense_ptr, dense_width)`` of a version-2 file."""
+        import h5py
+
         f = self.file
-        missing = [k for k in ("dense", "dense_ptr", "dense_width") if k not in f]
+        missing = [k for k in ("dense", "dense_ptr", "dense_width") if not isinstance(f.get(k), h5py.Dataset)]
         if missing or "dense_block" not in f.attrs or "dense_weights" not in f.attrs:
             raise FormatError(f"damaged index: missing the stored weights ({', '.join(missing) or 'attributes'})",
                               file=self.path)
         try:
             block = int(f.attrs["dense_block"])
             weights = json.loads(f.attrs["dense_weights"])
-            float(weights["mz_power"]), float(weights["intensity_power"])
-        except (TypeError, ValueError, KeyError) as exc:
+            stored = (weights["score"], float(weights["mz_power"]), float(weights["intensity_power"]),
+                      weights["dtype"])
+        except (TypeError, ValueError, KeyError, OverflowError, RecursionError) as exc:
             raise FormatError(f"damaged index: bad dense_block/dense_weights attribute ({exc})", file=self.path) \
                 from None
-        if block < 1:
+        if stored != ("cosine", *DENSE_POWERS, "bfloat16"):
+            raise FormatError(f"stored weights {f.attrs['dense_weights']} are not supported: this neimsctl reads "
+                              f"the cosine's m/z^{DENSE_POWERS[0]:g} I^{DENSE_POWERS[1]:g} in bfloat16 (rebuild the "
+                              "index with this version's `neimsctl index`)", file=self.path)
+        if not 1 <= block <= 1 << 30:
             raise FormatError(f"damaged index: dense_block={block}", file=self.path)
+        dense, ptr, width = f["dense"], f["dense_ptr"], f["dense_width"]
+        if dense.dtype != np.uint16 or dense.ndim != 1 or ptr.dtype.kind not in "iu" or width.dtype.kind not in "iu":
+            raise FormatError(f"damaged index: stored weights of type {dense.dtype} x{dense.ndim}-D (uint16, 1-D) "
+                              f"or integer offsets ({ptr.dtype}, {width.dtype})", file=self.path)
         nb = -(-n // block)
-        ptr, width = f["dense_ptr"], f["dense_width"]
         if ptr.shape != (nb + 1,) or width.shape != (nb,):
             raise FormatError("damaged index: dense_ptr/dense_width lengths disagree with n_entries",
                               file=self.path)
         rows = np.minimum(np.arange(nb, dtype=np.int64) * block + block, n) - np.arange(nb, dtype=np.int64) * block
-        ptr, width = ptr[:], width[:].astype(np.int64)
+        ptr, width = ptr[:].astype(np.int64), width[:].astype(np.int64)
         if ptr[0] != 0 or not np.array_equal(np.diff(ptr), rows * width) \
-                or int(ptr[-1]) != f["dense"].shape[0] or (width > int(f.attrs["n_bins"])).any():
+                or int(ptr[-1]) != dense.shape[0] or (width > N_BINS).any() or (width < 0).any():
             raise FormatError("damaged index: the stored weights disagree with dense_ptr/dense_width",
                               file=self.path)
+        return block, ptr, width
 
     def __len__(self) -> int:
         return self.n
@@ -499,16 +528,27 @@ class SpectralIndex:
         a, b = int(self.ptr[lo]), int(self.ptr[hi])
         try:
             if self._raw is not None:
-                mz = np.fromfile(self.path, dtype=np.uint16, count=b - a, offset=self._raw[0] + 2 * a)
-                inten = np.fromfile(self.path, dtype=np.float32, count=b - a, offset=self._raw[1] + 4 * a)
+                mz = self._read(self._raw[0] + 2 * a, b - a, np.uint16)
+                inten = self._read(self._raw[1] + 4 * a, b - a, np.float32)
             else:
                 mz = self.file["mz"][a:b]
                 inten = self.file["intensity"][a:b]
-            if len(mz) != b - a or len(inten) != b - a:
-                raise OSError("file shorter than its peak arrays (truncated?)")
         except OSError as exc:
             raise FormatError(f"damaged index: cannot read peaks {a}..{b}: {exc}", file=self.path) from None
         return PeakBlock(self.ptr[lo:hi + 1] - a, mz, inten)
+
+    def _read(self, offset: int, count: int, dtype: Any) -> np.ndarray:
+        """``count`` values at a byte offset, through the descriptor this index holds open."""
+        assert self._fd is not None
+        out = np.empty(count, dtype=dtype)
+        view = memoryview(out).cast("B")
+        done = 0
+        while done < len(view):
+            got = os.preadv(self._fd, [view[done:]], offset + done)
+            if got <= 0:
+                raise OSError("file shorter than its datasets (truncated?)")
+            done += got
+        return out
 
     def chunks(self, size: int = 65536, lo: int = 0, hi: int | None = None) -> Iterator[tuple[int, PeakBlock]]:
         """``(start, block)`` for entries ``lo:hi`` in pieces of ``size`` entries."""
@@ -526,20 +566,27 @@ class SpectralIndex:
         width = int(self.dense_width[b])
         try:
             if self._dense_raw is not None:
-                bits = np.fromfile(self.path, dtype=np.uint16, count=z - a, offset=self._dense_raw + 2 * a)
+                bits = self._read(self._dense_raw + 2 * a, z - a, np.uint16)
             else:
-                bits = self.file["dense"][a:z]
-            if len(bits) != z - a:
-                raise OSError("file shorter than its stored weights (truncated?)")
+                bits = np.asarray(self.file["dense"][a:z], dtype=np.uint16)
         except OSError as exc:
             raise FormatError(f"damaged index: cannot read stored weights of block {b}: {exc}",
                               file=self.path) from None
-        if len(bits) and int(bits.max()) > _BF16_ONE:
-            # weights of unit vectors lie in 0..1; anything else (NaN, inf, a negative sign) would
-            # make the first pass drop entries silently
-            raise FormatError(f"damaged index: stored weights of block {b} outside 0..1", file=self.path)
         bits = bits.reshape(hi - lo, width)
-        return lo, DenseChunk(bf16_values(bits) if float32 else bits, lambda: self.block(lo, hi), self.dense_powers)
+        values = bf16_values(bits)
+        # every entry has peaks: each row is a unit vector rounded to bfloat16. Anything else (NaN,
+        # inf, negative, zeroed or cut rows: a damaged file) would drop hits silently
+        norms = np.einsum("ij,ij->i", values, values)
+        zero = norms == 0.0         # legitimate only for an entry whose one peak is at m/z 0 (weight 0)
+        damaged = len(bits) and (int(bits.max()) > _BF16_ONE or not ((np.abs(norms - 1.0) <= _NORM_TOL) | zero).all())
+        chunk = DenseChunk(values if float32 else bits, lambda: self.block(lo, hi), self.dense_powers)
+        if not damaged and zero.any():
+            peaks = chunk.block
+            damaged = bool(np.isin(np.flatnonzero(zero), peaks.row_of_peak()[peaks.mz > 0]).any())
+        if damaged:
+            raise FormatError(f"damaged index: stored weights of block {b} are not unit vectors "
+                              f"(entries {lo}..{hi - 1})", file=self.path)
+        return lo, chunk
 
     def window(self, mw: np.ndarray, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
         """Entry ranges ``[lo, hi)`` with ``|mw_entry - mw| <= tolerance`` for each mass."""

@@ -132,7 +132,7 @@ def test_version_1_files_read_and_damaged_weights_refused(tmp_path) -> None:
     write(path, block, mw, 1 << 30)
     with h5py.File(path, "a") as f:
         f["dense"][3] = 0x7FC0                      # a NaN among the stored weights
-    with open_index(path) as ix, pytest.raises(FormatError, match="stored weights of block 0 outside 0..1"):
+    with open_index(path) as ix, pytest.raises(FormatError, match="stored weights of block 0 are not unit vectors"):
         ix.dense_chunk(0)
     with h5py.File(path, "a") as f:
         f["dense_ptr"][1] = 5
@@ -166,3 +166,66 @@ def test_check_peaks_reasons(mz, it, reason) -> None:
     assert check_peaks([10, 500.4], [1, 2]) is None
     assert check_peaks([10, 600], [1, 1], above_range=True) is None
     assert check_peaks([600], [1], above_range=True)[0] == "no_peaks"
+
+
+def damaged_copy(tmp_path, name: str, change) -> SpectralIndex:
+    block, mw = entries(50)
+    path = tmp_path / name
+    write(path, block, mw, 1 << 30)
+    with h5py.File(path, "a") as f:
+        change(f)
+    return path
+
+
+def _zero_row(f) -> None:
+    w = int(f["dense_width"][0])
+    f["dense"][w:2 * w] = 0                      # entry 1's weights zeroed, lengths intact
+
+
+def _as_float32(f) -> None:
+    data = f["dense"][:].astype(np.float32)
+    del f["dense"]
+    f.create_dataset("dense", data=data)
+
+
+def _other_powers(f) -> None:
+    f.attrs["dense_weights"] = '{"score": "cosine", "mz_power": 1.0, "intensity_power": 1.0, "dtype": "bfloat16"}'
+
+
+@pytest.mark.parametrize("change, message", [
+    (_zero_row, "stored weights of block 0 are not unit vectors"),
+    (_as_float32, "stored weights of type float32"),
+    (_other_powers, "are not supported"),
+    (lambda f: f.attrs.__setitem__("n_bins", 600), "n_bins=600"),
+    (lambda f: f.attrs.__setitem__("dense_block", 2 ** 64 - 1), "dense_block="),
+    (lambda f: f.attrs.__setitem__("dense_weights", "[" * 200_000), "bad dense_block/dense_weights"),
+    (lambda f: (f.__delitem__("dense"), f.create_group("dense")), "missing the stored weights \\(dense\\)"),
+])
+def test_damaged_stored_weights_are_refused_in_one_line(tmp_path, change, message) -> None:
+    path = damaged_copy(tmp_path, "ix.h5", change)
+    with pytest.raises(FormatError, match=message):
+        with open_index(path) as ix:
+            for b in range(-(-ix.n // ix.dense_block)):
+                ix.dense_chunk(b)
+
+
+def test_a_version_1_file_ignores_stored_weights_it_holds(tmp_path) -> None:
+    def to_v1(f) -> None:
+        f.attrs["schema"] = "neimsctl.index/1"
+        f.attrs["dense_block"] = 0                # would be refused in a version-2 file
+    with open_index(damaged_copy(tmp_path, "v1.h5", to_v1)) as ix:
+        assert ix.dense_block is None and len(ix.block(0, ix.n)) == 50
+
+
+def test_reads_go_to_the_file_opened_even_if_the_path_is_replaced(tmp_path) -> None:
+    block, mw = entries(40)
+    path = tmp_path / "ix.h5"
+    write(path, block, mw, 1 << 30)
+    with open_index(path) as ix:
+        before = ix.block(0, ix.n).to_dense()
+        _, chunk = ix.dense_chunk(0)
+        other, mw2 = entries(300, seed=9)
+        write(tmp_path / "new.h5", other, mw2, 1 << 30)
+        (tmp_path / "new.h5").replace(path)       # rebuilt in place while open
+        assert ix.block(0, ix.n).to_dense().tolist() == before.tolist()
+        np.testing.assert_array_equal(ix.dense_chunk(0)[1].weights, chunk.weights)
