@@ -544,7 +544,12 @@ class SpectralIndex:
         view = memoryview(out).cast("B")
         done = 0
         while done < len(view):
-            got = os.preadv(self._fd, [view[done:]], offset + done)
+            if hasattr(os, "preadv"):
+                got = os.preadv(self._fd, [view[done:]], offset + done)
+            else:                       # no preadv (Windows): a copy
+                data = os.pread(self._fd, len(view) - done, offset + done)
+                view[done:done + len(data)] = data
+                got = len(data)
             if got <= 0:
                 raise OSError("file shorter than its datasets (truncated?)")
             done += got
