@@ -42,8 +42,10 @@ Exactness
 Cosine: a matrix product over dense chunks gives every entry's score ``S`` to within a proven
 relative margin, ``S (1 - d) <= s <= S (1 + d)`` (float32: ``d = 1e-4``; bfloat16 on CPUs that
 compute it natively, for large searches: ``d = 0.012``, see :data:`_BF16_REL`); every entry
-that can still reach the top-k by that margin is then scored exactly in float64, so the hits
-and their scores are those of a float64 brute force whatever the precision of the first pass.
+that can still reach the top-k by that margin is then scored exactly in float64 (weights
+computed in float64 from the peaks, float64 sums), so the hits and their scores are those of a
+float64 brute force whatever the precision of the first pass. (The first pass's float32 weights
+are within ~3e-7 of the float64 ones, relative: far inside every margin.)
 An index's stored weights (bfloat16, :class:`~neimsctl.io.spectral_index.DenseChunk`) give
 the first pass directly: a bfloat16 product (``d = 0.012``), or a float32 product of their
 float32 values (``d = 0.005``: :data:`_STORED_REL`); the exact scores come from the entries'
@@ -203,6 +205,9 @@ class _Queries:
     def __init__(self, block: PeakBlock, score: Score, n_bins: int) -> None:
         self.n = len(block)
         self.values = _dense(block, _weighted_values(block, score), np.arange(n_bins, dtype=np.int64), n_bins)
+        #: the cosine's weights in float64 (its exact scores)
+        self.values64 = _dense(block, cosine_weights(block, score.mz_power, score.intensity_power, np.float64),
+                               np.arange(n_bins, dtype=np.int64), n_bins) if score.dot else None
         self.support = self.values > 0
         self.n_peaks = self.support.sum(axis=1).astype(np.float64)
         has = self.support.any(axis=0)
@@ -419,7 +424,7 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
         _exclude(bound, sel, start, windows, ok)
         if score.dot:
             _take_topk(best_s, best_i, sel, bound, start, k, rel,
-                       lambda r, c, ch=chunk: _exact_pairs(q.values, sel, ch.block, ch.weights, r, c))
+                       lambda r, c, ch=chunk: _exact_cosine(q, sel, ch.block, score, r, c))
             continue
         if not score.bounded:
             _take_topk(best_s, best_i, sel, bound, start, k)
@@ -452,16 +457,18 @@ def _dense_pass(q: _Queries, sel: np.ndarray, chunk: DenseChunk, start: int, k: 
         bound, rel = _mm(qv, lib.T), _STORED_REL
     _exclude(bound, sel, start, windows, ok)
     _take_topk(best_s, best_i, sel, bound, start, k, rel,
-               lambda r, c: _exact_stored(q.values, sel, chunk, r, c))
+               lambda r, c: _exact_cosine(q, sel, chunk.block, Score("cosine", *chunk.powers), r, c))
 
 
-def _exact_stored(qvalues: np.ndarray, sel: np.ndarray, chunk: DenseChunk, rows: np.ndarray,
+def _exact_cosine(q: _Queries, sel: np.ndarray, block: PeakBlock, score: Score, rows: np.ndarray,
                   cols: np.ndarray) -> np.ndarray:
-    """:func:`_exact_pairs` for a :class:`DenseChunk`: the weights of only the entries asked for
-    (per entry, so the same as over the whole chunk)."""
+    """Exact cosines of the pairs (query ``sel[rows[p]]``, entry ``cols[p]`` of ``block``):
+    float64 weights of only the entries asked for (per entry, so the same whichever other
+    entries share the block) and of the queries, summed in float64 (:func:`_exact_pairs`)."""
     entries, pos = np.unique(cols, return_inverse=True)
-    block = chunk.block.take(entries)
-    return _exact_pairs(qvalues, sel, block, cosine_weights(block, *chunk.powers), rows, pos)
+    sub = block.take(entries)
+    weights = cosine_weights(sub, score.mz_power, score.intensity_power, np.float64)
+    return _exact_pairs(q.values64, sel, sub, weights, rows, pos)
 
 
 def _take_topk(best_s: np.ndarray, best_i: np.ndarray, sel: np.ndarray, s: np.ndarray, start: int,
@@ -554,11 +561,11 @@ _PAIR_PEAKS = 1 << 23     # peaks gathered at once when scoring candidate pairs 
 def _exact_pairs(qvalues: np.ndarray, sel: np.ndarray, block: PeakBlock, weights: np.ndarray,
                  rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Exact float64 cosines of the pairs (query ``sel[rows[p]]``, entry ``cols[p]`` of ``block``;
-    ``weights``: the block's per-peak cosine weights).
+    ``weights``: the block's per-peak cosine weights; ``qvalues``: the queries' dense weights).
 
-    Sums over the library entry's own peaks (its float32 weights times the query's float32
-    weights at those m/z, in float64), in the entry's peak order: a pair's score never depends on
-    which other pairs are scored with it.
+    Sums over the library entry's own peaks (its weights times the query's weights at those
+    m/z, in float64), in the entry's peak order: a pair's score never depends on which other
+    pairs are scored with it.
     """
     ptr = block.ptr - block.ptr[0]
     out = np.zeros(len(rows), dtype=np.float64)
@@ -573,7 +580,7 @@ def _exact_pairs(qvalues: np.ndarray, sel: np.ndarray, block: PeakBlock, weights
         if total:
             first = np.repeat(ptr[cols[a:b]] - (np.cumsum(cnt) - cnt), cnt) + np.arange(total)
             qrow = np.repeat(sel[rows[a:b]], cnt)
-            prod = qvalues[qrow, block.mz[first]].astype(np.float64) * weights[first].astype(np.float64)
+            prod = qvalues[qrow, block.mz[first]] * weights[first]
             some = cnt > 0
             seg = (np.cumsum(cnt) - cnt)[some]
             out[a:b][some] = np.add.reduceat(prod, seg)
@@ -629,8 +636,8 @@ def score_all(queries: PeakBlock, library: PeakBlock, score: Score, n_bins: int 
               chunk: int = 8192) -> np.ndarray:
     """Every exact query-entry score, float64 ``(nq, n_library)`` (for ``eval``'s ranks).
 
-    The same per-pair arithmetic as :func:`search_blocks` (the cosine in float64, the same sums
-    in another order, so equal to ~1e-16; composite and entropy exactly in float64, reverse
+    The same per-pair arithmetic as :func:`search_blocks` (the cosine of float64 weights in
+    float64, the same sums in another order, so equal to ~1e-16; composite and entropy exactly in float64, reverse
     cosine in float32 matrix products), so ranks from here and hits from a search agree.
     """
     q = _Queries(queries, score, n_bins)
@@ -642,11 +649,15 @@ def score_all(queries: PeakBlock, library: PeakBlock, score: Score, n_bins: int 
         cols = _columns(q, sel, block, n_bins)
         if len(cols) == 0:
             continue
+        if score.dot:
+            colmap = np.full(n_bins, -1, dtype=np.int64)
+            colmap[cols] = np.arange(len(cols))
+            lib = _dense(block, cosine_weights(block, score.mz_power, score.intensity_power, np.float64), colmap,
+                         len(cols))
+            out[:, start:start + len(block)] = q.values64[:, cols] @ lib.T
+            continue
         ch = _Chunk(block, score, cols, n_bins)
         qv = q.values[:, cols]
-        if score.dot:
-            out[:, start:start + len(block)] = qv.astype(np.float64) @ ch.values.T.astype(np.float64)
-            continue
         if not score.bounded:
             out[:, start:start + len(block)] = _bounds(qv, q.n_peaks, ch, score)
             continue

@@ -99,13 +99,15 @@ def row_sums(block: PeakBlock, values: np.ndarray) -> np.ndarray:
     return out
 
 
-def cosine_weights(block: PeakBlock, mz_power: float = 1.0, intensity_power: float = 0.5) -> np.ndarray:
+def cosine_weights(block: PeakBlock, mz_power: float = 1.0, intensity_power: float = 0.5,
+                   dtype: Any = np.float32) -> np.ndarray:
     """The cosine's per-peak weights ``mz**a * I**b`` normalised to unit length per spectrum,
-    float32 ``(nnz,)`` (see :mod:`neimsctl.evaluate.matching`; the search index stores them)."""
-    v = _power(np.asarray(block.intensity, dtype=np.float32), intensity_power)
+    ``(nnz,)`` of ``dtype`` (float32: the search's first pass and the index's stored weights;
+    float64: its exact scores; see :mod:`neimsctl.evaluate.matching`)."""
+    v = _power(np.asarray(block.intensity, dtype=dtype), intensity_power)
     if mz_power != 0.0:
-        v = v * _power(np.asarray(block.mz, dtype=np.float32), mz_power)
-    norm = np.repeat(np.sqrt(row_sums(block, v * v)).astype(np.float32), np.diff(block.ptr))
+        v = v * _power(np.asarray(block.mz, dtype=dtype), mz_power)
+    norm = np.repeat(np.sqrt(row_sums(block, v * v)).astype(dtype), np.diff(block.ptr))
     return np.divide(v, norm, out=np.zeros_like(v), where=norm > 0)
 
 

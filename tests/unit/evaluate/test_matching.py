@@ -340,3 +340,29 @@ def test_cli_score_choices_are_the_engines() -> None:
     from neimsctl.evaluate.matching import SCORES
 
     assert tuple(m.value for m in ScoreName) == SCORES
+
+
+@pytest.mark.parametrize("stored", [False, True])
+def test_near_copies_rank_as_in_float64(tmp_path, stored: bool) -> None:
+    """Copies of a spectrum whose intensities differ by 1e-9..1e-6 (relative): their scores
+    differ below float32 resolution, yet the hits come in the order of the float64 brute force."""
+    rng = np.random.default_rng(21)
+    base = random_library(rng, 1).to_dense()[0].astype(np.float64)
+    rows = [base]
+    for eps in np.geomspace(1e-9, 1e-6, 23):
+        x = base.copy()
+        nz = np.flatnonzero(x)
+        x[rng.choice(nz, 3, replace=False)] *= 1 + eps * rng.choice([-1, 1], 3)
+        rows.append(x)
+    lib = PeakBlock(*PeakBlock.from_dense(np.array(rows, dtype=np.float32)))
+    queries = PeakBlock.from_dense(np.array([base, rows[7]], dtype=np.float32))
+    ref_s, ref_i = brute(queries, lib, "cosine", False, 15)
+    chunks = iter_chunks(lib, 10)
+    if stored:
+        ix = stored_index(tmp_path, lib, 8)
+        chunks = iter([ix.dense_chunk(b, float32=True) for b in range(3)])
+    res = search_blocks(queries, chunks, Score(), 15)
+    np.testing.assert_allclose(res.scores, ref_s, rtol=0, atol=1e-14)
+    for got, want, s in zip(res.index, ref_i, ref_s):
+        same = got == want
+        assert (same | np.isclose(s, s[np.searchsorted(-s, -s)], rtol=0, atol=1e-15)).all(), (got, want)
