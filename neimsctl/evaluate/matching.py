@@ -199,6 +199,13 @@ def _dense(block: PeakBlock, values: np.ndarray, colmap: np.ndarray, ncols: int,
     return out.reshape(len(block), ncols)
 
 
+def _colmap(cols: np.ndarray, n_bins: int) -> np.ndarray:
+    """m/z -> column of a chunk restricted to ``cols`` (``-1``: left out), for :func:`_dense`."""
+    colmap = np.full(n_bins, -1, dtype=np.int64)
+    colmap[cols] = np.arange(len(cols))
+    return colmap
+
+
 class _Queries:
     """Query spectra prepared for one score: dense full-width weighted vectors and supports."""
 
@@ -220,8 +227,7 @@ class _Chunk:
 
     def __init__(self, block: PeakBlock, score: Score, cols: np.ndarray, n_bins: int,
                  work: list[np.ndarray] | None = None, bf16: bool = False) -> None:
-        colmap = np.full(n_bins, -1, dtype=np.int64)
-        colmap[cols] = np.arange(len(cols))
+        colmap = _colmap(cols, n_bins)
         self.block = block
         self.weights = _weighted_values(block, score)
         #: float32, or (bf16 first pass of the cosine) the bfloat16 bit patterns as uint16
@@ -650,10 +656,8 @@ def score_all(queries: PeakBlock, library: PeakBlock, score: Score, n_bins: int 
         if len(cols) == 0:
             continue
         if score.dot:
-            colmap = np.full(n_bins, -1, dtype=np.int64)
-            colmap[cols] = np.arange(len(cols))
-            lib = _dense(block, cosine_weights(block, score.mz_power, score.intensity_power, np.float64), colmap,
-                         len(cols))
+            lib = _dense(block, cosine_weights(block, score.mz_power, score.intensity_power, np.float64),
+                         _colmap(cols, n_bins), len(cols))
             out[:, start:start + len(block)] = q.values64[:, cols] @ lib.T
             continue
         ch = _Chunk(block, score, cols, n_bins)

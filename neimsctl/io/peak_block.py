@@ -76,8 +76,8 @@ class PeakBlock(NamedTuple):
         ptr = np.zeros(len(idx) + 1, dtype=np.int64)
         np.cumsum(sizes, out=ptr[1:])
         flat = np.repeat(starts - ptr[:-1], sizes) + np.arange(int(ptr[-1]))
-        return PeakBlock(ptr, np.asarray(self.mz)[flat].astype(np.uint16),
-                         np.asarray(self.intensity)[flat].astype(np.float32))
+        return PeakBlock(ptr, np.asarray(self.mz)[flat].astype(np.uint16, copy=False),
+                         np.asarray(self.intensity)[flat].astype(np.float32, copy=False))
 
     def to_dense(self, n_bins: int = N_BINS) -> np.ndarray:
         """float32 ``(n, n_bins)``."""

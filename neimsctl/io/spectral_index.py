@@ -64,7 +64,7 @@ class _Run:
 
     def __init__(self, folder: Path, k: int, block: PeakBlock, entry: dict[str, np.ndarray]) -> None:
         order = np.argsort(entry["mw"], kind="stable")
-        srt = _take_large(block, order)
+        srt = block.take(order)
         self.mz_path, self.int_path = folder / f"run{k}.mz", folder / f"run{k}.int"
         srt.mz.astype(np.uint16).tofile(self.mz_path)
         srt.intensity.astype(np.float32).tofile(self.int_path)
@@ -281,7 +281,7 @@ def _write_dense(f: Any, n: int, block: int = DENSE_BLOCK) -> None:
         a, z = int(ptr[lo]), int(ptr[hi])
         if z == a:
             continue
-        peaks = PeakBlock(ptr[lo:hi + 1] - a, f["mz"][a:z], f["intensity"][a:z])
+        peaks = PeakBlock(ptr[lo:hi + 1] - a, mz_ds[a:z], f["intensity"][a:z])
         w = int(widths[b])
         out = np.zeros((hi - lo, w), dtype=np.uint16)
         out[peaks.row_of_peak(), peaks.mz.astype(np.int64)] = bf16_bits(cosine_weights(peaks, *DENSE_POWERS))
@@ -325,22 +325,13 @@ class _MemRun:
 
     def __init__(self, block: PeakBlock, entry: dict[str, np.ndarray]) -> None:
         order = np.argsort(entry["mw"], kind="stable")
-        sorted_block = _take_large(block, order)
+        sorted_block = block.take(order)
         self.mz, self.intensity, self.ptr = sorted_block.mz, sorted_block.intensity, sorted_block.ptr
         self.entry = {k: v[order] for k, v in entry.items()}
 
     def read(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
         a, b = int(self.ptr[lo]), int(self.ptr[hi])
         return self.mz[a:b], self.intensity[a:b]
-
-
-def _take_large(block: PeakBlock, order: np.ndarray) -> PeakBlock:
-    sizes = np.diff(block.ptr)[order]
-    starts = block.ptr[:-1][order]
-    idx = np.repeat(starts - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes) + np.arange(sizes.sum())
-    ptr = np.zeros(len(order) + 1, dtype=np.int64)
-    np.cumsum(sizes, out=ptr[1:])
-    return PeakBlock(ptr, block.mz[idx], block.intensity[idx])
 
 
 class SpectralIndex:
