@@ -89,7 +89,8 @@ def predict_cli(
     uncertainty: Annotated[bool, typer.Option(
         "--uncertainty", help="Add per-peak standard deviations (JSONL 'uncertainty'): the "
                               "teacher's MC dropout, or an ensemble's member disagreement (plus "
-                              "its teachers' MC dropout).")] = False,
+                              "its teachers' MC dropout; seeded dropout masks: the same "
+                              "command gives the same spreads).")] = False,
     mc_samples: Annotated[int, typer.Option(
         "--mc-samples", min=2, help="MC-dropout samples for --uncertainty.")] = 30,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1,

@@ -41,6 +41,9 @@ MODELS_DIR = Path(__file__).resolve().parents[1] / "resources" / "models"
 ARCHS = ("student", "teacher", "neims-v1")
 #: The featurizer mode (``neimsctl featurize --mode``) each architecture reads.
 MODE_OF = {"student": "student", "teacher": "teacher", "neims-v1": "v1"}
+#: Seed of the teacher's MC-dropout masks (``--uncertainty``): each batch is seeded from it and
+#: the ordinal of its first record, so the spreads are reproducible.
+MC_SEED = 0
 
 
 @dataclass
@@ -429,7 +432,11 @@ def _teacher(lm: LoadedModel, block: dict[str, np.ndarray], n: int, bs: int, unc
                              mw=torch.tensor([int(block["mw"][j])])))
         batch = Batch.from_data_list(data).to(lm.device)
         if unc:
-            mean, var = lm.model.mc_predict(batch, n_samples=samples)
+            # the dropout masks of a batch depend only on its first record (the same command on
+            # the same input gives the same spectra and spreads), not on what ran before
+            with torch.random.fork_rng(devices=[lm.device] if lm.device.type == "cuda" else []):
+                torch.manual_seed(MC_SEED * 1_000_003 + int(block["ordinal"][a]))
+                mean, var = lm.model.mc_predict(batch, n_samples=samples)
             outs.append(mean.float().cpu().numpy())
             stds.append(var.clamp_min(0).sqrt().float().cpu().numpy())
         else:

@@ -153,6 +153,13 @@ def test_teacher_uncertainty(tmp_path):
     for r in recs:
         assert len(r["uncertainty"]) == len(r["mz"]) and min(r["uncertainty"]) >= 0
         assert max(r["intensity"]) == pytest.approx(999)
+    # the MC-dropout masks are seeded: the same command gives the same spreads, whatever ran
+    # before it in the process (the global generator is drawn from in between)
+    torch.rand(1000)
+    again = invoke("-m", str(path), "--uncertainty", "--mc-samples", "4", "-O", "jsonl",
+                   stdin=b"CCO ethanol\nxyz\nc1ccccc1O phenol\n")
+    assert again.stdout_bytes == res.stdout_bytes
+    assert any(max(r["uncertainty"]) > 0 for r in recs)
 
 
 def test_real_pipe_from_sample(ckpt, sample_msp, neimsctl_exe, tmp_path):
