@@ -105,6 +105,16 @@ def test_distill_with_teacher_computes_soft_labels_first(work: Path) -> None:
         assert r.settings["part"] == "train" and 0 < r.n_rows < 300
 
 
+def test_refused_teacher_leaves_no_run_dir(work: Path, repo_root: Path) -> None:
+    """A student checkpoint given as --teacher is refused before anything is written: the run
+    directory that distill made for the soft labels is removed again (it was left empty)."""
+    student = repo_root / "neimsctl/resources/models/student-default.pt"
+    p = sh(f"neimsctl distill s.h5 --teacher {student} --teacher-feats t.h5 {STUDENT} "
+           "--out-dir refused", work)
+    assert p.returncode == 1 and b"a student checkpoint where a GNN teacher is needed" in p.stderr
+    assert not (work / "refused").exists()
+
+
 @slow
 def test_baselines_run(work: Path) -> None:
     p = sh(f"neimsctl distill s.h5 --no-kd {STUDENT} --set train.epochs=1 --out-dir nokd", work)
