@@ -378,6 +378,7 @@ class SpectralIndex:
         self._raw = self._raw_offsets()
         self.row = f["row"][:]
         self.meta_ptr = f["meta_ptr"][:]
+        self._meta_len = int(f["meta"].shape[0])
         self._meta_raw = self._raw_offset("meta", np.uint8)
         # every raw read goes through this descriptor: the file opened, even if the path is
         # replaced meanwhile (an index rebuilt in place)
@@ -391,7 +392,11 @@ class SpectralIndex:
             self.dense_powers = DENSE_POWERS
 
     def _meta_row(self, row: int) -> dict[str, str]:
+        if not 0 <= row < len(self.meta_ptr) - 1:
+            raise FormatError(f"damaged index: entry row {row} out of range", file=self.path)
         a, b = int(self.meta_ptr[row]), int(self.meta_ptr[row + 1])
+        if not 0 <= a <= b <= self._meta_len:
+            raise FormatError(f"damaged index: entry text of row {row} at bytes {a}..{b}", file=self.path)
         if self._fd is not None:
             data = os.pread(self._fd, b - a, self._meta_raw + a)
         else:
@@ -600,7 +605,21 @@ class SpectralIndex:
 
     def entries(self, index: np.ndarray) -> dict[str, list]:
         """Text and numbers of the sorted entries ``index``: id, name, inchikey, smiles, formula,
-        mw, kind (measured/predicted), file."""
+        mw, kind (measured/predicted), file.
+
+        Raises
+        ------
+        FormatError
+            Damaged entry data (offsets out of range, text that is not UTF-8 JSON).
+        """
+        try:
+            return self._entries(index)
+        except FormatError:
+            raise
+        except (IndexError, KeyError, ValueError, TypeError, OverflowError, MemoryError, OSError) as exc:
+            raise FormatError(f"damaged index: entry data: {type(exc).__name__}: {exc}", file=self.path) from None
+
+    def _entries(self, index: np.ndarray) -> dict[str, list]:
         idx = np.asarray(index, dtype=np.int64)
         uniq, inv = np.unique(idx, return_inverse=True)
         out: dict[str, list] = {}

@@ -229,3 +229,30 @@ def test_reads_go_to_the_file_opened_even_if_the_path_is_replaced(tmp_path) -> N
         (tmp_path / "new.h5").replace(path)       # rebuilt in place while open
         assert ix.block(0, ix.n).to_dense().tolist() == before.tolist()
         np.testing.assert_array_equal(ix.dense_chunk(0)[1].weights, chunk.weights)
+
+
+def _bad_key(f) -> None:
+    keys = f["inchikey"][:]
+    keys[3] = b"\xbd" * 27                         # not UTF-8
+    f["inchikey"][:] = keys
+
+
+def _huge_offset(f) -> None:
+    ptr = f["meta_ptr"][:]
+    ptr[4] = 2 ** 62                               # an entry's text "ends" past the file
+    f["meta_ptr"][:] = ptr
+
+
+def _bad_row(f) -> None:
+    f["row"][5] = 2 ** 60                          # an entry pointing at no text row
+
+
+@pytest.mark.parametrize("change", [_bad_key, _huge_offset, _bad_row])
+def test_damaged_entry_data_is_refused_in_one_line(tmp_path, change) -> None:
+    """Damaged entry data met when hits are written (found by corrupting bytes of a real index:
+    IndexError, UnicodeDecodeError, MemoryError escaped before) names the file."""
+    path = damaged_copy(tmp_path, "ix.h5", change)
+    with pytest.raises(FormatError, match="damaged index") as err:
+        with open_index(path) as ix:
+            ix.entries(np.arange(ix.n))
+    assert str(path) in str(err.value)
