@@ -13,7 +13,8 @@ from typing import Annotated
 import typer
 
 from neimsctl.cli._common import (NoProvenance, Quiet, RejectsPath, Strict, Verbose, app, command, eprint,
-                                  fail, setup_logging, usage_error)
+                                  fail, input_pairs, output_pair, refuse_clobber, setup_logging,
+                                  usage_error)
 
 CMD = "index"
 
@@ -44,8 +45,10 @@ def index_cli(
         usage_error(CMD, "-o must name a file (an index is HDF5, which needs seek)")
     if sum(str(p) == "-" for p in inputs) > 1:
         usage_error(CMD, "stdin ('-') can be given only once")
-    if any(str(p) != "-" and Path(p).resolve() == out.resolve() for p in inputs):
-        usage_error(CMD, f"the output {out} is also an input")
+    # -o and --rejects: never an input, never each other (an index with its rejects written
+    # into it, or an input emptied by the rejects file)
+    refuse_clobber(CMD, input_pairs(inputs), [output_pair("-o", out)]
+                   + ([output_pair("--rejects", rejects)] if rejects is not None else []))
     with command(CMD):
         from neimsctl import __version__
         from neimsctl.io.rejects import Tally

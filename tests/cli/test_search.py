@@ -189,3 +189,18 @@ def test_outputs_never_overwrite_an_input(index, sample_msp, tmp_path):
         assert proc.returncode == 2, (args, proc.stderr)
         assert b"refusing to write into an input" in proc.stderr
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_index_outputs_never_overwrite_an_input_or_each_other(sample_msp, tmp_path):
+    """index -o / --rejects: an input is never emptied (--rejects IN.msp did, exit 0), and the
+    index never shares its file with the rejects (a corrupt file was left under -o)."""
+    lib = tmp_path / "in.msp"
+    lib.write_bytes(first_records(sample_msp, 3))
+    before = lib.read_bytes()
+    for args, text in ((("-o", tmp_path / "ix.h5", "--rejects", lib), b"refusing to write into an input"),
+                       (("-o", lib), b"refusing to write into an input"),
+                       (("-o", tmp_path / "x.h5", "--rejects", tmp_path / "x.h5"), b"give each output its own file")):
+        proc = run(None, "index", lib, *args)
+        assert proc.returncode == 2 and text in proc.stderr, (args, proc.stderr)
+    assert lib.read_bytes() == before
+    assert not (tmp_path / "ix.h5").exists() and not (tmp_path / "x.h5").exists()
