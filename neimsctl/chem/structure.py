@@ -19,8 +19,10 @@ O(n^3) in the atom count (RDKit's distance matrix: 0.5 s at 500 atoms, 8 s at 1,
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
@@ -221,6 +223,19 @@ def mol_from_molblock(text: str, where: str = "MOL block") -> Chem.Mol:
     return mol
 
 
+def _read_regular(path: Path) -> bytes:
+    """The bytes of a regular file. Opened without blocking, so a FIFO (or a device) named like a
+    MOL file is refused at once instead of waiting forever for a writer."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read()
+    finally:
+        os.close(fd)
+
+
 def read_mol_file(mol_dir: str | os.PathLike, record_id: str) -> Chem.Mol:
     """Read ``<mol_dir>/ID<record_id>.MOL`` (or ``.mol``).
 
@@ -241,7 +256,7 @@ def read_mol_file(mol_dir: str | os.PathLike, record_id: str) -> Chem.Mol:
     for name in (f"ID{record_id}.MOL", f"ID{record_id}.mol", f"{record_id}.MOL", f"{record_id}.mol"):
         path = base / name
         try:
-            data = path.read_bytes()
+            data = _read_regular(path)
         except FileNotFoundError:
             continue
         except OSError as exc:

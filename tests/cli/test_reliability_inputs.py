@@ -9,6 +9,7 @@ between records keeps the record numbering.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shlex
 import subprocess
@@ -291,6 +292,22 @@ def test_mol_dir_does_not_follow_path_ids(tmp_path, sample_dir):
     assert proc.returncode == 1 and proc.stdout == b""
     rej = [orjson.loads(x) for x in (tmp_path / "rej.jsonl").read_bytes().splitlines()]
     assert [r["reason"] for r in rej] == ["unsafe_mol_path"] * 2
+
+
+def test_mol_dir_fifo_is_a_reject_not_a_hang(tmp_path, sample_dir):
+    """A FIFO named like a MOL file blocked msp2jsonl forever (SIGINT ignored while the worker
+    waited for a writer): now it is a reject ("not a regular file"), the other record converts."""
+    mols = tmp_path / "mols"
+    mols.mkdir()
+    (mols / "ID1.MOL").write_bytes((sample_dir / "nist_style/mol_files/ID7720.MOL").read_bytes())
+    os.mkfifo(mols / "ID2.MOL")
+    (tmp_path / "f.msp").write_bytes(b"Name: one\nID: 1\nNum Peaks: 1\n84 999\n\n"
+                                     b"Name: two\nID: 2\nNum Peaks: 1\n84 999\n")
+    proc = subprocess.run(["bash", "-c", "neimsctl msp2jsonl f.msp --mol-dir mols --rejects rej.jsonl -j 1"],
+                          cwd=tmp_path, capture_output=True, timeout=60)
+    assert proc.returncode == 1 and len(proc.stdout.splitlines()) == 1, proc.stderr
+    rej = [orjson.loads(x) for x in (tmp_path / "rej.jsonl").read_bytes().splitlines()]
+    assert [r["reason"] for r in rej] == ["missing_mol_file"] and "not a regular file" in rej[0]["detail"]
 
 
 # -- item 10: binary garbage between records ------------------------------------------------------
