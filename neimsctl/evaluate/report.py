@@ -187,8 +187,11 @@ def run_eval(pred: SpectraSet, measured: SpectraSet, libraries: Sequence[Spectra
     m_blocks = connectivity_blocks(measured.keys)
     matched = np.isin(m_blocks, p_blocks)
     if not matched.any():
-        raise InputError(f"no measured spectrum ({len(measured)} read) has a predicted spectrum of its "
-                         f"compound ({len(pred)} predictions read; matched on InChIKey first block)")
+        def skipped(s: Any) -> str:
+            return "; skipped " + ", ".join(f"{k}: {v}" for k, v in sorted(s.skipped.items())) if s.skipped else ""
+        raise InputError(f"no measured spectrum ({len(measured)} read{skipped(measured)}) has a predicted "
+                         f"spectrum of its compound ({len(pred)} predictions read{skipped(pred)}; matched "
+                         "on InChIKey first block)")
     q = np.flatnonzero(matched)
     ref_spec, ref_keys, ref_mw = _concat(libraries)
     if mass_filter is not None and ((pred.mw < 0).any() or (measured.mw[q] < 0).any() or (ref_mw < 0).any()):

@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+import orjson
 
 from neimsctl.io.spectrum import N_BINS, preprocess_spectrum
 from neimsctl.errors import FormatError, InputError
-from neimsctl.io.jsonl import read_jsonl
 from neimsctl.io.msp import parse_number, read_msp, record_inchikey, record_structure
-from neimsctl.io.streams import display_name, is_dash, open_in, sniff
+from neimsctl.io.streams import display_name, is_dash, iter_lines, open_in, sniff
 
 __all__ = ["SpectraSet", "load_spectra", "PREDICTION_SCHEMA", "RUN_SCHEMA"]
 
@@ -157,7 +157,21 @@ def _experts(obj: Any) -> tuple[list[int], list[float]] | None:
 
 
 def _read_jsonl(fh: BinaryIO, rows: _Rows) -> None:
-    for n, rec in enumerate(read_jsonl(fh, rows.source)):
+    """Every line a record; a line that is not a JSON object is counted as ``bad_json`` in
+    ``skipped`` (like an MSP record the reader cannot use), the others are read."""
+    n = -1
+    for raw in iter_lines(fh):
+        if not raw.strip():
+            continue
+        n += 1
+        try:
+            rec = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            rows.skip("bad_json")
+            continue
+        if not isinstance(rec, dict):
+            rows.skip("bad_json")
+            continue
         schema = rec.get("schema")
         if schema == RUN_SCHEMA:
             if n == 0:

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 import numpy as np
+import orjson
 
 from neimsctl.errors import FormatError, InputError
-from neimsctl.io.jsonl import read_jsonl
 from neimsctl.io.msp import parse_number, read_msp, record_inchikey, record_structure
-from neimsctl.io.streams import display_name, is_dash, open_in, sniff
+from neimsctl.io.streams import display_name, is_dash, iter_lines, open_in, sniff
 
 __all__ = ["SpectrumRecord", "read_spectrum_records"]
 
@@ -92,9 +92,25 @@ def _msp_records(fh: BinaryIO, source: str) -> Iterator[SpectrumRecord]:
 
 
 def _jsonl_records(fh: BinaryIO, source: str) -> Iterator[SpectrumRecord]:
+    """One record per non-blank line; a line that is not a JSON object is a ``bad_json``
+    record (reported and skipped by the caller: one bad or cut line loses only itself)."""
     stem = source.rsplit("/", 1)[-1].split(".", 1)[0]
     ordinal = 0
-    for lineno, rec in enumerate(read_jsonl(fh, source), 1):
+    for lineno, line in enumerate(iter_lines(fh), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            ordinal += 1
+            yield SpectrumRecord(source, lineno, ordinal, f"{stem}:{ordinal}", reason="bad_json",
+                                 detail=f"not valid JSON: {exc}")
+            continue
+        if not isinstance(rec, dict):
+            ordinal += 1
+            yield SpectrumRecord(source, lineno, ordinal, f"{stem}:{ordinal}", reason="bad_json",
+                                 detail=f"expected a JSON object, got {type(rec).__name__}")
+            continue
         schema = rec.get("schema")
         if schema == _RUN:
             continue

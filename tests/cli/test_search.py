@@ -204,3 +204,24 @@ def test_index_outputs_never_overwrite_an_input_or_each_other(sample_msp, tmp_pa
         assert proc.returncode == 2 and text in proc.stderr, (args, proc.stderr)
     assert lib.read_bytes() == before
     assert not (tmp_path / "ix.h5").exists() and not (tmp_path / "x.h5").exists()
+
+
+def test_a_cut_jsonl_line_loses_only_itself(sample_msp, tmp_path):
+    """A truncated or garbled JSONL line is a bad_json reject of index and search (with its line;
+    blank lines counted) and a skipped row of eval; the other records are used (before, the whole
+    run stopped at that line)."""
+    proc = run(None, "msp2jsonl", "-q", "-j", "1", sample_msp)
+    lines = proc.stdout.splitlines()[:4]
+    recs = tmp_path / "cut.jsonl"
+    recs.write_bytes(lines[0] + b"\n\n" + lines[1] + b"\n[1, 2]\n" + lines[2] + b"\n" + lines[3][:200] + b"\n")
+    out, rej = tmp_path / "ix.h5", tmp_path / "rej.jsonl"
+    proc = run(None, "index", recs, "-o", out, "--rejects", rej)
+    assert proc.returncode == 1 and b"read 5, written 3, rejected 2 (bad_json: 2)" in proc.stderr, proc.stderr
+    assert [(r["line"], r["reason"]) for r in map(orjson.loads, rej.read_bytes().splitlines())] == \
+        [(4, "bad_json"), (6, "bad_json")]
+    proc = run(None, "search", recs, "-l", out, "-k", "1")
+    assert proc.returncode == 1 and len(proc.stdout.splitlines()) == 1 + 3
+    assert b"cut.jsonl: line 6" in proc.stderr
+    proc = run(None, "eval", recs, recs, "--json", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert orjson.loads(proc.stdout)["counts"]["skipped"]["measured"] == {"bad_json": 2}

@@ -85,6 +85,8 @@ def test_loader_formats_and_errors(case, tmp_path, sample_msp):
     assert a.spectra.max(axis=1).tolist() == [1.0, 1.0, 1.0]
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(b'{"schema": "neimsctl.prediction/1"}\n{oops\n')
+    assert load_spectra(bad).skipped == {"no_inchikey": 1, "bad_json": 1}   # a bad line is skipped, counted
+    bad.write_bytes(b'{"schema": "neimsctl.other/9"}\n')
     with pytest.raises(FormatError):
         load_spectra(bad)
     with pytest.raises(InputError):
