@@ -212,10 +212,11 @@ def bin_batch(mz: Sequence[Any], intensity: Sequence[Any], n_bins: int = N_BINS,
     rows = np.repeat(np.arange(n, dtype=np.int64), sizes)
     m = np.concatenate([np.asarray(x, dtype=np.float64) for x in mz]) if n else np.zeros(0)
     i = np.concatenate([np.asarray(x, dtype=np.float64) for x in intensity]) if n else np.zeros(0)
-    b = np.floor(m + 0.5).astype(np.int64)
-    inside = b < n_bins
+    r = np.floor(m + 0.5)
+    inside = r < n_bins             # compared as floats: m/z 1e300 is no int64
     if not inside.all():
-        rows, b, i = rows[inside], b[inside], i[inside]
+        rows, r, i = rows[inside], r[inside], i[inside]
+    b = r.astype(np.int64)
     key = rows * n_bins + b
     uniq, inv = np.unique(key, return_inverse=True)
     summed = np.bincount(inv, weights=i, minlength=len(uniq))

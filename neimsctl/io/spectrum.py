@@ -50,9 +50,9 @@ def bin_spectrum(mz: Sequence[float] | np.ndarray, intensity: Sequence[float] | 
     it_a = np.asarray(intensity, dtype=np.float64)
     if mz_a.shape != it_a.shape:
         raise ValueError(f"mz and intensity differ in length: {mz_a.shape} vs {it_a.shape}")
-    idx = np.floor(mz_a + 0.5).astype(np.int64)  # round half up
-    keep = (idx >= 0) & (idx < n_bins)
-    out = np.bincount(idx[keep], weights=it_a[keep], minlength=n_bins)
+    rounded = np.floor(mz_a + 0.5)  # round half up; compared as floats (m/z 1e300 is no int64)
+    keep = (rounded >= 0) & (rounded < n_bins)
+    out = np.bincount(rounded[keep].astype(np.int64), weights=it_a[keep], minlength=n_bins)
     return out.astype(np.float32)
 
 

@@ -61,14 +61,18 @@ class SpectrumRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+_MAX_MASS = 2 ** 31 - 1     # an index stores nominal masses as int32
+
+
 def _int_mass(value: Any) -> int | None:
+    """The stated nominal mass; ``None`` (unknown) when it is not a positive number that an
+    index can hold (``MW: 2147483648`` is no molecule's mass)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)) and np.isfinite(value) and value > 0:
-        return int(round(value))
     if isinstance(value, str):
-        num = parse_number(value)
-        return int(round(num)) if num is not None and np.isfinite(num) and num > 0 else None
+        value = parse_number(value)
+    if isinstance(value, (int, float)) and np.isfinite(value) and 0 < value < _MAX_MASS:
+        return int(round(value))
     return None
 
 

@@ -225,3 +225,30 @@ def test_a_cut_jsonl_line_loses_only_itself(sample_msp, tmp_path):
     proc = run(None, "eval", recs, recs, "--json", "-q")
     assert proc.returncode == 0, proc.stderr
     assert orjson.loads(proc.stdout)["counts"]["skipped"]["measured"] == {"bad_json": 2}
+
+
+def test_huge_header_and_peak_values_are_no_traceback(sample_msp, tmp_path):
+    """MW: 2147483648 (beyond the index's int32 masses) is an unknown mass; a peak at m/z 1e300
+    is dropped as above the range like any peak above m/z 500 (both were tracebacks of index and
+    of search -l LIB.msp; eval warned of an invalid cast)."""
+    text = first_records(sample_msp, 3).decode()
+    m = re.search(r"^MW: (\d+)$", text, re.M)
+    peak = re.search(r"^(\d+) (\d+)$", text, re.M)
+    lib = tmp_path / "big.msp"
+    lib.write_text(text.replace(m.group(0), "MW: 2147483648", 1).replace(peak.group(0), f"1e300 {peak.group(2)}", 1))
+    out = tmp_path / "big.h5"
+    proc = run(None, "index", lib, "-o", out)
+    assert proc.returncode == 0 and b"read 3, written 3, rejected 0" in proc.stderr, proc.stderr
+    from neimsctl.io.spectral_index import open_index
+
+    with open_index(out) as ix:
+        assert sorted(ix.mw.tolist())[0] > 0          # MW 2147483648 unknown: weighed from the structure
+    proc = run(None, "search", lib, "-l", lib, "-k", "1")       # as a query, m/z 1e300 is a reject
+    assert proc.returncode == 1 and len(proc.stdout.splitlines()) == 3, proc.stderr
+    assert b"rejected 1 (mz_above_range: 1); 2 hits; 3 library entries" in proc.stderr
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "neimsctl.cli.main", "eval",
+                        str(lib), str(lib), "--json", "-q"], capture_output=True, timeout=120)
+    assert p.returncode == 0 and b"Warning" not in p.stderr, p.stderr
