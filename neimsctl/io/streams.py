@@ -361,15 +361,31 @@ class Writer:
             self.abort(ev)
 
 
+def _file_name(path: str | os.PathLike) -> Path:
+    """``path`` as the name of an output file.
+
+    Raises
+    ------
+    OutputError
+        ``path`` is empty, ``.``, ``/`` or an existing directory: no file can be written
+        under that name (checked before any work, not found out at the final rename).
+    """
+    p = Path(path)
+    if not str(path) or not p.name or p.is_dir():
+        why = "is a directory" if p.is_dir() else "not a file name"
+        raise OutputError(f"{str(path) or repr(str(path))}: cannot write: {why}")
+    return p
+
+
 def partial_path(path: str | os.PathLike) -> Path:
     """Where an unfinished, resumable output lives (beside the final name): ``NAME.partial``."""
-    p = Path(path)
+    p = _file_name(path)
     return p.with_name(p.name + ".partial")
 
 
 def temp_path_for(path: str | os.PathLike) -> Path:
     """The temporary name an output is written under before it is renamed into place."""
-    p = Path(path)
+    p = _file_name(path)
     return p.with_name(f".{p.name}.part-{os.getpid()}")
 
 

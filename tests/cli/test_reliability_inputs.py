@@ -190,6 +190,8 @@ WRITE_ERRORS = [
     ("nodir/out", "nodir/out: cannot write: No such file or directory (no directory nodir)"),
     ("file/out", "file/out: cannot write: Not a directory"),
     ("/dev/full", "/dev/full: cannot write: No space left on device"),
+    (".", ".: cannot write: is a directory"),     # also -o '' (a traceback before)
+    ("/", "/: cannot write: is a directory"),
 ]
 
 
@@ -198,7 +200,9 @@ CASES = ([("msp2jsonl -q x.msp -o {t}", *w) for w in WRITE_ERRORS]
          + [("msp2jsonl -q x.msp --rejects {t} -o /dev/null", *WRITE_ERRORS[1]),
             ("predict -q -m {ckpt} s.smi --rejects {t}", *WRITE_ERRORS[2]),
             ("featurize -q s.smi -O zst -o {t}", *WRITE_ERRORS[0]),
-            ("featurize -q s.smi -O zst -o {t}", *WRITE_ERRORS[2])])
+            ("featurize -q s.smi -O zst -o {t}", *WRITE_ERRORS[2]),
+            ("index -q x.msp -o {t}", *WRITE_ERRORS[3]),
+            ("search -q x.msp -l x.msp -o {t}", *WRITE_ERRORS[3])])
 
 
 @pytest.mark.parametrize("cmd,target,message", CASES, ids=[c.format(t=t, ckpt="M") for c, t, _ in CASES])

@@ -202,3 +202,21 @@ def test_truncated_or_corrupt_compressed_input_is_an_input_error(tmp_path: Path)
     (tmp_path / "empty.zst").write_bytes(zc.compress(b""))
     assert _read_all(tmp_path / "two.gz") == _read_all(tmp_path / "two.zst") == data * 2
     assert _read_all(tmp_path / "empty.zst") == b""
+
+
+@pytest.mark.parametrize("name", ["", ".", "/", "adir"])
+def test_a_directory_or_empty_name_is_no_output_file(tmp_path, monkeypatch, name) -> None:
+    """-o '' / . / / / an existing directory: one OutputError before any work (a ValueError
+    traceback for the first three; softlabel found out only at its final rename, after the job)."""
+    from neimsctl.errors import OutputError
+    from neimsctl.io.streams import atomic_path, partial_path, temp_path_for
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "adir").mkdir()
+    for make in (partial_path, temp_path_for):
+        with pytest.raises(OutputError, match="cannot write: (is a directory|not a file name)"):
+            make(name)
+    with pytest.raises(OutputError):
+        with atomic_path(name):
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir"]
