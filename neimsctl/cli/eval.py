@@ -24,8 +24,8 @@ def parse_ks(text: str) -> list[int]:
         ks = sorted({int(x) for x in text.split(",") if x.strip()})
     except ValueError:
         raise ValueError(f"--ks {text!r}: expected comma-separated integers, e.g. 1,5,10,20") from None
-    if not ks or ks[0] < 1:
-        raise ValueError(f"--ks {text!r}: expected positive integers")
+    if not ks or ks[0] < 1 or ks[-1] >= 2 ** 63:
+        raise ValueError(f"--ks {text!r}: expected positive integers (below 2**63)")
     return ks
 
 

@@ -101,7 +101,9 @@ def search_cli(
         libs = open_libraries([str(p) for p in library], lib_tally)
         if lib_tally.rejected and not quiet:
             eprint(CMD, "in-memory libraries", lib_tally.summary())
-        opts = SearchOptions(spec, top, mass_filter, None, source.value if source else None)
+        # no query can have more hits than there are entries: --top 10**11 costs what --top N does
+        opts = SearchOptions(spec, max(1, min(top, sum(lib.n for lib in libs))), mass_filter, None,
+                             source.value if source else None)
         failed = False
         if candidates is not None:
             opts.candidates, problems = read_candidates(candidates, libs)

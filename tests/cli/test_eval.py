@@ -79,6 +79,7 @@ def test_report_and_stdin(neimsctl_exe, tmp_path):
     (["{queries}", "{missing}"], 1, b"no such file"),
     (["{bad}", "{queries}"], 1, b"0 predictions read; skipped bad_json: 1"),
     (["{queries}", "{queries}", "--ks", "a,b"], 2, b"--ks"),
+    (["{queries}", "{queries}", "--ks", "1,99999999999999999999"], 2, b"below 2**63"),   # a TypeError before
     (["{queries}", "{queries}", "--mass-filter", "-1"], 2, b"mass-filter"),
     (["{queries}"], 2, b"MEASURED"),
     (["-", "-"], 2, b"only one"),

@@ -252,3 +252,16 @@ def test_huge_header_and_peak_values_are_no_traceback(sample_msp, tmp_path):
     p = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "neimsctl.cli.main", "eval",
                         str(lib), str(lib), "--json", "-q"], capture_output=True, timeout=120)
     assert p.returncode == 0 and b"Warning" not in p.stderr, p.stderr
+
+
+def test_a_huge_top_is_the_library_size(index, sample_msp, tmp_path):
+    """--top 10**11 asked for a (queries x 10**11) array (MemoryError traceback); no query can
+    have more hits than the library has entries."""
+    q = tmp_path / "q.msp"
+    q.write_bytes(first_records(sample_msp, 2))
+    lib = tmp_path / "lib.msp"
+    lib.write_bytes(first_records(sample_msp, 7))
+    proc = run(None, "search", q, "-l", lib, "--top", 10 ** 11)
+    assert proc.returncode == 0 and b"2 queries" not in proc.stderr, proc.stderr
+    ranks = [ln.split(b"\t")[2] for ln in proc.stdout.splitlines()[1:]]
+    assert len(ranks) <= 14 and ranks.count(b"1") == 2
