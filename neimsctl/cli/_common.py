@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -56,6 +57,14 @@ NoProvenance = Annotated[bool, typer.Option(
     "--no-provenance", help="Leave out argv/date/version from outputs (byte-stable test output).")]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
+
+
+def finite(value: float | None) -> float | None:
+    """Callback of a number option: nan and inf are a usage error (exit 2), not a run that
+    quietly finds nothing."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter("must be a finite number")
+    return value
 
 
 class ScoreName(str, Enum):

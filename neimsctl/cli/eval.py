@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from neimsctl.cli._common import (Quiet, ScoreName, Verbose, app, command, input_pairs, output_pair,
+from neimsctl.cli._common import (Quiet, ScoreName, Verbose, app, command, finite, input_pairs, output_pair,
                                   refuse_clobber, setup_logging, usage_error)
 
 #: The files ``--report DIR`` writes (neimsctl.evaluate.plots, evaluate.report).
@@ -41,12 +41,14 @@ def eval_cli(
         "--library", "-l", help="Measured spectra of other compounds to add to the library "
         "(repeatable). Spectra of query compounds in it are left out.", metavar="LIB")] = None,
     mass_filter: Annotated[Optional[float], typer.Option(
-        "--mass-filter", min=0, help="Also report Recall@K with only candidates within +-DA Da "
+        "--mass-filter", min=0, callback=finite, help="Also report Recall@K with only candidates within +-DA Da "
         "of the query's nominal mass.", metavar="DA")] = None,
     mz_power: Annotated[float, typer.Option(
-        "--mz-power", help="Exponent a of the m/z weight of the matching cosine.")] = 1.0,
+        "--mz-power", min=0, max=10, callback=finite,
+        help="Exponent a of the m/z weight of the matching cosine.")] = 1.0,
     intensity_power: Annotated[float, typer.Option(
-        "--intensity-power", help="Exponent b of the intensity in the matching cosine.")] = 0.5,
+        "--intensity-power", min=0, max=10, callback=finite,
+        help="Exponent b of the intensity in the matching cosine.")] = 0.5,
     score: Annotated[str, typer.Option(
         "--score", help="Matching similarity: cosine (the default, weighted as above), composite "
         "(NIST-style match factor) or entropy; the engine of neimsctl search.")] = "cosine",

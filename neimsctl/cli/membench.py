@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from neimsctl.cli._common import app, command, setup_logging, usage_error
+from neimsctl.cli._common import app, command, finite, setup_logging, usage_error
 
 CMD = "membench"
 
@@ -58,7 +58,7 @@ def _print_runs(runs: list[dict[str, Any]]) -> None:
 @app.command(CMD)
 def membench_cli(
     mode: Annotated[Mode, typer.Option("--mode", help="estimate | benchmark | compare.")] = Mode.estimate,
-    ram_gb: Annotated[float, typer.Option("--ram-gb", min=0.1, help="RAM to plan for, GiB.")] = 32.0,
+    ram_gb: Annotated[float, typer.Option("--ram-gb", min=0.1, callback=finite, help="RAM to plan for, GiB.")] = 32.0,
     dataset_size: Annotated[int, typer.Option("--dataset-size", min=1,
                                               help="Records to plan for (estimate).")] = 300_000,
     shards: Annotated[list[Path] | None, typer.Option(

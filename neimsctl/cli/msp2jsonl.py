@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from neimsctl.cli._common import (EXIT_FAIL, InPaths, JobsAuto, OutPath, Quiet, RejectsPath, Strict,
-                                  Verbose, app, command, fail, input_pairs, output_pair,
+                                  Verbose, app, command, fail, finite, input_pairs, output_pair,
                                   refuse_clobber, require_input_or_usage, setup_logging,
                                   usage_error)
 
@@ -26,10 +26,10 @@ def msp2jsonl_cli(
         "--mol-dir", help="Directory of ID<id>.MOL files joined on the record's ID "
                           "(used when a record has no SMILES or InChI line, nor such a Comments "
                           "pair as MoNA writes).")] = None,
-    min_mw: Annotated[float, typer.Option("--min-mw", help="Reject records with a nominal MW below this.")] = 50.0,
-    max_mw: Annotated[float, typer.Option("--max-mw", help="Reject records with a nominal MW above this.")] = 1000.0,
+    min_mw: Annotated[float, typer.Option("--min-mw", callback=finite, help="Reject records with a nominal MW below this.")] = 50.0,
+    max_mw: Annotated[float, typer.Option("--max-mw", callback=finite, help="Reject records with a nominal MW above this.")] = 1000.0,
     max_mz: Annotated[float, typer.Option(
-        "--max-mz", help="Drop peaks above this m/z (the record is flagged peaks_above_max_mz).")] = 500.0,
+        "--max-mz", callback=finite, help="Drop peaks above this m/z (the record is flagged peaks_above_max_mz).")] = 500.0,
     rejects: RejectsPath = None,
     strict: Strict = False,
     jobs: JobsAuto = "auto",

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from neimsctl.cli._common import (InPaths, OutPath, Quiet, RejectsPath, ScoreName, Verbose, app, command,
-                                  eprint, input_pairs, output_pair, refuse_clobber, require_input_or_usage,
+                                  eprint, finite, input_pairs, output_pair, refuse_clobber, require_input_or_usage,
                                   setup_logging, usage_error)
 
 CMD = "search"
@@ -43,11 +43,13 @@ def search_cli(
     reverse: Annotated[bool, typer.Option(
         "--reverse", help="Reverse search: only query peaks present in the library spectrum count "
         "(co-eluting peaks).")] = False,
-    mz_power: Annotated[float, typer.Option("--mz-power", help="Exponent a of the cosine's m/z weight.")] = 1.0,
+    mz_power: Annotated[float, typer.Option("--mz-power", min=0, max=10, callback=finite,
+                                            help="Exponent a of the cosine's m/z weight.")] = 1.0,
     intensity_power: Annotated[float, typer.Option(
-        "--intensity-power", help="Exponent b of the cosine's intensity weight.")] = 0.5,
+        "--intensity-power", min=0, max=10, callback=finite,
+        help="Exponent b of the cosine's intensity weight.")] = 0.5,
     mass_filter: Annotated[Optional[float], typer.Option(
-        "--mass-filter", min=0, help="Only entries within +-DA Da of the query's nominal mass (its MW, "
+        "--mass-filter", min=0, callback=finite, help="Only entries within +-DA Da of the query's nominal mass (its MW, "
         "else from its SMILES/formula; queries without one are searched unfiltered).", metavar="DA")] = None,
     candidates: Annotated[Optional[Path], typer.Option(
         "--candidates", help="Search only these compounds: one InChIKey (or its first block) or SMILES "

@@ -90,3 +90,20 @@ def test_version_and_shell_completion(neimsctl_exe):
     res = subprocess.run([neimsctl_exe, "--show-completion", "bash"], capture_output=True,
                          text=True, check=False)
     assert res.returncode == 0 and "_NEIMSCTL_COMPLETE" in res.stdout
+
+
+FLOATS = [(name, param.opts[0]) for name, cmd in sorted(COMMANDS.items()) for param in cmd.params
+          if param.param_type_name == "option" and getattr(param.type, "name", "") in ("float", "float range")]
+
+
+def test_number_options_refuse_nan_and_inf():
+    """Every float option of every command is a usage error (exit 2) for nan/inf: `search
+    --mass-filter nan` ran and found nothing, `--mz-power 1e308` overflowed (hostile pass)."""
+    from typer.testing import CliRunner
+
+    assert ("search", "--mass-filter") in FLOATS and ("msp2jsonl", "--min-mw") in FLOATS
+    for name, opt in FLOATS:
+        for bad in ("nan", "inf", "-inf"):
+            res = CliRunner().invoke(cli_main.app, [name, opt, bad, "x"])
+            assert res.exit_code == 2, (name, opt, bad, res.output)
+            assert opt in res.output and ("finite" in res.output or "range" in res.output), res.output
