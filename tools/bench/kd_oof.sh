@@ -82,4 +82,4 @@ python "$here/tools/bench/compare_models.py" student.h5 --out "$out/cmp" --no-sp
     --soft teacher-oof="$out/soft_oof.h5" "${models[@]}" | tee "$out/test_table.md"
 a=(); b=(); for s in $SEEDS; do a+=("kd-oof-s$s"); b+=("nokd-s$s"); done
 python "$here/tools/bench/kd_paired.py" "$out/cmp" --a "${a[@]}" --b "${b[@]}" | tee "$out/test_paired.md"
-python "$here/tools/bench/kd_paired.py" "$out/cmp" --a teacher-oof teacher-oof teacher-oof --b "${b[@]}" | tee "$out/test_teacher_paired.md"
+python "$here/tools/bench/kd_paired.py" "$out/cmp" --a teacher-oof --b "${b[@]}" | tee "$out/test_teacher_paired.md"

@@ -60,8 +60,13 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     query, train = load_spectra(args.dir / "query.jsonl"), load_spectra(args.dir / "train.jsonl")
+    if len(args.a) != len(args.b) and len(args.a) != 1:
+        ap.error("--a and --b pair seeds: give as many names to each (or one --a, e.g. a teacher, "
+                 "against every --b)")
     a = [per_query(args.dir, n, query, train) for n in args.a]
     b = [per_query(args.dir, n, query, train) for n in args.b]
+    if len(a) == 1:
+        a = a * len(b)
     metrics = list(a[0])
     comp, inverse = np.unique(connectivity_blocks(query.keys), return_inverse=True)
     rng = np.random.default_rng(args.seed)
