@@ -56,9 +56,11 @@ def msp2jsonl_cli(
             usage_error(CMD, f"--mol-dir {mol_dir}: not a directory")
         if no_structure and mol_dir is not None:
             usage_error(CMD, "--mol-dir and --no-structure exclude each other")
+        from neimsctl.io.streams import input_problem
+
         for p in paths:
-            if str(p) != "-" and not p.is_file():
-                usage_error(CMD, f"{p}: no such file")
+            if str(p) != "-" and input_problem(p) is not None:
+                usage_error(CMD, f"{p}: {input_problem(p)}")
         from neimsctl.io.parallel import parse_jobs
 
         try:

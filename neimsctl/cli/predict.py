@@ -133,9 +133,11 @@ def predict_cli(
     with command(CMD):
         setup_logging(verbose, quiet)
         paths = require_input_or_usage(CMD, inputs)
+        from neimsctl.io.streams import input_problem
+
         for p in paths:
-            if str(p) != "-" and not p.is_file():
-                usage_error(CMD, f"{p}: no such file")
+            if str(p) != "-" and input_problem(p) is not None:
+                usage_error(CMD, f"{p}: {input_problem(p)}")
         if uncertainty and top is not None:
             usage_error(CMD, "--uncertainty needs -O jsonl (--top lists carry no uncertainty)")
         if uncertainty and fmt is OutFmt.msp:

@@ -29,7 +29,8 @@ import orjson
 from neimsctl.io.spectrum import N_BINS, preprocess_spectrum
 from neimsctl.errors import FormatError, InputError
 from neimsctl.io.msp import parse_number, read_msp, record_inchikey, record_structure
-from neimsctl.io.streams import display_name, is_dash, iter_lines, open_in, sniff
+from neimsctl.io.streams import (display_name, input_problem, is_dash, is_regular, iter_lines, open_in,
+                                 sniff)
 
 __all__ = ["SpectraSet", "load_spectra", "PREDICTION_SCHEMA", "RUN_SCHEMA"]
 
@@ -250,12 +251,13 @@ def load_spectra(path: str | os.PathLike) -> SpectraSet:
     source = display_name(path)
     rows = _Rows(source)
     if not is_dash(path):
-        if not Path(path).is_file():
-            raise InputError(f"{path}: no such file")
+        problem = input_problem(path)
+        if problem is not None:
+            raise InputError(f"{path}: {problem}")
         if sniff(path) == "h5":
             _read_h5(path, rows)
             return rows.finish()
-    if is_dash(path):
+    if is_dash(path) or not is_regular(path):      # a stream is read once
         with open_in(path) as fh:
             data = fh.read()
         reader = _read_jsonl if data.lstrip().startswith(b"{") else _read_msp

@@ -27,7 +27,7 @@ import orjson
 
 from neimsctl.errors import FormatError, InputError
 from neimsctl.io.msp import parse_number, read_msp, record_inchikey, record_structure
-from neimsctl.io.streams import display_name, is_dash, iter_lines, open_in, sniff
+from neimsctl.io.streams import display_name, input_problem, is_dash, iter_lines, open_in, sniff
 
 __all__ = ["SpectrumRecord", "read_spectrum_records"]
 
@@ -171,8 +171,9 @@ def read_spectrum_records(path: str | os.PathLike) -> Iterator[SpectrumRecord]:
     """
     source = display_name(path)
     if not is_dash(path):
-        if not Path(path).is_file():
-            raise InputError(f"{path}: no such file")
+        problem = input_problem(path)
+        if problem is not None:
+            raise InputError(f"{path}: {problem}")
         if sniff(path) == "h5":
             yield from _shard_records(path, source)
             return

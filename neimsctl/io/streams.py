@@ -186,8 +186,34 @@ def input_bytes_read() -> int:
     return pos
 
 
+def input_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be read as an input (``no such file``, ``is a directory``, ...), or
+    ``None``: a regular file, or a stream such as a named pipe, bash's ``<(...)`` (``/dev/fd/N``)
+    or ``/dev/null``, which is read once from its start like stdin."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as exc:
+        return f"cannot open: {exc.strerror or exc}"
+    return "is a directory" if stat.S_ISDIR(mode) else None
+
+
+def is_regular(path: str | os.PathLike) -> bool:
+    """``path`` is a regular file (seekable: HDF5 is possible), not a pipe or device."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def sniff(path: str | os.PathLike) -> str:
-    """Guess a real file's container from its magic bytes: ``h5``, ``gz``, ``zst`` or ``text``."""
+    """Guess a real file's container from its magic bytes: ``h5``, ``gz``, ``zst`` or ``text``.
+
+    A stream (a pipe, ``/dev/fd/N``) is ``text`` unread: its bytes can be read only once, by
+    :func:`open_in`, which recognises gzip and zstd itself (HDF5 needs a seekable file)."""
+    if not is_regular(path):
+        return "text"
     with open(path, "rb") as fh:
         head = fh.read(8)
     if head.startswith(HDF5_MAGIC):

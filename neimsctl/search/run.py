@@ -31,7 +31,7 @@ from neimsctl.io.rejects import Reject, Tally
 from neimsctl.io.spectral_index import SpectralIndex, is_index, open_index
 from neimsctl.io.spectrum import N_BINS
 from neimsctl.io.spectrum_records import SpectrumRecord, read_spectrum_records
-from neimsctl.io.streams import is_dash, sniff
+from neimsctl.io.streams import input_problem, is_dash, sniff
 from neimsctl.search.build import build_memory_index, complete_record
 
 __all__ = ["SearchOptions", "Hit", "QueryBatch", "open_libraries", "read_queries", "search_batch",
@@ -93,8 +93,8 @@ def open_libraries(paths: Sequence[str | os.PathLike], tally: Tally) -> list[Spe
     for path in paths:
         if not is_dash(path) and os.path.isfile(path) and sniff(path) == "h5" and not _is_shard(path):
             libs.append(open_index(path))
-        elif not is_dash(path) and not os.path.exists(path):
-            raise InputError(f"{path}: no such file")
+        elif not is_dash(path) and input_problem(path) is not None:
+            raise InputError(f"{path}: {input_problem(path)}")
         else:
             lib = build_memory_index([path], tally, name=str(path))
             if lib.n == 0:

@@ -385,3 +385,26 @@ def test_predicted_msp_with_unusual_names_reads_back(tmp_path, ckpt):
     assert proc.returncode == 0, proc.stderr
     recs = [orjson.loads(x) for x in proc.stdout.splitlines()]
     assert [r["name"] for r in recs] == ["a\u0085b", "c\u2028d", "x Num Peaks: 0  Name: evil"]
+
+
+def test_pipes_are_inputs_and_directories_are_named(tmp_path, ckpt):
+    """bash's <(...) (a /dev/fd/N pipe) is read like stdin by the streaming commands (it was
+    'no such file'); a directory is 'is a directory', not 'no such file'."""
+    (tmp_path / "x.msp").write_bytes(THREE)
+    (tmp_path / "adir").mkdir()
+    proc = sh("neimsctl msp2jsonl -q -j 1 <(cat x.msp) > a.jsonl && neimsctl msp2jsonl -q -j 1 x.msp > b.jsonl"
+              " && neimsctl index -q <(cat x.msp) -o ix.h5"
+              " && neimsctl search -q <(cat x.msp) -l ix.h5 -k 1 > hits.tsv"
+              f" && neimsctl predict -q -j 1 -m {ckpt} <(printf 'CCO\\n') > p.msp"
+              " && neimsctl eval -q --json <(cat x.msp) <(cat x.msp) > m.json", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    strip = lambda out: [{**r, "id": "", "source": {**r["source"], "file": ""}}  # noqa: E731
+                         for r in map(orjson.loads, out.splitlines())]   # fallback ids name the file
+    assert strip((tmp_path / "a.jsonl").read_bytes()) == strip((tmp_path / "b.jsonl").read_bytes())
+    assert len((tmp_path / "hits.tsv").read_bytes().splitlines()) == 4
+    assert (tmp_path / "p.msp").read_bytes().count(b"Name: ") == 1
+    assert orjson.loads((tmp_path / "m.json").read_bytes())["recall@1"] == 1.0
+    for cmd, code in (("msp2jsonl adir", 2), ("predict adir", 2), ("index adir -o i.h5", 1),
+                      ("search x.msp -l adir", 1), ("eval adir x.msp", 1)):
+        proc = sh(f"neimsctl {cmd}", tmp_path)
+        assert proc.returncode == code and b"adir: is a directory" in proc.stderr, (cmd, proc.stderr)
