@@ -372,6 +372,12 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def max_jobs() -> int:
+    """The most workers ``--jobs`` may ask for: 4 per core (``-j 99999`` forked until the
+    machine stalled)."""
+    return 4 * max(available_cores(), os.cpu_count() or 1)
+
+
 def parse_jobs(text: str | int) -> int | None:
     """``--jobs``: a positive number, or ``auto`` (returned as ``None``).
 
@@ -382,6 +388,8 @@ def parse_jobs(text: str | int) -> int | None:
     """
     if isinstance(text, int) or str(text).strip().isdigit():
         n = int(text)
+        if n > max_jobs():
+            raise ValueError(f"--jobs {text}: at most {max_jobs()} (4 workers per core of this machine)")
         if n >= 1:
             return n
     elif str(text).strip().lower() == "auto":

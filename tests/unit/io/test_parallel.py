@@ -69,6 +69,8 @@ def test_parse_and_resolve_jobs():
     for bad in ("0", "-1", "two", ""):
         with pytest.raises(ValueError, match="--jobs"):
             parse_jobs(bad)
+    with pytest.raises(ValueError, match="at most"):      # -j 99999 forked until the machine stalled
+        parse_jobs("99999")
     n, it = resolve_jobs(3, iter(range(10)))
     assert n == 3 and list(it) == list(range(10))
     n, it = resolve_jobs(None, iter(range(10)), min_records=10)          # small: one process
