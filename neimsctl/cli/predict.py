@@ -174,7 +174,9 @@ def predict_cli(
         if average and lm.arch != "ensemble":
             usage_error(CMD, "--average needs an ensemble (several --model, or an ensemble file)")
         if uncertainty and not lm.supports_uncertainty:
-            fail(CMD, f"--uncertainty: --model {models[0]} is a {lm.arch}",
+            what = "a one-member ensemble of a " + lm.members[0].arch if lm.arch == "ensemble" \
+                else f"a {lm.arch}"
+            fail(CMD, f"--uncertainty: --model {models[0]} is {what}",
                  "the spread needs the teacher (MC dropout) or an ensemble (member "
                  "disagreement): use --model teacher, or several --model")
         stage = ChunkPredictor(lm, PredictOptions(

@@ -127,9 +127,41 @@ class _ZstdRaw(io.RawIOBase):
         return n
 
 
+class _Utf16Raw(io.RawIOBase):
+    """UTF-16 text (with its byte-order mark, as Windows programs export "Unicode" text)
+    re-encoded as UTF-8 on the fly; bytes that are not UTF-16 become U+FFFD."""
+
+    def __init__(self, src: BinaryIO) -> None:
+        import codecs
+
+        self._src = src
+        self._dec = codecs.getincrementaldecoder("utf-16")(errors="replace")
+        self._buf, self._pos, self._eof = b"", 0, False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        read = getattr(self._src, "read1", self._src.read)
+        while self._pos >= len(self._buf):
+            if self._eof:
+                return 0
+            data = read(1 << 17)
+            self._eof = not data
+            self._buf, self._pos = self._dec.decode(data, final=self._eof).encode("utf-8"), 0
+        n = min(len(b), len(self._buf) - self._pos)
+        b[:n] = self._buf[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
 @contextlib.contextmanager
 def open_in(path: str | os.PathLike | None) -> Iterator[BinaryIO]:
-    """Open an input for binary reading; ``-`` is stdin; gzip and zstd are decoded on the fly.
+    """Open an input for binary reading; ``-`` is stdin; gzip and zstd are decoded on the fly,
+    and UTF-16 text (recognised by its byte-order mark) is read as UTF-8.
 
     Compression is recognised by its magic bytes, not the file suffix, so piped
     ``.gz``/``.zst`` data works too. Compressed data that is corrupt or ends inside a frame
@@ -159,6 +191,8 @@ def open_in(path: str | os.PathLike | None) -> Iterator[BinaryIO]:
             stream: BinaryIO = io.BufferedReader(_GzipRaw(buf, name), buffer_size=1 << 20)  # type: ignore[assignment]
         elif head.startswith(ZSTD_MAGIC):
             stream = io.BufferedReader(_ZstdRaw(buf, name), buffer_size=1 << 20)  # type: ignore[assignment]
+        elif head.startswith(UTF16_BOMS):
+            stream = io.BufferedReader(_Utf16Raw(buf), buffer_size=1 << 20)  # type: ignore[assignment]
         else:
             stream = buf
         yield stream

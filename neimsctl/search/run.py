@@ -155,6 +155,8 @@ def read_candidates(path: str | os.PathLike, libraries: Sequence[SpectralIndex])
     problems: list[str] = []
     with open_in(path) as fh:
         for lineno, raw in enumerate(fh, 1):
+            if b"\x00" in raw:
+                raise FormatError("binary data, not a list of InChIKeys or SMILES", file=str(path), line=lineno)
             text = raw.decode("utf-8", "replace").split("#", 1)[0].strip()
             if not text:
                 continue

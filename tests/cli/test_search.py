@@ -265,3 +265,12 @@ def test_a_huge_top_is_the_library_size(index, sample_msp, tmp_path):
     assert proc.returncode == 0 and b"2 queries" not in proc.stderr, proc.stderr
     ranks = [ln.split(b"\t")[2] for ln in proc.stdout.splitlines()[1:]]
     assert len(ranks) <= 14 and ranks.count(b"1") == 2
+
+
+def test_a_binary_candidate_list_is_one_line(index, sample_msp, tmp_path):
+    """--candidates naming a binary file (an index) printed its raw bytes to stderr."""
+    q = tmp_path / "q.msp"
+    q.write_bytes(first_records(sample_msp, 1))
+    proc = run(None, "search", q, "-l", index, "--candidates", index)
+    assert proc.returncode == 1 and b"binary data, not a list of InChIKeys or SMILES" in proc.stderr
+    assert b"\x00" not in proc.stderr and len(proc.stderr.splitlines()) == 1

@@ -220,3 +220,18 @@ def test_a_directory_or_empty_name_is_no_output_file(tmp_path, monkeypatch, name
         with atomic_path(name):
             pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir"]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_utf16_text_is_read_as_utf8(tmp_path, encoding) -> None:
+    """Windows programs export "Unicode" (UTF-16) text: read as UTF-8 when it carries its
+    byte-order mark (it was one binary_garbage reject for the whole file)."""
+    from neimsctl.io.streams import open_in
+
+    text = "Name: café\r\nNum Peaks: 1\r\n84 999\r\n\r\n" * 3000        # several read chunks
+    data = text.encode(encoding)
+    if encoding != "utf-16":
+        data = ("\ufeff" + text).encode(encoding)
+    (tmp_path / "u.msp").write_bytes(data)
+    with open_in(tmp_path / "u.msp") as fh:
+        assert fh.read() == text.encode("utf-8")
