@@ -95,7 +95,13 @@ def featurize_cli(
     refuse_clobber(CMD, input_pairs(paths), [output_pair("-o", out)]
                    + ([output_pair("--rejects", rejects)] if rejects else []))
 
+    for p in paths:
+        if not streams.is_dash(p) and streams.input_problem(p) is not None:
+            usage_error(CMD, f"{p}: {streams.input_problem(p)}")
     with command(CMD):
+        for o in (out, rejects):   # a directory as an output: one line before any work, no OUT.partial
+            if o is not None and not streams.is_dash(o) and not streams.is_special_file(o):
+                streams.output_name(o)
         try:
             _run(paths, mode.value, out, chosen, in_fmt.value if in_fmt else None, jobs_n, shard_kn,
                  min_mw, max_mw, inchikey, rejects, strict, no_provenance, quiet, verbose, resume)

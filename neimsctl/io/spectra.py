@@ -107,7 +107,8 @@ class _Rows:
             return
         self.spectra.append(spec)
         self.keys.append(str(key).strip().upper())
-        self.mw.append(int(mw) if isinstance(mw, (int, float)) and math.isfinite(mw) else -1)
+        # a mass no molecule has (beyond int32, as in an index) is unknown, not an overflow
+        self.mw.append(int(mw) if isinstance(mw, (int, float)) and math.isfinite(mw) and 0 < mw < 2 ** 31 else -1)
         self.ids.append(rid)
         self.names.append(name)
         self.unc.append(_dense_uncertainty(mz, intensity, unc) if unc is not None else None)

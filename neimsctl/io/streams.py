@@ -156,12 +156,25 @@ class _Utf16Raw(io.RawIOBase):
 
 
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def _as_utf8(stream: BinaryIO) -> BinaryIO:
+    """The (decompressed) stream as UTF-8 from its first byte: UTF-16 text (its byte-order mark)
+    re-encoded, a UTF-8 byte-order mark skipped (JSONL and SMILES readers would take it for data)."""
+    head = stream.peek(3)[:3] if hasattr(stream, "peek") else b""
+    if head.startswith(UTF16_BOMS):
+        return io.BufferedReader(_Utf16Raw(stream), buffer_size=1 << 20)  # type: ignore[return-value]
+    if head.startswith(UTF8_BOM):
+        stream.read(3)
+    return stream
 
 
 @contextlib.contextmanager
 def open_in(path: str | os.PathLike | None) -> Iterator[BinaryIO]:
     """Open an input for binary reading; ``-`` is stdin; gzip and zstd are decoded on the fly,
-    and UTF-16 text (recognised by its byte-order mark) is read as UTF-8.
+    UTF-16 text (recognised by its byte-order mark, compressed or not) is read as UTF-8 and a
+    UTF-8 byte-order mark is skipped.
 
     Compression is recognised by its magic bytes, not the file suffix, so piped
     ``.gz``/``.zst`` data works too. Compressed data that is corrupt or ends inside a frame
@@ -191,11 +204,9 @@ def open_in(path: str | os.PathLike | None) -> Iterator[BinaryIO]:
             stream: BinaryIO = io.BufferedReader(_GzipRaw(buf, name), buffer_size=1 << 20)  # type: ignore[assignment]
         elif head.startswith(ZSTD_MAGIC):
             stream = io.BufferedReader(_ZstdRaw(buf, name), buffer_size=1 << 20)  # type: ignore[assignment]
-        elif head.startswith(UTF16_BOMS):
-            stream = io.BufferedReader(_Utf16Raw(buf), buffer_size=1 << 20)  # type: ignore[assignment]
         else:
             stream = buf
-        yield stream
+        yield _as_utf8(stream)
     finally:
         if owned:
             global _BYTES_DONE
@@ -421,7 +432,7 @@ class Writer:
             self.abort(ev)
 
 
-def _file_name(path: str | os.PathLike) -> Path:
+def output_name(path: str | os.PathLike) -> Path:
     """``path`` as the name of an output file.
 
     Raises
@@ -439,13 +450,13 @@ def _file_name(path: str | os.PathLike) -> Path:
 
 def partial_path(path: str | os.PathLike) -> Path:
     """Where an unfinished, resumable output lives (beside the final name): ``NAME.partial``."""
-    p = _file_name(path)
+    p = output_name(path)
     return p.with_name(p.name + ".partial")
 
 
 def temp_path_for(path: str | os.PathLike) -> Path:
     """The temporary name an output is written under before it is renamed into place."""
-    p = _file_name(path)
+    p = output_name(path)
     return p.with_name(f".{p.name}.part-{os.getpid()}")
 
 

@@ -201,6 +201,7 @@ CASES = ([("msp2jsonl -q x.msp -o {t}", *w) for w in WRITE_ERRORS]
             ("predict -q -m {ckpt} s.smi --rejects {t}", *WRITE_ERRORS[2]),
             ("featurize -q s.smi -O zst -o {t}", *WRITE_ERRORS[0]),
             ("featurize -q s.smi -O zst -o {t}", *WRITE_ERRORS[2]),
+            ("featurize -q s.smi -o x.h5 --rejects {t}", *WRITE_ERRORS[3]),   # left x.h5.partial/
             ("index -q x.msp -o {t}", *WRITE_ERRORS[3]),
             ("search -q x.msp -l x.msp -o {t}", *WRITE_ERRORS[3])])
 

@@ -274,3 +274,24 @@ def test_a_binary_candidate_list_is_one_line(index, sample_msp, tmp_path):
     proc = run(None, "search", q, "-l", index, "--candidates", index)
     assert proc.returncode == 1 and b"binary data, not a list of InChIKeys or SMILES" in proc.stderr
     assert b"\x00" not in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_a_jsonl_library_with_a_utf8_bom_loses_nothing(sample_msp, tmp_path):
+    """Windows tools write a UTF-8 byte-order mark: a JSONL file starting with one was taken for
+    MSP by index (1 malformed record for the whole file), search -l and eval."""
+    recs = run(None, "msp2jsonl", "-q", "-j", "1", sample_msp).stdout.splitlines()[:4]
+    lib = tmp_path / "bom.jsonl"
+    lib.write_bytes(b"\xef\xbb\xbf" + b"\n".join(recs) + b"\n")
+    proc = run(None, "index", lib, "-o", tmp_path / "ix.h5")
+    assert proc.returncode == 0 and b"read 4, written 4, rejected 0" in proc.stderr, proc.stderr
+    proc = run(None, "eval", lib, lib, "--json", "-q")
+    assert proc.returncode == 0 and orjson.loads(proc.stdout)["counts"]["n_queries"] == 4
+
+
+def test_eval_takes_a_mass_beyond_64_bits_for_unknown(sample_msp, tmp_path):
+    text = first_records(sample_msp, 3).decode()
+    m = re.search(r"^MW: (\d+)$", text, re.M)
+    lib = tmp_path / "mw.msp"
+    lib.write_text(text.replace(m.group(0), "MW: 9223372036854775808", 1))
+    proc = run(None, "eval", lib, lib, "--json", "-q")                   # an OverflowError before
+    assert proc.returncode == 0 and orjson.loads(proc.stdout)["counts"]["n_queries"] == 3, proc.stderr

@@ -235,3 +235,23 @@ def test_utf16_text_is_read_as_utf8(tmp_path, encoding) -> None:
     (tmp_path / "u.msp").write_bytes(data)
     with open_in(tmp_path / "u.msp") as fh:
         assert fh.read() == text.encode("utf-8")
+
+
+@pytest.mark.parametrize("wrap", ["plain", "gzip", "zstd"])
+@pytest.mark.parametrize("bom", [b"\xef\xbb\xbf", "utf-16"])
+def test_byte_order_marks_under_compression(tmp_path, wrap, bom) -> None:
+    """A UTF-8 byte-order mark is skipped (a JSONL file starting with one was read as MSP: every
+    record lost) and UTF-16 is decoded inside gzip and zstd too."""
+    import gzip
+
+    import zstandard
+
+    from neimsctl.io.streams import open_in
+
+    text = '{"id": "a"}\n{"id": "b"}\n'
+    data = bom + text.encode() if isinstance(bom, bytes) else text.encode(bom)
+    data = {"plain": lambda d: d, "gzip": gzip.compress,
+            "zstd": lambda d: zstandard.ZstdCompressor().compress(d)}[wrap](data)
+    (tmp_path / "x.jsonl").write_bytes(data)
+    with open_in(tmp_path / "x.jsonl") as fh:
+        assert fh.read() == text.encode()
