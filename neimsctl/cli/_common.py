@@ -115,6 +115,17 @@ def usage_error(cmd: str, what: str) -> NoReturn:
     fail(cmd, what, code=EXIT_USAGE)
 
 
+def check_inputs_or_usage(cmd: str, paths: Iterable[Path | str]) -> None:
+    """Exit 2 naming the first input that cannot be read (``no such file``, ``is a directory``:
+    :func:`neimsctl.io.streams.input_problem`; ``-`` and pipes are inputs)."""
+    from neimsctl.io.streams import input_problem, is_dash
+
+    for p in paths:
+        problem = None if is_dash(p) else input_problem(p)
+        if problem is not None:
+            usage_error(cmd, f"{p}: {problem}")
+
+
 def require_input_or_usage(cmd: str, inputs: list[Path] | None) -> list[Path]:
     """Default to stdin; with no input while stdin is a terminal, print usage and exit 2."""
     paths = list(inputs) if inputs else [Path("-")]

@@ -12,7 +12,7 @@ import typer
 
 from neimsctl.cli._common import (EXIT_FAIL, InPaths, fail, JobsAuto, NoProvenance, OutPath, Quiet,
                                   RejectsPath, Strict, Verbose, app, command, eprint, input_pairs,
-                                  output_pair, refuse_clobber, require_input_or_usage,
+                                  output_pair, check_inputs_or_usage, refuse_clobber, require_input_or_usage,
                                   setup_logging, usage_error)
 
 CMD = "featurize"
@@ -95,9 +95,7 @@ def featurize_cli(
     refuse_clobber(CMD, input_pairs(paths), [output_pair("-o", out)]
                    + ([output_pair("--rejects", rejects)] if rejects else []))
 
-    for p in paths:
-        if not streams.is_dash(p) and streams.input_problem(p) is not None:
-            usage_error(CMD, f"{p}: {streams.input_problem(p)}")
+    check_inputs_or_usage(CMD, paths)
     with command(CMD):
         for o in (out, rejects):   # a directory as an output: one line before any work, no OUT.partial
             if o is not None and not streams.is_dash(o) and not streams.is_special_file(o):

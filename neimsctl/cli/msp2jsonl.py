@@ -12,7 +12,7 @@ import typer
 
 from neimsctl.cli._common import (EXIT_FAIL, InPaths, JobsAuto, OutPath, Quiet, RejectsPath, Strict,
                                   Verbose, app, command, fail, finite, input_pairs, output_pair,
-                                  refuse_clobber, require_input_or_usage, setup_logging,
+                                  check_inputs_or_usage, refuse_clobber, require_input_or_usage, setup_logging,
                                   usage_error)
 
 CMD = "msp2jsonl"
@@ -56,11 +56,7 @@ def msp2jsonl_cli(
             usage_error(CMD, f"--mol-dir {mol_dir}: not a directory")
         if no_structure and mol_dir is not None:
             usage_error(CMD, "--mol-dir and --no-structure exclude each other")
-        from neimsctl.io.streams import input_problem
-
-        for p in paths:
-            if str(p) != "-" and input_problem(p) is not None:
-                usage_error(CMD, f"{p}: {input_problem(p)}")
+        check_inputs_or_usage(CMD, paths)
         from neimsctl.io.parallel import parse_jobs
 
         try:

@@ -12,7 +12,7 @@ import typer
 
 from neimsctl.cli._common import (EXIT_FAIL, Device, InPaths, JobsAuto, OutPath, Quiet,
                                   RejectsPath, Strict, Verbose, app, command, fail, input_pairs,
-                                  output_pair, refuse_clobber, require_input_or_usage,
+                                  output_pair, check_inputs_or_usage, refuse_clobber, require_input_or_usage,
                                   setup_logging, usage_error)
 
 CMD = "predict"
@@ -133,11 +133,7 @@ def predict_cli(
     with command(CMD):
         setup_logging(verbose, quiet)
         paths = require_input_or_usage(CMD, inputs)
-        from neimsctl.io.streams import input_problem
-
-        for p in paths:
-            if str(p) != "-" and input_problem(p) is not None:
-                usage_error(CMD, f"{p}: {input_problem(p)}")
+        check_inputs_or_usage(CMD, paths)
         if uncertainty and top is not None:
             usage_error(CMD, "--uncertainty needs -O jsonl (--top lists carry no uncertainty)")
         if uncertainty and fmt is OutFmt.msp:

@@ -9,7 +9,26 @@ import orjson
 from neimsctl.errors import FormatError
 from neimsctl.io.streams import iter_lines
 
-__all__ = ["read_jsonl", "write_jsonl"]
+__all__ = ["jsonl_lines", "read_jsonl", "write_jsonl"]
+
+
+def jsonl_lines(stream: BinaryIO) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+    """``(line number, object, "")`` per non-blank line, or ``(line number, None, why)`` for a
+    line that is not a JSON object: for readers that report a bad line and go on (line numbers
+    count blank lines too)."""
+    loads = orjson.loads
+    for lineno, line in enumerate(iter_lines(stream), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = loads(line)
+        except orjson.JSONDecodeError as exc:
+            yield lineno, None, f"not valid JSON: {exc}"
+            continue
+        if not isinstance(obj, dict):
+            yield lineno, None, f"expected a JSON object, got {type(obj).__name__}"
+            continue
+        yield lineno, obj, ""
 
 
 def read_jsonl(stream: BinaryIO, file: str = "<stdin>") -> Iterator[dict[str, Any]]:
@@ -38,16 +57,9 @@ def read_jsonl(stream: BinaryIO, file: str = "<stdin>") -> Iterator[dict[str, An
     >>> list(read_jsonl(io.BytesIO(b'{"a": 1}\\n\\n{"a": 2}\\n')))
     [{'a': 1}, {'a': 2}]
     """
-    loads = orjson.loads
-    for lineno, line in enumerate(iter_lines(stream), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise FormatError(f"not valid JSON: {exc}", file=file, line=lineno) from None
-        if not isinstance(obj, dict):
-            raise FormatError(f"expected a JSON object, got {type(obj).__name__}", file=file, line=lineno)
+    for lineno, obj, why in jsonl_lines(stream):
+        if obj is None:
+            raise FormatError(why, file=file, line=lineno)
         yield obj
 
 

@@ -20,17 +20,15 @@ import io
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-import orjson
 
-from neimsctl.io.spectrum import N_BINS, preprocess_spectrum
-from neimsctl.errors import FormatError, InputError
+from neimsctl.io.spectrum import MASS_LIMIT, N_BINS, preprocess_spectrum
+from neimsctl.errors import FormatError
+from neimsctl.io.jsonl import jsonl_lines
 from neimsctl.io.msp import parse_number, read_msp, record_inchikey, record_structure
-from neimsctl.io.streams import (display_name, input_problem, is_dash, is_regular, iter_lines, open_in,
-                                 sniff)
+from neimsctl.io.streams import check_input, display_name, is_dash, is_regular, open_in, sniff
 
 __all__ = ["SpectraSet", "load_spectra", "PREDICTION_SCHEMA", "RUN_SCHEMA"]
 
@@ -107,8 +105,8 @@ class _Rows:
             return
         self.spectra.append(spec)
         self.keys.append(str(key).strip().upper())
-        # a mass no molecule has (beyond int32, as in an index) is unknown, not an overflow
-        self.mw.append(int(mw) if isinstance(mw, (int, float)) and math.isfinite(mw) and 0 < mw < 2 ** 31 else -1)
+        # a mass no molecule has (MASS_LIMIT, as in an index) is unknown, not an overflow
+        self.mw.append(int(mw) if isinstance(mw, (int, float)) and math.isfinite(mw) and 0 < mw < MASS_LIMIT else -1)
         self.ids.append(rid)
         self.names.append(name)
         self.unc.append(_dense_uncertainty(mz, intensity, unc) if unc is not None else None)
@@ -161,17 +159,8 @@ def _experts(obj: Any) -> tuple[list[int], list[float]] | None:
 def _read_jsonl(fh: BinaryIO, rows: _Rows) -> None:
     """Every line a record; a line that is not a JSON object is counted as ``bad_json`` in
     ``skipped`` (like an MSP record the reader cannot use), the others are read."""
-    n = -1
-    for raw in iter_lines(fh):
-        if not raw.strip():
-            continue
-        n += 1
-        try:
-            rec = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            rows.skip("bad_json")
-            continue
-        if not isinstance(rec, dict):
+    for n, (_, rec, _why) in enumerate(jsonl_lines(fh)):
+        if rec is None:
             rows.skip("bad_json")
             continue
         schema = rec.get("schema")
@@ -252,9 +241,7 @@ def load_spectra(path: str | os.PathLike) -> SpectraSet:
     source = display_name(path)
     rows = _Rows(source)
     if not is_dash(path):
-        problem = input_problem(path)
-        if problem is not None:
-            raise InputError(f"{path}: {problem}")
+        check_input(path)
         if sniff(path) == "h5":
             _read_h5(path, rows)
             return rows.finish()

@@ -17,6 +17,9 @@ import numpy as np
 
 N_BINS = 501
 NOISE_LEVEL = 1e-3
+#: Stated nominal masses at or above this are unknown: no molecule has them, and an index
+#: stores masses as int32 (a rounded mass below it fits).
+MASS_LIMIT = 2 ** 31 - 1
 Norm = Literal["max", "l2"]
 
 

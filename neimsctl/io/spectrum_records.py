@@ -19,15 +19,15 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 import numpy as np
-import orjson
 
-from neimsctl.errors import FormatError, InputError
+from neimsctl.errors import FormatError
+from neimsctl.io.jsonl import jsonl_lines
 from neimsctl.io.msp import parse_number, read_msp, record_inchikey, record_structure
-from neimsctl.io.streams import display_name, input_problem, is_dash, iter_lines, open_in, sniff
+from neimsctl.io.spectrum import MASS_LIMIT
+from neimsctl.io.streams import check_input, display_name, is_dash, open_in, sniff
 
 __all__ = ["SpectrumRecord", "read_spectrum_records"]
 
@@ -61,9 +61,6 @@ class SpectrumRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-_MAX_MASS = 2 ** 31 - 1     # an index stores nominal masses as int32
-
-
 def _int_mass(value: Any) -> int | None:
     """The stated nominal mass; ``None`` (unknown) when it is not a positive number that an
     index can hold (``MW: 2147483648`` is no molecule's mass)."""
@@ -71,7 +68,7 @@ def _int_mass(value: Any) -> int | None:
         return None
     if isinstance(value, str):
         value = parse_number(value)
-    if isinstance(value, (int, float)) and np.isfinite(value) and 0 < value < _MAX_MASS:
+    if isinstance(value, (int, float)) and np.isfinite(value) and 0 < value < MASS_LIMIT:
         return int(round(value))
     return None
 
@@ -100,20 +97,10 @@ def _jsonl_records(fh: BinaryIO, source: str) -> Iterator[SpectrumRecord]:
     record (reported and skipped by the caller: one bad or cut line loses only itself)."""
     stem = source.rsplit("/", 1)[-1].split(".", 1)[0]
     ordinal = 0
-    for lineno, line in enumerate(iter_lines(fh), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
+    for lineno, rec, why in jsonl_lines(fh):
+        if rec is None:
             ordinal += 1
-            yield SpectrumRecord(source, lineno, ordinal, f"{stem}:{ordinal}", reason="bad_json",
-                                 detail=f"not valid JSON: {exc}")
-            continue
-        if not isinstance(rec, dict):
-            ordinal += 1
-            yield SpectrumRecord(source, lineno, ordinal, f"{stem}:{ordinal}", reason="bad_json",
-                                 detail=f"expected a JSON object, got {type(rec).__name__}")
+            yield SpectrumRecord(source, lineno, ordinal, f"{stem}:{ordinal}", reason="bad_json", detail=why)
             continue
         schema = rec.get("schema")
         if schema == _RUN:
@@ -171,9 +158,7 @@ def read_spectrum_records(path: str | os.PathLike) -> Iterator[SpectrumRecord]:
     """
     source = display_name(path)
     if not is_dash(path):
-        problem = input_problem(path)
-        if problem is not None:
-            raise InputError(f"{path}: {problem}")
+        check_input(path)
         if sniff(path) == "h5":
             yield from _shard_records(path, source)
             return

@@ -244,6 +244,13 @@ def input_problem(path: str | os.PathLike) -> str | None:
     return "is a directory" if stat.S_ISDIR(mode) else None
 
 
+def check_input(path: str | os.PathLike) -> None:
+    """Raise :class:`InputError` ``<path>: <why>`` when ``path`` is no input (:func:`input_problem`)."""
+    problem = input_problem(path)
+    if problem is not None:
+        raise InputError(f"{path}: {problem}")
+
+
 def is_regular(path: str | os.PathLike) -> bool:
     """``path`` is a regular file (seekable: HDF5 is possible), not a pipe or device."""
     try:

@@ -24,14 +24,14 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from neimsctl.errors import FormatError, InputError
+from neimsctl.errors import FormatError
 from neimsctl.evaluate.matching import Score, TopK, search_blocks, use_bf16
 from neimsctl.io.peak_block import PeakBlock, bin_batch, check_peaks
 from neimsctl.io.rejects import Reject, Tally
 from neimsctl.io.spectral_index import SpectralIndex, is_index, open_index
 from neimsctl.io.spectrum import N_BINS
 from neimsctl.io.spectrum_records import SpectrumRecord, read_spectrum_records
-from neimsctl.io.streams import input_problem, is_dash, sniff
+from neimsctl.io.streams import check_input, is_dash, sniff
 from neimsctl.search.build import build_memory_index, complete_record
 
 __all__ = ["SearchOptions", "Hit", "QueryBatch", "open_libraries", "read_queries", "search_batch",
@@ -93,9 +93,9 @@ def open_libraries(paths: Sequence[str | os.PathLike], tally: Tally) -> list[Spe
     for path in paths:
         if not is_dash(path) and os.path.isfile(path) and sniff(path) == "h5" and not _is_shard(path):
             libs.append(open_index(path))
-        elif not is_dash(path) and input_problem(path) is not None:
-            raise InputError(f"{path}: {input_problem(path)}")
         else:
+            if not is_dash(path):
+                check_input(path)
             lib = build_memory_index([path], tally, name=str(path))
             if lib.n == 0:
                 raise FormatError("no usable spectra: not an index, nor an MSP/JSONL library with peaks",
