@@ -31,6 +31,10 @@ def ensemble_cli(
     fp32: Annotated[bool, typer.Option(
         "--fp32", help="Keep the weights in float32 (default: float16, half the size; predict "
                        "widens them to float32 when it loads them).")] = False,
+    int8: Annotated[bool, typer.Option(
+        "--int8", help="Store the weight matrices as int8 with one scale per row (a quarter of "
+                       "float32; the rest float16; file format neimsctl.ensemble/2). predict "
+                       "widens them to float32 when it loads them.")] = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -43,6 +47,8 @@ def ensemble_cli(
     """
     with command(CMD):
         setup_logging(verbose, quiet)
+        if fp32 and int8:
+            usage_error(CMD, "--fp32 and --int8 exclude each other")
         if str(output) == "-":
             usage_error(CMD, "-o -: an ensemble file is binary; give a file name")
         refuse_clobber(CMD, input_pairs(shipped_paths(models), "model"),
@@ -50,7 +56,7 @@ def ensemble_cli(
         from neimsctl.predict.ensemble import write_ensemble
 
         info = write_ensemble(models, output, average=average.value if average else None,
-                              half=not fp32)
+                              weights="fp32" if fp32 else "int8" if int8 else "fp16")
         if not quiet:
             for m in info["members"]:
                 print(f"neimsctl {CMD}: {m['label']}: {m['arch']}, {m['n_parameters']:,} "

@@ -17,12 +17,14 @@ it loads with ``torch.load(path, weights_only=True)`` and never runs pickled cod
 ``versions``       ``{"neimsctl": ..., "torch": ...}``; ``extra`` free plain dict
 =================  ==============================================================
 
-An ensemble file (``neimsctl.ensemble/1``, written by ``neimsctl ensemble``; formats/ensemble.v1.md)
-is a plain dict too: ``format``, ``average`` (``linear`` or ``sqrt``: the space the members'
-spectra are averaged in), ``members`` (a list of slim checkpoints: ``format``, ``model``,
-``config.model``, ``featurizer_hash``, ``versions``, plus ``label`` and ``sha256`` of the file
-each came from) and ``versions``. :func:`load_checkpoint` reads it with ``ensemble=True`` and
-checks every member as it checks a checkpoint.
+An ensemble file (``neimsctl.ensemble/1``, or ``/2`` when a member stores int8 weights; written
+by ``neimsctl ensemble``; formats/ensemble.v2.md) is a plain dict too: ``format``, ``average``
+(``linear`` or ``sqrt``: the space the members' spectra are averaged in), ``members`` (a list of
+slim checkpoints: ``format``, ``model``, ``config.model``, ``featurizer_hash``, ``versions``,
+``quantized`` (int8 storage: the row scales of the weights stored as int8), plus ``label`` and
+``sha256`` of the file each came from) and ``versions``. :func:`load_checkpoint` reads it with
+``ensemble=True`` and checks every member as it checks a checkpoint; :func:`model_state` gives
+any checkpoint's or member's weights in float32.
 
 Examples
 --------
@@ -50,6 +52,15 @@ from neimsctl.io.streams import make_dirs, open_out
 
 FORMAT = "neimsctl.ckpt/1"
 ENSEMBLE_FORMAT = "neimsctl.ensemble/1"
+#: An ensemble file whose members may hold int8-stored weights (``quantized``); written only
+#: when some member does, so that a reader of ``/1`` refuses it by its format rather than
+#: loading int8 codes as weights (formats/ensemble.v2.md).
+ENSEMBLE_FORMAT_INT8 = "neimsctl.ensemble/2"
+ENSEMBLE_FORMATS = (ENSEMBLE_FORMAT, ENSEMBLE_FORMAT_INT8)
+#: How ``neimsctl ensemble`` stores the members' floating-point weights.
+WEIGHT_STORAGE = ("fp32", "fp16", "int8")
+#: int8 storage quantizes the floating-point matrices (2-D) of at least this many values.
+INT8_MIN_VALUES = 4096
 #: The spaces an ensemble averages its members' spectra in: linear intensity, or square roots
 #: (the mean of sqrt(I), squared).
 AVERAGES = ("linear", "sqrt")
@@ -216,7 +227,7 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu",
     except Exception as exc:  # noqa: BLE001  (torch on damaged bytes: IndexError, struct.error, ...)
         raise CheckpointError(f"{path}: not a readable checkpoint (damaged: "
                               f"{type(exc).__name__})") from None
-    if isinstance(ckpt, dict) and ckpt.get("format") == ENSEMBLE_FORMAT:
+    if is_ensemble(ckpt):
         check_ensemble(ckpt, path)
         if not ensemble:
             n = len(ckpt["members"])
@@ -224,9 +235,10 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu",
                                   "checkpoint is needed here")
         return ckpt
     fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
-    if isinstance(fmt, str) and fmt.startswith("neimsctl.") and fmt not in (FORMAT, ENSEMBLE_FORMAT):
+    if isinstance(fmt, str) and fmt.startswith("neimsctl.") and fmt not in (FORMAT, *ENSEMBLE_FORMATS):
         raise CheckpointError(f"{path}: format {fmt!r} is not supported by this neimsctl "
-                              f"(it reads {FORMAT} and {ENSEMBLE_FORMAT}): a newer version wrote it?")
+                              f"(it reads {FORMAT} and {', '.join(ENSEMBLE_FORMATS)}): a newer "
+                              "version wrote it?")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} checkpoint")
     check_fields(ckpt, path)
@@ -245,7 +257,7 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "loss_state": (dict, type(None)), "rng": (dict, type(None)), "epoch": (int, type(None)),
     "batch": (int, type(None)), "step": (int, type(None)), "history": (list, type(None)),
     "versions": (dict, type(None)), "extra": (dict, type(None)),
-    "best_metric": (float, int, type(None))}
+    "best_metric": (float, int, type(None)), "quantized": (dict, type(None))}
 REQUIRED = ("model",)
 
 
@@ -297,6 +309,28 @@ def check_fields(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
             bad = int((~torch.isfinite(value)).sum())
             raise CheckpointError(f"{path}: refused: weight {name!r} holds {bad} non-finite "
                                   f"value(s) (NaN/inf: a training run that diverged?)")
+    _check_quantized(ckpt, path)
+
+
+def _check_quantized(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
+    """int8 storage: every int8 tensor of ``model`` has its row scales in ``quantized`` (a
+    finite, non-negative floating-point vector of one value per row) and every scale its
+    tensor."""
+    state, scales = ckpt["model"], ckpt.get("quantized") or {}
+    for name, value in state.items():
+        if value.dtype == torch.int8 and name not in scales:
+            raise CheckpointError(f"{path}: damaged checkpoint: model entry {name!r} is int8 "
+                                  "without its scales in 'quantized'")
+    for name, scale in scales.items():
+        value = state.get(name) if isinstance(name, str) else None
+        if value is None or value.dtype != torch.int8 or value.dim() < 1:
+            raise CheckpointError(f"{path}: damaged checkpoint: 'quantized' names {name!r}, "
+                                  "which is not an int8 weight of 'model'")
+        if not isinstance(scale, torch.Tensor) or not scale.is_floating_point() \
+                or tuple(scale.shape) != (value.shape[0],) or not _all_finite(scale) \
+                or bool((scale < 0).any()):
+            raise CheckpointError(f"{path}: damaged checkpoint: the int8 scales of {name!r} are "
+                                  f"not {value.shape[0]} finite non-negative values")
 
 
 def check_ensemble(ens: dict[str, Any], path: str | os.PathLike) -> None:
@@ -307,6 +341,8 @@ def check_ensemble(ens: dict[str, Any], path: str | os.PathLike) -> None:
     CheckpointError
         Naming the file (and the member, 1-based) of the first field that is wrong.
     """
+    if ens.get("format") not in ENSEMBLE_FORMATS:
+        raise CheckpointError(f"{path}: not an ensemble file")
     members = ens.get("members")
     if not isinstance(members, list) or not members:
         raise CheckpointError(f"{path}: damaged ensemble file: 'members' is not a non-empty list")
@@ -318,22 +354,75 @@ def check_ensemble(ens: dict[str, Any], path: str | os.PathLike) -> None:
         if not isinstance(member, dict) or member.get("format") != FORMAT:
             raise CheckpointError(f"{where}: not a {FORMAT} checkpoint")
         check_fields(member, where)
+        if member.get("quantized") and ens["format"] != ENSEMBLE_FORMAT_INT8:
+            raise CheckpointError(f"{where}: damaged ensemble file: int8 weights in a "
+                                  f"{ens['format']} file (they need {ENSEMBLE_FORMAT_INT8})")
         if not isinstance(member.get("label", ""), str):
             raise CheckpointError(f"{where}: damaged ensemble file: 'label' is not a string")
 
 
-def slim_member(ckpt: dict[str, Any], *, label: str, sha256: str, half: bool = False
+def is_ensemble(ckpt: Any) -> bool:
+    """True for a loaded ensemble file (any version this neimsctl reads)."""
+    return isinstance(ckpt, dict) and ckpt.get("format") in ENSEMBLE_FORMATS
+
+
+def model_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A checkpoint's (or ensemble member's) weights as the model holds them: floating-point
+    tensors in float32 (float16 widened; int8-stored weights times their row scales), the rest
+    as stored."""
+    scales = ckpt.get("quantized") or {}
+    out = {}
+    for name, value in ckpt["model"].items():
+        if name in scales:
+            shape = (-1,) + (1,) * (value.dim() - 1)
+            out[name] = value.float() * scales[name].float().reshape(shape)
+        else:
+            out[name] = value.float() if value.is_floating_point() else value
+    return out
+
+
+def quantize_int8(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """int8 storage of a state dict: each floating-point matrix of at least
+    :data:`INT8_MIN_VALUES` values as int8 codes, symmetric per row (``scale = max |row| / 127``,
+    code ``round(w / scale)``; the error of a weight is at most half a step, ``scale / 2``); the
+    rest (biases, norms, small tensors) in float16. Returns ``(state, scales)``;
+    :func:`model_state` inverts it."""
+    out, scales = {}, {}
+    for name, value in state.items():
+        if not value.is_floating_point():
+            out[name] = value
+            continue
+        w = value.detach().float()
+        if w.dim() != 2 or w.numel() < INT8_MIN_VALUES:
+            out[name] = w.half()
+            continue
+        amax = w.abs().amax(dim=1)
+        scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+        out[name] = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+        scales[name] = scale
+    return out, scales
+
+
+def slim_member(ckpt: dict[str, Any], *, label: str, sha256: str, weights: str = "fp32"
                 ) -> dict[str, Any]:
     """What an ensemble file keeps of one checkpoint: the inference fields only (no optimizer
-    or RNG state), the weights in float16 when ``half``, and where it came from; of the data
+    or RNG state), the weights stored as ``weights`` (:data:`WEIGHT_STORAGE`: as trained,
+    float16, or int8 matrices by :func:`quantize_int8`), and where it came from; of the data
     config, the split and fold it was trained on (``softlabel`` labels out of fold with it)."""
-    state = {k: (v.half() if half and v.is_floating_point() else v)
-             for k, v in ckpt["model"].items()}
+    if weights not in WEIGHT_STORAGE:
+        raise CheckpointError(f"weights {weights!r}: choose one of {', '.join(WEIGHT_STORAGE)}")
+    quantized = bool(ckpt.get("quantized"))
+    state, scales = (model_state(ckpt) if weights != "fp32" or quantized else dict(ckpt["model"])), {}
+    if weights == "int8":
+        state, scales = quantize_int8(state)
+    elif weights == "fp16":
+        state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
     cfg = ckpt.get("config") or {}
     data = {k: v for k, v in (cfg.get("data") or {}).items() if k in ("split", "split_seed", "fold")}
     return {"format": FORMAT, "model": state,
             "config": {"model": dict(cfg.get("model") or {}), **({"data": data} if data else {})},
             "featurizer_hash": ckpt.get("featurizer_hash"), "versions": ckpt.get("versions") or {},
+            **({"quantized": scales} if scales else {}),
             "label": str(label), "sha256": str(sha256)}
 
 
@@ -350,7 +439,8 @@ def build_ensemble(members: list[dict[str, Any]], *, average: str,
         raise CheckpointError("an ensemble needs at least one member")
     if average not in AVERAGES:
         raise CheckpointError(f"average {average!r}: choose one of {', '.join(AVERAGES)}")
-    return plain({"format": ENSEMBLE_FORMAT, "average": average, "members": members,
+    fmt = ENSEMBLE_FORMAT_INT8 if any(m.get("quantized") for m in members) else ENSEMBLE_FORMAT
+    return plain({"format": fmt, "average": average, "members": members,
                   "versions": {"neimsctl": __version__, "torch": str(torch.__version__)},
                   "extra": extra or {}})
 

@@ -2,7 +2,7 @@
 
 An ensemble is given as several ``--model`` options (``predict --model A --model B``) or as
 one ensemble file (``neimsctl.ensemble/1``, written by ``neimsctl ensemble``;
-formats/ensemble.v1.md). Its members may be any mix of students, NEIMS v1 models and GNN
+formats/ensemble.v2.md). Its members may be any mix of students, NEIMS v1 models and GNN
 teachers: the molecules are featurized once, in the mode that holds every member's inputs
 (:attr:`LoadedEnsemble.mode`), and each member predicts from the same block.
 
@@ -175,8 +175,10 @@ class LoadedEnsemble:
 
 
 def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str | None = None,
-                   half: bool = True) -> dict[str, Any]:
-    """Write one ensemble file (``neimsctl.ensemble/1``) of the models ``specs`` names.
+                   weights: str = "fp16") -> dict[str, Any]:
+    """Write one ensemble file (``neimsctl.ensemble/1``; ``/2`` with int8 weights) of the
+    models ``specs`` names, their weights stored as ``weights`` (``fp32``: as trained, ``fp16``
+    or ``int8``: :func:`~neimsctl.models.checkpoint.slim_member`).
 
     Each spec is what ``--model`` takes (``student``/``teacher``, a checkpoint, or an ensemble
     file, whose members are taken over). Every member is built and its weights loaded before
@@ -197,7 +199,7 @@ def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str
     ConfigError
         An unknown ``average``; no member.
     """
-    from neimsctl.models.checkpoint import (ENSEMBLE_FORMAT, build_ensemble, load_checkpoint,
+    from neimsctl.models.checkpoint import (build_ensemble, is_ensemble, load_checkpoint,
                                             save_checkpoint, slim_member)
     from neimsctl.predict.model import _model_with_weights, file_sha, resolve_model
 
@@ -208,16 +210,16 @@ def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str
         path = resolve_model(spec)
         ckpt = load_checkpoint(path, map_location="cpu", ensemble=True)
         sha = file_sha(path, full=True)
-        if ckpt.get("format") == ENSEMBLE_FORMAT:
+        if is_ensemble(ckpt):
             files.append(ckpt)
-        given = ckpt["members"] if ckpt.get("format") == ENSEMBLE_FORMAT else [ckpt]
+        given = ckpt["members"] if is_ensemble(ckpt) else [ckpt]
         for i, one in enumerate(given, 1):
             where = Path(f"{path}#{i}") if len(given) > 1 or one is not ckpt else path
             model, arch = _model_with_weights(one, where)     # refuses what would not load
             label = str(one.get("label") or (spec if str(spec) in ("student", "teacher")
                                              else path.name))
             member_sha = str(one.get("sha256") or sha)
-            members.append(slim_member(one, label=label, sha256=member_sha, half=half))
+            members.append(slim_member(one, label=label, sha256=member_sha, weights=weights))
             summary.append({"label": label, "arch": arch, "sha256": member_sha[:12],
                             "n_parameters": sum(p.numel() for p in model.parameters())})
             bins[str(where)] = int(model.config.n_bins)

@@ -29,7 +29,7 @@ import torch
 from neimsctl.errors import CheckpointError, ConfigError
 from neimsctl.models import registry
 from neimsctl.models.quantize import apply_precision, resolve_precision
-from neimsctl.models.checkpoint import ENSEMBLE_FORMAT, load_checkpoint
+from neimsctl.models.checkpoint import is_ensemble, load_checkpoint, model_state
 
 if TYPE_CHECKING:
     from neimsctl.predict.ensemble import LoadedEnsemble
@@ -239,7 +239,7 @@ def load_model(spec: str | Path | Sequence[str | Path] = "student", *, device: s
     for one, path in zip(specs, paths):
         ckpt = load_checkpoint(path, map_location="cpu", ensemble=True)
         card = _read_card(path)
-        if ckpt.get("format") == ENSEMBLE_FORMAT:
+        if is_ensemble(ckpt):
             files.append((path, ckpt, card))
             for i, member in enumerate(ckpt["members"], 1):
                 members.append(_loaded(member, path, str(member.get("label") or
@@ -294,7 +294,7 @@ def _model_with_weights(ckpt: dict[str, Any], path: Path) -> tuple[torch.nn.Modu
         Naming ``path``: a config that builds no model, or weights that do not fit it.
     """
     cfg = (ckpt.get("config") or {}).get("model") or {}
-    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    state = model_state(ckpt)
     try:
         with torch.device("meta"):
             model, arch = build_model(cfg)

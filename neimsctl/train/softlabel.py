@@ -37,7 +37,7 @@ from neimsctl.errors import CheckpointError, ConfigError
 from neimsctl.io.rejects import Reject, Tally
 from neimsctl.io.softlabel_shard import SoftLabelWriter
 from neimsctl.nn.modes import only_training
-from neimsctl.models.checkpoint import load_checkpoint
+from neimsctl.models.checkpoint import load_checkpoint, model_state
 from neimsctl.train.config import resolve_device
 
 __all__ = ["SoftLabelSettings", "mc_soft_labels", "load_teacher", "run_softlabel"]
@@ -202,7 +202,7 @@ def teacher_from(ckpt: dict[str, Any], path: str | Path, *, featurizer_hash: str
     from neimsctl.train.finetune import build_teacher
 
     model_cfg = (ckpt.get("config") or {}).get("model") or {}
-    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    state = model_state(ckpt)
     if allow_student and model_cfg.get("name") == "student":
         from neimsctl.predict.model import build_model
 
@@ -238,14 +238,14 @@ def teacher_sources(paths: Sequence[Path]) -> list[tuple[str, dict[str, Any], st
     the soft labels carry, :func:`mc_soft_labels`): when the first file is an ensemble, its
     first teacher member is put in front of its other members.
     """
-    from neimsctl.models.checkpoint import ENSEMBLE_FORMAT
+    from neimsctl.models.checkpoint import is_ensemble
     from neimsctl.predict.model import file_sha
 
     out: list[tuple[str, dict[str, Any], str]] = []
     for p in paths:
         ckpt = load_checkpoint(p, ensemble=True)
         sha = file_sha(Path(p), full=True)
-        if ckpt.get("format") != ENSEMBLE_FORMAT:
+        if not is_ensemble(ckpt):
             out.append((str(p), ckpt, sha))
             continue
         members = [(f"{p}#{i}", m, f"{sha}#{i}") for i, m in enumerate(ckpt["members"], 1)]

@@ -73,6 +73,29 @@ def test_an_ensemble_file_predicts_as_its_members_given_as_several_models(
     assert b"model=ens.pt sha256:" in msp.stdout and b"linear of 2" in msp.stdout
 
 
+def test_int8_ensemble_through_the_cli(neimsctl_exe: str, members: tuple[Path, Path],
+                                       tmp_path: Path) -> None:
+    """ensemble --int8 -> a neimsctl.ensemble/2 file a quarter of float32 that predict reads,
+    with spectra close to the float32 file's."""
+    a, b = members
+    e32, e8 = tmp_path / "e32.pt", tmp_path / "e8.pt"
+    for out, flag in ((e32, "--fp32"), (e8, "--int8")):
+        made = run(neimsctl_exe, "ensemble", str(a), str(b), flag, "-o", str(out), "-q")
+        assert made.returncode == 0, made.stderr
+    assert e8.stat().st_size < 0.35 * e32.stat().st_size
+    import torch
+
+    assert torch.load(e8, weights_only=True)["format"] == "neimsctl.ensemble/2"
+    common = ("-O", "jsonl", "--precision", "fp32", "--threads", "1", "-q")
+    full, small = (spectra(run(neimsctl_exe, "predict", "-m", str(e), *common, stdin=SMI).stdout)
+                   for e in (e32, e8))
+    assert [r["name"] for r in small] == [r["name"] for r in full] and len(full) == 4
+    for x, y in zip(full, small):
+        u, v = np.zeros(501), np.zeros(501)
+        u[x["mz"]], v[y["mz"]] = x["intensity"], y["intensity"]
+        assert float(u @ v / np.linalg.norm(u) / np.linalg.norm(v)) > 0.999
+
+
 def test_ensemble_uncertainty_is_read_by_eval(neimsctl_exe: str, members: tuple[Path, Path],
                                               sample_msp: Path, tmp_path: Path) -> None:
     """predict --uncertainty (member spread) | eval: the calibration section is filled."""
@@ -102,6 +125,9 @@ def test_bad_ensemble_usage(neimsctl_exe: str, members: tuple[Path, Path], tmp_p
     clobber = run(neimsctl_exe, "ensemble", str(a), str(b), "-o", str(a))
     assert clobber.returncode == 2 and a.read_bytes() == before
     assert run(neimsctl_exe, "ensemble", str(a), "-o", "-").returncode == 2
+    both = run(neimsctl_exe, "ensemble", str(a), "--fp32", "--int8", "-o", str(tmp_path / "e.pt"))
+    assert both.returncode == 2 and b"exclude each other" in both.stderr
+    assert not (tmp_path / "e.pt").exists()
     missing = run(neimsctl_exe, "ensemble", str(a), str(tmp_path / "nope.pt"), "-o",
                   str(tmp_path / "e.pt"))
     assert missing.returncode == 1 and b"nope.pt: no such checkpoint file" in missing.stderr

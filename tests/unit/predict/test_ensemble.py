@@ -11,7 +11,8 @@ import torch
 from neimsctl.chem.featurize_run import run_settings
 from neimsctl.chem.rowbuild import Item, RowOptions
 from neimsctl.errors import CheckpointError, ConfigError
-from neimsctl.models.checkpoint import (ENSEMBLE_FORMAT, build_ensemble, load_checkpoint,
+from neimsctl.models.checkpoint import (ENSEMBLE_FORMAT, ENSEMBLE_FORMAT_INT8, build_ensemble,
+                                        load_checkpoint, model_state, quantize_int8,
                                         save_checkpoint, slim_member)
 from neimsctl.models.neims_v1 import NeimsV1, NeimsV1Config
 from neimsctl.models.student import StudentConfig, StudentModel
@@ -99,7 +100,7 @@ def test_an_ensemble_predicts_the_average_of_its_members(ckpts: dict[str, Path],
 
 def test_an_ensemble_file_predicts_as_its_members_given_one_by_one(ckpts: dict[str, Path]) -> None:
     out = ckpts["dir"] / "ab.pt"
-    info = write_ensemble([ckpts["a"], ckpts["b"]], out, average="linear", half=False)
+    info = write_ensemble([ckpts["a"], ckpts["b"]], out, average="linear", weights="fp32")
     assert [m["arch"] for m in info["members"]] == ["student", "student"]
     raw = load_checkpoint(out, ensemble=True)
     assert raw["format"] == ENSEMBLE_FORMAT and raw["average"] == "linear"
@@ -119,6 +120,74 @@ def test_an_ensemble_file_predicts_as_its_members_given_one_by_one(ckpts: dict[s
     assert half.stat().st_size < 0.7 * out.stat().st_size
     np.testing.assert_allclose(predict_block(load_model(half, device="cpu", precision="fp32"),
                                              block)[0], predict_block(given, block)[0], atol=2e-3)
+
+
+def test_int8_storage_quarter_size_rounding_within_half_a_step(ckpts: dict[str, Path]) -> None:
+    """``--int8``: weight matrices as int8 codes with per-row scales (format /2), the rest
+    float16; each weight within half a step of its float32 value; the members predict what
+    their float32 weights predict to within that rounding; re-quantizing changes nothing."""
+    out32, out8 = ckpts["dir"] / "ab32.pt", ckpts["dir"] / "ab8.pt"
+    write_ensemble([ckpts["a"], ckpts["t"]], out32, average="linear", weights="fp32")
+    write_ensemble([ckpts["a"], ckpts["t"]], out8, average="linear", weights="int8")
+    assert out8.stat().st_size < 0.35 * out32.stat().st_size
+    raw32, raw8 = (load_checkpoint(p, ensemble=True) for p in (out32, out8))
+    assert raw8["format"] == ENSEMBLE_FORMAT_INT8 and raw32["format"] == ENSEMBLE_FORMAT
+    for m32, m8 in zip(raw32["members"], raw8["members"]):
+        scales = m8["quantized"]
+        assert scales and all(m8["model"][k].dtype == torch.int8 for k in scales)
+        assert all(v.dtype == torch.float16 for k, v in m8["model"].items()
+                   if k not in scales and v.is_floating_point())
+        want, got = model_state(m32), model_state(m8)
+        for k in scales:
+            step = scales[k].reshape(-1, *([1] * (want[k].dim() - 1)))
+            assert bool(((got[k] - want[k]).abs() <= step / 2 + 1e-7).all()), k
+        again, again_scales = quantize_int8(got)
+        assert all(torch.equal(again[k], m8["model"][k]) for k in scales)
+    for mode, member in (("student", ckpts["a"]), ("teacher", ckpts["t"])):
+        block = _block(mode)
+        full = predict_block(load_model(member, device="cpu", precision="fp32"), block, mc_samples=0)[0]
+        one = ckpts["dir"] / f"{mode}8.pt"
+        write_ensemble([member], one, weights="int8")
+        small = predict_block(load_model(one, device="cpu", precision="fp32"), block, mc_samples=0)[0]
+        cos = (full * small).sum(1) / np.linalg.norm(full, axis=1) / np.linalg.norm(small, axis=1)
+        assert cos.min() > 0.999, (mode, cos)
+    # an ensemble of the int8 file keeps its codes (fp16 of it: the dequantized weights)
+    write_ensemble([out8], ckpts["dir"] / "ab8b.pt", weights="int8")
+    re8 = load_checkpoint(ckpts["dir"] / "ab8b.pt", ensemble=True)
+    for m, n in zip(raw8["members"], re8["members"]):
+        assert all(torch.equal(m["model"][k], n["model"][k]) for k in m["quantized"])
+
+
+def test_damaged_int8_members_are_refused(ckpts: dict[str, Path]) -> None:
+    member = slim_member(load_checkpoint(ckpts["a"]), label="a", sha256="0" * 64, weights="int8")
+    name = next(iter(member["quantized"]))
+    d = ckpts["dir"]
+
+    def save(tag: str, change, fmt: str = ENSEMBLE_FORMAT_INT8) -> Path:
+        m = {**member, "model": dict(member["model"]), "quantized": dict(member["quantized"])}
+        change(m)
+        path = d / f"bad8_{tag}.pt"
+        torch.save({"format": fmt, "average": "linear", "members": [m]}, path)
+        return path
+
+    cases = [
+        ("noscale", lambda m: m["quantized"].pop(name), "is int8 without its scales"),
+        ("shape", lambda m: m["quantized"].update({name: m["quantized"][name][:-1]}),
+         "int8 scales of .* are not"),
+        ("nan", lambda m: m["quantized"].update({name: m["quantized"][name] * float("nan")}),
+         "int8 scales of .* are not"),
+        ("neg", lambda m: m["quantized"].update({name: -m["quantized"][name]}),
+         "int8 scales of .* are not"),
+        ("float", lambda m: m["model"].update({name: m["model"][name].float()}),
+         "which is not an int8 weight"),
+        ("ghost", lambda m: m["quantized"].update({"nothing": torch.ones(3)}),
+         "which is not an int8 weight"),
+    ]
+    for tag, change, msg in cases:
+        with pytest.raises(CheckpointError, match=f"member 1: damaged checkpoint: .*{msg}"):
+            load_model(save(tag, change), device="cpu")
+    with pytest.raises(CheckpointError, match="int8 weights in a neimsctl.ensemble/1 file"):
+        load_model(save("v1", lambda m: None, ENSEMBLE_FORMAT), device="cpu")
 
 
 def test_a_single_checkpoint_refuses_an_ensemble_file_where_one_model_is_needed(
@@ -203,7 +272,7 @@ def test_softlabel_takes_an_ensemble_file_as_its_members(ckpts: dict[str, Path],
 
     shard = build_sample_shard(tmp_path / "teacher.h5", mode="teacher", limit=12)
     ens = tmp_path / "st.pt"
-    write_ensemble([ckpts["a"], ckpts["t"]], ens, half=False)   # student first: reordered
+    write_ensemble([ckpts["a"], ckpts["t"]], ens, weights="fp32")   # student first: reordered
     sources = sl.teacher_sources([ens])
     assert [w for w, _, _ in sources] == [f"{ens}#2", f"{ens}#1"]
     settings = sl.SoftLabelSettings(samples=2, batch_size=8)
@@ -251,8 +320,8 @@ def test_damaged_configs_and_future_formats_are_named(ckpts: dict[str, Path]) ->
         torch.save(bad, d / "bad.pt")
         with pytest.raises(CheckpointError, match=match):
             write_ensemble([d / "bad.pt"], d / "never.pt")
-    torch.save({"format": "neimsctl.ensemble/2", "members": []}, d / "v2.pt")
-    with pytest.raises(CheckpointError, match="'neimsctl.ensemble/2' is not supported"):
+    torch.save({"format": "neimsctl.ensemble/9", "members": []}, d / "v2.pt")
+    with pytest.raises(CheckpointError, match="'neimsctl.ensemble/9' is not supported"):
         load_model(d / "v2.pt", device="cpu")
     odd = {**good, "config": {"model": {**good["config"]["model"], "name": "gpt"}}}
     torch.save(odd, d / "gpt.pt")
