@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Export a trained checkpoint as a shipped model: fp16 weights + a JSON model card.
 
+An ensemble file (``neimsctl ensemble``, e.g. with ``--int8``) is shipped as it is, with a card
+that lists its members.
+
     python tools/export_model.py RUN/checkpoints/best.pt neimsctl/resources/models/student-default.pt \\
         --eval RUN-split/test.eval.json --train-log RUN/train_log.jsonl --command "tools/train_default_model.sh"
 
@@ -24,7 +27,7 @@ from pathlib import Path
 import torch
 
 from neimsctl import __version__
-from neimsctl.models.checkpoint import load_checkpoint
+from neimsctl.models.checkpoint import copy_checkpoint, is_ensemble, load_checkpoint
 
 LICENSE_NOTE = ("Trained on MassBank EI records (../shared/data/massbank_ei.msp). Most of them are "
                 "licensed CC BY-NC-SA (others CC BY / CC BY-SA): the weights are a derived work for "
@@ -34,23 +37,27 @@ LICENSE_NOTE = ("Trained on MassBank EI records (../shared/data/massbank_ei.msp)
 
 def export(src: Path, dst: Path, *, eval_json: Path | None, train_log: Path | None, command: str,
            notes: str) -> dict:
-    ck = load_checkpoint(src, map_location="cpu")
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in ck["model"].items()}
-    slim = {"format": ck["format"], "model": state, "config": {"model": ck["config"]["model"]},
-            "featurizer_hash": ck.get("featurizer_hash"), "versions": ck.get("versions", {}),
-            "epoch": ck.get("epoch"), "best_metric": ck.get("best_metric")}
+    ck = load_checkpoint(src, map_location="cpu", ensemble=True)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_suffix(".pt.partial")
-    torch.save(slim, tmp)
-    tmp.replace(dst)
+    if is_ensemble(ck):
+        copy_checkpoint(src, dst)
+        card = _ensemble_card(ck)
+    else:
+        state = {k: (v.half() if v.is_floating_point() else v) for k, v in ck["model"].items()}
+        slim = {"format": ck["format"], "model": state, "config": {"model": ck["config"]["model"]},
+                "featurizer_hash": ck.get("featurizer_hash"), "versions": ck.get("versions", {}),
+                "epoch": ck.get("epoch"), "best_metric": ck.get("best_metric")}
+        tmp = dst.with_suffix(".pt.partial")
+        torch.save(slim, tmp)
+        tmp.replace(dst)
+        card = {"arch": ck["config"]["model"].get("name"), "weights_dtype": "float16",
+                "n_parameters": _n_parameters(state), "model_config": ck["config"]["model"],
+                "featurizer_hash": ck.get("featurizer_hash"), "epoch_kept": ck.get("epoch"),
+                "best_metric": ck.get("best_metric")}
     sha = hashlib.sha256(dst.read_bytes()).hexdigest()
-    card: dict = {
-        "name": dst.stem, "arch": ck["config"]["model"].get("name"),
-        "sha256": sha, "file_bytes": dst.stat().st_size, "weights_dtype": "float16",
-        "n_parameters": int(sum(v.numel() for k, v in state.items() if v.is_floating_point()
-                                and not k.endswith("expert_bias"))),
-        "model_config": ck["config"]["model"], "featurizer_hash": ck.get("featurizer_hash"),
-        "trained_from": str(src), "epoch_kept": ck.get("epoch"), "best_metric": ck.get("best_metric"),
+    card = {
+        "name": dst.stem, "arch": card.pop("arch"), "sha256": sha, "file_bytes": dst.stat().st_size,
+        **card, "trained_from": str(src),
         "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "neimsctl_version": __version__, "versions": ck.get("versions", {}),
         "license": LICENSE_NOTE, "retrain_command": command, "notes": notes,
@@ -68,6 +75,23 @@ def export(src: Path, dst: Path, *, eval_json: Path | None, train_log: Path | No
                                 "last_val": ep[-1].get("val", {})}
     dst.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
     return card
+
+
+def _n_parameters(state: dict) -> int:
+    return int(sum(v.numel() for k, v in state.items()
+                   if (v.is_floating_point() or v.dtype == torch.int8) and not k.endswith("expert_bias")))
+
+
+def _ensemble_card(ens: dict) -> dict:
+    """The card fields of an ensemble file: its members (architecture, parameters, weights)."""
+    members = [{"label": m.get("label"), "arch": (m.get("config") or {}).get("model", {}).get("name"),
+                "n_parameters": _n_parameters(m["model"]), "sha256": m.get("sha256"),
+                "weights_dtype": "int8 matrices + float16" if m.get("quantized") else
+                str(next(v.dtype for v in m["model"].values() if v.is_floating_point())).replace("torch.", ""),
+                "model_config": (m.get("config") or {}).get("model")} for m in ens["members"]]
+    return {"arch": "ensemble", "format": ens["format"], "average": ens["average"],
+            "weights_dtype": "; ".join(sorted({m["weights_dtype"] for m in members})),
+            "n_parameters": sum(m["n_parameters"] for m in members), "members": members}
 
 
 def main() -> int:

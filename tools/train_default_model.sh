@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Retrain the model shipped in neimsctl/resources/models/ from scratch, with the project's own
-# commands, on the MassBank EI library (about 75 minutes on 2 CPU cores):
+# commands, on the MassBank EI library (about 85 minutes on 2 CPU cores: 75 before session 13 added
+# the three compact students of step 6, ~3.5 minutes each on one core, two at a time):
 #
 #   tools/train_default_model.sh [LIBRARY.msp] [RUN_DIR]
 #
@@ -11,8 +12,10 @@
 #   3. the rest of the teacher ensemble: three spec-size students without KD (seeds 42, 1, 2)
 #   4. softlabel: MC-dropout soft labels of the ensemble (10 samples per member)
 #   5. distill the compact student (configs/distill/student-compact.yaml) from them
-#   6. export: fp16 weights + model cards -> neimsctl/resources/models/student-default.{pt,json}
-#      and teacher-default.{pt,json} (the GNN teacher: predict --model teacher, --uncertainty)
+#   6. three compact students without KD (seeds 42, 1, 2); with the GNN teacher they make the
+#      shipped teacher ensemble (neimsctl ensemble --int8: predict --model teacher, --uncertainty)
+#   7. export: fp16 weights + model cards -> neimsctl/resources/models/student-default.{pt,json};
+#      the int8 ensemble + card -> teacher-default.{pt,json}
 #
 # The shipped model is trained on ALL compounds (split 0.9 train / 0.1 validation for model
 # selection, no test part): the test-split figures in its card come from the same recipe run on
@@ -72,22 +75,38 @@ if ! done_ "$out/student"; then
         -c "$here/configs/distill/student-compact.yaml" "${sets[@]}" \
         -o "$out/student" $(resume "$out/student")
 fi
+compact() {  # seed: a compact student without KD, a member of the shipped teacher ensemble
+    local dir="$out/compact_s$1"
+    done_ "$dir" && return 0
+    neimsctl distill "$out/student.h5" --no-kd -c "$here/configs/distill/student-compact.yaml" \
+        "${sets[@]}" --set train.threads=1 --set train.seed="$1" -o "$dir" $(resume "$dir") \
+        2> "$dir.log"
+}
+step "three compact students without KD (seeds 42, 1, 2; logs in $out/compact_s*.log)"
+compact 42 & a=$!; compact 1 & b=$!; wait "$a"; wait "$b"; compact 2
+if [ ! -e "$out/teacher-ensemble.pt" ]; then
+    step "the teacher ensemble: the GNN teacher + the three compact students, int8 weights"
+    neimsctl ensemble "$out/teacher/checkpoints/best.pt" "$out/compact_s42/checkpoints/best.pt" \
+        "$out/compact_s1/checkpoints/best.pt" "$out/compact_s2/checkpoints/best.pt" \
+        --int8 --average linear -o "$out/teacher-ensemble.pt"
+fi
 if [ "$split" = test ]; then
     step "evaluate on the test compounds"
     neimsctl shards split "$out/student.h5" --part test -O smi -o "$out/test.smi"
     neimsctl shards split "$out/student.h5" --part test -o "$out/test.jsonl"
     neimsctl shards split "$out/student.h5" --part train -o "$out/train.jsonl"
     for m in student teacher; do
-        neimsctl predict --model "$out/$m/checkpoints/best.pt" -O jsonl -o "$out/$m.test.pred.jsonl" < "$out/test.smi"
+        ckpt="$out/student/checkpoints/best.pt"; [ $m = teacher ] && ckpt="$out/teacher-ensemble.pt"
+        neimsctl predict --model "$ckpt" -O jsonl -o "$out/$m.test.pred.jsonl" < "$out/test.smi"
         neimsctl eval "$out/$m.test.pred.jsonl" "$out/test.jsonl" -l "$out/train.jsonl" --mass-filter 5 --json > "$out/$m.test.eval.json"
     done
     cat "$out/student.test.eval.json"
 else
-    step "export fp16 weights + model cards: the student (default) and the GNN teacher (--model teacher)"
+    step "export the student (default; fp16) and the teacher ensemble (--model teacher; int8) with model cards"
     python "$here/tools/export_model.py" "$out/student/checkpoints/best.pt" \
         "$here/neimsctl/resources/models/student-default.pt" --train-log "$out/student/train_log.jsonl" \
         ${TEST_EVAL:+--eval "$TEST_EVAL"} --command "tools/train_default_model.sh $lib"
-    python "$here/tools/export_model.py" "$out/teacher/checkpoints/best.pt" \
+    python "$here/tools/export_model.py" "$out/teacher-ensemble.pt" \
         "$here/neimsctl/resources/models/teacher-default.pt" --train-log "$out/teacher/train_log.jsonl" \
         ${TEACHER_TEST_EVAL:+--eval "$TEACHER_TEST_EVAL"} --command "tools/train_default_model.sh $lib"
 fi

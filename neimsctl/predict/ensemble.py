@@ -174,6 +174,14 @@ class LoadedEnsemble:
         return out, (np.sqrt(var) * scale).astype(np.float32), None
 
 
+def _label(path: Path) -> str:
+    """A member's label: its file name, with the run's directory for a training run's
+    ``RUN/checkpoints/best.pt`` (``RUN/best.pt``: every run's file has the same name)."""
+    if path.parent.name == "checkpoints" and path.parent.parent.name:
+        return f"{path.parent.parent.name}/{path.name}"
+    return path.name
+
+
 def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str | None = None,
                    weights: str = "fp16") -> dict[str, Any]:
     """Write one ensemble file (``neimsctl.ensemble/1``; ``/2`` with int8 weights) of the
@@ -217,7 +225,7 @@ def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str
             where = Path(f"{path}#{i}") if len(given) > 1 or one is not ckpt else path
             model, arch = _model_with_weights(one, where)     # refuses what would not load
             label = str(one.get("label") or (spec if str(spec) in ("student", "teacher")
-                                             else path.name))
+                                             else _label(path)))
             member_sha = str(one.get("sha256") or sha)
             members.append(slim_member(one, label=label, sha256=member_sha, weights=weights))
             summary.append({"label": label, "arch": arch, "sha256": member_sha[:12],

@@ -31,7 +31,14 @@ def test_shipped_teacher_card_total_size_and_uncertainty_out_of_the_box() -> Non
 
     pt, card_path = MODELS_DIR / "teacher-default.pt", MODELS_DIR / "teacher-default.json"
     card = json.loads(card_path.read_text())
-    assert card["arch"] == "teacher" and hashlib.sha256(pt.read_bytes()).hexdigest() == card["sha256"]
+    assert hashlib.sha256(pt.read_bytes()).hexdigest() == card["sha256"]
+    # the shipped teacher: an int8 ensemble of the GNN teacher and compact students, stronger
+    # than the default student on the test split (issue 18)
+    assert card["arch"] == "ensemble" and card["format"] == "neimsctl.ensemble/2"
+    assert [m["arch"] for m in card["members"]][0] == "teacher" and len(card["members"]) >= 2
+    student = json.loads((MODELS_DIR / "student-default.json").read_text())["test_metrics"]
+    assert card["test_metrics"]["recall@1"] > student["recall@1"]
+    assert card["test_metrics"]["mean_cosine"] > student["mean_cosine"]
     assert "NON-COMMERCIAL" in card["license"] and card["test_metrics"]["recall@10"] > 0.5
     shipped = sum(f.stat().st_size for f in MODELS_DIR.iterdir())
     assert shipped <= 60 * 10 ** 6                # issue 18: every shipped file, <= 60 MB

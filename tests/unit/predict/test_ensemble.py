@@ -151,6 +151,13 @@ def test_int8_storage_quarter_size_rounding_within_half_a_step(ckpts: dict[str, 
         small = predict_block(load_model(one, device="cpu", precision="fp32"), block, mc_samples=0)[0]
         cos = (full * small).sum(1) / np.linalg.norm(full, axis=1) / np.linalg.norm(small, axis=1)
         assert cos.min() > 0.999, (mode, cos)
+    # a training run's checkpoint is labelled with its run's directory
+    run = ckpts["dir"] / "run_s7" / "checkpoints"
+    run.mkdir(parents=True)
+    (run / "best.pt").write_bytes(ckpts["a"].read_bytes())
+    write_ensemble([run / "best.pt", ckpts["t"]], ckpts["dir"] / "lab.pt")
+    assert [m["label"] for m in load_checkpoint(ckpts["dir"] / "lab.pt", ensemble=True)["members"]] \
+        == ["run_s7/best.pt", "t.pt"]
     # an ensemble of the int8 file keeps its codes (fp16 of it: the dequantized weights)
     write_ensemble([out8], ckpts["dir"] / "ab8b.pt", weights="int8")
     re8 = load_checkpoint(ckpts["dir"] / "ab8b.pt", ensemble=True)
