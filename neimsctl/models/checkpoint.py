@@ -445,6 +445,16 @@ def build_ensemble(members: list[dict[str, Any]], *, average: str,
                   "extra": extra or {}})
 
 
+def load_problem(exc: BaseException, details: int = 3) -> str:
+    """One line from ``load_state_dict``'s error: its first ``details`` findings (the missing,
+    unexpected and mis-shaped tensors, by name), not the header line that names none."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    found = [ln for ln in lines if not ln.startswith("Error(s) in loading state_dict")] or lines
+    text = "; ".join(ln if len(ln) <= 240 else ln[:237] + "..." for ln in found[:details])
+    more = len(found) - details
+    return text + (f" (+{more} more)" if more > 0 else "")
+
+
 def _all_finite(t: torch.Tensor) -> bool:
     """True when every value of a floating-point tensor is finite.
 
@@ -470,6 +480,7 @@ def restore(ckpt: dict[str, Any], *, model: torch.nn.Module, optimizer: Any = No
         if loss_fn is not None and ckpt.get("loss_state") is not None:
             loss_fn.load_state_dict(ckpt["loss_state"])
     except (RuntimeError, KeyError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint does not fit this model/optimizer: {exc}") from None
+        raise CheckpointError(f"checkpoint does not fit this model/optimizer: "
+                              f"{load_problem(exc)}") from None
     if rng:
         restore_rng(ckpt["rng"])

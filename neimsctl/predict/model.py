@@ -29,7 +29,7 @@ import torch
 from neimsctl.errors import CheckpointError, ConfigError
 from neimsctl.models import registry
 from neimsctl.models.quantize import apply_precision, resolve_precision
-from neimsctl.models.checkpoint import is_ensemble, load_checkpoint, model_state
+from neimsctl.models.checkpoint import is_ensemble, load_checkpoint, load_problem, model_state
 
 if TYPE_CHECKING:
     from neimsctl.predict.ensemble import LoadedEnsemble
@@ -313,7 +313,7 @@ def _model_with_weights(ckpt: dict[str, Any], path: Path) -> tuple[torch.nn.Modu
         raise CheckpointError(f"{path}: {exc}") from None
     except (RuntimeError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: weights do not fit the model its config describes: "
-                              f"{str(exc).splitlines()[0]}") from None
+                              f"{load_problem(exc)}") from None
     return model, arch
 
 

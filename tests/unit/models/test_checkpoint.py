@@ -122,8 +122,29 @@ def test_unstorable_value_refused_at_save(tmp_path: Path) -> None:
 def test_restore_into_wrong_model_is_checkpoint_error(tmp_path: Path) -> None:
     model, _, _ = _objects()
     ckpt = ck.load_checkpoint(ck.save_checkpoint(tmp_path / "m.pt", model=model))
-    with pytest.raises(CheckpointError, match="does not fit"):
+    with pytest.raises(CheckpointError, match="does not fit") as err:
         ck.restore(ckpt, model=torch.nn.Linear(2, 2), rng=False)
+    assert "Missing key(s) in state_dict" in str(err.value) or "size mismatch" in str(err.value)
+
+
+def test_weights_that_do_not_fit_are_named_in_predict(tmp_path: Path) -> None:
+    """A checkpoint whose tensors do not fit its config's model: the message names them
+    (torch's first line, 'Error(s) in loading state_dict for X:', names none)."""
+    from neimsctl.models.student import StudentConfig, StudentModel
+    from neimsctl.predict.model import load_model
+
+    cfg = StudentConfig(gate_hidden=(16,), expert_depth=1, expert_bottleneck=8, head_hidden=(32,),
+                        hidden_dim=16)
+    state = StudentModel(cfg).state_dict()
+    first = next(iter(state))
+    state[first] = torch.zeros(3, 3)
+    state["bogus.weight"] = torch.zeros(1)
+    path = tmp_path / "misfit.pt"
+    torch.save({"format": ck.FORMAT, "model": state,
+                "config": {"model": {"name": "student", **cfg.to_dict()}}}, path)
+    with pytest.raises(CheckpointError, match=r"misfit.pt: weights do not fit .*bogus\.weight") as err:
+        load_model(path, device="cpu")
+    assert first in str(err.value) and "Error(s) in loading" not in str(err.value)
 
 
 @pytest.mark.parametrize("change, message", [
