@@ -37,7 +37,9 @@ def bin_spectrum(mz: Sequence[float] | np.ndarray, intensity: Sequence[float] | 
     Returns
     -------
     numpy.ndarray
-        float32, shape ``(n_bins,)``; raw (unnormalized) summed intensities.
+        float32, shape ``(n_bins,)``; raw (unnormalized) summed intensities, unless the largest
+        lies beyond ``1e-30 .. 1e30`` (float32 would make it inf, or lose the small ones): then
+        scaled to base peak 1 (every consumer normalizes; the ratios are what counts).
 
     Raises
     ------
@@ -56,6 +58,9 @@ def bin_spectrum(mz: Sequence[float] | np.ndarray, intensity: Sequence[float] | 
     rounded = np.floor(mz_a + 0.5)  # round half up; compared as floats (m/z 1e300 is no int64)
     keep = (rounded >= 0) & (rounded < n_bins)
     out = np.bincount(rounded[keep].astype(np.int64), weights=it_a[keep], minlength=n_bins)
+    top = float(out.max()) if out.size else 0.0
+    if top > 1e30 or 0 < top < 1e-30:          # intensities of 1e300 were inf, then NaN
+        out = out / top
     return out.astype(np.float32)
 
 

@@ -16,6 +16,17 @@ def test_bin_rounds_half_up_and_sums() -> None:
     assert v.sum() == 1 + 2 + 4 + 8 + 16                         # 500.5 -> 501 and 1000 dropped
 
 
+@pytest.mark.parametrize("scale", [1e300, 1e-300, 3e38])
+def test_intensities_beyond_float32_keep_their_ratios(scale: float) -> None:
+    """Intensities of 1e300 were inf in float32 and the spectrum NaN ('no peaks' in eval); of
+    1e-300, zero: scaled to base peak 1 instead, the ratios kept."""
+    v = bin_spectrum([41.0, 43.0, 43.2, 57.0], [scale, scale / 2, scale / 4, scale / 5000])
+    assert np.isfinite(v).all() and v.max() == pytest.approx(1.0)
+    p = preprocess_spectrum([41.0, 43.0, 43.2, 57.0], [scale, scale / 2, scale / 4, scale / 5000])
+    assert p[41] == pytest.approx(1.0) and p[43] == pytest.approx(0.75) and p[57] == 0  # noise
+    assert bin_spectrum([1.0], [5.0])[1] == 5.0                 # ordinary values stay raw
+
+
 def test_bin_rejects_mismatched_lengths() -> None:
     with pytest.raises(ValueError, match="differ"):
         bin_spectrum([1.0, 2.0], [1.0])
