@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from neimsctl import __version__
-from neimsctl.models.checkpoint import copy_checkpoint, is_ensemble, load_checkpoint
+from neimsctl.models.checkpoint import copy_checkpoint, is_ensemble, load_checkpoint, model_state
 
 LICENSE_NOTE = ("Trained on MassBank EI records (../shared/data/massbank_ei.msp). Most of them are "
                 "licensed CC BY-NC-SA (others CC BY / CC BY-SA): the weights are a derived work for "
@@ -43,7 +43,7 @@ def export(src: Path, dst: Path, *, eval_json: Path | None, train_log: Path | No
         copy_checkpoint(src, dst)
         card = _ensemble_card(ck)
     else:
-        state = {k: (v.half() if v.is_floating_point() else v) for k, v in ck["model"].items()}
+        state = {k: (v.half() if v.is_floating_point() else v) for k, v in model_state(ck).items()}
         slim = {"format": ck["format"], "model": state, "config": {"model": ck["config"]["model"]},
                 "featurizer_hash": ck.get("featurizer_hash"), "versions": ck.get("versions", {}),
                 "epoch": ck.get("epoch"), "best_metric": ck.get("best_metric")}

@@ -29,8 +29,9 @@ def ensemble_cli(
                           "ensemble files' own when all are ensemble files that agree, else "
                           "linear.")] = None,
     fp32: Annotated[bool, typer.Option(
-        "--fp32", help="Keep the weights in float32 (default: float16, half the size; predict "
-                       "widens them to float32 when it loads them).")] = False,
+        "--fp32", help="Store the weights in float32 (float16 or int8 members are widened; "
+                       "default: float16, half the size; predict widens them to float32 when "
+                       "it loads them).")] = False,
     int8: Annotated[bool, typer.Option(
         "--int8", help="Store the weight matrices as int8 with one scale per row (a quarter of "
                        "float32; the rest float16; file format neimsctl.ensemble/2). predict "
@@ -57,6 +58,12 @@ def ensemble_cli(
 
         info = write_ensemble(models, output, average=average.value if average else None,
                               weights="fp32" if fp32 else "int8" if int8 else "fp16")
+        shas = [m["sha256"] for m in info["members"]]
+        for sha in sorted({s for s in shas if shas.count(s) > 1}):
+            labels = ", ".join(m["label"] for m in info["members"] if m["sha256"] == sha)
+            print(f"neimsctl {CMD}: warning: the same weights (sha256:{sha}) are {shas.count(sha)} "
+                  f"members ({labels}): their disagreement, the --uncertainty spread, is zero",
+                  file=sys.stderr)
         if not quiet:
             for m in info["members"]:
                 print(f"neimsctl {CMD}: {m['label']}: {m['arch']}, {m['n_parameters']:,} "

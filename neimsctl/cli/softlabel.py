@@ -20,7 +20,8 @@ def softlabel_cli(
     shards: Annotated[list[Path], typer.Argument(
         help="Teacher-mode HDF5 shards (neimsctl featurize --mode teacher).", show_default=False)],
     teacher: Annotated[list[Path], typer.Option(
-        "--teacher", "-t", help="Finetuned teacher checkpoint (neimsctl finetune). Repeat for an "
+        "--teacher", "-t", help="Finetuned teacher checkpoint (neimsctl finetune), an ensemble "
+        "file, or teacher (the shipped teacher ensemble). Repeat for an "
         "ensemble: soft labels pool every member's MC samples; the hidden representation is "
         "the first one's, which must be a GNN teacher; later ones may be student checkpoints "
         "(neimsctl distill).", show_default=False)],
@@ -54,13 +55,19 @@ def softlabel_cli(
         usage_error(CMD, "-o -: HDF5 needs a seekable file; give a file name")
     if part not in ("all", "train"):
         usage_error(CMD, f"--part: 'all' or 'train', got {part!r}")
+    from neimsctl.cli.predict import shipped_paths
+
+    teacher = [Path(p) for p in shipped_paths([str(t) for t in teacher])]
     refuse_clobber(CMD, input_pairs(shards) + input_pairs(teacher, "--teacher"),
                    [output_pair("-o", output)]
                    + ([output_pair("--rejects", rejects)] if rejects else []))
     with command(CMD):
-        missing = [str(p) for p in [*teacher, *shards] if not p.is_file()]
-        if missing:
-            fail(CMD, ", ".join(missing), "no such file")
+        from neimsctl.io.streams import input_problem
+
+        for p in [*teacher, *shards]:
+            if not p.is_file():
+                fail(CMD, str(p), input_problem(p) or "not a regular file (HDF5 and checkpoints "
+                                  "are read from files)")
         from neimsctl.io.provenance import provenance
         from neimsctl.io.streams import open_out
         from neimsctl.train.softlabel import SoftLabelSettings, run_softlabel

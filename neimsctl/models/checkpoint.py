@@ -59,6 +59,9 @@ ENSEMBLE_FORMAT_INT8 = "neimsctl.ensemble/2"
 ENSEMBLE_FORMATS = (ENSEMBLE_FORMAT, ENSEMBLE_FORMAT_INT8)
 #: How ``neimsctl ensemble`` stores the members' floating-point weights.
 WEIGHT_STORAGE = ("fp32", "fp16", "int8")
+#: An ensemble file holds at most this many members (each is built as its own model: a file
+#: that lists one stored member many times would take memory without bound).
+MAX_MEMBERS = 64
 #: int8 storage quantizes the floating-point matrices (2-D) of at least this many values.
 INT8_MIN_VALUES = 4096
 #: The spaces an ensemble averages its members' spectra in: linear intensity, or square roots
@@ -165,7 +168,7 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any] | None = None,
         try:
             torch.save(ckpt, fh)
         except RuntimeError as exc:  # torch's zip writer hides the failed write behind its own
-            if isinstance(exc.__context__, OutputError):
+            if isinstance(exc.__context__, (OutputError, KeyboardInterrupt)):
                 raise exc.__context__ from None
             raise
     return path
@@ -305,11 +308,21 @@ def check_fields(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
         if not isinstance(name, str) or not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{path}: damaged checkpoint: model entry {name!r} is a "
                                   f"{type(value).__name__}, expected a tensor")
+        _check_plain_tensor(value, f"model entry {name!r}", path)
         if value.is_floating_point() and not _all_finite(value):
             bad = int((~torch.isfinite(value)).sum())
             raise CheckpointError(f"{path}: refused: weight {name!r} holds {bad} non-finite "
                                   f"value(s) (NaN/inf: a training run that diverged?)")
     _check_quantized(ckpt, path)
+
+
+def _check_plain_tensor(value: torch.Tensor, what: str, path: str | os.PathLike) -> None:
+    """A dense tensor with data (``weights_only`` also loads ``meta`` and sparse tensors, which
+    no model of ours stores and which fail deep inside torch)."""
+    if value.is_meta or value.layout != torch.strided or value.is_quantized:
+        kind = "meta" if value.is_meta else "quantized" if value.is_quantized else str(value.layout)
+        raise CheckpointError(f"{path}: damaged checkpoint: {what} is a {kind} tensor, expected "
+                              "a dense one")
 
 
 def _check_quantized(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
@@ -326,11 +339,14 @@ def _check_quantized(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
         if value is None or value.dtype != torch.int8 or value.dim() < 1:
             raise CheckpointError(f"{path}: damaged checkpoint: 'quantized' names {name!r}, "
                                   "which is not an int8 weight of 'model'")
+        if isinstance(scale, torch.Tensor):
+            _check_plain_tensor(scale, f"the int8 scales of {name!r}", path)
+        # positive, and finite once widened (127 * scale in float32: the largest weight)
         if not isinstance(scale, torch.Tensor) or not scale.is_floating_point() \
-                or tuple(scale.shape) != (value.shape[0],) or not _all_finite(scale) \
-                or bool((scale < 0).any()):
+                or tuple(scale.shape) != (value.shape[0],) \
+                or not _all_finite(scale.float() * 127) or not bool((scale > 0).all()):
             raise CheckpointError(f"{path}: damaged checkpoint: the int8 scales of {name!r} are "
-                                  f"not {value.shape[0]} finite non-negative values")
+                                  f"not {value.shape[0]} positive values finite in float32")
 
 
 def check_ensemble(ens: dict[str, Any], path: str | os.PathLike) -> None:
@@ -346,6 +362,9 @@ def check_ensemble(ens: dict[str, Any], path: str | os.PathLike) -> None:
     members = ens.get("members")
     if not isinstance(members, list) or not members:
         raise CheckpointError(f"{path}: damaged ensemble file: 'members' is not a non-empty list")
+    if len(members) > MAX_MEMBERS:
+        raise CheckpointError(f"{path}: damaged ensemble file: {len(members)} members (at most "
+                              f"{MAX_MEMBERS})")
     if ens.get("average") not in AVERAGES:
         raise CheckpointError(f"{path}: damaged ensemble file: 'average' is "
                               f"{ens.get('average')!r}, expected one of {', '.join(AVERAGES)}")
@@ -393,6 +412,8 @@ def quantize_int8(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
             out[name] = value
             continue
         w = value.detach().float()
+        if not _all_finite(w):
+            raise CheckpointError(f"weight {name!r} is not finite in float32: not stored")
         if w.dim() != 2 or w.numel() < INT8_MIN_VALUES:
             out[name] = w.half()
             continue
@@ -411,8 +432,7 @@ def slim_member(ckpt: dict[str, Any], *, label: str, sha256: str, weights: str =
     config, the split and fold it was trained on (``softlabel`` labels out of fold with it)."""
     if weights not in WEIGHT_STORAGE:
         raise CheckpointError(f"weights {weights!r}: choose one of {', '.join(WEIGHT_STORAGE)}")
-    quantized = bool(ckpt.get("quantized"))
-    state, scales = (model_state(ckpt) if weights != "fp32" or quantized else dict(ckpt["model"])), {}
+    state, scales = model_state(ckpt), {}
     if weights == "int8":
         state, scales = quantize_int8(state)
     elif weights == "fp16":
@@ -473,7 +493,7 @@ def restore(ckpt: dict[str, Any], *, model: torch.nn.Module, optimizer: Any = No
             rng: bool = True) -> None:
     """Load the states of a checkpoint into live objects (and the RNGs when ``rng``)."""
     try:
-        unwrap(model).load_state_dict(ckpt["model"])
+        unwrap(model).load_state_dict(model_state(ckpt) if ckpt.get("quantized") else ckpt["model"])
         for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
             if obj is not None and ckpt.get(key) is not None:
                 obj.load_state_dict(ckpt[key])

@@ -111,7 +111,8 @@ class TeacherModel(nn.Module):
 
     # -- encoders ---------------------------------------------------------------------------
     def _graph_inputs(self, batch: Any) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
-        cfg, dtype = self.config, self.atom_encoder.weight.dtype
+        w = self.atom_encoder.weight      # a method once --precision int8 quantized the layer
+        cfg, dtype = self.config, (torch.float32 if callable(w) else w.dtype)
         x, ei, ea = batch.x, batch.edge_index, batch.edge_attr
         if x is None or x.dim() != 2 or x.size(1) != cfg.atom_dim:
             raise ValueError(f"batch.x must be (N, {cfg.atom_dim}), got "

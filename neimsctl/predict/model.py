@@ -174,7 +174,15 @@ def _read_card(path: Path) -> dict[str, Any]:
         data = json.loads(card.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{card}: unreadable model card: {exc}") from None
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    size = path.stat().st_size
+    if isinstance(data.get("file_bytes"), int) and data["file_bytes"] != size:
+        # the card of other weights (the .pt was replaced): its sha256 and precision would lie
+        print(f"neimsctl: warning: {card} describes a file of {data['file_bytes']:,} bytes, not "
+              f"{path} ({size:,} bytes): the card is ignored", file=sys.stderr)
+        return {}
+    return data
 
 
 def build_model(model_cfg: dict[str, Any]) -> tuple[torch.nn.Module, str]:
@@ -298,6 +306,7 @@ def _model_with_weights(ckpt: dict[str, Any], path: Path) -> tuple[torch.nn.Modu
     try:
         with torch.device("meta"):
             model, arch = build_model(cfg)
+        _check_float_parameters(state, model)
         model.load_state_dict(state, assign=True)
         if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
             raise RuntimeError("tensors not in the checkpoint")
@@ -308,6 +317,7 @@ def _model_with_weights(ckpt: dict[str, Any], path: Path) -> tuple[torch.nn.Modu
         pass
     try:
         model, arch = build_model(cfg)
+        _check_float_parameters(state, model)
         model.load_state_dict(state)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
@@ -315,6 +325,18 @@ def _model_with_weights(ckpt: dict[str, Any], path: Path) -> tuple[torch.nn.Modu
         raise CheckpointError(f"{path}: weights do not fit the model its config describes: "
                               f"{load_problem(exc)}") from None
     return model, arch
+
+
+def _check_float_parameters(state: dict[str, torch.Tensor], model: torch.nn.Module) -> None:
+    """Every weight ``state`` holds for a parameter of ``model`` is floating-point: an integer
+    tensor where a weight belongs (int16 codes without scales) would be cast silently into
+    wrong weights."""
+    for name, _ in model.named_parameters():
+        value = state.get(name)
+        if value is not None and not value.is_floating_point():
+            raise CheckpointError(f"damaged checkpoint: weight {name!r} is {value.dtype}, "
+                                  "expected floating point (int8 weights need their scales in "
+                                  "'quantized')")
 
 
 def _check_featurizer(arch: str, have: str | None, path: Path, log: TextIO) -> None:

@@ -36,7 +36,7 @@ from neimsctl.data.dataset import TeacherDataset, collate_teacher
 from neimsctl.data.shards import shard_settings
 from neimsctl.errors import CheckpointError, ConfigError
 from neimsctl.models import registry
-from neimsctl.models.checkpoint import load_checkpoint
+from neimsctl.models.checkpoint import load_checkpoint, model_state
 from neimsctl.train.config import Config, dataclass_from_dict
 from neimsctl.evaluate.validation import (VAL_MASS_FILTER, VAL_METRICS, Reference, dataset_split,
                                           evaluate_split, read_reference, val_metrics)
@@ -156,7 +156,7 @@ def load_init(model: torch.nn.Module, path: str | Path, *, featurizer_hash: str 
         raise CheckpointError(f"{path}: architecture mismatch ({'; '.join(diff)}); "
                               "set model.* to the pretrained sizes")
     ours = model.state_dict()
-    state = _strip_prefix(ckpt["model"], ours)
+    state = _strip_prefix(model_state(ckpt), ours)
     bad = [f"{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}" for k, v in state.items()
            if k in ours and tuple(v.shape) != tuple(ours[k].shape)]
     if bad:

@@ -155,6 +155,17 @@ def test_softlabel_exit_codes(shards: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert r.exit_code == 2 and "seekable" in r.stderr
     r = CliRunner().invoke(app, ["softlabel", "t.h5", "--teacher", "none.pt", "-o", "x.h5"])
     assert r.exit_code == 1 and "none.pt" in r.stderr and "no such file" in r.stderr
+    r = CliRunner().invoke(app, ["softlabel", "t.h5", "--teacher", str(shards), "-o", "x.h5"])
+    assert r.exit_code == 1 and "is a directory" in r.stderr
+
+
+def test_softlabel_with_the_shipped_teacher_by_name(shards: Path) -> None:
+    """-t teacher: the shipped teacher ensemble (int8; its GNN member first), as predict."""
+    p = sh("neimsctl softlabel t.h5 -t teacher -o soft_shipped.h5 --samples 2 --batch-size 64 "
+           "--device cpu --no-provenance", shards)
+    assert p.returncode == 0, p.stderr.decode()
+    with SoftLabelReader(shards / "soft_shipped.h5") as r:
+        assert r.n_rows == 300 and r.settings["samples"] == 2
 
 
 @slow

@@ -83,6 +83,8 @@ def test_int8_ensemble_through_the_cli(neimsctl_exe: str, members: tuple[Path, P
         made = run(neimsctl_exe, "ensemble", str(a), str(b), flag, "-o", str(out), "-q")
         assert made.returncode == 0, made.stderr
     assert e8.stat().st_size < 0.35 * e32.stat().st_size
+    twice = run(neimsctl_exe, "ensemble", str(a), str(a), "-o", str(tmp_path / "aa.pt"))
+    assert twice.returncode == 0 and b"warning: the same weights" in twice.stderr
     import torch
 
     assert torch.load(e8, weights_only=True)["format"] == "neimsctl.ensemble/2"

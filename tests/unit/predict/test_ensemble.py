@@ -185,16 +185,116 @@ def test_damaged_int8_members_are_refused(ckpts: dict[str, Path]) -> None:
          "int8 scales of .* are not"),
         ("neg", lambda m: m["quantized"].update({name: -m["quantized"][name]}),
          "int8 scales of .* are not"),
+        ("zero", lambda m: m["quantized"].update({name: m["quantized"][name] * 0}),
+         "int8 scales of .* are not"),
+        # finite, but inf once widened: every molecule was a non_finite_prediction reject
+        ("huge", lambda m: m["quantized"].update({name: torch.full_like(m["quantized"][name], 1e38)}),
+         "int8 scales of .* are not .* finite in float32"),
+        ("huge64", lambda m: m["quantized"].update({name: m["quantized"][name].double() * 1e300}),
+         "int8 scales of .* are not .* finite in float32"),
+        ("meta", lambda m: m["quantized"].update({name: torch.empty(len(m["quantized"][name]),
+                                                                    device="meta")}),
+         "the int8 scales of .* is a meta tensor"),
+        ("sparse", lambda m: m["quantized"].update({name: m["quantized"][name].to_sparse()}),
+         "is a torch.sparse_coo tensor"),
+        ("metaw", lambda m: m["model"].update({name: torch.empty(m["model"][name].shape,
+                                                                 dtype=torch.int8, device="meta")}),
+         f"model entry '{name}' is a meta tensor"),
+        ("int16", lambda m: (m["model"].update({name: m["model"][name].to(torch.int16)}),
+                             m["quantized"].pop(name)),
+         f"weight '{name}' is torch.int16, expected floating point"),
         ("float", lambda m: m["model"].update({name: m["model"][name].float()}),
          "which is not an int8 weight"),
         ("ghost", lambda m: m["quantized"].update({"nothing": torch.ones(3)}),
          "which is not an int8 weight"),
     ]
     for tag, change, msg in cases:
-        with pytest.raises(CheckpointError, match=f"member 1: damaged checkpoint: .*{msg}"):
+        with pytest.raises(CheckpointError, match=f"(member 1|#1): damaged checkpoint: .*{msg}"):
             load_model(save(tag, change), device="cpu")
     with pytest.raises(CheckpointError, match="int8 weights in a neimsctl.ensemble/1 file"):
         load_model(save("v1", lambda m: None, ENSEMBLE_FORMAT), device="cpu")
+    # the writers refuse too: an ensemble of a damaged file, int8 of non-finite weights
+    with pytest.raises(CheckpointError, match="finite in float32"):
+        write_ensemble([save("huge_w", cases[4][1])], d / "never.pt", weights="int8")
+    assert not (d / "never.pt").exists()
+    with pytest.raises(CheckpointError, match="not finite in float32: not stored"):
+        quantize_int8({"w": torch.full((64, 64), 1e300, dtype=torch.float64)})
+    many = d / "many.pt"
+    torch.save({"format": ENSEMBLE_FORMAT_INT8, "average": "linear", "members": [member] * 65}, many)
+    with pytest.raises(CheckpointError, match="65 members"):
+        load_model(many, device="cpu")
+
+
+def test_int8_weights_reach_training_dequantized(ckpts: dict[str, Path], tmp_path: Path) -> None:
+    """finetune --init, restore() and tools/export_model.py read int8-stored weights as their
+    values, not as their codes."""
+    from neimsctl.models.checkpoint import restore
+    from neimsctl.train.finetune import build_teacher, load_init
+
+    member = slim_member(load_checkpoint(ckpts["t"]), label="t", sha256="0" * 64, weights="int8")
+    plain = {k: v for k, v in member.items() if k not in ("label", "sha256")}
+    path = tmp_path / "t8.pt"
+    torch.save(plain, path)
+    want = model_state(plain)
+    model = build_teacher(TEACHER)
+    load_init(model, path, featurizer_hash=None)
+    got = model.state_dict()
+    k = next(iter(plain["quantized"]))
+    assert torch.allclose(got[k], want[k]) and float(got[k].abs().max()) < 10
+    fresh = build_teacher(TEACHER)
+    restore(load_checkpoint(path), model=fresh, rng=False)
+    assert torch.allclose(fresh.state_dict()[k], want[k])
+    import subprocess
+    import sys
+
+    out = tmp_path / "exp" / "t.pt"
+    tool = Path(__file__).resolve().parents[3] / "tools" / "export_model.py"
+    proc = subprocess.run([sys.executable, str(tool), str(path), str(out)], capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+    exported = load_checkpoint(out)
+    assert exported["model"][k].dtype == torch.float16 and "quantized" not in exported
+    assert torch.allclose(exported["model"][k].float(), want[k], atol=1e-3)
+
+
+def test_teacher_runs_at_int8_precision(ckpts: dict[str, Path]) -> None:
+    """--precision int8 quantizes the teacher's Linear layers (its atom encoder's weight becomes
+    a method: the graph inputs took their dtype from it, an AttributeError)."""
+    block = _block("teacher")
+    full = predict_block(load_model(ckpts["t"], device="cpu", precision="fp32"), block)[0]
+    small = predict_block(load_model(ckpts["t"], device="cpu", precision="int8"), block)[0]
+    cos = (full * small).sum(1) / np.linalg.norm(full, axis=1) / np.linalg.norm(small, axis=1)
+    assert np.isfinite(small).all() and cos.min() > 0.95
+
+
+def test_an_interrupt_while_saving_is_an_interrupt(tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C inside torch's zip writer surfaces as a RuntimeError whose context is the
+    KeyboardInterrupt: it must stay an interrupt (exit 130), with no temporary file left."""
+    import neimsctl.models.checkpoint as ck
+
+    def interrupted(obj, fh):
+        fh.write(b"PK\x03\x04partial")
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] unexpected pos")
+
+    monkeypatch.setattr(ck.torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ck.save_checkpoint(tmp_path / "x.pt", {"format": ck.FORMAT, "model": {}})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stale_model_card_is_ignored(ckpts: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """A card beside other weights (the .pt replaced) would give the old sha256 and precision."""
+    import json
+
+    path = tmp_path / "m.pt"
+    path.write_bytes(ckpts["a"].read_bytes())
+    (tmp_path / "m.json").write_text(json.dumps({"sha256": "f" * 64, "file_bytes": 12,
+                                                 "precision": "int8"}))
+    m = load_model(path, device="cpu")
+    assert m.sha != "f" * 12 and m.precision != "int8"
+    assert "m.json describes a file of 12 bytes" in capsys.readouterr().err
 
 
 def test_a_single_checkpoint_refuses_an_ensemble_file_where_one_model_is_needed(
