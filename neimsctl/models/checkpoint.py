@@ -327,8 +327,8 @@ def _check_plain_tensor(value: torch.Tensor, what: str, path: str | os.PathLike)
 
 def _check_quantized(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
     """int8 storage: every int8 tensor of ``model`` has its row scales in ``quantized`` (a
-    finite, non-negative floating-point vector of one value per row) and every scale its
-    tensor."""
+    floating-point vector of one positive value per row, finite even times 127 in float32, the
+    largest weight it gives) and every scale vector its tensor."""
     state, scales = ckpt["model"], ckpt.get("quantized") or {}
     for name, value in state.items():
         if value.dtype == torch.int8 and name not in scales:
