@@ -42,7 +42,7 @@ from rdkit import Chem, RDLogger
 from rdkit.Chem import rdMolDescriptors
 
 from neimsctl.chem.features import assemble_ecfp, get_featurizer
-from neimsctl.io.spectrum import N_BINS, NOISE_LEVEL, preprocess_spectrum
+from neimsctl.io.spectrum import N_BINS, NOISE_LEVEL, SCALE_ABOVE, SCALE_BELOW, preprocess_spectrum
 from neimsctl.chem.structure import MAX_HEAVY_ATOMS, formula_nominal_mass, smiles_too_large
 from neimsctl.io.featblock import empty_block
 from neimsctl.io.inputs import Item
@@ -268,6 +268,10 @@ class RowBuilder:
         try:
             mz_a = np.fromiter(chain.from_iterable([rows[i][8][0] for i in where]), np.float64)
             it_a = np.fromiter(chain.from_iterable([rows[i][8][1] for i in where]), np.float64)
+            if not (np.isfinite(mz_a).all() and np.isfinite(it_a).all()) or \
+                    (len(it_a) and (mz_a.min() < 0 or it_a.min() < 0 or it_a.max() > SCALE_ABOVE
+                                    or ((it_a > 0) & (it_a < SCALE_BELOW)).any())):
+                raise ValueError("odd values: each row alone")   # rejects, or scaled rows
         except (ValueError, TypeError):
             out = np.zeros((n, N_BINS), dtype=np.float32)
             alone += where

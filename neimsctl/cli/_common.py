@@ -177,6 +177,23 @@ def input_pairs(paths: Iterable[Path | str | None], label: str = "input") -> lis
     return [("stdin" if p is None or str(p) == "-" else f"{label} {p}", p) for p in paths]
 
 
+def seekable_output(cmd: str, label: str, path: Path | str) -> None:
+    """Exit 2 unless ``path`` can take an HDF5 file: ``-``, or an existing named pipe, device
+    or socket, would be replaced by the file (the output is renamed into place) or cannot
+    seek."""
+    import stat
+
+    if str(path) == "-":
+        usage_error(cmd, f"{label} -: HDF5 needs a seekable file; give a file name")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):      # a directory: named elsewhere
+        usage_error(cmd, f"{label} {path}: not a regular file (a named pipe or device); HDF5 "
+                         "needs a seekable file: give a file name")
+
+
 def output_pair(label: str, path: Path | str | None) -> tuple[str, Path | str | None]:
     """``(label, path)`` of one output for :func:`refuse_clobber`: ``-o -`` is labelled
     ``stdout``, another option's ``-`` e.g. ``--rejects - (stdout)``."""

@@ -14,7 +14,7 @@ import typer
 
 from neimsctl.cli._common import (NoProvenance, Quiet, RejectsPath, Strict, Verbose, app, command, eprint,
                                   fail, input_pairs, output_pair, refuse_clobber, setup_logging,
-                                  usage_error)
+                                  seekable_output, usage_error)
 
 CMD = "index"
 
@@ -47,6 +47,7 @@ def index_cli(
         usage_error(CMD, "stdin ('-') can be given only once")
     # -o and --rejects: never an input, never each other (an index with its rejects written
     # into it, or an input emptied by the rejects file)
+    seekable_output(CMD, "-o", out)
     refuse_clobber(CMD, input_pairs(inputs), [output_pair("-o", out)]
                    + ([output_pair("--rejects", rejects)] if rejects is not None else []))
     with command(CMD):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import contextlib
 from pathlib import Path
 from typing import Annotated, Optional
@@ -10,7 +12,7 @@ import typer
 
 from neimsctl.cli._common import (EXIT_FAIL, NoProvenance, Quiet, RejectsPath, Verbose, app,
                                   command, eprint, fail, input_pairs, output_pair, refuse_clobber,
-                                  setup_logging, usage_error)
+                                  seekable_output, setup_logging, usage_error)
 
 CMD = "softlabel"
 
@@ -51,12 +53,13 @@ def softlabel_cli(
     with the student shards of the same records. See neimsctl-softlabel(1).
     """
     setup_logging(verbose, quiet)
-    if str(output) == "-":
-        usage_error(CMD, "-o -: HDF5 needs a seekable file; give a file name")
+    seekable_output(CMD, "-o", output)
     if part not in ("all", "train"):
         usage_error(CMD, f"--part: 'all' or 'train', got {part!r}")
     from neimsctl.cli.predict import shipped_paths
 
+    if any(str(t) in ("", ".") and not os.path.isfile(str(t)) for t in teacher):
+        usage_error(CMD, "--teacher needs a checkpoint file (or teacher)")
     teacher = [Path(p) for p in shipped_paths([str(t) for t in teacher])]
     refuse_clobber(CMD, input_pairs(shards) + input_pairs(teacher, "--teacher"),
                    [output_pair("-o", output)]

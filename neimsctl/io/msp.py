@@ -23,6 +23,7 @@ stray comment) is still yielded, as a reject at its line (``binary_garbage`` or
 
 from __future__ import annotations
 
+import math
 import re
 from typing import BinaryIO, Iterator
 
@@ -308,10 +309,17 @@ def _parse_peaks(rec: MspRecord, data: bytes, first: int) -> None:
         _peaks_slow(rec, data, first)
     if rec.reason is None and rec.mz:
         total = sum(rec.mz) + sum(rec.intensity)
-        if total != total or total == _INF or min(rec.mz) < 0 or min(rec.intensity) < 0:
+        if (total != total or total == _INF) and not _all_finite(rec.mz, rec.intensity):
+            rec.reject("invalid_peak", "negative, infinite or NaN m/z or intensity")
+        elif min(rec.mz) < 0 or min(rec.intensity) < 0:
             rec.reject("invalid_peak", "negative, infinite or NaN m/z or intensity")
         elif type(total) is int and total >= _INT_LIMIT:  # 400 digits parse as an int
             rec.reject("invalid_peak", "m/z or intensity too large (not a 64-bit number)")
+
+
+def _all_finite(*lists: list) -> bool:
+    """Every value finite (a sum that overflowed, 1e308 + 1e308, is no bad value)."""
+    return all(math.isfinite(v) for values in lists for v in values)
 
 
 def _find_num_peaks(block: bytes, low: bytes) -> re.Match | None:

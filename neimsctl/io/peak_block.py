@@ -16,7 +16,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from neimsctl.io.spectrum import N_BINS, NOISE_LEVEL
+from neimsctl.io.spectrum import N_BINS, NOISE_LEVEL, SCALE_ABOVE, SCALE_BELOW
 
 __all__ = ["PeakBlock", "check_peaks", "bin_batch", "row_sums", "cosine_weights", "bf16_bits", "bf16_values"]
 
@@ -179,7 +179,8 @@ def _check_lists(mz: list, intensity: list, n_bins: int, above_range: bool) -> t
     """:func:`check_peaks` on plain lists of numbers with built-ins (the common case, several
     times faster than converting to arrays); ``False`` when the lists hold other types."""
     try:
-        if not (math.isfinite(sum(mz)) and math.isfinite(sum(intensity))):
+        if not (math.isfinite(sum(mz)) and math.isfinite(sum(intensity))) and not (
+                all(map(math.isfinite, mz)) and all(map(math.isfinite, intensity))):
             return "invalid_peak", "a peak is not finite"
         if min(mz) < 0 or min(intensity) < 0:
             return "invalid_peak", "a negative m/z or intensity"
@@ -199,6 +200,18 @@ def _check_lists(mz: list, intensity: list, n_bins: int, above_range: bool) -> t
     return None
 
 
+def scale_rows(intensity: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    """Intensities (float64) of spectra whose largest lies beyond ``1e-30 .. 1e30`` divided by
+    it (float32 would make them inf or 0, and a bin's sum could overflow even float64); the
+    others as they are. ``rows``: the spectrum of each value, ``0 .. n - 1``."""
+    if not len(intensity) or (intensity.max() <= SCALE_ABOVE and not ((intensity > 0) & (intensity < SCALE_BELOW)).any()):
+        return intensity
+    top = np.zeros(n)
+    np.maximum.at(top, rows, intensity)
+    odd = (top > SCALE_ABOVE) | ((top > 0) & (top < SCALE_BELOW))
+    return intensity / np.where(odd, top, 1.0)[rows]
+
+
 def bin_batch(mz: Sequence[Any], intensity: Sequence[Any], n_bins: int = N_BINS,
               noise: float = NOISE_LEVEL) -> PeakBlock:
     """Bin valid peak lists (see :func:`check_peaks`) into one :class:`PeakBlock`.
@@ -212,6 +225,7 @@ def bin_batch(mz: Sequence[Any], intensity: Sequence[Any], n_bins: int = N_BINS,
     rows = np.repeat(np.arange(n, dtype=np.int64), sizes)
     m = np.concatenate([np.asarray(x, dtype=np.float64) for x in mz]) if n else np.zeros(0)
     i = np.concatenate([np.asarray(x, dtype=np.float64) for x in intensity]) if n else np.zeros(0)
+    i = scale_rows(i, rows, n)
     r = np.floor(m + 0.5)
     inside = r < n_bins             # compared as floats: m/z 1e300 is no int64
     if not inside.all():

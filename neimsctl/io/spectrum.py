@@ -20,6 +20,9 @@ NOISE_LEVEL = 1e-3
 #: Stated nominal masses at or above this are unknown: no molecule has them, and an index
 #: stores masses as int32 (a rounded mass below it fits).
 MASS_LIMIT = 2 ** 31 - 1
+#: Spectra whose largest intensity lies beyond ``SCALE_BELOW .. SCALE_ABOVE`` are divided by it
+#: before binning: float32 would make them inf or 0, and a bin's sum could overflow float64.
+SCALE_ABOVE, SCALE_BELOW = 1e30, 1e-30
 Norm = Literal["max", "l2"]
 
 
@@ -32,19 +35,19 @@ def bin_spectrum(mz: Sequence[float] | np.ndarray, intensity: Sequence[float] | 
     mz, intensity
         Peak m/z values and intensities, same length (any order).
     n_bins
-        Number of bins; peaks with rounded m/z >= ``n_bins`` (or < 0) are dropped.
+        Number of bins; peaks with rounded m/z >= ``n_bins`` are dropped.
 
     Returns
     -------
     numpy.ndarray
         float32, shape ``(n_bins,)``; raw (unnormalized) summed intensities, unless the largest
-        lies beyond ``1e-30 .. 1e30`` (float32 would make it inf, or lose the small ones): then
-        scaled to base peak 1 (every consumer normalizes; the ratios are what counts).
+        intensity lies beyond ``1e-30 .. 1e30`` (float32 would make it inf, or lose the small
+        ones): then divided by it first (every consumer normalizes; the ratios are what counts).
 
     Raises
     ------
     ValueError
-        ``mz`` and ``intensity`` differ in length.
+        ``mz`` and ``intensity`` differ in length; an m/z or intensity is negative or not finite.
 
     Examples
     --------
@@ -55,12 +58,16 @@ def bin_spectrum(mz: Sequence[float] | np.ndarray, intensity: Sequence[float] | 
     it_a = np.asarray(intensity, dtype=np.float64)
     if mz_a.shape != it_a.shape:
         raise ValueError(f"mz and intensity differ in length: {mz_a.shape} vs {it_a.shape}")
+    if not (np.isfinite(mz_a).all() and np.isfinite(it_a).all()):
+        raise ValueError("an m/z or intensity is not finite")
+    if (mz_a < 0).any() or (it_a < 0).any():
+        raise ValueError("a negative m/z or intensity")
+    top = float(it_a.max()) if it_a.size else 0.0
+    if top > SCALE_ABOVE or 0 < top < SCALE_BELOW:   # 1e300 was inf, then NaN ("no peaks")
+        it_a = it_a / top
     rounded = np.floor(mz_a + 0.5)  # round half up; compared as floats (m/z 1e300 is no int64)
-    keep = (rounded >= 0) & (rounded < n_bins)
+    keep = rounded < n_bins
     out = np.bincount(rounded[keep].astype(np.int64), weights=it_a[keep], minlength=n_bins)
-    top = float(out.max()) if out.size else 0.0
-    if top > 1e30 or 0 < top < 1e-30:          # intensities of 1e300 were inf, then NaN
-        out = out / top
     return out.astype(np.float32)
 
 

@@ -152,7 +152,9 @@ def resolve_model(spec: str | Path) -> Path:
         return path
     path = Path(text)
     if not path.is_file():
-        raise CheckpointError(f"--model {text}: no such checkpoint file (or use student/teacher)")
+        why = "is a directory" if path.is_dir() else "not a regular file" if path.exists() \
+            else "no such checkpoint file (or use student/teacher)"
+        raise CheckpointError(f"--model {text or repr(text)}: {why}")
     return path
 
 

@@ -409,3 +409,21 @@ def test_pipes_are_inputs_and_directories_are_named(tmp_path, ckpt):
                       ("search x.msp -l adir", 1), ("eval adir x.msp", 1)):
         proc = sh(f"neimsctl {cmd}", tmp_path)
         assert proc.returncode == code and b"adir: is a directory" in proc.stderr, (cmd, proc.stderr)
+
+
+def test_hdf5_outputs_refuse_a_named_pipe_and_models_name_a_directory(tmp_path: Path,
+                                                                      sample_msp: Path) -> None:
+    """An index or soft labels written over a FIFO replaced it with a file (softlabel) or failed
+    in h5py's words (index): exit 2 before any work, the FIFO left as it is. ``--model DIR`` was
+    'no such checkpoint file'."""
+    import stat
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    p = sh(f"neimsctl index {sample_msp} -o pipe -q", tmp_path)
+    assert p.returncode == 2 and b"-o pipe: not a regular file" in p.stderr
+    p = sh("neimsctl softlabel nothing.h5 -t teacher -o pipe", tmp_path)
+    assert p.returncode == 2 and b"-o pipe: not a regular file" in p.stderr
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    p = sh(f"echo CCO | neimsctl predict -m {tmp_path} -q", tmp_path)
+    assert p.returncode == 1 and b": is a directory" in p.stderr and b"Traceback" not in p.stderr

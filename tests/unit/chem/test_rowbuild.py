@@ -11,19 +11,31 @@ from neimsctl.io.spectrum import preprocess_spectrum
 
 PEAKS = [
     ([15.0, 29.0, 45.5], [100.0, 999.0, 0.5]),      # half rounds up, a noise peak
-    ([77.5, 78.2, 501.0, -3.0], [1.0, 2.0, 5.0, 7.0]),  # summed bin, out-of-range peaks
+    ([77.5, 78.2, 501.0], [1.0, 2.0, 5.0]),         # summed bin, an out-of-range peak
     ([600.0], [10.0]),                              # nothing in range -> no spectrum
     ([50.0, 51.0], [0.0, 0.0]),                     # all zero -> no spectrum
-    ([50.0, 51.0], [float("nan"), 3.0]),            # NaN -> no spectrum (as before)
-    ([50.0, 51.0], [float("inf"), 3.0]),            # inf -> no spectrum (as before)
     ([41, 43, 57], [12, 999, 300]),                 # integers as msp2jsonl writes them
     ([], []),                                       # no peaks
+]
+#: beyond float32 (they lost their spectrum: inf, then NaN; or 0): scaled, the ratios kept
+EXTREME = [
+    ([91.0, 92.0, 65.0], [1e300, 5e299, 2e299]),
+    ([91.0, 92.0, 65.0], [1e-300, 5e-301, 2e-301]),
+    ([91.0, 91.0, 65.0], [1e308, 1e308, 1e306]),    # a bin's sum beyond float64
+    ([91.0, 92.0], [1e300, 1.0]),
+]
+#: not a spectrum: rejected with the reason (they were kept without a spectrum, or the
+#: negative peak dropped, silently)
+INVALID = [
+    (([50.0, 51.0], [float("nan"), 3.0]), "not finite"),
+    (([50.0, 51.0], [float("inf"), 3.0]), "not finite"),
+    (([50.0, 51.0], [-1.0, 3.0]), "negative"),
+    (([-3.0, 51.0], [1.0, 3.0]), "negative"),
 ]
 
 
 def _expected(mz: list, it: list) -> tuple[np.ndarray, bool]:
-    with np.errstate(invalid="ignore"):
-        vec = preprocess_spectrum(mz, it) if mz else np.zeros(501, np.float32)
+    vec = preprocess_spectrum(mz, it) if mz else np.zeros(501, np.float32)
     has = bool(vec.max() > 0)
     return (vec if has else np.zeros(501, np.float32)).astype(np.float16), has
 
@@ -37,6 +49,24 @@ def test_chunk_spectra_equal_per_record_function() -> None:
         want, want_has = _expected(mz, it)
         assert has[i] == want_has, i
         assert np.array_equal(spectrum[i].view(np.uint16), want.view(np.uint16)), i
+
+
+def test_extreme_intensities_keep_their_spectrum_and_invalid_peaks_are_rejected() -> None:
+    rows = [(i, f"r{i}", "CCO", "", "C2H6O", "", 46, 70.0, peaks, None, None)
+            for i, peaks in enumerate([*EXTREME, *PEAKS])]
+    spectrum, has, late = RowBuilder._spectra(rows)
+    assert not late and has[:len(EXTREME)].all()
+    for i, (mz, it) in enumerate(EXTREME):
+        want, _ = _expected(mz, it)
+        assert np.array_equal(spectrum[i].view(np.uint16), want.view(np.uint16)), i
+    assert spectrum[0, 91] == 1.0 and spectrum[0, 92] == 0.5 and spectrum[2, 91] == 1.0
+    rows = [(i, f"r{i}", "CCO", "", "C2H6O", "", 46, 70.0, peaks, None, None)
+            for i, (peaks, _) in enumerate(INVALID)] + [(9, "ok", "CCO", "", "C2H6O", "", 46, 70.0,
+                                                         PEAKS[0], None, None)]
+    spectrum, has, late = RowBuilder._spectra(rows)
+    assert [(r.id, r.reason) for r in late] == [(f"r{i}", "bad_peaks") for i in range(len(INVALID))]
+    assert all(why in r.detail for r, (_, why) in zip(late, INVALID))
+    assert has[-1] and spectrum[-1, 29] == 1.0
 
 
 @pytest.mark.parametrize("bad", [{"mz": [1.0, 2.0], "intensity": [1.0]},

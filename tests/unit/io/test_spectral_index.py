@@ -155,6 +155,15 @@ def test_bin_batch_equals_preprocess_spectrum() -> None:
     got = bin_batch(mz, it).to_dense()
     for row, (m, i) in zip(got, zip(mz, it)):
         np.testing.assert_allclose(row, preprocess_spectrum(m, i), rtol=1e-6)
+    # intensities beyond float32, a bin's sum beyond float64: the same normalised spectra
+    mz = [[91.0, 91.0, 65.0], [91.0, 92.0], [91.0, 92.0], [41.0]]
+    it = [[1e308, 1e308, 1e306], [1e-300, 5e-301], [1e300, 1.0], [3.0]]
+    assert all(check_peaks(m, i) is None for m, i in zip(mz, it))   # finite values, not "not finite"
+    got = bin_batch(mz, it).to_dense()
+    assert np.isfinite(got).all() and (got.max(axis=1) == 1.0).all()
+    for row, (m, i) in zip(got, zip(mz, it)):
+        np.testing.assert_allclose(row, preprocess_spectrum(m, i), rtol=1e-6)
+    assert got[0, 65] == pytest.approx(0.005, rel=1e-5) and got[1, 92] == 0.5
 
 
 @pytest.mark.parametrize("mz, it, reason", [
