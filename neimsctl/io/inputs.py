@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from typing import BinaryIO, Iterable, Iterator, NamedTuple, Sequence
 
+from neimsctl.errors import InputError
 from neimsctl.io.streams import display_name, iter_lines, open_in
 
 __all__ = ["INPUT_FORMATS", "Item", "sniff_format", "iter_items", "parse_shard"]
@@ -53,6 +54,8 @@ def sniff_format(head: Sequence[bytes], formats: Sequence[str] = INPUT_FORMATS) 
     if "sdf" in formats and any(b"V2000" in ln or b"V3000" in ln for ln in head[:_HEAD]):
         return "sdf"
     first = next((ln.strip() for ln in head if ln.strip()), b"")
+    if first[:5].lower() == b"name:":
+        return "msp"                  # a spectral library, not structures: refused by iter_items
     return "jsonl" if first.startswith(b"{") else "smi"
 
 
@@ -98,6 +101,11 @@ def iter_items(paths: Iterable[str | os.PathLike], input_format: str | None = No
         name = display_name(path)
         with open_in(path) as fh:
             kind, lines = _sniffed(fh, input_format, formats)
+            if kind == "msp":
+                lib = "LIB.msp" if name.startswith("<") else name
+                raise InputError(f"{name}: an MSP spectral library ('Name:' records), not "
+                                 f"structures: convert it first (neimsctl msp2jsonl {lib} | "
+                                 "neimsctl ...)")
             if kind == "sdf":
                 buf: list[bytes] = []
                 start = 1

@@ -45,6 +45,16 @@ def test_format_is_detected_per_file(tmp_path: Path) -> None:
     assert [it.ordinal for it in iter_items([smi, js, sdf])] == [0, 1, 2, 3]
 
 
+def test_an_msp_library_is_named_not_read_as_smiles(tmp_path: Path) -> None:
+    """``featurize lib.msp`` / ``predict lib.msp`` made one unparsable_smiles reject per line
+    (2,122 for the bundled sample) and an empty output: one line saying what to do instead."""
+    msp = _write(tmp_path / "lib.msp", b"\nNAME: caffeine\nNum Peaks: 1\n194 999\n")
+    with pytest.raises(InputError, match=r"lib.msp: an MSP spectral library .*neimsctl msp2jsonl"):
+        list(iter_items([msp]))
+    assert sniff_format([b"Name:x\n"]) == "msp" and sniff_format([b"CCO Name: x\n"]) == "smi"
+    assert [it.kind for it in iter_items([msp], input_format="smi")][0] == "smi"   # as told
+
+
 def test_sdf_records_split_at_dollars_and_keep_a_last_unterminated_one(tmp_path: Path) -> None:
     sdf = _write(tmp_path / "c.sdf", MOL + b"$$$$\n" + MOL)
     items = list(iter_items([sdf]))
