@@ -132,7 +132,7 @@ def bf16_values(bits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """bfloat16 bit patterns (uint16) -> float32 values (exact); ``out``: a uint32 array of the
     same shape to write into (no allocation)."""
     if out is None:
-        return (bits.astype(np.uint32) << 16).view(np.float32)
+        out = np.empty(bits.shape, dtype=np.uint32)
     np.left_shift(bits, 16, out=out, dtype=np.uint32)
     return out.view(np.float32)
 

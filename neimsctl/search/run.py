@@ -262,9 +262,9 @@ def _dense_chunks(lib: SpectralIndex, blocks: Sequence[int], float32: bool) -> I
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1, thread_name_prefix="neimsctl-read") as pool:
-        ahead = pool.submit(lib.dense_chunk, int(blocks[0]), float32)
+        ahead = pool.submit(lib.dense_chunk, int(blocks[0]), float32, True)
         for b in blocks[1:]:
-            current, ahead = ahead, pool.submit(lib.dense_chunk, int(b), float32)
+            current, ahead = ahead, pool.submit(lib.dense_chunk, int(b), float32, True)
             yield current.result()
         yield ahead.result()
 

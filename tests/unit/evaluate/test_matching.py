@@ -283,6 +283,65 @@ def test_stored_weights_give_the_exact_hits(tmp_path, bf16: bool) -> None:
     ix.close()
 
 
+def test_pooled_chunks_are_released_and_reused(tmp_path) -> None:
+    """Chunks read with ``pooled=True`` (as ``search`` reads them) give the same hits; the search
+    releases each one's weights after its first pass and the next block reads into that memory;
+    a chunk read without the pool keeps its weights (searchable again)."""
+    rng = np.random.default_rng(17)
+    lib = random_library(rng, 600)
+    queries = PeakBlock.from_dense(lib.to_dense()[::40] * rng.uniform(0.8, 1.2, size=(15, N)).astype(np.float32))
+    ix = stored_index(tmp_path, lib, 128)
+    nblocks = -(-len(lib) // 128)
+    plain = [ix.dense_chunk(b, float32=True) for b in range(nblocks)]
+    ref = search_blocks(queries, iter(plain), Score(), 10)
+    again = search_blocks(queries, iter(plain), Score(), 10)
+    np.testing.assert_array_equal(ref.index, again.index)
+    assert all(len(c.weights) for _, c in plain)
+    pooled = [ix.dense_chunk(b, float32=True, pooled=True) for b in range(nblocks)]
+    memory = [c.weights.base for _, c in pooled]
+    got = search_blocks(queries, iter(pooled), Score(), 10)
+    np.testing.assert_array_equal(ref.index, got.index)
+    np.testing.assert_array_equal(ref.scores, got.scores)
+    assert all(len(c.weights) == 0 for _, c in pooled)            # released
+    _, later = ix.dense_chunk(0, float32=True, pooled=True)
+    assert any(np.shares_memory(later.weights, m) for m in memory)
+    ix.close()
+
+
+def test_product_worker_errors_reach_the_caller(tmp_path) -> None:
+    """The first pass runs in worker threads: an error there (here: a block whose peaks cannot
+    be read, as from a damaged file) is raised by the search, not lost with the thread."""
+    from neimsctl.errors import FormatError
+    from neimsctl.io.spectral_index import DenseChunk
+
+    rng = np.random.default_rng(19)
+    lib = random_library(rng, 300)
+    ix = stored_index(tmp_path, lib, 128)
+    chunks = [ix.dense_chunk(b, float32=True) for b in range(3)]
+
+    def broken() -> PeakBlock:
+        raise FormatError("damaged index: cannot read peaks", file="ix.h5")
+
+    start, good = chunks[1]
+    chunks[1] = (start, DenseChunk(good.weights, broken, good.powers))
+    with pytest.raises(FormatError, match="cannot read peaks"):
+        search_blocks(lib.take(np.arange(5)), iter(chunks), Score(), 5)
+    ix.close()
+
+
+@pytest.mark.parametrize("rows", [1, 7, 22, 128, 129, 300])
+def test_product_of_few_rows_transposed(rows: int) -> None:
+    """``_product`` (the transposed form for few query rows) is ``a @ b`` in C order."""
+    from neimsctl.evaluate.matching import _product
+
+    rng = np.random.default_rng(rows)
+    a = rng.random((rows, 310), dtype=np.float32)
+    lib = rng.random((1000, 310), dtype=np.float32)
+    got = _product(a, lib.T)
+    assert got.flags.c_contiguous and got.shape == (rows, 1000)
+    np.testing.assert_allclose(got, a.astype(np.float64) @ lib.T.astype(np.float64), rtol=1e-5)
+
+
 def test_stored_weight_margin_holds() -> None:
     """The float32 product over bfloat16-rounded weights stays within ``_STORED_REL`` of the
     float64 score of the float32 weights (identical vectors, one-peak spectra, random ones)."""
