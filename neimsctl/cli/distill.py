@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from neimsctl.cli._common import (Quiet, app, command, fail, input_pairs, refuse_clobber,
+from neimsctl.cli._common import (Quiet, app, command, input_pairs, refuse_clobber,
                                   setup_logging, usage_error)
 from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainVerbose,
                                         config_option, config_sets, finish_run, run_dir_option,
@@ -102,7 +102,7 @@ def distill_cli(
         missing = [str(p) for p in [*paths, *(teacher_feats or []), *map(Path, cfg.data.transfer),
                                     *[x for x in (teacher, soft) if x]] if not p.is_file()]
         if missing:
-            fail(CMD, ", ".join(missing), "no such file")
+            usage_error(CMD, f"{', '.join(missing)}: no such file")
         refuse_clobber(CMD, input_pairs(paths) + input_pairs(teacher_feats or [], "--teacher-feats")
                        + input_pairs(map(Path, cfg.data.transfer), "--transfer")
                        + input_pairs([x for x in (teacher, soft) if x], "input"),

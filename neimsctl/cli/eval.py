@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from neimsctl.cli._common import (Quiet, ScoreName, Verbose, app, command, finite, input_pairs, output_pair,
+from neimsctl.cli._common import (Quiet, ScoreName, Verbose, app, check_inputs_or_usage, command, finite,
+                                  input_pairs, output_pair,
                                   refuse_clobber, setup_logging, usage_error)
 
 #: The files ``--report DIR`` writes (neimsctl.evaluate.plots, evaluate.report).
@@ -79,6 +80,7 @@ def eval_cli(
         usage_error(CMD, f"--score {score!r}: use {', '.join(first)} or {last}")
     if str(predicted) == "-" and str(measured) == "-":
         usage_error(CMD, "only one of PREDICTED and MEASURED can be '-' (stdin)")
+    check_inputs_or_usage(CMD, [predicted, measured, *(library or [])])
     refuse_clobber(CMD, input_pairs([predicted, measured]) + input_pairs(library or [], "--library"),
                    [output_pair("-o", "-")] + [output_pair("--report", report / name)
                                                for name in (REPORT_FILES if report else ())])

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from neimsctl.cli._common import (Quiet, app, command, fail, input_pairs, refuse_clobber,
+from neimsctl.cli._common import (Quiet, app, command, input_pairs, refuse_clobber,
                                   setup_logging, usage_error)
 from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainVerbose,
                                         config_option, config_sets, finish_run, run_dir_option,
@@ -51,7 +51,7 @@ def finetune_cli(
             usage_error(CMD, "no shards: give FEATS.h5 arguments or set data.train in the config")
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
-            fail(CMD, ", ".join(missing), "no such file")
+            usage_error(CMD, f"{', '.join(missing)}: no such file")
         refuse_clobber(CMD, input_pairs(paths) + input_pairs([init] if init else [], "--init"),
                        run_dir_outputs(out_dir))
         from neimsctl.train.finetune import run_finetune

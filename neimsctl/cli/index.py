@@ -12,7 +12,8 @@ from typing import Annotated
 
 import typer
 
-from neimsctl.cli._common import (NoProvenance, Quiet, RejectsPath, Strict, Verbose, app, command, eprint,
+from neimsctl.cli._common import (NoProvenance, Quiet, RejectsPath, Strict, Verbose, app, check_inputs_or_usage,
+                                  command, eprint,
                                   fail, input_pairs, output_pair, refuse_clobber, setup_logging,
                                   seekable_output, usage_error)
 
@@ -45,6 +46,7 @@ def index_cli(
         usage_error(CMD, "-o must name a file (an index is HDF5, which needs seek)")
     if sum(str(p) == "-" for p in inputs) > 1:
         usage_error(CMD, "stdin ('-') can be given only once")
+    check_inputs_or_usage(CMD, inputs)
     # -o and --rejects: never an input, never each other (an index with its rejects written
     # into it, or an input emptied by the rejects file)
     seekable_output(CMD, "-o", out)

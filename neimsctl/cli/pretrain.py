@@ -70,7 +70,7 @@ def pretrain_cli(
     refuse_clobber(CMD, input_pairs(paths), run_dir_outputs(out_dir, ("rejects.jsonl",)))
     with command(CMD):
         if missing:
-            fail(CMD, ", ".join(missing), "no such file")
+            usage_error(CMD, f"{', '.join(missing)}: no such file")
         if resume and not (out_dir / "checkpoints").is_dir():
             fail(CMD, f"--resume: {out_dir / 'checkpoints'}", "no checkpoints to resume from")
         from neimsctl.train.config import load_config

@@ -12,7 +12,8 @@ from typing import Annotated, Optional
 import typer
 
 from neimsctl.cli._common import (InPaths, OutPath, Quiet, RejectsPath, ScoreName, Verbose, app, command,
-                                  eprint, finite, input_pairs, output_pair, refuse_clobber, require_input_or_usage,
+                                  check_inputs_or_usage, eprint, finite, input_pairs, output_pair, refuse_clobber,
+                                  require_input_or_usage,
                                   setup_logging, usage_error)
 
 CMD = "search"
@@ -79,6 +80,7 @@ def search_cli(
     paths = require_input_or_usage(CMD, queries)
     if sum(str(p) == "-" for p in [*paths, *library]) > 1:
         usage_error(CMD, "stdin ('-') can be given only once")
+    check_inputs_or_usage(CMD, [*paths, *library, *([candidates] if candidates else [])])
     if mz_power != 1.0 or intensity_power != 0.5:
         if score not in (None, ScoreName.cosine):
             usage_error(CMD, "--mz-power/--intensity-power apply to --score cosine only")

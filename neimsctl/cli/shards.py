@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from neimsctl.cli._common import (NoProvenance, fail, Quiet, Verbose, app, command, eprint,
+from neimsctl.cli._common import (NoProvenance, fail, Quiet, Verbose, app, check_inputs_or_usage, command, eprint,
                                   input_pairs, output_pair, refuse_clobber, setup_logging,
                                   usage_error)
 
@@ -31,6 +31,7 @@ def list_cli(
 
     zblock streams are read to the end to count their rows. See neimsctl-shards(1).
     """
+    check_inputs_or_usage(f"{CMD} list", files)
     refuse_clobber(f"{CMD} list", input_pairs(files), [output_pair("-o", "-")])
     with command(f"{CMD} list"):
         from neimsctl.io.featsource import list_features
@@ -69,6 +70,7 @@ def merge_cli(
     setup_logging(verbose, quiet)
     if str(out) == "-":
         usage_error(f"{CMD} merge", "-o must name a file (HDF5 needs seek)")
+    check_inputs_or_usage(f"{CMD} merge", files)
     refuse_clobber(f"{CMD} merge", input_pairs(files), [output_pair("-o", out)])
     with command(f"{CMD} merge"):
         from neimsctl.io.featsource import merge_shards
@@ -108,6 +110,7 @@ def split_cli(
         usage_error(f"{CMD} split", f"--part must be one of {', '.join(PARTS)}, got {part!r}")
     if fmt not in FORMATS:
         usage_error(f"{CMD} split", f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    check_inputs_or_usage(f"{CMD} split", files)
     refuse_clobber(f"{CMD} split", input_pairs(files), [output_pair("-o", out)])
     with command(f"{CMD} split"):
         from neimsctl.data.split_export import read_split, write_split

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from neimsctl.cli._common import (EXIT_FAIL, NoProvenance, Quiet, RejectsPath, Verbose, app,
-                                  command, eprint, fail, input_pairs, output_pair, refuse_clobber,
+                                  command, eprint, input_pairs, output_pair, refuse_clobber,
                                   seekable_output, setup_logging, usage_error)
 
 CMD = "softlabel"
@@ -69,8 +69,8 @@ def softlabel_cli(
 
         for p in [*teacher, *shards]:
             if not p.is_file():
-                fail(CMD, str(p), input_problem(p) or "not a regular file (HDF5 and checkpoints "
-                                  "are read from files)")
+                usage_error(CMD, f"{p}: " + (input_problem(p) or "not a regular file (HDF5 and "
+                                              "checkpoints are read from files)"))
         from neimsctl.io.provenance import provenance
         from neimsctl.io.streams import open_out
         from neimsctl.train.softlabel import SoftLabelSettings, run_softlabel

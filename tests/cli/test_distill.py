@@ -133,8 +133,8 @@ def test_baselines_run(work: Path) -> None:
     ("s.h5 --arch neims-v1 --soft-labels soft.h5", 2, "without KD"),
     ("s.h5 --arch nope --no-kd", 2, "--arch"),
     ("s.h5 --no-kd --transfer s.h5", 2, "--transfer rows have no spectra"),
-    ("s.h5 --soft-labels soft.h5 --transfer gone.h5", 1, "gone.h5"),
-    ("missing.h5 --no-kd", 1, "no such file"),
+    ("s.h5 --soft-labels soft.h5 --transfer gone.h5", 2, "gone.h5"),
+    ("missing.h5 --no-kd", 2, "no such file"),
     ("t.h5 --no-kd", 1, "distill needs `neimsctl featurize --mode student`"),
     ("s.h5 --no-kd --set train.bogus=1", 1, "train.bogus"),
     ("s.h5 --arch neims-v1 -c {repo}/configs/distill/student-cpu-small.yaml", 1, "not --arch"),
@@ -154,9 +154,9 @@ def test_softlabel_exit_codes(shards: Path, monkeypatch: pytest.MonkeyPatch) -> 
     r = CliRunner().invoke(app, ["softlabel", "t.h5", "--teacher", "none.pt", "-o", "-"])
     assert r.exit_code == 2 and "seekable" in r.stderr
     r = CliRunner().invoke(app, ["softlabel", "t.h5", "--teacher", "none.pt", "-o", "x.h5"])
-    assert r.exit_code == 1 and "none.pt" in r.stderr and "no such file" in r.stderr
+    assert r.exit_code == 2 and "none.pt" in r.stderr and "no such file" in r.stderr
     r = CliRunner().invoke(app, ["softlabel", "t.h5", "--teacher", str(shards), "-o", "x.h5"])
-    assert r.exit_code == 1 and "is a directory" in r.stderr
+    assert r.exit_code == 2 and "is a directory" in r.stderr
 
 
 def test_softlabel_with_the_shipped_teacher_by_name(shards: Path) -> None:

@@ -76,7 +76,7 @@ def test_report_and_stdin(neimsctl_exe, tmp_path):
 
 @pytest.mark.parametrize("args, code, message", [
     (["{queries}", "{library}"], 1, b"no measured spectrum"),
-    (["{queries}", "{missing}"], 1, b"no such file"),
+    (["{queries}", "{missing}"], 2, b"no such file"),
     (["{bad}", "{queries}"], 1, b"0 predictions read; skipped bad_json: 1"),
     (["{queries}", "{queries}", "--ks", "a,b"], 2, b"--ks"),
     (["{queries}", "{queries}", "--ks", "1,99999999999999999999"], 2, b"below 2**63"),   # a TypeError before

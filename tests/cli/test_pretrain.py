@@ -97,7 +97,7 @@ def test_stdin_and_pcqm_style_csv(tmp_path):
 
 @pytest.mark.parametrize("args, code, text", [
     (["x.smi"], 2, "Missing option '--config'"),
-    (["missing.smi", "-c", CFG], 1, "missing.smi: no such file"),
+    (["missing.smi", "-c", CFG], 2, "missing.smi: no such file"),
     (["{tiny}", "-c", CFG, "--resume", "-o", "{tmp}/none"], 1, "no checkpoints to resume"),
     (["{tiny}", "-c", CFG, "--set", "train.bogus=1"], 1, "train.bogus: unknown key"),
 ])

@@ -405,8 +405,9 @@ def test_pipes_are_inputs_and_directories_are_named(tmp_path, ckpt):
     assert len((tmp_path / "hits.tsv").read_bytes().splitlines()) == 4
     assert (tmp_path / "p.msp").read_bytes().count(b"Name: ") == 1
     assert orjson.loads((tmp_path / "m.json").read_bytes())["recall@1"] == 1.0
-    for cmd, code in (("msp2jsonl adir", 2), ("predict adir", 2), ("index adir -o i.h5", 1),
-                      ("search x.msp -l adir", 1), ("eval adir x.msp", 1)):
+    for cmd, code in (("msp2jsonl adir", 2), ("predict adir", 2), ("index adir -o i.h5", 2),
+                      ("search x.msp -l adir", 2), ("search adir -l x.msp", 2), ("eval adir x.msp", 2),
+                      ("shards list adir", 2), ("softlabel adir -t x.msp -o s.h5", 2)):
         proc = sh(f"neimsctl {cmd}", tmp_path)
         assert proc.returncode == code and b"adir: is a directory" in proc.stderr, (cmd, proc.stderr)
 
