@@ -412,9 +412,12 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
     work = [np.empty(0, dtype=np.uint8)]
     best_s = np.full((q.n, k), -np.inf)
     best_i = np.full((q.n, k), -1, dtype=np.int64)
-    for start, block, sel, ok, first in _first_passes(chunks, q, score, windows, allowed, bf16):
-        if first is not None:
-            bound, rel = first.result()
+    powers = (score.mz_power, score.intensity_power)
+    for start, block, sel, ok in _reached(chunks, q, windows, allowed):
+        if isinstance(block, DenseChunk) and not (score.dot and block.powers == powers):
+            block = block.block                      # other weights: from the peak lists
+        if isinstance(block, DenseChunk):
+            bound, rel = _stored_pass(q, sel, block, bf16)
             _exclude(bound, sel, start, windows, ok)
             _take_topk(best_s, best_i, sel, bound, start, k, rel,
                        lambda r, c, ch=block: _exact_cosine(q, sel, ch.block, Score("cosine", *ch.powers), r, c))
@@ -446,71 +449,32 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
     return TopK(best_s, best_i)
 
 
-def _first_passes(chunks: Iterable[tuple[int, Any]], q: _Queries, score: Score,
-                  windows: tuple[np.ndarray, np.ndarray] | None,
-                  allowed: Callable[[int, int], np.ndarray | None] | None, bf16: bool
-                  ) -> Iterator[tuple[int, Any, np.ndarray, np.ndarray | None, Any]]:
-    """``(start, block, sel, ok, first)`` for every chunk that some query reaches (``sel``: those
-    queries) with some allowed entry (``ok``: :func:`search_blocks`' ``allowed``).
-
-    ``first``: for a :class:`DenseChunk` that the cosine reads as it is, a future of its first
-    pass ``(bound, rel)`` (:func:`_stored_pass`), computed by one worker thread per core (BLAS
-    on one thread each), up to one chunk per worker ahead of the caller: the products release
-    the GIL, so they run beside each other and beside the caller's candidate selection and
-    exact scores (the chunk's peaks are read in the worker too). Else ``None`` and ``block`` a
-    :class:`PeakBlock` (a :class:`DenseChunk` for other weights becomes its peaks).
-    """
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-    from contextlib import ExitStack
-
-    from neimsctl.io.parallel import available_cores
-
-    def reached(items: Iterable[tuple[int, Any]]) -> Iterator[tuple[int, Any, np.ndarray, np.ndarray | None]]:
-        for start, block in items:
-            n = len(block)
-            if n == 0 or q.n == 0:
-                continue
-            if windows is not None:
-                sel = np.flatnonzero((windows[0] < start + n) & (windows[1] > start))
-            else:
-                sel = np.arange(q.n)
-            if len(sel) == 0:
-                continue
-            ok = allowed(start, start + n) if allowed is not None else None
-            if ok is None or ok.any():
-                yield start, block, sel, ok
-
-    powers = (score.mz_power, score.intensity_power)
-    workers = min(4, available_cores())
-    pending: deque[tuple[int, Any, np.ndarray, np.ndarray | None, Any]] = deque()
-    with ExitStack() as stack:
-        pool: ThreadPoolExecutor | None = None
-        for start, block, sel, ok in reached(chunks):
-            first = None
-            if isinstance(block, DenseChunk):
-                if score.dot and block.powers == powers:
-                    if pool is None:
-                        # the workers are the parallelism: one BLAS thread each, set once (a
-                        # per-product limit would race between the workers)
-                        stack.enter_context(_blas().limit(limits=1, user_api="blas"))
-                        pool = stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="neimsctl-product"))
-                        stack.callback(pool.shutdown, wait=True, cancel_futures=True)
-                    first = pool.submit(_stored_pass, q, sel, block, bf16)
-                else:
-                    block = block.block              # other weights: from the peak lists
-            pending.append((start, block, sel, ok, first))
-            if len(pending) > workers:
-                yield pending.popleft()
-        while pending:
-            yield pending.popleft()
+def _reached(chunks: Iterable[tuple[int, Any]], q: _Queries, windows: tuple[np.ndarray, np.ndarray] | None,
+             allowed: Callable[[int, int], np.ndarray | None] | None
+             ) -> Iterator[tuple[int, Any, np.ndarray, np.ndarray | None]]:
+    """``(start, block, sel, ok)`` for every chunk that some query reaches (``sel``: those
+    queries) with some allowed entry (``ok``: :func:`search_blocks`' ``allowed``)."""
+    for start, block in chunks:
+        n = len(block)
+        if n == 0 or q.n == 0:
+            continue
+        if windows is not None:
+            sel = np.flatnonzero((windows[0] < start + n) & (windows[1] > start))
+        else:
+            sel = np.arange(q.n)
+        if len(sel) == 0:
+            continue
+        ok = allowed(start, start + n) if allowed is not None else None
+        if ok is None or ok.any():
+            yield start, block, sel, ok
 
 
 def _stored_pass(q: _Queries, sel: np.ndarray, chunk: DenseChunk, bf16: bool) -> tuple[np.ndarray, float]:
     """The cosine's first pass over stored weights (:class:`DenseChunk`) as they are: a bfloat16
     product, or a float32 product of their exact float32 values; the scores within ``rel`` of
     the exact ones (:func:`_take_topk` then scores exactly, from the peaks, every entry that
-    can still reach the top-k). Reads the chunk's peaks for that too."""
+    can still reach the top-k). Releases the chunk's weights (their memory may serve the next
+    block read)."""
     lib = chunk.weights
     qv = np.ascontiguousarray(q.values[sel, :lib.shape[1]])
     if bf16 and lib.dtype == np.uint16:
@@ -518,9 +482,8 @@ def _stored_pass(q: _Queries, sel: np.ndarray, chunk: DenseChunk, bf16: bool) ->
     else:
         if lib.dtype == np.uint16:
             lib = bf16_values(lib)
-        first = _product(qv, lib.T), _STORED_REL      # BLAS threads: set by _first_passes
-    chunk.release()                                 # its weights' memory serves a later block
-    chunk.block                                     # noqa: B018 (read the peaks here, off the caller's thread)
+        first = _mm(qv, lib.T), _STORED_REL
+    chunk.release()
     return first
 
 

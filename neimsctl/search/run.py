@@ -254,17 +254,23 @@ def _chunks(lib: SpectralIndex, ranges: list[tuple[int, int]], size: int,
 
 
 def _dense_chunks(lib: SpectralIndex, blocks: Sequence[int], float32: bool) -> Iterator[tuple[int, Any]]:
-    """The index's blocks of stored weights ``blocks`` (ascending), read (and converted to float32
-    for a float32 first pass) one block ahead in a thread, so that the read overlaps the products
-    (and waits on the disk when the file is not in the page cache)."""
+    """The index's blocks of stored weights ``blocks`` (ascending) with their peaks, read (and
+    converted to float32 for a float32 first pass) one block ahead in a thread, so that the
+    reads overlap the products and the exact scores (and wait on the disk when the file is not
+    in the page cache). Their memory is reused (the search releases each block's weights)."""
     if len(blocks) == 0:
         return
     from concurrent.futures import ThreadPoolExecutor
 
+    def read(b: int) -> tuple[int, Any]:
+        start, chunk = lib.dense_chunk(b, float32, pooled=True)
+        chunk.block                                # noqa: B018 (the peaks, for the exact scores)
+        return start, chunk
+
     with ThreadPoolExecutor(1, thread_name_prefix="neimsctl-read") as pool:
-        ahead = pool.submit(lib.dense_chunk, int(blocks[0]), float32, True)
+        ahead = pool.submit(read, int(blocks[0]))
         for b in blocks[1:]:
-            current, ahead = ahead, pool.submit(lib.dense_chunk, int(b), float32, True)
+            current, ahead = ahead, pool.submit(read, int(b))
             yield current.result()
         yield ahead.result()
 

@@ -308,9 +308,9 @@ def test_pooled_chunks_are_released_and_reused(tmp_path) -> None:
     ix.close()
 
 
-def test_product_worker_errors_reach_the_caller(tmp_path) -> None:
-    """The first pass runs in worker threads: an error there (here: a block whose peaks cannot
-    be read, as from a damaged file) is raised by the search, not lost with the thread."""
+def test_peak_read_errors_reach_the_caller(tmp_path) -> None:
+    """A block whose peaks cannot be read (as from a damaged file) when its candidates are
+    scored exactly: the error is raised by the search."""
     from neimsctl.errors import FormatError
     from neimsctl.io.spectral_index import DenseChunk
 
