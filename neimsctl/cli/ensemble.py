@@ -10,7 +10,7 @@ import typer
 
 from neimsctl.cli._common import (Quiet, Verbose, app, command, input_pairs, output_pair,
                                   refuse_clobber, setup_logging, usage_error)
-from neimsctl.cli.predict import Average, shipped_paths
+from neimsctl.cli.predict import Average, check_models_or_usage, shipped_paths
 
 CMD = "ensemble"
 
@@ -52,6 +52,7 @@ def ensemble_cli(
             usage_error(CMD, "--fp32 and --int8 exclude each other")
         if str(output) == "-":
             usage_error(CMD, "-o -: an ensemble file is binary; give a file name")
+        check_models_or_usage(CMD, "model", models)
         refuse_clobber(CMD, input_pairs(shipped_paths(models), "model"),
                        [output_pair("-o", output)])
         from neimsctl.predict.ensemble import write_ensemble

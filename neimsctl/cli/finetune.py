@@ -49,7 +49,7 @@ def finetune_cli(
         paths = list(shards or ([Path(cfg.data.train)] if cfg.data.train else []))
         if not paths:
             usage_error(CMD, "no shards: give FEATS.h5 arguments or set data.train in the config")
-        missing = [str(p) for p in paths if not p.is_file()]
+        missing = [str(p) for p in [*paths, *([init] if init else [])] if not p.is_file()]
         if missing:
             usage_error(CMD, f"{', '.join(missing)}: no such file")
         refuse_clobber(CMD, input_pairs(paths) + input_pairs([init] if init else [], "--init"),

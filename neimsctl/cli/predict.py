@@ -31,6 +31,23 @@ def _shipped() -> str:
     return ", ".join(have) or "none"
 
 
+def check_models_or_usage(cmd: str, option: str, models: list[str]) -> None:
+    """Exit 2 naming the first model path that does not exist or is not a regular file (a
+    shipped name such as ``student`` is resolved later, with its own message)."""
+    from neimsctl.io.streams import input_problem
+
+    for m in models:
+        if m in _SHIPPED_NAMES:
+            continue
+        problem = input_problem(m) if m else "no such file"
+        if problem is None and not Path(m).is_file():
+            problem = "not a regular file"
+        if problem is not None:
+            usage_error(cmd, f"{option} {m or repr(m)}: {problem}"
+                        + (" (a checkpoint file, or one of " + "/".join(_SHIPPED_NAMES) + ")"
+                           if problem == "no such file" else ""))
+
+
 def shipped_paths(models: list[str]) -> list[str]:
     """``--model`` values with ``student``/``teacher`` replaced by the shipped files they load
     (so that an output naming a shipped model is refused like any other input)."""
@@ -139,6 +156,7 @@ def predict_cli(
         if uncertainty and fmt is OutFmt.msp:
             usage_error(CMD, "--uncertainty needs -O jsonl (MSP has no place for it)")
         models = model or ["student"]
+        check_models_or_usage(CMD, "--model", models)
         refuse_clobber(CMD, input_pairs(paths) + input_pairs(shipped_paths(models), "--model"),
                        [output_pair("-o", output)]
                        + ([output_pair("--rejects", rejects)] if rejects else []))

@@ -132,7 +132,7 @@ def test_bad_ensemble_usage(neimsctl_exe: str, members: tuple[Path, Path], tmp_p
     assert not (tmp_path / "e.pt").exists()
     missing = run(neimsctl_exe, "ensemble", str(a), str(tmp_path / "nope.pt"), "-o",
                   str(tmp_path / "e.pt"))
-    assert missing.returncode == 1 and b"nope.pt: no such checkpoint file" in missing.stderr
+    assert missing.returncode == 2 and b"nope.pt: no such file" in missing.stderr
     assert not (tmp_path / "e.pt").exists()
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"PK\x03\x04 not a zip")

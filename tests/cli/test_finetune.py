@@ -90,3 +90,6 @@ def test_init_from_checkpoint_and_hash_mismatch(work: Path, full: Path) -> None:
     assert p.returncode == 1
     assert b"neimsctl finetune:" in p.stderr and b"featurizer mismatch" in p.stderr
     assert not (work / "bad").exists()
+    p = finetune(work, "none", 1, "--init nope.pt")
+    assert p.returncode == 2 and b"nope.pt: no such file" in p.stderr
+    assert not (work / "none").exists()

@@ -128,7 +128,7 @@ def test_model_errors(ckpt, tmp_path, monkeypatch):
     assert res.exit_code == 1 and "no shipped default student model" in res.stderr
     assert "--model PATH" in res.stderr
     res = invoke("-m", str(tmp_path / "nope.pt"), stdin=b"CCO\n")
-    assert res.exit_code == 1 and "no such checkpoint" in res.stderr
+    assert res.exit_code == 2 and "nope.pt: no such file (a checkpoint file, or one of" in res.stderr
     res = invoke("-m", str(ckpt), "--uncertainty", "-O", "jsonl", stdin=b"CCO\n")
     assert res.exit_code == 1 and "needs the teacher" in res.stderr
     assert invoke("-m", str(ckpt), "--uncertainty", stdin=b"CCO\n").exit_code == 2

@@ -427,4 +427,4 @@ def test_hdf5_outputs_refuse_a_named_pipe_and_models_name_a_directory(tmp_path: 
     assert p.returncode == 2 and b"-o pipe: not a regular file" in p.stderr
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
     p = sh(f"echo CCO | neimsctl predict -m {tmp_path} -q", tmp_path)
-    assert p.returncode == 1 and b": is a directory" in p.stderr and b"Traceback" not in p.stderr
+    assert p.returncode == 2 and b": is a directory" in p.stderr and b"Traceback" not in p.stderr
