@@ -38,6 +38,18 @@ def config_option(help: str) -> Any:
     return typer.Option("--config", "-c", help=help, show_default=False)
 
 
+def check_config_or_usage(cmd: str, config: Path) -> None:
+    """Exit 2 when ``--config`` names no readable file (as for every input file)."""
+    from neimsctl.cli._common import usage_error
+    from neimsctl.io.streams import input_problem
+
+    problem = input_problem(config)
+    if problem is None and not Path(config).is_file():
+        problem = "not a regular file"
+    if problem is not None:
+        usage_error(cmd, f"--config {config}: {problem}")
+
+
 def run_dir_option(contents: str) -> Any:
     """The ``--out-dir/-o`` run-directory option; ``contents`` ends the list of what it holds."""
     return typer.Option("--out-dir", "-o", help="Run directory: checkpoints/, train_log.jsonl, "

@@ -11,7 +11,8 @@ import typer
 from neimsctl.cli._common import (Quiet, app, command, input_pairs, refuse_clobber,
                                   setup_logging, usage_error)
 from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainVerbose,
-                                        config_option, config_sets, finish_run, run_dir_option,
+                                        check_config_or_usage, config_option, config_sets, finish_run,
+                                        run_dir_option,
                                         run_dir_outputs, train_log)
 
 CMD = "distill"
@@ -77,6 +78,7 @@ def distill_cli(
         config = Path(__file__).resolve().parents[2] / "configs/distill" / DEFAULT_CONFIGS[arch or "student"]
         if not config.is_file():
             usage_error(CMD, "--config: no bundled config found; give a configs/distill/*.yaml")
+    check_config_or_usage(CMD, config)
     with command(CMD):
         from neimsctl.errors import ConfigError
         from neimsctl.train.config import load_config

@@ -10,7 +10,8 @@ import typer
 from neimsctl.cli._common import (Quiet, app, command, input_pairs, refuse_clobber,
                                   setup_logging, usage_error)
 from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainVerbose,
-                                        config_option, config_sets, finish_run, run_dir_option,
+                                        check_config_or_usage, config_option, config_sets, finish_run,
+                                        run_dir_option,
                                         run_dir_outputs, train_log)
 
 CMD = "finetune"
@@ -42,6 +43,7 @@ def finetune_cli(
     """
     setup_logging(verbose, quiet)
     sets = config_sets(overrides, {"train.device": device})
+    check_config_or_usage(CMD, config)
     with command(CMD):
         from neimsctl.train.config import load_config
 

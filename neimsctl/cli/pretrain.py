@@ -11,7 +11,7 @@ import typer
 from neimsctl.cli._common import (EXIT_FAIL, InPaths, Quiet, app, command, eprint, fail,
                                   input_pairs, refuse_clobber, require_input_or_usage,
                                   setup_logging, usage_error)
-from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainVerbose,
+from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainVerbose, check_config_or_usage,
                                         config_option, config_sets, finish_run, run_dir_option,
                                         run_dir_outputs, train_log)
 
@@ -64,8 +64,7 @@ def pretrain_cli(
     paths = require_input_or_usage(CMD, inputs)
     sets = config_sets(overrides, {"train.device": device, "data.max_records": max_molecules,
                                    "train.steps_per_epoch": steps_per_epoch})
-    if not config.is_file():
-        usage_error(CMD, f"--config {config}: no such file")
+    check_config_or_usage(CMD, config)
     missing = [str(p) for p in paths if str(p) != "-" and not p.is_file()]
     refuse_clobber(CMD, input_pairs(paths), run_dir_outputs(out_dir, ("rejects.jsonl",)))
     with command(CMD):

@@ -85,6 +85,21 @@ def test_unknown_command_is_usage_error(neimsctl_exe):
     assert run(neimsctl_exe, "no-such-command").returncode == 2
 
 
+@pytest.mark.parametrize("cmd, args", [
+    ("pretrain", ["x.smi", "-o", "run"]),
+    ("finetune", ["x.h5", "-o", "run"]),
+    ("distill", ["x.h5", "--no-kd", "-o", "run"]),
+])
+def test_a_missing_config_is_a_usage_error(neimsctl_exe, tmp_path, cmd, args):
+    """``--config`` naming nothing, or a directory: exit 2 and one line naming it, no run
+    directory (finetune and distill said exit 1 after 'cannot read')."""
+    for config, why in (("none.yaml", "no such file"), (".", "is a directory")):
+        proc = run(neimsctl_exe, cmd, *args, "-c", config, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip() == f"neimsctl {cmd}: --config {config}: {why}"
+        assert not (tmp_path / "run").exists()
+
+
 def test_layers(repo_root):
     proc = run(sys.executable, str(repo_root / "tools" / "check_layers.py"))
     assert proc.returncode == 0, proc.stderr
