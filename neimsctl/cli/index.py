@@ -61,12 +61,15 @@ def index_cli(
         attrs = None if no_provenance else {
             "neimsctl_version": __version__, "argv": json.dumps(sys.argv),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        from neimsctl.cli._progress import Progress
+
         tally = Tally()
         try:
-            with open_out(rejects) if rejects is not None else contextlib.nullcontext() as sink:
+            with open_out(rejects) if rejects is not None else contextlib.nullcontext() as sink, \
+                    Progress(CMD, list(inputs), quiet=quiet) as bar:
                 tally.sink = sink
                 with atomic_path(out) as tmp:
-                    build_index(inputs, tmp, tally, strict=strict, attrs=attrs)
+                    build_index(inputs, tmp, tally, strict=strict, attrs=attrs, progress=bar.update)
         except StrictStop as exc:
             fail(CMD, str(exc))
         except OSError as exc:

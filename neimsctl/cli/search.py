@@ -118,7 +118,10 @@ def search_cli(
         warn = (lambda r: eprint(CMD, f"{r.file}: line {r.line}" + (f": record {r.record!r}" if r.record
                                  else ""), f"{r.reason}: {r.detail}; skipped")) if not quiet else None
         n_hits = n_without = 0
-        with open_out(rejects) if rejects is not None else contextlib.nullcontext() as sink, open_out(out) as fout:
+        from neimsctl.cli._progress import Progress
+
+        with open_out(rejects) if rejects is not None else contextlib.nullcontext() as sink, \
+                open_out(out) as fout, Progress(CMD, list(paths), quiet=quiet, output=out) as bar:
             tally.sink = sink
             if fmt == OutFormat.tsv:
                 fout.write(("\t".join(HIT_FIELDS) + "\n").encode())
@@ -133,6 +136,7 @@ def search_cli(
                         lines.append(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) if fmt == OutFormat.jsonl
                                      else _tsv_line(row, HIT_FIELDS))
                 fout.write(b"".join(lines))
+                bar.update(tally)
         if not quiet:
             eprint(CMD, f"queries {tally.summary()}; {n_hits} hits"
                    + (f"; {n_without} queries without a hit" if n_without else "")

@@ -85,8 +85,9 @@ class _Batch:
 
 
 def add_inputs(writer: IndexWriter, paths: Iterable[str | os.PathLike], tally: Tally, *,
-               strict: bool = False, log: Any = None) -> None:
-    """Stream every record of ``paths`` into ``writer`` (rejects to ``tally``)."""
+               strict: bool = False, log: Any = None, progress: Any = None) -> None:
+    """Stream every record of ``paths`` into ``writer`` (rejects to ``tally``);
+    ``progress(tally)`` after each batch of records."""
     n_bins = N_BINS
     for path in paths:
         name = display_name(path)
@@ -109,15 +110,20 @@ def add_inputs(writer: IndexWriter, paths: Iterable[str | os.PathLike], tally: T
             batch.sources.append(src)
             if len(batch.recs) >= _BATCH:
                 tally.written += batch.flush(writer)
+                if progress is not None:
+                    progress(tally)
         tally.written += batch.flush(writer)
+        if progress is not None:
+            progress(tally)
         writer.sources[src]["kind"] = kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "measured")
 
 
 def build_index(paths: Iterable[str | os.PathLike], out: str | os.PathLike, tally: Tally, *,
                 strict: bool = False, attrs: dict[str, Any] | None = None,
-                run_peaks: int = 1 << 24) -> None:
-    """Index ``paths`` into the HDF5 file ``out`` (the caller makes the write atomic)."""
-    _fill(IndexWriter(out, attrs=attrs, run_peaks=run_peaks), paths, tally, strict).file.close()
+                run_peaks: int = 1 << 24, progress: Any = None) -> None:
+    """Index ``paths`` into the HDF5 file ``out`` (the caller makes the write atomic);
+    ``progress(tally)`` as records are read."""
+    _fill(IndexWriter(out, attrs=attrs, run_peaks=run_peaks), paths, tally, strict, progress).file.close()
 
 
 def build_memory_index(paths: Iterable[str | os.PathLike], tally: Tally, *, strict: bool = False,
@@ -128,10 +134,10 @@ def build_memory_index(paths: Iterable[str | os.PathLike], tally: Tally, *, stri
 
 
 def _fill(writer: IndexWriter, paths: Iterable[str | os.PathLike], tally: Tally,
-          strict: bool) -> IndexWriter:
+          strict: bool, progress: Any = None) -> IndexWriter:
     """Add every input to ``writer`` and close it (sorted, complete); abort it on any error."""
     try:
-        add_inputs(writer, paths, tally, strict=strict)
+        add_inputs(writer, paths, tally, strict=strict, progress=progress)
         writer.close()
     except BaseException:
         writer.abort()

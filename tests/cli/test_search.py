@@ -295,3 +295,36 @@ def test_eval_takes_a_mass_beyond_64_bits_for_unknown(sample_msp, tmp_path):
     lib.write_text(text.replace(m.group(0), "MW: 9223372036854775808", 1))
     proc = run(None, "eval", lib, lib, "--json", "-q")                   # an OverflowError before
     assert proc.returncode == 0 and orjson.loads(proc.stdout)["counts"]["n_queries"] == 3, proc.stderr
+
+
+def test_progress_bar_only_on_a_terminal(index, sample_msp, tmp_path, neimsctl_exe):
+    """index and search show a bar over the input's bytes with the counts when stderr is a
+    terminal (search: the queries searched so far, after each --batch); -q, stderr not a
+    terminal, or the hits going to that terminal: no bar. The outputs are the same."""
+    import os
+
+    from _pty import run_on_tty
+
+    env = {**os.environ, "TQDM_MININTERVAL": "0", "TQDM_MINITERS": "1"}
+    exe = [neimsctl_exe]
+    code, tty = run_on_tty([*exe, "index", str(sample_msp), "-o", str(tmp_path / "ix.h5"), "--no-provenance"],
+                           env=env)
+    text = tty.decode("utf-8", "replace")
+    assert code == 0 and "%|" in text and "rec/s" in text and "read 300 written 300 rejected 0" in text, text
+    assert text.rstrip().endswith(f"read 300, written 300, rejected 0 -> {tmp_path / 'ix.h5'}")
+    code, tty = run_on_tty([*exe, "search", str(sample_msp), "-l", str(tmp_path / "ix.h5"), "--batch", "64",
+                            "-o", str(tmp_path / "hits.tsv")], env=env)
+    text = tty.decode("utf-8", "replace")
+    # 32 of the sample's spectra have peaks above m/z 500: rejected as queries (exit 1), their
+    # messages written above the bar
+    assert code == 1 and "%|" in text and "read 300 written 268 rejected 32" in text, text
+    assert text.rstrip().endswith("queries read 300, written 268, rejected 32 (mz_above_range: 32); "
+                                  "2680 hits; 300 library entries")
+    plain = run(None, "search", sample_msp, "-l", index, "--batch", "64", "-o", tmp_path / "plain.tsv")
+    assert plain.returncode == 1 and b"%|" not in plain.stderr and b"\r" not in plain.stderr
+    assert (tmp_path / "plain.tsv").read_bytes() == (tmp_path / "hits.tsv").read_bytes()
+    code, tty = run_on_tty([*exe, "search", str(sample_msp), "-l", str(index), "-q", "-o", os.devnull], env=env)
+    assert code == 1 and tty == b""
+    code, tty = run_on_tty([*exe, "search", str(sample_msp), "-l", str(index), "-k", "1"], env=env,
+                           stdout_too=True)
+    assert code == 1 and b"%|" not in tty and tty.count(b"\n") >= 268
