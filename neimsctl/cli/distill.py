@@ -104,7 +104,9 @@ def distill_cli(
         missing = [str(p) for p in [*paths, *(teacher_feats or []), *map(Path, cfg.data.transfer),
                                     *[x for x in (teacher, soft) if x]] if not p.is_file()]
         if missing:
-            usage_error(CMD, f"{', '.join(missing)}: no such file")
+            from neimsctl.io.streams import input_problem
+
+            usage_error(CMD, f"{missing[0]}: {input_problem(missing[0]) or 'not a regular file'}")
         refuse_clobber(CMD, input_pairs(paths) + input_pairs(teacher_feats or [], "--teacher-feats")
                        + input_pairs(map(Path, cfg.data.transfer), "--transfer")
                        + input_pairs([x for x in (teacher, soft) if x], "input"),

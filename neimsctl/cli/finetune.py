@@ -53,7 +53,9 @@ def finetune_cli(
             usage_error(CMD, "no shards: give FEATS.h5 arguments or set data.train in the config")
         missing = [str(p) for p in [*paths, *([init] if init else [])] if not p.is_file()]
         if missing:
-            usage_error(CMD, f"{', '.join(missing)}: no such file")
+            from neimsctl.io.streams import input_problem
+
+            usage_error(CMD, f"{missing[0]}: {input_problem(missing[0]) or 'not a regular file'}")
         refuse_clobber(CMD, input_pairs(paths) + input_pairs([init] if init else [], "--init"),
                        run_dir_outputs(out_dir))
         from neimsctl.train.finetune import run_finetune

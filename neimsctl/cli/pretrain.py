@@ -69,7 +69,9 @@ def pretrain_cli(
     refuse_clobber(CMD, input_pairs(paths), run_dir_outputs(out_dir, ("rejects.jsonl",)))
     with command(CMD):
         if missing:
-            usage_error(CMD, f"{', '.join(missing)}: no such file")
+            from neimsctl.io.streams import input_problem
+
+            usage_error(CMD, f"{missing[0]}: {input_problem(missing[0]) or 'not a regular file'}")
         if resume and not (out_dir / "checkpoints").is_dir():
             fail(CMD, f"--resume: {out_dir / 'checkpoints'}", "no checkpoints to resume from")
         from neimsctl.train.config import load_config

@@ -60,7 +60,8 @@ def search_cli(
     fmt: Annotated[OutFormat, typer.Option("--format", "-O", help="tsv (with a header) or jsonl "
                                            "(one object per hit).")] = OutFormat.tsv,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Queries searched together (memory "
-                                       "grows with it).")] = 1024,
+                                       "grows with it; lowered so that a batch holds at most 131,072 "
+                                       "hits).")] = 1024,
     rejects: RejectsPath = None,
     out: OutPath = Path("-"),
     quiet: Quiet = False,
@@ -78,7 +79,7 @@ def search_cli(
     if not library:
         usage_error(CMD, "give at least one --library (an index from neimsctl index, or MSP/JSONL)")
     paths = require_input_or_usage(CMD, queries)
-    if sum(str(p) == "-" for p in [*paths, *library]) > 1:
+    if sum(str(p) == "-" for p in [*paths, *library, *([candidates] if candidates else [])]) > 1:
         usage_error(CMD, "stdin ('-') can be given only once")
     check_inputs_or_usage(CMD, [*paths, *library, *([candidates] if candidates else [])])
     if mz_power != 1.0 or intensity_power != 0.5:
@@ -100,50 +101,54 @@ def search_cli(
         from neimsctl.search.run import (HIT_FIELDS, SearchOptions, open_libraries, read_candidates,
                                          read_queries, search_batch)
 
-        spec = Score(score.value if score else DEFAULT_SCORE, mz_power, intensity_power, reverse)
-        lib_tally = Tally()
-        libs = open_libraries([str(p) for p in library], lib_tally)
-        if lib_tally.rejected and not quiet:
-            eprint(CMD, "in-memory libraries", lib_tally.summary())
-        # no query can have more hits than there are entries: --top 10**11 costs what --top N does
-        opts = SearchOptions(spec, max(1, min(top, sum(lib.n for lib in libs))), mass_filter, None,
-                             source.value if source else None)
-        failed = False
-        if candidates is not None:
-            opts.candidates, problems = read_candidates(candidates, libs)
-            for p in problems:
-                eprint(CMD, p)
-            failed = bool(problems)
-        tally = Tally()
-        warn = (lambda r: eprint(CMD, f"{r.file}: line {r.line}" + (f": record {r.record!r}" if r.record
-                                 else ""), f"{r.reason}: {r.detail}; skipped")) if not quiet else None
-        n_hits = n_without = 0
-        from neimsctl.cli._progress import Progress
+        with open_out(rejects) if rejects is not None else contextlib.nullcontext() as sink:
+            spec = Score(score.value if score else DEFAULT_SCORE, mz_power, intensity_power, reverse)
+            lib_tally = Tally()
+            lib_tally.sink = sink          # records of MSP/JSONL libraries that cannot be indexed
+            libs = open_libraries([str(p) for p in library], lib_tally)
+            if lib_tally.rejected and not quiet:
+                eprint(CMD, "in-memory libraries", lib_tally.summary())
+            # no query can have more hits than there are entries: --top 10**11 costs what --top N does
+            opts = SearchOptions(spec, max(1, min(top, sum(lib.n for lib in libs))), mass_filter, None,
+                                 source.value if source else None)
+            failed = False
+            if candidates is not None:
+                opts.candidates, problems = read_candidates(candidates, libs)
+                for p in problems:
+                    eprint(CMD, p)
+                failed = bool(problems)
+            tally = Tally()
+            warn = (lambda r: eprint(CMD, f"{r.file}: line {r.line}" + (f": record {r.record!r}" if r.record
+                                     else ""), f"{r.reason}: {r.detail}; skipped")) if not quiet else None
+            n_hits = n_without = 0
+            from neimsctl.cli._progress import Progress
 
-        with open_out(rejects) if rejects is not None else contextlib.nullcontext() as sink, \
-                open_out(out) as fout, Progress(CMD, list(paths), quiet=quiet, output=out) as bar:
-            tally.sink = sink
-            if fmt == OutFormat.tsv:
-                fout.write(("\t".join(HIT_FIELDS) + "\n").encode())
-            for qb in read_queries(paths, tally, batch=batch, warn=warn):
-                lines: list[bytes] = []
-                for hits in search_batch(libs, qb, opts):
-                    tally.written += 1
-                    n_without += not hits
-                    n_hits += len(hits)
-                    for h in hits:
-                        row = h.row(libs, spec)
-                        lines.append(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) if fmt == OutFormat.jsonl
-                                     else _tsv_line(row, HIT_FIELDS))
-                fout.write(b"".join(lines))
-                bar.update(tally)
-        if not quiet:
-            eprint(CMD, f"queries {tally.summary()}; {n_hits} hits"
-                   + (f"; {n_without} queries without a hit" if n_without else "")
-                   + f"; {sum(len(x) for x in libs)} library entries")
-        if tally.rejected or failed:
+            with open_out(out) as fout, Progress(CMD, list(paths), quiet=quiet, output=out) as bar:
+                tally.sink = sink
+                if fmt == OutFormat.tsv:
+                    fout.write(("\t".join(HIT_FIELDS) + "\n").encode())
+                # the hits of a batch are held until written (a few KB each): at most _MAX_HITS
+                qbatch = max(1, min(batch, _MAX_HITS // opts.top))
+                for qb in read_queries(paths, tally, batch=qbatch, warn=warn):
+                    for hits in search_batch(libs, qb, opts):
+                        tally.written += 1
+                        n_without += not hits
+                        n_hits += len(hits)
+                        fout.write(b"".join([orjson.dumps(h.row(libs, spec), option=orjson.OPT_APPEND_NEWLINE)
+                                             if fmt == OutFormat.jsonl else _tsv_line(h.row(libs, spec), HIT_FIELDS)
+                                             for h in hits]))
+                    bar.update(tally)
+            if not quiet:
+                eprint(CMD, f"queries {tally.summary()}; {n_hits} hits"
+                       + (f"; {n_without} queries without a hit" if n_without else "")
+                       + f"; {sum(len(x) for x in libs)} library entries")
+        if tally.rejected or lib_tally.rejected or failed:
             raise typer.Exit(1)
 
+
+#: Hits held at once (--batch is lowered for a large --top: 600 queries x --top 1000 as JSONL took
+#: 2.9 GB in one batch).
+_MAX_HITS = 1 << 17
 
 _CLEAN = str.maketrans({"\t": " ", "\n": " ", "\r": " "})
 

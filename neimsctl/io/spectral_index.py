@@ -405,9 +405,12 @@ class SpectralIndex:
         self.n_bins = int(f.attrs["n_bins"])
         self.sources = json.loads(f.attrs["sources"])
         self.mw = f["mw"][:]
+        if len(self.mw) > 1 and not (np.diff(self.mw) >= 0).all():
+            raise FormatError("damaged index: entries not in mass order (mw)", file=self.path)
         self.predicted = f["predicted"][:].astype(bool)
         self.source = f["source"][:]
         self.ptr = f["peak_ptr"][:]
+        self._n_peaks = int(f["mz"].shape[0])
         self._keys: np.ndarray | None = None
         self._raw = self._raw_offsets()
         self.row = f["row"][:]
@@ -557,6 +560,9 @@ class SpectralIndex:
     def block(self, lo: int, hi: int) -> PeakBlock:
         """Entries ``lo:hi`` as a :class:`PeakBlock` (read from disk)."""
         a, b = int(self.ptr[lo]), int(self.ptr[hi])
+        if not 0 <= a <= b <= self._n_peaks:
+            raise FormatError(f"damaged index: peak offsets of entries {lo}..{hi - 1} out of range",
+                              file=self.path)
         try:
             if self._raw is not None:
                 mz = self._read(self._raw[0] + 2 * a, b - a, np.uint16)
@@ -566,7 +572,11 @@ class SpectralIndex:
                 inten = self.file["intensity"][a:b]
         except OSError as exc:
             raise FormatError(f"damaged index: cannot read peaks {a}..{b}: {exc}", file=self.path) from None
-        return PeakBlock(self.ptr[lo:hi + 1] - a, mz, inten)
+        ptr = self.ptr[lo:hi + 1] - a
+        if (len(ptr) > 1 and not (np.diff(ptr) >= 0).all()) or (len(mz) and int(mz.max()) >= self.n_bins):
+            raise FormatError(f"damaged index: peak offsets or m/z of entries {lo}..{hi - 1} out of range",
+                              file=self.path)
+        return PeakBlock(ptr, mz, inten)
 
     def _read(self, offset: int, count: int, dtype: Any, out: np.ndarray | None = None) -> np.ndarray:
         """``count`` values at a byte offset, through the descriptor this index holds open
@@ -638,9 +648,10 @@ class SpectralIndex:
         return lo, chunk
 
     def window(self, mw: np.ndarray, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
-        """Entry ranges ``[lo, hi)`` with ``|mw_entry - mw| <= tolerance`` for each mass."""
+        """Entry ranges ``[lo, hi)`` with ``|mw_entry - mw| <= tolerance`` for each mass; entries
+        of unknown mass (``-1``, sorted first) are never inside a window."""
         m = np.asarray(mw, dtype=np.float64)
-        lo = np.searchsorted(self.mw, m - tolerance - 1e-9, "left")
+        lo = np.searchsorted(self.mw, np.maximum(m - tolerance, 0.0) - 1e-9, "left")
         hi = np.searchsorted(self.mw, m + tolerance + 1e-9, "right")
         return lo.astype(np.int64), hi.astype(np.int64)
 

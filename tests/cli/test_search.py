@@ -328,3 +328,89 @@ def test_progress_bar_only_on_a_terminal(index, sample_msp, tmp_path, neimsctl_e
     code, tty = run_on_tty([*exe, "search", str(sample_msp), "-l", str(index), "-k", "1"], env=env,
                            stdout_too=True)
     assert code == 1 and b"%|" not in tty and tty.count(b"\n") >= 268
+
+
+def test_damaged_indexes_fail_with_one_line(index, sample_msp, tmp_path):
+    """An index whose peak offsets go backwards, whose m/z leave the range or whose masses are
+    out of order: one 'damaged index' line, exit 1 (a traceback from the exact scores before,
+    or, for the masses, silently wrong mass windows)."""
+    import shutil
+
+    import h5py
+
+    q = tmp_path / "q.msp"
+    q.write_bytes(first_records(sample_msp, 20))
+
+    def damaged(name: str, harm) -> Path:
+        out = tmp_path / f"{name}{len(list(tmp_path.glob('*.h5')))}.h5"
+        shutil.copy(index, out)
+        with h5py.File(out, "r+") as f:
+            harm(f)
+        return out
+
+    def backwards(f):
+        p = f["peak_ptr"]
+        p[100] = p[102]
+
+    def far_mz(f):
+        f["mz"][5000] = 60000
+
+    def unsorted(f):
+        f["mw"][150] = 30
+
+    for name, harm in (("ptr", backwards), ("mz", far_mz), ("mw", unsorted)):
+        for extra in ([], ["--mass-filter", "5"], ["-s", "composite"]):
+            proc = run(None, "search", q, "-l", damaged(name, harm), "-q", *extra)
+            err = proc.stderr.decode().strip().splitlines()
+            assert proc.returncode == 1 and len(err) == 1 and "damaged index" in err[0], (name, extra, err)
+
+
+def test_mass_filter_never_reaches_entries_of_unknown_mass(tmp_path):
+    """An entry without a mass (stored as -1) was inside the window of a query whose MW is at
+    most the tolerance minus one."""
+    lib = tmp_path / "lib.msp"
+    lib.write_text("Name: no mass\nID: u1\nNum Peaks: 2\n40 999\n90 100\n\n"
+                   "Name: mass 150\nID: k150\nMW: 150\nNum Peaks: 2\n40 999\n90 100\n\n")
+    q = tmp_path / "q.msp"
+    q.write_text("Name: q\nID: q3\nMW: 3\nNum Peaks: 2\n40 999\n90 100\n\n"
+                 "Name: r\nID: q150\nMW: 152\nNum Peaks: 2\n40 999\n90 100\n\n")
+    assert run(None, "index", lib, "-o", tmp_path / "lib.h5", "-q").returncode == 0
+    for library in (tmp_path / "lib.h5", lib):
+        proc = run(None, "search", q, "-l", library, "--mass-filter", "5", "-q")
+        rows = [ln.split("\t") for ln in proc.stdout.decode().splitlines()[1:]]
+        assert proc.returncode == 0 and [(r[0], r[4]) for r in rows] == [("q150", "k150")], rows
+        proc = run(None, "search", q, "-l", library, "-q")              # no filter: both
+        assert sorted(ln.split("\t")[4] for ln in proc.stdout.decode().splitlines()[1:]) == \
+            ["k150", "k150", "u1", "u1"]
+
+
+def test_rejects_of_a_library_given_as_msp(tmp_path):
+    """Records of an MSP library given with -l that cannot be indexed go to --rejects and make
+    the exit status 1, as in `index` (they were only counted in a summary line)."""
+    lib = tmp_path / "badlib.msp"
+    lib.write_text("Name: good\nID: g1\nMW: 100\nNum Peaks: 2\n41 999\n57 100\n\n"
+                   "Name: nopeaks\nID: b1\nMW: 100\nNum Peaks: 0\n\n"
+                   "Name: negative\nID: b2\nMW: 100\nNum Peaks: 1\n41 -5\n\n")
+    q = tmp_path / "q.msp"
+    q.write_text("Name: q\nID: q\nNum Peaks: 2\n41 999\n57 100\n\n")
+    proc = run(None, "search", q, "-l", lib, "--rejects", tmp_path / "rj.jsonl", "-q")
+    assert proc.returncode == 1
+    assert proc.stdout.decode().splitlines()[1].split("\t")[4] == "g1"
+    rej = [orjson.loads(x) for x in (tmp_path / "rj.jsonl").read_bytes().splitlines()]
+    assert sorted(r["reason"] for r in rej) == ["invalid_peak", "no_peaks"] and all(r["file"] == str(lib) for r in rej)
+
+
+def test_a_large_top_lowers_the_batch_and_stdin_once(index, sample_msp, tmp_path, monkeypatch):
+    """A batch holds at most _MAX_HITS hits (600 queries x --top 1000 as JSONL took 2.9 GB in
+    one batch): the same output whatever the cap. --candidates - counts as stdin."""
+    from neimsctl.cli import search as search_cli
+
+    q = tmp_path / "q.msp"
+    q.write_bytes(first_records(sample_msp, 40))
+    full = run(None, "search", q, "-l", index, "-k", "50", "-O", "jsonl", "-q")
+    monkeypatch.setattr(search_cli, "_MAX_HITS", 120)              # 2 queries per batch
+    capped = run(None, "search", q, "-l", index, "-k", "50", "-O", "jsonl", "-q")
+    assert full.returncode == capped.returncode == 0 and full.stdout == capped.stdout
+    assert full.stdout.count(b"\n") == 40 * 50
+    proc = run(None, "search", "-", "-l", index, "--candidates", "-", stdin=b"X\n")
+    assert proc.returncode == 2 and b"stdin ('-') can be given only once" in proc.stderr

@@ -138,3 +138,17 @@ def test_number_options_refuse_nan_and_inf():
             res = CliRunner().invoke(cli_main.app, [name, opt, bad, "x"])
             assert res.exit_code == 2, (name, opt, bad, res.output)
             assert opt in res.output and ("finite" in res.output or "range" in res.output), res.output
+
+
+@pytest.mark.parametrize("cmd, args", [
+    ("pretrain", ["adir", "-c", "{repo}/configs/pretrain/teacher-cpu-small.yaml", "-o", "run"]),
+    ("finetune", ["adir", "-c", "{repo}/configs/finetune/teacher-cpu-small.yaml", "-o", "run"]),
+    ("distill", ["adir", "--no-kd", "-o", "run"]),
+])
+def test_training_inputs_that_are_directories_are_named_so(neimsctl_exe, tmp_path, repo_root, cmd, args):
+    """A directory given as the training input: 'is a directory', exit 2 (the training commands
+    said 'no such file'), no run directory."""
+    (tmp_path / "adir").mkdir()
+    proc = run(neimsctl_exe, cmd, *[a.format(repo=repo_root) for a in args], cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"neimsctl {cmd}: adir: is a directory", proc.stderr
+    assert not (tmp_path / "run").exists()
