@@ -110,6 +110,8 @@ def split_cli(
         usage_error(f"{CMD} split", f"--part must be one of {', '.join(PARTS)}, got {part!r}")
     if fmt not in FORMATS:
         usage_error(f"{CMD} split", f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if any(str(f) == "-" for f in files):
+        usage_error(f"{CMD} split", "-: HDF5 shards are read from files, not stdin")
     check_inputs_or_usage(f"{CMD} split", files)
     refuse_clobber(f"{CMD} split", input_pairs(files), [output_pair("-o", out)])
     with command(f"{CMD} split"):

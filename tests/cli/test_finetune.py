@@ -93,3 +93,6 @@ def test_init_from_checkpoint_and_hash_mismatch(work: Path, full: Path) -> None:
     p = finetune(work, "none", 1, "--init nope.pt")
     assert p.returncode == 2 and b"nope.pt: no such file" in p.stderr
     assert not (work / "none").exists()
+    p = finetune(work, "nothere", 1, "--resume")       # refused before the data are loaded
+    assert p.returncode == 1 and b"no checkpoints to resume from" in p.stderr
+    assert not (work / "nothere").exists()

@@ -152,3 +152,9 @@ def test_training_inputs_that_are_directories_are_named_so(neimsctl_exe, tmp_pat
     proc = run(neimsctl_exe, cmd, *[a.format(repo=repo_root) for a in args], cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip() == f"neimsctl {cmd}: adir: is a directory", proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_shards_split_refuses_stdin(neimsctl_exe):
+    """HDF5 shards cannot come from stdin: a usage error (exit 1 'cannot open as HDF5' before)."""
+    proc = run(neimsctl_exe, "shards", "split", "-", input="")
+    assert proc.returncode == 2 and "HDF5 shards are read from files, not stdin" in proc.stderr
