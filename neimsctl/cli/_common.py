@@ -115,15 +115,25 @@ def usage_error(cmd: str, what: str) -> NoReturn:
     fail(cmd, what, code=EXIT_USAGE)
 
 
-def check_inputs_or_usage(cmd: str, paths: Iterable[Path | str]) -> None:
+def check_inputs_or_usage(cmd: str, paths: Iterable[Path | str], *, label: str = "",
+                          regular: str | None = None) -> None:
     """Exit 2 naming the first input that cannot be read (``no such file``, ``is a directory``:
-    :func:`neimsctl.io.streams.input_problem`; ``-`` and pipes are inputs)."""
-    from neimsctl.io.streams import input_problem, is_dash
+    :func:`neimsctl.io.streams.input_problem`; ``-`` and pipes are inputs).
+
+    ``regular``: these inputs must be regular files (HDF5 shards, checkpoints, configs: no
+    ``-``, no pipe or device); the message for one that is not. ``label``: the option named
+    before the path (``--config``).
+    """
+    from neimsctl.io.streams import input_problem, is_dash, is_regular
 
     for p in paths:
-        problem = None if is_dash(p) else input_problem(p)
+        if regular is None and is_dash(p):
+            continue
+        problem = input_problem(p)
+        if problem is None and regular is not None and not is_regular(p):
+            problem = regular
         if problem is not None:
-            usage_error(cmd, f"{p}: {problem}")
+            usage_error(cmd, f"{label} {p}: {problem}" if label else f"{p}: {problem}")
 
 
 def require_input_or_usage(cmd: str, inputs: list[Path] | None) -> list[Path]:

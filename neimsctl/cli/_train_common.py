@@ -39,15 +39,10 @@ def config_option(help: str) -> Any:
 
 
 def check_config_or_usage(cmd: str, config: Path) -> None:
-    """Exit 2 when ``--config`` names no readable file (as for every input file)."""
-    from neimsctl.cli._common import usage_error
-    from neimsctl.io.streams import input_problem
+    """Exit 2 when ``--config`` names no readable regular file (as for every input file)."""
+    from neimsctl.cli._common import check_inputs_or_usage
 
-    problem = input_problem(config)
-    if problem is None and not Path(config).is_file():
-        problem = "not a regular file"
-    if problem is not None:
-        usage_error(cmd, f"--config {config}: {problem}")
+    check_inputs_or_usage(cmd, [config], label="--config", regular="not a regular file")
 
 
 def run_dir_option(contents: str) -> Any:

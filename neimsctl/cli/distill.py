@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from neimsctl.cli._common import (Quiet, app, command, input_pairs, refuse_clobber,
+from neimsctl.cli._common import (Quiet, app, check_inputs_or_usage, command, input_pairs, refuse_clobber,
                                   setup_logging, usage_error)
 from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainVerbose,
                                         check_config_or_usage, config_option, config_sets, finish_run,
@@ -101,12 +101,8 @@ def distill_cli(
             usage_error(CMD, "--transfer rows have no spectra: they need --soft-labels")
         if name != "student" and (soft or teacher):
             usage_error(CMD, f"{name} is trained without KD: drop --teacher/--soft-labels")
-        missing = [str(p) for p in [*paths, *(teacher_feats or []), *map(Path, cfg.data.transfer),
-                                    *[x for x in (teacher, soft) if x]] if not p.is_file()]
-        if missing:
-            from neimsctl.io.streams import input_problem
-
-            usage_error(CMD, f"{missing[0]}: {input_problem(missing[0]) or 'not a regular file'}")
+        check_inputs_or_usage(CMD, [*paths, *(teacher_feats or []), *map(Path, cfg.data.transfer),
+                                    *[x for x in (teacher, soft) if x]], regular="not a regular file")
         refuse_clobber(CMD, input_pairs(paths) + input_pairs(teacher_feats or [], "--teacher-feats")
                        + input_pairs(map(Path, cfg.data.transfer), "--transfer")
                        + input_pairs([x for x in (teacher, soft) if x], "input"),

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from neimsctl.cli._common import (Quiet, app, command, fail, input_pairs, refuse_clobber,
+from neimsctl.cli._common import (Quiet, app, check_inputs_or_usage, command, fail, input_pairs, refuse_clobber,
                                   setup_logging, usage_error)
 from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainVerbose,
                                         check_config_or_usage, config_option, config_sets, finish_run,
@@ -51,11 +51,7 @@ def finetune_cli(
         paths = list(shards or ([Path(cfg.data.train)] if cfg.data.train else []))
         if not paths:
             usage_error(CMD, "no shards: give FEATS.h5 arguments or set data.train in the config")
-        missing = [str(p) for p in [*paths, *([init] if init else [])] if not p.is_file()]
-        if missing:
-            from neimsctl.io.streams import input_problem
-
-            usage_error(CMD, f"{missing[0]}: {input_problem(missing[0]) or 'not a regular file'}")
+        check_inputs_or_usage(CMD, [*paths, *([init] if init else [])], regular="not a regular file")
         if resume and not (out_dir / "checkpoints").is_dir():
             fail(CMD, f"--resume: {out_dir / 'checkpoints'}", "no checkpoints to resume from")
         refuse_clobber(CMD, input_pairs(paths) + input_pairs([init] if init else [], "--init"),

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from neimsctl.cli._common import (EXIT_FAIL, InPaths, Quiet, app, command, eprint, fail,
+from neimsctl.cli._common import (EXIT_FAIL, InPaths, Quiet, app, check_inputs_or_usage, command, eprint, fail,
                                   input_pairs, refuse_clobber, require_input_or_usage,
                                   setup_logging, usage_error)
 from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainVerbose, check_config_or_usage,
@@ -65,13 +65,9 @@ def pretrain_cli(
     sets = config_sets(overrides, {"train.device": device, "data.max_records": max_molecules,
                                    "train.steps_per_epoch": steps_per_epoch})
     check_config_or_usage(CMD, config)
-    missing = [str(p) for p in paths if str(p) != "-" and not p.is_file()]
     refuse_clobber(CMD, input_pairs(paths), run_dir_outputs(out_dir, ("rejects.jsonl",)))
     with command(CMD):
-        if missing:
-            from neimsctl.io.streams import input_problem
-
-            usage_error(CMD, f"{missing[0]}: {input_problem(missing[0]) or 'not a regular file'}")
+        check_inputs_or_usage(CMD, [p for p in paths if str(p) != "-"], regular="not a regular file")
         if resume and not (out_dir / "checkpoints").is_dir():
             fail(CMD, f"--resume: {out_dir / 'checkpoints'}", "no checkpoints to resume from")
         from neimsctl.train.config import load_config

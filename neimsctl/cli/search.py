@@ -79,9 +79,10 @@ def search_cli(
     if not library:
         usage_error(CMD, "give at least one --library (an index from neimsctl index, or MSP/JSONL)")
     paths = require_input_or_usage(CMD, queries)
-    if sum(str(p) == "-" for p in [*paths, *library, *([candidates] if candidates else [])]) > 1:
+    inputs = [*paths, *library, *([candidates] if candidates else [])]
+    if sum(str(p) == "-" for p in inputs) > 1:
         usage_error(CMD, "stdin ('-') can be given only once")
-    check_inputs_or_usage(CMD, [*paths, *library, *([candidates] if candidates else [])])
+    check_inputs_or_usage(CMD, inputs)
     if mz_power != 1.0 or intensity_power != 0.5:
         if score not in (None, ScoreName.cosine):
             usage_error(CMD, "--mz-power/--intensity-power apply to --score cosine only")

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
-
 import contextlib
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from neimsctl.cli._common import (EXIT_FAIL, NoProvenance, Quiet, RejectsPath, Verbose, app,
-                                  command, eprint, input_pairs, output_pair, refuse_clobber,
+                                  check_inputs_or_usage, command, eprint, input_pairs, output_pair, refuse_clobber,
                                   seekable_output, setup_logging, usage_error)
 
 CMD = "softlabel"
@@ -65,12 +64,8 @@ def softlabel_cli(
                    [output_pair("-o", output)]
                    + ([output_pair("--rejects", rejects)] if rejects else []))
     with command(CMD):
-        from neimsctl.io.streams import input_problem
-
-        for p in [*teacher, *shards]:
-            if not p.is_file():
-                usage_error(CMD, f"{p}: " + (input_problem(p) or "not a regular file (HDF5 and "
-                                              "checkpoints are read from files)"))
+        check_inputs_or_usage(CMD, [*teacher, *shards],
+                              regular="not a regular file (HDF5 and checkpoints are read from files)")
         from neimsctl.io.provenance import provenance
         from neimsctl.io.streams import open_out
         from neimsctl.train.softlabel import SoftLabelSettings, run_softlabel
