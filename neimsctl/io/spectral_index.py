@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import orjson
@@ -368,14 +368,26 @@ class _MemRun:
         return self.mz[a:b], self.intensity[a:b]
 
 
+class _Column(NamedTuple):
+    """A per-entry dataset of an open index, read where needed (:meth:`SpectralIndex._slice`,
+    :meth:`SpectralIndex._take`): straight from the file when it is contiguous with the
+    expected type (``raw``: its offset), else through h5py."""
+
+    ds: Any
+    dtype: np.dtype
+    raw: int | None
+
+
 class SpectralIndex:
     """A ``neimsctl.index/2`` (or ``/1``) file opened for searching.
 
     Attributes
     ----------
     path, n, n_bins, sources : where it is, its number of entries, m/z bins and input files.
-    mw : int32 ``(n,)`` ascending nominal masses (-1 unknown).
-    predicted : bool ``(n,)``; source : uint16 ``(n,)``.
+    mw : int32 ``(n,)`` ascending nominal masses (-1 unknown), held in memory (the windows).
+    predicted : bool ``(n,)``, read when first asked for (``--source``). The other per-entry
+        datasets (peak offsets, input rows, text offsets, sources) are read only where needed:
+        a block's offsets, the hits' rows.
     dense_block : entries per block of stored cosine weights (:meth:`dense_chunk`); ``None``
         for a ``neimsctl.index/1`` file, which has none.
 
@@ -407,20 +419,23 @@ class SpectralIndex:
         self.mw = f["mw"][:]
         if len(self.mw) > 1 and not (np.diff(self.mw) >= 0).all():
             raise FormatError("damaged index: entries not in mass order (mw)", file=self.path)
-        self.predicted = f["predicted"][:].astype(bool)
-        self.source = f["source"][:]
-        self.ptr = f["peak_ptr"][:]
         self._n_peaks = int(f["mz"].shape[0])
         self._keys: np.ndarray | None = None
+        self._predicted: np.ndarray | None = None
         self._raw = self._raw_offsets()
-        self.row = f["row"][:]
-        self.meta_ptr = f["meta_ptr"][:]
         self._meta_len = int(f["meta"].shape[0])
         self._meta_raw = self._raw_offset("meta", np.uint8)
+        # the other per-entry datasets are read where needed (a block's peak offsets, the hits'
+        # rows and texts), not held: memory does not grow with the library (24+ bytes an entry)
+        self._ptr = self._column("peak_ptr", np.int64)
+        self._row = self._column("row", np.int64)
+        self._meta_ptr = self._column("meta_ptr", np.int64)
+        self._source = self._column("source", np.uint16)
+        self._pred = self._column("predicted", np.uint8)
         # every raw read goes through this descriptor: the file opened, even if the path is
         # replaced meanwhile (an index rebuilt in place)
-        self._fd = os.open(self.path, os.O_RDONLY) if (self._meta_raw is not None or self._raw is not None) \
-            else None
+        raw = (self._meta_raw, self._raw, self._ptr.raw, self._row.raw, self._meta_ptr.raw, self._source.raw)
+        self._fd = os.open(self.path, os.O_RDONLY) if any(r is not None for r in raw) else None
         self._buffers = _Buffers()
         #: version 2 only (a version-1 file is read from its peaks, whatever else it holds)
         self.dense_block: int | None = None
@@ -429,10 +444,23 @@ class SpectralIndex:
             self._dense_raw = self._raw_offset("dense", np.uint16)
             self.dense_powers = DENSE_POWERS
 
-    def _meta_row(self, row: int) -> dict[str, str]:
-        if not 0 <= row < len(self.meta_ptr) - 1:
-            raise FormatError(f"damaged index: entry row {row} out of range", file=self.path)
-        a, b = int(self.meta_ptr[row]), int(self.meta_ptr[row + 1])
+    @property
+    def predicted(self) -> np.ndarray:
+        """bool ``(n,)``: predicted (not measured) entries, read once when first asked for."""
+        if self._predicted is None:
+            self._predicted = self._slice(self._pred, 0, self.n).astype(bool)
+        return self._predicted
+
+    def _meta_rows(self, rows: np.ndarray) -> list[dict[str, str]]:
+        """The texts of input rows ``rows`` (in that order)."""
+        if len(rows) and not (0 <= int(rows.min()) and int(rows.max()) < self.n):
+            bad = rows[(rows < 0) | (rows >= self.n)][0]
+            raise FormatError(f"damaged index: entry row {bad} out of range", file=self.path)
+        uniq = np.unique(np.concatenate([rows, rows + 1]))
+        bounds = dict(zip(uniq.tolist(), self._take(self._meta_ptr, uniq).tolist()))
+        return [self._meta_row(int(r), bounds[int(r)], bounds[int(r) + 1]) for r in rows]
+
+    def _meta_row(self, row: int, a: int, b: int) -> dict[str, str]:
         if not 0 <= a <= b <= self._meta_len:
             raise FormatError(f"damaged index: entry text of row {row} at bytes {a}..{b}", file=self.path)
         if self._fd is not None:
@@ -443,6 +471,34 @@ class SpectralIndex:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
             raise FormatError(f"damaged index: entry text of row {row} is not JSON", file=self.path) from None
+
+    def _column(self, key: str, dtype: Any) -> _Column:
+        return _Column(self.file[key], np.dtype(dtype), self._raw_offset(key, dtype))
+
+    #: entries between two wanted ones up to which :meth:`_take` reads the gap rather than seek
+    _GAP = 4096
+
+    def _slice(self, col: _Column, lo: int, hi: int) -> np.ndarray:
+        """Entries ``lo:hi`` of ``col`` (0 <= lo <= hi <= its length)."""
+        if col.raw is not None and self._fd is not None:
+            try:
+                return self._read(col.raw + col.dtype.itemsize * lo, hi - lo, col.dtype)
+            except OSError as exc:
+                raise FormatError(f"damaged index: cannot read {col.ds.name.lstrip('/')}: {exc}",
+                                  file=self.path) from None
+        return np.asarray(col.ds[lo:hi], dtype=col.dtype)
+
+    def _take(self, col: _Column, idx: np.ndarray) -> np.ndarray:
+        """Entries ``idx`` of ``col`` (sorted, unique, in range): one read per run of nearby ones."""
+        idx = np.asarray(idx, dtype=np.int64)
+        out = np.empty(len(idx), dtype=col.dtype)
+        if len(idx) == 0:
+            return out
+        breaks = np.flatnonzero(np.diff(idx) > self._GAP) + 1
+        for a, b in zip(np.concatenate([[0], breaks]), np.concatenate([breaks, [len(idx)]])):
+            lo = int(idx[a])
+            out[a:b] = self._slice(col, lo, int(idx[b - 1]) + 1)[idx[a:b] - lo]
+        return out
 
     def _raw_offset(self, key: str, dt: Any) -> int | None:
         """File offset of a contiguous, uncompressed native-order dataset (else None)."""
@@ -559,7 +615,8 @@ class SpectralIndex:
 
     def block(self, lo: int, hi: int) -> PeakBlock:
         """Entries ``lo:hi`` as a :class:`PeakBlock` (read from disk)."""
-        a, b = int(self.ptr[lo]), int(self.ptr[hi])
+        ptr = self._slice(self._ptr, lo, hi + 1)
+        a, b = int(ptr[0]), int(ptr[-1])
         if not 0 <= a <= b <= self._n_peaks:
             raise FormatError(f"damaged index: peak offsets of entries {lo}..{hi - 1} out of range",
                               file=self.path)
@@ -572,7 +629,7 @@ class SpectralIndex:
                 inten = self.file["intensity"][a:b]
         except OSError as exc:
             raise FormatError(f"damaged index: cannot read peaks {a}..{b}: {exc}", file=self.path) from None
-        ptr = self.ptr[lo:hi + 1] - a
+        ptr = ptr - a
         if (len(ptr) > 1 and not (np.diff(ptr) >= 0).all()) or (len(mz) and int(mz.max()) >= self.n_bins):
             raise FormatError(f"damaged index: peak offsets or m/z of entries {lo}..{hi - 1} out of range",
                               file=self.path)
@@ -655,6 +712,13 @@ class SpectralIndex:
         hi = np.searchsorted(self.mw, m + tolerance + 1e-9, "right")
         return lo.astype(np.int64), hi.astype(np.int64)
 
+    def key_blocks(self, step: int = 1 << 20) -> Iterator[np.ndarray]:
+        """The InChIKey connectivity blocks (``S14``; empty when unknown) of the sorted entries,
+        in pieces of ``step`` entries (read each time: the keys are 27 bytes an entry)."""
+        ds = self.file["inchikey"]
+        for lo in range(0, self.n, step):
+            yield np.asarray(ds[lo:lo + step]).astype("S14")
+
     @property
     def inchikeys(self) -> np.ndarray:
         """``S27`` InChIKeys of the sorted entries (empty when unknown), read once."""
@@ -684,16 +748,19 @@ class SpectralIndex:
         out: dict[str, list] = {}
         if len(uniq) == 0:
             return {k: [] for k in (*_META, "inchikey", "mw", "kind", "file")}
-        rows = self.row[uniq]
-        texts = [self._meta_row(int(r)) for r in rows]
+        texts = self._meta_rows(self._take(self._row, uniq))
         for key in _META:
             got = [t.get(key, "") for t in texts]
             out[key] = [got[i] for i in inv]
         keys = self.file["inchikey"][uniq]
         out["inchikey"] = [keys[i].decode() for i in inv]
         out["mw"] = [int(self.mw[i]) for i in idx]
-        out["kind"] = ["predicted" if self.predicted[i] else "measured" for i in idx]
-        out["file"] = [self.sources[int(self.source[i])]["file"] for i in idx]
+        pred, src = self._take(self._pred, uniq), self._take(self._source, uniq)
+        if len(src) and int(src.max()) >= len(self.sources):
+            raise FormatError(f"damaged index: source {int(src.max())} of {len(self.sources)} input files",
+                              file=self.path)
+        out["kind"] = ["predicted" if pred[i] else "measured" for i in inv]
+        out["file"] = [self.sources[int(src[i])]["file"] for i in inv]
         return out
 
 

@@ -53,6 +53,9 @@ class SearchOptions:
     mass_filter: float | None = None
     candidates: set[str] | None = None
     source: str | None = None
+    #: the allowed-entry masks of the libraries searched (:func:`_allowed_mask`)
+    _masks: dict[tuple[int, str | None, int], tuple[SpectralIndex, Any, np.ndarray | None]] = field(default_factory=dict, repr=False,
+                                                                        compare=False)
 
 
 @dataclass
@@ -168,8 +171,10 @@ def read_candidates(path: str | os.PathLike, libraries: Sequence[SpectralIndex])
             blocks.add(block)
             wanted.append((lineno, token, block))
     present: set[str] = set()
+    want = np.array(sorted(blocks), dtype="S14")
     for lib in libraries:
-        present.update(k[:14].decode() for k in np.unique(lib.inchikeys) if k)
+        for part in lib.key_blocks():
+            present.update(k.decode() for k in np.unique(part[_members(part, want)]))
     for lineno, token, block in wanted:
         if block not in present:
             problems.append(f"{path}: line {lineno}: {token}: matches no library entry")
@@ -193,15 +198,29 @@ def _candidate_block(token: str) -> str | None:
     return key[:14] if key else None
 
 
+def _members(keys: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """``keys`` (S14) that are in ``want`` (sorted, unique S14): bool. np.isin for a few wanted
+    (0.016 s over 1.59M keys for 3), a binary search for many (5,310: 0.26 s; np.isin 0.69 s)."""
+    if len(want) <= 64:
+        return np.isin(keys, want)
+    return want[np.minimum(np.searchsorted(want, keys), len(want) - 1)] == keys
+
+
 def _allowed_mask(lib: SpectralIndex, opts: SearchOptions) -> np.ndarray | None:
-    mask = None
-    if opts.source is not None:
-        mask = lib.predicted if opts.source == "predicted" else ~lib.predicted
-    if opts.candidates is not None:
-        want = np.array(sorted(opts.candidates), dtype="S14")
-        cand = np.isin(lib.inchikeys.astype("S14"), want)
-        mask = cand if mask is None else mask & cand
-    return mask
+    """The entries ``opts`` lets be hits (``None``: all), computed once per library."""
+    if opts.source is None and opts.candidates is None:
+        return None
+    key = (id(lib), opts.source, id(opts.candidates))
+    if key not in opts._masks:
+        mask = None
+        if opts.source is not None:
+            mask = lib.predicted if opts.source == "predicted" else ~lib.predicted
+        if opts.candidates is not None:
+            want = np.array(sorted(opts.candidates), dtype="S14")
+            cand = np.concatenate([_members(part, want) for part in lib.key_blocks()] or [np.zeros(0, bool)])
+            mask = cand if mask is None else mask & cand
+        opts._masks[key] = (lib, opts.candidates, mask)    # kept with it: their ids stay theirs
+    return opts._masks[key][2]
 
 
 def _ranges(n: int, windows: tuple[np.ndarray, np.ndarray] | None, mask: np.ndarray | None) -> list[tuple[int, int]]:
@@ -302,6 +321,8 @@ def search_library(lib: SpectralIndex, batch: QueryBatch, opts: SearchOptions) -
     size = int(max(1024, min(65536, _SCORE_BUDGET // max(1, len(batch.records)))))
     allowed = (lambda a, b: mask[a:b]) if mask is not None else None
     reach = float(np.sum(windows[1] - windows[0])) if windows is not None else float(lib.n) * len(batch.records)
+    if mask is not None:        # a candidate list or source filter: at most the allowed entries
+        reach = min(reach, float(np.count_nonzero(mask)) * len(batch.records))
     bf16 = use_bf16(opts.score, reach * N_BINS)
     blocks = _dense_blocks(lib, ranges, opts.score)
     if blocks is None:

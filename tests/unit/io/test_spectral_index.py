@@ -265,3 +265,48 @@ def test_damaged_entry_data_is_refused_in_one_line(tmp_path, change) -> None:
         with open_index(path) as ix:
             ix.entries(np.arange(ix.n))
     assert str(path) in str(err.value)
+
+
+def _bad_source(f) -> None:
+    f["source"][7] = 9                             # an input file the index does not list
+
+
+@pytest.mark.parametrize("change", [_bad_source])
+def test_damaged_source_is_refused_in_one_line(tmp_path, change) -> None:
+    path = damaged_copy(tmp_path, "ix.h5", change)
+    with pytest.raises(FormatError, match="damaged index: source 9"):
+        with open_index(path) as ix:
+            ix.entries(np.arange(ix.n))
+
+
+@pytest.mark.parametrize("in_memory", [False, True])     # read from the file / through h5py
+def test_per_entry_data_read_where_needed_equals_the_datasets(tmp_path, in_memory: bool, monkeypatch) -> None:
+    """Only the masses are held: peak offsets, rows, text offsets and sources are read for the
+    blocks and hits asked for, in runs of nearby entries; the same values as the datasets."""
+    block, mw = entries(300, seed=3)
+    write(tmp_path / "ix.h5", block, mw, 1 << 30)
+    monkeypatch.setattr(SpectralIndex, "_GAP", 5)          # several runs even in 300 entries
+    if in_memory:
+        raw = (tmp_path / "ix.h5").read_bytes()
+        h5 = h5py.File(__import__("io").BytesIO(raw), "r")
+        ix = SpectralIndex(tmp_path / "ix.h5", h5file=h5)
+        assert ix._fd is None
+    else:
+        ix = open_index(tmp_path / "ix.h5")
+        assert ix._ptr.raw is not None and ix._row.raw is not None
+    with ix, h5py.File(tmp_path / "ix.h5", "r") as f:
+        assert not any(isinstance(v, np.ndarray) and len(v) >= ix.n for k, v in vars(ix).items() if k != "mw")
+        pick = np.array([0, 1, 2, 40, 41, 150, 299])
+        np.testing.assert_array_equal(ix._take(ix._row, pick), f["row"][:][pick])
+        np.testing.assert_array_equal(ix._take(ix._meta_ptr, pick), f["meta_ptr"][:][pick])
+        np.testing.assert_array_equal(ix._slice(ix._ptr, 10, 20), f["peak_ptr"][10:20])
+        got = ix.entries(pick[::-1])
+        text = f["meta"][:].tobytes()
+        ptr, rows = f["meta_ptr"][:], f["row"][:]
+        want = [__import__("json").loads(text[ptr[r]:ptr[r + 1]])["id"] for r in rows[pick[::-1]]]
+        assert got["id"] == want
+        assert got["kind"] == ["predicted" if p else "measured" for p in f["predicted"][:][pick[::-1]]]
+        assert ix.predicted.tolist() == f["predicted"][:].astype(bool).tolist()
+        np.testing.assert_array_equal(ix.block(17, 90).to_dense(), block.to_dense()[rows[17:90]])
+        keys = np.concatenate(list(ix.key_blocks(step=64)))
+        assert keys.tolist() == [k[:14] for k in f["inchikey"][:].tolist()]
