@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional, TextIO
+from typing import Annotated, Any, Iterator, Optional, TextIO
 
 import typer
 
@@ -89,3 +91,33 @@ def finish_run(cmd: str, result: Any, cfg: Any, out_dir: Path) -> None:
     best = "n/a" if result.best_metric is None else f"{result.best_metric:.4f}"
     eprint(cmd, f"{result.epochs_done} epochs, {result.step} steps, best "
            f"{cfg.train.best_metric} {best}; checkpoints in {Path(out_dir) / 'checkpoints'}")
+
+
+@contextlib.contextmanager
+def tidy_run_dir(out_dir: Path) -> Iterator[None]:
+    """A run directory the command creates is removed again when the command fails before it
+    writes a file there (refused data, a bad config): no empty run directories left behind. A
+    run that wrote anything (a checkpoint, rejects) keeps its directory."""
+    created = not os.path.lexists(out_dir)
+    try:
+        yield
+    except BaseException:
+        if created and os.path.isdir(out_dir) and not os.path.islink(out_dir):
+            _remove_if_empty(Path(out_dir))
+        raise
+
+
+def _remove_if_empty(top: Path) -> None:
+    """Remove ``top`` when it holds only empty directories."""
+    for root, dirs, files in os.walk(top, topdown=False):
+        if files:
+            return
+        for d in dirs:
+            try:
+                os.rmdir(os.path.join(root, d))
+            except OSError:
+                return
+    try:
+        os.rmdir(top)
+    except OSError:
+        pass

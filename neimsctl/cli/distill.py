@@ -8,12 +8,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from neimsctl.cli._common import (Quiet, app, check_inputs_or_usage, command, input_pairs, refuse_clobber,
+from neimsctl.cli._common import (Quiet, app, check_inputs_or_usage, command, fail, input_pairs, refuse_clobber,
                                   setup_logging, usage_error)
 from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainVerbose,
                                         check_config_or_usage, config_option, config_sets, finish_run,
                                         run_dir_option,
-                                        run_dir_outputs, train_log)
+                                        run_dir_outputs, tidy_run_dir, train_log)
 
 CMD = "distill"
 #: Bundled profiles used when --config is not given (repo checkout / editable install).
@@ -79,7 +79,7 @@ def distill_cli(
         if not config.is_file():
             usage_error(CMD, "--config: no bundled config found; give a configs/distill/*.yaml")
     check_config_or_usage(CMD, config)
-    with command(CMD):
+    with command(CMD), tidy_run_dir(out_dir):
         from neimsctl.errors import ConfigError
         from neimsctl.train.config import load_config
 
@@ -107,6 +107,10 @@ def distill_cli(
                        + input_pairs(map(Path, cfg.data.transfer), "--transfer")
                        + input_pairs([x for x in (teacher, soft) if x], "input"),
                        run_dir_outputs(out_dir))
+        # a run to resume has checkpoints, or (with --teacher) is a directory whose soft labels
+        # were interrupted before training began
+        if resume and not (out_dir / "checkpoints").is_dir() and not (teacher is not None and out_dir.is_dir()):
+            fail(CMD, f"--resume: {out_dir / 'checkpoints'}", "no checkpoints to resume from")
         from neimsctl.train.distill import run_distill
 
         if teacher is not None:

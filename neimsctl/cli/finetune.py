@@ -12,7 +12,7 @@ from neimsctl.cli._common import (Quiet, app, check_inputs_or_usage, command, fa
 from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainVerbose,
                                         check_config_or_usage, config_option, config_sets, finish_run,
                                         run_dir_option,
-                                        run_dir_outputs, train_log)
+                                        run_dir_outputs, tidy_run_dir, train_log)
 
 CMD = "finetune"
 
@@ -44,7 +44,7 @@ def finetune_cli(
     setup_logging(verbose, quiet)
     sets = config_sets(overrides, {"train.device": device})
     check_config_or_usage(CMD, config)
-    with command(CMD):
+    with command(CMD), tidy_run_dir(out_dir):
         from neimsctl.train.config import load_config
 
         cfg = load_config(config, sets)

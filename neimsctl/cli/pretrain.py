@@ -13,7 +13,7 @@ from neimsctl.cli._common import (EXIT_FAIL, InPaths, Quiet, app, check_inputs_o
                                   setup_logging, usage_error)
 from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainVerbose, check_config_or_usage,
                                         config_option, config_sets, finish_run, run_dir_option,
-                                        run_dir_outputs, train_log)
+                                        run_dir_outputs, tidy_run_dir, train_log)
 
 CMD = "pretrain"
 
@@ -66,7 +66,7 @@ def pretrain_cli(
                                    "train.steps_per_epoch": steps_per_epoch})
     check_config_or_usage(CMD, config)
     refuse_clobber(CMD, input_pairs(paths), run_dir_outputs(out_dir, ("rejects.jsonl",)))
-    with command(CMD):
+    with command(CMD), tidy_run_dir(out_dir):
         check_inputs_or_usage(CMD, [p for p in paths if str(p) != "-"], regular="not a regular file")
         if resume and not (out_dir / "checkpoints").is_dir():
             fail(CMD, f"--resume: {out_dir / 'checkpoints'}", "no checkpoints to resume from")

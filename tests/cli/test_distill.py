@@ -138,6 +138,7 @@ def test_baselines_run(work: Path) -> None:
     ("t.h5 --no-kd", 1, "distill needs `neimsctl featurize --mode student`"),
     ("s.h5 --no-kd --set train.bogus=1", 1, "train.bogus"),
     ("s.h5 --arch neims-v1 -c {repo}/configs/distill/student-cpu-small.yaml", 1, "not --arch"),
+    ("s.h5 --no-kd --resume", 1, "no checkpoints to resume"),      # refused before the data are loaded
 ])
 def test_distill_exit_codes(shards: Path, repo_root: Path, args: str, code: int, text: str,
                             monkeypatch: pytest.MonkeyPatch) -> None:
@@ -146,7 +147,7 @@ def test_distill_exit_codes(shards: Path, repo_root: Path, args: str, code: int,
                                  "--out-dir", "bad"])
     assert r.exit_code == code, r.output
     assert text in r.stderr
-    assert not (shards / "bad" / "checkpoints").exists()
+    assert not (shards / "bad").exists()          # no run directory left behind, not even empty
 
 
 def test_softlabel_exit_codes(shards: Path, monkeypatch: pytest.MonkeyPatch) -> None:

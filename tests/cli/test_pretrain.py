@@ -95,6 +95,20 @@ def test_stdin_and_pcqm_style_csv(tmp_path):
     assert res.exit_code == 1 and "SMILES rejected: 2" in res.output  # stdin: same as the file
 
 
+def test_refused_input_leaves_no_run_dir(tmp_path):
+    """A run that fails before writing anything (no valid molecule) removes the directory it made."""
+    cli_main.load_commands()
+    (tmp_path / "empty.smi").write_text("")
+    res = CliRunner().invoke(cli_main.app, ["pretrain", str(tmp_path / "empty.smi"), "-c", CFG,
+                                            "-o", str(tmp_path / "run")])
+    assert res.exit_code == 1 and "no valid molecule" in res.output, res.output
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "kept").mkdir()                   # a directory that was there before stays
+    res = CliRunner().invoke(cli_main.app, ["pretrain", str(tmp_path / "empty.smi"), "-c", CFG,
+                                            "-o", str(tmp_path / "kept")])
+    assert res.exit_code == 1 and (tmp_path / "kept").is_dir()
+
+
 @pytest.mark.parametrize("args, code, text", [
     (["x.smi"], 2, "Missing option '--config'"),
     (["missing.smi", "-c", CFG], 2, "missing.smi: no such file"),
