@@ -16,7 +16,11 @@ One run measures, on one library (predicted spectra + the DEV MassBank spectra) 
    ms-entropy FlashEntropySearch (index build + open search and 5 Da identity search, the same
    library and queries) and matchms CosineGreedy (m/z^1 I^0.5, on a ``--matchms-entries`` subset,
    extrapolated linearly to the whole library);
-5. Recall@1 of all of them on the issue-5 test protocol when ``--split-dir`` holds the files of
+5. ``--paired N``: N alternated pairs, our whole ``search`` command (start-up counted) then one
+   pass of ms-entropy's search in a process that built its index once and waits (its loop only),
+   for ``--mass-filter 5`` / identity search and unfiltered / open search; the ratio of
+   queries/s is taken pair by pair, so drift of the machine's speed between phases cancels;
+6. Recall@1 of all of them on the issue-5 test protocol when ``--split-dir`` holds the files of
    tools/bench/search_scores.sh (library = predicted test compounds + training spectra).
 
 usage: tools/bench/bench_search.py --library moses100k.msp [--dev massbank_ei.msp] --work DIR
@@ -32,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -222,19 +227,9 @@ def external(npz: Path, matchms_entries: int, matchms_queries: int) -> dict:
                                          i[p[k]:p[k + 1]].astype(np.float32)], axis=1)
     n, nq = len(d["ptr"]) - 1, len(d["qptr"]) - 1
     out: dict = {"library": n, "queries": nq}
-    from ms_entropy import FlashEntropySearch
-
     t0 = time.perf_counter()
-    fes = FlashEntropySearch(max_ms2_tolerance_in_da=0.5)
-    lib = [{"precursor_mz": float(d["mw"][k]), "peaks": peaks(d["ptr"], d["mz"], d["it"], k), "row": k}
-           for k in range(n)]
-    lib = fes.build_index(lib, precursor_ions_removal_da=None, noise_threshold=0.001,
-                          min_ms2_difference_in_da=1.0, max_indexed_mz=500.5)
+    fes, order, qs = _msentropy(d)          # the queries' cleaning counted with the index, as before
     out["msentropy_index_s"] = time.perf_counter() - t0
-    order = np.array([s["row"] for s in lib])
-    qs = [fes.clean_spectrum_for_search(float(d["qmw"][k]), peaks(d["qptr"], d["qmz"], d["qit"], k),
-                                        precursor_ions_removal_da=None, noise_threshold=0.001,
-                                        min_ms2_difference_in_da=1.0) for k in range(nq)]
     for label, fn in (("open", lambda k: fes.open_search(peaks=qs[k], ms2_tolerance_in_da=0.4)),
                       ("mass5", lambda k: fes.identity_search(precursor_mz=float(d["qmw"][k]), peaks=qs[k],
                                                               ms1_tolerance_in_da=5, ms2_tolerance_in_da=0.4))):
@@ -266,6 +261,83 @@ def external(npz: Path, matchms_entries: int, matchms_queries: int) -> dict:
         top = np.argmax(arr, axis=0)
         out["matchms_recall1_on_queries_scored"] = float(np.mean(
             [arr[t, j] > 0 and d["keys"][t] == d["qkeys"][j] for j, t in enumerate(top)]))
+    return out
+
+
+def _msentropy(d: dict) -> tuple[Any, np.ndarray, list]:
+    """ms-entropy's index of the exported library and its cleaned queries."""
+    from ms_entropy import FlashEntropySearch
+
+    peaks = lambda p, m, i, k: np.stack([m[p[k]:p[k + 1]].astype(np.float32),  # noqa: E731
+                                         i[p[k]:p[k + 1]].astype(np.float32)], axis=1)
+    n, nq = len(d["ptr"]) - 1, len(d["qptr"]) - 1
+    fes = FlashEntropySearch(max_ms2_tolerance_in_da=0.5)
+    lib = [{"precursor_mz": float(d["mw"][k]), "peaks": peaks(d["ptr"], d["mz"], d["it"], k), "row": k}
+           for k in range(n)]
+    lib = fes.build_index(lib, precursor_ions_removal_da=None, noise_threshold=0.001,
+                          min_ms2_difference_in_da=1.0, max_indexed_mz=500.5)
+    qs = [fes.clean_spectrum_for_search(float(d["qmw"][k]), peaks(d["qptr"], d["qmz"], d["qit"], k),
+                                        precursor_ions_removal_da=None, noise_threshold=0.001,
+                                        min_ms2_difference_in_da=1.0) for k in range(nq)]
+    return fes, np.array([s["row"] for s in lib]), qs
+
+
+def serve_external(npz: Path) -> None:
+    """Runs inside the benchmark virtualenv for ``--paired``: builds ms-entropy's index once, then
+    for each line ``open`` or ``mass5`` on stdin times one pass over every query and prints
+    ``{"qps": ..., "recall1": ...}`` (the search loop only: its start-up and index are not counted)."""
+    with np.load(npz) as f:
+        d = {k: f[k] for k in f.files}
+    t0 = time.perf_counter()
+    fes, order, qs = _msentropy(d)
+    print(json.dumps({"ready": True, "index_s": time.perf_counter() - t0}), flush=True)
+    for line in sys.stdin:
+        mode = line.strip()
+        t0 = time.perf_counter()
+        top1 = []
+        for k, q in enumerate(qs):
+            if mode == "open":
+                sc = fes.open_search(peaks=q, ms2_tolerance_in_da=0.4)
+            else:
+                sc = fes.identity_search(precursor_mz=float(d["qmw"][k]), peaks=q, ms1_tolerance_in_da=5,
+                                         ms2_tolerance_in_da=0.4)
+            top1.append(order[int(np.argmax(sc))] if sc.max() > 0 else -1)
+        qps = len(qs) / (time.perf_counter() - t0)
+        rec = float(np.mean([t >= 0 and d["keys"][t] == qk for t, qk in zip(top1, d["qkeys"])]))
+        print(json.dumps({"qps": qps, "recall1": rec}), flush=True)
+
+
+def paired(benchenv: str, index: Path, queries: Path, nq: int, npz: Path, pairs: int,
+           modes: tuple[str, ...] = ("mass5", "open")) -> dict:
+    """``pairs`` alternated runs: our whole command, then one ms-entropy pass in its waiting
+    process, for each filter; the ratio of queries/s taken pair by pair (machine drift between
+    the two tools' phases of one run moved the ratio by half here)."""
+    srv = subprocess.Popen([benchenv, __file__, "--serve-external", str(npz)], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, text=True)
+    assert srv.stdin is not None and srv.stdout is not None
+    ready = json.loads(srv.stdout.readline())
+    out: dict = {"msentropy_index_s": round(ready["index_s"], 1), "pairs": pairs}
+    for mf, mode in ((5, "mass5"), (None, "open")):
+        if mode not in modes:
+            continue
+        ours, theirs, ratios = [], [], []
+        for _ in range(pairs):
+            wall, _, rc = timed(["neimsctl", "search", str(queries), "-l", str(index), "-q", "-o", "/dev/null",
+                                 *(["--mass-filter", str(mf)] if mf else [])])
+            srv.stdin.write(mode + "\n")
+            srv.stdin.flush()
+            got = json.loads(srv.stdout.readline())
+            ours.append(nq / wall)
+            theirs.append(got["qps"])
+            ratios.append(ours[-1] / got["qps"])
+        row = {"neimsctl_qps_median": round(statistics.median(ours), 1),
+               "msentropy_qps_median": round(statistics.median(theirs), 2),
+               "ratio_median": round(statistics.median(ratios), 2), "ratio_min": round(min(ratios), 2),
+               "ratio_max": round(max(ratios), 2), "msentropy_recall1": got["recall1"]}
+        out["mass5" if mf else "open"] = row
+        print(json.dumps({mode: row}), file=sys.stderr, flush=True)
+    srv.stdin.close()
+    srv.wait()
     return out
 
 
@@ -309,8 +381,16 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma-separated: index,search,engine,exact,external")
     ap.add_argument("--replicate", type=int, default=1,
                     help="search an index holding the library N times (timing at scale)")
+    ap.add_argument("--paired", type=int, default=0, metavar="N",
+                    help="N alternated pairs: our whole command / one ms-entropy pass in a waiting process")
+    ap.add_argument("--paired-modes", default="mass5,open",
+                    help="mass5 (--mass-filter 5 / identity search) and/or open (no filter / open search)")
     ap.add_argument("--external", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--serve-external", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.serve_external:
+        serve_external(a.serve_external)
+        return
     if a.external:
         print(json.dumps(external(a.external, a.matchms_entries, a.matchms_queries)))
         return
@@ -358,6 +438,11 @@ def main() -> None:
             print(json.dumps(row), file=sys.stderr, flush=True)
     if "exact" not in skip:
         res["exact"] = exactness(index, queries, a.exact_entries, a.exact_queries)
+    if a.paired and Path(a.benchenv).exists():
+        npz = a.work / "export.npz"
+        export_npz(index, queries, npz)
+        res["paired"] = paired(a.benchenv, index, queries, a.queries, npz, a.paired,
+                               tuple(a.paired_modes.split(",")))
     if "external" not in skip and Path(a.benchenv).exists():
         npz = a.work / "export.npz"
         export_npz(index, queries, npz)
