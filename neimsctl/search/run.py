@@ -174,7 +174,7 @@ def read_candidates(path: str | os.PathLike, libraries: Sequence[SpectralIndex])
     want = np.array(sorted(blocks), dtype="S14")
     for lib in libraries:
         for part in lib.key_blocks():
-            present.update(k.decode() for k in np.unique(part[_members(part, want)]))
+            present.update(k.decode() for k in set(part[_members(part, want)].tolist()))
     for lineno, token, block in wanted:
         if block not in present:
             problems.append(f"{path}: line {lineno}: {token}: matches no library entry")
