@@ -136,6 +136,22 @@ def check_inputs_or_usage(cmd: str, paths: Iterable[Path | str], *, label: str =
             usage_error(cmd, f"{label} {p}: {problem}" if label else f"{p}: {problem}")
 
 
+def warn_repeated(cmd: str, label: str, paths: Iterable[Path | str], why: str) -> None:
+    """One warning line per file given more than once to ``label`` (the same file by device and
+    inode, also under another name)."""
+    from neimsctl.io.streams import _identity
+
+    seen: dict[tuple, list[str]] = {}
+    for p in paths:
+        ident = _identity(p, -1)
+        if ident is not None and ident[0] == "inode":
+            seen.setdefault(ident, []).append(str(p))
+    for names in seen.values():
+        if len(names) > 1:
+            eprint(cmd, f"warning: {label} {', '.join(dict.fromkeys(names))}: the same file given "
+                        f"{len(names)} times", why)
+
+
 def require_input_or_usage(cmd: str, inputs: list[Path] | None) -> list[Path]:
     """Default to stdin; with no input while stdin is a terminal, print usage and exit 2."""
     paths = list(inputs) if inputs else [Path("-")]

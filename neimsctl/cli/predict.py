@@ -13,7 +13,7 @@ import typer
 from neimsctl.cli._common import (EXIT_FAIL, Device, InPaths, JobsAuto, OutPath, Quiet,
                                   RejectsPath, Strict, Verbose, app, command, fail, input_pairs,
                                   output_pair, check_inputs_or_usage, refuse_clobber, require_input_or_usage,
-                                  setup_logging, usage_error)
+                                  setup_logging, usage_error, warn_repeated)
 
 CMD = "predict"
 
@@ -157,6 +157,8 @@ def predict_cli(
             usage_error(CMD, "--uncertainty needs -O jsonl (MSP has no place for it)")
         models = model or ["student"]
         check_models_or_usage(CMD, "--model", models)
+        warn_repeated(CMD, "--model", shipped_paths(models),
+                      "the ensemble weighs it that many times and --uncertainty counts its agreement with itself")
         refuse_clobber(CMD, input_pairs(paths) + input_pairs(shipped_paths(models), "--model"),
                        [output_pair("-o", output)]
                        + ([output_pair("--rejects", rejects)] if rejects else []))

@@ -11,7 +11,7 @@ import typer
 
 from neimsctl.cli._common import (EXIT_FAIL, NoProvenance, Quiet, RejectsPath, Verbose, app,
                                   check_inputs_or_usage, command, eprint, input_pairs, output_pair, refuse_clobber,
-                                  seekable_output, setup_logging, usage_error)
+                                  seekable_output, setup_logging, usage_error, warn_repeated)
 
 CMD = "softlabel"
 
@@ -66,6 +66,7 @@ def softlabel_cli(
     with command(CMD):
         check_inputs_or_usage(CMD, [*teacher, *shards],
                               regular="not a regular file (HDF5 and checkpoints are read from files)")
+        warn_repeated(CMD, "--teacher", teacher, "its MC samples count that many times in the soft labels")
         from neimsctl.io.provenance import provenance
         from neimsctl.io.streams import open_out
         from neimsctl.train.softlabel import SoftLabelSettings, run_softlabel

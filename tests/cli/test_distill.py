@@ -193,3 +193,16 @@ def test_cross_fitted_teachers_label_out_of_fold(shards: Path, repo_root: Path) 
     bad = sh(f"neimsctl finetune t.h5 --config {repo_root}/configs/finetune/teacher-cpu-small.yaml "
              f"{TEACHER} --set data.fold=3/2 --device cpu --out-dir foldbad", shards)
     assert bad.returncode == 1 and b"data.fold '3/2'" in bad.stderr
+
+
+def test_a_teacher_given_twice_is_warned(work: Path) -> None:
+    """The same checkpoint twice (also under another name) pools its MC samples twice: warned."""
+    shards = work
+    ck = shards / "ft/checkpoints/last.pt"
+    (shards / "again.pt").unlink(missing_ok=True)
+    (shards / "again.pt").symlink_to(ck)
+    r = CliRunner().invoke(app, ["softlabel", str(shards / "t.h5"), "-t", str(ck), "-t", str(shards / "again.pt"),
+                                 "-o", str(shards / "twice.h5"), "--samples", "2", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "warning: --teacher" in r.stderr and "the same file given 2 times" in r.stderr
+    assert "MC samples count that many times" in r.stderr

@@ -133,6 +133,8 @@ def test_model_errors(ckpt, tmp_path, monkeypatch):
     assert res.exit_code == 1 and "needs the teacher" in res.stderr
     assert invoke("-m", str(ckpt), "--uncertainty", stdin=b"CCO\n").exit_code == 2
     assert invoke("-m", str(ckpt), "--precision", "fp8", stdin=b"CCO\n").exit_code == 2
+    res = invoke("-m", str(ckpt), "-m", str(ckpt), stdin=b"CCO\n")   # an ensemble of one file twice
+    assert res.exit_code == 0 and "warning: --model" in res.stderr and "the same file given 2 times" in res.stderr
 
 
 def test_teacher_uncertainty(tmp_path):
