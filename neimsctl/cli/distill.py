@@ -132,18 +132,11 @@ def _soft_labels_first(teacher: Path, feats: list[Path], out_dir: Path, samples:
         if not quiet:
             print(f"neimsctl {CMD}: using the soft labels in {out}", file=sys.stderr)
         return out
-    created = not out.parent.exists()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)     # removed again if left empty: tidy_run_dir
     settings = SoftLabelSettings(samples=samples, part="train", split_seed=split_seed,
                                  split=tuple(split))  # type: ignore[arg-type]
-    try:
-        tally = run_softlabel(teacher, feats, out, settings=settings, device=device or "auto",
-                              resume=resume, log=train_log(quiet))
-    except BaseException:
-        # a refused teacher (or an interrupt before anything was written): leave no empty run dir
-        if created and not any(out.parent.iterdir()):
-            out.parent.rmdir()
-        raise
+    tally = run_softlabel(teacher, feats, out, settings=settings, device=device or "auto",
+                          resume=resume, log=train_log(quiet))
     if not quiet:
         print(f"neimsctl {CMD}: soft labels: {tally.summary()} -> {out}", file=sys.stderr)
     return out

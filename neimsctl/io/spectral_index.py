@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import orjson
@@ -422,6 +422,7 @@ class SpectralIndex:
         self._n_peaks = int(f["mz"].shape[0])
         self._keys: np.ndarray | None = None
         self._predicted: np.ndarray | None = None
+        self._matches: tuple[bytes, np.ndarray, set[str]] | None = None     # :meth:`key_matches`
         self._raw = self._raw_offsets()
         self._meta_len = int(f["meta"].shape[0])
         self._meta_raw = self._raw_offset("meta", np.uint8)
@@ -720,6 +721,20 @@ class SpectralIndex:
         for lo in range(0, self.n, step):
             yield np.asarray(ds[lo:lo + step]).astype("S14")
 
+    def key_matches(self, blocks: Iterable[str]) -> tuple[np.ndarray, set[str]]:
+        """The entries whose InChIKey connectivity block is one of ``blocks`` (bool ``(n,)``) and
+        the blocks found among them; the keys are read in pieces (:meth:`key_blocks`), once for
+        the last set of blocks asked for (a candidate list's check and its search share it)."""
+        want = np.array(sorted(set(blocks)), dtype="S14")
+        key = want.tobytes()
+        if self._matches is None or self._matches[0] != key:
+            masks, found = [np.zeros(0, dtype=bool)], set()
+            for part in self.key_blocks():
+                masks.append(_members(part, want))
+                found.update(part[masks[-1]].tolist())
+            self._matches = (key, np.concatenate(masks), {b.decode() for b in found})
+        return self._matches[1], self._matches[2]
+
     @property
     def inchikeys(self) -> np.ndarray:
         """``S27`` InChIKeys of the sorted entries (empty when unknown), read once."""
@@ -763,6 +778,14 @@ class SpectralIndex:
         out["kind"] = ["predicted" if pred[i] else "measured" for i in inv]
         out["file"] = [self.sources[int(src[i])]["file"] for i in inv]
         return out
+
+
+def _members(keys: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """``keys`` (S14) that are in ``want`` (sorted, unique S14): bool. np.isin for a few wanted
+    (0.016 s over 1.59M keys for 3), a binary search for many (5,310: 0.26 s; np.isin 0.69 s)."""
+    if len(want) <= 64:
+        return np.isin(keys, want)
+    return want[np.minimum(np.searchsorted(want, keys), len(want) - 1)] == keys
 
 
 def open_index(path: str | os.PathLike) -> SpectralIndex:

@@ -9,7 +9,7 @@ import pytest
 from neimsctl.evaluate.matching import Score
 from neimsctl.io.peak_block import PeakBlock
 from neimsctl.io.spectra import load_spectra
-from neimsctl.io.spectral_index import IndexWriter, SpectralIndex, _write_dense
+from neimsctl.io.spectral_index import IndexWriter, SpectralIndex, _members, _write_dense
 from neimsctl.io.spectrum_records import SpectrumRecord
 from neimsctl.search import run
 from neimsctl.search.run import QueryBatch, SearchOptions, search_library
@@ -84,7 +84,7 @@ def test_candidate_membership_few_and_many() -> None:
     keys = np.array(["".join(rng.choice(list("ABCDEF"), 14)) for _ in range(3000)], dtype="S14")
     for n in (0, 3, 64, 65, 900):
         want = np.unique(np.concatenate([keys[:n], np.array([b"ZZZZZZZZZZZZZZ"], dtype="S14")]))
-        np.testing.assert_array_equal(run._members(keys, want), np.isin(keys, want))
+        np.testing.assert_array_equal(_members(keys, want), np.isin(keys, want))
 
 
 @pytest.mark.parametrize("opts", [dict(candidates={"NOSUCHKEYBLOCK"}), dict(source="predicted")])
@@ -95,9 +95,27 @@ def test_the_work_estimate_counts_only_allowed_entries(libs, opts, monkeypatch) 
     seen = []
     monkeypatch.setattr(run, "use_bf16", lambda score, work: seen.append(work) or False)
     batch = QueryBatch([SpectrumRecord("q", 0, 0, "0")], v2.block(0, 1), np.array([np.nan]))
+    reads = []
+    real = SpectralIndex.key_blocks
+    monkeypatch.setattr(SpectralIndex, "key_blocks", lambda self, *a: reads.append(1) or real(self, *a))
     o = SearchOptions(Score(), top=5, **opts)
     a = search_library(v2, batch, o)
     assert seen == [0.0] and (a.index < 0).all()          # nothing allowed: no work, no hits
-    assert len(o._masks) == 1
     search_library(v2, batch, o)
-    assert len(o._masks) == 1                            # the mask computed once per library
+    assert len(reads) == (1 if "candidates" in opts else 0)   # the keys matched once per library
+
+
+def test_a_candidate_list_is_matched_once_for_its_check_and_its_search(libs, tmp_path, monkeypatch) -> None:
+    *_, v2, _ = libs
+    keys = sorted({k.decode()[:14] for k in v2.inchikeys[:5] if k})
+    (tmp_path / "c.txt").write_text("\n".join(keys + ["ZZZZZZZZZZZZZZ"]) + "\n")
+    v2._matches = None
+    reads = []
+    real = SpectralIndex.key_blocks
+    monkeypatch.setattr(SpectralIndex, "key_blocks", lambda self, *a: reads.append(1) or real(self, *a))
+    blocks, problems = run.read_candidates(tmp_path / "c.txt", [v2])
+    assert problems == [f"{tmp_path / 'c.txt'}: line {len(keys) + 1}: ZZZZZZZZZZZZZZ: matches no library entry"]
+    mask = run._allowed_mask(v2, SearchOptions(Score(), candidates=blocks))
+    want = np.isin(np.array([k[:14] for k in v2.inchikeys]), np.array(keys, dtype="S14"))
+    np.testing.assert_array_equal(mask, want)
+    assert len(reads) == 1
