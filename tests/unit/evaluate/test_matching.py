@@ -283,6 +283,42 @@ def test_stored_weights_give_the_exact_hits(tmp_path, bf16: bool) -> None:
     ix.close()
 
 
+@pytest.mark.parametrize("first_pass", ["peaks", "stored", "stored-bf16"])
+def test_a_chunks_own_kth_score_cuts_its_candidates(tmp_path, monkeypatch, first_pass: str) -> None:
+    """A chunk with many entries above the query's k-th score from earlier chunks: only those
+    that can reach the chunk's own k-th score (its k-th first-pass score, less the margin) are
+    scored exactly; the hits still equal the float64 brute force, ties (identical copies) included."""
+    from neimsctl.evaluate import matching
+
+    rng = np.random.default_rng(29)
+    base = random_library(rng, 1).to_dense()[0]
+    weak = random_library(rng, 64).to_dense()                  # chunk 0: unrelated spectra
+    noisy = base * rng.uniform(0.0, 2.0, size=(128, N)).astype(np.float32) ** rng.uniform(0.2, 3.0, size=(128, 1))
+    noisy[:, np.argmax(base)] = 1.0
+    copies = np.repeat(base[None], 10, axis=0)                 # ties at the top
+    lib = PeakBlock.from_dense(np.concatenate([weak, noisy[:64], copies, noisy[64:]]).astype(np.float32))
+    queries = PeakBlock.from_dense(np.array([base, noisy[3]], dtype=np.float32))
+    pairs: list[int] = []
+    exact = matching._exact_cosine
+
+    def counted(q, sel, block, score, rows, cols):
+        pairs.append(len(rows))
+        return exact(q, sel, block, score, rows, cols)
+
+    monkeypatch.setattr(matching, "_exact_cosine", counted)
+    if first_pass == "peaks":
+        chunks = iter_chunks(lib, 64)
+    else:
+        ix = stored_index(tmp_path, lib, 64)
+        chunks = iter([ix.dense_chunk(b, float32=first_pass == "stored") for b in range(-(-len(lib) // 64))])
+    res = search_blocks(queries, chunks, Score(), 5, bf16=first_pass == "stored-bf16")
+    ref_s, ref_i = brute(queries, lib, "cosine", False, 5)
+    assert_same_hits(res.scores, res.index, ref_s, ref_i, 1e-6)
+    np.testing.assert_array_equal(res.index[0], np.arange(128, 133))    # the first copies, in order
+    # chunk 1 (64 noisy copies, all above the unrelated chunk's k-th): far fewer than all scored
+    assert pairs[1] < 40, pairs
+
+
 def test_pooled_chunks_are_released_and_reused(tmp_path) -> None:
     """Chunks read with ``pooled=True`` (as ``search`` reads them) give the same hits; the search
     releases each one's weights after its first pass and the next block reads into that memory;
