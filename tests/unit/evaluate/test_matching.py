@@ -319,6 +319,33 @@ def test_a_chunks_own_kth_score_cuts_its_candidates(tmp_path, monkeypatch, first
     assert pairs[1] < 40, pairs
 
 
+@pytest.mark.parametrize("bits", [False, True])
+def test_fresh_start_is_at_most_the_kth_score(bits: bool) -> None:
+    """The first threshold of a query without k hits: at most its row's k-th best score (so
+    the k-th best is among the scores kept), at least k scores reach it where k are positive,
+    and it is positive (entries sharing no peak are never candidates)."""
+    from neimsctl.evaluate.matching import _fresh_start
+    from neimsctl.io.peak_block import bf16_bits, bf16_values
+
+    rng = np.random.default_rng(31)
+    rows = [rng.random(300) ** p for p in (1, 8, 40, 200)]          # spread, then steep rows
+    rows.append(np.where(np.arange(300) < 3, rng.random(300), 0.0))  # fewer than k positive
+    rows.append(np.zeros(300))
+    s = np.array(rows, dtype=np.float32)
+    s[:4, 7] = 1.0
+    if bits:
+        s = bf16_bits(s)
+    k = 10
+    start = _fresh_start(s, k, bits, bf16_values if bits else (lambda a: a))
+    vals = bf16_values(s) if bits else s
+    for row, t in zip(vals, bf16_values(start) if bits else start):
+        positive = np.sort(row[row > 0])[::-1]
+        assert t > 0
+        assert np.count_nonzero(row >= t) >= min(k, len(positive))
+        if len(positive) >= k:
+            assert t <= positive[k - 1]
+
+
 def test_pooled_chunks_are_released_and_reused(tmp_path) -> None:
     """Chunks read with ``pooled=True`` (as ``search`` reads them) give the same hits; the search
     releases each one's weights after its first pass and the next block reads into that memory;
