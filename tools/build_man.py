@@ -29,7 +29,8 @@ EXIT_STATUS = [
     ("1", "runtime failure (I/O, unreadable model or config), or some input records were rejected "
           "(each is in the rejects report), or a bad record under --strict"),
     ("2", "usage error: bad option, no input while stdin is a terminal, or an output that is the "
-          "same file as an input or another output (nothing is written)"),
+          "same file as an input, another output or a file neimsctl ships (its models, their cards, "
+          "the sample) (nothing is written)"),
     ("130, 143", "interrupted: 130 after Ctrl-C (SIGINT), 143 after SIGTERM; temporary outputs "
                  "removed (featurize -o FILE.h5 keeps FILE.h5.partial for --resume); the training "
                  "commands save checkpoints/interrupted.pt and exit 130 after either"),

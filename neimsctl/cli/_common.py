@@ -175,9 +175,11 @@ def refuse_clobber(cmd: str, inputs: Iterable[tuple[str, Path | str | None]],
     """
     from neimsctl.io.streams import find_clash
 
-    clash = find_clash(inputs, outputs)
+    clash = find_clash([*inputs, *_package_files()], outputs)
     if clash is None:
         return
+    if clash.other.startswith(_OWN):
+        usage_error(cmd, f"{clash.output} is {clash.other}: refusing to overwrite it")
     if clash.other_is_input:
         note = ""
         if clash.output == "stdout" and not _stdout_appends():
@@ -186,6 +188,16 @@ def refuse_clobber(cmd: str, inputs: Iterable[tuple[str, Path | str | None]],
                          f"write into an input{note}")
     usage_error(cmd, f"{clash.output} is the same file as {clash.other}: give each output "
                      "its own file")
+
+
+_OWN = "neimsctl's own file "
+
+
+def _package_files() -> list[tuple[str, Path]]:
+    """The files the package ships (models, cards, the sample): no command writes over them
+    (e.g. ``softlabel -o`` or ``ensemble -o`` pointed at ``student-default.pt`` by mistake)."""
+    root = Path(__file__).resolve().parents[1] / "resources"
+    return [(_OWN + str(p.relative_to(root.parent)), p) for p in sorted(root.rglob("*")) if p.is_file()]
 
 
 def _stdout_appends() -> bool:

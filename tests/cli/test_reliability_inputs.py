@@ -107,6 +107,35 @@ def test_output_that_is_an_input_is_refused(cmd, message, tmp_path, ckpt, repo_r
     assert sorted(str(p) for p in tmp_path.rglob("*")) == names  # nothing written
 
 
+SHIPPED = [
+    ("softlabel a.h5 -t t.pt -o {models}/student-default.pt", "resources/models/student-default.pt"),
+    ("ensemble t.pt -o {models}/teacher-default.pt", "resources/models/teacher-default.pt"),
+    ("predict -m {ckpt} s.smi -o {models}/teacher-default.json", "resources/models/teacher-default.json"),
+    ("msp2jsonl x.msp --rejects {sample}/ATTRIBUTION.md", "resources/sample/ATTRIBUTION.md"),
+]
+
+
+@pytest.mark.parametrize("cmd,name", SHIPPED, ids=[c.split()[0] for c, _ in SHIPPED])
+def test_an_output_naming_a_shipped_file_is_refused(cmd, name, tmp_path, ckpt):
+    """The package's own files (models, cards, the sample) are never overwritten, whether or
+    not the command reads them (softlabel -o student-default.pt with another teacher)."""
+    import neimsctl
+
+    res = Path(neimsctl.__file__).parent / "resources"
+    (tmp_path / "x.msp").write_bytes(THREE)
+    (tmp_path / "s.smi").write_bytes(SMI)
+    for f in ("a.h5", "t.pt"):
+        (tmp_path / f).write_bytes(f.encode())
+    target = res / name.split("/", 1)[1]
+    before = digest(target)
+    proc = sh("neimsctl " + cmd.format(ckpt=ckpt, models=res / "models", sample=res / "sample"), tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert f"is neimsctl's own file {name}: refusing to overwrite it" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert digest(target) == before
+
+
 def test_shell_truncation_is_named(tmp_path):
     (tmp_path / "x.msp").write_bytes(THREE)
     proc = sh("neimsctl msp2jsonl x.msp > x.msp", tmp_path)
