@@ -346,6 +346,72 @@ def test_fresh_start_is_at_most_the_kth_score(bits: bool) -> None:
             assert t <= positive[k - 1]
 
 
+def _filtered_brute(queries: PeakBlock, lib: PeakBlock, k: int, windows, keep) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of score_all's float64 cosines within each query's window and the allowed entries."""
+    s = score_all(queries, lib, Score())
+    idx = np.arange(len(lib))
+    ok = s > 0
+    if windows is not None:
+        ok &= (idx[None] >= windows[0][:, None]) & (idx[None] < windows[1][:, None])
+    if keep is not None:
+        ok &= keep[None]
+    s = np.where(ok, s, -np.inf)
+    order = np.lexsort((np.broadcast_to(idx, s.shape), -s), axis=1)[:, :k]
+    top = np.take_along_axis(s, order, 1)
+    return top, np.where(np.isfinite(top), order, -1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_cases_give_the_brute_force_hits(tmp_path, seed: int) -> None:
+    """Random libraries with clusters of near-copies (scores packed within the first passes'
+    margins) and exact duplicates, windows, allowed entries, k from 1 to 12: every first pass
+    (peaks, stored weights as float32 or bf16 bits, a bf16 product) gives the float64 brute
+    force's hits. (Cutting at a chunk's own k-th first-pass score without the margin, or
+    starting a fresh query above its k-th score, fails here.)"""
+    for case in range(6):
+        rng = np.random.default_rng(1000 + 6 * seed + case)
+        n = int(rng.integers(20, 400))
+        k = int(rng.integers(1, 13))
+        dense = random_library(rng, n, peaks=int(rng.integers(3, 40))).to_dense()
+        for _ in range(int(rng.integers(0, 30))):                # near and exact copies
+            i, j = rng.integers(0, n, 2)
+            dense[j] = dense[i] * (1 + rng.normal(0, 10 ** rng.uniform(-8, -1), N).astype(np.float32) * (dense[i] > 0))
+        if rng.random() < 0.5:                                   # a cluster packed near the top
+            src = dense[int(rng.integers(0, n))]
+            pos = rng.choice(n, int(rng.integers(12, min(n, 120))), replace=False)
+            noise = rng.normal(0, 10 ** rng.uniform(-4, -1.5), (len(pos), N)).astype(np.float32)
+            dense[pos] = src * (1 + noise * (src > 0))
+        dense = np.abs(dense)
+        dense[dense.sum(axis=1) == 0, 50] = 1.0
+        lib = PeakBlock.from_dense(dense.astype(np.float32))
+        nq = int(rng.integers(1, 30))
+        qd = dense[rng.integers(0, n, nq)] * rng.uniform(0.5, 1.5, (nq, N)).astype(np.float32) ** rng.uniform(0, 1)
+        queries = PeakBlock.from_dense(qd.astype(np.float32))
+        windows = keep = None
+        if rng.random() < 0.5:
+            lo = rng.integers(0, n, nq)
+            windows = (lo, np.minimum(n, lo + rng.integers(0, n, nq)))
+        if rng.random() < 0.3:
+            keep = rng.random(n) < 0.6
+        kw = {"windows": windows, "allowed": (lambda a, b, m=keep: m[a:b]) if keep is not None else None}
+        ref_s, ref_i = _filtered_brute(queries, lib, k, windows, keep)
+        block = int(rng.choice([8, 16, 64, 128]))
+        (tmp_path / f"{case}").mkdir()
+        ix = stored_index(tmp_path / f"{case}", lib, block)
+        nb = -(-n // block)
+        for mode in ("peaks", "f32", "bits", "bf16"):
+            chunks = iter_chunks(lib, block) if mode == "peaks" else \
+                iter([ix.dense_chunk(b, float32=mode == "f32") for b in range(nb)])
+            res = search_blocks(queries, chunks, Score(), k, bf16=mode == "bf16", **kw)
+            got = np.where(np.isfinite(res.scores), res.scores, -9.0)
+            np.testing.assert_allclose(got, np.where(np.isfinite(ref_s), ref_s, -9.0), rtol=0, atol=1e-9,
+                                       err_msg=f"case {case} {mode}")
+            for gs, gi, rs, ri in zip(res.scores, res.index, ref_s, ref_i):
+                for j in np.flatnonzero(gi != ri):       # only tied entries may swap places
+                    assert np.isfinite(rs[j]) and abs(gs[j] - rs[j]) < 1e-12, (case, mode, gi, ri)
+        ix.close()
+
+
 def test_pooled_chunks_are_released_and_reused(tmp_path) -> None:
     """Chunks read with ``pooled=True`` (as ``search`` reads them) give the same hits; the search
     releases each one's weights after its first pass and the next block reads into that memory;
