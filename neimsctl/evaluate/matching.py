@@ -520,11 +520,7 @@ def _take_topk(best_s: np.ndarray, best_i: np.ndarray, sel: np.ndarray, s: np.nd
     lower = np.float32(1.0 - rel)
     theta = best_s[sel, -1].astype(np.float32) * lower
     n = s.shape[1]
-    # s > 0 and s >= theta in one comparison (1e-45: the smallest positive float32); bf16: the
-    # threshold truncated to bf16 (never above it), at least the smallest positive bf16 (bits 1)
-    thr = np.maximum(theta, np.float32(1e-45))
-    if bits:
-        thr = np.maximum(thr.view(np.uint32) >> 16, 1).astype(np.uint16)
+    thr = _floor(theta, bits)
     fresh = np.flatnonzero(~np.isfinite(theta))
     if len(fresh):
         thr[fresh] = _fresh_start(s[fresh], k, bits, value)
@@ -553,6 +549,15 @@ def _take_topk(best_s: np.ndarray, best_i: np.ndarray, sel: np.ndarray, s: np.nd
     best_s[target], best_i[target] = bs, bi
 
 
+def _floor(t: np.ndarray, bits: bool) -> np.ndarray:
+    """Float32 thresholds ``t`` as :func:`_take_topk` compares them with scores: at least the
+    smallest positive score (so ``s >= thr`` also says ``s > 0``: 1e-45, the smallest positive
+    float32), and for bfloat16 bit patterns truncated to bf16 (never above ``t``), at least
+    bits 1 (the smallest positive bf16)."""
+    t = np.maximum(np.asarray(t, dtype=np.float32), np.float32(1e-45))     # also -inf (no k hits yet)
+    return np.maximum(t.view(np.uint32) >> 16, 1).astype(np.uint16) if bits else t
+
+
 def _fresh_start(s: np.ndarray, k: int, bits: bool, value: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """Thresholds for rows ``s`` of queries without ``k`` hits yet: the highest of 1/2, 1/8 and
     1/64 of the row's best score that at least ``k`` scores reach (the row's k-th best score is
@@ -564,8 +569,7 @@ def _fresh_start(s: np.ndarray, k: int, bits: bool, value: Callable[[np.ndarray]
     start = np.full(len(s), 1 if bits else np.float32(1e-45), dtype=s.dtype)
     todo = np.arange(len(s))
     for part in (0.5, 0.125, 1.0 / 64):
-        t = best[todo] * np.float32(part)
-        t = np.maximum(t.view(np.uint32) >> 16, 1).astype(np.uint16) if bits else np.maximum(t, np.float32(1e-45))
+        t = _floor(best[todo] * np.float32(part), bits)
         ok = np.count_nonzero(s[todo] >= t[:, None], axis=1) >= k
         start[todo[ok]] = t[ok]
         todo = todo[~ok]
@@ -580,11 +584,11 @@ def _own_kth(s: np.ndarray, rows: np.ndarray, cols: np.ndarray, thr: np.ndarray,
     at least ``factor`` times the k-th best of their row (rows with more than ``k`` candidates;
     the k-th best of the row is among them, as they are all its scores ``>= thr``)."""
     counts = np.bincount(rows, minlength=len(thr))
-    if not (counts > k).any():
+    busy = np.flatnonzero(counts > k)
+    if len(busy) == 0:
         return rows, cols
     v = s[rows, cols]
     ends = np.cumsum(counts)
-    busy = np.flatnonzero(counts > k)
     # one sort of (row, score) keys: candidates are > 0, so their bit patterns order like them
     shift = 16 if bits else 32
     key = (rows.astype(np.int64) << shift) | v.view(np.uint16 if bits else np.uint32).astype(np.int64)
@@ -592,10 +596,7 @@ def _own_kth(s: np.ndarray, rows: np.ndarray, cols: np.ndarray, thr: np.ndarray,
     low = key[ends[busy] - k] & ((1 << shift) - 1)
     kth = value(low.astype(np.uint16)) if bits else low.astype(np.uint32).view(np.float32)
     cut = thr.copy()
-    bound = kth * factor
-    if bits:                                      # truncated to bf16 (never above the bound)
-        bound = (bound.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
-    cut[busy] = np.maximum(cut[busy], bound)
+    cut[busy] = np.maximum(cut[busy], _floor(kth * factor, bits))
     keep = v >= cut[rows]
     return rows[keep], cols[keep]
 

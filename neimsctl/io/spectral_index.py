@@ -442,15 +442,15 @@ class SpectralIndex:
         # replaced meanwhile (an index rebuilt in place)
         raw = (self._meta_raw, self._raw, self._ptr.raw, self._row.raw, self._meta_ptr.raw, self._source.raw)
         self._fd = os.open(self.path, os.O_RDONLY) if any(r is not None for r in raw) else None
-        self._buffers = _Buffers()
         #: version 2 only (a version-1 file is read from its peaks, whatever else it holds)
         self.dense_block: int | None = None
+        largest = 0
         if self._dense is not None:
             self.dense_block, self.dense_ptr, self.dense_width = self._dense
             largest = int(np.diff(self.dense_ptr).max()) if len(self.dense_width) else 0
-            self._buffers = _Buffers(size=4 * largest)    # the largest block widened to float32
             self._dense_raw = self._raw_offset("dense", np.uint16)
             self.dense_powers = DENSE_POWERS
+        self._buffers = _Buffers(size=4 * largest)        # the largest block widened to float32
 
     @property
     def predicted(self) -> np.ndarray:
