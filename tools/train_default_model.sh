@@ -33,6 +33,10 @@ if [ "$split" = test ]; then
 else
     sets=(--set "data.split=[0.9,0.1,0.0]")
 fi
+# FRAGMENTS=1: every student (the ensemble's members and the distilled one) also reads the
+# fragment masses (formats/features.v1.md) through its input and the head's fragment path
+students=()
+[ "${FRAGMENTS:-0}" = 1 ] && students=(--set model.fragments=true --set model.fragment_channels=4)
 resume() { [ -e "$1/checkpoints/interrupted.pt" ] || [ -e "$1/checkpoints/last.pt" ] && echo --resume || true; }
 done_() { [ "$(python3 "$here/tools/run_state.py" "$1")" = done ]; }   # every epoch of its config trained
 step() { printf '\n== train_default_model.sh [%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -53,7 +57,7 @@ member() {  # seed: a spec-size student without KD, one thread (two train side b
     local dir="$out/member_s$1"
     done_ "$dir" && return 0
     neimsctl distill "$out/student.h5" --no-kd -c "$here/configs/distill/student-cpu-small.yaml" \
-        "${sets[@]}" --set train.threads=1 --set train.seed="$1" -o "$dir" $(resume "$dir") \
+        "${sets[@]}" "${students[@]}" --set train.threads=1 --set train.seed="$1" -o "$dir" $(resume "$dir") \
         2> "$dir.log"
 }
 step "finetune the GNN teacher, and the first student of the ensemble beside it"
@@ -72,14 +76,14 @@ fi
 if ! done_ "$out/student"; then
     step "distill compact student"
     neimsctl distill "$out/student.h5" -s "$out/soft_labels.h5" \
-        -c "$here/configs/distill/student-compact.yaml" "${sets[@]}" \
+        -c "$here/configs/distill/student-compact.yaml" "${sets[@]}" "${students[@]}" \
         -o "$out/student" $(resume "$out/student")
 fi
 compact() {  # seed: a compact student without KD, a member of the shipped teacher ensemble
     local dir="$out/compact_s$1"
     done_ "$dir" && return 0
     neimsctl distill "$out/student.h5" --no-kd -c "$here/configs/distill/student-compact.yaml" \
-        "${sets[@]}" --set train.threads=1 --set train.seed="$1" -o "$dir" $(resume "$dir") \
+        "${sets[@]}" "${students[@]}" --set train.threads=1 --set train.seed="$1" -o "$dir" $(resume "$dir") \
         2> "$dir.log"
 }
 step "three compact students without KD (seeds 42, 1, 2; logs in $out/compact_s*.log)"

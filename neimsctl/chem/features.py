@@ -24,9 +24,14 @@ from rdkit import Chem, rdBase
 from rdkit.Chem import rdFingerprintGenerator
 
 from neimsctl.chem.graph import ATOM_FDIM, BOND_FDIM, atom_features, bond_graph
-from neimsctl.io.featblock import COUNT_BITS, ECFP_BITS, ECFP_BYTES, STUDENT_DIM
+from neimsctl.chem.fragments import fragment_counts
+from neimsctl.io.featblock import (COUNT_BITS, ECFP_BITS, ECFP_BYTES, FRAG_SLOTS, STUDENT_DIM,
+                                 STUDENT_FRAG_DIM)
 
 ECFP_RADIUS = 2
+#: The fragment-mass histograms' settings (formats/features.v1.md, "Fragment masses").
+FRAG_SETTINGS = {"kind": "bond_cuts", "cuts": [1, 2], "bins": FRAG_SLOTS // 2,
+                 "mass": "most_common_isotope+H", "saturate": 255}
 _LOG1P_U8 = np.log1p(np.arange(256, dtype=np.float32)).astype(np.float32)
 
 
@@ -39,10 +44,14 @@ class StudentFeatures(NamedTuple):
         uint8, shape ``(512,)``: ECFP4 4096 bits, ``np.packbits`` (bitorder big).
     counts : numpy.ndarray
         uint8, shape ``(2048,)``: atom-pair counts folded to 2048, saturating at 255.
+    frags : numpy.ndarray
+        uint8, shape ``(1002,)``: fragment-mass counts of one- and two-bond cuts
+        (:func:`neimsctl.chem.fragments.fragment_counts`), saturating at 255.
     """
 
     ecfp: np.ndarray
     counts: np.ndarray
+    frags: np.ndarray
 
 
 class TeacherFeatures(NamedTuple):
@@ -62,6 +71,8 @@ class TeacherFeatures(NamedTuple):
     counts : numpy.ndarray
         uint8, shape ``(2048,)``: the student's atom-pair counts (the teacher's fingerprint
         branch reads ECFP4 + these, the same 6144-d vector as the student).
+    frags : numpy.ndarray
+        uint8, shape ``(1002,)``: the student's fragment-mass counts.
     """
 
     atom_x: np.ndarray
@@ -69,6 +80,7 @@ class TeacherFeatures(NamedTuple):
     edge_attr: np.ndarray
     ecfp: np.ndarray
     counts: np.ndarray
+    frags: np.ndarray
 
 
 def settings_hash(settings: dict[str, Any]) -> str:
@@ -77,10 +89,23 @@ def settings_hash(settings: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def accepted_hashes(settings: dict[str, Any]) -> frozenset[str]:
+    """The settings hashes of models that can read features made with ``settings``: their own,
+    and with fragment masses also the hash of the same settings without them, which models
+    trained before fragment masses existed (neimsctl 0.1, e.g. its shipped models) recorded:
+    such a model reads the same ``ecfp``/``counts`` columns, which did not change."""
+    own = settings_hash(settings)
+    if "frags" not in settings:
+        return frozenset((own,))
+    return frozenset((own, settings_hash({k: v for k, v in settings.items() if k != "frags"})))
+
+
 class _Base:
     """Shared ECFP4 generator and settings plumbing."""
 
     mode: str = ""
+    #: compute the fragment masses (off: their field is ``None``; see ``RowOptions.fragments``)
+    fragments: bool = True
 
     def __init__(self) -> None:
         self._ecfp = rdFingerprintGenerator.GetMorganGenerator(radius=ECFP_RADIUS, fpSize=ECFP_BITS)
@@ -153,8 +178,13 @@ class StudentFeaturizer(_Base):
         """Atom-pair counts folded to 2048, uint8 saturating at 255."""
         return np.minimum(self._pairs.GetCountFingerprintAsNumPy(mol), 255).astype(np.uint8)
 
+    def frags(self, mol: Chem.Mol) -> np.ndarray | None:
+        """:func:`~neimsctl.chem.fragments.fragment_counts`, or ``None`` when
+        :attr:`fragments` is off (``predict`` for a model that does not read them)."""
+        return fragment_counts(mol) if self.fragments else None
+
     def __call__(self, mol: Chem.Mol) -> StudentFeatures:
-        return StudentFeatures(self.ecfp_packed(mol), self.pair_counts(mol))
+        return StudentFeatures(self.ecfp_packed(mol), self.pair_counts(mol), self.frags(mol))
 
     def block_features(self, mol: Chem.Mol) -> StudentFeatures:
         """:meth:`__call__` with ``ecfp`` as its set bits (:class:`OnBits`): the block packs
@@ -162,13 +192,14 @@ class StudentFeaturizer(_Base):
         bit by bit) and ``np.packbits`` per molecule cost ~0.015 ms more than
         ``GetFingerprint(...).GetOnBits()``, ~3 % of a molecule's featurization."""
         return StudentFeatures(OnBits(self._ecfp.GetFingerprint(mol).GetOnBits()),
-                               self.pair_counts(mol))
+                               self.pair_counts(mol), self.frags(mol))
 
     @property
     def settings(self) -> dict[str, Any]:
         s = super().settings
         s["counts"] = {"kind": "atom_pair", "fp_size": COUNT_BITS, "min_distance": 1,
                        "max_distance": 30, "chirality": False, "saturate": 255}
+        s["frags"] = FRAG_SETTINGS
         return s
 
 
@@ -190,7 +221,7 @@ class TeacherFeaturizer(StudentFeaturizer):
     def __call__(self, mol: Chem.Mol) -> TeacherFeatures:
         edge_index, edge_attr = bond_graph(mol)
         return TeacherFeatures(atom_features(mol), edge_index, edge_attr, self.ecfp_packed(mol),
-                               self.pair_counts(mol))
+                               self.pair_counts(mol), self.frags(mol))
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -223,8 +254,8 @@ def log1p_counts(counts: np.ndarray) -> np.ndarray:
     return _LOG1P_U8[np.asarray(counts, dtype=np.uint8)]
 
 
-def student_vector(ecfp_packed: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """The student input of one molecule: ``concat(unpackbits(ecfp), log1p(counts))``.
+def student_vector(ecfp_packed: np.ndarray, counts: np.ndarray, frags: np.ndarray | None = None) -> np.ndarray:
+    """The student input of one molecule: ``concat(unpackbits(ecfp), log1p(counts)[, log1p(frags)])``.
 
     Parameters
     ----------
@@ -232,29 +263,50 @@ def student_vector(ecfp_packed: np.ndarray, counts: np.ndarray) -> np.ndarray:
         uint8 ``(512,)``.
     counts
         uint8 ``(2048,)``.
+    frags
+        uint8 ``(1002,)`` fragment-mass counts (:mod:`neimsctl.chem.fragments`), for a model
+        that reads them (``fragments: true``); ``None`` for one that does not.
 
     Returns
     -------
     numpy.ndarray
-        float32 ``(6144,)``: slots 0..4095 are the ECFP4 bits (0/1), 4096..6143 ``log1p(count)``.
+        float32 ``(6144,)`` or ``(7146,)``: slots 0..4095 are the ECFP4 bits (0/1), 4096..6143
+        ``log1p(count)``, 6144..7145 ``log1p`` of the fragment counts.
     """
-    return student_vectors(ecfp_packed[None, :], counts[None, :])[0]
+    return student_vectors(ecfp_packed[None, :], counts[None, :],
+                           None if frags is None else frags[None, :])[0]
 
 
-def student_vectors(ecfp_packed: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Batched :func:`student_vector`: ``(B, 512)`` + ``(B, 2048)`` uint8 -> float32 ``(B, 6144)``."""
+def _student_inputs(ecfp_packed: np.ndarray, counts: np.ndarray, frags: np.ndarray | None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     ecfp_packed = np.asarray(ecfp_packed, dtype=np.uint8)
     counts = np.asarray(counts, dtype=np.uint8)
     if ecfp_packed.shape[-1] != ECFP_BYTES or counts.shape[-1] != COUNT_BITS:
         raise ValueError(f"expected (B, {ECFP_BYTES}) and (B, {COUNT_BITS}) uint8, got "
                          f"{ecfp_packed.shape} and {counts.shape}")
-    out = np.empty((ecfp_packed.shape[0], STUDENT_DIM), dtype=np.float32)
+    if frags is not None:
+        frags = np.asarray(frags, dtype=np.uint8)
+        if frags.shape != (ecfp_packed.shape[0], FRAG_SLOTS):
+            raise ValueError(f"expected frags of shape ({ecfp_packed.shape[0]}, {FRAG_SLOTS}), "
+                             f"got {frags.shape}")
+    return ecfp_packed, counts, frags
+
+
+def student_vectors(ecfp_packed: np.ndarray, counts: np.ndarray, frags: np.ndarray | None = None
+                    ) -> np.ndarray:
+    """Batched :func:`student_vector`: ``(B, 512)`` + ``(B, 2048)`` [+ ``(B, 1002)``] uint8 ->
+    float32 ``(B, 6144)`` [``(B, 7146)``]."""
+    ecfp_packed, counts, frags = _student_inputs(ecfp_packed, counts, frags)
+    width = STUDENT_DIM if frags is None else STUDENT_FRAG_DIM
+    out = np.empty((ecfp_packed.shape[0], width), dtype=np.float32)
     out[:, :ECFP_BITS] = np.unpackbits(ecfp_packed, axis=1)
-    out[:, ECFP_BITS:] = _LOG1P_U8[counts]
+    out[:, ECFP_BITS:STUDENT_DIM] = _LOG1P_U8[counts]
+    if frags is not None:
+        out[:, STUDENT_DIM:] = _LOG1P_U8[frags]
     return out
 
 
-def student_nonzero(ecfp_packed: np.ndarray, counts: np.ndarray
+def student_nonzero(ecfp_packed: np.ndarray, counts: np.ndarray, frags: np.ndarray | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The non-zero entries of :func:`student_vectors`, row by row, without the dense matrix.
 
@@ -264,24 +316,24 @@ def student_nonzero(ecfp_packed: np.ndarray, counts: np.ndarray
         int64 ``(B + 1,)``, int64 ``(nnz,)`` and float32 ``(nnz,)``: row ``i`` holds
         ``values[offsets[i]:offsets[i + 1]]`` at the ascending columns
         ``cols[offsets[i]:offsets[i + 1]]``; the same entries in the same order as
-        ``np.nonzero(student_vectors(ecfp_packed, counts))``, with the same float32 values.
+        ``np.nonzero(student_vectors(ecfp_packed, counts, frags))``, with the same float32 values.
     """
-    ecfp_packed = np.asarray(ecfp_packed, dtype=np.uint8)
-    counts = np.asarray(counts, dtype=np.uint8)
-    if ecfp_packed.shape[-1] != ECFP_BYTES or counts.shape[-1] != COUNT_BITS:
-        raise ValueError(f"expected (B, {ECFP_BYTES}) and (B, {COUNT_BITS}) uint8, got "
-                         f"{ecfp_packed.shape} and {counts.shape}")
+    ecfp_packed, counts, frags = _student_inputs(ecfp_packed, counts, frags)
     b = ecfp_packed.shape[0]
-    u = np.empty((b, STUDENT_DIM), dtype=np.uint8)
+    width = STUDENT_DIM if frags is None else STUDENT_FRAG_DIM
+    stride = -(-width // 8) * 8                      # rows padded to whole 8-byte words
+    u = np.zeros((b, stride), dtype=np.uint8) if stride != width else np.empty((b, stride), np.uint8)
     u[:, :ECFP_BITS] = np.unpackbits(ecfp_packed, axis=1)
-    u[:, ECFP_BITS:] = counts
+    u[:, ECFP_BITS:STUDENT_DIM] = counts
+    if frags is not None:
+        u[:, STUDENT_DIM:width] = frags
     # the non-zero 8-byte words first (~110 of 768 per molecule), then their non-zero bytes:
     # np.flatnonzero over every byte took ~60 % longer (it tests them one by one)
     w = u.view(np.uint64).ravel()
     words = np.flatnonzero(w)
     sub = np.flatnonzero(np.take(w, words).view(np.uint8))
     flat = words[sub >> 3] * 8 + (sub & 7)
-    rows, cols = np.divmod(flat, STUDENT_DIM)
+    rows, cols = np.divmod(flat, stride)
     values = np.where(cols < ECFP_BITS, np.float32(1), _LOG1P_U8[u.ravel()[flat]])
     offsets = np.zeros(b + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=b), out=offsets[1:])

@@ -64,6 +64,7 @@ class V1Featurizer(StudentFeaturizer):
     @property
     def settings(self) -> dict[str, Any]:
         s = super().settings
+        del s["frags"]                     # NEIMS v1 reads Morgan counts only
         s["morgan_counts"] = {"kind": "morgan", "radius": ECFP_RADIUS, "fp_size": MORGAN_COUNT_BITS,
                               "chirality": False, "saturate": 255}
         return s

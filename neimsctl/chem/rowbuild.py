@@ -64,6 +64,9 @@ class RowOptions:
     min_mw: int = 50
     max_mw: int = 1000
     inchikey: bool = True   # compute InChIKeys for SMILES input (records carry their own)
+    #: compute the fragment masses (``frags``); ``predict`` leaves them out for a model that does
+    #: not read them (~0.1 ms per molecule); every stored block has them
+    fragments: bool = True
 
 
 class Rejected(NamedTuple):
@@ -177,6 +180,7 @@ class RowBuilder:
     def __init__(self, opts: RowOptions, cache_size: int = 8192) -> None:
         RDLogger.DisableLog("rdApp.*")  # parse failures are reported as rejects instead
         self.opts, self.feat = opts, get_featurizer(opts.mode)
+        self.feat.fragments = opts.fragments
         self._feat_row = self.feat.block_features  # the row form: _assemble completes the block
         self._cache: OrderedDict[str, _Structure | tuple[str, str]] = OrderedDict()
         self._cache_size = cache_size
@@ -403,9 +407,12 @@ class RowBuilder:
         out["ecfp"] = assemble_ecfp([f.ecfp for f in feats])
         if mode != "teacher":  # student, v1: every fixed-width field of the features tuple
             for field in feats[0]._fields[1:]:
-                out[field] = np.stack([getattr(f, field) for f in feats])
+                if getattr(feats[0], field) is not None:       # frags left out (RowOptions)
+                    out[field] = np.stack([getattr(f, field) for f in feats])
         else:
             out["counts"] = np.stack([f.counts for f in feats])
+            if feats[0].frags is not None:
+                out["frags"] = np.stack([f.frags for f in feats])
             out["n_atoms"] = np.asarray([f.atom_x.shape[0] for f in feats], dtype=np.int64)
             out["n_edges"] = np.asarray([f.edge_index.shape[0] for f in feats], dtype=np.int64)
             out["atom_x"] = np.concatenate([f.atom_x for f in feats]).astype(np.float16)

@@ -217,18 +217,29 @@ class ShardDataset(torch.utils.data.Dataset):
 
 
 class StudentDataset(ShardDataset):
-    """Student-mode shards as ``x`` (6144,) float32 and ``y`` (501,) float32 items."""
+    """Student-mode shards as ``x`` (6144,) float32 and ``y`` (501,) float32 items; with
+    ``fragments`` ``x`` is (7146,): the fragment-mass counts appended (shards made before them
+    are refused with a message to featurize again)."""
 
     mode = "student"
     row_keys = ("ecfp", "counts", "spectrum")
 
+    def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike], *,
+                 fragments: bool = False, **kwargs: Any) -> None:
+        self.fragments = fragments
+        if fragments:
+            self.row_keys = (*type(self).row_keys, "frags")
+        super().__init__(paths, **kwargs)
+
     def get_batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, Any]:
-        """Read a batch: ``x (B, 6144)``, ``y (B, 501)``, ``idx``, ``row`` (B,) long, ``id``, ``aug13c``."""
+        """Read a batch: ``x (B, 6144)`` (7146 with ``fragments``), ``y (B, 501)``, ``idx``, ``row``
+        (B,) long, ``id``, ``aug13c``."""
         idx = self._norm_indices(indices)
         arr = self._read(idx, self.row_keys)
         rows = self.rows[idx]
         y, aug = self._targets(arr["spectrum"].reshape(len(idx), N_BINS), rows)
-        x = student_vectors(arr["ecfp"].reshape(len(idx), -1), arr["counts"].reshape(len(idx), -1))
+        x = student_vectors(arr["ecfp"].reshape(len(idx), -1), arr["counts"].reshape(len(idx), -1),
+                            arr["frags"].reshape(len(idx), -1) if self.fragments else None)
         return {"x": torch.from_numpy(x), "y": torch.from_numpy(y),
                 "idx": torch.from_numpy(idx), "row": torch.from_numpy(rows),
                 "id": [i.decode() for i in self._ids[rows]], "aug13c": torch.from_numpy(aug)}
@@ -283,6 +294,14 @@ class TeacherDataset(ShardDataset):
 
     mode = "teacher"
     row_keys = ("ecfp", "counts", "spectrum")
+
+    def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike], *,
+                 fragments: bool = False, **kwargs: Any) -> None:
+        """``fragments``: the graphs carry ``frags`` too (``log1p`` fragment-mass counts, for a
+        fingerprint student that reads them beside a GNN teacher in ``softlabel``)."""
+        if fragments:
+            self.row_keys = (*type(self).row_keys, "frags")
+        super().__init__(paths, **kwargs)
     csr_keys = {"atom_x": "atom_ptr", "edge_index": "edge_ptr", "edge_attr": "edge_ptr"}
 
     def _all_keys(self) -> tuple[str, ...]:
@@ -311,6 +330,7 @@ class TeacherDataset(ShardDataset):
         rows = self.rows[idx]
         ecfp = np.unpackbits(arr["ecfp"].reshape(len(idx), -1), axis=-1)
         counts = arr["counts"].reshape(len(idx), -1)
+        frags = arr["frags"].reshape(len(idx), -1) if "frags" in arr else None
         y, aug = self._targets(arr["spectrum"].reshape(len(idx), N_BINS), rows)
         atom_cut, edge_cut = np.cumsum(arr["n_atoms"])[:-1], np.cumsum(arr["n_edges"])[:-1]
         atom_x = np.split(arr["atom_x"].astype(np.float32), atom_cut)
@@ -324,6 +344,7 @@ class TeacherDataset(ShardDataset):
                 edge_attr=torch.from_numpy(edge_attr[j]),
                 ecfp=torch.from_numpy(ecfp[j:j + 1].astype(np.float32)),
                 counts=torch.from_numpy(log1p_counts(counts[j:j + 1])),
+                **({} if frags is None else {"frags": torch.from_numpy(log1p_counts(frags[j:j + 1]))}),
                 y=torch.from_numpy(y[j:j + 1]),
                 mw=torch.tensor([int(self._mw[rows[j]])]),
                 idx=torch.tensor([int(idx[j])]), row=torch.tensor([int(rows[j])]),

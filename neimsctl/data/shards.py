@@ -13,14 +13,17 @@ from typing import NamedTuple, Sequence
 
 from neimsctl.errors import FormatError, InputError
 
-__all__ = ["ShardSettings", "shard_settings"]
+__all__ = ["ShardSettings", "shard_settings", "hash_matches", "shown"]
 
 
 class ShardSettings(NamedTuple):
-    """The feature mode and the featurizer settings hash that a set of shards shares."""
+    """The feature mode and the featurizer settings hash that a set of shards shares, and the
+    hashes of the models that can read them
+    (:func:`neimsctl.chem.features.accepted_hashes`)."""
 
     mode: str
     settings_hash: str
+    accepts: frozenset[str] = frozenset()
 
 
 def _featurize_hint(modes: Sequence[str]) -> str:
@@ -48,6 +51,7 @@ def shard_settings(paths: Sequence[str | Path], modes: Sequence[str], *, stage: 
     InputError
         No shards given.
     """
+    from neimsctl.chem.features import accepted_hashes
     from neimsctl.io.h5shard import ShardReader
 
     if not paths:
@@ -58,10 +62,22 @@ def shard_settings(paths: Sequence[str | Path], modes: Sequence[str], *, stage: 
             if r.mode not in modes:
                 raise FormatError(f"shard mode is {r.mode!r}; {stage} needs {_featurize_hint(modes)} "
                                   "shards", file=str(p))
-            found[str(p)] = ShardSettings(r.mode, r.settings_hash)
+            found[str(p)] = ShardSettings(r.mode, r.settings_hash,
+                                          accepted_hashes(r.settings) | {r.settings_hash})
     if len(set(found.values())) > 1:
         what = "mode or featurizer settings" if len(modes) > 1 else "featurizer settings"
         detail = {p: f"{s.mode} {s.settings_hash}" if len(modes) > 1 else s.settings_hash
                   for p, s in found.items()}
         raise FormatError(f"shards differ in {what}: {detail}")
     return next(iter(found.values()))
+
+
+def hash_matches(have: str | None, wanted: str | frozenset[str]) -> bool:
+    """A checkpoint's featurizer hash ``have`` is one the shards accept (``wanted``: a hash, or
+    :attr:`ShardSettings.accepts`)."""
+    return have == wanted if isinstance(wanted, str) else have in wanted
+
+
+def shown(wanted: str | frozenset[str]) -> str:
+    """``wanted`` for a message."""
+    return wanted if isinstance(wanted, str) else " or ".join(sorted(wanted))

@@ -29,6 +29,9 @@ ECFP_BITS = 4096                      #: ECFP4 bits (Morgan radius 2), stored bi
 ECFP_BYTES = ECFP_BITS // 8           #: width of the packed ``ecfp`` column
 COUNT_BITS = 2048                     #: atom-pair count slots (``counts``)
 STUDENT_DIM = ECFP_BITS + COUNT_BITS  #: the student input: unpacked ECFP bits + log1p counts
+FRAG_BINS = N_BINS                    #: m/z bins of each fragment-mass histogram (``frags``)
+FRAG_SLOTS = 2 * FRAG_BINS            #: ``frags``: one- then two-bond cuts (neimsctl.chem.fragments)
+STUDENT_FRAG_DIM = STUDENT_DIM + FRAG_SLOTS  #: the student input with log1p fragment counts appended
 MORGAN_COUNT_BITS = 4096              #: NEIMS v1 input: Morgan radius-2 count slots, as the paper
 ATOM_FDIM, BOND_FDIM = 48, 6          #: graph features per atom and per bond (teacher)
 
@@ -40,8 +43,12 @@ COMMON: dict[str, tuple[str, tuple[int, ...]]] = {
     "spectrum": ("<f2", (N_BINS,)),
     "has_spectrum": ("|b1", ()),
 }
-STUDENT_ONLY = {"counts": ("|u1", (COUNT_BITS,))}
-V1_ONLY = {**STUDENT_ONLY, "morgan_counts": ("|u1", (MORGAN_COUNT_BITS,))}  # NEIMS v1 baseline input
+STUDENT_ONLY = {"counts": ("|u1", (COUNT_BITS,)), "frags": ("|u1", (FRAG_SLOTS,))}
+#: Columns that shards written by neimsctl 0.1 (before fragment masses) lack: readers list
+#: them only when present; a model that needs one refuses such a shard (:func:`missing_columns`).
+LATER_COLUMNS = ("frags",)
+V1_ONLY = {"counts": STUDENT_ONLY["counts"],                      # NEIMS v1 baseline input
+           "morgan_counts": ("|u1", (MORGAN_COUNT_BITS,))}
 TEACHER_ONLY = {**STUDENT_ONLY, "n_atoms": ("<i8", ()), "n_edges": ("<i8", ())}
 RAGGED: dict[str, tuple[str, tuple[int, ...], str]] = {
     "atom_x": ("<f2", (ATOM_FDIM,), "n_atoms"),
@@ -99,7 +106,9 @@ def validate_block(block: dict[str, np.ndarray], mode: str) -> dict[str, np.ndar
         out[c] = col
     for name, (dt, shape) in row_columns(mode).items():
         if name not in block:
-            raise FormatError(f"column {name!r} missing from a {mode} block")
+            hint = (" (features made by neimsctl 0.1, before fragment masses: run `neimsctl "
+                    f"featurize --mode {mode}` on the records again)") if name in LATER_COLUMNS else ""
+            raise FormatError(f"column {name!r} missing from a {mode} block{hint}")
         arr = np.asarray(block[name]).astype(dt, copy=False)
         if arr.shape != (n, *shape):
             raise FormatError(f"column {name!r}: shape {arr.shape}, expected {(n, *shape)}")

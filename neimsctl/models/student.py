@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from neimsctl.errors import ConfigError
-from neimsctl.io.featblock import STUDENT_DIM
+from neimsctl.io.featblock import FRAG_BINS, STUDENT_DIM, STUDENT_FRAG_DIM
 from neimsctl.io.spectrum import N_BINS
 from neimsctl.models.checks import check_int, config_from_dict, config_to_dict
 from neimsctl.models.registry import register
@@ -97,8 +97,25 @@ class StudentConfig:
     mass_aware: bool = False
     max_above_mw: int = 5
     expert_width: int | None = None
+    fragments: bool = False
+    fragment_channels: int = 0
+    fragment_kernel: int = 7
 
     def __post_init__(self) -> None:
+        if not isinstance(self.fragments, bool):
+            raise ConfigError(f"student.fragments: expected true or false, got {self.fragments!r}")
+        if self.fragments and self.input_dim == STUDENT_DIM:
+            object.__setattr__(self, "input_dim", STUDENT_FRAG_DIM)   # the default width, + frags
+        if self.fragments and self.input_dim != STUDENT_FRAG_DIM:
+            raise ConfigError(f"student.fragments: the input is {STUDENT_FRAG_DIM} wide (ECFP4 + "
+                              f"counts + fragment masses), got input_dim {self.input_dim}")
+        check_int("student.fragment_channels", self.fragment_channels, minimum=0)
+        check_int("student.fragment_kernel", self.fragment_kernel)
+        if self.fragment_channels and not (self.fragments and self.mass_aware):
+            raise ConfigError("student.fragment_channels: the fragment path feeds the mass-aware "
+                              "head from the fragment masses: needs fragments: true and mass_aware: true")
+        if self.fragment_kernel % 2 == 0:
+            raise ConfigError(f"student.fragment_kernel must be odd (centred), got {self.fragment_kernel}")
         ints = ("input_dim", "n_experts", "top_k", "expert_depth", "expert_bottleneck",
                 "hidden_dim", "n_bins")
         for name in ints:
@@ -198,6 +215,11 @@ class StudentModel(nn.Module):
             MassAnchoredHead(cfg.hidden_dim, cfg.n_bins, shift=cfg.max_above_mw,
                              activation=cfg.output_activation)
             if cfg.mass_aware else nn.Linear(cfg.hidden_dim, cfg.n_bins))
+        # the fragment path: peaks near the masses of the pieces one or two broken bonds give,
+        # weighted per molecule (a convolution over m/z, so the same shift means the same at any mass)
+        c = cfg.fragment_channels
+        self.frag_conv = nn.Conv1d(2, c, cfg.fragment_kernel, padding=cfg.fragment_kernel // 2) if c else None
+        self.frag_mix = nn.Linear(cfg.hidden_dim, c) if c else None
 
     def forward(self, x: Tensor | SparseRows, mw: Tensor | None = None) -> StudentOutput:
         cfg = self.config
@@ -214,7 +236,13 @@ class StudentModel(nn.Module):
         if cfg.mass_aware:
             if mw is None:
                 raise ValueError("this student is mass-aware: pass mw, the (B,) nominal masses")
-            pred = self.out(hidden, mw)
+            extra = None
+            if self.frag_conv is not None:
+                frags = _fragment_rows(x, cfg.input_dim - 2 * FRAG_BINS).to(hidden.dtype)
+                extra = (self.frag_conv(frags) * self.frag_mix(hidden).unsqueeze(-1)).sum(1)
+                extra = F.pad(extra, (0, cfg.n_bins - extra.shape[1])) if extra.shape[1] < cfg.n_bins \
+                    else extra[:, :cfg.n_bins]
+            pred = self.out(hidden, mw, extra)
         else:
             pred = activate(self.out(hidden), cfg.output_activation)
         return StudentOutput(pred, hidden, g.probs, g.topk_idx, g.topk_weight, g.logits)
@@ -270,3 +298,15 @@ class StudentModel(nn.Module):
     def n_parameters(self) -> int:
         """Number of trainable parameters."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def _fragment_rows(x: Tensor | SparseRows, start: int) -> Tensor:
+    """The fragment-mass part of the input (columns ``start`` on) as ``(B, 2, FRAG_BINS)``."""
+    if isinstance(x, SparseRows):
+        b = x.offsets.shape[0] - 1
+        rows = torch.repeat_interleave(torch.arange(b, device=x.cols.device), x.offsets.diff())
+        keep = x.cols >= start
+        out = torch.zeros(b, 2 * FRAG_BINS, dtype=x.values.dtype, device=x.values.device)
+        out[rows[keep], x.cols[keep] - start] = x.values[keep]
+        return out.view(b, 2, FRAG_BINS)
+    return x[:, start:].reshape(x.shape[0], 2, FRAG_BINS)

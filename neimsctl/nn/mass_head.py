@@ -104,14 +104,18 @@ class MassAnchoredHead(nn.Module):
             self.reverse_head.bias.fill_(self.bias_init)
             self.gate_head.bias.zero_()
 
-    def parts(self, h: Tensor, mw: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``(forward, reverse, gate)``, each ``(B, n_bins)``: activated, masked / MW-anchored."""
-        fwd = mask_above_mw(activate(self.forward_head(h), self.activation), mw, self.shift)
+    def parts(self, h: Tensor, mw: Tensor, extra: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``(forward, reverse, gate)``, each ``(B, n_bins)``: activated, masked / MW-anchored.
+        ``extra`` ``(B, n_bins)`` is added to the forward units before their activation."""
+        f = self.forward_head(h)
+        if extra is not None:
+            f = f + extra
+        fwd = mask_above_mw(activate(f, self.activation), mw, self.shift)
         rev = reverse_by_mw(activate(self.reverse_head(h), self.activation), mw, self.shift)
         return fwd, rev, torch.sigmoid(self.gate_head(h))
 
-    def forward(self, h: Tensor, mw: Tensor) -> Tensor:
-        fwd, rev, gate = self.parts(h, mw)
+    def forward(self, h: Tensor, mw: Tensor, extra: Tensor | None = None) -> Tensor:
+        fwd, rev, gate = self.parts(h, mw, extra)
         return gate * fwd + (1.0 - gate) * rev
 
     def extra_repr(self) -> str:

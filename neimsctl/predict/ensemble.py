@@ -118,6 +118,11 @@ class LoadedEnsemble:
         return self.mode == "teacher" and "v1" in self.needs
 
     @property
+    def reads_fragments(self) -> bool:
+        """Some member reads the fragment masses."""
+        return any(m.reads_fragments for m in self.members)
+
+    @property
     def n_bins(self) -> int:
         return self.members[0].n_bins
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Sequence, TextIO
 import numpy as np
 import torch
 
-from neimsctl.errors import CheckpointError, ConfigError
+from neimsctl.errors import CheckpointError, ConfigError, FormatError
 from neimsctl.models import registry
 from neimsctl.models.quantize import apply_precision, resolve_precision
 from neimsctl.models.checkpoint import is_ensemble, load_checkpoint, load_problem, model_state
@@ -111,6 +111,11 @@ class LoadedModel:
     #: A single model adds no features beyond :attr:`mode`'s (an ensemble may: see
     #: :attr:`neimsctl.predict.ensemble.LoadedEnsemble.extra_v1`).
     extra_v1 = False
+
+    @property
+    def reads_fragments(self) -> bool:
+        """The model reads the fragment masses (a student with ``fragments: true``)."""
+        return bool(getattr(self.model.config, "fragments", False))
 
     @property
     def n_bins(self) -> int:
@@ -346,15 +351,15 @@ def _check_featurizer(arch: str, have: str | None, path: Path, log: TextIO) -> N
     if have is None:
         return
     from neimsctl.chem.featurize_run import run_settings
-    from neimsctl.chem.features import get_featurizer
+    from neimsctl.chem.features import accepted_hashes, get_featurizer
     from neimsctl.chem.rowbuild import RowOptions
 
     mode = MODE_OF[arch]
-    ours = {get_featurizer(mode).settings_hash, run_settings(RowOptions(mode=mode))[1]}
-    if have not in ours:
+    settings, made = run_settings(RowOptions(mode=mode))
+    if have not in accepted_hashes(get_featurizer(mode).settings) | accepted_hashes(settings):
         print(f"neimsctl: warning: {path.name} was trained on features with settings hash "
-              f"{have}; this installation makes {sorted(ours)[0]} (another RDKit or featurizer "
-              "version?): predictions may be off", file=log, flush=True)
+              f"{have}; this installation makes {made} (another RDKit or featurizer version?): "
+              "predictions may be off", file=log, flush=True)
 
 
 @torch.inference_mode()
@@ -391,18 +396,28 @@ def predict_block(lm: "LoadedModel | LoadedEnsemble", block: dict[str, np.ndarra
     return _teacher(lm, block, n, batch_size, uncertainty, mc_samples)
 
 
+def block_frags(block: dict[str, np.ndarray]) -> np.ndarray:
+    """The block's fragment-mass counts, for a model that reads them (features made before
+    them, by neimsctl 0.1, have none: a clear error)."""
+    frags = block.get("frags")
+    if frags is None:
+        raise FormatError("this model reads fragment masses, which these features (made by "
+                          "neimsctl 0.1) lack: featurize the records again")
+    return frags
+
+
 def _student(lm: LoadedModel, block: dict[str, np.ndarray], n: int, bs: int):  # type: ignore[no-untyped-def]
     from neimsctl.chem.features import student_nonzero
-    from neimsctl.io.featblock import STUDENT_DIM
     from neimsctl.nn.sparse_input import SparseRows
 
     model, outs, idx, wts = lm.model, [], [], []
+    frags = block_frags(block) if model.config.fragments else None
     for a in range(0, n, bs):
         # the input by its non-zero entries (no dense (B, 6144) matrix, no nonzero() pass in
         # the model): the same spectra, bit for bit
-        x = SparseRows(*map(torch.from_numpy, student_nonzero(block["ecfp"][a:a + bs],
-                                                              block["counts"][a:a + bs])),
-                       STUDENT_DIM)
+        x = SparseRows(*map(torch.from_numpy, student_nonzero(
+            block["ecfp"][a:a + bs], block["counts"][a:a + bs], None if frags is None else frags[a:a + bs])),
+            model.config.input_dim)
         mw = torch.from_numpy(block["mw"][a:a + bs].astype(np.int64))
         o = model(x.to(lm.device), mw.to(lm.device))
         lin = model.to_linear(o.pred)

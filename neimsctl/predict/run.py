@@ -46,8 +46,10 @@ _FEAT: Featurizer | None = None
 class Featurizer:
     """Items -> (feature block, rejects) for one model architecture (runs in workers)."""
 
-    def __init__(self, mode: str, *, inchikey: bool = True, extra_v1: bool = False) -> None:
-        self.builder = RowBuilder(RowOptions(mode=mode, inchikey=inchikey, **NO_MW_FILTER))
+    def __init__(self, mode: str, *, inchikey: bool = True, extra_v1: bool = False,
+                 fragments: bool = True) -> None:
+        self.builder = RowBuilder(RowOptions(mode=mode, inchikey=inchikey, fragments=fragments,
+                                             **NO_MW_FILTER))
         #: Add the NEIMS v1 Morgan counts to teacher blocks (an ensemble of both needs them).
         self.extra_v1 = extra_v1
 
@@ -110,9 +112,9 @@ def reject_message(r: Rejected) -> str:
     return f"{where}: {r.reason}: {r.detail}"
 
 
-def _init(mode: str, inchikey: bool = True, extra_v1: bool = False) -> None:
+def _init(mode: str, inchikey: bool = True, extra_v1: bool = False, fragments: bool = True) -> None:
     global _FEAT
-    _FEAT = Featurizer(mode, inchikey=inchikey, extra_v1=extra_v1)
+    _FEAT = Featurizer(mode, inchikey=inchikey, extra_v1=extra_v1, fragments=fragments)
 
 
 def _work(items: list[Item]) -> tuple[dict[str, np.ndarray], list[Rejected], int]:
@@ -171,7 +173,8 @@ class ChunkPredictor:
 
     def __init__(self, lm: LoadedModel | LoadedEnsemble, opts: PredictOptions) -> None:
         self.lm, self.opts = lm, opts
-        self.featurizer = Featurizer(lm.mode, inchikey=opts.inchikey, extra_v1=lm.extra_v1)
+        self.featurizer = Featurizer(lm.mode, inchikey=opts.inchikey, extra_v1=lm.extra_v1,
+                                     fragments=lm.reads_fragments)
         self.writer = PredictionWriter(None, opts.fmt, model_desc=lm.describe(), top=opts.top)
 
     def featurize(self, items: list[Item]) -> tuple[dict[str, np.ndarray], list[Rejected], int]:
@@ -340,7 +343,7 @@ def predicted(items: Iterable[Item], stage: ChunkPredictor, *, jobs: int = 1,
                 yield c
         for block, rejects, n in ordered_map(_work, remember(chunked(items, chunk)), jobs, _init,
                                              (stage.lm.mode, stage.opts.inchikey,
-                                              stage.lm.extra_v1),
+                                              stage.lm.extra_v1, stage.lm.reads_fragments),
                                              max_in_flight=2 * jobs + 2, split=one_by_one,
                                              crashed=functools.partial(crashed_block,
                                                                        stage.lm.mode)):

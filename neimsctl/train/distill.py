@@ -93,10 +93,11 @@ def run_distill(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path, 
         raise ConfigError("data.transfer: transfer rows have no spectra; they need --soft-labels")
     if tpaths and is_v1:
         raise ConfigError("data.transfer: neims-v1 is trained without KD")
-    smode, fhash = shard_settings([*shards, *tpaths], ("student", "v1"), stage="distill")
-    base = make_dataset(shards, smode, cls.arch, in_memory=not d.lazy)
+    smode, fhash, _ = shard_settings([*shards, *tpaths], ("student", "v1"), stage="distill")
+    frags = {"fragments": True} if not is_v1 and cfg.model.get("fragments") is True else {}
+    base = make_dataset(shards, smode, cls.arch, in_memory=not d.lazy, **frags)
     aug = Augment(lds_sigma=d.smoothing_sigma or None, isotope_fraction=d.isotope_prob, seed=t.seed)
-    train_base = make_dataset(shards, smode, cls.arch, in_memory=not d.lazy,
+    train_base = make_dataset(shards, smode, cls.arch, in_memory=not d.lazy, **frags,
                               augment=aug if (d.smoothing_sigma or d.isotope_prob) else None)
     if d.max_records is not None:
         base = base.subset(np.arange(min(d.max_records, len(base))))
@@ -118,10 +119,11 @@ def run_distill(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path, 
     model_cfg = {k: v for k, v in cfg.model.items() if k != "name"}
     if is_v1:
         model_cfg.setdefault("input_dim", width)   # 4096 Morgan counts, or 6144 student vector
-    if model_cfg.get("input_dim", width) != width:
-        raise ConfigError(f"model.input_dim is {model_cfg['input_dim']} but the {smode} shards give "
+    model_config = cls.config_class.from_dict(model_cfg)
+    if model_config.input_dim != width:   # a student with fragments reads 7146 (its config says so)
+        raise ConfigError(f"model.input_dim is {model_config.input_dim} but the {smode} shards give "
                           f"{width}-d inputs; set model.input_dim={width}")
-    model = cls(cls.config_class.from_dict(model_cfg))
+    model = cls(model_config)
     if is_v1:
         print(f"neimsctl: distill: neims-v1 input: {width}-d "
               + ("raw Morgan counts (as published)" if width == MORGAN_COUNT_BITS and smode == "v1" else

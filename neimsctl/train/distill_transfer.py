@@ -26,7 +26,8 @@ def transfer_rows(paths: Sequence[Path], library: StudentDataset, *, in_memory: 
     Every compound of the library, whatever its part of the split, is left out by InChIKey
     connectivity block, so a val or test compound never comes back as a soft-labelled row.
     """
-    ds = StudentDataset(list(paths), in_memory=in_memory, require_spectrum=False)
+    ds = StudentDataset(list(paths), in_memory=in_memory, require_spectrum=False,
+                        fragments=getattr(library, "fragments", False))
     blank = np.flatnonzero(ds.blocks == b"")
     if len(blank):
         raise InputError(f"{paths[0]}: {len(blank)} transfer rows have no InChIKey (e.g. id "

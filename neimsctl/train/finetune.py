@@ -33,7 +33,7 @@ import torch
 
 from neimsctl.data.augment import Augment
 from neimsctl.data.dataset import TeacherDataset, collate_teacher
-from neimsctl.data.shards import shard_settings
+from neimsctl.data.shards import hash_matches, shard_settings, shown
 from neimsctl.errors import CheckpointError, ConfigError
 from neimsctl.models import registry
 from neimsctl.models.checkpoint import load_checkpoint, model_state
@@ -120,7 +120,7 @@ def _strip_prefix(state: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]
     return best
 
 
-def load_init(model: torch.nn.Module, path: str | Path, *, featurizer_hash: str | None,
+def load_init(model: torch.nn.Module, path: str | Path, *, featurizer_hash: str | frozenset[str] | None,
               log: TextIO | None = None) -> dict[str, Any]:
     """Initialise ``model`` from a pretrained/finetuned checkpoint's weights.
 
@@ -144,9 +144,9 @@ def load_init(model: torch.nn.Module, path: str | Path, *, featurizer_hash: str 
     if have is None:
         print(f"neimsctl: warning: {path} records no featurizer hash; cannot check it",
               file=log)
-    elif featurizer_hash is not None and have != featurizer_hash:
+    elif featurizer_hash is not None and not hash_matches(have, featurizer_hash):
         raise CheckpointError(f"{path}: featurizer mismatch: the checkpoint was trained on features "
-                              f"with settings hash {have}, these shards have {featurizer_hash}; "
+                              f"with settings hash {have}, these shards have {shown(featurizer_hash)}; "
                               "featurize with the same neimsctl/RDKit settings or train from scratch")
     theirs = (ckpt.get("config") or {}).get("model") or {}
     cfg = model.config.to_dict()
@@ -207,7 +207,8 @@ def run_finetune(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path,
         raise ConfigError(f"train.best_metric: {t.best_metric!r} is not reported by finetune; "
                           f"use one of {', '.join(VAL_METRICS)}")
     loss_cfg = dataclass_from_dict(TeacherLossConfig, cfg.loss, "loss")
-    fhash = shard_settings(shards, ("teacher",), stage="finetune").settings_hash
+    found = shard_settings(shards, ("teacher",), stage="finetune")
+    fhash = found.settings_hash
     base = TeacherDataset(list(shards), in_memory=not d.lazy)
     aug = Augment(lds_sigma=d.smoothing_sigma or None, isotope_fraction=d.isotope_prob, seed=t.seed)
     augmented = TeacherDataset(list(shards), in_memory=not d.lazy,
@@ -228,7 +229,7 @@ def run_finetune(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path,
     seed_everything(t.seed)
     model = build_teacher(cfg.model)
     if init is not None and not resume:
-        load_init(model, init, featurizer_hash=fhash, log=log)
+        load_init(model, init, featurizer_hash=found.accepts, log=log)
     elif init is not None:
         print("neimsctl: --resume: the run continues from its checkpoint; --init is not applied",
               file=log)

@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from neimsctl.data.dataset import TeacherDataset
-from neimsctl.data.shards import shard_settings
+from neimsctl.data.shards import hash_matches, shard_settings, shown
 from neimsctl.data.split import DEFAULT_FRACTIONS, SPLIT_SEED
-from neimsctl.errors import CheckpointError, ConfigError
+from neimsctl.errors import CheckpointError, ConfigError, FormatError
 from neimsctl.io.rejects import Reject, Tally
 from neimsctl.io.softlabel_shard import SoftLabelWriter
 from neimsctl.nn.modes import only_training
@@ -165,7 +165,14 @@ class FingerprintMember(torch.nn.Module):
         self.student = student
 
     def forward(self, batch: Any, return_hidden: bool = False) -> Any:
-        out = self.student(torch.cat([batch.ecfp, batch.counts], dim=1), batch.mw)
+        parts = [batch.ecfp, batch.counts]
+        if self.student.config.fragments:
+            frags = getattr(batch, "frags", None)
+            if frags is None:
+                raise FormatError("a fingerprint member reads fragment masses, which these "
+                                  "teacher shards (made by neimsctl 0.1) lack: featurize again")
+            parts.append(frags)
+        out = self.student(torch.cat(parts, dim=1), batch.mw)
         return (out.pred, out.hidden) if return_hidden else out.pred
 
     def to_linear(self, pred: torch.Tensor) -> torch.Tensor:
@@ -176,7 +183,7 @@ class FingerprintMember(torch.nn.Module):
         return only_training(self, dropout if enabled else ())
 
 
-def load_teacher(path: str | Path, *, featurizer_hash: str | None = None,
+def load_teacher(path: str | Path, *, featurizer_hash: str | frozenset[str] | None = None,
                  allow_student: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A teacher with the weights of checkpoint ``path`` (eval mode) and the checkpoint dict.
 
@@ -195,7 +202,7 @@ def load_teacher(path: str | Path, *, featurizer_hash: str | None = None,
                         allow_student=allow_student), ckpt
 
 
-def teacher_from(ckpt: dict[str, Any], path: str | Path, *, featurizer_hash: str | None = None,
+def teacher_from(ckpt: dict[str, Any], path: str | Path, *, featurizer_hash: str | frozenset[str] | None = None,
                  allow_student: bool = False) -> torch.nn.Module:
     """The model of a loaded checkpoint dict (see :func:`load_teacher`; ``path`` names it in
     messages, ``FILE#k`` for the k-th member of an ensemble file)."""
@@ -219,9 +226,9 @@ def teacher_from(ckpt: dict[str, Any], path: str | Path, *, featurizer_hash: str
         raise CheckpointError(f"{path}: a {model_cfg.get('name')!r} model cannot label: soft "
                               "labels come from GNN teachers and fingerprint students")
     have = ckpt.get("featurizer_hash")
-    if featurizer_hash is not None and have is not None and have != featurizer_hash:
+    if featurizer_hash is not None and have is not None and not hash_matches(have, featurizer_hash):
         raise CheckpointError(f"{path}: featurizer mismatch: the teacher was trained on features "
-                              f"with settings hash {have}, these shards have {featurizer_hash}")
+                              f"with settings hash {have}, these shards have {shown(featurizer_hash)}")
     try:
         model = build_teacher(model_cfg)
         model.load_state_dict(state)
@@ -290,16 +297,18 @@ def run_softlabel(teacher: Teachers, shards: Sequence[str | Path], out: str | Pa
 
     log = sys.stderr if log is None else log
     s = settings or SoftLabelSettings()
-    fhash = shard_settings(shards, ("teacher",), stage="softlabel").settings_hash
+    found = shard_settings(shards, ("teacher",), stage="softlabel")
+    fhash = found.settings_hash
     paths = [Path(teacher)] if isinstance(teacher, (str, Path)) else [Path(t) for t in teacher]
     if not paths:
         raise ConfigError("softlabel needs at least one teacher checkpoint")
     dev = resolve_device(device)
     sources = teacher_sources(paths)
-    models = [teacher_from(c, where, featurizer_hash=fhash, allow_student=k > 0).to(dev)
+    models = [teacher_from(c, where, featurizer_hash=found.accepts, allow_student=k > 0).to(dev)
               for k, (where, c, _) in enumerate(sources)]
     model = models[0]
-    ds = TeacherDataset(list(shards), require_spectrum=False)
+    frags = any(isinstance(m, FingerprintMember) and m.student.config.fragments for m in models)
+    ds = TeacherDataset(list(shards), require_spectrum=False, fragments=frags)
     positions = np.arange(len(ds), dtype=np.int64)
     if s.part == "train":
         positions = dataset_split(ds, seed=s.split_seed, fractions=s.split).train

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from neimsctl.errors import FormatError
-from neimsctl.io.featblock import MODES, STR_COLUMNS, ragged_columns, row_columns, take_rows
+from neimsctl.io.featblock import LATER_COLUMNS, MODES, STR_COLUMNS, ragged_columns, row_columns, take_rows
 from neimsctl.io.h5handle import H5Handle
 from neimsctl.io.h5shard import codec
 from neimsctl.io.h5shard.layout import PTRS, SCHEMA, SMALL
@@ -114,6 +114,8 @@ class ShardReader:
         self.n_rows = int(f.attrs["n_rows"])
         self.settings_hash = str(f.attrs["settings_hash"])
         self.settings: dict[str, Any] = json.loads(f.attrs["featurizer"])
+        #: the per-row columns of its mode that it holds (shards of neimsctl 0.1 lack ``frags``)
+        self.row_names = [n for n in row_columns(self.mode) if n not in LATER_COLUMNS or n in f]
         self.attrs: dict[str, Any] = {k: (v.item() if isinstance(v, np.generic) else v)
                                       for k, v in f.attrs.items()}
 
@@ -157,7 +159,7 @@ class ShardReader:
         start, stop = max(0, start), min(stop, self.n_rows)
         h = self.handle
         out: dict[str, np.ndarray] = {c: strings(h[c][start:stop]) for c in STR_COLUMNS}
-        for name in row_columns(self.mode):
+        for name in self.row_names:
             if name in PTRS:
                 out[name] = np.diff(self.ptr(name)[start:stop + 1])
             else:
@@ -201,7 +203,7 @@ class ShardReader:
         inv = inv.reshape(-1)
         ragged = ragged_columns(self.mode)
         names = list(columns) if columns is not None else [
-            *STR_COLUMNS, *row_columns(self.mode), *ragged]
+            *STR_COLUMNS, *self.row_names, *ragged]
         for name in [n for n in names if n in ragged]:
             if ragged[name][2] not in names:
                 names.append(ragged[name][2])

@@ -25,7 +25,9 @@ def test_dimensions_follow_the_vocabularies() -> None:
     s = StudentFeaturizer()(Chem.MolFromSmiles("CCO"))
     assert s.ecfp.shape == (ECFP_BITS // 8,) and s.counts.shape == (COUNT_BITS,)
     assert s.ecfp.dtype == np.uint8 and s.counts.dtype == np.uint8
-    assert student_vector(*s).shape == (STUDENT_DIM,) == (6144,)
+    assert s.frags.shape == (1002,) and s.frags.dtype == np.uint8
+    assert student_vector(s.ecfp, s.counts).shape == (STUDENT_DIM,) == (6144,)
+    assert student_vector(*s).shape == (7146,)
 
 
 def test_one_hot_groups_have_exactly_one_bit() -> None:

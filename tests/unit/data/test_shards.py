@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
 import pytest
 
 from neimsctl.data.membench import build_sample_shard
-from neimsctl.data.shards import ShardSettings, shard_settings
+from neimsctl.chem.features import settings_hash
+from neimsctl.data.shards import hash_matches, shard_settings
 from neimsctl.errors import FormatError, InputError
 
 TEACHER = ("teacher",)
@@ -23,10 +25,16 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_returns_the_common_mode_and_hash(shards: dict[str, Path]) -> None:
     with h5py.File(shards["teacher"]) as f:
-        want = ShardSettings("teacher", f.attrs["settings_hash"])
-    assert shard_settings([shards["teacher"]] * 2, TEACHER, stage="finetune") == want
+        own = f.attrs["settings_hash"]
+        settings = json.loads(f.attrs["featurizer"])
+    got = shard_settings([shards["teacher"]] * 2, TEACHER, stage="finetune")
+    assert got[:2] == ("teacher", own)
+    # models trained before fragment masses read these shards too: the hash without them
+    del settings["frags"]
+    assert got.accepts == {own, settings_hash(settings)} and len(got.accepts) == 2
+    assert hash_matches(settings_hash(settings), got.accepts) and not hash_matches("0" * 16, got.accepts)
     got = shard_settings([shards["v1"]], STUDENT, stage="distill")
-    assert got.mode == "v1" and len(got.settings_hash) == 16
+    assert got.mode == "v1" and len(got.settings_hash) == 16 and got.accepts == {got.settings_hash}
 
 
 def test_refuses_another_mode_and_says_how_to_make_the_right_one(shards: dict[str, Path]) -> None:

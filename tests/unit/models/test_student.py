@@ -84,6 +84,50 @@ def test_sparse_rows_input_gives_the_same_bits_as_the_dense_input() -> None:
                 assert torch.equal(a.pred, b.pred) and torch.equal(a.topk_idx, b.topk_idx)
 
 
+def test_fragment_masses_widen_the_input_and_feed_the_head() -> None:
+    """``fragments: true`` reads 7146 inputs (the default 6144 widened); ``fragment_channels``
+    adds the fragment path to the mass-aware head; sparse and dense inputs agree through it; the
+    path changes the prediction only through the fragment columns."""
+    from neimsctl.chem.features import student_nonzero, student_vectors
+    from neimsctl.chem.fragments import fragment_counts
+    from neimsctl.nn.sparse_input import SparseRows
+    from rdkit import Chem
+
+    assert StudentConfig(fragments=True).input_dim == 7146
+    with pytest.raises(ConfigError, match="7146"):
+        StudentConfig(fragments=True, input_dim=100)
+    with pytest.raises(ConfigError, match="fragments: true and mass_aware"):
+        StudentConfig(fragment_channels=2)
+    with pytest.raises(ConfigError, match="odd"):
+        StudentConfig(fragments=True, mass_aware=True, fragment_channels=2, fragment_kernel=4)
+    cfg = StudentConfig(fragments=True, gate_hidden=(16,), expert_depth=1, expert_bottleneck=4,
+                        expert_width=16, head_hidden=(24,), hidden_dim=12, dropout=0.0,
+                        mass_aware=True, fragment_channels=3)
+    torch.manual_seed(0)
+    m = StudentModel(cfg).eval()
+    mols = [Chem.MolFromSmiles(s) for s in ("CCCCC(=O)c1ccccc1", "CCO", "c1ccccc1Cl")]
+    rng = np.random.default_rng(0)
+    ecfp = rng.integers(0, 256, (3, 512), dtype=np.uint8)
+    counts = rng.integers(0, 4, (3, 2048), dtype=np.uint8)
+    frags = np.stack([fragment_counts(x) for x in mols])
+    mw = torch.tensor([162, 46, 112])
+    dense = torch.from_numpy(student_vectors(ecfp, counts, frags))
+    sparse = SparseRows(*map(torch.from_numpy, student_nonzero(ecfp, counts, frags)), 7146)
+    assert dense.shape == (3, 7146) and m.reads_sparse()
+    with torch.inference_mode():
+        a, b = m(dense, mw), m(sparse, mw)
+        assert torch.equal(a.pred, b.pred)
+        torch.nn.init.constant_(m.frag_mix.bias, 1.0)
+        moved = m(dense, mw).pred
+        assert not torch.equal(moved, a.pred)
+        m.frag_conv.weight.zero_()                      # a silent path: as if it were not there
+        m.frag_conv.bias.zero_()
+        silent = m(dense, mw).pred
+        conv, m.frag_conv = m.frag_conv, None
+        assert torch.equal(silent, m(dense, mw).pred)
+        m.frag_conv = conv
+
+
 def test_predict_spectrum_is_linear_and_max_normalised() -> None:
     torch.manual_seed(1)
     m = StudentModel(TINY).eval()

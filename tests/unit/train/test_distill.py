@@ -267,3 +267,42 @@ def test_transfer_fraction_draws_a_seeded_share_per_epoch(data: dict, transfer: 
         transfer_rows([noik], lib)
     with pytest.raises(ConfigError, match="transfer_fraction"):
         DistillData(lib, soft, rows[0], transfer=tr, transfer_soft_rows=rows[1], transfer_fraction=0)
+
+
+def test_a_student_that_reads_fragment_masses(data: dict, repo_root: Path) -> None:
+    """fragments: true trains on the 7146-d input, predicts from its own blocks, labels beside a
+    GNN teacher in softlabel, and refuses shards made before fragment masses (neimsctl 0.1)."""
+    import h5py
+    import shutil
+
+    from neimsctl.chem.rowbuild import Item
+    from neimsctl.errors import FormatError
+    from neimsctl.predict.model import load_model, predict_block
+    from neimsctl.predict.run import Featurizer
+
+    c = cfg(repo_root, "train.epochs=1", "model.fragments=true", "model.fragment_channels=2")
+    r = run_distill(c, [data["student"]], data["dir"] / "frag", soft_labels=data["soft"])
+    ckpt = data["dir"] / "frag" / "checkpoints" / "best.pt"
+    assert r.epochs_done == 1 and load_checkpoint(ckpt)["config"]["model"]["fragments"] is True
+    lm = load_model(ckpt, device="cpu", precision="fp32")
+    assert lm.reads_fragments and lm.model.config.input_dim == 7146
+    items = [Item(i, "t", i + 1, "smi", s.encode()) for i, s in enumerate(["CCCCC(=O)c1ccccc1", "CCO"])]
+    block, _ = Featurizer("student", fragments=True)(items)
+    spectra, _, _ = predict_block(lm, block)
+    assert spectra.shape == (2, 501) and np.allclose(spectra.max(axis=1), 1.0)
+    no_frags, _ = Featurizer("student", fragments=False)(items)
+    assert "frags" not in no_frags
+    with pytest.raises(FormatError, match="fragment masses"):
+        predict_block(lm, no_frags)
+    # softlabel: a GNN teacher with the fragment student as a second member
+    tally = run_softlabel([tiny_teacher(data["dir"] / "tf.pt", data["teacher"]), ckpt], [data["teacher"]],
+                          data["dir"] / "soft_frag.h5", device="cpu", settings=SoftLabelSettings(samples=2))
+    assert tally.written == 150
+    # a shard of neimsctl 0.1 (no frags): refused by this student, read by one without fragments
+    old = data["dir"] / "old.h5"
+    shutil.copy(data["student"], old)
+    with h5py.File(old, "a") as f:
+        del f["frags"]
+    with pytest.raises(FormatError, match=r"missing datasets \['frags'\].*featurize"):
+        run_distill(c, [old], data["dir"] / "frag_old")
+    assert StudentDataset([old]).get_batch([0, 1])["x"].shape == (2, 6144)

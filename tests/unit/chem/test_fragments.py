@@ -1,0 +1,104 @@
+"""Fragment masses (formats/features.v1.md "Fragment masses") against a brute force that cuts every
+bond and every pair of bonds and weighs the pieces; known molecules by hand."""
+
+from __future__ import annotations
+
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rdkit import Chem
+
+from neimsctl.chem.fragments import FRAG_BINS, FRAG_SLOTS, fragment_counts
+
+SAMPLE = Path(__file__).resolve().parents[3] / "neimsctl" / "resources" / "sample" / "sample.msp"
+PT = Chem.GetPeriodicTable()
+
+
+def _atom_mass(a: Chem.Atom) -> int:
+    return (a.GetIsotope() or PT.GetMostCommonIsotope(a.GetAtomicNum())) + a.GetTotalNumHs()
+
+
+def _components(n: int, bonds: list[tuple[int, int]], cut: set[int]) -> list[int]:
+    root = list(range(n))
+
+    def find(x: int) -> int:
+        while root[x] != x:
+            x = root[x]
+        return x
+
+    for k, (a, b) in enumerate(bonds):
+        if k not in cut:
+            root[find(a)] = find(b)
+    return [find(i) for i in range(n)]
+
+
+def brute_force(mol: Chem.Mol) -> np.ndarray:
+    """Every bond and pair of bonds cut; a cut that adds connected parts counts every piece
+    that holds an end of a cut bond (the parts of the molecule not touched stay out)."""
+    n = mol.GetNumAtoms()
+    mass = [_atom_mass(a) for a in mol.GetAtoms()]
+    bonds = [(b.GetBeginAtomIdx(), b.GetEndAtomIdx()) for b in mol.GetBonds()]
+    parts = len(set(_components(n, bonds, set())))
+    out = np.zeros(FRAG_SLOTS, dtype=np.int64)
+    for size, offset in ((1, 0), (2, FRAG_BINS)):
+        for cut in combinations(range(len(bonds)), size):
+            root = _components(n, bonds, set(cut))
+            if len(set(root)) == parts:
+                continue
+            weight: dict[int, int] = {}
+            for i, r in enumerate(root):
+                weight[r] = weight.get(r, 0) + mass[i]
+            for r in {root[a] for k in cut for a in bonds[k]}:
+                if weight[r] < FRAG_BINS:
+                    out[offset + weight[r]] += 1
+    return np.minimum(out, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("smiles", [
+    "CCO", "C", "CC", "c1ccccc1", "c1ccc2ccccc2c1", "C1CC2(CC1)CCC2", "C12C3C4C1C5C2C3C45",
+    "OC1C2CC3CC1CC(C2)C3", "CC(C)(C)c1ccc2c(c1)C1(CCC1)C2", "O=C1CC2(C1)CC2",
+    "[Na+].[O-]C(=O)c1ccccc1", "[Cl-].[NH4+]", "c1ccccc1.c1ccccc1", "[13CH3]CO", "[2H]OC([2H])([2H])[2H]",
+    "CCCCC(=O)c1ccccc1", "c1ccc(-c2ccccc2)cc1", "C1CCCCC1CCN", "BrC(Cl)(I)C(F)(F)[Si](C)(C)C",
+])
+def test_equals_the_brute_force(smiles: str) -> None:
+    mol = Chem.MolFromSmiles(smiles)
+    assert np.array_equal(fragment_counts(mol), brute_force(mol))
+
+
+def test_equals_the_brute_force_on_the_sample_library() -> None:
+    smiles = [line.split(b":", 1)[1].strip().decode() for line in SAMPLE.read_bytes().splitlines()
+              if line.startswith(b"SMILES:")]
+    mols = [Chem.MolFromSmiles(s) for s in smiles]
+    mols = [m for m in mols if m is not None and m.GetNumBonds() <= 40]
+    assert len(mols) >= 30
+    for m in mols:
+        assert np.array_equal(fragment_counts(m), brute_force(m)), Chem.MolToSmiles(m)
+
+
+def test_valerophenone_by_hand() -> None:
+    h = fragment_counts(Chem.MolFromSmiles("CCCCC(=O)c1ccccc1"))
+    single = set(np.flatnonzero(h[:FRAG_BINS]).tolist())
+    # PhCO+ 105 and Ph+ 77 (the spectrum's base peak and its loss of CO), C4H9 57, M - CH3 147
+    assert {105, 77, 57, 147} <= single
+    assert h[105] == 1 and h[FRAG_BINS + 105] > 0        # alpha cleavage, also with a ring bond cut
+    assert not h[FRAG_BINS + 200:].any()                  # nothing heavier than the molecule (162)
+
+
+def test_counts_saturate_and_the_dtype_is_uint8() -> None:
+    h = fragment_counts(Chem.MolFromSmiles("C" * 300))    # CH3 is a piece of ~600 cuts
+    assert h.dtype == np.uint8 and h.shape == (FRAG_SLOTS,) and h.max() == 255
+
+
+def test_a_single_atom_or_an_empty_molecule_has_no_pieces() -> None:
+    assert not fragment_counts(Chem.MolFromSmiles("C")).any()
+    assert not fragment_counts(Chem.Mol()).any()
+
+
+def test_the_atom_order_does_not_matter() -> None:
+    mol = Chem.MolFromSmiles("CC(=O)Nc1ccc(O)cc1C1CC1")
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        order = rng.permutation(mol.GetNumAtoms()).tolist()
+        assert np.array_equal(fragment_counts(Chem.RenumberAtoms(mol, order)), fragment_counts(mol))
