@@ -127,41 +127,43 @@ def _part(root: int, nbrs: list[list[tuple[int, int]]], mass: list[int], seen: l
         size[p] += size[u]
         label[p] ^= label[u]
     total = sub[root]
-    bridges = [u for u in order[1:] if label[u] == 0]
+    bridges = [u for u in order[1:] if label[u] == 0]         # in DFS order: ancestors first
     pieces = [m for u in bridges for m in (sub[u], total - sub[u])]
     single.extend(pieces)
     # a bridge with any of the part's other bonds (ring bonds) cut too: the bridge's two pieces
     ring_bonds = len(order) - 1 - len(bridges) + len(back)
     double.extend(pieces * ring_bonds)
-    if len(bridges) > 1:                     # two bridges: three pieces
+    if len(bridges) > 1:
+        # two bridges a before b: b's subtree is a piece; b below a: a's subtree less b's and
+        # the rest; b beside a: a's subtree and the rest less both
         s = np.array([sub[u] for u in bridges], dtype=np.int64)
         t = np.array([tin[u] for u in bridges], dtype=np.int64)
-        z = np.array([size[u] for u in bridges], dtype=np.int64)
+        end = t + np.array([size[u] for u in bridges], dtype=np.int64)
         a, b = _pairs(len(bridges))
-        b_below = (t[a] <= t[b]) & (t[b] < t[a] + z[a])
-        a_below = (t[b] <= t[a]) & (t[a] < t[b] + z[b])
         sa, sb = s[a], s[b]
-        p1 = np.where(b_below, sb, np.where(a_below, sa, sa))
-        p2 = np.where(b_below, sa - sb, np.where(a_below, sb - sa, sb))
-        p3 = np.where(b_below, total - sa, np.where(a_below, total - sb, total - sa - sb))
-        double.extend(np.concatenate([p1, p2, p3]).tolist())
+        below = t[b] < end[a]
+        double.extend(sb.tolist())
+        double.extend(np.where(below, sa - sb, sa).tolist())
+        double.extend((total - sa - np.where(below, 0, sb)).tolist())
     if not back:
         return
     # two ring bonds that disconnect the part (every ring through one passes the other): equal labels
-    groups: dict[int, list[int]] = {lab: [] for lab in back}
+    groups: dict[int, list[int]] = {}
     for u in order[1:]:
-        if label[u]:
-            groups.setdefault(label[u], []).append(u)   # the tree edge above u (ancestors first)
-    n_back = dict.fromkeys(back, 0)
-    for lab in back:
-        n_back[lab] += 1
-    for lab, tree in groups.items():
-        for _ in range(n_back.get(lab, 0)):  # a tree edge with the non-tree edge
-            for u in tree:
-                double.append(sub[u])
-                double.append(total - sub[u])
-        for i in range(len(tree)):           # two tree edges on one path
-            for j in range(i + 1, len(tree)):
-                piece = sub[tree[i]] - sub[tree[j]]
+        lab = label[u]
+        if lab:
+            if lab in groups:
+                groups[lab].append(u)             # the tree edge above u (ancestors first)
+            else:
+                groups[lab] = [u]
+    for lab in back:                              # a tree edge with the non-tree edge
+        for u in groups.get(lab, ()):
+            double.append(sub[u])
+            double.append(total - sub[u])
+    for tree in groups.values():                  # two tree edges on one path
+        for i in range(1, len(tree)):
+            upper = sub[tree[i - 1]]
+            for j in range(i, len(tree)):
+                piece = upper - sub[tree[j]]
                 double.append(piece)
                 double.append(total - piece)
