@@ -24,7 +24,7 @@ from rdkit import Chem, rdBase
 from rdkit.Chem import rdFingerprintGenerator
 
 from neimsctl.chem.graph import ATOM_FDIM, BOND_FDIM, atom_features, bond_graph
-from neimsctl.chem.fragments import fragment_counts
+from neimsctl.chem.fragments import FragGraph, assemble_frags, fragment_counts, fragment_graph
 from neimsctl.io.featblock import (COUNT_BITS, ECFP_BITS, ECFP_BYTES, FRAG_SLOTS, STUDENT_DIM,
                                  STUDENT_FRAG_DIM)
 
@@ -183,6 +183,10 @@ class StudentFeaturizer(_Base):
         :attr:`fragments` is off (``predict`` for a model that does not read them)."""
         return fragment_counts(mol) if self.fragments else None
 
+    def frag_row(self, mol: Chem.Mol) -> FragGraph | None:
+        """The row form of :meth:`frags`: what a block computes all at once (:func:`assemble_frags`)."""
+        return fragment_graph(mol) if self.fragments else None
+
     def __call__(self, mol: Chem.Mol) -> StudentFeatures:
         return StudentFeatures(self.ecfp_packed(mol), self.pair_counts(mol), self.frags(mol))
 
@@ -192,7 +196,7 @@ class StudentFeaturizer(_Base):
         bit by bit) and ``np.packbits`` per molecule cost ~0.015 ms more than
         ``GetFingerprint(...).GetOnBits()``, ~3 % of a molecule's featurization."""
         return StudentFeatures(OnBits(self._ecfp.GetFingerprint(mol).GetOnBits()),
-                               self.pair_counts(mol), self.frags(mol))
+                               self.pair_counts(mol), self.frag_row(mol))
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -216,7 +220,10 @@ class TeacherFeaturizer(StudentFeaturizer):
     """
 
     def block_features(self, mol: Chem.Mol) -> TeacherFeatures:
-        return self(mol)  # more fields than the student's: no on-bits form
+        """:meth:`__call__` with the fragment masses in their row form (no on-bits form)."""
+        edge_index, edge_attr = bond_graph(mol)
+        return TeacherFeatures(atom_features(mol), edge_index, edge_attr, self.ecfp_packed(mol),
+                               self.pair_counts(mol), self.frag_row(mol))
 
     def __call__(self, mol: Chem.Mol) -> TeacherFeatures:
         edge_index, edge_attr = bond_graph(mol)

@@ -42,6 +42,7 @@ from rdkit import Chem, RDLogger
 from rdkit.Chem import rdMolDescriptors
 
 from neimsctl.chem.features import assemble_ecfp, get_featurizer
+from neimsctl.chem.fragments import assemble_frags
 from neimsctl.io.spectrum import N_BINS, NOISE_LEVEL, SCALE_ABOVE, SCALE_BELOW, preprocess_spectrum
 from neimsctl.chem.structure import MAX_HEAVY_ATOMS, formula_nominal_mass, smiles_too_large
 from neimsctl.io.featblock import empty_block
@@ -407,12 +408,15 @@ class RowBuilder:
         out["ecfp"] = assemble_ecfp([f.ecfp for f in feats])
         if mode != "teacher":  # student, v1: every fixed-width field of the features tuple
             for field in feats[0]._fields[1:]:
-                if getattr(feats[0], field) is not None:       # frags left out (RowOptions)
+                if field == "frags":
+                    if feats[0].frags is not None:                 # left out (RowOptions)
+                        out["frags"] = assemble_frags([f.frags for f in feats])
+                else:
                     out[field] = np.stack([getattr(f, field) for f in feats])
         else:
             out["counts"] = np.stack([f.counts for f in feats])
             if feats[0].frags is not None:
-                out["frags"] = np.stack([f.frags for f in feats])
+                out["frags"] = assemble_frags([f.frags for f in feats])
             out["n_atoms"] = np.asarray([f.atom_x.shape[0] for f in feats], dtype=np.int64)
             out["n_edges"] = np.asarray([f.edge_index.shape[0] for f in feats], dtype=np.int64)
             out["atom_x"] = np.concatenate([f.atom_x for f in feats]).astype(np.float16)

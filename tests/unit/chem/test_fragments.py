@@ -102,3 +102,19 @@ def test_the_atom_order_does_not_matter() -> None:
     for _ in range(5):
         order = rng.permutation(mol.GetNumAtoms()).tolist()
         assert np.array_equal(fragment_counts(Chem.RenumberAtoms(mol, order)), fragment_counts(mol))
+
+
+def test_large_molecules_read_their_bonds_one_by_one_and_stay_cheap(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from neimsctl.chem import fragments
+
+    mols = [Chem.MolFromSmiles(s) for s in ("CCCCC(=O)c1ccccc1", "C12C3C4C1C5C2C3C45", "[Na+].[O-]C(=O)CC")]
+    dense = [fragment_counts(m) for m in mols]
+    monkeypatch.setattr(fragments, "_DENSE_ATOMS", 0)            # the bond-by-bond path
+    assert all(np.array_equal(fragment_counts(m), d) for m, d in zip(mols, dense))
+    monkeypatch.undo()
+    t0 = time.perf_counter()
+    for smiles in ("C" * 20000, "C1" + "C" * 5000 + "C1"):         # hostile sizes: no quadratic work
+        fragment_counts(Chem.MolFromSmiles(smiles))
+    assert time.perf_counter() - t0 < 10.0
