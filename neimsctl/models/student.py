@@ -221,7 +221,11 @@ class StudentModel(nn.Module):
         self.frag_conv = nn.Conv1d(2, c, cfg.fragment_kernel, padding=cfg.fragment_kernel // 2) if c else None
         self.frag_mix = nn.Linear(cfg.hidden_dim, c) if c else None
 
-    def forward(self, x: Tensor | SparseRows, mw: Tensor | None = None) -> StudentOutput:
+    def forward(self, x: Tensor | SparseRows, mw: Tensor | None = None,
+                frags: Tensor | None = None) -> StudentOutput:
+        """``frags``: the fragment part of ``x`` as ``(B, 2, 501)`` when the caller has it dense
+        (``predict``: cheaper than taking it out of a :class:`SparseRows` input); else it is
+        read from ``x``."""
         cfg = self.config
         if isinstance(x, SparseRows) and not self.reads_sparse():
             x = x.dense()
@@ -238,7 +242,9 @@ class StudentModel(nn.Module):
                 raise ValueError("this student is mass-aware: pass mw, the (B,) nominal masses")
             extra = None
             if self.frag_conv is not None:
-                frags = _fragment_rows(x, cfg.input_dim - 2 * FRAG_BINS).to(hidden.dtype)
+                if frags is None:
+                    frags = _fragment_rows(x, cfg.input_dim - 2 * FRAG_BINS)
+                frags = frags.to(hidden.dtype)
                 extra = (self.frag_conv(frags) * self.frag_mix(hidden).unsqueeze(-1)).sum(1)
                 extra = F.pad(extra, (0, cfg.n_bins - extra.shape[1])) if extra.shape[1] < cfg.n_bins \
                     else extra[:, :cfg.n_bins]

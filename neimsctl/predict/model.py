@@ -407,7 +407,8 @@ def block_frags(block: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def _student(lm: LoadedModel, block: dict[str, np.ndarray], n: int, bs: int):  # type: ignore[no-untyped-def]
-    from neimsctl.chem.features import student_nonzero
+    from neimsctl.chem.features import log1p_counts, student_nonzero
+    from neimsctl.io.featblock import FRAG_BINS
     from neimsctl.nn.sparse_input import SparseRows
 
     model, outs, idx, wts = lm.model, [], [], []
@@ -419,7 +420,10 @@ def _student(lm: LoadedModel, block: dict[str, np.ndarray], n: int, bs: int):  #
             block["ecfp"][a:a + bs], block["counts"][a:a + bs], None if frags is None else frags[a:a + bs])),
             model.config.input_dim)
         mw = torch.from_numpy(block["mw"][a:a + bs].astype(np.int64))
-        o = model(x.to(lm.device), mw.to(lm.device))
+        dense = None      # the head's fragment path reads them dense: not out of the sparse rows
+        if frags is not None and model.frag_conv is not None:
+            dense = torch.from_numpy(log1p_counts(frags[a:a + bs])).view(-1, 2, FRAG_BINS).to(lm.device)
+        o = model(x.to(lm.device), mw.to(lm.device), dense)
         lin = model.to_linear(o.pred)
         outs.append((lin / lin.amax(dim=1, keepdim=True).clamp_min(1e-12)).cpu().numpy())
         idx.append(o.topk_idx.cpu().numpy())

@@ -117,6 +117,8 @@ def test_fragment_masses_widen_the_input_and_feed_the_head() -> None:
     with torch.inference_mode():
         a, b = m(dense, mw), m(sparse, mw)
         assert torch.equal(a.pred, b.pred)
+        given = m(sparse, mw, dense[:, 6144:].reshape(3, 2, 501))     # predict hands them dense
+        assert torch.equal(a.pred, given.pred)
         torch.nn.init.constant_(m.frag_mix.bias, 1.0)
         moved = m(dense, mw).pred
         assert not torch.equal(moved, a.pred)
