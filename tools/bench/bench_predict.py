@@ -27,7 +27,8 @@ For each repetition, in turn: the bare RDKit work per molecule in ``--jobs`` for
 (``MolFromSmiles`` + Morgan 4096 bits + Morgan counts 2048 + ``MolToInchiKey``: the issue's
 definition), then ``neimsctl predict -q --jobs N`` of the same molecules to MSP (with
 InChIKeys) for each source tree (this one, then every ``--tree``; the order alternates between
-repetitions). Each is a fresh command timed by its wall clock, start-up included. Printed: the
+repetitions), with the shipped model and each ``--model`` (e.g. a student that reads fragment
+masses: what they cost). Each is a fresh command timed by its wall clock, start-up included. Printed: the
 medians as molecules/s and ``ratio = predict / bare``, and the same ratio by CPU time (user +
 system of the command and its workers: less sensitive to other users' load than wall time on a
 shared machine, but blind to time lost waiting, e.g. a main process starting up alone). ``--own`` adds a second bare reference,
@@ -297,8 +298,11 @@ def _wall(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, str
 def ratio(args: argparse.Namespace) -> None:
     import statistics
 
-    trees = [ROOT, *[t.resolve() for t in args.tree]]
-    names = [t.name if t != ROOT else f"{t.name} (this tree)" for t in trees]
+    base = [(ROOT, f"{ROOT.name} (this tree)"), *[(t.resolve(), t.resolve().name) for t in args.tree]]
+    models = [None, *args.model]           # None: the shipped default
+    variants = [(tree, f"{name}" + (f" --model {m.name}" if m else ""), ["-m", str(m)] if m else [])
+                for tree, name in base for m in models]
+    names = [v[1] for v in variants]
     with open(args.smiles) as fh:
         lines = [ln for ln in fh.read().splitlines() if ln.strip()][:args.n]
     work = Path(tempfile.mkdtemp(prefix="bench-ratio-"))
@@ -311,7 +315,7 @@ def ratio(args: argparse.Namespace) -> None:
     cpus: dict[str, list[float]] = {k: [] for k in walls}
     loads = [os.getloadavg()[0]]
     for rep in range(args.reps):
-        order = list(zip(trees, names)) if rep % 2 == 0 else list(zip(trees, names))[::-1]
+        order = variants if rep % 2 == 0 else variants[::-1]
         for b in bares:
             secs, out, cpu = _wall([sys.executable, "-c", BARE, str(src), str(n), str(args.jobs), b])
             walls[f"bare_{b}"].append(secs)
@@ -319,10 +323,10 @@ def ratio(args: argparse.Namespace) -> None:
             print(f"rep {rep} bare ({b}): {secs:.2f} s wall ({out.split()[1][:5]} s in the forked "
                   f"processes), {cpu:.1f} CPU s, load {os.getloadavg()[0]:.2f}", file=sys.stderr,
                   flush=True)
-        for tree, name in order:
+        for tree, name, model in order:
             env = {**os.environ, "PYTHONPATH": str(tree)}
             secs, _, cpu = _wall([sys.executable, "-c", "from neimsctl.cli.main import main; main()",
-                                  "predict", "-q", "--jobs", str(args.jobs), str(src),
+                                  "predict", "-q", *model, "--jobs", str(args.jobs), str(src),
                                   "-o", str(work / "out.msp")], env)
             walls[f"predict {name}"].append(secs)
             cpus[f"predict {name}"].append(cpu)
@@ -354,7 +358,9 @@ def ratio(args: argparse.Namespace) -> None:
         print(line, file=sys.stderr)
     if args.latency:
         res["api_latency_ms_p50_p90"] = {}
-        for tree, name in zip(trees, names):
+        for tree, name, model in variants:
+            if model:
+                continue                   # the API's latency: the shipped default only
             _, out, _ = _wall([sys.executable, "-c", LATENCY, str(src), str(args.latency)],
                               {**os.environ, "PYTHONPATH": str(tree)})
             p50, p90 = map(float, out.split())
@@ -390,6 +396,8 @@ def main() -> None:
     q.add_argument("--n", type=int, default=100_000)
     q.add_argument("--reps", type=int, default=3)
     q.add_argument("--jobs", type=int, default=2)
+    q.add_argument("--model", type=Path, action="append", default=[],
+                   help="also time predict --model MODEL (each tree), beside the shipped default")
     q.add_argument("--tree", type=Path, action="append", default=[],
                    help="another source tree to time the same way (e.g. a worktree of the "
                         "previous commit); repeatable")
