@@ -24,7 +24,7 @@ from rdkit import Chem, rdBase
 from rdkit.Chem import rdFingerprintGenerator
 
 from neimsctl.chem.graph import ATOM_FDIM, BOND_FDIM, atom_features, bond_graph
-from neimsctl.chem.fragments import FragGraph, assemble_frags, fragment_counts, fragment_graph
+from neimsctl.chem.fragments import FragGraph, fragment_counts, fragment_graph
 from neimsctl.io.featblock import (COUNT_BITS, ECFP_BITS, ECFP_BYTES, FRAG_SLOTS, STUDENT_DIM,
                                  STUDENT_FRAG_DIM)
 
