@@ -306,3 +306,37 @@ def test_a_student_that_reads_fragment_masses(data: dict, repo_root: Path) -> No
     with pytest.raises(FormatError, match=r"missing datasets \['frags'\].*featurize"):
         run_distill(c, [old], data["dir"] / "frag_old")
     assert StudentDataset([old]).get_batch([0, 1])["x"].shape == (2, 6144)
+
+
+def test_models_trained_before_fragment_masses_still_label_and_initialise(data: dict) -> None:
+    """A checkpoint that recorded the featurizer hash of neimsctl 0.1 (the settings without
+    fragment masses, e.g. the shipped teacher) labels today's shards and initialises finetune;
+    any other hash is still refused."""
+    import json
+
+    import h5py
+
+    from neimsctl.chem.features import settings_hash
+    from neimsctl.errors import CheckpointError
+    from neimsctl.train.finetune import load_init
+
+    with h5py.File(data["teacher"]) as f:
+        settings = json.loads(f.attrs["featurizer"])
+    del settings["frags"]
+    torch.manual_seed(0)
+    model = build_teacher(TINY_TEACHER)
+    cfg_model = {"model": model.config.to_dict() | {"name": "teacher"}}
+    old = save_checkpoint(data["dir"] / "old_teacher.pt", model=model, config=cfg_model,
+                          featurizer_hash=settings_hash(settings))
+    tally = run_softlabel(old, [data["teacher"]], data["dir"] / "soft_old.h5", device="cpu",
+                          settings=SoftLabelSettings(samples=2))
+    assert tally.written == 150
+    accepts = shard_settings([data["teacher"]], ("teacher",), stage="finetune").accepts
+    assert load_init(build_teacher(TINY_TEACHER), old, featurizer_hash=accepts)["loaded"] > 0
+    other = save_checkpoint(data["dir"] / "other_teacher.pt", model=model, config=cfg_model,
+                            featurizer_hash="0123456789abcdef")
+    with pytest.raises(CheckpointError, match="featurizer mismatch"):
+        run_softlabel(other, [data["teacher"]], data["dir"] / "soft_other.h5", device="cpu",
+                      settings=SoftLabelSettings(samples=2))
+    with pytest.raises(CheckpointError, match="featurizer mismatch"):
+        load_init(build_teacher(TINY_TEACHER), other, featurizer_hash=accepts)
