@@ -95,6 +95,9 @@ def run_distill(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path, 
         raise ConfigError("data.transfer: neims-v1 is trained without KD")
     smode, fhash, _ = shard_settings([*shards, *tpaths], ("student", "v1"), stage="distill")
     frags = {"fragments": True} if not is_v1 and cfg.model.get("fragments") is True else {}
+    if frags and smode == "v1":
+        raise ConfigError("model.fragments: v1 shards carry no fragment masses; give student-mode "
+                          "shards (`neimsctl featurize --mode student`)")
     base = make_dataset(shards, smode, cls.arch, in_memory=not d.lazy, **frags)
     aug = Augment(lds_sigma=d.smoothing_sigma or None, isotope_fraction=d.isotope_prob, seed=t.seed)
     train_base = make_dataset(shards, smode, cls.arch, in_memory=not d.lazy, **frags,

@@ -306,6 +306,9 @@ def test_a_student_that_reads_fragment_masses(data: dict, repo_root: Path) -> No
     with pytest.raises(FormatError, match=r"missing datasets \['frags'\].*featurize"):
         run_distill(c, [old], data["dir"] / "frag_old")
     assert StudentDataset([old]).get_batch([0, 1])["x"].shape == (2, 6144)
+    v1 = build_sample_shard(data["dir"] / "v1_frag.h5", mode="v1", limit=20)
+    with pytest.raises(ConfigError, match="v1 shards carry no fragment masses"):
+        run_distill(c, [v1], data["dir"] / "frag_v1")
 
 
 def test_models_trained_before_fragment_masses_still_label_and_initialise(data: dict) -> None:
