@@ -75,7 +75,11 @@ class ShardDataset(torch.utils.data.Dataset):
 
     def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike], *,
                  in_memory: bool = False, require_spectrum: bool = True,
-                 augment: Augment | None = None) -> None:
+                 augment: Augment | None = None, fragments: bool = False) -> None:
+        #: read ``frags`` too (a student with fragment masses): a shard without them is refused
+        self.fragments = fragments
+        if fragments:
+            self.row_keys = (*type(self).row_keys, "frags")
         single = isinstance(paths, (str, os.PathLike))
         self.paths = [Path(p) for p in ([paths] if single else paths)]  # type: ignore[list-item]
         if not self.paths:
@@ -224,13 +228,6 @@ class StudentDataset(ShardDataset):
     mode = "student"
     row_keys = ("ecfp", "counts", "spectrum")
 
-    def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike], *,
-                 fragments: bool = False, **kwargs: Any) -> None:
-        self.fragments = fragments
-        if fragments:
-            self.row_keys = (*type(self).row_keys, "frags")
-        super().__init__(paths, **kwargs)
-
     def get_batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, Any]:
         """Read a batch: ``x (B, 6144)`` (7146 with ``fragments``), ``y (B, 501)``, ``idx``, ``row``
         (B,) long, ``id``, ``aug13c``."""
@@ -294,14 +291,6 @@ class TeacherDataset(ShardDataset):
 
     mode = "teacher"
     row_keys = ("ecfp", "counts", "spectrum")
-
-    def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike], *,
-                 fragments: bool = False, **kwargs: Any) -> None:
-        """``fragments``: the graphs carry ``frags`` too (``log1p`` fragment-mass counts, for a
-        fingerprint student that reads them beside a GNN teacher in ``softlabel``)."""
-        if fragments:
-            self.row_keys = (*type(self).row_keys, "frags")
-        super().__init__(paths, **kwargs)
     csr_keys = {"atom_x": "atom_ptr", "edge_index": "edge_ptr", "edge_attr": "edge_ptr"}
 
     def _all_keys(self) -> tuple[str, ...]:
@@ -330,7 +319,7 @@ class TeacherDataset(ShardDataset):
         rows = self.rows[idx]
         ecfp = np.unpackbits(arr["ecfp"].reshape(len(idx), -1), axis=-1)
         counts = arr["counts"].reshape(len(idx), -1)
-        frags = arr["frags"].reshape(len(idx), -1) if "frags" in arr else None
+        frags = arr["frags"].reshape(len(idx), -1) if self.fragments else None
         y, aug = self._targets(arr["spectrum"].reshape(len(idx), N_BINS), rows)
         atom_cut, edge_cut = np.cumsum(arr["n_atoms"])[:-1], np.cumsum(arr["n_edges"])[:-1]
         atom_x = np.split(arr["atom_x"].astype(np.float32), atom_cut)
