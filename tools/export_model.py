@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
-"""Export a trained checkpoint as a shipped model: fp16 weights + a JSON model card.
+"""Export a trained checkpoint as a shipped model: fp16 (or int8) weights + a JSON model card.
 
 An ensemble file (``neimsctl ensemble``, e.g. with ``--int8``) is shipped as it is, with a card
 that lists its members.
 
     python tools/export_model.py RUN/checkpoints/best.pt neimsctl/resources/models/student-default.pt \\
-        --eval RUN-split/test.eval.json --train-log RUN/train_log.jsonl --command "tools/train_default_model.sh"
+        --weights int8 --eval RUN-split/test.eval.json --train-log RUN/train_log.jsonl \\
+        --command "tools/train_default_model.sh"
 
 The output keeps only what inference needs (``format``, ``model`` as float16, ``config.model``,
 ``featurizer_hash``, ``versions``): no optimizer state, no pickled objects; ``neimsctl predict``
-widens the weights back to float32 when it loads them. The card (``OUT.json``) records the
+widens the weights back to float32 when it loads them. ``--weights int8`` stores every large
+matrix as int8 codes with one float scale per row (``quantize_int8``, the storage of
+``neimsctl ensemble --int8``; half the bytes of float16) and the rest in float16. The card (``OUT.json``) records the
 sha256 of the weights file, the parameter count, the data and its licences, the test-split
 metrics (``--eval``: a ``neimsctl eval --json`` output), the training run and the command that
 retrains it.
@@ -27,7 +30,8 @@ from pathlib import Path
 import torch
 
 from neimsctl import __version__
-from neimsctl.models.checkpoint import copy_checkpoint, is_ensemble, load_checkpoint, model_state
+from neimsctl.models.checkpoint import (copy_checkpoint, is_ensemble, load_checkpoint, model_state,
+                                        quantize_int8)
 
 LICENSE_NOTE = ("Trained on MassBank EI records (../shared/data/massbank_ei.msp). Most of them are "
                 "licensed CC BY-NC-SA (others CC BY / CC BY-SA): the weights are a derived work for "
@@ -36,21 +40,27 @@ LICENSE_NOTE = ("Trained on MassBank EI records (../shared/data/massbank_ei.msp)
 
 
 def export(src: Path, dst: Path, *, eval_json: Path | None, train_log: Path | None, command: str,
-           notes: str) -> dict:
+           notes: str, weights: str = "fp16") -> dict:
     ck = load_checkpoint(src, map_location="cpu", ensemble=True)
     dst.parent.mkdir(parents=True, exist_ok=True)
     if is_ensemble(ck):
         copy_checkpoint(src, dst)
         card = _ensemble_card(ck)
     else:
-        state = {k: (v.half() if v.is_floating_point() else v) for k, v in model_state(ck).items()}
+        scales: dict = {}
+        if weights == "int8":
+            state, scales = quantize_int8(model_state(ck))
+        else:
+            state = {k: (v.half() if v.is_floating_point() else v) for k, v in model_state(ck).items()}
         slim = {"format": ck["format"], "model": state, "config": {"model": ck["config"]["model"]},
                 "featurizer_hash": ck.get("featurizer_hash"), "versions": ck.get("versions", {}),
-                "epoch": ck.get("epoch"), "best_metric": ck.get("best_metric")}
+                "epoch": ck.get("epoch"), "best_metric": ck.get("best_metric"),
+                **({"quantized": scales} if scales else {})}
         tmp = dst.with_suffix(".pt.partial")
         torch.save(slim, tmp)
         tmp.replace(dst)
-        card = {"arch": ck["config"]["model"].get("name"), "weights_dtype": "float16",
+        card = {"arch": ck["config"]["model"].get("name"),
+                "weights_dtype": "int8 matrices + float16" if scales else "float16",
                 "n_parameters": _n_parameters(state), "model_config": ck["config"]["model"],
                 "featurizer_hash": ck.get("featurizer_hash"), "epoch_kept": ck.get("epoch"),
                 "best_metric": ck.get("best_metric")}
@@ -103,9 +113,11 @@ def main() -> int:
     ap.add_argument("--train-log", type=Path)
     ap.add_argument("--command", default="tools/train_default_model.sh")
     ap.add_argument("--notes", default="")
+    ap.add_argument("--weights", choices=("fp16", "int8"), default="fp16",
+                    help="storage of a single model's weights (an ensemble file keeps its own)")
     args = ap.parse_args()
     card = export(args.checkpoint, args.output, eval_json=args.eval, train_log=args.train_log,
-                  command=args.command, notes=args.notes)
+                  command=args.command, notes=args.notes, weights=args.weights)
     print(json.dumps({k: card[k] for k in ("name", "sha256", "file_bytes", "n_parameters")}))
     return 0
 

@@ -14,7 +14,7 @@
 #   5. distill the compact student (configs/distill/student-compact.yaml) from them
 #   6. three compact students without KD (seeds 42, 1, 2); with the GNN teacher they make the
 #      shipped teacher ensemble (neimsctl ensemble --int8: predict --model teacher, --uncertainty)
-#   7. export: fp16 weights + model cards -> neimsctl/resources/models/student-default.{pt,json};
+#   7. export: int8 weights + model cards -> neimsctl/resources/models/student-default.{pt,json};
 #      the int8 ensemble + card -> teacher-default.{pt,json}
 #
 # The shipped model is trained on ALL compounds (split 0.9 train / 0.1 validation for model
@@ -33,10 +33,11 @@ if [ "$split" = test ]; then
 else
     sets=(--set "data.split=[0.9,0.1,0.0]")
 fi
-# FRAGMENTS=1: every student (the ensemble's members and the distilled one) also reads the
-# fragment masses (formats/features.v1.md) through its input and the head's fragment path
+# every student (the ensemble's members and the distilled one) also reads the fragment masses
+# (formats/features.v1.md) through its input and the head's fragment path; FRAGMENTS=0 trains
+# the recipe shipped before session 18 (fingerprints only)
 students=()
-[ "${FRAGMENTS:-0}" = 1 ] && students=(--set model.fragments=true --set model.fragment_channels=4)
+[ "${FRAGMENTS:-1}" = 1 ] && students=(--set model.fragments=true --set model.fragment_channels=4)
 resume() { [ -e "$1/checkpoints/interrupted.pt" ] || [ -e "$1/checkpoints/last.pt" ] && echo --resume || true; }
 done_() { [ "$(python3 "$here/tools/run_state.py" "$1")" = done ]; }   # every epoch of its config trained
 step() { printf '\n== train_default_model.sh [%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -99,15 +100,17 @@ if [ "$split" = test ]; then
     neimsctl shards split "$out/student.h5" --part test -O smi -o "$out/test.smi"
     neimsctl shards split "$out/student.h5" --part test -o "$out/test.jsonl"
     neimsctl shards split "$out/student.h5" --part train -o "$out/train.jsonl"
+    # the student as it would ship (int8 weights: tools/export_model.py --weights int8)
+    python "$here/tools/export_model.py" "$out/student/checkpoints/best.pt" --weights int8 "$out/student-int8.pt"
     for m in student teacher; do
-        ckpt="$out/student/checkpoints/best.pt"; [ $m = teacher ] && ckpt="$out/teacher-ensemble.pt"
+        ckpt="$out/student-int8.pt"; [ $m = teacher ] && ckpt="$out/teacher-ensemble.pt"
         neimsctl predict --model "$ckpt" -O jsonl -o "$out/$m.test.pred.jsonl" < "$out/test.smi"
         neimsctl eval "$out/$m.test.pred.jsonl" "$out/test.jsonl" -l "$out/train.jsonl" --mass-filter 5 --json > "$out/$m.test.eval.json"
     done
     cat "$out/student.test.eval.json"
 else
-    step "export the student (default; fp16) and the teacher ensemble (--model teacher; int8) with model cards"
-    python "$here/tools/export_model.py" "$out/student/checkpoints/best.pt" \
+    step "export the student (default) and the teacher ensemble (--model teacher), int8, with model cards"
+    python "$here/tools/export_model.py" "$out/student/checkpoints/best.pt" --weights int8 \
         "$here/neimsctl/resources/models/student-default.pt" --train-log "$out/student/train_log.jsonl" \
         ${TEST_EVAL:+--eval "$TEST_EVAL"} --command "tools/train_default_model.sh $lib"
     python "$here/tools/export_model.py" "$out/teacher-ensemble.pt" \

@@ -47,3 +47,35 @@ def test_export_halves_the_weights_and_predicts_like_the_original(repo_root: Pat
     b = predict_block(load_model(dst, device="cpu", precision="fp32"), block)[0]
     assert np.abs(a - b).max() < 2e-2                                # fp16 rounding only
     assert all((b[i, m + 6:] == 0).all() for i, m in enumerate(block["mw"]))
+
+
+def test_int8_export_of_a_fragment_student_predicts_like_the_original(repo_root: Path, tmp_path: Path) -> None:
+    """--weights int8 (the shipped default's storage): large matrices as int8 codes + row scales,
+    the fragment convolution and the small tensors in float16; a quarter of fp32's bytes, and
+    the spectra close to the fp32 model's."""
+    torch.manual_seed(1)
+    cfg = StudentConfig(gate_hidden=(32,), expert_width=128, expert_depth=2, expert_bottleneck=32,
+                        head_hidden=(128,), hidden_dim=64, mass_aware=True, fragments=True,
+                        fragment_channels=2)
+    model = StudentModel(cfg)
+    src = save_checkpoint(tmp_path / "best.pt", model=model,
+                          config={"model": {"name": "student", **cfg.to_dict()}}, epoch=1)
+    dst = tmp_path / "student-int8.pt"
+    card = _tool(repo_root).export(src, dst, eval_json=None, train_log=None, command="cmd",
+                                   notes="", weights="int8")
+    assert card["weights_dtype"] == "int8 matrices + float16"
+    assert card["n_parameters"] == model.n_parameters()
+    ck = torch.load(dst, weights_only=True)
+    int8 = {k for k, v in ck["model"].items() if v.dtype == torch.int8}
+    assert int8 and int8 == set(ck["quantized"])
+    assert not any("frag" in k for k in int8)                       # the conv stays float16
+    fp32_bytes = sum(v.numel() * 4 for v in model.state_dict().values() if v.is_floating_point())
+    assert dst.stat().st_size < 0.35 * fp32_bytes
+    rng = np.random.default_rng(0)
+    block = {"ordinal": np.arange(4), "ecfp": rng.integers(0, 256, (4, 512), dtype=np.uint8),
+             "counts": rng.integers(0, 4, (4, 2048), dtype=np.uint8),
+             "frags": rng.integers(0, 3, (4, 1002), dtype=np.uint8), "mw": np.array([78, 120, 200, 300])}
+    a = predict_block(load_model(src, device="cpu", precision="fp32"), block)[0]
+    b = predict_block(load_model(dst, device="cpu", precision="fp32"), block)[0]
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.99
