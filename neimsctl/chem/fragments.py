@@ -252,14 +252,14 @@ class _Pieces:
     def __init__(self, nmol: int) -> None:
         self.nmol = nmol
         self.index: list[np.ndarray] = []
-        self.weight: list[np.ndarray] = []
 
     def add(self, mol: np.ndarray, masses: np.ndarray, slot: int, weight: np.ndarray | None = None) -> None:
         keep = masses < FRAG_BINS                              # a piece weighs at least 1
-        self.index.append(mol[keep] * FRAG_SLOTS + slot + masses[keep])
-        self.weight.append(np.ones(int(keep.sum())) if weight is None else weight[keep].astype(np.float64))
+        index = mol[keep] * FRAG_SLOTS + slot + masses[keep]
+        # a weight (a count of ring bonds) repeats the piece, at most 255 times (the counts
+        # saturate there): one integer bincount for all
+        self.index.append(index if weight is None else np.repeat(index, np.minimum(weight[keep], 255)))
 
     def counts(self) -> np.ndarray:
-        h = np.bincount(np.concatenate(self.index), weights=np.concatenate(self.weight),
-                        minlength=self.nmol * FRAG_SLOTS)
-        return np.minimum(h, 255).astype(np.uint8).reshape(self.nmol, FRAG_SLOTS)
+        h = np.bincount(np.concatenate(self.index), minlength=self.nmol * FRAG_SLOTS)
+        return np.minimum(h, 255, out=h).astype(np.uint8).reshape(self.nmol, FRAG_SLOTS)
