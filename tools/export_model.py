@@ -14,7 +14,8 @@ widens the weights back to float32 when it loads them. ``--weights int8`` stores
 matrix as int8 codes with one float scale per row (``quantize_int8``, the storage of
 ``neimsctl ensemble --int8``; half the bytes of float16) and the rest in float16. The card (``OUT.json``) records the
 sha256 of the weights file, the parameter count, the data and its licences, the test-split
-metrics (``--eval``: a ``neimsctl eval --json`` output), the training run and the command that
+metrics (``--eval``: a ``neimsctl eval --json`` output), the replicate reference (``--replicate``:
+the model and a measured replicate on the same queries), the training run and the command that
 retrains it.
 """
 
@@ -40,7 +41,7 @@ LICENSE_NOTE = ("Trained on MassBank EI records (../shared/data/massbank_ei.msp)
 
 
 def export(src: Path, dst: Path, *, eval_json: Path | None, train_log: Path | None, command: str,
-           notes: str, weights: str = "fp16") -> dict:
+           notes: str, weights: str = "fp16", replicate: tuple[Path, Path] | None = None) -> dict:
     ck = load_checkpoint(src, map_location="cpu", ensemble=True)
     dst.parent.mkdir(parents=True, exist_ok=True)
     if is_ensemble(ck):
@@ -73,10 +74,12 @@ def export(src: Path, dst: Path, *, eval_json: Path | None, train_log: Path | No
         "license": LICENSE_NOTE, "retrain_command": command, "notes": notes,
     }
     if eval_json is not None:
-        m = json.loads(eval_json.read_text())
-        card["test_metrics"] = {k: m[k] for k in m if k.startswith("recall@") or k in (
-            "mean_cosine", "median_cosine", "mean_weighted_cosine", "mae", "rmse", "counts")}
+        card["test_metrics"] = _metrics(eval_json)
         card["test_metrics_source"] = str(eval_json)
+    if replicate is not None:   # the model and a measured replicate on the same queries
+        card["replicate_subset"] = {"model": _metrics(replicate[0]),
+                                    "measured_replicate": _metrics(replicate[1]),
+                                    "sources": [str(p) for p in replicate]}
     if train_log is not None:
         recs = [json.loads(x) for x in train_log.read_text().splitlines() if x.strip()]
         ep = [r for r in recs if r.get("kind") == "epoch"]
@@ -85,6 +88,13 @@ def export(src: Path, dst: Path, *, eval_json: Path | None, train_log: Path | No
                                 "last_val": ep[-1].get("val", {})}
     dst.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
     return card
+
+
+def _metrics(path: Path) -> dict:
+    """The identification figures of a ``neimsctl eval --json`` output."""
+    m = json.loads(path.read_text())
+    return {k: m[k] for k in m if k.startswith("recall@") or k in (
+        "mean_cosine", "median_cosine", "mean_weighted_cosine", "mae", "rmse", "counts")}
 
 
 def _n_parameters(state: dict) -> int:
@@ -110,6 +120,9 @@ def main() -> int:
     ap.add_argument("checkpoint", type=Path)
     ap.add_argument("output", type=Path)
     ap.add_argument("--eval", type=Path, help="neimsctl eval --json output on the test split")
+    ap.add_argument("--replicate", type=Path, nargs=2, metavar=("MODEL.json", "REPLICATE.json"),
+                    help="eval --json of the model and of a measured replicate on the same queries "
+                         "(compare_models.py's *.query_rep.eval.json)")
     ap.add_argument("--train-log", type=Path)
     ap.add_argument("--command", default="tools/train_default_model.sh")
     ap.add_argument("--notes", default="")
@@ -117,7 +130,8 @@ def main() -> int:
                     help="storage of a single model's weights (an ensemble file keeps its own)")
     args = ap.parse_args()
     card = export(args.checkpoint, args.output, eval_json=args.eval, train_log=args.train_log,
-                  command=args.command, notes=args.notes, weights=args.weights)
+                  command=args.command, notes=args.notes, weights=args.weights,
+                  replicate=tuple(args.replicate) if args.replicate else None)
     print(json.dumps({k: card[k] for k in ("name", "sha256", "file_bytes", "n_parameters")}))
     return 0
 

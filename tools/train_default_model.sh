@@ -19,8 +19,10 @@
 #
 # The shipped model is trained on ALL compounds (split 0.9 train / 0.1 validation for model
 # selection, no test part): the test-split figures in its card come from the same recipe run on
-# the 8:1:1 split first (SPLIT=test tools/train_default_model.sh ... keeps the 8:1:1 split and
-# evaluates on the test compounds instead of exporting).
+# the 8:1:1 split first (SPLIT=test tools/train_default_model.sh LIB TEST_RUN keeps the 8:1:1
+# split and, instead of exporting, judges the student (int8) and the teacher ensemble on the test
+# compounds and on the replicate subset: TEST_RUN/cmp-test.md); TEST_CMP=TEST_RUN/cmp-test
+# tools/train_default_model.sh then writes those figures into the model cards.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 lib="${1:-$here/../shared/data/massbank_ei.msp}"
@@ -96,24 +98,24 @@ if [ ! -e "$out/teacher-ensemble.pt" ]; then
         --int8 --average linear -o "$out/teacher-ensemble.pt"
 fi
 if [ "$split" = test ]; then
-    step "evaluate on the test compounds"
-    neimsctl shards split "$out/student.h5" --part test -O smi -o "$out/test.smi"
-    neimsctl shards split "$out/student.h5" --part test -o "$out/test.jsonl"
-    neimsctl shards split "$out/student.h5" --part train -o "$out/train.jsonl"
+    step "evaluate on the test compounds, and on those with a measured replicate (-> $out/cmp-test)"
     # the student as it would ship (int8 weights: tools/export_model.py --weights int8)
     python "$here/tools/export_model.py" "$out/student/checkpoints/best.pt" --weights int8 "$out/student-int8.pt"
-    for m in student teacher; do
-        ckpt="$out/student-int8.pt"; [ $m = teacher ] && ckpt="$out/teacher-ensemble.pt"
-        neimsctl predict --model "$ckpt" -O jsonl -o "$out/$m.test.pred.jsonl" < "$out/test.smi"
-        neimsctl eval "$out/$m.test.pred.jsonl" "$out/test.jsonl" -l "$out/train.jsonl" --mass-filter 5 --json > "$out/$m.test.eval.json"
-    done
-    cat "$out/student.test.eval.json"
+    python "$here/tools/bench/compare_models.py" "$out/student.h5" --out "$out/cmp-test" --no-speed \
+        student="$out/student-int8.pt" teacher="$out/teacher-ensemble.pt" | tee "$out/cmp-test.md"
 else
+    # TEST_CMP=DIR: the cmp-test directory of a SPLIT=test run of this recipe, for the model cards
+    card() {  # name: the test figures and the replicate subset of that model in TEST_CMP
+        [ -n "${TEST_CMP:-}" ] || return 0
+        printf '%s\n' --eval "$TEST_CMP/$1.eval.json" \
+            --replicate "$TEST_CMP/$1.query_rep.eval.json" "$TEST_CMP/replicate.query_rep.eval.json"
+    }
     step "export the student (default) and the teacher ensemble (--model teacher), int8, with model cards"
+    mapfile -t s < <(card student); mapfile -t t < <(card teacher)
     python "$here/tools/export_model.py" "$out/student/checkpoints/best.pt" --weights int8 \
         "$here/neimsctl/resources/models/student-default.pt" --train-log "$out/student/train_log.jsonl" \
-        ${TEST_EVAL:+--eval "$TEST_EVAL"} --command "tools/train_default_model.sh $lib"
+        "${s[@]}" --command "tools/train_default_model.sh $lib"
     python "$here/tools/export_model.py" "$out/teacher-ensemble.pt" \
-        "$here/neimsctl/resources/models/teacher-default.pt" --train-log "$out/teacher/train_log.jsonl" \
-        ${TEACHER_TEST_EVAL:+--eval "$TEACHER_TEST_EVAL"} --command "tools/train_default_model.sh $lib"
+        "$here/neimsctl/resources/models/teacher-default.pt" --train-log "$out/compact_s42/train_log.jsonl" \
+        "${t[@]}" --command "tools/train_default_model.sh $lib"
 fi

@@ -61,9 +61,14 @@ def test_int8_export_of_a_fragment_student_predicts_like_the_original(repo_root:
     src = save_checkpoint(tmp_path / "best.pt", model=model,
                           config={"model": {"name": "student", **cfg.to_dict()}}, epoch=1)
     dst = tmp_path / "student-int8.pt"
+    rep = [tmp_path / "student.query_rep.eval.json", tmp_path / "replicate.query_rep.eval.json"]
+    for path, r1 in zip(rep, (0.46, 0.76)):
+        path.write_text(json.dumps({"recall@1": r1, "schema": "neimsctl.eval/1", "counts": {"n_queries": 160}}))
     card = _tool(repo_root).export(src, dst, eval_json=None, train_log=None, command="cmd",
-                                   notes="", weights="int8")
+                                   notes="", weights="int8", replicate=tuple(rep))
     assert card["weights_dtype"] == "int8 matrices + float16"
+    assert card["replicate_subset"]["model"] == {"recall@1": 0.46, "counts": {"n_queries": 160}}
+    assert card["replicate_subset"]["measured_replicate"]["recall@1"] == 0.76
     assert card["n_parameters"] == model.n_parameters()
     ck = torch.load(dst, weights_only=True)
     int8 = {k for k, v in ck["model"].items() if v.dtype == torch.int8}
