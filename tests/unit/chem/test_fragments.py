@@ -62,7 +62,12 @@ def brute_force(mol: Chem.Mol) -> np.ndarray:
     "[Na+].[O-]C(=O)c1ccccc1", "[Cl-].[NH4+]", "c1ccccc1.c1ccccc1", "[13CH3]CO", "[2H]OC([2H])([2H])[2H]",
     "CCCCC(=O)c1ccccc1", "c1ccc(-c2ccccc2)cc1", "C1CCCCC1CCN", "BrC(Cl)(I)C(F)(F)[Si](C)(C)C",
 ])
-def test_equals_the_brute_force(smiles: str) -> None:
+@pytest.mark.parametrize("small_block", [8, 0])
+def test_equals_the_brute_force(smiles: str, small_block: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both paths: one molecule in plain Python (small blocks) and the numpy block (forced)."""
+    from neimsctl.chem import fragments
+
+    monkeypatch.setattr(fragments, "SMALL_BLOCK", small_block)
     mol = Chem.MolFromSmiles(smiles)
     assert np.array_equal(fragment_counts(mol), brute_force(mol))
 
@@ -135,5 +140,7 @@ def test_a_block_gives_each_molecule_its_own_counts() -> None:
         order = rng.permutation(len(mols))
         block = assemble_frags([fragment_graph(mols[i]) for i in order])
         assert block.shape == (len(mols), 1002) and np.array_equal(block, alone[order])
+        small = assemble_frags([fragment_graph(mols[i]) for i in order[:5]])   # the Python path
+        assert np.array_equal(small, alone[order[:5]])
     assert assemble_frags([]).shape == (0, 1002)
     assert np.array_equal(assemble_frags(list(alone)), alone)           # histogram rows: stacked
