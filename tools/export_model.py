@@ -53,7 +53,7 @@ def export(src: Path, dst: Path, *, eval_json: Path | None, train_log: Path | No
             state, scales = quantize_int8(model_state(ck))
         else:
             state = {k: (v.half() if v.is_floating_point() else v) for k, v in model_state(ck).items()}
-        slim = {"format": ck["format"], "model": state, "config": {"model": ck["config"]["model"]},
+        slim = {"format": ck["format"], "model": state, "config": {"model": _resolved(ck["config"]["model"])},
                 "featurizer_hash": ck.get("featurizer_hash"), "versions": ck.get("versions", {}),
                 "epoch": ck.get("epoch"), "best_metric": ck.get("best_metric"),
                 **({"quantized": scales} if scales else {})}
@@ -62,7 +62,7 @@ def export(src: Path, dst: Path, *, eval_json: Path | None, train_log: Path | No
         tmp.replace(dst)
         card = {"arch": ck["config"]["model"].get("name"),
                 "weights_dtype": "int8 matrices + float16" if scales else "float16",
-                "n_parameters": _n_parameters(state), "model_config": ck["config"]["model"],
+                "n_parameters": _n_parameters(state), "model_config": slim["config"]["model"],
                 "featurizer_hash": ck.get("featurizer_hash"), "epoch_kept": ck.get("epoch"),
                 "best_metric": ck.get("best_metric")}
     sha = hashlib.sha256(dst.read_bytes()).hexdigest()
@@ -88,6 +88,17 @@ def export(src: Path, dst: Path, *, eval_json: Path | None, train_log: Path | No
                                 "last_val": ep[-1].get("val", {})}
     dst.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
     return card
+
+
+def _resolved(model: dict) -> dict:
+    """A student's config as the model reads it: ``input_dim`` widened for ``fragments: true``
+    (a run's config keeps the width as written, e.g. 6144 with ``fragments: true``)."""
+    if model.get("name") != "student":
+        return model
+    from neimsctl.models.student import StudentConfig
+
+    width = StudentConfig.from_dict({k: v for k, v in model.items() if k != "name"}).input_dim
+    return {**model, "input_dim": width}
 
 
 def _metrics(path: Path) -> dict:

@@ -108,7 +108,8 @@ else
     card() {  # name: the test figures and the replicate subset of that model in TEST_CMP
         [ -n "${TEST_CMP:-}" ] || return 0
         printf '%s\n' --eval "$TEST_CMP/$1.eval.json" \
-            --replicate "$TEST_CMP/$1.query_rep.eval.json" "$TEST_CMP/replicate.query_rep.eval.json"
+            --replicate "$TEST_CMP/$1.query_rep.eval.json" "$TEST_CMP/replicate.query_rep.eval.json" \
+            --notes "test_metrics and replicate_subset: the same recipe (SPLIT=test) on the compound-grouped 8:1:1 split (seed 42), measured once on its test compounds (compare_models.py, BENCHMARKS.md); the shipped weights were trained on every compound (0.9 train / 0.1 val)"
     }
     step "export the student (default) and the teacher ensemble (--model teacher), int8, with model cards"
     mapfile -t s < <(card student); mapfile -t t < <(card teacher)

@@ -58,8 +58,10 @@ def test_int8_export_of_a_fragment_student_predicts_like_the_original(repo_root:
                         head_hidden=(128,), hidden_dim=64, mass_aware=True, fragments=True,
                         fragment_channels=2)
     model = StudentModel(cfg)
+    # written as a recipe's run writes it: the default width with fragments: true
     src = save_checkpoint(tmp_path / "best.pt", model=model,
-                          config={"model": {"name": "student", **cfg.to_dict()}}, epoch=1)
+                          config={"model": {"name": "student", **cfg.to_dict(), "input_dim": 6144}},
+                          epoch=1)
     dst = tmp_path / "student-int8.pt"
     rep = [tmp_path / "student.query_rep.eval.json", tmp_path / "replicate.query_rep.eval.json"]
     for path, r1 in zip(rep, (0.46, 0.76)):
@@ -84,3 +86,4 @@ def test_int8_export_of_a_fragment_student_predicts_like_the_original(repo_root:
     b = predict_block(load_model(dst, device="cpu", precision="fp32"), block)[0]
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() > 0.99
+    assert ck["config"]["model"]["input_dim"] == 7146 == card["model_config"]["input_dim"]
