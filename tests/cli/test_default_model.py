@@ -24,6 +24,12 @@ def test_shipped_files_card_and_size() -> None:
     assert hashlib.sha256(pt.read_bytes()).hexdigest() == card["sha256"]
     assert "NON-COMMERCIAL" in card["license"] and card["retrain_command"].startswith("tools/")
     assert card["test_metrics"]["recall@10"] > 0.5
+    # session 18: the student reads the fragment masses and is stored in int8, with the
+    # replicate reference of its recipe in the card
+    assert card["model_config"]["fragments"] and card["weights_dtype"] == "int8 matrices + float16"
+    rep = card["replicate_subset"]
+    assert rep["model"]["counts"]["n_queries"] == rep["measured_replicate"]["counts"]["n_queries"]
+    assert rep["measured_replicate"]["recall@1"] > rep["model"]["recall@1"]
 
 
 def test_shipped_teacher_card_total_size_and_uncertainty_out_of_the_box() -> None:
