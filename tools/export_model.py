@@ -119,7 +119,8 @@ def _ensemble_card(ens: dict) -> dict:
                 "n_parameters": _n_parameters(m["model"]), "sha256": m.get("sha256"),
                 "weights_dtype": "int8 matrices + float16" if m.get("quantized") else
                 str(next(v.dtype for v in m["model"].values() if v.is_floating_point())).replace("torch.", ""),
-                "model_config": (m.get("config") or {}).get("model")} for m in ens["members"]]
+                "model_config": _resolved((m.get("config") or {}).get("model") or {})}
+               for m in ens["members"]]
     return {"arch": "ensemble", "format": ens["format"], "average": ens["average"],
             "weights_dtype": "; ".join(sorted({m["weights_dtype"] for m in members})),
             "n_parameters": sum(m["n_parameters"] for m in members), "members": members}

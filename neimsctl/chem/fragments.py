@@ -25,7 +25,8 @@ forest; each non-tree edge gets a random 62-bit label, each tree edge the XOR of
 the non-tree edges whose cycle passes it (the XOR over its subtree of the labels at the
 non-tree edges' ends). A bridge's label is 0; two ring bonds form a cut exactly when their labels
 are equal (every ring through one passes the other; a false match has probability ~2**-62 per
-pair, and the result does not depend on the labels otherwise). Pieces are subtree masses: for
+pair, and the result does not depend on the labels otherwise); labels are compared only within
+one connected part, never across the molecules of a block. Pieces are subtree masses: for
 two tree edges, nested subtrees give the part between them, disjoint ones (the two branches of a
 ring under a breadth-first tree) both subtrees. Linear in the atoms plus the pairs found (~50 µs
 a molecule with RDKit's part, half of a depth-first search per molecule in Python); more than
@@ -55,7 +56,17 @@ _DENSE_ATOMS = 256
 _PT = Chem.GetPeriodicTable()
 #: the mass number of each element's most common isotope, by atomic number (0: a dummy atom)
 _MASS = [0] + [int(_PT.GetMostCommonIsotope(z)) for z in range(1, 119)]
-_LABELS = np.random.default_rng(20261203).integers(1, 2**62, size=1 << 16, dtype=np.int64)
+
+
+def _edge_labels(ids: np.ndarray) -> np.ndarray:
+    """A pseudo-random 62-bit label (> 0) per edge id: SplitMix64's finalizer, a non-linear hash
+    of the whole id (a table indexed by the id's low bits, XORed with a multiple of its high
+    bits, made a ring bond's label in one molecule equal one 65,536 edges further in the block)."""
+    z = ids.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = (z ^ (z >> np.uint64(31))) >> np.uint64(2)
+    return np.maximum(z.astype(np.int64), 1)
 
 
 class FragGraph(NamedTuple):
@@ -116,13 +127,13 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return shift + np.arange(total, dtype=np.int64)
 
 
-def _group_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All pairs ``a < b`` of positions with equal ``keys`` (sorted: equal keys are adjacent), in
-    groups of at most :data:`MAX_PAIRED`."""
-    n_items = len(keys)
+def _group_pairs(*keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs ``a < b`` of positions equal in every one of ``keys`` (sorted: equal keys are
+    adjacent), in groups of at most :data:`MAX_PAIRED`."""
+    n_items = len(keys[0])
     if n_items < 2:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    first = np.concatenate([[True], keys[1:] != keys[:-1]])
+    first = np.concatenate([[True], np.logical_or.reduce([k[1:] != k[:-1] for k in keys])])
     gid = np.cumsum(first) - 1
     gstart = np.flatnonzero(first)
     gsize = np.diff(np.concatenate([gstart, [n_items]]))
@@ -131,6 +142,21 @@ def _group_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     a = np.repeat(np.arange(n_items, dtype=np.int64), after)
     b = a + 1 + (np.arange(len(a), dtype=np.int64) - np.repeat(np.cumsum(after) - after, after))
     return a, b
+
+
+def _in_part(keys: np.ndarray, parts: np.ndarray, table: np.ndarray, table_parts: np.ndarray) -> np.ndarray:
+    """Whether each ``(keys[i], parts[i])`` is one of the pairs ``(table[j], table_parts[j])``:
+    a label matches only within its own connected part (never another molecule's)."""
+    if len(table) == 0 or len(keys) == 0:
+        return np.zeros(len(keys), dtype=bool)
+    order = np.lexsort((table_parts, table))
+    t, tp = table[order], table_parts[order]
+    lo = np.searchsorted(t, keys, side="left")
+    hi = np.searchsorted(t, keys, side="right")
+    found = (hi > lo) & (tp[np.minimum(lo, len(t) - 1)] == parts)
+    for i in np.flatnonzero(hi - lo > 1):                  # a label twice: a 2**-62 event
+        found[i] = bool((tp[lo[i]:hi[i]] == parts[i]).any())
+    return found
 
 
 #: Blocks of fewer molecules than this are counted one molecule at a time in Python
@@ -170,7 +196,7 @@ def fragment_block(graphs: Sequence[FragGraph]) -> np.ndarray:
     is_tree = np.zeros(n_edges, dtype=bool)
     is_tree[pedge[pedge >= 0]] = True
     back = np.flatnonzero(~is_tree)
-    lab = _LABELS[back & 0xFFFF] ^ ((back >> 16) * np.int64(0x3C6EF372FE94F82B) & np.int64(0x3FFFFFFFFFFFFFFF))
+    lab = _edge_labels(back)
     label = np.zeros(n, dtype=np.int64)
     np.bitwise_xor.at(label, u[back], lab)
     np.bitwise_xor.at(label, v[back], lab)
@@ -211,12 +237,12 @@ def fragment_block(graphs: Sequence[FragGraph]) -> np.ndarray:
         sub[b], np.where(below, sub[a] - sub[b], sub[a]), total[a] - sub[a] - np.where(below, 0, sub[b])]),
         FRAG_BINS)
     # a ring tree edge with the non-tree edge of the same label: its subtree comes off
-    hit = ring_tree[np.isin(label[ring_tree], lab)]
+    hit = ring_tree[_in_part(label[ring_tree], part[ring_tree], lab, part[u[back]])]
     hist.add(np.tile(mol[hit], 2), np.concatenate([sub[hit], total[hit] - sub[hit]]), FRAG_BINS)
     # two ring tree edges with the same label: nested (one branch of the cycle), the part between
     # them; else (the cycle's two branches under a breadth-first tree) both subtrees together
-    rr = ring_tree[np.lexsort((tin[ring_tree], label[ring_tree]))]
-    a, b = _group_pairs(label[rr])
+    rr = ring_tree[np.lexsort((tin[ring_tree], label[ring_tree], part[ring_tree]))]
+    a, b = _group_pairs(label[rr], part[rr])
     a, b = rr[a], rr[b]
     piece = np.where(tin[b] < tin[a] + size[a], sub[a] - sub[b], sub[a] + sub[b])
     hist.add(np.tile(mol[a], 2), np.concatenate([piece, total[a] - piece]), FRAG_BINS)
@@ -304,8 +330,8 @@ def _one_molecule(g: FragGraph) -> np.ndarray:
                     order.append(y)
         back = {e for x in order for _, e in nbr[x]} - set(tree_edge.values())
         back_labels = set()
-        for e in back:
-            lab = int(_LABELS[e & 0xFFFF]) ^ ((e >> 16) * 0x3C6EF372FE94F82B & 0x3FFFFFFFFFFFFFFF)
+        back_ids = sorted(back)
+        for e, lab in zip(back_ids, _edge_labels(np.array(back_ids, dtype=np.int64)).tolist()):
             back_labels.add(lab)
             a, b = int(g.begin[e]), int(g.end[e])
             label[a] = label.get(a, 0) ^ lab

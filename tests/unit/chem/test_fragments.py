@@ -35,15 +35,19 @@ def _components(n: int, bonds: list[tuple[int, int]], cut: set[int]) -> list[int
 
 
 def brute_force(mol: Chem.Mol) -> np.ndarray:
-    """Every bond and pair of bonds cut; a cut that adds connected parts counts every piece
-    that holds an end of a cut bond (the parts of the molecule not touched stay out)."""
+    """Every bond and pair of bonds of one connected part cut (each part of a salt on its own); a
+    cut that adds connected parts counts every piece that holds an end of a cut bond (the parts of
+    the molecule not touched stay out)."""
     n = mol.GetNumAtoms()
     mass = [_atom_mass(a) for a in mol.GetAtoms()]
     bonds = [(b.GetBeginAtomIdx(), b.GetEndAtomIdx()) for b in mol.GetBonds()]
-    parts = len(set(_components(n, bonds, set())))
+    whole = _components(n, bonds, set())
+    parts = len(set(whole))
     out = np.zeros(FRAG_SLOTS, dtype=np.int64)
     for size, offset in ((1, 0), (2, FRAG_BINS)):
         for cut in combinations(range(len(bonds)), size):
+            if len({whole[bonds[k][0]] for k in cut}) > 1:
+                continue                                   # bonds of two parts: not a cut
             root = _components(n, bonds, set(cut))
             if len(set(root)) == parts:
                 continue
@@ -61,6 +65,7 @@ def brute_force(mol: Chem.Mol) -> np.ndarray:
     "OC1C2CC3CC1CC(C2)C3", "CC(C)(C)c1ccc2c(c1)C1(CCC1)C2", "O=C1CC2(C1)CC2",
     "[Na+].[O-]C(=O)c1ccccc1", "[Cl-].[NH4+]", "c1ccccc1.c1ccccc1", "[13CH3]CO", "[2H]OC([2H])([2H])[2H]",
     "CCCCC(=O)c1ccccc1", "c1ccc(-c2ccccc2)cc1", "C1CCCCC1CCN", "BrC(Cl)(I)C(F)(F)[Si](C)(C)C",
+    "CC.CC", "CCO.CC", "C.CC.CCC.c1ccccc1", "c1ccccc1.[2H]O[2H]", "C1CC1.C1CC1",
 ])
 @pytest.mark.parametrize("small_block", [8, 0])
 def test_equals_the_brute_force(smiles: str, small_block: int, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -144,3 +149,16 @@ def test_a_block_gives_each_molecule_its_own_counts() -> None:
         assert np.array_equal(small, alone[order[:5]])
     assert assemble_frags([]).shape == (0, 1002)
     assert np.array_equal(assemble_frags(list(alone)), alone)           # histogram rows: stacked
+
+
+def test_blocks_of_more_than_65536_bonds_keep_each_molecule_apart() -> None:
+    """A ring bond's label must not equal another molecule's: the labels were a table indexed by
+    the edge's low 16 bits XORed with a multiple of its high bits, so a bond in two rings got the
+    label of the bond 65,536 edges further in the block, and their cut class paired bonds of two
+    molecules (wrong counts, or negative masses and a crash in predict's blocks of 1,024)."""
+    from neimsctl.chem.fragments import fragment_block, fragment_graph
+
+    g = fragment_graph(Chem.MolFromSmiles("c1ccc2ccccc2c1" + "C" * 117))     # 128 bonds
+    alone = fragment_counts(Chem.MolFromSmiles("c1ccc2ccccc2c1" + "C" * 117))
+    block = fragment_block([g] * 600)                                          # 76,800 bonds
+    assert (block == alone).all()
