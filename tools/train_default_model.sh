@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Retrain the model shipped in neimsctl/resources/models/ from scratch, with the project's own
-# commands, on the MassBank EI library (about 85 minutes on 2 CPU cores: 75 before session 13 added
-# the three compact students of step 6, ~3.5 minutes each on one core, two at a time):
+# commands, on the MassBank EI library (about 50 minutes on 2 CPU cores: the SPLIT=test run of
+# session 17 took 49; the GNN teacher and the spec-size students ~17 minutes each, one core each,
+# two at a time; the compact students ~3.5 minutes each):
 #
 #   tools/train_default_model.sh [LIBRARY.msp] [RUN_DIR]
 #
