@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from neimsctl.io.featblock import FRAG_SLOTS
 from neimsctl.models.registry import register
 from neimsctl.models.teacher_config import SPACES, TeacherConfig
 from neimsctl.nn.bond_attention import GINEBlock
@@ -82,7 +83,8 @@ class TeacherModel(nn.Module):
             GINEBlock(h, cfg.bond_dim, attention_hidden=cfg.attention_hidden, dropout=cfg.dropout,
                       pair_norm=cfg.pair_norm) for _ in range(cfg.num_layers))
         self.pool = GraphPooling(h, cfg.pool_gate_hidden)
-        self.ecfp_mlp = MLP(cfg.ecfp_dim + cfg.counts_dim, cfg.ecfp_hidden, cfg.ecfp_out, dropout=cfg.dropout,
+        fp_dim = cfg.ecfp_dim + cfg.counts_dim + (FRAG_SLOTS if cfg.fragments else 0)
+        self.ecfp_mlp = MLP(fp_dim, cfg.ecfp_hidden, cfg.ecfp_out, dropout=cfg.dropout,
                             final_activation=True)
         self.fusion_norm = nn.LayerNorm(cfg.fusion_dim)
         self.trunk = MLP(cfg.fusion_dim, cfg.head_hidden[:-1], cfg.head_hidden[-1],
@@ -163,6 +165,13 @@ class TeacherModel(nn.Module):
                                  f"counts, got {None if counts is None else tuple(counts.shape)}; "
                                  "re-featurize with this version (--mode teacher) or set counts_dim: 0")
             ecfp = torch.cat([ecfp, counts.to(ecfp.dtype)], dim=-1)
+        if cfg.fragments:
+            frags = getattr(batch, "frags", None)
+            if frags is None or frags.shape != (n_graphs, FRAG_SLOTS):
+                raise ValueError(f"batch.frags must be ({n_graphs}, {FRAG_SLOTS}) log1p fragment-mass "
+                                 f"counts, got {None if frags is None else tuple(frags.shape)}; "
+                                 "re-featurize with this version (--mode teacher)")
+            ecfp = torch.cat([ecfp, frags.to(ecfp.dtype)], dim=-1)
         f = self.ecfp_mlp(ecfp.to(g.dtype))
         return self.fusion_norm(torch.cat([g, f], dim=-1))
 

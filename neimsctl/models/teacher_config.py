@@ -51,6 +51,10 @@ class TeacherConfig:
     counts_dim
         Width of the atom-pair count fingerprint (log1p) read next to the ECFP bits by the
         fingerprint branch (``batch.counts``); 0 reads the ECFP bits only.
+    fragments
+        Also read the fragment masses (``batch.frags``, log1p of the 1002 counts of
+        formats/features.v1.md "Fragment masses") in the fingerprint branch, next to the ECFP
+        bits and the atom-pair counts.
     output_activation
         ``softplus`` (default: no m/z bin can die) or ``relu`` (exact zeros, like NEIMS v1).
     mass_aware
@@ -63,6 +67,7 @@ class TeacherConfig:
     bond_dim: int = BOND_FDIM
     ecfp_dim: int = ECFP_BITS
     counts_dim: int = 0
+    fragments: bool = False
     hidden: int = 256
     num_layers: int = 8
     attention_hidden: int = 64
@@ -92,7 +97,7 @@ class TeacherConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
                 raise ConfigError(f"teacher.{name}: expected a probability in [0, 1), got {v!r}")
-        for name in ("pair_norm", "mass_aware"):
+        for name in ("pair_norm", "mass_aware", "fragments"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"teacher.{name}: expected true or false, got {getattr(self, name)!r}")
         for name in ("counts_dim", "max_above_mw"):

@@ -114,7 +114,7 @@ class LoadedModel:
 
     @property
     def reads_fragments(self) -> bool:
-        """The model reads the fragment masses (a student with ``fragments: true``)."""
+        """The model reads the fragment masses (a student or teacher with ``fragments: true``)."""
         return bool(getattr(self.model.config, "fragments", False))
 
     @property
@@ -462,6 +462,7 @@ def _teacher(lm: LoadedModel, block: dict[str, np.ndarray], n: int, bs: int, unc
 
     ecfp = np.unpackbits(block["ecfp"], axis=1).astype(np.float32)
     counts = log1p_counts(block["counts"])
+    frags = log1p_counts(block_frags(block)) if lm.reads_fragments else None
     outs, stds = [], []
     for a in range(0, n, bs):
         data = []
@@ -472,6 +473,7 @@ def _teacher(lm: LoadedModel, block: dict[str, np.ndarray], n: int, bs: int, unc
                              edge_attr=torch.from_numpy(block["edge_attr"][edges[j]:edges[j + 1]].astype(np.float32)),
                              ecfp=torch.from_numpy(ecfp[j:j + 1]),
                              counts=torch.from_numpy(counts[j:j + 1]),
+                             **({} if frags is None else {"frags": torch.from_numpy(frags[j:j + 1])}),
                              mw=torch.tensor([int(block["mw"][j])])))
         batch = Batch.from_data_list(data).to(lm.device)
         if unc:

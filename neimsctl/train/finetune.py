@@ -209,9 +209,10 @@ def run_finetune(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path,
     loss_cfg = dataclass_from_dict(TeacherLossConfig, cfg.loss, "loss")
     found = shard_settings(shards, ("teacher",), stage="finetune")
     fhash = found.settings_hash
-    base = TeacherDataset(list(shards), in_memory=not d.lazy)
+    frags = (cfg.model or {}).get("fragments") is True     # the teacher reads fragment masses
+    base = TeacherDataset(list(shards), in_memory=not d.lazy, fragments=frags)
     aug = Augment(lds_sigma=d.smoothing_sigma or None, isotope_fraction=d.isotope_prob, seed=t.seed)
-    augmented = TeacherDataset(list(shards), in_memory=not d.lazy,
+    augmented = TeacherDataset(list(shards), in_memory=not d.lazy, fragments=frags,
                                augment=aug if (d.smoothing_sigma or d.isotope_prob) else None)
     if d.max_records is not None:
         base = base.subset(np.arange(min(d.max_records, len(base))))

@@ -307,7 +307,8 @@ def run_softlabel(teacher: Teachers, shards: Sequence[str | Path], out: str | Pa
     models = [teacher_from(c, where, featurizer_hash=found.accepts, allow_student=k > 0).to(dev)
               for k, (where, c, _) in enumerate(sources)]
     model = models[0]
-    frags = any(isinstance(m, FingerprintMember) and m.student.config.fragments for m in models)
+    frags = any(m.student.config.fragments if isinstance(m, FingerprintMember)
+                else getattr(m.config, "fragments", False) for m in models)
     ds = TeacherDataset(list(shards), require_spectrum=False, fragments=frags)
     positions = np.arange(len(ds), dtype=np.int64)
     if s.part == "train":

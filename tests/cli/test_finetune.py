@@ -96,3 +96,21 @@ def test_init_from_checkpoint_and_hash_mismatch(work: Path, full: Path) -> None:
     p = finetune(work, "nothere", 1, "--resume")       # refused before the data are loaded
     assert p.returncode == 1 and b"no checkpoints to resume from" in p.stderr
     assert not (work / "nothere").exists()
+
+
+def test_a_teacher_that_reads_fragment_masses_trains_predicts_and_labels(work: Path) -> None:
+    """model.fragments: true: the GNN teacher's fingerprint branch also reads the fragment masses
+    (finetune attaches them to its batches; predict computes them for it; softlabel reads them)."""
+    p = finetune(work, "frag", 1, "--set model.fragments=true")
+    assert p.returncode == 0, p.stderr.decode()
+    ck = load_checkpoint(work / "frag/checkpoints/best.pt")
+    assert ck["config"]["model"]["fragments"] is True
+    assert ck["model"]["ecfp_mlp.layers.0.weight"].shape[1] == 4096 + 2048 + 1002
+    p = sh("printf 'CCCCC(=O)c1ccccc1 valerophenone\\nCCO ethanol\\n' | "
+           "neimsctl predict -m frag/checkpoints/best.pt -O jsonl -q", work)
+    assert p.returncode == 0, p.stderr.decode()
+    recs = [orjson.loads(x) for x in p.stdout.splitlines()]
+    assert [r["name"] for r in recs] == ["valerophenone", "ethanol"] and all(r["mz"] for r in recs)
+    p = sh("neimsctl softlabel f.h5 -t frag/checkpoints/best.pt --samples 2 -o soft.h5 -q", work)
+    assert p.returncode == 0, p.stderr.decode()
+    assert (work / "soft.h5").is_file()

@@ -287,3 +287,26 @@ def test_counts_branch_reads_the_atom_pair_counts_and_needs_them():
     del batch.counts
     with pytest.raises(ValueError, match="counts"):
         model(batch)
+
+
+def test_fragments_branch_reads_the_fragment_masses_and_needs_them():
+    from neimsctl.chem.fragments import fragment_counts
+
+    torch.manual_seed(0)
+    cfg = TeacherConfig(**{**TINY.to_dict(), "counts_dim": 2048, "fragments": True})
+    model = TeacherModel(cfg).eval()
+    smiles = ["CCCCC(=O)c1ccccc1", "CCCCCC(=O)c1ccccc1"]
+    data = [to_data(s) for s in smiles]
+    for d, s in zip(data, smiles):
+        d.frags = torch.from_numpy(log1p_counts(fragment_counts(Chem.MolFromSmiles(s)))[None])
+    batch = Batch.from_data_list(data)
+    out = model(batch)
+    assert out.shape == (2, 501) and torch.isfinite(out).all()
+    zeroed = batch.clone()
+    zeroed.frags = torch.zeros_like(batch.frags)
+    assert not torch.allclose(model(zeroed), out)      # the fragment masses change the prediction
+    del batch.frags
+    with pytest.raises(ValueError, match="frags"):
+        model(batch)
+    with pytest.raises(ConfigError, match="fragments"):
+        TeacherConfig(fragments="yes")
