@@ -308,8 +308,9 @@ def _one_molecule(g: FragGraph) -> np.ndarray:
     MOSES molecules by the tests)."""
     mass = g.mass.tolist()
     n = len(mass)
+    begin, end = g.begin.tolist(), g.end.tolist()
     nbr: list[list[tuple[int, int]]] = [[] for _ in range(n)]
-    for e, (a, b) in enumerate(zip(g.begin.tolist(), g.end.tolist())):
+    for e, (a, b) in enumerate(zip(begin, end)):
         nbr[a].append((b, e))
         nbr[b].append((a, e))
     hist = [0] * FRAG_SLOTS
@@ -333,9 +334,8 @@ def _one_molecule(g: FragGraph) -> np.ndarray:
         back_ids = sorted(back)
         for e, lab in zip(back_ids, _edge_labels(np.array(back_ids, dtype=np.int64)).tolist()):
             back_labels.add(lab)
-            a, b = int(g.begin[e]), int(g.end[e])
-            label[a] = label.get(a, 0) ^ lab
-            label[b] = label.get(b, 0) ^ lab
+            for x in (begin[e], end[e]):
+                label[x] = label.get(x, 0) ^ lab
         sub = {x: mass[x] for x in order}
         size = dict.fromkeys(order, 1)
         children: dict[int, list[int]] = {x: [] for x in order}

@@ -54,6 +54,16 @@ __all__ = ["TeacherConfig", "TeacherModel", "SPACES"]
 OUT_BIAS_INIT = -3.0
 
 
+def _side_input(batch: Any, name: str, shape: tuple[int, int], what: str, hint: str) -> Tensor:
+    """``batch.<name>``, a fingerprint-branch input beside the ECFP bits, checked against ``shape``."""
+    value = getattr(batch, name, None)
+    if value is None or value.shape != shape:
+        raise ValueError(f"batch.{name} must be {shape} log1p {what}, got "
+                         f"{None if value is None else tuple(value.shape)}; re-featurize with this "
+                         f"version (--mode teacher){hint}")
+    return value
+
+
 @register("teacher")
 class TeacherModel(nn.Module):
     """GNN + ECFP hybrid teacher (see the module docstring).
@@ -158,20 +168,13 @@ class TeacherModel(nn.Module):
             ecfp = ecfp.view(n_graphs, cfg.ecfp_dim)  # Data items that stored ecfp as (4096,)
         if ecfp.shape != (n_graphs, cfg.ecfp_dim):
             raise ValueError(f"batch.ecfp must be ({n_graphs}, {cfg.ecfp_dim}), got {tuple(ecfp.shape)}")
+        parts = [ecfp]
         if cfg.counts_dim:
-            counts = getattr(batch, "counts", None)
-            if counts is None or counts.shape != (n_graphs, cfg.counts_dim):
-                raise ValueError(f"batch.counts must be ({n_graphs}, {cfg.counts_dim}) log1p atom-pair "
-                                 f"counts, got {None if counts is None else tuple(counts.shape)}; "
-                                 "re-featurize with this version (--mode teacher) or set counts_dim: 0")
-            ecfp = torch.cat([ecfp, counts.to(ecfp.dtype)], dim=-1)
+            parts.append(_side_input(batch, "counts", (n_graphs, cfg.counts_dim), "atom-pair counts",
+                                     " or set counts_dim: 0"))
         if cfg.fragments:
-            frags = getattr(batch, "frags", None)
-            if frags is None or frags.shape != (n_graphs, FRAG_SLOTS):
-                raise ValueError(f"batch.frags must be ({n_graphs}, {FRAG_SLOTS}) log1p fragment-mass "
-                                 f"counts, got {None if frags is None else tuple(frags.shape)}; "
-                                 "re-featurize with this version (--mode teacher)")
-            ecfp = torch.cat([ecfp, frags.to(ecfp.dtype)], dim=-1)
+            parts.append(_side_input(batch, "frags", (n_graphs, FRAG_SLOTS), "fragment-mass counts", ""))
+        ecfp = torch.cat([p.to(ecfp.dtype) for p in parts], dim=-1)
         f = self.ecfp_mlp(ecfp.to(g.dtype))
         return self.fusion_norm(torch.cat([g, f], dim=-1))
 
