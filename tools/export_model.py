@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from neimsctl import __version__
+from neimsctl.errors import NeimsError
 from neimsctl.models.checkpoint import (copy_checkpoint, is_ensemble, load_checkpoint, model_state,
                                         quantize_int8)
 
@@ -141,9 +142,15 @@ def main() -> int:
     ap.add_argument("--weights", choices=("fp16", "int8"), default="fp16",
                     help="storage of a single model's weights (an ensemble file keeps its own)")
     args = ap.parse_args()
-    card = export(args.checkpoint, args.output, eval_json=args.eval, train_log=args.train_log,
-                  command=args.command, notes=args.notes, weights=args.weights,
-                  replicate=tuple(args.replicate) if args.replicate else None)
+    if args.output.resolve() == args.checkpoint.resolve():
+        ap.error(f"{args.output}: the output would overwrite its input checkpoint; give another path")
+    try:
+        card = export(args.checkpoint, args.output, eval_json=args.eval, train_log=args.train_log,
+                      command=args.command, notes=args.notes, weights=args.weights,
+                      replicate=tuple(args.replicate) if args.replicate else None)
+    except (NeimsError, OSError) as e:      # one line, no traceback (a missing or damaged file)
+        print(f"export_model.py: {e}", file=sys.stderr)
+        return 1
     print(json.dumps({k: card[k] for k in ("name", "sha256", "file_bytes", "n_parameters")}))
     return 0
 

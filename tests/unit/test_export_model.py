@@ -87,3 +87,25 @@ def test_int8_export_of_a_fragment_student_predicts_like_the_original(repo_root:
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() > 0.99
     assert ck["config"]["model"]["input_dim"] == 7146 == card["model_config"]["input_dim"]
+
+
+def test_refuses_to_overwrite_its_input_and_names_a_missing_checkpoint(repo_root: Path, tmp_path: Path) -> None:
+    """The output equal to the input is a usage error (exit 2, the input untouched); a missing or
+    damaged checkpoint is one line on stderr (exit 1), not a traceback."""
+    import subprocess
+    import sys
+
+    tool = repo_root / "tools/export_model.py"
+    src = tmp_path / "best.pt"
+    src.write_bytes(b"not a checkpoint")
+    same = subprocess.run([sys.executable, str(tool), str(src), str(tmp_path / "." / "best.pt")],
+                          capture_output=True, text=True)
+    assert same.returncode == 2 and "overwrite its input" in same.stderr
+    assert src.read_bytes() == b"not a checkpoint"
+    for path in (tmp_path / "missing.pt", src):
+        proc = subprocess.run([sys.executable, str(tool), str(path), str(tmp_path / "out.pt")],
+                              capture_output=True, text=True)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("export_model.py: ") and path.name in lines[0]
+    assert not (tmp_path / "out.pt").exists()
