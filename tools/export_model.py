@@ -2,7 +2,8 @@
 """Export a trained checkpoint as a shipped model: fp16 (or int8) weights + a JSON model card.
 
 An ensemble file (``neimsctl ensemble``, e.g. with ``--int8``) is shipped as it is, with a card
-that lists its members.
+that lists its members (those of the files it includes too: export those first, into the same
+directory).
 
     python tools/export_model.py RUN/checkpoints/best.pt neimsctl/resources/models/student-default.pt \\
         --weights int8 --eval RUN-split/test.eval.json --train-log RUN/train_log.jsonl \\
@@ -47,6 +48,12 @@ def export(src: Path, dst: Path, *, eval_json: Path | None, train_log: Path | No
     dst.parent.mkdir(parents=True, exist_ok=True)
     if is_ensemble(ck):
         copy_checkpoint(src, dst)
+        if ck.get("include"):   # the included files must be beside it already (exported first)
+            try:
+                load_checkpoint(dst, map_location="cpu", ensemble=True)
+            except NeimsError:
+                dst.unlink()
+                raise
         card = _ensemble_card(ck)
     else:
         scales: dict = {}
@@ -124,7 +131,8 @@ def _ensemble_card(ens: dict) -> dict:
                for m in ens["members"]]
     return {"arch": "ensemble", "format": ens["format"], "average": ens["average"],
             "weights_dtype": "; ".join(sorted({m["weights_dtype"] for m in members})),
-            "n_parameters": sum(m["n_parameters"] for m in members), "members": members}
+            "n_parameters": sum(m["n_parameters"] for m in members), "members": members,
+            **({"include": ens["include"]} if ens.get("include") else {})}
 
 
 def main() -> int:

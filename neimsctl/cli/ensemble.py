@@ -36,6 +36,12 @@ def ensemble_cli(
         "--int8", help="Store the weight matrices as int8 with one scale per row (a quarter of "
                        "float32; the rest float16; file format neimsctl.ensemble/2). predict "
                        "widens them to float32 when it loads them.")] = False,
+    include: Annotated[Optional[list[Path]], typer.Option(
+        "--include", help="A checkpoint or ensemble file in the output's directory whose members "
+                          "the ensemble takes over when loaded, without a copy: the file records "
+                          "its name and sha256 (format neimsctl.ensemble/3), and refuses to load "
+                          "if it is missing or was replaced. Repeatable.",
+        show_default=False)] = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -53,12 +59,20 @@ def ensemble_cli(
         if str(output) == "-":
             usage_error(CMD, "-o -: an ensemble file is binary; give a file name")
         check_models_or_usage(CMD, "model", models)
-        refuse_clobber(CMD, input_pairs(shipped_paths(models), "model"),
+        for one in include or []:
+            if not one.is_file():
+                usage_error(CMD, f"--include {one}: no such file")
+            if one.resolve().parent != output.resolve().parent:
+                usage_error(CMD, f"--include {one}: must lie in the directory of the output "
+                                 f"({output.resolve().parent}): the file records only its name")
+        refuse_clobber(CMD, input_pairs(shipped_paths(models), "model")
+                       + input_pairs([str(p) for p in include or []], "--include"),
                        [output_pair("-o", output)])
         from neimsctl.predict.ensemble import write_ensemble
 
         info = write_ensemble(models, output, average=average.value if average else None,
-                              weights="fp32" if fp32 else "int8" if int8 else "fp16")
+                              weights="fp32" if fp32 else "int8" if int8 else "fp16",
+                              include=include or ())
         shas = [m["sha256"] for m in info["members"]]
         for sha in sorted({s for s in shas if shas.count(s) > 1}):
             labels = ", ".join(m["label"] for m in info["members"] if m["sha256"] == sha)

@@ -56,7 +56,11 @@ ENSEMBLE_FORMAT = "neimsctl.ensemble/1"
 #: when some member does, so that a reader of ``/1`` refuses it by its format rather than
 #: loading int8 codes as weights (formats/ensemble.v2.md).
 ENSEMBLE_FORMAT_INT8 = "neimsctl.ensemble/2"
-ENSEMBLE_FORMATS = (ENSEMBLE_FORMAT, ENSEMBLE_FORMAT_INT8)
+#: An ensemble file that also takes over the members of other files beside it (``include``:
+#: file name + sha256, e.g. the shipped teacher = its GNN + the shipped student's members);
+#: a reader of ``/1`` or ``/2`` refuses it by its format rather than silently dropping them.
+ENSEMBLE_FORMAT_INCLUDE = "neimsctl.ensemble/3"
+ENSEMBLE_FORMATS = (ENSEMBLE_FORMAT, ENSEMBLE_FORMAT_INT8, ENSEMBLE_FORMAT_INCLUDE)
 #: How ``neimsctl ensemble`` stores the members' floating-point weights.
 WEIGHT_STORAGE = ("fp32", "fp16", "int8")
 #: An ensemble file holds at most this many members (each is built as its own model: a file
@@ -232,6 +236,8 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu",
                               f"{type(exc).__name__})") from None
     if is_ensemble(ckpt):
         check_ensemble(ckpt, path)
+        if ckpt.get("include"):
+            ckpt = _with_included(ckpt, path, map_location)
         if not ensemble:
             n = len(ckpt["members"])
             raise CheckpointError(f"{path}: an ensemble of {n} model{'s' * (n != 1)} where one "
@@ -373,11 +379,69 @@ def check_ensemble(ens: dict[str, Any], path: str | os.PathLike) -> None:
         if not isinstance(member, dict) or member.get("format") != FORMAT:
             raise CheckpointError(f"{where}: not a {FORMAT} checkpoint")
         check_fields(member, where)
-        if member.get("quantized") and ens["format"] != ENSEMBLE_FORMAT_INT8:
+        if member.get("quantized") and ens["format"] == ENSEMBLE_FORMAT:
             raise CheckpointError(f"{where}: damaged ensemble file: int8 weights in a "
                                   f"{ens['format']} file (they need {ENSEMBLE_FORMAT_INT8})")
         if not isinstance(member.get("label", ""), str):
             raise CheckpointError(f"{where}: damaged ensemble file: 'label' is not a string")
+    _check_include(ens, path)
+
+
+def _check_include(ens: dict[str, Any], path: str | os.PathLike) -> None:
+    """``include`` (format ``/3`` only): a non-empty list of ``{"file": NAME, "sha256": HEX}``,
+    NAME a plain file name (no directory part: the file lies beside the including one)."""
+    inc = ens.get("include")
+    if ens["format"] != ENSEMBLE_FORMAT_INCLUDE:
+        if inc is not None:
+            raise CheckpointError(f"{path}: damaged ensemble file: 'include' in a {ens['format']} "
+                                  f"file (it needs {ENSEMBLE_FORMAT_INCLUDE})")
+        return
+    if not isinstance(inc, list) or not inc or len(inc) > MAX_MEMBERS:
+        raise CheckpointError(f"{path}: damaged ensemble file: 'include' is not a list of 1 to "
+                              f"{MAX_MEMBERS} files")
+    for i, one in enumerate(inc, 1):
+        name = one.get("file") if isinstance(one, dict) else None
+        sha = one.get("sha256") if isinstance(one, dict) else None
+        if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name \
+                or "\\" in name or not isinstance(sha, str) or len(sha) != 64 \
+                or any(c not in "0123456789abcdef" for c in sha):
+            raise CheckpointError(f"{path}: damaged ensemble file: include {i} is not a plain "
+                                  "file name with the 64 hex digits of its sha256")
+
+
+def _with_included(ens: dict[str, Any], path: str | os.PathLike, map_location: Any) -> dict[str, Any]:
+    """The ensemble with the members of every included file appended (in order), each file
+    read from beside ``path`` and checked against its recorded sha256; an included file may be
+    a checkpoint (one member) or an ensemble file without includes of its own."""
+    import hashlib
+
+    here, members = Path(path).parent, list(ens["members"])
+    for one in ens["include"]:
+        other = here / one["file"]
+        where = f"{path}: include {one['file']!r}"
+        if not other.is_file():
+            raise CheckpointError(f"{where}: no such file beside it (the two files are shipped "
+                                  "and copied together)")
+        h = hashlib.sha256()
+        with open(other, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        if h.hexdigest() != one["sha256"]:
+            raise CheckpointError(f"{where}: its sha256 is {h.hexdigest()[:12]}, not the "
+                                  f"{one['sha256'][:12]} this file was made with (replaced?)")
+        got = load_checkpoint(other, map_location=map_location, ensemble=True)
+        if is_ensemble(got):
+            if got.get("include"):
+                raise CheckpointError(f"{where}: includes files itself (one level only)")
+            members += got["members"]
+        else:
+            members.append({**slim_member(got, label=one["file"], sha256=one["sha256"]),
+                            "model": got["model"], **({"quantized": got["quantized"]}
+                                                      if got.get("quantized") else {})})
+        if len(members) > MAX_MEMBERS:      # checked as they come: no unbounded reading
+            raise CheckpointError(f"{path}: {len(members)} members with its includes (at most "
+                                  f"{MAX_MEMBERS})")
+    return {**ens, "members": members}
 
 
 def is_ensemble(ckpt: Any) -> bool:
@@ -447,8 +511,10 @@ def slim_member(ckpt: dict[str, Any], *, label: str, sha256: str, weights: str =
 
 
 def build_ensemble(members: list[dict[str, Any]], *, average: str,
-                   extra: dict | None = None) -> dict[str, Any]:
-    """An ensemble file's dict from slim members (:func:`slim_member`).
+                   extra: dict | None = None, include: list[dict[str, str]] | None = None
+                   ) -> dict[str, Any]:
+    """An ensemble file's dict from slim members (:func:`slim_member`), and the files whose
+    members it takes over when loaded (``include``: ``{"file", "sha256"}`` each; format ``/3``).
 
     Raises
     ------
@@ -460,9 +526,11 @@ def build_ensemble(members: list[dict[str, Any]], *, average: str,
     if average not in AVERAGES:
         raise CheckpointError(f"average {average!r}: choose one of {', '.join(AVERAGES)}")
     fmt = ENSEMBLE_FORMAT_INT8 if any(m.get("quantized") for m in members) else ENSEMBLE_FORMAT
+    if include:
+        fmt = ENSEMBLE_FORMAT_INCLUDE
     return plain({"format": fmt, "average": average, "members": members,
                   "versions": {"neimsctl": __version__, "torch": str(torch.__version__)},
-                  "extra": extra or {}})
+                  "extra": extra or {}, **({"include": list(include)} if include else {})})
 
 
 def load_problem(exc: BaseException, details: int = 3) -> str:

@@ -188,7 +188,7 @@ def _label(path: Path) -> str:
 
 
 def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str | None = None,
-                   weights: str = "fp16") -> dict[str, Any]:
+                   weights: str = "fp16", include: Sequence[str | Path] = ()) -> dict[str, Any]:
     """Write one ensemble file (``neimsctl.ensemble/1``; ``/2`` with int8 weights) of the
     models ``specs`` names, their weights stored as ``weights`` (``fp32``: as trained, ``fp16``
     or ``int8``: :func:`~neimsctl.models.checkpoint.slim_member`).
@@ -199,6 +199,10 @@ def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str
     bins, are refused here, not at predict time); the file is written to a temporary name and
     renamed. ``average`` None: the ensemble files' own when the members come from ensemble
     files that agree, else :data:`DEFAULT_AVERAGE`.
+
+    ``include``: files (checkpoints or ensemble files) that must lie beside ``out``, whose
+    members the file takes over when it is loaded without holding a copy (format ``/3``: the
+    file name and sha256 of each; the shipped teacher includes the shipped student this way).
 
     Returns
     -------
@@ -236,9 +240,29 @@ def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str
             summary.append({"label": label, "arch": arch, "sha256": member_sha[:12],
                             "n_parameters": sum(p.numel() for p in model.parameters())})
             bins[str(where)] = int(model.config.n_bins)
+    refs = []
+    for one in include:
+        path = Path(one)
+        if path.resolve().parent != Path(out).resolve().parent:
+            raise ConfigError(f"--include {path}: must lie in the directory of the output "
+                              f"({Path(out).resolve().parent}): the file records only its name")
+        ckpt = load_checkpoint(path, map_location="cpu", ensemble=True)
+        if ckpt.get("include"):
+            raise ConfigError(f"--include {path}: includes files itself (one level only)")
+        sha = file_sha(path, full=True)
+        given = ckpt["members"] if is_ensemble(ckpt) else [ckpt]
+        for i, one_ in enumerate(given, 1):
+            where = Path(f"{path}#{i}")
+            model, arch = _model_with_weights(one_, where)
+            label = str(one_.get("label") or path.name)
+            summary.append({"label": f"{label} (in {path.name})", "arch": arch,
+                            "sha256": str(one_.get("sha256") or sha)[:12],
+                            "n_parameters": sum(p.numel() for p in model.parameters())})
+            bins[str(where)] = int(model.config.n_bins)
+        refs.append({"file": path.name, "sha256": sha})
     if len(set(bins.values())) > 1:
         raise CheckpointError("ensemble members must predict the same bins: "
                               + ", ".join(f"{w}: {n}" for w, n in bins.items()))
     average = ensemble_average(average, files if len(files) == len(specs) else ())
-    save_checkpoint(out, build_ensemble(members, average=average))
+    save_checkpoint(out, build_ensemble(members, average=average, include=refs))
     return {"members": summary, "average": average, "bytes": Path(out).stat().st_size}

@@ -182,3 +182,54 @@ def test_the_cli_knows_the_shipped_models_where_predict_loads_them() -> None:
     from neimsctl.predict.model import ARCHS, MODELS_DIR
 
     assert cli_predict._MODELS_DIR == MODELS_DIR and cli_predict._SHIPPED_NAMES == ARCHS
+
+
+def test_include_takes_over_the_members_of_a_file_beside_it(
+        neimsctl_exe: str, members: tuple[Path, Path], tmp_path: Path) -> None:
+    """ensemble A --include B.pt (the shipped teacher = its GNN + the shipped student's members):
+    the file holds A only, predicts as A + B's members, and refuses to load when B is missing,
+    replaced, or the include would point outside the output's directory."""
+    import shutil
+
+    a, b = members
+    d = tmp_path / "models"
+    d.mkdir()
+    inner = d / "inner.pt"
+    assert run(neimsctl_exe, "ensemble", str(b), str(a), "-o", str(inner), "--fp32").returncode == 0
+    outer = d / "outer.pt"
+    made = run(neimsctl_exe, "ensemble", str(a), "--include", str(inner), "-o", str(outer),
+               "--fp32", "--average", "linear")
+    assert made.returncode == 0, made.stderr
+    assert b"3 members" in made.stderr and b"(in inner.pt)" in made.stderr
+    import torch
+
+    raw = torch.load(outer, weights_only=True)
+    assert raw["format"] == "neimsctl.ensemble/3" and len(raw["members"]) == 1
+    assert raw["include"][0]["file"] == "inner.pt"
+    assert outer.stat().st_size < 0.6 * inner.stat().st_size           # no copy of inner's members
+    common = ("-O", "jsonl", "--precision", "fp32", "--threads", "1", "-q")
+    by_file = run(neimsctl_exe, "predict", "-m", str(outer), *common, stdin=SMI)
+    by_list = run(neimsctl_exe, "predict", "-m", str(a), "-m", str(b), "-m", str(a),
+                  "--average", "linear", *common, stdin=SMI)
+    assert by_file.returncode == by_list.returncode == 1
+    for x, y in zip(spectra(by_file.stdout), spectra(by_list.stdout)):
+        assert x["mz"] == y["mz"] and np.allclose(x["intensity"], y["intensity"], atol=1)
+    # copied together elsewhere: still loads; missing or replaced: one clear line, exit 1 (as
+    # for a damaged checkpoint)
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.copy(outer, moved / "outer.pt")
+    lost = run(neimsctl_exe, "predict", "-m", str(moved / "outer.pt"), *common, stdin=b"CCO\n")
+    assert lost.returncode == 1 and b"include 'inner.pt': no such file beside it" in lost.stderr
+    assert b"Traceback" not in lost.stderr
+    shutil.copy(a, moved / "inner.pt")
+    swapped = run(neimsctl_exe, "predict", "-m", str(moved / "outer.pt"), *common, stdin=b"CCO\n")
+    assert swapped.returncode == 1 and b"(replaced?)" in swapped.stderr
+    shutil.copy(inner, moved / "inner.pt")
+    ok = run(neimsctl_exe, "predict", "-m", str(moved / "outer.pt"), *common, stdin=b"CCO\n")
+    assert ok.returncode == 0, ok.stderr
+    away = run(neimsctl_exe, "ensemble", str(a), "--include", str(inner), "-o",
+               str(tmp_path / "outer2.pt"))
+    assert away.returncode == 2 and b"must lie in the directory of the output" in away.stderr
+    nested = run(neimsctl_exe, "ensemble", str(a), "--include", str(outer), "-o", str(d / "x.pt"))
+    assert nested.returncode == 1 and b"includes files itself" in nested.stderr

@@ -450,3 +450,37 @@ def test_members_keep_the_split_and_fold_they_were_trained_on(ckpts: dict[str, P
     assert members[0]["config"]["data"] == {"fold": "2/3", "split": [0.7, 0.2, 0.1], "split_seed": 7}
     assert member_fold(members[0]) == ((2, 3), (0.7, 0.2, 0.1), 7)
     assert member_fold(members[1])[0] is None
+
+
+def test_include_entries_are_checked_before_any_file_is_read(ckpts: dict[str, Path],
+                                                             tmp_path: Path) -> None:
+    """An include names a plain file beside the ensemble with its full sha256, only in a /3
+    file; anything else is refused as a damaged file (never a path that leaves the directory)."""
+    import hashlib
+
+    from neimsctl.models.checkpoint import ENSEMBLE_FORMAT_INCLUDE
+
+    member = slim_member(load_checkpoint(ckpts["a"]), label="a", sha256="0" * 64)
+    inner = tmp_path / "inner.pt"
+    inner.write_bytes(ckpts["b"].read_bytes())
+    sha = hashlib.sha256(inner.read_bytes()).hexdigest()
+    good = build_ensemble([member], average="linear", include=[{"file": "inner.pt", "sha256": sha}])
+    assert good["format"] == ENSEMBLE_FORMAT_INCLUDE
+    path = tmp_path / "outer.pt"
+    torch.save(good, path)
+    loaded = load_checkpoint(path, ensemble=True)
+    assert [m["label"] for m in loaded["members"]] == ["a", "inner.pt"]
+    assert loaded["members"][1]["sha256"] == sha
+    bad = {"../inner.pt": sha, "sub/inner.pt": sha, "..": sha, "inner.pt": sha[:12],
+           "inner.pt ": "G" * 64}
+    for name, digest in bad.items():
+        torch.save({**good, "include": [{"file": name, "sha256": digest}]}, path)
+        with pytest.raises(CheckpointError, match="not a plain file name"):
+            load_checkpoint(path, ensemble=True)
+    torch.save({**good, "format": ENSEMBLE_FORMAT_INT8}, path)
+    with pytest.raises(CheckpointError, match="'include' in a neimsctl.ensemble/2 file"):
+        load_checkpoint(path, ensemble=True)
+    torch.save({**good, "include": [{"file": "inner.pt", "sha256": sha}] * 64,
+                "members": [member]}, path)
+    with pytest.raises(CheckpointError, match="members with its includes"):
+        load_checkpoint(path, ensemble=True)
