@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Retrain the model shipped in neimsctl/resources/models/ from scratch, with the project's own
-# commands, on the MassBank EI library (about 50 minutes on 2 CPU cores: the SPLIT=test run of
-# session 17 took 49; the GNN teacher and the spec-size students ~17 minutes each, one core each,
-# two at a time; the compact students ~3.5 minutes each):
+# commands, on the MassBank EI library (about 35 minutes on 2 CPU cores: the SPLIT=test run of
+# session 19 took 30; the GNN teacher ~5 and the spec-size students ~11 minutes each, one core
+# each, two at a time; the compact students 1.5-3 minutes each):
 #
 #   tools/train_default_model.sh [LIBRARY.msp] [RUN_DIR]
 #
@@ -12,17 +12,20 @@
 #   2. finetune the teacher (configs/finetune/teacher-cpu-small.yaml)
 #   3. the rest of the teacher ensemble: three spec-size students without KD (seeds 42, 1, 2)
 #   4. softlabel: MC-dropout soft labels of the ensemble (10 samples per member)
-#   5. distill the compact student (configs/distill/student-compact.yaml) from them
-#   6. three compact students without KD (seeds 42, 1, 2); with the GNN teacher they make the
-#      shipped teacher ensemble (neimsctl ensemble --int8: predict --model teacher, --uncertainty)
-#   7. export: int8 weights + model cards -> neimsctl/resources/models/student-default.{pt,json};
-#      the int8 ensemble + card -> teacher-default.{pt,json}
+#   5. distill the compact student (configs/distill/student-compact.yaml) from them, three times
+#      (seeds 42, 1, 2; DISTILLED=1: seed 42 only): their int8 ensemble is the shipped default
+#   6. a compact student without KD (seed 42); the shipped teacher ensemble (predict --model
+#      teacher) = the GNN teacher + that student + the default's three members, included by
+#      reference (neimsctl ensemble --int8 --include)
+#   7. export: the three distilled students' int8 ensemble (DISTILLED=1: the one student in int8)
+#      + model card -> neimsctl/resources/models/student-default.{pt,json};
+#      the teacher's file (its own two members) + card -> teacher-default.{pt,json}
 #
 # The shipped model is trained on ALL compounds (split 0.9 train / 0.1 validation for model
 # selection, no test part): the test-split figures in its card come from the same recipe run on
 # the 8:1:1 split first (SPLIT=test tools/train_default_model.sh LIB TEST_RUN keeps the 8:1:1
-# split and, instead of exporting, judges the student (int8) and the teacher ensemble on the test
-# compounds and on the replicate subset: TEST_RUN/cmp-test.md); TEST_CMP=TEST_RUN/cmp-test
+# split and, instead of exporting, judges the default, its seed-42 student alone and the teacher
+# ensemble on the test compounds and on the replicate subset: TEST_RUN/cmp-test.md); TEST_CMP=TEST_RUN/cmp-test
 # tools/train_default_model.sh then writes those figures into the model cards.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -77,33 +80,57 @@ if [ ! -e "$out/soft_labels.h5" ]; then
         -t "$out/member_s2/checkpoints/best.pt" --samples 10 --batch-size 128 --part all \
         -o "$out/soft_labels.h5" "${r[@]}"
 fi
-if ! done_ "$out/student"; then
-    step "distill compact student"
+distilled() {  # dir seed threads: a compact student distilled from the soft labels
+    local dir="$out/$1"
+    done_ "$dir" && return 0
     neimsctl distill "$out/student.h5" -s "$out/soft_labels.h5" \
         -c "$here/configs/distill/student-compact.yaml" "${sets[@]}" "${students[@]}" \
-        -o "$out/student" $(resume "$out/student")
+        --set train.seed="$2" --set train.threads="$3" -o "$dir" $(resume "$dir") 2> "$dir.log"
+}
+mkdir -p "$out/models"
+if [ "${DISTILLED:-3}" = 3 ]; then
+    # the shipped default: the distilled students of seeds 42, 1 and 2, averaged (an int8
+    # ensemble file); DISTILLED=1 ships the single student of seed 42 (the recipe of session 18)
+    step "distill three compact students (seeds 42, 1, 2; logs in $out/student*.log)"
+    distilled student 42 2
+    distilled student_s1 1 1 & a=$!; distilled student_s2 2 1 & b=$!; wait "$a"; wait "$b"
+    [ -e "$out/models/student-default.pt" ] || neimsctl ensemble "$out/student/checkpoints/best.pt" \
+        "$out/student_s1/checkpoints/best.pt" "$out/student_s2/checkpoints/best.pt" --int8 \
+        --average linear -o "$out/models/student-default.pt"
+else
+    step "distill the compact student (seed 42; log in $out/student.log)"
+    distilled student 42 2
+    [ -e "$out/models/student-default.pt" ] || python "$here/tools/export_model.py" \
+        "$out/student/checkpoints/best.pt" --weights int8 "$out/models/student-default.pt"
 fi
 compact() {  # seed: a compact student without KD, a member of the shipped teacher ensemble
     local dir="$out/compact_s$1"
     done_ "$dir" && return 0
     neimsctl distill "$out/student.h5" --no-kd -c "$here/configs/distill/student-compact.yaml" \
-        "${sets[@]}" "${students[@]}" --set train.threads=1 --set train.seed="$1" -o "$dir" $(resume "$dir") \
-        2> "$dir.log"
+        "${sets[@]}" "${students[@]}" --set train.threads="$2" --set train.seed="$1" -o "$dir" \
+        $(resume "$dir") 2> "$dir.log"
 }
-step "three compact students without KD (seeds 42, 1, 2; logs in $out/compact_s*.log)"
-compact 42 & a=$!; compact 1 & b=$!; wait "$a"; wait "$b"; compact 2
-if [ ! -e "$out/teacher-ensemble.pt" ]; then
-    step "the teacher ensemble: the GNN teacher + the three compact students, int8 weights"
+step "a compact student without KD (seed 42; log in $out/compact_s42.log)"
+compact 42 2
+if [ ! -e "$out/models/teacher-default.pt" ]; then
+    # its own members: the GNN teacher and the no-KD student; the default student's members are
+    # included by reference (ensemble --include: the two shipped files do not store them twice)
+    step "the teacher ensemble: the GNN teacher + the no-KD student + the default's members, int8"
     neimsctl ensemble "$out/teacher/checkpoints/best.pt" "$out/compact_s42/checkpoints/best.pt" \
-        "$out/compact_s1/checkpoints/best.pt" "$out/compact_s2/checkpoints/best.pt" \
-        --int8 --average linear -o "$out/teacher-ensemble.pt"
+        --include "$out/models/student-default.pt" --int8 --average linear \
+        -o "$out/models/teacher-default.pt"
 fi
 if [ "$split" = test ]; then
     step "evaluate on the test compounds, and on those with a measured replicate (-> $out/cmp-test)"
-    # the student as it would ship (int8 weights: tools/export_model.py --weights int8)
-    python "$here/tools/export_model.py" "$out/student/checkpoints/best.pt" --weights int8 "$out/student-int8.pt"
+    # the default and the teacher as they would ship; "student1": the seed-42 student alone
+    rows=(student="$out/models/student-default.pt" teacher="$out/models/teacher-default.pt")
+    if [ "${DISTILLED:-3}" = 3 ]; then
+        [ -e "$out/student1-int8.pt" ] || python "$here/tools/export_model.py" \
+            "$out/student/checkpoints/best.pt" --weights int8 "$out/student1-int8.pt"
+        rows+=(student1="$out/student1-int8.pt")
+    fi
     python "$here/tools/bench/compare_models.py" "$out/student.h5" --out "$out/cmp-test" --no-speed \
-        student="$out/student-int8.pt" teacher="$out/teacher-ensemble.pt" | tee "$out/cmp-test.md"
+        "${rows[@]}" | tee "$out/cmp-test.md"
 else
     # TEST_CMP=DIR: the cmp-test directory of a SPLIT=test run of this recipe, for the model cards
     card() {  # name: the test figures and the replicate subset of that model in TEST_CMP
@@ -112,12 +139,13 @@ else
             --replicate "$TEST_CMP/$1.query_rep.eval.json" "$TEST_CMP/replicate.query_rep.eval.json" \
             --notes "test_metrics and replicate_subset: the same recipe (SPLIT=test) on the compound-grouped 8:1:1 split (seed 42), measured once on its test compounds (compare_models.py, BENCHMARKS.md); the shipped weights were trained on every compound (0.9 train / 0.1 val)"
     }
-    step "export the student (default) and the teacher ensemble (--model teacher), int8, with model cards"
+    step "export the default student and the teacher ensemble (--model teacher), int8, with model cards"
     mapfile -t s < <(card student); mapfile -t t < <(card teacher)
-    python "$here/tools/export_model.py" "$out/student/checkpoints/best.pt" --weights int8 \
+    # the student first: the teacher includes it, and export checks it loads beside it
+    python "$here/tools/export_model.py" "$out/models/student-default.pt" \
         "$here/neimsctl/resources/models/student-default.pt" --train-log "$out/student/train_log.jsonl" \
         "${s[@]}" --command "tools/train_default_model.sh $lib"
-    python "$here/tools/export_model.py" "$out/teacher-ensemble.pt" \
+    python "$here/tools/export_model.py" "$out/models/teacher-default.pt" \
         "$here/neimsctl/resources/models/teacher-default.pt" --train-log "$out/compact_s42/train_log.jsonl" \
         "${t[@]}" --command "tools/train_default_model.sh $lib"
 fi
