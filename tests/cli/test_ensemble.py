@@ -171,7 +171,8 @@ def test_an_output_naming_a_shipped_model_is_refused(neimsctl_exe: str, members:
     before = shipped.stat().st_mtime_ns
     a, _ = members
     for args in (["ensemble", "student", str(a), "-o", str(shipped)],
-                 ["predict", "-m", "student", "-m", str(a), "-o", str(shipped)]):
+                 ["predict", "-m", "student", "-m", str(a), "-o", str(shipped)],
+                 ["predict", "-m", "teacher", "-o", str(shipped)]):     # the teacher includes it
         res = run(neimsctl_exe, *args, stdin=b"CCO\n")
         assert res.returncode == 2, (args, res.stderr)
     assert shipped.stat().st_mtime_ns == before
