@@ -50,14 +50,8 @@ def check_models_or_usage(cmd: str, option: str, models: list[str]) -> None:
 
 def shipped_paths(models: list[str]) -> list[str]:
     """``--model`` values with ``student``/``teacher`` replaced by the shipped files they load
-    (so that an output naming a shipped model is refused like any other input; the shipped
-    teacher includes the shipped student's members, so it reads both files)."""
-    out = []
-    for m in models:
-        out += [str(_MODELS_DIR / f"{m}-default.pt")] if m in _SHIPPED_NAMES else [m]
-        if m == "teacher":
-            out.append(str(_MODELS_DIR / "student-default.pt"))
-    return out
+    (so that an output naming a shipped model is refused like any other input)."""
+    return [str(_MODELS_DIR / f"{m}-default.pt") if m in _SHIPPED_NAMES else m for m in models]
 
 
 class OutFmt(str, Enum):
