@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from neimsctl import __version__
-from neimsctl.errors import NeimsError
+from neimsctl.errors import CheckpointError, NeimsError
 from neimsctl.models.checkpoint import (copy_checkpoint, is_ensemble, load_checkpoint, model_state,
                                         quantize_int8)
 
@@ -45,15 +45,16 @@ LICENSE_NOTE = ("Trained on MassBank EI records (../shared/data/massbank_ei.msp)
 def export(src: Path, dst: Path, *, eval_json: Path | None, train_log: Path | None, command: str,
            notes: str, weights: str = "fp16", replicate: tuple[Path, Path] | None = None) -> dict:
     ck = load_checkpoint(src, map_location="cpu", ensemble=True)
+    for inc in ck.get("include") or []:    # already beside the destination (exported first)
+        beside = dst.parent / inc["file"]
+        if inc["file"] == dst.name:
+            raise CheckpointError(f"{dst}: the file {src} includes: refusing to write over it")
+        if not beside.is_file() or hashlib.sha256(beside.read_bytes()).hexdigest() != inc["sha256"]:
+            raise CheckpointError(f"{dst}: {src} includes {inc['file']!r} (sha256 "
+                                  f"{inc['sha256'][:12]}): export that file into {dst.parent} first")
     dst.parent.mkdir(parents=True, exist_ok=True)
     if is_ensemble(ck):
         copy_checkpoint(src, dst)
-        if ck.get("include"):   # the included files must be beside it already (exported first)
-            try:
-                load_checkpoint(dst, map_location="cpu", ensemble=True)
-            except NeimsError:
-                dst.unlink()
-                raise
         card = _ensemble_card(ck)
     else:
         scales: dict = {}

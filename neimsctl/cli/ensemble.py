@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -60,11 +61,15 @@ def ensemble_cli(
             usage_error(CMD, "-o -: an ensemble file is binary; give a file name")
         check_models_or_usage(CMD, "model", models)
         for one in include or []:
-            if not one.is_file():
+            if not one.exists():
                 usage_error(CMD, f"--include {one}: no such file")
-            if one.resolve().parent != output.resolve().parent:
-                usage_error(CMD, f"--include {one}: must lie in the directory of the output "
-                                 f"({output.resolve().parent}): the file records only its name")
+            if not one.is_file():
+                usage_error(CMD, f"--include {one}: not a regular file")
+            beside = output.parent / one.name     # where a reader of the output will look
+            if not beside.is_file() or not os.path.samefile(beside, one):
+                usage_error(CMD, f"--include {one}: must be the file {one.name!r} in the "
+                                 f"directory of the output ({output.parent}): the ensemble "
+                                 "records only its name")
         refuse_clobber(CMD, input_pairs(shipped_paths(models), "model")
                        + input_pairs([str(p) for p in include or []], "--include"),
                        [output_pair("-o", output)])

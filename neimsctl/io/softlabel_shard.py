@@ -21,7 +21,7 @@ import numpy as np
 
 from neimsctl.errors import FormatError
 from neimsctl.io.h5handle import H5Handle
-from neimsctl.io.streams import Writer, partial_path
+from neimsctl.io.streams import Writer, partial_path, refuse_protected
 
 __all__ = ["SCHEMA", "SoftLabelWriter", "SoftLabelReader", "partial_path"]
 
@@ -110,6 +110,7 @@ class SoftLabelWriter(Writer):
         """Mark complete and rename onto the final name."""
         self._f.attrs["complete"] = True
         self._f.close()
+        refuse_protected(self.path)            # e.g. a file the teacher ensemble includes
         os.replace(self.tmp, self.path)
 
     def abort(self, exc: BaseException | None = None) -> None:

@@ -500,6 +500,34 @@ def _real_output(path: str | os.PathLike) -> Path:
     return Path(os.path.realpath(p)) if p.is_symlink() else p
 
 
+#: Inputs found while a command runs (the files an ensemble includes), by (device, inode):
+#: no output of this process may replace them (:func:`refuse_protected`).
+_PROTECTED: dict[tuple[int, int], str] = {}
+
+
+def protect_input(path: str | os.PathLike, why: str) -> None:
+    """Register ``path`` as an input that no output of this process may replace (a file read
+    indirectly, which the command line's clobber check did not see)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    _PROTECTED[(st.st_dev, st.st_ino)] = f"{path} ({why})"
+
+
+def refuse_protected(path: str | os.PathLike) -> None:
+    """Raise :class:`OutputError` when ``path`` is a file registered by :func:`protect_input`."""
+    if not _PROTECTED:
+        return
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    hit = _PROTECTED.get((st.st_dev, st.st_ino))
+    if hit is not None:
+        raise OutputError(f"{path}: is the input {hit}: refusing to write over it")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
@@ -515,9 +543,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield final
         return
     final = _real_output(final)
+    refuse_protected(final)
     tmp = temp_path_for(final)
     try:
         yield tmp
+        refuse_protected(final)            # inputs found while the output was being written
         os.replace(tmp, final)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -655,6 +685,7 @@ def resumable_out(path: str | os.PathLike, keep_bytes: int | None = None) -> Ite
         yield fh
     finally:
         fh.close()
+    refuse_protected(path)
     os.replace(tmp, path)
 
 

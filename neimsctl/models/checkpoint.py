@@ -186,7 +186,8 @@ def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu",
-                    featurizer_hash: str | None = None, ensemble: bool = False) -> dict[str, Any]:
+                    featurizer_hash: str | None = None, ensemble: bool = False,
+                    _included: bool = False) -> dict[str, Any]:
     """Load a checkpoint with ``torch.load(weights_only=True)`` and check what it is.
 
     Parameters
@@ -236,12 +237,12 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu",
                               f"{type(exc).__name__})") from None
     if is_ensemble(ckpt):
         check_ensemble(ckpt, path)
-        if ckpt.get("include"):
-            ckpt = _with_included(ckpt, path, map_location)
         if not ensemble:
-            n = len(ckpt["members"])
-            raise CheckpointError(f"{path}: an ensemble of {n} model{'s' * (n != 1)} where one "
-                                  "checkpoint is needed here")
+            n = len(ckpt["members"]) + len(ckpt.get("include") or ())
+            raise CheckpointError(f"{path}: an ensemble of {'at least ' * bool(ckpt.get('include'))}"
+                                  f"{n} model{'s' * (n != 1)} where one checkpoint is needed here")
+        if ckpt.get("include") and not _included:   # an included file's own includes: refused
+            ckpt = _with_included(ckpt, path, map_location)      # by the caller, not followed
         return ckpt
     fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
     if isinstance(fmt, str) and fmt.startswith("neimsctl.") and fmt not in (FORMAT, *ENSEMBLE_FORMATS):
@@ -399,14 +400,25 @@ def _check_include(ens: dict[str, Any], path: str | os.PathLike) -> None:
     if not isinstance(inc, list) or not inc or len(inc) > MAX_MEMBERS:
         raise CheckpointError(f"{path}: damaged ensemble file: 'include' is not a list of 1 to "
                               f"{MAX_MEMBERS} files")
+    seen = set()
     for i, one in enumerate(inc, 1):
         name = one.get("file") if isinstance(one, dict) else None
         sha = one.get("sha256") if isinstance(one, dict) else None
-        if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name \
-                or "\\" in name or not isinstance(sha, str) or len(sha) != 64 \
+        if not include_name_ok(name) or not isinstance(sha, str) or len(sha) != 64 \
                 or any(c not in "0123456789abcdef" for c in sha):
             raise CheckpointError(f"{path}: damaged ensemble file: include {i} is not a plain "
                                   "file name with the 64 hex digits of its sha256")
+        if name in seen:
+            raise CheckpointError(f"{path}: damaged ensemble file: include {i} names {name!r} "
+                                  "again")
+        seen.add(name)
+
+
+def include_name_ok(name: Any) -> bool:
+    """Whether ``name`` can be an include's file name: a plain name of a file beside the
+    including one (no directory part, no backslash, no control characters)."""
+    return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name \
+        and "\\" not in name and name.isprintable()
 
 
 def _with_included(ens: dict[str, Any], path: str | os.PathLike, map_location: Any) -> dict[str, Any]:
@@ -414,22 +426,37 @@ def _with_included(ens: dict[str, Any], path: str | os.PathLike, map_location: A
     read from beside ``path`` and checked against its recorded sha256; an included file may be
     a checkpoint (one member) or an ensemble file without includes of its own."""
     import hashlib
+    import stat
+
+    from neimsctl.io.streams import protect_input
 
     here, members = Path(path).parent, list(ens["members"])
     for one in ens["include"]:
         other = here / one["file"]
         where = f"{path}: include {one['file']!r}"
-        if not other.is_file():
+        try:
+            st = os.stat(other)
+        except OSError:
             raise CheckpointError(f"{where}: no such file beside it (the two files are shipped "
-                                  "and copied together)")
-        h = hashlib.sha256()
-        with open(other, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+                                  "and copied together)") from None
+        if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+            raise CheckpointError(f"{where}: not a regular, non-empty file")
+        h, left = hashlib.sha256(), st.st_size         # its size as stat gives it: no endless read
+        try:
+            with open(other, "rb") as fh:
+                while left > 0 and (chunk := fh.read(min(left, 1 << 20))):
+                    h.update(chunk)
+                    left -= len(chunk)
+        except OSError as exc:
+            raise CheckpointError(f"{where}: cannot read it: {exc.strerror}") from None
         if h.hexdigest() != one["sha256"]:
             raise CheckpointError(f"{where}: its sha256 is {h.hexdigest()[:12]}, not the "
                                   f"{one['sha256'][:12]} this file was made with (replaced?)")
-        got = load_checkpoint(other, map_location=map_location, ensemble=True)
+        try:
+            got = load_checkpoint(other, map_location=map_location, ensemble=True, _included=True)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{where}: {exc}") from None
+        protect_input(other, f"included by {path}")
         if is_ensemble(got):
             if got.get("include"):
                 raise CheckpointError(f"{where}: includes files itself (one level only)")

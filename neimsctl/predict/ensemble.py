@@ -16,6 +16,8 @@ variance (the law of total variance), on the scale of the averaged spectrum.
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -216,8 +218,9 @@ def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str
     ConfigError
         An unknown ``average``; no member.
     """
-    from neimsctl.models.checkpoint import (build_ensemble, is_ensemble, load_checkpoint,
-                                            save_checkpoint, slim_member)
+    from neimsctl.models.checkpoint import (MAX_MEMBERS, build_ensemble, include_name_ok,
+                                            is_ensemble, load_checkpoint, save_checkpoint,
+                                            slim_member)
     from neimsctl.predict.model import _model_with_weights, file_sha, resolve_model
 
     if not specs:
@@ -243,9 +246,13 @@ def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str
     refs = []
     for one in include:
         path = Path(one)
-        if path.resolve().parent != Path(out).resolve().parent:
-            raise ConfigError(f"--include {path}: must lie in the directory of the output "
-                              f"({Path(out).resolve().parent}): the file records only its name")
+        beside = Path(out).parent / path.name       # where a reader of ``out`` will look for it
+        if not include_name_ok(path.name):
+            raise ConfigError(f"--include {path}: {path.name!r} is not a plain file name")
+        if not beside.is_file() or not os.path.samefile(beside, path):
+            raise ConfigError(f"--include {path}: must be the file {path.name!r} in the "
+                              f"directory of the output ({Path(out).parent}): the ensemble "
+                              "records only its name")
         ckpt = load_checkpoint(path, map_location="cpu", ensemble=True)
         if ckpt.get("include"):
             raise ConfigError(f"--include {path}: includes files itself (one level only)")
@@ -263,6 +270,9 @@ def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str
     if len(set(bins.values())) > 1:
         raise CheckpointError("ensemble members must predict the same bins: "
                               + ", ".join(f"{w}: {n}" for w, n in bins.items()))
+    if len(summary) > MAX_MEMBERS:                  # what a reader would refuse
+        raise ConfigError(f"{len(summary)} members (with the included files' members): an "
+                          f"ensemble holds at most {MAX_MEMBERS}")
     average = ensemble_average(average, files if len(files) == len(specs) else ())
     save_checkpoint(out, build_ensemble(members, average=average, include=refs))
     return {"members": summary, "average": average, "bytes": Path(out).stat().st_size}

@@ -231,6 +231,55 @@ def test_include_takes_over_the_members_of_a_file_beside_it(
     assert ok.returncode == 0, ok.stderr
     away = run(neimsctl_exe, "ensemble", str(a), "--include", str(inner), "-o",
                str(tmp_path / "outer2.pt"))
-    assert away.returncode == 2 and b"must lie in the directory of the output" in away.stderr
+    assert away.returncode == 2 and b"in the directory of the output" in away.stderr
     nested = run(neimsctl_exe, "ensemble", str(a), "--include", str(outer), "-o", str(d / "x.pt"))
     assert nested.returncode == 1 and b"includes files itself" in nested.stderr
+
+
+def test_include_hostile_cases(neimsctl_exe: str, members: tuple[Path, Path], tmp_path: Path,
+                               repo_root: Path) -> None:
+    """Found by a hostile pass: no output replaces a file an ensemble includes (predict -o,
+    ensemble -o of a flattened copy, export_model); the writer refuses what a reader could not
+    load (an alias from another directory, a name with a backslash); export_model leaves nothing
+    behind when an include is not at the destination."""
+    import shutil
+    import sys
+
+    a, b = members
+    d = tmp_path / "d"
+    d.mkdir()
+    inner = d / "b.pt"
+    shutil.copy(b, inner)
+    before = inner.read_bytes()
+    inc = d / "inc.pt"
+    assert run(neimsctl_exe, "ensemble", str(a), "--include", str(inner), "-o", str(inc)).returncode == 0
+    flat = run(neimsctl_exe, "ensemble", str(inc), "-o", str(inner))
+    assert flat.returncode == 1 and b"is the input" in flat.stderr and b"included by" in flat.stderr
+    pred = run(neimsctl_exe, "predict", "-m", str(inc), "-q", "-o", str(inner), stdin=b"CCO\n")
+    assert pred.returncode == 1 and b"refusing to write over it" in pred.stderr
+    assert inner.read_bytes() == before and sorted(p.name for p in d.iterdir()) == ["b.pt", "inc.pt"]
+    # an alias in another directory, or a name a reader refuses: refused when writing (exit 2)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "alias.pt").symlink_to(inner)
+    alias = run(neimsctl_exe, "ensemble", str(a), "--include", str(other / "alias.pt"),
+                "-o", str(d / "x.pt"))
+    assert alias.returncode == 2 and b"must be the file 'alias.pt'" in alias.stderr
+    odd = d / "b\\x.pt"
+    shutil.copy(b, odd)
+    bs = run(neimsctl_exe, "ensemble", str(a), "--include", str(odd), "-o", str(d / "y.pt"))
+    assert bs.returncode == 1 and b"not a plain file name" in bs.stderr
+    assert not (d / "x.pt").exists() and not (d / "y.pt").exists()
+    # export_model: under the included file's name, or without the include at the destination
+    tool = [sys.executable, str(repo_root / "tools/export_model.py")]
+    over = subprocess.run([*tool, str(inc), str(inner)], capture_output=True)
+    assert over.returncode == 1 and inner.read_bytes() == before
+    prev = tmp_path / "dst" / "inc.pt"
+    prev.parent.mkdir()
+    prev.write_bytes(b"PREVIOUS")
+    lost = subprocess.run([*tool, str(inc), str(prev)], capture_output=True)
+    assert lost.returncode == 1 and b"export that file into" in lost.stderr
+    assert prev.read_bytes() == b"PREVIOUS" and not prev.with_suffix(".json").exists()
+    fresh = subprocess.run([*tool, str(inc), str(tmp_path / "new" / "deeper" / "inc.pt")],
+                           capture_output=True)
+    assert fresh.returncode == 1 and not (tmp_path / "new").exists()

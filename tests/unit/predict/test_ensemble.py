@@ -480,7 +480,38 @@ def test_include_entries_are_checked_before_any_file_is_read(ckpts: dict[str, Pa
     torch.save({**good, "format": ENSEMBLE_FORMAT_INT8}, path)
     with pytest.raises(CheckpointError, match="'include' in a neimsctl.ensemble/2 file"):
         load_checkpoint(path, ensemble=True)
-    torch.save({**good, "include": [{"file": "inner.pt", "sha256": sha}] * 64,
-                "members": [member]}, path)
+    torch.save({**good, "members": [member] * 64}, path)       # 64 of its own + 1 included
     with pytest.raises(CheckpointError, match="members with its includes"):
         load_checkpoint(path, ensemble=True)
+
+
+def test_an_included_file_is_not_followed_further(ckpts: dict[str, Path], tmp_path: Path) -> None:
+    """A include chain is refused at its first step, naming the file the user loaded (not
+    followed file after file); a file listing one include twice is damaged; loading an
+    including file where one checkpoint is needed does not read its includes."""
+    import hashlib
+
+    member = slim_member(load_checkpoint(ckpts["a"]), label="a", sha256="0" * 64)
+
+    def sha(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    last = tmp_path / "c0.pt"
+    last.write_bytes(ckpts["b"].read_bytes())
+    for i in range(1, 4):           # c3 includes c2 includes c1 includes c0
+        nxt = tmp_path / f"c{i}.pt"
+        torch.save(build_ensemble([member], average="linear",
+                                  include=[{"file": last.name, "sha256": sha(last)}]), nxt)
+        last = nxt
+    with pytest.raises(CheckpointError, match=r"c3.pt: include 'c2.pt': includes files itself"):
+        load_checkpoint(last, ensemble=True)
+    twice = tmp_path / "twice.pt"
+    torch.save(build_ensemble([member], average="linear",
+                              include=[{"file": "c0.pt", "sha256": sha(tmp_path / "c0.pt")}] * 2), twice)
+    with pytest.raises(CheckpointError, match="names 'c0.pt' again"):
+        load_checkpoint(twice, ensemble=True)
+    gone = tmp_path / "gone.pt"
+    torch.save(build_ensemble([member], average="linear",
+                              include=[{"file": "nothere.pt", "sha256": "0" * 64}]), gone)
+    with pytest.raises(CheckpointError, match="an ensemble of at least 2 models where one"):
+        load_checkpoint(gone)
