@@ -279,14 +279,15 @@ print(np.percentile(lat, 50) * 1e3, np.percentile(lat, 90) * 1e3)
 """
 
 
-def _wall(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, str, float]:
+def _wall(cmd: list[str], env: dict[str, str] | None = None,
+          cwd: Path | None = None) -> tuple[float, str, float]:
     """Wall seconds, stdout and CPU seconds (user + system of the command and every process it
     waited for, e.g. its workers) of a command (which must succeed)."""
     import resource
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=cwd)
     wall = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode != 0:
@@ -361,8 +362,10 @@ def ratio(args: argparse.Namespace) -> None:
         for tree, name, model in variants:
             if model:
                 continue                   # the API's latency: the shipped default only
+            # run from the tree itself: ``python -c`` puts the working directory first on
+            # sys.path, before PYTHONPATH (run from this checkout, every tree measured this one)
             _, out, _ = _wall([sys.executable, "-c", LATENCY, str(src), str(args.latency)],
-                              {**os.environ, "PYTHONPATH": str(tree)})
+                              {**os.environ, "PYTHONPATH": str(tree)}, cwd=tree)
             p50, p90 = map(float, out.split())
             res["api_latency_ms_p50_p90"][name] = [round(p50, 3), round(p90, 3)]
             print(f"API latency {name}: p50 {p50:.2f} ms, p90 {p90:.2f} ms", file=sys.stderr)
