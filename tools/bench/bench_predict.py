@@ -328,7 +328,7 @@ def ratio(args: argparse.Namespace) -> None:
             env = {**os.environ, "PYTHONPATH": str(tree)}
             secs, _, cpu = _wall([sys.executable, "-c", "from neimsctl.cli.main import main; main()",
                                   "predict", "-q", *model, "--jobs", str(args.jobs), str(src),
-                                  "-o", str(work / "out.msp")], env)
+                                  "-o", str(work / "out.msp")], env, cwd=tree)  # as --latency
             walls[f"predict {name}"].append(secs)
             cpus[f"predict {name}"].append(cpu)
             print(f"rep {rep} predict {name}: {secs:.2f} s, {cpu:.1f} CPU s, load "
