@@ -201,7 +201,11 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu",
     ensemble
         Accept an ensemble file too (``neimsctl.ensemble/1``: returned as read, every member
         checked by :func:`check_fields`); otherwise an ensemble file is refused with a message
-        that says what it is.
+        that says what it is. An ensemble file with ``include`` (format ``/3``) comes back with
+        the included files' members appended (:func:`_with_included`).
+    _included
+        Internal: the file is being read as another file's include; its own includes are not
+        followed (the caller refuses them: one level only).
 
     Raises
     ------
