@@ -33,8 +33,8 @@ import torch
 
 from neimsctl import __version__
 from neimsctl.errors import CheckpointError, NeimsError
-from neimsctl.models.checkpoint import (copy_checkpoint, is_ensemble, load_checkpoint, model_state,
-                                        quantize_int8)
+from neimsctl.models.checkpoint import (copy_checkpoint, file_sha256, is_ensemble, load_checkpoint,
+                                        model_state, quantize_int8)
 
 LICENSE_NOTE = ("Trained on MassBank EI records (../shared/data/massbank_ei.msp). Most of them are "
                 "licensed CC BY-NC-SA (others CC BY / CC BY-SA): the weights are a derived work for "
@@ -49,7 +49,7 @@ def export(src: Path, dst: Path, *, eval_json: Path | None, train_log: Path | No
         beside = dst.parent / inc["file"]
         if inc["file"] == dst.name:
             raise CheckpointError(f"{dst}: the file {src} includes: refusing to write over it")
-        if not beside.is_file() or hashlib.sha256(beside.read_bytes()).hexdigest() != inc["sha256"]:
+        if not beside.is_file() or file_sha256(beside) != inc["sha256"]:
             raise CheckpointError(f"{dst}: {src} includes {inc['file']!r} (sha256 "
                                   f"{inc['sha256'][:12]}): export that file into {dst.parent} first")
     dst.parent.mkdir(parents=True, exist_ok=True)

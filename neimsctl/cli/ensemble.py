@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -60,16 +59,13 @@ def ensemble_cli(
         if str(output) == "-":
             usage_error(CMD, "-o -: an ensemble file is binary; give a file name")
         check_models_or_usage(CMD, "model", models)
-        for one in include or []:
-            if not one.exists():
-                usage_error(CMD, f"--include {one}: no such file")
-            if not one.is_file():
-                usage_error(CMD, f"--include {one}: not a regular file")
-            beside = output.parent / one.name     # where a reader of the output will look
-            if not beside.is_file() or not os.path.samefile(beside, one):
-                usage_error(CMD, f"--include {one}: must be the file {one.name!r} in the "
-                                 f"directory of the output ({output.parent}): the ensemble "
-                                 "records only its name")
+        if include:
+            from neimsctl.predict.ensemble import include_problem
+
+            for one in include:
+                problem = include_problem(one, output)
+                if problem is not None:
+                    usage_error(CMD, f"--include {one}: {problem}")
         refuse_clobber(CMD, input_pairs(shipped_paths(models), "model")
                        + input_pairs([str(p) for p in include or []], "--include"),
                        [output_pair("-o", output)])

@@ -429,7 +429,6 @@ def _with_included(ens: dict[str, Any], path: str | os.PathLike, map_location: A
     """The ensemble with the members of every included file appended (in order), each file
     read from beside ``path`` and checked against its recorded sha256; an included file may be
     a checkpoint (one member) or an ensemble file without includes of its own."""
-    import hashlib
     import stat
 
     from neimsctl.io.streams import protect_input
@@ -445,16 +444,12 @@ def _with_included(ens: dict[str, Any], path: str | os.PathLike, map_location: A
                                   "and copied together)") from None
         if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
             raise CheckpointError(f"{where}: not a regular, non-empty file")
-        h, left = hashlib.sha256(), st.st_size         # its size as stat gives it: no endless read
-        try:
-            with open(other, "rb") as fh:
-                while left > 0 and (chunk := fh.read(min(left, 1 << 20))):
-                    h.update(chunk)
-                    left -= len(chunk)
+        try:        # its size as stat gives it: no endless read of a file that keeps growing
+            sha = file_sha256(other, size=st.st_size)
         except OSError as exc:
             raise CheckpointError(f"{where}: cannot read it: {exc.strerror}") from None
-        if h.hexdigest() != one["sha256"]:
-            raise CheckpointError(f"{where}: its sha256 is {h.hexdigest()[:12]}, not the "
+        if sha != one["sha256"]:
+            raise CheckpointError(f"{where}: its sha256 is {sha[:12]}, not the "
                                   f"{one['sha256'][:12]} this file was made with (replaced?)")
         try:
             got = load_checkpoint(other, map_location=map_location, ensemble=True, _included=True)
@@ -466,7 +461,7 @@ def _with_included(ens: dict[str, Any], path: str | os.PathLike, map_location: A
                 raise CheckpointError(f"{where}: includes files itself (one level only)")
             members += got["members"]
         else:
-            members.append({**slim_member(got, label=one["file"], sha256=one["sha256"]),
+            members.append({**_member_fields(got, label=one["file"], sha256=one["sha256"]),
                             "model": got["model"], **({"quantized": got["quantized"]}
                                                       if got.get("quantized") else {})})
         if len(members) > MAX_MEMBERS:      # checked as they come: no unbounded reading
@@ -532,13 +527,30 @@ def slim_member(ckpt: dict[str, Any], *, label: str, sha256: str, weights: str =
         state, scales = quantize_int8(state)
     elif weights == "fp16":
         state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
+    return {**_member_fields(ckpt, label=label, sha256=sha256), "model": state,
+            **({"quantized": scales} if scales else {})}
+
+
+def _member_fields(ckpt: dict[str, Any], *, label: str, sha256: str) -> dict[str, Any]:
+    """An ensemble member's fields other than its weights (:func:`slim_member`)."""
     cfg = ckpt.get("config") or {}
     data = {k: v for k, v in (cfg.get("data") or {}).items() if k in ("split", "split_seed", "fold")}
-    return {"format": FORMAT, "model": state,
+    return {"format": FORMAT,
             "config": {"model": dict(cfg.get("model") or {}), **({"data": data} if data else {})},
             "featurizer_hash": ckpt.get("featurizer_hash"), "versions": ckpt.get("versions") or {},
-            **({"quantized": scales} if scales else {}),
             "label": str(label), "sha256": str(sha256)}
+
+
+def file_sha256(path: str | os.PathLike, *, size: int | None = None) -> str:
+    """The hex sha256 of a file's bytes (of its first ``size`` bytes at most, when given)."""
+    import hashlib
+
+    h, left = hashlib.sha256(), -1 if size is None else size
+    with open(path, "rb") as fh:
+        while left != 0 and (chunk := fh.read(1 << 20 if left < 0 else min(left, 1 << 20))):
+            h.update(chunk)
+            left -= len(chunk) if left > 0 else 0
+    return h.hexdigest()
 
 
 def build_ensemble(members: list[dict[str, Any]], *, average: str,

@@ -189,6 +189,22 @@ def _label(path: Path) -> str:
     return path.name
 
 
+def include_problem(include: str | Path, out: str | Path) -> str | None:
+    """Why ``include`` cannot be an include of the ensemble file ``out`` (None when it can): it
+    must be a regular file, the file of its name in the directory of ``out``, where a reader of
+    ``out`` will look for it (the ensemble records only its name)."""
+    path, out = Path(include), Path(out)
+    if not path.exists():
+        return "no such file"
+    if not path.is_file():
+        return "not a regular file"
+    beside = out.parent / path.name
+    if not beside.is_file() or not os.path.samefile(beside, path):
+        return (f"must be the file {path.name!r} in the directory of the output ({out.parent}): "
+                "the ensemble records only its name")
+    return None
+
+
 def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str | None = None,
                    weights: str = "fp16", include: Sequence[str | Path] = ()) -> dict[str, Any]:
     """Write one ensemble file (``neimsctl.ensemble/1``; ``/2`` with int8 weights) of the
@@ -246,13 +262,11 @@ def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str
     refs = []
     for one in include:
         path = Path(one)
-        beside = Path(out).parent / path.name       # where a reader of ``out`` will look for it
         if not include_name_ok(path.name):
             raise ConfigError(f"--include {path}: {path.name!r} is not a plain file name")
-        if not beside.is_file() or not os.path.samefile(beside, path):
-            raise ConfigError(f"--include {path}: must be the file {path.name!r} in the "
-                              f"directory of the output ({Path(out).parent}): the ensemble "
-                              "records only its name")
+        problem = include_problem(path, out)
+        if problem is not None:
+            raise ConfigError(f"--include {path}: {problem}")
         ckpt = load_checkpoint(path, map_location="cpu", ensemble=True)
         if ckpt.get("include"):
             raise ConfigError(f"--include {path}: includes files itself (one level only)")

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import sys
@@ -29,7 +28,8 @@ import torch
 from neimsctl.errors import CheckpointError, ConfigError, FormatError
 from neimsctl.models import registry
 from neimsctl.models.quantize import apply_precision, resolve_precision
-from neimsctl.models.checkpoint import is_ensemble, load_checkpoint, load_problem, model_state
+from neimsctl.models.checkpoint import (file_sha256, is_ensemble, load_checkpoint, load_problem,
+                                        model_state)
 
 if TYPE_CHECKING:
     from neimsctl.predict.ensemble import LoadedEnsemble
@@ -166,11 +166,8 @@ def resolve_model(spec: str | Path) -> Path:
 def file_sha(path: Path, *, full: bool = False) -> str:
     """The file's sha256: its first 12 hex digits (how models are named in outputs), or all
     64 with ``full``."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest() if full else h.hexdigest()[:12]
+    sha = file_sha256(path)
+    return sha if full else sha[:12]
 
 
 def _read_card(path: Path) -> dict[str, Any]:
