@@ -27,7 +27,8 @@ import torch
 
 from neimsctl.errors import CheckpointError, ConfigError
 from neimsctl.models.checkpoint import AVERAGES
-from neimsctl.predict.model import LoadedModel, predict_block
+from neimsctl.models.student_stack import StudentStack
+from neimsctl.predict.model import LoadedModel, linear_base_one, predict_block, student_rows
 
 __all__ = ["LoadedEnsemble", "average_spectra", "ensemble_average", "DEFAULT_AVERAGE"]
 
@@ -93,6 +94,8 @@ class LoadedEnsemble:
     sha: str = ""
     card: dict[str, Any] = field(default_factory=dict)
     file_bytes: int = 0
+    _stack_cache: list[tuple[list[int], StudentStack]] | None = field(default=None, repr=False,
+                                                                        compare=False)
 
     arch = "ensemble"
 
@@ -155,17 +158,42 @@ class LoadedEnsemble:
                                         f"{len(self.members)}") if x)
         return f"ensemble {self.average} of " + " + ".join(m.describe() for m in self.members)
 
+    def _stacks(self) -> list[tuple[list[int], StudentStack]]:
+        """The members that run as one on a single molecule: students with one configuration
+        (:class:`~neimsctl.models.student_stack.StudentStack`), by their positions; built on
+        first use and again when a member's weights were replaced since."""
+        if self._stack_cache is None or not all(st.fresh() for _, st in self._stack_cache):
+            groups: dict[str, list[int]] = {}
+            for i, m in enumerate(self.members):
+                if m.arch == "student":
+                    groups.setdefault(repr(m.model.config), []).append(i)
+            self._stack_cache = []
+            for group in groups.values():
+                stack = StudentStack.build([self.members[i].model for i in group])
+                if stack is not None:
+                    self._stack_cache.append((group, stack))
+        return self._stack_cache
+
     def predict(self, block: dict[str, np.ndarray], *, batch_size: int = 1024,
                 uncertainty: bool = False, mc_samples: int = 30
                 ) -> tuple[np.ndarray, np.ndarray | None, None]:
         """``(spectra, std, None)`` of one feature block (see ``predict_block``): every
         member's spectra averaged, base peak 1; ``std`` with ``uncertainty``."""
-        specs, mc_var = [], []
-        for m in self.members:
+        specs: list[np.ndarray | None] = [None] * len(self.members)
+        if len(block["ordinal"]) == 1:                  # the latency path: stacked students
+            for group, stack in self._stacks():
+                x, mw, frags = student_rows(self.members[group[0]].model, block, 0, 1, self.device)
+                pred = stack(x, mw, frags)
+                for j, i in enumerate(group):
+                    specs[i] = linear_base_one(self.members[i].model, pred[j:j + 1])
+        mc_var = []
+        for i, m in enumerate(self.members):
+            if specs[i] is not None:
+                continue
             mc = uncertainty and m.arch == "teacher"
             s, std, _ = predict_block(m, block, batch_size=batch_size, uncertainty=mc,
                                       mc_samples=mc_samples)
-            specs.append(s)
+            specs[i] = s
             if std is not None:
                 mc_var.append(np.square(std.astype(np.float64)))
         stack = np.stack(specs).astype(np.float64)

@@ -403,26 +403,41 @@ def block_frags(block: dict[str, np.ndarray]) -> np.ndarray:
     return frags
 
 
-def _student(lm: LoadedModel, block: dict[str, np.ndarray], n: int, bs: int):  # type: ignore[no-untyped-def]
+def student_rows(model: Any, block: dict[str, np.ndarray], a: int, b: int, device: torch.device
+                 ) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
+    """A student's inputs for rows ``a:b`` of a block: ``(x, mw, frags)`` as
+    :meth:`~neimsctl.models.student.StudentModel.forward` takes them, on ``device``.
+
+    ``x`` is the input by its non-zero entries (a ``SparseRows``: no dense ``(B, 6144)`` matrix,
+    no nonzero() pass in the model; the same spectra, bit for bit); ``frags`` the fragment
+    masses dense (the head's fragment path reads them dense: not out of the sparse rows), or
+    None when the model has no fragment path.
+    """
     from neimsctl.chem.features import log1p_counts, student_nonzero
     from neimsctl.io.featblock import FRAG_BINS
     from neimsctl.nn.sparse_input import SparseRows
 
+    frags = block_frags(block)[a:b] if model.config.fragments else None
+    x = SparseRows(*map(torch.from_numpy, student_nonzero(block["ecfp"][a:b], block["counts"][a:b], frags)),
+                   model.config.input_dim)
+    mw = torch.from_numpy(block["mw"][a:b].astype(np.int64))
+    dense = None
+    if frags is not None and model.frag_conv is not None:
+        dense = torch.from_numpy(log1p_counts(frags)).view(-1, 2, FRAG_BINS).to(device)
+    return x.to(device), mw.to(device), dense
+
+
+def linear_base_one(model: Any, pred: torch.Tensor) -> np.ndarray:
+    """A student's output-space rows as linear spectra with base peak 1 (float32 numpy)."""
+    lin = model.to_linear(pred)
+    return (lin / lin.amax(dim=1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
+
+
+def _student(lm: LoadedModel, block: dict[str, np.ndarray], n: int, bs: int):  # type: ignore[no-untyped-def]
     model, outs, idx, wts = lm.model, [], [], []
-    frags = block_frags(block) if model.config.fragments else None
     for a in range(0, n, bs):
-        # the input by its non-zero entries (no dense (B, 6144) matrix, no nonzero() pass in
-        # the model): the same spectra, bit for bit
-        x = SparseRows(*map(torch.from_numpy, student_nonzero(
-            block["ecfp"][a:a + bs], block["counts"][a:a + bs], None if frags is None else frags[a:a + bs])),
-            model.config.input_dim)
-        mw = torch.from_numpy(block["mw"][a:a + bs].astype(np.int64))
-        dense = None      # the head's fragment path reads them dense: not out of the sparse rows
-        if frags is not None and model.frag_conv is not None:
-            dense = torch.from_numpy(log1p_counts(frags[a:a + bs])).view(-1, 2, FRAG_BINS).to(lm.device)
-        o = model(x.to(lm.device), mw.to(lm.device), dense)
-        lin = model.to_linear(o.pred)
-        outs.append((lin / lin.amax(dim=1, keepdim=True).clamp_min(1e-12)).cpu().numpy())
+        o = model(*student_rows(model, block, a, a + bs, lm.device))
+        outs.append(linear_base_one(model, o.pred))
         idx.append(o.topk_idx.cpu().numpy())
         wts.append(o.topk_weight.float().cpu().numpy())
     if not outs:

@@ -132,3 +132,18 @@ def test_cli_and_api_give_identical_spectra(tmp_path, neimsctl_exe):
     def without_ids(b: bytes) -> list[bytes]:   # ids name the input file (in.smi:1 vs <input>:1)
         return [ln for ln in b.splitlines() if not ln.startswith(b"ID:")]
     assert without_ids(out.read_bytes()) == without_ids(run.stdout)
+
+
+def test_api_single_molecules_give_the_batch_spectra_bit_for_bit() -> None:
+    """The shipped default's single-molecule calls run its three students as one stack (the
+    latency path, neimsctl.models.student_stack) and give exactly the spectra of a batch."""
+    from neimsctl import SpectrumPredictor
+
+    smiles = ["CC(=O)Oc1ccccc1C(=O)O", "c1ccccc1", "CCO", "CN1C=NC2=C1C(=O)N(C(=O)N2C)C",
+              "ClC(Cl)(Cl)Cl", "OCC1OC(O)C(O)C(O)C1O", "CCCCCCCCCCCCCCCC(=O)OC"]
+    api = SpectrumPredictor()
+    batch = api.predict_batch(smiles)
+    single = np.stack([api.predict_from_smiles(s) for s in smiles])
+    np.testing.assert_array_equal(single, batch)
+    groups = [group for group, _ in api.loaded._stack_cache]
+    assert groups == [list(range(len(api.loaded.members)))]

@@ -515,3 +515,51 @@ def test_an_included_file_is_not_followed_further(ckpts: dict[str, Path], tmp_pa
                               include=[{"file": "nothere.pt", "sha256": "0" * 64}]), gone)
     with pytest.raises(CheckpointError, match="an ensemble of at least 2 models where one"):
         load_checkpoint(gone)
+
+
+#: Stackable students (widths where a batched product sums like nn.Linear; see
+#: tests/unit/models/test_student_stack.py), with the fragment path of the shipped ones.
+STACKABLE = StudentConfig(gate_hidden=(64, 128), expert_depth=2, expert_bottleneck=32,
+                          head_hidden=(128,), hidden_dim=128, expert_width=128, fragments=True,
+                          mass_aware=True, fragment_channels=4)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_one_molecule_runs_the_students_stacked_with_the_same_spectra(tmp_path: Path,
+                                                                      precision: str,
+                                                                      monkeypatch) -> None:
+    """A one-molecule block (the API's latency path) runs same-config students as one
+    StudentStack and gives, bit for bit, the spectra and spreads of the members run one by one;
+    in bf16 (the shipped precision) also those of the batch path."""
+    from neimsctl.models.student_stack import StudentStack
+
+    paths = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = StudentModel(STACKABLE)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        paths.append(save_checkpoint(tmp_path / f"s{seed}.pt", model=model.eval(),
+                                     config={"model": {"name": "student", **STACKABLE.to_dict()}},
+                                     featurizer_hash=run_settings(RowOptions(mode="student",
+                                                                             fragments=True))[1]))
+    items = [Item(i, "<t>", i + 1, "smi", s.encode()) for i, s in enumerate(SMILES)]
+    block, _ = Featurizer("student", fragments=True)(items)
+    ones = [{k: v[i:i + 1] for k, v in block.items()} for i in range(len(SMILES))]
+
+    with monkeypatch.context() as m:                     # the members one by one
+        m.setattr(StudentStack, "build", classmethod(lambda cls, members: None))
+        plain = load_model(paths, device="cpu", precision=precision)
+        want = [predict_block(plain, one, uncertainty=True)[:2] for one in ones]
+        assert plain._stack_cache == []
+    ens = load_model(paths, device="cpu", precision=precision)
+    batch = predict_block(ens, block)[0]
+    assert ens._stack_cache is None                      # a batch builds no stack
+    for i, (one, (spec, std)) in enumerate(zip(ones, want)):
+        got, got_std, _ = predict_block(ens, one, uncertainty=True)
+        np.testing.assert_array_equal(got, spec)
+        np.testing.assert_array_equal(got_std, std)
+        if precision == "bf16":
+            np.testing.assert_array_equal(got, batch[i:i + 1])
+    assert [group for group, _ in ens._stack_cache] == [[0, 1, 2]]

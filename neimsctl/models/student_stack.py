@@ -1,0 +1,249 @@
+"""Several students of one configuration run as one on a single molecule (an ensemble's latency path).
+
+At batch 1 a student's forward pass is ~100 small operator calls whose cost is mostly per call
+(Python, oneDNN dispatch, a bf16 weight reorder per matrix product), not arithmetic; an ensemble
+of k students pays it k times. :class:`StudentStack` holds the members' weights stacked along a
+leading member axis and runs every layer once for all of them with a batched matrix product
+(``torch.baddbmm``); the gate and the routing stay per member.
+
+- **The same numbers.** ``baddbmm`` of one row per member computes each member's product with
+  the same kernel and summation order as its own ``nn.Linear`` at batch 1 (bf16, and fp32 at
+  the shipped widths; for some narrow fp32 shapes BLAS sums in another order, which a probe
+  molecule detects when the stack is built: :meth:`StudentStack.build` then declines). Layer
+  norms keep one call per stream (a stacked affine would round differently), transcendental
+  element-wise steps (GELU, sigmoid) run on whole rows of SIMD vectors or row by row
+  (:func:`_each`), and the experts' weighted sum is added in the order
+  :func:`neimsctl.nn.moe.dispatch` adds it. A stack gives exactly the spectra the members give
+  one by one; with the shipped bf16 students, also exactly those of a batch (tested), so
+  ``predict`` of one molecule and of many agree as before.
+- **The experts run densely.** Every member's every expert runs on the molecule (one
+  ``baddbmm`` over ``k * n_experts`` streams per layer) and the chosen ``top_k`` outputs are
+  picked and weighted: at batch 1 one call over all streams is cheaper than a call per chosen
+  stream.
+- **No second copy of the weights.** The members' ``nn.Linear`` weights become views into the
+  stacks, so a stack costs no memory; a member whose parameters were replaced afterwards
+  (``.to()``, a precision change) makes the stack stale, which :meth:`StudentStack.fresh`
+  detects (the caller then builds a new one).
+
+Measured (API, the shipped three-student default, one thread): see BENCHMARKS.md "The
+single-molecule latency of an ensemble".
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from neimsctl.io.featblock import FRAG_BINS
+from neimsctl.models.student import StudentModel, _fragment_rows
+from neimsctl.nn.mass_head import activate, mask_above_mw, reverse_by_mw
+from neimsctl.nn.sparse_input import SparseInputLinear, SparseRows
+
+__all__ = ["StudentStack"]
+
+
+#: Rows this many elements wide are computed in whole SIMD vectors by ATen's element-wise
+#: kernels, alone or stacked; other widths end in a scalar tail, whose exp/erf round differently.
+_WHOLE_VECTORS = 64
+
+
+def _each(fn: Callable[[Tensor], Tensor], t: Tensor) -> Tensor:
+    """``fn`` (element-wise, e.g. GELU, sigmoid) on the stacked rows ``t`` ``(k, 1, width)``
+    with the numbers it gives one member's ``(1, width)`` row: at once when the width is a
+    multiple of :data:`_WHOLE_VECTORS`, else row by row (a stacked row would put other
+    elements in the scalar tail)."""
+    if t.shape[-1] % _WHOLE_VECTORS == 0:
+        return fn(t)
+    return torch.stack([fn(row) for row in t.unbind(0)])
+
+
+def _linears(seq: nn.Module) -> list[nn.Module]:
+    return [m for m in seq.children() if isinstance(m, nn.Linear)]
+
+
+class _Stacked:
+    """The weights and biases of one layer of every stream, as ``baddbmm`` reads them.
+
+    ``weight`` ``(S, out, in)`` and ``bias`` ``(S, 1, out)`` are stacked once; each stream's
+    ``nn.Linear`` is then pointed at its slice (no second copy of the weights).
+    """
+
+    def __init__(self, layers: Sequence[nn.Linear]) -> None:
+        self.layers = list(layers)
+        with torch.inference_mode(False):    # the members' weights stay ordinary tensors
+            self.weight = torch.stack([lin.weight.detach() for lin in layers])
+            self.bias = torch.stack([lin.bias.detach() for lin in layers]).unsqueeze(1)
+            for s, lin in enumerate(layers):
+                lin.weight.data = self.weight[s]
+                lin.bias.data = self.bias[s, 0]
+        self.weight_t = self.weight.transpose(1, 2)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """``x`` ``(S, rows, in)`` -> ``(S, rows, out)``, stream ``s`` through its own layer."""
+        return torch.baddbmm(self.bias, x, self.weight_t)
+
+
+class StudentStack:
+    """``k`` eval-mode students with one configuration, run together on one molecule.
+
+    Build one with :meth:`build` (None when the members cannot be stacked); call it like a
+    student's forward pass on a batch of one and get the members' ``pred`` rows ``(k, n_bins)``
+    (each member's output space), equal to ``torch.cat([m(x, mw, frags).pred for m in members])``.
+
+    Examples
+    --------
+    >>> from neimsctl.models.student import StudentConfig
+    >>> cfg = StudentConfig(input_dim=16, gate_hidden=(8,), expert_bottleneck=4,
+    ...                     head_hidden=(12,), hidden_dim=8, n_bins=10, expert_width=8)
+    >>> ms = [StudentModel(cfg).eval().to(torch.bfloat16) for _ in range(2)]
+    >>> x = torch.rand(1, 16)
+    >>> with torch.inference_mode():
+    ...     stack = StudentStack.build(ms)
+    ...     bool(torch.equal(stack(x), torch.cat([m(x).pred for m in ms])))
+    True
+    """
+
+    def __init__(self, members: Sequence[StudentModel]) -> None:
+        self.members = list(members)
+        m0 = self.members[0]
+        cfg = self.config = m0.config
+        self.k, self.n_experts = len(self.members), cfg.n_experts
+        self.gate_first = [m.gate.body[0] for m in self.members]
+        gate_rest = [_linears(m.gate.body)[1:] for m in self.members]
+        self.gate_layers = [_Stacked([g[i] for g in gate_rest]) for i in range(len(gate_rest[0]))]
+        self.gate_logit = _Stacked([m.gate.logit for m in self.members])
+        self.proj = [m.proj[0] for m in self.members] if m0.proj is not None else None
+        # stream s = member * n_experts + expert, one stack per block and projection
+        self.blocks = []
+        for d in range(cfg.expert_depth):
+            blocks = [m.experts[e][d] for m in self.members for e in range(cfg.n_experts)]
+            self.blocks.append(([b.norm for b in blocks], _Stacked([b.down for b in blocks]),
+                                _Stacked([b.up for b in blocks])))
+        self.norms = [m.trunk[0] for m in self.members]
+        trunk = [_linears(m.trunk) for m in self.members]
+        self.trunk = [_Stacked([t[i] for t in trunk]) for i in range(len(trunk[0]))]
+        if cfg.mass_aware:
+            self.heads = [_Stacked([getattr(m.out, name) for m in self.members])
+                          for name in ("forward_head", "reverse_head", "gate_head")]
+        else:
+            self.heads = [_Stacked([m.out for m in self.members])]
+        self.frag_conv = [m.frag_conv for m in self.members] if m0.frag_conv is not None else None
+        self.frag_mix = _Stacked([m.frag_mix for m in self.members]) if m0.frag_conv is not None else None
+
+    @classmethod
+    def build(cls, members: Sequence[nn.Module]) -> "StudentStack | None":
+        """A stack of ``members``, or None when they are not all eval-mode students with one
+        configuration, one dtype and one device, and plain ``nn.Linear`` layers (an int8
+        member's quantized layers are not stacked: it keeps its own forward pass)."""
+        if len(members) < 2 or not all(type(m) is StudentModel and not m.training for m in members):
+            return None
+        cfg = members[0].config
+        if any(m.config != cfg for m in members):
+            return None
+        dense = [x for m in members for x in m.modules()
+                 if isinstance(x, nn.Linear) and not isinstance(x, SparseInputLinear)]
+        kinds = {type(x) for m in members for x in m.modules() if "Linear" in type(x).__name__}
+        if not kinds <= {nn.Linear, SparseInputLinear} or any(x.bias is None for x in dense):
+            return None
+        tensors = [p for m in members for p in m.parameters()]
+        if len({(p.dtype, p.device) for p in tensors}) != 1:
+            return None
+        stack = cls(members)
+        return stack if stack._same_as_members() else None
+
+    @torch.no_grad()
+    def _same_as_members(self) -> bool:
+        """One probe molecule through the stack and through each member: bit for bit equal?
+
+        The batched product picks its kernel by shape and dtype like ``nn.Linear`` does, and
+        for the shipped shapes the two agree exactly; for some narrow fp32 shapes (e.g. 128 -> 3,
+        64 -> 4) BLAS sums in another order. The probe finds out, once."""
+        cfg = self.config
+        x = torch.zeros(1, cfg.input_dim, device=self.norms[0].weight.device)
+        x[0, ::7] = 1.0
+        x[0, -2 * FRAG_BINS::5] = 2.0                   # fragment masses, when there are any
+        mw = torch.tensor([cfg.n_bins // 2], device=x.device)
+        want = torch.cat([m(x, mw).pred for m in self.members])
+        return torch.equal(self(x, mw), want)
+
+    def fresh(self) -> bool:
+        """False when a member's weights were replaced since the stack was built (``.to()``,
+        ``.float()``, int8 quantization replace every parameter or layer, so one layer per
+        member tells: its gate's logit layer)."""
+        return all(m.gate.logit is lin and lin.weight.data_ptr() == self.gate_logit.weight[s].data_ptr()
+                   for s, (m, lin) in enumerate(zip(self.members, self.gate_logit.layers)))
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor | SparseRows, mw: Tensor | None = None,
+                 frags: Tensor | None = None) -> Tensor:
+        """The members' ``pred`` ``(k, n_bins)`` for one molecule: ``x`` ``(1, input_dim)``
+        (or its :class:`SparseRows`), ``mw`` ``(1,)``, ``frags`` ``(1, 2, 501)`` as
+        :meth:`StudentModel.forward` takes them."""
+        cfg, k, n_exp = self.config, self.k, self.n_experts
+        if x.shape[0] != 1:
+            raise ValueError(f"a student stack runs one molecule at a time, got {x.shape[0]}")
+        dtype = self.norms[0].weight.dtype
+        if isinstance(x, SparseRows) and not self.members[0].reads_sparse():
+            x = x.dense()
+        x = x.to(dtype)                                  # as StudentModel.forward
+        z = torch.stack([layer(x) for layer in self.gate_first])           # (k, 1, gate width)
+        for layer in self.gate_layers:
+            z = layer(_each(F.gelu, z))
+        logits = self.gate_logit(_each(F.gelu, z)).view(k, n_exp)
+        # routing exactly as TopKGate.forward (eval: no noise)
+        probs = torch.softmax(logits.float(), dim=-1)
+        bias = torch.stack([m.gate.expert_bias for m in self.members])
+        idx = torch.topk(probs + bias, cfg.top_k, dim=-1).indices
+        chosen = probs.gather(1, idx)
+        weight = (chosen / chosen.sum(dim=-1, keepdim=True).clamp_min(1e-12)).to(dtype)
+        if self.proj is not None:
+            h = torch.stack([F.gelu(p(x)) for p in self.proj])
+        else:
+            h = x.expand(k, 1, -1)
+        y = h.repeat_interleave(n_exp, dim=0)                               # (k * E, 1, width)
+        routes = idx.tolist()
+        used = {m * n_exp + e for m, experts in enumerate(routes) for e in experts}
+        for norms, down, up in self.blocks:
+            # an expert nobody chose runs on its unnormalised stream: its output is never read
+            normed = torch.stack([F.layer_norm(y[s], n.normalized_shape, n.weight, n.bias, n.eps)
+                                  if s in used else y[s] for s, n in enumerate(norms)])
+            y = up(_each(F.gelu, down(normed))).add_(y)
+        fused = []
+        for m, experts in enumerate(routes):                            # dispatch's b == 1 order
+            out = None
+            for j, e in enumerate(experts):
+                part = y[m * n_exp + e] * weight[m, j]
+                out = part if out is None else out + part
+            fused.append(out)
+        hidden = torch.stack([F.layer_norm(f, n.normalized_shape, n.weight, n.bias, n.eps)
+                              for f, n in zip(fused, self.norms)])
+        for layer in self.trunk:
+            hidden = _each(F.gelu, layer(hidden))
+        if not cfg.mass_aware:
+            return _each(lambda t: activate(t, cfg.output_activation), self.heads[0](hidden)).view(k, -1)
+        if mw is None:
+            raise ValueError("these students are mass-aware: pass mw, the (1,) nominal mass")
+        n_bins = cfg.n_bins
+        fwd_head, rev_head, gate_head = self.heads
+        f = fwd_head(hidden)
+        if self.frag_conv is not None:
+            if frags is None:
+                frags = _fragment_rows(x, cfg.input_dim - 2 * FRAG_BINS)
+            frags = frags.to(hidden.dtype)
+            conv = torch.stack([c(frags) for c in self.frag_conv])          # (k, 1, C, L)
+            mix = self.frag_mix(hidden)
+            extra = torch.stack([(c * w.unsqueeze(-1)).sum(1) for c, w in zip(conv, mix)])  # (k, 1, L)
+            extra = F.pad(extra, (0, n_bins - extra.shape[-1])) if extra.shape[-1] < n_bins \
+                else extra[..., :n_bins]
+            f = f + extra
+        mws = mw.reshape(1).expand(k)
+        act = cfg.output_activation
+        fwd = mask_above_mw(_each(lambda t: activate(t, act), f).view(k, -1), mws, cfg.max_above_mw)
+        rev = reverse_by_mw(_each(lambda t: activate(t, act), rev_head(hidden)).view(k, -1), mws,
+                            cfg.max_above_mw)
+        gate = _each(torch.sigmoid, gate_head(hidden)).view(k, -1)
+        return gate * fwd + (1.0 - gate) * rev
+

@@ -1,0 +1,139 @@
+"""StudentStack: several students run as one on a single molecule, bit for bit as one by one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from _student_fixtures import _one_thread  # noqa: F401
+from neimsctl.io.featblock import FRAG_BINS, STUDENT_FRAG_DIM
+from neimsctl.models.quantize import apply_precision
+from neimsctl.models.student import StudentConfig, StudentModel
+from neimsctl.models.student_stack import StudentStack
+from neimsctl.nn.sparse_input import SparseRows
+
+# widths where fp32 BLAS sums a batched product in nn.Linear's order (for some narrow shapes,
+# e.g. 128 -> 3 or 64 -> 4, it does not, and the stack's probe refuses to build: see
+# test_a_stack_whose_probe_differs...); the shipped shapes are all of the agreeing kind
+SMALL = dict(gate_hidden=(64, 128), expert_depth=2, expert_bottleneck=32, head_hidden=(128,),
+             hidden_dim=128, n_experts=4, top_k=2)
+CONFIGS = {
+    # the shipped layout: shared projection, mass-aware head with the fragment path
+    "fragments": StudentConfig(fragments=True, mass_aware=True, fragment_channels=4,
+                               expert_width=32, **SMALL),
+    "mass_aware": StudentConfig(input_dim=64, mass_aware=True, expert_width=32, **SMALL),
+    "plain_head": StudentConfig(input_dim=64, expert_width=32, output_activation="softplus", **SMALL),
+    "full_width": StudentConfig(input_dim=64, mass_aware=True, **SMALL),   # no projection
+}
+
+
+def _members(cfg: StudentConfig, k: int = 3) -> list[StudentModel]:
+    out = []
+    for seed in range(k):
+        torch.manual_seed(seed)
+        m = StudentModel(cfg)
+        with torch.no_grad():              # zero-initialised up projections: give them weights
+            for p in m.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+            m.gate.expert_bias.copy_(torch.randn(cfg.n_experts) * 0.1)
+        out.append(m.eval())
+    return out
+
+
+def _molecule(cfg: StudentConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(1, cfg.input_dim, generator=g) < 0.1).float()
+    if cfg.fragments:
+        x[:, -2 * FRAG_BINS:] *= torch.rand(1, 2 * FRAG_BINS, generator=g) * 3
+    mw = torch.randint(40, 400, (1,), generator=g)
+    frags = x[:, -2 * FRAG_BINS:].reshape(1, 2, FRAG_BINS) if cfg.fragment_channels else None
+    return x, mw, frags
+
+
+def _sparse(x: torch.Tensor) -> SparseRows:
+    nz = x.nonzero()
+    offsets = torch.tensor([0, nz.shape[0]])
+    return SparseRows(offsets, nz[:, 1], x[0, nz[:, 1]], x.shape[1])
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_stack_equals_members_one_by_one(name: str, dtype: torch.dtype) -> None:
+    cfg = CONFIGS[name]
+    members = [m.to(dtype) for m in _members(cfg)]
+    molecules = [_molecule(cfg, seed) for seed in range(12)]
+    with torch.inference_mode():
+        before = [torch.cat([m(x, mw, frags).pred for m in members]) for x, mw, frags in molecules]
+        stack = StudentStack.build(members)
+        assert stack is not None and stack.fresh()
+        for (x, mw, frags), want in zip(molecules, before):
+            for given in (x, _sparse(x)):
+                got = stack(given, mw, frags)
+                assert got.dtype == want.dtype and torch.equal(got, want), (name, dtype)
+            # the members predict as before (their weights are views into the stack now)
+            assert torch.equal(torch.cat([m(x, mw, frags).pred for m in members]), want)
+
+
+def test_the_fragment_rows_are_read_from_the_input_when_not_given() -> None:
+    cfg = CONFIGS["fragments"]
+    assert cfg.input_dim == STUDENT_FRAG_DIM
+    members = _members(cfg, 2)
+    with torch.inference_mode():
+        stack = StudentStack.build(members)
+        x, mw, frags = _molecule(cfg, 3)
+        assert torch.equal(stack(x, mw), stack(x, mw, frags))
+
+
+def test_build_refuses_what_it_cannot_stack() -> None:
+    cfg = CONFIGS["mass_aware"]
+    a, b = _members(cfg, 2)
+    assert StudentStack.build([a]) is None                                   # one member
+    assert StudentStack.build([a, _members(CONFIGS["full_width"], 1)[0]]) is None   # configs
+    assert StudentStack.build([a, b.train()]) is None                        # training mode
+    assert StudentStack.build([a, _members(cfg, 1)[0].to(torch.bfloat16)]) is None  # dtypes
+    c, d = _members(cfg, 2)
+    assert StudentStack.build([apply_precision(c, "int8"), d]) is None      # quantized layers
+
+
+def test_a_stack_goes_stale_when_its_members_weights_are_replaced() -> None:
+    members = _members(CONFIGS["mass_aware"])
+    stack = StudentStack.build(members)
+    assert stack.fresh()
+    for m in members:
+        m.to(torch.bfloat16)
+    assert not stack.fresh()
+    fresh = StudentStack.build(members)
+    x, mw, _ = _molecule(CONFIGS["mass_aware"], 0)
+    with torch.inference_mode():
+        assert torch.equal(fresh(x, mw), torch.cat([m(x, mw).pred for m in members]))
+
+
+def test_a_stack_whose_probe_differs_from_its_members_is_not_built(monkeypatch) -> None:
+    """Where the batched product would not give the members' numbers bit for bit (another
+    BLAS kernel), build() returns None and the members run one by one."""
+    import neimsctl.models.student_stack as mod
+
+    members = _members(CONFIGS["mass_aware"], 2)
+    assert StudentStack.build(members) is not None
+    real = torch.baddbmm
+    monkeypatch.setattr(mod.torch, "baddbmm", lambda b, x, w: real(b, x, w) * (1 + 2 ** -20))
+    assert StudentStack.build(members) is None
+
+
+def test_one_molecule_at_a_time() -> None:
+    cfg = CONFIGS["mass_aware"]
+    stack = StudentStack.build(_members(cfg, 2))
+    with pytest.raises(ValueError, match="one molecule"):
+        stack(torch.zeros(2, cfg.input_dim), torch.tensor([50, 60]))
+
+
+def test_members_keep_training_after_a_stack_was_built() -> None:
+    """The stacked weights are ordinary tensors (not inference tensors): a member built into a
+    stack under inference mode can still be trained."""
+    members = _members(CONFIGS["mass_aware"], 2)
+    with torch.inference_mode():
+        StudentStack.build(members)
+    m = members[0].train()
+    x, mw, _ = _molecule(CONFIGS["mass_aware"], 1)
+    m(x, mw).pred.sum().backward()
+    assert all(p.grad is not None for p in m.trunk.parameters())
