@@ -91,8 +91,11 @@ class SpectrumPredictor:
         ``average`` (an ensemble's averaging space: ``linear`` or ``sqrt``; default: the
         ensemble file's own, else ``linear``).
         ``auto`` resolves as in ``neimsctl predict`` (student on a CPU with native bf16:
-        ``bf16``); ``{"precision": "int8"}`` trades identical-to-the-CLI spectra for ~0.3 ms
-        less single-molecule latency (see :func:`neimsctl.models.quantize.resolve_precision`).
+        ``bf16``). A single model at ``{"precision": "int8"}`` trades identical-to-the-CLI
+        spectra for ~0.3 ms less single-molecule latency; an ensemble (the shipped default)
+        is fastest as it is: at ``auto`` its students run as one on a single molecule
+        (:mod:`neimsctl.models.student_stack`), int8 members run one by one (see
+        :func:`neimsctl.models.quantize.resolve_precision`, BENCHMARKS.md).
     checkpoint
         A neimsctl checkpoint file or ensemble file (``neimsctl ensemble``), or a list of
         them (an ensemble: their spectra are averaged); ``None`` = the model shipped for

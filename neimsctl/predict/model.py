@@ -263,6 +263,7 @@ def load_model(spec: str | Path | Sequence[str | Path] = "student", *, device: s
             members.append(_loaded(ckpt, path, str(one), dev, precision, card, log))
     if len(specs) == 1 and not files:
         return members[0]
+    _warn_included_twice(paths, files, log)
     from neimsctl.predict.ensemble import LoadedEnsemble, ensemble_average
 
     whole = files[0] if len(specs) == 1 else None
@@ -273,6 +274,39 @@ def load_model(spec: str | Path | Sequence[str | Path] = "student", *, device: s
         sha=(str(whole[2].get("sha256", ""))[:12] or file_sha(whole[0])) if whole else "",
         device=dev, card=whole[2] if whole else {},
         file_bytes=sum(p.stat().st_size for p in paths))
+
+
+def _warn_included_twice(paths: list[Path], files: list[tuple[Path, dict[str, Any], dict[str, Any]]],
+                         log: TextIO) -> None:
+    """One warning line per file whose members an ensemble gets twice: given as a model and
+    also included by an ensemble file given beside it (``-m teacher -m student``: the shipped
+    teacher includes the student), or included by two of them. (A file given twice itself is
+    the CLI's warning.)"""
+    import os
+
+    def ident(p: Path) -> tuple[int, int] | None:
+        try:
+            st = os.stat(p)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    given = {ident(p): p for p in paths}
+    seen: dict[tuple[int, int], tuple[str, list[str]]] = {}
+    for path, ckpt, _ in files:
+        for one in ckpt.get("include") or ():
+            inc = path.parent / str(one.get("file"))
+            key = ident(inc)
+            if key is None:
+                continue
+            name, how = seen.setdefault(key, (inc.name, [f"given as a model ({given[key]})"]
+                                              if key in given else []))
+            how.append(f"included by {path.name}")
+    for name, how in seen.values():
+        if len(how) > 1:
+            print(f"neimsctl: warning: the members of {name} count {len(how)} times in this "
+                  f"ensemble ({'; '.join(how)}): its average weighs them that many times and "
+                  "--uncertainty counts their agreement with themselves", file=log, flush=True)
 
 
 def _loaded(ckpt: dict[str, Any], path: Path, label: str, dev: torch.device, precision: str,

@@ -563,3 +563,24 @@ def test_one_molecule_runs_the_students_stacked_with_the_same_spectra(tmp_path: 
         if precision == "bf16":
             np.testing.assert_array_equal(got, batch[i:i + 1])
     assert [group for group, _ in ens._stack_cache] == [[0, 1, 2]]
+
+
+def test_a_file_given_and_included_beside_it_is_named_in_a_warning(ckpts: dict[str, Path],
+                                                                    tmp_path: Path) -> None:
+    """``-m teacher -m student`` (the shipped teacher includes the student): the student's
+    members would count twice; loading says so on the log, once, naming the file."""
+    import io
+    import shutil
+
+    inner = tmp_path / "inner.pt"
+    shutil.copy(ckpts["b"], inner)
+    outer = tmp_path / "outer.pt"
+    write_ensemble([ckpts["a"]], outer, include=[inner])
+    for specs, times in (([outer, inner], 2), ([outer, outer.parent / "." / "inner.pt", outer], 3)):
+        log = io.StringIO()
+        load_model(specs, device="cpu", precision="fp32", log=log)
+        lines = [ln for ln in log.getvalue().splitlines() if "count" in ln]
+        assert len(lines) == 1 and f"the members of inner.pt count {times} times" in lines[0]
+    log = io.StringIO()
+    load_model([outer, ckpts["a"]], device="cpu", precision="fp32", log=log)
+    assert "count" not in log.getvalue()       # a file given once and included by none
