@@ -10,7 +10,7 @@ import typer
 
 from neimsctl.cli._common import (EXIT_FAIL, InPaths, Quiet, app, check_inputs_or_usage, command, eprint, fail,
                                   input_pairs, refuse_clobber, require_input_or_usage,
-                                  setup_logging, usage_error)
+                                  setup_logging)
 from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainVerbose, check_config_or_usage,
                                         config_option, config_sets, finish_run, run_dir_option,
                                         run_dir_outputs, tidy_run_dir, train_log)

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import zlib
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Iterable, Iterator, NamedTuple, Sequence
+from typing import IO, Any, BinaryIO, Iterable, Iterator, NamedTuple
 
 from neimsctl.errors import InputError, OutputError
 

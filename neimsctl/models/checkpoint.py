@@ -425,10 +425,22 @@ def include_name_ok(name: Any) -> bool:
         and "\\" not in name and name.isprintable()
 
 
+#: Internal key of a member taken from an included file: where it was read (``FILE`` or
+#: ``FILE#k``), for messages; never written (:func:`slim_member` keeps the member fields only).
+SOURCE = "_source"
+
+
+def member_source(member: dict[str, Any], path: str | os.PathLike, i: int) -> Path:
+    """How messages name member ``i`` (1-based) of the ensemble file ``path``: ``path#i``, or
+    the included file it came from (``inner.pt#2``)."""
+    return Path(member.get(SOURCE) or f"{path}#{i}")
+
+
 def _with_included(ens: dict[str, Any], path: str | os.PathLike, map_location: Any) -> dict[str, Any]:
     """The ensemble with the members of every included file appended (in order), each file
     read from beside ``path`` and checked against its recorded sha256; an included file may be
-    a checkpoint (one member) or an ensemble file without includes of its own."""
+    a checkpoint (one member) or an ensemble file without includes of its own. Each taken-over
+    member records where it came from under :data:`SOURCE`."""
     import stat
 
     from neimsctl.io.streams import protect_input
@@ -459,11 +471,12 @@ def _with_included(ens: dict[str, Any], path: str | os.PathLike, map_location: A
         if is_ensemble(got):
             if got.get("include"):
                 raise CheckpointError(f"{where}: includes files itself (one level only)")
-            members += got["members"]
+            members += [{**m, SOURCE: f"{other}#{j}"} for j, m in enumerate(got["members"], 1)]
         else:
             members.append({**_member_fields(got, label=one["file"], sha256=one["sha256"]),
                             "model": got["model"], **({"quantized": got["quantized"]}
-                                                      if got.get("quantized") else {})})
+                                                      if got.get("quantized") else {}),
+                            SOURCE: str(other)})
         if len(members) > MAX_MEMBERS:      # checked as they come: no unbounded reading
             raise CheckpointError(f"{path}: {len(members)} members with its includes (at most "
                                   f"{MAX_MEMBERS})")

@@ -36,7 +36,6 @@ import contextlib
 from typing import Any, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from neimsctl.io.featblock import FRAG_SLOTS

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 from torch import Tensor, nn
 
 __all__ = ["MLP", "make_activation"]

@@ -103,7 +103,7 @@ class LoadedEnsemble:
         bins = {m.n_bins for m in self.members}
         if len(bins) != 1:
             raise ConfigError("ensemble members must predict the same bins: "
-                              + ", ".join(f"{m.label}: {m.n_bins}" for m in self.members))
+                              + ", ".join(f"{m.label} ({m.path}): {m.n_bins}" for m in self.members))
 
     @property
     def needs(self) -> set[str]:
@@ -263,8 +263,8 @@ def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str
         An unknown ``average``; no member.
     """
     from neimsctl.models.checkpoint import (MAX_MEMBERS, build_ensemble, include_name_ok,
-                                            is_ensemble, load_checkpoint, save_checkpoint,
-                                            slim_member)
+                                            is_ensemble, load_checkpoint, member_source,
+                                            save_checkpoint, slim_member)
     from neimsctl.predict.model import _model_with_weights, file_sha, resolve_model
 
     if not specs:
@@ -278,7 +278,7 @@ def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str
             files.append(ckpt)
         given = ckpt["members"] if is_ensemble(ckpt) else [ckpt]
         for i, one in enumerate(given, 1):
-            where = Path(f"{path}#{i}") if len(given) > 1 or one is not ckpt else path
+            where = member_source(one, path, i) if len(given) > 1 or one is not ckpt else path
             model, arch = _model_with_weights(one, where)     # refuses what would not load
             label = str(one.get("label") or (spec if str(spec) in ("student", "teacher")
                                              else _label(path)))

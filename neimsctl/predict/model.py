@@ -29,7 +29,7 @@ from neimsctl.errors import CheckpointError, ConfigError, FormatError
 from neimsctl.models import registry
 from neimsctl.models.quantize import apply_precision, resolve_precision
 from neimsctl.models.checkpoint import (file_sha256, is_ensemble, load_checkpoint, load_problem,
-                                        model_state)
+                                        member_source, model_state)
 
 if TYPE_CHECKING:
     from neimsctl.predict.ensemble import LoadedEnsemble
@@ -256,7 +256,8 @@ def load_model(spec: str | Path | Sequence[str | Path] = "student", *, device: s
             for i, member in enumerate(ckpt["members"], 1):
                 members.append(_loaded(member, path, str(member.get("label") or
                                                          f"{path.name}#{i}"),
-                                       dev, precision, card, log, where=Path(f"{path}#{i}"),
+                                       dev, precision, card, log,
+                                       where=member_source(member, path, i),
                                        sha=str(member.get("sha256") or "")[:12] or
                                        file_sha(path)))
         else:

@@ -24,7 +24,7 @@ import orjson
 from neimsctl.chem.domain import domain_flags, flag_kind
 from neimsctl.chem.rowbuild import (Rejected, RowBuilder, RowOptions, crashed, crashed_block,
                                     one_by_one)
-from neimsctl.errors import InputError, StrictStop
+from neimsctl.errors import StrictStop
 from neimsctl.io.inputs import Item
 from neimsctl.io.parallel import chunked, ordered_map
 from neimsctl.io.rejects import Reject, Tally

@@ -584,3 +584,27 @@ def test_a_file_given_and_included_beside_it_is_named_in_a_warning(ckpts: dict[s
     log = io.StringIO()
     load_model([outer, ckpts["a"]], device="cpu", precision="fp32", log=log)
     assert "count" not in log.getvalue()       # a file given once and included by none
+
+
+def test_a_bad_member_of_an_included_file_is_named_after_that_file(ckpts: dict[str, Path],
+                                                                   tmp_path: Path) -> None:
+    """A member taken over from an included file whose weights do not fit its configuration is
+    named as ``inner.pt#k`` (where it is), not as a position in the including file."""
+    import hashlib
+
+    good = slim_member(load_checkpoint(ckpts["a"]), label="a", sha256="0" * 64)
+    misfit = slim_member(load_checkpoint(ckpts["b"]), label="b", sha256="1" * 64)
+    misfit["config"] = {"model": {**misfit["config"]["model"], "hidden_dim": 24}}
+    inner = tmp_path / "inner.pt"
+    torch.save(build_ensemble([good, misfit], average="linear"), inner)
+    sha = hashlib.sha256(inner.read_bytes()).hexdigest()
+    outer = tmp_path / "outer.pt"
+    torch.save(build_ensemble([good], average="linear",
+                              include=[{"file": "inner.pt", "sha256": sha}]), outer)
+    with pytest.raises(CheckpointError) as err:
+        load_model(outer, device="cpu", precision="fp32")
+    assert f"{inner}#2" in str(err.value) and "outer.pt#" not in str(err.value)
+    members = load_checkpoint(outer, ensemble=True)["members"]
+    assert [m.get("_source") for m in members] == [None, f"{inner}#1", f"{inner}#2"]
+    # what an ensemble file written from them keeps: the member fields, not the source
+    assert "_source" not in slim_member(members[1], label="x", sha256="2" * 64)
