@@ -28,7 +28,8 @@ import torch
 from neimsctl.errors import CheckpointError, ConfigError
 from neimsctl.models.checkpoint import AVERAGES
 from neimsctl.models.student_stack import StudentStack
-from neimsctl.predict.model import LoadedModel, linear_base_one, predict_block, student_rows
+from neimsctl.predict.model import (LoadedModel, linear_base_one, predict_block, student_input_key,
+                                    student_rows, student_spectra)
 
 __all__ = ["LoadedEnsemble", "average_spectra", "ensemble_average", "DEFAULT_AVERAGE"]
 
@@ -186,6 +187,16 @@ class LoadedEnsemble:
                 pred = stack(x, mw, frags)
                 for j, i in enumerate(group):
                     specs[i] = linear_base_one(self.members[i].model, pred[j:j + 1])
+        else:                   # students reading the same inputs: each batch's rows made once
+            groups: dict[tuple, list[int]] = {}
+            for i, m in enumerate(self.members):
+                if m.arch == "student":
+                    groups.setdefault(student_input_key(m.model), []).append(i)
+            for group in (g for g in groups.values() if len(g) > 1):
+                got = student_spectra([self.members[i].model for i in group], block, batch_size,
+                                      self.device)
+                for i, (spectra, _, _) in zip(group, got):
+                    specs[i] = spectra
         mc_var = []
         for i, m in enumerate(self.members):
             if specs[i] is not None:

@@ -468,17 +468,36 @@ def linear_base_one(model: Any, pred: torch.Tensor) -> np.ndarray:
     return (lin / lin.amax(dim=1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
 
 
-def _student(lm: LoadedModel, block: dict[str, np.ndarray], n: int, bs: int):  # type: ignore[no-untyped-def]
-    model, outs, idx, wts = lm.model, [], [], []
+def student_input_key(model: Any) -> tuple[int, bool, bool]:
+    """Students with equal keys read the same :func:`student_rows`."""
+    return int(model.config.input_dim), bool(model.config.fragments), model.frag_conv is not None
+
+
+def student_spectra(models: Sequence[Any], block: dict[str, np.ndarray], bs: int,
+                    device: torch.device) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(spectra, expert index, expert weight)`` of each of ``models`` (students with one
+    :func:`student_input_key`) on a block, batch by batch: the inputs of a batch are made once
+    for all of them (an ensemble's students: ~14 % of their model time was the same sparse rows
+    made again per member)."""
+    n = len(block["ordinal"])
+    parts: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in models]
     for a in range(0, n, bs):
-        o = model(*student_rows(model, block, a, a + bs, lm.device))
-        outs.append(linear_base_one(model, o.pred))
-        idx.append(o.topk_idx.cpu().numpy())
-        wts.append(o.topk_weight.float().cpu().numpy())
-    if not outs:
-        return np.zeros((0, model.config.n_bins), np.float32), None, None
-    return (np.concatenate(outs), None,
-            {"index": np.concatenate(idx), "weight": np.concatenate(wts)})
+        rows = student_rows(models[0], block, a, a + bs, device)
+        for part, model in zip(parts, models):
+            o = model(*rows)
+            part.append((linear_base_one(model, o.pred), o.topk_idx.cpu().numpy(),
+                         o.topk_weight.float().cpu().numpy()))
+    return [tuple(np.concatenate(x) for x in zip(*part)) if part else  # type: ignore[misc]
+            (np.zeros((0, model.config.n_bins), np.float32), np.zeros((0, model.config.top_k), np.int64),
+             np.zeros((0, model.config.top_k), np.float32))
+            for part, model in zip(parts, models)]
+
+
+def _student(lm: LoadedModel, block: dict[str, np.ndarray], n: int, bs: int):  # type: ignore[no-untyped-def]
+    spectra, index, weight = student_spectra([lm.model], block, bs, lm.device)[0]
+    if not n:
+        return spectra, None, None
+    return spectra, None, {"index": index, "weight": weight}
 
 
 def _v1(lm: LoadedModel, block: dict[str, np.ndarray], n: int, bs: int):  # type: ignore[no-untyped-def]
