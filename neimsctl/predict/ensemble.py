@@ -95,10 +95,15 @@ class LoadedEnsemble:
     sha: str = ""
     card: dict[str, Any] = field(default_factory=dict)
     file_bytes: int = 0
-    _stack_cache: list[tuple[list[int], StudentStack]] | None = field(default=None, repr=False,
-                                                                        compare=False)
+    #: (the members' identities, modes, dtypes; the stacks built for them), see _stacks
+    _stack_cache: tuple[list, list[tuple[list[int], StudentStack]]] | None = field(
+        default=None, repr=False, compare=False)
 
     arch = "ensemble"
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (a spawned worker) without its stacks: copies of weights it already holds."""
+        return {**self.__dict__, "_stack_cache": None}
 
     def __post_init__(self) -> None:
         bins = {m.n_bins for m in self.members}
@@ -161,19 +166,23 @@ class LoadedEnsemble:
 
     def _stacks(self) -> list[tuple[list[int], StudentStack]]:
         """The members that run as one on a single molecule: students with one configuration
-        (:class:`~neimsctl.models.student_stack.StudentStack`), by their positions; built on
-        first use and again when a member's weights were replaced since."""
-        if self._stack_cache is None or not all(st.fresh() for _, st in self._stack_cache):
+        (:class:`~neimsctl.models.student_stack.StudentStack`), by their positions. Built on
+        first use, and again (declined groups retried) when the members, their train modes or
+        dtypes changed, or a stack went stale (:meth:`StudentStack.fresh`)."""
+        key = [(id(m.model), m.model.training, next(m.model.parameters()).dtype) for m in self.members]
+        cache = self._stack_cache
+        if cache is None or cache[0] != key or not all(st.fresh() for _, st in cache[1]):
             groups: dict[str, list[int]] = {}
             for i, m in enumerate(self.members):
                 if m.arch == "student":
                     groups.setdefault(repr(m.model.config), []).append(i)
-            self._stack_cache = []
+            stacks = []
             for group in groups.values():
                 stack = StudentStack.build([self.members[i].model for i in group])
                 if stack is not None:
-                    self._stack_cache.append((group, stack))
-        return self._stack_cache
+                    stacks.append((group, stack))
+            self._stack_cache = cache = (key, stacks)
+        return cache[1]
 
     def predict(self, block: dict[str, np.ndarray], *, batch_size: int = 1024,
                 uncertainty: bool = False, mc_samples: int = 30
