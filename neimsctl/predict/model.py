@@ -281,28 +281,21 @@ def _warn_included_twice(paths: list[Path], files: list[tuple[Path, dict[str, An
                          log: TextIO) -> None:
     """One warning line per file whose members an ensemble gets twice: given as a model and
     also included by an ensemble file given beside it (``-m teacher -m student``: the shipped
-    teacher includes the student), or included by two of them. (A file given twice itself is
-    the CLI's warning.)"""
-    import os
-
-    def ident(p: Path) -> tuple[int, int] | None:
-        try:
-            st = os.stat(p)
-        except OSError:
-            return None
-        return st.st_dev, st.st_ino
-
-    given = {ident(p): p for p in paths}
-    seen: dict[tuple[int, int], tuple[str, list[str]]] = {}
-    for path, ckpt, _ in files:
-        for one in ckpt.get("include") or ():
-            inc = path.parent / str(one.get("file"))
-            key = ident(inc)
-            if key is None:
-                continue
-            name, how = seen.setdefault(key, (inc.name, [f"given as a model ({given[key]})"]
-                                              if key in given else []))
-            how.append(f"included by {path.name}")
+    teacher includes the student), or included by two of them. Files are compared by content
+    (sha256: an include records it; a copy elsewhere counts as the same file). (A file given
+    twice itself is the CLI's warning.)"""
+    includes = [(path, one) for path, ckpt, _ in files for one in ckpt.get("include") or ()]
+    if not includes:
+        return
+    given: dict[str, Path] = {}
+    for p in paths:
+        given.setdefault(file_sha256(p), p)
+    seen: dict[str, tuple[str, list[str]]] = {}
+    for path, one in includes:
+        sha = str(one.get("sha256"))
+        name, how = seen.setdefault(sha, (str(one.get("file")), [f"given as a model ({given[sha]})"]
+                                          if sha in given else []))
+        how.append(f"included by {path.name}")
     for name, how in seen.values():
         if len(how) > 1:
             print(f"neimsctl: warning: the members of {name} count {len(how)} times in this "

@@ -595,6 +595,12 @@ def test_a_file_given_and_included_beside_it_is_named_in_a_warning(ckpts: dict[s
         load_model(specs, device="cpu", precision="fp32", log=log)
         lines = [ln for ln in log.getvalue().splitlines() if "count" in ln]
         assert len(lines) == 1 and f"the members of inner.pt count {times} times" in lines[0]
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(inner, copy / "elsewhere.pt")          # the same bytes under another name
+    log = io.StringIO()
+    load_model([outer, copy / "elsewhere.pt"], device="cpu", precision="fp32", log=log)
+    assert "the members of inner.pt count 2 times" in log.getvalue()
     log = io.StringIO()
     load_model([outer, ckpts["a"]], device="cpu", precision="fp32", log=log)
     assert "count" not in log.getvalue()       # a file given once and included by none
