@@ -196,16 +196,16 @@ class LoadedEnsemble:
                 pred = stack(x, mw, frags)
                 for j, i in enumerate(group):
                     specs[i] = linear_base_one(self.members[i].model, pred[j:j + 1])
-        else:                   # students reading the same inputs: each batch's rows made once
-            groups: dict[tuple, list[int]] = {}
-            for i, m in enumerate(self.members):
-                if m.arch == "student":
-                    groups.setdefault(student_input_key(m.model), []).append(i)
-            for group in (g for g in groups.values() if len(g) > 1):
-                got = student_spectra([self.members[i].model for i in group], block, batch_size,
-                                      self.device)
-                for i, (spectra, _, _) in zip(group, got):
-                    specs[i] = spectra
+        # the other students that read the same inputs: each batch's rows made once for them
+        groups: dict[tuple, list[int]] = {}
+        for i, m in enumerate(self.members):
+            if m.arch == "student" and specs[i] is None:
+                groups.setdefault(student_input_key(m.model), []).append(i)
+        for group in (g for g in groups.values() if len(g) > 1):
+            got = student_spectra([self.members[i].model for i in group], block, batch_size,
+                                  self.device)
+            for i, (spectra, _, _) in zip(group, got):
+                specs[i] = spectra
         mc_var = []
         for i, m in enumerate(self.members):
             if specs[i] is not None:

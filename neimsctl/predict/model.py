@@ -287,9 +287,13 @@ def _warn_included_twice(paths: list[Path], files: list[tuple[Path, dict[str, An
     includes = [(path, one) for path, ckpt, _ in files for one in ckpt.get("include") or ()]
     if not includes:
         return
+    # a given file can be an included one only with its size: hash just those (loading the
+    # teacher alone hashes nothing more; its include was hashed when it was verified)
+    sizes = {(path.parent / str(one.get("file"))).stat().st_size for path, one in includes}
     given: dict[str, Path] = {}
     for p in paths:
-        given.setdefault(file_sha256(p), p)
+        if p.stat().st_size in sizes:
+            given.setdefault(file_sha256(p), p)
     seen: dict[str, tuple[str, list[str]]] = {}
     for path, one in includes:
         sha = str(one.get("sha256"))
