@@ -63,7 +63,7 @@ class SoftLabelWriter(Writer):
         self.path, self.tmp = Path(path), partial_path(path)
         text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
         if resume and self.tmp.exists():
-            self._f = h5py.File(self.tmp, "a")
+            self._f = h5py.File(self.tmp, "a", locking=False)
             old = self._f.attrs.get("settings")
             if self._f.attrs.get("schema") != SCHEMA or old != text:
                 self._f.close()
@@ -74,7 +74,7 @@ class SoftLabelWriter(Writer):
             for name in ("id", *COLUMNS):
                 self._f[name].resize(self.n_rows, axis=0)   # drop rows of an unfinished block
             return
-        self._f = h5py.File(self.tmp, "w", libver=("earliest", "v110"), track_order=True)
+        self._f = h5py.File(self.tmp, "w", libver=("earliest", "v110"), track_order=True, locking=False)
         a = self._f.attrs
         a["schema"], a["settings"], a["complete"] = SCHEMA, text, False
         a["n_rows"], a["positions_done"], a["n_bins"], a["hidden_dim"] = 0, 0, n_bins, hidden_dim

@@ -106,7 +106,7 @@ class IndexWriter:
         h5py = _h5()
         self.path = Path(path)
         self.file = h5py.File(path, "w", driver="core", backing_store=False) if in_memory \
-            else h5py.File(path, "w")
+            else h5py.File(path, "w", locking=False)
         self.attrs = dict(attrs or {})
         self.run_peaks = run_peaks
         self.sources: list[dict[str, str]] = []

@@ -62,7 +62,10 @@ class ShardWriter(Writer):
         self._written = 0
         self._pending: list[dict[str, np.ndarray]] = []
         self._pending_rows = 0
-        self._f = h5py.File(tmp, "w", libver=("earliest", "v110"), track_order=True)
+        # no HDF5 file lock (flock): worker processes forked while this file is open (a pool
+        # re-created after a worker died) would inherit it, and the segment could not be
+        # opened again to join it ("unable to lock file"). The temporary name is this run's own.
+        self._f = h5py.File(tmp, "w", libver=("earliest", "v110"), track_order=True, locking=False)
         a = self._f.attrs
         a["schema"], a["mode"], a["n_rows"] = SCHEMA, mode, 0
         a["featurizer"] = json.dumps(settings, sort_keys=True, separators=(",", ":"))

@@ -356,3 +356,32 @@ def test_rows_read_by_chunk_across_boundaries(tmp_path: Path, mode: str) -> None
                             (149, 150), (70, 70), (140, 999)]:
             assert_blocks_equal(r.rows(start, stop),
                                 take_rows(whole, np.arange(start, min(stop, 150)), mode))
+
+
+def test_a_worker_forked_while_a_shard_is_written_does_not_lock_it(tmp_path: Path) -> None:
+    """A process forked while a shard is open (a worker pool re-created after a worker died)
+    inherits its file descriptor; with an HDF5 file lock held through it, the finished shard
+    could not be opened again while that process lived ("unable to lock file", errno 11: a
+    `featurize -j 2` run of more than 16,384 records failed and lost its progress)."""
+    import os
+    import signal
+    import time
+
+    import h5py
+
+    settings, digest = run_settings(RowOptions(mode="student", min_mw=0, inchikey=False))
+    path = tmp_path / "s.h5"
+    w = ShardWriter(path, "student", settings, digest)
+    w.append(make_block("student"))
+    pid = os.fork()
+    if pid == 0:                                # the "worker": holds the inherited descriptor
+        time.sleep(30)
+        os._exit(0)
+    try:
+        w.close()
+        with h5py.File(path, "r") as f:         # default locking, as the join opens segments
+            assert f.attrs["n_rows"] == len(SMILES)
+        assert len(ShardReader(path)) == len(SMILES)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
