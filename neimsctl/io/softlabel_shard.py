@@ -67,7 +67,7 @@ class SoftLabelWriter(Writer):
             old = self._f.attrs.get("settings")
             if self._f.attrs.get("schema") != SCHEMA or old != text:
                 self._f.close()
-                raise FormatError(f"{self.tmp}: written with other settings ({old}); rerun "
+                raise FormatError(f"written with other settings ({_differences(old, text)}); rerun "
                                   "without --resume to start afresh", file=str(self.tmp))
             self.positions_done = int(self._f.attrs["positions_done"])
             self.n_rows = int(self._f.attrs["n_rows"])
@@ -172,3 +172,16 @@ class SoftLabelReader:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _differences(old: Any, new: str) -> str:
+    """The settings a partial file and this run disagree on, by name (``input_ids_sha256``: the
+    input rows differ)."""
+    try:
+        a, b = json.loads(old), json.loads(new)
+    except (TypeError, ValueError):
+        return "not a softlabel partial file of this version"
+    if not isinstance(a, dict):
+        return "not a softlabel partial file of this version"
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return ", ".join(keys) if keys else "schema"

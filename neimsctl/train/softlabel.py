@@ -21,6 +21,7 @@ Choices:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -343,6 +344,9 @@ def run_softlabel(teacher: Teachers, shards: Sequence[str | Path], out: str | Pa
     sha = [x[2] for x in sources]
     full = {**asdict(s), "split": list(s.split), "teacher_sha256": sha[0] if len(sha) == 1 else sha,
             "featurizer_hash": fhash, "n_positions": int(len(positions)),
+            # which rows, by id, in order: a resumed run must continue the same input (another
+            # shard of as many rows would splice labels of compounds it does not hold)
+            "input_ids_sha256": hashlib.sha256(b"\n".join(ds.ids[positions].tolist())).hexdigest(),
             **({"folds": [f"{f[0][0]}/{f[0][1]}" if f[0] else "all" for f in folds]}
                if eligible is not None else {})}
     head = {"featurizer_hash": fhash, "teacher": " ".join(str(p) for p in paths),

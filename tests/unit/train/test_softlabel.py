@@ -137,6 +137,18 @@ def test_run_writes_an_aligned_shard_and_resume_gives_the_same_file(
     with pytest.raises(FormatError, match="other settings"):
         sl.run_softlabel(teacher, [shard], tmp_path / "b.h5", device="cpu", resume=True,
                          settings=sl.SoftLabelSettings(samples=5, batch_size=16, seed=1))
+    # another input of as many rows (other ids): its labels must not be spliced onto these
+    import shutil
+
+    import h5py
+
+    other = tmp_path / "other.h5"
+    shutil.copy(shard, other)
+    with h5py.File(other, "a") as f:
+        f["id"][...] = np.array([b"other-" + i for i in f["id"][:]], dtype=object)
+    with pytest.raises(FormatError, match=r"other settings \(input_ids_sha256\)"):
+        sl.run_softlabel(teacher, [other], tmp_path / "b.h5", device="cpu", resume=True,
+                         settings=settings)
     again = sl.run_softlabel(teacher, [shard], tmp_path / "b.h5", settings=settings,
                              device="cpu", resume=True)
     assert again.read == n and again.written == n
