@@ -69,7 +69,7 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from neimsctl.errors import InputError
+from neimsctl.errors import FormatError, InputError
 from neimsctl.io.peak_block import PeakBlock, bf16_bits, bf16_values, cosine_weights, row_sums
 from neimsctl.io.spectral_index import DenseChunk
 from neimsctl.io.spectrum import N_BINS
@@ -228,6 +228,7 @@ class _Chunk:
     def __init__(self, block: PeakBlock, score: Score, cols: np.ndarray, n_bins: int,
                  work: list[np.ndarray] | None = None, bf16: bool = False) -> None:
         colmap = _colmap(cols, n_bins)
+        _check_intensities(block)
         self.block = block
         self.weights = _weighted_values(block, score)
         #: float32, or (bf16 first pass of the cosine) the bfloat16 bit patterns as uint16
@@ -494,8 +495,18 @@ def _exact_cosine(q: _Queries, sel: np.ndarray, block: PeakBlock, score: Score, 
     entries share the block) and of the queries, summed in float64 (:func:`_exact_pairs`)."""
     entries, pos = np.unique(cols, return_inverse=True)
     sub = block.take(entries)
+    _check_intensities(sub)
     weights = cosine_weights(sub, score.mz_power, score.intensity_power, np.float64)
     return _exact_pairs(q.values64, sel, sub, weights, rows, pos)
+
+
+def _check_intensities(block: PeakBlock) -> None:
+    """The entries about to be scored exactly hold positive finite intensities (a damaged
+    library's NaN or negative intensity would make a NaN score, and the entry silently no hit).
+    Checked on these few entries only: the first pass reads stored weights, not peaks."""
+    inten = np.asarray(block.intensity)
+    if len(inten) and not (inten.min() > 0 and np.isfinite(inten.max())):   # NaN fails min > 0
+        raise FormatError("damaged library: peak intensities that are not positive finite numbers")
 
 
 def _take_topk(best_s: np.ndarray, best_i: np.ndarray, sel: np.ndarray, s: np.ndarray, start: int,

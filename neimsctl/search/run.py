@@ -316,7 +316,14 @@ def search_library(lib: SpectralIndex, batch: QueryBatch, opts: SearchOptions) -
 
 def search_batch(libraries: Sequence[SpectralIndex], batch: QueryBatch, opts: SearchOptions) -> list[list[Hit]]:
     """The hits of every query of a batch, best first, over all libraries."""
-    results = [search_library(lib, batch, opts) for lib in libraries]
+    results = []
+    for lib in libraries:
+        try:
+            results.append(search_library(lib, batch, opts))
+        except FormatError as exc:
+            if exc.file is None:          # the engine's finding: name the library it came from
+                raise FormatError(exc.message, file=str(lib.path)) from None
+            raise
     nq = len(batch.records)
     scores = np.concatenate([r.scores for r in results], axis=1)
     index = np.concatenate([r.index for r in results], axis=1)

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import orjson
 import pytest
 from typer.testing import CliRunner
@@ -363,6 +364,26 @@ def test_damaged_indexes_fail_with_one_line(index, sample_msp, tmp_path):
             proc = run(None, "search", q, "-l", damaged(name, harm), "-q", *extra)
             err = proc.stderr.decode().strip().splitlines()
             assert proc.returncode == 1 and len(err) == 1 and "damaged index" in err[0], (name, extra, err)
+
+    # NaN or negative intensities (the stored weights intact): a NaN exact score made the entry
+    # silently no hit (9 hits instead of 10); now one line naming the file, for every score
+    def nan_intensity(f):
+        x = f["intensity"][:]
+        x[:4000] = np.nan
+        f["intensity"][:] = x
+
+    def negative_intensity(f):
+        x = f["intensity"][:]
+        x[:4000] = -1.0
+        f["intensity"][:] = x
+
+    for name, harm in (("nan", nan_intensity), ("neg", negative_intensity)):
+        bad = damaged(name, harm)
+        for extra in ([], ["--mass-filter", "5"], ["-s", "composite"], ["-s", "entropy"]):
+            proc = run(None, "search", q, "-l", bad, "-q", *extra)
+            err = proc.stderr.decode().strip().splitlines()
+            assert proc.returncode == 1 and len(err) == 1, (name, extra, err)
+            assert f"{bad.name}: damaged library: peak intensities" in err[0], (name, extra, err)
 
 
 def test_mass_filter_never_reaches_entries_of_unknown_mass(tmp_path):
