@@ -240,6 +240,27 @@ def output_pair(label: str, path: Path | str | None) -> tuple[str, Path | str | 
     return (f"{label} {path}", path)
 
 
+def _h5_file(exc: BaseException) -> str | None:
+    """The file an error raised inside h5py was reading (found among the callers' h5py objects,
+    innermost first; ``"HDF5 input"`` when none names it), or ``None`` for an error h5py did not
+    raise."""
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    if not frames or not any(f.f_globals.get("__name__", "").startswith("h5py") for f in frames):
+        return None
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            if type(value).__module__.startswith("h5py"):
+                try:
+                    return str(value.file.filename)
+                except Exception:  # noqa: BLE001 - a closed or invalid object: look further out
+                    continue
+    return "HDF5 input"
+
+
 @contextlib.contextmanager
 def command(cmd: str) -> Iterator[None]:
     """Error boundary of a subcommand: typed errors -> message + exit 1; quiet on broken pipe.
@@ -269,6 +290,11 @@ def command(cmd: str) -> Iterator[None]:
         fail(cmd, str(exc))
     except OSError as exc:  # an I/O failure no library code named: still one line, exit 1
         fail(cmd, str(exc.filename) if exc.filename else "I/O error", exc.strerror or str(exc))
+    except RuntimeError as exc:  # HDF5's own findings in a damaged file (checksums, metadata)
+        where = _h5_file(exc)
+        if where is None:
+            raise
+        fail(cmd, where, f"damaged HDF5 file: {exc}")
     except KeyboardInterrupt:
         eprint(cmd, "interrupted")
         raise typer.Exit(128 + (interrupts.pending() or signal.SIGINT)) from None

@@ -37,7 +37,7 @@ import torch
 
 from neimsctl.chem.features import log1p_counts, student_vectors
 from neimsctl.data.augment import Augment
-from neimsctl.errors import InputError
+from neimsctl.errors import FormatError, InputError
 from neimsctl.io.featblock import concat_blocks, take_rows
 from neimsctl.io.h5shard import ShardReader
 from neimsctl.io.h5shard.read import fixed_strings as _str_column
@@ -312,6 +312,25 @@ class TeacherDataset(ShardDataset):
     def split_batch(self, batch: Any) -> list[Any]:
         return batch.to_data_list()
 
+    def _check_edges(self, arr: dict[str, np.ndarray], rows: np.ndarray) -> None:
+        """Every edge joins two atoms of its own molecule (a damaged shard's edge index beyond
+        them failed with an IndexError deep in the graph layers)."""
+        ei = arr["edge_index"].reshape(-1, 2)
+        if len(ei) == 0:
+            return
+        limit = np.repeat(arr["n_atoms"].astype(np.int64), arr["n_edges"].astype(np.int64))
+        if len(limit) != len(ei):
+            bad = 0
+        else:
+            wrong = (ei < 0).any(axis=1) | (ei >= limit[:, None]).any(axis=1)
+            if not wrong.any():
+                return
+            bad = int(np.searchsorted(np.cumsum(arr["n_edges"]), np.flatnonzero(wrong)[0], "right"))
+        row = int(rows[bad])
+        shard = int(np.searchsorted(self._offsets, row, "right")) - 1
+        raise FormatError(f"damaged shard: the edges of record {self._ids[row].decode()!r} name atoms "
+                          "the molecule does not have", file=str(self.paths[shard]))
+
     def _data_list(self, idx: np.ndarray) -> list[Any]:
         from torch_geometric.data import Data
 
@@ -322,6 +341,7 @@ class TeacherDataset(ShardDataset):
         frags = arr["frags"].reshape(len(idx), -1) if self.fragments else None
         y, aug = self._targets(arr["spectrum"].reshape(len(idx), N_BINS), rows)
         atom_cut, edge_cut = np.cumsum(arr["n_atoms"])[:-1], np.cumsum(arr["n_edges"])[:-1]
+        self._check_edges(arr, rows)
         atom_x = np.split(arr["atom_x"].astype(np.float32), atom_cut)
         edge_index = np.split(arr["edge_index"].astype(np.int64), edge_cut)
         edge_attr = np.split(arr["edge_attr"].astype(np.float32), edge_cut)

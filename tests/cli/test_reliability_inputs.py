@@ -457,3 +457,33 @@ def test_hdf5_outputs_refuse_a_named_pipe_and_models_name_a_directory(tmp_path: 
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
     p = sh(f"echo CCO | neimsctl predict -m {tmp_path} -q", tmp_path)
     assert p.returncode == 2 and b": is a directory" in p.stderr and b"Traceback" not in p.stderr
+
+
+def test_an_hdf5_file_with_bad_checksums_is_one_line_naming_it(tmp_path: Path) -> None:
+    """Flipped bytes in a shard's HDF5 metadata: h5py raises RuntimeError ("incorrect metadata
+    checksum"), which index, search, shards list and softlabel printed as a traceback."""
+    import random
+
+    import h5py
+
+    from neimsctl.data.membench import build_sample_shard
+
+    good = build_sample_shard(tmp_path / "good.h5", mode="teacher", limit=20)
+    data = bytearray(good.read_bytes())
+    random.seed(1)
+    for _ in range(200):
+        data[random.randrange(len(data) // 2, len(data))] ^= 0xFF
+    bad = tmp_path / "flip.h5"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError):                  # the premise: HDF5 itself refuses it
+        with h5py.File(bad, "r") as f:
+            for name in f:
+                f[name][...]
+    for cmd in ("index flip.h5 -o x.h5", "shards list flip.h5", "search q.msp -l flip.h5",
+                "softlabel flip.h5 -t teacher -o s.h5"):
+        (tmp_path / "q.msp").write_bytes(PHENOL)
+        proc = sh(f"neimsctl {cmd}", tmp_path)
+        err = proc.stderr.decode().strip().splitlines()
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr.decode(), (cmd, err)
+        assert err[-1].startswith(f"neimsctl {cmd.split()[0]}") and "flip.h5" in err[-1], (cmd, err)
+        assert not (tmp_path / "x.h5").exists() and not (tmp_path / "s.h5").exists()

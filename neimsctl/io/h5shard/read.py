@@ -22,7 +22,7 @@ from neimsctl.errors import FormatError
 from neimsctl.io.featblock import LATER_COLUMNS, MODES, STR_COLUMNS, ragged_columns, row_columns, take_rows
 from neimsctl.io.h5handle import H5Handle
 from neimsctl.io.h5shard import codec
-from neimsctl.io.h5shard.layout import PTRS, SCHEMA, SMALL
+from neimsctl.io.h5shard.layout import PTRS, SCHEMA, SMALL, stored_datasets
 
 CHUNK_CACHE = 0         # bytes of HDF5 chunk cache per dataset: none, since every read here
 #                         takes whole chunks (the wide columns and atom/edge tables inflated by
@@ -53,6 +53,29 @@ def check_shard(f: h5py.File, path: str | os.PathLike, *, mode: str | None = Non
     if missing:
         raise FormatError(f"missing datasets {missing}: written by an older neimsctl? re-run "
                           f"`neimsctl featurize --mode {found}` on the records", file=str(path))
+    _check_shapes(f, path, found)
+
+
+def _check_shapes(f: h5py.File, path: str | os.PathLike, mode: str) -> None:
+    """Every stored dataset has the shape its mode's layout gives: at least ``n_rows`` rows of
+    the column's width, ``n_rows + 1`` offsets (a shard whose tables contradict its featurizer
+    settings, or cut short, failed later with an IndexError or ValueError deep in a model)."""
+    try:
+        n = int(f.attrs.get("n_rows"))
+    except (TypeError, ValueError):
+        raise FormatError(f"n_rows attribute {f.attrs.get('n_rows')!r} is not a number", file=str(path)) from None
+    for name, col in stored_datasets(mode).items():
+        if name not in f:
+            continue
+        shape = f[name].shape
+        want = (n, *col.shape) if col.kind in ("str", "row") else (n + 1,) if col.kind == "ptr" else None
+        # more rows than n_rows are read as absent (a dataset grown ahead of its rows)
+        if want is not None and (len(shape) != len(want) or shape[0] < want[0] or shape[1:] != want[1:]):
+            raise FormatError(f"damaged shard: dataset {name!r} has shape {shape}, expected "
+                              f"{want} ({n} rows)", file=str(path))
+        if col.kind == "ragged" and shape[1:] != tuple(col.shape):
+            raise FormatError(f"damaged shard: dataset {name!r} has rows of shape {shape[1:]}, "
+                              f"expected {tuple(col.shape)}", file=str(path))
 
 
 def strings(raw: np.ndarray) -> np.ndarray:
@@ -142,7 +165,11 @@ class ShardReader:
     def ptr(self, length: str) -> np.ndarray:
         """CSR offsets (``n_atoms`` -> ``atom_ptr``), cached in memory after the first call."""
         if length not in self._ptr:
-            self._ptr[length] = codec.read_column(self.handle[PTRS[length]])
+            ptr = codec.read_column(self.handle[PTRS[length]])
+            if len(ptr) and (ptr[0] != 0 or (np.diff(ptr) < 0).any()):
+                raise FormatError(f"damaged shard: offsets {PTRS[length]!r} do not start at 0 and "
+                                  "grow", file=str(self.path))
+            self._ptr[length] = ptr
         return self._ptr[length]
 
     def load(self, names: Sequence[str]) -> None:

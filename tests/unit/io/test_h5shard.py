@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -385,3 +386,62 @@ def test_a_worker_forked_while_a_shard_is_written_does_not_lock_it(tmp_path: Pat
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+
+
+def test_damaged_tables_are_named_not_tracebacks(tmp_path: Path) -> None:
+    """Tables that contradict the shard's layout (a column cut short or of another width, offsets
+    that do not grow, edges naming atoms a molecule lacks) are one FormatError naming the file;
+    they failed with an IndexError or ValueError deep in a model before (softlabel, finetune),
+    or were read in part without a word (index read 5 rows of a 20-row shard)."""
+    import shutil
+
+    import h5py
+
+    from neimsctl.data.dataset import TeacherDataset
+
+    good = write(tmp_path / "good.h5", "teacher", [make_block("teacher")])
+
+    def damaged(name: str, harm) -> Path:
+        out = tmp_path / f"{name}.h5"
+        shutil.copy(good, out)
+        with h5py.File(out, "r+") as f:
+            harm(f)
+        return out
+
+    def short_spectrum(f):
+        del f["spectrum"]
+        f["spectrum"] = np.zeros((5, 501), np.float16)
+
+    def wide_atoms(f):
+        a = f["atom_x"][:]
+        del f["atom_x"]
+        f["atom_x"] = np.concatenate([a, a[:, :4]], 1)
+
+    def lying_rows(f):
+        f.attrs["n_rows"] = np.int64(10**12)
+
+    for name, harm, what in (("short", short_spectrum, "dataset 'spectrum' has shape (5, 501)"),
+                             ("wide", wide_atoms, "dataset 'atom_x' has rows of shape"),
+                             ("lie", lying_rows, "dataset 'id' has shape")):
+        with pytest.raises(FormatError, match=re.escape(what)) as err:
+            ShardReader(damaged(name, harm))
+        assert err.value.file == str(tmp_path / f"{name}.h5")
+
+    def backwards(f):
+        p = f["atom_ptr"][:]
+        p[5] = 10**9
+        f["atom_ptr"][:] = p
+
+    with pytest.raises(FormatError, match="offsets 'atom_ptr' do not start at 0 and grow"):
+        TeacherDataset(damaged("ptr", backwards), require_spectrum=False).get_batch(np.arange(4))
+
+    def far_edges(f):
+        e = f["edge_index"][:]
+        e[0] = [100000, -5]
+        f["edge_index"][:] = e
+
+    bad = damaged("edges", far_edges)
+    with pytest.raises(FormatError, match="the edges of record 'r0' name atoms") as err:
+        TeacherDataset(bad, require_spectrum=False).get_batch(np.arange(4))
+    assert err.value.file == str(bad)
+    assert TeacherDataset(good, require_spectrum=False).get_batch(np.arange(4)) is not None
