@@ -17,6 +17,8 @@ REPORT_FILES = ("report.md", "mirror_best.png", "mirror_median.png", "mirror_wor
                 "recall_at_k.png", "cosine_hist.png", "calibration.png")
 
 CMD = "eval"
+#: Records not used (no InChIKey, no usable peaks) named one per line on stderr; the rest counted.
+SHOW_UNUSED = 10
 
 
 def parse_ks(text: str) -> list[int]:
@@ -102,9 +104,21 @@ def eval_cli(
             result.metrics["report"] = [str(f) for f in files]
         opt = orjson.OPT_SERIALIZE_NUMPY | (0 if json_line else orjson.OPT_INDENT_2)
         sys.stdout.buffer.write(orjson.dumps(result.metrics, option=opt) + b"\n")
+        unused = [s for s in (pred, meas, *libs) if s.skipped]
         if not quiet:
             m, c = result.metrics, result.metrics["counts"]
             recall = ", ".join(f"R@{k} {m[f'recall@{k}']:.3f}" for k in k_list)
+            shown = 0
+            for s in unused:
+                for line in s.problems[:SHOW_UNUSED - shown]:
+                    print(f"neimsctl {CMD}: {line}; not used", file=sys.stderr)
+                    shown += 1
+            for s in unused:
+                why = ", ".join(f"{k}: {v}" for k, v in sorted(s.skipped.items()))
+                print(f"neimsctl {CMD}: {s.source}: {sum(s.skipped.values())} records not used ({why})",
+                      file=sys.stderr)
             print(f"neimsctl {CMD}: {c['n_queries']} queries, {c['n_compounds']} compounds, "
                   f"{c['n_library']} library entries; {recall}; mean cosine {m['mean_cosine']:.3f}",
                   file=sys.stderr, flush=True)
+        if unused:             # some input was not used: the metrics stand, the exit says so
+            raise typer.Exit(1)

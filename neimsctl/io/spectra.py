@@ -37,6 +37,10 @@ RUN_SCHEMA = "neimsctl.prediction-run/1"
 RECORD_SCHEMA = "neimsctl.record/1"
 
 
+#: Records not used whose place and reason a :class:`SpectraSet` keeps (the rest are counted).
+MAX_PROBLEMS = 1000
+
+
 @dataclass
 class SpectraSet:
     """Spectra of one input, row-aligned.
@@ -53,6 +57,8 @@ class SpectraSet:
     header : the ``neimsctl.prediction-run/1`` header line, if any.
     skipped : reason -> number of input records that were not used.
     source : display name of the input.
+    problems : where and why, for the first :data:`MAX_PROBLEMS` records not used
+        (``"<source>: line 12: bad_peaks"``).
     """
 
     spectra: np.ndarray
@@ -66,6 +72,7 @@ class SpectraSet:
     header: dict[str, Any] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     source: str = ""
+    problems: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -86,22 +93,25 @@ class _Rows:
         self.latency: list[float] = []
         self.header: dict[str, Any] = {}
         self.skipped: dict[str, int] = {}
+        self.problems: list[str] = []
 
-    def skip(self, reason: str) -> None:
+    def skip(self, reason: str, where: str | None = None) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(f"{self.source}: {where}: {reason}" if where else f"{self.source}: {reason}")
 
     def add(self, *, mz: Any, intensity: Any, key: str | None, mw: Any, rid: str, name: str,
-            unc: Any = None, experts: Any = None, latency: Any = None) -> None:
+            unc: Any = None, experts: Any = None, latency: Any = None, where: str | None = None) -> None:
         if not key:
-            self.skip("no_inchikey")
+            self.skip("no_inchikey", where)
             return
         try:
             spec = preprocess_spectrum([] if mz is None else mz, [] if intensity is None else intensity)
         except (ValueError, TypeError):
-            self.skip("bad_peaks")
+            self.skip("bad_peaks", where)
             return
         if not spec.max() > 0:
-            self.skip("no_peaks")
+            self.skip("no_peaks", where)
             return
         self.spectra.append(spec)
         self.keys.append(str(key).strip().upper())
@@ -127,7 +137,7 @@ class _Rows:
         return SpectraSet(spectra, np.asarray(self.keys, dtype=str), np.asarray(self.mw, np.int64),
                           np.asarray(self.ids, dtype=str), np.asarray(self.names, dtype=str), unc,
                           experts, lat if np.isfinite(lat).any() else None, self.header,
-                          self.skipped, self.source)
+                          self.skipped, self.source, self.problems)
 
 
 def _dense_uncertainty(mz: Any, intensity: Any, unc: Any) -> np.ndarray:
@@ -161,7 +171,7 @@ def _read_jsonl(fh: BinaryIO, rows: _Rows) -> None:
     ``skipped`` (like an MSP record the reader cannot use), the others are read."""
     for n, (_, rec, _why) in enumerate(jsonl_lines(fh)):
         if rec is None:
-            rows.skip("bad_json")
+            rows.skip("bad_json", f"line {n + 1}")
             continue
         schema = rec.get("schema")
         if schema == RUN_SCHEMA:
@@ -173,7 +183,7 @@ def _read_jsonl(fh: BinaryIO, rows: _Rows) -> None:
         rows.add(mz=rec.get("mz"), intensity=rec.get("intensity"), key=rec.get("inchikey"),
                  mw=rec.get("mw"), rid=str(rec.get("id") or f"{rows.source}:{n + 1}"),
                  name=str(rec.get("name") or ""), unc=rec.get("uncertainty"),
-                 experts=rec.get("experts"), latency=rec.get("latency_ms"))
+                 experts=rec.get("experts"), latency=rec.get("latency_ms"), where=f"line {n + 1}")
 
 
 def _msp_key(fields: dict[str, str]) -> str | None:
@@ -195,12 +205,13 @@ def _msp_key(fields: dict[str, str]) -> str | None:
 
 def _read_msp(fh: BinaryIO, rows: _Rows) -> None:
     for rec in read_msp(fh, rows.source):
+        where = f"line {rec.line}" + (f" ({rec.name})" if rec.name else "") if rec.line else rec.name or None
         if rec.reason:
-            rows.skip(rec.reason)
+            rows.skip(rec.reason, where)
             continue
         mw = parse_number(rec.fields["mw"]) if rec.fields.get("mw") else None
         rows.add(mz=rec.mz, intensity=rec.intensity, key=_msp_key(rec.fields),
-                 mw=round(mw) if mw is not None else None, rid=rec.record_id, name=rec.name)
+                 mw=round(mw) if mw is not None else None, rid=rec.record_id, name=rec.name, where=where)
 
 
 def _read_h5(path: str | os.PathLike, rows: _Rows) -> None:
@@ -212,15 +223,15 @@ def _read_h5(path: str | os.PathLike, rows: _Rows) -> None:
         keys, ids, names = r.column("inchikey"), r.column("id"), r.column("name")
         mw = r.column("mw").astype(np.int64)
         spectra = r.file["spectrum"]
-        if (~has).any():
-            rows.skipped["no_peaks"] = int((~has).sum())
+        for i in np.flatnonzero(~has):
+            rows.skip("no_peaks", f"row {int(i)} (id {ids[i]})")
         for lo in range(0, len(has), 4096):
             block = spectra[lo:lo + 4096].astype(np.float32)
             for j in np.flatnonzero(has[lo:lo + 4096]):
                 i = lo + int(j)
                 mz = np.flatnonzero(block[j])
                 rows.add(mz=mz, intensity=block[j][mz], key=keys[i], mw=int(mw[i]), rid=ids[i],
-                         name=names[i])
+                         name=names[i], where=f"row {i} (id {ids[i]})")
     finally:
         r.close()
 
