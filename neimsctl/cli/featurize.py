@@ -130,7 +130,7 @@ def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, 
                                              run_featurize, run_settings)
     from neimsctl.chem.rowbuild import RowOptions
     from neimsctl.cli._progress import Progress
-    from neimsctl.errors import InputError, StrictStop
+    from neimsctl.errors import InputError, OutputError, StrictStop
     from neimsctl.io.inputs import iter_items
     from neimsctl.io.parallel import resolve_jobs
     from neimsctl.io.provenance import provenance
@@ -144,6 +144,7 @@ def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, 
     items = iter_items(paths, in_fmt, shard, formats=FEATURIZE_FORMATS)
     file_h5 = fmt == "h5" and not is_dash(out) and not is_special_file(out)
     tally = Tally()
+    opened = False          # the rejects report too: from here on, partial work is worth keeping
     try:
         with open_sink(out, fmt, mode, settings, digest, attrs, resumable=file_h5,
                        resume=resume) as sink:
@@ -156,6 +157,7 @@ def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, 
             else:
                 rej_cm = open_out(rejects)
             with rej_cm as rej_fh:
+                opened = True
                 tally.sink = rej_fh
                 if state:
                     tally.read, tally.written = state["read"], state["written"]
@@ -178,10 +180,14 @@ def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, 
                                   show=None if quiet else (lambda m: eprint(CMD, m)),
                                   show_limit=None if verbose else 10,
                                   commit=commit if file_h5 else None, progress=bar.update)
-    except InputError as exc:
+    except (InputError, OutputError) as exc:
         # --strict, or input that cannot be read (corrupt compressed data): not an interruption;
         # a fresh run's partial output could only be resumed from the same (unreadable) input,
-        # so leave nothing behind (a --resume run keeps the partial work it was given)
+        # so leave nothing behind (a --resume run keeps the partial work it was given). An
+        # output that fails mid-run (a full disk) keeps its partial work for --resume; a rejects
+        # report that cannot even be opened leaves no OUT.partial either.
+        if isinstance(exc, OutputError) and opened:
+            raise
         if file_h5 and (isinstance(exc, StrictStop) or not resume):
             shutil.rmtree(partial_path(out), ignore_errors=True)
             if rejects is not None:

@@ -487,3 +487,11 @@ def test_an_hdf5_file_with_bad_checksums_is_one_line_naming_it(tmp_path: Path) -
         assert proc.returncode == 1 and "Traceback" not in proc.stderr.decode(), (cmd, err)
         assert err[-1].startswith(f"neimsctl {cmd.split()[0]}") and "flip.h5" in err[-1], (cmd, err)
         assert not (tmp_path / "x.h5").exists() and not (tmp_path / "s.h5").exists()
+
+
+def test_featurize_whose_rejects_report_cannot_be_opened_leaves_no_partial(tmp_path: Path) -> None:
+    """`--rejects nodir/r.jsonl` failed with one line but left an empty OUT.h5.partial/ behind."""
+    (tmp_path / "in.msp").write_bytes(THREE)
+    proc = sh("neimsctl featurize in.msp --rejects nodir/r.jsonl -o y.h5", tmp_path)
+    assert proc.returncode == 1 and b"nodir/r.jsonl: cannot write" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.msp"]
