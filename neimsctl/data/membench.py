@@ -254,8 +254,18 @@ def benchmark(*, shards: list[Path] | None, samples: int, batch_size: int = 32, 
 
 
 def _bench_shard(tmp: Path, model: str, rows: int) -> Path:
-    """The bundled sample featurized and replicated to ``rows`` rows."""
+    """The bundled sample featurized and replicated to ``rows`` rows (its size said first, on
+    the ``neimsctl`` log: a million teacher rows are ~30 GB in the temporary directory)."""
+    import logging
+
     base = build_sample_shard(tmp / "base.h5", mode=model)
+    import h5py
+
+    with h5py.File(base, "r") as f:
+        n0 = max(int(f.attrs["n_rows"]), 1)
+    gb = base.stat().st_size / n0 * rows / 1e9
+    logging.getLogger("neimsctl").warning(
+        "membench: writing a %d-row %s benchmark shard (~%.1f GB) in %s", rows, model, gb, tmp)
     return replicate_shard(base, tmp / "bench.h5", rows)
 
 
@@ -345,6 +355,23 @@ def replicate_shard(src: Path, dst: Path, n_rows: int, *, block: int = 8192) -> 
     rows = np.arange(n_rows) % n0
     reps = np.arange(n_rows) // n0
     tmp = dst.with_name(dst.name + ".part")
+    try:
+        _replicate(tmp, data, layout, attrs, csr, rows, reps, n_rows, block)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, dst)
+    return dst
+
+
+def _replicate(tmp: Path, data: dict[str, np.ndarray], layout: dict[str, Any], attrs: dict[str, Any],
+               csr: dict[str, str], rows: np.ndarray, reps: np.ndarray, n_rows: int, block: int) -> None:
+    """:func:`replicate_shard`'s writing; a signal is honoured between blocks (a Ctrl-C or SIGTERM
+    raised inside one of h5py's callbacks is swallowed there: :mod:`neimsctl.interrupts`)."""
+    import h5py
+
+    from neimsctl import interrupts
+
     with h5py.File(tmp, "w") as g:
         g.attrs.update({**attrs, "n_rows": n_rows})
         for k, v in data.items():
@@ -362,19 +389,19 @@ def replicate_shard(src: Path, dst: Path, n_rows: int, *, block: int = 8192) -> 
                 ptr = data[csr[k]]
                 out = 0
                 for a in range(0, n_rows, block):
+                    interrupts.check()
                     r = rows[a:a + block]
                     parts = np.concatenate([v[ptr[i]:ptr[i + 1]] for i in r])
                     g[k][out:out + len(parts)] = parts
                     out += len(parts)
             else:
                 for a in range(0, n_rows, block):
+                    interrupts.check()
                     chunk = v[rows[a:a + block]]
                     if k == "id":
                         chunk = np.array([(s.decode() if isinstance(s, bytes) else s) + (f"~{q}" if q else "")
                                           for s, q in zip(chunk, reps[a:a + block])], dtype=object)
                     g[k][a:a + len(chunk)] = chunk
-    os.replace(tmp, dst)
-    return dst
 
 
 if __name__ == "__main__":          # child of compare(): one clean-process benchmark as JSON
