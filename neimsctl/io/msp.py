@@ -386,6 +386,8 @@ def parse_block(block: bytes, file: str, line: int, ordinal: int, at_eof: bool =
         return rec.reject("num_peaks_mismatch", f"Num Peaks {declared}, found {got} peaks")
     if got == 0:
         return rec.reject("no_peaks", "Num Peaks: 0")
+    if not max(rec.intensity) > 0:          # as check_peaks (index, search): no positive intensity
+        return rec.reject("no_peaks", f"every intensity of the {got} peaks is 0")
     return rec
 
 

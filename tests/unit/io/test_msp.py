@@ -173,6 +173,11 @@ def test_no_peaks():
     assert one(b"Name: x\nNum Peaks: 0\n").reason == "no_peaks"
     recs = read(b"Name: x\nMW: 5\n\n" + GOOD)
     assert recs[0].reason == "no_peaks" and recs[1].reason is None
+    # peaks whose every intensity is 0: no spectrum (msp2jsonl wrote it; index and search
+    # rejected the same record as no_peaks)
+    rec = one(b"Name: toluene\nNum Peaks: 2\n91 0\n92 0.0\n")
+    assert rec.reason == "no_peaks" and "every intensity of the 2 peaks is 0" in rec.detail
+    assert one(b"Name: toluene\nNum Peaks: 2\n91 0\n92 1\n").reason is None
 
 
 def test_num_peaks_mismatch():
