@@ -312,6 +312,13 @@ class TeacherDataset(ShardDataset):
     def split_batch(self, batch: Any) -> list[Any]:
         return batch.to_data_list()
 
+    def where(self, i: int) -> tuple[str, None, str]:
+        """``(file, line, record)`` of item ``i`` for a reject: its shard and its row there
+        (``"row 12"``; shards have no lines)."""
+        row = int(self.rows[i])
+        shard = int(np.searchsorted(self._offsets, row, "right")) - 1
+        return str(self.paths[shard]), None, f"row {row - int(self._offsets[shard])}"
+
     def _check_edges(self, arr: dict[str, np.ndarray], rows: np.ndarray) -> None:
         """Every edge joins two atoms of its own molecule (a damaged shard's edge index beyond
         them failed with an IndexError deep in the graph layers)."""

@@ -379,10 +379,11 @@ def run_softlabel(teacher: Teachers, shards: Sequence[str | Path], out: str | Pa
                 key = rid.encode()
                 if key in seen:
                     tally.reject(Reject("duplicate_id", "id seen before; soft labels align by id",
-                                        id=rid))
+                                        *ds.where(int(pos[j])), id=rid))
                 elif not (np.isfinite(mean[j]).all() and np.isfinite(var[j]).all()
                           and np.isfinite(hid[j]).all()):
-                    tally.reject(Reject("nonfinite_prediction", "teacher output is NaN/inf", id=rid))
+                    tally.reject(Reject("nonfinite_prediction", "teacher output is NaN/inf",
+                                        *ds.where(int(pos[j])), id=rid))
                 else:
                     keep.append(j)
                 seen.add(key)

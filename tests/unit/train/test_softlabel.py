@@ -171,13 +171,20 @@ def test_duplicate_ids_are_rejected_and_reported(shard: Path, teacher: Path, tmp
 
     import orjson
 
+    import shutil
+
+    copy = tmp_path / "copy.h5"
+    shutil.copy(shard, copy)
     sink = io.BytesIO()
-    tally = sl.run_softlabel(teacher, [shard, shard], tmp_path / "d.h5", device="cpu", rejects=sink,
+    tally = sl.run_softlabel(teacher, [shard, copy], tmp_path / "d.h5", device="cpu", rejects=sink,
                              settings=sl.SoftLabelSettings(samples=2, batch_size=32))
     n = len(TeacherDataset(shard, require_spectrum=False))
     assert (tally.read, tally.written, tally.rejected) == (2 * n, n, n)
     recs = [orjson.loads(x) for x in sink.getvalue().splitlines()]
     assert len(recs) == n and {r["reason"] for r in recs} == {"duplicate_id"}
+    # each reject names the shard and row it came from (file, line and record were null)
+    assert {r["file"] for r in recs} == {str(copy)}
+    assert sorted(r["record"] for r in recs) == sorted(f"row {k}" for k in range(n))
     with SoftLabelReader(tmp_path / "d.h5") as r:
         assert r.n_rows == n and len(set(r.ids.tolist())) == n
 
