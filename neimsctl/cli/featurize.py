@@ -92,6 +92,8 @@ def featurize_cli(
         usage_error(CMD, "refusing to write binary features to a terminal: use -o FILE or a pipe")
     if resume and (to_stdout or chosen != "h5"):
         usage_error(CMD, "--resume needs an HDF5 file output (-o FILE.h5)")
+    if min_mw > max_mw:       # every record would be a reject
+        usage_error(CMD, f"--min-mw {min_mw} is above --max-mw {max_mw}")
     refuse_clobber(CMD, input_pairs(paths), [output_pair("-o", out)]
                    + ([output_pair("--rejects", rejects)] if rejects else []))
 

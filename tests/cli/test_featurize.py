@@ -124,6 +124,9 @@ def test_usage_errors_and_strict(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []                         # nothing left behind
     p = sh("neimsctl featurize --mode nope", tmp_path, SMI)
     assert p.returncode == 2
+    p = sh("neimsctl featurize --min-mw 500 --max-mw 100 -o x.h5", tmp_path, SMI)   # rejected all, exit 1
+    assert p.returncode == 2 and "--min-mw 500 is above --max-mw 100" in p.stderr.decode()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_refuses_binary_to_a_terminal(tmp_path: Path) -> None:
