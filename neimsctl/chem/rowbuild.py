@@ -52,6 +52,9 @@ _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: Largest ionization energy (eV) taken as given; EI sources run at 10..100 eV.
 MAX_ENERGY = 10_000.0
+#: JSONL record schemas featurize reads (a record of another, e.g. a later version, is
+#: ``unknown_schema``: its fields may mean something else).
+KNOWN_SCHEMAS = ("neimsctl.record/1", "neimsctl.prediction/1", "neimsctl.prediction-run/1")
 #: JSONL record fields that must be strings when present (else the record is ``bad_field``).
 TEXT_FIELDS = ("smiles", "id", "name", "formula", "inchikey")
 
@@ -337,6 +340,10 @@ class RowBuilder:
             rid = rec.get("id") if type(rec.get("id")) is str else None
             rid = clean_text(rid) if rid else f"{_stem(it.file)}:{it.ordinal}"
             name = clean_text(rec["name"]) if type(rec.get("name")) is str else None
+            schema = rec.get("schema")
+            if schema is not None and schema not in KNOWN_SCHEMAS:   # as index and search do
+                return Rejected(it, rid, "unknown_schema", f"schema {str(schema)[:80]!r} is not one "
+                                f"of {', '.join(KNOWN_SCHEMAS)}", name or None)
             if bad:
                 return Rejected(it, rid, "bad_field", "; ".join(
                     f"{k} is a JSON {_json_type(rec[k])}, not a string" for k in bad), name or None)

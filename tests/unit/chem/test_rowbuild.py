@@ -162,6 +162,15 @@ def test_fields_of_the_wrong_type_are_bad_field(field, value):
     assert list(block["name"]) == ["ok"]
 
 
+def test_a_record_of_an_unknown_schema_is_rejected():
+    """featurize wrote a `neimsctl.record/9` record (index and search reject it)."""
+    block, rejects = _build({"schema": "neimsctl.record/9", "smiles": "CCCO"},
+                            {"schema": "neimsctl.record/1", "smiles": "CCCCO", "name": "ok"},
+                            {"smiles": "CCCCCO", "name": "no schema"})
+    assert [r.reason for r in rejects] == ["unknown_schema"] and "neimsctl.record/9" in rejects[0].detail
+    assert list(block["name"]) == ["ok", "no schema"]
+
+
 def test_unreadable_values_fall_back_and_control_characters_become_blanks():
     block, rejects = _build(
         {"smiles": "CCCO", "formula": "Xx2", "id": 17, "comments": True},   # RDKit: unknown element
