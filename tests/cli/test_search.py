@@ -335,19 +335,13 @@ def test_damaged_indexes_fail_with_one_line(index, sample_msp, tmp_path):
     """An index whose peak offsets go backwards, whose m/z leave the range or whose masses are
     out of order: one 'damaged index' line, exit 1 (a traceback from the exact scores before,
     or, for the masses, silently wrong mass windows)."""
-    import shutil
-
-    import h5py
+    from _h5damage import damaged_copy
 
     q = tmp_path / "q.msp"
     q.write_bytes(first_records(sample_msp, 20))
 
     def damaged(name: str, harm) -> Path:
-        out = tmp_path / f"{name}{len(list(tmp_path.glob('*.h5')))}.h5"
-        shutil.copy(index, out)
-        with h5py.File(out, "r+") as f:
-            harm(f)
-        return out
+        return damaged_copy(index, tmp_path / f"{name}{len(list(tmp_path.glob('*.h5')))}.h5", harm)
 
     def backwards(f):
         p = f["peak_ptr"]

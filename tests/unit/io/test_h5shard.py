@@ -393,20 +393,14 @@ def test_damaged_tables_are_named_not_tracebacks(tmp_path: Path) -> None:
     that do not grow, edges naming atoms a molecule lacks) are one FormatError naming the file;
     they failed with an IndexError or ValueError deep in a model before (softlabel, finetune),
     or were read in part without a word (index read 5 rows of a 20-row shard)."""
-    import shutil
-
-    import h5py
+    from _h5damage import damaged_copy
 
     from neimsctl.data.dataset import TeacherDataset
 
     good = write(tmp_path / "good.h5", "teacher", [make_block("teacher")])
 
     def damaged(name: str, harm) -> Path:
-        out = tmp_path / f"{name}.h5"
-        shutil.copy(good, out)
-        with h5py.File(out, "r+") as f:
-            harm(f)
-        return out
+        return damaged_copy(good, tmp_path / f"{name}.h5", harm)
 
     def short_spectrum(f):
         del f["spectrum"]
