@@ -169,9 +169,9 @@ def _experts(obj: Any) -> tuple[list[int], list[float]] | None:
 def _read_jsonl(fh: BinaryIO, rows: _Rows) -> None:
     """Every line a record; a line that is not a JSON object is counted as ``bad_json`` in
     ``skipped`` (like an MSP record the reader cannot use), the others are read."""
-    for n, (_, rec, _why) in enumerate(jsonl_lines(fh)):
+    for n, (lineno, rec, _why) in enumerate(jsonl_lines(fh)):
         if rec is None:
-            rows.skip("bad_json", f"line {n + 1}")
+            rows.skip("bad_json", f"line {lineno}")
             continue
         schema = rec.get("schema")
         if schema == RUN_SCHEMA:
@@ -183,7 +183,7 @@ def _read_jsonl(fh: BinaryIO, rows: _Rows) -> None:
         rows.add(mz=rec.get("mz"), intensity=rec.get("intensity"), key=rec.get("inchikey"),
                  mw=rec.get("mw"), rid=str(rec.get("id") or f"{rows.source}:{n + 1}"),
                  name=str(rec.get("name") or ""), unc=rec.get("uncertainty"),
-                 experts=rec.get("experts"), latency=rec.get("latency_ms"), where=f"line {n + 1}")
+                 experts=rec.get("experts"), latency=rec.get("latency_ms"), where=f"line {lineno}")
 
 
 def _msp_key(fields: dict[str, str]) -> str | None:

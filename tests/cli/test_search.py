@@ -209,8 +209,8 @@ def test_index_outputs_never_overwrite_an_input_or_each_other(sample_msp, tmp_pa
 
 def test_a_cut_jsonl_line_loses_only_itself(sample_msp, tmp_path):
     """A truncated or garbled JSONL line is a bad_json reject of index and search (with its line;
-    blank lines counted) and a skipped row of eval; the other records are used (before, the whole
-    run stopped at that line)."""
+    blank lines counted) and a row eval names and does not use (exit 1); the other records are
+    used (before, the whole run stopped at that line)."""
     proc = run(None, "msp2jsonl", "-q", "-j", "1", sample_msp)
     lines = proc.stdout.splitlines()[:4]
     recs = tmp_path / "cut.jsonl"
@@ -223,9 +223,12 @@ def test_a_cut_jsonl_line_loses_only_itself(sample_msp, tmp_path):
     proc = run(None, "search", recs, "-l", out, "-k", "1")
     assert proc.returncode == 1 and len(proc.stdout.splitlines()) == 1 + 3
     assert b"cut.jsonl: line 6" in proc.stderr
-    proc = run(None, "eval", recs, recs, "--json", "-q")
-    assert proc.returncode == 0, proc.stderr
+    proc = run(None, "eval", recs, recs, "--json", "-q")   # rows not used: exit 1, metrics written
+    assert proc.returncode == 1, proc.stderr
     assert orjson.loads(proc.stdout)["counts"]["skipped"]["measured"] == {"bad_json": 2}
+    proc = run(None, "eval", recs, recs, "--json")
+    assert b"cut.jsonl: line 4: bad_json; not used" in proc.stderr
+    assert b"cut.jsonl: line 6: bad_json; not used" in proc.stderr
 
 
 def test_huge_header_and_peak_values_are_no_traceback(sample_msp, tmp_path):
