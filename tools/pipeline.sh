@@ -124,8 +124,9 @@ neimsctl shards split "$out/student.h5" --part test -o "$out/test.jsonl"
 neimsctl shards split "$out/student.h5" --part train -o "$out/train.jsonl"
 neimsctl predict --model "$out/student/checkpoints/best.pt" --device "$device" \
     -o "$out/test.predicted.msp" < "$out/test.smi"
+# exit 1: some records were not used (named on stderr); the metrics are written all the same
 neimsctl eval "$out/test.predicted.msp" "$out/test.jsonl" -l "$out/train.jsonl" \
-    --mass-filter 5 --report "$out/eval" > "$out/eval.json"
+    --mass-filter 5 --report "$out/eval" > "$out/eval.json" || [ $? -eq 1 ]
 
 first=$(head -n 1 "$out/test.smi")
 log "a predicted spectrum: ${first}"
