@@ -561,7 +561,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def output_error(path: str | os.PathLike | None, exc: OSError) -> OutputError:
     """``<path>: cannot write: <why>`` for an output that failed (``<stdout>`` for ``-``)."""
     why = exc.strerror or str(exc)
-    if exc.errno == errno.ENOENT and not is_dash(path):
+    if exc.errno == errno.ENOENT and not is_dash(path) \
+            and not Path(path).parent.is_dir():  # type: ignore[arg-type]  (/proc: it exists)
         why += f" (no directory {Path(path).parent})"  # type: ignore[arg-type]
     return OutputError(f"{'<stdout>' if is_dash(path) else path}: cannot write: {why}")
 

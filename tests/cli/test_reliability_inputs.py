@@ -221,6 +221,7 @@ WRITE_ERRORS = [
     ("/dev/full", "/dev/full: cannot write: No space left on device"),
     (".", ".: cannot write: is a directory"),     # also -o '' (a traceback before)
     ("/", "/: cannot write: is a directory"),
+    ("/proc/out", "/proc/out: cannot write: No such file or directory"),   # said "no directory /proc"
 ]
 
 
