@@ -169,6 +169,17 @@ class ShardDataset(torch.utils.data.Dataset):
             arrays.append(self._has_carbon)
         return int(sum(a.nbytes for a in arrays))
 
+    def _shard_of(self, row: int) -> tuple[int, int]:
+        """``(shard, row within it)`` of the shards' concatenated row ``row``."""
+        s = int(np.searchsorted(self._offsets, row, "right")) - 1
+        return s, row - int(self._offsets[s])
+
+    def where(self, i: int) -> tuple[str, None, str]:
+        """``(file, line, record)`` of item ``i`` for a reject: its shard and its row there
+        (``"row 12"``; shards have no lines)."""
+        s, r = self._shard_of(int(self.rows[i]))
+        return str(self.paths[s]), None, f"row {r}"
+
     # -- reading ------------------------------------------------------------------------------
     def _read(self, idx: np.ndarray, columns: Sequence[str]) -> dict[str, np.ndarray]:
         """``columns`` of dataset positions ``idx`` as one block in ``idx`` order (a ragged table
@@ -312,13 +323,6 @@ class TeacherDataset(ShardDataset):
     def split_batch(self, batch: Any) -> list[Any]:
         return batch.to_data_list()
 
-    def where(self, i: int) -> tuple[str, None, str]:
-        """``(file, line, record)`` of item ``i`` for a reject: its shard and its row there
-        (``"row 12"``; shards have no lines)."""
-        row = int(self.rows[i])
-        shard = int(np.searchsorted(self._offsets, row, "right")) - 1
-        return str(self.paths[shard]), None, f"row {row - int(self._offsets[shard])}"
-
     def _check_edges(self, arr: dict[str, np.ndarray], rows: np.ndarray) -> None:
         """Every edge joins two atoms of its own molecule (a damaged shard's edge index beyond
         them failed with an IndexError deep in the graph layers)."""
@@ -334,9 +338,8 @@ class TeacherDataset(ShardDataset):
                 return
             bad = int(np.searchsorted(np.cumsum(arr["n_edges"]), np.flatnonzero(wrong)[0], "right"))
         row = int(rows[bad])
-        shard = int(np.searchsorted(self._offsets, row, "right")) - 1
         raise FormatError(f"damaged shard: the edges of record {self._ids[row].decode()!r} name atoms "
-                          "the molecule does not have", file=str(self.paths[shard]))
+                          "the molecule does not have", file=str(self.paths[self._shard_of(row)[0]]))
 
     def _data_list(self, idx: np.ndarray) -> list[Any]:
         from torch_geometric.data import Data

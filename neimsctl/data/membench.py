@@ -258,11 +258,11 @@ def _bench_shard(tmp: Path, model: str, rows: int) -> Path:
     the ``neimsctl`` log: a million teacher rows are ~30 GB in the temporary directory)."""
     import logging
 
-    base = build_sample_shard(tmp / "base.h5", mode=model)
-    import h5py
+    from neimsctl.io.h5shard import ShardReader
 
-    with h5py.File(base, "r") as f:
-        n0 = max(int(f.attrs["n_rows"]), 1)
+    base = build_sample_shard(tmp / "base.h5", mode=model)
+    with ShardReader(base) as r:
+        n0 = max(len(r), 1)
     gb = base.stat().st_size / n0 * rows / 1e9
     logging.getLogger("neimsctl").warning(
         "membench: writing a %d-row %s benchmark shard (~%.1f GB) in %s", rows, model, gb, tmp)

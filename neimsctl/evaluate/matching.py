@@ -501,9 +501,10 @@ def _exact_cosine(q: _Queries, sel: np.ndarray, block: PeakBlock, score: Score, 
 
 
 def _check_intensities(block: PeakBlock) -> None:
-    """The entries about to be scored exactly hold positive finite intensities (a damaged
-    library's NaN or negative intensity would make a NaN score, and the entry silently no hit).
-    Checked on these few entries only: the first pass reads stored weights, not peaks."""
+    """The peaks about to be scored hold positive finite intensities (a damaged library's NaN or
+    negative intensity would make a NaN score, and the entry silently no hit). A chunk read from
+    peak lists is checked whole; over an index's stored weights only the few entries scored
+    exactly (the first pass reads the weights, not the peaks: no pass over every block's peaks)."""
     inten = np.asarray(block.intensity)
     if len(inten) and not (inten.min() > 0 and np.isfinite(inten.max())):   # NaN fails min > 0
         raise FormatError("damaged library: peak intensities that are not positive finite numbers")

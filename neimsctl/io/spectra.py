@@ -20,7 +20,7 @@ import io
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Sequence
 
 import numpy as np
 
@@ -96,8 +96,13 @@ class _Rows:
         self.problems: list[str] = []
 
     def skip(self, reason: str, where: str | None = None) -> None:
-        self.skipped[reason] = self.skipped.get(reason, 0) + 1
-        if len(self.problems) < MAX_PROBLEMS:
+        self.skip_many(reason, 1, [where])
+
+    def skip_many(self, reason: str, n: int, wheres: Sequence[str | None]) -> None:
+        """``n`` records not used for ``reason``; ``wheres``: the places of (at least) the first
+        ones, of which :data:`MAX_PROBLEMS` in all are kept."""
+        self.skipped[reason] = self.skipped.get(reason, 0) + n
+        for where in wheres[:max(0, MAX_PROBLEMS - len(self.problems))]:
             self.problems.append(f"{self.source}: {where}: {reason}" if where else f"{self.source}: {reason}")
 
     def add(self, *, mz: Any, intensity: Any, key: str | None, mw: Any, rid: str, name: str,
@@ -223,8 +228,8 @@ def _read_h5(path: str | os.PathLike, rows: _Rows) -> None:
         keys, ids, names = r.column("inchikey"), r.column("id"), r.column("name")
         mw = r.column("mw").astype(np.int64)
         spectra = r.file["spectrum"]
-        for i in np.flatnonzero(~has):
-            rows.skip("no_peaks", f"row {int(i)} (id {ids[i]})")
+        missing = np.flatnonzero(~has)           # counted at once; places kept for the first
+        rows.skip_many("no_peaks", len(missing), [f"row {int(i)} (id {ids[i]})" for i in missing[:MAX_PROBLEMS]])
         for lo in range(0, len(has), 4096):
             block = spectra[lo:lo + 4096].astype(np.float32)
             for j in np.flatnonzero(has[lo:lo + 4096]):
