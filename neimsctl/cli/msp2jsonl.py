@@ -101,6 +101,6 @@ def _reject_logger(limit: int = 10):  # type: ignore[no-untyped-def]
         elif seen <= limit or debug:
             log.info("%s: line %s: record %r (id %s): %s: %s", rej.file, rej.line, rej.record,
                      rej.id, rej.reason, rej.detail)
-        if seen == limit and not debug:
+        if seen == limit + 1 and not debug:   # only when one is really hidden
             log.info("further rejects not shown (see --rejects FILE, or -v)")
     return show

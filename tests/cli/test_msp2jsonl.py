@@ -73,6 +73,18 @@ def test_rejects_exit_1_and_rejects_file(neimsctl_exe, tmp_path):
     assert summary.startswith("neimsctl msp2jsonl: read 6, written 1, rejected 5 (")
 
 
+@pytest.mark.parametrize("n_bad", [10, 11])
+def test_further_rejects_note_only_when_one_is_hidden(neimsctl_exe, tmp_path, n_bad):
+    src = tmp_path / "bad.msp"
+    src.write_bytes(b"".join(b"Name: bad %d\nSMILES: C1CC((\nNum Peaks: 1\n31 999\n\n" % i
+                             for i in range(n_bad)))
+    proc = sh(f"{neimsctl_exe} msp2jsonl {src} -o /dev/null")
+    err = proc.stderr.decode()
+    assert proc.returncode == 1
+    assert err.count("record 'bad ") == 10        # the first ten, each named
+    assert ("further rejects not shown" in err) == (n_bad > 10)
+
+
 def test_usage_errors_exit_2(neimsctl_exe, sample_msp, tmp_path):
     for args in ("--min-mw 100 --max-mw 50", "--no-such-option", f"--mol-dir {tmp_path / 'nope'}",
                  "--jobs 0", str(tmp_path / "missing.msp")):
