@@ -112,6 +112,20 @@ def featurize_cli(
                  exc.strerror or str(exc))
 
 
+def _same_rejects(state: dict | None, rejects: Path | None) -> None:
+    """A resumed run writes its rejects where the interrupted one did (else the report would
+    lose the rejects already counted, or REJECTS.partial would stay behind forever)."""
+    from neimsctl.errors import InputError
+
+    if not state or "rejects" not in state:     # a fresh run, or a partial output that predates the check
+        return
+    had, given = state["rejects"], None if rejects is None else str(rejects)
+    if had != given:
+        kept = f"--rejects {had} (its first part is {had}.partial)" if had else "no --rejects"
+        raise InputError(f"cannot resume: the interrupted run had {kept}; resume with the same "
+                         f"{'--rejects' if had else 'options'}, or run again without --resume")
+
+
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
     from neimsctl.io.inputs import parse_shard
 
@@ -152,6 +166,9 @@ def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, 
                        resume=resume) as sink:
             state = getattr(sink, "resume_state", None)
             point = resume_point(paths, in_fmt, shard, state)  # checks a resumed run's inputs
+            if file_h5:
+                _same_rejects(state, rejects)
+                point["rejects"] = None if rejects is None else str(rejects)
             if rejects is None:
                 rej_cm = contextlib.nullcontext()
             elif file_h5:  # kept as REJECTS.partial beside OUT.partial when interrupted

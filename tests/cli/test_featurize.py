@@ -161,6 +161,11 @@ def test_interrupted_run_leaves_no_complete_looking_file_and_resumes(tmp_path: P
     if sig == signal.SIGINT:
         assert proc.returncode == 130 and names == ["many.smi", "out.h5.partial", "rej.jsonl.partial"]
         assert b"interrupted" in proc.stderr.read()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for other in (cmd[:-2], [*cmd[:-1], "other.jsonl"]):           # rejects elsewhere: refused
+        wrong = subprocess.run([*other, "--resume"], cwd=tmp_path, capture_output=True)
+        assert wrong.returncode == 1 and b"--rejects rej.jsonl" in wrong.stderr, wrong.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing lost or left
     again = subprocess.run([*cmd, "--resume"], cwd=tmp_path, capture_output=True)
     assert again.returncode == 1, again.stderr                       # the bad SMILES lines
     assert b"read 75000, written 25000, rejected 50000" in again.stderr  # CCO: below 50 Da
@@ -175,6 +180,20 @@ def test_interrupted_run_leaves_no_complete_looking_file_and_resumes(tmp_path: P
         for name in b:
             x, y = a[name][()], b[name][()]
             assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), name
+
+
+def test_resume_needs_the_interrupted_runs_rejects_report() -> None:
+    from neimsctl.cli.featurize import _same_rejects
+    from neimsctl.errors import InputError
+
+    _same_rejects(None, Path("r.jsonl"))                          # a fresh run
+    _same_rejects({"next_ordinal": 3}, None)                      # a partial output without the key
+    _same_rejects({"rejects": "r.jsonl"}, Path("r.jsonl"))
+    _same_rejects({"rejects": None}, None)
+    with pytest.raises(InputError, match="had no --rejects"):
+        _same_rejects({"rejects": None}, Path("r.jsonl"))
+    with pytest.raises(InputError, match=r"had --rejects r.jsonl \(its first part is r.jsonl.partial\)"):
+        _same_rejects({"rejects": "r.jsonl"}, None)
 
 
 def test_resume_refuses_other_input(tmp_path: Path) -> None:
