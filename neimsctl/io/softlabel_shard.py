@@ -106,6 +106,10 @@ class SoftLabelWriter(Writer):
         self._f.flush()
         self.positions_done = positions_done
 
+    def written_ids(self) -> set[str]:
+        """The ids of the rows written so far (a resumed run replays its earlier rejects)."""
+        return {i.decode() if isinstance(i, bytes) else str(i) for i in self._f["id"][:self.n_rows]}
+
     def close(self) -> None:
         """Mark complete and rename onto the final name."""
         self._f.attrs["complete"] = True

@@ -362,8 +362,7 @@ def run_softlabel(teacher: Teachers, shards: Sequence[str | Path], out: str | Pa
         if start:
             print(f"neimsctl: softlabel: resuming after {start} of {len(positions)} rows",
                   file=log, flush=True)
-            seen.update(bytes(i) for i in ds.ids[positions[:start]])
-            tally.read, tally.written = start, w.n_rows
+            _replay(tally, seen, ds, positions[:start], w)
         bs = s.batch_size
         for b in range(start // bs, -(-len(positions) // bs)):
             pos = positions[b * bs:(b + 1) * bs]
@@ -375,19 +374,42 @@ def run_softlabel(teacher: Teachers, shards: Sequence[str | Path], out: str | Pa
             ids = [i.decode() for i in ds.ids[pos]]
             keep = []
             for j, rid in enumerate(ids):
-                tally.read += 1
-                key = rid.encode()
-                if key in seen:
-                    tally.reject(Reject("duplicate_id", "id seen before; soft labels align by id",
-                                        *ds.where(int(pos[j])), id=rid))
-                elif not (np.isfinite(mean[j]).all() and np.isfinite(var[j]).all()
-                          and np.isfinite(hid[j]).all()):
-                    tally.reject(Reject("nonfinite_prediction", "teacher output is NaN/inf",
-                                        *ds.where(int(pos[j])), id=rid))
-                else:
+                finite = bool(np.isfinite(mean[j]).all() and np.isfinite(var[j]).all()
+                              and np.isfinite(hid[j]).all())
+                if _judge(tally, seen, ds, int(pos[j]), rid, finite):
                     keep.append(j)
-                seen.add(key)
             w.append([ids[j] for j in keep], mean[keep], var[keep], hid[keep],
                      positions_done=min((b + 1) * bs, len(positions)))
             tally.written += len(keep)
     return tally
+
+
+def _judge(tally: Tally, seen: set[bytes], ds: Any, pos: int, rid: str, finite: bool) -> bool:
+    """Count row ``pos`` (id ``rid``) as read; reject it (a repeated id, or a teacher output that
+    is not finite) or return True: its soft labels are written."""
+    tally.read += 1
+    key = rid.encode()
+    ok = False
+    if key in seen:
+        tally.reject(Reject("duplicate_id", "id seen before; soft labels align by id",
+                            *ds.where(pos), id=rid))
+    elif not finite:
+        tally.reject(Reject("nonfinite_prediction", "teacher output is NaN/inf", *ds.where(pos),
+                            id=rid))
+    else:
+        ok = True
+    seen.add(key)
+    return ok
+
+
+def _replay(tally: Tally, seen: set[bytes], ds: Any, done: np.ndarray, w: SoftLabelWriter) -> None:
+    """A resumed run's counts and rejects of the rows the interrupted run finished, in their
+    order, as that run made them (its report was not kept): a row whose id is not in the
+    partial file was rejected, as a repeat or for a non-finite output."""
+    written = w.written_ids()
+    for p in done:
+        rid = ds.ids[p].decode()
+        tally.written += _judge(tally, seen, ds, int(p), rid, finite=rid in written)
+    if tally.written != w.n_rows:
+        raise FormatError(f"holds {w.n_rows} rows, but its input gives {tally.written} for the "
+                          "positions it finished; rerun without --resume", file=str(w.tmp))

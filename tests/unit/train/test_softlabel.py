@@ -189,6 +189,52 @@ def test_duplicate_ids_are_rejected_and_reported(shard: Path, teacher: Path, tmp
         assert r.n_rows == n and len(set(r.ids.tolist())) == n
 
 
+def test_resume_reports_the_rejects_of_the_interrupted_part(shard: Path, teacher: Path,
+                                                             tmp_path: Path) -> None:
+    """The rejects report and counts of a resumed run equal an uninterrupted run's, the rows
+    rejected before the interruption (a repeated id, a NaN output) included."""
+    import io
+    import shutil
+
+    copy = tmp_path / "copy.h5"
+    shutil.copy(shard, copy)
+    settings = sl.SoftLabelSettings(samples=2, batch_size=32)
+    real = sl.mc_soft_labels
+
+    def patched(stop_at: int | None, nan: bool):
+        calls = {"n": 0}
+
+        def run(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == stop_at:
+                raise KeyboardInterrupt
+            mean, var, hid = real(*args, **kwargs)
+            if nan and calls["n"] == 1:
+                mean[3] = float("nan")                 # row 3 of the first batch: a NaN output
+            return mean, var, hid
+        return run
+
+    def run(out: Path, stop_at: int | None, resume: bool = False) -> tuple[object, bytes]:
+        sink = io.BytesIO()
+        sl.mc_soft_labels = patched(stop_at, nan=not resume)   # a resume recomputes no row of batch 1
+        try:
+            t = sl.run_softlabel(teacher, [shard, copy], out, device="cpu", rejects=sink,
+                                 settings=settings, resume=resume)
+        finally:
+            sl.mc_soft_labels = real
+        return t, sink.getvalue()
+
+    ref, ref_rejects = run(tmp_path / "ref.h5", None)
+    n = len(TeacherDataset(shard, require_spectrum=False))
+    assert (ref.read, ref.written, ref.rejected) == (2 * n, n - 1, n + 1)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "out.h5", 3)                    # two batches (64 rows) done
+    again, rejects = run(tmp_path / "out.h5", None, resume=True)
+    assert (again.read, again.written, again.rejected) == (ref.read, ref.written, ref.rejected)
+    assert dict(again.reasons) == dict(ref.reasons) == {"nonfinite_prediction": 1, "duplicate_id": n}
+    assert rejects == ref_rejects
+
+
 def test_ensemble_pools_every_teachers_samples_and_keeps_the_first_hidden() -> None:
     a = ScriptedTeacher([torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.5]])],
                         [torch.full((1, 2), 1.0), torch.full((1, 2), 3.0)])
