@@ -46,6 +46,11 @@ class OutputError(NeimsError):
     """
 
 
+class OutputBusy(OutputError):
+    """Another process is writing the same partial output (its lock is held): nothing of it
+    may be touched."""
+
+
 class ConfigError(NeimsError):
     """Invalid configuration: unknown key, wrong type, bad override."""
 

@@ -146,7 +146,7 @@ def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, 
                                              run_featurize, run_settings)
     from neimsctl.chem.rowbuild import RowOptions
     from neimsctl.cli._progress import Progress
-    from neimsctl.errors import InputError, OutputError, StrictStop
+    from neimsctl.errors import InputError, OutputBusy, OutputError, StrictStop
     from neimsctl.io.inputs import iter_items
     from neimsctl.io.parallel import resolve_jobs
     from neimsctl.io.provenance import provenance
@@ -205,8 +205,8 @@ def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, 
         # so leave nothing behind (a --resume run keeps the partial work it was given). An
         # output that fails mid-run (a full disk) keeps its partial work for --resume; a rejects
         # report that cannot even be opened leaves no OUT.partial either.
-        if isinstance(exc, OutputError) and opened:
-            raise
+        if isinstance(exc, OutputBusy) or isinstance(exc, OutputError) and opened:
+            raise                       # another run's partial output, or partial work to keep
         if file_h5 and (isinstance(exc, StrictStop) or not resume):
             shutil.rmtree(partial_path(out), ignore_errors=True)
             if rejects is not None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from neimsctl.errors import FormatError
 from neimsctl.io.h5handle import H5Handle
-from neimsctl.io.streams import Writer, partial_path, refuse_protected
+from neimsctl.io.streams import Writer, lock_partial, partial_path, refuse_protected
 
 __all__ = ["SCHEMA", "SoftLabelWriter", "SoftLabelReader", "partial_path"]
 
@@ -62,7 +62,19 @@ class SoftLabelWriter(Writer):
                  resume: bool = False) -> None:
         self.path, self.tmp = Path(path), partial_path(path)
         text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
-        if resume and self.tmp.exists():
+        existed = self.tmp.exists()
+        if not existed:
+            os.close(os.open(self.tmp, os.O_WRONLY | os.O_CREAT, 0o666))
+        self._lock = lock_partial(self.tmp)     # one run at a time writes it
+        try:
+            self._open(text, n_bins, hidden_dim, attrs, resume and existed)
+        except BaseException:
+            os.close(self._lock)
+            raise
+
+    def _open(self, text: str, n_bins: int, hidden_dim: int,
+              attrs: dict[str, Any] | None, resume: bool) -> None:
+        if resume:
             self._f = h5py.File(self.tmp, "a", locking=False)
             old = self._f.attrs.get("settings")
             if self._f.attrs.get("schema") != SCHEMA or old != text:
@@ -114,12 +126,16 @@ class SoftLabelWriter(Writer):
         """Mark complete and rename onto the final name."""
         self._f.attrs["complete"] = True
         self._f.close()
-        refuse_protected(self.path)            # e.g. a file the teacher ensemble includes
-        os.replace(self.tmp, self.path)
+        try:
+            refuse_protected(self.path)            # e.g. a file the teacher ensemble includes
+            os.replace(self.tmp, self.path)
+        finally:
+            os.close(self._lock)
 
     def abort(self, exc: BaseException | None = None) -> None:
         """Close, keeping ``<path>.partial`` for a later ``resume``."""
         self._f.close()
+        os.close(self._lock)
 
 
 class SoftLabelReader:

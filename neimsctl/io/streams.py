@@ -27,7 +27,7 @@ import zlib
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Iterable, Iterator, NamedTuple
 
-from neimsctl.errors import InputError, OutputError
+from neimsctl.errors import InputError, OutputBusy, OutputError
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -459,6 +459,30 @@ def partial_path(path: str | os.PathLike) -> Path:
     """Where an unfinished, resumable output lives (beside the final name): ``NAME.partial``."""
     p = output_name(path)
     return p.with_name(p.name + ".partial")
+
+
+def lock_partial(partial: Path) -> int:
+    """Hold an exclusive lock on the existing partial output ``partial`` (a file or a
+    directory): a second run writing the same output would interleave its rows with ours
+    (HDF5's own file locks are off: worker processes forked later inherit them and fail).
+    Returns the descriptor that holds it; the lock goes when it is closed or the process (and
+    the workers it forked) ends.
+
+    Raises
+    ------
+    OutputBusy
+        Another process holds the lock.
+    """
+    import fcntl
+
+    fd = os.open(partial, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OutputBusy(f"{partial}: another run is writing this output; wait for it to end "
+                         "(or stop it) before starting or resuming one") from None
+    return fd
 
 
 def temp_path_for(path: str | os.PathLike) -> Path:

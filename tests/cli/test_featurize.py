@@ -182,6 +182,27 @@ def test_interrupted_run_leaves_no_complete_looking_file_and_resumes(tmp_path: P
             assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), name
 
 
+def test_an_output_another_run_is_writing_is_left_alone(tmp_path: Path) -> None:
+    import os
+
+    from neimsctl.io.streams import lock_partial
+
+    part = tmp_path / "out.h5.partial"
+    part.mkdir()
+    (part / "seg-000000.h5").write_bytes(b"the other run's rows")
+    fd = lock_partial(part)                                         # the other run
+    try:
+        for extra in ("", " --resume"):
+            p = sh(f"neimsctl featurize -o out.h5 --rejects rej.jsonl{extra}", tmp_path, SMI)
+            err = p.stderr.decode()
+            assert p.returncode == 1 and "another run is writing this output" in err, err
+            assert "Traceback" not in err
+            assert sorted(q.name for q in tmp_path.iterdir()) == ["out.h5.partial"]
+            assert [q.name for q in part.iterdir()] == ["seg-000000.h5"]
+    finally:
+        os.close(fd)
+
+
 def test_resume_needs_the_interrupted_runs_rejects_report() -> None:
     from neimsctl.cli.featurize import _same_rejects
     from neimsctl.errors import InputError

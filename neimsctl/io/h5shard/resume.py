@@ -22,7 +22,7 @@ from neimsctl.io.featblock import block_rows, check_mode
 from neimsctl.io.h5shard.layout import ROW_CHUNK
 from neimsctl.io.h5shard.read import ShardReader
 from neimsctl.io.h5shard.write import ShardWriter
-from neimsctl.io.streams import Writer, partial_path
+from neimsctl.io.streams import Writer, lock_partial, partial_path
 
 
 class ResumableShardWriter(Writer):
@@ -73,10 +73,21 @@ class ResumableShardWriter(Writer):
         self._tail: dict[str, np.ndarray] | None = None  # the last segment's unowned rows
         # rows committed (the tail's included); the tail has ``_carry`` rows
         self._written = self._carry = 0
-        segs = self._segments() if resume else []
-        if not resume:  # a new run replaces an old partial output
-            shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(exist_ok=True)
+        self._lock = lock_partial(self.dir)   # one run at a time writes it
+        try:
+            segs = self._segments() if resume else []
+            if not resume:  # a new run replaces an old partial output (the directory stays: locked)
+                for old in self.dir.iterdir():
+                    shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+            self._resume_from(segs, settings_hash)
+        except BaseException:
+            os.close(self._lock)
+            raise
+        self._next, self._unjoined = len(segs), segs
+
+    def _resume_from(self, segs: list[Path], settings_hash: str) -> None:
+        """The resume state and the unowned tail rows of the last complete segment."""
         if segs:
             with ShardReader(segs[-1]) as r:
                 if (r.mode, r.settings_hash) != (self.mode, settings_hash):
@@ -88,7 +99,6 @@ class ResumableShardWriter(Writer):
                 if own < len(r):
                     self._tail, self._carry = r.rows(own, len(r)), len(r) - own
             self._written = int(self.resume_state["n_rows"])
-        self._next, self._unjoined = len(segs), segs
 
     def _segments(self) -> list[Path]:
         return sorted(self.dir.glob("seg-*.h5")) if self.dir.is_dir() else []
@@ -154,6 +164,7 @@ class ResumableShardWriter(Writer):
             os.replace(self._out.path, self.path)
         self._seg = self._out = None
         shutil.rmtree(self.dir)  # segments, and temporary files of a run killed mid-segment
+        os.close(self._lock)
 
     def abort(self, exc: BaseException | None = None) -> None:
         """Drop the open segment and the unfinished final file; keep the committed segments
@@ -162,6 +173,7 @@ class ResumableShardWriter(Writer):
             if w is not None:
                 w.abort(exc)
         self._seg = self._out = None
+        os.close(self._lock)
 
 
 

@@ -185,6 +185,35 @@ def test_resumable_writer_survives_a_crash_and_equals_one_run(tmp_path: Path, mo
         assert_blocks_equal(a.rows(0, 70), b.rows(0, 70))
 
 
+def test_a_second_writer_of_the_same_output_is_refused_and_touches_nothing(tmp_path: Path) -> None:
+    import os
+
+    from neimsctl.errors import OutputBusy
+    from neimsctl.io.h5shard import ResumableShardWriter
+
+    settings, digest = run_settings(RowOptions(mode="student"))
+    out = tmp_path / "out.h5"
+    w = ResumableShardWriter(out, "student", settings, digest)
+    w.append(make_block("student"))
+    w.commit({"next_ordinal": 14})
+
+    def listing() -> dict[str, int]:
+        return {p.name: p.stat().st_size for p in (tmp_path / "out.h5.partial").iterdir()}
+
+    before = listing()
+    for resume in (False, True):   # a fresh run would have emptied the directory
+        with pytest.raises(OutputBusy, match="another run is writing this output"):
+            ResumableShardWriter(out, "student", settings, digest, resume=resume)
+        assert listing() == before
+    with w:
+        w.append(make_block("student", 14))
+    with ShardReader(out) as r:
+        assert len(r) == 28
+    again = ResumableShardWriter(out, "student", settings, digest)   # the lock went with it
+    again.abort()
+    assert len(os.listdir(tmp_path / "out.h5.partial")) == 0
+
+
 @pytest.mark.parametrize("mode", ["student", "teacher"])
 def test_resumable_segments_join_by_chunk_copy_and_equal_one_run(tmp_path: Path, mode: str,
                                                                   monkeypatch) -> None:

@@ -235,6 +235,28 @@ def test_resume_reports_the_rejects_of_the_interrupted_part(shard: Path, teacher
     assert rejects == ref_rejects
 
 
+def test_a_second_run_of_the_same_output_is_refused_and_touches_nothing(
+        shard: Path, teacher: Path, tmp_path: Path) -> None:
+    from neimsctl.errors import OutputBusy
+    from neimsctl.io.streams import lock_partial
+
+    out = tmp_path / "s.h5"
+    partial_path(out).write_bytes(b"another run's rows")
+    fd = lock_partial(partial_path(out))          # as the other run holds it
+    try:
+        for resume in (False, True):
+            with pytest.raises(OutputBusy, match="another run is writing this output"):
+                sl.run_softlabel(teacher, [shard], out, device="cpu", resume=resume,
+                                 settings=sl.SoftLabelSettings(samples=2, batch_size=16))
+            assert partial_path(out).read_bytes() == b"another run's rows"
+    finally:
+        import os
+        os.close(fd)
+    t = sl.run_softlabel(teacher, [shard], out, device="cpu",
+                         settings=sl.SoftLabelSettings(samples=2, batch_size=16))
+    assert t.written == len(TeacherDataset(shard, require_spectrum=False)) and out.exists()
+
+
 def test_ensemble_pools_every_teachers_samples_and_keeps_the_first_hidden() -> None:
     a = ScriptedTeacher([torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.5]])],
                         [torch.full((1, 2), 1.0), torch.full((1, 2), 3.0)])
