@@ -700,6 +700,8 @@ def _prune_exact(best_s: np.ndarray, best_i: np.ndarray, qi: int, qv: np.ndarray
     k-th best exact score) and drops the candidates whose bound no longer exceeds it.
     """
     supp = np.flatnonzero(qv > 0)      # only the query's own peaks can be shared: exact on those
+    if len(supp) == 0:                 # no peak of weight > 0 (e.g. all at m/z 0): no hit
+        return
     cand = np.flatnonzero(bound > best_s[qi, -1])
     step = max(_EXACT_BATCH, best_s.shape[1])
     while len(cand):

@@ -190,6 +190,24 @@ def test_exact_top10_equals_fp64_brute_force(name: str, reverse: bool) -> None:
     assert_same_hits(res.scores, res.index, ref_s, ref_i, tol)
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_query_of_only_weightless_peaks_has_no_hit_and_spares_the_others(reverse: bool) -> None:
+    """Peaks only at m/z 0 weigh nothing in the composite (m/z^3): that query has no hit, and
+    the queries beside it in the batch keep theirs (the exact stage crashed on it)."""
+    rng = np.random.default_rng(5)
+    lib = random_library(rng, 120)
+    good = lib.to_dense()[[7]]
+    zero = np.zeros((1, N), dtype=np.float32)
+    zero[0, 0] = 1.0
+    score = Score("composite", reverse=reverse)
+    both = search_blocks(PeakBlock.from_dense(np.concatenate([good, zero])), iter_chunks(lib, 50),
+                         score, 5)
+    alone = search_blocks(PeakBlock.from_dense(good), iter_chunks(lib, 50), score, 5)
+    np.testing.assert_array_equal(both.index[0], alone.index[0])
+    np.testing.assert_array_equal(both.scores[0], alone.scores[0])
+    assert (both.index[1] == -1).all()
+
+
 def test_chunk_size_does_not_change_the_hits() -> None:
     rng = np.random.default_rng(3)
     lib = random_library(rng, 500)
