@@ -103,12 +103,29 @@ def cosine_weights(block: PeakBlock, mz_power: float = 1.0, intensity_power: flo
                    dtype: Any = np.float32) -> np.ndarray:
     """The cosine's per-peak weights ``mz**a * I**b`` normalised to unit length per spectrum,
     ``(nnz,)`` of ``dtype`` (float32: the search's first pass and the index's stored weights;
-    float64: its exact scores; see :mod:`neimsctl.evaluate.matching`)."""
+    float64: its exact scores; see :mod:`neimsctl.evaluate.matching`). High powers whose
+    products could overflow float32 (``--mz-power 8`` reaches 500**16 when squared) are
+    computed in float64 and the unit-length weights cast back."""
+    if np.dtype(dtype) == np.float32 and _may_overflow(block, mz_power, intensity_power):
+        return cosine_weights(block, mz_power, intensity_power, np.float64).astype(np.float32)
     v = _power(np.asarray(block.intensity, dtype=dtype), intensity_power)
     if mz_power != 0.0:
         v = v * _power(np.asarray(block.mz, dtype=dtype), mz_power)
     norm = np.repeat(np.sqrt(row_sums(block, v * v)).astype(dtype), np.diff(block.ptr))
     return np.divide(v, norm, out=np.zeros_like(v), where=norm > 0)
+
+
+#: log10 of the largest weight whose square float32 holds with room for a sum (3.4e38).
+_F32_SAFE_LOG10 = 17.0
+
+
+def _may_overflow(block: PeakBlock, mz_power: float, intensity_power: float) -> bool:
+    """Whether ``mz**a * I**b`` or its square could leave float32's range for this block."""
+    if not len(block.intensity):
+        return False
+    top = mz_power * np.log10(max(float(np.max(block.mz)), 1.0)) \
+        + intensity_power * np.log10(max(float(np.max(block.intensity)), 1.0))
+    return bool(top > _F32_SAFE_LOG10)
 
 
 def _power(x: np.ndarray, p: float) -> np.ndarray:

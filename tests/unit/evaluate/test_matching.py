@@ -208,6 +208,24 @@ def test_a_query_of_only_weightless_peaks_has_no_hit_and_spares_the_others(rever
     assert (both.index[1] == -1).all()
 
 
+@pytest.mark.parametrize("powers", [(8.0, 0.5), (10.0, 10.0)])
+def test_high_powers_do_not_overflow_float32(powers: tuple[float, float]) -> None:
+    """m/z**8 squared leaves float32 (500**16): the weights were inf/NaN and hits were dropped."""
+    from neimsctl.io.peak_block import cosine_weights
+
+    rng = np.random.default_rng(11)
+    dense = random_library(rng, 60).to_dense() * 999.0
+    dense[np.arange(60), N - 1 - np.arange(60)] = 999.0   # a high peak of its own each (m/z 441-500)
+    lib = PeakBlock.from_dense(dense)
+    w32 = cosine_weights(lib, *powers)
+    w64 = cosine_weights(lib, *powers, dtype=np.float64)
+    assert w32.dtype == np.float32 and np.isfinite(w32).all()
+    np.testing.assert_allclose(w32, w64, rtol=1e-6, atol=1e-30)
+    res = search_blocks(lib, iter_chunks(lib, 25), Score("cosine", *powers), 1)
+    np.testing.assert_array_equal(res.index[:, 0], np.arange(len(lib)))   # each finds itself
+    np.testing.assert_allclose(res.scores[:, 0], 1.0, atol=1e-9)
+
+
 def test_chunk_size_does_not_change_the_hits() -> None:
     rng = np.random.default_rng(3)
     lib = random_library(rng, 500)
