@@ -38,8 +38,10 @@ def index_cli(
 
     Every input record with usable peaks becomes one entry (id, name, InChIKey, SMILES,
     formula, nominal mass, source file, measured or predicted), sorted by nominal mass; a
-    record that cannot be indexed (no peaks, bad peaks, m/z above 500) is reported with its
-    reason and the exit status is 1. Search it with neimsctl search. See neimsctl-index(1).
+    record that cannot be indexed (no peaks, bad peaks, no peak within m/z 0..500) is reported
+    with its reason and the exit status is 1. Peaks above m/z 500 are dropped, as eval bins
+    spectra; the summary counts the records trimmed so. Search it with neimsctl search. See
+    neimsctl-index(1).
     """
     setup_logging(verbose, quiet)
     if str(out) == "-":

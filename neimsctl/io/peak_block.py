@@ -187,9 +187,14 @@ def check_peaks(mz: Any, intensity: Any, n_bins: int = N_BINS,
         if not above_range:
             return "mz_above_range", f"peak at m/z {top:g} is above the range m/z 0..{n_bins - 1}"
         i = i[np.floor(m + 0.5) < n_bins]
+        if not (i > 0).any():
+            return "no_peaks", _NONE_IN_RANGE.format(n_bins - 1)
     if not (i > 0).any():
         return "no_peaks", "every intensity is 0"
     return None
+
+
+_NONE_IN_RANGE = "no peak of positive intensity within m/z 0..{} (the peaks above are dropped)"
 
 
 def _check_lists(mz: list, intensity: list, n_bins: int, above_range: bool) -> tuple[str, str] | None | bool:
@@ -210,7 +215,7 @@ def _check_lists(mz: list, intensity: list, n_bins: int, above_range: bool) -> t
         if not above_range:
             return "mz_above_range", f"peak at m/z {top:g} is above the range m/z 0..{n_bins - 1}"
         if not any(i > 0 for m, i in zip(mz, intensity) if math.floor(m + 0.5) < n_bins):
-            return "no_peaks", "every intensity is 0"
+            return "no_peaks", _NONE_IN_RANGE.format(n_bins - 1)
         return None
     if not max(intensity) > 0:
         return "no_peaks", "every intensity is 0"

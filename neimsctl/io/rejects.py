@@ -43,6 +43,9 @@ class Tally:
     #: marks by kind (a record may carry several).
     n_flagged: int = 0
     flagged: collections.Counter = field(default_factory=collections.Counter)
+    #: Records written with part of their content left out (``index``: peaks above the m/z
+    #: range, dropped as ``eval`` bins spectra), by what was left out.
+    trimmed: collections.Counter = field(default_factory=collections.Counter)
     #: Worker processes the run used (``--jobs``; 1 = everything in one process); the summary
     #: line ends with it when set.
     workers: int | None = None
@@ -63,6 +66,8 @@ class Tally:
         if self.flagged:
             text += (f"; {self.n_flagged} flagged outside the model's domain ("
                      + ", ".join(f"{k}: {v}" for k, v in sorted(self.flagged.items())) + ")")
+        if self.trimmed:
+            text += "; written trimmed: " + ", ".join(f"{k}: {v}" for k, v in sorted(self.trimmed.items()))
         if self.workers is not None:
             text += f"; {self.workers} workers" if self.workers > 1 else "; 1 process"
         return text

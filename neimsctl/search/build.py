@@ -10,6 +10,7 @@ which sorts by mass with bounded memory. Every record is either indexed or repor
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Iterable
 
@@ -104,6 +105,8 @@ def add_inputs(writer: IndexWriter, paths: Iterable[str | os.PathLike], tally: T
                     raise StrictStop(f"{problem[0]}: {problem[1]}", file=rec.file, line=rec.line or None,
                                      record=rec.name or rec.id)
                 continue
+            if _above_range(rec.mz, n_bins):
+                tally.trimmed[f"peaks_above_mz_{n_bins - 1}"] += 1
             complete_record(rec)
             kinds.add("predicted" if rec.predicted else "measured")
             batch.recs.append(rec)
@@ -116,6 +119,11 @@ def add_inputs(writer: IndexWriter, paths: Iterable[str | os.PathLike], tally: T
         if progress is not None:
             progress(tally)
         writer.sources[src]["kind"] = kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "measured")
+
+
+def _above_range(mz: Any, n_bins: int) -> bool:
+    """Whether a (valid) peak list reaches beyond the last bin (those peaks are not indexed)."""
+    return math.floor(float(max(mz)) + 0.5) >= n_bins
 
 
 def build_index(paths: Iterable[str | os.PathLike], out: str | os.PathLike, tally: Tally, *,

@@ -156,6 +156,24 @@ def test_index_rejects_and_mixed_inputs(sample_msp, tmp_path):
         assert [s["kind"] for s in ix.sources] == ["measured", "predicted"]
 
 
+def test_index_counts_entries_trimmed_above_mz_500_and_names_the_reason(tmp_path):
+    lib = tmp_path / "lib.msp"
+    lib.write_bytes(b"Name: big\nMW: 600\nNum Peaks: 3\n51 100\n77 999\n600 500\n\n"
+                    b"Name: high only\nNum Peaks: 1\n700 999\n\n"
+                    b"Name: plain\nNum Peaks: 2\n51 100\n77 999\n\n")
+    out, rej = tmp_path / "ix.h5", tmp_path / "rej.jsonl"
+    proc = run(None, "index", lib, "-o", out, "--rejects", rej)
+    assert proc.returncode == 1
+    assert (b"read 3, written 2, rejected 1 (no_peaks: 1); written trimmed: peaks_above_mz_500: 1"
+            in proc.stderr), proc.stderr
+    r = orjson.loads(rej.read_bytes())
+    assert r["record"] == "high only" and "no peak of positive intensity within m/z 0..500" in r["detail"]
+    from neimsctl.io.spectral_index import open_index
+
+    with open_index(out) as ix:
+        assert ix.n == 2 and sorted(ix.entries([0, 1])["name"]) == ["big", "plain"]
+
+
 def test_index_reads_mona_structures_from_comments(tmp_path):
     """A MoNA export's structures and InChIKeys are only in Comments pairs: the index takes
     them (msp2jsonl's rule), so its entries carry InChIKeys and SMILES."""
