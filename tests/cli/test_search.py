@@ -333,7 +333,8 @@ def test_progress_bar_only_on_a_terminal(index, sample_msp, tmp_path, neimsctl_e
                            env=env)
     text = tty.decode("utf-8", "replace")
     assert code == 0 and "%|" in text and "rec/s" in text and "read 300 written 300 rejected 0" in text, text
-    assert text.rstrip().endswith(f"read 300, written 300, rejected 0 -> {tmp_path / 'ix.h5'}")
+    assert text.rstrip().endswith(f"read 300, written 300, rejected 0; written trimmed: "
+                                  f"peaks_above_mz_500: 32 -> {tmp_path / 'ix.h5'}")
     code, tty = run_on_tty([*exe, "search", str(sample_msp), "-l", str(tmp_path / "ix.h5"), "--batch", "64",
                             "-o", str(tmp_path / "hits.tsv")], env=env)
     text = tty.decode("utf-8", "replace")
