@@ -7,6 +7,7 @@ Command modules import only light libraries at module level, so ``neimsctl --hel
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Annotated
 
@@ -61,8 +62,30 @@ def _root(version: Annotated[bool, typer.Option(
     """
 
 
+def _reopen_closed_std_streams() -> None:
+    """Standard streams the shell closed (``<&-``, ``>&-``): Python leaves ``sys.stdin`` etc.
+    ``None`` (a traceback at first use), and the next file opened would take the free
+    descriptor 0, 1 or 2 (an output file written through "stdout"). Each closed descriptor
+    gets ``/dev/null`` opened the other way round (a read of stdin, a write to stdout then fail
+    with EBADF, as on the closed descriptor, and are reported as any read or write error);
+    a closed stderr discards the messages."""
+    modes = ((0, os.O_WRONLY, "stdin", "r"), (1, os.O_RDONLY, "stdout", "w"),
+             (2, os.O_WRONLY, "stderr", "w"))
+    for fd, flags, name, mode in modes:
+        try:
+            os.fstat(fd)
+        except OSError:
+            got = os.open(os.devnull, flags)
+            if got != fd:                  # a lower descriptor was free too: put it in place
+                os.dup2(got, fd)
+                os.close(got)
+            if getattr(sys, name) is None:
+                setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point; ``neimsctl help CMD`` is the same as ``neimsctl CMD --help``."""
+    _reopen_closed_std_streams()
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["help"]:
         args = args[1:2] + ["--help"] if len(args) > 1 else ["--help"]

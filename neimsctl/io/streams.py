@@ -198,8 +198,11 @@ def open_in(path: str | os.PathLike | None) -> Iterator[BinaryIO]:
     if owned:
         _READING.append(raw)
     try:
-        head, buf = _peek(raw)
         name = display_name(path)
+        try:
+            head, buf = _peek(raw)
+        except OSError as exc:          # e.g. a closed stdin (EBADF), a directory given as "-"
+            raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from exc
         if head.startswith(GZIP_MAGIC):
             stream: BinaryIO = io.BufferedReader(_GzipRaw(buf, name), buffer_size=1 << 20)  # type: ignore[assignment]
         elif head.startswith(ZSTD_MAGIC):

@@ -53,3 +53,24 @@ def test_commands_write_into_a_named_pipe(tmp_path: Path, sample_msp: Path, cmd:
         assert data.startswith(b"\x89HDF")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["got", "got2", "out.fifo", "r.jsonl",
                                                           "rej.fifo"]
+
+
+@pytest.mark.parametrize("cmd, redirect, expect", [
+    ("msp2jsonl -", "<&-", "<stdin>: cannot read: Bad file descriptor"),
+    ("index - -o {tmp}/x.h5", "<&-", "<stdin>: cannot read: Bad file descriptor"),
+    ("msp2jsonl {sample}", ">&-", "<stdout>: cannot write: Bad file descriptor"),
+])
+def test_a_closed_standard_stream_is_one_line_and_nothing_is_written_in_its_place(
+        tmp_path: Path, sample_msp: Path, cmd: str, redirect: str, expect: str) -> None:
+    """The shell closed stdin or stdout: a read or write error naming the stream (Python left
+    sys.stdin / sys.stdout None, a traceback at first use), and no file opened later takes the
+    free descriptor in its place."""
+    line = cmd.format(tmp=tmp_path, sample=sample_msp)
+    p = subprocess.run(["bash", "-c", f"neimsctl {line} {redirect}"], capture_output=True, timeout=120)
+    err = p.stderr.decode()
+    assert p.returncode == 1 and expect in err and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []
+    # stderr closed: the run itself is unaffected
+    out = tmp_path / "out.jsonl"
+    p = subprocess.run(["bash", "-c", f"neimsctl msp2jsonl {sample_msp} -o {out} 2>&-"], timeout=120)
+    assert p.returncode == 0 and out.stat().st_size > 0
