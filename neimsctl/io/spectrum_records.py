@@ -17,6 +17,7 @@ derive it from the SMILES or formula. A record the reader cannot use carries ``r
 from __future__ import annotations
 
 import io
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Iterator
@@ -73,6 +74,28 @@ def _int_mass(value: Any) -> int | None:
     return None
 
 
+def _bad_mass(value: Any) -> str | None:
+    """Why a stated ``MW`` cannot be a molecular mass (``None``: it can, or none is stated:
+    absent, empty and 0 mean unknown). A query with such a mass would be searched without its
+    mass filter, an entry sorted under no mass: the record is a ``bad_field`` reject."""
+    if value is None or _int_mass(value) is not None:
+        return None
+    number = parse_number(value) if isinstance(value, str) else value
+    if (isinstance(value, str) and not value.strip()) or (
+            isinstance(number, (int, float)) and not isinstance(number, bool) and number == 0):
+        return None
+    shown = repr(value) if isinstance(value, str) else json.dumps(value)
+    return f"MW {shown} is not a molecular mass (a positive number below {MASS_LIMIT:,})"
+
+
+def _with_mass(rec: SpectrumRecord, value: Any) -> SpectrumRecord:
+    """``rec`` with its stated mass, or a ``bad_field`` reject when that is no mass."""
+    why = None if rec.reason else _bad_mass(value)
+    if why is not None:
+        rec.reason, rec.detail = "bad_field", why
+    return rec
+
+
 def _msp_records(fh: BinaryIO, source: str) -> Iterator[SpectrumRecord]:
     for rec in read_msp(fh, source):
         f = rec.fields
@@ -80,11 +103,11 @@ def _msp_records(fh: BinaryIO, source: str) -> Iterator[SpectrumRecord]:
         # InChIKey lines, else the Comments pairs of MoNA exports)
         stated = record_structure(f)
         kind, text = stated[1:] if stated is not None else ("", "")
-        out = SpectrumRecord(source, rec.line, rec.ordinal, rec.record_id, rec.name,
-                             record_inchikey(f).upper(), text if kind == "smiles" else "",
-                             f.get("formula", "").strip(), _int_mass(f.get("mw")),
-                             "predicted=" in f.get("comments", ""), rec.mz, rec.intensity,
-                             rec.reason, rec.detail)
+        out = _with_mass(SpectrumRecord(source, rec.line, rec.ordinal, rec.record_id, rec.name,
+                                        record_inchikey(f).upper(), text if kind == "smiles" else "",
+                                        f.get("formula", "").strip(), _int_mass(f.get("mw")),
+                                        "predicted=" in f.get("comments", ""), rec.mz, rec.intensity,
+                                        rec.reason, rec.detail), f.get("mw", "").strip())
         if kind == "inchi":
             out.extra["inchi"] = text
         elif f.get("inchi"):
@@ -110,11 +133,11 @@ def _jsonl_records(fh: BinaryIO, source: str) -> Iterator[SpectrumRecord]:
             yield SpectrumRecord(source, lineno, ordinal, f"{stem}:{ordinal}", reason="unknown_schema",
                                  detail=f"schema {schema!r} is neither {_RECORD} nor {_PREDICTION}")
             continue
-        yield SpectrumRecord(source, lineno, ordinal, str(rec.get("id") or f"{stem}:{ordinal}"),
-                             str(rec.get("name") or ""), str(rec.get("inchikey") or "").strip().upper(),
-                             str(rec.get("smiles") or ""), str(rec.get("formula") or ""),
-                             _int_mass(rec.get("mw")), schema == _PREDICTION, rec.get("mz"),
-                             rec.get("intensity"))
+        yield _with_mass(SpectrumRecord(source, lineno, ordinal, str(rec.get("id") or f"{stem}:{ordinal}"),
+                                        str(rec.get("name") or ""), str(rec.get("inchikey") or "").strip().upper(),
+                                        str(rec.get("smiles") or ""), str(rec.get("formula") or ""),
+                                        _int_mass(rec.get("mw")), schema == _PREDICTION, rec.get("mz"),
+                                        rec.get("intensity")), rec.get("mw"))
 
 
 def _shard_records(path: str | os.PathLike, source: str, block: int = 4096) -> Iterator[SpectrumRecord]:

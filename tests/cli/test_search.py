@@ -174,6 +174,25 @@ def test_index_counts_entries_trimmed_above_mz_500_and_names_the_reason(tmp_path
         assert ix.n == 2 and sorted(ix.entries([0, 1])["name"]) == ["big", "plain"]
 
 
+def test_a_stated_mass_that_is_no_mass_is_a_bad_field_reject(index, tmp_path):
+    """A query whose MW is no mass would be searched without its mass filter, an entry filed
+    under no mass: both are rejects; absent, empty and 0 mean unknown."""
+    q = tmp_path / "q.jsonl"
+    peaks = {"mz": [51, 77], "intensity": [100, 999]}
+    q.write_bytes(b"".join(orjson.dumps({"id": i, **({"mw": mw} if mw != "-" else {}), **peaks}) + b"\n"
+                           for i, mw in (("a", "abc"), ("b", -5), ("c", True), ("d", 0), ("e", 78), ("f", "-"))))
+    m = tmp_path / "q.msp"
+    m.write_bytes(b"Name: x\nMW: 1e99\nNum Peaks: 2\n51 100\n77 999\n\n"
+                  b"Name: y\nMW: 0\nNum Peaks: 2\n51 100\n77 999\n\n")
+    for cmd in (["search", q, m, "-l", index, "--mass-filter", "5", "-o", tmp_path / "h.tsv"],
+                ["index", q, m, "-o", tmp_path / "ix.h5"]):
+        proc = run(None, *cmd, "--rejects", tmp_path / "rej.jsonl")
+        assert proc.returncode == 1 and b"rejected 4 (bad_field: 4)" in proc.stderr, proc.stderr
+        rej = [orjson.loads(x) for x in (tmp_path / "rej.jsonl").read_bytes().splitlines()]
+        assert [(r["id"], r["line"]) for r in rej] == [("a", 1), ("b", 2), ("c", 3), ("q:1", 1)]
+        assert rej[2]["detail"].startswith("MW true is not a molecular mass")
+
+
 def test_index_reads_mona_structures_from_comments(tmp_path):
     """A MoNA export's structures and InChIKeys are only in Comments pairs: the index takes
     them (msp2jsonl's rule), so its entries carry InChIKeys and SMILES."""
@@ -250,9 +269,10 @@ def test_a_cut_jsonl_line_loses_only_itself(sample_msp, tmp_path):
 
 
 def test_huge_header_and_peak_values_are_no_traceback(sample_msp, tmp_path):
-    """MW: 2147483648 (beyond the index's int32 masses) is an unknown mass; a peak at m/z 1e300
-    is dropped as above the range like any peak above m/z 500 (both were tracebacks of index and
-    of search -l LIB.msp; eval warned of an invalid cast)."""
+    """MW: 2147483648 (beyond the index's int32 masses) is no molecular mass: a bad_field reject
+    (it was read as unknown, then as a reject since session 22); a peak at m/z 1e300 is dropped
+    as above the range like any peak above m/z 500 (both were tracebacks of index and of search
+    -l LIB.msp; eval warned of an invalid cast)."""
     text = first_records(sample_msp, 3).decode()
     m = re.search(r"^MW: (\d+)$", text, re.M)
     peak = re.search(r"^(\d+) (\d+)$", text, re.M)
@@ -260,12 +280,17 @@ def test_huge_header_and_peak_values_are_no_traceback(sample_msp, tmp_path):
     lib.write_text(text.replace(m.group(0), "MW: 2147483648", 1).replace(peak.group(0), f"1e300 {peak.group(2)}", 1))
     out = tmp_path / "big.h5"
     proc = run(None, "index", lib, "-o", out)
-    assert proc.returncode == 0 and b"read 3, written 3, rejected 0" in proc.stderr, proc.stderr
+    assert proc.returncode == 1 and b"read 3, written 2, rejected 1 (bad_field: 1)" in proc.stderr, proc.stderr
     from neimsctl.io.spectral_index import open_index
 
     with open_index(out) as ix:
-        assert sorted(ix.mw.tolist())[0] > 0          # MW 2147483648 unknown: weighed from the structure
-    proc = run(None, "search", lib, "-l", lib, "-k", "1")       # as a query, m/z 1e300 is a reject
+        assert ix.n == 2 and sorted(ix.mw.tolist())[0] > 0
+    proc = run(None, "search", lib, "-l", lib, "-k", "1")
+    assert proc.returncode == 1 and len(proc.stdout.splitlines()) == 3, proc.stderr
+    assert b"rejected 1 (bad_field: 1); 2 hits; 2 library entries" in proc.stderr
+    lib2 = tmp_path / "peak.msp"                    # as a query, m/z 1e300 is a reject
+    lib2.write_text(text.replace(peak.group(0), f"1e300 {peak.group(2)}", 1))
+    proc = run(None, "search", lib2, "-l", lib2, "-k", "1")
     assert proc.returncode == 1 and len(proc.stdout.splitlines()) == 3, proc.stderr
     assert b"rejected 1 (mz_above_range: 1); 2 hits; 3 library entries" in proc.stderr
     import subprocess
