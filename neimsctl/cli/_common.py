@@ -152,6 +152,24 @@ def warn_repeated(cmd: str, label: str, paths: Iterable[Path | str], why: str) -
                         f"{len(names)} times", why)
 
 
+def once_each(cmd: str, label: str, paths: list[Path], why: str) -> list[Path]:
+    """``paths`` with every file kept at its first mention only (the same file by device and
+    inode, also under another name), and a warning line per file given more than once."""
+    warn_repeated(cmd, label, paths, why)
+    from neimsctl.io.streams import _identity
+
+    seen: set[tuple] = set()
+    kept = []
+    for p in paths:
+        ident = _identity(p, -1)
+        if ident is not None and ident[0] == "inode":
+            if ident in seen:
+                continue
+            seen.add(ident)
+        kept.append(p)
+    return kept
+
+
 def require_input_or_usage(cmd: str, inputs: list[Path] | None) -> list[Path]:
     """Default to stdin; with no input while stdin is a terminal, print usage and exit 2."""
     paths = list(inputs) if inputs else [Path("-")]

@@ -11,7 +11,8 @@ from typing import Annotated, Optional
 import typer
 
 from neimsctl.cli._common import (InPaths, OutPath, Quiet, RejectsPath, ScoreName, Verbose, app, command,
-                                  check_inputs_or_usage, eprint, finite, input_pairs, output_pair, refuse_clobber,
+                                  check_inputs_or_usage, eprint, finite, input_pairs, once_each, output_pair,
+                                  refuse_clobber,
                                   require_input_or_usage,
                                   setup_logging, usage_error)
 
@@ -85,6 +86,7 @@ def search_cli(
     if mz_power != 1.0 or intensity_power != 0.5:
         if score not in (None, ScoreName.cosine):
             usage_error(CMD, "--mz-power/--intensity-power apply to --score cosine only")
+    library = once_each(CMD, "--library", library, "searched once (twice would list every hit twice)")
     refuse_clobber(CMD, input_pairs(paths) + input_pairs(library, "--library")
                    + input_pairs([candidates] if candidates else [], "--candidates"),
                    [output_pair("-o", out)] + ([output_pair("--rejects", rejects)] if rejects else []))

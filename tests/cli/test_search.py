@@ -193,6 +193,16 @@ def test_a_stated_mass_that_is_no_mass_is_a_bad_field_reject(index, tmp_path):
         assert rej[2]["detail"].startswith("MW true is not a molecular mass")
 
 
+def test_a_library_given_twice_is_searched_once(index, sample_msp, tmp_path):
+    q = tmp_path / "q.msp"
+    q.write_bytes(first_records(sample_msp, 3))
+    (tmp_path / "again.h5").symlink_to(index)
+    once = run(None, "search", q, "-l", index, "-k", "3")
+    twice = run(None, "search", q, "-l", index, "-l", tmp_path / "again.h5", "-k", "3")
+    assert twice.returncode == once.returncode == 0 and twice.stdout == once.stdout
+    assert b"the same file given 2 times: searched once" in twice.stderr
+
+
 def test_index_reads_mona_structures_from_comments(tmp_path):
     """A MoNA export's structures and InChIKeys are only in Comments pairs: the index takes
     them (msp2jsonl's rule), so its entries carry InChIKeys and SMILES."""
