@@ -116,8 +116,10 @@ def search_cli(
             failed = False
             if candidates is not None:
                 opts.candidates, problems = read_candidates(candidates, libs)
-                for p in problems:
-                    eprint(CMD, p)
+                for r in problems:      # reported, and in the rejects report with the queries'
+                    eprint(CMD, f"{r.file}: line {r.line}: {r.record}: {r.detail}")
+                    if sink is not None:
+                        sink.write(orjson.dumps(r.to_json(), option=orjson.OPT_APPEND_NEWLINE))
                 failed = bool(problems)
             tally = Tally()
             warn = (lambda r: eprint(CMD, f"{r.file}: line {r.line}" + (f": record {r.record!r}" if r.record

@@ -145,14 +145,15 @@ def _batch(recs: list[SpectrumRecord]) -> QueryBatch:
     return QueryBatch(recs, block, mw)
 
 
-def read_candidates(path: str | os.PathLike, libraries: Sequence[SpectralIndex]) -> tuple[set[str], list[str]]:
+def read_candidates(path: str | os.PathLike, libraries: Sequence[SpectralIndex]) -> tuple[set[str], list[Reject]]:
     """Connectivity blocks of a candidate list (one InChIKey, block or SMILES per line, first
-    field; ``#`` comments), and the entries that match nothing (``file:line: text: why``)."""
+    field; ``#`` comments), and the entries that match nothing, as rejects
+    (``unparsable_candidate``, ``candidate_not_found``; the token shown cut to 80 characters)."""
     from neimsctl.io.streams import open_in
 
     blocks: set[str] = set()
     wanted: list[tuple[int, str, str]] = []
-    problems: list[str] = []
+    problems: list[Reject] = []
     with open_in(path) as fh:
         for lineno, raw in enumerate(fh, 1):
             if b"\x00" in raw:
@@ -163,7 +164,8 @@ def read_candidates(path: str | os.PathLike, libraries: Sequence[SpectralIndex])
             token = text.split()[0]
             block = _candidate_block(token)
             if block is None:
-                problems.append(f"{path}: line {lineno}: {token}: neither an InChIKey nor a parsable SMILES")
+                problems.append(Reject("unparsable_candidate", "neither an InChIKey nor a parsable SMILES",
+                                       str(path), lineno, _shown(token)))
                 continue
             blocks.add(block)
             wanted.append((lineno, token, block))
@@ -172,10 +174,17 @@ def read_candidates(path: str | os.PathLike, libraries: Sequence[SpectralIndex])
         present |= lib.key_matches(blocks)[1]
     for lineno, token, block in wanted:
         if block not in present:
-            problems.append(f"{path}: line {lineno}: {token}: matches no library entry")
+            problems.append(Reject("candidate_not_found", "matches no library entry", str(path), lineno,
+                                   _shown(token)))
+    problems.sort(key=lambda r: r.line or 0)
     if not wanted and not problems:
         raise FormatError("the candidate list is empty", file=str(path))
     return blocks, problems
+
+
+def _shown(token: str, limit: int = 80) -> str:
+    """A candidate as messages show it: cut to ``limit`` characters (a 2 MB line is not echoed)."""
+    return token if len(token) <= limit else f"{token[:limit]}... ({len(token):,} characters)"
 
 
 def _candidate_block(token: str) -> str | None:

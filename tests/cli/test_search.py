@@ -82,14 +82,21 @@ def test_candidates_and_source_filters(index, sample_msp, tmp_path):
     ref = run(None, "search", q, "-l", index, "-k", "1", "-O", "jsonl", "-q")
     keys = [orjson.loads(x)["inchikey"] for x in ref.stdout.splitlines()]
     cand = tmp_path / "cand.txt"
-    cand.write_text(f"# suspects\n{keys[0]}\n{keys[1][:14]}\nc1ccccc1 benzene?\nNOTAKEYNOTASMILES((\n")
-    proc = run(None, "search", q, "-l", index, "--candidates", cand, "-O", "jsonl")
+    cand.write_text(f"# suspects\n{keys[0]}\n{keys[1][:14]}\nc1ccccc1 benzene?\nNOTAKEYNOTASMILES((\n"
+                    + "C" * 100_000 + "((\n")
+    rej = tmp_path / "rej.jsonl"
+    proc = run(None, "search", q, "-l", index, "--candidates", cand, "-O", "jsonl", "--rejects", rej)
     assert proc.returncode == 1
     hits = [orjson.loads(x) for x in proc.stdout.splitlines()]
     assert {h["inchikey"][:14] for h in hits} <= {keys[0][:14], keys[1][:14]} and len(hits) >= 3
     err = proc.stderr.decode()
     assert "line 4: c1ccccc1: matches no library entry" in err
     assert "line 5: NOTAKEYNOTASMILES((: neither an InChIKey nor a parsable SMILES" in err
+    assert f"line 6: {'C' * 80}... (100,002 characters): neither" in err and len(err) < 2000
+    got = [orjson.loads(x) for x in rej.read_bytes().splitlines()]       # in the rejects report too
+    assert [(r["file"], r["line"], r["reason"]) for r in got] == [
+        (str(cand), 4, "candidate_not_found"), (str(cand), 5, "unparsable_candidate"),
+        (str(cand), 6, "unparsable_candidate")]
     pred = tmp_path / "pred.jsonl"
     pred.write_bytes(orjson.dumps({"schema": "neimsctl.prediction/1", "id": "p1", "name": "guess",
                                    "smiles": "CCO", "inchikey": "LFQSCWFLJHTTHZ-UHFFFAOYSA-N", "mw": 46,

@@ -114,7 +114,8 @@ def test_a_candidate_list_is_matched_once_for_its_check_and_its_search(libs, tmp
     real = SpectralIndex.key_blocks
     monkeypatch.setattr(SpectralIndex, "key_blocks", lambda self, *a: reads.append(1) or real(self, *a))
     blocks, problems = run.read_candidates(tmp_path / "c.txt", [v2])
-    assert problems == [f"{tmp_path / 'c.txt'}: line {len(keys) + 1}: ZZZZZZZZZZZZZZ: matches no library entry"]
+    assert [(r.file, r.line, r.record, r.reason, r.detail) for r in problems] == [
+        (str(tmp_path / "c.txt"), len(keys) + 1, "ZZZZZZZZZZZZZZ", "candidate_not_found", "matches no library entry")]
     mask = run._allowed_mask(v2, SearchOptions(Score(), candidates=blocks))
     want = np.isin(np.array([k[:14] for k in v2.inchikeys]), np.array(keys, dtype="S14"))
     np.testing.assert_array_equal(mask, want)
