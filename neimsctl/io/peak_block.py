@@ -163,6 +163,9 @@ def check_peaks(mz: Any, intensity: Any, n_bins: int = N_BINS,
     (a peak whose rounded m/z is beyond the last bin, ``n_bins - 1``; only a reason when
     ``above_range`` is False, else such peaks are left for :func:`bin_batch` to drop).
     """
+    for name, v in (("mz", mz), ("intensity", intensity)):
+        if isinstance(v, (str, bytes, dict)) or (v is not None and not hasattr(v, "__len__")):
+            return "invalid_peak", f"{name} is not a list of numbers"
     if mz is None or intensity is None or len(mz) == 0:
         return "no_peaks", "no peaks"
     if len(mz) != len(intensity):

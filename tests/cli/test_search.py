@@ -210,6 +210,16 @@ def test_a_library_given_twice_is_searched_once(index, sample_msp, tmp_path):
     assert b"the same file given 2 times: searched once" in twice.stderr
 
 
+def test_peaks_that_are_no_lists_are_named_so(index, tmp_path):
+    q = tmp_path / "q.jsonl"
+    q.write_bytes(b'{"id":"a","mz":"51 77","intensity":[1,2]}\n{"id":"b","mz":51,"intensity":2}\n'
+                  b'{"id":"c","mz":[51],"intensity":{"a":1}}\n')
+    proc = run(None, "search", q, "-l", index, "-o", tmp_path / "h.tsv")
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "rejected 3 (invalid_peak: 3)" in err
+    assert err.count("mz is not a list of numbers") == 2 and "intensity is not a list of numbers" in err
+
+
 def test_index_reads_mona_structures_from_comments(tmp_path):
     """A MoNA export's structures and InChIKeys are only in Comments pairs: the index takes
     them (msp2jsonl's rule), so its entries carry InChIKeys and SMILES."""
