@@ -22,6 +22,8 @@ Library search (``neimsctl search``), ``SpectralLibrary`` / ``open_index``:
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,7 +46,17 @@ _DEFAULTS = PredictOptions()
 #: The settings a ``SpectrumPredictor`` takes; the defaults are ``neimsctl predict``'s own.
 _OPTIONS = {"batch_size": _DEFAULTS.batch_size, "precision": "auto",
             "mc_samples": _DEFAULTS.mc_samples, "threads": None, "average": None}
+#: The least value of each integer setting, as ``neimsctl predict``'s options (``--batch-size``,
+#: ``--mc-samples``, ``--threads``: 0 = torch's default; ``threads`` None leaves torch's as well).
+_LEAST = {"batch_size": 1, "mc_samples": 2, "threads": 0}
 _API_FILE = "<input>"
+
+
+def _integer(name: str, value: Any, least: int) -> int:
+    """``value`` as an int, if it is an integer >= ``least`` (else ConfigError naming ``name``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}")
+    return int(value)
 
 
 def _items(smiles: Sequence[Any], names: Sequence[str] | None = None, *,
@@ -111,7 +123,9 @@ class SpectrumPredictor:
     neimsctl.errors.CheckpointError
         No such checkpoint (or no shipped model), or one that cannot be loaded.
     neimsctl.errors.ConfigError
-        Unknown config key, device or precision.
+        Unknown config key, device or precision; ``batch_size`` not an integer >= 1,
+        ``mc_samples`` not an integer >= 2, ``threads`` not None nor an integer >= 0 (the
+        ranges of ``neimsctl predict``'s options).
     """
 
     def __init__(self, config: Mapping[str, Any] | None = None,
@@ -123,6 +137,10 @@ class SpectrumPredictor:
             raise ConfigError(f"SpectrumPredictor config: unknown key(s) {', '.join(unknown)}; "
                               f"known: {', '.join(_OPTIONS)}")
         self.options = {**_OPTIONS, **cfg}
+        for key, least in _LEAST.items():
+            if key == "threads" and self.options[key] is None:
+                continue
+            self.options[key] = _integer(f"SpectrumPredictor config: {key}", self.options[key], least)
         if self.options["threads"]:
             import torch
 
@@ -191,25 +209,37 @@ class SpectrumPredictor:
         std = np.concatenate(stds) if uncertainty and stds else None
         return spec, std, rejects
 
-    def predict_batch(self, smiles: Sequence[str], batch_size: int | None = None,
+    def predict_batch(self, smiles: str | Sequence[str], batch_size: int | None = None,
                       errors: str = "raise") -> np.ndarray:
         """Spectra ``(n, 501)`` of a list of SMILES, in order.
 
         Parameters
         ----------
+        smiles
+            SMILES strings; a single string is one SMILES (``(1, 501)``), never its characters.
         batch_size
-            Molecules per model call (default: the config's).
+            Molecules per model call, an integer >= 1 (default: the config's).
         errors
             ``raise`` (default): a bad SMILES raises :class:`~neimsctl.errors.FormatError`;
             ``nan``: its row is all NaN.
+
+        Raises
+        ------
+        neimsctl.errors.FormatError
+            With ``errors="raise"``: an entry that is not one SMILES string, or one RDKit
+            cannot parse (the message names its position).
+        neimsctl.errors.ConfigError
+            ``batch_size`` not an integer >= 1, ``errors`` neither ``raise`` nor ``nan``.
         """
         if errors not in ("raise", "nan"):
-            raise ValueError(f"errors must be 'raise' or 'nan', got {errors!r}")
-        smiles = list(smiles)
+            raise ConfigError(f"errors must be 'raise' or 'nan', got {errors!r}")
+        if batch_size is not None:
+            batch_size = _integer("batch_size", batch_size, _LEAST["batch_size"])
+        smiles = [smiles] if isinstance(smiles, str) else list(smiles)
         items = _items(smiles, skip_invalid=errors == "nan")
-        if batch_size is not None and int(batch_size) != int(self.options["batch_size"]):
+        if batch_size is not None and batch_size != self.options["batch_size"]:
             saved = self.options["batch_size"]
-            self.options["batch_size"], self._stages = int(batch_size), {}
+            self.options["batch_size"], self._stages = batch_size, {}
             try:
                 spec, _, rejects = self._spectra(items)
             finally:
@@ -228,8 +258,39 @@ class SpectrumPredictor:
     def find_top_peaks(spectrum: np.ndarray, top_n: int = 10, threshold: float = 0.01
                        ) -> list[tuple[int, float]]:
         """The ``top_n`` largest peaks ``(m/z, intensity relative to base)``, descending,
-        leaving out peaks below ``threshold`` of the base peak."""
-        return top_peaks(spectrum, top_n, threshold)
+        leaving out peaks below ``threshold`` of the base peak.
+
+        Parameters
+        ----------
+        spectrum
+            One dense spectrum ``(501,)`` (a row of :meth:`predict_batch`), finite, >= 0.
+        top_n
+            Peaks at most, an integer >= 1 (``neimsctl predict --top``).
+        threshold
+            A finite number >= 0, relative to the base peak.
+
+        Raises
+        ------
+        neimsctl.errors.FormatError
+            ``spectrum`` not one 1-D spectrum of numbers (a batch ``(n, 501)``: take a row),
+            or with negative or non-finite values.
+        neimsctl.errors.ConfigError
+            ``top_n`` or ``threshold`` out of range.
+        """
+        top_n = _integer("top_n", top_n, 1)
+        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) \
+                or not (math.isfinite(threshold) and threshold >= 0):
+            raise ConfigError(f"threshold must be a finite number >= 0, got {threshold!r}")
+        try:
+            s = np.asarray(spectrum, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise FormatError(f"find_top_peaks: not a spectrum of numbers: {repr(spectrum)[:80]}") from None
+        if s.ndim != 1:
+            raise FormatError(f"find_top_peaks: one spectrum (1-D) is needed, got shape {s.shape}"
+                              + (" (a batch: pass one row)" if s.ndim == 2 else ""))
+        if not np.isfinite(s).all() or (s < 0).any():
+            raise FormatError("find_top_peaks: the spectrum has negative or non-finite values")
+        return top_peaks(s, top_n, threshold)
 
     def export_msp(self, smiles: str | Sequence[str], path: str | os.PathLike,
                    name: str | Sequence[str] | None = None) -> int:
