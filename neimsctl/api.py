@@ -366,8 +366,15 @@ class SpectralLibrary:
             A path to an MSP / JSONL file of queries; or a sequence of queries, each a dict
             with ``mz`` and ``intensity`` (optional ``mw``, ``id``, ``name``, ``smiles``,
             ``formula``) or a ``(mz, intensity)`` pair; or a dense array ``(n, 501)``.
-        top, score, reverse, mass_filter, source, mz_power, intensity_power
-            As ``neimsctl search`` (``score`` None: the default score).
+        top
+            Hits per query, an integer >= 1 (``--top``); more than the libraries hold is
+            capped to their size, as the CLI does.
+        score
+            ``cosine``, ``composite`` or ``entropy`` (``--score``); None: the default, cosine.
+        reverse, mass_filter, source, mz_power, intensity_power
+            As ``neimsctl search``, with its ranges: ``mass_filter`` a finite number >= 0 (Da)
+            or None; ``source`` None, ``"measured"`` or ``"predicted"``; ``mz_power`` and
+            ``intensity_power`` finite numbers in 0..10, for the cosine only.
         candidates
             InChIKeys (or their first blocks) or SMILES: only these compounds are hits.
 
@@ -380,15 +387,21 @@ class SpectralLibrary:
 
         Raises
         ------
-        FormatError
+        neimsctl.errors.ConfigError
+            An option out of the range above (the value and the range named).
+        neimsctl.errors.FormatError
             A query without peaks, with non-numeric peaks or m/z above 500 (its position named).
         """
         from neimsctl.evaluate.matching import DEFAULT_SCORE, Score
         from neimsctl.io.rejects import Tally
+        from neimsctl.search.options import cap_top, check_search_args
         from neimsctl.search.run import SearchOptions, read_queries, search_batch
 
-        spec = Score(score or DEFAULT_SCORE, mz_power, intensity_power, reverse)
-        opts = SearchOptions(spec, top, mass_filter, None, source)
+        check_search_args(top=top, score=score, reverse=reverse, mass_filter=mass_filter, source=source,
+                          mz_power=mz_power, intensity_power=intensity_power)
+        spec = Score(score or DEFAULT_SCORE, float(mz_power), float(intensity_power), bool(reverse))
+        opts = SearchOptions(spec, cap_top(int(top), len(self)),
+                             None if mass_filter is None else float(mass_filter), None, source)
         if candidates is not None:
             from neimsctl.search.run import _candidate_block
 

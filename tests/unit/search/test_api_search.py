@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from neimsctl.api import SpectralLibrary, open_index
-from neimsctl.errors import FormatError, InputError
+from neimsctl.errors import ConfigError, FormatError, InputError
 from neimsctl.io.spectra import load_spectra
 
 
@@ -28,3 +28,77 @@ def test_search_python_objects_and_files(sample_msp, tmp_path):
         lib.search([{"mz": [10, 600], "intensity": [1, 1]}])
     with pytest.raises(InputError, match="no such file"):
         SpectralLibrary(tmp_path / "none.h5")
+
+
+# --- arguments the CLI refuses are refused (ConfigError / FormatError / InputError), never a silently
+# wrong or empty result nor a bare TypeError, MemoryError or AssertionError
+
+@pytest.fixture(scope="module")
+def disk_index(sample_msp, tmp_path_factory):
+    from neimsctl.io.rejects import Tally
+    from neimsctl.search.build import build_index
+
+    out = tmp_path_factory.mktemp("api") / "sample.h5"
+    build_index([sample_msp], out, Tally())
+    return out
+
+
+@pytest.fixture(scope="module")
+def lib(disk_index):
+    with open_index(disk_index) as library:
+        yield library
+
+
+@pytest.fixture(scope="module")
+def sample(sample_msp):
+    data = load_spectra(sample_msp)
+    i = int(np.flatnonzero(data.mw < 400)[0])
+    mz = np.flatnonzero(data.spectra[i])
+    return data, i, {"mz": mz.tolist(), "intensity": data.spectra[i][mz].tolist(), "mw": int(data.mw[i]),
+                     "id": "q"}
+
+
+@pytest.mark.parametrize("source", ["bogus", "Measured", "", 1])
+def test_source_is_measured_predicted_or_none(lib, sample, source):
+    with pytest.raises(ConfigError, match="source must be None or one of 'measured', 'predicted'"):
+        lib.search([sample[2]], source=source)
+    assert len(lib.search([sample[2]], source="measured", top=3)[0]) == 3   # the sample is measured
+    assert lib.search([sample[2]], source="predicted") == [[]]
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"mass_filter": -5}, "mass_filter must be a finite number >= 0, got -5"),
+    ({"mass_filter": float("nan")}, "mass_filter must be a finite number >= 0"),
+    ({"mass_filter": float("inf")}, "mass_filter must be a finite number >= 0"),
+    ({"mass_filter": "5"}, "mass_filter must be a number"),
+    ({"mz_power": -1}, r"mz_power must be a finite number 0\.\.10, got -1"),
+    ({"mz_power": float("nan")}, r"mz_power must be a finite number 0\.\.10"),
+    ({"mz_power": 11}, r"mz_power must be a finite number 0\.\.10"),
+    ({"intensity_power": -1}, r"intensity_power must be a finite number 0\.\.10"),
+    ({"intensity_power": None}, "intensity_power must be a number"),
+    ({"mz_power": 2, "score": "entropy"}, "apply to score='cosine' only"),
+    ({"score": "bogus"}, "unknown score 'bogus'"),
+    ({"reverse": "no"}, "reverse must be True or False"),
+    ({"top": 1.5}, "top must be an integer >= 1, got 1.5"),
+    ({"top": None}, "top must be an integer >= 1, got None"),
+    ({"top": "3"}, "top must be an integer >= 1, got '3'"),
+    ({"top": 0}, "top must be an integer >= 1, got 0"),
+    ({"top": True}, "top must be an integer >= 1"),
+])
+def test_options_out_of_the_clis_range(lib, sample, kw, match):
+    with pytest.raises(ConfigError, match=match):
+        lib.search([sample[2]], **kw)
+
+
+def test_edges_of_the_ranges_are_accepted(lib, sample):
+    q = [sample[2]]
+    assert len(lib.search(q, top=np.int64(2), mass_filter=0, mz_power=0, intensity_power=10)[0]) == 2
+    assert len(lib.search(q, top=2, mz_power=3.0, reverse=np.bool_(True))[0]) == 2
+    # (mz_power 10 is accepted, as by the CLI; mz_power >= 8 overflowing float32 norms in the engine is
+    # another fix, neimsctl/evaluate/matching.py)
+
+
+def test_a_huge_top_is_the_library_size(lib, sample):
+    """top=10**12 tried to allocate TiBs (MemoryError); the CLI caps -k to the libraries' size."""
+    hits = lib.search([sample[2]], top=10**12)
+    assert len(hits[0]) == len(lib) == 300
