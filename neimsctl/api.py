@@ -355,7 +355,7 @@ class SpectralLibrary:
         self.close()
 
     def search(self, spectra: Any, *, top: int = 10, score: str | None = None, reverse: bool = False,
-               mass_filter: float | None = None, candidates: Sequence[str] | None = None,
+               mass_filter: float | None = None, candidates: str | Sequence[str] | None = None,
                source: str | None = None, mz_power: float = 1.0,
                intensity_power: float = 0.5) -> list[list[dict[str, Any]]]:
         """The ``top`` hits of each query spectrum, best first (the CLI's columns as dict keys).
@@ -376,7 +376,10 @@ class SpectralLibrary:
             or None; ``source`` None, ``"measured"`` or ``"predicted"``; ``mz_power`` and
             ``intensity_power`` finite numbers in 0..10, for the cosine only.
         candidates
-            InChIKeys (or their first blocks) or SMILES: only these compounds are hits.
+            InChIKeys (or their first blocks) or SMILES: only these compounds are hits. A single
+            string is one candidate. Every candidate must be one of these and match an entry
+            of the libraries (``neimsctl search --candidates`` reports the others and exits 1);
+            an empty list is refused (None searches every entry).
 
         Returns
         -------
@@ -388,7 +391,9 @@ class SpectralLibrary:
         Raises
         ------
         neimsctl.errors.ConfigError
-            An option out of the range above (the value and the range named).
+            An option out of the range above (the value and the range named); ``candidates``
+            empty, or with an entry that is neither an InChIKey nor a parsable SMILES or that
+            matches no library entry (each named with its position).
         neimsctl.errors.FormatError
             A query without peaks, with non-numeric peaks or m/z above 500 (its position named).
         """
@@ -403,9 +408,7 @@ class SpectralLibrary:
         opts = SearchOptions(spec, cap_top(int(top), len(self)),
                              None if mass_filter is None else float(mass_filter), None, source)
         if candidates is not None:
-            from neimsctl.search.run import _candidate_block
-
-            opts.candidates = {b for b in (_candidate_block(str(c)) for c in candidates) if b}
+            opts.candidates = self._candidates(candidates)
         tally = Tally()
         bad: list[str] = []
         if isinstance(spectra, (str, os.PathLike)):
@@ -420,6 +423,28 @@ class SpectralLibrary:
         if bad:
             raise FormatError(f"{len(bad)} queries cannot be searched, e.g. {bad[0]}")
         return out
+
+    def _candidates(self, candidates: str | Sequence[str]) -> set[str]:
+        """Connectivity blocks of ``candidates`` (a str is one), each checked as
+        ``neimsctl search --candidates`` checks the lines of its file (a problem: ConfigError)."""
+        from neimsctl.search.run import match_candidates
+
+        given = [candidates] if isinstance(candidates, str) else candidates
+        try:
+            given = list(given)
+        except TypeError:
+            raise ConfigError(f"candidates must be a list of InChIKeys or SMILES, got {candidates!r}") from None
+        if not given:
+            raise ConfigError("candidates is empty: give None to search every entry")
+        for i, c in enumerate(given):
+            if not isinstance(c, str) or not c.strip() or len(c.split()) != 1:
+                raise ConfigError(f"candidates[{i}]: {c!r}: not one InChIKey or SMILES")
+        blocks, problems = match_candidates([(f"candidates[{i}]", c.strip()) for i, c in enumerate(given)],
+                                            self.libraries)
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise ConfigError("; ".join(problems[:3]) + more)
+        return blocks
 
 
 def open_index(*paths: str | os.PathLike) -> SpectralLibrary:

@@ -35,7 +35,7 @@ from neimsctl.io.streams import check_input, is_dash, sniff
 from neimsctl.search.build import build_memory_index, complete_record
 
 __all__ = ["SearchOptions", "Hit", "QueryBatch", "open_libraries", "read_queries", "search_batch",
-           "read_candidates", "HIT_FIELDS"]
+           "read_candidates", "match_candidates", "HIT_FIELDS"]
 
 _SCORE_BUDGET = 1 << 24     # score-matrix elements per chunk (queries x entries)
 
@@ -150,32 +150,38 @@ def read_candidates(path: str | os.PathLike, libraries: Sequence[SpectralIndex])
     field; ``#`` comments), and the entries that match nothing (``file:line: text: why``)."""
     from neimsctl.io.streams import open_in
 
-    blocks: set[str] = set()
-    wanted: list[tuple[int, str, str]] = []
-    problems: list[str] = []
+    wanted: list[tuple[str, str]] = []
     with open_in(path) as fh:
         for lineno, raw in enumerate(fh, 1):
             if b"\x00" in raw:
                 raise FormatError("binary data, not a list of InChIKeys or SMILES", file=str(path), line=lineno)
             text = raw.decode("utf-8", "replace").split("#", 1)[0].strip()
-            if not text:
-                continue
-            token = text.split()[0]
-            block = _candidate_block(token)
-            if block is None:
-                problems.append(f"{path}: line {lineno}: {token}: neither an InChIKey nor a parsable SMILES")
-                continue
+            if text:
+                wanted.append((f"{path}: line {lineno}", text.split()[0]))
+    if not wanted:
+        raise FormatError("the candidate list is empty", file=str(path))
+    return match_candidates(wanted, libraries)
+
+
+def match_candidates(wanted: Sequence[tuple[str, str]], libraries: Sequence[SpectralIndex]
+                     ) -> tuple[set[str], list[str]]:
+    """Connectivity blocks of candidates given as ``(where, token)`` (an InChIKey, its first block
+    or a SMILES), and the candidates that are neither (first) or match no entry of ``libraries``
+    (``where: token: why``), each in the order given."""
+    blocks: set[str] = set()
+    found: list[tuple[str, str, str | None]] = []
+    for where, token in wanted:
+        block = _candidate_block(token)
+        found.append((where, token, block))
+        if block is not None:
             blocks.add(block)
-            wanted.append((lineno, token, block))
     present: set[str] = set()
     for lib in libraries:
         present |= lib.key_matches(blocks)[1]
-    for lineno, token, block in wanted:
-        if block not in present:
-            problems.append(f"{path}: line {lineno}: {token}: matches no library entry")
-    if not wanted and not problems:
-        raise FormatError("the candidate list is empty", file=str(path))
-    return blocks, problems
+    return blocks, [f"{where}: {token}: neither an InChIKey nor a parsable SMILES"
+                    for where, token, block in found if block is None] + \
+        [f"{where}: {token}: matches no library entry" for where, token, block in found
+         if block is not None and block not in present]
 
 
 def _candidate_block(token: str) -> str | None:

@@ -102,3 +102,22 @@ def test_a_huge_top_is_the_library_size(lib, sample):
     """top=10**12 tried to allocate TiBs (MemoryError); the CLI caps -k to the libraries' size."""
     hits = lib.search([sample[2]], top=10**12)
     assert len(hits[0]) == len(lib) == 300
+
+
+def test_candidates_as_the_cli_checks_them(lib, sample):
+    data, i, q = sample
+    key = data.keys[i]
+    # a single string is one candidate (it was iterated character by character: no hit)
+    hits = lib.search([q], candidates=key)
+    assert hits[0] and {h["inchikey"][:14] for h in hits[0]} == {key[:14]}
+    assert lib.search([q], candidates=key[:14]) == hits == lib.search([q], candidates=(key,))
+    with pytest.raises(ConfigError, match="candidates is empty"):
+        lib.search([q], candidates=[])
+    with pytest.raises(ConfigError, match=r"candidates\[1\]: not\(\(\(: neither an InChIKey nor a parsable SMILES"):
+        lib.search([q], candidates=[key, "not((("])
+    with pytest.raises(ConfigError, match=r"candidates\[0\]: C: matches no library entry"):
+        lib.search([q], candidates=["C", key])
+    with pytest.raises(ConfigError, match=r"candidates\[0\]: None: not one InChIKey or SMILES"):
+        lib.search([q], candidates=[None])
+    with pytest.raises(ConfigError, match="candidates must be a list"):
+        lib.search([q], candidates=5)
