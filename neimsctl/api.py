@@ -25,14 +25,14 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from neimsctl.chem.rowbuild import Item, Rejected
-from neimsctl.errors import ConfigError, FormatError
+from neimsctl.errors import ConfigError, FormatError, InputError
 from neimsctl.io.prediction_write import top_peaks
 from neimsctl.io.streams import open_out
 from neimsctl.predict.ensemble import LoadedEnsemble
@@ -340,13 +340,16 @@ class SpectralLibrary:
             raise ConfigError("SpectralLibrary needs at least one library path")
         self.rejects = Tally()
         self.libraries = open_libraries([str(p) for p in paths], self.rejects)
+        self.closed = False
 
     def __len__(self) -> int:
         return sum(len(lib) for lib in self.libraries)
 
     def close(self) -> None:
+        """Close the libraries' files; :meth:`search` then raises :class:`~neimsctl.errors.InputError`."""
         for lib in self.libraries:
             lib.close()
+        self.closed = True
 
     def __enter__(self) -> SpectralLibrary:
         return self
@@ -365,7 +368,11 @@ class SpectralLibrary:
         spectra
             A path to an MSP / JSONL file of queries; or a sequence of queries, each a dict
             with ``mz`` and ``intensity`` (optional ``mw``, ``id``, ``name``, ``smiles``,
-            ``formula``) or a ``(mz, intensity)`` pair; or a dense array ``(n, 501)``.
+            ``formula``) or a ``(mz, intensity)`` pair; or a dense array ``(n, 501)`` (one
+            query per row, the intensity at each m/z). A query's ``mw`` is its nominal mass
+            (a number, rounded); ``None`` or ``0`` is unknown, as an MSP's ``MW: 0`` is to
+            ``neimsctl search``: its mass then comes from its SMILES or formula, else it is
+            searched unfiltered.
         top
             Hits per query, an integer >= 1 (``--top``); more than the libraries hold is
             capped to their size, as the CLI does.
@@ -395,13 +402,21 @@ class SpectralLibrary:
             empty, or with an entry that is neither an InChIKey nor a parsable SMILES or that
             matches no library entry (each named with its position).
         neimsctl.errors.FormatError
-            A query without peaks, with non-numeric peaks or m/z above 500 (its position named).
+            A query without peaks, with non-numeric, negative or non-finite peaks (a dense
+            row's too), m/z above 500, or an ``mw`` that is no mass (a non-number, NaN,
+            infinite or negative); a query that is neither a dict nor an ``(mz, intensity)``
+            pair (its position named).
+        neimsctl.errors.InputError
+            ``spectra`` none of the forms above (None, a single query dict, a 1-D array), a
+            query file that cannot be read; the library is closed.
         """
         from neimsctl.evaluate.matching import DEFAULT_SCORE, Score
         from neimsctl.io.rejects import Tally
         from neimsctl.search.options import cap_top, check_search_args
         from neimsctl.search.run import SearchOptions, read_queries, search_batch
 
+        if self.closed:
+            raise InputError("the library is closed (SpectralLibrary.close): open it again to search")
         check_search_args(top=top, score=score, reverse=reverse, mass_filter=mass_filter, source=source,
                           mz_power=mz_power, intensity_power=intensity_power)
         spec = Score(score or DEFAULT_SCORE, float(mz_power), float(intensity_power), bool(reverse))
@@ -453,28 +468,58 @@ def open_index(*paths: str | os.PathLike) -> SpectralLibrary:
 
 
 def _query_batch(spectra: Any):  # type: ignore[no-untyped-def]
-    """Queries given as Python objects -> a ``QueryBatch`` (every one checked)."""
+    """Queries given as Python objects -> a ``QueryBatch`` (every one checked, as the CLI checks
+    the records of a query file)."""
     from neimsctl.io.peak_block import check_peaks
     from neimsctl.io.spectrum_records import SpectrumRecord
     from neimsctl.search.build import complete_record
     from neimsctl.search.run import _batch
 
-    if isinstance(spectra, np.ndarray) and spectra.ndim == 2:
-        spectra = [(np.flatnonzero(row > 0), row[row > 0]) for row in spectra]
+    if isinstance(spectra, np.ndarray):
+        if spectra.ndim != 2:
+            raise InputError(f"spectra: a dense array must be (n, 501), one query per row, got shape "
+                             f"{spectra.shape}")
+        # every m/z whose intensity is not 0 (negative and NaN ones too: check_peaks refuses them)
+        nonzero = [np.flatnonzero(row != 0) for row in spectra]
+        spectra = [(mz, row[mz]) for mz, row in zip(nonzero, spectra)]
+    elif spectra is None or isinstance(spectra, (Mapping, bytes)) or not isinstance(spectra, Iterable):
+        what = "a single query: pass a list of queries" if isinstance(spectra, Mapping) else repr(spectra)[:80]
+        raise InputError(f"spectra must be a query file path, a sequence of queries or an (n, 501) array, "
+                         f"got {what}")
     recs = []
     for i, q in enumerate(spectra):
         if isinstance(q, Mapping):
-            rec = SpectrumRecord(_API_FILE, i + 1, i + 1, str(q.get("id", i + 1)), str(q.get("name", "")),
+            qid = str(q.get("id", i + 1))
+            rec = SpectrumRecord(_API_FILE, i + 1, i + 1, qid, str(q.get("name", "")),
                                  str(q.get("inchikey", "") or ""), str(q.get("smiles", "") or ""),
-                                 str(q.get("formula", "") or ""),
-                                 int(round(q["mw"])) if q.get("mw") is not None else None,
+                                 str(q.get("formula", "") or ""), _query_mw(q.get("mw"), i, qid),
                                  mz=q.get("mz"), intensity=q.get("intensity"))
-        else:
+        elif isinstance(q, (Sequence, np.ndarray)) and not isinstance(q, (str, bytes)) and len(q) == 2:
             mz, inten = q
             rec = SpectrumRecord(_API_FILE, i + 1, i + 1, str(i + 1), mz=mz, intensity=inten)
+        else:
+            raise FormatError(f"a query is a dict with mz and intensity, or an (mz, intensity) pair; got "
+                              f"{repr(q)[:80]}", file=_API_FILE, line=i + 1)
         problem = check_peaks(rec.mz, rec.intensity)
         if problem is not None:
             raise FormatError(f"{problem[0]}: {problem[1]}", file=_API_FILE, line=i + 1)
         complete_record(rec)
         recs.append(rec)
     return _batch(recs)
+
+
+def _query_mw(value: Any, i: int, qid: str) -> int | None:
+    """A query's ``mw`` as a nominal mass; ``None`` (or 0) unknown, as ``neimsctl search`` reads an
+    MSP's ``MW: 0``."""
+    from neimsctl.io.spectrum import MASS_LIMIT
+
+    if value is None:
+        return None
+    try:
+        mass = float(value) if not isinstance(value, (bool, bytes)) else math.nan
+    except (TypeError, ValueError):
+        mass = math.nan
+    if not (math.isfinite(mass) and 0 <= mass < MASS_LIMIT):
+        raise FormatError(f"mw {value!r} is no nominal mass (a number 0..{MASS_LIMIT - 1}; None or 0: "
+                          "unknown)", file=_API_FILE, line=i + 1, record=qid)
+    return int(round(mass)) or None

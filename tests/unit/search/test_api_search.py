@@ -121,3 +121,46 @@ def test_candidates_as_the_cli_checks_them(lib, sample):
         lib.search([q], candidates=[None])
     with pytest.raises(ConfigError, match="candidates must be a list"):
         lib.search([q], candidates=5)
+
+
+def test_a_query_of_mass_0_is_of_unknown_mass(lib, sample):
+    """The CLI reads MW 0 as unknown and searches unfiltered; the API found no hit."""
+    data, i, q = sample
+    zero = lib.search([{**q, "mw": 0}], mass_filter=5, top=3)
+    assert zero == lib.search([{**q, "mw": None}], mass_filter=5, top=3)
+    assert zero[0] and zero[0][0]["hit_id"] == data.ids[i] and zero[0][0]["mass_diff"] is None
+    assert lib.search([{**q, "mw": float(data.mw[i])}], mass_filter=5, top=1)[0][0]["hit_id"] == data.ids[i]
+
+
+@pytest.mark.parametrize("mw", [float("nan"), float("inf"), "abc", -5, True, [180]])
+def test_a_query_mass_that_is_no_number_names_the_query(lib, sample, mw):
+    with pytest.raises(FormatError, match=r"line 2: record 'q2': mw .* is no nominal mass"):
+        lib.search([sample[2], {**sample[2], "id": "q2", "mw": mw}], mass_filter=5)
+
+
+def test_spectra_of_no_known_form(lib, sample):
+    for bad in (None, 5, sample[2], np.zeros(501)):
+        with pytest.raises(InputError, match="spectra must be|dense array must be"):
+            lib.search(bad)
+    with pytest.raises(FormatError, match="line 2: a query is a dict with mz and intensity"):
+        lib.search([sample[2], 7])
+    assert lib.search([]) == []
+
+
+@pytest.mark.parametrize("value, why", [(-1.0, "a negative m/z or intensity"), (np.nan, "a peak is not finite"),
+                                        (np.inf, "a peak is not finite")])
+def test_a_dense_row_with_negative_or_nan_intensities_is_refused(lib, sample, value, why):
+    """Such peaks were dropped silently; the CLI refuses a query with them."""
+    data, i, _ = sample
+    rows = data.spectra[[i, i]].astype(np.float64)
+    rows[1, 3] = value
+    with pytest.raises(FormatError, match=f"line 2: invalid_peak: {why}"):
+        lib.search(rows)
+
+
+def test_a_closed_library_says_so(disk_index, sample):
+    library = open_index(disk_index)
+    assert library.search([sample[2]], top=1)[0]
+    library.close()
+    with pytest.raises(InputError, match="the library is closed"):
+        library.search([sample[2]])
