@@ -22,15 +22,17 @@ Library search (``neimsctl search``), ``SpectralLibrary`` / ``open_index``:
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from neimsctl.chem.rowbuild import Item, Rejected
-from neimsctl.errors import ConfigError, FormatError
+from neimsctl.errors import ConfigError, FormatError, InputError
 from neimsctl.io.prediction_write import top_peaks
 from neimsctl.io.streams import open_out
 from neimsctl.predict.ensemble import LoadedEnsemble
@@ -44,7 +46,17 @@ _DEFAULTS = PredictOptions()
 #: The settings a ``SpectrumPredictor`` takes; the defaults are ``neimsctl predict``'s own.
 _OPTIONS = {"batch_size": _DEFAULTS.batch_size, "precision": "auto",
             "mc_samples": _DEFAULTS.mc_samples, "threads": None, "average": None}
+#: The least value of each integer setting, as ``neimsctl predict``'s options (``--batch-size``,
+#: ``--mc-samples``, ``--threads``: 0 = torch's default; ``threads`` None leaves torch's as well).
+_LEAST = {"batch_size": 1, "mc_samples": 2, "threads": 0}
 _API_FILE = "<input>"
+
+
+def _integer(name: str, value: Any, least: int) -> int:
+    """``value`` as an int, if it is an integer >= ``least`` (else ConfigError naming ``name``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}")
+    return int(value)
 
 
 def _items(smiles: Sequence[Any], names: Sequence[str] | None = None, *,
@@ -111,7 +123,9 @@ class SpectrumPredictor:
     neimsctl.errors.CheckpointError
         No such checkpoint (or no shipped model), or one that cannot be loaded.
     neimsctl.errors.ConfigError
-        Unknown config key, device or precision.
+        Unknown config key, device or precision; ``batch_size`` not an integer >= 1,
+        ``mc_samples`` not an integer >= 2, ``threads`` not None nor an integer >= 0 (the
+        ranges of ``neimsctl predict``'s options).
     """
 
     def __init__(self, config: Mapping[str, Any] | None = None,
@@ -123,6 +137,10 @@ class SpectrumPredictor:
             raise ConfigError(f"SpectrumPredictor config: unknown key(s) {', '.join(unknown)}; "
                               f"known: {', '.join(_OPTIONS)}")
         self.options = {**_OPTIONS, **cfg}
+        for key, least in _LEAST.items():
+            if key == "threads" and self.options[key] is None:
+                continue
+            self.options[key] = _integer(f"SpectrumPredictor config: {key}", self.options[key], least)
         if self.options["threads"]:
             import torch
 
@@ -191,25 +209,37 @@ class SpectrumPredictor:
         std = np.concatenate(stds) if uncertainty and stds else None
         return spec, std, rejects
 
-    def predict_batch(self, smiles: Sequence[str], batch_size: int | None = None,
+    def predict_batch(self, smiles: str | Sequence[str], batch_size: int | None = None,
                       errors: str = "raise") -> np.ndarray:
         """Spectra ``(n, 501)`` of a list of SMILES, in order.
 
         Parameters
         ----------
+        smiles
+            SMILES strings; a single string is one SMILES (``(1, 501)``), never its characters.
         batch_size
-            Molecules per model call (default: the config's).
+            Molecules per model call, an integer >= 1 (default: the config's).
         errors
             ``raise`` (default): a bad SMILES raises :class:`~neimsctl.errors.FormatError`;
             ``nan``: its row is all NaN.
+
+        Raises
+        ------
+        neimsctl.errors.FormatError
+            With ``errors="raise"``: an entry that is not one SMILES string, or one RDKit
+            cannot parse (the message names its position).
+        neimsctl.errors.ConfigError
+            ``batch_size`` not an integer >= 1, ``errors`` neither ``raise`` nor ``nan``.
         """
         if errors not in ("raise", "nan"):
-            raise ValueError(f"errors must be 'raise' or 'nan', got {errors!r}")
-        smiles = list(smiles)
+            raise ConfigError(f"errors must be 'raise' or 'nan', got {errors!r}")
+        if batch_size is not None:
+            batch_size = _integer("batch_size", batch_size, _LEAST["batch_size"])
+        smiles = [smiles] if isinstance(smiles, str) else list(smiles)
         items = _items(smiles, skip_invalid=errors == "nan")
-        if batch_size is not None and int(batch_size) != int(self.options["batch_size"]):
+        if batch_size is not None and batch_size != self.options["batch_size"]:
             saved = self.options["batch_size"]
-            self.options["batch_size"], self._stages = int(batch_size), {}
+            self.options["batch_size"], self._stages = batch_size, {}
             try:
                 spec, _, rejects = self._spectra(items)
             finally:
@@ -228,8 +258,39 @@ class SpectrumPredictor:
     def find_top_peaks(spectrum: np.ndarray, top_n: int = 10, threshold: float = 0.01
                        ) -> list[tuple[int, float]]:
         """The ``top_n`` largest peaks ``(m/z, intensity relative to base)``, descending,
-        leaving out peaks below ``threshold`` of the base peak."""
-        return top_peaks(spectrum, top_n, threshold)
+        leaving out peaks below ``threshold`` of the base peak.
+
+        Parameters
+        ----------
+        spectrum
+            One dense spectrum ``(501,)`` (a row of :meth:`predict_batch`), finite, >= 0.
+        top_n
+            Peaks at most, an integer >= 1 (``neimsctl predict --top``).
+        threshold
+            A finite number >= 0, relative to the base peak.
+
+        Raises
+        ------
+        neimsctl.errors.FormatError
+            ``spectrum`` not one 1-D spectrum of numbers (a batch ``(n, 501)``: take a row),
+            or with negative or non-finite values.
+        neimsctl.errors.ConfigError
+            ``top_n`` or ``threshold`` out of range.
+        """
+        top_n = _integer("top_n", top_n, 1)
+        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) \
+                or not (math.isfinite(threshold) and threshold >= 0):
+            raise ConfigError(f"threshold must be a finite number >= 0, got {threshold!r}")
+        try:
+            s = np.asarray(spectrum, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise FormatError(f"find_top_peaks: not a spectrum of numbers: {repr(spectrum)[:80]}") from None
+        if s.ndim != 1:
+            raise FormatError(f"find_top_peaks: one spectrum (1-D) is needed, got shape {s.shape}"
+                              + (" (a batch: pass one row)" if s.ndim == 2 else ""))
+        if not np.isfinite(s).all() or (s < 0).any():
+            raise FormatError("find_top_peaks: the spectrum has negative or non-finite values")
+        return top_peaks(s, top_n, threshold)
 
     def export_msp(self, smiles: str | Sequence[str], path: str | os.PathLike,
                    name: str | Sequence[str] | None = None) -> int:
@@ -279,13 +340,16 @@ class SpectralLibrary:
             raise ConfigError("SpectralLibrary needs at least one library path")
         self.rejects = Tally()
         self.libraries = open_libraries([str(p) for p in paths], self.rejects)
+        self.closed = False
 
     def __len__(self) -> int:
         return sum(len(lib) for lib in self.libraries)
 
     def close(self) -> None:
+        """Close the libraries' files; :meth:`search` then raises :class:`~neimsctl.errors.InputError`."""
         for lib in self.libraries:
             lib.close()
+        self.closed = True
 
     def __enter__(self) -> SpectralLibrary:
         return self
@@ -294,7 +358,7 @@ class SpectralLibrary:
         self.close()
 
     def search(self, spectra: Any, *, top: int = 10, score: str | None = None, reverse: bool = False,
-               mass_filter: float | None = None, candidates: Sequence[str] | None = None,
+               mass_filter: float | None = None, candidates: str | Sequence[str] | None = None,
                source: str | None = None, mz_power: float = 1.0,
                intensity_power: float = 0.5) -> list[list[dict[str, Any]]]:
         """The ``top`` hits of each query spectrum, best first (the CLI's columns as dict keys).
@@ -304,11 +368,25 @@ class SpectralLibrary:
         spectra
             A path to an MSP / JSONL file of queries; or a sequence of queries, each a dict
             with ``mz`` and ``intensity`` (optional ``mw``, ``id``, ``name``, ``smiles``,
-            ``formula``) or a ``(mz, intensity)`` pair; or a dense array ``(n, 501)``.
-        top, score, reverse, mass_filter, source, mz_power, intensity_power
-            As ``neimsctl search`` (``score`` None: the default score).
+            ``formula``) or a ``(mz, intensity)`` pair; or a dense array ``(n, 501)`` (one
+            query per row, the intensity at each m/z). A query's ``mw`` is its nominal mass
+            (a number, rounded); ``None`` or ``0`` is unknown, as an MSP's ``MW: 0`` is to
+            ``neimsctl search``: its mass then comes from its SMILES or formula, else it is
+            searched unfiltered.
+        top
+            Hits per query, an integer >= 1 (``--top``); more than the libraries hold is
+            capped to their size, as the CLI does.
+        score
+            ``cosine``, ``composite`` or ``entropy`` (``--score``); None: the default, cosine.
+        reverse, mass_filter, source, mz_power, intensity_power
+            As ``neimsctl search``, with its ranges: ``mass_filter`` a finite number >= 0 (Da)
+            or None; ``source`` None, ``"measured"`` or ``"predicted"``; ``mz_power`` and
+            ``intensity_power`` finite numbers in 0..10, for the cosine only.
         candidates
-            InChIKeys (or their first blocks) or SMILES: only these compounds are hits.
+            InChIKeys (or their first blocks) or SMILES: only these compounds are hits. A single
+            string is one candidate. Every candidate must be one of these and match an entry
+            of the libraries (``neimsctl search --candidates`` reports the others and exits 1);
+            an empty list is refused (None searches every entry).
 
         Returns
         -------
@@ -319,19 +397,33 @@ class SpectralLibrary:
 
         Raises
         ------
-        FormatError
-            A query without peaks, with non-numeric peaks or m/z above 500 (its position named).
+        neimsctl.errors.ConfigError
+            An option out of the range above (the value and the range named); ``candidates``
+            empty, or with an entry that is neither an InChIKey nor a parsable SMILES or that
+            matches no library entry (each named with its position).
+        neimsctl.errors.FormatError
+            A query without peaks, with non-numeric, negative or non-finite peaks (a dense
+            row's too), m/z above 500, or an ``mw`` that is no mass (a non-number, NaN,
+            infinite or negative); a query that is neither a dict nor an ``(mz, intensity)``
+            pair (its position named).
+        neimsctl.errors.InputError
+            ``spectra`` none of the forms above (None, a single query dict, a 1-D array), a
+            query file that cannot be read; the library is closed.
         """
         from neimsctl.evaluate.matching import DEFAULT_SCORE, Score
         from neimsctl.io.rejects import Tally
+        from neimsctl.search.options import cap_top, check_search_args
         from neimsctl.search.run import SearchOptions, read_queries, search_batch
 
-        spec = Score(score or DEFAULT_SCORE, mz_power, intensity_power, reverse)
-        opts = SearchOptions(spec, top, mass_filter, None, source)
+        if self.closed:
+            raise InputError("the library is closed (SpectralLibrary.close): open it again to search")
+        check_search_args(top=top, score=score, reverse=reverse, mass_filter=mass_filter, source=source,
+                          mz_power=mz_power, intensity_power=intensity_power)
+        spec = Score(score or DEFAULT_SCORE, float(mz_power), float(intensity_power), bool(reverse))
+        opts = SearchOptions(spec, cap_top(int(top), len(self)),
+                             None if mass_filter is None else float(mass_filter), None, source)
         if candidates is not None:
-            from neimsctl.search.run import _candidate_block
-
-            opts.candidates = {b for b in (_candidate_block(str(c)) for c in candidates) if b}
+            opts.candidates = self._candidates(candidates)
         tally = Tally()
         bad: list[str] = []
         if isinstance(spectra, (str, os.PathLike)):
@@ -347,6 +439,28 @@ class SpectralLibrary:
             raise FormatError(f"{len(bad)} queries cannot be searched, e.g. {bad[0]}")
         return out
 
+    def _candidates(self, candidates: str | Sequence[str]) -> set[str]:
+        """Connectivity blocks of ``candidates`` (a str is one), each checked as
+        ``neimsctl search --candidates`` checks the lines of its file (a problem: ConfigError)."""
+        from neimsctl.search.run import match_candidates, shown_candidate
+
+        given = [candidates] if isinstance(candidates, str) else candidates
+        try:
+            given = list(given)
+        except TypeError:
+            raise ConfigError(f"candidates must be a list of InChIKeys or SMILES, got {candidates!r}") from None
+        if not given:
+            raise ConfigError("candidates is empty: give None to search every entry")
+        for i, c in enumerate(given):
+            if not isinstance(c, str) or not c.strip() or len(c.split()) != 1:
+                raise ConfigError(f"candidates[{i}]: {c!r}: not one InChIKey or SMILES")
+        blocks, bad = match_candidates([c.strip() for c in given], self.libraries)
+        problems = [f"candidates[{i}]: {shown_candidate(given[i].strip())}: {detail}" for i, _, detail in bad]
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise ConfigError("; ".join(problems[:3]) + more)
+        return blocks
+
 
 def open_index(*paths: str | os.PathLike) -> SpectralLibrary:
     """Open search libraries (see :class:`SpectralLibrary`)."""
@@ -354,28 +468,58 @@ def open_index(*paths: str | os.PathLike) -> SpectralLibrary:
 
 
 def _query_batch(spectra: Any):  # type: ignore[no-untyped-def]
-    """Queries given as Python objects -> a ``QueryBatch`` (every one checked)."""
+    """Queries given as Python objects -> a ``QueryBatch`` (every one checked, as the CLI checks
+    the records of a query file)."""
     from neimsctl.io.peak_block import check_peaks
     from neimsctl.io.spectrum_records import SpectrumRecord
     from neimsctl.search.build import complete_record
     from neimsctl.search.run import _batch
 
-    if isinstance(spectra, np.ndarray) and spectra.ndim == 2:
-        spectra = [(np.flatnonzero(row > 0), row[row > 0]) for row in spectra]
+    if isinstance(spectra, np.ndarray):
+        if spectra.ndim != 2:
+            raise InputError(f"spectra: a dense array must be (n, 501), one query per row, got shape "
+                             f"{spectra.shape}")
+        # every m/z whose intensity is not 0 (negative and NaN ones too: check_peaks refuses them)
+        nonzero = [np.flatnonzero(row != 0) for row in spectra]
+        spectra = [(mz, row[mz]) for mz, row in zip(nonzero, spectra)]
+    elif spectra is None or isinstance(spectra, (Mapping, bytes)) or not isinstance(spectra, Iterable):
+        what = "a single query: pass a list of queries" if isinstance(spectra, Mapping) else repr(spectra)[:80]
+        raise InputError(f"spectra must be a query file path, a sequence of queries or an (n, 501) array, "
+                         f"got {what}")
     recs = []
     for i, q in enumerate(spectra):
         if isinstance(q, Mapping):
-            rec = SpectrumRecord(_API_FILE, i + 1, i + 1, str(q.get("id", i + 1)), str(q.get("name", "")),
+            qid = str(q.get("id", i + 1))
+            rec = SpectrumRecord(_API_FILE, i + 1, i + 1, qid, str(q.get("name", "")),
                                  str(q.get("inchikey", "") or ""), str(q.get("smiles", "") or ""),
-                                 str(q.get("formula", "") or ""),
-                                 int(round(q["mw"])) if q.get("mw") is not None else None,
+                                 str(q.get("formula", "") or ""), _query_mw(q.get("mw"), i, qid),
                                  mz=q.get("mz"), intensity=q.get("intensity"))
-        else:
+        elif isinstance(q, (Sequence, np.ndarray)) and not isinstance(q, (str, bytes)) and len(q) == 2:
             mz, inten = q
             rec = SpectrumRecord(_API_FILE, i + 1, i + 1, str(i + 1), mz=mz, intensity=inten)
+        else:
+            raise FormatError(f"a query is a dict with mz and intensity, or an (mz, intensity) pair; got "
+                              f"{repr(q)[:80]}", file=_API_FILE, line=i + 1)
         problem = check_peaks(rec.mz, rec.intensity)
         if problem is not None:
             raise FormatError(f"{problem[0]}: {problem[1]}", file=_API_FILE, line=i + 1)
         complete_record(rec)
         recs.append(rec)
     return _batch(recs)
+
+
+def _query_mw(value: Any, i: int, qid: str) -> int | None:
+    """A query's ``mw`` as a nominal mass; ``None`` (or 0) unknown, as ``neimsctl search`` reads an
+    MSP's ``MW: 0``."""
+    from neimsctl.io.spectrum import MASS_LIMIT
+
+    if value is None:
+        return None
+    try:
+        mass = float(value) if not isinstance(value, (bool, bytes)) else math.nan
+    except (TypeError, ValueError):
+        mass = math.nan
+    if not (math.isfinite(mass) and 0 <= mass < MASS_LIMIT):
+        raise FormatError(f"mw {value!r} is no nominal mass (a number 0..{MASS_LIMIT - 1}; None or 0: "
+                          "unknown)", file=_API_FILE, line=i + 1, record=qid)
+    return int(round(mass)) or None

@@ -15,11 +15,14 @@ from neimsctl.cli._common import (InPaths, OutPath, Quiet, RejectsPath, ScoreNam
                                   refuse_clobber,
                                   require_input_or_usage,
                                   setup_logging, usage_error)
+from neimsctl.search.options import INTENSITY_POWER, MZ_POWER, POWER_MAX, POWER_MIN, cap_top, powers_misused
 
 CMD = "search"
 
 
 class SourceKind(str, Enum):
+    """--source choices: neimsctl.search.options.SOURCES (tests/cli/test_search.py checks they agree)."""
+
     measured = "measured"
     predicted = "predicted"
 
@@ -44,11 +47,11 @@ def search_cli(
     reverse: Annotated[bool, typer.Option(
         "--reverse", help="Reverse search: only query peaks present in the library spectrum count "
         "(co-eluting peaks).")] = False,
-    mz_power: Annotated[float, typer.Option("--mz-power", min=0, max=10, callback=finite,
-                                            help="Exponent a of the cosine's m/z weight.")] = 1.0,
+    mz_power: Annotated[float, typer.Option("--mz-power", min=POWER_MIN, max=POWER_MAX, callback=finite,
+                                            help="Exponent a of the cosine's m/z weight.")] = MZ_POWER,
     intensity_power: Annotated[float, typer.Option(
-        "--intensity-power", min=0, max=10, callback=finite,
-        help="Exponent b of the cosine's intensity weight.")] = 0.5,
+        "--intensity-power", min=POWER_MIN, max=POWER_MAX, callback=finite,
+        help="Exponent b of the cosine's intensity weight.")] = INTENSITY_POWER,
     mass_filter: Annotated[Optional[float], typer.Option(
         "--mass-filter", min=0, callback=finite, help="Only entries within +-DA Da of the query's nominal mass (its MW, "
         "else from its SMILES/formula; queries without one are searched unfiltered).", metavar="DA")] = None,
@@ -83,9 +86,8 @@ def search_cli(
     if sum(str(p) == "-" for p in inputs) > 1:
         usage_error(CMD, "stdin ('-') can be given only once")
     check_inputs_or_usage(CMD, inputs)
-    if mz_power != 1.0 or intensity_power != 0.5:
-        if score not in (None, ScoreName.cosine):
-            usage_error(CMD, "--mz-power/--intensity-power apply to --score cosine only")
+    if powers_misused(score.value if score else None, mz_power, intensity_power):
+        usage_error(CMD, "--mz-power/--intensity-power apply to --score cosine only")
     library = once_each(CMD, "--library", library, "searched once (twice would list every hit twice)")
     refuse_clobber(CMD, input_pairs(paths) + input_pairs(library, "--library")
                    + input_pairs([candidates] if candidates else [], "--candidates"),
@@ -110,8 +112,7 @@ def search_cli(
             libs = open_libraries([str(p) for p in library], lib_tally)
             if lib_tally.rejected and not quiet:
                 eprint(CMD, "in-memory libraries", lib_tally.summary())
-            # no query can have more hits than there are entries: --top 10**11 costs what --top N does
-            opts = SearchOptions(spec, max(1, min(top, sum(lib.n for lib in libs))), mass_filter, None,
+            opts = SearchOptions(spec, cap_top(top, sum(lib.n for lib in libs)), mass_filter, None,
                                  source.value if source else None)
             failed = False
             if candidates is not None:

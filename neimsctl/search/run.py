@@ -35,7 +35,7 @@ from neimsctl.io.streams import check_input, is_dash, sniff
 from neimsctl.search.build import build_memory_index, complete_record
 
 __all__ = ["SearchOptions", "Hit", "QueryBatch", "open_libraries", "read_queries", "search_batch",
-           "read_candidates", "HIT_FIELDS"]
+           "read_candidates", "match_candidates", "HIT_FIELDS"]
 
 _SCORE_BUDGET = 1 << 24     # score-matrix elements per chunk (queries x entries)
 
@@ -147,42 +147,45 @@ def _batch(recs: list[SpectrumRecord]) -> QueryBatch:
 
 def read_candidates(path: str | os.PathLike, libraries: Sequence[SpectralIndex]) -> tuple[set[str], list[Reject]]:
     """Connectivity blocks of a candidate list (one InChIKey, block or SMILES per line, first
-    field; ``#`` comments), and the entries that match nothing, as rejects
+    field; ``#`` comments), and the entries that match nothing, as rejects in line order
     (``unparsable_candidate``, ``candidate_not_found``; the token shown cut to 80 characters)."""
     from neimsctl.io.streams import open_in
 
-    blocks: set[str] = set()
-    wanted: list[tuple[int, str, str]] = []
-    problems: list[Reject] = []
+    wanted: list[tuple[int, str]] = []
     with open_in(path) as fh:
         for lineno, raw in enumerate(fh, 1):
             if b"\x00" in raw:
                 raise FormatError("binary data, not a list of InChIKeys or SMILES", file=str(path), line=lineno)
             text = raw.decode("utf-8", "replace").split("#", 1)[0].strip()
-            if not text:
-                continue
-            token = text.split()[0]
-            block = _candidate_block(token)
-            if block is None:
-                problems.append(Reject("unparsable_candidate", "neither an InChIKey nor a parsable SMILES",
-                                       str(path), lineno, _shown(token)))
-                continue
-            blocks.add(block)
-            wanted.append((lineno, token, block))
+            if text:
+                wanted.append((lineno, text.split()[0]))
+    if not wanted:
+        raise FormatError("the candidate list is empty", file=str(path))
+    blocks, bad = match_candidates([token for _, token in wanted], libraries)
+    return blocks, [Reject(reason, detail, str(path), wanted[i][0], shown_candidate(wanted[i][1]))
+                    for i, reason, detail in bad]
+
+
+def match_candidates(tokens: Sequence[str], libraries: Sequence[SpectralIndex]
+                     ) -> tuple[set[str], list[tuple[int, str, str]]]:
+    """Connectivity blocks of candidates (each an InChIKey, its first block or a SMILES), and the
+    candidates that are neither or match no entry of ``libraries``, as ``(position, reason,
+    detail)`` in the order given (reasons ``unparsable_candidate``, ``candidate_not_found``)."""
+    found = [_candidate_block(token) for token in tokens]
+    blocks = {b for b in found if b is not None}
     present: set[str] = set()
     for lib in libraries:
         present |= lib.key_matches(blocks)[1]
-    for lineno, token, block in wanted:
-        if block not in present:
-            problems.append(Reject("candidate_not_found", "matches no library entry", str(path), lineno,
-                                   _shown(token)))
-    problems.sort(key=lambda r: r.line or 0)
-    if not wanted and not problems:
-        raise FormatError("the candidate list is empty", file=str(path))
-    return blocks, problems
+    bad = []
+    for i, block in enumerate(found):
+        if block is None:
+            bad.append((i, "unparsable_candidate", "neither an InChIKey nor a parsable SMILES"))
+        elif block not in present:
+            bad.append((i, "candidate_not_found", "matches no library entry"))
+    return blocks, bad
 
 
-def _shown(token: str, limit: int = 80) -> str:
+def shown_candidate(token: str, limit: int = 80) -> str:
     """A candidate as messages show it: cut to ``limit`` characters (a 2 MB line is not echoed)."""
     return token if len(token) <= limit else f"{token[:limit]}... ({len(token):,} characters)"
 

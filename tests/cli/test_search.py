@@ -503,3 +503,16 @@ def test_a_large_top_lowers_the_batch_and_stdin_once(index, sample_msp, tmp_path
     assert full.stdout.count(b"\n") == 40 * 50
     proc = run(None, "search", "-", "-l", index, "--candidates", "-", stdin=b"X\n")
     assert proc.returncode == 2 and b"stdin ('-') can be given only once" in proc.stderr
+
+
+def test_source_choices_are_the_apis(index, sample_msp, tmp_path):
+    """--source and SpectralLibrary.search(source=) accept the same values (search.options.SOURCES)."""
+    from neimsctl.cli.search import SourceKind
+    from neimsctl.search.options import SOURCES
+
+    assert tuple(s.value for s in SourceKind) == SOURCES
+    q = tmp_path / "q.msp"
+    q.write_bytes(first_records(sample_msp, 1))
+    for args in (("--source", "Measured"), ("--mz-power", "-1"), ("--intensity-power", "10.5"),
+                 ("--mass-filter", "nan"), ("-k", "0")):
+        assert run(None, "search", q, "-l", index, *args).returncode == 2, args

@@ -132,3 +132,50 @@ def test_import_stays_light_and_student_needs_no_pyg(ckpt):
             "p.predict_from_smiles('CCO'); p.export_msp('CCO', '-'); "
             "assert 'torch_geometric' not in sys.modules, 'student path imported torch_geometric'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True)
+
+
+def test_a_single_smiles_in_predict_batch_is_one_molecule(predictor):
+    """predict_batch("CCO") iterated the characters: 3 spectra of C, C and O."""
+    one = predictor.predict_batch("CCO")
+    assert one.shape == (1, 501)
+    assert np.allclose(one[0], predictor.predict_from_smiles("CCO"), atol=1e-5)
+    assert predictor.predict_batch("CCO", errors="nan").shape == (1, 501)
+
+
+@pytest.mark.parametrize("config, match", [
+    ({"batch_size": "abc"}, "batch_size must be an integer >= 1, got 'abc'"),
+    ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
+    ({"batch_size": -5}, "batch_size must be an integer >= 1"),
+    ({"batch_size": 2.5}, "batch_size must be an integer >= 1"),
+    ({"mc_samples": 1}, "mc_samples must be an integer >= 2"),
+    ({"threads": "x"}, "threads must be an integer >= 0, got 'x'"),
+    ({"threads": -1}, "threads must be an integer >= 0"),
+])
+def test_bad_config_values_fail_at_construction(ckpt, config, match):
+    """They were accepted and failed at predict time with a ValueError."""
+    from neimsctl import SpectrumPredictor
+
+    with pytest.raises(ConfigError, match=match):
+        SpectrumPredictor(config, checkpoint=ckpt, device="cpu")
+
+
+def test_bad_predict_batch_arguments(predictor):
+    for bad in (0, "2", 1.5):
+        with pytest.raises(ConfigError, match="batch_size must be an integer >= 1"):
+            predictor.predict_batch(SMILES, batch_size=bad)
+    with pytest.raises(ConfigError, match="errors must be 'raise' or 'nan'"):
+        predictor.predict_batch(SMILES, errors="skip")
+
+
+def test_find_top_peaks_takes_one_spectrum(predictor):
+    """A batch (2-D) gave an IndexError (or a wrong answer); top_n < 0 dropped peaks silently."""
+    batch = np.random.default_rng(0).random((2, 501))
+    with pytest.raises(FormatError, match=r"one spectrum \(1-D\) is needed, got shape \(2, 501\) \(a batch"):
+        predictor.find_top_peaks(batch)
+    assert len(predictor.find_top_peaks(batch[1], top_n=3)) == 3
+    for spec in (np.array([1.0, np.nan]), np.array([1.0, -0.5]), ["a", "b"]):
+        with pytest.raises(FormatError):
+            predictor.find_top_peaks(spec)
+    for kw in ({"top_n": -1}, {"top_n": 0}, {"top_n": 2.5}, {"threshold": float("nan")}, {"threshold": -1}):
+        with pytest.raises(ConfigError):
+            predictor.find_top_peaks(batch[0], **kw)
