@@ -149,11 +149,11 @@ def read_candidates(path: str | os.PathLike, libraries: Sequence[SpectralIndex])
     """Connectivity blocks of a candidate list (one InChIKey, block or SMILES per line, first
     field; ``#`` comments), and the entries that match nothing, as rejects in line order
     (``unparsable_candidate``, ``candidate_not_found``; the token shown cut to 80 characters)."""
-    from neimsctl.io.streams import open_in
+    from neimsctl.io.streams import iter_lines, open_in
 
     wanted: list[tuple[int, str]] = []
     with open_in(path) as fh:
-        for lineno, raw in enumerate(fh, 1):
+        for lineno, raw in enumerate(iter_lines(fh), 1):    # LF, CRLF or bare CR line ends
             if b"\x00" in raw:
                 raise FormatError("binary data, not a list of InChIKeys or SMILES", file=str(path), line=lineno)
             text = raw.decode("utf-8", "replace").split("#", 1)[0].strip()

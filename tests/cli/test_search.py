@@ -93,6 +93,10 @@ def test_candidates_and_source_filters(index, sample_msp, tmp_path):
     assert "line 4: c1ccccc1: matches no library entry" in err
     assert "line 5: NOTAKEYNOTASMILES((: neither an InChIKey nor a parsable SMILES" in err
     assert f"line 6: {'C' * 80}... (100,002 characters): neither" in err and len(err) < 2000
+    cr = tmp_path / "cr.txt"                                            # old Mac line ends
+    cr.write_bytes(cand.read_bytes().replace(b"\n", b"\r"))
+    again = run(None, "search", q, "-l", index, "--candidates", cr, "-O", "jsonl")
+    assert again.stdout == proc.stdout and "line 6: " in again.stderr.decode()
     got = [orjson.loads(x) for x in rej.read_bytes().splitlines()]       # in the rejects report too
     assert [(r["file"], r["line"], r["reason"]) for r in got] == [
         (str(cand), 4, "candidate_not_found"), (str(cand), 5, "unparsable_candidate"),
