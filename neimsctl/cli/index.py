@@ -78,5 +78,7 @@ def index_cli(
             fail(CMD, str(exc.filename or out), exc.strerror or str(exc))
         if not quiet:
             eprint(CMD, f"{tally.summary()} -> {out}")
+        if tally.written == 0:           # valid, but no search can find anything in it
+            eprint(CMD, f"warning: {out}: the index holds no entry (no input record could be indexed)")
         if tally.rejected:
             raise typer.Exit(1)

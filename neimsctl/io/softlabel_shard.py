@@ -21,7 +21,7 @@ import numpy as np
 
 from neimsctl.errors import FormatError
 from neimsctl.io.h5handle import H5Handle
-from neimsctl.io.streams import Writer, lock_partial, partial_path, refuse_protected
+from neimsctl.io.streams import Writer, lock_partial, output_error, partial_path, refuse_protected
 
 __all__ = ["SCHEMA", "SoftLabelWriter", "SoftLabelReader", "partial_path"]
 
@@ -63,9 +63,12 @@ class SoftLabelWriter(Writer):
         self.path, self.tmp = Path(path), partial_path(path)
         text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
         existed = self.tmp.exists()
-        if not existed:
-            os.close(os.open(self.tmp, os.O_WRONLY | os.O_CREAT, 0o666))
-        self._lock = lock_partial(self.tmp)     # one run at a time writes it
+        try:
+            if not existed:
+                os.close(os.open(self.tmp, os.O_WRONLY | os.O_CREAT, 0o666))
+            self._lock = lock_partial(self.tmp)     # one run at a time writes it
+        except OSError as exc:                      # named by the output asked for
+            raise output_error(self.path, exc) from None
         try:
             self._open(text, n_bins, hidden_dim, attrs, resume and existed)
         except BaseException:
@@ -75,7 +78,11 @@ class SoftLabelWriter(Writer):
     def _open(self, text: str, n_bins: int, hidden_dim: int,
               attrs: dict[str, Any] | None, resume: bool) -> None:
         if resume:
-            self._f = h5py.File(self.tmp, "a", locking=False)
+            try:
+                self._f = h5py.File(self.tmp, "a", locking=False)
+            except OSError as exc:                  # cut short or damaged by the interruption
+                raise FormatError(f"cannot be read ({exc.strerror or exc}); rerun without --resume "
+                                  "to start afresh", file=str(self.tmp)) from None
             old = self._f.attrs.get("settings")
             if self._f.attrs.get("schema") != SCHEMA or old != text:
                 self._f.close()

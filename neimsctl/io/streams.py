@@ -579,9 +579,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError) \
-                and exc.filename in (str(tmp), tmp):
-            raise output_error(final, exc) from None
+        if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
+            if exc.filename in (str(tmp), tmp):
+                raise output_error(final, exc) from None
+            if exc.errno and str(tmp) in str(exc):   # HDF5's message names the temporary file
+                raise output_error(final, OSError(exc.errno, os.strerror(exc.errno))) from None
         raise
 
 

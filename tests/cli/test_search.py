@@ -224,6 +224,12 @@ def test_peaks_that_are_no_lists_are_named_so(index, tmp_path):
     assert err.count("mz is not a list of numbers") == 2 and "intensity is not a list of numbers" in err
 
 
+def test_an_index_of_nothing_says_so(tmp_path):
+    (tmp_path / "empty.msp").write_bytes(b"")
+    proc = run(None, "index", tmp_path / "empty.msp", "-o", tmp_path / "e.h5", "-q")
+    assert proc.returncode == 0 and b"warning: " in proc.stderr and b"holds no entry" in proc.stderr
+
+
 def test_index_reads_mona_structures_from_comments(tmp_path):
     """A MoNA export's structures and InChIKeys are only in Comments pairs: the index takes
     them (msp2jsonl's rule), so its entries carry InChIKeys and SMILES."""

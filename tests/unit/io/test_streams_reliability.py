@@ -255,3 +255,32 @@ def test_byte_order_marks_under_compression(tmp_path, wrap, bom) -> None:
     (tmp_path / "x.jsonl").write_bytes(data)
     with open_in(tmp_path / "x.jsonl") as fh:
         assert fh.read() == text.encode()
+
+
+def test_an_hdf5_output_in_a_missing_directory_is_named_by_its_final_name(tmp_path) -> None:
+    """HDF5's own message names the temporary file; the error names the output asked for."""
+    import h5py
+
+    from neimsctl.errors import OutputError
+    from neimsctl.io.streams import atomic_path
+
+    final = tmp_path / "missing" / "x.h5"
+    with pytest.raises(OutputError) as info:
+        with atomic_path(final) as tmp:
+            h5py.File(tmp, "w")
+    msg = str(info.value)
+    assert msg.startswith(f"{final}: cannot write: No such file or directory (no directory ")
+    assert ".part-" not in msg
+
+
+def test_soft_label_output_errors_name_the_output_and_a_damaged_partial(tmp_path) -> None:
+    from neimsctl.errors import FormatError, OutputError
+    from neimsctl.io.softlabel_shard import SoftLabelWriter
+
+    with pytest.raises(OutputError, match=r"s\.h5: cannot write: No such file or directory") as info:
+        SoftLabelWriter(tmp_path / "missing" / "s.h5", {}, n_bins=4, hidden_dim=2)
+    assert ".partial" not in str(info.value)
+    (tmp_path / "s.h5.partial").write_bytes(b"\x00" * 5000)          # cut by the interruption
+    with pytest.raises(FormatError, match="cannot be read .*rerun without --resume") as info:
+        SoftLabelWriter(tmp_path / "s.h5", {}, n_bins=4, hidden_dim=2, resume=True)
+    assert "s.h5.partial" in str(info.value)
