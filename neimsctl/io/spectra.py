@@ -24,10 +24,11 @@ from typing import Any, BinaryIO, Sequence
 
 import numpy as np
 
-from neimsctl.io.spectrum import MASS_LIMIT, N_BINS, preprocess_spectrum
+from neimsctl.io.spectrum import N_BINS, preprocess_spectrum
 from neimsctl.errors import FormatError
 from neimsctl.io.jsonl import jsonl_lines
-from neimsctl.io.msp import parse_number, read_msp, record_inchikey, record_structure
+from neimsctl.io.msp import read_msp, record_inchikey, record_structure
+from neimsctl.io.spectrum_records import bad_mass, int_mass
 from neimsctl.io.streams import check_input, display_name, is_dash, is_regular, open_in, sniff
 
 __all__ = ["SpectraSet", "load_spectra", "PREDICTION_SCHEMA", "RUN_SCHEMA"]
@@ -118,10 +119,13 @@ class _Rows:
         if not spec.max() > 0:
             self.skip("no_peaks", where)
             return
+        if bad_mass(mw) is not None:      # a query searched without its mass filter, silently
+            self.skip("bad_field", where)
+            return
         self.spectra.append(spec)
         self.keys.append(str(key).strip().upper())
-        # a mass no molecule has (MASS_LIMIT, as in an index) is unknown, not an overflow
-        self.mw.append(int(mw) if isinstance(mw, (int, float)) and math.isfinite(mw) and 0 < mw < MASS_LIMIT else -1)
+        known = int_mass(mw)              # absent, empty or 0: unknown
+        self.mw.append(-1 if known is None else known)
         self.ids.append(rid)
         self.names.append(name)
         self.unc.append(_dense_uncertainty(mz, intensity, unc) if unc is not None else None)
@@ -214,9 +218,8 @@ def _read_msp(fh: BinaryIO, rows: _Rows) -> None:
         if rec.reason:
             rows.skip(rec.reason, where)
             continue
-        mw = parse_number(rec.fields["mw"]) if rec.fields.get("mw") else None
         rows.add(mz=rec.mz, intensity=rec.intensity, key=_msp_key(rec.fields),
-                 mw=round(mw) if mw is not None else None, rid=rec.record_id, name=rec.name, where=where)
+                 mw=rec.fields.get("mw", "").strip() or None, rid=rec.record_id, name=rec.name, where=where)
 
 
 def _read_h5(path: str | os.PathLike, rows: _Rows) -> None:

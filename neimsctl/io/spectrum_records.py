@@ -30,7 +30,7 @@ from neimsctl.io.msp import parse_number, read_msp, record_inchikey, record_stru
 from neimsctl.io.spectrum import MASS_LIMIT
 from neimsctl.io.streams import check_input, display_name, is_dash, open_in, sniff
 
-__all__ = ["SpectrumRecord", "read_spectrum_records"]
+__all__ = ["SpectrumRecord", "bad_mass", "int_mass", "read_spectrum_records"]
 
 _PREDICTION = "neimsctl.prediction/1"
 _RUN = "neimsctl.prediction-run/1"
@@ -62,7 +62,7 @@ class SpectrumRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _int_mass(value: Any) -> int | None:
+def int_mass(value: Any) -> int | None:
     """The stated nominal mass; ``None`` (unknown) when it is not a positive number that an
     index can hold (``MW: 2147483648`` is no molecule's mass)."""
     if isinstance(value, bool):
@@ -75,11 +75,11 @@ def _int_mass(value: Any) -> int | None:
     return None
 
 
-def _bad_mass(value: Any) -> str | None:
+def bad_mass(value: Any) -> str | None:
     """Why a stated ``MW`` cannot be a molecular mass (``None``: it can, or none is stated:
     absent, empty and 0 mean unknown). A query with such a mass would be searched without its
     mass filter, an entry sorted under no mass: the record is a ``bad_field`` reject."""
-    if value is None or _int_mass(value) is not None:
+    if value is None or int_mass(value) is not None:
         return None
     number = parse_number(value) if isinstance(value, str) else value
     if (isinstance(value, str) and not value.strip()) or (
@@ -91,7 +91,7 @@ def _bad_mass(value: Any) -> str | None:
 
 def _with_mass(rec: SpectrumRecord, value: Any) -> SpectrumRecord:
     """``rec`` with its stated mass, or a ``bad_field`` reject when that is no mass."""
-    why = None if rec.reason else _bad_mass(value)
+    why = None if rec.reason else bad_mass(value)
     if why is not None:
         rec.reason, rec.detail = "bad_field", why
     return rec
@@ -106,7 +106,7 @@ def _msp_records(fh: BinaryIO, source: str) -> Iterator[SpectrumRecord]:
         kind, text = stated[1:] if stated is not None else ("", "")
         out = _with_mass(SpectrumRecord(source, rec.line, rec.ordinal, rec.record_id, rec.name,
                                         record_inchikey(f).upper(), text if kind == "smiles" else "",
-                                        f.get("formula", "").strip(), _int_mass(f.get("mw")),
+                                        f.get("formula", "").strip(), int_mass(f.get("mw")),
                                         "predicted=" in f.get("comments", ""), rec.mz, rec.intensity,
                                         rec.reason, rec.detail), f.get("mw", "").strip())
         if kind == "inchi":
@@ -137,7 +137,7 @@ def _jsonl_records(fh: BinaryIO, source: str) -> Iterator[SpectrumRecord]:
         yield _with_mass(SpectrumRecord(source, lineno, ordinal, str(rec.get("id") or f"{stem}:{ordinal}"),
                                         str(rec.get("name") or ""), str(rec.get("inchikey") or "").strip().upper(),
                                         str(rec.get("smiles") or ""), str(rec.get("formula") or ""),
-                                        _int_mass(rec.get("mw")), schema == _PREDICTION, rec.get("mz"),
+                                        int_mass(rec.get("mw")), schema == _PREDICTION, rec.get("mz"),
                                         rec.get("intensity")), rec.get("mw"))
 
 

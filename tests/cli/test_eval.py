@@ -53,20 +53,22 @@ def test_records_not_used_are_named_and_exit_1(neimsctl_exe, tmp_path):
     rec = orjson.loads(lines[-1])
     bad = [rec | {"id": "neg", "intensity": [-1.0] * len(rec["mz"])},
            rec | {"id": "empty", "mz": [], "intensity": []},
-           rec | {"id": "nokey", "inchikey": None}]
+           rec | {"id": "nokey", "inchikey": None},
+           rec | {"id": "badmw", "mw": -5}]
     pred = tmp_path / "pred_bad.jsonl"
     pred.write_bytes(b"\n".join([*lines, *map(orjson.dumps, bad), b"{not json"]) + b"\n")
     n = len(lines)
     proc = run(neimsctl_exe, pred, case["queries"], "--library", case["library"], "--ks", "1,2,3")
     err = proc.stderr.decode()
     assert proc.returncode == 1, err
-    for k, why in ((1, "bad_peaks"), (2, "no_peaks"), (3, "no_inchikey"), (4, "bad_json")):
+    for k, why in ((1, "bad_peaks"), (2, "no_peaks"), (3, "no_inchikey"), (4, "bad_field"), (5, "bad_json")):
         assert f"pred_bad.jsonl: line {n + k}: {why}; not used" in err, err
-    assert "pred_bad.jsonl: 4 records not used (bad_json: 1, bad_peaks: 1, no_inchikey: 1, no_peaks: 1)" in err
+    assert ("pred_bad.jsonl: 5 records not used (bad_field: 1, bad_json: 1, bad_peaks: 1, no_inchikey: 1, "
+            "no_peaks: 1)") in err
     m = orjson.loads(proc.stdout)
     assert m["recall@1"] == pytest.approx(RECALL[1])
-    assert m["counts"]["skipped"]["predicted"] == {"bad_json": 1, "bad_peaks": 1, "no_inchikey": 1,
-                                                   "no_peaks": 1}
+    assert m["counts"]["skipped"]["predicted"] == {"bad_field": 1, "bad_json": 1, "bad_peaks": 1,
+                                                   "no_inchikey": 1, "no_peaks": 1}
 
 
 def test_jsonl_predictions_with_library_and_mass_filter(neimsctl_exe, tmp_path):

@@ -116,6 +116,15 @@ def test_report_files_are_nonempty_pngs(case, tmp_path):
     assert "Recall@1 | 0.3333" in text and "(mirror_worst.png)" in text and "## Uncertainty" in text
 
 
+def test_a_stated_mass_that_is_no_mass_is_not_used(tmp_path):
+    msp = tmp_path / "s.msp"
+    rec = "Name: {n}\nInChIKey: WPYMKLBDIGXBTP-UHFFFAOYSA-N\n{mw}Num Peaks: 2\n105 999\n122 700\n\n"
+    msp.write_text("".join(rec.format(n=n, mw=mw) for n, mw in (
+        ("ok", "MW: 122\n"), ("text", "MW: abc\n"), ("neg", "MW: -3\n"), ("zero", "MW: 0\n"), ("none", ""))))
+    s = load_spectra(msp)
+    assert s.skipped == {"bad_field": 2} and s.mw.tolist() == [122, -1, -1]
+
+
 def test_msp_without_inchikey_gets_one_from_smiles(tmp_path):
     from rdkit import Chem
 
