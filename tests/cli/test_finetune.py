@@ -114,3 +114,31 @@ def test_a_teacher_that_reads_fragment_masses_trains_predicts_and_labels(work: P
     p = sh("neimsctl softlabel f.h5 -t frag/checkpoints/best.pt --samples 2 -o soft.h5 -q", work)
     assert p.returncode == 0, p.stderr.decode()
     assert (work / "soft.h5").is_file()
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("--set train.log_every=0", b"neimsctl finetune: --set train.log_every=0: must be an integer >= 1, got 0\n"),
+    ("--set train.batch_size=0", b"neimsctl finetune: --set train.batch_size=0: must be an integer >= 1, got 0\n"),
+    ("--set train.seed=-1", b"neimsctl finetune: --set train.seed=-1: must be an integer in [0, 4294967295], got -1\n"),
+    ("--set train.threads=-1", b"neimsctl finetune: --set train.threads=-1: must be an integer >= 1, got -1\n"),
+    ("--set optim.lr=nan", b"neimsctl finetune: --set optim.lr=nan: must be a number > 0, got nan\n"),
+    ("--set train.epochs=abc", b"neimsctl finetune: --set train.epochs=abc: expected int, got 'abc'\n"),
+])
+def test_bad_config_values_are_one_line_and_write_nothing(work: Path, extra: str, message: bytes) -> None:
+    """A value out of range is refused when the config is read: before the shards are loaded
+    and before anything is written into the run directory (log_every=0 used to leave
+    config.yaml and train_log.jsonl behind, after a ZeroDivisionError)."""
+    p = finetune(work, "badvalue", 1, extra)
+    assert (p.returncode, p.stderr) == (1, message)
+    assert not (work / "badvalue").exists()
+
+
+def test_an_unreadable_or_empty_config_is_one_line(work: Path) -> None:
+    (work / "bin.yaml").write_bytes(bytes(range(256)) * 12)
+    (work / "empty.yaml").write_bytes(b"")
+    for name, why in (("bin.yaml", b"not a YAML config: not UTF-8 text"),
+                      ("empty.yaml", b"the config is empty")):
+        p = sh(f"neimsctl finetune f.h5 -c {name} -o cfgrun", work)
+        assert p.returncode == 1 and p.stderr.startswith(b"neimsctl finetune: " + name.encode()
+                                                         + b": " + why), p.stderr
+        assert p.stderr.count(b"\n") == 1 and not (work / "cfgrun").exists()

@@ -113,7 +113,7 @@ def test_refused_input_leaves_no_run_dir(tmp_path):
     (["x.smi"], 2, "Missing option '--config'"),
     (["missing.smi", "-c", CFG], 2, "missing.smi: no such file"),
     (["{tiny}", "-c", CFG, "--resume", "-o", "{tmp}/none"], 1, "no checkpoints to resume"),
-    (["{tiny}", "-c", CFG, "--set", "train.bogus=1"], 1, "train.bogus: unknown key"),
+    (["{tiny}", "-c", CFG, "--set", "train.bogus=1"], 1, "--set train.bogus=1: unknown key"),
 ])
 def test_exit_codes(tmp_path, args, code, text):
     cli_main.load_commands()
@@ -121,3 +121,4 @@ def test_exit_codes(tmp_path, args, code, text):
     args = [a.format(tiny=tiny, tmp=tmp_path) for a in args]
     res = CliRunner().invoke(cli_main.app, ["pretrain", *args])
     assert res.exit_code == code and text in res.output, res.output
+
