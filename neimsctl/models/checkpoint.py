@@ -491,6 +491,32 @@ def _with_included(ens: dict[str, Any], path: str | os.PathLike, map_location: A
     return {**ens, "members": members}
 
 
+def is_pretraining(ckpt: Any) -> bool:
+    """True for a checkpoint of ``neimsctl pretrain`` (its config's ``stage`` is ``pretrain``,
+    or its loss state holds the bond-masking head): a teacher whose graph encoder alone was
+    trained, its spectrum head never."""
+    if not isinstance(ckpt, dict):
+        return False
+    config, loss_state = ckpt.get("config"), ckpt.get("loss_state")
+    return ((isinstance(config, dict) and config.get("stage") == "pretrain")
+            or (isinstance(loss_state, dict) and "bond_head" in loss_state))
+
+
+def require_spectrum_model(ckpt: dict[str, Any], where: str | os.PathLike) -> None:
+    """Refuse a pretraining checkpoint (:func:`is_pretraining`) where a trained spectrum model
+    is needed (predict, softlabel, ensemble): its spectra would be those of an untrained head.
+
+    Raises
+    ------
+    CheckpointError
+        Naming ``where`` and how to use it (``finetune --init``).
+    """
+    if is_pretraining(ckpt):
+        raise CheckpointError(f"{where}: a pretraining checkpoint (bond masking: its spectrum head "
+                              f"was never trained); finetune it first (neimsctl finetune --init "
+                              f"{where})")
+
+
 def is_ensemble(ckpt: Any) -> bool:
     """True for a loaded ensemble file (any version this neimsctl reads)."""
     return isinstance(ckpt, dict) and ckpt.get("format") in ENSEMBLE_FORMATS

@@ -25,6 +25,7 @@ default teacher shards carry (``neimsctl featurize --mode teacher``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 import sys
 from dataclasses import dataclass
@@ -213,6 +214,7 @@ def run_pretrain(cfg: Config, sources: Sequence[str | Path], out_dir: str | Path
         Bad config, unreadable input, no valid validation molecule, unusable checkpoint.
     """
     log = sys.stderr if log is None else log
+    cfg = dataclasses.replace(cfg, stage="pretrain")   # its checkpoints say what they are
     d, t = cfg.data, cfg.train
     loss_cfg = dataclass_from_dict(PretrainLossConfig, cfg.loss, "loss")
     if t.best_metric not in VAL_METRICS + ("loss",):
