@@ -52,7 +52,21 @@ class OutputBusy(OutputError):
 
 
 class ConfigError(NeimsError):
-    """Invalid configuration: unknown key, wrong type, bad override."""
+    """Invalid configuration: unknown key, wrong type, a value out of range, bad override.
+
+    Parameters
+    ----------
+    message
+        What is wrong.
+    key
+        The dotted config key the message is about (``train.epochs``), when it is about one:
+        :func:`neimsctl.train.config.load_config` then names where that value came from (the
+        file, a ``--set`` override or an environment variable).
+    """
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class CheckpointError(NeimsError):

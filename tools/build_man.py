@@ -33,7 +33,8 @@ EXIT_STATUS = [
           "the sample) (nothing is written)"),
     ("130, 143", "interrupted: 130 after Ctrl-C (SIGINT), 143 after SIGTERM; temporary outputs "
                  "removed (featurize -o FILE.h5 keeps FILE.h5.partial for --resume); the training "
-                 "commands save checkpoints/interrupted.pt and exit 130 after either"),
+                 "commands first save checkpoints/interrupted.pt, then exit the same way (130 after "
+                 "Ctrl-C, 143 after SIGTERM)"),
 ]
 
 

@@ -66,7 +66,9 @@ train() {
     local step="$1" dir="$2"; shift 2
     if done_marker "$step"; then log "$step: done before, skipped"; return; fi
     local resume=()
-    if [ -e "$dir/checkpoints/interrupted.pt" ] || [ -e "$dir/checkpoints/last.pt" ]; then
+    # a run in $dir (a checkpoint, or the log of one killed before its first checkpoint) is
+    # continued: without --resume the training commands refuse a directory that holds a run
+    if [ "$(python3 "$here/tools/run_state.py" "$dir")" = partial ]; then
         resume=(--resume); log "$step: resuming in $dir"
     else
         log "$step"

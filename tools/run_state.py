@@ -6,8 +6,11 @@
 ``done``: its report is written, no ``interrupted.pt`` is left and ``train_log.jsonl`` holds every
 epoch its ``config.yaml`` asks for (a training stopped by a signal exactly at an epoch's end also
 writes its report and keeps only ``last.pt``: only the epochs tell it from a finished one).
-``partial``: a checkpoint to ``--resume`` from. ``new``: nothing yet. Used by ``tools/sweep.py``,
-``tools/train_default_model.sh`` and ``tools/bench/kd_oof.sh``.
+``partial``: a run to continue with ``--resume``: a checkpoint, or a ``train_log.jsonl`` or
+checkpoint file of a run killed before its first checkpoint (``--resume`` then starts it again;
+without ``--resume`` the training commands refuse a directory that holds a run). ``new``: nothing
+yet. Used by ``tools/sweep.py``, ``tools/pipeline.sh``, ``tools/train_default_model.sh`` and
+``tools/bench/kd_oof.sh`` / ``kd_transfer.sh``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ def run_state(d: Path) -> str:
         return "done"
     if (ckpts / "interrupted.pt").exists() or (ckpts / "last.pt").exists():
         return "partial"
+    if (d / "train_log.jsonl").exists() or (ckpts.is_dir() and any(not p.is_dir() for p in ckpts.iterdir())):
+        return "partial"          # killed before its first checkpoint: --resume starts it again
     return "new"
 
 

@@ -44,7 +44,9 @@ fi
 # the recipe shipped before session 18 (fingerprints only)
 students=()
 [ "${FRAGMENTS:-1}" = 1 ] && students=(--set model.fragments=true --set model.fragment_channels=4)
-resume() { [ -e "$1/checkpoints/interrupted.pt" ] || [ -e "$1/checkpoints/last.pt" ] && echo --resume || true; }
+# --resume for a run directory that holds a run (a checkpoint, or the log of a run killed before
+# its first one): without it the training commands refuse such a directory
+resume() { [ "$(python3 "$here/tools/run_state.py" "$1")" = partial ] && echo --resume || true; }
 done_() { [ "$(python3 "$here/tools/run_state.py" "$1")" = done ]; }   # every epoch of its config trained
 step() { printf '\n== train_default_model.sh [%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 

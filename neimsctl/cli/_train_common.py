@@ -14,7 +14,7 @@ import typer
 from neimsctl.cli._common import eprint
 
 __all__ = ["Overrides", "Resume", "TrainDevice", "TrainVerbose", "config_option", "run_dir_option",
-           "config_sets", "finish_run", "run_dir_outputs", "train_log"]
+           "check_run_dir", "config_sets", "finish_run", "run_dir_outputs", "train_log"]
 
 #: The files a training run writes into its run directory (besides ``epoch_NNNN.pt``).
 RUN_DIR_FILES = ("config.yaml", "train_log.jsonl", "report.md", "checkpoints/last.pt",
@@ -25,7 +25,8 @@ Overrides = Annotated[Optional[list[str]], typer.Option(
     show_default=False)]
 Resume = Annotated[bool, typer.Option(
     "--resume", help="Continue the run in --out-dir from its latest checkpoint "
-    "(interrupted.pt, else last.pt).")]
+    "(interrupted.pt, else last.pt; from the start when it stopped before its first). "
+    "Without it a run directory that holds a run is refused.")]
 TrainVerbose = Annotated[bool, typer.Option(
     "--verbose", "-v", help="Every metric of each epoch on stderr (losses, weights, recalls, "
     "expert usage) instead of the compact line (epoch, loss, selection metric, best, time); "
@@ -45,6 +46,31 @@ def check_config_or_usage(cmd: str, config: Path) -> None:
     from neimsctl.cli._common import check_inputs_or_usage
 
     check_inputs_or_usage(cmd, [config], label="--config", regular="not a regular file")
+
+
+def check_run_dir(cmd: str, out_dir: Path, cfg: Any, resume: bool, *,
+                  resumable: bool = False) -> None:
+    """Before any work: without ``--resume``, exit 2 when ``out_dir`` already holds a training
+    run (its ``train_log.jsonl`` or a file in its checkpoint directory: a new run would replace
+    its checkpoints and cut its log); with ``--resume``, exit 1 when it holds none (nothing to
+    resume, e.g. a mistyped ``-o``), unless ``resumable`` (distill --teacher: soft labels of the
+    run were interrupted before training began).
+
+    Raises
+    ------
+    typer.Exit
+        Code 2 (a run is there) or 1 (no run to resume).
+    """
+    from neimsctl.cli._common import fail, usage_error
+    from neimsctl.train.trainer import checkpoint_dir, existing_run
+
+    ckpts = checkpoint_dir(cfg, out_dir)
+    held = existing_run(out_dir, ckpts)
+    if held is not None and not resume:
+        usage_error(cmd, f"--out-dir {out_dir}: holds a training run ({held}); give --resume to "
+                         "continue it or choose another --out-dir")
+    if held is None and resume and not resumable:
+        fail(cmd, f"--resume: {ckpts}", "no checkpoints to resume from")
 
 
 def run_dir_option(contents: str) -> Any:

@@ -8,10 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from neimsctl.cli._common import (Quiet, app, check_inputs_or_usage, command, fail, input_pairs, refuse_clobber,
+from neimsctl.cli._common import (Quiet, app, check_inputs_or_usage, command, input_pairs, refuse_clobber,
                                   setup_logging, usage_error)
 from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainVerbose,
-                                        check_config_or_usage, config_option, config_sets, finish_run,
+                                        check_config_or_usage, check_run_dir, config_option, config_sets,
+                                        finish_run,
                                         run_dir_option,
                                         run_dir_outputs, tidy_run_dir, train_log)
 
@@ -105,12 +106,11 @@ def distill_cli(
                                     *[x for x in (teacher, soft) if x]], regular="not a regular file")
         refuse_clobber(CMD, input_pairs(paths) + input_pairs(teacher_feats or [], "--teacher-feats")
                        + input_pairs(map(Path, cfg.data.transfer), "--transfer")
-                       + input_pairs([x for x in (teacher, soft) if x], "input"),
-                       run_dir_outputs(out_dir))
-        # a run to resume has checkpoints, or (with --teacher) is a directory whose soft labels
-        # were interrupted before training began
-        if resume and not (out_dir / "checkpoints").is_dir() and not (teacher is not None and out_dir.is_dir()):
-            fail(CMD, f"--resume: {out_dir / 'checkpoints'}", "no checkpoints to resume from")
+                       + input_pairs([x for x in (teacher, soft) if x], "input")
+                       + input_pairs([config], "--config"), run_dir_outputs(out_dir))
+        # a run to resume is there, or (with --teacher) a directory whose soft labels were
+        # interrupted before training began
+        check_run_dir(CMD, out_dir, cfg, resume, resumable=teacher is not None and out_dir.is_dir())
         from neimsctl.train.distill import run_distill
 
         if teacher is not None:

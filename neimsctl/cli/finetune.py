@@ -7,10 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from neimsctl.cli._common import (Quiet, app, check_inputs_or_usage, command, fail, input_pairs, refuse_clobber,
+from neimsctl.cli._common import (Quiet, app, check_inputs_or_usage, command, input_pairs, refuse_clobber,
                                   setup_logging, usage_error)
 from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainVerbose,
-                                        check_config_or_usage, config_option, config_sets, finish_run,
+                                        check_config_or_usage, check_run_dir, config_option, config_sets,
+                                        finish_run,
                                         run_dir_option,
                                         run_dir_outputs, tidy_run_dir, train_log)
 
@@ -52,10 +53,9 @@ def finetune_cli(
         if not paths:
             usage_error(CMD, "no shards: give FEATS.h5 arguments or set data.train in the config")
         check_inputs_or_usage(CMD, [*paths, *([init] if init else [])], regular="not a regular file")
-        if resume and not (out_dir / "checkpoints").is_dir():
-            fail(CMD, f"--resume: {out_dir / 'checkpoints'}", "no checkpoints to resume from")
-        refuse_clobber(CMD, input_pairs(paths) + input_pairs([init] if init else [], "--init"),
-                       run_dir_outputs(out_dir))
+        refuse_clobber(CMD, input_pairs(paths) + input_pairs([init] if init else [], "--init")
+                       + input_pairs([config], "--config"), run_dir_outputs(out_dir))
+        check_run_dir(CMD, out_dir, cfg, resume)
         from neimsctl.train.finetune import run_finetune
 
         result = run_finetune(cfg, paths, out_dir, init=init, resume=resume or None,

@@ -8,10 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from neimsctl.cli._common import (EXIT_FAIL, InPaths, Quiet, app, check_inputs_or_usage, command, eprint, fail,
+from neimsctl.cli._common import (EXIT_FAIL, InPaths, Quiet, app, check_inputs_or_usage, command, eprint,
                                   input_pairs, refuse_clobber, require_input_or_usage,
                                   setup_logging)
 from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainVerbose, check_config_or_usage,
+                                        check_run_dir,
                                         config_option, config_sets, finish_run, run_dir_option,
                                         run_dir_outputs, tidy_run_dir, train_log)
 
@@ -65,15 +66,15 @@ def pretrain_cli(
     sets = config_sets(overrides, {"train.device": device, "data.max_records": max_molecules,
                                    "train.steps_per_epoch": steps_per_epoch})
     check_config_or_usage(CMD, config)
-    refuse_clobber(CMD, input_pairs(paths), run_dir_outputs(out_dir, ("rejects.jsonl",)))
+    refuse_clobber(CMD, input_pairs(paths) + input_pairs([config], "--config"),
+                   run_dir_outputs(out_dir, ("rejects.jsonl",)))
     with command(CMD), tidy_run_dir(out_dir):
         check_inputs_or_usage(CMD, [p for p in paths if str(p) != "-"], regular="not a regular file")
-        if resume and not (out_dir / "checkpoints").is_dir():
-            fail(CMD, f"--resume: {out_dir / 'checkpoints'}", "no checkpoints to resume from")
         from neimsctl.train.config import load_config
         from neimsctl.train.pretrain import run_pretrain
 
         cfg = load_config(config, sets)
+        check_run_dir(CMD, out_dir, cfg, resume)
         result, tally = run_pretrain(cfg, paths, out_dir, input_format=in_fmt.value,
                                      smiles_column=smiles_column, resume=resume or None,
                                      log=train_log(quiet))

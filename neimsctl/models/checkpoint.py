@@ -40,6 +40,7 @@ import os
 import pickle
 import random
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +225,10 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu",
     if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
         raise CheckpointError(f"{path}: not a checkpoint file (neither a torch zip archive "
                               "nor a pickle)")
+    if magic.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: truncated or damaged checkpoint: its zip archive has no "
+                              "end (the file was cut short, e.g. by a copy or a write that did "
+                              "not finish)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except KeyError:        # torch.load of a damaged pickle: "invalid load key"
@@ -235,7 +240,10 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu",
         raise CheckpointError(f"{path}: refused: contains non-weights (pickled) objects that "
                               f"weights_only loading does not allow ({first})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint: {exc}") from None
+        why = (exc.strerror if isinstance(exc, OSError) and exc.strerror else
+               " ".join(str(exc).split()) or type(exc).__name__)
+        raise CheckpointError(f"{path}: not a readable checkpoint: truncated or damaged "
+                              f"({why})") from None
     except Exception as exc:  # noqa: BLE001  (torch on damaged bytes: IndexError, struct.error, ...)
         raise CheckpointError(f"{path}: not a readable checkpoint (damaged: "
                               f"{type(exc).__name__})") from None
@@ -481,6 +489,32 @@ def _with_included(ens: dict[str, Any], path: str | os.PathLike, map_location: A
             raise CheckpointError(f"{path}: {len(members)} members with its includes (at most "
                                   f"{MAX_MEMBERS})")
     return {**ens, "members": members}
+
+
+def is_pretraining(ckpt: Any) -> bool:
+    """True for a checkpoint of ``neimsctl pretrain`` (its config's ``stage`` is ``pretrain``,
+    or its loss state holds the bond-masking head): a teacher whose graph encoder alone was
+    trained, its spectrum head never."""
+    if not isinstance(ckpt, dict):
+        return False
+    config, loss_state = ckpt.get("config"), ckpt.get("loss_state")
+    return ((isinstance(config, dict) and config.get("stage") == "pretrain")
+            or (isinstance(loss_state, dict) and "bond_head" in loss_state))
+
+
+def require_spectrum_model(ckpt: dict[str, Any], where: str | os.PathLike) -> None:
+    """Refuse a pretraining checkpoint (:func:`is_pretraining`) where a trained spectrum model
+    is needed (predict, softlabel, ensemble): its spectra would be those of an untrained head.
+
+    Raises
+    ------
+    CheckpointError
+        Naming ``where`` and how to use it (``finetune --init``).
+    """
+    if is_pretraining(ckpt):
+        raise CheckpointError(f"{where}: a pretraining checkpoint (bond masking: its spectrum head "
+                              f"was never trained); finetune it first (neimsctl finetune --init "
+                              f"{where})")
 
 
 def is_ensemble(ckpt: Any) -> bool:

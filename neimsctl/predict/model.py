@@ -29,7 +29,7 @@ from neimsctl.errors import CheckpointError, ConfigError, FormatError
 from neimsctl.models import registry
 from neimsctl.models.quantize import apply_precision, resolve_precision
 from neimsctl.models.checkpoint import (file_sha256, is_ensemble, load_checkpoint, load_problem,
-                                        member_source, model_state)
+                                        member_source, model_state, require_spectrum_model)
 
 if TYPE_CHECKING:
     from neimsctl.predict.ensemble import LoadedEnsemble
@@ -335,8 +335,10 @@ def _model_with_weights(ckpt: dict[str, Any], path: Path) -> tuple[torch.nn.Modu
     Raises
     ------
     CheckpointError
-        Naming ``path``: a config that builds no model, or weights that do not fit it.
+        Naming ``path``: a pretraining checkpoint (its spectrum head never trained), a config
+        that builds no model, or weights that do not fit it.
     """
+    require_spectrum_model(ckpt, path)
     cfg = (ckpt.get("config") or {}).get("model") or {}
     state = model_state(ckpt)
     try:

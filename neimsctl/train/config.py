@@ -11,7 +11,9 @@ A config file (``configs/<stage>/<name>.yaml``) has the sections
 Precedence: file < environment (``NEIMSCTL_CFG__TRAIN__EPOCHS=3`` means ``train.epochs=3``)
 < overrides (``--set train.epochs=3``, passed here as strings ``"train.epochs=3"``).
 An unknown key anywhere in the typed sections is a :class:`~neimsctl.errors.ConfigError`
-naming the key path and the valid keys. :func:`dataclass_from_dict` is the same strict
+naming the key path and the valid keys; so is a value out of its range (:data:`RANGES`,
+:func:`check_values`: ``train.epochs >= 1``, ``optim.lr > 0``, probabilities in [0, 1], ...),
+named with where it came from (the file, the ``--set`` override or the environment variable). :func:`dataclass_from_dict` is the same strict
 converter, reusable by model configs.
 
 Examples
@@ -24,6 +26,7 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -34,7 +37,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
-from neimsctl.data.split import DEFAULT_FRACTIONS, SPLIT_SEED
+from neimsctl.data.split import DEFAULT_FRACTIONS, SPLIT_SEED, parse_fold
 from neimsctl.errors import ConfigError
 from neimsctl.io.streams import make_dirs, open_out
 
@@ -126,7 +129,9 @@ class Config:
         """Strictly convert a plain mapping (unknown keys raise :class:`ConfigError`)."""
         cfg = dataclass_from_dict(cls, data)
         if not isinstance(cfg.model.get("name", ""), str):
-            raise ConfigError("model.name: must be a string (a name in neimsctl.models.registry)")
+            raise ConfigError("model.name: must be a string (a name in neimsctl.models.registry)",
+                              key="model.name")
+        check_values(cfg)
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,8 +139,89 @@ class Config:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a number in a config: ``lo``/``hi`` bounds (``None``: unbounded),
+    each closed unless ``lo_open``/``hi_open``; always finite (no nan, no inf)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+
+    def __str__(self) -> str:
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {_num(self.lo)}"
+        return (f"in {'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}"
+                f"{')' if self.hi_open else ']'}")
+
+
+def _num(x: float | None) -> str:
+    """A bound as written: ``1``, ``0.5``, ``4294967295`` (not ``4.29497e+09``)."""
+    return str(int(x)) if x is not None and float(x).is_integer() else f"{x:g}"
+
+
+_POSITIVE, _NON_NEGATIVE, _AT_LEAST_1 = Range(0, lo_open=True), Range(0), Range(1)
+_SHARE = Range(0, 1)                   # a probability or a fraction
+#: The allowed values of the typed sections' numbers (``None``, where a field may be None, is
+#: always allowed). :func:`check_values` applies them when a :class:`Config` is built.
+RANGES: dict[str, Range] = {
+    "data.max_records": _AT_LEAST_1, "data.max_val_records": _AT_LEAST_1,
+    "data.mask_ratio": Range(0, 1, lo_open=True), "data.smoothing_sigma": _NON_NEGATIVE,
+    "data.isotope_prob": _SHARE, "data.transfer_fraction": Range(0, 1, lo_open=True),
+    "optim.lr": _POSITIVE, "optim.weight_decay": _NON_NEGATIVE, "optim.eps": _NON_NEGATIVE,
+    "optim.momentum": Range(0, 1, hi_open=True), "optim.betas": Range(0, 1, hi_open=True),
+    "schedule.t0": _AT_LEAST_1, "schedule.t_mult": _AT_LEAST_1, "schedule.eta_min": _NON_NEGATIVE,
+    "schedule.max_lr": _POSITIVE, "schedule.pct_start": _SHARE, "schedule.div_factor": _POSITIVE,
+    "schedule.final_div_factor": _POSITIVE, "schedule.total_steps": _AT_LEAST_1,
+    "train.epochs": _AT_LEAST_1, "train.batch_size": _AT_LEAST_1, "train.grad_accum": _AT_LEAST_1,
+    "train.clip_norm": _NON_NEGATIVE, "train.seed": Range(0, 2**32 - 1),
+    "train.num_workers": _NON_NEGATIVE, "train.log_every": _AT_LEAST_1,
+    "train.keep_every": _NON_NEGATIVE, "train.threads": _AT_LEAST_1,
+    "train.steps_per_epoch": _AT_LEAST_1,
+}
+
+
+def check_values(cfg: Config) -> None:
+    """Refuse numbers out of their range (:data:`RANGES`), a ``data.split`` that is not three
+    shares summing to 1 and a malformed ``data.fold``, before anything is trained or written.
+
+    Raises
+    ------
+    ConfigError
+        Naming the key (its ``key`` attribute too) and the allowed values.
+    """
+    for key, allowed in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        kind = ("numbers" if isinstance(value, list) else
+                "an integer" if isinstance(value, int) else "a number")
+        for one in value if isinstance(value, list) else [value]:
+            if one is not None and one not in allowed:
+                raise ConfigError(f"{key}: must be {kind} {allowed}, got {value!r}", key=key)
+    if len(cfg.optim.betas) != 2:
+        raise ConfigError(f"optim.betas: must be 2 numbers in [0, 1), got {cfg.optim.betas!r}",
+                          key="optim.betas")
+    split = cfg.data.split
+    if len(split) != 3 or not all(x in _SHARE for x in split) or abs(sum(split) - 1.0) > 1e-6:
+        raise ConfigError(f"data.split: must be 3 shares in [0, 1] (train, val, test) summing to "
+                          f"1, got {split!r}", key="data.split")
+    try:
+        parse_fold(cfg.data.fold)
+    except ConfigError:
+        raise ConfigError(f"data.fold: must be k/K with K >= 2 and 1 <= k <= K (e.g. 2/5), got "
+                          f"{cfg.data.fold!r}", key="data.fold") from None
+
+
 def _fail(path: str, msg: str) -> typing.NoReturn:
-    raise ConfigError(f"{path or '<config>'}: {msg}")
+    raise ConfigError(f"{path or '<config>'}: {msg}", key=path or None)
 
 
 def _numbers(value: Any) -> Any:
@@ -249,39 +335,64 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any, origin: str) -> None
     node[parts[-1]] = value
 
 
+def _override_items(overrides: Sequence[str] | Mapping[str, Any],
+                    origin: str) -> list[tuple[str, Any, str]]:
+    """``(dotted key, value, the override as given)`` of ``key.sub=value`` strings (values
+    parsed as YAML) or of a ``{dotted: value}`` mapping."""
+    if isinstance(overrides, Mapping):
+        return [(str(k), v, f"{k}={v}") for k, v in overrides.items()]
+    items = []
+    for text in overrides:
+        key, sep, val = str(text).partition("=")
+        if not sep:
+            raise ConfigError(f"{origin}: {text!r} is not key.sub=value")
+        items.append((key.strip(), _parse_value(val), str(text)))
+    return items
+
+
 def apply_overrides(tree: dict[str, Any], overrides: Sequence[str] | Mapping[str, Any],
                     origin: str = "override") -> dict[str, Any]:
     """Apply ``key.sub=value`` strings (values parsed as YAML) or a ``{dotted: value}`` mapping."""
-    items = overrides.items() if isinstance(overrides, Mapping) else None
-    if items is None:
-        items = []
-        for text in overrides:
-            key, sep, val = str(text).partition("=")
-            if not sep:
-                raise ConfigError(f"{origin}: {text!r} is not key.sub=value")
-            items.append((key.strip(), _parse_value(val)))
-    for key, value in items:
+    for key, value, _ in _override_items(overrides, origin):
         _set_dotted(tree, key, value, origin)
     return tree
 
 
 def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     """``NEIMSCTL_CFG__SECTION__KEY=value`` variables as ``{"section.key": value}``."""
-    out = {}
-    for name, val in env.items():
-        if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
-            out[name[len(ENV_PREFIX):].lower().replace("__", ".")] = _parse_value(val)
-    return out
+    return {key: _parse_value(val) for key, (_, val) in _env_vars(env).items()}
+
+
+def _env_vars(env: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """``{"section.key": (variable name, its text)}`` of the ``NEIMSCTL_CFG__`` variables."""
+    return {name[len(ENV_PREFIX):].lower().replace("__", "."): (name, val)
+            for name, val in env.items() if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX)}
+
+
+def _origin_of(key: str | None, origins: Sequence[tuple[str, str]]) -> str | None:
+    """Where the value of ``key`` came from: the last override (or environment variable) that
+    set it, a section holding it or a key inside it; ``None``: from the file."""
+    if key is None:
+        return None
+    for set_key, label in reversed(origins):
+        if (set_key == key or key.startswith((set_key + ".", set_key + "["))
+                or set_key.startswith(key + ".")):
+            return label
+    return None
 
 
 def load_config(path: str | os.PathLike | None, overrides: Sequence[str] | Mapping[str, Any] = (),
                 env: Mapping[str, str] | None = None) -> Config:
     """Read a YAML config (``None`` = all defaults), apply env then overrides, validate.
 
+    An error about one key names where its value came from: the ``--set`` override (``--set
+    train.epochs=abc: expected int, got 'abc'``), the environment variable, else the file.
+
     Raises
     ------
     ConfigError
-        Unreadable/invalid YAML, unknown keys, bad types or malformed overrides.
+        Unreadable, non-UTF-8, empty or invalid YAML, unknown keys, bad types, values out of
+        range (:func:`check_values`) or malformed overrides.
     """
     tree: dict[str, Any] = {}
     if path is not None:
@@ -289,18 +400,37 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] | Mappi
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not a YAML config: not UTF-8 text (byte {exc.start} "
+                              "cannot be decoded)") from None
         try:
-            tree = yaml.safe_load(text) or {}
+            tree = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+            raise ConfigError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from None
+        if tree is None:
+            raise ConfigError(f"{path}: the config is empty (no sections; see configs/ for "
+                              "complete ones)")
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
-    apply_overrides(tree, env_overrides(os.environ if env is None else env), "environment")
-    apply_overrides(tree, overrides)
+    origins: list[tuple[str, str]] = []
+    env_vars = _env_vars(os.environ if env is None else env)
+    apply_overrides(tree, {k: _parse_value(v) for k, (_, v) in env_vars.items()}, "environment")
+    origins += [(k, f"environment {name}={v}") for k, (name, v) in env_vars.items()]
+    items = _override_items(overrides, "--set")
+    for key, value, _ in items:
+        _set_dotted(tree, key, value, "--set")
+    origins += [(key, f"--set {given}") for key, _, given in items]
     try:
         return Config.from_dict(tree)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}" if path is not None else str(exc)) from None
+        where = _origin_of(exc.key, origins)
+        if where is None:
+            raise ConfigError(f"{path}: {exc}" if path is not None else str(exc),
+                              key=exc.key) from None
+        msg = str(exc)
+        if where.split(" ", 1)[1].split("=", 1)[0] == exc.key and msg.startswith(f"{exc.key}: "):
+            msg = msg[len(exc.key) + 2:]       # "--set train.epochs=0: must be ..."
+        raise ConfigError(f"{where}: {msg}", key=exc.key) from None
 
 
 def resolve_precision(precision: str, device: Any, cpu_bf16: bool | None = None) -> str:

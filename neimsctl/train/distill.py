@@ -34,6 +34,7 @@ this module is the run loop.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
@@ -76,6 +77,7 @@ def run_distill(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path, 
         Bad config, wrong shards, missing soft labels, an empty split part, a bad resume.
     """
     log = sys.stderr if log is None else log
+    cfg = dataclasses.replace(cfg, stage="distill")    # its checkpoints say what they are
     d, t = cfg.data, cfg.train
     shards = [Path(p) for p in shards]
     name = cfg.model.get("name", "student")

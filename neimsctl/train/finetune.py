@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,6 +200,7 @@ def run_finetune(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path,
         Bad config, wrong shards, an empty split part, an incompatible ``init`` checkpoint.
     """
     log = sys.stderr if log is None else log
+    cfg = dataclasses.replace(cfg, stage="finetune")   # its checkpoints say what they are
     d, t = cfg.data, cfg.train
     if d.val is not None:
         raise ConfigError("data.val: finetune validates on the compound-grouped split of the "

@@ -25,6 +25,7 @@ default teacher shards carry (``neimsctl featurize --mode teacher``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 import sys
 from dataclasses import dataclass
@@ -36,13 +37,14 @@ import torch
 from torch import nn
 
 from neimsctl.data.smiles_stream import StreamSpec, SmilesStream, collect_part, featurize_batch
-from neimsctl.errors import ConfigError, InputError
+from neimsctl.errors import ConfigError, InputError, OutputError
 from neimsctl.io.rejects import Reject, Tally
 from neimsctl.io.streams import display_name, is_dash, spool_path
 from neimsctl.models.teacher import TeacherModel
 from neimsctl.nn.bond_masking import BondMaskingHead, BondMaskingLoss
 from neimsctl.train.config import Config, dataclass_from_dict
-from neimsctl.train.trainer import TrainResult, build_optimizer, run_training, seed_everything
+from neimsctl.train.trainer import (TrainResult, build_optimizer, checkpoint_dir, existing_run,
+                                   run_training, seed_everything)
 
 __all__ = ["PretrainLossConfig", "BondMaskingModel", "BondMaskingObjective", "make_validator",
            "pretrain_optimizer", "teacher_featurizer_hash", "run_pretrain", "VAL_METRICS"]
@@ -212,12 +214,17 @@ def run_pretrain(cfg: Config, sources: Sequence[str | Path], out_dir: str | Path
         Bad config, unreadable input, no valid validation molecule, unusable checkpoint.
     """
     log = sys.stderr if log is None else log
+    cfg = dataclasses.replace(cfg, stage="pretrain")   # its checkpoints say what they are
     d, t = cfg.data, cfg.train
     loss_cfg = dataclass_from_dict(PretrainLossConfig, cfg.loss, "loss")
     if t.best_metric not in VAL_METRICS + ("loss",):
         raise ConfigError(f"train.best_metric: {t.best_metric!r} is not reported by pretrain; "
                           f"use one of {', '.join(VAL_METRICS)}")
     out = Path(out_dir)
+    held = None if resume else existing_run(out, checkpoint_dir(cfg, out))
+    if held is not None:        # before rejects.jsonl is written
+        raise OutputError(f"{out}: holds a training run ({held}); resume it (--resume) or "
+                          "choose another run directory")
     out.mkdir(parents=True, exist_ok=True)
     names = [display_name(s) for s in sources] + ([display_name(d.val)] if d.val else [])
     with _spooled(list(sources) + ([d.val] if d.val else [])) as paths:

@@ -38,7 +38,7 @@ from neimsctl.errors import CheckpointError, ConfigError, FormatError
 from neimsctl.io.rejects import Reject, Tally
 from neimsctl.io.softlabel_shard import SoftLabelWriter
 from neimsctl.nn.modes import only_training
-from neimsctl.models.checkpoint import load_checkpoint, model_state
+from neimsctl.models.checkpoint import load_checkpoint, model_state, require_spectrum_model
 from neimsctl.train.config import resolve_device
 
 __all__ = ["SoftLabelSettings", "mc_soft_labels", "load_teacher", "run_softlabel"]
@@ -209,6 +209,7 @@ def teacher_from(ckpt: dict[str, Any], path: str | Path, *, featurizer_hash: str
     messages, ``FILE#k`` for the k-th member of an ensemble file)."""
     from neimsctl.train.finetune import build_teacher
 
+    require_spectrum_model(ckpt, path)
     model_cfg = (ckpt.get("config") or {}).get("model") or {}
     state = model_state(ckpt)
     if allow_student and model_cfg.get("name") == "student":

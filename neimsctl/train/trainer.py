@@ -68,7 +68,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from neimsctl import interrupts
-from neimsctl.errors import ConfigError, OutputError
+from neimsctl.errors import CheckpointError, ConfigError, OutputError
 from neimsctl.io.parallel import dies_with_this_process
 from neimsctl.io.streams import make_dirs, output_error
 from neimsctl.models import checkpoint as ck
@@ -76,11 +76,39 @@ from neimsctl.train import distributed as dd
 from neimsctl.train.config import Config, resolve, resolve_device, save_config
 from neimsctl.train.epoch import move_to, run_epoch, run_validation
 
-__all__ = ["Trainer", "TrainResult", "QuietLog", "run_training", "resolve_device",
+__all__ = ["Trainer", "TrainResult", "QuietLog", "run_training", "resolve_device", "existing_run",
+           "checkpoint_dir",
            "seed_everything", "build_optimizer", "build_scheduler", "move_to", "epoch_line",
            "full_epoch_line", "full_console_default"]
 
 LossFn = Callable[[torch.nn.Module, Any], "tuple[torch.Tensor, dict[str, float]]"]
+
+
+def checkpoint_dir(cfg: Config, out_dir: str | Path) -> Path:
+    """Where a run into ``out_dir`` writes its checkpoints: ``train.ckpt_dir``, else
+    ``out_dir/checkpoints``."""
+    return Path(cfg.train.ckpt_dir) if cfg.train.ckpt_dir else Path(out_dir) / "checkpoints"
+
+
+def existing_run(out_dir: str | Path, ckpt_dir: str | Path | None = None) -> str | None:
+    """What shows that ``out_dir`` already holds a training run, or ``None``: its
+    ``train_log.jsonl``, or a file in its checkpoint directory (``ckpt_dir``, default
+    ``out_dir/checkpoints``). A new run there would overwrite it: only ``resume`` may go on.
+
+    Examples
+    --------
+    >>> existing_run("/nonexistent/run") is None
+    True
+    """
+    out = Path(out_dir)
+    ckpts = Path(ckpt_dir) if ckpt_dir is not None else out / "checkpoints"
+    if (out / "train_log.jsonl").exists():
+        return str(out / "train_log.jsonl")
+    try:
+        names = sorted(e.name for e in ckpts.iterdir() if not e.is_dir())
+    except OSError:                       # no such directory (or not one): nothing there
+        return None
+    return f"{ckpts}/{names[0]}" if names else None
 
 
 def seed_everything(seed: int) -> None:
@@ -184,7 +212,7 @@ class Trainer:
         self.model, self.loss_fn, self.validate = model, loss_fn, validate
         self.train_data, self.val_data, self.collate_fn = train_data, val_data, collate_fn
         self.out_dir = Path(out_dir)
-        self.ckpt_dir = Path(self.t.ckpt_dir) if self.t.ckpt_dir else self.out_dir / "checkpoints"
+        self.ckpt_dir = checkpoint_dir(self.cfg, self.out_dir)
         self.log = sys.stderr if log is None else log
         self.featurizer_hash = featurizer_hash
         self.optimizer_factory = optimizer_factory or build_optimizer
@@ -245,9 +273,14 @@ class Trainer:
     def _open_log(self, keep_step: int, keep_epochs: int) -> None:
         path = self.out_dir / "train_log.jsonl"
         if self.info.is_main and path.exists():  # drop what a killed run logged after its checkpoint
-            kept = [ln for ln in path.read_bytes().splitlines() if ln.strip()]
-            kept = [ln for ln in kept if (lambda r: r["step"] <= keep_step if r["kind"] == "step"
-                                          else r["epoch"] <= keep_epochs)(orjson.loads(ln))]
+            def keep(line: bytes) -> bool:
+                try:
+                    r = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    return False                 # a line cut short by a kill
+                return r["step"] <= keep_step if r["kind"] == "step" else r["epoch"] <= keep_epochs
+
+            kept = [ln for ln in path.read_bytes().splitlines() if ln.strip() and keep(ln)]
             path.write_bytes(b"".join(ln + b"\n" for ln in kept))
         try:
             self._jsonl = open(path, "ab") if self.info.is_main else None  # noqa: SIM115
@@ -267,13 +300,18 @@ class Trainer:
             self._saved += 1
         return path
 
-    def _resume(self, resume: str | Path | bool) -> tuple[int, int, dict]:
+    def _resume(self, resume: str | Path | bool) -> tuple[int, int, dict] | None:
+        """Restore the run's state from ``resume`` (a path, or True/"auto": ``interrupted.pt``,
+        else ``last.pt``); ``None`` when "auto" finds a run that stopped before its first
+        checkpoint (it starts from the beginning)."""
         if resume is True or str(resume) == "auto":
-            path = self.ckpt_dir / "interrupted.pt"
-            path = path if path.exists() else self.ckpt_dir / "last.pt"
+            found = self._latest_checkpoint()
+            if found is None:
+                return None
+            path, ckpt = found
         else:
             path = Path(resume)
-        ckpt = ck.load_checkpoint(path, featurizer_hash=self.featurizer_hash)
+            ckpt = ck.load_checkpoint(path, featurizer_hash=self.featurizer_hash)
         old = ckpt["config"].get("train", {})
         changed = [k for k in ("seed", "batch_size", "grad_accum") if old.get(k) != getattr(self.t, k)]
         if changed:
@@ -286,6 +324,35 @@ class Trainer:
               f"step {self.step})", file=self.log)
         return ckpt["epoch"], ckpt["batch"], ckpt["extra"].get("epoch_acc") or {}
 
+    def _latest_checkpoint(self) -> tuple[Path, dict] | None:
+        """``(path, checkpoint)`` to resume from: ``interrupted.pt``, or ``last.pt`` when there
+        is none or it cannot be read (said on ``log``); ``None`` when the checkpoint directory
+        holds no checkpoint at all (a run killed before its first one).
+
+        Raises
+        ------
+        CheckpointError
+            No usable checkpoint: the error of the one tried last.
+        """
+        interrupted, last = self.ckpt_dir / "interrupted.pt", self.ckpt_dir / "last.pt"
+        if not interrupted.exists() and not last.exists():
+            if any(self.ckpt_dir.glob("*.pt")):
+                raise CheckpointError(f"{self.ckpt_dir}: neither interrupted.pt nor last.pt to "
+                                      "resume from")
+            print(f"neimsctl: resume: no checkpoint in {self.ckpt_dir} yet (the run stopped "
+                  "before its first one): training from the start", file=self.log, flush=True)
+            return None
+        if interrupted.exists():
+            try:
+                return interrupted, ck.load_checkpoint(interrupted,
+                                                       featurizer_hash=self.featurizer_hash)
+            except CheckpointError as exc:
+                if not last.exists():
+                    raise
+                print(f"neimsctl: warning: resume: {exc}; resuming from {last} instead (the "
+                      "steps after it are trained again)", file=self.log, flush=True)
+        return last, ck.load_checkpoint(last, featurizer_hash=self.featurizer_hash)
+
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, resume: str | Path | bool | None = None) -> TrainResult:
         """Train ``train.epochs`` epochs (from ``resume``: a path, or True/"auto" = latest).
@@ -293,8 +360,11 @@ class Trainer:
         Raises
         ------
         OutputError
-            The run directory cannot be written; a run directory made by this run is removed
-            again when no checkpoint could be written into it.
+            The run directory cannot be written (a run directory made by this run is removed
+            again when no checkpoint could be written into it), or, without ``resume``, it
+            already holds a training run (:func:`existing_run`): nothing of it is touched.
+        CheckpointError
+            ``resume`` finds no usable checkpoint.
         """
         t = self.t
         if t.threads:
@@ -313,8 +383,14 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if t.precision == "fp16" else None
         self.step, self.best, self.history = 0, None, []
         epoch0, skip, acc = 0, 0, {}
-        if resume:
-            epoch0, skip, acc = self._resume(resume)
+        if not resume:
+            held = existing_run(self.out_dir, self.ckpt_dir)
+            if held is not None:
+                raise OutputError(f"{self.out_dir}: holds a training run ({held}); resume it "
+                                  "(--resume) or choose another run directory")
+        restored = self._resume(resume) if resume else None
+        if restored is not None:
+            epoch0, skip, acc = restored
         else:
             seed_everything(t.seed + self.info.rank)
         self.ddp_model = dd.wrap_model(self.model, self.device, self.info)

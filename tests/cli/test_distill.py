@@ -192,7 +192,7 @@ def test_cross_fitted_teachers_label_out_of_fold(shards: Path, repo_root: Path) 
         assert r.n_rows == 300 and r.settings["folds"] == ["1/2", "2/2"]
     bad = sh(f"neimsctl finetune t.h5 --config {repo_root}/configs/finetune/teacher-cpu-small.yaml "
              f"{TEACHER} --set data.fold=3/2 --device cpu --out-dir foldbad", shards)
-    assert bad.returncode == 1 and b"data.fold '3/2'" in bad.stderr
+    assert bad.returncode == 1 and b"--set data.fold=3/2: must be k/K" in bad.stderr
 
 
 def test_a_teacher_given_twice_is_warned(work: Path) -> None:

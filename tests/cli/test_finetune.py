@@ -114,3 +114,82 @@ def test_a_teacher_that_reads_fragment_masses_trains_predicts_and_labels(work: P
     p = sh("neimsctl softlabel f.h5 -t frag/checkpoints/best.pt --samples 2 -o soft.h5 -q", work)
     assert p.returncode == 0, p.stderr.decode()
     assert (work / "soft.h5").is_file()
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("--set train.log_every=0", b"neimsctl finetune: --set train.log_every=0: must be an integer >= 1, got 0\n"),
+    ("--set train.batch_size=0", b"neimsctl finetune: --set train.batch_size=0: must be an integer >= 1, got 0\n"),
+    ("--set train.seed=-1", b"neimsctl finetune: --set train.seed=-1: must be an integer in [0, 4294967295], got -1\n"),
+    ("--set train.threads=-1", b"neimsctl finetune: --set train.threads=-1: must be an integer >= 1, got -1\n"),
+    ("--set optim.lr=nan", b"neimsctl finetune: --set optim.lr=nan: must be a number > 0, got nan\n"),
+    ("--set train.epochs=abc", b"neimsctl finetune: --set train.epochs=abc: expected int, got 'abc'\n"),
+])
+def test_bad_config_values_are_one_line_and_write_nothing(work: Path, extra: str, message: bytes) -> None:
+    """A value out of range is refused when the config is read: before the shards are loaded
+    and before anything is written into the run directory (log_every=0 used to leave
+    config.yaml and train_log.jsonl behind, after a ZeroDivisionError)."""
+    p = finetune(work, "badvalue", 1, extra)
+    assert (p.returncode, p.stderr) == (1, message)
+    assert not (work / "badvalue").exists()
+
+
+def test_an_unreadable_or_empty_config_is_one_line(work: Path) -> None:
+    (work / "bin.yaml").write_bytes(bytes(range(256)) * 12)
+    (work / "empty.yaml").write_bytes(b"")
+    for name, why in (("bin.yaml", b"not a YAML config: not UTF-8 text"),
+                      ("empty.yaml", b"the config is empty")):
+        p = sh(f"neimsctl finetune f.h5 -c {name} -o cfgrun", work)
+        assert p.returncode == 1 and p.stderr.startswith(b"neimsctl finetune: " + name.encode()
+                                                         + b": " + why), p.stderr
+        assert p.stderr.count(b"\n") == 1 and not (work / "cfgrun").exists()
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_a_new_run_into_a_run_directory_is_refused_before_any_work(work: Path) -> None:
+    """A second run with the same -o used to replace checkpoints/best.pt and cut
+    train_log.jsonl: refused (exit 2, one line) unless --resume continues it."""
+    p = finetune(work, "twice", 1)
+    assert p.returncode == 0, p.stderr.decode()
+    before = _files(work / "twice")
+    p = finetune(work, "twice", 1)
+    assert p.returncode == 2 and p.stderr == (
+        b"neimsctl finetune: --out-dir twice: holds a training run (twice/train_log.jsonl); give "
+        b"--resume to continue it or choose another --out-dir\n")
+    assert _files(work / "twice") == before
+    # the run's own config as --config: it would be overwritten with the resolved one
+    for extra in ("", "--resume"):
+        p = sh(f"neimsctl finetune f.h5 -c twice/config.yaml --set train.epochs=2 -o twice {extra}",
+               work)
+        assert p.returncode == 2 and p.stderr == (
+            b"neimsctl finetune: --out-dir twice (writes config.yaml) is the same file as --config "
+            b"twice/config.yaml: refusing to write into an input\n"), p.stderr
+        assert _files(work / "twice") == before
+    p = finetune(work, "twice", 2, "--resume")
+    assert p.returncode == 0 and b"resumed from" in p.stderr, p.stderr.decode()
+    assert [e["epoch"] for e in epochs_logged(work / "twice")] == [1, 2]
+
+
+def test_resume_goes_on_from_last_when_interrupted_cannot_be_read(work: Path, full: Path) -> None:
+    import shutil
+
+    run = work / "damaged"
+    shutil.copytree(full, run)
+    (run / "checkpoints" / "interrupted.pt").write_bytes(b"\0" * 64)
+    p = finetune(work, "damaged", 3, "--resume")
+    assert p.returncode == 0, p.stderr.decode()
+    assert b"damaged/checkpoints/interrupted.pt: not a checkpoint file" in p.stderr
+    assert b"resuming from damaged/checkpoints/last.pt instead" in p.stderr
+    assert [e["epoch"] for e in epochs_logged(run)] == [1, 2, 3]
+    # truncated, and no last.pt: one line naming the file and what is wrong with it
+    last = run / "checkpoints" / "last.pt"
+    (run / "checkpoints" / "interrupted.pt").write_bytes(last.read_bytes()[:5000])
+    last.unlink()
+    p = finetune(work, "damaged", 4, "--resume")
+    assert p.returncode == 1 and p.stderr.endswith(
+        b"neimsctl finetune: damaged/checkpoints/interrupted.pt: truncated or damaged checkpoint: "
+        b"its zip archive has no end (the file was cut short, e.g. by a copy or a write that did "
+        b"not finish)\n"), p.stderr
+    assert b"Errno" not in p.stderr and b"Traceback" not in p.stderr

@@ -113,7 +113,7 @@ def test_refused_input_leaves_no_run_dir(tmp_path):
     (["x.smi"], 2, "Missing option '--config'"),
     (["missing.smi", "-c", CFG], 2, "missing.smi: no such file"),
     (["{tiny}", "-c", CFG, "--resume", "-o", "{tmp}/none"], 1, "no checkpoints to resume"),
-    (["{tiny}", "-c", CFG, "--set", "train.bogus=1"], 1, "train.bogus: unknown key"),
+    (["{tiny}", "-c", CFG, "--set", "train.bogus=1"], 1, "--set train.bogus=1: unknown key"),
 ])
 def test_exit_codes(tmp_path, args, code, text):
     cli_main.load_commands()
@@ -121,3 +121,44 @@ def test_exit_codes(tmp_path, args, code, text):
     args = [a.format(tiny=tiny, tmp=tmp_path) for a in args]
     res = CliRunner().invoke(cli_main.app, ["pretrain", *args])
     assert res.exit_code == code and text in res.output, res.output
+
+
+def test_a_pretraining_checkpoint_is_refused_where_spectra_are_needed(neimsctl_exe, tmp_path,
+                                                                       sample_msp):
+    """Its spectrum head was never trained: predict, softlabel, ensemble and the API refuse it
+    with one line (they used to exit 0 with nonsense spectra); finetune --init takes it."""
+    out = tmp_path / "pre"
+    proc = _run(neimsctl_exe, str(_tiny(tmp_path)), "-c", CFG, *TINY, "--set", "train.epochs=1",
+                "-o", str(out), "-q")
+    assert proc.returncode == 1, proc.stderr           # 2 rejected SMILES; the run is complete
+    pre = out / "checkpoints" / "best.pt"
+    feats = tmp_path / "t.h5"
+    sh = subprocess.run(["bash", "-o", "pipefail", "-c",
+                         f"neimsctl msp2jsonl -q {sample_msp} | neimsctl featurize -q --mode "
+                         f"teacher -o {feats}"], capture_output=True, text=True, timeout=300)
+    assert sh.returncode == 0, sh.stderr
+    why = f"{pre}: a pretraining checkpoint (bond masking: its spectrum head was never trained); " \
+          f"finetune it first"
+    for args in (["predict", "-m", str(pre), "-o", str(tmp_path / "p.jsonl")],
+                 ["softlabel", str(feats), "-t", str(pre), "-o", str(tmp_path / "soft.h5")],
+                 ["ensemble", str(pre), "-o", str(tmp_path / "ens.pt")]):
+        p = subprocess.run([neimsctl_exe, *args], input="CCO ethanol\n", capture_output=True,
+                           text=True, timeout=300)
+        assert p.returncode == 1 and p.stderr.startswith(f"neimsctl {args[0]}: {why}"), p.stderr
+        assert p.stderr.count("\n") == 1 and p.stdout == ""
+        assert not Path(args[-1]).exists() and not Path(args[-1] + ".partial").exists()
+    from neimsctl.api import SpectrumPredictor
+    from neimsctl.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="a pretraining checkpoint"):
+        SpectrumPredictor(checkpoint=pre, device="cpu")
+    ft = subprocess.run(
+        [neimsctl_exe, "finetune", str(feats), "-c", str(REPO / "configs/finetune/teacher-cpu-small.yaml"),
+         "--init", str(pre), "-o", str(tmp_path / "ft"), "-q", *[f"--set={kv}" for kv in (
+             "model.hidden=16", "model.num_layers=1", "model.ecfp_hidden=[32]", "model.ecfp_out=16",
+             "model.head_hidden=[32,16]", "train.epochs=1", "train.batch_size=64")]],
+        capture_output=True, text=True, timeout=300)
+    assert ft.returncode == 0, ft.stderr
+    p = subprocess.run([neimsctl_exe, "predict", "-m", str(tmp_path / "ft/checkpoints/best.pt"),
+                        "-q"], input="CCO ethanol\n", capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and p.stdout, p.stderr    # the finetuned one predicts

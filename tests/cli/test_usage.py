@@ -48,6 +48,18 @@ def test_man_pages_are_fresh(repo_root):
         assert f"neimsctl\\-{name}" in umbrella
 
 
+@pytest.mark.parametrize("name", ["pretrain", "finetune", "distill"])
+def test_man_exit_status_of_an_interrupted_training_matches_the_code(repo_root, name):
+    """A training run stopped by SIGTERM exits 143, by Ctrl-C 130 (``finish_run``: 128 + the
+    signal), as --help says: its page's EXIT STATUS must not say 130 for both."""
+    page = (repo_root / "man" / f"neimsctl-{name}.1").read_text().replace("\\-", "-")
+    status = page.split(".SH EXIT STATUS", 1)[1].split(".SH ", 1)[0]
+    training = status.split("the training commands", 1)[1]
+    assert "130 after either" not in training
+    assert "130 after Ctrl-C" in training and "143 after SIGTERM" in training
+    assert "143 (SIGTERM)" in COMMANDS[name].help
+
+
 @pytest.mark.parametrize("args", [["--help"], *[[n, "--help"] for n in sorted(COMMANDS)]])
 def test_help_does_not_import_heavy_libraries(args):
     code = ("import sys, atexit\n"

@@ -33,3 +33,18 @@ def test_done_only_when_every_epoch_is_trained(tmp_path) -> None:
     (d / "checkpoints" / "interrupted.pt").unlink()
     (d / "config.yaml").write_text(": not yaml [")
     assert state(d) == "partial"                     # unreadable config: not known to be done
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_partial(tmp_path) -> None:
+    """The drivers pass --resume for 'partial': a directory that holds a run's log (or a file in
+    checkpoints/) is refused by a new run, and --resume starts it again."""
+    d = tmp_path / "run"
+    d.mkdir()
+    assert state(d) == "new"
+    (d / "checkpoints").mkdir()
+    assert state(d) == "new"                         # empty directories hold no run
+    (d / "train_log.jsonl").write_text('{"kind": "step", "epoch": 0, "step": 1}\n')
+    assert state(d) == "partial"
+    (d / "train_log.jsonl").unlink()
+    (d / "checkpoints" / "best.pt").write_bytes(b"x")
+    assert state(d) == "partial"

@@ -29,7 +29,9 @@ cs="$here/configs/distill/student-compact.yaml"
 out="$run/oof$K"
 mkdir -p "$out"
 cd "$run"
-resume() { [ -e "$1/checkpoints/interrupted.pt" ] || [ -e "$1/checkpoints/last.pt" ] && echo --resume || true; }
+# --resume for a run directory that holds a run (a checkpoint, or the log of a run killed before
+# its first one): without it the training commands refuse such a directory
+resume() { [ "$(python3 "$here/tools/run_state.py" "$1")" = partial ] && echo --resume || true; }
 done_() { [ "$(python3 "$here/tools/run_state.py" "$1")" = done ]; }   # every epoch of its config
 step() { printf '\n== kd_oof.sh [%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 teacher() {  # fold

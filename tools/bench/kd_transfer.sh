@@ -29,8 +29,9 @@ done
     --part all --samples 10 --batch-size 128 -o soft_tr.h5 --resume
 kd() {  # name, then --set overrides
     local name="$1"; shift
+    local r=(); [ "$(python3 "$here/tools/run_state.py" "$name")" = partial ] && r=(--resume)
     [ -e "$name/report.md" ] || neimsctl distill student.h5 -s soft_tr.h5 --transfer transfer_student.h5 \
-        -c "$cfg" --set train.threads=1 "$@" -o "$name" > "$name.log" 2>&1
+        -c "$cfg" --set train.threads=1 "$@" -o "$name" "${r[@]}" > "$name.log" 2>&1
 }
 fixed=(--set loss.temperature_start=1.0 --set loss.gamma=0 --set loss.gradnorm=false)
 third=(--set data.transfer_fraction=0.33)

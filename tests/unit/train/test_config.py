@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -51,9 +52,9 @@ def test_unknown_keys_name_path_and_valid_keys(tmp_path: Path) -> None:
 
 
 def test_bad_types_and_choices() -> None:
-    with pytest.raises(ConfigError, match=r"train\.epochs: expected int"):
+    with pytest.raises(ConfigError, match=r"^--set train\.epochs=three: expected int"):
         load_config(None, ["train.epochs=three"], env={})
-    with pytest.raises(ConfigError, match=r"train\.precision: 'fp8' is not one of"):
+    with pytest.raises(ConfigError, match=r"^--set train\.precision=fp8: 'fp8' is not one of"):
         load_config(None, ["train.precision=fp8"], env={})
     with pytest.raises(ConfigError, match="not key.sub=value"):
         load_config(None, ["train.epochs"], env={})
@@ -117,3 +118,84 @@ def test_cuda_requested_without_cuda() -> None:
         pytest.skip("CUDA present")
     with pytest.raises(ConfigError, match="CUDA is not available"):
         resolve(load_config(None, ["train.device=cuda"], env={}))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=0", "must be an integer >= 1, got 0"),
+    ("train.epochs=-1", "must be an integer >= 1, got -1"),
+    ("train.batch_size=0", "must be an integer >= 1"),
+    ("train.batch_size=-3", "must be an integer >= 1"),
+    ("train.grad_accum=0", "must be an integer >= 1"),
+    ("train.log_every=0", "must be an integer >= 1"),
+    ("train.seed=-1", r"must be an integer in \[0, 4294967295\], got -1"),
+    ("train.threads=-1", "must be an integer >= 1"),
+    ("train.threads=0", "must be an integer >= 1"),
+    ("train.num_workers=-2", "must be an integer >= 0"),
+    ("train.keep_every=-1", "must be an integer >= 0"),
+    ("train.steps_per_epoch=0", "must be an integer >= 1"),
+    ("train.clip_norm=-1", "must be a number >= 0, got -1.0"),
+    ("optim.lr=0", "must be a number > 0, got 0.0"),
+    ("optim.lr=-1", "must be a number > 0"),
+    ("optim.lr=nan", "must be a number > 0, got nan"),
+    ("optim.lr=.inf", "must be a number > 0, got inf"),
+    ("optim.weight_decay=-0.1", "must be a number >= 0"),
+    ("optim.betas=[2,0.9]", r"must be numbers in \[0, 1\)"),
+    ("optim.betas=[0.9]", r"must be 2 numbers in \[0, 1\)"),
+    ("optim.eps=-1", "must be a number >= 0"),
+    ("optim.momentum=1", r"must be a number in \[0, 1\)"),
+    ("data.isotope_prob=2", r"must be a number in \[0, 1\], got 2.0"),
+    ("data.mask_ratio=0", r"must be a number in \(0, 1\]"),
+    ("data.smoothing_sigma=-1", "must be a number >= 0"),
+    ("data.transfer_fraction=1.5", r"must be a number in \(0, 1\]"),
+    ("data.max_records=0", "must be an integer >= 1"),
+    ("data.split=[0.5,0.5,0.5]", "must be 3 shares in"),
+    ("data.split=[0.9,0.1]", "must be 3 shares in"),
+    ("data.fold=1/1", "must be k/K with K >= 2"),
+    ("data.fold=x", "must be k/K with K >= 2"),
+    ("schedule.t0=0", "must be an integer >= 1"),
+    ("schedule.pct_start=1.5", r"must be a number in \[0, 1\]"),
+    ("schedule.max_lr=0", "must be a number > 0"),
+    ("schedule.total_steps=0", "must be an integer >= 1"),
+])
+def test_values_out_of_range_name_the_override_key_and_range(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^--set {re.escape(override)}: {message}") as err:
+        load_config(None, [override], env={})
+    assert err.value.key == override.split("=")[0]
+
+
+def test_defaults_and_shipped_values_are_in_range(tmp_path: Path) -> None:
+    load_config(None, ["train.threads=null", "train.clip_norm=0", "optim.eps=0",
+                       "data.isotope_prob=1", "train.seed=4294967295"], env={})
+
+
+def test_a_bad_value_names_where_it_came_from(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  epochs: 3\n  log_every: 0\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(f))}: train\.log_every: must be an "
+                                          "integer >= 1, got 0$"):
+        load_config(f, env={})
+    f.write_text("train:\n  epochs: 3\n")        # the file is fine: the override is not
+    with pytest.raises(ConfigError, match=r"^--set train\.epochs=abc: expected int, got 'abc'$"):
+        load_config(f, ["train.epochs=abc"], env={})
+    with pytest.raises(ConfigError, match=r"^--set train=5: expected a mapping"):
+        load_config(f, ["train=5"], env={})
+    with pytest.raises(ConfigError, match=r"^environment NEIMSCTL_CFG__TRAIN__EPOCHS=0: "
+                                          r"train\.epochs: must be an integer >= 1"):
+        load_config(f, env={"NEIMSCTL_CFG__TRAIN__EPOCHS": "0"})
+    # the last one to set a key is named: the override beats the environment
+    with pytest.raises(ConfigError, match=r"^--set train\.epochs=-2: "):
+        load_config(f, ["train.epochs=-2"], env={"NEIMSCTL_CFG__TRAIN__EPOCHS": "0"})
+    assert load_config(f, ["train.epochs=2"], env={"NEIMSCTL_CFG__TRAIN__EPOCHS": "0"}).train.epochs == 2
+
+
+def test_a_non_utf8_or_empty_config_is_one_clear_error(tmp_path: Path) -> None:
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(bytes(range(256)) * 12)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(binary))}: not a YAML config: not "
+                                          "UTF-8 text"):
+        load_config(binary, env={})
+    for text in ("", "\n\n", "# only a comment\n", "---\n"):
+        empty = tmp_path / "empty.yaml"
+        empty.write_text(text)
+        with pytest.raises(ConfigError, match=rf"^{re.escape(str(empty))}: the config is empty"):
+            load_config(empty, env={})

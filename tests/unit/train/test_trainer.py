@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import re
 import signal
 import subprocess
 import sys
@@ -295,3 +296,66 @@ def test_console_one_compact_line_per_epoch_full_line_on_request(tmp_path: Path)
                 best_so_far = e["epoch"]
             assert m[5] == ("new" if e["best"] else f"epoch {best_so_far}")
             assert "grad_norm" not in ln and "lr" not in ln.split()
+
+
+def _toy_run(cfg_sets: list[str], out: Path, resume=None, log=None):
+    cfg = load_config(None, ["train.batch_size=8", "train.device=cpu", "train.best_metric=loss",
+                             *cfg_sets], env={})
+    return run_training(cfg, toy.toy_model(), toy.toy_loss(), toy.NoisyData(16, 1, noise=False),
+                        out_dir=out, resume=resume, log=log or io.StringIO(), report=False)
+
+
+def test_a_new_run_into_a_run_directory_is_refused_and_touches_nothing(tmp_path: Path) -> None:
+    from neimsctl.errors import OutputError
+    from neimsctl.train.trainer import existing_run
+
+    run = tmp_path / "run"
+    assert existing_run(run) is None
+    _toy_run(["train.epochs=1"], run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(OutputError, match=r"run: holds a training run \(.*train_log\.jsonl\); "
+                                          r"resume it \(--resume\)"):
+        _toy_run(["train.epochs=1"], run)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    (run / "train_log.jsonl").unlink()             # checkpoints alone also make a run
+    assert existing_run(run) == f"{run}/checkpoints/best.pt"
+    with pytest.raises(OutputError, match="holds a training run"):
+        _toy_run(["train.epochs=1"], run)
+    assert _toy_run(["train.epochs=2"], run, resume=True).epochs_done == 2
+    empty = tmp_path / "empty"
+    (empty / "checkpoints").mkdir(parents=True)      # an empty directory holds no run
+    assert _toy_run(["train.epochs=1"], empty).epochs_done == 1
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_again(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_log.jsonl").write_bytes(b'{"kind":"step","epoch":0,"step":1}\n{"kind":"st')
+    log = io.StringIO()
+    res = _toy_run(["train.epochs=1"], run, resume=True, log=log)
+    assert res.epochs_done == 1 and "no checkpoint in" in log.getvalue()
+    kinds = [orjson.loads(x)["kind"] for x in (run / "train_log.jsonl").read_bytes().splitlines()]
+    assert kinds[-1] == "epoch" and kinds.count("epoch") == 1   # the old partial lines dropped
+
+
+def test_resume_falls_back_to_last_when_interrupted_is_damaged(tmp_path: Path) -> None:
+    from neimsctl.errors import CheckpointError
+
+    run = tmp_path / "run"
+    _toy_run(["train.epochs=1"], run)
+    ckpts = run / "checkpoints"
+    (ckpts / "interrupted.pt").write_bytes((ckpts / "last.pt").read_bytes()[:5000])  # truncated
+    log = io.StringIO()
+    res = _toy_run(["train.epochs=2"], run, resume=True, log=log)
+    assert res.epochs_done == 2
+    text = log.getvalue()
+    assert re.search(r"warning: resume: \S+interrupted\.pt: truncated or damaged checkpoint.*; "
+                     r"resuming from \S+last\.pt instead", text), text
+    assert "resumed from" in text and "last.pt (epoch 1" in text
+    assert not (ckpts / "interrupted.pt").exists()  # removed at the end of the next epoch
+    # neither usable: the error names the checkpoint and says it is truncated
+    (ckpts / "interrupted.pt").write_bytes((ckpts / "last.pt").read_bytes()[:5000])
+    (ckpts / "last.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"interrupted\.pt: truncated or damaged checkpoint: "
+                                              r"its zip archive has no end"):
+        _toy_run(["train.epochs=3"], run, resume=True)
