@@ -335,7 +335,8 @@ def test_huge_header_and_peak_values_are_no_traceback(sample_msp, tmp_path):
 
     p = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "neimsctl.cli.main", "eval",
                         str(lib), str(lib), "--json", "-q"], capture_output=True, timeout=120)
-    assert p.returncode == 0 and b"Warning" not in p.stderr, p.stderr
+    assert p.returncode == 1 and b"Warning" not in p.stderr, p.stderr       # the record is not used
+    assert orjson.loads(p.stdout)["counts"]["skipped"]["measured"] == {"bad_field": 1}
 
 
 def test_a_huge_top_is_the_library_size(index, sample_msp, tmp_path):
@@ -372,13 +373,16 @@ def test_a_jsonl_library_with_a_utf8_bom_loses_nothing(sample_msp, tmp_path):
     assert proc.returncode == 0 and orjson.loads(proc.stdout)["counts"]["n_queries"] == 4
 
 
-def test_eval_takes_a_mass_beyond_64_bits_for_unknown(sample_msp, tmp_path):
+def test_eval_names_a_mass_beyond_64_bits_as_no_mass(sample_msp, tmp_path):
+    """An OverflowError before; then read as unknown; since session 22 a record not used
+    (bad_field), as index and search reject it."""
     text = first_records(sample_msp, 3).decode()
     m = re.search(r"^MW: (\d+)$", text, re.M)
     lib = tmp_path / "mw.msp"
     lib.write_text(text.replace(m.group(0), "MW: 9223372036854775808", 1))
-    proc = run(None, "eval", lib, lib, "--json", "-q")                   # an OverflowError before
-    assert proc.returncode == 0 and orjson.loads(proc.stdout)["counts"]["n_queries"] == 3, proc.stderr
+    proc = run(None, "eval", lib, lib, "--json", "-q")
+    assert proc.returncode == 1 and orjson.loads(proc.stdout)["counts"]["n_queries"] == 2, proc.stderr
+    assert orjson.loads(proc.stdout)["counts"]["skipped"]["measured"] == {"bad_field": 1}
 
 
 def test_progress_bar_only_on_a_terminal(index, sample_msp, tmp_path, neimsctl_exe):
