@@ -28,8 +28,8 @@ import torch
 from neimsctl.errors import CheckpointError, ConfigError
 from neimsctl.models.checkpoint import AVERAGES
 from neimsctl.models.student_stack import StudentStack
-from neimsctl.predict.model import (LoadedModel, linear_base_one, predict_block, student_input_key,
-                                    student_rows, student_spectra)
+from neimsctl.predict.model import (LoadedModel, below_min_mz_cleared, linear_base_one, predict_block,
+                                    student_input_key, student_rows, student_spectra)
 
 __all__ = ["LoadedEnsemble", "average_spectra", "ensemble_average", "DEFAULT_AVERAGE"]
 
@@ -216,7 +216,8 @@ class LoadedEnsemble:
             specs[i] = s
             if std is not None:
                 mc_var.append(np.square(std.astype(np.float64)))
-        stack = np.stack(specs).astype(np.float64)
+        # each member's spectrum as it predicts alone (no peak below m/z 2), then averaged
+        stack = np.stack([below_min_mz_cleared(s, None)[0] for s in specs]).astype(np.float64)
         mean = average_spectra(stack, self.average)
         scale = 1.0 / np.maximum(mean.max(axis=1, keepdims=True), 1e-12)
         out = (mean * scale).astype(np.float32)

@@ -418,13 +418,44 @@ def predict_block(lm: "LoadedModel | LoadedEnsemble", block: dict[str, np.ndarra
                           "--model")
     n = len(block["ordinal"])
     if lm.arch == "ensemble":
-        return lm.predict(block, batch_size=batch_size, uncertainty=uncertainty,
-                          mc_samples=mc_samples)
-    if lm.arch == "student":
-        return _student(lm, block, n, batch_size)
-    if lm.arch == "neims-v1":
-        return _v1(lm, block, n, batch_size)
-    return _teacher(lm, block, n, batch_size, uncertainty, mc_samples)
+        spectra, std, experts = lm.predict(block, batch_size=batch_size, uncertainty=uncertainty,
+                                           mc_samples=mc_samples)
+    elif lm.arch == "student":
+        spectra, std, experts = _student(lm, block, n, batch_size)
+    elif lm.arch == "neims-v1":
+        spectra, std, experts = _v1(lm, block, n, batch_size)
+    else:
+        spectra, std, experts = _teacher(lm, block, n, batch_size, uncertainty, mc_samples)
+    return (*below_min_mz_cleared(spectra, std), experts)
+
+
+#: The lowest m/z a predicted spectrum may hold a peak at. No spectrum of the 8,196 MassBank EI
+#: records has a peak at m/z 0 or 1 (the lowest: one at m/z 2, seven at 4; EI scans start at
+#: ~10-50), yet the shipped models put small intensities there (30 of the bundled sample's first
+#: 200 molecules, up to 1.3 % of the base peak; the training losses give those bins almost no
+#: weight: the m/z-weighted terms weight m/z 0 by 0).
+MIN_PREDICTED_MZ = 2
+
+
+def below_min_mz_cleared(spectra: np.ndarray, std: np.ndarray | None
+                         ) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(spectra, std)`` with the bins below :data:`MIN_PREDICTED_MZ` set to zero, rows whose
+    base peak was there scaled to base peak 1 again (``std`` by the same factor). In place when
+    possible: the arrays are the caller's own."""
+    low = spectra[:, :MIN_PREDICTED_MZ]
+    if not len(spectra) or not low.any():
+        return spectra, std
+    rest = spectra[:, MIN_PREDICTED_MZ:].max(axis=1)
+    fix = (low.max(axis=1) >= rest) & (rest > 0)       # the base peak was below the limit
+    low[:] = 0
+    if std is not None:
+        std[:, :MIN_PREDICTED_MZ] = 0
+    if fix.any():
+        scale = (1.0 / rest[fix]).astype(spectra.dtype)[:, None]
+        spectra[fix] *= scale
+        if std is not None:
+            std[fix] *= scale.astype(std.dtype)
+    return spectra, std
 
 
 def block_frags(block: dict[str, np.ndarray]) -> np.ndarray:

@@ -138,3 +138,44 @@ def test_a_worker_that_dies_on_a_record_rejects_it_and_loses_nothing(lm, smi, mo
     names = [ln[6:].decode() for ln in data.splitlines() if ln.startswith(b"Name: ")]
     assert names == ["ethanol", "benzene", "acetic", "in:6", "phenol", "hexane", "in:10", "in:11",
                      "in:12"]
+
+
+
+def test_no_predicted_peak_below_mz_2():
+    """No measured EI spectrum has a peak at m/z 0 or 1: the bins are cleared, and a spectrum
+    whose base peak was there is scaled to base peak 1 again (its spread by the same factor)."""
+    import numpy as np
+
+    from neimsctl.predict.model import MIN_PREDICTED_MZ, below_min_mz_cleared
+
+    assert MIN_PREDICTED_MZ == 2
+    spectra = np.array([[0.5, 0.2, 1.0, 0.1], [2.0, 0.0, 0.5, 0.25], [0.0, 0.0, 1.0, 0.5]],
+                       np.float32)
+    got, std = below_min_mz_cleared(spectra.copy(), np.full_like(spectra, 0.1))
+    assert np.allclose(got, [[0, 0, 1.0, 0.1], [0, 0, 1.0, 0.5], [0, 0, 1.0, 0.5]], atol=0)
+    assert np.allclose(std, [[0, 0, 0.1, 0.1], [0, 0, 0.2, 0.2], [0, 0, 0.1, 0.1]])
+    empty = np.zeros((0, 4), np.float32)
+    assert below_min_mz_cleared(empty, None)[0] is empty
+
+
+def test_a_model_that_predicts_mz_0_and_1_writes_neither(lm, smi):
+    """The tiny model made to put its largest intensities at m/z 0 and 1: every spectrum
+    predict writes starts at m/z 2 or above and keeps base peak 999."""
+    import orjson
+
+    out = lm.model.out
+    biases = [out.bias] if isinstance(out, torch.nn.Linear) else \
+        [out.forward_head.bias, out.reverse_head.bias]
+    saved = [b.detach().clone() for b in biases]
+    with torch.no_grad():
+        for b in biases:
+            b[:2] = 50.0
+    try:
+        data, counts, _, _ = _run(lm, smi, 1, "jsonl")
+    finally:
+        with torch.no_grad():
+            for b, s in zip(biases, saved):
+                b.copy_(s)
+    rows = [orjson.loads(line) for line in data.splitlines() if b'"mz"' in line]
+    assert len(rows) == counts[1] == 9
+    assert all(min(r["mz"]) >= 2 and max(r["intensity"]) == 999 for r in rows)
