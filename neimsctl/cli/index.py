@@ -58,7 +58,7 @@ def index_cli(
         from neimsctl import __version__
         from neimsctl.io.rejects import Tally
         from neimsctl.io.streams import atomic_path, open_out
-        from neimsctl.search.build import StrictStop, build_index
+        from neimsctl.search.build import StrictStop, build_index, no_mass_text
 
         attrs = None if no_provenance else {
             "neimsctl_version": __version__, "argv": json.dumps(sys.argv),
@@ -80,5 +80,7 @@ def index_cli(
             eprint(CMD, f"{tally.summary()} -> {out}")
         if tally.written == 0:           # valid, but no search can find anything in it
             eprint(CMD, f"warning: {out}: the index holds no entry (no input record could be indexed)")
+        elif tally.no_mass:
+            eprint(CMD, f"warning: {out}: {no_mass_text(tally.no_mass, tally.written)}")
         if tally.rejected:
             raise typer.Exit(1)

@@ -112,6 +112,12 @@ def search_cli(
             libs = open_libraries([str(p) for p in library], lib_tally)
             if lib_tally.rejected and not quiet:
                 eprint(CMD, "in-memory libraries", lib_tally.summary())
+            if mass_filter is not None and not quiet:
+                from neimsctl.search.build import no_mass_text
+
+                for path, lib in zip(library, libs):
+                    if (n := lib.n_without_mass):
+                        eprint(CMD, f"warning: {path}: {no_mass_text(n, lib.n)}")
             opts = SearchOptions(spec, cap_top(top, sum(lib.n for lib in libs)), mass_filter, None,
                                  source.value if source else None)
             failed = False

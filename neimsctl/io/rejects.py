@@ -46,6 +46,9 @@ class Tally:
     #: Records written with part of their content left out (``index``: peaks above the m/z
     #: range, dropped as ``eval`` bins spectra), by what was left out.
     trimmed: collections.Counter = field(default_factory=collections.Counter)
+    #: Records written without a molecular mass (``index``: no MW, nor a structure or formula
+    #: that gives one; ``--mass-filter`` searches never reach them).
+    no_mass: int = 0
     #: Worker processes the run used (``--jobs``; 1 = everything in one process); the summary
     #: line ends with it when set.
     workers: int | None = None

@@ -610,6 +610,11 @@ class SpectralIndex:
     def __len__(self) -> int:
         return self.n
 
+    @property
+    def n_without_mass(self) -> int:
+        """Entries of unknown nominal mass (``mw`` -1, sorted first): no mass window holds them."""
+        return int(np.searchsorted(self.mw, 0, "left"))
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

@@ -22,7 +22,7 @@ from neimsctl.io.spectrum import N_BINS
 from neimsctl.io.spectrum_records import SpectrumRecord, read_spectrum_records
 from neimsctl.io.streams import display_name
 
-__all__ = ["complete_record", "build_index", "build_memory_index"]
+__all__ = ["complete_record", "build_index", "build_memory_index", "no_mass_text"]
 
 _BATCH = 4096
 
@@ -60,6 +60,12 @@ def complete_record(rec: SpectrumRecord) -> None:
         from rdkit import Chem
 
         rec.inchikey = Chem.MolToInchiKey(mol) or ""
+
+
+def no_mass_text(n: int, total: int) -> str:
+    """The warning about entries that ``--mass-filter`` never reaches (``n`` of ``total``)."""
+    return (f"{n:,} of {total:,} entries have no molecular mass (no MW, nor a SMILES, InChI or "
+            "formula that gives one): with --mass-filter only queries of unknown mass can find them")
 
 
 def _reject(tally: Tally, rec: SpectrumRecord, reason: str, detail: str) -> None:
@@ -108,6 +114,7 @@ def add_inputs(writer: IndexWriter, paths: Iterable[str | os.PathLike], tally: T
             if _above_range(rec.mz, n_bins):
                 tally.trimmed[f"peaks_above_mz_{n_bins - 1}"] += 1
             complete_record(rec)
+            tally.no_mass += rec.mw is None
             kinds.add("predicted" if rec.predicted else "measured")
             batch.recs.append(rec)
             batch.sources.append(src)

@@ -530,3 +530,31 @@ def test_source_choices_are_the_apis(index, sample_msp, tmp_path):
     for args in (("--source", "Measured"), ("--mz-power", "-1"), ("--intensity-power", "10.5"),
                  ("--mass-filter", "nan"), ("-k", "0")):
         assert run(None, "search", q, "-l", index, *args).returncode == 2, args
+
+
+def test_entries_without_a_mass_are_counted_by_index_and_search(tmp_path):
+    """A record with no MW, SMILES, InChI or formula (or an unparsable SMILES) is indexed without
+    a mass; index and a --mass-filter search say how many, and only a query of unknown mass (searched
+    unfiltered) finds them."""
+    lib = tmp_path / "lib.msp"
+    lib.write_text("Name: a\nNum Peaks: 2\n41 100\n43 999\n\n"
+                   "Name: b\nMW: 58\nNum Peaks: 2\n41 100\n43 999\n\n"
+                   "Name: c\nSMILES: CCC(C)=O\nNum Peaks: 2\n43 999\n72 300\n\n"
+                   "Name: d\nSMILES: notasmiles((\nNum Peaks: 1\n43 999\n")
+    out = tmp_path / "lib.h5"
+    proc = run(None, "index", lib, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    note = (b"2 of 4 entries have no molecular mass (no MW, nor a SMILES, InChI or formula that "
+            b"gives one): with --mass-filter only queries of unknown mass can find them")
+    assert note in proc.stderr
+    proc = run(None, "search", lib, "-l", out, "--mass-filter", "5", "-k", "4", "-O", "jsonl")
+    assert proc.returncode == 0 and proc.stderr.count(note) == 1, proc.stderr
+    hits = {}
+    for line in proc.stdout.splitlines():
+        h = orjson.loads(line)
+        hits.setdefault(h["query_name"], []).append(h["hit_name"])
+    # b (58) and c (72) see only the entries of their mass window; a and d (unknown mass) all
+    assert hits["b"] == ["b"] and hits["c"] == ["c"]
+    assert sorted(hits["a"]) == sorted(hits["d"]) == ["a", "b", "c", "d"]
+    proc = run(None, "search", lib, "-l", out, "-k", "1")        # no filter: no warning
+    assert proc.returncode == 0 and b"no molecular mass" not in proc.stderr
