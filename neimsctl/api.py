@@ -405,7 +405,8 @@ class SpectralLibrary:
             A query without peaks, with non-numeric, negative or non-finite peaks (a dense
             row's too), m/z above 500, or an ``mw`` that is no mass (a non-number, NaN,
             infinite or negative); a query that is neither a dict nor an ``(mz, intensity)``
-            pair (its position named).
+            pair (its position named). A query file's first such record raises as soon as it
+            is read, named by file, line and record (``neimsctl search`` skips it and exits 1).
         neimsctl.errors.InputError
             ``spectra`` none of the forms above (None, a single query dict, a 1-D array), a
             query file that cannot be read; the library is closed.
@@ -425,18 +426,15 @@ class SpectralLibrary:
         if candidates is not None:
             opts.candidates = self._candidates(candidates)
         tally = Tally()
-        bad: list[str] = []
         if isinstance(spectra, (str, os.PathLike)):
-            batches = read_queries([spectra], tally, warn=lambda r: bad.append(
-                f"{r.file}: line {r.line}: {r.reason}: {r.detail}"))
+            # the first query that cannot be searched stops the search, as soon as it is read
+            batches = read_queries([spectra], tally, warn=_raise_reject)
         else:
             batches = iter([_query_batch(spectra)])
         out: list[list[dict[str, Any]]] = []
         for qb in batches:
             for hits in search_batch(self.libraries, qb, opts):
                 out.append([h.row(self.libraries, spec) for h in hits])
-        if bad:
-            raise FormatError(f"{len(bad)} queries cannot be searched, e.g. {bad[0]}")
         return out
 
     def _candidates(self, candidates: str | Sequence[str]) -> set[str]:
@@ -460,6 +458,12 @@ class SpectralLibrary:
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             raise ConfigError("; ".join(problems[:3]) + more)
         return blocks
+
+
+def _raise_reject(r: Any) -> None:
+    """A query of a file that cannot be searched: :class:`FormatError` naming its file, line and
+    record."""
+    raise FormatError(f"{r.reason}: {r.detail}", file=r.file, line=r.line, record=r.record or r.id)
 
 
 def open_index(*paths: str | os.PathLike) -> SpectralLibrary:

@@ -164,3 +164,27 @@ def test_a_closed_library_says_so(disk_index, sample):
     library.close()
     with pytest.raises(InputError, match="the library is closed"):
         library.search([sample[2]])
+
+
+def test_a_query_file_with_a_bad_record_raises_naming_it_before_searching_on(lib, tmp_path, monkeypatch):
+    """search(path): the first query that cannot be searched raises FormatError with its file,
+    line and record as soon as it is read (the queries after it are not searched first)."""
+    from neimsctl.search import run
+
+    path = tmp_path / "q.msp"
+    good = "Name: ok{}\nMW: 100\nNum Peaks: 2\n41 100\n43 999\n\n"
+    path.write_text(good.format(1) + "Name: broken\nNum Peaks: 2\n41 abc\n43 999\n\n" + good.format(2))
+    assert len(lib.search(_only_good(path, tmp_path))) == 2
+    searched = []
+    real = run.search_batch
+    monkeypatch.setattr(run, "search_batch", lambda *a: searched.append(len(a[1].mw)) or real(*a))
+    with pytest.raises(FormatError) as err:
+        lib.search(path)
+    assert str(err.value) == (f"{path}: line 7: record 'broken': non_numeric_peak: line 9: '41 abc': "
+                              "not a number") and searched == []
+
+
+def _only_good(path, tmp_path):
+    out = tmp_path / "good.msp"
+    out.write_text("\n\n".join(b for b in path.read_text().split("\n\n") if "broken" not in b))
+    return out
