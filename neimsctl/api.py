@@ -298,12 +298,20 @@ class SpectrumPredictor:
 
         Returns the number of records written. ``path`` ``-`` writes to stdout.
         The records are those ``neimsctl predict`` writes for the same ``SMILES name`` lines.
+
+        Raises
+        ------
+        neimsctl.errors.ConfigError
+            ``name`` a sequence of another length than ``smiles``.
+        neimsctl.errors.FormatError
+            An entry that is not one SMILES string, or one RDKit cannot read (nothing written).
         """
         one = isinstance(smiles, str)
         smi = [smiles] if one else list(smiles)
         names = [name] if isinstance(name, str) else (list(name) if name is not None else None)
         if names is not None and len(names) != len(smi):
-            raise ValueError(f"{len(smi)} SMILES but {len(names)} names")
+            raise ConfigError(f"export_msp: {len(smi)} SMILES but {len(names)} names: one name per "
+                              "SMILES, or None")
         if names is not None:
             names = [" ".join(str(n).split()) for n in names]
         items = _items(smi, names)

@@ -165,6 +165,8 @@ def test_bad_predict_batch_arguments(predictor):
             predictor.predict_batch(SMILES, batch_size=bad)
     with pytest.raises(ConfigError, match="errors must be 'raise' or 'nan'"):
         predictor.predict_batch(SMILES, errors="skip")
+    with pytest.raises(ConfigError, match="export_msp: 2 SMILES but 1 names"):
+        predictor.export_msp(["CCO", "CCN"], "-", name=["ethanol"])
 
 
 def test_find_top_peaks_takes_one_spectrum(predictor):
