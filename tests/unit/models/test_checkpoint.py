@@ -188,3 +188,24 @@ def test_full_disk_is_an_output_error_naming_the_checkpoint(tmp_path: Path) -> N
     with pytest.raises(OutputError, match="cannot create the directory"):
         ck.save_checkpoint(tmp_path / "file" / "last.pt", model=model)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_bytes_changed_inside_the_weights_are_refused(tmp_path: Path) -> None:
+    """torch.load does not check the zip members' CRC-32: a checkpoint whose weight bytes were
+    changed (a bad copy or disk) loaded silently; load_checkpoint refuses it, naming the part."""
+    import struct
+    import zipfile
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(64, 64)
+    path = ck.save_checkpoint(tmp_path / "m.pt", model=model, config={"model": {"name": "x"}})
+    assert ck.load_checkpoint(path)["format"] == ck.FORMAT
+    with zipfile.ZipFile(path) as zf:
+        big = max(zf.infolist(), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[big.header_offset + 26:big.header_offset + 30])
+    start = big.header_offset + 30 + name_len + extra_len
+    data[start + 100:start + 164] = bytes(64)         # 16 weights zeroed, the archive intact
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"{big.filename} does not match its checksum"):
+        ck.load_checkpoint(path)
