@@ -183,6 +183,7 @@ RANGES: dict[str, Range] = {
     "schedule.final_div_factor": _POSITIVE, "schedule.total_steps": _AT_LEAST_1,
     "train.epochs": _AT_LEAST_1, "train.batch_size": _AT_LEAST_1, "train.grad_accum": _AT_LEAST_1,
     "train.clip_norm": _NON_NEGATIVE, "train.seed": Range(0, 2**32 - 1),
+    "data.split_seed": Range(0, 2**32 - 1),      # the split hash's key is its decimal text
     "train.num_workers": _NON_NEGATIVE, "train.log_every": _AT_LEAST_1,
     "train.keep_every": _NON_NEGATIVE, "train.threads": _AT_LEAST_1,
     "train.steps_per_epoch": _AT_LEAST_1,

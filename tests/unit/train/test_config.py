@@ -148,6 +148,8 @@ def test_cuda_requested_without_cuda() -> None:
     ("data.smoothing_sigma=-1", "must be a number >= 0"),
     ("data.transfer_fraction=1.5", r"must be a number in \(0, 1\]"),
     ("data.max_records=0", "must be an integer >= 1"),
+    ("data.split_seed=-1", "must be an integer in"),
+    ("data.split_seed=" + "9" * 70, "must be an integer in"),
     ("data.split=[0.5,0.5,0.5]", "must be 3 shares in"),
     ("data.split=[0.9,0.1]", "must be 3 shares in"),
     ("data.fold=1/1", "must be k/K with K >= 2"),
