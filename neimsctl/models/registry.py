@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from neimsctl.errors import ConfigError
 
@@ -69,3 +69,17 @@ def get(name: str) -> type:
     except KeyError:
         known = ", ".join(sorted(_REGISTRY)) or "none"
         raise ConfigError(f"unknown model {name!r}; known: {known}") from None
+
+
+def config_from_section(cls: type, section: dict[str, Any]) -> Any:
+    """``cls.config_class.from_dict(section)`` for a training config's ``model`` section: a
+    problem is named as that file names it (``model.expert_width``, not the class's own
+    ``student.expert_width``)."""
+    try:
+        return cls.config_class.from_dict(section)
+    except ConfigError as exc:
+        text = str(exc)
+        for own in ("student", "teacher"):
+            if text.startswith((own + ".", own + ":")):
+                raise ConfigError("model" + text[len(own):]) from None
+        raise

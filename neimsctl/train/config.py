@@ -168,7 +168,10 @@ def _num(x: float | None) -> str:
     return str(int(x)) if x is not None and float(x).is_integer() else f"{x:g}"
 
 
-_POSITIVE, _NON_NEGATIVE, _AT_LEAST_1 = Range(0, lo_open=True), Range(0), Range(1)
+POSITIVE, NON_NEGATIVE, AT_LEAST_1 = Range(0, lo_open=True), Range(0), Range(1)
+_POSITIVE, _NON_NEGATIVE, _AT_LEAST_1 = POSITIVE, NON_NEGATIVE, AT_LEAST_1
+#: An exponent of a loss's m/z or intensity weighting (search's ``--mz-power`` range).
+POWER = Range(0, 10)
 _SHARE = Range(0, 1)                   # a probability or a fraction
 #: The allowed values of the typed sections' numbers (``None``, where a field may be None, is
 #: always allowed). :func:`check_values` applies them when a :class:`Config` is built.
@@ -188,6 +191,17 @@ RANGES: dict[str, Range] = {
     "train.keep_every": _NON_NEGATIVE, "train.threads": _AT_LEAST_1,
     "train.steps_per_epoch": _AT_LEAST_1,
 }
+
+
+def check_ranges(obj: Any, ranges: Mapping[str, Range], section: str) -> None:
+    """Refuse a field of the dataclass ``obj`` out of its :class:`Range` (``ranges`` by field
+    name): :class:`ConfigError` naming ``section.field`` (its ``key`` too) and the allowed values."""
+    for name, allowed in ranges.items():
+        value = getattr(obj, name)
+        if value is not None and value not in allowed:
+            kind = "an integer" if isinstance(value, int) else "a number"
+            raise ConfigError(f"{section}.{name}: must be {kind} {allowed}, got {value!r}",
+                              key=f"{section}.{name}")
 
 
 def check_values(cfg: Config) -> None:

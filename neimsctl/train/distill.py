@@ -88,6 +88,11 @@ def run_distill(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path, 
         raise ConfigError(f"train.best_metric: {t.best_metric!r} is not reported by distill; use "
                           f"one of {', '.join(VAL_METRICS)}")
     is_v1 = cls.arch == "neims-v1"
+    # the model and loss sections checked before any data is read (they are built after it)
+    registry.config_from_section(cls, {"input_dim": MORGAN_COUNT_BITS, **_model_section(cfg)}
+                                 if is_v1 else _model_section(cfg))
+    if not is_v1:
+        loss_config(cfg.loss, t.epochs)
     if is_v1 and soft_labels is not None:
         raise ConfigError("neims-v1 is the no-KD baseline: it takes no soft labels")
     tpaths = [Path(p) for p in d.transfer]
@@ -121,10 +126,10 @@ def run_distill(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path, 
           f"featurizer {fhash}", file=log, flush=True)
     seed_everything(t.seed)
     width = int(base.get_batch([0])["x"].shape[1])
-    model_cfg = {k: v for k, v in cfg.model.items() if k != "name"}
+    model_cfg = _model_section(cfg)
     if is_v1:
         model_cfg.setdefault("input_dim", width)   # 4096 Morgan counts, or 6144 student vector
-    model_config = cls.config_class.from_dict(model_cfg)
+    model_config = registry.config_from_section(cls, model_cfg)
     if model_config.input_dim != width:   # a student with fragments reads 7146 (its config says so)
         raise ConfigError(f"model.input_dim is {model_config.input_dim} but the {smode} shards give "
                           f"{width}-d inputs; set model.input_dim={width}")
@@ -167,6 +172,11 @@ def run_distill(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path, 
                           featurizer_hash=fhash, report=False, **kwargs)
     write_distill_report(Path(out_dir), mode=mode, n_steps=result.step)
     return result
+
+
+def _model_section(cfg: Config) -> dict[str, Any]:
+    """The config's ``model`` section without its ``name`` (the model class's own keys)."""
+    return {k: v for k, v in cfg.model.items() if k != "name"}
 
 
 def _usage_logger(out_dir: Path, usage: dict, top_k: int, log: TextIO,

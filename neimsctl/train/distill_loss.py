@@ -97,4 +97,12 @@ def loss_config(section: dict[str, Any], epochs: int) -> DistillLossConfig:
                 raise ConfigError(f"loss.{old} and loss.{new} are the same setting; give one")
             data[new] = data.pop(old)
     data.setdefault("epochs", epochs)
-    return dataclass_from_dict(DistillLossConfig, data, "loss")
+    try:
+        return dataclass_from_dict(DistillLossConfig, data, "loss")
+    except ConfigError as exc:          # named as the config names it (temperature_start, not t0)
+        given = {new: old for old, new in LOSS_ALIASES.items() if old in (section or {})}
+        name = (exc.key or "").removeprefix("loss.")
+        if name not in given:
+            raise
+        raise ConfigError(str(exc).replace(f"loss.{name}", f"loss.{given[name]}", 1),
+                          key=f"loss.{given[name]}") from None

@@ -38,7 +38,7 @@ from neimsctl.data.shards import hash_matches, shard_settings, shown
 from neimsctl.errors import CheckpointError, ConfigError
 from neimsctl.models import registry
 from neimsctl.models.checkpoint import load_checkpoint, model_state
-from neimsctl.train.config import Config, dataclass_from_dict
+from neimsctl.train.config import Config, NON_NEGATIVE, POWER, check_ranges, dataclass_from_dict
 from neimsctl.evaluate.validation import (VAL_MASS_FILTER, VAL_METRICS, Reference, dataset_split,
                                           evaluate_split, read_reference, val_metrics)
 from neimsctl.train.losses import hard_loss, spectral_cosine_loss
@@ -69,8 +69,11 @@ class TeacherLossConfig:
         if self.lambda_bond:
             raise ConfigError("loss.lambda_bond: the bond-masking term belongs to pretrain; "
                               "set 0 here and use --init with a pretrained checkpoint")
-        if self.mse < 0 or self.cosine < 0 or self.mse + self.cosine == 0:
-            raise ConfigError("loss.mse, loss.cosine: non-negative weights, not both 0")
+        check_ranges(self, {"mse": NON_NEGATIVE, "cosine": NON_NEGATIVE, "mse_mz_power": POWER,
+                            "cosine_mz_power": POWER, "cosine_intensity_power": POWER}, "loss")
+        if self.mse + self.cosine == 0:
+            raise ConfigError("loss.mse, loss.cosine: non-negative weights, not both 0",
+                              key="loss.mse")
 
 
 class TeacherSpectrumLoss:
@@ -102,12 +105,19 @@ class TeacherSpectrumLoss:
         return loss, parts
 
 
-def build_teacher(model_cfg: dict[str, Any]) -> torch.nn.Module:
-    """The teacher described by a config's ``model`` section (``name: teacher``)."""
+def teacher_config(model_cfg: dict[str, Any]) -> tuple[type, Any]:
+    """The teacher class and its config from a config's ``model`` section (``name: teacher``);
+    a bad value is a :class:`ConfigError` naming ``model.<key>``."""
     cls = registry.get(model_cfg.get("name", "teacher"))
     if getattr(cls, "arch", None) != "teacher":
         raise ConfigError(f"model.name: finetune trains the teacher, not {model_cfg.get('name')!r}")
-    return cls(cls.config_class.from_dict(model_cfg))
+    return cls, registry.config_from_section(cls, model_cfg)
+
+
+def build_teacher(model_cfg: dict[str, Any]) -> torch.nn.Module:
+    """The teacher described by a config's ``model`` section (``name: teacher``)."""
+    cls, config = teacher_config(model_cfg)
+    return cls(config)
 
 
 def _strip_prefix(state: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
@@ -209,6 +219,7 @@ def run_finetune(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path,
         raise ConfigError(f"train.best_metric: {t.best_metric!r} is not reported by finetune; "
                           f"use one of {', '.join(VAL_METRICS)}")
     loss_cfg = dataclass_from_dict(TeacherLossConfig, cfg.loss, "loss")
+    teacher_config(cfg.model)            # checked before any data is read (built after it)
     found = shard_settings(shards, ("teacher",), stage="finetune")
     fhash = found.settings_hash
     frags = (cfg.model or {}).get("fragments") is True     # the teacher reads fragment masses

@@ -56,7 +56,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from neimsctl.models.student import StudentOutput, spectrum_from_space, spectrum_to_space
-from neimsctl.train.config import dataclass_from_dict
+from neimsctl.errors import ConfigError
+from neimsctl.train.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, POWER, check_ranges, dataclass_from_dict
 from neimsctl.train.gradnorm import GradNorm
 
 SPACE_POWER = {"linear": 1.0, "sqrt": 0.5}
@@ -216,10 +217,24 @@ class DistillLossConfig:
     plain_cosine: float = 0.0
     expert_bias_rate: float = 0.0
 
+    def __post_init__(self) -> None:
+        check_ranges(self, {**dict.fromkeys(_DISTILL_WEIGHTS, NON_NEGATIVE),
+                            "gradnorm_alpha": NON_NEGATIVE, "gradnorm_lr": POSITIVE,
+                            "warmup_epochs": NON_NEGATIVE, "epochs": AT_LEAST_1, "t0": POSITIVE,
+                            "t1": POSITIVE, "soft_eps": NON_NEGATIVE, "mz_power": POWER,
+                            "cosine_mz_power": POWER, "cosine_intensity_power": POWER}, "loss")
+        if self.alpha + self.beta + self.gamma == 0:
+            raise ConfigError("loss.alpha, loss.beta, loss.gamma: not all 0 (the spectrum "
+                              "terms' weights)", key="loss.alpha")
+
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> DistillLossConfig:
         """Strict construction: unknown keys or wrong types raise ConfigError."""
         return dataclass_from_dict(cls, data, "loss")
+
+
+_DISTILL_WEIGHTS = ("alpha", "beta", "gamma", "load_weight", "entropy_weight", "cosine",
+                    "plain_cosine", "expert_bias_rate")
 
 
 class DistillLoss(nn.Module):

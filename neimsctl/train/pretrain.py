@@ -40,9 +40,10 @@ from neimsctl.data.smiles_stream import StreamSpec, SmilesStream, collect_part, 
 from neimsctl.errors import ConfigError, InputError, OutputError
 from neimsctl.io.rejects import Reject, Tally
 from neimsctl.io.streams import display_name, is_dash, spool_path
+from neimsctl.models import registry
 from neimsctl.models.teacher import TeacherModel
 from neimsctl.nn.bond_masking import BondMaskingHead, BondMaskingLoss
-from neimsctl.train.config import Config, dataclass_from_dict
+from neimsctl.train.config import AT_LEAST_1, Config, NON_NEGATIVE, POSITIVE, check_ranges, dataclass_from_dict
 from neimsctl.train.trainer import (TrainResult, build_optimizer, checkpoint_dir, existing_run,
                                    run_training, seed_everything)
 
@@ -64,8 +65,8 @@ class PretrainLossConfig:
     def __post_init__(self) -> None:
         if self.name != "bond_masking":
             raise ConfigError(f"loss.name: pretrain uses 'bond_masking', got {self.name!r}")
-        if self.lambda_bond <= 0 or self.flag_weight < 0:
-            raise ConfigError("loss.lambda_bond must be > 0 and loss.flag_weight >= 0")
+        check_ranges(self, {"lambda_bond": POSITIVE, "flag_weight": NON_NEGATIVE,
+                            "head_hidden": AT_LEAST_1}, "loss")
 
 
 class BondMaskingModel(nn.Module):
@@ -217,6 +218,7 @@ def run_pretrain(cfg: Config, sources: Sequence[str | Path], out_dir: str | Path
     cfg = dataclasses.replace(cfg, stage="pretrain")   # its checkpoints say what they are
     d, t = cfg.data, cfg.train
     loss_cfg = dataclass_from_dict(PretrainLossConfig, cfg.loss, "loss")
+    registry.config_from_section(TeacherModel, cfg.model)   # checked before any data is read
     if t.best_metric not in VAL_METRICS + ("loss",):
         raise ConfigError(f"train.best_metric: {t.best_metric!r} is not reported by pretrain; "
                           f"use one of {', '.join(VAL_METRICS)}")
@@ -257,7 +259,7 @@ def run_pretrain(cfg: Config, sources: Sequence[str | Path], out_dir: str | Path
                               grad_accum=t.grad_accum, shuffle_buffer=shuffle_buffer,
                               on_rejects=rejects)
         seed_everything(t.seed)
-        teacher = TeacherModel(TeacherModel.config_class.from_dict(cfg.model))
+        teacher = TeacherModel(registry.config_from_section(TeacherModel, cfg.model))
         head = BondMaskingHead(teacher.config.hidden, loss_cfg.head_hidden or teacher.config.hidden,
                                bond_dim=teacher.config.bond_dim)
         model = BondMaskingModel(teacher, head, d.mask_ratio, loss_cfg.flag_weight)

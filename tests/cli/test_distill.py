@@ -137,6 +137,14 @@ def test_baselines_run(work: Path) -> None:
     ("missing.h5 --no-kd", 2, "no such file"),
     ("t.h5 --no-kd", 1, "distill needs `neimsctl featurize --mode student`"),
     ("s.h5 --no-kd --set train.bogus=1", 1, "train.bogus"),
+    # the model and loss sections: named as the config names them, before any data is read
+    ("s.h5 --no-kd --set model.expert_width=-3", 1,
+     "model.expert_width: expected a positive integer or null, got -3"),
+    ("s.h5 --no-kd --set model.bogus=1", 1, "model: unknown key(s) bogus"),
+    ("s.h5 --no-kd --set loss.alpha=-3", 1, "loss.alpha: must be a number >= 0, got -3.0"),
+    ("s.h5 --no-kd --set loss.temperature_start=0", 1, "loss.temperature_start: must be a number > 0"),
+    ("s.h5 --no-kd --set loss.alpha=0 --set loss.beta=0 --set loss.gamma=0", 1, "not all 0"),
+    ("s.h5 --arch neims-v1 --set model.n_blocks=-1", 1, "n_blocks"),
     ("s.h5 --arch neims-v1 -c {repo}/configs/distill/student-cpu-small.yaml", 1, "not --arch"),
     ("s.h5 --no-kd --resume", 1, "no checkpoints to resume"),      # refused before the data are loaded
 ])
@@ -146,7 +154,7 @@ def test_distill_exit_codes(shards: Path, repo_root: Path, args: str, code: int,
     r = CliRunner().invoke(app, ["distill", *shlex.split(args.format(repo=repo_root)),
                                  "--out-dir", "bad"])
     assert r.exit_code == code, r.output
-    assert text in r.stderr
+    assert text in r.stderr and "Traceback" not in r.stderr and " spectra, train " not in r.stderr
     assert not (shards / "bad").exists()          # no run directory left behind, not even empty
 
 

@@ -51,6 +51,10 @@ def test_loss_config_is_strict() -> None:
         TeacherLossConfig(lambda_bond=0.5)
     with pytest.raises(ConfigError, match="not both 0"):
         TeacherLossConfig(mse=0.0, cosine=0.0)
+    with pytest.raises(ConfigError, match=r"^loss.mse: must be a number >= 0, got nan$"):
+        TeacherLossConfig(mse=float("nan"))
+    with pytest.raises(ConfigError, match=r"^loss.cosine_mz_power: must be a number in \[0, 10\]"):
+        TeacherLossConfig(cosine_mz_power=-1.0)
 
 
 def test_loss_is_mse_in_sqrt_space_plus_optional_cosine(batch) -> None:

@@ -307,3 +307,19 @@ def test_distill_loss_config_is_strict() -> None:
         DistillLossConfig.from_dict({"betta": 0.4})
     with pytest.raises(ValueError, match="output space"):
         DistillLoss(space="log")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("alpha", -3.0, r"^loss.alpha: must be a number >= 0, got -3.0$"),
+    ("plain_cosine", float("inf"), r"^loss.plain_cosine: must be a number >= 0, got inf$"),
+    ("t0", 0.0, r"^loss.t0: must be a number > 0, got 0.0$"),
+    ("epochs", 0, r"^loss.epochs: must be an integer >= 1, got 0$"),
+    ("cosine_intensity_power", 11.0, r"^loss.cosine_intensity_power: must be a number in \[0, 10\]"),
+])
+def test_distill_loss_config_refuses_values_out_of_range(field, value, message) -> None:
+    """A negative weight reached GradNorm as a traceback (ValueError); now a ConfigError naming
+    the key, raised when the config is built."""
+    with pytest.raises(ConfigError, match=message):
+        DistillLossConfig(**{field: value})
+    with pytest.raises(ConfigError, match="not all 0"):
+        DistillLossConfig(alpha=0.0, beta=0.0, gamma=0.0)
