@@ -48,6 +48,23 @@ def check_config_or_usage(cmd: str, config: Path) -> None:
     check_inputs_or_usage(cmd, [config], label="--config", regular="not a regular file")
 
 
+def run_config(out_dir: Path) -> Path:
+    """The resolved ``config.yaml`` a training run keeps in its run directory."""
+    return Path(out_dir) / "config.yaml"
+
+
+def config_pairs(config: Path, out_dir: Path, resume: bool) -> list[tuple[str, Path]]:
+    """``--config`` as an input ``refuse_clobber`` protects, unless it is the run's own
+    ``config.yaml`` given with ``--resume`` (the run rewrites it with the same settings,
+    atomically: resuming with the settings the run kept is what that file is for)."""
+    from neimsctl.cli._common import input_pairs
+
+    own = run_config(out_dir)
+    if resume and own.is_file() and Path(config).is_file() and Path(config).samefile(own):
+        return []
+    return input_pairs([config], "--config")
+
+
 def check_run_dir(cmd: str, out_dir: Path, cfg: Any, resume: bool, *,
                   resumable: bool = False) -> None:
     """Before any work: without ``--resume``, exit 2 when ``out_dir`` already holds a training
@@ -111,8 +128,8 @@ def finish_run(cmd: str, result: Any, cfg: Any, out_dir: Path) -> None:
     """
     if result.interrupted:
         signum = getattr(result, "signal", None) or signal.SIGINT
-        eprint(cmd, f"interrupted ({signal.Signals(signum).name}); continue with --resume "
-               f"--out-dir {out_dir}")
+        eprint(cmd, f"interrupted ({signal.Signals(signum).name}); continue with the same "
+               f"command and --resume (the run's settings: -c {run_config(out_dir)})")
         raise typer.Exit(128 + signum)
     best = "n/a" if result.best_metric is None else f"{result.best_metric:.4f}"
     eprint(cmd, f"{result.epochs_done} epochs, {result.step} steps, best "

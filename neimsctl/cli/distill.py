@@ -11,10 +11,9 @@ import typer
 from neimsctl.cli._common import (Quiet, app, check_inputs_or_usage, command, input_pairs, refuse_clobber,
                                   setup_logging, usage_error)
 from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainVerbose,
-                                        check_config_or_usage, check_run_dir, config_option, config_sets,
-                                        finish_run,
-                                        run_dir_option,
-                                        run_dir_outputs, tidy_run_dir, train_log)
+                                        check_config_or_usage, check_run_dir, config_option,
+                                        config_pairs, config_sets, finish_run, run_config,
+                                        run_dir_option, run_dir_outputs, tidy_run_dir, train_log)
 
 CMD = "distill"
 #: Bundled profiles used when --config is not given (repo checkout / editable install).
@@ -75,6 +74,8 @@ def distill_cli(
     if teacher is not None and not teacher_feats:
         usage_error(CMD, "--teacher needs --teacher-feats (teacher-mode shards of the records)")
     sets = config_sets(overrides, {"train.device": device})
+    if config is None and resume and run_config(out_dir).is_file():
+        config = run_config(out_dir)            # --resume goes on with the run's own settings
     if config is None:
         config = Path(__file__).resolve().parents[2] / "configs/distill" / DEFAULT_CONFIGS[arch or "student"]
         if not config.is_file():
@@ -107,7 +108,7 @@ def distill_cli(
         refuse_clobber(CMD, input_pairs(paths) + input_pairs(teacher_feats or [], "--teacher-feats")
                        + input_pairs(map(Path, cfg.data.transfer), "--transfer")
                        + input_pairs([x for x in (teacher, soft) if x], "input")
-                       + input_pairs([config], "--config"), run_dir_outputs(out_dir))
+                       + config_pairs(config, out_dir, resume), run_dir_outputs(out_dir))
         # a run to resume is there, or (with --teacher) a directory whose soft labels were
         # interrupted before training began
         check_run_dir(CMD, out_dir, cfg, resume, resumable=teacher is not None and out_dir.is_dir())

@@ -10,9 +10,8 @@ import typer
 from neimsctl.cli._common import (Quiet, app, check_inputs_or_usage, command, input_pairs, refuse_clobber,
                                   setup_logging, usage_error)
 from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainVerbose,
-                                        check_config_or_usage, check_run_dir, config_option, config_sets,
-                                        finish_run,
-                                        run_dir_option,
+                                        check_config_or_usage, check_run_dir, config_option,
+                                        config_pairs, config_sets, finish_run, run_dir_option,
                                         run_dir_outputs, tidy_run_dir, train_log)
 
 CMD = "finetune"
@@ -54,7 +53,7 @@ def finetune_cli(
             usage_error(CMD, "no shards: give FEATS.h5 arguments or set data.train in the config")
         check_inputs_or_usage(CMD, [*paths, *([init] if init else [])], regular="not a regular file")
         refuse_clobber(CMD, input_pairs(paths) + input_pairs([init] if init else [], "--init")
-                       + input_pairs([config], "--config"), run_dir_outputs(out_dir))
+                       + config_pairs(config, out_dir, resume), run_dir_outputs(out_dir))
         check_run_dir(CMD, out_dir, cfg, resume)
         from neimsctl.train.finetune import run_finetune
 

@@ -11,9 +11,9 @@ import typer
 from neimsctl.cli._common import (EXIT_FAIL, InPaths, Quiet, app, check_inputs_or_usage, command, eprint,
                                   input_pairs, refuse_clobber, require_input_or_usage,
                                   setup_logging)
-from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainVerbose, check_config_or_usage,
-                                        check_run_dir,
-                                        config_option, config_sets, finish_run, run_dir_option,
+from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainVerbose,
+                                        check_config_or_usage, check_run_dir, config_option,
+                                        config_pairs, config_sets, finish_run, run_dir_option,
                                         run_dir_outputs, tidy_run_dir, train_log)
 
 CMD = "pretrain"
@@ -66,7 +66,7 @@ def pretrain_cli(
     sets = config_sets(overrides, {"train.device": device, "data.max_records": max_molecules,
                                    "train.steps_per_epoch": steps_per_epoch})
     check_config_or_usage(CMD, config)
-    refuse_clobber(CMD, input_pairs(paths) + input_pairs([config], "--config"),
+    refuse_clobber(CMD, input_pairs(paths) + config_pairs(config, out_dir, resume),
                    run_dir_outputs(out_dir, ("rejects.jsonl",)))
     with command(CMD), tidy_run_dir(out_dir):
         check_inputs_or_usage(CMD, [p for p in paths if str(p) != "-"], regular="not a regular file")

@@ -317,12 +317,29 @@ class Trainer:
         if changed:
             print(f"neimsctl: warning: resume: train.{', train.'.join(changed)} differ from the "
                   "checkpoint; the run will not replay exactly", file=self.log)
+        self._check_schedule_length(ckpt, old)
         ck.restore(ckpt, model=self.model, optimizer=self.opt, scheduler=self.sched,
                    scaler=self.scaler, loss_fn=self.loss_fn)
         self.step, self.best, self.history = ckpt["step"], ckpt["best_metric"], ckpt["history"]
         print(f"neimsctl: resumed from {path} (epoch {ckpt['epoch']}, batch {ckpt['batch']}, "
               f"step {self.step})", file=self.log)
         return ckpt["epoch"], ckpt["batch"], ckpt["extra"].get("epoch_acc") or {}
+
+    def _check_schedule_length(self, ckpt: dict, old_train: dict) -> None:
+        """Refuse to lengthen a run whose learning-rate schedule has a fixed length (one-cycle,
+        cosine): its restored state keeps the old length, and stepping past it was a
+        traceback (OneCycleLR) or a second, unplanned cycle (cosine)."""
+        saved = ckpt.get("scheduler") or {}
+        for key in ("total_steps", "T_max"):
+            if self.sched is None or key not in saved or not hasattr(self.sched, key):
+                continue
+            if int(getattr(self.sched, key)) > int(saved[key]):
+                was = old_train.get("epochs")
+                raise ConfigError(
+                    f"train.epochs: the run's {self.cfg.schedule.name} learning-rate schedule was "
+                    f"laid out for {was} epochs ({saved[key]} steps) and cannot be lengthened on "
+                    f"--resume (asked: {self.t.epochs} epochs); resume with train.epochs={was}, or "
+                    "start a new run")
 
     def _latest_checkpoint(self) -> tuple[Path, dict] | None:
         """``(path, checkpoint)`` to resume from: ``interrupted.pt``, or ``last.pt`` when there

@@ -74,7 +74,8 @@ def test_signal_checkpoints_and_exits_128_plus_the_signal(shard: Path, sig: int)
     err = proc.stderr.read().decode()
     assert "Traceback" not in err
     name = signal.Signals(sig).name
-    assert f"neimsctl distill: interrupted ({name}); continue with --resume --out-dir {out}" in err
+    assert (f"neimsctl distill: interrupted ({name}); continue with the same command and --resume "
+            f"(the run's settings: -c {out}/config.yaml)") in err
     ckpts = {p.name for p in (shard / out / "checkpoints").iterdir()}
     assert "interrupted.pt" in ckpts or "last.pt" in ckpts   # mid-epoch, or at its end
     assert f"interrupted ({name})" in err.splitlines()[-1]
@@ -105,3 +106,30 @@ def test_kill_9_leaves_no_loader_worker_and_no_traceback(shard: Path) -> None:
     assert not left, f"loader workers {left} outlived the killed distill"
     time.sleep(1.5)  # a worker's dying words would be written by now
     assert b"Traceback" not in proc.stderr.read()
+
+
+def test_resume_goes_on_with_the_runs_own_settings(shard: Path) -> None:
+    """distill --resume without -c reads the run's config.yaml (it built the default 49M-param
+    student and failed on the checkpoint); -c RUN/config.yaml with --resume is accepted (it was
+    refused as an input the run would overwrite); without --resume it still is."""
+    def distill(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["neimsctl", "distill", "-q", "s.h5", "--no-kd", *args], cwd=shard,
+                              capture_output=True, timeout=300)
+
+    p = distill(*TINY[1:], "--set", "train.epochs=1", "--out-dir", "cycle")
+    assert p.returncode == 0, p.stderr
+    p = distill("--resume", "--set", "train.epochs=2", "--out-dir", "cycle")     # one-cycle: fixed
+    assert p.returncode == 1 and p.stderr.decode().splitlines() == [
+        "neimsctl distill: train.epochs: the run's onecycle learning-rate schedule was laid out for "
+        "1 epochs (15 steps) and cannot be lengthened on --resume (asked: 2 epochs); resume with "
+        "train.epochs=1, or start a new run"], p.stderr
+    p = distill(*TINY[1:], "--set", "schedule.name=none", "--set", "train.epochs=1", "--out-dir", "own")
+    assert p.returncode == 0, p.stderr
+    p = distill("--resume", "--set", "train.epochs=2", "--out-dir", "own")
+    assert p.returncode == 0 and b"2 epochs" in p.stderr.splitlines()[-1], p.stderr
+    p = distill("-c", "own/config.yaml", "--resume", "--set", "train.epochs=3", "--out-dir", "own")
+    assert p.returncode == 0 and b"3 epochs" in p.stderr.splitlines()[-1], p.stderr
+    log = [orjson.loads(x) for x in (shard / "own/train_log.jsonl").read_bytes().splitlines()]
+    assert sorted({r["epoch"] for r in log if r["kind"] == "epoch"}) == [1, 2, 3]
+    p = distill("-c", "own/config.yaml", "--out-dir", "own")
+    assert p.returncode == 2 and b"is the same file as --config own/config.yaml" in p.stderr
