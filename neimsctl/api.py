@@ -101,7 +101,7 @@ class SpectrumPredictor:
         Optional settings: ``batch_size`` (1024), ``precision`` (``auto``; ``fp32``, ``bf16``,
         ``int8``), ``mc_samples`` (30, teacher uncertainty), ``threads`` (torch threads),
         ``average`` (an ensemble's averaging space: ``linear`` or ``sqrt``; default: the
-        ensemble file's own, else ``linear``).
+        ensemble files' own when every model is one and they agree, else ``linear``).
         ``auto`` resolves as in ``neimsctl predict`` (student on a CPU with native bf16:
         ``bf16``). A single model at ``{"precision": "int8"}`` trades identical-to-the-CLI
         spectra for ~0.3 ms less single-molecule latency; an ensemble (the shipped default)

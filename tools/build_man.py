@@ -11,6 +11,7 @@ man/src/<cmd>.md (sections `## DESCRIPTION`, `## EXAMPLES`, optional others). Ne
 
 from __future__ import annotations
 
+import enum
 import re
 import sys
 from pathlib import Path
@@ -94,7 +95,8 @@ def option_lines(cmd) -> list[str]:
         metavar = "" if flag else f" \\fI{esc(p.metavar or p.name.upper())}\\fR"
         help_text = inline(p.help or "")
         if p.default not in (None, False, ()) and not flag and p.show_default is not False:
-            help_text += f" Default: {esc(str(p.default))}."
+            default = p.default.value if isinstance(p.default, enum.Enum) else p.default
+            help_text += f" Default: {esc(str(default))}."      # 'msp', not 'OutFmt.msp'
         lines.append(f".TP\n{names}{metavar}\n{help_text}")
     lines.append(".TP\n\\fB\\-h\\fR, \\fB\\-\\-help\\fR\nShow the usage and exit 0.")
     return lines
@@ -112,10 +114,18 @@ def exit_status() -> list[str]:
     return rows
 
 
+def one_line(help_text: str | None) -> str:
+    """The first line of a command's help, for NAME and the umbrella page's list, without the
+    'See neimsctl-CMD(1).' that a one-line help ends with (a man page naming itself as where
+    to look)."""
+    first = (help_text or "").strip().splitlines()[0] if (help_text or "").strip() else ""
+    return re.sub(r"\s*See neimsctl-[a-z0-9]+\(1\)\.?$", "", first)
+
+
 def render_command(name: str, cmd) -> str:
     src = SRC / f"{name}.md"
     secs = sections(src.read_text()) if src.exists() else {}
-    short = (cmd.help or "").strip().splitlines()[0].rstrip(".") if cmd.help else name
+    short = one_line(cmd.help).rstrip(".") or name
     args = " ".join(f"[{esc(p.name.upper())}...]" if p.nargs == -1 else esc(p.name.upper())
                     for p in cmd.params if p.param_type_name == "argument")
     page = header(name, f"NEIMSCTL-{name.upper()}")
@@ -140,7 +150,7 @@ def render_umbrella(commands: dict) -> str:
              ".SH DESCRIPTION", md_to_roff(secs.pop("DESCRIPTION"))]
     page.append(".SH COMMANDS")
     for name, cmd in commands.items():
-        short = (cmd.help or "").strip().splitlines()[0] if cmd.help else ""
+        short = one_line(cmd.help)
         page.append(f".TP\n\\fBneimsctl\\-{esc(name)}\\fR(1)\n{esc(short)}")
     for key in [k for k in secs if k != "EXAMPLES"]:
         page += [f".SH {key}", md_to_roff(secs[key])]

@@ -65,10 +65,14 @@ mark_done() { touch "$out/.done-$1"; }
 train() {
     local step="$1" dir="$2"; shift 2
     if done_marker "$step"; then log "$step: done before, skipped"; return; fi
-    local resume=()
+    local resume=() state
+    state="$(python3 "$here/tools/run_state.py" "$dir")"
+    # a run that finished but was stopped before its marker was written (a kill between the
+    # two): done; the training commands would refuse its directory without --resume
+    if [ "$state" = done ]; then mark_done "$step"; log "$step: done before, skipped"; return; fi
     # a run in $dir (a checkpoint, or the log of one killed before its first checkpoint) is
     # continued: without --resume the training commands refuse a directory that holds a run
-    if [ "$(python3 "$here/tools/run_state.py" "$dir")" = partial ]; then
+    if [ "$state" = partial ]; then
         resume=(--resume); log "$step: resuming in $dir"
     else
         log "$step"

@@ -338,7 +338,7 @@ class RowBuilder:
                 rec["id"] = str(rec["id"])
             bad = [k for k in TEXT_FIELDS if rec.get(k) is not None and type(rec[k]) is not str]
             rid = rec.get("id") if type(rec.get("id")) is str else None
-            rid = clean_text(rid) if rid else f"{_stem(it.file)}:{it.ordinal}"
+            rid = clean_text(rid) if rid else f"{_stem(it.file)}:{it.nth or it.ordinal + 1}"
             name = clean_text(rec["name"]) if type(rec.get("name")) is str else None
             schema = rec.get("schema")
             if schema is not None and schema not in KNOWN_SCHEMAS:   # as index and search do
@@ -448,7 +448,7 @@ def crashed(it: Item, why: str) -> Rejected:
         except orjson.JSONDecodeError:
             rec = None
         if isinstance(rec, dict):
-            rid = str(rec.get("id") or f"{_stem(it.file)}:{it.ordinal}")
+            rid = str(rec.get("id") or f"{_stem(it.file)}:{it.nth or it.ordinal + 1}")
             name = str(rec.get("name") or "") or None
     elif it.kind == "sdf":
         name = it.raw.decode("utf-8", "replace").split("\n", 1)[0].strip() or None

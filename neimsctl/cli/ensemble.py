@@ -73,7 +73,7 @@ def ensemble_cli(
 
         info = write_ensemble(models, output, average=average.value if average else None,
                               weights="fp32" if fp32 else "int8" if int8 else "fp16",
-                              include=include or ())
+                              include=include or (), log=sys.stderr)
         shas = [m["sha256"] for m in info["members"]]
         for sha in sorted({s for s in shas if shas.count(s) > 1}):
             labels = ", ".join(m["label"] for m in info["members"] if m["sha256"] == sha)

@@ -94,8 +94,9 @@ def predict_cli(
     average: Annotated[Optional[Average], typer.Option(
         "--average", help="How an ensemble averages its members' spectra: linear (mean "
                           "intensity) or sqrt (mean of the square roots, squared). Default: the "
-                          "ensemble file's own, else linear (measured best on the validation "
-                          "split).")] = None,
+                          "ensemble files' own when every --model is one and they agree (as "
+                          "neimsctl ensemble decides), else linear (measured best on the "
+                          "validation split).")] = None,
     fmt: Annotated[OutFmt, typer.Option("--format", "-O", help="Output format.")] = OutFmt.msp,
     in_fmt: Annotated[InFmt | None, typer.Option(
         "--input-format", "-I", help="Input format (default: detected per file: SDF/MOL, "

@@ -11,7 +11,7 @@ import typer
 
 from neimsctl.cli._common import (NoProvenance, fail, Quiet, Verbose, app, check_inputs_or_usage, command, eprint,
                                   input_pairs, output_pair, refuse_clobber, setup_logging,
-                                  usage_error)
+                                  usage_error, warn_repeated)
 
 CMD = "shards"
 shards_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
@@ -72,12 +72,14 @@ def merge_cli(
         usage_error(f"{CMD} merge", "-o must name a file (HDF5 needs seek)")
     check_inputs_or_usage(f"{CMD} merge", files)
     refuse_clobber(f"{CMD} merge", input_pairs(files), [output_pair("-o", out)])
+    warn_repeated(f"{CMD} merge", "input", files, "its rows are written that many times")
     with command(f"{CMD} merge"):
         from neimsctl.io.featsource import merge_shards
         from neimsctl.io.provenance import provenance
 
         try:
-            n = merge_shards(files, out, attrs=provenance(not no_provenance))
+            n = merge_shards(files, out, attrs=provenance(not no_provenance),
+                             warn=lambda what: eprint(f"{CMD} merge", f"warning: {what}"))
         except OSError as exc:
             fail(f"{CMD} merge", str(exc.filename or out), exc.strerror or str(exc))
         if not quiet:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -84,14 +84,41 @@ def list_features(paths: Sequence[str | os.PathLike]) -> list[ShardInfo]:
     return out
 
 
+def shard_tag(tag: Any) -> tuple[int, int] | None:
+    """``(K, N)`` of a ``shard`` attribute ``"K/N"`` with ``1 <= K <= N``; None for anything else
+    (absent, or a value no ``featurize --shard`` writes)."""
+    parts = tag.split("/") if isinstance(tag, str) else []
+    if len(parts) != 2 or not all(x.isascii() and x.isdigit() for x in parts):
+        return None
+    k, n = int(parts[0]), int(parts[1])
+    return (k, n) if 1 <= k <= n else None
+
+
 def is_shard_set(sources: Sequence[FeatureSource]) -> bool:
     """True when the sources are exactly shards ``1/N .. N/N`` of one ``--shard`` split."""
-    tags = [s.attrs.get("shard") for s in sources]
-    if any(not isinstance(t, str) or "/" not in t for t in tags):
+    pairs = [shard_tag(s.attrs.get("shard")) for s in sources]
+    if not pairs or any(p is None for p in pairs):
         return False
-    pairs = sorted(tuple(int(x) for x in str(t).split("/")) for t in tags)
-    n = pairs[0][1]
-    return pairs == [(k, n) for k in range(1, n + 1)]
+    n = pairs[0][1]  # type: ignore[index]
+    return sorted(pairs) == [(k, n) for k in range(1, n + 1)]  # type: ignore[type-var]
+
+
+def shard_set_gap(sources: Sequence[FeatureSource]) -> str | None:
+    """Why inputs that all carry ``--shard K/N`` tags are no complete set (a part missing or
+    given twice): they are then concatenated, not interleaved; None when that is not the case."""
+    pairs = [shard_tag(s.attrs.get("shard")) for s in sources]
+    if len(pairs) < 2 or any(p is None for p in pairs) or is_shard_set(sources):
+        return None
+    ns = sorted({p[1] for p in pairs})  # type: ignore[index]
+    if len(ns) > 1:
+        return f"their --shard tags are of different splits (/{', /'.join(map(str, ns))})"
+    n = ns[0]
+    ks = [p[0] for p in pairs]  # type: ignore[index]
+    missing = [f"{k}/{n}" for k in range(1, n + 1) if k not in ks]
+    twice = sorted({f"{k}/{n}" for k in ks if ks.count(k) > 1})
+    why = [f"{', '.join(missing)} missing"] if missing else []
+    why += [f"{', '.join(twice)} given more than once"] if twice else []
+    return f"their --shard tags are no complete set of 1/{n} .. {n}/{n} ({'; '.join(why)})"
 
 
 def _interleave(sources: Sequence[FeatureSource], mode: str,
@@ -115,8 +142,12 @@ def _interleave(sources: Sequence[FeatureSource], mode: str,
 
 
 def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *,
-                 attrs: dict[str, Any] | None = None, size: int = 4096) -> int:
+                 attrs: dict[str, Any] | None = None, size: int = 4096,
+                 warn: Callable[[str], None] | None = None) -> int:
     """Merge HDF5 shards and/or zblock streams into one HDF5 shard at ``out``.
+
+    ``warn`` is told when the inputs carry ``--shard`` tags that are no complete set (see
+    :func:`shard_set_gap`): they are concatenated in the order given, not interleaved.
 
     Returns
     -------
@@ -136,6 +167,10 @@ def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *,
         if (s.mode, s.settings_hash) != (first.mode, first.settings_hash):
             raise FormatError(f"{s.path}: mode/settings hash {s.mode}/{s.settings_hash} differ from "
                               f"{first.path}: {first.mode}/{first.settings_hash}; refusing to merge")
+    gap = shard_set_gap(sources)
+    if gap is not None and warn is not None:
+        warn(f"{gap}: the inputs are concatenated in the order given, not interleaved into "
+             f"input order")
     blocks = _interleave(sources, first.mode, size) if is_shard_set(sources) and len(sources) > 1 \
         else (b for s in sources for b in s.blocks(size))
     with ShardWriter(out, first.mode, first.settings, first.settings_hash, attrs) as w:

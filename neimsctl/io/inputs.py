@@ -29,13 +29,16 @@ _HEAD = 4  # lines that may hold an SDF counts line
 
 
 class Item(NamedTuple):
-    """One input record as read: global ordinal, source file and line, kind and raw bytes."""
+    """One input record as read: global ordinal, source file and line, kind and raw bytes, and
+    its position in its own file (``nth``, 1-based as a record's ``source.ordinal``; 0: not
+    known, e.g. an item the API makes)."""
 
     ordinal: int
     file: str
     line: int
     kind: str          # "jsonl", "smi" or "sdf"
     raw: bytes
+    nth: int = 0
 
 
 def sniff_format(head: Sequence[bytes], formats: Sequence[str] = INPUT_FORMATS) -> str:
@@ -99,6 +102,7 @@ def iter_items(paths: Iterable[str | os.PathLike], input_format: str | None = No
 
     for path in paths:
         name = display_name(path)
+        first = ordinal          # the file's records are nth = ordinal - first + 1
         with open_in(path) as fh:
             kind, lines = _sniffed(fh, input_format, formats)
             if kind == "msp":
@@ -112,13 +116,13 @@ def iter_items(paths: Iterable[str | os.PathLike], input_format: str | None = No
                 for lineno, raw in enumerate(lines, start=1):
                     if raw.startswith(b"$$$$"):
                         if keep():
-                            yield Item(ordinal, name, start, "sdf", b"".join(buf))
+                            yield Item(ordinal, name, start, "sdf", b"".join(buf), ordinal - first + 1)
                         ordinal, buf, start = ordinal + 1, [], lineno + 1
                     else:
                         buf.append(raw)
                 if b"".join(buf).strip():
                     if keep():
-                        yield Item(ordinal, name, start, "sdf", b"".join(buf))
+                        yield Item(ordinal, name, start, "sdf", b"".join(buf), ordinal - first + 1)
                     ordinal += 1
                 continue
             for lineno, raw in enumerate(lines, start=1):
@@ -126,7 +130,7 @@ def iter_items(paths: Iterable[str | os.PathLike], input_format: str | None = No
                 if not text or (kind == "smi" and text.startswith(b"#")):
                     continue
                 if keep():
-                    yield Item(ordinal, name, lineno, kind, text)
+                    yield Item(ordinal, name, lineno, kind, text, ordinal - first + 1)
                 ordinal += 1
 
 

@@ -20,7 +20,7 @@ import os
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TextIO
 
 import numpy as np
 import torch
@@ -31,7 +31,8 @@ from neimsctl.models.student_stack import StudentStack
 from neimsctl.predict.model import (LoadedModel, below_min_mz_cleared, linear_base_one, predict_block,
                                     student_input_key, student_rows, student_spectra)
 
-__all__ = ["LoadedEnsemble", "average_spectra", "ensemble_average", "DEFAULT_AVERAGE"]
+__all__ = ["LoadedEnsemble", "average_spectra", "ensemble_average", "overruled_averages",
+           "DEFAULT_AVERAGE"]
 
 #: The averaging space of an ensemble given as several ``--model`` (or bundled without
 #: ``--average``): measured on the validation split (the GNN teacher + three students: Recall@10
@@ -54,6 +55,19 @@ def ensemble_average(average: str | None, files: Sequence[dict[str, Any]] = ()) 
         return average
     own = {str(f.get("average")) for f in files}
     return own.pop() if len(own) == 1 else DEFAULT_AVERAGE
+
+
+def overruled_averages(average: str | None, chosen: str,
+                       files: Sequence[tuple[str, dict[str, Any]]]) -> str | None:
+    """What to warn when ensemble files among the models were made with another average than
+    the ``chosen`` one and no ``average`` was asked for (files that disagree, or a plain
+    checkpoint beside them: :func:`ensemble_average` falls back to its default); else None."""
+    own = [(name, str(ckpt.get("average"))) for name, ckpt in files]
+    if average is not None or all(v == chosen for _, v in own):
+        return None
+    return (f"the ensemble files' own averages ({', '.join(f'{n}: {v}' for n, v in own)}) are "
+            f"not used: the members are averaged {chosen} (the default when the models are not "
+            f"all ensemble files of one average; --average to choose)")
 
 
 def average_spectra(spectra: np.ndarray, average: str) -> np.ndarray:
@@ -255,7 +269,8 @@ def include_problem(include: str | Path, out: str | Path) -> str | None:
 
 
 def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str | None = None,
-                   weights: str = "fp16", include: Sequence[str | Path] = ()) -> dict[str, Any]:
+                   weights: str = "fp16", include: Sequence[str | Path] = (),
+                   log: TextIO | None = None) -> dict[str, Any]:
     """Write one ensemble file (``neimsctl.ensemble/1``; ``/2`` with int8 weights) of the
     models ``specs`` names, their weights stored as ``weights`` (``fp32``: as trained, ``fp16``
     or ``int8``: :func:`~neimsctl.models.checkpoint.slim_member`).
@@ -270,6 +285,7 @@ def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str
     ``include``: files (checkpoints or ensemble files) that must lie beside ``out``, whose
     members the file takes over when it is loaded without holding a copy (format ``/3``: the
     file name and sha256 of each; the shipped teacher includes the shipped student this way).
+    ``log`` is told when the ensemble files' own averages are not used (:func:`overruled_averages`).
 
     Returns
     -------
@@ -296,7 +312,7 @@ def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str
         ckpt = load_checkpoint(path, map_location="cpu", ensemble=True)
         sha = file_sha(path, full=True)
         if is_ensemble(ckpt):
-            files.append(ckpt)
+            files.append((path.name, ckpt))
         given = ckpt["members"] if is_ensemble(ckpt) else [ckpt]
         for i, one in enumerate(given, 1):
             where = member_source(one, path, i) if len(given) > 1 or one is not ckpt else path
@@ -336,6 +352,10 @@ def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str
     if len(summary) > MAX_MEMBERS:                  # what a reader would refuse
         raise ConfigError(f"{len(summary)} members (with the included files' members): an "
                           f"ensemble holds at most {MAX_MEMBERS}")
-    average = ensemble_average(average, files if len(files) == len(specs) else ())
+    chosen = ensemble_average(average, [c for _, c in files] if len(files) == len(specs) else ())
+    said = overruled_averages(average, chosen, files)
+    if said is not None and log is not None:
+        print(f"neimsctl: warning: {said}", file=log, flush=True)
+    average = chosen
     save_checkpoint(out, build_ensemble(members, average=average, include=refs))
     return {"members": summary, "average": average, "bytes": Path(out).stat().st_size}

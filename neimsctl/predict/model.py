@@ -228,8 +228,10 @@ def load_model(spec: str | Path | Sequence[str | Path] = "student", *, device: s
     file (``neimsctl ensemble``): the result is then a
     :class:`~neimsctl.predict.ensemble.LoadedEnsemble` of every member (ensemble files given
     among several models are flattened into their members), averaged in ``average``
-    (``linear`` or ``sqrt``; default: the ensemble file's own, else
-    :data:`~neimsctl.predict.ensemble.DEFAULT_AVERAGE`).
+    (``linear`` or ``sqrt``; default: the ensemble files' own when every model is one and
+    they agree, as ``neimsctl ensemble`` decides, else
+    :data:`~neimsctl.predict.ensemble.DEFAULT_AVERAGE`; a warning on ``log`` when that
+    overrules an ensemble file's own).
     ``precision="auto"`` resolves by :func:`neimsctl.models.quantize.resolve_precision`, for
     each member by its architecture.
 
@@ -267,9 +269,18 @@ def load_model(spec: str | Path | Sequence[str | Path] = "student", *, device: s
     _warn_included_twice(paths, files, log)
     from neimsctl.predict.ensemble import LoadedEnsemble, ensemble_average
 
+    from neimsctl.predict.ensemble import overruled_averages
+
+    # the ensemble files' own average only when every model is one and they agree: the rule
+    # of `neimsctl ensemble`, so `-m A -m B` predicts what the bundle of A and B predicts
+    chosen = ensemble_average(average, [f[1] for f in files] if len(files) == len(specs) else ())
+    said = overruled_averages(average, chosen, [(p.name, c) for p, c, _ in files])
+    if said is not None:
+        print(f"neimsctl: warning: {said}", file=log, flush=True)
+
     whole = files[0] if len(specs) == 1 else None
     return LoadedEnsemble(
-        members=members, average=ensemble_average(average, [f[1] for f in files]),
+        members=members, average=chosen,
         label=str(specs[0]) if whole else "+".join(str(s) for s in specs),
         path=whole[0] if whole else None,
         sha=(str(whole[2].get("sha256", ""))[:12] or file_sha(whole[0])) if whole else "",

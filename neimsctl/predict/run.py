@@ -71,8 +71,7 @@ class Featurizer:
             from rdkit import Chem
 
             smi = Chem.MolToSmiles(mol)
-            ready.append(Item(it.ordinal, it.file, it.line, "smi",
-                              f"{smi} {title}".strip().encode("utf-8")))
+            ready.append(it._replace(kind="smi", raw=f"{smi} {title}".strip().encode("utf-8")))
         block, rejects = self.builder.build(ready)
         if self.extra_v1:
             block["morgan_counts"] = _morgan_counts(block["smiles"])

@@ -73,6 +73,29 @@ def test_an_ensemble_file_predicts_as_its_members_given_as_several_models(
     assert b"model=ens.pt sha256:" in msp.stdout and b"linear of 2" in msp.stdout
 
 
+def test_a_sqrt_ensemble_beside_a_checkpoint_averages_as_their_bundle_does(
+        neimsctl_exe: str, members: tuple[Path, Path], tmp_path: Path) -> None:
+    # predict -m SQRT.pt -m b.pt averaged in sqrt (the file's own), while the bundle of the
+    # same two (neimsctl ensemble SQRT.pt b.pt) averages linear: one set of models, two spectra
+    a, b = members
+    sq = tmp_path / "sq.pt"
+    assert run(neimsctl_exe, "ensemble", str(a), "-o", str(sq), "--fp32", "--average",
+               "sqrt", "-q").returncode == 0
+    both = tmp_path / "both.pt"
+    made = run(neimsctl_exe, "ensemble", str(sq), str(b), "-o", str(both), "--fp32")
+    assert made.returncode == 0 and b"2 members, linear average" in made.stderr
+    assert b"warning: the ensemble files' own averages (sq.pt: sqrt) are not used" in made.stderr
+    common = ("-O", "jsonl", "--precision", "fp32", "--threads", "1")
+    by_list = run(neimsctl_exe, "predict", "-m", str(sq), "-m", str(b), *common, stdin=SMI)
+    by_file = run(neimsctl_exe, "predict", "-m", str(both), *common, stdin=SMI)
+    assert b"(sq.pt: sqrt) are not used: the members are averaged linear" in by_list.stderr
+    assert b"warning" not in by_file.stderr
+    assert spectra(by_list.stdout) == spectra(by_file.stdout)
+    asked = run(neimsctl_exe, "predict", "-m", str(sq), "-m", str(b), "--average", "sqrt",
+                *common, stdin=SMI)
+    assert b"warning" not in asked.stderr and spectra(asked.stdout) != spectra(by_file.stdout)
+
+
 def test_int8_ensemble_through_the_cli(neimsctl_exe: str, members: tuple[Path, Path],
                                        tmp_path: Path) -> None:
     """ensemble --int8 -> a neimsctl.ensemble/2 file a quarter of float32 that predict reads,

@@ -116,6 +116,16 @@ def test_merge_refuses_mismatched_settings(tmp_path: Path) -> None:
     assert not (tmp_path / "m.h5").exists()
 
 
+def test_merge_warns_of_a_missing_or_repeated_part(tmp_path: Path) -> None:
+    (tmp_path / "in.smi").write_bytes(SMI)
+    p = sh("neimsctl featurize -q --shard 1/2 -o s1.h5 in.smi; "
+           "neimsctl shards merge -o m.h5 s1.h5 ./s1.h5", tmp_path)
+    err = p.stderr.decode()
+    assert p.returncode == 0 and (tmp_path / "m.h5").exists(), err
+    assert "input s1.h5: the same file given 2 times: its rows are written that many times" in err
+    assert "no complete set of 1/2 .. 2/2 (2/2 missing; 1/2 given more than once)" in err
+
+
 def test_usage_errors_and_strict(tmp_path: Path) -> None:
     p = sh("neimsctl featurize --shard 3/2 -o x.h5", tmp_path, SMI)
     assert p.returncode == 2 and "K <= N" in p.stderr.decode()

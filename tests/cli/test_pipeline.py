@@ -44,3 +44,11 @@ def test_demo_runs_every_step_and_a_second_run_resumes(repo_root: Path, sample_m
     for step in (b"msp2jsonl: done before", b"pretrain: done before", b"finetune: done before",
                  b"softlabel: done before", b"distill: done before"):
         assert step in again.stderr
+    # a kill after a training step finished but before its marker was written: the next run
+    # takes the finished run as done (it was exit 2: "holds a training run; give --resume")
+    for step in ("pretrain", "distill"):
+        (out / f".done-{step}").unlink()
+    third = drive(repo_root, sample_msp, "--demo", "-o", out, timeout=300)
+    assert third.returncode == 0, third.stderr.decode()[-2000:]
+    assert b"pretrain: done before" in third.stderr and b"distill: done before" in third.stderr
+    assert (out / ".done-distill").exists()

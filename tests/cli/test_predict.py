@@ -110,6 +110,22 @@ def test_jsonl_shape_and_rejects_file(ckpt, tmp_path):
     assert [(b["line"], b["reason"]) for b in bad] == [(2, "unparsable_smiles"), (6, "unparsable_smiles")]
 
 
+def test_records_without_id_are_named_as_index_and_search_name_them(ckpt, tmp_path):
+    # they were <stem>:<0-based ordinal across all inputs> here and in featurize, but
+    # <stem>:<1-based place in the file> in index, search and eval: one record, two ids
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_bytes(b'{"smiles": "CCO"}\n\n{"smiles": "CCN"}\n')
+    b.write_bytes(b'{"smiles": 5}\n{"smiles": "CCC"}\n')
+    rej = tmp_path / "rej.jsonl"
+    res = invoke("-m", str(ckpt), "-O", "jsonl", "--rejects", str(rej), str(a), str(b))
+    assert res.exit_code == 1
+    assert [orjson.loads(x)["id"] for x in res.stdout_bytes.splitlines()] == ["a:1", "a:2", "b:2"]
+    assert [orjson.loads(x)["id"] for x in rej.read_bytes().splitlines()] == ["b:1"]
+    from neimsctl.io.spectrum_records import read_spectrum_records
+
+    assert [r.id for r in read_spectrum_records(a)] == ["a:1", "a:2"]
+
+
 def test_sdf_input(ckpt, tmp_path):
     path = tmp_path / "m.sdf"
     path.write_bytes(SDF)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -38,6 +39,18 @@ def test_man_page_mentions_every_option(repo_root, name):
             for opt in param.opts:
                 assert opt in text, f"{page.name} does not mention {opt}"
     assert "EXIT STATUS" in text and "EXAMPLES" in text
+
+
+def test_man_pages_show_choice_defaults_as_typed_and_name_no_page_after_itself(repo_root):
+    # '--format' read "Default: OutFmt.msp." (the enum, not what one types), and
+    # neimsctl-shards(1)'s NAME line ended "See neimsctl-shards(1)"
+    for page in sorted((repo_root / "man").glob("*.1")):
+        text = page.read_text().replace("\\-", "-")
+        assert not re.search(r"Default: [A-Z][A-Za-z]*\.[a-z]", text), page.name
+        name = text.split(".SH NAME\n", 1)[1].split("\n", 1)[0]
+        assert "See neimsctl" not in name, page.name
+    predict = (repo_root / "man" / "neimsctl-predict.1").read_text()
+    assert "Output format. Default: msp." in predict
 
 
 def test_man_pages_are_fresh(repo_root):

@@ -118,6 +118,27 @@ def test_merge_concatenates_non_shard_sets_and_refuses_mismatch(tmp_path: Path) 
     assert not (tmp_path / "bad.h5").exists()
 
 
+def test_merge_warns_of_an_incomplete_shard_set_and_survives_a_foreign_tag(tmp_path: Path) -> None:
+    whole = make_block("student", 0, 12)
+    parts = []
+    for k in range(3):
+        sel = np.flatnonzero(whole["ordinal"] % 3 == k)
+        parts.append(write(tmp_path / f"p{k + 1}.h5", "student", [take_rows(whole, sel, "student")],
+                           shard=f"{k + 1}/3"))
+    said: list[str] = []
+    assert merge_shards([parts[2], parts[0]], tmp_path / "gap.h5", warn=said.append) == 8
+    assert len(said) == 1 and "2/3 missing" in said[0] and "concatenated" in said[0]
+    said.clear()
+    assert merge_shards([parts[0], *parts], tmp_path / "twice.h5", warn=said.append) == 16
+    assert len(said) == 1 and "1/3 given more than once" in said[0]
+    said.clear()
+    assert merge_shards(parts, tmp_path / "set.h5", warn=said.append) == 12 and said == []
+    # a shard attribute no featurize writes was a ValueError traceback; now: not a set
+    odd = write(tmp_path / "odd.h5", "student", [make_block("student", 0, 3)], shard="a/3")
+    assert merge_shards([odd, parts[1]], tmp_path / "odd_m.h5", warn=said.append) == 7
+    assert said == []
+
+
 def test_reader_rejects_foreign_hdf5(tmp_path: Path) -> None:
     import h5py
 

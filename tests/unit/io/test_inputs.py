@@ -32,8 +32,8 @@ def test_smiles_lines_skip_blank_and_comment_lines_and_number_across_files(tmp_p
     a = _write(tmp_path / "a.smi", b"# header\nCCO ethanol\n\n  c1ccccc1  \n")
     b = _write(tmp_path / "b.smi", b"CCN\n")
     items = list(iter_items([a, b]))
-    assert items == [Item(0, str(a), 2, "smi", b"CCO ethanol"), Item(1, str(a), 4, "smi", b"c1ccccc1"),
-                     Item(2, str(b), 1, "smi", b"CCN")]
+    assert items == [Item(0, str(a), 2, "smi", b"CCO ethanol", 1), Item(1, str(a), 4, "smi", b"c1ccccc1", 2),
+                     Item(2, str(b), 1, "smi", b"CCN", 1)]
 
 
 def test_format_is_detected_per_file(tmp_path: Path) -> None:
@@ -60,7 +60,7 @@ def test_sdf_records_split_at_dollars_and_keep_a_last_unterminated_one(tmp_path:
     items = list(iter_items([sdf]))
     assert [it.raw for it in items] == [MOL, MOL] and items[1].line == 12
     assert list(iter_items([_write(tmp_path / "d.sdf", MOL + b"$$$$\n\n")])) == [
-        Item(0, str(tmp_path / "d.sdf"), 1, "sdf", MOL)]
+        Item(0, str(tmp_path / "d.sdf"), 1, "sdf", MOL, 1)]
 
 
 def test_featurize_formats_never_detect_sdf_and_an_explicit_format_wins(tmp_path: Path) -> None:
@@ -81,6 +81,9 @@ def test_shards_keep_whole_input_ordinals_and_together_cover_it(tmp_path: Path) 
     assert sorted((it for p in parts for it in p), key=lambda it: it.ordinal) == every
     sdf = _write(tmp_path / "c.sdf", (MOL + b"$$$$\n") * 3)
     assert [it.ordinal for it in iter_items([sdf], shard=(2, 2))] == [1]
+    # nth: the record's place in its own file (1-based, as index and search number records)
+    assert [(it.ordinal, it.nth) for it in iter_items([sdf, src], shard=(2, 3))] == [(1, 2), (4, 2), (7, 5),
+                                                                                   (10, 8)]
 
 
 def test_one_strict_stop_for_featurize_and_predict() -> None:
