@@ -21,8 +21,8 @@ def ensemble_cli(
         help="Members: student | teacher (the shipped models), checkpoint files, or ensemble "
              "files (their members are taken over).", show_default=False)],
     output: Annotated[Path, typer.Option(
-        "--output", "-o", help="The ensemble file to write (neimsctl.ensemble/1).",
-        show_default=False)],
+        "--output", "-o", help="The ensemble file to write (neimsctl.ensemble/1; /2 with "
+        "--int8, /3 with --include: formats/ensemble.v2.md).", show_default=False)],
     average: Annotated[Optional[Average], typer.Option(
         "--average", help="How predict averages the members' spectra: linear (mean intensity) "
                           "or sqrt (mean of the square roots, squared). Default: the members' "
@@ -84,6 +84,7 @@ def ensemble_cli(
             for m in info["members"]:
                 print(f"neimsctl {CMD}: {m['label']}: {m['arch']}, {m['n_parameters']:,} "
                       f"parameters, sha256:{m['sha256']}", file=sys.stderr)
-            print(f"neimsctl {CMD}: wrote {output}: {len(info['members'])} members, "
+            n = len(info["members"])
+            print(f"neimsctl {CMD}: wrote {output}: {n} member{'s' if n != 1 else ''}, "
                   f"{info['average']} average, {info['bytes'] / 1e6:.1f} MB", file=sys.stderr,
                   flush=True)

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from neimsctl.cli._common import (EXIT_FAIL, Device, InPaths, JobsAuto, OutPath, Quiet,
-                                  RejectsPath, Strict, Verbose, app, command, fail, input_pairs,
+                                  RejectsPath, Strict, Verbose, app, command, eprint, fail, input_pairs,
                                   output_pair, check_inputs_or_usage, refuse_clobber, require_input_or_usage,
                                   setup_logging, usage_error, warn_repeated)
 
@@ -156,6 +156,8 @@ def predict_cli(
             usage_error(CMD, "--uncertainty needs -O jsonl (--top lists carry no uncertainty)")
         if uncertainty and fmt is OutFmt.msp:
             usage_error(CMD, "--uncertainty needs -O jsonl (MSP has no place for it)")
+        if mc_samples != 30 and not uncertainty:
+            eprint(CMD, "warning: --mc-samples counts only with --uncertainty: ignored")
         models = model or ["student"]
         check_models_or_usage(CMD, "--model", models)
         warn_repeated(CMD, "--model", shipped_paths(models),

@@ -141,6 +141,9 @@ class ZBlockReader:
             if first:
                 raise FormatError("empty stream: no zblock header", file=self.name)
             return None
+        if len(head) < _HEAD.size and not MAGIC.startswith(head[:len(MAGIC)]):
+            raise FormatError(f"bad magic {head[:len(MAGIC)]!r} (expected {MAGIC!r}): not a zblock "
+                              "stream", file=self.name)
         if len(head) < _HEAD.size:
             head += _read_exact(self.inp, _HEAD.size - len(head), "frame header", self.name)
         magic, version, kind, jlen, plen = _HEAD.unpack(head)

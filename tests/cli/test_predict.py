@@ -289,3 +289,11 @@ def test_shards_together_are_the_library_of_one_run(ckpt, tmp_path):
     assert [len(records(p.stdout_bytes)) for p in parts] == [8, 8, 7]
     assert [p.exit_code for p in parts] == [0, 0, 1]          # xyz (ordinal 23) is in part 3
     assert invoke("-m", str(ckpt), "--shard", "0/3", stdin=smi).exit_code == 2
+
+
+def test_mc_samples_without_uncertainty_is_warned(ckpt):
+    res = invoke("-m", str(ckpt), "--mc-samples", "5", stdin=b"CCO\n")
+    assert res.exit_code == 0
+    assert "neimsctl predict: warning: --mc-samples counts only with --uncertainty: ignored" \
+        in res.stderr
+    assert "--mc-samples" not in invoke("-m", str(ckpt), stdin=b"CCO\n").stderr

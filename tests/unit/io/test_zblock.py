@@ -70,6 +70,12 @@ def test_wrong_magic_and_version() -> None:
     data[4] = 9
     with pytest.raises(FormatError, match="version 9"):
         ZBlockReader(io.BytesIO(bytes(data)))
+    # a file shorter than a frame header is a bad magic, not a "truncated stream", unless it
+    # starts as a zblock stream does
+    with pytest.raises(FormatError, match=r"bad magic b'hell' \(expected b'NZBK'\)"):
+        ZBlockReader(io.BytesIO(b"hello\n"))
+    with pytest.raises(FormatError, match="truncated stream: frame header cut short"):
+        ZBlockReader(io.BytesIO(b"NZ"))
 
 
 CONF = Path(__file__).resolve().parents[3] / "formats" / "conformance"
