@@ -34,21 +34,35 @@ def list_cli(
     check_inputs_or_usage(f"{CMD} list", files)
     refuse_clobber(f"{CMD} list", input_pairs(files), [output_pair("-o", "-")])
     with command(f"{CMD} list"):
+        from neimsctl.errors import FormatError
         from neimsctl.io.featsource import list_features
 
-        try:
-            infos = list_features(files)
-        except OSError as exc:
-            fail(f"{CMD} list", str(exc.filename), exc.strerror or str(exc))
-        out = sys.stdout
+        out, failed = sys.stdout, 0
         if not as_json:
             out.write("path\tformat\tmode\trows\tsettings_hash\tshard\tbytes\n")
-        for i in infos:
+        for path in files:          # a file that cannot be read is reported; the others listed
+            try:
+                [i] = list_features([path])
+            except FormatError as exc:
+                eprint(f"{CMD} list", str(exc) if exc.file else f"{path}: {exc}")
+                failed += 1
+                continue
+            except OSError as exc:
+                eprint(f"{CMD} list", str(exc.filename or path), exc.strerror or str(exc))
+                failed += 1
+                continue
+            except RuntimeError as exc:     # HDF5's own findings in a damaged file
+                eprint(f"{CMD} list", str(path), f"damaged HDF5 file: {exc}")
+                failed += 1
+                continue
             if as_json:
                 out.write(json.dumps(i.__dict__) + "\n")
             else:
                 out.write(f"{i.path}\t{i.format}\t{i.mode}\t{i.rows}\t{i.settings_hash}\t"
                           f"{i.shard or '-'}\t{i.size}\n")
+            out.flush()
+        if failed:
+            raise typer.Exit(1)
 
 
 @shards_app.command("merge")

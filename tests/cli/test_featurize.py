@@ -303,3 +303,17 @@ def test_progress_bar_only_on_a_terminal(tmp_path: Path, moses_5k: Path) -> None
     assert code == 1 and tty == b""
     res = subprocess.run(cmd, capture_output=True, check=False)
     assert res.returncode == 1 and b"%|" not in res.stderr and b"\r" not in res.stderr
+
+
+def test_shards_list_lists_the_readable_files_and_names_the_others(tmp_path: Path, small: Path) -> None:
+    """One file that cannot be read no longer hides the others: each readable one is listed,
+    each other named on stderr, exit 1."""
+    (tmp_path / "t.txt").write_text("hello\n")
+    p = sh(f"neimsctl featurize --no-provenance {small} -o a.h5 && "
+           "neimsctl shards list a.h5 t.txt gone.h5 a.h5", tmp_path)
+    assert p.returncode == 2 and b"gone.h5" in p.stderr          # a missing file: usage error
+    p = sh("neimsctl shards list a.h5 t.txt a.h5", tmp_path)
+    assert p.returncode == 1, p.stderr
+    assert [line.split("\t")[0] for line in p.stdout.decode().splitlines()] == ["path", "a.h5", "a.h5"]
+    assert p.stderr.decode().splitlines() == [
+        "neimsctl shards list: t.txt: bad magic b'hell' (expected b'NZBK'): not a zblock stream"]
