@@ -153,21 +153,29 @@ class SpectrumPredictor:
         if self.options["average"] is not None and self.loaded.arch != "ensemble":
             raise ConfigError("SpectrumPredictor config: 'average' needs an ensemble (several "
                               "checkpoints, or an ensemble file)")
-        self._stages: dict[tuple[str, bool, bool], ChunkPredictor] = {}
+        self._stages: dict[tuple[str, bool, bool, int], ChunkPredictor] = {}
 
     @property
     def model_type(self) -> str:
         """``student``, ``teacher``, ``neims-v1`` or ``ensemble``: the loaded architecture."""
         return self.loaded.arch
 
-    def _stage(self, fmt: str = "msp", *, inchikey: bool = False,
-               uncertainty: bool = False) -> ChunkPredictor:
-        key = (fmt, inchikey, uncertainty)
-        if key not in self._stages:
-            self._stages[key] = ChunkPredictor(self.loaded, PredictOptions(
-                fmt=fmt, batch_size=int(self.options["batch_size"]), uncertainty=uncertainty,
+    def _stage(self, fmt: str = "msp", *, inchikey: bool = False, uncertainty: bool = False,
+               batch_size: int | None = None) -> ChunkPredictor:
+        """The pipeline for these settings (``batch_size``: the config's when None; another one
+        gets a pipeline of its own, not cached). Nothing shared is changed, so threads may call
+        with their own batch sizes (predict_batch(batch_size=...) swapped the config's for the
+        call: two threads left it at one of theirs for good)."""
+        size = int(self.options["batch_size"]) if batch_size is None else batch_size
+        key = (fmt, inchikey, uncertainty, size)
+        stage = self._stages.get(key)
+        if stage is None:
+            stage = ChunkPredictor(self.loaded, PredictOptions(
+                fmt=fmt, batch_size=size, uncertainty=uncertainty,
                 mc_samples=int(self.options["mc_samples"]), inchikey=inchikey))
-        return self._stages[key]
+            if size == self.options["batch_size"]:
+                self._stages[key] = stage
+        return stage
 
     def predict_from_smiles(self, smiles: str | Sequence[str], return_uncertainty: bool = False
                             ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
@@ -194,10 +202,10 @@ class SpectrumPredictor:
             return (spec[0], std[0]) if one else (spec, std)  # type: ignore[index]
         return spec[0] if one else spec
 
-    def _spectra(self, items: list[Item], *, uncertainty: bool = False
+    def _spectra(self, items: list[Item], *, uncertainty: bool = False, batch_size: int | None = None
                  ) -> tuple[np.ndarray, np.ndarray | None, list[Rejected]]:
         """Spectra of the accepted items, chunk by chunk as ``neimsctl predict`` reads them."""
-        stage = self._stage(uncertainty=uncertainty)
+        stage = self._stage(uncertainty=uncertainty, batch_size=batch_size)
         specs, stds, rejects = [], [], []
         for a in range(0, len(items), CHUNK):
             block, spec, std, _, rej = stage.predict(items[a:a + CHUNK])
@@ -237,15 +245,7 @@ class SpectrumPredictor:
             batch_size = _integer("batch_size", batch_size, _LEAST["batch_size"])
         smiles = [smiles] if isinstance(smiles, str) else list(smiles)
         items = _items(smiles, skip_invalid=errors == "nan")
-        if batch_size is not None and batch_size != self.options["batch_size"]:
-            saved = self.options["batch_size"]
-            self.options["batch_size"], self._stages = batch_size, {}
-            try:
-                spec, _, rejects = self._spectra(items)
-            finally:
-                self.options["batch_size"], self._stages = saved, {}
-        else:
-            spec, _, rejects = self._spectra(items)
+        spec, _, rejects = self._spectra(items, batch_size=batch_size)
         if errors == "raise":
             _raise(rejects)
         out = np.full((len(smiles), spec.shape[1]), np.nan, dtype=np.float32)

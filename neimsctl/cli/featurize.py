@@ -108,8 +108,12 @@ def featurize_cli(
         except BrokenPipeError:
             raise
         except OSError as exc:
-            fail(CMD, str(exc.filename or ("<stdout>" if to_stdout else out)),
-                 exc.strerror or str(exc))
+            name = str(exc.filename or ("<stdout>" if to_stdout else out))
+            for o in (out, rejects):   # its OUT.partial / REJECTS.partial: name the output asked for
+                if o is not None and not streams.is_dash(o) and \
+                        name.startswith(str(streams.partial_path(o))):
+                    fail(CMD, str(streams.output_error(o, exc)))
+            fail(CMD, name, exc.strerror or str(exc))
 
 
 def _same_rejects(state: dict | None, rejects: Path | None) -> None:

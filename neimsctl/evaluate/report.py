@@ -193,9 +193,9 @@ def run_eval(pred: SpectraSet, measured: SpectraSet, libraries: Sequence[Spectra
                          f"spectrum of its compound ({len(pred)} predictions read{skipped(pred)}; matched "
                          "on InChIKey first block)")
     q = np.flatnonzero(matched)
+    if mass_filter is not None:
+        _need_masses([(pred, None), (measured, q), *((s, None) for s in libraries)])
     ref_spec, ref_keys, ref_mw = _concat(libraries)
-    if mass_filter is not None and ((pred.mw < 0).any() or (measured.mw[q] < 0).any() or (ref_mw < 0).any()):
-        raise InputError("--mass-filter needs the MW of every spectrum (an MSP record lacks its MW line)")
     task = build_library_eval(measured.spectra[q], m_blocks[q], measured.mw[q], pred.spectra[order],
                               p_blocks, pred.mw[order], ref_spec, ref_keys, ref_mw)
     args = (task.query_spectra, task.query_keys, task.query_mw, task.library_spectra,
@@ -245,6 +245,50 @@ def run_eval(pred: SpectraSet, measured: SpectraSet, libraries: Sequence[Spectra
     if eff is not None:
         out["efficiency"] = eff
     return EvalResult(out, task, p, cos, res["ranks"], ranks_mass, measured.names[q], measured.ids[q])
+
+
+def _need_masses(sets: Sequence[tuple[SpectraSet, np.ndarray | None]]) -> None:
+    """Give every row (of ``rows``, or all) without a stated MW the mass of its SMILES or InChI,
+    else of its formula, as ``index`` and ``search`` do (:attr:`SpectraSet.no_mass`).
+
+    Raises
+    ------
+    InputError
+        Some row still has no mass: naming the first (file, line, record) and how many.
+    """
+    from neimsctl.chem import structure
+    from neimsctl.errors import FormatError
+
+    missing: list[str] = []
+    n_missing = 0
+    for s, rows in sets:
+        wanted = None if rows is None else set(rows.tolist())
+        for row, (where, kind, text, formula) in s.no_mass.items():
+            if s.mw[row] >= 0 or (wanted is not None and row not in wanted):
+                continue
+            mass = None
+            try:
+                if kind == "smiles" and text:
+                    mass = structure.nominal_mass(structure.mol_from_smiles(text))
+                elif kind == "inchi" and text:
+                    mass = structure.nominal_mass(structure.mol_from_inchi(text))
+            except FormatError:
+                mass = None
+            if mass is None and formula:
+                try:
+                    mass = structure.formula_nominal_mass(formula) or None
+                except Exception:  # noqa: BLE001 - an unknown element symbol: no mass
+                    mass = None
+            if mass is not None and mass > 0:
+                s.mw[row] = mass
+                continue
+            n_missing += 1
+            if not missing:
+                missing.append(f"{s.source}: {where}" if where else s.source)
+    if n_missing:
+        more = f" ({n_missing:,} records in all)" if n_missing > 1 else ""
+        raise InputError(f"--mass-filter needs the molecular mass of every spectrum: {missing[0]} has "
+                         f"none (no MW, nor a SMILES, InChI or formula that gives one){more}")
 
 
 def _pair_rows(pred: SpectraSet, q_ids: np.ndarray, q_blocks: np.ndarray,

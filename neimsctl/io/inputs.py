@@ -26,6 +26,10 @@ __all__ = ["INPUT_FORMATS", "Item", "sniff_format", "iter_items", "parse_shard"]
 
 INPUT_FORMATS = ("smi", "jsonl", "sdf")
 _HEAD = 4  # lines that may hold an SDF counts line
+#: What :func:`sniff_format` finds by its magic bytes that is no molecule input, as
+#: :func:`iter_items` names it (it read each line of a feature shard as a SMILES: dozens of rejects of binary text, and a
+#: zblock stream had a line RDKit took for a molecule, featurized with exit 1 only).
+_NOT_MOLECULES = {"h5": "an HDF5 file (a feature shard?)", "zblock": "a zblock feature stream"}
 
 
 class Item(NamedTuple):
@@ -53,7 +57,12 @@ def sniff_format(head: Sequence[bytes], formats: Sequence[str] = INPUT_FORMATS) 
     'jsonl'
     >>> sniff_format([b"CCO ethanol\\n"])
     'smi'
+
+    ``msp`` (a spectral library), ``h5`` (an HDF5 file) and ``zblock`` (a zblock stream) are
+    no molecule formats: :func:`iter_items` refuses them.
     """
+    if head and head[0].startswith((b"\x89HDF", b"NZBK")):
+        return "h5" if head[0].startswith(b"\x89HDF") else "zblock"
     if "sdf" in formats and any(b"V2000" in ln or b"V3000" in ln for ln in head[:_HEAD]):
         return "sdf"
     first = next((ln.strip() for ln in head if ln.strip()), b"")
@@ -110,6 +119,10 @@ def iter_items(paths: Iterable[str | os.PathLike], input_format: str | None = No
                 raise InputError(f"{name}: an MSP spectral library ('Name:' records), not "
                                  f"structures: convert it first (neimsctl msp2jsonl {lib} | "
                                  "neimsctl ...)")
+            if kind in _NOT_MOLECULES:
+                given = {"smi": "SMILES lines", "jsonl": "JSONL records", "sdf": "SDF"}
+                raise InputError(f"{name}: {_NOT_MOLECULES[kind]}, not molecules ("
+                                 + ", ".join(given[f] for f in formats) + ")")
             if kind == "sdf":
                 buf: list[bytes] = []
                 start = 1

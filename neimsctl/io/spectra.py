@@ -60,6 +60,9 @@ class SpectraSet:
     source : display name of the input.
     problems : where and why, for the first :data:`MAX_PROBLEMS` records not used
         (``"<source>: line 12: bad_peaks"``).
+    no_mass : row -> ``(where, kind, text, formula)`` of each row without a stated MW: its place
+        (``"line 12 (caffeine)"``), the structure it states (``kind`` ``smiles``/``inchi``/``""``)
+        and its formula, from which ``eval --mass-filter`` derives the mass as ``index`` does.
     """
 
     spectra: np.ndarray
@@ -74,6 +77,7 @@ class SpectraSet:
     skipped: dict[str, int] = field(default_factory=dict)
     source: str = ""
     problems: list[str] = field(default_factory=list)
+    no_mass: dict[int, tuple[str | None, str, str, str]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -95,6 +99,7 @@ class _Rows:
         self.header: dict[str, Any] = {}
         self.skipped: dict[str, int] = {}
         self.problems: list[str] = []
+        self.no_mass: dict[int, tuple[str | None, str, str, str]] = {}
 
     def skip(self, reason: str, where: str | None = None) -> None:
         self.skip_many(reason, 1, [where])
@@ -107,7 +112,8 @@ class _Rows:
             self.problems.append(f"{self.source}: {where}: {reason}" if where else f"{self.source}: {reason}")
 
     def add(self, *, mz: Any, intensity: Any, key: str | None, mw: Any, rid: str, name: str,
-            unc: Any = None, experts: Any = None, latency: Any = None, where: str | None = None) -> None:
+            unc: Any = None, experts: Any = None, latency: Any = None, where: str | None = None,
+            structure: tuple[str, str] | None = None, formula: Any = None) -> None:
         if not key:
             self.skip("no_inchikey", where)
             return
@@ -125,6 +131,9 @@ class _Rows:
         self.spectra.append(spec)
         self.keys.append(str(key).strip().upper())
         known = int_mass(mw)              # absent, empty or 0: unknown
+        if known is None:
+            kind, text = structure if structure else ("", "")
+            self.no_mass[len(self.mw)] = (where, kind, text, formula if isinstance(formula, str) else "")
         self.mw.append(-1 if known is None else known)
         self.ids.append(rid)
         self.names.append(name)
@@ -146,7 +155,7 @@ class _Rows:
         return SpectraSet(spectra, np.asarray(self.keys, dtype=str), np.asarray(self.mw, np.int64),
                           np.asarray(self.ids, dtype=str), np.asarray(self.names, dtype=str), unc,
                           experts, lat if np.isfinite(lat).any() else None, self.header,
-                          self.skipped, self.source, self.problems)
+                          self.skipped, self.source, self.problems, self.no_mass)
 
 
 def _dense_uncertainty(mz: Any, intensity: Any, unc: Any) -> np.ndarray:
@@ -192,7 +201,9 @@ def _read_jsonl(fh: BinaryIO, rows: _Rows) -> None:
         rows.add(mz=rec.get("mz"), intensity=rec.get("intensity"), key=rec.get("inchikey"),
                  mw=rec.get("mw"), rid=str(rec.get("id") or f"{rows.source}:{n + 1}"),
                  name=str(rec.get("name") or ""), unc=rec.get("uncertainty"),
-                 experts=rec.get("experts"), latency=rec.get("latency_ms"), where=f"line {lineno}")
+                 experts=rec.get("experts"), latency=rec.get("latency_ms"), where=f"line {lineno}",
+                 structure=("smiles", rec["smiles"]) if isinstance(rec.get("smiles"), str) else None,
+                 formula=rec.get("formula"))
 
 
 def _msp_key(fields: dict[str, str]) -> str | None:
@@ -218,8 +229,10 @@ def _read_msp(fh: BinaryIO, rows: _Rows) -> None:
         if rec.reason:
             rows.skip(rec.reason, where)
             continue
+        stated = record_structure(rec.fields)
         rows.add(mz=rec.mz, intensity=rec.intensity, key=_msp_key(rec.fields),
-                 mw=rec.fields.get("mw", "").strip() or None, rid=rec.record_id, name=rec.name, where=where)
+                 mw=rec.fields.get("mw", "").strip() or None, rid=rec.record_id, name=rec.name, where=where,
+                 structure=stated[1:] if stated else None, formula=rec.fields.get("formula", "").strip())
 
 
 def _read_h5(path: str | os.PathLike, rows: _Rows) -> None:

@@ -51,6 +51,19 @@ def _peek(raw: BinaryIO, n: int = 8) -> tuple[bytes, BinaryIO]:
     return raw.peek(n)[:n], raw
 
 
+def _unread_container(head: bytes) -> str | None:
+    """What a file starting with ``head`` is when it is a container :func:`open_in` does not
+    decode (bzip2, xz, ZIP), else ``None``. Read as text, each was a run of ``binary_garbage``
+    or ``unparsable_smiles`` rejects of its compressed bytes."""
+    if head[:3] == b"BZh" and head[3:4].isdigit() and head[4:7] == b"1AY":
+        return "bzip2-compressed data"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz-compressed data"
+    if head.startswith(b"PK\x03\x04"):
+        return "a ZIP archive (an Excel workbook? a checkpoint?)"
+    return None
+
+
 class _GzipRaw(io.RawIOBase):
     """gzip members decoded; corrupt or truncated data is an :class:`InputError`.
 
@@ -183,8 +196,8 @@ def open_in(path: str | os.PathLike | None) -> Iterator[BinaryIO]:
     Raises
     ------
     InputError
-        The file does not exist or cannot be opened; (on reading) corrupt or truncated
-        compressed data.
+        The file does not exist or cannot be opened; it is bzip2, xz or ZIP data; (on
+        reading) corrupt or truncated compressed data.
     """
     if is_dash(path):
         raw: BinaryIO = sys.stdin.buffer
@@ -203,6 +216,10 @@ def open_in(path: str | os.PathLike | None) -> Iterator[BinaryIO]:
             head, buf = _peek(raw)
         except OSError as exc:          # e.g. a closed stdin (EBADF), a directory given as "-"
             raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from exc
+        unread = _unread_container(head)
+        if unread is not None:
+            raise InputError(f"{name}: {unread}, which neimsctl does not read (plain text, gzip "
+                             "and zstd): decompress or export it first")
         if head.startswith(GZIP_MAGIC):
             stream: BinaryIO = io.BufferedReader(_GzipRaw(buf, name), buffer_size=1 << 20)  # type: ignore[assignment]
         elif head.startswith(ZSTD_MAGIC):

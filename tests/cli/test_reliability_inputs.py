@@ -490,6 +490,17 @@ def test_an_hdf5_file_with_bad_checksums_is_one_line_naming_it(tmp_path: Path) -
         assert not (tmp_path / "x.h5").exists() and not (tmp_path / "s.h5").exists()
 
 
+@pytest.mark.parametrize("extra", ["", " --resume"])
+def test_featurize_hdf5_output_in_a_missing_directory_names_the_output(tmp_path: Path, extra: str) -> None:
+    """`-o nodir/y.h5` said 'nodir/y.h5.partial: No such file or directory' (its internal segment
+    directory); every other output error names the output asked for, and the missing directory."""
+    (tmp_path / "s.smi").write_bytes(SMI)
+    proc = sh(f"neimsctl featurize -q s.smi -o nodir/y.h5{extra}", tmp_path)
+    assert proc.returncode == 1 and proc.stderr.decode().strip() == (
+        "neimsctl featurize: nodir/y.h5: cannot write: No such file or directory (no directory nodir)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.smi"]
+
+
 def test_featurize_whose_rejects_report_cannot_be_opened_leaves_no_partial(tmp_path: Path) -> None:
     """`--rejects nodir/r.jsonl` failed with one line but left an empty OUT.h5.partial/ behind."""
     (tmp_path / "in.msp").write_bytes(THREE)

@@ -228,14 +228,19 @@ def compressed(data: bytes) -> bool:
 
 @contextlib.contextmanager
 def whole_input_error_if_compressed(data: bytes) -> Iterator[list]:
-    """Let a corrupt-compressed-data :class:`InputError` through (and say so), nothing else."""
+    """Let a corrupt-compressed-data :class:`InputError` through (and say so), and the refusal of
+    an input that is no molecules (an HDF5 file, a zblock stream, an MSP library:
+    :func:`neimsctl.io.inputs.iter_items`; bzip2, xz, ZIP: :func:`neimsctl.io.streams.open_in`),
+    nothing else."""
     from neimsctl.errors import InputError
 
     failed: list = []
     try:
         yield failed
     except InputError as exc:
-        assert compressed(data) and ("corrupt" in str(exc) or "truncated" in str(exc)), exc
+        assert (compressed(data) and ("corrupt" in str(exc) or "truncated" in str(exc))) \
+            or ", not molecules (" in str(exc) or "an MSP spectral library" in str(exc) \
+            or "which neimsctl does not read" in str(exc), exc
         failed.append(exc)
 
 

@@ -56,6 +56,34 @@ def test_batch_matches_single_and_list_input(predictor):
     assert np.allclose(predictor.predict_from_smiles(SMILES), batch, atol=1e-5)
 
 
+def test_predict_batch_with_its_own_batch_size_changes_nothing_shared(ckpt):
+    """predict_batch(batch_size=B) swapped the config's batch size for the call and put it
+    back: two threads with their own sizes (7 and 5) left the predictor at 7 for good (every
+    later call ran 7 molecules per model call instead of 1024)."""
+    import threading
+
+    from neimsctl import SpectrumPredictor
+
+    pred = SpectrumPredictor({"precision": "fp32"}, checkpoint=ckpt, device="cpu")
+    want = pred.predict_batch(SMILES * 5)
+    got: list[np.ndarray] = []
+    start = threading.Barrier(2)
+
+    def run(size: int) -> None:
+        start.wait()
+        for _ in range(10):
+            got.append(pred.predict_batch(SMILES * 5, batch_size=size))
+
+    threads = [threading.Thread(target=run, args=(size,)) for size in (7, 5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert pred.options["batch_size"] == 1024 and len(got) == 20
+    assert all(np.allclose(g, want, atol=1e-5) for g in got)
+    assert {key[-1] for key in pred._stages} == {1024}       # a call's own size is not kept
+
+
 def test_invalid_smiles(predictor):
     with pytest.raises(FormatError, match="cannot parse SMILES 'xyz'"):
         predictor.predict_from_smiles("xyz")

@@ -74,8 +74,37 @@ def test_no_match_and_mass_filter_without_mw(case, tmp_path):
     nomw = tmp_path / "nomw.msp"
     nomw.write_text(msp_text(PRED, with_mw=False))
     run_eval(load_spectra(nomw), load_spectra(case["queries"]))  # fine without the filter
-    with pytest.raises(InputError, match="mass-filter"):
+    with pytest.raises(InputError, match=r"--mass-filter needs the molecular mass of every spectrum: "
+                       r".*nomw.msp: line 1 \(compound A\) has none .*\(3 records in all\)"):
         run_eval(load_spectra(nomw), load_spectra(case["queries"]), mass_filter=5)
+
+
+def test_mass_filter_takes_the_mass_of_a_smiles_inchi_or_formula_as_index_does(case, tmp_path):
+    """An MSP without MW lines but with SMILES (or InChI, or a formula) was refused by eval
+    --mass-filter ('an MSP record lacks its MW line', naming none), while index and search derive
+    the mass from them; a JSONL record without mw but with a SMILES likewise."""
+    from _eval_fixtures import PRED, msp_text
+
+    # the fixtures' MWs: heptane C7H16 = 100, lauric acid C12H24O2 = 200, C25 = 300
+    extra = {"A": "SMILES: CCCCCCC", "B": "InChI: InChI=1S/C12H24O2/c1-2-3-4-5-6-7-8-9-10-11-12(13)14"
+             "/h2-11H2,1H3,(H,13,14)", "C": "Formula: C25"}
+    text = msp_text(PRED, with_mw=False)
+    for c, line in extra.items():
+        text = text.replace(f"ID: {c}\n", f"ID: {c}\n{line}\n")
+    nomw = tmp_path / "nomw.msp"
+    nomw.write_text(text)
+    res = run_eval(load_spectra(nomw), load_spectra(case["queries"]), [load_spectra(case["library"])],
+                   ks=KS, mass_filter=5)
+    assert [res.metrics[f"recall@{k}_mass5"] for k in KS] == pytest.approx([RECALL_MASS5[k] for k in KS])
+    queries = tmp_path / "q.jsonl"
+    lines = case["queries"].read_bytes().replace(b'"mw":100,', b'"smiles":"CCCCCCC",')
+    queries.write_bytes(lines)
+    res = run_eval(load_spectra(case["pred_jsonl"]), load_spectra(queries), [load_spectra(case["library"])],
+                   ks=KS, mass_filter=5)
+    assert [res.metrics[f"recall@{k}_mass5"] for k in KS] == pytest.approx([RECALL_MASS5[k] for k in KS])
+    queries.write_bytes(lines.replace(b'"smiles":"CCCCCCC",', b'"smiles":"not a smiles",'))
+    with pytest.raises(InputError, match=r"q.jsonl: line 1 has none .*SMILES, InChI or formula"):
+        run_eval(load_spectra(case["pred_jsonl"]), load_spectra(queries), mass_filter=5)
 
 
 def test_loader_formats_and_errors(case, tmp_path, sample_msp):

@@ -9,6 +9,7 @@ import pytest
 
 from neimsctl.errors import InputError, StrictStop
 from neimsctl.io.inputs import INPUT_FORMATS, Item, iter_items, sniff_format
+from neimsctl.io.streams import open_in
 
 MOL = b"""ethanol
   RDKit          2D
@@ -53,6 +54,31 @@ def test_an_msp_library_is_named_not_read_as_smiles(tmp_path: Path) -> None:
         list(iter_items([msp]))
     assert sniff_format([b"Name:x\n"]) == "msp" and sniff_format([b"CCO Name: x\n"]) == "smi"
     assert [it.kind for it in iter_items([msp], input_format="smi")][0] == "smi"   # as told
+
+
+def test_an_hdf5_shard_or_a_zblock_stream_is_named_not_read_as_smiles(tmp_path: Path) -> None:
+    """``featurize feats.h5`` read each line of the shard as a SMILES (41 rejects of binary text
+    for a 17-row shard); ``featurize feats.zst`` (a zblock stream) found a line RDKit took for a
+    molecule and wrote it. One line naming the file and what it is, for predict too."""
+    h5 = _write(tmp_path / "f.h5", b"\x89HDF\r\n\x1a\n" + bytes(range(256)) * 4)
+    zb = _write(tmp_path / "f.zst", b"NZBK\x01H\x00\x00" + b"{}\n" + b"\x00C\nCCO\n")
+    for path, what in ((h5, "an HDF5 file"), (zb, "a zblock feature stream")):
+        with pytest.raises(InputError, match=rf"{path.name}: {what}.*, not molecules \(JSONL records, SMILES lines\)"):
+            list(iter_items([path], formats=("jsonl", "smi")))
+    with pytest.raises(InputError, match=r"f.h5.gz: an HDF5 file .*SDF\)"):
+        list(iter_items([_write(tmp_path / "f.h5.gz", gzip.compress(h5.read_bytes()))]))
+    assert [it.raw for it in iter_items([zb], input_format="smi")][-1] == b"CCO"   # as told
+
+
+@pytest.mark.parametrize("magic, what", [(b"BZh91AY&SY", "bzip2-compressed"), (b"\xfd7zXZ\x00\x00", "xz-compressed"),
+                                         (b"PK\x03\x04\x14\x00", "a ZIP archive")])
+def test_bzip2_xz_and_zip_inputs_are_named_not_read_as_text(tmp_path: Path, magic: bytes, what: str) -> None:
+    """``msp2jsonl lib.msp.bz2`` rejected its compressed bytes as binary_garbage; ``predict
+    smiles.xlsx`` each line of the workbook as a SMILES: one line naming the file and what it is."""
+    path = _write(tmp_path / "in.x", magic + bytes(range(256)))
+    with pytest.raises(InputError, match=rf"in.x: {what}.*, which neimsctl does not read"):
+        with open_in(path):
+            pass
 
 
 def test_sdf_records_split_at_dollars_and_keep_a_last_unterminated_one(tmp_path: Path) -> None:
