@@ -39,6 +39,7 @@ KEY_ALIASES: dict[str, str] = {
     "db#": "db", "db": "db", "exactmass": "exactmass", "exact mass": "exactmass",
     "comment": "comments", "comments": "comments", "synon": "synon", "synonym": "synon",
     "mw": "mw", "inchikey": "inchikey", "inchi": "inchi", "smiles": "smiles", "formula": "formula",
+    "form": "formula",     # AMDIS .MSL libraries
     "id": "id", "name": "name",
 }
 _NO_SPLIT = frozenset({"name", "synon", "comments", "smiles", "inchi"})

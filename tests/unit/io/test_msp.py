@@ -52,6 +52,13 @@ def test_num_peaks_key_variants(key):
     assert rec.reason is None and rec.num_peaks == 3
 
 
+def test_amdis_msl_form_is_the_formula():
+    """AMDIS .MSL libraries write the formula as FORM: (it was kept as an unknown key, so the
+    formula and its mismatch check were lost)."""
+    rec = one(b"NAME: Benzene\nFORM: C6H6\nMW: 78\nNUM PEAKS: 3\n(51 120) (77 180) (78 999)\n")
+    assert rec.reason is None and rec.fields["formula"] == "C6H6" and rec.mz == [51, 77, 78]
+
+
 def test_key_case_variants():
     rec = one(b"NAME: x\nFORMULA: CH4\nmw: 16\ninchikey: VNWKTOKETHGBQD-UHFFFAOYSA-N\nNum Peaks: 1\n16 999\n")
     assert rec.reason is None and rec.name == "x"
