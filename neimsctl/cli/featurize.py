@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -217,7 +218,9 @@ def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, 
                 partial_path(rejects).unlink(missing_ok=True)
         raise
     finally:
-        if not quiet:
+        # the counts, also of a run that stopped (--strict, unreadable input part-way); not
+        # "read 0, written 0" before the line saying the input cannot be read at all
+        if not quiet and (tally.read or sys.exc_info()[0] is None):
             eprint(CMD, tally.summary())
     if tally.rejected:
         raise typer.Exit(EXIT_FAIL)

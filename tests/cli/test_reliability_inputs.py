@@ -507,3 +507,14 @@ def test_featurize_whose_rejects_report_cannot_be_opened_leaves_no_partial(tmp_p
     proc = sh("neimsctl featurize in.msp --rejects nodir/r.jsonl -o y.h5", tmp_path)
     assert proc.returncode == 1 and b"nodir/r.jsonl: cannot write" in proc.stderr, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.msp"]
+
+
+def test_featurize_of_input_it_cannot_read_at_all_is_one_line(tmp_path: Path) -> None:
+    """The error line alone: no 'read 0, written 0, rejected 0' summary printed before it (a
+    run stopped part-way still ends with its counts)."""
+    (tmp_path / "z.bz2").write_bytes(b"BZh91AY&SY" + bytes(40))
+    proc = sh("neimsctl featurize z.bz2 -o y.h5", tmp_path)
+    assert proc.returncode == 1 and proc.stderr.decode().splitlines() == [
+        "neimsctl featurize: z.bz2: bzip2-compressed data, which neimsctl does not read (plain "
+        "text, gzip and zstd): decompress or export it first"], proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["z.bz2"]
