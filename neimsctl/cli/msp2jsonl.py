@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from neimsctl.cli._common import (EXIT_FAIL, InPaths, JobsAuto, OutPath, Quiet, RejectsPath, Strict,
-                                  Verbose, app, command, fail, finite, input_pairs, output_pair,
+                                  Verbose, app, command, eprint, fail, finite, input_pairs, output_pair,
                                   check_inputs_or_usage, refuse_clobber, require_input_or_usage, setup_logging,
                                   usage_error)
 
@@ -95,12 +95,14 @@ def _reject_logger(limit: int = 10):  # type: ignore[no-untyped-def]
     def show(rej) -> None:  # type: ignore[no-untyped-def]
         nonlocal seen
         seen += 1
+        if not log.isEnabledFor(logging.INFO):          # -q
+            return
         debug = log.isEnabledFor(logging.DEBUG)
         if (seen <= limit or debug) and rej.id is None and rej.record is None:
-            log.info("%s: line %s: %s: %s", rej.file, rej.line, rej.reason, rej.detail)
+            eprint(CMD, f"{rej.file}: line {rej.line}: {rej.reason}: {rej.detail}")
         elif seen <= limit or debug:
-            log.info("%s: line %s: record %r (id %s): %s: %s", rej.file, rej.line, rej.record,
-                     rej.id, rej.reason, rej.detail)
+            eprint(CMD, f"{rej.file}: line {rej.line}: record {rej.record!r} (id {rej.id}): "
+                        f"{rej.reason}: {rej.detail}")
         if seen == limit + 1 and not debug:   # only when one is really hidden
-            log.info("further rejects not shown (see --rejects FILE, or -v)")
+            eprint(CMD, "further rejects not shown (see --rejects FILE, or -v)")
     return show

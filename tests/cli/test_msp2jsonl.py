@@ -183,7 +183,7 @@ def test_jobs_auto_on_the_dev_file_same_output_as_one_process_and_a_bar_on_a_ter
     assert "read 8,196 written 8,183 rejected 13" in text
     assert text.rstrip().endswith(f"read 8196, written 8183, rejected 13 (mw_out_of_range: 13); {used}")
     lines = text.replace("\r", "\n").split("\n")
-    assert sum(ln.startswith("neimsctl: ") and "mw_out_of_range" in ln for ln in lines) == 10
+    assert sum(ln.startswith("neimsctl msp2jsonl: ") and ": mw_out_of_range: " in ln for ln in lines) == 10
     one = sh(f"{neimsctl_exe} msp2jsonl -j 1 {src} -o {tmp_path / 'one.jsonl'} "
              f"--rejects {tmp_path / 'one.rej'}")
     assert one.returncode == 1 and b"%|" not in one.stderr and b"\r" not in one.stderr
