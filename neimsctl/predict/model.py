@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import collections
 import importlib
 import json
 import sys
@@ -250,7 +251,9 @@ def load_model(spec: str | Path | Sequence[str | Path] = "student", *, device: s
     members: list[LoadedModel] = []
     files: list[tuple[Path, dict[str, Any], dict[str, Any]]] = []   # ensemble files read
     paths = [resolve_model(one) for one in specs]
+    origin: list[Path] = []                 # the given file each member came from
     for one, path in zip(specs, paths):
+        origin += [path] * (len(members) - len(origin))
         ckpt = load_checkpoint(path, map_location="cpu", ensemble=True)
         card = _read_card(path)
         if is_ensemble(ckpt):
@@ -264,9 +267,11 @@ def load_model(spec: str | Path | Sequence[str | Path] = "student", *, device: s
                                        file_sha(path)))
         else:
             members.append(_loaded(ckpt, path, str(one), dev, precision, card, log))
+        origin += [path] * (len(members) - len(origin))
     if len(specs) == 1 and not files:
         return members[0]
-    _warn_included_twice(paths, files, log)
+    if not _warn_included_twice(paths, files, log):
+        _warn_same_weights(members, origin, paths, log)
     from neimsctl.predict.ensemble import LoadedEnsemble, ensemble_average
 
     from neimsctl.predict.ensemble import overruled_averages
@@ -289,7 +294,7 @@ def load_model(spec: str | Path | Sequence[str | Path] = "student", *, device: s
 
 
 def _warn_included_twice(paths: list[Path], files: list[tuple[Path, dict[str, Any], dict[str, Any]]],
-                         log: TextIO) -> None:
+                         log: TextIO) -> bool:
     """One warning line per file whose members an ensemble gets twice: given as a model and
     also included by an ensemble file given beside it (``-m teacher -m student``: the shipped
     teacher includes the student), or included by two of them. Files are compared by content
@@ -297,7 +302,7 @@ def _warn_included_twice(paths: list[Path], files: list[tuple[Path, dict[str, An
     twice itself is the CLI's warning.)"""
     includes = [(path, one) for path, ckpt, _ in files for one in ckpt.get("include") or ()]
     if not includes:
-        return
+        return False
     # a given file can be an included one only with its size: hash just those (loading the
     # teacher alone hashes nothing more; its include was hashed when it was verified)
     sizes = {(path.parent / str(one.get("file"))).stat().st_size for path, one in includes}
@@ -311,11 +316,36 @@ def _warn_included_twice(paths: list[Path], files: list[tuple[Path, dict[str, An
         name, how = seen.setdefault(sha, (str(one.get("file")), [f"given as a model ({given[sha]})"]
                                           if sha in given else []))
         how.append(f"included by {path.name}")
+    said = False
     for name, how in seen.values():
         if len(how) > 1:
             print(f"neimsctl: warning: the members of {name} count {len(how)} times in this "
                   f"ensemble ({'; '.join(how)}): its average weighs them that many times and "
                   "--uncertainty counts their agreement with themselves", file=log, flush=True)
+            said = True
+    return said
+
+
+def _warn_same_weights(members: list[LoadedModel], origin: list[Path], paths: list[Path],
+                       log: TextIO) -> None:
+    """One warning line when members have the same weights (the sha256 of the checkpoint each
+    was made from), e.g. ``-m A.pt -m AB.pt`` where the ensemble file AB.pt holds A, or an
+    ensemble file holding one model twice; not when a file given twice explains it all (the
+    CLI says that)."""
+    given = collections.Counter(paths)
+    groups: dict[str, list[int]] = {}
+    for i, m in enumerate(members):
+        if m.sha:
+            groups.setdefault(m.sha, []).append(i)
+    repeated = [(sha, idx) for sha, idx in groups.items() if len(idx) > 1
+                and not (len({origin[i] for i in idx}) == 1 and given[origin[idx[0]]] > 1)]
+    if not repeated:
+        return
+    files = ", ".join(dict.fromkeys(str(origin[i]) for _, idx in repeated for i in idx))
+    shas = ", ".join(f"{sha} x{len(idx)}" for sha, idx in repeated)
+    print(f"neimsctl: warning: members of this ensemble share their weights (sha256: {shas}; "
+          f"from {files}): its average weighs them that many times and --uncertainty counts "
+          "their agreement with themselves", file=log, flush=True)
 
 
 def _loaded(ckpt: dict[str, Any], path: Path, label: str, dev: torch.device, precision: str,

@@ -603,7 +603,8 @@ def test_a_file_given_and_included_beside_it_is_named_in_a_warning(ckpts: dict[s
     assert "the members of inner.pt count 2 times" in log.getvalue()
     log = io.StringIO()
     load_model([outer, ckpts["a"]], device="cpu", precision="fp32", log=log)
-    assert "count" not in log.getvalue()       # a file given once and included by none
+    # a given once and included by none, but outer holds a as its own member: said so
+    assert "the members of" not in log.getvalue() and "share their weights" in log.getvalue()
 
 
 def test_a_bad_member_of_an_included_file_is_named_after_that_file(ckpts: dict[str, Path],
@@ -628,3 +629,23 @@ def test_a_bad_member_of_an_included_file_is_named_after_that_file(ckpts: dict[s
     assert [m.get("_source") for m in members] == [None, f"{inner}#1", f"{inner}#2"]
     # what an ensemble file written from them keeps: the member fields, not the source
     assert "_source" not in slim_member(members[1], label="x", sha256="2" * 64)
+
+
+def test_members_that_share_their_weights_are_warned(ckpts: dict[str, Path]) -> None:
+    """-m A -m AB.pt (an ensemble file holding A) counts A twice: one warning naming the
+    weights and the files (it was silent; only a file given twice, or an include, was said).
+    A file given twice is the CLI's warning, not repeated here; distinct members say nothing."""
+    import io
+
+    from neimsctl.predict.model import file_sha
+
+    ab = ckpts["dir"] / "ab-shared.pt"
+    write_ensemble([ckpts["a"], ckpts["b"]], ab, average="linear", weights="fp32")
+    for models, said in (([ab, ckpts["a"]], True), ([ckpts["a"], ckpts["a"]], False),
+                         ([ckpts["a"], ckpts["b"]], False), ([ab], False)):
+        log = io.StringIO()
+        load_model(models, device="cpu", precision="fp32", log=log)
+        text = log.getvalue()
+        assert ("share their weights" in text) == said, (models, text)
+        if said:
+            assert f"sha256: {file_sha(ckpts['a'])} x2; from {ab}, {ckpts['a']}" in text
