@@ -147,6 +147,8 @@ def test_baselines_run(work: Path) -> None:
     ("s.h5 --arch neims-v1 --set model.n_blocks=-1", 1, "n_blocks"),
     ("s.h5 --arch neims-v1 -c {repo}/configs/distill/student-cpu-small.yaml", 1, "not --arch"),
     ("s.h5 --no-kd --resume", 1, "no checkpoints to resume"),      # refused before the data are loaded
+    # an empty val part is named as the config key, as finetune names it (before the header line)
+    ("s.h5 --no-kd --set 'data.split=[0.9,0,0.1]'", 1, "data.split: train or val part is empty"),
 ])
 def test_distill_exit_codes(shards: Path, repo_root: Path, args: str, code: int, text: str,
                             monkeypatch: pytest.MonkeyPatch) -> None:
