@@ -451,16 +451,12 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] | Mappi
                               "complete ones)")
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
-        for name in ("model", "loss", "data", "optim", "schedule", "train"):
-            if tree.get(name, {}) is None:
-                tree[name] = {}           # "train:" with nothing under it: an empty section
-            elif not isinstance(tree.get(name, {}), dict):
-                raise ConfigError(f"{path}: {name}: expected a mapping (a section of keys), got "
-                                  f"{tree[name]!r}", key=name)
+        _sections_as_mappings(tree, lambda name: str(path))
     origins: list[tuple[str, str]] = []
     env_vars = _env_vars(os.environ if env is None else env)
     apply_overrides(tree, {k: _parse_value(v) for k, (_, v) in env_vars.items()}, "environment")
     origins += [(k, f"environment {name}={v}") for k, (name, v) in env_vars.items()]
+    _sections_as_mappings(tree, lambda name: _origin_of(name, origins) or str(path))
     items = _override_items(overrides, "--set")
     for key, value, _ in items:
         _set_dotted(tree, key, value, "--set")
@@ -476,6 +472,18 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] | Mappi
         if where.split(" ", 1)[1].split("=", 1)[0] == exc.key and msg.startswith(f"{exc.key}: "):
             msg = msg[len(exc.key) + 2:]       # "--set train.epochs=0: must be ..."
         raise ConfigError(f"{where}: {msg}", key=exc.key) from None
+
+
+def _sections_as_mappings(tree: dict[str, Any], where: typing.Callable[[str], str]) -> None:
+    """An empty section (``train:`` with nothing under it) becomes ``{}`` so that overrides can
+    set keys in it; a section that is no mapping is named with ``where(section)`` (the file or
+    the variable that made it so), not blamed on the override that sets a key in it."""
+    for name in ("model", "loss", "data", "optim", "schedule", "train"):
+        if name in tree and tree[name] is None:
+            tree[name] = {}
+        elif not isinstance(tree.get(name, {}), dict):
+            raise ConfigError(f"{where(name)}: {name}: expected a mapping (a section of keys), "
+                              f"got {tree[name]!r}", key=name)
 
 
 def resolve_precision(precision: str, device: Any, cpu_bf16: bool | None = None) -> str:

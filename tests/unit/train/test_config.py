@@ -228,3 +228,6 @@ def test_an_empty_or_scalar_section_with_overrides(tmp_path: Path) -> None:
     f.write_text("train: 5\n")        # the file's fault, not the override's ("--set: train is not a section")
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(f))}: train: expected a mapping"):
         load_config(f, ["train.epochs=2"], env={})
+    with pytest.raises(ConfigError, match=r"^environment NEIMSCTL_CFG__TRAIN=3: train: expected a "
+                                          "mapping"):
+        load_config(None, ["train.epochs=2"], env={"NEIMSCTL_CFG__TRAIN": "3"})
