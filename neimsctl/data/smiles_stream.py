@@ -319,7 +319,11 @@ class SmilesStream:
             ds = _BatchStream(self, 0, epoch * per + skip, (epoch + 1) * per, rank, world_size)
         else:
             ds = _BatchStream(self, epoch, skip, None, rank, world_size)
+        # a generator of its own: a DataLoader without one draws its base seed from the global
+        # torch RNG, one draw per epoch's loader; a run resumed mid-epoch made that draw again
+        # after restoring the RNG, so every later bond mask and dropout differed
         loader = DataLoader(ds, batch_size=None, collate_fn=_identity,
+                            generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch),
                             num_workers=self.num_workers,
                             worker_init_fn=dies_with_this_process() if self.num_workers else None)
         for batch, rejects in loader:
