@@ -216,3 +216,16 @@ def test_a_teacher_given_twice_is_warned(work: Path) -> None:
     assert r.exit_code == 0, r.output
     assert "warning: --teacher" in r.stderr and "the same file given 2 times" in r.stderr
     assert "MC samples count that many times" in r.stderr
+
+
+def test_a_shard_given_twice_is_read_once(shards: Path) -> None:
+    """s.h5 and a link to it: every spectrum was trained on twice and stood twice in the
+    validation library (600 spectra from 300), without a word."""
+    (shards / "again.h5").unlink(missing_ok=True)
+    (shards / "again.h5").symlink_to(shards / "s.h5")
+    p = sh(f"neimsctl distill s.h5 again.h5 --no-kd {STUDENT} --set train.epochs=1 --out-dir twice",
+           shards)
+    assert p.returncode == 0, p.stderr.decode()
+    assert (b"warning: shard s.h5, again.h5: the same file given 2 times: read once"
+            in p.stderr), p.stderr.decode()
+    assert b": 300 spectra, train " in p.stderr
