@@ -229,3 +229,11 @@ def test_a_shard_given_twice_is_read_once(shards: Path) -> None:
     assert (b"warning: shard s.h5, again.h5: the same file given 2 times: read once"
             in p.stderr), p.stderr.decode()
     assert b": 300 spectra, train " in p.stderr
+
+
+def test_an_optim_lr_the_one_cycle_schedule_does_not_use_is_warned(shards: Path) -> None:
+    p = sh(f"neimsctl distill s.h5 --no-kd {STUDENT} --set train.epochs=1 --set optim.lr=3e-4 "
+           "--set schedule.max_lr=1e-3 -q --out-dir maxlr", shards)
+    assert p.returncode == 0, p.stderr.decode()
+    assert (b"warning: optim.lr=0.0003 is not used: the onecycle schedule sets the learning rate, "
+            b"up to schedule.max_lr=0.001" in p.stderr), p.stderr.decode()

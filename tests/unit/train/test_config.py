@@ -231,3 +231,12 @@ def test_an_empty_or_scalar_section_with_overrides(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^environment NEIMSCTL_CFG__TRAIN=3: train: expected a "
                                           "mapping"):
         load_config(None, ["train.epochs=2"], env={"NEIMSCTL_CFG__TRAIN": "3"})
+
+
+def test_optim_lr_sets_the_peak_of_the_shipped_one_cycle_schedules() -> None:
+    """The distill profiles fixed schedule.max_lr to optim.lr's value, so --set optim.lr=...
+    (and a sweep over it) changed nothing: every learning rate trained the same run."""
+    for path in CONFIGS:
+        cfg = load_config(path, env={})
+        if cfg.schedule.name == "onecycle":
+            assert cfg.schedule.max_lr is None, path
