@@ -223,8 +223,8 @@ def test_a_shard_given_twice_is_read_once(shards: Path) -> None:
     validation library (600 spectra from 300), without a word."""
     (shards / "again.h5").unlink(missing_ok=True)
     (shards / "again.h5").symlink_to(shards / "s.h5")
-    p = sh(f"neimsctl distill s.h5 again.h5 --no-kd {STUDENT} --set train.epochs=1 --out-dir twice",
-           shards)
+    p = sh(f"neimsctl distill s.h5 again.h5 --no-kd {STUDENT} --set train.epochs=1 "
+           "--out-dir shard_twice", shards)
     assert p.returncode == 0, p.stderr.decode()
     assert (b"warning: shard s.h5, again.h5: the same file given 2 times: read once"
             in p.stderr), p.stderr.decode()
