@@ -23,7 +23,7 @@ The spec (YAML, read with ``yaml.safe_load``; ``config`` relative to the spec's 
     seeds: [42, 1, 2]                    # every recipe once per train.seed
     ensembles: [2, 3]                    # also judge each recipe's first n seeds averaged
     parallel: 2                          # trainings at a time (give each train.threads: 1)
-    metric: val_recall_at_10             # the column the table is sorted by
+    metric: val_recall_at_10             # the column the table is sorted by (any val_ metric)
 
 SIGINT / SIGTERM stop the sweep: its running trainings are sent the same signal (they save
 ``interrupted.pt``), the sweep waits for them and exits 130 / 143; the next ``run`` resumes them.
@@ -33,8 +33,9 @@ overrides, so the same recipe always lands in the same place) with its log besid
 whose ``report.md`` exists is done and skipped; one that was interrupted (Ctrl-C, a killed
 session) is continued with ``--resume`` from its own checkpoint. The table is rebuilt from the
 trial directories every time: ``results.csv``, ``results.md`` (recipes sorted by the metric:
-the mean over seeds, min/max, each seed's best epoch) and ``results.png`` (metric per recipe,
-each seed a dot). An ensemble row averages the spectra of the recipe's first n seeds with
+the mean over the seeds that are done, min/max, each seed's best epoch; an interrupted trial's
+best epoch so far is left out, ``results.csv`` lists it with its state) and ``results.png``
+(metric per recipe, each finished seed a dot). An ensemble row averages the spectra of the recipe's first n seeds with
 ``neimsctl predict --model A --model B ...`` (sqrt and linear) and judges them with ``neimsctl
 eval`` on the validation compounds exactly as ``tools/bench/compare_models.py --part val`` does.
 Nothing here reads the test split.
@@ -101,6 +102,10 @@ def load_spec(path: Path) -> dict[str, Any]:
     spec.setdefault("seeds", [42])
     spec.setdefault("parallel", 1)
     spec.setdefault("metric", "val_recall_at_10")
+    from neimsctl.evaluate.validation import VAL_METRICS    # what finetune and distill log
+    if spec["metric"] not in VAL_METRICS:
+        raise bad(f"metric {spec['metric']!r} is not a validation metric; use one of "
+                  f"{', '.join(VAL_METRICS)}")
     for f in (spec["config"], *spec["shards"]):
         if not Path(f).is_file():
             raise bad(f"{f}: no such file")
@@ -312,7 +317,7 @@ def tabulate(spec: dict[str, Any], out: Path) -> None:
             best = best_epoch(d, metric) or {}
             rows.append({"recipe": label, "seed": seed, "id": tid, "state": trial_state(d),
                          "best_epoch": best.get("epoch"),
-                         **{k: best.get(k) for k in VAL_KEYS}})
+                         **{k: best.get(k) for k in dict.fromkeys((*VAL_KEYS, metric))}})
     with open(out / "results.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
@@ -325,13 +330,17 @@ def tabulate(spec: dict[str, Any], out: Path) -> None:
         vals = [v for v in vals if v is not None]
         return statistics.fmean(vals) if vals else float("nan")
 
-    score = {g: mean([r[metric] for r in rs]) for g, rs in groups.items()}
+    def finished(rs: list[dict]) -> list[dict]:
+        """The trials that are done: an interrupted one's best epoch so far is no result."""
+        return [r for r in rs if r["state"] == "done" and r[metric] is not None]
+
+    score = {g: mean([r[metric] for r in finished(rs)]) for g, rs in groups.items()}
     order = sorted(groups, key=lambda g: 0 if math.isnan(score[g]) else -score[g])
     lines = [f"| recipe | seeds done | {metric} mean | min | max | val R@1 | val R@1 ±5 Da "
              "| val cosine | best epochs |", "|---|---|---|---|---|---|---|---|---|"]
     for g in order:
         rs = groups[g]
-        done = [r for r in rs if r[metric] is not None]
+        done = finished(rs)
         vals = [r[metric] for r in done]
         lines.append(
             f"| {g} | {sum(r['state'] == 'done' for r in rs)}/{len(rs)} | "
@@ -364,7 +373,7 @@ def plot(groups: dict[str, list[dict]], order: list[str], metric: str, path: Pat
 
     fig, ax = plt.subplots(figsize=(8, 0.4 * len(order) + 1.5))
     for y, g in enumerate(reversed(order)):
-        vals = [r[metric] for r in groups[g] if r[metric] is not None]
+        vals = [r[metric] for r in groups[g] if r["state"] == "done" and r[metric] is not None]
         ax.scatter(vals, [y] * len(vals), color="tab:blue", s=18)
         if vals:
             ax.plot([statistics.fmean(vals)] * 2, [y - 0.3, y + 0.3], color="tab:red")

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from neimsctl.cli._common import (Quiet, app, check_inputs_or_usage, command, input_pairs, refuse_clobber,
-                                  setup_logging, usage_error)
+from neimsctl.cli._common import (Quiet, app, check_inputs_or_usage, command, input_pairs,
+                                  once_each, refuse_clobber, setup_logging, usage_error)
 from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainVerbose,
                                         check_config_or_usage, check_run_dir, config_option,
                                         config_pairs, config_sets, finish_run, run_config,
@@ -105,6 +105,8 @@ def distill_cli(
             usage_error(CMD, f"{name} is trained without KD: drop --teacher/--soft-labels")
         check_inputs_or_usage(CMD, [*paths, *(teacher_feats or []), *map(Path, cfg.data.transfer),
                                     *[x for x in (teacher, soft) if x]], regular="not a regular file")
+        paths = once_each(CMD, "shard", paths, "read once (twice would train on every spectrum "
+                          "twice and put it twice into the validation library)")
         refuse_clobber(CMD, input_pairs(paths) + input_pairs(teacher_feats or [], "--teacher-feats")
                        + input_pairs(map(Path, cfg.data.transfer), "--transfer")
                        + input_pairs([x for x in (teacher, soft) if x], "input")

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from neimsctl.cli._common import (Quiet, app, check_inputs_or_usage, command, input_pairs, refuse_clobber,
-                                  setup_logging, usage_error)
+from neimsctl.cli._common import (Quiet, app, check_inputs_or_usage, command, input_pairs,
+                                  once_each, refuse_clobber, setup_logging, usage_error)
 from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainVerbose,
                                         check_config_or_usage, check_run_dir, config_option,
                                         config_pairs, config_sets, finish_run, run_dir_option,
@@ -52,6 +52,8 @@ def finetune_cli(
         if not paths:
             usage_error(CMD, "no shards: give FEATS.h5 arguments or set data.train in the config")
         check_inputs_or_usage(CMD, [*paths, *([init] if init else [])], regular="not a regular file")
+        paths = once_each(CMD, "shard", paths, "read once (twice would train on every spectrum "
+                          "twice and put it twice into the validation library)")
         refuse_clobber(CMD, input_pairs(paths) + input_pairs([init] if init else [], "--init")
                        + config_pairs(config, out_dir, resume), run_dir_outputs(out_dir))
         check_run_dir(CMD, out_dir, cfg, resume)

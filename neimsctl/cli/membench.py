@@ -26,7 +26,9 @@ class Model(str, Enum):
 
 
 def _mib(b: float) -> str:
-    return f"{b / 2**20:,.1f}"
+    """A size in MiB for a table cell: no thousands separator ("1014.6", not "1,014.6"), so
+    that cut, awk, sort -n and pandas read the tab-separated columns as numbers."""
+    return f"{b / 2**20:.1f}"
 
 
 def _print_estimate(res: dict[str, Any]) -> None:

@@ -158,8 +158,9 @@ def estimate(*, ram_gb: float, dataset_size: int, models: list[str], batch_sizes
                 share = total / ram
                 verdict = "fits" if share <= FITS else "tight" if share <= TIGHT else "does-not-fit"
                 rows.append({"model": model, "dataset": mode, "batch_size": bs, "runtime": runtime,
-                             "data": dbytes, "params": params, "model_state": state,
-                             "activations": act, "batches": batch_io, "total": total,
+                             "data": round(dbytes), "params": params, "model_state": round(state),
+                             "activations": round(act), "batches": round(batch_io),
+                             "total": round(total),
                              "share_of_ram": share, "verdict": verdict})
     constants = {
         **{f"params_{m}": src for m, src in sources.items()}, "train_bytes_per_param": f"{TRAIN_BYTES_PER_PARAM} (fp32 w+grad+AdamW 2 states)",

@@ -72,6 +72,8 @@ def _detect(first: str, smiles_column: str | None) -> str:
     fields = [f.strip().strip('"').lower() for f in text.split(",")]
     if len(fields) > 1 and (smiles_column or "smiles").lower() in fields:
         return "csv"
+    if "," in (text.split() or [""])[0]:
+        return "csv"      # no SMILES holds a comma: a CSV header without the column (named then)
     if smiles_column is not None:
         raise FormatError(f"--smiles-column {smiles_column!r}: the first line is not a CSV "
                           f"header holding that column: {first[:80]!r}")
@@ -98,17 +100,17 @@ def read_smiles(path: str | os.PathLike, fmt: str = "auto", *, smiles_column: st
     name = display_name(path)
     with open_in(path) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
-        first = ""
-        for first in text:
+        first, first_no = "", 1
+        for first_no, first in enumerate(text, 1):   # blank lines before it still count
             if first.strip():
                 break
         kind = _detect(first, smiles_column) if fmt == "auto" else fmt
         lines = itertools.chain([first], text)
         if kind == "csv":
-            yield from _read_csv(lines, smiles_column or "smiles", name, src)
+            yield from _read_csv(lines, smiles_column or "smiles", name, src, first_no - 1)
             return
         col = smiles_column or "smiles"
-        for no, ln in enumerate(lines, 1):
+        for no, ln in enumerate(lines, first_no):
             s = ln.strip()
             if not s or s.startswith("#"):
                 continue
@@ -122,22 +124,24 @@ def read_smiles(path: str | os.PathLike, fmt: str = "auto", *, smiles_column: st
                 yield SmilesItem(src, no, smi if isinstance(smi, str) else "", str(label))
                 continue
             smi, _, label = s.partition(" ") if " " in s else s.partition("\t")
-            if no == 1 and smi.lower() == "smiles":
+            if no == first_no and smi.lower() == "smiles":
                 continue
             yield SmilesItem(src, no, smi, label.strip())
 
 
-def _read_csv(lines: Iterator[str], column: str, name: str, src: int) -> Iterator[SmilesItem]:
+def _read_csv(lines: Iterator[str], column: str, name: str, src: int,
+              skipped: int = 0) -> Iterator[SmilesItem]:
+    """The SMILES column of CSV ``lines``; ``skipped`` blank lines came before them."""
     reader = csv.reader(lines)
     header = [h.strip().lower() for h in next(reader, [])]
     if column.lower() not in header:
         raise FormatError(f"CSV header has no column {column!r} (columns: {', '.join(header)}); "
-                          "use --smiles-column", file=name, line=1)
+                          "use --smiles-column", file=name, line=skipped + 1)
     ci = header.index(column.lower())
     ni = next((header.index(k) for k in ("name", "id", "idx") if k in header), None)
     for row in reader:
         if len(row) > ci and row[ci].strip():
-            yield SmilesItem(src, reader.line_num, row[ci].strip(),
+            yield SmilesItem(src, skipped + reader.line_num, row[ci].strip(),
                              row[ni] if ni is not None and len(row) > ni else "")
 
 
@@ -315,7 +319,11 @@ class SmilesStream:
             ds = _BatchStream(self, 0, epoch * per + skip, (epoch + 1) * per, rank, world_size)
         else:
             ds = _BatchStream(self, epoch, skip, None, rank, world_size)
+        # a generator of its own: a DataLoader without one draws its base seed from the global
+        # torch RNG, one draw per epoch's loader; a run resumed mid-epoch made that draw again
+        # after restoring the RNG, so every later bond mask and dropout differed
         loader = DataLoader(ds, batch_size=None, collate_fn=_identity,
+                            generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch),
                             num_workers=self.num_workers,
                             worker_init_fn=dies_with_this_process() if self.num_workers else None)
         for batch, rejects in loader:

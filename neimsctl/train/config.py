@@ -235,6 +235,30 @@ def check_values(cfg: Config) -> None:
                           f"{cfg.data.fold!r}", key="data.fold") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML keeps the last one
+    silently: a second ``train:`` section dropped every key of the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue                  # "<<: *anchor": its keys may be overridden here
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue                  # an unhashable key: the base class names it
+            seen[key] = line
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice ("
+                    + (f"lines {first} and {line}" if first != line else f"line {line}")
+                    + "; YAML would keep only the last)", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _fail(path: str, msg: str) -> typing.NoReturn:
     raise ConfigError(f"{path or '<config>'}: {msg}", key=path or None)
 
@@ -419,7 +443,7 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] | Mappi
             raise ConfigError(f"{path}: not a YAML config: not UTF-8 text (byte {exc.start} "
                               "cannot be decoded)") from None
         try:
-            tree = yaml.safe_load(text)
+            tree = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from None
         if tree is None:
@@ -427,10 +451,12 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] | Mappi
                               "complete ones)")
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
+        _sections_as_mappings(tree, lambda name: str(path))
     origins: list[tuple[str, str]] = []
     env_vars = _env_vars(os.environ if env is None else env)
     apply_overrides(tree, {k: _parse_value(v) for k, (_, v) in env_vars.items()}, "environment")
     origins += [(k, f"environment {name}={v}") for k, (name, v) in env_vars.items()]
+    _sections_as_mappings(tree, lambda name: _origin_of(name, origins) or str(path))
     items = _override_items(overrides, "--set")
     for key, value, _ in items:
         _set_dotted(tree, key, value, "--set")
@@ -446,6 +472,18 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] | Mappi
         if where.split(" ", 1)[1].split("=", 1)[0] == exc.key and msg.startswith(f"{exc.key}: "):
             msg = msg[len(exc.key) + 2:]       # "--set train.epochs=0: must be ..."
         raise ConfigError(f"{where}: {msg}", key=exc.key) from None
+
+
+def _sections_as_mappings(tree: dict[str, Any], where: typing.Callable[[str], str]) -> None:
+    """An empty section (``train:`` with nothing under it) becomes ``{}`` so that overrides can
+    set keys in it; a section that is no mapping is named with ``where(section)`` (the file or
+    the variable that made it so), not blamed on the override that sets a key in it."""
+    for name in ("model", "loss", "data", "optim", "schedule", "train"):
+        if name in tree and tree[name] is None:
+            tree[name] = {}
+        elif not isinstance(tree.get(name, {}), dict):
+            raise ConfigError(f"{where(name)}: {name}: expected a mapping (a section of keys), "
+                              f"got {tree[name]!r}", key=name)
 
 
 def resolve_precision(precision: str, device: Any, cpu_bf16: bool | None = None) -> str:

@@ -113,6 +113,9 @@ def run_distill(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path, 
         base = base.subset(np.arange(min(d.max_records, len(base))))
         train_base = train_base.subset(np.arange(len(base)))
     parts = dataset_split(base, seed=d.split_seed, fractions=d.split, fold=d.fold, log=log)
+    if min(len(parts.train), len(parts.val)) == 0:     # as finetune says it
+        raise ConfigError(f"data.split: train or val part is empty ({len(base)} spectra); "
+                          "more data or other fractions needed")
     train_view = train_base.subset(parts.train)
     soft = SoftLabelReader(soft_labels) if soft_labels is not None else None
     transfer = transfer_rows(tpaths, base, in_memory=not d.lazy, log=log) if tpaths else None

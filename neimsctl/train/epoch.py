@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from neimsctl.errors import NeimsError
+from neimsctl.errors import InputError, NeimsError
 from neimsctl.io.parallel import dies_with_this_process
 from neimsctl.train import distributed as dd
 
@@ -154,6 +154,10 @@ def run_epoch(tr: "Trainer", epoch: int, skip: int, acc: dict[str, Any]) -> tupl
         if dd.any_rank(tr._signals > 0, info):
             stopped = True
             break
+    if acc["batches"] == 0 and skip == 0 and not stopped:
+        raise InputError(f"epoch {epoch + 1}: not one training batch: the train part holds no "
+                         "valid molecule, or fewer than train.batch_size with train.drop_last "
+                         "(check data.split, data.max_records and the input)")
     if group and not stopped:  # leftover micro-batches of a loader without len()
         if info.enabled:
             _sync_grads(params, info)

@@ -397,6 +397,12 @@ class Trainer:
         nb = self._n_batches()
         self.steps_per_epoch = None if nb is None else max(1, -(-nb // t.grad_accum))
         self.sched = self.scheduler_factory(self.cfg, self.opt, self.steps_per_epoch)
+        sc = self.cfg.schedule
+        if (sc.name == "onecycle" and sc.max_lr is not None and sc.max_lr != self.cfg.optim.lr
+                and self.info.is_main):
+            print(f"neimsctl: warning: optim.lr={self.cfg.optim.lr:g} is not used: the onecycle "
+                  f"schedule sets the learning rate, up to schedule.max_lr={sc.max_lr:g} "
+                  "(schedule.max_lr=null peaks at optim.lr)", file=self.log, flush=True)
         self.scaler = torch.amp.GradScaler("cuda") if t.precision == "fp16" else None
         self.step, self.best, self.history = 0, None, []
         epoch0, skip, acc = 0, 0, {}

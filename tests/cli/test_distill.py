@@ -147,6 +147,8 @@ def test_baselines_run(work: Path) -> None:
     ("s.h5 --arch neims-v1 --set model.n_blocks=-1", 1, "n_blocks"),
     ("s.h5 --arch neims-v1 -c {repo}/configs/distill/student-cpu-small.yaml", 1, "not --arch"),
     ("s.h5 --no-kd --resume", 1, "no checkpoints to resume"),      # refused before the data are loaded
+    # an empty val part is named as the config key, as finetune names it (before the header line)
+    ("s.h5 --no-kd --set 'data.split=[0.9,0,0.1]'", 1, "data.split: train or val part is empty"),
 ])
 def test_distill_exit_codes(shards: Path, repo_root: Path, args: str, code: int, text: str,
                             monkeypatch: pytest.MonkeyPatch) -> None:
@@ -214,3 +216,24 @@ def test_a_teacher_given_twice_is_warned(work: Path) -> None:
     assert r.exit_code == 0, r.output
     assert "warning: --teacher" in r.stderr and "the same file given 2 times" in r.stderr
     assert "MC samples count that many times" in r.stderr
+
+
+def test_a_shard_given_twice_is_read_once(shards: Path) -> None:
+    """s.h5 and a link to it: every spectrum was trained on twice and stood twice in the
+    validation library (600 spectra from 300), without a word."""
+    (shards / "again.h5").unlink(missing_ok=True)
+    (shards / "again.h5").symlink_to(shards / "s.h5")
+    p = sh(f"neimsctl distill s.h5 again.h5 --no-kd {STUDENT} --set train.epochs=1 "
+           "--out-dir shard_twice", shards)
+    assert p.returncode == 0, p.stderr.decode()
+    assert (b"warning: shard s.h5, again.h5: the same file given 2 times: read once"
+            in p.stderr), p.stderr.decode()
+    assert b": 300 spectra, train " in p.stderr
+
+
+def test_an_optim_lr_the_one_cycle_schedule_does_not_use_is_warned(shards: Path) -> None:
+    p = sh(f"neimsctl distill s.h5 --no-kd {STUDENT} --set train.epochs=1 --set optim.lr=3e-4 "
+           "--set schedule.max_lr=1e-3 -q --out-dir maxlr", shards)
+    assert p.returncode == 0, p.stderr.decode()
+    assert (b"warning: optim.lr=0.0003 is not used: the onecycle schedule sets the learning rate, "
+            b"up to schedule.max_lr=0.001" in p.stderr), p.stderr.decode()

@@ -192,3 +192,10 @@ def test_resume_goes_on_from_last_when_interrupted_cannot_be_read(work: Path, fu
         b"its zip archive has no end (the file was cut short, e.g. by a copy or a write that did "
         b"not finish)\n"), p.stderr
     assert b"Errno" not in p.stderr and b"Traceback" not in p.stderr
+
+
+def test_a_shard_given_twice_is_read_once(work: Path) -> None:
+    p = finetune(work, "shard_twice", 1, "../" + work.name + "/f.h5")
+    assert p.returncode == 0, p.stderr.decode()
+    assert b"warning: shard f.h5, ../" in p.stderr and b"read once" in p.stderr
+    assert b"finetune: 300 spectra, train " in p.stderr

@@ -33,6 +33,13 @@ def test_estimate_table_and_verdicts():
     rows = {(line.split("\t")[1], line.split("\t")[2]): line.split("\t")[-1]
             for line in out.splitlines() if line.startswith("student\t")}
     assert rows[("lazy", "32")] == "fits"
+    # numbers a tab-separated reader takes as numbers (was "1,014.6"), sizes in bytes as integers
+    table = [ln.split("\t") for ln in out.splitlines() if ln.startswith("student\t")]
+    assert all(float(c) >= 0 for row in table for c in row[3:10]), table
+    res = json.loads(invoke("--mode", "estimate", "--ram-gb", "1e9", "--dataset-size", "300000",
+                            "--model", "student", "--json").stdout)
+    assert all(isinstance(r[k], int) for r in res["settings"]
+               for k in ("runtime", "data", "model_state", "activations", "batches", "total"))
     res = mb.estimate(ram_gb=2.6, dataset_size=300_000, models=["student"], batch_sizes=[32],
                       runtime_bytes=250 * 2**20)               # fixed runtime: verdicts independent of pytest
     verdict = {r["dataset"]: r["verdict"] for r in res["settings"]}

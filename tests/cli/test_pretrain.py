@@ -109,6 +109,23 @@ def test_refused_input_leaves_no_run_dir(tmp_path):
     assert res.exit_code == 1 and (tmp_path / "kept").is_dir()
 
 
+def test_a_train_part_without_a_molecule_is_refused_not_trained_for_zero_steps(tmp_path):
+    """Two molecules, both in the val part: the epoch made 0 steps ('loss 0') and the run
+    ended as if trained, with 1000 empty steps per epoch; rejects named lines without the blank
+    lines above them."""
+    cli_main.load_commands()
+    src = tmp_path / "few.smi"
+    src.write_text("\n\n" + MOSES[0] + "\nxx\n")
+    res = CliRunner().invoke(cli_main.app, [
+        "pretrain", str(src), "-c", CFG, *TINY, "--steps-per-epoch", "1000",
+        "--set", "train.epochs=1", "--set", "train.num_workers=0",
+        "--set", "data.split=[0.01,0.99,0]", "-o", str(tmp_path / "run")])
+    assert res.exit_code == 1, res.output
+    assert "few.smi: line 4: unparsable_structure" in res.output
+    assert "epoch 1: not one training batch: the train part holds no valid molecule" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "run/checkpoints/last.pt").exists()
+
+
 @pytest.mark.parametrize("args, code, text", [
     (["x.smi"], 2, "Missing option '--config'"),
     (["missing.smi", "-c", CFG], 2, "missing.smi: no such file"),

@@ -82,7 +82,10 @@ def test_failing_trials_and_malformed_specs_are_reported(tmp_path: Path, repo_ro
                       (SPEC.format(repo=repo_root).replace("[0.0, 0.2]", "0.1"),
                        b"grid.model.dropout must be a non-empty list"),
                       (SPEC.format(repo=repo_root).replace("[s.h5]", "[nope.h5]"),
-                       b"nope.h5: no such file")):
+                       b"nope.h5: no such file"),
+                      # a metric outside the table's columns was a KeyError traceback
+                      (SPEC.format(repo=repo_root) + "metric: val_bogus\n",
+                       b"metric 'val_bogus' is not a validation metric")):
         (tmp_path / "bad.yaml").write_text(text)
         p = sh(f"{tool} table bad.yaml outb", tmp_path)
         assert p.returncode == 1 and msg in p.stderr and b"Traceback" not in p.stderr, p.stderr
@@ -116,5 +119,7 @@ def test_sigterm_stops_the_trainings_and_the_next_run_resumes(tmp_path: Path, sa
     assert {"interrupted.pt", "last.pt"} & {f.name for f in (trial / "checkpoints").iterdir()}
     table = sh(f"{sys.executable} {repo_root}/tools/sweep.py table spec.yaml out", tmp_path)
     assert table.returncode == 0 and b"| 0/1 |" in table.stdout   # not done: it resumes
+    # ... and its best epoch so far is no result: it was the recipe's mean, min and max
+    assert b"| 0/1 | nan | nan | nan |" in table.stdout, table.stdout
     rows = list(csv.DictReader(open(tmp_path / "out/results.csv")))
     assert [r["state"] for r in rows] == ["partial"]

@@ -57,6 +57,25 @@ def test_read_compressed_jsonl_and_csv(tmp_path):
         list(read_smiles(_smi(tmp_path / "s.smi", MOSES), smiles_column="smiles"))
 
 
+def test_lines_are_counted_from_the_top_and_a_csv_without_the_column_is_named(tmp_path):
+    # blank lines before the first molecule shifted every reported line number by their count
+    p = tmp_path / "b.smi"
+    p.write_text("\n\nsmiles\nCCO\nxx\n")
+    assert [(i.line, i.smiles) for i in read_smiles(p)] == [(4, "CCO"), (5, "xx")]
+    c = tmp_path / "b.csv"
+    c.write_text("\n\nidx,smiles\n0,CCO\n")
+    assert [(i.line, i.smiles) for i in read_smiles(c)] == [(4, "CCO")]
+    # a CSV without a smiles column was read as .smi: every line a rejected SMILES, then
+    # "no valid molecule in the validation part"; now its header is named
+    n = tmp_path / "n.csv"
+    n.write_text("\nname,structure\na,CCO\n")
+    with pytest.raises(FormatError, match=r"no column 'smiles' \(columns: name, structure\); use "
+                                          "--smiles-column") as err:
+        list(read_smiles(n))
+    assert err.value.line == 2
+    assert [i.smiles for i in read_smiles(n, smiles_column="structure")] == ["CCO"]
+
+
 def test_split_is_stable_and_near_the_fractions():
     parts = [split_part(s, 42, (0.9, 0.1, 0.0)) for s in ALIPHATIC * 1 + MOSES]
     assert parts == [split_part(s, 42, (0.9, 0.1, 0.0)) for s in ALIPHATIC + MOSES]

@@ -201,3 +201,42 @@ def test_a_non_utf8_or_empty_config_is_one_clear_error(tmp_path: Path) -> None:
         empty.write_text(text)
         with pytest.raises(ConfigError, match=rf"^{re.escape(str(empty))}: the config is empty"):
             load_config(empty, env={})
+
+
+def test_a_key_given_twice_is_refused_not_silently_replaced(tmp_path: Path) -> None:
+    # a second "train:" section replaced the whole first one (best_metric, batch_size, ...)
+    f = tmp_path / "dup.yaml"
+    f.write_text("train:\n  epochs: 3\n  best_metric: val_score\ndata:\n  isotope_prob: 0\n"
+                 "train:\n  epochs: 1\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(f))}: invalid YAML: key 'train' "
+                                          r"given twice \(lines 1 and 6;"):
+        load_config(f, env={})
+    f.write_text("train: {epochs: 2, epochs: 3}\n")
+    with pytest.raises(ConfigError, match=r"key 'epochs' given twice \(line 1;"):
+        load_config(f, env={})
+    # a YAML merge key's values may still be overridden by the mapping's own keys
+    f.write_text("train:\n  <<: {epochs: 1, seed: 7}\n  epochs: 2\n")
+    cfg = load_config(f, env={})
+    assert (cfg.train.epochs, cfg.train.seed) == (2, 7)
+
+
+def test_an_empty_or_scalar_section_with_overrides(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\ndata:\n  isotope_prob: 0\n")     # "train:" with nothing under it
+    assert load_config(f, ["train.epochs=2"], env={}).train.epochs == 2
+    assert load_config(f, env={"NEIMSCTL_CFG__TRAIN__EPOCHS": "3"}).train.epochs == 3
+    f.write_text("train: 5\n")        # the file's fault, not the override's ("--set: train is not a section")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(f))}: train: expected a mapping"):
+        load_config(f, ["train.epochs=2"], env={})
+    with pytest.raises(ConfigError, match=r"^environment NEIMSCTL_CFG__TRAIN=3: train: expected a "
+                                          "mapping"):
+        load_config(None, ["train.epochs=2"], env={"NEIMSCTL_CFG__TRAIN": "3"})
+
+
+def test_optim_lr_sets_the_peak_of_the_shipped_one_cycle_schedules() -> None:
+    """The distill profiles fixed schedule.max_lr to optim.lr's value, so --set optim.lr=...
+    (and a sweep over it) changed nothing: every learning rate trained the same run."""
+    for path in CONFIGS:
+        cfg = load_config(path, env={})
+        if cfg.schedule.name == "onecycle":
+            assert cfg.schedule.max_lr is None, path
