@@ -150,6 +150,14 @@ def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer,
                             final_div_factor=s.final_div_factor)
 
 
+def _changed_model_keys(was: dict[str, Any], now: dict[str, Any], shown: int = 3) -> str:
+    """``model.hidden 16 -> 32, ...``: the ``model`` keys whose values differ (the first
+    ``shown``), or ``""``."""
+    keys = [k for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
+    text = ", ".join(f"model.{k} {was.get(k)!r} -> {now.get(k)!r}" for k in keys[:shown])
+    return text + (f" (+{len(keys) - shown} more)" if len(keys) > shown else "")
+
+
 class QuietLog(io.TextIOBase):
     """A ``log`` stream for ``-q``: passes on only the lines that are warnings or errors
     (``neimsctl: warning: ...``, ``...: error: ...``); the trainer also shows no progress bar.
@@ -318,8 +326,16 @@ class Trainer:
             print(f"neimsctl: warning: resume: train.{', train.'.join(changed)} differ from the "
                   "checkpoint; the run will not replay exactly", file=self.log)
         self._check_schedule_length(ckpt, old)
-        ck.restore(ckpt, model=self.model, optimizer=self.opt, scheduler=self.sched,
-                   scaler=self.scaler, loss_fn=self.loss_fn)
+        try:
+            ck.restore(ckpt, model=self.model, optimizer=self.opt, scheduler=self.sched,
+                       scaler=self.scaler, loss_fn=self.loss_fn)
+        except CheckpointError as exc:      # name the settings that changed, not only tensors
+            changed = _changed_model_keys(ckpt["config"].get("model") or {}, self.cfg.model or {})
+            if not changed:
+                raise
+            raise CheckpointError(
+                f"{path}: the run was trained with other model settings ({changed}): resume with "
+                f"the run's own (-c {self.out_dir / 'config.yaml'}); {exc}") from None
         self.step, self.best, self.history = ckpt["step"], ckpt["best_metric"], ckpt["history"]
         print(f"neimsctl: resumed from {path} (epoch {ckpt['epoch']}, batch {ckpt['batch']}, "
               f"step {self.step})", file=self.log)

@@ -133,3 +133,7 @@ def test_resume_goes_on_with_the_runs_own_settings(shard: Path) -> None:
     assert sorted({r["epoch"] for r in log if r["kind"] == "epoch"}) == [1, 2, 3]
     p = distill("-c", "own/config.yaml", "--out-dir", "own")
     assert p.returncode == 2 and b"is the same file as --config own/config.yaml" in p.stderr
+    # other model settings than the run's: named, not only torch's tensor shapes
+    p = distill("--resume", "--set", "model.hidden_dim=32", "--set", "train.epochs=3", "--out-dir", "own")
+    assert p.returncode == 1 and (b"the run was trained with other model settings (model.hidden_dim "
+                                  b"16 -> 32): resume with the run's own (-c own/config.yaml)") in p.stderr
