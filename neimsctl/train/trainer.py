@@ -68,7 +68,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from neimsctl import interrupts
-from neimsctl.errors import CheckpointError, ConfigError, OutputError
+from neimsctl.errors import CheckpointError, ConfigError, InputError, OutputError
 from neimsctl.io.parallel import dies_with_this_process
 from neimsctl.io.streams import make_dirs, output_error
 from neimsctl.models import checkpoint as ck
@@ -440,17 +440,23 @@ class Trainer:
             if fresh_dir and not resume and not self._saved:
                 self._remove_run_files()
             raise
+        except (InputError, ConfigError):
+            # refused before its first checkpoint (e.g. not one training batch): no config.yaml
+            # and log left to make the next run "hold a training run"
+            if not resume and not self._saved and self.info.is_main:
+                self._remove_run_files(dirs=fresh_dir)
+            raise
 
-    def _remove_run_files(self) -> None:
-        """Undo a run that could not write its first checkpoint into a run directory it made:
-        no ``config.yaml`` and empty log are left to look like a run."""
+    def _remove_run_files(self, dirs: bool = True) -> None:
+        """Undo a run that wrote no checkpoint: no ``config.yaml`` and log are left to look like
+        a run (and, with ``dirs``, the directories it made are removed when empty)."""
         if self._jsonl is not None:
             with contextlib.suppress(OSError):
                 self._jsonl.close()
         for name in ("config.yaml", "train_log.jsonl"):
             with contextlib.suppress(OSError):
                 (self.out_dir / name).unlink()
-        for d in (self.ckpt_dir, self.out_dir):
+        for d in (self.ckpt_dir, self.out_dir) if dirs else ():
             with contextlib.suppress(OSError):
                 d.rmdir()  # only when empty
 

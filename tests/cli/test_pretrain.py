@@ -124,6 +124,15 @@ def test_a_train_part_without_a_molecule_is_refused_not_trained_for_zero_steps(t
     assert "few.smi: line 4: unparsable_structure" in res.output
     assert "epoch 1: not one training batch: the train part holds no valid molecule" in res.output
     assert "Traceback" not in res.output and not (tmp_path / "run/checkpoints/last.pt").exists()
+    # nothing left that looks like a run: the same command again says the same, not "holds a
+    # training run" (config.yaml and train_log.jsonl of the refused run were kept before)
+    assert not (tmp_path / "run/config.yaml").exists()
+    assert not (tmp_path / "run/train_log.jsonl").exists()
+    again = CliRunner().invoke(cli_main.app, [
+        "pretrain", str(src), "-c", CFG, *TINY, "--steps-per-epoch", "1000",
+        "--set", "train.epochs=1", "--set", "train.num_workers=0",
+        "--set", "data.split=[0.01,0.99,0]", "-o", str(tmp_path / "run")])
+    assert again.exit_code == 1 and "not one training batch" in again.output, again.output
 
 
 @pytest.mark.parametrize("args, code, text", [
