@@ -258,7 +258,7 @@ def output_pair(label: str, path: Path | str | None) -> tuple[str, Path | str | 
     return (f"{label} {path}", path)
 
 
-def _h5_file(exc: BaseException) -> str | None:
+def h5_error_file(exc: BaseException) -> str | None:
     """The file an error raised inside h5py was reading (found among the callers' h5py objects,
     innermost first; ``"HDF5 input"`` when none names it), or ``None`` for an error h5py did not
     raise."""
@@ -309,7 +309,7 @@ def command(cmd: str) -> Iterator[None]:
     except OSError as exc:  # an I/O failure no library code named: still one line, exit 1
         fail(cmd, str(exc.filename) if exc.filename else "I/O error", exc.strerror or str(exc))
     except RuntimeError as exc:  # HDF5's own findings in a damaged file (checksums, metadata)
-        where = _h5_file(exc)
+        where = h5_error_file(exc)
         if where is None:
             raise
         fail(cmd, where, f"damaged HDF5 file: {exc}")

@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 
 from neimsctl.cli._common import (NoProvenance, fail, Quiet, Verbose, app, check_inputs_or_usage, command, eprint,
-                                  input_pairs, output_pair, refuse_clobber, setup_logging,
-                                  usage_error, warn_repeated)
+                                  h5_error_file, input_pairs, output_pair, refuse_clobber,
+                                  setup_logging, usage_error, warn_repeated)
 
 CMD = "shards"
 shards_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
@@ -43,16 +43,10 @@ def list_cli(
         for path in files:          # a file that cannot be read is reported; the others listed
             try:
                 [i] = list_features([path])
-            except FormatError as exc:
-                eprint(f"{CMD} list", str(exc) if exc.file else f"{path}: {exc}")
-                failed += 1
-                continue
-            except OSError as exc:
-                eprint(f"{CMD} list", str(exc.filename or path), exc.strerror or str(exc))
-                failed += 1
-                continue
-            except RuntimeError as exc:     # HDF5's own findings in a damaged file
-                eprint(f"{CMD} list", str(path), f"damaged HDF5 file: {exc}")
+            except (FormatError, OSError, RuntimeError) as exc:
+                if isinstance(exc, RuntimeError) and h5_error_file(exc) is None:
+                    raise                   # not HDF5's finding in a damaged file: a bug
+                eprint(f"{CMD} list", *_unreadable(path, exc))
                 failed += 1
                 continue
             if as_json:
@@ -63,6 +57,16 @@ def list_cli(
             out.flush()
         if failed:
             raise typer.Exit(1)
+
+
+def _unreadable(path: Path, exc: BaseException) -> tuple[str, str | None]:
+    """``(what, why)`` of a file ``shards list`` cannot read, as the command boundary words
+    the same errors."""
+    if isinstance(exc, OSError):
+        return str(exc.filename or path), exc.strerror or str(exc)
+    if isinstance(exc, RuntimeError):                   # HDF5's own findings
+        return str(path), f"damaged HDF5 file: {exc}"
+    return (str(exc) if getattr(exc, "file", None) else f"{path}: {exc}"), None
 
 
 @shards_app.command("merge")

@@ -31,7 +31,7 @@ from neimsctl.models.student_stack import StudentStack
 from neimsctl.predict.model import (LoadedModel, below_min_mz_cleared, linear_base_one, predict_block,
                                     student_input_key, student_rows, student_spectra)
 
-__all__ = ["LoadedEnsemble", "average_spectra", "ensemble_average", "overruled_averages",
+__all__ = ["LoadedEnsemble", "average_spectra", "ensemble_average", "choose_average",
            "DEFAULT_AVERAGE"]
 
 #: The averaging space of an ensemble given as several ``--model`` (or bundled without
@@ -57,17 +57,20 @@ def ensemble_average(average: str | None, files: Sequence[dict[str, Any]] = ()) 
     return own.pop() if len(own) == 1 else DEFAULT_AVERAGE
 
 
-def overruled_averages(average: str | None, chosen: str,
-                       files: Sequence[tuple[str, dict[str, Any]]]) -> str | None:
-    """What to warn when ensemble files among the models were made with another average than
-    the ``chosen`` one and no ``average`` was asked for (files that disagree, or a plain
-    checkpoint beside them: :func:`ensemble_average` falls back to its default); else None."""
+def choose_average(average: str | None, files: Sequence[tuple[str, dict[str, Any]]],
+                   n_models: int, log: TextIO | None) -> str:
+    """The averaging space of ``n_models`` models of which ``files`` (``(name, checkpoint)``)
+    are ensemble files: :func:`ensemble_average` of the files' own averages when every model is
+    one, else of none (``neimsctl ensemble`` and ``predict -m A -m B`` decide alike). ``log`` is
+    told when that overrules an ensemble file's own average and no ``average`` was asked for."""
+    chosen = ensemble_average(average, [c for _, c in files] if len(files) == n_models else ())
     own = [(name, str(ckpt.get("average"))) for name, ckpt in files]
-    if average is not None or all(v == chosen for _, v in own):
-        return None
-    return (f"the ensemble files' own averages ({', '.join(f'{n}: {v}' for n, v in own)}) are "
-            f"not used: the members are averaged {chosen} (the default when the models are not "
-            f"all ensemble files of one average; --average to choose)")
+    if log is not None and average is None and any(v != chosen for _, v in own):
+        print(f"neimsctl: warning: the ensemble files' own averages "
+              f"({', '.join(f'{n}: {v}' for n, v in own)}) are not used: the members are averaged "
+              f"{chosen} (the default when the models are not all ensemble files of one average; "
+              "--average to choose)", file=log, flush=True)
+    return chosen
 
 
 def average_spectra(spectra: np.ndarray, average: str) -> np.ndarray:
@@ -285,7 +288,7 @@ def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str
     ``include``: files (checkpoints or ensemble files) that must lie beside ``out``, whose
     members the file takes over when it is loaded without holding a copy (format ``/3``: the
     file name and sha256 of each; the shipped teacher includes the shipped student this way).
-    ``log`` is told when the ensemble files' own averages are not used (:func:`overruled_averages`).
+    ``log`` is told when the ensemble files' own averages are not used (:func:`choose_average`).
 
     Returns
     -------
@@ -352,10 +355,6 @@ def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str
     if len(summary) > MAX_MEMBERS:                  # what a reader would refuse
         raise ConfigError(f"{len(summary)} members (with the included files' members): an "
                           f"ensemble holds at most {MAX_MEMBERS}")
-    chosen = ensemble_average(average, [c for _, c in files] if len(files) == len(specs) else ())
-    said = overruled_averages(average, chosen, files)
-    if said is not None and log is not None:
-        print(f"neimsctl: warning: {said}", file=log, flush=True)
-    average = chosen
+    average = choose_average(average, files, len(specs), log)
     save_checkpoint(out, build_ensemble(members, average=average, include=refs))
     return {"members": summary, "average": average, "bytes": Path(out).stat().st_size}

@@ -253,7 +253,6 @@ def load_model(spec: str | Path | Sequence[str | Path] = "student", *, device: s
     paths = [resolve_model(one) for one in specs]
     origin: list[Path] = []                 # the given file each member came from
     for one, path in zip(specs, paths):
-        origin += [path] * (len(members) - len(origin))
         ckpt = load_checkpoint(path, map_location="cpu", ensemble=True)
         card = _read_card(path)
         if is_ensemble(ckpt):
@@ -272,16 +271,10 @@ def load_model(spec: str | Path | Sequence[str | Path] = "student", *, device: s
         return members[0]
     if not _warn_included_twice(paths, files, log):
         _warn_same_weights(members, origin, paths, log)
-    from neimsctl.predict.ensemble import LoadedEnsemble, ensemble_average
+    from neimsctl.predict.ensemble import LoadedEnsemble, choose_average
 
-    from neimsctl.predict.ensemble import overruled_averages
-
-    # the ensemble files' own average only when every model is one and they agree: the rule
-    # of `neimsctl ensemble`, so `-m A -m B` predicts what the bundle of A and B predicts
-    chosen = ensemble_average(average, [f[1] for f in files] if len(files) == len(specs) else ())
-    said = overruled_averages(average, chosen, [(p.name, c) for p, c, _ in files])
-    if said is not None:
-        print(f"neimsctl: warning: {said}", file=log, flush=True)
+    # the rule of `neimsctl ensemble`, so `-m A -m B` predicts what the bundle of A and B predicts
+    chosen = choose_average(average, [(p.name, c) for p, c, _ in files], len(specs), log)
 
     whole = files[0] if len(specs) == 1 else None
     return LoadedEnsemble(

@@ -169,39 +169,40 @@ def _num(x: float | None) -> str:
 
 
 POSITIVE, NON_NEGATIVE, AT_LEAST_1 = Range(0, lo_open=True), Range(0), Range(1)
-_POSITIVE, _NON_NEGATIVE, _AT_LEAST_1 = POSITIVE, NON_NEGATIVE, AT_LEAST_1
 #: An exponent of a loss's m/z or intensity weighting (search's ``--mz-power`` range).
 POWER = Range(0, 10)
 _SHARE = Range(0, 1)                   # a probability or a fraction
 #: The allowed values of the typed sections' numbers (``None``, where a field may be None, is
 #: always allowed). :func:`check_values` applies them when a :class:`Config` is built.
 RANGES: dict[str, Range] = {
-    "data.max_records": _AT_LEAST_1, "data.max_val_records": _AT_LEAST_1,
-    "data.mask_ratio": Range(0, 1, lo_open=True), "data.smoothing_sigma": _NON_NEGATIVE,
+    "data.max_records": AT_LEAST_1, "data.max_val_records": AT_LEAST_1,
+    "data.mask_ratio": Range(0, 1, lo_open=True), "data.smoothing_sigma": NON_NEGATIVE,
     "data.isotope_prob": _SHARE, "data.transfer_fraction": Range(0, 1, lo_open=True),
-    "optim.lr": _POSITIVE, "optim.weight_decay": _NON_NEGATIVE, "optim.eps": _NON_NEGATIVE,
+    "optim.lr": POSITIVE, "optim.weight_decay": NON_NEGATIVE, "optim.eps": NON_NEGATIVE,
     "optim.momentum": Range(0, 1, hi_open=True), "optim.betas": Range(0, 1, hi_open=True),
-    "schedule.t0": _AT_LEAST_1, "schedule.t_mult": _AT_LEAST_1, "schedule.eta_min": _NON_NEGATIVE,
-    "schedule.max_lr": _POSITIVE, "schedule.pct_start": _SHARE, "schedule.div_factor": _POSITIVE,
-    "schedule.final_div_factor": _POSITIVE, "schedule.total_steps": _AT_LEAST_1,
-    "train.epochs": _AT_LEAST_1, "train.batch_size": _AT_LEAST_1, "train.grad_accum": _AT_LEAST_1,
-    "train.clip_norm": _NON_NEGATIVE, "train.seed": Range(0, 2**32 - 1),
+    "schedule.t0": AT_LEAST_1, "schedule.t_mult": AT_LEAST_1, "schedule.eta_min": NON_NEGATIVE,
+    "schedule.max_lr": POSITIVE, "schedule.pct_start": _SHARE, "schedule.div_factor": POSITIVE,
+    "schedule.final_div_factor": POSITIVE, "schedule.total_steps": AT_LEAST_1,
+    "train.epochs": AT_LEAST_1, "train.batch_size": AT_LEAST_1, "train.grad_accum": AT_LEAST_1,
+    "train.clip_norm": NON_NEGATIVE, "train.seed": Range(0, 2**32 - 1),
     "data.split_seed": Range(0, 2**32 - 1),      # the split hash's key is its decimal text
-    "train.num_workers": _NON_NEGATIVE, "train.log_every": _AT_LEAST_1,
-    "train.keep_every": _NON_NEGATIVE, "train.threads": _AT_LEAST_1,
-    "train.steps_per_epoch": _AT_LEAST_1,
+    "train.num_workers": NON_NEGATIVE, "train.log_every": AT_LEAST_1,
+    "train.keep_every": NON_NEGATIVE, "train.threads": AT_LEAST_1,
+    "train.steps_per_epoch": AT_LEAST_1,
 }
 
 
 def check_ranges(obj: Any, ranges: Mapping[str, Range], section: str) -> None:
     """Refuse a field of the dataclass ``obj`` out of its :class:`Range` (``ranges`` by field
-    name): :class:`ConfigError` naming ``section.field`` (its ``key`` too) and the allowed values."""
+    name; a list field: each of its numbers): :class:`ConfigError` naming ``section.field`` (its
+    ``key`` too) and the allowed values."""
     for name, allowed in ranges.items():
-        value = getattr(obj, name)
-        if value is not None and value not in allowed:
-            kind = "an integer" if isinstance(value, int) else "a number"
-            raise ConfigError(f"{section}.{name}: must be {kind} {allowed}, got {value!r}",
-                              key=f"{section}.{name}")
+        value, key = getattr(obj, name), f"{section}.{name}"
+        kind = ("numbers" if isinstance(value, list) else
+                "an integer" if isinstance(value, int) else "a number")
+        for one in value if isinstance(value, list) else [value]:
+            if one is not None and one not in allowed:
+                raise ConfigError(f"{key}: must be {kind} {allowed}, got {value!r}", key=key)
 
 
 def check_values(cfg: Config) -> None:
@@ -215,12 +216,7 @@ def check_values(cfg: Config) -> None:
     """
     for key, allowed in RANGES.items():
         section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        kind = ("numbers" if isinstance(value, list) else
-                "an integer" if isinstance(value, int) else "a number")
-        for one in value if isinstance(value, list) else [value]:
-            if one is not None and one not in allowed:
-                raise ConfigError(f"{key}: must be {kind} {allowed}, got {value!r}", key=key)
+        check_ranges(getattr(cfg, section), {name: allowed}, section)
     if len(cfg.optim.betas) != 2:
         raise ConfigError(f"optim.betas: must be 2 numbers in [0, 1), got {cfg.optim.betas!r}",
                           key="optim.betas")
