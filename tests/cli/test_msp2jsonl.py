@@ -225,3 +225,27 @@ def test_dummy_atom_structures_are_rejected_with_the_reason(neimsctl_exe, tmp_pa
         "read 3, written 1, rejected 2 (dummy_atom: 2); 1 process")
     kept = sh(f"{neimsctl_exe} msp2jsonl --no-structure {src}")
     assert kept.returncode == 0 and len(jsonl(kept.stdout)) == 3
+
+
+def test_a_huge_mol_file_is_too_large_naming_it_and_is_not_read(neimsctl_exe, tmp_path):
+    """A 2 GB file named ID5.MOL in --mol-dir was read into memory whole (and then was an
+    unparsable structure): it is a too_large reject naming the file, decided from its size
+    (the address-space limit makes a whole read of it fail: bytes and text need over 4 GB)."""
+    from rdkit import Chem
+
+    mols = tmp_path / "mols"
+    mols.mkdir()
+    (mols / "ID1.MOL").write_text(Chem.MolToMolBlock(Chem.MolFromSmiles("CCCCc1ccccc1")))
+    with open(mols / "ID5.MOL", "wb") as fh:                 # sparse: no disk used
+        fh.truncate(2 * 2**30)
+    src = tmp_path / "lib.msp"
+    src.write_bytes(b"".join(b"Name: m%d\nID: %d\nNum Peaks: 1\n91 999\n\n" % (i, i) for i in (1, 5)))
+    proc = sh(f"ulimit -v 4000000; {neimsctl_exe} msp2jsonl {src} --mol-dir {mols} "
+              f"--rejects {tmp_path / 'rej.jsonl'}")
+    assert proc.returncode == 1, proc.stderr
+    assert [r["smiles"] for r in jsonl(proc.stdout)] == ["CCCCc1ccccc1"]
+    rej = jsonl((tmp_path / "rej.jsonl").read_bytes())
+    assert [(r["id"], r["reason"]) for r in rej] == [("5", "too_large")]
+    assert rej[0]["detail"] == (f"{mols / 'ID5.MOL'}: a file of 2,147,483,648 bytes, not read "
+                                "(limit 16 MiB: the MOL file of an EI-MS molecule is a few KB)")
+    assert "read 2, written 1, rejected 1 (too_large: 1)" in proc.stderr.decode()
