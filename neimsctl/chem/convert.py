@@ -14,6 +14,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 
 import orjson
 
+from neimsctl.chem.domain import dummy_atom_detail
 from neimsctl.io.msp import (MspRecord, iter_blocks, parse_block, parse_comments, parse_number,
                              record_inchikey, record_structure)
 from neimsctl.io.parallel import ordered_map, resolve_jobs
@@ -53,19 +54,27 @@ def _st():  # type: ignore[no-untyped-def]
 def _structure(rec: MspRecord, opts: ConvertOptions) -> tuple[object, str]:
     """Describe the record's structure: the one it states (SMILES line, InChI line, then the
     ``Comments`` pairs of MoNA exports: :func:`neimsctl.io.msp.record_structure`), else its MOL
-    file; with the source taken (``structure_from``)."""
+    file; with the source taken (``structure_from``). A structure with a dummy atom (``*``, a
+    MOL file's R-group) is a ``dummy_atom`` :class:`StructureError`, as one RDKit cannot parse:
+    it is no molecule a spectrum could be learned from (``--no-structure`` keeps the spectrum)."""
     st = _ST or _st()
     f = rec.fields
     stated = record_structure(f)
     if stated is not None:
         source, kind, text = stated
-        return (st.describe_smiles(text) if kind == "smiles" else st.describe_inchi(text)), source
-    if opts.mol_dir is not None:
+        got = st.describe_smiles(text) if kind == "smiles" else st.describe_inchi(text)
+    elif opts.mol_dir is not None:
         if not (f.get("id") or f.get("db") or f.get("nist")):
             raise st.StructureError("missing_mol_file", "record has no ID to join a MOL file on")
-        return st.describe(st.read_mol_file(opts.mol_dir, rec.record_id)), "mol"
-    raise st.StructureError("no_structure", "no SMILES or InChI line or Comments pair, and no "
-                                            "--mol-dir")
+        source, got = "mol", st.describe(st.read_mol_file(opts.mol_dir, rec.record_id))
+    else:
+        raise st.StructureError("no_structure", "no SMILES or InChI line or Comments pair, and "
+                                                "no --mol-dir")
+    dummy = dummy_atom_detail(got.smiles)
+    if dummy is not None:
+        where = f"the MOL file of ID {rec.record_id} in {opts.mol_dir}: " if source == "mol" else ""
+        raise st.StructureError("dummy_atom", where + dummy)
+    return got, source
 
 
 def structure_of(rec: MspRecord, opts: ConvertOptions) -> tuple[object, str] | Exception | None:

@@ -12,7 +12,7 @@ Flags (in this order):
 - ``mixture``: more than one component (``.`` in the SMILES: salts, solvates, mixtures);
 - ``charged``: an atom with a formal charge (ions; zwitterions such as nitro groups written
   as ``[N+](=O)[O-]`` with no net charge are not flagged);
-- ``dummy_atom``: ``*`` (attachment points, polymers, Markush);
+- ``dummy_atom``: ``*`` (attachment points, polymers, Markush; :func:`has_dummy_atom`);
 - ``isotope``: an explicitly labelled isotope (``[2H]``, ``[13C]``);
 - ``element:X``: an element outside :data:`DOMAIN_ELEMENTS` (metals, noble gases, ...);
 - ``mass_above_500``: nominal mass above the last m/z bin (the molecular ion is not predicted).
@@ -24,7 +24,8 @@ import re
 
 from neimsctl.io.spectrum import N_BINS
 
-__all__ = ["DOMAIN_ELEMENTS", "MAX_MASS", "domain_flags", "flag_kind"]
+__all__ = ["DOMAIN_ELEMENTS", "MAX_MASS", "domain_flags", "flag_kind", "has_dummy_atom",
+           "dummy_atom_detail"]
 
 #: Elements of the organic and organo-element compounds of EI libraries (NIST, MassBank: in the
 #: MassBank DEV set, every other element occurs in fewer than 20 of 8,196 spectra).
@@ -34,6 +35,8 @@ MAX_MASS = N_BINS - 1
 _ELEMENT = re.compile(r"[A-Z][a-z]?")
 _CHARGED_ATOM = re.compile(r"\[[^\]]*[+-][^\]]*\]")
 _ISOTOPE = re.compile(r"\[\d")
+#: A bracket atom of atomic number 0 written by number (``[#0]``, ``[2#0H]``), not as ``*``.
+_DUMMY_BY_NUMBER = re.compile(r"\[\d*#0(?!\d)")
 
 
 def domain_flags(smiles: str, formula: str, mw: int) -> list[str]:
@@ -62,7 +65,7 @@ def domain_flags(smiles: str, formula: str, mw: int) -> list[str]:
         flags.append("mixture")
     if "[" in smiles and _net_charged(smiles):
         flags.append("charged")
-    if "*" in smiles:
+    if has_dummy_atom(smiles):
         flags.append("dummy_atom")
     if "[" in smiles and _ISOTOPE.search(smiles):
         flags.append("isotope")
@@ -71,6 +74,32 @@ def domain_flags(smiles: str, formula: str, mw: int) -> list[str]:
     if mw > MAX_MASS:
         flags.append("mass_above_500")
     return flags
+
+
+def has_dummy_atom(smiles: str) -> bool:
+    """True when ``smiles`` holds a dummy atom (atomic number 0), read from the text alone.
+
+    RDKit writes every atom of atomic number 0 as ``*`` (``[1*]``, ``[*:1]``): a MOL file's
+    ``R#``, ``R``, ``A``, ``Q`` or ``*`` atom, an R-group, an attachment point, a polymer end. A
+    SMILES RDKit has not written may also say ``[#0]``. Such a structure is a fragment or a
+    pattern, not a molecule: ``predict`` marks it (:func:`domain_flags`), ``featurize`` and
+    ``msp2jsonl`` reject it (:func:`dummy_atom_detail`).
+
+    Examples
+    --------
+    >>> has_dummy_atom("*c1ccccc1"), has_dummy_atom("[2#0]CC"), has_dummy_atom("C#0CCCC0")
+    (True, True, False)
+    """
+    return "*" in smiles or ("#0" in smiles and _DUMMY_BY_NUMBER.search(smiles) is not None)
+
+
+def dummy_atom_detail(smiles: str) -> str | None:
+    """The reject detail of a structure with a dummy atom (reason ``dummy_atom``, the flag
+    ``predict`` gives it), or ``None`` when ``smiles`` has none (:func:`has_dummy_atom`)."""
+    if not has_dummy_atom(smiles):
+        return None
+    return (f"SMILES {smiles[:80]!r} has a dummy atom (*, atomic number 0: an R-group, "
+            f"attachment point or polymer end), not a whole molecule")
 
 
 def _net_charged(smiles: str) -> bool:

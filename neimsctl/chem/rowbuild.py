@@ -16,7 +16,9 @@ line structure of an MSP or JSONL output.
 
 Reject reasons: ``bad_json`` (not a JSON object), ``bad_field`` (a field above of the wrong
 type), ``no_structure`` (record without SMILES),
-``unparsable_smiles`` (RDKit cannot read it), ``too_large`` (more than
+``unparsable_smiles`` (RDKit cannot read it), ``dummy_atom`` (a ``*`` atom: an R-group or
+attachment point, no molecule a spectrum belongs to; :func:`neimsctl.chem.domain.has_dummy_atom`;
+``predict`` keeps and marks them instead, :attr:`RowOptions.dummy_atoms`), ``too_large`` (more than
 :data:`~neimsctl.chem.structure.MAX_HEAVY_ATOMS` heavy atoms or
 :data:`~neimsctl.chem.structure.MAX_STRUCTURE_CHARS` characters, refused before RDKit parses
 it), ``worker_crashed`` (the worker process died on the record, see :func:`crashed`),
@@ -41,6 +43,7 @@ import orjson
 from rdkit import Chem, RDLogger
 from rdkit.Chem import rdMolDescriptors
 
+from neimsctl.chem.domain import dummy_atom_detail
 from neimsctl.chem.features import assemble_ecfp, get_featurizer
 from neimsctl.chem.fragments import assemble_frags
 from neimsctl.io.spectrum import N_BINS, NOISE_LEVEL, SCALE_ABOVE, SCALE_BELOW, preprocess_spectrum
@@ -71,6 +74,9 @@ class RowOptions:
     #: compute the fragment masses (``frags``); ``predict`` leaves them out for a model that does
     #: not read them (~0.1 ms per molecule); every stored block has them
     fragments: bool = True
+    #: featurize structures with a dummy atom (``*``); ``predict`` does and marks them
+    #: (:mod:`neimsctl.chem.domain`), else (``featurize``) they are ``dummy_atom`` rejects
+    dummy_atoms: bool = False
 
 
 class Rejected(NamedTuple):
@@ -227,6 +233,8 @@ class RowBuilder:
         mol = Chem.MolFromSmiles(smiles)
         if mol is None or mol.GetNumAtoms() == 0:
             st = ("unparsable_smiles", f"RDKit cannot parse {smiles!r}")
+        elif not self.opts.dummy_atoms and (dummy := dummy_atom_detail(smiles)) is not None:
+            st = ("dummy_atom", dummy)
         else:
             st = _Structure(smiles, mol, self._feat_row, bare, self.opts.inchikey)
         if self._remember:

@@ -10,7 +10,8 @@ is switched off.
 Size limits: structures larger than :data:`MAX_HEAVY_ATOMS` heavy atoms, or written in more
 than :data:`MAX_STRUCTURE_CHARS` characters, are refused (``too_large``) *before* RDKit parses
 them (:func:`smiles_too_large`, :func:`inchi_too_large`, :func:`molblock_too_large` count from
-the text). Far beyond any EI-MS molecule (the largest MassBank EI structure has 58 heavy
+the text). A MOL file larger than :data:`MAX_MOL_FILE_BYTES` is refused (``too_large``) from
+its size, before it is read. Far beyond any EI-MS molecule (the largest MassBank EI structure has 58 heavy
 atoms; NIST's reach ~150), they keep RDKit from what it cannot do safely: a 20,000-atom
 SMILES makes it crash the process, and the atom-pair fingerprint of the features costs
 O(n^3) in the atom count (RDKit's distance matrix: 0.5 s at 500 atoms, 8 s at 1,000,
@@ -38,12 +39,16 @@ __all__ = ["Structure", "StructureError", "mol_from_smiles", "mol_from_inchi", "
            "read_mol_file", "describe", "describe_smiles", "describe_inchi", "nominal_mass",
            "formula_nominal_mass", "compare_with_msp", "formula_counts",
            "MAX_HEAVY_ATOMS", "MAX_STRUCTURE_CHARS", "smiles_heavy_atoms", "smiles_too_large",
-           "inchi_too_large", "molblock_too_large"]
+           "inchi_too_large", "molblock_too_large", "MAX_MOL_FILE_BYTES"]
 
 #: Most heavy (non-hydrogen) atoms of a structure neimsctl works on (reject reason ``too_large``).
 MAX_HEAVY_ATOMS = 500
 #: Longest SMILES or InChI text handed to RDKit (``too_large``): 20 characters per heavy atom.
 MAX_STRUCTURE_CHARS = 10_000
+#: Largest MOL file :func:`read_mol_file` reads (``too_large``): a MOL file of an EI-MS molecule
+#: is a few KB (NIST's largest are well under 1 MB; 500 heavy atoms and their hydrogens take
+#: ~150 KB), so a bigger ``ID<id>.MOL`` is something else, never read into memory.
+MAX_MOL_FILE_BYTES = 16 * 2**20
 
 _PT = Chem.GetPeriodicTable()
 _COMMON_ISOTOPE = [0] + [_PT.GetMostCommonIsotope(z) for z in range(1, 119)]
@@ -223,15 +228,33 @@ def mol_from_molblock(text: str, where: str = "MOL block") -> Chem.Mol:
     return mol
 
 
+def _mol_file_too_large(path: Path, size: int | None) -> StructureError:
+    """``too_large`` of a MOL file of ``size`` bytes (``None``: more than the limit, the file
+    did not say how many)."""
+    limit = MAX_MOL_FILE_BYTES
+    what = f"{size:,} bytes" if size is not None else f"more than {limit:,} bytes"
+    said = f"{limit // 2**20} MiB" if limit % 2**20 == 0 else f"{limit:,} bytes"
+    return StructureError("too_large", f"{path}: a file of {what}, not read (limit {said}: the "
+                                       f"MOL file of an EI-MS molecule is a few KB)")
+
+
 def _read_regular(path: Path) -> bytes:
-    """The bytes of a regular file. Opened without blocking, so a FIFO (or a device) named like a
-    MOL file is refused at once instead of waiting forever for a writer."""
+    """The bytes of a regular file of at most :data:`MAX_MOL_FILE_BYTES`. Opened without
+    blocking, so a FIFO (or a device) named like a MOL file is refused at once instead of waiting
+    forever for a writer; a larger file is refused from its size (:class:`StructureError`
+    ``too_large``), and no more than the limit and one byte is read of one that grows."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file")
+        if st.st_size > MAX_MOL_FILE_BYTES:
+            raise _mol_file_too_large(path, st.st_size)
         with os.fdopen(fd, "rb", closefd=False) as fh:
-            return fh.read()
+            data = fh.read(MAX_MOL_FILE_BYTES + 1)
+        if len(data) > MAX_MOL_FILE_BYTES:
+            raise _mol_file_too_large(path, None)  # stat said less (/proc), or it grew
+        return data
     finally:
         os.close(fd)
 
@@ -247,7 +270,9 @@ def read_mol_file(mol_dir: str | os.PathLike, record_id: str) -> Chem.Mol:
     ------
     StructureError
         ``unsafe_mol_path`` when the ID is not a plain file name, ``missing_mol_file`` when no
-        such file exists, ``unparsable_structure`` when it cannot be parsed.
+        such file exists, ``too_large`` when the file is larger than :data:`MAX_MOL_FILE_BYTES`
+        (or its structure than :data:`MAX_HEAVY_ATOMS`), ``unparsable_structure`` when it
+        cannot be parsed.
     """
     if any(c in record_id for c in _UNSAFE_IN_NAME):
         raise StructureError("unsafe_mol_path", f"record ID {record_id[:80]!r} is not a plain file "

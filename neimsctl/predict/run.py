@@ -49,7 +49,7 @@ class Featurizer:
     def __init__(self, mode: str, *, inchikey: bool = True, extra_v1: bool = False,
                  fragments: bool = True) -> None:
         self.builder = RowBuilder(RowOptions(mode=mode, inchikey=inchikey, fragments=fragments,
-                                             **NO_MW_FILTER))
+                                             dummy_atoms=True, **NO_MW_FILTER))
         #: Add the NEIMS v1 Morgan counts to teacher blocks (an ensemble of both needs them).
         self.extra_v1 = extra_v1
 

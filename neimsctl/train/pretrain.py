@@ -44,8 +44,9 @@ from neimsctl.models import registry
 from neimsctl.models.teacher import TeacherModel
 from neimsctl.nn.bond_masking import BondMaskingHead, BondMaskingLoss
 from neimsctl.train.config import AT_LEAST_1, Config, NON_NEGATIVE, POSITIVE, check_ranges, dataclass_from_dict
-from neimsctl.train.trainer import (TrainResult, build_optimizer, checkpoint_dir, existing_run,
-                                   run_training, seed_everything)
+from neimsctl.train.trainer import (TrainResult, build_optimizer, check_resume_inputs,
+                                   checkpoint_dir, describe_inputs, existing_run, run_training,
+                                   seed_everything)
 
 __all__ = ["PretrainLossConfig", "BondMaskingModel", "BondMaskingObjective", "make_validator",
            "pretrain_optimizer", "teacher_featurizer_hash", "run_pretrain", "VAL_METRICS"]
@@ -212,7 +213,8 @@ def run_pretrain(cfg: Config, sources: Sequence[str | Path], out_dir: str | Path
     Raises
     ------
     ConfigError, InputError, FormatError, CheckpointError
-        Bad config, unreadable input, no valid validation molecule, unusable checkpoint.
+        Bad config, unreadable input, no valid validation molecule, unusable checkpoint, a
+        ``resume`` on other SMILES ``sources`` than the run's (by content: SHA-256 of each file).
     """
     log = sys.stderr if log is None else log
     cfg = dataclasses.replace(cfg, stage="pretrain")   # its checkpoints say what they are
@@ -231,6 +233,11 @@ def run_pretrain(cfg: Config, sources: Sequence[str | Path], out_dir: str | Path
     names = [display_name(s) for s in sources] + ([display_name(d.val)] if d.val else [])
     with _spooled(list(sources) + ([d.val] if d.val else [])) as paths:
         train_paths = tuple(paths[:len(sources)])
+        # the run's input, kept in its checkpoints: a resume on another input is refused here,
+        # before a molecule is read or a reject of it written into the run's rejects.jsonl
+        inputs = describe_inputs(train_paths, names[:len(sources)])
+        if resume:
+            check_resume_inputs(cfg, out, resume, inputs, featurizer_hash=teacher_featurizer_hash())
         split = None if d.val else tuple(d.split)
         if split is not None and (len(split) != 3 or split[0] <= 0 or split[1] <= 0):
             raise ConfigError(f"data.split: need [train, val, test] with train, val > 0, got {d.split}")
@@ -272,5 +279,5 @@ def run_pretrain(cfg: Config, sources: Sequence[str | Path], out_dir: str | Path
         result = run_training(cfg, model, BondMaskingObjective(head, loss_cfg.lambda_bond), stream,
                               validate=make_validator(val_batches, d.split_seed), out_dir=out,
                               resume=resume, log=log, featurizer_hash=teacher_featurizer_hash(),
-                              optimizer_factory=pretrain_optimizer)
+                              optimizer_factory=pretrain_optimizer, inputs=inputs)
     return result, rejects.tally

@@ -41,6 +41,10 @@ of the epoch instead. The full set is always in ``train_log.jsonl`` and the repo
 ``DataLoader`` workers die with the training process (a ``kill -9`` leaves no worker behind
 and no traceback).
 
+A stage that passes ``inputs`` (:func:`describe_inputs`: its input files' names and SHA-256)
+has them stored in every checkpoint (``extra["inputs"]``); a resume on other inputs is refused
+(:func:`check_resume_inputs`, which a stage calls before it reads any data).
+
 Exact resume holds in one process (model, optimizer, scheduler, scaler, loss state, RNGs, data
 order, epoch/step). Under DDP the order and all states resume; ranks > 0 restart their RNG from
 rank 0's saved state. With ``num_workers > 0`` augmentation RNGs are exact at epoch boundaries.
@@ -77,7 +81,8 @@ from neimsctl.train.config import Config, resolve, resolve_device, save_config
 from neimsctl.train.epoch import move_to, run_epoch, run_validation
 
 __all__ = ["Trainer", "TrainResult", "QuietLog", "run_training", "resolve_device", "existing_run",
-           "checkpoint_dir",
+           "checkpoint_dir", "resume_checkpoint", "describe_inputs", "check_inputs",
+           "check_resume_inputs",
            "seed_everything", "build_optimizer", "build_scheduler", "move_to", "epoch_line",
            "full_epoch_line", "full_console_default"]
 
@@ -109,6 +114,92 @@ def existing_run(out_dir: str | Path, ckpt_dir: str | Path | None = None) -> str
     except OSError:                       # no such directory (or not one): nothing there
         return None
     return f"{ckpts}/{names[0]}" if names else None
+
+
+def resume_checkpoint(ckpt_dir: str | Path, resume: str | Path | bool = True, *,
+                      featurizer_hash: str | None = None,
+                      log: TextIO | None = None) -> tuple[Path, dict] | None:
+    """``(path, checkpoint)`` a resume goes on from: the file ``resume`` names, or for
+    True/"auto" the latest of the run whose checkpoints are in ``ckpt_dir``: ``interrupted.pt``,
+    or ``last.pt`` when there is none or it cannot be read (said on ``log``); ``None`` when the
+    directory holds no checkpoint at all (a run killed before its first one).
+
+    Raises
+    ------
+    CheckpointError
+        No usable checkpoint: the error of the one tried last.
+    """
+    if resume is not True and str(resume) != "auto":
+        return Path(resume), ck.load_checkpoint(resume, featurizer_hash=featurizer_hash)
+    ckpt_dir, log = Path(ckpt_dir), sys.stderr if log is None else log
+    interrupted, last = ckpt_dir / "interrupted.pt", ckpt_dir / "last.pt"
+    if not interrupted.exists() and not last.exists():
+        if any(ckpt_dir.glob("*.pt")):
+            raise CheckpointError(f"{ckpt_dir}: neither interrupted.pt nor last.pt to "
+                                  "resume from")
+        print(f"neimsctl: resume: no checkpoint in {ckpt_dir} yet (the run stopped "
+              "before its first one): training from the start", file=log, flush=True)
+        return None
+    if interrupted.exists():
+        try:
+            return interrupted, ck.load_checkpoint(interrupted, featurizer_hash=featurizer_hash)
+        except CheckpointError as exc:
+            if not last.exists():
+                raise
+            print(f"neimsctl: warning: resume: {exc}; resuming from {last} instead (the "
+                  "steps after it are trained again)", file=log, flush=True)
+    return last, ck.load_checkpoint(last, featurizer_hash=featurizer_hash)
+
+
+def describe_inputs(paths: Iterable[str | Path], names: Iterable[str]) -> list[dict[str, Any]]:
+    """What a run trains on, to know it again on resume: per input file, in order, its name as
+    given (``names``: for messages), size and SHA-256. A file moved, renamed or given by another
+    path is the same input; one edited, another file or another order is not. ``paths`` are
+    regular files (a stage spools standard input first); reading them costs ~1 s per GB.
+    """
+    return [{"name": str(name), "size": Path(path).stat().st_size,
+             "sha256": ck.file_sha256(path)} for path, name in zip(paths, names)]
+
+
+def _inputs_text(inputs: list[dict[str, Any]]) -> str:
+    """``a.smi (sha256 e1be203cc9df, 10,536 bytes) + b.smi (...)``."""
+    def size(n: Any) -> str:
+        return f"{n:,}" if isinstance(n, int) else str(n)
+    return " + ".join(f"{i.get('name')} (sha256 {str(i.get('sha256'))[:12]}, "
+                      f"{size(i.get('size'))} bytes)" for i in inputs)
+
+
+def check_inputs(ckpt: dict[str, Any], inputs: list[dict[str, Any]] | None,
+                 where: str | Path) -> None:
+    """Refuse to go on from checkpoint ``ckpt`` (at ``where``) with other ``inputs``
+    (:func:`describe_inputs`) than its run was trained on. A checkpoint that does not say
+    (written before runs recorded their inputs) or no ``inputs`` given: nothing to compare.
+
+    Raises
+    ------
+    InputError
+        One line naming the run's inputs and these.
+    """
+    was = (ckpt.get("extra") or {}).get("inputs")
+    if not inputs or not isinstance(was, list) or not all(isinstance(i, dict) for i in was):
+        return
+    if [i.get("sha256") for i in was] != [i["sha256"] for i in inputs]:
+        raise InputError(f"cannot resume: {where} was trained on {_inputs_text(was)}, not on "
+                         f"{_inputs_text(inputs)}; give the run's input again, or start a new run "
+                         "in another run directory")
+
+
+def check_resume_inputs(cfg: Config, out_dir: str | Path, resume: str | Path | bool,
+                        inputs: list[dict[str, Any]], *,
+                        featurizer_hash: str | None = None) -> None:
+    """:func:`check_inputs` against the checkpoint ``resume`` will go on from
+    (:func:`resume_checkpoint` of the run in ``out_dir``), for a stage to call before it reads
+    any data or writes into the run directory. The trainer loads the checkpoint again (and says
+    what it found); this look is silent."""
+    found = resume_checkpoint(checkpoint_dir(cfg, out_dir), resume,
+                              featurizer_hash=featurizer_hash, log=io.StringIO())
+    if found is not None:
+        check_inputs(found[1], inputs, found[0])
 
 
 def seed_everything(seed: int) -> None:
@@ -214,7 +305,8 @@ class Trainer:
                  optimizer_factory: Callable | None = None,
                  scheduler_factory: Callable | None = None,
                  on_epoch_end: Callable[[int, dict], None] | None = None,
-                 full_console: bool | None = None) -> None:
+                 full_console: bool | None = None,
+                 inputs: list[dict[str, Any]] | None = None) -> None:
         self.cfg = resolve(config)
         self.t = self.cfg.train
         self.model, self.loss_fn, self.validate = model, loss_fn, validate
@@ -223,6 +315,8 @@ class Trainer:
         self.ckpt_dir = checkpoint_dir(self.cfg, self.out_dir)
         self.log = sys.stderr if log is None else log
         self.featurizer_hash = featurizer_hash
+        #: What the run trains on (:func:`describe_inputs`), kept in its checkpoints.
+        self.inputs = inputs
         self.optimizer_factory = optimizer_factory or build_optimizer
         self.scheduler_factory = scheduler_factory or build_scheduler
         self.on_epoch_end = on_epoch_end
@@ -304,7 +398,8 @@ class Trainer:
                                scaler=self.scaler, loss_state=ls, epoch=epoch, batch=batch,
                                step=self.step, config=self.cfg.to_dict(),
                                featurizer_hash=self.featurizer_hash, best_metric=self.best,
-                               history=self.history, extra={"epoch_acc": acc})
+                               history=self.history, extra={"epoch_acc": acc, **(
+                                   {"inputs": self.inputs} if self.inputs else {})})
             self._saved += 1
         return path
 
@@ -312,14 +407,12 @@ class Trainer:
         """Restore the run's state from ``resume`` (a path, or True/"auto": ``interrupted.pt``,
         else ``last.pt``); ``None`` when "auto" finds a run that stopped before its first
         checkpoint (it starts from the beginning)."""
-        if resume is True or str(resume) == "auto":
-            found = self._latest_checkpoint()
-            if found is None:
-                return None
-            path, ckpt = found
-        else:
-            path = Path(resume)
-            ckpt = ck.load_checkpoint(path, featurizer_hash=self.featurizer_hash)
+        found = resume_checkpoint(self.ckpt_dir, resume, featurizer_hash=self.featurizer_hash,
+                                  log=self.log)
+        if found is None:
+            return None
+        path, ckpt = found
+        check_inputs(ckpt, self.inputs, path)
         old = ckpt["config"].get("train", {})
         changed = [k for k in ("seed", "batch_size", "grad_accum") if old.get(k) != getattr(self.t, k)]
         if changed:
@@ -356,35 +449,6 @@ class Trainer:
                     f"laid out for {was} epochs ({saved[key]} steps) and cannot be lengthened on "
                     f"--resume (asked: {self.t.epochs} epochs); resume with train.epochs={was}, or "
                     "start a new run")
-
-    def _latest_checkpoint(self) -> tuple[Path, dict] | None:
-        """``(path, checkpoint)`` to resume from: ``interrupted.pt``, or ``last.pt`` when there
-        is none or it cannot be read (said on ``log``); ``None`` when the checkpoint directory
-        holds no checkpoint at all (a run killed before its first one).
-
-        Raises
-        ------
-        CheckpointError
-            No usable checkpoint: the error of the one tried last.
-        """
-        interrupted, last = self.ckpt_dir / "interrupted.pt", self.ckpt_dir / "last.pt"
-        if not interrupted.exists() and not last.exists():
-            if any(self.ckpt_dir.glob("*.pt")):
-                raise CheckpointError(f"{self.ckpt_dir}: neither interrupted.pt nor last.pt to "
-                                      "resume from")
-            print(f"neimsctl: resume: no checkpoint in {self.ckpt_dir} yet (the run stopped "
-                  "before its first one): training from the start", file=self.log, flush=True)
-            return None
-        if interrupted.exists():
-            try:
-                return interrupted, ck.load_checkpoint(interrupted,
-                                                       featurizer_hash=self.featurizer_hash)
-            except CheckpointError as exc:
-                if not last.exists():
-                    raise
-                print(f"neimsctl: warning: resume: {exc}; resuming from {last} instead (the "
-                      "steps after it are trained again)", file=self.log, flush=True)
-        return last, ck.load_checkpoint(last, featurizer_hash=self.featurizer_hash)
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, resume: str | Path | bool | None = None) -> TrainResult:
@@ -572,7 +636,8 @@ def run_training(config: Config, model: torch.nn.Module, loss_fn: LossFn, train_
     """Train, checkpoint and (rank 0) write the report; see the module docstring.
 
     Extra keyword arguments go to :class:`Trainer` (``collate_fn``, ``featurizer_hash``,
-    ``optimizer_factory``, ``scheduler_factory``, ``on_epoch_end``, ``full_console``).
+    ``optimizer_factory``, ``scheduler_factory``, ``on_epoch_end``, ``full_console``,
+    ``inputs``).
 
     Raises
     ------

@@ -317,3 +317,31 @@ def test_shards_list_lists_the_readable_files_and_names_the_others(tmp_path: Pat
     assert [line.split("\t")[0] for line in p.stdout.decode().splitlines()] == ["path", "a.h5", "a.h5"]
     assert p.stderr.decode().splitlines() == [
         "neimsctl shards list: t.txt: bad magic b'hell' (expected b'NZBK'): not a zblock stream"]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_dummy_atoms_are_rejects_not_rows(tmp_path: Path, jobs: int) -> None:
+    """'*' (an R-group, attachment point, polymer end) in a SMILES line or a JSONL record (as
+    msp2jsonl wrote them before it rejected them): every such record is a dummy_atom reject with
+    its line, the others rows (they were featurized silently and trained on)."""
+    smi = b"*c1ccc(CCCC)cc1 star\nCCCCc1ccccc1 butylbenzene\n[1*]c1ccc(CCCC)cc1 r1\n"
+    (tmp_path / "in.smi").write_bytes(smi)
+    (tmp_path / "in.jsonl").write_bytes(
+        b'{"schema":"neimsctl.record/1","id":"7","name":"R-group","smiles":"*c1ccc(CCCC)cc1",'
+        b'"mz":[91,133],"intensity":[999,300]}\n'
+        b'{"schema":"neimsctl.record/1","id":"8","name":"ok","smiles":"CCCCc1ccccc1",'
+        b'"mz":[91,134],"intensity":[999,300]}\n')
+    for src in ("in.smi", "in.jsonl"):
+        p = sh(f"neimsctl featurize -m teacher -j {jobs} {src} -o {src}.h5 --rejects {src}.rej",
+               tmp_path)
+        assert p.returncode == 1, p.stderr
+        rej = [orjson.loads(x) for x in (tmp_path / f"{src}.rej").read_bytes().splitlines()]
+        assert {x["reason"] for x in rej} == {"dummy_atom"}
+        assert "has a dummy atom" in rej[0]["detail"] and "dummy_atom" in p.stderr.decode()
+        assert len(rows(tmp_path / f"{src}.h5")["ordinal"]) + len(rej) == \
+            len((tmp_path / src).read_bytes().splitlines())
+    assert [(x["line"], x["id"]) for x in rej] == [(1, "7")]
+    smi_rej = [orjson.loads(x) for x in (tmp_path / "in.smi.rej").read_bytes().splitlines()]
+    assert [(x["line"], x["record"]) for x in smi_rej] == [(1, "star"), (3, "r1")]
+    assert "read 3, written 1, rejected 2 (dummy_atom: 2)" in \
+        sh("neimsctl featurize in.smi -O zst > /dev/null", tmp_path).stderr.decode()

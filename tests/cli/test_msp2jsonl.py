@@ -195,3 +195,57 @@ def test_jobs_auto_on_the_dev_file_same_output_as_one_process_and_a_bar_on_a_ter
     # the records themselves going to the terminal: they are the progress, no bar among them
     code, tty = run_on_tty(cmd[:3] + ["--no-structure"], stdout_too=True)
     assert code == 1 and b"%|" not in tty and tty.count(b'"schema":"neimsctl.record/1"') == 8183
+
+
+def test_dummy_atom_structures_are_rejected_with_the_reason(neimsctl_exe, tmp_path):
+    """A record whose structure holds a dummy atom ('*' in its SMILES line, an R-group atom in
+    its MOL file) is a dummy_atom reject, like an unparsable structure (it was written silently,
+    and featurize then learned from it); --no-structure keeps its spectrum."""
+    from rdkit import Chem
+
+    mols = tmp_path / "mols"
+    mols.mkdir()
+    block = Chem.MolToMolBlock(Chem.MolFromSmiles("CCCCc1ccccc1")).splitlines()
+    block[4] = block[4][:31] + "R# " + block[4][34:]
+    (mols / "ID2.MOL").write_text("\n".join(block) + "\n")
+    src, rej = tmp_path / "lib.msp", tmp_path / "rej.jsonl"
+    src.write_bytes(b"Name: good one\nSMILES: Oc1ccccc1\nNum Peaks: 2\n66 300\n94 999\n\n"
+                    b"Name: star\nSMILES: *c1ccc(CCCC)cc1\nNum Peaks: 2\n91 999\n133 300\n\n"
+                    b"Name: r-group\nID: 2\nNum Peaks: 2\n91 999\n133 300\n\n")
+    proc = sh(f"{neimsctl_exe} msp2jsonl {src} --mol-dir {mols} --rejects {rej}")
+    assert proc.returncode == 1
+    assert [r["name"] for r in jsonl(proc.stdout)] == ["good one"]
+    lines = jsonl(rej.read_bytes())
+    assert [(r["record"], r["line"], r["reason"]) for r in lines] == [
+        ("star", 7, "dummy_atom"), ("r-group", 13, "dummy_atom")]
+    assert lines[1]["detail"].startswith(f"the MOL file of ID 2 in {mols}: SMILES '*")
+    err = proc.stderr.decode()
+    assert "record 'star' (id lib:2): dummy_atom: SMILES '*c1ccc(CCCC)cc1' has a dummy atom" in err
+    assert err.strip().splitlines()[-1].endswith(
+        "read 3, written 1, rejected 2 (dummy_atom: 2); 1 process")
+    kept = sh(f"{neimsctl_exe} msp2jsonl --no-structure {src}")
+    assert kept.returncode == 0 and len(jsonl(kept.stdout)) == 3
+
+
+def test_a_huge_mol_file_is_too_large_naming_it_and_is_not_read(neimsctl_exe, tmp_path):
+    """A 2 GB file named ID5.MOL in --mol-dir was read into memory whole (and then was an
+    unparsable structure): it is a too_large reject naming the file, decided from its size
+    (the address-space limit makes a whole read of it fail: bytes and text need over 4 GB)."""
+    from rdkit import Chem
+
+    mols = tmp_path / "mols"
+    mols.mkdir()
+    (mols / "ID1.MOL").write_text(Chem.MolToMolBlock(Chem.MolFromSmiles("CCCCc1ccccc1")))
+    with open(mols / "ID5.MOL", "wb") as fh:                 # sparse: no disk used
+        fh.truncate(2 * 2**30)
+    src = tmp_path / "lib.msp"
+    src.write_bytes(b"".join(b"Name: m%d\nID: %d\nNum Peaks: 1\n91 999\n\n" % (i, i) for i in (1, 5)))
+    proc = sh(f"ulimit -v 4000000; {neimsctl_exe} msp2jsonl {src} --mol-dir {mols} "
+              f"--rejects {tmp_path / 'rej.jsonl'}")
+    assert proc.returncode == 1, proc.stderr
+    assert [r["smiles"] for r in jsonl(proc.stdout)] == ["CCCCc1ccccc1"]
+    rej = jsonl((tmp_path / "rej.jsonl").read_bytes())
+    assert [(r["id"], r["reason"]) for r in rej] == [("5", "too_large")]
+    assert rej[0]["detail"] == (f"{mols / 'ID5.MOL'}: a file of 2,147,483,648 bytes, not read "
+                                "(limit 16 MiB: the MOL file of an EI-MS molecule is a few KB)")
+    assert "read 2, written 1, rejected 1 (too_large: 1)" in proc.stderr.decode()

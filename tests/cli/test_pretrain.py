@@ -64,6 +64,27 @@ def test_tiny_file_two_epochs_rejects_then_resume(neimsctl_exe, tmp_path):
     assert len((out / "rejects.jsonl").read_bytes().splitlines()) == 2  # not reported twice
 
 
+def test_resume_with_another_input_is_refused_naming_both(neimsctl_exe, tmp_path):
+    """pretrain --resume went on with whatever SMILES it was given (the val part and every
+    later epoch from another file, silently): another input is one line naming both, exit 1,
+    the run directory untouched; the run's own input resumes as before."""
+    out, a = tmp_path / "run", _tiny(tmp_path)
+    b = tmp_path / "other.smi"
+    b.write_text("".join(f"{'C' * k}{s} o{k}\n" for k in range(2, 12) for s in MOSES))
+    args = ["-c", CFG, *TINY, "-o", str(out), "-q"]
+    assert _run(neimsctl_exe, str(a), *args, "--set", "train.epochs=1").returncode == 1  # 2 rejects
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    proc = _run(neimsctl_exe, str(b), *args, "--set", "train.epochs=2", "--resume")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"neimsctl pretrain: cannot resume: {out}/checkpoints/last.pt "
+                                  f"was trained on {a} (sha256 "), proc.stderr
+    assert f", not on {b} (sha256 " in proc.stderr and "give the run's input again" in proc.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+    proc = _run(neimsctl_exe, str(a), *args[:-1], "--set", "train.epochs=2", "--resume")
+    assert proc.returncode == 0 and "resumed from" in proc.stderr, proc.stderr
+    assert "2 epochs, " in proc.stderr  # (its 2 rejects were counted by the first part)
+
+
 def test_real_moses_zstd_stream(neimsctl_exe, shared_data, tmp_path):
     src = shared_data / "pretrain" / "moses_train.smi.zst"
     proc = _run(neimsctl_exe, str(src), "-c", CFG, *TINY, "--max-molecules", "300",

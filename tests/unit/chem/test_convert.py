@@ -82,3 +82,29 @@ def test_mona_export_structures_from_comments(tmp_path):
     ]
     assert recs[2]["inchikey"] == "YXFVVABEGXRONW-UHFFFAOYSA-N" and recs[0]["mw"] == 60
     assert [(r["id"], r["reason"]) for r in rejects] == [("TST000005", "no_structure")]
+
+
+def test_structures_with_a_dummy_atom_are_rejected_like_unparsable_ones(tmp_path):
+    """A '*' in the SMILES line or an R-group atom in the MOL file: the record is a dummy_atom
+    reject (it was written, and featurize learned from it), as a structure RDKit cannot parse;
+    --no-structure keeps the spectrum."""
+    from rdkit import Chem
+
+    mols = tmp_path / "mols"
+    mols.mkdir()
+    block = Chem.MolToMolBlock(Chem.MolFromSmiles("CCCCc1ccccc1")).splitlines()
+    (mols / "ID1.MOL").write_text("\n".join(block) + "\n")
+    block[4] = block[4][:31] + "R# " + block[4][34:]
+    (mols / "ID2.MOL").write_text("\n".join(block) + "\n")
+    star = GOOD.replace(b"Oc1ccccc1", b"*c1ccc(CCCC)cc1").replace(b"phenol", b"star")
+    recs, rejects, tally = run(tmp_path, GOOD + star + GOOD)
+    assert [r["name"] for r in recs] == ["phenol", "phenol"]
+    assert [(r["record"], r["reason"], r["line"]) for r in rejects] == [("star", "dummy_atom", 8)]
+    assert rejects[0]["detail"].startswith("SMILES '*c1ccc(CCCC)cc1' has a dummy atom")
+    nist = b"".join(b"Name: m%d\nID: %d\nNum Peaks: 1\n91 999\n\n" % (i, i) for i in (1, 2))
+    recs, rejects, tally = run(tmp_path, nist, mol_dir=str(mols))
+    assert [r["smiles"] for r in recs] == ["CCCCc1ccccc1"]
+    assert [(r["id"], r["reason"]) for r in rejects] == [("2", "dummy_atom")]
+    assert rejects[0]["detail"].startswith(f"the MOL file of ID 2 in {mols}: SMILES '*")
+    recs, rejects, tally = run(tmp_path, GOOD + star, structure=False)
+    assert [r["name"] for r in recs] == ["phenol", "star"] and rejects == []

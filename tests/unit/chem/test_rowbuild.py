@@ -252,3 +252,25 @@ def test_ionization_energy_from_massbank_and_mona_comments():
     assert ionization_energy({"comments": {"ionization_energy": "70 eV"}}) == 70.0   # MassBank
     assert ionization_energy({"comments": {"ionization energy": "70 eV"}}) == 70.0   # MoNA
     assert np.isnan(ionization_energy({"comments": {"ionization_energy": "unspecified"}}))
+
+
+def test_dummy_atoms_are_rejected_by_featurize_and_kept_for_predict() -> None:
+    """A structure with a '*' atom (an R-group, attachment point) is no molecule a spectrum can
+    be learned from: featurize rejects it (dummy_atom, before the mass filter), predict's builder
+    (dummy_atoms=True) featurizes it and marks it by its domain flags."""
+    lines = [b"*c1ccc(CCCC)cc1 star", b"CCCCc1ccccc1 butylbenzene",
+             orjson.dumps({"id": "j", "smiles": "[1*]c1ccc(CCCC)cc1"}),
+             orjson.dumps({"id": "k", "smiles": "[#0]C"}),          # too light: dummy_atom first
+             b"*C1CC(( broken"]                                       # unparsable comes first
+    items = [Item(i, "t.smi", i + 1, "jsonl" if ln.startswith(b"{") else "smi", ln)
+             for i, ln in enumerate(lines)]
+    block, rejects = RowBuilder(RowOptions(mode="student", inchikey=False)).build(items)
+    assert block["name"].tolist() == ["butylbenzene"]
+    assert [(r.item.line, r.id, r.reason) for r in rejects] == [
+        (1, "star", "dummy_atom"), (3, "j", "dummy_atom"), (4, "k", "dummy_atom"),
+        (5, "broken", "unparsable_smiles")]
+    assert rejects[0].detail.startswith("SMILES '*c1ccc(CCCC)cc1' has a dummy atom")
+    kept, none = RowBuilder(RowOptions(mode="student", inchikey=False, dummy_atoms=True,
+                                       min_mw=0)).build(items)
+    assert kept["smiles"].tolist()[:3] == ["*c1ccc(CCCC)cc1", "CCCCc1ccccc1", "[1*]c1ccc(CCCC)cc1"]
+    assert [r.reason for r in none] == ["unparsable_smiles"]

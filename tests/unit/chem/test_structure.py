@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 
 from neimsctl.chem.structure import (StructureError, compare_with_msp, describe, formula_counts,
                                      mol_from_inchi, mol_from_molblock, mol_from_smiles,
-                                     nominal_mass, read_mol_file, repair_molblock)
+                                     read_mol_file, repair_molblock)
 from neimsctl.io.msp import read_msp
 from neimsctl.io.streams import open_in
 
@@ -81,6 +82,45 @@ def test_read_mol_file(tmp_path):
     with pytest.raises(StructureError) as exc:
         read_mol_file(tmp_path, "6")
     assert exc.value.reason == "missing_mol_file" and "ID6.MOL" in str(exc.value)
+
+
+def test_a_mol_file_above_the_size_limit_is_too_large_and_not_read(tmp_path):
+    """A huge file named like a MOL file (ID5.MOL of 2 GB) was read into memory whole: it is
+    refused from its size, naming the file, with no more than a few KB allocated."""
+    import tracemalloc
+
+    from neimsctl.chem.structure import MAX_MOL_FILE_BYTES
+
+    with open(tmp_path / "ID5.MOL", "wb") as fh:            # sparse: no disk used
+        fh.truncate(4 * MAX_MOL_FILE_BYTES)
+    (tmp_path / "ID6.MOL").write_text(BENZENE_MOL)
+    tracemalloc.start()
+    try:
+        with pytest.raises(StructureError) as exc:
+            read_mol_file(tmp_path, "5")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20
+    assert exc.value.reason == "too_large"
+    assert str(exc.value) == (f"{tmp_path / 'ID5.MOL'}: a file of {4 * MAX_MOL_FILE_BYTES:,} bytes, "
+                              f"not read (limit 16 MiB: the MOL file of an EI-MS molecule is a few KB)")
+    assert describe(read_mol_file(tmp_path, "6")).formula == "C6H6"
+
+
+def test_a_mol_file_whose_size_says_nothing_is_read_only_up_to_the_limit(tmp_path, monkeypatch):
+    """A file whose stat size is 0 though it holds bytes (/proc), or one that grows while read:
+    no more than the limit and one byte is read."""
+    import neimsctl.chem.structure as structure
+
+    status = "/proc/self/status"
+    if not os.path.isfile(status) or os.stat(status).st_size != 0:
+        pytest.skip("needs Linux /proc (a regular file of stat size 0)")
+    os.symlink(status, tmp_path / "ID7.MOL")
+    monkeypatch.setattr(structure, "MAX_MOL_FILE_BYTES", 100)
+    with pytest.raises(StructureError) as exc:
+        read_mol_file(tmp_path, "7")
+    assert exc.value.reason == "too_large" and "ID7.MOL: a file of more than 100 bytes, not read (limit 100 bytes" in str(exc.value)
 
 
 def test_compare_with_msp_flags():

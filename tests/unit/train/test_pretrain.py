@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from neimsctl.data.smiles_stream import StreamSpec, featurize_batch
+from neimsctl.data.smiles_stream import featurize_batch
 from neimsctl.errors import ConfigError, InputError
 from neimsctl.models.teacher import TeacherConfig, TeacherModel
 from neimsctl.nn.bond_masking import BondMaskingHead
@@ -142,6 +142,48 @@ def test_run_then_resume_equals_an_uninterrupted_run(tmp_path):
         assert torch.equal(straight["model"][key], resumed["model"][key]), key
     assert [h["val"] for h in straight["history"]] == [h["val"] for h in resumed["history"]]
     assert (tmp_path / "a" / "report.md").is_file()
+
+
+def test_resume_on_other_smiles_is_refused_and_the_same_bytes_resume_exactly(tmp_path):
+    """--resume trained on whatever input it was given (another file's molecules, silently):
+    the checkpoints keep the input's SHA-256, and a resume on another input is refused before
+    a molecule is read, naming both, the run untouched; the same bytes under another name
+    resume, to the weights of an uninterrupted run; a checkpoint written before runs recorded
+    their input resumes on any."""
+    import shutil
+
+    from neimsctl.models.checkpoint import save_checkpoint
+
+    def run(name: str, epochs: int, src: Path, resume: bool = False) -> dict:
+        cfg = load_config(CFG, TINY + [f"train.epochs={epochs}", "train.steps_per_epoch=3",
+                                       "schedule.t0=3"])
+        run_pretrain(cfg, [src], tmp_path / name, resume=resume or None,
+                     log=open(tmp_path / f"{name}.log", "a"))
+        return load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")
+
+    src = _smiles_file(tmp_path)
+    straight = run("a", 2, src)
+    first = run("b", 1, src)
+    assert [(i["name"], i["size"]) for i in first["extra"]["inputs"]] == [(str(src), src.stat().st_size)]
+    other = tmp_path / "other.smi"
+    other.write_text("".join(reversed(src.read_text().splitlines(keepends=True))))
+    files = {p: p.read_bytes() for p in (tmp_path / "b").rglob("*") if p.is_file()}
+    with pytest.raises(InputError) as exc:
+        run("b", 2, other, resume=True)
+    msg = str(exc.value)
+    assert msg.startswith(f"cannot resume: {tmp_path / 'b/checkpoints/last.pt'} was trained on "
+                          f"{src} (sha256 {first['extra']['inputs'][0]['sha256'][:12]}, ")
+    assert f", not on {other} (sha256 " in msg and "\n" not in msg
+    assert {p: p.read_bytes() for p in (tmp_path / "b").rglob("*") if p.is_file()} == files
+    (tmp_path / "moved").mkdir()
+    copy = shutil.copy(src, tmp_path / "moved" / "renamed.smi")
+    resumed = run("b", 2, Path(copy), resume=True)
+    assert resumed["step"] == straight["step"] == 6
+    assert all(torch.equal(straight["model"][k], resumed["model"][k]) for k in straight["model"])
+    old = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")
+    del old["extra"]["inputs"]                     # as checkpoints of earlier versions are
+    save_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt", old)
+    assert run("a", 3, other, resume=True)["step"] == 9
 
 
 def test_resume_mid_epoch_equals_an_uninterrupted_run(tmp_path, monkeypatch):
