@@ -34,7 +34,9 @@ DOMAIN_ELEMENTS = frozenset("H D T B C N O F Si P S Cl Se Br I Ge Sn As".split()
 MAX_MASS = N_BINS - 1
 _ELEMENT = re.compile(r"[A-Z][a-z]?")
 _CHARGED_ATOM = re.compile(r"\[[^\]]*[+-][^\]]*\]")
-_ISOTOPE = re.compile(r"\[\d")
+#: A mass number before an element symbol (``[2H]``, ``[13c]``); not before ``*`` or ``#0`` (``[1*]``:
+#: an R-group label on a dummy atom, no isotope).
+_ISOTOPE = re.compile(r"\[\d+[A-Za-z]")
 #: A bracket atom of atomic number 0 written by number (``[#0]``, ``[2#0H]``), not as ``*``.
 _DUMMY_BY_NUMBER = re.compile(r"\[\d*#0(?!\d)")
 

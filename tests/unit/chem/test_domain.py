@@ -20,6 +20,8 @@ from neimsctl.chem.structure import nominal_mass
     ("CC[NH3+]", ["charged"]),
     ("[Fe+2]", ["charged", "element:Fe"]),
     ("*CC", ["dummy_atom"]),
+    ("[1*]c1ccccc1", ["dummy_atom"]),             # an R-group label is no isotope (was flagged one)
+    ("[13cH]1ccccc1", ["isotope"]),
     ("[2H]C([2H])([2H])O", ["isotope"]),
     ("[13CH3]O", ["isotope"]),
     ("CC[Fe]CC", ["element:Fe"]),
