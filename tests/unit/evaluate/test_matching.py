@@ -546,6 +546,38 @@ def test_first_pass_margins_hold() -> None:
         assert (np.abs(approx - exact) <= rel * exact).all()
 
 
+def test_entropy_float32_first_pass_margin_holds() -> None:
+    """The entropy's float32 first pass (square roots of the weighted intensities) stays within
+    its margin of the float64 Bhattacharyya coefficient, forward and reverse, on random spectra
+    and on spectra at the weighting's edge (20 equal peaks: entropy ln 20 = 2.996 < 3; 21: 3.04)
+    or with tiny peaks beside a base peak."""
+    from neimsctl.evaluate import matching as m
+
+    rng = np.random.default_rng(8)
+    extreme = np.zeros((6, N), dtype=np.float32)
+    extreme[0, 100:120] = 1.0
+    extreme[1, 100:121] = 1.0
+    extreme[2, 77] = 1.0
+    extreme[3, 1:300] = 0.001
+    extreme[3, 400] = 1.0
+    extreme[4, 50:70] = np.linspace(0.2, 1.0, 20)
+    extreme[5, [60, 61]] = [1.0, 0.001]
+    lib = PeakBlock.from_dense(np.concatenate([random_library(rng, 300).to_dense(), extreme]))
+    cols = np.arange(N)
+    for reverse in (False, True):
+        score = Score("entropy", reverse=reverse)
+        q = m._Queries(lib, score, N)
+        fast = m._Chunk(lib, score, cols, N, bounds_only=True)
+        slow = m._Chunk(lib, score, cols, N)
+        assert fast.rel == m._ENTROPY32_REL and fast.sqrt.dtype == np.float32
+        got = m._bounds(q.values, q.n_peaks, fast, score).astype(np.float64)
+        bc = m._bounds(q.values, q.n_peaks, slow, score) - m._EPS     # float64, no slack
+        assert (got >= bc * (1 + m._ENTROPY32_REL / 4)).all()       # the margin is not used up
+        assert (got <= bc * (1 + 2 * m._ENTROPY32_REL) + 2 * m._EPS).all()
+        assert (got >= score_all(lib, lib, score)).all()
+        np.testing.assert_array_equal(fast.exact_rows(np.arange(len(lib)), cols), slow.values)
+
+
 def test_bf16_bits_round_to_nearest_even_like_torch() -> None:
     import torch
 
