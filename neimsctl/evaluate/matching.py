@@ -56,7 +56,8 @@ exact score, in decreasing order of the bound, only while the bound can still be
 best exact score: the result is the exact top-k (no approximate pre-selection). The bounds:
 ``F_R <= 1`` (composite) and ``x ln x`` convexity, ``f(a+b) - f(a) - f(b) <= 2 ln 2 sqrt(ab)``
 (entropy; so the entropy similarity is at most the Bhattacharyya coefficient
-``sum sqrt(a_j b_j)``).
+``sum sqrt(a_j b_j)``, which a search takes in float32 and widens by its proven error,
+:data:`_ENTROPY32_REL`; the exact scores are float64 from the entries' peaks).
 """
 
 from __future__ import annotations
