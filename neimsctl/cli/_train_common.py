@@ -25,8 +25,9 @@ Overrides = Annotated[Optional[list[str]], typer.Option(
     show_default=False)]
 Resume = Annotated[bool, typer.Option(
     "--resume", help="Continue the run in --out-dir from its latest checkpoint "
-    "(interrupted.pt, else last.pt; from the start when it stopped before its first). "
-    "Without it a run directory that holds a run is refused.")]
+    "(interrupted.pt, else last.pt; from the start when it stopped before its first), on the "
+    "run's own input files (other ones are refused). Without it a run directory that holds a "
+    "run is refused.")]
 TrainVerbose = Annotated[bool, typer.Option(
     "--verbose", "-v", help="Every metric of each epoch on stderr (losses, weights, recalls, "
     "expert usage) instead of the compact line (epoch, loss, selection metric, best, time); "

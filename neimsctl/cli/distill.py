@@ -114,13 +114,18 @@ def distill_cli(
         # a run to resume is there, or (with --teacher) a directory whose soft labels were
         # interrupted before training began
         check_run_dir(CMD, out_dir, cfg, resume, resumable=teacher is not None and out_dir.is_dir())
-        from neimsctl.train.distill import run_distill
+        from neimsctl.train.distill import resume_inputs, run_distill
 
+        inputs = None
         if teacher is not None:
+            # the run keeps the teacher and its shards as inputs: another is refused on
+            # --resume before the soft labels are computed or reused
+            inputs = resume_inputs(cfg, out_dir, resume, paths, teacher=teacher,
+                                   teacher_feats=teacher_feats or [])
             soft = _soft_labels_first(teacher, teacher_feats or [], out_dir, samples, device,
                                       cfg.data.split_seed, cfg.data.split, resume, quiet)
         result = run_distill(cfg, paths, out_dir, soft_labels=soft, resume=resume or None,
-                             log=train_log(quiet))
+                             log=train_log(quiet), inputs=inputs)
         finish_run(CMD, result, cfg, out_dir)
 
 

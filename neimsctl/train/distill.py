@@ -57,24 +57,64 @@ from neimsctl.train.distill_report import collapse_flags, write_distill_report
 from neimsctl.train.distill_transfer import transfer_rows
 from neimsctl.train.distill_validation import make_validator
 from neimsctl.train.losses import DistillLoss
-from neimsctl.train.trainer import (TrainResult, build_optimizer, full_console_default,
-                                    run_training, seed_everything)
+from neimsctl.train.trainer import (TrainResult, build_optimizer, check_resume_inputs,
+                                    describe_inputs, full_console_default, run_training,
+                                    seed_everything)
 
-__all__ = ["run_distill"]
+__all__ = ["distill_inputs", "resume_inputs", "run_distill"]
+
+
+def distill_inputs(shards: Sequence[str | Path], *, soft_labels: str | Path | None = None,
+                   transfer: Sequence[str | Path] = (), teacher: str | Path | None = None,
+                   teacher_feats: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
+    """What a distill run trains on (:func:`neimsctl.train.trainer.describe_inputs`: name, size,
+    SHA-256 and role of each file), in order: the student or v1 ``shards``, the ``transfer``
+    shards, the ``soft_labels`` file, or instead of it the ``teacher`` checkpoint and the
+    ``teacher_feats`` shards its soft labels are computed from (``distill --teacher``: the run
+    keeps them in its directory). Roles are the command's options (``--transfer``, ...)."""
+    files = ([(p, None) for p in shards] + [(p, "--transfer") for p in transfer]
+             + ([(soft_labels, "--soft-labels")] if soft_labels is not None else [])
+             + ([(teacher, "--teacher")] if teacher is not None else [])
+             + [(p, "--teacher-feats") for p in teacher_feats])
+    return describe_inputs([f for f, _ in files], [f for f, _ in files], [r for _, r in files])
+
+
+def resume_inputs(cfg: Config, out_dir: str | Path, resume: bool | str | Path | None,
+                  shards: Sequence[str | Path], **files: Any) -> list[dict[str, Any]]:
+    """:func:`distill_inputs` of ``shards`` and ``files`` (its keywords), checked against the
+    checkpoint a ``resume`` of the run in ``out_dir`` goes on from, before any is read.
+
+    Raises
+    ------
+    InputError
+        The run was trained on other files (:func:`neimsctl.train.trainer.check_inputs`).
+    """
+    inputs = distill_inputs(shards, **files)
+    if resume:
+        check_resume_inputs(cfg, out_dir, resume, inputs)
+    return inputs
 
 
 def run_distill(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path, *,
                 soft_labels: str | Path | None = None, resume: bool | str | Path | None = None,
-                log: TextIO | None = None) -> TrainResult:
+                log: TextIO | None = None,
+                inputs: list[dict[str, Any]] | None = None) -> TrainResult:
     """Train the student (KD from ``soft_labels``, or hard labels only) or NEIMS v1.
 
     ``data.transfer`` (student shards of molecules without spectra, soft-labelled in the same
     ``soft_labels`` file) adds KD-only rows to the train part (:class:`DistillData`).
 
+    The run's input files (``inputs``; by default :func:`distill_inputs` of ``shards``,
+    ``data.transfer`` and ``soft_labels``, checked here against a ``resume``'s checkpoint before
+    any is read; a caller that gives them has checked them: :func:`resume_inputs`) are kept in
+    its checkpoints.
+
     Raises
     ------
     ConfigError, FormatError, InputError, CheckpointError
-        Bad config, wrong shards, missing soft labels, an empty split part, a bad resume.
+        Bad config, wrong shards, missing soft labels, an empty split part, a bad resume, a
+        ``resume`` on other input files than the run's (other contents, another order, more or
+        fewer of them).
     """
     log = sys.stderr if log is None else log
     cfg = dataclasses.replace(cfg, stage="distill")    # its checkpoints say what they are
@@ -100,6 +140,11 @@ def run_distill(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path, 
         raise ConfigError("data.transfer: transfer rows have no spectra; they need --soft-labels")
     if tpaths and is_v1:
         raise ConfigError("data.transfer: neims-v1 is trained without KD")
+    # the run's inputs, kept in its checkpoints: a resume on others is refused here, before
+    # their rows (or settings) are read
+    if inputs is None:
+        inputs = resume_inputs(cfg, out_dir, resume, shards, soft_labels=soft_labels,
+                               transfer=tpaths)
     smode, fhash, _ = shard_settings([*shards, *tpaths], ("student", "v1"), stage="distill")
     frags = {"fragments": True} if not is_v1 and cfg.model.get("fragments") is True else {}
     if frags and smode == "v1":
@@ -172,7 +217,7 @@ def run_distill(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path, 
           file=log, flush=True)
     result = run_training(cfg, model, loss_fn, train_ds, validate=validate, out_dir=out_dir,
                           resume=resume, log=log, collate_fn=collate_distill,
-                          featurizer_hash=fhash, report=False, **kwargs)
+                          featurizer_hash=fhash, report=False, inputs=inputs, **kwargs)
     write_distill_report(Path(out_dir), mode=mode, n_steps=result.step)
     return result
 

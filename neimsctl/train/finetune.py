@@ -42,7 +42,8 @@ from neimsctl.train.config import Config, NON_NEGATIVE, POWER, check_ranges, dat
 from neimsctl.evaluate.validation import (VAL_MASS_FILTER, VAL_METRICS, Reference, dataset_split,
                                           evaluate_split, read_reference, val_metrics)
 from neimsctl.train.losses import hard_loss, spectral_cosine_loss
-from neimsctl.train.trainer import TrainResult, run_training, seed_everything
+from neimsctl.train.trainer import (TrainResult, check_resume_inputs, describe_inputs,
+                                   run_training, seed_everything)
 
 __all__ = ["TeacherLossConfig", "TeacherSpectrumLoss", "build_teacher",
            "load_init", "make_validator", "run_finetune"]
@@ -204,10 +205,15 @@ def run_finetune(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path,
                  log: TextIO | None = None) -> TrainResult:
     """Finetune the teacher on ``shards`` (see the module docstring); returns the run's result.
 
+    The run's ``shards`` (name, size, SHA-256 each, in order: :func:`describe_inputs`) are kept
+    in its checkpoints; a ``resume`` on other shards is refused before any is read.
+
     Raises
     ------
     ConfigError, FormatError, InputError, CheckpointError
-        Bad config, wrong shards, an empty split part, an incompatible ``init`` checkpoint.
+        Bad config, wrong shards, an empty split part, an incompatible ``init`` checkpoint, a
+        ``resume`` on other ``shards`` than the run's (other contents, another order, more or
+        fewer of them).
     """
     log = sys.stderr if log is None else log
     cfg = dataclasses.replace(cfg, stage="finetune")   # its checkpoints say what they are
@@ -220,6 +226,11 @@ def run_finetune(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path,
                           f"use one of {', '.join(VAL_METRICS)}")
     loss_cfg = dataclass_from_dict(TeacherLossConfig, cfg.loss, "loss")
     teacher_config(cfg.model)            # checked before any data is read (built after it)
+    # the run's shards, kept in its checkpoints: a resume on others is refused here, before
+    # their rows (or settings) are read
+    inputs = describe_inputs(shards, shards)
+    if resume:
+        check_resume_inputs(cfg, out_dir, resume, inputs)
     found = shard_settings(shards, ("teacher",), stage="finetune")
     fhash = found.settings_hash
     frags = (cfg.model or {}).get("fragments") is True     # the teacher reads fragment masses
@@ -250,4 +261,4 @@ def run_finetune(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path,
     print(f"neimsctl: teacher with {model.n_parameters():,} parameters", file=log, flush=True)
     return run_training(cfg, model, TeacherSpectrumLoss(loss_cfg, train_ds), train_ds,
                         validate=validate, out_dir=out_dir, resume=resume, log=log,
-                        collate_fn=collate_teacher, featurizer_hash=fhash)
+                        collate_fn=collate_teacher, featurizer_hash=fhash, inputs=inputs)

@@ -237,3 +237,47 @@ def test_an_optim_lr_the_one_cycle_schedule_does_not_use_is_warned(shards: Path)
     assert p.returncode == 0, p.stderr.decode()
     assert (b"warning: optim.lr=0.0003 is not used: the onecycle schedule sets the learning rate, "
             b"up to schedule.max_lr=0.001" in p.stderr), p.stderr.decode()
+
+
+def test_resume_with_another_teacher_or_other_soft_labels_is_refused(work: Path) -> None:
+    """distill --resume went on silently (exit 0) with whatever it was given (another teacher's
+    soft labels, other shards): the run keeps its shards and, with --teacher, the teacher
+    checkpoint and its shards (else the --soft-labels file) by SHA-256; another is one line
+    naming the checkpoint and both, exit 1, before the soft labels are computed or reused and
+    before a shard is read, the run directory untouched; the same bytes under another name
+    resume."""
+    import shutil
+
+    from neimsctl.models.checkpoint import load_checkpoint, save_checkpoint
+
+    ck = load_checkpoint(work / "ft/checkpoints/last.pt")
+    ck["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in ck["model"].items()}
+    save_checkpoint(work / "other_teacher.pt", ck)
+    shutil.copy(work / "ft/checkpoints/last.pt", work / "same_teacher.pt")
+
+    def run(kd: str, extra: str = "") -> subprocess.CompletedProcess:
+        return sh(f"neimsctl distill s.h5 {kd} {STUDENT} --set schedule.name=none --out-dir "
+                  f"kd_inputs {extra}", work)
+
+    teacher = "--teacher-feats t.h5 --samples 2 --teacher"
+    p = run(f"{teacher} ft/checkpoints/last.pt", "--set train.epochs=1 -q")
+    assert p.returncode == 0, p.stderr.decode()
+    before = {p: p.read_bytes() for p in (work / "kd_inputs").rglob("*") if p.is_file()}
+    assert work / "kd_inputs/soft_labels.h5" in before
+    p = run(f"{teacher} other_teacher.pt", "--resume")
+    err = p.stderr.decode()
+    assert p.returncode == 1 and err.count("\n") == 1, err
+    assert err.startswith("neimsctl distill: cannot resume: kd_inputs/checkpoints/last.pt was "
+                          "trained on s.h5 (sha256 "), err
+    assert " + --teacher ft/checkpoints/last.pt (sha256 " in err
+    assert " + --teacher-feats t.h5 (sha256 " in err and ", not on s.h5 (sha256 " in err
+    assert " + --teacher other_teacher.pt (sha256 " in err and "give the run's input again" in err
+    p = run("--soft-labels kd_inputs/soft_labels.h5", "--resume")      # the run's own labels
+    err = p.stderr.decode()
+    assert p.returncode == 1 and err.count("\n") == 1, err
+    assert ", not on s.h5 (sha256 " in err and " + --soft-labels kd_inputs/soft_labels.h5 " in err
+    assert {p: p.read_bytes() for p in (work / "kd_inputs").rglob("*") if p.is_file()} == before
+    p = run(f"{teacher} same_teacher.pt", "--resume")
+    err = p.stderr.decode()
+    assert p.returncode == 0 and "resumed from" in err and "using the soft labels in" in err, err
+    assert load_checkpoint(work / "kd_inputs/checkpoints/last.pt")["epoch"] == 2

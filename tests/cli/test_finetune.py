@@ -199,3 +199,38 @@ def test_a_shard_given_twice_is_read_once(work: Path) -> None:
     assert p.returncode == 0, p.stderr.decode()
     assert b"warning: shard f.h5, ../" in p.stderr and b"read once" in p.stderr
     assert b"finetune: 300 spectra, train " in p.stderr
+
+
+def test_resume_with_other_shards_is_refused_naming_both(work: Path, sample_msp: Path) -> None:
+    """finetune --resume went on silently (exit 0) with whatever shards it was given, the
+    run's later epochs on other spectra: other shards, or the run's in another order, are one
+    line naming the checkpoint, the run's shards and the given ones, exit 1, before a shard is
+    read, the run directory untouched; the same bytes under another name resume."""
+    p = sh(f"neimsctl msp2jsonl -q {sample_msp} > r.jsonl && head -n 150 r.jsonl | neimsctl "
+           "featurize -q --mode teacher -o a.h5 && tail -n 150 r.jsonl | neimsctl featurize -q "
+           "--mode teacher -o b.h5 && cp a.h5 renamed.h5", work)
+    assert p.returncode == 0, p.stderr.decode()
+
+    def run(shards: str, epochs: int, extra: str = "") -> subprocess.CompletedProcess:
+        return sh(f"neimsctl finetune {shards} --config cfg.yaml {TINY} --set train.epochs={epochs} "
+                  f"--device cpu --out-dir inputs {extra}", work)
+
+    p = run("a.h5 b.h5", 1, "-q")
+    assert p.returncode == 0, p.stderr.decode()
+    before = _files(work / "inputs")
+    p = run("b.h5 a.h5", 2, "--resume")
+    err = p.stderr.decode()
+    assert p.returncode == 1 and err.count("\n") == 1, err
+    assert err.startswith("neimsctl finetune: cannot resume: inputs/checkpoints/last.pt was "
+                          "trained on a.h5 (sha256 "), err
+    assert " + b.h5 (sha256 " in err and ", not on b.h5 (sha256 " in err
+    assert "(the same files in another order: their data would be read in another order, so the " \
+           "run would not go on where it stopped); give the run's input again" in err
+    p = run("f.h5", 2, "--resume")
+    err = p.stderr.decode()
+    assert p.returncode == 1 and err.count("\n") == 1, err
+    assert ", not on f.h5 (sha256 " in err and "another order" not in err, err
+    assert _files(work / "inputs") == before
+    p = run("renamed.h5 b.h5", 2, "--resume")
+    assert p.returncode == 0 and b"resumed from" in p.stderr, p.stderr.decode()
+    assert [e["epoch"] for e in epochs_logged(work / "inputs")] == [1, 2]

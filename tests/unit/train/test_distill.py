@@ -119,6 +119,66 @@ def test_kd_resume_round_trip_gives_the_same_weights(data: dict, repo_root: Path
     assert "## Expert usage" in report and "heterocyclic" in report
 
 
+def test_resume_on_other_soft_labels_or_without_them_is_refused_before_a_shard_is_read(
+        data: dict, repo_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """distill --resume went on with whatever it was given (other soft labels, or none: the
+    later epochs on other targets, silently): the checkpoints keep the shards and the soft-label
+    file by SHA-256, in their roles, and a resume on other ones is refused before a shard is
+    read, naming both, the run untouched; the same bytes under other names resume, to the
+    weights of an uninterrupted run."""
+    import shutil
+
+    from neimsctl.train import distill as distill_mod
+
+    def run(name: str, soft: Path | None, resume: bool = False,
+            shards: list[Path] | None = None) -> dict:
+        with open(data["dir"] / f"{name}.log", "a") as log:
+            run_distill(cfg(repo_root, "train.epochs=2"), shards or [data["student"]],
+                        data["dir"] / name, soft_labels=soft, resume=resume or None, log=log)
+        return load_checkpoint(data["dir"] / name / "checkpoints" / "last.pt")
+
+    straight = run("in_full", data["soft"])
+    real = trainer_mod.Trainer._finish_epoch
+
+    def stop_after_first(self, epoch, summary, acc):     # "killed" at the end of epoch 1
+        out = real(self, epoch, summary, acc)
+        self._signals = 1
+        return out
+
+    with monkeypatch.context() as m:
+        m.setattr(trainer_mod.Trainer, "_finish_epoch", stop_after_first)
+        first = run("in_half", data["soft"])
+    assert first["epoch"] == 1
+    assert [(i["name"], i.get("role")) for i in first["extra"]["inputs"]] == [
+        (str(data["student"]), None), (str(data["soft"]), "--soft-labels")]
+    other = data["dir"] / "soft2.h5"
+    run_softlabel(data["dir"] / "t.pt", [data["teacher"]], other, device="cpu",
+                  settings=SoftLabelSettings(samples=2, part="train"))
+    files = {p: p.read_bytes() for p in (data["dir"] / "in_half").rglob("*") if p.is_file()}
+    with monkeypatch.context() as m:
+        m.setattr(distill_mod, "shard_settings", lambda *a, **k: pytest.fail("a shard was read"))
+        with pytest.raises(InputError) as exc:
+            run("in_half", other, resume=True)
+        msg = str(exc.value)
+        assert msg.startswith(f"cannot resume: {data['dir'] / 'in_half/checkpoints/last.pt'} was "
+                              f"trained on {data['student']} (sha256 ")
+        assert f" + --soft-labels {data['soft']} (sha256 " in msg and "\n" not in msg
+        assert f", not on {data['student']} (sha256 " in msg
+        assert f" + --soft-labels {other} (sha256 " in msg
+        with pytest.raises(InputError, match=r"\(only some of the run's files: the data left out"):
+            run("in_half", None, resume=True)                    # --no-kd
+        with pytest.raises(InputError, match=r"not on \S+student.h5 \(sha256 \w+, [\d,]+ bytes\)"
+                                             r" \+ \S+student.h5 \(sha256"):
+            run("in_half", data["soft"], resume=True, shards=[data["student"]] * 2)
+    assert {p: p.read_bytes() for p in (data["dir"] / "in_half").rglob("*") if p.is_file()} == files
+    (data["dir"] / "moved").mkdir()
+    soft = Path(shutil.copy(data["soft"], data["dir"] / "moved" / "labels.h5"))
+    student = Path(shutil.copy(data["student"], data["dir"] / "moved" / "s.h5"))
+    resumed = run("in_half", soft, resume=True, shards=[student])
+    assert resumed["step"] == straight["step"] and resumed["epoch"] == 2
+    assert all(torch.equal(straight["model"][k], resumed["model"][k]) for k in straight["model"])
+
+
 def test_training_never_reads_test_rows(data: dict, repo_root: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     ds = StudentDataset(data["student"])
@@ -228,6 +288,11 @@ def test_transfer_rows_learn_only_the_soft_labels(data: dict, transfer: dict, re
     n_train = len(dataset_split(lib).train)
     # one epoch: every train row once with its spectrum, every transfer row once without
     assert int(seen.sum()) == n_train and int((~seen).sum()) == len(tr) - in_lib
+    # the transfer shards are inputs of the run too, in their role (a resume checks them)
+    ins = load_checkpoint(data["dir"] / "tr/checkpoints/last.pt")["extra"]["inputs"]
+    assert [(i["name"], i.get("role")) for i in ins] == [
+        (str(transfer["student"]), None), (str(transfer["tr_student"]), "--transfer"),
+        (str(transfer["soft"]), "--soft-labels")]
     with pytest.raises(ConfigError, match="need --soft-labels"):
         run_distill(c, [transfer["student"]], data["dir"] / "tr2")
 

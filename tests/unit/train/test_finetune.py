@@ -148,3 +148,51 @@ def test_run_finetune_rejects_unknown_best_metric(shard: Path, tmp_path: Path,
     cfg = tiny_config(repo_root, "train.best_metric=val_recall@10")
     with pytest.raises(ConfigError, match="best_metric"):
         run_finetune(cfg, [shard], tmp_path / "run")
+
+
+def test_resume_on_other_shards_is_refused_before_they_are_read_and_the_same_bytes_resume_exactly(
+        shard: Path, tmp_path: Path, repo_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--resume trained on whatever shards it was given (another library's spectra, silently):
+    the checkpoints keep the shards' SHA-256, in order, and a resume on other shards, or on the
+    run's shard and one more, is refused before a shard is opened, naming both, the run
+    untouched; the same bytes under another name resume, to the weights of an uninterrupted
+    run; a checkpoint written before runs recorded their inputs resumes on any."""
+    import shutil
+
+    from neimsctl.errors import InputError
+    from neimsctl.train import finetune as ft_mod
+
+    def run(name: str, epochs: int, shards: list[Path], resume: bool = False) -> dict:
+        cfg = tiny_config(repo_root, f"train.epochs={epochs}", "schedule.name=none")
+        with open(tmp_path / f"{name}.log", "a") as log:
+            run_finetune(cfg, shards, tmp_path / name, resume=resume or None, log=log)
+        return load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")
+
+    straight = run("a", 2, [shard])
+    first = run("b", 1, [shard])
+    assert [(i["name"], i["size"]) for i in first["extra"]["inputs"]] == [(str(shard), shard.stat().st_size)]
+    other = build_sample_shard(tmp_path / "other.h5", mode="teacher", limit=150)
+    files = {p: p.read_bytes() for p in (tmp_path / "b").rglob("*") if p.is_file()}
+    with monkeypatch.context() as m:
+        m.setattr(ft_mod, "shard_settings", lambda *a, **k: pytest.fail("a shard was read"))
+        with pytest.raises(InputError) as exc:
+            run("b", 2, [other], resume=True)
+        msg = str(exc.value)
+        assert msg.startswith(f"cannot resume: {tmp_path / 'b/checkpoints/last.pt'} was trained on "
+                              f"{shard} (sha256 {first['extra']['inputs'][0]['sha256'][:12]}, ")
+        assert f", not on {other} (sha256 " in msg and "\n" not in msg
+        with pytest.raises(InputError, match=r"\(the run's files and more: the data added would "
+                                             r"change what the epochs train on, so the run would "
+                                             r"not go on where it stopped\); give the run's input"):
+            run("b", 2, [shard, other], resume=True)
+    assert {p: p.read_bytes() for p in (tmp_path / "b").rglob("*") if p.is_file()} == files
+    (tmp_path / "moved").mkdir()
+    copy = Path(shutil.copy(shard, tmp_path / "moved" / "renamed.h5"))
+    resumed = run("b", 2, [copy], resume=True)
+    assert resumed["step"] == straight["step"] and resumed["epoch"] == 2
+    assert all(torch.equal(straight["model"][k], resumed["model"][k]) for k in straight["model"])
+    assert resumed["extra"]["inputs"][0]["name"] == str(copy)      # the name as last given
+    old = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")
+    del old["extra"]["inputs"]                     # as checkpoints of earlier versions are
+    save_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt", old)
+    assert run("a", 3, [other], resume=True)["epoch"] == 3

@@ -362,3 +362,53 @@ def test_resume_falls_back_to_last_when_interrupted_is_damaged(tmp_path: Path) -
     with pytest.raises(CheckpointError, match=r"interrupted\.pt: truncated or damaged checkpoint: "
                                               r"its zip archive has no end"):
         _toy_run(["train.epochs=3"], run, resume=True)
+
+
+def test_check_inputs_compares_contents_order_and_role_and_says_why(tmp_path: Path) -> None:
+    """Inputs are the same by content, in order and role, whatever their names; the same files
+    in another order, a superset or a subset of the run's are refused with the reason (their
+    rows would be read in another order, or other data trained on); a checkpoint written before
+    runs recorded their inputs, or a stage that gives none, is not checked."""
+    from neimsctl.errors import InputError
+    from neimsctl.train.trainer import check_inputs, describe_inputs
+
+    (a := tmp_path / "a.h5").write_bytes(b"a" * 10)
+    (b := tmp_path / "b.h5").write_bytes(b"b" * 2000)
+    (c := tmp_path / "copy.h5").write_bytes(b"a" * 10)
+
+    def ckpt(*paths: Path, roles=None) -> dict:
+        return {"extra": {"inputs": describe_inputs(paths, [p.name for p in paths], roles)}}
+
+    def refused(run: dict, *paths: Path, roles=None) -> str:
+        with pytest.raises(InputError) as exc:
+            check_inputs(run, describe_inputs(paths, [p.name for p in paths], roles), "R/last.pt")
+        assert "\n" not in str(exc.value)
+        return str(exc.value)
+
+    run = ckpt(a, b)
+    assert run["extra"]["inputs"][0] == {"name": "a.h5", "size": 10, "sha256": (
+        "bf2cb58a68f684d95a3b78ef8f661c9a4e5b09e82cc8f9cc88cce90528caeb27")}
+    check_inputs(run, describe_inputs([c, b], ["copy.h5", "b.h5"]), "R/last.pt")  # same bytes
+    msg = refused(run, b, a)
+    assert msg == ("cannot resume: R/last.pt was trained on a.h5 (sha256 bf2cb58a68f6, 10 bytes) + "
+                   "b.h5 (sha256 d4c6e5ac27e3, 2,000 bytes), not on b.h5 (sha256 d4c6e5ac27e3, "
+                   "2,000 bytes) + a.h5 (sha256 bf2cb58a68f6, 10 bytes) (the same files in another "
+                   "order: their data would be read in another order, so the run would not go on "
+                   "where it stopped); give the run's input again, or start a new run in another "
+                   "run directory")
+    assert "(the run's files and more: the data added would change what the epochs train " \
+           "on, so" in refused(ckpt(a), a, b)
+    assert "(only some of the run's files: the data left out" in refused(run, a)
+    other = refused(run, a, a)                         # neither: no reason added
+    assert other.endswith("(sha256 bf2cb58a68f6, 10 bytes); give the run's input again, or "
+                          "start a new run in another run directory")
+    # a role is part of the input: the same file as soft labels is not the same as a shard
+    kd = ckpt(a, b, roles=[None, "--soft-labels"])
+    assert kd["extra"]["inputs"][1]["role"] == "--soft-labels" and "role" not in kd["extra"]["inputs"][0]
+    assert ", not on a.h5 (sha256 bf2cb58a68f6, 10 bytes) + b.h5 (sha256" in refused(kd, a, b)
+    assert "was trained on a.h5 (sha256 bf2cb58a68f6, 10 bytes) + --soft-labels b.h5 (sha256 " \
+           in refused(kd, a, b)
+    check_inputs(kd, describe_inputs([c, b], ["x", "y"], ["", "--soft-labels"]), "R/last.pt")
+    for old in ({"extra": {}}, {"extra": {"inputs": None}}, {}):   # earlier versions: any input
+        check_inputs(old, describe_inputs([b], ["b.h5"]), "R/last.pt")
+    check_inputs(run, None, "R/last.pt")
