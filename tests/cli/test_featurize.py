@@ -227,6 +227,42 @@ def test_resume_needs_the_interrupted_runs_rejects_report() -> None:
         _same_rejects({"rejects": "r.jsonl"}, None)
 
 
+KILLED_WHILE_FINISHING = """
+import os, signal, sys
+import neimsctl.chem.featurize_run as F
+from neimsctl.io.h5shard import ResumableShardWriter
+from neimsctl.cli.main import main
+F.run_featurize.__kwdefaults__.update(chunk=2, commit_every=4)   # a resume point every 4 records
+ResumableShardWriter.close = lambda self: os.kill(os.getpid(), signal.SIGKILL)  # while joining
+main(sys.argv[1:])
+"""
+
+
+def test_a_run_killed_while_its_output_is_finished_resumes(tmp_path: Path) -> None:
+    """Killed after the last record, while the segments are joined into OUT: the rejects
+    report stays REJECTS.partial beside OUT.partial, and --resume equals one run (the report
+    was renamed into place first: --resume then said 'the partial report is missing')."""
+    import sys
+
+    (tmp_path / "in.smi").write_bytes(SMI * 3)
+    cmd = ["featurize", "--no-provenance", "in.smi", "-o", "out.h5", "--rejects", "rej.jsonl"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_FINISHING, *cmd], cwd=tmp_path,
+                            capture_output=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    names = sorted(q.name for q in tmp_path.iterdir())
+    assert names == ["in.smi", "out.h5.partial", "rej.jsonl.partial"], names
+    again = subprocess.run(["neimsctl", *cmd, "--resume"], cwd=tmp_path, capture_output=True)
+    assert again.returncode == 1 and b"resuming out.h5" in again.stderr, again.stderr
+    assert b"read 15, written 9, rejected 6" in again.stderr, again.stderr
+    ref = subprocess.run(["neimsctl", *cmd[:-3], "ref.h5", "--rejects", "ref.jsonl"],
+                         cwd=tmp_path, capture_output=True)
+    assert ref.returncode == 1
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["in.smi", "out.h5", "ref.h5",
+                                                          "ref.jsonl", "rej.jsonl"]
+    assert (tmp_path / "rej.jsonl").read_bytes() == (tmp_path / "ref.jsonl").read_bytes()
+    assert same(rows(tmp_path / "out.h5"), rows(tmp_path / "ref.h5"))
+
+
 def test_resume_refuses_other_input(tmp_path: Path) -> None:
     from neimsctl.chem.featurize_run import resume_point
     from neimsctl.errors import InputError
