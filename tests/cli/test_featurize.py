@@ -263,6 +263,43 @@ def test_a_run_killed_while_its_output_is_finished_resumes(tmp_path: Path) -> No
     assert same(rows(tmp_path / "out.h5"), rows(tmp_path / "ref.h5"))
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs (needs root)")
+def test_a_full_disk_is_one_line_and_the_run_resumes(tmp_path: Path) -> None:
+    """A real full disk (a 2 MB tmpfs) under featurize -o: one line naming the output, exit
+    1, no temporary file, the partial output kept; with room made, --resume equals one run.
+    (HDF5 found the disk full itself: depending on where, a traceback per cached chunk, then
+    SIGSEGV or 'malloc(): unsorted double linked list corrupted', exit 134/139, temporary files
+    left; or a line without 'cannot write' naming a file inside OUT.partial.)"""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        src = tmp_path / "many.smi"
+        src.write_text("".join("O" + "".join(f"C({'C' * (int(d) + 1)})" for d in f"{i:04d}")
+                               + "C\nC1CC((\n" for i in range(6_000)))
+        cmd = ["neimsctl", "featurize", "-q", "--mode", "teacher", "--no-provenance", "-j", "1",
+               str(src), "-o", "disk/out.h5", "--rejects", "disk/rej.jsonl"]
+        full = subprocess.run(cmd, cwd=tmp_path, capture_output=True, timeout=300)
+        err = full.stderr.decode()
+        assert full.returncode == 1 and err == ("neimsctl featurize: disk/out.h5: cannot write: "
+                                                "No space left on device\n"), err
+        assert sorted(q.name for q in disk.iterdir()) == ["out.h5.partial", "rej.jsonl.partial"]
+        assert not [q.name for q in (disk / "out.h5.partial").iterdir() if q.name.startswith(".")]
+        subprocess.run(["mount", "-o", "remount,size=200m", str(disk)], check=True)
+        again = subprocess.run([*cmd, "--resume"], cwd=tmp_path, capture_output=True, timeout=300)
+        assert again.returncode == 1, again.stderr            # the unparsable lines
+        ref = subprocess.run([*cmd[:-4], "-o", "ref.h5", "--rejects", "ref.jsonl"], cwd=tmp_path,
+                             capture_output=True, timeout=300)
+        assert ref.returncode == 1
+        assert sorted(q.name for q in disk.iterdir()) == ["out.h5", "rej.jsonl"]
+        assert (disk / "out.h5").read_bytes() == (tmp_path / "ref.h5").read_bytes()
+        assert (disk / "rej.jsonl").read_bytes() == (tmp_path / "ref.jsonl").read_bytes()
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
 def test_resume_refuses_other_input(tmp_path: Path) -> None:
     from neimsctl.chem.featurize_run import resume_point
     from neimsctl.errors import InputError

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from neimsctl.errors import FormatError
+from neimsctl.errors import FormatError, OutputError
 from neimsctl.io.featblock import block_rows, check_mode
 from neimsctl.io.h5shard.layout import ROW_CHUNK
 from neimsctl.io.h5shard.read import ShardReader
@@ -195,11 +195,21 @@ class ResumableShardWriter(Writer):
     def abort(self, exc: BaseException | None = None) -> None:
         """Drop the open segment and the unfinished final file; keep the committed segments
         for a resume."""
-        for w in (self._seg, self._out):
-            if w is not None:
-                w.abort(exc)
-        self._seg = self._out = None
-        os.close(self._lock)
+        try:
+            for w in (self._seg, self._out):
+                if w is not None:
+                    w.abort(exc)
+        except OutputError as err:
+            exc = err
+        finally:
+            self._seg = self._out = None
+            os.close(self._lock)
+        # a segment or the joined file could not be written (a full disk): name the output
+        # asked for, as every output error does, not a file inside FILE.h5.partial
+        msg, cut = str(exc), ": cannot write: "
+        if isinstance(exc, OutputError) and cut in msg \
+                and msg.split(cut, 1)[0].startswith(str(self.dir)):
+            raise OutputError(f"{self.path}{cut}{msg.split(cut, 1)[1]}") from None
 
 
 

@@ -439,6 +439,36 @@ def test_resume_refuses_missing_segments(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def test_a_full_disk_is_found_before_hdf5_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HDF5 must never find the disk full (a string column's failed write freed its buffers
+    twice; closing a file whose writes failed crashed the process): the writer checks the
+    room before each write and fails as an output error, its temporary file removed."""
+    from types import SimpleNamespace
+
+    from neimsctl.errors import OutputError
+    from neimsctl.io.h5shard import ResumableShardWriter
+    from neimsctl.io.h5shard import write as write_mod
+
+    free = {"bytes": 1 << 40}
+    monkeypatch.setattr(write_mod.os, "statvfs", lambda path: SimpleNamespace(
+        f_bfree=free["bytes"] // 4096, f_bavail=free["bytes"] // 4096, f_frsize=4096))
+    settings, digest = run_settings(RowOptions(mode="teacher"))
+    out = tmp_path / "out.h5"
+    w = ResumableShardWriter(out, "teacher", settings, digest)
+    w.append(make_block("teacher", 0, 70))
+    w.commit({"next_ordinal": 70})
+    free["bytes"] = write_mod.ROOM_BYTES + 1000                  # the disk fills up
+    with pytest.raises(OutputError, match=rf"^{re.escape(str(out))}: cannot write: No space left"):
+        with w:
+            w.append(make_block("teacher", 70, 2000))            # a flush of 1,024 rows
+    part = tmp_path / "out.h5.partial"
+    assert sorted(q.name for q in part.iterdir()) == ["seg-000000.h5"]   # kept for --resume
+    assert not out.exists()
+    with pytest.raises(OutputError, match="ref.h5: cannot write: No space left"):
+        write(tmp_path / "ref.h5", "teacher", [make_block("teacher", 0, 70)])
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["out.h5.partial"]
+
+
 def _chunk_rows(r: ShardReader, name: str, row: int) -> np.ndarray:
     from neimsctl.io.h5shard.codec import chunk_reader
 
