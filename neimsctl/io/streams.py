@@ -736,6 +736,51 @@ def resumable_out(path: str | os.PathLike, keep_bytes: int | None = None) -> Ite
     os.replace(tmp, path)
 
 
+#: free disk space kept beyond each write's size: what HDF5 writes when it closes the file
+#: (metadata, the chunk caches of one write: tens of KB), with room to spare
+ROOM_BYTES = 1 << 20
+
+
+class RoomCheck:
+    """Free-space check before each write of an HDF5 file ``path`` (:meth:`need`).
+
+    HDF5 must never find the disk full itself: a string column's write that fails frees its
+    buffers twice, and a file whose writes failed crashes the process as it is closed (SIGSEGV
+    or heap corruption, after a traceback per cached chunk). So a writer asks for the room of
+    each write first, and fails as an ordinary full disk while the file is still whole.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path, self.raw = Path(path), 0     # raw: bytes asked for so far (uncompressed)
+
+    def need(self, nbytes: int) -> None:
+        """Raise ``OSError(ENOSPC)`` naming :attr:`path` unless its file system has room for a
+        write of ``nbytes`` uncompressed bytes: at twice the compression ratio the file has
+        shown so far (half, before it has any), plus :data:`ROOM_BYTES`."""
+        try:
+            st = os.statvfs(self.path.parent)
+            size = os.stat(self.path).st_size
+        except OSError:
+            return
+        ratio = min(1.0, 2 * size / self.raw) if self.raw else 0.5
+        free = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+        if free < nbytes * ratio + ROOM_BYTES:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+        self.raw += nbytes
+
+
+def array_bytes(arrays: Iterable[Any]) -> int:
+    """An upper bound of the bytes numpy ``arrays`` take stored uncompressed (strings at 4
+    bytes a character, plus their heap entries)."""
+    total = 0
+    for arr in arrays:
+        if arr.dtype == object:
+            total += sum(4 * len(v) + 32 for v in arr.tolist())
+        else:
+            total += arr.nbytes
+    return total
+
+
 def copy_file_to(src: str | os.PathLike, dst: IO[bytes]) -> None:
     """Copy a finished file (e.g. a spooled HDF5) to a binary stream."""
     with open(src, "rb") as fh:

@@ -11,7 +11,6 @@ this one (:mod:`neimsctl.io.h5shard.resume`).
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 from pathlib import Path
@@ -24,15 +23,12 @@ from neimsctl.io.featblock import (STR_COLUMNS, block_rows, check_mode, concat_b
                                    ragged_columns, row_columns, take_rows, validate_block)
 from neimsctl.io.h5shard import codec
 from neimsctl.io.h5shard.layout import COMPRESSION, PTRS, ROW_CHUNK, SCHEMA, stored_datasets
-from neimsctl.io.streams import Writer, atomic_path
+from neimsctl.io.streams import RoomCheck, Writer, array_bytes, atomic_path
 
 if TYPE_CHECKING:
     from neimsctl.io.h5shard.read import ShardReader
 
 FLUSH_ROWS = 1024       # rows buffered before a write (a multiple of ROW_CHUNK)
-#: free disk space kept beyond each write's size: what HDF5 writes when it closes the file
-#: (metadata, the chunk caches of one flush: tens of KB), with room to spare
-ROOM_BYTES = 1 << 20
 
 
 class ShardWriter(Writer):
@@ -70,7 +66,7 @@ class ShardWriter(Writer):
         # no HDF5 file lock (flock): worker processes forked while this file is open (a pool
         # re-created after a worker died) would inherit it, and the segment could not be
         # opened again to join it ("unable to lock file"). The temporary name is this run's own.
-        self._tmp, self._raw = tmp, 0   # _raw: bytes written, uncompressed (_check_room)
+        self._room = RoomCheck(tmp)     # the disk's room, checked before each write
         self._f = h5py.File(tmp, "w", libver=("earliest", "v110"), track_order=True, locking=False)
         a = self._f.attrs
         a["schema"], a["mode"], a["n_rows"] = SCHEMA, mode, 0
@@ -136,26 +132,8 @@ class ShardWriter(Writer):
             self._pending, self._pending_rows = [], 0
         self._write(block, n)
 
-    def _check_room(self, nbytes: int) -> None:
-        """Raise ``ENOSPC`` before a write of ``nbytes`` (uncompressed) that the disk has no
-        room for (plus :data:`ROOM_BYTES` for what HDF5 writes as it closes the file).
-
-        HDF5 itself must never find the disk full: a string column's write that fails frees
-        its buffers twice, and a file whose writes failed crashes the process as it is closed
-        (SIGSEGV, heap corruption, after a traceback per cached chunk)."""
-        try:
-            st = os.statvfs(self._tmp.parent)
-            # compressed: twice the ratio this file has shown so far (half, before it has any)
-            ratio = min(1.0, 2 * os.stat(self._tmp).st_size / self._raw) if self._raw else 0.5
-        except OSError:
-            return
-        free = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
-        if free < nbytes * ratio + ROOM_BYTES:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self._tmp))
-        self._raw += nbytes
-
     def _write(self, block: dict[str, np.ndarray], n: int) -> None:
-        self._check_room(_block_bytes(block))
+        self._room.need(array_bytes(block.values()))
         for name, arr in block.items():
             if name in PTRS:
                 ds = self._f[PTRS[name]]
@@ -189,7 +167,7 @@ class ShardWriter(Writer):
             self.append(src.rows(0, n))
             return
         f, sf = self._f, src.file
-        self._check_room(sum(sf[name].dtype.itemsize * int(np.prod(sf[name].shape[1:])) * n
+        self._room.need(sum(sf[name].dtype.itemsize * int(np.prod(sf[name].shape[1:])) * n
                              for name in row_columns(self.mode) if name not in PTRS))
         values: dict[str, np.ndarray] = {c: sf[c][:n] for c in STR_COLUMNS}  # UTF-8 bytes as stored
         for name in row_columns(self.mode):
@@ -233,14 +211,3 @@ class ShardWriter(Writer):
             if again is not err:
                 raise
 
-
-def _block_bytes(block: dict[str, np.ndarray]) -> int:
-    """An upper bound of the bytes ``block`` takes on disk (stored uncompressed; strings at 4
-    bytes a character, plus their heap entries)."""
-    total = 0
-    for arr in block.values():
-        if arr.dtype == object:
-            total += sum(4 * len(v) + 32 for v in arr.tolist())
-        else:
-            total += arr.nbytes
-    return total

@@ -447,17 +447,17 @@ def test_a_full_disk_is_found_before_hdf5_writes(tmp_path: Path, monkeypatch: py
 
     from neimsctl.errors import OutputError
     from neimsctl.io.h5shard import ResumableShardWriter
-    from neimsctl.io.h5shard import write as write_mod
+    from neimsctl.io import streams
 
     free = {"bytes": 1 << 40}
-    monkeypatch.setattr(write_mod.os, "statvfs", lambda path: SimpleNamespace(
+    monkeypatch.setattr(streams.os, "statvfs", lambda path: SimpleNamespace(
         f_bfree=free["bytes"] // 4096, f_bavail=free["bytes"] // 4096, f_frsize=4096))
     settings, digest = run_settings(RowOptions(mode="teacher"))
     out = tmp_path / "out.h5"
     w = ResumableShardWriter(out, "teacher", settings, digest)
     w.append(make_block("teacher", 0, 70))
     w.commit({"next_ordinal": 70})
-    free["bytes"] = write_mod.ROOM_BYTES + 1000                  # the disk fills up
+    free["bytes"] = streams.ROOM_BYTES + 1000                  # the disk fills up
     with pytest.raises(OutputError, match=rf"^{re.escape(str(out))}: cannot write: No space left"):
         with w:
             w.append(make_block("teacher", 70, 2000))            # a flush of 1,024 rows
