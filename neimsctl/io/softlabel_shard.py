@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 
 from neimsctl.errors import FormatError
+from neimsctl.interrupts import check as check_interrupt
 from neimsctl.io.h5handle import H5Handle
 from neimsctl.io.streams import (RoomCheck, Writer, array_bytes, lock_partial, output_error,
                                 partial_path, refuse_protected)
@@ -137,6 +138,7 @@ class SoftLabelWriter(Writer):
 
     def close(self) -> None:
         """Mark complete and rename onto the final name."""
+        check_interrupt()       # a Ctrl-C/SIGTERM an h5py callback swallowed: stays partial
         self._f.attrs["complete"] = True
         self._f.close()
         try:

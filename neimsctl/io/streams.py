@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, Iterable, Iterator, NamedTuple
 
 from neimsctl.errors import InputError, OutputBusy, OutputError
+from neimsctl.interrupts import check as check_interrupt
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -592,6 +593,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         refuse_protected(final)            # inputs found while the output was being written
+        check_interrupt()                  # a Ctrl-C/SIGTERM an h5py callback swallowed
         os.replace(tmp, final)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -733,6 +735,7 @@ def resumable_out(path: str | os.PathLike, keep_bytes: int | None = None) -> Ite
     finally:
         fh.close()
     refuse_protected(path)
+    check_interrupt()                      # a Ctrl-C/SIGTERM an h5py callback swallowed
     os.replace(tmp, path)
 
 
