@@ -67,7 +67,12 @@ class ShardWriter(Writer):
         # re-created after a worker died) would inherit it, and the segment could not be
         # opened again to join it ("unable to lock file"). The temporary name is this run's own.
         self._room = RoomCheck(tmp)     # the disk's room, checked before each write
-        self._f = h5py.File(tmp, "w", libver=("earliest", "v110"), track_order=True, locking=False)
+        try:
+            self._f = h5py.File(tmp, "w", libver=("earliest", "v110"), track_order=True,
+                                locking=False)
+        except BaseException as exc:  # e.g. a read-only place: named as the output asked for
+            self._atomic.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         a = self._f.attrs
         a["schema"], a["mode"], a["n_rows"] = SCHEMA, mode, 0
         a["featurizer"] = json.dumps(settings, sort_keys=True, separators=(",", ":"))

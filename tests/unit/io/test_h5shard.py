@@ -469,6 +469,17 @@ def test_a_full_disk_is_found_before_hdf5_writes(tmp_path: Path, monkeypatch: py
     assert sorted(q.name for q in tmp_path.iterdir()) == ["out.h5.partial"]
 
 
+def test_a_shard_that_cannot_be_created_names_the_output(tmp_path: Path) -> None:
+    """shards merge -o nodir/m.h5 (or onto a read-only file system) printed HDF5's message
+    naming the temporary nodir/.m.h5.part-PID, flags and o_flags."""
+    from neimsctl.errors import OutputError
+
+    out = tmp_path / "nodir" / "m.h5"
+    with pytest.raises(OutputError) as info:
+        write(out, "student", [make_block("student")])
+    assert str(info.value) == f"{out}: cannot write: No such file or directory (no directory {out.parent})"
+
+
 def _chunk_rows(r: ShardReader, name: str, row: int) -> np.ndarray:
     from neimsctl.io.h5shard.codec import chunk_reader
 
