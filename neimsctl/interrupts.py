@@ -6,7 +6,9 @@ pool run many), the interpreter prints "Exception ignored in ..." and goes on: t
 interrupt is lost and the command runs to the end (seen with ``featurize -j 2 -o FILE.h5``
 about one Ctrl-C in two). :func:`install` makes the signal also leave a mark that
 :func:`check` turns into ``KeyboardInterrupt`` again at a safe point; the streaming loops
-(:func:`neimsctl.io.parallel.ordered_map`) call it for every chunk.
+(:func:`neimsctl.io.parallel.ordered_map`) call it for every chunk, ``shards merge`` for every
+block, and every output checks it before it is renamed into place
+(:func:`neimsctl.io.streams.atomic_path`, ``resumable_out``, the soft-label writer's close).
 """
 
 from __future__ import annotations

@@ -166,9 +166,12 @@ def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, 
     file_h5 = fmt == "h5" and not is_dash(out) and not is_special_file(out)
     tally = Tally()
     opened = False          # the rejects report too: from here on, partial work is worth keeping
+    # the rejects report is put in place after the output: a run stopped while the output is
+    # finished keeps REJECTS.partial beside OUT.partial, and --resume takes both up again
+    report = contextlib.ExitStack()
     try:
-        with open_sink(out, fmt, mode, settings, digest, attrs, resumable=file_h5,
-                       resume=resume) as sink:
+        with report, open_sink(out, fmt, mode, settings, digest, attrs, resumable=file_h5,
+                               resume=resume) as sink:
             state = getattr(sink, "resume_state", None)
             point = resume_point(paths, in_fmt, shard, state)  # checks a resumed run's inputs
             if file_h5:
@@ -180,30 +183,30 @@ def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, 
                 rej_cm = resumable_out(rejects, keep_bytes=state["rejects_bytes"] if state else None)
             else:
                 rej_cm = open_out(rejects)
-            with rej_cm as rej_fh:
-                opened = True
-                tally.sink = rej_fh
-                if state:
-                    tally.read, tally.written = state["read"], state["written"]
-                    tally.reasons.update(state["reasons"])
-                    items = (it for it in items if it.ordinal >= state["next_ordinal"])
-                    if not quiet:
-                        eprint(CMD, f"resuming {out} after {state['read']} records "
-                                    f"({state['written']} rows)")
+            rej_fh = report.enter_context(rej_cm)
+            opened = True
+            tally.sink = rej_fh
+            if state:
+                tally.read, tally.written = state["read"], state["written"]
+                tally.reasons.update(state["reasons"])
+                items = (it for it in items if it.ordinal >= state["next_ordinal"])
+                if not quiet:
+                    eprint(CMD, f"resuming {out} after {state['read']} records "
+                                f"({state['written']} rows)")
 
-                def commit(next_ordinal: int) -> None:
-                    if rej_fh is not None:
-                        rej_fh.flush()
-                    sink.commit({**point, "next_ordinal": next_ordinal, "read": tally.read,
-                                 "written": tally.written, "reasons": dict(tally.reasons),
-                                 "rejects_bytes": rej_fh.tell() if rej_fh is not None else 0})
+            def commit(next_ordinal: int) -> None:
+                if rej_fh is not None:
+                    rej_fh.flush()
+                sink.commit({**point, "next_ordinal": next_ordinal, "read": tally.read,
+                             "written": tally.written, "reasons": dict(tally.reasons),
+                             "rejects_bytes": rej_fh.tell() if rej_fh is not None else 0})
 
-                with Progress(CMD, paths, quiet=quiet, output=out) as bar:
-                    tally.workers, items = resolve_jobs(jobs, items)
-                    run_featurize(items, sink, tally, opts=opts, jobs=tally.workers, strict=strict,
-                                  show=None if quiet else (lambda m: eprint(CMD, m)),
-                                  show_limit=None if verbose else 10,
-                                  commit=commit if file_h5 else None, progress=bar.update)
+            with Progress(CMD, paths, quiet=quiet, output=out) as bar:
+                tally.workers, items = resolve_jobs(jobs, items)
+                run_featurize(items, sink, tally, opts=opts, jobs=tally.workers, strict=strict,
+                              show=None if quiet else (lambda m: eprint(CMD, m)),
+                              show_limit=None if verbose else 10,
+                              commit=commit if file_h5 else None, progress=bar.update)
     except (InputError, OutputError) as exc:
         # --strict, or input that cannot be read (corrupt compressed data): not an interruption;
         # a fresh run's partial output could only be resumed from the same (unreadable) input,

@@ -65,6 +65,8 @@ def msp2jsonl_cli(
             usage_error(CMD, str(exc))
         refuse_clobber(CMD, input_pairs(paths), [output_pair("-o", output)]
                        + ([output_pair("--rejects", rejects)] if rejects else []))
+        if mol_dir is not None:
+            _refuse_mol_files(mol_dir, [("-o", output), ("--rejects", rejects)])
         from neimsctl.chem.convert import ConvertOptions, convert_msp
         from neimsctl.cli._progress import Progress
         from neimsctl.errors import FormatError
@@ -106,3 +108,28 @@ def _reject_logger(limit: int = 10):  # type: ignore[no-untyped-def]
         if seen == limit + 1 and not debug:   # only when one is really hidden
             eprint(CMD, "further rejects not shown (see --rejects FILE, or -v)")
     return show
+
+
+def _refuse_mol_files(mol_dir: Path, outputs: list[tuple[str, Path | None]]) -> None:
+    """Exit 2 when an output is a file the run may read from ``--mol-dir``: a ``*.MOL`` /
+    ``*.mol`` name directly in it (also by a symbolic link or another spelling of the
+    directory). ``refuse_clobber`` sees only the command line's inputs, not the MOL files a
+    record's ID names."""
+    import os
+
+    try:
+        here = os.stat(mol_dir)
+    except OSError:
+        return
+    for label, path in outputs:
+        if path is None or str(path) == "-":
+            continue
+        real = Path(os.path.realpath(path))
+        try:
+            parent = os.stat(real.parent)
+        except OSError:
+            continue
+        if (parent.st_dev, parent.st_ino) == (here.st_dev, here.st_ino) \
+                and real.suffix.lower() == ".mol":
+            usage_error(CMD, f"{label} {path} is a MOL file of --mol-dir {mol_dir}: refusing "
+                             "to write into an input")

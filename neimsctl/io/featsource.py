@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from neimsctl.errors import FormatError
+from neimsctl.interrupts import check as check_interrupt
 from neimsctl.io.featblock import block_rows, concat_blocks, take_rows
 from neimsctl.io.h5shard import ShardReader, ShardWriter
 from neimsctl.io.streams import display_name, is_dash, open_in, sniff
@@ -175,6 +176,7 @@ def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *,
         else (b for s in sources for b in s.blocks(size))
     with ShardWriter(out, first.mode, first.settings, first.settings_hash, attrs) as w:
         for b in blocks:
+            check_interrupt()   # a Ctrl-C/SIGTERM an h5py callback swallowed stops it here
             w.append(b)
         return w.n_rows
 

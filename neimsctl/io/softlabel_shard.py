@@ -20,8 +20,10 @@ import h5py
 import numpy as np
 
 from neimsctl.errors import FormatError
+from neimsctl.interrupts import check as check_interrupt
 from neimsctl.io.h5handle import H5Handle
-from neimsctl.io.streams import Writer, lock_partial, output_error, partial_path, refuse_protected
+from neimsctl.io.streams import (RoomCheck, Writer, array_bytes, lock_partial, output_error,
+                                partial_path, refuse_protected)
 
 __all__ = ["SCHEMA", "SoftLabelWriter", "SoftLabelReader", "partial_path"]
 
@@ -74,6 +76,7 @@ class SoftLabelWriter(Writer):
         except BaseException:
             os.close(self._lock)
             raise
+        self._room = RoomCheck(self.tmp)     # the disk's room, checked before each block
 
     def _open(self, text: str, n_bins: int, hidden_dim: int,
               attrs: dict[str, Any] | None, resume: bool) -> None:
@@ -113,6 +116,10 @@ class SoftLabelWriter(Writer):
         """Append rows, then record that input positions ``< positions_done`` are finished."""
         n = len(ids)
         if n:
+            try:
+                self._room.need(array_bytes([np.asarray(ids, dtype=object), mean, var, hidden]))
+            except OSError as exc:  # a full disk, found before HDF5 does: the file stays whole
+                raise output_error(self.path, exc) from None
             start = self.n_rows
             for name, arr in (("id", np.asarray(ids, dtype=object)), ("mean", mean),
                               ("var", var), ("hidden", hidden)):
@@ -131,6 +138,7 @@ class SoftLabelWriter(Writer):
 
     def close(self) -> None:
         """Mark complete and rename onto the final name."""
+        check_interrupt()       # a Ctrl-C/SIGTERM an h5py callback swallowed: stays partial
         self._f.attrs["complete"] = True
         self._f.close()
         try:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, Iterable, Iterator, NamedTuple
 
 from neimsctl.errors import InputError, OutputBusy, OutputError
+from neimsctl.interrupts import check as check_interrupt
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -592,6 +593,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         refuse_protected(final)            # inputs found while the output was being written
+        check_interrupt()                  # a Ctrl-C/SIGTERM an h5py callback swallowed
         os.replace(tmp, final)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -733,7 +735,53 @@ def resumable_out(path: str | os.PathLike, keep_bytes: int | None = None) -> Ite
     finally:
         fh.close()
     refuse_protected(path)
+    check_interrupt()                      # a Ctrl-C/SIGTERM an h5py callback swallowed
     os.replace(tmp, path)
+
+
+#: free disk space kept beyond each write's size: what HDF5 writes when it closes the file
+#: (metadata, the chunk caches of one write: tens of KB), with room to spare
+ROOM_BYTES = 1 << 20
+
+
+class RoomCheck:
+    """Free-space check before each write of an HDF5 file ``path`` (:meth:`need`).
+
+    HDF5 must never find the disk full itself: a string column's write that fails frees its
+    buffers twice, and a file whose writes failed crashes the process as it is closed (SIGSEGV
+    or heap corruption, after a traceback per cached chunk). So a writer asks for the room of
+    each write first, and fails as an ordinary full disk while the file is still whole.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path, self.raw = Path(path), 0     # raw: bytes asked for so far (uncompressed)
+
+    def need(self, nbytes: int) -> None:
+        """Raise ``OSError(ENOSPC)`` naming :attr:`path` unless its file system has room for a
+        write of ``nbytes`` uncompressed bytes: at twice the compression ratio the file has
+        shown so far (half, before it has any), plus :data:`ROOM_BYTES`."""
+        try:
+            st = os.statvfs(self.path.parent)
+            size = os.stat(self.path).st_size
+        except OSError:
+            return
+        ratio = min(1.0, 2 * size / self.raw) if self.raw else 0.5
+        free = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+        if free < nbytes * ratio + ROOM_BYTES:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+        self.raw += nbytes
+
+
+def array_bytes(arrays: Iterable[Any]) -> int:
+    """An upper bound of the bytes numpy ``arrays`` take stored uncompressed (strings at 4
+    bytes a character, plus their heap entries)."""
+    total = 0
+    for arr in arrays:
+        if arr.dtype == object:
+            total += sum(4 * len(v) + 32 for v in arr.tolist())
+        else:
+            total += arr.nbytes
+    return total
 
 
 def copy_file_to(src: str | os.PathLike, dst: IO[bytes]) -> None:

@@ -345,6 +345,29 @@ def test_mol_dir_fifo_is_a_reject_not_a_hang(tmp_path, sample_dir):
     assert [r["reason"] for r in rej] == ["missing_mol_file"] and "not a regular file" in rej[0]["detail"]
 
 
+def test_an_output_onto_a_mol_file_of_mol_dir_is_refused(tmp_path, sample_dir):
+    """-o or --rejects naming a MOL file the run reads from --mol-dir (directly, by another
+    spelling of the directory or by a symbolic link) replaced it with JSONL, exit 1: the clobber
+    check saw only the MSP input."""
+    mols = tmp_path / "mols"
+    mols.mkdir()
+    mol = (sample_dir / "nist_style/mol_files/ID7720.MOL").read_bytes()
+    for i in (1, 2):
+        (mols / f"ID{i}.MOL").write_bytes(mol)
+    (tmp_path / "link.MOL").symlink_to("mols/ID2.MOL")
+    (tmp_path / "f.msp").write_bytes(b"Name: one\nID: 1\nNum Peaks: 1\n84 999\n\n"
+                                     b"Name: two\nID: 2\nNum Peaks: 1\n84 999\n")
+    for out in ("-o mols/ID1.MOL", "-o link.MOL", "--rejects mols/./ID2.MOL -o x.jsonl"):
+        proc = sh(f"neimsctl msp2jsonl f.msp --mol-dir mols {out}", tmp_path)
+        err = proc.stderr.decode()
+        assert proc.returncode == 2 and "is a MOL file of --mol-dir mols: refusing to write " \
+            "into an input" in err, err
+        assert all((mols / f"ID{i}.MOL").read_bytes() == mol for i in (1, 2))
+    assert not (tmp_path / "x.jsonl").exists()
+    ok = sh("neimsctl msp2jsonl f.msp --mol-dir mols -o mols/out.jsonl", tmp_path)
+    assert ok.returncode == 0 and len((mols / "out.jsonl").read_bytes().splitlines()) == 2
+
+
 # -- item 10: binary garbage between records ------------------------------------------------------
 
 def test_garbage_between_records_keeps_ordinals_and_is_reported_at_its_line(tmp_path):

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from neimsctl.errors import FormatError
+from neimsctl.errors import FormatError, OutputError
 from neimsctl.io.featblock import block_rows, check_mode
 from neimsctl.io.h5shard.layout import ROW_CHUNK
 from neimsctl.io.h5shard.read import ShardReader
@@ -87,17 +87,38 @@ class ResumableShardWriter(Writer):
         self._next, self._unjoined = len(segs), segs
 
     def _resume_from(self, segs: list[Path], settings_hash: str) -> None:
-        """The resume state and the unowned tail rows of the last complete segment."""
-        if segs:
+        """The resume state and the unowned tail rows of the last complete segment.
+
+        The last segment :meth:`close` wrote (no resume state: the run was finishing when it
+        was stopped) is no resume point: it is removed and its rows are made again. Segments
+        that are missing (a numbering gap, rows that do not add up to the recorded count) are
+        refused: the output would silently lack their rows.
+        """
+        while segs:
             with ShardReader(segs[-1]) as r:
                 if (r.mode, r.settings_hash) != (self.mode, settings_hash):
-                    raise FormatError(f"{self.dir}: segments of another run (mode {r.mode}, "
+                    raise FormatError(f"segments of another run (mode {r.mode}, "
                                       f"settings hash {r.settings_hash}); run again without "
                                       "--resume to start afresh", file=str(self.dir))
-                self.resume_state = json.loads(r.attrs["resume_state"])
-                own = _owned_rows(r)
-                if own < len(r):
-                    self._tail, self._carry = r.rows(own, len(r)), len(r) - own
+                if "resume_state" not in r.attrs:
+                    last = None
+                else:
+                    last = json.loads(r.attrs["resume_state"]), _owned_rows(r), len(r)
+            if last is not None:
+                break
+            segs.pop().unlink()
+        if segs:
+            self.resume_state, own, n = last  # type: ignore[misc]
+            rows = sum(_owned_rows_of(seg) for seg in segs[:-1]) + n
+            names = [f"seg-{k:06d}.h5" for k in range(len(segs))]
+            if [s.name for s in segs] != names or rows != int(self.resume_state["n_rows"]):
+                raise FormatError(f"segments are missing (they hold {rows:,} rows, "
+                                  f"the last one records {int(self.resume_state['n_rows']):,}); "
+                                  "run again without --resume to start afresh",
+                                  file=str(self.dir))
+            if own < n:
+                with ShardReader(segs[-1]) as r:
+                    self._tail, self._carry = r.rows(own, n), n - own
             self._written = int(self.resume_state["n_rows"])
 
     def _segments(self) -> list[Path]:
@@ -163,18 +184,38 @@ class ResumableShardWriter(Writer):
             self._out.close()
             os.replace(self._out.path, self.path)
         self._seg = self._out = None
-        shutil.rmtree(self.dir)  # segments, and temporary files of a run killed mid-segment
+        # segments, and temporary files of a run killed mid-segment; renamed first, so that a
+        # run stopped while they are removed leaves no partial output that a --resume would
+        # take up (and join what is left of it over the finished output)
+        trash = self.dir.with_name(f".{self.dir.name}.done-{os.getpid()}")
+        os.replace(self.dir, trash)
+        shutil.rmtree(trash, ignore_errors=True)
         os.close(self._lock)
 
     def abort(self, exc: BaseException | None = None) -> None:
         """Drop the open segment and the unfinished final file; keep the committed segments
         for a resume."""
-        for w in (self._seg, self._out):
-            if w is not None:
-                w.abort(exc)
-        self._seg = self._out = None
-        os.close(self._lock)
+        try:
+            for w in (self._seg, self._out):
+                if w is not None:
+                    w.abort(exc)
+        except OutputError as err:
+            exc = err
+        finally:
+            self._seg = self._out = None
+            os.close(self._lock)
+        # a segment or the joined file could not be written (a full disk): name the output
+        # asked for, as every output error does, not a file inside FILE.h5.partial
+        msg, cut = str(exc), ": cannot write: "
+        if isinstance(exc, OutputError) and cut in msg \
+                and msg.split(cut, 1)[0].startswith(str(self.dir)):
+            raise OutputError(f"{self.path}{cut}{msg.split(cut, 1)[1]}") from None
 
+
+
+def _owned_rows_of(path: Path) -> int:
+    with ShardReader(path) as r:
+        return _owned_rows(r)
 
 
 def _owned_rows(seg: ShardReader) -> int:

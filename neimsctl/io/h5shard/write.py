@@ -10,6 +10,7 @@ this one (:mod:`neimsctl.io.h5shard.resume`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -22,7 +23,7 @@ from neimsctl.io.featblock import (STR_COLUMNS, block_rows, check_mode, concat_b
                                    ragged_columns, row_columns, take_rows, validate_block)
 from neimsctl.io.h5shard import codec
 from neimsctl.io.h5shard.layout import COMPRESSION, PTRS, ROW_CHUNK, SCHEMA, stored_datasets
-from neimsctl.io.streams import Writer, atomic_path
+from neimsctl.io.streams import RoomCheck, Writer, array_bytes, atomic_path
 
 if TYPE_CHECKING:
     from neimsctl.io.h5shard.read import ShardReader
@@ -65,7 +66,13 @@ class ShardWriter(Writer):
         # no HDF5 file lock (flock): worker processes forked while this file is open (a pool
         # re-created after a worker died) would inherit it, and the segment could not be
         # opened again to join it ("unable to lock file"). The temporary name is this run's own.
-        self._f = h5py.File(tmp, "w", libver=("earliest", "v110"), track_order=True, locking=False)
+        self._room = RoomCheck(tmp)     # the disk's room, checked before each write
+        try:
+            self._f = h5py.File(tmp, "w", libver=("earliest", "v110"), track_order=True,
+                                locking=False)
+        except BaseException as exc:  # e.g. a read-only place: named as the output asked for
+            self._atomic.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         a = self._f.attrs
         a["schema"], a["mode"], a["n_rows"] = SCHEMA, mode, 0
         a["featurizer"] = json.dumps(settings, sort_keys=True, separators=(",", ":"))
@@ -131,6 +138,7 @@ class ShardWriter(Writer):
         self._write(block, n)
 
     def _write(self, block: dict[str, np.ndarray], n: int) -> None:
+        self._room.need(array_bytes(block.values()))
         for name, arr in block.items():
             if name in PTRS:
                 ds = self._f[PTRS[name]]
@@ -164,6 +172,8 @@ class ShardWriter(Writer):
             self.append(src.rows(0, n))
             return
         f, sf = self._f, src.file
+        self._room.need(sum(sf[name].dtype.itemsize * int(np.prod(sf[name].shape[1:])) * n
+                             for name in row_columns(self.mode) if name not in PTRS))
         values: dict[str, np.ndarray] = {c: sf[c][:n] for c in STR_COLUMNS}  # UTF-8 bytes as stored
         for name in row_columns(self.mode):
             if name in PTRS:  # CSR lengths: _write turns them into offsets again
@@ -187,20 +197,22 @@ class ShardWriter(Writer):
         """Write what is buffered, finish the file and rename it into place."""
         try:
             self._flush(final=True)
+            self._f.close()
         except BaseException as exc:
             self.abort(exc)
             raise
-        self._f.close()
         self._atomic.__exit__(None, None, None)
 
     def abort(self, exc: BaseException | None = None) -> None:
         """Close and delete the temporary file; the final name is never created."""
         self._pending, self._pending_rows = [], 0
         if self._f.id.valid:
-            self._f.close()
+            with contextlib.suppress(Exception):   # it is deleted: what it still holds is lost
+                self._f.close()
         err = exc or RuntimeError("aborted")
         try:
             self._atomic.__exit__(type(err), err, err.__traceback__)
         except BaseException as again:  # atomic_path re-raises what it is given
             if again is not err:
                 raise
+

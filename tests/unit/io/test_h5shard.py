@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -354,6 +355,129 @@ def test_resumable_output_without_a_commit_is_the_open_segment_renamed(
     with ShardReader(tmp_path / "out.h5") as a, ShardReader(ref) as b:
         assert dict(a.attrs) == dict(b.attrs)
         assert_blocks_equal(a.rows(0, 79), b.rows(0, 79))
+
+
+@pytest.mark.parametrize("stop_at", ["join", "rename", "cleanup"])
+def test_a_run_stopped_while_finishing_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       stop_at: str) -> None:
+    """Stopped inside close(): while the last segment is joined (it carries no resume state),
+    after the output was renamed into place, or while the segments are removed. A resume
+    equals one run; it never takes up what is left of a partial output being removed (it
+    joined the surviving segments over the finished output: rows lost, counted as written)."""
+    import shutil
+
+    from neimsctl.io.h5shard import ResumableShardWriter
+    from neimsctl.io.h5shard import resume as resume_mod
+
+    settings, digest = run_settings(RowOptions(mode="student"))
+    sizes = [70, 90, 30]
+    starts = np.cumsum([0, *sizes])
+    blocks = [make_block("student", int(s), n) for s, n in zip(starts, sizes)]
+    out, part = tmp_path / "out.h5", tmp_path / "out.h5.partial"
+    w = ResumableShardWriter(out, "student", settings, digest)
+    for k, b in enumerate(blocks[:2]):
+        w.append(b)
+        w.commit({"next_ordinal": int(starts[k + 1])})
+    w.append(blocks[2])
+
+    class Stop(BaseException):
+        pass
+
+    def stop(*a, **k):  # type: ignore[no-untyped-def]
+        raise Stop
+
+    real_replace, real_rmtree = os.replace, shutil.rmtree
+    if stop_at == "join":
+        monkeypatch.setattr(ResumableShardWriter, "_join", stop)
+    elif stop_at == "rename":
+        monkeypatch.setattr(resume_mod.os, "replace",
+                            lambda a, b: stop() if Path(a).parent != Path(b).parent
+                            else real_replace(a, b))
+    else:
+        def half(path, *a, **k):  # type: ignore[no-untyped-def]
+            (Path(path) / "seg-000000.h5").unlink()          # got this far, then stopped
+            raise Stop
+        monkeypatch.setattr(resume_mod.shutil, "rmtree", half)
+    with pytest.raises(Stop):
+        w.close()
+    w.abort()
+    monkeypatch.setattr(resume_mod.os, "replace", real_replace)
+    monkeypatch.setattr(resume_mod.shutil, "rmtree", real_rmtree)
+    monkeypatch.undo()
+    assert out.exists() == (stop_at == "cleanup") and part.exists() == (stop_at != "cleanup")
+
+    r = ResumableShardWriter(out, "student", settings, digest, resume=True)
+    if stop_at == "cleanup":
+        assert r.resume_state is None           # nothing to resume: starts afresh
+        r.abort()
+        with ShardReader(out) as a:
+            assert len(a) == int(starts[-1])      # the finished output stays
+        return
+    assert r.resume_state == {"next_ordinal": 160, "n_rows": 160}
+    with r:
+        r.append(blocks[2])
+    ref = write(tmp_path / "ref.h5", "student", blocks)
+    with ShardReader(out) as a, ShardReader(ref) as b:
+        assert len(a) == len(b) == 190
+        assert_blocks_equal(a.rows(0, 190), b.rows(0, 190))
+    assert sorted(q.name for q in tmp_path.iterdir() if "partial" in q.name) == []
+
+
+def test_resume_refuses_missing_segments(tmp_path: Path) -> None:
+    from neimsctl.io.h5shard import ResumableShardWriter
+
+    settings, digest = run_settings(RowOptions(mode="student"))
+    out = tmp_path / "out.h5"
+    w = ResumableShardWriter(out, "student", settings, digest)
+    for k in range(3):
+        w.append(make_block("student", 70 * k, 70))
+        w.commit({"next_ordinal": 70 * (k + 1)})
+    w.abort()
+    (tmp_path / "out.h5.partial" / "seg-000000.h5").unlink()
+    with pytest.raises(FormatError, match="segments are missing .*run again without --resume"):
+        ResumableShardWriter(out, "student", settings, digest, resume=True)
+    assert not out.exists()
+
+
+def test_a_full_disk_is_found_before_hdf5_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HDF5 must never find the disk full (a string column's failed write freed its buffers
+    twice; closing a file whose writes failed crashed the process): the writer checks the
+    room before each write and fails as an output error, its temporary file removed."""
+    from types import SimpleNamespace
+
+    from neimsctl.errors import OutputError
+    from neimsctl.io.h5shard import ResumableShardWriter
+    from neimsctl.io import streams
+
+    free = {"bytes": 1 << 40}
+    monkeypatch.setattr(streams.os, "statvfs", lambda path: SimpleNamespace(
+        f_bfree=free["bytes"] // 4096, f_bavail=free["bytes"] // 4096, f_frsize=4096))
+    settings, digest = run_settings(RowOptions(mode="teacher"))
+    out = tmp_path / "out.h5"
+    w = ResumableShardWriter(out, "teacher", settings, digest)
+    w.append(make_block("teacher", 0, 70))
+    w.commit({"next_ordinal": 70})
+    free["bytes"] = streams.ROOM_BYTES + 1000                  # the disk fills up
+    with pytest.raises(OutputError, match=rf"^{re.escape(str(out))}: cannot write: No space left"):
+        with w:
+            w.append(make_block("teacher", 70, 2000))            # a flush of 1,024 rows
+    part = tmp_path / "out.h5.partial"
+    assert sorted(q.name for q in part.iterdir()) == ["seg-000000.h5"]   # kept for --resume
+    assert not out.exists()
+    with pytest.raises(OutputError, match="ref.h5: cannot write: No space left"):
+        write(tmp_path / "ref.h5", "teacher", [make_block("teacher", 0, 70)])
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["out.h5.partial"]
+
+
+def test_a_shard_that_cannot_be_created_names_the_output(tmp_path: Path) -> None:
+    """shards merge -o nodir/m.h5 (or onto a read-only file system) printed HDF5's message
+    naming the temporary nodir/.m.h5.part-PID, flags and o_flags."""
+    from neimsctl.errors import OutputError
+
+    out = tmp_path / "nodir" / "m.h5"
+    with pytest.raises(OutputError) as info:
+        write(out, "student", [make_block("student")])
+    assert str(info.value) == f"{out}: cannot write: No such file or directory (no directory {out.parent})"
 
 
 def _chunk_rows(r: ShardReader, name: str, row: int) -> np.ndarray:

@@ -284,3 +284,62 @@ def test_soft_label_output_errors_name_the_output_and_a_damaged_partial(tmp_path
     with pytest.raises(FormatError, match="cannot be read .*rerun without --resume") as info:
         SoftLabelWriter(tmp_path / "s.h5", {}, n_bins=4, hidden_dim=2, resume=True)
     assert "s.h5.partial" in str(info.value)
+
+
+def test_soft_labels_on_a_full_disk_stop_before_hdf5_writes_and_resume(tmp_path, monkeypatch) -> None:
+    """The disk fills up between two blocks: the writer stops with the output's full-disk
+    error before HDF5 writes (HDF5 finding it full crashed softlabel, SIGSEGV), the partial
+    file keeps the blocks before it and --resume goes on from them."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from neimsctl.io import streams
+    from neimsctl.io.softlabel_shard import SoftLabelReader, SoftLabelWriter
+
+    free = {"bytes": 1 << 40}
+    monkeypatch.setattr(streams.os, "statvfs", lambda path: SimpleNamespace(
+        f_bfree=free["bytes"] // 4096, f_bavail=free["bytes"] // 4096, f_frsize=4096))
+    rng = np.random.default_rng(0)
+
+    def block(k: int):  # type: ignore[no-untyped-def]
+        return ([f"r{k}-{i}" for i in range(64)], rng.random((64, 501), dtype=np.float32),
+                rng.random((64, 501), dtype=np.float32), rng.random((64, 8), dtype=np.float32))
+
+    out = tmp_path / "soft.h5"
+    w = SoftLabelWriter(out, {"x": 1}, n_bins=501, hidden_dim=8)
+    w.append(*block(0), positions_done=64)
+    free["bytes"] = streams.ROOM_BYTES + 1000
+    with pytest.raises(OutputError, match=rf"^{out}: cannot write: No space left on device$"):
+        with w:
+            w.append(*block(1), positions_done=128)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["soft.h5.partial"]
+    free["bytes"] = 1 << 40
+    with SoftLabelWriter(out, {"x": 1}, n_bins=501, hidden_dim=8, resume=True) as again:
+        assert (again.n_rows, again.positions_done) == (64, 64)
+        again.append(*block(1), positions_done=128)
+    assert SoftLabelReader(out).n_rows == 128
+
+
+def test_an_interrupt_a_callback_swallowed_stops_the_rename(tmp_path, monkeypatch) -> None:
+    """A Ctrl-C/SIGTERM whose KeyboardInterrupt was raised inside an h5py callback is lost
+    ('Exception ignored'); only interrupts.check() sees it. An atomic output is not put in
+    place after one (shards merge ran to the end and exited 0 after SIGTERM)."""
+    from neimsctl import interrupts
+    from neimsctl.io.streams import resumable_out
+
+    monkeypatch.setattr(interrupts, "_PENDING", None)
+    (tmp_path / "out.txt").write_bytes(b"previous")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(tmp_path / "out.txt") as tmp:
+            tmp.write_bytes(b"new")
+            try:
+                interrupts._on_signal(15, None)                  # raised in a callback ...
+            except KeyboardInterrupt:
+                pass                                             # ... and swallowed there
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+    assert (tmp_path / "out.txt").read_bytes() == b"previous"
+    with pytest.raises(KeyboardInterrupt):
+        with resumable_out(tmp_path / "rej.jsonl") as fh:
+            fh.write(b"{}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt", "rej.jsonl.partial"]
