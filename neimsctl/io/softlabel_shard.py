@@ -116,12 +116,13 @@ class SoftLabelWriter(Writer):
         """Append rows, then record that input positions ``< positions_done`` are finished."""
         n = len(ids)
         if n:
+            id_arr = np.asarray(ids, dtype=object)
             try:
-                self._room.need(array_bytes([np.asarray(ids, dtype=object), mean, var, hidden]))
+                self._room.need(array_bytes([id_arr, mean, var, hidden]))
             except OSError as exc:  # a full disk, found before HDF5 does: the file stays whole
                 raise output_error(self.path, exc) from None
             start = self.n_rows
-            for name, arr in (("id", np.asarray(ids, dtype=object)), ("mean", mean),
+            for name, arr in (("id", id_arr), ("mean", mean),
                               ("var", var), ("hidden", hidden)):
                 ds = self._f[name]
                 ds.resize(start + n, axis=0)

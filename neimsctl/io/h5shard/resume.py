@@ -195,22 +195,24 @@ class ResumableShardWriter(Writer):
     def abort(self, exc: BaseException | None = None) -> None:
         """Drop the open segment and the unfinished final file; keep the committed segments
         for a resume."""
+        failed = None
         try:
-            for w in (self._seg, self._out):
+            for w in (self._seg, self._out):     # both, even when the first fails
                 if w is not None:
-                    w.abort(exc)
-        except OutputError as err:
-            exc = err
+                    try:
+                        w.abort(exc)
+                    except OutputError as err:
+                        failed = failed or err
         finally:
             self._seg = self._out = None
             os.close(self._lock)
+        exc = failed or exc
         # a segment or the joined file could not be written (a full disk): name the output
         # asked for, as every output error does, not a file inside FILE.h5.partial
         msg, cut = str(exc), ": cannot write: "
         if isinstance(exc, OutputError) and cut in msg \
                 and msg.split(cut, 1)[0].startswith(str(self.dir)):
             raise OutputError(f"{self.path}{cut}{msg.split(cut, 1)[1]}") from None
-
 
 
 def _owned_rows_of(path: Path) -> int:

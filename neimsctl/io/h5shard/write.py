@@ -215,4 +215,3 @@ class ShardWriter(Writer):
         except BaseException as again:  # atomic_path re-raises what it is given
             if again is not err:
                 raise
-
