@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import gzip
+import hashlib
 import io
 import itertools
+import logging
 import os
 import re
 import stat
@@ -507,9 +510,70 @@ def lock_partial(partial: Path) -> int:
 
 
 def temp_path_for(path: str | os.PathLike) -> Path:
-    """The temporary name an output is written under before it is renamed into place."""
+    """The temporary name an output is written under before it is renamed into place:
+    ``.NAME.part-PID-TAG`` (``TAG``: :func:`_process_space`; ``.NAME.part-PID`` where it is
+    unknown)."""
     p = output_name(path)
-    return p.with_name(f".{p.name}.part-{os.getpid()}")
+    tag = _process_space()
+    return p.with_name(f".{p.name}.part-{os.getpid()}" + (f"-{tag}" if tag else ""))
+
+
+@functools.lru_cache(maxsize=1)
+def _process_space() -> str:
+    """8 hex digits naming where this process's PID means something: the kernel's boot and
+    the PID namespace (Linux; ``""`` elsewhere). A temporary with another tag may belong to a
+    live run on another machine sharing the directory, or in another container."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as fh:
+            boot = fh.read().strip()
+        space = os.readlink("/proc/self/ns/pid").encode()
+    except OSError:
+        return ""
+    return hashlib.blake2b(boot + b"\0" + space, digest_size=4).hexdigest()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True          # another user's process (or not a PID we can ask about): keep
+    return True
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[tuple[Path, int]]:
+    """Remove the temporaries of ``path`` (:func:`temp_path_for`) that runs killed before they
+    could (SIGKILL, the OOM killer) left beside it: only those whose process ran on
+    this machine since its last boot, in this PID namespace, and no longer runs (a PID taken by
+    another process since is kept). Returns the removed files and their sizes. Temporaries of
+    another machine or container, or from before the tag (``.NAME.part-PID``), are left: their
+    run may still be writing."""
+    p = Path(path)
+    tag = _process_space()
+    if not tag:
+        return []
+    pattern = re.compile(re.escape(f".{p.name}.part-") + r"(\d+)-" + re.escape(tag))
+    removed = []
+    try:
+        names = [e.name for e in os.scandir(p.parent if str(p.parent) else ".")
+                 if e.name.startswith(f".{p.name}.part-")]
+    except OSError:
+        return []
+    for name in names:
+        m = pattern.fullmatch(name)
+        if m is None or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
+            continue
+        stale = p.with_name(name)
+        try:
+            st = stale.lstat()
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            stale.unlink()
+        except OSError:
+            continue
+        removed.append((stale, st.st_size))
+    return removed
 
 
 _FD_NAME = re.compile(r"/(?:proc/[^/]+|dev)/fd/\d+|/dev/std(?:in|out|err)")
@@ -589,6 +653,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         return
     final = _real_output(final)
     refuse_protected(final)
+    for stale, size in remove_stale_temps(final):
+        logging.getLogger("neimsctl").warning(
+            "removed %s (%s bytes): the temporary of an interrupted run that no longer runs", stale, f"{size:,}")
     tmp = temp_path_for(final)
     try:
         yield tmp

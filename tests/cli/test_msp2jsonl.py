@@ -129,6 +129,32 @@ def test_signal_leaves_no_output_and_exits_128_plus_signal(neimsctl_exe, sample_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.msp"]  # no output, no temporary
 
 
+def test_temporary_of_a_killed_run_is_removed_by_the_next(neimsctl_exe, sample_msp, tmp_path):
+    """SIGKILL leaves the run's hidden temporary (nothing can remove it); the next run writing
+    the same output removes it, saying so, and leaves a live run's temporary alone."""
+    import signal
+    import time
+
+    big = tmp_path / "big.msp"
+    big.write_bytes((sample_msp.read_bytes().rstrip(b"\n") + b"\n\n") * 400)
+    proc = subprocess.Popen([neimsctl_exe, "msp2jsonl", "-q", str(big), "-o", "out.jsonl"],
+                            cwd=tmp_path, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tmp_path.glob(".out.jsonl.part-*")):
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    [left] = tmp_path.glob(".out.jsonl.part-*")
+    assert left.name.startswith(f".out.jsonl.part-{proc.pid}-")
+    live = tmp_path / left.name.replace(f"-{proc.pid}-", f"-{os.getpid()}-")   # this test's PID
+    live.write_bytes(b"a live run's rows")
+    again = sh(f"{neimsctl_exe} msp2jsonl {sample_msp} -o out.jsonl", cwd=tmp_path)
+    assert again.returncode == 0
+    assert f"removed {left.name} (" in again.stderr.decode()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "big.msp", "out.jsonl"])
+
+
 def test_jobs_2_output_identical_to_jobs_1(neimsctl_exe, sample_msp):
     one = sh(f"{neimsctl_exe} msp2jsonl -j 1 {sample_msp} {sample_msp}")
     two = sh(f"{neimsctl_exe} msp2jsonl -j 2 {sample_msp} {sample_msp}")

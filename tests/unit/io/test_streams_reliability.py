@@ -343,3 +343,33 @@ def test_an_interrupt_a_callback_swallowed_stops_the_rename(tmp_path, monkeypatc
         with resumable_out(tmp_path / "rej.jsonl") as fh:
             fh.write(b"{}\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt", "rej.jsonl.partial"]
+
+
+def test_stale_temporaries_removed_only_when_their_run_is_known_dead(tmp_path: Path) -> None:
+    """Only a temporary of this machine's boot and PID namespace whose process no longer runs
+    is removed; another machine's or container's (other tag), one from before the tag, a live
+    process's, another output's and a directory of the same name stay."""
+    import subprocess
+
+    from neimsctl.io.streams import _process_space, remove_stale_temps, temp_path_for
+
+    tag = _process_space()
+    if not tag:
+        pytest.skip("no /proc: the tag is unknown and nothing is ever removed")
+    child = subprocess.Popen(["true"])
+    child.wait()
+    dead, live = child.pid, os.getppid()
+    out = tmp_path / "out.h5"
+    stale = tmp_path / f".out.h5.part-{dead}-{tag}"
+    kept = [tmp_path / f".out.h5.part-{dead}-0badc0de", tmp_path / f".out.h5.part-{dead}",
+            tmp_path / f".out.h5.part-{live}-{tag}", tmp_path / f".other.h5.part-{dead}-{tag}"]
+    for p in [stale, *kept]:
+        p.write_bytes(b"rows")
+    (tmp_path / f".out.h5.part-{dead + 1}-{tag}").mkdir()
+    assert temp_path_for(out).name == f".out.h5.part-{os.getpid()}-{tag}"
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(b"new")
+    assert out.read_bytes() == b"new" and not stale.exists()
+    assert all(p.read_bytes() == b"rows" for p in kept)
+    assert (tmp_path / f".out.h5.part-{dead + 1}-{tag}").is_dir()
+    assert remove_stale_temps(out) == []
