@@ -638,14 +638,16 @@ def refuse_protected(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, shown: str | os.PathLike | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
 
     On an exception (including ``KeyboardInterrupt``) the temporary file is removed and
     ``path`` is left untouched, so an interrupted run never leaves a file that looks complete.
     A special file (``-o /dev/null``, a named pipe, ``/dev/stderr``) is yielded as it is:
     renaming a temporary file onto it would replace the device, pipe or link itself. A
-    symbolic link is followed: its target is replaced, the link stays.
+    symbolic link is followed: its target is replaced, the link stays. An output that cannot be
+    written is an :class:`OutputError` naming ``shown`` (default: ``path``; e.g. the output the
+    user asked for, when ``path`` is a part of it).
     """
     final = Path(path)
     if is_special_file(final):
@@ -666,10 +668,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
+            name = final if shown is None else shown
             if exc.filename in (str(tmp), tmp):
-                raise output_error(final, exc) from None
+                raise output_error(name, exc) from None
             if exc.errno and str(tmp) in str(exc):   # HDF5's message names the temporary file
-                raise output_error(final, OSError(exc.errno, os.strerror(exc.errno))) from None
+                raise output_error(name, OSError(exc.errno, os.strerror(exc.errno))) from None
         raise
 
 

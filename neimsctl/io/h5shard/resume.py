@@ -128,7 +128,7 @@ class ResumableShardWriter(Writer):
         """The open segment (made with the final file's attributes, and the last tail)."""
         if self._seg is None:
             self._seg = ShardWriter(self.dir / f"seg-{self._next:06d}.h5", self.mode,
-                                    self._settings, self._hash, self._attrs)
+                                    self._settings, self._hash, self._attrs, shown=self.path)
             if self._tail is not None:
                 self._seg.append(self._tail)
         return self._seg
@@ -163,7 +163,7 @@ class ResumableShardWriter(Writer):
         """Copy the owned rows of the committed segments not yet copied into the final file."""
         if self._out is None:  # in the directory: a killed run leaves nothing beside ``path``
             self._out = ShardWriter(self.dir / "joined.h5", self.mode, self._settings, self._hash,
-                                    self._attrs)
+                                    self._attrs, shown=self.path)
         for seg in self._unjoined:
             with ShardReader(seg) as r:
                 self._out.append_shard_rows(r, _owned_rows(r))
@@ -206,13 +206,8 @@ class ResumableShardWriter(Writer):
         finally:
             self._seg = self._out = None
             os.close(self._lock)
-        exc = failed or exc
-        # a segment or the joined file could not be written (a full disk): name the output
-        # asked for, as every output error does, not a file inside FILE.h5.partial
-        msg, cut = str(exc), ": cannot write: "
-        if isinstance(exc, OutputError) and cut in msg \
-                and msg.split(cut, 1)[0].startswith(str(self.dir)):
-            raise OutputError(f"{self.path}{cut}{msg.split(cut, 1)[1]}") from None
+        if failed is not None:   # a segment or the joined file could not be written (a full
+            raise failed from None   # disk): named as the output asked for (their ``shown``)
 
 
 def _owned_rows_of(path: Path) -> int:

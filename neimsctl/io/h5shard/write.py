@@ -47,6 +47,9 @@ class ShardWriter(Writer):
     attrs
         Further root attributes, e.g. provenance (``neimsctl_version``, ``argv``, ``created``)
         or ``shard`` (``"K/N"``); ``None`` values are skipped.
+    shown
+        The name an output error gives (default ``path``): the output asked for, when ``path``
+        is a part of it (a segment of a resumable output).
 
     Notes
     -----
@@ -56,9 +59,10 @@ class ShardWriter(Writer):
     """
 
     def __init__(self, path: str | os.PathLike, mode: str, settings: dict[str, Any],
-                 settings_hash: str, attrs: dict[str, Any] | None = None) -> None:
+                 settings_hash: str, attrs: dict[str, Any] | None = None,
+                 shown: str | os.PathLike | None = None) -> None:
         self.path, self.mode = Path(path), check_mode(mode)
-        self._atomic = atomic_path(self.path)
+        self._atomic = atomic_path(self.path, shown)
         tmp = self._atomic.__enter__()
         self._written = 0
         self._pending: list[dict[str, np.ndarray]] = []
