@@ -222,8 +222,10 @@ def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, 
         raise
     finally:
         # the counts, also of a run that stopped (--strict, unreadable input part-way); not
-        # "read 0, written 0" before the line saying the input cannot be read at all
-        if not quiet and (tally.read or sys.exc_info()[0] is None):
+        # "read 0, written 0" before the line saying the input cannot be read at all, nor
+        # anything when the reader of stdout left (`| head`: quietly, as every command)
+        stopped = sys.exc_info()[1]
+        if not quiet and (tally.read or stopped is None) and not isinstance(stopped, BrokenPipeError):
             eprint(CMD, tally.summary())
     if tally.rejected:
         raise typer.Exit(EXIT_FAIL)

@@ -347,6 +347,14 @@ def test_resume_refuses_other_input(tmp_path: Path) -> None:
     assert p.returncode == 2 and b"--resume needs" in p.stderr
 
 
+def test_reader_leaving_stdout_ends_quietly(records: Path, tmp_path: Path) -> None:
+    """`featurize | head`: exit 0 and nothing on stderr, as every command (it printed "read 256,
+    written 0" for a run that had written its first block)."""
+    p = sh(f"neimsctl featurize --mode teacher {records} | head -c 10 | wc -c; "
+           "echo ${PIPESTATUS[0]} >&2", tmp_path)
+    assert p.stdout.split() == [b"10"] and p.stderr == b"0\n"
+
+
 def test_truncated_zst_stream_is_reported(tmp_path: Path) -> None:
     p = sh("neimsctl featurize -O zst -o s.zst; head -c 300 s.zst > t.zst && "
            "neimsctl shards merge -o m.h5 t.zst", tmp_path, SMI)
