@@ -143,3 +143,18 @@ def test_nn_baseline_tool_agrees_with_eval(neimsctl_exe, tmp_path, sample_msp, r
     for key in ("recall@1", "recall@10", "recall@20_mass5", "mean_cosine", "mae", "rmse"):
         assert ev[key] == pytest.approx(nn[key], abs=1e-6), key
     assert ev["counts"]["n_library"] == nn["n_library"] and ev["counts"]["n_queries"] == nn["n_queries"]
+
+
+def test_a_search_index_as_library_says_what_it_is(neimsctl_exe, tmp_path):
+    """eval's --library holds spectra; a search index given there says it is one (it said only
+    "not a neimsctl.h5shard/1 file (schema='neimsctl.index/2')")."""
+    case = write_case(tmp_path)
+    idx = tmp_path / "lib.h5"
+    made = subprocess.run([neimsctl_exe, "index", str(case["library"]), "-o", str(idx), "-q"],
+                          capture_output=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    proc = run(neimsctl_exe, case["queries"], case["queries"], "-l", idx)
+    assert proc.returncode == 1 and proc.stdout == b""
+    assert proc.stderr.decode().strip() == (f"neimsctl eval: {idx}: a search index (neimsctl index; neimsctl "
+                                            "search reads it), not a feature shard (neimsctl.h5shard/1, "
+                                            "neimsctl featurize)")

@@ -30,6 +30,11 @@ CHUNK_CACHE = 0         # bytes of HDF5 chunk cache per dataset: none, since eve
 #                         a dataset over 300k rows kept ~2 MiB more RSS after reading its metadata
 
 
+#: neimsctl's other HDF5 files, by schema prefix: what a command expecting a shard says it got
+_OTHER_FILES = (("neimsctl.index/", "a search index (neimsctl index; neimsctl search reads it)"),
+                ("neimsctl.softlabel/", "a soft-label file (neimsctl softlabel; distill -s reads it)"))
+
+
 def check_shard(f: h5py.File, path: str | os.PathLike, *, mode: str | None = None,
                 require: Sequence[str] = ()) -> None:
     """Refuse a file that is not a ``neimsctl.h5shard/1`` shard (of ``mode``, with ``require``).
@@ -41,7 +46,9 @@ def check_shard(f: h5py.File, path: str | os.PathLike, *, mode: str | None = Non
     """
     schema = f.attrs.get("schema")
     if schema != SCHEMA:
-        raise FormatError(f"not a {SCHEMA} file (schema={schema!r})", file=str(path))
+        what = next((w for s, w in _OTHER_FILES if str(schema).startswith(s)), None)
+        raise FormatError(f"{what}, not a feature shard ({SCHEMA}, neimsctl featurize)" if what else
+                          f"not a {SCHEMA} file (schema={schema!r})", file=str(path))
     found = f.attrs.get("mode")
     if found not in MODES:
         raise FormatError(f"unknown shard mode {found!r} (expected one of {', '.join(MODES)})",
