@@ -59,6 +59,22 @@ def _integer(name: str, value: Any, least: int) -> int:
     return int(value)
 
 
+def _smiles_list(smiles: Any, where: str) -> tuple[bool, list[Any]]:
+    """``(one, list)``: a SMILES string as a list of one, a sequence (or iterable) as a list.
+
+    Raises
+    ------
+    TypeError
+        Neither (``None``, a number, bytes): named, instead of Python's "object is not iterable".
+    """
+    if isinstance(smiles, str):
+        return True, [smiles]
+    if isinstance(smiles, (bytes, bytearray)) or not isinstance(smiles, Iterable):
+        raise TypeError(f"{where}: expects a SMILES string or a sequence of them, got "
+                        f"{type(smiles).__name__}")
+    return False, list(smiles)
+
+
 def _items(smiles: Sequence[Any], names: Sequence[str] | None = None, *,
            skip_invalid: bool = False) -> list[Item]:
     """SMILES (and names) as the ``SMILES [name]`` lines ``neimsctl predict`` reads.
@@ -187,13 +203,15 @@ class SpectrumPredictor:
 
         Raises
         ------
+        TypeError
+            ``smiles`` neither a string nor a sequence of them (``None``, a number, bytes).
         neimsctl.errors.FormatError
             A SMILES RDKit cannot parse (the message names it and its position).
         neimsctl.errors.ConfigError
             ``return_uncertainty`` with a student model.
         """
-        one = isinstance(smiles, str)
-        items = _items([smiles] if one else list(smiles))
+        one, smi = _smiles_list(smiles, "predict_from_smiles")
+        items = _items(smi)
         if return_uncertainty and not self.loaded.supports_uncertainty:
             self._stage(uncertainty=True)        # raises the ConfigError of predict_block
         spec, std, rejects = self._spectra(items, uncertainty=return_uncertainty)
@@ -233,6 +251,8 @@ class SpectrumPredictor:
 
         Raises
         ------
+        TypeError
+            ``smiles`` neither a string nor a sequence of them (``None``, a number, bytes).
         neimsctl.errors.FormatError
             With ``errors="raise"``: an entry that is not one SMILES string, or one RDKit
             cannot parse (the message names its position).
@@ -243,7 +263,7 @@ class SpectrumPredictor:
             raise ConfigError(f"errors must be 'raise' or 'nan', got {errors!r}")
         if batch_size is not None:
             batch_size = _integer("batch_size", batch_size, _LEAST["batch_size"])
-        smiles = [smiles] if isinstance(smiles, str) else list(smiles)
+        smiles = _smiles_list(smiles, "predict_batch")[1]
         items = _items(smiles, skip_invalid=errors == "nan")
         spec, _, rejects = self._spectra(items, batch_size=batch_size)
         if errors == "raise":
@@ -301,13 +321,14 @@ class SpectrumPredictor:
 
         Raises
         ------
+        TypeError
+            ``smiles`` neither a string nor a sequence of them (``None``, a number, bytes).
         neimsctl.errors.ConfigError
             ``name`` a sequence of another length than ``smiles``.
         neimsctl.errors.FormatError
             An entry that is not one SMILES string, or one RDKit cannot read (nothing written).
         """
-        one = isinstance(smiles, str)
-        smi = [smiles] if one else list(smiles)
+        one, smi = _smiles_list(smiles, "export_msp")
         names = [name] if isinstance(name, str) else (list(name) if name is not None else None)
         if names is not None and len(names) != len(smi):
             raise ConfigError(f"export_msp: {len(smi)} SMILES but {len(names)} names: one name per "

@@ -93,6 +93,20 @@ def test_invalid_smiles(predictor):
     assert np.isnan(out[1]).all() and not np.isnan(out[[0, 2]]).any()
 
 
+@pytest.mark.parametrize("bad", [None, 5, b"CCO"])
+def test_smiles_neither_a_string_nor_a_sequence_is_named(predictor, bad, tmp_path):
+    """None, a number or bytes: a TypeError naming the method and the type (it was Python's
+    "'NoneType' object is not iterable", or bytes read as a list of numbers)."""
+    calls = {"predict_from_smiles": lambda: predictor.predict_from_smiles(bad),
+             "predict_batch": lambda: predictor.predict_batch(bad),
+             "export_msp": lambda: predictor.export_msp(bad, tmp_path / "x.msp")}
+    for name, call in calls.items():
+        with pytest.raises(TypeError, match=f"^{name}: expects a SMILES string or a sequence of them, "
+                                            f"got {type(bad).__name__}$"):
+            call()
+    assert not (tmp_path / "x.msp").exists()
+
+
 def test_find_top_peaks(predictor):
     spec = np.zeros(501, np.float32)
     spec[[43, 120, 180, 200]] = [1.0, 0.5, 0.25, 0.005]
