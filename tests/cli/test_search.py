@@ -558,3 +558,21 @@ def test_entries_without_a_mass_are_counted_by_index_and_search(tmp_path):
     assert sorted(hits["a"]) == sorted(hits["d"]) == ["a", "b", "c", "d"]
     proc = run(None, "search", lib, "-l", out, "-k", "1")        # no filter: no warning
     assert proc.returncode == 0 and b"no molecular mass" not in proc.stderr
+
+
+def test_a_candidate_smiles_keeps_its_triple_bond(index, sample_msp, tmp_path):
+    """'#' is a SMILES triple bond: it was taken for a comment, so 'CCSC(=O)c1ccc(C#N)cc1' was
+    searched as 'CCSC(=O)c1ccc(C' (unparsable) and 'C=CC#N' (acrylonitrile) would have been
+    propene. A comment starts a line or follows an InChIKey; a UTF-8 BOM is no part of line 1."""
+    text = sample_msp.read_bytes().decode()
+    record = next(r for r in text.split("\n\n") if "ID: 7926\n" in r)
+    q = tmp_path / "q.msp"
+    q.write_text(record + "\n")
+    cand = tmp_path / "cand.txt"
+    cand.write_bytes("\ufeffCCSC(=O)c1ccc(C#N)cc1\n# a comment line\nQJTWZMGDGWFPJB-UHFFFAOYSA-N#note\n"
+                     "  #indented comment\n".encode())
+    proc = run(None, "search", q, "-l", index, "--candidates", cand, "-O", "jsonl", "-k", "3")
+    assert proc.returncode == 0, proc.stderr
+    hits = [orjson.loads(x) for x in proc.stdout.splitlines()]
+    assert hits and {h["inchikey"] for h in hits} == {"QJTWZMGDGWFPJB-UHFFFAOYSA-N"}
+    assert hits[0]["hit_id"] == "7926"
