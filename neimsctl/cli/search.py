@@ -102,8 +102,8 @@ def search_cli(
         from neimsctl.evaluate.matching import DEFAULT_SCORE, Score
         from neimsctl.io.rejects import Tally
         from neimsctl.io.streams import open_out
-        from neimsctl.search.run import (HIT_FIELDS, SearchOptions, open_libraries, read_candidates,
-                                         read_queries, search_batch)
+        from neimsctl.search.run import (HIT_FIELDS, SearchOptions, allowed_count, open_libraries,
+                                         read_candidates, read_queries, search_batch)
 
         with open_out(rejects) if rejects is not None else contextlib.nullcontext() as sink:
             spec = Score(score.value if score else DEFAULT_SCORE, mz_power, intensity_power, reverse)
@@ -128,10 +128,14 @@ def search_cli(
                     if sink is not None:
                         sink.write(orjson.dumps(r.to_json(), option=orjson.OPT_APPEND_NEWLINE))
                 failed = bool(problems)
+            if allowed_count(libs, opts) == 0 and not quiet:
+                eprint(CMD, "warning: no library entry is " + " and ".join(
+                    ([f"{opts.source}"] if opts.source else []) + (["of a --candidates compound"] if candidates else []))
+                    + ": no query can have a hit")
             tally = Tally()
             warn = (lambda r: eprint(CMD, f"{r.file}: line {r.line}" + (f": record {r.record!r}" if r.record
                                      else ""), f"{r.reason}: {r.detail}; skipped")) if not quiet else None
-            n_hits = n_without = 0
+            n_hits = n_without = n_unfiltered = 0
             from neimsctl.cli._progress import Progress
 
             with open_out(out) as fout, Progress(CMD, list(paths), quiet=quiet, output=out) as bar:
@@ -141,6 +145,8 @@ def search_cli(
                 # the hits of a batch are held until written (a few KB each): at most _MAX_HITS
                 qbatch = max(1, min(batch, _MAX_HITS // opts.top))
                 for qb in read_queries(paths, tally, batch=qbatch, warn=warn):
+                    if mass_filter is not None:     # searched without the window: said in the summary
+                        n_unfiltered += sum(r.mw is None for r in qb.records)
                     for hits in search_batch(libs, qb, opts):
                         tally.written += 1
                         n_without += not hits
@@ -152,6 +158,8 @@ def search_cli(
             if not quiet:
                 eprint(CMD, f"queries {tally.summary()}; {n_hits} hits"
                        + (f"; {n_without} queries without a hit" if n_without else "")
+                       + (f"; {n_unfiltered} queries of unknown mass (no MW, nor a SMILES or formula that gives "
+                          "one) searched without --mass-filter" if n_unfiltered else "")
                        + f"; {sum(len(x) for x in libs)} library entries")
         if tally.rejected or lib_tally.rejected or failed:
             raise typer.Exit(1)

@@ -35,7 +35,7 @@ from neimsctl.io.streams import check_input, is_dash, sniff
 from neimsctl.search.build import build_memory_index, complete_record
 
 __all__ = ["SearchOptions", "Hit", "QueryBatch", "open_libraries", "read_queries", "search_batch",
-           "read_candidates", "match_candidates", "HIT_FIELDS"]
+           "read_candidates", "match_candidates", "allowed_count", "HIT_FIELDS"]
 
 _SCORE_BUDGET = 1 << 24     # score-matrix elements per chunk (queries x entries)
 
@@ -229,6 +229,15 @@ def _allowed_mask(lib: SpectralIndex, opts: SearchOptions) -> np.ndarray | None:
         cand = lib.key_matches(opts.candidates)[0]
         mask = cand if mask is None else mask & cand
     return mask
+
+
+def allowed_count(libraries: Sequence[SpectralIndex], opts: SearchOptions) -> int | None:
+    """How many entries of ``libraries`` ``--source`` and ``--candidates`` let be hits (``None``:
+    neither is given); the masks are those the search reuses (read once per library)."""
+    if opts.source is None and opts.candidates is None:
+        return None
+    masks = [_allowed_mask(lib, opts) for lib in libraries]
+    return sum(lib.n if m is None else int(np.count_nonzero(m)) for lib, m in zip(libraries, masks))
 
 
 def _ranges(n: int, windows: tuple[np.ndarray, np.ndarray] | None, mask: np.ndarray | None) -> list[tuple[int, int]]:

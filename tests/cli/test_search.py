@@ -576,3 +576,26 @@ def test_a_candidate_smiles_keeps_its_triple_bond(index, sample_msp, tmp_path):
     hits = [orjson.loads(x) for x in proc.stdout.splitlines()]
     assert hits and {h["inchikey"] for h in hits} == {"QJTWZMGDGWFPJB-UHFFFAOYSA-N"}
     assert hits[0]["hit_id"] == "7926"
+
+
+def test_filters_that_leave_no_entry_and_queries_of_unknown_mass_are_said(index, sample_msp, tmp_path):
+    """--source predicted over measured libraries gave an empty table, exit 0 and only 'N queries
+    without a hit'; queries that --mass-filter cannot filter (no MW, SMILES or usable formula)
+    were searched unfiltered without a word."""
+    q = tmp_path / "q.msp"
+    q.write_bytes(first_records(sample_msp, 2)
+                  + b"\nName: no mass\nNum Peaks: 2\n41 999\n43 500\n"
+                  + b"\nName: unusable formula\nFormula: Xx2\nNum Peaks: 2\n41 999\n43 500\n")
+    proc = run(None, "search", q, "-l", index, "--source", "predicted")
+    assert proc.returncode == 0 and proc.stdout.count(b"\n") == 1, proc.stderr
+    assert b"warning: no library entry is predicted: no query can have a hit" in proc.stderr
+    cand = tmp_path / "cand.txt"
+    cand.write_text("C1CCCCCCCCCCCCCCCCCC1\n")                  # parsable, in no library
+    proc = run(None, "search", q, "-l", index, "--candidates", cand, "--source", "measured")
+    assert proc.returncode == 1 and b"no library entry is measured and of a --candidates compound" in proc.stderr
+    proc = run(None, "search", q, "-l", index, "--mass-filter", "5")
+    assert proc.returncode == 0, proc.stderr
+    assert b"2 queries of unknown mass (no MW, nor a SMILES or formula that gives one) searched " \
+           b"without --mass-filter" in proc.stderr
+    assert b"unknown mass" not in run(None, "search", q, "-l", index).stderr
+    assert b"warning" not in run(None, "search", q, "-l", index, "--source", "measured").stderr
