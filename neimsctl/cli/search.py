@@ -89,6 +89,7 @@ def search_cli(
     if powers_misused(score.value if score else None, mz_power, intensity_power):
         usage_error(CMD, "--mz-power/--intensity-power apply to --score cosine only")
     library = once_each(CMD, "--library", library, "searched once (twice would list every hit twice)")
+    paths = once_each(CMD, "query file", paths, "searched once (twice would list its hits twice)")
     refuse_clobber(CMD, input_pairs(paths) + input_pairs(library, "--library")
                    + input_pairs([candidates] if candidates else [], "--candidates"),
                    [output_pair("-o", out)] + ([output_pair("--rejects", rejects)] if rejects else []))
@@ -135,7 +136,9 @@ def search_cli(
             tally = Tally()
             warn = (lambda r: eprint(CMD, f"{r.file}: line {r.line}" + (f": record {r.record!r}" if r.record
                                      else ""), f"{r.reason}: {r.detail}; skipped")) if not quiet else None
-            n_hits = n_without = n_unfiltered = 0
+            n_hits = n_without = n_unfiltered = n_same_id = 0
+            ids: set[str] = set()
+            first_same = None
             from neimsctl.cli._progress import Progress
 
             with open_out(out) as fout, Progress(CMD, list(paths), quiet=quiet, output=out) as bar:
@@ -145,6 +148,12 @@ def search_cli(
                 # the hits of a batch are held until written (a few KB each): at most _MAX_HITS
                 qbatch = max(1, min(batch, _MAX_HITS // opts.top))
                 for qb in read_queries(paths, tally, batch=qbatch, warn=warn):
+                    for r in qb.records:            # hits are grouped by query_id: a repeated one is said
+                        if r.id in ids:
+                            n_same_id += 1
+                            first_same = first_same or r
+                        else:
+                            ids.add(r.id)
                     if mass_filter is not None:     # searched without the window: said in the summary
                         n_unfiltered += sum(r.mw is None for r in qb.records)
                     for hits in search_batch(libs, qb, opts):
@@ -155,6 +164,10 @@ def search_cli(
                                              if fmt == OutFormat.jsonl else _tsv_line(h.row(libs, spec), HIT_FIELDS)
                                              for h in hits]))
                     bar.update(tally)
+            if first_same is not None and not quiet:
+                eprint(CMD, f"warning: {n_same_id:,} queries have the query_id of an earlier query (first: "
+                       f"{first_same.id!r}, {first_same.file}: line {first_same.line}): their hits are told "
+                       "apart only by their order in the output")
             if not quiet:
                 eprint(CMD, f"queries {tally.summary()}; {n_hits} hits"
                        + (f"; {n_without} queries without a hit" if n_without else "")

@@ -599,3 +599,24 @@ def test_filters_that_leave_no_entry_and_queries_of_unknown_mass_are_said(index,
            b"without --mass-filter" in proc.stderr
     assert b"unknown mass" not in run(None, "search", q, "-l", index).stderr
     assert b"warning" not in run(None, "search", q, "-l", index, "--source", "measured").stderr
+
+
+def test_a_query_id_given_twice_is_said_and_a_file_given_twice_read_once(index, sample_msp, tmp_path):
+    """Hits are grouped by query_id: two queries of one id (two exports of 'ID: 1', a file given
+    twice) were merged in the output without a word; index listed a file given twice twice."""
+    q = tmp_path / "q.msp"
+    q.write_bytes(first_records(sample_msp, 3))
+    same = tmp_path / "same.jsonl"
+    same.write_bytes(b'{"id": "A", "mz": [41, 43], "intensity": [999, 500]}\n'
+                     b'{"id": "B", "mz": [41, 43], "intensity": [999, 500]}\n'
+                     b'{"id": "A", "mz": [41, 55], "intensity": [999, 500]}\n')
+    proc = run(None, "search", q, same, str(q).replace("/q.msp", "/./q.msp"), "-l", index, "-k", "1")
+    assert proc.returncode == 0, proc.stderr
+    err = proc.stderr.decode()
+    assert "query file" in err and "the same file given 2 times: searched once" in err
+    assert f"warning: 1 queries have the query_id of an earlier query (first: 'A', {same}: line 3)" in err
+    assert "queries read 6, written 6" in err and proc.stdout.count(b"\n") == 7
+    out = tmp_path / "ix.h5"
+    proc = run(None, "index", q, q, "-o", out)
+    assert proc.returncode == 0 and b"read 3, written 3" in proc.stderr, proc.stderr
+    assert b"indexed once" in proc.stderr
