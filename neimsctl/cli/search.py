@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 
 from enum import Enum
 from pathlib import Path
@@ -182,13 +183,17 @@ def search_cli(
 #: 2.9 GB in one batch).
 _MAX_HITS = 1 << 17
 
-_CLEAN = str.maketrans({"\t": " ", "\n": " ", "\r": " "})
+#: Tabs and every character that some reader takes for a line end (str.splitlines: VT, FF, FS, GS,
+#: RS, NEL - cp1252's '...' read as latin-1 -, U+2028, U+2029) become spaces in a TSV cell.
+_BREAKS = "\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_CLEAN = str.maketrans(dict.fromkeys(_BREAKS, " "))
+_LINE_BREAK = re.compile(f"[{_BREAKS[1:]}]")
 
 
 def _tsv_line(row: dict, fields: tuple[str, ...]) -> bytes:
-    """One hit as a TSV line; tabs and line breaks inside a value become spaces."""
+    """One hit as a TSV line; tabs and line breaks (:data:`_BREAKS`) inside a value become spaces."""
     line = "\t".join(["" if v is None else v if isinstance(v, str) else str(v) for v in map(row.get, fields)])
-    if line.count("\t") != len(fields) - 1 or "\n" in line or "\r" in line:
+    if line.count("\t") != len(fields) - 1 or _LINE_BREAK.search(line):
         line = "\t".join(_cell(row[k]) for k in fields)
     return (line + "\n").encode()
 
