@@ -345,3 +345,17 @@ def test_eval_reader_pairs_mona_records_by_their_comment_structures():
         "TST000003": "YXFVVABEGXRONW-UHFFFAOYSA-N", "TST000004": "LRHPLDYGYMQRHN-UHFFFAOYSA-N",
         "TST000006": "XEKOWRVHYACXOJ-UHFFFAOYSA-N"}
     assert sum(got.skipped.values()) == 1
+
+
+def test_decimal_commas_in_peaks_of_a_european_locale_export():
+    """'88,05<TAB>999,0' was read as two peaks (88, 5) and (999, 0): the record a num_peaks_mismatch
+    reject (or, with '88,5 99', non_numeric_peak). A comma between digits is a decimal point when
+    that reading gives valid peaks, as many as Num Peaks states; else a separator, as before."""
+    recs = read(b"Name: a\nNum Peaks: 2\n88,05\t999,0\n101,1\t400,5\n\n"
+                b"Name: b\nNum Peaks: 2\n88,5 99\n101,4 40\n\n"
+                b"Name: c\nNum Peaks: 2\n51,27 55,80\n\n"          # commas as separators: 2 peaks
+                b"Name: d\nNum Peaks: 1\n51,27 55,80\n\n"          # one peak with decimal commas
+                b"Name: e\nNum Peaks: 3\n88,5 99\n101,4 40\n")
+    assert [(r.mz, r.intensity, r.reason) for r in recs] == [
+        ([88.05, 101.1], [999.0, 400.5], None), ([88.5, 101.4], [99.0, 40.0], None),
+        ([51, 55], [27, 80], None), ([51.27], [55.8], None), ([], [], "non_numeric_peak")]
