@@ -165,6 +165,8 @@ def search_cli(
                                              if fmt == OutFormat.jsonl else _tsv_line(h.row(libs, spec), HIT_FIELDS)
                                              for h in hits]))
                     bar.update(tally)
+            if tally.read == 0:             # an empty export, or the wrong file: the table is empty
+                eprint(CMD, "warning: no query record in " + ", ".join(map(str, paths)))
             if first_same is not None and not quiet:
                 eprint(CMD, f"warning: {n_same_id:,} queries have the query_id of an earlier query (first: "
                        f"{first_same.id!r}, {first_same.file}: line {first_same.line}): their hits are told "

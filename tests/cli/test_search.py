@@ -620,3 +620,12 @@ def test_a_query_id_given_twice_is_said_and_a_file_given_twice_read_once(index, 
     proc = run(None, "index", q, q, "-o", out)
     assert proc.returncode == 0 and b"read 3, written 3" in proc.stderr, proc.stderr
     assert b"indexed once" in proc.stderr
+
+
+def test_queries_of_no_record_are_said(index, tmp_path):
+    """An empty export (or a file of no MSP/JSONL record) gave a bare header line and exit 0."""
+    empty = tmp_path / "empty.msp"
+    empty.write_bytes(b"\n\n")
+    proc = run(None, "search", empty, "-l", index)
+    assert proc.returncode == 0 and proc.stdout.count(b"\n") == 1
+    assert f"warning: no query record in {empty}".encode() in proc.stderr
