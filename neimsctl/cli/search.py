@@ -97,6 +97,7 @@ def search_cli(
     with command(CMD):
         import orjson
 
+        from neimsctl.errors import shown
         from neimsctl.io.heap import reuse_freed_memory
 
         reuse_freed_memory()
@@ -135,7 +136,7 @@ def search_cli(
                     ([f"{opts.source}"] if opts.source else []) + (["of a --candidates compound"] if candidates else []))
                     + ": no query can have a hit")
             tally = Tally()
-            warn = (lambda r: eprint(CMD, f"{r.file}: line {r.line}" + (f": record {r.record!r}" if r.record
+            warn = (lambda r: eprint(CMD, f"{r.file}: line {r.line}" + (f": record {shown(r.record)!r}" if r.record
                                      else ""), f"{r.reason}: {r.detail}; skipped")) if not quiet else None
             n_hits = n_without = n_unfiltered = n_same_id = 0
             ids: set[str] = set()

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from neimsctl.errors import FormatError
+from neimsctl.errors import FormatError, shown
 from neimsctl.evaluate.matching import Score, TopK, search_blocks, use_bf16
 from neimsctl.io.peak_block import PeakBlock, bin_batch, check_peaks
 from neimsctl.io.rejects import Reject, Tally
@@ -203,7 +203,7 @@ def match_candidates(tokens: Sequence[str], libraries: Sequence[SpectralIndex]
 
 def shown_candidate(token: str, limit: int = 80) -> str:
     """A candidate as messages show it: cut to ``limit`` characters (a 2 MB line is not echoed)."""
-    return token if len(token) <= limit else f"{token[:limit]}... ({len(token):,} characters)"
+    return shown(token, limit)
 
 
 def _candidate_block(token: str) -> str | None:

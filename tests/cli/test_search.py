@@ -629,3 +629,15 @@ def test_queries_of_no_record_are_said(index, tmp_path):
     proc = run(None, "search", empty, "-l", index)
     assert proc.returncode == 0 and proc.stdout.count(b"\n") == 1
     assert f"warning: no query record in {empty}".encode() in proc.stderr
+
+
+def test_a_huge_query_name_is_cut_in_the_reject_line(index, tmp_path):
+    """A query of 200,000-character name and no peaks was reported in one 200 KB stderr line."""
+    q = tmp_path / "q.msp"
+    q.write_bytes(b"Name: " + b"X" * 200_000 + b"\nNum Peaks: 0\n")
+    proc = run(None, "search", q, "-l", index)
+    assert proc.returncode == 1 and len(proc.stderr) < 1000, proc.stderr[:300]
+    assert b"X" * 200 + b"... (200,000 characters)': no_peaks" in proc.stderr
+    out = tmp_path / "ix.h5"
+    proc = run(None, "index", q, "-o", out, "--strict")
+    assert proc.returncode == 1 and len(proc.stderr) < 1000 and b"(200,000 characters)" in proc.stderr
