@@ -170,7 +170,7 @@ def search_cli(
                 eprint(CMD, "warning: no query record in " + ", ".join(map(str, paths)))
             if first_same is not None and not quiet:
                 eprint(CMD, f"warning: {n_same_id:,} queries have the query_id of an earlier query (first: "
-                       f"{first_same.id!r}, {first_same.file}: line {first_same.line}): their hits are told "
+                       f"{shown(first_same.id)!r}, {first_same.file}: line {first_same.line}): their hits are told "
                        "apart only by their order in the output")
             if not quiet:
                 eprint(CMD, f"queries {tally.summary()}; {n_hits} hits"

@@ -28,6 +28,7 @@ import math
 import re
 from typing import BinaryIO, Iterator
 
+from neimsctl.errors import shown
 from neimsctl.io.streams import lf_chunks
 
 __all__ = ["MspRecord", "read_msp", "iter_blocks", "parse_block", "parse_comments", "parse_number",
@@ -361,7 +362,7 @@ def parse_block(block: bytes, file: str, line: int, ordinal: int, at_eof: bool =
         try:
             rec.num_peaks = int(m.group(1))
         except ValueError:
-            rec.reject("malformed_line", f"Num Peaks is not an integer: {_text(m.group(1)).strip()!r}")
+            rec.reject("malformed_line", f"Num Peaks is not an integer: {shown(_text(m.group(1)).strip(), 80)!r}")
         rec.fields["num peaks"] = _text(m.group(1)).strip()
     else:
         p = _FIRST_PEAK.search(block)

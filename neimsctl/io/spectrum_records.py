@@ -24,7 +24,7 @@ from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
-from neimsctl.errors import FormatError
+from neimsctl.errors import FormatError, shown
 from neimsctl.io.jsonl import jsonl_lines
 from neimsctl.io.msp import parse_number, read_msp, record_inchikey, record_structure
 from neimsctl.io.spectrum import MASS_LIMIT
@@ -85,8 +85,8 @@ def bad_mass(value: Any) -> str | None:
     if (isinstance(value, str) and not value.strip()) or (
             isinstance(number, (int, float)) and not isinstance(number, bool) and number == 0):
         return None
-    shown = repr(value) if isinstance(value, str) else json.dumps(value)
-    return f"MW {shown} is not a molecular mass (a positive number below {MASS_LIMIT:,})"
+    text = repr(shown(value, 80)) if isinstance(value, str) else shown(json.dumps(value), 80)
+    return f"MW {text} is not a molecular mass (a positive number below {MASS_LIMIT:,})"
 
 
 def _with_mass(rec: SpectrumRecord, value: Any) -> SpectrumRecord:

@@ -359,3 +359,14 @@ def test_decimal_commas_in_peaks_of_a_european_locale_export():
     assert [(r.mz, r.intensity, r.reason) for r in recs] == [
         ([88.05, 101.1], [999.0, 400.5], None), ([88.5, 101.4], [99.0, 40.0], None),
         ([51, 55], [27, 80], None), ([51.27], [55.8], None), ([], [], "non_numeric_peak")]
+
+
+def test_a_huge_num_peaks_or_mw_value_is_cut_in_the_detail():
+    """'Num Peaks: 999...' and 'MW: 111...' of 100,000 digits were echoed whole in the detail."""
+    from neimsctl.io.spectrum_records import bad_mass
+
+    rec = one(b"Name: a\nNum Peaks: " + b"9" * 100_000 + b"\n88 10\n")
+    assert rec.reason == "malformed_line" and len(rec.detail) < 200 and "(100,000 characters)" in rec.detail
+    why = bad_mass("1" * 100_000)
+    assert len(why) < 250 and "(100,000 characters)" in why
+    assert bad_mass("abc") == "MW 'abc' is not a molecular mass (a positive number below 2,147,483,647)"
