@@ -132,7 +132,7 @@ def _jsonl_records(fh: BinaryIO, source: str) -> Iterator[SpectrumRecord]:
         ordinal += 1
         if schema not in (_PREDICTION, _RECORD, None):
             yield SpectrumRecord(source, lineno, ordinal, f"{stem}:{ordinal}", reason="unknown_schema",
-                                 detail=f"schema {schema!r} is neither {_RECORD} nor {_PREDICTION}")
+                                 detail=f"schema {shown(repr(schema), 80)} is neither {_RECORD} nor {_PREDICTION}")
             continue
         yield _with_mass(SpectrumRecord(source, lineno, ordinal, str(rec.get("id") or f"{stem}:{ordinal}"),
                                         str(rec.get("name") or ""), str(rec.get("inchikey") or "").strip().upper(),

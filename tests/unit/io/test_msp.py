@@ -370,3 +370,13 @@ def test_a_huge_num_peaks_or_mw_value_is_cut_in_the_detail():
     why = bad_mass("1" * 100_000)
     assert len(why) < 250 and "(100,000 characters)" in why
     assert bad_mass("abc") == "MW 'abc' is not a molecular mass (a positive number below 2,147,483,647)"
+
+
+def test_a_huge_unknown_schema_is_cut_in_the_detail(tmp_path):
+    """A JSONL record whose 'schema' is 100,000 characters was echoed whole in its reject."""
+    from neimsctl.io.spectrum_records import read_spectrum_records
+
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"schema": "' + "s" * 100_000 + '", "mz": [1], "intensity": [1]}\n')
+    (rec,) = read_spectrum_records(path)
+    assert rec.reason == "unknown_schema" and len(rec.detail) < 250 and "(100,002 characters)" in rec.detail
