@@ -136,8 +136,7 @@ def search_cli(
                     ([f"{opts.source}"] if opts.source else []) + (["of a --candidates compound"] if candidates else []))
                     + ": no query can have a hit")
             tally = Tally()
-            warn = (lambda r: eprint(CMD, f"{r.file}: line {r.line}" + (f": record {shown(r.record)!r}" if r.record
-                                     else ""), f"{r.reason}: {r.detail}; skipped")) if not quiet else None
+            warn = (lambda r: eprint(CMD, _where(r), f"{r.reason}: {r.detail}; skipped")) if not quiet else None
             n_hits = n_without = n_unfiltered = n_same_id = 0
             ids: set[str] = set()
             first_same = None
@@ -180,6 +179,16 @@ def search_cli(
                        + f"; {sum(len(x) for x in libs)} library entries")
         if tally.rejected or lib_tally.rejected or failed:
             raise typer.Exit(1)
+
+
+def _where(r) -> str:  # type: ignore[no-untyped-def]
+    """Where a rejected query is: file, line (none for a shard's row), record name, else its id."""
+    from neimsctl.errors import shown
+
+    where = f"{r.file}: line {r.line}" if r.line else str(r.file)
+    if r.record:
+        return f"{where}: record {shown(r.record)!r}"
+    return f"{where}: id {shown(r.id)!r}" if r.id and not r.line else where
 
 
 #: Hits held at once (--batch is lowered for a large --top: 600 queries x --top 1000 as JSONL took

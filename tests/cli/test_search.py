@@ -641,3 +641,14 @@ def test_a_huge_query_name_is_cut_in_the_reject_line(index, tmp_path):
     out = tmp_path / "ix.h5"
     proc = run(None, "index", q, "-o", out, "--strict")
     assert proc.returncode == 1 and len(proc.stderr) < 1000 and b"(200,000 characters)" in proc.stderr
+
+
+def test_a_shard_row_without_a_spectrum_is_named_by_its_id_not_line_none(index, tmp_path):
+    """A feature shard's row has no line: its reject read 'shard.h5: line None: no_peaks: ...'."""
+    shard = tmp_path / "smi.h5"
+    proc = run(None, "featurize", "-", "-o", shard, "-q", stdin=b"CCCCO\n")
+    assert proc.returncode == 0, proc.stderr
+    proc = run(None, "search", shard, "-l", index)
+    assert proc.returncode == 1
+    assert f"{shard}: id 'stdin:1': no_peaks: shard row without a spectrum; skipped".encode() in proc.stderr
+    assert b"line None" not in proc.stderr
