@@ -168,9 +168,9 @@ def search_cli(
             if tally.read == 0:             # an empty export, or the wrong file: the table is empty
                 eprint(CMD, "warning: no query record in " + ", ".join(map(str, paths)))
             if first_same is not None and not quiet:
+                at = f"{first_same.file}" + (f": line {first_same.line}" if first_same.line else "")
                 eprint(CMD, f"warning: {n_same_id:,} queries have the query_id of an earlier query (first: "
-                       f"{shown(first_same.id)!r}, {first_same.file}: line {first_same.line}): their hits are told "
-                       "apart only by their order in the output")
+                       f"{shown(first_same.id)!r}, {at}): their hits are told apart only by their order in the output")
             if not quiet:
                 eprint(CMD, f"queries {tally.summary()}; {n_hits} hits"
                        + (f"; {n_without} queries without a hit" if n_without else "")
