@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def shown(text: Any, limit: int = 200) -> Any:
+    """``text`` as a message shows it: cut to ``limit`` characters, with its length (a record
+    name or id of 2 MB is not echoed on standard error; the rejects report keeps it whole);
+    anything but a str (``None``) as it is."""
+    if not isinstance(text, str) or len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters)"
+
 
 class NeimsError(Exception):
     """Base class of every error the library raises on purpose."""
@@ -35,7 +46,7 @@ class FormatError(NeimsError):
         if line is not None:
             where.append(f"line {line}")
         if record is not None:
-            where.append(f"record {record!r}")
+            where.append(f"record {shown(record)!r}")
         super().__init__(f"{': '.join(where)}: {message}" if where else message)
 
 

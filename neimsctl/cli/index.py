@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from neimsctl.cli._common import (NoProvenance, Quiet, RejectsPath, Strict, Verbose, app, check_inputs_or_usage,
-                                  command, eprint,
+                                  command, eprint, once_each,
                                   fail, input_pairs, output_pair, refuse_clobber, setup_logging,
                                   seekable_output, usage_error)
 
@@ -49,6 +49,7 @@ def index_cli(
     if sum(str(p) == "-" for p in inputs) > 1:
         usage_error(CMD, "stdin ('-') can be given only once")
     check_inputs_or_usage(CMD, inputs)
+    inputs = once_each(CMD, "input", inputs, "indexed once (twice would list every hit twice)")
     # -o and --rejects: never an input, never each other (an index with its rejects written
     # into it, or an input emptied by the rejects file)
     seekable_output(CMD, "-o", out)

@@ -14,6 +14,7 @@ from neimsctl.cli._common import (EXIT_FAIL, InPaths, JobsAuto, OutPath, Quiet, 
                                   Verbose, app, command, eprint, fail, finite, input_pairs, output_pair,
                                   check_inputs_or_usage, refuse_clobber, require_input_or_usage, setup_logging,
                                   usage_error)
+from neimsctl.errors import shown
 
 CMD = "msp2jsonl"
 log = logging.getLogger("neimsctl")
@@ -83,7 +84,7 @@ def msp2jsonl_cli(
             if stop is not None:
                 where = FormatError(f"{stop.reason}: {stop.detail}", file=stop.file,
                                     line=stop.line, record=stop.record or stop.id)
-                fail(CMD, f"{where} (id {stop.id})", "rejected under --strict")
+                fail(CMD, f"{where} (id {shown(stop.id)})", "rejected under --strict")
         if not quiet:
             print(f"neimsctl {CMD}: {tally.summary()}", file=sys.stderr, flush=True)
         if tally.rejected:
@@ -103,7 +104,7 @@ def _reject_logger(limit: int = 10):  # type: ignore[no-untyped-def]
         if (seen <= limit or debug) and rej.id is None and rej.record is None:
             eprint(CMD, f"{rej.file}: line {rej.line}: {rej.reason}: {rej.detail}")
         elif seen <= limit or debug:
-            eprint(CMD, f"{rej.file}: line {rej.line}: record {rej.record!r} (id {rej.id}): "
+            eprint(CMD, f"{rej.file}: line {rej.line}: record {shown(rej.record)!r} (id {shown(rej.id)}): "
                         f"{rej.reason}: {rej.detail}")
         if seen == limit + 1 and not debug:   # only when one is really hidden
             eprint(CMD, "further rejects not shown (see --rejects FILE, or -v)")

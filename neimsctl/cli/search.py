@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 
 from enum import Enum
 from pathlib import Path
@@ -89,12 +90,14 @@ def search_cli(
     if powers_misused(score.value if score else None, mz_power, intensity_power):
         usage_error(CMD, "--mz-power/--intensity-power apply to --score cosine only")
     library = once_each(CMD, "--library", library, "searched once (twice would list every hit twice)")
+    paths = once_each(CMD, "query file", paths, "searched once (twice would list its hits twice)")
     refuse_clobber(CMD, input_pairs(paths) + input_pairs(library, "--library")
                    + input_pairs([candidates] if candidates else [], "--candidates"),
                    [output_pair("-o", out)] + ([output_pair("--rejects", rejects)] if rejects else []))
     with command(CMD):
         import orjson
 
+        from neimsctl.errors import shown
         from neimsctl.io.heap import reuse_freed_memory
 
         reuse_freed_memory()
@@ -102,8 +105,8 @@ def search_cli(
         from neimsctl.evaluate.matching import DEFAULT_SCORE, Score
         from neimsctl.io.rejects import Tally
         from neimsctl.io.streams import open_out
-        from neimsctl.search.run import (HIT_FIELDS, SearchOptions, open_libraries, read_candidates,
-                                         read_queries, search_batch)
+        from neimsctl.search.run import (HIT_FIELDS, SearchOptions, allowed_count, open_libraries,
+                                         read_candidates, read_queries, search_batch)
 
         with open_out(rejects) if rejects is not None else contextlib.nullcontext() as sink:
             spec = Score(score.value if score else DEFAULT_SCORE, mz_power, intensity_power, reverse)
@@ -128,10 +131,15 @@ def search_cli(
                     if sink is not None:
                         sink.write(orjson.dumps(r.to_json(), option=orjson.OPT_APPEND_NEWLINE))
                 failed = bool(problems)
+            if allowed_count(libs, opts) == 0 and not quiet:
+                eprint(CMD, "warning: no library entry is " + " and ".join(
+                    ([f"{opts.source}"] if opts.source else []) + (["of a --candidates compound"] if candidates else []))
+                    + ": no query can have a hit")
             tally = Tally()
-            warn = (lambda r: eprint(CMD, f"{r.file}: line {r.line}" + (f": record {r.record!r}" if r.record
-                                     else ""), f"{r.reason}: {r.detail}; skipped")) if not quiet else None
-            n_hits = n_without = 0
+            warn = (lambda r: eprint(CMD, _where(r), f"{r.reason}: {r.detail}; skipped")) if not quiet else None
+            n_hits = n_without = n_unfiltered = n_same_id = 0
+            ids: set[str] = set()
+            first_same = None
             from neimsctl.cli._progress import Progress
 
             with open_out(out) as fout, Progress(CMD, list(paths), quiet=quiet, output=out) as bar:
@@ -141,6 +149,14 @@ def search_cli(
                 # the hits of a batch are held until written (a few KB each): at most _MAX_HITS
                 qbatch = max(1, min(batch, _MAX_HITS // opts.top))
                 for qb in read_queries(paths, tally, batch=qbatch, warn=warn):
+                    for r in qb.records:            # hits are grouped by query_id: a repeated one is said
+                        if r.id in ids:
+                            n_same_id += 1
+                            first_same = first_same or r
+                        else:
+                            ids.add(r.id)
+                    if mass_filter is not None:     # searched without the window: said in the summary
+                        n_unfiltered += sum(r.mw is None for r in qb.records)
                     for hits in search_batch(libs, qb, opts):
                         tally.written += 1
                         n_without += not hits
@@ -149,25 +165,47 @@ def search_cli(
                                              if fmt == OutFormat.jsonl else _tsv_line(h.row(libs, spec), HIT_FIELDS)
                                              for h in hits]))
                     bar.update(tally)
+            if tally.read == 0:             # an empty export, or the wrong file: the table is empty
+                eprint(CMD, "warning: no query record in " + ", ".join(map(str, paths)))
+            if first_same is not None and not quiet:
+                at = f"{first_same.file}" + (f": line {first_same.line}" if first_same.line else "")
+                eprint(CMD, f"warning: {n_same_id:,} queries have the query_id of an earlier query (first: "
+                       f"{shown(first_same.id)!r}, {at}): their hits are told apart only by their order in the output")
             if not quiet:
                 eprint(CMD, f"queries {tally.summary()}; {n_hits} hits"
                        + (f"; {n_without} queries without a hit" if n_without else "")
+                       + (f"; {n_unfiltered} queries of unknown mass (no MW, nor a SMILES or formula that gives "
+                          "one) searched without --mass-filter" if n_unfiltered else "")
                        + f"; {sum(len(x) for x in libs)} library entries")
         if tally.rejected or lib_tally.rejected or failed:
             raise typer.Exit(1)
+
+
+def _where(r) -> str:  # type: ignore[no-untyped-def]
+    """Where a rejected query is: file, line (none for a shard's row), record name, else its id."""
+    from neimsctl.errors import shown
+
+    where = f"{r.file}: line {r.line}" if r.line else str(r.file)
+    if r.record:
+        return f"{where}: record {shown(r.record)!r}"
+    return f"{where}: id {shown(r.id)!r}" if r.id and not r.line else where
 
 
 #: Hits held at once (--batch is lowered for a large --top: 600 queries x --top 1000 as JSONL took
 #: 2.9 GB in one batch).
 _MAX_HITS = 1 << 17
 
-_CLEAN = str.maketrans({"\t": " ", "\n": " ", "\r": " "})
+#: Tabs and every character that some reader takes for a line end (str.splitlines: VT, FF, FS, GS,
+#: RS, NEL - cp1252's '...' read as latin-1 -, U+2028, U+2029) become spaces in a TSV cell.
+_BREAKS = "\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_CLEAN = str.maketrans(dict.fromkeys(_BREAKS, " "))
+_LINE_BREAK = re.compile(f"[{_BREAKS[1:]}]")
 
 
 def _tsv_line(row: dict, fields: tuple[str, ...]) -> bytes:
-    """One hit as a TSV line; tabs and line breaks inside a value become spaces."""
+    """One hit as a TSV line; tabs and line breaks (:data:`_BREAKS`) inside a value become spaces."""
     line = "\t".join(["" if v is None else v if isinstance(v, str) else str(v) for v in map(row.get, fields)])
-    if line.count("\t") != len(fields) - 1 or "\n" in line or "\r" in line:
+    if line.count("\t") != len(fields) - 1 or _LINE_BREAK.search(line):
         line = "\t".join(_cell(row[k]) for k in fields)
     return (line + "\n").encode()
 

@@ -8,6 +8,7 @@ caller can report it: nothing is ever dropped silently.
 Dialects accepted: case variants of keys (``Num Peaks``/``Num peaks``/``NUM PEAKS``), LF,
 CRLF and CR line ends (old Mac exports), also mixed in one file, several ``key: value`` pairs on one line (``CAS#: 50-00-0; NIST#: 12``), repeated
 ``Synon``, several peaks per line separated by ``;``, blanks, tabs, ``:`` or parentheses,
+decimal commas in peaks (``88,05 999``, when that reading gives the ``Num Peaks`` stated),
 quoted peak annotations, base peak 999 or 9999, a ``Name:`` line starting a new record
 without a blank line before it, a UTF-8 byte order mark, and latin-1 text.
 
@@ -27,6 +28,7 @@ import math
 import re
 from typing import BinaryIO, Iterator
 
+from neimsctl.errors import shown
 from neimsctl.io.streams import lf_chunks
 
 __all__ = ["MspRecord", "read_msp", "iter_blocks", "parse_block", "parse_comments", "parse_number",
@@ -360,7 +362,7 @@ def parse_block(block: bytes, file: str, line: int, ordinal: int, at_eof: bool =
         try:
             rec.num_peaks = int(m.group(1))
         except ValueError:
-            rec.reject("malformed_line", f"Num Peaks is not an integer: {_text(m.group(1)).strip()!r}")
+            rec.reject("malformed_line", f"Num Peaks is not an integer: {shown(_text(m.group(1)).strip(), 80)!r}")
         rec.fields["num peaks"] = _text(m.group(1)).strip()
     else:
         p = _FIRST_PEAK.search(block)
@@ -374,6 +376,9 @@ def parse_block(block: bytes, file: str, line: int, ordinal: int, at_eof: bool =
         return rec.reject("malformed_record", "no Name line")
     if peaks.strip():
         _parse_peaks(rec, peaks, line + block.count(b"\n", 0, len(block) - len(peaks)))
+        if (rec.reason == "non_numeric_peak" or (rec.reason is None and rec.num_peaks is not None
+                                                  and len(rec.mz) != rec.num_peaks)) and b"," in peaks:
+            _decimal_commas(rec, peaks)
         if rec.reason:
             return rec
     declared, got = rec.num_peaks, len(rec.mz)
@@ -390,6 +395,21 @@ def parse_block(block: bytes, file: str, line: int, ordinal: int, at_eof: bool =
     if not max(rec.intensity) > 0:          # as check_peaks (index, search): no positive intensity
         return rec.reject("no_peaks", f"every intensity of the {got} peaks is 0")
     return rec
+
+
+_DECIMAL_COMMA = re.compile(rb"(?<=\d),(?=\d)")
+
+
+def _decimal_commas(rec: MspRecord, peaks: bytes) -> None:
+    """Take the peaks of an export written with decimal commas (``88,05\t999,0``: a European
+    locale) when commas read as separators fail (``88,5 99``: an odd number of values) or
+    disagree with ``Num Peaks``, and each comma between digits read as a decimal point gives
+    valid peaks, as many as ``Num Peaks`` states (when stated)."""
+    alt = MspRecord(rec.file, rec.line, rec.ordinal)
+    _parse_peaks(alt, _DECIMAL_COMMA.sub(b".", peaks), 0)
+    if alt.reason is None and alt.mz and (rec.num_peaks is None or len(alt.mz) == rec.num_peaks):
+        rec.mz, rec.intensity = alt.mz, alt.intensity
+        rec.reason, rec.detail = None, ""
 
 
 def _is_record(low: bytes) -> bool:

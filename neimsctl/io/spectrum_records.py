@@ -24,7 +24,7 @@ from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
-from neimsctl.errors import FormatError
+from neimsctl.errors import FormatError, shown
 from neimsctl.io.jsonl import jsonl_lines
 from neimsctl.io.msp import parse_number, read_msp, record_inchikey, record_structure
 from neimsctl.io.spectrum import MASS_LIMIT
@@ -85,8 +85,8 @@ def bad_mass(value: Any) -> str | None:
     if (isinstance(value, str) and not value.strip()) or (
             isinstance(number, (int, float)) and not isinstance(number, bool) and number == 0):
         return None
-    shown = repr(value) if isinstance(value, str) else json.dumps(value)
-    return f"MW {shown} is not a molecular mass (a positive number below {MASS_LIMIT:,})"
+    text = repr(shown(value, 80)) if isinstance(value, str) else shown(json.dumps(value), 80)
+    return f"MW {text} is not a molecular mass (a positive number below {MASS_LIMIT:,})"
 
 
 def _with_mass(rec: SpectrumRecord, value: Any) -> SpectrumRecord:
@@ -132,7 +132,7 @@ def _jsonl_records(fh: BinaryIO, source: str) -> Iterator[SpectrumRecord]:
         ordinal += 1
         if schema not in (_PREDICTION, _RECORD, None):
             yield SpectrumRecord(source, lineno, ordinal, f"{stem}:{ordinal}", reason="unknown_schema",
-                                 detail=f"schema {schema!r} is neither {_RECORD} nor {_PREDICTION}")
+                                 detail=f"schema {shown(repr(schema), 80)} is neither {_RECORD} nor {_PREDICTION}")
             continue
         yield _with_mass(SpectrumRecord(source, lineno, ordinal, str(rec.get("id") or f"{stem}:{ordinal}"),
                                         str(rec.get("name") or ""), str(rec.get("inchikey") or "").strip().upper(),

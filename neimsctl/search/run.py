@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from neimsctl.errors import FormatError
+from neimsctl.errors import FormatError, shown
 from neimsctl.evaluate.matching import Score, TopK, search_blocks, use_bf16
 from neimsctl.io.peak_block import PeakBlock, bin_batch, check_peaks
 from neimsctl.io.rejects import Reject, Tally
@@ -35,7 +35,7 @@ from neimsctl.io.streams import check_input, is_dash, sniff
 from neimsctl.search.build import build_memory_index, complete_record
 
 __all__ = ["SearchOptions", "Hit", "QueryBatch", "open_libraries", "read_queries", "search_batch",
-           "read_candidates", "match_candidates", "HIT_FIELDS"]
+           "read_candidates", "match_candidates", "allowed_count", "HIT_FIELDS"]
 
 _SCORE_BUDGET = 1 << 24     # score-matrix elements per chunk (queries x entries)
 
@@ -147,7 +147,7 @@ def _batch(recs: list[SpectrumRecord]) -> QueryBatch:
 
 def read_candidates(path: str | os.PathLike, libraries: Sequence[SpectralIndex]) -> tuple[set[str], list[Reject]]:
     """Connectivity blocks of a candidate list (one InChIKey, block or SMILES per line, first
-    field; ``#`` comments), and the entries that match nothing, as rejects in line order
+    field; a line starting with ``#`` is a comment, see :func:`_uncommented`), and the entries that match nothing, as rejects in line order
     (``unparsable_candidate``, ``candidate_not_found``; the token shown cut to 80 characters)."""
     from neimsctl.io.streams import iter_lines, open_in
 
@@ -156,14 +156,30 @@ def read_candidates(path: str | os.PathLike, libraries: Sequence[SpectralIndex])
         for lineno, raw in enumerate(iter_lines(fh), 1):    # LF, CRLF or bare CR line ends
             if b"\x00" in raw:
                 raise FormatError("binary data, not a list of InChIKeys or SMILES", file=str(path), line=lineno)
-            text = raw.decode("utf-8", "replace").split("#", 1)[0].strip()
-            if text:
-                wanted.append((lineno, text.split()[0]))
+            text = raw.decode("utf-8", "replace").lstrip("\ufeff").strip()
+            if text and not text.startswith("#"):
+                wanted.append((lineno, _uncommented(text.split()[0])))
     if not wanted:
         raise FormatError("the candidate list is empty", file=str(path))
     blocks, bad = match_candidates([token for _, token in wanted], libraries)
     return blocks, [Reject(reason, detail, str(path), wanted[i][0], shown_candidate(wanted[i][1]))
                     for i, reason, detail in bad]
+
+
+def _uncommented(token: str) -> str:
+    """A candidate's first field without a comment glued to it: ``#`` is a SMILES triple bond
+    (``CC#N``), so it starts a comment only at the start of a line or a field, or right after an
+    InChIKey or its first block (``...-N#note``)."""
+    if "#" not in token:
+        return token
+    head = token.split("#", 1)[0]
+    return head if _is_inchikey(head) else token
+
+
+def _is_inchikey(token: str) -> bool:
+    import re
+
+    return len(token) in (14, 27) and re.fullmatch(r"[A-Z]{14}(-[A-Z]{10}-[A-Z])?", token.upper()) is not None
 
 
 def match_candidates(tokens: Sequence[str], libraries: Sequence[SpectralIndex]
@@ -187,13 +203,11 @@ def match_candidates(tokens: Sequence[str], libraries: Sequence[SpectralIndex]
 
 def shown_candidate(token: str, limit: int = 80) -> str:
     """A candidate as messages show it: cut to ``limit`` characters (a 2 MB line is not echoed)."""
-    return token if len(token) <= limit else f"{token[:limit]}... ({len(token):,} characters)"
+    return shown(token, limit)
 
 
 def _candidate_block(token: str) -> str | None:
-    import re
-
-    if re.fullmatch(r"[A-Z]{14}(-[A-Z]{10}-[A-Z])?", token.upper()) and (len(token) in (14, 27)):
+    if _is_inchikey(token):
         return token.upper()[:14]
     from neimsctl.chem import structure
     from rdkit import Chem
@@ -215,6 +229,15 @@ def _allowed_mask(lib: SpectralIndex, opts: SearchOptions) -> np.ndarray | None:
         cand = lib.key_matches(opts.candidates)[0]
         mask = cand if mask is None else mask & cand
     return mask
+
+
+def allowed_count(libraries: Sequence[SpectralIndex], opts: SearchOptions) -> int | None:
+    """How many entries of ``libraries`` ``--source`` and ``--candidates`` let be hits (``None``:
+    neither is given); the masks are those the search reuses (read once per library)."""
+    if opts.source is None and opts.candidates is None:
+        return None
+    masks = [_allowed_mask(lib, opts) for lib in libraries]
+    return sum(lib.n if m is None else int(np.count_nonzero(m)) for lib, m in zip(libraries, masks))
 
 
 def _ranges(n: int, windows: tuple[np.ndarray, np.ndarray] | None, mask: np.ndarray | None) -> list[tuple[int, int]]:

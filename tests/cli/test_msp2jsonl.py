@@ -275,3 +275,16 @@ def test_a_huge_mol_file_is_too_large_naming_it_and_is_not_read(neimsctl_exe, tm
     assert rej[0]["detail"] == (f"{mols / 'ID5.MOL'}: a file of 2,147,483,648 bytes, not read "
                                 "(limit 16 MiB: the MOL file of an EI-MS molecule is a few KB)")
     assert "read 2, written 1, rejected 1 (too_large: 1)" in proc.stderr.decode()
+
+
+def test_a_huge_name_or_id_is_cut_on_stderr_and_whole_in_the_rejects(neimsctl_exe, tmp_path):
+    """A reject's name (200,000 characters) and id were echoed whole: one 400 KB stderr line."""
+    src, rej = tmp_path / "long.msp", tmp_path / "rej.jsonl"
+    src.write_bytes(b"Name: " + b"X" * 200_000 + b"\nID: " + b"Y" * 100_000 + b"\nNum Peaks: 0\n")
+    proc = sh(f"{neimsctl_exe} msp2jsonl {src} --rejects {rej}")
+    assert proc.returncode == 1 and len(proc.stderr) < 1500, proc.stderr[:300]
+    assert b"X" * 200 + b"... (200,000 characters)" in proc.stderr
+    assert b"Y" * 200 + b"... (100,000 characters)" in proc.stderr
+    assert jsonl(rej.read_bytes())[0]["record"] == "X" * 200_000
+    proc = sh(f"{neimsctl_exe} msp2jsonl {src} --strict")
+    assert proc.returncode == 1 and len(proc.stderr) < 1500, proc.stderr[:300]

@@ -558,3 +558,97 @@ def test_entries_without_a_mass_are_counted_by_index_and_search(tmp_path):
     assert sorted(hits["a"]) == sorted(hits["d"]) == ["a", "b", "c", "d"]
     proc = run(None, "search", lib, "-l", out, "-k", "1")        # no filter: no warning
     assert proc.returncode == 0 and b"no molecular mass" not in proc.stderr
+
+
+def test_a_candidate_smiles_keeps_its_triple_bond(index, sample_msp, tmp_path):
+    """'#' is a SMILES triple bond: it was taken for a comment, so 'CCSC(=O)c1ccc(C#N)cc1' was
+    searched as 'CCSC(=O)c1ccc(C' (unparsable) and 'C=CC#N' (acrylonitrile) would have been
+    propene. A comment starts a line or follows an InChIKey; a UTF-8 BOM is no part of line 1."""
+    text = sample_msp.read_bytes().decode()
+    record = next(r for r in text.split("\n\n") if "ID: 7926\n" in r)
+    q = tmp_path / "q.msp"
+    q.write_text(record + "\n")
+    cand = tmp_path / "cand.txt"
+    cand.write_bytes("\ufeffCCSC(=O)c1ccc(C#N)cc1\n# a comment line\nQJTWZMGDGWFPJB-UHFFFAOYSA-N#note\n"
+                     "  #indented comment\n".encode())
+    proc = run(None, "search", q, "-l", index, "--candidates", cand, "-O", "jsonl", "-k", "3")
+    assert proc.returncode == 0, proc.stderr
+    hits = [orjson.loads(x) for x in proc.stdout.splitlines()]
+    assert hits and {h["inchikey"] for h in hits} == {"QJTWZMGDGWFPJB-UHFFFAOYSA-N"}
+    assert hits[0]["hit_id"] == "7926"
+
+
+def test_filters_that_leave_no_entry_and_queries_of_unknown_mass_are_said(index, sample_msp, tmp_path):
+    """--source predicted over measured libraries gave an empty table, exit 0 and only 'N queries
+    without a hit'; queries that --mass-filter cannot filter (no MW, SMILES or usable formula)
+    were searched unfiltered without a word."""
+    q = tmp_path / "q.msp"
+    q.write_bytes(first_records(sample_msp, 2)
+                  + b"\nName: no mass\nNum Peaks: 2\n41 999\n43 500\n"
+                  + b"\nName: unusable formula\nFormula: Xx2\nNum Peaks: 2\n41 999\n43 500\n")
+    proc = run(None, "search", q, "-l", index, "--source", "predicted")
+    assert proc.returncode == 0 and proc.stdout.count(b"\n") == 1, proc.stderr
+    assert b"warning: no library entry is predicted: no query can have a hit" in proc.stderr
+    cand = tmp_path / "cand.txt"
+    cand.write_text("C1CCCCCCCCCCCCCCCCCC1\n")                  # parsable, in no library
+    proc = run(None, "search", q, "-l", index, "--candidates", cand, "--source", "measured")
+    assert proc.returncode == 1 and b"no library entry is measured and of a --candidates compound" in proc.stderr
+    proc = run(None, "search", q, "-l", index, "--mass-filter", "5")
+    assert proc.returncode == 0, proc.stderr
+    assert b"2 queries of unknown mass (no MW, nor a SMILES or formula that gives one) searched " \
+           b"without --mass-filter" in proc.stderr
+    assert b"unknown mass" not in run(None, "search", q, "-l", index).stderr
+    assert b"warning" not in run(None, "search", q, "-l", index, "--source", "measured").stderr
+
+
+def test_a_query_id_given_twice_is_said_and_a_file_given_twice_read_once(index, sample_msp, tmp_path):
+    """Hits are grouped by query_id: two queries of one id (two exports of 'ID: 1', a file given
+    twice) were merged in the output without a word; index listed a file given twice twice."""
+    q = tmp_path / "q.msp"
+    q.write_bytes(first_records(sample_msp, 3))
+    same = tmp_path / "same.jsonl"
+    same.write_bytes(b'{"id": "A", "mz": [41, 43], "intensity": [999, 500]}\n'
+                     b'{"id": "B", "mz": [41, 43], "intensity": [999, 500]}\n'
+                     b'{"id": "A", "mz": [41, 55], "intensity": [999, 500]}\n')
+    proc = run(None, "search", q, same, str(q).replace("/q.msp", "/./q.msp"), "-l", index, "-k", "1")
+    assert proc.returncode == 0, proc.stderr
+    err = proc.stderr.decode()
+    assert "query file" in err and "the same file given 2 times: searched once" in err
+    assert f"warning: 1 queries have the query_id of an earlier query (first: 'A', {same}: line 3)" in err
+    assert "queries read 6, written 6" in err and proc.stdout.count(b"\n") == 7
+    out = tmp_path / "ix.h5"
+    proc = run(None, "index", q, q, "-o", out)
+    assert proc.returncode == 0 and b"read 3, written 3" in proc.stderr, proc.stderr
+    assert b"indexed once" in proc.stderr
+
+
+def test_queries_of_no_record_are_said(index, tmp_path):
+    """An empty export (or a file of no MSP/JSONL record) gave a bare header line and exit 0."""
+    empty = tmp_path / "empty.msp"
+    empty.write_bytes(b"\n\n")
+    proc = run(None, "search", empty, "-l", index)
+    assert proc.returncode == 0 and proc.stdout.count(b"\n") == 1
+    assert f"warning: no query record in {empty}".encode() in proc.stderr
+
+
+def test_a_huge_query_name_is_cut_in_the_reject_line(index, tmp_path):
+    """A query of 200,000-character name and no peaks was reported in one 200 KB stderr line."""
+    q = tmp_path / "q.msp"
+    q.write_bytes(b"Name: " + b"X" * 200_000 + b"\nNum Peaks: 0\n")
+    proc = run(None, "search", q, "-l", index)
+    assert proc.returncode == 1 and len(proc.stderr) < 1000, proc.stderr[:300]
+    assert b"X" * 200 + b"... (200,000 characters)': no_peaks" in proc.stderr
+    out = tmp_path / "ix.h5"
+    proc = run(None, "index", q, "-o", out, "--strict")
+    assert proc.returncode == 1 and len(proc.stderr) < 1000 and b"(200,000 characters)" in proc.stderr
+
+
+def test_a_shard_row_without_a_spectrum_is_named_by_its_id_not_line_none(index, tmp_path):
+    """A feature shard's row has no line: its reject read 'shard.h5: line None: no_peaks: ...'."""
+    shard = tmp_path / "smi.h5"
+    proc = run(None, "featurize", "-", "-o", shard, "-q", stdin=b"CCCCO\n")
+    assert proc.returncode == 0, proc.stderr
+    proc = run(None, "search", shard, "-l", index)
+    assert proc.returncode == 1
+    assert f"{shard}: id 'stdin:1': no_peaks: shard row without a spectrum; skipped".encode() in proc.stderr
+    assert b"line None" not in proc.stderr

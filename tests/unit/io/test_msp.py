@@ -345,3 +345,38 @@ def test_eval_reader_pairs_mona_records_by_their_comment_structures():
         "TST000003": "YXFVVABEGXRONW-UHFFFAOYSA-N", "TST000004": "LRHPLDYGYMQRHN-UHFFFAOYSA-N",
         "TST000006": "XEKOWRVHYACXOJ-UHFFFAOYSA-N"}
     assert sum(got.skipped.values()) == 1
+
+
+def test_decimal_commas_in_peaks_of_a_european_locale_export():
+    """'88,05<TAB>999,0' was read as two peaks (88, 5) and (999, 0): the record a num_peaks_mismatch
+    reject (or, with '88,5 99', non_numeric_peak). A comma between digits is a decimal point when
+    that reading gives valid peaks, as many as Num Peaks states; else a separator, as before."""
+    recs = read(b"Name: a\nNum Peaks: 2\n88,05\t999,0\n101,1\t400,5\n\n"
+                b"Name: b\nNum Peaks: 2\n88,5 99\n101,4 40\n\n"
+                b"Name: c\nNum Peaks: 2\n51,27 55,80\n\n"          # commas as separators: 2 peaks
+                b"Name: d\nNum Peaks: 1\n51,27 55,80\n\n"          # one peak with decimal commas
+                b"Name: e\nNum Peaks: 3\n88,5 99\n101,4 40\n")
+    assert [(r.mz, r.intensity, r.reason) for r in recs] == [
+        ([88.05, 101.1], [999.0, 400.5], None), ([88.5, 101.4], [99.0, 40.0], None),
+        ([51, 55], [27, 80], None), ([51.27], [55.8], None), ([], [], "non_numeric_peak")]
+
+
+def test_a_huge_num_peaks_or_mw_value_is_cut_in_the_detail():
+    """'Num Peaks: 999...' and 'MW: 111...' of 100,000 digits were echoed whole in the detail."""
+    from neimsctl.io.spectrum_records import bad_mass
+
+    rec = one(b"Name: a\nNum Peaks: " + b"9" * 100_000 + b"\n88 10\n")
+    assert rec.reason == "malformed_line" and len(rec.detail) < 200 and "(100,000 characters)" in rec.detail
+    why = bad_mass("1" * 100_000)
+    assert len(why) < 250 and "(100,000 characters)" in why
+    assert bad_mass("abc") == "MW 'abc' is not a molecular mass (a positive number below 2,147,483,647)"
+
+
+def test_a_huge_unknown_schema_is_cut_in_the_detail(tmp_path):
+    """A JSONL record whose 'schema' is 100,000 characters was echoed whole in its reject."""
+    from neimsctl.io.spectrum_records import read_spectrum_records
+
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"schema": "' + "s" * 100_000 + '", "mz": [1], "intensity": [1]}\n')
+    (rec,) = read_spectrum_records(path)
+    assert rec.reason == "unknown_schema" and len(rec.detail) < 250 and "(100,002 characters)" in rec.detail

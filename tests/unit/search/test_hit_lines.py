@@ -10,3 +10,15 @@ def test_tsv_lines_keep_one_cell_per_field() -> None:
     fields = ("a", "b", "c", "d")
     assert _tsv_line({"a": 1, "b": "x y", "c": None, "d": 0.5}, fields) == b"1\tx y\t\t0.5\n"
     assert _tsv_line({"a": "t\tab", "b": "two\nlines", "c": "cr\r", "d": -3}, fields) == b"t ab\ttwo lines\tcr \t-3\n"
+
+
+def test_no_character_that_splitlines_breaks_at_is_left_in_a_cell() -> None:
+    """A cp1252 name read as latin-1 ('...' is U+0085) or a JSONL name with U+2028, VT, FF or FS
+    split a hit line for str.splitlines() and the readers that follow it."""
+    from neimsctl.cli.search import _tsv_line
+
+    fields = ("a", "b")
+    odd = "x\x0by\x0cz\x1c\x1d\x1e\x85\u2028\u2029w"
+    line = _tsv_line({"a": odd, "b": "Bis(2-ethylhexyl)\x85 phthalate"}, fields)
+    assert line.decode().splitlines() == [line.decode().rstrip("\n")]
+    assert line == ("x y z" + " " * 6 + "w\tBis(2-ethylhexyl)  phthalate\n").encode()
