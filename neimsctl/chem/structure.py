@@ -32,6 +32,7 @@ from rdkit import Chem, RDLogger
 from rdkit.Chem import rdMolDescriptors
 
 from neimsctl.errors import FormatError
+from neimsctl.io.streams import decode_text
 
 RDLogger.DisableLog("rdApp.*")
 
@@ -286,11 +287,7 @@ def read_mol_file(mol_dir: str | os.PathLike, record_id: str) -> Chem.Mol:
             continue
         except OSError as exc:
             raise StructureError("missing_mol_file", f"{path}: cannot read: {exc.strerror}") from None
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            text = data.decode("latin-1")
-        return mol_from_molblock(text, where=str(path))
+        return mol_from_molblock(decode_text(data), where=str(path))
     raise StructureError("missing_mol_file", f"no MOL file ID{record_id}.MOL in {base}")
 
 

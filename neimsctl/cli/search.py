@@ -196,7 +196,7 @@ def _where(r) -> str:  # type: ignore[no-untyped-def]
 _MAX_HITS = 1 << 17
 
 #: Tabs and every character that some reader takes for a line end (str.splitlines: VT, FF, FS, GS,
-#: RS, NEL - cp1252's '...' read as latin-1 -, U+2028, U+2029) become spaces in a TSV cell.
+#: RS, NEL U+0085, U+2028, U+2029) become spaces in a TSV cell.
 _BREAKS = "\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 _CLEAN = str.maketrans(dict.fromkeys(_BREAKS, " "))
 _LINE_BREAK = re.compile(f"[{_BREAKS[1:]}]")

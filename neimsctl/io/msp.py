@@ -10,7 +10,7 @@ CRLF and CR line ends (old Mac exports), also mixed in one file, several ``key: 
 ``Synon``, several peaks per line separated by ``;``, blanks, tabs, ``:`` or parentheses,
 decimal commas in peaks (``88,05 999``, when that reading gives the ``Num Peaks`` stated),
 quoted peak annotations, base peak 999 or 9999, a ``Name:`` line starting a new record
-without a blank line before it, a UTF-8 byte order mark, and latin-1 text.
+without a blank line before it, a UTF-8 byte order mark, and Windows-1252 or latin-1 text.
 
 Reject reasons set by the reader: ``truncated_record``, ``non_numeric_peak``,
 ``invalid_peak``, ``no_peaks``, ``num_peaks_mismatch``, ``binary_garbage``,
@@ -29,7 +29,7 @@ import re
 from typing import BinaryIO, Iterator
 
 from neimsctl.errors import shown
-from neimsctl.io.streams import lf_chunks
+from neimsctl.io.streams import decode_text, lf_chunks
 
 __all__ = ["MspRecord", "read_msp", "iter_blocks", "parse_block", "parse_comments", "parse_number",
            "KEY_ALIASES", "STRUCTURE_SOURCES", "record_structure", "record_inchikey"]
@@ -228,11 +228,7 @@ def record_inchikey(fields: dict[str, str]) -> str:
     return _comment_pairs(fields).get("inchikey", "").strip()
 
 
-def _text(raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
+_text = decode_text
 
 
 def _norm_key(raw: str) -> str:
@@ -248,7 +244,7 @@ def _norm_key(raw: str) -> str:
 def _parse_headers(rec: MspRecord, text: str, first: int) -> None:
     """Store the ``key: value`` lines of ``text`` (the header part of one record)."""
     fields = rec.fields
-    # split at LF only: str.splitlines() also breaks at U+0085 (cp1252's '...' read as latin-1),
+    # split at LF only: str.splitlines() also breaks at U+0085 (NEL),
     # U+2028 and U+2029, which a name may hold
     for i, line in enumerate(text.split("\n")):
         raw_key, colon, value = line.partition(":")

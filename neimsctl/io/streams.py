@@ -38,6 +38,20 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
+def decode_text(raw: bytes) -> str:
+    """Text of a file that is not ours: UTF-8, else Windows-1252 (what MSP exports of Windows
+    tools, NIST MS Search, AMDIS, ChemStation, write: ``'...'``, curly quotes and dashes at
+    0x80-0x9F), else latin-1 (the five bytes Windows-1252 leaves undefined). For bytes
+    0xA0-0xFF the two agree."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        try:
+            return raw.decode("cp1252")
+        except UnicodeDecodeError:
+            return raw.decode("latin-1")
+
+
 def is_dash(path: str | os.PathLike | None) -> bool:
     """True when ``path`` names stdin/stdout (``-`` or ``None``)."""
     return path is None or str(path) == "-"

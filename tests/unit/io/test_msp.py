@@ -145,6 +145,17 @@ def test_utf8_bom_and_latin1_name():
     assert rec.reason is None and rec.name == "Benzène"
 
 
+def test_windows_1252_names_read_as_windows_writes_them():
+    """Windows exports (NIST MS Search, AMDIS, ChemStation) write cp1252: '...', curly quotes
+    and dashes at 0x80-0x9F were read as latin-1 control characters (U+0085, U+2019 lost)."""
+    name = "Bis(2-ethylhexyl)\u2026 phthalate \u2013 4\u2019-methyl"
+    rec = one(GOOD.replace(b"Benzene", name.encode("cp1252")))
+    assert rec.reason is None and rec.name == name
+    # a byte cp1252 leaves undefined (0x81) is latin-1's, as before
+    rec = one(GOOD.replace(b"Benzene", b"Benz\x81\xe8ne"))
+    assert rec.reason is None and rec.name == "Benz\x81\xe8ne"
+
+
 def test_peaks_without_num_peaks_line_are_read():
     rec = one(b"Name: x\n51 120\n78 999\n")
     assert rec.reason is None and rec.mz == [51, 78] and rec.num_peaks is None
