@@ -7,7 +7,7 @@ import re
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -139,7 +139,7 @@ def search_cli(
             warn = (lambda r: eprint(CMD, _where(r), f"{r.reason}: {r.detail}; skipped")) if not quiet else None
             n_hits = n_without = n_unfiltered = n_same_id = 0
             ids: set[str] = set()
-            first_same = None
+            first_same = first_without = None
             from neimsctl.cli._progress import Progress
 
             with open_out(out) as fout, Progress(CMD, list(paths), quiet=quiet, output=out) as bar:
@@ -157,9 +157,11 @@ def search_cli(
                             ids.add(r.id)
                     if mass_filter is not None:     # searched without the window: said in the summary
                         n_unfiltered += sum(r.mw is None for r in qb.records)
-                    for hits in search_batch(libs, qb, opts):
+                    for query, hits in zip(qb.records, search_batch(libs, qb, opts)):
                         tally.written += 1
-                        n_without += not hits
+                        if not hits:
+                            n_without += 1
+                            first_without = first_without or query
                         n_hits += len(hits)
                         fout.write(b"".join([orjson.dumps(h.row(libs, spec), option=orjson.OPT_APPEND_NEWLINE)
                                              if fmt == OutFormat.jsonl else _tsv_line(h.row(libs, spec), HIT_FIELDS)
@@ -168,12 +170,13 @@ def search_cli(
             if tally.read == 0:             # an empty export, or the wrong file: the table is empty
                 eprint(CMD, "warning: no query record in " + ", ".join(map(str, paths)))
             if first_same is not None and not quiet:
-                at = f"{first_same.file}" + (f": line {first_same.line}" if first_same.line else "")
                 eprint(CMD, f"warning: {n_same_id:,} queries have the query_id of an earlier query (first: "
-                       f"{shown(first_same.id)!r}, {at}): their hits are told apart only by their order in the output")
+                       f"{shown(first_same.id)!r}, {_at(first_same)}): their hits are told apart only by their "
+                       "order in the output")
             if not quiet:
                 eprint(CMD, f"queries {tally.summary()}; {n_hits} hits"
-                       + (f"; {n_without} queries without a hit" if n_without else "")
+                       + (f"; {n_without} queries without a hit (first: {shown(first_without.id)!r}, "
+                          f"{_at(first_without)})" if first_without is not None else "")
                        + (f"; {n_unfiltered} queries of unknown mass (no MW, nor a SMILES or formula that gives "
                           "one) searched without --mass-filter" if n_unfiltered else "")
                        + f"; {sum(len(x) for x in libs)} library entries")
@@ -194,6 +197,11 @@ def _where(r) -> str:  # type: ignore[no-untyped-def]
 #: Hits held at once (--batch is lowered for a large --top: 600 queries x --top 1000 as JSONL took
 #: 2.9 GB in one batch).
 _MAX_HITS = 1 << 17
+
+def _at(rec: Any) -> str:
+    """Where a query record is: its file, and line when it has one (a shard's rows have none)."""
+    return f"{rec.file}" + (f": line {rec.line}" if rec.line else "")
+
 
 #: Tabs and every character that some reader takes for a line end (str.splitlines: VT, FF, FS, GS,
 #: RS, NEL U+0085, U+2028, U+2029) become spaces in a TSV cell.

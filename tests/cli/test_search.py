@@ -652,3 +652,16 @@ def test_a_shard_row_without_a_spectrum_is_named_by_its_id_not_line_none(index, 
     assert proc.returncode == 1
     assert f"{shard}: id 'stdin:1': no_peaks: shard row without a spectrum; skipped".encode() in proc.stderr
     assert b"line None" not in proc.stderr
+
+
+def test_the_first_query_without_a_hit_is_named(index, sample_msp, tmp_path):
+    """A query that shares no peak with any entry has no row in the table: the summary names the
+    first such query (it gave only their count)."""
+    q = tmp_path / "q.msp"
+    first = first_records(sample_msp, 1)
+    q.write_bytes(first + b"\nName: lonely\nID: L1\nNum Peaks: 1\n2 999\n"
+                  + b"\nName: lonely too\nID: L2\nNum Peaks: 1\n3 999\n")
+    proc = run(None, "search", q, "-l", index)
+    assert proc.returncode == 0, proc.stderr
+    line = first.count(b"\n") + 2
+    assert f"; 2 queries without a hit (first: 'L1', {q}: line {line});".encode() in proc.stderr
