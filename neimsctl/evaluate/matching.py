@@ -76,7 +76,7 @@ from neimsctl.io.spectral_index import DenseChunk
 from neimsctl.io.spectrum import N_BINS
 
 __all__ = ["SCORES", "DEFAULT_SCORE", "Score", "PeakBlock", "TopK", "score_all", "search_blocks",
-           "iter_chunks", "use_bf16"]
+           "pair_scores", "iter_chunks", "use_bf16"]
 
 SCORES = ("cosine", "composite", "entropy")
 #: The default score of ``search`` (selected on the validation split; see BENCHMARKS.md).
@@ -444,7 +444,7 @@ def _columns(queries: _Queries, sel: np.ndarray, block: PeakBlock, n_bins: int) 
 def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], score: Score, k: int,
                   windows: tuple[np.ndarray, np.ndarray] | None = None,
                   allowed: Callable[[int, int], np.ndarray | None] | None = None,
-                  n_bins: int = N_BINS, bf16: bool = False) -> TopK:
+                  n_bins: int = N_BINS, bf16: bool = False, floor: np.ndarray | None = None) -> TopK:
     """Exact top-``k`` library entries of every query, the library streamed chunk by chunk.
 
     Parameters
@@ -471,6 +471,12 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
     bf16
         :attr:`Score.dot` scores only: take the bfloat16 first pass (see Exactness; :func:`use_bf16` decides);
         the hits and scores are the same either way.
+    floor
+        Optional float64 ``(nq,)``, :attr:`Score.bounded` scores only: for each query, a score
+        that ``k`` entries it may have as hits reach exactly (the ``k``-th best exact score,
+        :func:`pair_scores`, of ``k`` such entries found beforehand, e.g. its best hits by
+        another score): no entry below it can be a hit, so entries whose bound is below it are
+        not scored exactly; ``-inf`` for none. The hits are the same with or without it.
 
     Returns
     -------
@@ -511,11 +517,12 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
         if not score.bounded:
             _take_topk(best_s, best_i, sel, bound, start, k)
             continue
-        theta = best_s[sel, -1]
+        low = np.full(len(sel), -np.inf) if floor is None else _below(floor[sel])
+        theta = np.maximum(best_s[sel, -1], low)
         live = np.flatnonzero((bound > theta[:, None]).any(axis=1))
         for j in live:
             qi = sel[j]
-            _prune_exact(best_s, best_i, qi, qv[j], q.n_peaks[qi], bound[j], chunk, score, start)
+            _prune_exact(best_s, best_i, qi, qv[j], q.n_peaks[qi], bound[j], chunk, score, start, low[j])
     none = ~(best_s > 0)        # a hit shares at least one peak: score 0 is no hit
     best_s[none], best_i[none] = -np.inf, -1
     return TopK(best_s, best_i)
@@ -763,18 +770,27 @@ def use_bf16(score: Score, work: float) -> bool:
     return cpu_has_bf16()
 
 
+def _below(floor: np.ndarray) -> np.ndarray:
+    """Thresholds that keep every entry scoring ``floor`` or more: a bound ``> _below(floor)``
+    is ``>= floor`` less a relative 1e-12 (an entry's exact score computed in another block
+    of entries may differ from this one's in its last bits)."""
+    f = np.asarray(floor, dtype=np.float64)
+    return np.where(np.isfinite(f), f - 1e-12 * np.abs(f), -np.inf)
+
+
 def _prune_exact(best_s: np.ndarray, best_i: np.ndarray, qi: int, qv: np.ndarray, qn: float,
-                 bound: np.ndarray, chunk: _Chunk, score: Score, start: int) -> None:
+                 bound: np.ndarray, chunk: _Chunk, score: Score, start: int, low: float = -np.inf) -> None:
     """Exact scores of one query's entries in decreasing bound order, while the bound can win.
 
     Each step scores the ``step`` candidates of highest bound exactly, raises the threshold (the
     k-th best exact score) and drops the candidates whose bound no longer exceeds it; steps
-    double from :data:`_EXACT_BATCH` up to :data:`_EXACT_STEP`.
+    double from :data:`_EXACT_BATCH` up to :data:`_EXACT_STEP`. ``low``: no candidate whose
+    bound is at most this (:func:`search_blocks`' ``floor``).
     """
     supp = np.flatnonzero(qv > 0)      # only the query's own peaks can be shared: exact on those
     if len(supp) == 0:                 # no peak of weight > 0 (e.g. all at m/z 0): no hit
         return
-    cand = np.flatnonzero(bound > best_s[qi, -1])
+    cand = np.flatnonzero(bound > max(best_s[qi, -1], low))
     step = max(_EXACT_BATCH, best_s.shape[1])
     while len(cand):
         if len(cand) > step:
@@ -785,8 +801,28 @@ def _prune_exact(best_s: np.ndarray, best_i: np.ndarray, qi: int, qv: np.ndarray
         exact = _exact(qv[supp], qn, chunk.exact_rows(rows, supp), score)
         bs, bi = best_s[qi:qi + 1], best_i[qi:qi + 1]
         _merge_rows(bs, bi, exact[None, :], (rows + start)[None, :])
-        cand = rest[bound[rest] > best_s[qi, -1]]
+        cand = rest[bound[rest] > max(best_s[qi, -1], low)]
         step = min(2 * step, _EXACT_STEP)
+
+
+def pair_scores(queries: PeakBlock, qrow: np.ndarray, entries: PeakBlock, score: Score,
+                n_bins: int = N_BINS) -> np.ndarray:
+    """Exact float64 scores of the pairs (query ``qrow[p]``, spectrum ``p`` of ``entries``), a
+    :attr:`Score.bounded` score: the arithmetic of :func:`search_blocks`' exact stage (each
+    entry's values from its own peaks, the query's peaks as columns)."""
+    q = _Queries(queries, score, n_bins)
+    out = np.zeros(len(entries), dtype=np.float64)
+    qrow = np.asarray(qrow, dtype=np.int64)
+    for i in np.unique(qrow):
+        rows = np.flatnonzero(qrow == i)
+        supp = np.flatnonzero(q.values[i] > 0)
+        if len(supp) == 0:
+            continue
+        sub = entries.take(rows)
+        _check_intensities(sub)
+        dense = _dense(sub, _weighted_values(sub, score), _colmap(supp, n_bins), len(supp))
+        out[rows] = _exact(q.values[i][supp], q.n_peaks[i], dense, score)
+    return out
 
 
 def iter_chunks(block: PeakBlock, size: int = 16384) -> Iterator[tuple[int, PeakBlock]]:

@@ -649,6 +649,19 @@ class SpectralIndex:
                               file=self.path)
         return PeakBlock(ptr, mz, inten)
 
+    def take(self, entries: np.ndarray, gap: int = 256) -> PeakBlock:
+        """Entries ``entries`` (ascending, no repeats) as a :class:`PeakBlock`, read in runs:
+        entries less than ``gap`` apart share one read (a read per entry costs more)."""
+        entries = np.asarray(entries, dtype=np.int64)
+        if len(entries) == 0:
+            return PeakBlock.concat([])
+        cut = np.flatnonzero(np.diff(entries) >= gap) + 1
+        parts = []
+        for run in np.split(entries, cut):
+            lo = int(run[0])
+            parts.append(self.block(lo, int(run[-1]) + 1).take(run - lo))
+        return PeakBlock.concat(parts)
+
     def _read(self, offset: int, count: int, dtype: Any, out: np.ndarray | None = None) -> np.ndarray:
         """``count`` values at a byte offset, through the descriptor this index holds open
         (into ``out``, a uint8 array of at least that many bytes, when given)."""

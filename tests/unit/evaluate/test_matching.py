@@ -622,3 +622,53 @@ def test_near_copies_rank_as_in_float64(tmp_path, stored: bool) -> None:
     for got, want, s in zip(res.index, ref_i, ref_s):
         same = got == want
         assert (same | np.isclose(s, s[np.searchsorted(-s, -s)], rtol=0, atol=1e-15)).all(), (got, want)
+
+
+@pytest.mark.parametrize("name, reverse", [("composite", False), ("composite", True), ("entropy", False)])
+def test_pair_scores_are_the_engines_exact_scores(name: str, reverse: bool) -> None:
+    """pair_scores (a search's floor) scores a pair exactly as the engine does: score_all's
+    values for the same pairs, whatever else is in the block."""
+    from neimsctl.evaluate.matching import pair_scores
+
+    rng = np.random.default_rng(21)
+    lib = random_library(rng, 150)
+    queries = PeakBlock.from_dense(lib.to_dense()[[4, 50, 99]] * rng.uniform(0.7, 1.3, size=(3, N)).astype(np.float32))
+    score = Score(name, reverse=reverse)
+    every = score_all(queries, lib, score)
+    qrow = rng.integers(0, 3, size=60)
+    entry = rng.integers(0, len(lib), size=60)
+    got = pair_scores(queries, qrow, lib.take(entry), score)
+    np.testing.assert_allclose(got, every[qrow, entry], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 10])
+def test_a_floor_from_entries_found_beforehand_keeps_the_hits(k: int, monkeypatch) -> None:
+    """search_blocks' floor (the k-th best exact score of k entries a query may have) only spares
+    exact scores: the hits equal those without it, also when the floor is the k-th hit itself;
+    and fewer pairs are scored exactly."""
+    import neimsctl.evaluate.matching as m
+
+    rng = np.random.default_rng(8)
+    lib = random_library(rng, 400)
+    queries = PeakBlock.from_dense(lib.to_dense()[::40] * rng.uniform(0.7, 1.3, size=(10, N)).astype(np.float32))
+    score = Score("composite")
+    counted: list[int] = []
+    exact = m._exact
+
+    def counting(*args):
+        counted.append(len(args[2]))
+        return exact(*args)
+
+    monkeypatch.setattr(m, "_exact", counting)
+    plain = search_blocks(queries, iter_chunks(lib, 64), score, k)
+    without, counted[:] = sum(counted), []
+    assert (plain.index >= 0).all()
+    # (a pair's float64 score may move in its last bits with the rows scored beside it)
+    got = search_blocks(queries, iter_chunks(lib, 64), score, k, floor=plain.scores[:, -1])  # the k-th hit
+    np.testing.assert_array_equal(got.index, plain.index)
+    np.testing.assert_allclose(got.scores, plain.scores, rtol=1e-14)
+    assert sum(counted) < without
+    some = np.where(np.arange(10) % 2 == 0, plain.scores[:, -1] * 0.9, -np.inf)
+    got = search_blocks(queries, iter_chunks(lib, 64), score, k, floor=some)
+    np.testing.assert_array_equal(got.index, plain.index)
+    np.testing.assert_allclose(got.scores, plain.scores, rtol=1e-14)

@@ -120,3 +120,43 @@ def test_a_candidate_list_is_matched_once_for_its_check_and_its_search(libs, tmp
     want = np.isin(np.array([k[:14] for k in v2.inchikeys]), np.array(keys, dtype="S14"))
     np.testing.assert_array_equal(mask, want)
     assert len(reads) == 1
+
+
+@pytest.mark.parametrize("mass_filter", [None, 5.0])
+@pytest.mark.parametrize("opts", [dict(), dict(reverse=True)])
+def test_the_composites_floor_from_the_stored_cosine_keeps_the_hits(libs, mass_filter, opts, monkeypatch) -> None:
+    """A composite search of an index with stored weights first scores each query's best cosine
+    entries by the composite (a floor its hits reach): the hits equal those of an index without
+    stored weights (no floor) and of the same index with the floor turned off."""
+    spectra, keys, mw, v2, v1 = libs
+    rng = np.random.default_rng(5)
+    rows = rng.choice(len(spectra), size=25, replace=False)
+    queries = spectra[rows] * rng.uniform(0.6, 1.4, size=(25, spectra.shape[1])).astype(np.float32)
+    queries /= queries.max(axis=1, keepdims=True)
+    batch = QueryBatch([SpectrumRecord("q", 0, i, str(i)) for i in range(25)], PeakBlock.from_dense(queries),
+                       mw[rows].astype(np.float64))
+    o = SearchOptions(Score("composite", **opts), top=10, mass_filter=mass_filter)
+    floors = []
+    real = run._warm_floor
+    monkeypatch.setattr(run, "_warm_floor", lambda *a: floors.append(real(*a)) or floors[-1])
+    a = search_library(v2, batch, o)
+    assert len(floors) == 1 and np.isfinite(floors[0]).sum() >= (20 if mass_filter is None else 5)
+    assert (a.scores[:, -1] >= floors[0] - 1e-9).all()                    # a floor the hits reach
+    b = search_library(v1, batch, o)
+    assert floors[1:] == [None]                                           # no stored weights: none
+    monkeypatch.setattr(run, "_warm_floor", lambda *a: None)
+    c = search_library(v2, batch, o)
+    for other in (b, c):
+        np.testing.assert_array_equal(a.index, other.index)
+        np.testing.assert_allclose(a.scores, other.scores, rtol=1e-14)
+
+
+@pytest.mark.parametrize("gap", [1, 4, 256])
+def test_take_reads_scattered_entries_in_runs(libs, gap) -> None:
+    *_, v2, _ = libs
+    whole = v2.block(0, v2.n)
+    for entries in (np.array([0, 1, 2, 50, 51, v2.n - 1]), np.arange(0, v2.n, 7), np.array([], dtype=np.int64)):
+        got, want = v2.take(entries, gap=gap), whole.take(entries)
+        np.testing.assert_array_equal(got.ptr, want.ptr)
+        np.testing.assert_array_equal(got.mz, want.mz)
+        np.testing.assert_array_equal(got.intensity, want.intensity)
