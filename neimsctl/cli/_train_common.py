@@ -32,6 +32,9 @@ TrainVerbose = Annotated[bool, typer.Option(
     "--verbose", "-v", help="Every metric of each epoch on stderr (losses, weights, recalls, "
     "expert usage) instead of the compact line (epoch, loss, selection metric, best, time); "
     "and debug logging. train_log.jsonl and the report always hold them all.")]
+TrainQuiet = Annotated[bool, typer.Option(
+    "--quiet", "-q", help="Only warnings, errors and the final line (epochs, steps, best "
+    "value, where the checkpoints are) on stderr: no epoch lines.")]
 TrainDevice = Annotated[Optional[str], typer.Option(
     "--device", help="auto | cpu | cuda | cuda:N (overrides train.device).",
     show_default=False)]

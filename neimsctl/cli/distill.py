@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from neimsctl.cli._common import (Quiet, app, check_inputs_or_usage, command, input_pairs,
+from neimsctl.cli._common import (app, check_inputs_or_usage, command, input_pairs,
                                   once_each, refuse_clobber, setup_logging, usage_error)
-from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainVerbose,
+from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainQuiet, TrainVerbose,
                                         check_config_or_usage, check_run_dir, config_option,
                                         config_pairs, config_sets, finish_run, run_config,
                                         run_dir_option, run_dir_outputs, tidy_run_dir, train_log)
@@ -53,7 +53,7 @@ def distill_cli(
     out_dir: Annotated[Path, run_dir_option("report.md.")] = Path("distill-run"),
     resume: Resume = False,
     device: TrainDevice = None,
-    quiet: Quiet = False,
+    quiet: TrainQuiet = False,
     verbose: TrainVerbose = False,
 ) -> None:
     """Distill the teacher into the MoE student; also trains the no-KD and NEIMS v1 baselines.

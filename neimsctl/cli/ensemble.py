@@ -45,7 +45,7 @@ def ensemble_cli(
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
-    """Bundle models into one ensemble file that predict, eval, softlabel and the API load as one.
+    """Bundle models into one ensemble file that predict, softlabel and the API load as one.
 
     The members may be any mix of students, NEIMS v1 models and GNN teachers. The file keeps
     only what inference needs (no optimizer state). predict --model ENSEMBLE.pt averages the

@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from neimsctl.cli._common import (Quiet, app, check_inputs_or_usage, command, input_pairs,
+from neimsctl.cli._common import (app, check_inputs_or_usage, command, input_pairs,
                                   once_each, refuse_clobber, setup_logging, usage_error)
-from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainVerbose,
+from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainQuiet, TrainVerbose,
                                         check_config_or_usage, check_run_dir, config_option,
                                         config_pairs, config_sets, finish_run, run_dir_option,
                                         run_dir_outputs, tidy_run_dir, train_log)
@@ -31,7 +31,7 @@ def finetune_cli(
         "checkpoint; default: from scratch.", show_default=False)] = None,
     resume: Resume = False,
     device: TrainDevice = None,
-    quiet: Quiet = False,
+    quiet: TrainQuiet = False,
     verbose: TrainVerbose = False,
 ) -> None:
     """Finetune the GNN+ECFP teacher on a spectral library (MSE in sqrt space, MC dropout).

@@ -70,7 +70,6 @@ def msp2jsonl_cli(
             _refuse_mol_files(mol_dir, [("-o", output), ("--rejects", rejects)])
         from neimsctl.chem.convert import ConvertOptions, convert_msp
         from neimsctl.cli._progress import Progress
-        from neimsctl.errors import FormatError
         from neimsctl.io.rejects import Tally
         from neimsctl.io.streams import open_out
 
@@ -81,10 +80,11 @@ def msp2jsonl_cli(
                 tally = Tally(sink=sink)
                 stop = convert_msp(paths, fout, tally, opts, jobs=jobs_n, strict=strict,
                                    on_reject=_reject_logger(), progress=bar.update)
-            if stop is not None:
-                where = FormatError(f"{stop.reason}: {stop.detail}", file=stop.file,
-                                    line=stop.line, record=stop.record or stop.id)
-                fail(CMD, f"{where} (id {shown(stop.id)})", "rejected under --strict")
+            if stop is not None:   # worded as the reject lines above it
+                rec = (f"record {shown(stop.record)!r} (id {shown(stop.id)}): "
+                       if stop.record is not None or stop.id is not None else "")
+                fail(CMD, f"{stop.file}: line {stop.line}: {rec}{stop.reason}: {stop.detail}",
+                     "rejected under --strict")
         if not quiet:
             print(f"neimsctl {CMD}: {tally.summary()}", file=sys.stderr, flush=True)
         if tally.rejected:

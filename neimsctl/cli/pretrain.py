@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from neimsctl.cli._common import (EXIT_FAIL, InPaths, Quiet, app, check_inputs_or_usage, command, eprint,
+from neimsctl.cli._common import (EXIT_FAIL, InPaths, app, check_inputs_or_usage, command, eprint,
                                   input_pairs, refuse_clobber, require_input_or_usage,
                                   setup_logging)
-from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainVerbose,
+from neimsctl.cli._train_common import (Overrides, Resume, TrainDevice, TrainQuiet, TrainVerbose,
                                         check_config_or_usage, check_run_dir, config_option,
                                         config_pairs, config_sets, finish_run, run_dir_option,
                                         run_dir_outputs, tidy_run_dir, train_log)
@@ -51,7 +51,7 @@ def pretrain_cli(
     smiles_column: Annotated[Optional[str], typer.Option(
         "--smiles-column", help="CSV/JSONL field holding the SMILES (default: smiles), e.g. "
         "for PCQM4Mv2's data.csv.gz.", show_default=False)] = None,
-    quiet: Quiet = False,
+    quiet: TrainQuiet = False,
     verbose: TrainVerbose = False,
 ) -> None:
     """Pretrain the teacher's graph encoder by bond masking on a stream of SMILES.

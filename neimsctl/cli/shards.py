@@ -101,7 +101,7 @@ def merge_cli(
         except OSError as exc:
             fail(f"{CMD} merge", str(exc.filename or out), exc.strerror or str(exc))
         if not quiet:
-            eprint(f"{CMD} merge", f"{len(files)} inputs, {n} rows -> {out}")
+            eprint(f"{CMD} merge", f"{len(files)} input{'' if len(files) == 1 else 's'}, {n} rows -> {out}")
 
 
 @shards_app.command("split")

@@ -138,8 +138,9 @@ def estimate(*, ram_gb: float, dataset_size: int, models: list[str], batch_sizes
     atoms, edges, id_bytes = MEAN_ATOMS, MEAN_EDGES, ID_BYTES
     measured_from = "constants"
     if shards:
-        atoms, edges, id_bytes = shard_stats(shards, atoms, edges, id_bytes)
-        measured_from = ", ".join(str(s) for s in shards)
+        atoms, edges, id_bytes, graphs = shard_stats(shards, atoms, edges, id_bytes)
+        measured_from = (", ".join(str(s) for s in graphs) if graphs
+                         else "constants (no teacher shard among --shards)")
     runtime = framework_rss() if runtime_bytes is None else runtime_bytes
     ram = ram_gb * 1024**3
     rows, sources = [], {}
@@ -174,23 +175,28 @@ def estimate(*, ram_gb: float, dataset_size: int, models: list[str], batch_sizes
     return {"ram_gb": ram_gb, "dataset_size": dataset_size, "settings": rows, "constants": constants}
 
 
-def shard_stats(shards: list[Path], atoms: float, edges: float, id_bytes: int) -> tuple[float, float, int]:
-    """Mean atoms/edges per molecule and the id width measured from shards."""
+def shard_stats(shards: list[Path], atoms: float, edges: float,
+                id_bytes: int) -> tuple[float, float, int, list[Path]]:
+    """Mean atoms/edges per molecule (over the shards that hold graphs, the teacher's) and the
+    id width measured from shards; the last item lists the shards the graph figures come from
+    (none: ``atoms`` and ``edges`` are returned as given)."""
     import h5py
 
     n = a = e = 0
     width = 0
+    graphs = []
     for path in shards:
         with h5py.File(path, "r") as f:
             rows = int(f.attrs["n_rows"])
-            n += rows
             if "atom_ptr" in f:
+                n += rows
                 a += int(f["atom_ptr"][-1])
                 e += int(f["edge_ptr"][-1])
+                graphs.append(path)
             width = max(width, max((len(s) for s in f["id"][: min(rows, 4096)]), default=0))
     if n and a:
         atoms, edges = a / n, e / n
-    return atoms, edges, (width or id_bytes)
+    return atoms, edges, (width or id_bytes), graphs
 
 
 def benchmark(*, shards: list[Path] | None, samples: int, batch_size: int = 32, model: str = "student",

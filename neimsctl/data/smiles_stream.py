@@ -154,7 +154,8 @@ def split_part(smiles: str, seed: int, fractions: Sequence[float]) -> int:
 def featurize_batch(items: Sequence[Any]) -> tuple[Any, list[tuple[Any, str]]]:
     """Teacher graphs of ``items`` (objects with ``.smiles``) collated into a PyG ``Batch``.
 
-    Returns ``(batch or None when nothing parsed, [(item, reason), ...] rejected)``. The batch
+    Returns ``(batch or None when nothing parsed, [(item, reason, detail), ...] rejected)``:
+    ``reason`` a reject code (formats/rejects.v1.md), ``detail`` what was wrong. The batch
     has ``x (N, 48)``, ``edge_index (2, E)``, ``edge_attr (E, 6)``, ``batch (N,)``, ``ptr``.
     """
     from torch_geometric.data import Batch
@@ -166,10 +167,10 @@ def featurize_batch(items: Sequence[Any]) -> tuple[Any, list[tuple[Any, str]]]:
             x = atom_features(mol)
             ei, ea = bond_graph(mol)
         except StructureError as exc:
-            rejects.append((it, exc.reason))
+            rejects.append((it, exc.reason, str(exc)))
             continue
         except (ValueError, RuntimeError) as exc:  # RDKit oddities in featurization
-            rejects.append((it, f"featurize_error: {exc}"[:120]))
+            rejects.append((it, "featurize_failed", f"RDKit failed on its graph: {exc}"[:200]))
             continue
         xs.append(x)
         eis.append(ei)
@@ -287,7 +288,7 @@ class SmilesStream:
     ``stream(epoch, skip_batches, dist_info)`` returns an iterator of PyG ``Batch`` objects;
     ``len(stream)`` is ``steps_per_epoch * grad_accum`` when ``steps_per_epoch`` is set
     (otherwise an epoch is one pass and has no known length). ``on_rejects(list)`` is called
-    in the main process with ``(item, reason)`` pairs met in the first pass.
+    in the main process with ``(item, reason, detail)`` triples met in the first pass.
     """
 
     def __init__(self, spec: StreamSpec, *, batch_size: int, seed: int = 42, num_workers: int = 0,
@@ -328,7 +329,7 @@ class SmilesStream:
                             worker_init_fn=dies_with_this_process() if self.num_workers else None)
         for batch, rejects in loader:
             if rejects and self.on_rejects is not None:
-                first = [(it, why) for it, why in rejects if it.pass_no == 0]
+                first = [r for r in rejects if r[0].pass_no == 0]
                 if first:
                     self.on_rejects(first)
             if batch is not None:

@@ -98,6 +98,6 @@ def write_split(d: dict[str, np.ndarray], out: BinaryIO, fmt: str = "jsonl", *,
                "smiles": _text(d["smiles"][r]), "inchikey": _text(d["inchikey"][r]),
                "formula": _text(d["formula"][r]), "mw": int(d["mw"][r]), "exact_mass": exact,
                "structure_from": "smiles" if mol is not None else None, "msp": {}, "comments": {}, "flags": [],
-               "mz": mz.tolist(), "intensity": np.round(999.0 * spec[mz] / top, 3).tolist()}
+               "mz": mz.tolist(), "intensity": np.round(999.0 * spec[mz].astype(np.float64) / top, 3).tolist()}
         out.write(orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE))
     return len(d["id"])

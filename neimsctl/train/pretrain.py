@@ -178,12 +178,13 @@ class _RejectLog:
     def __call__(self, rejects: list) -> None:
         with open(self.path, "ab") as fh:
             self.tally.sink = fh
-            for it, why in rejects:
+            for it, why, detail in rejects:
                 key = (self.names[it.src], it.line)
                 if key in self.seen:
                     continue
                 self.seen.add(key)
-                self.tally.reject(Reject(why, file=key[0], line=it.line, record=it.smiles[:200]))
+                self.tally.reject(Reject(why, detail, file=key[0], line=it.line,
+                                         record=it.smiles[:200]))
                 if self.tally.rejected <= self.show:
                     print(f"neimsctl pretrain: {key[0]}: line {it.line}: {why}: {it.smiles[:80]!r}",
                           file=self.log, flush=True)
@@ -251,8 +252,8 @@ def run_pretrain(cfg: Config, sources: Sequence[str | Path], out_dir: str | Path
         for i in range(0, len(val_items), t.batch_size):
             b, rej = featurize_batch(val_items[i:i + t.batch_size])
             if rej:
-                rejects([(it._replace(src=len(names) - 1) if d.val else it, why)
-                         for it, why in rej])
+                rejects([(it._replace(src=len(names) - 1) if d.val else it, why, detail)
+                         for it, why, detail in rej])
             if b is not None:
                 val_batches.append(b)
         n_val = sum(b.num_graphs for b in val_batches)

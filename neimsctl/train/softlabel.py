@@ -351,7 +351,7 @@ def run_softlabel(teacher: Teachers, shards: Sequence[str | Path], out: str | Pa
             **({"folds": [f"{f[0][0]}/{f[0][1]}" if f[0] else "all" for f in folds]}
                if eligible is not None else {})}
     head = {"featurizer_hash": fhash, "teacher": " ".join(str(p) for p in paths),
-            "teacher_model": str(cfg_model), "members": json.dumps(
+            "teacher_model": json.dumps(cfg_model, default=list), "members": json.dumps(
                 [{"path": where, "arch": "student" if isinstance(m, FingerprintMember) else "teacher",
                   "model": (m.student if isinstance(m, FingerprintMember) else m).config.to_dict()}
                  for (where, _, _), m in zip(sources, models)], default=list), **(attrs or {})}

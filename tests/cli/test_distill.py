@@ -239,6 +239,21 @@ def test_an_optim_lr_the_one_cycle_schedule_does_not_use_is_warned(shards: Path)
             b"up to schedule.max_lr=0.001" in p.stderr), p.stderr.decode()
 
 
+def test_quiet_keeps_warnings_and_the_final_line_as_its_help_says(shards: Path) -> None:
+    """-q of the training commands: its --help said 'Only errors on stderr.', but the run's
+    warnings and final line are shown (neimsctl-distill(1)); the help says so now."""
+    p = sh(f"neimsctl distill s.h5 --no-kd {STUDENT} --set train.epochs=1 -q --out-dir quiet",
+           shards)
+    assert p.returncode == 0, p.stderr.decode()
+    lines = p.stderr.decode().splitlines()
+    assert re.fullmatch(r"neimsctl distill: 1 epochs, \d+ steps, best val_recall_at_10 \S+; "
+                        r"checkpoints in quiet/checkpoints", lines[-1]), lines
+    assert all("warning" in ln for ln in lines[:-1]) and not any("epoch 1/1" in ln for ln in lines)
+    for cmd in ("pretrain", "finetune", "distill"):
+        text = " ".join(sh(f"neimsctl {cmd} --help", shards).stdout.decode().split())
+        assert "-q, --quiet Only warnings, errors and the final line" in text, cmd
+
+
 def test_resume_with_another_teacher_or_other_soft_labels_is_refused(work: Path) -> None:
     """distill --resume went on silently (exit 0) with whatever it was given (another teacher's
     soft labels, other shards): the run keeps its shards and, with --teacher, the teacher

@@ -355,6 +355,19 @@ def test_reader_leaving_stdout_ends_quietly(records: Path, tmp_path: Path) -> No
     assert p.stdout.split() == [b"10"] and p.stderr == b"0\n"
 
 
+def test_one_zblock_stream_converted_to_hdf5(tmp_path: Path) -> None:
+    """neimsctl-shards(1): a single zblock stream as input converts it; the summary said
+    '1 inputs'."""
+    p = sh("neimsctl featurize -q -O zst -o s.zst; neimsctl shards merge -o m.h5 s.zst && "
+           "neimsctl shards merge -o m2.h5 s.zst m.h5", tmp_path, SMI)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.decode().splitlines() == [
+        "neimsctl shards merge: 1 input, 3 rows -> m.h5",
+        "neimsctl shards merge: 2 inputs, 6 rows -> m2.h5"]
+    with ShardReader(tmp_path / "m.h5") as r:
+        assert len(r) == 3
+
+
 def test_truncated_zst_stream_is_reported(tmp_path: Path) -> None:
     p = sh("neimsctl featurize -O zst -o s.zst; head -c 300 s.zst > t.zst && "
            "neimsctl shards merge -o m.h5 t.zst", tmp_path, SMI)

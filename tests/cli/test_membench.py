@@ -55,6 +55,19 @@ def test_estimate_reads_graph_stats_from_shards(tmp_path):
                             "--shards", str(shard), "--json").stdout)
     assert str(shard) in res["constants"]["graph_stats_from"]
     assert 5 < res["constants"]["mean_atoms"] < 40
+    # a student shard holds no graphs: the constants are used, and said to be (it claimed
+    # "graph_stats_from: s.h5"); beside a teacher shard its rows do not dilute the mean
+    student = sample_shard(tmp_path / "s.h5", "student", limit=40)
+    res = json.loads(invoke("--mode", "estimate", "--model", "teacher", "--batch-size", "32",
+                            "--shards", str(student), "--json").stdout)["constants"]
+    assert res["graph_stats_from"] == "constants (no teacher shard among --shards)"
+    assert res["mean_atoms"] == mb.MEAN_ATOMS and res["id_bytes"] > 0
+    both = json.loads(invoke("--mode", "estimate", "--model", "teacher", "--batch-size", "32",
+                             "--shards", str(shard), "--shards", str(student), "--json").stdout)
+    assert both["constants"]["graph_stats_from"] == str(shard)
+    assert both["constants"]["mean_atoms"] == pytest.approx(
+        json.loads(invoke("--mode", "estimate", "--model", "teacher", "--batch-size", "32",
+                          "--shards", str(shard), "--json").stdout)["constants"]["mean_atoms"])
 
 
 def test_benchmark_measures_rss(tmp_path):

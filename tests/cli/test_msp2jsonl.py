@@ -99,6 +99,11 @@ def test_strict_stops_at_first_reject_and_leaves_no_output(neimsctl_exe, tmp_pat
     assert proc.returncode == 1
     err = proc.stderr.decode()
     assert f"{src}: line 7: record 'bad peak'" in err and "non_numeric_peak" in err
+    # the stop line is worded as the reject line (it had the id after the detail:
+    # "record 'bad peak': non_numeric_peak: line 11: '60 x': not a number (id bad:2): ...")
+    assert err.splitlines()[-1] == (f"neimsctl msp2jsonl: {src}: line 7: record 'bad peak' "
+                                    "(id bad:2): non_numeric_peak: line 11: '60 x': not a number: "
+                                    "rejected under --strict")
     assert not out.exists() and list(tmp_path.iterdir()) == [src]
 
 

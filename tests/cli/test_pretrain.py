@@ -49,6 +49,9 @@ def test_tiny_file_two_epochs_rejects_then_resume(neimsctl_exe, tmp_path):
     assert "SMILES rejected: 2 (unparsable_structure: 2" in proc.stderr
     rejects = [orjson.loads(ln) for ln in (out / "rejects.jsonl").read_bytes().splitlines()]
     assert sorted(r["line"] for r in rejects) == [4, 51]
+    # formats/rejects.v1.md: a reason code and a human-readable detail (the detail was "")
+    assert all(r["reason"] == "unparsable_structure" and
+               r["detail"].startswith("RDKit cannot parse SMILES ") for r in rejects), rejects
     for name in ("checkpoints/last.pt", "checkpoints/best.pt", "report.md", "config.yaml",
                  "train_log.jsonl"):
         assert (out / name).is_file(), name

@@ -93,6 +93,7 @@ def test_featurize_batch_offsets_and_rejects():
 
     batch, rejects = featurize_batch([It("CCO"), It("not a smiles"), It("c1ccccc1")])
     assert [r[1] for r in rejects] == ["unparsable_structure"]
+    assert rejects[0][2] == "RDKit cannot parse SMILES 'not a smiles'"   # the detail (was none)
     assert batch.num_graphs == 2 and batch.x.shape == (9, ATOM_FDIM)
     assert batch.edge_attr.shape == (2 * 2 + 2 * 6, BOND_FDIM)
     assert batch.batch.tolist() == [0] * 3 + [1] * 6
@@ -157,8 +158,10 @@ def test_rejects_reported_once_in_the_first_pass(tmp_path):
                      on_rejects=seen.extend)
     batches = list(s.batches(0))  # 30 items = 2.5 passes over 12 lines
     assert len(batches) == 6 and 24 <= sum(b.num_graphs for b in batches) <= 26
-    assert sorted((it.line, why) for it, why in seen) == [(11, "unparsable_structure"),
-                                                          (12, "unparsable_structure")]
+    assert sorted((it.line, why) for it, why, _ in seen) == [(11, "unparsable_structure"),
+                                                             (12, "unparsable_structure")]
+    assert sorted(detail for *_, detail in seen) == ["RDKit cannot parse SMILES 'C1CC'",
+                                                     "RDKit cannot parse SMILES 'xyz'"]
 
 
 def test_read_smiles_every_line_end_convention(tmp_path):

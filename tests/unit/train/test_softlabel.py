@@ -349,6 +349,9 @@ def test_run_with_a_teacher_and_a_student(shard: Path, teacher: Path, tmp_path: 
         members = json.loads(r.attrs["members"])
     assert [m["arch"] for m in members] == ["teacher", "student"]
     assert members[1]["path"] == str(path) and members[1]["model"]["hidden_dim"] == 16
+    # the first teacher's model config is JSON like `members` (it was a Python repr: "{'name': ...")
+    with SoftLabelReader(tmp_path / "ts.h5") as r:
+        assert json.loads(r.attrs["teacher_model"]) == members[0]["model"]
     with pytest.raises(CheckpointError, match="GNN teacher is needed"):  # the first must be a GNN
         sl.run_softlabel([path, teacher], [shard], tmp_path / "st.h5", settings=settings,
                          device="cpu")
