@@ -442,6 +442,12 @@ class Trainer:
             print(f"neimsctl: warning: resume: train.{', train.'.join(changed)} differ from the "
                   "checkpoint; the run will not replay exactly", file=self.log)
         self._check_schedule_length(ckpt, old)
+        length = [f"train.{k} {old[k]} -> {getattr(self.t, k)}" for k in ("epochs", "steps_per_epoch")
+                  if k in old and old[k] != getattr(self.t, k)]
+        if length:        # said: a resume with another config silently ran another length
+            print(f"neimsctl: warning: resume: {', '.join(length)} (not the checkpoint's): the run "
+                  f"goes on with the new length (the run's own config: {self.out_dir / 'config.yaml'})",
+                  file=self.log)
         try:
             ck.restore(ckpt, model=self.model, optimizer=self.opt, scheduler=self.sched,
                        scaler=self.scaler, loss_fn=self.loss_fn)

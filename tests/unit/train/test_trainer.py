@@ -324,7 +324,11 @@ def test_a_new_run_into_a_run_directory_is_refused_and_touches_nothing(tmp_path:
     assert existing_run(run) == f"{run}/checkpoints/best.pt"
     with pytest.raises(OutputError, match="holds a training run"):
         _toy_run(["train.epochs=1"], run)
-    assert _toy_run(["train.epochs=2"], run, resume=True).epochs_done == 2
+    log = io.StringIO()
+    assert _toy_run(["train.epochs=2"], run, resume=True, log=log).epochs_done == 2
+    # another length than the checkpoint's is said (a resume with another config ran it silently)
+    assert f"warning: resume: train.epochs 1 -> 2 (not the checkpoint's): the run goes on with the new " \
+           f"length (the run's own config: {run}/config.yaml)" in log.getvalue()
     empty = tmp_path / "empty"
     (empty / "checkpoints").mkdir(parents=True)      # an empty directory holds no run
     assert _toy_run(["train.epochs=1"], empty).epochs_done == 1
