@@ -412,7 +412,7 @@ class SpectralLibrary:
             or None; ``source`` None, ``"measured"`` or ``"predicted"``; ``mz_power`` and
             ``intensity_power`` finite numbers in 0..10, for the cosine only.
         candidates
-            InChIKeys (or their first blocks) or SMILES: only these compounds are hits. A single
+            InChIKeys (or their first blocks), SMILES or InChIs: only these compounds are hits. A single
             string is one candidate. Every candidate must be one of these and match an entry
             of the libraries (``neimsctl search --candidates`` reports the others and exits 1);
             an empty list is refused (None searches every entry).
@@ -428,7 +428,7 @@ class SpectralLibrary:
         ------
         neimsctl.errors.ConfigError
             An option out of the range above (the value and the range named); ``candidates``
-            empty, or with an entry that is neither an InChIKey nor a parsable SMILES or that
+            empty, or with an entry that is neither an InChIKey nor a parsable SMILES or InChI, or that
             matches no library entry (each named with its position).
         neimsctl.errors.FormatError
             A query without peaks, with non-numeric, negative or non-finite peaks (a dense

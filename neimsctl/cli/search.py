@@ -57,7 +57,7 @@ def search_cli(
         "--mass-filter", min=0, callback=finite, help="Only entries within +-DA Da of the query's nominal mass (its MW, "
         "else from its SMILES/formula; queries without one are searched unfiltered).", metavar="DA")] = None,
     candidates: Annotated[Optional[Path], typer.Option(
-        "--candidates", help="Search only these compounds: one InChIKey (or its first block) or SMILES "
+        "--candidates", help="Search only these compounds: one InChIKey (or its first block), SMILES or InChI "
         "per line; entries that match no library entry are reported.", metavar="FILE")] = None,
     source: Annotated[Optional[SourceKind], typer.Option(
         "--source", help="Only measured or only predicted library entries.")] = None,

@@ -198,7 +198,7 @@ def match_candidates(tokens: Sequence[str], libraries: Sequence[SpectralIndex]
     bad = []
     for i, block in enumerate(found):
         if block is None:
-            bad.append((i, "unparsable_candidate", "neither an InChIKey nor a parsable SMILES"))
+            bad.append((i, "unparsable_candidate", "neither an InChIKey nor a parsable SMILES or InChI"))
         elif block not in present:
             bad.append((i, "candidate_not_found", "matches no library entry"))
     return blocks, bad
@@ -215,6 +215,16 @@ def _candidate_block(token: str) -> str | None:
     from neimsctl.chem import structure
     from rdkit import Chem
 
+    if token.startswith("InChI="):     # an InChI (suspect lists often give them): its structure's key
+        from rdkit import RDLogger
+
+        RDLogger.DisableLog("rdApp.*")
+        try:
+            mol = Chem.MolFromInchi(token, logLevel=None)
+        finally:
+            RDLogger.EnableLog("rdApp.*")
+        key = Chem.MolToInchiKey(mol) if mol is not None else ""
+        return key[:14] if key else None
     try:
         key = Chem.MolToInchiKey(structure.mol_from_smiles(token))
     except FormatError:
