@@ -136,7 +136,7 @@ def search_cli(
                     ([f"{opts.source}"] if opts.source else []) + (["of a --candidates compound"] if candidates else []))
                     + ": no query can have a hit")
             tally = Tally()
-            warn = (lambda r: eprint(CMD, _where(r), f"{r.reason}: {r.detail}; skipped")) if not quiet else None
+            warn = _reject_lines(verbose) if not quiet else None
             n_hits = n_without = n_unfiltered = n_same_id = 0
             ids: set[str] = set()
             first_same = first_without = None
@@ -197,6 +197,21 @@ def _where(r) -> str:  # type: ignore[no-untyped-def]
 #: Hits held at once (--batch is lowered for a large --top: 600 queries x --top 1000 as JSONL took
 #: 2.9 GB in one batch).
 _MAX_HITS = 1 << 17
+
+def _reject_lines(verbose: bool, limit: int = 10) -> Any:
+    """Show the first ``limit`` rejected queries on stderr (all with -v), then one line that
+    more are not shown, as msp2jsonl does (a MassBank self-search printed 99 of them)."""
+    seen = 0
+
+    def show(r: Any) -> None:
+        nonlocal seen
+        seen += 1
+        if seen <= limit or verbose:
+            eprint(CMD, _where(r), f"{r.reason}: {r.detail}; skipped")
+        elif seen == limit + 1:
+            eprint(CMD, "further rejected queries not shown (see --rejects FILE, or -v)")
+    return show
+
 
 def _at(rec: Any) -> str:
     """Where a query record is: its file, and line when it has one (a shard's rows have none)."""

@@ -684,3 +684,19 @@ def test_a_candidate_given_as_an_inchi(index, sample_msp, tmp_path):
     hits = [orjson.loads(x) for x in proc.stdout.splitlines()]
     assert hits and {h["inchikey"][:14] for h in hits} == {hit["inchikey"][:14]}
     assert "line 2: InChI=1S/garbage: neither an InChIKey nor a parsable SMILES or InChI" in proc.stderr.decode()
+
+
+def test_rejected_queries_shown_ten_then_one_line(index, tmp_path):
+    """Twelve bad queries: ten lines and one saying more are not shown (every one was printed:
+    99 lines for the MassBank file); -v shows all; the rejects report holds all."""
+    q = tmp_path / "q.msp"
+    q.write_bytes(b"".join(b"Name: high %d\nNum Peaks: 1\n600 999\n\n" % i for i in range(12)))
+    rej = tmp_path / "rej.jsonl"
+    proc = run(None, "search", q, "-l", index, "--rejects", rej)
+    assert proc.returncode == 1
+    lines = proc.stderr.decode().splitlines()
+    assert sum("mz_above_range" in x and "skipped" in x for x in lines) == 10
+    assert "neimsctl search: further rejected queries not shown (see --rejects FILE, or -v)" in lines
+    assert len(rej.read_bytes().splitlines()) == 12
+    verbose = run(None, "search", q, "-l", index, "-v").stderr.decode()
+    assert verbose.count("skipped") == 12 and "not shown" not in verbose
