@@ -298,6 +298,20 @@ def test_resume_with_another_teacher_or_other_soft_labels_is_refused(work: Path)
     assert load_checkpoint(work / "kd_inputs/checkpoints/last.pt")["epoch"] == 2
 
 
+def test_a_model_with_other_spectrum_bins_than_the_shards_is_one_line(shards: Path) -> None:
+    """model.n_bins=10 on 501-bin shards was a shape traceback in the first step's loss."""
+    for shard, mode in (("s.h5", "student"), ("v1.h5", "v1")):
+        if not (shards / shard).exists():
+            assert sh(f"neimsctl featurize --mode v1 r.jsonl -o {shard} -q", shards).returncode == 0
+        arch = "--arch neims-v1 --set train.epochs=1" if mode == "v1" else f"--no-kd {STUDENT}"
+        p = sh(f"neimsctl distill {shard} {arch} --set model.n_bins=10 --out-dir bins", shards)
+        assert (p.returncode, p.stderr.decode().splitlines()[-1]) == (
+            1, f"neimsctl distill: model.n_bins is 10 but the {mode} shards give 501 spectrum "
+               "bins; set model.n_bins=501"), p.stderr.decode()
+        assert b"Traceback" not in p.stderr
+        assert not (shards / "bins").exists()
+
+
 def test_soft_labels_of_another_library_numbered_alike_are_refused(work: Path) -> None:
     """Soft labels align with the student rows by id; those of another library whose records
     are numbered alike (ids 1..300 of other compounds, as two MSP exports) were taken without a

@@ -117,8 +117,13 @@ def test_a_teacher_that_reads_fragment_masses_trains_predicts_and_labels(work: P
 
 
 @pytest.mark.parametrize("extra, message", [
-    ("--set train.log_every=0", b"neimsctl finetune: --set train.log_every=0: must be an integer >= 1, got 0\n"),
-    ("--set train.batch_size=0", b"neimsctl finetune: --set train.batch_size=0: must be an integer >= 1, got 0\n"),
+    ("--set train.log_every=0", b"neimsctl finetune: --set train.log_every=0: must be an integer in [1, 2147483647], got 0\n"),
+    ("--set train.batch_size=0", b"neimsctl finetune: --set train.batch_size=0: must be an integer in [1, 2147483647], got 0\n"),
+    # tracebacks in itertools.islice / the first step (a model wider than the shards' features)
+    ("--set train.batch_size=1e20", b"neimsctl finetune: --set train.batch_size=1e20: must be an integer in [1, 2147483647], got 100000000000000000000\n"),
+    ("--set model.n_bins=10", b"neimsctl finetune: model.n_bins is 10 but the teacher shards give 501 spectrum bins; set model.n_bins=501\n"),
+    ("--set model.ecfp_dim=10", b"neimsctl finetune: model.ecfp_dim is 10 but the teacher shards give 4096 ECFP bits; set model.ecfp_dim=4096\n"),
+    ("--set model.atom_dim=12", b"neimsctl finetune: model.atom_dim is 12 but the teacher shards give 48-d atom features; set model.atom_dim=48\n"),
     ("--set train.seed=-1", b"neimsctl finetune: --set train.seed=-1: must be an integer in [0, 4294967295], got -1\n"),
     ("--set train.threads=-1", b"neimsctl finetune: --set train.threads=-1: must be an integer >= 1, got -1\n"),
     ("--set optim.lr=nan", b"neimsctl finetune: --set optim.lr=nan: must be a number > 0, got nan\n"),
