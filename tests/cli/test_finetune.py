@@ -239,3 +239,34 @@ def test_resume_with_other_shards_is_refused_naming_both(work: Path, sample_msp:
     p = run("renamed.h5 b.h5", 2, "--resume")
     assert p.returncode == 0 and b"resumed from" in p.stderr, p.stderr.decode()
     assert [e["epoch"] for e in epochs_logged(work / "inputs")] == [1, 2]
+
+
+def test_a_run_directory_another_run_trains_in_is_refused_and_untouched(work: Path,
+                                                                        full: Path) -> None:
+    """Two runs in one run directory at once (two --resume, or two new runs started together)
+    both trained and wrote its checkpoints and log: epochs 3 and 4 stood twice in
+    train_log.jsonl. A training run holds an exclusive lock on its directory; another run finds
+    it held: one line, exit 1, nothing of the directory touched. Once free, it resumes."""
+    import fcntl
+    import os
+    import shutil
+
+    run = work / "locked"
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(full, run)
+    before = _files(run)
+    fd = os.open(run, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)      # the other run
+        p = finetune(work, "locked", 3, "--set schedule.name=none --resume")
+        err = p.stderr.decode()
+        assert p.returncode == 1 and "Traceback" not in err, err
+        assert err.endswith("neimsctl finetune: locked: another run is training in this run "
+                            "directory; wait for it to end (or stop it) before starting or "
+                            "resuming one\n"), err
+        assert _files(run) == before
+    finally:
+        os.close(fd)
+    p = finetune(work, "locked", 3, "--set schedule.name=none --resume")
+    assert p.returncode == 0, p.stderr.decode()
+    assert [e["epoch"] for e in epochs_logged(run)] == [1, 2, 3]
