@@ -110,7 +110,14 @@ def split_cli(
     part: Annotated[str, typer.Option("--part", "-p", help="train | val | test.")] = "test",
     fmt: Annotated[str, typer.Option("--format", "-O", help="jsonl: records with the measured "
                                      "spectra; smi: 'SMILES id', one per compound.")] = "jsonl",
-    seed: Annotated[int, typer.Option("--seed", help="Split seed (training uses 42).")] = 42,
+    seed: Annotated[int | None, typer.Option("--seed", help="Split seed (training uses 42).",
+                                             show_default="42")] = None,
+    split: Annotated[str | None, typer.Option(
+        "--split", help="Train,val,test shares, as a run's data.split.",
+        show_default="0.8,0.1,0.1")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(
+        "--checkpoint", help="Take --split and --seed from the config of this finetune or "
+        "distill checkpoint: the parts that model was trained and validated on.")] = None,
     out: Annotated[str, typer.Option("--output", "-o", help="Output file ('-': stdout; a file "
                                      "is written atomically).")] = "-",
     quiet: Quiet = False,
@@ -132,14 +139,25 @@ def split_cli(
         usage_error(f"{CMD} split", f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if any(str(f) == "-" for f in files):
         usage_error(f"{CMD} split", "-: HDF5 shards are read from files, not stdin")
-    check_inputs_or_usage(f"{CMD} split", files)
+    if checkpoint is not None and (seed is not None or split is not None):
+        usage_error(f"{CMD} split", "--checkpoint gives the split and its seed: leave out "
+                                    "--split and --seed")
+    fractions = _fractions(split) if split is not None else None
+    check_inputs_or_usage(f"{CMD} split", [*files, *([checkpoint] if checkpoint else [])])
     refuse_clobber(f"{CMD} split", input_pairs(files), [output_pair("-o", out)])
     with command(f"{CMD} split"):
+        from neimsctl.data.split import DEFAULT_FRACTIONS, SPLIT_SEED
         from neimsctl.data.split_export import read_split, write_split
         from neimsctl.io.streams import open_out
 
+        if checkpoint is not None:
+            seed, fractions = _split_of(checkpoint)
+            if not quiet:
+                eprint(f"{CMD} split", f"the split of {checkpoint}: "
+                       f"{','.join(f'{x:g}' for x in fractions)}, seed {seed}")
         try:
-            d = read_split(files, part, seed=seed)
+            d = read_split(files, part, seed=SPLIT_SEED if seed is None else seed,
+                           fractions=fractions or DEFAULT_FRACTIONS)
         except OSError as exc:
             fail(f"{CMD} split", str(exc.filename), exc.strerror or str(exc))
         with open_out(out) as fh:
@@ -147,3 +165,38 @@ def split_cli(
         if not quiet:
             what = "compounds" if fmt == "smi" else "spectra"
             eprint(f"{CMD} split", f"{part}: {n} {what}")
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    """``--split 0.7,0.15,0.15``: three shares in [0, 1] summing to 1 (else a usage error)."""
+    import math
+
+    try:
+        shares = tuple(float(x) for x in text.replace(" ", "").strip("[]").split(","))
+    except ValueError:
+        shares = ()
+    if len(shares) != 3 or not all(math.isfinite(x) and 0 <= x <= 1 for x in shares) \
+            or abs(sum(shares) - 1) > 1e-6:
+        usage_error(f"{CMD} split", f"--split must be 3 shares in [0, 1] (train,val,test) "
+                                    f"summing to 1, got {text!r}")
+    return shares  # type: ignore[return-value]
+
+
+def _split_of(path: Path) -> tuple[int, tuple[float, float, float]]:
+    """The ``data.split_seed`` and ``data.split`` a training checkpoint's config records."""
+    from neimsctl.errors import CheckpointError
+    from neimsctl.models.checkpoint import load_checkpoint
+
+    cfg = load_checkpoint(path).get("config") or {}
+    if cfg.get("stage") == "pretrain":     # split by SMILES text, not by compound
+        raise CheckpointError(f"{path}: a pretraining checkpoint: its split is of SMILES, not "
+                              "of library compounds; give a finetune or distill checkpoint")
+    data = cfg.get("data")
+    try:
+        seed, shares = int(data["split_seed"]), tuple(float(x) for x in data["split"])
+    except (TypeError, KeyError, ValueError):
+        raise CheckpointError(f"{path}: records no training split (data.split, data.split_seed): "
+                              "give --split and --seed") from None
+    if len(shares) != 3:
+        raise CheckpointError(f"{path}: data.split is not 3 shares: {list(shares)}")
+    return seed, shares  # type: ignore[return-value]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -271,6 +272,13 @@ def _bench_shard(tmp: Path, model: str, rows: int) -> Path:
     with ShardReader(base) as r:
         n0 = max(len(r), 1)
     gb = base.stat().st_size / n0 * rows / 1e9
+    free = shutil.disk_usage(tmp).free
+    if gb * 1e9 > free:   # --samples 1e9 began an 830 GB file; 1e12, a 7 TiB index array
+        from neimsctl.errors import OutputError
+
+        raise OutputError(f"{tmp.parent}: cannot write a {rows:,}-row {model} benchmark shard: it needs "
+                          f"~{gb:,.1f} GB, the disk has {free / 1e9:,.1f} GB free; use fewer "
+                          "--samples, or measure your own --shards")
     logging.getLogger("neimsctl").warning(
         "membench: writing a %d-row %s benchmark shard (~%.1f GB) in %s", rows, model, gb, tmp)
     return replicate_shard(base, tmp / "bench.h5", rows)

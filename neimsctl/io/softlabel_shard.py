@@ -33,6 +33,9 @@ _STR = h5py.string_dtype("utf-8")
 _COMP: dict[str, Any] = {"compression": "gzip", "compression_opts": 4}
 #: dataset -> (dtype, width attribute or None)
 COLUMNS = {"mean": ("<f2", "n_bins"), "var": ("<f4", "n_bins"), "hidden": ("<f2", "hidden_dim")}
+#: Per row, the InChIKey connectivity block of the labelled molecule (``b""``: unknown), so that a
+#: reader can tell labels of the same id but another compound (another library numbered alike).
+BLOCK, BLOCK_DTYPE = "block", "S14"
 
 
 class SoftLabelWriter(Writer):
@@ -93,7 +96,10 @@ class SoftLabelWriter(Writer):
                                   "without --resume to start afresh", file=str(self.tmp))
             self.positions_done = int(self._f.attrs["positions_done"])
             self.n_rows = int(self._f.attrs["n_rows"])
-            for name in ("id", *COLUMNS):
+            if BLOCK not in self._f:     # begun by a version without it: those rows' are unknown
+                self._f.create_dataset(BLOCK, shape=(self.n_rows,), maxshape=(None,),
+                                       dtype=BLOCK_DTYPE, chunks=(ROW_CHUNK,), **_COMP)
+            for name in ("id", BLOCK, *COLUMNS):
                 self._f[name].resize(self.n_rows, axis=0)   # drop rows of an unfinished block
             return
         self._f = h5py.File(self.tmp, "w", libver=("earliest", "v110"), track_order=True, locking=False)
@@ -105,6 +111,8 @@ class SoftLabelWriter(Writer):
                 a[k] = v
         self._f.create_dataset("id", shape=(0,), maxshape=(None,), dtype=_STR,
                                chunks=(ROW_CHUNK,), **_COMP)
+        self._f.create_dataset(BLOCK, shape=(0,), maxshape=(None,), dtype=BLOCK_DTYPE,
+                               chunks=(ROW_CHUNK,), **_COMP)
         for name, (dt, width) in COLUMNS.items():
             w = n_bins if width == "n_bins" else hidden_dim
             self._f.create_dataset(name, shape=(0, w), maxshape=(None, w), dtype=dt,
@@ -112,17 +120,21 @@ class SoftLabelWriter(Writer):
         self.positions_done = self.n_rows = 0
 
     def append(self, ids: Sequence[str], mean: np.ndarray, var: np.ndarray, hidden: np.ndarray,
-               positions_done: int) -> None:
-        """Append rows, then record that input positions ``< positions_done`` are finished."""
+               positions_done: int, blocks: Sequence[bytes] | np.ndarray | None = None) -> None:
+        """Append rows, then record that input positions ``< positions_done`` are finished.
+
+        ``blocks``: the rows' InChIKey connectivity blocks (``None``: unknown)."""
         n = len(ids)
         if n:
             id_arr = np.asarray(ids, dtype=object)
+            block_arr = (np.zeros(n, dtype=BLOCK_DTYPE) if blocks is None
+                         else np.asarray(blocks, dtype=BLOCK_DTYPE))
             try:
                 self._room.need(array_bytes([id_arr, mean, var, hidden]))
             except OSError as exc:  # a full disk, found before HDF5 does: the file stays whole
                 raise output_error(self.path, exc) from None
             start = self.n_rows
-            for name, arr in (("id", id_arr), ("mean", mean),
+            for name, arr in (("id", id_arr), (BLOCK, block_arr), ("mean", mean),
                               ("var", var), ("hidden", hidden)):
                 ds = self._f[name]
                 ds.resize(start + n, axis=0)
@@ -179,6 +191,9 @@ class SoftLabelReader:
         self.settings: dict[str, Any] = json.loads(self.attrs["settings"])
         self.n_rows = int(self.attrs["n_rows"])
         self.ids = np.array(f["id"][:], dtype=bytes)
+        #: connectivity block of each row (``b""`` unknown); ``None`` in files made before it
+        self.blocks: np.ndarray | None = (np.array(f[BLOCK][:self.n_rows], dtype=BLOCK_DTYPE)
+                                          if BLOCK in f else None)
 
     @property
     def file(self) -> h5py.File:

@@ -169,27 +169,36 @@ def _num(x: float | None) -> str:
 
 
 POSITIVE, NON_NEGATIVE, AT_LEAST_1 = Range(0, lo_open=True), Range(0), Range(1)
+#: The largest count (epochs, steps, batch size, records, ...) a config may give: beyond it
+#: torch and itertools overflow with a traceback (``train.batch_size=1e20``, ``train.grad_accum``)
+#: long after the data were read, and no run could ever finish such a budget anyway.
+MAX_COUNT = 2**31 - 1
+COUNT, COUNT_0 = Range(1, MAX_COUNT), Range(0, MAX_COUNT)
 #: An exponent of a loss's m/z or intensity weighting (search's ``--mz-power`` range).
 POWER = Range(0, 10)
 _SHARE = Range(0, 1)                   # a probability or a fraction
 #: The allowed values of the typed sections' numbers (``None``, where a field may be None, is
 #: always allowed). :func:`check_values` applies them when a :class:`Config` is built.
 RANGES: dict[str, Range] = {
-    "data.max_records": AT_LEAST_1, "data.max_val_records": AT_LEAST_1,
+    "data.max_records": COUNT, "data.max_val_records": COUNT,
     "data.mask_ratio": Range(0, 1, lo_open=True), "data.smoothing_sigma": NON_NEGATIVE,
     "data.isotope_prob": _SHARE, "data.transfer_fraction": Range(0, 1, lo_open=True),
     "optim.lr": POSITIVE, "optim.weight_decay": NON_NEGATIVE, "optim.eps": NON_NEGATIVE,
     "optim.momentum": Range(0, 1, hi_open=True), "optim.betas": Range(0, 1, hi_open=True),
-    "schedule.t0": AT_LEAST_1, "schedule.t_mult": AT_LEAST_1, "schedule.eta_min": NON_NEGATIVE,
+    "schedule.t0": COUNT, "schedule.t_mult": COUNT, "schedule.eta_min": NON_NEGATIVE,
     "schedule.max_lr": POSITIVE, "schedule.pct_start": _SHARE, "schedule.div_factor": POSITIVE,
-    "schedule.final_div_factor": POSITIVE, "schedule.total_steps": AT_LEAST_1,
-    "train.epochs": AT_LEAST_1, "train.batch_size": AT_LEAST_1, "train.grad_accum": AT_LEAST_1,
+    "schedule.final_div_factor": POSITIVE, "schedule.total_steps": COUNT,
+    "train.epochs": COUNT, "train.batch_size": COUNT, "train.grad_accum": COUNT,
     "train.clip_norm": NON_NEGATIVE, "train.seed": Range(0, 2**32 - 1),
     "data.split_seed": Range(0, 2**32 - 1),      # the split hash's key is its decimal text
-    "train.num_workers": NON_NEGATIVE, "train.log_every": AT_LEAST_1,
-    "train.keep_every": NON_NEGATIVE, "train.threads": AT_LEAST_1,
-    "train.steps_per_epoch": AT_LEAST_1,
+    "train.num_workers": NON_NEGATIVE, "train.log_every": COUNT,   # workers, threads: PER_CORE
+    "train.keep_every": COUNT_0, "train.threads": AT_LEAST_1,
+    "train.steps_per_epoch": COUNT,
 }
+#: Processes and threads a config may ask for, at most this many per core of the machine (as
+#: ``--jobs``, :func:`neimsctl.io.parallel.max_jobs`): ``train.num_workers=1e20`` forked loader
+#: workers until the machine stalled, ``train.threads=100000`` was a MemoryError traceback.
+PER_CORE = ("train.threads", "train.num_workers")
 
 
 def check_ranges(obj: Any, ranges: Mapping[str, Range], section: str) -> None:
@@ -217,6 +226,20 @@ def check_values(cfg: Config) -> None:
     for key, allowed in RANGES.items():
         section, name = key.split(".")
         check_ranges(getattr(cfg, section), {name: allowed}, section)
+    from neimsctl.io.parallel import max_jobs
+
+    for key in PER_CORE:
+        value, limit = getattr(cfg.train, key.split(".")[1]), max_jobs()
+        if value is not None and value > limit:
+            raise ConfigError(f"{key}: must be an integer <= {limit} (4 per core of this machine), "
+                              f"got {value!r}", key=key)
+    sch = cfg.schedule
+    if sch.name in ("cosine", "cosine_warm_restarts") and sch.eta_min > cfg.optim.lr:
+        # the cosine goes from optim.lr *down* to eta_min: above it, the rate grew each epoch
+        # (schedule.eta_min=1e308: an overflow traceback in the optimizer after an epoch)
+        raise ConfigError(f"schedule.eta_min: must be at most optim.lr ({_num(cfg.optim.lr)}), the "
+                          f"rate the {sch.name} schedule decays from, got {sch.eta_min!r}",
+                          key="schedule.eta_min")
     if len(cfg.optim.betas) != 2:
         raise ConfigError(f"optim.betas: must be 2 numbers in [0, 1), got {cfg.optim.betas!r}",
                           key="optim.betas")

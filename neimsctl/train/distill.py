@@ -173,7 +173,8 @@ def run_distill(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path, 
           f"{len(parts.train)} / val {len(parts.val)} / test {len(parts.test)} (test unused); "
           f"featurizer {fhash}", file=log, flush=True)
     seed_everything(t.seed)
-    width = int(base.get_batch([0])["x"].shape[1])
+    probe = base.get_batch([0])
+    width, n_bins = int(probe["x"].shape[1]), int(probe["y"].shape[1])
     model_cfg = _model_section(cfg)
     if is_v1:
         model_cfg.setdefault("input_dim", width)   # 4096 Morgan counts, or 6144 student vector
@@ -181,6 +182,9 @@ def run_distill(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path, 
     if model_config.input_dim != width:   # a student with fragments reads 7146 (its config says so)
         raise ConfigError(f"model.input_dim is {model_config.input_dim} but the {smode} shards give "
                           f"{width}-d inputs; set model.input_dim={width}")
+    if model_config.n_bins != n_bins:     # a shape traceback in the first step's loss
+        raise ConfigError(f"model.n_bins is {model_config.n_bins} but the {smode} shards give "
+                          f"{n_bins} spectrum bins; set model.n_bins={n_bins}")
     model = cls(model_config)
     if is_v1:
         print(f"neimsctl: distill: neims-v1 input: {width}-d "

@@ -103,7 +103,26 @@ def soft_label_rows(soft: SoftLabelReader, ds: StudentDataset) -> np.ndarray:
         raise InputError(f"{soft.path}: no soft labels for {len(missing)} of {len(ds)} training "
                          f"rows (e.g. id {ds.ids[missing[0]].decode()!r}); run neimsctl softlabel "
                          "on the teacher features of the same records")
+    check_same_compounds(soft, ds, rows)
     return rows
+
+
+def check_same_compounds(soft: SoftLabelReader, ds: StudentDataset, rows: np.ndarray) -> None:
+    """Refuse soft labels whose rows, matched by id, are of other compounds than the student rows
+    (compared by InChIKey connectivity block where both know it): labels made from another
+    library whose records are numbered alike were taken without a word and trained the student
+    on the wrong molecules' spectra. Files made before the blocks were kept are not checked."""
+    if soft.blocks is None or not len(rows):
+        return
+    theirs, ours = soft.blocks[rows], np.asarray(ds.blocks)
+    bad = np.flatnonzero((theirs != ours) & (theirs != b"") & (ours != b""))
+    if len(bad):
+        i = int(bad[0])
+        raise InputError(f"{soft.path}: soft labels of other compounds: {len(bad)} of {len(ds)} "
+                         f"rows differ by InChIKey (e.g. id {ds.ids[i].decode()!r} is "
+                         f"{ours[i].decode()} in the shards, {theirs[i].decode()} in the soft "
+                         "labels); run neimsctl softlabel on the teacher features of the same "
+                         "records")
 
 
 class StudentOnV1Dataset(StudentDataset):

@@ -200,6 +200,33 @@ def make_validator(dataset: TeacherDataset, *, reference: Reference, seed: int,
     return validate
 
 
+def check_widths(model_config: Any, batch: Any, source: str,
+                 keys: Sequence[str] = ("atom_dim", "bond_dim", "ecfp_dim", "counts_dim", "n_bins")
+                 ) -> None:
+    """Refuse a model whose input or output widths are not the shards' (``model.n_bins=10``,
+    ``model.ecfp_dim=10``: a shape traceback in the first training step), naming the key and
+    the shards' value.
+
+    Raises
+    ------
+    ConfigError
+        ``model.<key> is A but the <source> give B; set model.<key>=B`` (``source``: e.g.
+        ``teacher shards``).
+    """
+    widths = {"atom_dim": ("x", "-d atom features"), "bond_dim": ("edge_attr", "-d bond features"),
+              "ecfp_dim": ("ecfp", " ECFP bits"), "counts_dim": ("counts", " atom-pair counts"),
+              "n_bins": ("y", " spectrum bins")}
+    for key in keys:
+        name, what = widths[key]
+        want, have = getattr(model_config, key, None), getattr(batch, name, None)
+        if want is None or have is None or (key == "counts_dim" and not want):
+            continue
+        got = int(have.shape[1])
+        if int(want) != got:
+            raise ConfigError(f"model.{key} is {want} but the {source} give {got}{what}; "
+                              f"set model.{key}={got}")
+
+
 def run_finetune(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path, *,
                  init: str | Path | None = None, resume: bool | str | Path | None = None,
                  log: TextIO | None = None) -> TrainResult:
@@ -225,7 +252,7 @@ def run_finetune(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path,
         raise ConfigError(f"train.best_metric: {t.best_metric!r} is not reported by finetune; "
                           f"use one of {', '.join(VAL_METRICS)}")
     loss_cfg = dataclass_from_dict(TeacherLossConfig, cfg.loss, "loss")
-    teacher_config(cfg.model)            # checked before any data is read (built after it)
+    _, model_config = teacher_config(cfg.model)   # checked before any data is read (built after it)
     # the run's shards, kept in its checkpoints: a resume on others is refused here, before
     # their rows (or settings) are read
     inputs = describe_inputs(shards, shards)
@@ -238,6 +265,7 @@ def run_finetune(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path,
     aug = Augment(lds_sigma=d.smoothing_sigma or None, isotope_fraction=d.isotope_prob, seed=t.seed)
     augmented = TeacherDataset(list(shards), in_memory=not d.lazy, fragments=frags,
                                augment=aug if (d.smoothing_sigma or d.isotope_prob) else None)
+    check_widths(model_config, base.get_batch([0]), "teacher shards")
     if d.max_records is not None:
         base = base.subset(np.arange(min(d.max_records, len(base))))
         augmented = augmented.subset(np.arange(len(base)))

@@ -268,6 +268,11 @@ def run_pretrain(cfg: Config, sources: Sequence[str | Path], out_dir: str | Path
                               on_rejects=rejects)
         seed_everything(t.seed)
         teacher = TeacherModel(registry.config_from_section(TeacherModel, cfg.model))
+        from neimsctl.train.finetune import check_widths
+
+        # the graph branch's inputs (bond masking reads no fingerprint or spectrum)
+        check_widths(teacher.config, val_batches[0], "featurized SMILES",
+                     keys=("atom_dim", "bond_dim"))
         head = BondMaskingHead(teacher.config.hidden, loss_cfg.head_hidden or teacher.config.hidden,
                                bond_dim=teacher.config.bond_dim)
         model = BondMaskingModel(teacher, head, d.mask_ratio, loss_cfg.flag_weight)

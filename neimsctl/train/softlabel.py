@@ -380,7 +380,8 @@ def run_softlabel(teacher: Teachers, shards: Sequence[str | Path], out: str | Pa
                 if _judge(tally, seen, ds, int(pos[j]), rid, finite):
                     keep.append(j)
             w.append([ids[j] for j in keep], mean[keep], var[keep], hid[keep],
-                     positions_done=min((b + 1) * bs, len(positions)))
+                     positions_done=min((b + 1) * bs, len(positions)),
+                     blocks=ds.blocks[pos][keep])
             tally.written += len(keep)
     return tally
 

@@ -57,6 +57,7 @@ import io
 import itertools
 import logging
 import math
+import os
 import random
 import signal
 import sys
@@ -72,9 +73,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from neimsctl import interrupts
-from neimsctl.errors import CheckpointError, ConfigError, InputError, OutputError
+from neimsctl.errors import CheckpointError, ConfigError, InputError, OutputBusy, OutputError
 from neimsctl.io.parallel import dies_with_this_process
-from neimsctl.io.streams import make_dirs, output_error
+from neimsctl.io.streams import lock_partial, make_dirs, output_error
 from neimsctl.models import checkpoint as ck
 from neimsctl.train import distributed as dd
 from neimsctl.train.config import Config, resolve, resolve_device, save_config
@@ -514,6 +515,39 @@ class Trainer:
                   "(schedule.max_lr=null peaks at optim.lr)", file=self.log, flush=True)
         self.scaler = torch.amp.GradScaler("cuda") if t.precision == "fp16" else None
         self.step, self.best, self.history = 0, None, []
+        fresh_dir = not self.out_dir.exists()
+        lock = self._lock_run_dir() if self.info.is_main else None
+        try:
+            return self._fit_locked(resume, fresh_dir)
+        finally:
+            if lock is not None:
+                os.close(lock)
+            if fresh_dir and not self._saved and self.info.is_main:
+                with contextlib.suppress(OSError):
+                    self.out_dir.rmdir()      # made for the lock; refused before any file
+
+    def _lock_run_dir(self) -> int:
+        """Hold an exclusive lock on the run directory (made if need be) while this run trains:
+        two runs in one directory (two ``--resume`` at once, or two new runs started together)
+        both trained and wrote its checkpoints and log, the epochs twice in train_log.jsonl.
+
+        Raises
+        ------
+        OutputBusy
+            Another run holds it: nothing of the directory is touched.
+        """
+        make_dirs(self.out_dir)
+        try:
+            return lock_partial(self.out_dir)
+        except OutputBusy:
+            raise OutputBusy(f"{self.out_dir}: another run is training in this run directory; "
+                             "wait for it to end (or stop it) before starting or resuming one"
+                             ) from None
+        except OSError as exc:
+            raise output_error(self.out_dir, exc) from None
+
+    def _fit_locked(self, resume: str | Path | bool | None, fresh_dir: bool) -> TrainResult:
+        t = self.t
         epoch0, skip, acc = 0, 0, {}
         if not resume:
             held = existing_run(self.out_dir, self.ckpt_dir)
@@ -526,7 +560,6 @@ class Trainer:
         else:
             seed_everything(t.seed + self.info.rank)
         self.ddp_model = dd.wrap_model(self.model, self.device, self.info)
-        fresh_dir = not self.out_dir.exists()
         try:
             return self._fit(epoch0, skip, acc)
         except OutputError:

@@ -296,3 +296,51 @@ def test_resume_with_another_teacher_or_other_soft_labels_is_refused(work: Path)
     err = p.stderr.decode()
     assert p.returncode == 0 and "resumed from" in err and "using the soft labels in" in err, err
     assert load_checkpoint(work / "kd_inputs/checkpoints/last.pt")["epoch"] == 2
+
+
+def test_a_model_with_other_spectrum_bins_than_the_shards_is_one_line(shards: Path) -> None:
+    """model.n_bins=10 on 501-bin shards was a shape traceback in the first step's loss."""
+    for shard, mode in (("s.h5", "student"), ("v1.h5", "v1")):
+        if not (shards / shard).exists():
+            assert sh(f"neimsctl featurize --mode v1 r.jsonl -o {shard} -q", shards).returncode == 0
+        arch = "--arch neims-v1 --set train.epochs=1" if mode == "v1" else f"--no-kd {STUDENT}"
+        p = sh(f"neimsctl distill {shard} {arch} --set model.n_bins=10 --out-dir bins", shards)
+        assert (p.returncode, p.stderr.decode().splitlines()[-1]) == (
+            1, f"neimsctl distill: model.n_bins is 10 but the {mode} shards give 501 spectrum "
+               "bins; set model.n_bins=501"), p.stderr.decode()
+        assert b"Traceback" not in p.stderr
+        assert not (shards / "bins").exists()
+
+
+def test_soft_labels_of_another_library_numbered_alike_are_refused(work: Path) -> None:
+    """Soft labels align with the student rows by id; those of another library whose records
+    are numbered alike (ids 1..300 of other compounds, as two MSP exports) were taken without a
+    word and the student learnt the wrong molecules' spectra (val Recall@10 0.47 -> 0.10 on
+    MassBank). Each soft-label row keeps its compound's InChIKey block: another is one line
+    naming an id and both compounds, exit 1, before any run directory is made."""
+    p = sh("neimsctl softlabel t.h5 --teacher ft/checkpoints/last.pt -o soft_all.h5 --samples 2 "
+           "--device cpu -q", work)
+    assert p.returncode == 0, p.stderr.decode()
+    with SoftLabelReader(work / "soft_all.h5") as r:
+        assert r.blocks is not None and (r.blocks != b"").all() and len(r.blocks) == r.n_rows
+    # the same records, each under its neighbour's id: another library numbered 1..300
+    lines = (work / "r.jsonl").read_bytes().splitlines()
+    recs = [orjson.loads(x) for x in lines]
+    ids = [r["id"] for r in recs]
+    for r, rid in zip(recs, ids[1:] + ids[:1]):
+        r["id"] = rid
+    (work / "other.jsonl").write_bytes(b"\n".join(orjson.dumps(r) for r in recs) + b"\n")
+    p = sh("neimsctl featurize --mode student other.jsonl -o other.h5 -q", work)
+    assert p.returncode == 0, p.stderr.decode()
+    p = sh(f"neimsctl distill other.h5 --soft-labels soft_all.h5 {STUDENT} --set train.epochs=1 "
+           "--out-dir other_run", work)
+    err = p.stderr.decode()
+    assert p.returncode == 1 and err.count("\n") == 1, err
+    assert re.fullmatch(r"neimsctl distill: soft_all\.h5: soft labels of other compounds: \d+ of "
+                        r"\d+ rows differ by InChIKey \(e\.g\. id '[^']+' is [A-Z]{14} in the "
+                        r"shards, [A-Z]{14} in the soft labels\); run neimsctl softlabel on the "
+                        r"teacher features of the same records\n", err), err
+    assert not (work / "other_run").exists()
+    p = sh(f"neimsctl distill s.h5 --soft-labels soft_all.h5 {STUDENT} --set train.epochs=1 -q "
+           "--out-dir same_run", work)
+    assert p.returncode == 0, p.stderr.decode()

@@ -117,8 +117,13 @@ def test_a_teacher_that_reads_fragment_masses_trains_predicts_and_labels(work: P
 
 
 @pytest.mark.parametrize("extra, message", [
-    ("--set train.log_every=0", b"neimsctl finetune: --set train.log_every=0: must be an integer >= 1, got 0\n"),
-    ("--set train.batch_size=0", b"neimsctl finetune: --set train.batch_size=0: must be an integer >= 1, got 0\n"),
+    ("--set train.log_every=0", b"neimsctl finetune: --set train.log_every=0: must be an integer in [1, 2147483647], got 0\n"),
+    ("--set train.batch_size=0", b"neimsctl finetune: --set train.batch_size=0: must be an integer in [1, 2147483647], got 0\n"),
+    # tracebacks in itertools.islice / the first step (a model wider than the shards' features)
+    ("--set train.batch_size=1e20", b"neimsctl finetune: --set train.batch_size=1e20: must be an integer in [1, 2147483647], got 100000000000000000000\n"),
+    ("--set model.n_bins=10", b"neimsctl finetune: model.n_bins is 10 but the teacher shards give 501 spectrum bins; set model.n_bins=501\n"),
+    ("--set model.ecfp_dim=10", b"neimsctl finetune: model.ecfp_dim is 10 but the teacher shards give 4096 ECFP bits; set model.ecfp_dim=4096\n"),
+    ("--set model.atom_dim=12", b"neimsctl finetune: model.atom_dim is 12 but the teacher shards give 48-d atom features; set model.atom_dim=48\n"),
     ("--set train.seed=-1", b"neimsctl finetune: --set train.seed=-1: must be an integer in [0, 4294967295], got -1\n"),
     ("--set train.threads=-1", b"neimsctl finetune: --set train.threads=-1: must be an integer >= 1, got -1\n"),
     ("--set optim.lr=nan", b"neimsctl finetune: --set optim.lr=nan: must be a number > 0, got nan\n"),
@@ -234,3 +239,34 @@ def test_resume_with_other_shards_is_refused_naming_both(work: Path, sample_msp:
     p = run("renamed.h5 b.h5", 2, "--resume")
     assert p.returncode == 0 and b"resumed from" in p.stderr, p.stderr.decode()
     assert [e["epoch"] for e in epochs_logged(work / "inputs")] == [1, 2]
+
+
+def test_a_run_directory_another_run_trains_in_is_refused_and_untouched(work: Path,
+                                                                        full: Path) -> None:
+    """Two runs in one run directory at once (two --resume, or two new runs started together)
+    both trained and wrote its checkpoints and log: epochs 3 and 4 stood twice in
+    train_log.jsonl. A training run holds an exclusive lock on its directory; another run finds
+    it held: one line, exit 1, nothing of the directory touched. Once free, it resumes."""
+    import fcntl
+    import os
+    import shutil
+
+    run = work / "locked"
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(full, run)
+    before = _files(run)
+    fd = os.open(run, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)      # the other run
+        p = finetune(work, "locked", 3, "--set schedule.name=none --resume")
+        err = p.stderr.decode()
+        assert p.returncode == 1 and "Traceback" not in err, err
+        assert err.endswith("neimsctl finetune: locked: another run is training in this run "
+                            "directory; wait for it to end (or stop it) before starting or "
+                            "resuming one\n"), err
+        assert _files(run) == before
+    finally:
+        os.close(fd)
+    p = finetune(work, "locked", 3, "--set schedule.name=none --resume")
+    assert p.returncode == 0, p.stderr.decode()
+    assert [e["epoch"] for e in epochs_logged(run)] == [1, 2, 3]

@@ -124,3 +124,22 @@ def test_row_sizes_come_from_the_shard_layout(tmp_path, mode):
     row = sum(per_row.values()) + 10.0 * per_entry.get("n_atoms", 0) + 20.0 * per_entry.get("n_edges", 0)
     assert sizes["in-memory"] - sizes["lazy"] - strings == pytest.approx(1000 * row)
 
+
+
+@pytest.mark.parametrize("mode", ["benchmark", "compare"])
+def test_a_benchmark_shard_larger_than_the_disk_is_refused_before_writing(mode, tmp_path,
+                                                                          monkeypatch):
+    """--samples 1e9 began writing an 830 GB shard into the temporary directory (until the disk
+    was full), 1e12 was a numpy MemoryError traceback: one line naming the directory, the size
+    needed and the room there, exit 1, nothing left behind."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    res = runner.invoke(cli_main.app, ["membench", "--mode", mode, "--samples", str(10**12)])
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith(f"neimsctl membench: {tmp_path}: cannot write a "
+                                 "1,000,000,000,000-row student benchmark shard: it needs ~"), \
+        res.stderr
+    assert "GB free; use fewer --samples, or measure your own --shards" in res.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -164,6 +164,10 @@ def test_a_train_part_without_a_molecule_is_refused_not_trained_for_zero_steps(t
     (["missing.smi", "-c", CFG], 2, "missing.smi: no such file"),
     (["{tiny}", "-c", CFG, "--resume", "-o", "{tmp}/none"], 1, "no checkpoints to resume"),
     (["{tiny}", "-c", CFG, "--set", "train.bogus=1"], 1, "--set train.bogus=1: unknown key"),
+    # a shape traceback in the first step, config.yaml and train_log.jsonl left behind
+    (["{tiny}", "-c", CFG, "--set", "model.atom_dim=12", "-o", "{tmp}/atoms"], 1,
+     "neimsctl pretrain: model.atom_dim is 12 but the featurized SMILES give 48-d atom features; "
+     "set model.atom_dim=48\n"),
 ])
 def test_exit_codes(tmp_path, args, code, text):
     cli_main.load_commands()
@@ -171,6 +175,7 @@ def test_exit_codes(tmp_path, args, code, text):
     args = [a.format(tiny=tiny, tmp=tmp_path) for a in args]
     res = CliRunner().invoke(cli_main.app, ["pretrain", *args])
     assert res.exit_code == code and text in res.output, res.output
+    assert "Traceback" not in res.output and not (tmp_path / "atoms").exists()
 
 
 def test_a_pretraining_checkpoint_is_refused_where_spectra_are_needed(neimsctl_exe, tmp_path,

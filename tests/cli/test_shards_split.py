@@ -69,3 +69,41 @@ def test_smi_has_one_line_per_compound_and_feeds_predict(shard: Path, tmp_path: 
 def test_bad_part_is_a_usage_error(shard: Path) -> None:
     proc = split(shard, "--part", "holdout")
     assert proc.returncode == 2 and b"--part" in proc.stderr
+
+
+def test_the_split_of_a_run_trained_on_other_shares_or_seed(shard: Path, tmp_path: Path) -> None:
+    """A model trained with data.split=[0.5,0.25,0.25] and split_seed=7: 'shards split --part
+    test' could only give the 8:1:1 test part (no way to name the shares), which holds
+    compounds that model trained on, evaluated as if held out without a word. --split and
+    --seed name them, --checkpoint takes them from the run; both give the run's own parts."""
+    run = tmp_path / "run"
+    p = subprocess.run(
+        ["neimsctl", "distill", str(shard), "--no-kd", "-q", "--device", "cpu", "-o", str(run),
+         *[f"--set={kv}" for kv in (
+             "model.gate_hidden=[16]", "model.expert_depth=1", "model.expert_bottleneck=4",
+             "model.head_hidden=[32]", "model.hidden_dim=16", "train.batch_size=64",
+             "train.num_workers=0", "train.threads=1", "train.epochs=1",
+             "data.split=[0.5,0.25,0.25]", "data.split_seed=7")]],
+        capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr.decode()
+    ds = StudentDataset([shard])
+    parts = dataset_split(ds, seed=7, fractions=(0.5, 0.25, 0.25))
+    want = {part: sorted(i.decode() for i in ds.ids[getattr(parts, part)])
+            for part in ("train", "test")}
+    ck = run / "checkpoints/best.pt"
+    for args in (["--checkpoint", str(ck)], ["--split", "0.5,0.25,0.25", "--seed", "7"]):
+        for part in ("train", "test"):
+            proc = split(shard, "--part", part, *args)
+            assert proc.returncode == 0, proc.stderr
+            assert sorted(orjson.loads(x)["id"] for x in proc.stdout.splitlines()) == want[part]
+    proc = split(shard, "--checkpoint", str(ck))
+    assert proc.stderr.decode().startswith(f"neimsctl shards split: the split of {ck}: "
+                                           "0.5,0.25,0.25, seed 7\n")
+    # the default 8:1:1 test part is not that model's: it shares compounds with its training
+    default = {orjson.loads(x)["id"] for x in split(shard).stdout.splitlines()}
+    assert default & set(want["train"])
+    for args, text in ((["--split", "0.5,0.25"], b"--split must be 3 shares in [0, 1]"),
+                       (["--checkpoint", str(ck), "--seed", "7"], b"leave out --split and --seed"),
+                       (["--checkpoint", str(tmp_path / "no.pt")], b"no such file")):
+        proc = split(shard, *args)
+        assert proc.returncode == 2 and text in proc.stderr and proc.stdout == b"", proc.stderr

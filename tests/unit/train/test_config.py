@@ -121,18 +121,18 @@ def test_cuda_requested_without_cuda() -> None:
 
 
 @pytest.mark.parametrize("override, message", [
-    ("train.epochs=0", "must be an integer >= 1, got 0"),
-    ("train.epochs=-1", "must be an integer >= 1, got -1"),
-    ("train.batch_size=0", "must be an integer >= 1"),
-    ("train.batch_size=-3", "must be an integer >= 1"),
-    ("train.grad_accum=0", "must be an integer >= 1"),
-    ("train.log_every=0", "must be an integer >= 1"),
+    ("train.epochs=0", r"must be an integer in \[1, 2147483647\], got 0"),
+    ("train.epochs=-1", r"must be an integer in \[1, 2147483647\], got -1"),
+    ("train.batch_size=0", r"must be an integer in \[1, 2147483647\]"),
+    ("train.batch_size=-3", r"must be an integer in \[1, 2147483647\]"),
+    ("train.grad_accum=0", r"must be an integer in \[1, 2147483647\]"),
+    ("train.log_every=0", r"must be an integer in \[1, 2147483647\]"),
     ("train.seed=-1", r"must be an integer in \[0, 4294967295\], got -1"),
     ("train.threads=-1", "must be an integer >= 1"),
     ("train.threads=0", "must be an integer >= 1"),
     ("train.num_workers=-2", "must be an integer >= 0"),
-    ("train.keep_every=-1", "must be an integer >= 0"),
-    ("train.steps_per_epoch=0", "must be an integer >= 1"),
+    ("train.keep_every=-1", r"must be an integer in \[0, 2147483647\]"),
+    ("train.steps_per_epoch=0", r"must be an integer in \[1, 2147483647\]"),
     ("train.clip_norm=-1", "must be a number >= 0, got -1.0"),
     ("optim.lr=0", "must be a number > 0, got 0.0"),
     ("optim.lr=-1", "must be a number > 0"),
@@ -147,22 +147,55 @@ def test_cuda_requested_without_cuda() -> None:
     ("data.mask_ratio=0", r"must be a number in \(0, 1\]"),
     ("data.smoothing_sigma=-1", "must be a number >= 0"),
     ("data.transfer_fraction=1.5", r"must be a number in \(0, 1\]"),
-    ("data.max_records=0", "must be an integer >= 1"),
+    ("data.max_records=0", r"must be an integer in \[1, 2147483647\]"),
     ("data.split_seed=-1", "must be an integer in"),
     ("data.split_seed=" + "9" * 70, "must be an integer in"),
     ("data.split=[0.5,0.5,0.5]", "must be 3 shares in"),
     ("data.split=[0.9,0.1]", "must be 3 shares in"),
     ("data.fold=1/1", "must be k/K with K >= 2"),
     ("data.fold=x", "must be k/K with K >= 2"),
-    ("schedule.t0=0", "must be an integer >= 1"),
+    ("schedule.t0=0", r"must be an integer in \[1, 2147483647\]"),
     ("schedule.pct_start=1.5", r"must be a number in \[0, 1\]"),
     ("schedule.max_lr=0", "must be a number > 0"),
-    ("schedule.total_steps=0", "must be an integer >= 1"),
+    ("schedule.total_steps=0", r"must be an integer in \[1, 2147483647\]"),
+    # counts beyond any budget were tracebacks in itertools/torch after the data were read
+    ("train.batch_size=1e20", r"must be an integer in \[1, 2147483647\], got 10+$"),
+    ("train.grad_accum=1e20", r"must be an integer in \[1, 2147483647\]"),
+    ("train.epochs=2147483648", r"must be an integer in \[1, 2147483647\]"),
+    ("data.max_records=1e30", r"must be an integer in \[1, 2147483647\]"),
 ])
 def test_values_out_of_range_name_the_override_key_and_range(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=rf"^--set {re.escape(override)}: {message}") as err:
         load_config(None, [override], env={})
     assert err.value.key == override.split("=")[0]
+
+
+@pytest.mark.parametrize("key", ["train.threads", "train.num_workers"])
+def test_threads_and_loader_workers_are_at_most_4_per_core(key: str) -> None:
+    """``train.num_workers=1e20`` forked loader workers until the machine stalled and
+    ``train.threads=100000`` was a MemoryError traceback: at most 4 per core, as ``--jobs``."""
+    from neimsctl.io.parallel import max_jobs
+
+    for value in (str(max_jobs() + 1), "1e20"):
+        with pytest.raises(ConfigError, match=rf"^--set {key}={value}: must be an integer <= "
+                                              rf"{max_jobs()} \(4 per core of this machine\)"):
+            load_config(None, [f"{key}={value}"], env={})
+    assert getattr(load_config(None, [f"{key}={max_jobs()}"], env={}).train,
+                   key.split(".")[1]) == max_jobs()
+
+
+@pytest.mark.parametrize("name", ["cosine", "cosine_warm_restarts"])
+def test_a_cosine_floor_above_the_learning_rate_is_refused(name: str) -> None:
+    """A cosine schedule goes from optim.lr down to eta_min: eta_min=1e308 was an overflow
+    traceback in the optimizer after the first epoch, eta_min=0.01 a rate growing 10x."""
+    for value, shown in (("1e308", r"1e\+308"), ("0.01", "0.01")):
+        with pytest.raises(ConfigError, match=rf"^--set schedule.eta_min={value}: must be at most "
+                                              rf"optim.lr \(0.001\), the rate the {name} "
+                                              rf"schedule decays from, got {shown}$"):
+            load_config(None, [f"schedule.name={name}", "optim.lr=1e-3",
+                               f"schedule.eta_min={value}"], env={})
+    load_config(None, [f"schedule.name={name}", "optim.lr=1e-3", "schedule.eta_min=1e-3"], env={})
+    load_config(None, ["schedule.name=onecycle", "optim.lr=1e-3", "schedule.eta_min=1"], env={})
 
 
 def test_defaults_and_shipped_values_are_in_range(tmp_path: Path) -> None:
@@ -174,7 +207,7 @@ def test_a_bad_value_names_where_it_came_from(tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
     f.write_text("train:\n  epochs: 3\n  log_every: 0\n")
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(f))}: train\.log_every: must be an "
-                                          "integer >= 1, got 0$"):
+                                          "integer in \\[1, 2147483647\\], got 0$"):
         load_config(f, env={})
     f.write_text("train:\n  epochs: 3\n")        # the file is fine: the override is not
     with pytest.raises(ConfigError, match=r"^--set train\.epochs=abc: expected int, got 'abc'$"):
@@ -182,7 +215,7 @@ def test_a_bad_value_names_where_it_came_from(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^--set train=5: expected a mapping"):
         load_config(f, ["train=5"], env={})
     with pytest.raises(ConfigError, match=r"^environment NEIMSCTL_CFG__TRAIN__EPOCHS=0: "
-                                          r"train\.epochs: must be an integer >= 1"):
+                                          r"train\.epochs: must be an integer in \[1, "):
         load_config(f, env={"NEIMSCTL_CFG__TRAIN__EPOCHS": "0"})
     # the last one to set a key is named: the override beats the environment
     with pytest.raises(ConfigError, match=r"^--set train\.epochs=-2: "):
