@@ -223,3 +223,43 @@ def test_find_top_peaks_takes_one_spectrum(predictor):
     for kw in ({"top_n": -1}, {"top_n": 0}, {"top_n": 2.5}, {"threshold": float("nan")}, {"threshold": -1}):
         with pytest.raises(ConfigError):
             predictor.find_top_peaks(batch[0], **kw)
+
+
+def test_a_teacher_shared_by_threads_predicts_as_it_does_alone(tmp_path):
+    """The teacher's MC dropout switches its dropout modules on and seeds torch's global
+    generator: a thread asking for uncertainty made another thread's plain prediction stochastic
+    (up to 0.1 off on the shipped teacher) and the threads' seeds overwrote each other's (spreads
+    that changed from call to call). Each thread now gets what a lone call gets, bit for bit."""
+    import threading
+
+    from neimsctl import SpectrumPredictor
+    from neimsctl.models.teacher import TeacherConfig, TeacherModel
+
+    cfg = TeacherConfig.from_dict({"hidden": 16, "num_layers": 2, "attention_hidden": 8,
+                                   "pool_gate_hidden": 8, "ecfp_hidden": [32], "ecfp_out": 16,
+                                   "head_hidden": [32, 16], "dropout": 0.5})
+    torch.manual_seed(0)
+    path = tmp_path / "teacher.pt"
+    save_checkpoint(path, model=TeacherModel(cfg), config={"model": {"name": "teacher", **cfg.to_dict()}},
+                    featurizer_hash=run_settings(RowOptions(mode="teacher"))[1])
+    p = SpectrumPredictor({"mc_samples": 4}, checkpoint=path, device="cpu")
+    plain = [p.predict_from_smiles(s) for s in SMILES]
+    unc = [p.predict_from_smiles(s, return_uncertainty=True) for s in SMILES]
+    assert any(u[1].max() > 0 for u in unc)
+    wrong: list[tuple[int, str, int]] = []
+
+    def work(t: int) -> None:
+        for r in range(6):
+            for i, s in enumerate(SMILES):
+                if (t + r) % 2:
+                    mean, std = p.predict_from_smiles(s, return_uncertainty=True)
+                    if not (np.array_equal(mean, unc[i][0]) and np.array_equal(std, unc[i][1])):
+                        wrong.append((t, "uncertainty", i))
+                elif not np.array_equal(p.predict_from_smiles(s), plain[i]):
+                    wrong.append((t, "plain", i))
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert wrong == []
