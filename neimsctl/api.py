@@ -232,7 +232,8 @@ class SpectrumPredictor:
             rejects += rej
         n_bins = self.loaded.n_bins
         spec = np.concatenate(specs) if specs else np.zeros((0, n_bins), np.float32)
-        std = np.concatenate(stds) if uncertainty and stds else None
+        std = None if not uncertainty else \
+            np.concatenate(stds) if stds else np.zeros((0, n_bins), np.float32)
         return spec, std, rejects
 
     def predict_batch(self, smiles: str | Sequence[str], batch_size: int | None = None,

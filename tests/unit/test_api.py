@@ -225,7 +225,21 @@ def test_find_top_peaks_takes_one_spectrum(predictor):
             predictor.find_top_peaks(batch[0], **kw)
 
 
-def test_a_teacher_shared_by_threads_predicts_as_it_does_alone(tmp_path):
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from neimsctl.models.teacher import TeacherConfig, TeacherModel
+
+    cfg = TeacherConfig.from_dict({"hidden": 16, "num_layers": 2, "attention_hidden": 8,
+                                   "pool_gate_hidden": 8, "ecfp_hidden": [32], "ecfp_out": 16,
+                                   "head_hidden": [32, 16], "dropout": 0.5})
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("api_teacher") / "teacher.pt"
+    save_checkpoint(path, model=TeacherModel(cfg), config={"model": {"name": "teacher", **cfg.to_dict()}},
+                    featurizer_hash=run_settings(RowOptions(mode="teacher"))[1])
+    return path
+
+
+def test_a_teacher_shared_by_threads_predicts_as_it_does_alone(teacher_ckpt):
     """The teacher's MC dropout switches its dropout modules on and seeds torch's global
     generator: a thread asking for uncertainty made another thread's plain prediction stochastic
     (up to 0.1 off on the shipped teacher) and the threads' seeds overwrote each other's (spreads
@@ -233,16 +247,8 @@ def test_a_teacher_shared_by_threads_predicts_as_it_does_alone(tmp_path):
     import threading
 
     from neimsctl import SpectrumPredictor
-    from neimsctl.models.teacher import TeacherConfig, TeacherModel
 
-    cfg = TeacherConfig.from_dict({"hidden": 16, "num_layers": 2, "attention_hidden": 8,
-                                   "pool_gate_hidden": 8, "ecfp_hidden": [32], "ecfp_out": 16,
-                                   "head_hidden": [32, 16], "dropout": 0.5})
-    torch.manual_seed(0)
-    path = tmp_path / "teacher.pt"
-    save_checkpoint(path, model=TeacherModel(cfg), config={"model": {"name": "teacher", **cfg.to_dict()}},
-                    featurizer_hash=run_settings(RowOptions(mode="teacher"))[1])
-    p = SpectrumPredictor({"mc_samples": 4}, checkpoint=path, device="cpu")
+    p = SpectrumPredictor({"mc_samples": 4}, checkpoint=teacher_ckpt, device="cpu")
     plain = [p.predict_from_smiles(s) for s in SMILES]
     unc = [p.predict_from_smiles(s, return_uncertainty=True) for s in SMILES]
     assert any(u[1].max() > 0 for u in unc)
@@ -263,3 +269,14 @@ def test_a_teacher_shared_by_threads_predicts_as_it_does_alone(tmp_path):
     for th in threads:
         th.join()
     assert wrong == []
+
+
+def test_uncertainty_of_no_molecules_is_two_empty_arrays(teacher_ckpt):
+    """An empty list gave ``(mean, None)``: ``std.shape`` of the documented ``(mean, std)`` failed."""
+    from neimsctl import SpectrumPredictor
+
+    p = SpectrumPredictor({"mc_samples": 4}, checkpoint=teacher_ckpt, device="cpu")
+    mean, std = p.predict_from_smiles([], return_uncertainty=True)
+    assert mean.shape == std.shape == (0, p.loaded.n_bins) and std.dtype == np.float32
+    mean, std = p.predict_from_smiles(["CCO"], return_uncertainty=True)
+    assert mean.shape == std.shape == (1, p.loaded.n_bins)
