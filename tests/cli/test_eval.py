@@ -102,6 +102,19 @@ def test_report_and_stdin(neimsctl_exe, tmp_path):
     assert str(rep / "report.md") in m["report"]
 
 
+def test_a_report_directory_that_is_a_file_is_a_usage_error(neimsctl_exe, tmp_path):
+    """--report onto a file ran the whole evaluation, then said only "<file>: File exists"
+    (exit 1); it is named as a usage error before any work, and the file is left alone."""
+    case = write_case(tmp_path)
+    taken = tmp_path / "taken.md"
+    taken.write_bytes(b"mine\n")
+    proc = run(neimsctl_exe, case["pred_jsonl"], case["queries"], "--report", taken)
+    assert proc.returncode == 2 and proc.stdout == b""
+    assert proc.stderr.decode().strip().splitlines() == [
+        f"neimsctl eval: --report {taken}: not a directory (the report and its plots go into one)"]
+    assert taken.read_bytes() == b"mine\n"
+
+
 @pytest.mark.parametrize("args, code, message", [
     (["{queries}", "{library}"], 1, b"no measured spectrum"),
     (["{queries}", "{missing}"], 2, b"no such file"),
