@@ -523,8 +523,8 @@ def _query_batch(spectra: Any):  # type: ignore[no-untyped-def]
     recs = []
     for i, q in enumerate(spectra):
         if isinstance(q, Mapping):
-            qid = str(q.get("id", i + 1))
-            rec = SpectrumRecord(_API_FILE, i + 1, i + 1, qid, str(q.get("name", "")),
+            qid = str(i + 1 if q.get("id") is None else q["id"])    # None: no id, as no name
+            rec = SpectrumRecord(_API_FILE, i + 1, i + 1, qid, str(q.get("name") or ""),
                                  str(q.get("inchikey", "") or ""), str(q.get("smiles", "") or ""),
                                  str(q.get("formula", "") or ""), _query_mw(q.get("mw"), i, qid),
                                  mz=q.get("mz"), intensity=q.get("intensity"))
