@@ -67,6 +67,8 @@ def _smiles_list(smiles: Any, where: str) -> tuple[bool, list[Any]]:
     TypeError
         Neither (``None``, a number, bytes): named, instead of Python's "object is not iterable".
     """
+    if isinstance(smiles, np.ndarray) and smiles.ndim == 0:
+        smiles = smiles.item()       # np.array("CCO"): one value, not a sequence to iterate
     if isinstance(smiles, str):
         return True, [smiles]
     if isinstance(smiles, (bytes, bytearray)) or not isinstance(smiles, Iterable):

@@ -107,6 +107,16 @@ def test_smiles_neither_a_string_nor_a_sequence_is_named(predictor, bad, tmp_pat
     assert not (tmp_path / "x.msp").exists()
 
 
+def test_a_numpy_scalar_string_is_one_smiles(predictor):
+    """np.array("CCO") (a 0-d array, what indexing some array containers gives) raised numpy's
+    bare "iteration over a 0-d array"; it is one SMILES, as np.str_ already was."""
+    one = predictor.predict_from_smiles("CCO")
+    assert np.array_equal(predictor.predict_from_smiles(np.array("CCO")), one)
+    assert np.array_equal(predictor.predict_batch(np.array("CCO")), one[None])
+    with pytest.raises(TypeError, match="^predict_batch: expects a SMILES string or a sequence of them, got int"):
+        predictor.predict_batch(np.array(5))
+
+
 def test_find_top_peaks(predictor):
     spec = np.zeros(501, np.float32)
     spec[[43, 120, 180, 200]] = [1.0, 0.5, 0.25, 0.005]
