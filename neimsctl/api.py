@@ -162,6 +162,12 @@ class SpectrumPredictor:
         if self.options["threads"]:
             import torch
 
+            from neimsctl.io.parallel import max_jobs
+
+            if self.options["threads"] > max_jobs():
+                raise ConfigError(f"SpectrumPredictor config: threads must be at most {max_jobs()} "
+                                  f"(4 per core of this machine), got {self.options['threads']}")
+
             torch.set_num_threads(int(self.options["threads"]))
         spec: Any = model_type if checkpoint is None else \
             checkpoint if isinstance(checkpoint, (str, os.PathLike)) else list(checkpoint)

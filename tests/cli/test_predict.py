@@ -297,3 +297,15 @@ def test_mc_samples_without_uncertainty_is_warned(ckpt):
     assert "neimsctl predict: warning: --mc-samples counts only with --uncertainty: ignored" \
         in res.stderr
     assert "--mc-samples" not in invoke("-m", str(ckpt), stdin=b"CCO\n").stderr
+
+
+@pytest.mark.parametrize("threads", ["100000", "99999999999999999999"])
+def test_threads_beyond_4_per_core_are_a_usage_error(ckpt, threads):
+    """-t 5000 spawned 5000 torch threads (200 molecules: 42 s instead of 4); a value beyond
+    2**63 was torch's "Overflow when unpacking long long" traceback. As --jobs: at most 4 per core."""
+    from neimsctl.io.parallel import max_jobs
+
+    res = invoke("-m", str(ckpt), "-t", threads, stdin=b"CCO\n")
+    assert res.exit_code == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines() == [
+        f"neimsctl predict: --threads {threads}: at most {max_jobs()} (4 per core of this machine)"]

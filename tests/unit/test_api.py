@@ -290,3 +290,13 @@ def test_uncertainty_of_no_molecules_is_two_empty_arrays(teacher_ckpt):
     assert mean.shape == std.shape == (0, p.loaded.n_bins) and std.dtype == np.float32
     mean, std = p.predict_from_smiles(["CCO"], return_uncertainty=True)
     assert mean.shape == std.shape == (1, p.loaded.n_bins)
+
+
+def test_threads_beyond_4_per_core_are_refused(ckpt):
+    """threads=10**20 was torch's bare "Overflow when unpacking long long" ValueError."""
+    from neimsctl import SpectrumPredictor
+    from neimsctl.io.parallel import max_jobs
+
+    for n in (max_jobs() + 1, 10 ** 20):
+        with pytest.raises(ConfigError, match=f"threads must be at most {max_jobs()}"):
+            SpectrumPredictor({"threads": n}, checkpoint=ckpt, device="cpu")
