@@ -140,9 +140,22 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError as exc:
         raise ConfigError(f"--device {device!r}: {exc}") from None
+    # checked here, not by the first tensor moved there (a traceback: "Torch not compiled with
+    # CUDA enabled", "PyTorch is not linked with support for mps devices")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device!r}: not auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not n:
+            raise ConfigError(f"--device {device!r}: CUDA is not available (a torch without CUDA, "
+                              "or no GPU visible): use --device cpu or auto")
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"--device {device!r}: this machine has {n} CUDA device(s) (cuda:0.."
+                              f"cuda:{n - 1})")
+    return dev
 
 
 def resolve_model(spec: str | Path) -> Path:

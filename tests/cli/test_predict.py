@@ -309,3 +309,17 @@ def test_threads_beyond_4_per_core_are_a_usage_error(ckpt, threads):
     assert res.exit_code == 2 and "Traceback" not in res.stderr, res.stderr
     assert res.stderr.strip().splitlines() == [
         f"neimsctl predict: --threads {threads}: at most {max_jobs()} (4 per core of this machine)"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with CUDA")
+@pytest.mark.parametrize("device, why", [
+    ("cuda", "CUDA is not available (a torch without CUDA, or no GPU visible): use --device cpu or auto"),
+    ("cuda:3", "CUDA is not available (a torch without CUDA, or no GPU visible): use --device cpu or auto"),
+    ("mps", "not auto, cpu, cuda or cuda:N"),
+    ("meta", "not auto, cpu, cuda or cuda:N")])
+def test_a_device_this_machine_has_not_is_one_line(ckpt, device, why):
+    """--device cuda on a machine without CUDA was a traceback ("Torch not compiled with CUDA
+    enabled", an AssertionError from the first tensor moved there); mps a RuntimeError's."""
+    res = invoke("-m", str(ckpt), "--device", device, stdin=b"CCO\n")
+    assert res.exit_code == 1, res.output
+    assert res.stderr.strip().splitlines() == [f"neimsctl predict: --device {device!r}: {why}"]
