@@ -67,6 +67,8 @@ def _smiles_list(smiles: Any, where: str) -> tuple[bool, list[Any]]:
     TypeError
         Neither (``None``, a number, bytes): named, instead of Python's "object is not iterable".
     """
+    if isinstance(smiles, np.ndarray) and smiles.ndim == 0:
+        smiles = smiles.item()       # np.array("CCO"): one value, not a sequence to iterate
     if isinstance(smiles, str):
         return True, [smiles]
     if isinstance(smiles, (bytes, bytearray)) or not isinstance(smiles, Iterable):
@@ -160,6 +162,12 @@ class SpectrumPredictor:
         if self.options["threads"]:
             import torch
 
+            from neimsctl.io.parallel import max_jobs
+
+            if self.options["threads"] > max_jobs():
+                raise ConfigError(f"SpectrumPredictor config: threads must be at most {max_jobs()} "
+                                  f"(4 per core of this machine), got {self.options['threads']}")
+
             torch.set_num_threads(int(self.options["threads"]))
         spec: Any = model_type if checkpoint is None else \
             checkpoint if isinstance(checkpoint, (str, os.PathLike)) else list(checkpoint)
@@ -232,7 +240,8 @@ class SpectrumPredictor:
             rejects += rej
         n_bins = self.loaded.n_bins
         spec = np.concatenate(specs) if specs else np.zeros((0, n_bins), np.float32)
-        std = np.concatenate(stds) if uncertainty and stds else None
+        std = None if not uncertainty else \
+            np.concatenate(stds) if stds else np.zeros((0, n_bins), np.float32)
         return spec, std, rejects
 
     def predict_batch(self, smiles: str | Sequence[str], batch_size: int | None = None,
@@ -522,8 +531,8 @@ def _query_batch(spectra: Any):  # type: ignore[no-untyped-def]
     recs = []
     for i, q in enumerate(spectra):
         if isinstance(q, Mapping):
-            qid = str(q.get("id", i + 1))
-            rec = SpectrumRecord(_API_FILE, i + 1, i + 1, qid, str(q.get("name", "")),
+            qid = str(i + 1 if q.get("id") is None else q["id"])    # None: no id, as no name
+            rec = SpectrumRecord(_API_FILE, i + 1, i + 1, qid, str(q.get("name") or ""),
                                  str(q.get("inchikey", "") or ""), str(q.get("smiles", "") or ""),
                                  str(q.get("formula", "") or ""), _query_mw(q.get("mw"), i, qid),
                                  mz=q.get("mz"), intensity=q.get("intensity"))

@@ -313,6 +313,11 @@ def command(cmd: str) -> Iterator[None]:
         if where is None:
             raise
         fail(cmd, where, f"damaged HDF5 file: {exc}")
+    except MemoryError:
+        # an input the readers cannot hold (a line without end: /dev/zero, a multi-GB binary
+        # file read as text; a process under ulimit -v): one line, temporaries removed
+        fail(cmd, "out of memory", "an input line or record too large to hold (an endless input "
+             "without line ends?), or too little memory for this run")
     except KeyboardInterrupt:
         eprint(cmd, "interrupted")
         raise typer.Exit(128 + (interrupts.pending() or signal.SIGINT)) from None

@@ -83,6 +83,9 @@ def eval_cli(
     if str(predicted) == "-" and str(measured) == "-":
         usage_error(CMD, "only one of PREDICTED and MEASURED can be '-' (stdin)")
     check_inputs_or_usage(CMD, [predicted, measured, *(library or [])])
+    if report is not None and report.exists() and not report.is_dir():
+        # not after the whole evaluation as "report: File exists" (exit 1)
+        usage_error(CMD, f"--report {report}: not a directory (the report and its plots go into one)")
     refuse_clobber(CMD, input_pairs([predicted, measured]) + input_pairs(library or [], "--library"),
                    [output_pair("-o", "-")] + [output_pair("--report", report / name)
                                                for name in (REPORT_FILES if report else ())])

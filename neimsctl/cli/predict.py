@@ -165,7 +165,7 @@ def predict_cli(
         refuse_clobber(CMD, input_pairs(paths) + input_pairs(shipped_paths(models), "--model"),
                        [output_pair("-o", output)]
                        + ([output_pair("--rejects", rejects)] if rejects else []))
-        from neimsctl.io.parallel import available_cores, parse_jobs, resolve_jobs
+        from neimsctl.io.parallel import available_cores, max_jobs, parse_jobs, resolve_jobs
 
         from neimsctl.io.inputs import parse_shard
 
@@ -174,6 +174,8 @@ def predict_cli(
             shard_kn = parse_shard(shard)
         except ValueError as exc:
             usage_error(CMD, str(exc))
+        if threads > max_jobs():   # -t 5000 ran 10x slower; beyond 2**63 torch's traceback
+            usage_error(CMD, f"--threads {threads}: at most {max_jobs()} (4 per core of this machine)")
         from neimsctl.cli._progress import Progress
         from neimsctl.errors import StrictStop
         from neimsctl.io.inputs import iter_items

@@ -35,9 +35,14 @@ def _save(fig: Any, path: Path) -> Path:
     """Lay out, write and close ``fig``; returns ``path``."""
     import matplotlib.pyplot as plt
 
+    from neimsctl.io.streams import atomic_path
+
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:   # whole or not at all (a full disk, Ctrl-C)
+            fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return path
 
 

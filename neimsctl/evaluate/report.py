@@ -308,8 +308,9 @@ def write_report(result: EvalResult, out_dir: str | os.PathLike) -> list[Path]:
     """Write ``report.md`` and its PNG plots into ``out_dir`` (created); returns the files written."""
     from neimsctl.evaluate.plots import write_plots
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from neimsctl.io.streams import atomic_path, make_dirs
+
+    out = make_dirs(out_dir)
     plots = write_plots(result, out)
     m = result.metrics
     ks = m["settings"]["ks"]
@@ -334,7 +335,8 @@ def write_report(result: EvalResult, out_dir: str | os.PathLike) -> list[Path]:
     lines += ["", "## Plots", ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     report = out / "report.md"
-    report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with atomic_path(report) as tmp:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return [report, *plots]
 
 

@@ -17,6 +17,7 @@ Items carry the raw bytes: parsing happens in the workers that featurize them
 from __future__ import annotations
 
 import os
+import re
 from typing import BinaryIO, Iterable, Iterator, NamedTuple, Sequence
 
 from neimsctl.errors import InputError
@@ -43,6 +44,10 @@ class Item(NamedTuple):
     kind: str          # "jsonl", "smi" or "sdf"
     raw: bytes
     nth: int = 0
+
+
+#: A MOL block's counts line: atom and bond counts, ..., the version (``  3  2  0 ... V2000``).
+_COUNTS_LINE = re.compile(rb"^[ \d]{6}.*V[23]000\s*$")
 
 
 def sniff_format(head: Sequence[bytes], formats: Sequence[str] = INPUT_FORMATS) -> str:
@@ -125,14 +130,24 @@ def iter_items(paths: Iterable[str | os.PathLike], input_format: str | None = No
                                  + ", ".join(given[f] for f in formats) + ")")
             if kind == "sdf":
                 buf: list[bytes] = []
-                start = 1
+                start, ended = 1, -1     # ended: buf's index of the record's "M  END" line
                 for lineno, raw in enumerate(lines, start=1):
                     if raw.startswith(b"$$$$"):
                         if keep():
                             yield Item(ordinal, name, start, "sdf", b"".join(buf), ordinal - first + 1)
-                        ordinal, buf, start = ordinal + 1, [], lineno + 1
-                    else:
-                        buf.append(raw)
+                        ordinal, buf, start, ended = ordinal + 1, [], lineno + 1, -1
+                        continue
+                    if ended >= 0 and len(buf) - ended > 3 and (b"V2000" in raw or b"V3000" in raw) \
+                            and _COUNTS_LINE.match(raw):
+                        # a MOL block's counts line after "M  END" without "$$$$" (MOL files
+                        # concatenated, cat *.mol): a record of its own from its 3 header lines,
+                        # not the previous record's data, silently lost
+                        if keep():
+                            yield Item(ordinal, name, start, "sdf", b"".join(buf[:-3]), ordinal - first + 1)
+                        ordinal, buf, start, ended = ordinal + 1, buf[-3:], lineno - 3, -1
+                    elif ended < 0 and raw.startswith(b"M  END"):
+                        ended = len(buf)
+                    buf.append(raw)
                 if b"".join(buf).strip():
                     if keep():
                         yield Item(ordinal, name, start, "sdf", b"".join(buf), ordinal - first + 1)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Sequence
 
@@ -117,6 +118,10 @@ class _Rows:
         if not key:
             self.skip("no_inchikey", where)
             return
+        key = _shaped_key(str(key))
+        if key is None:     # "N/A", "-", a number: it would pair with nothing, silently
+            self.skip("bad_inchikey", where)
+            return
         try:
             spec = preprocess_spectrum([] if mz is None else mz, [] if intensity is None else intensity)
         except (ValueError, TypeError):
@@ -129,7 +134,7 @@ class _Rows:
             self.skip("bad_field", where)
             return
         self.spectra.append(spec)
-        self.keys.append(str(key).strip().upper())
+        self.keys.append(key)
         known = int_mass(mw)              # absent, empty or 0: unknown
         if known is None:
             kind, text = structure if structure else ("", "")
@@ -206,13 +211,27 @@ def _read_jsonl(fh: BinaryIO, rows: _Rows) -> None:
                  formula=rec.get("formula"))
 
 
+#: An InChIKey (upper case), or its first block: what predictions and spectra are paired on.
+_INCHIKEY = re.compile(r"[A-Z]{14}(?:-[A-Z]{10}-[A-Z])?")
+
+
+def _shaped_key(text: str) -> str | None:
+    """``text`` as an upper-case InChIKey (``InChIKey=`` prefix of the InChI tools dropped), or
+    None when it is none (``N/A``, ``-``): such a key pairs with nothing and would silently
+    drop its record from the queries."""
+    key = text.strip().upper()
+    if key.startswith("INCHIKEY="):
+        key = key[len("INCHIKEY="):].strip()
+    return key if _INCHIKEY.fullmatch(key) else None
+
+
 def _msp_key(fields: dict[str, str]) -> str | None:
     """The record's InChIKey: as stated (the line, else MoNA's ``InChIKey=`` comment pair), else
     from the structure it states (:func:`neimsctl.io.msp.record_structure`)."""
     key = record_inchikey(fields)
-    if key:
-        return key
     stated = record_structure(fields)
+    if key and (_shaped_key(key) or stated is None):
+        return key      # one that is no InChIKey, without a structure: add() names it
     if stated is None:
         return None
     from rdkit import Chem, RDLogger

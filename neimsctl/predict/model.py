@@ -19,6 +19,7 @@ import collections
 import importlib
 import json
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, TextIO
@@ -45,6 +46,11 @@ MODE_OF = {"student": "student", "teacher": "teacher", "neims-v1": "v1"}
 #: Seed of the teacher's MC-dropout masks (``--uncertainty``): each batch is seeded from it and
 #: the ordinal of its first record, so the spreads are reproducible.
 MC_SEED = 0
+#: Held around every teacher model call. MC dropout switches the model's dropout modules on and
+#: seeds torch's global generator: two threads sharing a predictor (``neimsctl.api``) made each
+#: other's plain predictions stochastic and overwrote each other's seeds. Uncontended (the CLI's
+#: one thread per process) it costs one acquire per batch.
+_TEACHER_LOCK = threading.Lock()
 
 
 @dataclass
@@ -134,9 +140,22 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError as exc:
         raise ConfigError(f"--device {device!r}: {exc}") from None
+    # checked here, not by the first tensor moved there (a traceback: "Torch not compiled with
+    # CUDA enabled", "PyTorch is not linked with support for mps devices")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device!r}: not auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not n:
+            raise ConfigError(f"--device {device!r}: CUDA is not available (a torch without CUDA, "
+                              "or no GPU visible): use --device cpu or auto")
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"--device {device!r}: this machine has {n} CUDA device(s) (cuda:0.."
+                              f"cuda:{n - 1})")
+    return dev
 
 
 def resolve_model(spec: str | Path) -> Path:
@@ -609,13 +628,15 @@ def _teacher(lm: LoadedModel, block: dict[str, np.ndarray], n: int, bs: int, unc
         if unc:
             # the dropout masks of a batch depend only on its first record (the same command on
             # the same input gives the same spectra and spreads), not on what ran before
-            with torch.random.fork_rng(devices=[lm.device] if lm.device.type == "cuda" else []):
+            with _TEACHER_LOCK, torch.random.fork_rng(
+                    devices=[lm.device] if lm.device.type == "cuda" else []):
                 torch.manual_seed(MC_SEED * 1_000_003 + int(block["ordinal"][a]))
                 mean, var = lm.model.mc_predict(batch, n_samples=samples)
             outs.append(mean.float().cpu().numpy())
             stds.append(var.clamp_min(0).sqrt().float().cpu().numpy())
         else:
-            outs.append(lm.model.predict_spectrum(batch).float().cpu().numpy())
+            with _TEACHER_LOCK:
+                outs.append(lm.model.predict_spectrum(batch).float().cpu().numpy())
     if not outs:
         return np.zeros((0, lm.model.config.n_bins), np.float32), None, None
     return np.concatenate(outs), (np.concatenate(stds) if unc else None), None

@@ -102,6 +102,19 @@ def test_report_and_stdin(neimsctl_exe, tmp_path):
     assert str(rep / "report.md") in m["report"]
 
 
+def test_a_report_directory_that_is_a_file_is_a_usage_error(neimsctl_exe, tmp_path):
+    """--report onto a file ran the whole evaluation, then said only "<file>: File exists"
+    (exit 1); it is named as a usage error before any work, and the file is left alone."""
+    case = write_case(tmp_path)
+    taken = tmp_path / "taken.md"
+    taken.write_bytes(b"mine\n")
+    proc = run(neimsctl_exe, case["pred_jsonl"], case["queries"], "--report", taken)
+    assert proc.returncode == 2 and proc.stdout == b""
+    assert proc.stderr.decode().strip().splitlines() == [
+        f"neimsctl eval: --report {taken}: not a directory (the report and its plots go into one)"]
+    assert taken.read_bytes() == b"mine\n"
+
+
 @pytest.mark.parametrize("args, code, message", [
     (["{queries}", "{library}"], 1, b"no measured spectrum"),
     (["{queries}", "{missing}"], 2, b"no such file"),
@@ -158,3 +171,26 @@ def test_a_search_index_as_library_says_what_it_is(neimsctl_exe, tmp_path):
     assert proc.stderr.decode().strip() == (f"neimsctl eval: {idx}: a search index (neimsctl index; neimsctl "
                                             "search reads it), not a feature shard (neimsctl.h5shard/1, "
                                             "neimsctl featurize)")
+
+
+def test_a_stated_key_that_is_no_inchikey_is_not_paired_silently(neimsctl_exe, tmp_path):
+    """"InChIKey: InChIKey=..." (the InChI tools' output) and "InChIKey: N/A" were taken as keys:
+    they paired with no prediction, so their records silently left the queries (exit 0, no word).
+    The prefix is dropped; a key that is no InChIKey gives way to the record's SMILES, and
+    without one the record is named as not used (bad_inchikey, exit 1)."""
+    rec = "Name: {name}\nInChIKey: {key}\n{smiles}Num Peaks: 2\n{a} 999\n{b} 300\n\n"
+    pred = "".join(rec.format(name=n, key=k, smiles="", a=a, b=b) for n, k, a, b in (
+        ("ethanol", "LFQSCWFLJHTTHZ-UHFFFAOYSA-N", 31, 45), ("benzene", "UHOVQNZJYSORNB-UHFFFAOYSA-N", 78, 52),
+        ("ethylamine", "QUSNBJAOOMFDIB-UHFFFAOYSA-N", 30, 45), ("propane", "ATUOYWHBWRKTHZ-UHFFFAOYSA-N", 29, 44)))
+    meas = "".join(rec.format(name=n, key=k, smiles=s, a=a, b=b) for n, k, s, a, b in (
+        ("ethanol", "lfqscwfljhtthz-uhfffaoysa-n", "", 31, 45),
+        ("benzene", "InChIKey=UHOVQNZJYSORNB-UHFFFAOYSA-N", "", 78, 52),
+        ("ethylamine", "N/A", "SMILES: CCN\n", 30, 45),
+        ("propane", "N/A", "", 29, 44)))
+    (tmp_path / "pred.msp").write_text(pred)
+    (tmp_path / "meas.msp").write_text(meas)
+    proc = run(neimsctl_exe, "pred.msp", "meas.msp", "--json", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    counts = orjson.loads(proc.stdout)["counts"]
+    assert counts["n_queries"] == 3 and counts["skipped"]["measured"] == {"bad_inchikey": 1}
+    assert "meas.msp: line 20 (propane): bad_inchikey; not used" in proc.stderr.decode()

@@ -297,3 +297,52 @@ def test_mc_samples_without_uncertainty_is_warned(ckpt):
     assert "neimsctl predict: warning: --mc-samples counts only with --uncertainty: ignored" \
         in res.stderr
     assert "--mc-samples" not in invoke("-m", str(ckpt), stdin=b"CCO\n").stderr
+
+
+@pytest.mark.parametrize("threads", ["100000", "99999999999999999999"])
+def test_threads_beyond_4_per_core_are_a_usage_error(ckpt, threads):
+    """-t 5000 spawned 5000 torch threads (200 molecules: 42 s instead of 4); a value beyond
+    2**63 was torch's "Overflow when unpacking long long" traceback. As --jobs: at most 4 per core."""
+    from neimsctl.io.parallel import max_jobs
+
+    res = invoke("-m", str(ckpt), "-t", threads, stdin=b"CCO\n")
+    assert res.exit_code == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines() == [
+        f"neimsctl predict: --threads {threads}: at most {max_jobs()} (4 per core of this machine)"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with CUDA")
+@pytest.mark.parametrize("device, why", [
+    ("cuda", "CUDA is not available (a torch without CUDA, or no GPU visible): use --device cpu or auto"),
+    ("cuda:3", "CUDA is not available (a torch without CUDA, or no GPU visible): use --device cpu or auto"),
+    ("mps", "not auto, cpu, cuda or cuda:N"),
+    ("meta", "not auto, cpu, cuda or cuda:N")])
+def test_a_device_this_machine_has_not_is_one_line(ckpt, device, why):
+    """--device cuda on a machine without CUDA was a traceback ("Torch not compiled with CUDA
+    enabled", an AssertionError from the first tensor moved there); mps a RuntimeError's."""
+    res = invoke("-m", str(ckpt), "--device", device, stdin=b"CCO\n")
+    assert res.exit_code == 1, res.output
+    assert res.stderr.strip().splitlines() == [f"neimsctl predict: --device {device!r}: {why}"]
+
+
+def test_mol_files_concatenated_without_separator_are_each_a_record(ckpt, tmp_path):
+    """`cat a.mol b.mol > all.sdf` has no $$$$ between the blocks: the second block was read as
+    the first record's data and silently lost (read 1, written 1, rejected 0). A counts line
+    after "M  END" starts a record of its own (line numbers kept); a data item is still data."""
+    from rdkit import Chem
+
+    def block(smiles: str, name: str, v3000: bool = False) -> str:
+        m = Chem.MolFromSmiles(smiles)
+        m.SetProp("_Name", name)
+        return Chem.MolToV3KMolBlock(m) if v3000 else Chem.MolToMolBlock(m)
+    eth, benz = block("CCO", "ethanol"), block("c1ccccc1", "benzene", v3000=True)
+    sdf = tmp_path / "all.sdf"
+    sdf.write_text(eth + benz + block("CCN", "ethylamine") + ">  <note>\nV2000 said the vendor\n\n$$$$\n"
+                   + "broken\n\n\n  2  1  0  0  0  0  0  0  0  0999 V2000\nM  END\n")
+    res = invoke("-m", str(ckpt), "-O", "jsonl", str(sdf), "--rejects", str(tmp_path / "rej.jsonl"))
+    names = [orjson.loads(x)["name"] for x in res.stdout_bytes.splitlines()]
+    assert names == ["ethanol", "benzene", "ethylamine"], res.stderr
+    rej = [orjson.loads(x) for x in (tmp_path / "rej.jsonl").read_bytes().splitlines()]
+    start = 1 + eth.count("\n") + benz.count("\n") + block("CCN", "x").count("\n") + 4
+    assert [(r["line"], r["record"]) for r in rej] == [(start, "broken")]
+    assert "read 4, written 3, rejected 1" in res.stderr

@@ -541,3 +541,16 @@ def test_featurize_of_input_it_cannot_read_at_all_is_one_line(tmp_path: Path) ->
         "neimsctl featurize: z.bz2: bzip2-compressed data, which neimsctl does not read (plain "
         "text, gzip and zstd): decompress or export it first"], proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["z.bz2"]
+
+
+def test_an_endless_input_without_line_ends_is_one_line_not_a_traceback(tmp_path, ckpt):
+    """`predict /dev/zero` (or a huge binary file read as SMILES) grows one line until memory
+    runs out: it ended in a MemoryError traceback. It is one line naming the cause, exit 1, and
+    the output's temporary is removed."""
+    # 2.5 GB of address space: enough to import torch, far less than the endless line wants
+    proc = sh(f"ulimit -v 2500000; neimsctl predict -m {shlex.quote(str(ckpt))} /dev/zero -o out.msp",
+              tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("neimsctl predict: out of memory: ")
+    assert not [n for n in os.listdir(tmp_path) if "out.msp" in n]

@@ -107,6 +107,16 @@ def test_smiles_neither_a_string_nor_a_sequence_is_named(predictor, bad, tmp_pat
     assert not (tmp_path / "x.msp").exists()
 
 
+def test_a_numpy_scalar_string_is_one_smiles(predictor):
+    """np.array("CCO") (a 0-d array, what indexing some array containers gives) raised numpy's
+    bare "iteration over a 0-d array"; it is one SMILES, as np.str_ already was."""
+    one = predictor.predict_from_smiles("CCO")
+    assert np.array_equal(predictor.predict_from_smiles(np.array("CCO")), one)
+    assert np.array_equal(predictor.predict_batch(np.array("CCO")), one[None])
+    with pytest.raises(TypeError, match="^predict_batch: expects a SMILES string or a sequence of them, got int"):
+        predictor.predict_batch(np.array(5))
+
+
 def test_find_top_peaks(predictor):
     spec = np.zeros(501, np.float32)
     spec[[43, 120, 180, 200]] = [1.0, 0.5, 0.25, 0.005]
@@ -223,3 +233,70 @@ def test_find_top_peaks_takes_one_spectrum(predictor):
     for kw in ({"top_n": -1}, {"top_n": 0}, {"top_n": 2.5}, {"threshold": float("nan")}, {"threshold": -1}):
         with pytest.raises(ConfigError):
             predictor.find_top_peaks(batch[0], **kw)
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from neimsctl.models.teacher import TeacherConfig, TeacherModel
+
+    cfg = TeacherConfig.from_dict({"hidden": 16, "num_layers": 2, "attention_hidden": 8,
+                                   "pool_gate_hidden": 8, "ecfp_hidden": [32], "ecfp_out": 16,
+                                   "head_hidden": [32, 16], "dropout": 0.5})
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("api_teacher") / "teacher.pt"
+    save_checkpoint(path, model=TeacherModel(cfg), config={"model": {"name": "teacher", **cfg.to_dict()}},
+                    featurizer_hash=run_settings(RowOptions(mode="teacher"))[1])
+    return path
+
+
+def test_a_teacher_shared_by_threads_predicts_as_it_does_alone(teacher_ckpt):
+    """The teacher's MC dropout switches its dropout modules on and seeds torch's global
+    generator: a thread asking for uncertainty made another thread's plain prediction stochastic
+    (up to 0.1 off on the shipped teacher) and the threads' seeds overwrote each other's (spreads
+    that changed from call to call). Each thread now gets what a lone call gets, bit for bit."""
+    import threading
+
+    from neimsctl import SpectrumPredictor
+
+    p = SpectrumPredictor({"mc_samples": 4}, checkpoint=teacher_ckpt, device="cpu")
+    plain = [p.predict_from_smiles(s) for s in SMILES]
+    unc = [p.predict_from_smiles(s, return_uncertainty=True) for s in SMILES]
+    assert any(u[1].max() > 0 for u in unc)
+    wrong: list[tuple[int, str, int]] = []
+
+    def work(t: int) -> None:
+        for r in range(6):
+            for i, s in enumerate(SMILES):
+                if (t + r) % 2:
+                    mean, std = p.predict_from_smiles(s, return_uncertainty=True)
+                    if not (np.array_equal(mean, unc[i][0]) and np.array_equal(std, unc[i][1])):
+                        wrong.append((t, "uncertainty", i))
+                elif not np.array_equal(p.predict_from_smiles(s), plain[i]):
+                    wrong.append((t, "plain", i))
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert wrong == []
+
+
+def test_uncertainty_of_no_molecules_is_two_empty_arrays(teacher_ckpt):
+    """An empty list gave ``(mean, None)``: ``std.shape`` of the documented ``(mean, std)`` failed."""
+    from neimsctl import SpectrumPredictor
+
+    p = SpectrumPredictor({"mc_samples": 4}, checkpoint=teacher_ckpt, device="cpu")
+    mean, std = p.predict_from_smiles([], return_uncertainty=True)
+    assert mean.shape == std.shape == (0, p.loaded.n_bins) and std.dtype == np.float32
+    mean, std = p.predict_from_smiles(["CCO"], return_uncertainty=True)
+    assert mean.shape == std.shape == (1, p.loaded.n_bins)
+
+
+def test_threads_beyond_4_per_core_are_refused(ckpt):
+    """threads=10**20 was torch's bare "Overflow when unpacking long long" ValueError."""
+    from neimsctl import SpectrumPredictor
+    from neimsctl.io.parallel import max_jobs
+
+    for n in (max_jobs() + 1, 10 ** 20):
+        with pytest.raises(ConfigError, match=f"threads must be at most {max_jobs()}"):
+            SpectrumPredictor({"threads": n}, checkpoint=ckpt, device="cpu")

@@ -163,3 +163,31 @@ def test_msp_without_inchikey_gets_one_from_smiles(tmp_path):
     s = load_spectra(msp)
     assert list(s.keys) == [Chem.MolToInchiKey(Chem.MolFromSmiles("OC(=O)c1ccccc1"))]
     assert s.skipped == {"no_inchikey": 1} and s.mw.tolist() == [122]
+
+
+def test_report_files_are_written_whole_or_not_at_all(case, tmp_path, monkeypatch):
+    """report.md and the plots went straight to their names: a plot that failed half-written
+    (a full disk, Ctrl-C) stayed as a truncated PNG beside the complete ones. Each file is
+    now written under a temporary name and renamed when complete."""
+    import matplotlib.figure
+
+    res = run_eval(load_spectra(case["pred_jsonl"]), load_spectra(case["queries"]),
+                   [load_spectra(case["library"])], ks=KS, mass_filter=5)
+    real = matplotlib.figure.Figure.savefig
+
+    def half(fig, fname, **kw):
+        if "cosine_hist" in str(getattr(fname, "name", fname)) or \
+                Path(str(fname)).name.startswith(".cosine_hist"):
+            Path(fname).write_bytes(b"\x89PNG\r\n\x1a\n half")
+            raise KeyboardInterrupt
+        return real(fig, fname, **kw)
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", half)
+    rep = tmp_path / "rep"
+    with pytest.raises(KeyboardInterrupt):
+        write_report(res, rep)
+    left = sorted(p.name for p in rep.iterdir())
+    assert "cosine_hist.png" not in left and not [n for n in left if ".part" in n], left
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", real)
+    files = write_report(res, rep)
+    assert (rep / "cosine_hist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in rep.iterdir()) == sorted(f.name for f in files)

@@ -188,3 +188,12 @@ def _only_good(path, tmp_path):
     out = tmp_path / "good.msp"
     out.write_text("\n\n".join(b for b in path.read_text().split("\n\n") if "broken" not in b))
     return out
+
+
+def test_a_query_whose_id_or_name_is_none_is_named_as_one_without(lib, sample):
+    """{"id": None, "name": None} (e.g. a DataFrame's to_dict("records") with gaps) came back as
+    query_id "None" and query_name "None"; None is no id nor name, as for inchikey and smiles."""
+    q = {k: v for k, v in sample[2].items() if k in ("mz", "intensity")}
+    hits = lib.search([{**q, "id": None, "name": None}, {**q, "id": "q2", "name": "two"}], top=1)
+    assert (hits[0][0]["query_id"], hits[0][0]["query_name"]) == ("1", "")
+    assert (hits[1][0]["query_id"], hits[1][0]["query_name"]) == ("q2", "two")
