@@ -45,16 +45,21 @@ def libs(sample_msp, tmp_path_factory):
             write_index(d / "v1.h5", spectra, keys, mw, None))
 
 
+def noisy_queries(spectra: np.ndarray, mw: np.ndarray, seed: int, n: int = 25) -> QueryBatch:
+    """``n`` library spectra with every intensity scaled by 0.6-1.4 (base peak 1 again), as queries."""
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(spectra), size=n, replace=False)
+    queries = spectra[rows] * rng.uniform(0.6, 1.4, size=(n, spectra.shape[1])).astype(np.float32)
+    queries /= queries.max(axis=1, keepdims=True)
+    return QueryBatch([SpectrumRecord("q", 0, i, str(i)) for i in range(n)], PeakBlock.from_dense(queries),
+                      mw[rows].astype(np.float64))
+
+
 @pytest.mark.parametrize("mass_filter", [None, 5.0])
 @pytest.mark.parametrize("candidates", [False, True])
 def test_stored_weights_give_the_hits_of_the_peak_lists(libs, mass_filter, candidates, monkeypatch) -> None:
     spectra, keys, mw, v2, v1 = libs
-    rng = np.random.default_rng(3)
-    rows = rng.choice(len(spectra), size=25, replace=False)
-    queries = spectra[rows] * rng.uniform(0.6, 1.4, size=(25, spectra.shape[1])).astype(np.float32)
-    queries /= queries.max(axis=1, keepdims=True)
-    batch = QueryBatch([SpectrumRecord("q", 0, i, str(i)) for i in range(25)], PeakBlock.from_dense(queries),
-                       mw[rows].astype(np.float64))
+    batch = noisy_queries(spectra, mw, seed=3)
     opts = SearchOptions(Score(), top=10, mass_filter=mass_filter,
                          candidates={k.decode()[:14] for k in v2.inchikeys[::3] if k} if candidates else None)
     used = []
@@ -129,12 +134,7 @@ def test_the_composites_floor_from_the_stored_cosine_keeps_the_hits(libs, mass_f
     entries by the composite (a floor its hits reach): the hits equal those of an index without
     stored weights (no floor) and of the same index with the floor turned off."""
     spectra, keys, mw, v2, v1 = libs
-    rng = np.random.default_rng(5)
-    rows = rng.choice(len(spectra), size=25, replace=False)
-    queries = spectra[rows] * rng.uniform(0.6, 1.4, size=(25, spectra.shape[1])).astype(np.float32)
-    queries /= queries.max(axis=1, keepdims=True)
-    batch = QueryBatch([SpectrumRecord("q", 0, i, str(i)) for i in range(25)], PeakBlock.from_dense(queries),
-                       mw[rows].astype(np.float64))
+    batch = noisy_queries(spectra, mw, seed=5)
     o = SearchOptions(Score("composite", **opts), top=10, mass_filter=mass_filter)
     floors = []
     real = run._warm_floor
