@@ -216,13 +216,8 @@ def _candidate_block(token: str) -> str | None:
     from rdkit import Chem
 
     if token.startswith("InChI="):     # an InChI (suspect lists often give them): its structure's key
-        from rdkit import RDLogger
-
-        RDLogger.DisableLog("rdApp.*")
-        try:
-            mol = Chem.MolFromInchi(token, logLevel=None)
-        finally:
-            RDLogger.EnableLog("rdApp.*")
+        # (RDKit's log stays off: importing structure turned it off for the process)
+        mol = Chem.MolFromInchi(token, logLevel=None)
         key = Chem.MolToInchiKey(mol) if mol is not None else ""
         return key[:14] if key else None
     try:
@@ -390,7 +385,6 @@ def _warm_floor(lib: SpectralIndex, batch: QueryBatch, opts: SearchOptions) -> n
     full = (warm.index >= 0).sum(axis=1) >= k       # k entries: the k-th best of their scores
     floor[full] = -np.sort(-found[full], axis=1)[:, k - 1]
     return floor
-
 
 
 def search_batch(libraries: Sequence[SpectralIndex], batch: QueryBatch, opts: SearchOptions) -> list[list[Hit]]:

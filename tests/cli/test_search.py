@@ -667,7 +667,7 @@ def test_the_first_query_without_a_hit_is_named(index, sample_msp, tmp_path):
     assert f"; 2 queries without a hit (first: 'L1', {q}: line {line});".encode() in proc.stderr
 
 
-def test_a_candidate_given_as_an_inchi(index, sample_msp, tmp_path):
+def test_a_candidate_given_as_an_inchi(neimsctl_exe, index, sample_msp, tmp_path):
     """Suspect lists often give InChI strings: one is matched by its structure's InChIKey (it
     was reported unparsable); a broken one is unparsable."""
     from rdkit import Chem
@@ -678,12 +678,15 @@ def test_a_candidate_given_as_an_inchi(index, sample_msp, tmp_path):
     hit = orjson.loads(ref.stdout.splitlines()[0])
     inchi = Chem.MolToInchi(Chem.MolFromSmiles(hit["smiles"]))
     cand = tmp_path / "cand.txt"
-    cand.write_text(f"{inchi}\nInChI=1S/garbage\n")
-    proc = run(None, "search", q, "-l", index, "--candidates", cand, "-O", "jsonl")
+    cand.write_text(f"{inchi}\nInChI=1S/garbage\nC1CC((\n")
+    proc = run(neimsctl_exe, "search", q, "-l", index, "--candidates", cand, "-O", "jsonl")
     assert proc.returncode == 1
     hits = [orjson.loads(x) for x in proc.stdout.splitlines()]
     assert hits and {h["inchikey"][:14] for h in hits} == {hit["inchikey"][:14]}
-    assert "line 2: InChI=1S/garbage: neither an InChIKey nor a parsable SMILES or InChI" in proc.stderr.decode()
+    err = proc.stderr.decode()
+    assert "line 2: InChI=1S/garbage: neither an InChIKey nor a parsable SMILES or InChI" in err
+    # RDKit's own log stays off after an InChI (it was turned back on: 'SMILES Parse Error' lines)
+    assert "line 3: C1CC((: neither" in err and "Parse Error" not in err
 
 
 def test_rejected_queries_shown_ten_then_one_line(index, tmp_path):
