@@ -51,11 +51,10 @@ def compound_class(smiles: str | None) -> str:
 
     if not smiles:
         return "general"
+    # off for the process, as neimsctl.chem.structure and the row builder leave it (turning it
+    # back on here made every later unparsable SMILES print RDKit's own lines)
     RDLogger.DisableLog("rdApp.*")
-    try:
-        mol = Chem.MolFromSmiles(smiles)
-    finally:
-        RDLogger.EnableLog("rdApp.*")
+    mol = Chem.MolFromSmiles(smiles)
     if mol is None or mol.GetNumAtoms() == 0:
         return "general"
     symbols = [a.GetSymbol() for a in mol.GetAtoms()]
