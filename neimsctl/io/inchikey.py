@@ -19,11 +19,12 @@ second.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable
 
 import numpy as np
 
-__all__ = ["BLOCK_LEN", "connectivity_block", "connectivity_blocks"]
+__all__ = ["BLOCK_LEN", "connectivity_block", "connectivity_blocks", "is_inchikey"]
 
 BLOCK_LEN = 14
 
@@ -90,3 +91,19 @@ def connectivity_block(key: str | bytes | None) -> str:
     'BSYNRYMUTXBXSQ'
     """
     return str(connectivity_blocks([key])[0])
+
+
+_SHAPE = re.compile(r"[A-Z]{14}(?:-[A-Z]{10}-[A-Z])?")
+
+
+def is_inchikey(text: str) -> bool:
+    """``text`` has the shape of an InChIKey or of its first block, in any case (not checked:
+    its hashes; surrounding whitespace is not stripped).
+
+    Examples
+    --------
+    >>> is_inchikey("bsynrymutxbxsq"), is_inchikey("BSYNRYMUTXBXSQ-UHFFFAOYSA-N"), is_inchikey("N/A")
+    (True, True, False)
+    """
+    # the length first: str.upper() makes 'ß' two letters
+    return len(text) in (BLOCK_LEN, 27) and _SHAPE.fullmatch(text.upper()) is not None

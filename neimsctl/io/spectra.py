@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Sequence
 
@@ -27,6 +26,7 @@ import numpy as np
 
 from neimsctl.io.spectrum import N_BINS, preprocess_spectrum
 from neimsctl.errors import FormatError
+from neimsctl.io.inchikey import is_inchikey
 from neimsctl.io.jsonl import jsonl_lines
 from neimsctl.io.msp import read_msp, record_inchikey, record_structure
 from neimsctl.io.spectrum_records import bad_mass, int_mass
@@ -211,18 +211,14 @@ def _read_jsonl(fh: BinaryIO, rows: _Rows) -> None:
                  formula=rec.get("formula"))
 
 
-#: An InChIKey (upper case), or its first block: what predictions and spectra are paired on.
-_INCHIKEY = re.compile(r"[A-Z]{14}(?:-[A-Z]{10}-[A-Z])?")
-
-
 def _shaped_key(text: str) -> str | None:
     """``text`` as an upper-case InChIKey (``InChIKey=`` prefix of the InChI tools dropped), or
     None when it is none (``N/A``, ``-``): such a key pairs with nothing and would silently
     drop its record from the queries."""
-    key = text.strip().upper()
-    if key.startswith("INCHIKEY="):
+    key = text.strip()
+    if key.upper().startswith("INCHIKEY="):
         key = key[len("INCHIKEY="):].strip()
-    return key if _INCHIKEY.fullmatch(key) else None
+    return key.upper() if is_inchikey(key) else None
 
 
 def _msp_key(fields: dict[str, str]) -> str | None:

@@ -26,6 +26,7 @@ import numpy as np
 
 from neimsctl.errors import FormatError, shown
 from neimsctl.evaluate.matching import Score, TopK, pair_scores, search_blocks, use_bf16
+from neimsctl.io.inchikey import is_inchikey
 from neimsctl.io.peak_block import PeakBlock, bin_batch, check_peaks
 from neimsctl.io.rejects import Reject, Tally
 from neimsctl.io.spectral_index import SpectralIndex, is_index, open_index
@@ -176,13 +177,7 @@ def _uncommented(token: str) -> str:
     if "#" not in token:
         return token
     head = token.split("#", 1)[0]
-    return head if _is_inchikey(head) else token
-
-
-def _is_inchikey(token: str) -> bool:
-    import re
-
-    return len(token) in (14, 27) and re.fullmatch(r"[A-Z]{14}(-[A-Z]{10}-[A-Z])?", token.upper()) is not None
+    return head if is_inchikey(head) else token
 
 
 def match_candidates(tokens: Sequence[str], libraries: Sequence[SpectralIndex]
@@ -210,7 +205,7 @@ def shown_candidate(token: str, limit: int = 80) -> str:
 
 
 def _candidate_block(token: str) -> str | None:
-    if _is_inchikey(token):
+    if is_inchikey(token):
         return token.upper()[:14]
     from neimsctl.chem import structure
     from rdkit import Chem
