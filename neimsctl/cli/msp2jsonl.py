@@ -81,14 +81,18 @@ def msp2jsonl_cli(
                 stop = convert_msp(paths, fout, tally, opts, jobs=jobs_n, strict=strict,
                                    on_reject=_reject_logger(), progress=bar.update)
             if stop is not None:   # worded as the reject lines above it
-                rec = (f"record {shown(stop.record)!r} (id {shown(stop.id)}): "
-                       if stop.record is not None or stop.id is not None else "")
-                fail(CMD, f"{stop.file}: line {stop.line}: {rec}{stop.reason}: {stop.detail}",
-                     "rejected under --strict")
+                fail(CMD, _reject_line(stop), "rejected under --strict")
         if not quiet:
             print(f"neimsctl {CMD}: {tally.summary()}", file=sys.stderr, flush=True)
         if tally.rejected:
             raise typer.Exit(EXIT_FAIL)
+
+
+def _reject_line(rej) -> str:  # type: ignore[no-untyped-def]
+    """A reject as stderr shows it: ``FILE: line N: [record 'NAME' (id ID): ]reason: detail``."""
+    rec = (f"record {shown(rej.record)!r} (id {shown(rej.id)}): "
+           if rej.record is not None or rej.id is not None else "")
+    return f"{rej.file}: line {rej.line}: {rec}{rej.reason}: {rej.detail}"
 
 
 def _reject_logger(limit: int = 10):  # type: ignore[no-untyped-def]
@@ -101,11 +105,8 @@ def _reject_logger(limit: int = 10):  # type: ignore[no-untyped-def]
         if not log.isEnabledFor(logging.INFO):          # -q
             return
         debug = log.isEnabledFor(logging.DEBUG)
-        if (seen <= limit or debug) and rej.id is None and rej.record is None:
-            eprint(CMD, f"{rej.file}: line {rej.line}: {rej.reason}: {rej.detail}")
-        elif seen <= limit or debug:
-            eprint(CMD, f"{rej.file}: line {rej.line}: record {shown(rej.record)!r} (id {shown(rej.id)}): "
-                        f"{rej.reason}: {rej.detail}")
+        if seen <= limit or debug:
+            eprint(CMD, _reject_line(rej))
         if seen == limit + 1 and not debug:   # only when one is really hidden
             eprint(CMD, "further rejects not shown (see --rejects FILE, or -v)")
     return show

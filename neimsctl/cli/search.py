@@ -188,7 +188,7 @@ def _where(r) -> str:  # type: ignore[no-untyped-def]
     """Where a rejected query is: file, line (none for a shard's row), record name, else its id."""
     from neimsctl.errors import shown
 
-    where = f"{r.file}: line {r.line}" if r.line else str(r.file)
+    where = _at(r)
     if r.record:
         return f"{where}: record {shown(r.record)!r}"
     return f"{where}: id {shown(r.id)!r}" if r.id and not r.line else where
