@@ -557,3 +557,31 @@ def save_config(cfg: Config, path: str | os.PathLike) -> Path:
     with open_out(path) as fh:
         fh.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode("utf-8"))
     return path
+
+
+def check_widths(model_config: Any, batch: Any, source: str,
+                 keys: Sequence[str] = ("atom_dim", "bond_dim", "ecfp_dim", "counts_dim", "n_bins")
+                 ) -> None:
+    """Refuse a model whose input or output widths are not the data's (``model.n_bins=10``,
+    ``model.ecfp_dim=10``: a shape traceback in the first training step), naming the key and
+    the data's value. ``batch``: a teacher batch (attributes) or a student batch (a mapping).
+
+    Raises
+    ------
+    ConfigError
+        ``model.<key> is A but the <source> give B; set model.<key>=B`` (``source``: e.g.
+        ``teacher shards``).
+    """
+    widths = {"input_dim": ("x", "-d inputs"), "atom_dim": ("x", "-d atom features"),
+              "bond_dim": ("edge_attr", "-d bond features"), "ecfp_dim": ("ecfp", " ECFP bits"),
+              "counts_dim": ("counts", " atom-pair counts"), "n_bins": ("y", " spectrum bins")}
+    for key in keys:
+        name, what = widths[key]
+        want = getattr(model_config, key, None)
+        have = batch.get(name) if isinstance(batch, Mapping) else getattr(batch, name, None)
+        if want is None or have is None or (key == "counts_dim" and not want):
+            continue
+        got = int(have.shape[1])
+        if int(want) != got:
+            raise ConfigError(f"model.{key} is {want} but the {source} give {got}{what}; "
+                              f"set model.{key}={got}")

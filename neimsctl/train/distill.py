@@ -50,7 +50,7 @@ from neimsctl.evaluate.validation import VAL_METRICS, dataset_split
 from neimsctl.io.featblock import MORGAN_COUNT_BITS
 from neimsctl.io.softlabel_shard import SoftLabelReader
 from neimsctl.models import registry
-from neimsctl.train.config import Config
+from neimsctl.train.config import Config, check_widths
 from neimsctl.train.distill_data import DistillData, collate_distill, make_dataset, soft_label_rows
 from neimsctl.train.distill_loss import StudentKDLoss, V1Loss, loss_config
 from neimsctl.train.distill_report import collapse_flags, write_distill_report
@@ -174,17 +174,14 @@ def run_distill(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path, 
           f"featurizer {fhash}", file=log, flush=True)
     seed_everything(t.seed)
     probe = base.get_batch([0])
-    width, n_bins = int(probe["x"].shape[1]), int(probe["y"].shape[1])
+    width = int(probe["x"].shape[1])
     model_cfg = _model_section(cfg)
     if is_v1:
         model_cfg.setdefault("input_dim", width)   # 4096 Morgan counts, or 6144 student vector
     model_config = registry.config_from_section(cls, model_cfg)
-    if model_config.input_dim != width:   # a student with fragments reads 7146 (its config says so)
-        raise ConfigError(f"model.input_dim is {model_config.input_dim} but the {smode} shards give "
-                          f"{width}-d inputs; set model.input_dim={width}")
-    if model_config.n_bins != n_bins:     # a shape traceback in the first step's loss
-        raise ConfigError(f"model.n_bins is {model_config.n_bins} but the {smode} shards give "
-                          f"{n_bins} spectrum bins; set model.n_bins={n_bins}")
+    # a student with fragments reads 7146 (its config says so); n_bins: a shape traceback in
+    # the first step's loss
+    check_widths(model_config, probe, f"{smode} shards", keys=("input_dim", "n_bins"))
     model = cls(model_config)
     if is_v1:
         print(f"neimsctl: distill: neims-v1 input: {width}-d "

@@ -38,7 +38,7 @@ from neimsctl.data.shards import hash_matches, shard_settings, shown
 from neimsctl.errors import CheckpointError, ConfigError
 from neimsctl.models import registry
 from neimsctl.models.checkpoint import load_checkpoint, model_state
-from neimsctl.train.config import Config, NON_NEGATIVE, POWER, check_ranges, dataclass_from_dict
+from neimsctl.train.config import Config, NON_NEGATIVE, POWER, check_ranges, check_widths, dataclass_from_dict
 from neimsctl.evaluate.validation import (VAL_MASS_FILTER, VAL_METRICS, Reference, dataset_split,
                                           evaluate_split, read_reference, val_metrics)
 from neimsctl.train.losses import hard_loss, spectral_cosine_loss
@@ -198,33 +198,6 @@ def make_validator(dataset: TeacherDataset, *, reference: Reference, seed: int,
                                           batch_size=batch_size, device=device))
 
     return validate
-
-
-def check_widths(model_config: Any, batch: Any, source: str,
-                 keys: Sequence[str] = ("atom_dim", "bond_dim", "ecfp_dim", "counts_dim", "n_bins")
-                 ) -> None:
-    """Refuse a model whose input or output widths are not the shards' (``model.n_bins=10``,
-    ``model.ecfp_dim=10``: a shape traceback in the first training step), naming the key and
-    the shards' value.
-
-    Raises
-    ------
-    ConfigError
-        ``model.<key> is A but the <source> give B; set model.<key>=B`` (``source``: e.g.
-        ``teacher shards``).
-    """
-    widths = {"atom_dim": ("x", "-d atom features"), "bond_dim": ("edge_attr", "-d bond features"),
-              "ecfp_dim": ("ecfp", " ECFP bits"), "counts_dim": ("counts", " atom-pair counts"),
-              "n_bins": ("y", " spectrum bins")}
-    for key in keys:
-        name, what = widths[key]
-        want, have = getattr(model_config, key, None), getattr(batch, name, None)
-        if want is None or have is None or (key == "counts_dim" and not want):
-            continue
-        got = int(have.shape[1])
-        if int(want) != got:
-            raise ConfigError(f"model.{key} is {want} but the {source} give {got}{what}; "
-                              f"set model.{key}={got}")
 
 
 def run_finetune(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path, *,

@@ -43,7 +43,7 @@ from neimsctl.io.streams import display_name, is_dash, spool_path
 from neimsctl.models import registry
 from neimsctl.models.teacher import TeacherModel
 from neimsctl.nn.bond_masking import BondMaskingHead, BondMaskingLoss
-from neimsctl.train.config import AT_LEAST_1, Config, NON_NEGATIVE, POSITIVE, check_ranges, dataclass_from_dict
+from neimsctl.train.config import AT_LEAST_1, Config, NON_NEGATIVE, POSITIVE, check_ranges, check_widths, dataclass_from_dict
 from neimsctl.train.trainer import (TrainResult, build_optimizer, check_resume_inputs,
                                    checkpoint_dir, describe_inputs, existing_run, run_training,
                                    seed_everything)
@@ -268,8 +268,6 @@ def run_pretrain(cfg: Config, sources: Sequence[str | Path], out_dir: str | Path
                               on_rejects=rejects)
         seed_everything(t.seed)
         teacher = TeacherModel(registry.config_from_section(TeacherModel, cfg.model))
-        from neimsctl.train.finetune import check_widths
-
         # the graph branch's inputs (bond masking reads no fingerprint or spectrum)
         check_widths(teacher.config, val_batches[0], "featurized SMILES",
                      keys=("atom_dim", "bond_dim"))
