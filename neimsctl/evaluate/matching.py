@@ -274,8 +274,13 @@ class _Chunk:
         so the same whichever entries are computed with it."""
         if self.values is not None:      # rows first, then columns: ~2x np.ix_'s gather
             return np.take(np.take(self.values, rows, axis=0), supp, axis=1)
-        sub = self.block.take(rows)
-        return _dense(sub, _weighted_values(sub, self.score), _colmap(self.cols[supp], N_BINS), len(supp))
+        return _values_on(self.block.take(rows), self.score, self.cols[supp], N_BINS)
+
+
+def _values_on(block: PeakBlock, score: Score, cols: np.ndarray, n_bins: int) -> np.ndarray:
+    """The exact (float64 for the bounded scores) values of every spectrum of ``block`` on the
+    m/z columns ``cols``, each from its own peaks (what the exact stage scores)."""
+    return _dense(block, _weighted_values(block, score), _colmap(cols, n_bins), len(cols))
 
 
 #: Relative error of the entropy's float32 first pass (:func:`_entropy_values32`, the square
@@ -820,8 +825,7 @@ def pair_scores(queries: PeakBlock, qrow: np.ndarray, entries: PeakBlock, score:
             continue
         sub = entries.take(rows)
         _check_intensities(sub)
-        dense = _dense(sub, _weighted_values(sub, score), _colmap(supp, n_bins), len(supp))
-        out[rows] = _exact(q.values[i][supp], q.n_peaks[i], dense, score)
+        out[rows] = _exact(q.values[i][supp], q.n_peaks[i], _values_on(sub, score, supp, n_bins), score)
     return out
 
 
