@@ -34,7 +34,7 @@ from neimsctl.errors import ConfigError, InputError
 from neimsctl.evaluate.metrics import DEFAULT_KS, build_library_eval, evaluate_predictions
 from neimsctl.io.spectrum import N_BINS
 
-__all__ = ["Reference", "dataset_split", "first_per_compound", "read_reference",
+__all__ = ["Reference", "check_parts", "dataset_split", "first_per_compound", "read_reference",
            "predict_spectra", "evaluate_split", "VAL_MASS_FILTER", "VAL_METRICS", "val_score",
            "val_metrics"]
 
@@ -75,6 +75,25 @@ def dataset_split(dataset: TeacherDataset, *, seed: int = SPLIT_SEED,
         print(f"neimsctl: data.fold {k_of[0]}/{k_of[1]}: {len(parts.train)} training spectra "
               f"(the compounds of fold {k_of[0]} left out)", file=log, flush=True)
     return parts
+
+
+def check_parts(parts: Split, fractions: Sequence[float], n: int, log: TextIO) -> None:
+    """A training stage's split: the train part must hold spectra, and so must the val part
+    unless ``data.split`` gives it no share (a final fit on train + val after the recipe was
+    chosen on val: nothing to select an epoch on, the last one is kept; said on ``log``).
+
+    Raises
+    ------
+    ConfigError
+        An empty train part, or a val part left empty by too few compounds.
+    """
+    if len(parts.train) and (len(parts.val) or float(fractions[1]) == 0.0):
+        if not len(parts.val):
+            print(f"neimsctl: data.split {list(fractions)}: no val part, no epoch selection: "
+                  "the last epoch is kept (checkpoints/best.pt = last.pt)", file=log, flush=True)
+        return
+    raise ConfigError(f"data.split: train or val part is empty ({n} spectra); "
+                      "more data or other fractions needed")
 
 
 def first_per_compound(dataset: TeacherDataset, indices: np.ndarray) -> np.ndarray:

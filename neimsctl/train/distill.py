@@ -46,7 +46,7 @@ from neimsctl.chem.compound_class import CLASSES
 from neimsctl.data.augment import Augment
 from neimsctl.data.shards import shard_settings
 from neimsctl.errors import ConfigError
-from neimsctl.evaluate.validation import VAL_METRICS, dataset_split
+from neimsctl.evaluate.validation import VAL_METRICS, check_parts, dataset_split
 from neimsctl.io.featblock import MORGAN_COUNT_BITS
 from neimsctl.io.softlabel_shard import SoftLabelReader
 from neimsctl.models import registry
@@ -158,9 +158,7 @@ def run_distill(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path, 
         base = base.subset(np.arange(min(d.max_records, len(base))))
         train_base = train_base.subset(np.arange(len(base)))
     parts = dataset_split(base, seed=d.split_seed, fractions=d.split, fold=d.fold, log=log)
-    if min(len(parts.train), len(parts.val)) == 0:     # as finetune says it
-        raise ConfigError(f"data.split: train or val part is empty ({len(base)} spectra); "
-                          "more data or other fractions needed")
+    check_parts(parts, d.split, len(base), log)
     train_view = train_base.subset(parts.train)
     soft = SoftLabelReader(soft_labels) if soft_labels is not None else None
     transfer = transfer_rows(tpaths, base, in_memory=not d.lazy, log=log) if tpaths else None
@@ -192,7 +190,7 @@ def run_distill(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path, 
     n_exp = 0 if is_v1 else model.config.n_experts
     validate = make_validator(base, shards, seed=d.split_seed, fractions=d.split,
                               batch_size=max(t.batch_size, 64), n_experts=max(n_exp, 1),
-                              usage=None if is_v1 else usage)
+                              usage=None if is_v1 else usage) if len(parts.val) else None
     kwargs: dict[str, Any] = {}
     if is_v1:
         loss_fn: Any = V1Loss(model.config, train_ds)

@@ -39,7 +39,7 @@ from neimsctl.errors import CheckpointError, ConfigError
 from neimsctl.models import registry
 from neimsctl.models.checkpoint import load_checkpoint, model_state
 from neimsctl.train.config import Config, NON_NEGATIVE, POWER, check_ranges, check_widths, dataclass_from_dict
-from neimsctl.evaluate.validation import (VAL_MASS_FILTER, VAL_METRICS, Reference, dataset_split,
+from neimsctl.evaluate.validation import (VAL_MASS_FILTER, VAL_METRICS, Reference, check_parts, dataset_split,
                                           evaluate_split, read_reference, val_metrics)
 from neimsctl.train.losses import hard_loss, spectral_cosine_loss
 from neimsctl.train.trainer import (TrainResult, check_resume_inputs, describe_inputs,
@@ -243,15 +243,13 @@ def run_finetune(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path,
         base = base.subset(np.arange(min(d.max_records, len(base))))
         augmented = augmented.subset(np.arange(len(base)))
     parts = dataset_split(base, seed=d.split_seed, fractions=d.split, fold=d.fold, log=log)
-    if min(len(parts.train), len(parts.val)) == 0:
-        raise ConfigError(f"data.split: train or val part is empty ({len(base)} spectra); "
-                          "more data or other fractions needed")
+    check_parts(parts, d.split, len(base), log)
     train_ds = augmented.subset(parts.train)
     print(f"neimsctl: finetune: {len(base)} spectra, train {len(parts.train)} / val "
           f"{len(parts.val)} / test {len(parts.test)} (test unused); featurizer {fhash}",
           file=log, flush=True)
-    validate = make_validator(base, reference=read_reference(base, parts.train),
-                              seed=d.split_seed, fractions=d.split, batch_size=max(t.batch_size, 64))
+    validate = make_validator(base, reference=read_reference(base, parts.train), seed=d.split_seed,
+                              fractions=d.split, batch_size=max(t.batch_size, 64)) if len(parts.val) else None
     seed_everything(t.seed)
     model = build_teacher(cfg.model)
     if init is not None and not resume:

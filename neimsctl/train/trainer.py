@@ -23,7 +23,8 @@ Contracts
 ``validate(model) -> {metric: float}``
     run on rank 0 with the unwrapped model in ``eval()`` mode; ``train.best_metric`` and
     ``train.best_mode`` select ``best.pt``. Without it the mean ``loss_fn`` over ``val_data``
-    is reported as ``val_loss``.
+    is reported as ``val_loss``. Without either (a final fit on train + val, no part left to
+    select on) nothing is selected: ``best.pt`` is the latest epoch, the last one at the end.
 
 Outputs in ``out_dir`` (rank 0 only): ``config.yaml`` (resolved), ``train_log.jsonl`` (one
 record per ``log_every`` optimizer steps: kind=step, epoch, step, batch, loss + components
@@ -624,6 +625,8 @@ class Trainer:
             self.best is None or (metric < self.best if t.best_mode == "min" else metric > self.best))
         if better:
             self.best = float(metric)
+        elif metric is None and self.validate is None and self.val_data is None:
+            better = True               # nothing to select on: the latest epoch is the one kept
         summary["best"] = better
         self.history.append(summary)
         last = self._save("last.pt", epoch + 1, 0, {})
