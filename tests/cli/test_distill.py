@@ -147,8 +147,10 @@ def test_baselines_run(work: Path) -> None:
     ("s.h5 --arch neims-v1 --set model.n_blocks=-1", 1, "n_blocks"),
     ("s.h5 --arch neims-v1 -c {repo}/configs/distill/student-cpu-small.yaml", 1, "not --arch"),
     ("s.h5 --no-kd --resume", 1, "no checkpoints to resume"),      # refused before the data are loaded
-    # an empty val part is named as the config key, as finetune names it (before the header line)
-    ("s.h5 --no-kd --set 'data.split=[0.9,0,0.1]'", 1, "data.split: train or val part is empty"),
+    # a val part left empty by too few compounds (or an empty train part) is named as the config
+    # key, as finetune names it (before the header line); a val share of 0 is a final fit
+    ("s.h5 --no-kd --set 'data.split=[0.999,0.001,0]'", 1, "data.split: train or val part is empty"),
+    ("s.h5 --no-kd --set 'data.split=[0,0.5,0.5]'", 1, "data.split: train or val part is empty"),
 ])
 def test_distill_exit_codes(shards: Path, repo_root: Path, args: str, code: int, text: str,
                             monkeypatch: pytest.MonkeyPatch) -> None:
@@ -158,6 +160,24 @@ def test_distill_exit_codes(shards: Path, repo_root: Path, args: str, code: int,
     assert r.exit_code == code, r.output
     assert text in r.stderr and "Traceback" not in r.stderr and " spectra, train " not in r.stderr
     assert not (shards / "bad").exists()          # no run directory left behind, not even empty
+
+
+def test_final_fit_without_a_val_part(shards: Path, repo_root: Path) -> None:
+    """data.split with no val share: train on train + val, no epoch selection; best.pt is the
+    last epoch (the recipe's final fit, tools/train_default_model.sh), for distill and finetune."""
+    runs = {"d": f"neimsctl distill s.h5 --no-kd {STUDENT}",
+            "f": f"neimsctl finetune t.h5 --config {repo_root}/configs/finetune/teacher-cpu-small.yaml "
+                 f"{TEACHER} --set train.epochs=2 --device cpu"}
+    for name, cmd in runs.items():
+        p = sh(f"{cmd} --set 'data.split=[0.9,0.0,0.1]' --out-dir final_{name}", shards)
+        assert p.returncode == 0, p.stderr.decode()
+        assert b"no val part, no epoch selection: the last epoch is kept" in p.stderr
+        assert b" / val 0 / test " in p.stderr
+        ck = shards / f"final_{name}/checkpoints"
+        assert (ck / "best.pt").read_bytes() == (ck / "last.pt").read_bytes()
+        epochs = [orjson.loads(x) for x in (shards / f"final_{name}/train_log.jsonl").read_bytes().splitlines()
+                  if b'"kind":"epoch"' in x]
+        assert [e["epoch"] for e in epochs] == [1, 2] and all("val" not in e and e["best"] for e in epochs)
 
 
 def test_softlabel_exit_codes(shards: Path, monkeypatch: pytest.MonkeyPatch) -> None:
