@@ -75,8 +75,8 @@ from neimsctl.io.peak_block import PeakBlock, bf16_bits, bf16_values, cosine_wei
 from neimsctl.io.spectral_index import DenseChunk
 from neimsctl.io.spectrum import N_BINS
 
-__all__ = ["SCORES", "DEFAULT_SCORE", "Score", "PeakBlock", "TopK", "score_all", "search_blocks",
-           "pair_scores", "iter_chunks", "use_bf16"]
+__all__ = ["SCORES", "DEFAULT_SCORE", "TIE_REL", "Score", "PeakBlock", "TopK", "score_all",
+           "search_blocks", "pair_scores", "iter_chunks", "use_bf16"]
 
 SCORES = ("cosine", "composite", "entropy")
 #: The default score of ``search`` (selected on the validation split; see BENCHMARKS.md).
@@ -775,12 +775,18 @@ def use_bf16(score: Score, work: float) -> bool:
     return cpu_has_bf16()
 
 
+#: Relative difference within which two exact (float64) scores are the same score: one pair's
+#: score computed at another place of a matrix product (another BLAS kernel, another order of
+#: its sums) may differ in its last bits (identical spectra scored 1 + 2**-52 and 1).
+TIE_REL = 1e-12
+
+
 def _below(floor: np.ndarray) -> np.ndarray:
     """Thresholds that keep every entry scoring ``floor`` or more: a bound ``> _below(floor)``
-    is ``>= floor`` less a relative 1e-12 (an entry's exact score computed in another block
-    of entries may differ from this one's in its last bits)."""
+    is ``>= floor`` less a relative :data:`TIE_REL` (an entry's exact score computed in another
+    block of entries may differ from this one's in its last bits)."""
     f = np.asarray(floor, dtype=np.float64)
-    return np.where(np.isfinite(f), f - 1e-12 * np.abs(f), -np.inf)
+    return np.where(np.isfinite(f), f - TIE_REL * np.abs(f), -np.inf)
 
 
 def _prune_exact(best_s: np.ndarray, best_i: np.ndarray, qi: int, qv: np.ndarray, qn: float,
@@ -840,8 +846,11 @@ def score_all(queries: PeakBlock, library: PeakBlock, score: Score, n_bins: int 
     """Every exact query-entry score, float64 ``(nq, n_library)`` (for ``eval``'s ranks).
 
     The same per-pair arithmetic as :func:`search_blocks` (the cosine of float64 weights in
-    float64, the same sums in another order, so equal to ~1e-16; composite and entropy exactly in float64, reverse
-    cosine in float32 matrix products), so ranks from here and hits from a search agree.
+    float64, the same sums in another order, so equal to ~1e-16; composite and entropy exactly in
+    float64; the reverse cosine in float64 too, where a search takes its float32 products), so
+    ranks from here and hits from a search agree. A pair's score may differ in its last bits with
+    its place in the library (the matrix product's kernels): scores within :data:`TIE_REL` of each
+    other are the same score.
     """
     q = _Queries(queries, score, n_bins)
     out = np.zeros((q.n, len(library)), dtype=np.float64)
@@ -859,9 +868,6 @@ def score_all(queries: PeakBlock, library: PeakBlock, score: Score, n_bins: int 
             continue
         ch = _Chunk(block, score, cols, n_bins)
         qv = q.values[:, cols]
-        if not score.bounded:
-            out[:, start:start + len(block)] = _bounds(qv, q.n_peaks, ch, score)
-            continue
         for i in range(q.n):
             supp = np.flatnonzero(qv[i] > 0)
             out[i, start:start + len(block)] = _exact(qv[i][supp], q.n_peaks[i], ch.values[:, supp], score)

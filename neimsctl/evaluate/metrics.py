@@ -11,7 +11,9 @@ Library matching follows SPEC.md "Evaluation" exactly, so numbers compare with N
 - compounds are identified by the InChIKey connectivity block (first 14 characters,
   :mod:`neimsctl.io.inchikey`);
 - rank of a query = 1 + the number of distinct *other* compounds that have some library entry
-  scoring strictly higher than the best entry of the right compound (ties go to the query);
+  scoring strictly higher than the best entry of the right compound (ties go to the query; scores
+  within a relative :data:`~neimsctl.evaluate.matching.TIE_REL` are ties: identical spectra
+  score alike only to the last bits of float64);
 - Recall@K = share of queries with rank <= K;
 - with ``mass_filter=D``, only library entries whose nominal MW is within +-D Da of the query
   compound's MW compete; the right compound's own entries always stay in.
@@ -28,7 +30,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from neimsctl.errors import InputError
-from neimsctl.evaluate.matching import Score, score_all
+from neimsctl.evaluate.matching import TIE_REL, Score, score_all
 from neimsctl.io.inchikey import connectivity_blocks
 from neimsctl.io.peak_block import PeakBlock
 
@@ -178,7 +180,7 @@ def library_match(query_spectra: np.ndarray, query_keys: Sequence[str], query_mw
             scores[far] = -np.inf
         per_comp = np.maximum.reduceat(scores, starts, axis=1)
         right = per_comp[np.arange(hi - lo), q_comp[lo:hi]]
-        ranks[lo:hi] = 1 + (per_comp > right[:, None]).sum(axis=1)
+        ranks[lo:hi] = 1 + (per_comp > (right + TIE_REL * np.abs(right))[:, None]).sum(axis=1)
         top_hit[lo:hi] = order[np.argmax(scores, axis=1)]
     out: dict = {f"recall@{k}": float((ranks <= k).mean()) if len(ranks) else float("nan") for k in ks}
     out.update(ranks=ranks, top_hit=top_hit, n_queries=int(len(qb)), n_library=int(len(lb)))
