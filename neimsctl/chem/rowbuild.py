@@ -50,6 +50,7 @@ from neimsctl.io.spectrum import N_BINS, NOISE_LEVEL, SCALE_ABOVE, SCALE_BELOW, 
 from neimsctl.chem.structure import MAX_HEAVY_ATOMS, formula_nominal_mass, smiles_too_large
 from neimsctl.io.featblock import empty_block
 from neimsctl.io.inputs import Item
+from neimsctl.io.streams import decode_text
 
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -359,7 +360,7 @@ class RowBuilder:
             if not smiles:
                 return Rejected(it, rid, "no_structure", "record has no SMILES", name or None)
             return rid, smiles, rec
-        parts = it.raw.decode("utf-8", "replace").strip().split(None, 1)
+        parts = decode_text(it.raw).strip().split(None, 1)
         if not parts:  # only characters str.split() takes for blanks (\x1c..\x1f, U+2028, ...)
             return Rejected(it, f"{_stem(it.file)}:{it.line}", "unparsable_smiles",
                             f"no SMILES on the line: {it.raw[:40]!r}")
@@ -459,10 +460,10 @@ def crashed(it: Item, why: str) -> Rejected:
             rid = str(rec.get("id") or f"{_stem(it.file)}:{it.nth or it.ordinal + 1}")
             name = str(rec.get("name") or "") or None
     elif it.kind == "sdf":
-        name = it.raw.decode("utf-8", "replace").split("\n", 1)[0].strip() or None
+        name = decode_text(it.raw).split("\n", 1)[0].strip() or None
         rid = name
     else:
-        parts = it.raw.decode("utf-8", "replace").strip().split(None, 1)
+        parts = decode_text(it.raw).strip().split(None, 1)
         name = parts[1] if len(parts) > 1 else None
         rid = name or f"{_stem(it.file)}:{it.line}"
     return Rejected(it, rid, "worker_crashed", f"{why} while working on this record", name)

@@ -346,3 +346,24 @@ def test_mol_files_concatenated_without_separator_are_each_a_record(ckpt, tmp_pa
     start = 1 + eth.count("\n") + benz.count("\n") + block("CCN", "x").count("\n") + 4
     assert [(r["line"], r["record"]) for r in rej] == [(start, "broken")]
     assert "read 4, written 3, rejected 1" in res.stderr
+
+
+def test_latin1_names_of_smiles_and_sdf_inputs_are_kept(ckpt, neimsctl_exe, tmp_path):
+    """A SMILES list or SDF saved by a Windows tool holds its names in Windows-1252 / latin-1:
+    they were decoded as UTF-8 with replacement, so 'éther' became U+FFFD in every output and
+    reject line, silently (MSP and MOL files were read right)."""
+    from rdkit import Chem
+
+    smi = tmp_path / "names.smi"
+    smi.write_bytes("CCOCC diethyl éther\nC1CC µ-bad\n".encode("cp1252"))
+    m = Chem.MolFromSmiles("c1ccccc1")
+    m.SetProp("_Name", "benzène – pur")
+    sdf = tmp_path / "names.sdf"
+    sdf.write_bytes((Chem.MolToMolBlock(m) + "$$$$\n").encode("cp1252"))
+    rej = tmp_path / "rej.jsonl"
+    p = subprocess.run([neimsctl_exe, "predict", "-m", str(ckpt), "-O", "jsonl", "--jobs", "1",
+                        "--rejects", str(rej), str(smi), str(sdf)], capture_output=True, timeout=300)
+    assert p.returncode == 1, p.stderr.decode()
+    recs = [orjson.loads(x) for x in p.stdout.splitlines()]
+    assert [r["name"] for r in recs] == ["diethyl éther", "benzène – pur"]
+    assert [orjson.loads(x)["record"] for x in rej.read_bytes().splitlines()] == ["µ-bad"]
