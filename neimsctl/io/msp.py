@@ -6,7 +6,7 @@ still yielded, with :attr:`MspRecord.reason` set (one code per kind of defect), 
 caller can report it: nothing is ever dropped silently.
 
 Dialects accepted: case variants of keys (``Num Peaks``/``Num peaks``/``NUM PEAKS``), LF,
-CRLF and CR line ends (old Mac exports), also mixed in one file, several ``key: value`` pairs on one line (``CAS#: 50-00-0; NIST#: 12``), repeated
+CRLF and CR line ends (old Mac exports), also mixed in one file, a Ctrl-Z ending the file (``copy /a``), several ``key: value`` pairs on one line (``CAS#: 50-00-0; NIST#: 12``), repeated
 ``Synon``, several peaks per line separated by ``;``, blanks, tabs, ``:`` or parentheses,
 decimal commas in peaks (``88,05 999``, when that reading gives the ``Num Peaks`` stated),
 quoted peak annotations, base peak 999 or 9999, a ``Name:`` line starting a new record

@@ -323,20 +323,27 @@ def lf_chunks(stream: BinaryIO, chunk_size: int = 1 << 20, *, partial: bool = Fa
     starts a CRLF pair, so a pair split by the chunking still counts as one line end.
     Empty chunks are never yielded. ``partial``: pass on what a pipe has (``read1``) instead
     of waiting for ``chunk_size`` bytes, so lines arrive as they are written.
+
+    Ctrl-Z bytes that end the input are dropped: DOS's end-of-file mark, which Windows still
+    appends to text files it concatenates (``copy /a lib1.msp + lib2.msp all.msp``); the MSP
+    reader took the last record for binary data, the SMILES reader the last line for a SMILES.
     """
     read = getattr(stream, "read1", stream.read) if partial else stream.read
     hold = b""
     while True:
         chunk = read(chunk_size)
         if not chunk:
-            if hold:
+            if hold.startswith(b"\r"):
                 yield b"\n"
             return
         if hold:
             chunk, hold = hold + chunk, b""
+        if chunk[-1] == 26:  # held back until the next read shows whether the input ends there
+            end = len(chunk.rstrip(b"\x1a"))
+            chunk, hold = chunk[:end], chunk[end:]
         if b"\r" in chunk:
             if chunk[-1] == 13:
-                chunk, hold = chunk[:-1], b"\r"
+                chunk, hold = chunk[:-1], b"\r" + hold
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         if chunk:
             yield chunk
