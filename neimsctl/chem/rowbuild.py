@@ -360,7 +360,7 @@ class RowBuilder:
             if not smiles:
                 return Rejected(it, rid, "no_structure", "record has no SMILES", name or None)
             return rid, smiles, rec
-        parts = decode_text(it.raw).strip().split(None, 1)
+        parts = smiles_line(it.raw)
         if not parts:  # only characters str.split() takes for blanks (\x1c..\x1f, U+2028, ...)
             return Rejected(it, f"{_stem(it.file)}:{it.line}", "unparsable_smiles",
                             f"no SMILES on the line: {it.raw[:40]!r}")
@@ -441,6 +441,24 @@ class RowBuilder:
         return out
 
 
+def smiles_line(raw: bytes) -> list[str]:
+    """``[SMILES, name]`` (``[SMILES]`` without a name, ``[]`` for a blank line) of a SMILES
+    line: split at the first blank or tab; a CXSMILES extension after the SMILES (``|&1:1|``,
+    the ``|...|`` ChemAxon and RDKit write for coordinates or enhanced stereo) is no part of
+    the name. The SMILES alone gives the structure.
+
+    Examples
+    --------
+    >>> smiles_line(b"C[C@H](N)C(=O)O |&1:1| alanine")
+    ['C[C@H](N)C(=O)O', 'alanine']
+    """
+    parts = decode_text(raw).strip().split(None, 1)
+    if len(parts) > 1 and parts[1].startswith("|") and "|" in parts[1][1:]:
+        name = parts[1][parts[1].index("|", 1) + 1:].strip()
+        parts = [parts[0], name] if name else parts[:1]
+    return parts
+
+
 def _json_type(value: Any) -> str:
     return {bool: "boolean", int: "number", float: "number", list: "array",
             dict: "object"}.get(type(value), type(value).__name__)
@@ -463,7 +481,7 @@ def crashed(it: Item, why: str) -> Rejected:
         name = decode_text(it.raw).split("\n", 1)[0].strip() or None
         rid = name
     else:
-        parts = decode_text(it.raw).strip().split(None, 1)
+        parts = smiles_line(it.raw)
         name = parts[1] if len(parts) > 1 else None
         rid = name or f"{_stem(it.file)}:{it.line}"
     return Rejected(it, rid, "worker_crashed", f"{why} while working on this record", name)

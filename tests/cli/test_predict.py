@@ -367,3 +367,17 @@ def test_latin1_names_of_smiles_and_sdf_inputs_are_kept(ckpt, neimsctl_exe, tmp_
     recs = [orjson.loads(x) for x in p.stdout.splitlines()]
     assert [r["name"] for r in recs] == ["diethyl éther", "benzène – pur"]
     assert [orjson.loads(x)["record"] for x in rej.read_bytes().splitlines()] == ["µ-bad"]
+
+
+def test_a_cxsmiles_extension_is_no_part_of_the_name(ckpt, neimsctl_exe, tmp_path):
+    """ChemAxon and RDKit write CXSMILES ('SMILES |ext| name'): the extension became the start
+    of every name and id ('|&1:1| alanine'), silently."""
+    smi = tmp_path / "cx.smi"
+    smi.write_text("C[C@H](N)C(=O)O |&1:1| alanine\nCCO |(-1.3,-0.25,;0,0.5,;1.3,-0.25,)|\tethanol\n"
+                   "CCN |&1:1|\n")
+    p = subprocess.run([neimsctl_exe, "predict", "-q", "-m", str(ckpt), "-O", "jsonl", str(smi)],
+                       capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr.decode()
+    recs = [orjson.loads(x) for x in p.stdout.splitlines()]
+    assert [(r["id"], r["name"], r["smiles"]) for r in recs] == [
+        ("alanine", "alanine", "C[C@H](N)C(=O)O"), ("ethanol", "ethanol", "CCO"), ("cx:3", "", "CCN")]
