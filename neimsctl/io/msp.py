@@ -289,10 +289,13 @@ def _peaks_slow(rec: MspRecord, data: bytes, first: int) -> None:
 
 
 def _parse_peaks(rec: MspRecord, data: bytes, first: int) -> None:
-    """Fast path: only numbers and blanks -> one split and two C-level ``map(float)``."""
+    """Fast path: only numbers and blanks -> one split and two C-level ``map(float)``. Without a
+    ``Num Peaks`` to check the count against, every line must hold pairs, as on the slow path:
+    one split paired three columns (``41 999 12``) across the lines into peaks that are none."""
     if len(data.translate(None, _PEAK_SPECIAL)) == len(data):
         toks = data.split()
-        if not len(toks) % 2:
+        if not len(toks) % 2 and (rec.num_peaks is not None
+                                  or not any(len(ln.split()) % 2 for ln in data.split(b"\n"))):
             try:  # integers stay integers (cheaper to parse and to write)
                 rec.mz = list(map(int, toks[0::2]))
                 rec.intensity = list(map(int, toks[1::2]))
