@@ -381,3 +381,23 @@ def test_a_cxsmiles_extension_is_no_part_of_the_name(ckpt, neimsctl_exe, tmp_pat
     recs = [orjson.loads(x) for x in p.stdout.splitlines()]
     assert [(r["id"], r["name"], r["smiles"]) for r in recs] == [
         ("alanine", "alanine", "C[C@H](N)C(=O)O"), ("ethanol", "ethanol", "CCO"), ("cx:3", "", "CCN")]
+
+
+def test_the_header_rdkit_s_smiles_writer_writes_is_no_molecule(ckpt, neimsctl_exe, tmp_path):
+    """Chem.SmilesWriter starts every file with 'SMILES Name': predict rejected it as an
+    unparsable SMILES and exited 1 on a file nothing was wrong with (pretrain skipped it)."""
+    from rdkit import Chem
+
+    smi = tmp_path / "rdkit.smi"
+    writer = Chem.SmilesWriter(str(smi), delimiter="\t")
+    for smiles, name in (("CCO", "ethanol"), ("c1ccccc1", "benzene")):
+        mol = Chem.MolFromSmiles(smiles)
+        mol.SetProp("_Name", name)
+        writer.write(mol)
+    writer.close()
+    assert smi.read_text().startswith("SMILES\tName")
+    p = subprocess.run([neimsctl_exe, "predict", "-m", str(ckpt), "-O", "jsonl", str(smi)],
+                       capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr.decode()
+    assert [orjson.loads(x)["name"] for x in p.stdout.splitlines()] == ["ethanol", "benzene"]
+    assert b"read 2, written 2, rejected 0" in p.stderr
