@@ -10,7 +10,8 @@ CRLF and CR line ends (old Mac exports), also mixed in one file, a Ctrl-Z ending
 ``Synon``, several peaks per line separated by ``;``, blanks, tabs, ``:`` or parentheses,
 decimal commas in peaks (``88,05 999``, when that reading gives the ``Num Peaks`` stated),
 quoted peak annotations, base peak 999 or 9999, a ``Name:`` line starting a new record
-without a blank line before it, a UTF-8 byte order mark, and Windows-1252 or latin-1 text.
+without a blank line before it, UTF-8 byte order marks (at the start of the file or of a line:
+files concatenated), and Windows-1252 or latin-1 text.
 
 Reject reasons set by the reader: ``truncated_record``, ``non_numeric_peak``,
 ``invalid_peak``, ``no_peaks``, ``num_peaks_mismatch``, ``binary_garbage``,

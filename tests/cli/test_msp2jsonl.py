@@ -309,3 +309,17 @@ def test_a_library_concatenated_by_windows_copy_loses_no_record(neimsctl_exe, tm
     proc = subprocess.run([neimsctl_exe, "predict", "-q", "-O", "jsonl", str(smi)], capture_output=True, timeout=300)
     assert proc.returncode == 0, proc.stderr.decode()
     assert [r["name"] for r in jsonl(proc.stdout)] == ["phenol", "propanol"]
+
+
+def test_files_concatenated_after_a_windows_tool_wrote_them_lose_no_record(neimsctl_exe, tmp_path):
+    """`cat a.msp b.msp` where b.msp starts with a UTF-8 byte-order mark: b's first record was
+    rejected as text outside any record (malformed_record), b's first JSONL line as bad_json."""
+    a, b = tmp_path / "a.msp", tmp_path / "b.msp"
+    a.write_bytes(b"Name: phenol\r\nSMILES: Oc1ccccc1\r\nNum Peaks: 2\r\n66 300\r\n94 999\r\n\r\n")
+    b.write_bytes(b"\xef\xbb\xbfName: propanol\r\nSMILES: CCCO\r\nNum Peaks: 2\r\n31 999\r\n60 80\r\n")
+    proc = sh(f"cat {a} {b} | {neimsctl_exe} msp2jsonl - > all.jsonl && "
+              f"(head -n 1 all.jsonl; printf '\\357\\273\\277'; tail -n 1 all.jsonl) | {neimsctl_exe} index - -o all.h5",
+              cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert [r["name"] for r in jsonl((tmp_path / "all.jsonl").read_bytes())] == ["phenol", "propanol"]
+    assert b"read 2, written 2, rejected 0" in proc.stderr

@@ -382,3 +382,15 @@ def test_ctrl_z_that_ends_the_input_is_dropped_and_nowhere_else(chunk: int) -> N
                         (b"a\r\x1a", [b"a\n"]), (b"\x1a", []),
                         (b"a\x1a\nb", [b"a\x1a\n", b"b"]), (b"a\r\x1ab\r", [b"a\n", b"\x1ab\n"])]:
         assert list(iter_lines(io.BytesIO(data), chunk)) == lines, data
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 4, 5, 1 << 16])
+def test_byte_order_marks_that_start_a_line_are_dropped_at_any_chunking(chunk: int) -> None:
+    """`cat a.msp b.msp` of files a Windows tool wrote: b's byte-order mark starts a line."""
+    bom = b"\xef\xbb\xbf"
+    for data, lines in [(b"a\n" + bom + b"b\n", [b"a\n", b"b\n"]),
+                        (b"a\r\n" + bom + bom + b"b\r\n" + bom, [b"a\n", b"b\n"]),
+                        (bom + b"a\r" + bom + b"\r", [b"a\n", b"\n"]),
+                        (b"a" + bom + b"b\n\xef\xbb", [b"a" + bom + b"b\n", b"\xef\xbb"]),
+                        (b"a\n\xef\xbc\x88b\n\xef\xbb\x1a", [b"a\n", b"\xef\xbc\x88b\n", b"\xef\xbb"])]:
+        assert list(iter_lines(io.BytesIO(data), chunk)) == lines, data
