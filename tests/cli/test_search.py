@@ -275,6 +275,21 @@ def test_a_stated_inchikey_that_is_none_is_not_the_entry_s_key(neimsctl_exe, tmp
         assert proc.returncode == 0, proc.stderr
 
 
+def test_a_candidate_list_s_column_header_is_no_candidate(neimsctl_exe, index, sample_msp, tmp_path):
+    """A suspect list exported with its column header ('InChIKey', 'SMILES'): the header was an
+    unparsable_candidate and search exited 1 on a list nothing was wrong with."""
+    q = tmp_path / "q.msp"
+    q.write_bytes(first_records(sample_msp, 2))
+    ref = run(neimsctl_exe, "search", q, "-l", index, "-k", "1", "-O", "jsonl", "-q")
+    keys = [orjson.loads(x)["inchikey"] for x in ref.stdout.splitlines()]
+    for header in ("InChIKey", "SMILES\tName", "# suspects\nINCHIKEY"):
+        cand = tmp_path / "cand.txt"
+        cand.write_text(f"{header}\n{keys[0]}\n{keys[1]}\n")
+        proc = run(neimsctl_exe, "search", q, "-l", index, "-k", "1", "-O", "jsonl", "--candidates", cand)
+        assert proc.returncode == 0, (header, proc.stderr)
+        assert proc.stdout == ref.stdout
+
+
 def test_outputs_never_overwrite_an_input(index, sample_msp, tmp_path):
     lib = tmp_path / "lib.h5"
     lib.write_bytes(index.read_bytes())
