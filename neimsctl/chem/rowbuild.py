@@ -50,6 +50,7 @@ from neimsctl.io.spectrum import N_BINS, NOISE_LEVEL, SCALE_ABOVE, SCALE_BELOW, 
 from neimsctl.chem.structure import MAX_HEAVY_ATOMS, formula_nominal_mass, smiles_too_large
 from neimsctl.io.featblock import empty_block
 from neimsctl.io.inputs import Item
+from neimsctl.io.streams import decode_text
 
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -359,7 +360,7 @@ class RowBuilder:
             if not smiles:
                 return Rejected(it, rid, "no_structure", "record has no SMILES", name or None)
             return rid, smiles, rec
-        parts = it.raw.decode("utf-8", "replace").strip().split(None, 1)
+        parts = smiles_line(it.raw)
         if not parts:  # only characters str.split() takes for blanks (\x1c..\x1f, U+2028, ...)
             return Rejected(it, f"{_stem(it.file)}:{it.line}", "unparsable_smiles",
                             f"no SMILES on the line: {it.raw[:40]!r}")
@@ -440,6 +441,24 @@ class RowBuilder:
         return out
 
 
+def smiles_line(raw: bytes) -> list[str]:
+    """``[SMILES, name]`` (``[SMILES]`` without a name, ``[]`` for a blank line) of a SMILES
+    line: split at the first blank or tab; a CXSMILES extension after the SMILES (``|&1:1|``,
+    the ``|...|`` ChemAxon and RDKit write for coordinates or enhanced stereo) is no part of
+    the name. The SMILES alone gives the structure.
+
+    Examples
+    --------
+    >>> smiles_line(b"C[C@H](N)C(=O)O |&1:1| alanine")
+    ['C[C@H](N)C(=O)O', 'alanine']
+    """
+    parts = decode_text(raw).strip().split(None, 1)
+    if len(parts) > 1 and parts[1].startswith("|") and "|" in parts[1][1:]:
+        name = parts[1][parts[1].index("|", 1) + 1:].strip()
+        parts = [parts[0], name] if name else parts[:1]
+    return parts
+
+
 def _json_type(value: Any) -> str:
     return {bool: "boolean", int: "number", float: "number", list: "array",
             dict: "object"}.get(type(value), type(value).__name__)
@@ -459,10 +478,10 @@ def crashed(it: Item, why: str) -> Rejected:
             rid = str(rec.get("id") or f"{_stem(it.file)}:{it.nth or it.ordinal + 1}")
             name = str(rec.get("name") or "") or None
     elif it.kind == "sdf":
-        name = it.raw.decode("utf-8", "replace").split("\n", 1)[0].strip() or None
+        name = decode_text(it.raw).split("\n", 1)[0].strip() or None
         rid = name
     else:
-        parts = it.raw.decode("utf-8", "replace").strip().split(None, 1)
+        parts = smiles_line(it.raw)
         name = parts[1] if len(parts) > 1 else None
         rid = name or f"{_stem(it.file)}:{it.line}"
     return Rejected(it, rid, "worker_crashed", f"{why} while working on this record", name)

@@ -32,6 +32,7 @@ from rdkit import Chem, RDLogger
 from rdkit.Chem import rdMolDescriptors
 
 from neimsctl.errors import FormatError
+from neimsctl.io.inchikey import stated_inchikey
 from neimsctl.io.streams import decode_text
 
 RDLogger.DisableLog("rdApp.*")
@@ -408,7 +409,7 @@ def compare_with_msp(st: Structure, fields: dict[str, str]) -> list[str]:
         if value is None or round(value) != st.mw:
             flags.append("mw_mismatch")
     key = fields.get("inchikey")
-    if key and st.inchikey and key.strip().upper() != st.inchikey:
+    if key and st.inchikey and (stated_inchikey(key) or key.strip().upper()) != st.inchikey:
         flags.append("inchikey_mismatch")
     exact = fields.get("exactmass")
     if exact:

@@ -123,10 +123,10 @@ def read_smiles(path: str | os.PathLike, fmt: str = "auto", *, smiles_column: st
                 smi, label = rec.get(col), rec.get("id") or rec.get("name") or ""
                 yield SmilesItem(src, no, smi if isinstance(smi, str) else "", str(label))
                 continue
-            smi, _, label = s.partition(" ") if " " in s else s.partition("\t")
+            smi, *label = s.split(None, 1)      # at the first blank or tab, as predict reads it
             if no == first_no and smi.lower() == "smiles":
                 continue
-            yield SmilesItem(src, no, smi, label.strip())
+            yield SmilesItem(src, no, smi, label[0] if label else "")
 
 
 def _read_csv(lines: Iterator[str], column: str, name: str, src: int,

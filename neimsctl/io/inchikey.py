@@ -24,7 +24,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-__all__ = ["BLOCK_LEN", "connectivity_block", "connectivity_blocks", "is_inchikey"]
+__all__ = ["BLOCK_LEN", "connectivity_block", "connectivity_blocks", "is_inchikey", "stated_inchikey"]
 
 BLOCK_LEN = 14
 
@@ -107,3 +107,19 @@ def is_inchikey(text: str) -> bool:
     """
     # the length first: str.upper() makes 'ß' two letters
     return len(text) in (BLOCK_LEN, 27) and _SHAPE.fullmatch(text.upper()) is not None
+
+
+def stated_inchikey(text: str) -> str | None:
+    """A key as a file states it, upper-cased, without the ``InChIKey=`` prefix the InChI tools
+    write; ``None`` when it is no InChIKey nor first block (``N/A``, ``-``, a number): such a key
+    names no compound and pairs with nothing.
+
+    Examples
+    --------
+    >>> stated_inchikey("InChIKey=bsynrymutxbxsq-uhfffaoysa-n"), stated_inchikey("N/A")
+    ('BSYNRYMUTXBXSQ-UHFFFAOYSA-N', None)
+    """
+    key = text.strip()
+    if key.upper().startswith("INCHIKEY="):
+        key = key[len("INCHIKEY="):].strip()
+    return key.upper() if is_inchikey(key) else None

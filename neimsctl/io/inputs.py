@@ -7,7 +7,8 @@ Formats, per file detected from its first lines unless ``input_format`` is given
 - ``jsonl``: ``neimsctl.record/1`` lines (the first non-blank line starts with ``{``);
 - ``smi``: ``SMILES [name]`` per line.
 
-Blank lines, and ``#`` comment lines of SMILES files, are not records. Records are numbered
+Blank lines, and ``#`` comment lines of SMILES files, are not records; nor is a SMILES file's
+first line when its first word is ``SMILES`` (the header RDKit's ``SmilesWriter`` writes). Records are numbered
 (``ordinal``) 0, 1, 2 ... across all inputs in order; with ``shard=(K, N)`` only records with
 ``ordinal % N == K - 1`` are yielded (round robin; ordinals stay those of the whole input).
 Items carry the raw bytes: parsing happens in the workers that featurize them
@@ -153,10 +154,15 @@ def iter_items(paths: Iterable[str | os.PathLike], input_format: str | None = No
                         yield Item(ordinal, name, start, "sdf", b"".join(buf), ordinal - first + 1)
                     ordinal += 1
                 continue
+            header = kind == "smi"   # RDKit's SmilesWriter starts its files with "SMILES Name"
             for lineno, raw in enumerate(lines, start=1):
                 text = raw.strip()
                 if not text or (kind == "smi" and text.startswith(b"#")):
                     continue
+                if header:
+                    header = False
+                    if text.split(None, 1)[0].lower() == b"smiles":
+                        continue
                 if keep():
                     yield Item(ordinal, name, lineno, kind, text, ordinal - first + 1)
                 ordinal += 1

@@ -6,11 +6,12 @@ still yielded, with :attr:`MspRecord.reason` set (one code per kind of defect), 
 caller can report it: nothing is ever dropped silently.
 
 Dialects accepted: case variants of keys (``Num Peaks``/``Num peaks``/``NUM PEAKS``), LF,
-CRLF and CR line ends (old Mac exports), also mixed in one file, several ``key: value`` pairs on one line (``CAS#: 50-00-0; NIST#: 12``), repeated
+CRLF and CR line ends (old Mac exports), also mixed in one file, a Ctrl-Z ending the file (``copy /a``), several ``key: value`` pairs on one line (``CAS#: 50-00-0; NIST#: 12``), repeated
 ``Synon``, several peaks per line separated by ``;``, blanks, tabs, ``:`` or parentheses,
 decimal commas in peaks (``88,05 999``, when that reading gives the ``Num Peaks`` stated),
 quoted peak annotations, base peak 999 or 9999, a ``Name:`` line starting a new record
-without a blank line before it, a UTF-8 byte order mark, and Windows-1252 or latin-1 text.
+without a blank line before it, UTF-8 byte order marks (at the start of the file or of a line:
+files concatenated), and Windows-1252 or latin-1 text.
 
 Reject reasons set by the reader: ``truncated_record``, ``non_numeric_peak``,
 ``invalid_peak``, ``no_peaks``, ``num_peaks_mismatch``, ``binary_garbage``,
@@ -289,10 +290,13 @@ def _peaks_slow(rec: MspRecord, data: bytes, first: int) -> None:
 
 
 def _parse_peaks(rec: MspRecord, data: bytes, first: int) -> None:
-    """Fast path: only numbers and blanks -> one split and two C-level ``map(float)``."""
+    """Fast path: only numbers and blanks -> one split and two C-level ``map(float)``. Without a
+    ``Num Peaks`` to check the count against, every line must hold pairs, as on the slow path:
+    one split paired three columns (``41 999 12``) across the lines into peaks that are none."""
     if len(data.translate(None, _PEAK_SPECIAL)) == len(data):
         toks = data.split()
-        if not len(toks) % 2:
+        if not len(toks) % 2 and (rec.num_peaks is not None
+                                  or not any(len(ln.split()) % 2 for ln in data.split(b"\n"))):
             try:  # integers stay integers (cheaper to parse and to write)
                 rec.mz = list(map(int, toks[0::2]))
                 rec.intensity = list(map(int, toks[1::2]))

@@ -26,7 +26,7 @@ import numpy as np
 
 from neimsctl.io.spectrum import N_BINS, preprocess_spectrum
 from neimsctl.errors import FormatError
-from neimsctl.io.inchikey import is_inchikey
+from neimsctl.io.inchikey import stated_inchikey
 from neimsctl.io.jsonl import jsonl_lines
 from neimsctl.io.msp import read_msp, record_inchikey, record_structure
 from neimsctl.io.spectrum_records import bad_mass, int_mass
@@ -118,7 +118,7 @@ class _Rows:
         if not key:
             self.skip("no_inchikey", where)
             return
-        key = _shaped_key(str(key))
+        key = stated_inchikey(str(key))
         if key is None:     # "N/A", "-", a number: it would pair with nothing, silently
             self.skip("bad_inchikey", where)
             return
@@ -211,22 +211,12 @@ def _read_jsonl(fh: BinaryIO, rows: _Rows) -> None:
                  formula=rec.get("formula"))
 
 
-def _shaped_key(text: str) -> str | None:
-    """``text`` as an upper-case InChIKey (``InChIKey=`` prefix of the InChI tools dropped), or
-    None when it is none (``N/A``, ``-``): such a key pairs with nothing and would silently
-    drop its record from the queries."""
-    key = text.strip()
-    if key.upper().startswith("INCHIKEY="):
-        key = key[len("INCHIKEY="):].strip()
-    return key.upper() if is_inchikey(key) else None
-
-
 def _msp_key(fields: dict[str, str]) -> str | None:
     """The record's InChIKey: as stated (the line, else MoNA's ``InChIKey=`` comment pair), else
     from the structure it states (:func:`neimsctl.io.msp.record_structure`)."""
     key = record_inchikey(fields)
     stated = record_structure(fields)
-    if key and (_shaped_key(key) or stated is None):
+    if key and (stated_inchikey(key) or stated is None):
         return key      # one that is no InChIKey, without a structure: add() names it
     if stated is None:
         return None

@@ -25,6 +25,7 @@ from typing import Any, BinaryIO, Iterator
 import numpy as np
 
 from neimsctl.errors import FormatError, shown
+from neimsctl.io.inchikey import stated_inchikey
 from neimsctl.io.jsonl import jsonl_lines
 from neimsctl.io.msp import parse_number, read_msp, record_inchikey, record_structure
 from neimsctl.io.spectrum import MASS_LIMIT
@@ -101,11 +102,12 @@ def _msp_records(fh: BinaryIO, source: str) -> Iterator[SpectrumRecord]:
     for rec in read_msp(fh, source):
         f = rec.fields
         # the structure and InChIKey the record states, by msp2jsonl's rule (the SMILES / InChI /
-        # InChIKey lines, else the Comments pairs of MoNA exports)
+        # InChIKey lines, else the Comments pairs of MoNA exports); a key that is none ('N/A',
+        # 'InChIKey=...' cut to 27 characters) is left for complete_record to take from the structure
         stated = record_structure(f)
         kind, text = stated[1:] if stated is not None else ("", "")
         out = _with_mass(SpectrumRecord(source, rec.line, rec.ordinal, rec.record_id, rec.name,
-                                        record_inchikey(f).upper(), text if kind == "smiles" else "",
+                                        stated_inchikey(record_inchikey(f)) or "", text if kind == "smiles" else "",
                                         f.get("formula", "").strip(), int_mass(f.get("mw")),
                                         "predicted=" in f.get("comments", ""), rec.mz, rec.intensity,
                                         rec.reason, rec.detail), f.get("mw", "").strip())

@@ -323,23 +323,57 @@ def lf_chunks(stream: BinaryIO, chunk_size: int = 1 << 20, *, partial: bool = Fa
     starts a CRLF pair, so a pair split by the chunking still counts as one line end.
     Empty chunks are never yielded. ``partial``: pass on what a pipe has (``read1``) instead
     of waiting for ``chunk_size`` bytes, so lines arrive as they are written.
+
+    Ctrl-Z bytes that end the input are dropped: DOS's end-of-file mark, which Windows still
+    appends to text files it concatenates (``copy /a lib1.msp + lib2.msp all.msp``); the MSP
+    reader took the last record for binary data, the SMILES reader the last line for a SMILES.
+    So are UTF-8 byte-order marks that start a line: the first bytes of a file that was
+    concatenated (``cat a.msp b.msp``) after it was written by a Windows tool; the MSP reader
+    took its first record for text outside any record, the JSONL readers its first line for bad
+    JSON.
     """
     read = getattr(stream, "read1", stream.read) if partial else stream.read
     hold = b""
+    line_start = True   # the chunk to come starts a line
     while True:
         chunk = read(chunk_size)
         if not chunk:
-            if hold:
-                yield b"\n"
+            tail = hold.rstrip(b"\x1a").replace(b"\r", b"\n")
+            if tail:
+                yield tail
             return
         if hold:
             chunk, hold = hold + chunk, b""
+        if chunk[-1] == 26:  # held back until the next read shows whether the input ends there
+            end = len(chunk.rstrip(b"\x1a"))
+            chunk, hold = chunk[:end], chunk[end:]
         if b"\r" in chunk:
             if chunk[-1] == 13:
-                chunk, hold = chunk[:-1], b"\r"
+                chunk, hold = chunk[:-1], b"\r" + hold
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if b"\xef" in chunk:
+            chunk = _drop_boms(chunk, line_start)
+            if chunk.endswith(_BOM_CUT) or (line_start and chunk in _BOM_HEADS):
+                cut = chunk.rindex(b"\xef")  # a mark cut by the chunking waits for its end
+                chunk, hold = chunk[:cut], chunk[cut:] + hold
         if chunk:
+            line_start = chunk[-1] == 10
             yield chunk
+
+
+_BOM_HEADS = (b"\xef", b"\xef\xbb")
+_BOM_CUT = (b"\n\xef", b"\n\xef\xbb")
+_LINE_BOM = b"\n" + UTF8_BOM
+
+
+def _drop_boms(chunk: bytes, line_start: bool) -> bytes:
+    """``chunk`` without the UTF-8 byte-order marks that start its lines (the first line too
+    when ``line_start``)."""
+    while _LINE_BOM in chunk:
+        chunk = chunk.replace(_LINE_BOM, b"\n")
+    while line_start and chunk.startswith(UTF8_BOM):
+        chunk = chunk[3:]
+    return chunk
 
 
 def _line_runs(stream: BinaryIO, chunk_size: int) -> Iterator[Iterable[bytes]]:

@@ -29,6 +29,7 @@ from neimsctl.io.inputs import Item
 from neimsctl.io.parallel import chunked, ordered_map
 from neimsctl.io.rejects import Reject, Tally
 from neimsctl.io.prediction_write import PredictionWriter
+from neimsctl.io.streams import decode_text
 from neimsctl.predict.model import LoadedModel, predict_block
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ class Featurizer:
             if it.kind != "sdf":
                 ready.append(it)
                 continue
-            text = it.raw.decode("utf-8", "replace")
+            text = decode_text(it.raw)
             title = text.split("\n", 1)[0].strip()
             try:
                 mol = mol_from_molblock(text, where=f"MOL block {title!r}")
@@ -103,7 +104,7 @@ def reject_message(r: Rejected) -> str:
             except (orjson.JSONDecodeError, AttributeError):
                 smiles = None
         else:
-            parts = r.item.raw.decode("utf-8", "replace").split(None, 1)
+            parts = decode_text(r.item.raw).split(None, 1)
             smiles = parts[0] if parts else ""
         return f"{where}: cannot parse SMILES {smiles!r}"
     if r.reason == "unparsable_structure":

@@ -162,12 +162,19 @@ def read_candidates(path: str | os.PathLike, libraries: Sequence[SpectralIndex])
                 raise FormatError("binary data, not a list of InChIKeys or SMILES", file=str(path), line=lineno)
             text = raw.decode("utf-8", "replace").lstrip("\ufeff").strip()
             if text and not text.startswith("#"):
-                wanted.append((lineno, _uncommented(text.split()[0])))
+                token = text.split()[0]
+                if not wanted and token.lower() in _HEADERS:   # a column header, no compound
+                    continue
+                wanted.append((lineno, _uncommented(token)))
     if not wanted:
         raise FormatError("the candidate list is empty", file=str(path))
     blocks, bad = match_candidates([token for _, token in wanted], libraries)
     return blocks, [Reject(reason, detail, str(path), wanted[i][0], shown_candidate(wanted[i][1]))
                     for i, reason, detail in bad]
+
+
+#: The first line of a candidate list that is a column header ("InChIKey", "SMILES").
+_HEADERS = frozenset({"inchikey", "smiles", "inchi"})
 
 
 def _uncommented(token: str) -> str:

@@ -293,3 +293,33 @@ def test_a_huge_name_or_id_is_cut_on_stderr_and_whole_in_the_rejects(neimsctl_ex
     assert jsonl(rej.read_bytes())[0]["record"] == "X" * 200_000
     proc = sh(f"{neimsctl_exe} msp2jsonl {src} --strict")
     assert proc.returncode == 1 and len(proc.stderr) < 1500, proc.stderr[:300]
+
+
+def test_a_library_concatenated_by_windows_copy_loses_no_record(neimsctl_exe, tmp_path):
+    """`copy /a lib1.msp + lib2.msp all.msp` ends the file with Ctrl-Z (DOS's end-of-file mark):
+    the last record was rejected as binary_garbage; a SMILES list so ended lost its last line."""
+    lib = tmp_path / "all.msp"
+    lib.write_bytes(b"Name: phenol\r\nSMILES: Oc1ccccc1\r\nNum Peaks: 2\r\n66 300\r\n94 999\r\n\r\n"
+                    b"Name: propanol\r\nSMILES: CCCO\r\nNum Peaks: 2\r\n31 999\r\n60 80\r\n\x1a")
+    proc = subprocess.run([neimsctl_exe, "msp2jsonl", str(lib)], capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert [(r["name"], r["mz"]) for r in jsonl(proc.stdout)] == [("phenol", [66, 94]), ("propanol", [31, 60])]
+    smi = tmp_path / "all.smi"
+    smi.write_bytes(b"Oc1ccccc1 phenol\r\nCCCO propanol\x1a")
+    proc = subprocess.run([neimsctl_exe, "predict", "-q", "-O", "jsonl", str(smi)], capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert [r["name"] for r in jsonl(proc.stdout)] == ["phenol", "propanol"]
+
+
+def test_files_concatenated_after_a_windows_tool_wrote_them_lose_no_record(neimsctl_exe, tmp_path):
+    """`cat a.msp b.msp` where b.msp starts with a UTF-8 byte-order mark: b's first record was
+    rejected as text outside any record (malformed_record), b's first JSONL line as bad_json."""
+    a, b = tmp_path / "a.msp", tmp_path / "b.msp"
+    a.write_bytes(b"Name: phenol\r\nSMILES: Oc1ccccc1\r\nNum Peaks: 2\r\n66 300\r\n94 999\r\n\r\n")
+    b.write_bytes(b"\xef\xbb\xbfName: propanol\r\nSMILES: CCCO\r\nNum Peaks: 2\r\n31 999\r\n60 80\r\n")
+    proc = sh(f"cat {a} {b} | {neimsctl_exe} msp2jsonl - > all.jsonl && "
+              f"(head -n 1 all.jsonl; printf '\\357\\273\\277'; tail -n 1 all.jsonl) | {neimsctl_exe} index - -o all.h5",
+              cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert [r["name"] for r in jsonl((tmp_path / "all.jsonl").read_bytes())] == ["phenol", "propanol"]
+    assert b"read 2, written 2, rejected 0" in proc.stderr

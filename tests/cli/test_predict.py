@@ -346,3 +346,58 @@ def test_mol_files_concatenated_without_separator_are_each_a_record(ckpt, tmp_pa
     start = 1 + eth.count("\n") + benz.count("\n") + block("CCN", "x").count("\n") + 4
     assert [(r["line"], r["record"]) for r in rej] == [(start, "broken")]
     assert "read 4, written 3, rejected 1" in res.stderr
+
+
+def test_latin1_names_of_smiles_and_sdf_inputs_are_kept(ckpt, neimsctl_exe, tmp_path):
+    """A SMILES list or SDF saved by a Windows tool holds its names in Windows-1252 / latin-1:
+    they were decoded as UTF-8 with replacement, so 'éther' became U+FFFD in every output and
+    reject line, silently (MSP and MOL files were read right)."""
+    from rdkit import Chem
+
+    smi = tmp_path / "names.smi"
+    smi.write_bytes("CCOCC diethyl éther\nC1CC µ-bad\n".encode("cp1252"))
+    m = Chem.MolFromSmiles("c1ccccc1")
+    m.SetProp("_Name", "benzène – pur")
+    sdf = tmp_path / "names.sdf"
+    sdf.write_bytes((Chem.MolToMolBlock(m) + "$$$$\n").encode("cp1252"))
+    rej = tmp_path / "rej.jsonl"
+    p = subprocess.run([neimsctl_exe, "predict", "-m", str(ckpt), "-O", "jsonl", "--jobs", "1",
+                        "--rejects", str(rej), str(smi), str(sdf)], capture_output=True, timeout=300)
+    assert p.returncode == 1, p.stderr.decode()
+    recs = [orjson.loads(x) for x in p.stdout.splitlines()]
+    assert [r["name"] for r in recs] == ["diethyl éther", "benzène – pur"]
+    assert [orjson.loads(x)["record"] for x in rej.read_bytes().splitlines()] == ["µ-bad"]
+
+
+def test_a_cxsmiles_extension_is_no_part_of_the_name(ckpt, neimsctl_exe, tmp_path):
+    """ChemAxon and RDKit write CXSMILES ('SMILES |ext| name'): the extension became the start
+    of every name and id ('|&1:1| alanine'), silently."""
+    smi = tmp_path / "cx.smi"
+    smi.write_text("C[C@H](N)C(=O)O |&1:1| alanine\nCCO |(-1.3,-0.25,;0,0.5,;1.3,-0.25,)|\tethanol\n"
+                   "CCN |&1:1|\n")
+    p = subprocess.run([neimsctl_exe, "predict", "-q", "-m", str(ckpt), "-O", "jsonl", str(smi)],
+                       capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr.decode()
+    recs = [orjson.loads(x) for x in p.stdout.splitlines()]
+    assert [(r["id"], r["name"], r["smiles"]) for r in recs] == [
+        ("alanine", "alanine", "C[C@H](N)C(=O)O"), ("ethanol", "ethanol", "CCO"), ("cx:3", "", "CCN")]
+
+
+def test_the_header_rdkit_s_smiles_writer_writes_is_no_molecule(ckpt, neimsctl_exe, tmp_path):
+    """Chem.SmilesWriter starts every file with 'SMILES Name': predict rejected it as an
+    unparsable SMILES and exited 1 on a file nothing was wrong with (pretrain skipped it)."""
+    from rdkit import Chem
+
+    smi = tmp_path / "rdkit.smi"
+    writer = Chem.SmilesWriter(str(smi), delimiter="\t")
+    for smiles, name in (("CCO", "ethanol"), ("c1ccccc1", "benzene")):
+        mol = Chem.MolFromSmiles(smiles)
+        mol.SetProp("_Name", name)
+        writer.write(mol)
+    writer.close()
+    assert smi.read_text().startswith("SMILES\tName")
+    p = subprocess.run([neimsctl_exe, "predict", "-m", str(ckpt), "-O", "jsonl", str(smi)],
+                       capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr.decode()
+    assert [orjson.loads(x)["name"] for x in p.stdout.splitlines()] == ["ethanol", "benzene"]
+    assert b"read 2, written 2, rejected 0" in p.stderr

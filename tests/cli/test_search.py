@@ -251,6 +251,45 @@ def test_index_reads_mona_structures_from_comments(tmp_path):
     }
 
 
+def test_a_stated_inchikey_that_is_none_is_not_the_entry_s_key(neimsctl_exe, tmp_path):
+    """'InChIKey: InChIKey=...' (the InChI tools' prefix) was indexed upper-cased and cut to 27
+    characters ('INCHIKEY=UHOVQNZJYSORNB-UHF'), 'InChIKey: N/A' as the key 'N/A' instead of the
+    SMILES's: hits showed keys that name no compound and --candidates never found them, silently.
+    The prefix is dropped; a key that is none leaves the key to the structure, as eval does."""
+    lib = tmp_path / "keys.msp"
+    lib.write_text("Name: benzene\nInChIKey: InChIKey=UHOVQNZJYSORNB-UHFFFAOYSA-N\nMW: 78\n"
+                   "Num Peaks: 2\n78 999\n51 100\n\n"
+                   "Name: toluene\nInChIKey: N/A\nSMILES: Cc1ccccc1\nNum Peaks: 2\n91 999\n65 100\n\n"
+                   "Name: unknown\nInChIKey: -\nNum Peaks: 2\n43 999\n41 100\n")
+    out = tmp_path / "keys.h5"
+    assert run(neimsctl_exe, "index", "-q", lib, "-o", out).returncode == 0
+    cand = tmp_path / "cand.txt"
+    cand.write_text("UHOVQNZJYSORNB\nYXFVVABEGXRONW-UHFFFAOYSA-N\n")
+    for library in (out, lib):
+        proc = run(neimsctl_exe, "search", lib, "-l", library, "-k", "1")
+        head, *rows = [ln.split("\t") for ln in proc.stdout.decode().splitlines()]
+        assert [(r[head.index("hit_name")], r[head.index("inchikey")]) for r in rows] == [
+            ("benzene", "UHOVQNZJYSORNB-UHFFFAOYSA-N"), ("toluene", "YXFVVABEGXRONW-UHFFFAOYSA-N"),
+            ("unknown", "")], proc.stderr
+        proc = run(neimsctl_exe, "search", lib, "-l", library, "-k", "1", "--candidates", cand)
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_a_candidate_list_s_column_header_is_no_candidate(neimsctl_exe, index, sample_msp, tmp_path):
+    """A suspect list exported with its column header ('InChIKey', 'SMILES'): the header was an
+    unparsable_candidate and search exited 1 on a list nothing was wrong with."""
+    q = tmp_path / "q.msp"
+    q.write_bytes(first_records(sample_msp, 2))
+    ref = run(neimsctl_exe, "search", q, "-l", index, "-k", "1", "-O", "jsonl", "-q")
+    keys = [orjson.loads(x)["inchikey"] for x in ref.stdout.splitlines()]
+    for header in ("InChIKey", "SMILES\tName", "# suspects\nINCHIKEY"):
+        cand = tmp_path / "cand.txt"
+        cand.write_text(f"{header}\n{keys[0]}\n{keys[1]}\n")
+        proc = run(neimsctl_exe, "search", q, "-l", index, "-k", "1", "-O", "jsonl", "--candidates", cand)
+        assert proc.returncode == 0, (header, proc.stderr)
+        assert proc.stdout == ref.stdout
+
+
 def test_outputs_never_overwrite_an_input(index, sample_msp, tmp_path):
     lib = tmp_path / "lib.h5"
     lib.write_bytes(index.read_bytes())

@@ -296,7 +296,10 @@ def prop_convert_msp(data: bytes, structure: bool) -> None:
 def prop_iter_lines(data: bytes, chunk: int) -> None:
     from neimsctl.io.streams import iter_lines
 
-    want = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").splitlines(keepends=True)
+    text = data.rstrip(b"\x1a")   # Ctrl-Z ending the input: DOS's end-of-file mark, dropped
+    text = text.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    text = re.sub(rb"(^|\n)(?:\xef\xbb\xbf)+", rb"\1", text)   # byte-order marks starting a line
+    want = text.splitlines(keepends=True)
     assert list(iter_lines(io.BytesIO(data), chunk)) == want
 
 

@@ -132,6 +132,9 @@ def test_compare_with_msp_flags():
     assert compare_with_msp(st, bad) == ["formula_mismatch", "mw_mismatch", "inchikey_mismatch",
                                          "exact_mass_mismatch"]
     assert formula_counts("C11H11D3O2") == {"C": 11, "H": 11, "D": 3, "O": 2}
+    # the InChI tools' prefix is no disagreement (it flagged inchikey_mismatch); 'N/A' is one
+    assert compare_with_msp(st, {"inchikey": "InChIKey=UHOVQNZJYSORNB-UHFFFAOYSA-N"}) == []
+    assert compare_with_msp(st, {"inchikey": "N/A"}) == ["inchikey_mismatch"]
 
 
 def test_real_data_mw_formula_inchikey_agree(shared_data):

@@ -36,6 +36,16 @@ def test_read_smi_names_comments_header(tmp_path):
         (4, "CCO", "ethanol"), (5, "c1ccccc1", "benzene"), (6, "C(=O)O", "acetic acid")]
 
 
+def test_a_tab_separated_name_with_blanks_leaves_the_smiles_whole(tmp_path):
+    """'c1ccccc1<TAB>benzene ring' was cut at its first blank: the SMILES 'c1ccccc1\tbenzene'
+    was rejected as unparsable, so pretraining lost every molecule of a SMILES<TAB>name list
+    whose names have blanks (predict and featurize read the same file right)."""
+    p = tmp_path / "a.tsv"
+    p.write_text("SMILES\tName\nc1ccccc1\tbenzene ring\nCC(=O)O  \t acetic acid \nCCO\n")
+    assert [(i.line, i.smiles, i.name) for i in read_smiles(p)] == [
+        (2, "c1ccccc1", "benzene ring"), (3, "CC(=O)O", "acetic acid"), (4, "CCO", "")]
+
+
 def test_read_compressed_jsonl_and_csv(tmp_path):
     z = tmp_path / "m.smi.zst"
     z.write_bytes(zstandard.ZstdCompressor().compress("\n".join(MOSES).encode() + b"\n"))

@@ -106,3 +106,11 @@ def _shard(path, keys: list[str]) -> None:
         sw.append(block)
     with h5py.File(path) as f:
         assert [k.decode() for k in f["inchikey"][:]] == keys
+
+
+def test_stated_inchikey_drops_the_prefix_and_refuses_what_is_no_key():
+    from neimsctl.io.inchikey import stated_inchikey
+
+    assert stated_inchikey(" InChIKey=uhovqnzjysornb-UHFFFAOYSA-N ") == "UHOVQNZJYSORNB-UHFFFAOYSA-N"
+    assert stated_inchikey("UHOVQNZJYSORNB") == "UHOVQNZJYSORNB"
+    assert [stated_inchikey(t) for t in ("N/A", "-", "", "12345", "InChIKey=")] == [None] * 5

@@ -391,3 +391,15 @@ def test_a_huge_unknown_schema_is_cut_in_the_detail(tmp_path):
     path.write_text('{"schema": "' + "s" * 100_000 + '", "mz": [1], "intensity": [1]}\n')
     (rec,) = read_spectrum_records(path)
     assert rec.reason == "unknown_schema" and len(rec.detail) < 250 and "(100,002 characters)" in rec.detail
+
+
+def test_three_columns_without_num_peaks_are_no_peaks():
+    """Without a Num Peaks line, 'm/z intensity rel.int' lines were paired across the lines
+    ([41, 12, 500] / [999, 43, 13]) and written as that spectrum, silently; the same lines with a
+    ';' took the line-by-line path and were rejected. Now both are rejected at their line."""
+    for sep in (b"", b";"):
+        data = b"Name: a\n41 999 12" + sep + b"\n43 500 13" + sep + b"\n"
+        (rec,) = read_msp(io.BytesIO(data), "t.msp")
+        assert (rec.reason, rec.detail) == ("non_numeric_peak", f"line 2: {'41 999 12' + sep.decode()!r}: odd number of values")
+    (rec,) = read_msp(io.BytesIO(b"Name: a\n41 999 43 500\n57 20\n"), "t.msp")
+    assert (rec.reason, rec.mz, rec.intensity) == (None, [41, 43, 57], [999, 500, 20])

@@ -373,3 +373,24 @@ def test_stale_temporaries_removed_only_when_their_run_is_known_dead(tmp_path: P
     assert all(p.read_bytes() == b"rows" for p in kept)
     assert (tmp_path / f".out.h5.part-{dead + 1}-{tag}").is_dir()
     assert remove_stale_temps(out) == []
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 1 << 16])
+def test_ctrl_z_that_ends_the_input_is_dropped_and_nowhere_else(chunk: int) -> None:
+    """DOS's end-of-file mark, which `copy /a a.msp + b.msp all.msp` still appends."""
+    for data, lines in [(b"a\r\nb\r\n\x1a", [b"a\n", b"b\n"]), (b"a\rb\x1a\x1a", [b"a\n", b"b"]),
+                        (b"a\r\x1a", [b"a\n"]), (b"\x1a", []),
+                        (b"a\x1a\nb", [b"a\x1a\n", b"b"]), (b"a\r\x1ab\r", [b"a\n", b"\x1ab\n"])]:
+        assert list(iter_lines(io.BytesIO(data), chunk)) == lines, data
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 4, 5, 1 << 16])
+def test_byte_order_marks_that_start_a_line_are_dropped_at_any_chunking(chunk: int) -> None:
+    """`cat a.msp b.msp` of files a Windows tool wrote: b's byte-order mark starts a line."""
+    bom = b"\xef\xbb\xbf"
+    for data, lines in [(b"a\n" + bom + b"b\n", [b"a\n", b"b\n"]),
+                        (b"a\r\n" + bom + bom + b"b\r\n" + bom, [b"a\n", b"b\n"]),
+                        (bom + b"a\r" + bom + b"\r", [b"a\n", b"\n"]),
+                        (b"a" + bom + b"b\n\xef\xbb", [b"a" + bom + b"b\n", b"\xef\xbb"]),
+                        (b"a\n\xef\xbc\x88b\n\xef\xbb\x1a", [b"a\n", b"\xef\xbc\x88b\n", b"\xef\xbb"])]:
+        assert list(iter_lines(io.BytesIO(data), chunk)) == lines, data
