@@ -2,8 +2,9 @@
 
 Formats, per file detected from its first lines unless ``input_format`` is given:
 
-- ``sdf``: SDF / MOL (a ``V2000``/``V3000`` counts line within the first 4 lines); records
-  split at ``$$$$``; an item's line is the first line of its MOL block;
+- ``sdf``: SDF / MOL (a ``V2000``/``V3000`` counts line within the first 4 lines after any
+  blank ones); records split at ``$$$$``; blank lines before a MOL block are no part of it; an
+  item's line is the first line of its MOL block;
 - ``jsonl``: ``neimsctl.record/1`` lines (the first non-blank line starts with ``{``);
 - ``smi``: ``SMILES [name]`` per line.
 
@@ -54,7 +55,8 @@ _COUNTS_LINE = re.compile(rb"^[ \d]{6}.*V[23]000\s*$")
 def sniff_format(head: Sequence[bytes], formats: Sequence[str] = INPUT_FORMATS) -> str:
     """The format of a file starting with the lines ``head`` (see the module docstring).
 
-    ``head`` should reach the first non-blank line (and hold at least 4 lines when there are);
+    ``head`` should reach the first non-blank line (and hold at least 4 lines from it when there
+    are: an SDF file may start with blank lines);
     ``sdf`` is considered only when it is among ``formats``.
 
     Examples
@@ -69,9 +71,10 @@ def sniff_format(head: Sequence[bytes], formats: Sequence[str] = INPUT_FORMATS) 
     """
     if head and head[0].startswith((b"\x89HDF", b"NZBK")):
         return "h5" if head[0].startswith(b"\x89HDF") else "zblock"
-    if "sdf" in formats and any(b"V2000" in ln or b"V3000" in ln for ln in head[:_HEAD]):
+    lead = next((i for i, ln in enumerate(head) if ln.strip()), 0)    # blank lines before the first record
+    if "sdf" in formats and any(b"V2000" in ln or b"V3000" in ln for ln in head[:lead + _HEAD]):
         return "sdf"
-    first = next((ln.strip() for ln in head if ln.strip()), b"")
+    first = head[lead].strip() if head else b""
     if first[:5].lower() == b"name:":
         return "msp"                  # a spectral library, not structures: refused by iter_items
     return "jsonl" if first.startswith(b"{") else "smi"
@@ -85,7 +88,8 @@ def _sniffed(fh: BinaryIO, input_format: str | None,
     if input_format is None:
         for ln in it:
             head.append(ln)
-            if len(head) >= _HEAD and any(h.strip() for h in head):
+            lead = next((i for i, h in enumerate(head) if h.strip()), None)
+            if lead is not None and len(head) >= lead + _HEAD:
                 break
 
     def lines() -> Iterator[bytes]:
@@ -146,6 +150,11 @@ def iter_items(paths: Iterable[str | os.PathLike], input_format: str | None = No
                         if keep():
                             yield Item(ordinal, name, start, "sdf", b"".join(buf[:-3]), ordinal - first + 1)
                         ordinal, buf, start, ended = ordinal + 1, buf[-3:], lineno - 3, -1
+                    elif ended < 0 and len(buf) > 3 and not b"".join(buf[:-3]).strip() \
+                            and (b"V2000" in raw or b"V3000" in raw) and _COUNTS_LINE.match(raw):
+                        # blank lines before a MOL block (at the start of the file, or after
+                        # "$$$$"): not its header, which is the 3 lines before the counts line
+                        buf, start = buf[-3:], lineno - 3
                     elif ended < 0 and raw.startswith(b"M  END"):
                         ended = len(buf)
                     buf.append(raw)

@@ -89,6 +89,18 @@ def test_sdf_records_split_at_dollars_and_keep_a_last_unterminated_one(tmp_path:
         Item(0, str(tmp_path / "d.sdf"), 1, "sdf", MOL, 1)]
 
 
+def test_an_sdf_that_starts_with_blank_lines_is_detected_as_sdf(tmp_path: Path) -> None:
+    """Blank lines before the first MOL block (some exporters write one) pushed the counts line
+    past the four lines looked at: every line of the file was read as a SMILES and rejected."""
+    sdf = _write(tmp_path / "lead.sdf", b"\n\n" + MOL + b"$$$$\n\n" + MOL)
+    items = list(iter_items([sdf]))
+    assert [it.kind for it in items] == ["sdf", "sdf"] and [it.raw for it in items] == [MOL, MOL]
+    assert [it.line for it in items] == [3, 15]       # the lines of the MOL blocks' name lines
+    nameless = MOL.replace(b"ethanol", b"", 1)        # a blank name line stays the name line
+    sdf = _write(tmp_path / "nameless.sdf", b"\n" + nameless + b"$$$$\n" + nameless)
+    assert [it.raw for it in iter_items([sdf])] == [nameless, nameless]
+
+
 def test_featurize_formats_never_detect_sdf_and_an_explicit_format_wins(tmp_path: Path) -> None:
     sdf = _write(tmp_path / "c.sdf", MOL + b"$$$$\n")
     assert {it.kind for it in iter_items([sdf], formats=("jsonl", "smi"))} == {"smi"}
