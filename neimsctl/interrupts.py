@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM that cannot be lost.
+"""Ctrl-C, SIGTERM and SIGHUP that cannot be lost.
 
 Python raises ``KeyboardInterrupt`` wherever the main thread happens to be when the signal
 arrives. If that is inside a weakref or ``__del__`` callback (h5py and the multiprocessing
@@ -17,7 +17,7 @@ import signal
 import sys
 from typing import NoReturn
 
-__all__ = ["install", "check", "pending", "interrupt"]
+__all__ = ["install", "check", "pending", "interrupt", "stop_signals"]
 
 _PENDING: int | None = None
 
@@ -34,6 +34,14 @@ def _unraisable(hook):  # type: ignore[no-untyped-def]
             hook(args)  # the swallowed interrupt is raised again by check(): no traceback
     quiet.neimsctl = True  # type: ignore[attr-defined]
     return quiet
+
+
+def stop_signals() -> tuple[int, ...]:
+    """The signals a command stops on cleanly (temporaries removed, a training checkpoint
+    first): SIGINT, SIGTERM and SIGHUP (the terminal was closed), but not SIGHUP when this
+    process ignores it (``nohup``: the run must go on)."""
+    hup = () if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN else (signal.SIGHUP,)
+    return (signal.SIGINT, signal.SIGTERM, *hup)
 
 
 def install(*signums: int) -> None:

@@ -32,10 +32,11 @@ EXIT_STATUS = [
     ("2", "usage error: bad option, no input while stdin is a terminal, or an output that is the "
           "same file as an input, another output or a file neimsctl ships (its models, their cards, "
           "the sample) (nothing is written)"),
-    ("130, 143", "interrupted: 130 after Ctrl-C (SIGINT), 143 after SIGTERM; temporary outputs "
+    ("130, 143, 129", "interrupted: 130 after Ctrl-C (SIGINT), 143 after SIGTERM, 129 after "
+                 "SIGHUP (the terminal was closed; under nohup the run goes on); temporary outputs "
                  "removed (featurize -o FILE.h5 keeps FILE.h5.partial for --resume); the training "
                  "commands first save checkpoints/interrupted.pt, then exit the same way (130 after "
-                 "Ctrl-C, 143 after SIGTERM)"),
+                 "Ctrl-C, 143 after SIGTERM, 129 after SIGHUP)"),
 ]
 
 

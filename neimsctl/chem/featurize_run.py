@@ -164,12 +164,17 @@ def open_sink(out: str | os.PathLike, fmt: str, mode: str, settings: dict[str, A
 
 
 def resume_point(paths: Iterable[str | os.PathLike], input_format: str | None,
-                 shard: tuple[int, int] | None, state: dict[str, Any] | None) -> dict[str, Any]:
-    """What identifies this run's input (files with size and mtime, format, shard).
+                 shard: tuple[int, int] | None, state: dict[str, Any] | None,
+                 inchikey: bool = True) -> dict[str, Any]:
+    """What identifies this run's input (files with size and mtime, format, shard) and the
+    one row setting the shard's settings hash leaves out (``inchikey``: whether SMILES
+    input gets InChIKeys; :func:`run_settings`).
 
     Stored with every resume point; a resumed run (``state`` from the partial output) must
-    read the same input, else :class:`InputError`. Standard input cannot be checked: give
-    the same stream again.
+    read the same input with the same ``inchikey``, else :class:`InputError` (the rows before
+    the interruption would have InChIKeys and the later ones none, or the other way round).
+    A partial output of a version that did not store ``inchikey`` is not checked for it.
+    Standard input cannot be checked: give the same stream again.
     """
     inputs = []
     for p in paths:
@@ -179,10 +184,10 @@ def resume_point(paths: Iterable[str | os.PathLike], input_format: str | None,
             st = os.stat(p)
             inputs.append([str(p), st.st_size, st.st_mtime_ns])
     point = {"inputs": inputs, "input_format": input_format,
-             "shard": list(shard) if shard else None}
+             "shard": list(shard) if shard else None, "inchikey": inchikey}
     if state is not None:
-        old = {k: state.get(k) for k in point}
-        if old != point:
+        old = {k: state.get(k) for k in point if k != "inchikey" or k in state}
+        if old != {k: point[k] for k in old}:
             raise InputError(f"cannot resume: the partial output was made from other input "
                              f"({old}) than this run's ({point}); run again without --resume")
     return point

@@ -286,15 +286,16 @@ def command(cmd: str) -> Iterator[None]:
     An ``OSError`` no library code turned into a typed error is one line too (its file name and
     reason), exit 1: never a traceback.
 
-    Ctrl-C (SIGINT) and SIGTERM always unwind as ``KeyboardInterrupt`` (temporary outputs
-    removed, exit 128 + the signal number: 130, 143), also when a non-interactive shell started
+    Ctrl-C (SIGINT), SIGTERM and SIGHUP (a closed terminal; not under ``nohup``) always unwind
+    as ``KeyboardInterrupt`` (temporary outputs removed, exit 128 + the signal number: 130,
+    143, 129), also when a non-interactive shell started
     the command with SIGINT ignored (``cmd &``), and also when the first ``KeyboardInterrupt``
     is swallowed by a callback (:mod:`neimsctl.interrupts`). Training commands replace these
     handlers with their own while they train (a checkpoint at the next step).
     """
     from neimsctl import interrupts
 
-    interrupts.install(signal.SIGINT, signal.SIGTERM)
+    interrupts.install(*interrupts.stop_signals())
     try:
         yield
         sys.stdout.flush()
@@ -319,5 +320,6 @@ def command(cmd: str) -> Iterator[None]:
         fail(cmd, "out of memory", "an input line or record too large to hold (an endless input "
              "without line ends?), or too little memory for this run")
     except KeyboardInterrupt:
-        eprint(cmd, "interrupted")
+        with contextlib.suppress(OSError):      # SIGHUP: the terminal stderr went to is gone
+            eprint(cmd, "interrupted")
         raise typer.Exit(128 + (interrupts.pending() or signal.SIGINT)) from None

@@ -123,7 +123,7 @@ def train_log(quiet: bool) -> TextIO:
 
 def finish_run(cmd: str, result: Any, cfg: Any, out_dir: Path) -> None:
     """Report a finished training run (the one line also shown with -q), or exit 128 + the
-    signal (130 Ctrl-C, 143 SIGTERM) with how to continue an interrupted one.
+    signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP) with how to continue an interrupted one.
 
     Raises
     ------
@@ -132,8 +132,9 @@ def finish_run(cmd: str, result: Any, cfg: Any, out_dir: Path) -> None:
     """
     if result.interrupted:
         signum = getattr(result, "signal", None) or signal.SIGINT
-        eprint(cmd, f"interrupted ({signal.Signals(signum).name}); continue with the same "
-               f"command and --resume (the run's settings: -c {run_config(out_dir)})")
+        with contextlib.suppress(OSError):      # SIGHUP: the terminal stderr went to is gone
+            eprint(cmd, f"interrupted ({signal.Signals(signum).name}); continue with the same "
+                   f"command and --resume (the run's settings: -c {run_config(out_dir)})")
         raise typer.Exit(128 + signum)
     best = "n/a" if result.best_metric is None else f"{result.best_metric:.4f}"
     eprint(cmd, f"{result.epochs_done} epochs, {result.step} steps, best "

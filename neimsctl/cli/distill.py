@@ -61,8 +61,8 @@ def distill_cli(
     Trains on the train part of the compound-grouped 8:1:1 split (seed 42), validates every
     epoch on the val part (mean cosine, Recall@K by library matching; expert usage by compound
     class) and keeps the best checkpoint by val Recall@10; the test part is never used. Exit
-    130 (Ctrl-C) or 143 (SIGTERM) when interrupted (a checkpoint is written first); -q shows
-    only warnings, errors and the final line. See neimsctl-distill(1).
+    130 (Ctrl-C), 143 (SIGTERM) or 129 (SIGHUP) when interrupted (a checkpoint is written
+    first); -q shows only warnings, errors and the final line. See neimsctl-distill(1).
     """
     setup_logging(verbose, quiet)
     if arch is not None and arch not in DEFAULT_CONFIGS:

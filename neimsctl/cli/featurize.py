@@ -173,7 +173,7 @@ def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, 
         with report, open_sink(out, fmt, mode, settings, digest, attrs, resumable=file_h5,
                                resume=resume) as sink:
             state = getattr(sink, "resume_state", None)
-            point = resume_point(paths, in_fmt, shard, state)  # checks a resumed run's inputs
+            point = resume_point(paths, in_fmt, shard, state, inchikey)  # checks a resumed run's inputs
             if file_h5:
                 _same_rejects(state, rejects)
                 point["rejects"] = None if rejects is None else str(rejects)

@@ -38,8 +38,8 @@ def finetune_cli(
 
     Trains on the train part of the compound-grouped 8:1:1 split (seed 42) of the shards,
     validates every epoch by library matching on the val part (mean cosine, Recall@K) and
-    keeps the best checkpoint; the test part is never used. Exit 130 (Ctrl-C) or 143 (SIGTERM)
-    when interrupted (a checkpoint is written first). See neimsctl-finetune(1).
+    keeps the best checkpoint; the test part is never used. Exit 130 (Ctrl-C), 143 (SIGTERM)
+    or 129 (SIGHUP) when interrupted (a checkpoint is written first). See neimsctl-finetune(1).
     """
     setup_logging(verbose, quiet)
     sets = config_sets(overrides, {"train.device": device})

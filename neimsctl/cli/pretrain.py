@@ -58,8 +58,8 @@ def pretrain_cli(
 
     Masks 15% of the bonds, predicts their type and flags, and validates masked-bond accuracy
     every epoch on a hash-split 10% of the molecules; memory stays flat for any input size.
-    Exit 130 (Ctrl-C) or 143 (SIGTERM) when interrupted (a checkpoint is written first).
-    See neimsctl-pretrain(1).
+    Exit 130 (Ctrl-C), 143 (SIGTERM) or 129 (SIGHUP) when interrupted (a checkpoint is
+    written first). See neimsctl-pretrain(1).
     """
     setup_logging(verbose, quiet)
     paths = require_input_or_usage(CMD, inputs)

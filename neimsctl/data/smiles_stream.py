@@ -270,6 +270,8 @@ class _BatchStream(IterableDataset):
             torch.set_num_threads(1)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:   # as SIGTERM; nohup: ignored
+                signal.signal(signal.SIGHUP, signal.SIG_DFL)
         batches = self._global_batches()
         for k in itertools.count():  # rank-local batch k = global batches k*world .. +world-1
             group = list(itertools.islice(batches, self.world))

@@ -137,6 +137,8 @@ def _child_init(quiet: bool, parent: int, initializer: Callable[..., Any] | None
     if quiet:  # the parent handles Ctrl-C and stops the pool; workers die quietly
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:   # as SIGTERM; nohup: ignored
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
     if initializer is not None:
         initializer(*initargs)
 

@@ -601,7 +601,7 @@ def remove_stale_temps(path: str | os.PathLike) -> list[tuple[Path, int]]:
     tag = _process_space()
     if not tag:
         return []
-    pattern = re.compile(re.escape(f".{p.name}.part-") + r"(\d+)-" + re.escape(tag))
+    pattern = re.compile(re.escape(f".{p.name}.part-") + r"(\d+)-" + re.escape(tag) + r"(?:-\w+)?")
     removed = []
     try:
         names = [e.name for e in os.scandir(p.parent if str(p.parent) else ".")
@@ -912,8 +912,15 @@ def copy_file_to(src: str | os.PathLike, dst: IO[bytes]) -> None:
 
 @contextlib.contextmanager
 def spool_path(suffix: str = ".h5") -> Iterator[Path]:
-    """A temporary file path that is removed afterwards (for formats that need seek)."""
-    fd, name = tempfile.mkstemp(suffix=suffix, prefix="neimsctl-")
+    """A temporary file path that is removed afterwards (for formats that need seek), in the
+    temporary directory as ``.neimsctl-spool<suffix>.part-PID-TAG-XXXXXXXX``: a spool that a
+    killed run (SIGKILL, the out-of-memory killer) left there is removed by the next spool
+    (:func:`remove_stale_temps`; it used to stay for ever, as big as the output or input it held)."""
+    final = Path(tempfile.gettempdir()) / f"neimsctl-spool{suffix}"
+    for stale, size in remove_stale_temps(final):
+        logging.getLogger("neimsctl").warning(
+            "removed %s (%s bytes): the spool of an interrupted run that no longer runs", stale, f"{size:,}")
+    fd, name = tempfile.mkstemp(prefix=temp_path_for(final).name + "-", dir=final.parent)
     os.close(fd)
     try:
         yield Path(name)

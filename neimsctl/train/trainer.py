@@ -30,7 +30,7 @@ Outputs in ``out_dir`` (rank 0 only): ``config.yaml`` (resolved), ``train_log.js
 record per ``log_every`` optimizer steps: kind=step, epoch, step, batch, loss + components
 (means over the window), grad_norm (before clipping), lr (the rate the step used), samples_per_s;
 one kind=epoch record per epoch: epoch means, lr, samples, seconds, ``val`` metrics, best),
-``checkpoints/last.pt``, ``best.pt``, ``interrupted.pt`` (SIGINT/SIGTERM: saved at the next
+``checkpoints/last.pt``, ``best.pt``, ``interrupted.pt`` (SIGINT/SIGTERM/SIGHUP: saved at the next
 optimizer-step boundary, then :func:`run_training` returns with ``interrupted=True`` and the
 ``signal``; a second signal aborts at once), and the report (:mod:`neimsctl.train.report`).
 Human-readable lines go to ``log`` (stderr by default; :class:`QuietLog` keeps only warnings
@@ -385,8 +385,9 @@ class Trainer:
         if self._signals > 1:
             interrupts.interrupt(signum)  # the command exits 128 + signum
         self._signum = signum
-        print(f"neimsctl: {signal.Signals(signum).name}: saving a checkpoint at the next step "
-              "(send again to abort)", file=self.log, flush=True)
+        with contextlib.suppress(OSError):      # SIGHUP: the terminal the log went to is gone
+            print(f"neimsctl: {signal.Signals(signum).name}: saving a checkpoint at the next step "
+                  "(send again to abort)", file=self.log, flush=True)
 
     def _emit(self, rec: dict[str, Any]) -> None:
         if self.info.is_main:
@@ -594,7 +595,7 @@ class Trainer:
             save_config(self.cfg, self.out_dir / "config.yaml")
         self._open_log(self.step, epoch0)
         main_thread = threading.current_thread() is threading.main_thread()
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} \
+        old = {s: signal.signal(s, self._on_signal) for s in interrupts.stop_signals()} \
             if main_thread else {}
         last: Path | None = None
         try:

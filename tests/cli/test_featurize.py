@@ -333,6 +333,48 @@ def test_shards_merge_stops_after_a_swallowed_sigterm(tmp_path: Path) -> None:
     assert sorted(q.name for q in tmp_path.iterdir()) == ["a.h5"]
 
 
+KILLED_AFTER_A_RESUME_POINT = """
+import os, signal, sys
+import neimsctl.chem.featurize_run as F
+from neimsctl.io.h5shard import ResumableShardWriter
+from neimsctl.cli.main import main
+F.run_featurize.__kwdefaults__.update(chunk=2, commit_every=4)   # a resume point every 4 records
+commit = ResumableShardWriter.commit
+def commit_then_die(self, state):
+    commit(self, state)
+    os.kill(os.getpid(), signal.SIGKILL)
+ResumableShardWriter.commit = commit_then_die
+main(sys.argv[1:])
+"""
+
+
+def test_resume_with_the_other_inchikey_setting_is_refused(tmp_path: Path) -> None:
+    """--inchikey/--no-inchikey is left out of the shard's settings hash (no feature changes),
+    so --resume with the other one was taken: the rows before the interruption had no
+    InChIKeys and the later ones had theirs. It is refused now, the partial output kept."""
+    import sys
+
+    (tmp_path / "in.smi").write_bytes(SMI * 3)
+    cmd = ["featurize", "--no-provenance", "in.smi", "-o", "out.h5", "--rejects", "rej.jsonl"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_A_RESUME_POINT, *cmd, "--no-inchikey"],
+                            cwd=tmp_path, capture_output=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    before = {q.name: q.stat().st_mtime_ns for q in tmp_path.rglob("*")}
+    assert "out.h5.partial" in before and "out.h5" not in before
+    other = subprocess.run(["neimsctl", *cmd, "--resume"], cwd=tmp_path, capture_output=True)
+    err = other.stderr.decode()
+    assert other.returncode == 1 and "cannot resume" in err and "'inchikey': False" in err, err
+    assert {q.name: q.stat().st_mtime_ns for q in tmp_path.rglob("*")} == before
+    again = subprocess.run(["neimsctl", *cmd, "--no-inchikey", "--resume"], cwd=tmp_path,
+                           capture_output=True)
+    assert again.returncode == 1 and b"resuming out.h5" in again.stderr, again.stderr
+    ref = subprocess.run(["neimsctl", *cmd[:-3], "ref.h5", "--rejects", "ref.jsonl", "--no-inchikey"],
+                         cwd=tmp_path, capture_output=True)
+    assert ref.returncode == 1
+    assert same(rows(tmp_path / "out.h5"), rows(tmp_path / "ref.h5"))
+    assert not any(rows(tmp_path / "out.h5")["inchikey"])
+
+
 def test_resume_refuses_other_input(tmp_path: Path) -> None:
     from neimsctl.chem.featurize_run import resume_point
     from neimsctl.errors import InputError

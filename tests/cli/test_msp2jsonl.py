@@ -115,7 +115,7 @@ def test_atomic_output_file(neimsctl_exe, sample_msp, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
 
 
-@pytest.mark.parametrize("sig", ["INT", "TERM"])
+@pytest.mark.parametrize("sig", ["INT", "TERM", "HUP"])   # HUP: the terminal was closed
 def test_signal_leaves_no_output_and_exits_128_plus_signal(neimsctl_exe, sample_msp, tmp_path, sig):
     import signal
     import time
@@ -132,6 +132,24 @@ def test_signal_leaves_no_output_and_exits_128_plus_signal(neimsctl_exe, sample_
     assert proc.wait(timeout=60) == 128 + getattr(signal, f"SIG{sig}")
     assert b"interrupted" in proc.stderr.read()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.msp"]  # no output, no temporary
+
+
+def test_nohup_run_goes_on_after_sighup(neimsctl_exe, sample_msp, tmp_path):
+    """Under nohup (SIGHUP ignored) a closed terminal does not stop the run: it ends as usual."""
+    import signal
+    import time
+
+    big = tmp_path / "big.msp"
+    big.write_bytes((sample_msp.read_bytes().rstrip(b"\n") + b"\n\n") * 20)  # 6,000 records
+    proc = subprocess.Popen([neimsctl_exe, "msp2jsonl", "-q", str(big), "-o", "out.jsonl"],
+                            cwd=tmp_path, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tmp_path.glob(".out.jsonl.part-*")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(timeout=120) == 0 and proc.stderr.read() == b""
+    assert len((tmp_path / "out.jsonl").read_bytes().splitlines()) == 6000
 
 
 def test_temporary_of_a_killed_run_is_removed_by_the_next(neimsctl_exe, sample_msp, tmp_path):

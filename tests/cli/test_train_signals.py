@@ -1,6 +1,6 @@
 """End to end: ``neimsctl distill`` under signals and ``-q``, on a tiny student shard.
 
-SIGTERM exits 143 (Ctrl-C 130) with a checkpoint to resume from; a ``kill -9`` leaves no
+SIGTERM exits 143 (Ctrl-C 130, SIGHUP 129) with a checkpoint to resume from; a ``kill -9`` leaves no
 data-loader worker and no traceback behind; ``-q`` prints only warnings, errors and the final
 line; ``report.md`` states the optimizer steps the run made.
 """
@@ -64,7 +64,7 @@ def test_quiet_shows_the_final_line_only_and_report_counts_every_step(shard: Pat
     assert "- epochs: 2; optimizer steps: 30" in (shard / "q/report.md").read_text()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])  # HUP: terminal closed
 def test_signal_checkpoints_and_exits_128_plus_the_signal(shard: Path, sig: int) -> None:
     out = f"run-{sig}"
     proc = start(shard, out)

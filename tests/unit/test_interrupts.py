@@ -43,3 +43,14 @@ def test_interrupt_swallowed_by_a_weakref_callback_is_raised_at_the_next_check(c
         sys.unraisablehook = hook
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def test_sighup_stops_a_command_unless_ignored_by_nohup() -> None:
+    old = signal.getsignal(signal.SIGHUP)
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        assert interrupts.stop_signals() == (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)          # nohup: the run goes on
+        assert interrupts.stop_signals() == (signal.SIGINT, signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGHUP, old)

@@ -394,3 +394,29 @@ def test_byte_order_marks_that_start_a_line_are_dropped_at_any_chunking(chunk: i
                         (b"a" + bom + b"b\n\xef\xbb", [b"a" + bom + b"b\n", b"\xef\xbb"]),
                         (b"a\n\xef\xbc\x88b\n\xef\xbb\x1a", [b"a\n", b"\xef\xbc\x88b\n", b"\xef\xbb"])]:
         assert list(iter_lines(io.BytesIO(data), chunk)) == lines, data
+
+
+def test_spool_of_a_killed_run_is_removed_by_the_next_spool(tmp_path: Path, monkeypatch) -> None:
+    """featurize's HDF5 for stdout and pretrain's stdin are spooled in the temporary directory;
+    a run killed (SIGKILL) before it removed its spool left it there for ever (as big as the
+    output or input). The next spool removes those of dead runs of this machine, not a live
+    run's."""
+    import subprocess
+    import tempfile
+
+    from neimsctl.io.streams import _process_space, spool_path
+
+    tag = _process_space()
+    if not tag:
+        pytest.skip("no /proc: the tag is unknown and nothing is ever removed")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    child = subprocess.Popen(["true"])
+    child.wait()
+    stale = tmp_path / f".neimsctl-spool.h5.part-{child.pid}-{tag}-k1ll3d_x"
+    live = tmp_path / f".neimsctl-spool.h5.part-{os.getppid()}-{tag}-al1ve_xx"
+    for p in (stale, live):
+        p.write_bytes(b"a spooled shard")
+    with spool_path(".h5") as spool:
+        assert spool.parent == tmp_path and spool.name.startswith(f".neimsctl-spool.h5.part-{os.getpid()}-{tag}-")
+        spool.write_bytes(b"rows")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]
