@@ -58,8 +58,18 @@ def is_dash(path: str | os.PathLike | None) -> bool:
 
 
 def display_name(path: str | os.PathLike | None) -> str:
-    """The name used in messages: ``<stdin>`` for ``-``."""
-    return "<stdin>" if is_dash(path) else str(path)
+    """The name used in messages and outputs (records' ``source.file``, rejects, an index's
+    library names): ``<stdin>`` for ``-``; bytes of a file name that are not UTF-8 as ``\\xNN``
+    (Python holds them as lone surrogates, which no UTF-8 output can take: JSON, TSV, HDF5).
+
+    Examples
+    --------
+    >>> display_name(os.fsdecode(b"lib\\xff.msp"))
+    'lib\\\\xff.msp'
+    """
+    if is_dash(path):
+        return "<stdin>"
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _peek(raw: BinaryIO, n: int = 8) -> tuple[bytes, BinaryIO]:
