@@ -803,31 +803,41 @@ def resumable_out(path: str | os.PathLike, keep_bytes: int | None = None) -> Ite
     ------
     InputError
         ``keep_bytes`` is given but the partial file is missing or shorter.
+    OutputError
+        A write, flush or the close fails (a full disk), naming ``path``.
     """
+    tmp: Path | None = None
     if is_special_file(path):  # /dev/null, a pipe: nothing to resume, write straight to it
-        with open(path, "wb") as fh:
-            yield fh
-        return
-    path = _real_output(path)
-    tmp = partial_path(path)
-    if keep_bytes is None:
-        try:
-            fh = open(tmp, "wb", buffering=1 << 20)  # noqa: SIM115
-        except OSError as exc:
-            raise output_error(path, exc) from None
+        fh = open(path, "wb")  # noqa: SIM115
     else:
-        size = tmp.stat().st_size if tmp.exists() else -1
-        if size < keep_bytes:
-            raise InputError(f"{tmp}: cannot resume: the partial report is "
-                             f"{'missing' if size < 0 else 'shorter than recorded'}; "
-                             "run again without --resume")
-        fh = open(tmp, "r+b", buffering=1 << 20)
-        fh.truncate(keep_bytes)
-        fh.seek(keep_bytes)
+        path = _real_output(path)
+        tmp = partial_path(path)
+        if keep_bytes is None:
+            try:
+                fh = open(tmp, "wb", buffering=1 << 20)  # noqa: SIM115
+            except OSError as exc:
+                raise output_error(path, exc) from None
+        else:
+            size = tmp.stat().st_size if tmp.exists() else -1
+            if size < keep_bytes:
+                raise InputError(f"{tmp}: cannot resume: the partial report is "
+                                 f"{'missing' if size < 0 else 'shorter than recorded'}; "
+                                 "run again without --resume")
+            fh = open(tmp, "r+b", buffering=1 << 20)  # noqa: SIM115
+            fh.truncate(keep_bytes)
+            fh.seek(keep_bytes)
     try:
-        yield fh
-    finally:
+        yield OutStream(fh, path)  # type: ignore[misc]
+    except BaseException:
+        with contextlib.suppress(OSError):
+            fh.close()
+        raise
+    try:
         fh.close()
+    except OSError as exc:
+        raise output_error(path, exc) from None
+    if tmp is None:
+        return
     refuse_protected(path)
     check_interrupt()                      # a Ctrl-C/SIGTERM an h5py callback swallowed
     os.replace(tmp, path)
