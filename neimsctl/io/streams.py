@@ -693,11 +693,15 @@ def atomic_path(path: str | os.PathLike, shown: str | os.PathLike | None = None)
             tmp.unlink()
         if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
             name = final if shown is None else shown
-            if exc.filename in (str(tmp), tmp):
-                raise output_error(name, exc) from None
+            if exc.filename in (str(tmp), tmp) or exc.filename is None and exc.errno in _NO_ROOM:
+                raise output_error(name, exc) from None     # (no room: a plot's or text's write)
             if exc.errno and str(tmp) in str(exc):   # HDF5's message names the temporary file
                 raise output_error(name, OSError(exc.errno, os.strerror(exc.errno))) from None
         raise
+
+
+#: errno of a write that found no room: a full disk or quota, a file larger than ``ulimit -f``
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def output_error(path: str | os.PathLike | None, exc: OSError) -> OutputError:
