@@ -536,10 +536,26 @@ def lock_partial(partial: Path) -> int:
 def temp_path_for(path: str | os.PathLike) -> Path:
     """The temporary name an output is written under before it is renamed into place:
     ``.NAME.part-PID-TAG`` (``TAG``: :func:`_process_space`; ``.NAME.part-PID`` where it is
-    unknown)."""
+    unknown; ``NAME`` cut short by :func:`_temp_stem` when it is too long to take these)."""
     p = output_name(path)
     tag = _process_space()
-    return p.with_name(f".{p.name}.part-{os.getpid()}" + (f"-{tag}" if tag else ""))
+    return p.with_name(f"{_temp_stem(p.name)}{os.getpid()}" + (f"-{tag}" if tag else ""))
+
+
+#: bytes a file name may have (NAME_MAX of Linux, macOS and Windows' file systems), and those
+#: :func:`temp_path_for` adds to an output's name at most: ``.``, ``.part-``, a PID, ``-TAG``
+_NAME_MAX, _TEMP_EXTRA = 255, 1 + 6 + 7 + 1 + 8
+
+
+def _temp_stem(name: str) -> str:
+    """``.NAME.part-``, the start of every temporary of output ``NAME``; a ``NAME`` too long to
+    take the rest is cut and ends in ``~`` and 8 hex digits of its hash, so that outputs whose
+    names start alike keep their own temporaries (a valid output name of 233-255 bytes was
+    refused as 'File name too long', which only its temporary was)."""
+    raw, room = os.fsencode(name), _NAME_MAX - _TEMP_EXTRA
+    if len(raw) > room:
+        raw = raw[:room - 9] + b"~" + hashlib.blake2b(raw, digest_size=4).hexdigest().encode()
+    return f".{os.fsdecode(raw)}.part-"
 
 
 @functools.lru_cache(maxsize=1)
@@ -577,11 +593,12 @@ def remove_stale_temps(path: str | os.PathLike) -> list[tuple[Path, int]]:
     tag = _process_space()
     if not tag:
         return []
-    pattern = re.compile(re.escape(f".{p.name}.part-") + r"(\d+)-" + re.escape(tag))
+    stem = _temp_stem(p.name)
+    pattern = re.compile(re.escape(stem) + r"(\d+)-" + re.escape(tag))
     removed = []
     try:
         names = [e.name for e in os.scandir(p.parent if str(p.parent) else ".")
-                 if e.name.startswith(f".{p.name}.part-")]
+                 if e.name.startswith(stem)]
     except OSError:
         return []
     for name in names:

@@ -78,3 +78,20 @@ def test_shards_split_names_a_shard_that_is_not_utf8(tmp_path: Path, sample_msp:
     assert p.returncode == 0 and b"Traceback" not in p.stderr, p.stderr
     recs = [orjson.loads(x) for x in (tmp_path / "t.jsonl").read_bytes().splitlines()]
     assert recs and {r["source"]["file"] for r in recs} == {"f\\xff.h5"}
+
+
+def test_output_names_up_to_the_file_system_limit_are_written(tmp_path: Path) -> None:
+    """An output name of 233-255 bytes (valid: the file system takes it) was refused as 'File
+    name too long': its temporary ``.NAME.part-PID-TAG`` was. Two such names that start alike
+    (``-o`` and ``--rejects``) keep their own temporaries."""
+    (tmp_path / "lib.msp").write_bytes(PHENOL + b"\n" + ANISOLE + b"\n" + BROKEN)
+    stem = "é" * 100 + "x" * 40                             # 240 bytes
+    p = run(tmp_path, "msp2jsonl", "-q", "lib.msp", "-o", stem + ".jsonl", "--rejects",
+            stem + ".rej.jsonl")
+    assert p.returncode == 1 and b"Traceback" not in p.stderr, p.stderr     # 1: the broken record
+    assert len((tmp_path / (stem + ".jsonl")).read_bytes().splitlines()) == 2
+    assert orjson.loads((tmp_path / (stem + ".rej.jsonl")).read_bytes())["record"] == "broken"
+    p = run(tmp_path, "index", "-q", "lib.msp", "-o", "i" * 252 + ".h5")
+    assert p.returncode == 0, p.stderr
+    assert sorted(x.name for x in tmp_path.iterdir()) == sorted(
+        ["lib.msp", stem + ".jsonl", stem + ".rej.jsonl", "i" * 252 + ".h5"])
