@@ -33,7 +33,7 @@ from rdkit.Chem import rdMolDescriptors
 
 from neimsctl.errors import FormatError
 from neimsctl.io.inchikey import stated_inchikey
-from neimsctl.io.streams import decode_text
+from neimsctl.io.streams import decode_text, display_name
 
 RDLogger.DisableLog("rdApp.*")
 
@@ -236,8 +236,8 @@ def _mol_file_too_large(path: Path, size: int | None) -> StructureError:
     limit = MAX_MOL_FILE_BYTES
     what = f"{size:,} bytes" if size is not None else f"more than {limit:,} bytes"
     said = f"{limit // 2**20} MiB" if limit % 2**20 == 0 else f"{limit:,} bytes"
-    return StructureError("too_large", f"{path}: a file of {what}, not read (limit {said}: the "
-                                       f"MOL file of an EI-MS molecule is a few KB)")
+    return StructureError("too_large", f"{display_name(path)}: a file of {what}, not read (limit "
+                                       f"{said}: the MOL file of an EI-MS molecule is a few KB)")
 
 
 def _read_regular(path: Path) -> bytes:
@@ -278,7 +278,7 @@ def read_mol_file(mol_dir: str | os.PathLike, record_id: str) -> Chem.Mol:
     """
     if any(c in record_id for c in _UNSAFE_IN_NAME):
         raise StructureError("unsafe_mol_path", f"record ID {record_id[:80]!r} is not a plain file "
-                             f"name; only files directly in {mol_dir} are read")
+                             f"name; only files directly in {display_name(mol_dir)} are read")
     base = Path(mol_dir)
     for name in (f"ID{record_id}.MOL", f"ID{record_id}.mol", f"{record_id}.MOL", f"{record_id}.mol"):
         path = base / name
@@ -287,9 +287,10 @@ def read_mol_file(mol_dir: str | os.PathLike, record_id: str) -> Chem.Mol:
         except FileNotFoundError:
             continue
         except OSError as exc:
-            raise StructureError("missing_mol_file", f"{path}: cannot read: {exc.strerror}") from None
-        return mol_from_molblock(decode_text(data), where=str(path))
-    raise StructureError("missing_mol_file", f"no MOL file ID{record_id}.MOL in {base}")
+            raise StructureError("missing_mol_file",
+                                 f"{display_name(path)}: cannot read: {exc.strerror}") from None
+        return mol_from_molblock(decode_text(data), where=display_name(path))
+    raise StructureError("missing_mol_file", f"no MOL file ID{record_id}.MOL in {display_name(base)}")
 
 
 def nominal_mass(mol: Chem.Mol) -> int:

@@ -279,6 +279,20 @@ def h5_error_file(exc: BaseException) -> str | None:
     return "HDF5 input"
 
 
+def _flush_stdout() -> None:
+    """Flush what a command printed (a report, a table, JSON metrics); a stdout that cannot take
+    it (closed, a full disk) is named: :class:`~neimsctl.errors.OutputError`, not a bare
+    ``I/O error``."""
+    from neimsctl.io.streams import output_error
+
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise output_error("-", exc) from None
+
+
 @contextlib.contextmanager
 def command(cmd: str) -> Iterator[None]:
     """Error boundary of a subcommand: typed errors -> message + exit 1; quiet on broken pipe.
@@ -298,7 +312,7 @@ def command(cmd: str) -> Iterator[None]:
     interrupts.install(*interrupts.stop_signals())
     try:
         yield
-        sys.stdout.flush()
+        _flush_stdout()
     except typer.Exit:
         raise
     except BrokenPipeError:

@@ -94,6 +94,7 @@ def eval_cli(
 
         from neimsctl.io.spectra import load_spectra
         from neimsctl.evaluate.report import run_eval, write_report
+        from neimsctl.io.streams import display_name
 
         pred, meas = load_spectra(predicted), load_spectra(measured)
         libs = [load_spectra(p) for p in (library or [])]
@@ -104,7 +105,7 @@ def eval_cli(
                           score=Score(score, mz_power, intensity_power, reverse))
         if report is not None:
             files = write_report(result, report)
-            result.metrics["report"] = [str(f) for f in files]
+            result.metrics["report"] = [display_name(f) for f in files]
         opt = orjson.OPT_SERIALIZE_NUMPY | (0 if json_line else orjson.OPT_INDENT_2)
         sys.stdout.buffer.write(orjson.dumps(result.metrics, option=opt) + b"\n")
         unused = [s for s in (pred, meas, *libs) if s.skipped]

@@ -207,6 +207,8 @@ def _run(paths: list[Path], mode: str, out: Path, fmt: str, in_fmt: str | None, 
                               show=None if quiet else (lambda m: eprint(CMD, m)),
                               show_limit=None if verbose else 10,
                               commit=commit if file_h5 else None, progress=bar.update)
+            if rej_fh is not None:      # a report that cannot be written (a full disk) stops the
+                rej_fh.flush()          # run before the output is put in place, not after
     except (InputError, OutputError) as exc:
         # --strict, or input that cannot be read (corrupt compressed data): not an interruption;
         # a fresh run's partial output could only be resumed from the same (unreadable) input,

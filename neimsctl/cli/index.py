@@ -73,6 +73,8 @@ def index_cli(
                 tally.sink = sink
                 with atomic_path(out) as tmp:
                     build_index(inputs, tmp, tally, strict=strict, attrs=attrs, progress=bar.update)
+                    if sink is not None:    # a rejects report that cannot be written (a full
+                        sink.flush()        # disk) stops the run before the index is put in place
         except StrictStop as exc:
             fail(CMD, str(exc))
         except OSError as exc:

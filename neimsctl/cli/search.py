@@ -167,6 +167,8 @@ def search_cli(
                                              if fmt == OutFormat.jsonl else _tsv_line(h.row(libs, spec), HIT_FIELDS)
                                              for h in hits]))
                     bar.update(tally)
+                if sink is not None:    # a rejects report that cannot be written (a full disk)
+                    sink.flush()        # stops the run before the hits are put in place
             if tally.read == 0:             # an empty export, or the wrong file: the table is empty
                 eprint(CMD, "warning: no query record in " + ", ".join(map(str, paths)))
             if first_same is not None and not quiet:

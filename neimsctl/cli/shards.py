@@ -148,7 +148,7 @@ def split_cli(
     with command(f"{CMD} split"):
         from neimsctl.data.split import DEFAULT_FRACTIONS, SPLIT_SEED
         from neimsctl.data.split_export import read_split, write_split
-        from neimsctl.io.streams import open_out
+        from neimsctl.io.streams import display_name, open_out
 
         if checkpoint is not None:
             seed, fractions = _split_of(checkpoint)
@@ -161,7 +161,7 @@ def split_cli(
         except OSError as exc:
             fail(f"{CMD} split", str(exc.filename), exc.strerror or str(exc))
         with open_out(out) as fh:
-            n = write_split(d, fh, fmt, source=",".join(str(f) for f in files))
+            n = write_split(d, fh, fmt, source=",".join(display_name(f) for f in files))
         if not quiet:
             what = "compounds" if fmt == "smi" else "spectra"
             eprint(f"{CMD} split", f"{part}: {n} {what}")

@@ -58,8 +58,18 @@ def is_dash(path: str | os.PathLike | None) -> bool:
 
 
 def display_name(path: str | os.PathLike | None) -> str:
-    """The name used in messages: ``<stdin>`` for ``-``."""
-    return "<stdin>" if is_dash(path) else str(path)
+    """The name used in messages and outputs (records' ``source.file``, rejects, an index's
+    library names): ``<stdin>`` for ``-``; bytes of a file name that are not UTF-8 as ``\\xNN``
+    (Python holds them as lone surrogates, which no UTF-8 output can take: JSON, TSV, HDF5).
+
+    Examples
+    --------
+    >>> display_name(os.fsdecode(b"lib\\xff.msp"))
+    'lib\\\\xff.msp'
+    """
+    if is_dash(path):
+        return "<stdin>"
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _peek(raw: BinaryIO, n: int = 8) -> tuple[bytes, BinaryIO]:
@@ -560,10 +570,26 @@ def lock_partial(partial: Path) -> int:
 def temp_path_for(path: str | os.PathLike) -> Path:
     """The temporary name an output is written under before it is renamed into place:
     ``.NAME.part-PID-TAG`` (``TAG``: :func:`_process_space`; ``.NAME.part-PID`` where it is
-    unknown)."""
+    unknown; ``NAME`` cut short by :func:`_temp_stem` when it is too long to take these)."""
     p = output_name(path)
     tag = _process_space()
-    return p.with_name(f".{p.name}.part-{os.getpid()}" + (f"-{tag}" if tag else ""))
+    return p.with_name(f"{_temp_stem(p.name)}{os.getpid()}" + (f"-{tag}" if tag else ""))
+
+
+#: bytes a file name may have (NAME_MAX of Linux, macOS and Windows' file systems), and those
+#: :func:`temp_path_for` adds to an output's name at most: ``.``, ``.part-``, a PID, ``-TAG``
+_NAME_MAX, _TEMP_EXTRA = 255, 1 + 6 + 7 + 1 + 8
+
+
+def _temp_stem(name: str) -> str:
+    """``.NAME.part-``, the start of every temporary of output ``NAME``; a ``NAME`` too long to
+    take the rest is cut and ends in ``~`` and 8 hex digits of its hash, so that outputs whose
+    names start alike keep their own temporaries (a valid output name of 233-255 bytes was
+    refused as 'File name too long', which only its temporary was)."""
+    raw, room = os.fsencode(name), _NAME_MAX - _TEMP_EXTRA
+    if len(raw) > room:
+        raw = raw[:room - 9] + b"~" + hashlib.blake2b(raw, digest_size=4).hexdigest().encode()
+    return f".{os.fsdecode(raw)}.part-"
 
 
 @functools.lru_cache(maxsize=1)
@@ -601,11 +627,12 @@ def remove_stale_temps(path: str | os.PathLike) -> list[tuple[Path, int]]:
     tag = _process_space()
     if not tag:
         return []
-    pattern = re.compile(re.escape(f".{p.name}.part-") + r"(\d+)-" + re.escape(tag) + r"(?:-\w+)?")
+    stem = _temp_stem(p.name)
+    pattern = re.compile(re.escape(stem) + r"(\d+)-" + re.escape(tag) + r"(?:-\w+)?")
     removed = []
     try:
         names = [e.name for e in os.scandir(p.parent if str(p.parent) else ".")
-                 if e.name.startswith(f".{p.name}.part-")]
+                 if e.name.startswith(stem)]
     except OSError:
         return []
     for name in names:
@@ -717,11 +744,15 @@ def atomic_path(path: str | os.PathLike, shown: str | os.PathLike | None = None)
             tmp.unlink()
         if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
             name = final if shown is None else shown
-            if exc.filename in (str(tmp), tmp):
-                raise output_error(name, exc) from None
+            if exc.filename in (str(tmp), tmp) or exc.filename is None and exc.errno in _NO_ROOM:
+                raise output_error(name, exc) from None     # (no room: a plot's or text's write)
             if exc.errno and str(tmp) in str(exc):   # HDF5's message names the temporary file
                 raise output_error(name, OSError(exc.errno, os.strerror(exc.errno))) from None
         raise
+
+
+#: errno of a write that found no room: a full disk or quota, a file larger than ``ulimit -f``
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def output_error(path: str | os.PathLike | None, exc: OSError) -> OutputError:
@@ -827,31 +858,41 @@ def resumable_out(path: str | os.PathLike, keep_bytes: int | None = None) -> Ite
     ------
     InputError
         ``keep_bytes`` is given but the partial file is missing or shorter.
+    OutputError
+        A write, flush or the close fails (a full disk), naming ``path``.
     """
+    tmp: Path | None = None
     if is_special_file(path):  # /dev/null, a pipe: nothing to resume, write straight to it
-        with open(path, "wb") as fh:
-            yield fh
-        return
-    path = _real_output(path)
-    tmp = partial_path(path)
-    if keep_bytes is None:
-        try:
-            fh = open(tmp, "wb", buffering=1 << 20)  # noqa: SIM115
-        except OSError as exc:
-            raise output_error(path, exc) from None
+        fh = open(path, "wb")  # noqa: SIM115
     else:
-        size = tmp.stat().st_size if tmp.exists() else -1
-        if size < keep_bytes:
-            raise InputError(f"{tmp}: cannot resume: the partial report is "
-                             f"{'missing' if size < 0 else 'shorter than recorded'}; "
-                             "run again without --resume")
-        fh = open(tmp, "r+b", buffering=1 << 20)
-        fh.truncate(keep_bytes)
-        fh.seek(keep_bytes)
+        path = _real_output(path)
+        tmp = partial_path(path)
+        if keep_bytes is None:
+            try:
+                fh = open(tmp, "wb", buffering=1 << 20)  # noqa: SIM115
+            except OSError as exc:
+                raise output_error(path, exc) from None
+        else:
+            size = tmp.stat().st_size if tmp.exists() else -1
+            if size < keep_bytes:
+                raise InputError(f"{tmp}: cannot resume: the partial report is "
+                                 f"{'missing' if size < 0 else 'shorter than recorded'}; "
+                                 "run again without --resume")
+            fh = open(tmp, "r+b", buffering=1 << 20)  # noqa: SIM115
+            fh.truncate(keep_bytes)
+            fh.seek(keep_bytes)
     try:
-        yield fh
-    finally:
+        yield OutStream(fh, path)  # type: ignore[misc]
+    except BaseException:
+        with contextlib.suppress(OSError):
+            fh.close()
+        raise
+    try:
         fh.close()
+    except OSError as exc:
+        raise output_error(path, exc) from None
+    if tmp is None:
+        return
     refuse_protected(path)
     check_interrupt()                      # a Ctrl-C/SIGTERM an h5py callback swallowed
     os.replace(tmp, path)

@@ -32,7 +32,7 @@ from neimsctl.io.rejects import Reject, Tally
 from neimsctl.io.spectral_index import SpectralIndex, is_index, open_index
 from neimsctl.io.spectrum import N_BINS
 from neimsctl.io.spectrum_records import SpectrumRecord, read_spectrum_records
-from neimsctl.io.streams import check_input, is_dash, sniff
+from neimsctl.io.streams import check_input, display_name, is_dash, sniff
 from neimsctl.search.build import build_memory_index, complete_record
 
 __all__ = ["SearchOptions", "Hit", "QueryBatch", "open_libraries", "read_queries", "search_batch",
@@ -100,10 +100,10 @@ def open_libraries(paths: Sequence[str | os.PathLike], tally: Tally) -> list[Spe
         else:
             if not is_dash(path):
                 check_input(path)
-            lib = build_memory_index([path], tally, name=str(path))
+            lib = build_memory_index([path], tally, name=display_name(path))
             if lib.n == 0:
                 raise FormatError("no usable spectra: not an index, nor an MSP/JSONL library with peaks",
-                                  file=str(path))
+                                  file=display_name(path))
             libs.append(lib)
     return libs
 
@@ -159,7 +159,8 @@ def read_candidates(path: str | os.PathLike, libraries: Sequence[SpectralIndex])
     with open_in(path) as fh:
         for lineno, raw in enumerate(iter_lines(fh), 1):    # LF, CRLF or bare CR line ends
             if b"\x00" in raw:
-                raise FormatError("binary data, not a list of InChIKeys or SMILES", file=str(path), line=lineno)
+                raise FormatError("binary data, not a list of InChIKeys or SMILES",
+                                  file=display_name(path), line=lineno)
             text = raw.decode("utf-8", "replace").lstrip("\ufeff").strip()
             if text and not text.startswith("#"):
                 token = text.split()[0]
@@ -167,9 +168,9 @@ def read_candidates(path: str | os.PathLike, libraries: Sequence[SpectralIndex])
                     continue
                 wanted.append((lineno, _uncommented(token)))
     if not wanted:
-        raise FormatError("the candidate list is empty", file=str(path))
+        raise FormatError("the candidate list is empty", file=display_name(path))
     blocks, bad = match_candidates([token for _, token in wanted], libraries)
-    return blocks, [Reject(reason, detail, str(path), wanted[i][0], shown_candidate(wanted[i][1]))
+    return blocks, [Reject(reason, detail, display_name(path), wanted[i][0], shown_candidate(wanted[i][1]))
                     for i, reason, detail in bad]
 
 

@@ -39,7 +39,7 @@ from torch import nn
 from neimsctl.data.smiles_stream import StreamSpec, SmilesStream, collect_part, featurize_batch
 from neimsctl.errors import ConfigError, InputError, OutputError
 from neimsctl.io.rejects import Reject, Tally
-from neimsctl.io.streams import display_name, is_dash, spool_path
+from neimsctl.io.streams import display_name, is_dash, output_error, spool_path
 from neimsctl.models import registry
 from neimsctl.models.teacher import TeacherModel
 from neimsctl.nn.bond_masking import BondMaskingHead, BondMaskingLoss
@@ -163,31 +163,47 @@ def teacher_featurizer_hash() -> str:
 
 
 class _RejectLog:
-    """Counts and writes first-pass rejects (JSONL), once per (file, line), across resumes."""
+    """Counts and writes first-pass rejects (JSONL), once per (file, line), across resumes.
+
+    A last line cut short (a full disk, a kill while it was written) is dropped when a resumed
+    run reads the report (its SMILES is rejected and written again): it was a traceback at
+    every ``--resume``."""
 
     def __init__(self, path: Path, names: list[str], log: TextIO, show: int = 10) -> None:
         self.path, self.names, self.log, self.show = path, names, log, show
         self.seen: set[tuple[str, int]] = set()
         if path.exists():
-            for ln in path.read_bytes().splitlines():
+            data = path.read_bytes()
+            end = data.rfind(b"\n") + 1
+            if end < len(data):
+                try:
+                    with open(path, "r+b") as fh:
+                        fh.truncate(end)
+                except OSError as exc:
+                    raise output_error(path, exc) from None
+            for ln in data[:end].splitlines():
                 if ln.strip():
                     r = orjson.loads(ln)
                     self.seen.add((r["file"], r["line"]))
         self.tally = Tally()
 
     def __call__(self, rejects: list) -> None:
-        with open(self.path, "ab") as fh:
-            self.tally.sink = fh
-            for it, why, detail in rejects:
-                key = (self.names[it.src], it.line)
-                if key in self.seen:
-                    continue
-                self.seen.add(key)
-                self.tally.reject(Reject(why, detail, file=key[0], line=it.line,
-                                         record=it.smiles[:200]))
-                if self.tally.rejected <= self.show:
-                    print(f"neimsctl pretrain: {key[0]}: line {it.line}: {why}: {it.smiles[:80]!r}",
-                          file=self.log, flush=True)
+        try:
+            with open(self.path, "ab") as fh:
+                self.tally.sink = fh
+                for it, why, detail in rejects:
+                    key = (self.names[it.src], it.line)
+                    if key in self.seen:
+                        continue
+                    self.seen.add(key)
+                    self.tally.reject(Reject(why, detail, file=key[0], line=it.line,
+                                             record=it.smiles[:200]))
+                    if self.tally.rejected <= self.show:
+                        print(f"neimsctl pretrain: {key[0]}: line {it.line}: {why}: "
+                              f"{it.smiles[:80]!r}", file=self.log, flush=True)
+        except OSError as exc:          # a full disk: named, not "I/O error"
+            raise output_error(self.path, exc) from None
+        finally:
             self.tally.sink = None
 
 

@@ -409,6 +409,10 @@ class Trainer:
                 return r["step"] <= keep_step if r["kind"] == "step" else r["epoch"] <= keep_epochs
 
             kept = [ln for ln in path.read_bytes().splitlines() if ln.strip() and keep(ln)]
+            logged = {r["epoch"] for r in map(orjson.loads, kept) if r["kind"] == "epoch"}
+            # the epochs of the checkpoint a run stopped before logging (a full disk, a kill)
+            kept += [orjson.dumps({"kind": "epoch", **h}, option=orjson.OPT_SERIALIZE_NUMPY)
+                     for h in self.history if h.get("epoch") not in logged]
             path.write_bytes(b"".join(ln + b"\n" for ln in kept))
         try:
             self._jsonl = open(path, "ab") if self.info.is_main else None  # noqa: SIM115
@@ -462,6 +466,11 @@ class Trainer:
                 f"{path}: the run was trained with other model settings ({changed}): resume with "
                 f"the run's own (-c {self.out_dir / 'config.yaml'}); {exc}") from None
         self.step, self.best, self.history = ckpt["step"], ckpt["best_metric"], ckpt["history"]
+        if path == self.ckpt_dir / "last.pt" and self.history and self.history[-1].get("best") \
+                and self.info.is_main:
+            # its epoch is the best: the run may have stopped (a full disk, a kill) before it
+            # copied it to best.pt, and no later epoch that is not better would do that
+            ck.copy_checkpoint(path, self.ckpt_dir / "best.pt")
         print(f"neimsctl: resumed from {path} (epoch {ckpt['epoch']}, batch {ckpt['batch']}, "
               f"step {self.step})", file=self.log)
         return ckpt["epoch"], ckpt["batch"], ckpt["extra"].get("epoch_acc") or {}

@@ -115,6 +115,20 @@ def test_a_report_directory_that_is_a_file_is_a_usage_error(neimsctl_exe, tmp_pa
     assert taken.read_bytes() == b"mine\n"
 
 
+def test_a_report_plot_that_cannot_be_written_is_named(neimsctl_exe, tmp_path):
+    """A full disk (here: a file-size limit) while a plot is saved said only "I/O error: File
+    too large": the file that could not be written is named, and no temporary is left."""
+    case = write_case(tmp_path)
+    rep = tmp_path / "rep"
+    proc = subprocess.run(["bash", "-c", 'ulimit -f 8; "$0" eval "$1" "$2" --report "$3"', neimsctl_exe,
+                           str(case["pred_jsonl"]), str(case["queries"]), str(rep)],
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.decode().splitlines()[-1] == \
+        f"neimsctl eval: {rep}/mirror_best.png: cannot write: File too large"
+    assert sorted(p.name for p in rep.iterdir()) == []
+
+
 @pytest.mark.parametrize("args, code, message", [
     (["{queries}", "{library}"], 1, b"no measured spectrum"),
     (["{queries}", "{missing}"], 2, b"no such file"),

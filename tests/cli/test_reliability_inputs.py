@@ -253,6 +253,26 @@ def test_output_that_cannot_be_written_is_one_line_exit_1(cmd, target, message, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "s.smi", "x.msp"]  # no temp
 
 
+@pytest.mark.parametrize("cmd, left", [
+    ("featurize -q s.smi -o out.h5 --rejects /dev/full", ["out.h5.partial"]),   # for --resume
+    ("featurize -q s.smi -O zst -o out.zst --rejects /dev/full", []),
+    ("index -q x.msp -o out.h5 --rejects /dev/full", []),
+    ("search -q x.msp -l x.msp -o out.tsv --rejects /dev/full", []),
+])
+def test_a_rejects_report_on_a_full_disk_stops_the_run_before_its_output_is_in_place(
+        cmd, left, tmp_path):
+    """The rejects report is flushed before the output is put in place: its full disk left a
+    complete-looking output without the report of its rejects (featurize's HDF5 output named as
+    the file that failed, index, search, featurize -O zst)."""
+    (tmp_path / "x.msp").write_bytes(THREE + b"\nName: bad\nNum Peaks: 1\n1 x\n")
+    (tmp_path / "s.smi").write_bytes(SMI + b"xyz bad\n")
+    proc = sh(f"neimsctl {cmd}", tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].endswith("/dev/full: cannot write: No space left on device"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["s.smi", "x.msp", *left])
+
+
 @pytest.mark.parametrize("cmd", ["msp2jsonl -q x.msp", "predict -q -m {ckpt} s.smi",
                                  "featurize -q s.smi -O zst"])
 def test_stdout_on_a_full_disk(cmd, tmp_path, ckpt):

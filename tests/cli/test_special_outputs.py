@@ -59,6 +59,7 @@ def test_commands_write_into_a_named_pipe(tmp_path: Path, sample_msp: Path, cmd:
     ("msp2jsonl -", "<&-", "<stdin>: cannot read: Bad file descriptor"),
     ("index - -o {tmp}/x.h5", "<&-", "<stdin>: cannot read: Bad file descriptor"),
     ("msp2jsonl {sample}", ">&-", "<stdout>: cannot write: Bad file descriptor"),
+    ("eval -q {sample} {sample}", ">&-", "<stdout>: cannot write: Bad file descriptor"),
 ])
 def test_a_closed_standard_stream_is_one_line_and_nothing_is_written_in_its_place(
         tmp_path: Path, sample_msp: Path, cmd: str, redirect: str, expect: str) -> None:

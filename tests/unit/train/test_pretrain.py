@@ -216,3 +216,24 @@ def test_resume_mid_epoch_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     for key in straight["model"]:
         assert torch.equal(straight["model"][key], resumed["model"][key]), key
     assert [h["val"] for h in straight["history"]] == [h["val"] for h in resumed["history"]]
+
+
+def test_a_rejects_report_cut_short_is_mended_on_resume(tmp_path):
+    """rejects.jsonl whose last line a full disk (or a kill) cut short made every --resume a
+    traceback (JSONDecodeError). The cut line is dropped and its SMILES reported again: every
+    bad line once, the report valid JSONL."""
+    import orjson
+
+    src = _smiles_file(tmp_path)
+    src.write_text(src.read_text() + "".join(f"Xx{i} bad{i}\n" for i in range(30)))
+    cfg = load_config(CFG, TINY + ["train.epochs=1", "train.steps_per_epoch=2"])
+    run = tmp_path / "run"
+    run.mkdir()
+    first = orjson.dumps({"file": str(src), "line": 241, "record": "Xx0", "id": None,
+                          "reason": "unparsable_structure", "detail": "x"})
+    (run / "rejects.jsonl").write_bytes(first + b"\n" + first[:30])      # the second line cut
+    result, tally = run_pretrain(cfg, [src], run, resume=True, log=open(tmp_path / "log", "a"))
+    lines = [orjson.loads(x) for x in (run / "rejects.jsonl").read_bytes().splitlines()]
+    assert result.epochs_done == 1 and tally.rejected > 0
+    got = [r["line"] for r in lines]       # (the first pass reads what the steps need)
+    assert got[0] == 241 and len(got) == len(set(got)) > 1 and set(got) <= set(range(241, 271))

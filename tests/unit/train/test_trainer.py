@@ -416,3 +416,46 @@ def test_check_inputs_compares_contents_order_and_role_and_says_why(tmp_path: Pa
     for old in ({"extra": {}}, {"extra": {"inputs": None}}, {}):   # earlier versions: any input
         check_inputs(old, describe_inputs([b], ["b.h5"]), "R/last.pt")
     check_inputs(run, None, "R/last.pt")
+
+
+def test_a_run_stopped_between_its_epoch_end_writes_resumes_with_the_right_best_pt(
+        tmp_path: Path, monkeypatch) -> None:
+    """The disk fills (or the process is killed) after the first checkpoint of an epoch's end
+    is written and before the second: the resumed run ends with a best.pt of the best epoch and
+    a log of every epoch. (last.pt was written first: it held the new best while best.pt was
+    never written, and the resumed run, finding no better epoch, never wrote it.)"""
+    import errno
+
+    from neimsctl.io.streams import output_error
+    from neimsctl.models import checkpoint as ck
+    from neimsctl.errors import OutputError
+
+    writes: list[str] = []
+
+    def failing(real):
+        def write(*args, **kwargs):
+            dst = Path(args[1] if real is ck.copy_checkpoint else args[0])
+            writes.append(dst.name)
+            if len(writes) == 2:
+                raise output_error(dst, OSError(errno.ENOSPC, "No space left on device"))
+            return real(*args, **kwargs)
+        return write
+
+    def run(resume: bool):   # every epoch scores the same: epoch 1 is the best
+        cfg = load_config(None, ["train.batch_size=8", "train.device=cpu", "train.epochs=2",
+                                 "train.best_metric=val_score", "train.best_mode=max"], env={})
+        return run_training(cfg, toy.toy_model(), toy.toy_loss(), toy.NoisyData(16, 1, noise=False),
+                            validate=lambda model: {"val_score": 0.5}, out_dir=tmp_path,
+                            resume=resume, log=io.StringIO(), report=False)
+
+    with monkeypatch.context() as m:
+        m.setattr(ck, "save_checkpoint", failing(ck.save_checkpoint))
+        m.setattr(ck, "copy_checkpoint", failing(ck.copy_checkpoint))
+        with pytest.raises(OutputError, match="No space left on device"):
+            run(False)
+    assert run(True).epochs_done == 2
+    history = _last(tmp_path)["history"]
+    assert [h["epoch"] for h in history if h["best"]] == [1]
+    assert load_checkpoint(tmp_path / "checkpoints" / "best.pt")["epoch"] == 1
+    logged = [orjson.loads(ln) for ln in (tmp_path / "train_log.jsonl").read_bytes().splitlines()]
+    assert [r["epoch"] for r in logged if r["kind"] == "epoch"] == [1, 2]
