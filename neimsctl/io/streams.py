@@ -834,16 +834,25 @@ def open_out(path: str | os.PathLike | None) -> Iterator[BinaryIO]:
             fh = open(tmp, "wb", buffering=1 << 20)  # noqa: SIM115
         except OSError as exc:
             raise output_error(path, exc) from None
-        try:
-            yield OutStream(fh, path)  # type: ignore[misc]
-        except BaseException:
-            with contextlib.suppress(OSError):
-                fh.close()
-            raise
-        try:
+        with _closed_after(fh, path) as out:
+            yield out  # type: ignore[misc]
+
+
+@contextlib.contextmanager
+def _closed_after(fh: BinaryIO, path: str | os.PathLike) -> Iterator[OutStream]:
+    """``fh`` as an :class:`OutStream` naming ``path``, closed at the end: quietly after an
+    exception (which goes on), else a close that fails (a full disk) is the
+    :class:`OutputError` of ``path``."""
+    try:
+        yield OutStream(fh, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
             fh.close()
-        except OSError as exc:
-            raise output_error(path, exc) from None
+        raise
+    try:
+        fh.close()
+    except OSError as exc:
+        raise output_error(path, exc) from None
 
 
 @contextlib.contextmanager
@@ -881,16 +890,8 @@ def resumable_out(path: str | os.PathLike, keep_bytes: int | None = None) -> Ite
             fh = open(tmp, "r+b", buffering=1 << 20)  # noqa: SIM115
             fh.truncate(keep_bytes)
             fh.seek(keep_bytes)
-    try:
-        yield OutStream(fh, path)  # type: ignore[misc]
-    except BaseException:
-        with contextlib.suppress(OSError):
-            fh.close()
-        raise
-    try:
-        fh.close()
-    except OSError as exc:
-        raise output_error(path, exc) from None
+    with _closed_after(fh, path) as out:
+        yield out  # type: ignore[misc]
     if tmp is None:
         return
     refuse_protected(path)
