@@ -293,6 +293,18 @@ def _flush_stdout() -> None:
         raise output_error("-", exc) from None
 
 
+def _stdout_closed() -> bool:
+    """Whether the command was started with stdout closed (``>&-``): Python then has no
+    ``sys.__stdout__``, and file descriptor 1 is closed or taken by a file opened since."""
+    if sys.__stdout__ is None:
+        return True
+    try:
+        os.fstat(1)
+    except OSError:
+        return True
+    return False
+
+
 @contextlib.contextmanager
 def command(cmd: str) -> Iterator[None]:
     """Error boundary of a subcommand: typed errors -> message + exit 1; quiet on broken pipe.
@@ -322,6 +334,8 @@ def command(cmd: str) -> Iterator[None]:
     except NeimsError as exc:
         fail(cmd, str(exc))
     except OSError as exc:  # an I/O failure no library code named: still one line, exit 1
+        if not exc.filename and _stdout_closed():      # printing into a closed stdout (>&-)
+            fail(cmd, "<stdout>", f"cannot write: {exc.strerror or exc}")
         fail(cmd, str(exc.filename) if exc.filename else "I/O error", exc.strerror or str(exc))
     except RuntimeError as exc:  # HDF5's own findings in a damaged file (checksums, metadata)
         where = h5_error_file(exc)

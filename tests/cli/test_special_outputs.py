@@ -75,3 +75,15 @@ def test_a_closed_standard_stream_is_one_line_and_nothing_is_written_in_its_plac
     out = tmp_path / "out.jsonl"
     p = subprocess.run(["bash", "-c", f"neimsctl msp2jsonl {sample_msp} -o {out} 2>&-"], timeout=120)
     assert p.returncode == 0 and out.stat().st_size > 0
+
+
+def test_a_table_printed_into_a_closed_stdout_names_it(tmp_path: Path, sample_msp: Path) -> None:
+    """`shards list` prints its table with the command's own printing, not an output stream:
+    stdout closed (>&-) was 'I/O error: Bad file descriptor', naming no stream."""
+    shard = tmp_path / "s.h5"
+    p = subprocess.run(["bash", "-c", f"neimsctl msp2jsonl -q {sample_msp} | "
+                        f"neimsctl featurize --mode student -q -o {shard}"], capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run(["bash", "-c", f"neimsctl shards list {shard} >&-"], capture_output=True, timeout=120)
+    err = p.stderr.decode()
+    assert p.returncode == 1 and "<stdout>: cannot write: Bad file descriptor" in err and "Traceback" not in err, err
