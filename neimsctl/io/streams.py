@@ -449,9 +449,11 @@ class Clash(NamedTuple):
 
 
 def _identity(path: str | os.PathLike | None, fd: int) -> tuple | None:
-    """What makes two paths the same file: ``(dev, inode)`` of an existing regular file, the
-    resolved path of a file not yet there, ``("fd", n)`` for ``-`` (stdin/stdout) when it is a
-    pipe or terminal; ``None`` for devices, FIFOs and directories (``/dev/null`` twice is fine).
+    """What makes two paths the same file: ``(dev, inode)`` of an existing regular file or of
+    a pipe or FIFO (``-`` on a pipe and ``/dev/stdout`` are one stream: rejects given as
+    ``/dev/stdout`` went into the data of a pipe), the resolved path of a file not yet there,
+    ``("fd", n)`` for ``-`` (stdin/stdout) on a terminal; ``None`` for devices and directories
+    (``/dev/null`` twice is fine).
     """
     try:
         st = os.fstat(fd) if is_dash(path) else os.stat(path)  # type: ignore[arg-type]
@@ -462,7 +464,7 @@ def _identity(path: str | os.PathLike | None, fd: int) -> tuple | None:
             return ("path", str(Path(path).resolve()))  # type: ignore[arg-type]
         except (OSError, RuntimeError):
             return ("path", os.path.abspath(path))  # type: ignore[arg-type]
-    if stat.S_ISREG(st.st_mode):
+    if stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode):
         return ("inode", st.st_dev, st.st_ino)
     return ("fd", fd) if is_dash(path) and not stat.S_ISCHR(st.st_mode) else None
 
@@ -481,8 +483,9 @@ def find_clash(inputs: Iterable[tuple[str, str | os.PathLike | None]],
     Notes
     -----
     Existing files are compared by device and inode, so a hard link, a symbolic link or
-    another spelling of the path is caught; files not yet there by their resolved path.
-    Devices (``/dev/null``), FIFOs and directories never clash.
+    another spelling of the path is caught; files not yet there by their resolved path. A pipe
+    or FIFO is the same stream under every name (``-`` and ``/dev/stdout``). Devices
+    (``/dev/null``) and directories never clash.
     """
     seen: dict[tuple, tuple[str, bool]] = {}
     for label, path in inputs:

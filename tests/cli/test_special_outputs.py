@@ -87,3 +87,14 @@ def test_a_table_printed_into_a_closed_stdout_names_it(tmp_path: Path, sample_ms
     p = subprocess.run(["bash", "-c", f"neimsctl shards list {shard} >&-"], capture_output=True, timeout=120)
     err = p.stderr.decode()
     assert p.returncode == 1 and "<stdout>: cannot write: Bad file descriptor" in err and "Traceback" not in err, err
+
+
+def test_rejects_into_the_pipe_of_the_data_are_refused(tmp_path: Path, sample_msp: Path) -> None:
+    """`--rejects /dev/stdout | cat` (or /dev/stderr with 2>&1) put the rejects report into the
+    data stream: refused when stdout was a file, but not when it was a pipe."""
+    for rej, redirect in [("/dev/stdout", ""), ("/dev/stderr", "2>&1")]:
+        p = subprocess.run(["bash", "-c", f"neimsctl msp2jsonl {sample_msp} --rejects {rej} {redirect} | cat; "
+                            "exit ${PIPESTATUS[0]}"], capture_output=True, timeout=120)
+        err = (p.stdout + p.stderr).decode()
+        assert p.returncode == 2 and f"--rejects {rej} is the same file as stdout" in err, err
+        assert b'"schema"' not in p.stdout          # no record went out before the refusal
