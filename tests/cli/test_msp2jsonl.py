@@ -122,8 +122,10 @@ def test_signal_leaves_no_output_and_exits_128_plus_signal(neimsctl_exe, sample_
 
     big = tmp_path / "big.msp"
     big.write_bytes((sample_msp.read_bytes().rstrip(b"\n") + b"\n\n") * 400)  # 120,000 records
+    # SIGHUP's default action even when the tests run under nohup (which msp2jsonl honours)
     proc = subprocess.Popen([neimsctl_exe, "msp2jsonl", "-q", "-j", "2", str(big), "-o", "out.jsonl"],
-                            cwd=tmp_path, stderr=subprocess.PIPE)
+                            cwd=tmp_path, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     deadline = time.time() + 60
     while time.time() < deadline and not list(tmp_path.glob(".out.jsonl.part-*")):
         time.sleep(0.05)

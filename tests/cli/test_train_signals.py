@@ -36,8 +36,10 @@ def shard(tmp_path_factory: pytest.TempPathFactory, sample_msp: Path) -> Path:
 
 
 def start(d: Path, out: str, *extra: str) -> subprocess.Popen:
+    # SIGHUP's default action even when the tests run under nohup (which the command honours)
     return subprocess.Popen(["neimsctl", "distill", "s.h5", *TINY, "--set", "train.epochs=200",
-                             *extra, "--out-dir", out], cwd=d, stderr=subprocess.PIPE)
+                             *extra, "--out-dir", out], cwd=d, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
 
 
 def wait_for_epoch(proc: subprocess.Popen) -> list[bytes]:
