@@ -733,9 +733,7 @@ def atomic_path(path: str | os.PathLike, shown: str | os.PathLike | None = None)
         return
     final = _real_output(final)
     refuse_protected(final)
-    for stale, size in remove_stale_temps(final):
-        logging.getLogger("neimsctl").warning(
-            "removed %s (%s bytes): the temporary of an interrupted run that no longer runs", stale, f"{size:,}")
+    _clear_stale_temps(final, "temporary")
     tmp = temp_path_for(final)
     try:
         yield tmp
@@ -752,6 +750,14 @@ def atomic_path(path: str | os.PathLike, shown: str | os.PathLike | None = None)
             if exc.errno and str(tmp) in str(exc):   # HDF5's message names the temporary file
                 raise output_error(name, OSError(exc.errno, os.strerror(exc.errno))) from None
         raise
+
+
+def _clear_stale_temps(path: Path, what: str) -> None:
+    """:func:`remove_stale_temps` of ``path``, each removal a warning naming it as ``what``
+    (``temporary``, ``spool``)."""
+    for stale, size in remove_stale_temps(path):
+        logging.getLogger("neimsctl").warning(
+            "removed %s (%s bytes): the %s of an interrupted run that no longer runs", stale, f"{size:,}", what)
 
 
 #: errno of a write that found no room: a full disk or quota, a file larger than ``ulimit -f``
@@ -962,9 +968,7 @@ def spool_path(suffix: str = ".h5") -> Iterator[Path]:
     killed run (SIGKILL, the out-of-memory killer) left there is removed by the next spool
     (:func:`remove_stale_temps`; it used to stay for ever, as big as the output or input it held)."""
     final = Path(tempfile.gettempdir()) / f"neimsctl-spool{suffix}"
-    for stale, size in remove_stale_temps(final):
-        logging.getLogger("neimsctl").warning(
-            "removed %s (%s bytes): the spool of an interrupted run that no longer runs", stale, f"{size:,}")
+    _clear_stale_temps(final, "spool")
     fd, name = tempfile.mkstemp(prefix=temp_path_for(final).name + "-", dir=final.parent)
     os.close(fd)
     try:
