@@ -142,19 +142,18 @@ def iter_items(paths: Iterable[str | os.PathLike], input_format: str | None = No
                             yield Item(ordinal, name, start, "sdf", b"".join(buf), ordinal - first + 1)
                         ordinal, buf, start, ended = ordinal + 1, [], lineno + 1, -1
                         continue
-                    if ended >= 0 and len(buf) - ended > 3 and (b"V2000" in raw or b"V3000" in raw) \
-                            and _COUNTS_LINE.match(raw):
-                        # a MOL block's counts line after "M  END" without "$$$$" (MOL files
-                        # concatenated, cat *.mol): a record of its own from its 3 header lines,
-                        # not the previous record's data, silently lost
-                        if keep():
-                            yield Item(ordinal, name, start, "sdf", b"".join(buf[:-3]), ordinal - first + 1)
-                        ordinal, buf, start, ended = ordinal + 1, buf[-3:], lineno - 3, -1
-                    elif ended < 0 and len(buf) > 3 and not b"".join(buf[:-3]).strip() \
-                            and (b"V2000" in raw or b"V3000" in raw) and _COUNTS_LINE.match(raw):
-                        # blank lines before a MOL block (at the start of the file, or after
-                        # "$$$$"): not its header, which is the 3 lines before the counts line
-                        buf, start = buf[-3:], lineno - 3
+                    if (b"V2000" in raw or b"V3000" in raw) and _COUNTS_LINE.match(raw):
+                        if ended >= 0 and len(buf) - ended > 3:
+                            # a MOL block's counts line after "M  END" without "$$$$" (MOL files
+                            # concatenated, cat *.mol): a record of its own from its 3 header
+                            # lines, not the previous record's data, silently lost
+                            if keep():
+                                yield Item(ordinal, name, start, "sdf", b"".join(buf[:-3]), ordinal - first + 1)
+                            ordinal, buf, start, ended = ordinal + 1, buf[-3:], lineno - 3, -1
+                        elif ended < 0 and len(buf) > 3 and not b"".join(buf[:-3]).strip():
+                            # blank lines before a MOL block (at the start of the file, or after
+                            # "$$$$"): not its header, which is the 3 lines before the counts line
+                            buf, start = buf[-3:], lineno - 3
                     elif ended < 0 and raw.startswith(b"M  END"):
                         ended = len(buf)
                     buf.append(raw)
