@@ -47,9 +47,10 @@ computed in float64 from the peaks, float64 sums), so the hits and their scores 
 float64 brute force whatever the precision of the first pass. (The first pass's float32 weights
 are within ~3e-7 of the float64 ones, relative: far inside every margin.)
 An index's stored weights (bfloat16, :class:`~neimsctl.io.spectral_index.DenseChunk`) give
-the first pass directly: a bfloat16 product (``d = 0.012``), or a float32 product of their
-float32 values (``d = 0.005``: :data:`_STORED_REL`); the exact scores come from the entries'
-peak lists as above. Reverse cosine is a float32 product. The composite and entropy scores are not sums of per-peak
+the first pass directly: on a CPU with AMX tiles the native kernel's product of float32
+queries (split into two bfloat16 parts) and the stored weights, or else a float32 product of
+their float32 values (both ``d = 0.005``: :data:`_STORED_REL`), or a torch bfloat16 product
+(``d = 0.012``); the exact scores come from the entries' peak lists as above. Reverse cosine is a float32 product. The composite and entropy scores are not sums of per-peak
 products, so the engine
 first computes a rigorous upper bound for every entry by a matrix product, then computes the
 exact score, in decreasing order of the bound, only while the bound can still beat the k-th
@@ -71,6 +72,7 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple
 import numpy as np
 
 from neimsctl.errors import FormatError, InputError
+from neimsctl.io.bf16_native import amx, product
 from neimsctl.io.peak_block import PeakBlock, bf16_bits, bf16_values, cosine_weights, row_sums
 from neimsctl.io.spectral_index import DenseChunk
 from neimsctl.io.spectrum import N_BINS
@@ -98,7 +100,9 @@ _FP32_REL = 1e-4
 _BF16_REL = 0.012
 #: The float32 product over stored bfloat16 weights (exact in float32) and float32 queries: the
 #: weights' rounding to bf16 (relative 2**-8, 8 significant bits) and float32 products and sums
-#: (502 * 2**-24): (1 + 2**-8)(1 + 3.0e-5) - 1 = 0.00394 (margin 0.005).
+#: (502 * 2**-24): (1 + 2**-8)(1 + 3.0e-5) - 1 = 0.00394 (margin 0.005). The AMX product
+#: (neimsctl/io/_bf16.c: each query split as hi + lo in bf16, within 2**-16; products exact,
+#: 2 * 501 float32 sums): (1 + 2**-8)(1 + 2**-16)(1 + 6.0e-5) - 1 = 0.00398, the same margin.
 _STORED_REL = 0.005
 #: Work (multiply-adds of the first pass) above which the bfloat16 pass pays for importing torch
 #: (about 2 s) on a CPU with native bf16 (3x the float32 rate there; tools/bench/bench_search.py).
@@ -561,7 +565,9 @@ def _stored_pass(q: _Queries, sel: np.ndarray, chunk: DenseChunk, bf16: bool) ->
     block read)."""
     lib = chunk.weights
     qv = np.ascontiguousarray(q.values[sel, :lib.shape[1]])
-    if bf16 and lib.dtype == np.uint16:
+    if lib.dtype == np.uint16 and (native := product(qv, lib)) is not None:
+        first = native, _STORED_REL
+    elif bf16 and lib.dtype == np.uint16:
         first = _approx_cosine(qv, lib)
     else:
         if lib.dtype == np.uint16:
@@ -699,10 +705,14 @@ def _own_kth(s: np.ndarray, rows: np.ndarray, cols: np.ndarray, thr: np.ndarray,
 def _approx_cosine(q: np.ndarray, lib: np.ndarray) -> tuple[np.ndarray, float]:
     """First pass of the cosine, ``(len(q), len(lib))``, and its relative error margin.
 
-    ``lib`` float32: a float32 product. ``lib`` uint16 (bfloat16 bits): a bfloat16 product whose
-    result stays bfloat16 bits (uint16; ordered like the values, as every score is >= 0), so no
-    pass over the result converts it.
+    ``lib`` float32: a float32 product. ``lib`` uint16 (bfloat16 bits): on AMX tiles
+    (:func:`~neimsctl.io.bf16_native.product`: float32 queries, a float32 result, margin
+    :data:`_STORED_REL`), else a torch bfloat16 product whose result stays bfloat16 bits
+    (uint16; ordered like the values, as every score is >= 0), so no pass over the result
+    converts it.
     """
+    if lib.dtype == np.uint16 and (native := product(q, lib)) is not None:
+        return native, _STORED_REL          # AMX: float32 queries, a float32 result (bf16_native)
     if lib.dtype == np.uint16:
         import torch
 
@@ -762,10 +772,12 @@ def _exact_pairs(qvalues: np.ndarray, sel: np.ndarray, block: PeakBlock, weights
 
 def use_bf16(score: Score, work: float) -> bool:
     """Whether a search of ``work`` multiply-adds should take the bfloat16 first pass: a
-    :attr:`Score.dot` score, large enough to pay for importing torch, on a CPU that computes
-    bf16 natively."""
+    :attr:`Score.dot` score, on AMX tiles (the native kernel; any size) or, large enough to pay
+    for importing torch, on another CPU that computes bf16 natively."""
     if not score.dot:
         return False
+    if amx():
+        return True             # the native product: no torch to import
     if work < _BF16_MIN_WORK and "torch" not in sys.modules:
         return False
     if work < _BF16_MIN_WORK / 20:

@@ -30,6 +30,7 @@ import numpy as np
 import orjson
 
 from neimsctl.errors import FormatError, InputError
+from neimsctl.io.bf16_native import row_norms
 from neimsctl.io.peak_block import PeakBlock, bf16_bits, bf16_values, cosine_weights
 from neimsctl.io.spectrum import N_BINS
 
@@ -711,15 +712,17 @@ class SpectralIndex:
             raise FormatError(f"damaged index: cannot read stored weights of block {b}: {exc}",
                               file=self.path) from None
         bits = bits.reshape(hi - lo, width)
-        wide = pool.get(4 * count) if float32 else None
-        values = bf16_values(bits, None if wide is None else wide[:4 * count].view(np.uint32).reshape(bits.shape))
         # every entry has peaks: each row is a unit vector rounded to bfloat16. Anything else (NaN,
         # inf, negative, zeroed or cut rows: a damaged file) would drop hits silently
-        norms = np.einsum("ij,ij->i", values, values)
-        zero = norms == 0.0         # legitimate only for an entry whose one peak is at m/z 0 (weight 0)
-        damaged = len(bits) and (int(bits.max()) > _BF16_ONE or not ((np.abs(norms - 1.0) <= _NORM_TOL) | zero).all())
         if float32:
+            wide = pool.get(4 * count)
+            values = bf16_values(bits, wide[:4 * count].view(np.uint32).reshape(bits.shape))
+            norms, top = np.einsum("ij,ij->i", values, values), int(bits.max()) if len(bits) else 0
             pool.put(raw)
+        else:
+            norms, top = row_norms(bits)
+        zero = norms == 0.0         # legitimate only for an entry whose one peak is at m/z 0 (weight 0)
+        damaged = len(bits) and (top > _BF16_ONE or not ((np.abs(norms - 1.0) <= _NORM_TOL) | zero).all())
         keep = wide if float32 else raw
         chunk = DenseChunk(values if float32 else bits, lambda: self.block(lo, hi), self.dense_powers,
                            release=(lambda: pool.put(keep)) if pooled else None)

@@ -523,9 +523,17 @@ def test_stored_weight_margin_holds() -> None:
     assert (np.abs(approx - exact) <= m._STORED_REL * exact).all()
 
 
-def test_first_pass_margins_hold() -> None:
-    """The error margins the exact re-scoring relies on, measured on realistic and extreme vectors."""
+@pytest.mark.parametrize("amx", [False, True], ids=["numpy-torch", "amx"])
+def test_first_pass_margins_hold(amx: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The error margins the exact re-scoring relies on, measured on realistic and extreme
+    vectors: the float32 product, and the bfloat16 one on AMX tiles (native kernel) or in torch."""
     from neimsctl.evaluate import matching as m
+    from neimsctl.io import bf16_native
+
+    if amx and not bf16_native.amx():
+        pytest.skip("no AMX tiles here (or the native kernel is not built)")
+    if not amx:
+        monkeypatch.setattr(m, "product", lambda q, lib: None)
 
     rng = np.random.default_rng(2)
     lib = random_library(rng, 400)
@@ -537,9 +545,9 @@ def test_first_pass_margins_hold() -> None:
     both = PeakBlock.from_dense(np.concatenate([dense, ones]))
     q = m._Queries(both, Score(), N).values
     exact = q.astype(np.float64) @ q.T.astype(np.float64)
-    for bf16, rel in ((False, m._FP32_REL), (True, m._BF16_REL)):
+    for bf16, rel in ((False, m._FP32_REL), (True, m._STORED_REL if amx else m._BF16_REL)):
         approx, margin = m._approx_cosine(q, m.bf16_bits(q) if bf16 else q)
-        if bf16:
+        if bf16 and not amx:
             assert approx.dtype == np.uint16
             approx = m.bf16_values(approx)
         assert margin == rel

@@ -73,6 +73,30 @@ def test_stored_weights_give_the_hits_of_the_peak_lists(libs, mass_filter, candi
     assert (a.index[:, 0] >= 0).all() or candidates
 
 
+@pytest.mark.parametrize("mass_filter", [None, 5.0])
+def test_the_native_product_gives_the_hits_of_the_float32_one(libs, mass_filter, monkeypatch) -> None:
+    """The first pass on AMX tiles (neimsctl/io/_bf16.c) and numpy's float32 product over the
+    same stored weights: the same hits and scores (the exact stage decides both)."""
+    from neimsctl.evaluate import matching
+    from neimsctl.io import bf16_native
+
+    if not bf16_native.amx():
+        pytest.skip("no AMX tiles here (or the native kernel is not built)")
+    spectra, keys, mw, v2, _ = libs
+    batch = noisy_queries(spectra, mw, seed=5, n=40)
+    opts = SearchOptions(Score(), top=10, mass_filter=mass_filter)
+    calls = []
+    real = matching.product
+    monkeypatch.setattr(matching, "product", lambda q, lib: calls.append(1) or real(q, lib))
+    a = search_library(v2, batch, opts)
+    assert calls
+    monkeypatch.setattr(matching, "product", lambda q, lib: None)
+    monkeypatch.setattr(matching, "amx", lambda: False)
+    b = search_library(v2, batch, opts)
+    np.testing.assert_array_equal(a.index, b.index)
+    np.testing.assert_array_equal(a.scores, b.scores)
+
+
 def test_peak_lists_are_read_for_few_entries_and_other_scores(libs) -> None:
     *_, v2, _ = libs
     n = v2.n

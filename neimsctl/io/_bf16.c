@@ -1,0 +1,325 @@
+/* Native kernels over bfloat16 spectral weights (the search's first pass; formats/spectral-index.v2.md).
+ *
+ *   dot(q, bits, out)   out[i, j] = sum_c q[i, c] * bf16(bits[j, c])  (float32 queries, bfloat16 library)
+ *   norms(bits, out)    out[j] = sum_c bf16(bits[j, c])^2; returns the largest bit pattern
+ *   amx()               True when dot() runs on the CPU's AMX tiles (else dot() is not available)
+ *
+ * dot() runs on Intel AMX (TDPBF16PS): the library block is read where it lies, 16 entries x 32
+ * m/z columns a tile; each query is split into two bfloat16 parts, hi = bf16(q) and
+ * lo = bf16(q - hi), so q = hi + lo within 2^-16 relative, and both products accumulate in
+ * float32. Every product of two bfloat16 values is exact in float32, the weights are >= 0, so
+ * the result is within (1 + 2^-16)(1 + 2 w 2^-24) - 1 of the float32 product of the same values
+ * (w columns): relative 1.2e-4 at w = 501 (neimsctl.evaluate.matching._STORED_REL takes the
+ * stored weights' own rounding on top). Only the caller's checked blocks are passed: finite
+ * values (a tile's rows may read up to 31 columns of the entries after them, multiplied by the
+ * queries' zero padding; never past the block).
+ *
+ * No Python objects are touched while the GIL is released. Built by setup.py as an optional
+ * extension: without a compiler, or on another CPU, the package computes the same in numpy.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
+#define HAVE_AMX 1
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+static inline uint16_t to_bf16(float x) {      /* round to nearest even; finite x */
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+static inline float from_bf16(uint16_t b) {
+    uint32_t u = (uint32_t)b << 16;
+    float x;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+/* ---- norms ---------------------------------------------------------------------------------- */
+
+static uint16_t norms_plain(const uint16_t *bits, Py_ssize_t n, Py_ssize_t w, float *out) {
+    uint16_t top = 0;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        const uint16_t *row = bits + j * w;
+        float lane[16] = {0};
+        Py_ssize_t c = 0;
+        for (; c + 16 <= w; c += 16)
+            for (int t = 0; t < 16; t++) {
+                float v = from_bf16(row[c + t]);
+                lane[t] += v * v;
+                if (row[c + t] > top) top = row[c + t];
+            }
+        float s = 0.0f;
+        for (; c < w; c++) {
+            float v = from_bf16(row[c]);
+            s += v * v;
+            if (row[c] > top) top = row[c];
+        }
+        for (int t = 0; t < 16; t++) s += lane[t];
+        out[j] = s;
+    }
+    return top;
+}
+
+#ifdef HAVE_AMX
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static uint16_t norms_avx512(const uint16_t *bits, Py_ssize_t n, Py_ssize_t w, float *out) {
+    __m512i top = _mm512_setzero_si512();
+    for (Py_ssize_t j = 0; j < n; j++) {
+        const uint16_t *row = bits + j * w;
+        __m512 acc = _mm512_setzero_ps();
+        for (Py_ssize_t c = 0; c < w; c += 16) {
+            __mmask16 m = (w - c >= 16) ? (__mmask16)0xFFFF : (__mmask16)((1u << (w - c)) - 1u);
+            __m256i h = _mm256_maskz_loadu_epi16(m, row + c);
+            __m512i u = _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
+            __m512 v = _mm512_castsi512_ps(u);
+            acc = _mm512_fmadd_ps(v, v, acc);
+            top = _mm512_max_epu32(top, u);
+        }
+        out[j] = _mm512_reduce_add_ps(acc);
+    }
+    return (uint16_t)(_mm512_reduce_max_epu32(top) >> 16);
+}
+#endif
+
+/* ---- AMX ------------------------------------------------------------------------------------ */
+
+#ifdef HAVE_AMX
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+static int amx_state = -1;          /* -1 unknown, 0 no, 1 yes */
+
+static int amx_usable(void) {
+    if (amx_state >= 0) return amx_state;
+    unsigned int a, b, c, d;
+    amx_state = 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    if (!(d & (1u << 22)) || !(d & (1u << 24))) return 0;        /* AMX-BF16, AMX-TILE */
+    if (!(b & (1u << 16))) return 0;                              /* AVX-512F (norms, packing) */
+    if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0) return 0;
+    amx_state = 1;
+    return 1;
+}
+
+typedef struct {
+    uint8_t palette;
+    uint8_t start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tilecfg_t;
+
+/* Queries as AMX B tiles: for group g of 16 queries and k-step s of 32 columns, 16 rows (column
+ * pairs) x 32 values: B[r][2 i + t] = part(q[16 g + i][32 s + 2 r + t]); zero beyond nq and w. */
+static void pack_queries(const float *q, Py_ssize_t nq, Py_ssize_t w, Py_ssize_t nk, Py_ssize_t ng,
+                         uint16_t *hi, uint16_t *lo) {
+    memset(hi, 0, (size_t)(ng * nk * 512) * 2);
+    memset(lo, 0, (size_t)(ng * nk * 512) * 2);
+    for (Py_ssize_t i = 0; i < nq; i++) {
+        Py_ssize_t g = i / 16, ii = i % 16;
+        for (Py_ssize_t c = 0; c < w; c++) {
+            float x = q[i * w + c];
+            if (x == 0.0f) continue;
+            uint16_t h = to_bf16(x);
+            uint16_t l = to_bf16(x - from_bf16(h));
+            Py_ssize_t s = c / 32, r = (c % 32) / 2, t = c % 2;
+            Py_ssize_t at = ((g * nk + s) * 16 + r) * 32 + 2 * ii + t;
+            hi[at] = h;
+            lo[at] = l;
+        }
+    }
+}
+
+static void scatter(const float tile[16][16], Py_ssize_t j0, Py_ssize_t ne, Py_ssize_t i0, Py_ssize_t ni,
+                    Py_ssize_t n, float *out) {
+    for (Py_ssize_t i = 0; i < ni; i++) {
+        float *dst = out + (i0 + i) * n + j0;
+        for (Py_ssize_t e = 0; e < ne; e++) dst[e] = tile[e][i];
+    }
+}
+
+/* tiles: 0 = A (16 entries x 32 columns), 1/2 = B hi/lo of group g, 3/4 = of group g + 1,
+ * 5/6 = C of groups g and g + 1 (16 entries x 16 queries, float32) */
+__attribute__((target("amx-tile,amx-bf16,avx512f")))
+static void dot_amx(const float *q, Py_ssize_t nq, const uint16_t *lib, Py_ssize_t n, Py_ssize_t w,
+                    float *out, uint16_t *bhi, uint16_t *blo, uint16_t *pad) {
+    Py_ssize_t nk = (w + 31) / 32, ng = (nq + 15) / 16;
+    pack_queries(q, nq, w, nk, ng, bhi, blo);
+    tilecfg_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 7; t++) {
+        cfg.rows[t] = 16;
+        cfg.colsb[t] = 64;
+    }
+    _tile_loadconfig(&cfg);
+    float tile[16][16] __attribute__((aligned(64)));
+    Py_ssize_t stride = w * 2;
+    for (Py_ssize_t j0 = 0; j0 < n; j0 += 16) {
+        Py_ssize_t ne = n - j0 < 16 ? n - j0 : 16;
+        const uint16_t *a = lib + j0 * w;
+        Py_ssize_t astride = stride;
+        /* a tile whose direct read would pass the block's end (its last row's last k-step reads
+         * up to 31 columns beyond the row): its rows copied into a zero-padded buffer */
+        if (j0 + 16 > n || (j0 + 15) * w + nk * 32 > n * w) {
+            memset(pad, 0, (size_t)(16 * nk * 32) * 2);
+            for (Py_ssize_t e = 0; e < ne; e++) memcpy(pad + e * nk * 32, lib + (j0 + e) * w, (size_t)w * 2);
+            a = pad;
+            astride = nk * 64;
+        }
+        for (Py_ssize_t g = 0; g < ng; g += 2) {
+            int two = g + 1 < ng;
+            _tile_zero(5);
+            _tile_zero(6);
+            const uint16_t *h0 = bhi + g * nk * 512, *l0 = blo + g * nk * 512;
+            for (Py_ssize_t s = 0; s < nk; s++) {
+                _tile_loadd(0, a + s * 32, astride);
+                _tile_loadd(1, h0 + s * 512, 64);
+                _tile_loadd(2, l0 + s * 512, 64);
+                _tile_dpbf16ps(5, 0, 1);
+                _tile_dpbf16ps(5, 0, 2);
+                if (two) {
+                    _tile_loadd(3, h0 + (nk + s) * 512, 64);
+                    _tile_loadd(4, l0 + (nk + s) * 512, 64);
+                    _tile_dpbf16ps(6, 0, 3);
+                    _tile_dpbf16ps(6, 0, 4);
+                }
+            }
+            _tile_stored(5, tile, 64);
+            Py_ssize_t ni = nq - g * 16 < 16 ? nq - g * 16 : 16;
+            scatter(tile, j0, ne, g * 16, ni, n, out);
+            if (two) {
+                _tile_stored(6, tile, 64);
+                ni = nq - (g + 1) * 16 < 16 ? nq - (g + 1) * 16 : 16;
+                scatter(tile, j0, ne, (g + 1) * 16, ni, n, out);
+            }
+        }
+    }
+    _tile_release();
+}
+#endif
+
+/* ---- Python ---------------------------------------------------------------------------------- */
+
+static int get_2d(PyObject *obj, Py_buffer *view, const char *fmt, int writable, const char *name) {
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, view, flags) != 0) return -1;
+    if (view->ndim < 1 || view->ndim > 2 || strcmp(view->format, fmt) != 0) {
+        PyErr_Format(PyExc_TypeError, "%s: a C-contiguous 1- or 2-d array of format '%s'", name, fmt);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+static Py_ssize_t dim(const Py_buffer *v, int k) { return v->ndim == 2 ? v->shape[k] : (k ? v->shape[0] : 1); }
+
+static PyObject *py_amx(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+#ifdef HAVE_AMX
+    return PyBool_FromLong(amx_usable());
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
+static PyObject *py_dot(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *qo, *lo, *oo;
+    if (!PyArg_ParseTuple(args, "OOO", &qo, &lo, &oo)) return NULL;
+#ifdef HAVE_AMX
+    if (!amx_usable()) {
+        PyErr_SetString(PyExc_RuntimeError, "dot: this CPU or kernel offers no AMX bf16 tiles");
+        return NULL;
+    }
+    Py_buffer q, lib, out;
+    if (get_2d(qo, &q, "f", 0, "q") != 0) return NULL;
+    if (get_2d(lo, &lib, "H", 0, "bits") != 0) { PyBuffer_Release(&q); return NULL; }
+    if (get_2d(oo, &out, "f", 1, "out") != 0) { PyBuffer_Release(&q); PyBuffer_Release(&lib); return NULL; }
+    Py_ssize_t nq = dim(&q, 0), w = dim(&q, 1), n = dim(&lib, 0);
+    PyObject *ret = NULL;
+    if (q.ndim != 2 || lib.ndim != 2 || out.ndim != 2 || dim(&lib, 1) != w || dim(&out, 0) != nq || dim(&out, 1) != n) {
+        PyErr_SetString(PyExc_ValueError, "dot: shapes (nq, w), (n, w), (nq, n) expected");
+    } else if (nq > 0 && n > 0 && w > 0) {
+        Py_ssize_t nk = (w + 31) / 32, ng = (nq + 15) / 16;
+        uint16_t *bhi = aligned_alloc(64, (size_t)((ng * nk * 512 * 2 + 31) / 32 * 32) * 2);
+        uint16_t *blo = bhi ? bhi + ng * nk * 512 : NULL;
+        uint16_t *pad = aligned_alloc(64, (size_t)((16 * nk * 32 + 31) / 32 * 32) * 2);
+        if (!bhi || !pad) {
+            PyErr_NoMemory();
+        } else {
+            Py_BEGIN_ALLOW_THREADS
+            dot_amx((const float *)q.buf, nq, (const uint16_t *)lib.buf, n, w, (float *)out.buf, bhi, blo, pad);
+            Py_END_ALLOW_THREADS
+            ret = Py_None;
+            Py_INCREF(ret);
+        }
+        free(bhi);
+        free(pad);
+    } else {
+        ret = Py_None;
+        Py_INCREF(ret);
+        if (w == 0) memset(out.buf, 0, (size_t)(nq * n) * 4);
+    }
+    PyBuffer_Release(&q);
+    PyBuffer_Release(&lib);
+    PyBuffer_Release(&out);
+    return ret;
+#else
+    (void)qo; (void)lo; (void)oo;
+    PyErr_SetString(PyExc_RuntimeError, "dot: built without AMX support");
+    return NULL;
+#endif
+}
+
+static PyObject *py_norms(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *bo, *oo;
+    if (!PyArg_ParseTuple(args, "OO", &bo, &oo)) return NULL;
+    Py_buffer bits, out;
+    if (get_2d(bo, &bits, "H", 0, "bits") != 0) return NULL;
+    if (get_2d(oo, &out, "f", 1, "out") != 0) { PyBuffer_Release(&bits); return NULL; }
+    Py_ssize_t n = dim(&bits, 0), w = dim(&bits, 1);
+    PyObject *ret = NULL;
+    if (bits.ndim != 2 || out.ndim != 1 || out.shape[0] != n) {
+        PyErr_SetString(PyExc_ValueError, "norms: shapes (n, w) and (n,) expected");
+    } else {
+        uint16_t top;
+        Py_BEGIN_ALLOW_THREADS
+#ifdef HAVE_AMX
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+            top = norms_avx512((const uint16_t *)bits.buf, n, w, (float *)out.buf);
+        else
+#endif
+            top = norms_plain((const uint16_t *)bits.buf, n, w, (float *)out.buf);
+        Py_END_ALLOW_THREADS
+        ret = PyLong_FromLong(top);
+    }
+    PyBuffer_Release(&bits);
+    PyBuffer_Release(&out);
+    return ret;
+}
+
+static PyMethodDef methods[] = {
+    {"amx", py_amx, METH_NOARGS, "True when dot() runs on AMX tiles here."},
+    {"dot", py_dot, METH_VARARGS, "dot(q float32 (nq, w), bits uint16 (n, w), out float32 (nq, n))."},
+    {"norms", py_norms, METH_VARARGS, "norms(bits uint16 (n, w), out float32 (n,)) -> largest bit pattern."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_bf16", "bfloat16 kernels of the search", -1, methods,
+                                    NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__bf16(void) { return PyModule_Create(&module); }
