@@ -30,7 +30,7 @@ import numpy as np
 import orjson
 
 from neimsctl.errors import FormatError, InputError
-from neimsctl.io.bf16_native import row_norms
+from neimsctl.io.native import pread_ranges, row_norms
 from neimsctl.io.peak_block import PeakBlock, bf16_bits, bf16_values, cosine_weights
 from neimsctl.io.spectrum import N_BINS
 
@@ -304,12 +304,16 @@ class DenseChunk:
     powers : ``(a, b)``.
     block : the entries' peaks, read when first asked for (the exact scores of the few entries
         the first pass keeps need them).
+    ptr : int64 ``(n + 1,)`` or ``None``: where the entries' peaks lie among the index's
+        (:meth:`SpectralIndex.peaks` reads any of them later: a search that defers its exact
+        stage to the end reads only its candidates' peaks).
     """
 
     def __init__(self, weights: np.ndarray, read: Any, powers: tuple[float, float],
-                 release: Any = None) -> None:
+                 release: Any = None, ptr: np.ndarray | None = None) -> None:
         self.weights = weights
         self.powers = powers
+        self.ptr = ptr
         self._read = read
         self._block: PeakBlock | None = None
         self._release = release
@@ -628,6 +632,41 @@ class SpectralIndex:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _peak_ptr(self, lo: int, hi: int) -> np.ndarray:
+        """The peak offsets of entries ``lo:hi`` (``hi - lo + 1``), checked: ascending, in range."""
+        ptr = self._slice(self._ptr, lo, hi + 1)
+        a, b = int(ptr[0]), int(ptr[-1])
+        if not 0 <= a <= b <= self._n_peaks or (len(ptr) > 2 and not (np.diff(ptr) >= 0).all()):
+            raise FormatError(f"damaged index: peak offsets of entries {lo}..{hi - 1} out of range",
+                              file=self.path)
+        return ptr
+
+    def peaks(self, starts: np.ndarray, counts: np.ndarray) -> PeakBlock:
+        """The spectra whose peaks are ``starts[i] .. starts[i] + counts[i]`` (offsets among the
+        index's peaks, e.g. from :attr:`DenseChunk.ptr`), in that order: one read per spectrum,
+        all in one call where the native kernel is built (:func:`neimsctl.io.native.pread_ranges`)."""
+        starts = np.asarray(starts, dtype=np.int64)
+        counts = np.asarray(counts, dtype=np.int64)
+        ptr = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=ptr[1:])
+        total = int(ptr[-1])
+        if len(starts) and not (starts.min() >= 0 and counts.min() >= 0 and int((starts + counts).max()) <= self._n_peaks):
+            raise FormatError("damaged index: peak offsets out of range", file=self.path)
+        try:
+            if self._raw is not None:
+                data = pread_ranges(self._fd, np.concatenate([self._raw[1] + 4 * starts, self._raw[0] + 2 * starts]),
+                                    np.concatenate([4 * counts, 2 * counts]))
+                inten, mz = data[:4 * total].view(np.float32), data[4 * total:].view(np.uint16)
+            else:                   # chunked or compressed peaks (not what `index` writes): per spectrum
+                spans = list(zip(starts.tolist(), (starts + counts).tolist()))
+                mz = np.concatenate([np.zeros(0, np.uint16)] + [self.file["mz"][a:b] for a, b in spans])
+                inten = np.concatenate([np.zeros(0, np.float32)] + [self.file["intensity"][a:b] for a, b in spans])
+        except OSError as exc:
+            raise FormatError(f"damaged index: cannot read peaks: {exc}", file=self.path) from None
+        if total and int(mz.max()) >= self.n_bins:
+            raise FormatError("damaged index: peak m/z out of range", file=self.path)
+        return PeakBlock(ptr, mz, inten)
+
     def block(self, lo: int, hi: int) -> PeakBlock:
         """Entries ``lo:hi`` as a :class:`PeakBlock` (read from disk)."""
         ptr = self._slice(self._ptr, lo, hi + 1)
@@ -724,8 +763,9 @@ class SpectralIndex:
         zero = norms == 0.0         # legitimate only for an entry whose one peak is at m/z 0 (weight 0)
         damaged = len(bits) and (top > _BF16_ONE or not ((np.abs(norms - 1.0) <= _NORM_TOL) | zero).all())
         keep = wide if float32 else raw
+        ptr = self._peak_ptr(lo, hi)
         chunk = DenseChunk(values if float32 else bits, lambda: self.block(lo, hi), self.dense_powers,
-                           release=(lambda: pool.put(keep)) if pooled else None)
+                           release=(lambda: pool.put(keep)) if pooled else None, ptr=ptr)
         if not damaged and zero.any():
             peaks = chunk.block
             damaged = bool(np.isin(np.flatnonzero(zero), peaks.row_of_peak()[peaks.mz > 0]).any())

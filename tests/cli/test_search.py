@@ -474,8 +474,10 @@ def test_damaged_indexes_fail_with_one_line(index, sample_msp, tmp_path):
         p = f["peak_ptr"]
         p[100] = p[102]
 
-    def far_mz(f):
-        f["mz"][5000] = 60000
+    def far_mz(f):          # in every entry: the search checks the peaks it reads (its candidates')
+        mz = f["mz"][:]
+        mz[::40] = 60000
+        f["mz"][:] = mz
 
     def unsorted(f):
         f["mw"][150] = 30

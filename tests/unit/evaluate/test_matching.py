@@ -528,9 +528,9 @@ def test_first_pass_margins_hold(amx: bool, monkeypatch: pytest.MonkeyPatch) -> 
     """The error margins the exact re-scoring relies on, measured on realistic and extreme
     vectors: the float32 product, and the bfloat16 one on AMX tiles (native kernel) or in torch."""
     from neimsctl.evaluate import matching as m
-    from neimsctl.io import bf16_native
+    from neimsctl.io import native
 
-    if amx and not bf16_native.amx():
+    if amx and not native.amx():
         pytest.skip("no AMX tiles here (or the native kernel is not built)")
     if not amx:
         monkeypatch.setattr(m, "product", lambda q, lib: None)

@@ -64,7 +64,7 @@ def test_stored_weights_give_the_hits_of_the_peak_lists(libs, mass_filter, candi
                          candidates={k.decode()[:14] for k in v2.inchikeys[::3] if k} if candidates else None)
     used = []
     real = run._dense_chunks
-    monkeypatch.setattr(run, "_dense_chunks", lambda *a: used.append(1) or real(*a))
+    monkeypatch.setattr(run, "_dense_chunks", lambda *a, **k: used.append(1) or real(*a, **k))
     a = search_library(v2, batch, opts)
     assert bool(used)                         # the stored weights were read (a third of the entries: enough)
     b = search_library(v1, batch, opts)
@@ -75,26 +75,69 @@ def test_stored_weights_give_the_hits_of_the_peak_lists(libs, mass_filter, candi
 
 @pytest.mark.parametrize("mass_filter", [None, 5.0])
 def test_the_native_product_gives_the_hits_of_the_float32_one(libs, mass_filter, monkeypatch) -> None:
-    """The first pass on AMX tiles (neimsctl/io/_bf16.c) and numpy's float32 product over the
+    """The first pass on AMX tiles (neimsctl/io/_native.c) and numpy's float32 product over the
     same stored weights: the same hits and scores (the exact stage decides both)."""
     from neimsctl.evaluate import matching
-    from neimsctl.io import bf16_native
+    from neimsctl.io import native
 
-    if not bf16_native.amx():
+    if not native.amx():
         pytest.skip("no AMX tiles here (or the native kernel is not built)")
     spectra, keys, mw, v2, _ = libs
     batch = noisy_queries(spectra, mw, seed=5, n=40)
     opts = SearchOptions(Score(), top=10, mass_filter=mass_filter)
     calls = []
     real = matching.product
-    monkeypatch.setattr(matching, "product", lambda q, lib: calls.append(1) or real(q, lib))
+    monkeypatch.setattr(matching, "product", lambda q, lib, out=None: calls.append(1) or real(q, lib, out))
     a = search_library(v2, batch, opts)
     assert calls
-    monkeypatch.setattr(matching, "product", lambda q, lib: None)
+    monkeypatch.setattr(matching, "product", lambda q, lib, out=None: None)
     monkeypatch.setattr(matching, "amx", lambda: False)
     b = search_library(v2, batch, opts)
     np.testing.assert_array_equal(a.index, b.index)
     np.testing.assert_array_equal(a.scores, b.scores)
+
+
+@pytest.mark.parametrize("mass_filter", [None, 5.0])
+@pytest.mark.parametrize("top", [1, 10])
+def test_the_deferred_exact_stage_gives_the_hits_of_the_per_block_one(libs, mass_filter, top, monkeypatch) -> None:
+    """The exact stage at the end over the candidates' peaks (native kernel: matching._Deferred)
+    and the exact stage per block over every block's peaks: the same hits and scores."""
+    from neimsctl.io import native
+
+    if native.module() is None:
+        pytest.skip("the native kernel is not built here")
+    spectra, keys, mw, v2, _ = libs
+    batch = noisy_queries(spectra, mw, seed=7, n=40)
+    opts = SearchOptions(Score(), top=top, mass_filter=mass_filter,
+                         candidates={k.decode()[:14] for k in v2.inchikeys[::2] if k})
+    reads = []
+    real = SpectralIndex.peaks
+    monkeypatch.setattr(SpectralIndex, "peaks", lambda self, *a: reads.append(1) or real(self, *a))
+    a = search_library(v2, batch, opts)
+    assert reads                               # the candidates' peaks were read at the end
+    monkeypatch.setattr(native, "module", lambda: None)
+    b = search_library(v2, batch, opts)
+    assert len(reads) == 1
+    np.testing.assert_array_equal(a.index, b.index)
+    np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def test_peaks_of_spans_are_those_of_the_blocks(libs) -> None:
+    from neimsctl.errors import FormatError
+
+    *_, v2, v1 = libs
+    for lib in (v2, v1):
+        whole = lib.block(0, lib.n)
+        rows = np.array([5, 0, 77, 76, lib.n - 1])
+        ptr = lib._peak_ptr(0, lib.n)
+        got = lib.peaks(ptr[rows], ptr[rows + 1] - ptr[rows])
+        want = whole.take(rows)
+        np.testing.assert_array_equal(got.ptr, want.ptr)
+        np.testing.assert_array_equal(got.mz, want.mz)
+        np.testing.assert_array_equal(got.intensity, want.intensity)
+        assert len(lib.peaks(np.zeros(0, np.int64), np.zeros(0, np.int64))) == 0
+        with pytest.raises(FormatError, match="out of range"):
+            lib.peaks(np.array([int(ptr[-1])]), np.array([1]))
 
 
 def test_peak_lists_are_read_for_few_entries_and_other_scores(libs) -> None:

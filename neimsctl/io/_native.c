@@ -3,6 +3,12 @@
  *   dot(q, bits, out)   out[i, j] = sum_c q[i, c] * bf16(bits[j, c])  (float32 queries, bfloat16 library)
  *   norms(bits, out)    out[j] = sum_c bf16(bits[j, c])^2; returns the largest bit pattern
  *   amx()               True when dot() runs on the CPU's AMX tiles (else dot() is not available)
+ *   select(s, top, lo, hi, factor, rows, cols, vals)
+ *                       per row of first-pass scores: update the row's running top-k (``top``,
+ *                       descending) with its scores in [lo, hi), then write out every score there
+ *                       that is > 0 and >= factor x the row's k-th best; returns their count
+ *   pread_ranges(fd, offsets, sizes, out)
+ *                       read many byte ranges of a file into one buffer (the exact stage's peaks)
  *
  * dot() runs on Intel AMX (TDPBF16PS): the library block is read where it lies, 16 entries x 32
  * m/z columns a tile; each query is split into two bfloat16 parts, hi = bf16(q) and
@@ -21,7 +27,10 @@
 #include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <errno.h>
+#include <math.h>
 #include <string.h>
+#include <unistd.h>
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
 #define HAVE_AMX 1
@@ -214,7 +223,11 @@ static void dot_amx(const float *q, Py_ssize_t nq, const uint16_t *lib, Py_ssize
 static int get_2d(PyObject *obj, Py_buffer *view, const char *fmt, int writable, const char *name) {
     int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
     if (PyObject_GetBuffer(obj, view, flags) != 0) return -1;
-    if (view->ndim < 1 || view->ndim > 2 || strcmp(view->format, fmt) != 0) {
+    const char *f = view->format;
+    if (f[0] == '=' || f[0] == '<' || f[0] == '@') f++;      /* native order (x86-64: little-endian) */
+    int same = strcmp(f, fmt) == 0 ||        /* int64: 'l' on LP64, 'q' elsewhere */
+               (fmt[0] == 'l' && view->itemsize == 8 && (strcmp(f, "q") == 0 || strcmp(f, "l") == 0));
+    if (view->ndim < 1 || view->ndim > 2 || !same) {
         PyErr_Format(PyExc_TypeError, "%s: a C-contiguous 1- or 2-d array of format '%s'", name, fmt);
         PyBuffer_Release(view);
         return -1;
@@ -312,14 +325,153 @@ static PyObject *py_norms(PyObject *self, PyObject *args) {
     return ret;
 }
 
+/* ---- selection ------------------------------------------------------------------------------ */
+
+static Py_ssize_t select_rows(const float *s, Py_ssize_t m, Py_ssize_t n, float *top, Py_ssize_t k,
+                              const int64_t *lo, const int64_t *hi, double factor,
+                              int64_t *rows, int64_t *cols, float *vals) {
+    Py_ssize_t count = 0;
+    for (Py_ssize_t j = 0; j < m; j++) {
+        const float *row = s + j * n;
+        float *t = top + j * k;
+        Py_ssize_t a = lo[j] < 0 ? 0 : (Py_ssize_t)lo[j], b = hi[j] > n ? n : (Py_ssize_t)hi[j];
+        for (Py_ssize_t c = a; c < b; c++) {
+            float v = row[c];
+            if (v > t[k - 1]) {
+                Py_ssize_t p = k - 1;
+                while (p > 0 && t[p - 1] < v) {
+                    t[p] = t[p - 1];
+                    p--;
+                }
+                t[p] = v;
+            }
+        }
+        double thr = (double)t[k - 1] * factor;
+        for (Py_ssize_t c = a; c < b; c++) {
+            float v = row[c];
+            if (v > 0.0f && (double)v >= thr) {
+                rows[count] = j;
+                cols[count] = c;
+                vals[count] = v;
+                count++;
+            }
+        }
+    }
+    return count;
+}
+
+static PyObject *py_select(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *so, *to, *loo, *hio, *ro, *co, *vo;
+    double factor;
+    if (!PyArg_ParseTuple(args, "OOOOdOOO", &so, &to, &loo, &hio, &factor, &ro, &co, &vo)) return NULL;
+    Py_buffer bs, bt, blo, bhi, br, bc, bv;
+    Py_buffer *all[7] = {&bs, &bt, &blo, &bhi, &br, &bc, &bv};
+    PyObject *objs[7] = {so, to, loo, hio, ro, co, vo};
+    const char *fmts[7] = {"f", "f", "l", "l", "l", "l", "f"};
+    const char *names[7] = {"s", "top", "lo", "hi", "rows", "cols", "vals"};
+    int writable[7] = {0, 1, 0, 0, 1, 1, 1};
+    int got = 0;
+    PyObject *ret = NULL;
+    for (; got < 7; got++) {
+        if (get_2d(objs[got], all[got], fmts[got], writable[got], names[got]) != 0) goto done;
+        if (strcmp(fmts[got], "l") == 0 && all[got]->itemsize != 8) {
+            PyErr_Format(PyExc_TypeError, "%s: int64 expected", names[got]);
+            got++;
+            goto done;
+        }
+    }
+    Py_ssize_t m = dim(&bs, 0), n = dim(&bs, 1), k = dim(&bt, 1);
+    if (bs.ndim != 2 || bt.ndim != 2 || dim(&bt, 0) != m || k < 1 || dim(&blo, 1) != m || dim(&bhi, 1) != m ||
+        dim(&br, 1) < m * n || dim(&bc, 1) < m * n || dim(&bv, 1) < m * n) {
+        PyErr_SetString(PyExc_ValueError, "select: shapes (m, n), (m, k >= 1), (m,), (m,) and >= m n outputs expected");
+        goto done;
+    }
+    Py_ssize_t count;
+    Py_BEGIN_ALLOW_THREADS
+    count = select_rows((const float *)bs.buf, m, n, (float *)bt.buf, k, (const int64_t *)blo.buf,
+                        (const int64_t *)bhi.buf, factor, (int64_t *)br.buf, (int64_t *)bc.buf, (float *)bv.buf);
+    Py_END_ALLOW_THREADS
+    ret = PyLong_FromSsize_t(count);
+done:
+    for (int i = 0; i < got; i++) PyBuffer_Release(all[i]);
+    return ret;
+}
+
+/* ---- reads ----------------------------------------------------------------------------------- */
+
+static PyObject *py_pread_ranges(PyObject *self, PyObject *args) {
+    (void)self;
+    int fd;
+    PyObject *oo, *so, *bo;
+    if (!PyArg_ParseTuple(args, "iOOO", &fd, &oo, &so, &bo)) return NULL;
+    Py_buffer off, size, out;
+    if (get_2d(oo, &off, "l", 0, "offsets") != 0) return NULL;
+    if (get_2d(so, &size, "l", 0, "sizes") != 0) { PyBuffer_Release(&off); return NULL; }
+    if (PyObject_GetBuffer(bo, &out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) != 0) {
+        PyBuffer_Release(&off);
+        PyBuffer_Release(&size);
+        return NULL;
+    }
+    PyObject *ret = NULL;
+    Py_ssize_t m = dim(&off, 1);
+    const int64_t *o = (const int64_t *)off.buf, *z = (const int64_t *)size.buf;
+    int64_t total = 0;
+    int bad = off.itemsize != 8 || size.itemsize != 8 || dim(&size, 1) != m;
+    for (Py_ssize_t i = 0; !bad && i < m; i++) {
+        if (z[i] < 0 || o[i] < 0) bad = 1;
+        total += z[i];
+    }
+    if (bad || total > out.len) {
+        PyErr_SetString(PyExc_ValueError, "pread_ranges: int64 offsets and sizes >= 0, an output of their total size");
+        goto done;
+    }
+    int err = 0, eof = 0;
+    Py_BEGIN_ALLOW_THREADS
+    char *dst = (char *)out.buf;
+    for (Py_ssize_t i = 0; i < m && !err && !eof; i++) {
+        int64_t done = 0;
+        while (done < z[i]) {
+            ssize_t r = pread(fd, dst + done, (size_t)(z[i] - done), (off_t)(o[i] + done));
+            if (r < 0) {
+                if (errno == EINTR) continue;
+                err = errno;
+                break;
+            }
+            if (r == 0) {
+                eof = 1;
+                break;
+            }
+            done += r;
+        }
+        dst += z[i];
+    }
+    Py_END_ALLOW_THREADS
+    if (err) {
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+    } else if (eof) {
+        PyErr_SetString(PyExc_OSError, "file shorter than its datasets (truncated?)");
+    } else {
+        ret = PyLong_FromLongLong(total);
+    }
+done:
+    PyBuffer_Release(&off);
+    PyBuffer_Release(&size);
+    PyBuffer_Release(&out);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
+    {"select", py_select, METH_VARARGS, "select(s, top, lo, hi, factor, rows, cols, vals) -> count."},
+    {"pread_ranges", py_pread_ranges, METH_VARARGS, "pread_ranges(fd, offsets int64, sizes int64, out) -> bytes read."},
     {"amx", py_amx, METH_NOARGS, "True when dot() runs on AMX tiles here."},
     {"dot", py_dot, METH_VARARGS, "dot(q float32 (nq, w), bits uint16 (n, w), out float32 (nq, n))."},
     {"norms", py_norms, METH_VARARGS, "norms(bits uint16 (n, w), out float32 (n,)) -> largest bit pattern."},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_bf16", "bfloat16 kernels of the search", -1, methods,
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", "native kernels of the search", -1, methods,
                                     NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__bf16(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }

@@ -1,4 +1,4 @@
-"""The native bfloat16 kernels (neimsctl/io/_bf16.c) against numpy: the product on AMX tiles
+"""The native bfloat16 kernels (neimsctl/io/_native.c) against numpy: the product on AMX tiles
 within its stated margin, the norms and largest bit pattern exactly as the check needs them,
 and the switch that turns them off."""
 
@@ -10,13 +10,13 @@ import sys
 import numpy as np
 import pytest
 
-from neimsctl.io import bf16_native
+from neimsctl.io import native
 from neimsctl.io.peak_block import bf16_bits, bf16_values
 
-needs_amx = pytest.mark.skipif(not bf16_native.amx(), reason="no AMX tiles here (or the native kernel is not built)")
-needs_native = pytest.mark.skipif(bf16_native.native() is None, reason="the native kernel is not built here")
+needs_amx = pytest.mark.skipif(not native.amx(), reason="no AMX tiles here (or the native kernel is not built)")
+needs_native = pytest.mark.skipif(native.module() is None, reason="the native kernel is not built here")
 
-#: bf16_native.product's stated margin against the float32 product of the same values
+#: native.product's stated margin against the float32 product of the same values
 _REL = 1.2e-4
 
 
@@ -35,7 +35,7 @@ def test_product_within_margin(nq: int, n: int, w: int) -> None:
     rng = np.random.default_rng(nq * 1000 + w)
     q = _unit_rows(rng, nq, w, 0.3)
     bits = bf16_bits(_unit_rows(rng, n, w, 0.5))
-    got = bf16_native.product(q, bits)
+    got = native.product(q, bits)
     assert got is not None and got.shape == (nq, n) and got.dtype == np.float32
     exact = q.astype(np.float64) @ bf16_values(bits).astype(np.float64).T
     assert (np.abs(got - exact) <= _REL * exact + 1e-30).all()
@@ -54,7 +54,7 @@ def test_product_extremes() -> None:
     q[3, :] = np.float32(1.0 + 2 ** -20)
     lib = np.vstack([q[0], q[1], np.where(q[2] > 0, 1.0, 0.0), np.full(w, 0.125)]).astype(np.float32)
     bits = bf16_bits(lib)
-    got = bf16_native.product(q, bits)
+    got = native.product(q, bits)
     exact = q.astype(np.float64) @ bf16_values(bits).astype(np.float64).T
     assert (np.abs(got - exact) <= _REL * exact).all()
     assert got[0, 0] == 1.0
@@ -67,7 +67,7 @@ def test_norms_and_top(n: int, w: int) -> None:
     bits = bf16_bits(rng.random((n, w), dtype=np.float32))
     if n:
         bits[n // 2, w - 1] = 0x7FC0            # a NaN pattern: the largest bits, a NaN norm
-    norms, top = bf16_native.row_norms(bits)
+    norms, top = native.row_norms(bits)
     values = bf16_values(bits).astype(np.float64)
     want = (values * values).sum(axis=1)
     assert top == (int(bits.max()) if n else 0)
@@ -78,27 +78,83 @@ def test_norms_and_top(n: int, w: int) -> None:
 
 @needs_native
 def test_kernel_refuses_wrong_arrays() -> None:
-    mod = bf16_native.native()
+    mod = native.module()
     with pytest.raises(TypeError):
         mod.norms(np.zeros((2, 3), dtype=np.float32), np.zeros(2, dtype=np.float32))
     with pytest.raises(ValueError):
         mod.norms(np.zeros((2, 3), dtype=np.uint16), np.zeros(3, dtype=np.float32))
     with pytest.raises(ValueError, match="C-contiguous"):
         mod.norms(np.zeros((3, 2), dtype=np.uint16).T, np.zeros(2, dtype=np.float32))
-    if bf16_native.amx():
+    if native.amx():
         with pytest.raises(ValueError):
             mod.dot(np.zeros((2, 3), dtype=np.float32), np.zeros((4, 5), dtype=np.uint16),
                     np.zeros((2, 4), dtype=np.float32))
         with pytest.raises(ValueError, match="shapes"):
-            bf16_native.product(np.zeros((2, 3), dtype=np.float32), np.zeros((4, 5), dtype=np.uint16))
+            native.product(np.zeros((2, 3), dtype=np.float32), np.zeros((4, 5), dtype=np.uint16))
 
 
 def test_switch_turns_the_kernels_off() -> None:
     """``NEIMSCTL_NATIVE=0``: numpy computes the norms, no AMX product."""
-    code = ("import numpy as np; from neimsctl.io import bf16_native as b; "
+    code = ("import numpy as np; from neimsctl.io import native as b; "
             "n, t = b.row_norms(np.array([[0x3F80, 0]], dtype=np.uint16)); "
-            "print(b.native() is None, b.amx(), b.product(np.ones((1, 2), np.float32), np.ones((1, 2), np.uint16)), "
+            "print(b.module() is None, b.amx(), b.product(np.ones((1, 2), np.float32), np.ones((1, 2), np.uint16)), "
             "float(n[0]), t)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**__import__("os").environ, "NEIMSCTL_NATIVE": "0"}).stdout.split()
     assert out == ["True", "False", "None", "1.0", "16256"]
+
+
+def _select_reference(s: np.ndarray, top: np.ndarray, lo: np.ndarray, hi: np.ndarray, factor: float):
+    rows, cols, vals = [], [], []
+    for j in range(len(s)):
+        seg = s[j, lo[j]:hi[j]]
+        t = np.sort(np.concatenate([top[j], seg]))[::-1][:top.shape[1]]
+        top[j] = t
+        thr = float(t[-1]) * factor
+        for c in range(lo[j], hi[j]):
+            if s[j, c] > 0 and float(s[j, c]) >= thr:
+                rows.append(j), cols.append(c), vals.append(s[j, c])
+    return np.array(rows, np.int64), np.array(cols, np.int64), np.array(vals, np.float32)
+
+
+@needs_native
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_select_matches_a_reference(k: int) -> None:
+    """Running top-k over two blocks, windows cut inside and outside a row, rows with fewer than
+    ``k`` positive scores (every positive score is then a candidate), ties, zeros."""
+    rng = np.random.default_rng(k)
+    m, n = 7, 50
+    top_a = np.zeros((m, k), np.float32)
+    top_b = top_a.copy()
+    work: list[np.ndarray] = []
+    for block in range(2):
+        s = np.round(rng.random((m, n)), 2).astype(np.float32) * (rng.random((m, n)) < 0.6)
+        s[3] = 0.0                                   # a row without a positive score
+        s[4, :] = 0.0
+        s[4, 5] = 0.5                                # fewer than k positive scores
+        lo = rng.integers(0, n // 2, m)
+        hi = lo + rng.integers(0, n, m)              # beyond n: cut at n
+        got = native.select(s, top_a, lo, hi, 0.9, work)
+        want = _select_reference(s, top_b, lo, np.minimum(hi, n), 0.9)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+        np.testing.assert_array_equal(top_a, top_b)
+
+
+def test_pread_ranges_reads_and_refuses_a_short_file(tmp_path, monkeypatch) -> None:
+    """Ranges in any order and of size 0, with the kernel and without it; past the end: OSError."""
+    import os
+
+    data = bytes(range(256)) * 4
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for mod in ([native.module()] if native.module() is not None else []) + [None]:
+            monkeypatch.setattr(native, "module", lambda m=mod: m)
+            got = native.pread_ranges(fd, np.array([10, 0, 1000, 5]), np.array([3, 2, 24, 0]))
+            assert got.tobytes() == data[10:13] + data[0:2] + data[1000:1024]
+            with pytest.raises(OSError, match="shorter"):
+                native.pread_ranges(fd, np.array([1020]), np.array([8]))
+    finally:
+        os.close(fd)

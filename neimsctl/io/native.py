@@ -1,0 +1,131 @@
+"""The search's native kernels (``neimsctl/io/_native.c``), with numpy (or Python) doing the
+same where they are not built or the CPU lacks what they need.
+
+- :func:`row_norms`: every stored block's check (unit vectors) without widening it to float32;
+- :func:`product`: the cosine's first pass over stored weights, ``q @ bf16(bits).T``, on Intel
+  AMX tiles (``None`` where they are not available: the caller takes its float32 product);
+- :func:`select`: the first pass's candidates, against each query's running top-k first-pass
+  scores, in one pass over the scores (the search defers its exact stage to the end with it);
+- :func:`pread_ranges`: many small reads of a file in one call (the candidates' peaks).
+
+``NEIMSCTL_NATIVE=0`` in the environment turns both off (the numpy paths; for comparisons).
+The results agree within the search's margins either way, and its hits are the same (its exact
+stage scores every candidate in float64).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import numpy as np
+
+from neimsctl.io.peak_block import bf16_values
+
+__all__ = ["module", "amx", "row_norms", "product", "select", "pread_ranges"]
+
+
+@functools.lru_cache(maxsize=1)
+def module() -> Any:
+    """The compiled module, or ``None`` (not built, or turned off by ``NEIMSCTL_NATIVE=0``)."""
+    if os.environ.get("NEIMSCTL_NATIVE", "1").strip() == "0":
+        return None
+    try:
+        from neimsctl.io import _native
+    except ImportError:
+        return None
+    return _native
+
+
+def amx() -> bool:
+    """True when :func:`product` runs on AMX tiles here (a Linux x86-64 CPU with AMX-BF16)."""
+    mod = module()
+    return mod is not None and _tiles(mod)
+
+
+@functools.lru_cache(maxsize=2)
+def _tiles(mod: Any) -> bool:
+    return bool(mod.amx())
+
+
+def row_norms(bits: np.ndarray) -> tuple[np.ndarray, int]:
+    """Squared norms (float32, ``(n,)``) of the rows of bfloat16 bit patterns ``bits`` ``(n, w)``,
+    and the largest bit pattern (0 when empty)."""
+    bits = np.ascontiguousarray(bits, dtype=np.uint16)
+    if bits.ndim != 2:
+        raise ValueError(f"row_norms: a 2-d array expected, got shape {bits.shape}")
+    out = np.empty(len(bits), dtype=np.float32)
+    mod = module()
+    if mod is not None:
+        return out, int(mod.norms(bits, out))
+    values = bf16_values(bits)
+    np.einsum("ij,ij->i", values, values, out=out)
+    return out, int(bits.max()) if bits.size else 0
+
+
+def product(q: np.ndarray, bits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | None:
+    """``q @ bf16(bits).T`` as float32 ``(len(q), len(bits))`` within relative 1.2e-4 of the
+    float32 product (weights >= 0, finite; see ``_native.c``), or ``None`` without AMX here;
+    written into ``out`` (a float32 array of at least that size, reused) when given."""
+    if not amx():
+        return None
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    bits = np.ascontiguousarray(bits, dtype=np.uint16)
+    if q.ndim != 2 or bits.ndim != 2 or q.shape[1] != bits.shape[1]:
+        raise ValueError(f"product: shapes (nq, w) and (n, w) expected, got {q.shape} and {bits.shape}")
+    shape = (len(q), len(bits))
+    if out is None or out.size < shape[0] * shape[1]:
+        out = np.empty(shape, dtype=np.float32)
+    else:                   # a buffer kept from an earlier call (``out`` of at least this size)
+        out = out.reshape(-1)[:shape[0] * shape[1]].reshape(shape)
+    module().dot(q, bits, out)
+    return out
+
+
+def select(s: np.ndarray, top: np.ndarray, lo: np.ndarray, hi: np.ndarray, factor: float,
+           work: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidates of first-pass scores ``s`` ``(m, n)`` (native kernel only: see :func:`module`).
+
+    For each row ``j``: its running top-k ``top[j]`` (float32 ``(m, k)``, descending, 0 = no
+    score yet; updated in place) takes in the scores ``s[j, lo[j]:hi[j]]``; then every score there
+    that is > 0 and >= ``factor`` x the row's k-th best (its smallest kept) is a candidate.
+    Returns ``(rows, cols, values)`` of the candidates, row by row, columns ascending (copies).
+    ``work``: a list that keeps the output buffers from one call to the next (a fresh buffer per
+    block of 4,096 entries cost its page faults: 45 of 490 ms in a 1,000-query search).
+    """
+    mod = module()
+    s = np.ascontiguousarray(s, dtype=np.float32)
+    m, n = s.shape
+    lo = np.ascontiguousarray(lo, dtype=np.int64)
+    hi = np.ascontiguousarray(hi, dtype=np.int64)
+    work = [] if work is None else work
+    if not work or len(work[0]) < m * n:
+        work[:] = [np.empty(m * n, dtype=np.int64), np.empty(m * n, dtype=np.int64), np.empty(m * n, dtype=np.float32)]
+    rows, cols, vals = work
+    count = mod.select(s, top, lo, hi, float(factor), rows, cols, vals)
+    return rows[:count].copy(), cols[:count].copy(), vals[:count].copy()
+
+
+def pread_ranges(fd: int, offsets: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """The byte ranges ``offsets[i] .. offsets[i] + sizes[i]`` of the open file ``fd``, one after
+    another, as a uint8 array (native kernel, else ``os.pread`` per range). ``OSError`` when the
+    file ends before a range does."""
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    sizes = np.ascontiguousarray(sizes, dtype=np.int64)
+    out = np.empty(int(sizes.sum()), dtype=np.uint8)
+    mod = module()
+    if mod is not None:
+        mod.pread_ranges(fd, offsets, sizes, out)
+        return out
+    pos = 0
+    for off, size in zip(offsets.tolist(), sizes.tolist()):
+        done = 0
+        while done < size:
+            data = os.pread(fd, size - done, off + done)
+            if not data:
+                raise OSError("file shorter than its datasets (truncated?)")
+            out[pos + done:pos + done + len(data)] = np.frombuffer(data, dtype=np.uint8)
+            done += len(data)
+        pos += size
+    return out
