@@ -72,7 +72,7 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple
 import numpy as np
 
 from neimsctl.errors import FormatError, InputError
-from neimsctl.io.native import amx, module, product
+from neimsctl.io.native import amx, module, product, product_select
 from neimsctl.io.native import select as native_select
 from neimsctl.io.peak_block import PeakBlock, bf16_bits, bf16_values, cosine_weights, row_sums
 from neimsctl.io.spectral_index import DenseChunk
@@ -694,27 +694,27 @@ class _Deferred:
         self.factor = (1.0 - _STORED_REL) / (1.0 + _STORED_REL) * (1.0 - 1e-6)
         self.parts: list[tuple[np.ndarray, ...]] = []
         self.work: list[np.ndarray] = []
-        self.scores: np.ndarray | None = None
 
     def add(self, q: _Queries, sel: np.ndarray, start: int, chunk: DenseChunk,
             windows: tuple[np.ndarray, np.ndarray] | None, ok: np.ndarray | None) -> None:
         lib = chunk.weights
+        n = len(lib)
         qv = np.ascontiguousarray(q.values[sel, :lib.shape[1]])
-        s = product(qv, lib, self.scores) if lib.dtype == np.uint16 else _mm(qv, lib.T)
-        assert s is not None            # uint16 weights only where the AMX product is (search_blocks)
-        if self.scores is None or s.size > self.scores.size:
-            self.scores = s             # reused by the next block's product
-        chunk.release()
-        n = s.shape[1]
-        if ok is not None:
-            s[:, ~ok] = 0.0
         if windows is not None:
             lo = np.clip(windows[0][sel] - start, 0, n)
             hi = np.clip(windows[1][sel] - start, 0, n)
         else:
             lo, hi = np.zeros(len(sel), np.int64), np.full(len(sel), n, np.int64)
         top = np.ascontiguousarray(self.top[sel])
-        rows, cols, vals = native_select(s, top, lo, hi, self.factor, self.work)
+        if lib.dtype == np.uint16:          # AMX tiles (search_blocks): no score matrix
+            rows, cols, vals = product_select(qv, lib, top, lo, hi, ok, self.factor, self.work)
+            chunk.release()
+        else:
+            s = _mm(qv, lib.T)
+            chunk.release()
+            if ok is not None:
+                s[:, ~ok] = 0.0
+            rows, cols, vals = native_select(s, top, lo, hi, self.factor, self.work)
         self.top[sel] = top
         if len(rows):
             ptr = chunk.ptr

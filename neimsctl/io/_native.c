@@ -149,7 +149,7 @@ static void pack_queries(const float *q, Py_ssize_t nq, Py_ssize_t w, Py_ssize_t
     }
 }
 
-static void scatter(const float tile[16][16], Py_ssize_t j0, Py_ssize_t ne, Py_ssize_t i0, Py_ssize_t ni,
+static void scatter(const float (*tile)[16], Py_ssize_t j0, Py_ssize_t ne, Py_ssize_t i0, Py_ssize_t ni,
                     Py_ssize_t n, float *out) {
     for (Py_ssize_t i = 0; i < ni; i++) {
         float *dst = out + (i0 + i) * n + j0;
@@ -157,11 +157,88 @@ static void scatter(const float tile[16][16], Py_ssize_t j0, Py_ssize_t ne, Py_s
     }
 }
 
+/* The fused selection (dot_select): instead of the score matrix, each 16 x 16 tile of scores
+ * updates its queries' running top-k and writes out the candidates, every score in the query's
+ * window (and an allowed entry) that is > 0 and >= factor x the query's k-th best so far. The
+ * k-th best only grows, so a candidate by the final k-th best is a candidate when it is seen. */
+typedef struct {
+    float *top;                     /* (nq, k), descending, 0 = empty */
+    Py_ssize_t k;
+    const int64_t *lo, *hi;         /* (nq,): each query's window, entries of the block */
+    const uint8_t *ok;              /* (n,) allowed entries, or NULL */
+    float factor;
+    int64_t *rows, *cols;
+    float *vals;
+    Py_ssize_t cap, count;          /* count may pass cap: then nothing past cap is written */
+} sink_t;
+
+static void insert_top(float *t, Py_ssize_t k, float v) {
+    Py_ssize_t p = k - 1;
+    while (p > 0 && t[p - 1] < v) {
+        t[p] = t[p - 1];
+        p--;
+    }
+    t[p] = v;
+}
+
+__attribute__((target("avx512f")))
+static void consume(sink_t *S, const float (*tile)[16], Py_ssize_t j0, Py_ssize_t ne, Py_ssize_t i0, Py_ssize_t ni) {
+    float kth[16] __attribute__((aligned(64))), thr[16] __attribute__((aligned(64)));
+    int32_t lo[16] __attribute__((aligned(64))), hi[16] __attribute__((aligned(64)));
+    Py_ssize_t k = S->k;
+    for (int i = 0; i < 16; i++) {
+        if (i < ni) {
+            kth[i] = S->top[(i0 + i) * k + k - 1];
+            thr[i] = kth[i] * S->factor;
+            lo[i] = (int32_t)S->lo[i0 + i];
+            hi[i] = (int32_t)S->hi[i0 + i];
+        } else {
+            kth[i] = thr[i] = INFINITY;
+            lo[i] = 1;
+            hi[i] = 0;
+        }
+    }
+    __m512 kv = _mm512_load_ps(kth), tv = _mm512_load_ps(thr), zero = _mm512_setzero_ps();
+    __m512i lov = _mm512_load_si512(lo), hiv = _mm512_load_si512(hi);
+    for (Py_ssize_t e = 0; e < ne; e++) {
+        int32_t j = (int32_t)(j0 + e);
+        if (S->ok && !S->ok[j]) continue;
+        __m512i jv = _mm512_set1_epi32(j);
+        __mmask16 win = _mm512_cmple_epi32_mask(lov, jv) & _mm512_cmpgt_epi32_mask(hiv, jv);
+        if (!win) continue;
+        __m512 row = _mm512_load_ps(tile[e]);
+        __mmask16 ins = _mm512_mask_cmp_ps_mask(win, row, kv, _CMP_GT_OQ);
+        if (ins) {
+            while (ins) {
+                int i = __builtin_ctz(ins);
+                float *t = S->top + (i0 + i) * k;
+                insert_top(t, k, tile[e][i]);
+                kth[i] = t[k - 1];
+                thr[i] = kth[i] * S->factor;
+                ins &= (__mmask16)(ins - 1);
+            }
+            kv = _mm512_load_ps(kth);
+            tv = _mm512_load_ps(thr);
+        }
+        __mmask16 em = _mm512_mask_cmp_ps_mask(win, row, tv, _CMP_GE_OQ) & _mm512_cmp_ps_mask(row, zero, _CMP_GT_OQ);
+        while (em) {
+            int i = __builtin_ctz(em);
+            if (S->count < S->cap) {
+                S->rows[S->count] = i0 + i;
+                S->cols[S->count] = j;
+                S->vals[S->count] = tile[e][i];
+            }
+            S->count++;
+            em &= (__mmask16)(em - 1);
+        }
+    }
+}
+
 /* tiles: 0 = A (16 entries x 32 columns), 1/2 = B hi/lo of group g, 3/4 = of group g + 1,
  * 5/6 = C of groups g and g + 1 (16 entries x 16 queries, float32) */
 __attribute__((target("amx-tile,amx-bf16,avx512f")))
 static void dot_amx(const float *q, Py_ssize_t nq, const uint16_t *lib, Py_ssize_t n, Py_ssize_t w,
-                    float *out, uint16_t *bhi, uint16_t *blo, uint16_t *pad) {
+                    float *out, sink_t *sink, uint16_t *bhi, uint16_t *blo, uint16_t *pad) {
     Py_ssize_t nk = (w + 31) / 32, ng = (nq + 15) / 16;
     pack_queries(q, nq, w, nk, ng, bhi, blo);
     tilecfg_t cfg;
@@ -204,13 +281,16 @@ static void dot_amx(const float *q, Py_ssize_t nq, const uint16_t *lib, Py_ssize
                     _tile_dpbf16ps(6, 0, 4);
                 }
             }
-            _tile_stored(5, tile, 64);
-            Py_ssize_t ni = nq - g * 16 < 16 ? nq - g * 16 : 16;
-            scatter(tile, j0, ne, g * 16, ni, n, out);
-            if (two) {
-                _tile_stored(6, tile, 64);
-                ni = nq - (g + 1) * 16 < 16 ? nq - (g + 1) * 16 : 16;
-                scatter(tile, j0, ne, (g + 1) * 16, ni, n, out);
+            for (int h = 0; h < 1 + two; h++) {
+                if (h)
+                    _tile_stored(6, tile, 64);
+                else
+                    _tile_stored(5, tile, 64);
+                Py_ssize_t i0 = (g + h) * 16, ni = nq - i0 < 16 ? nq - i0 : 16;
+                if (sink)
+                    consume(sink, (const float (*)[16])tile, j0, ne, i0, ni);
+                else
+                    scatter((const float (*)[16])tile, j0, ne, i0, ni, n, out);
             }
         }
     }
@@ -273,7 +353,7 @@ static PyObject *py_dot(PyObject *self, PyObject *args) {
             PyErr_NoMemory();
         } else {
             Py_BEGIN_ALLOW_THREADS
-            dot_amx((const float *)q.buf, nq, (const uint16_t *)lib.buf, n, w, (float *)out.buf, bhi, blo, pad);
+            dot_amx((const float *)q.buf, nq, (const uint16_t *)lib.buf, n, w, (float *)out.buf, NULL, bhi, blo, pad);
             Py_END_ALLOW_THREADS
             ret = Py_None;
             Py_INCREF(ret);
@@ -323,6 +403,67 @@ static PyObject *py_norms(PyObject *self, PyObject *args) {
     PyBuffer_Release(&bits);
     PyBuffer_Release(&out);
     return ret;
+}
+
+static PyObject *py_dot_select(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *objs[9];
+    double factor;
+    if (!PyArg_ParseTuple(args, "OOOOOOdOOO", &objs[0], &objs[1], &objs[2], &objs[3], &objs[4], &objs[5], &factor,
+                          &objs[6], &objs[7], &objs[8]))
+        return NULL;
+#ifdef HAVE_AMX
+    if (!amx_usable()) {
+        PyErr_SetString(PyExc_RuntimeError, "dot_select: this CPU or kernel offers no AMX bf16 tiles");
+        return NULL;
+    }
+    Py_buffer b[9];
+    const char *fmts[9] = {"f", "H", "f", "l", "l", "B", "l", "l", "f"};
+    const char *names[9] = {"q", "bits", "top", "lo", "hi", "ok", "rows", "cols", "vals"};
+    int writable[9] = {0, 0, 1, 0, 0, 0, 1, 1, 1};
+    int got = 0;
+    PyObject *ret = NULL;
+    for (; got < 9; got++)
+        if (get_2d(objs[got], &b[got], fmts[got], writable[got], names[got]) != 0) goto done;
+    Py_ssize_t nq = dim(&b[0], 0), w = dim(&b[0], 1), n = dim(&b[1], 0), k = dim(&b[2], 1);
+    Py_ssize_t nok = dim(&b[5], 1), cap = dim(&b[6], 1);
+    if (b[0].ndim != 2 || b[1].ndim != 2 || b[2].ndim != 2 || dim(&b[1], 1) != w || dim(&b[2], 0) != nq || k < 1 ||
+        dim(&b[3], 1) != nq || dim(&b[4], 1) != nq || (nok != 0 && nok != n) || dim(&b[7], 1) != cap ||
+        dim(&b[8], 1) != cap || n > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "dot_select: shapes (nq, w), (n, w), (nq, k), (nq,), (nq,), (n,) or (0,), "
+                                          "and three outputs of one size expected");
+        goto done;
+    }
+    sink_t S = {(float *)b[2].buf, k, (const int64_t *)b[3].buf, (const int64_t *)b[4].buf,
+                nok ? (const uint8_t *)b[5].buf : NULL, (float)factor, (int64_t *)b[6].buf, (int64_t *)b[7].buf,
+                (float *)b[8].buf, cap, 0};
+    if (nq > 0 && n > 0 && w > 0) {
+        Py_ssize_t nk = (w + 31) / 32, ng = (nq + 15) / 16;
+        uint16_t *bhi = aligned_alloc(64, (size_t)((ng * nk * 512 * 2 + 31) / 32 * 32) * 2);
+        uint16_t *blo = bhi ? bhi + ng * nk * 512 : NULL;
+        uint16_t *pad = aligned_alloc(64, (size_t)((16 * nk * 32 + 31) / 32 * 32) * 2);
+        if (!bhi || !pad) {
+            free(bhi);
+            free(pad);
+            PyErr_NoMemory();
+            goto done;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        dot_amx((const float *)b[0].buf, nq, (const uint16_t *)b[1].buf, n, w, NULL, &S, bhi, blo, pad);
+        Py_END_ALLOW_THREADS
+        free(bhi);
+        free(pad);
+    }
+    ret = PyLong_FromSsize_t(S.count);
+done:
+    for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
+    return ret;
+#else
+    (void)objs;
+    (void)factor;
+    PyErr_SetString(PyExc_RuntimeError, "dot_select: built without AMX support");
+    return NULL;
+#endif
 }
 
 /* ---- selection ------------------------------------------------------------------------------ */
@@ -464,6 +605,8 @@ done:
 
 static PyMethodDef methods[] = {
     {"select", py_select, METH_VARARGS, "select(s, top, lo, hi, factor, rows, cols, vals) -> count."},
+    {"dot_select", py_dot_select, METH_VARARGS,
+     "dot_select(q, bits, top, lo, hi, ok, factor, rows, cols, vals) -> count (past len(rows): call again)."},
     {"pread_ranges", py_pread_ranges, METH_VARARGS, "pread_ranges(fd, offsets int64, sizes int64, out) -> bytes read."},
     {"amx", py_amx, METH_NOARGS, "True when dot() runs on AMX tiles here."},
     {"dot", py_dot, METH_VARARGS, "dot(q float32 (nq, w), bits uint16 (n, w), out float32 (nq, n))."},

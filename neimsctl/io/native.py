@@ -23,7 +23,7 @@ import numpy as np
 
 from neimsctl.io.peak_block import bf16_values
 
-__all__ = ["module", "amx", "row_norms", "product", "select", "pread_ranges"]
+__all__ = ["module", "amx", "row_norms", "product", "select", "product_select", "pread_ranges"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -105,6 +105,34 @@ def select(s: np.ndarray, top: np.ndarray, lo: np.ndarray, hi: np.ndarray, facto
     rows, cols, vals = work
     count = mod.select(s, top, lo, hi, float(factor), rows, cols, vals)
     return rows[:count].copy(), cols[:count].copy(), vals[:count].copy()
+
+
+def product_select(q: np.ndarray, bits: np.ndarray, top: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                   ok: np.ndarray | None, factor: float, work: list[np.ndarray] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`product` and :func:`select` in one pass on AMX tiles (only where :func:`amx`), with
+    no score matrix: each tile of scores updates the running top-k ``top`` and gives its
+    candidates at once, against the k-th best so far (which only grows, so every candidate of
+    :func:`select` is among them, and a few more). ``ok``: bool ``(n,)`` allowed entries, or
+    ``None``. Returns ``(rows, cols, values)`` (copies), in no particular order."""
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    bits = np.ascontiguousarray(bits, dtype=np.uint16)
+    lo = np.ascontiguousarray(lo, dtype=np.int64)
+    hi = np.ascontiguousarray(hi, dtype=np.int64)
+    allowed = np.zeros(0, np.uint8) if ok is None else np.ascontiguousarray(ok, dtype=np.uint8)
+    work = [] if work is None else work
+    before = top.copy()
+    while True:
+        if not work:
+            size = max(1 << 16, 8 * top.size)
+            work[:] = [np.empty(size, dtype=np.int64), np.empty(size, dtype=np.int64), np.empty(size, dtype=np.float32)]
+        rows, cols, vals = work
+        count = module().dot_select(q, bits, top, lo, hi, allowed, float(factor), rows, cols, vals)
+        if count <= len(rows):
+            return rows[:count].copy(), cols[:count].copy(), vals[:count].copy()
+        top[...] = before                   # not all written: again, from the same top-k, with room
+        size = 2 * count
+        work[:] = [np.empty(size, dtype=np.int64), np.empty(size, dtype=np.int64), np.empty(size, dtype=np.float32)]
 
 
 def pread_ranges(fd: int, offsets: np.ndarray, sizes: np.ndarray) -> np.ndarray:

@@ -744,3 +744,20 @@ def test_rejected_queries_shown_ten_then_one_line(index, tmp_path):
     assert len(rej.read_bytes().splitlines()) == 12
     verbose = run(None, "search", q, "-l", index, "-v").stderr.decode()
     assert verbose.count("skipped") == 12 and "not shown" not in verbose
+
+
+@pytest.mark.parametrize("extra", [[], ["--mass-filter", "5"], ["--mass-filter", "5", "-k", "1"]])
+def test_without_the_native_extension_the_hits_are_the_same(neimsctl_exe, index, sample_msp, tmp_path, extra):
+    """``NEIMSCTL_NATIVE=0`` (numpy's first pass and per-block exact stage, what a machine
+    without a C compiler or without AMX runs) and the default: byte-identical hits."""
+    import os
+
+    q = tmp_path / "q.msp"
+    q.write_bytes(first_records(sample_msp, 60))
+    outs = []
+    for native in ("1", "0"):
+        p = subprocess.run([neimsctl_exe, "search", str(q), "-l", str(index), "-q", *extra], capture_output=True,
+                           timeout=120, env={**os.environ, "NEIMSCTL_NATIVE": native})
+        assert p.returncode == 0, p.stderr
+        outs.append(p.stdout)
+    assert outs[0] == outs[1] and outs[0].count(b"\n") > 60

@@ -158,3 +158,33 @@ def test_pread_ranges_reads_and_refuses_a_short_file(tmp_path, monkeypatch) -> N
                 native.pread_ranges(fd, np.array([1020]), np.array([8]))
     finally:
         os.close(fd)
+
+
+@needs_amx
+@pytest.mark.parametrize("k", [1, 5])
+def test_product_select_keeps_every_candidate_of_select(k: int) -> None:
+    """The fused pass (no score matrix) ends with the same running top-k as product + select, and
+    its candidates hold theirs (it compares each score with the k-th best so far, which only
+    grows); windows, an allowed mask and an output too small at first (the call is made again
+    from the same top-k)."""
+    rng = np.random.default_rng(k)
+    nq, n, w = 37, 300, 70
+    q = _unit_rows(rng, nq, w, 0.3)
+    top_a = np.zeros((nq, k), np.float32)
+    top_b = top_a.copy()
+    work = [np.empty(4, np.int64), np.empty(4, np.int64), np.empty(4, np.float32)]     # too small: grows
+    for block in range(3):
+        bits = bf16_bits(_unit_rows(rng, n, w, 0.5))
+        lo = rng.integers(0, n // 2, nq)
+        hi = np.minimum(lo + rng.integers(0, n, nq), n)
+        ok = rng.random(n) < 0.8
+        got = native.product_select(q, bits, top_a, lo, hi, ok, 0.95, work)
+        s = native.product(q, bits)
+        s[:, ~ok] = 0.0
+        want = native.select(s, top_b, lo, hi, 0.95)
+        np.testing.assert_array_equal(top_a, top_b)
+        got_pairs = dict(zip(zip(got[0].tolist(), got[1].tolist()), got[2].tolist()))
+        for r, c, v in zip(*want):
+            assert got_pairs[(r, c)] == v
+        assert all(ok[c] and lo[r] <= c < hi[r] and v > 0 for (r, c), v in got_pairs.items())
+    assert len(work[0]) > 4
