@@ -25,8 +25,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from neimsctl.errors import FormatError, shown
-from neimsctl.evaluate.matching import Score, TopK, pair_scores, search_blocks, use_bf16
-from neimsctl.io import native
+from neimsctl.evaluate.matching import Score, TopK, defers, pair_scores, search_blocks, use_bf16
 from neimsctl.io.inchikey import is_inchikey
 from neimsctl.io.peak_block import PeakBlock, bin_batch, check_peaks
 from neimsctl.io.rejects import Reject, Tally
@@ -362,7 +361,7 @@ def search_library(lib: SpectralIndex, batch: QueryBatch, opts: SearchOptions) -
         floor = _warm_floor(lib, batch, opts) if opts.score.name == "composite" else None
         return search_blocks(batch.block, _chunks(lib, ranges, size, windows), opts.score, opts.top,
                              windows=windows, allowed=allowed, bf16=bf16, floor=floor)
-    defer = native.module() is not None         # the exact stage at the end, from the candidates' peaks
+    defer = defers(opts.score, opts.top)        # the exact stage at the end, from the candidates' peaks
     return search_blocks(batch.block, _dense_chunks(lib, blocks, not bf16, peaks=not defer), opts.score, opts.top,
                          windows=windows, allowed=allowed, bf16=bf16, peaks=lib.peaks if defer else None)
 

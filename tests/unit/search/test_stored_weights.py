@@ -115,7 +115,9 @@ def test_the_deferred_exact_stage_gives_the_hits_of_the_per_block_one(libs, mass
     monkeypatch.setattr(SpectralIndex, "peaks", lambda self, *a: reads.append(1) or real(self, *a))
     a = search_library(v2, batch, opts)
     assert reads                               # the candidates' peaks were read at the end
-    monkeypatch.setattr(native, "module", lambda: None)
+    from neimsctl.evaluate import matching
+
+    monkeypatch.setattr(matching, "_DEFER_MAX_K", top - 1)     # more hits asked for: per block
     b = search_library(v2, batch, opts)
     assert len(reads) == 1
     np.testing.assert_array_equal(a.index, b.index)
