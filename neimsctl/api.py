@@ -111,7 +111,9 @@ class SpectrumPredictor:
     """Predict EI mass spectra (m/z 0..500, linear intensity, base peak 1) from SMILES.
 
     Every method runs the pipeline of ``neimsctl predict`` (the same featurizer, model call,
-    chunking and defaults), so the same molecules give the same spectra through both.
+    chunking and defaults), so the same molecules give the same spectra through both (a single
+    molecule's call on a CPU with AMX tiles: within bf16 rounding, see
+    :mod:`neimsctl.models.student_stack`).
 
     Parameters
     ----------

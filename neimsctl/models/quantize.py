@@ -53,13 +53,18 @@ INT8_SKIP = {"student": (".down",)}
 MIN_COSINE = 0.995
 
 
-def cpu_has_bf16() -> bool:
-    """True when the CPU computes bf16 natively (``avx512_bf16`` or ``amx_bf16``, Linux)."""
+def cpu_flags() -> str:
+    """The start of ``/proc/cpuinfo`` (its first CPU's flags; empty where there is none)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            flags = fh.read(1 << 16)
+            return fh.read(1 << 16)
     except OSError:
-        return False
+        return ""
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU computes bf16 natively (``avx512_bf16`` or ``amx_bf16``, Linux)."""
+    flags = cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 

@@ -16,7 +16,11 @@ leading member axis and runs every layer once for all of them with a batched mat
   by one at batch 1 differed from the batch on 5 of 8,000, in the last bits of a few bins:
   a one-row ``nn.Linear`` of a narrow layer such as the fragment mix, 512 -> 4, sums in another
   order). So the stack is not bit for bit a member's own one-row forward pass: it differs from
-  it exactly where that differs from the batch. A probe molecule run both ways when the stack
+  it exactly where that differs from the batch. On a CPU with AMX tiles, which oneDNN takes for
+  the batch's bf16 products but not for one row, a few molecules' spectra differ from the
+  batch's near bf16 midpoints (8 of 284 sample molecules; cosine >= 0.9999998, at most 9.4e-4
+  of the base peak); ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`` in the environment makes them
+  equal again, for ~15 % of ``predict``'s throughput there (BENCHMARKS.md, session 27). A probe molecule run both ways when the stack
   is built catches systematic differences (for narrow fp32 shapes, e.g. the compact gate's
   64 -> 4, BLAS takes other kernels): :meth:`StudentStack.build` then declines.
 - **The experts run densely.** Every member's every expert runs on the molecule (one
