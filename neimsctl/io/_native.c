@@ -317,6 +317,9 @@ static int get_2d(PyObject *obj, Py_buffer *view, const char *fmt, int writable,
 
 static Py_ssize_t dim(const Py_buffer *v, int k) { return v->ndim == 2 ? v->shape[k] : (k ? v->shape[0] : 1); }
 
+/* the length of a 1-d argument, -1 for a 2-d one (a (0, n) array holds nothing) */
+static Py_ssize_t len1(const Py_buffer *v) { return v->ndim == 1 ? v->shape[0] : -1; }
+
 static PyObject *py_amx(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
@@ -426,10 +429,10 @@ static PyObject *py_dot_select(PyObject *self, PyObject *args) {
     for (; got < 9; got++)
         if (get_2d(objs[got], &b[got], fmts[got], writable[got], names[got]) != 0) goto done;
     Py_ssize_t nq = dim(&b[0], 0), w = dim(&b[0], 1), n = dim(&b[1], 0), k = dim(&b[2], 1);
-    Py_ssize_t nok = dim(&b[5], 1), cap = dim(&b[6], 1);
+    Py_ssize_t nok = len1(&b[5]), cap = len1(&b[6]);
     if (b[0].ndim != 2 || b[1].ndim != 2 || b[2].ndim != 2 || dim(&b[1], 1) != w || dim(&b[2], 0) != nq || k < 1 ||
-        dim(&b[3], 1) != nq || dim(&b[4], 1) != nq || (nok != 0 && nok != n) || dim(&b[7], 1) != cap ||
-        dim(&b[8], 1) != cap || n > INT32_MAX) {
+        len1(&b[3]) != nq || len1(&b[4]) != nq || (nok != 0 && nok != n) || cap < 0 || len1(&b[7]) != cap ||
+        len1(&b[8]) != cap || n > INT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "dot_select: shapes (nq, w), (n, w), (nq, k), (nq,), (nq,), (n,) or (0,), "
                                           "and three outputs of one size expected");
         goto done;
@@ -523,8 +526,8 @@ static PyObject *py_select(PyObject *self, PyObject *args) {
         }
     }
     Py_ssize_t m = dim(&bs, 0), n = dim(&bs, 1), k = dim(&bt, 1);
-    if (bs.ndim != 2 || bt.ndim != 2 || dim(&bt, 0) != m || k < 1 || dim(&blo, 1) != m || dim(&bhi, 1) != m ||
-        dim(&br, 1) < m * n || dim(&bc, 1) < m * n || dim(&bv, 1) < m * n) {
+    if (bs.ndim != 2 || bt.ndim != 2 || dim(&bt, 0) != m || k < 1 || len1(&blo) != m || len1(&bhi) != m ||
+        len1(&br) < m * n || len1(&bc) < m * n || len1(&bv) < m * n) {
         PyErr_SetString(PyExc_ValueError, "select: shapes (m, n), (m, k >= 1), (m,), (m,) and >= m n outputs expected");
         goto done;
     }
@@ -555,10 +558,10 @@ static PyObject *py_pread_ranges(PyObject *self, PyObject *args) {
         return NULL;
     }
     PyObject *ret = NULL;
-    Py_ssize_t m = dim(&off, 1);
+    Py_ssize_t m = len1(&off);
     const int64_t *o = (const int64_t *)off.buf, *z = (const int64_t *)size.buf;
     int64_t total = 0;
-    int bad = off.itemsize != 8 || size.itemsize != 8 || dim(&size, 1) != m;
+    int bad = off.itemsize != 8 || size.itemsize != 8 || m < 0 || len1(&size) != m;
     for (Py_ssize_t i = 0; !bad && i < m; i++) {
         if (z[i] < 0 || o[i] < 0) bad = 1;
         total += z[i];

@@ -93,6 +93,44 @@ def test_kernel_refuses_wrong_arrays() -> None:
             native.product(np.zeros((2, 3), dtype=np.float32), np.zeros((4, 5), dtype=np.uint16))
 
 
+#: calls whose 1-d arguments come as 2-d arrays holding nothing ((0, n): their second dimension
+#: was taken for a length): each must raise ValueError
+_HOSTILE_CALLS = """
+import numpy as np
+from neimsctl.io import native
+mod, f32, i64 = native.module(), np.float32, np.int64
+s, top, lo, hi = np.ones((4, 100), f32), np.zeros((4, 2), f32), np.zeros(4, i64), np.full(4, 100, i64)
+calls = [
+    lambda: mod.select(s, top, lo, hi, 0.5, np.empty((0, 400), i64), np.empty((0, 400), i64), np.empty((0, 400), f32)),
+    lambda: mod.select(s, top, np.empty((0, 4), i64), np.empty((0, 4), i64), 0.5, np.empty(400, i64),
+                       np.empty(400, i64), np.empty(400, f32)),
+    lambda: mod.pread_ranges(0, np.empty((0, 100), i64), np.full(100, 10, i64), np.empty(1000, np.uint8)),
+]
+if native.amx():
+    q, bits = np.ones((16, 64), f32), np.full((1000, 64), 0x3F80, np.uint16)
+    top16, lo16, hi16 = np.zeros((16, 2), f32), np.zeros(16, i64), np.full(16, 1000, i64)
+    calls.append(lambda: mod.dot_select(q, bits, top16, lo16, hi16, np.zeros(0, np.uint8), 0.0,
+                                        np.empty((0, 99999), i64), np.empty((0, 99999), i64), np.empty((0, 99999), f32)))
+    calls.append(lambda: mod.dot_select(q, bits, top16, lo16, hi16, np.zeros((0, 1000), np.uint8), 0.0,
+                                        np.empty(9, i64), np.empty(9, i64), np.empty(9, f32)))
+for call in calls:
+    try:
+        call()
+        print("returned")
+    except ValueError:
+        print("ValueError")
+"""
+
+
+@needs_native
+def test_kernel_refuses_arrays_that_would_read_or_write_past_them() -> None:
+    """A (0, n) array where a vector is expected is refused (it was taken as n long: the kernels
+    read and wrote past it)."""
+    run = subprocess.run([sys.executable, "-c", _HOSTILE_CALLS], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.split()
+    assert lines and set(lines) == {"ValueError"}, run.stdout
+
 def test_switch_turns_the_kernels_off() -> None:
     """``NEIMSCTL_NATIVE=0``: numpy computes the norms, no AMX product."""
     code = ("import numpy as np; from neimsctl.io import native as b; "
