@@ -563,8 +563,8 @@ static PyObject *py_pread_ranges(PyObject *self, PyObject *args) {
     int64_t total = 0;
     int bad = off.itemsize != 8 || size.itemsize != 8 || m < 0 || len1(&size) != m;
     for (Py_ssize_t i = 0; !bad && i < m; i++) {
-        if (z[i] < 0 || o[i] < 0) bad = 1;
-        total += z[i];
+        if (z[i] < 0 || o[i] < 0 || z[i] > out.len - total) bad = 1;   /* no sum past the output (or INT64_MAX) */
+        else total += z[i];
     }
     if (bad || total > out.len) {
         PyErr_SetString(PyExc_ValueError, "pread_ranges: int64 offsets and sizes >= 0, an output of their total size");

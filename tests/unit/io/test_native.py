@@ -94,8 +94,9 @@ def test_kernel_refuses_wrong_arrays() -> None:
 
 
 #: calls whose 1-d arguments come as 2-d arrays holding nothing ((0, n): their second dimension
-#: was taken for a length): each must raise ValueError
+#: was taken for a length) or whose sizes sum past int64: each must raise ValueError
 _HOSTILE_CALLS = """
+import os, sys
 import numpy as np
 from neimsctl.io import native
 mod, f32, i64 = native.module(), np.float32, np.int64
@@ -113,6 +114,8 @@ if native.amx():
                                         np.empty((0, 99999), i64), np.empty((0, 99999), i64), np.empty((0, 99999), f32)))
     calls.append(lambda: mod.dot_select(q, bits, top16, lo16, hi16, np.zeros((0, 1000), np.uint8), 0.0,
                                         np.empty(9, i64), np.empty(9, i64), np.empty(9, f32)))
+fd = os.open(sys.executable, os.O_RDONLY)
+calls.append(lambda: mod.pread_ranges(fd, np.zeros(2, i64), np.array([2**63 - 1, 2], i64), np.empty(16, np.uint8)))
 for call in calls:
     try:
         call()
@@ -124,8 +127,8 @@ for call in calls:
 
 @needs_native
 def test_kernel_refuses_arrays_that_would_read_or_write_past_them() -> None:
-    """A (0, n) array where a vector is expected is refused (it was taken as n long: the kernels
-    read and wrote past it)."""
+    """A (0, n) array where a vector is expected, and sizes whose sum overflows int64, are refused
+    (they were taken as n long, or as a small total: the kernels read and wrote past the arrays)."""
     run = subprocess.run([sys.executable, "-c", _HOSTILE_CALLS], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     lines = run.stdout.split()
