@@ -567,6 +567,8 @@ class SpectralIndex:
         if f["intensity"].shape[0] != nnz or int(f["peak_ptr"][-1]) != nnz \
                 or int(f.attrs.get("n_peaks", -1)) != nnz:
             raise FormatError("damaged index: peak arrays disagree with peak_ptr", file=self.path)
+        if f["mz"].dtype.kind not in "iu":
+            raise FormatError(f"damaged index: peak m/z of type {f['mz'].dtype} (integers)", file=self.path)
         if int(f.attrs["n_bins"]) != N_BINS:
             raise FormatError(f"damaged index: n_bins={f.attrs['n_bins']}; this neimsctl reads {N_BINS} "
                               "(m/z 0..500)", file=self.path)
@@ -663,7 +665,7 @@ class SpectralIndex:
                 inten = np.concatenate([np.zeros(0, np.float32)] + [self.file["intensity"][a:b] for a, b in spans])
         except OSError as exc:
             raise FormatError(f"damaged index: cannot read peaks: {exc}", file=self.path) from None
-        if total and int(mz.max()) >= self.n_bins:
+        if total and (int(mz.max()) >= self.n_bins or int(mz.min()) < 0):
             raise FormatError("damaged index: peak m/z out of range", file=self.path)
         return PeakBlock(ptr, mz, inten)
 
@@ -684,7 +686,7 @@ class SpectralIndex:
         except OSError as exc:
             raise FormatError(f"damaged index: cannot read peaks {a}..{b}: {exc}", file=self.path) from None
         ptr = ptr - a
-        if (len(ptr) > 1 and not (np.diff(ptr) >= 0).all()) or (len(mz) and int(mz.max()) >= self.n_bins):
+        if (len(ptr) > 1 and not (np.diff(ptr) >= 0).all()) or (len(mz) and not 0 <= int(mz.min()) <= int(mz.max()) < self.n_bins):
             raise FormatError(f"damaged index: peak offsets or m/z of entries {lo}..{hi - 1} out of range",
                               file=self.path)
         return PeakBlock(ptr, mz, inten)

@@ -509,6 +509,33 @@ def test_damaged_indexes_fail_with_one_line(index, sample_msp, tmp_path):
             assert f"{bad.name}: damaged library: peak intensities" in err[0], (name, extra, err)
 
 
+def test_peaks_of_another_type_fail_with_one_line(index, sample_msp, tmp_path):
+    """Peak m/z stored as signed integers with negative values (silently other hits: a negative
+    m/z indexed the weights from their end) or as floats (an IndexError traceback): one
+    'damaged index' line, exit 1, with the exact stage at the end and per block."""
+    from _h5damage import damaged_copy
+
+    q = tmp_path / "q.msp"
+    q.write_bytes(first_records(sample_msp, 20))
+
+    def retyped(dtype, change):
+        def harm(f):
+            mz = change(f["mz"][:].astype(dtype))
+            del f["mz"]
+            f.create_dataset("mz", data=mz)
+        return harm
+
+    def negative(mz):
+        mz[::3] = -5
+        return mz
+
+    for name, harm in (("neg", retyped(np.int32, negative)), ("float", retyped(np.float32, lambda mz: mz + 0.5))):
+        bad = damaged_copy(index, tmp_path / f"{name}.h5", harm)
+        for extra in ([], ["--mass-filter", "5"], ["-k", "1001"]):
+            proc = run(None, "search", q, "-l", bad, "-q", *extra)
+            err = proc.stderr.decode().strip().splitlines()
+            assert proc.returncode == 1 and len(err) == 1 and "damaged index" in err[0], (name, extra, err)
+
 def test_mass_filter_never_reaches_entries_of_unknown_mass(tmp_path):
     """An entry without a mass (stored as -1) was inside the window of a query whose MW is at
     most the tolerance minus one."""
