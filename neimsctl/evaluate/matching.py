@@ -719,8 +719,10 @@ class _Deferred:
             lo, hi = np.zeros(len(sel), np.int64), np.full(len(sel), n, np.int64)
         top = np.ascontiguousarray(self.top[sel])
         if lib.dtype == np.uint16:          # AMX tiles (search_blocks): no score matrix
-            rows, cols, vals = product_select(qv, lib, top, lo, hi, ok, self.factor, self.work)
+            norms = np.empty(n, dtype=np.float32)
+            rows, cols, vals, largest = product_select(qv, lib, top, lo, hi, ok, self.factor, self.work, norms)
             chunk.release()
+            chunk.verify(norms, largest)    # an unchecked block (the reader left it to this pass)
         else:
             s = _mm(qv, lib.T)
             chunk.release()

@@ -170,6 +170,8 @@ typedef struct {
     int64_t *rows, *cols;
     float *vals;
     Py_ssize_t cap, count;          /* count may pass cap: then nothing past cap is written */
+    float *norms;                   /* (n,): the entries' squared norms, or NULL */
+    uint16_t top_bits;              /* with norms: the largest bit pattern of the block */
 } sink_t;
 
 static void insert_top(float *t, Py_ssize_t k, float v) {
@@ -254,6 +256,10 @@ static void dot_amx(const float *q, Py_ssize_t nq, const uint16_t *lib, Py_ssize
     for (Py_ssize_t j0 = 0; j0 < n; j0 += 16) {
         Py_ssize_t ne = n - j0 < 16 ? n - j0 : 16;
         const uint16_t *a = lib + j0 * w;
+        if (sink && sink->norms) {      /* the block's check, on rows the tiles then read from cache */
+            uint16_t t = norms_avx512(a, ne, w, sink->norms + j0);
+            if (t > sink->top_bits) sink->top_bits = t;
+        }
         Py_ssize_t astride = stride;
         /* a tile whose direct read would pass the block's end (its last row's last k-step reads
          * up to 31 columns beyond the row): its rows copied into a zero-padded buffer */
@@ -410,10 +416,10 @@ static PyObject *py_norms(PyObject *self, PyObject *args) {
 
 static PyObject *py_dot_select(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *objs[9];
+    PyObject *objs[9], *normo = NULL;
     double factor;
-    if (!PyArg_ParseTuple(args, "OOOOOOdOOO", &objs[0], &objs[1], &objs[2], &objs[3], &objs[4], &objs[5], &factor,
-                          &objs[6], &objs[7], &objs[8]))
+    if (!PyArg_ParseTuple(args, "OOOOOOdOOO|O", &objs[0], &objs[1], &objs[2], &objs[3], &objs[4], &objs[5], &factor,
+                          &objs[6], &objs[7], &objs[8], &normo))
         return NULL;
 #ifdef HAVE_AMX
     if (!amx_usable()) {
@@ -437,9 +443,20 @@ static PyObject *py_dot_select(PyObject *self, PyObject *args) {
                                           "and three outputs of one size expected");
         goto done;
     }
+    Py_buffer nb;
+    int have_norms = 0;
+    if (normo && normo != Py_None) {
+        if (get_2d(normo, &nb, "f", 1, "norms") != 0) goto done;
+        have_norms = 1;
+        if (len1(&nb) != n) {
+            PyErr_SetString(PyExc_ValueError, "dot_select: norms of shape (n,) expected");
+            PyBuffer_Release(&nb);
+            goto done;
+        }
+    }
     sink_t S = {(float *)b[2].buf, k, (const int64_t *)b[3].buf, (const int64_t *)b[4].buf,
                 nok ? (const uint8_t *)b[5].buf : NULL, (float)factor, (int64_t *)b[6].buf, (int64_t *)b[7].buf,
-                (float *)b[8].buf, cap, 0};
+                (float *)b[8].buf, cap, 0, have_norms ? (float *)nb.buf : NULL, 0};
     if (nq > 0 && n > 0 && w > 0) {
         Py_ssize_t nk = (w + 31) / 32, ng = (nq + 15) / 16;
         uint16_t *bhi = aligned_alloc(64, (size_t)((ng * nk * 512 * 2 + 31) / 32 * 32) * 2);
@@ -448,6 +465,7 @@ static PyObject *py_dot_select(PyObject *self, PyObject *args) {
         if (!bhi || !pad) {
             free(bhi);
             free(pad);
+            if (have_norms) PyBuffer_Release(&nb);
             PyErr_NoMemory();
             goto done;
         }
@@ -456,8 +474,15 @@ static PyObject *py_dot_select(PyObject *self, PyObject *args) {
         Py_END_ALLOW_THREADS
         free(bhi);
         free(pad);
+    } else if (have_norms && w > 0) {       /* no queries: the check all the same */
+        Py_BEGIN_ALLOW_THREADS
+        S.top_bits = norms_avx512((const uint16_t *)b[1].buf, n, w, S.norms);
+        Py_END_ALLOW_THREADS
+    } else if (have_norms) {
+        memset(S.norms, 0, (size_t)n * 4);
     }
-    ret = PyLong_FromSsize_t(S.count);
+    if (have_norms) PyBuffer_Release(&nb);
+    ret = Py_BuildValue("(ni)", S.count, (int)S.top_bits);
 done:
     for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
     return ret;
@@ -609,7 +634,8 @@ done:
 static PyMethodDef methods[] = {
     {"select", py_select, METH_VARARGS, "select(s, top, lo, hi, factor, rows, cols, vals) -> count."},
     {"dot_select", py_dot_select, METH_VARARGS,
-     "dot_select(q, bits, top, lo, hi, ok, factor, rows, cols, vals) -> count (past len(rows): call again)."},
+     "dot_select(q, bits, top, lo, hi, ok, factor, rows, cols, vals[, norms]) -> (count, largest bits); "
+     "count past len(rows): call again."},
     {"pread_ranges", py_pread_ranges, METH_VARARGS, "pread_ranges(fd, offsets int64, sizes int64, out) -> bytes read."},
     {"amx", py_amx, METH_NOARGS, "True when dot() runs on AMX tiles here."},
     {"dot", py_dot, METH_VARARGS, "dot(q float32 (nq, w), bits uint16 (n, w), out float32 (nq, n))."},

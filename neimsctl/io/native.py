@@ -108,13 +108,16 @@ def select(s: np.ndarray, top: np.ndarray, lo: np.ndarray, hi: np.ndarray, facto
 
 
 def product_select(q: np.ndarray, bits: np.ndarray, top: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                   ok: np.ndarray | None, factor: float, work: list[np.ndarray] | None = None
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   ok: np.ndarray | None, factor: float, work: list[np.ndarray] | None = None,
+                   norms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """:func:`product` and :func:`select` in one pass on AMX tiles (only where :func:`amx`), with
     no score matrix: each tile of scores updates the running top-k ``top`` and gives its
     candidates at once, against the k-th best so far (which only grows, so every candidate of
     :func:`select` is among them, and a few more). ``ok``: bool ``(n,)`` allowed entries, or
-    ``None``. Returns ``(rows, cols, values)`` (copies), in no particular order."""
+    ``None``. ``norms``: a float32 ``(n,)`` array to receive the rows' squared norms (the
+    block's check, :func:`row_norms`, done in the same pass while the rows are in cache).
+    Returns ``(rows, cols, values)`` (copies), in no particular order, and the largest bit
+    pattern of ``bits`` (0 without ``norms``)."""
     q = np.ascontiguousarray(q, dtype=np.float32)
     bits = np.ascontiguousarray(bits, dtype=np.uint16)
     lo = np.ascontiguousarray(lo, dtype=np.int64)
@@ -127,9 +130,9 @@ def product_select(q: np.ndarray, bits: np.ndarray, top: np.ndarray, lo: np.ndar
             size = max(1 << 16, 8 * top.size)
             work[:] = [np.empty(size, dtype=np.int64), np.empty(size, dtype=np.int64), np.empty(size, dtype=np.float32)]
         rows, cols, vals = work
-        count = module().dot_select(q, bits, top, lo, hi, allowed, float(factor), rows, cols, vals)
+        count, largest = module().dot_select(q, bits, top, lo, hi, allowed, float(factor), rows, cols, vals, norms)
         if count <= len(rows):
-            return rows[:count].copy(), cols[:count].copy(), vals[:count].copy()
+            return rows[:count].copy(), cols[:count].copy(), vals[:count].copy(), largest
         top[...] = before                   # not all written: again, from the same top-k, with room
         size = 2 * count
         work[:] = [np.empty(size, dtype=np.int64), np.empty(size, dtype=np.int64), np.empty(size, dtype=np.float32)]

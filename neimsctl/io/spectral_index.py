@@ -310,13 +310,21 @@ class DenseChunk:
     """
 
     def __init__(self, weights: np.ndarray, read: Any, powers: tuple[float, float],
-                 release: Any = None, ptr: np.ndarray | None = None) -> None:
+                 release: Any = None, ptr: np.ndarray | None = None, verify: Any = None) -> None:
         self.weights = weights
         self.powers = powers
         self.ptr = ptr
+        self._verify = verify
         self._read = read
         self._block: PeakBlock | None = None
         self._release = release
+
+    def verify(self, norms: np.ndarray, top: int) -> None:
+        """Raise the index's error when the weights whose squared row norms and largest bit
+        pattern these are are not what an index stores (a chunk of
+        :meth:`SpectralIndex.dense_chunk` with ``check=False`` is checked so by its user)."""
+        if self._verify is not None:
+            self._verify(self, norms, top)
 
     def release(self) -> None:
         """Done with :attr:`weights` (its memory may serve the next block read; the peaks stay)."""
@@ -730,11 +738,14 @@ class SpectralIndex:
         for start in range(lo, hi, size):
             yield start, self.block(start, min(start + size, hi))
 
-    def dense_chunk(self, b: int, float32: bool = False, pooled: bool = False) -> tuple[int, DenseChunk]:
+    def dense_chunk(self, b: int, float32: bool = False, pooled: bool = False,
+                    check: bool = True) -> tuple[int, DenseChunk]:
         """Block ``b`` of stored weights and its peaks: ``(first entry, chunk)``; the weights
         as bfloat16 bits, or (``float32``) as their float32 values (``neimsctl.index/2`` only).
         ``pooled``: the weights' memory is reused for a later block once the chunk's
-        :meth:`DenseChunk.release` is called (a chunk searched once: the search releases it)."""
+        :meth:`DenseChunk.release` is called (a chunk searched once: the search releases it).
+        ``check=False`` (bits only): the caller checks the weights itself, with the rows' squared
+        norms it computes (:meth:`DenseChunk.verify`), before it uses anything computed from them."""
         assert self.dense_block is not None
         lo = b * self.dense_block
         hi = min(lo + self.dense_block, self.n)
@@ -760,21 +771,30 @@ class SpectralIndex:
             values = bf16_values(bits, wide[:4 * count].view(np.uint32).reshape(bits.shape))
             norms, top = np.einsum("ij,ij->i", values, values), int(bits.max()) if len(bits) else 0
             pool.put(raw)
-        else:
+        elif check:
             norms, top = row_norms(bits)
-        zero = norms == 0.0         # legitimate only for an entry whose one peak is at m/z 0 (weight 0)
-        damaged = len(bits) and (top > _BF16_ONE or not ((np.abs(norms - 1.0) <= _NORM_TOL) | zero).all())
         keep = wide if float32 else raw
         ptr = self._peak_ptr(lo, hi)
         chunk = DenseChunk(values if float32 else bits, lambda: self.block(lo, hi), self.dense_powers,
-                           release=(lambda: pool.put(keep)) if pooled else None, ptr=ptr)
+                           release=(lambda: pool.put(keep)) if pooled else None, ptr=ptr,
+                           verify=lambda ch, norms, top: self._verify_weights(b, lo, hi, norms, top, ch))
+        if float32 or check:
+            chunk.verify(norms, top)
+        return lo, chunk
+
+    def _verify_weights(self, b: int, lo: int, hi: int, norms: np.ndarray, top: int, chunk: DenseChunk) -> None:
+        """Every entry has peaks: each row of stored weights is a unit vector rounded to bfloat16.
+        Anything else (NaN, inf, negative, zeroed or cut rows: a damaged file) would drop hits
+        silently: a 'damaged index' error. ``norms``: the rows' squared norms; ``top``: their
+        largest bit pattern."""
+        zero = norms == 0.0         # legitimate only for an entry whose one peak is at m/z 0 (weight 0)
+        damaged = len(norms) and (top > _BF16_ONE or not ((np.abs(norms - 1.0) <= _NORM_TOL) | zero).all())
         if not damaged and zero.any():
             peaks = chunk.block
             damaged = bool(np.isin(np.flatnonzero(zero), peaks.row_of_peak()[peaks.mz > 0]).any())
         if damaged:
             raise FormatError(f"damaged index: stored weights of block {b} are not unit vectors "
                               f"(entries {lo}..{hi - 1})", file=self.path)
-        return lo, chunk
 
     def window(self, mw: np.ndarray, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
         """Entry ranges ``[lo, hi)`` with ``|mw_entry - mw| <= tolerance`` for each mass; entries

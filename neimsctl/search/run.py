@@ -26,6 +26,7 @@ import numpy as np
 
 from neimsctl.errors import FormatError, shown
 from neimsctl.evaluate.matching import Score, TopK, defers, pair_scores, search_blocks, use_bf16
+from neimsctl.io.native import amx
 from neimsctl.io.inchikey import is_inchikey
 from neimsctl.io.peak_block import PeakBlock, bin_batch, check_peaks
 from neimsctl.io.rejects import Reject, Tally
@@ -313,7 +314,8 @@ def _dense_chunks(lib: SpectralIndex, blocks: Sequence[int], float32: bool, peak
     from concurrent.futures import ThreadPoolExecutor
 
     def read(b: int) -> tuple[int, Any]:
-        start, chunk = lib.dense_chunk(b, float32, pooled=True)
+        # the fused AMX pass checks the blocks it multiplies itself (while they are in cache)
+        start, chunk = lib.dense_chunk(b, float32, pooled=True, check=float32 or peaks or not amx())
         if peaks:
             chunk.block                            # noqa: B018 (the peaks, for the exact scores)
         return start, chunk

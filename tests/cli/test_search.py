@@ -788,3 +788,35 @@ def test_without_the_native_extension_the_hits_are_the_same(neimsctl_exe, index,
         assert p.returncode == 0, p.stderr
         outs.append(p.stdout)
     assert outs[0] == outs[1] and outs[0].count(b"\n") > 60
+
+
+@pytest.mark.parametrize("extra", [[], ["--mass-filter", "5"]])
+def test_damaged_stored_weights_fail_with_one_line_on_every_path(neimsctl_exe, index, sample_msp, tmp_path, extra):
+    """Stored weights that are not unit vectors (a NaN, a zeroed entry) are refused whether the
+    fused native pass checks them (the reader leaves them unchecked: the default path on AMX
+    tiles) or the reader thread does (``NEIMSCTL_NATIVE=0``, and other CPUs)."""
+    import os
+
+    from _h5damage import damaged_copy
+
+    q = tmp_path / "q.msp"
+    q.write_bytes(first_records(sample_msp, 20))
+
+    def nan(f):
+        d = f["dense"][:]
+        d[::97] = 0x7FC0
+        f["dense"][:] = d
+
+    def zero_row(f):
+        w = int(f["dense_width"][0])
+        d = f["dense"][:]
+        d[:w] = 0
+        f["dense"][:] = d
+
+    for name, harm in (("nan", nan), ("zero", zero_row)):
+        lib = damaged_copy(index, tmp_path / f"{name}{len(extra)}.h5", harm)
+        for native in ("1", "0"):
+            p = subprocess.run([neimsctl_exe, "search", str(q), "-l", str(lib), "-q", *extra], capture_output=True,
+                               timeout=120, env={**os.environ, "NEIMSCTL_NATIVE": native})
+            err = p.stderr.decode().strip().splitlines()
+            assert p.returncode == 1 and len(err) == 1 and "not unit vectors" in err[0], (name, native, err)
