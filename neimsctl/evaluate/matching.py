@@ -579,10 +579,8 @@ def _stored_pass(q: _Queries, sel: np.ndarray, chunk: DenseChunk, bf16: bool) ->
     block read)."""
     lib = chunk.weights
     qv = np.ascontiguousarray(q.values[sel, :lib.shape[1]])
-    if lib.dtype == np.uint16 and (native := product(qv, lib)) is not None:
-        first = native, _STORED_REL
-    elif bf16 and lib.dtype == np.uint16:
-        first = _approx_cosine(qv, lib)
+    if bf16 and lib.dtype == np.uint16:
+        first = _approx_cosine(qv, lib)             # on AMX tiles where there are some
     else:
         if lib.dtype == np.uint16:
             lib = bf16_values(lib)

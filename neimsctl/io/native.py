@@ -64,21 +64,16 @@ def row_norms(bits: np.ndarray) -> tuple[np.ndarray, int]:
     return out, int(bits.max()) if bits.size else 0
 
 
-def product(q: np.ndarray, bits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | None:
+def product(q: np.ndarray, bits: np.ndarray) -> np.ndarray | None:
     """``q @ bf16(bits).T`` as float32 ``(len(q), len(bits))`` within relative 1.2e-4 of the
-    float32 product (weights >= 0, finite; see ``_native.c``), or ``None`` without AMX here;
-    written into ``out`` (a float32 array of at least that size, reused) when given."""
+    float32 product (weights >= 0, finite; see ``_native.c``), or ``None`` without AMX here."""
     if not amx():
         return None
     q = np.ascontiguousarray(q, dtype=np.float32)
     bits = np.ascontiguousarray(bits, dtype=np.uint16)
     if q.ndim != 2 or bits.ndim != 2 or q.shape[1] != bits.shape[1]:
         raise ValueError(f"product: shapes (nq, w) and (n, w) expected, got {q.shape} and {bits.shape}")
-    shape = (len(q), len(bits))
-    if out is None or out.size < shape[0] * shape[1]:
-        out = np.empty(shape, dtype=np.float32)
-    else:                   # a buffer kept from an earlier call (``out`` of at least this size)
-        out = out.reshape(-1)[:shape[0] * shape[1]].reshape(shape)
+    out = np.empty((len(q), len(bits)), dtype=np.float32)
     module().dot(q, bits, out)
     return out
 

@@ -90,7 +90,7 @@ def test_the_native_product_gives_the_hits_of_the_float32_one(libs, mass_filter,
     monkeypatch.setattr(matching, "product_select", lambda *a: calls.append(1) or real(*a))
     a = search_library(v2, batch, opts)
     assert calls                    # the fused AMX pass (product and candidate selection) ran
-    monkeypatch.setattr(matching, "product", lambda q, lib, out=None: None)
+    monkeypatch.setattr(matching, "product", lambda q, lib: None)
     monkeypatch.setattr(matching, "amx", lambda: False)
     b = search_library(v2, batch, opts)
     np.testing.assert_array_equal(a.index, b.index)
