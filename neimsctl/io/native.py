@@ -23,7 +23,7 @@ import numpy as np
 
 from neimsctl.io.peak_block import bf16_values
 
-__all__ = ["module", "amx", "row_norms", "product", "select", "product_select", "pread_ranges"]
+__all__ = ["module", "amx", "row_norms", "product", "select", "product_select", "pread_ranges", "pread_into"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -135,7 +135,7 @@ def product_select(q: np.ndarray, bits: np.ndarray, top: np.ndarray, lo: np.ndar
 
 def pread_ranges(fd: int, offsets: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """The byte ranges ``offsets[i] .. offsets[i] + sizes[i]`` of the open file ``fd``, one after
-    another, as a uint8 array (native kernel, else ``os.pread`` per range). ``OSError`` when the
+    another, as a uint8 array (native kernel, else :func:`pread_into` per range). ``OSError`` when the
     file ends before a range does."""
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
     sizes = np.ascontiguousarray(sizes, dtype=np.int64)
@@ -146,12 +146,23 @@ def pread_ranges(fd: int, offsets: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         return out
     pos = 0
     for off, size in zip(offsets.tolist(), sizes.tolist()):
-        done = 0
-        while done < size:
-            data = os.pread(fd, size - done, off + done)
-            if not data:
-                raise OSError("file shorter than its datasets (truncated?)")
-            out[pos + done:pos + done + len(data)] = np.frombuffer(data, dtype=np.uint8)
-            done += len(data)
+        pread_into(fd, out[pos:pos + size], off)
         pos += size
     return out
+
+
+def pread_into(fd: int, out: np.ndarray, offset: int) -> None:
+    """Fill ``out`` (a C-contiguous array) with the bytes at ``offset`` of the open file ``fd``.
+    ``OSError`` when the file ends first."""
+    view = memoryview(out).cast("B")
+    done = 0
+    while done < len(view):
+        if hasattr(os, "preadv"):
+            got = os.preadv(fd, [view[done:]], offset + done)
+        else:                       # no preadv (Windows): a copy
+            data = os.pread(fd, len(view) - done, offset + done)
+            view[done:done + len(data)] = data
+            got = len(data)
+        if got <= 0:
+            raise OSError("file shorter than its datasets (truncated?)")
+        done += got

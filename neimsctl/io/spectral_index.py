@@ -30,7 +30,7 @@ import numpy as np
 import orjson
 
 from neimsctl.errors import FormatError, InputError
-from neimsctl.io.native import pread_ranges, row_norms
+from neimsctl.io.native import pread_into, pread_ranges, row_norms
 from neimsctl.io.peak_block import PeakBlock, bf16_bits, bf16_values, cosine_weights
 from neimsctl.io.spectrum import N_BINS
 
@@ -718,18 +718,7 @@ class SpectralIndex:
         assert self._fd is not None
         nbytes = count * np.dtype(dtype).itemsize
         out = np.empty(count, dtype=dtype) if out is None else out[:nbytes].view(dtype)
-        view = memoryview(out).cast("B")
-        done = 0
-        while done < len(view):
-            if hasattr(os, "preadv"):
-                got = os.preadv(self._fd, [view[done:]], offset + done)
-            else:                       # no preadv (Windows): a copy
-                data = os.pread(self._fd, len(view) - done, offset + done)
-                view[done:done + len(data)] = data
-                got = len(data)
-            if got <= 0:
-                raise OSError("file shorter than its datasets (truncated?)")
-            done += got
+        pread_into(self._fd, out, offset)
         return out
 
     def chunks(self, size: int = 65536, lo: int = 0, hi: int | None = None) -> Iterator[tuple[int, PeakBlock]]:
