@@ -677,13 +677,11 @@ class SpectralIndex:
             raise FormatError("damaged index: peak m/z out of range", file=self.path)
         return PeakBlock(ptr, mz, inten)
 
-    def block(self, lo: int, hi: int) -> PeakBlock:
-        """Entries ``lo:hi`` as a :class:`PeakBlock` (read from disk)."""
-        ptr = self._slice(self._ptr, lo, hi + 1)
+    def block(self, lo: int, hi: int, ptr: np.ndarray | None = None) -> PeakBlock:
+        """Entries ``lo:hi`` as a :class:`PeakBlock` (read from disk); ``ptr``: their peak offsets
+        when already read (:meth:`_peak_ptr`)."""
+        ptr = self._peak_ptr(lo, hi) if ptr is None else ptr
         a, b = int(ptr[0]), int(ptr[-1])
-        if not 0 <= a <= b <= self._n_peaks:
-            raise FormatError(f"damaged index: peak offsets of entries {lo}..{hi - 1} out of range",
-                              file=self.path)
         try:
             if self._raw is not None:
                 mz = self._read(self._raw[0] + 2 * a, b - a, np.uint16)
@@ -693,11 +691,9 @@ class SpectralIndex:
                 inten = self.file["intensity"][a:b]
         except OSError as exc:
             raise FormatError(f"damaged index: cannot read peaks {a}..{b}: {exc}", file=self.path) from None
-        ptr = ptr - a
-        if (len(ptr) > 1 and not (np.diff(ptr) >= 0).all()) or (len(mz) and not 0 <= int(mz.min()) <= int(mz.max()) < self.n_bins):
-            raise FormatError(f"damaged index: peak offsets or m/z of entries {lo}..{hi - 1} out of range",
-                              file=self.path)
-        return PeakBlock(ptr, mz, inten)
+        if len(mz) and not 0 <= int(mz.min()) <= int(mz.max()) < self.n_bins:
+            raise FormatError(f"damaged index: peak m/z of entries {lo}..{hi - 1} out of range", file=self.path)
+        return PeakBlock(ptr - a, mz, inten)
 
     def take(self, entries: np.ndarray, gap: int = 256) -> PeakBlock:
         """Entries ``entries`` (ascending, no repeats) as a :class:`PeakBlock`, read in runs:
@@ -764,7 +760,7 @@ class SpectralIndex:
             norms, top = row_norms(bits)
         keep = wide if float32 else raw
         ptr = self._peak_ptr(lo, hi)
-        chunk = DenseChunk(values if float32 else bits, lambda: self.block(lo, hi), self.dense_powers,
+        chunk = DenseChunk(values if float32 else bits, lambda: self.block(lo, hi, ptr), self.dense_powers,
                            release=(lambda: pool.put(keep)) if pooled else None, ptr=ptr,
                            verify=lambda ch, norms, top: self._verify_weights(b, lo, hi, norms, top, ch))
         if float32 or check:
