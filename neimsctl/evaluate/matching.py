@@ -595,7 +595,13 @@ def _exact_cosine(q: _Queries, sel: np.ndarray, block: PeakBlock, score: Score, 
     float64 weights of only the entries asked for (per entry, so the same whichever other
     entries share the block) and of the queries, summed in float64 (:func:`_exact_pairs`)."""
     entries, pos = np.unique(cols, return_inverse=True)
-    sub = block.take(entries)
+    return _exact_of(q, sel, block.take(entries), score, rows, pos)
+
+
+def _exact_of(q: _Queries, sel: np.ndarray, sub: PeakBlock, score: Score, rows: np.ndarray,
+              pos: np.ndarray) -> np.ndarray:
+    """Exact cosines of the pairs (query ``sel[rows[p]]``, spectrum ``pos[p]`` of ``sub``), from
+    the float64 weights of ``sub``'s peaks (checked first: :func:`_check_intensities`)."""
     _check_intensities(sub)
     weights = cosine_weights(sub, score.mz_power, score.intensity_power, np.float64)
     return _exact_pairs(q.values64, sel, sub, weights, rows, pos)
@@ -710,11 +716,7 @@ class _Deferred:
         lib = chunk.weights
         n = len(lib)
         qv = np.ascontiguousarray(q.values[sel, :lib.shape[1]])
-        if windows is not None:
-            lo = np.clip(windows[0][sel] - start, 0, n)
-            hi = np.clip(windows[1][sel] - start, 0, n)
-        else:
-            lo, hi = np.zeros(len(sel), np.int64), np.full(len(sel), n, np.int64)
+        lo, hi = _window_bounds(windows, sel, start, n)
         top = np.ascontiguousarray(self.top[sel])
         if lib.dtype == np.uint16:          # AMX tiles (search_blocks): no score matrix
             norms = np.empty(n, dtype=np.float32)
@@ -739,11 +741,8 @@ class _Deferred:
         self.parts = []
         keep = vals.astype(np.float64) >= self.top[qrows, -1].astype(np.float64) * self.factor
         qrows, entries, starts, counts = qrows[keep], entries[keep], starts[keep], counts[keep]
-        uniq, first, pos = np.unique(entries, return_index=True, return_inverse=True)
-        sub = self.peaks(starts[first], counts[first])
-        _check_intensities(sub)
-        weights = cosine_weights(sub, self.score.mz_power, self.score.intensity_power, np.float64)
-        exact = _exact_pairs(q.values64, np.arange(q.n), sub, weights, qrows, pos)
+        _, first, pos = np.unique(entries, return_index=True, return_inverse=True)
+        exact = _exact_of(q, np.arange(q.n), self.peaks(starts[first], counts[first]), self.score, qrows, pos)
         _merge_pairs(best_s, best_i, qrows, entries, exact, k)
 
 
@@ -819,14 +818,22 @@ def _approx_cosine(q: np.ndarray, lib: np.ndarray) -> tuple[np.ndarray, float]:
     return _mm(q, lib.T), _FP32_REL
 
 
+def _window_bounds(windows: tuple[np.ndarray, np.ndarray] | None, sel: np.ndarray, start: int,
+                   n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The queries ``sel``'s windows within the chunk of ``n`` entries from ``start``: int64
+    ``(lo, hi)``, clipped to ``0..n`` (the whole chunk without windows)."""
+    if windows is None:
+        return np.zeros(len(sel), np.int64), np.full(len(sel), n, np.int64)
+    return np.clip(windows[0][sel] - start, 0, n), np.clip(windows[1][sel] - start, 0, n)
+
+
 def _exclude(bound: np.ndarray, sel: np.ndarray, start: int,
              windows: tuple[np.ndarray, np.ndarray] | None, ok: np.ndarray | None) -> None:
     """Set the scores of entries outside each query's window, or not ``ok``, to the lowest value."""
     low = 0 if bound.dtype == np.uint16 else -np.inf
     n = bound.shape[1]
     if windows is not None:
-        lo = np.clip(windows[0][sel] - start, 0, n)
-        hi = np.clip(windows[1][sel] - start, 0, n)
+        lo, hi = _window_bounds(windows, sel, start, n)
         for j in np.flatnonzero((lo > 0) | (hi < n)):
             bound[j, :lo[j]] = low
             bound[j, max(hi[j], lo[j]):] = low
