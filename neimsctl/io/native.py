@@ -96,7 +96,7 @@ def select(s: np.ndarray, top: np.ndarray, lo: np.ndarray, hi: np.ndarray, facto
     hi = np.ascontiguousarray(hi, dtype=np.int64)
     work = [] if work is None else work
     if not work or len(work[0]) < m * n:
-        work[:] = [np.empty(m * n, dtype=np.int64), np.empty(m * n, dtype=np.int64), np.empty(m * n, dtype=np.float32)]
+        work[:] = _outputs(m * n)
     rows, cols, vals = work
     count = mod.select(s, top, lo, hi, float(factor), rows, cols, vals)
     return rows[:count].copy(), cols[:count].copy(), vals[:count].copy()
@@ -122,15 +122,18 @@ def product_select(q: np.ndarray, bits: np.ndarray, top: np.ndarray, lo: np.ndar
     before = top.copy()
     while True:
         if not work:
-            size = max(1 << 16, 8 * top.size)
-            work[:] = [np.empty(size, dtype=np.int64), np.empty(size, dtype=np.int64), np.empty(size, dtype=np.float32)]
+            work[:] = _outputs(max(1 << 16, 8 * top.size))
         rows, cols, vals = work
         count, largest = module().dot_select(q, bits, top, lo, hi, allowed, float(factor), rows, cols, vals, norms)
         if count <= len(rows):
             return rows[:count].copy(), cols[:count].copy(), vals[:count].copy(), largest
         top[...] = before                   # not all written: again, from the same top-k, with room
-        size = 2 * count
-        work[:] = [np.empty(size, dtype=np.int64), np.empty(size, dtype=np.int64), np.empty(size, dtype=np.float32)]
+        work[:] = _outputs(2 * count)
+
+
+def _outputs(size: int) -> list[np.ndarray]:
+    """Room for ``size`` candidates of :func:`select` / :func:`product_select`: rows, columns, scores."""
+    return [np.empty(size, dtype=np.int64), np.empty(size, dtype=np.int64), np.empty(size, dtype=np.float32)]
 
 
 def pread_ranges(fd: int, offsets: np.ndarray, sizes: np.ndarray) -> np.ndarray:
