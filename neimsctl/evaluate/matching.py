@@ -577,6 +577,7 @@ def _stored_pass(q: _Queries, sel: np.ndarray, chunk: DenseChunk, bf16: bool) ->
     the exact ones (:func:`_take_topk` then scores exactly, from the peaks, every entry that
     can still reach the top-k). Releases the chunk's weights (their memory may serve the next
     block read)."""
+    chunk.check()
     lib = chunk.weights
     qv = np.ascontiguousarray(q.values[sel, :lib.shape[1]])
     if bf16 and lib.dtype == np.uint16:

@@ -315,6 +315,8 @@ class DenseChunk:
         self.powers = powers
         self.ptr = ptr
         self._verify = verify
+        #: the weights were verified (:meth:`verify`)
+        self.checked = verify is None
         self._read = read
         self._block: PeakBlock | None = None
         self._release = release
@@ -325,6 +327,13 @@ class DenseChunk:
         :meth:`SpectralIndex.dense_chunk` with ``check=False`` is checked so by its user)."""
         if self._verify is not None:
             self._verify(self, norms, top)
+        self.checked = True
+
+    def check(self) -> None:
+        """:meth:`verify` the weights from their own norms, unless that was done (call before
+        using :attr:`weights`)."""
+        if not self.checked:
+            self.verify(*row_norms(self.weights))
 
     def release(self) -> None:
         """Done with :attr:`weights` (its memory may serve the next block read; the peaks stay)."""
@@ -729,8 +738,9 @@ class SpectralIndex:
         as bfloat16 bits, or (``float32``) as their float32 values (``neimsctl.index/2`` only).
         ``pooled``: the weights' memory is reused for a later block once the chunk's
         :meth:`DenseChunk.release` is called (a chunk searched once: the search releases it).
-        ``check=False`` (bits only): the caller checks the weights itself, with the rows' squared
-        norms it computes (:meth:`DenseChunk.verify`), before it uses anything computed from them."""
+        ``check=False`` (bits only): the weights are not checked here; their user checks them,
+        with the rows' squared norms it computes (:meth:`DenseChunk.verify`) or with
+        :meth:`DenseChunk.check`, before it uses anything computed from them."""
         assert self.dense_block is not None
         lo = b * self.dense_block
         hi = min(lo + self.dense_block, self.n)

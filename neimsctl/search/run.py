@@ -26,7 +26,6 @@ import numpy as np
 
 from neimsctl.errors import FormatError, shown
 from neimsctl.evaluate.matching import Score, TopK, defers, pair_scores, search_blocks, use_bf16
-from neimsctl.io.native import amx
 from neimsctl.io.inchikey import is_inchikey
 from neimsctl.io.peak_block import PeakBlock, bin_batch, check_peaks
 from neimsctl.io.rejects import Reject, Tally
@@ -314,8 +313,9 @@ def _dense_chunks(lib: SpectralIndex, blocks: Sequence[int], float32: bool, peak
     from concurrent.futures import ThreadPoolExecutor
 
     def read(b: int) -> tuple[int, Any]:
-        # the fused AMX pass checks the blocks it multiplies itself (while they are in cache)
-        start, chunk = lib.dense_chunk(b, float32, pooled=True, check=float32 or peaks or not amx())
+        # a search that scores at the end checks the blocks as it multiplies them (the fused AMX
+        # pass: while they are in cache), or when it first uses them (DenseChunk.check)
+        start, chunk = lib.dense_chunk(b, float32, pooled=True, check=peaks)
         if peaks:
             chunk.block                            # noqa: B018 (the peaks, for the exact scores)
         return start, chunk

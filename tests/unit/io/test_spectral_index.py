@@ -310,3 +310,25 @@ def test_per_entry_data_read_where_needed_equals_the_datasets(tmp_path, in_memor
         np.testing.assert_array_equal(ix.block(17, 90).to_dense(), block.to_dense()[rows[17:90]])
         keys = np.concatenate(list(ix.key_blocks(step=64)))
         assert keys.tolist() == [k[:14] for k in f["inchikey"][:].tolist()]
+
+
+def test_an_unchecked_block_is_checked_before_its_first_use(tmp_path) -> None:
+    """``dense_chunk(check=False)`` leaves the check to the block's user: the first pass over it
+    (matching._stored_pass, via DenseChunk.check) checks it first, so damaged weights are
+    refused there too; a sound block passes."""
+    from neimsctl.evaluate.matching import Score, search_blocks
+
+    block, mw = entries(30)
+    path = tmp_path / "ix.h5"
+    write(path, block, mw, 1 << 30)
+    with open_index(path) as ix:
+        start, chunk = ix.dense_chunk(0, check=False)
+        assert not chunk.checked
+        chunk.check()
+        assert chunk.checked
+    with h5py.File(path, "a") as f:
+        f["dense"][3] = 0x7FC0                      # a NaN among the stored weights
+    with open_index(path) as ix:
+        start, chunk = ix.dense_chunk(0, check=False)
+        with pytest.raises(FormatError, match="stored weights of block 0 are not unit vectors"):
+            search_blocks(ix.block(0, 3), [(start, chunk)], Score(), 5)
