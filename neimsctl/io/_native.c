@@ -7,6 +7,10 @@
  *                       per row of first-pass scores: update the row's running top-k (``top``,
  *                       descending) with its scores in [lo, hi), then write out every score there
  *                       that is > 0 and >= factor x the row's k-th best; returns their count
+ *   dot_select(q, bits, top, lo, hi, ok, factor, rows, cols, vals[, norms])
+ *                       dot() and select() in one pass on AMX tiles, no score matrix (each tile of
+ *                       scores updates its queries' top-k and gives its candidates against the
+ *                       k-th best so far); with norms, also the block's check (norms() of it)
  *   pread_ranges(fd, offsets, sizes, out)
  *                       read many byte ranges of a file into one buffer (the exact stage's peaks)
  *
@@ -16,9 +20,10 @@
  * float32. Every product of two bfloat16 values is exact in float32, the weights are >= 0, so
  * the result is within (1 + 2^-16)(1 + 2 w 2^-24) - 1 of the float32 product of the same values
  * (w columns): relative 1.2e-4 at w = 501 (neimsctl.evaluate.matching._STORED_REL takes the
- * stored weights' own rounding on top). Only the caller's checked blocks are passed: finite
- * values (a tile's rows may read up to 31 columns of the entries after them, multiplied by the
- * queries' zero padding; never past the block).
+ * stored weights' own rounding on top). A tile's rows may read up to 31 columns of the entries
+ * after them (multiplied by the queries' zero padding; never past the block): finite weights
+ * give the exact sums, damaged ones (NaN, inf) at worst NaN scores, which select no candidate
+ * and which the block's check refuses (dot_select's norms, or the caller's before dot()).
  *
  * No Python objects are touched while the GIL is released. Built by setup.py as an optional
  * extension: without a compiler, or on another CPU, the package computes the same in numpy.
