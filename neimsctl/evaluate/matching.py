@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
@@ -507,45 +508,49 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
     best_s = np.full((q.n, k), -np.inf)
     best_i = np.full((q.n, k), -1, dtype=np.int64)
     powers = (score.mz_power, score.intensity_power)
-    deferred = _Deferred(q.n, k, peaks, score) if peaks is not None and defers(score, k) else None
-    for start, block, sel, ok in _reached(chunks, q, windows, allowed):
-        if isinstance(block, DenseChunk) and not (score.dot and block.powers == powers):
-            block = block.block                      # other weights: from the peak lists
-        if isinstance(block, DenseChunk) and deferred is not None and block.ptr is not None \
-                and (block.weights.dtype == np.float32 or amx()):
-            deferred.add(q, sel, start, block, windows, ok)
-            continue
-        if isinstance(block, DenseChunk):
-            bound, rel = _stored_pass(q, sel, block, bf16)
+    deferred = _Deferred(q.n, k, peaks, score, _lanes()) if peaks is not None and defers(score, k) else None
+    try:
+        for start, block, sel, ok in _reached(chunks, q, windows, allowed):
+            if isinstance(block, DenseChunk) and not (score.dot and block.powers == powers):
+                block = block.block                      # other weights: from the peak lists
+            if isinstance(block, DenseChunk) and deferred is not None and block.ptr is not None \
+                    and (block.lazy or block.weights.dtype == np.float32 or amx()):
+                deferred.add(q, sel, start, block, windows, ok)
+                continue
+            if isinstance(block, DenseChunk):
+                bound, rel = _stored_pass(q, sel, block, bf16)
+                _exclude(bound, sel, start, windows, ok)
+                _take_topk(best_s, best_i, sel, bound, start, k, rel,
+                           lambda r, c, ch=block: _exact_cosine(q, sel, ch.block, Score("cosine", *ch.powers), r, c))
+                continue
+            cols = _columns(q, sel, block, n_bins)
+            if len(cols) == 0:
+                continue
+            chunk = _Chunk(block, score, cols, n_bins, work, bf16=score.dot and bf16, bounds_only=True)
+            qv = q.values[np.ix_(sel, cols)]
+            if score.dot:
+                bound, rel = _approx_cosine(qv, chunk.values)
+            else:
+                bound, rel = _bounds(qv, q.n_peaks[sel], chunk, score), 0.0
             _exclude(bound, sel, start, windows, ok)
-            _take_topk(best_s, best_i, sel, bound, start, k, rel,
-                       lambda r, c, ch=block: _exact_cosine(q, sel, ch.block, Score("cosine", *ch.powers), r, c))
-            continue
-        cols = _columns(q, sel, block, n_bins)
-        if len(cols) == 0:
-            continue
-        chunk = _Chunk(block, score, cols, n_bins, work, bf16=score.dot and bf16, bounds_only=True)
-        qv = q.values[np.ix_(sel, cols)]
-        if score.dot:
-            bound, rel = _approx_cosine(qv, chunk.values)
-        else:
-            bound, rel = _bounds(qv, q.n_peaks[sel], chunk, score), 0.0
-        _exclude(bound, sel, start, windows, ok)
-        if score.dot:
-            _take_topk(best_s, best_i, sel, bound, start, k, rel,
-                       lambda r, c, ch=chunk: _exact_cosine(q, sel, ch.block, score, r, c))
-            continue
-        if not score.bounded:
-            _take_topk(best_s, best_i, sel, bound, start, k)
-            continue
-        low = np.full(len(sel), -np.inf) if floor is None else _below(floor[sel])
-        theta = np.maximum(best_s[sel, -1], low)
-        live = np.flatnonzero((bound > theta[:, None]).any(axis=1))
-        for j in live:
-            qi = sel[j]
-            _prune_exact(best_s, best_i, qi, qv[j], q.n_peaks[qi], bound[j], chunk, score, start, low[j])
-    if deferred is not None:
-        deferred.finish(q, best_s, best_i, k)
+            if score.dot:
+                _take_topk(best_s, best_i, sel, bound, start, k, rel,
+                           lambda r, c, ch=chunk: _exact_cosine(q, sel, ch.block, score, r, c))
+                continue
+            if not score.bounded:
+                _take_topk(best_s, best_i, sel, bound, start, k)
+                continue
+            low = np.full(len(sel), -np.inf) if floor is None else _below(floor[sel])
+            theta = np.maximum(best_s[sel, -1], low)
+            live = np.flatnonzero((bound > theta[:, None]).any(axis=1))
+            for j in live:
+                qi = sel[j]
+                _prune_exact(best_s, best_i, qi, qv[j], q.n_peaks[qi], bound[j], chunk, score, start, low[j])
+        if deferred is not None:
+            deferred.finish(q, best_s, best_i, k)
+    finally:
+        if deferred is not None:
+            deferred.close()
     none = ~(best_s > 0)        # a hit shares at least one peak: score 0 is no hit
     best_s[none], best_i[none] = -np.inf, -1
     return TopK(best_s, best_i)
@@ -689,6 +694,19 @@ def defers(score: Score, k: int) -> bool:
     return score.dot and k <= _DEFER_MAX_K and module() is not None
 
 
+def _lanes() -> int:
+    """Lanes of :class:`_Deferred`: one per CPU this process may run on (at most 8) where the
+    first pass runs on AMX tiles (the kernel reads and multiplies its blocks without the GIL),
+    else one (the float32 product is threaded by BLAS already)."""
+    if not amx():
+        return 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
 class _Deferred:
     """The cosine's first pass over stored weights with its exact stage at the end (native kernel).
 
@@ -702,26 +720,90 @@ class _Deferred:
     earlier block than at the end. Against scoring each block's candidates as it comes
     (:func:`_take_topk`), on 1,000 queries +-5 Da over 1.59M entries: 11,114 pairs scored
     exactly instead of 34,187, and only their peaks read (not every block's).
+
+    With ``lanes`` > 1 the blocks are dealt in turn to lanes (:class:`_Lane`, a thread each: the
+    kernel releases the GIL), each with its own running top-k and candidates; at the end the
+    k-th best of the lanes' top-k together is the ``a_k`` above (``k`` distinct entries reach
+    it) and every lane's ``a_k`` was at most that, so the candidates kept are the same.
     """
 
-    def __init__(self, n: int, k: int, peaks: Callable[[np.ndarray, np.ndarray], PeakBlock], score: Score) -> None:
+    def __init__(self, n: int, k: int, peaks: Callable[[np.ndarray, np.ndarray], PeakBlock], score: Score,
+                 lanes: int = 1) -> None:
         self.score = score
-        self.top = np.zeros((n, k), dtype=np.float32)
         self.peaks = peaks
         self.factor = (1.0 - _STORED_REL) / (1.0 + _STORED_REL) * (1.0 - 1e-6)
+        self.lanes = [_Lane(n, k) for _ in range(max(1, lanes))]
+        self.pools: list[Any] = []
+        self.pending: list[Any] = [[] for _ in self.lanes]
+        self.turn = 0
+        if len(self.lanes) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pools = [ThreadPoolExecutor(1, thread_name_prefix="neimsctl-lane") for _ in self.lanes]
+
+    def add(self, q: _Queries, sel: np.ndarray, start: int, chunk: DenseChunk,
+            windows: tuple[np.ndarray, np.ndarray] | None, ok: np.ndarray | None) -> None:
+        if not self.pools:
+            self.lanes[0].add(q, sel, start, chunk, windows, ok, self.factor)
+            return
+        i, self.turn = self.turn, (self.turn + 1) % len(self.lanes)
+        pending = self.pending[i]
+        while len(pending) >= _LANE_AHEAD:     # a bounded queue: blocks held, not the library
+            pending.pop(0).result()
+        pending.append(self.pools[i].submit(self.lanes[i].add, q, sel, start, chunk, windows, ok, self.factor))
+
+    def finish(self, q: _Queries, best_s: np.ndarray, best_i: np.ndarray, k: int) -> None:
+        for pending in self.pending:
+            while pending:
+                pending.pop(0).result()
+        parts = [p for lane in self.lanes for p in lane.parts]
+        if not parts:
+            return
+        # the lanes' k-th best first-pass scores, merged: k distinct entries reach it
+        tops = np.concatenate([lane.top for lane in self.lanes], axis=1)
+        kth = tops[:, -1] if len(self.lanes) == 1 else np.sort(tops, axis=1)[:, -k]
+        qrows, entries, vals, starts, counts = (np.concatenate(p) for p in zip(*parts))
+        for lane in self.lanes:
+            lane.parts = []
+        keep = vals.astype(np.float64) >= kth[qrows].astype(np.float64) * self.factor
+        qrows, entries, starts, counts = qrows[keep], entries[keep], starts[keep], counts[keep]
+        _, first, pos = np.unique(entries, return_index=True, return_inverse=True)
+        exact = _exact_of(q, np.arange(q.n), self.peaks(starts[first], counts[first]), self.score, qrows, pos)
+        _merge_pairs(best_s, best_i, qrows, entries, exact, k)
+
+    def close(self) -> None:
+        """Stop the lanes (after :meth:`finish`, or when the search failed)."""
+        for pool in self.pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+        self.pools = []
+
+
+#: Blocks queued per lane of :class:`_Deferred` (each holds its entries' peak offsets, not weights).
+_LANE_AHEAD = 4
+
+
+class _Lane:
+    """One lane of :class:`_Deferred`: its own running top-k of first-pass scores and candidates,
+    over the blocks given to it (in increasing order)."""
+
+    def __init__(self, n: int, k: int) -> None:
+        self.top = np.zeros((n, k), dtype=np.float32)
         self.parts: list[tuple[np.ndarray, ...]] = []
         self.work: list[np.ndarray] = []
 
     def add(self, q: _Queries, sel: np.ndarray, start: int, chunk: DenseChunk,
-            windows: tuple[np.ndarray, np.ndarray] | None, ok: np.ndarray | None) -> None:
-        lib = chunk.weights
-        n = len(lib)
-        qv = np.ascontiguousarray(q.values[sel, :lib.shape[1]])
+            windows: tuple[np.ndarray, np.ndarray] | None, ok: np.ndarray | None, factor: float) -> None:
+        lib = chunk.source if chunk.lazy else chunk.weights     # lazy: the kernel reads them
+        n = len(chunk)
+        qv = np.ascontiguousarray(q.values[sel, :chunk.width])
         lo, hi = _window_bounds(windows, sel, start, n)
         top = np.ascontiguousarray(self.top[sel])
-        if lib.dtype == np.uint16:          # AMX tiles (search_blocks): no score matrix
+        if isinstance(lib, tuple) or lib.dtype == np.uint16:    # AMX tiles (search_blocks): no score matrix
             norms = np.empty(n, dtype=np.float32)
-            rows, cols, vals, largest = product_select(qv, lib, top, lo, hi, ok, self.factor, self.work, norms)
+            try:
+                rows, cols, vals, largest = product_select(qv, lib, top, lo, hi, ok, factor, self.work, norms)
+            except OSError as exc:
+                raise chunk.unreadable(exc) from None
             chunk.release()
             chunk.verify(norms, largest)    # an unchecked block (the reader left it to this pass)
         else:
@@ -729,22 +811,11 @@ class _Deferred:
             chunk.release()
             if ok is not None:
                 s[:, ~ok] = 0.0
-            rows, cols, vals = native_select(s, top, lo, hi, self.factor, self.work)
+            rows, cols, vals = native_select(s, top, lo, hi, factor, self.work)
         self.top[sel] = top
         if len(rows):
             ptr = chunk.ptr
             self.parts.append((sel[rows], cols + start, vals, ptr[cols], ptr[cols + 1] - ptr[cols]))
-
-    def finish(self, q: _Queries, best_s: np.ndarray, best_i: np.ndarray, k: int) -> None:
-        if not self.parts:
-            return
-        qrows, entries, vals, starts, counts = (np.concatenate(p) for p in zip(*self.parts))
-        self.parts = []
-        keep = vals.astype(np.float64) >= self.top[qrows, -1].astype(np.float64) * self.factor
-        qrows, entries, starts, counts = qrows[keep], entries[keep], starts[keep], counts[keep]
-        _, first, pos = np.unique(entries, return_index=True, return_inverse=True)
-        exact = _exact_of(q, np.arange(q.n), self.peaks(starts[first], counts[first]), self.score, qrows, pos)
-        _merge_pairs(best_s, best_i, qrows, entries, exact, k)
 
 
 def _floor(t: np.ndarray, bits: bool) -> np.ndarray:

@@ -10,7 +10,9 @@
  *   dot_select(q, bits, top, lo, hi, ok, factor, rows, cols, vals[, norms])
  *                       dot() and select() in one pass on AMX tiles, no score matrix (each tile of
  *                       scores updates its queries' top-k and gives its candidates against the
- *                       k-th best so far); with norms, also the block's check (norms() of it)
+ *                       k-th best so far); with norms, also the block's check (norms() of it);
+ *                       bits may be (fd, offset, n): the rows read from a file by the kernel, a
+ *                       piece of STAGE_ROWS at a time that stays in the core's cache
  *   pread_ranges(fd, offsets, sizes, out)
  *                       read many byte ranges of a file into one buffer (the exact stage's peaks)
  *
@@ -242,27 +244,20 @@ static void consume(sink_t *S, const float (*tile)[16], Py_ssize_t j0, Py_ssize_
 }
 
 /* tiles: 0 = A (16 entries x 32 columns), 1/2 = B hi/lo of group g, 3/4 = of group g + 1,
- * 5/6 = C of groups g and g + 1 (16 entries x 16 queries, float32) */
+ * 5/6 = C of groups g and g + 1 (16 entries x 16 queries, float32). The tiles configured and the
+ * queries packed (pack_queries) by the caller; ``lib`` holds entries base .. base + n - 1 of the
+ * block (their scores go to columns base + j of ``out``, nout wide, or to the sink as such). */
 __attribute__((target("amx-tile,amx-bf16,avx512f")))
-static void dot_amx(const float *q, Py_ssize_t nq, const uint16_t *lib, Py_ssize_t n, Py_ssize_t w,
-                    float *out, sink_t *sink, uint16_t *bhi, uint16_t *blo, uint16_t *pad) {
+static void tiles_amx(const uint16_t *bhi, const uint16_t *blo, Py_ssize_t nq, const uint16_t *lib, Py_ssize_t n,
+                      Py_ssize_t w, Py_ssize_t base, float *out, Py_ssize_t nout, sink_t *sink, uint16_t *pad) {
     Py_ssize_t nk = (w + 31) / 32, ng = (nq + 15) / 16;
-    pack_queries(q, nq, w, nk, ng, bhi, blo);
-    tilecfg_t cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int t = 0; t < 7; t++) {
-        cfg.rows[t] = 16;
-        cfg.colsb[t] = 64;
-    }
-    _tile_loadconfig(&cfg);
     float tile[16][16] __attribute__((aligned(64)));
     Py_ssize_t stride = w * 2;
     for (Py_ssize_t j0 = 0; j0 < n; j0 += 16) {
         Py_ssize_t ne = n - j0 < 16 ? n - j0 : 16;
         const uint16_t *a = lib + j0 * w;
         if (sink && sink->norms) {      /* the block's check, on rows the tiles then read from cache */
-            uint16_t t = norms_avx512(a, ne, w, sink->norms + j0);
+            uint16_t t = norms_avx512(a, ne, w, sink->norms + base + j0);
             if (t > sink->top_bits) sink->top_bits = t;
         }
         Py_ssize_t astride = stride;
@@ -299,13 +294,68 @@ static void dot_amx(const float *q, Py_ssize_t nq, const uint16_t *lib, Py_ssize
                     _tile_stored(5, tile, 64);
                 Py_ssize_t i0 = (g + h) * 16, ni = nq - i0 < 16 ? nq - i0 : 16;
                 if (sink)
-                    consume(sink, (const float (*)[16])tile, j0, ne, i0, ni);
+                    consume(sink, (const float (*)[16])tile, base + j0, ne, i0, ni);
                 else
-                    scatter((const float (*)[16])tile, j0, ne, i0, ni, n, out);
+                    scatter((const float (*)[16])tile, base + j0, ne, i0, ni, nout, out);
             }
         }
     }
-    _tile_release();
+}
+
+/* 7 tiles of 16 rows x 64 bytes. A constant in memory: GCC 12 kept only the first 17 bytes of
+ * such a configuration built on the stack (the rest looked unread), and the CPU refused it. */
+static const tilecfg_t TILES __attribute__((aligned(64))) = {
+    1, 0, {0}, {64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0}, {16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0}};
+
+__attribute__((target("amx-tile")))
+static void tiles_config(void) { _tile_loadconfig(&TILES); }
+
+__attribute__((target("amx-tile")))
+static void tiles_done(void) { _tile_release(); }
+
+static void dot_amx(const float *q, Py_ssize_t nq, const uint16_t *lib, Py_ssize_t n, Py_ssize_t w,
+                    float *out, sink_t *sink, uint16_t *bhi, uint16_t *blo, uint16_t *pad) {
+    Py_ssize_t nk = (w + 31) / 32, ng = (nq + 15) / 16;
+    pack_queries(q, nq, w, nk, ng, bhi, blo);
+    tiles_config();
+    tiles_amx(bhi, blo, nq, lib, n, w, 0, out, n, sink, pad);
+    tiles_done();
+}
+
+/* Entries read from the file in pieces of STAGE_ROWS (their weights stay in the core's cache
+ * from the read to the tiles: copying a block's 2.6 MB out of the page cache into a buffer
+ * and reading it back was half the time of a mass-filtered search). */
+#define STAGE_ROWS 256
+
+static int pread_full(int fd, void *buf, size_t size, int64_t offset) {
+    char *p = buf;
+    while (size > 0) {
+        ssize_t got = pread(fd, p, size, (off_t)offset);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) return errno;
+        if (got == 0) return -1;        /* the file ends first */
+        p += got;
+        size -= (size_t)got;
+        offset += got;
+    }
+    return 0;
+}
+
+/* dot_amx into the sink, of n entries read from fd at offset (n x w bfloat16 bit patterns);
+ * 0, an errno, or -1 when the file ends first */
+static int pread_dot_amx(int fd, int64_t offset, const float *q, Py_ssize_t nq, Py_ssize_t n, Py_ssize_t w,
+                         sink_t *sink, uint16_t *bhi, uint16_t *blo, uint16_t *pad, uint16_t *stage) {
+    Py_ssize_t nk = (w + 31) / 32, ng = (nq + 15) / 16;
+    pack_queries(q, nq, w, nk, ng, bhi, blo);
+    int err = 0;
+    tiles_config();
+    for (Py_ssize_t j = 0; j < n && !err; j += STAGE_ROWS) {
+        Py_ssize_t m = n - j < STAGE_ROWS ? n - j : STAGE_ROWS;
+        err = pread_full(fd, stage, (size_t)(m * w) * 2, offset + (int64_t)(j * w) * 2);
+        if (!err) tiles_amx(bhi, blo, nq, stage, m, w, j, NULL, 0, sink, pad);
+    }
+    tiles_done();
+    return err;
 }
 #endif
 
@@ -419,6 +469,9 @@ static PyObject *py_norms(PyObject *self, PyObject *args) {
     return ret;
 }
 
+/* dot_select(q, bits, top, lo, hi, ok, factor, rows, cols, vals[, norms]); ``bits`` the block's
+ * (n, w) bit patterns, or a tuple (fd, offset, n): n rows of w read from the open file fd at
+ * byte offset (pread, in pieces that stay in the cache: OSError when the file ends first). */
 static PyObject *py_dot_select(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *objs[9], *normo = NULL;
@@ -431,19 +484,34 @@ static PyObject *py_dot_select(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_RuntimeError, "dot_select: this CPU or kernel offers no AMX bf16 tiles");
         return NULL;
     }
+    int fd = -1;
+    long long offset = 0;
+    Py_ssize_t nfile = 0;
+    int from_file = PyTuple_Check(objs[1]);
+    if (from_file && !PyArg_ParseTuple(objs[1], "iLn", &fd, &offset, &nfile)) return NULL;
+    if (from_file && (fd < 0 || offset < 0 || nfile < 0)) {
+        PyErr_SetString(PyExc_ValueError, "dot_select: (fd, offset, n) must be non-negative");
+        return NULL;
+    }
     Py_buffer b[9];
     const char *fmts[9] = {"f", "H", "f", "l", "l", "B", "l", "l", "f"};
     const char *names[9] = {"q", "bits", "top", "lo", "hi", "ok", "rows", "cols", "vals"};
     int writable[9] = {0, 0, 1, 0, 0, 0, 1, 1, 1};
-    int got = 0;
+    int got = 0, err = 0;
     PyObject *ret = NULL;
-    for (; got < 9; got++)
+    for (; got < 9; got++) {
+        if (got == 1 && from_file) {
+            memset(&b[1], 0, sizeof b[1]);
+            continue;
+        }
         if (get_2d(objs[got], &b[got], fmts[got], writable[got], names[got]) != 0) goto done;
-    Py_ssize_t nq = dim(&b[0], 0), w = dim(&b[0], 1), n = dim(&b[1], 0), k = dim(&b[2], 1);
+    }
+    Py_ssize_t nq = dim(&b[0], 0), w = dim(&b[0], 1), k = dim(&b[2], 1);
+    Py_ssize_t n = from_file ? nfile : dim(&b[1], 0);
     Py_ssize_t nok = len1(&b[5]), cap = len1(&b[6]);
-    if (b[0].ndim != 2 || b[1].ndim != 2 || b[2].ndim != 2 || dim(&b[1], 1) != w || dim(&b[2], 0) != nq || k < 1 ||
-        len1(&b[3]) != nq || len1(&b[4]) != nq || (nok != 0 && nok != n) || cap < 0 || len1(&b[7]) != cap ||
-        len1(&b[8]) != cap || n > INT32_MAX) {
+    if (b[0].ndim != 2 || (!from_file && (b[1].ndim != 2 || dim(&b[1], 1) != w)) || b[2].ndim != 2 ||
+        dim(&b[2], 0) != nq || k < 1 || len1(&b[3]) != nq || len1(&b[4]) != nq || (nok != 0 && nok != n) || cap < 0 ||
+        len1(&b[7]) != cap || len1(&b[8]) != cap || n > INT32_MAX || (from_file && n > (INT64_MAX - offset) / 2 / (w ? w : 1))) {
         PyErr_SetString(PyExc_ValueError, "dot_select: shapes (nq, w), (n, w), (nq, k), (nq,), (nq,), (n,) or (0,), "
                                           "and three outputs of one size expected");
         goto done;
@@ -467,29 +535,51 @@ static PyObject *py_dot_select(PyObject *self, PyObject *args) {
         uint16_t *bhi = aligned_alloc(64, (size_t)((ng * nk * 512 * 2 + 31) / 32 * 32) * 2);
         uint16_t *blo = bhi ? bhi + ng * nk * 512 : NULL;
         uint16_t *pad = aligned_alloc(64, (size_t)((16 * nk * 32 + 31) / 32 * 32) * 2);
-        if (!bhi || !pad) {
+        uint16_t *stage = from_file ? aligned_alloc(64, (size_t)((STAGE_ROWS * w + 31) / 32 * 32) * 2) : NULL;
+        if (!bhi || !pad || (from_file && !stage)) {
             free(bhi);
             free(pad);
+            free(stage);
             if (have_norms) PyBuffer_Release(&nb);
             PyErr_NoMemory();
             goto done;
         }
         Py_BEGIN_ALLOW_THREADS
-        dot_amx((const float *)b[0].buf, nq, (const uint16_t *)b[1].buf, n, w, NULL, &S, bhi, blo, pad);
+        if (from_file)
+            err = pread_dot_amx(fd, (int64_t)offset, (const float *)b[0].buf, nq, n, w, &S, bhi, blo, pad, stage);
+        else
+            dot_amx((const float *)b[0].buf, nq, (const uint16_t *)b[1].buf, n, w, NULL, &S, bhi, blo, pad);
         Py_END_ALLOW_THREADS
         free(bhi);
         free(pad);
-    } else if (have_norms && w > 0) {       /* no queries: the check all the same */
+        free(stage);
+    } else if (have_norms && w > 0 && n > 0) {      /* no queries: the check all the same */
+        uint16_t *rows = from_file ? malloc((size_t)(n * w) * 2) : (uint16_t *)b[1].buf;
+        if (!rows) {
+            PyBuffer_Release(&nb);
+            PyErr_NoMemory();
+            goto done;
+        }
         Py_BEGIN_ALLOW_THREADS
-        S.top_bits = norms_avx512((const uint16_t *)b[1].buf, n, w, S.norms);
+        if (from_file) err = pread_full(fd, rows, (size_t)(n * w) * 2, (int64_t)offset);
+        if (!err) S.top_bits = norms_avx512(rows, n, w, S.norms);
         Py_END_ALLOW_THREADS
+        if (from_file) free(rows);
     } else if (have_norms) {
         memset(S.norms, 0, (size_t)n * 4);
     }
     if (have_norms) PyBuffer_Release(&nb);
-    ret = Py_BuildValue("(ni)", S.count, (int)S.top_bits);
+    if (err > 0) {
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+    } else if (err < 0) {
+        PyErr_SetString(PyExc_OSError, "file shorter than its datasets (truncated?)");
+    } else {
+        ret = Py_BuildValue("(ni)", S.count, (int)S.top_bits);
+    }
 done:
-    for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
+    for (int i = 0; i < got; i++)
+        if (!(i == 1 && from_file)) PyBuffer_Release(&b[i]);
     return ret;
 #else
     (void)objs;

@@ -102,7 +102,7 @@ def select(s: np.ndarray, top: np.ndarray, lo: np.ndarray, hi: np.ndarray, facto
     return rows[:count].copy(), cols[:count].copy(), vals[:count].copy()
 
 
-def product_select(q: np.ndarray, bits: np.ndarray, top: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+def product_select(q: np.ndarray, bits: np.ndarray | tuple[int, int, int], top: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                    ok: np.ndarray | None, factor: float, work: list[np.ndarray] | None = None,
                    norms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """:func:`product` and :func:`select` in one pass on AMX tiles (only where :func:`amx`), with
@@ -111,10 +111,14 @@ def product_select(q: np.ndarray, bits: np.ndarray, top: np.ndarray, lo: np.ndar
     :func:`select` is among them, and a few more). ``ok``: bool ``(n,)`` allowed entries, or
     ``None``. ``norms``: a float32 ``(n,)`` array to receive the rows' squared norms (the
     block's check, :func:`row_norms`, done in the same pass while the rows are in cache).
+    ``bits`` may also be ``(fd, offset, n)``: ``n`` rows of ``q``'s width at a byte offset of
+    an open file, read by the kernel piece by piece as it multiplies them (no copy of the block
+    in memory; ``OSError`` when the file ends first).
     Returns ``(rows, cols, values)`` (copies), in no particular order, and the largest bit
     pattern of ``bits`` (0 without ``norms``)."""
     q = np.ascontiguousarray(q, dtype=np.float32)
-    bits = np.ascontiguousarray(bits, dtype=np.uint16)
+    if not isinstance(bits, tuple):
+        bits = np.ascontiguousarray(bits, dtype=np.uint16)
     lo = np.ascontiguousarray(lo, dtype=np.int64)
     hi = np.ascontiguousarray(hi, dtype=np.int64)
     allowed = np.zeros(0, np.uint8) if ok is None else np.ascontiguousarray(ok, dtype=np.uint8)

@@ -307,19 +307,49 @@ class DenseChunk:
     ptr : int64 ``(n + 1,)`` or ``None``: where the entries' peaks lie among the index's
         (:meth:`SpectralIndex.peaks` reads any of them later: a search that defers its exact
         stage to the end reads only its candidates' peaks).
+    source : ``(fd, offset, n)`` or ``None``: where the bit patterns lie in the open index file,
+        for a chunk whose weights are not read in advance (:meth:`SpectralIndex.dense_chunk`
+        with ``lazy``): the native kernel reads them itself, piece by piece, as it multiplies
+        them; :attr:`weights` reads them when asked for.
     """
 
-    def __init__(self, weights: np.ndarray, read: Any, powers: tuple[float, float],
-                 release: Any = None, ptr: np.ndarray | None = None, verify: Any = None) -> None:
-        self.weights = weights
+    def __init__(self, weights: np.ndarray | None, read: Any, powers: tuple[float, float],
+                 release: Any = None, ptr: np.ndarray | None = None, verify: Any = None,
+                 source: tuple[int, int, int] | None = None, load: Any = None, failed: Any = None,
+                 width: int | None = None) -> None:
+        self._weights = weights
+        self._width = width
+        self._failed = failed
         self.powers = powers
         self.ptr = ptr
+        self.source = source
+        self._load = load
         self._verify = verify
         #: the weights were verified (:meth:`verify`)
         self.checked = verify is None
         self._read = read
         self._block: PeakBlock | None = None
         self._release = release
+
+    @property
+    def weights(self) -> np.ndarray:
+        if self._weights is None:
+            self._weights = self._load()
+        return self._weights
+
+    @property
+    def width(self) -> int:
+        """Columns of :attr:`weights` (m/z 0 .. width - 1)."""
+        return self._width if self._weights is None and self._width is not None else self.weights.shape[1]
+
+    @property
+    def lazy(self) -> bool:
+        """The weights were not read: they are at :attr:`source`."""
+        return self._weights is None and self.source is not None
+
+    def unreadable(self, exc: OSError) -> Exception:
+        """The error to raise when reading the weights from :attr:`source` failed with ``exc``."""
+        return self._failed(exc) if self._failed is not None else exc
 
     def verify(self, norms: np.ndarray, top: int) -> None:
         """Raise the index's error when the weights whose squared row norms and largest bit
@@ -339,7 +369,7 @@ class DenseChunk:
         """Done with :attr:`weights` (its memory may serve the next block read; the peaks stay)."""
         if self._release is not None:
             release, self._release = self._release, None
-            self.weights = self.weights[:0]
+            self._weights = self.weights[:0]
             release()
 
     @property
@@ -349,7 +379,7 @@ class DenseChunk:
         return self._block
 
     def __len__(self) -> int:
-        return len(self.weights)
+        return self.source[2] if self._weights is None and self.source is not None else len(self.weights)
 
 
 class _Buffers:
@@ -733,20 +763,33 @@ class SpectralIndex:
             yield start, self.block(start, min(start + size, hi))
 
     def dense_chunk(self, b: int, float32: bool = False, pooled: bool = False,
-                    check: bool = True) -> tuple[int, DenseChunk]:
+                    check: bool = True, lazy: bool = False) -> tuple[int, DenseChunk]:
         """Block ``b`` of stored weights and its peaks: ``(first entry, chunk)``; the weights
         as bfloat16 bits, or (``float32``) as their float32 values (``neimsctl.index/2`` only).
         ``pooled``: the weights' memory is reused for a later block once the chunk's
         :meth:`DenseChunk.release` is called (a chunk searched once: the search releases it).
         ``check=False`` (bits only): the weights are not checked here; their user checks them,
         with the rows' squared norms it computes (:meth:`DenseChunk.verify`) or with
-        :meth:`DenseChunk.check`, before it uses anything computed from them."""
+        :meth:`DenseChunk.check`, before it uses anything computed from them.
+        ``lazy`` (with ``check=False``, bits only, an index file whose weights are stored
+        whole): the weights are not read here but where they lie (:attr:`DenseChunk.source`),
+        by their user (:func:`neimsctl.io.native.product_select`) or when first asked for."""
         assert self.dense_block is not None
         lo = b * self.dense_block
         hi = min(lo + self.dense_block, self.n)
         a, z = int(self.dense_ptr[b]), int(self.dense_ptr[b + 1])
         width = int(self.dense_width[b])
         count = z - a
+        if lazy and not (float32 or check) and self._dense_raw is not None and self._fd is not None:
+            if count != (hi - lo) * width:
+                raise FormatError(f"damaged index: stored weights of block {b} do not fill {hi - lo} rows "
+                                  f"of {width}", file=self.path)
+            ptr = self._peak_ptr(lo, hi)
+            return lo, DenseChunk(None, lambda: self.block(lo, hi, ptr), self.dense_powers, ptr=ptr,
+                                  verify=lambda ch, norms, top: self._verify_weights(b, lo, hi, norms, top, ch),
+                                  source=(self._fd, self._dense_raw + 2 * a, hi - lo),
+                                  load=lambda: self.dense_chunk(b, check=False)[1].weights,
+                                  failed=lambda exc: self._unreadable(b, exc), width=width)
         pool = self._buffers if pooled else _Buffers(keep=0)
         raw = pool.get(2 * count)
         try:
@@ -756,8 +799,7 @@ class SpectralIndex:
                 bits = raw[:2 * count].view(np.uint16)
                 self.file["dense"].read_direct(bits, np.s_[a:z])
         except (OSError, TypeError, ValueError) as exc:
-            raise FormatError(f"damaged index: cannot read stored weights of block {b}: {exc}",
-                              file=self.path) from None
+            raise self._unreadable(b, exc) from None
         bits = bits.reshape(hi - lo, width)
         # every entry has peaks: each row is a unit vector rounded to bfloat16. Anything else (NaN,
         # inf, negative, zeroed or cut rows: a damaged file) would drop hits silently
@@ -776,6 +818,9 @@ class SpectralIndex:
         if float32 or check:
             chunk.verify(norms, top)
         return lo, chunk
+
+    def _unreadable(self, b: int, exc: Exception) -> FormatError:
+        return FormatError(f"damaged index: cannot read stored weights of block {b}: {exc}", file=self.path)
 
     def _verify_weights(self, b: int, lo: int, hi: int, norms: np.ndarray, top: int, chunk: DenseChunk) -> None:
         """Every entry has peaks: each row of stored weights is a unit vector rounded to bfloat16.

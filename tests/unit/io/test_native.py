@@ -4,6 +4,7 @@ and the switch that turns them off."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -229,3 +230,38 @@ def test_product_select_keeps_every_candidate_of_select(k: int) -> None:
             assert got_pairs[(r, c)] == v
         assert all(ok[c] and lo[r] <= c < hi[r] and v > 0 for (r, c), v in got_pairs.items())
     assert len(work[0]) > 4
+
+
+@needs_amx
+@pytest.mark.parametrize("n", [1, 255, 700])
+def test_product_select_reads_the_weights_from_a_file_in_pieces(tmp_path, n: int) -> None:
+    """``bits`` given as ``(fd, offset, n)``: the kernel reads the rows itself, a piece at a time
+    (256 rows), at an odd offset; the same top-k, candidates (in the same order), norms and
+    largest bit pattern as from the array. A file that ends before the rows do: OSError."""
+    rng = np.random.default_rng(n)
+    nq, w, k = 21, 70, 3
+    q = _unit_rows(rng, nq, w, 0.3)
+    bits = bf16_bits(_unit_rows(rng, n, w, 0.5))
+    lo = rng.integers(0, max(1, n // 2), nq)
+    hi = np.minimum(lo + rng.integers(0, n + 1, nq), n)
+    ok = rng.random(n) < 0.8
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"x" * 13 + bits.tobytes() + b"tail")
+    results = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for source in (bits, (fd, 13, n)):
+            top = np.zeros((nq, k), np.float32)
+            norms = np.empty(n, np.float32)
+            rows, cols, vals, largest = native.product_select(q, source, top, lo, hi, ok, 0.9, None, norms)
+            results.append((top, rows, cols, vals, norms, largest))
+        os.truncate(path, 13 + bits.nbytes - 2)
+        with pytest.raises(OSError, match="shorter"):
+            native.product_select(q, (fd, 13, n), np.zeros((nq, k), np.float32), lo, hi, ok, 0.9)
+        with pytest.raises(ValueError):
+            native.product_select(q, (fd, -1, n), np.zeros((nq, k), np.float32), lo, hi, ok, 0.9)
+    finally:
+        os.close(fd)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    assert len(results[0][1]) > 0

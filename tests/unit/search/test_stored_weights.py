@@ -229,3 +229,53 @@ def test_take_reads_scattered_entries_in_runs(libs, gap) -> None:
         np.testing.assert_array_equal(got.ptr, want.ptr)
         np.testing.assert_array_equal(got.mz, want.mz)
         np.testing.assert_array_equal(got.intensity, want.intensity)
+
+
+@pytest.mark.parametrize("mass_filter", [None, 5.0])
+def test_lanes_and_weights_read_by_the_kernel_give_the_same_hits(libs, mass_filter, monkeypatch) -> None:
+    """With AMX tiles, the deferred first pass reads each block's weights itself (lazy chunks)
+    and runs in lanes, one per CPU, each with its own running top-k: the hits and scores of one
+    lane, of three, and of the weights read in advance are the same."""
+    from neimsctl.evaluate import matching
+    from neimsctl.io import native
+
+    if not native.amx():
+        pytest.skip("no AMX tiles here (or the native kernel is not built)")
+    spectra, keys, mw, v2, _ = libs
+    batch = noisy_queries(spectra, mw, seed=11, n=60)
+    opts = SearchOptions(Score(), top=5, mass_filter=mass_filter)
+    sources = []
+    real = matching.product_select
+    monkeypatch.setattr(matching, "product_select", lambda q, bits, *a: sources.append(type(bits)) or real(q, bits, *a))
+    got = []
+    for lanes in (1, 3):
+        monkeypatch.setattr(matching, "_lanes", lambda n=lanes: n)
+        got.append(search_library(v2, batch, opts))
+    assert set(sources) == {tuple}
+    monkeypatch.setattr(run, "amx", lambda: False)     # the reader thread reads the weights in advance
+    got.append(search_library(v2, batch, opts))
+    assert set(sources) == {tuple, np.ndarray}
+    for other in got[1:]:
+        np.testing.assert_array_equal(got[0].index, other.index)
+        np.testing.assert_array_equal(got[0].scores, other.scores)
+
+
+def test_an_index_cut_while_searched_is_named_by_the_kernels_read(libs, tmp_path) -> None:
+    """An index file cut short after it was opened: the kernel's read of a block's weights fails
+    and the search says which block, as the reader's read does."""
+    import os
+    import shutil
+
+    from neimsctl.errors import FormatError
+    from neimsctl.io import native
+
+    if not native.amx():
+        pytest.skip("no AMX tiles here (or the native kernel is not built)")
+    spectra, keys, mw, v2, _ = libs
+    path = tmp_path / "cut.h5"
+    shutil.copy(v2.path, path)
+    batch = noisy_queries(spectra, mw, seed=3, n=10)
+    with SpectralIndex(path) as ix:
+        os.truncate(path, ix._dense_raw + 2 * int(ix.dense_ptr[2]) + 100)
+        with pytest.raises(FormatError, match="cannot read stored weights of block 2: .*shorter"):
+            search_library(ix, batch, SearchOptions(Score(), top=5))
