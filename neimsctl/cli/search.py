@@ -164,8 +164,8 @@ def search_cli(
                             first_without = first_without or query
                         n_hits += len(hits)
                         fout.write(b"".join([orjson.dumps(h.row(libs, spec), option=orjson.OPT_APPEND_NEWLINE)
-                                             if fmt == OutFormat.jsonl else _tsv_line(h.row(libs, spec), HIT_FIELDS)
-                                             for h in hits]))
+                                             for h in hits] if fmt == OutFormat.jsonl else
+                                            [_tsv_line(h.cells(spec)) for h in hits]))
                     bar.update(tally)
                 if sink is not None:    # a rejects report that cannot be written (a full disk)
                     sink.flush()        # stops the run before the hits are put in place
@@ -227,11 +227,12 @@ _CLEAN = str.maketrans(dict.fromkeys(_BREAKS, " "))
 _LINE_BREAK = re.compile(f"[{_BREAKS[1:]}]")
 
 
-def _tsv_line(row: dict, fields: tuple[str, ...]) -> bytes:
-    """One hit as a TSV line; tabs and line breaks (:data:`_BREAKS`) inside a value become spaces."""
-    line = "\t".join(["" if v is None else v if isinstance(v, str) else str(v) for v in map(row.get, fields)])
-    if line.count("\t") != len(fields) - 1 or _LINE_BREAK.search(line):
-        line = "\t".join(_cell(row[k]) for k in fields)
+def _tsv_line(cells: list) -> bytes:
+    """One hit (its values in the order of the header) as a TSV line; tabs and line breaks
+    (:data:`_BREAKS`) inside a value become spaces."""
+    line = "\t".join(["" if v is None else v if v.__class__ is str else str(v) for v in cells])
+    if line.count("\t") != len(cells) - 1 or _LINE_BREAK.search(line):
+        line = "\t".join(map(_cell, cells))
     return (line + "\n").encode()
 
 

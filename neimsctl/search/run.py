@@ -81,14 +81,15 @@ class Hit:
     info: dict[str, Any] = field(default_factory=dict)
 
     def row(self, libraries: Sequence[SpectralIndex], score: Score) -> dict[str, Any]:
+        return dict(zip(HIT_FIELDS, self.cells(score)))
+
+    def cells(self, score: Score) -> list[Any]:
+        """The hit's values in the order of :data:`HIT_FIELDS` (``None``: unknown)."""
         q, i = self.query, self.info
-        qmw = q.mw
-        return {"query_id": q.id, "query_name": q.name, "rank": self.rank,
-                "score": round(self.score, 1 if score.name == "composite" else 4),
-                "hit_id": i["id"], "hit_name": i["name"], "inchikey": i["inchikey"], "smiles": i["smiles"],
-                "formula": i["formula"], "mw": i["mw"] if i["mw"] >= 0 else None,
-                "mass_diff": (i["mw"] - qmw) if (qmw is not None and i["mw"] >= 0) else None,
-                "source": i["kind"], "library": i["file"]}
+        qmw, mw = q.mw, i["mw"]
+        return [q.id, q.name, self.rank, round(self.score, 1 if score.name == "composite" else 4),
+                i["id"], i["name"], i["inchikey"], i["smiles"], i["formula"], mw if mw >= 0 else None,
+                (mw - qmw) if (qmw is not None and mw >= 0) else None, i["kind"], i["file"]]
 
 
 def open_libraries(paths: Sequence[str | os.PathLike], tally: Tally) -> list[SpectralIndex]:
@@ -422,17 +423,22 @@ def search_batch(libraries: Sequence[SpectralIndex], batch: QueryBatch, opts: Se
     index = np.concatenate([r.index for r in results], axis=1)
     libno = np.concatenate([np.full(r.index.shape, j) for j, r in enumerate(results)], axis=1)
     order = np.lexsort((index, libno, -scores), axis=1)[:, :opts.top]
+    scores, index, libno = (np.take_along_axis(a, order, axis=1) for a in (scores, index, libno))
+    found = (index >= 0) & np.isfinite(scores)
+    # a query's hits: its best ones up to the first entry that is none
+    keep = np.cumprod(found, axis=1, dtype=bool)
+    qrow = np.nonzero(keep)[0]
+    scores, index, libno = scores[keep], index[keep], libno[keep]
+    info: list[dict[str, Any]] = [{}] * len(index)
+    for j in np.unique(libno).tolist():
+        at = np.flatnonzero(libno == j)
+        got = libraries[j].entries(index[at])
+        keys = list(got)
+        for pos, values in zip(at.tolist(), zip(*got.values())):
+            info[pos] = dict(zip(keys, values))
     hits: list[list[Hit]] = [[] for _ in range(nq)]
-    wanted: dict[int, list[tuple[int, int, int]]] = {}
-    for qi in range(nq):
-        for rank, col in enumerate(order[qi], 1):
-            if index[qi, col] < 0 or not np.isfinite(scores[qi, col]):
-                break
-            h = Hit(batch.records[qi], rank, float(scores[qi, col]), int(libno[qi, col]), int(index[qi, col]))
-            hits[qi].append(h)
-            wanted.setdefault(h.library, []).append((qi, len(hits[qi]) - 1, h.entry))
-    for j, items in wanted.items():
-        info = libraries[j].entries(np.array([e for _, _, e in items], dtype=np.int64))
-        for n, (qi, pos, _) in enumerate(items):
-            hits[qi][pos].info = {k: v[n] for k, v in info.items()}
+    records = batch.records
+    for qi, s, lib_j, e, i in zip(qrow.tolist(), scores.tolist(), libno.tolist(), index.tolist(), info):
+        row = hits[qi]
+        row.append(Hit(records[qi], len(row) + 1, s, lib_j, e, i))
     return hits
