@@ -107,6 +107,38 @@ static uint16_t norms_avx512(const uint16_t *bits, Py_ssize_t n, Py_ssize_t w, f
 }
 #endif
 
+#ifdef HAVE_AMX
+/* norms_avx512 with AVX512-BF16 (every CPU with AMX-BF16 has it): each bfloat16 pair squared
+ * and summed into float32 by one instruction (products exact, denormals taken as 0), four rows
+ * at a time with two accumulators each (eight independent chains); the largest bit pattern from
+ * the raw 16-bit words. 4,096 x 317 weights: see norms_avx512's note. */
+__attribute__((target("avx512f,avx512bw,avx512bf16")))
+static uint16_t norms_bf16(const uint16_t *bits, Py_ssize_t n, Py_ssize_t w, float *out) {
+    __m512i top = _mm512_setzero_si512();
+    for (Py_ssize_t j = 0; j < n; j += 4) {
+        int nr = n - j < 4 ? (int)(n - j) : 4;
+        __m512 acc[4][2];
+        for (int r = 0; r < 4; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+        for (Py_ssize_t c = 0; c < w; c += 64) {
+            __mmask32 m0 = (w - c >= 32) ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << (w - c)) - 1u);
+            __mmask32 m1 = (w - c >= 64) ? (__mmask32)0xFFFFFFFFu : (w - c <= 32) ? (__mmask32)0 :
+                           (__mmask32)((1u << (w - c - 32)) - 1u);
+            for (int r = 0; r < nr; r++) {
+                const uint16_t *row = bits + (j + r) * w + c;
+                __m512i u0 = _mm512_maskz_loadu_epi16(m0, row), u1 = _mm512_maskz_loadu_epi16(m1, row + 32);
+                acc[r][0] = _mm512_dpbf16_ps(acc[r][0], (__m512bh)u0, (__m512bh)u0);
+                acc[r][1] = _mm512_dpbf16_ps(acc[r][1], (__m512bh)u1, (__m512bh)u1);
+                top = _mm512_max_epu16(top, _mm512_max_epu16(u0, u1));
+            }
+        }
+        for (int r = 0; r < nr; r++) out[j + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
+    }
+    /* the largest 16-bit word of the 32 lanes */
+    __m512i hi = _mm512_srli_epi32(top, 16), lo = _mm512_and_si512(top, _mm512_set1_epi32(0xFFFF));
+    return (uint16_t)_mm512_reduce_max_epu32(_mm512_max_epu32(hi, lo));
+}
+#endif
+
 /* ---- AMX ------------------------------------------------------------------------------------ */
 
 #ifdef HAVE_AMX
@@ -122,6 +154,7 @@ static int amx_usable(void) {
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
     if (!(d & (1u << 22)) || !(d & (1u << 24))) return 0;        /* AMX-BF16, AMX-TILE */
     if (!(b & (1u << 16))) return 0;                              /* AVX-512F (norms, packing) */
+    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a & (1u << 5))) return 0;   /* AVX512-BF16 (norms_bf16) */
     if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0) return 0;
     amx_state = 1;
     return 1;
@@ -257,7 +290,7 @@ static void tiles_amx(const uint16_t *bhi, const uint16_t *blo, Py_ssize_t nq, c
         Py_ssize_t ne = n - j0 < 16 ? n - j0 : 16;
         const uint16_t *a = lib + j0 * w;
         if (sink && sink->norms) {      /* the block's check, on rows the tiles then read from cache */
-            uint16_t t = norms_avx512(a, ne, w, sink->norms + base + j0);
+            uint16_t t = norms_bf16(a, ne, w, sink->norms + base + j0);
             if (t > sink->top_bits) sink->top_bits = t;
         }
         Py_ssize_t astride = stride;

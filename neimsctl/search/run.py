@@ -430,8 +430,10 @@ def search_batch(libraries: Sequence[SpectralIndex], batch: QueryBatch, opts: Se
     qrow = np.nonzero(keep)[0]
     scores, index, libno = scores[keep], index[keep], libno[keep]
     info: list[dict[str, Any]] = [{}] * len(index)
-    for j in np.unique(libno).tolist():
+    for j in range(len(libraries)):     # (a bare np.unique imports numpy.ma: 7 ms)
         at = np.flatnonzero(libno == j)
+        if len(at) == 0:
+            continue
         got = libraries[j].entries(index[at])
         keys = list(got)
         for pos, values in zip(at.tolist(), zip(*got.values())):

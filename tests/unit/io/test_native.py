@@ -265,3 +265,6 @@ def test_product_select_reads_the_weights_from_a_file_in_pieces(tmp_path, n: int
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
     assert len(results[0][1]) > 0
+    values = bf16_values(bits).astype(np.float64)
+    np.testing.assert_allclose(results[0][4], (values ** 2).sum(axis=1), rtol=1e-6)
+    assert results[0][5] == int(bits.max())
