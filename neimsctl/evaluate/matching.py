@@ -456,7 +456,7 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
                   windows: tuple[np.ndarray, np.ndarray] | None = None,
                   allowed: Callable[[int, int], np.ndarray | None] | None = None,
                   n_bins: int = N_BINS, bf16: bool = False, floor: np.ndarray | None = None,
-                  peaks: Callable[[np.ndarray, np.ndarray], PeakBlock] | None = None) -> TopK:
+                  peaks: Callable[[np.ndarray], PeakBlock] | None = None) -> TopK:
     """Exact top-``k`` library entries of every query, the library streamed chunk by chunk.
 
     Parameters
@@ -490,10 +490,11 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
         another score): no entry below it can be a hit, so entries whose bound is below it are
         not scored exactly; ``-inf`` for none. The hits are the same with or without it.
     peaks
-        Optional ``peaks(starts, counts)`` -> :class:`PeakBlock` of the library's spectra whose
-        peaks lie there (:meth:`SpectralIndex.peaks`): with the native kernel built, the cosine
-        over stored weights (:class:`DenseChunk` with ``ptr``) then scores its candidates exactly
-        at the end, reading only their peaks (:class:`_Deferred`). The hits are the same.
+        Optional ``peaks(entries)`` -> :class:`PeakBlock` of the library's entries ``entries``
+        (sorted, unique; :meth:`SpectralIndex.entry_peaks`): with the native kernel built, the
+        cosine over stored weights (:class:`DenseChunk` read lazily or with ``ptr``) then scores
+        its candidates exactly at the end, reading only their peaks (:class:`_Deferred`). The
+        hits are the same.
 
     Returns
     -------
@@ -513,8 +514,8 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
         for start, block, sel, ok in _reached(chunks, q, windows, allowed):
             if isinstance(block, DenseChunk) and not (score.dot and block.powers == powers):
                 block = block.block                      # other weights: from the peak lists
-            if isinstance(block, DenseChunk) and deferred is not None and block.ptr is not None \
-                    and (block.lazy or block.weights.dtype == np.float32 or amx()):
+            if isinstance(block, DenseChunk) and deferred is not None \
+                    and (block.lazy or block.ptr is not None and (block.weights.dtype == np.float32 or amx())):
                 deferred.add(q, sel, start, block, windows, ok)
                 continue
             if isinstance(block, DenseChunk):
@@ -714,7 +715,7 @@ class _Deferred:
     ``a`` (:func:`neimsctl.io.native.select`) and keep, as candidates, the entries scoring at
     least ``a_k (1 - d) / (1 + d)`` (``d`` = :data:`_STORED_REL`; ``a_k`` its k-th best so far).
     At the end, the candidates still above that bound for the final ``a_k`` are scored exactly,
-    from their peaks (:meth:`SpectralIndex.peaks`). Exact: ``k`` entries have first-pass scores
+    from their peaks (:meth:`SpectralIndex.entry_peaks`). Exact: ``k`` entries have first-pass scores
     ``>= a_k``, so exact scores ``>= a_k / (1 + d)``; an entry whose exact score reaches the k-th
     best has a first-pass score ``>= a_k (1 - d) / (1 + d)``, with ``a_k`` never larger in an
     earlier block than at the end. Against scoring each block's candidates as it comes
@@ -727,7 +728,7 @@ class _Deferred:
     it) and every lane's ``a_k`` was at most that, so the candidates kept are the same.
     """
 
-    def __init__(self, n: int, k: int, peaks: Callable[[np.ndarray, np.ndarray], PeakBlock], score: Score,
+    def __init__(self, n: int, k: int, peaks: Callable[[np.ndarray], PeakBlock], score: Score,
                  lanes: int = 1) -> None:
         self.score = score
         self.peaks = peaks
@@ -762,13 +763,13 @@ class _Deferred:
         # the lanes' k-th best first-pass scores, merged: k distinct entries reach it
         tops = np.concatenate([lane.top for lane in self.lanes], axis=1)
         kth = tops[:, -1] if len(self.lanes) == 1 else np.sort(tops, axis=1)[:, -k]
-        qrows, entries, vals, starts, counts = (np.concatenate(p) for p in zip(*parts))
+        qrows, entries, vals = (np.concatenate(p) for p in zip(*parts))
         for lane in self.lanes:
             lane.parts = []
         keep = vals.astype(np.float64) >= kth[qrows].astype(np.float64) * self.factor
-        qrows, entries, starts, counts = qrows[keep], entries[keep], starts[keep], counts[keep]
-        _, first, pos = np.unique(entries, return_index=True, return_inverse=True)
-        exact = _exact_of(q, np.arange(q.n), self.peaks(starts[first], counts[first]), self.score, qrows, pos)
+        qrows, entries = qrows[keep], entries[keep]
+        uniq, pos = np.unique(entries, return_inverse=True)
+        exact = _exact_of(q, np.arange(q.n), self.peaks(uniq), self.score, qrows, pos)
         _merge_pairs(best_s, best_i, qrows, entries, exact, k)
 
     def close(self) -> None:
@@ -814,8 +815,7 @@ class _Lane:
             rows, cols, vals = native_select(s, top, lo, hi, factor, self.work)
         self.top[sel] = top
         if len(rows):
-            ptr = chunk.ptr
-            self.parts.append((sel[rows], cols + start, vals, ptr[cols], ptr[cols + 1] - ptr[cols]))
+            self.parts.append((sel[rows], cols + start, vals))
 
 
 def _floor(t: np.ndarray, bits: bool) -> np.ndarray:

@@ -690,6 +690,21 @@ class SpectralIndex:
                               file=self.path)
         return ptr
 
+    def entry_peaks(self, entries: np.ndarray) -> PeakBlock:
+        """The spectra of ``entries`` (sorted, unique), in that order: their peak offsets read
+        in runs (:meth:`_take`) and checked, then :meth:`peaks` (a search that scores exactly at
+        the end reads only its candidates' offsets, not every block's)."""
+        e = np.asarray(entries, dtype=np.int64)
+        if len(e) and not (0 <= int(e[0]) and int(e[-1]) < self.n):
+            raise FormatError("damaged index: entry out of range", file=self.path)
+        both, inv = np.unique(np.concatenate([e, e + 1]), return_inverse=True)
+        ptr = self._take(self._ptr, both).astype(np.int64)[inv]
+        starts, counts = ptr[:len(e)], ptr[len(e):] - ptr[:len(e)]
+        if len(e) and counts.min() < 0:
+            bad = int(e[np.argmax(counts < 0)])
+            raise FormatError(f"damaged index: peak offsets of entry {bad} out of range", file=self.path)
+        return self.peaks(starts, counts)
+
     def peaks(self, starts: np.ndarray, counts: np.ndarray) -> PeakBlock:
         """The spectra whose peaks are ``starts[i] .. starts[i] + counts[i]`` (offsets among the
         index's peaks, e.g. from :attr:`DenseChunk.ptr`), in that order: one read per spectrum,
@@ -784,8 +799,7 @@ class SpectralIndex:
             if count != (hi - lo) * width:
                 raise FormatError(f"damaged index: stored weights of block {b} do not fill {hi - lo} rows "
                                   f"of {width}", file=self.path)
-            ptr = self._peak_ptr(lo, hi)
-            return lo, DenseChunk(None, lambda: self.block(lo, hi, ptr), self.dense_powers, ptr=ptr,
+            return lo, DenseChunk(None, lambda: self.block(lo, hi), self.dense_powers,
                                   verify=lambda ch, norms, top: self._verify_weights(b, lo, hi, norms, top, ch),
                                   source=(self._fd, self._dense_raw + 2 * a, hi - lo),
                                   load=lambda: self.dense_chunk(b, check=False)[1].weights,

@@ -376,7 +376,7 @@ def search_library(lib: SpectralIndex, batch: QueryBatch, opts: SearchOptions) -
                              windows=windows, allowed=allowed, bf16=bf16, floor=floor)
     defer = defers(opts.score, opts.top)        # the exact stage at the end, from the candidates' peaks
     return search_blocks(batch.block, _dense_chunks(lib, blocks, not bf16, peaks=not defer), opts.score, opts.top,
-                         windows=windows, allowed=allowed, bf16=bf16, peaks=lib.peaks if defer else None)
+                         windows=windows, allowed=allowed, bf16=bf16, peaks=lib.entry_peaks if defer else None)
 
 
 def _warm_floor(lib: SpectralIndex, batch: QueryBatch, opts: SearchOptions) -> np.ndarray | None:

@@ -140,6 +140,36 @@ def test_peaks_of_spans_are_those_of_the_blocks(libs) -> None:
         assert len(lib.peaks(np.zeros(0, np.int64), np.zeros(0, np.int64))) == 0
         with pytest.raises(FormatError, match="out of range"):
             lib.peaks(np.array([int(ptr[-1])]), np.array([1]))
+        entries = np.array([0, 5, 76, 77, 4000 % lib.n, lib.n - 1])
+        entries = np.unique(entries)
+        got = lib.entry_peaks(entries)
+        want = whole.take(entries)
+        np.testing.assert_array_equal(got.ptr, want.ptr)
+        np.testing.assert_array_equal(got.mz, want.mz)
+        assert len(lib.entry_peaks(np.zeros(0, np.int64))) == 0
+        with pytest.raises(FormatError, match="entry out of range"):
+            lib.entry_peaks(np.array([lib.n]))
+
+
+def test_damaged_peak_offsets_of_a_candidate_are_named(libs, tmp_path) -> None:
+    """The deferred exact stage reads its candidates' peak offsets (not every block's): offsets
+    that run backwards there are a 'damaged index' error naming the entry."""
+    import shutil
+
+    import h5py
+
+    from neimsctl.errors import FormatError
+
+    *_, v2, _ = libs
+    path = tmp_path / "ptr.h5"
+    shutil.copy(v2.path, path)
+    with h5py.File(path, "a") as f:
+        ptr = f["peak_ptr"][:]
+        ptr[8] = ptr[7] - 1         # entry 7 ends before it starts
+        f["peak_ptr"][:] = ptr
+    with SpectralIndex(path) as ix:
+        with pytest.raises(FormatError, match="peak offsets of entry 7 out of range"):
+            ix.entry_peaks(np.array([3, 7, 20]))
 
 
 def test_peak_lists_are_read_for_few_entries_and_other_scores(libs) -> None:
