@@ -690,6 +690,17 @@ class SpectralIndex:
                               file=self.path)
         return ptr
 
+    @property
+    def n_dense_blocks(self) -> int:
+        """Blocks of stored weights (0 without them)."""
+        return -(-self.n // self.dense_block) if self.dense_block else 0
+
+    def check_peak_ptr(self, lo: int, hi: int) -> None:
+        """Check the peak offsets of entries ``lo:hi`` (ascending, in range; else a 'damaged index'
+        error), as reading their peaks does: a search that reads only its candidates' peaks
+        checks the offsets of every entry it searches all the same (16 blocks in one read)."""
+        self._peak_ptr(lo, hi)
+
     def entry_peaks(self, entries: np.ndarray) -> PeakBlock:
         """The spectra of ``entries`` (sorted, unique), in that order: their peak offsets read
         in runs (:meth:`_take`) and checked, then :meth:`peaks` (a search that scores exactly at

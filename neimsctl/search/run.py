@@ -318,8 +318,12 @@ def _dense_chunks(lib: SpectralIndex, blocks: Sequence[int], float32: bool, peak
     if len(blocks) == 0:
         return
     if not (peaks or float32) and amx():    # the fused AMX pass reads the weights itself, in pieces
-        for b in blocks:
-            yield lib.dense_chunk(int(b), check=False, lazy=True)
+        checked = -1
+        for b in map(int, blocks):
+            if b > checked:         # the peak offsets of this block and up to 15 after it, checked at once
+                checked = min(b + 16, lib.n_dense_blocks) - 1
+                lib.check_peak_ptr(b * lib.dense_block, min((checked + 1) * lib.dense_block, lib.n))
+            yield lib.dense_chunk(b, check=False, lazy=True)
         return
     from concurrent.futures import ThreadPoolExecutor
 
