@@ -482,6 +482,7 @@ class SpectralIndex:
         self._matches: tuple[bytes, np.ndarray, set[str]] | None = None     # :meth:`key_matches`
         self._raw = self._raw_offsets()
         self._meta_len = int(f["meta"].shape[0])
+        self._key_raw: int | None = None            # the InChIKeys' file offset, found when first read
         self._meta_raw = self._raw_offset("meta", np.uint8)
         # the other per-entry datasets are read where needed (a block's peak offsets, the hits'
         # rows and texts), not held: memory does not grow with the library (24+ bytes an entry)
@@ -519,7 +520,24 @@ class SpectralIndex:
         # return_index: a bare np.unique imports numpy.ma (25 ms) to check for a masked array
         uniq = np.unique(np.concatenate([rows, rows + 1]), return_index=True)[0]
         bounds = dict(zip(uniq.tolist(), self._take(self._meta_ptr, uniq).tolist()))
-        return [self._meta_row(int(r), bounds[int(r)], bounds[int(r) + 1]) for r in rows]
+        spans = [(r, bounds[r], bounds[r + 1]) for r in np.asarray(rows).tolist()]
+        if self._fd is None or not spans:
+            return [self._meta_row(*span) for span in spans]
+        for r, a, b in spans:
+            if not 0 <= a <= b <= self._meta_len:
+                raise FormatError(f"damaged index: entry text of row {r} at bytes {a}..{b}", file=self.path)
+        # every text in one read call (native: one pread each, without the interpreter)
+        starts = np.array([a for _, a, _ in spans], dtype=np.int64)
+        sizes = np.array([b - a for _, a, b in spans], dtype=np.int64)
+        try:
+            data = pread_ranges(self._fd, starts + self._meta_raw, sizes).tobytes()
+        except OSError as exc:
+            raise FormatError(f"damaged index: cannot read entry texts: {exc}", file=self.path) from None
+        out, pos = [], 0
+        for (r, a, b) in spans:
+            out.append(self._parse_meta(r, data[pos:pos + b - a]))
+            pos += b - a
+        return out
 
     def _meta_row(self, row: int, a: int, b: int) -> dict[str, str]:
         if not 0 <= a <= b <= self._meta_len:
@@ -528,6 +546,9 @@ class SpectralIndex:
             data = os.pread(self._fd, b - a, self._meta_raw + a)
         else:
             data = self.file["meta"][a:b].tobytes()
+        return self._parse_meta(row, data)
+
+    def _parse_meta(self, row: int, data: bytes) -> dict[str, str]:
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -913,6 +934,21 @@ class SpectralIndex:
         except (IndexError, KeyError, ValueError, TypeError, OverflowError, MemoryError, OSError) as exc:
             raise FormatError(f"damaged index: entry data: {type(exc).__name__}: {exc}", file=self.path) from None
 
+    def _keys_of(self, uniq: np.ndarray) -> np.ndarray:
+        """``S27`` InChIKeys of the sorted entries ``uniq``: one read each in one call (an h5py
+        selection of 6,262 rows took 7 ms), or through h5py for a file not stored plainly."""
+        if self._key_raw is None:
+            self._key_raw = self._raw_offset("inchikey", f"S{KEY_LEN}") or -1
+        if self._key_raw < 0 or self._fd is None:
+            return self.file["inchikey"][uniq]
+        size = KEY_LEN
+        try:
+            data = pread_ranges(self._fd, self._key_raw + size * np.asarray(uniq, dtype=np.int64),
+                                np.full(len(uniq), size, dtype=np.int64))
+        except OSError as exc:
+            raise FormatError(f"damaged index: cannot read inchikey: {exc}", file=self.path) from None
+        return data.view(f"S{KEY_LEN}")
+
     def _entries(self, index: np.ndarray) -> dict[str, list]:
         idx = np.asarray(index, dtype=np.int64)
         uniq, inv = np.unique(idx, return_inverse=True)
@@ -923,7 +959,7 @@ class SpectralIndex:
         for key in _META:
             got = [t.get(key, "") for t in texts]
             out[key] = [got[i] for i in inv]
-        keys = self.file["inchikey"][uniq]
+        keys = self._keys_of(uniq)
         out["inchikey"] = [keys[i].decode() for i in inv]
         out["mw"] = [int(self.mw[i]) for i in idx]
         pred, src = self._take(self._pred, uniq), self._take(self._source, uniq)
