@@ -90,19 +90,25 @@ def main(argv: list[str] | None = None) -> None:
     if args[:1] == ["help"]:
         args = args[1:2] + ["--help"] if len(args) > 1 else ["--help"]
     load_commands(args[0] if args else None)
-    if argv is not None or args[:1] != ["search"]:
-        app(args=args, prog_name="neimsctl")
-        return
+    app(args=args, prog_name="neimsctl")
+
+
+def run() -> None:
+    """The program's entry point (the ``neimsctl`` script, ``python -m neimsctl.cli.main``):
+    :func:`main`, and for ``search`` an exit without the interpreter's teardown once its
+    outputs are closed (:func:`_exit_now`). A host that runs :func:`main` in-process gets its
+    SystemExit as always."""
     try:
-        app(args=args, prog_name="neimsctl")
+        main()
     except SystemExit as done:
-        _exit_now(done)
+        if sys.argv[1:2] == ["search"]:
+            _exit_now(done)
         raise
 
 
 def _exit_now(done: SystemExit) -> None:
     """End the process at once with ``done``'s status, without the interpreter's teardown
-    (``search`` only, run as the program: its whole run is a fraction of a second, 1,000
+    (``search`` run as the program, :func:`run`: its whole run is a fraction of a second, 1,000
     queries ~0.5 s, of which tearing down numpy, h5py, typer and the package took 25 ms).
     Every file the command wrote is closed (and renamed into place) by the time its SystemExit
     gets here; the standard streams are flushed. Falls back to the normal exit when the status
@@ -119,4 +125,4 @@ def _exit_now(done: SystemExit) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -232,8 +232,10 @@ static void consume(sink_t *S, const float (*tile)[16], Py_ssize_t j0, Py_ssize_
         if (i < ni) {
             kth[i] = S->top[(i0 + i) * k + k - 1];
             thr[i] = kth[i] * S->factor;
-            lo[i] = (int32_t)S->lo[i0 + i];
-            hi[i] = (int32_t)S->hi[i0 + i];
+            /* entries are < n <= INT32_MAX: windows clamped to [0, INT32_MAX] keep their meaning */
+            int64_t a = S->lo[i0 + i], b = S->hi[i0 + i];
+            lo[i] = (int32_t)(a < 0 ? 0 : a > INT32_MAX ? INT32_MAX : a);
+            hi[i] = (int32_t)(b < 0 ? 0 : b > INT32_MAX ? INT32_MAX : b);
         } else {
             kth[i] = thr[i] = INFINITY;
             lo[i] = 1;

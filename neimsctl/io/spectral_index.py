@@ -521,7 +521,7 @@ class SpectralIndex:
         uniq = np.unique(np.concatenate([rows, rows + 1]), return_index=True)[0]
         bounds = dict(zip(uniq.tolist(), self._take(self._meta_ptr, uniq).tolist()))
         spans = [(r, bounds[r], bounds[r + 1]) for r in np.asarray(rows).tolist()]
-        if self._fd is None or not spans:
+        if self._fd is None or self._meta_raw is None or not spans:
             return [self._meta_row(*span) for span in spans]
         for r, a, b in spans:
             if not 0 <= a <= b <= self._meta_len:
@@ -542,7 +542,7 @@ class SpectralIndex:
     def _meta_row(self, row: int, a: int, b: int) -> dict[str, str]:
         if not 0 <= a <= b <= self._meta_len:
             raise FormatError(f"damaged index: entry text of row {row} at bytes {a}..{b}", file=self.path)
-        if self._fd is not None:
+        if self._fd is not None and self._meta_raw is not None:
             data = os.pread(self._fd, b - a, self._meta_raw + a)
         else:
             data = self.file["meta"][a:b].tobytes()

@@ -318,11 +318,10 @@ def _dense_chunks(lib: SpectralIndex, blocks: Sequence[int], float32: bool, peak
     if len(blocks) == 0:
         return
     if not (peaks or float32) and amx():    # the fused AMX pass reads the weights itself, in pieces
-        checked = -1
-        for b in map(int, blocks):
-            if b > checked:         # the peak offsets of this block and up to 15 after it, checked at once
-                checked = min(b + 16, lib.n_dense_blocks) - 1
-                lib.check_peak_ptr(b * lib.dense_block, min((checked + 1) * lib.dense_block, lib.n))
+        blocks = [int(b) for b in blocks]
+        for i, b in enumerate(blocks):
+            if i % 16 == 0:         # the peak offsets of the next 16 searched blocks, checked at once
+                _check_peak_ptr(lib, blocks[i:i + 16])
             yield lib.dense_chunk(b, check=False, lazy=True)
         return
     from concurrent.futures import ThreadPoolExecutor
@@ -341,6 +340,26 @@ def _dense_chunks(lib: SpectralIndex, blocks: Sequence[int], float32: bool, peak
             current, ahead = ahead, pool.submit(read, int(b))
             yield current.result()
         yield ahead.result()
+
+
+def _check_peak_ptr(lib: SpectralIndex, blocks: list[int]) -> None:
+    """Check the peak offsets of the entries of ``blocks`` (ascending) as reading their peaks
+    would: one read per run of consecutive blocks, and on a failure block by block, so that the
+    error names the damaged block's entries (only blocks the search reads are checked)."""
+    size = lib.dense_block
+    runs: list[list[int]] = []
+    for b in blocks:
+        if runs and b == runs[-1][-1] + 1:
+            runs[-1].append(b)
+        else:
+            runs.append([b])
+    for run in runs:
+        try:
+            lib.check_peak_ptr(run[0] * size, min((run[-1] + 1) * size, lib.n))
+        except FormatError:
+            for b in run:
+                lib.check_peak_ptr(b * size, min((b + 1) * size, lib.n))
+            raise
 
 
 def _dense_blocks(lib: SpectralIndex, ranges: list[tuple[int, int]], score: Score) -> list[int] | None:

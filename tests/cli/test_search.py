@@ -820,3 +820,33 @@ def test_damaged_stored_weights_fail_with_one_line_on_every_path(neimsctl_exe, i
                                timeout=120, env={**os.environ, "NEIMSCTL_NATIVE": native})
             err = p.stderr.decode().strip().splitlines()
             assert p.returncode == 1 and len(err) == 1 and "not unit vectors" in err[0], (name, native, err)
+
+
+def test_the_program_ends_at_once_but_a_host_of_main_gets_its_exit(neimsctl_exe, index, sample_msp, tmp_path):
+    """``search`` run as the program (the script, ``python -m``) ends without the interpreter's
+    teardown once its outputs are closed (cli.main.run): the same hits, the status kept. A
+    program that runs ``main()`` in-process gets its SystemExit, its atexit handlers run and its
+    buffered files are written (os._exit there ended the host)."""
+    import sys
+
+    q = tmp_path / "q.msp"
+    q.write_bytes(first_records(sample_msp, 5))
+    script = run(neimsctl_exe, "search", q, "-l", index, "-k", "2", "-q")
+    module = subprocess.run([sys.executable, "-m", "neimsctl.cli.main", "search", str(q), "-l", str(index),
+                             "-k", "2", "-q"], capture_output=True, timeout=120)
+    assert script.returncode == module.returncode == 0 and script.stdout == module.stdout
+    assert script.stdout.count(b"\n") == 11
+    host = tmp_path / "host.py"
+    host.write_text(
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('atexit ran', file=sys.stderr))\n"
+        f"log = open({str(tmp_path / 'host.log')!r}, 'w'); log.write('before')\n"
+        f"sys.argv = ['neimsctl', 'search', {str(q)!r}, '-l', {str(index)!r}, '-k', '1', '-q', '-o', "
+        f"{str(tmp_path / 'hits.tsv')!r}]\n"
+        "from neimsctl.cli.main import main\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    print('caught', e.code, file=sys.stderr)\n"
+        "log.write(' after'); log.close()\n")
+    p = subprocess.run([sys.executable, str(host)], capture_output=True, timeout=120)
+    assert p.returncode == 0 and b"caught 0" in p.stderr and b"atexit ran" in p.stderr, p.stderr
+    assert (tmp_path / "host.log").read_text() == "before after"
+    assert (tmp_path / "hits.tsv").read_bytes().count(b"\n") == 6

@@ -268,3 +268,17 @@ def test_product_select_reads_the_weights_from_a_file_in_pieces(tmp_path, n: int
     values = bf16_values(bits).astype(np.float64)
     np.testing.assert_allclose(results[0][4], (values ** 2).sum(axis=1), rtol=1e-6)
     assert results[0][5] == int(bits.max())
+
+
+@needs_amx
+def test_product_select_windows_beyond_int32_keep_their_meaning() -> None:
+    """Windows are entry indices (< n <= 2**31 - 1): a window starting past 2**32 holds no entry
+    and one from -2**33 to 2**33 holds them all (they were cut to int32, wrapping around)."""
+    rng = np.random.default_rng(3)
+    q = _unit_rows(rng, 2, 40, 0.5)
+    bits = bf16_bits(_unit_rows(rng, 50, 40, 0.5))
+    none = native.product_select(q, bits, np.zeros((2, 50), np.float32), np.full(2, 2**32 + 1), np.full(2, 2**32 + 50),
+                                 None, 0.0)
+    every = native.product_select(q, bits, np.zeros((2, 50), np.float32), np.full(2, -2**33), np.full(2, 2**33),
+                                  None, 0.0)
+    assert len(none[0]) == 0 and len(every[0]) == 100

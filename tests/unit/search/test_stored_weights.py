@@ -309,3 +309,50 @@ def test_an_index_cut_while_searched_is_named_by_the_kernels_read(libs, tmp_path
         os.truncate(path, ix._dense_raw + 2 * int(ix.dense_ptr[2]) + 100)
         with pytest.raises(FormatError, match="cannot read stored weights of block 2: .*shorter"):
             search_library(ix, batch, SearchOptions(Score(), top=5))
+
+
+def test_only_the_searched_blocks_peak_offsets_are_checked_and_the_damaged_one_is_named(libs, tmp_path) -> None:
+    """Damaged peak offsets in a block no query reaches do not stop a search (as without the
+    native kernel); in a searched block they are one error naming that block's entries."""
+    import shutil
+
+    import h5py
+
+    from neimsctl.errors import FormatError
+
+    spectra, keys, mw, v2, _ = libs
+    path = tmp_path / "ptr.h5"
+    shutil.copy(v2.path, path)
+    last = v2.n_dense_blocks - 1
+    with h5py.File(path, "a") as f:
+        ptr = f["peak_ptr"][:]
+        at = last * v2.dense_block + 3
+        ptr[at + 1] = ptr[at] - 1
+        f["peak_ptr"][:] = ptr
+    light = np.flatnonzero(mw < mw[last * v2.dense_block] - 20)[:5]      # far below the last block
+    batch = QueryBatch([SpectrumRecord("q", 0, i, str(i)) for i in range(len(light))],
+                       PeakBlock.from_dense(spectra[light]), mw[light].astype(np.float64))
+    with SpectralIndex(path) as ix:
+        assert len(search_library(ix, batch, SearchOptions(Score(), top=3, mass_filter=5.0)).index)
+        lo = last * v2.dense_block
+        with pytest.raises(FormatError, match=f"peak offsets of entries {lo}\\.\\.{v2.n - 1} out of range"):
+            search_library(ix, batch, SearchOptions(Score(), top=3))
+
+
+def test_entry_texts_of_a_chunked_meta_dataset_are_read(libs, tmp_path) -> None:
+    """An index whose entry texts are stored chunked and compressed (valid HDF5, not what
+    `index` writes) is read through h5py (it was taken for a damaged index)."""
+    import shutil
+
+    import h5py
+
+    *_, v2, _ = libs
+    path = tmp_path / "meta.h5"
+    shutil.copy(v2.path, path)
+    with h5py.File(path, "a") as f:
+        data = f["meta"][:]
+        del f["meta"]
+        f.create_dataset("meta", data=data, chunks=True, compression="gzip")
+    with SpectralIndex(path) as ix:
+        got = ix.entries(np.array([0, 5, ix.n - 1]))
+    assert got == v2.entries(np.array([0, 5, v2.n - 1]))
