@@ -357,9 +357,10 @@ def test_a_chunks_own_kth_score_cuts_its_candidates(tmp_path, monkeypatch, first
 
 @pytest.mark.parametrize("bits", [False, True])
 def test_fresh_start_is_at_most_the_kth_score(bits: bool) -> None:
-    """The first threshold of a query without k hits: at most its row's k-th best score (so
-    the k-th best is among the scores kept), at least k scores reach it where k are positive,
-    and it is positive (entries sharing no peak are never candidates)."""
+    """The first threshold of a query without k hits: at most its row's k-th best score times
+    the margin factor (so every entry that can still be a hit is kept, not only the k-th best),
+    at least k scores reach it where k are positive, and it is positive (entries sharing no peak
+    are never candidates)."""
     from neimsctl.evaluate.matching import _fresh_start
     from neimsctl.io.peak_block import bf16_bits, bf16_values
 
@@ -372,14 +373,31 @@ def test_fresh_start_is_at_most_the_kth_score(bits: bool) -> None:
     if bits:
         s = bf16_bits(s)
     k = 10
-    start = _fresh_start(s, k, bits, bf16_values if bits else (lambda a: a))
+    factor = np.float32(0.995 / 1.005)
+    start = _fresh_start(s, k, bits, bf16_values if bits else (lambda a: a), factor)
     vals = bf16_values(s) if bits else s
     for row, t in zip(vals, bf16_values(start) if bits else start):
         positive = np.sort(row[row > 0])[::-1]
         assert t > 0
         assert np.count_nonzero(row >= t) >= min(k, len(positive))
         if len(positive) >= k:
-            assert t <= positive[k - 1]
+            assert t <= positive[k - 1] * factor
+
+
+def test_a_hit_just_below_the_fresh_start_is_kept() -> None:
+    """A query's first chunk: 1/2 of its best first-pass score is reached by k scores and its
+    k-th best lies just above that; an entry whose first pass is just below 1/2 but whose exact
+    score beats the k-th (within the margin) is a hit. It was left out: the fresh threshold was
+    1/2 itself, not 1/2 times the margin (found with -k 1000 on the MassBank spectra)."""
+    from neimsctl.evaluate.matching import _take_topk
+
+    rel = 0.005
+    s = np.array([[1.0, 0.6, 0.502, 0.499, 0.1]], dtype=np.float32)    # k = 3: 0.5 reached by 3
+    exact = np.array([1.0, 0.6, 0.502 * 0.996, 0.499 * 1.004, 0.1])     # entry 3 beats entry 2
+    best_s, best_i = np.full((1, 3), -np.inf), np.full((1, 3), -1, dtype=np.int64)
+    _take_topk(best_s, best_i, np.array([0]), s, 0, 3, rel, lambda rows, cols: exact[cols])
+    assert best_i.tolist() == [[0, 1, 3]]
+    np.testing.assert_array_equal(best_s[0], exact[[0, 1, 3]])
 
 
 def _filtered_brute(queries: PeakBlock, lib: PeakBlock, k: int, windows, keep) -> tuple[np.ndarray, np.ndarray]:
