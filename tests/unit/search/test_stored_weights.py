@@ -55,6 +55,24 @@ def noisy_queries(spectra: np.ndarray, mw: np.ndarray, seed: int, n: int = 25) -
                       mw[rows].astype(np.float64))
 
 
+def amx_only() -> None:
+    from neimsctl.io import native
+
+    if not native.amx():
+        pytest.skip("no AMX tiles here (or the native kernel is not built)")
+
+
+def spy_fused_pass(monkeypatch) -> list:
+    """Record the type of the weights each call of the fused AMX pass gets (an array, or a
+    ``(fd, offset, n)`` tuple the kernel reads)."""
+    from neimsctl.evaluate import matching
+
+    seen: list = []
+    real = matching.product_select
+    monkeypatch.setattr(matching, "product_select", lambda q, bits, *a: seen.append(type(bits)) or real(q, bits, *a))
+    return seen
+
+
 @pytest.mark.parametrize("mass_filter", [None, 5.0])
 @pytest.mark.parametrize("candidates", [False, True])
 def test_stored_weights_give_the_hits_of_the_peak_lists(libs, mass_filter, candidates, monkeypatch) -> None:
@@ -78,16 +96,12 @@ def test_the_native_product_gives_the_hits_of_the_float32_one(libs, mass_filter,
     """The first pass on AMX tiles (neimsctl/io/_native.c) and numpy's float32 product over the
     same stored weights: the same hits and scores (the exact stage decides both)."""
     from neimsctl.evaluate import matching
-    from neimsctl.io import native
 
-    if not native.amx():
-        pytest.skip("no AMX tiles here (or the native kernel is not built)")
+    amx_only()
     spectra, keys, mw, v2, _ = libs
     batch = noisy_queries(spectra, mw, seed=5, n=40)
     opts = SearchOptions(Score(), top=10, mass_filter=mass_filter)
-    calls = []
-    real = matching.product_select
-    monkeypatch.setattr(matching, "product_select", lambda *a: calls.append(1) or real(*a))
+    calls = spy_fused_pass(monkeypatch)
     a = search_library(v2, batch, opts)
     assert calls                    # the fused AMX pass (product and candidate selection) ran
     monkeypatch.setattr(matching, "product", lambda q, lib: None)
@@ -267,16 +281,12 @@ def test_lanes_and_weights_read_by_the_kernel_give_the_same_hits(libs, mass_filt
     and runs in lanes, one per CPU, each with its own running top-k: the hits and scores of one
     lane, of three, and of the weights read in advance are the same."""
     from neimsctl.evaluate import matching
-    from neimsctl.io import native
 
-    if not native.amx():
-        pytest.skip("no AMX tiles here (or the native kernel is not built)")
+    amx_only()
     spectra, keys, mw, v2, _ = libs
     batch = noisy_queries(spectra, mw, seed=11, n=60)
     opts = SearchOptions(Score(), top=5, mass_filter=mass_filter)
-    sources = []
-    real = matching.product_select
-    monkeypatch.setattr(matching, "product_select", lambda q, bits, *a: sources.append(type(bits)) or real(q, bits, *a))
+    sources = spy_fused_pass(monkeypatch)
     got = []
     for lanes in (1, 3):
         monkeypatch.setattr(matching, "_lanes", lambda n=lanes: n)
@@ -297,10 +307,8 @@ def test_an_index_cut_while_searched_is_named_by_the_kernels_read(libs, tmp_path
     import shutil
 
     from neimsctl.errors import FormatError
-    from neimsctl.io import native
 
-    if not native.amx():
-        pytest.skip("no AMX tiles here (or the native kernel is not built)")
+    amx_only()
     spectra, keys, mw, v2, _ = libs
     path = tmp_path / "cut.h5"
     shutil.copy(v2.path, path)
