@@ -29,7 +29,7 @@ from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 import numpy as np
 import orjson
 
-from neimsctl.errors import FormatError, InputError
+from neimsctl.errors import FormatError, InputError, NeimsError
 from neimsctl.io.native import pread_into, pread_ranges, row_norms
 from neimsctl.io.peak_block import PeakBlock, bf16_bits, bf16_values, cosine_weights
 from neimsctl.io.spectrum import N_BINS
@@ -797,7 +797,8 @@ class SpectralIndex:
     def _read(self, offset: int, count: int, dtype: Any, out: np.ndarray | None = None) -> np.ndarray:
         """``count`` values at a byte offset, through the descriptor this index holds open
         (into ``out``, a uint8 array of at least that many bytes, when given)."""
-        assert self._fd is not None
+        if self._fd is None:
+            raise self._closed()
         nbytes = count * np.dtype(dtype).itemsize
         out = np.empty(count, dtype=dtype) if out is None else out[:nbytes].view(dtype)
         pread_into(self._fd, out, offset)
@@ -865,8 +866,13 @@ class SpectralIndex:
             chunk.verify(norms, top)
         return lo, chunk
 
-    def _unreadable(self, b: int, exc: Exception) -> FormatError:
+    def _unreadable(self, b: int, exc: Exception) -> NeimsError:
+        if self._fd is None:        # closed while a search read it (another thread's close())
+            return self._closed()
         return FormatError(f"damaged index: cannot read stored weights of block {b}: {exc}", file=self.path)
+
+    def _closed(self) -> InputError:
+        return InputError(f"{self.path}: the index was closed (it cannot be read after close())")
 
     def _verify_weights(self, b: int, lo: int, hi: int, norms: np.ndarray, top: int, chunk: DenseChunk) -> None:
         """Every entry has peaks: each row of stored weights is a unit vector rounded to bfloat16.

@@ -364,3 +364,21 @@ def test_entry_texts_of_a_chunked_meta_dataset_are_read(libs, tmp_path) -> None:
     with SpectralIndex(path) as ix:
         got = ix.entries(np.array([0, 5, ix.n - 1]))
     assert got == v2.entries(np.array([0, 5, v2.n - 1]))
+
+
+def test_reading_an_index_after_close_says_it_was_closed(libs, tmp_path) -> None:
+    """Another thread's close() during a search: the reads say the index was closed (a bare
+    AssertionError, or a 'damaged index' with EBADF, before)."""
+    import errno
+    import shutil
+
+    from neimsctl.errors import InputError
+
+    *_, v2, _ = libs
+    path = tmp_path / "closed.h5"
+    shutil.copy(v2.path, path)
+    ix = SpectralIndex(path)
+    ix.close()
+    with pytest.raises(InputError, match="the index was closed"):
+        ix.dense_chunk(0, check=False)
+    assert "the index was closed" in str(ix._unreadable(0, OSError(errno.EBADF, "Bad file descriptor")))
