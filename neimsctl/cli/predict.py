@@ -6,7 +6,7 @@ import contextlib
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -212,7 +212,7 @@ def predict_cli(
                 tally = Tally(sink=sink, workers=n_jobs)
                 try:
                     run_predict(results, fout, tally, strict=strict, progress=bar.update,
-                                show=lambda msg: print(f"neimsctl {CMD}: {msg}", file=sys.stderr))
+                                show=_reject_lines(verbose))
                 except StrictStop as exc:
                     fout.flush()
                     fail(CMD, str(exc), "stopped under --strict")
@@ -220,3 +220,20 @@ def predict_cli(
             print(f"neimsctl {CMD}: {tally.summary()}", file=sys.stderr, flush=True)
         if tally.rejected:
             raise typer.Exit(EXIT_FAIL)
+
+
+def _reject_lines(verbose: bool, limit: int = 10) -> Any:
+    """Show the first ``limit`` rejected molecules on stderr (all of them with -v), then one line
+    that more are not shown, as msp2jsonl and search do (every one was printed: a library of
+    millions with 0.1 % bad molecules, thousands of lines). Also with -q, which drops the
+    progress bar and the summary, as before."""
+    seen = 0
+
+    def show(msg: str) -> None:
+        nonlocal seen
+        seen += 1
+        if seen <= limit or verbose:
+            eprint(CMD, msg)
+        elif seen == limit + 1:
+            eprint(CMD, "further rejects not shown (see --rejects FILE, or -v)")
+    return show

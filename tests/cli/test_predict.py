@@ -401,3 +401,23 @@ def test_the_header_rdkit_s_smiles_writer_writes_is_no_molecule(ckpt, neimsctl_e
     assert p.returncode == 0, p.stderr.decode()
     assert [orjson.loads(x)["name"] for x in p.stdout.splitlines()] == ["ethanol", "benzene"]
     assert b"read 2, written 2, rejected 0" in p.stderr
+
+
+def test_rejected_molecules_are_shown_ten_at_most_unless_verbose(neimsctl_exe, tmp_path) -> None:
+    """30 unparsable SMILES: ten lines and one saying more are not shown (every one with -v;
+    with -q too, which drops only the bar and the summary); all 30 in --rejects, exit 1."""
+    import subprocess
+
+    smi = tmp_path / "bad.smi"
+    smi.write_text("".join(f"bad{i} x{i}\n" for i in range(30)))
+    lines = {}
+    for flag in ("", "-v", "-q"):
+        p = subprocess.run([neimsctl_exe, "predict", str(smi), "-o", str(tmp_path / "out.msp"),
+                            "--rejects", str(tmp_path / f"rej{flag}.jsonl"), *([flag] if flag else [])],
+                           capture_output=True, timeout=300)
+        assert p.returncode == 1
+        lines[flag] = [ln for ln in p.stderr.decode().splitlines() if "cannot parse SMILES" in ln]
+        assert len((tmp_path / f"rej{flag}.jsonl").read_text().splitlines()) == 30
+        if flag != "-v":
+            assert p.stderr.decode().count("further rejects not shown (see --rejects FILE, or -v)") == 1
+    assert len(lines[""]) == len(lines["-q"]) == 10 and len(lines["-v"]) == 30
