@@ -60,6 +60,33 @@ static inline float from_bf16(uint16_t b) {
     return x;
 }
 
+/* ---- reading -------------------------------------------------------------------------------- */
+
+/* Read size bytes at offset of fd into buf: 0, an errno, or -1 when the file ends first. */
+static int pread_full(int fd, void *buf, size_t size, int64_t offset) {
+    char *p = buf;
+    while (size > 0) {
+        ssize_t got = pread(fd, p, size, (off_t)offset);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) return errno;
+        if (got == 0) return -1;        /* the file ends first */
+        p += got;
+        size -= (size_t)got;
+        offset += got;
+    }
+    return 0;
+}
+
+/* The Python error of pread_full's non-zero result (OSError); NULL to return. */
+static PyObject *read_error(int err) {
+    if (err > 0) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    PyErr_SetString(PyExc_OSError, "file shorter than its datasets (truncated?)");
+    return NULL;
+}
+
 /* ---- norms ---------------------------------------------------------------------------------- */
 
 static uint16_t norms_plain(const uint16_t *bits, Py_ssize_t n, Py_ssize_t w, float *out) {
@@ -362,20 +389,6 @@ static void dot_amx(const float *q, Py_ssize_t nq, const uint16_t *lib, Py_ssize
  * and reading it back was half the time of a mass-filtered search). */
 #define STAGE_ROWS 256
 
-static int pread_full(int fd, void *buf, size_t size, int64_t offset) {
-    char *p = buf;
-    while (size > 0) {
-        ssize_t got = pread(fd, p, size, (off_t)offset);
-        if (got < 0 && errno == EINTR) continue;
-        if (got < 0) return errno;
-        if (got == 0) return -1;        /* the file ends first */
-        p += got;
-        size -= (size_t)got;
-        offset += got;
-    }
-    return 0;
-}
-
 /* dot_amx into the sink, of n entries read from fd at offset (n x w bfloat16 bit patterns);
  * 0, an errno, or -1 when the file ends first */
 static int pread_dot_amx(int fd, int64_t offset, const float *q, Py_ssize_t nq, Py_ssize_t n, Py_ssize_t w,
@@ -604,14 +617,7 @@ static PyObject *py_dot_select(PyObject *self, PyObject *args) {
         memset(S.norms, 0, (size_t)n * 4);
     }
     if (have_norms) PyBuffer_Release(&nb);
-    if (err > 0) {
-        errno = err;
-        PyErr_SetFromErrno(PyExc_OSError);
-    } else if (err < 0) {
-        PyErr_SetString(PyExc_OSError, "file shorter than its datasets (truncated?)");
-    } else {
-        ret = Py_BuildValue("(ni)", S.count, (int)S.top_bits);
-    }
+    ret = err ? read_error(err) : Py_BuildValue("(ni)", S.count, (int)S.top_bits);
 done:
     for (int i = 0; i < got; i++)
         if (!(i == 1 && from_file)) PyBuffer_Release(&b[i]);
@@ -725,35 +731,15 @@ static PyObject *py_pread_ranges(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "pread_ranges: int64 offsets and sizes >= 0, an output of their total size");
         goto done;
     }
-    int err = 0, eof = 0;
+    int err = 0;
     Py_BEGIN_ALLOW_THREADS
     char *dst = (char *)out.buf;
-    for (Py_ssize_t i = 0; i < m && !err && !eof; i++) {
-        int64_t done = 0;
-        while (done < z[i]) {
-            ssize_t r = pread(fd, dst + done, (size_t)(z[i] - done), (off_t)(o[i] + done));
-            if (r < 0) {
-                if (errno == EINTR) continue;
-                err = errno;
-                break;
-            }
-            if (r == 0) {
-                eof = 1;
-                break;
-            }
-            done += r;
-        }
+    for (Py_ssize_t i = 0; i < m && !err; i++) {
+        err = pread_full(fd, dst, (size_t)z[i], o[i]);
         dst += z[i];
     }
     Py_END_ALLOW_THREADS
-    if (err) {
-        errno = err;
-        PyErr_SetFromErrno(PyExc_OSError);
-    } else if (eof) {
-        PyErr_SetString(PyExc_OSError, "file shorter than its datasets (truncated?)");
-    } else {
-        ret = PyLong_FromLongLong(total);
-    }
+    ret = err ? read_error(err) : PyLong_FromLongLong(total);
 done:
     PyBuffer_Release(&off);
     PyBuffer_Release(&size);
