@@ -761,8 +761,7 @@ class _Deferred:
         if not parts:
             return
         # the lanes' k-th best first-pass scores, merged: k distinct entries reach it
-        tops = np.concatenate([lane.top for lane in self.lanes], axis=1)
-        kth = tops[:, -1] if len(self.lanes) == 1 else np.sort(tops, axis=1)[:, -k]
+        kth = np.sort(np.concatenate([lane.top for lane in self.lanes], axis=1), axis=1)[:, -k]
         qrows, entries, vals = (np.concatenate(p) for p in zip(*parts))
         for lane in self.lanes:
             lane.parts = []

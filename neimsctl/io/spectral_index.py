@@ -523,9 +523,8 @@ class SpectralIndex:
         spans = [(r, bounds[r], bounds[r + 1]) for r in np.asarray(rows).tolist()]
         if self._fd is None or self._meta_raw is None or not spans:
             return [self._meta_row(*span) for span in spans]
-        for r, a, b in spans:
-            if not 0 <= a <= b <= self._meta_len:
-                raise FormatError(f"damaged index: entry text of row {r} at bytes {a}..{b}", file=self.path)
+        for span in spans:
+            self._check_meta_span(*span)
         # every text in one read call (native: one pread each, without the interpreter)
         starts = np.array([a for _, a, _ in spans], dtype=np.int64)
         sizes = np.array([b - a for _, a, b in spans], dtype=np.int64)
@@ -539,9 +538,12 @@ class SpectralIndex:
             pos += b - a
         return out
 
-    def _meta_row(self, row: int, a: int, b: int) -> dict[str, str]:
+    def _check_meta_span(self, row: int, a: int, b: int) -> None:
         if not 0 <= a <= b <= self._meta_len:
             raise FormatError(f"damaged index: entry text of row {row} at bytes {a}..{b}", file=self.path)
+
+    def _meta_row(self, row: int, a: int, b: int) -> dict[str, str]:
+        self._check_meta_span(row, a, b)
         if self._fd is not None and self._meta_raw is not None:
             data = os.pread(self._fd, b - a, self._meta_raw + a)
         else:
@@ -711,15 +713,10 @@ class SpectralIndex:
                               file=self.path)
         return ptr
 
-    @property
-    def n_dense_blocks(self) -> int:
-        """Blocks of stored weights (0 without them)."""
-        return -(-self.n // self.dense_block) if self.dense_block else 0
-
     def check_peak_ptr(self, lo: int, hi: int) -> None:
         """Check the peak offsets of entries ``lo:hi`` (ascending, in range; else a 'damaged index'
         error), as reading their peaks does: a search that reads only its candidates' peaks
-        checks the offsets of every entry it searches all the same (16 blocks in one read)."""
+        checks the offsets of every entry it searches all the same (a run of blocks in one read)."""
         self._peak_ptr(lo, hi)
 
     def entry_peaks(self, entries: np.ndarray) -> PeakBlock:
@@ -829,9 +826,6 @@ class SpectralIndex:
         width = int(self.dense_width[b])
         count = z - a
         if lazy and not (float32 or check) and self._dense_raw is not None and self._fd is not None:
-            if count != (hi - lo) * width:
-                raise FormatError(f"damaged index: stored weights of block {b} do not fill {hi - lo} rows "
-                                  f"of {width}", file=self.path)
             return lo, DenseChunk(None, lambda: self.block(lo, hi), self.dense_powers,
                                   verify=lambda ch, norms, top: self._verify_weights(b, lo, hi, norms, top, ch),
                                   source=(self._fd, self._dense_raw + 2 * a, hi - lo),

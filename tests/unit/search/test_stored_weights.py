@@ -331,7 +331,7 @@ def test_only_the_searched_blocks_peak_offsets_are_checked_and_the_damaged_one_i
     spectra, keys, mw, v2, _ = libs
     path = tmp_path / "ptr.h5"
     shutil.copy(v2.path, path)
-    last = v2.n_dense_blocks - 1
+    last = len(v2.dense_width) - 1
     with h5py.File(path, "a") as f:
         ptr = f["peak_ptr"][:]
         at = last * v2.dense_block + 3
