@@ -18,7 +18,7 @@ import signal
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Iterable, Iterator, NoReturn
+from typing import Annotated, Callable, Iterable, Iterator, NoReturn
 
 import typer
 
@@ -104,6 +104,22 @@ def eprint(cmd: str, what: str, why: str | None = None) -> None:
         _stdout_to_devnull()
     msg = f"neimsctl {cmd}: {what}" + (f": {why}" if why else "")
     print(msg, file=sys.stderr, flush=True)
+
+
+def first_lines(cmd: str, verbose: bool, more: str, limit: int = 10) -> Callable[[str], None]:
+    """A printer of the first ``limit`` messages it is given (every one with ``verbose``: -v) on
+    stderr, then of ``more`` once, when one is really held back: how msp2jsonl, predict and search
+    show rejected records (every record is in the ``--rejects`` file)."""
+    seen = 0
+
+    def show(msg: str) -> None:
+        nonlocal seen
+        seen += 1
+        if seen <= limit or verbose:
+            eprint(cmd, msg)
+        elif seen == limit + 1:
+            eprint(cmd, more)
+    return show
 
 
 def fail(cmd: str, what: str, why: str | None = None, code: int = EXIT_FAIL) -> NoReturn:

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from neimsctl.cli._common import (EXIT_FAIL, InPaths, JobsAuto, OutPath, Quiet, RejectsPath, Strict,
-                                  Verbose, app, command, eprint, fail, finite, input_pairs, output_pair,
+                                  Verbose, app, command, fail, finite, first_lines, input_pairs, output_pair,
                                   check_inputs_or_usage, refuse_clobber, require_input_or_usage, setup_logging,
                                   usage_error)
 from neimsctl.errors import shown
@@ -95,21 +95,10 @@ def _reject_line(rej) -> str:  # type: ignore[no-untyped-def]
     return f"{rej.file}: line {rej.line}: {rec}{rej.reason}: {rej.detail}"
 
 
-def _reject_logger(limit: int = 10):  # type: ignore[no-untyped-def]
-    """A callback that shows the first ``limit`` rejects on stderr (all of them with -v)."""
-    seen = 0
-
-    def show(rej) -> None:  # type: ignore[no-untyped-def]
-        nonlocal seen
-        seen += 1
-        if not log.isEnabledFor(logging.INFO):          # -q
-            return
-        debug = log.isEnabledFor(logging.DEBUG)
-        if seen <= limit or debug:
-            eprint(CMD, _reject_line(rej))
-        if seen == limit + 1 and not debug:   # only when one is really hidden
-            eprint(CMD, "further rejects not shown (see --rejects FILE, or -v)")
-    return show
+def _reject_logger():  # type: ignore[no-untyped-def]
+    """A callback that shows the first ten rejects on stderr (all of them with -v, none with -q)."""
+    show = first_lines(CMD, log.isEnabledFor(logging.DEBUG), "further rejects not shown (see --rejects FILE, or -v)")
+    return lambda rej: show(_reject_line(rej)) if log.isEnabledFor(logging.INFO) else None
 
 
 def _refuse_mol_files(mol_dir: Path, outputs: list[tuple[str, Path | None]]) -> None:

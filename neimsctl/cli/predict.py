@@ -6,12 +6,12 @@ import contextlib
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from neimsctl.cli._common import (EXIT_FAIL, Device, InPaths, JobsAuto, OutPath, Quiet,
-                                  RejectsPath, Strict, Verbose, app, command, eprint, fail, input_pairs,
+                                  RejectsPath, Strict, Verbose, app, command, eprint, fail, first_lines, input_pairs,
                                   output_pair, check_inputs_or_usage, refuse_clobber, require_input_or_usage,
                                   setup_logging, usage_error, warn_repeated)
 
@@ -212,7 +212,7 @@ def predict_cli(
                 tally = Tally(sink=sink, workers=n_jobs)
                 try:
                     run_predict(results, fout, tally, strict=strict, progress=bar.update,
-                                show=_reject_lines(verbose))
+                                show=first_lines(CMD, verbose, _MORE))
                 except StrictStop as exc:
                     fout.flush()
                     fail(CMD, str(exc), "stopped under --strict")
@@ -222,18 +222,6 @@ def predict_cli(
             raise typer.Exit(EXIT_FAIL)
 
 
-def _reject_lines(verbose: bool, limit: int = 10) -> Any:
-    """Show the first ``limit`` rejected molecules on stderr (all of them with -v), then one line
-    that more are not shown, as msp2jsonl and search do (every one was printed: a library of
-    millions with 0.1 % bad molecules, thousands of lines). Also with -q, which drops the
-    progress bar and the summary, as before."""
-    seen = 0
-
-    def show(msg: str) -> None:
-        nonlocal seen
-        seen += 1
-        if seen <= limit or verbose:
-            eprint(CMD, msg)
-        elif seen == limit + 1:
-            eprint(CMD, "further rejects not shown (see --rejects FILE, or -v)")
-    return show
+#: After the first ten rejected molecules shown on stderr (all with -v; also with -q, which drops
+#: only the bar and the summary): every one was printed, thousands for a library of millions.
+_MORE = "further rejects not shown (see --rejects FILE, or -v)"

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from neimsctl.cli._common import (InPaths, OutPath, Quiet, RejectsPath, ScoreName, Verbose, app, command,
-                                  check_inputs_or_usage, eprint, finite, input_pairs, once_each, output_pair,
+                                  check_inputs_or_usage, eprint, finite, first_lines, input_pairs, once_each, output_pair,
                                   refuse_clobber,
                                   require_input_or_usage,
                                   setup_logging, usage_error)
@@ -200,19 +200,11 @@ def _where(r) -> str:  # type: ignore[no-untyped-def]
 #: 2.9 GB in one batch).
 _MAX_HITS = 1 << 17
 
-def _reject_lines(verbose: bool, limit: int = 10) -> Any:
-    """Show the first ``limit`` rejected queries on stderr (all with -v), then one line that
-    more are not shown, as msp2jsonl does (a MassBank self-search printed 99 of them)."""
-    seen = 0
-
-    def show(r: Any) -> None:
-        nonlocal seen
-        seen += 1
-        if seen <= limit or verbose:
-            eprint(CMD, _where(r), f"{r.reason}: {r.detail}; skipped")
-        elif seen == limit + 1:
-            eprint(CMD, "further rejected queries not shown (see --rejects FILE, or -v)")
-    return show
+def _reject_lines(verbose: bool) -> Any:
+    """Show the first ten rejected queries on stderr (all with -v), then one line that more are
+    not shown, as msp2jsonl does (a MassBank self-search printed 99 of them)."""
+    show = first_lines(CMD, verbose, "further rejected queries not shown (see --rejects FILE, or -v)")
+    return lambda r: show(f"{_where(r)}: {r.reason}: {r.detail}; skipped")
 
 
 def _at(rec: Any) -> str:
