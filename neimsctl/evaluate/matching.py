@@ -73,7 +73,7 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple
 import numpy as np
 
 from neimsctl.errors import FormatError, InputError
-from neimsctl.io.native import amx, module, product, product_select
+from neimsctl.io.native import amx, module, product, product_select, product_select_run
 from neimsctl.io.native import select as native_select
 from neimsctl.io.peak_block import PeakBlock, bf16_bits, bf16_values, cosine_weights, row_sums
 from neimsctl.io.spectral_index import DenseChunk
@@ -737,6 +737,9 @@ class _Deferred:
         self.pools: list[Any] = []
         self.pending: list[Any] = [[] for _ in self.lanes]
         self.turn = 0
+        #: each lane's lazy blocks not yet given to it: ``(start, chunk, ok)`` (:meth:`_Lane.add_run`)
+        self.runs: list[list[tuple[int, DenseChunk, np.ndarray | None]]] = [[] for _ in self.lanes]
+        self.windows: tuple[np.ndarray, np.ndarray] | None = None
         if len(self.lanes) > 1:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -744,16 +747,32 @@ class _Deferred:
 
     def add(self, q: _Queries, sel: np.ndarray, start: int, chunk: DenseChunk,
             windows: tuple[np.ndarray, np.ndarray] | None, ok: np.ndarray | None) -> None:
-        if not self.pools:
-            self.lanes[0].add(q, sel, start, chunk, windows, ok, self.factor)
-            return
         i, self.turn = self.turn, (self.turn + 1) % len(self.lanes)
+        if chunk.lazy:      # the kernel reads it: given to the lane with the next _RUN - 1 of its blocks
+            self.windows = windows
+            run = self.runs[i]
+            run.append((start, chunk, ok))
+            if len(run) >= _RUN:
+                self.runs[i] = []
+                self._give(i, self.lanes[i].add_run, q, run, windows, self.factor)
+            return
+        self._give(i, self.lanes[i].add, q, sel, start, chunk, windows, ok, self.factor)
+
+    def _give(self, i: int, work: Callable[..., None], *args: Any) -> None:
+        """Run ``work(*args)`` in lane ``i`` (here without lanes)."""
+        if not self.pools:
+            work(*args)
+            return
         pending = self.pending[i]
         while len(pending) >= _LANE_AHEAD:     # a bounded queue: blocks held, not the library
             pending.pop(0).result()
-        pending.append(self.pools[i].submit(self.lanes[i].add, q, sel, start, chunk, windows, ok, self.factor))
+        pending.append(self.pools[i].submit(work, *args))
 
     def finish(self, q: _Queries, best_s: np.ndarray, best_i: np.ndarray, k: int) -> None:
+        for i, run in enumerate(self.runs):
+            if run:
+                self.runs[i] = []
+                self._give(i, self.lanes[i].add_run, q, run, self.windows, self.factor)
         for pending in self.pending:
             while pending:
                 pending.pop(0).result()
@@ -778,8 +797,11 @@ class _Deferred:
         self.pools = []
 
 
-#: Blocks queued per lane of :class:`_Deferred` (each holds its entries' peak offsets, not weights).
+#: Calls queued per lane of :class:`_Deferred` (a block each, or a run of lazy blocks; neither
+#: holds weights).
 _LANE_AHEAD = 4
+#: Lazy blocks per call of a lane (:meth:`_Lane.add_run`: one native call for all of them).
+_RUN = 16
 
 
 class _Lane:
@@ -793,12 +815,12 @@ class _Lane:
 
     def add(self, q: _Queries, sel: np.ndarray, start: int, chunk: DenseChunk,
             windows: tuple[np.ndarray, np.ndarray] | None, ok: np.ndarray | None, factor: float) -> None:
-        lib = chunk.source if chunk.lazy else chunk.weights     # lazy: the kernel reads them
+        lib = chunk.weights
         n = len(chunk)
         qv = np.ascontiguousarray(q.values[sel, :chunk.width])
         lo, hi = _window_bounds(windows, sel, start, n)
         top = np.ascontiguousarray(self.top[sel])
-        if isinstance(lib, tuple) or lib.dtype == np.uint16:    # AMX tiles (search_blocks): no score matrix
+        if lib.dtype == np.uint16:    # AMX tiles (search_blocks): no score matrix
             norms = np.empty(n, dtype=np.float32)
             try:
                 rows, cols, vals, largest = product_select(qv, lib, top, lo, hi, ok, factor, self.work, norms)
@@ -815,6 +837,34 @@ class _Lane:
         self.top[sel] = top
         if len(rows):
             self.parts.append((sel[rows], cols + start, vals))
+
+    def add_run(self, q: _Queries, run: list[tuple[int, DenseChunk, np.ndarray | None]],
+                windows: tuple[np.ndarray, np.ndarray] | None, factor: float) -> None:
+        """What :meth:`add` does for each block of ``run`` (lazy chunks of one file, ascending:
+        ``(start, chunk, ok)``), in one native call (:func:`product_select_run`); each block
+        checked (:meth:`DenseChunk.verify`) before its candidates count."""
+        fd = run[0][1].source[0]
+        blocks = np.array([(start, chunk.source[1], len(chunk), chunk.width) for start, chunk, _ in run],
+                          dtype=np.int64)
+        oks = [ok for _, _, ok in run]
+        ok = None if all(o is None for o in oks) else np.concatenate(
+            [np.ones(len(chunk), bool) if o is None else o for (_, chunk, _), o in zip(run, oks)])
+        if windows is None:
+            lo, hi = np.zeros(q.n, np.int64), np.full(q.n, 1 << 62, np.int64)
+        else:
+            lo, hi = (np.ascontiguousarray(w, dtype=np.int64) for w in windows)
+        norms = np.empty(int(blocks[:, 2].sum()), dtype=np.float32)
+        tops = np.zeros(len(run), dtype=np.int32)
+        done, rows, cols, vals, err = product_select_run(np.ascontiguousarray(q.values, dtype=np.float32), fd, blocks, lo, hi, self.top, ok, factor,
+                                                         self.work, norms, tops)
+        at = 0
+        for (_, chunk, _), top in zip(run[:done], tops.tolist()):
+            chunk.verify(norms[at:at + len(chunk)], top)
+            at += len(chunk)
+        if err is not None:
+            raise run[done][1].unreadable(err) from None
+        if len(rows):
+            self.parts.append((rows, cols, vals))
 
 
 def _floor(t: np.ndarray, bits: bool) -> np.ndarray:

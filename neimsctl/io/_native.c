@@ -10,8 +10,10 @@
  *   dot_select(q, bits, top, lo, hi, ok, factor, rows, cols, vals[, norms])
  *                       dot() and select() in one pass on AMX tiles, no score matrix (each tile of
  *                       scores updates its queries' top-k and gives its candidates against the
- *                       k-th best so far); with norms, also the block's check (norms() of it);
- *                       bits may be (fd, offset, n): the rows read from a file by the kernel, a
+ *                       k-th best so far); with norms, also the block's check (norms() of it)
+ *   dot_select_blocks(q, fd, blocks, lo, hi, top, ok, factor, rows, cols, vals, norms, tops)
+ *                       dot_select over a run of blocks of a file (one lane's), in one call: each
+ *                       block's queries gathered by their windows, its rows read by the kernel a
  *                       piece of STAGE_ROWS at a time that stays in the core's cache
  *   pread_ranges(fd, offsets, sizes, out)
  *                       read many byte ranges of a file into one buffer (the exact stage's peaks)
@@ -405,6 +407,67 @@ static int pread_dot_amx(int fd, int64_t offset, const float *q, Py_ssize_t nq, 
     tiles_done();
     return err;
 }
+
+/* One lane's run of blocks (dot_select_blocks): for each block (start entry, file offset, rows,
+ * width) the queries whose window [lo, hi) reaches it are gathered (their weights, running
+ * top-k and windows within the block), pread_dot_amx runs on them, and their top-k, the
+ * candidates (query and entry numbers of the whole search) and the block's check go back.
+ * Stops before a block whose candidates would pass cap (top-k unchanged for it: it worked on
+ * the copy) or whose read fails; returns the blocks done, their candidates in *count. */
+typedef struct {
+    int fd;
+    const float *q;                 /* (nq, W) */
+    Py_ssize_t nq, W, k;
+    const int64_t *blocks;          /* (m, 4): start, offset, rows, width */
+    Py_ssize_t m;
+    const int64_t *lo, *hi;         /* (nq,) windows, entries of the search */
+    float *top;                     /* (nq, k) */
+    const uint8_t *ok;              /* (rows of all blocks,) or NULL */
+    float factor;
+    int64_t *rows, *cols;
+    float *vals;
+    Py_ssize_t cap;
+    float *norms;                   /* (rows of all blocks,) */
+    int32_t *tops;                  /* (m,) each block's largest bit pattern */
+} run_t;
+
+static Py_ssize_t run_blocks(const run_t *R, Py_ssize_t *count, int *err, int64_t *sel, float *qsel, float *tsel,
+                             int64_t *lsel, int64_t *hsel, uint16_t *bhi, uint16_t *blo, uint16_t *pad,
+                             uint16_t *stage) {
+    Py_ssize_t done = 0, at = 0, k = R->k;
+    *count = 0;
+    *err = 0;
+    for (; done < R->m; done++) {
+        const int64_t *b = R->blocks + 4 * done;
+        int64_t start = b[0], n = b[2];
+        Py_ssize_t w = (Py_ssize_t)b[3], ns = 0;
+        for (Py_ssize_t i = 0; i < R->nq; i++) {
+            if (R->lo[i] < start + n && R->hi[i] > start) {
+                int64_t a = R->lo[i] - start, z = R->hi[i] - start;
+                sel[ns] = i;
+                memcpy(qsel + ns * w, R->q + i * R->W, (size_t)w * 4);
+                memcpy(tsel + ns * k, R->top + i * k, (size_t)k * 4);
+                lsel[ns] = a < 0 ? 0 : a;
+                hsel[ns] = z > n ? n : z;
+                ns++;
+            }
+        }
+        Py_ssize_t room = R->cap - *count;
+        sink_t S = {tsel, k, lsel, hsel, R->ok ? R->ok + at : NULL, R->factor, R->rows + *count, R->cols + *count,
+                    R->vals + *count, room, 0, R->norms + at, 0};
+        *err = pread_dot_amx(R->fd, b[1], qsel, ns, (Py_ssize_t)n, w, &S, bhi, blo, pad, stage);
+        if (*err || S.count > room) break;
+        for (Py_ssize_t c = 0; c < S.count; c++) {
+            S.rows[c] = sel[S.rows[c]];
+            S.cols[c] += start;
+        }
+        for (Py_ssize_t s = 0; s < ns; s++) memcpy(R->top + sel[s] * k, tsel + s * k, (size_t)k * 4);
+        R->tops[done] = S.top_bits;
+        *count += S.count;
+        at += (Py_ssize_t)n;
+    }
+    return done;
+}
 #endif
 
 /* ---- Python ---------------------------------------------------------------------------------- */
@@ -532,34 +595,19 @@ static PyObject *py_dot_select(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_RuntimeError, "dot_select: this CPU or kernel offers no AMX bf16 tiles");
         return NULL;
     }
-    int fd = -1;
-    long long offset = 0;
-    Py_ssize_t nfile = 0;
-    int from_file = PyTuple_Check(objs[1]);
-    if (from_file && !PyArg_ParseTuple(objs[1], "iLn", &fd, &offset, &nfile)) return NULL;
-    if (from_file && (fd < 0 || offset < 0 || nfile < 0)) {
-        PyErr_SetString(PyExc_ValueError, "dot_select: (fd, offset, n) must be non-negative");
-        return NULL;
-    }
     Py_buffer b[9];
     const char *fmts[9] = {"f", "H", "f", "l", "l", "B", "l", "l", "f"};
     const char *names[9] = {"q", "bits", "top", "lo", "hi", "ok", "rows", "cols", "vals"};
     int writable[9] = {0, 0, 1, 0, 0, 0, 1, 1, 1};
-    int got = 0, err = 0;
+    int got = 0;
     PyObject *ret = NULL;
-    for (; got < 9; got++) {
-        if (got == 1 && from_file) {
-            memset(&b[1], 0, sizeof b[1]);
-            continue;
-        }
+    for (; got < 9; got++)
         if (get_2d(objs[got], &b[got], fmts[got], writable[got], names[got]) != 0) goto done;
-    }
-    Py_ssize_t nq = dim(&b[0], 0), w = dim(&b[0], 1), k = dim(&b[2], 1);
-    Py_ssize_t n = from_file ? nfile : dim(&b[1], 0);
+    Py_ssize_t nq = dim(&b[0], 0), w = dim(&b[0], 1), k = dim(&b[2], 1), n = dim(&b[1], 0);
     Py_ssize_t nok = len1(&b[5]), cap = len1(&b[6]);
-    if (b[0].ndim != 2 || (!from_file && (b[1].ndim != 2 || dim(&b[1], 1) != w)) || b[2].ndim != 2 ||
-        dim(&b[2], 0) != nq || k < 1 || len1(&b[3]) != nq || len1(&b[4]) != nq || (nok != 0 && nok != n) || cap < 0 ||
-        len1(&b[7]) != cap || len1(&b[8]) != cap || n > INT32_MAX || (from_file && n > (INT64_MAX - offset) / 2 / (w ? w : 1))) {
+    if (b[0].ndim != 2 || b[1].ndim != 2 || dim(&b[1], 1) != w || b[2].ndim != 2 || dim(&b[2], 0) != nq || k < 1 ||
+        len1(&b[3]) != nq || len1(&b[4]) != nq || (nok != 0 && nok != n) || cap < 0 || len1(&b[7]) != cap ||
+        len1(&b[8]) != cap || n > INT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "dot_select: shapes (nq, w), (n, w), (nq, k), (nq,), (nq,), (n,) or (0,), "
                                           "and three outputs of one size expected");
         goto done;
@@ -583,49 +631,117 @@ static PyObject *py_dot_select(PyObject *self, PyObject *args) {
         uint16_t *bhi = aligned_alloc(64, (size_t)((ng * nk * 512 * 2 + 31) / 32 * 32) * 2);
         uint16_t *blo = bhi ? bhi + ng * nk * 512 : NULL;
         uint16_t *pad = aligned_alloc(64, (size_t)((16 * nk * 32 + 31) / 32 * 32) * 2);
-        uint16_t *stage = from_file ? aligned_alloc(64, (size_t)((STAGE_ROWS * w + 31) / 32 * 32) * 2) : NULL;
-        if (!bhi || !pad || (from_file && !stage)) {
+        if (!bhi || !pad) {
             free(bhi);
             free(pad);
-            free(stage);
             if (have_norms) PyBuffer_Release(&nb);
             PyErr_NoMemory();
             goto done;
         }
         Py_BEGIN_ALLOW_THREADS
-        if (from_file)
-            err = pread_dot_amx(fd, (int64_t)offset, (const float *)b[0].buf, nq, n, w, &S, bhi, blo, pad, stage);
-        else
-            dot_amx((const float *)b[0].buf, nq, (const uint16_t *)b[1].buf, n, w, NULL, &S, bhi, blo, pad);
+        dot_amx((const float *)b[0].buf, nq, (const uint16_t *)b[1].buf, n, w, NULL, &S, bhi, blo, pad);
         Py_END_ALLOW_THREADS
         free(bhi);
         free(pad);
-        free(stage);
     } else if (have_norms && w > 0 && n > 0) {      /* no queries: the check all the same */
-        uint16_t *rows = from_file ? malloc((size_t)(n * w) * 2) : (uint16_t *)b[1].buf;
-        if (!rows) {
-            PyBuffer_Release(&nb);
-            PyErr_NoMemory();
-            goto done;
-        }
         Py_BEGIN_ALLOW_THREADS
-        if (from_file) err = pread_full(fd, rows, (size_t)(n * w) * 2, (int64_t)offset);
-        if (!err) S.top_bits = norms_avx512(rows, n, w, S.norms);
+        S.top_bits = norms_avx512((const uint16_t *)b[1].buf, n, w, S.norms);
         Py_END_ALLOW_THREADS
-        if (from_file) free(rows);
     } else if (have_norms) {
         memset(S.norms, 0, (size_t)n * 4);
     }
     if (have_norms) PyBuffer_Release(&nb);
-    ret = err ? read_error(err) : Py_BuildValue("(ni)", S.count, (int)S.top_bits);
+    ret = Py_BuildValue("(ni)", S.count, (int)S.top_bits);
 done:
-    for (int i = 0; i < got; i++)
-        if (!(i == 1 && from_file)) PyBuffer_Release(&b[i]);
+    for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
     return ret;
 #else
     (void)objs;
     (void)factor;
     PyErr_SetString(PyExc_RuntimeError, "dot_select: built without AMX support");
+    return NULL;
+#endif
+}
+
+static PyObject *py_dot_select_blocks(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *objs[12];
+    int fd;
+    double factor;
+    if (!PyArg_ParseTuple(args, "OiOOOOOdOOOOO", &objs[0], &fd, &objs[1], &objs[2], &objs[3], &objs[4], &objs[5],
+                          &factor, &objs[6], &objs[7], &objs[8], &objs[9], &objs[10]))
+        return NULL;
+#ifdef HAVE_AMX
+    if (!amx_usable()) {
+        PyErr_SetString(PyExc_RuntimeError, "dot_select_blocks: this CPU or kernel offers no AMX bf16 tiles");
+        return NULL;
+    }
+    Py_buffer b[11];
+    const char *fmts[11] = {"f", "l", "l", "l", "f", "B", "l", "l", "f", "f", "i"};
+    const char *names[11] = {"q", "blocks", "lo", "hi", "top", "ok", "rows", "cols", "vals", "norms", "tops"};
+    int writable[11] = {0, 0, 0, 0, 1, 0, 1, 1, 1, 1, 1};
+    int got = 0;
+    PyObject *ret = NULL;
+    for (; got < 11; got++)
+        if (get_2d(objs[got], &b[got], fmts[got], writable[got], names[got]) != 0) goto done;
+    Py_ssize_t nq = dim(&b[0], 0), W = dim(&b[0], 1), m = dim(&b[1], 0), k = dim(&b[4], 1);
+    Py_ssize_t cap = len1(&b[6]), nok = len1(&b[5]);
+    const int64_t *bl = (const int64_t *)b[1].buf;
+    int64_t total = 0;
+    int bad = fd < 0 || b[0].ndim != 2 || b[1].ndim != 2 || dim(&b[1], 1) != 4 || len1(&b[2]) != nq ||
+              len1(&b[3]) != nq || b[4].ndim != 2 || dim(&b[4], 0) != nq || k < 1 || cap < 0 ||
+              len1(&b[7]) != cap || len1(&b[8]) != cap || len1(&b[10]) != m || nq > INT32_MAX;
+    for (Py_ssize_t i = 0; !bad && i < m; i++) {
+        const int64_t *r = bl + 4 * i;
+        /* start, offset, rows >= 0; 0 <= width <= W; entries < 2^31 (the sink's windows); the
+         * block's bytes within int64 */
+        if (r[0] < 0 || r[1] < 0 || r[2] < 0 || r[3] < 0 || r[3] > W || r[2] > INT32_MAX ||
+            r[0] > INT32_MAX - r[2] || (r[3] && r[2] > (INT64_MAX - r[1]) / 2 / r[3]))
+            bad = 1;
+        else
+            total += r[2];
+    }
+    if (bad || len1(&b[9]) != total || (nok != 0 && nok != total)) {
+        PyErr_SetString(PyExc_ValueError, "dot_select_blocks: q (nq, W), blocks (m, 4) of start, offset, rows, "
+                                          "width <= W; lo, hi (nq,); top (nq, k); ok (rows,) or (0,); three outputs "
+                                          "of one size; norms (rows,); tops (m,) expected");
+        goto done;
+    }
+    Py_ssize_t nk = (W + 31) / 32, ng = (nq + 15) / 16;
+    size_t qn = (size_t)(nq > 0 ? nq : 1);
+    int64_t *sel = malloc(qn * 3 * sizeof(int64_t));
+    float *qsel = malloc(qn * (size_t)(W > 0 ? W : 1) * 4), *tsel = malloc(qn * (size_t)k * 4);
+    uint16_t *bhi = aligned_alloc(64, (size_t)((ng * nk * 512 * 2 + 31) / 32 * 32 + 32) * 2);
+    uint16_t *pad = aligned_alloc(64, (size_t)((16 * nk * 32 + 31) / 32 * 32 + 32) * 2);
+    uint16_t *stage = aligned_alloc(64, (size_t)((STAGE_ROWS * W + 31) / 32 * 32 + 32) * 2);
+    Py_ssize_t count = 0, done = 0;
+    int err = 0;
+    if (!sel || !qsel || !tsel || !bhi || !pad || !stage) {
+        PyErr_NoMemory();
+    } else {
+        run_t R = {fd, (const float *)b[0].buf, nq, W, k, bl, m, (const int64_t *)b[2].buf, (const int64_t *)b[3].buf,
+                   (float *)b[4].buf, nok ? (const uint8_t *)b[5].buf : NULL, (float)factor, (int64_t *)b[6].buf,
+                   (int64_t *)b[7].buf, (float *)b[8].buf, cap, (float *)b[9].buf, (int32_t *)b[10].buf};
+        Py_BEGIN_ALLOW_THREADS
+        done = run_blocks(&R, &count, &err, sel, qsel, tsel, sel + qn, sel + 2 * qn, bhi, bhi + ng * nk * 512, pad,
+                          stage);
+        Py_END_ALLOW_THREADS
+        ret = Py_BuildValue("(nni)", done, count, err);
+    }
+    free(sel);
+    free(qsel);
+    free(tsel);
+    free(bhi);
+    free(pad);
+    free(stage);
+done:
+    for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
+    return ret;
+#else
+    (void)objs;
+    (void)fd;
+    (void)factor;
+    PyErr_SetString(PyExc_RuntimeError, "dot_select_blocks: built without AMX support");
     return NULL;
 #endif
 }
@@ -752,6 +868,9 @@ static PyMethodDef methods[] = {
     {"dot_select", py_dot_select, METH_VARARGS,
      "dot_select(q, bits, top, lo, hi, ok, factor, rows, cols, vals[, norms]) -> (count, largest bits); "
      "count past len(rows): call again."},
+    {"dot_select_blocks", py_dot_select_blocks, METH_VARARGS,
+     "dot_select_blocks(q, fd, blocks, lo, hi, top, ok, factor, rows, cols, vals, norms, tops) -> "
+     "(blocks done, count, error): dot_select over blocks of a file, one lane's run."},
     {"pread_ranges", py_pread_ranges, METH_VARARGS, "pread_ranges(fd, offsets int64, sizes int64, out) -> bytes read."},
     {"amx", py_amx, METH_NOARGS, "True when dot() runs on AMX tiles here."},
     {"dot", py_dot, METH_VARARGS, "dot(q float32 (nq, w), bits uint16 (n, w), out float32 (nq, n))."},

@@ -23,7 +23,7 @@ import numpy as np
 
 from neimsctl.io.peak_block import bf16_values
 
-__all__ = ["module", "amx", "row_norms", "product", "select", "product_select", "pread_ranges", "pread_into"]
+__all__ = ["module", "amx", "row_norms", "product", "select", "product_select", "product_select_run", "pread_ranges", "pread_into"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -102,7 +102,7 @@ def select(s: np.ndarray, top: np.ndarray, lo: np.ndarray, hi: np.ndarray, facto
     return rows[:count].copy(), cols[:count].copy(), vals[:count].copy()
 
 
-def product_select(q: np.ndarray, bits: np.ndarray | tuple[int, int, int], top: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+def product_select(q: np.ndarray, bits: np.ndarray, top: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                    ok: np.ndarray | None, factor: float, work: list[np.ndarray] | None = None,
                    norms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """:func:`product` and :func:`select` in one pass on AMX tiles (only where :func:`amx`), with
@@ -110,15 +110,12 @@ def product_select(q: np.ndarray, bits: np.ndarray | tuple[int, int, int], top: 
     candidates at once, against the k-th best so far (which only grows, so every candidate of
     :func:`select` is among them, and a few more). ``ok``: bool ``(n,)`` allowed entries, or
     ``None``. ``norms``: a float32 ``(n,)`` array to receive the rows' squared norms (the
-    block's check, :func:`row_norms`, done in the same pass while the rows are in cache).
-    ``bits`` may also be ``(fd, offset, n)``: ``n`` rows of ``q``'s width at a byte offset of
-    an open file, read by the kernel piece by piece as it multiplies them (no copy of the block
-    in memory; ``OSError`` when the file ends first).
+    block's check, :func:`row_norms`, done in the same pass while the rows are in cache)
+    (:func:`product_select_run`: over blocks of a file, read by the kernel).
     Returns ``(rows, cols, values)`` (copies), in no particular order, and the largest bit
     pattern of ``bits`` (0 without ``norms``)."""
     q = np.ascontiguousarray(q, dtype=np.float32)
-    if not isinstance(bits, tuple):
-        bits = np.ascontiguousarray(bits, dtype=np.uint16)
+    bits = np.ascontiguousarray(bits, dtype=np.uint16)
     lo = np.ascontiguousarray(lo, dtype=np.int64)
     hi = np.ascontiguousarray(hi, dtype=np.int64)
     allowed = np.zeros(0, np.uint8) if ok is None else np.ascontiguousarray(ok, dtype=np.uint8)
@@ -133,6 +130,59 @@ def product_select(q: np.ndarray, bits: np.ndarray | tuple[int, int, int], top: 
             return rows[:count].copy(), cols[:count].copy(), vals[:count].copy(), largest
         top[...] = before                   # not all written: again, from the same top-k, with room
         work[:] = _outputs(2 * count)
+
+
+def product_select_run(q: np.ndarray, fd: int, blocks: np.ndarray, lo: np.ndarray, hi: np.ndarray, top: np.ndarray,
+                       ok: np.ndarray | None, factor: float, work: list[np.ndarray], norms: np.ndarray,
+                       tops: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, OSError | None]:
+    """:func:`product_select` over a run of blocks of an open file in one call (AMX only): one
+    lane's blocks, with no return to the interpreter between them (a call per block of 4,096
+    entries spent a quarter of a lane's time in Python and in waiting for the GIL).
+
+    ``q``: float32 ``(nq, W)``, every query; ``blocks``: int64 ``(m, 4)``, each block's first
+    entry (entry numbers of the whole search), byte offset in ``fd``, rows and width (``<= W``);
+    ``lo``, ``hi``: int64 ``(nq,)``, each query's window of entries (entry numbers of the whole
+    search); ``top``: float32 ``(nq, k)``, the running top-k (updated); ``ok``: bool or uint8
+    over the rows of all blocks, or ``None``; ``norms``: float32 over the rows of all blocks,
+    receives their squared norms; ``tops``: int32 ``(m,)``, receives each block's largest bit
+    pattern. Returns ``(done, rows, cols, values, error)``: the blocks done (all unless a read
+    failed: ``error``, an ``OSError``, for block ``done``), and their candidates (query and
+    entry numbers of the whole search; copies). ``work`` keeps the output buffers between calls
+    (they grow when a block's candidates do not fit)."""
+    allowed = np.zeros(0, np.uint8) if ok is None else np.ascontiguousarray(ok).view(np.uint8)
+    mod = module()
+    parts: list[tuple[np.ndarray, ...]] = []
+    done, m, at = 0, len(blocks), 0
+    while done < m:
+        if not work:
+            work[:] = _outputs(max(1 << 16, 8 * top.size))
+        rows, cols, vals = work
+        d, count, err = mod.dot_select_blocks(q, fd, blocks[done:], lo, hi, top, allowed[at:] if len(allowed) else allowed,
+                                              float(factor), rows, cols, vals, norms[at:], tops[done:])
+        if count:
+            parts.append((rows[:count].copy(), cols[:count].copy(), vals[:count].copy()))
+        at += int(blocks[done:done + d, 2].sum())
+        done += d
+        if err:
+            return done, *_joined(parts), _os_error(err)
+        if done < m:                # the next block's candidates did not fit: room for twice as many
+            work[:] = _outputs(2 * len(rows))
+    return done, *_joined(parts), None
+
+
+def _joined(parts: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return tuple(np.concatenate(p) for p in zip(*parts))      # type: ignore[return-value]
+
+
+def _os_error(err: int) -> OSError:
+    """The OSError of a native read's result (an errno, or -1: the file ends first)."""
+    if err > 0:
+        return OSError(err, os.strerror(err))
+    return OSError("file shorter than its datasets (truncated?)")
 
 
 def _outputs(size: int) -> list[np.ndarray]:

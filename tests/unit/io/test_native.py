@@ -232,42 +232,88 @@ def test_product_select_keeps_every_candidate_of_select(k: int) -> None:
     assert len(work[0]) > 4
 
 
+def _blocks_file(path, rng, sizes, w_max):
+    """Blocks of unit rows (widths up to ``w_max``) written one after another from byte 13 of
+    ``path``: ``(arrays, blocks (start, offset, rows, width))``."""
+    arrays, blocks, start, offset = [], [], 0, 13
+    for n in sizes:
+        w = int(rng.integers(1, w_max + 1))
+        arrays.append(bf16_bits(_unit_rows(rng, n, w, 0.5)))
+        blocks.append((start, offset, n, w))
+        start, offset = start + n, offset + arrays[-1].nbytes
+    path.write_bytes(b"x" * 13 + b"".join(a.tobytes() for a in arrays) + b"tail")
+    return arrays, np.array(blocks, dtype=np.int64)
+
+
 @needs_amx
-@pytest.mark.parametrize("n", [1, 255, 700])
-def test_product_select_reads_the_weights_from_a_file_in_pieces(tmp_path, n: int) -> None:
-    """``bits`` given as ``(fd, offset, n)``: the kernel reads the rows itself, a piece at a time
-    (256 rows), at an odd offset; the same top-k, candidates (in the same order), norms and
-    largest bit pattern as from the array. A file that ends before the rows do: OSError."""
-    rng = np.random.default_rng(n)
-    nq, w, k = 21, 70, 3
-    q = _unit_rows(rng, nq, w, 0.3)
-    bits = bf16_bits(_unit_rows(rng, n, w, 0.5))
-    lo = rng.integers(0, max(1, n // 2), nq)
-    hi = np.minimum(lo + rng.integers(0, n + 1, nq), n)
-    ok = rng.random(n) < 0.8
-    path = tmp_path / "w.bin"
-    path.write_bytes(b"x" * 13 + bits.tobytes() + b"tail")
-    results = []
-    fd = os.open(path, os.O_RDONLY)
+@pytest.mark.parametrize("sizes", [[1], [255, 700, 3], [4096, 17, 300, 0, 900]])
+def test_product_select_run_is_product_select_block_by_block(tmp_path, sizes) -> None:
+    """A run of blocks of a file in one call (the kernel reads each block a piece of 256 rows at
+    a time, gathers the queries whose window reaches it): the same running top-k, candidates
+    (as query and entry numbers of the whole search), norms and largest bit patterns as
+    product_select on each block's array with the queries of its windows; an output too small
+    at first (the run goes on where it stopped, with room for more)."""
+    rng = np.random.default_rng(len(sizes))
+    nq, k, w_max = 45, 3, 90
+    arrays, blocks = _blocks_file(tmp_path / "w.bin", rng, sizes, w_max)
+    total = int(blocks[:, 2].sum())
+    q = _unit_rows(rng, nq, w_max, 0.3)
+    lo = rng.integers(-5, max(1, total), nq)
+    hi = lo + rng.integers(0, max(2, total // 2), nq)
+    ok = rng.random(total) < 0.8
+    top_a, top_b = np.zeros((nq, k), np.float32), np.zeros((nq, k), np.float32)
+    want, norms_b, tops_b = {}, [], []
+    for (start, _, n, w), bits in zip(blocks.tolist(), arrays):
+        sel = np.flatnonzero((lo < start + n) & (hi > start))
+        top = top_b[sel]
+        norms = np.empty(n, np.float32)
+        r, c, v, largest = native.product_select(q[sel, :w], bits, top, np.clip(lo[sel] - start, 0, n),
+                                                 np.clip(hi[sel] - start, 0, n), ok[start:start + n], 0.9, None, norms)
+        top_b[sel] = top
+        want.update(zip(zip(sel[r].tolist(), (c + start).tolist()), v.tolist()))
+        norms_b.append(norms)
+        tops_b.append(largest if len(sel) else int(bits.max(initial=0)))
+    work = [np.empty(4, np.int64), np.empty(4, np.int64), np.empty(4, np.float32)]      # too small: grows
+    norms_a, tops_a = np.empty(total, np.float32), np.zeros(len(blocks), np.int32)
+    fd = os.open(tmp_path / "w.bin", os.O_RDONLY)
     try:
-        for source in (bits, (fd, 13, n)):
-            top = np.zeros((nq, k), np.float32)
-            norms = np.empty(n, np.float32)
-            rows, cols, vals, largest = native.product_select(q, source, top, lo, hi, ok, 0.9, None, norms)
-            results.append((top, rows, cols, vals, norms, largest))
-        os.truncate(path, 13 + bits.nbytes - 2)
-        with pytest.raises(OSError, match="shorter"):
-            native.product_select(q, (fd, 13, n), np.zeros((nq, k), np.float32), lo, hi, ok, 0.9)
-        with pytest.raises(ValueError):
-            native.product_select(q, (fd, -1, n), np.zeros((nq, k), np.float32), lo, hi, ok, 0.9)
+        done, rows, cols, vals, err = native.product_select_run(q, fd, blocks, lo, hi, top_a, ok, 0.9, work,
+                                                                norms_a, tops_a)
     finally:
         os.close(fd)
-    for a, b in zip(*results):
-        np.testing.assert_array_equal(a, b)
-    assert len(results[0][1]) > 0
-    values = bf16_values(bits).astype(np.float64)
-    np.testing.assert_allclose(results[0][4], (values ** 2).sum(axis=1), rtol=1e-6)
-    assert results[0][5] == int(bits.max())
+    assert (done, err) == (len(blocks), None)
+    np.testing.assert_array_equal(top_a, top_b)
+    assert dict(zip(zip(rows.tolist(), cols.tolist()), vals.tolist())) == want
+    assert len(want) > 0
+    np.testing.assert_array_equal(norms_a, np.concatenate(norms_b))
+    assert tops_a.tolist() == tops_b
+    assert len(work[0]) > 4 or len(want) <= 4
+
+
+@needs_amx
+def test_product_select_run_stops_at_a_block_the_file_cuts(tmp_path) -> None:
+    """A file that ends inside the third block: the first two are done (their candidates and
+    top-k kept), the error (OSError: shorter) is for block 2; a bad block description is a
+    ValueError."""
+    rng = np.random.default_rng(7)
+    nq, k = 20, 2
+    arrays, blocks = _blocks_file(tmp_path / "w.bin", rng, [300, 200, 400, 100], 60)
+    q = _unit_rows(rng, nq, 60, 0.3)
+    lo, hi = np.zeros(nq, np.int64), np.full(nq, 10**6, np.int64)
+    os.truncate(tmp_path / "w.bin", int(blocks[2, 1]) + 100)
+    top = np.zeros((nq, k), np.float32)
+    norms, tops = np.empty(1000, np.float32), np.zeros(4, np.int32)
+    fd = os.open(tmp_path / "w.bin", os.O_RDONLY)
+    try:
+        done, rows, cols, vals, err = native.product_select_run(q, fd, blocks, lo, hi, top, None, 0.9, [], norms, tops)
+        assert done == 2 and isinstance(err, OSError) and "shorter" in str(err)
+        assert len(rows) and cols.max() < 500 and (top[:, 0] > 0).all()
+        bad = blocks.copy()
+        bad[1, 3] = 61                      # wider than the queries
+        with pytest.raises(ValueError):
+            native.product_select_run(q, fd, bad, lo, hi, top, None, 0.9, [], norms, tops)
+    finally:
+        os.close(fd)
 
 
 @needs_amx

@@ -63,13 +63,15 @@ def amx_only() -> None:
 
 
 def spy_fused_pass(monkeypatch) -> list:
-    """Record the type of the weights each call of the fused AMX pass gets (an array, or a
-    ``(fd, offset, n)`` tuple the kernel reads)."""
+    """Record what each call of the fused AMX pass gets: ``np.ndarray`` for weights read in
+    advance (``product_select``), ``tuple`` for a run of blocks that the kernel reads from the
+    file (``product_select_run``)."""
     from neimsctl.evaluate import matching
 
     seen: list = []
-    real = matching.product_select
+    real, run_real = matching.product_select, matching.product_select_run
     monkeypatch.setattr(matching, "product_select", lambda q, bits, *a: seen.append(type(bits)) or real(q, bits, *a))
+    monkeypatch.setattr(matching, "product_select_run", lambda *a: seen.append(tuple) or run_real(*a))
     return seen
 
 
