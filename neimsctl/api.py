@@ -454,7 +454,7 @@ class SpectralLibrary:
         from neimsctl.evaluate.matching import DEFAULT_SCORE, Score
         from neimsctl.io.rejects import Tally
         from neimsctl.search.options import cap_top, check_search_args
-        from neimsctl.search.run import SearchOptions, read_queries, search_batch
+        from neimsctl.search.run import SearchOptions, read_queries, search_table
 
         if self.closed:
             raise InputError("the library is closed (SpectralLibrary.close): open it again to search")
@@ -473,8 +473,7 @@ class SpectralLibrary:
             batches = iter([_query_batch(spectra)])
         out: list[list[dict[str, Any]]] = []
         for qb in batches:
-            for hits in search_batch(self.libraries, qb, opts):
-                out.append([h.row(self.libraries, spec) for h in hits])
+            out.extend(search_table(self.libraries, qb, opts).rows(spec))
         return out
 
     def _candidates(self, candidates: str | Sequence[str]) -> set[str]:

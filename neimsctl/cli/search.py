@@ -106,7 +106,7 @@ def search_cli(
         from neimsctl.io.rejects import Tally
         from neimsctl.io.streams import open_out
         from neimsctl.search.run import (HIT_FIELDS, SearchOptions, allowed_count, open_libraries,
-                                         read_candidates, read_queries, search_batch)
+                                         read_candidates, read_queries, search_table)
 
         with open_out(rejects) if rejects is not None else contextlib.nullcontext() as sink:
             spec = Score(score.value if score else DEFAULT_SCORE, mz_power, intensity_power, reverse)
@@ -157,15 +157,16 @@ def search_cli(
                             ids.add(r.id)
                     if mass_filter is not None:     # searched without the window: said in the summary
                         n_unfiltered += sum(r.mw is None for r in qb.records)
-                    for query, hits in zip(qb.records, search_batch(libs, qb, opts)):
-                        tally.written += 1
-                        if not hits:
-                            n_without += 1
-                            first_without = first_without or query
-                        n_hits += len(hits)
-                        fout.write(b"".join([orjson.dumps(h.row(libs, spec), option=orjson.OPT_APPEND_NEWLINE)
-                                             for h in hits] if fmt == OutFormat.jsonl else
-                                            [_tsv_line(h.cells(spec)) for h in hits]))
+                    table = search_table(libs, qb, opts)
+                    counts = table.counts()
+                    tally.written += len(counts)
+                    n_hits += len(table)
+                    if 0 in counts:
+                        n_without += counts.count(0)
+                        first_without = first_without or qb.records[counts.index(0)]
+                    columns = table.columns(spec)
+                    fout.write(b"".join([orjson.dumps(dict(zip(HIT_FIELDS, row)), option=orjson.OPT_APPEND_NEWLINE)
+                                         for row in zip(*columns)]) if fmt == OutFormat.jsonl else _tsv_lines(columns))
                     bar.update(tally)
                 if sink is not None:    # a rejects report that cannot be written (a full disk)
                     sink.flush()        # stops the run before the hits are put in place
@@ -217,6 +218,22 @@ def _at(rec: Any) -> str:
 _BREAKS = "\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 _CLEAN = str.maketrans(dict.fromkeys(_BREAKS, " "))
 _LINE_BREAK = re.compile(f"[{_BREAKS[1:]}]")
+_OTHER_BREAK = re.compile(f"[{_BREAKS[2:]}]")      # a line break other than LF
+
+
+def _tsv_lines(columns: list[list]) -> bytes:
+    """Hits (a list of values per field, in the order of the header) as TSV lines, written
+    column by column, then checked as a whole; the lines of :func:`_tsv_line` (the text of a
+    value that holds a tab or a line break is written by it, line by line)."""
+    if not columns or not columns[0]:
+        return b""
+    text = "\n".join(map("\t".join, zip(*[
+        column if all(v.__class__ is str for v in column)
+        else ["" if v is None else v if v.__class__ is str else str(v) for v in column] for column in columns])))
+    rows = len(columns[0])
+    if text.count("\t") != rows * (len(columns) - 1) or text.count("\n") != rows - 1 or _OTHER_BREAK.search(text):
+        return b"".join(_tsv_line(list(cells)) for cells in zip(*columns))
+    return (text + "\n").encode()
 
 
 def _tsv_line(cells: list) -> bytes:

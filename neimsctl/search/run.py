@@ -36,8 +36,8 @@ from neimsctl.io.spectrum_records import SpectrumRecord, read_spectrum_records
 from neimsctl.io.streams import check_input, display_name, is_dash, sniff
 from neimsctl.search.build import build_memory_index, complete_record
 
-__all__ = ["SearchOptions", "Hit", "QueryBatch", "open_libraries", "read_queries", "search_batch",
-           "read_candidates", "match_candidates", "allowed_count", "HIT_FIELDS"]
+__all__ = ["SearchOptions", "Hit", "HitTable", "QueryBatch", "open_libraries", "read_queries", "search_batch",
+           "search_table", "read_candidates", "match_candidates", "allowed_count", "HIT_FIELDS"]
 
 _SCORE_BUDGET = 1 << 24     # score-matrix elements per chunk (queries x entries)
 #: Best cosine entries per query whose composite scores give its floor (:func:`_warm_floor`;
@@ -85,11 +85,62 @@ class Hit:
 
     def cells(self, score: Score) -> list[Any]:
         """The hit's values in the order of :data:`HIT_FIELDS` (``None``: unknown)."""
-        q, i = self.query, self.info
-        qmw, mw = q.mw, i["mw"]
-        return [q.id, q.name, self.rank, round(self.score, 1 if score.name == "composite" else 4),
-                i["id"], i["name"], i["inchikey"], i["smiles"], i["formula"], mw if mw >= 0 else None,
-                (mw - qmw) if (qmw is not None and mw >= 0) else None, i["kind"], i["file"]]
+        one = HitTable([self.query], [0], [self.rank], [self.score], [self.library], [self.entry],
+                       {key: [value] for key, value in self.info.items()})
+        return [column[0] for column in one.columns(score)]
+
+
+@dataclass
+class HitTable:
+    """The hits of a batch of queries as columns, query by query, best first (a :class:`Hit`
+    per hit cost more than writing it: 10,000 hits)."""
+
+    records: list[SpectrumRecord]
+    #: per hit: its query (position in :attr:`records`), rank, score, library and entry
+    query: list[int]
+    rank: list[int]
+    score: list[float]
+    library: list[int]
+    entry: list[int]
+    #: per hit, the entry's id, name, inchikey, smiles, formula, mw (-1: unknown), kind, file
+    info: dict[str, list[Any]]
+
+    def __len__(self) -> int:
+        return len(self.query)
+
+    def columns(self, score: Score) -> list[list[Any]]:
+        """The values of every hit, a list per field of :data:`HIT_FIELDS` (``None``: unknown)."""
+        queries = [self.records[i] for i in self.query]
+        i = self.info
+        digits = 1 if score.name == "composite" else 4
+        qmw = [q.mw for q in queries]
+        mw = i["mw"]
+        return [[q.id for q in queries], [q.name for q in queries], self.rank,
+                [round(s, digits) for s in self.score], i["id"], i["name"], i["inchikey"], i["smiles"],
+                i["formula"], [m if m >= 0 else None for m in mw],
+                [(m - a) if (a is not None and m >= 0) else None for m, a in zip(mw, qmw)], i["kind"], i["file"]]
+
+    def rows(self, score: Score) -> list[list[dict[str, Any]]]:
+        """The hits of each query of :attr:`records` as dicts keyed by :data:`HIT_FIELDS`."""
+        out: list[list[dict[str, Any]]] = [[] for _ in self.records]
+        for qi, row in zip(self.query, zip(*self.columns(score))):
+            out[qi].append(dict(zip(HIT_FIELDS, row)))
+        return out
+
+    def hits(self) -> list[list[Hit]]:
+        """The hits of each query of :attr:`records` (none: an empty list)."""
+        out: list[list[Hit]] = [[] for _ in self.records]
+        keys = list(self.info)
+        for j, (qi, rank, s, lib, e) in enumerate(zip(self.query, self.rank, self.score, self.library, self.entry)):
+            out[qi].append(Hit(self.records[qi], rank, s, lib, e, {k: self.info[k][j] for k in keys}))
+        return out
+
+    def counts(self) -> list[int]:
+        """Hits of each query of :attr:`records`."""
+        n = [0] * len(self.records)
+        for qi in self.query:
+            n[qi] += 1
+        return n
 
 
 def open_libraries(paths: Sequence[str | os.PathLike], tally: Tally) -> list[SpectralIndex]:
@@ -433,6 +484,11 @@ def _warm_floor(lib: SpectralIndex, batch: QueryBatch, opts: SearchOptions) -> n
 
 def search_batch(libraries: Sequence[SpectralIndex], batch: QueryBatch, opts: SearchOptions) -> list[list[Hit]]:
     """The hits of every query of a batch, best first, over all libraries."""
+    return search_table(libraries, batch, opts).hits()
+
+
+def search_table(libraries: Sequence[SpectralIndex], batch: QueryBatch, opts: SearchOptions) -> HitTable:
+    """:func:`search_batch`'s hits as one :class:`HitTable`."""
     results = []
     for lib in libraries:
         try:
@@ -441,7 +497,6 @@ def search_batch(libraries: Sequence[SpectralIndex], batch: QueryBatch, opts: Se
             if exc.file is None:          # the engine's finding: name the library it came from
                 raise FormatError(exc.message, file=str(lib.path)) from None
             raise
-    nq = len(batch.records)
     scores = np.concatenate([r.scores for r in results], axis=1)
     index = np.concatenate([r.index for r in results], axis=1)
     libno = np.concatenate([np.full(r.index.shape, j) for j, r in enumerate(results)], axis=1)
@@ -450,20 +505,20 @@ def search_batch(libraries: Sequence[SpectralIndex], batch: QueryBatch, opts: Se
     found = (index >= 0) & np.isfinite(scores)
     # a query's hits: its best ones up to the first entry that is none
     keep = np.cumprod(found, axis=1, dtype=bool)
-    qrow = np.nonzero(keep)[0]
+    qrow, col = np.nonzero(keep)
     scores, index, libno = scores[keep], index[keep], libno[keep]
-    info: list[dict[str, Any]] = [{}] * len(index)
+    info: dict[str, list[Any]] = libraries[0].entries(index[:0]) if len(index) == 0 else {}
     for j in range(len(libraries)):     # (a bare np.unique imports numpy.ma: 7 ms)
         at = np.flatnonzero(libno == j)
         if len(at) == 0:
             continue
         got = libraries[j].entries(index[at])
-        keys = list(got)
-        for pos, values in zip(at.tolist(), zip(*got.values())):
-            info[pos] = dict(zip(keys, values))
-    hits: list[list[Hit]] = [[] for _ in range(nq)]
-    records = batch.records
-    for qi, s, lib_j, e, i in zip(qrow.tolist(), scores.tolist(), libno.tolist(), index.tolist(), info):
-        row = hits[qi]
-        row.append(Hit(records[qi], len(row) + 1, s, lib_j, e, i))
-    return hits
+        if len(at) == len(index):       # every hit in this library
+            info = got
+            break
+        for key, values in got.items():
+            column = info.setdefault(key, [None] * len(index))
+            for pos, value in zip(at.tolist(), values):
+                column[pos] = value
+    return HitTable(batch.records, qrow.tolist(), (col + 1).tolist(), scores.tolist(), libno.tolist(), index.tolist(),
+                    info)

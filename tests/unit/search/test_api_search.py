@@ -176,8 +176,8 @@ def test_a_query_file_with_a_bad_record_raises_naming_it_before_searching_on(lib
     path.write_text(good.format(1) + "Name: broken\nNum Peaks: 2\n41 abc\n43 999\n\n" + good.format(2))
     assert len(lib.search(_only_good(path, tmp_path))) == 2
     searched = []
-    real = run.search_batch
-    monkeypatch.setattr(run, "search_batch", lambda *a: searched.append(len(a[1].mw)) or real(*a))
+    real = run.search_table
+    monkeypatch.setattr(run, "search_table", lambda *a: searched.append(len(a[1].mw)) or real(*a))
     with pytest.raises(FormatError) as err:
         lib.search(path)
     assert str(err.value) == (f"{path}: line 7: record 'broken': non_numeric_peak: line 9: '41 abc': "
