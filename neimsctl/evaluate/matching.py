@@ -776,19 +776,30 @@ class _Deferred:
         for pending in self.pending:
             while pending:
                 pending.pop(0).result()
-        parts = [p for lane in self.lanes for p in lane.parts]
-        if not parts:
+        if not any(lane.parts for lane in self.lanes):
             return
         # the lanes' k-th best first-pass scores, merged: k distinct entries reach it
         kth = np.sort(np.concatenate([lane.top for lane in self.lanes], axis=1), axis=1)[:, -k]
+        # each lane scores its own candidates (entries of its own blocks) exactly, in its thread
+        if self.pools:
+            done = [pool.submit(self._exact, q, lane, kth) for pool, lane in zip(self.pools, self.lanes)]
+            scored = [d.result() for d in done]
+        else:
+            scored = [self._exact(q, lane, kth) for lane in self.lanes]
+        qrows, entries, exact = (np.concatenate(p) for p in zip(*scored))
+        _merge_pairs(best_s, best_i, qrows, entries, exact, k)
+
+    def _exact(self, q: _Queries, lane: _Lane, kth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The exact scores of ``lane``'s candidates still above the bound for the final k-th
+        best first-pass scores ``kth``: ``(query rows, entries, scores)``."""
+        parts, lane.parts = lane.parts, []
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
         qrows, entries, vals = (np.concatenate(p) for p in zip(*parts))
-        for lane in self.lanes:
-            lane.parts = []
         keep = vals.astype(np.float64) >= kth[qrows].astype(np.float64) * self.factor
         qrows, entries = qrows[keep], entries[keep]
         uniq, pos = np.unique(entries, return_inverse=True)
-        exact = _exact_of(q, np.arange(q.n), self.peaks(uniq), self.score, qrows, pos)
-        _merge_pairs(best_s, best_i, qrows, entries, exact, k)
+        return qrows, entries, _exact_of(q, np.arange(q.n), self.peaks(uniq), self.score, qrows, pos)
 
     def close(self) -> None:
         """Stop the lanes (after :meth:`finish`, or when the search failed)."""
