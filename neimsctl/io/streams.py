@@ -17,7 +17,6 @@ import contextlib
 import errno
 import functools
 import gzip
-import hashlib
 import io
 import itertools
 import logging
@@ -25,7 +24,6 @@ import os
 import re
 import stat
 import sys
-import tempfile
 import zlib
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Iterable, Iterator, NamedTuple
@@ -591,6 +589,8 @@ def _temp_stem(name: str) -> str:
     refused as 'File name too long', which only its temporary was)."""
     raw, room = os.fsencode(name), _NAME_MAX - _TEMP_EXTRA
     if len(raw) > room:
+        import hashlib      # (here: its import loads OpenSSL, 3-11 ms of a search's start)
+
         raw = raw[:room - 9] + b"~" + hashlib.blake2b(raw, digest_size=4).hexdigest().encode()
     return f".{os.fsdecode(raw)}.part-"
 
@@ -606,6 +606,8 @@ def _process_space() -> str:
         space = os.readlink("/proc/self/ns/pid").encode()
     except OSError:
         return ""
+    import hashlib
+
     return hashlib.blake2b(boot + b"\0" + space, digest_size=4).hexdigest()
 
 
@@ -967,6 +969,8 @@ def spool_path(suffix: str = ".h5") -> Iterator[Path]:
     temporary directory as ``.neimsctl-spool<suffix>.part-PID-TAG-XXXXXXXX``: a spool that a
     killed run (SIGKILL, the out-of-memory killer) left there is removed by the next spool
     (:func:`remove_stale_temps`; it used to stay for ever, as big as the output or input it held)."""
+    import tempfile     # (here: 5-9 ms of every command's start)
+
     final = Path(tempfile.gettempdir()) / f"neimsctl-spool{suffix}"
     _clear_stale_temps(final, "spool")
     fd, name = tempfile.mkstemp(prefix=temp_path_for(final).name + "-", dir=final.parent)
