@@ -11,6 +11,7 @@ base peak removed), exactly the non-zero bins of :func:`neimsctl.io.spectrum.pre
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, NamedTuple, Sequence
 
@@ -237,6 +238,16 @@ def scale_rows(intensity: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
     return intensity / np.where(odd, top, 1.0)[rows]
 
 
+def _flat(lists: Sequence[Any]) -> np.ndarray:
+    """Lists (or arrays) of numbers end to end as one float64 array: one conversion for lists of
+    Python numbers (a conversion per list cost ~2 us each)."""
+    if not len(lists):
+        return np.zeros(0)
+    if all(type(x) is list for x in lists):
+        return np.array(list(itertools.chain.from_iterable(lists)), dtype=np.float64)
+    return np.concatenate([np.asarray(x, dtype=np.float64) for x in lists])
+
+
 def bin_batch(mz: Sequence[Any], intensity: Sequence[Any], n_bins: int = N_BINS,
               noise: float = NOISE_LEVEL) -> PeakBlock:
     """Bin valid peak lists (see :func:`check_peaks`) into one :class:`PeakBlock`.
@@ -248,8 +259,7 @@ def bin_batch(mz: Sequence[Any], intensity: Sequence[Any], n_bins: int = N_BINS,
     n = len(mz)
     sizes = np.fromiter((len(m) for m in mz), dtype=np.int64, count=n)
     rows = np.repeat(np.arange(n, dtype=np.int64), sizes)
-    m = np.concatenate([np.asarray(x, dtype=np.float64) for x in mz]) if n else np.zeros(0)
-    i = np.concatenate([np.asarray(x, dtype=np.float64) for x in intensity]) if n else np.zeros(0)
+    m, i = _flat(mz), _flat(intensity)
     i = scale_rows(i, rows, n)
     r = np.floor(m + 0.5)
     inside = r < n_bins             # compared as floats: m/z 1e300 is no int64

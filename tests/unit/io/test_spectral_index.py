@@ -164,6 +164,10 @@ def test_bin_batch_equals_preprocess_spectrum() -> None:
     for row, (m, i) in zip(got, zip(mz, it)):
         np.testing.assert_allclose(row, preprocess_spectrum(m, i), rtol=1e-6)
     assert got[0, 65] == pytest.approx(0.005, rel=1e-5) and got[1, 92] == 0.5
+    # lists of Python numbers (one conversion for all), arrays and a mix: the same block
+    mixed = [np.asarray(mz[0]), mz[1], tuple(mz[2]), mz[3]]
+    for a, b in zip(bin_batch(mz, it), bin_batch(mixed, [np.asarray(x) for x in it])):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("mz, it, reason", [
