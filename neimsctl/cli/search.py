@@ -219,6 +219,8 @@ _BREAKS = "\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 _CLEAN = str.maketrans(dict.fromkeys(_BREAKS, " "))
 _LINE_BREAK = re.compile(f"[{_BREAKS[1:]}]")
 _OTHER_BREAK = re.compile(f"[{_BREAKS[2:]}]")      # a line break other than LF
+_ASCII_BREAKS = _BREAKS[2:8].encode()      # CR, VT, FF, FS, GS, RS
+_STR = {str}
 
 
 def _tsv_lines(columns: list[list]) -> bytes:
@@ -227,13 +229,22 @@ def _tsv_lines(columns: list[list]) -> bytes:
     value that holds a tab or a line break is written by it, line by line)."""
     if not columns or not columns[0]:
         return b""
-    text = "\n".join(map("\t".join, zip(*[
-        column if all(v.__class__ is str for v in column)
-        else ["" if v is None else v if v.__class__ is str else str(v) for v in column] for column in columns])))
+    text = "\n".join(map("\t".join, zip(*map(_texts, columns)))) + "\n"
+    data = text.encode()
     rows = len(columns[0])
-    if text.count("\t") != rows * (len(columns) - 1) or text.count("\n") != rows - 1 or _OTHER_BREAK.search(text):
+    if data.count(b"\t") != rows * (len(columns) - 1) or data.count(b"\n") != rows \
+            or len(data.translate(None, _ASCII_BREAKS)) != len(data) \
+            or (not text.isascii() and _OTHER_BREAK.search(text)):
         return b"".join(_tsv_line(list(cells)) for cells in zip(*columns))
-    return (text + "\n").encode()
+    return data
+
+
+def _texts(column: list) -> list[str]:
+    """The cells of one column as text (``None``: empty)."""
+    kinds = set(map(type, column))
+    if kinds == _STR:
+        return column
+    return list(map(str, column)) if type(None) not in kinds else ["" if v is None else str(v) for v in column]
 
 
 def _tsv_line(cells: list) -> bytes:

@@ -30,7 +30,8 @@ def test_hits_written_column_by_column_are_the_lines_of_each_hit() -> None:
     plain = [["q1", "q1", "q2"], [1, 2, 1], [0.5, 0.25, None], ["a", "b", "c"]]
     odd = [["q1", "q\t2"], ["x\u2028y", "z"], [3, None]]
     lf = [["one\nline", "two"], [1, 2]]
-    for columns in (plain, odd, lf):
+    cr = [["a\rb", "c\x1e"], [True, 2.5]]
+    for columns in (plain, odd, lf, cr):
         assert _tsv_lines(columns) == b"".join(_tsv_line(list(c)) for c in zip(*columns))
     assert _tsv_lines(plain) == b"q1\t1\t0.5\ta\nq1\t2\t0.25\tb\nq2\t1\t\tc\n"
     assert _tsv_lines([[], []]) == b""
