@@ -70,7 +70,8 @@ def int_mass(value: Any) -> int | None:
         return None
     if isinstance(value, str):
         value = parse_number(value)
-    if isinstance(value, (int, float)) and np.isfinite(value) and 0 < value < MASS_LIMIT \
+    # (NaN and infinities fail the range: no np.isfinite, ~1 us on a Python number)
+    if isinstance(value, (int, float)) and 0 < value < MASS_LIMIT \
             and round(value) >= 1:            # MW 0.3 is no nominal mass either
         return int(round(value))
     return None
