@@ -130,12 +130,14 @@ def test_the_deferred_exact_stage_gives_the_hits_of_the_per_block_one(libs, mass
     real = SpectralIndex.peaks
     monkeypatch.setattr(SpectralIndex, "peaks", lambda self, *a: reads.append(1) or real(self, *a))
     a = search_library(v2, batch, opts)
-    assert reads                               # the candidates' peaks were read at the end
     from neimsctl.evaluate import matching
 
+    # the candidates' peaks were read at the end, once by each lane that has some
+    assert 1 <= len(reads) <= matching._lanes()
+    at_end = len(reads)
     monkeypatch.setattr(matching, "_DEFER_MAX_K", top - 1)     # more hits asked for: per block
     b = search_library(v2, batch, opts)
-    assert len(reads) == 1
+    assert len(reads) == at_end
     np.testing.assert_array_equal(a.index, b.index)
     np.testing.assert_array_equal(a.scores, b.scores)
 
