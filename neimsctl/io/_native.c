@@ -580,9 +580,18 @@ static PyObject *py_norms(PyObject *self, PyObject *args) {
     return ret;
 }
 
+/* Buffers of objs[0 .. n - 1] (formats, writable, names for the errors); how many were taken
+ * (all n, or fewer after an error: release those). */
+static int get_buffers(PyObject **objs, Py_buffer *b, int n, const char **fmts, const int *writable,
+                       const char **names) {
+    int got = 0;
+    for (; got < n; got++)
+        if (get_2d(objs[got], &b[got], fmts[got], writable[got], names[got]) != 0) break;
+    return got;
+}
+
 /* dot_select(q, bits, top, lo, hi, ok, factor, rows, cols, vals[, norms]); ``bits`` the block's
- * (n, w) bit patterns, or a tuple (fd, offset, n): n rows of w read from the open file fd at
- * byte offset (pread, in pieces that stay in the cache: OSError when the file ends first). */
+ * (n, w) bit patterns (dot_select_blocks: blocks read from a file). */
 static PyObject *py_dot_select(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *objs[9], *normo = NULL;
@@ -598,11 +607,10 @@ static PyObject *py_dot_select(PyObject *self, PyObject *args) {
     Py_buffer b[9];
     const char *fmts[9] = {"f", "H", "f", "l", "l", "B", "l", "l", "f"};
     const char *names[9] = {"q", "bits", "top", "lo", "hi", "ok", "rows", "cols", "vals"};
-    int writable[9] = {0, 0, 1, 0, 0, 0, 1, 1, 1};
-    int got = 0;
+    const int writable[9] = {0, 0, 1, 0, 0, 0, 1, 1, 1};
     PyObject *ret = NULL;
-    for (; got < 9; got++)
-        if (get_2d(objs[got], &b[got], fmts[got], writable[got], names[got]) != 0) goto done;
+    int got = get_buffers(objs, b, 9, fmts, writable, names);
+    if (got < 9) goto done;
     Py_ssize_t nq = dim(&b[0], 0), w = dim(&b[0], 1), k = dim(&b[2], 1), n = dim(&b[1], 0);
     Py_ssize_t nok = len1(&b[5]), cap = len1(&b[6]);
     if (b[0].ndim != 2 || b[1].ndim != 2 || dim(&b[1], 1) != w || b[2].ndim != 2 || dim(&b[2], 0) != nq || k < 1 ||
@@ -679,11 +687,10 @@ static PyObject *py_dot_select_blocks(PyObject *self, PyObject *args) {
     Py_buffer b[11];
     const char *fmts[11] = {"f", "l", "l", "l", "f", "B", "l", "l", "f", "f", "i"};
     const char *names[11] = {"q", "blocks", "lo", "hi", "top", "ok", "rows", "cols", "vals", "norms", "tops"};
-    int writable[11] = {0, 0, 0, 0, 1, 0, 1, 1, 1, 1, 1};
-    int got = 0;
+    const int writable[11] = {0, 0, 0, 0, 1, 0, 1, 1, 1, 1, 1};
     PyObject *ret = NULL;
-    for (; got < 11; got++)
-        if (get_2d(objs[got], &b[got], fmts[got], writable[got], names[got]) != 0) goto done;
+    int got = get_buffers(objs, b, 11, fmts, writable, names);
+    if (got < 11) goto done;
     Py_ssize_t nq = dim(&b[0], 0), W = dim(&b[0], 1), m = dim(&b[1], 0), k = dim(&b[4], 1);
     Py_ssize_t cap = len1(&b[6]), nok = len1(&b[5]);
     const int64_t *bl = (const int64_t *)b[1].buf;
