@@ -737,8 +737,10 @@ class _Deferred:
         self.pools: list[Any] = []
         self.pending: list[Any] = [[] for _ in self.lanes]
         self.turn = 0
-        #: each lane's lazy blocks not yet given to it: ``(start, chunk, ok)`` (:meth:`_Lane.add_run`)
+        #: each lane's lazy blocks not yet given to it: ``(start, chunk, ok)`` (:meth:`_Lane.add_run`),
+        #: and their (query, entry) pairs
         self.runs: list[list[tuple[int, DenseChunk, np.ndarray | None]]] = [[] for _ in self.lanes]
+        self.run_pairs = [0] * len(self.lanes)
         self.windows: tuple[np.ndarray, np.ndarray] | None = None
         if len(self.lanes) > 1:
             from concurrent.futures import ThreadPoolExecutor
@@ -748,12 +750,13 @@ class _Deferred:
     def add(self, q: _Queries, sel: np.ndarray, start: int, chunk: DenseChunk,
             windows: tuple[np.ndarray, np.ndarray] | None, ok: np.ndarray | None) -> None:
         i, self.turn = self.turn, (self.turn + 1) % len(self.lanes)
-        if chunk.lazy:      # the kernel reads it: given to the lane with the next _RUN - 1 of its blocks
+        if chunk.lazy:      # the kernel reads it: given to the lane with the next of its blocks
             self.windows = windows
             run = self.runs[i]
             run.append((start, chunk, ok))
-            if len(run) >= _RUN:
-                self.runs[i] = []
+            self.run_pairs[i] += len(sel) * len(chunk)
+            if len(run) >= _RUN or self.run_pairs[i] >= _RUN_PAIRS:
+                self.runs[i], self.run_pairs[i] = [], 0
                 self._give(i, self.lanes[i].add_run, q, run, windows, self.factor)
             return
         self._give(i, self.lanes[i].add, q, sel, start, chunk, windows, ok, self.factor)
@@ -771,7 +774,7 @@ class _Deferred:
     def finish(self, q: _Queries, best_s: np.ndarray, best_i: np.ndarray, k: int) -> None:
         for i, run in enumerate(self.runs):
             if run:
-                self.runs[i] = []
+                self.runs[i], self.run_pairs[i] = [], 0
                 self._give(i, self.lanes[i].add_run, q, run, self.windows, self.factor)
         for pending in self.pending:
             while pending:
@@ -811,8 +814,13 @@ class _Deferred:
 #: Calls queued per lane of :class:`_Deferred` (a block each, or a run of lazy blocks; neither
 #: holds weights).
 _LANE_AHEAD = 4
-#: Lazy blocks per call of a lane (:meth:`_Lane.add_run`: one native call for all of them).
+#: Lazy blocks per call of a lane (:meth:`_Lane.add_run`: one native call for all of them), and
+#: (query, entry) pairs after which a run goes even if shorter: a mass-filtered search meets
+#: ~22 queries a block (16 blocks: 1.4M pairs), an unfiltered one all of them (1,000 queries:
+#: 4.1M pairs a block, a run each), so that a run stays short enough for an interrupt to be
+#: felt soon (16 unfiltered blocks of --top 1000 took up to 1 s in one call).
 _RUN = 16
+_RUN_PAIRS = 1 << 21
 
 
 class _Lane:

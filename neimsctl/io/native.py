@@ -166,7 +166,7 @@ def product_select_run(q: np.ndarray, fd: int, blocks: np.ndarray, lo: np.ndarra
         if err:
             return done, *_joined(parts), _os_error(err)
         if done < m:                # the next block's candidates did not fit: room for twice as many
-            work[:] = _outputs(2 * len(rows))
+            work[:] = _outputs(max(1 << 16, 2 * len(rows)))
     return done, *_joined(parts), None
 
 

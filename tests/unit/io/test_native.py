@@ -308,6 +308,11 @@ def test_product_select_run_stops_at_a_block_the_file_cuts(tmp_path) -> None:
         done, rows, cols, vals, err = native.product_select_run(q, fd, blocks, lo, hi, top, None, 0.9, [], norms, tops)
         assert done == 2 and isinstance(err, OSError) and "shorter" in str(err)
         assert len(rows) and cols.max() < 500 and (top[:, 0] > 0).all()
+        # empty output buffers at first: they grow (they were doubled from 0, for ever)
+        top2 = np.zeros((nq, k), np.float32)
+        again = native.product_select_run(q, fd, blocks[:2], lo, hi, top2, None, 0.9, native._outputs(0),
+                                          norms[:500], tops[:2])
+        assert again[0] == 2 and again[4] is None and len(again[1]) == len(rows)
         bad = blocks.copy()
         bad[1, 3] = 61                      # wider than the queries
         with pytest.raises(ValueError):

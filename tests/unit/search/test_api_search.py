@@ -132,7 +132,8 @@ def test_a_query_of_mass_0_is_of_unknown_mass(lib, sample):
     assert lib.search([{**q, "mw": float(data.mw[i])}], mass_filter=5, top=1)[0][0]["hit_id"] == data.ids[i]
 
 
-@pytest.mark.parametrize("mw", [float("nan"), float("inf"), "abc", -5, True, [180]])
+@pytest.mark.parametrize("mw", [float("nan"), float("inf"), "abc", -5, True, [180], 10**400,
+                                pytest.param(10**5000, id="int-of-5001-digits")])
 def test_a_query_mass_that_is_no_number_names_the_query(lib, sample, mw):
     with pytest.raises(FormatError, match=r"line 2: record 'q2': mw .* is no nominal mass"):
         lib.search([sample[2], {**sample[2], "id": "q2", "mw": mw}], mass_filter=5)

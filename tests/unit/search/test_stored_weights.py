@@ -386,3 +386,29 @@ def test_reading_an_index_after_close_says_it_was_closed(libs, tmp_path) -> None
     with pytest.raises(InputError, match="the index was closed"):
         ix.dense_chunk(0, check=False)
     assert "the index was closed" in str(ix._unreadable(0, OSError(errno.EBADF, "Bad file descriptor")))
+
+
+def test_runs_of_any_length_give_the_same_hits(libs, monkeypatch) -> None:
+    """A lane's blocks go to the kernel in runs of up to matching._RUN blocks, shorter when
+    their (query, entry) pairs reach matching._RUN_PAIRS (an unfiltered search: a block a run,
+    so that an interrupt is felt soon): runs of one block, of three and of the default give
+    the same hits and scores."""
+    from neimsctl.evaluate import matching
+
+    amx_only()
+    spectra, keys, mw, v2, _ = libs
+    batch = noisy_queries(spectra, mw, seed=13, n=50)
+    opts = SearchOptions(Score(), top=7)
+    lengths: list[int] = []
+    real = matching._Lane.add_run
+    monkeypatch.setattr(matching._Lane, "add_run", lambda self, q, run, *a: lengths.append(len(run)) or
+                        real(self, q, run, *a))
+    want = search_library(v2, batch, opts)
+    for run, pairs in ((1, 1 << 40), (3, 1 << 40), (16, 1)):
+        monkeypatch.setattr(matching, "_RUN", run)
+        monkeypatch.setattr(matching, "_RUN_PAIRS", pairs)
+        lengths.clear()
+        got = search_library(v2, batch, opts)
+        assert lengths and max(lengths) <= min(run, 1 if pairs == 1 else run)
+        np.testing.assert_array_equal(got.index, want.index)
+        np.testing.assert_array_equal(got.scores, want.scores)
