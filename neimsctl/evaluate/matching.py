@@ -741,6 +741,8 @@ class _Deferred:
         #: and their (query, entry) pairs
         self.runs: list[list[tuple[int, DenseChunk, np.ndarray | None]]] = [[] for _ in self.lanes]
         self.run_pairs = [0] * len(self.lanes)
+        #: a pair's share of a run: more for a larger k (each score may enter a longer top-k)
+        self.weight = 1 + k // 64
         self.windows: tuple[np.ndarray, np.ndarray] | None = None
         if len(self.lanes) > 1:
             from concurrent.futures import ThreadPoolExecutor
@@ -754,7 +756,7 @@ class _Deferred:
             self.windows = windows
             run = self.runs[i]
             run.append((start, chunk, ok))
-            self.run_pairs[i] += len(sel) * len(chunk)
+            self.run_pairs[i] += len(sel) * len(chunk) * self.weight
             if len(run) >= _RUN or self.run_pairs[i] >= _RUN_PAIRS:
                 self.runs[i], self.run_pairs[i] = [], 0
                 self._give(i, self.lanes[i].add_run, q, run, windows, self.factor)
@@ -783,24 +785,32 @@ class _Deferred:
             return
         # the lanes' k-th best first-pass scores, merged: k distinct entries reach it
         kth = np.sort(np.concatenate([lane.top for lane in self.lanes], axis=1), axis=1)[:, -k]
-        # each lane scores its own candidates (entries of its own blocks) exactly, in its thread
+        # each lane scores its own candidates (entries of its own blocks, in the order of its
+        # blocks) exactly, in its thread, a piece of at most _EXACT_PAIRS pairs at a time: an
+        # interrupt waits for one piece, not for a lane's whole exact stage (which the pieces
+        # still queued are not: close() cancels them)
+        pieces = []
+        for i, lane in enumerate(self.lanes):
+            parts, lane.parts = lane.parts, []
+            if not parts:
+                continue
+            qrows, entries, vals = (np.concatenate(p) for p in zip(*parts))
+            keep = vals.astype(np.float64) >= kth[qrows].astype(np.float64) * self.factor
+            qrows, entries = qrows[keep], entries[keep]
+            pieces += [(i, qrows[a:a + _EXACT_PAIRS], entries[a:a + _EXACT_PAIRS])
+                       for a in range(0, len(qrows), _EXACT_PAIRS)]
         if self.pools:
-            done = [pool.submit(self._exact, q, lane, kth) for pool, lane in zip(self.pools, self.lanes)]
+            done = [self.pools[i].submit(self._exact, q, qrows, entries) for i, qrows, entries in pieces]
             scored = [d.result() for d in done]
         else:
-            scored = [self._exact(q, lane, kth) for lane in self.lanes]
-        qrows, entries, exact = (np.concatenate(p) for p in zip(*scored))
-        _merge_pairs(best_s, best_i, qrows, entries, exact, k)
+            scored = [self._exact(q, qrows, entries) for _, qrows, entries in pieces]
+        if scored:
+            qrows, entries, exact = (np.concatenate(p) for p in zip(*scored))
+            _merge_pairs(best_s, best_i, qrows, entries, exact, k)
 
-    def _exact(self, q: _Queries, lane: _Lane, kth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The exact scores of ``lane``'s candidates still above the bound for the final k-th
-        best first-pass scores ``kth``: ``(query rows, entries, scores)``."""
-        parts, lane.parts = lane.parts, []
-        if not parts:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-        qrows, entries, vals = (np.concatenate(p) for p in zip(*parts))
-        keep = vals.astype(np.float64) >= kth[qrows].astype(np.float64) * self.factor
-        qrows, entries = qrows[keep], entries[keep]
+    def _exact(self, q: _Queries, qrows: np.ndarray, entries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The exact scores of the candidate pairs (query ``qrows[p]``, entry ``entries[p]``):
+        ``(query rows, entries, scores)``."""
         uniq, pos = np.unique(entries, return_inverse=True)
         return qrows, entries, _exact_of(q, np.arange(q.n), self.peaks(uniq), self.score, qrows, pos)
 
@@ -814,12 +824,16 @@ class _Deferred:
 #: Calls queued per lane of :class:`_Deferred` (a block each, or a run of lazy blocks; neither
 #: holds weights).
 _LANE_AHEAD = 4
+#: Candidate pairs per piece of a lane's exact stage (:meth:`_Deferred.finish`): 1,000 queries
+#: +-5 Da have ~11,000 in all, unfiltered with --top 1000 over a million (1.5 s in one piece,
+#: 0.2-0.9 s in pieces of 65,536 under two lanes).
+_EXACT_PAIRS = 1 << 14
 #: Lazy blocks per call of a lane (:meth:`_Lane.add_run`: one native call for all of them), and
-#: (query, entry) pairs after which a run goes even if shorter: a mass-filtered search meets
-#: ~22 queries a block (16 blocks: 1.4M pairs), an unfiltered one all of them (1,000 queries:
-#: 4.1M pairs a block, four blocks a run), so that a run stays short enough for an interrupt to
-#: be felt soon (16 unfiltered blocks of --top 1000 took up to 1 s in one call; a block a run
-#: was 3 % slower than 16, the kernel's buffers set up for every block).
+#: (query, entry) pairs (times ``1 + k // 64``) after which a run goes even if shorter: a
+#: mass-filtered search meets ~22 queries a block (16 blocks: 1.4M pairs), an unfiltered one all
+#: of them (1,000 queries: 4.1M pairs a block, four blocks a run), so that a run stays short
+#: enough for an interrupt to be felt soon (16 unfiltered blocks took up to 1 s in one call with
+#: --top 1000; a block a run was 3 % slower than 16, the kernel's buffers set up for every block).
 _RUN = 16
 _RUN_PAIRS = 1 << 24
 
