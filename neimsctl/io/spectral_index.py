@@ -889,8 +889,16 @@ class SpectralIndex:
         """Entry ranges ``[lo, hi)`` with ``|mw_entry - mw| <= tolerance`` for each mass; entries
         of unknown mass (``-1``, sorted first) are never inside a window."""
         m = np.asarray(mw, dtype=np.float64)
-        lo = np.searchsorted(self.mw, np.maximum(m - tolerance, 0.0) - 1e-9, "left")
-        hi = np.searchsorted(self.mw, m + tolerance + 1e-9, "right")
+        # the masses are integers: the first >= a bound is the first >= its ceiling (and the last
+        # <= it, <= its floor), searched as integers of the masses' type (float bounds made numpy
+        # widen all 1.59M masses to float64 for each search: 3.5 ms)
+        kind = np.iinfo(self.mw.dtype) if self.mw.dtype.kind in "iu" else None
+        first, last = np.maximum(m - tolerance, 0.0) - 1e-9, m + tolerance + 1e-9
+        if kind is not None:
+            first = np.clip(np.ceil(first), kind.min, kind.max).astype(self.mw.dtype)
+            last = np.clip(np.floor(last), kind.min, kind.max).astype(self.mw.dtype)
+        lo = np.searchsorted(self.mw, first, "left")
+        hi = np.searchsorted(self.mw, last, "right")
         return lo.astype(np.int64), hi.astype(np.int64)
 
     def key_blocks(self, step: int = 1 << 20) -> Iterator[np.ndarray]:

@@ -336,3 +336,22 @@ def test_an_unchecked_block_is_checked_before_its_first_use(tmp_path) -> None:
         start, chunk = ix.dense_chunk(0, check=False)
         with pytest.raises(FormatError, match="stored weights of block 0 are not unit vectors"):
             search_blocks(ix.block(0, 3), [(start, chunk)], Score(), 5)
+
+
+def test_mass_windows_are_those_of_the_real_bounds(tmp_path) -> None:
+    """window() searches the integer masses with integer bounds (ceil / floor of the real ones):
+    the same entry ranges as a search with the real bounds, for fractional masses and
+    tolerances, masses beyond any entry's and beyond the masses' integer type."""
+    block, mw = entries(300, seed=3)
+    write(tmp_path / "ix.h5", block, mw, 1 << 30)
+    rng = np.random.default_rng(5)
+    masses = np.concatenate([rng.uniform(-5, 50, 200), rng.integers(0, 45, 100).astype(float),
+                             [0.0, 39.5, 1e12, -1e12, 2.0**31, 2.0**31 - 1]])
+    with open_index(tmp_path / "ix.h5") as ix:
+        assert ix.mw.dtype.kind in "iu"
+        for tol in (0.0, 0.4, 0.5, 1.0, 2.5, 5.0, 1e9):
+            want_lo = np.searchsorted(ix.mw, np.maximum(masses - tol, 0.0) - 1e-9, "left")
+            want_hi = np.searchsorted(ix.mw, masses + tol + 1e-9, "right")
+            lo, hi = ix.window(masses, tol)
+            np.testing.assert_array_equal(lo, want_lo)
+            np.testing.assert_array_equal(hi, want_hi)
