@@ -509,14 +509,14 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
     best_s = np.full((q.n, k), -np.inf)
     best_i = np.full((q.n, k), -1, dtype=np.int64)
     powers = (score.mz_power, score.intensity_power)
-    deferred = _Deferred(q.n, k, peaks, score, _lanes()) if peaks is not None and defers(score, k) else None
+    deferred = _Deferred(q, k, peaks, score, windows, _lanes()) if peaks is not None and defers(score, k) else None
     try:
         for start, block, sel, ok in _reached(chunks, q, windows, allowed):
             if isinstance(block, DenseChunk) and not (score.dot and block.powers == powers):
                 block = block.block                      # other weights: from the peak lists
             if isinstance(block, DenseChunk) and deferred is not None \
                     and (block.lazy or block.ptr is not None and (block.weights.dtype == np.float32 or amx())):
-                deferred.add(q, sel, start, block, windows, ok)
+                deferred.add(sel, start, block, ok)
                 continue
             if isinstance(block, DenseChunk):
                 bound, rel = _stored_pass(q, sel, block, bf16)
@@ -548,7 +548,7 @@ def search_blocks(queries: PeakBlock, chunks: Iterable[tuple[int, PeakBlock]], s
                 qi = sel[j]
                 _prune_exact(best_s, best_i, qi, qv[j], q.n_peaks[qi], bound[j], chunk, score, start, low[j])
         if deferred is not None:
-            deferred.finish(q, best_s, best_i, k)
+            deferred.finish(best_s, best_i, k)
     finally:
         if deferred is not None:
             deferred.close()
@@ -728,12 +728,14 @@ class _Deferred:
     it) and every lane's ``a_k`` was at most that, so the candidates kept are the same.
     """
 
-    def __init__(self, n: int, k: int, peaks: Callable[[np.ndarray], PeakBlock], score: Score,
-                 lanes: int = 1) -> None:
+    def __init__(self, q: _Queries, k: int, peaks: Callable[[np.ndarray], PeakBlock], score: Score,
+                 windows: tuple[np.ndarray, np.ndarray] | None, lanes: int = 1) -> None:
+        self.q = q
+        self.windows = windows
         self.score = score
         self.peaks = peaks
         self.factor = (1.0 - _STORED_REL) / (1.0 + _STORED_REL) * (1.0 - 1e-6)
-        self.lanes = [_Lane(n, k) for _ in range(max(1, lanes))]
+        self.lanes = [_Lane(q.n, k) for _ in range(max(1, lanes))]
         self.pools: list[Any] = []
         self.pending: list[Any] = [[] for _ in self.lanes]
         self.turn = 0
@@ -743,25 +745,25 @@ class _Deferred:
         self.run_pairs = [0] * len(self.lanes)
         #: a pair's share of a run: more for a larger k (each score may enter a longer top-k)
         self.weight = 1 + k // 64
-        self.windows: tuple[np.ndarray, np.ndarray] | None = None
         if len(self.lanes) > 1:
             from concurrent.futures import ThreadPoolExecutor
 
             self.pools = [ThreadPoolExecutor(1, thread_name_prefix="neimsctl-lane") for _ in self.lanes]
 
-    def add(self, q: _Queries, sel: np.ndarray, start: int, chunk: DenseChunk,
-            windows: tuple[np.ndarray, np.ndarray] | None, ok: np.ndarray | None) -> None:
+    def add(self, sel: np.ndarray, start: int, chunk: DenseChunk, ok: np.ndarray | None) -> None:
         i, self.turn = self.turn, (self.turn + 1) % len(self.lanes)
         if chunk.lazy:      # the kernel reads it: given to the lane with the next of its blocks
-            self.windows = windows
-            run = self.runs[i]
-            run.append((start, chunk, ok))
+            self.runs[i].append((start, chunk, ok))
             self.run_pairs[i] += len(sel) * len(chunk) * self.weight
-            if len(run) >= _RUN or self.run_pairs[i] >= _RUN_PAIRS:
-                self.runs[i], self.run_pairs[i] = [], 0
-                self._give(i, self.lanes[i].add_run, q, run, windows, self.factor)
+            if len(self.runs[i]) >= _RUN or self.run_pairs[i] >= _RUN_PAIRS:
+                self._flush(i)
             return
-        self._give(i, self.lanes[i].add, q, sel, start, chunk, windows, ok, self.factor)
+        self._give(i, self.lanes[i].add, self.q, sel, start, chunk, self.windows, ok, self.factor)
+
+    def _flush(self, i: int) -> None:
+        """Give lane ``i`` the lazy blocks it holds, as one run."""
+        run, self.runs[i], self.run_pairs[i] = self.runs[i], [], 0
+        self._give(i, self.lanes[i].add_run, self.q, run, self.windows, self.factor)
 
     def _give(self, i: int, work: Callable[..., None], *args: Any) -> None:
         """Run ``work(*args)`` in lane ``i`` (here without lanes)."""
@@ -773,11 +775,11 @@ class _Deferred:
             pending.pop(0).result()
         pending.append(self.pools[i].submit(work, *args))
 
-    def finish(self, q: _Queries, best_s: np.ndarray, best_i: np.ndarray, k: int) -> None:
+    def finish(self, best_s: np.ndarray, best_i: np.ndarray, k: int) -> None:
+        q = self.q
         for i, run in enumerate(self.runs):
             if run:
-                self.runs[i], self.run_pairs[i] = [], 0
-                self._give(i, self.lanes[i].add_run, q, run, self.windows, self.factor)
+                self._flush(i)
         for pending in self.pending:
             while pending:
                 pending.pop(0).result()
@@ -889,8 +891,8 @@ class _Lane:
             lo, hi = (np.ascontiguousarray(w, dtype=np.int64) for w in windows)
         norms = np.empty(int(blocks[:, 2].sum()), dtype=np.float32)
         tops = np.zeros(len(run), dtype=np.int32)
-        done, rows, cols, vals, err = product_select_run(np.ascontiguousarray(q.values, dtype=np.float32), fd, blocks, lo, hi, self.top, ok, factor,
-                                                         self.work, norms, tops)
+        done, rows, cols, vals, err = product_select_run(np.ascontiguousarray(q.values, dtype=np.float32), fd, blocks,
+                                                         lo, hi, self.top, ok, factor, self.work, norms, tops)
         at = 0
         for (_, chunk, _), top in zip(run[:done], tops.tolist()):
             chunk.verify(norms[at:at + len(chunk)], top)

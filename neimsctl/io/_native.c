@@ -79,13 +79,20 @@ static int pread_full(int fd, void *buf, size_t size, int64_t offset) {
     return 0;
 }
 
-/* The Python error of pread_full's non-zero result (OSError); NULL to return. */
+/* The OSError (a new instance) of pread_full's non-zero result; NULL with an error set when even
+ * that fails. */
+static PyObject *os_error(int err) {
+    if (err > 0) return PyObject_CallFunction(PyExc_OSError, "is", err, strerror(err));
+    return PyObject_CallFunction(PyExc_OSError, "s", "file shorter than its datasets (truncated?)");
+}
+
+/* The same error raised; NULL to return. */
 static PyObject *read_error(int err) {
-    if (err > 0) {
-        errno = err;
-        return PyErr_SetFromErrno(PyExc_OSError);
+    PyObject *exc = os_error(err);
+    if (exc != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
     }
-    PyErr_SetString(PyExc_OSError, "file shorter than its datasets (truncated?)");
     return NULL;
 }
 
@@ -733,7 +740,9 @@ static PyObject *py_dot_select_blocks(PyObject *self, PyObject *args) {
         done = run_blocks(&R, &count, &err, sel, qsel, tsel, sel + qn, sel + 2 * qn, bhi, bhi + ng * nk * 512, pad,
                           stage);
         Py_END_ALLOW_THREADS
-        ret = Py_BuildValue("(nni)", done, count, err);
+        PyObject *exc = err ? os_error(err) : NULL;
+        if (!err || exc) ret = Py_BuildValue("(nnO)", done, count, err ? exc : Py_None);
+        Py_XDECREF(exc);
     }
     free(sel);
     free(qsel);
@@ -877,7 +886,7 @@ static PyMethodDef methods[] = {
      "count past len(rows): call again."},
     {"dot_select_blocks", py_dot_select_blocks, METH_VARARGS,
      "dot_select_blocks(q, fd, blocks, lo, hi, top, ok, factor, rows, cols, vals, norms, tops) -> "
-     "(blocks done, count, error): dot_select over blocks of a file, one lane's run."},
+     "(blocks done, count, OSError of block 'done' or None): dot_select over blocks of a file, one lane's run."},
     {"pread_ranges", py_pread_ranges, METH_VARARGS, "pread_ranges(fd, offsets int64, sizes int64, out) -> bytes read."},
     {"amx", py_amx, METH_NOARGS, "True when dot() runs on AMX tiles here."},
     {"dot", py_dot, METH_VARARGS, "dot(q float32 (nq, w), bits uint16 (n, w), out float32 (nq, n))."},

@@ -122,8 +122,7 @@ def product_select(q: np.ndarray, bits: np.ndarray, top: np.ndarray, lo: np.ndar
     work = [] if work is None else work
     before = top.copy()
     while True:
-        if not work:
-            work[:] = _outputs(max(1 << 16, 8 * top.size))
+        _room(work, top)
         rows, cols, vals = work
         count, largest = module().dot_select(q, bits, top, lo, hi, allowed, float(factor), rows, cols, vals, norms)
         if count <= len(rows):
@@ -154,8 +153,7 @@ def product_select_run(q: np.ndarray, fd: int, blocks: np.ndarray, lo: np.ndarra
     parts: list[tuple[np.ndarray, ...]] = []
     done, m, at = 0, len(blocks), 0
     while done < m:
-        if not work:
-            work[:] = _outputs(max(1 << 16, 8 * top.size))
+        _room(work, top)
         rows, cols, vals = work
         d, count, err = mod.dot_select_blocks(q, fd, blocks[done:], lo, hi, top, allowed[at:] if len(allowed) else allowed,
                                               float(factor), rows, cols, vals, norms[at:], tops[done:])
@@ -163,8 +161,8 @@ def product_select_run(q: np.ndarray, fd: int, blocks: np.ndarray, lo: np.ndarra
             parts.append((rows[:count].copy(), cols[:count].copy(), vals[:count].copy()))
         at += int(blocks[done:done + d, 2].sum())
         done += d
-        if err:
-            return done, *_joined(parts), _os_error(err)
+        if err is not None:
+            return done, *_joined(parts), err
         if done < m:                # the next block's candidates did not fit: room for twice as many
             work[:] = _outputs(max(1 << 16, 2 * len(rows)))
     return done, *_joined(parts), None
@@ -178,11 +176,10 @@ def _joined(parts: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, np.ndarray
     return tuple(np.concatenate(p) for p in zip(*parts))      # type: ignore[return-value]
 
 
-def _os_error(err: int) -> OSError:
-    """The OSError of a native read's result (an errno, or -1: the file ends first)."""
-    if err > 0:
-        return OSError(err, os.strerror(err))
-    return OSError("file shorter than its datasets (truncated?)")
+def _room(work: list[np.ndarray], top: np.ndarray) -> None:
+    """First output buffers of the fused pass, when ``work`` holds none yet."""
+    if not work:
+        work[:] = _outputs(max(1 << 16, 8 * top.size))
 
 
 def _outputs(size: int) -> list[np.ndarray]:

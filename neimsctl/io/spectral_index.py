@@ -894,7 +894,7 @@ class SpectralIndex:
         # widen all 1.59M masses to float64 for each search: 3.5 ms)
         kind = np.iinfo(self.mw.dtype) if self.mw.dtype.kind in "iu" else None
         first, last = np.maximum(m - tolerance, 0.0) - 1e-9, m + tolerance + 1e-9
-        if kind is not None:
+        if kind is not None and not np.isnan(m).any():     # (a NaN has no integer; it sorts last)
             first = np.clip(np.ceil(first), kind.min, kind.max).astype(self.mw.dtype)
             last = np.clip(np.floor(last), kind.min, kind.max).astype(self.mw.dtype)
         lo = np.searchsorted(self.mw, first, "left")
