@@ -45,7 +45,8 @@ __all__ = ["SpectrumPredictor", "SpectralLibrary", "open_index"]
 _DEFAULTS = PredictOptions()
 #: The settings a ``SpectrumPredictor`` takes; the defaults are ``neimsctl predict``'s own.
 _OPTIONS = {"batch_size": _DEFAULTS.batch_size, "precision": "auto",
-            "mc_samples": _DEFAULTS.mc_samples, "threads": None, "average": None}
+            "mc_samples": _DEFAULTS.mc_samples, "threads": None, "average": None,
+            "sharpen": None}
 #: The least value of each integer setting, as ``neimsctl predict``'s options (``--batch-size``,
 #: ``--mc-samples``, ``--threads``: 0 = torch's default; ``threads`` None leaves torch's as well).
 _LEAST = {"batch_size": 1, "mc_samples": 2, "threads": 0}
@@ -121,7 +122,9 @@ class SpectrumPredictor:
         Optional settings: ``batch_size`` (1024), ``precision`` (``auto``; ``fp32``, ``bf16``,
         ``int8``), ``mc_samples`` (30, teacher uncertainty), ``threads`` (torch threads),
         ``average`` (an ensemble's averaging space: ``linear`` or ``sqrt``; default: the
-        ensemble files' own when every model is one and they agree, else ``linear``).
+        ensemble files' own when every model is one and they agree, else ``linear``),
+        ``sharpen`` (the power an ensemble raises its average to, 0.25 to 4; default by the same
+        rule, else 1; the shipped default's file says 1.1).
         ``auto`` resolves as in ``neimsctl predict`` (student on a CPU with native bf16:
         ``bf16``). A single model at ``{"precision": "int8"}`` trades identical-to-the-CLI
         spectra for ~0.3 ms less single-molecule latency; an ensemble (the shipped default)
@@ -145,7 +148,8 @@ class SpectrumPredictor:
     neimsctl.errors.ConfigError
         Unknown config key, device or precision; ``batch_size`` not an integer >= 1,
         ``mc_samples`` not an integer >= 2, ``threads`` not None nor an integer >= 0 (the
-        ranges of ``neimsctl predict``'s options).
+        ranges of ``neimsctl predict``'s options); ``average`` or ``sharpen`` for one model
+        that is no ensemble, or ``sharpen`` out of its range.
     """
 
     def __init__(self, config: Mapping[str, Any] | None = None,
@@ -175,10 +179,11 @@ class SpectrumPredictor:
             checkpoint if isinstance(checkpoint, (str, os.PathLike)) else list(checkpoint)
         self.loaded: LoadedModel | LoadedEnsemble = load_model(
             spec, device=device, precision=str(self.options["precision"]),
-            average=self.options["average"])
-        if self.options["average"] is not None and self.loaded.arch != "ensemble":
-            raise ConfigError("SpectrumPredictor config: 'average' needs an ensemble (several "
-                              "checkpoints, or an ensemble file)")
+            average=self.options["average"], sharpen=self.options["sharpen"])
+        for key in ("average", "sharpen"):
+            if self.options[key] is not None and self.loaded.arch != "ensemble":
+                raise ConfigError(f"SpectrumPredictor config: {key!r} needs an ensemble (several "
+                                  "checkpoints, or an ensemble file)")
         self._stages: dict[tuple[str, bool, bool, int], ChunkPredictor] = {}
 
     @property

@@ -13,7 +13,8 @@
 #   3. the rest of the teacher ensemble: three spec-size students without KD (seeds 42, 1, 2)
 #   4. softlabel: MC-dropout soft labels of the ensemble (10 samples per member)
 #   5. distill the compact student (configs/distill/student-compact.yaml) from them, three times
-#      (seeds 42, 1, 2; DISTILLED=1: seed 42 only): their int8 ensemble is the shipped default
+#      (seeds 42, 1, 2; DISTILLED=1: seed 42 only): their int8 ensemble, its linear average
+#      raised to the power SHARPEN (1.1), is the shipped default
 #   6. a compact student without KD (seed 42); the shipped teacher ensemble (predict --model
 #      teacher) = the GNN teacher + that student + the default's three members, included by
 #      reference (neimsctl ensemble --int8 --include)
@@ -48,6 +49,9 @@ fi
 # every student (the ensemble's members and the distilled one) also reads the fragment masses
 # (formats/features.v1.md) through its input and the head's fragment path; FRAGMENTS=0 trains
 # the recipe shipped before session 18 (fingerprints only)
+# both ensembles raise their averaged spectrum to this power (predict --sharpen): chosen on the
+# validation split (BENCHMARKS.md, session 30: 1.1 over 1.0-1.5); SHARPEN=1 for the plain average
+SHARPEN="${SHARPEN:-1.1}"
 students=()
 [ "${FRAGMENTS:-1}" = 1 ] && students=(--set model.fragments=true --set model.fragment_channels=4)
 # --resume for a run directory that holds a run (a checkpoint, or the log of a run killed before
@@ -104,7 +108,7 @@ if [ "${DISTILLED:-3}" = 3 ]; then
     distilled student_s1 1 1 & a=$!; distilled student_s2 2 1 & b=$!; wait "$a"; wait "$b"
     [ -e "$out/models/student-default.pt" ] || neimsctl ensemble "$out/student/checkpoints/best.pt" \
         "$out/student_s1/checkpoints/best.pt" "$out/student_s2/checkpoints/best.pt" --int8 \
-        --average linear -o "$out/models/student-default.pt"
+        --average linear --sharpen "$SHARPEN" -o "$out/models/student-default.pt"
 else
     step "distill the compact student (seed 42; log in $out/student.log)"
     distilled student 42 2
@@ -125,7 +129,7 @@ if [ ! -e "$out/models/teacher-default.pt" ]; then
     # included by reference (ensemble --include: the two shipped files do not store them twice)
     step "the teacher ensemble: the GNN teacher + the no-KD student + the default's members, int8"
     neimsctl ensemble "$out/teacher/checkpoints/best.pt" "$out/compact_s42/checkpoints/best.pt" \
-        --include "$out/models/student-default.pt" --int8 --average linear \
+        --include "$out/models/student-default.pt" --int8 --average linear --sharpen "$SHARPEN" \
         -o "$out/models/teacher-default.pt"
 fi
 if [ "$split" = test ]; then

@@ -28,6 +28,12 @@ def ensemble_cli(
                           "or sqrt (mean of the square roots, squared). Default: the members' "
                           "ensemble files' own when all are ensemble files that agree, else "
                           "linear.")] = None,
+    sharpen: Annotated[Optional[float], typer.Option(
+        "--sharpen", min=0.25, max=4.0,
+        help="The power predict raises the averaged spectrum to (1 = as averaged; above 1 gives "
+             "back the contrast between peaks that averaging flattens; the shipped default: 1.1). "
+             "Default: the members' ensemble files' own when all are ensemble files that agree, "
+             "else 1.")] = None,
     fp32: Annotated[bool, typer.Option(
         "--fp32", help="Store the weights in float32 (float16 or int8 members are widened; "
                        "default: float16, half the size; predict widens them to float32 when "
@@ -59,6 +65,8 @@ def ensemble_cli(
         if str(output) == "-":
             usage_error(CMD, "-o -: an ensemble file is binary; give a file name")
         check_models_or_usage(CMD, "model", models)
+        if sharpen is not None and not sharpen == sharpen:      # nan passes typer's range
+            usage_error(CMD, "--sharpen nan is not a number from 0.25 to 4")
         if include:
             from neimsctl.predict.ensemble import include_problem
 
@@ -72,6 +80,7 @@ def ensemble_cli(
         from neimsctl.predict.ensemble import write_ensemble
 
         info = write_ensemble(models, output, average=average.value if average else None,
+                              sharpen=sharpen,
                               weights="fp32" if fp32 else "int8" if int8 else "fp16",
                               include=include or (), log=sys.stderr)
         shas = [m["sha256"] for m in info["members"]]
@@ -86,5 +95,7 @@ def ensemble_cli(
                       f"parameters, sha256:{m['sha256']}", file=sys.stderr)
             n = len(info["members"])
             print(f"neimsctl {CMD}: wrote {output}: {n} member{'s' if n != 1 else ''}, "
-                  f"{info['average']} average, {info['bytes'] / 1e6:.1f} MB", file=sys.stderr,
+                  f"{info['average']} average"
+                  + (f" sharpened to the power {info['sharpen']:g}" if info["sharpen"] != 1.0 else "")
+                  + f", {info['bytes'] / 1e6:.1f} MB", file=sys.stderr,
                   flush=True)

@@ -97,6 +97,12 @@ def predict_cli(
                           "ensemble files' own when every --model is one and they agree (as "
                           "neimsctl ensemble decides), else linear (measured best on the "
                           "validation split).")] = None,
+    sharpen: Annotated[Optional[float], typer.Option(
+        "--sharpen", min=0.25, max=4.0,
+        help="The power an ensemble raises its averaged spectrum to (1 = as averaged; above 1 "
+             "gives back the contrast between peaks that averaging flattens). Default: the "
+             "ensemble files' own when every --model is one and they agree (the shipped "
+             "default's: 1.1, chosen on the validation split), else 1.")] = None,
     fmt: Annotated[OutFmt, typer.Option("--format", "-O", help="Output format.")] = OutFmt.msp,
     in_fmt: Annotated[InFmt | None, typer.Option(
         "--input-format", "-I", help="Input format (default: detected per file: SDF/MOL, "
@@ -182,6 +188,8 @@ def predict_cli(
         from neimsctl.io.rejects import Tally
         from neimsctl.io.streams import open_out
         from neimsctl.predict.run import ChunkPredictor, PredictOptions, predicted, run_predict
+        if sharpen is not None and not sharpen == sharpen:      # nan passes typer's range
+            usage_error(CMD, "--sharpen nan is not a number from 0.25 to 4")
         from neimsctl.predict.model import load_model
 
         cores = available_cores()
@@ -191,9 +199,10 @@ def predict_cli(
             torch.set_num_threads(threads)
         lm = load_model(models if len(models) > 1 else models[0], device=device,
                         precision=precision.value, average=average.value if average else None,
-                        log=sys.stderr)
-        if average and lm.arch != "ensemble":
-            usage_error(CMD, "--average needs an ensemble (several --model, or an ensemble file)")
+                        sharpen=sharpen, log=sys.stderr)
+        for flag, given in (("--average", average), ("--sharpen", sharpen)):
+            if given is not None and lm.arch != "ensemble":
+                usage_error(CMD, f"{flag} needs an ensemble (several --model, or an ensemble file)")
         if uncertainty and not lm.supports_uncertainty:
             what = "a one-member ensemble of a " + lm.members[0].arch if lm.arch == "ensemble" \
                 else f"a {lm.arch}"

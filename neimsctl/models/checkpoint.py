@@ -19,7 +19,8 @@ it loads with ``torch.load(path, weights_only=True)`` and never runs pickled cod
 
 An ensemble file (``neimsctl.ensemble/1``, or ``/2`` when a member stores int8 weights; written
 by ``neimsctl ensemble``; formats/ensemble.v2.md) is a plain dict too: ``format``, ``average``
-(``linear`` or ``sqrt``: the space the members' spectra are averaged in), ``members`` (a list of
+(``linear`` or ``sqrt``: the space the members' spectra are averaged in), optionally ``sharpen``
+(the power the averaged spectrum is raised to, 1 when absent), ``members`` (a list of
 slim checkpoints: ``format``, ``model``, ``config.model``, ``featurizer_hash``, ``versions``,
 ``quantized`` (int8 storage: the row scales of the weights stored as int8), plus ``label`` and
 ``sha256`` of the file each came from) and ``versions``. :func:`load_checkpoint` reads it with
@@ -72,6 +73,22 @@ INT8_MIN_VALUES = 4096
 #: The spaces an ensemble averages its members' spectra in: linear intensity, or square roots
 #: (the mean of sqrt(I), squared).
 AVERAGES = ("linear", "sqrt")
+#: The powers an ensemble may raise its averaged spectrum to (``sharpen``; 1 = as averaged).
+SHARPEN_RANGE = (0.25, 4.0)
+
+
+def sharpen_problem(value: Any) -> str | None:
+    """Why ``value`` is not a ``sharpen`` power (None when it is one): a real number (not a
+    bool) within :data:`SHARPEN_RANGE`."""
+    lo, hi = SHARPEN_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        return f"{value!r} is not a number from {lo:g} to {hi:g}"
+    return None
+
+
+def ensemble_sharpen(ens: dict[str, Any]) -> float:
+    """An ensemble file's ``sharpen`` power (1.0 when it has none)."""
+    return float(ens.get("sharpen", 1.0))
 
 
 def capture_rng() -> dict[str, Any]:
@@ -389,6 +406,8 @@ def check_ensemble(ens: dict[str, Any], path: str | os.PathLike) -> None:
     if ens.get("average") not in AVERAGES:
         raise CheckpointError(f"{path}: damaged ensemble file: 'average' is "
                               f"{ens.get('average')!r}, expected one of {', '.join(AVERAGES)}")
+    if "sharpen" in ens and (problem := sharpen_problem(ens["sharpen"])) is not None:
+        raise CheckpointError(f"{path}: damaged ensemble file: 'sharpen' {problem}")
     for i, member in enumerate(members, 1):
         where = f"{path} member {i}"
         if not isinstance(member, dict) or member.get("format") != FORMAT:
@@ -602,25 +621,29 @@ def file_sha256(path: str | os.PathLike, *, size: int | None = None) -> str:
     return h.hexdigest()
 
 
-def build_ensemble(members: list[dict[str, Any]], *, average: str,
+def build_ensemble(members: list[dict[str, Any]], *, average: str, sharpen: float = 1.0,
                    extra: dict | None = None, include: list[dict[str, str]] | None = None
                    ) -> dict[str, Any]:
     """An ensemble file's dict from slim members (:func:`slim_member`), and the files whose
     members it takes over when loaded (``include``: ``{"file", "sha256"}`` each; format ``/3``).
+    ``sharpen`` is stored only when it is not 1 (a file without it predicts as before it existed).
 
     Raises
     ------
     CheckpointError
-        No members, or an unknown ``average``.
+        No members, an unknown ``average``, or a ``sharpen`` outside :data:`SHARPEN_RANGE`.
     """
     if not members:
         raise CheckpointError("an ensemble needs at least one member")
     if average not in AVERAGES:
         raise CheckpointError(f"average {average!r}: choose one of {', '.join(AVERAGES)}")
+    if (problem := sharpen_problem(sharpen)) is not None:
+        raise CheckpointError(f"sharpen {problem}")
     fmt = ENSEMBLE_FORMAT_INT8 if any(m.get("quantized") for m in members) else ENSEMBLE_FORMAT
     if include:
         fmt = ENSEMBLE_FORMAT_INCLUDE
-    return plain({"format": fmt, "average": average, "members": members,
+    return plain({"format": fmt, "average": average,
+                  **({"sharpen": float(sharpen)} if sharpen != 1.0 else {}), "members": members,
                   "versions": {"neimsctl": __version__, "torch": str(torch.__version__)},
                   "extra": extra or {}, **({"include": list(include)} if include else {})})
 

@@ -9,9 +9,14 @@ teachers: the molecules are featurized once, in the mode that holds every member
 The members' spectra (linear, base peak 1) are averaged in one of two spaces
 (:func:`average_spectra`): ``linear`` (the mean intensity) or ``sqrt`` (the mean of the square
 roots, squared: a geometric-like mean that keeps a peak only a few members predict smaller);
-the result is scaled to base peak 1 again. With ``uncertainty`` the per-peak spread is the
+the result is scaled to base peak 1 again. An ensemble may then raise the averaged spectrum to
+a power (``sharpen``, :func:`sharpen_spectra`; 1 = as averaged): an average of several models
+is flatter than any of them, and a power a little above 1 gives back the contrast between
+peaks that library matching ranks by (the shipped default: 1.1, chosen on the validation split;
+BENCHMARKS.md "Sharpened ensembles"). With ``uncertainty`` the per-peak spread is the
 members' disagreement (their standard deviation) plus, for teacher members, their MC-dropout
-variance (the law of total variance), on the scale of the averaged spectrum.
+variance (the law of total variance), on the scale of the averaged spectrum (through the
+power's derivative when it is sharpened).
 """
 
 from __future__ import annotations
@@ -26,18 +31,21 @@ import numpy as np
 import torch
 
 from neimsctl.errors import CheckpointError, ConfigError
-from neimsctl.models.checkpoint import AVERAGES
+from neimsctl.models.checkpoint import AVERAGES, ensemble_sharpen, sharpen_problem
 from neimsctl.models.student_stack import StudentStack
 from neimsctl.predict.model import (LoadedModel, below_min_mz_cleared, linear_base_one, predict_block,
                                     student_input_key, student_rows, student_spectra)
 
-__all__ = ["LoadedEnsemble", "average_spectra", "ensemble_average", "choose_average",
-           "DEFAULT_AVERAGE"]
+__all__ = ["LoadedEnsemble", "average_spectra", "sharpen_spectra", "ensemble_average",
+           "choose_average", "choose_sharpen", "DEFAULT_AVERAGE", "DEFAULT_SHARPEN"]
 
 #: The averaging space of an ensemble given as several ``--model`` (or bundled without
 #: ``--average``): measured on the validation split (the GNN teacher + three students: Recall@10
 #: 0.889 linear vs 0.884 sqrt, mean cosine 0.746 vs 0.743; BENCHMARKS.md "Issue 18").
 DEFAULT_AVERAGE = "linear"
+#: The power of an ensemble given as several ``--model`` (or bundled without ``--sharpen``)
+#: whose files do not agree on one: the average as it is.
+DEFAULT_SHARPEN = 1.0
 
 
 def ensemble_average(average: str | None, files: Sequence[dict[str, Any]] = ()) -> str:
@@ -57,6 +65,17 @@ def ensemble_average(average: str | None, files: Sequence[dict[str, Any]] = ()) 
     return own.pop() if len(own) == 1 else DEFAULT_AVERAGE
 
 
+def _overruled(what: str, result: str, flag: str, chosen: Any,
+               own: Sequence[tuple[str, Any]], log: TextIO | None) -> None:
+    """Tell ``log`` that the ensemble files' own ``what`` (``own``: ``(name, value)``) is not
+    the ``chosen`` one, and what is done instead (``result``)."""
+    if log is not None and any(v != chosen for _, v in own):
+        print(f"neimsctl: warning: the ensemble files' own {what} "
+              f"({', '.join(f'{n}: {v}' for n, v in own)}) are not used: {result} "
+              f"(the default when the models are not all ensemble files of one {what[:-1]}; "
+              f"{flag} to choose)", file=log, flush=True)
+
+
 def choose_average(average: str | None, files: Sequence[tuple[str, dict[str, Any]]],
                    n_models: int, log: TextIO | None) -> str:
     """The averaging space of ``n_models`` models of which ``files`` (``(name, checkpoint)``)
@@ -64,12 +83,32 @@ def choose_average(average: str | None, files: Sequence[tuple[str, dict[str, Any
     one, else of none (``neimsctl ensemble`` and ``predict -m A -m B`` decide alike). ``log`` is
     told when that overrules an ensemble file's own average and no ``average`` was asked for."""
     chosen = ensemble_average(average, [c for _, c in files] if len(files) == n_models else ())
-    own = [(name, str(ckpt.get("average"))) for name, ckpt in files]
-    if log is not None and average is None and any(v != chosen for _, v in own):
-        print(f"neimsctl: warning: the ensemble files' own averages "
-              f"({', '.join(f'{n}: {v}' for n, v in own)}) are not used: the members are averaged "
-              f"{chosen} (the default when the models are not all ensemble files of one average; "
-              "--average to choose)", file=log, flush=True)
+    if average is None:
+        _overruled("averages", f"the members are averaged {chosen}", "--average", chosen,
+                   [(name, str(ckpt.get("average"))) for name, ckpt in files], log)
+    return chosen
+
+
+def choose_sharpen(sharpen: float | None, files: Sequence[tuple[str, dict[str, Any]]],
+                   n_models: int, log: TextIO | None) -> float:
+    """The power an ensemble of ``n_models`` models raises its average to, by the rule of
+    :func:`choose_average`: ``sharpen`` when given, else the ensemble files' own when every
+    model is one and they agree, else :data:`DEFAULT_SHARPEN`.
+
+    Raises
+    ------
+    ConfigError
+        A ``sharpen`` outside :data:`~neimsctl.models.checkpoint.SHARPEN_RANGE`.
+    """
+    if sharpen is not None:
+        if (problem := sharpen_problem(sharpen)) is not None:
+            raise ConfigError(f"--sharpen {problem}")
+        return float(sharpen)
+    own = [(name, ensemble_sharpen(ckpt)) for name, ckpt in files]
+    values = {v for _, v in own}
+    chosen = values.pop() if len(files) == n_models and len(values) == 1 else DEFAULT_SHARPEN
+    _overruled("sharpen powers", f"the average is raised to the power {chosen:g}", "--sharpen",
+               chosen, own, log)
     return chosen
 
 
@@ -82,6 +121,20 @@ def average_spectra(spectra: np.ndarray, average: str) -> np.ndarray:
     if average == "sqrt":
         return np.square(np.sqrt(np.clip(s, 0.0, None)).mean(axis=0))
     raise ConfigError(f"average {average!r}: choose one of {', '.join(AVERAGES)}")
+
+
+def sharpen_spectra(mean: np.ndarray, std: np.ndarray | None, power: float
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """``mean ** power`` (an averaged spectrum, intensities >= 0, any scale) and its spread
+    carried through the power's derivative, ``power * mean ** (power - 1) * std`` (0 where the
+    mean is 0). ``power == 1`` gives both back unchanged."""
+    if power == 1.0:
+        return mean, std
+    out = np.power(mean, power)
+    if std is None:
+        return out, None
+    slope = np.divide(power * out, mean, out=np.zeros_like(out), where=mean > 0)
+    return out, slope * std
 
 
 @dataclass
@@ -98,6 +151,8 @@ class LoadedEnsemble:
         The loaded members, in the order given (ensemble files flattened).
     average
         ``linear`` or ``sqrt`` (:func:`average_spectra`).
+    sharpen
+        The power the average is raised to (:func:`sharpen_spectra`; 1 = as averaged).
     label
         What ``--model`` said (``A+B`` for several).
     path, sha, card
@@ -112,6 +167,7 @@ class LoadedEnsemble:
     sha: str = ""
     card: dict[str, Any] = field(default_factory=dict)
     file_bytes: int = 0
+    sharpen: float = DEFAULT_SHARPEN
     #: (the members' identities, modes, dtypes; the stacks built for them), see _stacks
     _stack_cache: tuple[list, list[tuple[list[int], StudentStack]]] | None = field(
         default=None, repr=False, compare=False)
@@ -173,13 +229,15 @@ class LoadedEnsemble:
 
     def describe(self) -> str:
         """One line for MSP comments and logs, e.g. ``ensemble.pt sha256:0123abcd4567 sqrt of 4``
-        or ``ensemble sqrt of a.pt sha256:... fp32 + b.pt sha256:... bf16``."""
+        (``linear^1.1 of 3`` when sharpened) or ``ensemble sqrt of a.pt sha256:... fp32 + b.pt
+        sha256:... bf16``."""
+        how = self.average + (f"^{self.sharpen:g}" if self.sharpen != 1.0 else "")
         if self.path is not None:
             version = self.card.get("version")
             return " ".join(x for x in (self.path.name, f"v{version}" if version else "",
-                                        f"sha256:{self.sha}", f"{self.average} of "
+                                        f"sha256:{self.sha}", f"{how} of "
                                         f"{len(self.members)}") if x)
-        return f"ensemble {self.average} of " + " + ".join(m.describe() for m in self.members)
+        return f"ensemble {how} of " + " + ".join(m.describe() for m in self.members)
 
     def _stacks(self) -> list[tuple[list[int], StudentStack]]:
         """The members that run as one on a single molecule: students with one configuration
@@ -205,7 +263,7 @@ class LoadedEnsemble:
                 uncertainty: bool = False, mc_samples: int = 30
                 ) -> tuple[np.ndarray, np.ndarray | None, None]:
         """``(spectra, std, None)`` of one feature block (see ``predict_block``): every
-        member's spectra averaged, base peak 1; ``std`` with ``uncertainty``."""
+        member's spectra averaged (and sharpened), base peak 1; ``std`` with ``uncertainty``."""
         specs: list[np.ndarray | None] = [None] * len(self.members)
         if len(block["ordinal"]) == 1:                  # the latency path: stacked students
             for group, stack in self._stacks():
@@ -236,15 +294,17 @@ class LoadedEnsemble:
         # each member's spectrum as it predicts alone (no peak below m/z 2), then averaged
         stack = np.stack([below_min_mz_cleared(s, None)[0] for s in specs]).astype(np.float64)
         mean = average_spectra(stack, self.average)
+        std = None
+        if uncertainty:
+            k = len(specs)
+            var = stack.var(axis=0, ddof=1) if k > 1 else np.zeros_like(mean)
+            if mc_var:
+                var = var + np.sum(mc_var, axis=0) / k
+            std = np.sqrt(var)
+        mean, std = sharpen_spectra(mean, std, self.sharpen)
         scale = 1.0 / np.maximum(mean.max(axis=1, keepdims=True), 1e-12)
         out = (mean * scale).astype(np.float32)
-        if not uncertainty:
-            return out, None, None
-        k = len(specs)
-        var = stack.var(axis=0, ddof=1) if k > 1 else np.zeros_like(mean)
-        if mc_var:
-            var = var + np.sum(mc_var, axis=0) / k
-        return out, (np.sqrt(var) * scale).astype(np.float32), None
+        return out, None if std is None else (std * scale).astype(np.float32), None
 
 
 def _label(path: Path) -> str:
@@ -272,7 +332,7 @@ def include_problem(include: str | Path, out: str | Path) -> str | None:
 
 
 def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str | None = None,
-                   weights: str = "fp16", include: Sequence[str | Path] = (),
+                   sharpen: float | None = None, weights: str = "fp16", include: Sequence[str | Path] = (),
                    log: TextIO | None = None) -> dict[str, Any]:
     """Write one ensemble file (``neimsctl.ensemble/1``; ``/2`` with int8 weights) of the
     models ``specs`` names, their weights stored as ``weights`` (``fp32``: as trained, ``fp16``
@@ -283,7 +343,8 @@ def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str
     anything is written (a member that would not load, or members that predict different
     bins, are refused here, not at predict time); the file is written to a temporary name and
     renamed. ``average`` None: the ensemble files' own when the members come from ensemble
-    files that agree, else :data:`DEFAULT_AVERAGE`.
+    files that agree, else :data:`DEFAULT_AVERAGE`; ``sharpen`` None: by the same rule
+    (:func:`choose_sharpen`).
 
     ``include``: files (checkpoints or ensemble files) that must lie beside ``out``, whose
     members the file takes over when it is loaded without holding a copy (format ``/3``: the
@@ -293,14 +354,15 @@ def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str
     Returns
     -------
     dict
-        ``{"members": [{"label", "arch", "n_parameters", "sha256"}...], "average", "bytes"}``.
+        ``{"members": [{"label", "arch", "n_parameters", "sha256"}...], "average", "sharpen",
+        "bytes"}``.
 
     Raises
     ------
     CheckpointError
         A member that cannot be read or built.
     ConfigError
-        An unknown ``average``; no member.
+        An unknown ``average``, a ``sharpen`` out of range; no member.
     """
     from neimsctl.models.checkpoint import (MAX_MEMBERS, build_ensemble, include_name_ok,
                                             is_ensemble, load_checkpoint, member_source,
@@ -356,5 +418,7 @@ def write_ensemble(specs: Sequence[str | Path], out: str | Path, *, average: str
         raise ConfigError(f"{len(summary)} members (with the included files' members): an "
                           f"ensemble holds at most {MAX_MEMBERS}")
     average = choose_average(average, files, len(specs), log)
-    save_checkpoint(out, build_ensemble(members, average=average, include=refs))
-    return {"members": summary, "average": average, "bytes": Path(out).stat().st_size}
+    sharpen = choose_sharpen(sharpen, files, len(specs), log)
+    save_checkpoint(out, build_ensemble(members, average=average, sharpen=sharpen, include=refs))
+    return {"members": summary, "average": average, "sharpen": sharpen,
+            "bytes": Path(out).stat().st_size}

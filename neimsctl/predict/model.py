@@ -241,7 +241,7 @@ def build_model(model_cfg: dict[str, Any]) -> tuple[torch.nn.Module, str]:
 
 def load_model(spec: str | Path | Sequence[str | Path] = "student", *, device: str = "auto",
                precision: str = "auto", average: str | None = None,
-               log: TextIO | None = None) -> "LoadedModel | LoadedEnsemble":
+               sharpen: float | None = None, log: TextIO | None = None) -> "LoadedModel | LoadedEnsemble":
     """Load ``--model spec`` for inference (see the module docstring).
 
     ``spec`` may name several models (a list: ``predict --model A --model B``), or one ensemble
@@ -251,7 +251,8 @@ def load_model(spec: str | Path | Sequence[str | Path] = "student", *, device: s
     (``linear`` or ``sqrt``; default: the ensemble files' own when every model is one and
     they agree, as ``neimsctl ensemble`` decides, else
     :data:`~neimsctl.predict.ensemble.DEFAULT_AVERAGE`; a warning on ``log`` when that
-    overrules an ensemble file's own).
+    overrules an ensemble file's own), and raised to the power ``sharpen`` (by the same rule;
+    default 1).
     ``precision="auto"`` resolves by :func:`neimsctl.models.quantize.resolve_precision`, for
     each member by its architecture.
 
@@ -260,7 +261,7 @@ def load_model(spec: str | Path | Sequence[str | Path] = "student", *, device: s
     CheckpointError
         Missing/unsafe/unreadable checkpoint, unknown architecture, or weights that do not fit.
     ConfigError
-        Unknown device, precision or average; no model.
+        Unknown device, precision or average; a sharpen power out of range; no model.
     """
     log = sys.stderr if log is None else log
     specs = [spec] if isinstance(spec, (str, Path)) else list(spec)
@@ -290,14 +291,16 @@ def load_model(spec: str | Path | Sequence[str | Path] = "student", *, device: s
         return members[0]
     if not _warn_included_twice(paths, files, log):
         _warn_same_weights(members, origin, paths, log)
-    from neimsctl.predict.ensemble import LoadedEnsemble, choose_average
+    from neimsctl.predict.ensemble import LoadedEnsemble, choose_average, choose_sharpen
 
     # the rule of `neimsctl ensemble`, so `-m A -m B` predicts what the bundle of A and B predicts
-    chosen = choose_average(average, [(p.name, c) for p, c, _ in files], len(specs), log)
+    named = [(p.name, c) for p, c, _ in files]
+    chosen = choose_average(average, named, len(specs), log)
+    power = choose_sharpen(sharpen, named, len(specs), log)
 
     whole = files[0] if len(specs) == 1 else None
     return LoadedEnsemble(
-        members=members, average=chosen,
+        members=members, average=chosen, sharpen=power,
         label=str(specs[0]) if whole else "+".join(str(s) for s in specs),
         path=whole[0] if whole else None,
         sha=(str(whole[2].get("sha256", ""))[:12] or file_sha(whole[0])) if whole else "",

@@ -96,6 +96,42 @@ def test_a_sqrt_ensemble_beside_a_checkpoint_averages_as_their_bundle_does(
     assert b"warning" not in asked.stderr and spectra(asked.stdout) != spectra(by_file.stdout)
 
 
+def test_a_sharpened_ensemble_file_predicts_as_its_models_given_with_sharpen(
+        neimsctl_exe: str, members: tuple[Path, Path], tmp_path: Path) -> None:
+    a, b = members
+    ens = tmp_path / "sharp.pt"
+    made = run(neimsctl_exe, "ensemble", str(a), str(b), "-o", str(ens), "--fp32",
+               "--sharpen", "1.5")
+    assert made.returncode == 0, made.stderr
+    assert b"2 members, linear average sharpened to the power 1.5" in made.stderr
+    common = ("-O", "jsonl", "--precision", "fp32", "--threads", "1", "-q")
+    by_file = run(neimsctl_exe, "predict", "-m", str(ens), *common, stdin=SMI)
+    by_list = run(neimsctl_exe, "predict", "-m", str(a), "-m", str(b), "--sharpen", "1.5",
+                  *common, stdin=SMI)
+    plain = run(neimsctl_exe, "predict", "-m", str(a), "-m", str(b), *common, stdin=SMI)
+    assert by_file.returncode == by_list.returncode == plain.returncode == 1   # 'xyz'
+    got, want, flat = (spectra(r.stdout) for r in (by_file, by_list, plain))
+    assert [(r["mz"], r["intensity"]) for r in got] == [(r["mz"], r["intensity"]) for r in want]
+    assert len(got) == len(flat) == 4
+    # the same peaks above the cut, each the plain one to the power 1.5 (within the digits kept)
+    for g, f in zip(got, flat):
+        base = dict(zip(f["mz"], f["intensity"]))
+        for mz, inten in zip(g["mz"], g["intensity"]):
+            assert abs(inten - 999 * (base[mz] / 999) ** 1.5) < 0.01
+    undone = run(neimsctl_exe, "predict", "-m", str(ens), "--sharpen", "1", *common, stdin=SMI)
+    assert spectra(undone.stdout) == flat
+    msp = run(neimsctl_exe, "predict", "-m", str(ens), "-q", stdin=b"CCO ethanol\n")
+    assert b"linear^1.5 of 2" in msp.stdout
+    # refused with a usage error: no ensemble, out of range, not a number; nothing written
+    for bad in (("-m", str(a), "--sharpen", "1.1"), ("-m", str(ens), "--sharpen", "5"),
+                ("-m", str(ens), "--sharpen", "nan"), ("-m", str(ens), "--sharpen", "x")):
+        r = run(neimsctl_exe, "predict", *bad, "-o", str(tmp_path / "out.msp"), stdin=SMI)
+        assert r.returncode == 2 and b"--sharpen" in r.stderr, (bad, r.stderr)
+        assert not (tmp_path / "out.msp").exists()
+    r = run(neimsctl_exe, "ensemble", str(a), "--sharpen", "0.1", "-o", str(tmp_path / "e.pt"))
+    assert r.returncode == 2 and not (tmp_path / "e.pt").exists()
+
+
 def test_int8_ensemble_through_the_cli(neimsctl_exe: str, members: tuple[Path, Path],
                                        tmp_path: Path) -> None:
     """ensemble --int8 -> a neimsctl.ensemble/2 file a quarter of float32 that predict reads,
@@ -186,6 +222,16 @@ def test_api_takes_a_list_of_checkpoints(members: tuple[Path, Path]) -> None:
     mean, std = p.predict_from_smiles(["CCO", "c1ccccc1"], return_uncertainty=True)
     assert mean.shape == std.shape == (2, 501) and np.allclose(mean.max(axis=1), 1.0)
     assert (std > 0).any()
+    sharp = SpectrumPredictor({"precision": "fp32", "sharpen": 2.0}, checkpoint=[a, b],
+                              device="cpu")
+    np.testing.assert_allclose(sharp.predict_from_smiles(["CCO", "c1ccccc1"]), mean ** 2,
+                               rtol=1e-5, atol=1e-7)
+    from neimsctl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'sharpen' needs an ensemble"):
+        SpectrumPredictor({"sharpen": 1.1}, checkpoint=a, device="cpu")
+    with pytest.raises(ConfigError, match="--sharpen 'x' is not a number"):
+        SpectrumPredictor({"sharpen": "x"}, checkpoint=[a, b], device="cpu")
 
 
 def test_an_output_naming_a_shipped_model_is_refused(neimsctl_exe: str, members: tuple[Path, Path],

@@ -16,7 +16,8 @@ from neimsctl.models.checkpoint import (ENSEMBLE_FORMAT, ENSEMBLE_FORMAT_INT8, b
                                         save_checkpoint, slim_member)
 from neimsctl.models.neims_v1 import NeimsV1, NeimsV1Config
 from neimsctl.models.student import StudentConfig, StudentModel
-from neimsctl.predict.ensemble import LoadedEnsemble, average_spectra, write_ensemble
+from neimsctl.predict.ensemble import (LoadedEnsemble, average_spectra, choose_sharpen,
+                                       sharpen_spectra, write_ensemble)
 from neimsctl.predict.model import load_model, predict_block
 from neimsctl.predict.run import Featurizer
 
@@ -120,6 +121,82 @@ def test_an_ensemble_file_predicts_as_its_members_given_one_by_one(ckpts: dict[s
     assert half.stat().st_size < 0.7 * out.stat().st_size
     np.testing.assert_allclose(predict_block(load_model(half, device="cpu", precision="fp32"),
                                              block)[0], predict_block(given, block)[0], atol=2e-3)
+
+
+def test_sharpen_spectra_by_hand() -> None:
+    mean = np.array([[1.0, 0.5, 0.0, 0.25]])
+    std = np.array([[0.1, 0.1, 0.0, 0.05]])
+    got, spread = sharpen_spectra(mean, std, 2.0)
+    np.testing.assert_allclose(got, [[1.0, 0.25, 0.0, 0.0625]])
+    # the spread through the power's derivative: 2 * mean * std
+    np.testing.assert_allclose(spread, [[0.2, 0.1, 0.0, 0.025]])
+    # below 1 the derivative is infinite at 0: a bin all members put at 0 keeps no spread
+    got, spread = sharpen_spectra(mean, std, 0.5)
+    np.testing.assert_allclose(got, np.sqrt(mean))
+    assert np.isfinite(spread).all() and spread[0, 2] == 0.0
+    assert sharpen_spectra(mean, None, 1.0) == (mean, None)
+    assert sharpen_spectra(mean, None, 3.0)[1] is None
+
+
+def test_choose_sharpen_follows_the_rule_of_the_average() -> None:
+    import io
+
+    sharp, plain = {"sharpen": 1.1}, {}
+    assert choose_sharpen(2.0, [("a.pt", sharp)], 1, None) == 2.0          # asked for
+    assert choose_sharpen(None, [("a.pt", sharp), ("b.pt", {"sharpen": 1.1})], 2, None) == 1.1
+    log = io.StringIO()
+    assert choose_sharpen(None, [("a.pt", sharp), ("b.pt", plain)], 2, log) == 1.0
+    assert "own sharpen powers (a.pt: 1.1, b.pt: 1.0) are not used: the average is raised " \
+           "to the power 1" in log.getvalue()
+    log = io.StringIO()                       # a checkpoint beside the file: not every model
+    assert choose_sharpen(None, [("a.pt", sharp)], 2, log) == 1.0 and "--sharpen to choose" \
+        in log.getvalue()
+    log = io.StringIO()
+    assert choose_sharpen(None, [("b.pt", plain)], 2, log) == 1.0 and log.getvalue() == ""
+    for bad in (0.1, 4.5, float("nan"), float("inf"), True, "1.1"):
+        with pytest.raises(ConfigError, match="--sharpen .* is not a number from 0.25 to 4"):
+            choose_sharpen(bad, [], 2, None)
+
+
+def test_a_sharpened_ensemble_raises_its_average_to_the_power(ckpts: dict[str, Path]) -> None:
+    block = _block("student")
+    plain = load_model([ckpts["a"], ckpts["b"]], device="cpu", precision="fp32")
+    sharp = load_model([ckpts["a"], ckpts["b"]], device="cpu", precision="fp32", sharpen=1.5)
+    assert plain.sharpen == 1.0 and sharp.sharpen == 1.5
+    assert "linear^1.5 of" in sharp.describe() and "^" not in plain.describe()
+    p, p_std = predict_block(plain, block, uncertainty=True)[:2]
+    s, s_std = predict_block(sharp, block, uncertainty=True)[:2]
+    # base peak 1 both ways, so the power of the normalised average is the sharpened spectrum
+    np.testing.assert_allclose(s, p ** 1.5, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(s_std, 1.5 * np.sqrt(p) * p_std, rtol=1e-4, atol=1e-7)
+    # a file keeps it (only when it is not 1) and predicts as the models given with it
+    out = ckpts["dir"] / "sharp.pt"
+    info = write_ensemble([ckpts["a"], ckpts["b"]], out, weights="fp32", sharpen=1.5)
+    assert info["sharpen"] == 1.5 and load_checkpoint(out, ensemble=True)["sharpen"] == 1.5
+    from_file = load_model(out, device="cpu", precision="fp32")
+    assert from_file.sharpen == 1.5
+    np.testing.assert_array_equal(predict_block(from_file, block)[0], s)
+    flat = ckpts["dir"] / "flat.pt"
+    write_ensemble([out], flat, weights="fp32", sharpen=1.0)      # asked for: as averaged
+    assert "sharpen" not in load_checkpoint(flat, ensemble=True)
+    np.testing.assert_array_equal(predict_block(load_model(flat, device="cpu",
+                                                           precision="fp32"), block)[0], p)
+    again = ckpts["dir"] / "again.pt"           # re-bundled without --sharpen: the file's own
+    assert write_ensemble([out], again, weights="fp32")["sharpen"] == 1.5
+
+
+def test_a_damaged_sharpen_is_refused(ckpts: dict[str, Path], tmp_path: Path) -> None:
+    members = [slim_member(load_checkpoint(ckpts["a"]), label="a.pt", sha256="0" * 64)]
+    with pytest.raises(CheckpointError, match="sharpen 9.0 is not a number"):
+        build_ensemble(members, average="linear", sharpen=9.0)
+    assert "sharpen" not in build_ensemble(members, average="linear")
+    for bad in ("1.1", None, True, float("nan"), 0.0, 100):
+        ens = build_ensemble(members, average="linear")
+        ens["sharpen"] = bad
+        path = tmp_path / "bad.pt"
+        torch.save(ens, path)
+        with pytest.raises(CheckpointError, match="damaged ensemble file: 'sharpen'"):
+            load_model(path, device="cpu")
 
 
 def test_int8_storage_quarter_size_rounding_within_half_a_step(ckpts: dict[str, Path]) -> None:
