@@ -223,9 +223,10 @@ class RowBuilder:
         """
         cache = self._cache
         st = cache.get(smiles)
-        self._count(smiles, st is not None)
         if st is not None:
             cache.move_to_end(smiles)
+        self._count(smiles, st is not None)        # (may end a window and empty the cache)
+        if st is not None:
             return st
         if len(smiles) > MAX_HEAVY_ATOMS:
             big = smiles_too_large(smiles)

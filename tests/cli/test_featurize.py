@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -84,6 +85,22 @@ def test_smiles_pipe_gives_zst_stream_and_rejects(tmp_path: Path) -> None:
     rej = [orjson.loads(x) for x in (tmp_path / "rej.jsonl").read_bytes().splitlines()]
     assert [(x["line"], x["reason"], x["record"], x["id"]) for x in rej] == [
         (3, "unparsable_smiles", "junk", "junk"), (6, "mw_out_of_range", None, "stdin:6")]
+
+
+def test_a_structure_repeated_on_line_2048_is_featurized(tmp_path: Path) -> None:
+    """2,047 distinct SMILES and the first again on line 2,048: the structure cache's first
+    window ended on a hit with fewer than 5 % repeats, and featurize (and predict) died with a
+    KeyError traceback."""
+    texts = [f"{'C' * i}O{'C' * j}" for i in range(1, 47) for j in range(1, 47)][:2047]
+    src = tmp_path / "in.smi"
+    src.write_text("".join(f"{t}\n" for t in texts) + f"{texts[0]}\n")
+    p = sh("neimsctl featurize -j 1 --min-mw 0 --no-provenance in.smi -o out.h5", tmp_path)
+    assert p.returncode == 1 and b"Traceback" not in p.stderr, p.stderr[-2000:]  # the heaviest
+    m = re.search(rb"read 2048, written (\d+), rejected (\d+) \(mw_out_of_range: \2\)", p.stderr)
+    assert m, p.stderr[-500:]
+    b = rows(tmp_path / "out.h5")
+    assert len(b["id"]) == int(m[1]) > 1000 and b["smiles"][-1] == b["smiles"][0]
+    assert b["ecfp"][-1].tobytes() == b["ecfp"][0].tobytes()
 
 
 def test_jobs_2_equals_jobs_1(tmp_path: Path, records: Path) -> None:

@@ -120,6 +120,20 @@ def test_structures_are_remembered_only_while_they_repeat() -> None:
     assert not fresh._remember
 
 
+def test_a_repeat_that_ends_a_window_without_enough_repeats_is_still_featurized() -> None:
+    """The last lookup of a window a hit, the window's repeats below MIN_REPEATS: the window's
+    end emptied the cache between the hit and its move to the end (a KeyError: `predict` and
+    `featurize` of 2,047 distinct SMILES and a repeat on line 2,048 died with a traceback)."""
+    texts = ["C" * k for k in range(1, 40)] + ["C"]                  # 40 lookups, 1 repeat
+    items = [Item(i, "t.smi", i + 1, "smi", t.encode()) for i, t in enumerate(texts)]
+    builder = RowBuilder(RowOptions(mode="student", min_mw=0, inchikey=False))
+    builder.WINDOW = 40                                               # 1/40 < 5 %
+    block, rejects = builder.build(items)
+    assert not rejects and len(block["ecfp"]) == 40
+    assert not builder._remember and not builder._cache
+    assert block["ecfp"][0].tobytes() == block["ecfp"][39].tobytes()
+
+
 def test_smiles_lines_canonicalized_and_keyed_once_per_text() -> None:
     items = [Item(i, "t.smi", i + 1, "smi", s) for i, s in enumerate([b"OCC a", b"OCC b", b"C(O)C c"])]
     block, _ = RowBuilder(RowOptions(mode="student", min_mw=0)).build(items)
