@@ -131,6 +131,7 @@ def _ensemble_card(ens: dict) -> dict:
                 "model_config": _resolved((m.get("config") or {}).get("model") or {})}
                for m in ens["members"]]
     return {"arch": "ensemble", "format": ens["format"], "average": ens["average"],
+            "sharpen": float(ens.get("sharpen", 1.0)),
             "weights_dtype": "; ".join(sorted({m["weights_dtype"] for m in members})),
             "n_parameters": sum(m["n_parameters"] for m in members), "members": members,
             **({"include": ens["include"]} if ens.get("include") else {})}
