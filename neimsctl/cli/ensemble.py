@@ -10,7 +10,7 @@ import typer
 
 from neimsctl.cli._common import (Quiet, Verbose, app, command, input_pairs, output_pair,
                                   refuse_clobber, setup_logging, usage_error)
-from neimsctl.cli.predict import Average, check_models_or_usage, shipped_paths
+from neimsctl.cli.predict import Average, Sharpen, check_models_or_usage, shipped_paths
 
 CMD = "ensemble"
 
@@ -28,12 +28,7 @@ def ensemble_cli(
                           "or sqrt (mean of the square roots, squared). Default: the members' "
                           "ensemble files' own when all are ensemble files that agree, else "
                           "linear.")] = None,
-    sharpen: Annotated[Optional[float], typer.Option(
-        "--sharpen", min=0.25, max=4.0,
-        help="The power predict raises the averaged spectrum to (1 = as averaged; above 1 gives "
-             "back the contrast between peaks that averaging flattens; the shipped default: 1.1). "
-             "Default: the members' ensemble files' own when all are ensemble files that agree, "
-             "else 1.")] = None,
+    sharpen: Sharpen = None,
     fp32: Annotated[bool, typer.Option(
         "--fp32", help="Store the weights in float32 (float16 or int8 members are widened; "
                        "default: float16, half the size; predict widens them to float32 when "
@@ -65,8 +60,6 @@ def ensemble_cli(
         if str(output) == "-":
             usage_error(CMD, "-o -: an ensemble file is binary; give a file name")
         check_models_or_usage(CMD, "model", models)
-        if sharpen is not None and not sharpen == sharpen:      # nan passes typer's range
-            usage_error(CMD, "--sharpen nan is not a number from 0.25 to 4")
         if include:
             from neimsctl.predict.ensemble import include_problem
 

@@ -11,8 +11,8 @@ from typing import Annotated, Optional
 import typer
 
 from neimsctl.cli._common import (EXIT_FAIL, Device, InPaths, JobsAuto, OutPath, Quiet,
-                                  RejectsPath, Strict, Verbose, app, command, eprint, fail, first_lines, input_pairs,
-                                  output_pair, check_inputs_or_usage, refuse_clobber, require_input_or_usage,
+                                  RejectsPath, Strict, Verbose, app, command, eprint, fail, finite, first_lines,
+                                  input_pairs, output_pair, check_inputs_or_usage, refuse_clobber, require_input_or_usage,
                                   setup_logging, usage_error, warn_repeated)
 
 CMD = "predict"
@@ -75,6 +75,16 @@ class Average(str, Enum):
     sqrt = "sqrt"
 
 
+#: ``--sharpen`` of predict and ensemble.
+Sharpen = Annotated[Optional[float], typer.Option(
+    "--sharpen", min=0.25, max=4.0, callback=finite,
+    help="The power an ensemble's averaged spectrum is raised to (1 = as averaged; above 1 gives "
+         "back the contrast between peaks that averaging flattens; the shipped default's: 1.1, "
+         "chosen on the validation split). Default: the ensemble files' own when every model "
+         "is one and they agree, else 1.")]
+
+
+
 class Precision(str, Enum):
     auto = "auto"
     fp32 = "fp32"
@@ -97,12 +107,7 @@ def predict_cli(
                           "ensemble files' own when every --model is one and they agree (as "
                           "neimsctl ensemble decides), else linear (measured best on the "
                           "validation split).")] = None,
-    sharpen: Annotated[Optional[float], typer.Option(
-        "--sharpen", min=0.25, max=4.0,
-        help="The power an ensemble raises its averaged spectrum to (1 = as averaged; above 1 "
-             "gives back the contrast between peaks that averaging flattens). Default: the "
-             "ensemble files' own when every --model is one and they agree (the shipped "
-             "default's: 1.1, chosen on the validation split), else 1.")] = None,
+    sharpen: Sharpen = None,
     fmt: Annotated[OutFmt, typer.Option("--format", "-O", help="Output format.")] = OutFmt.msp,
     in_fmt: Annotated[InFmt | None, typer.Option(
         "--input-format", "-I", help="Input format (default: detected per file: SDF/MOL, "
@@ -188,8 +193,6 @@ def predict_cli(
         from neimsctl.io.rejects import Tally
         from neimsctl.io.streams import open_out
         from neimsctl.predict.run import ChunkPredictor, PredictOptions, predicted, run_predict
-        if sharpen is not None and not sharpen == sharpen:      # nan passes typer's range
-            usage_error(CMD, "--sharpen nan is not a number from 0.25 to 4")
         from neimsctl.predict.model import load_model
 
         cores = available_cores()
