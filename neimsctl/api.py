@@ -175,6 +175,12 @@ class SpectrumPredictor:
                                   f"(4 per core of this machine), got {self.options['threads']}")
 
             torch.set_num_threads(int(self.options["threads"]))
+        if self.options["sharpen"] is not None:
+            from neimsctl.models.checkpoint import sharpen_problem
+
+            if (problem := sharpen_problem(self.options["sharpen"])) is not None:
+                raise ConfigError(f"SpectrumPredictor config: sharpen {problem}")
+            self.options["sharpen"] = float(self.options["sharpen"])
         spec: Any = model_type if checkpoint is None else \
             checkpoint if isinstance(checkpoint, (str, os.PathLike)) else list(checkpoint)
         self.loaded: LoadedModel | LoadedEnsemble = load_model(

@@ -70,6 +70,7 @@ def ensemble_cli(
         refuse_clobber(CMD, input_pairs(shipped_paths(models), "model")
                        + input_pairs([str(p) for p in include or []], "--include"),
                        [output_pair("-o", output)])
+        from neimsctl.models.checkpoint import power_text
         from neimsctl.predict.ensemble import write_ensemble
 
         info = write_ensemble(models, output, average=average.value if average else None,
@@ -89,6 +90,6 @@ def ensemble_cli(
             n = len(info["members"])
             print(f"neimsctl {CMD}: wrote {output}: {n} member{'s' if n != 1 else ''}, "
                   f"{info['average']} average"
-                  + (f" sharpened to the power {info['sharpen']:g}" if info["sharpen"] != 1.0 else "")
+                  + (f" sharpened to the power {power_text(info['sharpen'])}" if info["sharpen"] != 1.0 else "")
                   + f", {info['bytes'] / 1e6:.1f} MB", file=sys.stderr,
                   flush=True)

@@ -37,9 +37,11 @@ Examples
 
 from __future__ import annotations
 
+import numbers
 import os
 import pickle
 import random
+import reprlib
 import shutil
 import zipfile
 from pathlib import Path
@@ -79,11 +81,19 @@ SHARPEN_RANGE = (0.25, 4.0)
 
 def sharpen_problem(value: Any) -> str | None:
     """Why ``value`` is not a ``sharpen`` power (None when it is one): a real number (not a
-    bool) within :data:`SHARPEN_RANGE`."""
+    bool; numpy's count) within :data:`SHARPEN_RANGE`. The value is shown shortened."""
     lo, hi = SHARPEN_RANGE
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        return f"{value!r} is not a number from {lo:g} to {hi:g}"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
+            or not lo <= value <= hi:
+        return f"{reprlib.repr(value)} is not a number from {lo:g} to {hi:g}"
     return None
+
+
+def power_text(power: float) -> str:
+    """``power`` as logs and MSP comments show it: short, yet never rounded (``1.1``, ``2``,
+    ``1.0000001``)."""
+    short = f"{power:g}"
+    return short if float(short) == power else repr(float(power))
 
 
 def ensemble_sharpen(ens: dict[str, Any]) -> float:
@@ -405,7 +415,8 @@ def check_ensemble(ens: dict[str, Any], path: str | os.PathLike) -> None:
                               f"{MAX_MEMBERS})")
     if ens.get("average") not in AVERAGES:
         raise CheckpointError(f"{path}: damaged ensemble file: 'average' is "
-                              f"{ens.get('average')!r}, expected one of {', '.join(AVERAGES)}")
+                              f"{reprlib.repr(ens.get('average'))}, expected one of "
+                              f"{', '.join(AVERAGES)}")
     if "sharpen" in ens and (problem := sharpen_problem(ens["sharpen"])) is not None:
         raise CheckpointError(f"{path}: damaged ensemble file: 'sharpen' {problem}")
     for i, member in enumerate(members, 1):

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from neimsctl.errors import CheckpointError, ConfigError
-from neimsctl.models.checkpoint import AVERAGES, ensemble_sharpen, sharpen_problem
+from neimsctl.models.checkpoint import AVERAGES, ensemble_sharpen, power_text, sharpen_problem
 from neimsctl.models.student_stack import StudentStack
 from neimsctl.predict.model import (LoadedModel, below_min_mz_cleared, linear_base_one, predict_block,
                                     student_input_key, student_rows, student_spectra)
@@ -107,7 +107,7 @@ def choose_sharpen(sharpen: float | None, files: Sequence[tuple[str, dict[str, A
     own = [(name, ensemble_sharpen(ckpt)) for name, ckpt in files]
     values = {v for _, v in own}
     chosen = values.pop() if len(files) == n_models and len(values) == 1 else DEFAULT_SHARPEN
-    _overruled("sharpen powers", f"the average is raised to the power {chosen:g}", "--sharpen",
+    _overruled("sharpen powers", f"the average is raised to the power {power_text(chosen)}", "--sharpen",
                chosen, own, log)
     return chosen
 
@@ -231,7 +231,7 @@ class LoadedEnsemble:
         """One line for MSP comments and logs, e.g. ``ensemble.pt sha256:0123abcd4567 sqrt of 4``
         (``linear^1.1 of 3`` when sharpened) or ``ensemble sqrt of a.pt sha256:... fp32 + b.pt
         sha256:... bf16``."""
-        how = self.average + (f"^{self.sharpen:g}" if self.sharpen != 1.0 else "")
+        how = self.average + (f"^{power_text(self.sharpen)}" if self.sharpen != 1.0 else "")
         if self.path is not None:
             version = self.card.get("version")
             return " ".join(x for x in (self.path.name, f"v{version}" if version else "",

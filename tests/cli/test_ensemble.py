@@ -230,8 +230,12 @@ def test_api_takes_a_list_of_checkpoints(members: tuple[Path, Path]) -> None:
 
     with pytest.raises(ConfigError, match="'sharpen' needs an ensemble"):
         SpectrumPredictor({"sharpen": 1.1}, checkpoint=a, device="cpu")
-    with pytest.raises(ConfigError, match="--sharpen 'x' is not a number"):
+    with pytest.raises(ConfigError, match="config: sharpen 'x' is not a number"):
         SpectrumPredictor({"sharpen": "x"}, checkpoint=[a, b], device="cpu")
+    for given in (np.float32(2.0), np.int64(2)):        # numpy's numbers are numbers
+        got = SpectrumPredictor({"precision": "fp32", "sharpen": given}, checkpoint=[a, b],
+                                device="cpu").predict_from_smiles(["CCO", "c1ccccc1"])
+        np.testing.assert_allclose(got, mean ** 2, rtol=1e-5, atol=1e-7)
 
 
 def test_an_output_naming_a_shipped_model_is_refused(neimsctl_exe: str, members: tuple[Path, Path],

@@ -153,9 +153,13 @@ def test_choose_sharpen_follows_the_rule_of_the_average() -> None:
         in log.getvalue()
     log = io.StringIO()
     assert choose_sharpen(None, [("b.pt", plain)], 2, log) == 1.0 and log.getvalue() == ""
-    for bad in (0.1, 4.5, float("nan"), float("inf"), True, "1.1"):
+    for bad in (0.1, 4.5, float("nan"), float("inf"), True, np.bool_(True), "1.1",
+                np.array([1.1])):
         with pytest.raises(ConfigError, match="--sharpen .* is not a number from 0.25 to 4"):
             choose_sharpen(bad, [], 2, None)
+    with pytest.raises(ConfigError) as err:               # a long value is shown shortened
+        choose_sharpen("x" * 100_000, [], 2, None)
+    assert len(str(err.value)) < 100
 
 
 def test_a_sharpened_ensemble_raises_its_average_to_the_power(ckpts: dict[str, Path]) -> None:
@@ -164,6 +168,8 @@ def test_a_sharpened_ensemble_raises_its_average_to_the_power(ckpts: dict[str, P
     sharp = load_model([ckpts["a"], ckpts["b"]], device="cpu", precision="fp32", sharpen=1.5)
     assert plain.sharpen == 1.0 and sharp.sharpen == 1.5
     assert "linear^1.5 of" in sharp.describe() and "^" not in plain.describe()
+    odd = load_model([ckpts["a"], ckpts["b"]], device="cpu", precision="fp32", sharpen=1.0000001)
+    assert "linear^1.0000001 of" in odd.describe()          # never rounded to look like 1
     p, p_std = predict_block(plain, block, uncertainty=True)[:2]
     s, s_std = predict_block(sharp, block, uncertainty=True)[:2]
     # base peak 1 both ways, so the power of the normalised average is the sharpened spectrum
