@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from neimsctl.chem.rowbuild import Item, Rejected
-from neimsctl.errors import ConfigError, FormatError, InputError, shown
+from neimsctl.errors import ConfigError, FormatError, InputError, shown_value
 from neimsctl.io.prediction_write import top_peaks
 from neimsctl.io.streams import open_out
 from neimsctl.predict.ensemble import LoadedEnsemble
@@ -574,10 +574,6 @@ def _query_mw(value: Any, i: int, qid: str) -> int | None:
     except (TypeError, ValueError, OverflowError):      # (an int past float's range: 10**400)
         mass = math.nan
     if not (math.isfinite(mass) and 0 <= mass < MASS_LIMIT):
-        try:
-            text = shown(repr(value), 80)
-        except ValueError:          # an int of more than 4,300 digits has no repr
-            text = "(an integer too long to show)"
-        raise FormatError(f"mw {text} is no nominal mass (a number 0..{MASS_LIMIT - 1}; None or 0: "
+        raise FormatError(f"mw {shown_value(value)} is no nominal mass (a number 0..{MASS_LIMIT - 1}; None or 0: "
                           "unknown)", file=_API_FILE, line=i + 1, record=qid)
     return int(round(mass)) or None

@@ -14,6 +14,15 @@ def shown(text: Any, limit: int = 200) -> Any:
     return f"{text[:limit]}... ({len(text):,} characters)"
 
 
+def shown_value(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` as a message shows it (:func:`shown`); an int too long for a repr
+    (more than 4,300 digits: ``repr`` raises) is named as such."""
+    try:
+        return shown(repr(value), limit)
+    except ValueError:
+        return "(an integer too long to show)"
+
+
 class NeimsError(Exception):
     """Base class of every error the library raises on purpose."""
 

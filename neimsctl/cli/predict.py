@@ -84,7 +84,6 @@ Sharpen = Annotated[Optional[float], typer.Option(
          "is one and they agree, else 1.")]
 
 
-
 class Precision(str, Enum):
     auto = "auto"
     fp32 = "fp32"

@@ -41,7 +41,6 @@ import numbers
 import os
 import pickle
 import random
-import reprlib
 import shutil
 import zipfile
 from pathlib import Path
@@ -51,7 +50,7 @@ import numpy as np
 import torch
 
 from neimsctl import __version__
-from neimsctl.errors import CheckpointError, OutputError
+from neimsctl.errors import CheckpointError, OutputError, shown_value
 from neimsctl.io.streams import make_dirs, open_out
 
 FORMAT = "neimsctl.ckpt/1"
@@ -85,7 +84,7 @@ def sharpen_problem(value: Any) -> str | None:
     lo, hi = SHARPEN_RANGE
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
             or not lo <= value <= hi:
-        return f"{reprlib.repr(value)} is not a number from {lo:g} to {hi:g}"
+        return f"{shown_value(value, 30)} is not a number from {lo:g} to {hi:g}"
     return None
 
 
@@ -415,7 +414,7 @@ def check_ensemble(ens: dict[str, Any], path: str | os.PathLike) -> None:
                               f"{MAX_MEMBERS})")
     if ens.get("average") not in AVERAGES:
         raise CheckpointError(f"{path}: damaged ensemble file: 'average' is "
-                              f"{reprlib.repr(ens.get('average'))}, expected one of "
+                              f"{shown_value(ens.get('average'), 40)}, expected one of "
                               f"{', '.join(AVERAGES)}")
     if "sharpen" in ens and (problem := sharpen_problem(ens["sharpen"])) is not None:
         raise CheckpointError(f"{path}: damaged ensemble file: 'sharpen' {problem}")
