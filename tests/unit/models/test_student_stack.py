@@ -10,6 +10,7 @@ from neimsctl.io.featblock import FRAG_BINS, STUDENT_FRAG_DIM
 from neimsctl.models.quantize import apply_precision
 from neimsctl.models.student import StudentConfig, StudentModel
 from neimsctl.models.student_stack import StudentStack
+from neimsctl.nn import rowgemm
 from neimsctl.nn.sparse_input import SparseRows
 from torch import nn
 
@@ -83,6 +84,30 @@ def test_stack_computes_what_the_members_compute(name: str, dtype: torch.dtype) 
             # the members predict as before (the stack holds copies of their weights)
             assert torch.equal(torch.cat([m(x, mw, frags).pred for m in members]), want)
     assert exact >= 0.75 * 2 * len(molecules)
+
+
+@pytest.mark.skipif(not rowgemm.available(), reason="no AVX512-BF16 kernel on this machine")
+@pytest.mark.parametrize("name", ["fragments", "full_width"])
+def test_bf16_layers_run_on_the_native_kernel_with_baddbmms_bits(name: str, monkeypatch) -> None:
+    """Where the kernel sums a layer's shape in oneDNN's order (rowgemm.agrees), the stack packs
+    it; a stack with every layer packed and one with none give the same bits."""
+    import neimsctl.models.student_stack as mod
+
+    cfg = CONFIGS[name]
+    members = [m.to(torch.bfloat16) for m in _members(cfg)]
+    with torch.inference_mode():
+        packed = StudentStack.build(members)
+        layers = [st for _, a, b in packed.blocks for st in (a, b)] + packed.trunk + packed.heads
+        for st in layers:
+            w = st.layers[0].weight
+            assert (st.packed is not None) == rowgemm.agrees(len(st.layers), w.shape[1], w.shape[0])
+        assert any(st.packed is not None for st in layers)
+        monkeypatch.setattr(mod, "agrees", lambda *shape: False)
+        plain = StudentStack.build(members)
+        assert all(st.packed is None for st in plain.trunk)
+        for seed in range(12):
+            x, mw, frags = _molecule(cfg, seed)
+            assert torch.equal(packed(x, mw, frags), plain(x, mw, frags))
 
 
 def test_the_fragment_rows_are_read_from_the_input_when_not_given() -> None:

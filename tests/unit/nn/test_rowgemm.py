@@ -1,0 +1,122 @@
+"""rowgemm: one row per stream through packed bf16 layers, summed in oneDNN's order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from neimsctl.nn import rowgemm
+
+native = pytest.mark.skipif(not rowgemm.available(), reason="no AVX512-BF16 kernel on this machine")
+
+# the shipped default's stacked layer shapes (3 students x 4 experts; 1,024-wide trunk, 501 bins)
+SHIPPED = [(12, 512, 128), (12, 128, 512), (3, 512, 1024), (3, 1024, 512), (3, 256, 64),
+           (3, 512, 501), (3, 512, 4)]
+
+
+def _bf16(a: np.ndarray) -> np.ndarray:
+    return torch.from_numpy(np.asarray(a, np.float32)).bfloat16().float().numpy()
+
+
+def _documented_order(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The kernel's sums as its header says, in numpy float32 one step at a time: per chunk of
+    512 k from zero, pairs in order with the odd element first, chunks added in order, the bias
+    last, rounded to bf16 (round to nearest even)."""
+    S, K, N = w.shape
+    out = np.zeros((S, 1, N), np.float32)
+    for s in range(S):
+        xs, ws = x[s, 0].float().numpy(), w[s].float().numpy()
+        tot = None
+        for c0 in range(0, K, 512):
+            acc = np.zeros(N, np.float32)
+            for p in range(c0, min(K, c0 + 512), 2):
+                for k in (p + 1, p):
+                    acc = (acc + np.float32(xs[k]) * ws[k]).astype(np.float32)
+            tot = acc if tot is None else (tot + acc).astype(np.float32)
+        out[s, 0] = _bf16(tot + bias[s, 0].float().numpy())
+    return torch.from_numpy(out).bfloat16()
+
+
+def test_pack_lays_pairs_side_by_side_in_tiles() -> None:
+    S, K, N = 2, 6, 140                              # two tiles: 128 columns, then 16 (12 + padding)
+    w = torch.arange(S * K * N, dtype=torch.float32).reshape(S, K, N).bfloat16()
+    p = rowgemm.pack(w)
+    assert p.shape == (S, 144 * K)
+    for s in range(S):
+        first = p[s, :128 * K].reshape(K // 2, 128, 2)
+        last = p[s, 128 * K:].reshape(K // 2, 16, 2)
+        for q in range(K // 2):
+            assert torch.equal(first[q, :, 0], w[s, 2 * q, :128])
+            assert torch.equal(first[q, :, 1], w[s, 2 * q + 1, :128])
+            assert torch.equal(last[q, :12, 1], w[s, 2 * q + 1, 128:])
+            assert not last[q, 12:].any()               # padded columns are zero
+
+
+def test_pack_refuses_an_odd_input_width() -> None:
+    with pytest.raises(ValueError, match="even"):
+        rowgemm.pack(torch.zeros(1, 5, 16, dtype=torch.bfloat16))
+
+
+@native
+@pytest.mark.parametrize("shape", [(1, 2, 1), (2, 16, 10), (3, 64, 17), (2, 1024, 130),
+                                   (1, 1536, 300), (12, 512, 128)])
+def test_the_kernel_sums_in_its_documented_order(shape: tuple[int, int, int]) -> None:
+    x, w, bias = rowgemm._probe(*shape, seed=3)           # large products that cancel
+    assert torch.equal(rowgemm.PackedLayer(w, bias)(x), _documented_order(x, w, bias))
+
+
+@native
+def test_the_kernel_reads_views_and_leaves_its_inputs() -> None:
+    x, w, bias = rowgemm._probe(3, 512, 501, seed=4)
+    layer = rowgemm.PackedLayer(w, bias)
+    wide = torch.zeros(3, 1, 1024, dtype=torch.bfloat16)
+    wide[:, :, ::2] = x                                   # a strided view of the same values
+    before = wide.clone()
+    assert torch.equal(layer(wide[:, :, ::2]), layer(x))
+    assert torch.equal(wide, before)
+
+
+@native
+@pytest.mark.parametrize("shape", SHIPPED)
+def test_where_the_shapes_agree_the_kernel_gives_baddbmms_bits(shape: tuple[int, int, int]) -> None:
+    """agrees() says whether oneDNN sums this shape in the kernel's order on this machine; where
+    it does, real-looking rows give baddbmm's bits too."""
+    S, K, N = shape
+    ok = rowgemm.agrees(S, K, N)
+    g = torch.Generator().manual_seed(5)
+    w = (torch.randn(S, K, N, generator=g) * 0.05).bfloat16()
+    bias = torch.randn(S, 1, N, generator=g).bfloat16()
+    layer = rowgemm.PackedLayer(w, bias)
+    same = [torch.equal(layer(x), torch.baddbmm(bias, x, w))
+            for x in (torch.randn(S, 1, K, generator=g).bfloat16() for _ in range(20))]
+    if ok:
+        assert all(same)
+    x, w, bias = rowgemm._probe(S, K, N, seed=0)
+    assert ok == torch.equal(rowgemm.PackedLayer(w, bias)(x), torch.baddbmm(bias, x, w))
+
+
+@native
+def test_the_kernel_refuses_shapes_that_do_not_fit() -> None:
+    x, w, bias = rowgemm._probe(2, 32, 20, seed=0)
+    layer = rowgemm.PackedLayer(w, bias)
+    with pytest.raises(ValueError, match="expected"):
+        layer(torch.zeros(2, 1, 30, dtype=torch.bfloat16))
+    bits = torch.zeros(2, 20, dtype=torch.bfloat16).view(torch.int16).numpy()
+    with pytest.raises(ValueError, match="16-bit"):
+        rowgemm._rowgemm.gemm(np.zeros((2, 32), np.float32), layer._w, layer._b, bits, 20)
+
+
+def test_without_the_kernel_nothing_agrees(monkeypatch) -> None:
+    monkeypatch.setattr(rowgemm, "_USABLE", False)
+    assert not rowgemm.available()
+    assert not rowgemm.agrees(12, 512, 128)
+
+
+def test_neimsctl_native_0_turns_the_kernel_off() -> None:
+    import subprocess
+    import sys
+    code = "from neimsctl.nn import rowgemm; print(rowgemm.available())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "NEIMSCTL_NATIVE": "0"}).stdout
+    assert out.strip() == "False"
