@@ -23,16 +23,17 @@ leading member axis and runs every layer once for all of them with a batched mat
   equal again, for ~15 % of ``predict``'s throughput there (BENCHMARKS.md, session 27). A probe molecule run both ways when the stack
   is built catches systematic differences (for narrow fp32 shapes, e.g. the compact gate's
   64 -> 4, BLAS takes other kernels): :meth:`StudentStack.build` then declines.
-- **The experts run densely.** Every member's every expert runs on the molecule (one
-  ``baddbmm`` over ``k * n_experts`` streams per layer) and the chosen ``top_k`` outputs are
-  picked and weighted: at batch 1 one call over all streams is cheaper than a call per chosen
-  stream.
 - **The bf16 products off oneDNN.** For one row oneDNN is far slower than reading the weights
   (it prepares them on every call: 3.8 of ~8 ms of the shipped default's API call in session
   30). Where the native kernel of :mod:`neimsctl.nn.rowgemm` runs (AVX512-BF16) and sums a
   layer's shape in oneDNN's order on this machine (checked once per shape), the layer's weights
   are packed for it and ``baddbmm`` is not called: the same bits, ~3x faster; other layers, and
   fp32 stacks, keep ``baddbmm``.
+- **Only the chosen experts run**, where every expert block is packed: the kernel takes each
+  row's stream, so the ``k * top_k`` chosen streams run and the others are never read (half
+  the experts' weights). With ``baddbmm`` every member's every expert runs (one call over
+  ``k * n_experts`` streams per layer) and the chosen outputs are picked: at batch 1 one call
+  over all streams is cheaper there than a call per chosen stream.
 - **A copy of the dense weights.** The stacks are copies of the members' ``nn.Linear`` weights
   (~7 MB per compact bf16 student; the sparse-input layers are not copied); the members stay
   untouched. :meth:`StudentStack.fresh` tells when a member changed since (its parameters
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -102,10 +104,11 @@ class _Stacked:
             self.weight_t = torch.stack([w.t() for w in weights]) if contiguous \
                 else torch.stack(weights).transpose(1, 2)
 
-    def __call__(self, x: Tensor) -> Tensor:
-        """``x`` ``(S, 1, in)`` -> ``(S, 1, out)``, stream ``s`` through its own layer."""
+    def __call__(self, x: Tensor, streams: np.ndarray | None = None) -> Tensor:
+        """``x`` ``(S, 1, in)`` -> ``(S, 1, out)``, stream ``s`` through its own layer; with
+        ``streams`` (packed layers only), row ``r`` of ``x`` through stream ``streams[r]``."""
         if self.packed is not None:
-            return self.packed(x)
+            return self.packed(x, streams)
         return torch.baddbmm(self.bias, x, self.weight_t)
 
 
@@ -156,6 +159,7 @@ class StudentStack:
             self.heads = [_Stacked([m.out for m in self.members], contiguous)]
         self.frag_conv = [m.frag_conv for m in self.members] if m0.frag_conv is not None else None
         self.frag_mix = _Stacked([m.frag_mix for m in self.members], contiguous) if m0.frag_conv is not None else None
+        self.blocks_packed = all(a.packed is not None and b.packed is not None for _, a, b in self.blocks)
         stacks = [*self.gate_layers, self.gate_logit, *(st for _, a, b in self.blocks for st in (a, b)),
                   *self.trunk, *self.heads, *([self.frag_mix] if self.frag_mix is not None else [])]
         self._params = [lin._parameters for st in stacks for lin in st.layers]
@@ -244,19 +248,31 @@ class StudentStack:
             h = torch.stack([F.gelu(p(x)) for p in self.proj])
         else:
             h = x.expand(k, 1, -1)
-        y = h.repeat_interleave(n_exp, dim=0)                               # (k * E, 1, width)
         routes = idx.tolist()
-        used = {m * n_exp + e for m, experts in enumerate(routes) for e in experts}
-        for norms, down, up in self.blocks:
-            # an expert nobody chose runs on its unnormalised stream: its output is never read
-            normed = torch.stack([F.layer_norm(y[s], n.normalized_shape, n.weight, n.bias, n.eps)
-                                  if s in used else y[s] for s, n in enumerate(norms)])
-            y = up(_each(F.gelu, down(normed))).add_(y)
+        if self.blocks_packed:
+            # only the chosen experts' streams: row r of y is stream chosen[r]
+            chosen = sorted({m * n_exp + e for m, experts in enumerate(routes) for e in experts})
+            row = {s: r for r, s in enumerate(chosen)}
+            streams = np.array(chosen, dtype=np.int64)
+            y = h[streams // n_exp]                                          # (streams, 1, width)
+            for norms, down, up in self.blocks:
+                normed = torch.stack([F.layer_norm(y[r], norms[s].normalized_shape, norms[s].weight,
+                                                   norms[s].bias, norms[s].eps) for r, s in enumerate(chosen)])
+                y = up(_each(F.gelu, down(normed, streams)), streams).add_(y)
+        else:
+            row = {s: s for s in range(k * n_exp)}
+            y = h.repeat_interleave(n_exp, dim=0)                           # (k * E, 1, width)
+            used = {m * n_exp + e for m, experts in enumerate(routes) for e in experts}
+            for norms, down, up in self.blocks:
+                # an expert nobody chose runs on its unnormalised stream: its output is never read
+                normed = torch.stack([F.layer_norm(y[s], n.normalized_shape, n.weight, n.bias, n.eps)
+                                      if s in used else y[s] for s, n in enumerate(norms)])
+                y = up(_each(F.gelu, down(normed))).add_(y)
         fused = []
         for m, experts in enumerate(routes):                            # dispatch's b == 1 order
             out = None
             for j, e in enumerate(experts):
-                part = y[m * n_exp + e] * weight[m, j]
+                part = y[row[m * n_exp + e]] * weight[m, j]
                 out = part if out is None else out + part
             fused.append(out)
         hidden = torch.stack([F.layer_norm(f, n.normalized_shape, n.weight, n.bias, n.eps)

@@ -2,10 +2,12 @@
  * (neimsctl/nn/rowgemm.py; the student stack's single-molecule path).
  *
  *   usable()                  True when this CPU has AVX512-BF16 (else gemm() is not available)
- *   gemm(x, w, bias, out, n)  out[s, j] = bf16(sum_k x[s, k] w[s, k, j] + bias[s, j]), j < n
+ *   gemm(x, w, bias, out, n[, streams])
+ *                             out[s, j] = bf16(sum_k x[s, k] w[s, k, j] + bias[s, j]), j < n; with
+ *                             streams (int64, one per row of x), row r through stream streams[r]
  *
- * Arguments are uint16 bit patterns of bfloat16 values, C-contiguous: x (S, K), bias (S, n),
- * out (S, n) written, and w (S, P) the weights packed by rowgemm.pack(): per stream, tiles of
+ * Arguments are uint16 bit patterns of bfloat16 values, C-contiguous: x (R, K), bias (S, n),
+ * out (R, n) written (R = S without streams), and w (S, P) the weights packed by rowgemm.pack(): per stream, tiles of
  * up to 128 output columns (the last one narrower, a multiple of 16, zero-padded), each tile
  * K/2 rows of (columns x 2) values, the pair (w[2p, j], w[2p + 1, j]) side by side, so that
  * one VDPBF16PS adds x[2p + 1] w[2p + 1, j] and then x[2p] w[2p, j] to column j's float32 sum.
@@ -77,14 +79,16 @@ static int bf16_usable(void) {
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
 }
 
+/* row r of x and out through stream streams[r] (r itself without streams) of w and bias */
 static void gemm_rows(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *out,
-                      Py_ssize_t S, Py_ssize_t K, Py_ssize_t n) {
+                      Py_ssize_t R, Py_ssize_t K, Py_ssize_t n, const int64_t *streams) {
     Py_ssize_t npad = (n + 15) / 16 * 16;
-    for (Py_ssize_t s = 0; s < S; s++) {
+    for (Py_ssize_t r = 0; r < R; r++) {
+        Py_ssize_t s = streams ? (Py_ssize_t)streams[r] : r;
         const uint16_t *ws = w + s * npad * K;
         for (Py_ssize_t t0 = 0; t0 < npad; t0 += TILE) {
             Py_ssize_t width = npad - t0 < TILE ? npad - t0 : TILE;
-            TILES[width / 16](x + s * K, ws + t0 * K, bias + s * n + t0, out + s * n + t0, K, n - t0);
+            TILES[width / 16](x + r * K, ws + t0 * K, bias + s * n + t0, out + r * n + t0, K, n - t0);
         }
     }
 }
@@ -113,9 +117,9 @@ static PyObject *py_usable(PyObject *self, PyObject *args) {
 
 static PyObject *py_gemm(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *objs[4];
+    PyObject *objs[4], *so = NULL;
     Py_ssize_t n;
-    if (!PyArg_ParseTuple(args, "OOOOn", &objs[0], &objs[1], &objs[2], &objs[3], &n)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOOOn|O", &objs[0], &objs[1], &objs[2], &objs[3], &n, &so)) return NULL;
 #ifdef HAVE_BF16
     if (!bf16_usable()) {
         PyErr_SetString(PyExc_RuntimeError, "gemm: this CPU has no AVX512-BF16");
@@ -127,20 +131,36 @@ static PyObject *py_gemm(PyObject *self, PyObject *args) {
     for (; got < 4; got++)
         if (get_u16(objs[got], &b[got], got == 3, names[got]) != 0) break;
     PyObject *ret = NULL;
+    Py_buffer sb;
+    int have_streams = 0;
+    if (got == 4 && so && so != Py_None) {
+        if (PyObject_GetBuffer(so, &sb, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) goto done;
+        have_streams = 1;
+        if (sb.itemsize != 8 || sb.ndim != 1 || !sb.format || !strchr("lq", sb.format[0]) || sb.format[1]) {
+            PyErr_SetString(PyExc_ValueError, "gemm: streams must be a 1-d array of int64");
+            goto done;
+        }
+    }
     if (got == 4) {
-        Py_ssize_t S = b[0].shape[0], K = b[0].shape[1], npad = (n + 15) / 16 * 16;
-        if (n < 1 || K < 2 || K % 2 || b[1].shape[0] != S || b[1].shape[1] != npad * K || b[2].shape[0] != S ||
-            b[2].shape[1] != n || b[3].shape[0] != S || b[3].shape[1] != n) {
-            PyErr_SetString(PyExc_ValueError, "gemm: x (S, K) with K even, w (S, ceil(n/16)*16*K), bias and out "
-                                              "(S, n) expected");
+        Py_ssize_t R = b[0].shape[0], K = b[0].shape[1], S = b[1].shape[0], npad = (n + 15) / 16 * 16;
+        int bad = n < 1 || K < 2 || K % 2 || b[1].shape[1] != npad * K || b[2].shape[0] != S ||
+                  b[2].shape[1] != n || b[3].shape[0] != R || b[3].shape[1] != n ||
+                  (have_streams ? sb.shape[0] != R : R != S);
+        const int64_t *streams = have_streams ? (const int64_t *)sb.buf : NULL;
+        for (Py_ssize_t r = 0; !bad && streams && r < R; r++) bad = streams[r] < 0 || streams[r] >= S;
+        if (bad) {
+            PyErr_SetString(PyExc_ValueError, "gemm: x (R, K) with K even, w (S, ceil(n/16)*16*K), bias (S, n), "
+                                              "out (R, n) and streams (R,) in [0, S) (R = S without) expected");
         } else {
             Py_BEGIN_ALLOW_THREADS
-            gemm_rows(b[0].buf, b[1].buf, b[2].buf, b[3].buf, S, K, n);
+            gemm_rows(b[0].buf, b[1].buf, b[2].buf, b[3].buf, R, K, n, streams);
             Py_END_ALLOW_THREADS
             ret = Py_None;
             Py_INCREF(ret);
         }
     }
+done:
+    if (have_streams) PyBuffer_Release(&sb);
     for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
     return ret;
 #else
@@ -151,7 +171,7 @@ static PyObject *py_gemm(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"usable", py_usable, METH_NOARGS, "True when this CPU has AVX512-BF16."},
-    {"gemm", py_gemm, METH_VARARGS, "gemm(x, w, bias, out, n): one row per stream through packed bf16 layers."},
+    {"gemm", py_gemm, METH_VARARGS, "gemm(x, w, bias, out, n[, streams]): one row per stream through packed bf16 layers."},
     {NULL, NULL, 0, NULL},
 };
 

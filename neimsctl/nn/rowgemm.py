@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -72,15 +73,18 @@ class PackedLayer:
         self.bias = bias.reshape(bias.shape[0], -1).contiguous()
         self._w, self._b = _bits(self.packed), _bits(self.bias)
 
-    def __call__(self, x: Tensor) -> Tensor:
-        if tuple(x.shape) != (self.s, 1, self.k) or x.dtype != torch.bfloat16:
-            raise ValueError(f"expected a bfloat16 x of shape ({self.s}, 1, {self.k}), "
+    def __call__(self, x: Tensor, streams: np.ndarray | None = None) -> Tensor:
+        """``x`` ``(S, 1, K)`` -> ``(S, 1, N)``; with ``streams`` (int64 ``(R,)``, each in
+        ``[0, S)``), ``x`` ``(R, 1, K)`` and row ``r`` through stream ``streams[r]`` only."""
+        rows = self.s if streams is None else len(streams)
+        if tuple(x.shape) != (rows, 1, self.k) or x.dtype != torch.bfloat16:
+            raise ValueError(f"expected a bfloat16 x of shape ({rows}, 1, {self.k}), "
                              f"got {x.dtype} {tuple(x.shape)}")
-        x = x.reshape(self.s, self.k)
+        x = x.reshape(rows, self.k)
         if not x.is_contiguous():
             x = x.contiguous()
-        out = torch.empty(self.s, 1, self.n, dtype=torch.bfloat16)
-        _rowgemm.gemm(_bits(x), self._w, self._b, _bits(out.view(self.s, self.n)), self.n)
+        out = torch.empty(rows, 1, self.n, dtype=torch.bfloat16)
+        _rowgemm.gemm(_bits(x), self._w, self._b, _bits(out.view(rows, self.n)), self.n, streams)
         return out
 
 

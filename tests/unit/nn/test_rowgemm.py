@@ -120,3 +120,17 @@ def test_neimsctl_native_0_turns_the_kernel_off() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**__import__("os").environ, "NEIMSCTL_NATIVE": "0"}).stdout
     assert out.strip() == "False"
+
+
+@native
+def test_streams_pick_the_layers_rows_go_through() -> None:
+    x, w, bias = rowgemm._probe(12, 512, 128, seed=6)
+    layer = rowgemm.PackedLayer(w, bias)
+    every = layer(x)
+    pick = np.array([7, 2, 2, 11], dtype=np.int64)
+    assert torch.equal(layer(x[pick], pick), every[pick])
+    for bad in (np.array([12], np.int64), np.array([-1], np.int64)):
+        with pytest.raises(ValueError, match="streams"):
+            layer(x[:1], bad)
+    with pytest.raises(ValueError, match="int64"):
+        layer(x[:1], np.array([0], np.int32))
