@@ -28,7 +28,9 @@ leading member axis and runs every layer once for all of them with a batched mat
   30). Where the native kernel of :mod:`neimsctl.nn.rowgemm` runs (AVX512-BF16) and sums a
   layer's shape in oneDNN's order on this machine (checked once per shape), the layer's weights
   are packed for it and ``baddbmm`` is not called: the same bits, ~3x faster; other layers, and
-  fp32 stacks, keep ``baddbmm``.
+  fp32 stacks, keep ``baddbmm``. Layers whose members were loaded from int8 codes (an int8-stored
+  file) are packed as those codes (:func:`neimsctl.nn.rowgemm.int8_source` checks that they are
+  still exactly the weights): half the bytes to read, the same bits.
 - **Only the chosen experts run**, where every expert block is packed: the kernel takes each
   row's stream, so the ``k * top_k`` chosen streams run and the others are never read (half
   the experts' weights). With ``baddbmm`` every member's every expert runs (one call over
@@ -55,7 +57,7 @@ from torch import Tensor, nn
 from neimsctl.io.featblock import FRAG_BINS
 from neimsctl.models.student import StudentModel, _fragment_rows
 from neimsctl.nn.mass_head import activate, mask_above_mw, reverse_by_mw
-from neimsctl.nn.rowgemm import PackedLayer, agrees
+from neimsctl.nn.rowgemm import PackedLayer, agrees, int8_source
 from neimsctl.nn.sparse_input import SparseInputLinear, SparseRows
 
 __all__ = ["StudentStack"]
@@ -98,7 +100,10 @@ class _Stacked:
         w0 = weights[0]
         if w0.dtype == torch.bfloat16 and w0.device.type == "cpu" and \
                 agrees(len(weights), w0.shape[1], w0.shape[0]):
-            self.packed = PackedLayer(torch.stack([w.t() for w in weights]), self.bias)
+            sources = [int8_source(lin) for lin in layers]
+            int8 = None if any(src is None for src in sources) else \
+                (torch.stack([c.t() for c, _ in sources]), torch.stack([sc for _, sc in sources]))
+            self.packed = PackedLayer(torch.stack([w.t() for w in weights]), self.bias, int8)
             self.weight_t = None
         else:
             self.weight_t = torch.stack([w.t() for w in weights]) if contiguous \

@@ -2,9 +2,11 @@
  * (neimsctl/nn/rowgemm.py; the student stack's single-molecule path).
  *
  *   usable()                  True when this CPU has AVX512-BF16 (else gemm() is not available)
- *   gemm(x, w, bias, out, n[, streams])
+ *   gemm(x, w, bias, out, n[, streams[, scales]])
  *                             out[s, j] = bf16(sum_k x[s, k] w[s, k, j] + bias[s, j]), j < n; with
- *                             streams (int64, one per row of x), row r through stream streams[r]
+ *                             streams (int64, one per row of x, or None), row r through stream
+ *                             streams[r]; with scales (float32 (S, ceil(n/16)*16)), w holds int8
+ *                             codes in the same layout and w[s, k, j] = bf16(code * scales[s, j])
  *
  * Arguments are uint16 bit patterns of bfloat16 values, C-contiguous: x (R, K), bias (S, n),
  * out (R, n) written (R = S without streams), and w (S, P) the weights packed by rowgemm.pack(): per stream, tiles of
@@ -34,21 +36,40 @@
 #define HAVE_BF16 1
 #include <immintrin.h>
 
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) static inline void
-tile_v(const int V, const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *out,
-       Py_ssize_t K, Py_ssize_t cols) {
-    __m512 tot[8], acc[8];
-    for (int v = 0; v < V; v++) tot[v] = _mm512_setzero_ps();
+#define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+/* 32 weights (16 columns x a pair of k) at w + i * 32 as bf16: stored so (Q = 0), or int8
+ * codes times their columns' scales in float32, rounded to bf16 (Q = 1: the model's own
+ * bf16(float(code) * scale), exactly; slo/shi hold each column's scale twice, columns 0-7 and
+ * 8-15 of the vector) */
+TARGET static inline __m512bh load_w(const int Q, const void *w, Py_ssize_t i, __m512 slo, __m512 shi) {
+    if (!Q) return (__m512bh)_mm512_loadu_si512((const void *)((const uint16_t *)w + i * 32));
+    const int8_t *p = (const int8_t *)w + i * 32;
+    __m512 lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const void *)p))), slo);
+    __m512 hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const void *)(p + 16)))), shi);
+    return _mm512_cvtne2ps_pbh(hi, lo);
+}
+
+TARGET static inline void tile_v(const int Q, const int V, const uint16_t *x, const void *w, const float *scale,
+                                 const uint16_t *bias, uint16_t *out, Py_ssize_t K, Py_ssize_t cols) {
+    __m512 tot[8], acc[8], slo[8], shi[8];
+    for (int v = 0; v < V; v++) {
+        tot[v] = slo[v] = shi[v] = _mm512_setzero_ps();
+        if (Q) {
+            __m512 sv = _mm512_loadu_ps(scale + v * 16);
+            slo[v] = _mm512_permutexvar_ps(_mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0), sv);
+            shi[v] = _mm512_permutexvar_ps(_mm512_set_epi32(15, 15, 14, 14, 13, 13, 12, 12, 11, 11, 10, 10, 9, 9, 8, 8), sv);
+        }
+    }
     for (Py_ssize_t c0 = 0; c0 < K; c0 += CHUNK) {
         for (int v = 0; v < V; v++) acc[v] = _mm512_setzero_ps();
         Py_ssize_t c1 = c0 + CHUNK < K ? c0 + CHUNK : K;
-        const uint16_t *wp = w + c0 * V * 16;
-        for (Py_ssize_t k = c0; k < c1; k += 2, wp += V * 32) {
+        for (Py_ssize_t k = c0; k < c1; k += 2) {
             uint32_t pair;
             memcpy(&pair, x + k, 4);
             __m512bh a = (__m512bh)_mm512_set1_epi32((int)pair);
-            for (int v = 0; v < V; v++)
-                acc[v] = _mm512_dpbf16_ps(acc[v], a, (__m512bh)_mm512_loadu_si512((const void *)(wp + v * 32)));
+            Py_ssize_t i = k / 2 * V;
+            for (int v = 0; v < V; v++) acc[v] = _mm512_dpbf16_ps(acc[v], a, load_w(Q, w, i + v, slo[v], shi[v]));
         }
         for (int v = 0; v < V; v++) tot[v] = c0 == 0 ? acc[v] : _mm512_add_ps(tot[v], acc[v]);
     }
@@ -63,15 +84,21 @@ tile_v(const int V, const uint16_t *x, const uint16_t *w, const uint16_t *bias, 
     }
 }
 
-/* one tile of V vectors with V a constant: the compiler keeps the sums in registers */
-#define TILE_FN(V_) \
-    __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) static void tile_##V_( \
-        const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *out, Py_ssize_t K, Py_ssize_t cols) { \
-        tile_v(V_, x, w, bias, out, K, cols); \
+/* one tile of V vectors, bf16 or int8 weights, with V and Q constants: the compiler keeps the
+ * sums in registers */
+typedef void (*tile_fn)(const uint16_t *, const void *, const float *, const uint16_t *, uint16_t *, Py_ssize_t,
+                        Py_ssize_t);
+#define TILE_FN(Q_, V_) \
+    TARGET static void tile_##Q_##_##V_(const uint16_t *x, const void *w, const float *scale, const uint16_t *bias, \
+                                        uint16_t *out, Py_ssize_t K, Py_ssize_t cols) { \
+        tile_v(Q_, V_, x, w, scale, bias, out, K, cols); \
     }
-TILE_FN(1) TILE_FN(2) TILE_FN(3) TILE_FN(4) TILE_FN(5) TILE_FN(6) TILE_FN(7) TILE_FN(8)
-typedef void (*tile_fn)(const uint16_t *, const uint16_t *, const uint16_t *, uint16_t *, Py_ssize_t, Py_ssize_t);
-static const tile_fn TILES[9] = {NULL, tile_1, tile_2, tile_3, tile_4, tile_5, tile_6, tile_7, tile_8};
+TILE_FN(0, 1) TILE_FN(0, 2) TILE_FN(0, 3) TILE_FN(0, 4) TILE_FN(0, 5) TILE_FN(0, 6) TILE_FN(0, 7) TILE_FN(0, 8)
+TILE_FN(1, 1) TILE_FN(1, 2) TILE_FN(1, 3) TILE_FN(1, 4) TILE_FN(1, 5) TILE_FN(1, 6) TILE_FN(1, 7) TILE_FN(1, 8)
+static const tile_fn TILES[2][9] = {
+    {NULL, tile_0_1, tile_0_2, tile_0_3, tile_0_4, tile_0_5, tile_0_6, tile_0_7, tile_0_8},
+    {NULL, tile_1_1, tile_1_2, tile_1_3, tile_1_4, tile_1_5, tile_1_6, tile_1_7, tile_1_8},
+};
 
 static int bf16_usable(void) {
     __builtin_cpu_init();
@@ -79,26 +106,32 @@ static int bf16_usable(void) {
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
 }
 
-/* row r of x and out through stream streams[r] (r itself without streams) of w and bias */
-static void gemm_rows(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *out,
+/* row r of x and out through stream streams[r] (r itself without streams) of w and bias; w of
+ * bf16 values, or of int8 codes with scale (S, npad) the columns' scales */
+static void gemm_rows(const uint16_t *x, const void *w, const float *scale, const uint16_t *bias, uint16_t *out,
                       Py_ssize_t R, Py_ssize_t K, Py_ssize_t n, const int64_t *streams) {
     Py_ssize_t npad = (n + 15) / 16 * 16;
+    int q = scale != NULL;
     for (Py_ssize_t r = 0; r < R; r++) {
         Py_ssize_t s = streams ? (Py_ssize_t)streams[r] : r;
-        const uint16_t *ws = w + s * npad * K;
+        const char *ws = (const char *)w + (s * npad * K) * (q ? 1 : 2);
         for (Py_ssize_t t0 = 0; t0 < npad; t0 += TILE) {
             Py_ssize_t width = npad - t0 < TILE ? npad - t0 : TILE;
-            TILES[width / 16](x + r * K, ws + t0 * K, bias + s * n + t0, out + r * n + t0, K, n - t0);
+            TILES[q][width / 16](x + r * K, ws + (t0 * K) * (q ? 1 : 2), q ? scale + s * npad + t0 : NULL,
+                                 bias + s * n + t0, out + r * n + t0, K, n - t0);
         }
     }
 }
 #endif
 
-static int get_u16(PyObject *o, Py_buffer *b, int writable, const char *name) {
+/* a C-contiguous buffer of ndim dimensions and items of one of the struct formats fmts */
+static int get_buf(PyObject *o, Py_buffer *b, const char *fmts, Py_ssize_t itemsize, int ndim, int writable,
+                   const char *name, const char *kind) {
     if (PyObject_GetBuffer(o, b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) != 0)
         return -1;
-    if (b->itemsize != 2 || b->ndim != 2 || !b->format || (strcmp(b->format, "H") != 0 && strcmp(b->format, "h") != 0)) {
-        PyErr_Format(PyExc_ValueError, "gemm: %s must be a C-contiguous 2-d array of 16-bit values", name);
+    if (b->itemsize != itemsize || b->ndim != ndim || !b->format || !b->format[0] || b->format[1] ||
+        !strchr(fmts, b->format[0])) {
+        PyErr_Format(PyExc_ValueError, "gemm: %s must be a C-contiguous %d-d array of %s", name, ndim, kind);
         PyBuffer_Release(b);
         return -1;
     }
@@ -117,51 +150,53 @@ static PyObject *py_usable(PyObject *self, PyObject *args) {
 
 static PyObject *py_gemm(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *objs[4], *so = NULL;
+    PyObject *objs[6] = {NULL, NULL, NULL, NULL, Py_None, Py_None};
     Py_ssize_t n;
-    if (!PyArg_ParseTuple(args, "OOOOn|O", &objs[0], &objs[1], &objs[2], &objs[3], &n, &so)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOOOn|OO", &objs[0], &objs[1], &objs[2], &objs[3], &n, &objs[4], &objs[5]))
+        return NULL;
 #ifdef HAVE_BF16
     if (!bf16_usable()) {
         PyErr_SetString(PyExc_RuntimeError, "gemm: this CPU has no AVX512-BF16");
         return NULL;
     }
-    Py_buffer b[4];
-    const char *names[4] = {"x", "w", "bias", "out"};
-    int got = 0;
-    for (; got < 4; got++)
-        if (get_u16(objs[got], &b[got], got == 3, names[got]) != 0) break;
-    PyObject *ret = NULL;
-    Py_buffer sb;
-    int have_streams = 0;
-    if (got == 4 && so && so != Py_None) {
-        if (PyObject_GetBuffer(so, &sb, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) goto done;
-        have_streams = 1;
-        if (sb.itemsize != 8 || sb.ndim != 1 || !sb.format || !strchr("lq", sb.format[0]) || sb.format[1]) {
-            PyErr_SetString(PyExc_ValueError, "gemm: streams must be a 1-d array of int64");
-            goto done;
-        }
+    int q = objs[5] != Py_None, have_streams = objs[4] != Py_None;
+    /* x, w, bias, out, streams, scales */
+    const char *names[6] = {"x", q ? "w (int8 codes)" : "w", "bias", "out", "streams", "scales"};
+    const char *fmts[6] = {"Hh", q ? "b" : "Hh", "Hh", "Hh", "lq", "f"};
+    const Py_ssize_t sizes[6] = {2, q ? 1 : 2, 2, 2, 8, 4};
+    const int dims[6] = {2, 2, 2, 2, 1, 2};
+    const char *bf = "bfloat16 bit patterns (16-bit integers)";
+    const char *kinds[6] = {bf, q ? "int8" : bf, bf, bf, "int64", "float32"};
+    Py_buffer b[6];
+    int held[6] = {0}, ok = 1;
+    for (int i = 0; i < 6 && ok; i++) {
+        if (objs[i] == Py_None) continue;
+        ok = get_buf(objs[i], &b[i], fmts[i], sizes[i], dims[i], i == 3, names[i], kinds[i]) == 0;
+        held[i] = ok;
     }
-    if (got == 4) {
+    PyObject *ret = NULL;
+    if (ok) {
         Py_ssize_t R = b[0].shape[0], K = b[0].shape[1], S = b[1].shape[0], npad = (n + 15) / 16 * 16;
         int bad = n < 1 || K < 2 || K % 2 || b[1].shape[1] != npad * K || b[2].shape[0] != S ||
                   b[2].shape[1] != n || b[3].shape[0] != R || b[3].shape[1] != n ||
-                  (have_streams ? sb.shape[0] != R : R != S);
-        const int64_t *streams = have_streams ? (const int64_t *)sb.buf : NULL;
+                  (have_streams ? b[4].shape[0] != R : R != S) ||
+                  (q && (b[5].shape[0] != S || b[5].shape[1] != npad));
+        const int64_t *streams = have_streams ? (const int64_t *)b[4].buf : NULL;
         for (Py_ssize_t r = 0; !bad && streams && r < R; r++) bad = streams[r] < 0 || streams[r] >= S;
         if (bad) {
             PyErr_SetString(PyExc_ValueError, "gemm: x (R, K) with K even, w (S, ceil(n/16)*16*K), bias (S, n), "
-                                              "out (R, n) and streams (R,) in [0, S) (R = S without) expected");
+                                              "out (R, n), streams (R,) in [0, S) (R = S without) and scales "
+                                              "(S, ceil(n/16)*16) expected");
         } else {
             Py_BEGIN_ALLOW_THREADS
-            gemm_rows(b[0].buf, b[1].buf, b[2].buf, b[3].buf, R, K, n, streams);
+            gemm_rows(b[0].buf, b[1].buf, q ? (const float *)b[5].buf : NULL, b[2].buf, b[3].buf, R, K, n, streams);
             Py_END_ALLOW_THREADS
             ret = Py_None;
             Py_INCREF(ret);
         }
     }
-done:
-    if (have_streams) PyBuffer_Release(&sb);
-    for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
+    for (int i = 0; i < 6; i++)
+        if (held[i]) PyBuffer_Release(&b[i]);
     return ret;
 #else
     PyErr_SetString(PyExc_RuntimeError, "gemm: built without AVX512-BF16 support");
@@ -171,7 +206,8 @@ done:
 
 static PyMethodDef methods[] = {
     {"usable", py_usable, METH_NOARGS, "True when this CPU has AVX512-BF16."},
-    {"gemm", py_gemm, METH_VARARGS, "gemm(x, w, bias, out, n[, streams]): one row per stream through packed bf16 layers."},
+    {"gemm", py_gemm, METH_VARARGS,
+     "gemm(x, w, bias, out, n[, streams[, scales]]): one row per stream through packed bf16 (or int8) layers."},
     {NULL, NULL, 0, NULL},
 };
 

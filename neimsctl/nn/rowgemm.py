@@ -7,6 +7,14 @@ default's 20 products took ~3.8 ms where reading their 30 MB of weights takes ~0
 kernel (``neimsctl/nn/_rowgemm.c``) reads weights packed once, in the order AVX512-BF16's
 ``VDPBF16PS`` takes them, and sums in oneDNN's order, so its results are baddbmm's bit for bit.
 
+An int8-stored model file (the shipped default) loads as bf16 weights that are exactly
+``bf16(code * row scale)``; the loader remembers the codes on each layer
+(:func:`set_int8_source`) and a :class:`PackedLayer` can read them instead, half the bytes, each
+code times its scale rounded to the same bf16 weight in the kernel: the same bits again. At
+batch 1 the weights come from memory, not the cache, between two molecules (RDKit and the rest
+of the call run in between): the default's products took 0.93 ms of an API call with bf16
+weights and 0.70 with int8 codes (BENCHMARKS.md, session 31).
+
 That order is a fact of oneDNN on this kind of CPU, not a promise: :func:`agrees` checks it for
 each layer shape on inputs built so that any other order of the sums shows (large products that
 cancel, the bias last), and a :class:`PackedLayer` that fails it keeps ``baddbmm``. Without the
@@ -29,7 +37,7 @@ except ImportError:                          # built without a C compiler
     _rowgemm = None
     _USABLE = False
 
-__all__ = ["PackedLayer", "agrees", "available", "pack"]
+__all__ = ["PackedLayer", "agrees", "available", "int8_source", "pack", "set_int8_source"]
 
 #: Output columns per tile of the packed weights (the kernel's ``TILE``).
 TILE = 128
@@ -43,14 +51,15 @@ def available() -> bool:
 
 
 def pack(weight_t: Tensor) -> Tensor:
-    """Weights ``(S, K, N)`` bfloat16 (a layer's ``weight.t()`` per stream) in the kernel's layout:
+    """Weights ``(S, K, N)`` bfloat16, or their int8 codes (a layer's ``weight.t()`` per stream),
+    in the kernel's layout:
     ``(S, ceil(N/16)*16*K)``, tiles of up to :data:`TILE` columns, each ``K/2`` rows of
     ``(columns, 2)`` pairs ``(w[2p, j], w[2p+1, j])``; padded columns are zero."""
     S, K, N = weight_t.shape
     if K % 2:
         raise ValueError(f"pack: the input width must be even, got {K}")
     npad = -(-N // 16) * 16
-    w = torch.zeros(S, K, npad, dtype=torch.bfloat16)
+    w = torch.zeros(S, K, npad, dtype=weight_t.dtype)
     w[:, :, :N] = weight_t
     tiles = [w[:, :, t:t + TILE].reshape(S, K // 2, 2, -1).transpose(2, 3).reshape(S, -1)
              for t in range(0, npad, TILE)]
@@ -65,13 +74,29 @@ class PackedLayer:
     """A stack of ``S`` bfloat16 linear layers ``(S, K) -> (S, N)`` as the kernel reads them.
 
     ``weight_t`` ``(S, K, N)`` and ``bias`` ``(S, 1, N)`` as :class:`torch.baddbmm` takes them.
-    Calling it on ``x`` ``(S, 1, K)`` gives ``baddbmm(bias, x, weight_t)`` (the same bits)."""
+    Calling it on ``x`` ``(S, 1, K)`` gives ``baddbmm(bias, x, weight_t)`` (the same bits).
 
-    def __init__(self, weight_t: Tensor, bias: Tensor) -> None:
+    ``int8``: ``(codes_t, scales)``, int8 ``(S, K, N)`` and float32 ``(S, N)`` with
+    ``weight_t == (codes_t.float() * scales[:, None]).bfloat16()`` exactly (the weights of an
+    int8-stored model file as loaded; :func:`int8_source`): the kernel then reads the codes
+    (half the bytes) and rounds each product of code and scale to the same bf16 weight."""
+
+    def __init__(self, weight_t: Tensor, bias: Tensor, int8: tuple[Tensor, Tensor] | None = None) -> None:
         self.s, self.k, self.n = weight_t.shape
-        self.packed = pack(weight_t)
         self.bias = bias.reshape(bias.shape[0], -1).contiguous()
-        self._w, self._b = _bits(self.packed), _bits(self.bias)
+        self._b = _bits(self.bias)
+        self.scales: Tensor | None = None
+        self._s = None
+        if int8 is None:
+            self.packed = pack(weight_t)
+            self._w = _bits(self.packed)
+        else:
+            codes_t, scales = int8
+            self.packed = pack(codes_t)
+            self._w = self.packed.numpy()
+            self.scales = torch.zeros(self.s, self.packed.shape[1] // self.k, dtype=torch.float32)
+            self.scales[:, :self.n] = scales
+            self._s = self.scales.numpy()
 
     def __call__(self, x: Tensor, streams: np.ndarray | None = None) -> Tensor:
         """``x`` ``(S, 1, K)`` -> ``(S, 1, N)``; with ``streams`` (int64 ``(R,)``, each in
@@ -84,8 +109,30 @@ class PackedLayer:
         if not x.is_contiguous():
             x = x.contiguous()
         out = torch.empty(rows, 1, self.n, dtype=torch.bfloat16)
-        _rowgemm.gemm(_bits(x), self._w, self._b, _bits(out.view(rows, self.n)), self.n, streams)
+        _rowgemm.gemm(_bits(x), self._w, self._b, _bits(out.view(rows, self.n)), self.n, streams, self._s)
         return out
+
+
+def set_int8_source(layer: torch.nn.Module, codes: Tensor, scales: Tensor) -> None:
+    """Remember on ``layer`` (an ``nn.Linear``) the int8 codes ``(out, in)`` and row scales
+    ``(out,)`` its weight was loaded from (an int8-stored model file: ``weight = bf16(codes x
+    scale)``), for :class:`PackedLayer`. Only a hint: :func:`int8_source` checks it."""
+    layer._int8_source = (codes, scales.float())
+
+
+def int8_source(layer: torch.nn.Module) -> tuple[Tensor, Tensor] | None:
+    """The int8 codes and row scales ``layer``'s bfloat16 weight is, exactly (``bf16(codes *
+    scale)``, every value), or None (no codes remembered, or the weight changed since)."""
+    src = getattr(layer, "_int8_source", None)
+    w = getattr(layer, "weight", None)
+    if src is None or w is None or w.dtype != torch.bfloat16:
+        return None
+    codes, scales = src
+    if codes.shape != w.shape or scales.shape != (w.shape[0],) or codes.dtype != torch.int8:
+        return None
+    if not torch.equal((codes.float() * scales[:, None]).to(torch.bfloat16), w.detach()):
+        return None
+    return codes, scales
 
 
 def _probe(S: int, K: int, N: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -32,6 +32,7 @@ from neimsctl.models import registry
 from neimsctl.models.quantize import apply_precision, resolve_precision
 from neimsctl.models.checkpoint import (file_sha256, is_ensemble, load_checkpoint, load_problem,
                                         member_source, model_state, require_spectrum_model)
+from neimsctl.nn.rowgemm import set_int8_source
 
 if TYPE_CHECKING:
     from neimsctl.predict.ensemble import LoadedEnsemble
@@ -375,10 +376,24 @@ def _loaded(ckpt: dict[str, Any], path: Path, label: str, dev: torch.device, pre
     _check_featurizer(arch, fhash, where, log)
     prec = resolve_precision(precision, arch=arch, device=dev, card=card)
     model = apply_precision(model.to(dev), prec, arch=arch)
+    if prec == "bf16" and dev.type == "cpu":
+        _remember_int8(model, ckpt)
     return LoadedModel(model=model, arch=arch, label=label, path=where,
                        sha=sha or str(card.get("sha256", ""))[:12] or file_sha(path),
                        precision=prec, device=dev, n_parameters=n_params,
                        file_bytes=path.stat().st_size, featurizer_hash=fhash, card=card)
+
+
+def _remember_int8(model: torch.nn.Module, ckpt: dict[str, Any]) -> None:
+    """On each dense ``nn.Linear`` whose weight the file stores as int8 codes, those codes and
+    their row scales (the single-molecule stack then reads half the bytes for the same bf16
+    weights: :class:`neimsctl.nn.rowgemm.PackedLayer`)."""
+    scales = ckpt.get("quantized") or {}
+    modules = dict(model.named_modules())
+    for name, scale in scales.items():
+        layer = modules.get(name.removesuffix(".weight")) if name.endswith(".weight") else None
+        if type(layer) is torch.nn.Linear:
+            set_int8_source(layer, ckpt["model"][name], scale)
 
 
 def _model_with_weights(ckpt: dict[str, Any], path: Path) -> tuple[torch.nn.Module, str]:

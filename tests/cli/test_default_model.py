@@ -8,6 +8,7 @@ import subprocess
 import numpy as np
 import orjson
 import pytest
+import torch
 
 from neimsctl.predict.model import MODELS_DIR
 
@@ -177,3 +178,26 @@ def test_api_single_molecules_give_the_batch_spectra_bit_for_bit(sample_msp) -> 
         assert (~same).mean() <= 0.15 and cos.min() >= 0.99999 and np.abs(a - b).max() <= 5e-3
     groups = [group for group, _ in api.loaded._stack_cache[1]]
     assert groups == [list(range(len(api.loaded.members)))]
+
+
+def test_the_default_stack_reads_the_files_int8_codes() -> None:
+    """The shipped default stores its matrices as int8 codes: where the native one-row kernel
+    runs, the single-molecule stack reads those codes (half the bytes of bf16 weights) and
+    rounds each code times its scale to the very bf16 weight the members hold."""
+    from neimsctl import SpectrumPredictor
+    from neimsctl.nn import rowgemm
+
+    if not rowgemm.available():
+        pytest.skip("no AVX512-BF16 kernel on this machine")
+    api = SpectrumPredictor()
+    api.predict_from_smiles("CCO")
+    (_, stack), = api.loaded._stack_cache[1]
+    layers = [st for _, a, b in stack.blocks for st in (a, b)] + stack.trunk + stack.heads
+    packed = [st.packed for st in layers if st.packed is not None]
+    if not packed:
+        pytest.skip("oneDNN sums none of these shapes in the kernel's order here")
+    assert all(p.scales is not None and p.packed.dtype == torch.int8 for p in packed)
+    for st in layers:
+        if st.packed is not None:
+            codes, scales = rowgemm.int8_source(st.layers[0])
+            assert torch.equal((codes.float() * scales[:, None]).bfloat16(), st.layers[0].weight)

@@ -134,3 +134,43 @@ def test_streams_pick_the_layers_rows_go_through() -> None:
             layer(x[:1], bad)
     with pytest.raises(ValueError, match="int64"):
         layer(x[:1], np.array([0], np.int32))
+
+
+def _int8_layer(S: int, K: int, N: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """codes, scales, and the bf16 weights they make (as an int8-stored model file loads them)."""
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(-127, 128, (S, K, N), generator=g, dtype=torch.int8)
+    scales = torch.rand(S, N, generator=g) * torch.exp2(torch.randint(-12, 2, (S, N), generator=g).float())
+    return codes, scales, (codes.float() * scales[:, None, :]).bfloat16(), torch.randn(S, 1, N, generator=g).bfloat16()
+
+
+@native
+@pytest.mark.parametrize("shape", [(1, 2, 1), (3, 64, 17), (2, 1024, 130), (12, 512, 128), (3, 512, 501)])
+def test_int8_codes_give_the_bits_of_their_bf16_weights(shape: tuple[int, int, int]) -> None:
+    codes, scales, w, bias = _int8_layer(*shape, seed=7)
+    bf16, int8 = rowgemm.PackedLayer(w, bias), rowgemm.PackedLayer(w, bias, (codes, scales))
+    assert int8.packed.dtype == torch.int8 and int8.packed.shape == bf16.packed.shape  # half the bytes
+    g = torch.Generator().manual_seed(8)
+    for _ in range(5):
+        x = (torch.randn(shape[0], 1, shape[1], generator=g) * 4).bfloat16()
+        assert torch.equal(int8(x), bf16(x))
+    x = torch.randn(2, 1, shape[1], generator=g).bfloat16()
+    pick = np.array([shape[0] - 1, 0], dtype=np.int64)
+    assert torch.equal(int8(x, pick), bf16(x, pick))
+
+
+def test_int8_source_is_only_what_the_weight_is() -> None:
+    codes, scales, w, _ = _int8_layer(1, 32, 8, seed=9)
+    lin = torch.nn.Linear(32, 8).bfloat16()
+    assert rowgemm.int8_source(lin) is None                               # none remembered
+    with torch.no_grad():
+        lin.weight.copy_(w[0].t())
+    rowgemm.set_int8_source(lin, codes[0].t().contiguous(), scales[0])
+    got = rowgemm.int8_source(lin)
+    assert got is not None and torch.equal(got[0], codes[0].t())
+    with torch.no_grad():
+        lin.weight[0, 0] += 1.0                                           # changed since
+    assert rowgemm.int8_source(lin) is None
+    rowgemm.set_int8_source(lin, codes[0].contiguous(), scales[0])        # the wrong shape
+    assert rowgemm.int8_source(lin) is None
+    assert rowgemm.int8_source(lin.float()) is None                       # not bf16 any more
