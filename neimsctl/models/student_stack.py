@@ -31,6 +31,9 @@ leading member axis and runs every layer once for all of them with a batched mat
   fp32 stacks, keep ``baddbmm``. Layers whose members were loaded from int8 codes (an int8-stored
   file) are packed as those codes (:func:`neimsctl.nn.rowgemm.int8_source` checks that they are
   still exactly the weights): half the bytes to read, the same bits.
+- **The fragment path** runs natively as well where its sums are torch's
+  (:class:`neimsctl.nn.rowgemm.FragMix`: every member's fragment convolution and mix in one
+  call; a copy of the convolutions' weights).
 - **Only the chosen experts run**, where every expert block is packed: the kernel takes each
   row's stream, so the ``k * top_k`` chosen streams run and the others are never read (half
   the experts' weights). With ``baddbmm`` every member's every expert runs (one call over
@@ -57,7 +60,7 @@ from torch import Tensor, nn
 from neimsctl.io.featblock import FRAG_BINS
 from neimsctl.models.student import StudentModel, _fragment_rows
 from neimsctl.nn.mass_head import activate, mask_above_mw, reverse_by_mw
-from neimsctl.nn.rowgemm import PackedLayer, agrees, int8_source
+from neimsctl.nn.rowgemm import FragMix, PackedLayer, agrees, int8_source
 from neimsctl.nn.sparse_input import SparseInputLinear, SparseRows
 
 __all__ = ["StudentStack"]
@@ -164,10 +167,13 @@ class StudentStack:
             self.heads = [_Stacked([m.out for m in self.members], contiguous)]
         self.frag_conv = [m.frag_conv for m in self.members] if m0.frag_conv is not None else None
         self.frag_mix = _Stacked([m.frag_mix for m in self.members], contiguous) if m0.frag_conv is not None else None
+        self.frag_native = FragMix.build(self.frag_conv, FRAG_BINS) if self.frag_conv is not None else None
         self.blocks_packed = all(a.packed is not None and b.packed is not None for _, a, b in self.blocks)
         stacks = [*self.gate_layers, self.gate_logit, *(st for _, a, b in self.blocks for st in (a, b)),
                   *self.trunk, *self.heads, *([self.frag_mix] if self.frag_mix is not None else [])]
-        self._params = [lin._parameters for st in stacks for lin in st.layers]
+        copied = [lin for st in stacks for lin in st.layers] + \
+            (self.frag_conv if self.frag_native is not None else [])   # FragMix copies the convolutions
+        self._params = [lin._parameters for lin in copied]
         self._sig = self._signature()
 
     @classmethod
@@ -295,9 +301,12 @@ class StudentStack:
             if frags is None:
                 frags = _fragment_rows(x, cfg.input_dim - 2 * FRAG_BINS)
             frags = frags.to(hidden.dtype)
-            conv = torch.stack([c(frags) for c in self.frag_conv])          # (k, 1, C, L)
-            mix = self.frag_mix(hidden)
-            extra = torch.stack([(c * w.unsqueeze(-1)).sum(1) for c, w in zip(conv, mix)])  # (k, 1, L)
+            mix = self.frag_mix(hidden)                                     # (k, 1, C)
+            if self.frag_native is not None:
+                extra = self.frag_native(frags, mix)                        # (k, 1, L)
+            else:
+                conv = torch.stack([c(frags) for c in self.frag_conv])      # (k, 1, C, L)
+                extra = torch.stack([(c * w.unsqueeze(-1)).sum(1) for c, w in zip(conv, mix)])
             extra = F.pad(extra, (0, n_bins - extra.shape[-1])) if extra.shape[-1] < n_bins \
                 else extra[..., :n_bins]
             f = f + extra

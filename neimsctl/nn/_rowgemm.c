@@ -21,12 +21,20 @@
  * of two bfloat16 values is exact in float32, so the same order gives the same bits; the
  * caller checks that it does on this machine before using it (rowgemm.agrees()).
  *
+ *   frag_mix(x, w, bias, mix, out)
+ *                             the student's fragment path for k students at once: each one's
+ *                             Conv1d(2, C, KW, padding=KW // 2) of the fragment rows x, times its
+ *                             mix weights, summed over the C channels, in the order and with the
+ *                             roundings torch's bf16 kernels use (see frag_mix_rows; checked by
+ *                             rowgemm.frag_agrees() before use)
+ *
  * No Python objects are touched while the GIL is released. Built by setup.py as an optional
  * extension: without a compiler, or on a CPU without AVX512-BF16, torch.baddbmm does the work.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define TILE 128       /* output columns per tile: 8 vectors of 16 float32 sums */
@@ -124,6 +132,52 @@ static void gemm_rows(const uint16_t *x, const void *w, const float *scale, cons
 }
 #endif
 
+static inline float bf16_value(uint16_t b) {
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t bf16_round(float f) {       /* round to nearest even, as torch does */
+    if (f != f) return 0x7FC0;
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* out[m, t] = sum_c bf16(conv_mc[t] * mix[m, c]) (c in order, from 0), bf16; conv_mc[t] =
+ * bf16(sum_kw (x[1, t + kw - h] w[m, c, 1, kw] + x[0, t + kw - h] w[m, c, 0, kw]) + bias[m, c]),
+ * kw in order, the odd input channel first (oneDNN's VDPBF16PS over the channel pair), zero
+ * padding (h = KW / 2): what Conv1d(2, C, KW, padding=KW//2) in bf16 and then
+ * (conv * mix[..., None]).sum(1) give. xp: the two rows with h zeros either side. */
+static void frag_mix_rows(const float *xp, const uint16_t *w, const uint16_t *bias, const uint16_t *mix,
+                          uint16_t *out, Py_ssize_t k, Py_ssize_t C, Py_ssize_t KW, Py_ssize_t L, float *acc,
+                          float *sum) {
+    Py_ssize_t Lp = L + KW - 1;
+    for (Py_ssize_t m = 0; m < k; m++) {
+        for (Py_ssize_t t = 0; t < L; t++) sum[t] = 0.0f;
+        for (Py_ssize_t c = 0; c < C; c++) {
+            const uint16_t *wc = w + (m * C + c) * 2 * KW;
+            for (Py_ssize_t t = 0; t < L; t++) acc[t] = 0.0f;
+            for (Py_ssize_t kw = 0; kw < KW; kw++) {
+                float w1 = bf16_value(wc[KW + kw]), w0 = bf16_value(wc[kw]);
+                const float *x1 = xp + Lp + kw, *x0 = xp + kw;
+                for (Py_ssize_t t = 0; t < L; t++) {
+                    acc[t] = acc[t] + x1[t] * w1;           /* products of two bf16: exact */
+                    acc[t] = acc[t] + x0[t] * w0;
+                }
+            }
+            float b = bf16_value(bias[m * C + c]), mx = bf16_value(mix[m * C + c]);
+            for (Py_ssize_t t = 0; t < L; t++) {
+                float conv = bf16_value(bf16_round(acc[t] + b));
+                sum[t] = sum[t] + bf16_value(bf16_round(conv * mx));
+            }
+        }
+        for (Py_ssize_t t = 0; t < L; t++) out[m * L + t] = bf16_round(sum[t]);
+    }
+}
+
 /* a C-contiguous buffer of ndim dimensions and items of one of the struct formats fmts */
 static int get_buf(PyObject *o, Py_buffer *b, const char *fmts, Py_ssize_t itemsize, int ndim, int writable,
                    const char *name, const char *kind) {
@@ -204,10 +258,54 @@ static PyObject *py_gemm(PyObject *self, PyObject *args) {
 #endif
 }
 
+/* frag_mix(x, w, bias, mix, out): x (2, L), w (k, C * 2 * KW) as Conv1d's (k, C, 2, KW) weights,
+ * bias and mix (k, C), out (k, L), all bf16 bit patterns (see frag_mix_rows) */
+static PyObject *py_frag_mix(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *objs[5];
+    if (!PyArg_ParseTuple(args, "OOOOO", &objs[0], &objs[1], &objs[2], &objs[3], &objs[4])) return NULL;
+    const char *names[5] = {"x", "w", "bias", "mix", "out"};
+    Py_buffer b[5];
+    int got = 0;
+    for (; got < 5; got++)
+        if (get_buf(objs[got], &b[got], "Hh", 2, 2, got == 4, names[got], "bfloat16 bit patterns (16-bit integers)") != 0)
+            break;
+    PyObject *ret = NULL;
+    if (got == 5) {
+        Py_ssize_t L = b[0].shape[1], k = b[1].shape[0], C = b[2].shape[1];
+        Py_ssize_t KW = C > 0 ? b[1].shape[1] / (2 * C) : 0;
+        if (b[0].shape[0] != 2 || L < 1 || k < 1 || C < 1 || KW < 1 || KW % 2 == 0 || b[1].shape[1] != C * 2 * KW ||
+            b[2].shape[0] != k || b[3].shape[0] != k || b[3].shape[1] != C || b[4].shape[0] != k || b[4].shape[1] != L) {
+            PyErr_SetString(PyExc_ValueError, "frag_mix: x (2, L), w (k, C * 2 * KW) with KW odd, bias and mix (k, C), "
+                                              "out (k, L) expected");
+        } else {
+            Py_ssize_t Lp = L + KW - 1;
+            float *buf = calloc((size_t)(2 * Lp + 2 * L), sizeof(float));
+            if (!buf) {
+                PyErr_NoMemory();
+            } else {
+                const uint16_t *x = b[0].buf;
+                for (Py_ssize_t i = 0; i < 2; i++)
+                    for (Py_ssize_t t = 0; t < L; t++) buf[i * Lp + KW / 2 + t] = bf16_value(x[i * L + t]);
+                Py_BEGIN_ALLOW_THREADS
+                frag_mix_rows(buf, b[1].buf, b[2].buf, b[3].buf, b[4].buf, k, C, KW, L, buf + 2 * Lp, buf + 2 * Lp + L);
+                Py_END_ALLOW_THREADS
+                free(buf);
+                ret = Py_None;
+                Py_INCREF(ret);
+            }
+        }
+    }
+    for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"usable", py_usable, METH_NOARGS, "True when this CPU has AVX512-BF16."},
     {"gemm", py_gemm, METH_VARARGS,
      "gemm(x, w, bias, out, n[, streams[, scales]]): one row per stream through packed bf16 (or int8) layers."},
+    {"frag_mix", py_frag_mix, METH_VARARGS,
+     "frag_mix(x, w, bias, mix, out): the students' fragment convolutions mixed, as torch computes them in bf16."},
     {NULL, NULL, 0, NULL},
 };
 

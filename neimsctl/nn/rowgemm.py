@@ -15,9 +15,15 @@ batch 1 the weights come from memory, not the cache, between two molecules (RDKi
 of the call run in between): the default's products took 0.93 ms of an API call with bf16
 weights and 0.70 with int8 codes (BENCHMARKS.md, session 31).
 
+The students' fragment path (each member's ``Conv1d(2, 4, 7)`` of the fragment masses, mixed
+over its channels: ~3 operator calls per member) runs as one plain C loop too (:class:`FragMix`),
+with the order of sums of oneDNN's bf16 convolution (per output, the kernel's taps in order, the
+pair of input channels odd first, the bias last) and torch's roundings of the mix.
+
 That order is a fact of oneDNN on this kind of CPU, not a promise: :func:`agrees` checks it for
 each layer shape on inputs built so that any other order of the sums shows (large products that
-cancel, the bias last), and a :class:`PackedLayer` that fails it keeps ``baddbmm``. Without the
+cancel, the bias last), and a :class:`PackedLayer` that fails it keeps ``baddbmm``
+(:func:`frag_agrees` likewise for :class:`FragMix`). Without the
 extension, on a CPU without AVX512-BF16, or with ``NEIMSCTL_NATIVE=0`` in the environment (for
 comparisons), every layer runs through ``baddbmm``.
 """
@@ -37,7 +43,8 @@ except ImportError:                          # built without a C compiler
     _rowgemm = None
     _USABLE = False
 
-__all__ = ["PackedLayer", "agrees", "available", "int8_source", "pack", "set_int8_source"]
+__all__ = ["FragMix", "PackedLayer", "agrees", "available", "frag_agrees", "int8_source", "pack",
+           "set_int8_source"]
 
 #: Output columns per tile of the packed weights (the kernel's ``TILE``).
 TILE = 128
@@ -164,3 +171,74 @@ def agrees(S: int, K: int, N: int) -> bool:
             x, w, bias = _probe(S, K, N, 0)
             _AGREES[S, K, N] = torch.equal(PackedLayer(w, bias)(x), torch.baddbmm(bias, x, w))
     return _AGREES[S, K, N]
+
+
+class FragMix:
+    """``k`` students' fragment paths on one molecule: each one's ``Conv1d(2, C, KW,
+    padding=KW // 2)`` of the fragment rows, times its mix weights, summed over the ``C``
+    channels (``StudentModel``'s ``(frag_conv(frags) * mix[..., None]).sum(1)``), in one native
+    call instead of ~3 ``k`` operator calls, with the sums and roundings of torch's bf16 kernels
+    (:func:`frag_agrees` checks them here). Build it with :meth:`build` (None where it does not
+    apply)."""
+
+    def __init__(self, convs: "list[torch.nn.Conv1d]") -> None:
+        self.k = len(convs)
+        self.c, self.kw = convs[0].out_channels, convs[0].kernel_size[0]
+        self.w = torch.stack([c.weight.detach() for c in convs]).reshape(self.k, -1).contiguous()
+        self.b = torch.stack([c.bias.detach() for c in convs]).contiguous()
+        self._w, self._b = _bits(self.w), _bits(self.b)
+
+    @classmethod
+    def build(cls, convs: "list[torch.nn.Conv1d]", length: int) -> "FragMix | None":
+        """A FragMix of ``convs`` (bf16, CPU, 2 input channels, odd kernel, zero padding of half
+        the kernel, stride 1, with biases), or None: another layer, no native module, or the
+        kernel's sums differ from torch's here (:func:`frag_agrees`)."""
+        if _rowgemm is None or not _USABLE or not convs:
+            return None
+        c0 = convs[0]
+        for c in convs:
+            if type(c) is not torch.nn.Conv1d or c.bias is None or c.weight.dtype != torch.bfloat16 or \
+                    c.weight.device.type != "cpu" or c.in_channels != 2 or c.groups != 1 or \
+                    c.stride != (1,) or c.dilation != (1,) or c.padding_mode != "zeros" or \
+                    c.kernel_size != c0.kernel_size or c.out_channels != c0.out_channels or \
+                    c.kernel_size[0] % 2 == 0 or c.padding != (c.kernel_size[0] // 2,):
+                return None
+        if not frag_agrees(len(convs), c0.out_channels, c0.kernel_size[0], length):
+            return None
+        return cls(convs)
+
+    def __call__(self, frags: Tensor, mix: Tensor) -> Tensor:
+        """``frags`` ``(1, 2, L)`` and ``mix`` ``(k, 1, C)``, bf16 -> ``(k, 1, L)``."""
+        x = frags.reshape(2, -1).contiguous()
+        out = torch.empty(self.k, x.shape[1], dtype=torch.bfloat16)
+        _rowgemm.frag_mix(_bits(x), self._w, self._b, _bits(mix.reshape(self.k, self.c).contiguous()), _bits(out))
+        return out.unsqueeze(1)
+
+
+_FRAG_AGREES: dict[tuple[int, int, int, int], bool] = {}
+
+
+def frag_agrees(k: int, C: int, KW: int, L: int) -> bool:
+    """Does :class:`FragMix` give torch's bits for this shape here? Checked once per shape and
+    process on inputs where another order of the sums shows: fragment rows whose products
+    cancel across the two channels and the kernel, large biases, mixes that cancel."""
+    key = (k, C, KW, L)
+    if key not in _FRAG_AGREES:
+        g = torch.Generator().manual_seed(0)
+        convs = [torch.nn.Conv1d(2, C, KW, padding=KW // 2).to(torch.bfloat16).eval() for _ in range(k)]
+        base = torch.randn(L + KW - 1, generator=g) * torch.exp2(torch.randint(2, 10, (L + KW - 1,), generator=g).float())
+        frags = torch.randn(1, 2, L, generator=g) * 0.01
+        frags[0, 0] += base[:L]
+        frags[0, 1] += base[KW - 1:]                  # x1[t] = x0[t + KW - 1]: the kernel's ends cancel
+        frags = frags.bfloat16()
+        with torch.no_grad():
+            for conv in convs:
+                big = torch.randn(C, generator=g) * 64
+                w = torch.randn(C, 2, KW, generator=g) * 0.01
+                w[:, 0, KW - 1], w[:, 1, 0] = big, -big
+                conv.weight.copy_(w.bfloat16())
+                conv.bias.copy_((torch.randn(C, generator=g) * torch.exp2(torch.randint(0, 12, (C,), generator=g).float())).bfloat16())
+            mix = (torch.randn(k, 1, C, generator=g) * 4).bfloat16()
+            want = torch.stack([(conv(frags) * m.unsqueeze(-1)).sum(1) for conv, m in zip(convs, mix)])
+            _FRAG_AGREES[key] = torch.equal(FragMix(convs)(frags, mix), want)
+    return _FRAG_AGREES[key]

@@ -90,7 +90,8 @@ def test_stack_computes_what_the_members_compute(name: str, dtype: torch.dtype) 
 @pytest.mark.parametrize("name", ["fragments", "full_width"])
 def test_bf16_layers_run_on_the_native_kernel_with_baddbmms_bits(name: str, monkeypatch) -> None:
     """Where the kernel sums a layer's shape in oneDNN's order (rowgemm.agrees), the stack packs
-    it; a stack with every layer packed and one with none give the same bits."""
+    it, and the fragment path runs natively where its sums are torch's (rowgemm.frag_agrees);
+    a stack with all of it native and one with none give the same bits."""
     import neimsctl.models.student_stack as mod
 
     cfg = CONFIGS[name]
@@ -102,12 +103,28 @@ def test_bf16_layers_run_on_the_native_kernel_with_baddbmms_bits(name: str, monk
             w = st.layers[0].weight
             assert (st.packed is not None) == rowgemm.agrees(len(st.layers), w.shape[1], w.shape[0])
         assert any(st.packed is not None for st in layers)
+        if cfg.fragment_channels:
+            assert (packed.frag_native is not None) == rowgemm.frag_agrees(3, 4, 7, FRAG_BINS)
         monkeypatch.setattr(mod, "agrees", lambda *shape: False)
+        monkeypatch.setattr(mod.FragMix, "build", classmethod(lambda cls, convs, length: None))
         plain = StudentStack.build(members)
-        assert all(st.packed is None for st in plain.trunk)
+        assert all(st.packed is None for st in plain.trunk) and plain.frag_native is None
         for seed in range(12):
             x, mw, frags = _molecule(cfg, seed)
             assert torch.equal(packed(x, mw, frags), plain(x, mw, frags))
+
+
+@pytest.mark.skipif(not rowgemm.frag_agrees(3, 4, 7, FRAG_BINS), reason="no native fragment path here")
+def test_a_stack_with_the_native_fragment_path_goes_stale_when_a_convolution_changes() -> None:
+    members = [m.to(torch.bfloat16) for m in _members(CONFIGS["fragments"])]
+    conv = members[1].frag_conv
+    for change in (lambda: setattr(conv, "weight", nn.Parameter(conv.weight.detach().clone())),
+                   lambda: conv.bias.add_(1.0)):
+        stack = StudentStack.build(members)
+        assert stack.frag_native is not None and stack.fresh()
+        with torch.no_grad():
+            change()
+        assert not stack.fresh()
 
 
 def test_the_fragment_rows_are_read_from_the_input_when_not_given() -> None:
@@ -156,6 +173,7 @@ def test_a_stack_goes_stale_when_its_members_change() -> None:
         members[0].eval()
     assert changed(step)
     assert changed(lambda: members[1].train())
+
     members[1].eval()
     fresh = StudentStack.build(members)            # built again: the members' numbers now
     with torch.inference_mode():

@@ -174,3 +174,46 @@ def test_int8_source_is_only_what_the_weight_is() -> None:
     rowgemm.set_int8_source(lin, codes[0].contiguous(), scales[0])        # the wrong shape
     assert rowgemm.int8_source(lin) is None
     assert rowgemm.int8_source(lin.float()) is None                       # not bf16 any more
+
+
+def _torch_frag_mix(convs, frags, mix):
+    return torch.stack([(conv(frags) * m.unsqueeze(-1)).sum(1) for conv, m in zip(convs, mix)])
+
+
+@native
+@pytest.mark.parametrize("k,C,KW,L", [(3, 4, 7, 501), (2, 3, 5, 40), (1, 1, 1, 9), (4, 8, 9, 100)])
+def test_the_fragment_path_gives_torchs_bits(k: int, C: int, KW: int, L: int) -> None:
+    if not rowgemm.frag_agrees(k, C, KW, L):
+        pytest.skip("torch sums this shape in another order here")
+    g = torch.Generator().manual_seed(10)
+    convs = [torch.nn.Conv1d(2, C, KW, padding=KW // 2).to(torch.bfloat16).eval() for _ in range(k)]
+    native_path = rowgemm.FragMix.build(convs, L)
+    assert native_path is not None
+    with torch.no_grad():
+        for _ in range(5):
+            frags = (torch.rand(1, 2, L, generator=g) * (torch.rand(1, 2, L, generator=g) < 0.2) * 3).bfloat16()
+            mix = torch.randn(k, 1, C, generator=g).bfloat16()
+            assert torch.equal(native_path(frags, mix), _torch_frag_mix(convs, frags, mix))
+
+
+def test_the_fragment_path_takes_only_the_convolutions_it_computes() -> None:
+    def conv(**kw):
+        args = dict(in_channels=2, out_channels=4, kernel_size=7, padding=3) | kw
+        return torch.nn.Conv1d(**args).to(torch.bfloat16)
+    for bad in (conv(stride=2), conv(bias=False), conv(padding=2), conv(kernel_size=6, padding=3),
+                conv(in_channels=3), conv(dilation=2, padding=6), conv(padding_mode="circular"),
+                conv().float()):
+        assert rowgemm.FragMix.build([conv(), bad], 50) is None
+    assert rowgemm.FragMix.build([], 50) is None
+
+
+@native
+def test_the_fragment_kernel_refuses_shapes_that_do_not_fit() -> None:
+    path = rowgemm.FragMix([torch.nn.Conv1d(2, 4, 7, padding=3).to(torch.bfloat16) for _ in range(2)])
+    bits = lambda *shape: torch.zeros(*shape, dtype=torch.bfloat16).view(torch.int16).numpy()  # noqa: E731
+    with pytest.raises(ValueError, match="expected"):
+        rowgemm._rowgemm.frag_mix(bits(3, 50), path._w, path._b, bits(2, 4), bits(2, 50))
+    with pytest.raises(ValueError, match="expected"):
+        rowgemm._rowgemm.frag_mix(bits(2, 50), path._w, path._b, bits(2, 3), bits(2, 50))
+    with pytest.raises(ValueError, match="bfloat16"):
+        rowgemm._rowgemm.frag_mix(np.zeros((2, 50), np.float32), path._w, path._b, bits(2, 4), bits(2, 50))
