@@ -34,6 +34,9 @@ leading member axis and runs every layer once for all of them with a batched mat
 - **The fragment path** runs natively as well where its sums are torch's
   (:class:`neimsctl.nn.rowgemm.FragMix`: every member's fragment convolution and mix in one
   call; a copy of the convolutions' weights).
+- **The sparse-input layers** (the gate's first and the shared projection) of all members run
+  in one native call each where its sums and roundings are torch's here
+  (:class:`neimsctl.nn.rowgemm.SparseLayers`, reading each member's own table).
 - **Only the chosen experts run**, where every expert block is packed: the kernel takes each
   row's stream, so the ``k * top_k`` chosen streams run and the others are never read (half
   the experts' weights). With ``baddbmm`` every member's every expert runs (one call over
@@ -60,7 +63,7 @@ from torch import Tensor, nn
 from neimsctl.io.featblock import FRAG_BINS
 from neimsctl.models.student import StudentModel, _fragment_rows
 from neimsctl.nn.mass_head import activate, mask_above_mw, reverse_by_mw
-from neimsctl.nn.rowgemm import FragMix, PackedLayer, agrees, int8_source
+from neimsctl.nn.rowgemm import FragMix, PackedLayer, SparseLayers, agrees, int8_source
 from neimsctl.nn.sparse_input import SparseInputLinear, SparseRows
 
 __all__ = ["StudentStack"]
@@ -153,10 +156,12 @@ class StudentStack:
         cfg = self.config = m0.config
         self.k, self.n_experts = len(self.members), cfg.n_experts
         self.gate_first = [m.gate.body[0] for m in self.members]
+        self.gate_first_native = SparseLayers.build(self.gate_first)
         gate_rest = [_linears(m.gate.body)[1:] for m in self.members]
         self.gate_layers = [_Stacked([g[i] for g in gate_rest], contiguous) for i in range(len(gate_rest[0]))]
         self.gate_logit = _Stacked([m.gate.logit for m in self.members], contiguous)
         self.proj = [m.proj[0] for m in self.members] if m0.proj is not None else None
+        self.proj_native = SparseLayers.build(self.proj) if self.proj is not None else None
         # stream s = member * n_experts + expert, one stack per block and projection
         self.blocks = []
         for d in range(cfg.expert_depth):
@@ -251,7 +256,8 @@ class StudentStack:
         if isinstance(x, SparseRows) and not self.members[0].reads_sparse():
             x = x.dense()
         x = x.to(dtype)                                  # as StudentModel.forward
-        z = torch.stack([layer(x) for layer in self.gate_first])           # (k, 1, gate width)
+        z = self.gate_first_native(x) if self.gate_first_native is not None \
+            else torch.stack([layer(x) for layer in self.gate_first])      # (k, 1, gate width)
         for layer in self.gate_layers:
             z = layer(_each(F.gelu, z))
         logits = self.gate_logit(_each(F.gelu, z)).view(k, n_exp)
@@ -262,7 +268,8 @@ class StudentStack:
         chosen = probs.gather(1, idx)
         weight = (chosen / chosen.sum(dim=-1, keepdim=True).clamp_min(1e-12)).to(dtype)
         if self.proj is not None:
-            h = torch.stack([F.gelu(p(x)) for p in self.proj])
+            h = _each(F.gelu, self.proj_native(x)) if self.proj_native is not None \
+                else torch.stack([F.gelu(p(x)) for p in self.proj])
         else:
             h = x.expand(k, 1, -1)
         routes = idx.tolist()

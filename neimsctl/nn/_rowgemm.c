@@ -21,6 +21,11 @@
  * of two bfloat16 values is exact in float32, so the same order gives the same bits; the
  * caller checks that it does on this machine before using it (rowgemm.agrees()).
  *
+ *   sparse(cols, vals, tables, biases, out)
+ *                             k students' sparse-input layers (SparseInputLinear: embedding_bag of
+ *                             the molecule's non-zero inputs, plus the bias) on one molecule, each
+ *                             reading its own table, with torch's sums and roundings here (see
+ *                             sparse_rows; checked by rowgemm.sparse_agrees() before use)
  *   frag_mix(x, w, bias, mix, out)
  *                             the student's fragment path for k students at once: each one's
  *                             Conv1d(2, C, KW, padding=KW // 2) of the fragment rows x, times its
@@ -39,6 +44,20 @@
 
 #define TILE 128       /* output columns per tile: 8 vectors of 16 float32 sums */
 #define CHUNK 512      /* k per partial sum, as oneDNN blocks K */
+
+static inline float bf16_value(uint16_t b) {
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t bf16_round(float f) {       /* round to nearest even, as torch does */
+    if (f != f) return 0x7FC0;
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define HAVE_BF16 1
@@ -108,6 +127,39 @@ static const tile_fn TILES[2][9] = {
     {NULL, tile_1_1, tile_1_2, tile_1_3, tile_1_4, tile_1_5, tile_1_6, tile_1_7, tile_1_8},
 };
 
+/* out[m, j] = bf16(half_up(sum_i vals[i] tables[m][cols[i], j]) + bias[m][j]): the rows of the
+ * non-zero inputs, each times its value, summed in order in float32 from zero, rounded to bf16
+ * with ties away from zero (as torch's embedding_bag does it here, through fbgemm), then the
+ * bias added in float32 and rounded to nearest even (torch's bf16 add) */
+TARGET static void sparse_rows(const int64_t *cols, const uint16_t *vals, Py_ssize_t nnz, const uint16_t *const *tables,
+                               const uint16_t *const *biases, uint16_t *out, Py_ssize_t k, Py_ssize_t D, float *acc) {
+    for (Py_ssize_t m = 0; m < k; m++) {
+        for (Py_ssize_t j = 0; j < D; j++) acc[j] = 0.0f;
+        for (Py_ssize_t i = 0; i < nnz; i++) {
+            uint32_t wb = (uint32_t)vals[i] << 16;
+            float wf;
+            memcpy(&wf, &wb, 4);
+            __m512 w = _mm512_set1_ps(wf);
+            const uint16_t *row = tables[m] + cols[i] * D;
+            for (Py_ssize_t j = 0; j < D; j += 16) {
+                __mmask16 mk = D - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (D - j)) - 1u);
+                __m512 r = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, row + j)), 16));
+                __m512 a = _mm512_maskz_loadu_ps(mk, acc + j);
+                _mm512_mask_storeu_ps(acc + j, mk, _mm512_add_ps(a, _mm512_mul_ps(w, r)));   /* product exact */
+            }
+        }
+        for (Py_ssize_t j = 0; j < D; j++) {
+            uint32_t u;
+            memcpy(&u, &acc[j], 4);
+            uint32_t h = (u + 0x8000u) & 0xFFFF0000u;
+            float half;
+            memcpy(&half, &h, 4);
+            if (acc[j] != acc[j]) half = acc[j];
+            out[m * D + j] = bf16_round(half + bf16_value(biases[m][j]));
+        }
+    }
+}
+
 static int bf16_usable(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -131,20 +183,6 @@ static void gemm_rows(const uint16_t *x, const void *w, const float *scale, cons
     }
 }
 #endif
-
-static inline float bf16_value(uint16_t b) {
-    uint32_t u = (uint32_t)b << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline uint16_t bf16_round(float f) {       /* round to nearest even, as torch does */
-    if (f != f) return 0x7FC0;
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
 
 /* out[m, t] = sum_c bf16(conv_mc[t] * mix[m, c]) (c in order, from 0), bf16; conv_mc[t] =
  * bf16(sum_kw (x[1, t + kw - h] w[m, c, 1, kw] + x[0, t + kw - h] w[m, c, 0, kw]) + bias[m, c]),
@@ -300,10 +338,84 @@ static PyObject *py_frag_mix(PyObject *self, PyObject *args) {
     return ret;
 }
 
+/* sparse(cols, vals, tables, biases, out): cols int64 (nnz,), vals (nnz,) bf16, tables a tuple of
+ * k (V, D) bf16 arrays, biases a tuple of k (D,) bf16 arrays, out (k, D) bf16 (see sparse_rows) */
+static PyObject *py_sparse(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *co, *vo, *to, *bo, *oo;
+    if (!PyArg_ParseTuple(args, "OOO!O!O", &co, &vo, &PyTuple_Type, &to, &PyTuple_Type, &bo, &oo)) return NULL;
+#ifdef HAVE_BF16
+    if (!bf16_usable()) {
+        PyErr_SetString(PyExc_RuntimeError, "sparse: this CPU has no AVX512-BF16");
+        return NULL;
+    }
+    Py_ssize_t k = PyTuple_GET_SIZE(to);
+    if (k < 1 || k > 64 || PyTuple_GET_SIZE(bo) != k) {
+        PyErr_SetString(PyExc_ValueError, "sparse: 1 to 64 tables and as many biases expected");
+        return NULL;
+    }
+    const char *bf = "bfloat16 bit patterns (16-bit integers)";
+    Py_buffer cb, vb, ob, tb[64], bb[64];
+    int nt = 0, nb = 0, have = 0;
+    PyObject *ret = NULL;
+    float *acc = NULL;
+    if (get_buf(co, &cb, "lq", 8, 1, 0, "cols", "int64") != 0) return NULL;
+    have = 1;
+    if (get_buf(vo, &vb, "Hh", 2, 1, 0, "vals", bf) != 0) goto done;
+    have = 2;
+    if (get_buf(oo, &ob, "Hh", 2, 2, 1, "out", bf) != 0) goto done;
+    have = 3;
+    for (; nt < k; nt++)
+        if (get_buf(PyTuple_GET_ITEM(to, nt), &tb[nt], "Hh", 2, 2, 0, "a table", bf) != 0) goto done;
+    for (; nb < k; nb++)
+        if (get_buf(PyTuple_GET_ITEM(bo, nb), &bb[nb], "Hh", 2, 1, 0, "a bias", bf) != 0) goto done;
+    Py_ssize_t nnz = cb.shape[0], V = tb[0].shape[0], D = tb[0].shape[1];
+    int bad = vb.shape[0] != nnz || ob.shape[0] != k || ob.shape[1] != D || D < 1;
+    for (Py_ssize_t m = 0; m < k && !bad; m++)
+        bad = tb[m].shape[0] != V || tb[m].shape[1] != D || bb[m].shape[0] != D;
+    const int64_t *cols = cb.buf;
+    for (Py_ssize_t i = 0; i < nnz && !bad; i++) bad = cols[i] < 0 || cols[i] >= V;
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, "sparse: cols (nnz,) in [0, V), vals (nnz,), k tables (V, D), k biases "
+                                          "(D,) and out (k, D) expected");
+        goto done;
+    }
+    const uint16_t *tables[64], *biases[64];
+    for (Py_ssize_t m = 0; m < k; m++) {
+        tables[m] = tb[m].buf;
+        biases[m] = bb[m].buf;
+    }
+    acc = malloc((size_t)D * sizeof(float));
+    if (!acc) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    sparse_rows(cols, vb.buf, nnz, tables, biases, ob.buf, k, D, acc);
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    free(acc);
+    for (int i = 0; i < nt; i++) PyBuffer_Release(&tb[i]);
+    for (int i = 0; i < nb; i++) PyBuffer_Release(&bb[i]);
+    if (have >= 3) PyBuffer_Release(&ob);
+    if (have >= 2) PyBuffer_Release(&vb);
+    if (have >= 1) PyBuffer_Release(&cb);
+    return ret;
+#else
+    (void)co; (void)vo; (void)oo;
+    PyErr_SetString(PyExc_RuntimeError, "sparse: built without AVX512-BF16 support");
+    return NULL;
+#endif
+}
+
 static PyMethodDef methods[] = {
     {"usable", py_usable, METH_NOARGS, "True when this CPU has AVX512-BF16."},
     {"gemm", py_gemm, METH_VARARGS,
      "gemm(x, w, bias, out, n[, streams[, scales]]): one row per stream through packed bf16 (or int8) layers."},
+    {"sparse", py_sparse, METH_VARARGS,
+     "sparse(cols, vals, tables, biases, out): k sparse-input layers on one molecule, as torch computes them."},
     {"frag_mix", py_frag_mix, METH_VARARGS,
      "frag_mix(x, w, bias, mix, out): the students' fragment convolutions mixed, as torch computes them in bf16."},
     {NULL, NULL, 0, NULL},

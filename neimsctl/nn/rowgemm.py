@@ -34,7 +34,10 @@ import os
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from neimsctl.nn.sparse_input import SparseInputLinear, SparseRows
 
 try:
     from neimsctl.nn import _rowgemm
@@ -43,8 +46,8 @@ except ImportError:                          # built without a C compiler
     _rowgemm = None
     _USABLE = False
 
-__all__ = ["FragMix", "PackedLayer", "agrees", "available", "frag_agrees", "int8_source", "pack",
-           "set_int8_source"]
+__all__ = ["FragMix", "PackedLayer", "SparseLayers", "agrees", "available", "frag_agrees", "int8_source",
+           "pack", "set_int8_source", "sparse_agrees"]
 
 #: Output columns per tile of the packed weights (the kernel's ``TILE``).
 TILE = 128
@@ -242,3 +245,79 @@ def frag_agrees(k: int, C: int, KW: int, L: int) -> bool:
             want = torch.stack([(conv(frags) * m.unsqueeze(-1)).sum(1) for conv, m in zip(convs, mix)])
             _FRAG_AGREES[key] = torch.equal(FragMix(convs)(frags, mix), want)
     return _FRAG_AGREES[key]
+
+
+class SparseLayers:
+    """``k`` students' sparse-input layers (:class:`SparseInputLinear`, one per member, one
+    shape) on one molecule's :class:`SparseRows` in one native call, each reading its own
+    member's table (no copy), with the sums and roundings of torch's ``embedding_bag`` and bias
+    add here (:func:`sparse_agrees` checks them). Inputs those layers would not take their
+    sparse path for (dense, too many non-zeros, several rows, autograd on) go member by member.
+    Build it with :meth:`build` (None where it does not apply)."""
+
+    def __init__(self, layers: "list[SparseInputLinear]") -> None:
+        self.layers = list(layers)
+        self.k, self.d = len(self.layers), self.layers[0].out_features
+
+    @classmethod
+    def build(cls, layers: "list[torch.nn.Module]") -> "SparseLayers | None":
+        if _rowgemm is None or not _USABLE or not layers:
+            return None
+        l0 = layers[0]
+        for lin in layers:
+            if type(lin) is not SparseInputLinear or lin.bias is None or lin.weight.dtype != torch.bfloat16 or \
+                    lin.weight.device.type != "cpu" or lin.weight.shape != l0.weight.shape or \
+                    lin.max_density != l0.max_density:
+                return None
+        if not sparse_agrees(len(layers), l0.in_features, l0.out_features):
+            return None
+        return cls(layers)
+
+    def __call__(self, x: "Tensor | SparseRows") -> Tensor:
+        """``x`` ``(1, in)`` -> ``(k, 1, out)``: member ``m``'s layer on it in row ``m``."""
+        first = self.layers[0]
+        if not isinstance(x, SparseRows) or x.shape[0] != 1 or torch.is_grad_enabled() or \
+                any(lin.training for lin in self.layers) or \
+                x.cols.shape[0] > first.max_density * x.shape[0] * x.shape[1]:
+            return torch.stack([lin(x) for lin in self.layers])
+        out = torch.empty(self.k, self.d, dtype=torch.bfloat16)
+        _rowgemm.sparse(x.cols.contiguous().numpy(), _bits(x.values.to(torch.bfloat16).contiguous()),
+                        tuple(_bits(lin._transposed()) for lin in self.layers),
+                        tuple(_bits(lin.bias.detach()) for lin in self.layers), _bits(out))
+        return out.view(self.k, 1, self.d)
+
+
+_SPARSE_AGREES: dict[tuple[int, int, int], bool] = {}
+
+
+def sparse_agrees(k: int, n_in: int, n_out: int) -> bool:
+    """Does :class:`SparseLayers` give torch's bits for ``k`` layers of this shape here? Checked
+    once per shape and process on inputs where another order of the sums, or another rounding,
+    shows: rows whose products cancel, sums that fall on bf16 ties, large biases."""
+    key = (k, n_in, n_out)
+    if key not in _SPARSE_AGREES:
+        with torch.inference_mode(False):      # (the layers track their weights' versions)
+            g = torch.Generator().manual_seed(0)
+            layers = [SparseInputLinear(n_in, n_out).to(torch.bfloat16).eval() for _ in range(k)]
+            nnz = max(2, min(n_in // 8, 300))
+            cols = torch.randperm(n_in, generator=g)[:nnz].sort().values
+            vals = (torch.rand(nnz, generator=g) * 3 + 0.5).round()
+            vals[:2] = 1.0
+            x = SparseRows(torch.tensor([0, nnz]), cols, vals.bfloat16(), n_in)
+            same = True
+            with torch.no_grad():
+                for ties in (False, True):
+                    for lin in layers:
+                        if ties:              # few-bit values: many sums fall halfway between two bf16
+                            w = torch.randint(-255, 256, (n_out, n_in), generator=g) / 64.0
+                        else:                 # two large rows that cancel: another order loses the rest
+                            w = torch.randn(n_out, n_in, generator=g) * 0.05
+                            big = torch.randn(n_out, generator=g) * 256
+                            w[:, cols[0]], w[:, cols[1]] = big, -big
+                        lin.weight.copy_(w.bfloat16())
+                        lin.bias.copy_((torch.randn(n_out, generator=g) *
+                                        torch.exp2(torch.randint(0, 8, (n_out,), generator=g).float())).bfloat16())
+                    want = torch.stack([lin(x) for lin in layers])
+                    same = same and torch.equal(SparseLayers(layers)(x), want)
+            _SPARSE_AGREES[key] = same
+    return _SPARSE_AGREES[key]

@@ -105,13 +105,19 @@ def test_bf16_layers_run_on_the_native_kernel_with_baddbmms_bits(name: str, monk
         assert any(st.packed is not None for st in layers)
         if cfg.fragment_channels:
             assert (packed.frag_native is not None) == rowgemm.frag_agrees(3, 4, 7, FRAG_BINS)
+        gate = members[0].gate.body[0]
+        assert (packed.gate_first_native is not None) == \
+            rowgemm.sparse_agrees(3, gate.in_features, gate.out_features)
         monkeypatch.setattr(mod, "agrees", lambda *shape: False)
         monkeypatch.setattr(mod.FragMix, "build", classmethod(lambda cls, convs, length: None))
+        monkeypatch.setattr(mod.SparseLayers, "build", classmethod(lambda cls, layers: None))
         plain = StudentStack.build(members)
         assert all(st.packed is None for st in plain.trunk) and plain.frag_native is None
+        assert plain.proj_native is None and plain.gate_first_native is None
         for seed in range(12):
             x, mw, frags = _molecule(cfg, seed)
-            assert torch.equal(packed(x, mw, frags), plain(x, mw, frags))
+            for given in (x, _sparse(x)):
+                assert torch.equal(packed(given, mw, frags), plain(given, mw, frags))
 
 
 @pytest.mark.skipif(not rowgemm.frag_agrees(3, 4, 7, FRAG_BINS), reason="no native fragment path here")

@@ -217,3 +217,64 @@ def test_the_fragment_kernel_refuses_shapes_that_do_not_fit() -> None:
         rowgemm._rowgemm.frag_mix(bits(2, 50), path._w, path._b, bits(2, 3), bits(2, 50))
     with pytest.raises(ValueError, match="bfloat16"):
         rowgemm._rowgemm.frag_mix(np.zeros((2, 50), np.float32), path._w, path._b, bits(2, 4), bits(2, 50))
+
+
+def _sparse_layers(k: int, n_in: int, n_out: int, seed: int):
+    from neimsctl.nn.sparse_input import SparseInputLinear
+    torch.manual_seed(seed)
+    layers = [SparseInputLinear(n_in, n_out).to(torch.bfloat16).eval() for _ in range(k)]
+    with torch.no_grad():
+        for lin in layers:
+            lin.bias.normal_()
+    return layers
+
+
+def _rows(n_in: int, nnz: int, seed: int):
+    from neimsctl.nn.sparse_input import SparseRows
+    g = torch.Generator().manual_seed(seed)
+    cols = torch.randperm(n_in, generator=g)[:nnz].sort().values
+    return SparseRows(torch.tensor([0, nnz]), cols, (torch.rand(nnz, generator=g) * 4 + 0.1).bfloat16(), n_in)
+
+
+@native
+@pytest.mark.parametrize("k,n_in,n_out", [(3, 7146, 256), (3, 7146, 512), (2, 64, 20), (1, 10, 1)])
+def test_the_sparse_layers_give_torchs_bits(k: int, n_in: int, n_out: int) -> None:
+    if not rowgemm.sparse_agrees(k, n_in, n_out):
+        pytest.skip("torch sums or rounds this shape otherwise here")
+    layers = _sparse_layers(k, n_in, n_out, seed=11)
+    native_path = rowgemm.SparseLayers.build(layers)
+    assert native_path is not None
+    with torch.no_grad():
+        for seed in range(5):
+            x = _rows(n_in, max(1, n_in // 40), seed)
+            assert torch.equal(native_path(x), torch.stack([lin(x) for lin in layers]))
+            dense = x.dense()                             # the members' own way, same numbers
+            assert torch.equal(native_path(dense), torch.stack([lin(dense) for lin in layers]))
+        crowded = _rows(n_in, n_in // 2, 0)               # past max_density: the dense path
+        assert torch.equal(native_path(crowded), torch.stack([lin(crowded) for lin in layers]))
+
+
+def test_the_sparse_layers_take_only_what_they_compute() -> None:
+    layers = _sparse_layers(2, 64, 20, seed=12)
+    assert rowgemm.SparseLayers.build([layers[0], torch.nn.Linear(64, 20).bfloat16()]) is None
+    assert rowgemm.SparseLayers.build([layers[0], layers[1].float()]) is None
+    assert rowgemm.SparseLayers.build([layers[0], _sparse_layers(1, 64, 21, 0)[0]]) is None
+    assert rowgemm.SparseLayers.build([]) is None
+
+
+@native
+def test_the_sparse_kernel_refuses_what_does_not_fit() -> None:
+    layers = _sparse_layers(2, 64, 20, seed=13)
+    tables = tuple(lin._transposed().view(torch.int16).numpy() for lin in layers)
+    biases = tuple(lin.bias.detach().view(torch.int16).numpy() for lin in layers)
+    out = torch.zeros(2, 20, dtype=torch.bfloat16).view(torch.int16).numpy()
+    vals = torch.ones(2, dtype=torch.bfloat16).view(torch.int16).numpy()
+    for cols in (np.array([3, 64]), np.array([-1, 3])):        # outside the table
+        with pytest.raises(ValueError, match="cols"):
+            rowgemm._rowgemm.sparse(cols.astype(np.int64), vals, tables, biases, out)
+    with pytest.raises(ValueError, match="tables"):
+        rowgemm._rowgemm.sparse(np.array([1, 2]), vals, tables[:1], biases, out)
+    with pytest.raises(ValueError, match="int64"):
+        rowgemm._rowgemm.sparse(np.array([1, 2], np.int32), vals, tables, biases, out)
+    with pytest.raises(TypeError):
+        rowgemm._rowgemm.sparse(np.array([1, 2]), vals, list(tables), biases, out)
