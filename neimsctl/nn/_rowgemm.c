@@ -217,13 +217,13 @@ static void frag_mix_rows(const float *xp, const uint16_t *w, const uint16_t *bi
 }
 
 /* a C-contiguous buffer of ndim dimensions and items of one of the struct formats fmts */
-static int get_buf(PyObject *o, Py_buffer *b, const char *fmts, Py_ssize_t itemsize, int ndim, int writable,
-                   const char *name, const char *kind) {
+static int get_buf(const char *fn, PyObject *o, Py_buffer *b, const char *fmts, Py_ssize_t itemsize, int ndim,
+                   int writable, const char *name, const char *kind) {
     if (PyObject_GetBuffer(o, b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) != 0)
         return -1;
     if (b->itemsize != itemsize || b->ndim != ndim || !b->format || !b->format[0] || b->format[1] ||
         !strchr(fmts, b->format[0])) {
-        PyErr_Format(PyExc_ValueError, "gemm: %s must be a C-contiguous %d-d array of %s", name, ndim, kind);
+        PyErr_Format(PyExc_ValueError, "%s: %s must be a C-contiguous %d-d array of %s", fn, name, ndim, kind);
         PyBuffer_Release(b);
         return -1;
     }
@@ -263,7 +263,7 @@ static PyObject *py_gemm(PyObject *self, PyObject *args) {
     int held[6] = {0}, ok = 1;
     for (int i = 0; i < 6 && ok; i++) {
         if (objs[i] == Py_None) continue;
-        ok = get_buf(objs[i], &b[i], fmts[i], sizes[i], dims[i], i == 3, names[i], kinds[i]) == 0;
+        ok = get_buf("gemm", objs[i], &b[i], fmts[i], sizes[i], dims[i], i == 3, names[i], kinds[i]) == 0;
         held[i] = ok;
     }
     PyObject *ret = NULL;
@@ -306,7 +306,7 @@ static PyObject *py_frag_mix(PyObject *self, PyObject *args) {
     Py_buffer b[5];
     int got = 0;
     for (; got < 5; got++)
-        if (get_buf(objs[got], &b[got], "Hh", 2, 2, got == 4, names[got], "bfloat16 bit patterns (16-bit integers)") != 0)
+        if (get_buf("frag_mix", objs[got], &b[got], "Hh", 2, 2, got == 4, names[got], "bfloat16 bit patterns (16-bit integers)") != 0)
             break;
     PyObject *ret = NULL;
     if (got == 5) {
@@ -359,16 +359,16 @@ static PyObject *py_sparse(PyObject *self, PyObject *args) {
     int nt = 0, nb = 0, have = 0;
     PyObject *ret = NULL;
     float *acc = NULL;
-    if (get_buf(co, &cb, "lq", 8, 1, 0, "cols", "int64") != 0) return NULL;
+    if (get_buf("sparse", co, &cb, "lq", 8, 1, 0, "cols", "int64") != 0) return NULL;
     have = 1;
-    if (get_buf(vo, &vb, "Hh", 2, 1, 0, "vals", bf) != 0) goto done;
+    if (get_buf("sparse", vo, &vb, "Hh", 2, 1, 0, "vals", bf) != 0) goto done;
     have = 2;
-    if (get_buf(oo, &ob, "Hh", 2, 2, 1, "out", bf) != 0) goto done;
+    if (get_buf("sparse", oo, &ob, "Hh", 2, 2, 1, "out", bf) != 0) goto done;
     have = 3;
     for (; nt < k; nt++)
-        if (get_buf(PyTuple_GET_ITEM(to, nt), &tb[nt], "Hh", 2, 2, 0, "a table", bf) != 0) goto done;
+        if (get_buf("sparse", PyTuple_GET_ITEM(to, nt), &tb[nt], "Hh", 2, 2, 0, "a table", bf) != 0) goto done;
     for (; nb < k; nb++)
-        if (get_buf(PyTuple_GET_ITEM(bo, nb), &bb[nb], "Hh", 2, 1, 0, "a bias", bf) != 0) goto done;
+        if (get_buf("sparse", PyTuple_GET_ITEM(bo, nb), &bb[nb], "Hh", 2, 1, 0, "a bias", bf) != 0) goto done;
     Py_ssize_t nnz = cb.shape[0], V = tb[0].shape[0], D = tb[0].shape[1];
     int bad = vb.shape[0] != nnz || ob.shape[0] != k || ob.shape[1] != D || D < 1;
     for (Py_ssize_t m = 0; m < k && !bad; m++)
