@@ -9,8 +9,9 @@
  *                             codes in the same layout and w[s, k, j] = bf16(code * scales[s, j])
  *
  * Arguments are uint16 bit patterns of bfloat16 values, C-contiguous: x (R, K), bias (S, n),
- * out (R, n) written (R = S without streams), and w (S, P) the weights packed by rowgemm.pack(): per stream, tiles of
- * up to 128 output columns (the last one narrower, a multiple of 16, zero-padded), each tile
+ * out (R, n) written (R = S without streams), and w (S, P) the weights packed by rowgemm.pack():
+ * per stream, tiles of up to 128 output columns (the last one narrower, a multiple of 16,
+ * zero-padded), each tile
  * K/2 rows of (columns x 2) values, the pair (w[2p, j], w[2p + 1, j]) side by side, so that
  * one VDPBF16PS adds x[2p + 1] w[2p + 1, j] and then x[2p] w[2p, j] to column j's float32 sum.
  *
