@@ -233,8 +233,8 @@ class StudentStack:
         weight and bias (the parameter objects, their storage and in-place version counters)."""
         sig: list = [m.training for m in self.members]
         for params in self._params:
-            w, b = params["weight"], params["bias"]
-            sig += (id(w), w.data_ptr(), w._version, id(b), b.data_ptr(), b._version)
+            for p in (params.get("weight"), params.get("bias")):   # (None: removed since)
+                sig += (None, None, None) if p is None else (id(p), p.data_ptr(), p._version)
         return sig
 
     def fresh(self) -> bool:

@@ -40,6 +40,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <float.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -185,9 +187,16 @@ static void gemm_rows(const uint16_t *x, const void *w, const float *scale, cons
 }
 #endif
 
+/* VDPBF16PS's handling of subnormals (oneDNN's convolution uses it): subnormal inputs read as
+ * zero (DAZ), subnormal results written as zero (FTZ), the sign kept */
+static inline float bf16_daz(uint16_t b) { return (b & 0x7F80u) ? bf16_value(b) : bf16_value(b & 0x8000u); }
+
+static inline float ftz(float f) { return fabsf(f) < FLT_MIN ? copysignf(0.0f, f) : f; }
+
 /* out[m, t] = sum_c bf16(conv_mc[t] * mix[m, c]) (c in order, from 0), bf16; conv_mc[t] =
  * bf16(sum_kw (x[1, t + kw - h] w[m, c, 1, kw] + x[0, t + kw - h] w[m, c, 0, kw]) + bias[m, c]),
- * kw in order, the odd input channel first (oneDNN's VDPBF16PS over the channel pair), zero
+ * kw in order, the odd input channel first (oneDNN's VDPBF16PS over the channel pair, with its
+ * subnormals read and written as zero), zero
  * padding (h = KW / 2): what Conv1d(2, C, KW, padding=KW//2) in bf16 and then
  * (conv * mix[..., None]).sum(1) give. xp: the two rows with h zeros either side. */
 static void frag_mix_rows(const float *xp, const uint16_t *w, const uint16_t *bias, const uint16_t *mix,
@@ -200,11 +209,11 @@ static void frag_mix_rows(const float *xp, const uint16_t *w, const uint16_t *bi
             const uint16_t *wc = w + (m * C + c) * 2 * KW;
             for (Py_ssize_t t = 0; t < L; t++) acc[t] = 0.0f;
             for (Py_ssize_t kw = 0; kw < KW; kw++) {
-                float w1 = bf16_value(wc[KW + kw]), w0 = bf16_value(wc[kw]);
+                float w1 = bf16_daz(wc[KW + kw]), w0 = bf16_daz(wc[kw]);
                 const float *x1 = xp + Lp + kw, *x0 = xp + kw;
-                for (Py_ssize_t t = 0; t < L; t++) {
-                    acc[t] = acc[t] + x1[t] * w1;           /* products of two bf16: exact */
-                    acc[t] = acc[t] + x0[t] * w0;
+                for (Py_ssize_t t = 0; t < L; t++) {     /* products of two bf16: exact */
+                    acc[t] = ftz(acc[t] + x1[t] * w1);
+                    acc[t] = ftz(acc[t] + x0[t] * w0);
                 }
             }
             float b = bf16_value(bias[m * C + c]), mx = bf16_value(mix[m * C + c]);
@@ -229,6 +238,12 @@ static int get_buf(const char *fn, PyObject *o, Py_buffer *b, const char *fmts, 
         return -1;
     }
     return 0;
+}
+
+/* do two buffers share any byte? */
+static int overlaps(const Py_buffer *a, const Py_buffer *b) {
+    const char *a0 = a->buf, *b0 = b->buf;
+    return a->len > 0 && b->len > 0 && a0 < b0 + b->len && b0 < a0 + a->len;
 }
 
 static PyObject *py_usable(PyObject *self, PyObject *args) {
@@ -263,18 +278,32 @@ static PyObject *py_gemm(PyObject *self, PyObject *args) {
     Py_buffer b[6];
     int held[6] = {0}, ok = 1;
     for (int i = 0; i < 6 && ok; i++) {
-        if (objs[i] == Py_None) continue;
+        if (i >= 4 && objs[i] == Py_None) continue;                /* streams, scales: optional */
         ok = get_buf("gemm", objs[i], &b[i], fmts[i], sizes[i], dims[i], i == 3, names[i], kinds[i]) == 0;
         held[i] = ok;
     }
     PyObject *ret = NULL;
+    int64_t *streams = NULL;
+    if (ok && (overlaps(&b[3], &b[0]) || overlaps(&b[3], &b[1]) || overlaps(&b[3], &b[2]) ||
+               (q && overlaps(&b[3], &b[5])))) {
+        PyErr_SetString(PyExc_ValueError, "gemm: out must not share memory with x, w, bias or scales");
+        ok = 0;
+    }
+    if (ok && have_streams) {              /* a copy: checked once, then read without the GIL */
+        streams = malloc((size_t)(b[4].shape[0] > 0 ? b[4].shape[0] : 1) * sizeof(int64_t));
+        if (!streams) {
+            PyErr_NoMemory();
+            ok = 0;
+        } else {
+            memcpy(streams, b[4].buf, (size_t)b[4].shape[0] * sizeof(int64_t));
+        }
+    }
     if (ok) {
         Py_ssize_t R = b[0].shape[0], K = b[0].shape[1], S = b[1].shape[0], npad = (n + 15) / 16 * 16;
         int bad = n < 1 || K < 2 || K % 2 || b[1].shape[1] != npad * K || b[2].shape[0] != S ||
                   b[2].shape[1] != n || b[3].shape[0] != R || b[3].shape[1] != n ||
                   (have_streams ? b[4].shape[0] != R : R != S) ||
                   (q && (b[5].shape[0] != S || b[5].shape[1] != npad));
-        const int64_t *streams = have_streams ? (const int64_t *)b[4].buf : NULL;
         for (Py_ssize_t r = 0; !bad && streams && r < R; r++) bad = streams[r] < 0 || streams[r] >= S;
         if (bad) {
             PyErr_SetString(PyExc_ValueError, "gemm: x (R, K) with K even, w (S, ceil(n/16)*16*K), bias (S, n), "
@@ -288,6 +317,7 @@ static PyObject *py_gemm(PyObject *self, PyObject *args) {
             Py_INCREF(ret);
         }
     }
+    free(streams);
     for (int i = 0; i < 6; i++)
         if (held[i]) PyBuffer_Release(&b[i]);
     return ret;
@@ -314,9 +344,10 @@ static PyObject *py_frag_mix(PyObject *self, PyObject *args) {
         Py_ssize_t L = b[0].shape[1], k = b[1].shape[0], C = b[2].shape[1];
         Py_ssize_t KW = C > 0 ? b[1].shape[1] / (2 * C) : 0;
         if (b[0].shape[0] != 2 || L < 1 || k < 1 || C < 1 || KW < 1 || KW % 2 == 0 || b[1].shape[1] != C * 2 * KW ||
-            b[2].shape[0] != k || b[3].shape[0] != k || b[3].shape[1] != C || b[4].shape[0] != k || b[4].shape[1] != L) {
+            b[2].shape[0] != k || b[3].shape[0] != k || b[3].shape[1] != C || b[4].shape[0] != k || b[4].shape[1] != L ||
+            overlaps(&b[4], &b[0]) || overlaps(&b[4], &b[1]) || overlaps(&b[4], &b[2]) || overlaps(&b[4], &b[3])) {
             PyErr_SetString(PyExc_ValueError, "frag_mix: x (2, L), w (k, C * 2 * KW) with KW odd, bias and mix (k, C), "
-                                              "out (k, L) expected");
+                                              "out (k, L) sharing no memory with them expected");
         } else {
             Py_ssize_t Lp = L + KW - 1;
             float *buf = calloc((size_t)(2 * Lp + 2 * L), sizeof(float));
@@ -325,7 +356,7 @@ static PyObject *py_frag_mix(PyObject *self, PyObject *args) {
             } else {
                 const uint16_t *x = b[0].buf;
                 for (Py_ssize_t i = 0; i < 2; i++)
-                    for (Py_ssize_t t = 0; t < L; t++) buf[i * Lp + KW / 2 + t] = bf16_value(x[i * L + t]);
+                    for (Py_ssize_t t = 0; t < L; t++) buf[i * Lp + KW / 2 + t] = bf16_daz(x[i * L + t]);
                 Py_BEGIN_ALLOW_THREADS
                 frag_mix_rows(buf, b[1].buf, b[2].buf, b[3].buf, b[4].buf, k, C, KW, L, buf + 2 * Lp, buf + 2 * Lp + L);
                 Py_END_ALLOW_THREADS
@@ -360,6 +391,7 @@ static PyObject *py_sparse(PyObject *self, PyObject *args) {
     int nt = 0, nb = 0, have = 0;
     PyObject *ret = NULL;
     float *acc = NULL;
+    int64_t *cols = NULL;
     if (get_buf("sparse", co, &cb, "lq", 8, 1, 0, "cols", "int64") != 0) return NULL;
     have = 1;
     if (get_buf("sparse", vo, &vb, "Hh", 2, 1, 0, "vals", bf) != 0) goto done;
@@ -373,12 +405,19 @@ static PyObject *py_sparse(PyObject *self, PyObject *args) {
     Py_ssize_t nnz = cb.shape[0], V = tb[0].shape[0], D = tb[0].shape[1];
     int bad = vb.shape[0] != nnz || ob.shape[0] != k || ob.shape[1] != D || D < 1;
     for (Py_ssize_t m = 0; m < k && !bad; m++)
-        bad = tb[m].shape[0] != V || tb[m].shape[1] != D || bb[m].shape[0] != D;
-    const int64_t *cols = cb.buf;
+        bad = tb[m].shape[0] != V || tb[m].shape[1] != D || bb[m].shape[0] != D ||
+              overlaps(&ob, &tb[m]) || overlaps(&ob, &bb[m]);
+    bad = bad || overlaps(&ob, &cb) || overlaps(&ob, &vb);
+    cols = malloc((size_t)(nnz > 0 ? nnz : 1) * sizeof(int64_t));   /* a copy: checked, then read without the GIL */
+    if (!cols) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(cols, cb.buf, (size_t)nnz * sizeof(int64_t));
     for (Py_ssize_t i = 0; i < nnz && !bad; i++) bad = cols[i] < 0 || cols[i] >= V;
     if (bad) {
         PyErr_SetString(PyExc_ValueError, "sparse: cols (nnz,) in [0, V), vals (nnz,), k tables (V, D), k biases "
-                                          "(D,) and out (k, D) expected");
+                                          "(D,) and out (k, D) sharing no memory with them expected");
         goto done;
     }
     const uint16_t *tables[64], *biases[64];
@@ -398,6 +437,7 @@ static PyObject *py_sparse(PyObject *self, PyObject *args) {
     Py_INCREF(ret);
 done:
     free(acc);
+    free(cols);
     for (int i = 0; i < nt; i++) PyBuffer_Release(&tb[i]);
     for (int i = 0; i < nb; i++) PyBuffer_Release(&bb[i]);
     if (have >= 3) PyBuffer_Release(&ob);

@@ -167,13 +167,30 @@ def agrees(S: int, K: int, N: int) -> bool:
 
     Checked once per shape and process on :func:`_probe`'s inputs, built so that any other
     order of the float32 sums, or the bias added first, changes many of the bfloat16 results."""
-    if not _USABLE or K % 2:
+    if not _USABLE or min(S, K, N) < 1 or K % 2:
         return False
     if (S, K, N) not in _AGREES:
-        with torch.no_grad():
-            x, w, bias = _probe(S, K, N, 0)
-            _AGREES[S, K, N] = torch.equal(PackedLayer(w, bias)(x), torch.baddbmm(bias, x, w))
+        with torch.inference_mode(False), torch.no_grad():
+            same = True
+            for x, w, bias in (_probe(S, K, N, 0), _subnormal_probe(S, K, N)):
+                same = same and torch.equal(PackedLayer(w, bias)(x), torch.baddbmm(bias, x, w))
+            _AGREES[S, K, N] = same
     return _AGREES[S, K, N]
+
+
+#: The largest subnormal bf16 value's neighbourhood: 2**-130 (bf16 keeps fp32's exponent range).
+_TINY = 2.0 ** -130
+
+
+def _subnormal_probe(S: int, K: int, N: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Inputs whose last output column is a subnormal input times a large weight plus a large
+    input times a subnormal weight, and nothing else (no bias): zero where the kernel reads
+    subnormals as zero (AVX512-BF16 does), 2**-29 where it does not."""
+    x = torch.zeros(S, 1, K)
+    w = torch.zeros(S, K, N)
+    x[:, 0, 0], x[:, 0, 1] = _TINY, 2.0 ** 100
+    w[:, 0, N - 1], w[:, 1, N - 1] = 2.0 ** 100, _TINY
+    return x.bfloat16(), w.bfloat16(), torch.zeros(S, 1, N, dtype=torch.bfloat16)
 
 
 class FragMix:
@@ -212,6 +229,10 @@ class FragMix:
 
     def __call__(self, frags: Tensor, mix: Tensor) -> Tensor:
         """``frags`` ``(1, 2, L)`` and ``mix`` ``(k, 1, C)``, bf16 -> ``(k, 1, L)``."""
+        if frags.dim() != 3 or tuple(frags.shape[:2]) != (1, 2) or tuple(mix.shape) != (self.k, 1, self.c) or \
+                frags.dtype != torch.bfloat16 or mix.dtype != torch.bfloat16:
+            raise ValueError(f"expected bfloat16 fragment rows (1, 2, L) and mix ({self.k}, 1, {self.c}), got "
+                             f"{frags.dtype} {tuple(frags.shape)} and {mix.dtype} {tuple(mix.shape)}")
         x = frags.reshape(2, -1).contiguous()
         out = torch.empty(self.k, x.shape[1], dtype=torch.bfloat16)
         _rowgemm.frag_mix(_bits(x), self._w, self._b, _bits(mix.reshape(self.k, self.c).contiguous()), _bits(out))
@@ -226,6 +247,8 @@ def frag_agrees(k: int, C: int, KW: int, L: int) -> bool:
     process on inputs where another order of the sums shows: fragment rows whose products
     cancel across the two channels and the kernel, large biases, mixes that cancel."""
     key = (k, C, KW, L)
+    if min(k, C, KW, L) < 1 or KW % 2 == 0:
+        return False
     if key not in _FRAG_AGREES:
         g = torch.Generator().manual_seed(0)
         convs = [torch.nn.Conv1d(2, C, KW, padding=KW // 2).to(torch.bfloat16).eval() for _ in range(k)]
@@ -243,7 +266,19 @@ def frag_agrees(k: int, C: int, KW: int, L: int) -> bool:
                 conv.bias.copy_((torch.randn(C, generator=g) * torch.exp2(torch.randint(0, 12, (C,), generator=g).float())).bfloat16())
             mix = (torch.randn(k, 1, C, generator=g) * 4).bfloat16()
             want = torch.stack([(conv(frags) * m.unsqueeze(-1)).sum(1) for conv, m in zip(convs, mix)])
-            _FRAG_AGREES[key] = torch.equal(FragMix(convs)(frags, mix), want)
+            same = torch.equal(FragMix(convs)(frags, mix), want)
+            # subnormals: a subnormal fragment value under a large weight, a large value under a
+            # subnormal weight, no bias (oneDNN's bf16 convolution reads subnormals as zero)
+            frags = torch.zeros(1, 2, L)
+            frags[0, 0, 0], frags[0, 1, L - 1] = _TINY, 2.0 ** 100
+            for conv in convs:
+                conv.weight.zero_()
+                conv.weight[:, 0, :] = 2.0 ** 100
+                conv.weight[:, 1, :] = _TINY
+                conv.bias.zero_()
+            frags, mix = frags.bfloat16(), torch.ones(k, 1, C, dtype=torch.bfloat16)
+            want = torch.stack([(conv(frags) * m.unsqueeze(-1)).sum(1) for conv, m in zip(convs, mix)])
+            _FRAG_AGREES[key] = same and torch.equal(FragMix(convs)(frags, mix), want)
     return _FRAG_AGREES[key]
 
 
@@ -295,6 +330,8 @@ def sparse_agrees(k: int, n_in: int, n_out: int) -> bool:
     once per shape and process on inputs where another order of the sums, or another rounding,
     shows: rows whose products cancel, sums that fall on bf16 ties, large biases."""
     key = (k, n_in, n_out)
+    if min(k, n_in, n_out) < 1 or k > 64:
+        return False
     if key not in _SPARSE_AGREES:
         with torch.inference_mode(False):      # (the layers track their weights' versions)
             g = torch.Generator().manual_seed(0)
@@ -320,5 +357,10 @@ def sparse_agrees(k: int, n_in: int, n_out: int) -> bool:
                                         torch.exp2(torch.randint(0, 8, (n_out,), generator=g).float())).bfloat16())
                     want = torch.stack([lin(x) for lin in layers])
                     same = same and torch.equal(SparseLayers(layers)(x), want)
+                for lin in layers:            # subnormal weights under large values, no bias
+                    lin.weight.fill_(_TINY)
+                    lin.bias.zero_()
+                big = SparseRows(x.offsets, x.cols, torch.full_like(x.values, 2.0 ** 100), rows)
+                same = same and torch.equal(SparseLayers(layers)(big), torch.stack([lin(big) for lin in layers]))
             _SPARSE_AGREES[key] = same
     return _SPARSE_AGREES[key]

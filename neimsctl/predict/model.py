@@ -32,7 +32,7 @@ from neimsctl.models import registry
 from neimsctl.models.quantize import apply_precision, resolve_precision
 from neimsctl.models.checkpoint import (file_sha256, is_ensemble, load_checkpoint, load_problem,
                                         member_source, model_state, require_spectrum_model)
-from neimsctl.nn.rowgemm import set_int8_source
+from neimsctl.nn.rowgemm import available as rowgemm_available, set_int8_source
 
 if TYPE_CHECKING:
     from neimsctl.predict.ensemble import LoadedEnsemble
@@ -376,7 +376,7 @@ def _loaded(ckpt: dict[str, Any], path: Path, label: str, dev: torch.device, pre
     _check_featurizer(arch, fhash, where, log)
     prec = resolve_precision(precision, arch=arch, device=dev, card=card)
     model = apply_precision(model.to(dev), prec, arch=arch)
-    if prec == "bf16" and dev.type == "cpu":
+    if prec == "bf16" and dev.type == "cpu" and rowgemm_available():
         _remember_int8(model, ckpt)
     return LoadedModel(model=model, arch=arch, label=label, path=where,
                        sha=sha or str(card.get("sha256", ""))[:12] or file_sha(path),

@@ -201,3 +201,15 @@ def test_the_default_stack_reads_the_files_int8_codes() -> None:
         if st.packed is not None:
             codes, scales = rowgemm.int8_source(st.layers[0])
             assert torch.equal((codes.float() * scales[:, None]).bfloat16(), st.layers[0].weight)
+
+
+def test_int8_codes_are_kept_only_where_the_kernel_can_read_them() -> None:
+    """(A hostile pass: every bf16 load kept the file's int8 codes, 14.5 MB, even with the
+    kernel off.) NEIMSCTL_NATIVE=0: none kept."""
+    import os
+    import sys
+    code = ("from neimsctl.api import SpectrumPredictor; p = SpectrumPredictor(); "
+            "print(sum(hasattr(m, '_int8_source') for e in p.loaded.members for m in e.model.modules()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300,
+                         env={**os.environ, "NEIMSCTL_NATIVE": "0"}).stdout
+    assert out.strip() == "0"

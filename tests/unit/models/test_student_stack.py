@@ -179,8 +179,11 @@ def test_a_stack_goes_stale_when_its_members_change() -> None:
         members[0].eval()
     assert changed(step)
     assert changed(lambda: members[1].train())
-
     members[1].eval()
+    gone = members[2].trunk[1]                       # a bias removed: stale, not an AttributeError
+    bias = gone.bias
+    assert changed(lambda: setattr(gone, "bias", None))
+    gone.bias = bias
     fresh = StudentStack.build(members)            # built again: the members' numbers now
     with torch.inference_mode():
         torch.testing.assert_close(fresh(x, mw), torch.cat([m(x, mw).pred for m in members]))

@@ -278,3 +278,67 @@ def test_the_sparse_kernel_refuses_what_does_not_fit() -> None:
         rowgemm._rowgemm.sparse(np.array([1, 2], np.int32), vals, tables, biases, out)
     with pytest.raises(TypeError):
         rowgemm._rowgemm.sparse(np.array([1, 2]), vals, list(tables), biases, out)
+
+
+@native
+def test_required_arguments_may_not_be_none_and_out_may_not_overlap() -> None:
+    """(A hostile pass: None for bias read an uninitialised buffer and crashed the process; an
+    out sharing memory with x gave wrong numbers silently.)"""
+    x, w, bias = rowgemm._probe(2, 32, 20, seed=0)
+    layer = rowgemm.PackedLayer(w, bias)
+    xb = x.reshape(2, 32).contiguous().view(torch.int16).numpy()
+    out = torch.zeros(2, 20, dtype=torch.bfloat16).view(torch.int16).numpy()
+    args = [xb, layer._w, layer._b, out]
+    for i in range(4):
+        bad = list(args)
+        bad[i] = None
+        with pytest.raises((ValueError, TypeError)):
+            rowgemm._rowgemm.gemm(*bad, 20)
+    shared = np.zeros((2, 32), np.int16)
+    view = shared.reshape(-1)[:40].reshape(2, 20)            # a C-contiguous view into x
+    with pytest.raises(ValueError, match="share memory"):
+        rowgemm._rowgemm.gemm(shared, layer._w, layer._b, view, 20)
+
+
+def test_the_checks_say_no_to_shapes_they_cannot_take() -> None:
+    assert not rowgemm.agrees(1, 4, 0) and not rowgemm.agrees(0, 4, 4) and not rowgemm.agrees(1, 3, 4)
+    assert not rowgemm.frag_agrees(1, 4, 6, 501) and not rowgemm.frag_agrees(0, 4, 7, 501)
+    assert not rowgemm.sparse_agrees(0, 10, 4) and not rowgemm.sparse_agrees(2, 10, 0)
+
+
+@native
+def test_subnormals_read_as_zero_where_torchs_kernel_reads_them_so() -> None:
+    """AVX512-BF16 reads subnormal inputs as zero; oneDNN's one-row product of the shipped
+    shapes does too, but not for every shape (1 x 2 -> 16: other kernels): agrees() tries them."""
+    x, w, bias = rowgemm._subnormal_probe(1, 2, 16)
+    assert rowgemm.PackedLayer(w, bias)(x)[0, 0, -1].item() == 0.0
+    assert not rowgemm.agrees(1, 2, 16) or torch.baddbmm(bias, x, w)[0, 0, -1].item() == 0.0
+    for shape in SHIPPED:
+        if rowgemm.agrees(*shape):
+            x, w, bias = rowgemm._subnormal_probe(*shape)
+            assert torch.equal(rowgemm.PackedLayer(w, bias)(x), torch.baddbmm(bias, x, w))
+
+
+@native
+def test_the_fragment_path_reads_subnormals_as_the_convolution_does() -> None:
+    if not rowgemm.frag_agrees(1, 4, 7, 50):
+        pytest.skip("torch's convolution differs here")
+    conv = torch.nn.Conv1d(2, 4, 7, padding=3).to(torch.bfloat16).eval()
+    with torch.no_grad():
+        conv.weight.fill_(2.0 ** 100)
+        conv.bias.zero_()
+        frags = torch.zeros(1, 2, 50)
+        frags[0, :, 10] = 2.0 ** -130
+        frags, mix = frags.bfloat16(), torch.ones(1, 1, 4, dtype=torch.bfloat16)
+        assert torch.equal(rowgemm.FragMix([conv])(frags, mix), _torch_frag_mix([conv], frags, mix))
+
+
+@native
+def test_the_fragment_path_refuses_rows_of_another_shape() -> None:
+    path = rowgemm.FragMix([torch.nn.Conv1d(2, 4, 7, padding=3).to(torch.bfloat16) for _ in range(3)])
+    mix = torch.ones(3, 1, 4, dtype=torch.bfloat16)
+    for frags in (torch.zeros(1, 3, 500), torch.zeros(2, 2, 501), torch.zeros(2, 501)):
+        with pytest.raises(ValueError, match="fragment rows"):
+            path(frags.bfloat16(), mix)
+    with pytest.raises(ValueError, match="mix"):
+        path(torch.zeros(1, 2, 501, dtype=torch.bfloat16), mix[:2])
