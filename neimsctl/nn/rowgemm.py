@@ -34,7 +34,6 @@ import os
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from neimsctl.nn.sparse_input import SparseInputLinear, SparseRows
