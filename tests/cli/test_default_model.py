@@ -213,3 +213,24 @@ def test_int8_codes_are_kept_only_where_the_kernel_can_read_them() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300,
                          env={**os.environ, "NEIMSCTL_NATIVE": "0"}).stdout
     assert out.strip() == "0"
+
+
+def test_one_molecule_through_a_pipe_is_the_same_with_and_without_the_native_kernels(neimsctl_exe) -> None:
+    """One SMILES piped into ``neimsctl predict`` runs the single-molecule stack (native kernels
+    where the CPU has AVX512-BF16); NEIMSCTL_NATIVE=0 runs torch's: byte-identical JSONL, and the
+    same spectrum as a batch of several."""
+    import os
+
+    from neimsctl import SpectrumPredictor
+    from neimsctl.io.msp_write import spectrum_peaks
+
+    outs = []
+    for native in ("1", "0"):
+        run = subprocess.run(f"echo 'CC(=O)Oc1ccccc1C(=O)O aspirin' | {neimsctl_exe} predict -q -O jsonl -",
+                             shell=True, capture_output=True, check=True, timeout=300,
+                             env={**os.environ, "NEIMSCTL_NATIVE": native})
+        outs.append(run.stdout)
+    assert outs[0] == outs[1] and outs[0].count(b"\n") == 1
+    rec = orjson.loads(outs[0])
+    batch = SpectrumPredictor().predict_batch(["CC(=O)Oc1ccccc1C(=O)O", "c1ccccc1", "CCO"])
+    assert rec["mz"] == spectrum_peaks(batch[0])[0].tolist()
