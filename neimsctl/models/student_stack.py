@@ -43,8 +43,8 @@ leading member axis and runs every layer once for all of them with a batched mat
   ``k * n_experts`` streams per layer) and the chosen outputs are picked: at batch 1 one call
   over all streams is cheaper there than a call per chosen stream.
 - **A copy of the dense weights.** The stacks are copies of the members' ``nn.Linear`` weights
-  (~7 MB per compact bf16 student; the sparse-input layers are not copied); the members stay
-  untouched. :meth:`StudentStack.fresh` tells when a member changed since (its parameters
+  (the shipped default's three students: 28.6 MB as bf16, 14.7 MB packed as int8 codes; the
+  sparse-input layers are not copied); the members stay untouched. :meth:`StudentStack.fresh` tells when a member changed since (its parameters
   replaced or updated in place, ``.to()``, train mode): the caller then builds a new stack.
 
 Measured (API, the shipped three-student default, one thread): see BENCHMARKS.md "The
