@@ -113,9 +113,11 @@ class _Stacked:
         if w0.dtype == torch.bfloat16 and w0.device.type == "cpu" and \
                 agrees(len(weights), w0.shape[1], w0.shape[0]):
             sources = [int8_source(lin) for lin in layers]
-            int8 = None if any(src is None for src in sources) else \
-                (torch.stack([c.t() for c, _ in sources]), torch.stack([sc for _, sc in sources]))
-            self.packed = PackedLayer(torch.stack([w.t() for w in weights]), self.bias, int8)
+            if any(src is None for src in sources):
+                self.packed = PackedLayer(torch.stack([w.t() for w in weights]), self.bias)
+            else:                                   # the file's int8 codes: half the bytes
+                self.packed = PackedLayer(torch.stack([c.t() for c, _ in sources]), self.bias,
+                                          torch.stack([sc for _, sc in sources]))
             self.weight_t = None
         else:
             self.weight_t = torch.stack([w.t() for w in weights]) if contiguous \

@@ -68,6 +68,11 @@ static inline uint16_t bf16_round(float f) {       /* round to nearest even, as 
 
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 
+/* the bf16 values at p under the mask m (16 at most), widened to float32, the rest zero */
+TARGET static inline __m512 load_bf16(const uint16_t *p, __mmask16 m) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+
 /* 32 weights (16 columns x a pair of k) at w + i * 32 as bf16: stored so (Q = 0), or int8
  * codes times their columns' scales in float32, rounded to bf16 (Q = 1: the model's own
  * bf16(float(code) * scale), exactly; slo/shi hold each column's scale twice, columns 0-7 and
@@ -107,9 +112,7 @@ TARGET static inline void tile_v(const int Q, const int V, const uint16_t *x, co
         Py_ssize_t j = (Py_ssize_t)v * 16;
         if (j >= cols) break;
         __mmask16 m = cols - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (cols - j)) - 1u);
-        __m256i b16 = _mm256_maskz_loadu_epi16(m, bias + j);
-        __m512 b = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b16), 16));
-        __m256bh r = _mm512_cvtneps_pbh(_mm512_add_ps(tot[v], b));
+        __m256bh r = _mm512_cvtneps_pbh(_mm512_add_ps(tot[v], load_bf16(bias + j, m)));
         _mm256_mask_storeu_epi16(out + j, m, (__m256i)r);
     }
 }
@@ -139,14 +142,11 @@ TARGET static void sparse_rows(const int64_t *cols, const uint16_t *vals, Py_ssi
     for (Py_ssize_t m = 0; m < k; m++) {
         for (Py_ssize_t j = 0; j < D; j++) acc[j] = 0.0f;
         for (Py_ssize_t i = 0; i < nnz; i++) {
-            uint32_t wb = (uint32_t)vals[i] << 16;
-            float wf;
-            memcpy(&wf, &wb, 4);
-            __m512 w = _mm512_set1_ps(wf);
+            __m512 w = _mm512_set1_ps(bf16_value(vals[i]));
             const uint16_t *row = tables[m] + cols[i] * D;
             for (Py_ssize_t j = 0; j < D; j += 16) {
                 __mmask16 mk = D - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (D - j)) - 1u);
-                __m512 r = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, row + j)), 16));
+                __m512 r = load_bf16(row + j, mk);
                 __m512 a = _mm512_maskz_loadu_ps(mk, acc + j);
                 _mm512_mask_storeu_ps(acc + j, mk, _mm512_add_ps(a, _mm512_mul_ps(w, r)));   /* product exact */
             }

@@ -30,7 +30,9 @@ comparisons), every layer runs through ``baddbmm``.
 
 from __future__ import annotations
 
+import functools
 import os
+from typing import Callable
 
 import numpy as np
 import torch
@@ -50,8 +52,6 @@ __all__ = ["FragMix", "PackedLayer", "SparseLayers", "agrees", "available", "fra
 
 #: Output columns per tile of the packed weights (the kernel's ``TILE``).
 TILE = 128
-
-_AGREES: dict[tuple[int, int, int], bool] = {}       # agrees() per layer shape, this process
 
 
 def available() -> bool:
@@ -75,7 +75,7 @@ def pack(weight_t: Tensor) -> Tensor:
     return torch.cat(tiles, dim=1).contiguous()
 
 
-def _bits(t: Tensor) -> "object":
+def _bits(t: Tensor) -> np.ndarray:
     return t.view(torch.int16).numpy()
 
 
@@ -85,23 +85,21 @@ class PackedLayer:
     ``weight_t`` ``(S, K, N)`` and ``bias`` ``(S, 1, N)`` as :class:`torch.baddbmm` takes them.
     Calling it on ``x`` ``(S, 1, K)`` gives ``baddbmm(bias, x, weight_t)`` (the same bits).
 
-    ``int8``: ``(codes_t, scales)``, int8 ``(S, K, N)`` and float32 ``(S, N)`` with
-    ``weight_t == (codes_t.float() * scales[:, None]).bfloat16()`` exactly (the weights of an
-    int8-stored model file as loaded; :func:`int8_source`): the kernel then reads the codes
-    (half the bytes) and rounds each product of code and scale to the same bf16 weight."""
+    With ``scales`` (float32 ``(S, N)``), ``weight_t`` holds int8 codes ``(S, K, N)`` whose
+    weights are ``(codes.float() * scales[:, None]).bfloat16()`` (an int8-stored model file as
+    loaded; :func:`int8_source`): the kernel reads the codes (half the bytes) and rounds each
+    product of code and scale to that same bf16 weight."""
 
-    def __init__(self, weight_t: Tensor, bias: Tensor, int8: tuple[Tensor, Tensor] | None = None) -> None:
+    def __init__(self, weight_t: Tensor, bias: Tensor, scales: Tensor | None = None) -> None:
         self.s, self.k, self.n = weight_t.shape
         self.bias = bias.reshape(bias.shape[0], -1).contiguous()
         self._b = _bits(self.bias)
+        self.packed = pack(weight_t)
         self.scales: Tensor | None = None
         self._s = None
-        if int8 is None:
-            self.packed = pack(weight_t)
+        if scales is None:
             self._w = _bits(self.packed)
         else:
-            codes_t, scales = int8
-            self.packed = pack(codes_t)
             self._w = self.packed.numpy()
             self.scales = torch.zeros(self.s, self.packed.shape[1] // self.k, dtype=torch.float32)
             self.scales[:, :self.n] = scales
@@ -165,16 +163,23 @@ def agrees(S: int, K: int, N: int) -> bool:
     """Does the kernel give ``torch.baddbmm``'s bits for this layer shape on this machine?
 
     Checked once per shape and process on :func:`_probe`'s inputs, built so that any other
-    order of the float32 sums, or the bias added first, changes many of the bfloat16 results."""
-    if not _USABLE or min(S, K, N) < 1 or K % 2:
-        return False
-    if (S, K, N) not in _AGREES:
-        with torch.inference_mode(False), torch.no_grad():
-            same = True
-            for x, w, bias in (_probe(S, K, N, 0), _subnormal_probe(S, K, N)):
-                same = same and torch.equal(PackedLayer(w, bias)(x), torch.baddbmm(bias, x, w))
-            _AGREES[S, K, N] = same
-    return _AGREES[S, K, N]
+    order of the float32 sums, or the bias added first, changes many of the bfloat16 results,
+    and on :func:`_subnormal_probe`'s."""
+    return _USABLE and min(S, K, N) >= 1 and K % 2 == 0 and _checked(_gemm_agrees, S, K, N)
+
+
+@functools.cache
+def _checked(check: Callable[..., bool], *shape: int) -> bool:
+    """``check(*shape)``, once per process (its probes built outside inference mode and
+    autograd, whatever the caller's): the memo behind :func:`agrees`, :func:`frag_agrees`
+    and :func:`sparse_agrees`."""
+    with torch.inference_mode(False), torch.no_grad():
+        return bool(check(*shape))
+
+
+def _gemm_agrees(S: int, K: int, N: int) -> bool:
+    return all(torch.equal(PackedLayer(w, bias)(x), torch.baddbmm(bias, x, w))
+               for x, w, bias in (_probe(S, K, N, 0), _subnormal_probe(S, K, N)))
 
 
 #: The largest subnormal bf16 value's neighbourhood: 2**-130 (bf16 keeps fp32's exponent range).
@@ -212,7 +217,7 @@ class FragMix:
         """A FragMix of ``convs`` (bf16, CPU, 2 input channels, odd kernel, zero padding of half
         the kernel, stride 1, with biases), or None: another layer, no native module, or the
         kernel's sums differ from torch's here (:func:`frag_agrees`)."""
-        if _rowgemm is None or not _USABLE or not convs:
+        if not convs:
             return None
         c0 = convs[0]
         for c in convs:
@@ -238,47 +243,44 @@ class FragMix:
         return out.unsqueeze(1)
 
 
-_FRAG_AGREES: dict[tuple[int, int, int, int], bool] = {}
-
-
 def frag_agrees(k: int, C: int, KW: int, L: int) -> bool:
     """Does :class:`FragMix` give torch's bits for this shape here? Checked once per shape and
     process on inputs where another order of the sums shows: fragment rows whose products
-    cancel across the two channels and the kernel, large biases, mixes that cancel."""
-    key = (k, C, KW, L)
-    if min(k, C, KW, L) < 1 or KW % 2 == 0:
+    cancel across the two channels and the kernel, large biases, mixes that cancel; and on
+    subnormals (oneDNN's bf16 convolution reads them as zero)."""
+    return _USABLE and min(k, C, KW, L) >= 1 and KW % 2 == 1 and _checked(_frag_agrees, k, C, KW, L)
+
+
+def _frag_agrees(k: int, C: int, KW: int, L: int) -> bool:
+    g = torch.Generator().manual_seed(0)
+    convs = [torch.nn.Conv1d(2, C, KW, padding=KW // 2).to(torch.bfloat16).eval() for _ in range(k)]
+    base = torch.randn(L + KW - 1, generator=g) * torch.exp2(torch.randint(2, 10, (L + KW - 1,), generator=g).float())
+    frags = torch.randn(1, 2, L, generator=g) * 0.01
+    frags[0, 0] += base[:L]
+    frags[0, 1] += base[KW - 1:]                  # x1[t] = x0[t + KW - 1]: the kernel's ends cancel
+    frags = frags.bfloat16()
+    for conv in convs:
+        big = torch.randn(C, generator=g) * 64
+        w = torch.randn(C, 2, KW, generator=g) * 0.01
+        w[:, 0, KW - 1], w[:, 1, 0] = big, -big
+        conv.weight.copy_(w.bfloat16())
+        conv.bias.copy_((torch.randn(C, generator=g) * torch.exp2(torch.randint(0, 12, (C,), generator=g).float())).bfloat16())
+    mix = (torch.randn(k, 1, C, generator=g) * 4).bfloat16()
+    want = torch.stack([(conv(frags) * m.unsqueeze(-1)).sum(1) for conv, m in zip(convs, mix)])
+    if not torch.equal(FragMix(convs)(frags, mix), want):
         return False
-    if key not in _FRAG_AGREES:
-        g = torch.Generator().manual_seed(0)
-        convs = [torch.nn.Conv1d(2, C, KW, padding=KW // 2).to(torch.bfloat16).eval() for _ in range(k)]
-        base = torch.randn(L + KW - 1, generator=g) * torch.exp2(torch.randint(2, 10, (L + KW - 1,), generator=g).float())
-        frags = torch.randn(1, 2, L, generator=g) * 0.01
-        frags[0, 0] += base[:L]
-        frags[0, 1] += base[KW - 1:]                  # x1[t] = x0[t + KW - 1]: the kernel's ends cancel
-        frags = frags.bfloat16()
-        with torch.no_grad():
-            for conv in convs:
-                big = torch.randn(C, generator=g) * 64
-                w = torch.randn(C, 2, KW, generator=g) * 0.01
-                w[:, 0, KW - 1], w[:, 1, 0] = big, -big
-                conv.weight.copy_(w.bfloat16())
-                conv.bias.copy_((torch.randn(C, generator=g) * torch.exp2(torch.randint(0, 12, (C,), generator=g).float())).bfloat16())
-            mix = (torch.randn(k, 1, C, generator=g) * 4).bfloat16()
-            want = torch.stack([(conv(frags) * m.unsqueeze(-1)).sum(1) for conv, m in zip(convs, mix)])
-            same = torch.equal(FragMix(convs)(frags, mix), want)
-            # subnormals: a subnormal fragment value under a large weight, a large value under a
-            # subnormal weight, no bias (oneDNN's bf16 convolution reads subnormals as zero)
-            frags = torch.zeros(1, 2, L)
-            frags[0, 0, 0], frags[0, 1, L - 1] = _TINY, 2.0 ** 100
-            for conv in convs:
-                conv.weight.zero_()
-                conv.weight[:, 0, :] = 2.0 ** 100
-                conv.weight[:, 1, :] = _TINY
-                conv.bias.zero_()
-            frags, mix = frags.bfloat16(), torch.ones(k, 1, C, dtype=torch.bfloat16)
-            want = torch.stack([(conv(frags) * m.unsqueeze(-1)).sum(1) for conv, m in zip(convs, mix)])
-            _FRAG_AGREES[key] = same and torch.equal(FragMix(convs)(frags, mix), want)
-    return _FRAG_AGREES[key]
+    # subnormals: a subnormal fragment value under a large weight, a large value under a
+    # subnormal weight, no bias
+    frags = torch.zeros(1, 2, L)
+    frags[0, 0, 0], frags[0, 1, L - 1] = _TINY, 2.0 ** 100
+    for conv in convs:
+        conv.weight.zero_()
+        conv.weight[:, 0, :] = 2.0 ** 100
+        conv.weight[:, 1, :] = _TINY
+        conv.bias.zero_()
+    frags, mix = frags.bfloat16(), torch.ones(k, 1, C, dtype=torch.bfloat16)
+    want = torch.stack([(conv(frags) * m.unsqueeze(-1)).sum(1) for conv, m in zip(convs, mix)])
+    return torch.equal(FragMix(convs)(frags, mix), want)
 
 
 class SparseLayers:
@@ -295,13 +297,12 @@ class SparseLayers:
 
     @classmethod
     def build(cls, layers: "list[torch.nn.Module]") -> "SparseLayers | None":
-        if _rowgemm is None or not _USABLE or not layers:
+        if not layers:
             return None
         l0 = layers[0]
         for lin in layers:
             if type(lin) is not SparseInputLinear or lin.bias is None or lin.weight.dtype != torch.bfloat16 or \
-                    lin.weight.device.type != "cpu" or lin.weight.shape != l0.weight.shape or \
-                    lin.max_density != l0.max_density:
+                    lin.weight.device.type != "cpu" or lin.weight.shape != l0.weight.shape:
                 return None
         if not sparse_agrees(len(layers), l0.in_features, l0.out_features):
             return None
@@ -309,10 +310,7 @@ class SparseLayers:
 
     def __call__(self, x: "Tensor | SparseRows") -> Tensor:
         """``x`` ``(1, in)`` -> ``(k, 1, out)``: member ``m``'s layer on it in row ``m``."""
-        first = self.layers[0]
-        if not isinstance(x, SparseRows) or x.shape[0] != 1 or torch.is_grad_enabled() or \
-                any(lin.training for lin in self.layers) or \
-                x.cols.shape[0] > first.max_density * x.shape[0] * x.shape[1]:
+        if not isinstance(x, SparseRows) or x.shape[0] != 1 or not all(lin.reads_rows(x) for lin in self.layers):
             return torch.stack([lin(x) for lin in self.layers])
         out = torch.empty(self.k, self.d, dtype=torch.bfloat16)
         _rowgemm.sparse(x.cols.contiguous().numpy(), _bits(x.values.to(torch.bfloat16).contiguous()),
@@ -321,45 +319,38 @@ class SparseLayers:
         return out.view(self.k, 1, self.d)
 
 
-_SPARSE_AGREES: dict[tuple[int, int, int], bool] = {}
-
-
 def sparse_agrees(k: int, n_in: int, n_out: int) -> bool:
     """Does :class:`SparseLayers` give torch's bits for ``k`` layers of this shape here? Checked
     once per shape and process on inputs where another order of the sums, or another rounding,
-    shows: rows whose products cancel, sums that fall on bf16 ties, large biases."""
-    key = (k, n_in, n_out)
-    if min(k, n_in, n_out) < 1 or k > 64:
-        return False
-    if key not in _SPARSE_AGREES:
-        with torch.inference_mode(False):      # (the layers track their weights' versions)
-            g = torch.Generator().manual_seed(0)
-            rows = min(n_in, 1024)             # how many rows a table has changes no sum
-            layers = [SparseInputLinear(rows, n_out).to(torch.bfloat16).eval() for _ in range(k)]
-            nnz = max(2, min(rows // 4, 300))
-            cols = torch.randperm(rows, generator=g)[:nnz].sort().values
-            vals = (torch.rand(nnz, generator=g) * 3 + 0.5).round()
-            vals[:2] = 1.0
-            x = SparseRows(torch.tensor([0, nnz]), cols, vals.bfloat16(), rows)
-            same = True
-            with torch.no_grad():
-                for ties in (False, True):
-                    for lin in layers:
-                        if ties:              # few-bit values: many sums fall halfway between two bf16
-                            w = torch.randint(-255, 256, (n_out, rows), generator=g) / 64.0
-                        else:                 # two large rows that cancel: another order loses the rest
-                            w = torch.randn(n_out, rows, generator=g) * 0.05
-                            big = torch.randn(n_out, generator=g) * 256
-                            w[:, cols[0]], w[:, cols[1]] = big, -big
-                        lin.weight.copy_(w.bfloat16())
-                        lin.bias.copy_((torch.randn(n_out, generator=g) *
-                                        torch.exp2(torch.randint(0, 8, (n_out,), generator=g).float())).bfloat16())
-                    want = torch.stack([lin(x) for lin in layers])
-                    same = same and torch.equal(SparseLayers(layers)(x), want)
-                for lin in layers:            # subnormal weights under large values, no bias
-                    lin.weight.fill_(_TINY)
-                    lin.bias.zero_()
-                big = SparseRows(x.offsets, x.cols, torch.full_like(x.values, 2.0 ** 100), rows)
-                same = same and torch.equal(SparseLayers(layers)(big), torch.stack([lin(big) for lin in layers]))
-            _SPARSE_AGREES[key] = same
-    return _SPARSE_AGREES[key]
+    shows: rows whose products cancel, sums that fall on bf16 ties, large biases; and on
+    subnormal weights."""
+    return _USABLE and min(k, n_in, n_out) >= 1 and k <= 64 and _checked(_sparse_agrees, k, n_in, n_out)
+
+
+def _sparse_agrees(k: int, n_in: int, n_out: int) -> bool:
+    g = torch.Generator().manual_seed(0)
+    rows = min(n_in, 1024)             # how many rows a table has changes no sum
+    layers = [SparseInputLinear(rows, n_out).to(torch.bfloat16).eval() for _ in range(k)]
+    nnz = max(2, min(rows // 4, 300))
+    cols = torch.randperm(rows, generator=g)[:nnz].sort().values
+    vals = (torch.rand(nnz, generator=g) * 3 + 0.5).round()
+    vals[:2] = 1.0
+    x = SparseRows(torch.tensor([0, nnz]), cols, vals.bfloat16(), rows)
+    for ties in (False, True):
+        for lin in layers:
+            if ties:              # few-bit values: many sums fall halfway between two bf16
+                w = torch.randint(-255, 256, (n_out, rows), generator=g) / 64.0
+            else:                 # two large rows that cancel: another order loses the rest
+                w = torch.randn(n_out, rows, generator=g) * 0.05
+                big = torch.randn(n_out, generator=g) * 256
+                w[:, cols[0]], w[:, cols[1]] = big, -big
+            lin.weight.copy_(w.bfloat16())
+            lin.bias.copy_((torch.randn(n_out, generator=g) *
+                            torch.exp2(torch.randint(0, 8, (n_out,), generator=g).float())).bfloat16())
+        if not torch.equal(SparseLayers(layers)(x), torch.stack([lin(x) for lin in layers])):
+            return False
+    for lin in layers:                    # subnormal weights under large values, no bias
+        lin.weight.fill_(_TINY)
+        lin.bias.zero_()
+    big = SparseRows(x.offsets, x.cols, torch.full_like(x.values, 2.0 ** 100), rows)
+    return torch.equal(SparseLayers(layers)(big), torch.stack([lin(big) for lin in layers]))

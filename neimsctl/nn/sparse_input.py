@@ -127,13 +127,19 @@ class SparseInputLinear(nn.Linear):
             self._wt, self._wt_key = w.detach().t().contiguous(), key
         return self._wt
 
+    def reads_rows(self, x: SparseRows) -> bool:
+        """True when :meth:`forward` takes the rows ``x`` through its sparse path (eval mode,
+        autograd off, at least one row, few enough non-zero entries), else it densifies them."""
+        return not (self.training or torch.is_grad_enabled() or x.shape[0] == 0
+                    or x.cols.shape[0] > self.max_density * x.shape[0] * x.shape[1])
+
     def forward(self, x: Tensor | SparseRows) -> Tensor:
-        if self.training or torch.is_grad_enabled() or x.dim() != 2 or x.shape[0] == 0:
-            return super().forward(x.dense() if isinstance(x, SparseRows) else x)
         if isinstance(x, SparseRows):
-            if x.cols.shape[0] > self.max_density * x.shape[0] * x.shape[1]:
+            if not self.reads_rows(x):
                 return super().forward(x.dense())
             cols, values, offsets = x.cols, x.values, x.offsets[:-1]
+        elif self.training or torch.is_grad_enabled() or x.dim() != 2 or x.shape[0] == 0:
+            return super().forward(x)
         else:
             nz = x.nonzero()
             if nz.shape[0] > self.max_density * x.numel():

@@ -148,7 +148,7 @@ def _int8_layer(S: int, K: int, N: int, seed: int) -> tuple[torch.Tensor, torch.
 @pytest.mark.parametrize("shape", [(1, 2, 1), (3, 64, 17), (2, 1024, 130), (12, 512, 128), (3, 512, 501)])
 def test_int8_codes_give_the_bits_of_their_bf16_weights(shape: tuple[int, int, int]) -> None:
     codes, scales, w, bias = _int8_layer(*shape, seed=7)
-    bf16, int8 = rowgemm.PackedLayer(w, bias), rowgemm.PackedLayer(w, bias, (codes, scales))
+    bf16, int8 = rowgemm.PackedLayer(w, bias), rowgemm.PackedLayer(codes, bias, scales)
     assert int8.packed.dtype == torch.int8 and int8.packed.shape == bf16.packed.shape  # half the bytes
     g = torch.Generator().manual_seed(8)
     for _ in range(5):
