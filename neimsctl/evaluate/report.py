@@ -193,8 +193,12 @@ def run_eval(pred: SpectraSet, measured: SpectraSet, libraries: Sequence[Spectra
                          f"spectrum of its compound ({len(pred)} predictions read{skipped(pred)}; matched "
                          "on InChIKey first block)")
     q = np.flatnonzero(matched)
+    # the library holds predictions of the query compounds only: a prediction of a compound
+    # without a measured spectrum would be one more wrong candidate for every query
+    used = np.isin(p_blocks, m_blocks[q])
+    order, p_blocks = order[used], p_blocks[used]
     if mass_filter is not None:
-        _need_masses([(pred, None), (measured, q), *((s, None) for s in libraries)])
+        _need_masses([(pred, order), (measured, q), *((s, None) for s in libraries)])
     ref_spec, ref_keys, ref_mw = _concat(libraries)
     task = build_library_eval(measured.spectra[q], m_blocks[q], measured.mw[q], pred.spectra[order],
                               p_blocks, pred.mw[order], ref_spec, ref_keys, ref_mw)

@@ -60,6 +60,23 @@ def test_jsonl_predictions_experts_uncertainty_efficiency(case):
     assert eff["latency_ms_p50"] == pytest.approx(4.0) and eff["latency_n"] == 3
 
 
+def test_predictions_of_compounds_without_a_query_stay_out_of_the_library(case):
+    """The library holds one prediction per *query* compound (eval --help): a prediction of
+    another compound (F, a copy of query A's spectrum; D, also measured in --library) is not
+    one more candidate, and is counted as unused."""
+    text = case["pred_msp"].read_text() + (
+        "Name: compound F\nID: F\nInChIKey: FFFFFFFFFFFFFF-UHFFFAOYSA-N\nMW: 100\nNum Peaks: 1\n50 999\n\n"
+        "Name: compound D\nID: D\nInChIKey: DDDDDDDDDDDDDD-UHFFFAOYSA-N\nMW: 305\nNum Peaks: 1\n60 999\n\n")
+    case["pred_msp"].write_text(text)
+    res = run_eval(load_spectra(case["pred_msp"]), load_spectra(case["queries"]),
+                   [load_spectra(case["library"])], ks=KS, mass_filter=5)
+    assert res.ranks.tolist() == [1, 2, 3] and res.ranks_mass.tolist() == [1, 1, 2]
+    c = res.metrics["counts"]
+    assert (c["n_queries"], c["n_compounds"], c["n_library"], c["n_library_measured"]) == (3, 3, 5, 2)
+    assert (c["n_predicted"], c["n_predicted_unused"]) == (5, 2)
+    assert [res.metrics[f"recall@{k}"] for k in KS] == pytest.approx([RECALL[k] for k in KS])
+
+
 def test_same_library_twice_is_perfect(case):
     s = load_spectra(case["queries"])
     m = run_eval(s, load_spectra(case["queries"]), ks=KS).metrics
