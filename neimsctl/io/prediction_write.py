@@ -138,8 +138,8 @@ class PredictionWriter:
         top = float(spec.max()) or 1.0
         rec: dict[str, Any] = {
             "schema": SCHEMA, "id": rid, "name": name, "smiles": smiles,
-            "inchikey": str(block["inchikey"][j]) or None, "mw": int(block["mw"][j]),
-            "mz": mz.tolist(), "intensity": _rounded(spec[mz] / top * BASE_PEAK, 3)}
+            "inchikey": str(block["inchikey"][j]) or None, "formula": str(block["formula"][j]),
+            "mw": int(block["mw"][j]), "mz": mz.tolist(), "intensity": _rounded(spec[mz] / top * BASE_PEAK, 3)}
         if std is not None:
             rec["uncertainty"] = _rounded(std[mz] / top * BASE_PEAK, 3)
         if exp is not None:

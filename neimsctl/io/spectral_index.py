@@ -978,8 +978,17 @@ class SpectralIndex:
             raise FormatError(f"damaged index: source {int(src.max())} of {len(self.sources)} input files",
                               file=self.path)
         out["kind"] = ["predicted" if pred[i] else "measured" for i in inv]
-        out["file"] = [self.sources[int(src[i])]["file"] for i in inv]
+        files = [self._file_name(s["file"]) for s in self.sources]
+        out["file"] = [files[int(src[i])] for i in inv]
         return out
+
+    def _file_name(self, file: str) -> str:
+        """An entry's input file as hits name it: entries an index read from standard input
+        (``predict ... | neimsctl index - -o part1.h5``) are ``<stdin> (part1.h5)``, so that
+        the hits of several such parts say which part they come from."""
+        if file != "<stdin>" or self.path in ("-", "<stdin>"):
+            return file
+        return f"<stdin> ({os.path.basename(self.path)})"
 
 
 def _members(keys: np.ndarray, want: np.ndarray) -> np.ndarray:

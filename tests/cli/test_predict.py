@@ -102,8 +102,10 @@ def test_jsonl_shape_and_rejects_file(ckpt, tmp_path):
     lines = [orjson.loads(x) for x in res.stdout_bytes.splitlines()]
     assert len(lines) == 2
     rec = lines[0]
-    assert set(rec) == {"schema", "id", "name", "smiles", "inchikey", "mw", "mz", "intensity", "experts"}
+    assert set(rec) == {"schema", "id", "name", "smiles", "inchikey", "formula", "mw", "mz", "intensity",
+                        "experts"}
     assert rec["schema"] == "neimsctl.prediction/1" and rec["id"] == "aspirin" and rec["mw"] == 180
+    assert rec["formula"] == "C9H8O4"
     assert len(rec["mz"]) == len(rec["intensity"]) and max(rec["intensity"]) == 999
     assert rec["mz"] == sorted(rec["mz"]) and len(rec["experts"]["index"]) == 2
     bad = [orjson.loads(x) for x in rej.read_bytes().splitlines()]

@@ -850,3 +850,23 @@ def test_the_program_ends_at_once_but_a_host_of_main_gets_its_exit(neimsctl_exe,
     assert p.returncode == 0 and b"caught 0" in p.stderr and b"atexit ran" in p.stderr, p.stderr
     assert (tmp_path / "host.log").read_text() == "before after"
     assert (tmp_path / "hits.tsv").read_bytes().count(b"\n") == 6
+
+
+def test_predictions_piped_into_index_keep_their_formula_and_name_their_part(neimsctl_exe, tmp_path):
+    """`predict -O jsonl | index - -o part1.h5` (man neimsctl-index): the JSONL predictions
+    carry the formula the MSP output has, and hits from parts read from stdin say which index
+    holds them (all were `<stdin>`)."""
+    smiles = b"c1ccc2ncccc2c1 quinoline\nCn1cnc2c1c(=O)n(C)c(=O)n2C caffeine\n"
+    pred = subprocess.run([neimsctl_exe, "predict", "-q", "-O", "jsonl"], input=smiles,
+                          capture_output=True, timeout=120, check=True).stdout
+    assert [orjson.loads(x)["formula"] for x in pred.splitlines()] == ["C9H7N", "C8H10N4O2"]
+    part = tmp_path / "part1.h5"
+    proc = run(neimsctl_exe, "index", "-", "-o", part, "-q", stdin=pred)
+    assert proc.returncode == 0, proc.stderr
+    query = subprocess.run([neimsctl_exe, "predict", "-q"], input=smiles[:25],
+                           capture_output=True, timeout=120, check=True).stdout
+    proc = run(neimsctl_exe, "search", "-", "-l", part, "-k", "1", "-O", "jsonl", stdin=query)
+    assert proc.returncode == 0, proc.stderr
+    hit = orjson.loads(proc.stdout.splitlines()[0])
+    assert (hit["hit_name"], hit["formula"], hit["source"]) == ("quinoline", "C9H7N", "predicted")
+    assert hit["library"] == "<stdin> (part1.h5)"
