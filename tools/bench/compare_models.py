@@ -113,8 +113,14 @@ def export_soft(out: Path, name: str, soft: Path, d: dict, firsts: np.ndarray) -
 
 def evaluate(out: Path, name: str, queries: str = "query") -> dict:
     """``neimsctl eval`` of NAME.pred.jsonl against QUERIES.jsonl, library = the predictions +
-    train.jsonl, with and without +-5 Da (written to NAME[.QUERIES].eval.json)."""
-    cmd = ["neimsctl", "eval", str(out / f"{name}.pred.jsonl"), str(out / f"{queries}.jsonl"),
+    train.jsonl, with and without +-5 Da (written to NAME[.QUERIES].eval.json).
+
+    The library holds one prediction per compound of the split for every query set: ``eval``
+    puts only the query compounds' predictions in its library, so for a subset of the queries
+    (``query_rep``) the other compounds' predictions are given as a library too."""
+    pred = str(out / f"{name}.pred.jsonl")
+    rest = ["-l", pred] if queries != "query" else []
+    cmd = ["neimsctl", "eval", pred, str(out / f"{queries}.jsonl"), *rest,
            "-l", str(out / "train.jsonl"), "--mass-filter", "5", "--json", "-q"]
     res = json.loads(subprocess.run(cmd, check=True, capture_output=True).stdout)
     tag = "" if queries == "query" else f".{queries}"
