@@ -15,6 +15,8 @@ Flags (in this order):
 - ``dummy_atom``: ``*`` (attachment points, polymers, Markush; :func:`has_dummy_atom`);
 - ``isotope``: an explicitly labelled isotope (``[2H]``, ``[13C]``);
 - ``element:X``: an element outside :data:`DOMAIN_ELEMENTS` (metals, noble gases, ...);
+- ``mass_below_50``: nominal mass below 50, lighter than any molecule the models learn from
+  (``msp2jsonl`` and ``featurize`` reject such records by default, ``--min-mw 50``);
 - ``mass_above_500``: nominal mass above the last m/z bin (the molecular ion is not predicted).
 """
 
@@ -24,12 +26,15 @@ import re
 
 from neimsctl.io.spectrum import N_BINS
 
-__all__ = ["DOMAIN_ELEMENTS", "MAX_MASS", "domain_flags", "flag_kind", "has_dummy_atom",
+__all__ = ["DOMAIN_ELEMENTS", "MIN_MASS", "MAX_MASS", "domain_flags", "flag_kind", "has_dummy_atom",
            "dummy_atom_detail"]
 
 #: Elements of the organic and organo-element compounds of EI libraries (NIST, MassBank: in the
 #: MassBank DEV set, every other element occurs in fewer than 20 of 8,196 spectra).
 DOMAIN_ELEMENTS = frozenset("H D T B C N O F Si P S Cl Se Br I Ge Sn As".split())
+#: Lightest nominal mass of the training data (the default ``--min-mw`` of ``msp2jsonl`` and
+#: ``featurize``, SPEC.md's 50..1000 Da).
+MIN_MASS = 50
 #: Heaviest nominal mass whose molecular ion lies within the predicted m/z range.
 MAX_MASS = N_BINS - 1
 _ELEMENT = re.compile(r"[A-Z][a-z]?")
@@ -55,8 +60,10 @@ def domain_flags(smiles: str, formula: str, mw: int) -> list[str]:
 
     Examples
     --------
-    >>> domain_flags("CCO", "C2H6O", 46)
+    >>> domain_flags("CCCO", "C3H8O", 60)
     []
+    >>> domain_flags("CCO", "C2H6O", 46)
+    ['mass_below_50']
     >>> domain_flags("[Na+].[Cl-]", "ClNa", 58)
     ['mixture', 'charged', 'element:Na']
     >>> domain_flags("C[N+](=O)[O-]", "CH3NO2", 61)
@@ -73,6 +80,8 @@ def domain_flags(smiles: str, formula: str, mw: int) -> list[str]:
         flags.append("isotope")
     flags += [f"element:{e}" for e in dict.fromkeys(_ELEMENT.findall(formula))
               if e not in DOMAIN_ELEMENTS]
+    if mw < MIN_MASS:
+        flags.append("mass_below_50")
     if mw > MAX_MASS:
         flags.append("mass_above_500")
     return flags

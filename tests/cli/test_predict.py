@@ -214,25 +214,25 @@ def test_bad_checkpoints_are_one_line_errors(ckpt, tmp_path):
 
 
 def test_out_of_domain_molecules_are_flagged_or_rejected(ckpt, tmp_path):
-    smi = (b"CCO ethanol\n[Na+].[Cl-] salt\n*CC star\n[2H]C([2H])([2H])O d3\nCC[Fe]CC ferro\n"
+    smi = (b"CCO ethanol\n[Na+].[Cl-] salt\n*CCCC star\n[2H]C([2H])([2H])CCO d3\nCC[Fe]CC ferro\n"
            b"C[N+](=O)[O-] nitromethane\n")
     res = invoke("-m", str(ckpt), "-O", "jsonl", stdin=smi)
     assert res.exit_code == 0
     flags = {r["name"]: r.get("flags") for r in map(orjson.loads, res.stdout_bytes.splitlines())}
-    assert flags == {"ethanol": None, "salt": ["mixture", "charged", "element:Na"],
+    assert flags == {"ethanol": ["mass_below_50"], "salt": ["mixture", "charged", "element:Na"],
                      "star": ["dummy_atom"], "d3": ["isotope"], "ferro": ["element:Fe"],
                      "nitromethane": None}
-    assert ("read 6, written 6, rejected 0; 4 flagged outside the model's domain (charged: 1, "
-            "dummy_atom: 1, element: 2, isotope: 1, mixture: 1)") in res.stderr
+    assert ("read 6, written 6, rejected 0; 5 flagged outside the model's domain (charged: 1, "
+            "dummy_atom: 1, element: 2, isotope: 1, mass_below_50: 1, mixture: 1)") in res.stderr
     res = invoke("-m", str(ckpt), stdin=smi)
     recs = list(read_msp(io.BytesIO(res.stdout_bytes), "out.msp"))
-    assert [r.fields["comments"].count("out_of_domain=") for r in recs] == [0, 1, 1, 1, 1, 0]
+    assert [r.fields["comments"].count("out_of_domain=") for r in recs] == [1, 1, 1, 1, 1, 0]
     assert '"out_of_domain=mixture,charged,element:Na"' in recs[1].fields["comments"]
     rej = tmp_path / "rej.jsonl"
     res = invoke("-m", str(ckpt), "--out-of-domain", "reject", "--rejects", str(rej), stdin=smi)
-    assert res.exit_code == 1 and "read 6, written 2, rejected 4 (out_of_domain: 4)" in res.stderr
+    assert res.exit_code == 1 and "read 6, written 1, rejected 5 (out_of_domain: 5)" in res.stderr
     got = [orjson.loads(x) for x in rej.read_bytes().splitlines()]
-    assert [(r["line"], r["reason"], r["detail"]) for r in got] == [
+    assert [(r["line"], r["reason"], r["detail"]) for r in got] == [(1, "out_of_domain", "mass_below_50"),
         (2, "out_of_domain", "mixture, charged, element:Na"), (3, "out_of_domain", "dummy_atom"),
         (4, "out_of_domain", "isotope"), (5, "out_of_domain", "element:Fe")]
 
@@ -243,7 +243,7 @@ def test_progress_bar_only_on_a_terminal(ckpt, tmp_path, neimsctl_exe):
     from _pty import run_on_tty
 
     smi = tmp_path / "in.smi"
-    smi.write_text("".join(f"{'C' * (1 + i % 30)}O mol{i}\n" for i in range(2500)) + "xyz\n")
+    smi.write_text("".join(f"{'C' * (3 + i % 30)}O mol{i}\n" for i in range(2500)) + "xyz\n")
     cmd = [neimsctl_exe, "predict", "-m", str(ckpt), "--precision", "fp32", str(smi),
            "-o", str(tmp_path / "out.msp")]
     every_chunk = {**os.environ, "TQDM_MININTERVAL": "0", "TQDM_MINITERS": "1"}
@@ -261,10 +261,10 @@ def test_progress_bar_only_on_a_terminal(ckpt, tmp_path, neimsctl_exe):
 def test_jobs_auto_uses_the_cores_for_large_inputs_and_says_so(ckpt, neimsctl_exe, tmp_path):
     from neimsctl.io.parallel import AUTO_MIN_RECORDS, available_cores
 
-    small = subprocess.run([neimsctl_exe, "predict", "-m", str(ckpt)], input=b"CCO\nCCN\n",
+    small = subprocess.run([neimsctl_exe, "predict", "-m", str(ckpt)], input=b"CCCO\nCCCN\n",
                            capture_output=True, check=True)
     assert small.stderr.decode().rstrip().endswith("read 2, written 2, rejected 0; 1 process")
-    lines = b"".join(b"C" * (1 + i % 20) + b"O\n" for i in range(AUTO_MIN_RECORDS + 1))
+    lines = b"".join(b"C" * (3 + i % 20) + b"O\n" for i in range(AUTO_MIN_RECORDS + 1))
     big = subprocess.run([neimsctl_exe, "predict", "-m", str(ckpt), "-O", "jsonl"], input=lines,
                          capture_output=True, check=True)
     used = f"{available_cores()} workers" if available_cores() > 1 else "1 process"

@@ -11,19 +11,22 @@ from neimsctl.chem.structure import nominal_mass
 
 
 @pytest.mark.parametrize("smiles, flags", [
-    ("CCO", []),
+    ("CCCO", []),
+    ("CCO", ["mass_below_50"]),                  # 46: lighter than any training molecule
+    ("CCCl", []),                                 # 64
     ("C[N+](=O)[O-]", []),                        # zwitterionic nitro: neutral, in domain
     ("C[Si](C)(C)OC(=O)c1ccccc1", []),            # TMS derivative
     ("CC[Sn](CC)(CC)CC", []),
     ("[Na+].[Cl-]", ["mixture", "charged", "element:Na"]),
     ("CC(=O)O.CCN", ["mixture"]),
-    ("CC[NH3+]", ["charged"]),
-    ("[Fe+2]", ["charged", "element:Fe"]),
-    ("*CC", ["dummy_atom"]),
+    ("CCC[NH3+]", ["charged"]),
+    ("[Fe+2]", ["charged", "element:Fe"]),          # 56
+    ("*CCCC", ["dummy_atom"]),
     ("[1*]c1ccccc1", ["dummy_atom"]),             # an R-group label is no isotope (was flagged one)
     ("[13cH]1ccccc1", ["isotope"]),
-    ("[2H]C([2H])([2H])O", ["isotope"]),
-    ("[13CH3]O", ["isotope"]),
+    ("[2H]C([2H])([2H])CCO", ["isotope"]),
+    ("[13CH3]CCO", ["isotope"]),
+    ("[13CH3]O", ["isotope", "mass_below_50"]),
     ("CC[Fe]CC", ["element:Fe"]),
     ("C" * 36, ["mass_above_500"]),               # C36H74: 506
     ("C" * 35, []),                               # C35H72: 492
