@@ -22,6 +22,7 @@ import numpy as np
 import orjson
 
 from neimsctl.chem.domain import domain_flags, flag_kind
+from neimsctl.chem.isotopes import above_molecule_capped
 from neimsctl.chem.rowbuild import (Rejected, RowBuilder, RowOptions, crashed, crashed_block,
                                     one_by_one)
 from neimsctl.errors import StrictStop
@@ -183,11 +184,16 @@ class ChunkPredictor:
 
     def spectra(self, block: dict[str, np.ndarray]
                 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray] | None]:
-        """The model's ``(spectra, std, experts)`` of a featurized block (see ``predict_block``)."""
+        """The model's ``(spectra, std, experts)`` of a featurized block (see ``predict_block``),
+        peaks above the molecular ion that its isotopes cannot explain cut
+        (:func:`~neimsctl.chem.isotopes.above_molecule_capped`)."""
         if not len(block["ordinal"]):
             return np.zeros((0, self.lm.n_bins), np.float32), None, None
-        return predict_block(self.lm, block, batch_size=self.opts.batch_size,
-                             uncertainty=self.opts.uncertainty, mc_samples=self.opts.mc_samples)
+        spectra, std, experts = predict_block(self.lm, block, batch_size=self.opts.batch_size,
+                                              uncertainty=self.opts.uncertainty,
+                                              mc_samples=self.opts.mc_samples)
+        spectra, std = above_molecule_capped(spectra, std, block["formula"], block["mw"])
+        return spectra, std, experts
 
     def predict(self, items: list[Item]) -> tuple[dict[str, np.ndarray], np.ndarray,
                                                   np.ndarray | None, dict[str, np.ndarray] | None,

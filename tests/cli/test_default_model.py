@@ -234,3 +234,22 @@ def test_one_molecule_through_a_pipe_is_the_same_with_and_without_the_native_ker
     rec = orjson.loads(outs[0])
     batch = SpectrumPredictor().predict_batch(["CC(=O)Oc1ccccc1C(=O)O", "c1ccccc1", "CCO"])
     assert rec["mz"] == spectrum_peaks(batch[0])[0].tolist()
+
+
+def test_no_peak_above_the_molecular_ion_that_its_isotopes_cannot_explain(neimsctl_exe) -> None:
+    """The default put 17 % of the base peak at M+5 of temazepam (one Cl: nothing of that mass
+    exists); `predict` now cuts such peaks to what the isotopologues below them allow
+    (neimsctl.chem.isotopes), and leaves M+1 and M+2 as predicted."""
+    from neimsctl.chem.isotopes import isotope_pattern
+
+    run = subprocess.run(f"echo 'CN1C(=O)C(O)N=C(c2ccccc2)c2cc(Cl)ccc21 temazepam' | {neimsctl_exe} "
+                         "predict -q -O jsonl -", shell=True, capture_output=True, check=True)
+    rec = orjson.loads(run.stdout)
+    s = np.zeros(501)
+    s[rec["mz"]] = np.asarray(rec["intensity"]) / 999
+    m, a = rec["mw"], isotope_pattern(rec["formula"])
+    assert m == 300 and s[m] > 0.5 and s[m + 2] > 0.02       # its molecular ion and the 37Cl one
+    for k in range(3, 6):
+        env = sum(s[m + k - j] * a[j] for j in range(1, k + 9))
+        assert s[m + k] <= 2 * env + 0.1 * a[k - 1] + 1e-3
+    assert s[m + 5] < 0.05

@@ -1,0 +1,73 @@
+"""chem.isotopes: isotope patterns of formulas, and predicted peaks above M that they cannot explain."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from neimsctl.chem.isotopes import PROTONATED, above_molecule_capped, isotope_pattern
+
+
+@pytest.mark.parametrize("formula, want", [
+    ("Cl2", [1.0, 0.0, 0.639, 0.0, 0.102]),           # (0.7578 + 0.2422)^2 over 0.7578^2
+    ("Br", [1.0, 0.0, 0.973]),
+    ("C10H8", [1.0, 0.109, 0.0054]),                   # 13C: 10 x 1.07 %, H 8 x 0.0115 %
+    ("CH4S", [1.0, 0.019, 0.045]),                     # 33S, 34S
+])
+def test_patterns_of_known_formulas(formula, want):
+    got = isotope_pattern(formula)
+    assert got[:len(want)] == pytest.approx(want, abs=2e-3)
+
+
+def test_elements_whose_most_common_isotope_is_not_the_lightest():
+    # Se: most common 80, isotopes 74..82; Sn: 120, isotopes 112..124 -> shifts below zero
+    se, sn = isotope_pattern("Se"), isotope_pattern("Sn")
+    assert se[:3] == pytest.approx([1.0, 0.0, 0.0873 / 0.4961], abs=1e-3)
+    assert sn[4] == pytest.approx(0.0579 / 0.3258, abs=1e-3)      # 124Sn over 120Sn
+
+
+@pytest.mark.parametrize("formula", ["CD3O", "C[13C]H6", "CH4Xx", "", "C2H6Q"])
+def test_labelled_or_unknown_formulas_have_no_pattern(formula):
+    assert isotope_pattern(formula) is None
+
+
+def _row(peaks: dict[int, float]) -> np.ndarray:
+    s = np.zeros((1, 501), np.float32)
+    for mz, i in peaks.items():
+        s[0, mz] = i
+    return s
+
+
+def test_a_peak_no_isotope_explains_is_cut_and_m1_m2_are_left():
+    # temazepam C16H13ClN2O2, M 300: the model's M+5 at 0.17, nothing of that mass exists
+    peaks = {300: 0.78, 301: 0.14, 302: 0.078, 303: 0.014, 305: 0.17, 273: 1.0}
+    s = _row(peaks)
+    out, _ = above_molecule_capped(s.copy(), None, ["C16H13ClN2O2"], [300])
+    assert out[0, 305] < 0.03                          # 2 x its isotopologues' share + [M+H]+'s
+    for mz in (273, 300, 301, 302, 303):
+        assert out[0, mz] == np.float32(peaks[mz])     # M+1, M+2 and what lies below M: as they were
+    # a Cl3 compound's M+4 and M+6 are its own isotopologues: nothing is cut
+    a = isotope_pattern("C6H3Cl3")
+    cl3 = _row({180: 1.0, 182: float(a[2]), 184: float(a[4]), 186: float(a[6])})
+    same, _ = above_molecule_capped(cl3.copy(), None, ["C6H3Cl3"], [180])
+    assert np.array_equal(same, cl3)
+
+
+def test_a_cut_base_peak_rescales_the_row_and_its_spread():
+    s = _row({100: 0.3, 104: 1.0, 50: 0.6})
+    std = _row({100: 0.03, 104: 0.5, 50: 0.06})
+    out, sd = above_molecule_capped(s.copy(), std.copy(), ["C8H12"], [100])
+    cap = out[0, 104] / out.max()
+    assert out.max() == pytest.approx(1.0) and out[0, 50] == pytest.approx(1.0)    # new base peak
+    assert out[0, 100] == pytest.approx(0.5) and cap < 0.01 * PROTONATED + 0.03
+    # the spread of the cut peak falls with it; the others are rescaled with the row
+    assert sd[0, 50] == pytest.approx(0.1) and sd[0, 104] < 0.5 * 0.03
+
+
+def test_rows_without_pattern_mass_or_peaks_above_are_untouched():
+    s = np.concatenate([_row({60: 1.0, 65: 0.9}), _row({60: 1.0, 65: 0.9}), _row({60: 1.0}),
+                        _row({499: 1.0}), _row({60: np.nan, 65: 0.9})])
+    out, _ = above_molecule_capped(s.copy(), None, ["CD3CO", "C3H8O", "C3H8O", "C30H60", "C3H8O"],
+                                   [60, -1, 60, 499, 60])
+    assert np.array_equal(out[:4], s[:4])                       # labelled, no mass, nothing above, edge
+    assert np.isnan(out[4, 60]) and out[4, 65] == np.float32(0.9)  # a NaN row: refused later, not here
