@@ -141,8 +141,8 @@ def predict_cli(
                         "K; their outputs together are the library of one run.")] = None,
     out_of_domain: Annotated[Domain, typer.Option(
         "--out-of-domain", help="Molecules outside the model's domain (mixtures, ions, '*', "
-                                "labelled isotopes, elements such as metals, mass > 500): flag "
-                                "(write the spectrum, marked: JSONL 'flags', MSP comment "
+                                "labelled isotopes, elements such as metals, mass < 50 or > 500): "
+                                "flag (write the spectrum, marked: JSONL 'flags', MSP comment "
                                 "out_of_domain, a count in the summary) or reject.")
     ] = Domain.flag,
     strict: Strict = False,

@@ -197,8 +197,9 @@ def run_eval(pred: SpectraSet, measured: SpectraSet, libraries: Sequence[Spectra
     # without a measured spectrum would be one more wrong candidate for every query
     used = np.isin(p_blocks, m_blocks[q])
     order, p_blocks = order[used], p_blocks[used]
-    if mass_filter is not None:
-        _need_masses([(pred, order), (measured, q), *((s, None) for s in libraries)])
+    if mass_filter is not None:      # the library's predictions: the first row of each compound
+        first = order[np.unique(p_blocks, return_index=True)[1]]
+        _need_masses([(pred, first), (measured, q), *((s, None) for s in libraries)])
     ref_spec, ref_keys, ref_mw = _concat(libraries)
     task = build_library_eval(measured.spectra[q], m_blocks[q], measured.mw[q], pred.spectra[order],
                               p_blocks, pred.mw[order], ref_spec, ref_keys, ref_mw)

@@ -984,11 +984,12 @@ class SpectralIndex:
 
     def _file_name(self, file: str) -> str:
         """An entry's input file as hits name it: entries an index read from standard input
-        (``predict ... | neimsctl index - -o part1.h5``) are ``<stdin> (part1.h5)``, so that
-        the hits of several such parts say which part they come from."""
+        (``predict ... | neimsctl index - -o part1.h5``) are ``<stdin> (part1.h5)``, the index as
+        it was named to ``search``, so that the hits of several such parts say which part they
+        come from."""
         if file != "<stdin>" or self.path in ("-", "<stdin>"):
             return file
-        return f"<stdin> ({os.path.basename(self.path)})"
+        return f"<stdin> ({self.path})"
 
 
 def _members(keys: np.ndarray, want: np.ndarray) -> np.ndarray:

@@ -869,4 +869,4 @@ def test_predictions_piped_into_index_keep_their_formula_and_name_their_part(nei
     assert proc.returncode == 0, proc.stderr
     hit = orjson.loads(proc.stdout.splitlines()[0])
     assert (hit["hit_name"], hit["formula"], hit["source"]) == ("quinoline", "C9H7N", "predicted")
-    assert hit["library"] == "<stdin> (part1.h5)"
+    assert hit["library"] == f"<stdin> ({part})"            # the index as search was given it

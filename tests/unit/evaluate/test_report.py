@@ -77,6 +77,17 @@ def test_predictions_of_compounds_without_a_query_stay_out_of_the_library(case):
     assert [res.metrics[f"recall@{k}"] for k in KS] == pytest.approx([RECALL[k] for k in KS])
 
 
+def test_a_mass_filter_needs_no_mass_of_predictions_the_library_does_not_use(case):
+    """Only the first prediction of each query compound enters the library: a second one
+    without a mass (a duplicate, counted as unused) must not stop --mass-filter."""
+    case["pred_msp"].write_text(case["pred_msp"].read_text() +
+                                "Name: compound A again\nID: A2\nInChIKey: AAAAAAAAAAAAAA-UHFFFAOYSA-N\n"
+                                "Num Peaks: 1\n50 999\n\n")
+    res = run_eval(load_spectra(case["pred_msp"]), load_spectra(case["queries"]),
+                   [load_spectra(case["library"])], ks=KS, mass_filter=5)
+    assert res.ranks_mass.tolist() == [1, 1, 2] and res.metrics["counts"]["n_predicted_unused"] == 1
+
+
 def test_same_library_twice_is_perfect(case):
     s = load_spectra(case["queries"])
     m = run_eval(s, load_spectra(case["queries"]), ks=KS).metrics
