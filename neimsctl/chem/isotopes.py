@@ -35,7 +35,7 @@ __all__ = ["isotope_pattern", "above_molecule_capped", "FIRST_CAPPED", "LAST_CAP
 #: The first and last shift above the nominal mass ``M`` whose predicted peak is capped.
 FIRST_CAPPED = 3
 LAST_CAPPED = 15
-#: A peak may be this many times what the isotopologues of the peaks below it explain ...
+#: A peak may be this many times what isotopes explain at its place ...
 CAP_FACTOR = 2.0
 #: ... plus a protonated molecule of this share of the base peak and its isotopologues.
 PROTONATED = 0.1
