@@ -137,6 +137,7 @@ def _soft_labels_first(teacher: Path, feats: list[Path], out_dir: Path, samples:
 
     out = Path(out_dir) / "soft_labels.h5"
     if out.is_file():
+        _same_soft_labels(out, teacher, samples, split_seed, split)
         if not quiet:
             print(f"neimsctl {CMD}: using the soft labels in {out}", file=sys.stderr)
         return out
@@ -148,3 +149,23 @@ def _soft_labels_first(teacher: Path, feats: list[Path], out_dir: Path, samples:
     if not quiet:
         print(f"neimsctl {CMD}: soft labels: {tally.summary()} -> {out}", file=sys.stderr)
     return out
+
+
+def _same_soft_labels(out: Path, teacher: Path, samples: int, split_seed: int,
+                      split: list[float]) -> None:
+    """Refuse OUT_DIR/soft_labels.h5 made by another teacher or with other settings (it was
+    reused as soon as it existed: a student distilled from another teacher's labels)."""
+    from neimsctl.errors import InputError
+    from neimsctl.io.softlabel_shard import SoftLabelReader
+    from neimsctl.models.checkpoint import file_sha256
+
+    with SoftLabelReader(out) as r:
+        made = r.settings
+    want = {"teacher_sha256": file_sha256(teacher), "samples": samples, "part": "train",
+            "split_seed": split_seed, "split": list(split)}
+    differ = [f"{k} {made.get(k)!r} (asked: {v!r})" for k, v in want.items()
+              if (made.get(k) if k != "split" else list(made.get(k) or [])) != v]
+    if differ:
+        raise InputError(f"{out} was made with other settings than this run's --teacher "
+                         f"{teacher}: {'; '.join(differ)}; remove it (or give another -o) to "
+                         "compute them again")

@@ -364,3 +364,19 @@ def test_soft_labels_of_another_library_numbered_alike_are_refused(work: Path) -
     p = sh(f"neimsctl distill s.h5 --soft-labels soft_all.h5 {STUDENT} --set train.epochs=1 -q "
            "--out-dir same_run", work)
     assert p.returncode == 0, p.stderr.decode()
+
+
+def test_soft_labels_left_in_the_run_dir_by_another_teacher_are_refused(work: Path, repo_root: Path) -> None:
+    """distill --teacher reused OUT/soft_labels.h5 as soon as it existed: a student distilled
+    from another teacher's labels (or other --samples), exit 0. Now one line, nothing trained."""
+    p = sh(f"neimsctl finetune t.h5 --config {repo_root}/configs/finetune/teacher-cpu-small.yaml "
+           f"{TEACHER} --set train.seed=7 --device cpu --out-dir ft7 -q && mkdir -p kd7 && "
+           "neimsctl softlabel t.h5 -t ft7/checkpoints/last.pt --part train -n 2 -o kd7/soft_labels.h5 -q",
+           work)
+    assert p.returncode == 0, p.stderr.decode()
+    p = sh(f"neimsctl distill s.h5 --teacher ft/checkpoints/last.pt --teacher-feats t.h5 --samples 2 "
+           f"{STUDENT} --set train.epochs=1 --out-dir kd7", work)
+    err = p.stderr.decode()
+    assert p.returncode == 1 and "kd7/soft_labels.h5 was made with other settings" in err, err
+    assert "teacher_sha256" in err and "samples" not in err        # the same --samples: not named
+    assert not (work / "kd7/checkpoints").exists() and "Traceback" not in err
