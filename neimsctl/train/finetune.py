@@ -35,7 +35,7 @@ import torch
 from neimsctl.data.augment import Augment
 from neimsctl.data.dataset import TeacherDataset, collate_teacher
 from neimsctl.data.shards import hash_matches, shard_settings, shown
-from neimsctl.errors import CheckpointError, ConfigError
+from neimsctl.errors import CheckpointError, ConfigError, InputError
 from neimsctl.models import registry
 from neimsctl.models.checkpoint import load_checkpoint, model_state
 from neimsctl.train.config import Config, NON_NEGATIVE, POWER, check_ranges, check_widths, dataclass_from_dict
@@ -152,6 +152,10 @@ def load_init(model: torch.nn.Module, path: str | Path, *, featurizer_hash: str 
     """
     log = sys.stderr if log is None else log
     ckpt = load_checkpoint(path)
+    kind = ((ckpt.get("config") or {}).get("model") or {}).get("name")
+    if kind not in (None, "teacher"):         # named before its features' hash, which differs too
+        raise CheckpointError(f"{path}: a {kind} checkpoint where a GNN teacher's weights are needed "
+                              "(--init takes the checkpoint of neimsctl pretrain or finetune)")
     have = ckpt.get("featurizer_hash")
     if have is None:
         print(f"neimsctl: warning: {path} records no featurizer hash; cannot check it",
@@ -238,6 +242,10 @@ def run_finetune(cfg: Config, shards: Sequence[str | Path], out_dir: str | Path,
     aug = Augment(lds_sigma=d.smoothing_sigma or None, isotope_fraction=d.isotope_prob, seed=t.seed)
     augmented = TeacherDataset(list(shards), in_memory=not d.lazy, fragments=frags,
                                augment=aug if (d.smoothing_sigma or d.isotope_prob) else None)
+    if not len(base):
+        raise InputError(f"{', '.join(map(str, shards))}: no row has a spectrum (shards featurized "
+                         "from bare SMILES hold structures only); finetune trains on library "
+                         "records: featurize the output of neimsctl msp2jsonl")
     check_widths(model_config, base.get_batch([0]), "teacher shards")
     if d.max_records is not None:
         base = base.subset(np.arange(min(d.max_records, len(base))))

@@ -90,6 +90,12 @@ def test_init_from_checkpoint_and_hash_mismatch(work: Path, full: Path) -> None:
     assert p.returncode == 1
     assert b"neimsctl finetune:" in p.stderr and b"featurizer mismatch" in p.stderr
     assert not (work / "bad").exists()
+    ck["featurizer_hash"] = "fedcba9876543210"            # a student's: named as one, not as a
+    ck["config"] = {**ck["config"], "model": {**ck["config"]["model"], "name": "student"}}  # hash
+    save_checkpoint(work / "student.pt", ck)
+    p = finetune(work, "bad", 1, "--init student.pt")
+    assert p.returncode == 1 and b"a student checkpoint where a GNN teacher's weights" in p.stderr
+    assert b"featurizer mismatch" not in p.stderr and not (work / "bad").exists()
     p = finetune(work, "none", 1, "--init nope.pt")
     assert p.returncode == 2 and b"nope.pt: no such file" in p.stderr
     assert not (work / "none").exists()
@@ -270,3 +276,14 @@ def test_a_run_directory_another_run_trains_in_is_refused_and_untouched(work: Pa
     p = finetune(work, "locked", 3, "--set schedule.name=none --resume")
     assert p.returncode == 0, p.stderr.decode()
     assert [e["epoch"] for e in epochs_logged(run)] == [1, 2, 3]
+
+
+def test_shards_without_spectra_are_one_line(work: Path) -> None:
+    """Teacher shards featurized from bare SMILES hold no spectrum: a 40-line traceback
+    (IndexError in the width check) became one line naming the shard; no run directory."""
+    p = sh("printf 'CCCCO\\nc1ccccc1O\\n' | neimsctl featurize --mode teacher -q -o smi.h5 && "
+           f"neimsctl finetune smi.h5 --config cfg.yaml {TINY} --set train.epochs=1 --out-dir nospec",
+           work)
+    err = p.stderr.decode()
+    assert p.returncode == 1 and "smi.h5: no row has a spectrum" in err and "Traceback" not in err
+    assert not (work / "nospec").exists()
