@@ -601,7 +601,10 @@ class Trainer:
         t = self.t
         if self.info.is_main:
             make_dirs(self.out_dir)
-            save_config(self.cfg, self.out_dir / "config.yaml")
+            # a resume that trains nothing (a finished run given fewer epochs) keeps the record
+            # of the run as it was trained
+            if epoch0 < t.epochs or not (self.out_dir / "config.yaml").is_file():
+                save_config(self.cfg, self.out_dir / "config.yaml")
         self._open_log(self.step, epoch0)
         main_thread = threading.current_thread() is threading.main_thread()
         old = {s: signal.signal(s, self._on_signal) for s in interrupts.stop_signals()} \

@@ -287,3 +287,19 @@ def test_shards_without_spectra_are_one_line(work: Path) -> None:
     err = p.stderr.decode()
     assert p.returncode == 1 and "smi.h5: no row has a spectrum" in err and "Traceback" not in err
     assert not (work / "nospec").exists()
+
+
+def test_a_resume_that_trains_nothing_keeps_the_run_s_config(work: Path, full: Path) -> None:
+    """A finished 2-epoch run resumed with train.epochs=1 trains nothing, and its config.yaml
+    still says 2 (it was rewritten to 1: `-c RUN/config.yaml --resume` then warned of a length
+    the run never had)."""
+    import shutil
+
+    run = work / "done"
+    shutil.copytree(full, run)
+    before = (run / "config.yaml").read_bytes()
+    p = finetune(work, "done", 1, "--resume")
+    assert p.returncode == 0, p.stderr.decode()
+    assert (run / "config.yaml").read_bytes() == before and b"epochs: 2" in before
+    p = sh(f"neimsctl finetune f.h5 -c {run}/config.yaml --device cpu --out-dir done --resume", work)
+    assert p.returncode == 0 and b"not the checkpoint's" not in p.stderr, p.stderr.decode()
