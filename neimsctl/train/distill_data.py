@@ -118,11 +118,17 @@ def check_same_compounds(soft: SoftLabelReader, ds: StudentDataset, rows: np.nda
     bad = np.flatnonzero((theirs != ours) & (theirs != b"") & (ours != b""))
     if len(bad):
         i = int(bad[0])
+        ids, counts = np.unique(ds.ids, return_counts=True)
+        twice = ids[counts > 1]
+        why = (f"; the shards' ids are not unique ({len(twice)} ids given to two or more "
+               f"records, e.g. {twice[0].decode()!r}: two libraries numbered alike, whose soft "
+               "labels, matched by id, cannot tell their records apart): renumber one library's "
+               "records (their 'id') before featurizing both" if len(twice) else
+               "; run neimsctl softlabel on the teacher features of the same records")
         raise InputError(f"{soft.path}: soft labels of other compounds: {len(bad)} of {len(ds)} "
                          f"rows differ by InChIKey (e.g. id {ds.ids[i].decode()!r} is "
                          f"{ours[i].decode()} in the shards, {theirs[i].decode()} in the soft "
-                         "labels); run neimsctl softlabel on the teacher features of the same "
-                         "records")
+                         f"labels){why}")
 
 
 class StudentOnV1Dataset(StudentDataset):

@@ -361,6 +361,13 @@ def test_soft_labels_of_another_library_numbered_alike_are_refused(work: Path) -
                         r"shards, [A-Z]{14} in the soft labels\); run neimsctl softlabel on the "
                         r"teacher features of the same records\n", err), err
     assert not (work / "other_run").exists()
+    # both libraries together (a main and a replicate library, each numbered from 1): the line
+    # names the ids given twice and the way out, not a softlabel run that cannot help
+    p = sh(f"neimsctl distill s.h5 other.h5 --soft-labels soft_all.h5 {STUDENT} --set train.epochs=1 "
+           "--out-dir both_run", work)
+    err = p.stderr.decode()
+    assert p.returncode == 1 and "the shards' ids are not unique" in err, err
+    assert "renumber one library's records" in err and "run neimsctl softlabel" not in err
     p = sh(f"neimsctl distill s.h5 --soft-labels soft_all.h5 {STUDENT} --set train.epochs=1 -q "
            "--out-dir same_run", work)
     assert p.returncode == 0, p.stderr.decode()
