@@ -131,13 +131,11 @@ def above_molecule_capped(spectra: np.ndarray, std: np.ndarray | None, formulas,
     cut peak by the cut's factor, of a rescaled row by the row's). ``spectra`` ``(B, n_bins)``
     linear, base peak 1; ``masses`` the nominal masses (rows of a negative mass, or without a
     pattern, are left as they are). In place: the arrays are the caller's own."""
-    b, n_bins = spectra.shape
+    n_bins = spectra.shape[1]
     mw = np.asarray(masses, dtype=np.int64)
     shifts = np.arange(FIRST_CAPPED, LAST_CAPPED + 1)
-    pos = mw[:, None] + shifts[None, :]
-    inside = (mw[:, None] >= 0) & (pos < n_bins)
-    rows = np.flatnonzero((np.where(inside, spectra[np.arange(b)[:, None], np.clip(pos, 0, n_bins - 1)], 0)
-                           > 0).any(axis=1))
+    above = _at(spectra, n_bins, mw[:, None] + shifts[None, :])       # s[M + 3], ..., 0 past the end
+    rows = np.flatnonzero((mw >= 0) & (above > 0).any(axis=1))
     patterns = [isotope_pattern(str(formulas[r])) for r in rows]
     rows = np.asarray([r for r, a in zip(rows, patterns) if a is not None], dtype=np.int64)
     if not len(rows):

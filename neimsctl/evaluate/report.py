@@ -197,9 +197,10 @@ def run_eval(pred: SpectraSet, measured: SpectraSet, libraries: Sequence[Spectra
     # without a measured spectrum would be one more wrong candidate for every query
     used = np.isin(p_blocks, m_blocks[q])
     order, p_blocks = order[used], p_blocks[used]
-    if mass_filter is not None:      # the library's predictions: the first row of each compound
-        first = order[np.unique(p_blocks, return_index=True)[1]]
-        _need_masses([(pred, first), (measured, q), *((s, None) for s in libraries)])
+    # prediction row (in `pred`) of each library compound: the first of its compound's rows
+    lib_pred_rows = order[np.sort(np.unique(p_blocks, return_index=True)[1])]
+    if mass_filter is not None:      # only those rows are weighed against the queries
+        _need_masses([(pred, lib_pred_rows), (measured, q), *((s, None) for s in libraries)])
     ref_spec, ref_keys, ref_mw = _concat(libraries)
     task = build_library_eval(measured.spectra[q], m_blocks[q], measured.mw[q], pred.spectra[order],
                               p_blocks, pred.mw[order], ref_spec, ref_keys, ref_mw)
@@ -220,9 +221,8 @@ def run_eval(pred: SpectraSet, measured: SpectraSet, libraries: Sequence[Spectra
                              intensity_power=intensity_power, score=score)
         out.update({f"recall@{k}_mass{mass_filter:g}": resm[f"recall@{k}"] for k in ks})
         ranks_mass = resm["ranks"]
-    # prediction row (in `pred`) of each library compound, and the one paired with each query:
-    # the prediction with the query's own id when there is one, else its compound's entry
-    lib_pred_rows = order[np.sort(np.unique(p_blocks, return_index=True)[1])]
+    # the prediction paired with each query: the one with the query's own id when there is
+    # one, else its compound's library entry
     q_rows = _pair_rows(pred, measured.ids[q], m_blocks[q], lib_pred_rows[task.query_pred_row])
     p = pred.spectra[q_rows]
     cos = cosine_rows(p, task.query_spectra)

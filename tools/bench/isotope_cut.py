@@ -24,6 +24,7 @@ from rdkit import Chem, RDLogger
 from rdkit.Chem.rdMolDescriptors import CalcMolFormula
 
 from neimsctl.chem.isotopes import above_molecule_capped
+from neimsctl.io.spectrum import bin_spectrum, normalize_max
 
 
 def main() -> None:
@@ -39,14 +40,11 @@ def main() -> None:
             if mol is None or mol.GetNumAtoms() == 0 or not isinstance(rec.get("mw"), int):
                 skipped += bool(rec)
                 continue
-            s = np.zeros(501, np.float32)
-            for mz, inten in zip(rec["mz"], rec["intensity"]):
-                if 0 <= mz <= 500:
-                    s[int(mz + 0.5)] += inten
+            s = bin_spectrum(rec["mz"], rec["intensity"])
             if s.max() <= 0:
                 skipped += 1
                 continue
-            spectra.append(s / s.max())
+            spectra.append(normalize_max(s))
             formulas.append(CalcMolFormula(mol, True, True))
             masses.append(rec["mw"])
     if not spectra:
