@@ -147,7 +147,8 @@ def above_molecule_capped(spectra: np.ndarray, std: np.ndarray | None, formulas,
     # the molecular ion's amount, from the cluster's most abundant isotopologues
     first = pat[:, :_CLUSTER]
     main = first >= np.float32(0.5) * first.max(axis=1, keepdims=True)
-    ion = np.where(main, take(m[:, None] + np.arange(_CLUSTER)) / first, 0).max(axis=1)
+    ion = np.divide(take(m[:, None] + np.arange(_CLUSTER)), first, out=np.zeros_like(first),
+                    where=main).max(axis=1)       # (a pattern may hold zeros: not divided by)
     below = take(m[:, None] - np.arange(1, _REACH + 1))                  # s[M - 1], s[M - 2], ...
     allowance = np.float32(PROTONATED) / pat.max(axis=1)
     cut_rows, cut_at, cut_to = [], [], []

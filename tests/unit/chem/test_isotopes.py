@@ -97,3 +97,15 @@ def test_isotopologues_of_the_peaks_above_m_do_not_stack_into_an_allowance():
     out, _ = above_molecule_capped(_row(row).copy(), None, ["C6H3Br3O"], [328])
     assert out[0, 331] < 0.25                          # 2 x its 13C share (0.06) + an [M+H]+ of 10 %
     assert all(out[0, 328 + k] == np.float32(row[328 + k]) for k in (0, 2, 4, 6))
+
+
+def test_a_pattern_with_zeros_in_its_cluster_warns_of_nothing():
+    """Cl2's M+1 and M+3 have no isotopologue: reading the molecular ion's amount divided by
+    those zeros printed numpy's 'divide by zero' on predict's stderr (the result was right)."""
+    import warnings
+
+    s = _row({70: 1.0, 72: 0.64, 74: 0.1, 75: 0.3, 35: 0.5})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, _ = above_molecule_capped(s.copy(), None, ["Cl2"], [70])
+    assert out[0, 75] < 0.011 and out[0, 74] == np.float32(0.1)    # 0.1 x A[4]: an [M+H]+'s share
